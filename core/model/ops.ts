@@ -1,0 +1,85 @@
+/**
+ * Building blocks of the model with gradients that run on every backend. tfjs differentiates
+ * `gather` through UnsortedSegmentSum, which the wasm backend lacks, so row lookups here use a
+ * custom gradient built on ScatterNd (which sums duplicate indices on every backend).
+ */
+import * as tf from './tfjs.js';
+
+type UnaryGrad = (x: tf.Tensor, save: tf.GradSaveFunc) => { value: tf.Tensor; gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => tf.Tensor };
+
+/** tf.customGrad for a function of one tensor (its typing takes variadic inputs). */
+function unaryCustomGrad(f: UnaryGrad): (x: tf.Tensor) => tf.Tensor {
+  const g = tf.customGrad(((x: tf.Tensor, save: tf.GradSaveFunc) => f(x, save)) as unknown as Parameters<typeof tf.customGrad>[0]);
+  return (x) => g(x);
+}
+
+/** table[ids]: rows of a [rows, width] table; the gradient scatters back into the table. */
+export function gatherRows(table: tf.Tensor2D, ids: tf.Tensor1D): tf.Tensor2D {
+  const [rows, width] = table.shape;
+  const f = unaryCustomGrad((t) => {
+    const value = tf.gather(t, ids) as tf.Tensor2D;
+    return {
+      value,
+      gradFunc: (dy) => tf.scatterND(tf.reshape(ids, [-1, 1]), dy, [rows, width]),
+    };
+  });
+  return f(table) as tf.Tensor2D;
+}
+
+/** x[n, idx[n, j]] for x [N, V] and idx [N, k] (int32); differentiable in x. */
+export function takeAlongLastAxis(x: tf.Tensor2D, idx: tf.Tensor2D): tf.Tensor2D {
+  const [n, v] = x.shape;
+  const k = idx.shape[1];
+  const flatIdx = tf.tidy(() => tf.reshape(tf.add(idx, tf.reshape(tf.range(0, n * v, v, 'int32'), [n, 1])), [n * k]));
+  const f = unaryCustomGrad((t) => {
+    const value = tf.reshape(tf.gather(tf.reshape(t, [n * v]), flatIdx), [n, k]);
+    return {
+      value,
+      gradFunc: (dy) => tf.reshape(tf.scatterND(tf.reshape(flatIdx, [-1, 1]), tf.reshape(dy, [n * k]), [n * v]), [n, v]),
+    };
+  });
+  const out = f(x) as tf.Tensor2D;
+  flatIdx.dispose();
+  return out;
+}
+
+/**
+ * Mean cross-entropy of logits [N, V] against integer targets [N]. The gradient is written out
+ * (softmax minus one-hot) so no log-softmax graph is kept for the backward pass.
+ */
+export function crossEntropy(logits: tf.Tensor2D, targets: tf.Tensor1D): tf.Scalar {
+  const [n, v] = logits.shape;
+  const f = unaryCustomGrad((x, save) => {
+    const x2 = x as tf.Tensor2D;
+    const lse = tf.logSumExp(x2, 1);
+    const picked = tf.reshape(takeAlongLastAxis(x2, tf.reshape(targets, [n, 1]) as tf.Tensor2D), [n]);
+    const value = tf.mean(tf.sub(lse, picked));
+    save([x2, lse]);
+    return {
+      value,
+      gradFunc: (dy, saved) => {
+        const [xs, l] = saved;
+        const probs = tf.exp(tf.sub(xs, tf.reshape(l, [n, 1])));
+        const hot = tf.oneHot(targets, v, 1, 0, 'float32');
+        return tf.mul(tf.sub(probs, hot), tf.div(dy, n));
+      },
+    };
+  });
+  return f(logits) as tf.Scalar;
+}
+
+/** Exact (erf) GELU, as transformers' "gelu". */
+export function gelu(x: tf.Tensor): tf.Tensor {
+  return tf.mul(tf.mul(x, 0.5), tf.add(tf.erf(tf.mul(x, Math.SQRT1_2)), 1));
+}
+
+/** LayerNorm over the last axis. */
+export function layerNorm(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor, eps: number): tf.Tensor {
+  const { mean, variance } = tf.moments(x, -1, true);
+  return tf.add(tf.mul(tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, eps))), weight), bias);
+}
+
+/** x @ weightᵀ + bias with a torch-layout weight [out, in]. */
+export function linear(x: tf.Tensor2D, weight: tf.Tensor2D, bias: tf.Tensor1D): tf.Tensor2D {
+  return tf.add(tf.matMul(x, weight, false, true), bias);
+}

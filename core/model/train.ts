@@ -1,0 +1,290 @@
+/**
+ * The training loop shared by `offshoot teacher train`, fitness evaluators and the pretraining actor:
+ * cross-entropy or distillation, AdamW, warmup + cosine, gradient clipping, periodic checkpoints with
+ * optimiser state. Batches come from a function of the step alone, so a run resumed from a checkpoint
+ * sees exactly the data, and (on the cpu backend) computes exactly the weights, of an uninterrupted run.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+import * as tf from './tfjs.js';
+
+import { type LoadedCheckpoint, loadCheckpoint, saveCheckpoint, type SaveDtype } from './checkpoint.js';
+import type { NeoXConfig } from './config.js';
+import { GPTNeoX } from './gptneox.js';
+import { type DistillOptions, type TopKTeacher, distillationLoss, topKFromLogits } from './losses.js';
+import { crossEntropy } from './ops.js';
+import { AdamW, type AdamWOptions, type ScheduleOptions, clipByGlobalNorm, learningRate } from './optim.js';
+import { readSafetensors } from './safetensors.js';
+
+export interface Batch {
+  batchSize: number;
+  seqLen: number;
+  /** Token ids, batchSize × seqLen, row-major. */
+  input: Int32Array;
+  /** Next-token targets, same layout. */
+  target: Int32Array;
+}
+
+/** Deterministic data: the batch for a step depends on the step alone. */
+export type BatchSource = (step: number) => Batch;
+
+/** Where distillation targets come from: a teacher in this process, or the teacher service. */
+export interface Teacher {
+  /** The teacher's view of a batch: full logits [N, V] or top-k. The caller disposes the tensors. */
+  forBatch(batch: Batch, step: number): Promise<tf.Tensor2D | TopKTeacher>;
+}
+
+/** A teacher model held in this process; with topK set, it hands out only its top-k logits. */
+export function inProcessTeacher(model: GPTNeoX, options: { topK?: number; temperature?: number } = {}): Teacher {
+  return {
+    async forBatch(batch) {
+      const ids = tf.tensor2d(batch.input, [batch.batchSize, batch.seqLen], 'int32');
+      try {
+        if (!options.topK) return tf.tidy(() => model.logits2d(ids));
+        const view = tf.tidy(() => {
+          const top = topKFromLogits(model.logits2d(ids), options.topK!, options.temperature ?? 1);
+          return { indices: top.indices, logits: top.logits, logNormaliser: top.logNormaliser };
+        });
+        return view as TopKTeacher;
+      } finally {
+        ids.dispose();
+      }
+    },
+  };
+}
+
+export interface TrainHyperparameters {
+  steps: number;
+  batchSize: number;
+  seqLen: number;
+  schedule: ScheduleOptions;
+  adamw: Partial<AdamWOptions>;
+  gradClip: number;
+  /** Seed of the data order (the BatchSource uses it) and of the student's initialisation. */
+  seed: number;
+}
+
+export interface StepReport {
+  step: number;
+  loss: number;
+  lr: number;
+  gradNorm: number;
+  tokensPerSecond: number;
+  tokensSeen: number;
+}
+
+export interface TrainOptions {
+  hyper: TrainHyperparameters;
+  batches: BatchSource;
+  teacher?: Teacher;
+  distill?: DistillOptions;
+  /** Where to keep the latest training checkpoint (model + optimiser + trainer_state.json). */
+  checkpointDir?: string;
+  /** Save every this many steps (and at the end). 0: only at the end. */
+  checkpointEvery?: number;
+  /** Precision of the saved weights. Resumable checkpoints need float32 (the default). */
+  checkpointDtype?: SaveDtype;
+  /** Extra files every checkpoint carries (e.g. tokenizer.json). */
+  extraFiles?: Record<string, string | Buffer>;
+  /** Read the loss back every this many steps (reading forces a device sync). Default 1. */
+  reportEvery?: number;
+  onStep?: (report: StepReport) => void;
+  onCheckpoint?: (info: { step: number; dir: string; hash: string }) => void;
+  /** Evaluate every `every` steps. */
+  evaluate?: { every: number; run: (model: GPTNeoX, step: number) => Promise<void> };
+  /** When aborted, the loop checkpoints at the next step boundary and returns. */
+  signal?: AbortSignal;
+}
+
+export interface TrainerState {
+  format: 1;
+  /** Steps completed. */
+  step: number;
+  hyper: TrainHyperparameters;
+  tokensSeen: number;
+}
+
+export interface TrainResult {
+  step: number;
+  stopped: boolean;
+  lastLoss: number;
+  checkpointHash?: string;
+}
+
+export const TRAINER_STATE_FILE = 'trainer_state.json';
+export const OPTIMIZER_FILE = 'optimizer.safetensors';
+
+/** Reads a resumable training checkpoint: weights, optimiser state and trainer state. */
+export function loadTrainingCheckpoint(dir: string): {
+  checkpoint: LoadedCheckpoint;
+  state: TrainerState;
+  optimizer: ReturnType<typeof readSafetensors>['tensors'];
+} {
+  const checkpoint = loadCheckpoint(dir);
+  const stateFile = path.join(dir, TRAINER_STATE_FILE);
+  if (!fs.existsSync(stateFile)) throw new Error(`${dir}: not a resumable training checkpoint (no ${TRAINER_STATE_FILE})`);
+  const state = JSON.parse(fs.readFileSync(stateFile, 'utf8')) as TrainerState;
+  const optimizer = readSafetensors(path.join(dir, OPTIMIZER_FILE)).tensors;
+  return { checkpoint, state, optimizer };
+}
+
+function sameHyper(a: TrainHyperparameters, b: TrainHyperparameters): string | null {
+  for (const key of ['steps', 'batchSize', 'seqLen', 'gradClip', 'seed'] as const) {
+    if (a[key] !== b[key]) return `${key} ${a[key]} vs ${b[key]}`;
+  }
+  if (JSON.stringify(a.schedule) !== JSON.stringify(b.schedule)) return 'learning-rate schedule differs';
+  if (JSON.stringify(a.adamw) !== JSON.stringify(b.adamw)) return 'AdamW settings differ';
+  return null;
+}
+
+export class Trainer {
+  readonly model: GPTNeoX;
+  readonly optimizer: AdamW;
+  readonly options: TrainOptions;
+  /** Steps completed. */
+  step = 0;
+  tokensSeen = 0;
+  private readonly nameOf = new Map<string, string>();
+
+  constructor(model: GPTNeoX, options: TrainOptions) {
+    this.model = model;
+    this.options = options;
+    this.optimizer = new AdamW(options.hyper.adamw);
+    for (const [name, v] of model.params) this.nameOf.set(v.name, name);
+  }
+
+  /** A trainer for a fresh student or, when `checkpointDir` holds a training checkpoint, resumed from it. */
+  static createOrResume(config: NeoXConfig, initial: () => GPTNeoX, options: TrainOptions): Trainer {
+    const dir = options.checkpointDir;
+    if (dir && fs.existsSync(path.join(dir, TRAINER_STATE_FILE))) return Trainer.resume(dir, options);
+    const model = initial();
+    if (JSON.stringify(model.config) !== JSON.stringify(config)) throw new Error('initial model does not match the config');
+    return new Trainer(model, options);
+  }
+
+  static resume(dir: string, options: TrainOptions): Trainer {
+    const { checkpoint, state, optimizer } = loadTrainingCheckpoint(dir);
+    const mismatch = sameHyper(state.hyper, options.hyper);
+    if (mismatch) {
+      throw new Error(`${dir}: cannot resume with different hyperparameters (${mismatch}); use a new checkpoint folder`);
+    }
+    const model = GPTNeoX.fromTensors(checkpoint.config, checkpoint.tensors, dir);
+    const trainer = new Trainer(model, options);
+    trainer.optimizer.loadState(optimizer);
+    trainer.step = state.step;
+    trainer.tokensSeen = state.tokensSeen;
+    return trainer;
+  }
+
+  /** One optimisation step; returns the loss and gradient norm tensors (the caller reads or disposes them). */
+  async trainStep(): Promise<{ loss: tf.Scalar; gradNorm: tf.Scalar; lr: number }> {
+    const { hyper, batches, teacher } = this.options;
+    const batch = batches(this.step);
+    if (batch.input.length !== hyper.batchSize * hyper.seqLen) {
+      throw new Error(`batch for step ${this.step} has ${batch.input.length} tokens, expected ${hyper.batchSize}×${hyper.seqLen}`);
+    }
+    const teacherView = teacher ? await teacher.forBatch(batch, this.step) : undefined;
+    const lr = learningRate(this.step, hyper.schedule);
+    const result = tf.tidy(() => {
+      const ids = tf.tensor2d(batch.input, [batch.batchSize, batch.seqLen], 'int32');
+      const targets = tf.tensor1d(batch.target, 'int32');
+      const { value, grads } = tf.variableGrads(() => {
+        const logits = this.model.logits2d(ids);
+        return teacherView
+          ? distillationLoss(logits, targets, teacherView, this.options.distill)
+          : crossEntropy(logits, targets);
+      }, this.model.variables());
+      const { grads: clipped, norm } = clipByGlobalNorm(grads, hyper.gradClip);
+      const byName: Record<string, tf.Tensor> = {};
+      for (const [varName, g] of Object.entries(clipped)) byName[this.nameOf.get(varName)!] = g;
+      this.optimizer.apply(this.model.params, byName, lr);
+      return { loss: value, gradNorm: norm };
+    });
+    if (teacherView) {
+      tf.dispose(teacherView instanceof tf.Tensor ? teacherView : [teacherView.indices, teacherView.logits, teacherView.logNormaliser]);
+    }
+    this.step += 1;
+    this.tokensSeen += batch.input.length;
+    return { ...result, lr };
+  }
+
+  /** Saves a resumable checkpoint of the current state into `dir`; returns its content hash. */
+  async saveCheckpoint(dir: string): Promise<string> {
+    const state: TrainerState = { format: 1, step: this.step, hyper: this.options.hyper, tokensSeen: this.tokensSeen };
+    return saveCheckpoint(dir, this.model.config, await this.model.toHost(), {
+      dtype: this.options.checkpointDtype ?? 'float32',
+      extraTensors: { [OPTIMIZER_FILE]: await this.optimizer.stateToHost() },
+      extraFiles: { ...this.options.extraFiles, [TRAINER_STATE_FILE]: JSON.stringify(state, null, 2) + '\n' },
+    });
+  }
+
+  /** Trains until `hyper.steps` (or `untilStep`) steps are done, or the signal aborts. */
+  async run(untilStep = this.options.hyper.steps): Promise<TrainResult> {
+    const { checkpointDir, checkpointEvery = 0, reportEvery = 1, onStep, onCheckpoint, evaluate, signal } = this.options;
+    let lastLoss = NaN;
+    let hash: string | undefined;
+    let windowStart = performance.now();
+    let windowTokens = 0;
+    let stopped = false;
+    while (this.step < untilStep) {
+      if (signal?.aborted) {
+        stopped = true;
+        break;
+      }
+      const { loss, gradNorm, lr } = await this.trainStep();
+      windowTokens += this.options.hyper.batchSize * this.options.hyper.seqLen;
+      if (this.step % reportEvery === 0 || this.step === untilStep) {
+        const [l, g] = await Promise.all([loss.data(), gradNorm.data()]);
+        lastLoss = l[0];
+        const now = performance.now();
+        onStep?.({
+          step: this.step,
+          loss: lastLoss,
+          lr,
+          gradNorm: g[0],
+          tokensPerSecond: (windowTokens * 1000) / Math.max(1e-3, now - windowStart),
+          tokensSeen: this.tokensSeen,
+        });
+        windowStart = now;
+        windowTokens = 0;
+      }
+      tf.dispose([loss, gradNorm]);
+      if (!Number.isFinite(lastLoss)) throw new Error(`training diverged at step ${this.step}: loss ${lastLoss}`);
+      if (evaluate && this.step % evaluate.every === 0) await evaluate.run(this.model, this.step);
+      if (checkpointDir && checkpointEvery > 0 && this.step % checkpointEvery === 0 && this.step < untilStep) {
+        hash = await this.saveCheckpoint(checkpointDir);
+        onCheckpoint?.({ step: this.step, dir: checkpointDir, hash });
+      }
+    }
+    if (checkpointDir) {
+      hash = await this.saveCheckpoint(checkpointDir);
+      onCheckpoint?.({ step: this.step, dir: checkpointDir, hash });
+    }
+    return { step: this.step, stopped, lastLoss, checkpointHash: hash };
+  }
+
+  dispose(): void {
+    this.optimizer.dispose();
+    this.model.dispose();
+  }
+}
+
+/** Mean cross-entropy (per token) of a model over evaluation batches. */
+export async function evaluateLoss(model: GPTNeoX, batches: Iterable<Batch>): Promise<{ loss: number; ppl: number; tokens: number }> {
+  let total = 0;
+  let tokens = 0;
+  for (const batch of batches) {
+    const loss = tf.tidy(() => {
+      const ids = tf.tensor2d(batch.input, [batch.batchSize, batch.seqLen], 'int32');
+      return crossEntropy(model.logits2d(ids), tf.tensor1d(batch.target, 'int32'));
+    });
+    const n = batch.input.length;
+    total += (await loss.data())[0] * n;
+    tokens += n;
+    loss.dispose();
+  }
+  if (tokens === 0) throw new Error('evaluation set is empty: not a single full sequence');
+  const mean = total / tokens;
+  return { loss: mean, ppl: Math.exp(mean), tokens };
+}

@@ -1,0 +1,35 @@
+/** Tiny models and synthetic batches for tests that need a model but not real data. */
+import { type Batch, type NeoXConfig, type TrainHyperparameters, uniformConfig } from '../../core/model/index.js';
+
+export function tinyConfig(overrides: Partial<Parameters<typeof uniformConfig>[0]> = {}): NeoXConfig {
+  return uniformConfig({ vocabSize: 48, hiddenSize: 32, numLayers: 2, numHeads: 4, maxPositions: 64, ...overrides });
+}
+
+/** A learnable synthetic stream: each token is followed by (token + 1) mod vocab; the start depends on (seed, step, row). */
+export function syntheticBatches(vocab: number, batchSize: number, seqLen: number, seed = 0): (step: number) => Batch {
+  return (step) => {
+    const input = new Int32Array(batchSize * seqLen);
+    const target = new Int32Array(batchSize * seqLen);
+    for (let b = 0; b < batchSize; b++) {
+      const start = (seed * 31 + step * 17 + b * 7) % vocab;
+      for (let t = 0; t < seqLen; t++) {
+        input[b * seqLen + t] = (start + t) % vocab;
+        target[b * seqLen + t] = (start + t + 1) % vocab;
+      }
+    }
+    return { batchSize, seqLen, input, target };
+  };
+}
+
+export function tinyHyper(steps: number, overrides: Partial<TrainHyperparameters> = {}): TrainHyperparameters {
+  return {
+    steps,
+    batchSize: 2,
+    seqLen: 8,
+    schedule: { maxLr: 3e-3, minLr: 3e-4, warmupSteps: 2, totalSteps: steps },
+    adamw: {},
+    gradClip: 1,
+    seed: 1,
+    ...overrides,
+  };
+}
