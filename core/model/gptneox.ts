@@ -6,7 +6,7 @@
 import * as tf from './tfjs.js';
 
 import { type NeoXConfig, expectedShapes, rotaryDims } from './config.js';
-import { gatherRows, gelu, layerNorm, linear } from './ops.js';
+import { gatherRows, gelu, layerNorm, linear, matMul } from './ops.js';
 import { SeededRandom, deriveSeed } from './random.js';
 import type { HostTensor } from './safetensors.js';
 
@@ -170,8 +170,8 @@ export class GPTNeoX {
     const q = this.applyRotary(tf.slice(qkv, [0, 0, 0, 0], [batch, heads, seqLen, hs]), cos, sin);
     const k = this.applyRotary(tf.slice(qkv, [0, 0, 0, hs], [batch, heads, seqLen, hs]), cos, sin);
     const v = tf.slice(qkv, [0, 0, 0, 2 * hs], [batch, heads, seqLen, hs]);
-    const scores = tf.add(tf.mul(tf.matMul(q, k, false, true), 1 / Math.sqrt(hs)), mask);
-    const context = tf.transpose(tf.matMul(tf.softmax(scores), v), [0, 2, 1, 3]); // [B, T, H, hs]
+    const scores = tf.add(tf.mul(matMul(q, k, false, true), 1 / Math.sqrt(hs)), mask);
+    const context = tf.transpose(matMul(tf.softmax(scores), v), [0, 2, 1, 3]); // [B, T, H, hs]
     if (trace?.headOutputs) trace.headOutputs.push(tf.keep(tf.reshape(context, [batch * seqLen, heads, hs])));
     const merged = tf.reshape(context, [batch * seqLen, heads * hs]) as tf.Tensor2D;
     return linear(merged, this.param(`${p}dense.weight`) as tf.Tensor2D, this.param(`${p}dense.bias`) as tf.Tensor1D);
@@ -215,7 +215,7 @@ export class GPTNeoX {
 
   /** Logits [B·T, V] for token ids [B, T]. Call inside tf.tidy. */
   logits2d(ids: tf.Tensor2D, trace?: ForwardTrace): tf.Tensor2D {
-    return tf.matMul(this.hidden(ids, trace), this.param('embed_out.weight'), false, true);
+    return matMul(this.hidden(ids, trace), this.param('embed_out.weight'), false, true) as tf.Tensor2D;
   }
 
   /** Logits [B, T, V] for token ids [B, T]. Call inside tf.tidy. */

@@ -60,7 +60,8 @@ export function crossEntropy(logits: tf.Tensor2D, targets: tf.Tensor1D): tf.Scal
       gradFunc: (dy, saved) => {
         const [xs, l] = saved;
         const probs = tf.exp(tf.sub(xs, tf.reshape(l, [n, 1])));
-        const hot = tf.oneHot(targets, v, 1, 0, 'float32');
+        // oneHot straight to float32 writes integer bits on the wasm backend; cast instead.
+        const hot = tf.cast(tf.oneHot(targets, v), 'float32');
         return tf.mul(tf.sub(probs, hot), tf.div(dy, n));
       },
     };
@@ -79,7 +80,42 @@ export function layerNorm(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor, eps:
   return tf.add(tf.mul(tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, eps))), weight), bias);
 }
 
+/** Swaps the last two axes. */
+function swapLast(x: tf.Tensor): tf.Tensor {
+  const perm = x.shape.map((_, i) => i);
+  [perm[perm.length - 2], perm[perm.length - 1]] = [perm[perm.length - 1], perm[perm.length - 2]];
+  return tf.transpose(x, perm);
+}
+
+/** A product of the two, transposing explicitly: the wasm backend's transposed kernels are 10-50× slower. */
+function plainMatMul(a: tf.Tensor, b: tf.Tensor, transposeA: boolean, transposeB: boolean): tf.Tensor {
+  return tf.matMul(transposeA ? swapLast(a) : a, transposeB ? swapLast(b) : b);
+}
+
+/**
+ * op(a) @ op(b), batched over leading axes. On wasm both the product and its gradients run as
+ * untransposed products; elsewhere this is tf.matMul.
+ */
+export function matMul(a: tf.Tensor, b: tf.Tensor, transposeA = false, transposeB = false): tf.Tensor {
+  if (tf.getBackend() !== 'wasm') return tf.matMul(a, b, transposeA, transposeB);
+  const f = tf.customGrad(((x: tf.Tensor, y: tf.Tensor, save: tf.GradSaveFunc) => {
+    save([x, y]);
+    return {
+      value: plainMatMul(x, y, transposeA, transposeB),
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const [sx, sy] = saved;
+        const opY = transposeB ? swapLast(sy) : sy;
+        const opX = transposeA ? swapLast(sx) : sx;
+        const dx = transposeA ? plainMatMul(opY, dy, false, true) : plainMatMul(dy, opY, false, true);
+        const dyy = transposeB ? plainMatMul(dy, opX, true, false) : plainMatMul(opX, dy, true, false);
+        return [dx, dyy];
+      },
+    };
+  }) as unknown as Parameters<typeof tf.customGrad>[0]);
+  return f(a, b);
+}
+
 /** x @ weightᵀ + bias with a torch-layout weight [out, in]. */
 export function linear(x: tf.Tensor2D, weight: tf.Tensor2D, bias: tf.Tensor1D): tf.Tensor2D {
-  return tf.add(tf.matMul(x, weight, false, true), bias);
+  return tf.add(matMul(x, weight, false, true), bias) as tf.Tensor2D;
 }

@@ -38,7 +38,8 @@ export function clipByGlobalNorm(
 ): { grads: Record<string, tf.Tensor>; norm: tf.Scalar } {
   return tf.tidy(() => {
     const squares = Object.values(grads).map((g) => tf.sum(tf.square(g)));
-    const norm = tf.sqrt(tf.addN(squares)) as tf.Scalar;
+    // Pairwise adds, not addN: one addN over every parameter exceeds WebGPU's storage-buffer limit.
+    const norm = tf.sqrt(squares.reduce((acc, x) => tf.add(acc, x))) as tf.Scalar;
     const scale = tf.minimum(1, tf.div(maxNorm, tf.add(norm, 1e-6)));
     const clipped: Record<string, tf.Tensor> = {};
     for (const [name, g] of Object.entries(grads)) clipped[name] = tf.mul(g, scale);

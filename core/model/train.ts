@@ -237,6 +237,10 @@ export class Trainer {
       if (this.step % reportEvery === 0 || this.step === untilStep) {
         const [l, g] = await Promise.all([loss.data(), gradNorm.data()]);
         lastLoss = l[0];
+        if (!Number.isFinite(lastLoss)) {
+          tf.dispose([loss, gradNorm]);
+          throw new Error(`training diverged at step ${this.step}: loss ${lastLoss}`);
+        }
         const now = performance.now();
         onStep?.({
           step: this.step,
@@ -250,7 +254,6 @@ export class Trainer {
         windowTokens = 0;
       }
       tf.dispose([loss, gradNorm]);
-      if (!Number.isFinite(lastLoss)) throw new Error(`training diverged at step ${this.step}: loss ${lastLoss}`);
       if (evaluate && this.step % evaluate.every === 0) await evaluate.run(this.model, this.step);
       if (checkpointDir && checkpointEvery > 0 && this.step % checkpointEvery === 0 && this.step < untilStep) {
         hash = await this.saveCheckpoint(checkpointDir);

@@ -1,0 +1,364 @@
+/**
+ * Compute backend selection for tfjs (DESIGN.md "Compute").
+ *
+ * Backends, best first: `tensorflow` (@tensorflow/tfjs-node-gpu, then @tensorflow/tfjs-node; optional,
+ * native libtensorflow) > `webgpu` (@tensorflow/tfjs-backend-webgpu on Dawn, npm `webgpu`) > `wasm` > `cpu`.
+ * The choice is one setting (`--backend`, env `OFFSHOOT_BACKEND`, default `auto`). `auto` passes over a
+ * WebGPU adapter that is a software rasteriser (Mesa lavapipe): it is slower than wasm; asking for
+ * `webgpu` explicitly still uses it (that is how CI exercises the WebGPU path on CPU machines).
+ */
+import { createRequire } from 'node:module';
+import * as path from 'node:path';
+import * as tf from './tfjs.js';
+
+export type BackendName = 'tensorflow' | 'webgpu' | 'wasm' | 'cpu';
+export type BackendChoice = BackendName | 'auto';
+
+export interface BackendInfo {
+  /** The tfjs backend now active. */
+  name: BackendName;
+  /** Why it was chosen (explicit request, or what `auto` skipped and why). */
+  reason: string;
+  /** What runs it, e.g. the WebGPU adapter or the tfjs-node package. */
+  detail?: string;
+}
+
+/** Order `auto` tries them in. */
+const BACKENDS: readonly BackendName[] = ['tensorflow', 'webgpu', 'wasm', 'cpu'];
+const CHOICES: readonly BackendChoice[] = ['auto', ...BACKENDS];
+const ENV_VAR = 'OFFSHOOT_BACKEND';
+
+/** Parses a backend setting (case-insensitive, trimmed); throws naming the valid values. */
+export function parseBackendChoice(s: string): BackendChoice {
+  const v = String(s).trim().toLowerCase();
+  if ((CHOICES as readonly string[]).includes(v)) return v as BackendChoice;
+  throw new Error(`backend: invalid value ${JSON.stringify(s)}; expected one of ${CHOICES.join(', ')}`);
+}
+
+function choiceFromEnv(): BackendChoice {
+  const raw = process.env[ENV_VAR];
+  if (raw === undefined || raw.trim() === '') return 'auto';
+  try {
+    return parseBackendChoice(raw);
+  } catch (e) {
+    throw new Error(`${ENV_VAR}: ${(e as Error).message}`);
+  }
+}
+
+const defaultLog = (msg: string): void => {
+  process.stderr.write(`${msg}\n`);
+};
+
+/** One successful result per choice; a failed attempt is forgotten so that it can be retried. */
+const inits = new Map<BackendChoice, Promise<BackendInfo>>();
+
+/**
+ * Selects and activates a tfjs backend. `choice` defaults to env OFFSHOOT_BACKEND, else `auto`, which takes
+ * the first that loads of tensorflow > webgpu (hardware adapter only) > wasm > cpu. Logs one line saying
+ * what was chosen and why (to stderr unless `log` is given).
+ * An explicit backend that cannot load throws an Error saying what is missing and how to fix it.
+ * Idempotent per choice: later calls return the same info without registering anything again (they
+ * only make that backend the active one again if something switched away from it).
+ */
+export async function initBackend(
+  choice: BackendChoice = choiceFromEnv(),
+  log: (msg: string) => void = defaultLog,
+): Promise<BackendInfo> {
+  const c = parseBackendChoice(choice);
+  let p = inits.get(c);
+  if (p === undefined) {
+    p = doInit(c, log);
+    inits.set(c, p);
+    p.catch(() => inits.delete(c));
+  }
+  const info = await p;
+  if (tf.getBackend() !== info.name) await activate(info.name);
+  return info;
+}
+
+async function doInit(choice: BackendChoice, log: (msg: string) => void): Promise<BackendInfo> {
+  let info: BackendInfo;
+  if (choice === 'auto') {
+    const skipped: string[] = [];
+    let found: BackendInfo | undefined;
+    for (const name of BACKENDS) {
+      try {
+        if (name === 'webgpu') {
+          // A software adapter (Mesa lavapipe, SwiftShader) is several times slower than wasm: measured
+          // on 2 cores, tfjs f32 matmul 512x512 ran at ~2.9 GFLOP/s on lavapipe vs ~26 on wasm SIMD.
+          const probe = await probeWebGPU();
+          if (probe.software) {
+            skipped.push(`webgpu skipped: software adapter only (${probe.description}), slower than wasm; --backend webgpu forces it`);
+            continue;
+          }
+        }
+        const { detail } = await load(name);
+        await activate(name);
+        found = { name, reason: skipped.length ? `auto; ${skipped.join('; ')}` : 'auto: best available', detail };
+        break;
+      } catch (e) {
+        skipped.push(`${name} unavailable: ${e instanceof BackendUnavailable ? e.short : firstLine(e)}`);
+      }
+    }
+    if (found === undefined) throw new Error(`backend: no tfjs backend could be initialised (${skipped.join('; ')})`);
+    info = found;
+  } else {
+    const { detail } = await load(choice);
+    await activate(choice);
+    info = { name: choice, reason: 'requested', detail };
+  }
+  log(`backend: ${info.name}${info.detail ? ` (${info.detail})` : ''}; ${info.reason}`);
+  return info;
+}
+
+async function activate(name: BackendName): Promise<void> {
+  let ok: boolean;
+  try {
+    ok = await tf.setBackend(name);
+  } catch (e) {
+    throw new Error(`backend ${name}: failed to initialise: ${firstLine(e)}`);
+  }
+  // tfjs catches a failing backend factory, warns on the console and returns false.
+  if (!ok) throw new Error(`backend ${name}: failed to initialise (tfjs's warning above says why)`);
+  await tf.ready();
+}
+
+/** A backend that cannot load: `short` says what is missing, the message adds how to fix it. */
+class BackendUnavailable extends Error {
+  constructor(
+    readonly backend: BackendName,
+    readonly short: string,
+    hint: string,
+  ) {
+    super(`${backend} backend unavailable: ${short}. ${hint}`);
+    this.name = 'BackendUnavailable';
+  }
+}
+
+function firstLine(e: unknown): string {
+  const msg = e instanceof Error ? e.message : String(e);
+  // Node's module-not-found messages end with " imported from <file>": noise here.
+  return (msg.split('\n')[0] ?? '').replace(/ imported from \S+$/, '');
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Loading: registers the backend's factory with tfjs, once per process.
+
+const loads = new Map<BackendName, Promise<{ detail?: string }>>();
+
+function load(name: BackendName): Promise<{ detail?: string }> {
+  let p = loads.get(name);
+  if (p === undefined) {
+    p = LOADERS[name]();
+    loads.set(name, p);
+    // A backend that could not load may load later (e.g. after scripts/setup-webgpu.sh); let it retry.
+    p.catch(() => loads.delete(name));
+  }
+  return p;
+}
+
+const LOADERS: Record<BackendName, () => Promise<{ detail?: string }>> = {
+  tensorflow: loadTensorflow,
+  webgpu: loadWebGPU,
+  wasm: loadWasm,
+  cpu: loadCpu,
+};
+
+const require = createRequire(import.meta.url);
+
+function packageVersion(pkg: string): string {
+  try {
+    return (require(`${pkg}/package.json`) as { version?: string }).version ?? '?';
+  } catch {
+    return '?';
+  }
+}
+
+async function loadCpu(): Promise<{ detail?: string }> {
+  await import('@tensorflow/tfjs-backend-cpu');
+  return { detail: 'pure JS, single-threaded' };
+}
+
+async function loadWasm(): Promise<{ detail?: string }> {
+  const wasm = await import('@tensorflow/tfjs-backend-wasm');
+  if (!wasmPathsSet) {
+    // The .wasm binaries sit beside the package's main file (dist/); tell it so explicitly, as
+    // bundlers and test runners move the JS away from them.
+    const dist = path.dirname(require.resolve('@tensorflow/tfjs-backend-wasm'));
+    wasm.setWasmPaths(dist + path.sep);
+    wasmPathsSet = true;
+  }
+  // tfjs-backend-wasm disables its threaded build under Node (tfjs issue 3830), so XNNPACK runs on
+  // one thread; SIMD is detected (Node 20 has it) and picks tfjs-backend-wasm-simd.wasm.
+  const simd = await tf.env().getAsync('WASM_HAS_SIMD_SUPPORT');
+  return { detail: `${simd ? 'SIMD' : 'no SIMD'}, single-threaded` };
+}
+let wasmPathsSet = false;
+
+async function loadTensorflow(): Promise<{ detail?: string }> {
+  const problems: string[] = [];
+  for (const pkg of ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node']) {
+    try {
+      // A variable specifier: these packages are optional and absent from most installs.
+      const spec: string = pkg;
+      await import(spec);
+      if (tf.findBackendFactory('tensorflow') == null) throw new Error(`${pkg} registered no 'tensorflow' backend`);
+      return { detail: `${pkg} ${packageVersion(pkg)}` };
+    } catch (e) {
+      const msg = firstLine(e);
+      const missing = new RegExp(`Cannot find (package|module) '${pkg}'`).test(msg);
+      problems.push(missing ? `${pkg} not installed` : `${pkg} failed to load: ${msg}`);
+    }
+  }
+  throw new BackendUnavailable(
+    'tensorflow',
+    problems.join('; '),
+    'Install @tensorflow/tfjs-node-gpu (CUDA) or @tensorflow/tfjs-node (CPU); their install downloads ' +
+      'libtensorflow, so it needs network access. Or choose another backend: webgpu, wasm, cpu.',
+  );
+}
+
+// ---------------------------------------------------------------------------------------------------
+// WebGPU in Node: Dawn through the `webgpu` package.
+//
+// tfjs-backend-webgpu expects a browser: `navigator.gpu` and the GPU* constants (GPUBufferUsage,
+// GPUMapMode, ...) as globals. It registers its own factory at import time only if navigator.gpu already
+// exists, and that factory fails obscurely when there is no adapter. So we set the globals, request the
+// adapter and device ourselves (with the limits and features tfjs's own factory asks for), and register a
+// factory that wraps that device in the package's exported WebGPUBackend.
+//
+// Process exit: with dawn.node 0.6.2 the process exits by itself once the event loop is empty, with the
+// device alive and `navigator.gpu` still referenced (verified with tfjs work, device.lost and
+// onuncapturederror handlers attached). The webgpu README warns that a global reference to the GPU
+// object can keep Node alive (crbug.com/387965810); if that ever shows up, `delete navigator.gpu`.
+
+/** Limits tfjs's own factory raises to the adapter's maxima, plus the storage-buffer count. */
+const WEBGPU_LIMITS = [
+  'maxComputeWorkgroupStorageSize',
+  'maxComputeWorkgroupsPerDimension',
+  'maxStorageBufferBindingSize',
+  'maxBufferSize',
+  'maxComputeWorkgroupSizeX',
+  'maxComputeInvocationsPerWorkgroup',
+  'maxStorageBuffersPerShaderStage',
+] as const;
+
+const SETUP_HINT =
+  'On a CPU-only Debian bookworm machine run scripts/setup-webgpu.sh (Mesa lavapipe 25.x from ' +
+  'bookworm-backports plus libvulkan1); on a GPU machine install the vendor Vulkan driver and libvulkan1';
+
+interface GpuLike {
+  requestAdapter(options?: { powerPreference?: 'low-power' | 'high-performance' }): Promise<AdapterLike | null>;
+}
+interface AdapterLike {
+  features: ReadonlySet<string>;
+  limits: Record<string, number>;
+  info?: { vendor?: string; architecture?: string; device?: string; description?: string; isFallbackAdapter?: boolean };
+  requestDevice(descriptor?: {
+    requiredFeatures?: string[];
+    requiredLimits?: Record<string, number>;
+  }): Promise<DeviceLike>;
+}
+interface DeviceLike {
+  lost: Promise<{ reason: string; message: string }>;
+  onuncapturederror: ((ev: { error: { message: string } }) => void) | null;
+}
+
+interface WebGPUProbe {
+  adapter: AdapterLike;
+  software: boolean;
+  description: string;
+}
+
+let probing: Promise<WebGPUProbe> | undefined;
+
+/** Sets up navigator.gpu and the GPU* globals from Dawn and requests an adapter (once, unless it fails). */
+function probeWebGPU(): Promise<WebGPUProbe> {
+  if (probing === undefined) {
+    probing = doProbeWebGPU();
+    probing.catch(() => {
+      probing = undefined;
+    });
+  }
+  return probing;
+}
+
+async function doProbeWebGPU(): Promise<WebGPUProbe> {
+  let dawn: { create(flags: string[]): unknown; globals: object };
+  try {
+    dawn = (await import('webgpu')) as unknown as typeof dawn;
+  } catch (e) {
+    throw new BackendUnavailable(
+      'webgpu',
+      `the Dawn bindings (npm package "webgpu") failed to load: ${firstLine(e)}`,
+      'Reinstall the "webgpu" package; it ships dawn.node for linux-x64/arm64, darwin and win32.',
+    );
+  }
+  // Registers tfjs's webgpu kernels and WEBGPU_* flags. Its import-time factory (registered only when
+  // navigator.gpu already exists) is replaced in loadWebGPU.
+  await import('@tensorflow/tfjs-backend-webgpu');
+  const g = globalThis as Record<string, unknown>;
+  for (const [k, v] of Object.entries(dawn.globals)) if (!(k in g)) g[k] = v;
+  let nav = g.navigator as { gpu?: unknown } | undefined;
+  if (nav == null) {
+    // Node 20 has no navigator; Node 21+ has one without `gpu`.
+    nav = {};
+    Object.defineProperty(globalThis, 'navigator', { value: nav, writable: true, configurable: true });
+  }
+  if (nav.gpu == null) {
+    Object.defineProperty(nav, 'gpu', { value: dawn.create([]), writable: true, configurable: true });
+  }
+  const gpu = nav.gpu as GpuLike;
+  const lowPower = tf.env().getBool('WEBGPU_USE_LOW_POWER_GPU') === true;
+  const adapter = await gpu.requestAdapter({ powerPreference: lowPower ? 'low-power' : 'high-performance' });
+  if (adapter == null) throw new BackendUnavailable('webgpu', 'Dawn found no WebGPU adapter (no Vulkan driver)', SETUP_HINT);
+  const info = adapter.info ?? {};
+  const software =
+    info.isFallbackAdapter === true ||
+    info.architecture === 'software' ||
+    /llvmpipe|lavapipe|swiftshader/i.test(`${info.description} ${info.device}`);
+  return { adapter, software, description: describeAdapter(info) };
+}
+
+async function loadWebGPU(): Promise<{ detail?: string }> {
+  const { adapter, description } = await probeWebGPU();
+  const requiredLimits: Record<string, number> = {};
+  for (const k of WEBGPU_LIMITS) {
+    const v = adapter.limits[k];
+    if (typeof v === 'number') requiredLimits[k] = v;
+  }
+  // tfjs uses timestamp-query for profiling and bgra8unorm-storage for canvas output; its own factory
+  // passes the latter wrapped in an array by mistake.
+  const requiredFeatures = ['timestamp-query', 'bgra8unorm-storage'].filter((f) => adapter.features.has(f));
+  let device: DeviceLike;
+  try {
+    device = await adapter.requestDevice({ requiredFeatures, requiredLimits });
+  } catch (e) {
+    throw new BackendUnavailable('webgpu', `requestDevice failed on ${description}: ${firstLine(e)}`, SETUP_HINT);
+  }
+  device.onuncapturederror = (ev) => {
+    process.stderr.write(`webgpu: uncaptured error: ${ev.error.message}\n`);
+  };
+  void device.lost.then((l) => {
+    if (l.reason !== 'destroyed') process.stderr.write(`webgpu: device lost (${l.reason}): ${l.message}\n`);
+  });
+
+  const { WebGPUBackend } = await import('@tensorflow/tfjs-backend-webgpu');
+  if (tf.findBackendFactory('webgpu') != null) tf.removeBackend('webgpu');
+  const info = adapter.info ?? {};
+  tf.registerBackend(
+    'webgpu',
+    // tfjs types the device and info as the DOM's GPUDevice/GPUAdapterInfo, which this project's lib lacks.
+    () => new WebGPUBackend(device as never, info as never),
+    3,
+  );
+  return { detail: `adapter: ${description}` };
+}
+
+function describeAdapter(info: NonNullable<AdapterLike['info']>): string {
+  const api = process.platform === 'darwin' ? 'Metal' : process.platform === 'win32' ? 'D3D12' : 'Vulkan';
+  const name = info.description || info.device || 'unknown';
+  const tags = new Set([info.vendor, info.architecture, info.isFallbackAdapter ? 'software' : undefined]);
+  const extra = [...tags].filter((t): t is string => !!t);
+  return `${name}${extra.length ? ` [${extra.join(', ')}]` : ''}, Dawn/${api}`;
+}

@@ -1,0 +1,11 @@
+export * from './config.js';
+export * from './safetensors.js';
+export * from './checkpoint.js';
+export * from './gptneox.js';
+export * from './losses.js';
+export * from './optim.js';
+export * from './train.js';
+export { crossEntropy, gelu, layerNorm, gatherRows, takeAlongLastAxis } from './ops.js';
+export { SeededRandom, deriveSeed } from './random.js';
+export { writeFileAtomic, writeDirAtomic } from './atomic.js';
+export * from './presets.js';

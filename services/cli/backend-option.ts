@@ -1,0 +1,28 @@
+/** The global `--backend` option: every command that computes initialises the backend first. */
+import type { Command } from 'commander';
+
+import { type BackendInfo, initBackend, parseBackendChoice } from '../../core/model/backend.js';
+
+let active: BackendInfo | undefined;
+
+/** Wraps a command action so the backend chosen by `--backend` (or OFFSHOOT_BACKEND) is ready when it runs. */
+export function withBackend<A extends unknown[]>(action: (...args: A) => Promise<void>): (...args: A) => Promise<void> {
+  return async (...args: A) => {
+    const command = args[args.length - 1] as Command;
+    const root = rootOf(command);
+    const choice = root.opts().backend as string | undefined;
+    active = await initBackend(choice === undefined ? undefined : parseBackendChoice(choice));
+    await action(...args);
+  };
+}
+
+/** The backend the running command uses (after withBackend initialised it). */
+export function activeBackend(): BackendInfo | undefined {
+  return active;
+}
+
+function rootOf(command: Command): Command {
+  let c = command;
+  while (c.parent) c = c.parent;
+  return c;
+}

@@ -1,0 +1,60 @@
+/** Pieces the CLI commands share: where caches live, loading a model with its tokenizer, number parsing. */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+
+import { InvalidArgumentError } from 'commander';
+
+import { type Tokenizer, TOKENIZER_FILE, loadTokenizer } from '../../core/data/index.js';
+import { GPTNeoX, TRAINER_STATE_FILE, type TrainerState, loadCheckpoint } from '../../core/model/index.js';
+
+/** The per-machine cache (token files, tool builds): env OFFSHOOT_CACHE, else ~/.cache/offshoot. */
+export function cacheDir(...sub: string[]): string {
+  return path.join(process.env.OFFSHOOT_CACHE || path.join(os.homedir(), '.cache', 'offshoot'), ...sub);
+}
+
+export function positiveInt(name: string): (value: string) => number {
+  return (value) => {
+    const n = Number(value);
+    if (!Number.isSafeInteger(n) || n <= 0) throw new InvalidArgumentError(`${name} must be a positive integer, got ${JSON.stringify(value)}`);
+    return n;
+  };
+}
+
+export function nonNegativeInt(name: string): (value: string) => number {
+  return (value) => {
+    const n = Number(value);
+    if (!Number.isSafeInteger(n) || n < 0) throw new InvalidArgumentError(`${name} must be a non-negative integer, got ${JSON.stringify(value)}`);
+    return n;
+  };
+}
+
+export function positiveNumber(name: string): (value: string) => number {
+  return (value) => {
+    const n = Number(value);
+    if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`${name} must be a positive number, got ${JSON.stringify(value)}`);
+    return n;
+  };
+}
+
+export interface LoadedModel {
+  model: GPTNeoX;
+  tokenizer?: Tokenizer;
+  hash: string;
+  /** The training state saved with the checkpoint, when it was trained by offshoot. */
+  trainerState?: TrainerState;
+}
+
+/** Loads a checkpoint directory and, when it carries one, its tokenizer. */
+export async function loadModel(dir: string, options: { tokenizer?: string } = {}): Promise<LoadedModel> {
+  const ckpt = loadCheckpoint(dir);
+  const model = GPTNeoX.fromTensors(ckpt.config, ckpt.tensors, dir);
+  const tokPath = options.tokenizer ?? (fs.existsSync(path.join(dir, TOKENIZER_FILE)) ? dir : undefined);
+  const tokenizer = tokPath ? await loadTokenizer(tokPath) : undefined;
+  if (tokenizer && tokenizer.vocabSize > ckpt.config.vocabSize) {
+    throw new Error(`tokenizer ${tokPath}: vocabulary ${tokenizer.vocabSize} is larger than the model's ${ckpt.config.vocabSize}`);
+  }
+  const stateFile = path.join(dir, TRAINER_STATE_FILE);
+  const trainerState = fs.existsSync(stateFile) ? (JSON.parse(fs.readFileSync(stateFile, 'utf8')) as TrainerState) : undefined;
+  return { model, tokenizer, hash: ckpt.hash, trainerState };
+}
