@@ -1,0 +1,77 @@
+"""PyTorch baseline for offshoot's throughput benchmarks.
+
+Trains Hugging Face transformers' GPTNeoXForCausalLM of the given shape (eager PyTorch, no
+torch.compile; transformers' default attention implementation) with AdamW on synthetic tokens, and
+prints one JSON line: tokens/s over the timed steps. Same shape, batch and optimiser as
+bench/train-throughput, so the two figures compare.
+"""
+import argparse
+import json
+import time
+
+import torch
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--vocab", type=int, required=True)
+    p.add_argument("--hidden", type=int, required=True)
+    p.add_argument("--layers", type=int, required=True)
+    p.add_argument("--heads", type=int, required=True)
+    p.add_argument("--batch-size", type=int, required=True)
+    p.add_argument("--seq-len", type=int, required=True)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    a = p.parse_args()
+
+    device = torch.device(a.device if a.device != "cuda" or torch.cuda.is_available() else "cpu")
+    config = GPTNeoXConfig(
+        vocab_size=a.vocab, hidden_size=a.hidden, num_hidden_layers=a.layers, num_attention_heads=a.heads,
+        intermediate_size=4 * a.hidden, rotary_pct=0.25, max_position_embeddings=max(2048, a.seq_len),
+        use_parallel_residual=True, tie_word_embeddings=False, hidden_act="gelu",
+    )
+    torch.manual_seed(0)
+    model = GPTNeoXForCausalLM(config).to(device)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    n = a.batch_size * a.seq_len
+    ids = torch.randint(0, a.vocab, (a.batch_size, a.seq_len), device=device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=a.dtype == "bfloat16")
+
+    def step() -> torch.Tensor:
+        with autocast:
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(a.warmup):
+        step().item()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(a.steps):
+        loss = step()
+    loss.item()
+    sync()
+    ms = (time.perf_counter() - t0) * 1000 / a.steps
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    attn = getattr(model.config, "_attn_implementation", "default")
+    print(json.dumps({
+        "tokensPerSecond": n * 1000 / ms,
+        "stepMs": ms,
+        "detail": f"torch {torch.__version__} {a.dtype} on {name}, attention {attn}",
+        "peakGpuMiB": (torch.cuda.max_memory_allocated(device) // 2**20) if device.type == "cuda" else None,
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Sets up offshoot on this machine: Node dependencies, the build, and the fast compute backends.
+#
+#   scripts/setup.sh           what running offshoot needs
+#   scripts/setup.sh --test    also the Hugging Face oracle (torch + transformers) the tests compare against
+#
+# Every step is idempotent and cached per machine (${OFFSHOOT_CACHE:-$HOME/.cache/offshoot}), so a
+# second run, or a fresh clone on the same machine, takes seconds.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+with_test=0
+[[ "${1:-}" == "--test" ]] && with_test=1
+
+step() { printf '\n== %s\n' "$*" >&2; }
+
+step "Node dependencies (npm ci)"
+# Reinstall only when the lockfile changed since the last install.
+stamp=node_modules/.offshoot-lock-sha256
+want="$(sha256sum package-lock.json | cut -d' ' -f1)"
+if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
+  npm ci --no-audit --no-fund >&2
+  echo "$want" >"$stamp"
+else
+  echo "node_modules matches package-lock.json" >&2
+fi
+
+step "TypeScript build"
+npm run --silent build >&2
+
+step "WebGPU on CPU (Mesa lavapipe)"
+if [[ $(id -u) -eq 0 ]] || command -v sudo >/dev/null; then
+  if [[ $(id -u) -eq 0 ]]; then scripts/setup-webgpu.sh >&2; else sudo scripts/setup-webgpu.sh >&2; fi
+else
+  echo "skipped: installing mesa-vulkan-drivers needs root; the webgpu backend will be unavailable" >&2
+fi
+
+step "tensorflow backend (tfjs-node built against TensorFlow's PyPI wheel)"
+if ! scripts/setup-tensorflow.sh >&2; then
+  # Not fatal for running: the backend layer falls back to wasm. Tests that need it say so.
+  echo "warning: the tensorflow backend could not be set up (see above); offshoot falls back to wasm" >&2
+fi
+
+if [[ $with_test -eq 1 ]]; then
+  step "Hugging Face oracle for parity tests (torch, transformers)"
+  scripts/setup-python.sh >/dev/null
+fi
+step "ready"
