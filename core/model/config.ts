@@ -42,6 +42,14 @@ export function rotaryDims(config: Pick<NeoXConfig, 'headSize' | 'rotaryPct'>): 
   return Math.floor(config.headSize * config.rotaryPct);
 }
 
+/**
+ * Dims the rotary embedding actually rotates. transformers builds ceil(n/2) frequencies
+ * base^(-2i/n) for n = rotaryDims and rotates twice that many dims, so an odd n rotates n + 1.
+ */
+export function rotatedDims(config: Pick<NeoXConfig, 'headSize' | 'rotaryPct'>): number {
+  return 2 * Math.ceil(rotaryDims(config) / 2);
+}
+
 /** True when every layer has the teacher-style shape transformers' GPTNeoX can express. */
 export function isTransformersCompatible(config: NeoXConfig): boolean {
   const first = config.layers[0];
@@ -130,9 +138,9 @@ export function validateConfig(config: NeoXConfig, source: string): void {
   if (!(config.rotaryPct >= 0 && config.rotaryPct <= 1)) {
     throw new ConfigError(`${source}: field "rotary_pct" must be in [0, 1], got ${config.rotaryPct}`);
   }
-  if (rotaryDims(config) % 2 !== 0) {
+  if (rotatedDims(config) > config.headSize) {
     throw new ConfigError(
-      `${source}: rotary dims int(head_size ${config.headSize} × rotary_pct ${config.rotaryPct}) = ${rotaryDims(config)} must be even`,
+      `${source}: rotary dims int(head_size ${config.headSize} × rotary_pct ${config.rotaryPct}) = ${rotaryDims(config)} round up past the head size`,
     );
   }
   if (!(config.layerNormEps > 0)) {

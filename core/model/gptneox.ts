@@ -5,7 +5,7 @@
  */
 import * as tf from './tfjs.js';
 
-import { type NeoXConfig, expectedShapes, rotaryDims } from './config.js';
+import { type NeoXConfig, expectedShapes, rotaryDims, rotatedDims } from './config.js';
 import { gatherRows, gelu, layerNorm, linear, matMul } from './ops.js';
 import { SeededRandom, deriveSeed } from './random.js';
 import type { HostTensor } from './safetensors.js';
@@ -119,14 +119,15 @@ export class GPTNeoX {
   private rope(seqLen: number): { cos: tf.Tensor2D; sin: tf.Tensor2D; mask: tf.Tensor2D } {
     const cached = this.ropeCache.get(seqLen);
     if (cached) return cached;
-    const rd = rotaryDims(this.config);
+    const n = rotaryDims(this.config);
+    const rd = rotatedDims(this.config);
     const half = rd / 2;
     const cos = new Float32Array(seqLen * rd);
     const sin = new Float32Array(seqLen * rd);
     for (let t = 0; t < seqLen; t++) {
       for (let i = 0; i < half; i++) {
         // Same arithmetic as transformers: inv_freq in f32, then t * inv_freq in f32.
-        const invFreq = Math.fround(1 / Math.fround(this.config.rotaryBase ** Math.fround((2 * i) / rd)));
+        const invFreq = Math.fround(1 / Math.fround(this.config.rotaryBase ** Math.fround((2 * i) / n)));
         const angle = Math.fround(t * invFreq);
         cos[t * rd + i] = cos[t * rd + i + half] = Math.cos(angle);
         sin[t * rd + i] = sin[t * rd + i + half] = Math.sin(angle);
@@ -145,7 +146,7 @@ export class GPTNeoX {
 
   /** Rotary embedding on the first rotaryDims of x [B, H, T, hs], rotate_half style. */
   private applyRotary(x: tf.Tensor4D, cos: tf.Tensor2D, sin: tf.Tensor2D): tf.Tensor4D {
-    const rd = rotaryDims(this.config);
+    const rd = rotatedDims(this.config);
     if (rd === 0) return x;
     const [b, h, t, hs] = x.shape;
     const rot = tf.slice(x, [0, 0, 0, 0], [b, h, t, rd]);
