@@ -1,0 +1,267 @@
+/**
+ * Fitness functions for the search, stateless: (teacher ref, spec, data ref, budget, seed) → metrics.
+ *
+ *   zero-shot: validation loss of the inherited weights, no training (whittle's proxy).
+ *   brief:     N steps of training, with distillation from the teacher held in this process (default)
+ *              or plain cross-entropy, then validation loss.
+ * Tokens and FLOPs spent are reported (count.ts formulas at the training sequence length). `init:
+ * 'random'` trains a freshly initialised model of the same shape instead, the baseline a sub-network
+ * must beat.
+ *
+ * A FitnessContext caches what several evaluations of one teacher share (its tensors, the teacher
+ * model for distillation, the tokenised data, importance scores); evaluateFitness creates one per call
+ * when none is passed, so results never depend on it.
+ */
+import * as os from 'node:os';
+import * as path from 'node:path';
+
+import {
+  DEFAULT_TRAIN_CORPUS,
+  DEFAULT_VALIDATION_CORPUS,
+  type Tokenizer,
+  evalBatches,
+  loadTokenizer,
+  sampleBatch,
+  tokenizedCorpus,
+} from '../data/index.js';
+import {
+  DEFAULT_DISTILL,
+  type DistillOptions,
+  GPTNeoX,
+  type LoadedCheckpoint,
+  Trainer,
+  evaluateLoss,
+  inProcessTeacher,
+  loadCheckpoint,
+} from '../model/index.js';
+import { resolveOptions } from './checkpoint.js';
+import { countShape } from './count.js';
+import { extractTensors } from './extract.js';
+import { type HeadOrder, type LayerOrder, type SubnetSpec, canonicalHash, canonicalize } from './spec.js';
+
+export interface FitnessData {
+  /** Training corpus (sotu:train, sotu:val, mobydick or a path). Default sotu:train. */
+  train?: string;
+  /** Validation corpus. Default sotu:val. */
+  val?: string;
+  /** Tokenizer file or folder; default the teacher checkpoint's tokenizer.json. */
+  tokenizer?: string;
+}
+
+export interface FitnessBudget {
+  kind: 'zero-shot' | 'brief';
+  /** Training steps (brief). Default 100. */
+  steps?: number;
+  /** Sequences per step and per evaluation batch. Default 8. */
+  batchSize?: number;
+  /** Tokens per sequence, for training and evaluation. Default min(teacher context, 64). */
+  seqLen?: number;
+  /** Peak learning rate (warmup then cosine to a tenth). Default 3e-3. */
+  lr?: number;
+  /** Warmup steps. Default min(10, steps). */
+  warmup?: number;
+  /** 'distill' (default) or 'ce'. */
+  loss?: 'distill' | 'ce';
+  distill?: DistillOptions;
+  /** Validation tokens. Default 8192. */
+  evalTokens?: number;
+  /** Also measure the validation loss before training (brief). Default false. */
+  zeroShotEval?: boolean;
+}
+
+export interface FitnessRequest {
+  /** Teacher checkpoint directory. */
+  teacher: string;
+  spec: SubnetSpec;
+  data?: FitnessData;
+  budget: FitnessBudget;
+  /** Seed of the data order and of a random initialisation. */
+  seed: number;
+  /** 'inherit' (default): the teacher's sliced weights; 'random': a fresh model of the same shape. */
+  init?: 'inherit' | 'random';
+  /** Orderings for counts in the spec. Default first-k / first. */
+  order?: HeadOrder;
+  layers?: LayerOrder;
+  /** Calibration sequences for importance orderings. Default 8. */
+  calibrationBatchSize?: number;
+}
+
+export interface FitnessMetrics {
+  specHash: string;
+  teacherHash: string;
+  init: 'inherit' | 'random';
+  kind: 'zero-shot' | 'brief';
+  parameters: number;
+  /** The fitness: validation loss after the budget. */
+  valLoss: number;
+  valPpl: number;
+  /** Validation loss before training (zero-shot, or brief with zeroShotEval). */
+  zeroShotValLoss?: number;
+  steps: number;
+  lastTrainLoss?: number;
+  trainTokens: number;
+  evalTokens: number;
+  flops: {
+    /** Student training: trainTokens × (6·N + 3·attention). */
+    training: number;
+    /** Teacher forward passes for distillation: trainTokens × teacher forward. */
+    teacher: number;
+    /** Validation passes: evalTokens × forward, per pass. */
+    evaluation: number;
+    total: number;
+  };
+  seqLen: number;
+  /** Wall time of the evaluation (informational; not part of the fitness). */
+  seconds: number;
+}
+
+export interface FitnessContext {
+  teacherDir: string;
+  checkpoint: LoadedCheckpoint;
+  tokenizer: Tokenizer;
+  train: ArrayLike<number>;
+  val: ArrayLike<number>;
+  data: Required<Pick<FitnessData, 'train' | 'val'>>;
+  /** The teacher as a model (distillation, importance), created on first use. */
+  teacherModel?: GPTNeoX;
+  importance?: Map<string, Awaited<ReturnType<typeof resolveOptions>>>;
+}
+
+/** Seed of the calibration batch for importance orderings. */
+export const CALIBRATION_SEED = 0x1337;
+
+/** The token cache folder: env OFFSHOOT_CACHE (or ~/.cache/offshoot) + /tokens, as the CLI uses. */
+export function defaultTokenCache(): string {
+  return path.join(process.env.OFFSHOOT_CACHE || path.join(os.homedir(), '.cache', 'offshoot'), 'tokens');
+}
+
+export async function createFitnessContext(teacherDir: string, data: FitnessData = {}, tokenCache = defaultTokenCache()): Promise<FitnessContext> {
+  const checkpoint = loadCheckpoint(teacherDir);
+  const tokenizer = await loadTokenizer(data.tokenizer ?? teacherDir);
+  if (tokenizer.vocabSize > checkpoint.config.vocabSize) {
+    throw new Error(`tokenizer: vocabulary ${tokenizer.vocabSize} is larger than the teacher's ${checkpoint.config.vocabSize}`);
+  }
+  const trainSpec = data.train ?? DEFAULT_TRAIN_CORPUS;
+  const valSpec = data.val ?? DEFAULT_VALIDATION_CORPUS;
+  const train = await tokenizedCorpus(trainSpec, tokenizer, tokenCache);
+  const val = await tokenizedCorpus(valSpec, tokenizer, tokenCache);
+  return { teacherDir, checkpoint, tokenizer, train: train.tokens, val: val.tokens, data: { train: trainSpec, val: valSpec } };
+}
+
+export function disposeFitnessContext(ctx: FitnessContext): void {
+  ctx.teacherModel?.dispose();
+  ctx.teacherModel = undefined;
+}
+
+function teacherModel(ctx: FitnessContext): GPTNeoX {
+  ctx.teacherModel ??= GPTNeoX.fromTensors(ctx.checkpoint.config, ctx.checkpoint.tensors, ctx.teacherDir);
+  return ctx.teacherModel;
+}
+
+/** The student a request describes: the inherited weights or a random model of the same shape. */
+export async function buildStudent(ctx: FitnessContext, request: FitnessRequest): Promise<{ model: GPTNeoX; specHash: string }> {
+  const teacher = ctx.checkpoint;
+  const order = request.order ?? 'first-k';
+  const layers = request.layers ?? 'first';
+  const seqLen = request.budget.seqLen ?? Math.min(teacher.config.maxPositions, 64);
+  const calibrationRows = request.calibrationBatchSize ?? 8;
+  const cacheKey = `${order}/${layers}/${calibrationRows}x${seqLen}`;
+  let resolve = ctx.importance?.get(cacheKey);
+  if (!resolve) {
+    // Calibration: a fixed batch of the training corpus (the same for every candidate and seed).
+    const calibration = sampleBatch(ctx.train, { batchSize: calibrationRows, seqLen, seed: CALIBRATION_SEED, step: 0 });
+    resolve = await resolveOptions(teacher, { order, layers, calibration }, ctx.teacherDir);
+    (ctx.importance ??= new Map()).set(cacheKey, resolve);
+  }
+  const canonical = canonicalize(request.spec, teacher.config, resolve);
+  const specHash = canonicalHash(canonical);
+  const { config, tensors } = extractTensors(teacher.config, teacher.tensors, canonical);
+  const model = request.init === 'random' ? GPTNeoX.random(config, request.seed) : GPTNeoX.fromTensors(config, tensors, `${ctx.teacherDir} ${specHash.slice(0, 12)}`);
+  return { model, specHash };
+}
+
+/** Evaluates one candidate. Pass a context to reuse a loaded teacher and data across calls. */
+export async function evaluateFitness(request: FitnessRequest, context?: FitnessContext): Promise<FitnessMetrics> {
+  const started = performance.now();
+  const ctx = context ?? (await createFitnessContext(request.teacher, request.data));
+  if (context && path.resolve(context.teacherDir) !== path.resolve(request.teacher)) {
+    throw new Error(`fitness context holds teacher ${context.teacherDir}, the request names ${request.teacher}`);
+  }
+  try {
+    const b = request.budget;
+    if (b.kind !== 'zero-shot' && b.kind !== 'brief') throw new Error(`budget.kind must be zero-shot or brief, got ${JSON.stringify(b.kind)}`);
+    const tconf = ctx.checkpoint.config;
+    const seqLen = b.seqLen ?? Math.min(tconf.maxPositions, 64);
+    const batchSize = b.batchSize ?? 8;
+    const evalTokens = b.evalTokens ?? 8192;
+    const evalOptions = { seqLen, batchSize, maxTokens: evalTokens };
+    const { model, specHash } = await buildStudent(ctx, request);
+    const counts = countShape(model.config, tconf, { seqLen });
+    const fpt = counts.flopsPerToken;
+    let evalPasses = 0;
+    let tokensPerEval = 0;
+    const evaluate = async (m: GPTNeoX) => {
+      const r = await evaluateLoss(m, evalBatches(ctx.val, evalOptions));
+      evalPasses += 1;
+      tokensPerEval = r.tokens;
+      return r;
+    };
+    let zeroShot: number | undefined;
+    let final: { loss: number; ppl: number };
+    let steps = 0;
+    let lastTrainLoss: number | undefined;
+    let trainTokens = 0;
+    const distill = (b.loss ?? 'distill') === 'distill';
+    if (b.kind === 'zero-shot') {
+      final = await evaluate(model);
+      zeroShot = final.loss;
+      model.dispose();
+    } else {
+      if (b.zeroShotEval) zeroShot = (await evaluate(model)).loss;
+      steps = b.steps ?? 100;
+      const lr = b.lr ?? 3e-3;
+      const trainer = new Trainer(model, {
+        hyper: {
+          steps,
+          batchSize,
+          seqLen,
+          schedule: { maxLr: lr, minLr: lr / 10, warmupSteps: Math.min(b.warmup ?? 10, steps), totalSteps: steps },
+          adamw: { weightDecay: 0.1 },
+          gradClip: 1,
+          seed: request.seed,
+        },
+        batches: (step) => sampleBatch(ctx.train, { batchSize, seqLen, seed: request.seed, step }),
+        teacher: distill ? inProcessTeacher(teacherModel(ctx)) : undefined,
+        distill: distill ? (b.distill ?? DEFAULT_DISTILL) : undefined,
+        reportEvery: steps,
+      });
+      const result = await trainer.run();
+      lastTrainLoss = result.lastLoss;
+      trainTokens = trainer.tokensSeen;
+      final = await evaluate(trainer.model);
+      trainer.dispose();
+    }
+    const training = trainTokens * fpt.training;
+    const teacherFlops = distill && b.kind === 'brief' ? trainTokens * fpt.teacherForward : 0;
+    const evaluation = evalPasses * tokensPerEval * fpt.forward;
+    return {
+      specHash,
+      teacherHash: ctx.checkpoint.hash,
+      init: request.init ?? 'inherit',
+      kind: b.kind,
+      parameters: counts.parameters,
+      valLoss: final.loss,
+      valPpl: final.ppl,
+      zeroShotValLoss: zeroShot,
+      steps,
+      lastTrainLoss,
+      trainTokens,
+      evalTokens: evalPasses * tokensPerEval,
+      flops: { training, teacher: teacherFlops, evaluation, total: training + teacherFlops + evaluation },
+      seqLen,
+      seconds: (performance.now() - started) / 1000,
+    };
+  } finally {
+    if (!context) disposeFitnessContext(ctx);
+  }
+}
