@@ -2,6 +2,7 @@
 import { Command, Option } from 'commander';
 
 import { registerEvalCommands } from './eval.js';
+import { registerTeacherServeCommand } from './serve.js';
 import { registerTeacherCommands } from './teacher.js';
 
 export function buildProgram(): Command {
@@ -12,6 +13,7 @@ export function buildProgram(): Command {
     )
     .showHelpAfterError();
   registerTeacherCommands(program);
+  registerTeacherServeCommand(program);
   registerEvalCommands(program);
   return program;
 }

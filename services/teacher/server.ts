@@ -1,0 +1,594 @@
+/**
+ * The teacher-logit gRPC server (docs/teacher-service.md): one process holds the teacher; students
+ * stream token batches in and get the teacher's top-k logits back.
+ *
+ * - Requests from all streams go into one queue; a single compute loop takes as many as fit the token
+ *   budget (same sequence length, so they stack into one forward pass), runs the model, selects top-k
+ *   and the log-normaliser on the backend, and hands each stream its answers, which it writes in order.
+ * - Flow control: each stream may have at most `maxStreamQueue` requests read and not yet flushed to
+ *   the transport; at that bound the server stops reading it (the student's sends block in HTTP/2 flow
+ *   control), so a student that stops reading holds at most that many answers in the server's memory.
+ *   `write()` returning false stops writes to that stream until 'drain'.
+ * - A cancelled stream (the student went away, or its deadline passed) has its queued work dropped.
+ * - Bad input ends only the offending stream, after answering the requests before it.
+ * - shutdown() drains: it stops reading, answers every request already read, ends each stream with
+ *   UNAVAILABLE (the client re-sends the rest elsewhere or after a restart) and then stops.
+ */
+import * as grpc from '@grpc/grpc-js';
+import { HealthImplementation } from 'grpc-health-check';
+
+import { type GPTNeoX, parameterCount } from '../../core/model/index.js';
+import * as tf from '../../core/model/tfjs.js';
+import {
+  type InfoResponse,
+  type Metrics,
+  type StreamMetrics,
+  TeacherLogitsService,
+  type TopKRequest,
+  type TopKResponse,
+} from '../../proto/gen/offshoot/teacher/v1/teacher.js';
+import { encodeTopK, encodedBytes, indexEncodingFor } from './codec.js';
+import { RequestError, type ValidRequest, defaultTopK, validateRequest } from './validate.js';
+
+export const SERVICE_NAME = 'offshoot.teacher.v1.TeacherLogits';
+
+export const SERVER_DEFAULTS = {
+  host: '127.0.0.1',
+  port: 0,
+  maxBatchTokens: 8192,
+  maxStreamQueue: 8,
+  topK: 64,
+  graceMs: 30_000,
+};
+
+export interface ServerTlsOptions {
+  /** PEM certificate chain of the server. */
+  cert: Buffer;
+  /** PEM private key of the server. */
+  key: Buffer;
+  /** PEM CA bundle: when given, clients must present a certificate it signed (mutual TLS). */
+  ca?: Buffer;
+}
+
+export interface TeacherServerOptions {
+  /** The teacher. The server owns it from now on and disposes it at shutdown. */
+  model: GPTNeoX;
+  modelName: string;
+  contentHash: string;
+  /** The compute backend in use (reported by Info). */
+  backend?: string;
+  host?: string;
+  /** 0: any free port. */
+  port?: number;
+  /** Largest request and largest forward pass, in tokens. */
+  maxBatchTokens?: number;
+  /** Requests a stream may have read and unanswered before the server stops reading it. */
+  maxStreamQueue?: number;
+  /** k when a request does not say (capped at the vocabulary). */
+  topK?: number;
+  tls?: ServerTlsOptions;
+  /** Where to log events (stream errors, shutdown). Default: nowhere. */
+  log?: (line: string) => void;
+}
+
+type Call = grpc.ServerDuplexStream<TopKRequest, TopKResponse>;
+
+interface Slot {
+  id: number;
+  response?: TopKResponse;
+  bytes: number;
+  error?: RequestError;
+  written: boolean;
+}
+
+interface WorkItem {
+  stream: StreamState;
+  slot: Slot;
+  req: ValidRequest;
+}
+
+interface StreamState {
+  n: number;
+  call: Call;
+  peer: string;
+  /** Requests read and not yet flushed to the transport, in arrival order. */
+  slots: Slot[];
+  accepting: boolean;
+  paused: boolean;
+  awaitingDrain: boolean;
+  halfClosed: boolean;
+  done: boolean;
+  bytesBuffered: number;
+  answered: number;
+}
+
+const RATE_WINDOW_MS = 10_000;
+
+export class TeacherServer {
+  readonly options: Required<Omit<TeacherServerOptions, 'tls' | 'log' | 'backend'>> & Pick<TeacherServerOptions, 'tls' | 'log' | 'backend'>;
+  private readonly server: grpc.Server;
+  private readonly health: HealthImplementation;
+  private readonly streams = new Map<number, StreamState>();
+  private queue: WorkItem[] = [];
+  private nextStream = 1;
+  private wake: (() => void) | undefined;
+  private loopDone: Promise<void> | undefined;
+  private draining = false;
+  private stopped = false;
+  private boundPort = 0;
+  private readonly started = performance.now();
+  private readonly recent: { t: number; tokens: number }[] = [];
+  private readonly counters = {
+    tokensServed: 0,
+    requestsServed: 0,
+    forwardPasses: 0,
+    requestsRejected: 0,
+    requestsCancelled: 0,
+    peakBytesBuffered: 0,
+    busyMs: 0,
+  };
+
+  constructor(options: TeacherServerOptions) {
+    this.options = {
+      host: SERVER_DEFAULTS.host,
+      port: SERVER_DEFAULTS.port,
+      maxBatchTokens: SERVER_DEFAULTS.maxBatchTokens,
+      maxStreamQueue: SERVER_DEFAULTS.maxStreamQueue,
+      topK: SERVER_DEFAULTS.topK,
+      ...options,
+    };
+    const { maxBatchTokens, maxStreamQueue, topK } = this.options;
+    for (const [name, v] of Object.entries({ maxBatchTokens, maxStreamQueue, topK })) {
+      if (!Number.isSafeInteger(v) || v < 1) throw new Error(`teacher server: ${name} must be a positive integer, got ${v}`);
+    }
+    this.server = new grpc.Server({
+      // Token ids are varints of at most 5 bytes; larger messages fail in grpc-js with RESOURCE_EXHAUSTED.
+      'grpc.max_receive_message_length': maxBatchTokens * 5 + 65536,
+      'grpc.max_send_message_length': -1,
+      // Find students that vanished without closing their connection.
+      'grpc.keepalive_time_ms': 30_000,
+      'grpc.keepalive_timeout_ms': 10_000,
+    });
+    this.server.addService(TeacherLogitsService, {
+      info: (_call: grpc.ServerUnaryCall<unknown, InfoResponse>, cb: grpc.sendUnaryData<InfoResponse>) => cb(null, this.info()),
+      getMetrics: (_call: grpc.ServerUnaryCall<unknown, Metrics>, cb: grpc.sendUnaryData<Metrics>) => cb(null, this.metrics()),
+      streamTopK: (call: Call) => this.onStream(call),
+    });
+    this.health = new HealthImplementation({ '': 'NOT_SERVING', [SERVICE_NAME]: 'NOT_SERVING' });
+    this.health.addToServer(this.server);
+  }
+
+  private get config() {
+    return this.options.model.config;
+  }
+
+  /** Binds and starts serving; resolves to the port (the chosen one when `port` was 0). */
+  async start(): Promise<number> {
+    const { host, port, tls } = this.options;
+    const credentials = tls
+      ? grpc.ServerCredentials.createSsl(tls.ca ?? null, [{ cert_chain: tls.cert, private_key: tls.key }], Boolean(tls.ca))
+      : grpc.ServerCredentials.createInsecure();
+    const address = host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
+    this.boundPort = await new Promise<number>((resolve, reject) => {
+      this.server.bindAsync(address, credentials, (err, p) => (err ? reject(new Error(`teacher server: cannot listen on ${address}: ${err.message}`)) : resolve(p)));
+    });
+    this.loopDone = this.computeLoop();
+    this.health.setStatus('', 'SERVING');
+    this.health.setStatus(SERVICE_NAME, 'SERVING');
+    return this.boundPort;
+  }
+
+  get port(): number {
+    return this.boundPort;
+  }
+
+  info(): InfoResponse {
+    const c = this.config;
+    return {
+      modelName: this.options.modelName,
+      vocabSize: c.vocabSize,
+      contextLength: c.maxPositions,
+      contentHash: this.options.contentHash,
+      parameters: parameterCount(c),
+      defaultTopK: defaultTopK(c.vocabSize, this.options.topK),
+      maxBatchTokens: this.options.maxBatchTokens,
+      maxStreamQueue: this.options.maxStreamQueue,
+      indexEncoding: indexEncodingFor(c.vocabSize),
+      backend: this.options.backend ?? tf.getBackend(),
+      metrics: this.metrics(),
+    };
+  }
+
+  metrics(): Metrics {
+    const now = performance.now();
+    this.pruneRecent(now);
+    const windowMs = Math.min(RATE_WINDOW_MS, now - this.started);
+    const recentTokens = this.recent.reduce((a, r) => a + r.tokens, 0);
+    const streams: StreamMetrics[] = [...this.streams.values()].map((s) => ({
+      stream: s.n,
+      peer: s.peer,
+      unanswered: s.slots.length,
+      bytesBuffered: s.bytesBuffered,
+      readingPaused: s.paused,
+      awaitingDrain: s.awaitingDrain,
+      requestsAnswered: s.answered,
+    }));
+    return {
+      uptimeSeconds: (now - this.started) / 1000,
+      tokensPerSecond: windowMs > 0 ? (recentTokens * 1000) / windowMs : 0,
+      tokensServed: this.counters.tokensServed,
+      requestsServed: this.counters.requestsServed,
+      forwardPasses: this.counters.forwardPasses,
+      requestsRejected: this.counters.requestsRejected,
+      requestsCancelled: this.counters.requestsCancelled,
+      activeStreams: this.streams.size,
+      queueDepth: this.queue.length,
+      queuedTokens: this.queue.reduce((a, w) => a + w.req.tokens.length, 0),
+      bytesBuffered: this.bytesBuffered(),
+      peakBytesBuffered: this.counters.peakBytesBuffered,
+      busySeconds: this.counters.busyMs / 1000,
+      rssBytes: process.memoryUsage.rss(),
+      streams,
+    };
+  }
+
+  private bytesBuffered(): number {
+    let total = 0;
+    for (const s of this.streams.values()) total += s.bytesBuffered;
+    return total;
+  }
+
+  private pruneRecent(now: number): void {
+    while (this.recent.length > 0 && now - this.recent[0].t > RATE_WINDOW_MS) this.recent.shift();
+  }
+
+  private log(line: string): void {
+    this.options.log?.(line);
+  }
+
+  // -------------------------------------------------------------------------------------------------
+  // Streams.
+
+  private onStream(call: Call): void {
+    if (this.draining) {
+      call.emit('error', { code: grpc.status.UNAVAILABLE, details: 'teacher is shutting down; connect to another replica' });
+      return;
+    }
+    const s: StreamState = {
+      n: this.nextStream++,
+      call,
+      peer: call.getPeer(),
+      slots: [],
+      accepting: true,
+      paused: false,
+      awaitingDrain: false,
+      halfClosed: false,
+      done: false,
+      bytesBuffered: 0,
+      answered: 0,
+    };
+    this.streams.set(s.n, s);
+    call.on('data', (req: TopKRequest) => this.onRequest(s, req));
+    call.on('end', () => {
+      s.halfClosed = true;
+      this.maybeEnd(s);
+    });
+    call.on('cancelled', () => this.onCancelled(s));
+    call.on('error', (err: Error) => {
+      // Emitted by grpc-js when the transport fails; the stream is over either way.
+      if (!s.done) this.log(`teacher: stream ${s.n} (${s.peer}) failed: ${err.message}`);
+      this.onCancelled(s);
+    });
+    call.on('close', () => this.forget(s));
+  }
+
+  private onRequest(s: StreamState, raw: TopKRequest): void {
+    if (!s.accepting || s.done) return;
+    const slot: Slot = { id: raw.id, bytes: 0, written: false };
+    let req: ValidRequest;
+    try {
+      req = validateRequest(raw, {
+        vocabSize: this.config.vocabSize,
+        contextLength: this.config.maxPositions,
+        maxBatchTokens: this.options.maxBatchTokens,
+        defaultTopK: defaultTopK(this.config.vocabSize, this.options.topK),
+      });
+    } catch (err) {
+      if (!(err instanceof RequestError)) throw err;
+      this.counters.requestsRejected++;
+      this.log(`teacher: stream ${s.n} (${s.peer}): ${grpc.status[err.code]}: ${err.message}`);
+      slot.error = err;
+      s.slots.push(slot);
+      s.accepting = false;
+      this.pause(s);
+      this.flush(s);
+      return;
+    }
+    s.slots.push(slot);
+    this.queue.push({ stream: s, slot, req });
+    if (s.slots.length >= this.options.maxStreamQueue) this.pause(s);
+    this.wake?.();
+  }
+
+  private pause(s: StreamState): void {
+    if (s.paused) return;
+    s.paused = true;
+    s.call.pause();
+  }
+
+  private maybeResume(s: StreamState): void {
+    if (s.paused && s.accepting && !s.done && s.slots.length < this.options.maxStreamQueue) {
+      s.paused = false;
+      s.call.resume();
+    }
+  }
+
+  /** Writes the answers at the head of the stream, in order, while the transport takes them. */
+  private flush(s: StreamState): void {
+    while (!s.done && !s.awaitingDrain) {
+      const slot = s.slots.find((x) => !x.written);
+      if (!slot) break;
+      if (slot.error) {
+        this.finish(s, { code: slot.error.code, details: slot.error.message });
+        return;
+      }
+      if (!slot.response) break;
+      slot.written = true;
+      const response = slot.response;
+      slot.response = undefined;
+      const ok = s.call.write(response, () => this.onFlushed(s, slot));
+      if (!ok) {
+        s.awaitingDrain = true;
+        s.call.once('drain', () => {
+          s.awaitingDrain = false;
+          this.flush(s);
+        });
+      }
+    }
+    this.maybeEnd(s);
+  }
+
+  /** The transport took an answer: it no longer counts against the stream's bound. */
+  private onFlushed(s: StreamState, slot: Slot): void {
+    const i = s.slots.indexOf(slot);
+    if (i >= 0) s.slots.splice(i, 1);
+    s.bytesBuffered -= slot.bytes;
+    slot.bytes = 0;
+    s.answered++;
+    this.maybeResume(s);
+    this.maybeEnd(s);
+  }
+
+  private maybeEnd(s: StreamState): void {
+    if (s.done || s.slots.length > 0) return;
+    if (s.halfClosed) this.finish(s, { code: grpc.status.OK, details: 'OK' });
+    else if (this.draining) {
+      this.finish(s, { code: grpc.status.UNAVAILABLE, details: 'teacher is shutting down; every request it read was answered, re-send the rest' });
+    }
+  }
+
+  private finish(s: StreamState, st: { code: grpc.status; details: string }): void {
+    if (s.done) return;
+    s.done = true;
+    s.accepting = false;
+    this.dropQueued(s);
+    if (st.code === grpc.status.OK) s.call.end();
+    else s.call.emit('error', st);
+    this.forget(s);
+  }
+
+  private onCancelled(s: StreamState): void {
+    if (s.done) {
+      this.forget(s);
+      return;
+    }
+    s.done = true;
+    s.accepting = false;
+    const unanswered = s.slots.filter((x) => !x.written && !x.error).length;
+    this.counters.requestsCancelled += unanswered;
+    this.dropQueued(s);
+    this.forget(s);
+  }
+
+  /** Drops the stream's work that has not reached the transport (what has keeps its accounting until flushed). */
+  private dropQueued(s: StreamState): void {
+    this.queue = this.queue.filter((w) => w.stream !== s);
+    for (const slot of s.slots) {
+      if (slot.written) continue;
+      s.bytesBuffered -= slot.bytes;
+      slot.bytes = 0;
+      slot.response = undefined;
+    }
+    s.slots = s.slots.filter((x) => x.written);
+  }
+
+  private forget(s: StreamState): void {
+    if (!s.done) return;
+    this.streams.delete(s.n);
+    this.checkDrained();
+  }
+
+  // -------------------------------------------------------------------------------------------------
+  // Compute.
+
+  /** The oldest queued request and every later one of the same sequence length that fits the budget. */
+  private takeBatch(): WorkItem[] | undefined {
+    if (this.queue.length === 0) return undefined;
+    const head = this.queue[0];
+    const seqLen = head.req.seqLen;
+    const batch: WorkItem[] = [];
+    const rest: WorkItem[] = [];
+    let tokens = 0;
+    for (const w of this.queue) {
+      const n = w.req.tokens.length;
+      if (w.req.seqLen === seqLen && tokens + n <= this.options.maxBatchTokens) {
+        batch.push(w);
+        tokens += n;
+      } else rest.push(w);
+    }
+    this.queue = rest;
+    return batch;
+  }
+
+  private async computeLoop(): Promise<void> {
+    while (!this.stopped) {
+      const batch = this.takeBatch();
+      if (!batch) {
+        await new Promise<void>((resolve) => {
+          this.wake = resolve;
+        });
+        this.wake = undefined;
+        continue;
+      }
+      const t0 = performance.now();
+      try {
+        await this.compute(batch);
+      } catch (err) {
+        const message = `teacher: forward pass failed: ${(err as Error).message}`;
+        this.log(message);
+        for (const w of batch) this.finish(w.stream, { code: grpc.status.INTERNAL, details: message });
+      }
+      this.counters.busyMs += performance.now() - t0;
+      // Let the transport run (reads, writes, drains) between forward passes.
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+  }
+
+  private async compute(batch: WorkItem[]): Promise<void> {
+    // Requests of one (k, temperature) lie next to each other, so each group needs one top-k.
+    batch.sort((a, b) => a.req.k - b.req.k || a.req.temperature - b.req.temperature);
+    const seqLen = batch[0].req.seqLen;
+    const rows = batch.reduce((a, w) => a + w.req.batchSize, 0);
+    const ids = new Int32Array(rows * seqLen);
+    let offset = 0;
+    for (const w of batch) {
+      ids.set(w.req.tokens, offset);
+      offset += w.req.tokens.length;
+    }
+    const groups: { k: number; temperature: number; start: number; positions: number; items: WorkItem[] }[] = [];
+    let pos = 0;
+    for (const w of batch) {
+      const last = groups[groups.length - 1];
+      const n = w.req.tokens.length;
+      if (last && last.k === w.req.k && last.temperature === w.req.temperature) {
+        last.positions += n;
+        last.items.push(w);
+      } else groups.push({ k: w.req.k, temperature: w.req.temperature, start: pos, positions: n, items: [w] });
+      pos += n;
+    }
+    const vocab = this.config.vocabSize;
+    const outs = tf.tidy(() => {
+      const logits = this.options.model.logits2d(tf.tensor2d(ids, [rows, seqLen], 'int32'));
+      return groups.map((g) => {
+        const sub = groups.length === 1 ? logits : tf.slice(logits, [g.start, 0], [g.positions, vocab]);
+        const { values, indices } = tf.topk(sub, g.k, true);
+        const lse = tf.logSumExp(g.temperature === 1 ? sub : tf.div(sub, g.temperature), 1);
+        return { values, indices, lse };
+      });
+    });
+    this.counters.forwardPasses++;
+    try {
+      for (let gi = 0; gi < groups.length; gi++) {
+        const g = groups[gi];
+        const [values, indices, lse] = await Promise.all([outs[gi].values.data(), outs[gi].indices.data(), outs[gi].lse.data()]);
+        let p = 0;
+        for (const w of g.items) {
+          const n = w.req.tokens.length;
+          this.deliver(w, {
+            values: (values as Float32Array).subarray(p * g.k, (p + n) * g.k),
+            indices: (indices as Int32Array).subarray(p * g.k, (p + n) * g.k),
+            lse: (lse as Float32Array).subarray(p, p + n),
+          });
+          p += n;
+        }
+      }
+    } finally {
+      tf.dispose(outs.flatMap((o) => [o.values, o.indices, o.lse]));
+    }
+  }
+
+  private deliver(w: WorkItem, out: { values: Float32Array; indices: Int32Array; lse: Float32Array }): void {
+    const s = w.stream;
+    if (s.done) return;
+    const n = w.req.tokens.length;
+    const response = encodeTopK({
+      id: w.req.id,
+      positions: n,
+      k: w.req.k,
+      temperature: w.req.temperature,
+      vocabSize: this.config.vocabSize,
+      encoding: w.req.encoding,
+      indices: out.indices,
+      // Copies: the views would otherwise keep the whole batch's read-back alive.
+      values: out.values.slice(),
+      logNormaliser: out.lse.slice(),
+    });
+    w.slot.response = response;
+    w.slot.bytes = encodedBytes(response);
+    s.bytesBuffered += w.slot.bytes;
+    const total = this.bytesBuffered();
+    if (total > this.counters.peakBytesBuffered) this.counters.peakBytesBuffered = total;
+    this.counters.tokensServed += n;
+    this.counters.requestsServed++;
+    this.recent.push({ t: performance.now(), tokens: n });
+    this.flush(s);
+  }
+
+  // -------------------------------------------------------------------------------------------------
+  // Shutdown.
+
+  private drainedWaiters: (() => void)[] = [];
+
+  private checkDrained(): void {
+    if (this.draining && this.streams.size === 0) {
+      for (const f of this.drainedWaiters.splice(0)) f();
+    }
+  }
+
+  /**
+   * Graceful shutdown: reports NOT_SERVING, stops reading, answers every request already read, ends
+   * each stream with UNAVAILABLE, then stops the server and frees the model. After `graceMs` whatever is
+   * left is cut off.
+   */
+  async shutdown(graceMs = SERVER_DEFAULTS.graceMs): Promise<{ drained: boolean }> {
+    if (this.stopped) return { drained: true };
+    this.draining = true;
+    this.health.setStatus('', 'NOT_SERVING');
+    this.health.setStatus(SERVICE_NAME, 'NOT_SERVING');
+    for (const s of this.streams.values()) {
+      s.accepting = false;
+      this.pause(s);
+      this.maybeEnd(s);
+    }
+    const drained = await new Promise<boolean>((resolve) => {
+      if (this.streams.size === 0) return resolve(true);
+      const timer = setTimeout(() => resolve(false), graceMs);
+      this.drainedWaiters.push(() => {
+        clearTimeout(timer);
+        resolve(true);
+      });
+    });
+    this.stopped = true;
+    this.wake?.();
+    await this.loopDone;
+    await new Promise<void>((resolve) => {
+      const force = setTimeout(() => {
+        this.server.forceShutdown();
+        resolve();
+      }, drained ? 2000 : 0);
+      this.server.tryShutdown(() => {
+        clearTimeout(force);
+        resolve();
+      });
+    });
+    this.options.model.dispose();
+    return { drained };
+  }
+
+  /** Stops at once, without draining (tests, errors). */
+  forceShutdown(): void {
+    this.stopped = true;
+    this.wake?.();
+    this.server.forceShutdown();
+  }
+}
