@@ -15,6 +15,13 @@ const K = new Uint32Array([
 
 /** UTF-8 bytes of a string (no TextEncoder: not every sandbox has one). */
 export function utf8Bytes(s: string): Uint8Array {
+  let ascii = true;
+  for (let i = 0; i < s.length && ascii; i++) ascii = s.charCodeAt(i) < 0x80;
+  if (ascii) {
+    const bytes = new Uint8Array(s.length);
+    for (let i = 0; i < s.length; i++) bytes[i] = s.charCodeAt(i);
+    return bytes;
+  }
   const out: number[] = [];
   for (let i = 0; i < s.length; i++) {
     let c = s.charCodeAt(i);

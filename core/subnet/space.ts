@@ -813,14 +813,15 @@ function exactSearch(m: Machinery): Geno | null | 'unknown' {
 }
 
 function findGeno(m: Machinery, tries: number): { geno: Geno | null; exhaustive: boolean } {
+  // The exhaustive check first where it applies (cheap for these sizes), then repair from random starts.
+  const exact = exactSearch(m);
+  if (exact !== 'unknown') return { geno: exact, exhaustive: exact === null };
   const rng = new SeededRng(0x5eed);
   for (let i = 0; i < tries; i++) {
     const g = m.repair(m.random(rng), rng);
     if (g && m.countsAllowed(g)) return { geno: g, exhaustive: false };
   }
-  const exact = exactSearch(m);
-  if (exact === 'unknown') return { geno: null, exhaustive: false };
-  return { geno: exact, exhaustive: exact === null };
+  return { geno: null, exhaustive: false };
 }
 
 function checkTarget(target: ParamTarget): void {
