@@ -3,6 +3,7 @@ import { Command, Option } from 'commander';
 
 import { registerEvalCommands } from './eval.js';
 import { registerTeacherServeCommand } from './serve.js';
+import { registerSubnetCommands } from './subnet.js';
 import { registerTeacherCommands } from './teacher.js';
 
 export function buildProgram(): Command {
@@ -15,6 +16,7 @@ export function buildProgram(): Command {
   registerTeacherCommands(program);
   registerTeacherServeCommand(program);
   registerEvalCommands(program);
+  registerSubnetCommands(program);
   return program;
 }
 
