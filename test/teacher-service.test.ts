@@ -292,6 +292,36 @@ describe('teacher service: bad input', () => {
     });
   }
 
+  it('a message above the transport limit: RESOURCE_EXHAUSTED from grpc-js, the server goes on', async () => {
+    // 5 bytes per allowed token + 64 KiB = 70 656 bytes; 36 000 ids of two varint bytes exceed it.
+    const s = rawStream(server.target);
+    s.read();
+    s.send({ id: 1, batchSize: 600, seqLen: 60, tokens: new Array(36_000).fill(VOCAB - 1) });
+    const st = await s.status;
+    expect(st.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
+    expect(st.details).toMatch(/larger than/);
+    s.close();
+    expect((await client(server.target).info()).vocabSize).toBe(VOCAB);
+  });
+
+  it('serve refuses bad options with one clear error', () => {
+    const cli = (...args: string[]) =>
+      spawnSync(process.execPath, ['--import', import.meta.resolve('tsx'), path.join(import.meta.dirname, '..', 'services', 'cli', 'main.ts'), 'teacher', 'serve', ...args], {
+        encoding: 'utf8',
+        env: { ...process.env, OFFSHOOT_BACKEND: 'wasm' },
+        timeout: 60_000,
+      });
+    const tls = cli('--model', modelDir, '--tls-cert', path.join(tmp, 'nope.crt'));
+    expect(tls.status).toBe(1);
+    expect(tls.stderr).toMatch(/TLS needs both --tls-cert and --tls-key/);
+    const missing = cli('--model', path.join(tmp, 'nope'));
+    expect(missing.status).toBe(1);
+    expect(missing.stderr).toMatch(/nope: checkpoint directory does not exist/);
+    const port = cli('--model', modelDir, '--port', '70000');
+    expect(port.status).not.toBe(0);
+    expect(port.stderr).toMatch(/--port must be an integer in \[0, 65535\], got "70000"/);
+  });
+
   it('through the client: only the bad request fails, with a TeacherError; the client goes on', async () => {
     const c = client(server.target);
     const good = randomBatch(1, 8, 1);
