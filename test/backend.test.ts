@@ -151,7 +151,7 @@ describe('initBackend', () => {
     if (installed) ctx.skip('@tensorflow/tfjs-node is installed here');
     const before = tf.getBackend();
     await expect(initBackend('tensorflow', log)).rejects.toThrow(
-      /tensorflow backend unavailable: @tensorflow\/tfjs-node-gpu not installed; @tensorflow\/tfjs-node not installed\. Install @tensorflow\/tfjs-node-gpu \(CUDA\) or @tensorflow\/tfjs-node/,
+      /tensorflow backend unavailable: @tensorflow\/tfjs-node-gpu (not installed|has no native addon .*); @tensorflow\/tfjs-node (not installed|has no native addon .*)\. Run scripts\/setup-tensorflow\.sh/,
     );
     expect(tf.getBackend()).toBe(before);
   });
@@ -229,11 +229,13 @@ describe('initBackend in a fresh process', () => {
     expect(r.error).toMatch(/webgpu backend unavailable: Dawn found no WebGPU adapter.*scripts\/setup-webgpu\.sh/);
   });
 
-  it('auto without a Vulkan driver falls back to wasm and says why', async () => {
+  it('auto without a Vulkan driver falls back (to wasm unless tensorflow loads) and says why', async () => {
     const r = await runChild('auto', NO_VULKAN);
     expect(r.ok).toBe(true);
-    expect(r.info?.name).toBe('wasm');
-    expect(r.info?.reason).toMatch(/tensorflow unavailable: .*webgpu unavailable: Dawn found no WebGPU adapter/);
+    expect(['tensorflow', 'wasm']).toContain(r.info?.name);
+    if (r.info?.name === 'wasm') {
+      expect(r.info?.reason).toMatch(/tensorflow unavailable: .*webgpu unavailable: Dawn found no WebGPU adapter/);
+    }
     expect(r.v).toBe(64);
   });
 });

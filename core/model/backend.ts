@@ -8,6 +8,7 @@
  * `webgpu` explicitly still uses it (that is how CI exercises the WebGPU path on CPU machines).
  */
 import { createRequire } from 'node:module';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as tf from './tfjs.js';
 
@@ -198,6 +199,16 @@ let wasmPathsSet = false;
 async function loadTensorflow(): Promise<{ detail?: string }> {
   const problems: string[] = [];
   for (const pkg of ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node']) {
+    const addon = nativeAddon(pkg);
+    if (addon === null) {
+      problems.push(`${pkg} not installed`);
+      continue;
+    }
+    if (!fs.existsSync(addon)) {
+      // Importing it anyway would register its kernels and then fail, leaving noise behind.
+      problems.push(`${pkg} has no native addon (${addon}); run scripts/setup-tensorflow.sh${pkg.endsWith('-gpu') ? ' --gpu' : ''}`);
+      continue;
+    }
     try {
       // A variable specifier: these packages are optional and absent from most installs.
       const spec: string = pkg;
@@ -213,9 +224,21 @@ async function loadTensorflow(): Promise<{ detail?: string }> {
   throw new BackendUnavailable(
     'tensorflow',
     problems.join('; '),
-    'Install @tensorflow/tfjs-node-gpu (CUDA) or @tensorflow/tfjs-node (CPU); their install downloads ' +
-      'libtensorflow, so it needs network access. Or choose another backend: webgpu, wasm, cpu.',
+    'Run scripts/setup-tensorflow.sh (CPU) or scripts/setup-tensorflow.sh --gpu (CUDA): it builds tfjs-node ' +
+      "against TensorFlow's PyPI wheel (docs/tensorflow-backend.md). Or choose another backend: webgpu, wasm, cpu.",
   );
+}
+
+/** Where a tfjs-node package loads its native addon from, or null when the package is absent. */
+function nativeAddon(pkg: string): string | null {
+  let manifest: string;
+  try {
+    manifest = require.resolve(`${pkg}/package.json`);
+  } catch {
+    return null;
+  }
+  const preGyp = createRequire(manifest)('@mapbox/node-pre-gyp') as { find(packageJson: string): string };
+  return preGyp.find(manifest);
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -16,11 +16,13 @@ function unaryCustomGrad(f: UnaryGrad): (x: tf.Tensor) => tf.Tensor {
 /** table[ids]: rows of a [rows, width] table; the gradient scatters back into the table. */
 export function gatherRows(table: tf.Tensor2D, ids: tf.Tensor1D): tf.Tensor2D {
   const [rows, width] = table.shape;
-  const f = unaryCustomGrad((t) => {
-    const value = tf.gather(t, ids) as tf.Tensor2D;
+  // Tensors the gradient needs go through save(): tfjs disposes everything else made in the
+  // forward scope before the backward pass runs.
+  const f = unaryCustomGrad((t, save) => {
+    save([tf.reshape(ids, [-1, 1])]);
     return {
-      value,
-      gradFunc: (dy) => tf.scatterND(tf.reshape(ids, [-1, 1]), dy, [rows, width]),
+      value: tf.gather(t, ids),
+      gradFunc: (dy, [index]) => tf.scatterND(index, dy, [rows, width]),
     };
   });
   return f(table) as tf.Tensor2D;
@@ -30,17 +32,15 @@ export function gatherRows(table: tf.Tensor2D, ids: tf.Tensor1D): tf.Tensor2D {
 export function takeAlongLastAxis(x: tf.Tensor2D, idx: tf.Tensor2D): tf.Tensor2D {
   const [n, v] = x.shape;
   const k = idx.shape[1];
-  const flatIdx = tf.tidy(() => tf.reshape(tf.add(idx, tf.reshape(tf.range(0, n * v, v, 'int32'), [n, 1])), [n * k]));
-  const f = unaryCustomGrad((t) => {
-    const value = tf.reshape(tf.gather(tf.reshape(t, [n * v]), flatIdx), [n, k]);
+  const f = unaryCustomGrad((t, save) => {
+    const flatIdx = tf.reshape(tf.add(idx, tf.reshape(tf.range(0, n * v, v, 'int32'), [n, 1])), [n * k]);
+    save([tf.reshape(flatIdx, [-1, 1])]);
     return {
-      value,
-      gradFunc: (dy) => tf.reshape(tf.scatterND(tf.reshape(flatIdx, [-1, 1]), tf.reshape(dy, [n * k]), [n * v]), [n, v]),
+      value: tf.reshape(tf.gather(tf.reshape(t, [n * v]), flatIdx), [n, k]),
+      gradFunc: (dy, [index]) => tf.reshape(tf.scatterND(index, tf.reshape(dy, [n * k]), [n * v]), [n, v]),
     };
   });
-  const out = f(x) as tf.Tensor2D;
-  flatIdx.dispose();
-  return out;
+  return f(x) as tf.Tensor2D;
 }
 
 /**
@@ -54,14 +54,14 @@ export function crossEntropy(logits: tf.Tensor2D, targets: tf.Tensor1D): tf.Scal
     const lse = tf.logSumExp(x2, 1);
     const picked = tf.reshape(takeAlongLastAxis(x2, tf.reshape(targets, [n, 1]) as tf.Tensor2D), [n]);
     const value = tf.mean(tf.sub(lse, picked));
-    save([x2, lse]);
+    save([x2, lse, targets]);
     return {
       value,
       gradFunc: (dy, saved) => {
-        const [xs, l] = saved;
+        const [xs, l, t] = saved;
         const probs = tf.exp(tf.sub(xs, tf.reshape(l, [n, 1])));
         // oneHot straight to float32 writes integer bits on the wasm backend; cast instead.
-        const hot = tf.cast(tf.oneHot(targets, v), 'float32');
+        const hot = tf.cast(tf.oneHot(t as tf.Tensor1D, v), 'float32');
         return tf.mul(tf.sub(probs, hot), tf.div(dy, n));
       },
     };
