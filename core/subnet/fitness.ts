@@ -46,6 +46,8 @@ export interface FitnessData {
   val?: string;
   /** Tokenizer file or folder; default the teacher checkpoint's tokenizer.json. */
   tokenizer?: string;
+  /** Token cache folder; default defaultTokenCache(). */
+  tokenCache?: string;
 }
 
 export interface FitnessBudget {
@@ -135,7 +137,8 @@ export function defaultTokenCache(): string {
   return path.join(process.env.OFFSHOOT_CACHE || path.join(os.homedir(), '.cache', 'offshoot'), 'tokens');
 }
 
-export async function createFitnessContext(teacherDir: string, data: FitnessData = {}, tokenCache = defaultTokenCache()): Promise<FitnessContext> {
+export async function createFitnessContext(teacherDir: string, data: FitnessData = {}): Promise<FitnessContext> {
+  const tokenCache = data.tokenCache ?? defaultTokenCache();
   const checkpoint = loadCheckpoint(teacherDir);
   const tokenizer = await loadTokenizer(data.tokenizer ?? teacherDir);
   if (tokenizer.vocabSize > checkpoint.config.vocabSize) {
