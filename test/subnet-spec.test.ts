@@ -183,3 +183,30 @@ describe('bad specs: clear errors naming the field', () => {
     expect(indexRuns([])).toBe('');
   });
 });
+
+describe('the pure part runs in a workflow sandbox', () => {
+  it('core/subnet/pure.ts reaches no tfjs, no node: module, no clock and no Math.random', async () => {
+    const fs = await import('node:fs');
+    const path = await import('node:path');
+    const seen = new Set<string>();
+    const external = new Set<string>();
+    const visit = (file: string) => {
+      if (seen.has(file)) return;
+      seen.add(file);
+      const text = fs.readFileSync(file, 'utf8');
+      // Value imports and re-exports only: `import type` is erased by the compiler.
+      for (const m of text.matchAll(/^(?:import|export)\s+(?!type\b)[^;]*?from\s+'([^']+)'/gms)) {
+        const spec = m[1];
+        if (spec.startsWith('.')) visit(path.resolve(path.dirname(file), spec.replace(/\.js$/, '.ts')));
+        else external.add(spec);
+      }
+      const code = text.replace(/\/\*[\s\S]*?\*\/|\/\/.*$/gm, '');
+      expect(code, file).not.toMatch(/Math\.random|Date\.now|new Date\(|performance\.now|process\./);
+    };
+    visit(path.join(import.meta.dirname, '..', 'core', 'subnet', 'pure.ts'));
+    expect([...external].sort()).toEqual(['zod']);
+    const files = [...seen].map((f) => path.relative(path.join(import.meta.dirname, '..'), f)).sort();
+    expect(files).toContain('core/search/index.ts');
+    for (const f of files) expect(f, 'a pure module').not.toMatch(/core\/model|importance|checkpoint|fitness/);
+  });
+});
