@@ -401,8 +401,15 @@ class Machinery {
   }
 
   setLayerCount(g: Geno, n: number, rng: Rng): void {
-    while (g.layers.length < n) this.addLayer(g, rng);
-    while (g.layers.length > n) this.removeLayer(g, rng);
+    // (addLayer / removeLayer do nothing when no teacher layer is left / one layer remains.)
+    for (let before = -1; g.layers.length < n && g.layers.length !== before; ) {
+      before = g.layers.length;
+      this.addLayer(g, rng);
+    }
+    for (let before = -1; g.layers.length > n && g.layers.length !== before; ) {
+      before = g.layers.length;
+      this.removeLayer(g, rng);
+    }
   }
 
   /** Moves every count onto an allowed value (after crossover, or for a genome from elsewhere). Mutates g. */
