@@ -206,10 +206,6 @@ class Machinery {
     this.L = teacher.numLayers;
   }
 
-  withRange(lo: number, hi: number): Machinery {
-    return new Machinery(this.teacher, this.kind, this.dims, lo, hi, this.rounds);
-  }
-
   // Costs ------------------------------------------------------------------------------------------
 
   cost(g: Geno): number {
