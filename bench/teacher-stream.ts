@@ -7,8 +7,10 @@
  *   npx tsx bench/teacher-stream.ts [--config sotu-teacher] [--vocab 1024] [--batch-size 8] [--seq-len 128]
  *        [--top-k 64] [--encoding f16|f32] [--window 4] [--requests 40] [--warmup 4] [--backend wasm]
  *
- * The teacher has random weights (throughput does not depend on them). Both sides use the same backend
- * (env OFFSHOOT_BACKEND for the server); the in-process figure is measured first, with no server running.
+ * The teacher has random weights (throughput does not depend on them). Both sides use the same backend.
+ * The two are measured in alternating rounds (the server idle during in-process rounds, this process
+ * only decoding during stream rounds), and the medians reported, so that load from other processes on
+ * the machine hits both alike.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -29,13 +31,14 @@ interface Args {
   topK: number;
   encoding: 'f16' | 'f32';
   window: number;
+  rounds: number;
   requests: number;
   warmup: number;
   backend: BackendName;
 }
 
 function parseArgs(argv: string[]): Args {
-  const args: Args = { config: 'sotu-teacher', vocab: 1024, batchSize: 8, seqLen: 128, topK: 64, encoding: 'f16', window: 4, requests: 40, warmup: 4, backend: 'wasm' };
+  const args: Args = { config: 'sotu-teacher', vocab: 1024, batchSize: 8, seqLen: 128, topK: 64, encoding: 'f16', window: 4, rounds: 5, requests: 12, warmup: 4, backend: 'wasm' };
   for (let i = 0; i < argv.length; i++) {
     const key = argv[i];
     const value = argv[++i];
@@ -66,8 +69,14 @@ function parseArgs(argv: string[]): Args {
         if (value !== 'f16' && value !== 'f32') throw new Error('--encoding must be f16 or f32');
         args.encoding = value;
         break;
-      case '--window':
-        args.window = int();
+      case '--window': {
+        const n = Number(value);
+        if (!Number.isSafeInteger(n) || n < 0) throw new Error(`--window must be a non-negative integer, got ${value}`);
+        args.window = n;
+        break;
+      }
+      case '--rounds':
+        args.rounds = int();
         break;
       case '--requests':
         args.requests = int();
@@ -97,13 +106,18 @@ function batchSource(args: Args): (step: number) => Batch {
   };
 }
 
-/** Tokens/s of `get(step)` over args.requests steps after args.warmup. */
-async function time(args: Args, get: (step: number) => Promise<void>): Promise<number> {
-  for (let s = 0; s < args.warmup; s++) await get(s);
+/** Tokens/s of `get(step)` over `requests` consecutive steps from `first`. */
+async function time(args: Args, first: number, get: (step: number) => Promise<void>): Promise<number> {
   const t0 = performance.now();
-  for (let s = args.warmup; s < args.warmup + args.requests; s++) await get(s);
+  for (let s = first; s < first + args.requests; s++) await get(s);
   const seconds = (performance.now() - t0) / 1000;
   return (args.requests * args.batchSize * args.seqLen) / seconds;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 }
 
 function startServer(model: string, backend: BackendName, maxBatchTokens: number): Promise<{ child: ChildProcess; port: number }> {
@@ -144,25 +158,49 @@ async function main(): Promise<void> {
 
     // In process: forward, top-k and log-normaliser on the backend, read back (the sync a consumer pays).
     const local = inProcessTeacher(model, { topK: args.topK });
-    const inProcess = await time(args, async (step) => {
+    const inProcessStep = async (step: number): Promise<void> => {
       const view = (await local.forBatch(batches(step), step)) as Exclude<Awaited<ReturnType<typeof local.forBatch>>, tf.Tensor>;
       await Promise.all([view.indices.data(), view.logits.data(), view.logNormaliser.data()]);
       tf.dispose([view.indices, view.logits, view.logNormaliser]);
-    });
-    model.dispose();
+    };
 
     // Through gRPC: what the training loop gets from StreamingTeacher (prefetching `window` steps ahead).
     const server = await startServer(dir, args.backend, Math.max(8192, tokens));
     child = server.child;
     const client = new TeacherClient({ targets: `127.0.0.1:${server.port}` });
     await client.ready();
-    const teacher = new StreamingTeacher(client, { topK: args.topK, encoding: args.encoding, batches, window: args.window });
     let bytes = 0;
-    const stream = await time(args, async (step) => {
-      const view = await teacher.forBatch(batches(step), step);
-      bytes += view.indices.size * (args.vocab <= 65536 ? 2 : 4) + view.logits.size * (args.encoding === 'f16' ? 2 : 4) + view.logNormaliser.size * 4;
-      tf.dispose([view.indices, view.logits, view.logNormaliser]);
-    });
+    let received = 0;
+    const streamRound = async (first: number): Promise<number> => {
+      const teacher = new StreamingTeacher(client, { topK: args.topK, encoding: args.encoding, batches, window: args.window });
+      const rate = await time(args, first, async (step) => {
+        const view = await teacher.forBatch(batches(step), step);
+        bytes += view.indices.size * (args.vocab <= 65536 ? 2 : 4) + view.logits.size * (args.encoding === 'f16' ? 2 : 4) + view.logNormaliser.size * 4;
+        received += tokens;
+        tf.dispose([view.indices, view.logits, view.logNormaliser]);
+      });
+      // Let the requests made ahead finish, so the server is idle during the next in-process round.
+      for (;;) {
+        const m = await client.metrics();
+        if (m.queueDepth === 0 && m.streams.every((x) => x.unanswered === 0)) break;
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      return rate;
+    };
+
+    for (let s = 0; s < args.warmup; s++) await inProcessStep(s);
+    await streamRound(0);
+    const inProcessRates: number[] = [];
+    const streamRates: number[] = [];
+    for (let round = 0; round < args.rounds; round++) {
+      const first = 1000 * (round + 1);
+      inProcessRates.push(await time(args, first, inProcessStep));
+      streamRates.push(await streamRound(first));
+    }
+    model.dispose();
+    const inProcess = median(inProcessRates);
+    const stream = median(streamRates);
+    const ratios = inProcessRates.map((r, i) => streamRates[i] / r);
     const m = await client.metrics();
     client.close();
     const ratio = stream / inProcess;
@@ -178,14 +216,16 @@ async function main(): Promise<void> {
         topK: args.topK,
         encoding: args.encoding,
         window: args.window,
-        requests: args.requests,
+        rounds: args.rounds,
+        requestsPerRound: args.requests,
         inProcessTokensPerSecond: Math.round(inProcess),
         streamTokensPerSecond: Math.round(stream),
         ratio: Number(ratio.toFixed(3)),
+        ratioPerRound: ratios.map((r) => Number(r.toFixed(3))),
         streamOverheadPct: Number(((1 / ratio - 1) * 100).toFixed(1)),
         goalMet: ratio >= 1 / 1.1,
         serverComputeTokensPerSecond: Math.round(m.tokensServed / m.busySeconds),
-        bytesPerToken: Math.round(bytes / ((args.warmup + args.requests) * tokens)),
+        bytesPerToken: Math.round(bytes / received),
         cpus: os.cpus().length,
       }),
     );

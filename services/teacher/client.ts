@@ -59,6 +59,12 @@ export interface TeacherClientOptions {
   maxAttempts?: number;
   /** Requests in flight on one replica's stream (keep it at or below the server's max_stream_queue). */
   maxInflightPerReplica?: number;
+  /**
+   * HTTP/2 receive window (per stream and per connection), in bytes. The server's event loop is busy
+   * during each forward pass, so with HTTP/2's default 64 KiB an answer larger than that crawls out one
+   * window per pass; the window should hold the answers in flight. Default 32 MiB.
+   */
+  flowControlWindowBytes?: number;
   /** The content hash every replica must serve; default: whatever the first replica reports. */
   expectedHash?: string;
   log?: (line: string) => void;
@@ -72,6 +78,7 @@ export const CLIENT_DEFAULTS = {
   unavailableTimeoutMs: 300_000,
   maxAttempts: 20,
   maxInflightPerReplica: 8,
+  flowControlWindowBytes: 32 * 2 ** 20,
 };
 
 /** One request: a batch of token ids and how to answer it. */
@@ -124,6 +131,7 @@ interface Replica {
   timer?: NodeJS.Timeout;
   lastError?: string;
   info?: InfoResponse;
+  connecting?: Promise<void>;
 }
 
 export interface ClientStats {
@@ -169,6 +177,7 @@ export class TeacherClient {
       unavailableTimeoutMs: options.unavailableTimeoutMs ?? CLIENT_DEFAULTS.unavailableTimeoutMs,
       maxAttempts: options.maxAttempts ?? CLIENT_DEFAULTS.maxAttempts,
       maxInflightPerReplica: options.maxInflightPerReplica ?? CLIENT_DEFAULTS.maxInflightPerReplica,
+      flowControlWindowBytes: options.flowControlWindowBytes ?? CLIENT_DEFAULTS.flowControlWindowBytes,
     };
     this.log = options.log ?? (() => {});
     this.expectedHash = options.expectedHash;
@@ -181,6 +190,7 @@ export class TeacherClient {
       'grpc.initial_reconnect_backoff_ms': this.opts.backoff.initialMs,
       'grpc.max_reconnect_backoff_ms': this.opts.backoff.maxMs,
       'grpc.max_receive_message_length': -1,
+      'grpc-node.flow_control_window': this.opts.flowControlWindowBytes,
       'grpc.enable_retries': 0,
       // One connection per replica client, not shared with other clients in this process.
       'grpc.use_local_subchannel_pool': 1,
@@ -357,9 +367,18 @@ export class TeacherClient {
     for (const r of this.replicas) for (const p of r.inflight.splice(0)) this.settle(p, error);
   }
 
+  /** Connects an idle replica; while one connection attempt runs, callers share it. */
+  private connect(r: Replica): Promise<void> {
+    if (r.state === 'idle' && !this.closed) {
+      r.connecting = this.openStream(r).finally(() => {
+        r.connecting = undefined;
+      });
+    }
+    return r.connecting ?? Promise.resolve();
+  }
+
   /** Checks the replica (Info: reachable, serving the expected weights), then opens its stream. */
-  private async connect(r: Replica): Promise<void> {
-    if (this.closed || r.state !== 'idle') return;
+  private async openStream(r: Replica): Promise<void> {
     r.state = 'connecting';
     let info: InfoResponse;
     try {
