@@ -1,4 +1,4 @@
-/** The offshoot command end to end, as a user runs it (a child process on the wasm backend). */
+/** The offshoot command end to end, as a user runs it (a child process on the backend `auto` picks). */
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -8,7 +8,8 @@ import { describe, expect, it } from 'vitest';
 
 const ROOT = path.join(import.meta.dirname, '..');
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'offshoot-cli-'));
-const env = { ...process.env, OFFSHOOT_BACKEND: 'wasm', OFFSHOOT_CACHE: path.join(tmp, 'cache') };
+const { OFFSHOOT_BACKEND: _, ...inherited } = process.env;
+const env = { ...inherited, OFFSHOOT_CACHE: path.join(tmp, 'cache') };
 
 function offshoot(...args: string[]): { status: number | null; stdout: string; stderr: string } {
   // Runs the TypeScript sources (not a possibly stale dist/) the way bin/offshoot.js does without a build.
@@ -37,7 +38,7 @@ describe('offshoot CLI', () => {
       '--seq-len', '32', '--eval-every', '40', '--eval-tokens', '4096', '--json',
     );
     expect(r.status, r.stderr).toBe(0);
-    expect(r.stderr).toMatch(/backend: wasm/);
+    expect(r.stderr).toMatch(/^backend: (tensorflow|webgpu|wasm|cpu) /m);
     const summary = JSON.parse(r.stdout.trim());
     expect(summary.steps).toBe(80);
     expect(summary.finalValLoss).toBeLessThan(summary.initialValLoss - 0.8);
