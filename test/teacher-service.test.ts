@@ -29,6 +29,7 @@ import {
   TeacherClient,
   TeacherError,
   TeacherLogitsClient,
+  TeacherServer,
   type TopKRequest,
   type TopKResponse,
   type TopKResult,
@@ -511,6 +512,51 @@ describe('teacher service: restarts, replicas, shutdown', () => {
     expect(g.stderr()).toContain(`served ${n} requests`);
     for (const a of s.answers.slice(0, 2)) expect(decodeTopK(a).positions).toBe(16 * 64);
     s.close();
+  });
+});
+
+describe('teacher service: in process', () => {
+  it('while draining, health says NOT_SERVING and new streams are refused; what was read is answered', async () => {
+    // A wider model and four busy students, so the drain takes a while.
+    const wide = tinyConfig({ vocabSize: VOCAB, maxPositions: CONTEXT, hiddenSize: 128, numLayers: 4 });
+    const srv = new TeacherServer({ model: GPTNeoX.random(wide, 11), modelName: 'in-process', contentHash: 'x', maxStreamQueue: 4 });
+    const port = await srv.start();
+    const target = `127.0.0.1:${port}`;
+    const Health = grpc.makeClientConstructor(healthService, 'grpc.health.v1.Health');
+    const health = new Health(target, grpc.credentials.createInsecure()) as unknown as grpc.Client & {
+      check: (req: { service: string }, cb: (err: grpc.ServiceError | null, res: { status: string }) => void) => void;
+    };
+    const status = () => new Promise<string>((resolve, reject) => health.check({ service: '' }, (e, r) => (e ? reject(e) : resolve(r.status))));
+    expect(await status()).toBe('SERVING');
+    const students = [0, 1, 2, 3].map(() => rawStream(target));
+    for (const s of students) {
+      s.read();
+      for (let i = 1; i <= 6; i++) {
+        const b = randomBatch(16, 64, i);
+        s.send({ id: i, batchSize: 16, seqLen: 64, tokens: Array.from(b.input), topK: 8 });
+      }
+    }
+    await waitFor('the server to read from every student', async () => srv.metrics().streams.filter((x) => x.unanswered > 0).length, (n) => n === 4);
+    const read = srv.metrics().streams.map((x) => x.unanswered + x.requestsAnswered);
+    const done = srv.shutdown(30_000);
+    expect(await status()).toBe('NOT_SERVING');
+    const late = rawStream(target);
+    late.read();
+    late.send({ id: 1 });
+    expect(await late.status).toMatchObject({ code: grpc.status.UNAVAILABLE, details: expect.stringMatching(/shutting down/) });
+    expect(await done).toEqual({ drained: true });
+    const answered = [];
+    for (const s of students) {
+      const st = await s.status;
+      expect(st.code).toBe(grpc.status.UNAVAILABLE);
+      expect(s.answers.map((a) => a.id)).toEqual([...Array(s.answers.length).keys()].map((i) => i + 1));
+      answered.push(s.answers.length);
+      s.close();
+    }
+    // Every request read before the drain was answered (and nothing read after it).
+    expect(answered.sort()).toEqual(read.sort());
+    late.close();
+    health.close();
   });
 });
 
