@@ -10,3 +10,4 @@ export * from './pure.js';
 export * from './importance.js';
 export * from './checkpoint.js';
 export * from './fitness.js';
+export * from './local-search.js';

@@ -1,8 +1,10 @@
 /** The `offshoot` command. */
 import { Command, Option } from 'commander';
 
+import { registerProgressCommands } from '../progress/index.js';
 import { registerEvalCommands } from './eval.js';
 import { registerTeacherServeCommand } from './serve.js';
+import { registerSearchCommand } from './search.js';
 import { registerSubnetCommands } from './subnet.js';
 import { registerTeacherCommands } from './teacher.js';
 
@@ -17,6 +19,8 @@ export function buildProgram(): Command {
   registerTeacherServeCommand(program);
   registerEvalCommands(program);
   registerSubnetCommands(program);
+  registerProgressCommands(program);
+  registerSearchCommand(program);
   return program;
 }
 
