@@ -234,6 +234,8 @@ function touchWorker(state: RunState, event: ProgressEvent): WorkerState | undef
   const name = event.source?.worker;
   if (!name) return undefined;
   let w = state.workers.get(name);
+  // Workers are what runs activities; other publishers (a workflow's bookkeeping) are not listed.
+  if (!w && !event.kind.startsWith('activity.')) return undefined;
   if (!w) state.workers.set(name, (w = { worker: name, state: 'idle', since: event.time, lastSeen: event.time }));
   w.lastSeen = maxTime(w.lastSeen, event.time);
   return w;

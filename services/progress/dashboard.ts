@@ -1,0 +1,166 @@
+/**
+ * `offshoot dashboard`: a small HTTP server with the live web page (page.ts) and its data.
+ *
+ *   GET /                       the page (?run=RUN; default: the most recently updated run)
+ *   GET /api/runs               every run's KV status, most recently updated first (JSON)
+ *   GET /api/events?run=RUN     server-sent events: `progress` (one per stored event, id = stream
+ *                               sequence; a reconnect with Last-Event-ID resumes after it), `caughtup`
+ *                               once the history is sent, `skipped` for messages that are not v1 events
+ *   GET /healthz
+ *
+ * Binds 127.0.0.1 unless told otherwise: it has no authentication.
+ */
+import * as http from 'node:http';
+import type { AddressInfo } from 'node:net';
+
+import type { NatsConnection } from '@nats-io/transport-node';
+
+import { RUN_ID_PATTERN } from './events.js';
+import { connectNats, listRuns, openRunEvents } from './nats.js';
+import { DASHBOARD_HTML } from './page.js';
+
+export interface DashboardOptions {
+  /** NATS server(s); default env OFFSHOOT_NATS_URL, else nats://127.0.0.1:4222. */
+  url?: string;
+  host?: string;
+  /** 0: any free port. */
+  port?: number;
+  log?: (line: string) => void;
+  /** Seconds between keep-alive comments on idle event streams. */
+  keepAliveSeconds?: number;
+}
+
+export interface Dashboard {
+  port: number;
+  url: string;
+  /** Event streams open now. */
+  clients(): number;
+  close(): Promise<void>;
+}
+
+export const DASHBOARD_DEFAULTS = { host: '127.0.0.1', port: 8080 };
+
+const SECURITY_HEADERS = {
+  'content-security-policy': "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:",
+  'x-content-type-options': 'nosniff',
+  'referrer-policy': 'no-referrer',
+};
+
+function send(res: http.ServerResponse, status: number, type: string, body: string): void {
+  res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store', ...SECURITY_HEADERS }).end(body);
+}
+
+/** Writes and waits for 'drain' when the socket's buffer is full (a slow browser slows the consumer down). */
+function write(res: http.ServerResponse, chunk: string): Promise<void> | undefined {
+  if (res.write(chunk)) return undefined;
+  return new Promise((resolve) => {
+    const done = (): void => {
+      res.off('drain', done);
+      res.off('close', done);
+      resolve();
+    };
+    res.on('drain', done);
+    res.on('close', done);
+  });
+}
+
+async function streamEvents(nc: NatsConnection, req: http.IncomingMessage, res: http.ServerResponse, run: string, afterSeq: number, keepAliveMs: number): Promise<void> {
+  const reader = await openRunEvents(nc, run, { afterSeq });
+  res.writeHead(200, {
+    'content-type': 'text/event-stream; charset=utf-8',
+    'cache-control': 'no-store',
+    connection: 'keep-alive',
+    'x-accel-buffering': 'no',
+    ...SECURITY_HEADERS,
+  });
+  res.write('retry: 2000\n\n');
+  let caughtUp = false;
+  const caught = (): void => {
+    if (!caughtUp) {
+      caughtUp = true;
+      res.write('event: caughtup\ndata: {}\n\n');
+    }
+  };
+  if (reader.initialPending === 0) caught();
+  const keepAlive = setInterval(() => res.write(': keep-alive\n\n'), keepAliveMs);
+  const stop = (): void => reader.stop();
+  req.on('close', stop);
+  res.on('close', stop);
+  try {
+    for await (const s of reader.events) {
+      if (res.destroyed) break;
+      const body = s.event
+        ? `id: ${s.seq}\nevent: progress\ndata: ${JSON.stringify(s.event)}\n\n`
+        : `id: ${s.seq}\nevent: skipped\ndata: ${JSON.stringify({ seq: s.seq, subject: s.subject, error: s.error })}\n\n`;
+      const wait = write(res, body);
+      if (wait) await wait;
+      if (s.pending === 0) caught();
+    }
+  } finally {
+    clearInterval(keepAlive);
+    reader.stop();
+    res.end();
+  }
+}
+
+export async function startDashboard(options: DashboardOptions = {}): Promise<Dashboard> {
+  const host = options.host ?? DASHBOARD_DEFAULTS.host;
+  const log = options.log ?? (() => undefined);
+  const keepAliveMs = (options.keepAliveSeconds ?? 15) * 1000;
+  const nc = await connectNats(options.url, { name: 'offshoot dashboard' });
+  const open = new Set<http.ServerResponse>();
+
+  const server = http.createServer((req, res) => {
+    const url = new URL(req.url ?? '/', 'http://dashboard');
+    if (req.method !== 'GET' && req.method !== 'HEAD') return send(res, 405, 'text/plain', 'method not allowed\n');
+    if (url.pathname === '/' || url.pathname === '/index.html') return send(res, 200, 'text/html; charset=utf-8', DASHBOARD_HTML);
+    if (url.pathname === '/healthz') return send(res, 200, 'text/plain', 'ok\n');
+    if (url.pathname === '/api/runs') {
+      listRuns(nc).then(
+        (runs) => send(res, 200, 'application/json', JSON.stringify(runs.map(({ recent: _recent, ...r }) => r))),
+        (err: Error) => send(res, 502, 'application/json', JSON.stringify({ error: `NATS: ${err.message}` })),
+      );
+      return;
+    }
+    if (url.pathname === '/api/events') {
+      const run = url.searchParams.get('run') ?? '';
+      if (!RUN_ID_PATTERN.test(run)) return send(res, 400, 'application/json', JSON.stringify({ error: `run: expected a run id, got ${JSON.stringify(run)}` }));
+      const last = Number(req.headers['last-event-id'] ?? url.searchParams.get('after') ?? 0);
+      const afterSeq = Number.isSafeInteger(last) && last > 0 ? last : 0;
+      open.add(res);
+      res.on('close', () => open.delete(res));
+      streamEvents(nc, req, res, run, afterSeq, keepAliveMs).catch((err: Error) => {
+        log(`dashboard: event stream for ${run}: ${err.message}`);
+        if (!res.headersSent) send(res, 502, 'application/json', JSON.stringify({ error: `NATS: ${err.message}` }));
+        else res.end();
+      });
+      return;
+    }
+    send(res, 404, 'text/plain', 'not found\n');
+  });
+
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (err) => reject(new Error(`dashboard: cannot listen on ${host}:${options.port ?? DASHBOARD_DEFAULTS.port}: ${err.message}`)));
+      server.listen(options.port ?? DASHBOARD_DEFAULTS.port, host, () => resolve());
+    });
+  } catch (err) {
+    await nc.close();
+    throw err;
+  }
+  const port = (server.address() as AddressInfo).port;
+  const shown = host.includes(':') ? `[${host}]` : host;
+  return {
+    port,
+    url: `http://${shown}:${port}/`,
+    clients: () => open.size,
+    close: async () => {
+      for (const res of open) res.end();
+      await new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      });
+      await nc.close().catch(() => undefined);
+    },
+  };
+}
