@@ -152,13 +152,17 @@ const SCRIPT = String.raw`
   }
 
   // ---- charts (plain SVG) ----
+  /** Round ticks covering [lo, hi], the domain widened to the outer ticks; digits: decimals the labels need. */
   function ticks(lo, hi, n) {
-    if (!(hi > lo)) { var d = Math.abs(lo) * 0.1 || 1; lo -= d; hi += d; }
+    if (!(hi > lo)) { var d = Math.abs(lo) * 0.05 || 1; lo -= d; hi += d; }
+    var pad = (hi - lo) * 0.03;
+    // Non-negative data (steps, parameters) keeps a non-negative axis.
+    lo = lo >= 0 ? Math.max(0, lo - pad) : lo - pad; hi += pad;
     var raw = (hi - lo) / n, mag = Math.pow(10, Math.floor(Math.log10(raw))), f = raw / mag;
     var step = (f < 1.5 ? 1 : f < 3 ? 2 : f < 7 ? 5 : 10) * mag;
-    var out = [];
-    for (var v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push(Math.abs(v) < step * 1e-9 ? 0 : v);
-    return { lo: Math.min(lo, out[0]), hi: Math.max(hi, out[out.length - 1]), ticks: out };
+    var first = Math.floor(lo / step), last = Math.ceil(hi / step), out = [];
+    for (var k = first; k <= last; k++) out.push(k * step);
+    return { lo: first * step, hi: last * step, ticks: out, digits: Math.max(0, -Math.floor(Math.log10(step) + 1e-9)) };
   }
 
   /** Axes in a 640x340 viewBox; returns scales and the plot group. */
@@ -175,7 +179,7 @@ const SCRIPT = String.raw`
     });
     yt.ticks.forEach(function (v) {
       svg('line', { x1: L, x2: W - R, y1: sy(v), y2: sy(v), class: 'grid' }, g);
-      svg('text', { x: L - 6, y: sy(v) + 4, 'text-anchor': 'end' }, g).textContent = yfmt(v);
+      svg('text', { x: L - 6, y: sy(v) + 4, 'text-anchor': 'end' }, g).textContent = yfmt ? yfmt(v) : v.toFixed(yt.digits);
     });
     svg('rect', { x: L, y: T, width: W - L - R, height: H - T - B, class: 'plotarea' }, g);
     svg('text', { x: (L + W - R) / 2, y: H - 8, 'text-anchor': 'middle', class: 'label' }, g).textContent = xlabel;
@@ -212,7 +216,7 @@ const SCRIPT = String.raw`
     var xs = [], ys = [];
     all.forEach(function (s) { s.train.concat(s.val).forEach(function (p) { xs.push(p.step); ys.push(p.value); }); });
     if (!xs.length) { empty(root, 'no pretraining yet'); return; }
-    var f = frame(root, [Math.min.apply(null, xs), Math.max.apply(null, xs)], [Math.min.apply(null, ys), Math.max.apply(null, ys)], 'step', 'loss', human, function (v) { return v.toFixed(2); });
+    var f = frame(root, [Math.min.apply(null, xs), Math.max.apply(null, xs)], [Math.min.apply(null, ys), Math.max.apply(null, ys)], 'step', 'loss', human, null);
     all.forEach(function (s, i) {
       var color = colorOf(s.name, i);
       if (s.train.length) svg('path', { d: pathOf(thin(s.train, 1200), f), class: 'train', stroke: color, 'data-series': s.name }, f.plot);
@@ -256,7 +260,7 @@ const SCRIPT = String.raw`
       ok.length + ' evaluated' + (S.failed ? ', ' + S.failed + ' failed (not shown)' : '') + ' · colour: generation (darker is later) · line: Pareto front';
     if (!ok.length) { empty(root, 'no candidates evaluated yet'); return; }
     var px = ok.map(function (r) { return r.params; }), fy = ok.map(function (r) { return r.fitness; });
-    var f = frame(root, [Math.min.apply(null, px), Math.max.apply(null, px)], [Math.min.apply(null, fy), Math.max.apply(null, fy)], 'parameters', 'fitness (validation loss)', human, function (v) { return v.toFixed(3); });
+    var f = frame(root, [Math.min.apply(null, px), Math.max.apply(null, px)], [Math.min.apply(null, fy), Math.max.apply(null, fy)], 'parameters', 'fitness (validation loss)', human, null);
     var maxGen = Math.max.apply(null, ok.map(function (r) { return r.generation; }));
     ok.forEach(function (r) {
       var c = svg('circle', { cx: f.sx(r.params).toFixed(1), cy: f.sy(r.fitness).toFixed(1), r: 4.5, fill: genColor(r.generation, maxGen), class: 'point', 'data-candidate': r.candidate }, f.plot);
