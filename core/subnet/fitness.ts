@@ -25,10 +25,13 @@ import {
   tokenizedCorpus,
 } from '../data/index.js';
 import {
+  type BatchSource,
   DEFAULT_DISTILL,
   type DistillOptions,
   GPTNeoX,
   type LoadedCheckpoint,
+  type StepReport,
+  type Teacher,
   Trainer,
   evaluateLoss,
   inProcessTeacher,
@@ -127,6 +130,14 @@ export interface FitnessContext {
   /** The teacher as a model (distillation, importance), created on first use. */
   teacherModel?: GPTNeoX;
   importance?: Map<string, Awaited<ReturnType<typeof resolveOptions>>>;
+  /**
+   * Where distillation targets come from, e.g. the teacher-logit service (a top-k `StreamingTeacher`);
+   * default the teacher model held in this process (full logits). Top-k targets give slightly
+   * different fitness values than full logits, so keep one source per search.
+   */
+  distillTeacher?: (batches: BatchSource, distill: DistillOptions) => Teacher;
+  /** Called after every step of a brief training (e.g. to heartbeat); reads the loss back each step. */
+  onStep?: (report: StepReport) => void;
 }
 
 /** Seed of the calibration batch for importance orderings. */
@@ -223,6 +234,8 @@ export async function evaluateFitness(request: FitnessRequest, context?: Fitness
       if (b.zeroShotEval) zeroShot = (await evaluate(model)).loss;
       steps = b.steps ?? 100;
       const lr = b.lr ?? 3e-3;
+      const batches: BatchSource = (step) => sampleBatch(ctx.train, { batchSize, seqLen, seed: request.seed, step });
+      const distillOptions = b.distill ?? DEFAULT_DISTILL;
       const trainer = new Trainer(model, {
         hyper: {
           steps,
@@ -233,10 +246,11 @@ export async function evaluateFitness(request: FitnessRequest, context?: Fitness
           gradClip: 1,
           seed: request.seed,
         },
-        batches: (step) => sampleBatch(ctx.train, { batchSize, seqLen, seed: request.seed, step }),
-        teacher: distill ? inProcessTeacher(teacherModel(ctx)) : undefined,
-        distill: distill ? (b.distill ?? DEFAULT_DISTILL) : undefined,
-        reportEvery: steps,
+        batches,
+        teacher: distill ? (ctx.distillTeacher ? ctx.distillTeacher(batches, distillOptions) : inProcessTeacher(teacherModel(ctx))) : undefined,
+        distill: distill ? distillOptions : undefined,
+        reportEvery: ctx.onStep ? 1 : steps,
+        onStep: ctx.onStep,
       });
       const result = await trainer.run();
       lastTrainLoss = result.lastLoss;

@@ -7,6 +7,7 @@ import { registerTeacherServeCommand } from './serve.js';
 import { registerSearchCommand } from './search.js';
 import { registerSubnetCommands } from './subnet.js';
 import { registerTeacherCommands } from './teacher.js';
+import { registerWorkerCommand } from './worker.js';
 
 export function buildProgram(): Command {
   const program = new Command('offshoot')
@@ -19,6 +20,7 @@ export function buildProgram(): Command {
   registerTeacherServeCommand(program);
   registerEvalCommands(program);
   registerSubnetCommands(program);
+  registerWorkerCommand(program);
   registerProgressCommands(program);
   registerSearchCommand(program);
   return program;

@@ -1,0 +1,400 @@
+/**
+ * services/config: offshoot's one configuration file (YAML or JSON; docs/configuration.md) — a zod
+ * schema with a documented default for every field, so an empty file (or none) is the embedded
+ * default run. A bad file is ONE error listing every problem, each naming the field and its value.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+import YAML from 'yaml';
+import { z } from 'zod';
+
+import { SearchError, resolveSearchOptions } from '../../core/search/index.js';
+import { SPACE_KINDS } from '../../core/subnet/pure.js';
+import { RUN_ID_PATTERN } from '../progress/index.js';
+import type { PipelineInput, TeacherServiceRef } from '../../workflows/index.js';
+
+const int = (min: number) => z.number().int().min(min);
+const posInt = () => z.number().int().positive();
+const posNum = () => z.number().positive().refine(Number.isFinite, 'must be finite');
+const fraction = () => z.number().min(0).max(1);
+
+const activitySchema = (timeoutSeconds: number, heartbeatSeconds: number, maxAttempts: number) =>
+  z
+    .strictObject({
+      timeoutSeconds: posInt().default(timeoutSeconds).describe('start-to-close timeout of one attempt, seconds'),
+      heartbeatSeconds: posInt().default(heartbeatSeconds).describe('a worker silent this long is presumed dead; the attempt is retried elsewhere'),
+      maxAttempts: posInt().default(maxAttempts).describe('attempts before the activity fails'),
+    })
+    .prefault({});
+
+const targetSchema = z
+  .union([
+    z.strictObject({ bin: int(0) }),
+    z.strictObject({ params: z.string().min(1) }),
+    z.strictObject({ minParams: z.number().nonnegative(), maxParams: z.number().positive() }),
+  ], { error: 'expected {bin: N}, {params: "70M ± 5%"} or {minParams: N, maxParams: M}' });
+
+const choiceSchema = z.union([z.array(posInt()).min(1), z.strictObject({ min: posInt().optional(), max: posInt().optional(), step: posInt().optional() })]);
+
+export const configSchema = z.strictObject({
+  run: z
+    .strictObject({
+      name: z.string().regex(RUN_ID_PATTERN, 'must be 1-128 of A-Z a-z 0-9 _ - (starting with a letter or digit)').default('default').describe('the run; workflow ids and its folder derive from it'),
+      seed: int(0).default(1).describe('seed of the search (unless search.seed), the pretraining data order and initialisations'),
+    })
+    .prefault({}),
+  storage: z
+    .strictObject({
+      root: z.string().min(1).default('runs').describe('shared folder every worker sees; a run keeps its files in <root>/<run.name>'),
+    })
+    .prefault({}),
+  teacher: z
+    .strictObject({
+      dir: z.string().min(1).nullable().default(null).describe('teacher checkpoint directory; null: <run folder>/teacher, trained there when missing'),
+      train: z
+        .strictObject({
+          enabled: z.boolean().default(true).describe('train the teacher when its directory holds no finished checkpoint'),
+          preset: z.string().default('sotu-teacher').describe('model shape (core/model presets)'),
+          vocab: posInt().default(1024).describe('vocabulary of the BPE trained on data.train'),
+          steps: posInt().default(400),
+          batchSize: posInt().default(8),
+          seqLen: posInt().default(64),
+          lr: posNum().default(3e-3),
+          warmup: int(0).default(20),
+          seed: int(0).default(1),
+          evalTokens: posInt().default(16384),
+        })
+        .prefault({}),
+      service: z
+        .strictObject({
+          enabled: z.boolean().default(true).describe('distil through the teacher-logit service (embedded: started by offshoot run); false: each worker holds the teacher'),
+          topK: posInt().default(64).describe('top-k logits the service sends per position'),
+          maxBatchTokens: posInt().default(8192).describe('largest forward pass of the embedded service'),
+        })
+        .prefault({}),
+    })
+    .prefault({}),
+  data: z
+    .strictObject({
+      train: z.string().min(1).default('sotu:train').describe('training corpus: sotu:train, sotu:val, mobydick, or a path'),
+      val: z.string().min(1).default('sotu:val').describe('validation corpus'),
+      tokenizer: z.string().min(1).nullable().default(null).describe("tokenizer.json or a folder; null: the teacher's"),
+    })
+    .prefault({}),
+  search: z
+    .strictObject({
+      space: z.enum(SPACE_KINDS as [string, ...string[]]).default('uniform').describe('uniform, layer-wise or granular'),
+      target: targetSchema.default({ bin: 5 }).describe('parameter range: a bin, a range as text, or explicit bounds'),
+      bins: posInt().default(20),
+      scale: z.enum(['linear', 'log']).default('linear'),
+      choices: z
+        .strictObject({ layers: choiceSchema.optional(), embedding: choiceSchema.optional(), heads: choiceSchema.optional(), mlp: choiceSchema.optional(), headSize: choiceSchema.optional() })
+        .optional()
+        .describe('allowed values per dimension (docs/subnetworks.md)'),
+      algorithm: z.enum(['evolution', 'random', 'stratified-random']).default('evolution'),
+      budget: posInt().default(16).describe('total fitness evaluations'),
+      population: int(2).default(6),
+      seed: int(0).nullable().default(null).describe('seed of the search; null: run.seed'),
+      tournamentSize: posInt().optional(),
+      elitism: int(0).optional(),
+      crossoverProbability: fraction().optional(),
+      mutationProbability: fraction().optional(),
+      multiObjective: z.boolean().optional(),
+      retryFailed: int(0).optional(),
+      parallelism: posInt().default(2).describe('evaluations in flight at once'),
+      continueAsNewEvery: posInt().default(5).describe('generations per workflow run before continue-as-new'),
+      fitness: z
+        .strictObject({
+          kind: z.enum(['zero-shot', 'brief']).default('brief'),
+          steps: posInt().default(15).describe('brief: training steps'),
+          batchSize: posInt().default(8),
+          seqLen: posInt().default(64),
+          lr: posNum().default(3e-3),
+          warmup: int(0).default(5),
+          loss: z.enum(['distill', 'ce']).default('distill'),
+          evalTokens: posInt().default(4096).describe('validation tokens per evaluation'),
+          order: z.enum(['first-k', 'importance']).default('first-k').describe('which heads, neurons and channels counts keep'),
+          layers: z.enum(['first', 'even', 'importance']).default('first'),
+        })
+        .prefault({}),
+      activity: activitySchema(900, 60, 3),
+    })
+    .prefault({}),
+  pretrain: z
+    .strictObject({
+      steps: posInt().default(300),
+      batchSize: posInt().default(8),
+      seqLen: posInt().default(64),
+      lr: posNum().default(3e-3),
+      warmup: int(0).default(20),
+      segmentSteps: posInt().default(100).describe('steps per trainSegment activity'),
+      checkpointEvery: posInt().default(25).describe('steps between checkpoints (what a retry may redo at most)'),
+      evalEvery: posInt().default(100).describe('steps between validation passes'),
+      evalTokens: posInt().default(4096),
+      targetPpl: posNum().nullable().default(null).describe('stop once validation perplexity reaches this; null: train all steps'),
+      distill: z
+        .strictObject({
+          enabled: z.boolean().default(true).describe('knowledge distillation; false: cross-entropy only'),
+          alpha: fraction().default(0.5).describe('weight of cross-entropy; 1 − alpha weighs the KL term'),
+          temperature: posNum().default(1),
+          direction: z.enum(['forward', 'reverse', 'symmetric']).default('forward'),
+        })
+        .prefault({}),
+      baselines: z
+        .strictObject({
+          randomInit: z.boolean().default(true).describe("the winner's shape with random weights, same budget"),
+          firstK: z.boolean().default(true).describe('no search: the teacher shrunk uniformly into the bin, first-k weights'),
+        })
+        .prefault({}),
+      finalEvalTokens: posInt().default(16384).describe('validation tokens of the final evaluation (the results table)'),
+      activity: activitySchema(3600, 60, 5),
+    })
+    .prefault({}),
+  services: z
+    .strictObject({
+      temporal: z
+        .strictObject({
+          address: z.string().min(1).nullable().default(null).describe('host:port of Temporal; null: offshoot run starts the embedded dev server'),
+          namespace: z.string().min(1).default('default'),
+        })
+        .prefault({}),
+      nats: z
+        .strictObject({
+          url: z.string().min(1).nullable().default(null).describe('NATS for progress events; null: embedded (offshoot run) or none'),
+        })
+        .prefault({}),
+      teacher: z
+        .strictObject({
+          targets: z.array(z.string().regex(/^[^\s:]+:\d+$/, 'expected host:port')).default([]).describe('teacher-logit service replicas; empty: embedded (offshoot run) or in process'),
+        })
+        .prefault({}),
+    })
+    .prefault({}),
+  workers: z
+    .strictObject({
+      evaluators: posInt().default(1).describe('embedded stack: evaluator worker processes'),
+      evaluateSlots: posInt().default(1).describe('evaluations one evaluator runs at once (one per device)'),
+      backend: z.enum(['auto', 'tensorflow', 'webgpu', 'wasm', 'cpu']).default('auto').describe('compute backend of embedded workers and the teacher service'),
+      gracePeriodSeconds: posInt().default(30).describe('SIGTERM: how long a worker may finish or checkpoint its activities'),
+    })
+    .prefault({}),
+});
+
+export type OffshootConfig = z.output<typeof configSchema>;
+export type OffshootConfigInput = z.input<typeof configSchema>;
+
+export interface ConfigProblem {
+  field: string;
+  message: string;
+}
+
+/** A configuration with problems; `problems` lists every one, and the message shows them all. */
+export class ConfigError extends Error {
+  constructor(
+    readonly source: string,
+    readonly problems: ConfigProblem[],
+  ) {
+    super(`${source}: ${problems.length} problem${problems.length === 1 ? '' : 's'}:\n${problems.map((p) => `  ${p.field}: ${p.message}`).join('\n')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+function valueAt(raw: unknown, p: readonly PropertyKey[]): unknown {
+  let v = raw;
+  for (const k of p) {
+    if (v === null || typeof v !== 'object') return undefined;
+    v = (v as Record<PropertyKey, unknown>)[k];
+  }
+  return v;
+}
+
+function fieldName(p: readonly PropertyKey[]): string {
+  return p.map(String).join('.') || '(top level)';
+}
+
+function show(v: unknown): string {
+  const s = JSON.stringify(v);
+  return s === undefined ? String(v) : s.length > 80 ? `${s.slice(0, 77)}...` : s;
+}
+
+/** Validates a parsed file (any JSON value); throws one ConfigError listing every problem. */
+export function parseConfig(raw: unknown, source = 'config'): OffshootConfig {
+  const input = raw === null || raw === undefined ? {} : raw;
+  const problems: ConfigProblem[] = [];
+  const result = configSchema.safeParse(input);
+  if (!result.success) {
+    for (const issue of result.error.issues) {
+      if (issue.code === 'unrecognized_keys') {
+        for (const key of issue.keys) problems.push({ field: fieldName([...issue.path, key]), message: 'unknown field' });
+        continue;
+      }
+      const value = valueAt(input, issue.path);
+      problems.push({ field: fieldName(issue.path), message: `${issue.message}${value === undefined ? '' : `, got ${show(value)}`}` });
+    }
+    throw new ConfigError(source, problems);
+  }
+  const config = result.data;
+  // Checks across fields, reported together.
+  const s = config.search;
+  try {
+    resolveSearchOptions(searchOptions(config));
+  } catch (err) {
+    if (!(err instanceof SearchError)) throw err;
+    problems.push({ field: `search.${err.field}`, message: err.message });
+  }
+  if (s.fitness.kind === 'brief' && s.fitness.warmup > s.fitness.steps) {
+    problems.push({ field: 'search.fitness.warmup', message: `must be at most search.fitness.steps (${s.fitness.steps}), got ${s.fitness.warmup}` });
+  }
+  const p = config.pretrain;
+  if (p.warmup > p.steps) problems.push({ field: 'pretrain.warmup', message: `must be at most pretrain.steps (${p.steps}), got ${p.warmup}` });
+  if (p.checkpointEvery > p.segmentSteps) {
+    problems.push({ field: 'pretrain.checkpointEvery', message: `must be at most pretrain.segmentSteps (${p.segmentSteps}), got ${p.checkpointEvery}` });
+  }
+  if (config.teacher.train.warmup > config.teacher.train.steps) {
+    problems.push({ field: 'teacher.train.warmup', message: `must be at most teacher.train.steps (${config.teacher.train.steps}), got ${config.teacher.train.warmup}` });
+  }
+  if (problems.length) throw new ConfigError(source, problems);
+  return config;
+}
+
+/** Reads and validates a YAML or JSON file (YAML is a superset of JSON). */
+export function loadConfigFile(file: string): OffshootConfig {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError(file, [{ field: '(file)', message: `cannot read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})` }]);
+  }
+  let raw: unknown;
+  try {
+    raw = file.endsWith('.json') ? JSON.parse(text) : YAML.parse(text);
+  } catch (err) {
+    throw new ConfigError(file, [{ field: '(file)', message: `not valid ${file.endsWith('.json') ? 'JSON' : 'YAML'}: ${(err as Error).message.split('\n')[0]}` }]);
+  }
+  return parseConfig(raw, file);
+}
+
+/** The defaults (what an empty file gives). */
+export function defaultConfig(): OffshootConfig {
+  return parseConfig({}, 'defaults');
+}
+
+/** Every leaf field of a config as [dotted path, value] (the documentation test walks the defaults). */
+export function configLeaves(value: unknown, prefix = ''): [string, unknown][] {
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) return [[prefix, value]];
+  return Object.entries(value as Record<string, unknown>).flatMap(([k, v]) => configLeaves(v, prefix ? `${prefix}.${k}` : k));
+}
+
+/** Merges overrides (e.g. from command-line flags) into a raw config object, deeply. */
+export function mergeRaw(base: unknown, override: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = base && typeof base === 'object' && !Array.isArray(base) ? { ...(base as Record<string, unknown>) } : {};
+  for (const [k, v] of Object.entries(override)) {
+    if (v === undefined) continue;
+    const cur = out[k];
+    out[k] = v && typeof v === 'object' && !Array.isArray(v) && cur && typeof cur === 'object' && !Array.isArray(cur) ? mergeRaw(cur, v as Record<string, unknown>) : v;
+  }
+  return out;
+}
+
+/** The search options of a config (core/search's names). */
+export function searchOptions(config: OffshootConfig) {
+  const s = config.search;
+  return {
+    algorithm: s.algorithm,
+    budget: s.budget,
+    population: s.population,
+    seed: s.seed ?? config.run.seed,
+    ...(s.tournamentSize !== undefined ? { tournamentSize: s.tournamentSize } : {}),
+    ...(s.elitism !== undefined ? { elitism: s.elitism } : {}),
+    ...(s.crossoverProbability !== undefined ? { crossoverProbability: s.crossoverProbability } : {}),
+    ...(s.mutationProbability !== undefined ? { mutationProbability: s.mutationProbability } : {}),
+    ...(s.multiObjective !== undefined ? { multiObjective: s.multiObjective } : {}),
+    ...(s.retryFailed !== undefined ? { retryFailed: s.retryFailed } : {}),
+  };
+}
+
+/** The run's folder on shared storage (absolute). */
+export function runDir(config: OffshootConfig, cwd = process.cwd()): string {
+  return path.resolve(cwd, config.storage.root, config.run.name);
+}
+
+/** The teacher's checkpoint directory (absolute). */
+export function teacherDir(config: OffshootConfig, cwd = process.cwd()): string {
+  return config.teacher.dir ? path.resolve(cwd, config.teacher.dir) : path.join(runDir(config, cwd), 'teacher');
+}
+
+/** The pipeline workflow's input for a config; `teacherService` from the embedded stack or the config. */
+export function pipelineInput(config: OffshootConfig, options: { cwd?: string; teacherService?: TeacherServiceRef } = {}): PipelineInput {
+  const cwd = options.cwd ?? process.cwd();
+  const dir = runDir(config, cwd);
+  const run = { runId: config.run.name, dir };
+  const data = { train: config.data.train, val: config.data.val, ...(config.data.tokenizer ? { tokenizer: path.resolve(cwd, config.data.tokenizer) } : {}) };
+  const teacherService =
+    options.teacherService ??
+    (config.teacher.service.enabled && config.services.teacher.targets.length ? { targets: config.services.teacher.targets, topK: config.teacher.service.topK } : undefined);
+  const s = config.search;
+  const p = config.pretrain;
+  const t = config.teacher.train;
+  return {
+    run,
+    data,
+    teacherService,
+    teacher: {
+      run,
+      dir: teacherDir(config, cwd),
+      data,
+      ...(t.enabled
+        ? { train: { preset: t.preset, vocab: t.vocab, steps: t.steps, batchSize: t.batchSize, seqLen: t.seqLen, lr: t.lr, warmup: t.warmup, seed: t.seed, evalTokens: t.evalTokens } }
+        : {}),
+      ...(teacherService ? { service: teacherService } : {}),
+    },
+    evolution: {
+      space: { kind: s.space as PipelineInput['evolution']['space']['kind'], target: s.target, bins: s.bins, scale: s.scale, ...(s.choices ? { choices: s.choices } : {}) },
+      search: searchOptions(config),
+      fitness: {
+        budget:
+          s.fitness.kind === 'zero-shot'
+            ? { kind: 'zero-shot', batchSize: s.fitness.batchSize, seqLen: s.fitness.seqLen, evalTokens: s.fitness.evalTokens }
+            : {
+                kind: 'brief',
+                steps: s.fitness.steps,
+                batchSize: s.fitness.batchSize,
+                seqLen: s.fitness.seqLen,
+                lr: s.fitness.lr,
+                warmup: s.fitness.warmup,
+                loss: s.fitness.loss,
+                evalTokens: s.fitness.evalTokens,
+                ...(s.fitness.loss === 'distill' ? { distill: { alpha: p.distill.alpha, temperature: p.distill.temperature, direction: p.distill.direction } } : {}),
+              },
+        order: s.fitness.order,
+        layers: s.fitness.layers,
+      },
+      parallelism: s.parallelism,
+      continueAsNewEvery: s.continueAsNewEvery,
+      activity: s.activity,
+    },
+    pretrain: {
+      hyper: {
+        steps: p.steps,
+        batchSize: p.batchSize,
+        seqLen: p.seqLen,
+        lr: p.lr,
+        warmup: p.warmup,
+        seed: config.run.seed,
+        distill: p.distill.enabled ? { alpha: p.distill.alpha, temperature: p.distill.temperature, direction: p.distill.direction } : null,
+      },
+      segmentSteps: p.segmentSteps,
+      checkpointEvery: p.checkpointEvery,
+      evalEvery: p.evalEvery,
+      evalTokens: p.evalTokens,
+      ...(p.targetPpl !== null ? { targetPpl: p.targetPpl } : {}),
+      activity: p.activity,
+      order: s.fitness.order,
+      layers: s.fitness.layers,
+    },
+    baselines: { randomInit: p.baselines.randomInit, firstK: p.baselines.firstK },
+    finalEvalTokens: p.finalEvalTokens,
+    activity: { timeoutSeconds: Math.max(p.activity.timeoutSeconds, 3600), heartbeatSeconds: p.activity.heartbeatSeconds, maxAttempts: p.activity.maxAttempts },
+  };
+}

@@ -1,0 +1,407 @@
+/**
+ * services/pretrain: the pretraining worker's activities (task queue "pretrain").
+ *
+ * - prepareTeacher: the teacher checkpoint (trained by `offshoot teacher train` in a child process when
+ *   missing), and a check that the teacher service serves the same weights.
+ * - prepareStudent: a student's step-0 checkpoint — extracted from the teacher, or random.
+ * - trainSegment: training from a checkpoint to a step. Checkpoints every `checkpointEvery` steps into
+ *   a fresh folder (<run>/<name>/checkpoints/step-N, immutable, content-hashed) and heartbeats
+ *   {step, checkpoint}; a retry resumes from the last heartbeat's checkpoint. A SIGTERM'd worker
+ *   checkpoints at the next step boundary and returns what it reached. Every step's loss goes to
+ *   <run>/<name>/losses.jsonl (with the attempt and worker), so the curve across retries can be read.
+ * - evaluateCheckpoint: validation loss and perplexity of a checkpoint.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { setImmediate as yieldToLoop } from 'node:timers/promises';
+
+import { ApplicationFailure, CancelledFailure, Context } from '@temporalio/activity';
+
+import {
+  CALIBRATION_SEED,
+  canonicalize,
+  countShape,
+  extractCheckpoint,
+  studentConfig,
+} from '../../core/subnet/index.js';
+import { TOKENIZER_FILE, evalBatches, loadTokenizer, sampleBatch, tokenizedCorpus } from '../../core/data/index.js';
+import {
+  CheckpointError,
+  GPTNeoX,
+  MANIFEST_FILE,
+  TRAINER_STATE_FILE,
+  type TrainOptions,
+  Trainer,
+  type TrainerState,
+  computeCheckpointHash,
+  evaluateLoss,
+  inProcessTeacher,
+  loadCheckpoint,
+  loadConfig,
+  parameterCount,
+  saveCheckpoint,
+  writeFileAtomic,
+} from '../../core/model/index.js';
+import { offshootCache, offshootCommand, spawnManaged } from '../stack/index.js';
+import { StreamingTeacher } from '../teacher/index.js';
+import { TeacherMismatchError, type WorkerEnv, emit, teacherClient, teacherModel, withActivityEvents } from '../orchestration/index.js';
+import type {
+  CheckpointEval,
+  CheckpointRef,
+  EvalPoint,
+  EvaluateCheckpointInput,
+  PrepareStudentInput,
+  PrepareTeacherInput,
+  PretrainActivities,
+  PretrainHyper,
+  SegmentHeartbeat,
+  StudentRef,
+  TeacherRef,
+  TrainSegmentInput,
+  TrainSegmentOutput,
+} from '../../workflows/index.js';
+
+const tokenCache = () => offshootCache('tokens');
+
+/** The hash a checkpoint directory declares (its manifest), or the one computed from its weights. */
+function checkpointHash(dir: string): string {
+  const manifest = path.join(dir, MANIFEST_FILE);
+  if (fs.existsSync(manifest)) return String((JSON.parse(fs.readFileSync(manifest, 'utf8')) as { hash: string }).hash);
+  return computeCheckpointHash(dir);
+}
+
+function trainerState(dir: string): TrainerState | undefined {
+  const f = path.join(dir, TRAINER_STATE_FILE);
+  return fs.existsSync(f) ? (JSON.parse(fs.readFileSync(f, 'utf8')) as TrainerState) : undefined;
+}
+
+/** A finished teacher: a checkpoint with no unfinished training state. */
+function teacherFinished(dir: string): boolean {
+  if (!fs.existsSync(path.join(dir, 'config.json'))) return false;
+  const state = trainerState(dir);
+  return !state || state.step >= state.hyper.steps;
+}
+
+function stepDir(runDir: string, name: string, step: number): string {
+  return path.join(runDir, name, 'checkpoints', `step-${String(step).padStart(7, '0')}`);
+}
+
+function tokenizerSource(data: { tokenizer?: string }, teacherDir: string): string {
+  return data.tokenizer ?? teacherDir;
+}
+
+async function trainTeacherChild(env: WorkerEnv, input: PrepareTeacherInput): Promise<void> {
+  const t = input.train!;
+  const cli = offshootCommand();
+  const args = [
+    ...cli.args, 'teacher', 'train', '--out', input.dir, '--data', input.data.train, '--val', input.data.val, '--preset', t.preset,
+    '--vocab', String(t.vocab), '--steps', String(t.steps), '--batch-size', String(t.batchSize), '--seq-len', String(t.seqLen),
+    '--lr', String(t.lr), '--warmup', String(t.warmup), '--seed', String(t.seed), '--eval-tokens', String(t.evalTokens),
+    '--eval-every', String(Math.max(1, Math.floor(t.steps / 2))), '--checkpoint-every', String(Math.max(1, Math.floor(t.steps / 4))), '--json',
+  ];
+  if (input.data.tokenizer) args.push('--tokenizer', input.data.tokenizer);
+  const actx = Context.current();
+  env.log(`prepareTeacher: training the teacher into ${input.dir} (${t.preset}, ${t.steps} steps)`);
+  fs.mkdirSync(path.join(input.run.dir, 'logs'), { recursive: true });
+  const child = spawnManaged({ name: 'teacher train', command: cli.command, args, logFile: path.join(input.run.dir, 'logs', 'teacher-train.log'), echo: (l) => env.log(`  teacher: ${l}`) });
+  const beat = setInterval(() => actx.heartbeat({ phase: 'teacher train' }), 2000);
+  const onCancel = () => void child.stop(10_000);
+  actx.cancellationSignal.addEventListener('abort', onCancel);
+  try {
+    const r = await child.exited;
+    if (actx.cancellationSignal.aborted) throw new CancelledFailure('teacher training cancelled');
+    if (r.code !== 0) throw new Error(`offshoot teacher train exited with ${r.code ?? r.signal}:\n${child.output().slice(-2000)}`);
+  } finally {
+    clearInterval(beat);
+    actx.cancellationSignal.removeEventListener('abort', onCancel);
+  }
+}
+
+async function prepareTeacher(env: WorkerEnv, input: PrepareTeacherInput): Promise<TeacherRef> {
+  const dir = path.resolve(input.dir);
+  if (!teacherFinished(dir)) {
+    if (!input.train) throw ApplicationFailure.nonRetryable(`teacher ${dir}: no finished checkpoint there, and teacher training is off (teacher.train.enabled)`, 'CheckpointError');
+    await trainTeacherChild(env, { ...input, dir });
+    if (!teacherFinished(dir)) throw new Error(`teacher ${dir}: training ended without a finished checkpoint`);
+  }
+  let config;
+  try {
+    config = loadConfig(dir);
+  } catch (err) {
+    throw ApplicationFailure.nonRetryable((err as Error).message, 'CheckpointError');
+  }
+  const hash = checkpointHash(dir);
+  if (input.service) {
+    // The service must be up and serve these weights before evaluators rely on it.
+    const client = teacherClient(env, input.service, hash);
+    const deadline = Date.now() + 120_000;
+    for (;;) {
+      Context.current().heartbeat({ phase: 'teacher service' });
+      try {
+        const info = await client.info();
+        if (info.contentHash !== hash) {
+          throw ApplicationFailure.nonRetryable(`the teacher service ${input.service.targets.join(',')} serves weights ${info.contentHash.slice(0, 12)}…, the run's teacher ${dir} is ${hash.slice(0, 12)}…`, 'TeacherMismatch');
+        }
+        break;
+      } catch (err) {
+        if (err instanceof ApplicationFailure) throw err;
+        if (Date.now() > deadline) throw new Error(`the teacher service ${input.service.targets.join(',')} did not answer: ${(err as Error).message}`);
+        await new Promise((r) => setTimeout(r, 1000));
+      }
+    }
+  }
+  return { dir, hash, config, parameters: parameterCount(config) };
+}
+
+// ---- students ----------------------------------------------------------------------------------------
+
+async function prepareStudent(env: WorkerEnv, input: PrepareStudentInput): Promise<StudentRef> {
+  const init = input.init;
+  if (init.kind === 'checkpoint') {
+    const config = loadConfig(init.checkpoint.dir);
+    const hash = checkpointHash(init.checkpoint.dir);
+    if (hash !== init.checkpoint.hash) throw ApplicationFailure.nonRetryable(`${init.checkpoint.dir}: content hash ${hash.slice(0, 12)}… differs from the reference's`, 'CheckpointError');
+    return { checkpoint: { ...init.checkpoint, step: init.checkpoint.step ?? trainerState(init.checkpoint.dir)?.step ?? 0 }, parameters: parameterCount(config), config };
+  }
+  const dir = stepDir(input.run.dir, input.name, 0);
+  const describe = { format: 1, init, teacher: input.teacher.hash, seed: input.hyper.seed };
+  const initFile = path.join(input.run.dir, input.name, 'init.json');
+  // Idempotent: the same request finds the checkpoint it wrote before.
+  if (fs.existsSync(path.join(dir, MANIFEST_FILE)) && fs.existsSync(initFile) && fs.readFileSync(initFile, 'utf8') === JSON.stringify(describe)) {
+    const config = loadConfig(dir);
+    return { checkpoint: { dir, hash: checkpointHash(dir), step: 0 }, parameters: parameterCount(config), config };
+  }
+  let hash: string;
+  let config;
+  let specHash: string | undefined;
+  try {
+    if (init.kind === 'subnet') {
+      let calibration;
+      if (init.order === 'importance' || init.layers === 'importance') {
+        const tokenizer = await loadTokenizer(tokenizerSource(input.data, input.teacher.dir));
+        const corpus = await tokenizedCorpus(input.data.train, tokenizer, tokenCache());
+        calibration = sampleBatch(corpus.tokens, { batchSize: 8, seqLen: Math.min(input.hyper.seqLen, input.teacher.config.maxPositions), seed: CALIBRATION_SEED, step: 0 });
+      }
+      const r = await extractCheckpoint({ teacher: input.teacher.dir, spec: init.spec, out: dir, order: init.order, layers: init.layers, calibration });
+      hash = r.checkpointHash;
+      config = r.config;
+      specHash = r.specHash;
+    } else {
+      const teacher = loadConfig(input.teacher.dir);
+      config = studentConfig(teacher, canonicalize(init.spec, teacher));
+      const model = GPTNeoX.random(config, input.hyper.seed);
+      const extraFiles: Record<string, Buffer> = {};
+      const tok = path.join(input.teacher.dir, TOKENIZER_FILE);
+      if (fs.existsSync(tok)) extraFiles[TOKENIZER_FILE] = fs.readFileSync(tok);
+      hash = await saveCheckpoint(dir, config, await model.toHost(), { extraFiles });
+      model.dispose();
+    }
+  } catch (err) {
+    const name = (err as Error).name;
+    if (name === 'SpecError' || name === 'TargetError' || err instanceof CheckpointError) throw ApplicationFailure.nonRetryable((err as Error).message, name);
+    throw err;
+  }
+  writeFileAtomic(initFile, JSON.stringify(describe));
+  env.log(`prepareStudent: ${input.name} (${init.kind}) ${parameterCount(config).toLocaleString('en-US')} parameters -> ${dir}`);
+  return { checkpoint: { dir, hash, step: 0 }, parameters: parameterCount(config), config, specHash };
+}
+
+// ---- training segments -------------------------------------------------------------------------------
+
+function trainHyper(h: PretrainHyper) {
+  return {
+    steps: h.steps,
+    batchSize: h.batchSize,
+    seqLen: h.seqLen,
+    schedule: { maxLr: h.lr, minLr: h.lr / 10, warmupSteps: Math.min(h.warmup, h.steps), totalSteps: h.steps },
+    adamw: { weightDecay: 0.1 },
+    gradClip: 1,
+    seed: h.seed,
+  };
+}
+
+/** Removes checkpoints of this student older than `latest`, keeping `keep` (the segment's start). */
+function pruneCheckpoints(folder: string, latest: number, keep: string[]): void {
+  let entries: string[];
+  try {
+    entries = fs.readdirSync(folder);
+  } catch {
+    return;
+  }
+  const keepSet = new Set(keep.map((k) => path.resolve(k)));
+  for (const e of entries) {
+    const m = /^step-(\d+)$/.exec(e);
+    if (!m) continue;
+    const step = Number(m[1]);
+    const full = path.resolve(folder, e);
+    if (step === 0 || step >= latest || keepSet.has(full)) continue;
+    fs.rmSync(full, { recursive: true, force: true });
+  }
+}
+
+async function trainSegment(env: WorkerEnv, input: TrainSegmentInput): Promise<TrainSegmentOutput> {
+  const started = performance.now();
+  const actx = Context.current();
+  const attempt = actx.info.attempt;
+  const h = input.hyper;
+  const series = input.name;
+  const studentDir = path.join(input.run.dir, input.name);
+  const checkpoints = path.join(studentDir, 'checkpoints');
+
+  // Where to start: the last checkpoint an earlier attempt heartbeat, else the segment's input.
+  const beat = actx.info.heartbeatDetails as SegmentHeartbeat | undefined;
+  let start: CheckpointRef = input.from;
+  if (beat && beat.checkpoint && typeof beat.step === 'number' && beat.step > (input.from.step ?? 0) && beat.step <= input.toStep) start = beat.checkpoint;
+  const startStep = start.step ?? 0;
+  if (!fs.existsSync(start.dir)) throw ApplicationFailure.nonRetryable(`checkpoint ${start.dir} (step ${startStep}) is gone from shared storage`, 'CheckpointError');
+  const onDisk = checkpointHash(start.dir);
+  if (onDisk !== start.hash) {
+    throw ApplicationFailure.nonRetryable(`checkpoint ${start.dir}: content hash ${onDisk.slice(0, 12)}… differs from the reference's ${start.hash.slice(0, 12)}…`, 'CheckpointError');
+  }
+  env.log(`trainSegment: ${series} steps ${startStep}->${input.toStep}${start !== input.from ? ` (attempt ${attempt}, resuming from the heartbeat's checkpoint at step ${startStep})` : ` (attempt ${attempt})`}`);
+
+  // Data, tokenizer, teacher.
+  const tokenizer = await loadTokenizer(tokenizerSource(input.data, input.teacher.dir));
+  const train = await tokenizedCorpus(input.data.train, tokenizer, tokenCache());
+  const val = await tokenizedCorpus(input.data.val, tokenizer, tokenCache());
+  const batches = (step: number) => sampleBatch(train.tokens, { batchSize: h.batchSize, seqLen: h.seqLen, seed: h.seed, step });
+  let teacher;
+  if (h.distill) {
+    if (input.teacherService) {
+      teacher = new StreamingTeacher(teacherClient(env, input.teacherService, input.teacher.hash), { topK: input.teacherService.topK, temperature: h.distill.temperature, batches, window: 2 });
+    } else {
+      try {
+        teacher = inProcessTeacher(teacherModel(input.teacher.dir, input.teacher.hash));
+      } catch (err) {
+        if (err instanceof TeacherMismatchError) throw ApplicationFailure.nonRetryable(err.message, 'TeacherMismatch');
+        throw err;
+      }
+    }
+  }
+
+  const evals: EvalPoint[] = [];
+  const lossLog = path.join(studentDir, 'losses.jsonl');
+  const evalLog = path.join(studentDir, 'evals.jsonl');
+  fs.mkdirSync(studentDir, { recursive: true });
+  let firstLoss = NaN;
+  let lastLoss = NaN;
+  let reachedTarget = false;
+  const tokSource = tokenizerSource(input.data, input.teacher.dir);
+  const tokenizerJson = fs.readFileSync(fs.statSync(tokSource).isDirectory() ? path.join(tokSource, TOKENIZER_FILE) : tokSource);
+  const options: TrainOptions = {
+    hyper: trainHyper(h),
+    batches,
+    teacher,
+    distill: h.distill ?? undefined,
+    reportEvery: 1,
+    extraFiles: { [TOKENIZER_FILE]: tokenizerJson },
+    onStep: (r) => {
+      if (Number.isNaN(firstLoss)) firstLoss = r.loss;
+      lastLoss = r.loss;
+      fs.appendFileSync(lossLog, `${JSON.stringify({ step: r.step, loss: r.loss, attempt, worker: env.identity })}\n`);
+      if (r.step % 10 === 0) emit(env, { kind: 'pretrain.step', run: input.run.runId, series, step: r.step, steps: h.steps, loss: r.loss, tokens: r.tokensSeen, tokensPerSecond: r.tokensPerSecond, lr: r.lr });
+    },
+    evaluate: {
+      every: input.evalEvery,
+      run: async (model, step) => {
+        const r = await evaluateLoss(model, evalBatches(val.tokens, { seqLen: h.seqLen, batchSize: h.batchSize, maxTokens: input.evalTokens }));
+        evals.push({ step, valLoss: r.loss, valPpl: r.ppl });
+        fs.appendFileSync(evalLog, `${JSON.stringify({ step, valLoss: r.loss, valPpl: r.ppl, attempt, worker: env.identity })}\n`);
+        emit(env, { kind: 'pretrain.eval', run: input.run.runId, series, step, valLoss: r.loss, tokens: r.tokens });
+        if (input.targetPpl !== undefined && r.ppl <= input.targetPpl) reachedTarget = true;
+      },
+    },
+  };
+  let trainer: Trainer;
+  if (trainerState(start.dir)) {
+    trainer = Trainer.resume(start.dir, options);
+  } else {
+    if (startStep !== 0) throw ApplicationFailure.nonRetryable(`${start.dir}: step ${startStep} but no ${TRAINER_STATE_FILE}`, 'CheckpointError');
+    const ckpt = loadCheckpoint(start.dir);
+    trainer = new Trainer(GPTNeoX.fromTensors(ckpt.config, ckpt.tensors, start.dir), options);
+  }
+  if (trainer.step !== startStep) throw ApplicationFailure.nonRetryable(`${start.dir}: holds step ${trainer.step}, the reference says ${startStep}`, 'CheckpointError');
+
+  let last: CheckpointRef = start;
+  const save = async (): Promise<void> => {
+    const dir = stepDir(input.run.dir, input.name, trainer.step);
+    const hash = await trainer.saveCheckpoint(dir);
+    last = { dir, hash, step: trainer.step };
+    actx.heartbeat({ step: trainer.step, checkpoint: last, loss: lastLoss } satisfies SegmentHeartbeat);
+    emit(env, { kind: 'checkpoint.saved', run: input.run.runId, series, step: trainer.step, uri: dir, hash });
+    pruneCheckpoints(checkpoints, trainer.step, [input.from.dir, dir]);
+  };
+
+  let stopped: TrainSegmentOutput['stopped'];
+  try {
+    while (trainer.step < input.toStep) {
+      if (actx.cancellationSignal.aborted) {
+        if (trainer.step > (last.step ?? 0)) await save();
+        throw new CancelledFailure(`trainSegment cancelled at step ${trainer.step} (checkpointed)`);
+      }
+      if (env.draining.aborted) {
+        stopped = 'worker-shutdown';
+        break;
+      }
+      await trainer.run(trainer.step + 1);
+      if (trainer.step % input.checkpointEvery === 0) await save();
+      else actx.heartbeat({ step: last.step ?? 0, checkpoint: last, loss: lastLoss } satisfies SegmentHeartbeat);
+      if (reachedTarget) {
+        stopped = 'target-reached';
+        break;
+      }
+      // Let heartbeats, cancellation and the worker's polls through between steps.
+      await yieldToLoop();
+    }
+    if (trainer.step !== (last.step ?? 0)) await save();
+  } finally {
+    trainer.dispose();
+  }
+  const tconf = input.teacher.config;
+  const counts = countShape(trainer.model.config, tconf, { seqLen: h.seqLen });
+  const tokens = (last.step! - (input.from.step ?? 0)) * h.batchSize * h.seqLen;
+  env.log(`trainSegment: ${series} reached step ${last.step}${stopped ? ` (${stopped})` : ''}, loss ${lastLoss.toFixed(4)}`);
+  return {
+    checkpoint: last,
+    step: last.step!,
+    resumedFrom: startStep,
+    attempt,
+    worker: env.identity,
+    tokens,
+    flops: { training: tokens * counts.flopsPerToken.training, teacher: h.distill ? tokens * counts.flopsPerToken.teacherForward : 0 },
+    firstLoss,
+    lastLoss,
+    evals,
+    seconds: (performance.now() - started) / 1000,
+    ...(stopped ? { stopped } : {}),
+  };
+}
+
+// ---- final evaluation --------------------------------------------------------------------------------
+
+async function evaluateCheckpoint(input: EvaluateCheckpointInput): Promise<CheckpointEval> {
+  const ckpt = loadCheckpoint(input.checkpoint.dir);
+  if (ckpt.hash !== input.checkpoint.hash) {
+    throw ApplicationFailure.nonRetryable(`${input.checkpoint.dir}: content hash ${ckpt.hash.slice(0, 12)}… differs from the reference's`, 'CheckpointError');
+  }
+  const model = GPTNeoX.fromTensors(ckpt.config, ckpt.tensors, input.checkpoint.dir);
+  try {
+    const tokPath = input.data.tokenizer ?? (fs.existsSync(path.join(input.checkpoint.dir, TOKENIZER_FILE)) ? input.checkpoint.dir : input.tokenizerDir);
+    const tokenizer = await loadTokenizer(tokPath);
+    const val = await tokenizedCorpus(input.data.val, tokenizer, tokenCache());
+    const r = await evaluateLoss(model, evalBatches(val.tokens, { seqLen: Math.min(input.seqLen, ckpt.config.maxPositions), batchSize: input.batchSize, maxTokens: input.evalTokens }));
+    return { valLoss: r.loss, valPpl: r.ppl, tokens: r.tokens };
+  } finally {
+    model.dispose();
+  }
+}
+
+/** The pretrain queue's activities, bound to a worker environment. */
+export function createPretrainActivities(env: WorkerEnv): PretrainActivities {
+  return {
+    prepareTeacher: withActivityEvents(env, (i: PrepareTeacherInput) => i.run.runId, (i) => `teacher ${i.dir}`, (i) => prepareTeacher(env, i)),
+    prepareStudent: withActivityEvents(env, (i: PrepareStudentInput) => i.run.runId, (i) => `student ${i.name}`, (i) => prepareStudent(env, i)),
+    trainSegment: withActivityEvents(env, (i: TrainSegmentInput) => i.run.runId, (i) => `${i.name} steps ${i.from.step ?? 0}-${i.toStep}`, (i) => trainSegment(env, i)),
+    evaluateCheckpoint: async (i: EvaluateCheckpointInput) => evaluateCheckpoint(i),
+  };
+}

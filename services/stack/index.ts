@@ -1,0 +1,401 @@
+/**
+ * services/stack: the local stack as child processes on free loopback ports — the Temporal dev server
+ * (state in a SQLite file), nats-server with JetStream, the teacher-logit service and offshoot workers.
+ * Each start waits until the service answers; each handle stops it (SIGTERM, then SIGKILL after a
+ * grace period) or kills it (-9). Used by `offshoot run` (the embedded stack), by the integration
+ * tests and by the benchmarks. The binaries come from scripts/setup-services.sh.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+/** The repository root (or dist/'s parent when running compiled code). */
+export const ROOT = path.resolve(HERE, '..', '..', ...(path.basename(path.resolve(HERE, '..', '..')) === 'dist' ? ['..'] : []));
+/** True when this code runs from the TypeScript sources (tsx), false from dist/. */
+export const FROM_SOURCES = import.meta.url.endsWith('.ts');
+
+const running = new Set<ChildProcess>();
+let exitHookInstalled = false;
+function track(child: ChildProcess): void {
+  running.add(child);
+  child.once('exit', () => running.delete(child));
+  if (!exitHookInstalled) {
+    exitHookInstalled = true;
+    // Whatever this process started dies with it, even when it exits without stopping them.
+    process.on('exit', () => {
+      for (const c of running) c.kill('SIGKILL');
+    });
+  }
+}
+
+/** The per-machine cache: env OFFSHOOT_CACHE, else ~/.cache/offshoot. */
+export function offshootCache(...sub: string[]): string {
+  return path.join(process.env.OFFSHOOT_CACHE || path.join(os.homedir(), '.cache', 'offshoot'), ...sub);
+}
+
+/** A port that was free a moment ago on 127.0.0.1. */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as net.AddressInfo;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+function onPath(name: string): string | undefined {
+  for (const dir of (process.env.PATH ?? '').split(path.delimiter).concat(['/usr/sbin', '/usr/local/sbin', '/usr/local/bin'])) {
+    if (!dir) continue;
+    const f = path.join(dir, name);
+    try {
+      fs.accessSync(f, fs.constants.X_OK);
+      return f;
+    } catch {
+      // not here
+    }
+  }
+  return undefined;
+}
+
+/** The Temporal CLI: env OFFSHOOT_TEMPORAL, the one scripts/setup-services.sh built, or `temporal` on PATH. */
+export function temporalBinary(): string {
+  const candidates = [process.env.OFFSHOOT_TEMPORAL, offshootCache('bin', 'temporal'), onPath('temporal')];
+  for (const c of candidates) if (c && fs.existsSync(c)) return c;
+  throw new Error('the Temporal CLI is not installed: run scripts/setup-services.sh (or set OFFSHOOT_TEMPORAL)');
+}
+
+/** nats-server: env OFFSHOOT_NATS_SERVER, else on PATH (Debian installs it in /usr/sbin). */
+export function natsServerBinary(): string {
+  const candidates = [process.env.OFFSHOOT_NATS_SERVER, onPath('nats-server')];
+  for (const c of candidates) if (c && fs.existsSync(c)) return c;
+  throw new Error('nats-server is not installed: run scripts/setup-services.sh (or set OFFSHOOT_NATS_SERVER)');
+}
+
+export interface ManagedProcess {
+  name: string;
+  child: ChildProcess;
+  pid: number;
+  /** The last 64 KiB the process wrote to stderr and stdout. */
+  output(): string;
+  /** Resolves once the process is gone. */
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  alive(): boolean;
+  /** SIGTERM, then SIGKILL after `graceMs` (default 15 s); resolves when it is gone. */
+  stop(graceMs?: number): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** kill -9, and wait for it to be gone. */
+  kill9(): Promise<void>;
+}
+
+export interface SpawnOptions {
+  name: string;
+  command: string;
+  args: string[];
+  env?: NodeJS.ProcessEnv;
+  cwd?: string;
+  /** Append the process's output here as well (it is always kept in memory, last 64 KiB). */
+  logFile?: string;
+  /** Called with each line of stdout (e.g. to wait for a "listening" line). */
+  onStdoutLine?: (line: string) => void;
+  /** Mirror output lines to this function (e.g. the terminal, prefixed). */
+  echo?: (line: string) => void;
+}
+
+const KEEP_OUTPUT = 64 * 1024;
+
+/** Starts a child process that dies with this one and keeps its output. */
+export function spawnManaged(options: SpawnOptions): ManagedProcess {
+  const child = spawn(options.command, options.args, {
+    cwd: options.cwd ?? ROOT,
+    env: options.env ?? process.env,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  track(child);
+  let out = '';
+  const log = options.logFile ? fs.createWriteStream(options.logFile, { flags: 'a' }) : undefined;
+  let partial = '';
+  const keep = (d: string) => {
+    out += d;
+    if (out.length > KEEP_OUTPUT) out = out.slice(out.length - KEEP_OUTPUT);
+    log?.write(d);
+  };
+  child.stdout!.setEncoding('utf8').on('data', (d: string) => {
+    keep(d);
+    partial += d;
+    const lines = partial.split('\n');
+    partial = lines.pop() ?? '';
+    for (const line of lines) {
+      options.onStdoutLine?.(line);
+      options.echo?.(line);
+    }
+  });
+  let errPartial = '';
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => {
+    keep(d);
+    if (!options.echo) return;
+    errPartial += d;
+    const lines = errPartial.split('\n');
+    errPartial = lines.pop() ?? '';
+    for (const line of lines) options.echo(line);
+  });
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
+    child.once('exit', (code, signal) => {
+      log?.end();
+      resolve({ code, signal });
+    });
+  });
+  const alive = () => child.exitCode === null && child.signalCode === null;
+  return {
+    name: options.name,
+    child,
+    pid: child.pid ?? -1,
+    output: () => out,
+    exited,
+    alive,
+    async stop(graceMs = 15_000) {
+      if (alive()) child.kill('SIGTERM');
+      const timer = setTimeout(() => {
+        if (alive()) child.kill('SIGKILL');
+      }, graceMs);
+      const r = await exited;
+      clearTimeout(timer);
+      return r;
+    },
+    async kill9() {
+      if (alive()) child.kill('SIGKILL');
+      await exited;
+    },
+  };
+}
+
+async function waitFor(what: string, proc: ManagedProcess, check: () => Promise<boolean>, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let lastError = '';
+  while (Date.now() < deadline) {
+    if (!proc.alive()) {
+      const r = await proc.exited;
+      throw new Error(`${what} exited (code ${r.code}, signal ${r.signal}) before it answered:\n${proc.output().slice(-4000)}`);
+    }
+    try {
+      if (await check()) return;
+    } catch (err) {
+      lastError = (err as Error).message;
+    }
+    await sleep(150);
+  }
+  await proc.kill9();
+  throw new Error(`${what} did not answer within ${timeoutMs} ms${lastError ? ` (last error: ${lastError})` : ''}:\n${proc.output().slice(-4000)}`);
+}
+
+// ---- Temporal ----------------------------------------------------------------------------------------
+
+export interface TemporalServer extends ManagedProcess {
+  /** host:port of the frontend gRPC service. */
+  address: string;
+  port: number;
+  dbFile: string;
+  namespace: string;
+}
+
+export interface TemporalOptions {
+  /** SQLite file holding the server's state (kept across restarts). */
+  dbFile: string;
+  /** Frontend port (default: a free one). Restart on the same port to keep clients' address valid. */
+  port?: number;
+  namespace?: string;
+  logFile?: string;
+  timeoutMs?: number;
+  /** Extra `--dynamic-config-value KEY=VALUE` settings. */
+  dynamicConfig?: Record<string, unknown>;
+}
+
+/** Whether a Temporal frontend at `address` answers and has `namespace`. */
+export async function temporalAnswers(address: string, namespace = 'default', timeoutMs = 2000): Promise<boolean> {
+  const { Connection } = await import('@temporalio/client');
+  const connection = await Connection.connect({ address, connectTimeout: timeoutMs });
+  try {
+    await connection.withDeadline(Date.now() + timeoutMs, () => connection.workflowService.describeNamespace({ namespace }));
+    return true;
+  } finally {
+    await connection.close();
+  }
+}
+
+/** `temporal server start-dev --headless --db-filename F --port P` on 127.0.0.1; resolves when it answers. */
+export async function startTemporal(options: TemporalOptions): Promise<TemporalServer> {
+  const port = options.port ?? (await freePort());
+  const namespace = options.namespace ?? 'default';
+  fs.mkdirSync(path.dirname(path.resolve(options.dbFile)), { recursive: true });
+  const args = ['server', 'start-dev', '--headless', '--ip', '127.0.0.1', '--port', String(port), '--db-filename', path.resolve(options.dbFile), '--log-level', 'error'];
+  if (namespace !== 'default') args.push('--namespace', namespace);
+  for (const [k, v] of Object.entries(options.dynamicConfig ?? {})) args.push('--dynamic-config-value', `${k}=${JSON.stringify(v)}`);
+  const proc = spawnManaged({ name: 'temporal', command: temporalBinary(), args, logFile: options.logFile });
+  const address = `127.0.0.1:${port}`;
+  await waitFor(`the Temporal dev server on ${address}`, proc, () => temporalAnswers(address, namespace), options.timeoutMs ?? 60_000);
+  return { ...proc, address, port, dbFile: path.resolve(options.dbFile), namespace };
+}
+
+// ---- NATS --------------------------------------------------------------------------------------------
+
+export interface NatsServer extends ManagedProcess {
+  url: string;
+  port: number;
+  storeDir: string;
+}
+
+/** Whether something at host:port speaks the NATS protocol (it greets every connection with INFO). */
+export function natsAnswers(port: number, host = '127.0.0.1', timeoutMs = 1000): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = net.connect({ host, port });
+    const done = (ok: boolean) => {
+      socket.destroy();
+      resolve(ok);
+    };
+    socket.setTimeout(timeoutMs, () => done(false));
+    socket.once('error', () => done(false));
+    socket.once('data', (d) => done(d.toString('utf8').startsWith('INFO ')));
+  });
+}
+
+/** nats-server with JetStream (`-js -sd DIR -a 127.0.0.1 -p PORT`); resolves when it answers. */
+export async function startNats(options: { storeDir: string; port?: number; logFile?: string; timeoutMs?: number }): Promise<NatsServer> {
+  const port = options.port ?? (await freePort());
+  fs.mkdirSync(options.storeDir, { recursive: true });
+  const proc = spawnManaged({
+    name: 'nats',
+    command: natsServerBinary(),
+    args: ['-js', '-sd', path.resolve(options.storeDir), '-a', '127.0.0.1', '-p', String(port)],
+    logFile: options.logFile,
+  });
+  await waitFor(`nats-server on 127.0.0.1:${port}`, proc, () => natsAnswers(port), options.timeoutMs ?? 30_000);
+  return { ...proc, url: `nats://127.0.0.1:${port}`, port, storeDir: path.resolve(options.storeDir) };
+}
+
+// ---- offshoot processes ------------------------------------------------------------------------------
+
+/** How to run the offshoot CLI in a child process: the compiled one, or the sources through tsx. */
+export function offshootCommand(): { command: string; args: string[] } {
+  if (FROM_SOURCES) {
+    return { command: process.execPath, args: ['--import', import.meta.resolve('tsx'), path.join(ROOT, 'services', 'cli', 'main.ts')] };
+  }
+  return { command: process.execPath, args: [path.join(ROOT, 'dist', 'services', 'cli', 'main.js')] };
+}
+
+export interface TeacherService extends ManagedProcess {
+  target: string;
+  port: number;
+}
+
+/** `offshoot teacher serve --model DIR`; resolves when it listens. */
+export async function startTeacherService(options: {
+  model: string;
+  port?: number;
+  backend?: string;
+  extra?: string[];
+  logFile?: string;
+  env?: NodeJS.ProcessEnv;
+  timeoutMs?: number;
+}): Promise<TeacherService> {
+  const cli = offshootCommand();
+  let port: number | undefined;
+  const args = [...cli.args, ...(options.backend ? ['--backend', options.backend] : []), 'teacher', 'serve', '--model', options.model, '--port', String(options.port ?? 0), ...(options.extra ?? [])];
+  const proc = spawnManaged({
+    name: 'teacher',
+    command: cli.command,
+    args,
+    env: options.env,
+    logFile: options.logFile,
+    onStdoutLine: (line) => {
+      if (line.includes('"listening"')) port = (JSON.parse(line) as { port: number }).port;
+    },
+  });
+  await waitFor('the teacher service', proc, async () => port !== undefined, options.timeoutMs ?? 120_000);
+  return { ...proc, port: port!, target: `127.0.0.1:${port}` };
+}
+
+export interface WorkerProcess extends ManagedProcess {
+  queues: string[];
+  /** The worker's identity as Temporal reports it (hostname:pid plus a tag). */
+  identity: string;
+}
+
+/** `offshoot worker --queues ...`; resolves when it polls. */
+export async function startWorker(options: {
+  queues: string[];
+  config?: string;
+  temporal?: string;
+  namespace?: string;
+  slots?: number;
+  backend?: string;
+  name?: string;
+  extra?: string[];
+  env?: NodeJS.ProcessEnv;
+  logFile?: string;
+  echo?: (line: string) => void;
+  timeoutMs?: number;
+}): Promise<WorkerProcess> {
+  const cli = offshootCommand();
+  const args = [...cli.args, ...(options.backend ? ['--backend', options.backend] : []), 'worker', '--queues', options.queues.join(',')];
+  if (options.config) args.push('--config', options.config);
+  if (options.temporal) args.push('--temporal', options.temporal);
+  if (options.namespace) args.push('--namespace', options.namespace);
+  if (options.slots) args.push('--slots', String(options.slots));
+  if (options.name) args.push('--name', options.name);
+  args.push(...(options.extra ?? []));
+  let identity: string | undefined;
+  const proc = spawnManaged({
+    name: options.name ?? `worker(${options.queues.join(',')})`,
+    command: cli.command,
+    args,
+    env: options.env,
+    logFile: options.logFile,
+    echo: options.echo,
+    onStdoutLine: (line) => {
+      if (line.includes('"worker-ready"')) identity = (JSON.parse(line) as { identity: string }).identity;
+    },
+  });
+  await waitFor(`worker ${options.queues.join(',')}`, proc, async () => identity !== undefined, options.timeoutMs ?? 180_000);
+  return { ...proc, queues: options.queues, identity: identity! };
+}
+
+// ---- the stack ---------------------------------------------------------------------------------------
+
+export interface Stack {
+  temporal: TemporalServer;
+  nats?: NatsServer;
+  /** Restarts the Temporal dev server on the same port and database file. */
+  restartTemporal(options?: { kill9?: boolean; downMs?: number }): Promise<TemporalServer>;
+  stop(): Promise<void>;
+}
+
+/** The Temporal dev server (and nats-server) with their state under `dir`. */
+export async function startStack(options: { dir: string; nats?: boolean; logs?: boolean; dynamicConfig?: Record<string, unknown> }): Promise<Stack> {
+  fs.mkdirSync(options.dir, { recursive: true });
+  const logFile = (n: string) => (options.logs ? path.join(options.dir, `${n}.log`) : undefined);
+  const [temporal, nats] = await Promise.all([
+    startTemporal({ dbFile: path.join(options.dir, 'temporal.db'), logFile: logFile('temporal'), dynamicConfig: options.dynamicConfig }),
+    options.nats === false ? Promise.resolve(undefined) : startNats({ storeDir: path.join(options.dir, 'jetstream'), logFile: logFile('nats') }),
+  ]);
+  const stack: Stack = {
+    temporal,
+    nats,
+    async restartTemporal(o = {}) {
+      if (o.kill9) await stack.temporal.kill9();
+      else await stack.temporal.stop();
+      if (o.downMs) await sleep(o.downMs);
+      stack.temporal = await startTemporal({ dbFile: stack.temporal.dbFile, port: stack.temporal.port, logFile: logFile('temporal'), dynamicConfig: options.dynamicConfig });
+      return stack.temporal;
+    },
+    async stop() {
+      await Promise.all([stack.temporal.stop(), stack.nats?.stop()]);
+    },
+  };
+  return stack;
+}

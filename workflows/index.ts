@@ -1,0 +1,12 @@
+/**
+ * Temporal workflows (deterministic code only; bundled on their own by the worker): the pipeline, the
+ * evolution actor and the pretraining actor, with their activity interfaces and payload types. This
+ * file is the bundle's entry (the worker's workflowsPath); clients use the names and types.
+ * Imports are limited to pure modules (core/search, core/subnet/pure.js) and type-only imports.
+ */
+export { pipeline, pipelineStatusQuery } from './pipeline.js';
+export { evolution, evolutionStatusQuery, evolutionBestQuery, evolutionParetoQuery, stopSignal, setBudgetUpdate, evaluationSeed } from './evolution.js';
+export { pretrain, pretrainStatusQuery, stopPretrainSignal, type PretrainStatus } from './pretrain.js';
+export { firstKSpec } from './baselines.js';
+export * from './types.js';
+export type { EvaluateActivities, PretrainActivities, OrchestrateActivities } from './activities.js';
