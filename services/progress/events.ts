@@ -252,8 +252,9 @@ function describeIssues(error: z.ZodError): string[] {
 
 /**
  * A natural key per fact, so the same fact published twice (a retried publish, or a retried activity
- * reporting the same step) gets the same message id and is stored once. Undefined when the event has
- * no natural key (the publisher then makes a random id, which still dedupes its own retries).
+ * reporting the same step) gets the same message id and is stored once (within the stream's duplicate
+ * window). Undefined when the event has no natural key (activity events): makeEvent then draws a random
+ * id, which still dedupes the publisher's own retries.
  */
 export function defaultEventId(e: DistributiveOmit<ProgressEvent, 'id'>): string | undefined {
   const r = e.run;
@@ -276,7 +277,9 @@ export function defaultEventId(e: DistributiveOmit<ProgressEvent, 'id'>): string
     case 'activity.completed':
     case 'activity.retried':
     case 'activity.failed':
-      return e.activityId ? `${r}.act.${e.activityId}.${e.attempt}.${e.kind.slice('activity.'.length)}` : undefined;
+      // No natural key: Temporal's activity ids repeat across workflows and continue-as-new, and each
+      // attempt happens once anyway. A random id still makes the publisher's own retries idempotent.
+      return undefined;
   }
 }
 
@@ -327,9 +330,21 @@ export function checkRunId(run: string): string {
   return run;
 }
 
-/** The JSON schema of a stored event (what docs/progress-events.schema.json holds). */
+/** Drops `additionalProperties: false`: readers accept (and ignore) fields a later minor version adds. */
+function openObjects(node: unknown): unknown {
+  if (Array.isArray(node)) return node.map(openObjects);
+  if (!node || typeof node !== 'object') return node;
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(node)) if (!(k === 'additionalProperties' && v === false)) out[k] = openObjects(v);
+  return out;
+}
+
+/**
+ * The JSON schema of a stored event (what docs/progress-events.schema.json holds): fields with defaults
+ * are required there, since the publisher fills them in.
+ */
 export function progressEventJsonSchema(): Record<string, unknown> {
-  const schema = z.toJSONSchema(progressEventSchema, { io: 'output', unrepresentable: 'any' }) as Record<string, unknown>;
+  const schema = openObjects(z.toJSONSchema(progressEventSchema, { io: 'output', unrepresentable: 'any' })) as Record<string, unknown>;
   return {
     title: `offshoot progress event, schema version ${PROGRESS_SCHEMA_VERSION}`,
     ...schema,

@@ -220,8 +220,8 @@ export async function updateRunStatus(kv: KV, event: ProgressEvent): Promise<Run
 
 /** Publishes nothing (no NATS configured). */
 export class NoopProgressPublisher implements ProgressPublisher {
-  async publish(input: ProgressEventInput): Promise<ProgressEvent> {
-    return makeEvent(input);
+  publish(input: ProgressEventInput): Promise<ProgressEvent> {
+    return Promise.resolve(makeEvent(input));
   }
 
   async flush(): Promise<boolean> {
@@ -237,10 +237,10 @@ export class MemoryProgressPublisher implements ProgressPublisher {
 
   constructor(private readonly worker = 'memory') {}
 
-  async publish(input: ProgressEventInput): Promise<ProgressEvent> {
+  publish(input: ProgressEventInput): Promise<ProgressEvent> {
     const e = makeEvent(withSource(input, this.worker));
     this.events.push(e);
-    return e;
+    return Promise.resolve(e);
   }
 
   async flush(): Promise<boolean> {
