@@ -284,7 +284,7 @@ export function defaultEventId(e: DistributiveOmit<ProgressEvent, 'id'>): string
 }
 
 /** Fills in v, time and id, and validates; throws ProgressEventError naming every bad field. */
-export function makeEvent(input: ProgressEventInput, now: Date = new Date()): ProgressEvent {
+export function makeEvent<I extends ProgressEventInput>(input: I, now: Date = new Date()): EventOf<I['kind']> {
   const draft = { v: PROGRESS_SCHEMA_VERSION, time: now.toISOString(), ...input, id: input.id ?? 'pending' };
   const parsed = progressEventSchema.safeParse(draft);
   if (!parsed.success) {
@@ -293,7 +293,7 @@ export function makeEvent(input: ProgressEventInput, now: Date = new Date()): Pr
   }
   const event = parsed.data;
   if (input.id === undefined) event.id = defaultEventId(event) ?? `${event.run}.${event.kind}.${randomUUID()}`;
-  return event;
+  return event as EventOf<I['kind']>;
 }
 
 /** Parses a stored event; an error result (not a throw) for anything else, so readers can skip it. */
