@@ -1,6 +1,7 @@
 /** `offshoot teacher serve`: the teacher-logit gRPC service (docs/teacher-service.md). */
 import { type Command, InvalidArgumentError } from 'commander';
 
+import { registerTeacherMetrics, startMetricsServer } from '../progress/index.js';
 import { SERVER_DEFAULTS, type ServerTlsOptions, readPem, serveCheckpoint } from '../teacher/index.js';
 import { activeBackend, withBackend } from './backend-option.js';
 import { positiveInt, positiveNumber } from './common.js';
@@ -17,6 +18,7 @@ interface ServeCliOptions {
   tlsKey?: string;
   tlsCa?: string;
   gracePeriod: number;
+  metricsPort?: number;
 }
 
 function port(value: string): number {
@@ -53,6 +55,7 @@ export function registerTeacherServeCommand(program: Command): void {
     .option('--tls-key <file>', 'PEM server private key')
     .option('--tls-ca <file>', 'PEM CA bundle; clients must present a certificate it signed (mutual TLS)')
     .option('--grace-period <s>', 'seconds to drain in-flight batches at shutdown', positiveNumber('--grace-period'), SERVER_DEFAULTS.graceMs / 1000)
+    .option('--metrics-port <n>', 'serve Prometheus metrics at http://HOST:PORT/metrics (0: any free port; default: off)', port)
     .action(
       withBackend(async (opts: ServeCliOptions) => {
         const log = (line: string): void => {
@@ -71,12 +74,21 @@ export function registerTeacherServeCommand(program: Command): void {
           log,
         });
         const info = server.info();
+        let metrics: Awaited<ReturnType<typeof startMetricsServer>> | undefined;
+        if (opts.metricsPort !== undefined) {
+          registerTeacherMetrics(() => server.metrics());
+          metrics = await startMetricsServer(opts.metricsPort, { host: opts.host }).catch((err: Error) => {
+            server.forceShutdown();
+            throw err;
+          });
+          log(`teacher: metrics on ${metrics.url}`);
+        }
         log(
           `teacher: serving ${info.modelName} (${info.parameters.toLocaleString('en-US')} parameters, vocab ${info.vocabSize}, context ${info.contextLength}, ` +
             `sha256 ${info.contentHash.slice(0, 12)}…) on ${opts.host}:${server.port}${tls ? (tls.ca ? ' with mutual TLS' : ' with TLS') : ''}`,
         );
         // One machine-readable line on stdout, for whatever started the server.
-        process.stdout.write(`${JSON.stringify({ event: 'listening', host: opts.host, port: server.port, model: info.modelName, hash: info.contentHash })}\n`);
+        process.stdout.write(`${JSON.stringify({ event: 'listening', host: opts.host, port: server.port, model: info.modelName, hash: info.contentHash, metricsPort: metrics?.port })}\n`);
         await new Promise<void>((resolve) => {
           let stopping = false;
           const stop = (signal: string): void => {
@@ -87,7 +99,8 @@ export function registerTeacherServeCommand(program: Command): void {
             }
             stopping = true;
             log(`teacher: ${signal}: draining (up to ${opts.gracePeriod} s)`);
-            void server.shutdown(opts.gracePeriod * 1000).then(({ drained }) => {
+            void server.shutdown(opts.gracePeriod * 1000).then(async ({ drained }) => {
+              await metrics?.close();
               const m = server.metrics();
               log(`teacher: stopped${drained ? '' : ' (grace period over; cut off what was left)'}; served ${m.requestsServed} requests, ${m.tokensServed} tokens`);
               resolve();
