@@ -44,5 +44,15 @@ fi
 if [[ $with_test -eq 1 ]]; then
   step "Hugging Face oracle for parity tests (torch, transformers)"
   scripts/setup-python.sh >/dev/null
+
+  step "Chromium for the dashboard's browser test (Debian chromium, driven by playwright-core)"
+  if [[ -x /usr/bin/chromium ]]; then
+    echo "chromium: $(/usr/bin/chromium --version 2>/dev/null)" >&2
+  elif [[ $(id -u) -eq 0 ]] || command -v sudo >/dev/null; then
+    sudo=(); [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+    "${sudo[@]}" apt-get install -y -q chromium >&2 || { "${sudo[@]}" apt-get update -q >&2 && "${sudo[@]}" apt-get install -y -q chromium >&2; }
+  else
+    echo "skipped: installing chromium needs root; the dashboard browser test will fail (apt-get install chromium)" >&2
+  fi
 fi
 step "ready"
