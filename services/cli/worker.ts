@@ -2,9 +2,10 @@
 import type { Command } from 'commander';
 
 import { loadConfigFile } from '../config/index.js';
+import { startMetricsServer } from '../progress/index.js';
 import { parseQueues, runWorker } from '../worker/index.js';
 import { activeBackend, withBackend } from './backend-option.js';
-import { positiveInt, positiveNumber } from './common.js';
+import { nonNegativeInt, positiveInt, positiveNumber } from './common.js';
 
 interface WorkerCliOptions {
   queues: string;
@@ -16,6 +17,8 @@ interface WorkerCliOptions {
   teacherService?: string;
   name?: string;
   gracePeriod?: number;
+  metricsPort?: number;
+  metricsHost: string;
 }
 
 async function workerAction(opts: WorkerCliOptions): Promise<void> {
@@ -27,20 +30,27 @@ async function workerAction(opts: WorkerCliOptions): Promise<void> {
   // Child processes (teacher training) compute on the same backend.
   if (backend) process.env.OFFSHOOT_BACKEND = backend.name;
   const teacherTargets = opts.teacherService ? opts.teacherService.split(',').map((s) => s.trim()).filter(Boolean) : undefined;
-  await runWorker({
-    queues,
-    address,
-    namespace: opts.namespace ?? config?.services.temporal.namespace,
-    slots: opts.slots ?? config?.workers.evaluateSlots,
-    name: opts.name,
-    natsUrl: opts.nats ?? config?.services.nats.url ?? undefined,
-    teacherTargets,
-    gracePeriodSeconds: opts.gracePeriod ?? config?.workers.gracePeriodSeconds,
-    onReady: ({ identity, queues: q }) => {
-      process.stderr.write(`worker: ${identity} polling ${q.join(', ')} on ${address}${backend ? ` (backend ${backend.name})` : ''}\n`);
-      process.stdout.write(`${JSON.stringify({ event: 'worker-ready', identity, queues: q, address })}\n`);
-    },
-  });
+  // Prometheus: activity durations and in-flight attempts, tokens/s, progress publishing (docs/progress.md).
+  const metrics = opts.metricsPort !== undefined ? await startMetricsServer(opts.metricsPort, { host: opts.metricsHost }) : undefined;
+  if (metrics) process.stderr.write(`worker: metrics on ${metrics.url}\n`);
+  try {
+    await runWorker({
+      queues,
+      address,
+      namespace: opts.namespace ?? config?.services.temporal.namespace,
+      slots: opts.slots ?? config?.workers.evaluateSlots,
+      name: opts.name,
+      natsUrl: opts.nats ?? config?.services.nats.url ?? undefined,
+      teacherTargets,
+      gracePeriodSeconds: opts.gracePeriod ?? config?.workers.gracePeriodSeconds,
+      onReady: ({ identity, queues: q }) => {
+        process.stderr.write(`worker: ${identity} polling ${q.join(', ')} on ${address}${backend ? ` (backend ${backend.name})` : ''}\n`);
+        process.stdout.write(`${JSON.stringify({ event: 'worker-ready', identity, queues: q, address, metricsPort: metrics?.port })}\n`);
+      },
+    });
+  } finally {
+    await metrics?.close();
+  }
 }
 
 export function registerWorkerCommand(program: Command): void {
@@ -56,6 +66,8 @@ export function registerWorkerCommand(program: Command): void {
     .option('--teacher-service <targets>', "teacher-logit service replicas (host:port,...) to use instead of the workflow's")
     .option('--name <name>', 'name in the worker identity')
     .option('--grace-period <s>', 'SIGTERM: seconds to finish or checkpoint running activities (default 30)', positiveNumber('--grace-period'))
+    .option('--metrics-port <n>', 'serve Prometheus metrics at http://HOST:PORT/metrics (0: any free port; default: off)', nonNegativeInt('--metrics-port'))
+    .option('--metrics-host <addr>', 'address of the metrics endpoint (0.0.0.0 where Prometheus scrapes from elsewhere)', '127.0.0.1')
     .action(async (opts: WorkerCliOptions, command: Command) => {
       const computes = parseQueues(opts.queues).some((q) => q !== 'orchestrate');
       // Only the evaluate and pretrain queues compute; an orchestrate-only worker needs no backend.

@@ -8,6 +8,7 @@
 import { ApplicationFailure, Context } from '@temporalio/activity';
 
 import { type FitnessContext, createFitnessContext, disposeFitnessContext, evaluateFitness } from '../../core/subnet/index.js';
+import { tokensPerSecond as tokensPerSecondGauge } from '../progress/index.js';
 import { StreamingTeacher } from '../teacher/index.js';
 import { TeacherMismatchError, type WorkerEnv, emit, teacherClient, teacherModel, withActivityEvents } from '../orchestration/index.js';
 import type { EvaluateActivities, EvaluateInput, EvaluateOutput } from '../../workflows/index.js';
@@ -97,6 +98,7 @@ export function createEvaluateActivities(env: WorkerEnv): EvaluateActivities {
       },
     };
     env.log(`evaluate: candidate ${input.candidateId} val loss ${metrics.valLoss.toFixed(4)} in ${metrics.seconds.toFixed(1)} s`);
+    if (metrics.seconds > 0) tokensPerSecondGauge.set({ component: 'evaluate' }, metrics.trainTokens / metrics.seconds);
     emit(env, {
       kind: 'candidate.evaluated',
       run: input.run.runId,

@@ -12,7 +12,7 @@ import * as path from 'node:path';
 import { Context } from '@temporalio/activity';
 
 import { GPTNeoX, loadCheckpoint, writeFileAtomic } from '../../core/model/index.js';
-import { NoopProgressPublisher, type ProgressEventInput, type ProgressPublisher } from '../progress/index.js';
+import { NoopProgressPublisher, type ProgressEventInput, type ProgressPublisher, timeActivity } from '../progress/index.js';
 import { TeacherClient } from '../teacher/index.js';
 import type { BlobRef, TeacherServiceRef } from '../../workflows/index.js';
 
@@ -58,7 +58,7 @@ export function activitySource(): { activity: string; activityId: string; attemp
   return { activity: info.activityType, activityId: info.activityId, attempt: info.attempt, taskQueue: info.taskQueue };
 }
 
-/** Publishes activity.started / .retried / .completed / .failed around an activity. */
+/** Publishes activity.started / .retried / .completed / .failed around an activity, and times it for Prometheus. */
 export function withActivityEvents<A extends unknown[], R>(env: WorkerEnv, runOf: (...args: A) => string, detail: (...args: A) => string, fn: (...args: A) => Promise<R>): (...args: A) => Promise<R> {
   return async (...args: A) => {
     const src = activitySource();
@@ -67,7 +67,8 @@ export function withActivityEvents<A extends unknown[], R>(env: WorkerEnv, runOf
     const common = { run, activity: src.activity, activityId: src.activityId, attempt: src.attempt, taskQueue: src.taskQueue, detail: detail(...args).slice(0, 500) };
     emit(env, { kind: src.attempt > 1 ? 'activity.retried' : 'activity.started', ...common });
     try {
-      const result = await fn(...args);
+      // timeActivity: the Prometheus duration histogram and in-flight gauge (services/progress/metrics.ts).
+      const result = await timeActivity(src.activity, () => fn(...args));
       emit(env, { kind: 'activity.completed', ...common, durationMs: Date.now() - started });
       return result;
     } catch (err) {

@@ -43,6 +43,7 @@ import {
   writeFileAtomic,
 } from '../../core/model/index.js';
 import { offshootCache, offshootCommand, spawnManaged } from '../stack/index.js';
+import { tokensPerSecond as tokensPerSecondGauge } from '../progress/index.js';
 import { StreamingTeacher } from '../teacher/index.js';
 import { TeacherMismatchError, type WorkerEnv, emit, teacherClient, teacherModel, withActivityEvents } from '../orchestration/index.js';
 import type {
@@ -299,6 +300,7 @@ async function trainSegment(env: WorkerEnv, input: TrainSegmentInput): Promise<T
       if (Number.isNaN(firstLoss)) firstLoss = r.loss;
       lastLoss = r.loss;
       fs.appendFileSync(lossLog, `${JSON.stringify({ step: r.step, loss: r.loss, attempt, worker: env.identity })}\n`);
+      tokensPerSecondGauge.set({ component: 'pretrain' }, r.tokensPerSecond);
       if (r.step % 10 === 0) emit(env, { kind: 'pretrain.step', run: input.run.runId, series, step: r.step, steps: h.steps, loss: r.loss, tokens: r.tokensSeen, tokensPerSecond: r.tokensPerSecond, lr: r.lr });
     },
     evaluate: {
