@@ -223,6 +223,30 @@ export async function evolution(input: EvolutionInput): Promise<EvolutionResult>
     await Promise.all(lanes);
   };
 
+  /** Progress (docs/progress.md): published by an orchestrate activity, since workflow code never publishes. */
+  const reportGeneration = async (batch: Candidate<SubnetSpec>[], failed: number): Promise<void> => {
+    const o = search.options;
+    const budget = search.status().budget;
+    const perBatch = Math.max(1, o.batchSize);
+    const generations = o.algorithm === 'evolution' ? 1 + Math.max(0, Math.ceil((budget - o.population) / perBatch)) : Math.max(1, Math.ceil(budget / perBatch));
+    const b = search.best();
+    try {
+      await orchestrate.publishProgress({
+        kind: 'generation.finished',
+        run: input.run.runId,
+        generation: batch[0].generation,
+        generations,
+        evaluated: batch.length,
+        failed,
+        ...(b && b.fitness !== null ? { best: { candidate: b.id, params: b.cost, fitness: b.fitness } } : {}),
+      });
+    } catch (err) {
+      // Progress is best effort: it never fails the search.
+      if (isCancellation(err)) throw err;
+      log.warn('evolution: progress event not published', { error: errorMessage(err) });
+    }
+  };
+
   for (;;) {
     // Candidates asked but not told (a state restored mid-batch) go first; then the next batch.
     let batch = search.pending();
@@ -257,7 +281,9 @@ export async function evolution(input: EvolutionInput): Promise<EvolutionResult>
         break;
       }
     }
+    const failedBefore = search.status().failed;
     await runBatch(batch);
+    await reportGeneration(batch, search.status().failed - failedBefore);
   }
 
   await condition(allHandlersFinished);

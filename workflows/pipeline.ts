@@ -3,7 +3,7 @@
  * -> final evaluation and report. The search and each pretraining run are child workflows (their
  * own histories, queries and failure handling); this workflow holds only their results.
  */
-import { ApplicationFailure, defineQuery, executeChild, proxyActivities, setHandler } from '@temporalio/workflow';
+import { ApplicationFailure, CancellationScope, defineQuery, executeChild, isCancellation, log, proxyActivities, setHandler } from '@temporalio/workflow';
 
 import type { OrchestrateActivities, PretrainActivities } from './activities.js';
 import { firstKSpec } from './baselines.js';
@@ -31,7 +31,61 @@ interface StudentPlan {
   description: string;
 }
 
+function errorMessage(err: unknown): string {
+  let e = err as { message?: string; cause?: unknown } | undefined;
+  const parts: string[] = [];
+  while (e && parts.length < 4) {
+    if (e.message) parts.push(e.message);
+    e = e.cause as typeof e;
+  }
+  return parts.join(': ') || String(err);
+}
+
+/**
+ * The pipeline, between its run.started and run.finished progress events (docs/progress.md), which an
+ * orchestrate activity publishes: workflow code never publishes itself. Progress is best effort.
+ */
 export async function pipeline(input: PipelineInput): Promise<PipelineResult> {
+  const orchestrate = proxyActivities<OrchestrateActivities>({ taskQueue: TASK_QUEUES.orchestrate, startToCloseTimeout: '2m', retry: { maximumAttempts: 5 } });
+  const run = input.run.runId;
+  const publish = async (event: Parameters<OrchestrateActivities['publishProgress']>[0]): Promise<void> => {
+    try {
+      await orchestrate.publishProgress(event);
+    } catch (err) {
+      if (isCancellation(err)) throw err;
+      log.warn('pipeline: progress event not published', { kind: event.kind, error: errorMessage(err) });
+    }
+  };
+  const baselines = [...(input.baselines.randomInit ? ['random-init'] : []), ...(input.baselines.firstK ? ['first-k'] : [])];
+  await publish({
+    kind: 'run.started',
+    run,
+    mode: 'pipeline',
+    ...(input.evolution.search.budget ? { budget: input.evolution.search.budget } : {}),
+    ...(input.evolution.search.population ? { populationSize: input.evolution.search.population } : {}),
+    pretrainSteps: input.pretrain.hyper.steps,
+    teacher: input.teacher.dir,
+    baselines,
+  });
+  try {
+    const result = await runPipeline(input);
+    const best = result.search.best;
+    await publish({
+      kind: 'run.finished',
+      run,
+      status: 'completed',
+      ...(best.fitness !== null ? { best: { candidate: best.id, params: best.parameters, fitness: best.fitness } } : {}),
+      results: { rows: result.rows.map(({ checkpoint: _c, ...row }) => row), report: result.report.markdown },
+    });
+    return result;
+  } catch (err) {
+    const status = isCancellation(err) ? 'cancelled' : 'failed';
+    await CancellationScope.nonCancellable(() => publish({ kind: 'run.finished', run, status, error: errorMessage(err).slice(0, 2000) }));
+    throw err;
+  }
+}
+
+async function runPipeline(input: PipelineInput): Promise<PipelineResult> {
   const ids = workflowIds(input.run.runId);
   const p = input.activity;
   const pretrainQueue = proxyActivities<PretrainActivities>({
