@@ -40,6 +40,7 @@ export function describeEvent(e: ProgressEvent): string {
     case 'run.started': {
       const parts: string[] = [e.mode];
       if (e.generations) parts.push(`${e.generations} generations${e.populationSize ? ` x ${e.populationSize}` : ''}`);
+      else if (e.populationSize) parts.push(`population ${e.populationSize}`);
       if (e.budget) parts.push(`budget ${e.budget} evaluations`);
       if (e.pretrainSteps) parts.push(`pretrain ${e.pretrainSteps} steps`);
       if (e.bin) parts.push(`bin ${humanCount(e.bin.lo)}-${humanCount(e.bin.hi)} params`);

@@ -234,7 +234,7 @@ const SCRIPT = String.raw`
       item.appendChild(document.createTextNode(s.name + (lastVal ? ' (val ' + loss(lastVal.value) + ')' : '')));
       legend.appendChild(item);
     });
-    var note = el('span', { class: 'legend-note' }, 'thin: training loss · thick with dots: validation loss');
+    var note = el('span', { class: 'legend-note' }, 'thin: training objective (the distillation loss when distilling) · thick with dots: validation loss');
     legend.appendChild(note);
   }
 
