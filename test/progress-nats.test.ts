@@ -15,7 +15,7 @@ import {
   listRuns,
   openRunEvents,
 } from '../services/progress/index.js';
-import { type NatsServer, startNats } from './helpers/nats.js';
+import { type NatsServer, freePort, startNats } from './helpers/nats.js';
 
 let nats: NatsServer;
 
@@ -141,4 +141,30 @@ describe('progress over NATS', () => {
     expect(status).toMatchObject({ state: 'completed', evaluated: 270, generationsDone: 30 });
     console.log(`restart test: ${total + 1} events in ${elapsed} ms through 2 restarts; publisher stats ${JSON.stringify(pub.stats)}`);
   }, 120_000);
+
+  it('a publisher started before NATS stores its events once the server comes up; closing without NATS does not hang', async () => {
+    const port = await freePort();
+    const pub = new NatsProgressPublisher({ url: `nats://127.0.0.1:${port}`, worker: 'early' });
+    const events = [0, 1, 2].map((i) => pub.publish({ run: 'early', kind: 'pretrain.step', step: i, loss: 3 - i / 10 }));
+    await new Promise((r) => setTimeout(r, 1000));
+    const late = await startNats({ port });
+    try {
+      expect(await pub.flush(20_000)).toBe(true);
+      expect((await Promise.all(events)).map((e) => e.id)).toEqual(['early.step.student.0', 'early.step.student.1', 'early.step.student.2']);
+      await pub.close();
+      const seen = await collect(late.url, 'early', (got) => got.length >= 3);
+      expect(seen.map((s) => (s.event as { step?: number }).step)).toEqual([0, 1, 2]);
+    } finally {
+      await late.stop();
+    }
+
+    // Nothing listens: close() gives up on the queued event within its timeout and rejects its promise.
+    const orphan = new NatsProgressPublisher({ url: `nats://127.0.0.1:${await freePort()}` });
+    const lost = orphan.publish({ run: 'orphan', kind: 'run.finished', status: 'completed' });
+    const t0 = Date.now();
+    await orphan.close(500);
+    expect(Date.now() - t0).toBeLessThan(6000);
+    await expect(lost).rejects.toThrow(/closed before run.finished orphan.run.finished was stored/);
+    expect(orphan.stats.dropped).toBe(1);
+  }, 60_000);
 });

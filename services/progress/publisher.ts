@@ -134,20 +134,32 @@ export class NatsProgressPublisher implements ProgressPublisher {
       p.reject(new Error(`progress publisher closed before ${p.event.kind} ${p.event.id} was stored`));
     }
     if (this.stats.dropped) this.log(`progress: closed with ${this.stats.dropped} events not stored`);
+    // The loop ends at its next check (after a publish timeout or a connection attempt at most).
     await this.loop.catch(() => undefined);
     await this.nc?.close().catch(() => undefined);
   }
 
+  /** One connection attempt (the run loop retries with backoff, and stops at close(): no attempt outlives the publisher). */
   private async connect(): Promise<void> {
     if (!this.nc) {
-      this.nc = await connectNats(this.options.url, { name: `offshoot progress ${this.worker}`, waitForServer: true });
+      const nc = await connectNats(this.options.url, { name: `offshoot progress ${this.worker}`, waitForServer: false, timeoutMs: 3000 });
+      try {
+        this.jsm = await jetstreamManager(nc, { timeout: this.ackTimeoutMs });
+      } catch (err) {
+        await nc.close().catch(() => undefined);
+        throw err;
+      }
+      if (this.closed) {
+        await nc.close().catch(() => undefined);
+        return;
+      }
+      this.nc = nc;
+      this.js = jetstream(nc, { timeout: this.ackTimeoutMs });
       void (async () => {
-        for await (const s of this.nc!.status()) {
-          if (s.type === 'disconnect' || s.type === 'reconnect') this.log(`progress: NATS ${s.type} (${'server' in s ? s.server : ''})`);
+        for await (const st of nc.status()) {
+          if (st.type === 'disconnect' || st.type === 'reconnect') this.log(`progress: NATS ${st.type} (${'server' in st ? st.server : ''})`);
         }
       })().catch(() => undefined);
-      this.js = jetstream(this.nc, { timeout: this.ackTimeoutMs });
-      this.jsm = await jetstreamManager(this.nc, { timeout: this.ackTimeoutMs });
     }
     await ensureProgressStream(this.jsm!, this.options);
     if (this.updateStatus) this.kv = await openStatusBucket(this.nc, { timeoutMs: this.ackTimeoutMs });
@@ -166,6 +178,7 @@ export class NatsProgressPublisher implements ProgressPublisher {
       }
       try {
         if (!this.ready) await this.connect();
+        if (this.closed) break;
         await this.send(head.event);
         this.queue.shift();
         progressMetrics.backlog.set(this.queue.length);
