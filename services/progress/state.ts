@@ -298,7 +298,7 @@ export function applyEvent(state: RunState, event: ProgressEvent): RunState {
     case 'activity.retried':
       if (w) Object.assign(w, { state: 'busy', activity: event.activity, detail: event.detail, attempt: event.attempt, since: event.time });
       if (event.kind === 'activity.retried') {
-        state.errors.push({ time: event.time, activity: event.activity, attempt: event.attempt, worker: event.source?.worker, error: `retry (attempt ${event.attempt})${event.error ? `: ${event.error}` : ''}` });
+        state.errors.push({ time: event.time, activity: event.activity, attempt: event.attempt, worker: event.source?.worker, error: `retried${event.error ? ` after: ${event.error}` : ''}` });
       }
       break;
     case 'activity.completed':
