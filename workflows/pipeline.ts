@@ -147,18 +147,16 @@ async function runPipeline(input: PipelineInput): Promise<PipelineResult> {
 
   // 4. Final evaluation on the same validation tokens for every student, and the report.
   stage = 'report';
-  const evals = await Promise.all(
-    results.map((r) =>
-      pretrainQueue.evaluateCheckpoint({
-        checkpoint: r.checkpoint,
-        data: input.data,
-        tokenizerDir: teacher!.dir,
-        seqLen: input.pretrain.hyper.seqLen,
-        batchSize: input.pretrain.hyper.batchSize,
-        evalTokens: input.finalEvalTokens,
-      }),
-    ),
-  );
+  const finalEval = (checkpoint: { dir: string; hash: string }) =>
+    pretrainQueue.evaluateCheckpoint({
+      checkpoint,
+      data: input.data,
+      tokenizerDir: teacher!.dir,
+      seqLen: input.pretrain.hyper.seqLen,
+      batchSize: input.pretrain.hyper.batchSize,
+      evalTokens: input.finalEvalTokens,
+    });
+  const [teacherEval, ...evals] = await Promise.all([finalEval({ dir: teacher.dir, hash: teacher.hash }), ...results.map((r) => finalEval(r.checkpoint))]);
   results.forEach((r, i) => {
     const plan = plans[i];
     rows.push({
@@ -177,7 +175,7 @@ async function runPipeline(input: PipelineInput): Promise<PipelineResult> {
   if (!rows.length) throw ApplicationFailure.nonRetryable('pipeline: nothing was pretrained');
   const result: Omit<PipelineResult, 'report'> = {
     runId: input.run.runId,
-    teacher: { dir: teacher.dir, hash: teacher.hash, parameters: teacher.parameters, valLoss: teacher.valLoss },
+    teacher: { dir: teacher.dir, hash: teacher.hash, parameters: teacher.parameters, valLoss: teacherEval.valLoss },
     search: { best: evo.best, evaluations: evo.status.asked, runs: evo.status.run, seed: evo.seed, flops: evo.searchFlops },
     rows,
   };

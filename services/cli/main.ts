@@ -8,6 +8,7 @@ import { registerSearchCommand } from './search.js';
 import { registerSubnetCommands } from './subnet.js';
 import { registerTeacherCommands } from './teacher.js';
 import { registerWorkerCommand } from './worker.js';
+import { registerRunCommands } from './run.js';
 
 export function buildProgram(): Command {
   const program = new Command('offshoot')
@@ -21,6 +22,7 @@ export function buildProgram(): Command {
   registerEvalCommands(program);
   registerSubnetCommands(program);
   registerWorkerCommand(program);
+  registerRunCommands(program);
   registerProgressCommands(program);
   registerSearchCommand(program);
   return program;

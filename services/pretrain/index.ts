@@ -83,6 +83,14 @@ function teacherFinished(dir: string): boolean {
   return !state || state.step >= state.hyper.steps;
 }
 
+function readLatest(file: string): { from: string; toStep: number; checkpoint: CheckpointRef } | undefined {
+  try {
+    return JSON.parse(fs.readFileSync(file, 'utf8')) as { from: string; toStep: number; checkpoint: CheckpointRef };
+  } catch {
+    return undefined;
+  }
+}
+
 function stepDir(runDir: string, name: string, step: number): string {
   return path.join(runDir, name, 'checkpoints', `step-${String(step).padStart(7, '0')}`);
 }
@@ -249,10 +257,20 @@ async function trainSegment(env: WorkerEnv, input: TrainSegmentInput): Promise<T
   const studentDir = path.join(input.run.dir, input.name);
   const checkpoints = path.join(studentDir, 'checkpoints');
 
-  // Where to start: the last checkpoint an earlier attempt heartbeat, else the segment's input.
+  // Where to start: the last checkpoint an earlier attempt heartbeat, else the segment's input — or a
+  // newer checkpoint of this same segment recorded on shared storage, when the worker died after
+  // writing it but before its heartbeat reached the server (heartbeats are throttled).
+  const fromStep = input.from.step ?? 0;
+  const usable = (c: CheckpointRef | undefined, step: number | undefined): c is CheckpointRef =>
+    Boolean(c && typeof step === 'number' && step > fromStep && step <= input.toStep && fs.existsSync(c.dir));
   const beat = actx.info.heartbeatDetails as SegmentHeartbeat | undefined;
   let start: CheckpointRef = input.from;
-  if (beat && beat.checkpoint && typeof beat.step === 'number' && beat.step > (input.from.step ?? 0) && beat.step <= input.toStep) start = beat.checkpoint;
+  if (usable(beat?.checkpoint, beat?.step)) start = beat!.checkpoint;
+  const latestFile = path.join(studentDir, 'latest.json');
+  const latest = readLatest(latestFile);
+  if (attempt > 1 && latest && latest.from === input.from.hash && usable(latest.checkpoint, latest.checkpoint.step) && latest.checkpoint.step! > (start.step ?? 0)) {
+    if (checkpointHash(latest.checkpoint.dir) === latest.checkpoint.hash) start = latest.checkpoint;
+  }
   const startStep = start.step ?? 0;
   if (!fs.existsSync(start.dir)) throw ApplicationFailure.nonRetryable(`checkpoint ${start.dir} (step ${startStep}) is gone from shared storage`, 'CheckpointError');
   const onDisk = checkpointHash(start.dir);
@@ -330,6 +348,7 @@ async function trainSegment(env: WorkerEnv, input: TrainSegmentInput): Promise<T
     const hash = await trainer.saveCheckpoint(dir);
     last = { dir, hash, step: trainer.step };
     actx.heartbeat({ step: trainer.step, checkpoint: last, loss: lastLoss } satisfies SegmentHeartbeat);
+    writeFileAtomic(latestFile, JSON.stringify({ from: input.from.hash, toStep: input.toStep, checkpoint: last }));
     emit(env, { kind: 'checkpoint.saved', run: input.run.runId, series, step: trainer.step, uri: dir, hash });
     pruneCheckpoints(checkpoints, trainer.step, [input.from.dir, dir]);
   };

@@ -178,7 +178,9 @@ export function spawnManaged(options: SpawnOptions): ManagedProcess {
 async function waitFor(what: string, proc: ManagedProcess, check: () => Promise<boolean>, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let lastError = '';
-  while (Date.now() < deadline) {
+  // Checks at least once after every wake-up, so a caller whose event loop was busy (training) does
+  // not give up on a service that came up meanwhile.
+  for (;;) {
     if (!proc.alive()) {
       const r = await proc.exited;
       throw new Error(`${what} exited (code ${r.code}, signal ${r.signal}) before it answered:\n${proc.output().slice(-4000)}`);
@@ -188,6 +190,7 @@ async function waitFor(what: string, proc: ManagedProcess, check: () => Promise<
     } catch (err) {
       lastError = (err as Error).message;
     }
+    if (Date.now() >= deadline) break;
     await sleep(150);
   }
   await proc.kill9();
@@ -232,7 +235,10 @@ export async function temporalAnswers(address: string, namespace = 'default', ti
 export async function startTemporal(options: TemporalOptions): Promise<TemporalServer> {
   const port = options.port ?? (await freePort());
   const namespace = options.namespace ?? 'default';
-  fs.mkdirSync(path.dirname(path.resolve(options.dbFile)), { recursive: true });
+  const db = path.resolve(options.dbFile);
+  fs.mkdirSync(path.dirname(db), { recursive: true });
+  // SQLite side files of a database that was deleted make the new one fail with "disk I/O error".
+  if (!fs.existsSync(db)) for (const side of ['-wal', '-shm', '-journal']) fs.rmSync(db + side, { force: true });
   const args = ['server', 'start-dev', '--headless', '--ip', '127.0.0.1', '--port', String(port), '--db-filename', path.resolve(options.dbFile), '--log-level', 'error'];
   if (namespace !== 'default') args.push('--namespace', namespace);
   for (const [k, v] of Object.entries(options.dynamicConfig ?? {})) args.push('--dynamic-config-value', `${k}=${JSON.stringify(v)}`);
