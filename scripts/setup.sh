@@ -41,6 +41,9 @@ if ! scripts/setup-tensorflow.sh >&2; then
   echo "warning: the tensorflow backend could not be set up (see above); offshoot falls back to wasm" >&2
 fi
 
+step "Services: Temporal CLI (dev server) and nats-server"
+scripts/setup-services.sh >&2
+
 if [[ $with_test -eq 1 ]]; then
   step "Hugging Face oracle for parity tests (torch, transformers)"
   scripts/setup-python.sh >/dev/null

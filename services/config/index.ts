@@ -232,30 +232,44 @@ export function parseConfig(raw: unknown, source = 'config'): OffshootConfig {
       const value = valueAt(input, issue.path);
       problems.push({ field: fieldName(issue.path), message: `${issue.message}${value === undefined ? '' : `, got ${show(value)}`}` });
     }
-    throw new ConfigError(source, problems);
   }
-  const config = result.data;
-  // Checks across fields, reported together.
-  const s = config.search;
+  // Checks across fields, on the file's values over the defaults, reported in the same list (a field
+  // that already has a problem is not checked again).
+  if (input && typeof input === 'object' && !Array.isArray(input)) {
+    const merged = mergeRaw(JSON.parse(JSON.stringify(configSchema.parse({}))), input as Record<string, unknown>);
+    const bad = new Set(problems.map((p) => p.field));
+    for (const p of crossFieldProblems(merged)) if (![...bad].some((b) => p.field === b || p.field.startsWith(`${b}.`) || b.startsWith(`${p.field}.`))) problems.push(p);
+  }
+  if (problems.length || !result.success) throw new ConfigError(source, problems);
+  return result.data;
+}
+
+function crossFieldProblems(c: Record<string, any>): ConfigProblem[] {
+  const problems: ConfigProblem[] = [];
+  const n = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v);
+  const s = c.search ?? {};
+  const opts: Record<string, unknown> = {};
+  for (const k of ['algorithm', 'budget', 'population', 'tournamentSize', 'elitism', 'crossoverProbability', 'mutationProbability', 'multiObjective', 'retryFailed']) {
+    if (s[k] !== undefined) opts[k] = s[k];
+  }
   try {
-    resolveSearchOptions(searchOptions(config));
+    resolveSearchOptions(opts);
   } catch (err) {
     if (!(err instanceof SearchError)) throw err;
     problems.push({ field: `search.${err.field}`, message: err.message });
   }
-  if (s.fitness.kind === 'brief' && s.fitness.warmup > s.fitness.steps) {
-    problems.push({ field: 'search.fitness.warmup', message: `must be at most search.fitness.steps (${s.fitness.steps}), got ${s.fitness.warmup}` });
+  const f = s.fitness ?? {};
+  if (f.kind === 'brief' && n(f.warmup) && n(f.steps) && f.warmup > f.steps) {
+    problems.push({ field: 'search.fitness.warmup', message: `must be at most search.fitness.steps (${f.steps}), got ${f.warmup}` });
   }
-  const p = config.pretrain;
-  if (p.warmup > p.steps) problems.push({ field: 'pretrain.warmup', message: `must be at most pretrain.steps (${p.steps}), got ${p.warmup}` });
-  if (p.checkpointEvery > p.segmentSteps) {
+  const p = c.pretrain ?? {};
+  if (n(p.warmup) && n(p.steps) && p.warmup > p.steps) problems.push({ field: 'pretrain.warmup', message: `must be at most pretrain.steps (${p.steps}), got ${p.warmup}` });
+  if (n(p.checkpointEvery) && n(p.segmentSteps) && p.checkpointEvery > p.segmentSteps) {
     problems.push({ field: 'pretrain.checkpointEvery', message: `must be at most pretrain.segmentSteps (${p.segmentSteps}), got ${p.checkpointEvery}` });
   }
-  if (config.teacher.train.warmup > config.teacher.train.steps) {
-    problems.push({ field: 'teacher.train.warmup', message: `must be at most teacher.train.steps (${config.teacher.train.steps}), got ${config.teacher.train.warmup}` });
-  }
-  if (problems.length) throw new ConfigError(source, problems);
-  return config;
+  const t = c.teacher?.train ?? {};
+  if (n(t.warmup) && n(t.steps) && t.warmup > t.steps) problems.push({ field: 'teacher.train.warmup', message: `must be at most teacher.train.steps (${t.steps}), got ${t.warmup}` });
+  return problems;
 }
 
 /** Reads and validates a YAML or JSON file (YAML is a superset of JSON). */
