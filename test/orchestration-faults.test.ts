@@ -18,13 +18,15 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 
 import { computeCheckpointHash } from '../core/model/index.js';
 import { type LossLine, evolutionInput, pretrainInput, readLosses, retrying, trainTinyTeacher, waitUntil } from './helpers/orchestration.js';
-import { type Stack, type WorkerProcess, startStack, startWorker } from '../services/stack/index.js';
+import { type Stack, type WorkerProcess, startStack, startTemporal, startWorker, temporalAnswers } from '../services/stack/index.js';
 import { connectClient } from '../services/worker/index.js';
 import {
   type EvolutionResult,
   type RunRef,
   type TeacherRef,
   evolution,
+  evolutionBestQuery,
+  evolutionParetoQuery,
   evolutionStatusQuery,
   pretrain,
   setBudgetUpdate,
@@ -133,6 +135,18 @@ describe('pretraining actor', () => {
     const steps = readLosses(lossFile).map((l) => l.step);
     expect(steps).toEqual(Array.from({ length: 400 }, (_, i) => i + 1));
   }, 240_000);
+
+  it('stops at a target perplexity', async () => {
+    const r = run('target');
+    await worker(['pretrain'], 'pretrain-5');
+    const input = pretrainInput(r, teacher, 'student', { evalEvery: 20, checkpointEvery: 10, targetPpl: 1000 });
+    const result = await client.workflow.execute(pretrain, { workflowId: wid('target'), taskQueue: 'orchestrate', args: [input] });
+    expect(result.reachedTarget).toBe(true);
+    expect(result.steps).toBe(20);
+    expect(result.evals).toHaveLength(1);
+    expect(result.evals[0].valPpl).toBeLessThanOrEqual(1000);
+    expect(result.checkpoint.step).toBe(20);
+  }, 120_000);
 });
 
 describe('evolution actor', () => {
@@ -185,12 +199,13 @@ describe('evolution actor', () => {
 
   it('a long search continues-as-new and its history stays bounded', async () => {
     const e = await worker(['evaluate'], 'evaluate-4');
-    const input = evolutionInput(run('long'), teacher, { search: { budget: 60, population: 4, seed: 3 }, continueAsNewEvery: 3, parallelism: 2 });
+    // Past a few generations the search state (about 1 KB per evaluation here) is over the 8 KB set
+    // here, so it goes to shared storage and travels by reference.
+    const input = evolutionInput(run('long'), teacher, { search: { budget: 60, population: 4, seed: 3 }, continueAsNewEvery: 3, parallelism: 2, inlineStateBytes: 8192 });
     const id = wid('long');
     const handle = await client.workflow.start(evolution, { workflowId: id, taskQueue: 'orchestrate', args: [input] });
     const result = await handle.result();
     expect(result.status.evaluated).toBe(60);
-    expect(new Set(result.history.map((h) => h.key)).size).toBe(60);
     const lengths = result.status.historyLengths;
     expect(lengths.length).toBe(result.status.run);
     expect(result.status.run).toBeGreaterThanOrEqual(8);
@@ -198,6 +213,11 @@ describe('evolution actor', () => {
     const bound = Math.max(...lengths.slice(0, 2)) + 10;
     for (const n of lengths) expect(n).toBeLessThanOrEqual(bound);
     expect(lengths.reduce((a, b) => a + b, 0)).toBeGreaterThan(4 * bound);
+    const blobs = fs.readdirSync(path.join(input.run.dir, 'blobs'));
+    expect(blobs.length).toBeGreaterThanOrEqual(3);
+    expect(result.history).toEqual([]);
+    expect(result.historyRef?.blob).toMatch(/blobs\/[0-9a-f]{64}\.json$/);
+    expect((JSON.parse(fs.readFileSync(result.historyRef!.blob, 'utf8')) as unknown[]).length).toBe(60);
     // The first run ended by continuing as new.
     const firstRun = client.workflow.getHandle(id, handle.firstExecutionRunId);
     expect((await firstRun.describe()).status.name).toBe('CONTINUED_AS_NEW');
@@ -208,6 +228,12 @@ describe('evolution actor', () => {
     const big = { budget: 1000, population: 4, seed: 9 };
     const h1 = await client.workflow.start(evolution, { workflowId: wid('budget'), taskQueue: 'orchestrate', args: [evolutionInput(run('budget'), teacher, { search: big, continueAsNewEvery: 1000 })] });
     await waitUntil('4 evaluations', async () => (await h1.query(evolutionStatusQuery)).evaluated >= 4, 60_000, 20);
+    const best = await h1.query(evolutionBestQuery);
+    expect(best?.status).toBe('ok');
+    expect(best?.spec).toBeDefined();
+    const front = await h1.query(evolutionParetoQuery);
+    expect(front.length).toBeGreaterThan(0);
+    expect(front.some((f) => f.id === best!.id)).toBe(true);
     const after = await h1.executeUpdate(setBudgetUpdate, { args: [10] });
     expect(after.budget).toBe(10);
     const rejected = await h1.executeUpdate(setBudgetUpdate, { args: [-1] }).then(() => undefined, (err: Error) => err);
@@ -223,6 +249,19 @@ describe('evolution actor', () => {
     expect(r2.status.asked).toBeLessThan(40);
     expect(r2.best.fitness).toBeGreaterThan(0);
   }, 240_000);
+});
+
+describe('stack helper', () => {
+  it('waits for a server through a blocked event loop (a teacher training in the same process)', async () => {
+    const starting = startTemporal({ dbFile: path.join(tmp, 'busy', 'temporal.db'), timeoutMs: 1000 });
+    const until = Date.now() + 2500;
+    while (Date.now() < until) {
+      // busy: no timers, no I/O
+    }
+    const server = await starting;
+    expect(await temporalAnswers(server.address)).toBe(true);
+    await server.stop();
+  }, 60_000);
 });
 
 describe('payloads', () => {

@@ -255,7 +255,7 @@ export async function evolution(input: EvolutionInput): Promise<EvolutionResult>
       if (search.status().generation - generationAtStart >= input.continueAsNewEvery || workflowInfo().continueAsNewSuggested) {
         await condition(allHandlersFinished);
         const state = search.toJSON();
-        const inline = jsonBytes(state) <= INLINE_STATE_BYTES;
+        const inline = jsonBytes(state) <= (input.inlineStateBytes ?? INLINE_STATE_BYTES);
         const next: EvolutionInput = {
           ...input,
           search: { ...input.search, seed },
@@ -302,7 +302,7 @@ export async function evolution(input: EvolutionInput): Promise<EvolutionResult>
     searchFlops,
     seed,
   };
-  if (jsonBytes(result) > INLINE_STATE_BYTES) {
+  if (jsonBytes(result) > (input.inlineStateBytes ?? INLINE_STATE_BYTES)) {
     result.historyRef = await orchestrate.putBlob({ runDir: input.run.dir, value: history });
     result.history = [];
   }

@@ -166,6 +166,8 @@ export interface EvolutionInput {
   parallelism: number;
   /** Continue-as-new after this many generations (batches) in one run. */
   continueAsNewEvery: number;
+  /** Search state (and result history) larger than this travels by reference. Default INLINE_STATE_BYTES. */
+  inlineStateBytes?: number;
   activity: ActivityPolicy;
   /** Carried across continue-as-new. */
   carry?: EvolutionCarry;

@@ -178,19 +178,21 @@ export function spawnManaged(options: SpawnOptions): ManagedProcess {
 async function waitFor(what: string, proc: ManagedProcess, check: () => Promise<boolean>, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let lastError = '';
-  // Checks at least once after every wake-up, so a caller whose event loop was busy (training) does
-  // not give up on a service that came up meanwhile.
+  // Gives up only after a check that *started* past the deadline failed: a caller whose event loop was
+  // busy meanwhile (training a teacher) must not give up on a service that came up in the meantime,
+  // nor count a check that timed out only because the loop was blocked.
   for (;;) {
     if (!proc.alive()) {
       const r = await proc.exited;
       throw new Error(`${what} exited (code ${r.code}, signal ${r.signal}) before it answered:\n${proc.output().slice(-4000)}`);
     }
+    const started = Date.now();
     try {
       if (await check()) return;
     } catch (err) {
       lastError = (err as Error).message;
     }
-    if (Date.now() >= deadline) break;
+    if (started >= deadline) break;
     await sleep(150);
   }
   await proc.kill9();
