@@ -48,6 +48,9 @@ if [[ $with_test -eq 1 ]]; then
   step "Hugging Face oracle for parity tests (torch, transformers)"
   scripts/setup-python.sh >/dev/null
 
+  step "Deployment checks: kustomize and hadolint (test/deploy-*.test.ts)"
+  scripts/setup-deploy-tools.sh
+
   step "Chromium for the dashboard's browser test (Debian chromium, driven by playwright-core)"
   if [[ -x /usr/bin/chromium ]]; then
     echo "chromium: $(/usr/bin/chromium --version 2>/dev/null)" >&2
