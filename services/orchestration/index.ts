@@ -13,6 +13,7 @@ import { Context } from '@temporalio/activity';
 
 import { GPTNeoX, loadCheckpoint, writeFileAtomic } from '../../core/model/index.js';
 import { NoopProgressPublisher, type ProgressEventInput, type ProgressPublisher, timeActivity } from '../progress/index.js';
+import { teacherTls } from '../credentials/index.js';
 import { TeacherClient } from '../teacher/index.js';
 import type { BlobRef, TeacherServiceRef } from '../../workflows/index.js';
 
@@ -88,7 +89,8 @@ export function teacherClient(env: WorkerEnv, service: TeacherServiceRef, expect
   const key = `${targets.join(',')}|${expectedHash}`;
   let client = clients.get(key);
   if (!client) {
-    client = new TeacherClient({ targets, expectedHash, log: env.log });
+    // TLS from OFFSHOOT_TEACHER_TLS_* (services/credentials; deploy/k8s mounts the Secret).
+    client = new TeacherClient({ targets, expectedHash, log: env.log, tls: teacherTls() });
     clients.set(key, client);
   }
   return client;

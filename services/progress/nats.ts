@@ -6,7 +6,9 @@ import * as os from 'node:os';
 
 import { type Consumer, DeliverPolicy, type JetStreamManager, type StreamConfig, StorageType, jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { type KV, Kvm } from '@nats-io/kv';
-import { type NatsConnection, connect } from '@nats-io/transport-node';
+import { type NatsConnection, connect, credsAuthenticator } from '@nats-io/transport-node';
+
+import { natsAuth } from '../credentials/index.js';
 
 import { type ProgressEvent, SUBJECT_PREFIX, checkRunId, parseEvent, runSubjects } from './events.js';
 import type { RunStatus } from './state.js';
@@ -58,6 +60,8 @@ export async function connectNats(url?: string, options: ConnectOptions = {}): P
   try {
     return await connect({
       servers,
+      // Credentials and TLS from OFFSHOOT_NATS_* (services/credentials; deploy/k8s mounts the Secret).
+      ...(natsAuth(credsAuthenticator) as object),
       name: options.name ?? `offshoot ${os.hostname()}:${process.pid}`,
       maxReconnectAttempts: -1,
       reconnectTimeWait: 250,

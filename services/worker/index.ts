@@ -16,6 +16,7 @@ import * as path from 'node:path';
 import { DefaultLogger, NativeConnection, Runtime, Worker, bundleWorkflowCode } from '@temporalio/worker';
 
 import { writeFileAtomic } from '../../core/model/index.js';
+import { temporalTls } from '../credentials/index.js';
 import { createEvaluateActivities } from '../evaluator/index.js';
 import { type WorkerEnv, closeTeacherClients, defaultIdentity, emit, getBlob, putBlob, writeReportFiles } from '../orchestration/index.js';
 import { createPretrainActivities } from '../pretrain/index.js';
@@ -132,7 +133,8 @@ export async function runWorker(options: RunWorkerOptions): Promise<void> {
   const draining = new AbortController();
   const progress = createProgressPublisher({ url: options.natsUrl, worker: identity, log });
   const env: WorkerEnv = { identity, draining: draining.signal, progress, teacherTargets: options.teacherTargets, log };
-  const connection = await NativeConnection.connect({ address: options.address });
+  // TLS from OFFSHOOT_TEMPORAL_TLS_* (services/credentials; deploy/k8s mounts the Secret).
+  const connection = await NativeConnection.connect({ address: options.address, tls: temporalTls() });
   const namespace = options.namespace ?? 'default';
   const dataConverter = { payloadConverterPath: payloadConverterPath() };
   const common = {
