@@ -148,16 +148,13 @@ export class GPTNeoX {
   private applyRotary(x: tf.Tensor4D, cos: tf.Tensor2D, sin: tf.Tensor2D): tf.Tensor4D {
     const rd = rotatedDims(this.config);
     if (rd === 0) return x;
-    const [b, h, t, hs] = x.shape;
-    const rot = tf.slice(x, [0, 0, 0, 0], [b, h, t, rd]);
-    const half = rd / 2;
-    const x1 = tf.slice(rot, [0, 0, 0, 0], [b, h, t, half]);
-    const x2 = tf.slice(rot, [0, 0, 0, half], [b, h, t, half]);
+    const hs = x.shape[3];
+    // split, not slice: its gradient is one concat, where each slice's would be a pad and an add.
+    const [rot, pass] = rd === hs ? [x, null] : tf.split(x, [rd, hs - rd], 3);
+    const [x1, x2] = tf.split(rot, 2, 3);
     const rotated = tf.concat([tf.neg(x2), x1], 3);
     const embedded = tf.add(tf.mul(rot, cos), tf.mul(rotated, sin));
-    if (rd === hs) return embedded as tf.Tensor4D;
-    const pass = tf.slice(x, [0, 0, 0, rd], [b, h, t, hs - rd]);
-    return tf.concat([embedded, pass], 3) as tf.Tensor4D;
+    return (pass ? tf.concat([embedded, pass], 3) : embedded) as tf.Tensor4D;
   }
 
   private attention(x: tf.Tensor2D, layer: number, batch: number, seqLen: number, trace?: ForwardTrace): tf.Tensor2D {
@@ -168,9 +165,9 @@ export class GPTNeoX {
     // Rows are interleaved per head: (heads, 3·head_size) with q, k, v in that order.
     const qkv = tf.transpose(tf.reshape(fused, [batch, seqLen, heads, 3 * hs]), [0, 2, 1, 3]) as tf.Tensor4D;
     const { cos, sin, mask } = this.rope(seqLen);
-    const q = this.applyRotary(tf.slice(qkv, [0, 0, 0, 0], [batch, heads, seqLen, hs]), cos, sin);
-    const k = this.applyRotary(tf.slice(qkv, [0, 0, 0, hs], [batch, heads, seqLen, hs]), cos, sin);
-    const v = tf.slice(qkv, [0, 0, 0, 2 * hs], [batch, heads, seqLen, hs]);
+    const [qh, kh, v] = tf.split(qkv, 3, 3) as tf.Tensor4D[];
+    const q = this.applyRotary(qh, cos, sin);
+    const k = this.applyRotary(kh, cos, sin);
     const scores = tf.add(tf.mul(matMul(q, k, false, true), 1 / Math.sqrt(hs)), mask);
     const context = tf.transpose(matMul(tf.softmax(scores), v), [0, 2, 1, 3]); // [B, T, H, hs]
     if (trace?.headOutputs) trace.headOutputs.push(tf.keep(tf.reshape(context, [batch * seqLen, heads, hs])));
