@@ -9,6 +9,7 @@ import { registerSubnetCommands } from './subnet.js';
 import { registerTeacherCommands } from './teacher.js';
 import { registerWorkerCommand } from './worker.js';
 import { registerRunCommands } from './run.js';
+import { registerExperimentCommands } from './experiment.js';
 
 export function buildProgram(): Command {
   const program = new Command('offshoot')
@@ -25,6 +26,7 @@ export function buildProgram(): Command {
   registerRunCommands(program);
   registerProgressCommands(program);
   registerSearchCommand(program);
+  registerExperimentCommands(program);
   return program;
 }
 

@@ -18,6 +18,7 @@ import { DefaultLogger, NativeConnection, Runtime, Worker, bundleWorkflowCode } 
 import { writeFileAtomic } from '../../core/model/index.js';
 import { temporalTls } from '../credentials/index.js';
 import { createEvaluateActivities } from '../evaluator/index.js';
+import { createExperimentActivities } from '../experiment/index.js';
 import { type WorkerEnv, closeTeacherClients, defaultIdentity, emit, getBlob, putBlob, writeReportFiles } from '../orchestration/index.js';
 import { createPretrainActivities } from '../pretrain/index.js';
 import { createProgressPublisher, type ProgressEventInput } from '../progress/index.js';
@@ -155,7 +156,7 @@ export async function runWorker(options: RunWorkerOptions): Promise<void> {
           ...common,
           taskQueue: TASK_QUEUES.orchestrate,
           workflowBundle: await workflowBundle(log),
-          activities: createOrchestrateActivities(env),
+          activities: { ...createOrchestrateActivities(env), ...createExperimentActivities(env) },
           maxConcurrentActivityTaskExecutions: 4,
         }),
       );
