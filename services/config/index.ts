@@ -93,7 +93,7 @@ export const configSchema = z.strictObject({
         .optional()
         .describe('allowed values per dimension (docs/subnetworks.md)'),
       algorithm: z.enum(['evolution', 'random', 'stratified-random']).default('evolution'),
-      budget: posInt().default(24).describe('total fitness evaluations'),
+      budget: posInt().default(16).describe('total fitness evaluations'),
       population: int(2).default(8),
       seed: int(0).nullable().default(null).describe('seed of the search; null: run.seed'),
       tournamentSize: posInt().optional(),
@@ -123,7 +123,7 @@ export const configSchema = z.strictObject({
     .prefault({}),
   pretrain: z
     .strictObject({
-      steps: posInt().default(400),
+      steps: posInt().default(200),
       batchSize: posInt().default(8),
       seqLen: posInt().default(64),
       lr: posNum().default(3e-3),
