@@ -97,6 +97,19 @@ function isConnectionError(err: unknown): boolean {
   return e?.code === 14 || e?.name === 'ServiceError' || /UNAVAILABLE|ECONNREFUSED|connect|transport/i.test(String(e?.message ?? ''));
 }
 
+/** "failed: <the causes, outermost first>" or "was cancelled". */
+function describeFailure(err: unknown): string {
+  const parts: string[] = [];
+  let cancelled = false;
+  let e = (err as { cause?: unknown }).cause as { message?: string; cause?: unknown; name?: string } | undefined;
+  while (e && parts.length < 6) {
+    if (e.name === 'CancelledFailure') cancelled = true;
+    if (e.message && !parts.includes(e.message)) parts.push(e.message);
+    e = e.cause as typeof e;
+  }
+  return cancelled ? `was cancelled${parts.length ? ` (${parts.join(': ')})` : ''}` : `failed: ${parts.join(': ') || String((err as Error).message)}`;
+}
+
 /** Starts the pipeline, or finds it: running (follow it), completed (its result), failed (start again). */
 async function submit(client: Client, config: OffshootConfig, teacherService: TeacherServiceRef | undefined): Promise<WorkflowHandle<typeof pipeline>> {
   const id = workflowIds(config.run.name).pipeline;
@@ -176,6 +189,7 @@ async function follow(client: Client, handle: WorkflowHandle<typeof pipeline>, r
       try {
         return await handle.result();
       } catch (err) {
+        if ((err as Error).name === 'WorkflowFailedError') throw new Error(`run ${runId}: the pipeline ${describeFailure(err)}`);
         if (!isConnectionError(err) || attempt > 120) throw err;
         await sleep(1000);
       }
@@ -375,7 +389,13 @@ async function statusAction(run: string, opts: { config?: string; temporal?: str
   const { client, config } = await clientFor(opts, run);
   const ids = workflowIds(config.run.name);
   const handle = client.workflow.getHandle<typeof pipeline>(ids.pipeline);
-  const d = await handle.describe();
+  let d;
+  try {
+    d = await handle.describe();
+  } catch (err) {
+    if ((err as Error).name === 'WorkflowNotFoundError') throw new Error(`run ${config.run.name}: no such run (no workflow ${ids.pipeline})`);
+    throw err;
+  }
   const out: { run: string; workflowId: string; status: string; pipeline?: PipelineStatus; evolution?: EvolutionStatus; pretrain: PretrainStatus[]; result?: PipelineResult } = {
     run: config.run.name,
     workflowId: ids.pipeline,
