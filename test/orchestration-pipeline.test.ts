@@ -113,6 +113,20 @@ describe('offshoot run (embedded stack)', () => {
   }, 300_000);
 });
 
+describe('offshoot run that fails', () => {
+  it('stops everything it started and exits with the reason', async () => {
+    const configFile = path.join(tmp, 'broken.yaml');
+    fs.writeFileSync(configFile, tinyConfig('broken'));
+    const t = Date.now();
+    const r = await start(['run', '--config', configFile, '--teacher', path.join(tmp, 'no-such-teacher')]).done;
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/no-such-teacher: no finished checkpoint there and teacher\.train\.enabled is false/);
+    // It did not hang on the Temporal dev server and nats-server it had started meanwhile.
+    expect(Date.now() - t).toBeLessThan(60_000);
+    expect(fs.existsSync(path.join(tmp, 'runs', 'broken', 'stack.json'))).toBe(false);
+  }, 120_000);
+});
+
 describe('offshoot run against an external Temporal', () => {
   it('submits and follows; offshoot status and offshoot cancel reach the run; the teacher is trained by the pretrain worker', async () => {
     stack = await startStack({ dir: path.join(tmp, 'external-stack') });

@@ -286,8 +286,10 @@ async function runAction(opts: RunCliOptions): Promise<void> {
   const backend = config.workers.backend === 'auto' ? (activeBackend()?.name ?? 'auto') : config.workers.backend;
   log(`run ${config.run.name}: embedded stack (Temporal dev server, nats-server, teacher service, workers) in ${dir}; backend ${backend}`);
   const started: ManagedProcess[] = [];
+  const pendingStarts: Promise<unknown>[] = [];
   let stopping = false;
   const stopAll = async () => {
+    await Promise.allSettled(pendingStarts);
     // Workers first (they drain: a running segment checkpoints), then the services.
     const order = [...started].sort((a, b) => rank(a) - rank(b));
     for (const group of [order.filter((p) => rank(p) === 0), order.filter((p) => rank(p) === 1), order.filter((p) => rank(p) === 2)]) {
@@ -309,11 +311,14 @@ async function runAction(opts: RunCliOptions): Promise<void> {
     // Temporal and NATS start while the teacher trains.
     const logs = path.join(dir, 'logs');
     fs.mkdirSync(logs, { recursive: true });
-    const services = Promise.all([
-      startTemporal({ dbFile: path.join(dir, 'temporal.db'), logFile: path.join(logs, 'temporal.log') }),
-      startNats({ storeDir: path.join(dir, 'jetstream'), logFile: path.join(logs, 'nats.log') }),
-    ]).then((s) => {
-      started.push(...s);
+    // Each process is tracked as soon as it is up, so whatever fails, what did start is stopped.
+    const track = <P extends ManagedProcess>(p: Promise<P>): Promise<P> => p.then((x) => (started.push(x), x));
+    const starting = [
+      track(startTemporal({ dbFile: path.join(dir, 'temporal.db'), logFile: path.join(logs, 'temporal.log') })),
+      track(startNats({ storeDir: path.join(dir, 'jetstream'), logFile: path.join(logs, 'nats.log') })),
+    ] as const;
+    pendingStarts.push(...starting);
+    const services = Promise.all(starting).then((s) => {
       fs.writeFileSync(stackFile(config), JSON.stringify({ temporal: s[0].address, nats: s[1].url, pid: process.pid }) + '\n');
       return s;
     });
@@ -321,6 +326,11 @@ async function runAction(opts: RunCliOptions): Promise<void> {
     await ensureTeacher(config);
     const stack = await startEmbedded(config, backend, services);
     started.push(...stack.processes);
+    // For whoever must clean up after an `offshoot run` that was killed -9: every process it started.
+    fs.writeFileSync(
+      stackFile(config),
+      JSON.stringify({ temporal: stack.temporal.address, nats: stack.nats.url, pid: process.pid, processes: Object.fromEntries(started.map((p) => [p.name, p.pid])) }) + '\n',
+    );
     log(`run ${config.run.name}: stack up in ${formatDuration((Date.now() - t0) / 1000)} (Temporal ${stack.temporal.address}, NATS ${stack.nats.url}${stack.teacherService ? `, teacher service ${stack.teacherService.targets[0]}` : ''})`);
     const client = await connectClient({ address: stack.temporal.address, namespace: config.services.temporal.namespace });
     const handle = await submit(client, config, stack.teacherService);
