@@ -306,6 +306,16 @@ function probeWebGPU(): Promise<WebGPUProbe> {
   return probing;
 }
 
+/**
+ * Dawn toggles, from env OFFSHOOT_DAWN_TOGGLES (comma-separated; default allow_unsafe_apis, which
+ * exposes experimental adapter features such as chromium-experimental-subgroup-matrix so they can
+ * be detected; disable_robustness drops the bounds clamping Dawn adds to every storage access).
+ */
+function dawnFlags(): string[] {
+  const toggles = (process.env.OFFSHOOT_DAWN_TOGGLES ?? 'allow_unsafe_apis').trim();
+  return toggles ? [`enable-dawn-features=${toggles}`] : [];
+}
+
 async function doProbeWebGPU(): Promise<WebGPUProbe> {
   let dawn: { create(flags: string[]): unknown; globals: object };
   try {
@@ -329,7 +339,7 @@ async function doProbeWebGPU(): Promise<WebGPUProbe> {
     Object.defineProperty(globalThis, 'navigator', { value: nav, writable: true, configurable: true });
   }
   if (nav.gpu == null) {
-    Object.defineProperty(nav, 'gpu', { value: dawn.create([]), writable: true, configurable: true });
+    Object.defineProperty(nav, 'gpu', { value: dawn.create(dawnFlags()), writable: true, configurable: true });
   }
   const gpu = nav.gpu as GpuLike;
   const lowPower = tf.env().getBool('WEBGPU_USE_LOW_POWER_GPU') === true;
@@ -375,7 +385,22 @@ async function loadWebGPU(): Promise<{ detail?: string }> {
     () => new WebGPUBackend(device as never, info as never),
     3,
   );
-  return { detail: `adapter: ${description}` };
+  return { detail: `adapter: ${description}; ${describeCompute(adapter)}` };
+}
+
+/** What the fused kernels can use on this adapter (docs/gpu-kernels.md). */
+function describeCompute(adapter: AdapterLike): string {
+  const info = (adapter.info ?? {}) as { subgroupMinSize?: number; subgroupMaxSize?: number; subgroupMatrixConfigs?: Iterable<{ componentType: string; resultComponentType: string; M: number; N: number; K: number }> };
+  const parts: string[] = [];
+  if (adapter.features.has('subgroups')) parts.push(`subgroups ${info.subgroupMinSize ?? '?'}-${info.subgroupMaxSize ?? '?'}`);
+  parts.push(adapter.features.has('shader-f16') ? 'shader-f16' : 'no shader-f16');
+  if (adapter.features.has('chromium-experimental-subgroup-matrix')) {
+    const configs = [...(info.subgroupMatrixConfigs ?? [])].map((c) => `${c.componentType}>${c.resultComponentType} ${c.M}x${c.N}x${c.K}`);
+    parts.push(`subgroup-matrix [${configs.join(', ')}]`);
+  }
+  const fused = process.env.OFFSHOOT_FUSED_KERNELS === '0' ? 'off' : 'on';
+  parts.push(`fused kernels ${fused} (f32 register-tiled matmul)`);
+  return parts.join(', ');
 }
 
 function describeAdapter(info: NonNullable<AdapterLike['info']>): string {

@@ -6,7 +6,8 @@
 import * as tf from './tfjs.js';
 
 import { type NeoXConfig, expectedShapes, rotaryDims, rotatedDims } from './config.js';
-import { gatherRows, gelu, layerNorm, linear, matMul } from './ops.js';
+import { gatherRows, layerNorm, linear, linearGelu, matMul, matMulNT } from './ops.js';
+import { fusedAttention, fusedAttentionSupports, fusedKernelsActive } from './webgpu/fused.js';
 import { SeededRandom, deriveSeed } from './random.js';
 import type { HostTensor } from './safetensors.js';
 
@@ -144,42 +145,28 @@ export class GPTNeoX {
     return entry;
   }
 
-  /** Rotary embedding on the first rotaryDims of x [B, H, T, hs], rotate_half style. */
-  private applyRotary(x: tf.Tensor4D, cos: tf.Tensor2D, sin: tf.Tensor2D): tf.Tensor4D {
-    const rd = rotatedDims(this.config);
-    if (rd === 0) return x;
-    const hs = x.shape[3];
-    // split, not slice: its gradient is one concat, where each slice's would be a pad and an add.
-    const [rot, pass] = rd === hs ? [x, null] : tf.split(x, [rd, hs - rd], 3);
-    const [x1, x2] = tf.split(rot, 2, 3);
-    const rotated = tf.concat([tf.neg(x2), x1], 3);
-    const embedded = tf.add(tf.mul(rot, cos), tf.mul(rotated, sin));
-    return (pass ? tf.concat([embedded, pass], 3) : embedded) as tf.Tensor4D;
-  }
-
   private attention(x: tf.Tensor2D, layer: number, batch: number, seqLen: number, trace?: ForwardTrace): tf.Tensor2D {
     const p = `gpt_neox.layers.${layer}.attention.`;
     const heads = this.config.layers[layer].numHeads;
     const hs = this.config.headSize;
     const fused = linear(x, this.param(`${p}query_key_value.weight`) as tf.Tensor2D, this.param(`${p}query_key_value.bias`) as tf.Tensor1D);
-    // Rows are interleaved per head: (heads, 3·head_size) with q, k, v in that order.
-    const qkv = tf.transpose(tf.reshape(fused, [batch, seqLen, heads, 3 * hs]), [0, 2, 1, 3]) as tf.Tensor4D;
+    const shape = { batch, seqLen, heads, headSize: hs, rotated: rotatedDims(this.config) };
+    if (fusedKernelsActive() && fusedAttentionSupports(shape)) {
+      // Rotary, causal attention and the head merge in WebGPU kernels (webgpu/fused.ts).
+      const { cos, sin } = this.rope(seqLen);
+      const merged = fusedAttention(fused, cos, sin, shape);
+      if (trace?.headOutputs) trace.headOutputs.push(tf.keep(tf.reshape(merged, [batch * seqLen, heads, hs])));
+      return linear(merged, this.param(`${p}dense.weight`) as tf.Tensor2D, this.param(`${p}dense.bias`) as tf.Tensor1D);
+    }
     const { cos, sin, mask } = this.rope(seqLen);
-    const [qh, kh, v] = tf.split(qkv, 3, 3) as tf.Tensor4D[];
-    const q = this.applyRotary(qh, cos, sin);
-    const k = this.applyRotary(kh, cos, sin);
-    const scores = tf.add(tf.mul(matMul(q, k, false, true), 1 / Math.sqrt(hs)), mask);
-    const context = tf.transpose(matMul(tf.softmax(scores), v), [0, 2, 1, 3]); // [B, T, H, hs]
-    if (trace?.headOutputs) trace.headOutputs.push(tf.keep(tf.reshape(context, [batch * seqLen, heads, hs])));
-    const merged = tf.reshape(context, [batch * seqLen, heads * hs]) as tf.Tensor2D;
+    const merged = causalSelfAttention(fused, cos, sin, mask, shape);
+    if (trace?.headOutputs) trace.headOutputs.push(tf.keep(tf.reshape(merged, [batch * seqLen, heads, hs])));
     return linear(merged, this.param(`${p}dense.weight`) as tf.Tensor2D, this.param(`${p}dense.bias`) as tf.Tensor1D);
   }
 
   private mlp(x: tf.Tensor2D, layer: number, trace?: ForwardTrace): tf.Tensor2D {
     const p = `gpt_neox.layers.${layer}.mlp.`;
-    const hidden = gelu(
-      linear(x, this.param(`${p}dense_h_to_4h.weight`) as tf.Tensor2D, this.param(`${p}dense_h_to_4h.bias`) as tf.Tensor1D),
-    ) as tf.Tensor2D;
+    const hidden = linearGelu(x, this.param(`${p}dense_h_to_4h.weight`) as tf.Tensor2D, this.param(`${p}dense_h_to_4h.bias`) as tf.Tensor1D);
     if (trace?.mlpActivations) trace.mlpActivations.push(tf.keep(hidden));
     return linear(hidden, this.param(`${p}dense_4h_to_h.weight`) as tf.Tensor2D, this.param(`${p}dense_4h_to_h.bias`) as tf.Tensor1D);
   }
@@ -213,7 +200,7 @@ export class GPTNeoX {
 
   /** Logits [B·T, V] for token ids [B, T]. Call inside tf.tidy. */
   logits2d(ids: tf.Tensor2D, trace?: ForwardTrace): tf.Tensor2D {
-    return matMul(this.hidden(ids, trace), this.param('embed_out.weight'), false, true) as tf.Tensor2D;
+    return matMulNT(this.hidden(ids, trace), this.param('embed_out.weight') as tf.Tensor2D);
   }
 
   /** Logits [B, T, V] for token ids [B, T]. Call inside tf.tidy. */
@@ -221,6 +208,41 @@ export class GPTNeoX {
     const [b, t] = ids.shape;
     return tf.reshape(this.logits2d(ids), [b, t, this.config.vocabSize]);
   }
+}
+
+/** Rotary embedding on the first `rd` dims of x [B, H, T, hs], rotate_half style. */
+function applyRotary(x: tf.Tensor4D, cos: tf.Tensor2D, sin: tf.Tensor2D, rd: number): tf.Tensor4D {
+  if (rd === 0) return x;
+  const hs = x.shape[3];
+  // split, not slice: its gradient is one concat, where each slice's would be a pad and an add.
+  const [rot, pass] = rd === hs ? [x, null] : tf.split(x, [rd, hs - rd], 3);
+  const [x1, x2] = tf.split(rot, 2, 3);
+  const rotated = tf.concat([tf.neg(x2), x1], 3);
+  const embedded = tf.add(tf.mul(rot, cos), tf.mul(rotated, sin));
+  return (pass ? tf.concat([embedded, pass], 3) : embedded) as tf.Tensor4D;
+}
+
+/**
+ * Causal self-attention of a fused QKV projection [B·T, H·3·hs] (rows interleaved per head: q, k,
+ * v), rotary on q and k (cos/sin [T, rd], additive mask [T, T]), heads merged: [B·T, H·hs]. The
+ * reference tfjs ops; webgpu/fused.ts's fusedAttention computes the same in kernels.
+ */
+export function causalSelfAttention(
+  fused: tf.Tensor2D,
+  cos: tf.Tensor2D,
+  sin: tf.Tensor2D,
+  mask: tf.Tensor2D,
+  s: { batch: number; seqLen: number; heads: number; headSize: number; rotated: number },
+): tf.Tensor2D {
+  const { batch, seqLen, heads, headSize: hs, rotated } = s;
+  // Rows are interleaved per head: (heads, 3·head_size) with q, k, v in that order.
+  const qkv = tf.transpose(tf.reshape(fused, [batch, seqLen, heads, 3 * hs]), [0, 2, 1, 3]) as tf.Tensor4D;
+  const [qh, kh, v] = tf.split(qkv, 3, 3) as tf.Tensor4D[];
+  const q = applyRotary(qh, cos, sin, rotated);
+  const k = applyRotary(kh, cos, sin, rotated);
+  const scores = tf.add(tf.mul(matMul(q, k, false, true), 1 / Math.sqrt(hs)), mask);
+  const context = tf.transpose(matMul(tf.softmax(scores), v), [0, 2, 1, 3]); // [B, T, H, hs]
+  return tf.reshape(context, [batch * seqLen, heads * hs]) as tf.Tensor2D;
 }
 
 /** Checks token ids against the vocabulary before they reach a gather (which would read garbage). */

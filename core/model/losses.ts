@@ -9,6 +9,7 @@
 import * as tf from './tfjs.js';
 
 import { crossEntropy, takeAlongLastAxis } from './ops.js';
+import { fusedKernelsActive, fusedTopKDistill, fusedTopKSupports } from './webgpu/fused.js';
 
 export type KLDirection = 'forward' | 'reverse' | 'symmetric';
 
@@ -77,6 +78,9 @@ export function distillationLoss(
   options: DistillOptions = DEFAULT_DISTILL,
 ): tf.Scalar {
   const { alpha, temperature, direction } = options;
+  if (!(teacher instanceof tf.Tensor) && fusedKernelsActive() && fusedTopKSupports(teacher.indices.shape[1])) {
+    return fusedTopKDistill(student, targets, teacher, alpha, temperature, direction);
+  }
   const kl =
     teacher instanceof tf.Tensor
       ? fullLogitKL(student, teacher as tf.Tensor2D, temperature, direction)

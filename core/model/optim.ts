@@ -6,6 +6,8 @@
 import * as tf from './tfjs.js';
 
 import type { HostTensor } from './safetensors.js';
+import { fusedKernelsActive } from './webgpu/fused.js';
+import { fusedClipAdamW } from './webgpu/adamw.js';
 
 export interface AdamWOptions {
   beta1: number;
@@ -93,6 +95,36 @@ export class AdamW {
         p.assign(tf.sub(decayed, tf.mul(update, lr)));
       });
     }
+  }
+
+  /**
+   * Clips `grads` to a global L2 norm of at most maxNorm and applies one update; returns the norm
+   * before clipping. On the WebGPU backend with fused kernels this is one kernel per parameter and
+   * no read-back (webgpu/adamw.ts); elsewhere clipByGlobalNorm then apply.
+   */
+  applyClipped(params: Map<string, tf.Variable>, grads: Record<string, tf.Tensor>, lr: number, maxNorm: number): tf.Scalar {
+    if (!fusedKernelsActive()) {
+      return tf.tidy(() => {
+        const { grads: clipped, norm } = clipByGlobalNorm(grads, maxNorm);
+        this.apply(params, clipped, lr);
+        return norm;
+      });
+    }
+    this.step += 1;
+    const { beta1, beta2, eps, weightDecay } = this.options;
+    const entries = [];
+    for (const [name, p] of params) {
+      const g = grads[name];
+      if (!g) continue;
+      entries.push({
+        param: p,
+        grad: g,
+        m: this.slot(this.m, name, p),
+        v: this.slot(this.v, name, p),
+        decay: decays(name, p.shape) && weightDecay > 0 ? 1 - lr * weightDecay : 1,
+      });
+    }
+    return fusedClipAdamW(entries, { lr, beta1, beta2, eps, bc1: 1 - beta1 ** this.step, bc2: 1 - beta2 ** this.step, maxNorm });
   }
 
   /** State as host tensors (for a checkpoint): `m.NAME`, `v.NAME`, and `step`. */

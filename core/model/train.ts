@@ -14,7 +14,7 @@ import type { NeoXConfig } from './config.js';
 import { GPTNeoX } from './gptneox.js';
 import { type DistillOptions, type TopKTeacher, distillationLoss, topKFromLogits } from './losses.js';
 import { crossEntropy } from './ops.js';
-import { AdamW, type AdamWOptions, type ScheduleOptions, clipByGlobalNorm, learningRate } from './optim.js';
+import { AdamW, type AdamWOptions, type ScheduleOptions, learningRate } from './optim.js';
 import { readSafetensors } from './safetensors.js';
 
 export interface Batch {
@@ -195,10 +195,9 @@ export class Trainer {
           ? distillationLoss(logits, targets, teacherView, this.options.distill)
           : crossEntropy(logits, targets);
       }, this.model.variables());
-      const { grads: clipped, norm } = clipByGlobalNorm(grads, hyper.gradClip);
       const byName: Record<string, tf.Tensor> = {};
-      for (const [varName, g] of Object.entries(clipped)) byName[this.nameOf.get(varName)!] = g;
-      this.optimizer.apply(this.model.params, byName, lr);
+      for (const [varName, g] of Object.entries(grads)) byName[this.nameOf.get(varName)!] = g;
+      const norm = this.optimizer.applyClipped(this.model.params, byName, lr, hyper.gradClip);
       return { loss: value, gradNorm: norm };
     });
     if (teacherView) {

@@ -1,0 +1,355 @@
+/**
+ * Fused training ops for the WebGPU backend, each a tf.customGrad whose forward and backward passes
+ * run offshoot's own kernels (runtime.ts): linear layers (bias, bias + GELU), the logits product,
+ * LayerNorm, causal attention with rotary embeddings (flash style), softmax cross-entropy and
+ * top-k distillation without a one-hot, and the embedding gradient without a one-hot. The model
+ * calls these only when `fusedKernelsActive()`; elsewhere it uses the reference ops in ../ops.ts,
+ * and test/fused-kernels.test.ts checks values and gradients of each against those.
+ */
+import * as tf from '../tfjs.js';
+
+import { matmul, sumSlices } from './matmul.js';
+import { type Kernel, type UniformValue, allocate, dispatch, grid1d, release, toTensor, webgpuBackend, zeroFill } from './runtime.js';
+import {
+  ATTN_ROWS,
+  TOPK_MAX,
+  attnDeltaSource,
+  columnSumSource,
+  crossEntropyBackwardSource,
+  crossEntropyForwardSource,
+  flashBackwardKVSource,
+  flashBackwardQSource,
+  flashForwardSource,
+  layerNormBackwardSource,
+  layerNormForwardSource,
+  rotaryMergeBackwardSource,
+  rotarySplitSource,
+  scatterAddRowsSource,
+  topKDistillBackwardSource,
+  topKDistillForwardSource,
+} from './wgsl-kernels.js';
+
+// ---------------------------------------------------------------------------------------------
+// On/off
+
+let enabledOverride: boolean | null = null;
+
+/** Turns the fused path on or off for this process (null: back to the default, env OFFSHOOT_FUSED_KERNELS). */
+export function setFusedKernels(on: boolean | null): void {
+  enabledOverride = on;
+}
+
+/** True when the active backend is webgpu and fused kernels are on (default on; OFFSHOOT_FUSED_KERNELS=0 turns them off). */
+export function fusedKernelsActive(): boolean {
+  if (webgpuBackend() === null) return false;
+  if (enabledOverride !== null) return enabledOverride;
+  return process.env.OFFSHOOT_FUSED_KERNELS !== '0';
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+const kernels = new Map<string, Kernel>();
+
+function kernel(name: string, key: string, source: () => string): Kernel {
+  const full = `${name}:${key}`;
+  let k = kernels.get(full);
+  if (!k) {
+    k = { key: full, name, source };
+    kernels.set(full, k);
+  }
+  return k;
+}
+
+/** One workgroup per row, folded into y past 32768. */
+function rowGrid(rows: number): [number, number, number] {
+  const x = Math.max(1, Math.min(rows, 32768));
+  return [x, Math.ceil(rows / x), 1];
+}
+
+type Grad = (dy: tf.Tensor, saved: tf.Tensor[]) => tf.Tensor | tf.Tensor[];
+type Forward = (...args: tf.Tensor[]) => { value: tf.Tensor; gradFunc: Grad };
+
+/** tf.customGrad with variadic tensor inputs and the save function last. */
+function customOp(f: (inputs: tf.Tensor[], save: tf.GradSaveFunc) => { value: tf.Tensor; gradFunc: Grad }): (...inputs: tf.Tensor[]) => tf.Tensor {
+  const g = tf.customGrad(((...args: unknown[]) => {
+    const save = args.pop() as tf.GradSaveFunc;
+    return f(args as tf.Tensor[], save);
+  }) as Forward as unknown as Parameters<typeof tf.customGrad>[0]);
+  return (...inputs) => g(...inputs);
+}
+
+function columnSums(dy: tf.TensorInfo, N: number, C: number, geluZ?: tf.TensorInfo): { sum: tf.TensorInfo; dz?: tf.TensorInfo } {
+  const R = Math.max(8, Math.ceil(N / 256));
+  const G = Math.ceil(N / R);
+  const partial = allocate([G, C]);
+  const u: UniformValue[] = [['u', N], ['u', C], ['u', R], ['u', 0]];
+  let dz: tf.TensorInfo | undefined;
+  if (geluZ) {
+    dz = allocate([N, C]);
+    dispatch(kernel('gelu_backward_colsum', '', () => columnSumSource(true)), [dy, geluZ], [dz, partial], u, [Math.ceil(C / 256), G, 1]);
+  } else {
+    dispatch(kernel('colsum', '', () => columnSumSource(false)), [dy], [partial], u, [Math.ceil(C / 256), G, 1]);
+  }
+  const sum = sumSlices(partial, G, C);
+  release(partial);
+  return { sum, dz };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Linear layers and the logits product
+
+/** x [N, in] · weightᵀ ([out, in], torch layout) + bias, then GELU when asked; gradients for all three. */
+export function fusedLinear(x: tf.Tensor2D, weight: tf.Tensor2D, bias: tf.Tensor1D, activation: 'none' | 'gelu' = 'none'): tf.Tensor2D {
+  const [N, inF] = x.shape;
+  const outF = weight.shape[0];
+  const op = customOp(([xt, wt, bt], save) => {
+    const { c, z } = matmul({ a: xt, b: wt, M: N, N: outF, K: inF, transB: true, bias: bt, gelu: activation === 'gelu' });
+    const zT = z ? toTensor(z) : undefined;
+    save(zT ? [xt, wt, zT] : [xt, wt]);
+    return {
+      value: toTensor(c),
+      gradFunc: (dy, saved) => {
+        const [xs, ws, zs] = saved;
+        const { sum: db, dz } = columnSums(dy, N, outF, zs);
+        const g = dz ?? dy;
+        const dx = matmul({ a: g, b: ws, M: N, N: inF, K: outF }).c;
+        const dw = matmul({ a: g, b: xs, M: outF, N: inF, K: N, transA: true }).c;
+        if (dz) release(dz);
+        return [toTensor(dx), toTensor(dw), toTensor(db)];
+      },
+    };
+  });
+  return op(x, weight, bias) as tf.Tensor2D;
+}
+
+/** a [M, K] · bᵀ (b [N, K]), gradients for both (the logits product h · embed_outᵀ). */
+export function fusedMatMulNT(a: tf.Tensor2D, b: tf.Tensor2D): tf.Tensor2D {
+  const [M, K] = a.shape;
+  const N = b.shape[0];
+  const op = customOp(([at, bt], save) => {
+    save([at, bt]);
+    return {
+      value: toTensor(matmul({ a: at, b: bt, M, N, K, transB: true }).c),
+      gradFunc: (dy, [as, bs]) => {
+        const da = matmul({ a: dy, b: bs, M, N: K, K: N }).c;
+        const dbm = matmul({ a: dy, b: as, M: N, N: K, K: M, transA: true }).c;
+        return [toTensor(da), toTensor(dbm)];
+      },
+    };
+  });
+  return op(a, b) as tf.Tensor2D;
+}
+
+// ---------------------------------------------------------------------------------------------
+// LayerNorm
+
+export function fusedLayerNorm(x: tf.Tensor2D, weight: tf.Tensor1D, bias: tf.Tensor1D, eps: number): tf.Tensor2D {
+  const [N, D] = x.shape;
+  const op = customOp(([xt, wt, bt], save) => {
+    const y = allocate([N, D]);
+    const mean = allocate([N]);
+    const rstd = allocate([N]);
+    dispatch(kernel('layernorm', String(D), () => layerNormForwardSource(D)), [xt, wt, bt], [y, mean, rstd], [['u', N], ['f', eps], ['u', 0], ['u', 0]], rowGrid(N));
+    save([xt, wt, toTensor(mean), toTensor(rstd)]);
+    return {
+      value: toTensor(y),
+      gradFunc: (dy, [xs, ws, ms, rs]) => {
+        const R = Math.max(1, Math.ceil(N / 512));
+        const G = Math.ceil(N / R);
+        const dx = allocate([N, D]);
+        const pdw = allocate([G, D]);
+        const pdb = allocate([G, D]);
+        dispatch(kernel('layernorm_backward', String(D), () => layerNormBackwardSource(D)), [dy, xs, ms, rs, ws], [dx, pdw, pdb], [['u', N], ['u', R], ['u', 0], ['u', 0]], rowGrid(G));
+        const dw = sumSlices(pdw, G, D);
+        const db = sumSlices(pdb, G, D);
+        release(pdw);
+        release(pdb);
+        return [toTensor(dx), toTensor(dw), toTensor(db)];
+      },
+    };
+  });
+  return op(x, weight, bias) as tf.Tensor2D;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention
+
+export interface AttentionShape {
+  batch: number;
+  seqLen: number;
+  heads: number;
+  headSize: number;
+  /** Dims rotated (rotate_half) at the start of each q and k head; cos/sin are [T, rotated]. */
+  rotated: number;
+}
+
+/** Whether the fused attention handles this shape (else use the reference ops). */
+export function fusedAttentionSupports(s: AttentionShape): boolean {
+  return s.headSize % 4 === 0 && s.headSize <= 128 && s.rotated <= s.headSize && s.rotated % 2 === 0 && s.batch * s.heads <= 65535;
+}
+
+/**
+ * Causal self-attention of the fused QKV projection [B·T, H·3·hs] (rows interleaved per head: q,
+ * k, v), with rotary embeddings on q and k: the per-head context merged back to [B·T, H·hs].
+ */
+export function fusedAttention(qkv: tf.Tensor2D, cos: tf.Tensor2D, sin: tf.Tensor2D, s: AttentionShape): tf.Tensor2D {
+  const { batch: B, seqLen: T, heads: H, headSize: hs, rotated: rd } = s;
+  const BH = B * H;
+  const total = BH * T * hs;
+  const scale = 1 / Math.sqrt(hs);
+  const au: UniformValue[] = [['u', T], ['u', H], ['f', scale], ['u', 0]];
+  const agrid: [number, number, number] = [Math.ceil(T / ATTN_ROWS), BH, 1];
+  if (rd === 0) {
+    // Empty [T, 0] tables have no GPU buffer to bind; the kernels do not read them.
+    cos = sin = tf.zeros([1, 1]) as tf.Tensor2D;
+  }
+  const op = customOp(([x], save) => {
+    const q = allocate([BH, T, hs]);
+    const k = allocate([BH, T, hs]);
+    const v = allocate([BH, T, hs]);
+    dispatch(kernel('rotary_split', `${hs}_${rd}`, () => rotarySplitSource(hs, rd)), [x, cos, sin], [q, k, v], [['u', total], ['u', T], ['u', H], ['u', 0]], grid1d(total));
+    const o = allocate([B * T, H * hs]);
+    const lse = allocate([BH * T]);
+    dispatch(kernel('flash_forward', String(hs), () => flashForwardSource(hs)), [q, k, v], [o, lse], au, agrid);
+    const oT = toTensor(o);
+    save([toTensor(q), toTensor(k), toTensor(v), oT, toTensor(lse)]);
+    return {
+      value: oT,
+      gradFunc: (dy, [qs, ks, vs, os, ls]) => {
+        const delta = allocate([BH * T]);
+        dispatch(kernel('attn_delta', String(hs), () => attnDeltaSource(hs)), [dy, os], [delta], [['u', BH * T], ['u', T], ['u', H], ['u', 0]], grid1d(BH * T));
+        const dq = allocate([BH, T, hs]);
+        const dk = allocate([BH, T, hs]);
+        const dv = allocate([BH, T, hs]);
+        const ins = [qs, ks, vs, dy, ls, delta];
+        dispatch(kernel('flash_backward_q', String(hs), () => flashBackwardQSource(hs)), ins, [dq], au, agrid);
+        dispatch(kernel('flash_backward_k', String(hs), () => flashBackwardKVSource(hs, 'k')), ins, [dk], au, agrid);
+        dispatch(kernel('flash_backward_v', String(hs), () => flashBackwardKVSource(hs, 'v')), ins, [dv], au, agrid);
+        const dx = allocate([B * T, H * 3 * hs]);
+        const n = B * T * H * 3 * hs;
+        dispatch(kernel('rotary_merge_backward', `${hs}_${rd}`, () => rotaryMergeBackwardSource(hs, rd)), [dq, dk, dv, cos, sin], [dx], [['u', n], ['u', T], ['u', H], ['u', 0]], grid1d(n));
+        for (const t of [delta, dq, dk, dv]) release(t);
+        return toTensor(dx);
+      },
+    };
+  });
+  return op(qkv) as tf.Tensor2D;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Losses
+
+/** Mean softmax cross-entropy of logits [N, V] against int32 targets [N]. */
+export function fusedCrossEntropy(logits: tf.Tensor2D, targets: tf.Tensor1D): tf.Scalar {
+  const [N, V] = logits.shape;
+  const op = customOp(([x], save) => {
+    const rowLoss = allocate([N]);
+    const lse = allocate([N]);
+    dispatch(kernel('cross_entropy', '', crossEntropyForwardSource), [x, targets], [rowLoss, lse], [['u', N], ['u', V], ['u', 0], ['u', 0]], rowGrid(N));
+    const rl = toTensor(rowLoss);
+    const value = tf.mean(rl);
+    save([x, toTensor(lse), targets]);
+    return {
+      value,
+      gradFunc: (dy, [xs, ls, ts]) => {
+        const dx = allocate([N, V]);
+        dispatch(kernel('cross_entropy_backward', '', crossEntropyBackwardSource), [xs, ls, ts, dy], [dx], [['u', N * V], ['u', V], ['f', 1 / N], ['u', 0]], grid1d(N * V));
+        return toTensor(dx);
+      },
+    };
+  });
+  return op(logits) as tf.Scalar;
+}
+
+export interface TopKView {
+  indices: tf.Tensor2D;
+  logits: tf.Tensor2D;
+  logNormaliser: tf.Tensor1D;
+}
+
+export function fusedTopKSupports(k: number): boolean {
+  return k >= 1 && k <= TOPK_MAX;
+}
+
+/**
+ * α·CE + (1 − α)·T²·KL over the teacher's top-k plus a remainder bucket (losses.ts's topKLogitKL
+ * and distillationLoss), mean over positions, in two kernels: no log-softmax of the full logits
+ * is kept, and the gradient is written directly.
+ */
+export function fusedTopKDistill(
+  logits: tf.Tensor2D,
+  targets: tf.Tensor1D,
+  teacher: TopKView,
+  alpha: number,
+  temperature: number,
+  direction: 'forward' | 'reverse' | 'symmetric',
+): tf.Scalar {
+  const [N, V] = logits.shape;
+  const k = teacher.indices.shape[1];
+  let kMax = 32;
+  while (kMax < k) kMax *= 2;
+  const u: UniformValue[] = [
+    ['u', N],
+    ['u', V],
+    ['u', k],
+    ['u', direction === 'forward' ? 0 : direction === 'reverse' ? 1 : 2],
+    ['f', alpha],
+    ['f', temperature],
+    ['f', (1 - alpha) * temperature * temperature],
+    ['f', 1 / N],
+  ];
+  const tIdx = teacher.indices.dtype === 'int32' ? teacher.indices : tf.cast(teacher.indices, 'int32');
+  const op = customOp(([x], save) => {
+    const rowLoss = allocate([N]);
+    const lse1 = allocate([N]);
+    const lseT = allocate([N]);
+    dispatch(
+      kernel('topk_distill', String(kMax), () => topKDistillForwardSource(kMax)),
+      [x, targets, tIdx, teacher.logits, teacher.logNormaliser],
+      [rowLoss, lse1, lseT],
+      u,
+      rowGrid(N),
+    );
+    const value = tf.mean(toTensor(rowLoss));
+    save([x, toTensor(lse1), toTensor(lseT)]);
+    return {
+      value,
+      gradFunc: (dy, [xs, l1, lt]) => {
+        const dx = allocate([N, V]);
+        dispatch(
+          kernel('topk_distill_backward', String(kMax), () => topKDistillBackwardSource(kMax)),
+          [xs, targets, tIdx, teacher.logits, teacher.logNormaliser, l1, lt, dy],
+          [dx],
+          u,
+          rowGrid(N),
+        );
+        return toTensor(dx);
+      },
+    };
+  });
+  return op(logits) as tf.Scalar;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Embedding
+
+/** table[ids] with the gradient scattered back into the table by row (no one-hot, no dense product). */
+export function fusedGatherRows(table: tf.Tensor2D, ids: tf.Tensor1D): tf.Tensor2D {
+  const [rows, width] = table.shape;
+  const n = ids.shape[0];
+  const op = customOp(([t], save) => {
+    const i32 = ids.dtype === 'int32' ? ids : tf.cast(ids, 'int32');
+    save([i32]);
+    return {
+      value: tf.gather(t, i32),
+      gradFunc: (dy, [idx]) => {
+        const out = allocate([rows, width]);
+        zeroFill(out);
+        dispatch(kernel('scatter_add_rows', '', scatterAddRowsSource), [dy, idx], [out], [['u', n * width], ['u', width], ['u', 0], ['u', 0]], grid1d(n * width));
+        return toTensor(out);
+      },
+    };
+  });
+  return op(table) as tf.Tensor2D;
+}

@@ -1,0 +1,259 @@
+/**
+ * A small runtime for offshoot's own WGSL kernels on tfjs's WebGPU backend. tfjs's WebGPUProgram
+ * interface gives a program one output, read-only inputs and a generated preamble (so no `enable`
+ * directives); the fused kernels need several outputs, in-place updates and extensions. So they
+ * are dispatched here, on the backend's own device, command encoder and compute pass, with the
+ * backend's buffer pool, and their results are ordinary tfjs tensors:
+ *
+ * - outputs are allocated as tfjs tensor data (`makeTensorInfo` + `uploadToGPU`), so tfjs frees
+ *   and reuses their buffers;
+ * - every bound tensor is marked as owned by the pending command buffer, as tfjs does for its own
+ *   programs, so a buffer released mid-step is not handed out again before the queue is submitted;
+ * - dispatches join the backend's current compute pass and count towards its submit batching;
+ * - under tf.profile / tf.time the dispatch gets timestamp queries like tfjs's own programs.
+ *
+ * Pipelines are cached per device and source key. Bind group layouts are explicit (inputs read-only
+ * storage, outputs read-write storage, one uniform block last), so unused bindings are harmless.
+ */
+/// <reference types="@webgpu/types" />
+import * as tf from '../tfjs.js';
+
+interface TensorData {
+  values: unknown;
+  resource?: GPUBuffer | unknown;
+}
+
+/** The parts of tfjs-backend-webgpu's WebGPUBackend this runtime uses (some are private in its typings). */
+export interface WebGPUBackendInternals {
+  device: GPUDevice;
+  queue: GPUQueue;
+  bufferManager: { acquireBuffer(size: number, usage: number): GPUBuffer; numBytesAllocated: number; numBytesUsed: number };
+  tensorMap: { get(dataId: object): TensorData; has(dataId: object): boolean };
+  commandEncoder: GPUCommandEncoder | null;
+  computePassEncoder: GPUComputePassEncoder | null;
+  commandQueueOwnedIds: WeakSet<object>;
+  uniformPendingDisposal: GPUBuffer[];
+  dispatchCountInPass: number;
+  activeTimers: Array<{ name: string; query: Promise<number> }> | null;
+  supportTimestampQuery: boolean;
+  querySet: GPUQuerySet | null;
+  querySetCount: number;
+  ensureCommandEncoderReady(): void;
+  endComputePassEncoder(): void;
+  submitQueue(): void;
+  uploadToGPU(dataId: object): void;
+  makeTensorInfo(shape: number[], dtype: tf.DataType): tf.TensorInfo;
+  getQueryTime(): Promise<number>;
+}
+
+/** The active backend's internals when it is webgpu, else null. */
+export function webgpuBackend(): WebGPUBackendInternals | null {
+  if (tf.getBackend() !== 'webgpu') return null;
+  return tf.backend() as unknown as WebGPUBackendInternals;
+}
+
+function backendOrThrow(): WebGPUBackendInternals {
+  const b = webgpuBackend();
+  if (!b) throw new Error('webgpu kernels: the active tfjs backend is not webgpu');
+  return b;
+}
+
+export interface Kernel {
+  /** Unique per distinct WGSL source. */
+  key: string;
+  /** The WGSL source; called once per device. */
+  source: () => string;
+  /** For profiles. */
+  name: string;
+}
+
+interface Compiled {
+  pipeline: GPUComputePipeline;
+  layout: GPUBindGroupLayout;
+}
+
+const pipelineCache = new WeakMap<GPUDevice, Map<string, Compiled>>();
+
+function compile(b: WebGPUBackendInternals, kernel: Kernel, nIn: number, nOut: number, hasUniforms: boolean): Compiled {
+  let cache = pipelineCache.get(b.device);
+  if (!cache) {
+    cache = new Map();
+    pipelineCache.set(b.device, cache);
+  }
+  const key = `${kernel.key}|${nIn}|${nOut}|${+hasUniforms}`;
+  let c = cache.get(key);
+  if (!c) {
+    const entries: GPUBindGroupLayoutEntry[] = [];
+    for (let i = 0; i < nIn; i++) entries.push({ binding: i, visibility: GPUShaderStage.COMPUTE, buffer: { type: 'read-only-storage' } });
+    for (let i = 0; i < nOut; i++) entries.push({ binding: nIn + i, visibility: GPUShaderStage.COMPUTE, buffer: { type: 'storage' } });
+    if (hasUniforms) entries.push({ binding: nIn + nOut, visibility: GPUShaderStage.COMPUTE, buffer: { type: 'uniform' } });
+    const layout = b.device.createBindGroupLayout({ entries });
+    const module = b.device.createShaderModule({ code: kernel.source(), label: kernel.name });
+    const pipeline = b.device.createComputePipeline({
+      layout: b.device.createPipelineLayout({ bindGroupLayouts: [layout] }),
+      compute: { module, entryPoint: 'main' },
+      label: kernel.name,
+    });
+    c = { pipeline, layout };
+    cache.set(key, c);
+  }
+  return c;
+}
+
+/** Uniform block values, each 4 bytes: 'u' u32, 'i' i32, 'f' f32. */
+export type UniformValue = ['u' | 'i' | 'f', number];
+
+function packUniforms(values: UniformValue[]): ArrayBuffer {
+  const size = Math.max(16, Math.ceil((values.length * 4) / 16) * 16);
+  const buf = new ArrayBuffer(size);
+  const view = new DataView(buf);
+  values.forEach(([type, v], i) => {
+    if (type === 'f') view.setFloat32(i * 4, v, true);
+    else if (type === 'i') view.setInt32(i * 4, v, true);
+    else view.setUint32(i * 4, v >>> 0, true);
+  });
+  return buf;
+}
+
+function gpuBuffer(b: WebGPUBackendInternals, t: tf.TensorInfo): GPUBuffer {
+  b.uploadToGPU(t.dataId);
+  const res = b.tensorMap.get(t.dataId).resource;
+  if (!(res instanceof GPUBuffer)) throw new Error('webgpu kernels: tensor data is not in a GPU buffer');
+  return res;
+}
+
+/** A new float32 (or int32) tensor's data with its GPU buffer allocated; contents undefined. */
+export function allocate(shape: number[], dtype: tf.DataType = 'float32'): tf.TensorInfo {
+  const b = backendOrThrow();
+  const info = b.makeTensorInfo(shape, dtype);
+  b.uploadToGPU(info.dataId);
+  return info;
+}
+
+/** Wraps tensor data made by `allocate` as a tracked tfjs tensor. */
+export function toTensor<T extends tf.Tensor = tf.Tensor>(info: tf.TensorInfo): T {
+  return tf.engine().makeTensorFromTensorInfo(info) as T;
+}
+
+/** Releases tensor data made by `allocate` that never became a tfjs tensor (after pending work). */
+export function release(info: tf.TensorInfo): void {
+  tf.backend().disposeData(info.dataId);
+}
+
+/** Zero-fills tensors' buffers (a clear on the command encoder, between compute passes). */
+export function zeroFill(...ts: tf.TensorInfo[]): void {
+  const b = backendOrThrow();
+  b.ensureCommandEncoderReady();
+  b.endComputePassEncoder();
+  for (const t of ts) {
+    const buf = gpuBuffer(b, t);
+    b.commandEncoder!.clearBuffer(buf);
+    b.commandQueueOwnedIds.add(t.dataId);
+  }
+}
+
+/**
+ * Records one dispatch: bindings are inputs (read-only), then outputs (read-write), then the
+ * uniform block if any. Outputs written in place keep their tfjs identity; cached host copies of
+ * them are dropped, since they no longer match the buffer.
+ */
+export function dispatch(
+  kernel: Kernel,
+  inputs: tf.TensorInfo[],
+  outputs: tf.TensorInfo[],
+  uniforms: UniformValue[] | null,
+  grid: [number, number, number],
+): void {
+  const b = backendOrThrow();
+  const { pipeline, layout } = compile(b, kernel, inputs.length, outputs.length, uniforms !== null);
+  const entries: GPUBindGroupEntry[] = [];
+  let i = 0;
+  for (const t of inputs) entries.push({ binding: i++, resource: { buffer: gpuBuffer(b, t) } });
+  for (const t of outputs) {
+    entries.push({ binding: i++, resource: { buffer: gpuBuffer(b, t) } });
+    b.tensorMap.get(t.dataId).values = null;
+  }
+  if (uniforms) {
+    const data = packUniforms(uniforms);
+    const ub = b.bufferManager.acquireBuffer(data.byteLength, GPUBufferUsage.COPY_DST | GPUBufferUsage.UNIFORM);
+    b.queue.writeBuffer(ub, 0, data);
+    b.uniformPendingDisposal.push(ub);
+    entries.push({ binding: i++, resource: { buffer: ub } });
+  }
+  for (const t of inputs) b.commandQueueOwnedIds.add(t.dataId);
+  for (const t of outputs) b.commandQueueOwnedIds.add(t.dataId);
+  const bindGroup = b.device.createBindGroup({ layout, entries });
+
+  if (grid[0] === 0 || grid[1] === 0 || grid[2] === 0) return;
+  const max = b.device.limits.maxComputeWorkgroupsPerDimension;
+  if (grid.some((g) => g > max)) throw new Error(`webgpu kernel ${kernel.name}: grid ${grid} exceeds ${max} per dimension`);
+
+  const timed = b.activeTimers != null && b.supportTimestampQuery;
+  b.ensureCommandEncoderReady();
+  if (timed) {
+    b.endComputePassEncoder();
+    if (b.querySet == null) b.querySet = b.device.createQuerySet({ type: 'timestamp', count: b.querySetCount });
+    b.computePassEncoder = b.commandEncoder!.beginComputePass({
+      timestampWrites: { querySet: b.querySet, beginningOfPassWriteIndex: 0, endOfPassWriteIndex: 1 },
+    });
+  } else if (!b.computePassEncoder) {
+    b.computePassEncoder = b.commandEncoder!.beginComputePass({});
+  }
+  const pass = b.computePassEncoder!;
+  pass.setPipeline(pipeline);
+  pass.setBindGroup(0, bindGroup);
+  pass.dispatchWorkgroups(grid[0], grid[1], grid[2]);
+  b.dispatchCountInPass++;
+  if (timed) {
+    b.endComputePassEncoder();
+    b.activeTimers!.push({ name: kernel.name, query: b.getQueryTime() });
+  } else if ((tf.env().get('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE') as number) <= b.dispatchCountInPass) {
+    b.endComputePassEncoder();
+    b.submitQueue();
+  }
+}
+
+/** A grid of 1-D workgroups covering n invocations of `size` each, folded into y past 32768. */
+export function grid1d(n: number, size = 256): [number, number, number] {
+  const groups = Math.max(1, Math.ceil(n / size));
+  const x = Math.min(groups, 32768);
+  return [x, Math.ceil(groups / x), 1];
+}
+
+/** The WGSL index for grid1d: `let i = flatIndex(gid, nwg, size);`. */
+export function flatIndexWgsl(size = 256): string {
+  return `fn flat_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 { return gid.x + gid.y * nwg.x * ${size}u; }`;
+}
+
+/** What the device offers, read once per device. */
+export interface Capabilities {
+  subgroups: boolean;
+  subgroupSize: number | null;
+  shaderF16: boolean;
+  subgroupMatrix: boolean;
+  maxWorkgroupStorage: number;
+  maxStorageBinding: number;
+  software: boolean;
+}
+
+const caps = new WeakMap<GPUDevice, Capabilities>();
+
+export function capabilities(): Capabilities {
+  const b = backendOrThrow();
+  let c = caps.get(b.device);
+  if (!c) {
+    const f = b.device.features;
+    const info = (b as unknown as { adapterInfo?: { vendor?: string; architecture?: string } }).adapterInfo;
+    c = {
+      subgroups: f.has('subgroups' as GPUFeatureName),
+      subgroupSize: null,
+      shaderF16: f.has('shader-f16'),
+      subgroupMatrix: f.has('chromium-experimental-subgroup-matrix' as GPUFeatureName),
+      maxWorkgroupStorage: b.device.limits.maxComputeWorkgroupStorageSize,
+      maxStorageBinding: b.device.limits.maxStorageBufferBindingSize,
+      software: /mesa|swiftshader/i.test(info?.vendor ?? '') || info?.architecture === 'software',
+    };
+    caps.set(b.device, c);
+  }
+  return c;
+}

@@ -1,0 +1,291 @@
+/**
+ * WGSL source for the f32 matrix products (pure string generation, no tfjs): C[M, N] = op(A) · op(B)
+ * with op a transpose or not, register-tiled (each invocation a TM × TN block of C), staged through
+ * workgroup memory BK columns of K at a time, with the next slab's global loads in flight while the
+ * current one is multiplied. The loops over a slab and a thread's block are unrolled here, in
+ * TypeScript, so the accumulators are plain variables (registers), not an indexed array.
+ *
+ * Epilogues: + bias[n]; GELU (exact, erf) writing the pre-activation too; split-K (z picks a K
+ * range, partial products go to [S, M, N] and a reduction sums them).
+ */
+
+export interface MatMulTile {
+  /** Rows and columns of C per workgroup. */
+  BM: number;
+  BN: number;
+  /** Depth of the K slab staged in workgroup memory. */
+  BK: number;
+  /** Rows and columns of C per invocation (multiples of 4 for TN). */
+  TM: number;
+  TN: number;
+}
+
+export interface MatMulVariant extends MatMulTile {
+  transA: boolean;
+  transB: boolean;
+  /** Load A / B four floats at a time along their contiguous axis (that axis must be a multiple of 4). */
+  vecA: boolean;
+  vecB: boolean;
+  /** C's width is a multiple of 4: store four at a time. */
+  vecC: boolean;
+  /** M, N, K are multiples of BM, BN, BK: no bounds checks. */
+  exact: boolean;
+  epilogue: 'none' | 'bias' | 'bias-gelu';
+  /** z selects a K range; C is [S, M, N] partial products (epilogue must be 'none'). */
+  splitK: boolean;
+}
+
+export const DEFAULT_TILE: MatMulTile = { BM: 128, BN: 128, BK: 8, TM: 8, TN: 8 };
+export const SMALL_TILE: MatMulTile = { BM: 64, BN: 64, BK: 16, TM: 4, TN: 4 };
+
+export function variantKey(v: MatMulVariant): string {
+  return [
+    'mm', v.BM, v.BN, v.BK, v.TM, v.TN, +v.transA, +v.transB, +v.vecA, +v.vecB, +v.vecC, +v.exact, v.epilogue, +v.splitK,
+  ].join('_');
+}
+
+/** Exact GELU's erf, Abramowitz & Stegun 7.1.26 (the formula tfjs's own erf kernels use). */
+export const ERF_WGSL = /* wgsl */ `
+fn erf_as(x: f32) -> f32 {
+  let p = 0.3275911;
+  let a1 = 0.254829592;
+  let a2 = -0.284496736;
+  let a3 = 1.421413741;
+  let a4 = -1.453152027;
+  let a5 = 1.061405429;
+  let s = sign(x);
+  let ax = abs(x);
+  let t = 1.0 / (1.0 + p * ax);
+  return s * (1.0 - (((((a5 * t + a4) * t) + a3) * t + a2) * t + a1) * t * exp(-ax * ax));
+}
+fn gelu_f(x: f32) -> f32 { return 0.5 * x * (1.0 + erf_as(x * 0.7071067811865476)); }
+fn gelu4(x: vec4<f32>) -> vec4<f32> { return vec4<f32>(gelu_f(x.x), gelu_f(x.y), gelu_f(x.z), gelu_f(x.w)); }
+`;
+
+function check(v: MatMulVariant): void {
+  const threadsX = v.BN / v.TN;
+  const threadsY = v.BM / v.TM;
+  if (!Number.isInteger(threadsX) || !Number.isInteger(threadsY)) throw new Error(`matmul tile ${variantKey(v)}: BM/TM, BN/TN must be integers`);
+  if (v.TN % 4 !== 0 || v.TM % 4 !== 0) throw new Error(`matmul tile ${variantKey(v)}: TM and TN must be multiples of 4`);
+  const threads = threadsX * threadsY;
+  for (const [what, n, vec] of [['A', v.BM * v.BK, v.vecA], ['B', v.BN * v.BK, v.vecB]] as const) {
+    if ((vec ? n / 4 : n) % threads !== 0) throw new Error(`matmul tile ${variantKey(v)}: ${what} slab does not split over ${threads} threads`);
+  }
+  if (v.BK % 4 !== 0) throw new Error(`matmul tile ${variantKey(v)}: BK must be a multiple of 4`);
+  if (v.splitK && v.epilogue !== 'none') throw new Error('split-K products take no epilogue');
+}
+
+/**
+ * Bindings: 0 A (read), 1 B (read), [2 bias (read)], then C (read_write) [and, for bias-gelu, the
+ * pre-activation Z (read_write) after C], then the uniforms {M, N, K, kChunk}.
+ */
+export function matmulSource(v: MatMulVariant): string {
+  check(v);
+  const { BM, BN, BK, TM, TN } = v;
+  const threadsX = BN / TN;
+  const threadsY = BM / TM;
+  const threads = threadsX * threadsY;
+  const hasBias = v.epilogue !== 'none';
+  const gelu = v.epilogue === 'bias-gelu';
+  let b = 0;
+  const decl: string[] = [];
+  const aType = v.vecA ? 'vec4<f32>' : 'f32';
+  const bType = v.vecB ? 'vec4<f32>' : 'f32';
+  const cType = v.vecC ? 'vec4<f32>' : 'f32';
+  decl.push(`@group(0) @binding(${b++}) var<storage, read> A: array<${aType}>;`);
+  decl.push(`@group(0) @binding(${b++}) var<storage, read> B: array<${bType}>;`);
+  if (hasBias) decl.push(`@group(0) @binding(${b++}) var<storage, read> bias: array<${cType}>;`);
+  decl.push(`@group(0) @binding(${b++}) var<storage, read_write> C: array<${cType}>;`);
+  if (gelu) decl.push(`@group(0) @binding(${b++}) var<storage, read_write> Z: array<${cType}>;`);
+  decl.push(`struct U { M: u32, N: u32, K: u32, kChunk: u32 };`);
+  decl.push(`@group(0) @binding(${b++}) var<uniform> u: U;`);
+
+  // Workgroup slabs, k-major: As[k][m], Bs[k][n], as vec4 along m / n.
+  decl.push(`var<workgroup> As: array<vec4<f32>, ${(BK * BM) / 4}>;`);
+  decl.push(`var<workgroup> Bs: array<vec4<f32>, ${(BK * BN) / 4}>;`);
+
+  // --- global → register loads of one slab, and register → workgroup stores -----------------
+  // A(m, k): !transA: A[m*K + k] (contiguous in k); transA: A[k*M + m] (contiguous in m).
+  // B(k, n): !transB: B[k*N + n] (contiguous in n); transB: B[n*K + k] (contiguous in k).
+  const loadA: string[] = [];
+  const storeA: string[] = [];
+  const loadB: string[] = [];
+  const storeB: string[] = [];
+  const regDecl: string[] = [];
+  const slab = (
+    which: 'A' | 'B',
+    rows: number, // BM or BN: the non-K extent
+    trans: boolean, // contiguous along the non-K axis?
+    vec: boolean,
+    loads: string[],
+    stores: string[],
+  ): void => {
+    // "contiguous along the non-K axis": A transposed, B not transposed.
+    const alongRows = which === 'A' ? trans : !trans;
+    const extent = which === 'A' ? 'u.M' : 'u.N';
+    const base = which === 'A' ? 'rowA0' : 'colB0';
+    const shared = which === 'A' ? 'As' : 'Bs';
+    const rowsV = rows / 4;
+    const total = rows * BK;
+    if (vec) {
+      const per = total / 4 / threads;
+      for (let i = 0; i < per; i++) {
+        const reg = `${which.toLowerCase()}r${i}`;
+        regDecl.push(`var ${reg}: vec4<f32>;`);
+        if (alongRows) {
+          // slab element (k, r..r+3): k = idx / rowsV, rq = idx % rowsV
+          loads.push(`{ let idx = lidx + ${i * threads}u; let kk = idx / ${rowsV}u; let rq = idx % ${rowsV}u;
+            let gk = k0 + kk; let gr = ${base} + rq * 4u;
+            ${v.exact ? `${reg} = ${which}[(gk * ${extent} + gr) / 4u];` : `if (gk < kEnd && gr < ${extent}) { ${reg} = ${which}[(gk * ${extent} + gr) / 4u]; } else { ${reg} = vec4<f32>(0.0); }`} }`);
+          stores.push(`{ let idx = lidx + ${i * threads}u; ${shared}[idx] = ${reg}; }`);
+        } else {
+          // slab element (r, k..k+3): r = idx / (BK/4), kq = idx % (BK/4)
+          loads.push(`{ let idx = lidx + ${i * threads}u; let r = idx / ${BK / 4}u; let kq = idx % ${BK / 4}u;
+            let gk = k0 + kq * 4u; let gr = ${base} + r;
+            ${v.exact ? `${reg} = ${which}[(gr * u.K + gk) / 4u];` : `if (gk < kEnd && gr < ${extent}) { ${reg} = ${which}[(gr * u.K + gk) / 4u]; } else { ${reg} = vec4<f32>(0.0); }`} }`);
+          stores.push(`{ let idx = lidx + ${i * threads}u; let r = idx / ${BK / 4}u; let kq = idx % ${BK / 4}u;
+            let rv = r / 4u; let rc = r % 4u;
+            ${shared}[(kq * 4u + 0u) * ${rowsV}u + rv][rc] = ${reg}.x;
+            ${shared}[(kq * 4u + 1u) * ${rowsV}u + rv][rc] = ${reg}.y;
+            ${shared}[(kq * 4u + 2u) * ${rowsV}u + rv][rc] = ${reg}.z;
+            ${shared}[(kq * 4u + 3u) * ${rowsV}u + rv][rc] = ${reg}.w; }`);
+        }
+      }
+    } else {
+      const per = total / threads;
+      for (let i = 0; i < per; i++) {
+        const reg = `${which.toLowerCase()}s${i}`;
+        regDecl.push(`var ${reg}: f32;`);
+        // Element (k, r): consecutive invocations take consecutive addresses along the contiguous axis.
+        const coords = alongRows
+          ? `let kk = idx / ${rows}u; let r = idx % ${rows}u;`
+          : `let r = idx / ${BK}u; let kk = idx % ${BK}u;`;
+        const addr = alongRows ? `(k0 + kk) * ${extent} + ${base} + r` : `(${base} + r) * u.K + k0 + kk`;
+        loads.push(`{ let idx = lidx + ${i * threads}u; ${coords}
+          ${v.exact ? `${reg} = ${which}[${addr}];` : `if (k0 + kk < kEnd && ${base} + r < ${extent}) { ${reg} = ${which}[${addr}]; } else { ${reg} = 0.0; }`} }`);
+        stores.push(`{ let idx = lidx + ${i * threads}u; ${coords} ${shared}[kk * ${rowsV}u + r / 4u][r % 4u] = ${reg}; }`);
+      }
+    }
+  };
+  slab('A', BM, v.transA, v.vecA, loadA, storeA);
+  slab('B', BN, v.transB, v.vecB, loadB, storeB);
+
+  // --- the multiply over one slab, unrolled -----------------------------------------------------
+  const accDecl: string[] = [];
+  for (let i = 0; i < TM; i++) for (let j = 0; j < TN / 4; j++) accDecl.push(`var acc${i}_${j} = vec4<f32>(0.0);`);
+  const inner: string[] = [];
+  for (let kk = 0; kk < BK; kk++) {
+    for (let i = 0; i < TM / 4; i++) inner.push(`let a${kk}_${i} = As[${kk * (BM / 4)}u + ty * ${TM / 4}u + ${i}u];`);
+    for (let j = 0; j < TN / 4; j++) inner.push(`let b${kk}_${j} = Bs[${kk * (BN / 4)}u + tx * ${TN / 4}u + ${j}u];`);
+    for (let i = 0; i < TM; i++) {
+      const a = `a${kk}_${Math.floor(i / 4)}.${'xyzw'[i % 4]}`;
+      for (let j = 0; j < TN / 4; j++) inner.push(`acc${i}_${j} = fma(vec4<f32>(${a}), b${kk}_${j}, acc${i}_${j});`);
+    }
+  }
+
+  // --- epilogue --------------------------------------------------------------------------------
+  const out: string[] = [];
+  const cBase = v.splitK ? 'wid.z * u.M * u.N' : '0u';
+  for (let i = 0; i < TM; i++) {
+    for (let j = 0; j < TN / 4; j++) {
+      const m = `(rowC0 + ${i}u)`;
+      const n = `(colC0 + ${j * 4}u)`;
+      const acc = `acc${i}_${j}`;
+      const lines: string[] = [];
+      if (v.vecC) {
+        lines.push(`var c = ${acc};`);
+        if (hasBias) lines.push(`c = c + bias[${n} / 4u];`);
+        if (gelu) lines.push(`Z[(${m} * u.N + ${n}) / 4u] = c; c = gelu4(c);`);
+        lines.push(`C[(${cBase} + ${m} * u.N + ${n}) / 4u] = c;`);
+        const body = lines.join(' ');
+        out.push(v.exact ? `{ ${body} }` : `if (${m} < u.M && ${n} < u.N) { ${body} }`);
+      } else {
+        for (let c = 0; c < 4; c++) {
+          const nc = `(${n} + ${c}u)`;
+          const l: string[] = [`var c = ${acc}.${'xyzw'[c]};`];
+          if (hasBias) l.push(`c = c + bias[${nc}];`);
+          if (gelu) l.push(`Z[${m} * u.N + ${nc}] = c; c = gelu_f(c);`);
+          l.push(`C[${cBase} + ${m} * u.N + ${nc}] = c;`);
+          out.push(v.exact ? `{ ${l.join(' ')} }` : `if (${m} < u.M && ${nc} < u.N) { ${l.join(' ')} }`);
+        }
+      }
+    }
+  }
+
+  return /* wgsl */ `
+${decl.join('\n')}
+${gelu ? ERF_WGSL : ''}
+@compute @workgroup_size(${threadsX}, ${threadsY}, 1)
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_index) lidx: u32,
+        @builtin(workgroup_id) wid: vec3<u32>) {
+  let tx = lid.x;
+  let ty = lid.y;
+  let rowA0 = wid.y * ${BM}u;
+  let colB0 = wid.x * ${BN}u;
+  let rowC0 = rowA0 + ty * ${TM}u;
+  let colC0 = colB0 + tx * ${TN}u;
+  let kStart = ${v.splitK ? 'wid.z * u.kChunk' : '0u'};
+  let kEnd = ${v.splitK ? 'max(kStart, min(u.K, kStart + u.kChunk))' : 'u.K'};
+  let nSlabs = (kEnd - kStart + ${BK - 1}u) / ${BK}u;
+  ${regDecl.join('\n  ')}
+  ${accDecl.join('\n  ')}
+  var k0 = kStart;
+  ${loadA.join('\n  ')}
+  ${loadB.join('\n  ')}
+  ${storeA.join('\n  ')}
+  ${storeB.join('\n  ')}
+  workgroupBarrier();
+  for (var s = 0u; s < nSlabs; s++) {
+    k0 = kStart + (s + 1u) * ${BK}u;
+    let more = s + 1u < nSlabs;
+    if (more) {
+      ${loadA.join('\n      ')}
+      ${loadB.join('\n      ')}
+    }
+    ${inner.join('\n    ')}
+    workgroupBarrier();
+    if (more) {
+      ${storeA.join('\n      ')}
+      ${storeB.join('\n      ')}
+    }
+    workgroupBarrier();
+  }
+  ${out.join('\n  ')}
+}
+`;
+}
+
+/** Workgroup grid for a product of M × N (× S split-K slices). */
+export function matmulGrid(v: MatMulTile, M: number, N: number, S = 1): [number, number, number] {
+  return [Math.ceil(N / v.BN), Math.ceil(M / v.BM), S];
+}
+
+/**
+ * Sums S slices: X [S, L] → Y [L] (+ bias over the last axis of width `width`, optional GELU with
+ * the pre-activation written too). Bindings: 0 X, [1 bias], then Y, [Z], then uniforms {S, L, width}.
+ */
+export function sumSlicesSource(opts: { epilogue: 'none' | 'bias' | 'bias-gelu' }): string {
+  const hasBias = opts.epilogue !== 'none';
+  const gelu = opts.epilogue === 'bias-gelu';
+  let b = 0;
+  const decl = [`@group(0) @binding(${b++}) var<storage, read> X: array<f32>;`];
+  if (hasBias) decl.push(`@group(0) @binding(${b++}) var<storage, read> bias: array<f32>;`);
+  decl.push(`@group(0) @binding(${b++}) var<storage, read_write> Y: array<f32>;`);
+  if (gelu) decl.push(`@group(0) @binding(${b++}) var<storage, read_write> Z: array<f32>;`);
+  decl.push(`struct U { S: u32, L: u32, width: u32, pad: u32 };`);
+  decl.push(`@group(0) @binding(${b++}) var<uniform> u: U;`);
+  return /* wgsl */ `
+${decl.join('\n')}
+${gelu ? ERF_WGSL : ''}
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let i = gid.x + gid.y * nwg.x * 256u;
+  if (i >= u.L) { return; }
+  var c = 0.0;
+  for (var s = 0u; s < u.S; s++) { c = c + X[s * u.L + i]; }
+  ${hasBias ? 'c = c + bias[i % u.width];' : ''}
+  ${gelu ? 'Z[i] = c; c = gelu_f(c);' : ''}
+  Y[i] = c;
+}
+`;
+}
