@@ -226,6 +226,8 @@ describe.each(OVERLAYS)('overlay %s', (overlay) => {
     const so = find(objs, 'ScaledObject', 'offshoot-evaluator') as Any;
     const d = find(objs, 'Deployment', 'offshoot-evaluator') as Any;
     expect(so.spec.scaleTargetRef).toEqual({ apiVersion: 'apps/v1', kind: 'Deployment', name: d.metadata.name });
+    // The HPA owns the replica count: re-applying the manifests must not reset it.
+    expect(d.spec.replicas).toBeUndefined();
     expect(so.spec.minReplicaCount).toBe(0);
     expect(so.spec.maxReplicaCount).toBeGreaterThanOrEqual(4);
     expect(so.spec.triggers).toHaveLength(1);

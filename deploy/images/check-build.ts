@@ -1,9 +1,10 @@
 /**
  * Runs an image's build as far as a machine without a Docker engine can (docs/deploy.md, "Checks"):
  *
- *   npx tsx deploy/images/check-build.ts cpu|cuda|vulkan [--keep]
+ *   npx tsx deploy/images/check-build.ts cpu|cuda|vulkan [--worktree] [--keep]
  *
- * 1. The build context: the repository's files minus .dockerignore, copied to a scratch /app.
+ * 1. The build context: the committed tree (HEAD; --worktree: the working tree with uncommitted and
+ *    untracked files) minus .dockerignore, copied to a scratch /app.
  * 2. The build stage's RUN commands, read from the Dockerfile and run in that copy with the stage's ENV
  *    (absolute paths moved under the scratch folder). The system steps are checked instead of run: the
  *    pinned Debian packages must be what this machine's apt offers (bookworm, as the node image), and
@@ -26,8 +27,9 @@ import { parseDockerfile, runCommands } from './dockerfile.js';
 const ROOT = path.resolve(import.meta.dirname, '..', '..');
 const variant = process.argv[2];
 const keep = process.argv.includes('--keep');
+const worktree = process.argv.includes('--worktree');
 if (!['cpu', 'cuda', 'vulkan'].includes(variant ?? '')) {
-  console.error('usage: npx tsx deploy/images/check-build.ts cpu|cuda|vulkan [--keep]');
+  console.error('usage: npx tsx deploy/images/check-build.ts cpu|cuda|vulkan [--worktree] [--keep]');
   process.exit(2);
 }
 const dockerfile = path.join(ROOT, 'deploy', 'images', `Dockerfile.${variant}`);
@@ -88,15 +90,32 @@ const ignored = (file: string) =>
     const re = new RegExp(`^${pat.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '[^/]*')}(/|$)`);
     return re.test(file) || re.test(path.basename(file));
   });
-const files = execFileSync('git', ['ls-files', '-co', '--exclude-standard', '-z'], { cwd: ROOT, encoding: 'utf8' })
-  .split('\0')
-  .filter((f) => f && !ignored(f) && fs.existsSync(path.join(ROOT, f)));
 const app = path.join(work, 'build', 'app');
-for (const f of files) {
-  fs.mkdirSync(path.dirname(path.join(app, f)), { recursive: true });
-  fs.cpSync(path.join(ROOT, f), path.join(app, f), { verbatimSymlinks: true });
+let files: string[];
+if (worktree) {
+  // The working tree as it is, uncommitted and untracked files included (what `docker build .` sends).
+  files = execFileSync('git', ['ls-files', '-co', '--exclude-standard', '-z'], { cwd: ROOT, encoding: 'utf8' })
+    .split('\0')
+    .filter((f) => f && !ignored(f) && fs.existsSync(path.join(ROOT, f)));
+  for (const f of files) {
+    fs.mkdirSync(path.dirname(path.join(app, f)), { recursive: true });
+    fs.cpSync(path.join(ROOT, f), path.join(app, f), { verbatimSymlinks: true });
+  }
+} else {
+  // The committed tree (what CI checks out), so others' work in progress in this checkout stays out.
+  const tree = path.join(work, 'tree');
+  fs.mkdirSync(tree);
+  execFileSync('bash', ['-o', 'pipefail', '-c', `git -C "${ROOT}" archive --format=tar HEAD | tar -x -C "${tree}"`]);
+  files = execFileSync('git', ['ls-tree', '-r', '--name-only', '-z', 'HEAD'], { cwd: ROOT, encoding: 'utf8' })
+    .split('\0')
+    .filter((f) => f && !ignored(f) && fs.existsSync(path.join(tree, f)));
+  for (const f of files) {
+    fs.mkdirSync(path.dirname(path.join(app, f)), { recursive: true });
+    fs.renameSync(path.join(tree, f), path.join(app, f));
+  }
+  fs.rmSync(tree, { recursive: true, force: true });
 }
-step(`context: ${files.length} files (without ${ignore.join(', ')})`);
+step(`context: ${files.length} files of ${worktree ? 'the working tree' : `commit ${execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).trim()}`} (without ${ignore.join(', ')})`);
 
 // ---- 2. the build stage ----------------------------------------------------------------------------
 /** Checks the pinned Debian packages of an `apt-get install` RUN against this machine's apt (bookworm). */
