@@ -6,6 +6,7 @@ import { describe, expect, it } from 'vitest';
 
 import { ConfigError } from '../services/config/index.js';
 import { analysePaperTable, mean, parseExperimentConfig, reachAt, renderPaperTable, std } from '../services/experiment/index.js';
+import { shortNumber } from '../services/experiment/svg.js';
 import { PAPER_ARMS, type PaperArm, type PaperRun, type PaperTableResult } from '../workflows/index.js';
 
 /** A run whose validation perplexity falls geometrically from `start` by `factor` per 10 steps. */
@@ -119,6 +120,22 @@ describe('analysePaperTable', () => {
     expect(arm('random-kd').tokenRatio.mean).toBeGreaterThan(1);
   });
 
+  it('reads the ratios against shorter baseline budgets off the same curves; the whole budget gives the main ratio', () => {
+    expect(a.budgets.map((b) => b.step)).toEqual([10, 20, 30, 40]);
+    const whole = a.budgets.at(-1)!.arms['evo-kd'];
+    expect(whole.tokenRatio.mean).toBeCloseTo(arm('evo-kd').tokenRatio.mean, 9);
+    expect(whole.flopRatio.mean).toBeCloseTo(arm('evo-kd').flopRatio.mean, 9);
+    // At step s the baseline is at 1000·0.5^(s/10); evo-kd gets there at 10·log(1000·0.5^(s/10)/150)/log(0.6) steps.
+    for (const b of a.budgets) {
+      const target = 1000 * 0.5 ** (b.step / 10);
+      const s = target >= 150 ? 0 : (10 * Math.log(target / 150)) / Math.log(0.6);
+      const x = b.arms['evo-kd'].tokenRatio;
+      if (s === 0) expect(x.mean).toBe(Infinity);
+      else expect(x.mean).toBeCloseTo(b.step / s, 6);
+    }
+    expect(a.budgets.every((b) => b.arms['random-ce'].tokenRatio.mean === 1)).toBe(true);
+  });
+
   it("states the paper's claims; with these curves the ordering holds", () => {
     const byClaim = Object.fromEntries(a.claims.map((c) => [c.claim, c]));
     expect(a.claims.find((c) => c.claim.startsWith('evolutionary-search sub-network + KD is the best'))!.holds).toBe(true);
@@ -151,8 +168,8 @@ describe('renderPaperTable', () => {
     expect(Object.keys(r.files).sort()).toEqual(['pt-flops.svg', 'pt-tokens.svg', 'pt.json', 'pt.md']);
     expect(r.markdown).toContain('npx offshoot experiment paper-table --config x.yaml');
     expect(r.markdown).toContain('![validation perplexity vs tokens](pt-tokens.svg)');
-    // Results, students and per-seed tables.
-    expect(r.markdown.split('\n').filter((l) => l.includes('| evolutionary-search sub-network + KD |')).length).toBe(1 + 1 + 3);
+    // Results, shorter budgets, students and per-seed tables.
+    expect(r.markdown.split('\n').filter((l) => l.includes('| evolutionary-search sub-network + KD |')).length).toBe(1 + 1 + 1 + 3);
     expect(r.markdown.split('\n').filter((l) => /^\| \d+ \| /.test(l)).length).toBe(18);
     for (const svg of [r.files['pt-tokens.svg'], r.files['pt-flops.svg']]) {
       expect(svg.startsWith('<svg xmlns="http://www.w3.org/2000/svg"')).toBe(true);
@@ -192,5 +209,18 @@ describe('experiment configuration', () => {
       }
     })()!;
     expect(again.problems.map((p) => p.field).sort()).toEqual(['experiment.seeds', 'pretrain.evalEvery']);
+  });
+});
+
+describe('shortNumber', () => {
+  it('keeps three significant digits and the zeros before the decimal point', () => {
+    expect(shortNumber(120460)).toBe('120k');
+    expect(shortNumber(12000)).toBe('12k');
+    expect(shortNumber(9920)).toBe('9.92k');
+    expect(shortNumber(1500000)).toBe('1.5M');
+    expect(shortNumber(204800)).toBe('205k');
+    expect(shortNumber(2.14e11)).toBe('2.14e11');
+    expect(shortNumber(100)).toBe('100');
+    expect(shortNumber(0.5)).toBe('0.5');
   });
 });

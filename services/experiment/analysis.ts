@@ -126,8 +126,20 @@ export interface Claim {
   detail: string;
 }
 
+/** Efficiency against shorter budgets of the baseline, read off the same curves. */
+export interface BudgetPoint {
+  /** Fraction of the budget, and the baseline's tokens there. */
+  fraction: number;
+  step: number;
+  tokens: number;
+  /** Per arm: token and FLOP ratios over seeds (seeds that reached the baseline's perplexity at that budget). */
+  arms: Record<string, { tokenRatio: Stats; flopRatio: Stats; reached: number; seeds: number }>;
+}
+
 export interface PaperTableAnalysis {
   arms: ArmSummary[];
+  /** The ratios had the baseline stopped at 1/4, 1/2, 3/4 of its budget (and the whole of it). */
+  budgets: BudgetPoint[];
   claims: Claim[];
   method?: ArmSummary;
   baseline?: ArmSummary;
@@ -255,5 +267,33 @@ export function analysePaperTable(result: PaperTableResult): PaperTableAnalysis 
       detail: f.n ? ratioText(f) : `target not reached in any of ${seeds} seeds`,
     });
   }
-  return { arms, claims, method, baseline: get(BASELINE_ARM), curves };
+  // The same ratios against shorter baseline budgets: does the advantage shrink as the budget grows?
+  const budgets: BudgetPoint[] = [];
+  const every = result.settings.evalEvery;
+  for (const fraction of [0.25, 0.5, 0.75, 1]) {
+    const step = Math.max(every, Math.round((fraction * result.settings.steps) / every) * every);
+    const point: BudgetPoint = { fraction, step, tokens: step * tps, arms: {} };
+    for (const a of arms) {
+      const tokenRatios: number[] = [];
+      const flopRatios: number[] = [];
+      let seeds = 0;
+      for (const r of byArm.get(a.arm) ?? []) {
+        const base = baselineRuns.get(r.seed);
+        const at = base?.curve.find((e) => e.step === step);
+        if (!base || !at) continue;
+        seeds++;
+        const upTo = (run: PaperRun, axis: 'tokens' | 'flops') => runCurve({ ...run, curve: run.curve.filter((e) => e.step <= step) }, tps, axis);
+        const bt = reachAt(upTo(base, 'tokens'), at.valPpl)!;
+        const bf = reachAt(upTo(base, 'flops'), at.valPpl)!;
+        const t = reachAt(runCurve(r, tps, 'tokens'), at.valPpl);
+        const f = reachAt(runCurve(r, tps, 'flops'), at.valPpl);
+        if (t === null || f === null) continue;
+        tokenRatios.push(t > 0 ? bt / t : Infinity);
+        flopRatios.push(f > 0 ? bf / f : Infinity);
+      }
+      point.arms[a.arm] = { tokenRatio: stats(tokenRatios), flopRatio: stats(flopRatios), reached: tokenRatios.length, seeds };
+    }
+    budgets.push(point);
+  }
+  return { arms, budgets, claims, method, baseline: get(BASELINE_ARM), curves };
 }

@@ -30,19 +30,19 @@ export { lineChart } from './svg.js';
 export const EXPERIMENT_RUN_DEFAULTS = {
   run: { name: 'paper-table', seed: 1 },
   teacher: {
-    train: { preset: 'sotu-teacher', vocab: 1024, steps: 1200, batchSize: 16, seqLen: 64, lr: 0.003, warmup: 40, evalTokens: 16384 },
+    train: { preset: 'sotu-teacher', vocab: 1024, steps: 1600, batchSize: 16, seqLen: 64, lr: 0.003, warmup: 40, evalTokens: 16384 },
     service: { enabled: false },
   },
   search: {
     space: 'uniform',
     target: { bin: 4 },
-    budget: 24,
-    population: 8,
+    budget: 40,
+    population: 10,
     parallelism: 2,
-    fitness: { kind: 'brief', steps: 20, batchSize: 8, seqLen: 64, evalTokens: 4096, loss: 'distill' },
+    fitness: { kind: 'brief', steps: 30, batchSize: 8, seqLen: 64, evalTokens: 4096, loss: 'distill' },
   },
   pretrain: {
-    steps: 300,
+    steps: 400,
     batchSize: 8,
     seqLen: 64,
     lr: 0.003,

@@ -173,6 +173,28 @@ export function renderPaperTable(result: PaperTableResult, options: { prefix?: s
     );
     lines.push('');
   }
+  if (base && analysis.budgets.length) {
+    lines.push('### Against shorter budgets');
+    lines.push('');
+    lines.push(
+      'The same ratios had random init (CE) stopped earlier: the target is its perplexity at that point of its curve, and each arm\'s tokens (FLOPs) to reach it are read off the same curves. ' +
+        'Token ratio, mean ± std over seeds (FLOP ratio in brackets).',
+    );
+    lines.push('');
+    lines.push(`| arm | ${analysis.budgets.map((b) => `${shortNumber(b.tokens)} tokens`).join(' | ')} |`);
+    lines.push(`| --- | ${analysis.budgets.map(() => '---:').join(' | ')} |`);
+    for (const a of analysis.arms) {
+      if (a.arm === BASELINE_ARM) continue;
+      const cells = analysis.budgets.map((b) => {
+        const x = b.arms[a.arm];
+        if (!x || !x.tokenRatio.n) return `not reached`;
+        const r = (st: Stats) => (Number.isFinite(st.mean) ? `${st.mean.toFixed(2)}x${x.tokenRatio.n > 1 ? ` ± ${st.std.toFixed(2)}` : ''}` : '∞');
+        return `${r(x.tokenRatio)} (${r(x.flopRatio)})${x.reached < x.seeds ? `, ${x.reached}/${x.seeds} seeds` : ''}`;
+      });
+      lines.push(`| ${a.label} | ${cells.join(' | ')} |`);
+    }
+    lines.push('');
+  }
   lines.push('## Students');
   lines.push('');
   lines.push('| arm | shape | parameters | FLOPs per token (training + teacher) | val perplexity before training |');

@@ -61,7 +61,8 @@ export function logTicks(lo: number, hi: number): number[] {
 /** 12000 -> "12k", 1.5e6 -> "1.5M", 3.2e11 -> "3.2e11". */
 export function shortNumber(x: number): string {
   const a = Math.abs(x);
-  const trim = (v: number) => (Number.isInteger(v) ? String(v) : v.toPrecision(3).replace(/\.?0+$/, ''));
+  // Three significant digits, without trailing zeros after the decimal point (120 stays 120).
+  const trim = (v: number) => (Number.isInteger(v) ? String(v) : v.toPrecision(3).replace(/(\.\d*?)0+$/, '$1').replace(/\.$/, ''));
   if (a === 0) return '0';
   if (a >= 1e9) {
     const e = Math.floor(Math.log10(a));
@@ -127,7 +128,7 @@ export function lineChart(o: ChartOptions): string {
   if (o.hline) {
     const y = py(o.hline.y);
     parts.push(`<line x1="${m.left}" y1="${f(y)}" x2="${m.left + pw}" y2="${f(y)}" stroke="#444" stroke-dasharray="2 3"/>`);
-    parts.push(`<text x="${m.left + pw - 4}" y="${f(y - 5)}" text-anchor="end" fill="#444">${escapeXml(o.hline.label)}</text>`);
+    parts.push(`<text x="${m.left + pw / 2}" y="${f(y + 15)}" text-anchor="middle" fill="#444">${escapeXml(o.hline.label)}</text>`);
   }
   for (const s of o.series) {
     if (!s.points.length) continue;
