@@ -1,13 +1,26 @@
 #!/usr/bin/env node
-// The compiled CLI when `npm run build` has produced it; in a source checkout without a build, the
-// TypeScript itself through tsx.
+// In a development checkout (tsx installed) the CLI runs from the TypeScript sources, so it is never a
+// stale build; in an installation without dev dependencies (the container images) it runs the
+// compiled dist/ that `npm run build` produced.
 import { existsSync } from 'node:fs';
 
+const sources = new URL('../services/cli/main.ts', import.meta.url);
 const compiled = new URL('../dist/services/cli/main.js', import.meta.url);
-if (existsSync(compiled)) {
+
+let tsx = null;
+if (existsSync(sources)) {
+  try {
+    tsx = await import('tsx/esm/api');
+  } catch {
+    // No dev dependencies here: use the build.
+  }
+}
+if (tsx) {
+  tsx.register();
+  await import(sources.href);
+} else if (existsSync(compiled)) {
   await import(compiled.href);
 } else {
-  const { register } = await import('tsx/esm/api');
-  register();
-  await import(new URL('../services/cli/main.ts', import.meta.url).href);
+  process.stderr.write('offshoot: no build found (dist/); run `npm run build` or scripts/setup.sh\n');
+  process.exitCode = 1;
 }
