@@ -64,6 +64,7 @@ export function render(overlay: Overlay | 'base'): K8sObject[] {
   let dir = overlay === 'base' ? path.join(K8S, 'base') : path.join(K8S, 'overlays', overlay);
   if (overlay === 'production') {
     const copy = fs.mkdtempSync(path.join(os.tmpdir(), 'offshoot-k8s-'));
+    process.once('exit', () => fs.rmSync(copy, { recursive: true, force: true }));
     fs.cpSync(K8S, copy, { recursive: true });
     for (const f of PRODUCTION_SECRET_FILES) {
       const file = path.join(copy, 'overlays', 'production', 'secrets', f);
