@@ -64,8 +64,9 @@ else
     built=""
     for tag in "${TAGS[@]}"; do
       log "go install github.com/temporalio/cli/cmd/temporal@$tag"
+      # -s -w: no symbol table or DWARF (a smaller binary, a shorter link).
       if GOBIN="$BIN" GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" GOFLAGS="${GOFLAGS:-} -trimpath" \
-        "$GO" install "github.com/temporalio/cli/cmd/temporal@$tag" >>"$BIN/temporal-build.log" 2>&1; then
+        "$GO" install -ldflags="-s -w" "github.com/temporalio/cli/cmd/temporal@$tag" >>"$BIN/temporal-build.log" 2>&1; then
         built="$tag"
         break
       fi
