@@ -6,7 +6,7 @@
 #                                        NVIDIA's CUDA wheels (UNVERIFIED on a GPU: see the doc)
 #
 # @tensorflow/tfjs-node(-gpu)'s install script downloads libtensorflow 2.9.1 from
-# storage.googleapis.com, which this workplace cannot reach, so package.json denies that script
+# storage.googleapis.com, which restricted networks often cannot reach, so package.json denies that script
 # (allowScripts) and npm installs the packages without their native addon. This script supplies it:
 #   1. fetches TensorFlow from PyPI with pip, pinned (CPU: one wheel, hash-checked; GPU:
 #      scripts/tensorflow-cuda-requirements.txt), --no-deps; of the CPU wheel it keeps only the C
