@@ -60,7 +60,7 @@ def main() -> None:
     t0 = time.perf_counter()
     for _ in range(a.steps):
         loss = step()
-    loss.item()
+    final = loss.item()
     sync()
     ms = (time.perf_counter() - t0) * 1000 / a.steps
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -70,6 +70,7 @@ def main() -> None:
         "stepMs": ms,
         "detail": f"torch {torch.__version__} {a.dtype} on {name}, attention {attn}",
         "peakGpuMiB": (torch.cuda.max_memory_allocated(device) // 2**20) if device.type == "cuda" else None,
+        "loss": final,
     }))
 
 

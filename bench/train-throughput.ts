@@ -1,12 +1,16 @@
 /**
- * Training throughput: tokens/s of offshoot's training step (forward, backward, AdamW) per backend,
- * one JSON line each, with the ratio to a baseline measured in the same run: PyTorch on the same
- * shape when `--torch PYTHON` is given (the GPU machine), else the best of the other backends.
+ * Training throughput: tokens/s of offshoot's training step (forward, backward, clipping, AdamW)
+ * per backend, one JSON line each, with achieved TFLOP/s (training FLOPs per token as core/subnet
+ * counts them: 6·N + 3·attention, full T) and peak memory, and the ratio to a baseline measured in
+ * the same run: PyTorch on the same shape when `--torch PYTHON` is given (the GPU machine), else
+ * the best of the other backends.
  *
- *   node dist/bench/train-throughput.js --config sotu-teacher [--backends cpu,wasm,webgpu,tensorflow]
+ *   node dist/bench/train-throughput.js --config sotu-teacher[,tiny,...] [--backends cpu,wasm,webgpu,webgpu-unfused,tensorflow]
  *        [--steps 10] [--warmup 2] [--batch-size B] [--seq-len T] [--torch python3] [--torch-device cuda]
  *
- * Each backend runs in its own child process, so one backend's memory or crash does not touch another.
+ * `webgpu-unfused` is the webgpu backend with offshoot's fused kernels turned off (tfjs's stock
+ * kernels only). Each backend runs in its own child process, so one backend's memory or crash does
+ * not touch another. bench/gpu-train.ts is the GPU machine's entry to the same code.
  */
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -16,6 +20,14 @@ import { fileURLToPath } from 'node:url';
 import { type BackendName, initBackend } from '../core/model/backend.js';
 import { GPTNeoX, MODEL_PRESETS, Trainer, parameterCount, presetConfig } from '../core/model/index.js';
 import * as tf from '../core/model/tfjs.js';
+import { fusedKernelsActive, setFusedKernels } from '../core/model/webgpu/fused.js';
+import { type TuneResult, autotuneMatMuls } from '../core/model/webgpu/matmul.js';
+import { profileGpu } from '../core/model/webgpu/profiler.js';
+import { webgpuBackend } from '../core/model/webgpu/runtime.js';
+import { forwardFlops } from '../core/subnet/count.js';
+
+/** A backend to measure: a tfjs backend, or webgpu with the fused kernels off. */
+export type BenchBackend = BackendName | 'webgpu-unfused';
 
 /** Batch shape and vocabulary per preset (the pythia shapes use Pythia's own). */
 const SHAPES: Record<string, { vocab: number; batchSize: number; seqLen: number }> = {
@@ -26,19 +38,21 @@ const SHAPES: Record<string, { vocab: number; batchSize: number; seqLen: number 
   'pythia-160m': { vocab: 50304, batchSize: 8, seqLen: 512 },
 };
 
-interface Args {
+export interface Args {
   config: string;
-  backends: BackendName[];
+  backends: BenchBackend[];
   steps: number;
   warmup: number;
   batchSize?: number;
   seqLen?: number;
   torch?: string;
   torchDevice: string;
-  only?: BackendName;
+  only?: BenchBackend;
+  /** Profile one step after timing (per-kernel GPU time, webgpu) and print it. */
+  profile?: boolean;
 }
 
-function parseArgs(argv: string[]): Args {
+export function parseArgs(argv: string[]): Args {
   const args: Args = { config: 'sotu-teacher', backends: ['cpu', 'wasm', 'webgpu', 'tensorflow'], steps: 10, warmup: 2, torchDevice: 'cuda' };
   for (let i = 0; i < argv.length; i++) {
     const key = argv[i];
@@ -51,11 +65,11 @@ function parseArgs(argv: string[]): Args {
     };
     switch (key) {
       case '--config':
-        if (!(value in SHAPES)) throw new Error(`--config must be one of ${Object.keys(SHAPES).join(', ')}`);
+        for (const c of value.split(',')) if (!(c in SHAPES)) throw new Error(`--config must be one of ${Object.keys(SHAPES).join(', ')} (or a comma-separated list), got ${c}`);
         args.config = value;
         break;
       case '--backends':
-        args.backends = value.split(',') as BackendName[];
+        args.backends = value.split(',') as BenchBackend[];
         break;
       case '--steps':
         args.steps = int();
@@ -76,7 +90,10 @@ function parseArgs(argv: string[]): Args {
         args.torchDevice = value;
         break;
       case '--only':
-        args.only = value as BackendName;
+        args.only = value as BenchBackend;
+        break;
+      case '--profile':
+        args.profile = value === '1' || value === 'true';
         break;
       default:
         throw new Error(`unknown argument ${key}`);
@@ -85,18 +102,41 @@ function parseArgs(argv: string[]): Args {
   return args;
 }
 
-interface Measurement {
+export interface Measurement {
   backend: string;
   tokensPerSecond?: number;
   stepMs?: number;
   error?: string;
   detail?: string;
   peakRssMiB?: number;
+  /** GPU memory the backend allocated (tfjs's WebGPU buffer pool keeps freed buffers, so this is its high-water mark), or PyTorch's max_memory_allocated. */
+  peakGpuMiB?: number;
+  finalLoss?: number;
+  /** Matrix-product plans the autotuner chose (webgpu with fused kernels). */
+  autotune?: TuneResult[];
+  /** GPU time per kernel name over one profiled step (webgpu, --profile 1). */
+  profile?: { totalMs: number; dispatches: number; top: Array<[string, number, number]> };
+}
+
+/** GPU time per kernel over one step (webgpu): every dispatch timed (core/model/webgpu/profiler.ts). */
+async function profileStep(step: () => Promise<void>): Promise<Measurement['profile']> {
+  const p = await profileGpu(step);
+  if (!p) return undefined;
+  return {
+    totalMs: Number(p.totalMs.toFixed(2)),
+    dispatches: p.dispatches,
+    top: p.byName.slice(0, 24).map((e) => [e.name, Number(e.ms.toFixed(3)), e.count] as [string, number, number]),
+  };
 }
 
 /** Runs in the child: trains `warmup + steps` steps on synthetic tokens and times the last `steps`. */
-async function measure(args: Args, backend: BackendName): Promise<Measurement> {
+async function measure(args: Args, which: BenchBackend): Promise<Measurement> {
+  const backend: BackendName = which === 'webgpu-unfused' ? 'webgpu' : which;
   const info = await initBackend(backend, () => {});
+  if (which === 'webgpu-unfused') {
+    setFusedKernels(false);
+    info.detail = info.detail?.replace('fused kernels on', 'fused kernels off');
+  }
   const shape = SHAPES[args.config];
   const batchSize = args.batchSize ?? shape.batchSize;
   const seqLen = args.seqLen ?? shape.seqLen;
@@ -116,28 +156,46 @@ async function measure(args: Args, backend: BackendName): Promise<Measurement> {
     hyper: { steps: total, batchSize, seqLen, schedule: { maxLr: 1e-4, minLr: 1e-5, warmupSteps: 1, totalSteps: total }, adamw: {}, gradClip: 1, seed: 1 },
     batches,
   });
+  let finalLoss = NaN;
   const step = async (read: boolean) => {
     const { loss, gradNorm } = await trainer.trainStep();
-    if (read) await loss.data();
+    if (read) finalLoss = (await loss.data())[0];
     tf.dispose([loss, gradNorm]);
   };
-  for (let i = 0; i < args.warmup; i++) await step(true);
+  let autotune: TuneResult[] | undefined;
+  for (let i = 0; i < args.warmup; i++) {
+    await step(true);
+    // After the first step every matrix-product shape has been seen: time the candidate plans.
+    if (i === 0 && fusedKernelsActive() && process.env.OFFSHOOT_MATMUL_AUTOTUNE !== '0') autotune = await autotuneMatMuls();
+  }
   const t0 = performance.now();
   for (let i = 0; i < args.steps; i++) await step(i === args.steps - 1);
   const ms = (performance.now() - t0) / args.steps;
+  const gpu = webgpuBackend();
+  const peakGpuMiB = gpu ? Math.round(gpu.bufferManager.numBytesAllocated / 2 ** 20) : undefined;
+  const profile = args.profile && gpu ? await profileStep(() => step(true)) : undefined;
   trainer.dispose();
   return {
-    backend,
+    backend: which,
     tokensPerSecond: (n * 1000) / ms,
     stepMs: ms,
     detail: info.detail,
     peakRssMiB: Math.round(process.resourceUsage().maxRSS / 1024),
+    peakGpuMiB,
+    finalLoss,
+    autotune,
+    profile,
   };
 }
 
 function lastJsonLine(text: string): Record<string, unknown> | undefined {
   const lines = text.trim().split('\n').filter((l) => l.startsWith('{'));
   return lines.length ? JSON.parse(lines[lines.length - 1]) : undefined;
+}
+
+/** Training FLOPs per token: 6·N_f + 3·attention (full T), as core/subnet/count.ts counts them. */
+export function trainingFlopsPerToken(config: ReturnType<typeof presetConfig>, seqLen: number): number {
+  return 3 * forwardFlops(config, { seqLen }).forward;
 }
 
 function runTorch(args: Args): Measurement {
@@ -164,39 +222,44 @@ function runTorch(args: Args): Measurement {
   );
   const parsed = lastJsonLine(res.stdout ?? '');
   if (res.status !== 0 || !parsed) return { backend: 'pytorch', error: (res.stderr || res.stdout || 'failed').trim().split('\n').slice(-3).join(' | ') };
-  return { backend: 'pytorch', tokensPerSecond: parsed.tokensPerSecond as number, stepMs: parsed.stepMs as number, detail: parsed.detail as string };
+  return {
+    backend: 'pytorch',
+    tokensPerSecond: parsed.tokensPerSecond as number,
+    stepMs: parsed.stepMs as number,
+    detail: parsed.detail as string,
+    peakGpuMiB: (parsed.peakGpuMiB as number | null) ?? undefined,
+    finalLoss: parsed.loss as number | undefined,
+  };
 }
 
-async function main(): Promise<void> {
-  const args = parseArgs(process.argv.slice(2));
-  if (args.only) {
-    try {
-      console.log(JSON.stringify(await measure(args, args.only)));
-    } catch (err) {
-      console.log(JSON.stringify({ backend: args.only, error: (err as Error).message.split('\n')[0] }));
-    }
-    return;
-  }
+/** Measures one configuration (args.config is a single preset): every backend in its own process, then PyTorch. */
+export async function runConfig(args: Args): Promise<Record<string, unknown>[]> {
   const self = fileURLToPath(import.meta.url);
   const results: Measurement[] = [];
   for (const backend of args.backends) {
-    const res = spawnSync(process.execPath, [...process.execArgv, self, ...process.argv.slice(2), '--only', backend], { encoding: 'utf8' });
+    const childArgs = toArgv({ ...args, only: backend });
+    const res = spawnSync(process.execPath, [...process.execArgv, self, ...childArgs], { encoding: 'utf8', maxBuffer: 64 * 2 ** 20 });
     results.push((lastJsonLine(res.stdout ?? '') as Measurement | undefined) ?? { backend, error: `exited ${res.status}: ${(res.stderr ?? '').trim().split('\n').pop()}` });
   }
   const torch = args.torch ? runTorch(args) : undefined;
   const shape = SHAPES[args.config];
   const config = presetConfig(args.config, shape.vocab);
+  const seqLen = args.seqLen ?? shape.seqLen;
+  const flopsPerToken = trainingFlopsPerToken(config, seqLen);
+  const tflops = (tps: number) => Number(((tps * flopsPerToken) / 1e12).toFixed(2));
   const common = {
     bench: 'train-throughput',
     config: args.config,
     parameters: parameterCount(config),
     batchSize: args.batchSize ?? shape.batchSize,
-    seqLen: args.seqLen ?? shape.seqLen,
+    seqLen,
     steps: args.steps,
+    trainingFlopsPerToken: flopsPerToken,
   };
+  const lines: Record<string, unknown>[] = [];
   for (const r of results) {
     if (r.error) {
-      console.log(JSON.stringify({ ...common, backend: r.backend, unavailable: r.error }));
+      lines.push({ ...common, backend: r.backend, unavailable: r.error });
       continue;
     }
     let baseline: Measurement | undefined;
@@ -206,21 +269,59 @@ async function main(): Promise<void> {
         if (o !== r && o.tokensPerSecond && (!baseline || o.tokensPerSecond > baseline.tokensPerSecond!)) baseline = o;
       }
     }
-    console.log(
-      JSON.stringify({
-        ...common,
-        backend: r.backend,
-        detail: r.detail,
-        tokensPerSecond: Math.round(r.tokensPerSecond!),
-        stepMs: Number(r.stepMs!.toFixed(1)),
-        peakRssMiB: r.peakRssMiB,
-        baseline: baseline ? (baseline === torch ? `pytorch ${torch.detail}` : `best other backend: ${baseline.backend}`) : null,
-        baselineTokensPerSecond: baseline ? Math.round(baseline.tokensPerSecond!) : null,
-        ratio: baseline ? Number((r.tokensPerSecond! / baseline.tokensPerSecond!).toFixed(3)) : null,
-      }),
-    );
+    lines.push({
+      ...common,
+      backend: r.backend,
+      detail: r.detail,
+      tokensPerSecond: Math.round(r.tokensPerSecond!),
+      stepMs: Number(r.stepMs!.toFixed(1)),
+      tflops: tflops(r.tokensPerSecond!),
+      peakGpuMiB: r.peakGpuMiB,
+      peakRssMiB: r.peakRssMiB,
+      finalLoss: r.finalLoss,
+      ...(r.autotune ? { autotune: r.autotune } : {}),
+      ...(r.profile ? { profile: r.profile } : {}),
+      baseline: baseline ? (baseline === torch ? `pytorch ${torch.detail}` : `best other backend: ${baseline.backend}`) : null,
+      baselineTokensPerSecond: baseline ? Math.round(baseline.tokensPerSecond!) : null,
+      ratio: baseline ? Number((r.tokensPerSecond! / baseline.tokensPerSecond!).toFixed(3)) : null,
+    });
   }
-  if (torch) console.log(JSON.stringify({ ...common, backend: 'pytorch', ...(torch.error ? { unavailable: torch.error } : { tokensPerSecond: Math.round(torch.tokensPerSecond!), stepMs: torch.stepMs, detail: torch.detail }) }));
+  if (torch) {
+    lines.push({
+      ...common,
+      backend: 'pytorch',
+      ...(torch.error
+        ? { unavailable: torch.error }
+        : { tokensPerSecond: Math.round(torch.tokensPerSecond!), stepMs: torch.stepMs, tflops: tflops(torch.tokensPerSecond!), peakGpuMiB: torch.peakGpuMiB, finalLoss: torch.finalLoss, detail: torch.detail }),
+    });
+  }
+  return lines;
 }
 
-await main();
+/** Args back to a command line (for the child processes). */
+function toArgv(a: Args): string[] {
+  const out = ['--config', a.config, '--backends', a.backends.join(','), '--steps', String(a.steps), '--warmup', String(a.warmup), '--torch-device', a.torchDevice];
+  if (a.batchSize) out.push('--batch-size', String(a.batchSize));
+  if (a.seqLen) out.push('--seq-len', String(a.seqLen));
+  if (a.only) out.push('--only', a.only);
+  if (a.profile) out.push('--profile', '1');
+  return out;
+}
+
+/** Every configuration of a comma-separated --config, one JSON line per backend each. */
+export async function main(argv: string[], print: (line: Record<string, unknown>) => void = (l) => console.log(JSON.stringify(l))): Promise<void> {
+  const args = parseArgs(argv);
+  if (args.only) {
+    try {
+      console.log(JSON.stringify(await measure(args, args.only)));
+    } catch (err) {
+      console.log(JSON.stringify({ backend: args.only, error: (err as Error).message.split('\n')[0] }));
+    }
+    return;
+  }
+  for (const config of args.config.split(',')) {
+    for (const line of await runConfig({ ...args, config })) print(line);
+  }
+}
+
+if (process.argv[1] && fileURLToPath(import.meta.url) === path.resolve(process.argv[1])) await main(process.argv.slice(2));

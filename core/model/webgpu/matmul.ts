@@ -1,16 +1,23 @@
 /**
  * Matrix products on the WebGPU backend with offshoot's register-tiled f32 kernel
- * (wgsl-matmul.ts): tile size by output size, split-K when the output has too few tiles to fill
- * the GPU and K is long, bias and bias + GELU epilogues.
+ * (wgsl-matmul.ts): a plan per shape (tile, and split-K when the output has too few tiles to fill
+ * the GPU and K is long), bias and bias + GELU epilogues, and an autotuner that times the candidate
+ * plans of every shape seen so far on the device and keeps the fastest (autotuneMatMuls).
  */
-import type * as tf from '../tfjs.js';
+import * as tf from '../tfjs.js';
 
-import { type Kernel, allocate, dispatch, grid1d, release } from './runtime.js';
-import { type MatMulTile, type MatMulVariant, matmulGrid, matmulSource, sumSlicesSource, variantKey } from './wgsl-matmul.js';
+import { type Kernel, allocate, dispatch, grid1d, release, webgpuBackend } from './runtime.js';
+import { type MatMulTile, type MatMulVariant, matmulGrid, matmulSource, sumSlicesSource, sumSlicesWideSource, variantKey } from './wgsl-matmul.js';
 
-const LARGE: MatMulTile = { BM: 128, BN: 128, BK: 8, TM: 8, TN: 8 };
-const MEDIUM: MatMulTile = { BM: 128, BN: 64, BK: 16, TM: 8, TN: 4 };
-const SMALL: MatMulTile = { BM: 64, BN: 64, BK: 16, TM: 4, TN: 4 };
+/** The tiles the planner and the autotuner choose from (every one is covered by the kernel tests). */
+export const MATMUL_TILES: Record<string, MatMulTile> = {
+  large: { BM: 128, BN: 128, BK: 8, TM: 8, TN: 8 },
+  largeK16: { BM: 128, BN: 128, BK: 16, TM: 8, TN: 8 },
+  tall: { BM: 128, BN: 128, BK: 8, TM: 16, TN: 4 },
+  medium: { BM: 128, BN: 64, BK: 16, TM: 8, TN: 4 },
+  small: { BM: 64, BN: 64, BK: 16, TM: 4, TN: 4 },
+};
+const { large: LARGE, medium: MEDIUM, small: SMALL } = MATMUL_TILES;
 /** Workgroups that fill a large GPU about twice (an H100/H200 has 132 multiprocessors). */
 const TARGET_WORKGROUPS = 264;
 
@@ -30,17 +37,61 @@ export interface MatMulPlan {
   kChunk: number;
 }
 
-export function planMatMul(M: number, N: number, K: number): MatMulPlan {
-  const tiles = (t: MatMulTile) => Math.ceil(M / t.BM) * Math.ceil(N / t.BN);
-  const tile = forcedTile ?? (tiles(LARGE) >= TARGET_WORKGROUPS ? LARGE : tiles(MEDIUM) >= TARGET_WORKGROUPS ? MEDIUM : SMALL);
-  let S = 1;
-  if (splitKEnabled && tiles(tile) < TARGET_WORKGROUPS && K >= 1024) {
-    S = Math.min(Math.ceil(TARGET_WORKGROUPS / tiles(tile)), Math.floor(K / 512), 32);
-  }
-  if (S < 1) S = 1;
-  const kChunk = S > 1 ? Math.ceil(K / S / tile.BK) * tile.BK : K;
-  if (S > 1) S = Math.ceil(K / kChunk);
-  return { tile, S: Math.max(1, S), kChunk };
+function tilesOf(t: MatMulTile, M: number, N: number): number {
+  return Math.ceil(M / t.BM) * Math.ceil(N / t.BN);
+}
+
+/** A plan with `tile` and about S K-slices (chunks a multiple of the tile's BK). */
+export function makePlan(tile: MatMulTile, K: number, S: number): MatMulPlan {
+  if (S <= 1) return { tile, S: 1, kChunk: K };
+  const kChunk = Math.ceil(K / S / tile.BK) * tile.BK;
+  const slices = Math.ceil(K / kChunk);
+  return slices <= 1 ? { tile, S: 1, kChunk: K } : { tile, S: slices, kChunk };
+}
+
+/** Split-K slices that bring `tile`'s workgroups to about TARGET_WORKGROUPS (1 when K is short). */
+function autoSlices(tile: MatMulTile, M: number, N: number, K: number): number {
+  const tiles = tilesOf(tile, M, N);
+  if (!splitKEnabled || tiles >= TARGET_WORKGROUPS || K < 1024) return 1;
+  return Math.max(1, Math.min(Math.ceil(TARGET_WORKGROUPS / tiles), Math.floor(K / 256), 32));
+}
+
+/** The plan without tuning: the largest tile that still fills the GPU, else split-K over a large tile when K is long. */
+export function defaultPlan(M: number, N: number, K: number): MatMulPlan {
+  if (forcedTile) return makePlan(forcedTile, K, autoSlices(forcedTile, M, N, K));
+  let tile: MatMulTile;
+  if (tilesOf(LARGE, M, N) >= TARGET_WORKGROUPS || (K >= 1024 && M >= 128 && N >= 128)) tile = LARGE;
+  else if (tilesOf(MEDIUM, M, N) >= TARGET_WORKGROUPS) tile = MEDIUM;
+  else tile = SMALL;
+  return makePlan(tile, K, autoSlices(tile, M, N, K));
+}
+
+interface Shape {
+  M: number;
+  N: number;
+  K: number;
+  transA: boolean;
+  transB: boolean;
+}
+
+const shapeKey = (s: Shape) => `${s.M}x${s.N}x${s.K}${s.transA ? 'T' : 'N'}${s.transB ? 'T' : 'N'}`;
+/** Shapes seen and not yet tuned. */
+const pending = new Map<string, Shape>();
+/** Tuned plans by shape. */
+const tuned = new Map<string, MatMulPlan>();
+
+/** Forgets tuned plans and shapes waiting to be tuned. */
+export function clearMatMulTuning(): void {
+  pending.clear();
+  tuned.clear();
+}
+
+export function planMatMul(s: Shape): MatMulPlan {
+  const key = shapeKey(s);
+  const t = tuned.get(key);
+  if (t) return t;
+  if (!pending.has(key)) pending.set(key, s);
+  return defaultPlan(s.M, s.N, s.K);
 }
 
 const kernels = new Map<string, Kernel>();
@@ -79,18 +130,20 @@ export interface MatMulArgs {
   bias?: tf.TensorInfo;
   /** Apply exact GELU after the bias; the pre-activation comes back as `z`. */
   gelu?: boolean;
+  /** Use this plan instead of the tuned or default one. */
+  plan?: MatMulPlan;
 }
 
 /** C [M, N] = op(A) · op(B) (+ bias) (→ GELU). Returns tensor data (wrap with toTensor). */
 export function matmul(args: MatMulArgs): { c: tf.TensorInfo; z?: tf.TensorInfo } {
   const { a, b, M, N, K, transA = false, transB = false, bias, gelu = false } = args;
   if (gelu && !bias) throw new Error('matmul: GELU epilogue needs a bias');
+  if (K === 0) throw new Error('matmul: K is 0');
   const epilogue = gelu ? 'bias-gelu' : bias ? 'bias' : 'none';
-  const plan = planMatMul(M, N, K);
+  const plan = args.plan ?? planMatMul({ M, N, K, transA, transB });
   const c = allocate([M, N]);
   const z = gelu ? allocate([M, N]) : undefined;
   const uniforms: Array<['u', number]> = [['u', M], ['u', N], ['u', K], ['u', plan.kChunk]];
-  if (K === 0) throw new Error('matmul: K is 0');
   const base = {
     ...plan.tile,
     transA,
@@ -124,9 +177,95 @@ export function matmul(args: MatMulArgs): { c: tf.TensorInfo; z?: tf.TensorInfo 
   return { c, z };
 }
 
-/** Sums the S slices of x [S, L] into [L]. */
+const wideSum: Kernel = { key: 'sumslices_wide', name: 'sum_slices_wide', source: sumSlicesWideSource };
+
+/** Sums the S slices of x [S, L] into [L] (one thread per column for few slices, cooperative for many). */
 export function sumSlices(x: tf.TensorInfo, S: number, L: number): tf.TensorInfo {
   const y = allocate([L]);
-  dispatch(sumKernel('none'), [x], [y], [['u', S], ['u', L], ['u', L], ['u', 0]], grid1d(L));
+  if (S <= 16) dispatch(sumKernel('none'), [x], [y], [['u', S], ['u', L], ['u', L], ['u', 0]], grid1d(L));
+  else dispatch(wideSum, [x], [y], [['u', S], ['u', L], ['u', 0], ['u', 0]], grid1d(L, 16));
   return y;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Autotuning
+
+/** The plans the autotuner tries for a shape: every tile, each without split-K and (for long K) with about the slices that fill the GPU and twice that. */
+export function candidatePlans(M: number, N: number, K: number): MatMulPlan[] {
+  const out: MatMulPlan[] = [];
+  const seen = new Set<string>();
+  for (const tile of Object.values(MATMUL_TILES)) {
+    const auto = autoSlices(tile, M, N, K);
+    for (const S of new Set([1, auto, auto > 1 ? auto * 2 : 1])) {
+      const p = makePlan(tile, K, S);
+      const key = `${tile.BM}x${tile.BN}x${tile.BK}x${tile.TM}x${tile.TN}_${p.S}`;
+      if (!seen.has(key)) {
+        seen.add(key);
+        out.push(p);
+      }
+    }
+  }
+  return out;
+}
+
+export interface TuneResult {
+  shape: string;
+  plan: string;
+  ms: number;
+  defaultMs: number;
+  tflops: number;
+}
+
+function planName(p: MatMulPlan): string {
+  return `${p.tile.BM}x${p.tile.BN}x${p.tile.BK} t${p.tile.TM}x${p.tile.TN}${p.S > 1 ? ` split-K ${p.S}` : ''}`;
+}
+
+async function drain(): Promise<void> {
+  const b = webgpuBackend()!;
+  b.endComputePassEncoder();
+  if (b.commandEncoder) b.submitQueue();
+  await b.device.queue.onSubmittedWorkDone();
+}
+
+/**
+ * Times every candidate plan of each matrix-product shape used since the last call, on the device
+ * (wall clock over enough repetitions for ~20 ms, after a warm-up), and keeps the fastest for that
+ * shape. Call it between training steps (it waits for the device). Returns what it chose.
+ */
+export async function autotuneMatMuls(opts: { targetMs?: number } = {}): Promise<TuneResult[]> {
+  if (webgpuBackend() === null || pending.size === 0) return [];
+  const targetMs = opts.targetMs ?? 20;
+  const results: TuneResult[] = [];
+  const shapes = [...pending.entries()];
+  pending.clear();
+  for (const [key, s] of shapes) {
+    const a = tf.randomUniform(s.transA ? [s.K, s.M] : [s.M, s.K], -1, 1);
+    const b = tf.randomUniform(s.transB ? [s.N, s.K] : [s.K, s.N], -1, 1);
+    const flops = 2 * s.M * s.N * s.K;
+    const time = async (plan: MatMulPlan): Promise<number> => {
+      const once = () => release(matmul({ a, b, ...s, plan }).c);
+      once();
+      await drain();
+      const t0 = performance.now();
+      once();
+      await drain();
+      const first = performance.now() - t0;
+      const reps = Math.max(2, Math.min(200, Math.ceil(targetMs / Math.max(first, 0.01))));
+      const t1 = performance.now();
+      for (let i = 0; i < reps; i++) once();
+      await drain();
+      return (performance.now() - t1) / reps;
+    };
+    const def = defaultPlan(s.M, s.N, s.K);
+    const defaultMs = await time(def);
+    let best = { plan: def, ms: defaultMs };
+    for (const p of candidatePlans(s.M, s.N, s.K)) {
+      const ms = await time(p);
+      if (ms < best.ms) best = { plan: p, ms };
+    }
+    tuned.set(key, best.plan);
+    results.push({ shape: key, plan: planName(best.plan), ms: Number(best.ms.toFixed(3)), defaultMs: Number(defaultMs.toFixed(3)), tflops: Number((flops / best.ms / 1e9).toFixed(2)) });
+    tf.dispose([a, b]);
+  }
+  return results;
 }

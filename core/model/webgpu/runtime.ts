@@ -152,6 +152,17 @@ export function zeroFill(...ts: tf.TensorInfo[]): void {
   }
 }
 
+/** A profiler's hook (profiler.ts): opens a timed pass before each dispatch and closes it after. */
+interface DispatchHook {
+  begin(name: string): void;
+  end(): void;
+}
+let hook: DispatchHook | null = null;
+
+export function setDispatchHook(h: DispatchHook | null): void {
+  hook = h;
+}
+
 /**
  * Records one dispatch: bindings are inputs (read-only), then outputs (read-write), then the
  * uniform block if any. Outputs written in place keep their tfjs identity; cached host copies of
@@ -188,6 +199,14 @@ export function dispatch(
   const max = b.device.limits.maxComputeWorkgroupsPerDimension;
   if (grid.some((g) => g > max)) throw new Error(`webgpu kernel ${kernel.name}: grid ${grid} exceeds ${max} per dimension`);
 
+  if (hook) {
+    hook.begin(kernel.name);
+    b.computePassEncoder!.setPipeline(pipeline);
+    b.computePassEncoder!.setBindGroup(0, bindGroup);
+    b.computePassEncoder!.dispatchWorkgroups(grid[0], grid[1], grid[2]);
+    hook.end();
+    return;
+  }
   const timed = b.activeTimers != null && b.supportTimestampQuery;
   b.ensureCommandEncoderReady();
   if (timed) {

@@ -260,21 +260,45 @@ export function attnBlock(hs: number): number {
   return hs <= 64 ? 32 : 16;
 }
 
+/**
+ * Invocations per row: two (each taking half of every key or query tile, merged at the end through
+ * the tiles' workgroup memory) when the head is small enough for the merge to fit, else one.
+ */
+export function attnParts(hs: number): number {
+  return hs <= 64 ? 2 : 1;
+}
+
 function vecDecl(prefix: string, n: number, init = 'vec4<f32>(0.0)'): string {
   return Array.from({ length: n }, (_, i) => `var ${prefix}${i} = ${init};`).join(' ');
 }
 function dotWith(prefix: string, n: number, tile: string, rowExpr: string, rowStride: number): string {
   return Array.from({ length: n }, (_, i) => `dot(${prefix}${i}, ${tile}[${rowExpr} * ${rowStride}u + ${i}u])`).join(' + ');
 }
+const each = (n: number, f: (i: number) => string, sep = ' ') => Array.from({ length: n }, (_, i) => f(i)).join(sep);
+
+/**
+ * A row's partial vector (V4 vec4s) parked in the two tiles A and B (each of `half` rows × V4) for
+ * the merge: rows below `half` in A, the rest in B.
+ */
+function park(prefix: string, V4: number, half: number, A: string, B: string): string {
+  return `if (row < ${half}u) { ${each(V4, (i) => `${A}[row * ${V4}u + ${i}u] = ${prefix}${i};`)} } else { ${each(V4, (i) => `${B}[(row - ${half}u) * ${V4}u + ${i}u] = ${prefix}${i};`)} }`;
+}
+/** Declares pk0.. with the parked partial of `row` (no out-of-range index is ever formed). */
+function unpark(V4: number, half: number, A: string, B: string): string {
+  return `${vecDecl('pk', V4)} if (row < ${half}u) { ${each(V4, (i) => `pk${i} = ${A}[row * ${V4}u + ${i}u];`)} } else { ${each(V4, (i) => `pk${i} = ${B}[(row - ${half}u) * ${V4}u + ${i}u];`)} }`;
+}
 
 /**
  * in: q, k, v [BH, T, hs]; out: o [B·T, H·hs] (heads merged), lse [BH·T]; u: {T, H, scale}.
- * Grid: (ceil(T / 64), BH). Requires hs % 4 == 0.
+ * Grid: (ceil(T / 64), BH). Requires hs % 4 == 0. Each of the `parts` invocations of a row takes
+ * its share of every key tile; online softmax per part, merged at the end.
  */
 export function flashForwardSource(hs: number): string {
   const V4 = hs / 4;
   const BK = attnBlock(hs);
   const R = ATTN_ROWS;
+  const P = attnParts(hs);
+  const KP = BK / P;
   return /* wgsl */ `
 @group(0) @binding(0) var<storage, read> Q: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> K: array<vec4<f32>>;
@@ -285,24 +309,27 @@ struct U { T: u32, H: u32, scale: f32, p0: u32 };
 @group(0) @binding(5) var<uniform> u: U;
 var<workgroup> Ks: array<vec4<f32>, ${BK * V4}>;
 var<workgroup> Vs: array<vec4<f32>, ${BK * V4}>;
-var<workgroup> Ss: array<f32, ${R * (BK + 1)}>;
-@compute @workgroup_size(${R})
+var<workgroup> Ss: array<f32, ${R * P * (KP + 1)}>;
+@compute @workgroup_size(${R * P})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
   let bh = wid.y;
   let q0 = wid.x * ${R}u;
-  let r = q0 + lid;
+  let row = lid % ${R}u;
+  let part = lid / ${R}u;
+  let r = q0 + row;
   let valid = r < u.T;
   let rowBase = bh * u.T;
   ${vecDecl('rq_', V4)}
   if (valid) {
-    ${Array.from({ length: V4 }, (_, i) => `rq_${i} = Q[(rowBase + r) * ${V4}u + ${i}u];`).join(' ')}
+    ${each(V4, (i) => `rq_${i} = Q[(rowBase + r) * ${V4}u + ${i}u];`)}
   }
   ${vecDecl('ro_', V4)}
   var m = ${NEG_BIG};
   var l = 0.0;
   let kvEnd = min(u.T, q0 + ${R}u);
+  let c0 = part * ${KP}u;
   for (var kb = 0u; kb < kvEnd; kb += ${BK}u) {
-    for (var e = lid; e < ${BK * V4}u; e += ${R}u) {
+    for (var e = lid; e < ${BK * V4}u; e += ${R * P}u) {
       let kr = kb + e / ${V4}u;
       var kv = vec4<f32>(0.0);
       var vv = vec4<f32>(0.0);
@@ -312,35 +339,61 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     }
     workgroupBarrier();
     var mb = ${NEG_BIG};
-    for (var c = 0u; c < ${BK}u; c++) {
+    for (var j = 0u; j < ${KP}u; j++) {
+      let c = c0 + j;
       var s = ${NEG_BIG};
       if (kb + c <= r && kb + c < u.T) {
         s = (${dotWith('rq_', V4, 'Ks', 'c', V4)}) * u.scale;
         mb = max(mb, s);
       }
-      Ss[lid * ${BK + 1}u + c] = s;
+      Ss[lid * ${KP + 1}u + j] = s;
     }
     let mNew = max(m, mb);
     let alpha = exp(m - mNew);
     l = l * alpha;
-    ${Array.from({ length: V4 }, (_, i) => `ro_${i} = ro_${i} * alpha;`).join(' ')}
-    for (var c = 0u; c < ${BK}u; c++) {
+    ${each(V4, (i) => `ro_${i} = ro_${i} * alpha;`)}
+    for (var j = 0u; j < ${KP}u; j++) {
+      let c = c0 + j;
       if (kb + c <= r && kb + c < u.T) {
-        let p = exp(Ss[lid * ${BK + 1}u + c] - mNew);
+        let p = exp(Ss[lid * ${KP + 1}u + j] - mNew);
         l = l + p;
-        ${Array.from({ length: V4 }, (_, i) => `ro_${i} = fma(vec4<f32>(p), Vs[c * ${V4}u + ${i}u], ro_${i});`).join(' ')}
+        ${each(V4, (i) => `ro_${i} = fma(vec4<f32>(p), Vs[c * ${V4}u + ${i}u], ro_${i});`)}
       }
     }
     m = mNew;
     workgroupBarrier();
   }
-  if (valid) {
+  ${
+    P === 2
+      ? `// Merge the two parts: part 1 parks (m, l, o) in the free tiles, part 0 combines.
+  if (part == 1u) {
+    ${park('ro_', V4, R / 2, 'Ks', 'Vs')}
+    Ss[row * 2u] = m;
+    Ss[row * 2u + 1u] = l;
+  }
+  workgroupBarrier();
+  if (part == 0u && valid) {
+    let m1 = Ss[row * 2u];
+    let l1 = Ss[row * 2u + 1u];
+    let mm = max(m, m1);
+    let a0 = exp(m - mm);
+    let a1 = exp(m1 - mm);
+    let inv = 1.0 / (l * a0 + l1 * a1);
+    let b = bh / u.H;
+    let h = bh % u.H;
+    let ob = ((b * u.T + r) * u.H + h) * ${V4}u;
+    ${unpark(V4, R / 2, 'Ks', 'Vs')}
+    ${each(V4, (i) => `O[ob + ${i}u] = (ro_${i} * a0 + pk${i} * a1) * inv;`, '\n    ')}
+    LSE[rowBase + r] = mm + log(l * a0 + l1 * a1);
+  }`
+      : `if (valid) {
     let inv = 1.0 / l;
     let b = bh / u.H;
     let h = bh % u.H;
     let ob = ((b * u.T + r) * u.H + h) * ${V4}u;
-    ${Array.from({ length: V4 }, (_, i) => `O[ob + ${i}u] = ro_${i} * inv;`).join(' ')}
+    ${each(V4, (i) => `O[ob + ${i}u] = ro_${i} * inv;`)}
     LSE[rowBase + r] = m + log(l);
+  }`
   }
 }
 `;
@@ -380,6 +433,8 @@ export function flashBackwardQSource(hs: number): string {
   const V4 = hs / 4;
   const BK = attnBlock(hs);
   const R = ATTN_ROWS;
+  const P = attnParts(hs);
+  const KP = BK / P;
   return /* wgsl */ `
 @group(0) @binding(0) var<storage, read> Q: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> K: array<vec4<f32>>;
@@ -392,11 +447,13 @@ struct U { T: u32, H: u32, scale: f32, p0: u32 };
 @group(0) @binding(7) var<uniform> u: U;
 var<workgroup> Ks: array<vec4<f32>, ${BK * V4}>;
 var<workgroup> Vs: array<vec4<f32>, ${BK * V4}>;
-@compute @workgroup_size(${R})
+@compute @workgroup_size(${R * P})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
   let bh = wid.y;
   let q0 = wid.x * ${R}u;
-  let r = q0 + lid;
+  let row = lid % ${R}u;
+  let part = lid / ${R}u;
+  let r = q0 + row;
   let valid = r < u.T;
   let rowBase = bh * u.T;
   let b = bh / u.H;
@@ -408,13 +465,14 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   var dl = 0.0;
   if (valid) {
     let ob = ((b * u.T + r) * u.H + h) * ${V4}u;
-    ${Array.from({ length: V4 }, (_, i) => `rq_${i} = Q[(rowBase + r) * ${V4}u + ${i}u]; rg_${i} = dO[ob + ${i}u];`).join(' ')}
+    ${each(V4, (i) => `rq_${i} = Q[(rowBase + r) * ${V4}u + ${i}u]; rg_${i} = dO[ob + ${i}u];`)}
     lse = LSE[rowBase + r];
     dl = Dl[rowBase + r];
   }
   let kvEnd = min(u.T, q0 + ${R}u);
+  let c0 = part * ${KP}u;
   for (var kb = 0u; kb < kvEnd; kb += ${BK}u) {
-    for (var e = lid; e < ${BK * V4}u; e += ${R}u) {
+    for (var e = lid; e < ${BK * V4}u; e += ${R * P}u) {
       let kr = kb + e / ${V4}u;
       var kv = vec4<f32>(0.0);
       var vv = vec4<f32>(0.0);
@@ -423,33 +481,45 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
       Vs[e] = vv;
     }
     workgroupBarrier();
-    for (var c = 0u; c < ${BK}u; c++) {
+    for (var j = 0u; j < ${KP}u; j++) {
+      let c = c0 + j;
       if (kb + c <= r && kb + c < u.T) {
         let s = (${dotWith('rq_', V4, 'Ks', 'c', V4)}) * u.scale;
         let p = exp(s - lse);
         let dp = ${dotWith('rg_', V4, 'Vs', 'c', V4)};
         let ds = p * (dp - dl);
-        ${Array.from({ length: V4 }, (_, i) => `ra_${i} = fma(vec4<f32>(ds), Ks[c * ${V4}u + ${i}u], ra_${i});`).join(' ')}
+        ${each(V4, (i) => `ra_${i} = fma(vec4<f32>(ds), Ks[c * ${V4}u + ${i}u], ra_${i});`)}
       }
     }
     workgroupBarrier();
   }
-  if (valid) {
-    ${Array.from({ length: V4 }, (_, i) => `dQ[(rowBase + r) * ${V4}u + ${i}u] = ra_${i} * u.scale;`).join(' ')}
+  ${
+    P === 2
+      ? `if (part == 1u) { ${park('ra_', V4, R / 2, 'Ks', 'Vs')} }
+  workgroupBarrier();
+  if (part == 0u && valid) {
+    ${unpark(V4, R / 2, 'Ks', 'Vs')}
+    ${each(V4, (i) => `dQ[(rowBase + r) * ${V4}u + ${i}u] = (ra_${i} + pk${i}) * u.scale;`, '\n    ')}
+  }`
+      : `if (valid) {
+    ${each(V4, (i) => `dQ[(rowBase + r) * ${V4}u + ${i}u] = ra_${i} * u.scale;`)}
+  }`
   }
 }
 `;
 }
 
 /**
- * dK (withV false) or dV (withV true): one invocation per key row, looping over the query rows at
- * or after it. in: q, k, v [BH, T, hs], dO [B·T, H·hs], lse, D; out: dk or dv [BH, T, hs];
- * u: {T, H, scale}. Grid (ceil(T / 64), BH).
+ * dK (which 'k') or dV (which 'v'): one invocation per key row (and part), looping over the query
+ * rows at or after it. in: q, k, v [BH, T, hs], dO [B·T, H·hs], lse, D; out: dk or dv
+ * [BH, T, hs]; u: {T, H, scale}. Grid (ceil(T / 64), BH).
  */
 export function flashBackwardKVSource(hs: number, which: 'k' | 'v'): string {
   const V4 = hs / 4;
   const BQ = attnBlock(hs);
   const R = ATTN_ROWS;
+  const P = attnParts(hs);
+  const QP = BQ / P;
   const isK = which === 'k';
   return /* wgsl */ `
 @group(0) @binding(0) var<storage, read> Q: array<vec4<f32>>;
@@ -465,11 +535,13 @@ var<workgroup> Qs: array<vec4<f32>, ${BQ * V4}>;
 var<workgroup> Gs: array<vec4<f32>, ${BQ * V4}>;
 var<workgroup> Ls: array<f32, ${BQ}>;
 var<workgroup> Ds: array<f32, ${BQ}>;
-@compute @workgroup_size(${R})
+@compute @workgroup_size(${R * P})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
   let bh = wid.y;
   let k0 = wid.x * ${R}u;
-  let c = k0 + lid;
+  let row = lid % ${R}u;
+  let part = lid / ${R}u;
+  let c = k0 + row;
   let valid = c < u.T;
   let rowBase = bh * u.T;
   let b = bh / u.H;
@@ -478,10 +550,11 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   ${isK ? vecDecl('rv_', V4) : ''}
   ${vecDecl('ra_', V4)}
   if (valid) {
-    ${Array.from({ length: V4 }, (_, i) => `rk_${i} = K[(rowBase + c) * ${V4}u + ${i}u];${isK ? ` rv_${i} = V[(rowBase + c) * ${V4}u + ${i}u];` : ''}`).join(' ')}
+    ${each(V4, (i) => `rk_${i} = K[(rowBase + c) * ${V4}u + ${i}u];${isK ? ` rv_${i} = V[(rowBase + c) * ${V4}u + ${i}u];` : ''}`)}
   }
+  let j0 = part * ${QP}u;
   for (var qb = k0; qb < u.T; qb += ${BQ}u) {
-    for (var e = lid; e < ${BQ * V4}u; e += ${R}u) {
+    for (var e = lid; e < ${BQ * V4}u; e += ${R * P}u) {
       let qr = qb + e / ${V4}u;
       var qv = vec4<f32>(0.0);
       var gv = vec4<f32>(0.0);
@@ -492,7 +565,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
       Qs[e] = qv;
       Gs[e] = gv;
     }
-    for (var e = lid; e < ${BQ}u; e += ${R}u) {
+    for (var e = lid; e < ${BQ}u; e += ${R * P}u) {
       let qr = qb + e;
       var lv = 0.0;
       var dv = 0.0;
@@ -501,7 +574,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
       Ds[e] = dv;
     }
     workgroupBarrier();
-    for (var rr = 0u; rr < ${BQ}u; rr++) {
+    for (var j = 0u; j < ${QP}u; j++) {
+      let rr = j0 + j;
       let r = qb + rr;
       if (r >= c && r < u.T) {
         let s = (${dotWith('rk_', V4, 'Qs', 'rr', V4)}) * u.scale;
@@ -510,15 +584,24 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
           isK
             ? `let dp = ${dotWith('rv_', V4, 'Gs', 'rr', V4)};
         let ds = p * (dp - Ds[rr]);
-        ${Array.from({ length: V4 }, (_, i) => `ra_${i} = fma(vec4<f32>(ds), Qs[rr * ${V4}u + ${i}u], ra_${i});`).join(' ')}`
-            : Array.from({ length: V4 }, (_, i) => `ra_${i} = fma(vec4<f32>(p), Gs[rr * ${V4}u + ${i}u], ra_${i});`).join(' ')
+        ${each(V4, (i) => `ra_${i} = fma(vec4<f32>(ds), Qs[rr * ${V4}u + ${i}u], ra_${i});`)}`
+            : each(V4, (i) => `ra_${i} = fma(vec4<f32>(p), Gs[rr * ${V4}u + ${i}u], ra_${i});`)
         }
       }
     }
     workgroupBarrier();
   }
-  if (valid) {
-    ${Array.from({ length: V4 }, (_, i) => `Out[(rowBase + c) * ${V4}u + ${i}u] = ra_${i}${isK ? ' * u.scale' : ''};`).join(' ')}
+  ${
+    P === 2
+      ? `if (part == 1u) { ${park('ra_', V4, R / 2, 'Qs', 'Gs')} }
+  workgroupBarrier();
+  if (part == 0u && valid) {
+    ${unpark(V4, R / 2, 'Qs', 'Gs')}
+    ${each(V4, (i) => `Out[(rowBase + c) * ${V4}u + ${i}u] = (ra_${i} + pk${i})${isK ? ' * u.scale' : ''};`, '\n    ')}
+  }`
+      : `if (valid) {
+    ${each(V4, (i) => `Out[(rowBase + c) * ${V4}u + ${i}u] = ra_${i}${isK ? ' * u.scale' : ''};`)}
+  }`
   }
 }
 `;

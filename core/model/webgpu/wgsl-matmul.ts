@@ -289,3 +289,33 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 }
 `;
 }
+
+/**
+ * Sums many slices cooperatively: X [S, L] → Y [L], 16 columns × 16 lanes per workgroup, each lane
+ * striding over S, then a tree over the lanes (for S in the hundreds: LayerNorm and bias gradients).
+ * Bindings: 0 X, 1 Y, uniforms {S, L}. Grid: ceil(L / 16) workgroups (folded into y).
+ */
+export function sumSlicesWideSource(): string {
+  return /* wgsl */ `
+@group(0) @binding(0) var<storage, read> X: array<f32>;
+@group(0) @binding(1) var<storage, read_write> Y: array<f32>;
+struct U { S: u32, L: u32, p0: u32, p1: u32 };
+@group(0) @binding(2) var<uniform> u: U;
+var<workgroup> part: array<f32, 256>;
+@compute @workgroup_size(16, 16, 1)
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let col = (wid.x + wid.y * nwg.x) * 16u + lid.x;
+  var acc = 0.0;
+  if (col < u.L) {
+    for (var s = lid.y; s < u.S; s += 16u) { acc = acc + X[s * u.L + col]; }
+  }
+  part[lid.y * 16u + lid.x] = acc;
+  workgroupBarrier();
+  for (var st = 8u; st > 0u; st = st >> 1u) {
+    if (lid.y < st) { part[lid.y * 16u + lid.x] = part[lid.y * 16u + lid.x] + part[(lid.y + st) * 16u + lid.x]; }
+    workgroupBarrier();
+  }
+  if (lid.y == 0u && col < u.L) { Y[col] = part[lid.x]; }
+}
+`;
+}

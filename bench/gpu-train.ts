@@ -1,0 +1,58 @@
+/**
+ * GPU training speed on the WebGPU backend against PyTorch eager on the same card, the GPU machine's
+ * entry to bench/train-throughput (the same code and JSON lines, `bench: "gpu-train"`): per
+ * configuration, offshoot's training step on webgpu with its fused kernels (and, with --unfused,
+ * with tfjs's stock kernels only), tokens/s, achieved TFLOP/s, peak GPU memory, and PyTorch
+ * (bench/torch_reference.py) measured in the same call, with the ratio.
+ *
+ *   node dist/bench/gpu-train.js --config tiny|pythia-70m|pythia-160m[,...] [--steps N] [--warmup N]
+ *        [--torch python3 | --no-torch] [--unfused] [--check | --check-only] [--profile 1]
+ *
+ * --check first runs the kernel correctness checks on the card (core/model/webgpu/check.ts at the
+ * shapes of a Pythia-70M step, fused kernels against tfjs's stock webgpu kernels, plus a whole
+ * Pythia-70M-shaped model's gradients), one JSON line each.
+ */
+import { initBackend } from '../core/model/backend.js';
+import { presetConfig } from '../core/model/index.js';
+import { modelGradientCheck, pythiaScaleCases, runCase } from '../core/model/webgpu/check.js';
+import { main as throughput } from './train-throughput.js';
+
+const argv = process.argv.slice(2);
+const pass: string[] = [];
+let torch: string | null = 'python3';
+let unfused = false;
+let check = false;
+let checkOnly = false;
+let configs = 'pythia-70m';
+for (let i = 0; i < argv.length; i++) {
+  const a = argv[i];
+  if (a === '--no-torch') torch = null;
+  else if (a === '--unfused') unfused = true;
+  else if (a === '--check') check = true;
+  else if (a === '--check-only') check = checkOnly = true;
+  else if (a === '--torch') torch = argv[++i];
+  else if (a === '--config') configs = argv[++i];
+  else pass.push(a);
+}
+
+if (check) {
+  await initBackend('webgpu', () => {});
+  let failed = 0;
+  for (const c of pythiaScaleCases()) {
+    const t0 = performance.now();
+    const r = await runCase(c, 'webgpu-unfused');
+    if (!r.ok) failed++;
+    console.log(JSON.stringify({ bench: 'gpu-check', case: r.name, ok: r.ok, valueErr: r.valueErr, gradErrs: r.gradErrs, tol: r.tol, ms: Math.round(performance.now() - t0) }));
+  }
+  const m = await modelGradientCheck(presetConfig('pythia-70m', 50304), 2, 512, 'webgpu-unfused');
+  const ok = m.lossDiff < 1e-4 && m.worstGradient.err < 1e-3;
+  if (!ok) failed++;
+  console.log(JSON.stringify({ bench: 'gpu-check', case: 'pythia-70m model, batch 2 × 512: loss and all gradients vs unfused', ok, ...m }));
+  console.log(JSON.stringify({ bench: 'gpu-check', failed }));
+}
+
+if (checkOnly) process.exit(0);
+const backends = unfused ? 'webgpu,webgpu-unfused' : 'webgpu';
+await throughput(['--config', configs, '--backends', backends, ...(torch ? ['--torch', torch] : []), ...pass], (line) =>
+  console.log(JSON.stringify({ ...line, bench: 'gpu-train' })),
+);

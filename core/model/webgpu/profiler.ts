@@ -1,0 +1,83 @@
+/**
+ * GPU time per dispatch on the WebGPU backend, for every compute dispatch in a stretch of work: the
+ * fused kernels (runtime.ts) and tfjs's own programs alike, forward, backward and optimiser (tfjs's
+ * tf.profile only times kernels run as ops, so it misses what gradient functions dispatch). Each
+ * dispatch gets its own compute pass with timestamp writes; the durations are read back at the end.
+ * Needs the 'timestamp-query' feature. Slows the work it measures (one pass per dispatch).
+ */
+/// <reference types="@webgpu/types" />
+import { type WebGPUBackendInternals, setDispatchHook, webgpuBackend } from './runtime.js';
+
+const SET_SIZE = 4096;
+
+export interface GpuProfile {
+  /** Sum of the dispatches' GPU times. */
+  totalMs: number;
+  dispatches: number;
+  /** Per kernel name: total ms and count, largest first. */
+  byName: Array<{ name: string; ms: number; count: number }>;
+}
+
+export async function profileGpu(work: () => Promise<void>): Promise<GpuProfile | null> {
+  const b = webgpuBackend();
+  if (!b || !b.device.features.has('timestamp-query')) return null;
+  const sets: GPUQuerySet[] = [];
+  const names: string[] = [];
+  const next = (name: string): GPUComputePassTimestampWrites => {
+    const i = names.length;
+    names.push(name);
+    const s = Math.floor((2 * i) / SET_SIZE);
+    while (sets.length <= s) sets.push(b.device.createQuerySet({ type: 'timestamp', count: SET_SIZE }));
+    const j = (2 * i) % SET_SIZE;
+    return { querySet: sets[s], beginningOfPassWriteIndex: j, endOfPassWriteIndex: j + 1 };
+  };
+  const begin = (name: string) => {
+    b.ensureCommandEncoderReady();
+    b.endComputePassEncoder();
+    b.computePassEncoder = b.commandEncoder!.beginComputePass({ timestampWrites: next(name) });
+  };
+  const end = () => b.endComputePassEncoder();
+
+  // tfjs's programs: open a timed pass before each, close it after.
+  const internals = b as unknown as { recordAndSubmit: (program: { constructor: { name: string } }, ...rest: unknown[]) => void };
+  const original = internals.recordAndSubmit;
+  internals.recordAndSubmit = function (this: WebGPUBackendInternals, program, ...rest) {
+    begin(program.constructor.name);
+    const r = original.call(this, program, ...rest);
+    end();
+    return r;
+  };
+  setDispatchHook({ begin, end });
+  try {
+    await work();
+  } finally {
+    internals.recordAndSubmit = original;
+    setDispatchHook(null);
+  }
+  b.endComputePassEncoder();
+  b.ensureCommandEncoderReady();
+  const bytes = sets.length * SET_SIZE * 8;
+  const resolve = b.device.createBuffer({ size: bytes, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC });
+  const read = b.device.createBuffer({ size: bytes, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+  sets.forEach((s, i) => b.commandEncoder!.resolveQuerySet(s, 0, SET_SIZE, resolve, i * SET_SIZE * 8));
+  b.commandEncoder!.copyBufferToBuffer(resolve, 0, read, 0, bytes);
+  b.submitQueue();
+  await read.mapAsync(GPUMapMode.READ);
+  const ts = new BigUint64Array(read.getMappedRange().slice(0));
+  read.unmap();
+  for (const x of [resolve, read]) x.destroy();
+  for (const s of sets) s.destroy();
+  const agg = new Map<string, { ms: number; count: number }>();
+  let total = 0;
+  names.forEach((name, i) => {
+    const d = Number(ts[2 * i + 1] - ts[2 * i]) / 1e6;
+    const ms = Number.isFinite(d) && d >= 0 && d < 1e4 ? d : 0;
+    total += ms;
+    const a = agg.get(name) ?? { ms: 0, count: 0 };
+    a.ms += ms;
+    a.count += 1;
+    agg.set(name, a);
+  });
+  const byName = [...agg.entries()].map(([name, a]) => ({ name, ms: a.ms, count: a.count })).sort((x, y) => y.ms - x.ms);
+  return { totalMs: total, dispatches: names.length, byName };
+}
