@@ -2,17 +2,9 @@
  * A progress line for long work: a redrawn bar with rate and ETA on a terminal, or a plain line every
  * few seconds when stderr is a pipe or a log file.
  */
+import { formatDuration } from '../progress/format.js';
 
-export function formatDuration(seconds: number): string {
-  if (!Number.isFinite(seconds) || seconds < 0) return '?';
-  const s = Math.round(seconds);
-  const h = Math.floor(s / 3600);
-  const m = Math.floor((s % 3600) / 60);
-  const sec = s % 60;
-  if (h > 0) return `${h}h${String(m).padStart(2, '0')}m`;
-  if (m > 0) return `${m}m${String(sec).padStart(2, '0')}s`;
-  return `${sec}s`;
-}
+export { formatDuration };
 
 export class ProgressBar {
   private readonly started = performance.now();
