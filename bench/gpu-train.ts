@@ -24,6 +24,8 @@ let unfused = false;
 let check = false;
 let checkOnly = false;
 let configs = 'pythia-70m';
+/** Divides the check shapes (to try --check on a slow adapter). */
+let shrink = 1;
 for (let i = 0; i < argv.length; i++) {
   const a = argv[i];
   if (a === '--no-torch') torch = null;
@@ -32,22 +34,25 @@ for (let i = 0; i < argv.length; i++) {
   else if (a === '--check-only') check = checkOnly = true;
   else if (a === '--torch') torch = argv[++i];
   else if (a === '--config') configs = argv[++i];
+  else if (a === '--check-shrink') shrink = Number(argv[++i]);
   else pass.push(a);
 }
 
 if (check) {
   await initBackend('webgpu', () => {});
   let failed = 0;
-  for (const c of pythiaScaleCases()) {
+  for (const c of pythiaScaleCases(shrink)) {
     const t0 = performance.now();
     const r = await runCase(c, 'webgpu-unfused');
     if (!r.ok) failed++;
     console.log(JSON.stringify({ bench: 'gpu-check', case: r.name, ok: r.ok, valueErr: r.valueErr, gradErrs: r.gradErrs, tol: r.tol, ms: Math.round(performance.now() - t0) }));
   }
-  const m = await modelGradientCheck(presetConfig('pythia-70m', 50304), 2, 512, 'webgpu-unfused');
+  const seq = Math.max(8, Math.round(512 / shrink));
+  const t0 = performance.now();
+  const m = await modelGradientCheck(presetConfig('pythia-70m', 50304), 2, seq, 'webgpu-unfused');
   const ok = m.lossDiff < 1e-4 && m.worstGradient.err < 1e-3;
   if (!ok) failed++;
-  console.log(JSON.stringify({ bench: 'gpu-check', case: 'pythia-70m model, batch 2 × 512: loss and all gradients vs unfused', ok, ...m }));
+  console.log(JSON.stringify({ bench: 'gpu-check', case: `pythia-70m model, batch 2 × ${seq}: loss and all gradients vs unfused`, ok, ...m, ms: Math.round(performance.now() - t0) }));
   console.log(JSON.stringify({ bench: 'gpu-check', failed }));
 }
 

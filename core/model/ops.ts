@@ -30,11 +30,25 @@ export function gatherRows(table: tf.Tensor2D, ids: tf.Tensor1D): tf.Tensor2D {
   return f(table) as tf.Tensor2D;
 }
 
-/** x[n, idx[n, j]] for x [N, V] and idx [N, k] (int32); differentiable in x. */
+/**
+ * x[n, idx[n, j]] for x [N, V] and idx [N, k] (int32); differentiable in x. On webgpu row-wise
+ * (gather with batchDims 1, scatter by (row, column)): tfjs's webgpu gather and scatter get flat
+ * indices past 2^24 wrong, which a flattened [N·V] lookup reaches at Pythia's vocabulary. Elsewhere
+ * flat (wasm's gather with batchDims reads out of bounds).
+ */
 export function takeAlongLastAxis(x: tf.Tensor2D, idx: tf.Tensor2D): tf.Tensor2D {
   const [n, v] = x.shape;
   const k = idx.shape[1];
+  const rowWise = tf.getBackend() === 'webgpu';
   const f = unaryCustomGrad((t, save) => {
+    if (rowWise) {
+      const rows = tf.reshape(tf.tile(tf.reshape(tf.range(0, n, 1, 'int32'), [n, 1]), [1, k]), [n * k, 1]);
+      save([tf.concat([rows, tf.reshape(idx, [n * k, 1])], 1)]);
+      return {
+        value: tf.gather(t, idx, 1, 1),
+        gradFunc: (dy, [coords]) => tf.scatterND(coords, tf.reshape(dy, [n * k]), [n, v]),
+      };
+    }
     const flatIdx = tf.reshape(tf.add(idx, tf.reshape(tf.range(0, n * v, v, 'int32'), [n, 1])), [n * k]);
     save([tf.reshape(flatIdx, [-1, 1])]);
     return {

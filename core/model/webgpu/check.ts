@@ -255,21 +255,28 @@ export function embeddingCase(rows: number, width: number, n: number, tol = 2e-5
   };
 }
 
-/** The cases at the shapes of a Pythia-70M training step (batch 8 × 512), checked on the card against tfjs's stock webgpu kernels. */
-export function pythiaScaleCases(): KernelCase[] {
+/**
+ * The cases at the shapes of a Pythia-70M training step (batch 8 × 512, width 512, vocabulary
+ * 50304, head size 64), checked on the card against tfjs's stock webgpu kernels. `shrink` divides
+ * the token, width and vocabulary sizes (head size stays 64), to try the same path on a slow adapter.
+ */
+export function pythiaScaleCases(shrink = 1): KernelCase[] {
+  const d = (n: number) => Math.max(4, Math.round(n / shrink / 4) * 4);
+  const [N, D, V, F, QKV] = [d(4096), d(512), d(50304), d(2048), d(1536)];
+  const T = d(512);
   return [
-    matmulCase('matrix product NT (logits shape)', 4096, 512, 50304, false, true, 1e-5),
-    matmulCase('matrix product NN, split-K (logits backward)', 4096, 50304, 512, false, false, 1e-5),
-    matmulCase('matrix product TN (embed_out gradient)', 50304, 4096, 512, true, false, 1e-5),
-    linearCase(4096, 512, 1536, 'none', 1e-4),
-    linearCase(4096, 512, 2048, 'gelu', 1e-4),
-    linearCase(4096, 2048, 512, 'none', 1e-4),
-    logitsCase(1024, 512, 50304, 1e-4),
-    layerNormCase(4096, 512, 1e-4),
-    attentionCase(8, 512, 8, 64, 16, 1e-4),
-    crossEntropyCase(1024, 50304, 1e-4),
-    topKCase(1024, 50304, 64, 'forward', 0.5, 2, 1e-4),
-    embeddingCase(50304, 512, 4096, 1e-4),
+    matmulCase('matrix product NT (logits shape)', N, D, V, false, true, 1e-5),
+    matmulCase('matrix product NN, split-K (logits backward)', N, V, D, false, false, 5e-5),
+    matmulCase('matrix product TN (embed_out gradient)', V, N, D, true, false, 1e-5),
+    linearCase(N, D, QKV, 'none', 1e-4),
+    linearCase(N, D, F, 'gelu', 1e-4),
+    linearCase(N, F, D, 'none', 1e-4),
+    logitsCase(d(1024), D, V, 1e-4),
+    layerNormCase(N, D, 1e-4),
+    attentionCase(Math.max(1, Math.round(8 / shrink)), T, 8, 64, 16, 1e-4),
+    crossEntropyCase(d(1024), V, 1e-4),
+    topKCase(d(1024), V, 64, 'forward', 0.5, 2, 1e-4),
+    embeddingCase(V, D, N, 1e-4),
   ];
 }
 

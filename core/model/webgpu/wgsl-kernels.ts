@@ -271,8 +271,14 @@ export function attnParts(hs: number): number {
 function vecDecl(prefix: string, n: number, init = 'vec4<f32>(0.0)'): string {
   return Array.from({ length: n }, (_, i) => `var ${prefix}${i} = ${init};`).join(' ');
 }
+/**
+ * Σ_i dot(prefix_i, tile[row·stride + i]) as a balanced tree: the dots are independent and the sum
+ * is log-deep, not a chain of n dependent adds (which left the attention kernels latency-bound).
+ */
 function dotWith(prefix: string, n: number, tile: string, rowExpr: string, rowStride: number): string {
-  return Array.from({ length: n }, (_, i) => `dot(${prefix}${i}, ${tile}[${rowExpr} * ${rowStride}u + ${i}u])`).join(' + ');
+  const terms = Array.from({ length: n }, (_, i) => `dot(${prefix}${i}, ${tile}[${rowExpr} * ${rowStride}u + ${i}u])`);
+  const tree = (xs: string[]): string => (xs.length === 1 ? xs[0] : `(${tree(xs.slice(0, Math.ceil(xs.length / 2)))} + ${tree(xs.slice(Math.ceil(xs.length / 2)))})`);
+  return tree(terms);
 }
 const each = (n: number, f: (i: number) => string, sep = ' ') => Array.from({ length: n }, (_, i) => f(i)).join(sep);
 
