@@ -16,6 +16,8 @@ import { type DistillOptions, type TopKTeacher, distillationLoss, topKFromLogits
 import { crossEntropy } from './ops.js';
 import { AdamW, type AdamWOptions, type ScheduleOptions, learningRate } from './optim.js';
 import { readSafetensors } from './safetensors.js';
+import { fusedKernelsActive } from './webgpu/fused.js';
+import { autotuneIfHardware } from './webgpu/matmul.js';
 
 export interface Batch {
   batchSize: number;
@@ -226,12 +228,20 @@ export class Trainer {
     let windowStart = performance.now();
     let windowTokens = 0;
     let stopped = false;
+    const startStep = this.step;
     while (this.step < untilStep) {
       if (signal?.aborted) {
         stopped = true;
         break;
       }
+      const first = this.step;
       const { loss, gradNorm, lr } = await this.trainStep();
+      // After the first step every matrix-product shape has been seen: pick the fastest kernel plans (webgpu).
+      if (first === startStep && fusedKernelsActive()) {
+        const t = performance.now();
+        await autotuneIfHardware();
+        windowStart += performance.now() - t;
+      }
       windowTokens += this.options.hyper.batchSize * this.options.hyper.seqLen;
       if (this.step % reportEvery === 0 || this.step === untilStep) {
         const [l, g] = await Promise.all([loss.data(), gradNorm.data()]);

@@ -6,7 +6,7 @@
  */
 import * as tf from '../tfjs.js';
 
-import { type Kernel, allocate, dispatch, grid1d, release, webgpuBackend } from './runtime.js';
+import { type Kernel, allocate, capabilities, dispatch, grid1d, release, webgpuBackend } from './runtime.js';
 import { type MatMulTile, type MatMulVariant, matmulGrid, matmulSource, sumSlicesSource, sumSlicesWideSource, variantKey } from './wgsl-matmul.js';
 
 /** The tiles the planner and the autotuner choose from (every one is covered by the kernel tests). */
@@ -281,4 +281,13 @@ export async function autotuneMatMuls(opts: { targetMs?: number } = {}): Promise
     tf.dispose([a, b]);
   }
   return results;
+}
+
+/**
+ * autotuneMatMuls on a hardware adapter (a software one, such as lavapipe, would spend minutes), unless
+ * OFFSHOOT_MATMUL_AUTOTUNE=0. The trainer calls this after its first step.
+ */
+export async function autotuneIfHardware(): Promise<TuneResult[]> {
+  if (webgpuBackend() === null || process.env.OFFSHOOT_MATMUL_AUTOTUNE === '0' || capabilities().software) return [];
+  return autotuneMatMuls();
 }
