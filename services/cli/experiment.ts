@@ -29,7 +29,7 @@ import {
 } from '../../workflows/index.js';
 import { activeBackend, withBackend } from './backend-option.js';
 import { formatDuration } from './progress.js';
-import { trainTeacher } from './teacher.js';
+import { ensureTeacher } from './run.js';
 
 const log = (line: string): void => {
   process.stderr.write(`${line}\n`);
@@ -193,7 +193,7 @@ async function paperTableAction(opts: PaperTableCliOptions): Promise<void> {
     let teacherService: TeacherServiceRef | undefined;
     if (config.teacher.service.enabled) {
       // The service loads the teacher, so it must exist first (trained here, as `offshoot run` does).
-      await ensureTeacher(x);
+      await ensureTeacher(x.config);
       const t = await startTeacherService({
         model: teacherDir(config),
         backend,
@@ -236,40 +236,6 @@ async function paperTableAction(opts: PaperTableCliOptions): Promise<void> {
       await stopAll();
     }
   }
-}
-
-/** Trains the experiment's teacher in this process when the teacher service needs it before the workflow runs. */
-async function ensureTeacher(x: ExperimentConfig): Promise<void> {
-  const config = x.config;
-  const dir = teacherDir(config);
-  const state = path.join(dir, 'trainer_state.json');
-  const finished =
-    fs.existsSync(path.join(dir, 'config.json')) &&
-    (!fs.existsSync(state) || ((s) => s.step >= s.hyper.steps)(JSON.parse(fs.readFileSync(state, 'utf8')) as { step: number; hyper: { steps: number } }));
-  if (finished) return;
-  if (!config.teacher.train.enabled) throw new Error(`teacher ${dir}: no finished checkpoint there and teacher.train.enabled is false`);
-  const t = config.teacher.train;
-  log(`teacher: training ${t.preset} on ${config.data.train} into ${dir} (${t.steps} steps)`);
-  await trainTeacher(
-    {
-      data: config.data.train,
-      val: config.data.val,
-      out: dir,
-      preset: t.preset,
-      tokenizer: config.data.tokenizer ?? undefined,
-      vocab: t.vocab,
-      steps: t.steps,
-      batchSize: t.batchSize,
-      seqLen: t.seqLen,
-      lr: t.lr,
-      warmup: t.warmup,
-      seed: t.seed,
-      evalEvery: t.steps,
-      evalTokens: t.evalTokens,
-      checkpointEvery: Math.max(1, Math.floor(t.steps / 4)),
-    },
-    log,
-  );
 }
 
 export function registerExperimentCommands(program: Command): void {

@@ -354,7 +354,7 @@ async function runAction(opts: RunCliOptions): Promise<void> {
 }
 
 /** The embedded teacher: trained here (trainTeacher, resumable) unless it exists or --teacher names one. */
-async function ensureTeacher(config: OffshootConfig): Promise<void> {
+export async function ensureTeacher(config: OffshootConfig): Promise<void> {
   const dir = teacherDir(config);
   const state = path.join(dir, 'trainer_state.json');
   const finished =
