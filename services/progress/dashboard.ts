@@ -6,18 +6,23 @@
  *   GET /api/events?run=RUN     server-sent events: `progress` (one per stored event, id = stream
  *                               sequence; a reconnect with Last-Event-ID resumes after it), `caughtup`
  *                               once the history is sent, `skipped` for messages that are not v1 events
+ *   GET /vendor/uPlot.iife.min.js, /vendor/uPlot.min.css
+ *                               uPlot, the charting library the page draws with, read from node_modules
+ *                               (the `uplot` dependency) at start, so the page needs no network
  *   GET /healthz
  *
  * Binds 127.0.0.1 unless told otherwise: it has no authentication.
  */
+import * as fs from 'node:fs';
 import * as http from 'node:http';
+import { createRequire } from 'node:module';
 import type { AddressInfo } from 'node:net';
 
 import type { NatsConnection } from '@nats-io/transport-node';
 
 import { RUN_ID_PATTERN } from './events.js';
 import { connectNats, listRuns, openRunEvents } from './nats.js';
-import { DASHBOARD_HTML } from './page.js';
+import { DASHBOARD_HTML, VENDOR_ASSETS } from './page.js';
 
 export interface DashboardOptions {
   /** NATS server(s); default env OFFSHOOT_NATS_URL, else nats://127.0.0.1:4222. */
@@ -41,13 +46,33 @@ export interface Dashboard {
 export const DASHBOARD_DEFAULTS = { host: '127.0.0.1', port: 8080 };
 
 const SECURITY_HEADERS = {
-  'content-security-policy': "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:",
+  'content-security-policy': "default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; connect-src 'self'; img-src 'self' data:",
   'x-content-type-options': 'nosniff',
   'referrer-policy': 'no-referrer',
 };
 
-function send(res: http.ServerResponse, status: number, type: string, body: string): void {
+function send(res: http.ServerResponse, status: number, type: string, body: string | Buffer): void {
   res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store', ...SECURITY_HEADERS }).end(body);
+}
+
+const resolveModule = createRequire(import.meta.url).resolve;
+
+/**
+ * The vendored files the page loads, by URL path, read from node_modules. createRequire resolves them
+ * from this module's own location, so they are found from the sources (tsx) and from dist/ alike.
+ */
+export function loadVendorAssets(): Map<string, { type: string; body: Buffer }> {
+  const assets = new Map<string, { type: string; body: Buffer }>();
+  for (const [urlPath, { module, type }] of Object.entries(VENDOR_ASSETS)) {
+    let file: string;
+    try {
+      file = resolveModule(module);
+    } catch (err) {
+      throw new Error(`dashboard: cannot find ${module} (is the uplot dependency installed? run npm ci): ${(err as Error).message}`);
+    }
+    assets.set(`/${urlPath}`, { type, body: fs.readFileSync(file) });
+  }
+  return assets;
 }
 
 /** Writes and waits for 'drain' when the socket's buffer is full (a slow browser slows the consumer down). */
@@ -107,6 +132,7 @@ export async function startDashboard(options: DashboardOptions = {}): Promise<Da
   const host = options.host ?? DASHBOARD_DEFAULTS.host;
   const log = options.log ?? (() => undefined);
   const keepAliveMs = (options.keepAliveSeconds ?? 15) * 1000;
+  const vendor = loadVendorAssets();
   const nc = await connectNats(options.url, { name: 'offshoot dashboard' });
   const open = new Set<http.ServerResponse>();
 
@@ -114,6 +140,8 @@ export async function startDashboard(options: DashboardOptions = {}): Promise<Da
     const url = new URL(req.url ?? '/', 'http://dashboard');
     if (req.method !== 'GET' && req.method !== 'HEAD') return send(res, 405, 'text/plain', 'method not allowed\n');
     if (url.pathname === '/' || url.pathname === '/index.html') return send(res, 200, 'text/html; charset=utf-8', DASHBOARD_HTML);
+    const asset = vendor.get(url.pathname);
+    if (asset) return send(res, 200, asset.type, asset.body);
     if (url.pathname === '/healthz') return send(res, 200, 'text/plain', 'ok\n');
     if (url.pathname === '/api/runs') {
       listRuns(nc).then(

@@ -9,6 +9,12 @@
  * `#loss path.train` / `path.val` per series, `#candidates tbody tr`, `#workers tbody tr`.
  */
 
+/** Files the page loads, served by the dashboard from node_modules: URL path (relative to the page) → module path and type. */
+export const VENDOR_ASSETS: Record<string, { module: string; type: string }> = {
+  'vendor/uPlot.iife.min.js': { module: 'uplot/dist/uPlot.iife.min.js', type: 'text/javascript; charset=utf-8' },
+  'vendor/uPlot.min.css': { module: 'uplot/dist/uPlot.min.css', type: 'text/css; charset=utf-8' },
+};
+
 // The script is kept free of backticks and dollar-brace so it can live in this template literal.
 const SCRIPT = String.raw`
 (function () {
