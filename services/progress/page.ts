@@ -1,12 +1,18 @@
 /**
- * The dashboard's single page: HTML, CSS and a small script. Charts are plain SVG drawn by the script
- * (no charting library is a dependency of offshoot). Data comes over server-sent events from
- * /api/events?run=RUN (every event of the run, history first; the browser reconnects with Last-Event-ID
- * and the server resumes after it), the run list from /api/runs.
+ * The dashboard's single page: HTML, CSS and a small script. The two charts (loss curves of the student
+ * against its baselines; the search population as parameters against fitness, with the Pareto front and
+ * the best candidate) are drawn by uPlot, a charting library the dashboard's server serves from
+ * node_modules at vendor/uPlot.iife.min.js and vendor/uPlot.min.css (VENDOR_ASSETS), so the page needs
+ * nothing beyond the server. Data comes over server-sent events from /api/events?run=RUN (every event of
+ * the run, history first; the browser reconnects with Last-Event-ID and the server resumes after it), the
+ * run list from /api/runs; each render hands the charts their new data with uPlot's setData.
  *
- * Hooks for tests and scripts: body[data-events] (events applied), body[data-caughtup], one
- * `svg#population circle.point` per successfully evaluated candidate, `path.front` for the Pareto front,
- * `#loss path.train` / `path.val` per series, `#candidates tbody tr`, `#workers tbody tr`.
+ * Hooks for tests and scripts: body[data-events] (events applied), body[data-caughtup],
+ * `window.offshootCharts.loss` and `.population` (the uPlot instances, null while a chart has no data),
+ * `#population[data-points]` (the points the population chart holds: the non-null values of its
+ * generation series in the instance's data, one per successfully evaluated candidate), the population
+ * chart's series classes `generation`, `front` and `best`, the loss chart's `train` and `val` (labelled
+ * `SERIES train` / `SERIES val`), `#candidates tbody tr`, `#workers tbody tr`.
  */
 
 /** Files the page loads, served by the dashboard from node_modules: URL path (relative to the page) → module path and type. */
@@ -19,7 +25,6 @@ export const VENDOR_ASSETS: Record<string, { module: string; type: string }> = {
 const SCRIPT = String.raw`
 (function () {
   'use strict';
-  var SVGNS = 'http://www.w3.org/2000/svg';
   var PALETTE = ['#1f77b4', '#d62728', '#2ca02c', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f', '#bcbd22', '#17becf'];
   var params = new URLSearchParams(location.search);
   var run = params.get('run');
@@ -150,58 +155,77 @@ const SCRIPT = String.raw`
     if (text !== undefined) n.textContent = text;
     return n;
   }
-  function svg(tag, attrs, parent) {
-    var n = document.createElementNS(SVGNS, tag);
-    for (var k in attrs) n.setAttribute(k, attrs[k]);
-    if (parent) parent.appendChild(n);
-    return n;
+  // ---- charts (uPlot, loaded from vendor/uPlot.iife.min.js as the global uPlot) ----
+  // One uPlot instance per chart, kept in window.offshootCharts for tests and scripts. A render gives
+  // the chart new data with setData; the chart is rebuilt only when its series change (a new training
+  // series, a new generation). A chart the user has zoomed (drag to zoom, double-click to reset) keeps
+  // its scales through live updates.
+  var charts = { loss: null, population: null };
+  var chartKeys = { loss: '', population: '' };
+  var zoomed = { loss: false, population: false };
+  window.offshootCharts = charts;
+  var CHART_HEIGHT = 340;
+  var noPath = function () { return null; };
+
+  /** A scale range around the data with 5% on either side; a non-negative quantity keeps a non-negative axis. */
+  function padded(nonNegative) {
+    return function (u, min, max) {
+      if (min === null || max === null || !isFinite(min) || !isFinite(max)) return [0, 1];
+      if (!(max > min)) { var d = Math.abs(min) * 0.05 || 1; min -= d; max += d; }
+      var pad = (max - min) * 0.05;
+      return [nonNegative && min >= 0 ? Math.max(0, min - pad) : min - pad, max + pad];
+    };
   }
 
-  // ---- charts (plain SVG) ----
-  /** Round ticks covering [lo, hi], the domain widened to the outer ticks; digits: decimals the labels need. */
-  function ticks(lo, hi, n) {
-    if (!(hi > lo)) { var d = Math.abs(lo) * 0.05 || 1; lo -= d; hi += d; }
-    var pad = (hi - lo) * 0.03;
-    // Non-negative data (steps, parameters) keeps a non-negative axis.
-    lo = lo >= 0 ? Math.max(0, lo - pad) : lo - pad; hi += pad;
-    var raw = (hi - lo) / n, mag = Math.pow(10, Math.floor(Math.log10(raw))), f = raw / mag;
-    var step = (f < 1.5 ? 1 : f < 3 ? 2 : f < 7 ? 5 : 10) * mag;
-    var first = Math.floor(lo / step), last = Math.ceil(hi / step), out = [];
-    for (var k = first; k <= last; k++) out.push(k * step);
-    return { lo: first * step, hi: last * step, ticks: out, digits: Math.max(0, -Math.floor(Math.log10(step) + 1e-9)) };
+  function axis(label, fmt) {
+    var a = { label: label, stroke: '#6b7385', grid: { stroke: '#eef0f5', width: 1 }, ticks: { stroke: '#d5d9e3', width: 1, size: 4 } };
+    if (fmt) a.values = function (u, splits) { return splits.map(fmt); };
+    return a;
   }
 
-  /** Axes in a 640x340 viewBox; returns scales and the plot group. */
-  function frame(root, xr, yr, xlabel, ylabel, xfmt, yfmt) {
-    while (root.firstChild) root.removeChild(root.firstChild);
-    var W = 640, H = 340, L = 62, R = 16, T = 14, B = 44;
-    var xt = ticks(xr[0], xr[1], 6), yt = ticks(yr[0], yr[1], 5);
-    var sx = function (v) { return L + (v - xt.lo) / (xt.hi - xt.lo) * (W - L - R); };
-    var sy = function (v) { return H - B - (v - yt.lo) / (yt.hi - yt.lo) * (H - T - B); };
-    var g = svg('g', { class: 'axes' }, root);
-    xt.ticks.forEach(function (v) {
-      svg('line', { x1: sx(v), x2: sx(v), y1: T, y2: H - B, class: 'grid' }, g);
-      svg('text', { x: sx(v), y: H - B + 16, 'text-anchor': 'middle' }, g).textContent = xfmt(v);
+  function chartWidth(box) { return Math.max(240, box.clientWidth); }
+
+  /** Shows a message instead of the chart (and drops the chart). */
+  function clearChart(name, message) {
+    var box = document.getElementById(name);
+    if (charts[name]) { charts[name].destroy(); charts[name] = null; chartKeys[name] = ''; }
+    box.textContent = '';
+    box.appendChild(el('div', { class: 'empty' }, message));
+  }
+
+  /** Gives chart NAME its data: setData on the chart there is when KEY (its series) is unchanged, else a new chart from makeOpts(). */
+  function plot(name, key, makeOpts, data) {
+    // Without the library the rest of the page still works.
+    if (typeof uPlot === 'undefined') { clearChart(name, 'charts unavailable: vendor/uPlot.iife.min.js did not load'); return null; }
+    var u = charts[name];
+    if (u && chartKeys[name] === key) {
+      u.setData(data, !zoomed[name]);
+      return u;
+    }
+    var box = document.getElementById(name);
+    if (u) u.destroy();
+    box.textContent = '';
+    zoomed[name] = false;
+    var opts = makeOpts();
+    opts.width = chartWidth(box);
+    opts.height = CHART_HEIGHT;
+    opts.hooks = opts.hooks || {};
+    opts.hooks.setSelect = [function (self) { if (self.select.width > 0) zoomed[name] = true; }];
+    u = new uPlot(opts, data, box);
+    u.over.addEventListener('dblclick', function () { zoomed[name] = false; });
+    charts[name] = u;
+    chartKeys[name] = key;
+    return u;
+  }
+
+  if (window.ResizeObserver) {
+    ['loss', 'population'].forEach(function (name) {
+      var box = document.getElementById(name);
+      new ResizeObserver(function () {
+        var u = charts[name];
+        if (u && u.width !== chartWidth(box)) u.setSize({ width: chartWidth(box), height: CHART_HEIGHT });
+      }).observe(box);
     });
-    yt.ticks.forEach(function (v) {
-      svg('line', { x1: L, x2: W - R, y1: sy(v), y2: sy(v), class: 'grid' }, g);
-      svg('text', { x: L - 6, y: sy(v) + 4, 'text-anchor': 'end' }, g).textContent = yfmt ? yfmt(v) : v.toFixed(yt.digits);
-    });
-    svg('rect', { x: L, y: T, width: W - L - R, height: H - T - B, class: 'plotarea' }, g);
-    svg('text', { x: (L + W - R) / 2, y: H - 8, 'text-anchor': 'middle', class: 'label' }, g).textContent = xlabel;
-    svg('text', { x: 14, y: (T + H - B) / 2, 'text-anchor': 'middle', class: 'label', transform: 'rotate(-90 14 ' + ((T + H - B) / 2) + ')' }, g).textContent = ylabel;
-    return { sx: sx, sy: sy, plot: svg('g', { class: 'plot' }, root) };
-  }
-
-  function empty(root, message) {
-    while (root.firstChild) root.removeChild(root.firstChild);
-    svg('text', { x: 320, y: 170, 'text-anchor': 'middle', class: 'empty' }, root).textContent = message;
-  }
-
-  function pathOf(points, f) {
-    var d = '';
-    for (var i = 0; i < points.length; i++) d += (i ? 'L' : 'M') + f.sx(points[i].step).toFixed(1) + ',' + f.sy(points[i].value).toFixed(1);
-    return d;
   }
 
   function thin(points, max) {
@@ -213,35 +237,52 @@ const SCRIPT = String.raw`
   }
 
   function colorOf(name, i) { return name === 'student' ? PALETTE[0] : PALETTE[1 + (i % (PALETTE.length - 1))]; }
+  function lossValue(u, v) { return loss(v); }
 
   function drawLoss() {
-    var root = document.getElementById('loss');
-    var legend = document.getElementById('loss-legend');
-    legend.textContent = '';
     var all = Array.from(S.series.values()).sort(function (a, b) { return a.name === 'student' ? -1 : b.name === 'student' ? 1 : a.name < b.name ? -1 : 1; });
-    var xs = [], ys = [];
-    all.forEach(function (s) { s.train.concat(s.val).forEach(function (p) { xs.push(p.step); ys.push(p.value); }); });
-    if (!xs.length) { empty(root, 'no pretraining yet'); return; }
-    var f = frame(root, [Math.min.apply(null, xs), Math.max.apply(null, xs)], [Math.min.apply(null, ys), Math.max.apply(null, ys)], 'step', 'loss', human, null);
+    var curves = [];
+    var latest = [];
     all.forEach(function (s, i) {
       var color = colorOf(s.name, i);
-      if (s.train.length) svg('path', { d: pathOf(thin(s.train, 1200), f), class: 'train', stroke: color, 'data-series': s.name }, f.plot);
+      if (s.train.length) curves.push({ name: s.name, kind: 'train', color: color, points: thin(s.train, 1200) });
       if (s.val.length) {
-        svg('path', { d: pathOf(s.val, f), class: 'val', stroke: color, 'data-series': s.name }, f.plot);
-        s.val.forEach(function (p) {
-          var c = svg('circle', { cx: f.sx(p.step), cy: f.sy(p.value), r: 3, fill: color, class: 'valpoint' }, f.plot);
-          svg('title', {}, c).textContent = s.name + ' step ' + p.step + ': val loss ' + loss(p.value);
-        });
+        curves.push({ name: s.name, kind: 'val', color: color, points: s.val });
+        latest.push(s.name + ' ' + loss(s.val[s.val.length - 1].value));
       }
-      var item = el('span', { class: 'legend-item' });
-      var sw = el('span', { class: 'swatch' }); sw.style.background = color;
-      item.appendChild(sw);
-      var lastVal = s.val[s.val.length - 1];
-      item.appendChild(document.createTextNode(s.name + (lastVal ? ' (val ' + loss(lastVal.value) + ')' : '')));
-      legend.appendChild(item);
     });
-    var note = el('span', { class: 'legend-note' }, 'thin: training objective (the distillation loss when distilling) · thick with dots: validation loss');
-    legend.appendChild(note);
+    document.getElementById('loss-note').textContent =
+      'thin: training objective (the distillation loss when distilling) · thick with dots: validation loss' +
+      (latest.length ? ' · latest validation: ' + latest.join(', ') : '');
+    if (!curves.length) { clearChart('loss', 'no pretraining yet'); return; }
+    // Aligned data: one x (step) for all curves, null where a curve has no point (spanGaps joins across).
+    var seen = new Set();
+    curves.forEach(function (c) { c.points.forEach(function (p) { seen.add(p.step); }); });
+    var steps = Array.from(seen).sort(function (a, b) { return a - b; });
+    var at = new Map();
+    steps.forEach(function (s, i) { at.set(s, i); });
+    var data = [steps];
+    curves.forEach(function (c) {
+      var ys = new Array(steps.length).fill(null);
+      c.points.forEach(function (p) { ys[at.get(p.step)] = p.value; });
+      data.push(ys);
+    });
+    var key = curves.map(function (c) { return c.name + ':' + c.kind + ':' + c.color; }).join(',');
+    plot('loss', key, function () {
+      var series = [{ label: 'step' }];
+      curves.forEach(function (c) {
+        series.push(c.kind === 'train'
+          ? { label: c.name + ' train', class: 'train', stroke: c.color, width: 1.2, alpha: 0.55, spanGaps: true, points: { show: false }, value: lossValue }
+          : { label: c.name + ' val', class: 'val', stroke: c.color, width: 2.4, spanGaps: true, points: { show: true, size: 6, width: 1, stroke: c.color, fill: c.color }, value: lossValue });
+      });
+      return {
+        class: 'loss-chart',
+        series: series,
+        scales: { x: { time: false, range: padded(true) }, y: { range: padded(false) } },
+        axes: [axis('step', human), axis('loss', null)],
+        legend: { live: true }
+      };
+    }, data);
   }
 
   function genColor(g, maxGen) {
@@ -258,29 +299,76 @@ const SCRIPT = String.raw`
     return out;
   }
 
+  /** Points the population chart holds: the non-null values of its generation series, read from the uPlot instance's data. */
+  function populationPoints(u) {
+    var n = 0;
+    for (var i = 1; i < u.series.length; i++) {
+      if (u.series[i].class !== 'generation') continue;
+      var ys = u.data[i];
+      for (var j = 0; j < ys.length; j++) if (ys[j] !== null && ys[j] !== undefined) n++;
+    }
+    return n;
+  }
+
+  // The candidates in the population chart's x order, for its tooltip.
+  var popRows = [];
+
+  /** Tooltip of the population chart: the candidate nearest the cursor (within 20 px). */
+  function populationTip(u) {
+    var tip = u.over.querySelector('.tip');
+    if (!tip) { tip = el('div', { class: 'tip' }); tip.hidden = true; u.over.appendChild(tip); }
+    var left = u.cursor.left, top = u.cursor.top, near = null, dist = 400;
+    if (left !== undefined && left >= 0) {
+      popRows.forEach(function (r) {
+        var dx = u.valToPos(r.params, 'x') - left, dy = u.valToPos(r.fitness, 'y') - top, d = dx * dx + dy * dy;
+        if (d < dist) { dist = d; near = r; }
+      });
+    }
+    if (!near) { tip.hidden = true; return; }
+    tip.textContent = '#' + near.candidate + ' · generation ' + near.generation + ' · fitness ' + loss(near.fitness) + ' · ' + human(near.params) + ' parameters' + (S.best && near.generation === S.best.generation && near.candidate === S.best.candidate ? ' · best' : '');
+    tip.hidden = false;
+    tip.style.left = Math.max(0, Math.min(left + 12, u.over.clientWidth - tip.offsetWidth)) + 'px';
+    tip.style.top = Math.max(0, top - tip.offsetHeight - 8) + 'px';
+  }
+
   function drawPopulation() {
-    var root = document.getElementById('population');
-    var rows = Array.from(S.candidates.values());
-    var ok = rows.filter(function (r) { return r.fitness !== null; });
+    var box = document.getElementById('population');
+    var ok = Array.from(S.candidates.values()).filter(function (r) { return r.fitness !== null; });
     document.getElementById('population-note').textContent =
-      ok.length + ' evaluated' + (S.failed ? ', ' + S.failed + ' failed (not shown)' : '') + ' · colour: generation (darker is later) · line: Pareto front';
-    if (!ok.length) { empty(root, 'no candidates evaluated yet'); return; }
-    var px = ok.map(function (r) { return r.params; }), fy = ok.map(function (r) { return r.fitness; });
-    var f = frame(root, [Math.min.apply(null, px), Math.max.apply(null, px)], [Math.min.apply(null, fy), Math.max.apply(null, fy)], 'parameters', 'fitness (validation loss)', human, null);
-    var maxGen = Math.max.apply(null, ok.map(function (r) { return r.generation; }));
-    ok.forEach(function (r) {
-      var c = svg('circle', { cx: f.sx(r.params).toFixed(1), cy: f.sy(r.fitness).toFixed(1), r: 4.5, fill: genColor(r.generation, maxGen), class: 'point', 'data-candidate': r.candidate }, f.plot);
-      svg('title', {}, c).textContent = '#' + r.candidate + ' (generation ' + r.generation + '): fitness ' + loss(r.fitness) + ', ' + human(r.params) + ' parameters';
-    });
-    var fr = front(ok);
-    var d = '';
-    fr.forEach(function (r, i) {
-      var x = f.sx(r.params), y = f.sy(r.fitness);
-      if (i === 0) d += 'M' + x + ',' + y;
-      else d += 'H' + x + 'V' + y;
-    });
-    svg('path', { d: d, class: 'front' }, f.plot);
-    if (S.best) svg('circle', { cx: f.sx(S.best.params), cy: f.sy(S.best.fitness), r: 8, class: 'best' }, f.plot);
+      ok.length + ' evaluated' + (S.failed ? ', ' + S.failed + ' failed (not shown)' : '') + ' · colour: generation (darker is later) · line: Pareto front · ring: best';
+    if (!ok.length) { popRows = []; clearChart('population', 'no candidates evaluated yet'); box.dataset.points = '0'; return; }
+    // Aligned data: x is the candidates' parameter counts in ascending order (one index per candidate);
+    // each generation is a points-only series holding its candidates' fitness and null elsewhere.
+    ok.sort(function (a, b) { return a.params - b.params || a.fitness - b.fitness; });
+    popRows = ok;
+    var gens = Array.from(new Set(ok.map(function (r) { return r.generation; }))).sort(function (a, b) { return a - b; });
+    var maxGen = gens[gens.length - 1];
+    var onFront = new Set(front(ok));
+    var best = S.best;
+    var isBest = function (r) { return best !== null && r.generation === best.generation && r.candidate === best.candidate; };
+    var data = [ok.map(function (r) { return r.params; })];
+    gens.forEach(function (g) { data.push(ok.map(function (r) { return r.generation === g ? r.fitness : null; })); });
+    data.push(ok.map(function (r) { return onFront.has(r) ? r.fitness : null; }));
+    data.push(ok.map(function (r) { return isBest(r) ? r.fitness : null; }));
+    var u = plot('population', gens.join(','), function () {
+      var series = [{ label: 'parameters' }];
+      gens.forEach(function (g) {
+        var c = genColor(g, maxGen);
+        series.push({ label: 'generation ' + g, class: 'generation', stroke: c, paths: noPath, points: { show: true, size: 9, width: 1, stroke: '#fff', fill: c } });
+      });
+      series.push({ label: 'Pareto front', class: 'front', stroke: '#ff7f0e', width: 2, spanGaps: true, paths: uPlot.paths.stepped({ align: 1 }), points: { show: false } });
+      series.push({ label: 'best', class: 'best', stroke: '#d62728', paths: noPath, points: { show: true, size: 18, width: 2, stroke: '#d62728', fill: 'rgba(0,0,0,0)' } });
+      return {
+        class: 'population-chart',
+        series: series,
+        scales: { x: { time: false, range: padded(true) }, y: { range: padded(false) } },
+        axes: [axis('parameters', human), axis('fitness (validation loss)', null)],
+        legend: { show: false },
+        cursor: { points: { show: false } },
+        hooks: { setCursor: [populationTip] }
+      };
+    }, data);
+    box.dataset.points = u ? String(populationPoints(u)) : '0';
   }
 
   function fillTable(id, rows, cells) {
@@ -459,15 +547,12 @@ main { display: grid; grid-template-columns: repeat(auto-fit, minmax(520px, 1fr)
 section { background: var(--card); border: 1px solid var(--line); border-radius: 8px; padding: 10px 12px; min-width: 0; }
 section h2 { font-size: 14px; margin: 0 0 6px; display: flex; gap: 10px; align-items: baseline; }
 section h2 small { font-weight: normal; color: var(--muted); font-size: 12px; }
-svg.chart { width: 100%; height: auto; display: block; }
-svg .grid { stroke: #eef0f5; } svg .plotarea { fill: none; stroke: #d5d9e3; }
-svg text { font-size: 11px; fill: var(--muted); } svg text.label { font-size: 12px; fill: var(--fg); } svg text.empty { font-size: 14px; }
-svg path.train { fill: none; stroke-width: 1.2; opacity: .55; } svg path.val { fill: none; stroke-width: 2.4; }
-svg circle.point { stroke: #fff; stroke-width: .8; } svg path.front { fill: none; stroke: #ff7f0e; stroke-width: 2; }
-svg circle.best { fill: none; stroke: #d62728; stroke-width: 2; }
-.legend { display: flex; flex-wrap: wrap; gap: 12px; font-size: 12px; margin-top: 4px; }
-.swatch { display: inline-block; width: 12px; height: 4px; margin-right: 5px; vertical-align: middle; }
-.legend-note { color: var(--muted); margin-left: auto; }
+.chart { position: relative; min-height: 340px; }
+.chart .empty { display: flex; align-items: center; justify-content: center; height: 340px; color: var(--muted); font-size: 14px; }
+.chart .uplot { font-family: inherit; } .chart .u-legend { font-size: 12px; }
+.chart .tip { position: absolute; z-index: 10; pointer-events: none; white-space: nowrap; font-size: 12px; padding: 3px 7px;
+  background: rgba(29, 35, 48, .9); color: #fff; border-radius: 4px; }
+.legend-note { color: var(--muted); font-size: 12px; margin-top: 4px; }
 .scroll { max-height: 340px; overflow: auto; }
 table { width: 100%; border-collapse: collapse; font-size: 12.5px; }
 th, td { text-align: left; padding: 3px 8px; border-bottom: 1px solid var(--line); white-space: nowrap; }
@@ -484,6 +569,7 @@ export const DASHBOARD_HTML = `<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>offshoot dashboard</title>
 <link rel="icon" href="data:,">
+<link rel="stylesheet" href="vendor/uPlot.min.css">
 <style>${STYLE}</style>
 </head>
 <body data-events="0" data-caughtup="false">
@@ -502,12 +588,12 @@ export const DASHBOARD_HTML = `<!doctype html>
 <main>
   <section>
     <h2>Loss <small>student against baselines</small></h2>
-    <svg id="loss" class="chart" viewBox="0 0 640 340" role="img" aria-label="training and validation loss"></svg>
-    <div id="loss-legend" class="legend"></div>
+    <div id="loss" class="chart" role="img" aria-label="training and validation loss"></div>
+    <div id="loss-note" class="legend-note"></div>
   </section>
   <section>
     <h2>Population <small id="population-note"></small></h2>
-    <svg id="population" class="chart" viewBox="0 0 640 340" role="img" aria-label="parameters against fitness"></svg>
+    <div id="population" class="chart" data-points="0" role="img" aria-label="parameters against fitness"></div>
   </section>
   <section>
     <h2>Candidates <small id="candidates-note"></small></h2>
@@ -521,6 +607,7 @@ export const DASHBOARD_HTML = `<!doctype html>
     <ul id="errors"></ul>
   </section>
 </main>
+<script src="vendor/uPlot.iife.min.js"></script>
 <script>${SCRIPT}</script>
 </body>
 </html>
