@@ -7,6 +7,8 @@ import * as tf from './tfjs.js';
 
 import { type NeoXConfig, expectedShapes, rotaryDims, rotatedDims } from './config.js';
 import { gatherRows, layerNorm, linear, linearGelu, matMul, matMulNT } from './ops.js';
+import { tensorflowKernelsActive } from './tensorflow/native.js';
+import { type RotaryTables, rotaryTables, tfAttention } from './tensorflow/ops.js';
 import { fusedAttention, fusedAttentionSupports, fusedKernelsActive } from './webgpu/fused.js';
 import { SeededRandom, deriveSeed } from './random.js';
 import type { HostTensor } from './safetensors.js';
@@ -34,7 +36,7 @@ export class GPTNeoX {
   readonly config: NeoXConfig;
   /** Weights by Hugging Face name. (tfjs variable names are global, so they stay auto-generated.) */
   readonly params: Map<string, tf.Variable>;
-  private readonly ropeCache = new Map<number, { cos: tf.Tensor2D; sin: tf.Tensor2D; mask: tf.Tensor2D }>();
+  private readonly ropeCache = new Map<number, RopeEntry>();
 
   private constructor(config: NeoXConfig, params: Map<string, tf.Variable>) {
     this.config = config;
@@ -112,12 +114,12 @@ export class GPTNeoX {
 
   dispose(): void {
     for (const v of this.params.values()) v.dispose();
-    for (const c of this.ropeCache.values()) tf.dispose([c.cos, c.sin, c.mask]);
+    for (const c of this.ropeCache.values()) tf.dispose([c.cos, c.sin, c.mask, ...(c.tables ? [c.tables.cos, c.tables.sin] : [])]);
     this.ropeCache.clear();
   }
 
   /** cos/sin tables [T, rotaryDims] and the additive causal mask [T, T], cached per length. */
-  private rope(seqLen: number): { cos: tf.Tensor2D; sin: tf.Tensor2D; mask: tf.Tensor2D } {
+  private rope(seqLen: number): RopeEntry {
     const cached = this.ropeCache.get(seqLen);
     if (cached) return cached;
     const n = rotaryDims(this.config);
@@ -136,13 +138,22 @@ export class GPTNeoX {
     }
     const mask = new Float32Array(seqLen * seqLen);
     for (let i = 0; i < seqLen; i++) for (let j = i + 1; j < seqLen; j++) mask[i * seqLen + j] = -1e9;
-    const entry = {
+    const entry: RopeEntry = {
       cos: tf.keep(tf.tensor2d(cos, [seqLen, rd])),
       sin: tf.keep(tf.tensor2d(sin, [seqLen, rd])),
       mask: tf.keep(tf.tensor2d(mask, [seqLen, seqLen])),
+      cosHost: cos,
+      sinHost: sin,
     };
     this.ropeCache.set(seqLen, entry);
     return entry;
+  }
+
+  /** The tensorflow attention's rotary tables for a length (tensorflow/ops.ts), cached with the cos/sin they come from. */
+  private rotaryTables(seqLen: number): RotaryTables {
+    const entry = this.rope(seqLen);
+    entry.tables ??= rotaryTables(entry.cosHost, entry.sinHost, seqLen, this.config.headSize, rotatedDims(this.config));
+    return entry.tables;
   }
 
   private attention(x: tf.Tensor2D, layer: number, batch: number, seqLen: number, trace?: ForwardTrace): tf.Tensor2D {
@@ -155,6 +166,12 @@ export class GPTNeoX {
       // Rotary, causal attention and the head merge in WebGPU kernels (webgpu/fused.ts).
       const { cos, sin } = this.rope(seqLen);
       const merged = fusedAttention(fused, cos, sin, shape);
+      if (trace?.headOutputs) trace.headOutputs.push(tf.keep(tf.reshape(merged, [batch * seqLen, heads, hs])));
+      return linear(merged, this.param(`${p}dense.weight`) as tf.Tensor2D, this.param(`${p}dense.bias`) as tf.Tensor1D);
+    }
+    if (tensorflowKernelsActive()) {
+      // Rotary, attention and the head merge in a few TensorFlow ops with the gradient written out.
+      const merged = tfAttention(fused, this.rotaryTables(seqLen), this.rope(seqLen).mask, shape);
       if (trace?.headOutputs) trace.headOutputs.push(tf.keep(tf.reshape(merged, [batch * seqLen, heads, hs])));
       return linear(merged, this.param(`${p}dense.weight`) as tf.Tensor2D, this.param(`${p}dense.bias`) as tf.Tensor1D);
     }
@@ -208,6 +225,17 @@ export class GPTNeoX {
     const [b, t] = ids.shape;
     return tf.reshape(this.logits2d(ids), [b, t, this.config.vocabSize]);
   }
+}
+
+/** cos/sin tables [T, rotaryDims] and the additive causal mask [T, T] of one length, with what is derived from them. */
+interface RopeEntry {
+  cos: tf.Tensor2D;
+  sin: tf.Tensor2D;
+  mask: tf.Tensor2D;
+  cosHost: Float32Array;
+  sinHost: Float32Array;
+  /** The tensorflow attention's tables, made on first use. */
+  tables?: RotaryTables;
 }
 
 /** Rotary embedding on the first `rd` dims of x [B, H, T, hs], rotate_half style. */

@@ -4,6 +4,8 @@
  * custom gradient built on ScatterNd (which sums duplicate indices on every backend).
  */
 import * as tf from './tfjs.js';
+import { tensorflowKernelsActive } from './tensorflow/native.js';
+import { tfCrossEntropy, tfGatherRows, tfLayerNorm, tfLinear, tfMatMulNT } from './tensorflow/ops.js';
 import { fusedCrossEntropy, fusedGatherRows, fusedKernelsActive, fusedLayerNorm, fusedLinear, fusedMatMulNT } from './webgpu/fused.js';
 
 type UnaryGrad = (x: tf.Tensor, save: tf.GradSaveFunc) => { value: tf.Tensor; gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => tf.Tensor };
@@ -17,6 +19,7 @@ function unaryCustomGrad(f: UnaryGrad): (x: tf.Tensor) => tf.Tensor {
 /** table[ids]: rows of a [rows, width] table; the gradient scatters back into the table. */
 export function gatherRows(table: tf.Tensor2D, ids: tf.Tensor1D): tf.Tensor2D {
   if (fusedKernelsActive()) return fusedGatherRows(table, ids);
+  if (tensorflowKernelsActive()) return tfGatherRows(table, ids);
   const [rows, width] = table.shape;
   // Tensors the gradient needs go through save(): tfjs disposes everything else made in the
   // forward scope before the backward pass runs.
@@ -65,6 +68,7 @@ export function takeAlongLastAxis(x: tf.Tensor2D, idx: tf.Tensor2D): tf.Tensor2D
  */
 export function crossEntropy(logits: tf.Tensor2D, targets: tf.Tensor1D): tf.Scalar {
   if (fusedKernelsActive()) return fusedCrossEntropy(logits, targets);
+  if (tensorflowKernelsActive()) return tfCrossEntropy(logits, targets);
   const [n, v] = logits.shape;
   const f = unaryCustomGrad((x, save) => {
     const x2 = x as tf.Tensor2D;
@@ -94,6 +98,7 @@ export function gelu(x: tf.Tensor): tf.Tensor {
 /** LayerNorm over the last axis. */
 export function layerNorm(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor, eps: number): tf.Tensor {
   if (fusedKernelsActive() && x.rank === 2) return fusedLayerNorm(x as tf.Tensor2D, weight as tf.Tensor1D, bias as tf.Tensor1D, eps);
+  if (tensorflowKernelsActive() && x.rank === 2) return tfLayerNorm(x as tf.Tensor2D, weight as tf.Tensor1D, bias as tf.Tensor1D, eps);
   const { mean, variance } = tf.moments(x, -1, true);
   return tf.add(tf.mul(tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, eps))), weight), bias);
 }
@@ -136,17 +141,20 @@ export function matMul(a: tf.Tensor, b: tf.Tensor, transposeA = false, transpose
 /** x @ weightᵀ + bias with a torch-layout weight [out, in]. */
 export function linear(x: tf.Tensor2D, weight: tf.Tensor2D, bias: tf.Tensor1D): tf.Tensor2D {
   if (fusedKernelsActive()) return fusedLinear(x, weight, bias);
+  if (tensorflowKernelsActive()) return tfLinear(x, weight, bias);
   return tf.add(matMul(x, weight, false, true), bias) as tf.Tensor2D;
 }
 
 /** gelu(linear(x, weight, bias)); one kernel with the bias and GELU in its epilogue on the fused path. */
 export function linearGelu(x: tf.Tensor2D, weight: tf.Tensor2D, bias: tf.Tensor1D): tf.Tensor2D {
   if (fusedKernelsActive()) return fusedLinear(x, weight, bias, 'gelu');
+  if (tensorflowKernelsActive()) return tfLinear(x, weight, bias, 'gelu');
   return gelu(tf.add(matMul(x, weight, false, true), bias)) as tf.Tensor2D;
 }
 
 /** x [M, K] @ weightᵀ (weight [N, K]) with no bias: the logits product. */
 export function matMulNT(x: tf.Tensor2D, weight: tf.Tensor2D): tf.Tensor2D {
   if (fusedKernelsActive()) return fusedMatMulNT(x, weight);
+  if (tensorflowKernelsActive()) return tfMatMulNT(x, weight);
   return matMul(x, weight, false, true) as tf.Tensor2D;
 }

@@ -6,6 +6,8 @@
 import * as tf from './tfjs.js';
 
 import type { HostTensor } from './safetensors.js';
+import { ResourceAdam } from './tensorflow/adamw.js';
+import { tensorflowKernelsActive } from './tensorflow/native.js';
 import { fusedKernelsActive } from './webgpu/fused.js';
 import { fusedClipAdamW } from './webgpu/adamw.js';
 
@@ -60,6 +62,8 @@ export class AdamW {
   step = 0;
   private readonly m = new Map<string, tf.Variable>();
   private readonly v = new Map<string, tf.Variable>();
+  /** On the tensorflow backend the moments live here instead of in m and v (tensorflow/adamw.ts). */
+  private resources: ResourceAdam | null = null;
 
   constructor(options: Partial<AdamWOptions> = {}) {
     this.options = { ...DEFAULT_ADAMW, ...options };
@@ -76,6 +80,7 @@ export class AdamW {
 
   /** Applies one update to `params` (name → variable) with `grads` (name → gradient) at learning rate lr. */
   apply(params: Map<string, tf.Variable>, grads: Record<string, tf.Tensor>, lr: number): void {
+    this.takeBackMoments();
     this.step += 1;
     const { beta1, beta2, eps, weightDecay } = this.options;
     const bc1 = 1 - beta1 ** this.step;
@@ -100,9 +105,12 @@ export class AdamW {
   /**
    * Clips `grads` to a global L2 norm of at most maxNorm and applies one update; returns the norm
    * before clipping. On the WebGPU backend with fused kernels this is one kernel per parameter and
-   * no read-back (webgpu/adamw.ts); elsewhere clipByGlobalNorm then apply.
+   * no read-back (webgpu/adamw.ts); on the tensorflow backend one ResourceApplyAdam per parameter
+   * (tensorflow/adamw.ts); elsewhere clipByGlobalNorm then apply.
    */
   applyClipped(params: Map<string, tf.Variable>, grads: Record<string, tf.Tensor>, lr: number, maxNorm: number): tf.Scalar {
+    if (tensorflowKernelsActive()) return this.applyResources(params, grads, lr, maxNorm);
+    this.takeBackMoments();
     if (!fusedKernelsActive()) {
       return tf.tidy(() => {
         const { grads: clipped, norm } = clipByGlobalNorm(grads, maxNorm);
@@ -127,14 +135,50 @@ export class AdamW {
     return fusedClipAdamW(entries, { lr, beta1, beta2, eps, bc1: 1 - beta1 ** this.step, bc2: 1 - beta2 ** this.step, maxNorm });
   }
 
+  private applyResources(params: Map<string, tf.Variable>, grads: Record<string, tf.Tensor>, lr: number, maxNorm: number): tf.Scalar {
+    this.step += 1;
+    this.resources ??= new ResourceAdam();
+    const { beta1, beta2, eps, weightDecay } = this.options;
+    const entries = [];
+    for (const [name, p] of params) {
+      const grad = grads[name];
+      if (!grad) continue;
+      // Loaded (or earlier) moments seed the resources once; from then on the resources hold them.
+      const initial = () => {
+        const m = this.m.get(name);
+        const v = this.v.get(name);
+        this.m.delete(name);
+        this.v.delete(name);
+        return { m, v };
+      };
+      entries.push({ name, param: p, grad, decays: decays(name, p.shape), initial });
+    }
+    return this.resources.applyClipped(entries, { lr, beta1, beta2, eps, weightDecay, step: this.step, maxNorm });
+  }
+
+  /** Moves the moments out of TensorFlow's resources into m and v (before a step elsewhere). */
+  private takeBackMoments(): void {
+    if (!this.resources) return;
+    for (const [name, { m, v }] of this.resources.moments()) {
+      this.m.set(name, tf.variable(m, false));
+      this.v.set(name, tf.variable(v, false));
+      tf.dispose([m, v]);
+    }
+    this.resources.dispose();
+    this.resources = null;
+  }
+
   /** State as host tensors (for a checkpoint): `m.NAME`, `v.NAME`, and `step`. */
   async stateToHost(): Promise<Map<string, HostTensor>> {
     const out = new Map<string, HostTensor>();
+    const resident = this.resources?.moments() ?? new Map<string, { m: tf.Tensor; v: tf.Tensor }>();
     for (const [prefix, map] of [['m', this.m], ['v', this.v]] as const) {
-      for (const [name, t] of map) {
+      const all: Array<[string, tf.Tensor]> = [...map, ...[...resident].map(([name, mv]) => [name, mv[prefix]] as [string, tf.Tensor])];
+      for (const [name, t] of all) {
         out.set(`${prefix}.${name}`, { dtype: 'float32', shape: t.shape.slice(), data: (await t.data()) as Float32Array });
       }
     }
+    for (const { m, v } of resident.values()) tf.dispose([m, v]);
     out.set('step', { dtype: 'int32', shape: [1], data: Int32Array.of(this.step) });
     return out;
   }
@@ -156,6 +200,8 @@ export class AdamW {
   }
 
   dispose(): void {
+    this.resources?.dispose();
+    this.resources = null;
     for (const t of [...this.m.values(), ...this.v.values()]) t.dispose();
     this.m.clear();
     this.v.clear();
