@@ -5,11 +5,12 @@
  * the same run: PyTorch on the same shape when `--torch PYTHON` is given (the GPU machine), else
  * the best of the other backends.
  *
- *   node dist/bench/train-throughput.js --config sotu-teacher[,tiny,...] [--backends cpu,wasm,webgpu,webgpu-unfused,tensorflow]
+ *   node dist/bench/train-throughput.js --config sotu-teacher[,tiny,...] [--backends cpu,wasm,webgpu,webgpu-unfused,tensorflow,tensorflow-stock]
  *        [--steps 10] [--warmup 2] [--batch-size B] [--seq-len T] [--torch python3] [--torch-device cuda]
  *
  * `webgpu-unfused` is the webgpu backend with offshoot's fused kernels turned off (tfjs's stock
- * kernels only). Each backend runs in its own child process, so one backend's memory or crash does
+ * kernels only); `tensorflow-stock` the tensorflow backend without offshoot's TensorFlow ops
+ * (core/model/tensorflow). A variant is never the baseline of its own backend. Each backend runs in its own child process, so one backend's memory or crash does
  * not touch another. bench/gpu-train.ts is the GPU machine's entry to the same code.
  */
 import { spawnSync } from 'node:child_process';
@@ -20,14 +21,20 @@ import { fileURLToPath } from 'node:url';
 import { type BackendName, initBackend } from '../core/model/backend.js';
 import { GPTNeoX, MODEL_PRESETS, Trainer, parameterCount, presetConfig } from '../core/model/index.js';
 import * as tf from '../core/model/tfjs.js';
+import { setTensorflowKernels } from '../core/model/tensorflow/native.js';
 import { fusedKernelsActive, setFusedKernels } from '../core/model/webgpu/fused.js';
 import { type TuneResult, autotuneMatMuls } from '../core/model/webgpu/matmul.js';
 import { profileGpu } from '../core/model/webgpu/profiler.js';
 import { webgpuBackend } from '../core/model/webgpu/runtime.js';
 import { forwardFlops } from '../core/subnet/count.js';
 
-/** A backend to measure: a tfjs backend, or webgpu with the fused kernels off. */
-export type BenchBackend = BackendName | 'webgpu-unfused';
+/** A backend to measure: a tfjs backend, webgpu with the fused kernels off, or tensorflow with its own ops off. */
+export type BenchBackend = BackendName | 'webgpu-unfused' | 'tensorflow-stock';
+
+/** The tfjs backend a measured variant runs on. */
+function baseBackend(which: BenchBackend): BackendName {
+  return which === 'webgpu-unfused' ? 'webgpu' : which === 'tensorflow-stock' ? 'tensorflow' : which;
+}
 
 /** Batch shape and vocabulary per preset (the pythia shapes use Pythia's own). */
 const SHAPES: Record<string, { vocab: number; batchSize: number; seqLen: number }> = {
@@ -131,11 +138,14 @@ async function profileStep(step: () => Promise<void>): Promise<Measurement['prof
 
 /** Runs in the child: trains `warmup + steps` steps on synthetic tokens and times the last `steps`. */
 async function measure(args: Args, which: BenchBackend): Promise<Measurement> {
-  const backend: BackendName = which === 'webgpu-unfused' ? 'webgpu' : which;
-  const info = await initBackend(backend, () => {});
+  const info = await initBackend(baseBackend(which), () => {});
   if (which === 'webgpu-unfused') {
     setFusedKernels(false);
     info.detail = info.detail?.replace('fused kernels on', 'fused kernels off');
+  }
+  if (which === 'tensorflow-stock') {
+    setTensorflowKernels(false);
+    info.detail = `${info.detail}, TensorFlow ops off`;
   }
   const shape = SHAPES[args.config];
   const batchSize = args.batchSize ?? shape.batchSize;
@@ -266,7 +276,8 @@ export async function runConfig(args: Args): Promise<Record<string, unknown>[]> 
     if (torch?.tokensPerSecond) baseline = torch;
     else {
       for (const o of results) {
-        if (o !== r && o.tokensPerSecond && (!baseline || o.tokensPerSecond > baseline.tokensPerSecond!)) baseline = o;
+        const same = baseBackend(o.backend as BenchBackend) === baseBackend(r.backend as BenchBackend);
+        if (!same && o.tokensPerSecond && (!baseline || o.tokensPerSecond > baseline.tokensPerSecond!)) baseline = o;
       }
     }
     lines.push({
