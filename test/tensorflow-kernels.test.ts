@@ -158,11 +158,14 @@ describe.skipIf(!hasTensorflow)('tensorflow ops match the reference ops on cpu',
 
 describe.skipIf(!hasTensorflow)('tensorflow training path', () => {
   it('AdamW on resource variables matches clipByGlobalNorm + AdamW.apply, state round trip included', async () => {
-    const shapes = [[33, 20], [20], [7, 5]];
-    const names = ['w0', 'layernorm.bias', 'w2'];
+    // Same-shaped small parameters share variables when they decay alike (w2/w3, the two
+    // layernorm vectors); large ones (big0, big1) and the rest have their own.
+    const shapes = [[33, 20], [20], [7, 5], [7, 5], [20], [300, 300], [300, 300]];
+    const names = ['w0', 'layernorm.bias', 'w2', 'w3', 'layernorm.weight', 'big0', 'big1'];
     // Step 1 is clipped (large gradients), the others are not; step 2 takes the stock path (the
-    // moments move out of the resources), step 3 runs after a state round trip.
-    const gradScale = [0.01, 5, 0.01, 0.02];
+    // moments move out of the resources), step 3 runs after a state round trip, step 4 has no
+    // gradient for w3 (it must not move) and step 5 has all again.
+    const gradScale = [0.01, 5, 0.01, 0.02, 0.01, 0.01];
     const run = async (backend: 'cpu' | 'tensorflow') => {
       await useBackend(backend);
       const params = new Map(shapes.map((s, i) => [names[i], tf.tidy(() => tf.variable(tf.tensor(rand(s, 20 + i).data, s)))]));
@@ -176,7 +179,9 @@ describe.skipIf(!hasTensorflow)('tensorflow training path', () => {
           opt.loadState(state);
         }
         const grads: Record<string, tf.Tensor> = {};
-        names.forEach((name, i) => (grads[name] = tf.tensor(rand(shapes[i], 30 + step * 7 + i, gradScale[step]).data, shapes[i])));
+        names.forEach((name, i) => {
+          if (step !== 4 || name !== 'w3') grads[name] = tf.tensor(rand(shapes[i], 30 + step * 7 + i, gradScale[step]).data, shapes[i]);
+        });
         setTensorflowKernels(step === 2 ? false : null);
         const norm =
           backend === 'tensorflow'

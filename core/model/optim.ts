@@ -64,6 +64,8 @@ export class AdamW {
   private readonly v = new Map<string, tf.Variable>();
   /** On the tensorflow backend the moments live here instead of in m and v (tensorflow/adamw.ts). */
   private resources: ResourceAdam | null = null;
+  /** The parameters `resources` was made for. */
+  private resourceNames = '';
 
   constructor(options: Partial<AdamWOptions> = {}) {
     this.options = { ...DEFAULT_ADAMW, ...options };
@@ -136,6 +138,9 @@ export class AdamW {
   }
 
   private applyResources(params: Map<string, tf.Variable>, grads: Record<string, tf.Tensor>, lr: number, maxNorm: number): tf.Scalar {
+    const names = Object.keys(grads).filter((n) => params.has(n)).sort().join('\n');
+    if (names !== this.resourceNames) this.takeBackMoments();
+    this.resourceNames = names;
     this.step += 1;
     this.resources ??= new ResourceAdam();
     const { beta1, beta2, eps, weightDecay } = this.options;

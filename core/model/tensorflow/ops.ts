@@ -186,16 +186,16 @@ export function tfAttention(qkv: tf.Tensor2D, tables: RotaryTables, mask: tf.Ten
     const rows = rotary(reshape(x, [B, T, H, 3 * hs]), cos, sin);
     const [q, k, v] = splitV(transpose(rows, [0, 2, 1, 3]), [hs, hs, hs], 3); // [B, H, T, hs]
     const p = op('Softmax', [typeAttr('T')], [add(batchMatMul(q, k, false, true), mask)]);
-    const context = transpose(batchMatMul(p, v, false, false), [0, 2, 1, 3]);
-    save([q, k, v, p]);
+    const o = batchMatMul(p, v, false, false); // [B, H, T, hs]
+    save([q, k, v, p, o]);
     return {
-      value: reshape(context, [B * T, H * hs]),
-      gradFunc: (dy, [qs, ks, vs, ps]) => {
+      value: reshape(transpose(o, [0, 2, 1, 3]), [B * T, H * hs]),
+      gradFunc: (dy, [qs, ks, vs, ps, os]) => {
         const dc = transpose(reshape(dy, [B, T, H, hs]), [0, 2, 1, 3]);
         const dp = batchMatMul(dc, vs, false, true);
         const dv = batchMatMul(ps, dc, true, false);
-        // softmax: ds = p · (dp − Σ dp·p)
-        const ds = mul(ps, sub(dp, reduce('Sum', mul(dp, ps), [3], true)));
+        // softmax: ds = p · (dp − Σⱼ dpⱼ·pⱼ), and Σⱼ dpⱼ·pⱼ = dc · o (over hs, not T: flash attention's trick).
+        const ds = mul(ps, sub(dp, reduce('Sum', mul(dc, os), [3], true)));
         const dq = batchMatMul(ds, ks, false, false);
         const dk = batchMatMul(ds, qs, true, false);
         const drows = transpose(concat([dq, dk, dv], 3), [0, 2, 1, 3]); // [B, T, H, 3hs]
