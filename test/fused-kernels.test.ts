@@ -123,7 +123,9 @@ describe.skipIf(!hasWebGPU)('fused WebGPU kernels match the reference ops', () =
   }, 900_000);
 
   it('AdamW with global-norm clipping, fused and on the device, matches clipByGlobalNorm + AdamW.apply', async () => {
-    const shapes = [[33, 20], [20], [7, 5]];
+    // More tensors than one dispatch binds (sums of squares and AdamW group them), sizes across
+    // several chunks and workgroups, decayed and undecayed.
+    const shapes = [[33, 20], [20], [7, 5], [70, 90], [3], [257], [16, 16], [1], [40, 9], [5000], [11, 3], [64], [2, 2], [9], [31, 33], [6], [300], [4, 4, 4], [17], [128, 40]];
     const run = async (backend: 'cpu' | 'webgpu') => {
       await useBackend(backend);
       setFusedKernels(backend === 'webgpu');

@@ -1,20 +1,24 @@
 /**
- * AdamW with global gradient-norm clipping on the WebGPU backend, with no read-back: per-parameter
- * sums of squares into one partials buffer, one kernel for the norm, then one kernel per parameter
- * that scales the gradient by min(1, maxNorm / (norm + 1e-6)) on the device and updates the weight
- * and both moments in place (same arithmetic as optim.ts's AdamW.apply after clipByGlobalNorm).
+ * AdamW with global gradient-norm clipping on the WebGPU backend, with no read-back: sums of
+ * squares into one partials buffer, one kernel for the norm, then AdamW kernels that scale the
+ * gradient by min(1, maxNorm / (norm + 1e-6)) on the device and update weights and both moments in
+ * place (same arithmetic as optim.ts's AdamW.apply after clipByGlobalNorm). Each dispatch handles
+ * as many tensors as the device's storage bindings allow: a model has tens of small parameters
+ * (biases, LayerNorms), and one dispatch each cost more than their memory traffic.
  */
 import type * as tf from '../tfjs.js';
 
-import { type Kernel, allocate, dispatch, grid1d, release, toTensor } from './runtime.js';
+import { type Kernel, type UniformValue, allocate, dispatch, grid1d, release, toTensor, webgpuBackend } from './runtime.js';
 import { SUMSQ_CHUNK, adamwSource, normFinalizeSource, sumSquaresSource } from './wgsl-kernels.js';
 
-const K = {
-  sumsq: { key: 'sumsq', name: 'grad_sum_squares', source: sumSquaresSource } as Kernel,
-  norm: { key: 'norm_finalize', name: 'grad_norm', source: normFinalizeSource } as Kernel,
-  adamw: { key: 'adamw', name: 'adamw', source: adamwSource } as Kernel,
-};
-
+const kernels = new Map<string, Kernel>();
+function kernel(name: string, slots: number, source: (slots: number) => string): Kernel {
+  const key = `${name}:${slots}`;
+  let k = kernels.get(key);
+  if (!k) kernels.set(key, (k = { key, name, source: () => source(slots) }));
+  return k;
+}
+const NORM: Kernel = { key: 'norm_finalize', name: 'grad_norm', source: normFinalizeSource };
 export interface FusedAdamWEntry {
   param: tf.Variable;
   grad: tf.Tensor;
@@ -35,39 +39,59 @@ export interface FusedAdamWStep {
   maxNorm: number;
 }
 
+/** Consecutive runs of at most `size` items. */
+function groups<T>(items: T[], size: number): T[][] {
+  const out: T[][] = [];
+  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size));
+  return out;
+}
+
 /** Applies one clipped AdamW step to every entry; returns the gradient norm before clipping (a scalar). */
 export function fusedClipAdamW(entries: FusedAdamWEntry[], s: FusedAdamWStep): tf.Scalar {
-  const chunks = entries.map((e) => Math.max(1, Math.ceil(e.grad.size / SUMSQ_CHUNK)));
-  const P = chunks.reduce((a, b) => a + b, 0);
+  const bindings = webgpuBackend()!.device.limits.maxStorageBuffersPerShaderStage;
+  const chunksOf = (e: FusedAdamWEntry) => Math.max(1, Math.ceil(e.grad.size / SUMSQ_CHUNK));
+  const P = entries.reduce((a, e) => a + chunksOf(e), 0);
   const partials = allocate([P]);
+  // Sums of squares: each gradient one binding, the partials one.
   let offset = 0;
-  entries.forEach((e, i) => {
-    dispatch(K.sumsq, [e.grad], [partials], [['u', e.grad.size], ['u', offset], ['u', chunks[i]], ['u', 0]], grid1d(chunks[i] * 256));
-    offset += chunks[i];
-  });
+  for (const group of groups(entries, bindings - 1)) {
+    const slots: UniformValue[] = [];
+    let chunks = 0;
+    for (const e of group) {
+      slots.push(['u', e.grad.size], ['u', chunks], ['u', 0], ['u', 0]);
+      chunks += chunksOf(e);
+    }
+    const k = kernel('grad_sum_squares', group.length, sumSquaresSource);
+    dispatch(k, group.map((e) => e.grad), [partials], [...slots, ['u', chunks], ['u', offset], ['u', 0], ['u', 0]], grid1d(chunks * 256));
+    offset += chunks;
+  }
   const norm = allocate([]);
-  dispatch(K.norm, [partials], [norm], [['u', P], ['u', 0], ['u', 0], ['u', 0]], [1, 1, 1]);
-  for (const e of entries) {
-    dispatch(
-      K.adamw,
-      [e.grad, norm],
-      [e.param, e.m, e.v],
-      [
-        ['u', e.grad.size],
-        ['f', s.lr],
-        ['f', s.beta1],
-        ['f', s.beta2],
-        ['f', 1 - s.beta1],
-        ['f', 1 - s.beta2],
-        ['f', s.bc1],
-        ['f', s.bc2],
-        ['f', s.eps],
-        ['f', e.decay],
-        ['f', s.maxNorm],
-        ['u', 1],
-      ],
-      grid1d(e.grad.size),
-    );
+  dispatch(NORM, [partials], [norm], [['u', P], ['u', 0], ['u', 0], ['u', 0]], [1, 1, 1]);
+  // AdamW: each parameter four bindings (gradient, weight, two moments), the norm one.
+  for (const group of groups(entries, Math.floor((bindings - 1) / 4))) {
+    const slots: UniformValue[] = [];
+    let blocks = 0;
+    for (const e of group) {
+      slots.push(['u', e.grad.size], ['u', blocks], ['f', e.decay], ['u', 0]);
+      blocks += Math.ceil(e.grad.size / 256);
+    }
+    const uniforms: UniformValue[] = [
+      ['f', s.lr],
+      ['f', s.beta1],
+      ['f', s.beta2],
+      ['f', 1 - s.beta1],
+      ['f', 1 - s.beta2],
+      ['f', s.bc1],
+      ['f', s.bc2],
+      ['f', s.eps],
+      ['f', s.maxNorm],
+      ['u', 1],
+      ['u', 0],
+      ['u', 0],
+      ...slots,
+    ];
+    const k = kernel('adamw', group.length, adamwSource);
+    dispatch(k, [...group.map((e) => e.grad), norm], group.flatMap((e) => [e.param, e.m, e.v]), uniforms, grid1d(blocks * 256));
   }
   release(partials);
   return toTensor<tf.Scalar>(norm);

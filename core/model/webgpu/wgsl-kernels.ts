@@ -898,21 +898,31 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 
 export const SUMSQ_CHUNK = 256 * 16;
 
-/** in: g [n]; out: partials [P] (this tensor's at offset..); u: {n, offset, chunks}. One workgroup per chunk. */
-export function sumSquaresSource(): string {
+/**
+ * Sums of squares of S gradients in one dispatch, one workgroup per chunk of SUMSQ_CHUNK elements.
+ * in: g0..g(S−1); out: partials [P] (this dispatch's chunks at offset..);
+ * u: {slots: (n, first chunk) per gradient, chunks, offset}.
+ */
+export function sumSquaresSource(S: number): string {
+  const branch = (i: number) => `{
+    let start = (chunk - u.slots[${i}].y) * ${SUMSQ_CHUNK}u;
+    for (var i = start + lid; i < min(u.slots[${i}].x, start + ${SUMSQ_CHUNK}u); i += 256u) { let v = g${i}[i]; acc = acc + v * v; }
+  }`;
   return /* wgsl */ `
-@group(0) @binding(0) var<storage, read> g: array<f32>;
-@group(0) @binding(1) var<storage, read_write> partials: array<f32>;
-struct U { n: u32, offset: u32, chunks: u32, p1: u32 };
-@group(0) @binding(2) var<uniform> u: U;
+${Array.from({ length: S }, (_, i) => `@group(0) @binding(${i}) var<storage, read> g${i}: array<f32>;`).join('\n')}
+@group(0) @binding(${S}) var<storage, read_write> partials: array<f32>;
+struct U { slots: array<vec4<u32>, ${S}>, chunks: u32, offset: u32, p0: u32, p1: u32 };
+@group(0) @binding(${S + 1}) var<uniform> u: U;
 ${reduceFns(256, ['sum'])}
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
   let chunk = wid.x + wid.y * nwg.x;
   if (chunk >= u.chunks) { return; }
-  let start = chunk * ${SUMSQ_CHUNK}u;
   var acc = 0.0;
-  for (var i = start + lid; i < min(u.n, start + ${SUMSQ_CHUNK}u); i += 256u) { let v = g[i]; acc = acc + v * v; }
+  ${Array.from({ length: S }, (_, i) => i)
+    .reverse()
+    .map((i) => (i === 0 ? branch(0) : `if (chunk >= u.slots[${i}].y) ${branch(i)}`))
+    .join(' else ')}
   let total = wg_sum(acc, lid);
   if (lid == 0u) { partials[u.offset + chunk] = total; }
 }
@@ -938,33 +948,45 @@ fn main(@builtin(local_invocation_index) lid: u32) {
 }
 
 /**
- * AdamW in place, with the gradient scaled for global-norm clipping on the device.
- * in: g [n], norm [1]; out (in place): p, m, v [n];
- * u: {n, lr, beta1, beta2, oneMinusBeta1, oneMinusBeta2, bc1, bc2, eps, decay, maxNorm}.
+ * AdamW in place for S parameters in one dispatch, with the gradient scaled for global-norm
+ * clipping on the device. in: g0..g(S−1), norm [1]; out (in place): p, m, v of each parameter;
+ * u: {lr, beta1, beta2, oneMinusBeta1, oneMinusBeta2, bc1, bc2, eps, maxNorm, clip,
+ * slots: (n, first workgroup, decay bits) per parameter}. One invocation per element.
  */
-export function adamwSource(): string {
+export function adamwSource(S: number): string {
+  const ins = Array.from({ length: S }, (_, i) => `@group(0) @binding(${i}) var<storage, read> g${i}: array<f32>;`);
+  const outs = Array.from(
+    { length: S },
+    (_, i) => `@group(0) @binding(${S + 1 + 3 * i}) var<storage, read_write> p${i}: array<f32>;
+@group(0) @binding(${S + 2 + 3 * i}) var<storage, read_write> m${i}: array<f32>;
+@group(0) @binding(${S + 3 + 3 * i}) var<storage, read_write> v${i}: array<f32>;`,
+  );
+  const branch = (i: number) => `{
+    let j = (w - u.slots[${i}].y) * 256u + lid;
+    if (j < u.slots[${i}].x) {
+      let gg = g${i}[j] * scale;
+      let mNew = m${i}[j] * u.beta1 + gg * u.omb1;
+      let vNew = v${i}[j] * u.beta2 + (gg * gg) * u.omb2;
+      m${i}[j] = mNew;
+      v${i}[j] = vNew;
+      p${i}[j] = p${i}[j] * bitcast<f32>(u.slots[${i}].z) - ((mNew / u.bc1) / (sqrt(vNew / u.bc2) + u.eps)) * u.lr;
+    }
+  }`;
   return /* wgsl */ `
-@group(0) @binding(0) var<storage, read> g: array<f32>;
-@group(0) @binding(1) var<storage, read> norm: array<f32>;
-@group(0) @binding(2) var<storage, read_write> p: array<f32>;
-@group(0) @binding(3) var<storage, read_write> m: array<f32>;
-@group(0) @binding(4) var<storage, read_write> v: array<f32>;
-struct U { n: u32, lr: f32, beta1: f32, beta2: f32, omb1: f32, omb2: f32, bc1: f32, bc2: f32, eps: f32, decay: f32, maxNorm: f32, clip: u32 };
-@group(0) @binding(5) var<uniform> u: U;
-${FLAT}
+${ins.join('\n')}
+@group(0) @binding(${S}) var<storage, read> norm: array<f32>;
+${outs.join('\n')}
+struct U { lr: f32, beta1: f32, beta2: f32, omb1: f32, omb2: f32, bc1: f32, bc2: f32, eps: f32, maxNorm: f32, clip: u32, p0: u32, p1: u32, slots: array<vec4<u32>, ${S}> };
+@group(0) @binding(${4 * S + 1}) var<uniform> u: U;
 @compute @workgroup_size(256)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let i = flat_index(gid, nwg);
-  if (i >= u.n) { return; }
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let w = wid.x + wid.y * nwg.x;
   var scale = 1.0;
   if (u.clip != 0u) { scale = min(1.0, u.maxNorm / (norm[0] + 1e-6)); }
-  let gg = g[i] * scale;
-  let mNew = m[i] * u.beta1 + gg * u.omb1;
-  let vNew = v[i] * u.beta2 + (gg * gg) * u.omb2;
-  m[i] = mNew;
-  v[i] = vNew;
-  let update = (mNew / u.bc1) / (sqrt(vNew / u.bc2) + u.eps);
-  p[i] = p[i] * u.decay - update * u.lr;
+  ${Array.from({ length: S }, (_, i) => i)
+    .reverse()
+    .map((i) => (i === 0 ? branch(0) : `if (w >= u.slots[${i}].y) ${branch(i)}`))
+    .join(' else ')}
 }
 `;
 }
