@@ -243,10 +243,11 @@ export function fusedAttention(qkv: tf.Tensor2D, cos: tf.Tensor2D, sin: tf.Tenso
 /** Mean softmax cross-entropy of logits [N, V] against int32 targets [N]. */
 export function fusedCrossEntropy(logits: tf.Tensor2D, targets: tf.Tensor1D): tf.Scalar {
   const [N, V] = logits.shape;
+  const vec4 = V % 4 === 0;
   const op = customOp(([x], save) => {
     const rowLoss = allocate([N]);
     const lse = allocate([N]);
-    dispatch(kernel('cross_entropy', '', crossEntropyForwardSource), [x, targets], [rowLoss, lse], [['u', N], ['u', V], ['u', 0], ['u', 0]], rowGrid(N));
+    dispatch(kernel('cross_entropy', String(vec4), () => crossEntropyForwardSource(vec4)), [x, targets], [rowLoss, lse], [['u', N], ['u', V], ['u', 0], ['u', 0]], rowGrid(N));
     const rl = toTensor(rowLoss);
     const value = tf.mean(rl);
     save([x, toTensor(lse), targets]);
@@ -254,7 +255,7 @@ export function fusedCrossEntropy(logits: tf.Tensor2D, targets: tf.Tensor1D): tf
       value,
       gradFunc: (dy, [xs, ls, ts]) => {
         const dx = allocate([N, V]);
-        dispatch(kernel('cross_entropy_backward', '', crossEntropyBackwardSource), [xs, ls, ts, dy], [dx], [['u', N * V], ['u', V], ['f', 1 / N], ['u', 0]], grid1d(N * V));
+        dispatch(kernel('cross_entropy_backward', String(vec4), () => crossEntropyBackwardSource(vec4)), [xs, ls, ts, dy], [dx], [['u', N], ['u', V], ['f', 1 / N], ['u', 0]], rowGrid(N));
         return toTensor(dx);
       },
     };

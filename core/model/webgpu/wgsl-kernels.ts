@@ -646,10 +646,15 @@ fn wg_lse_${name}(m: f32, s: f32, lid: u32) -> f32 {
 
 const CE_WG = 256;
 
-/** in: x [N, V], targets [N] i32; out: loss [N], lse [N]; u: {N, V}. */
-export function crossEntropyForwardSource(): string {
+/**
+ * in: x [N, V], targets [N] i32; out: loss [N], lse [N]; u: {N, V}. One workgroup per row; with
+ * `vec4` (V a multiple of 4) the row is read four floats at a time.
+ */
+export function crossEntropyForwardSource(vec4: boolean): string {
+  const W = vec4 ? 4 : 1;
+  const T = vec4 ? 'vec4<f32>' : 'f32';
   return /* wgsl */ `
-@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(0) var<storage, read> x: array<${T}>;
 @group(0) @binding(1) var<storage, read> targets: array<i32>;
 @group(0) @binding(2) var<storage, read_write> loss: array<f32>;
 @group(0) @binding(3) var<storage, read_write> lseOut: array<f32>;
@@ -661,42 +666,59 @@ ${lseReduce(CE_WG, 'a')}
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
   let row = wid.x + wid.y * nwg.x;
   if (row >= u.N) { return; }
-  let base = row * u.V;
+  let cols = u.V / ${W}u;
+  let base = row * cols;
   var m = ${NEG_BIG};
   var s = 0.0;
-  for (var v = lid; v < u.V; v += ${CE_WG}u) {
-    let xv = x[base + v];
-    if (xv > m) { s = s * exp(m - xv) + 1.0; m = xv; } else { s = s + exp(xv - m); }
+  for (var c = lid; c < cols; c += ${CE_WG}u) {
+    let xv = x[base + c];
+    ${
+      vec4
+        ? `let mx = max(max(xv.x, xv.y), max(xv.z, xv.w));
+    if (mx > m) { s = s * exp(m - mx); m = mx; }
+    s = s + dot(exp(xv - vec4<f32>(m)), vec4<f32>(1.0));`
+        : `if (xv > m) { s = s * exp(m - xv) + 1.0; m = xv; } else { s = s + exp(xv - m); }`
+    }
   }
   let lse = wg_lse_a(m, s, lid);
   if (lid == 0u) {
+    let t = u32(targets[row]);
     lseOut[row] = lse;
-    loss[row] = lse - x[base + u32(targets[row])];
+    loss[row] = lse - x[base + t / ${W}u]${vec4 ? '[t % 4u]' : ''};
   }
 }
 `;
 }
 
-/** in: x [N, V], lse [N], targets [N] i32, dy [1]; out: dx [N, V]; u: {total, V, invN}. */
-export function crossEntropyBackwardSource(): string {
+/**
+ * in: x [N, V], lse [N], targets [N] i32, dy [1]; out: dx [N, V] = (softmax(x) − onehot)·dy/N;
+ * u: {N, V, invN}. One workgroup per row (no division per element); `vec4` as in the forward.
+ */
+export function crossEntropyBackwardSource(vec4: boolean): string {
+  const W = vec4 ? 4 : 1;
+  const T = vec4 ? 'vec4<f32>' : 'f32';
   return /* wgsl */ `
-@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(0) var<storage, read> x: array<${T}>;
 @group(0) @binding(1) var<storage, read> lse: array<f32>;
 @group(0) @binding(2) var<storage, read> targets: array<i32>;
 @group(0) @binding(3) var<storage, read> dy: array<f32>;
-@group(0) @binding(4) var<storage, read_write> dx: array<f32>;
-struct U { total: u32, V: u32, invN: f32, p0: u32 };
+@group(0) @binding(4) var<storage, read_write> dx: array<${T}>;
+struct U { N: u32, V: u32, invN: f32, p0: u32 };
 @group(0) @binding(5) var<uniform> u: U;
-${FLAT}
 @compute @workgroup_size(256)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let idx = flat_index(gid, nwg);
-  if (idx >= u.total) { return; }
-  let n = idx / u.V;
-  let v = idx % u.V;
-  var g = exp(x[idx] - lse[n]);
-  if (u32(targets[n]) == v) { g = g - 1.0; }
-  dx[idx] = g * (dy[0] * u.invN);
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let row = wid.x + wid.y * nwg.x;
+  if (row >= u.N) { return; }
+  let cols = u.V / ${W}u;
+  let base = row * cols;
+  let l = lse[row];
+  let scale = dy[0] * u.invN;
+  let tc = u32(targets[row]) / ${W}u;
+  for (var c = lid; c < cols; c += 256u) {
+    var g = exp(x[base + c] - ${T}(l));
+    if (c == tc) { g${vec4 ? `[u32(targets[row]) % 4u]` : ''} = g${vec4 ? `[u32(targets[row]) % 4u]` : ''} - 1.0; }
+    dx[base + c] = g * scale;
+  }
 }
 `;
 }
