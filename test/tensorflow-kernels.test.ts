@@ -12,7 +12,7 @@ import * as path from 'node:path';
 
 import { afterAll, describe, expect, it } from 'vitest';
 
-import { AdamW, GPTNeoX, Trainer, causalSelfAttention, clipByGlobalNorm } from '../core/model/index.js';
+import { AdamW, GPTNeoX, Trainer, causalSelfAttention, clipByGlobalNorm, distillationLoss } from '../core/model/index.js';
 import { crossEntropy, gatherRows, layerNorm, linear, linearGelu, matMulNT } from '../core/model/ops.js';
 import { tensorflowKernelsActive, setTensorflowKernels } from '../core/model/tensorflow/native.js';
 import { type RotaryTables, rotaryTables, tfAttention } from '../core/model/tensorflow/ops.js';
@@ -100,6 +100,15 @@ const CASES: Case[] = [
   { name: 'logits product', inputs: [rand([N, IN], 7), rand([101, IN], 8)], diff: 2, f: (x, w) => matMulNT(x as tf.Tensor2D, w as tf.Tensor2D), tol: 2e-6 },
   { name: 'LayerNorm', inputs: [rand([N, 48], 9, 3), rand([48], 10), rand([48], 11)], diff: 3, f: (x, w, b) => layerNorm(x, w, b, 1e-5), tol: 1e-5 },
   { name: 'cross-entropy', inputs: [rand([N, 101], 12, 4), ints(N, 101, 13)], diff: 1, f: (x, t) => crossEntropy(x as tf.Tensor2D, t as tf.Tensor1D), tol: 2e-6 },
+  // Distillation runs the reference top-k KL with the tensorflow cross-entropy inside.
+  {
+    name: 'top-k distillation with cross-entropy',
+    inputs: [rand([N, 97], 15, 3), ints(N, 97, 16), { shape: [N, 5], data: Int32Array.from(ints(N * 5, 97, 17).data) }, rand([N, 5], 18, 3), rand([N], 19, 1)],
+    diff: 1,
+    f: (x, t, idx, tl, ln) =>
+      distillationLoss(x as tf.Tensor2D, t as tf.Tensor1D, { indices: idx as tf.Tensor2D, logits: tl as tf.Tensor2D, logNormaliser: tf.add(ln, 4) as tf.Tensor1D }, { alpha: 0.3, temperature: 2, direction: 'symmetric' }),
+    tol: 2e-6,
+  },
   // Repeated ids: their gradients must be summed.
   { name: 'embedding lookup', inputs: [rand([19, 16], 14), { shape: [9], data: Int32Array.from([3, 0, 18, 3, 7, 7, 7, 1, 3]) }], diff: 1, f: (t, i) => gatherRows(t as tf.Tensor2D, i as tf.Tensor1D), tol: 0 },
 ];
