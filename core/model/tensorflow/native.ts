@@ -102,12 +102,12 @@ export function reduce(name: 'Mean' | 'Sum', x: tf.TensorInfo, axes: number[], k
   return op(name, [boolAttr('keep_dims', keepDims), typeAttr('T'), typeAttr('Tidx', 'int32')], [x, int32Const(axes)]);
 }
 
-/** op(a) · op(b) for rank-2 inputs. */
-export function matMul2d(a: tf.TensorInfo, b: tf.TensorInfo, transposeA: boolean, transposeB: boolean): tf.Tensor {
-  return op('MatMul', [typeAttr('T'), boolAttr('transpose_a', transposeA), boolAttr('transpose_b', transposeB)], [a, b]);
-}
-
-/** Batched op(a) · op(b) over leading axes. */
+/**
+ * op(a) · op(b), batched over leading axes (rank 2 included). Not TensorFlow's MatMul, though it is
+ * faster on small rank-2 shapes: with TensorFlow 2.21's CPU wheel, a signal landing during a
+ * MatMul (the V8 CPU profiler's SIGPROF, every millisecond) corrupts the heap for shapes such as
+ * 512×128·128×128, with oneDNN on or off; BatchMatMulV2, which tfjs-node itself uses, does not.
+ */
 export function batchMatMul(a: tf.TensorInfo, b: tf.TensorInfo, adjX: boolean, adjY: boolean): tf.Tensor {
   return op('BatchMatMulV2', [typeAttr('T'), boolAttr('adj_x', adjX), boolAttr('adj_y', adjY)], [a, b]);
 }

@@ -14,7 +14,6 @@ import {
   batchMatMul,
   int32Const,
   intAttr,
-  matMul2d,
   mul,
   op,
   opN,
@@ -59,12 +58,12 @@ const INV_SQRT_2PI = 1 / Math.sqrt(2 * Math.PI);
 /** x [N, in] · weightᵀ ([out, in], torch layout) + bias, then exact GELU when asked. */
 export function tfLinear(x: tf.Tensor2D, weight: tf.Tensor2D, bias: tf.Tensor1D, activation: 'none' | 'gelu' = 'none'): tf.Tensor2D {
   const f = customOp(([xt, wt, bt], save) => {
-    const z = biasAdd(matMul2d(xt, wt, false, true), bt);
+    const z = biasAdd(batchMatMul(xt, wt, false, true), bt);
     if (activation === 'none') {
       save([xt, wt]);
       return {
         value: z,
-        gradFunc: (dy, [xs, ws]) => [matMul2d(dy, ws, false, false), matMul2d(dy, xs, true, false), biasGrad(dy)],
+        gradFunc: (dy, [xs, ws]) => [batchMatMul(dy, ws, false, false), batchMatMul(dy, xs, true, false), biasGrad(dy)],
       };
     }
     // gelu(z) = z·Φ(z), Φ(z) = (1 + erf(z/√2))/2; gelu'(z) = Φ(z) + z·φ(z), φ(z) = exp(−z²/2)/√(2π).
@@ -76,7 +75,7 @@ export function tfLinear(x: tf.Tensor2D, weight: tf.Tensor2D, bias: tf.Tensor1D,
         const pdf = unary('Exp', mul(unary('Square', zs), scalar(-0.5)));
         const slope = add(mul(mul(zs, pdf), scalar(INV_SQRT_2PI)), cs);
         const dz = mul(dy, slope);
-        return [matMul2d(dz, ws, false, false), matMul2d(dz, xs, true, false), biasGrad(dz)];
+        return [batchMatMul(dz, ws, false, false), batchMatMul(dz, xs, true, false), biasGrad(dz)];
       },
     };
   });
@@ -88,8 +87,8 @@ export function tfMatMulNT(a: tf.Tensor2D, b: tf.Tensor2D): tf.Tensor2D {
   const f = customOp(([at, bt], save) => {
     save([at, bt]);
     return {
-      value: matMul2d(at, bt, false, true),
-      gradFunc: (dy, [as, bs]) => [matMul2d(dy, bs, false, false), matMul2d(dy, as, true, false)],
+      value: batchMatMul(at, bt, false, true),
+      gradFunc: (dy, [as, bs]) => [batchMatMul(dy, bs, false, false), batchMatMul(dy, as, true, false)],
     };
   });
   return f(a, b) as tf.Tensor2D;
