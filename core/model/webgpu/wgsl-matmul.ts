@@ -1,6 +1,8 @@
 /**
  * WGSL source for the f32 matrix products (pure string generation, no tfjs): C[M, N] = op(A) · op(B)
- * with op a transpose or not, register-tiled (each invocation a TM × TN block of C), staged through
+ * with op a transpose or not, register-tiled (each invocation TM × TN elements of C: TM/4 × TN/4
+ * blocks of 4 × 4, interleaved with the other invocations' so that neighbouring invocations read
+ * neighbouring vec4s of the slabs without bank conflicts and store neighbouring vec4s), staged through
  * workgroup memory BK columns of K at a time, with the next slab's global loads in flight while the
  * current one is multiplied. The loops over a slab and a thread's block are unrolled here, in
  * TypeScript, so the accumulators are plain variables (registers), not an indexed array.
@@ -175,8 +177,8 @@ export function matmulSource(v: MatMulVariant): string {
   for (let i = 0; i < TM; i++) for (let j = 0; j < TN / 4; j++) accDecl.push(`var acc${i}_${j} = vec4<f32>(0.0);`);
   const inner: string[] = [];
   for (let kk = 0; kk < BK; kk++) {
-    for (let i = 0; i < TM / 4; i++) inner.push(`let a${kk}_${i} = As[${kk * (BM / 4)}u + ty * ${TM / 4}u + ${i}u];`);
-    for (let j = 0; j < TN / 4; j++) inner.push(`let b${kk}_${j} = Bs[${kk * (BN / 4)}u + tx * ${TN / 4}u + ${j}u];`);
+    for (let i = 0; i < TM / 4; i++) inner.push(`let a${kk}_${i} = As[${kk * (BM / 4) + i * threadsY}u + ty];`);
+    for (let j = 0; j < TN / 4; j++) inner.push(`let b${kk}_${j} = Bs[${kk * (BN / 4) + j * threadsX}u + tx];`);
     for (let i = 0; i < TM; i++) {
       const a = `a${kk}_${Math.floor(i / 4)}.${'xyzw'[i % 4]}`;
       for (let j = 0; j < TN / 4; j++) inner.push(`acc${i}_${j} = fma(vec4<f32>(${a}), b${kk}_${j}, acc${i}_${j});`);
@@ -188,8 +190,8 @@ export function matmulSource(v: MatMulVariant): string {
   const cBase = v.splitK ? 'wid.z * u.M * u.N' : '0u';
   for (let i = 0; i < TM; i++) {
     for (let j = 0; j < TN / 4; j++) {
-      const m = `(rowC0 + ${i}u)`;
-      const n = `(colC0 + ${j * 4}u)`;
+      const m = `(rowC0 + ${Math.floor(i / 4) * threadsY * 4 + (i % 4)}u)`;
+      const n = `(colC0 + ${j * threadsX * 4}u)`;
       const acc = `acc${i}_${j}`;
       const lines: string[] = [];
       if (v.vecC) {
@@ -222,8 +224,8 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_
   let ty = lid.y;
   let rowA0 = wid.y * ${BM}u;
   let colB0 = wid.x * ${BN}u;
-  let rowC0 = rowA0 + ty * ${TM}u;
-  let colC0 = colB0 + tx * ${TN}u;
+  let rowC0 = rowA0 + ty * 4u;
+  let colC0 = colB0 + tx * 4u;
   let kStart = ${v.splitK ? 'wid.z * u.kChunk' : '0u'};
   let kEnd = ${v.splitK ? 'max(kStart, min(u.K, kStart + u.kChunk))' : 'u.K'};
   let nSlabs = (kEnd - kStart + ${BK - 1}u) / ${BK}u;
