@@ -23,7 +23,6 @@ interface Binding {
   TF_INT32: number;
   TF_ATTR_STRING: number;
   TF_ATTR_INT: number;
-  TF_ATTR_FLOAT: number;
   TF_ATTR_BOOL: number;
   TF_ATTR_TYPE: number;
   TF_ATTR_SHAPE: number;
@@ -76,10 +75,6 @@ export function boolAttr(name: string, value: boolean): OpAttr {
 
 export function intAttr(name: string, value: number | number[]): OpAttr {
   return { name, type: nodeBackend().binding.TF_ATTR_INT, value };
-}
-
-export function floatAttr(name: string, value: number): OpAttr {
-  return { name, type: nodeBackend().binding.TF_ATTR_FLOAT, value };
 }
 
 export function stringAttr(name: string, value: string): OpAttr {
