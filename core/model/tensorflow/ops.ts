@@ -132,7 +132,7 @@ export interface AttentionShape {
 
 /**
  * Per-position tables that apply rotary embeddings to a whole head row (q, k, v) with two
- * multiplies: row·cos + rotateHalf(row)·sin, where rotateHalf swaps the halves of the rotated
+ * multiplies: row·cos + rotateHalves(row)·sin, where rotateHalves swaps the halves of the rotated
  * dims of q and k (the sign is in `sin`). Pass-through dims and v get cos 1, sin 0; q's entries
  * also carry the attention scale head_size^-0.5, so the scores need no separate multiply.
  */
@@ -198,7 +198,7 @@ export function tfAttention(qkv: tf.Tensor2D, tables: RotaryTables, mask: tf.Ten
         const dq = batchMatMul(ds, ks, false, false);
         const dk = batchMatMul(ds, qs, true, false);
         const drows = transpose(concat([dq, dk, dv], 3), [0, 2, 1, 3]); // [B, T, H, 3hs]
-        // The transpose of rows·cos + rotateHalf(rows)·sin; rotateHalf is its own inverse.
+        // The transpose of rows·cos + rotateHalves(rows)·sin; rotateHalves is its own inverse.
         const dx = rd === 0 ? mul(drows, cos) : add(mul(drows, cos), rotateHalves(mul(drows, sin), hs, rd));
         return reshape(dx, [B * T, H * 3 * hs]);
       },
