@@ -16,7 +16,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { natsAuth, teacherTls, temporalTls } from '../services/credentials/index.js';
 import { closeTeacherClients, localEnv, teacherClient } from '../services/orchestration/index.js';
 import { connectNats } from '../services/progress/index.js';
-import { natsServerBinary } from '../services/stack/index.js';
+import { freePort, natsServerBinary } from '../services/stack/index.js';
 import { saveTeacher, startTeacher, stopAllTeachers } from './helpers/teacher.js';
 import { tinyConfig } from './helpers/tiny.js';
 
@@ -143,17 +143,6 @@ describe('the hooks against real servers', () => {
     }
   }, 60_000);
 });
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as net.AddressInfo;
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 async function waitForPort(port: number, child: ChildProcess): Promise<void> {
   const deadline = Date.now() + 15_000;

@@ -34,7 +34,9 @@ import {
   type EvolutionStatus,
   INLINE_STATE_BYTES,
   TASK_QUEUES,
+  activityOptions,
   checkPayloadSize,
+  errorMessage,
   jsonBytes,
 } from './types.js';
 
@@ -52,16 +54,6 @@ export function evaluationSeed(searchSeed: number, id: number): number {
   h = Math.imul(h ^ (id + 0x7f4a7c15), 0x85ebca6b) >>> 0;
   h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35) >>> 0;
   return (h ^ (h >>> 16)) & 0x7fffffff;
-}
-
-function errorMessage(err: unknown): string {
-  let e = err as { message?: string; cause?: unknown } | undefined;
-  const parts: string[] = [];
-  while (e && parts.length < 4) {
-    if (e.message) parts.push(e.message);
-    e = e.cause as typeof e;
-  }
-  return parts.join(': ') || String(err);
 }
 
 function summary(r: EvaluationRecord<SubnetSpec>): CandidateSummary {
@@ -91,12 +83,7 @@ function withSpec(r: EvaluationRecord<SubnetSpec>, space: SubnetSearchSpace): Be
 
 export async function evolution(input: EvolutionInput): Promise<EvolutionResult> {
   const policy = input.activity;
-  const evaluate = proxyActivities<EvaluateActivities>({
-    taskQueue: TASK_QUEUES.evaluate,
-    startToCloseTimeout: `${policy.timeoutSeconds}s`,
-    heartbeatTimeout: `${policy.heartbeatSeconds}s`,
-    retry: { maximumAttempts: policy.maxAttempts, initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '30s', nonRetryableErrorTypes: ['SpecError', 'TargetError', 'PayloadTooLargeError'] },
-  });
+  const evaluate = proxyActivities<EvaluateActivities>(activityOptions(TASK_QUEUES.evaluate, policy, ['SpecError', 'TargetError', 'PayloadTooLargeError']));
   const orchestrate = proxyActivities<OrchestrateActivities>({
     taskQueue: TASK_QUEUES.orchestrate,
     startToCloseTimeout: '2m',

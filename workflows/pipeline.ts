@@ -20,6 +20,7 @@ import {
   type StudentInit,
   type TeacherRef,
   TASK_QUEUES,
+  errorMessage,
   workflowIds,
 } from './types.js';
 
@@ -29,16 +30,6 @@ interface StudentPlan {
   name: string;
   init: StudentInit;
   description: string;
-}
-
-function errorMessage(err: unknown): string {
-  let e = err as { message?: string; cause?: unknown } | undefined;
-  const parts: string[] = [];
-  while (e && parts.length < 4) {
-    if (e.message) parts.push(e.message);
-    e = e.cause as typeof e;
-  }
-  return parts.join(': ') || String(err);
 }
 
 /**

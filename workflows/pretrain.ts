@@ -26,6 +26,7 @@ import {
   type PretrainResult,
   type TrainSegmentOutput,
   TASK_QUEUES,
+  activityOptions,
   checkPayloadSize,
 } from './types.js';
 
@@ -45,12 +46,7 @@ const SEGMENTS_PER_RUN = 200;
 
 export async function pretrain(input: PretrainInput): Promise<PretrainResult> {
   const p = input.activity;
-  const train = proxyActivities<PretrainActivities>({
-    taskQueue: TASK_QUEUES.pretrain,
-    startToCloseTimeout: `${p.timeoutSeconds}s`,
-    heartbeatTimeout: `${p.heartbeatSeconds}s`,
-    retry: { maximumAttempts: p.maxAttempts, initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '30s', nonRetryableErrorTypes: ['SpecError', 'CheckpointError', 'PayloadTooLargeError'] },
-  });
+  const train = proxyActivities<PretrainActivities>(activityOptions(TASK_QUEUES.pretrain, p, ['SpecError', 'CheckpointError', 'PayloadTooLargeError']));
   const prepare = proxyActivities<PretrainActivities>({
     taskQueue: TASK_QUEUES.pretrain,
     startToCloseTimeout: '10m',

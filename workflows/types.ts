@@ -70,6 +70,30 @@ export interface ActivityPolicy {
   maxAttempts: number;
 }
 
+/**
+ * Activity options under a policy: its timeouts and attempts, exponential backoff from 1 s to 30 s,
+ * and no retry of the named error types (bad input that another attempt cannot fix).
+ */
+export function activityOptions(taskQueue: string, policy: ActivityPolicy, nonRetryableErrorTypes: string[]) {
+  return {
+    taskQueue,
+    startToCloseTimeout: `${policy.timeoutSeconds}s`,
+    heartbeatTimeout: `${policy.heartbeatSeconds}s`,
+    retry: { maximumAttempts: policy.maxAttempts, initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '30s', nonRetryableErrorTypes },
+  };
+}
+
+/** An error's message with up to three causes, for logs and failure messages. */
+export function errorMessage(err: unknown): string {
+  let e = err as { message?: string; cause?: unknown } | undefined;
+  const parts: string[] = [];
+  while (e && parts.length < 4) {
+    if (e.message) parts.push(e.message);
+    e = e.cause as typeof e;
+  }
+  return parts.join(': ') || String(err);
+}
+
 /** Where a run keeps its files, and its name. */
 export interface RunRef {
   /** The run's name; workflow ids derive from it. */

@@ -4,10 +4,12 @@
  * failing that, when the test process exits.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import * as net from 'node:net';
 import * as path from 'node:path';
 
 import { GPTNeoX, type NeoXConfig, saveCheckpoint } from '../../core/model/index.js';
+import { freePort } from '../../services/stack/index.js';
+
+export { freePort };
 
 const ROOT = path.join(import.meta.dirname, '..', '..');
 const running = new Set<ChildProcess>();
@@ -16,17 +18,6 @@ process.on('exit', () => {
   for (const child of running) child.kill('SIGKILL');
 });
 
-/** A port that was free a moment ago on 127.0.0.1. */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as net.AddressInfo;
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 /** Saves a random tiny teacher; a large init range spreads its logits, so top-k has no near-ties. */
 export async function saveTeacher(dir: string, config: NeoXConfig, seed: number): Promise<{ model: GPTNeoX; hash: string }> {
