@@ -1,8 +1,9 @@
 /**
  * The pipeline end to end, as users run it: `offshoot run` with the embedded stack (the Temporal dev
  * server, nats-server, the teacher-logit service and workers, all real child processes) on a tiny
- * configuration; `offshoot status` while it runs; a rerun that finds the finished run; and `offshoot run`
- * against an external Temporal with workers started separately, cancelled with `offshoot cancel`.
+ * configuration; `offshoot status` while it runs; a rerun that finds the finished run; a run killed with
+ * kill -9 whose rerun stops what it left running and finishes it; and `offshoot run` against an external
+ * Temporal with workers started separately, cancelled with `offshoot cancel`.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -111,6 +112,51 @@ describe('offshoot run (embedded stack)', () => {
     const again = lastJson<PipelineResult>(r.stdout);
     expect(again.rows).toEqual(first.rows);
   }, 300_000);
+});
+
+describe('offshoot run killed with kill -9', () => {
+  it('a rerun stops what the killed run left running, serves the teacher on the same port, resumes and finishes the run', async () => {
+    const configFile = path.join(tmp, 'orphans.yaml');
+    fs.writeFileSync(configFile, tinyConfig('orphans'));
+    const run = start(['run', '--config', configFile, '--json']);
+    const stackFile = path.join(tmp, 'runs', 'orphans', 'stack.json');
+    // The whole stack is up once stack.json lists the workers.
+    const record = await waitUntil(
+      'the whole embedded stack',
+      () => {
+        if (!fs.existsSync(stackFile)) return undefined;
+        const r = JSON.parse(fs.readFileSync(stackFile, 'utf8')) as { pid: number; processes?: Record<string, number> };
+        return r.processes?.orchestrate ? r : undefined;
+      },
+      300_000,
+      200,
+    );
+    run.child.kill('SIGKILL');
+    await run.done;
+    // Alive and not a zombie (a killed orphan nobody reaps).
+    const alive = (pid: number) => {
+      try {
+        return !/^\d+ \(.*\) Z/.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'));
+      } catch {
+        return false;
+      }
+    };
+    const portFile = path.join(tmp, 'runs', 'orphans', 'teacher-service.port');
+    const port = fs.readFileSync(portFile, 'utf8').trim();
+    const left = Object.entries(record.processes!);
+    expect(left.map(([name]) => name)).toEqual(expect.arrayContaining(['temporal', 'nats', 'teacher', 'orchestrate', 'pretrain', 'evaluate-0']));
+    // The services outlive the killed run (workers may exit on their own once their parent is gone).
+    expect(left.filter(([, pid]) => alive(pid)).map(([name]) => name)).toEqual(expect.arrayContaining(['temporal', 'nats', 'teacher']));
+
+    const r = await start(['run', '--config', configFile, '--json']).done;
+    expect(r.code, r.stderr.slice(-3000)).toBe(0);
+    expect(r.stderr).toMatch(new RegExp(`left running: .*temporal \\(${record.processes!.temporal}\\)`));
+    expect(left.filter(([, pid]) => alive(pid))).toEqual([]);
+    expect(r.stderr).toContain(`teacher service 127.0.0.1:${port}`);
+    const result = lastJson<PipelineResult>(r.stdout);
+    expect(result.rows.map((row) => row.name).sort()).toEqual(['first-k', 'random-init', 'student']);
+    expect(fs.existsSync(stackFile)).toBe(false);
+  }, 900_000);
 });
 
 describe('offshoot run that fails', () => {

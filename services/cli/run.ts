@@ -73,10 +73,77 @@ function stackFile(config: OffshootConfig): string {
 function pidAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch {
     return false;
   }
+  // A killed orphan nobody reaps stays a zombie: it is gone for our purposes.
+  try {
+    return !/^\d+ \(.*\) Z/.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return true;
+  }
+}
+
+/** What stack.json records: endpoints, the `offshoot run` process and every process it started. */
+interface StackRecord {
+  temporal: string;
+  nats?: string;
+  pid: number;
+  processes?: Record<string, number>;
+}
+
+/** The command line of a live process where /proc shows it, else '' (other systems, or it is gone). */
+function commandOf(pid: number): string {
+  try {
+    return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').replace(/\0/g, ' ');
+  } catch {
+    return '';
+  }
+}
+
+/**
+ * Before an embedded stack starts: refuses when another `offshoot run` of this run is alive, and stops
+ * what an `offshoot run` that was killed (kill -9, a lost node) left running — a second Temporal on
+ * the same database, workers still taking tasks. A pid is only signalled while its command line (where
+ * /proc shows it) is one of ours, since pids are reused.
+ */
+async function reapOrphans(config: OffshootConfig): Promise<void> {
+  const file = stackFile(config);
+  if (!fs.existsSync(file)) return;
+  let record: StackRecord;
+  try {
+    record = JSON.parse(fs.readFileSync(file, 'utf8')) as StackRecord;
+  } catch {
+    fs.rmSync(file, { force: true });
+    return;
+  }
+  const ours = (pid: number) => pidAlive(pid) && (!fs.existsSync('/proc') || /services\/cli\/main|offshoot|temporal|nats-server/.test(commandOf(pid)));
+  if (record.pid !== process.pid && ours(record.pid)) {
+    throw new Error(
+      `run ${config.run.name}: another \`offshoot run\` (pid ${record.pid}) is running it; follow it with \`offshoot watch ${config.run.name}\` or stop it (Ctrl-C, or kill ${record.pid}) first`,
+    );
+  }
+  const left = Object.entries(record.processes ?? {}).filter(([, pid]) => ours(pid));
+  if (left.length > 0) {
+    log(`run ${config.run.name}: stopping what an \`offshoot run\` that was killed (pid ${record.pid}) left running: ${left.map(([n, pid]) => `${n} (${pid})`).join(', ')}`);
+    const signal = (sig: NodeJS.Signals) => {
+      for (const [, pid] of left) {
+        try {
+          process.kill(pid, sig);
+        } catch {
+          // already gone
+        }
+      }
+    };
+    // As stopAll does: workers drain (a running segment checkpoints) within the grace period.
+    signal('SIGTERM');
+    const deadline = Date.now() + config.workers.gracePeriodSeconds * 1000;
+    while (Date.now() < deadline && left.some(([, pid]) => pidAlive(pid))) await sleep(200);
+    signal('SIGKILL');
+    const killDeadline = Date.now() + 10_000;
+    while (Date.now() < killDeadline && left.some(([, pid]) => pidAlive(pid))) await sleep(100);
+  }
+  fs.rmSync(file, { force: true });
 }
 
 /** The Temporal address for status/cancel: the flag, the config, or a running embedded stack. */
@@ -84,7 +151,7 @@ function temporalAddressFor(config: OffshootConfig): string {
   if (config.services.temporal.address) return config.services.temporal.address;
   const file = stackFile(config);
   if (fs.existsSync(file)) {
-    const s = JSON.parse(fs.readFileSync(file, 'utf8')) as { temporal: string; pid: number };
+    const s = JSON.parse(fs.readFileSync(file, 'utf8')) as StackRecord;
     if (pidAlive(s.pid)) return s.temporal;
   }
   throw new Error(
@@ -240,17 +307,31 @@ async function startEmbedded(config: OffshootConfig, backend: string, temporalRe
   const common = { temporal: temporal.address, namespace: config.services.temporal.namespace, env, backend };
   const starts: Promise<unknown>[] = [];
   if (config.teacher.service.enabled) {
-    starts.push(
+    // A run's workflows carry the teacher service's address, so a rerun that resumes them serves
+    // the teacher on the port the run used before (a new one, with a warning, if that is taken).
+    const portFile = path.join(dir, 'teacher-service.port');
+    const previous = fs.existsSync(portFile) ? Number(fs.readFileSync(portFile, 'utf8')) : undefined;
+    const serve = (port?: number) =>
       startTeacherService({
         model: teacherDir(config),
+        port,
         backend,
         env,
         extra: ['--max-batch-tokens', String(config.teacher.service.maxBatchTokens), '--top-k', String(config.teacher.service.topK)],
         logFile: path.join(logs, 'teacher-service.log'),
-      }).then((t) => {
-        processes.push(t);
-        teacherService = { targets: [t.target], topK: config.teacher.service.topK };
-      }),
+      });
+    starts.push(
+      serve(previous)
+        .catch((err: unknown) => {
+          if (previous === undefined) throw err;
+          log(`run ${config.run.name}: the teacher service could not listen on its earlier port ${previous} (${(err as Error).message.split('\n')[0]}); a resumed search or pretraining that still uses it will retry until its attempts run out`);
+          return serve();
+        })
+        .then((t) => {
+          processes.push(t);
+          fs.writeFileSync(portFile, `${t.port}\n`);
+          teacherService = { targets: [t.target], topK: config.teacher.service.topK };
+        }),
     );
   }
   starts.push(startWorker({ ...common, queues: ['orchestrate'], name: 'orchestrate', logFile: path.join(logs, 'worker-orchestrate.log') }).then((w) => processes.push(w)));
@@ -283,6 +364,7 @@ async function runAction(opts: RunCliOptions): Promise<void> {
     return;
   }
 
+  await reapOrphans(config);
   const backend = config.workers.backend === 'auto' ? (activeBackend()?.name ?? 'auto') : config.workers.backend;
   log(`run ${config.run.name}: embedded stack (Temporal dev server, nats-server, teacher service, workers) in ${dir}; backend ${backend}`);
   const started: ManagedProcess[] = [];
@@ -319,7 +401,8 @@ async function runAction(opts: RunCliOptions): Promise<void> {
     ] as const;
     pendingStarts.push(...starting);
     const services = Promise.all(starting).then((s) => {
-      fs.writeFileSync(stackFile(config), JSON.stringify({ temporal: s[0].address, nats: s[1].url, pid: process.pid }) + '\n');
+      const record: StackRecord = { temporal: s[0].address, nats: s[1].url, pid: process.pid, processes: { temporal: s[0].pid, nats: s[1].pid } };
+      fs.writeFileSync(stackFile(config), JSON.stringify(record) + '\n');
       return s;
     });
     services.catch(() => undefined);
@@ -329,7 +412,7 @@ async function runAction(opts: RunCliOptions): Promise<void> {
     // For whoever must clean up after an `offshoot run` that was killed -9: every process it started.
     fs.writeFileSync(
       stackFile(config),
-      JSON.stringify({ temporal: stack.temporal.address, nats: stack.nats.url, pid: process.pid, processes: Object.fromEntries(started.map((p) => [p.name, p.pid])) }) + '\n',
+      JSON.stringify({ temporal: stack.temporal.address, nats: stack.nats.url, pid: process.pid, processes: Object.fromEntries(started.map((p) => [p.name, p.pid])) } satisfies StackRecord) + '\n',
     );
     log(`run ${config.run.name}: stack up in ${formatDuration((Date.now() - t0) / 1000)} (Temporal ${stack.temporal.address}, NATS ${stack.nats.url}${stack.teacherService ? `, teacher service ${stack.teacherService.targets[0]}` : ''})`);
     const client = await connectClient({ address: stack.temporal.address, namespace: config.services.temporal.namespace });
