@@ -414,7 +414,10 @@ describe('teacher service: flow control, deadlines', () => {
     expect(st.code).toBe(grpc.status.DEADLINE_EXCEEDED);
     const after = await waitFor('the stream to be dropped', metrics, (m) => m.activeStreams <= before.activeStreams && m.queueDepth === 0);
     expect(after.requestsServed - before.requestsServed).toBeLessThan(50);
-    expect(after.requestsCancelled - before.requestsCancelled).toBeGreaterThan(0);
+    // Requests read but unanswered when the cancel arrives are counted as cancelled: none when it lands
+    // during a forward pass that answers all of them (reading pauses at 4 unanswered); the rest were
+    // never read and die with the stream.
+    expect(after.requestsCancelled - before.requestsCancelled).toBeLessThanOrEqual(4);
     // No more work happens for it.
     await new Promise((r) => setTimeout(r, 300));
     expect((await metrics()).forwardPasses).toBe(after.forwardPasses);
