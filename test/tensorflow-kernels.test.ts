@@ -6,10 +6,6 @@
  * and training on the tensorflow backend with these ops on and off. Skipped where the tensorflow
  * backend does not load (required in CI with OFFSHOOT_REQUIRE_TENSORFLOW=1).
  */
-import * as fs from 'node:fs';
-import * as os from 'node:os';
-import * as path from 'node:path';
-
 import { afterAll, describe, expect, it } from 'vitest';
 
 import { AdamW, GPTNeoX, Trainer, causalSelfAttention, clipByGlobalNorm, distillationLoss } from '../core/model/index.js';
@@ -17,8 +13,9 @@ import { crossEntropy, gatherRows, layerNorm, linear, linearGelu, matMulNT } fro
 import { tensorflowKernelsActive, setTensorflowKernels } from '../core/model/tensorflow/native.js';
 import { type RotaryTables, rotaryTables, tfAttention } from '../core/model/tensorflow/ops.js';
 import * as tf from '../core/model/tfjs.js';
+import { type Host, randHost, relErr, ropeTables } from '../core/model/webgpu/check.js';
 import { testBackends, useBackend } from './helpers/backends.js';
-import { syntheticBatches, tinyConfig, tinyHyper } from './helpers/tiny.js';
+import { straightAndResumed, syntheticBatches, tinyConfig, tinyHyper } from './helpers/tiny.js';
 
 const backends = await testBackends();
 const hasTensorflow = backends.includes('tensorflow');
@@ -28,39 +25,9 @@ afterAll(async () => {
   await useBackend('cpu');
 });
 
-interface Host {
-  shape: number[];
-  data: Float32Array | Int32Array;
-}
-
-/** Deterministic values in [−scale, scale). */
-function rand(shape: number[], seed: number, scale = 1): Host {
-  const n = shape.reduce((a, b) => a * b, 1);
-  const data = new Float32Array(n);
-  let s = (seed * 2654435761 + 1) >>> 0;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1103515245) + 12345) >>> 0;
-    data[i] = ((s / 4294967296) * 2 - 1) * scale;
-  }
-  return { shape, data };
-}
-
 function ints(n: number, max: number, seed: number): Host {
-  const r = rand([n], seed);
+  const r = randHost([n], seed);
   return { shape: [n], data: Int32Array.from(r.data, (x) => Math.floor(((x + 1) / 2) * max)) };
-}
-
-/** max |a − b| / max |b|. */
-function relErr(a: Float32Array, b: Float32Array): number {
-  expect(a.length).toBe(b.length);
-  let e = 0;
-  let m = 1e-6;
-  for (let i = 0; i < b.length; i++) {
-    if (!Number.isFinite(a[i])) return Infinity;
-    e = Math.max(e, Math.abs(a[i] - b[i]));
-    m = Math.max(m, Math.abs(b[i]));
-  }
-  return e / m;
 }
 
 interface Case {
@@ -81,7 +48,7 @@ async function evaluate(c: Case, backend: 'cpu' | 'tensorflow'): Promise<{ value
   const rest = xs.slice(c.diff);
   const fn = (...d: tf.Tensor[]) => c.f(...d, ...rest);
   const value = tf.tidy(() => fn(...xs.slice(0, c.diff)));
-  const dy = tf.tensor(rand(value.shape, 99).data, value.shape);
+  const dy = tf.tensor(randHost(value.shape, 99).data, value.shape);
   const grads = tf.grads(fn)(xs.slice(0, c.diff), dy);
   const out = {
     value: (await value.data()) as Float32Array,
@@ -95,53 +62,37 @@ async function evaluate(c: Case, backend: 'cpu' | 'tensorflow'): Promise<{ value
 
 const [N, IN, OUT] = [37, 24, 52];
 const CASES: Case[] = [
-  { name: 'linear', inputs: [rand([N, IN], 1), rand([OUT, IN], 2, 0.3), rand([OUT], 3)], diff: 3, f: (x, w, b) => linear(x as tf.Tensor2D, w as tf.Tensor2D, b as tf.Tensor1D), tol: 2e-6 },
-  { name: 'linear + GELU', inputs: [rand([N, IN], 4, 2), rand([OUT, IN], 5, 0.5), rand([OUT], 6)], diff: 3, f: (x, w, b) => linearGelu(x as tf.Tensor2D, w as tf.Tensor2D, b as tf.Tensor1D), tol: 2e-6 },
-  { name: 'logits product', inputs: [rand([N, IN], 7), rand([101, IN], 8)], diff: 2, f: (x, w) => matMulNT(x as tf.Tensor2D, w as tf.Tensor2D), tol: 2e-6 },
-  { name: 'LayerNorm', inputs: [rand([N, 48], 9, 3), rand([48], 10), rand([48], 11)], diff: 3, f: (x, w, b) => layerNorm(x, w, b, 1e-5), tol: 1e-5 },
-  { name: 'cross-entropy', inputs: [rand([N, 101], 12, 4), ints(N, 101, 13)], diff: 1, f: (x, t) => crossEntropy(x as tf.Tensor2D, t as tf.Tensor1D), tol: 2e-6 },
+  { name: 'linear', inputs: [randHost([N, IN], 1), randHost([OUT, IN], 2, 0.3), randHost([OUT], 3)], diff: 3, f: (x, w, b) => linear(x as tf.Tensor2D, w as tf.Tensor2D, b as tf.Tensor1D), tol: 2e-6 },
+  { name: 'linear + GELU', inputs: [randHost([N, IN], 4, 2), randHost([OUT, IN], 5, 0.5), randHost([OUT], 6)], diff: 3, f: (x, w, b) => linearGelu(x as tf.Tensor2D, w as tf.Tensor2D, b as tf.Tensor1D), tol: 2e-6 },
+  { name: 'logits product', inputs: [randHost([N, IN], 7), randHost([101, IN], 8)], diff: 2, f: (x, w) => matMulNT(x as tf.Tensor2D, w as tf.Tensor2D), tol: 2e-6 },
+  { name: 'LayerNorm', inputs: [randHost([N, 48], 9, 3), randHost([48], 10), randHost([48], 11)], diff: 3, f: (x, w, b) => layerNorm(x, w, b, 1e-5), tol: 1e-5 },
+  { name: 'cross-entropy', inputs: [randHost([N, 101], 12, 4), ints(N, 101, 13)], diff: 1, f: (x, t) => crossEntropy(x as tf.Tensor2D, t as tf.Tensor1D), tol: 2e-6 },
   // Distillation runs the reference top-k KL with the tensorflow cross-entropy inside.
   {
     name: 'top-k distillation with cross-entropy',
-    inputs: [rand([N, 97], 15, 3), ints(N, 97, 16), { shape: [N, 5], data: Int32Array.from(ints(N * 5, 97, 17).data) }, rand([N, 5], 18, 3), rand([N], 19, 1)],
+    inputs: [randHost([N, 97], 15, 3), ints(N, 97, 16), { shape: [N, 5], data: Int32Array.from(ints(N * 5, 97, 17).data) }, randHost([N, 5], 18, 3), randHost([N], 19, 1)],
     diff: 1,
     f: (x, t, idx, tl, ln) =>
       distillationLoss(x as tf.Tensor2D, t as tf.Tensor1D, { indices: idx as tf.Tensor2D, logits: tl as tf.Tensor2D, logNormaliser: tf.add(ln, 4) as tf.Tensor1D }, { alpha: 0.3, temperature: 2, direction: 'symmetric' }),
     tol: 2e-6,
   },
   // Repeated ids: their gradients must be summed.
-  { name: 'embedding lookup', inputs: [rand([19, 16], 14), { shape: [9], data: Int32Array.from([3, 0, 18, 3, 7, 7, 7, 1, 3]) }], diff: 1, f: (t, i) => gatherRows(t as tf.Tensor2D, i as tf.Tensor1D), tol: 0 },
+  { name: 'embedding lookup', inputs: [randHost([19, 16], 14), { shape: [9], data: Int32Array.from([3, 0, 18, 3, 7, 7, 7, 1, 3]) }], diff: 1, f: (t, i) => gatherRows(t as tf.Tensor2D, i as tf.Tensor1D), tol: 0 },
 ];
-
-/** cos/sin [T, rd] with equal halves (as the model's are) and the causal mask. */
-function ropeHost(T: number, rd: number): { cos: Float32Array; sin: Float32Array; mask: Float32Array } {
-  const cos = new Float32Array(T * rd);
-  const sin = new Float32Array(T * rd);
-  for (let t = 0; t < T; t++) {
-    for (let i = 0; i < rd / 2; i++) {
-      const a = t / 10000 ** ((2 * i) / rd);
-      cos[t * rd + i] = cos[t * rd + i + rd / 2] = Math.cos(a);
-      sin[t * rd + i] = sin[t * rd + i + rd / 2] = Math.sin(a);
-    }
-  }
-  const mask = new Float32Array(T * T);
-  for (let i = 0; i < T; i++) for (let j = i + 1; j < T; j++) mask[i * T + j] = -1e9;
-  return { cos, sin, mask };
-}
 
 /** Attention of a fused QKV [B·T, H·3·hs]: tfAttention on tensorflow, causalSelfAttention elsewhere. */
 function attentionCase(B: number, T: number, H: number, hs: number, rd: number): Case {
-  const { cos, sin, mask } = ropeHost(T, rd);
+  const rope = ropeTables(T, rd);
   const shape = { batch: B, seqLen: T, heads: H, headSize: hs, rotated: rd };
   // Kept tensors, as a model caches them: the gradient reads them after the forward pass.
   let tables: RotaryTables | undefined;
   return {
     name: `attention B${B} T${T} H${H} hs${hs} rotary ${rd}`,
-    inputs: [rand([B * T, H * 3 * hs], 20 + T), { shape: [T, rd], data: cos }, { shape: [T, rd], data: sin }, { shape: [T, T], data: mask }],
+    inputs: [randHost([B * T, H * 3 * hs], 20 + T), rope.cos, rope.sin, rope.mask],
     diff: 1,
     f: (x, c, s, m) => {
       if (!tensorflowKernelsActive()) return causalSelfAttention(x as tf.Tensor2D, c as tf.Tensor2D, s as tf.Tensor2D, m as tf.Tensor2D, shape);
-      tables ??= rotaryTables(cos, sin, T, hs, rd);
+      tables ??= rotaryTables(rope.cos.data as Float32Array, rope.sin.data as Float32Array, T, hs, rd);
       return tfAttention(x as tf.Tensor2D, tables, m as tf.Tensor2D, shape);
     },
     tol: 1e-5,
@@ -177,7 +128,7 @@ describe.skipIf(!hasTensorflow)('tensorflow training path', () => {
     const gradScale = [0.01, 5, 0.01, 0.02, 0.01, 0.01];
     const run = async (backend: 'cpu' | 'tensorflow') => {
       await useBackend(backend);
-      const params = new Map(shapes.map((s, i) => [names[i], tf.tidy(() => tf.variable(tf.tensor(rand(s, 20 + i).data, s)))]));
+      const params = new Map(shapes.map((s, i) => [names[i], tf.tidy(() => tf.variable(tf.tensor(randHost(s, 20 + i).data, s)))]));
       let opt = new AdamW({ weightDecay: 0.1 });
       const norms: number[] = [];
       for (let step = 0; step < gradScale.length; step++) {
@@ -189,7 +140,7 @@ describe.skipIf(!hasTensorflow)('tensorflow training path', () => {
         }
         const grads: Record<string, tf.Tensor> = {};
         names.forEach((name, i) => {
-          if (step !== 4 || name !== 'w3') grads[name] = tf.tensor(rand(shapes[i], 30 + step * 7 + i, gradScale[step]).data, shapes[i]);
+          if (step !== 4 || name !== 'w3') grads[name] = tf.tensor(randHost(shapes[i], 30 + step * 7 + i, gradScale[step]).data, shapes[i]);
         });
         setTensorflowKernels(step === 2 ? false : null);
         const norm =
@@ -281,20 +232,8 @@ describe.skipIf(!hasTensorflow)('tensorflow training path', () => {
     const config = tinyConfig();
     const hyper = tinyHyper(12);
     const batches = syntheticBatches(config.vocabSize, hyper.batchSize, hyper.seqLen, 3);
-    const straight = new Trainer(GPTNeoX.random(config, 11), { hyper, batches });
-    await straight.run();
-    const expected = await straight.model.toHost();
-    straight.dispose();
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'offshoot-tf-resume-'));
-    const first = Trainer.createOrResume(config, () => GPTNeoX.random(config, 11), { hyper, batches, checkpointDir: dir });
-    await first.run(5);
-    first.dispose();
-    const second = Trainer.createOrResume(config, () => GPTNeoX.random(config, 999), { hyper, batches, checkpointDir: dir });
-    expect(second.step).toBe(5);
-    await second.run();
-    const resumed = await second.model.toHost();
-    second.dispose();
-    fs.rmSync(dir, { recursive: true, force: true });
+    const { expected, resumed, resumedAt } = await straightAndResumed(config, hyper, batches, 5);
+    expect(resumedAt).toBe(5);
     for (const [name, t] of expected) expect(relErr(resumed.get(name)!.data as Float32Array, t.data as Float32Array), name).toBeLessThan(1e-6);
   });
 });

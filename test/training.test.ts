@@ -16,7 +16,7 @@ import {
   topKFromLogits,
 } from '../core/model/index.js';
 import * as tf from '../core/model/tfjs.js';
-import { syntheticBatches, tinyConfig, tinyHyper } from './helpers/tiny.js';
+import { straightAndResumed, syntheticBatches, tinyConfig, tinyHyper } from './helpers/tiny.js';
 
 beforeAll(async () => {
   await tf.setBackend('cpu');
@@ -134,21 +134,9 @@ describe('training loop', () => {
     const config = tinyConfig({ parallelResidual: false });
     const hyper = tinyHyper(12);
     const batches = syntheticBatches(config.vocabSize, hyper.batchSize, hyper.seqLen, 3);
-    const straight = new Trainer(GPTNeoX.random(config, 11), { hyper, batches });
-    await straight.run();
-    const expected = await straight.model.toHost();
-    straight.dispose();
-
-    const dir = tmpDir();
-    const first = Trainer.createOrResume(config, () => GPTNeoX.random(config, 11), { hyper, batches, checkpointDir: dir });
-    const partial = await first.run(5);
-    expect(partial.step).toBe(5);
-    first.dispose();
-    const second = Trainer.createOrResume(config, () => GPTNeoX.random(config, 999), { hyper, batches, checkpointDir: dir });
-    expect(second.step).toBe(5);
-    await second.run();
-    const resumed = await second.model.toHost();
-    second.dispose();
+    const { expected, resumed, stoppedAt, resumedAt } = await straightAndResumed(config, hyper, batches, 5);
+    expect(stoppedAt).toBe(5);
+    expect(resumedAt).toBe(5);
     for (const [name, t] of expected) {
       expect(Buffer.from(resumed.get(name)!.data.buffer).equals(Buffer.from(t.data.buffer)), name).toBe(true);
     }

@@ -251,18 +251,22 @@ function applyRotary(x: tf.Tensor4D, cos: tf.Tensor2D, sin: tf.Tensor2D, rd: num
   return (pass ? tf.concat([embedded, pass], 3) : embedded) as tf.Tensor4D;
 }
 
+/** The shape of one attention call (the reference here, and the webgpu and tensorflow ops). */
+export interface AttentionShape {
+  batch: number;
+  seqLen: number;
+  heads: number;
+  headSize: number;
+  /** Dims rotated (rotate_half) at the start of each q and k head; cos/sin are [T, rotated]. */
+  rotated: number;
+}
+
 /**
  * Causal self-attention of a fused QKV projection [B·T, H·3·hs] (rows interleaved per head: q, k,
  * v), rotary on q and k (cos/sin [T, rd], additive mask [T, T]), heads merged: [B·T, H·hs]. The
  * reference tfjs ops; webgpu/fused.ts's fusedAttention computes the same in kernels.
  */
-export function causalSelfAttention(
-  fused: tf.Tensor2D,
-  cos: tf.Tensor2D,
-  sin: tf.Tensor2D,
-  mask: tf.Tensor2D,
-  s: { batch: number; seqLen: number; heads: number; headSize: number; rotated: number },
-): tf.Tensor2D {
+export function causalSelfAttention(fused: tf.Tensor2D, cos: tf.Tensor2D, sin: tf.Tensor2D, mask: tf.Tensor2D, s: AttentionShape): tf.Tensor2D {
   const { batch, seqLen, heads, headSize: hs, rotated } = s;
   // Rows are interleaved per head: (heads, 3·head_size) with q, k, v in that order.
   const qkv = tf.transpose(tf.reshape(fused, [batch, seqLen, heads, 3 * hs]), [0, 2, 1, 3]) as tf.Tensor4D;

@@ -1,5 +1,9 @@
 /** Tiny models and synthetic batches for tests that need a model but not real data. */
-import { type Batch, type NeoXConfig, type TrainHyperparameters, uniformConfig } from '../../core/model/index.js';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+
+import { type Batch, GPTNeoX, type NeoXConfig, type TrainHyperparameters, Trainer, uniformConfig } from '../../core/model/index.js';
 
 export function tinyConfig(overrides: Partial<Parameters<typeof uniformConfig>[0]> = {}): NeoXConfig {
   return uniformConfig({ vocabSize: 48, hiddenSize: 32, numLayers: 2, numHeads: 4, maxPositions: 64, ...overrides });
@@ -32,4 +36,30 @@ export function tinyHyper(steps: number, overrides: Partial<TrainHyperparameters
     seed: 1,
     ...overrides,
   };
+}
+
+/**
+ * The weights after `hyper.steps` steps trained straight through, and after a run stopped at step
+ * `stopAt` (checkpointed) and resumed by a fresh Trainer from a differently initialised model, on
+ * the active backend; with the steps the stopped and the resumed trainer reported.
+ */
+export async function straightAndResumed(config: NeoXConfig, hyper: TrainHyperparameters, batches: (step: number) => Batch, stopAt: number) {
+  const straight = new Trainer(GPTNeoX.random(config, 11), { hyper, batches });
+  await straight.run();
+  const expected = await straight.model.toHost();
+  straight.dispose();
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'offshoot-resume-'));
+  try {
+    const first = Trainer.createOrResume(config, () => GPTNeoX.random(config, 11), { hyper, batches, checkpointDir: dir });
+    const stoppedAt = (await first.run(stopAt)).step;
+    first.dispose();
+    const second = Trainer.createOrResume(config, () => GPTNeoX.random(config, 999), { hyper, batches, checkpointDir: dir });
+    const resumedAt = second.step;
+    await second.run();
+    const resumed = await second.model.toHost();
+    second.dispose();
+    return { expected, resumed, stoppedAt, resumedAt };
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 }

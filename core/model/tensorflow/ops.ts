@@ -9,6 +9,7 @@
  */
 import * as tf from '../tfjs.js';
 
+import type { AttentionShape } from '../gptneox.js';
 import {
   add,
   batchMatMul,
@@ -120,15 +121,6 @@ export function tfLayerNorm(x: tf.Tensor2D, weight: tf.Tensor1D, bias: tf.Tensor
 
 // ---------------------------------------------------------------------------------------------
 // Attention
-
-export interface AttentionShape {
-  batch: number;
-  seqLen: number;
-  heads: number;
-  headSize: number;
-  /** Dims rotated (rotate_half) at the start of each q and k head. */
-  rotated: number;
-}
 
 /**
  * Per-position tables that apply rotary embeddings to a whole head row (q, k, v) with two

@@ -127,7 +127,8 @@ export async function runCase(c: KernelCase, reference: Reference): Promise<Case
   return { name: c.name, valueErr, gradErrs, tol: c.tol, ok: valueErr < c.tol && gradErrs.every((e) => e < c.tol) };
 }
 
-function ropeTables(T: number, rd: number): { cos: Host; sin: Host; mask: Host } {
+/** cos/sin [T, rd] with equal halves (as the model's are) and the additive causal mask [T, T]. */
+export function ropeTables(T: number, rd: number): { cos: Host; sin: Host; mask: Host } {
   const half = rd / 2;
   const cos = new Float32Array(T * rd);
   const sin = new Float32Array(T * rd);

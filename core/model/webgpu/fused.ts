@@ -8,6 +8,7 @@
  */
 import * as tf from '../tfjs.js';
 
+import type { AttentionShape } from '../gptneox.js';
 import { matmul, sumSlices } from './matmul.js';
 import { type Kernel, type UniformValue, allocate, dispatch, grid1d, release, toTensor, webgpuBackend, zeroFill } from './runtime.js';
 import {
@@ -174,15 +175,6 @@ export function fusedLayerNorm(x: tf.Tensor2D, weight: tf.Tensor1D, bias: tf.Ten
 
 // ---------------------------------------------------------------------------------------------
 // Attention
-
-export interface AttentionShape {
-  batch: number;
-  seqLen: number;
-  heads: number;
-  headSize: number;
-  /** Dims rotated (rotate_half) at the start of each q and k head; cos/sin are [T, rotated]. */
-  rotated: number;
-}
 
 /** Whether the fused attention handles this shape (else use the reference ops). */
 export function fusedAttentionSupports(s: AttentionShape): boolean {
