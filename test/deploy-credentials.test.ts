@@ -4,7 +4,7 @@
  * mutual-TLS teacher service reached through the workers' teacherClient(), and nats-server with user and
  * password, and with a token, reached through connectNats() (what every progress publisher uses).
  */
-import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
@@ -17,6 +17,7 @@ import { natsAuth, teacherTls, temporalTls } from '../services/credentials/index
 import { closeTeacherClients, localEnv, teacherClient } from '../services/orchestration/index.js';
 import { connectNats } from '../services/progress/index.js';
 import { freePort, natsServerBinary } from '../services/stack/index.js';
+import { makeTestCerts } from './helpers/certs.js';
 import { saveTeacher, startTeacher, stopAllTeachers } from './helpers/teacher.js';
 import { tinyConfig } from './helpers/tiny.js';
 
@@ -24,20 +25,7 @@ const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'offshoot-credentials-'));
 const certs = path.join(tmp, 'certs');
 const pemPath = (name: string) => path.join(certs, name);
 
-beforeAll(() => {
-  fs.mkdirSync(certs, { recursive: true });
-  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
-  const run = (...args: string[]) => {
-    const r = spawnSync('openssl', args, { cwd: certs, encoding: 'utf8' });
-    if (r.status !== 0) throw new Error(`openssl ${args.join(' ')}: ${r.stderr}`);
-  };
-  run('req', '-x509', ...ec, '-keyout', 'ca.key', '-out', 'ca.crt', '-days', '1', '-subj', '/CN=offshoot test CA');
-  fs.writeFileSync(path.join(certs, 'server.ext'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\n');
-  for (const who of ['server', 'client']) {
-    run('req', ...ec, '-keyout', `${who}.key`, '-out', `${who}.csr`, '-subj', `/CN=${who}`);
-    run('x509', '-req', '-in', `${who}.csr`, '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-out', `${who}.crt`, '-days', '1', ...(who === 'server' ? ['-extfile', 'server.ext'] : []));
-  }
-});
+beforeAll(() => makeTestCerts(certs, ['client']));
 
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
 

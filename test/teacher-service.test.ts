@@ -38,6 +38,7 @@ import {
   float16Tolerance,
   topKTensors,
 } from '../services/teacher/index.js';
+import { makeTestCerts } from './helpers/certs.js';
 import { type TeacherProcess, freePort, saveTeacher, startTeacher, stopAllTeachers } from './helpers/teacher.js';
 import { syntheticBatches, tinyConfig, tinyHyper } from './helpers/tiny.js';
 
@@ -567,22 +568,7 @@ describe('teacher service: mutual TLS', () => {
   const certs = path.join(tmp, 'certs');
   const pem = (name: string) => fs.readFileSync(path.join(certs, name));
 
-  beforeAll(() => {
-    fs.mkdirSync(certs, { recursive: true });
-    const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
-    const run = (...args: string[]) => {
-      const r = spawnSync('openssl', args, { cwd: certs, encoding: 'utf8' });
-      if (r.status !== 0) throw new Error(`openssl ${args.join(' ')}: ${r.stderr}`);
-    };
-    run('req', '-x509', ...ec, '-keyout', 'ca.key', '-out', 'ca.crt', '-days', '1', '-subj', '/CN=offshoot test CA');
-    fs.writeFileSync(path.join(certs, 'server.ext'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\n');
-    for (const who of ['server', 'student']) {
-      run('req', ...ec, '-keyout', `${who}.key`, '-out', `${who}.csr`, '-subj', `/CN=${who}`);
-      run('x509', '-req', '-in', `${who}.csr`, '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-out', `${who}.crt`, '-days', '1',
-        ...(who === 'server' ? ['-extfile', 'server.ext'] : []));
-    }
-    run('req', '-x509', ...ec, '-keyout', 'rogue.key', '-out', 'rogue.crt', '-days', '1', '-subj', '/CN=rogue');
-  });
+  beforeAll(() => makeTestCerts(certs, ['student'], ['rogue']));
 
   it('serves students with a certificate from its CA and refuses the rest', async () => {
     const t = await startTeacher(modelDir, {
