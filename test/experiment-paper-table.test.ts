@@ -6,7 +6,7 @@
  * The numbers must be consistent: the same budget for every arm, FLOPs from core/subnet's counting,
  * the table's figures equal to the raw results'. The command stops what it started.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -16,8 +16,8 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { countShape } from '../core/subnet/index.js';
 import { loadConfig } from '../core/model/index.js';
 import { mean, std } from '../services/experiment/index.js';
-import { offshootCommand } from '../services/stack/index.js';
 import { PAPER_ARMS, type PaperTableResult } from '../workflows/index.js';
+import { type CliExit, startOffshoot } from './helpers/orchestration.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'offshoot-paper-table-'));
 const children: ChildProcess[] = [];
@@ -46,15 +46,10 @@ experiment:
   oodEvalTokens: 2048
 `;
 
-function runCli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const cli = offshootCommand();
-  const child = spawn(cli.command, [...cli.args, ...args], { cwd: tmp, stdio: ['ignore', 'pipe', 'pipe'] });
-  children.push(child);
-  let stdout = '';
-  let stderr = '';
-  child.stdout!.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-  child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-  return new Promise((resolve) => child.once('exit', (code) => resolve({ code, stdout, stderr })));
+function runCli(args: string[]): Promise<CliExit> {
+  const run = startOffshoot(args, tmp);
+  children.push(run.child);
+  return run.done;
 }
 
 /** The pids of processes whose command line mentions `needle` (ours: the run's temporary folder). */

@@ -5,15 +5,15 @@
  * kill -9 whose rerun stops what it left running and finishes it; and `offshoot run` against an external
  * Temporal with workers started separately, cancelled with `offshoot cancel`.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
 import { afterAll, describe, expect, it } from 'vitest';
 
-import { offshoot, waitUntil } from './helpers/orchestration.js';
-import { type Stack, type WorkerProcess, offshootCommand, startStack, startWorker, temporalAnswers } from '../services/stack/index.js';
+import { offshoot, startOffshoot, waitUntil } from './helpers/orchestration.js';
+import { type Stack, type WorkerProcess, startStack, startWorker, temporalAnswers } from '../services/stack/index.js';
 import type { PipelineResult } from '../workflows/index.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'offshoot-pipeline-'));
@@ -42,17 +42,11 @@ pretrain: { steps: ${o.pretrainSteps ?? 100}, seqLen: 32, segmentSteps: 50, chec
 ${o.extra ?? ''}
 `;
 
-/** Starts `offshoot ...args` without waiting; resolves its exit with the output. */
-function start(args: string[]): { child: ChildProcess; done: Promise<{ code: number | null; stdout: string; stderr: string }> } {
-  const cli = offshootCommand();
-  const child = spawn(cli.command, [...cli.args, ...args], { cwd: tmp, stdio: ['ignore', 'pipe', 'pipe'] });
-  children.push(child);
-  let stdout = '';
-  let stderr = '';
-  child.stdout!.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-  child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-  const done = new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => child.once('exit', (code) => resolve({ code, stdout, stderr })));
-  return { child, done };
+/** Starts `offshoot ...args` in the test folder without waiting (killed after the tests if still running). */
+function start(args: string[]): ReturnType<typeof startOffshoot> {
+  const run = startOffshoot(args, tmp);
+  children.push(run.child);
+  return run;
 }
 
 function lastJson<T>(stdout: string): T {

@@ -2,7 +2,7 @@
  * Helpers for the orchestration tests: a tiny teacher trained by the CLI, workflow inputs over it, and
  * waiting for conditions. Servers and workers come from services/stack (real processes).
  */
-import { spawnSync } from 'node:child_process';
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
@@ -17,6 +17,24 @@ export function offshoot(args: string[], options: { cwd?: string; env?: NodeJS.P
   const cli = offshootCommand();
   const r = spawnSync(cli.command, [...cli.args, ...args], { cwd: options.cwd ?? ROOT, env: options.env ?? process.env, encoding: 'utf8', timeout: options.timeoutMs ?? 300_000 });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+export interface CliExit {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Starts the offshoot CLI without waiting; `done` resolves at its exit with its output. */
+export function startOffshoot(args: string[], cwd: string): { child: ChildProcess; done: Promise<CliExit> } {
+  const cli = offshootCommand();
+  const child = spawn(cli.command, [...cli.args, ...args], { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+  const done = new Promise<CliExit>((resolve) => child.once('exit', (code) => resolve({ code, stdout, stderr })));
+  return { child, done };
 }
 
 /** The tiny teacher the orchestration tests search and distil from (2 layers, width 32; ~45k parameters). */
