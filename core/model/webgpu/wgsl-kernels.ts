@@ -43,13 +43,21 @@ export function layerNormWG(D: number): number {
   return pow2AtLeast(Math.ceil(D / 4), 32, 256);
 }
 
-/** in: x [N, D], w [D], b [D]; out: y [N, D], mean [N], rstd [N]; u: {N, eps}. */
-export function layerNormForwardSource(D: number): string {
+/**
+ * A row of D elements over one LayerNorm workgroup: element e of invocation `lid` is column
+ * col(e); ok(e) is its bounds check (the constant true where every invocation has one).
+ */
+function rowElements(D: number): { WG: number; el: number[]; col: (e: number) => string; ok: (e: number) => string } {
   const WG = layerNormWG(D);
-  const EPT = Math.ceil(D / WG);
-  const el = Array.from({ length: EPT }, (_, e) => e);
+  const el = Array.from({ length: Math.ceil(D / WG) }, (_, e) => e);
   const col = (e: number) => `(lid + ${e * WG}u)`;
   const ok = (e: number) => ((e + 1) * WG <= D ? 'true' : `${col(e)} < ${D}u`);
+  return { WG, el, col, ok };
+}
+
+/** in: x [N, D], w [D], b [D]; out: y [N, D], mean [N], rstd [N]; u: {N, eps}. */
+export function layerNormForwardSource(D: number): string {
+  const { WG, el, col, ok } = rowElements(D);
   return /* wgsl */ `
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read> w: array<f32>;
@@ -78,11 +86,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 
 /** in: dy [N, D], x [N, D], mean [N], rstd [N], w [D]; out: dx [N, D], pdw [G, D], pdb [G, D]; u: {N, R}. */
 export function layerNormBackwardSource(D: number): string {
-  const WG = layerNormWG(D);
-  const EPT = Math.ceil(D / WG);
-  const el = Array.from({ length: EPT }, (_, e) => e);
-  const col = (e: number) => `(lid + ${e * WG}u)`;
-  const ok = (e: number) => ((e + 1) * WG <= D ? 'true' : `${col(e)} < ${D}u`);
+  const { WG, el, col, ok } = rowElements(D);
   return /* wgsl */ `
 @group(0) @binding(0) var<storage, read> dy: array<f32>;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
