@@ -8,15 +8,12 @@
  */
 import type * as tf from '../tfjs.js';
 
-import { type Kernel, type UniformValue, allocate, dispatch, grid1d, release, toTensor, webgpuBackend } from './runtime.js';
+import { type Kernel, type UniformValue, allocate, dispatch, grid1d, kernelFor, release, toTensor, webgpuBackend } from './runtime.js';
 import { SUMSQ_CHUNK, adamwSource, normFinalizeSource, sumSquaresSource } from './wgsl-kernels.js';
 
-const kernels = new Map<string, Kernel>();
+/** The kernel of `name` for `slots` tensors per dispatch. */
 function kernel(name: string, slots: number, source: (slots: number) => string): Kernel {
-  const key = `${name}:${slots}`;
-  let k = kernels.get(key);
-  if (!k) kernels.set(key, (k = { key, name, source: () => source(slots) }));
-  return k;
+  return kernelFor(`${name}:${slots}`, name, () => source(slots));
 }
 const NORM: Kernel = { key: 'norm_finalize', name: 'grad_norm', source: normFinalizeSource };
 export interface FusedAdamWEntry {

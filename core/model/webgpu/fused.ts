@@ -10,7 +10,7 @@ import * as tf from '../tfjs.js';
 
 import type { AttentionShape } from '../gptneox.js';
 import { matmul, sumSlices } from './matmul.js';
-import { type Kernel, type UniformValue, allocate, dispatch, grid1d, release, toTensor, webgpuBackend, zeroFill } from './runtime.js';
+import { type Kernel, type UniformValue, allocate, dispatch, grid1d, kernelFor, release, toTensor, webgpuBackend, zeroFill } from './runtime.js';
 import {
   ATTN_ROWS,
   TOPK_MAX,
@@ -50,16 +50,8 @@ export function fusedKernelsActive(): boolean {
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-const kernels = new Map<string, Kernel>();
-
 function kernel(name: string, key: string, source: () => string): Kernel {
-  const full = `${name}:${key}`;
-  let k = kernels.get(full);
-  if (!k) {
-    k = { key: full, name, source };
-    kernels.set(full, k);
-  }
-  return k;
+  return kernelFor(`${name}:${key}`, name, source);
 }
 
 /** One workgroup per row, folded into y past 32768. */

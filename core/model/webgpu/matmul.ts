@@ -6,7 +6,7 @@
  */
 import * as tf from '../tfjs.js';
 
-import { type Kernel, allocate, capabilities, dispatch, grid1d, release, webgpuBackend } from './runtime.js';
+import { type Kernel, allocate, capabilities, dispatch, grid1d, kernelFor, release, webgpuBackend } from './runtime.js';
 import { type MatMulTile, type MatMulVariant, matmulGrid, matmulSource, sumSlicesSource, sumSlicesWideSource, variantKey } from './wgsl-matmul.js';
 
 /** The tiles the planner and the autotuner choose from (every one is covered by the kernel tests). */
@@ -95,26 +95,13 @@ export function planMatMul(s: Shape): MatMulPlan {
   return defaultPlan(s.M, s.N, s.K);
 }
 
-const kernels = new Map<string, Kernel>();
-
 function mmKernel(v: MatMulVariant): Kernel {
-  const key = variantKey(v);
-  let k = kernels.get(key);
-  if (!k) {
-    k = { key, name: `matmul_${v.transA ? 'T' : 'N'}${v.transB ? 'T' : 'N'}_${v.BM}x${v.BN}${v.splitK ? '_splitk' : ''}${v.epilogue === 'none' ? '' : `_${v.epilogue}`}`, source: () => matmulSource(v) };
-    kernels.set(key, k);
-  }
-  return k;
+  const name = `matmul_${v.transA ? 'T' : 'N'}${v.transB ? 'T' : 'N'}_${v.BM}x${v.BN}${v.splitK ? '_splitk' : ''}${v.epilogue === 'none' ? '' : `_${v.epilogue}`}`;
+  return kernelFor(variantKey(v), name, () => matmulSource(v));
 }
 
 function sumKernel(epilogue: 'none' | 'bias' | 'bias-gelu'): Kernel {
-  const key = `sumslices_${epilogue}`;
-  let k = kernels.get(key);
-  if (!k) {
-    k = { key, name: `sum_slices${epilogue === 'none' ? '' : `_${epilogue}`}`, source: () => sumSlicesSource({ epilogue }) };
-    kernels.set(key, k);
-  }
-  return k;
+  return kernelFor(`sumslices_${epilogue}`, `sum_slices${epilogue === 'none' ? '' : `_${epilogue}`}`, () => sumSlicesSource({ epilogue }));
 }
 
 export interface MatMulArgs {

@@ -67,6 +67,15 @@ export interface Kernel {
   name: string;
 }
 
+const kernels = new Map<string, Kernel>();
+
+/** The kernel of this key (made once, from `name` and `source`, on first use). */
+export function kernelFor(key: string, name: string, source: () => string): Kernel {
+  let k = kernels.get(key);
+  if (!k) kernels.set(key, (k = { key, name, source }));
+  return k;
+}
+
 interface Compiled {
   pipeline: GPUComputePipeline;
   layout: GPUBindGroupLayout;
