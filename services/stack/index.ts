@@ -235,7 +235,21 @@ export async function temporalAnswers(address: string, namespace = 'default', ti
 
 /** `temporal server start-dev --headless --db-filename F --port P` on 127.0.0.1; resolves when it answers. */
 export async function startTemporal(options: TemporalOptions): Promise<TemporalServer> {
-  const port = options.port ?? (await freePort());
+  // A port that was free when picked can be taken before the server binds it (the dev server picks
+  // free ports for its internal services too): then another one is picked, twice at most.
+  for (let attempt = 1; ; attempt++) {
+    const port = options.port ?? (await freePort());
+    try {
+      return await startTemporalOn(port, options);
+    } catch (err) {
+      if (options.port !== undefined || attempt >= 3 || !(err instanceof PortTakenError)) throw err;
+    }
+  }
+}
+
+class PortTakenError extends Error {}
+
+async function startTemporalOn(port: number, options: TemporalOptions): Promise<TemporalServer> {
   const namespace = options.namespace ?? 'default';
   const db = path.resolve(options.dbFile);
   fs.mkdirSync(path.dirname(db), { recursive: true });
@@ -246,7 +260,12 @@ export async function startTemporal(options: TemporalOptions): Promise<TemporalS
   for (const [k, v] of Object.entries(options.dynamicConfig ?? {})) args.push('--dynamic-config-value', `${k}=${JSON.stringify(v)}`);
   const proc = spawnManaged({ name: 'temporal', command: temporalBinary(), args, logFile: options.logFile });
   const address = `127.0.0.1:${port}`;
-  await waitFor(`the Temporal dev server on ${address}`, proc, () => temporalAnswers(address, namespace), options.timeoutMs ?? 60_000);
+  try {
+    await waitFor(`the Temporal dev server on ${address}`, proc, () => temporalAnswers(address, namespace), options.timeoutMs ?? 60_000);
+  } catch (err) {
+    if (!proc.alive() && proc.output().includes(`listen tcp ${address}: bind: address already in use`)) throw new PortTakenError((err as Error).message);
+    throw err;
+  }
   return { ...proc, address, port, dbFile: path.resolve(options.dbFile), namespace };
 }
 
