@@ -6,14 +6,16 @@
  * checked against a float64 product first. One JSON line per finding.
  *
  *   node dist/bench/webgpu-probe.js [--quick] [--toggles allow_unsafe_apis,disable_robustness]
+ *        [--tiles 128x128x8x8x8,256x128x8x16x8d,...]   (BMxBNxBKxTMxTN, d: two slabs; default: offshoot's tiles)
  */
 /// <reference types="@webgpu/types" />
-import { DEFAULT_TILE, type MatMulTile, type MatMulVariant, ERF_WGSL, matmulGrid, matmulSource } from '../core/model/webgpu/wgsl-matmul.js';
+import { type MatMulTile, type MatMulVariant, ERF_WGSL, matmulGrid, matmulSource, parseTile } from '../core/model/webgpu/wgsl-matmul.js';
 import { type SgMatMulVariant, type SubgroupMatrixConfig, sgMatmulSource, sgTile } from '../core/model/webgpu/wgsl-sgmatrix.js';
 
 const args = process.argv.slice(2);
 const quick = args.includes('--quick');
 const togglesArg = args.indexOf('--toggles');
+const tilesArg = args.indexOf('--tiles');
 const scaleArg = args.indexOf('--scale');
 /** Divide every dimension by this (for trying the probe on a slow adapter). */
 const scale = scaleArg >= 0 ? Number(args[scaleArg + 1]) : 1;
@@ -132,7 +134,7 @@ type Kernel = { kind: 'simt'; v: MatMulVariant } | { kind: 'sg'; v: SgMatMulVari
 
 function kernelKey(k: Kernel): string {
   return k.kind === 'simt'
-    ? `simt ${k.v.BM}x${k.v.BN}x${k.v.BK} t${k.v.TM}x${k.v.TN}`
+    ? `simt ${k.v.BM}x${k.v.BN}x${k.v.BK} t${k.v.TM}x${k.v.TN}${k.v.double ? ' double' : ''}`
     : `sg ${k.v.cfg.componentType}->${k.v.cfg.resultComponentType} ${k.v.cfg.M}x${k.v.cfg.N}x${k.v.cfg.K} sg${k.v.SGY}x${k.v.SGX} r${k.v.RM}x${k.v.RN} bk${k.v.BK}${k.v.enableSubgroups ? ' +enable' : ''}`;
 }
 
@@ -278,14 +280,7 @@ struct U { a: u32, b: u32, c: u32, d: u32 };
   out({ probe: 'dispatch-overhead', toggles: ctx.toggles, dispatches: n, cpuUsPerDispatch: Number(((cpu * 1000) / n).toFixed(1)), wallUsPerDispatch: Number(((total * 1000) / n).toFixed(1)) });
 }
 
-const tiles: MatMulTile[] = [
-  DEFAULT_TILE,
-  { BM: 128, BN: 128, BK: 16, TM: 8, TN: 8 },
-  { BM: 128, BN: 64, BK: 16, TM: 8, TN: 4 },
-  { BM: 64, BN: 128, BK: 16, TM: 4, TN: 8 },
-  { BM: 64, BN: 64, BK: 16, TM: 4, TN: 4 },
-  { BM: 128, BN: 128, BK: 8, TM: 16, TN: 4 },
-];
+const tiles: MatMulTile[] = tilesArg >= 0 ? args[tilesArg + 1].split(',').map(parseTile) : Object.values((await import('../core/model/webgpu/matmul.js')).MATMUL_TILES);
 
 const shapes: Shape[] = [
   { name: 'square4096 NN', M: 4096, N: 4096, K: 4096, transA: false, transB: false },

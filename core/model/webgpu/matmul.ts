@@ -7,7 +7,7 @@
 import * as tf from '../tfjs.js';
 
 import { type Kernel, allocate, capabilities, dispatch, grid1d, kernelFor, release, webgpuBackend } from './runtime.js';
-import { type MatMulTile, type MatMulVariant, matmulGrid, matmulSource, sumSlicesSource, sumSlicesWideSource, variantKey } from './wgsl-matmul.js';
+import { type MatMulTile, type MatMulVariant, matmulGrid, matmulSource, parseTile, sumSlicesSource, sumSlicesWideSource, variantKey } from './wgsl-matmul.js';
 
 /** The tiles the planner and the autotuner choose from (every one is covered by the kernel tests). */
 export const MATMUL_TILES: Record<string, MatMulTile> = {
@@ -17,17 +17,26 @@ export const MATMUL_TILES: Record<string, MatMulTile> = {
   medium: { BM: 128, BN: 64, BK: 16, TM: 8, TN: 4 },
   small: { BM: 64, BN: 64, BK: 16, TM: 4, TN: 4 },
   wide: { BM: 256, BN: 128, BK: 16, TM: 8, TN: 8 },
+  wideN: { BM: 128, BN: 256, BK: 16, TM: 8, TN: 16 },
+  largeDouble: { BM: 128, BN: 128, BK: 8, TM: 8, TN: 8, double: true },
+  largeK16Double: { BM: 128, BN: 128, BK: 16, TM: 8, TN: 8, double: true },
+  tallDouble: { BM: 128, BN: 128, BK: 8, TM: 16, TN: 4, double: true },
+  mediumDouble: { BM: 128, BN: 64, BK: 16, TM: 8, TN: 4, double: true },
+};
+/**
+ * Narrower tiles the autotuner also tries for batched products (attention's, whose N is the head
+ * size): more workgroups per product, shorter per-invocation work.
+ */
+export const BATCHED_TILES: Record<string, MatMulTile> = {
+  ...MATMUL_TILES,
+  narrow: { BM: 64, BN: 64, BK: 16, TM: 8, TN: 4 },
+  slim: { BM: 32, BN: 64, BK: 16, TM: 4, TN: 4 },
 };
 const { large: LARGE, medium: MEDIUM, small: SMALL } = MATMUL_TILES;
 /** Workgroups that fill a large GPU about twice (an H100/H200 has 132 multiprocessors). */
 const TARGET_WORKGROUPS = 264;
 
-function parseTile(s: string): MatMulTile {
-  const [BM, BN, BK, TM, TN] = s.split('x').map(Number);
-  return { BM, BN, BK, TM, TN };
-}
-
-/** OFFSHOOT_MATMUL_TILE=BMxBNxBKxTMxTN forces one tile (for tuning); OFFSHOOT_MATMUL_SPLITK=0 turns split-K off. */
+/** OFFSHOOT_MATMUL_TILE=BMxBNxBKxTMxTN[d] forces one tile (d: two slabs in workgroup memory); OFFSHOOT_MATMUL_SPLITK=0 turns split-K off. */
 const forcedTile = process.env.OFFSHOOT_MATMUL_TILE ? parseTile(process.env.OFFSHOOT_MATMUL_TILE) : null;
 const splitKEnabled = process.env.OFFSHOOT_MATMUL_SPLITK !== '0';
 
@@ -67,15 +76,21 @@ export function defaultPlan(M: number, N: number, K: number): MatMulPlan {
   return makePlan(tile, K, autoSlices(tile, M, N, K));
 }
 
+type Triangle = NonNullable<MatMulVariant['triangle']>;
+
 interface Shape {
   M: number;
   N: number;
   K: number;
   transA: boolean;
   transB: boolean;
+  /** Products in the batch (1: a single product). */
+  batch: number;
+  triangle: Triangle;
 }
 
-const shapeKey = (s: Shape) => `${s.M}x${s.N}x${s.K}${s.transA ? 'T' : 'N'}${s.transB ? 'T' : 'N'}`;
+const shapeKey = (s: Shape) =>
+  `${s.batch > 1 ? `${s.batch}@` : ''}${s.M}x${s.N}x${s.K}${s.transA ? 'T' : 'N'}${s.transB ? 'T' : 'N'}${s.triangle === 'none' ? '' : `/${s.triangle}`}`;
 /** Shapes seen and not yet tuned. */
 const pending = new Map<string, Shape>();
 /** Tuned plans by shape. */
@@ -92,11 +107,18 @@ export function planMatMul(s: Shape): MatMulPlan {
   const t = tuned.get(key);
   if (t) return t;
   if (!pending.has(key)) pending.set(key, s);
-  return defaultPlan(s.M, s.N, s.K);
+  return s.batch > 1 || s.triangle !== 'none' ? batchedPlan(s.M, s.N, s.K) : defaultPlan(s.M, s.N, s.K);
+}
+
+/** Batches and triangular products take no split-K; the batch fills the GPU, so the largest tile that fits the product. */
+function batchedPlan(M: number, N: number, K: number): MatMulPlan {
+  const tile = forcedTile ?? (M >= 128 && N >= 128 ? LARGE : N >= 64 && M >= 128 ? MEDIUM : SMALL);
+  return makePlan(tile, K, 1);
 }
 
 function mmKernel(v: MatMulVariant): Kernel {
-  const name = `matmul_${v.transA ? 'T' : 'N'}${v.transB ? 'T' : 'N'}_${v.BM}x${v.BN}${v.splitK ? '_splitk' : ''}${v.epilogue === 'none' ? '' : `_${v.epilogue}`}`;
+  const tri = v.triangle && v.triangle !== 'none' ? `_${v.triangle}` : '';
+  const name = `matmul_${v.transA ? 'T' : 'N'}${v.transB ? 'T' : 'N'}_${v.BM}x${v.BN}${v.splitK ? '_splitk' : ''}${v.batched ? '_batched' : ''}${tri}${v.epilogue === 'none' ? '' : `_${v.epilogue}`}`;
   return kernelFor(variantKey(v), name, () => matmulSource(v));
 }
 
@@ -118,18 +140,22 @@ export interface MatMulArgs {
   bias?: tf.TensorInfo;
   /** Apply exact GELU after the bias; the pre-activation comes back as `z`. */
   gelu?: boolean;
+  /** A batch of products: A, B and C are [batch, …] (no bias). */
+  batch?: number;
+  /** Causal shortcuts of square products (MatMulVariant.triangle). */
+  triangle?: Triangle;
   /** Use this plan instead of the tuned or default one. */
   plan?: MatMulPlan;
 }
 
 /** C [M, N] = op(A) · op(B) (+ bias) (→ GELU). Returns tensor data (wrap with toTensor). */
 export function matmul(args: MatMulArgs): { c: tf.TensorInfo; z?: tf.TensorInfo } {
-  const { a, b, M, N, K, transA = false, transB = false, bias, gelu = false } = args;
+  const { a, b, M, N, K, transA = false, transB = false, bias, gelu = false, batch = 1, triangle = 'none' } = args;
   if (gelu && !bias) throw new Error('matmul: GELU epilogue needs a bias');
   if (K === 0) throw new Error('matmul: K is 0');
   const epilogue = gelu ? 'bias-gelu' : bias ? 'bias' : 'none';
-  const plan = args.plan ?? planMatMul({ M, N, K, transA, transB });
-  const c = allocate([M, N]);
+  const plan = args.plan ?? planMatMul({ M, N, K, transA, transB, batch, triangle });
+  const c = allocate(batch > 1 ? [batch, M, N] : [M, N]);
   const z = gelu ? allocate([M, N]) : undefined;
   const uniforms: Array<['u', number]> = [['u', M], ['u', N], ['u', K], ['u', plan.kChunk]];
   const base = {
@@ -140,6 +166,19 @@ export function matmul(args: MatMulArgs): { c: tf.TensorInfo; z?: tf.TensorInfo 
     vecB: (transB ? K : N) % 4 === 0,
     vecC: N % 4 === 0,
   };
+  if (batch > 1 || triangle !== 'none') {
+    if (bias || plan.S !== 1) throw new Error('matmul: batched and triangular products take no bias or split-K');
+    const v: MatMulVariant = {
+      ...base,
+      exact: M % plan.tile.BM === 0 && N % plan.tile.BN === 0 && K % plan.tile.BK === 0,
+      epilogue,
+      splitK: false,
+      batched: batch > 1,
+      triangle,
+    };
+    dispatch(mmKernel(v), [a, b], [c], uniforms, matmulGrid(v, M, N, batch));
+    return { c };
+  }
   if (plan.S === 1) {
     const v: MatMulVariant = {
       ...base,
@@ -179,14 +218,18 @@ export function sumSlices(x: tf.TensorInfo, S: number, L: number): tf.TensorInfo
 // Autotuning
 
 /** The plans the autotuner tries for a shape: every tile, each without split-K and (for long K) with about the slices that fill the GPU and twice that. */
-export function candidatePlans(M: number, N: number, K: number): MatMulPlan[] {
+export function candidatePlans(M: number, N: number, K: number, noSplit = false): MatMulPlan[] {
   const out: MatMulPlan[] = [];
   const seen = new Set<string>();
-  for (const tile of Object.values(MATMUL_TILES)) {
+  for (const tile of Object.values(noSplit ? BATCHED_TILES : MATMUL_TILES)) {
+    if (noSplit) {
+      if (tile.BM <= Math.max(64, M) && tile.BN <= Math.max(64, N)) out.push(makePlan(tile, K, 1));
+      continue;
+    }
     const auto = autoSlices(tile, M, N, K);
     for (const S of new Set([1, auto, auto > 1 ? auto * 2 : 1])) {
       const p = makePlan(tile, K, S);
-      const key = `${tile.BM}x${tile.BN}x${tile.BK}x${tile.TM}x${tile.TN}_${p.S}`;
+      const key = planName(p);
       if (!seen.has(key)) {
         seen.add(key);
         out.push(p);
@@ -205,7 +248,7 @@ export interface TuneResult {
 }
 
 function planName(p: MatMulPlan): string {
-  return `${p.tile.BM}x${p.tile.BN}x${p.tile.BK} t${p.tile.TM}x${p.tile.TN}${p.S > 1 ? ` split-K ${p.S}` : ''}`;
+  return `${p.tile.BM}x${p.tile.BN}x${p.tile.BK} t${p.tile.TM}x${p.tile.TN}${p.tile.double ? ' double' : ''}${p.S > 1 ? ` split-K ${p.S}` : ''}`;
 }
 
 async function drain(): Promise<void> {
@@ -229,11 +272,12 @@ export async function autotuneMatMuls(opts: { targetMs?: number } = {}): Promise
   const shapes = [...pending.entries()];
   pending.clear();
   for (const [key, s] of shapes) {
-    const a = tf.randomUniform(s.transA ? [s.K, s.M] : [s.M, s.K], -1, 1);
-    const b = tf.randomUniform(s.transB ? [s.N, s.K] : [s.K, s.N], -1, 1);
-    const flops = 2 * s.M * s.N * s.K;
-    const def = defaultPlan(s.M, s.N, s.K);
-    const plans = [def, ...candidatePlans(s.M, s.N, s.K)];
+    const a = tf.randomUniform([s.batch, ...(s.transA ? [s.K, s.M] : [s.M, s.K])], -1, 1);
+    const b = tf.randomUniform([s.batch, ...(s.transB ? [s.N, s.K] : [s.K, s.N])], -1, 1);
+    const flops = 2 * s.batch * s.M * s.N * s.K * (s.triangle === 'none' ? 1 : 0.5);
+    const noSplit = s.batch > 1 || s.triangle !== 'none';
+    const def = noSplit ? batchedPlan(s.M, s.N, s.K) : defaultPlan(s.M, s.N, s.K);
+    const plans = [def, ...candidatePlans(s.M, s.N, s.K, noSplit)];
     const run = (plan: MatMulPlan, reps: number) => {
       for (let i = 0; i < reps; i++) release(matmul({ a, b, ...s, plan }).c);
     };
@@ -250,8 +294,10 @@ export async function autotuneMatMuls(opts: { targetMs?: number } = {}): Promise
       run(p, 1);
       estimate.set(p, await timed(p, 1));
     }
-    // Clocks up: about 50 ms of the default plan.
-    await timed(def, Math.max(2, Math.min(500, Math.ceil(50 / Math.max(estimate.get(def)!, 0.01)))));
+    // Clocks up: about 50 ms of the default plan (300 ms before the first shape: an idle GPU's
+    // clocks take longer than 50 ms to rise, and the first shape's choice was skewed by it).
+    const warmMs = key === shapes[0][0] ? 300 : 50;
+    await timed(def, Math.max(2, Math.min(2000, Math.ceil(warmMs / Math.max(estimate.get(def)!, 0.01)))));
     const best = new Map<MatMulPlan, number>();
     for (let round = 0; round < 3; round++) {
       for (const p of plans) {

@@ -20,6 +20,8 @@ export interface MatMulTile {
   /** Rows and columns of C per invocation (multiples of 4 for TN). */
   TM: number;
   TN: number;
+  /** Two slabs in workgroup memory: the next one is stored while the current one is read, one barrier per slab instead of two. */
+  double?: boolean;
 }
 
 export interface MatMulVariant extends MatMulTile {
@@ -35,6 +37,23 @@ export interface MatMulVariant extends MatMulTile {
   epilogue: 'none' | 'bias' | 'bias-gelu';
   /** z selects a K range; C is [S, M, N] partial products (epilogue must be 'none'). */
   splitK: boolean;
+  /** z selects a product of a batch: A, B and C are [batch, …] with the shapes above (no split-K). */
+  batched?: boolean;
+  /**
+   * Causal-attention shortcuts for square products over positions:
+   * 'lowerC': only C's lower triangle (n ≤ m) is wanted, tiles wholly above the diagonal are skipped
+   * (left unwritten); 'lowerA': A is zero above its diagonal (A[m, k] = 0 for k > m), K stops at the
+   * tile's last row; 'upperA': A is zero below it (A[m, k] = 0 for k < m), K starts at the tile's first row.
+   */
+  triangle?: 'none' | 'lowerC' | 'lowerA' | 'upperA';
+}
+
+/** A tile from `BMxBNxBKxTMxTN`, with a trailing `d` for two slabs (`128x128x8x8x8d`). */
+export function parseTile(s: string): MatMulTile {
+  const nums = s.trim().replace(/d$/, '').split('x').map(Number);
+  if (nums.length !== 5 || nums.some((n) => !Number.isInteger(n) || n <= 0)) throw new Error(`matmul tile '${s}': expected BMxBNxBKxTMxTN, optionally ending in d (e.g. 128x128x8x8x8d)`);
+  const [BM, BN, BK, TM, TN] = nums;
+  return { BM, BN, BK, TM, TN, ...(s.trim().endsWith('d') ? { double: true } : {}) };
 }
 
 export const DEFAULT_TILE: MatMulTile = { BM: 128, BN: 128, BK: 8, TM: 8, TN: 8 };
@@ -42,7 +61,8 @@ export const SMALL_TILE: MatMulTile = { BM: 64, BN: 64, BK: 16, TM: 4, TN: 4 };
 
 export function variantKey(v: MatMulVariant): string {
   return [
-    'mm', v.BM, v.BN, v.BK, v.TM, v.TN, +v.transA, +v.transB, +v.vecA, +v.vecB, +v.vecC, +v.exact, v.epilogue, +v.splitK,
+    'mm', v.BM, v.BN, v.BK, v.TM, v.TN, +(v.double ?? false), +v.transA, +v.transB, +v.vecA, +v.vecB, +v.vecC, +v.exact, v.epilogue, +v.splitK,
+    +(v.batched ?? false), v.triangle ?? 'none',
   ].join('_');
 }
 
@@ -75,6 +95,8 @@ function check(v: MatMulVariant): void {
   }
   if (v.BK % 4 !== 0) throw new Error(`matmul tile ${variantKey(v)}: BK must be a multiple of 4`);
   if (v.splitK && v.epilogue !== 'none') throw new Error('split-K products take no epilogue');
+  if (v.splitK && v.batched) throw new Error('batched products take no split-K');
+  if ((v.triangle ?? 'none') !== 'none' && (v.splitK || v.BM % v.BK !== 0)) throw new Error(`matmul tile ${variantKey(v)}: triangular products need BM a multiple of BK and no split-K`);
 }
 
 /**
@@ -89,6 +111,7 @@ export function matmulSource(v: MatMulVariant): string {
   const threads = threadsX * threadsY;
   const hasBias = v.epilogue !== 'none';
   const gelu = v.epilogue === 'bias-gelu';
+  const triangle = v.triangle ?? 'none';
   let b = 0;
   const decl: string[] = [];
   const aType = v.vecA ? 'vec4<f32>' : 'f32';
@@ -103,8 +126,14 @@ export function matmulSource(v: MatMulVariant): string {
   decl.push(`@group(0) @binding(${b++}) var<uniform> u: U;`);
 
   // Workgroup slabs, k-major: As[k][m], Bs[k][n], as vec4 along m / n.
-  decl.push(`var<workgroup> As: array<vec4<f32>, ${(BK * BM) / 4}>;`);
-  decl.push(`var<workgroup> Bs: array<vec4<f32>, ${(BK * BN) / 4}>;`);
+  const slabsA = (BK * BM) / 4;
+  const slabsB = (BK * BN) / 4;
+  const stages = v.double ? 2 : 1;
+  decl.push(`var<workgroup> As: array<vec4<f32>, ${stages * slabsA}>;`);
+  decl.push(`var<workgroup> Bs: array<vec4<f32>, ${stages * slabsB}>;`);
+  // With two slabs, stores go to the slab at `stA`/`stB` and the multiply reads the one at `rdA`/`rdB`.
+  const st = (which: 'A' | 'B') => (v.double ? `st${which} + ` : '');
+  const rd = (which: 'A' | 'B') => (v.double ? `rd${which} + ` : '');
 
   // --- global → register loads of one slab, and register → workgroup stores -----------------
   // A(m, k): !transA: A[m*K + k] (contiguous in k); transA: A[k*M + m] (contiguous in m).
@@ -126,6 +155,7 @@ export function matmulSource(v: MatMulVariant): string {
     const alongRows = which === 'A' ? trans : !trans;
     const extent = which === 'A' ? 'u.M' : 'u.N';
     const base = which === 'A' ? 'rowA0' : 'colB0';
+    const off = which === 'A' ? 'offA' : 'offB';
     const shared = which === 'A' ? 'As' : 'Bs';
     const rowsV = rows / 4;
     const total = rows * BK;
@@ -138,19 +168,19 @@ export function matmulSource(v: MatMulVariant): string {
           // slab element (k, r..r+3): k = idx / rowsV, rq = idx % rowsV
           loads.push(`{ let idx = lidx + ${i * threads}u; let kk = idx / ${rowsV}u; let rq = idx % ${rowsV}u;
             let gk = k0 + kk; let gr = ${base} + rq * 4u;
-            ${v.exact ? `${reg} = ${which}[(gk * ${extent} + gr) / 4u];` : `if (gk < kEnd && gr < ${extent}) { ${reg} = ${which}[(gk * ${extent} + gr) / 4u]; } else { ${reg} = vec4<f32>(0.0); }`} }`);
-          stores.push(`{ let idx = lidx + ${i * threads}u; ${shared}[idx] = ${reg}; }`);
+            ${v.exact ? `${reg} = ${which}[(${off} + gk * ${extent} + gr) / 4u];` : `if (gk < kEnd && gr < ${extent}) { ${reg} = ${which}[(${off} + gk * ${extent} + gr) / 4u]; } else { ${reg} = vec4<f32>(0.0); }`} }`);
+          stores.push(`{ let idx = lidx + ${i * threads}u; ${shared}[${st(which)}idx] = ${reg}; }`);
         } else {
           // slab element (r, k..k+3): r = idx / (BK/4), kq = idx % (BK/4)
           loads.push(`{ let idx = lidx + ${i * threads}u; let r = idx / ${BK / 4}u; let kq = idx % ${BK / 4}u;
             let gk = k0 + kq * 4u; let gr = ${base} + r;
-            ${v.exact ? `${reg} = ${which}[(gr * u.K + gk) / 4u];` : `if (gk < kEnd && gr < ${extent}) { ${reg} = ${which}[(gr * u.K + gk) / 4u]; } else { ${reg} = vec4<f32>(0.0); }`} }`);
+            ${v.exact ? `${reg} = ${which}[(${off} + gr * u.K + gk) / 4u];` : `if (gk < kEnd && gr < ${extent}) { ${reg} = ${which}[(${off} + gr * u.K + gk) / 4u]; } else { ${reg} = vec4<f32>(0.0); }`} }`);
           stores.push(`{ let idx = lidx + ${i * threads}u; let r = idx / ${BK / 4}u; let kq = idx % ${BK / 4}u;
             let rv = r / 4u; let rc = r % 4u;
-            ${shared}[(kq * 4u + 0u) * ${rowsV}u + rv][rc] = ${reg}.x;
-            ${shared}[(kq * 4u + 1u) * ${rowsV}u + rv][rc] = ${reg}.y;
-            ${shared}[(kq * 4u + 2u) * ${rowsV}u + rv][rc] = ${reg}.z;
-            ${shared}[(kq * 4u + 3u) * ${rowsV}u + rv][rc] = ${reg}.w; }`);
+            ${shared}[${st(which)}(kq * 4u + 0u) * ${rowsV}u + rv][rc] = ${reg}.x;
+            ${shared}[${st(which)}(kq * 4u + 1u) * ${rowsV}u + rv][rc] = ${reg}.y;
+            ${shared}[${st(which)}(kq * 4u + 2u) * ${rowsV}u + rv][rc] = ${reg}.z;
+            ${shared}[${st(which)}(kq * 4u + 3u) * ${rowsV}u + rv][rc] = ${reg}.w; }`);
         }
       }
     } else {
@@ -162,10 +192,10 @@ export function matmulSource(v: MatMulVariant): string {
         const coords = alongRows
           ? `let kk = idx / ${rows}u; let r = idx % ${rows}u;`
           : `let r = idx / ${BK}u; let kk = idx % ${BK}u;`;
-        const addr = alongRows ? `(k0 + kk) * ${extent} + ${base} + r` : `(${base} + r) * u.K + k0 + kk`;
+        const addr = alongRows ? `${off} + (k0 + kk) * ${extent} + ${base} + r` : `${off} + (${base} + r) * u.K + k0 + kk`;
         loads.push(`{ let idx = lidx + ${i * threads}u; ${coords}
           ${v.exact ? `${reg} = ${which}[${addr}];` : `if (k0 + kk < kEnd && ${base} + r < ${extent}) { ${reg} = ${which}[${addr}]; } else { ${reg} = 0.0; }`} }`);
-        stores.push(`{ let idx = lidx + ${i * threads}u; ${coords} ${shared}[kk * ${rowsV}u + r / 4u][r % 4u] = ${reg}; }`);
+        stores.push(`{ let idx = lidx + ${i * threads}u; ${coords} ${shared}[${st(which)}kk * ${rowsV}u + r / 4u][r % 4u] = ${reg}; }`);
       }
     }
   };
@@ -177,8 +207,8 @@ export function matmulSource(v: MatMulVariant): string {
   for (let i = 0; i < TM; i++) for (let j = 0; j < TN / 4; j++) accDecl.push(`var acc${i}_${j} = vec4<f32>(0.0);`);
   const inner: string[] = [];
   for (let kk = 0; kk < BK; kk++) {
-    for (let i = 0; i < TM / 4; i++) inner.push(`let a${kk}_${i} = As[${kk * (BM / 4) + i * threadsY}u + ty];`);
-    for (let j = 0; j < TN / 4; j++) inner.push(`let b${kk}_${j} = Bs[${kk * (BN / 4) + j * threadsX}u + tx];`);
+    for (let i = 0; i < TM / 4; i++) inner.push(`let a${kk}_${i} = As[${rd('A')}${kk * (BM / 4) + i * threadsY}u + ty];`);
+    for (let j = 0; j < TN / 4; j++) inner.push(`let b${kk}_${j} = Bs[${rd('B')}${kk * (BN / 4) + j * threadsX}u + tx];`);
     for (let i = 0; i < TM; i++) {
       const a = `a${kk}_${Math.floor(i / 4)}.${'xyzw'[i % 4]}`;
       for (let j = 0; j < TN / 4; j++) inner.push(`acc${i}_${j} = fma(vec4<f32>(${a}), b${kk}_${j}, acc${i}_${j});`);
@@ -187,7 +217,7 @@ export function matmulSource(v: MatMulVariant): string {
 
   // --- epilogue --------------------------------------------------------------------------------
   const out: string[] = [];
-  const cBase = v.splitK ? 'wid.z * u.M * u.N' : '0u';
+  const cBase = v.splitK || v.batched ? 'wid.z * u.M * u.N' : '0u';
   for (let i = 0; i < TM; i++) {
     for (let j = 0; j < TN / 4; j++) {
       const m = `(rowC0 + ${Math.floor(i / 4) * threadsY * 4 + (i % 4)}u)`;
@@ -226,12 +256,16 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_
   let colB0 = wid.x * ${BN}u;
   let rowC0 = rowA0 + ty * 4u;
   let colC0 = colB0 + tx * 4u;
-  let kStart = ${v.splitK ? 'wid.z * u.kChunk' : '0u'};
-  let kEnd = ${v.splitK ? 'max(kStart, min(u.K, kStart + u.kChunk))' : 'u.K'};
+  ${triangle === 'lowerC' ? `if (colB0 > rowA0 + ${BM - 1}u) { return; }` : ''}
+  let offA = ${v.batched ? 'wid.z * u.M * u.K' : '0u'};
+  let offB = ${v.batched ? 'wid.z * u.K * u.N' : '0u'};
+  let kStart = ${v.splitK ? 'wid.z * u.kChunk' : triangle === 'upperA' ? 'min(rowA0, u.K)' : '0u'};
+  let kEnd = ${v.splitK ? 'max(kStart, min(u.K, kStart + u.kChunk))' : triangle === 'lowerA' ? `min(u.K, rowA0 + ${BM}u)` : 'u.K'};
   let nSlabs = (kEnd - kStart + ${BK - 1}u) / ${BK}u;
   ${regDecl.join('\n  ')}
   ${accDecl.join('\n  ')}
   var k0 = kStart;
+  ${v.double ? 'var stA = 0u; var stB = 0u;' : ''}
   ${loadA.join('\n  ')}
   ${loadB.join('\n  ')}
   ${storeA.join('\n  ')}
@@ -244,8 +278,9 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_
       ${loadA.join('\n      ')}
       ${loadB.join('\n      ')}
     }
+    ${v.double ? `let rdA = (s & 1u) * ${slabsA}u; let rdB = (s & 1u) * ${slabsB}u; stA = ${slabsA}u - rdA; stB = ${slabsB}u - rdB;` : ''}
     ${inner.join('\n    ')}
-    workgroupBarrier();
+    ${v.double ? '' : 'workgroupBarrier();'}
     if (more) {
       ${storeA.join('\n      ')}
       ${storeB.join('\n      ')}
@@ -257,7 +292,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_
 `;
 }
 
-/** Workgroup grid for a product of M × N (× S split-K slices). */
+/** Workgroup grid for a product of M × N (× S split-K slices or batch entries). */
 export function matmulGrid(v: MatMulTile, M: number, N: number, S = 1): [number, number, number] {
   return [Math.ceil(N / v.BN), Math.ceil(M / v.BM), S];
 }
