@@ -26,7 +26,7 @@ import {
   topKCase,
 } from '../core/model/webgpu/check.js';
 import { setFusedKernels } from '../core/model/webgpu/fused.js';
-import { MATMUL_TILES, autotuneMatMuls, clearMatMulTuning, makePlan, matmul } from '../core/model/webgpu/matmul.js';
+import { BATCHED_TILES, MATMUL_TILES, autotuneMatMuls, clearMatMulTuning, makePlan, matmul } from '../core/model/webgpu/matmul.js';
 import { toTensor } from '../core/model/webgpu/runtime.js';
 import { testBackends, useBackend } from './helpers/backends.js';
 import { syntheticBatches, tinyConfig, tinyHyper } from './helpers/tiny.js';
@@ -57,12 +57,19 @@ const CASES: KernelCase[] = [
   layerNormCase(29, 48),
   layerNormCase(70, 200),
   layerNormCase(5, 32),
-  attentionCase(2, 9, 3, 16, 4),
-  attentionCase(2, 70, 3, 16, 4),
-  attentionCase(1, 67, 2, 12, 12),
-  attentionCase(1, 33, 2, 8, 0),
+  attentionCase('flash', 2, 9, 3, 16, 4),
+  attentionCase('flash', 2, 70, 3, 16, 4),
+  attentionCase('flash', 1, 67, 2, 12, 12),
+  attentionCase('flash', 1, 33, 2, 8, 0),
   // Head size 64 (Pythia's) is checked on the card by bench/gpu-train --check: lavapipe takes minutes to compile its unrolled kernels.
-  attentionCase(1, 130, 2, 32, 8),
+  attentionCase('flash', 1, 130, 2, 32, 8),
+  attentionCase('scores', 2, 9, 3, 16, 4),
+  attentionCase('scores', 2, 70, 3, 16, 4),
+  attentionCase('scores', 1, 67, 2, 12, 12),
+  attentionCase('scores', 1, 33, 2, 8, 0),
+  // Ragged tiles on both sides of the diagonal (T 130 over 128-row tiles), then every tile exact.
+  attentionCase('scores', 1, 130, 2, 32, 8),
+  attentionCase('scores', 1, 256, 2, 64, 16),
   crossEntropyCase(19, 101),
   crossEntropyCase(8, 256),
   topKCase(7, 97, 5, 'forward', 0.5, 2),
@@ -105,6 +112,47 @@ describe.skipIf(!hasWebGPU)('fused WebGPU kernels match the reference ops', () =
       }
     }
     tf.dispose([ta, tb]);
+  }, 900_000);
+
+  // The batched causal products of the 'scores' attention, on every tile (the autotuner may pick
+  // any): ragged T, triangular operands, only the wanted triangle of C compared.
+  it('every tile: batched products with causal shortcuts (lowerC, lowerA, upperA)', async () => {
+    const [nb, T, d] = [2, 150, 20];
+    const lower = (h: ReturnType<typeof randHost>) => {
+      const x = h.data.slice();
+      for (let b = 0; b < nb; b++) for (let i = 0; i < T; i++) for (let j = i + 1; j < T; j++) x[(b * T + i) * T + j] = 0;
+      return { shape: h.shape, data: x };
+    };
+    const q = randHost([nb, T, d], 5);
+    const k = randHost([nb, T, d], 6);
+    const p = lower(randHost([nb, T, T], 7));
+    const cases = [
+      { triangle: 'lowerC', a: q, b: k, N: T, K: d, transA: false, transB: true },
+      { triangle: 'lowerA', a: p, b: k, N: d, K: T, transA: false, transB: false },
+      { triangle: 'upperA', a: p, b: k, N: d, K: T, transA: true, transB: false },
+    ] as const;
+    await useBackend('cpu');
+    const refs = cases.map((c) => {
+      const r = tf.matMul(tf.tensor3d(c.a.data, c.a.shape as [number, number, number]), tf.tensor3d(c.b.data, c.b.shape as [number, number, number]), c.transA, c.transB);
+      const out = r.dataSync() as Float32Array;
+      r.dispose();
+      return out;
+    });
+    await useBackend('webgpu');
+    for (const tile of Object.values(BATCHED_TILES)) {
+      for (const [i, c] of cases.entries()) {
+        const [ta, tb] = [tf.tensor(c.a.data, c.a.shape), tf.tensor(c.b.data, c.b.shape)];
+        const out = toTensor(matmul({ a: ta, b: tb, M: T, N: c.N, K: c.K, transA: c.transA, transB: c.transB, batch: nb, triangle: c.triangle, plan: makePlan(tile, c.K, 1) }).c);
+        const got = (await out.data()) as Float32Array;
+        const want = refs[i].slice();
+        if (c.triangle === 'lowerC') {
+          // Only n ≤ m is defined.
+          for (let b = 0; b < nb; b++) for (let m = 0; m < T; m++) for (let n = m + 1; n < T; n++) got[(b * T + m) * T + n] = want[(b * T + m) * T + n] = 0;
+        }
+        expect(relErr(got, want), `${c.triangle} ${JSON.stringify(tile)}`).toBeLessThan(2e-6);
+        tf.dispose([ta, tb, out]);
+      }
+    }
   }, 900_000);
 
   it('the autotuner picks a plan per shape and products stay correct', async () => {

@@ -64,13 +64,18 @@ export function fusedClipAdamW(entries: FusedAdamWEntry[], s: FusedAdamWStep): t
   }
   const norm = allocate([]);
   dispatch(NORM, [partials], [norm], [['u', P], ['u', 0], ['u', 0], ['u', 0]], [1, 1, 1]);
-  // AdamW: each parameter four bindings (gradient, weight, two moments), the norm one.
-  for (const group of groups(entries, Math.floor((bindings - 1) / 4))) {
+  // AdamW: each parameter four bindings (gradient, weight, two moments), the norm one. Sizes that
+  // are multiples of 4 (nearly all) go four floats per invocation.
+  const perDispatch = Math.floor((bindings - 1) / 4);
+  const byFours = entries.filter((e) => e.grad.size % 4 === 0);
+  const rest = entries.filter((e) => e.grad.size % 4 !== 0);
+  for (const [vec4, group] of [...groups(byFours, perDispatch).map((g) => [true, g] as const), ...groups(rest, perDispatch).map((g) => [false, g] as const)]) {
     const slots: UniformValue[] = [];
     let blocks = 0;
     for (const e of group) {
-      slots.push(['u', e.grad.size], ['u', blocks], ['f', e.decay], ['u', 0]);
-      blocks += Math.ceil(e.grad.size / 256);
+      const n = vec4 ? e.grad.size / 4 : e.grad.size;
+      slots.push(['u', n], ['u', blocks], ['f', e.decay], ['u', 0]);
+      blocks += Math.ceil(n / 256);
     }
     const uniforms: UniformValue[] = [
       ['f', s.lr],
@@ -87,7 +92,7 @@ export function fusedClipAdamW(entries: FusedAdamWEntry[], s: FusedAdamWStep): t
       ['u', 0],
       ...slots,
     ];
-    const k = kernel('adamw', group.length, adamwSource);
+    const k = kernelFor(`adamw:${group.length}:${vec4}`, vec4 ? 'adamw_vec4' : 'adamw', () => adamwSource(group.length, vec4));
     dispatch(k, [...group.map((e) => e.grad), norm], group.flatMap((e) => [e.param, e.m, e.v]), uniforms, grid1d(blocks * 256));
   }
   release(partials);

@@ -12,6 +12,7 @@ import { causalSelfAttention } from '../gptneox.js';
 import { distillationLoss, topKFromLogits } from '../losses.js';
 import { crossEntropy, gatherRows, gelu, layerNorm, linear, matMul } from '../ops.js';
 import {
+  type AttentionKernels,
   fusedAttention,
   fusedCrossEntropy,
   fusedGatherRows,
@@ -19,6 +20,7 @@ import {
   fusedLinear,
   fusedMatMulNT,
   fusedTopKDistill,
+  setAttentionKernels,
   setFusedKernels,
 } from './fused.js';
 import { matmul } from './matmul.js';
@@ -191,17 +193,25 @@ export function layerNormCase(N: number, D: number, tol = 2e-5): KernelCase {
   };
 }
 
-export function attentionCase(B: number, T: number, H: number, hs: number, rd: number, tol = 5e-5): KernelCase {
+export function attentionCase(kernels: AttentionKernels, B: number, T: number, H: number, hs: number, rd: number, tol = 5e-5): KernelCase {
   const shape = { batch: B, seqLen: T, heads: H, headSize: hs, rotated: rd };
   return {
-    name: `causal attention with rotary (B ${B}, T ${T}, H ${H}, hs ${hs}, rotated ${rd})`,
+    name: `causal attention with rotary, ${kernels} kernels (B ${B}, T ${T}, H ${H}, hs ${hs}, rotated ${rd})`,
     inputs: () => {
       const r = ropeTables(T, rd);
       return [randHost([B * T, H * 3 * hs], 14, 1.5), r.cos, r.sin, r.mask];
     },
     diff: [0],
     reference: ([x, c, s, m]) => causalSelfAttention(x as tf.Tensor2D, c as tf.Tensor2D, s as tf.Tensor2D, m as tf.Tensor2D, shape),
-    fused: ([x, c, s]) => fusedAttention(x as tf.Tensor2D, c as tf.Tensor2D, s as tf.Tensor2D, shape),
+    fused: ([x, c, s]) => {
+      // The path is chosen in the forward; its gradient follows it.
+      setAttentionKernels(kernels);
+      try {
+        return fusedAttention(x as tf.Tensor2D, c as tf.Tensor2D, s as tf.Tensor2D, shape);
+      } finally {
+        setAttentionKernels(null);
+      }
+    },
     tol,
   };
 }
@@ -274,7 +284,8 @@ export function pythiaScaleCases(shrink = 1): KernelCase[] {
     linearCase(N, F, D, 'none', 1e-4),
     logitsCase(d(1024), D, V, 1e-4),
     layerNormCase(N, D, 1e-4),
-    attentionCase(Math.max(1, Math.round(8 / shrink)), T, 8, 64, 16, 1e-4),
+    attentionCase('scores', Math.max(1, Math.round(8 / shrink)), T, 8, 64, 16, 1e-4),
+    attentionCase('flash', Math.max(1, Math.round(8 / shrink)), T, 8, 64, 16, 1e-4),
     crossEntropyCase(d(1024), V, 1e-4),
     topKCase(d(1024), V, 64, 'forward', 0.5, 2, 1e-4),
     embeddingCase(V, D, N, 1e-4),

@@ -10,17 +10,20 @@ import * as tf from '../tfjs.js';
 
 import type { AttentionShape } from '../gptneox.js';
 import { matmul, sumSlices } from './matmul.js';
-import { type Kernel, type UniformValue, allocate, dispatch, grid1d, kernelFor, release, toTensor, webgpuBackend, zeroFill } from './runtime.js';
+import { type Kernel, type UniformValue, allocate, capabilities, dispatch, grid1d, kernelFor, release, toTensor, webgpuBackend, zeroFill } from './runtime.js';
 import {
   ATTN_ROWS,
   TOPK_MAX,
   attnDeltaSource,
+  causalSoftmaxBackwardSource,
+  causalSoftmaxSource,
   columnSumSource,
   crossEntropyBackwardSource,
   crossEntropyForwardSource,
   flashBackwardKVSource,
   flashBackwardQSource,
   flashForwardSource,
+  headsLayoutSource,
   layerNormBackwardSource,
   layerNormForwardSource,
   rotaryMergeBackwardSource,
@@ -174,33 +177,80 @@ export function fusedAttentionSupports(s: AttentionShape): boolean {
 }
 
 /**
+ * How attention runs: 'scores' materialises the causal scores [B·H, T, T] and runs the four products
+ * around the softmax as batched register-tiled products (upper-triangle tiles skipped), keeping P for
+ * the backward; 'flash' never writes the scores (one invocation pair per row, K/V tiles in workgroup
+ * memory) and recomputes them in the backward. The scores pay while they are small: on an H200 the
+ * products run at several times the flash kernels' rate, and [B·H, T, T] of pythia-70m's batch is 64 MiB.
+ */
+export type AttentionKernels = 'scores' | 'flash';
+/** Largest scores tensor (bytes, per layer) that the default materialises; P of every layer stays alive until the backward. */
+const SCORES_MAX_BYTES = 256 * 2 ** 20;
+let attentionOverride: AttentionKernels | null = null;
+
+/** Forces one attention path for this process (null: the default, env OFFSHOOT_ATTENTION=scores|flash, else by size). */
+export function setAttentionKernels(k: AttentionKernels | null): void {
+  attentionOverride = k;
+}
+
+export function attentionKernelsFor(BH: number, T: number): AttentionKernels {
+  const forced = attentionOverride ?? process.env.OFFSHOOT_ATTENTION;
+  if (forced === 'scores' || forced === 'flash') return forced;
+  if (forced) throw new Error(`OFFSHOOT_ATTENTION must be 'scores' or 'flash', not '${forced}'`);
+  const bytes = BH * T * T * 4;
+  return bytes <= Math.min(SCORES_MAX_BYTES, capabilities().maxStorageBinding) ? 'scores' : 'flash';
+}
+
+/**
  * Causal self-attention of the fused QKV projection [B·T, H·3·hs] (rows interleaved per head: q,
  * k, v), with rotary embeddings on q and k: the per-head context merged back to [B·T, H·hs].
  */
 export function fusedAttention(qkv: tf.Tensor2D, cos: tf.Tensor2D, sin: tf.Tensor2D, s: AttentionShape): tf.Tensor2D {
   const { batch: B, seqLen: T, heads: H, headSize: hs, rotated: rd } = s;
-  const BH = B * H;
-  const total = BH * T * hs;
-  const scale = 1 / Math.sqrt(hs);
-  const au: UniformValue[] = [['u', T], ['u', H], ['f', scale], ['u', 0]];
-  const agrid: [number, number, number] = [Math.ceil(T / ATTN_ROWS), BH, 1];
   if (rd === 0) {
     // Empty [T, 0] tables have no GPU buffer to bind; the kernels do not read them.
     cos = sin = tf.zeros([1, 1]) as tf.Tensor2D;
   }
-  const op = customOp(([x], save) => {
+  const BH = B * H;
+  const total = BH * T * hs;
+  const split = (x: tf.TensorInfo) => {
     const q = allocate([BH, T, hs]);
     const k = allocate([BH, T, hs]);
     const v = allocate([BH, T, hs]);
     dispatch(kernel('rotary_split', `${hs}_${rd}`, () => rotarySplitSource(hs, rd)), [x, cos, sin], [q, k, v], [['u', total], ['u', T], ['u', H], ['u', 0]], grid1d(total));
+    return { q, k, v };
+  };
+  // The tables are saved with the forward's tensors (tfjs keeps saved tensors for the backward).
+  const tables = [cos, sin];
+  const merge = (dq: tf.TensorInfo, dk: tf.TensorInfo, dv: tf.TensorInfo, [c, sn]: tf.Tensor[]) => {
+    const dx = allocate([B * T, H * 3 * hs]);
+    const n = B * T * H * 3 * hs;
+    dispatch(kernel('rotary_merge_backward', `${hs}_${rd}`, () => rotaryMergeBackwardSource(hs, rd)), [dq, dk, dv, c, sn], [dx], [['u', n], ['u', T], ['u', H], ['u', 0]], grid1d(n));
+    for (const t of [dq, dk, dv]) release(t);
+    return toTensor(dx);
+  };
+  const op = attentionKernelsFor(BH, T) === 'scores' ? scoresAttention(s, split, merge, tables) : flashAttention(s, split, merge, tables);
+  return op(qkv) as tf.Tensor2D;
+}
+
+type SplitHeads = (x: tf.TensorInfo) => { q: tf.TensorInfo; k: tf.TensorInfo; v: tf.TensorInfo };
+type MergeGrads = (dq: tf.TensorInfo, dk: tf.TensorInfo, dv: tf.TensorInfo, tables: tf.Tensor[]) => tf.Tensor;
+
+function flashAttention(s: AttentionShape, split: SplitHeads, merge: MergeGrads, tables: tf.Tensor[]): (...inputs: tf.Tensor[]) => tf.Tensor {
+  const { batch: B, seqLen: T, heads: H, headSize: hs } = s;
+  const BH = B * H;
+  const au: UniformValue[] = [['u', T], ['u', H], ['f', 1 / Math.sqrt(hs)], ['u', 0]];
+  const agrid: [number, number, number] = [Math.ceil(T / ATTN_ROWS), BH, 1];
+  return customOp(([x], save) => {
+    const { q, k, v } = split(x);
     const o = allocate([B * T, H * hs]);
     const lse = allocate([BH * T]);
     dispatch(kernel('flash_forward', String(hs), () => flashForwardSource(hs)), [q, k, v], [o, lse], au, agrid);
     const oT = toTensor(o);
-    save([toTensor(q), toTensor(k), toTensor(v), oT, toTensor(lse)]);
+    save([toTensor(q), toTensor(k), toTensor(v), oT, toTensor(lse), ...tables]);
     return {
       value: oT,
-      gradFunc: (dy, [qs, ks, vs, os, ls]) => {
+      gradFunc: (dy, [qs, ks, vs, os, ls, ...tb]) => {
         const delta = allocate([BH * T]);
         dispatch(kernel('attn_delta', String(hs), () => attnDeltaSource(hs)), [dy, os], [delta], [['u', BH * T], ['u', T], ['u', H], ['u', 0]], grid1d(BH * T));
         const dq = allocate([BH, T, hs]);
@@ -210,15 +260,50 @@ export function fusedAttention(qkv: tf.Tensor2D, cos: tf.Tensor2D, sin: tf.Tenso
         dispatch(kernel('flash_backward_q', String(hs), () => flashBackwardQSource(hs)), ins, [dq], au, agrid);
         dispatch(kernel('flash_backward_k', String(hs), () => flashBackwardKVSource(hs, 'k')), ins, [dk], au, agrid);
         dispatch(kernel('flash_backward_v', String(hs), () => flashBackwardKVSource(hs, 'v')), ins, [dv], au, agrid);
-        const dx = allocate([B * T, H * 3 * hs]);
-        const n = B * T * H * 3 * hs;
-        dispatch(kernel('rotary_merge_backward', `${hs}_${rd}`, () => rotaryMergeBackwardSource(hs, rd)), [dq, dk, dv, cos, sin], [dx], [['u', n], ['u', T], ['u', H], ['u', 0]], grid1d(n));
-        for (const t of [delta, dq, dk, dv]) release(t);
-        return toTensor(dx);
+        release(delta);
+        return merge(dq, dk, dv, tb);
       },
     };
   });
-  return op(qkv) as tf.Tensor2D;
+}
+
+function scoresAttention(s: AttentionShape, split: SplitHeads, merge: MergeGrads, tables: tf.Tensor[]): (...inputs: tf.Tensor[]) => tf.Tensor {
+  const { batch: B, seqLen: T, heads: H, headSize: hs } = s;
+  const BH = B * H;
+  const rows = BH * T;
+  const su: UniformValue[] = [['u', rows], ['u', T], ['f', 1 / Math.sqrt(hs)], ['u', 0]];
+  const lu: UniformValue[] = [['u', (BH * T * hs) / 4], ['u', T], ['u', H], ['u', 0]];
+  const lgrid = grid1d((BH * T * hs) / 4);
+  const batched = { batch: BH, M: T } as const;
+  return customOp(([x], save) => {
+    const { q, k, v } = split(x);
+    const scores = matmul({ ...batched, a: q, b: k, N: T, K: hs, transB: true, triangle: 'lowerC' }).c;
+    const p = allocate([BH, T, T]);
+    dispatch(kernel('causal_softmax', '', causalSoftmaxSource), [scores], [p], su, rowGrid(rows));
+    release(scores);
+    const oHeads = matmul({ ...batched, a: p, b: v, N: hs, K: T, triangle: 'lowerA' }).c;
+    const o = allocate([B * T, H * hs]);
+    dispatch(kernel('heads_merge', String(hs), () => headsLayoutSource(hs, false)), [oHeads], [o], lu, lgrid);
+    release(oHeads);
+    save([toTensor(q), toTensor(k), toTensor(v), toTensor(p), ...tables]);
+    return {
+      value: toTensor(o),
+      gradFunc: (dy, [qs, ks, vs, ps, ...tb]) => {
+        const dO = allocate([BH, T, hs]);
+        dispatch(kernel('heads_split', String(hs), () => headsLayoutSource(hs, true)), [dy], [dO], lu, lgrid);
+        const dP = matmul({ ...batched, a: dO, b: vs, N: T, K: hs, transB: true, triangle: 'lowerC' }).c;
+        const dS = allocate([BH, T, T]);
+        dispatch(kernel('causal_softmax_backward', '', causalSoftmaxBackwardSource), [ps, dP], [dS], su, rowGrid(rows));
+        release(dP);
+        const dv = matmul({ ...batched, a: ps, b: dO, N: hs, K: T, transA: true, triangle: 'upperA' }).c;
+        const dq = matmul({ ...batched, a: dS, b: ks, N: hs, K: T, triangle: 'lowerA' }).c;
+        const dk = matmul({ ...batched, a: dS, b: qs, N: hs, K: T, transA: true, triangle: 'upperA' }).c;
+        release(dS);
+        release(dO);
+        return merge(dq, dk, dv, tb);
+      },
+    };
+  });
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -728,6 +728,101 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 }
 
 // --------------------------------------------------------------------------------------------
+// Causal attention through materialised scores: S = Q·Kᵀ and the products with P are batched
+// matrix products (matmul.ts); these are the row kernels between them and the head layout moves.
+
+export const SCORES_WG = 128;
+
+/**
+ * in: S [BH·T, T] (only n ≤ row position read); out: P = softmax(scale·S) over each row's causal
+ * prefix, zeros above the diagonal; u: {rows, T, scale}. One workgroup per row.
+ */
+export function causalSoftmaxSource(): string {
+  return /* wgsl */ `
+@group(0) @binding(0) var<storage, read> S: array<f32>;
+@group(0) @binding(1) var<storage, read_write> P: array<f32>;
+struct U { rows: u32, T: u32, scale: f32, p0: u32 };
+@group(0) @binding(2) var<uniform> u: U;
+${ONLINE_LSE}
+${lseReduce(SCORES_WG, 's')}
+@compute @workgroup_size(${SCORES_WG})
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let row = wid.x + wid.y * nwg.x;
+  if (row >= u.rows) { return; }
+  let last = row % u.T;
+  let base = row * u.T;
+  var m = ${NEG_BIG};
+  var s = 0.0;
+  for (var c = lid; c <= last; c += ${SCORES_WG}u) {
+    let x = S[base + c] * u.scale;
+    if (x > m) { s = s * exp(m - x) + 1.0; m = x; } else { s = s + exp(x - m); }
+  }
+  let lse = wg_lse_s(m, s, lid);
+  for (var c = lid; c < u.T; c += ${SCORES_WG}u) {
+    var p = 0.0;
+    if (c <= last) { p = exp(S[base + c] * u.scale - lse); }
+    P[base + c] = p;
+  }
+}
+`;
+}
+
+/**
+ * in: P [BH·T, T], dP [BH·T, T] (only n ≤ row position read); out: dS = scale·P∘(dP − Σₙ P∘dP),
+ * zeros above the diagonal (the gradient with respect to the unscaled scores); u: {rows, T, scale}.
+ */
+export function causalSoftmaxBackwardSource(): string {
+  return /* wgsl */ `
+@group(0) @binding(0) var<storage, read> P: array<f32>;
+@group(0) @binding(1) var<storage, read> dP: array<f32>;
+@group(0) @binding(2) var<storage, read_write> dS: array<f32>;
+struct U { rows: u32, T: u32, scale: f32, p0: u32 };
+@group(0) @binding(3) var<uniform> u: U;
+${reduceFns(SCORES_WG, ['sum'])}
+@compute @workgroup_size(${SCORES_WG})
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let row = wid.x + wid.y * nwg.x;
+  if (row >= u.rows) { return; }
+  let last = row % u.T;
+  let base = row * u.T;
+  var acc = 0.0;
+  for (var c = lid; c <= last; c += ${SCORES_WG}u) { acc = acc + P[base + c] * dP[base + c]; }
+  let d = wg_sum(acc, lid);
+  for (var c = lid; c < u.T; c += ${SCORES_WG}u) {
+    var g = 0.0;
+    if (c <= last) { g = u.scale * P[base + c] * (dP[base + c] - d); }
+    dS[base + c] = g;
+  }
+}
+`;
+}
+
+/**
+ * Head layout moves: with \`toHeads\`, in: x [B·T, H·hs] → out: [BH, T, hs]; else the reverse.
+ * u: {total, T, H}. One invocation per four elements (hs % 4 == 0).
+ */
+export function headsLayoutSource(hs: number, toHeads: boolean): string {
+  const V4 = hs / 4;
+  return /* wgsl */ `
+@group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> y: array<vec4<f32>>;
+struct U { total: u32, T: u32, H: u32, p0: u32 };
+@group(0) @binding(2) var<uniform> u: U;
+${FLAT}
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let idx = flat_index(gid, nwg);
+  if (idx >= u.total) { return; }
+  let d = idx % ${V4}u;
+  let t = (idx / ${V4}u) % u.T;
+  let bh = idx / (${V4}u * u.T);
+  let merged = ((bh / u.H * u.T + t) * u.H + bh % u.H) * ${V4}u + d;
+  ${toHeads ? 'y[idx] = x[merged];' : 'y[merged] = x[idx];'}
+}
+`;
+}
+
+// --------------------------------------------------------------------------------------------
 // Distillation against the teacher's top-k (+ one remainder bucket), with cross-entropy
 
 export const TOPK_MAX = 1024;
@@ -977,15 +1072,17 @@ fn main(@builtin(local_invocation_index) lid: u32) {
  * AdamW in place for S parameters in one dispatch, with the gradient scaled for global-norm
  * clipping on the device. in: g0..g(S−1), norm [1]; out (in place): p, m, v of each parameter;
  * u: {lr, beta1, beta2, oneMinusBeta1, oneMinusBeta2, bc1, bc2, eps, maxNorm, clip,
- * slots: (n, first workgroup, decay bits) per parameter}. One invocation per element.
+ * slots: (n, first workgroup, decay bits) per parameter}. One invocation per element, or with
+ * `vec4` (every size a multiple of 4; n counts vec4s) per four elements.
  */
-export function adamwSource(S: number): string {
-  const ins = Array.from({ length: S }, (_, i) => `@group(0) @binding(${i}) var<storage, read> g${i}: array<f32>;`);
+export function adamwSource(S: number, vec4 = false): string {
+  const T = vec4 ? 'vec4<f32>' : 'f32';
+  const ins = Array.from({ length: S }, (_, i) => `@group(0) @binding(${i}) var<storage, read> g${i}: array<${T}>;`);
   const outs = Array.from(
     { length: S },
-    (_, i) => `@group(0) @binding(${S + 1 + 3 * i}) var<storage, read_write> p${i}: array<f32>;
-@group(0) @binding(${S + 2 + 3 * i}) var<storage, read_write> m${i}: array<f32>;
-@group(0) @binding(${S + 3 + 3 * i}) var<storage, read_write> v${i}: array<f32>;`,
+    (_, i) => `@group(0) @binding(${S + 1 + 3 * i}) var<storage, read_write> p${i}: array<${T}>;
+@group(0) @binding(${S + 2 + 3 * i}) var<storage, read_write> m${i}: array<${T}>;
+@group(0) @binding(${S + 3 + 3 * i}) var<storage, read_write> v${i}: array<${T}>;`,
   );
   const branch = (i: number) => `{
     let j = (w - u.slots[${i}].y) * 256u + lid;
