@@ -113,6 +113,8 @@ export interface Measurement {
   backend: string;
   tokensPerSecond?: number;
   stepMs?: number;
+  /** Host time per step to record it (trainStep returning, before the GPU finishes): near stepMs means host-bound. */
+  hostMs?: number;
   error?: string;
   detail?: string;
   peakRssMiB?: number;
@@ -167,8 +169,11 @@ async function measure(args: Args, which: BenchBackend): Promise<Measurement> {
     batches,
   });
   let finalLoss = NaN;
+  let hostMs = 0;
   const step = async (read: boolean) => {
+    const h0 = performance.now();
     const { loss, gradNorm } = await trainer.trainStep();
+    hostMs += performance.now() - h0;
     if (read) finalLoss = (await loss.data())[0];
     tf.dispose([loss, gradNorm]);
   };
@@ -179,8 +184,10 @@ async function measure(args: Args, which: BenchBackend): Promise<Measurement> {
     if (i === 0 && fusedKernelsActive() && process.env.OFFSHOOT_MATMUL_AUTOTUNE !== '0') autotune = await autotuneMatMuls();
   }
   const t0 = performance.now();
+  hostMs = 0;
   for (let i = 0; i < args.steps; i++) await step(i === args.steps - 1);
   const ms = (performance.now() - t0) / args.steps;
+  hostMs /= args.steps;
   const gpu = webgpuBackend();
   const peakGpuMiB = gpu ? Math.round(gpu.bufferManager.numBytesAllocated / 2 ** 20) : undefined;
   const profile = args.profile && gpu ? await profileStep(() => step(true)) : undefined;
@@ -189,6 +196,7 @@ async function measure(args: Args, which: BenchBackend): Promise<Measurement> {
     backend: which,
     tokensPerSecond: (n * 1000) / ms,
     stepMs: ms,
+    hostMs,
     detail: info.detail,
     peakRssMiB: Math.round(process.resourceUsage().maxRSS / 1024),
     peakGpuMiB,
@@ -286,6 +294,7 @@ export async function runConfig(args: Args): Promise<Record<string, unknown>[]> 
       detail: r.detail,
       tokensPerSecond: Math.round(r.tokensPerSecond!),
       stepMs: Number(r.stepMs!.toFixed(1)),
+      ...(r.hostMs !== undefined ? { hostMs: Number(r.hostMs.toFixed(1)) } : {}),
       tflops: tflops(r.tokensPerSecond!),
       peakGpuMiB: r.peakGpuMiB,
       peakRssMiB: r.peakRssMiB,

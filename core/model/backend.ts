@@ -312,7 +312,7 @@ function probeWebGPU(): Promise<WebGPUProbe> {
  * be detected; disable_robustness drops the bounds clamping Dawn adds to every storage access).
  */
 function dawnFlags(): string[] {
-  const toggles = (process.env.OFFSHOOT_DAWN_TOGGLES ?? 'allow_unsafe_apis').trim();
+  const toggles = (process.env.OFFSHOOT_DAWN_TOGGLES ?? 'allow_unsafe_apis,disable_robustness').trim();
   return toggles ? [`enable-dawn-features=${toggles}`] : [];
 }
 

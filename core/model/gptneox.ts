@@ -205,8 +205,8 @@ export class GPTNeoX {
       const attn = this.attention(this.norm(h, `${p}input_layernorm`), i, batch, seqLen, trace);
       if (this.config.parallelResidual) {
         const m = this.mlp(this.norm(h, `${p}post_attention_layernorm`), i, trace);
-        // One pass instead of two where each op is a TensorFlow call (same order of additions).
-        h = tensorflowKernelsActive() ? tf.addN([h, attn, m]) : tf.add(tf.add(h, attn), m);
+        // One pass instead of two where each op is a TensorFlow call or a GPU dispatch (same order of additions).
+        h = tensorflowKernelsActive() || fusedKernelsActive() ? tf.addN([h, attn, m]) : tf.add(tf.add(h, attn), m);
       } else {
         h = tf.add(h, attn);
         h = tf.add(h, this.mlp(this.norm(h, `${p}post_attention_layernorm`), i, trace));
