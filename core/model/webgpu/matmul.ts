@@ -217,7 +217,11 @@ export function sumSlices(x: tf.TensorInfo, S: number, L: number): tf.TensorInfo
 // ---------------------------------------------------------------------------------------------
 // Autotuning
 
-/** The plans the autotuner tries for a shape: every tile, each without split-K and (for long K) with about the slices that fill the GPU and twice that. */
+/**
+ * The plans the autotuner tries for a shape: every tile, each without split-K and (for long K) with
+ * about the slices that fill the GPU and twice that; with `noSplit` (batched or triangular
+ * products) every batched-product tile no larger than the product, without split-K.
+ */
 export function candidatePlans(M: number, N: number, K: number, noSplit = false): MatMulPlan[] {
   const out: MatMulPlan[] = [];
   const seen = new Set<string>();
