@@ -177,11 +177,12 @@ export function fusedAttentionSupports(s: AttentionShape): boolean {
 }
 
 /**
- * How attention runs: 'scores' materialises the causal scores [B·H, T, T] and runs the four products
- * around the softmax as batched register-tiled products (upper-triangle tiles skipped), keeping P for
- * the backward; 'flash' never writes the scores (one invocation pair per row, K/V tiles in workgroup
- * memory) and recomputes them in the backward. The scores pay while they are small: on an H200 the
- * products run at several times the flash kernels' rate, and [B·H, T, T] of pythia-70m's batch is 64 MiB.
+ * How attention runs: 'scores' materialises the causal scores [B·H, T, T] and runs the products
+ * around the softmax (two forward, four backward) as batched register-tiled products with the tiles
+ * above the diagonal skipped, keeping P for the backward; 'flash' never writes the scores (one
+ * invocation pair per row, K/V tiles in workgroup memory) and recomputes them in the backward. The
+ * scores pay while they are small: for pythia-70m's batch ([B·H, T, T] is 64 MiB a layer) attention
+ * took 3.5 ms of an H200's time per step this way against 6.4 ms with the flash kernels.
  */
 export type AttentionKernels = 'scores' | 'flash';
 /** Largest scores tensor (bytes, per layer) that the default materialises; P of every layer stays alive until the backward. */
