@@ -307,9 +307,12 @@ function probeWebGPU(): Promise<WebGPUProbe> {
 }
 
 /**
- * Dawn toggles, from env OFFSHOOT_DAWN_TOGGLES (comma-separated; default allow_unsafe_apis, which
- * exposes experimental adapter features such as chromium-experimental-subgroup-matrix so they can
- * be detected; disable_robustness drops the bounds clamping Dawn adds to every storage access).
+ * Dawn toggles, from env OFFSHOOT_DAWN_TOGGLES (comma-separated; default
+ * allow_unsafe_apis,disable_robustness). allow_unsafe_apis exposes experimental adapter features
+ * such as chromium-experimental-subgroup-matrix so they can be detected; disable_robustness drops
+ * the clamp Dawn adds to every storage and workgroup access, which guards browsers against untrusted
+ * shaders: the kernels run here check their own bounds, and the clamp cost 5% of a training step on
+ * an H200 (docs/gpu-kernels.md).
  */
 function dawnFlags(): string[] {
   const toggles = (process.env.OFFSHOOT_DAWN_TOGGLES ?? 'allow_unsafe_apis,disable_robustness').trim();
