@@ -194,7 +194,7 @@ export function setAttentionKernels(k: AttentionKernels | null): void {
   attentionOverride = k;
 }
 
-export function attentionKernelsFor(BH: number, T: number): AttentionKernels {
+function attentionKernelsFor(BH: number, T: number): AttentionKernels {
   const forced = attentionOverride ?? process.env.OFFSHOOT_ATTENTION;
   if (forced === 'scores' || forced === 'flash') return forced;
   if (forced) throw new Error(`OFFSHOOT_ATTENTION must be 'scores' or 'flash', not '${forced}'`);

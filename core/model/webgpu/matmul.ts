@@ -155,6 +155,7 @@ export function matmul(args: MatMulArgs): { c: tf.TensorInfo; z?: tf.TensorInfo 
   if (K === 0) throw new Error('matmul: K is 0');
   const epilogue = gelu ? 'bias-gelu' : bias ? 'bias' : 'none';
   const plan = args.plan ?? planMatMul({ M, N, K, transA, transB, batch, triangle });
+  if ((batch > 1 || triangle !== 'none') && (bias || plan.S !== 1)) throw new Error('matmul: batched and triangular products take no bias or split-K');
   const c = allocate(batch > 1 ? [batch, M, N] : [M, N]);
   const z = gelu ? allocate([M, N]) : undefined;
   const uniforms: Array<['u', number]> = [['u', M], ['u', N], ['u', K], ['u', plan.kChunk]];
@@ -166,8 +167,7 @@ export function matmul(args: MatMulArgs): { c: tf.TensorInfo; z?: tf.TensorInfo 
     vecB: (transB ? K : N) % 4 === 0,
     vecC: N % 4 === 0,
   };
-  if (batch > 1 || triangle !== 'none') {
-    if (bias || plan.S !== 1) throw new Error('matmul: batched and triangular products take no bias or split-K');
+  if (plan.S === 1) {
     const v: MatMulVariant = {
       ...base,
       exact: M % plan.tile.BM === 0 && N % plan.tile.BN === 0 && K % plan.tile.BK === 0,
@@ -176,18 +176,8 @@ export function matmul(args: MatMulArgs): { c: tf.TensorInfo; z?: tf.TensorInfo 
       batched: batch > 1,
       triangle,
     };
-    dispatch(mmKernel(v), [a, b], [c], uniforms, matmulGrid(v, M, N, batch));
-    return { c };
-  }
-  if (plan.S === 1) {
-    const v: MatMulVariant = {
-      ...base,
-      exact: M % plan.tile.BM === 0 && N % plan.tile.BN === 0 && K % plan.tile.BK === 0,
-      epilogue,
-      splitK: false,
-    };
     const ins = bias ? [a, b, bias] : [a, b];
-    dispatch(mmKernel(v), ins, z ? [c, z] : [c], uniforms, matmulGrid(v, M, N));
+    dispatch(mmKernel(v), ins, z ? [c, z] : [c], uniforms, matmulGrid(v, M, N, batch));
     return { c, z };
   }
   const v: MatMulVariant = {

@@ -731,7 +731,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 // Causal attention through materialised scores: S = Q·Kᵀ and the products with P are batched
 // matrix products (matmul.ts); these are the row kernels between them and the head layout moves.
 
-export const SCORES_WG = 128;
+const SCORES_WG = 128;
 
 /**
  * in: S [BH·T, T] (only n ≤ row position read); out: P = softmax(scale·S) over each row's causal

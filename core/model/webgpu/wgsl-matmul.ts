@@ -56,8 +56,6 @@ export function parseTile(s: string): MatMulTile {
   return { BM, BN, BK, TM, TN, ...(s.trim().endsWith('d') ? { double: true } : {}) };
 }
 
-export const DEFAULT_TILE: MatMulTile = { BM: 128, BN: 128, BK: 8, TM: 8, TN: 8 };
-export const SMALL_TILE: MatMulTile = { BM: 64, BN: 64, BK: 16, TM: 4, TN: 4 };
 
 export function variantKey(v: MatMulVariant): string {
   return [
