@@ -27,7 +27,7 @@ import {
 } from '../core/model/webgpu/check.js';
 import { setFusedKernels } from '../core/model/webgpu/fused.js';
 import { BATCHED_TILES, MATMUL_TILES, autotuneMatMuls, clearMatMulTuning, makePlan, matmul } from '../core/model/webgpu/matmul.js';
-import { toTensor } from '../core/model/webgpu/runtime.js';
+import { dispatchCounts, toTensor } from '../core/model/webgpu/runtime.js';
 import { testBackends, useBackend } from './helpers/backends.js';
 import { syntheticBatches, tinyConfig, tinyHyper } from './helpers/tiny.js';
 
@@ -214,6 +214,31 @@ describe.skipIf(!hasWebGPU)('fused WebGPU kernels match the reference ops', () =
     expect(r.lossDiff).toBeLessThan(1e-5);
     expect(r.worstGradient.err, r.worstGradient.name).toBeLessThan(2e-5);
   });
+
+  it('training steps after the first two record from cached bind groups only', async () => {
+    await useBackend('webgpu');
+    setFusedKernels(true);
+    const config = tinyConfig({ vocabSize: 48, hiddenSize: 32, numLayers: 2, numHeads: 4 });
+    const trainer = new Trainer(GPTNeoX.random(config, 3), { hyper: tinyHyper(8, { batchSize: 2, seqLen: 16 }), batches: syntheticBatches(48, 2, 16, 5) });
+    const losses: number[] = [];
+    // As in training: the loss is read now and then, not every step.
+    const step = async (read: boolean) => {
+      const { loss, gradNorm } = await trainer.trainStep();
+      if (read) losses.push((await loss.data())[0]);
+      tf.dispose([loss, gradNorm]);
+    };
+    await step(true);
+    await step(false);
+    const before = dispatchCounts();
+    for (let i = 0; i < 5; i++) await step(i === 2);
+    const after = dispatchCounts();
+    trainer.dispose();
+    setFusedKernels(null);
+    // Every step gets the same buffers from the pool, so none of its bind groups is new.
+    expect(after.dispatches - before.dispatches).toBeGreaterThan(5 * 20);
+    expect(after.bindGroupsCreated - before.bindGroupsCreated).toBe(0);
+    expect(losses.every(Number.isFinite)).toBe(true);
+  }, 600_000);
 
   it('loss curves of the fused and unfused paths agree over 200 steps on the same data and seed', async () => {
     await useBackend('webgpu');

@@ -316,7 +316,10 @@ function probeWebGPU(): Promise<WebGPUProbe> {
  */
 function dawnFlags(): string[] {
   const toggles = (process.env.OFFSHOOT_DAWN_TOGGLES ?? 'allow_unsafe_apis,disable_robustness').trim();
-  return toggles ? [`enable-dawn-features=${toggles}`] : [];
+  // Dawn's `null` backend records and validates commands but runs nothing: it measures the host's
+  // cost of a step on any machine (bench/train-throughput's hostMs).
+  const dawnBackend = process.env.OFFSHOOT_DAWN_BACKEND?.trim();
+  return [...(toggles ? [`enable-dawn-features=${toggles}`] : []), ...(dawnBackend ? [`backend=${dawnBackend}`] : [])];
 }
 
 async function doProbeWebGPU(): Promise<WebGPUProbe> {
@@ -407,7 +410,7 @@ function describeCompute(adapter: AdapterLike): string {
 }
 
 function describeAdapter(info: NonNullable<AdapterLike['info']>): string {
-  const api = process.platform === 'darwin' ? 'Metal' : process.platform === 'win32' ? 'D3D12' : 'Vulkan';
+  const api = process.env.OFFSHOOT_DAWN_BACKEND?.trim() || (process.platform === 'darwin' ? 'Metal' : process.platform === 'win32' ? 'D3D12' : 'Vulkan');
   const name = info.description || info.device || 'unknown';
   const tags = new Set([info.vendor, info.architecture, info.isFallbackAdapter ? 'software' : undefined]);
   const extra = [...tags].filter((t): t is string => !!t);

@@ -18,6 +18,7 @@ import { AdamW, type AdamWOptions, type ScheduleOptions, learningRate } from './
 import { readSafetensors } from './safetensors.js';
 import { fusedKernelsActive } from './webgpu/fused.js';
 import { autotuneIfHardware } from './webgpu/matmul.js';
+import { submitRecorded } from './webgpu/runtime.js';
 
 export interface Batch {
   batchSize: number;
@@ -202,6 +203,7 @@ export class Trainer {
       const norm = this.optimizer.applyClipped(this.model.params, byName, lr, hyper.gradClip);
       return { loss: value, gradNorm: norm };
     });
+    submitRecorded();
     if (teacherView) {
       tf.dispose(teacherView instanceof tf.Tensor ? teacherView : [teacherView.indices, teacherView.logits, teacherView.logNormaliser]);
     }

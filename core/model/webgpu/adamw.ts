@@ -93,7 +93,7 @@ export function fusedClipAdamW(entries: FusedAdamWEntry[], s: FusedAdamWStep): t
       ...slots,
     ];
     const k = kernelFor(`adamw:${group.length}:${vec4}`, vec4 ? 'adamw_vec4' : 'adamw', () => adamwSource(group.length, vec4));
-    dispatch(k, [...group.map((e) => e.grad), norm], group.flatMap((e) => [e.param, e.m, e.v]), uniforms, grid1d(blocks * 256));
+    dispatch(k, [...group.map((e) => e.grad), norm], group.flatMap((e) => [e.param, e.m, e.v]), uniforms, grid1d(blocks * 256), { uniformsVary: true });
   }
   release(partials);
   return toTensor<tf.Scalar>(norm);

@@ -23,16 +23,26 @@ interface TensorData {
   resource?: GPUBuffer | unknown;
 }
 
+/** tfjs-backend-webgpu's buffer pool: per size and usage, a stack of free buffers. */
+interface BufferManagerInternals {
+  acquireBuffer(size: number, usage: number): GPUBuffer;
+  releaseBuffer(buffer: GPUBuffer, reuse?: boolean): void;
+  freeBuffers: Map<string, GPUBuffer[]>;
+  numBytesAllocated: number;
+  numBytesUsed: number;
+}
+
 /** The parts of tfjs-backend-webgpu's WebGPUBackend this runtime uses (some are private in its typings). */
 export interface WebGPUBackendInternals {
   device: GPUDevice;
   queue: GPUQueue;
-  bufferManager: { acquireBuffer(size: number, usage: number): GPUBuffer; numBytesAllocated: number; numBytesUsed: number };
-  tensorMap: { get(dataId: object): TensorData; has(dataId: object): boolean };
+  bufferManager: BufferManagerInternals;
+  tensorMap: { get(dataId: object): TensorData | undefined; has(dataId: object): boolean };
   commandEncoder: GPUCommandEncoder | null;
   computePassEncoder: GPUComputePassEncoder | null;
   commandQueueOwnedIds: WeakSet<object>;
   uniformPendingDisposal: GPUBuffer[];
+  tensorDataPendingDisposal: object[];
   dispatchCountInPass: number;
   activeTimers: Array<{ name: string; query: Promise<number> }> | null;
   supportTimestampQuery: boolean;
@@ -49,7 +59,44 @@ export interface WebGPUBackendInternals {
 /** The active backend's internals when it is webgpu, else null. */
 export function webgpuBackend(): WebGPUBackendInternals | null {
   if (tf.getBackend() !== 'webgpu') return null;
-  return tf.backend() as unknown as WebGPUBackendInternals;
+  const b = tf.backend() as unknown as WebGPUBackendInternals;
+  if (!orderedPools.has(b.bufferManager)) orderPool(b.bufferManager);
+  return b;
+}
+
+/** A buffer's number: the order in which the pool first gave it back. */
+const bufferIds = new WeakMap<GPUBuffer, number>();
+let nextBufferId = 1;
+function bufferId(buf: GPUBuffer): number {
+  let id = bufferIds.get(buf);
+  if (id === undefined) bufferIds.set(buf, (id = nextBufferId++));
+  return id;
+}
+
+const orderedPools = new WeakSet<BufferManagerInternals>();
+
+/**
+ * Makes the pool hand out its lowest-numbered free buffer of a size instead of the last one freed.
+ * A training step then gets the same buffers every step whatever the order of earlier frees, so
+ * its bind groups repeat and come from the cache in `dispatch` (creating one is most of a
+ * dispatch's host cost).
+ */
+function orderPool(pool: BufferManagerInternals): void {
+  const release = pool.releaseBuffer.bind(pool);
+  pool.releaseBuffer = (buffer: GPUBuffer, reuse = true) => {
+    release(buffer, reuse);
+    const free = reuse ? pool.freeBuffers.get(`${buffer.size}_${buffer.usage}`) : undefined;
+    if (!free || free[free.length - 1] !== buffer) return;
+    // Kept in descending order, so the stack's pop gives the lowest number.
+    const id = bufferId(buffer);
+    let i = free.length - 1;
+    while (i > 0 && bufferId(free[i - 1]) < id) {
+      free[i] = free[i - 1];
+      i--;
+    }
+    free[i] = buffer;
+  };
+  orderedPools.add(pool);
 }
 
 function backendOrThrow(): WebGPUBackendInternals {
@@ -79,11 +126,18 @@ export function kernelFor(key: string, name: string, source: () => string): Kern
 interface Compiled {
   pipeline: GPUComputePipeline;
   layout: GPUBindGroupLayout;
+  /** Bind groups made for this pipeline, by the numbers of their buffers. */
+  bindGroups: Map<string, GPUBindGroup>;
 }
 
 const pipelineCache = new WeakMap<GPUDevice, Map<string, Compiled>>();
+/** The last pipeline each kernel got, so a dispatch builds no cache key in the usual case. */
+const lastCompiled = new WeakMap<Kernel, { device: GPUDevice; signature: number; compiled: Compiled }>();
 
 function compile(b: WebGPUBackendInternals, kernel: Kernel, nIn: number, nOut: number, hasUniforms: boolean): Compiled {
+  const signature = (nIn * 256 + nOut) * 2 + +hasUniforms;
+  const last = lastCompiled.get(kernel);
+  if (last && last.device === b.device && last.signature === signature) return last.compiled;
   let cache = pipelineCache.get(b.device);
   if (!cache) {
     cache = new Map();
@@ -103,10 +157,36 @@ function compile(b: WebGPUBackendInternals, kernel: Kernel, nIn: number, nOut: n
       compute: { module, entryPoint: 'main' },
       label: kernel.name,
     });
-    c = { pipeline, layout };
+    c = { pipeline, layout, bindGroups: new Map() };
     cache.set(key, c);
   }
+  lastCompiled.set(kernel, { device: b.device, signature, compiled: c });
   return c;
+}
+
+/** Bind groups kept per pipeline; past this (shapes and buffers that keep changing) it starts again. */
+const MAX_BIND_GROUPS = 4096;
+
+/** Counts since the process started (tests and benchmarks read them). */
+const counts = { dispatches: 0, bindGroupsCreated: 0 };
+
+/** Dispatches recorded and bind groups created by `dispatch` so far. */
+export function dispatchCounts(): { dispatches: number; bindGroupsCreated: number } {
+  return { ...counts };
+}
+
+/** The bind group of these buffers, made once per distinct set. */
+function bindGroupFor(b: WebGPUBackendInternals, c: Compiled, buffers: GPUBuffer[]): GPUBindGroup {
+  let key = '';
+  for (const buf of buffers) key += `${bufferId(buf)},`;
+  let group = c.bindGroups.get(key);
+  if (!group) {
+    counts.bindGroupsCreated++;
+    if (c.bindGroups.size >= MAX_BIND_GROUPS) c.bindGroups.clear();
+    group = b.device.createBindGroup({ layout: c.layout, entries: buffers.map((buffer, binding) => ({ binding, resource: { buffer } })) });
+    c.bindGroups.set(key, group);
+  }
+  return group;
 }
 
 /** Uniform block values, each 4 bytes: 'u' u32, 'i' i32, 'f' f32. */
@@ -126,7 +206,7 @@ function packUniforms(values: UniformValue[]): ArrayBuffer {
 
 function gpuBuffer(b: WebGPUBackendInternals, t: tf.TensorInfo): GPUBuffer {
   b.uploadToGPU(t.dataId);
-  const res = b.tensorMap.get(t.dataId).resource;
+  const res = b.tensorMap.get(t.dataId)?.resource;
   if (!(res instanceof GPUBuffer)) throw new Error('webgpu kernels: tensor data is not in a GPU buffer');
   return res;
 }
@@ -172,6 +252,39 @@ export function setDispatchHook(h: DispatchHook | null): void {
   hook = h;
 }
 
+export interface DispatchOptions {
+  /** The uniform values change from call to call (an optimiser's step size): not worth keeping. */
+  uniformsVary?: boolean;
+}
+
+/** Uniform blocks by content, written once: a training step repeats the same blocks every step. */
+const uniformBlocks = new WeakMap<GPUDevice, Map<string, GPUBuffer>>();
+/** Past this many distinct blocks (shapes that keep changing) the cache starts again. */
+const MAX_UNIFORM_BLOCKS = 16384;
+
+function uniformBuffer(b: WebGPUBackendInternals, values: UniformValue[], varies: boolean): GPUBuffer {
+  const data = packUniforms(values);
+  const usage = GPUBufferUsage.COPY_DST | GPUBufferUsage.UNIFORM;
+  if (varies) {
+    const ub = b.bufferManager.acquireBuffer(data.byteLength, usage);
+    b.queue.writeBuffer(ub, 0, data);
+    b.uniformPendingDisposal.push(ub);
+    return ub;
+  }
+  let blocks = uniformBlocks.get(b.device);
+  if (!blocks) uniformBlocks.set(b.device, (blocks = new Map()));
+  const key = new Uint32Array(data).join(',');
+  let ub = blocks.get(key);
+  if (!ub) {
+    // Dropped blocks stay alive while recorded commands or cached bind groups hold them.
+    if (blocks.size >= MAX_UNIFORM_BLOCKS) blocks.clear();
+    ub = b.device.createBuffer({ size: data.byteLength, usage });
+    b.queue.writeBuffer(ub, 0, data);
+    blocks.set(key, ub);
+  }
+  return ub;
+}
+
 /**
  * Records one dispatch: bindings are inputs (read-only), then outputs (read-write), then the
  * uniform block if any. Outputs written in place keep their tfjs identity; cached host copies of
@@ -183,26 +296,22 @@ export function dispatch(
   outputs: tf.TensorInfo[],
   uniforms: UniformValue[] | null,
   grid: [number, number, number],
+  options: DispatchOptions = {},
 ): void {
   const b = backendOrThrow();
-  const { pipeline, layout } = compile(b, kernel, inputs.length, outputs.length, uniforms !== null);
-  const entries: GPUBindGroupEntry[] = [];
-  let i = 0;
-  for (const t of inputs) entries.push({ binding: i++, resource: { buffer: gpuBuffer(b, t) } });
+  const compiled = compile(b, kernel, inputs.length, outputs.length, uniforms !== null);
+  const buffers: GPUBuffer[] = [];
+  for (const t of inputs) buffers.push(gpuBuffer(b, t));
   for (const t of outputs) {
-    entries.push({ binding: i++, resource: { buffer: gpuBuffer(b, t) } });
-    b.tensorMap.get(t.dataId).values = null;
+    buffers.push(gpuBuffer(b, t));
+    b.tensorMap.get(t.dataId)!.values = null;
   }
-  if (uniforms) {
-    const data = packUniforms(uniforms);
-    const ub = b.bufferManager.acquireBuffer(data.byteLength, GPUBufferUsage.COPY_DST | GPUBufferUsage.UNIFORM);
-    b.queue.writeBuffer(ub, 0, data);
-    b.uniformPendingDisposal.push(ub);
-    entries.push({ binding: i++, resource: { buffer: ub } });
-  }
+  if (uniforms) buffers.push(uniformBuffer(b, uniforms, options.uniformsVary === true));
   for (const t of inputs) b.commandQueueOwnedIds.add(t.dataId);
   for (const t of outputs) b.commandQueueOwnedIds.add(t.dataId);
-  const bindGroup = b.device.createBindGroup({ layout, entries });
+  const bindGroup = bindGroupFor(b, compiled, buffers);
+  counts.dispatches++;
+  const { pipeline } = compiled;
 
   if (grid[0] === 0 || grid[1] === 0 || grid[2] === 0) return;
   const max = b.device.limits.maxComputeWorkgroupsPerDimension;
@@ -235,10 +344,41 @@ export function dispatch(
   if (timed) {
     b.endComputePassEncoder();
     b.activeTimers!.push({ name: kernel.name, query: b.getQueryTime() });
-  } else if ((tf.env().get('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE') as number) <= b.dispatchCountInPass) {
+  } else if ((tf.env().get('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE') as number) <= b.dispatchCountInPass || releasedBytes(b) >= SUBMIT_RELEASED_BYTES) {
     b.endComputePassEncoder();
     b.submitQueue();
   }
+}
+
+/**
+ * Bytes of freed tensors waiting for the next submit. tfjs hands a freed buffer out again only once
+ * the commands using it are submitted, so long batches between submits would keep large freed
+ * tensors (a logits-sized product, say) out of reuse: past this much, the batch is cut short.
+ */
+const SUBMIT_RELEASED_BYTES = 256 * 2 ** 20;
+/** The pending list counted so far (tfjs starts a new list at each submit). */
+let releasedCount: { list: object[]; counted: number; bytes: number } = { list: [], counted: 0, bytes: 0 };
+
+function releasedBytes(b: WebGPUBackendInternals): number {
+  const list = b.tensorDataPendingDisposal;
+  if (list !== releasedCount.list) releasedCount = { list, counted: 0, bytes: 0 };
+  for (; releasedCount.counted < list.length; releasedCount.counted++) {
+    const res = b.tensorMap.get(list[releasedCount.counted])?.resource;
+    if (res instanceof GPUBuffer) releasedCount.bytes += res.size;
+  }
+  return releasedCount.bytes;
+}
+
+/**
+ * Submits the commands recorded so far (a no-op off webgpu). A training step ends with this, so
+ * every step starts on an empty command buffer and frees its buffers at the same points: it then
+ * gets the same buffers, and bind groups, step after step.
+ */
+export function submitRecorded(): void {
+  const b = webgpuBackend();
+  if (!b?.commandEncoder) return;
+  b.endComputePassEncoder();
+  b.submitQueue();
 }
 
 /** A grid of 1-D workgroups covering n invocations of `size` each, folded into y past 32768. */
