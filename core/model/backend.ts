@@ -391,8 +391,23 @@ async function loadWebGPU(): Promise<{ detail?: string }> {
     () => new WebGPUBackend(device as never, info as never),
     3,
   );
+  tf.env().set('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE', submitBatch());
   return { detail: `adapter: ${description}; ${describeCompute(adapter)}` };
 }
+
+/**
+ * Dispatches recorded before the command buffer is submitted, from env OFFSHOOT_WEBGPU_SUBMIT_BATCH.
+ * tfjs's default, 15, suits interactive pages; on a GPU machine each submit costs the host about as
+ * much as ten dispatches. offshoot's dispatches also submit early once 256 MiB of freed tensors wait.
+ */
+function submitBatch(): number {
+  const raw = process.env.OFFSHOOT_WEBGPU_SUBMIT_BATCH?.trim();
+  if (!raw) return DEFAULT_SUBMIT_BATCH;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < 1) throw new Error(`OFFSHOOT_WEBGPU_SUBMIT_BATCH: expected a whole number of dispatches ≥ 1, got ${JSON.stringify(raw)}`);
+  return n;
+}
+const DEFAULT_SUBMIT_BATCH = 15;
 
 /** What the fused kernels can use on this adapter (docs/gpu-kernels.md). */
 function describeCompute(adapter: AdapterLike): string {

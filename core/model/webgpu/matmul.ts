@@ -6,7 +6,7 @@
  */
 import * as tf from '../tfjs.js';
 
-import { type Kernel, allocate, capabilities, dispatch, grid1d, kernelFor, release, webgpuBackend } from './runtime.js';
+import { type Kernel, type UniformValue, allocate, capabilities, dispatch, grid1d, kernelFor, release, webgpuBackend } from './runtime.js';
 import { type MatMulTile, type MatMulVariant, matmulGrid, matmulSource, parseTile, sumSlicesSource, sumSlicesWideSource, variantKey } from './wgsl-matmul.js';
 
 /** The tiles the planner and the autotuner choose from (every one is covered by the kernel tests). */
@@ -96,18 +96,27 @@ const pending = new Map<string, Shape>();
 /** Tuned plans by shape. */
 const tuned = new Map<string, MatMulPlan>();
 
+/** Untuned shapes' plans, made once (the same object each time, so its prepared dispatches are reused). */
+const defaults = new Map<string, MatMulPlan>();
+
 /** Forgets tuned plans and shapes waiting to be tuned. */
 export function clearMatMulTuning(): void {
   pending.clear();
   tuned.clear();
+  defaults.clear();
 }
 
-export function planMatMul(s: Shape): MatMulPlan {
-  const key = shapeKey(s);
+/** The tuned plan of a shape (`key` is its shapeKey), else the default one, noting the shape for the autotuner. */
+function planFor(key: string, s: Shape): MatMulPlan {
   const t = tuned.get(key);
   if (t) return t;
-  if (!pending.has(key)) pending.set(key, s);
-  return s.batch > 1 || s.triangle !== 'none' ? batchedPlan(s.M, s.N, s.K) : defaultPlan(s.M, s.N, s.K);
+  let d = defaults.get(key);
+  if (!d) {
+    d = s.batch > 1 || s.triangle !== 'none' ? batchedPlan(s.M, s.N, s.K) : defaultPlan(s.M, s.N, s.K);
+    defaults.set(key, d);
+    pending.set(key, s);
+  }
+  return d;
 }
 
 /** Batches and triangular products take no split-K; the batch fills the GPU, so the largest tile that fits the product. */
@@ -148,17 +157,19 @@ export interface MatMulArgs {
   plan?: MatMulPlan;
 }
 
-/** C [M, N] = op(A) · op(B) (+ bias) (→ GELU). Returns tensor data (wrap with toTensor). */
-export function matmul(args: MatMulArgs): { c: tf.TensorInfo; z?: tf.TensorInfo } {
-  const { a, b, M, N, K, transA = false, transB = false, bias, gelu = false, batch = 1, triangle = 'none' } = args;
-  if (gelu && !bias) throw new Error('matmul: GELU epilogue needs a bias');
-  if (K === 0) throw new Error('matmul: K is 0');
-  const epilogue = gelu ? 'bias-gelu' : bias ? 'bias' : 'none';
-  const plan = args.plan ?? planMatMul({ M, N, K, transA, transB, batch, triangle });
-  if ((batch > 1 || triangle !== 'none') && (bias || plan.S !== 1)) throw new Error('matmul: batched and triangular products take no bias or split-K');
-  const c = allocate(batch > 1 ? [batch, M, N] : [M, N]);
-  const z = gelu ? allocate([M, N]) : undefined;
-  const uniforms: Array<['u', number]> = [['u', M], ['u', N], ['u', K], ['u', plan.kChunk]];
+/** A product's dispatches for one plan, worked out once (a training step repeats the same products). */
+interface Prepared {
+  kernel: Kernel;
+  grid: [number, number, number];
+  uniforms: UniformValue[];
+  /** Split-K: the slices' reduction (with the epilogue). */
+  sum?: { kernel: Kernel; grid: [number, number, number]; uniforms: UniformValue[] };
+}
+const preparedByPlan = new WeakMap<MatMulPlan, Map<string, Prepared>>();
+
+function prepare(plan: MatMulPlan, s: Shape, epilogue: MatMulVariant['epilogue']): Prepared {
+  const { M, N, K, transA, transB, batch, triangle } = s;
+  const uniforms: UniformValue[] = [['u', M], ['u', N], ['u', K], ['u', plan.kChunk]];
   const base = {
     ...plan.tile,
     transA,
@@ -176,9 +187,7 @@ export function matmul(args: MatMulArgs): { c: tf.TensorInfo; z?: tf.TensorInfo 
       batched: batch > 1,
       triangle,
     };
-    const ins = bias ? [a, b, bias] : [a, b];
-    dispatch(mmKernel(v), ins, z ? [c, z] : [c], uniforms, matmulGrid(v, M, N, batch));
-    return { c, z };
+    return { kernel: mmKernel(v), grid: matmulGrid(v, M, N, batch), uniforms };
   }
   const v: MatMulVariant = {
     ...base,
@@ -186,10 +195,39 @@ export function matmul(args: MatMulArgs): { c: tf.TensorInfo; z?: tf.TensorInfo 
     epilogue: 'none',
     splitK: true,
   };
+  return {
+    kernel: mmKernel(v),
+    grid: matmulGrid(v, M, N, plan.S),
+    uniforms,
+    sum: { kernel: sumKernel(epilogue), grid: grid1d(M * N), uniforms: [['u', plan.S], ['u', M * N], ['u', N], ['u', 0]] },
+  };
+}
+
+/** C [M, N] = op(A) · op(B) (+ bias) (→ GELU). Returns tensor data (wrap with toTensor). */
+export function matmul(args: MatMulArgs): { c: tf.TensorInfo; z?: tf.TensorInfo } {
+  const { a, b, M, N, K, transA = false, transB = false, bias, gelu = false, batch = 1, triangle = 'none' } = args;
+  if (gelu && !bias) throw new Error('matmul: GELU epilogue needs a bias');
+  if (K === 0) throw new Error('matmul: K is 0');
+  const epilogue = gelu ? 'bias-gelu' : bias ? 'bias' : 'none';
+  const shape: Shape = { M, N, K, transA, transB, batch, triangle };
+  const key = shapeKey(shape);
+  const plan = args.plan ?? planFor(key, shape);
+  if ((batch > 1 || triangle !== 'none') && (bias || plan.S !== 1)) throw new Error('matmul: batched and triangular products take no bias or split-K');
+  let byShape = preparedByPlan.get(plan);
+  if (!byShape) preparedByPlan.set(plan, (byShape = new Map()));
+  const preparedKey = `${key}|${epilogue}`;
+  let p = byShape.get(preparedKey);
+  if (!p) byShape.set(preparedKey, (p = prepare(plan, shape, epilogue)));
+  const c = allocate(batch > 1 ? [batch, M, N] : [M, N]);
+  const z = gelu ? allocate([M, N]) : undefined;
+  const outs = z ? [c, z] : [c];
+  if (!p.sum) {
+    dispatch(p.kernel, bias ? [a, b, bias] : [a, b], outs, p.uniforms, p.grid);
+    return { c, z };
+  }
   const partial = allocate([plan.S, M, N]);
-  dispatch(mmKernel(v), [a, b], [partial], uniforms, matmulGrid(v, M, N, plan.S));
-  const ins = bias ? [partial, bias] : [partial];
-  dispatch(sumKernel(epilogue), ins, z ? [c, z] : [c], [['u', plan.S], ['u', M * N], ['u', N], ['u', 0]], grid1d(M * N));
+  dispatch(p.kernel, [a, b], [partial], p.uniforms, p.grid);
+  dispatch(p.sum.kernel, bias ? [partial, bias] : [partial], outs, p.sum.uniforms, p.sum.grid);
   release(partial);
   return { c, z };
 }

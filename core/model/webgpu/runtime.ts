@@ -263,9 +263,9 @@ const uniformBlocks = new WeakMap<GPUDevice, Map<string, GPUBuffer>>();
 const MAX_UNIFORM_BLOCKS = 16384;
 
 function uniformBuffer(b: WebGPUBackendInternals, values: UniformValue[], varies: boolean): GPUBuffer {
-  const data = packUniforms(values);
   const usage = GPUBufferUsage.COPY_DST | GPUBufferUsage.UNIFORM;
   if (varies) {
+    const data = packUniforms(values);
     const ub = b.bufferManager.acquireBuffer(data.byteLength, usage);
     b.queue.writeBuffer(ub, 0, data);
     b.uniformPendingDisposal.push(ub);
@@ -273,11 +273,13 @@ function uniformBuffer(b: WebGPUBackendInternals, values: UniformValue[], varies
   }
   let blocks = uniformBlocks.get(b.device);
   if (!blocks) uniformBlocks.set(b.device, (blocks = new Map()));
-  const key = new Uint32Array(data).join(',');
+  let key = '';
+  for (const [type, v] of values) key += `${type}${v}`;
   let ub = blocks.get(key);
   if (!ub) {
     // Dropped blocks stay alive while recorded commands or cached bind groups hold them.
     if (blocks.size >= MAX_UNIFORM_BLOCKS) blocks.clear();
+    const data = packUniforms(values);
     ub = b.device.createBuffer({ size: data.byteLength, usage });
     b.queue.writeBuffer(ub, 0, data);
     blocks.set(key, ub);
