@@ -397,8 +397,9 @@ async function loadWebGPU(): Promise<{ detail?: string }> {
 
 /**
  * Dispatches recorded before the command buffer is submitted, from env OFFSHOOT_WEBGPU_SUBMIT_BATCH.
- * tfjs's default, 15, suits interactive pages; on a GPU machine each submit costs the host about as
- * much as ten dispatches. offshoot's dispatches also submit early once 256 MiB of freed tensors wait.
+ * The default is tfjs's, 15: on the H200 machine each submit cost the host about 0.2 ms, but 64 or
+ * 128, which saved the host 1–4 ms a step, came with more slow processes (docs/benchmarks.md).
+ * offshoot's dispatches also submit early once 256 MiB of freed tensors wait.
  */
 function submitBatch(): number {
   const raw = process.env.OFFSHOOT_WEBGPU_SUBMIT_BATCH?.trim();

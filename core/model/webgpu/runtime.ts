@@ -12,8 +12,10 @@
  * - dispatches join the backend's current compute pass and count towards its submit batching;
  * - under tf.profile / tf.time the dispatch gets timestamp queries like tfjs's own programs.
  *
- * Pipelines are cached per device and source key. Bind group layouts are explicit (inputs read-only
- * storage, outputs read-write storage, one uniform block last), so unused bindings are harmless.
+ * Pipelines are cached per device and source key, bind groups per pipeline and bound buffers, uniform
+ * blocks by content (see `orderPool` for why a step's bind groups repeat). Bind group layouts are
+ * explicit (inputs read-only storage, outputs read-write storage, one uniform block last), so unused
+ * bindings are harmless.
  */
 /// <reference types="@webgpu/types" />
 import * as tf from '../tfjs.js';
@@ -64,7 +66,7 @@ export function webgpuBackend(): WebGPUBackendInternals | null {
   return b;
 }
 
-/** A buffer's number: the order in which the pool first gave it back. */
+/** A buffer's number, in the order buffers are first bound or freed. */
 const bufferIds = new WeakMap<GPUBuffer, number>();
 let nextBufferId = 1;
 function bufferId(buf: GPUBuffer): number {
@@ -167,7 +169,7 @@ function compile(b: WebGPUBackendInternals, kernel: Kernel, nIn: number, nOut: n
 /** Bind groups kept per pipeline; past this (shapes and buffers that keep changing) it starts again. */
 const MAX_BIND_GROUPS = 4096;
 
-/** Counts since the process started (tests and benchmarks read them). */
+/** Counts since the process started (the tests read them). */
 const counts = { dispatches: 0, bindGroupsCreated: 0 };
 
 /** Dispatches recorded and bind groups created by `dispatch` so far. */
