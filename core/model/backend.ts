@@ -1,8 +1,9 @@
 /**
  * Compute backend selection for tfjs (DESIGN.md "Compute").
  *
- * Backends, best first: `tensorflow` (@tensorflow/tfjs-node-gpu, then @tensorflow/tfjs-node; optional,
- * native libtensorflow) > `webgpu` (@tensorflow/tfjs-backend-webgpu on Dawn, npm `webgpu`) > `wasm` > `cpu`.
+ * Backends, best first: `cuda` (NVIDIA's libraries from the CUDA 13 wheels, cuda/) > `tensorflow`
+ * (@tensorflow/tfjs-node-gpu, then @tensorflow/tfjs-node; optional, native libtensorflow) > `webgpu`
+ * (@tensorflow/tfjs-backend-webgpu on Dawn, npm `webgpu`) > `wasm` > `cpu`.
  * The choice is one setting (`--backend`, env `OFFSHOOT_BACKEND`, default `auto`). `auto` passes over a
  * WebGPU adapter that is a software rasteriser (Mesa lavapipe): it is slower than wasm; asking for
  * `webgpu` explicitly still uses it (that is how CI exercises the WebGPU path on CPU machines).
@@ -12,7 +13,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as tf from './tfjs.js';
 
-export type BackendName = 'tensorflow' | 'webgpu' | 'wasm' | 'cpu';
+export type BackendName = 'cuda' | 'tensorflow' | 'webgpu' | 'wasm' | 'cpu';
 export type BackendChoice = BackendName | 'auto';
 
 export interface BackendInfo {
@@ -25,7 +26,7 @@ export interface BackendInfo {
 }
 
 /** Order `auto` tries them in. */
-const BACKENDS: readonly BackendName[] = ['tensorflow', 'webgpu', 'wasm', 'cpu'];
+export const BACKENDS: readonly BackendName[] = ['cuda', 'tensorflow', 'webgpu', 'wasm', 'cpu'];
 const CHOICES: readonly BackendChoice[] = ['auto', ...BACKENDS];
 const ENV_VAR = 'OFFSHOOT_BACKEND';
 
@@ -159,6 +160,7 @@ function load(name: BackendName): Promise<{ detail?: string }> {
 }
 
 const LOADERS: Record<BackendName, () => Promise<{ detail?: string }>> = {
+  cuda: loadCuda,
   tensorflow: loadTensorflow,
   webgpu: loadWebGPU,
   wasm: loadWasm,
@@ -173,6 +175,22 @@ function packageVersion(pkg: string): string {
   } catch {
     return '?';
   }
+}
+
+async function loadCuda(): Promise<{ detail?: string }> {
+  const cuda = await import('./cuda/index.js');
+  let device;
+  try {
+    device = cuda.cudaDevice();
+  } catch (e) {
+    if (e instanceof cuda.CudaUnavailable) {
+      throw new BackendUnavailable('cuda', e.short, 'On a machine with an NVIDIA GPU and driver, run scripts/setup-cuda.sh (docs/cuda-backend.md).');
+    }
+    throw e;
+  }
+  cuda.registerCuda();
+  const { info } = device;
+  return { detail: `${info.name} (${info.arch}, ${info.multiprocessors} SMs), driver CUDA ${info.driverVersion}, NVRTC ${info.nvrtcVersion}; ${info.libraries}` };
 }
 
 async function loadCpu(): Promise<{ detail?: string }> {
