@@ -1,29 +1,34 @@
 /**
  * AdamW with global gradient-norm clipping on the cuda backend (kernels/adamw.cu): three launches for
- * every parameter together, weights and moments updated in place, no read-back. The per-parameter
- * table (addresses, sizes, decay) goes to the device with each step.
+ * every parameter together, weights and moments (and a weight's bf16 copy, custom-op.ts's
+ * bf16Weight) updated in place, no read-back. The per-parameter
+ * table (addresses, sizes, whether weight decay applies) stays on the device while it does not change;
+ * the step's numbers are read from the device too — from the step's own buffer inside a graph step
+ * (graphs.ts), else from one written here — so a captured step replays with the next step's numbers.
  */
 import type * as tf from '../tfjs.js';
 
-import { toTensor } from './custom-op.js';
+import { bf16Shadow, toTensor } from './custom-op.js';
 import { BLOCK256, ST } from './elementwise.js';
+import { stepScalars } from './graphs.js';
 import { rowGrid } from './layout.js';
-import { cudaBackendOrThrow } from './tfjs-backend.js';
+import { type CudaBackend, cudaBackendOrThrow } from './tfjs-backend.js';
 
 /** Elements per block (kernels/adamw.cu's CHUNK). */
 const CHUNK = 4096;
 /** sizeof(AdamEntry). */
-const ENTRY_BYTES = 56;
+const ENTRY_BYTES = 64;
 
-export interface AdamWEntry {
+export interface CudaAdamWEntry {
   param: tf.Variable;
   grad: tf.Tensor;
   m: tf.Variable;
   v: tf.Variable;
-  /** 1 − lr·weightDecay for decayed parameters, else 1. */
-  decay: number;
+  /** Whether weight decay applies (matrices: yes; biases and norms: no). */
+  decays: boolean;
 }
 
+/** The numbers of one step, in the order the kernel reads them (adamw.cu's Hyper). */
 export interface AdamWStep {
   lr: number;
   beta1: number;
@@ -33,14 +38,32 @@ export interface AdamWStep {
   bc2: number;
   /** Clip to this global norm. */
   maxNorm: number;
+  weightDecay: number;
+}
+export const ADAMW_STEP: readonly (keyof AdamWStep)[] = ['lr', 'beta1', 'beta2', 'eps', 'bc1', 'bc2', 'maxNorm', 'weightDecay'];
+
+/** A step's numbers as the kernel reads them. */
+export function adamwStepVector(s: AdamWStep): Float32Array {
+  return Float32Array.from(ADAMW_STEP, (k) => s[k]);
+}
+
+/** The device copy of the entry table, reused while its bytes are the same. */
+const tables = new WeakMap<CudaBackend, { bytes: Uint8Array; tensor: tf.Tensor }>();
+/** Where the step's numbers live when no graph step provides them. */
+const hypers = new WeakMap<CudaBackend, tf.Tensor>();
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
 
 /** Applies one clipped AdamW step to every entry; returns the gradient norm before clipping. */
-export function cudaClipAdamW(entries: AdamWEntry[], s: AdamWStep): tf.Scalar {
+export function cudaClipAdamW(entries: CudaAdamWEntry[], s: AdamWStep): tf.Scalar {
   const b = cudaBackendOrThrow();
   const d = b.device;
-  const table = new Uint8Array(entries.length * ENTRY_BYTES);
-  const v = new DataView(table.buffer);
+  const bytes = new Uint8Array(entries.length * ENTRY_BYTES);
+  const v = new DataView(bytes.buffer);
   const put64 = (o: number, x: number) => {
     v.setUint32(o, x % 4294967296, true);
     v.setUint32(o + 4, Math.floor(x / 4294967296), true);
@@ -53,32 +76,33 @@ export function cudaClipAdamW(entries: AdamWEntry[], s: AdamWStep): tf.Scalar {
     put64(o + 8, g.ptr);
     put64(o + 16, b.operand(e.m).ptr);
     put64(o + 24, b.operand(e.v).ptr);
-    put64(o + 32, g.size);
-    put64(o + 40, blocks);
-    v.setInt32(o + 48, ST[g.storage], true);
-    v.setFloat32(o + 52, e.decay, true);
+    const shadow = bf16Shadow(e.param);
+    put64(o + 32, shadow ? b.operand(shadow).ptr : 0);
+    put64(o + 40, g.size);
+    put64(o + 48, blocks);
+    v.setInt32(o + 56, ST[g.storage], true);
+    v.setInt32(o + 60, e.decays ? 1 : 0, true);
     blocks += Math.max(1, Math.ceil(g.size / CHUNK));
   });
-  const tableT = b.makeTensorInfo([table.length], 'bool', table);
+  let table = tables.get(b);
+  if (!table || !sameBytes(table.bytes, bytes)) {
+    table?.tensor.dispose();
+    table = { bytes, tensor: toTensor(b.makeTensorInfo([bytes.length], 'bool', bytes)) };
+    tables.set(b, table);
+  }
+  let hyperPtr = stepScalars()?.ptr;
+  if (hyperPtr === undefined) {
+    let h = hypers.get(b);
+    if (!h) hypers.set(b, (h = toTensor(b.allocate([ADAMW_STEP.length], 'float32'))));
+    hyperPtr = b.operand(h).ptr;
+    d.write(hyperPtr, adamwStepVector(s));
+  }
   const partials = b.allocate([blocks], 'float32');
   const norm = b.allocate([], 'float32');
-  const tp = b.operand(tableT).ptr;
+  const tp = b.operand(table.tensor).ptr;
   d.launch(d.kernel('adamw', 'grad_sum_squares'), rowGrid(blocks), BLOCK256, [['p', b.operand(partials).ptr], ['p', tp], ['i', entries.length], ['l', blocks]]);
   d.launch(d.kernel('adamw', 'grad_norm'), [1, 1, 1], [1024, 1, 1], [['p', b.operand(norm).ptr], ['p', b.operand(partials).ptr], ['l', blocks]]);
-  d.launch(d.kernel('adamw', 'adamw_update'), rowGrid(blocks), BLOCK256, [
-    ['p', tp],
-    ['i', entries.length],
-    ['l', blocks],
-    ['p', b.operand(norm).ptr],
-    ['f', s.maxNorm],
-    ['f', s.lr],
-    ['f', s.beta1],
-    ['f', s.beta2],
-    ['f', s.eps],
-    ['f', s.bc1],
-    ['f', s.bc2],
-  ]);
+  d.launch(d.kernel('adamw', 'adamw_update'), rowGrid(blocks), BLOCK256, [['p', tp], ['i', entries.length], ['l', blocks], ['p', b.operand(norm).ptr], ['p', hyperPtr]]);
   b.release(partials);
-  b.release(tableT);
   return toTensor<tf.Scalar>(norm);
 }

@@ -16,7 +16,7 @@ export interface DeviceMemory {
 }
 
 export interface AllocatorStats {
-  /** Bytes handed out and not yet freed (rounded sizes). */
+  /** Bytes handed out and not yet freed (rounded sizes), plus the free blocks CUDA graphs keep for their replays. */
   inUse: number;
   /** Bytes held from the driver (in use plus cached). */
   reserved: number;
@@ -47,30 +47,50 @@ export function roundSize(bytes: number): number {
   return b < SMALL ? Math.ceil(b / SMALL_STEP) * SMALL_STEP : Math.ceil(b / LARGE_STEP) * LARGE_STEP;
 }
 
+/** Free blocks by rounded size, and the blocks handed out from them. */
+export interface Pool {
+  free: Map<number, number[]>;
+  live: Set<number>;
+}
+
+const newPool = (): Pool => ({ free: new Map(), live: new Set() });
+
 export class CachingAllocator {
-  private readonly free = new Map<number, number[]>();
+  private readonly general = newPool();
+  /** While a CUDA graph is captured, its blocks come from and return to a pool of its own. */
+  private capturing: Pool | null = null;
   private readonly sizeOf = new Map<number, number>();
+  private readonly poolOf = new Map<number, Pool>();
   private readonly s: AllocatorStats = { inUse: 0, reserved: 0, peakInUse: 0, peakReserved: 0, driverAllocs: 0, flushes: 0 };
 
   constructor(private readonly device: DeviceMemory) {}
 
+  /** Whether a block in `pool`'s free list still counts as in use (a graph's scratch does). */
+  private keepsInUse(pool: Pool): boolean {
+    return pool !== this.general;
+  }
+
   alloc(bytes: number): number {
     const size = roundSize(bytes);
-    const list = this.free.get(size);
+    const pool = this.capturing ?? this.general;
+    const list = pool.free.get(size);
     let ptr = list && list.length > 0 ? list.pop()! : null;
+    if (ptr !== null && this.keepsInUse(pool)) this.s.inUse -= size;
     if (ptr === null) {
       ptr = this.device.alloc(size);
-      if (ptr === null) {
+      if (ptr === null && !this.capturing) {
         this.emptyCache();
         this.s.flushes++;
         ptr = this.device.alloc(size);
-        if (ptr === null) throw new DeviceOutOfMemory(size, this.s);
       }
+      if (ptr === null) throw new DeviceOutOfMemory(size, this.s);
       this.s.driverAllocs++;
       this.s.reserved += size;
       this.s.peakReserved = Math.max(this.s.peakReserved, this.s.reserved);
     }
     this.sizeOf.set(ptr, size);
+    this.poolOf.set(ptr, pool);
+    pool.live.add(ptr);
     this.s.inUse += size;
     this.s.peakInUse = Math.max(this.s.peakInUse, this.s.inUse);
     return ptr;
@@ -78,11 +98,14 @@ export class CachingAllocator {
 
   release(ptr: number): void {
     const size = this.sizeOf.get(ptr);
-    if (size === undefined) throw new Error(`cuda allocator: release of an unknown block 0x${ptr.toString(16)}`);
+    const pool = this.poolOf.get(ptr);
+    if (size === undefined || !pool) throw new Error(`cuda allocator: release of an unknown block 0x${ptr.toString(16)}`);
     this.sizeOf.delete(ptr);
-    this.s.inUse -= size;
-    let list = this.free.get(size);
-    if (!list) this.free.set(size, (list = []));
+    this.poolOf.delete(ptr);
+    pool.live.delete(ptr);
+    if (!this.keepsInUse(pool)) this.s.inUse -= size;
+    let list = pool.free.get(size);
+    if (!list) pool.free.set(size, (list = []));
     // Descending by address, so pop() hands out the lowest.
     let i = list.length;
     list.push(ptr);
@@ -98,15 +121,41 @@ export class CachingAllocator {
     return this.sizeOf.get(ptr);
   }
 
-  /** Returns every cached (free) block to the driver. */
+  /** From now until endCapture, allocations come from (and return to) a new private pool. */
+  beginCapture(): Pool {
+    if (this.capturing) throw new Error('cuda allocator: a capture is already under way');
+    this.capturing = newPool();
+    return this.capturing;
+  }
+
+  endCapture(): void {
+    this.capturing = null;
+  }
+
+  /** Gives a private pool's blocks back to the general pool (its graph is gone). */
+  dissolve(pool: Pool): void {
+    for (const ptr of pool.live) this.poolOf.set(ptr, this.general);
+    for (const ptr of pool.live) this.general.live.add(ptr);
+    for (const [size, list] of pool.free) for (const ptr of list) {
+      // Counted as in use while the graph held it; release() takes it off.
+      this.sizeOf.set(ptr, size);
+      this.poolOf.set(ptr, this.general);
+      this.general.live.add(ptr);
+      this.release(ptr);
+    }
+    pool.free.clear();
+    pool.live.clear();
+  }
+
+  /** Returns every cached (free) block of the general pool to the driver. */
   emptyCache(): void {
-    for (const [size, list] of this.free) {
+    for (const [size, list] of this.general.free) {
       for (const p of list) {
         this.device.free(p);
         this.s.reserved -= size;
       }
     }
-    this.free.clear();
+    this.general.free.clear();
   }
 
   stats(): AllocatorStats {

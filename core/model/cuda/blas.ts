@@ -45,14 +45,18 @@ export interface Gemm {
   aType: Storage;
   bType: Storage;
   cType: Storage;
-  /** bias[N] added to every row (same storage as C). */
+  /** bias[N] added to every row. */
   bias?: boolean;
+  /** The bias's storage (default C's; f32 with a bf16 C where cuBLASLt offers it). */
+  biasType?: Storage;
   alpha?: number;
   /** 0 overwrites C; 1 accumulates into it. */
   beta?: number;
 }
 
 interface Plan {
+  /** For profiles: shape, transposes, types. */
+  name: string;
   desc: unknown;
   a: unknown;
   b: unknown;
@@ -66,6 +70,16 @@ const dataType = (s: Storage): number => {
   if (s === 'bf16') return CUDA_R_16BF;
   throw new Error(`cuBLASLt products take f32 or bf16 operands, not ${s}`);
 };
+
+const CUBLAS_STATUS_NOT_SUPPORTED = 15;
+
+/** cuBLASLt offers no algorithm for a product (a type combination it lacks). */
+export class UnsupportedProduct extends Error {
+  constructor(readonly gemm: Gemm) {
+    super(`cuBLASLt has no algorithm for ${JSON.stringify(gemm)}`);
+    this.name = 'UnsupportedProduct';
+  }
+}
 
 export class Blas {
   private handle: unknown;
@@ -97,6 +111,11 @@ export class Blas {
     }
     this.scalars.alpha[0] = g.alpha ?? 1;
     this.scalars.beta[0] = g.beta ?? 0;
+    this.device.timed(plan.name, () => this.run(plan, a, b, c));
+  }
+
+  private run(plan: Plan, a: number, b: number, c: number): void {
+    const { fn } = this.device.libs;
     const status = fn.cublasLtMatmul(
       this.handle,
       plan.desc,
@@ -120,7 +139,7 @@ export class Blas {
   }
 
   private plan(g: Gemm): Plan {
-    const key = [g.M, g.N, g.K, g.transA ? 1 : 0, g.transB ? 1 : 0, g.batch ?? 1, g.strideA ?? 0, g.strideB ?? 0, g.strideC ?? 0, g.aType, g.bType, g.cType, g.bias ? 1 : 0, (g.beta ?? 0) !== 0 ? 1 : 0].join(',');
+    const key = [g.M, g.N, g.K, g.transA ? 1 : 0, g.transB ? 1 : 0, g.batch ?? 1, g.strideA ?? 0, g.strideB ?? 0, g.strideC ?? 0, g.aType, g.bType, g.cType, g.bias ? (g.biasType ?? g.cType) : '-', (g.beta ?? 0) !== 0 ? 1 : 0].join(',');
     let plan = this.plans.get(key);
     if (plan) return plan;
     const { libs } = this.device;
@@ -138,7 +157,7 @@ export class Blas {
     setDesc(DESC_TRANSA, g.transB ? OP_T : OP_N);
     setDesc(DESC_TRANSB, g.transA ? OP_T : OP_N);
     setDesc(DESC_EPILOGUE, g.bias ? EPILOGUE_BIAS : EPILOGUE_DEFAULT);
-    if (g.bias) setDesc(DESC_BIAS_DATA_TYPE, dataType(g.cType));
+    if (g.bias) setDesc(DESC_BIAS_DATA_TYPE, dataType(g.biasType ?? g.cType));
     const layout = (type: Storage, rows: number, cols: number, stride: number) => {
       const out: [unknown] = [null];
       check(libs, 'cublasLtMatrixLayoutCreate', fn.cublasLtMatrixLayoutCreate(out, dataType(type), rows, cols, rows));
@@ -159,11 +178,11 @@ export class Blas {
     check(libs, 'cublasLtMatmulPreferenceSetAttribute', fn.cublasLtMatmulPreferenceSetAttribute(pref[0], PREF_MAX_WORKSPACE_BYTES, this.i64, 8));
     const algo = Buffer.alloc(HEURISTIC_RESULT_BYTES);
     const returned: [number] = [0];
-    check(libs, 'cublasLtMatmulAlgoGetHeuristic', fn.cublasLtMatmulAlgoGetHeuristic(this.handle, desc[0], a, b, c, c, pref[0], 1, algo, returned));
-    if (returned[0] < 1) {
-      throw new Error(`cuBLASLt has no algorithm for ${JSON.stringify(g)}`);
-    }
-    plan = { desc: desc[0], a, b, c, algo, workspace: this.workspace };
+    const status = fn.cublasLtMatmulAlgoGetHeuristic(this.handle, desc[0], a, b, c, c, pref[0], 1, algo, returned);
+    if (status === CUBLAS_STATUS_NOT_SUPPORTED || (status === 0 && returned[0] < 1)) throw new UnsupportedProduct(g);
+    check(libs, 'cublasLtMatmulAlgoGetHeuristic', status);
+    const name = `matmul ${batch > 1 ? `${batch}@` : ''}${M}x${N}x${K}${g.transA ? 'T' : 'N'}${g.transB ? 'T' : 'N'} ${g.aType}>${g.cType}`;
+    plan = { name, desc: desc[0], a, b, c, algo, workspace: this.workspace };
     this.plans.set(key, plan);
     return plan;
   }

@@ -228,9 +228,9 @@ function adamwCase(shapes: number[][]): CudaCase {
       const entries = [];
       for (let i = 0; i < k; i++) {
         const [p, g, m, v] = ts.slice(4 * i, 4 * i + 4);
-        entries.push({ param: tf.variable(p), grad: g, m: tf.variable(m), v: tf.variable(v), decay: decay(shapes[i]) });
+        entries.push({ param: tf.variable(p), grad: g, m: tf.variable(m), v: tf.variable(v), decays: shapes[i].length >= 2 });
       }
-      const norm = cudaClipAdamW(entries, { lr, beta1, beta2, eps, bc1, bc2, maxNorm });
+      const norm = cudaClipAdamW(entries, { lr, beta1, beta2, eps, bc1, bc2, maxNorm, weightDecay: wd });
       const out = tf.concat([tf.reshape(norm, [1]), ...entries.map((e) => tf.reshape(e.param, [-1]))]);
       for (const e of entries) tf.dispose([e.param, e.m, e.v]);
       return out;
@@ -247,12 +247,15 @@ function tfjsKernelCases(): CudaCase[] {
   const bb = randHost([5, 1], 82);
   const pos = { ...randHost([4, 5, 6], 83), data: randHost([4, 5, 6], 83).data.map((x) => Math.abs(x) + 0.1) };
   return [
-    c('broadcast add, sub, mul, div, maximum', [a, bb, pos], ([x, y, p]) => tf.stack([tf.add(x, y), tf.sub(x, y), tf.mul(x, y), tf.div(x, p), tf.maximum(x, y)]), [0, 1]),
+    // tfjs's Maximum gradient does not reduce over broadcast axes: maximum takes same-shape inputs here.
+    c('broadcast add, sub, mul, div; maximum', [a, bb, pos], ([x, y, p]) => tf.stack([tf.add(x, y), tf.sub(x, y), tf.mul(x, y), tf.div(x, p), tf.maximum(x, p)]), [0, 1, 2]),
     c('unary exp, log, sqrt, rsqrt, tanh, erf, sigmoid, neg, abs', [a, pos], ([x, p]) => tf.stack([tf.exp(x), tf.log(p), tf.sqrt(p), tf.rsqrt(p), tf.tanh(x), tf.erf(x), tf.sigmoid(x), tf.neg(x), tf.abs(x)]), [0, 1]),
     c('sum, mean, max, min over axes, keepDims', [a], ([x]) => tf.concat([tf.reshape(tf.sum(x, [0, 2]), [-1]), tf.reshape(tf.mean(x, 1, true), [-1]), tf.reshape(tf.max(x, -1), [-1]), tf.reshape(tf.min(x), [-1]), tf.reshape(tf.sum(x), [-1])]), [0]),
     c('transpose, slice, concat, reshape', [a], ([x]) => tf.concat([tf.reshape(tf.transpose(x, [2, 0, 1]), [-1]), tf.reshape(tf.slice(x, [1, 2, 3], [2, 3, 2]), [-1]), tf.reshape(tf.concat([x, tf.mul(x, 2)], 1), [-1])]), [0]),
     c('gather rows, argMax, cast', [a, { shape: [7], data: Int32Array.from([3, 0, 2, 2, 1, 3, 0]), dtype: 'int32' }], ([x, i]) => tf.concat([tf.reshape(tf.gather(x, i), [-1]), tf.cast(tf.argMax(x, 2), 'float32').reshape([-1])])),
-    c('batched matMul with transposes and broadcast', [randHost([3, 4, 5], 84), randHost([3, 6, 5], 85), randHost([5, 2], 86)], ([x, y, z]) => tf.concat([tf.reshape(tf.matMul(x, y, false, true), [-1]), tf.reshape(tf.matMul(x, z), [-1])]), [0, 1, 2]),
+    c('batched matMul with transposes', [randHost([3, 4, 5], 84), randHost([3, 6, 5], 85), randHost([3, 4, 2], 86)], ([x, y, z]) => tf.concat([tf.reshape(tf.matMul(x, y, false, true), [-1]), tf.reshape(tf.matMul(x, z, true), [-1])]), [0, 1, 2]),
+    // tfjs's BatchMatMul gradient does not reduce over a broadcast batch: the value only.
+    c('batched matMul with a broadcast batch', [randHost([3, 4, 5], 87), randHost([5, 2], 88)], ([x, z]) => tf.matMul(x, z)),
     c('addN, fill, ones, zeros, softmax (host), int32 math', [a, a], ([x, y]) => tf.concat([tf.reshape(tf.addN([x, y, x]), [-1]), tf.fill([3], 2.5), tf.ones([2]), tf.zeros([2]), tf.reshape(tf.softmax(x), [-1]), tf.cast(tf.add(tf.mul(tf.range(0, 5, 1, 'int32'), 3), 2), 'float32')]), [0, 1]),
   ];
 }

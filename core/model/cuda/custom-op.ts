@@ -32,6 +32,35 @@ export function activationStorage(): Storage {
   return precision() === 'mixed' ? 'bf16' : 'f32';
 }
 
+/**
+ * bf16 copies of f32 weights for the products of mixed precision, kept from step to step instead of
+ * converting every weight in every forward: by the weight's data, so a reassigned variable (new data)
+ * gets a new copy; AdamW (adamw.ts) refreshes a copy in place when it updates its weight, the only
+ * in-place change a weight sees; the copy goes when the weight's data does.
+ */
+const shadows = new WeakMap<object, tf.Tensor>();
+
+/** The weight's bf16 copy (made on first use). */
+export function bf16Weight(b: CudaBackend, w: tf.Tensor): tf.Tensor {
+  if (b.storageOf(w) === 'bf16') return w;
+  let s = shadows.get(w.dataId);
+  if (!s) {
+    const copy = tf.keep(toTensor(cast(b, w, 'float32', 'bf16')));
+    s = copy;
+    shadows.set(w.dataId, copy);
+    b.whenFreed(w.dataId, () => {
+      shadows.delete(w.dataId);
+      copy.dispose();
+    });
+  }
+  return s;
+}
+
+/** The bf16 copy of a weight if it has one. */
+export function bf16Shadow(w: tf.Tensor): tf.Tensor | undefined {
+  return shadows.get(w.dataId);
+}
+
 /** x in `storage`: x itself when it already is, else a converted copy (the caller releases copies). */
 export function asStorage(b: CudaBackend, x: tf.TensorInfo, storage: Storage): tf.TensorInfo {
   return b.storageOf(x) === storage ? x : cast(b, x, 'float32', storage);

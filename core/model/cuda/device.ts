@@ -37,6 +37,7 @@ const CUDA_ERROR_OUT_OF_MEMORY = 2;
 const CUDA_ERROR_NOT_READY = 600;
 const ATTR = { smCount: 16, ccMajor: 75, ccMinor: 76, maxSharedOptin: 97 } as const;
 const MAX_SHARED_ATTR = 8; // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+const DEFAULT_SHARED = 48 * 1024;
 const MAX_ARGS = 48;
 const ARG_BYTES = 4096;
 
@@ -81,8 +82,12 @@ export class CudaDevice {
   readonly allocator: CachingAllocator;
   /** Kernel launches so far (the host's share of a step's cost). */
   launches = 0;
+  /** True while a CUDA graph is being captured from the stream (graphs.ts): nothing may wait for the GPU. */
+  capturing = false;
   private readonly modules = new Map<string, unknown>();
   private readonly functions = new Map<string, unknown>();
+  private readonly names = new Map<unknown, string>();
+  private profiling: Array<{ name: string; start: unknown; end: unknown }> | null = null;
   private readonly argBytes: DataView;
   private readonly argArea: Uint8Array;
   private readonly argBase: number;
@@ -91,6 +96,8 @@ export class CudaDevice {
   private readonly upload: PinnedBuffer;
   private readonly download: PinnedBuffer;
   private readonly maxSharedOptin: number;
+  /** Dynamic shared memory each kernel has opted in to, past the default. */
+  private readonly sharedAllowed = new Map<unknown, number>();
 
   private constructor(libs: Libraries, cudaLibs: CudaLibraries) {
     this.libs = libs;
@@ -188,14 +195,17 @@ export class CudaDevice {
     const out: [unknown] = [null];
     check(this.libs, `cuModuleGetFunction(${name})`, this.libs.fn.cuModuleGetFunction(out, mod, name));
     f = out[0];
-    // Every kernel may take the device's full shared memory; launches say how much they use.
-    check(this.libs, 'cuFuncSetAttribute', this.libs.fn.cuFuncSetAttribute(f, MAX_SHARED_ATTR, this.maxSharedOptin));
     this.functions.set(key, f);
+    this.names.set(f, name);
     return f;
   }
 
   /** Launches `fn` on the stream. */
   launch(fn: unknown, grid: Dim3, block: Dim3, args: readonly KernelArg[], sharedBytes = 0): void {
+    this.timed(this.names.get(fn) ?? 'kernel', () => this.launchNow(fn, grid, block, args, sharedBytes));
+  }
+
+  private launchNow(fn: unknown, grid: Dim3, block: Dim3, args: readonly KernelArg[], sharedBytes: number): void {
     if (args.length > MAX_ARGS) throw new Error(`kernel launch with ${args.length} arguments (at most ${MAX_ARGS})`);
     const v = this.argBytes;
     let o = 0;
@@ -232,9 +242,56 @@ export class CudaDevice {
       if (o > ARG_BYTES) throw new Error(`kernel launch arguments exceed ${ARG_BYTES} bytes`);
     }
     if (grid[0] < 1 || grid[1] < 1 || grid[2] < 1) return;
+    if (sharedBytes > DEFAULT_SHARED && (this.sharedAllowed.get(fn) ?? DEFAULT_SHARED) < sharedBytes) {
+      // Past 48 KiB a kernel must opt in to more dynamic shared memory (up to the device's limit).
+      if (sharedBytes > this.maxSharedOptin) throw new Error(`kernel launch needs ${sharedBytes} bytes of shared memory; the device allows ${this.maxSharedOptin}`);
+      check(this.libs, 'cuFuncSetAttribute', this.libs.fn.cuFuncSetAttribute(fn, MAX_SHARED_ATTR, sharedBytes));
+      this.sharedAllowed.set(fn, sharedBytes);
+    }
     const status = this.libs.fn.cuLaunchKernel(fn, grid[0], grid[1], grid[2], block[0], block[1], block[2], sharedBytes, this.stream, this.argTable, null);
     if (status !== 0) throw new CudaError('cuLaunchKernel', Number(status), this.libs.statusName('cuLaunchKernel', Number(status)));
     this.launches++;
+  }
+
+  /** Runs `enqueue` (work on the stream), bracketed by events under the name while profiling. */
+  timed(name: string, enqueue: () => void): void {
+    const p = this.profiling;
+    if (!p) {
+      enqueue();
+      return;
+    }
+    const start = this.event();
+    this.record(start);
+    enqueue();
+    const end = this.event();
+    this.record(end);
+    p.push({ name, start, end });
+  }
+
+  /** Starts timing every launch on the GPU (events around each; bench/gpu-train --profile). */
+  beginProfile(): void {
+    this.profiling = [];
+  }
+
+  /** GPU time per name since beginProfile, largest first. */
+  async endProfile(): Promise<{ totalMs: number; launches: number; byName: Array<{ name: string; ms: number; count: number }> }> {
+    const p = this.profiling ?? [];
+    this.profiling = null;
+    await this.idle();
+    const by = new Map<string, { ms: number; count: number }>();
+    let total = 0;
+    for (const { name, start, end } of p) {
+      const ms = this.elapsed(start, end);
+      total += ms;
+      const e = by.get(name) ?? { ms: 0, count: 0 };
+      e.ms += ms;
+      e.count++;
+      by.set(name, e);
+      this.releaseEvent(start);
+      this.releaseEvent(end);
+    }
+    const byName = [...by].map(([name, e]) => ({ name, ...e })).sort((a, b) => b.ms - a.ms);
+    return { totalMs: total, launches: p.length, byName };
   }
 
   alloc(bytes: number): number {
@@ -270,6 +327,7 @@ export class CudaDevice {
     const bytes = data.byteLength;
     if (bytes === 0) return;
     const src = new Uint8Array(data.buffer, data.byteOffset, bytes);
+    if (this.capturing && bytes !== 4) throw new Error(`an upload of ${bytes} bytes during a CUDA graph capture (only single 32-bit constants can be captured)`);
     if (bytes === 4) {
       this.fill32(dst, new DataView(src.buffer, src.byteOffset, 4).getUint32(0, true), 1);
       return;
@@ -326,11 +384,13 @@ export class CudaDevice {
   }
 
   synchronize(): void {
+    if (this.capturing) throw new Error('waiting for the GPU (a read-back) during a CUDA graph capture');
     check(this.libs, 'cuStreamSynchronize', this.libs.fn.cuStreamSynchronize(this.stream));
   }
 
   /** Resolves once the stream has finished the work queued so far (polling an event). */
   async idle(): Promise<void> {
+    if (this.capturing) throw new Error('waiting for the GPU (a read-back) during a CUDA graph capture');
     const ev = this.event();
     this.record(ev);
     for (;;) {

@@ -61,8 +61,7 @@ export function cudaLayerNorm(x: tf.Tensor2D, weight: tf.Tensor1D, bias: tf.Tens
           ],
           2 * D * 4,
         );
-        const dw = sumPartials(b, pdw, G, D);
-        const db = sumPartials(b, pdb, G, D);
+        const [dw, db] = sumPartials(b, pdw, G, D, pdb);
         b.release(pdw);
         b.release(pdb);
         return [toTensor(dx), toTensor(dw), toTensor(db)];

@@ -165,7 +165,8 @@ gpuKernel(tf.GatherV2, (inputs, attrs, b) => {
 });
 
 for (const op of Object.keys(REDUCE)) {
-  gpuKernel(op, (inputs, attrs, b) => reduce(b, op, input(inputs), attrs.axis as number | number[], attrs.keepDims as boolean));
+  // Max names its axes reductionIndices; the others, axis.
+  gpuKernel(op, (inputs, attrs, b) => reduce(b, op, input(inputs), (attrs.axis ?? attrs.reductionIndices) as number | number[], attrs.keepDims as boolean));
 }
 for (const op of ['ArgMax', 'ArgMin']) {
   gpuKernel(op, (inputs, attrs, b) => reduce(b, op, input(inputs), attrs.axis as number, false, true));

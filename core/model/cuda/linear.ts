@@ -7,8 +7,9 @@
  */
 import type * as tf from '../tfjs.js';
 
-import { activationStorage, asStorage, customOp, releaseCopies, toTensor } from './custom-op.js';
+import { activationStorage, asStorage, bf16Weight, customOp, releaseCopies, toTensor } from './custom-op.js';
 import { BLOCK256, ST, grid1d, unary } from './elementwise.js';
+import { type Gemm, UnsupportedProduct } from './blas.js';
 import { blas } from './matmul.js';
 import type { Storage } from './storage.js';
 import type { CudaBackend } from './tfjs-backend.js';
@@ -36,17 +37,46 @@ export function columnSums(b: CudaBackend, g: tf.TensorInfo, N: number, C: numbe
     ['i', rowsPerChunk],
     ['i', z ? 1 : 0],
   ]);
-  const sum = sumPartials(b, partial, chunks, C);
+  const [sum] = sumPartials(b, partial, chunks, C);
   b.release(partial);
   return { sum, dz };
 }
 
-/** Σ over the rows of partial [G, C] → [C] (f32), in order. */
-export function sumPartials(b: CudaBackend, partial: tf.TensorInfo, G: number, C: number): tf.TensorInfo {
+/** Σ over the rows of partial [G, C] → [C] (f32), in order; with `partialB`, its sums too, in the same launch. */
+export function sumPartials(b: CudaBackend, partial: tf.TensorInfo, G: number, C: number, partialB?: tf.TensorInfo): tf.TensorInfo[] {
   const out = b.allocate([C], 'float32');
+  const outB = partialB ? b.allocate([C], 'float32') : undefined;
   const d = b.device;
-  d.launch(d.kernel('linear', 'sum_partials'), grid1d(C, d), BLOCK256, [['p', b.operand(out).ptr], ['p', b.operand(partial).ptr], ['i', G], ['i', C]]);
-  return out;
+  d.launch(d.kernel('linear', 'sum_partials'), grid1d((partialB ? 2 : 1) * C, d), BLOCK256, [
+    ['p', b.operand(out).ptr],
+    ['p', b.operand(partial).ptr],
+    ['p', outB ? b.operand(outB).ptr : 0],
+    ['p', partialB ? b.operand(partialB).ptr : 0],
+    ['i', G],
+    ['i', C],
+  ]);
+  return outB ? [out, outB] : [out];
+}
+
+/** Whether cuBLASLt took an f32 bias with a bf16 output (else the bias is converted each call). */
+let f32BiasWithBf16 = true;
+
+/** c = a · op(b) + bias, with the f32 bias as it is where cuBLASLt takes it, else converted to c's storage. */
+function biasedProduct(b: CudaBackend, g: Gemm, a: tf.TensorInfo, w: tf.TensorInfo, c: tf.TensorInfo, bias: tf.TensorInfo): void {
+  const gemm = blas(b.device);
+  const ptr = (t: tf.TensorInfo) => b.operand(t).ptr;
+  if (g.cType === b.storageOf(bias) || (g.cType === 'bf16' && f32BiasWithBf16)) {
+    try {
+      gemm.matmul({ ...g, biasType: b.storageOf(bias) }, ptr(a), ptr(w), ptr(c), ptr(bias));
+      return;
+    } catch (e) {
+      if (!(e instanceof UnsupportedProduct)) throw e;
+      f32BiasWithBf16 = false;
+    }
+  }
+  const converted = asStorage(b, bias, g.cType);
+  gemm.matmul(g, ptr(a), ptr(w), ptr(c), ptr(converted));
+  releaseCopies(b, [[bias, converted]]);
 }
 
 /** x [N, in] · weightᵀ ([out, in]) + bias, then GELU when asked; gradients for all three. */
@@ -57,16 +87,14 @@ export function cudaLinear(x: tf.Tensor2D, weight: tf.Tensor2D, bias: tf.Tensor1
     const act = activationStorage();
     const gemm = blas(b.device);
     const xa = asStorage(b, xt, act);
-    const wa = asStorage(b, wt, act);
-    const ba = asStorage(b, bt, act);
+    const wa = act === 'bf16' ? bf16Weight(b, wt) : wt;
     const z = b.allocate([N, outF], 'float32', act);
-    gemm.matmul({ M: N, N: outF, K: inF, transB: true, aType: act, bType: act, cType: act, bias: true }, b.operand(xa).ptr, b.operand(wa).ptr, b.operand(z).ptr, b.operand(ba).ptr);
-    releaseCopies(b, [[bt, ba]]);
+    biasedProduct(b, { M: N, N: outF, K: inF, transB: true, aType: act, bType: act, cType: act, bias: true }, xa, wa, z, bt);
     let value = z;
     if (activation === 'gelu') value = unary(b, 'Gelu', z, act);
     // Saved: the product's inputs as the backward's products read them (their copies become tensors).
     const xs = xa === xt ? xt : toTensor(xa);
-    const ws = wa === wt ? wt : toTensor(wa);
+    const ws = wa;
     save(activation === 'gelu' ? [xs, ws, toTensor(z)] : [xs, ws]);
     return {
       value: toTensor(value),
@@ -96,10 +124,10 @@ export function cudaMatMulNT(a: tf.Tensor2D, bMat: tf.Tensor2D): tf.Tensor2D {
     const act = activationStorage();
     const gemm = blas(b.device);
     const aa = asStorage(b, at, act);
-    const ba = asStorage(b, bt, act);
+    const ba = act === 'bf16' ? bf16Weight(b, bt) : bt;
     const c = b.allocate([M, N], 'float32', act);
     gemm.matmul({ M, N, K, transB: true, aType: act, bType: act, cType: act }, b.operand(aa).ptr, b.operand(ba).ptr, b.operand(c).ptr);
-    save([aa === at ? at : toTensor(aa), ba === bt ? bt : toTensor(ba)]);
+    save([aa === at ? at : toTensor(aa), ba]);
     return {
       value: toTensor(c),
       gradFunc: (dy, [as, bs]) => {

@@ -112,7 +112,19 @@ export class CudaBackend extends tf.KernelBackend {
     if (d.ptr) this.device.free(d.ptr);
     this.data.delete(dataId);
     this.count--;
+    const after = this.onFree.get(dataId);
+    if (after) {
+      this.onFree.delete(dataId);
+      after();
+    }
     return true;
+  }
+
+  private readonly onFree = new WeakMap<object, () => void>();
+
+  /** Runs `f` once the data is freed (what was derived from it goes with it). */
+  whenFreed(dataId: object, f: () => void): void {
+    this.onFree.set(dataId, f);
   }
 
   /** Frees data made by `allocate` that never became a tfjs tensor. */

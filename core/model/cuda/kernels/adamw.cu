@@ -1,7 +1,9 @@
 // AdamW with global gradient-norm clipping for every parameter in three launches, with no read-back:
 // sums of squares per chunk, the norm, then the update of weights and both moments in place (the
 // arithmetic of optim.ts's AdamW.apply after clipByGlobalNorm). A table of entries on the device says
-// where each parameter's chunks start; a block finds its entry by binary search.
+// where each parameter's chunks start; a block finds its entry by binary search. The step's numbers
+// (learning rate, bias corrections, ...) are read from the device, so a captured step replays with
+// the next step's numbers (graphs.ts).
 #include "common.cuh"
 
 #define CHUNK 4096
@@ -11,10 +13,16 @@ struct AdamEntry {
   const void* g;
   float* m;
   float* v;
+  bf16* shadow;  // the weight's bf16 copy for mixed-precision products, refreshed here; or null
   i64 n;
   i64 firstBlock;
   int gSt;
-  float decay;  // 1 − lr·weightDecay for decayed parameters, else 1
+  int decays;  // weight decay applies (matrices), or not (biases, norms)
+};
+
+// The step's numbers, in adamw.ts's ADAMW_STEP order.
+struct Hyper {
+  float lr, beta1, beta2, eps, bc1, bc2, maxNorm, weightDecay;
 };
 
 __device__ __forceinline__ int entry_of(const AdamEntry* e, int count, i64 block) {
@@ -52,12 +60,14 @@ extern "C" __global__ void grad_norm(float* norm, const float* partials, i64 cou
   if (threadIdx.x == 0) norm[0] = sqrtf(acc);
 }
 
-extern "C" __global__ void adamw_update(const AdamEntry* entries, int count, i64 blocks, const float* norm, float maxNorm, float lr,
-                                        float beta1, float beta2, float eps, float bc1, float bc2) {
+extern "C" __global__ void adamw_update(const AdamEntry* entries, int count, i64 blocks, const float* norm, const Hyper* hyper) {
   const i64 blk = (i64)blockIdx.y * gridDim.x + blockIdx.x;
   if (blk >= blocks) return;
   const AdamEntry e = entries[entry_of(entries, count, blk)];
-  const float scale = fminf(1.f, maxNorm / (norm[0] + 1e-6f));
+  const Hyper h = *hyper;
+  const float lr = h.lr, beta1 = h.beta1, beta2 = h.beta2, eps = h.eps, bc1 = h.bc1, bc2 = h.bc2;
+  const float scale = fminf(1.f, h.maxNorm / (norm[0] + 1e-6f));
+  const float decay = e.decays ? 1.f - lr * h.weightDecay : 1.f;
   const i64 start = (blk - e.firstBlock) * CHUNK;
   const i64 end = min(e.n, start + CHUNK);
   for (i64 i = start + threadIdx.x; i < end; i += blockDim.x) {
@@ -66,6 +76,8 @@ extern "C" __global__ void adamw_update(const AdamEntry* entries, int count, i64
     const float v = e.v[i] * beta2 + (g * g) * (1.f - beta2);
     e.m[i] = m;
     e.v[i] = v;
-    e.p[i] = e.p[i] * e.decay - ((m / bc1) / (sqrtf(v / bc2) + eps)) * lr;
+    const float p = e.p[i] * decay - ((m / bc1) / (sqrtf(v / bc2) + eps)) * lr;
+    e.p[i] = p;
+    if (e.shadow) e.shadow[i] = __float2bfloat16_rn(p);
   }
 }

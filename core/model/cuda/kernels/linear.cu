@@ -40,11 +40,14 @@ extern "C" __global__ void colsum_partial(float* partial, void* dz, int dzSt, co
   }
 }
 
-// out[c] = Σ_g partial[g, c], in order (deterministic).
-extern "C" __global__ void sum_partials(float* out, const float* partial, int G, int C) {
-  FOR_EACH(c, C) {
+// out[c] = Σ_g partial[g, c], in order (deterministic); with outB, the same for partialB in the same launch.
+extern "C" __global__ void sum_partials(float* out, const float* partial, float* outB, const float* partialB, int G, int C) {
+  FOR_EACH(i, (i64)(outB ? 2 : 1) * C) {
+    const bool second = i >= C;
+    const int c = (int)(second ? i - C : i);
+    const float* p = second ? partialB : partial;
     float t = 0.f;
-    for (int g = 0; g < G; g++) t += partial[(i64)g * C + c];
-    out[c] = t;
+    for (int g = 0; g < G; g++) t += p[(i64)g * C + c];
+    (second ? outB : out)[c] = t;
   }
 }
