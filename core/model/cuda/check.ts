@@ -256,6 +256,11 @@ function tfjsKernelCases(): CudaCase[] {
     c('batched matMul with transposes', [randHost([3, 4, 5], 84), randHost([3, 6, 5], 85), randHost([3, 4, 2], 86)], ([x, y, z]) => tf.concat([tf.reshape(tf.matMul(x, y, false, true), [-1]), tf.reshape(tf.matMul(x, z, true), [-1])]), [0, 1, 2]),
     // tfjs's BatchMatMul gradient does not reduce over a broadcast batch: the value only.
     c('batched matMul with a broadcast batch', [randHost([3, 4, 5], 87), randHost([5, 2], 88)], ([x, z]) => tf.matMul(x, z)),
+    c('topk, sorted, with ties, k 1 and 40', [{ shape: [3, 300], data: randHost([3, 300], 89).data.map((x) => Math.round(x * 8) / 8) }], ([x]) => {
+      const a = tf.topk(x, 40);
+      const one = tf.topk(x, 1);
+      return tf.concat([tf.reshape(a.values, [-1]), tf.cast(tf.reshape(a.indices, [-1]), 'float32'), tf.reshape(one.values, [-1]), tf.cast(tf.reshape(one.indices, [-1]), 'float32')]);
+    }),
     c('addN, fill, ones, zeros, softmax (host), int32 math', [a, a], ([x, y]) => tf.concat([tf.reshape(tf.addN([x, y, x]), [-1]), tf.fill([3], 2.5), tf.ones([2]), tf.zeros([2]), tf.reshape(tf.softmax(x), [-1]), tf.cast(tf.add(tf.mul(tf.range(0, 5, 1, 'int32'), 3), 2), 'float32')]), [0, 1]),
   ];
 }

@@ -7,6 +7,7 @@
 import './elementwise.js';
 import './layout.js';
 import './matmul.js';
+import './topk.js';
 
 import { registerCudaKernels } from './kernels.js';
 import { registerCudaBackend } from './tfjs-backend.js';
