@@ -56,9 +56,12 @@ describe('operation registry', () => {
     await tf.setBackend('cpu');
   });
 
-  it('refuses to define an operation twice', () => {
-    defineOperation('test.once', () => 1);
+  it('refuses to define an operation twice, and kernels without a backend or a run function', () => {
+    const once = defineOperation('test.once', () => 1);
     expect(() => defineOperation('test.once', () => 2)).toThrow(/operation "test.once" is defined twice/);
+    expect(() => once.register({ backend: '', run: () => 3 })).toThrow(/operation "test.once": a kernel needs the name of the tfjs backend it runs on, got ""/);
+    expect(() => once.register({ backend: 'toy', name: 'broken' } as never)).toThrow(/operation "test.once": the toy kernel "broken" has no run function/);
+    expect(once.kernels()).toEqual([]);
   });
 });
 

@@ -39,6 +39,7 @@ export interface Operation<F extends AnyFunction> {
 
 const operations: Operation<AnyFunction>[] = [];
 
+/** An operation named `opName` (unique) whose reference implementation is `reference`. */
 export function defineOperation<F extends AnyFunction>(opName: string, reference: F): Operation<F> {
   if (operations.some((o) => o.opName === opName)) throw new Error(`operation "${opName}" is defined twice`);
   let kernels: Kernel<F>[] = [];
@@ -62,6 +63,8 @@ export function defineOperation<F extends AnyFunction>(opName: string, reference
     kernelFor,
     kernels: () => kernels,
     register(kernel: Kernel<F>): () => void {
+      if (typeof kernel.backend !== 'string' || kernel.backend === '') throw new Error(`operation "${opName}": a kernel needs the name of the tfjs backend it runs on, got ${JSON.stringify(kernel.backend)}`);
+      if (typeof kernel.run !== 'function') throw new Error(`operation "${opName}": the ${kernel.backend} kernel${kernel.name ? ` "${kernel.name}"` : ''} has no run function`);
       kernels = [...kernels, kernel];
       return () => {
         kernels = kernels.filter((k) => k !== kernel);

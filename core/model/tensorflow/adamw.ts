@@ -1,7 +1,7 @@
 /**
  * AdamW with global-norm clipping on the `tensorflow` backend. Each parameter (or a stack of
  * small same-shaped ones) and its two moments live in TensorFlow resource variables, and one
- * ResourceApplyAdam updates all three in a single fused pass, where optim.ts's AdamW.apply runs 15
+ * ResourceApplyAdam updates all three in a single fused pass, where the reference runs 15
  * element-wise ops per parameter. The global norm is one L2Loss per variable and one AddN. Same
  * arithmetic as the reference (../ops/adamw.ts) up to float rounding:
  *   - TensorFlow's Adam computes var −= lr·√(1−β₂ᵗ)/(1−β₁ᵗ) · m / (√v + ε̂); with ε̂ = ε·√(1−β₂ᵗ)
