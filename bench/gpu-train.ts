@@ -10,16 +10,48 @@
  *        [--steps N] [--warmup N] [--torch python3 | --no-torch] [--torch-modes f32,bf16,bf16-compile]
  *        [--unfused] [--check | --check-only] [--check-scale small|pythia] [--profile 1]
  *
- * --check first runs the kernel correctness checks on the card, one JSON line each: for webgpu,
- * core/model/webgpu/check.ts at the shapes of a Pythia-70M step (fused kernels against tfjs's stock
- * webgpu kernels, plus a whole Pythia-70M-shaped model's gradients); for cuda,
- * core/model/cuda/check.ts (every operation and tfjs kernel against the cpu backend, in f32 and in
- * mixed precision).
+ * --check first runs the kernel correctness checks on the card, one JSON line each: for webgpu, each
+ * operation's case from its file in core/model/webgpu, run by check.ts, at the shapes of a
+ * Pythia-70M step (fused kernels against tfjs's stock webgpu kernels, plus a whole Pythia-70M-shaped
+ * model's gradients); for cuda, core/model/cuda/check.ts (every operation and tfjs kernel against
+ * the cpu backend, in f32 and in mixed precision).
  */
 import { initBackend } from '../core/model/backend.js';
 import { presetConfig } from '../core/model/index.js';
-import { modelGradientCheck, pythiaScaleCases, runCase } from '../core/model/webgpu/check.js';
+import { attentionCase } from '../core/model/webgpu/attention.js';
+import { type KernelCase, matmulCase, modelGradientCheck, runCase } from '../core/model/webgpu/check.js';
+import { crossEntropyCase } from '../core/model/webgpu/cross-entropy.js';
+import { topKCase } from '../core/model/webgpu/distill.js';
+import { embeddingCase } from '../core/model/webgpu/embedding.js';
+import { layerNormCase } from '../core/model/webgpu/layer-norm.js';
+import { linearCase, logitsCase } from '../core/model/webgpu/linear.js';
 import { main as throughput } from './train-throughput.js';
+
+/**
+ * The cases at the shapes of a Pythia-70M training step (batch 8 × 512, width 512, vocabulary
+ * 50304, head size 64), checked on the card against tfjs's stock webgpu kernels. `shrink` divides
+ * the token, width and vocabulary sizes (head size stays 64), to try the same path on a slow adapter.
+ */
+function pythiaScaleCases(shrink = 1): KernelCase[] {
+  const d = (n: number) => Math.max(4, Math.round(n / shrink / 4) * 4);
+  const [N, D, V, F, QKV] = [d(4096), d(512), d(50304), d(2048), d(1536)];
+  const T = d(512);
+  return [
+    matmulCase('matrix product NT (logits shape)', N, D, V, false, true, 1e-5),
+    matmulCase('matrix product NN, split-K (logits backward)', N, V, D, false, false, 5e-5),
+    matmulCase('matrix product TN (embed_out gradient)', V, N, D, true, false, 1e-5),
+    linearCase(N, D, QKV, 'none', 1e-4),
+    linearCase(N, D, F, 'gelu', 1e-4),
+    linearCase(N, F, D, 'none', 1e-4),
+    logitsCase(d(1024), D, V, 1e-4),
+    layerNormCase(N, D, 1e-4),
+    attentionCase('scores', Math.max(1, Math.round(8 / shrink)), T, 8, 64, 16, 1e-4),
+    attentionCase('flash', Math.max(1, Math.round(8 / shrink)), T, 8, 64, 16, 1e-4),
+    crossEntropyCase(d(1024), V, 1e-4),
+    topKCase(d(1024), V, 64, 'forward', 0.5, 2, 1e-4),
+    embeddingCase(V, D, N, 1e-4),
+  ];
+}
 
 const argv = process.argv.slice(2);
 const pass: string[] = [];

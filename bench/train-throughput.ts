@@ -20,13 +20,13 @@ import { fileURLToPath } from 'node:url';
 
 import { type BackendName, initBackend } from '../core/model/backend.js';
 import { precision } from '../core/model/precision.js';
-import { GPTNeoX, MODEL_PRESETS, Trainer, parameterCount, presetConfig } from '../core/model/index.js';
+import { GPTNeoX, MODEL_PRESETS, Trainer, afterFirstTrainingStep, parameterCount, presetConfig } from '../core/model/index.js';
 import * as tf from '../core/model/tfjs.js';
 import { setTensorflowKernels } from '../core/model/tensorflow/native.js';
-import { fusedKernelsActive, setFusedKernels } from '../core/model/webgpu/fused.js';
-import { type TuneResult, autotuneMatMuls } from '../core/model/webgpu/matmul.js';
+import { setFusedKernels } from '../core/model/webgpu/fused.js';
+import type { TuneResult } from '../core/model/webgpu/matmul.js';
 import { profileGpu } from '../core/model/webgpu/profiler.js';
-import { webgpuBackend } from '../core/model/webgpu/runtime.js';
+import { gpuBytesAllocated } from '../core/model/webgpu/runtime.js';
 import { forwardFlops } from '../core/subnet/count.js';
 
 /** A backend to measure: a tfjs backend, webgpu with the fused kernels off, or tensorflow with its own ops off. */
@@ -197,8 +197,12 @@ async function measure(args: Args, which: BenchBackend): Promise<Measurement> {
   let autotune: TuneResult[] | undefined;
   for (let i = 0; i < args.warmup; i++) {
     await step(true);
-    // After the first step every matrix-product shape has been seen: time the candidate plans.
-    if (i === 0 && fusedKernelsActive() && process.env.OFFSHOOT_MATMUL_AUTOTUNE !== '0') autotune = await autotuneMatMuls();
+    // After the first step every shape has been seen: what the trainer does then (webgpu times the
+    // candidate matrix-product plans).
+    if (i === 0) {
+      const tuned = await afterFirstTrainingStep();
+      if (tuned.length > 0) autotune = tuned as TuneResult[];
+    }
   }
   const cuda = which === 'cuda' ? await import('../core/model/cuda/index.js') : undefined;
   cuda?.resetFallbackCounts();
@@ -210,12 +214,12 @@ async function measure(args: Args, which: BenchBackend): Promise<Measurement> {
   const ms = (performance.now() - t0) / args.steps;
   // Read before the profiled step, which records with timestamp queries and adds to hostMs.
   const hostMsPerStep = hostMs / args.steps;
-  const gpu = webgpuBackend();
+  const gpuBytes = gpuBytesAllocated();
   const cudaStats = cuda?.openedCudaDevice()?.allocator.stats();
-  const peakGpuMiB = gpu ? Math.round(gpu.bufferManager.numBytesAllocated / 2 ** 20) : cudaStats ? Math.round(cudaStats.peakInUse / 2 ** 20) : undefined;
+  const peakGpuMiB = gpuBytes !== null ? Math.round(gpuBytes / 2 ** 20) : cudaStats ? Math.round(cudaStats.peakInUse / 2 ** 20) : undefined;
   const viaHost = cuda?.fallbackCounts();
   const launchesPerStep = cuda ? ((cuda.openedCudaDevice()?.launches ?? 0) - launches0) / args.steps : undefined;
-  let profile = args.profile && gpu ? await profileStep(() => step(true)) : undefined;
+  let profile = args.profile && gpuBytes !== null ? await profileStep(() => step(true)) : undefined;
   const cudaDevice = cuda?.openedCudaDevice();
   if (args.profile && cudaDevice) {
     cudaDevice.beginProfile();

@@ -144,7 +144,8 @@ function firstLine(e: unknown): string {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Loading: registers the backend's factory with tfjs, once per process.
+// Loading: registers the backend's factory with tfjs and its kernels with the operations (its
+// folder's register.ts), once per process.
 
 const loads = new Map<BackendName, Promise<{ detail?: string }>>();
 
@@ -210,6 +211,7 @@ async function loadWasm(): Promise<{ detail?: string }> {
   // tfjs-backend-wasm disables its threaded build under Node (tfjs issue 3830), so XNNPACK runs on
   // one thread; SIMD is detected (Node 20 has it) and picks tfjs-backend-wasm-simd.wasm.
   const simd = await tf.env().getAsync('WASM_HAS_SIMD_SUPPORT');
+  await import('./wasm/register.js');
   return { detail: `${simd ? 'SIMD' : 'no SIMD'}, single-threaded` };
 }
 let wasmPathsSet = false;
@@ -232,6 +234,7 @@ async function loadTensorflow(): Promise<{ detail?: string }> {
       const spec: string = pkg;
       await import(spec);
       if (tf.findBackendFactory('tensorflow') == null) throw new Error(`${pkg} registered no 'tensorflow' backend`);
+      await import('./tensorflow/register.js');
       return { detail: `${pkg} ${packageVersion(pkg)}` };
     } catch (e) {
       const msg = firstLine(e);
@@ -401,15 +404,17 @@ async function loadWebGPU(): Promise<{ detail?: string }> {
   });
 
   const { WebGPUBackend } = await import('@tensorflow/tfjs-backend-webgpu');
+  const { withOrderedPool } = await import('./webgpu/runtime.js');
   if (tf.findBackendFactory('webgpu') != null) tf.removeBackend('webgpu');
   const info = adapter.info ?? {};
   tf.registerBackend(
     'webgpu',
     // tfjs types the device and info as the DOM's GPUDevice/GPUAdapterInfo, which this project's lib lacks.
-    () => new WebGPUBackend(device as never, info as never),
+    () => withOrderedPool(new WebGPUBackend(device as never, info as never)),
     3,
   );
   tf.env().set('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE', submitBatch());
+  await import('./webgpu/register.js');
   return { detail: `adapter: ${description}; ${describeCompute(adapter)}` };
 }
 

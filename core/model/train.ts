@@ -12,13 +12,10 @@ import * as tf from './tfjs.js';
 import { type LoadedCheckpoint, loadCheckpoint, saveCheckpoint, type SaveDtype } from './checkpoint.js';
 import type { NeoXConfig } from './config.js';
 import { GPTNeoX } from './gptneox.js';
-import { type DistillOptions, type TopKTeacher, distillationLoss, topKFromLogits } from './losses.js';
-import { crossEntropy } from './ops.js';
+import { distillationLoss, topKFromLogits } from './losses.js';
+import { type DistillOptions, type TopKTeacher, afterFirstTrainingStep, crossEntropy, endTrainingStep } from './ops/index.js';
 import { AdamW, type AdamWOptions, type ScheduleOptions, learningRate } from './optim.js';
 import { readSafetensors } from './safetensors.js';
-import { fusedKernelsActive } from './webgpu/fused.js';
-import { autotuneIfHardware } from './webgpu/matmul.js';
-import { submitRecorded } from './webgpu/runtime.js';
 
 export interface Batch {
   batchSize: number;
@@ -203,7 +200,7 @@ export class Trainer {
       const norm = this.optimizer.applyClipped(this.model.params, byName, lr, hyper.gradClip);
       return { loss: value, gradNorm: norm };
     });
-    submitRecorded();
+    endTrainingStep();
     if (teacherView) {
       tf.dispose(teacherView instanceof tf.Tensor ? teacherView : [teacherView.indices, teacherView.logits, teacherView.logNormaliser]);
     }
@@ -238,10 +235,10 @@ export class Trainer {
       }
       const first = this.step;
       const { loss, gradNorm, lr } = await this.trainStep();
-      // After the first step every matrix-product shape has been seen: pick the fastest kernel plans (webgpu).
-      if (first === startStep && fusedKernelsActive()) {
+      // After the first step every shape has been seen (webgpu picks the fastest matrix-product plans).
+      if (first === startStep) {
         const t = performance.now();
-        await autotuneIfHardware();
+        await afterFirstTrainingStep();
         windowStart += performance.now() - t;
       }
       windowTokens += this.options.hyper.batchSize * this.options.hyper.seqLen;

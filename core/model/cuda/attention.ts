@@ -7,7 +7,7 @@
  */
 import type * as tf from '../tfjs.js';
 
-import type { AttentionShape } from '../gptneox.js';
+import type { AttentionShape } from '../ops/index.js';
 import { activationStorage, customOp, toTensor } from './custom-op.js';
 import { type Dim3 } from './device.js';
 import { BLOCK256, ST, grid1d } from './elementwise.js';

@@ -7,10 +7,8 @@
 import * as tf from '../tfjs.js';
 
 import { initBackend } from '../backend.js';
-import { causalSelfAttention } from '../gptneox.js';
 import { distillationLoss, topKFromLogits } from '../losses.js';
-import { clipByGlobalNorm } from '../optim.js';
-import { crossEntropy, gatherRows, gelu, layerNorm, linear, matMul } from '../ops.js';
+import { PositionTables, causalSelfAttention, clipByGlobalNorm, crossEntropy, gatherRows, gelu, layerNorm, linear, matMul } from '../ops/index.js';
 import { type Precision, setPrecision } from '../precision.js';
 import { type Host, intHost, randHost, relErr, ropeTables } from '../webgpu/check.js';
 import { cudaClipAdamW } from './adamw.js';
@@ -131,7 +129,7 @@ export function cudaCases(scale: 'small' | 'pythia' = 'small'): CudaCase[] {
         return [randHost([b * t, h * 3 * hs], 14, 1.5), r.cos, r.sin, r.mask];
       },
       diff: [0],
-      reference: ([x, c, s, m]) => causalSelfAttention(x as tf.Tensor2D, c as tf.Tensor2D, s as tf.Tensor2D, m as tf.Tensor2D, shape),
+      reference: ([x, c, s, m]) => causalSelfAttention.reference(x as tf.Tensor2D, new PositionTables(c as tf.Tensor2D, s as tf.Tensor2D, m as tf.Tensor2D), shape),
       cuda: ([x, c, s]) => cudaAttention(x as tf.Tensor2D, c as tf.Tensor2D, s as tf.Tensor2D, shape),
       tol,
     };
@@ -141,7 +139,7 @@ export function cudaCases(scale: 'small' | 'pythia' = 'small'): CudaCase[] {
       name: `linear (N ${N}, in ${D}, out ${3 * D})`,
       inputs: () => [randHost([N, D], 3), randHost([3 * D, D], 4, 0.3), randHost([3 * D], 5)],
       diff: [0, 1, 2],
-      reference: ([x, w, b]) => linear(x as tf.Tensor2D, w as tf.Tensor2D, b as tf.Tensor1D),
+      reference: ([x, w, b]) => linear.reference(x as tf.Tensor2D, w as tf.Tensor2D, b as tf.Tensor1D),
       cuda: ([x, w, b]) => cudaLinear(x as tf.Tensor2D, w as tf.Tensor2D, b as tf.Tensor1D),
       tol,
     },
@@ -149,7 +147,7 @@ export function cudaCases(scale: 'small' | 'pythia' = 'small'): CudaCase[] {
       name: `linear + GELU (N ${N}, in ${D}, out ${F})`,
       inputs: () => [randHost([N, D], 6), randHost([F, D], 7, 0.5), randHost([F], 8)],
       diff: [0, 1, 2],
-      reference: ([x, w, b]) => gelu(linear(x as tf.Tensor2D, w as tf.Tensor2D, b as tf.Tensor1D)),
+      reference: ([x, w, b]) => gelu(linear.reference(x as tf.Tensor2D, w as tf.Tensor2D, b as tf.Tensor1D)),
       cuda: ([x, w, b]) => cudaLinear(x as tf.Tensor2D, w as tf.Tensor2D, b as tf.Tensor1D, 'gelu'),
       tol,
     },
@@ -157,7 +155,7 @@ export function cudaCases(scale: 'small' | 'pythia' = 'small'): CudaCase[] {
       name: `logits product (N ${N / 4}, D ${D}, V ${V})`,
       inputs: () => [randHost([N / 4, D], 9), randHost([V, D], 10, 0.2)],
       diff: [0, 1],
-      reference: ([h, w]) => matMul(h, w, false, true),
+      reference: ([h, w]) => matMul.reference(h, w, false, true),
       cuda: ([h, w]) => cudaMatMulNT(h as tf.Tensor2D, w as tf.Tensor2D),
       tol,
     },
@@ -165,7 +163,7 @@ export function cudaCases(scale: 'small' | 'pythia' = 'small'): CudaCase[] {
       name: `LayerNorm (N ${N}, D ${D})`,
       inputs: () => [randHost([N, D], 11, 2), randHost([D], 12), randHost([D], 13)],
       diff: [0, 1, 2],
-      reference: ([x, w, b]) => layerNorm(x, w, b, 1e-5),
+      reference: ([x, w, b]) => layerNorm.reference(x, w, b, 1e-5),
       cuda: ([x, w, b]) => cudaLayerNorm(x as tf.Tensor2D, w as tf.Tensor1D, b as tf.Tensor1D, 1e-5),
       tol: { f32: F32, mixed: 1e-2 },
     },
@@ -175,7 +173,7 @@ export function cudaCases(scale: 'small' | 'pythia' = 'small'): CudaCase[] {
       name: `softmax cross-entropy (N ${N / 4}, V ${V})`,
       inputs: () => [randHost([N / 4, V], 15, 4), intHost([N / 4], V, 1)],
       diff: [0],
-      reference: ([x, t]) => crossEntropy(x as tf.Tensor2D, t as tf.Tensor1D),
+      reference: ([x, t]) => crossEntropy.reference(x as tf.Tensor2D, t as tf.Tensor1D),
       cuda: ([x, t]) => cudaCrossEntropy(x as tf.Tensor2D, t as tf.Tensor1D),
       tol: { f32: F32, mixed: 1e-2 },
     },
@@ -186,7 +184,7 @@ export function cudaCases(scale: 'small' | 'pythia' = 'small'): CudaCase[] {
       name: `embedding rows and gradient (table ${V} × ${D}, ${N} ids)`,
       inputs: () => [randHost([V, D], 18), { shape: [N], data: Int32Array.from({ length: N }, (_, i) => (i * i + 3 * i) % V), dtype: 'int32' }],
       diff: [0],
-      reference: ([t, i]) => gatherRows(t as tf.Tensor2D, i as tf.Tensor1D),
+      reference: ([t, i]) => gatherRows.reference(t as tf.Tensor2D, i as tf.Tensor1D),
       cuda: ([t, i]) => cudaGatherRows(t as tf.Tensor2D, i as tf.Tensor1D),
       tol: { f32: 1e-5, mixed: 1e-5 },
     },

@@ -5,7 +5,7 @@
  */
 import * as tf from '../tfjs.js';
 
-import type { KLDirection, TopKTeacher } from '../losses.js';
+import type { KLDirection, TopKTeacher } from '../ops/index.js';
 import { asStorage, customOp, toTensor } from './custom-op.js';
 import type { KernelArg } from './device.js';
 import { BLOCK256, ST } from './elementwise.js';
