@@ -5,6 +5,7 @@ export * from './gptneox.js';
 export * from './losses.js';
 export * from './optim.js';
 export * from './train.js';
+export * from './recipe.js';
 export { crossEntropy, gelu, layerNorm, gatherRows, takeAlongLastAxis } from './ops.js';
 export { SeededRandom, deriveSeed } from './random.js';
 export { writeFileAtomic, writeDirAtomic } from './atomic.js';

@@ -36,6 +36,7 @@ import {
   evaluateLoss,
   inProcessTeacher,
   loadCheckpoint,
+  trainingHyperparameters,
 } from '../model/index.js';
 import { resolveOptions } from './checkpoint.js';
 import { countShape } from './count.js';
@@ -61,7 +62,7 @@ export interface FitnessBudget {
   batchSize?: number;
   /** Tokens per sequence, for training and evaluation. Default min(teacher context, 64). */
   seqLen?: number;
-  /** Peak learning rate (warmup then cosine to a tenth). Default 3e-3. */
+  /** Peak learning rate of the training recipe (core/model/recipe.ts). Default 3e-3. */
   lr?: number;
   /** Warmup steps. Default min(10, steps). */
   warmup?: number;
@@ -237,15 +238,7 @@ export async function evaluateFitness(request: FitnessRequest, context?: Fitness
       const batches: BatchSource = (step) => sampleBatch(ctx.train, { batchSize, seqLen, seed: request.seed, step });
       const distillOptions = b.distill ?? DEFAULT_DISTILL;
       const trainer = new Trainer(model, {
-        hyper: {
-          steps,
-          batchSize,
-          seqLen,
-          schedule: { maxLr: lr, minLr: lr / 10, warmupSteps: Math.min(b.warmup ?? 10, steps), totalSteps: steps },
-          adamw: { weightDecay: 0.1 },
-          gradClip: 1,
-          seed: request.seed,
-        },
+        hyper: trainingHyperparameters({ steps, lr, warmup: b.warmup ?? 10 }, { batchSize, seqLen, seed: request.seed }),
         batches,
         teacher: distill ? (ctx.distillTeacher ? ctx.distillTeacher(batches, distillOptions) : inProcessTeacher(teacherModel(ctx))) : undefined,
         distill: distill ? distillOptions : undefined,
