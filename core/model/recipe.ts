@@ -11,6 +11,7 @@
  * What differs between callers is only the budget (steps, batch, sequence length), the peak learning
  * rate and the warmup, which each caller's configuration sets.
  */
+import type { KLDirection } from './losses.js';
 import type { AdamWOptions, ScheduleOptions } from './optim.js';
 import type { TrainHyperparameters } from './train.js';
 
@@ -70,3 +71,9 @@ export function trainingHyperparameters(recipe: TrainingRecipe, shape: TrainingS
   check('seed', shape.seed, (v) => Number.isSafeInteger(v) && v >= 0, 'a non-negative integer');
   return { steps: recipe.steps, batchSize: shape.batchSize, seqLen: shape.seqLen, ...recipeOptimizer(recipe), seed: shape.seed };
 }
+
+/** The distillation loss's KL directions (losses.ts `KLDirection`), for configuration and flags. */
+export const KL_DIRECTIONS = ['forward', 'reverse', 'symmetric'] as const satisfies readonly KLDirection[];
+// Stops compiling when losses.ts knows a direction the list lacks.
+type ListsEvery<Listed, All extends Listed> = All;
+type _EveryKLDirection = ListsEvery<(typeof KL_DIRECTIONS)[number], KLDirection>;

@@ -54,8 +54,15 @@ export interface FitnessData {
   tokenCache?: string;
 }
 
+/** zero-shot: validation loss of the inherited weights; brief: after a brief training. */
+export const FITNESS_KINDS = ['zero-shot', 'brief'] as const;
+export type FitnessKind = (typeof FITNESS_KINDS)[number];
+/** A brief training's loss: distillation from the teacher, or plain cross-entropy. */
+export const FITNESS_LOSSES = ['distill', 'ce'] as const;
+export type FitnessLoss = (typeof FITNESS_LOSSES)[number];
+
 export interface FitnessBudget {
-  kind: 'zero-shot' | 'brief';
+  kind: FitnessKind;
   /** Training steps (brief). Default 100. */
   steps?: number;
   /** Sequences per step and per evaluation batch. Default 8. */
@@ -67,7 +74,7 @@ export interface FitnessBudget {
   /** Warmup steps. Default min(10, steps). */
   warmup?: number;
   /** 'distill' (default) or 'ce'. */
-  loss?: 'distill' | 'ce';
+  loss?: FitnessLoss;
   distill?: DistillOptions;
   /** Validation tokens. Default 8192. */
   evalTokens?: number;
@@ -96,7 +103,7 @@ export interface FitnessMetrics {
   specHash: string;
   teacherHash: string;
   init: 'inherit' | 'random';
-  kind: 'zero-shot' | 'brief';
+  kind: FitnessKind;
   parameters: number;
   /** The fitness: validation loss after the budget. */
   valLoss: number;

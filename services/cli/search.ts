@@ -3,7 +3,7 @@ import { type Command, InvalidArgumentError, Option } from 'commander';
 
 import { DEFAULT_TRAIN_CORPUS, DEFAULT_VALIDATION_CORPUS } from '../../core/data/index.js';
 import { ALGORITHMS, type Algorithm } from '../../core/search/index.js';
-import { SPACE_KINDS, type SpaceKind, type TargetRequest, formatParams, searchSubnetworks } from '../../core/subnet/index.js';
+import { FITNESS_KINDS, type FitnessKind, SPACE_KINDS, type SpaceKind, type TargetRequest, formatParams, searchSubnetworks } from '../../core/subnet/index.js';
 import { withBackend } from './backend-option.js';
 import { nonNegativeInt, positiveInt } from './common.js';
 import { ProgressBar } from './progress.js';
@@ -16,7 +16,7 @@ interface SearchCliOptions {
   algorithm: Algorithm;
   generations: number;
   population: number;
-  fitness: 'zero-shot' | 'brief';
+  fitness: FitnessKind;
   steps: number;
   evalTokens: number;
   seqLen?: number;
@@ -37,7 +37,7 @@ export function registerSearchCommand(program: Command): void {
     .addOption(new Option('--algorithm <name>', 'search algorithm').choices([...ALGORITHMS]).default('evolution'))
     .option('--generations <n>', 'generations (budget = generations × population)', positiveInt('--generations'), 5)
     .option('--population <n>', 'population size', positiveInt('--population'), 10)
-    .addOption(new Option('--fitness <kind>', 'zero-shot: validation loss of the inherited weights; brief: after brief KD training').choices(['zero-shot', 'brief']).default('zero-shot'))
+    .addOption(new Option('--fitness <kind>', 'zero-shot: validation loss of the inherited weights; brief: after brief KD training').choices(FITNESS_KINDS).default('zero-shot'))
     .option('--steps <n>', 'brief training steps per candidate', positiveInt('--steps'), 50)
     .option('--eval-tokens <n>', 'validation tokens per candidate', positiveInt('--eval-tokens'), 8192)
     .option('--seq-len <n>', 'tokens per sequence (default min(context, 64))', positiveInt('--seq-len'))
