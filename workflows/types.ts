@@ -284,6 +284,8 @@ export interface PretrainInput {
   /** Stop once validation perplexity is at or below this. */
   targetPpl?: number;
   activity: ActivityPolicy;
+  /** Segments per workflow run before it continues as new. Default 200. */
+  continueAsNewEvery?: number;
   carry?: PretrainProgress;
 }
 
