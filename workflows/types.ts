@@ -167,6 +167,8 @@ export interface SpaceSettings {
   bins: number;
   scale: BinScale;
   choices?: SpaceChoices;
+  /** Chance that a mutation changes a second dimension; default core/subnet's (0.3). */
+  secondMutationProbability?: number;
 }
 
 export interface EvolutionInput {

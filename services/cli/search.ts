@@ -3,9 +3,9 @@ import { type Command, InvalidArgumentError, Option } from 'commander';
 
 import { DEFAULT_TRAIN_CORPUS, DEFAULT_VALIDATION_CORPUS } from '../../core/data/index.js';
 import { ALGORITHMS, type Algorithm } from '../../core/search/index.js';
-import { FITNESS_KINDS, type FitnessKind, SPACE_KINDS, type SpaceKind, type TargetRequest, formatParams, searchSubnetworks } from '../../core/subnet/index.js';
+import { FITNESS_KINDS, type FitnessKind, SPACE_KINDS, SUBNET_SPACE_DEFAULTS, type SpaceKind, type TargetRequest, formatParams, searchSubnetworks } from '../../core/subnet/index.js';
 import { withBackend } from './backend-option.js';
-import { nonNegativeInt, positiveInt } from './common.js';
+import { nonNegativeInt, positiveInt, probability } from './common.js';
 import { ProgressBar } from './progress.js';
 
 interface SearchCliOptions {
@@ -23,6 +23,7 @@ interface SearchCliOptions {
   train: string;
   val: string;
   seed: number;
+  secondMutationProbability: number;
   json?: boolean;
 }
 
@@ -44,6 +45,12 @@ export function registerSearchCommand(program: Command): void {
     .option('--train <spec>', 'training corpus for brief fitness', DEFAULT_TRAIN_CORPUS)
     .option('--val <spec>', 'validation corpus', DEFAULT_VALIDATION_CORPUS)
     .option('--seed <n>', 'seed of the search and of the data order', nonNegativeInt('--seed'), 0)
+    .option(
+      '--second-mutation-probability <p>',
+      'chance that a mutation changes a second dimension of the sub-network',
+      probability('--second-mutation-probability'),
+      SUBNET_SPACE_DEFAULTS.secondMutationProbability,
+    )
     .option('--json', 'print {"target","best","history"} as JSON')
     .action(
       withBackend(async (opts: SearchCliOptions) => {
@@ -65,6 +72,7 @@ export function registerSearchCommand(program: Command): void {
             budget: { kind: opts.fitness, steps: opts.steps, evalTokens: opts.evalTokens, seqLen: opts.seqLen },
             data: { train: opts.train, val: opts.val },
             seed: opts.seed,
+            secondMutationProbability: opts.secondMutationProbability,
           },
           (p) => bar.update(p.done, `best ${p.best === null ? '-' : p.best.toFixed(4)}`),
         );

@@ -12,7 +12,7 @@ import { z } from 'zod';
 import { BACKEND_CHOICES } from '../../core/model/backend.js';
 import { DEFAULT_DISTILL, KL_DIRECTIONS, MODEL_PRESETS } from '../../core/model/index.js';
 import { ALGORITHMS, SEARCH_DEFAULTS, SearchError, resolveSearchOptions } from '../../core/search/index.js';
-import { BIN_SCALES, DEFAULT_BIN_COUNT, FITNESS_KINDS, FITNESS_LOSSES, HEAD_ORDERS, LAYER_ORDERS, SPACE_KINDS } from '../../core/subnet/index.js';
+import { BIN_SCALES, DEFAULT_BIN_COUNT, FITNESS_KINDS, FITNESS_LOSSES, HEAD_ORDERS, LAYER_ORDERS, SPACE_KINDS, SUBNET_SPACE_DEFAULTS } from '../../core/subnet/index.js';
 import { TEACHER_TRAIN_DEFAULTS } from '../../core/teacher/index.js';
 import { RUN_ID_PATTERN } from '../progress/index.js';
 import type { PipelineInput, TeacherServiceRef } from '../../workflows/index.js';
@@ -105,6 +105,9 @@ export const configSchema = z.strictObject({
       elitism: int(0).optional(),
       crossoverProbability: fraction().optional(),
       mutationProbability: fraction().optional(),
+      secondMutationProbability: fraction()
+        .default(SUBNET_SPACE_DEFAULTS.secondMutationProbability)
+        .describe('chance that a mutation changes a second dimension of the sub-network (core/subnet/mutations.ts)'),
       multiObjective: z.boolean().optional(),
       retryFailed: int(0).optional(),
       parallelism: posInt().default(2).describe('evaluations in flight at once'),
@@ -367,7 +370,14 @@ export function pipelineInput(config: OffshootConfig, options: { cwd?: string; t
       ...(teacherService ? { service: teacherService } : {}),
     },
     evolution: {
-      space: { kind: s.space, target: s.target, bins: s.bins, scale: s.scale, ...(s.choices ? { choices: s.choices } : {}) },
+      space: {
+        kind: s.space,
+        target: s.target,
+        bins: s.bins,
+        scale: s.scale,
+        ...(s.choices ? { choices: s.choices } : {}),
+        secondMutationProbability: s.secondMutationProbability,
+      },
       search: searchOptions(config),
       fitness: {
         budget:
