@@ -19,7 +19,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { type BackendName, initBackend } from '../core/model/backend.js';
-import { GPTNeoX, MODEL_PRESETS, Trainer, parameterCount, presetConfig } from '../core/model/index.js';
+import { GPTNeoX, MODEL_PRESETS, Trainer, parameterCount, presetConfig, trainingHyperparameters } from '../core/model/index.js';
 import * as tf from '../core/model/tfjs.js';
 import { setTensorflowKernels } from '../core/model/tensorflow/native.js';
 import { fusedKernelsActive, setFusedKernels } from '../core/model/webgpu/fused.js';
@@ -165,7 +165,7 @@ async function measure(args: Args, which: BenchBackend): Promise<Measurement> {
   };
   const total = args.warmup + args.steps;
   const trainer = new Trainer(GPTNeoX.random(config, 1), {
-    hyper: { steps: total, batchSize, seqLen, schedule: { maxLr: 1e-4, minLr: 1e-5, warmupSteps: 1, totalSteps: total }, adamw: {}, gradClip: 1, seed: 1 },
+    hyper: trainingHyperparameters({ steps: total, lr: 1e-4, warmup: 1 }, { batchSize, seqLen, seed: 1 }),
     batches,
   });
   let finalLoss = NaN;
