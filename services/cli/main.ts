@@ -51,7 +51,12 @@ export async function buildProgram(argv: string[] = process.argv): Promise<Comma
   const wanted = requestedCommand(argv);
   const chosen = COMMANDS.filter((c) => wanted !== undefined && c.names.includes(wanted));
   if (chosen.length) {
-    for (const c of chosen) (await c.load())(program);
+    for (const c of chosen) {
+      const register = await c.load().catch((err: Error) => {
+        throw new Error(`the ${wanted} command cannot load here: ${err.message.split('\n')[0]}`);
+      });
+      register(program);
+    }
     return program;
   }
   // The full list: a command whose module cannot load here (a dependency not installed) says so.
