@@ -105,6 +105,7 @@ export interface TeacherTrainResult {
   stopped: boolean;
   parameters: number;
   initialValLoss: number;
+  /** NaN when stopped early (no validation pass then). */
   finalValLoss: number;
   finalValPpl: number;
   tokensSeen: number;
@@ -168,9 +169,15 @@ export async function trainTeacher(opts: TeacherTrainOptions, hooks: TeacherTrai
     const initial = await validate(trainer.model);
     log(`validation loss before: ${initial.loss.toFixed(4)} (perplexity ${initial.ppl.toFixed(1)})`);
     const result = await trainer.run();
-    const final = lastEval?.step === trainer.step ? lastEval : await validate(trainer.model);
-    log(`validation loss after:  ${final.loss.toFixed(4)} (perplexity ${final.ppl.toFixed(1)})`);
-    log(`${result.stopped ? `stopped at step ${result.step}; ` : ''}saved ${opts.out} (sha256 ${result.checkpointHash})`);
+    let final = { loss: NaN, ppl: NaN };
+    if (result.stopped) {
+      // Stopping is urgent (a cancelled activity, a worker draining): no validation pass now.
+      log(`stopped at step ${result.step}; saved ${opts.out} (sha256 ${result.checkpointHash})`);
+    } else {
+      final = lastEval?.step === trainer.step ? lastEval : await validate(trainer.model);
+      log(`validation loss after:  ${final.loss.toFixed(4)} (perplexity ${final.ppl.toFixed(1)})`);
+      log(`saved ${opts.out} (sha256 ${result.checkpointHash})`);
+    }
     return {
       out: opts.out,
       hash: result.checkpointHash ?? '',
