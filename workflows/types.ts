@@ -105,6 +105,7 @@ export interface RunRef {
 
 // ---- teacher ----------------------------------------------------------------------------------------
 
+/** How prepareTeacher trains a missing teacher (core/teacher's settings). */
 export type { TeacherTrainSettings };
 
 export interface PrepareTeacherInput {
