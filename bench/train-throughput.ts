@@ -20,7 +20,7 @@ import { fileURLToPath } from 'node:url';
 
 import { type BackendName, initBackend } from '../core/model/backend.js';
 import { precision } from '../core/model/precision.js';
-import { GPTNeoX, MODEL_PRESETS, Trainer, afterFirstTrainingStep, parameterCount, presetConfig } from '../core/model/index.js';
+import { GPTNeoX, MODEL_PRESETS, Trainer, afterFirstTrainingStep, parameterCount, presetConfig, trainingHyperparameters } from '../core/model/index.js';
 import * as tf from '../core/model/tfjs.js';
 import { setTensorflowKernels } from '../core/model/tensorflow/native.js';
 import { setFusedKernels } from '../core/model/webgpu/fused.js';
@@ -182,7 +182,7 @@ async function measure(args: Args, which: BenchBackend): Promise<Measurement> {
   };
   const total = args.warmup + args.steps;
   const trainer = new Trainer(GPTNeoX.random(config, 1), {
-    hyper: { steps: total, batchSize, seqLen, schedule: { maxLr: 1e-4, minLr: 1e-5, warmupSteps: 1, totalSteps: total }, adamw: {}, gradClip: 1, seed: 1 },
+    hyper: trainingHyperparameters({ steps: total, lr: 1e-4, warmup: 1 }, { batchSize, seqLen, seed: 1 }),
     batches,
   });
   let finalLoss = NaN;

@@ -13,8 +13,12 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as tf from './tfjs.js';
 
-export type BackendName = 'cuda' | 'tensorflow' | 'webgpu' | 'wasm' | 'cpu';
-export type BackendChoice = BackendName | 'auto';
+/** The backends, in the order `auto` tries them. */
+export const BACKEND_NAMES = ['cuda', 'tensorflow', 'webgpu', 'wasm', 'cpu'] as const;
+export type BackendName = (typeof BACKEND_NAMES)[number];
+/** What `--backend` (env OFFSHOOT_BACKEND) accepts. */
+export const BACKEND_CHOICES = ['auto', ...BACKEND_NAMES] as const;
+export type BackendChoice = (typeof BACKEND_CHOICES)[number];
 
 export interface BackendInfo {
   /** The tfjs backend now active. */
@@ -25,16 +29,13 @@ export interface BackendInfo {
   detail?: string;
 }
 
-/** Order `auto` tries them in. */
-export const BACKENDS: readonly BackendName[] = ['cuda', 'tensorflow', 'webgpu', 'wasm', 'cpu'];
-const CHOICES: readonly BackendChoice[] = ['auto', ...BACKENDS];
 const ENV_VAR = 'OFFSHOOT_BACKEND';
 
 /** Parses a backend setting (case-insensitive, trimmed); throws naming the valid values. */
 export function parseBackendChoice(s: string): BackendChoice {
   const v = String(s).trim().toLowerCase();
-  if ((CHOICES as readonly string[]).includes(v)) return v as BackendChoice;
-  throw new Error(`backend: invalid value ${JSON.stringify(s)}; expected one of ${CHOICES.join(', ')}`);
+  if ((BACKEND_CHOICES as readonly string[]).includes(v)) return v as BackendChoice;
+  throw new Error(`backend: invalid value ${JSON.stringify(s)}; expected one of ${BACKEND_CHOICES.join(', ')}`);
 }
 
 function choiceFromEnv(): BackendChoice {
@@ -83,7 +84,7 @@ async function doInit(choice: BackendChoice, log: (msg: string) => void): Promis
   if (choice === 'auto') {
     const skipped: string[] = [];
     let found: BackendInfo | undefined;
-    for (const name of BACKENDS) {
+    for (const name of BACKEND_NAMES) {
       try {
         if (name === 'webgpu') {
           // A software adapter (Mesa lavapipe, SwiftShader) is several times slower than wasm: measured

@@ -6,6 +6,7 @@ export * from './losses.js';
 export * from './optim.js';
 export * from './train.js';
 export * from './ops/index.js';
+export * from './recipe.js';
 export { SeededRandom, deriveSeed } from './random.js';
 export { writeFileAtomic, writeDirAtomic } from './atomic.js';
 export * from './presets.js';

@@ -93,7 +93,10 @@ export interface TrainOptions {
   onCheckpoint?: (info: { step: number; dir: string; hash: string }) => void;
   /** Evaluate every `every` steps. */
   evaluate?: { every: number; run: (model: GPTNeoX, step: number) => Promise<void> };
-  /** When aborted, the loop checkpoints at the next step boundary and returns. */
+  /**
+   * When aborted, the loop stops at the next step boundary (checkpointing into `checkpointDir`, when
+   * set) and returns with `stopped`. With a signal the loop lets the event loop run after every step.
+   */
   signal?: AbortSignal;
 }
 
@@ -115,6 +118,17 @@ export interface TrainResult {
 export const TRAINER_STATE_FILE = 'trainer_state.json';
 export const OPTIMIZER_FILE = 'optimizer.safetensors';
 
+/** The training state a checkpoint directory carries, when offshoot trained it (else undefined). */
+export function readTrainerState(dir: string): TrainerState | undefined {
+  const stateFile = path.join(dir, TRAINER_STATE_FILE);
+  if (!fs.existsSync(stateFile)) return undefined;
+  try {
+    return JSON.parse(fs.readFileSync(stateFile, 'utf8')) as TrainerState;
+  } catch (err) {
+    throw new Error(`${stateFile}: not valid JSON (${(err as Error).message})`);
+  }
+}
+
 /** Reads a resumable training checkpoint: weights, optimiser state and trainer state. */
 export function loadTrainingCheckpoint(dir: string): {
   checkpoint: LoadedCheckpoint;
@@ -122,9 +136,8 @@ export function loadTrainingCheckpoint(dir: string): {
   optimizer: ReturnType<typeof readSafetensors>['tensors'];
 } {
   const checkpoint = loadCheckpoint(dir);
-  const stateFile = path.join(dir, TRAINER_STATE_FILE);
-  if (!fs.existsSync(stateFile)) throw new Error(`${dir}: not a resumable training checkpoint (no ${TRAINER_STATE_FILE})`);
-  const state = JSON.parse(fs.readFileSync(stateFile, 'utf8')) as TrainerState;
+  const state = readTrainerState(dir);
+  if (!state) throw new Error(`${dir}: not a resumable training checkpoint (no ${TRAINER_STATE_FILE})`);
   const optimizer = readSafetensors(path.join(dir, OPTIMIZER_FILE)).tensors;
   return { checkpoint, state, optimizer };
 }
@@ -267,6 +280,10 @@ export class Trainer {
         hash = await this.saveCheckpoint(checkpointDir);
         onCheckpoint?.({ step: this.step, dir: checkpointDir, hash });
       }
+      // A step may never leave the event loop (the tensorflow and cpu backends compute synchronously):
+      // with a signal to watch, let timers and I/O run so that an abort (a SIGTERM handler, a cancelled
+      // activity) and heartbeats get through.
+      if (signal) await new Promise<void>((resolve) => setImmediate(resolve));
     }
     if (checkpointDir) {
       hash = await this.saveCheckpoint(checkpointDir);

@@ -6,7 +6,7 @@ import * as path from 'node:path';
 import { InvalidArgumentError } from 'commander';
 
 import { type Tokenizer, TOKENIZER_FILE, loadTokenizer } from '../../core/data/index.js';
-import { GPTNeoX, TRAINER_STATE_FILE, type TrainerState, loadCheckpoint } from '../../core/model/index.js';
+import { GPTNeoX, type TrainerState, loadCheckpoint, readTrainerState } from '../../core/model/index.js';
 
 /** The per-machine cache (token files, tool builds): env OFFSHOOT_CACHE, else ~/.cache/offshoot. */
 export function cacheDir(...sub: string[]): string {
@@ -37,6 +37,14 @@ export function positiveNumber(name: string): (value: string) => number {
   };
 }
 
+export function probability(name: string): (value: string) => number {
+  return (value) => {
+    const n = Number(value);
+    if (value.trim() === '' || !(n >= 0 && n <= 1)) throw new InvalidArgumentError(`${name} must be a probability in [0, 1], got ${JSON.stringify(value)}`);
+    return n;
+  };
+}
+
 export interface LoadedModel {
   model: GPTNeoX;
   tokenizer?: Tokenizer;
@@ -54,7 +62,5 @@ export async function loadModel(dir: string, options: { tokenizer?: string } = {
   if (tokenizer && tokenizer.vocabSize > ckpt.config.vocabSize) {
     throw new Error(`tokenizer ${tokPath}: vocabulary ${tokenizer.vocabSize} is larger than the model's ${ckpt.config.vocabSize}`);
   }
-  const stateFile = path.join(dir, TRAINER_STATE_FILE);
-  const trainerState = fs.existsSync(stateFile) ? (JSON.parse(fs.readFileSync(stateFile, 'utf8')) as TrainerState) : undefined;
-  return { model, tokenizer, hash: ckpt.hash, trainerState };
+  return { model, tokenizer, hash: ckpt.hash, trainerState: readTrainerState(dir) };
 }

@@ -1,8 +1,8 @@
 /**
  * services/pretrain: the pretraining worker's activities (task queue "pretrain").
  *
- * - prepareTeacher: the teacher checkpoint (trained by `offshoot teacher train` in a child process when
- *   missing), and a check that the teacher service serves the same weights.
+ * - prepareTeacher: the teacher checkpoint (trained here, with core/teacher, when missing), and a check
+ *   that the teacher service serves the same weights.
  * - prepareStudent: a student's step-0 checkpoint — extracted from the teacher, or random.
  * - trainSegment: training from a checkpoint to a step. Checkpoints every `checkpointEvery` steps into
  *   a fresh folder (<run>/<name>/checkpoints/step-N, immutable, content-hashed) and heartbeats
@@ -32,17 +32,19 @@ import {
   TRAINER_STATE_FILE,
   type TrainOptions,
   Trainer,
-  type TrainerState,
   computeCheckpointHash,
   evaluateLoss,
   inProcessTeacher,
   loadCheckpoint,
   loadConfig,
   parameterCount,
+  readTrainerState,
   saveCheckpoint,
+  trainingHyperparameters,
   writeFileAtomic,
 } from '../../core/model/index.js';
-import { offshootCache, offshootCommand, spawnManaged } from '../stack/index.js';
+import { type TeacherTrainSettings, teacherFinished, trainTeacher } from '../../core/teacher/index.js';
+import { offshootCache } from '../stack/index.js';
 import { tokensPerSecond as tokensPerSecondGauge } from '../progress/index.js';
 import { StreamingTeacher } from '../teacher/index.js';
 import { TeacherMismatchError, type WorkerEnv, emit, teacherClient, teacherModel, withActivityEvents } from '../orchestration/index.js';
@@ -54,7 +56,6 @@ import type {
   PrepareStudentInput,
   PrepareTeacherInput,
   PretrainActivities,
-  PretrainHyper,
   SegmentHeartbeat,
   StudentRef,
   TeacherRef,
@@ -69,18 +70,6 @@ function checkpointHash(dir: string): string {
   const manifest = path.join(dir, MANIFEST_FILE);
   if (fs.existsSync(manifest)) return String((JSON.parse(fs.readFileSync(manifest, 'utf8')) as { hash: string }).hash);
   return computeCheckpointHash(dir);
-}
-
-function trainerState(dir: string): TrainerState | undefined {
-  const f = path.join(dir, TRAINER_STATE_FILE);
-  return fs.existsSync(f) ? (JSON.parse(fs.readFileSync(f, 'utf8')) as TrainerState) : undefined;
-}
-
-/** A finished teacher: a checkpoint with no unfinished training state. */
-function teacherFinished(dir: string): boolean {
-  if (!fs.existsSync(path.join(dir, 'config.json'))) return false;
-  const state = trainerState(dir);
-  return !state || state.step >= state.hyper.steps;
 }
 
 function readLatest(file: string): { from: string; toStep: number; checkpoint: CheckpointRef } | undefined {
@@ -99,30 +88,44 @@ function tokenizerSource(data: { tokenizer?: string }, teacherDir: string): stri
   return data.tokenizer ?? teacherDir;
 }
 
-async function trainTeacherChild(env: WorkerEnv, input: PrepareTeacherInput): Promise<void> {
-  const t = input.train!;
-  const cli = offshootCommand();
-  const args = [
-    ...cli.args, 'teacher', 'train', '--out', input.dir, '--data', input.data.train, '--val', input.data.val, '--preset', t.preset,
-    '--vocab', String(t.vocab), '--steps', String(t.steps), '--batch-size', String(t.batchSize), '--seq-len', String(t.seqLen),
-    '--lr', String(t.lr), '--warmup', String(t.warmup), '--seed', String(t.seed), '--eval-tokens', String(t.evalTokens),
-    '--eval-every', String(Math.max(1, Math.floor(t.steps / 2))), '--checkpoint-every', String(Math.max(1, Math.floor(t.steps / 4))), '--json',
-  ];
-  if (input.data.tokenizer) args.push('--tokenizer', input.data.tokenizer);
+/**
+ * Trains the teacher here, in this worker (core/teacher), heartbeating. Cancellation, or the worker's
+ * SIGTERM, stops it at the next step with a checkpoint in the teacher's directory, where a retry goes on.
+ */
+async function trainTeacherHere(env: WorkerEnv, input: PrepareTeacherInput & { train: TeacherTrainSettings }): Promise<void> {
   const actx = Context.current();
+  const t = input.train;
   env.log(`prepareTeacher: training the teacher into ${input.dir} (${t.preset}, ${t.steps} steps)`);
-  fs.mkdirSync(path.join(input.run.dir, 'logs'), { recursive: true });
-  const child = spawnManaged({ name: 'teacher train', command: cli.command, args, logFile: path.join(input.run.dir, 'logs', 'teacher-train.log'), echo: (l) => env.log(`  teacher: ${l}`) });
+  const logs = path.join(input.run.dir, 'logs');
+  fs.mkdirSync(logs, { recursive: true });
+  const logFile = path.join(logs, 'teacher-train.log');
+  const log = (line: string): void => {
+    fs.appendFileSync(logFile, `${line}\n`);
+    env.log(`  teacher: ${line}`);
+  };
+  let lastLine = 0;
+  // Heartbeats also cover what happens before the first step (the tokenizer, tokenising the corpora).
   const beat = setInterval(() => actx.heartbeat({ phase: 'teacher train' }), 2000);
-  const onCancel = () => void child.stop(10_000);
-  actx.cancellationSignal.addEventListener('abort', onCancel);
   try {
-    const r = await child.exited;
-    if (actx.cancellationSignal.aborted) throw new CancelledFailure('teacher training cancelled');
-    if (r.code !== 0) throw new Error(`offshoot teacher train exited with ${r.code ?? r.signal}:\n${child.output().slice(-2000)}`);
+    const result = await trainTeacher(
+      { ...t, data: input.data.train, val: input.data.val, tokenizer: input.data.tokenizer, out: input.dir, tokenCache: tokenCache() },
+      {
+        log,
+        signal: AbortSignal.any([actx.cancellationSignal, env.draining]),
+        onStep: (r) => {
+          actx.heartbeat({ phase: 'teacher train', step: r.step });
+          if (performance.now() - lastLine >= 5000 || r.step === r.steps) {
+            lastLine = performance.now();
+            log(`train ${r.step}/${r.steps} loss ${r.loss.toFixed(3)} ${Math.round(r.tokensPerSecond)} tok/s`);
+          }
+        },
+      },
+    );
+    if (actx.cancellationSignal.aborted) throw new CancelledFailure(`teacher training cancelled at step ${result.steps} (checkpointed)`);
+    // A draining worker: the attempt fails and is retried elsewhere, resuming from the checkpoint.
+    if (result.stopped) throw new Error(`teacher training stopped at step ${result.steps} by the worker's shutdown (checkpointed; a retry resumes)`);
   } finally {
     clearInterval(beat);
-    actx.cancellationSignal.removeEventListener('abort', onCancel);
   }
 }
 
@@ -130,7 +133,7 @@ async function prepareTeacher(env: WorkerEnv, input: PrepareTeacherInput): Promi
   const dir = path.resolve(input.dir);
   if (!teacherFinished(dir)) {
     if (!input.train) throw ApplicationFailure.nonRetryable(`teacher ${dir}: no finished checkpoint there, and teacher training is off (teacher.train.enabled)`, 'CheckpointError');
-    await trainTeacherChild(env, { ...input, dir });
+    await trainTeacherHere(env, { ...input, dir, train: input.train });
     if (!teacherFinished(dir)) throw new Error(`teacher ${dir}: training ended without a finished checkpoint`);
   }
   let config;
@@ -170,7 +173,7 @@ async function prepareStudent(env: WorkerEnv, input: PrepareStudentInput): Promi
     const config = loadConfig(init.checkpoint.dir);
     const hash = checkpointHash(init.checkpoint.dir);
     if (hash !== init.checkpoint.hash) throw ApplicationFailure.nonRetryable(`${init.checkpoint.dir}: content hash ${hash.slice(0, 12)}… differs from the reference's`, 'CheckpointError');
-    return { checkpoint: { ...init.checkpoint, step: init.checkpoint.step ?? trainerState(init.checkpoint.dir)?.step ?? 0 }, parameters: parameterCount(config), config };
+    return { checkpoint: { ...init.checkpoint, step: init.checkpoint.step ?? readTrainerState(init.checkpoint.dir)?.step ?? 0 }, parameters: parameterCount(config), config };
   }
   const dir = stepDir(input.run.dir, input.name, 0);
   const describe = { format: 1, init, teacher: input.teacher.hash, seed: input.hyper.seed };
@@ -216,18 +219,6 @@ async function prepareStudent(env: WorkerEnv, input: PrepareStudentInput): Promi
 }
 
 // ---- training segments -------------------------------------------------------------------------------
-
-function trainHyper(h: PretrainHyper) {
-  return {
-    steps: h.steps,
-    batchSize: h.batchSize,
-    seqLen: h.seqLen,
-    schedule: { maxLr: h.lr, minLr: h.lr / 10, warmupSteps: Math.min(h.warmup, h.steps), totalSteps: h.steps },
-    adamw: { weightDecay: 0.1 },
-    gradClip: 1,
-    seed: h.seed,
-  };
-}
 
 /** Removes checkpoints of this student older than `latest`, keeping `keep` (the segment's start). */
 function pruneCheckpoints(folder: string, latest: number, keep: string[]): void {
@@ -308,7 +299,7 @@ async function trainSegment(env: WorkerEnv, input: TrainSegmentInput): Promise<T
   const tokSource = tokenizerSource(input.data, input.teacher.dir);
   const tokenizerJson = fs.readFileSync(fs.statSync(tokSource).isDirectory() ? path.join(tokSource, TOKENIZER_FILE) : tokSource);
   const options: TrainOptions = {
-    hyper: trainHyper(h),
+    hyper: trainingHyperparameters({ steps: h.steps, lr: h.lr, warmup: h.warmup }, h),
     batches,
     teacher,
     distill: h.distill ?? undefined,
@@ -333,7 +324,7 @@ async function trainSegment(env: WorkerEnv, input: TrainSegmentInput): Promise<T
     },
   };
   let trainer: Trainer;
-  if (trainerState(start.dir)) {
+  if (readTrainerState(start.dir)) {
     trainer = Trainer.resume(start.dir, options);
   } else {
     if (startStep !== 0) throw ApplicationFailure.nonRetryable(`${start.dir}: step ${startStep} but no ${TRAINER_STATE_FILE}`, 'CheckpointError');

@@ -11,7 +11,8 @@ import { takeAlongLastAxis } from './embedding.js';
 import { defineOperation } from './registry.js';
 
 /** forward: KL(teacher ‖ student), the default; reverse: KL(student ‖ teacher); symmetric: their mean. */
-export type KLDirection = 'forward' | 'reverse' | 'symmetric';
+export const KL_DIRECTIONS = ['forward', 'reverse', 'symmetric'] as const;
+export type KLDirection = (typeof KL_DIRECTIONS)[number];
 
 export interface DistillOptions {
   /** Weight of cross-entropy against the data; 1 − alpha weighs the KL term. */
