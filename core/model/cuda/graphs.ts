@@ -18,6 +18,7 @@
 import * as tf from '../tfjs.js';
 
 import type { Pool } from './allocator.js';
+import type { PinnedBuffer } from './device.js';
 import { toTensor } from './custom-op.js';
 import { check } from './driver.js';
 import type { CudaBackend } from './tfjs-backend.js';
@@ -43,11 +44,15 @@ export interface GraphStep {
 /** Eager steps of a shape before its graph is captured. */
 const WARMUP_STEPS = 2;
 const CAPTURE_MODE_RELAXED = 2;
+/** Pinned memory for a graph's constants (the optimiser's table: 64 bytes a parameter). */
+const CONSTANT_BYTES = 1 << 20;
 
 interface Graph {
   exec: unknown;
   graph: unknown;
   pool: Pool;
+  /** Pinned memory holding the constants the graph copies in (device.ts writeConstant). */
+  constants: PinnedBuffer;
   outputs: tf.Tensor[];
 }
 
@@ -134,6 +139,8 @@ export class GraphRunner {
     d.synchronize();
     d.allocator.emptyCache();
     const pool = d.allocator.beginCapture();
+    const constants = d.pinned(CONSTANT_BYTES);
+    d.constantArena = { buffer: constants, used: 0 };
     check(d.libs, 'cuStreamBeginCapture_v2', d.libs.fn.cuStreamBeginCapture_v2(d.stream, CAPTURE_MODE_RELAXED));
     d.capturing = true;
     let outputs: tf.Tensor[] | undefined;
@@ -144,6 +151,7 @@ export class GraphRunner {
       failure = e;
     }
     d.capturing = false;
+    d.constantArena = null;
     const graph: [unknown] = [null];
     const ended = d.libs.fn.cuStreamEndCapture(d.stream, graph);
     d.allocator.endCapture();
@@ -151,6 +159,7 @@ export class GraphRunner {
       if (outputs) for (const o of outputs) o.dispose();
       if (graph[0]) d.libs.fn.cuGraphDestroy(graph[0]);
       d.allocator.dissolve(pool);
+      constants.free();
       const why = failure ? (failure as Error).message.split('\n')[0] : `cuStreamEndCapture: ${d.libs.statusName('cuStreamEndCapture', Number(ended))}`;
       shape.eager = why;
       this.log(`cuda: steps of this shape run without a CUDA graph: ${why}`);
@@ -158,7 +167,7 @@ export class GraphRunner {
     }
     const exec: [unknown] = [null];
     check(d.libs, 'cuGraphInstantiateWithFlags', d.libs.fn.cuGraphInstantiateWithFlags(exec, graph[0], 0));
-    shape.graph = { exec: exec[0], graph: graph[0], pool, outputs: outputs! };
+    shape.graph = { exec: exec[0], graph: graph[0], pool, constants, outputs: outputs! };
     this.captures++;
   }
 
@@ -170,6 +179,7 @@ export class GraphRunner {
       check(d.libs, 'cuGraphDestroy', d.libs.fn.cuGraphDestroy(shape.graph.graph));
       for (const o of shape.graph.outputs) o.dispose();
       d.allocator.dissolve(shape.graph.pool);
+      shape.graph.constants.free();
     }
     for (const t of [...shape.inputs, shape.scalars]) t.dispose();
   }
