@@ -9,3 +9,4 @@ export { crossEntropy, gelu, layerNorm, gatherRows, takeAlongLastAxis } from './
 export { SeededRandom, deriveSeed } from './random.js';
 export { writeFileAtomic, writeDirAtomic } from './atomic.js';
 export * from './presets.js';
+export * from './export.js';

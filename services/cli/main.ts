@@ -3,6 +3,7 @@ import { Command, Option } from 'commander';
 
 import { registerProgressCommands } from '../progress/index.js';
 import { registerEvalCommands } from './eval.js';
+import { registerExportCommand } from './export.js';
 import { registerTeacherServeCommand } from './serve.js';
 import { registerSearchCommand } from './search.js';
 import { registerSubnetCommands } from './subnet.js';
@@ -21,6 +22,7 @@ export function buildProgram(): Command {
   registerTeacherCommands(program);
   registerTeacherServeCommand(program);
   registerEvalCommands(program);
+  registerExportCommand(program);
   registerSubnetCommands(program);
   registerWorkerCommand(program);
   registerRunCommands(program);
