@@ -137,7 +137,6 @@ function readTaskYaml(file: string, seen: Set<string> = new Set()): Record<strin
 }
 
 function checkFields(cfg: Record<string, unknown>, where: string): void {
-  if ('group' in cfg) throw new TaskError(`${where}: group: group files are not supported; pass the files of its tasks`);
   for (const [key, value] of Object.entries(cfg)) {
     if (value === null || value === undefined) continue;
     if (key in PYTHON_ONLY_FIELDS) throw new TaskError(`${where}: ${key}: ${PYTHON_ONLY_FIELDS[key]} (${String(value)}) cannot be run by offshoot`);
@@ -383,6 +382,7 @@ function wrap<T>(where: string, index: number, fn: () => T): T {
 /** Reads one task YAML and its documents. */
 export function loadTaskFile(file: string, options: LoadTaskOptions = {}): Task {
   const cfg = readTaskYaml(file);
+  if ('group' in cfg) throw new TaskError(`${file}: group: group files are not supported; pass the files of its tasks`);
   const name = cfg.task;
   if (typeof name !== 'string' || name === '') throw new TaskError(`${file}: task: expected the task's name`);
   const where = `${file} (task ${name})`;
