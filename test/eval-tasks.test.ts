@@ -30,7 +30,7 @@ import {
 import { Template, literalEval, pythonLength } from '../core/eval/template.js';
 import { GPTNeoX, evaluateLoss, saveCheckpoint, uniformConfig } from '../core/model/index.js';
 import * as tf from '../core/model/tfjs.js';
-import { useBackend } from './helpers/backends.js';
+import { testBackends, useBackend } from './helpers/backends.js';
 import { hfPython, requireHfPython } from './helpers/python.js';
 import { writeNextSentenceTask } from './helpers/tasks.js';
 
@@ -64,11 +64,18 @@ function task(name: string, fields: Record<string, unknown>, docs: Record<string
   return file;
 }
 
-describe('lm-evaluation-harness parity on an exported student', () => {
-  // CI installs the oracle and lm-eval (scripts/setup-python.sh); elsewhere this needs it set up first.
-  const python = process.env.CI ? requireHfPython() : hfPython();
+const docs2 = [
+  { q: 'The sky is', choices: ['blue', 'a "loud" dog', "it's green"], label: 0 },
+  { q: 'What do we owe the future?', choices: ['A strong Union.', 'Fish.', 'Nothing at all, said nobody.'], label: 0 },
+];
 
-  it.skipIf(python === null)('offshoot eval --tasks and lm_eval --model hf give identical accuracy on a task made from the corpus', async () => {
+describe('lm-evaluation-harness parity on an exported student', () => {
+  // CI installs the oracle and lm-eval (scripts/setup-python.sh); elsewhere this needs it set up first
+  // (a venv built before lm-eval joined the requirements skips until setup-python.sh rebuilds it).
+  const python = process.env.CI ? requireHfPython() : hfPython();
+  const ready = python !== null && (Boolean(process.env.CI) || spawnSync(python, ['-c', 'import lm_eval'], { timeout: 60_000 }).status === 0);
+
+  it.skipIf(!ready)('offshoot eval --tasks and lm_eval --model hf give identical accuracy on a task made from the corpus', async () => {
     // A teacher trained on the corpus, a layer-wise student of it, exported for transformers.
     const teacher = path.join(tmp, 'teacher');
     let r = offshoot('teacher', 'train', '--out', teacher, '--preset', 'tiny', '--vocab', '300', '--steps', '200', '--batch-size', '8', '--seq-len', '32', '--eval-every', '200', '--json');
@@ -282,6 +289,29 @@ describe('tasks in lm-evaluation-harness shape', () => {
     expect(Object.keys(scores[0].metrics)).toEqual(['acc', 'acc_norm', 'acc_bytes', 'exact_match']);
     model.dispose();
   });
+});
+
+describe('on every backend', () => {
+  it('the same log-likelihoods on each backend', async () => {
+    const tok = await loadTokenizer(BPE512);
+    const tasks = loadTasks([task('backends', { doc_to_text: 'Q: {{q}}\nA:', doc_to_choice: '{{choices}}', doc_to_target: 'label' }, docs2)]);
+    const config = { ...uniformConfig({ vocabSize: 512, hiddenSize: 32, numLayers: 2, numHeads: 4, maxPositions: 64 }), initializerRange: 0.3 };
+    const weights = GPTNeoX.random(config, 8);
+    const tensors = await weights.toHost();
+    weights.dispose();
+    const results: Record<string, number[]> = {};
+    for (const backend of await testBackends()) {
+      await useBackend(backend);
+      const model = GPTNeoX.fromTensors(config, tensors, backend);
+      const { samples } = await evaluateTasks(model, tok, tasks, { batchSize: 3 });
+      results[backend] = samples.flatMap((x) => x.responses.map((r) => r[0]));
+      model.dispose();
+    }
+    await useBackend('cpu');
+    for (const [backend, lls] of Object.entries(results)) {
+      lls.forEach((ll, i) => expect(Math.abs(ll - results.cpu[i]), `${backend} request ${i}`).toBeLessThan(1e-3));
+    }
+  }, 300_000);
 });
 
 describe('bits per byte', () => {
