@@ -86,9 +86,9 @@ export function trailingSpaces(text: string): number {
   return n;
 }
 
-/** Python's str.isdigit() for the ASCII and Unicode decimal digits. */
+/** Python's str.isdigit() as far as ast.literal_eval can read the result: ASCII digits only. */
 export function isDigits(text: string): boolean {
-  return /^\p{Nd}+$/u.test(text);
+  return /^[0-9]+$/.test(text);
 }
 
 /**

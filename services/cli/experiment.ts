@@ -246,7 +246,7 @@ export function registerExperimentCommands(program: Command): void {
     .command('paper-table')
     .description(
       'six arms (random init, first-k and searched sub-networks, each with CE and with KD) over several seeds with the same data order and budget; ' +
-        'writes the table (final perplexity, Moby Dick perplexity, tokens and FLOPs to reach random init) and curves to docs/results/',
+        'writes the table (final perplexity and bits per byte in and out of domain, tokens and FLOPs to reach random init, zero-shot task accuracy with experiment.tasks) and curves to docs/results/',
     )
     .option('--config <file>', 'configuration (YAML or JSON): the run configuration plus an `experiment:` section (docs/experiments.md)')
     .option('--out <dir>', 'output folder (overrides experiment.out; default docs/results)')
