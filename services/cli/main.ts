@@ -23,6 +23,7 @@ const COMMANDS: CommandModule[] = [
   { names: ['teacher'], load: async () => (await import('./teacher.js')).registerTeacherCommands },
   { names: ['teacher'], load: async () => (await import('./serve.js')).registerTeacherServeCommand },
   { names: ['eval', 'logits'], load: async () => (await import('./eval.js')).registerEvalCommands },
+  { names: ['export'], load: async () => (await import('./export.js')).registerExportCommand },
   { names: ['subnet'], load: async () => (await import('./subnet.js')).registerSubnetCommands },
   { names: ['search'], load: async () => (await import('./search.js')).registerSearchCommand },
   { names: ['worker'], load: async () => (await import('./worker.js')).registerWorkerCommand },

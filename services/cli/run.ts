@@ -275,7 +275,10 @@ function printResult(result: PipelineResult, json: boolean | undefined): void {
   }
   const student = result.rows.find((r) => r.name === 'student');
   console.log('');
-  const teacherPpl = result.teacher.valLoss !== undefined ? `, validation perplexity ${Math.exp(result.teacher.valLoss).toFixed(2)}` : '';
+  const teacherPpl =
+    result.teacher.valLoss !== undefined
+      ? `, validation perplexity ${Math.exp(result.teacher.valLoss).toFixed(2)}${result.teacher.valBpb !== undefined ? ` (${result.teacher.valBpb.toFixed(4)} bits per byte)` : ''}`
+      : '';
   console.log(`offshoot run ${result.runId}: teacher ${result.teacher.parameters.toLocaleString('en-US')} parameters${teacherPpl}`);
   console.log(`search: ${result.search.evaluations} evaluations, best ${result.search.best.description ?? result.search.best.key}`);
   console.log('');
@@ -283,7 +286,12 @@ function printResult(result: PipelineResult, json: boolean | undefined): void {
   console.log('');
   if (student) {
     for (const r of result.rows) {
-      if (r !== student) console.log(`student vs ${r.name}: validation perplexity ${student.valPpl.toFixed(2)} vs ${r.valPpl.toFixed(2)} with the same pretraining budget`);
+      if (r !== student) {
+        console.log(
+          `student vs ${r.name}: validation perplexity ${student.valPpl.toFixed(2)} vs ${r.valPpl.toFixed(2)}, ` +
+            `${student.valBpb.toFixed(4)} vs ${r.valBpb.toFixed(4)} bits per byte, with the same pretraining budget`,
+        );
+      }
     }
   }
   console.log(`report: ${result.report.markdown}`);

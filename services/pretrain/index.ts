@@ -9,7 +9,8 @@
  *   {step, checkpoint}; a retry resumes from the last heartbeat's checkpoint. A SIGTERM'd worker
  *   checkpoints at the next step boundary and returns what it reached. Every step's loss goes to
  *   <run>/<name>/losses.jsonl (with the attempt and worker), so the curve across retries can be read.
- * - evaluateCheckpoint: validation loss and perplexity of a checkpoint.
+ * - evaluateCheckpoint: validation loss, perplexity and bits per byte of a checkpoint.
+ * - evaluateTasks: zero-shot scores of a checkpoint on lm-evaluation-harness task files (core/eval).
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -25,6 +26,7 @@ import {
   studentConfig,
 } from '../../core/subnet/index.js';
 import { TOKENIZER_FILE, evalBatches, loadTokenizer, sampleBatch, tokenizedCorpus } from '../../core/data/index.js';
+import { TaskError, evaluateTasks, evaluateText, loadTasks } from '../../core/eval/index.js';
 import {
   CheckpointError,
   GPTNeoX,
@@ -53,11 +55,13 @@ import type {
   CheckpointRef,
   EvalPoint,
   EvaluateCheckpointInput,
+  EvaluateTasksInput,
   PrepareStudentInput,
   PrepareTeacherInput,
   PretrainActivities,
   SegmentHeartbeat,
   StudentRef,
+  TaskAccuracy,
   TeacherRef,
   TrainSegmentInput,
   TrainSegmentOutput,
@@ -401,8 +405,31 @@ async function evaluateCheckpoint(input: EvaluateCheckpointInput): Promise<Check
     const tokPath = input.data.tokenizer ?? (fs.existsSync(path.join(input.checkpoint.dir, TOKENIZER_FILE)) ? input.checkpoint.dir : input.tokenizerDir);
     const tokenizer = await loadTokenizer(tokPath);
     const val = await tokenizedCorpus(input.data.val, tokenizer, tokenCache());
-    const r = await evaluateLoss(model, evalBatches(val.tokens, { seqLen: Math.min(input.seqLen, ckpt.config.maxPositions), batchSize: input.batchSize, maxTokens: input.evalTokens }));
-    return { valLoss: r.loss, valPpl: r.ppl, tokens: r.tokens };
+    const r = await evaluateText(model, val.tokens, tokenizer, { seqLen: Math.min(input.seqLen, ckpt.config.maxPositions), batchSize: input.batchSize, maxTokens: input.evalTokens });
+    return { valLoss: r.loss, valPpl: r.ppl, valBpb: r.bpb, tokens: r.tokens, bytes: r.bytes };
+  } finally {
+    model.dispose();
+  }
+}
+
+async function evaluateTaskFiles(input: EvaluateTasksInput): Promise<TaskAccuracy[]> {
+  const actx = Context.current();
+  const ckpt = loadCheckpoint(input.checkpoint.dir);
+  if (ckpt.hash !== input.checkpoint.hash) {
+    throw ApplicationFailure.nonRetryable(`${input.checkpoint.dir}: content hash ${ckpt.hash.slice(0, 12)}… differs from the reference's`, 'CheckpointError');
+  }
+  let tasks;
+  try {
+    tasks = loadTasks(input.files, { cwd: input.cwd, limit: input.limit });
+  } catch (err) {
+    if (err instanceof TaskError) throw ApplicationFailure.nonRetryable(err.message, 'TaskError');
+    throw err;
+  }
+  const model = GPTNeoX.fromTensors(ckpt.config, ckpt.tensors, input.checkpoint.dir);
+  try {
+    const tokenizer = await loadTokenizer(fs.existsSync(path.join(input.checkpoint.dir, TOKENIZER_FILE)) ? input.checkpoint.dir : input.tokenizerDir);
+    const { scores } = await evaluateTasks(model, tokenizer, tasks, { batchSize: input.batchSize, onProgress: (done, total) => actx.heartbeat({ done, total }) });
+    return scores.map((s) => ({ task: s.task, docs: s.docs, metrics: s.metrics as TaskAccuracy['metrics'] }));
   } finally {
     model.dispose();
   }
@@ -415,5 +442,6 @@ export function createPretrainActivities(env: WorkerEnv): PretrainActivities {
     prepareStudent: withActivityEvents(env, (i: PrepareStudentInput) => i.run.runId, (i) => `student ${i.name}`, (i) => prepareStudent(env, i)),
     trainSegment: withActivityEvents(env, (i: TrainSegmentInput) => i.run.runId, (i) => `${i.name} steps ${i.from.step ?? 0}-${i.toStep}`, (i) => trainSegment(env, i)),
     evaluateCheckpoint: async (i: EvaluateCheckpointInput) => evaluateCheckpoint(i),
+    evaluateTasks: async (i: EvaluateTasksInput) => evaluateTaskFiles(i),
   };
 }
