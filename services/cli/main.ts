@@ -11,6 +11,9 @@
  */
 import { Command, Option } from 'commander';
 
+import { BACKEND_CHOICES } from '../../core/model/backend.js';
+import { PRECISIONS } from '../../core/model/precision.js';
+
 type Register = (program: Command) => void;
 
 interface CommandModule {
@@ -34,9 +37,9 @@ const COMMANDS: CommandModule[] = [
 
 /** The options every command takes (before its name). */
 function withGlobalOptions(program: Command): Command {
-  return program.addOption(
-    new Option('--backend <name>', 'compute backend: auto, tensorflow, webgpu, wasm or cpu (env OFFSHOOT_BACKEND)').env('OFFSHOOT_BACKEND'),
-  );
+  return program
+    .addOption(new Option('--backend <name>', `compute backend: ${BACKEND_CHOICES.join(', ')}`).env('OFFSHOOT_BACKEND'))
+    .addOption(new Option('--precision <p>', `arithmetic: ${PRECISIONS.join(' (bf16 products, f32 master weights; cuda) or ')}`).env('OFFSHOOT_PRECISION'));
 }
 
 /** The top-level command named on the command line (`help X` names X), if any. */

@@ -57,6 +57,8 @@ const runners = new WeakMap<CudaBackend, GraphRunner>();
 runTrainingStep.register({
   backend,
   name: 'CUDA graph per shape after two eager steps',
+  // OFFSHOOT_CUDA_GRAPHS=0 runs every step eagerly (to compare, or to rule graphs out).
+  enabled: () => process.env.OFFSHOOT_CUDA_GRAPHS !== '0',
   run: (step) => {
     const b = cudaBackendOrThrow();
     let runner = runners.get(b);
