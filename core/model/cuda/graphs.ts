@@ -19,6 +19,7 @@ import * as tf from '../tfjs.js';
 
 import type { Pool } from './allocator.js';
 import type { PinnedBuffer } from './device.js';
+import { bytesPer } from './storage.js';
 import { toTensor } from './custom-op.js';
 import { check } from './driver.js';
 import type { CudaBackend } from './tfjs-backend.js';
@@ -95,10 +96,11 @@ export class GraphRunner {
       shape = undefined;
     }
     if (!shape) {
+      // Kept: a caller's tf.tidy must not take the graph's buffers.
       shape = {
         calls: 0,
-        inputs: step.inputs.map((i) => toTensor(this.b.allocate(i.shape, i.dtype))),
-        scalars: toTensor(this.b.allocate([step.scalars.length], 'float32')),
+        inputs: step.inputs.map((i) => tf.keep(toTensor(this.b.allocate(i.shape, i.dtype, i.data instanceof tf.Tensor ? this.b.storageOf(i.data) : undefined)))),
+        scalars: tf.keep(toTensor(this.b.allocate([step.scalars.length], 'float32'))),
         stateKey,
       };
       this.shapes.set(key, shape);
@@ -106,7 +108,11 @@ export class GraphRunner {
     step.inputs.forEach((input, i) => {
       const dst = this.b.operand(shape!.inputs[i]);
       if (input.data instanceof Float32Array || input.data instanceof Int32Array) d.write(dst.ptr, input.data);
-      else d.copy(dst.ptr, this.b.operand(input.data).ptr, dst.size * 4);
+      else {
+        const src = this.b.operand(input.data);
+        if (src.storage !== dst.storage) throw new Error(`a training step's input ${i} changed storage (${dst.storage} to ${src.storage})`);
+        d.copy(dst.ptr, src.ptr, dst.size * bytesPer(dst.storage));
+      }
     });
     const scalars = this.b.operand(shape.scalars);
     d.write(scalars.ptr, step.scalars);
@@ -120,7 +126,7 @@ export class GraphRunner {
       return shape.graph.outputs.map((o) => {
         const src = this.b.operand(o);
         const out = this.b.allocate(o.shape, o.dtype, src.storage);
-        d.copy(this.b.operand(out).ptr, src.ptr, src.size * (src.storage === 'bf16' ? 2 : src.storage === 'u8' ? 1 : 4));
+        d.copy(this.b.operand(out).ptr, src.ptr, src.size * bytesPer(src.storage));
         return toTensor(out);
       });
     } finally {
@@ -167,7 +173,7 @@ export class GraphRunner {
     }
     const exec: [unknown] = [null];
     check(d.libs, 'cuGraphInstantiateWithFlags', d.libs.fn.cuGraphInstantiateWithFlags(exec, graph[0], 0));
-    shape.graph = { exec: exec[0], graph: graph[0], pool, constants, outputs: outputs! };
+    shape.graph = { exec: exec[0], graph: graph[0], pool, constants, outputs: outputs!.map((o) => tf.keep(o)) };
     this.captures++;
   }
 
