@@ -1,6 +1,7 @@
 /**
- * core/data: corpora, tokenizers, token files and batch sampling. Tensor-free (plain typed arrays), so
- * any layer may use it; only the file functions touch the file system.
+ * core/data: data specs and input formats, tokenizers, the token store (sharded, streaming,
+ * resumable, parallel tokenisation) and batch sampling. Tensor-free (plain typed arrays), so any layer
+ * may use it; only the file functions touch the file system. docs/data.md tells the whole story.
  */
 export {
   type Tokenizer,
@@ -14,6 +15,7 @@ export {
   BpeTokenizer,
   HfTokenizer,
   preTokenize,
+  forEachPreToken,
   trainBpe,
   sampleTrainingText,
   tokenizerFromJSON,
@@ -24,12 +26,8 @@ export {
 
 export {
   type Corpus,
-  type CorpusSpec,
   type CorpusStats,
   SOTU_VALIDATION_FROM,
-  parseCorpusSpec,
-  formatCorpusSpec,
-  loadCorpus,
   corpusHash,
   corpusStats,
   sotuAddresses,
@@ -38,31 +36,69 @@ export {
 } from './corpus.js';
 
 export {
+  type DataSpec,
+  type SourceSpec,
+  type InputFormat,
+  type InputFile,
+  type Part,
+  DataError,
+  EMBEDDED,
+  PART_BYTES,
+  parseDataSpec,
+  listInputs,
+  planParts,
+  partKey,
+  loadCorpus,
+  firstInvalidUtf8,
+} from './sources.js';
+
+export {
   type TokenArray,
   type TokenFile,
   type TokenFileHeader,
-  type TokenizedCorpus,
   type WriteTokenFileOptions,
   type ReadTokenFileOptions,
   TOKEN_FILE_MAGIC,
   TOKEN_FILE_VERSION,
   TOKEN_FILE_HEADER_BYTES,
+  TokenFileWriter,
   tokenDtypeFor,
   writeTokenFile,
   readTokenFile,
   readTokenFileHeader,
-  tokenizeDocuments,
-  tokenizedCorpus,
-  tokenCacheFileName,
 } from './tokens.js';
 
 export {
+  type PrepareOptions,
+  type PrepareProgress,
+  type PreparedSource,
+  type ShardInfo,
+  type OpenedData,
+  LOCK_STALE_MS,
+  ShardStream,
+  prepareSource,
+  openData,
+  describeData,
+} from './store.js';
+
+export {
   type Batch,
+  type BatchRow,
+  type TokenStream,
+  type TokenData,
   type TokenSource,
+  type SourceView,
   type SampleBatchOptions,
   type EvalBatchOptions,
+  MIX_PERIOD,
+  HOLDOUT_BLOCKS,
+  arrayStream,
+  asTokenData,
+  holdoutRanges,
+  permuteIndex,
+  batchRows,
   sampleBatch,
-  sampleOffsets,
+  windowCount,
   counterHash53,
   evalBatches,
   evalWindowCount,

@@ -3,7 +3,7 @@
  * (Pythia's included) through `@huggingface/tokenizers`.
  *
  * File format: every tokenizer saves as a Hugging Face `tokenizer.json` (model BPE, ByteLevel
- * pre-tokenizer, post-processor and decoder, no normaliser), so checkpoints carry it and transformers,
+ * pre-tokenizer, post-processor and decoder), so checkpoints carry it and transformers,
  * the Rust/Python `tokenizers` library and tokenizers.js all read it. The byte tokenizer is the
  * zero-merge case: vocab ids 0..255 are the bytes, 256 is `<|endoftext|>`. A trained BPE keeps that
  * layout and numbers merged tokens from 257 on.
@@ -89,6 +89,97 @@ const PRETOKEN_PATTERN =
 /** Splits text into pre-tokens the way the ByteLevel pre-tokenizer (add_prefix_space false) does. */
 export function preTokenize(text: string): string[] {
   return text.match(PRETOKEN_PATTERN) ?? [];
+}
+
+// Character classes of PRETOKEN_PATTERN, for the scanner below: letter, number, white space, other.
+const C_LETTER = 1;
+const C_NUMBER = 2;
+const C_SPACE = 3;
+const C_OTHER = 4;
+/** Class of every code point, filled in on first sight (0: not yet known). */
+const charClass = new Uint8Array(0x110000);
+const IS_LETTER = /^\p{L}$/u;
+const IS_NUMBER = /^\p{N}$/u;
+const IS_SPACE = /^\p{White_Space}$/u;
+
+function classOf(cp: number): number {
+  let c = charClass[cp];
+  if (c === 0) {
+    const ch = String.fromCodePoint(cp);
+    c = IS_LETTER.test(ch) ? C_LETTER : IS_NUMBER.test(ch) ? C_NUMBER : IS_SPACE.test(ch) ? C_SPACE : C_OTHER;
+    charClass[cp] = c;
+  }
+  return c;
+}
+
+/** Code point at i of s (a lone surrogate stands for itself) and the index after it. */
+function codePointAt(s: string, i: number): number {
+  const c = s.charCodeAt(i);
+  if (c >= 0xd800 && c <= 0xdbff && i + 1 < s.length) {
+    const d = s.charCodeAt(i + 1);
+    if (d >= 0xdc00 && d <= 0xdfff) return ((c - 0xd800) << 10) + (d - 0xdc00) + 0x10000;
+  }
+  return c;
+}
+
+/**
+ * Calls onWord for each pre-token of text, in order: the same pieces as preTokenize, found by a
+ * hand-written scanner of PRETOKEN_PATTERN's alternatives (about twice as fast as the regex, which
+ * dominates encoding once most words hit the cache).
+ */
+export function forEachPreToken(text: string, onWord: (word: string) => void): void {
+  const n = text.length;
+  let i = 0;
+  while (i < n) {
+    const start = i;
+    const c = text.charCodeAt(i);
+    // 's 't 're 've 'm 'll 'd
+    if (c === 0x27 && i + 1 < n) {
+      const d = text.charCodeAt(i + 1);
+      if (d === 0x73 || d === 0x74 || d === 0x6d || d === 0x64) {
+        onWord(text.slice(i, i + 2));
+        i += 2;
+        continue;
+      }
+      if (i + 2 < n) {
+        const e = text.charCodeAt(i + 2);
+        if ((d === 0x72 && e === 0x65) || (d === 0x76 && e === 0x65) || (d === 0x6c && e === 0x6c)) {
+          onWord(text.slice(i, i + 3));
+          i += 3;
+          continue;
+        }
+      }
+    }
+    // An optional space, then a run of letters, of numbers or of other characters.
+    let j = c === 0x20 && i + 1 < n ? i + 1 : i;
+    let cp = codePointAt(text, j);
+    let cls = classOf(cp);
+    if (cls !== C_SPACE) {
+      j += cp > 0xffff ? 2 : 1;
+      while (j < n) {
+        const q = codePointAt(text, j);
+        if (classOf(q) !== cls) break;
+        j += q > 0xffff ? 2 : 1;
+      }
+      onWord(text.slice(start, j));
+      i = j;
+      continue;
+    }
+    // White space: the run, less its last character when something other than white space follows
+    // (that character then leads the next word), unless the run is that one character.
+    j = i;
+    while (j < n) {
+      cp = codePointAt(text, j);
+      if (classOf(cp) !== C_SPACE) break;
+      j += cp > 0xffff ? 2 : 1;
+    }
+    if (j < n && j - i > 1) {
+      // White space is in the BMP: the last character is one code unit.
+      j -= 1;
+    }
+    onWord(text.slice(start, j));
+    i = j;
+  }
 }
 
 const utf8Encoder = new TextEncoder();
@@ -275,8 +366,11 @@ function pairKey(a: number, b: number): number {
 class NotNative extends Error {}
 
 /**
- * Byte-level BPE encoded by this module (no normaliser, ByteLevel pre-tokenizer without prefix space).
- * Produces the same ids as the Rust `tokenizers` library on such a tokenizer.json.
+ * Byte-level BPE encoded by this module: no normaliser or NFC (Pythia's), ByteLevel pre-tokenizer
+ * without prefix space. Produces the same ids as the Rust `tokenizers` library on such a
+ * tokenizer.json. As that library does, it splits the text on added tokens in two rounds: those with
+ * `normalized: false` (the special tokens) on the raw text, then, after normalisation, those with
+ * `normalized: true` (GPT-NeoX's runs of spaces).
  */
 export class BpeTokenizer implements Tokenizer {
   readonly kind = 'bpe' as const;
@@ -290,7 +384,10 @@ export class BpeTokenizer implements Tokenizer {
   private readonly results: Int32Array;
   private readonly idBytes: (Uint8Array | undefined)[];
   private readonly addedById: Map<number, string>;
-  private readonly splitter: AddedTokenSplitter;
+  /** Added tokens matched on the raw text, and those matched on the normalised text. */
+  private readonly rawSplitter: AddedTokenSplitter;
+  private readonly normalizedSplitter: AddedTokenSplitter | null;
+  private readonly nfc: boolean;
   private readonly json: TokenizerJson;
   private cache = new Map<string, number[]>();
 
@@ -334,7 +431,12 @@ export class BpeTokenizer implements Tokenizer {
       this.results[r] = ic;
     }
     this.mergeCount = merges.length;
-    this.splitter = new AddedTokenSplitter(added);
+    // The Rust library's default for an added token without the field: normalized unless special.
+    const normalized = (t: AddedTokenJson): boolean => t.normalized ?? !t.special;
+    this.rawSplitter = new AddedTokenSplitter(added.filter((t) => !normalized(t)));
+    const late = added.filter(normalized);
+    this.normalizedSplitter = late.length > 0 ? new AddedTokenSplitter(late) : null;
+    this.nfc = normalizerOf(json) === 'nfc';
     this.endOfTextId = findEndOfText(added);
     this.name = name ?? `bpe-${this.vocabSize}`;
   }
@@ -364,16 +466,17 @@ export class BpeTokenizer implements Tokenizer {
 
   encode(text: string): number[] {
     const out: number[] = [];
-    this.splitter.split(
-      text,
-      (s) => {
-        for (const word of preTokenize(s)) {
-          const ids = this.encodeWord(word);
-          for (let i = 0; i < ids.length; i++) out.push(ids[i]);
-        }
-      },
-      (id) => out.push(id),
-    );
+    const pushId = (id: number): void => {
+      out.push(id);
+    };
+    const onWord = (word: string): void => {
+      const ids = this.encodeWord(word);
+      for (let i = 0; i < ids.length; i++) out.push(ids[i]);
+    };
+    const onPlain = (s: string): void => forEachPreToken(s, onWord);
+    const onNormalized =
+      this.normalizedSplitter === null ? onPlain : (s: string): void => (this.normalizedSplitter as AddedTokenSplitter).split(s, onPlain, pushId);
+    this.rawSplitter.split(text, this.nfc ? (s) => onNormalized(s.normalize('NFC')) : onNormalized, pushId);
     return out;
   }
 
@@ -526,6 +629,19 @@ class MinHeap {
   }
 }
 
+/** The normaliser of a tokenizer.json when the native engine has it ('none' or 'nfc'), else null. */
+function normalizerOf(json: TokenizerJson): 'none' | 'nfc' | null {
+  const n = json.normalizer as { type?: string; normalizers?: { type?: string }[] } | null | undefined;
+  if (n == null) return 'none';
+  if (n.type === 'NFC') return 'nfc';
+  if (n.type === 'Sequence' && Array.isArray(n.normalizers)) {
+    const kinds = n.normalizers.map((x) => x?.type);
+    if (kinds.length === 0) return 'none';
+    if (kinds.length === 1 && kinds[0] === 'NFC') return 'nfc';
+  }
+  return null;
+}
+
 /** Why the native engine cannot run this tokenizer.json, or null if it can. */
 function nativeIncompatibility(json: TokenizerJson): string | null {
   const m = json.model;
@@ -536,7 +652,7 @@ function nativeIncompatibility(json: TokenizerJson): string | null {
   if (m.end_of_word_suffix) return 'end_of_word_suffix';
   if (m.byte_fallback) return 'byte_fallback';
   if (m.ignore_merges) return 'ignore_merges';
-  if (json.normalizer != null) return 'normalizer';
+  if (normalizerOf(json) === null) return `normalizer ${JSON.stringify(json.normalizer)}`;
   const pt = json.pre_tokenizer;
   if (!pt || pt.type !== 'ByteLevel' || pt.add_prefix_space || pt.use_regex === false) return 'pre_tokenizer is not ByteLevel without prefix space';
   if (!json.decoder || json.decoder.type !== 'ByteLevel') return 'decoder is not ByteLevel';
@@ -606,9 +722,8 @@ export type TokenizerEngine = 'auto' | 'native' | 'hf';
 export interface LoadTokenizerOptions {
   /**
    * 'auto' (default): the byte tokenizer for a zero-merge 257-entry byte vocab, the native BPE engine for
-   * other plain byte-level BPE files (no normaliser), and @huggingface/tokenizers for everything else
-   * (Pythia's tokenizer.json has an NFC normaliser, so it goes there). 'native' insists on the native
-   * engine; 'hf' always uses @huggingface/tokenizers.
+   * other byte-level BPE files without a normaliser or with NFC (Pythia's), and @huggingface/tokenizers
+   * for everything else. 'native' insists on the native engine; 'hf' always uses @huggingface/tokenizers.
    */
   engine?: TokenizerEngine;
   /** tokenizer_config.json contents, used by the 'hf' engine. */

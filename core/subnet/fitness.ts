@@ -18,11 +18,12 @@ import * as path from 'node:path';
 import {
   DEFAULT_TRAIN_CORPUS,
   DEFAULT_VALIDATION_CORPUS,
+  type TokenSource,
   type Tokenizer,
   evalBatches,
   loadTokenizer,
+  openData,
   sampleBatch,
-  tokenizedCorpus,
 } from '../data/index.js';
 import {
   type BatchSource,
@@ -43,9 +44,9 @@ import { extractTensors } from './extract.js';
 import { type HeadOrder, type LayerOrder, type SubnetSpec, canonicalHash, canonicalize } from './spec.js';
 
 export interface FitnessData {
-  /** Training corpus (sotu:train, sotu:val, mobydick or a path). Default sotu:train. */
+  /** Training data spec (docs/data.md: sotu:train, a path, a glob, a spec file…). Default sotu:train. */
   train?: string;
-  /** Validation corpus. Default sotu:val. */
+  /** Validation data spec. Default sotu:val. */
   val?: string;
   /** Tokenizer file or folder; default the teacher checkpoint's tokenizer.json. */
   tokenizer?: string;
@@ -124,8 +125,8 @@ export interface FitnessContext {
   teacherDir: string;
   checkpoint: LoadedCheckpoint;
   tokenizer: Tokenizer;
-  train: ArrayLike<number>;
-  val: ArrayLike<number>;
+  train: TokenSource;
+  val: TokenSource;
   data: Required<Pick<FitnessData, 'train' | 'val'>>;
   /** The teacher as a model (distillation, importance), created on first use. */
   teacherModel?: GPTNeoX;
@@ -157,14 +158,16 @@ export async function createFitnessContext(teacherDir: string, data: FitnessData
   }
   const trainSpec = data.train ?? DEFAULT_TRAIN_CORPUS;
   const valSpec = data.val ?? DEFAULT_VALIDATION_CORPUS;
-  const train = await tokenizedCorpus(trainSpec, tokenizer, tokenCache);
-  const val = await tokenizedCorpus(valSpec, tokenizer, tokenCache);
-  return { teacherDir, checkpoint, tokenizer, train: train.tokens, val: val.tokens, data: { train: trainSpec, val: valSpec } };
+  const train = await openData(trainSpec, tokenizer, { cacheDir: tokenCache });
+  const val = await openData(valSpec, tokenizer, { cacheDir: tokenCache });
+  return { teacherDir, checkpoint, tokenizer, train, val, data: { train: trainSpec, val: valSpec } };
 }
 
 export function disposeFitnessContext(ctx: FitnessContext): void {
   ctx.teacherModel?.dispose();
   ctx.teacherModel = undefined;
+  // Opened data holds its shards' files open.
+  for (const d of [ctx.train, ctx.val]) (d as { close?: () => void }).close?.();
 }
 
 function teacherModel(ctx: FitnessContext): GPTNeoX {

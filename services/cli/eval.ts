@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 
 import type { Command } from 'commander';
 
-import { DEFAULT_VALIDATION_CORPUS, evalBatches, tokenizedCorpus } from '../../core/data/index.js';
+import { DEFAULT_VALIDATION_CORPUS, type TokenSource, evalBatches, openData } from '../../core/data/index.js';
 import { type GPTNeoX, checkTokenIds, evaluateLoss } from '../../core/model/index.js';
 import * as tf from '../../core/model/tfjs.js';
 import { cacheDir, loadModel, positiveInt } from './common.js';
@@ -18,7 +18,7 @@ export interface CorpusEvalOptions {
 /** Validation loss and perplexity of a model over a tokenised corpus. */
 export async function evaluateOnCorpus(
   model: GPTNeoX,
-  tokens: ArrayLike<number>,
+  tokens: TokenSource,
   options: CorpusEvalOptions,
 ): Promise<{ loss: number; ppl: number; tokens: number }> {
   return evaluateLoss(model, evalBatches(tokens, options));
@@ -29,7 +29,7 @@ export function registerEvalCommands(program: Command): void {
     .command('eval')
     .description("a checkpoint's cross-entropy and perplexity on a corpus")
     .requiredOption('--model <dir>', 'checkpoint directory (Hugging Face layout)')
-    .option('--data <spec>', 'sotu:train, sotu:val, mobydick, or a text file, folder or JSONL path', DEFAULT_VALIDATION_CORPUS)
+    .option('--data <spec>', 'data spec: sotu:train, sotu:val, mobydick, a file, folder or glob, or a spec file (docs/data.md)', DEFAULT_VALIDATION_CORPUS)
     .option('--tokenizer <path>', "tokenizer.json or a folder holding one (default: the checkpoint's)")
     .option('--seq-len <n>', 'tokens per sequence (default: the length it was trained with, else min(context, 256))', positiveInt('--seq-len'))
     .option('--batch-size <n>', 'sequences per batch', positiveInt('--batch-size'), 8)
@@ -40,8 +40,9 @@ export function registerEvalCommands(program: Command): void {
         const { model, tokenizer, trainerState } = await loadModel(opts.model, { tokenizer: opts.tokenizer });
         if (!tokenizer) throw new Error(`${opts.model} has no tokenizer.json; pass --tokenizer`);
         const seqLen = opts.seqLen ?? trainerState?.hyper.seqLen ?? Math.min(model.config.maxPositions, 256);
-        const corpus = await tokenizedCorpus(opts.data, tokenizer, cacheDir('tokens'));
-        const result = await evaluateOnCorpus(model, corpus.tokens, { seqLen, batchSize: opts.batchSize, maxTokens: opts.maxTokens });
+        const corpus = await openData(opts.data, tokenizer, { cacheDir: cacheDir('tokens') });
+        const result = await evaluateOnCorpus(model, corpus, { seqLen, batchSize: opts.batchSize, maxTokens: opts.maxTokens });
+        corpus.close();
         model.dispose();
         if (opts.json) console.log(JSON.stringify(result));
         else console.log(`${corpus.spec}: loss ${result.loss.toFixed(4)}, perplexity ${result.ppl.toFixed(2)} over ${result.tokens} tokens`);

@@ -10,6 +10,7 @@ import { registerTeacherCommands } from './teacher.js';
 import { registerWorkerCommand } from './worker.js';
 import { registerRunCommands } from './run.js';
 import { registerExperimentCommands } from './experiment.js';
+import { registerDataCommands } from './data.js';
 
 export function buildProgram(): Command {
   const program = new Command('offshoot')
@@ -27,6 +28,7 @@ export function buildProgram(): Command {
   registerProgressCommands(program);
   registerSearchCommand(program);
   registerExperimentCommands(program);
+  registerDataCommands(program);
   return program;
 }
 

@@ -4,7 +4,7 @@ import * as path from 'node:path';
 
 import { type Command, InvalidArgumentError, Option } from 'commander';
 
-import { DEFAULT_TRAIN_CORPUS, TOKENIZER_FILE, loadTokenizer, sampleBatch, tokenizedCorpus } from '../../core/data/index.js';
+import { DEFAULT_TRAIN_CORPUS, TOKENIZER_FILE, loadTokenizer, openData, sampleBatch } from '../../core/data/index.js';
 import { type SaveDtype, loadConfig } from '../../core/model/index.js';
 import {
   CALIBRATION_SEED,
@@ -87,8 +87,9 @@ async function extractAction(opts: ExtractCliOptions): Promise<void> {
     const config = loadConfig(opts.teacher);
     const seqLen = opts.calibrationSeqLen ?? Math.min(config.maxPositions, 64);
     if (seqLen > config.maxPositions) throw new Error(`--calibration-seq-len ${seqLen} exceeds the teacher's context of ${config.maxPositions}`);
-    const corpus = await tokenizedCorpus(opts.calibration, tokenizer, cacheDir('tokens'));
-    calibration = sampleBatch(corpus.tokens, { batchSize: opts.calibrationBatch, seqLen, seed: CALIBRATION_SEED, step: 0 });
+    const corpus = await openData(opts.calibration, tokenizer, { cacheDir: cacheDir('tokens') });
+    calibration = sampleBatch(corpus, { batchSize: opts.calibrationBatch, seqLen, seed: CALIBRATION_SEED, step: 0 });
+    corpus.close();
     process.stderr.write(`calibration: ${opts.calibrationBatch}×${seqLen} tokens of ${corpus.spec}\n`);
   }
   const result = await extractCheckpoint({

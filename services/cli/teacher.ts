@@ -11,8 +11,9 @@ import {
   TOKENIZER_FILE,
   type Tokenizer,
   loadTokenizer,
+  describeData,
+  openData,
   sampleBatch,
-  tokenizedCorpus,
   trainCorpusTokenizer,
 } from '../../core/data/index.js';
 import {
@@ -85,9 +86,9 @@ async function teacherTokenizer(opts: TeacherTrainOptions, log: (s: string) => v
 export async function trainTeacher(opts: TeacherTrainOptions, log: (s: string) => void = (s) => process.stderr.write(`${s}\n`)): Promise<TeacherTrainResult> {
   const tokenizer = await teacherTokenizer(opts, log);
   const tokens = cacheDir('tokens');
-  const train = await tokenizedCorpus(opts.data, tokenizer, tokens);
-  const val = await tokenizedCorpus(opts.val, tokenizer, tokens);
-  log(`data: ${train.spec} ${train.count} tokens for training, ${val.spec} ${val.count} for validation (tokenizer ${tokenizer.name}, vocab ${tokenizer.vocabSize})`);
+  const train = await openData(opts.data, tokenizer, { cacheDir: tokens, log });
+  const val = await openData(opts.val, tokenizer, { cacheDir: tokens, log });
+  log(`data: training ${describeData(train)}; validation ${describeData(val)} (tokenizer ${tokenizer.name}, vocab ${tokenizer.vocabSize})`);
   const config = presetConfig(opts.preset, tokenizer.vocabSize);
   if (opts.seqLen > config.maxPositions) throw new Error(`--seq-len ${opts.seqLen} exceeds the ${opts.preset} context of ${config.maxPositions}`);
   const hyper: TrainHyperparameters = {
@@ -104,7 +105,7 @@ export async function trainTeacher(opts: TeacherTrainOptions, log: (s: string) =
   let lastVal = NaN;
   const trainer = Trainer.createOrResume(config, () => GPTNeoX.random(config, opts.seed), {
     hyper,
-    batches: (step) => sampleBatch(train.tokens, { batchSize: opts.batchSize, seqLen: opts.seqLen, seed: opts.seed, step }),
+    batches: (step) => sampleBatch(train, { batchSize: opts.batchSize, seqLen: opts.seqLen, seed: opts.seed, step }),
     checkpointDir: opts.out,
     checkpointEvery: opts.checkpointEvery,
     extraFiles: { [TOKENIZER_FILE]: JSON.stringify(tokenizer.toJSON()) },
@@ -114,7 +115,7 @@ export async function trainTeacher(opts: TeacherTrainOptions, log: (s: string) =
     evaluate: {
       every: opts.evalEvery,
       run: async (model) => {
-        lastVal = (await evaluateOnCorpus(model, val.tokens, evalOptions)).loss;
+        lastVal = (await evaluateOnCorpus(model, val, evalOptions)).loss;
       },
     },
   });
@@ -122,11 +123,11 @@ export async function trainTeacher(opts: TeacherTrainOptions, log: (s: string) =
     `model: ${opts.preset}, ${parameterCount(config).toLocaleString('en-US')} parameters; ${opts.steps} steps of ${opts.batchSize}×${opts.seqLen} tokens; backend ${activeBackend()?.name ?? '?'}`,
   );
   if (trainer.step > 0) log(`resuming from step ${trainer.step} in ${opts.out}`);
-  const initial = await evaluateOnCorpus(trainer.model, val.tokens, evalOptions);
+  const initial = await evaluateOnCorpus(trainer.model, val, evalOptions);
   log(`validation loss before: ${initial.loss.toFixed(4)} (perplexity ${initial.ppl.toFixed(1)})`);
   const result = await trainer.run();
   bar.done();
-  const final = await evaluateOnCorpus(trainer.model, val.tokens, evalOptions);
+  const final = await evaluateOnCorpus(trainer.model, val, evalOptions);
   log(`validation loss after:  ${final.loss.toFixed(4)} (perplexity ${final.ppl.toFixed(1)})`);
   log(`saved ${opts.out} (sha256 ${result.checkpointHash})`);
   const summary: TeacherTrainResult = {
@@ -141,6 +142,8 @@ export async function trainTeacher(opts: TeacherTrainOptions, log: (s: string) =
     backend: activeBackend()?.name ?? 'unknown',
   };
   trainer.dispose();
+  train.close();
+  val.close();
   return summary;
 }
 
@@ -150,7 +153,7 @@ export function registerTeacherCommands(program: Command): void {
   teacher
     .command('train')
     .description('train a GPT-NeoX on a corpus into a checkpoint directory; rerunning continues an unfinished run')
-    .option('--data <spec>', 'training corpus: sotu:train, sotu:val, mobydick, or a text file, folder or JSONL path', DEFAULT_TRAIN_CORPUS)
+    .option('--data <spec>', 'training data spec: sotu:train, sotu:val, mobydick, a file, folder or glob, or a spec file (docs/data.md)', DEFAULT_TRAIN_CORPUS)
     .option('--val <spec>', 'validation corpus', DEFAULT_VALIDATION_CORPUS)
     .option('--out <dir>', 'checkpoint directory', 'runs/teacher')
     .option('--preset <name>', `model shape: ${Object.keys(MODEL_PRESETS).join(', ')}`, d.preset)
