@@ -3,7 +3,7 @@
  * append its ids and the end-of-text id to a token file being written (tokens.ts). Runs in a worker
  * thread (tokenize-worker.ts) or, for small jobs, in the calling thread.
  */
-import { type Part, type PartCounters, readPart } from './sources.js';
+import { DataError, type Part, type PartCounters, readPart } from './sources.js';
 import { type Tokenizer, tokenizerFromJSON, type TokenizerEngine } from './tokenizer.js';
 import { TokenFileWriter } from './tokens.js';
 
@@ -57,6 +57,11 @@ export async function encodePart(task: EncodeTask, tok: Tokenizer, recipe: Token
     for await (const chunk of readPart(task.part, counters)) {
       const before = writer.count;
       if ('ids' in chunk) {
+        const v = recipe.vocabSize;
+        const bad = chunk.ids.findIndex((id) => id >= v);
+        if (bad >= 0) {
+          throw new DataError(`${task.part.file}: id ${chunk.ids[bad]} at element ${chunk.firstElement + bad} is outside the vocabulary of tokenizer ${recipe.name} (size ${v})`);
+        }
         await writer.append(chunk.ids);
       } else {
         for (const doc of chunk.documents) {

@@ -498,7 +498,7 @@ export async function partKey(part: Part): Promise<string> {
  * What reading a part yields: documents (text formats) or ids (pre-tokenised formats), with the part's
  * bytes consumed so far (0: no news), for progress.
  */
-export type PartChunk = { documents: string[]; bytesRead: number } | { ids: Uint32Array; bytesRead: number };
+export type PartChunk = { documents: string[]; bytesRead: number } | { ids: Uint32Array; bytesRead: number; firstElement: number };
 
 export interface PartCounters {
   /** Documents skipped as invalid (option invalid=skip), and the first reasons. */
@@ -885,8 +885,8 @@ async function* readIds(part: Part): AsyncGenerator<PartChunk> {
       ids[i] = v;
     }
     carry = whole < buf.length ? Buffer.from(buf.subarray(whole)) : null;
+    yield { ids, bytesRead: consumed, firstElement: (pos - offset) / bytesPerToken };
     pos += whole;
-    yield { ids, bytesRead: consumed };
   }
 }
 

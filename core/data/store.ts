@@ -628,7 +628,8 @@ export async function openData(spec: string, tokenizer: Tokenizer, options: Prep
     name: p.spec.path,
     weight: p.spec.weight,
     stream: p.stream,
-    ranges: holdoutRanges(p.stream.length, p.spec.holdout, parsed.split),
+    // A source without a holdout is used whole (a spec file's validation sources, or any training one).
+    ranges: p.spec.holdout > 0 ? holdoutRanges(p.stream.length, p.spec.holdout, parsed.split) : [[0, p.stream.length]],
   }));
   const empty = sources.find((s) => s.ranges.length === 0);
   if (empty) throw new DataError(`${parsed.text}: ${empty.name} has no ${parsed.split === 'val' ? 'held-out' : 'training'} tokens (${empty.stream.length} tokens in all)`);
