@@ -233,16 +233,15 @@ export async function prepareSource(src: SourceSpec, tokenizer: Tokenizer, optio
         const r = pool ? await pool.run(task, onProgress) : await encodePart(task, tokenizer, recipe, onProgress);
         onDone(p, r);
       };
-      // Parts another process holds wait until the end, then are taken over if it died.
+      // A part another process holds waits until the end, then is taken over if that process died.
       let queue = todo;
       while (queue.length > 0) {
         const waiting: ManifestPart[] = [];
-        const mine: ManifestPart[] = [];
-        for (const p of queue) {
-          if (await locks.acquire(p.key)) mine.push(p);
-          else waiting.push(p);
-        }
-        await runLimited(mine, Math.max(1, workers), async (p) => {
+        await runLimited(queue, Math.max(1, workers), async (p) => {
+          if (!(await locks.acquire(p.key))) {
+            waiting.push(p);
+            return;
+          }
           try {
             const header = await checkedShard(shardPath(options.cacheDir, tokHash, p.key), p, tokHash, tokenizer.vocabSize, false);
             if (header) {
