@@ -76,6 +76,7 @@ export {
   type OpenedData,
   LOCK_STALE_MS,
   ShardStream,
+  defaultTokenStore,
   prepareSource,
   openData,
   describeData,

@@ -33,6 +33,14 @@ import { type Tokenizer, tokenizerHash } from './tokenizer.js';
 import { TOKEN_FILE_HEADER_BYTES, type TokenFileHeader, readTokenFileHeader, tokenDtypeFor, tokenFilePayloadHash } from './tokens.js';
 
 export const MANIFEST_VERSION = 1;
+
+/**
+ * The token store's folder: env OFFSHOOT_TOKENS, else <OFFSHOOT_CACHE or ~/.cache/offshoot>/tokens.
+ * Every process that shares it shares the tokenised corpora (on Kubernetes: the shared volume).
+ */
+export function defaultTokenStore(): string {
+  return process.env.OFFSHOOT_TOKENS || path.join(process.env.OFFSHOOT_CACHE || path.join(os.homedir(), '.cache', 'offshoot'), 'tokens');
+}
 /** A lock nobody has refreshed for this long belongs to a process that is gone. */
 export const LOCK_STALE_MS = 60_000;
 const LOCK_REFRESH_MS = 10_000;

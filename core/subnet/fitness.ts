@@ -12,13 +12,13 @@
  * model for distillation, the tokenised data, importance scores); evaluateFitness creates one per call
  * when none is passed, so results never depend on it.
  */
-import * as os from 'node:os';
 import * as path from 'node:path';
 
 import {
   DEFAULT_TRAIN_CORPUS,
   DEFAULT_VALIDATION_CORPUS,
   type TokenSource,
+  defaultTokenStore,
   type Tokenizer,
   evalBatches,
   loadTokenizer,
@@ -50,7 +50,7 @@ export interface FitnessData {
   val?: string;
   /** Tokenizer file or folder; default the teacher checkpoint's tokenizer.json. */
   tokenizer?: string;
-  /** Token cache folder; default defaultTokenCache(). */
+  /** Token store folder; default defaultTokenStore() (env OFFSHOOT_TOKENS, else <cache>/tokens). */
   tokenCache?: string;
 }
 
@@ -144,13 +144,8 @@ export interface FitnessContext {
 /** Seed of the calibration batch for importance orderings. */
 export const CALIBRATION_SEED = 0x1337;
 
-/** The token cache folder: env OFFSHOOT_CACHE (or ~/.cache/offshoot) + /tokens, as the CLI uses. */
-export function defaultTokenCache(): string {
-  return path.join(process.env.OFFSHOOT_CACHE || path.join(os.homedir(), '.cache', 'offshoot'), 'tokens');
-}
-
 export async function createFitnessContext(teacherDir: string, data: FitnessData = {}): Promise<FitnessContext> {
-  const tokenCache = data.tokenCache ?? defaultTokenCache();
+  const tokenCache = data.tokenCache ?? defaultTokenStore();
   const checkpoint = loadCheckpoint(teacherDir);
   const tokenizer = await loadTokenizer(data.tokenizer ?? teacherDir);
   if (tokenizer.vocabSize > checkpoint.config.vocabSize) {

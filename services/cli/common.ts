@@ -1,17 +1,11 @@
-/** Pieces the CLI commands share: where caches live, loading a model with its tokenizer, number parsing. */
+/** Pieces the CLI commands share: loading a model with its tokenizer, number parsing. */
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 
 import { InvalidArgumentError } from 'commander';
 
 import { type Tokenizer, TOKENIZER_FILE, loadTokenizer } from '../../core/data/index.js';
 import { GPTNeoX, TRAINER_STATE_FILE, type TrainerState, loadCheckpoint } from '../../core/model/index.js';
-
-/** The per-machine cache (token files, tool builds): env OFFSHOOT_CACHE, else ~/.cache/offshoot. */
-export function cacheDir(...sub: string[]): string {
-  return path.join(process.env.OFFSHOOT_CACHE || path.join(os.homedir(), '.cache', 'offshoot'), ...sub);
-}
 
 export function positiveInt(name: string): (value: string) => number {
   return (value) => {

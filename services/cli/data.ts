@@ -11,6 +11,7 @@ import type { Command } from 'commander';
 import {
   DEFAULT_TRAIN_CORPUS,
   DEFAULT_VOCAB_SIZE,
+  defaultTokenStore,
   type PrepareProgress,
   type Tokenizer,
   loadTokenizer,
@@ -18,7 +19,7 @@ import {
   tokenizerHash,
   trainCorpusTokenizer,
 } from '../../core/data/index.js';
-import { cacheDir, nonNegativeInt, positiveInt } from './common.js';
+import { nonNegativeInt, positiveInt } from './common.js';
 import { ProgressBar, formatDuration } from './progress.js';
 
 export interface DataPrepareOptions {
@@ -65,7 +66,7 @@ async function prepareTokenizer(opts: DataPrepareOptions, log: (s: string) => vo
 export async function prepareData(opts: DataPrepareOptions, log: (s: string) => void = (s) => process.stderr.write(`${s}\n`)): Promise<DataSummary> {
   const started = performance.now();
   const tokenizer = await prepareTokenizer(opts, log);
-  const store = opts.cache ?? cacheDir('tokens');
+  const store = opts.cache ?? defaultTokenStore();
   let bar: ProgressBar | undefined;
   let written = 0; // tokens written by this call, over all sources
   const onProgress = (p: PrepareProgress): void => {
@@ -130,7 +131,7 @@ export function registerDataCommands(program: Command): void {
     .option('--tokenizer <path>', 'tokenizer.json or a folder holding one (a checkpoint); default: the BPE `teacher train` trains on --data')
     .option('--vocab <n>', 'vocabulary of that BPE', positiveInt('--vocab'), DEFAULT_VOCAB_SIZE)
     .option('--workers <n>', `tokenisation threads (default: ${os.availableParallelism()}, one per core; 0: this thread)`, nonNegativeInt('--workers'))
-    .option('--cache <dir>', 'the token store (default: $OFFSHOOT_CACHE/tokens)')
+    .option('--cache <dir>', 'the token store (default: env OFFSHOOT_TOKENS, else $OFFSHOOT_CACHE/tokens)')
     .option('--verify', "check every shard's payload hash again")
     .option('--json', 'print the summary as one JSON object')
     .action(async (opts: DataPrepareOptions) => {

@@ -3,10 +3,10 @@ import * as fs from 'node:fs';
 
 import type { Command } from 'commander';
 
-import { DEFAULT_VALIDATION_CORPUS, type TokenSource, evalBatches, openData } from '../../core/data/index.js';
+import { DEFAULT_VALIDATION_CORPUS, type TokenSource, defaultTokenStore, evalBatches, openData } from '../../core/data/index.js';
 import { type GPTNeoX, checkTokenIds, evaluateLoss } from '../../core/model/index.js';
 import * as tf from '../../core/model/tfjs.js';
-import { cacheDir, loadModel, positiveInt } from './common.js';
+import { loadModel, positiveInt } from './common.js';
 import { withBackend } from './backend-option.js';
 
 export interface CorpusEvalOptions {
@@ -40,7 +40,7 @@ export function registerEvalCommands(program: Command): void {
         const { model, tokenizer, trainerState } = await loadModel(opts.model, { tokenizer: opts.tokenizer });
         if (!tokenizer) throw new Error(`${opts.model} has no tokenizer.json; pass --tokenizer`);
         const seqLen = opts.seqLen ?? trainerState?.hyper.seqLen ?? Math.min(model.config.maxPositions, 256);
-        const corpus = await openData(opts.data, tokenizer, { cacheDir: cacheDir('tokens') });
+        const corpus = await openData(opts.data, tokenizer, { cacheDir: defaultTokenStore() });
         const result = await evaluateOnCorpus(model, corpus, { seqLen, batchSize: opts.batchSize, maxTokens: opts.maxTokens });
         corpus.close();
         model.dispose();

@@ -8,6 +8,7 @@ import {
   DEFAULT_TRAIN_CORPUS,
   DEFAULT_VALIDATION_CORPUS,
   DEFAULT_VOCAB_SIZE,
+  defaultTokenStore,
   TOKENIZER_FILE,
   type Tokenizer,
   loadTokenizer,
@@ -26,7 +27,7 @@ import {
   presetConfig,
 } from '../../core/model/index.js';
 import { activeBackend, withBackend } from './backend-option.js';
-import { cacheDir, nonNegativeInt, positiveInt, positiveNumber } from './common.js';
+import { nonNegativeInt, positiveInt, positiveNumber } from './common.js';
 import { evaluateOnCorpus } from './eval.js';
 import { ProgressBar } from './progress.js';
 
@@ -85,7 +86,7 @@ async function teacherTokenizer(opts: TeacherTrainOptions, log: (s: string) => v
 
 export async function trainTeacher(opts: TeacherTrainOptions, log: (s: string) => void = (s) => process.stderr.write(`${s}\n`)): Promise<TeacherTrainResult> {
   const tokenizer = await teacherTokenizer(opts, log);
-  const tokens = cacheDir('tokens');
+  const tokens = defaultTokenStore();
   const train = await openData(opts.data, tokenizer, { cacheDir: tokens, log });
   const val = await openData(opts.val, tokenizer, { cacheDir: tokens, log });
   log(`data: training ${describeData(train)}; validation ${describeData(val)} (tokenizer ${tokenizer.name}, vocab ${tokenizer.vocabSize})`);

@@ -24,7 +24,7 @@ import {
   extractCheckpoint,
   studentConfig,
 } from '../../core/subnet/index.js';
-import { TOKENIZER_FILE, evalBatches, loadTokenizer, openData, sampleBatch } from '../../core/data/index.js';
+import { TOKENIZER_FILE, defaultTokenStore as tokenCache, evalBatches, loadTokenizer, openData, sampleBatch } from '../../core/data/index.js';
 import {
   CheckpointError,
   GPTNeoX,
@@ -42,7 +42,7 @@ import {
   saveCheckpoint,
   writeFileAtomic,
 } from '../../core/model/index.js';
-import { offshootCache, offshootCommand, spawnManaged } from '../stack/index.js';
+import { offshootCommand, spawnManaged } from '../stack/index.js';
 import { tokensPerSecond as tokensPerSecondGauge } from '../progress/index.js';
 import { StreamingTeacher } from '../teacher/index.js';
 import { TeacherMismatchError, type WorkerEnv, emit, teacherClient, teacherModel, withActivityEvents } from '../orchestration/index.js';
@@ -62,7 +62,6 @@ import type {
   TrainSegmentOutput,
 } from '../../workflows/index.js';
 
-const tokenCache = () => offshootCache('tokens');
 
 /** The hash a checkpoint directory declares (its manifest), or the one computed from its weights. */
 function checkpointHash(dir: string): string {
