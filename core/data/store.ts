@@ -630,7 +630,15 @@ export interface OpenedData extends TokenData {
 export async function openData(spec: string, tokenizer: Tokenizer, options: PrepareOptions): Promise<OpenedData> {
   const parsed = parseDataSpec(spec);
   const prepared: PreparedSource[] = [];
-  for (const src of parsed.sources) prepared.push(await prepareSource(src, tokenizer, options));
+  for (const src of parsed.sources) {
+    const p = await prepareSource(src, tokenizer, options);
+    if (p.tokens === 0) {
+      p.stream.close();
+      for (const q of prepared) q.stream.close();
+      throw new DataError(`corpus ${src.path} is empty: no documents${p.skipped > 0 ? ` (${p.skipped} skipped as invalid)` : ''}`);
+    }
+    prepared.push(p);
+  }
   const sources: SourceView[] = prepared.map((p) => ({
     name: p.spec.path,
     weight: p.spec.weight,
