@@ -358,9 +358,6 @@ const PAIR_SHIFT = 2 ** 21; // ids below 2^21; pair key = a * 2^21 + b stays an 
 const CACHE_LIMIT = 200_000;
 const CACHE_MAX_WORD = 256;
 
-function pairKey(a: number, b: number): number {
-  return a * PAIR_SHIFT + b;
-}
 
 /** Thrown by BpeTokenizer.fromJSON for a tokenizer.json outside what the native engine handles. */
 class NotNative extends Error {}
@@ -380,7 +377,7 @@ export class BpeTokenizer implements Tokenizer {
   /** Number of merges. */
   readonly mergeCount: number;
   private readonly byteIds: Int32Array;
-  private readonly ranks: Map<number, number>;
+  private readonly ranks: PairRanks;
   private readonly results: Int32Array;
   private readonly idBytes: (Uint8Array | undefined)[];
   private readonly addedById: Map<number, string>;
@@ -389,7 +386,8 @@ export class BpeTokenizer implements Tokenizer {
   private readonly normalizedSplitter: AddedTokenSplitter | null;
   private readonly nfc: boolean;
   private readonly json: TokenizerJson;
-  private cache = new Map<string, number[]>();
+  /** Word -> its ids; a word of one token (most of them, with a large vocabulary) maps to the id itself. */
+  private cache = new Map<string, number | number[]>();
 
   private constructor(json: TokenizerJson, name: string | undefined) {
     const model = json.model as BpeModelJson;
@@ -418,7 +416,7 @@ export class BpeTokenizer implements Tokenizer {
       this.byteIds[b] = id;
     }
     const merges = model.merges.map((m) => (Array.isArray(m) ? m : (m.split(' ', 2) as [string, string])));
-    this.ranks = new Map();
+    this.ranks = new PairRanks(merges.length);
     this.results = new Int32Array(merges.length);
     for (let r = 0; r < merges.length; r++) {
       const [a, b] = merges[r];
@@ -426,8 +424,7 @@ export class BpeTokenizer implements Tokenizer {
       const ib = vocab.get(b);
       const ic = vocab.get(a + b);
       if (ia === undefined || ib === undefined || ic === undefined) throw new NotNative(`merge ${r} (${a} ${b}) refers to a token outside the vocab`);
-      const key = pairKey(ia, ib);
-      if (!this.ranks.has(key)) this.ranks.set(key, r);
+      if (this.ranks.get(ia, ib) < 0) this.ranks.set(ia, ib, r);
       this.results[r] = ic;
     }
     this.mergeCount = merges.length;
@@ -470,8 +467,9 @@ export class BpeTokenizer implements Tokenizer {
       out.push(id);
     };
     const onWord = (word: string): void => {
-      const ids = this.encodeWord(word);
-      for (let i = 0; i < ids.length; i++) out.push(ids[i]);
+      const ids = this.cache.get(word) ?? this.encodeWord(word);
+      if (typeof ids === 'number') out.push(ids);
+      else for (let i = 0; i < ids.length; i++) out.push(ids[i]);
     };
     const onPlain = (s: string): void => forEachPreToken(s, onWord);
     const onNormalized =
@@ -518,13 +516,13 @@ export class BpeTokenizer implements Tokenizer {
     return this.json;
   }
 
-  private encodeWord(word: string): number[] {
-    const cached = this.cache.get(word);
-    if (cached !== undefined) return cached;
+  /** A word's ids by merging (the caller looked in the cache first); cached for next time. */
+  private encodeWord(word: string): number | number[] {
     const bytes = utf8Encoder.encode(word);
     const syms = new Array<number>(bytes.length);
     for (let i = 0; i < bytes.length; i++) syms[i] = this.byteIds[bytes[i]];
-    const ids = syms.length <= 48 ? this.mergeSmall(syms) : this.mergeLarge(syms);
+    const merged = syms.length <= 48 ? this.mergeSmall(syms) : this.mergeLarge(syms);
+    const ids = merged.length === 1 ? merged[0] : merged;
     if (word.length < CACHE_MAX_WORD) {
       if (this.cache.size >= CACHE_LIMIT) this.cache = new Map();
       this.cache.set(word, ids);
@@ -539,8 +537,8 @@ export class BpeTokenizer implements Tokenizer {
       let best = Infinity;
       let at = -1;
       for (let i = 0; i < syms.length - 1; i++) {
-        const r = ranks.get(syms[i] * PAIR_SHIFT + syms[i + 1]);
-        if (r !== undefined && r < best) {
+        const r = ranks.get(syms[i], syms[i + 1]);
+        if (r >= 0 && r < best) {
           best = r;
           at = i;
         }
@@ -568,8 +566,8 @@ export class BpeTokenizer implements Tokenizer {
     const pushPair = (i: number): void => {
       const j = next[i];
       if (j < 0) return;
-      const r = this.ranks.get(sym[i] * PAIR_SHIFT + sym[j]);
-      if (r !== undefined) heap.push(r * POS + i);
+      const r = this.ranks.get(sym[i], sym[j]);
+      if (r >= 0) heap.push(r * POS + i);
     };
     for (let i = 0; i < n - 1; i++) pushPair(i);
     while (heap.size > 0) {
@@ -577,7 +575,7 @@ export class BpeTokenizer implements Tokenizer {
       const r = Math.floor(e / POS);
       const i = e - r * POS;
       const j = next[i];
-      if (!alive[i] || j < 0 || this.ranks.get(sym[i] * PAIR_SHIFT + sym[j]) !== r) continue;
+      if (!alive[i] || j < 0 || this.ranks.get(sym[i], sym[j]) !== r) continue;
       sym[i] = this.results[r];
       alive[j] = 0;
       next[i] = next[j];
@@ -588,6 +586,44 @@ export class BpeTokenizer implements Tokenizer {
     const out: number[] = [];
     for (let i = 0; i >= 0; i = next[i]) out.push(sym[i]);
     return out;
+  }
+}
+
+/**
+ * Merge ranks by pair of ids: an open-addressing hash table in typed arrays. (A Map keyed by
+ * a·2^21 + b hashes heap-allocated doubles, several times slower on the merge loop.)
+ */
+class PairRanks {
+  private readonly left: Int32Array;
+  private readonly right: Int32Array;
+  private readonly rank: Int32Array;
+  private readonly mask: number;
+
+  constructor(pairs: number) {
+    let size = 16;
+    while (size < pairs * 2) size *= 2;
+    this.mask = size - 1;
+    this.left = new Int32Array(size).fill(-1);
+    this.right = new Int32Array(size);
+    this.rank = new Int32Array(size).fill(-1);
+  }
+
+  private slot(a: number, b: number): number {
+    let i = (Math.imul(a, 0x9e3779b1) ^ Math.imul(b, 0x85ebca6b)) & this.mask;
+    while (this.left[i] !== -1 && (this.left[i] !== a || this.right[i] !== b)) i = (i + 1) & this.mask;
+    return i;
+  }
+
+  /** The rank of merging (a, b), or -1. */
+  get(a: number, b: number): number {
+    return this.rank[this.slot(a, b)];
+  }
+
+  set(a: number, b: number, r: number): void {
+    const i = this.slot(a, b);
+    this.left[i] = a;
+    this.right[i] = b;
+    this.rank[i] = r;
   }
 }
 
