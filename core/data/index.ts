@@ -35,22 +35,7 @@ export {
   mobyDickChapters,
 } from './corpus.js';
 
-export {
-  type DataSpec,
-  type SourceSpec,
-  type InputFormat,
-  type InputFile,
-  type Part,
-  DataError,
-  EMBEDDED,
-  PART_BYTES,
-  parseDataSpec,
-  listInputs,
-  planParts,
-  partKey,
-  loadCorpus,
-  firstInvalidUtf8,
-} from './sources.js';
+export { type DataSpec, type SourceSpec, type InputFormat, DataError, parseDataSpec, loadCorpus } from './sources.js';
 
 export {
   type TokenArray,
@@ -74,8 +59,6 @@ export {
   type PreparedSource,
   type ShardInfo,
   type OpenedData,
-  LOCK_STALE_MS,
-  ShardStream,
   defaultTokenStore,
   prepareSource,
   openData,
@@ -91,16 +74,12 @@ export {
   type SourceView,
   type SampleBatchOptions,
   type EvalBatchOptions,
-  MIX_PERIOD,
-  HOLDOUT_BLOCKS,
   arrayStream,
-  asTokenData,
   holdoutRanges,
   permuteIndex,
   batchRows,
   sampleBatch,
   windowCount,
-  counterHash53,
   evalBatches,
   evalWindowCount,
 } from './batches.js';

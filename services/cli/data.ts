@@ -1,7 +1,7 @@
 /**
  * `offshoot data prepare` and `offshoot data encode`: tokenise a corpus into the token store, and
- * show a tokenizer's ids for a text. Only core/data (and the CLI's helpers) are imported, so these
- * commands start without the orchestration stack.
+ * show a tokenizer's ids for a text. Only core/data and the CLI's option parsers and progress bar are
+ * imported: these commands start without the model code or the orchestration stack.
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -19,7 +19,7 @@ import {
   tokenizerHash,
   trainCorpusTokenizer,
 } from '../../core/data/index.js';
-import { nonNegativeInt, positiveInt } from './common.js';
+import { nonNegativeInt, positiveInt } from './options.js';
 import { ProgressBar, formatDuration } from './progress.js';
 
 export interface DataPrepareOptions {
