@@ -1,4 +1,4 @@
-import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, truncateSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -271,6 +271,36 @@ describe('token store', () => {
     expect(ids(fifth)).toEqual(ids(third));
     fifth.close();
     expect((await openData(f, bytes, { cacheDir: cache })).prepared[0].reused).toBe(1);
+  });
+
+  it('opens a prepared source from its manifest and shard headers; payloads are checked once, or on --verify', async () => {
+    const cache = path.join(tmp, 'cache-manifest');
+    const f = path.join(tmp, 'manifest-corpus.jsonl');
+    writeFileSync(f, '{"text": "alpha beta"}\n{"text": "gamma"}\n');
+    utimesSync(f, 1_000_000_000, 1_000_000_000);
+    const bytes = new ByteTokenizer();
+    const first = await openData(f, bytes, { cacheDir: cache });
+    const shard = first.prepared[0].shards[0].file;
+    first.close();
+    // Same size and mtime, other bytes: the manifest is trusted, the file is not read again.
+    writeFileSync(f, '{"text": "ALPHA BETA"}\n{"text": "GAMMA"}\n');
+    utimesSync(f, 1_000_000_000, 1_000_000_000);
+    const again = await openData(f, bytes, { cacheDir: cache });
+    expect(again.prepared[0]).toMatchObject({ reused: 1, tokenized: 0 });
+    expect(bytes.decode(Array.from({ length: again.sources[0].stream.length }, (_, i) => {
+      const one = new Int32Array(1);
+      again.sources[0].stream.read(i, 1, one, 0);
+      return one[0];
+    }))).toBe('alpha beta<|endoftext|>gamma<|endoftext|>');
+    again.close();
+    // A flipped payload byte goes unnoticed by a plain open (headers only), and is caught by verify.
+    const buf = readFileSync(shard);
+    buf[TOKEN_FILE_HEADER_BYTES] ^= 1;
+    writeFileSync(shard, buf);
+    expect((await openData(f, bytes, { cacheDir: cache })).prepared[0].reused).toBe(1);
+    const verified = await openData(f, bytes, { cacheDir: cache, verify: true });
+    expect(verified.prepared[0]).toMatchObject({ reused: 0, tokenized: 1 });
+    verified.close();
   });
 
   it('tokenises the embedded validation split', async () => {
