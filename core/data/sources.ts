@@ -894,9 +894,9 @@ async function* readIds(part: Part): AsyncGenerator<PartChunk> {
 // Documents in memory
 
 /**
- * A data spec's documents in memory (its training split's sources, in order), for what needs text
- * rather than tokens: training a tokenizer, tests. With maxBytes, only parts spread evenly over the
- * corpus and adding up to about twice that are read, so a large corpus is sampled, not loaded.
+ * A data spec's documents in memory (its sources', in order; holdouts, cut in tokens, do not apply),
+ * for what needs text rather than tokens: training a tokenizer, tests. With maxBytes, only parts spread
+ * evenly over the corpus and adding up to about twice that are read, so a large corpus is sampled.
  * Pre-tokenised sources have no text and are an error. An empty corpus is an error naming it.
  */
 export async function loadCorpus(spec: string, options: { maxBytes?: number; cwd?: string } = {}): Promise<Corpus> {
