@@ -19,13 +19,14 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { type BackendName, initBackend } from '../core/model/backend.js';
-import { GPTNeoX, MODEL_PRESETS, Trainer, parameterCount, presetConfig } from '../core/model/index.js';
+import { precision } from '../core/model/precision.js';
+import { GPTNeoX, MODEL_PRESETS, Trainer, afterFirstTrainingStep, parameterCount, presetConfig, trainingHyperparameters } from '../core/model/index.js';
 import * as tf from '../core/model/tfjs.js';
 import { setTensorflowKernels } from '../core/model/tensorflow/native.js';
-import { fusedKernelsActive, setFusedKernels } from '../core/model/webgpu/fused.js';
-import { type TuneResult, autotuneMatMuls } from '../core/model/webgpu/matmul.js';
+import { setFusedKernels } from '../core/model/webgpu/fused.js';
+import type { TuneResult } from '../core/model/webgpu/matmul.js';
 import { profileGpu } from '../core/model/webgpu/profiler.js';
-import { webgpuBackend } from '../core/model/webgpu/runtime.js';
+import { gpuBytesAllocated } from '../core/model/webgpu/runtime.js';
 import { forwardFlops } from '../core/subnet/count.js';
 
 /** A backend to measure: a tfjs backend, webgpu with the fused kernels off, or tensorflow with its own ops off. */
@@ -43,7 +44,12 @@ const SHAPES: Record<string, { vocab: number; batchSize: number; seqLen: number 
   '10m': { vocab: 1024, batchSize: 8, seqLen: 128 },
   'pythia-70m': { vocab: 50304, batchSize: 8, seqLen: 512 },
   'pythia-160m': { vocab: 50304, batchSize: 8, seqLen: 512 },
+  'pythia-410m': { vocab: 50304, batchSize: 8, seqLen: 512 },
 };
+
+/** PyTorch's modes: f32 eager, bf16 autocast eager, bf16 autocast under torch.compile (bench/torch_reference.py). */
+export type TorchMode = 'f32' | 'bf16' | 'bf16-compile';
+const TORCH_MODES: readonly TorchMode[] = ['f32', 'bf16', 'bf16-compile'];
 
 export interface Args {
   config: string;
@@ -54,13 +60,15 @@ export interface Args {
   seqLen?: number;
   torch?: string;
   torchDevice: string;
+  /** PyTorch modes to measure (each its own line); the last is the ratio's baseline. */
+  torchModes: TorchMode[];
   only?: BenchBackend;
   /** Profile one step after timing (per-kernel GPU time, webgpu) and print it. */
   profile?: boolean;
 }
 
 export function parseArgs(argv: string[]): Args {
-  const args: Args = { config: 'sotu-teacher', backends: ['cpu', 'wasm', 'webgpu', 'tensorflow'], steps: 10, warmup: 2, torchDevice: 'cuda' };
+  const args: Args = { config: 'sotu-teacher', backends: ['cpu', 'wasm', 'webgpu', 'tensorflow'], steps: 10, warmup: 2, torchDevice: 'cuda', torchModes: ['f32'] };
   for (let i = 0; i < argv.length; i++) {
     const key = argv[i];
     const value = argv[++i];
@@ -96,6 +104,10 @@ export function parseArgs(argv: string[]): Args {
       case '--torch-device':
         args.torchDevice = value;
         break;
+      case '--torch-modes':
+        for (const m of value.split(',')) if (!(TORCH_MODES as readonly string[]).includes(m)) throw new Error(`--torch-modes takes ${TORCH_MODES.join(', ')}, got ${m}`);
+        args.torchModes = value.split(',') as TorchMode[];
+        break;
       case '--only':
         args.only = value as BenchBackend;
         break;
@@ -123,6 +135,10 @@ export interface Measurement {
   finalLoss?: number;
   /** Matrix-product plans the autotuner chose (webgpu with fused kernels). */
   autotune?: TuneResult[];
+  /** Kernel launches and library calls per training step (cuda). */
+  launchesPerStep?: number;
+  /** tfjs kernels that ran through the host during the timed steps, with counts (cuda). */
+  viaHost?: Record<string, number>;
   /** GPU time per kernel name over one profiled step (webgpu, --profile 1). */
   profile?: { totalMs: number; dispatches: number; top: Array<[string, number, number]> };
 }
@@ -145,6 +161,7 @@ async function measure(args: Args, which: BenchBackend): Promise<Measurement> {
     setFusedKernels(false);
     info.detail = info.detail?.replace('fused kernels on', 'fused kernels off');
   }
+  if (which === 'cuda') info.detail = `${info.detail}, precision ${precision()}`;
   if (which === 'tensorflow-stock') {
     setTensorflowKernels(false);
     info.detail = `${info.detail}, TensorFlow ops off`;
@@ -165,7 +182,7 @@ async function measure(args: Args, which: BenchBackend): Promise<Measurement> {
   };
   const total = args.warmup + args.steps;
   const trainer = new Trainer(GPTNeoX.random(config, 1), {
-    hyper: { steps: total, batchSize, seqLen, schedule: { maxLr: 1e-4, minLr: 1e-5, warmupSteps: 1, totalSteps: total }, adamw: {}, gradClip: 1, seed: 1 },
+    hyper: trainingHyperparameters({ steps: total, lr: 1e-4, warmup: 1 }, { batchSize, seqLen, seed: 1 }),
     batches,
   });
   let finalLoss = NaN;
@@ -180,18 +197,36 @@ async function measure(args: Args, which: BenchBackend): Promise<Measurement> {
   let autotune: TuneResult[] | undefined;
   for (let i = 0; i < args.warmup; i++) {
     await step(true);
-    // After the first step every matrix-product shape has been seen: time the candidate plans.
-    if (i === 0 && fusedKernelsActive() && process.env.OFFSHOOT_MATMUL_AUTOTUNE !== '0') autotune = await autotuneMatMuls();
+    // After the first step every shape has been seen: what the trainer does then (webgpu times the
+    // candidate matrix-product plans).
+    if (i === 0) {
+      const tuned = await afterFirstTrainingStep();
+      if (tuned.length > 0) autotune = tuned as TuneResult[];
+    }
   }
+  const cuda = which === 'cuda' ? await import('../core/model/cuda/index.js') : undefined;
+  cuda?.resetFallbackCounts();
+  cuda?.openedCudaDevice()?.allocator.resetPeaks();
+  const launches0 = cuda?.openedCudaDevice()?.launches ?? 0;
   const t0 = performance.now();
   hostMs = 0;
   for (let i = 0; i < args.steps; i++) await step(i === args.steps - 1);
   const ms = (performance.now() - t0) / args.steps;
   // Read before the profiled step, which records with timestamp queries and adds to hostMs.
   const hostMsPerStep = hostMs / args.steps;
-  const gpu = webgpuBackend();
-  const peakGpuMiB = gpu ? Math.round(gpu.bufferManager.numBytesAllocated / 2 ** 20) : undefined;
-  const profile = args.profile && gpu ? await profileStep(() => step(true)) : undefined;
+  const gpuBytes = gpuBytesAllocated();
+  const cudaStats = cuda?.openedCudaDevice()?.allocator.stats();
+  const peakGpuMiB = gpuBytes !== null ? Math.round(gpuBytes / 2 ** 20) : cudaStats ? Math.round(cudaStats.peakInUse / 2 ** 20) : undefined;
+  const viaHost = cuda?.fallbackCounts();
+  const launchesPerStep = cuda ? ((cuda.openedCudaDevice()?.launches ?? 0) - launches0) / args.steps : undefined;
+  let profile = args.profile && gpuBytes !== null ? await profileStep(() => step(true)) : undefined;
+  const cudaDevice = cuda?.openedCudaDevice();
+  if (args.profile && cudaDevice) {
+    cudaDevice.beginProfile();
+    await step(true);
+    const p = await cudaDevice.endProfile();
+    profile = { totalMs: Number(p.totalMs.toFixed(2)), dispatches: p.launches, top: p.byName.slice(0, 30).map((e) => [e.name, Number(e.ms.toFixed(3)), e.count] as [string, number, number]) };
+  }
   trainer.dispose();
   return {
     backend: which,
@@ -204,6 +239,8 @@ async function measure(args: Args, which: BenchBackend): Promise<Measurement> {
     finalLoss,
     autotune,
     profile,
+    ...(viaHost && Object.keys(viaHost).length ? { viaHost } : {}),
+    launchesPerStep,
   };
 }
 
@@ -217,7 +254,7 @@ export function trainingFlopsPerToken(config: ReturnType<typeof presetConfig>, s
   return 3 * forwardFlops(config, { seqLen }).forward;
 }
 
-function runTorch(args: Args): Measurement {
+function runTorch(args: Args, mode: TorchMode): Measurement {
   const shape = SHAPES[args.config];
   const preset = MODEL_PRESETS[args.config];
   // Beside this file in the source tree; two levels up from dist/bench/ in a build.
@@ -236,13 +273,14 @@ function runTorch(args: Args): Measurement {
       '--steps', String(args.steps),
       '--warmup', String(args.warmup),
       '--device', args.torchDevice,
+      '--mode', mode,
     ],
     { encoding: 'utf8', env: { ...process.env, PYTHONUNBUFFERED: '1' } },
   );
   const parsed = lastJsonLine(res.stdout ?? '');
-  if (res.status !== 0 || !parsed) return { backend: 'pytorch', error: (res.stderr || res.stdout || 'failed').trim().split('\n').slice(-3).join(' | ') };
+  if (res.status !== 0 || !parsed) return { backend: `pytorch ${mode}`, error: (res.stderr || res.stdout || 'failed').trim().split('\n').slice(-3).join(' | ') };
   return {
-    backend: 'pytorch',
+    backend: `pytorch ${mode}`,
     tokensPerSecond: parsed.tokensPerSecond as number,
     stepMs: parsed.stepMs as number,
     detail: parsed.detail as string,
@@ -260,7 +298,9 @@ export async function runConfig(args: Args): Promise<Record<string, unknown>[]> 
     const res = spawnSync(process.execPath, [...process.execArgv, self, ...childArgs], { encoding: 'utf8', maxBuffer: 64 * 2 ** 20 });
     results.push((lastJsonLine(res.stdout ?? '') as Measurement | undefined) ?? { backend, error: `exited ${res.status}: ${(res.stderr ?? '').trim().split('\n').pop()}` });
   }
-  const torch = args.torch ? runTorch(args) : undefined;
+  const torchRuns = args.torch ? args.torchModes.map((m) => runTorch(args, m)) : [];
+  // The ratio's baseline: the last mode measured (the strongest when modes are listed weakest first).
+  const torch = torchRuns.length ? torchRuns[torchRuns.length - 1] : undefined;
   const shape = SHAPES[args.config];
   const config = presetConfig(args.config, shape.vocab);
   const seqLen = args.seqLen ?? shape.seqLen;
@@ -302,15 +342,20 @@ export async function runConfig(args: Args): Promise<Record<string, unknown>[]> 
       finalLoss: r.finalLoss,
       ...(r.autotune ? { autotune: r.autotune } : {}),
       ...(r.profile ? { profile: r.profile } : {}),
+      ...(r.viaHost ? { viaHost: r.viaHost } : {}),
+      ...(r.launchesPerStep !== undefined ? { launchesPerStep: r.launchesPerStep } : {}),
+      ...(torchRuns.length > 1
+        ? { ratios: Object.fromEntries(torchRuns.filter((t) => t.tokensPerSecond).map((t) => [t.backend, Number((r.tokensPerSecond! / t.tokensPerSecond!).toFixed(3))])) }
+        : {}),
       baseline: baseline ? (baseline === torch ? `pytorch ${torch.detail}` : `best other backend: ${baseline.backend}`) : null,
       baselineTokensPerSecond: baseline ? Math.round(baseline.tokensPerSecond!) : null,
       ratio: baseline ? Number((r.tokensPerSecond! / baseline.tokensPerSecond!).toFixed(3)) : null,
     });
   }
-  if (torch) {
+  for (const torch of torchRuns) {
     lines.push({
       ...common,
-      backend: 'pytorch',
+      backend: torch.backend,
       ...(torch.error
         ? { unavailable: torch.error }
         : { tokensPerSecond: Math.round(torch.tokensPerSecond!), stepMs: torch.stepMs, tflops: tflops(torch.tokensPerSecond!), peakGpuMiB: torch.peakGpuMiB, finalLoss: torch.finalLoss, detail: torch.detail }),
@@ -321,7 +366,7 @@ export async function runConfig(args: Args): Promise<Record<string, unknown>[]> 
 
 /** Args back to a command line (for the child processes). */
 function toArgv(a: Args): string[] {
-  const out = ['--config', a.config, '--backends', a.backends.join(','), '--steps', String(a.steps), '--warmup', String(a.warmup), '--torch-device', a.torchDevice];
+  const out = ['--config', a.config, '--backends', a.backends.join(','), '--steps', String(a.steps), '--warmup', String(a.warmup), '--torch-device', a.torchDevice, '--torch-modes', a.torchModes.join(',')];
   if (a.batchSize) out.push('--batch-size', String(a.batchSize));
   if (a.seqLen) out.push('--seq-len', String(a.seqLen));
   if (a.only) out.push('--only', a.only);

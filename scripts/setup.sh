@@ -41,6 +41,17 @@ if ! scripts/setup-tensorflow.sh >&2; then
   echo "warning: the tensorflow backend could not be set up (see above); offshoot falls back to wasm" >&2
 fi
 
+step "cuda backend: NVIDIA's CUDA 13 libraries from PyPI's wheels"
+# On a GPU machine the backend uses them; the tests compile every kernel with NVRTC and check the
+# bindings against the headers, which needs no GPU.
+if [[ $with_test -eq 1 ]] || command -v nvidia-smi >/dev/null 2>&1; then
+  if ! scripts/setup-cuda.sh >&2; then
+    echo "warning: the CUDA libraries could not be installed (see above); the cuda backend will be unavailable" >&2
+  fi
+else
+  echo "skipped: no NVIDIA driver here (nvidia-smi not found); run scripts/setup-cuda.sh on a GPU machine" >&2
+fi
+
 step "Services: Temporal CLI (dev server) and nats-server"
 scripts/setup-services.sh >&2
 

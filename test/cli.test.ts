@@ -94,6 +94,10 @@ describe('offshoot CLI', () => {
     expect(steps.status).not.toBe(0);
     expect(steps.stderr).toMatch(/--steps must be a positive integer/);
 
+    const second = offshoot('search', '--teacher', teacher, '--bin', '3', '--second-mutation-probability', '1.5');
+    expect(second.status).not.toBe(0);
+    expect(second.stderr).toMatch(/--second-mutation-probability must be a probability in \[0, 1\], got "1\.5"/);
+
     const backend = offshoot('--backend', 'gpu', 'eval', '--model', teacher);
     expect(backend.status).toBe(1);
     expect(backend.stderr).toMatch(/invalid value "gpu"; expected one of auto, tensorflow, webgpu, wasm, cpu/);

@@ -1,31 +1,23 @@
 /**
  * The fused WebGPU kernels (core/model/webgpu) against the reference tfjs ops: every op's value and
  * gradients, computed by the fused kernels on the webgpu backend (Mesa lavapipe on CPU machines,
- * required in CI) and by the reference ops on the cpu backend from the same inputs
- * (core/model/webgpu/check.ts, which bench/gpu-train --check also runs on the card); then a whole
- * model's loss and gradients, the fused AdamW step, and 200 training steps of the fused and unfused
- * paths on the same data and seed.
+ * required in CI) and by the reference ops on the cpu backend from the same inputs (each op's
+ * case from its file, run by core/model/webgpu/check.ts, which bench/gpu-train --check also runs
+ * on the card); then a whole model's loss and gradients, the fused AdamW step, and 200 training
+ * steps of the fused and unfused paths on the same data and seed.
  */
 import { afterAll, describe, expect, it } from 'vitest';
 
 import { AdamW, GPTNeoX, Trainer, clipByGlobalNorm } from '../core/model/index.js';
 import * as tf from '../core/model/tfjs.js';
-import {
-  type KernelCase,
-  attentionCase,
-  crossEntropyCase,
-  embeddingCase,
-  layerNormCase,
-  linearCase,
-  logitsCase,
-  matmulCase,
-  modelGradientCheck,
-  randHost,
-  relErr,
-  runCase,
-  topKCase,
-} from '../core/model/webgpu/check.js';
+import { attentionCase } from '../core/model/webgpu/attention.js';
+import { type KernelCase, matmulCase, modelGradientCheck, randHost, relErr, runCase } from '../core/model/webgpu/check.js';
+import { crossEntropyCase } from '../core/model/webgpu/cross-entropy.js';
+import { topKCase } from '../core/model/webgpu/distill.js';
+import { embeddingCase } from '../core/model/webgpu/embedding.js';
 import { setFusedKernels } from '../core/model/webgpu/fused.js';
+import { layerNormCase } from '../core/model/webgpu/layer-norm.js';
+import { linearCase, logitsCase } from '../core/model/webgpu/linear.js';
 import { BATCHED_TILES, MATMUL_TILES, autotuneMatMuls, clearMatMulTuning, makePlan, matmul } from '../core/model/webgpu/matmul.js';
 import { dispatchCounts, toTensor } from '../core/model/webgpu/runtime.js';
 import { testBackends, useBackend } from './helpers/backends.js';

@@ -4,9 +4,11 @@
  *
  * A genome x has `dims` integers in [0, max]; x[0] must be even (a divisibility rule, like heads
  * dividing the width); its cost is Σ (i + 1)·x[i] (a weighted "parameter count") and must lie in
- * [lo, hi] (the target bin). mutate and crossover repair their children into that set.
+ * [lo, hi] (the target bin). mutate and crossover repair their children into that set. And a
+ * synthetic fitness of real sub-network specs, for the workflow tests' stub evaluator.
  */
 import type { Rng, SearchSpace } from '../core/search/index.js';
+import type { SubnetSpec } from '../core/subnet/pure.js';
 
 export type Vec = number[];
 
@@ -170,4 +172,18 @@ export class FaultySpace implements SearchSpace<Vec> {
   isValid(g: Vec): boolean {
     return this.inner.isValid(g);
   }
+}
+
+/** The uniform sub-network shape `subnetDistance` is minimised at. */
+export const SUBNET_TARGET = { layers: 2, embedding: 24, heads: 3, mlp: 64 };
+
+/**
+ * A synthetic fitness of a uniform-space sub-network spec, standing in for a trained one where only
+ * the orchestration is under test: the squared distance of its shape to `SUBNET_TARGET` (widths in
+ * units of 8), 0 exactly there.
+ */
+export function subnetDistance(spec: SubnetSpec): number {
+  const shape = spec as { layers: number; embedding: number; heads: number; mlp: number };
+  const t = SUBNET_TARGET;
+  return (shape.layers - t.layers) ** 2 + ((shape.embedding - t.embedding) / 8) ** 2 + (shape.heads - t.heads) ** 2 + ((shape.mlp - t.mlp) / 8) ** 2;
 }

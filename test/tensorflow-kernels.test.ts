@@ -8,10 +8,21 @@
  */
 import { afterAll, describe, expect, it } from 'vitest';
 
-import { AdamW, GPTNeoX, Trainer, causalSelfAttention, clipByGlobalNorm, distillationLoss } from '../core/model/index.js';
-import { crossEntropy, gatherRows, layerNorm, linear, linearGelu, matMulNT } from '../core/model/ops.js';
-import { tensorflowKernelsActive, setTensorflowKernels } from '../core/model/tensorflow/native.js';
-import { type RotaryTables, rotaryTables, tfAttention } from '../core/model/tensorflow/ops.js';
+import {
+  AdamW,
+  GPTNeoX,
+  PositionTables,
+  Trainer,
+  causalSelfAttention,
+  clipByGlobalNorm,
+  crossEntropy,
+  distillationLoss,
+  gatherRows,
+  layerNorm,
+  linear,
+  matMulNT,
+} from '../core/model/index.js';
+import { setTensorflowKernels } from '../core/model/tensorflow/native.js';
 import * as tf from '../core/model/tfjs.js';
 import { type Host, randHost, relErr, ropeTables } from '../core/model/webgpu/check.js';
 import { testBackends, useBackend } from './helpers/backends.js';
@@ -36,13 +47,15 @@ interface Case {
   inputs: Host[];
   diff: number;
   f: (...xs: tf.Tensor[]) => tf.Tensor;
+  /** The backend of the kernel f's operation runs with these inputs (null: the reference). */
+  kernel: (...xs: tf.Tensor[]) => { backend: string } | null;
   tol: number;
   /** Frees what f kept for the gradient. */
   after?: () => void;
 }
 
 /** Value and gradients (under a random upstream gradient) of a case on a backend. */
-async function evaluate(c: Case, backend: 'cpu' | 'tensorflow'): Promise<{ value: Float32Array; grads: Float32Array[]; tfOps: boolean }> {
+async function evaluate(c: Case, backend: 'cpu' | 'tensorflow'): Promise<{ value: Float32Array; grads: Float32Array[]; kernel: string }> {
   await useBackend(backend);
   const xs = c.inputs.map((h) => tf.tensor(h.data, h.shape, h.data instanceof Int32Array ? 'int32' : 'float32'));
   const rest = xs.slice(c.diff);
@@ -53,7 +66,7 @@ async function evaluate(c: Case, backend: 'cpu' | 'tensorflow'): Promise<{ value
   const out = {
     value: (await value.data()) as Float32Array,
     grads: await Promise.all(grads.map(async (g) => (await g.data()) as Float32Array)),
-    tfOps: tensorflowKernelsActive(),
+    kernel: c.kernel(...xs)?.backend ?? 'reference',
   };
   tf.dispose([...xs, value, dy, ...grads]);
   c.after?.();
@@ -61,44 +74,59 @@ async function evaluate(c: Case, backend: 'cpu' | 'tensorflow'): Promise<{ value
 }
 
 const [N, IN, OUT] = [37, 24, 52];
+const t2 = (x: tf.Tensor) => x as tf.Tensor2D;
+const t1 = (x: tf.Tensor) => x as tf.Tensor1D;
 const CASES: Case[] = [
-  { name: 'linear', inputs: [randHost([N, IN], 1), randHost([OUT, IN], 2, 0.3), randHost([OUT], 3)], diff: 3, f: (x, w, b) => linear(x as tf.Tensor2D, w as tf.Tensor2D, b as tf.Tensor1D), tol: 2e-6 },
-  { name: 'linear + GELU', inputs: [randHost([N, IN], 4, 2), randHost([OUT, IN], 5, 0.5), randHost([OUT], 6)], diff: 3, f: (x, w, b) => linearGelu(x as tf.Tensor2D, w as tf.Tensor2D, b as tf.Tensor1D), tol: 2e-6 },
-  { name: 'logits product', inputs: [randHost([N, IN], 7), randHost([101, IN], 8)], diff: 2, f: (x, w) => matMulNT(x as tf.Tensor2D, w as tf.Tensor2D), tol: 2e-6 },
-  { name: 'LayerNorm', inputs: [randHost([N, 48], 9, 3), randHost([48], 10), randHost([48], 11)], diff: 3, f: (x, w, b) => layerNorm(x, w, b, 1e-5), tol: 1e-5 },
-  { name: 'cross-entropy', inputs: [randHost([N, 101], 12, 4), ints(N, 101, 13)], diff: 1, f: (x, t) => crossEntropy(x as tf.Tensor2D, t as tf.Tensor1D), tol: 2e-6 },
+  { name: 'linear', inputs: [randHost([N, IN], 1), randHost([OUT, IN], 2, 0.3), randHost([OUT], 3)], diff: 3, f: (x, w, b) => linear(t2(x), t2(w), t1(b)), kernel: (x, w, b) => linear.kernelFor(t2(x), t2(w), t1(b)), tol: 2e-6 },
+  {
+    name: 'linear + GELU',
+    inputs: [randHost([N, IN], 4, 2), randHost([OUT, IN], 5, 0.5), randHost([OUT], 6)],
+    diff: 3,
+    f: (x, w, b) => linear(t2(x), t2(w), t1(b), 'gelu'),
+    kernel: (x, w, b) => linear.kernelFor(t2(x), t2(w), t1(b), 'gelu'),
+    tol: 2e-6,
+  },
+  { name: 'logits product', inputs: [randHost([N, IN], 7), randHost([101, IN], 8)], diff: 2, f: (x, w) => matMulNT(t2(x), t2(w)), kernel: (x, w) => matMulNT.kernelFor(t2(x), t2(w)), tol: 2e-6 },
+  { name: 'LayerNorm', inputs: [randHost([N, 48], 9, 3), randHost([48], 10), randHost([48], 11)], diff: 3, f: (x, w, b) => layerNorm(x, w, b, 1e-5), kernel: (x, w, b) => layerNorm.kernelFor(x, w, b, 1e-5), tol: 1e-5 },
+  { name: 'cross-entropy', inputs: [randHost([N, 101], 12, 4), ints(N, 101, 13)], diff: 1, f: (x, t) => crossEntropy(t2(x), t1(t)), kernel: (x, t) => crossEntropy.kernelFor(t2(x), t1(t)), tol: 2e-6 },
   // Distillation runs the reference top-k KL with the tensorflow cross-entropy inside.
   {
     name: 'top-k distillation with cross-entropy',
     inputs: [randHost([N, 97], 15, 3), ints(N, 97, 16), { shape: [N, 5], data: Int32Array.from(ints(N * 5, 97, 17).data) }, randHost([N, 5], 18, 3), randHost([N], 19, 1)],
     diff: 1,
     f: (x, t, idx, tl, ln) =>
-      distillationLoss(x as tf.Tensor2D, t as tf.Tensor1D, { indices: idx as tf.Tensor2D, logits: tl as tf.Tensor2D, logNormaliser: tf.add(ln, 4) as tf.Tensor1D }, { alpha: 0.3, temperature: 2, direction: 'symmetric' }),
+      distillationLoss(t2(x), t1(t), { indices: t2(idx), logits: t2(tl), logNormaliser: tf.add(ln, 4) as tf.Tensor1D }, { alpha: 0.3, temperature: 2, direction: 'symmetric' }),
+    kernel: (x, t) => crossEntropy.kernelFor(t2(x), t1(t)),
     tol: 2e-6,
   },
   // Repeated ids: their gradients must be summed.
-  { name: 'embedding lookup', inputs: [randHost([19, 16], 14), { shape: [9], data: Int32Array.from([3, 0, 18, 3, 7, 7, 7, 1, 3]) }], diff: 1, f: (t, i) => gatherRows(t as tf.Tensor2D, i as tf.Tensor1D), tol: 0 },
+  {
+    name: 'embedding lookup',
+    inputs: [randHost([19, 16], 14), { shape: [9], data: Int32Array.from([3, 0, 18, 3, 7, 7, 7, 1, 3]) }],
+    diff: 1,
+    f: (t, i) => gatherRows(t2(t), t1(i)),
+    kernel: (t, i) => gatherRows.kernelFor(t2(t), t1(i)),
+    tol: 0,
+  },
 ];
 
-/** Attention of a fused QKV [B·T, H·3·hs]: tfAttention on tensorflow, causalSelfAttention elsewhere. */
+/** Attention of a fused QKV [B·T, H·3·hs]. */
 function attentionCase(B: number, T: number, H: number, hs: number, rd: number): Case {
   const rope = ropeTables(T, rd);
   const shape = { batch: B, seqLen: T, heads: H, headSize: hs, rotated: rd };
-  // Kept tensors, as a model caches them: the gradient reads them after the forward pass.
-  let tables: RotaryTables | undefined;
+  // One per evaluation, as a model keeps one per length: the tensorflow kernel derives its tables
+  // from it once, and the gradient reads them after the forward pass.
+  let positions: PositionTables | undefined;
   return {
     name: `attention B${B} T${T} H${H} hs${hs} rotary ${rd}`,
     inputs: [randHost([B * T, H * 3 * hs], 20 + T), rope.cos, rope.sin, rope.mask],
     diff: 1,
-    f: (x, c, s, m) => {
-      if (!tensorflowKernelsActive()) return causalSelfAttention(x as tf.Tensor2D, c as tf.Tensor2D, s as tf.Tensor2D, m as tf.Tensor2D, shape);
-      tables ??= rotaryTables(rope.cos.data as Float32Array, rope.sin.data as Float32Array, T, hs, rd);
-      return tfAttention(x as tf.Tensor2D, tables, m as tf.Tensor2D, shape);
-    },
+    f: (x, c, s, m) => causalSelfAttention(t2(x), (positions ??= new PositionTables(t2(c), t2(s), t2(m))), shape),
+    kernel: (x, c, s, m) => causalSelfAttention.kernelFor(t2(x), new PositionTables(t2(c), t2(s), t2(m)), shape),
     tol: 1e-5,
     after: () => {
-      if (tables) tf.dispose([tables.cos, tables.sin]);
-      tables = undefined;
+      positions?.dispose();
+      positions = undefined;
     },
   };
 }
@@ -109,8 +137,8 @@ describe.skipIf(!hasTensorflow)('tensorflow ops match the reference ops on cpu',
   it.each(CASES.map((c) => [c.name, c] as const))('%s', async (_name, c) => {
     const ref = await evaluate(c, 'cpu');
     const got = await evaluate(c, 'tensorflow');
-    expect(ref.tfOps).toBe(false);
-    expect(got.tfOps).toBe(true);
+    expect(ref.kernel).toBe('reference');
+    expect(got.kernel).toBe('tensorflow');
     expect(relErr(got.value, ref.value), 'value').toBeLessThanOrEqual(c.tol);
     got.grads.forEach((g, i) => expect(relErr(g, ref.grads[i]), `gradient of input ${i}`).toBeLessThanOrEqual(c.tol));
   });

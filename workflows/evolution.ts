@@ -96,7 +96,7 @@ export async function evolution(input: EvolutionInput): Promise<EvolutionResult>
   try {
     const binOptions = { space: input.space.kind, count: input.space.bins, scale: input.space.scale, choices: input.space.choices };
     target = resolveTarget(input.teacher.config, input.space.target, binOptions);
-    space = createSubnetSpace(input.teacher.config, { space: input.space.kind, target, choices: input.space.choices });
+    space = createSubnetSpace(input.teacher.config, { space: input.space.kind, target, choices: input.space.choices, secondMutationProbability: input.space.secondMutationProbability });
   } catch (err) {
     throw ApplicationFailure.nonRetryable(`search space: ${errorMessage(err)}`, (err as Error).name ?? 'TargetError');
   }

@@ -41,7 +41,7 @@ export const pretrainStatusQuery = defineQuery<PretrainStatus>('status');
 /** Stop after the running segment (its checkpoint is the result). */
 export const stopPretrainSignal = defineSignal<[reason?: string]>('stop');
 
-/** Continue-as-new after this many segments in one run (keeps the history bounded for long runs). */
+/** Continue-as-new after this many segments in one run, unless the input says (keeps the history bounded). */
 const SEGMENTS_PER_RUN = 200;
 
 export async function pretrain(input: PretrainInput): Promise<PretrainResult> {
@@ -80,7 +80,7 @@ export async function pretrain(input: PretrainInput): Promise<PretrainResult> {
   const steps = input.hyper.steps;
 
   while (progress.step < steps && !progress.reachedTarget && !stopRequested) {
-    if (progress.segments.length - segmentsAtStart >= SEGMENTS_PER_RUN || workflowInfo().continueAsNewSuggested) {
+    if (progress.segments.length - segmentsAtStart >= (input.continueAsNewEvery ?? SEGMENTS_PER_RUN) || workflowInfo().continueAsNewSuggested) {
       await condition(allHandlersFinished);
       const next: PretrainInput = { ...input, carry: { ...progress, runs: progress.runs + 1 } };
       try {

@@ -1,10 +1,11 @@
 /**
  * What workflows and activities exchange. Everything here is a reference or a small record: checkpoint
  * directories on shared storage with their content hashes, sub-network specs, hyperparameters and
- * metrics — never tensors. Type-only imports from core/model keep this file free of tfjs.
+ * metrics — never tensors. Type-only imports from core keep this file free of tfjs.
  */
 import type { DistillOptions, NeoXConfig } from '../core/model/index.js';
 import type { SearchOptions } from '../core/search/index.js';
+import type { TeacherTrainSettings } from '../core/teacher/index.js';
 import type { BinScale, FitnessBudget, HeadOrder, LayerOrder, SpaceChoices, SpaceKind, SubnetSpec, TargetRequest } from '../core/subnet/index.js';
 
 /** The task queues; workers poll the ones they were started for (`offshoot worker --queues`). */
@@ -104,17 +105,8 @@ export interface RunRef {
 
 // ---- teacher ----------------------------------------------------------------------------------------
 
-export interface TeacherTrainSettings {
-  preset: string;
-  vocab: number;
-  steps: number;
-  batchSize: number;
-  seqLen: number;
-  lr: number;
-  warmup: number;
-  seed: number;
-  evalTokens: number;
-}
+/** How prepareTeacher trains a missing teacher (core/teacher's settings). */
+export type { TeacherTrainSettings };
 
 export interface PrepareTeacherInput {
   run: RunRef;
@@ -176,6 +168,8 @@ export interface SpaceSettings {
   bins: number;
   scale: BinScale;
   choices?: SpaceChoices;
+  /** Chance that a mutation changes a second dimension; default core/subnet's (0.3). */
+  secondMutationProbability?: number;
 }
 
 export interface EvolutionInput {
@@ -293,6 +287,8 @@ export interface PretrainInput {
   /** Stop once validation perplexity is at or below this. */
   targetPpl?: number;
   activity: ActivityPolicy;
+  /** Segments per workflow run before it continues as new. Default 200. */
+  continueAsNewEvery?: number;
   carry?: PretrainProgress;
 }
 
@@ -406,7 +402,32 @@ export interface EvaluateCheckpointInput {
 export interface CheckpointEval {
   valLoss: number;
   valPpl: number;
+  /** Bits per UTF-8 byte of the scored text (core/eval: comparable across tokenizers). */
+  valBpb: number;
   tokens: number;
+  /** UTF-8 bytes of the scored text. */
+  bytes: number;
+}
+
+export interface EvaluateTasksInput {
+  checkpoint: CheckpointRef;
+  /** Tokenizer folder (the teacher's) when the checkpoint has none. */
+  tokenizerDir: string;
+  /** lm-evaluation-harness task YAML files (absolute paths, readable by the worker). */
+  files: string[];
+  /** Folder the tasks' relative data_files are resolved against: where the experiment was started. */
+  cwd: string;
+  /** Score only the first N documents of each task. */
+  limit?: number;
+  batchSize: number;
+}
+
+/** One task's zero-shot scores (core/eval's TaskScore, as plain data). */
+export interface TaskAccuracy {
+  task: string;
+  docs: number;
+  /** acc, acc_norm, ... with the standard error of the mean (null for perplexity). */
+  metrics: Record<string, { value: number; stderr: number | null }>;
 }
 
 // ---- pipeline ----------------------------------------------------------------------------------------
@@ -434,6 +455,8 @@ export interface ResultRow {
   parameters: number;
   valLoss: number;
   valPpl: number;
+  /** Bits per UTF-8 byte on the validation corpus. */
+  valBpb: number;
   /** Pretraining tokens. */
   tokens: number;
   /** Pretraining FLOPs (student training + teacher forward passes for distillation). */
@@ -445,7 +468,7 @@ export interface ResultRow {
 
 export interface PipelineResult {
   runId: string;
-  teacher: { dir: string; hash: string; parameters: number; valLoss?: number };
+  teacher: { dir: string; hash: string; parameters: number; valLoss?: number; valBpb?: number };
   search: { best: BestCandidate; evaluations: number; runs: number; seed: number; flops: number };
   rows: ResultRow[];
   report: { json: string; markdown: string };

@@ -51,6 +51,7 @@ export {
   writeTokenFile,
   readTokenFile,
   readTokenFileHeader,
+  tokenizeDocuments,
 } from './tokens.js';
 
 export {

@@ -341,3 +341,15 @@ export async function tokenFilePayloadHash(file: string, header: TokenFileHeader
     await fh.close();
   }
 }
+
+/** Tokenises documents in memory into one stream: each document's ids, then the end-of-text id if any. */
+export function tokenizeDocuments(documents: readonly string[], tokenizer: Tokenizer): TokenArray {
+  const ids: number[] = [];
+  const eot = tokenizer.endOfTextId;
+  for (const d of documents) {
+    for (const id of tokenizer.encode(d)) ids.push(id);
+    if (eot !== null) ids.push(eot);
+  }
+  checkIds(ids, tokenizer.vocabSize, `tokenizer ${tokenizer.name}`);
+  return tokenDtypeFor(tokenizer.vocabSize) === 'uint16' ? Uint16Array.from(ids) : Uint32Array.from(ids);
+}

@@ -1,8 +1,9 @@
 /**
  * Compute backend selection for tfjs (DESIGN.md "Compute").
  *
- * Backends, best first: `tensorflow` (@tensorflow/tfjs-node-gpu, then @tensorflow/tfjs-node; optional,
- * native libtensorflow) > `webgpu` (@tensorflow/tfjs-backend-webgpu on Dawn, npm `webgpu`) > `wasm` > `cpu`.
+ * Backends, best first: `cuda` (NVIDIA's libraries from the CUDA 13 wheels, cuda/) > `tensorflow`
+ * (@tensorflow/tfjs-node-gpu, then @tensorflow/tfjs-node; optional, native libtensorflow) > `webgpu`
+ * (@tensorflow/tfjs-backend-webgpu on Dawn, npm `webgpu`) > `wasm` > `cpu`.
  * The choice is one setting (`--backend`, env `OFFSHOOT_BACKEND`, default `auto`). `auto` passes over a
  * WebGPU adapter that is a software rasteriser (Mesa lavapipe): it is slower than wasm; asking for
  * `webgpu` explicitly still uses it (that is how CI exercises the WebGPU path on CPU machines).
@@ -12,8 +13,12 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as tf from './tfjs.js';
 
-export type BackendName = 'tensorflow' | 'webgpu' | 'wasm' | 'cpu';
-export type BackendChoice = BackendName | 'auto';
+/** The backends, in the order `auto` tries them. */
+export const BACKEND_NAMES = ['cuda', 'tensorflow', 'webgpu', 'wasm', 'cpu'] as const;
+export type BackendName = (typeof BACKEND_NAMES)[number];
+/** What `--backend` (env OFFSHOOT_BACKEND) accepts. */
+export const BACKEND_CHOICES = ['auto', ...BACKEND_NAMES] as const;
+export type BackendChoice = (typeof BACKEND_CHOICES)[number];
 
 export interface BackendInfo {
   /** The tfjs backend now active. */
@@ -24,16 +29,13 @@ export interface BackendInfo {
   detail?: string;
 }
 
-/** Order `auto` tries them in. */
-const BACKENDS: readonly BackendName[] = ['tensorflow', 'webgpu', 'wasm', 'cpu'];
-const CHOICES: readonly BackendChoice[] = ['auto', ...BACKENDS];
 const ENV_VAR = 'OFFSHOOT_BACKEND';
 
 /** Parses a backend setting (case-insensitive, trimmed); throws naming the valid values. */
 export function parseBackendChoice(s: string): BackendChoice {
   const v = String(s).trim().toLowerCase();
-  if ((CHOICES as readonly string[]).includes(v)) return v as BackendChoice;
-  throw new Error(`backend: invalid value ${JSON.stringify(s)}; expected one of ${CHOICES.join(', ')}`);
+  if ((BACKEND_CHOICES as readonly string[]).includes(v)) return v as BackendChoice;
+  throw new Error(`backend: invalid value ${JSON.stringify(s)}; expected one of ${BACKEND_CHOICES.join(', ')}`);
 }
 
 function choiceFromEnv(): BackendChoice {
@@ -82,7 +84,7 @@ async function doInit(choice: BackendChoice, log: (msg: string) => void): Promis
   if (choice === 'auto') {
     const skipped: string[] = [];
     let found: BackendInfo | undefined;
-    for (const name of BACKENDS) {
+    for (const name of BACKEND_NAMES) {
       try {
         if (name === 'webgpu') {
           // A software adapter (Mesa lavapipe, SwiftShader) is several times slower than wasm: measured
@@ -143,7 +145,8 @@ function firstLine(e: unknown): string {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Loading: registers the backend's factory with tfjs, once per process.
+// Loading: registers the backend's factory with tfjs and its kernels with the operations (its
+// folder's register.ts), once per process.
 
 const loads = new Map<BackendName, Promise<{ detail?: string }>>();
 
@@ -159,6 +162,7 @@ function load(name: BackendName): Promise<{ detail?: string }> {
 }
 
 const LOADERS: Record<BackendName, () => Promise<{ detail?: string }>> = {
+  cuda: loadCuda,
   tensorflow: loadTensorflow,
   webgpu: loadWebGPU,
   wasm: loadWasm,
@@ -173,6 +177,23 @@ function packageVersion(pkg: string): string {
   } catch {
     return '?';
   }
+}
+
+async function loadCuda(): Promise<{ detail?: string }> {
+  const cuda = await import('./cuda/index.js');
+  let device;
+  try {
+    device = cuda.cudaDevice();
+  } catch (e) {
+    if (e instanceof cuda.CudaUnavailable) {
+      throw new BackendUnavailable('cuda', e.short, 'On a machine with an NVIDIA GPU and driver, run scripts/setup-cuda.sh (docs/cuda-backend.md).');
+    }
+    throw e;
+  }
+  cuda.registerCuda();
+  await import('./cuda/register.js');
+  const { info } = device;
+  return { detail: `${info.name} (${info.arch}, ${info.multiprocessors} SMs), driver CUDA ${info.driverVersion}, NVRTC ${info.nvrtcVersion}; ${info.libraries}` };
 }
 
 async function loadCpu(): Promise<{ detail?: string }> {
@@ -192,6 +213,7 @@ async function loadWasm(): Promise<{ detail?: string }> {
   // tfjs-backend-wasm disables its threaded build under Node (tfjs issue 3830), so XNNPACK runs on
   // one thread; SIMD is detected (Node 20 has it) and picks tfjs-backend-wasm-simd.wasm.
   const simd = await tf.env().getAsync('WASM_HAS_SIMD_SUPPORT');
+  await import('./wasm/register.js');
   return { detail: `${simd ? 'SIMD' : 'no SIMD'}, single-threaded` };
 }
 let wasmPathsSet = false;
@@ -214,6 +236,7 @@ async function loadTensorflow(): Promise<{ detail?: string }> {
       const spec: string = pkg;
       await import(spec);
       if (tf.findBackendFactory('tensorflow') == null) throw new Error(`${pkg} registered no 'tensorflow' backend`);
+      await import('./tensorflow/register.js');
       return { detail: `${pkg} ${packageVersion(pkg)}` };
     } catch (e) {
       const msg = firstLine(e);
@@ -383,15 +406,17 @@ async function loadWebGPU(): Promise<{ detail?: string }> {
   });
 
   const { WebGPUBackend } = await import('@tensorflow/tfjs-backend-webgpu');
+  const { withOrderedPool } = await import('./webgpu/runtime.js');
   if (tf.findBackendFactory('webgpu') != null) tf.removeBackend('webgpu');
   const info = adapter.info ?? {};
   tf.registerBackend(
     'webgpu',
     // tfjs types the device and info as the DOM's GPUDevice/GPUAdapterInfo, which this project's lib lacks.
-    () => new WebGPUBackend(device as never, info as never),
+    () => withOrderedPool(new WebGPUBackend(device as never, info as never)),
     3,
   );
   tf.env().set('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE', submitBatch());
+  await import('./webgpu/register.js');
   return { detail: `adapter: ${description}; ${describeCompute(adapter)}` };
 }
 

@@ -6,10 +6,7 @@
 import * as tf from './tfjs.js';
 
 import { type NeoXConfig, expectedShapes, rotaryDims, rotatedDims } from './config.js';
-import { gatherRows, layerNorm, linear, linearGelu, matMul, matMulNT } from './ops.js';
-import { tensorflowKernelsActive } from './tensorflow/native.js';
-import { type RotaryTables, rotaryTables, tfAttention } from './tensorflow/ops.js';
-import { fusedAttention, fusedAttentionSupports, fusedKernelsActive } from './webgpu/fused.js';
+import { PositionTables, causalSelfAttention, gatherRows, layerNorm, linear, matMulNT, parallelResidual } from './ops/index.js';
 import { SeededRandom, deriveSeed } from './random.js';
 import type { HostTensor } from './safetensors.js';
 
@@ -36,7 +33,8 @@ export class GPTNeoX {
   readonly config: NeoXConfig;
   /** Weights by Hugging Face name. (tfjs variable names are global, so they stay auto-generated.) */
   readonly params: Map<string, tf.Variable>;
-  private readonly ropeCache = new Map<number, RopeEntry>();
+  /** Rotary tables and causal mask per sequence length. */
+  private readonly positionCache = new Map<number, PositionTables>();
 
   private constructor(config: NeoXConfig, params: Map<string, tf.Variable>) {
     this.config = config;
@@ -114,46 +112,17 @@ export class GPTNeoX {
 
   dispose(): void {
     for (const v of this.params.values()) v.dispose();
-    for (const c of this.ropeCache.values()) tf.dispose([c.cos, c.sin, c.mask, ...(c.tables ? [c.tables.cos, c.tables.sin] : [])]);
-    this.ropeCache.clear();
+    for (const p of this.positionCache.values()) p.dispose();
+    this.positionCache.clear();
   }
 
-  /** cos/sin tables [T, rotaryDims] and the additive causal mask [T, T], cached per length. */
-  private rope(seqLen: number): RopeEntry {
-    const cached = this.ropeCache.get(seqLen);
-    if (cached) return cached;
-    const n = rotaryDims(this.config);
-    const rd = rotatedDims(this.config);
-    const half = rd / 2;
-    const cos = new Float32Array(seqLen * rd);
-    const sin = new Float32Array(seqLen * rd);
-    for (let t = 0; t < seqLen; t++) {
-      for (let i = 0; i < half; i++) {
-        // Same arithmetic as transformers: inv_freq in f32, then t * inv_freq in f32.
-        const invFreq = Math.fround(1 / Math.fround(this.config.rotaryBase ** Math.fround((2 * i) / n)));
-        const angle = Math.fround(t * invFreq);
-        cos[t * rd + i] = cos[t * rd + i + half] = Math.cos(angle);
-        sin[t * rd + i] = sin[t * rd + i + half] = Math.sin(angle);
-      }
+  private positions(seqLen: number): PositionTables {
+    let p = this.positionCache.get(seqLen);
+    if (!p) {
+      p = PositionTables.rotary(seqLen, rotaryDims(this.config), rotatedDims(this.config), this.config.rotaryBase);
+      this.positionCache.set(seqLen, p);
     }
-    const mask = new Float32Array(seqLen * seqLen);
-    for (let i = 0; i < seqLen; i++) for (let j = i + 1; j < seqLen; j++) mask[i * seqLen + j] = -1e9;
-    const entry: RopeEntry = {
-      cos: tf.keep(tf.tensor2d(cos, [seqLen, rd])),
-      sin: tf.keep(tf.tensor2d(sin, [seqLen, rd])),
-      mask: tf.keep(tf.tensor2d(mask, [seqLen, seqLen])),
-      cosHost: cos,
-      sinHost: sin,
-    };
-    this.ropeCache.set(seqLen, entry);
-    return entry;
-  }
-
-  /** The tensorflow attention's rotary tables for a length (tensorflow/ops.ts), cached with the cos/sin they come from. */
-  private rotaryTables(seqLen: number): RotaryTables {
-    const entry = this.rope(seqLen);
-    entry.tables ??= rotaryTables(entry.cosHost, entry.sinHost, seqLen, this.config.headSize, rotatedDims(this.config));
-    return entry.tables;
+    return p;
   }
 
   private attention(x: tf.Tensor2D, layer: number, batch: number, seqLen: number, trace?: ForwardTrace): tf.Tensor2D {
@@ -162,28 +131,14 @@ export class GPTNeoX {
     const hs = this.config.headSize;
     const fused = linear(x, this.param(`${p}query_key_value.weight`) as tf.Tensor2D, this.param(`${p}query_key_value.bias`) as tf.Tensor1D);
     const shape = { batch, seqLen, heads, headSize: hs, rotated: rotatedDims(this.config) };
-    if (fusedKernelsActive() && fusedAttentionSupports(shape)) {
-      // Rotary, causal attention and the head merge in WebGPU kernels (webgpu/fused.ts).
-      const { cos, sin } = this.rope(seqLen);
-      const merged = fusedAttention(fused, cos, sin, shape);
-      if (trace?.headOutputs) trace.headOutputs.push(tf.keep(tf.reshape(merged, [batch * seqLen, heads, hs])));
-      return linear(merged, this.param(`${p}dense.weight`) as tf.Tensor2D, this.param(`${p}dense.bias`) as tf.Tensor1D);
-    }
-    if (tensorflowKernelsActive()) {
-      // Rotary, attention and the head merge in a few TensorFlow ops with the gradient written out.
-      const merged = tfAttention(fused, this.rotaryTables(seqLen), this.rope(seqLen).mask, shape);
-      if (trace?.headOutputs) trace.headOutputs.push(tf.keep(tf.reshape(merged, [batch * seqLen, heads, hs])));
-      return linear(merged, this.param(`${p}dense.weight`) as tf.Tensor2D, this.param(`${p}dense.bias`) as tf.Tensor1D);
-    }
-    const { cos, sin, mask } = this.rope(seqLen);
-    const merged = causalSelfAttention(fused, cos, sin, mask, shape);
+    const merged = causalSelfAttention(fused, this.positions(seqLen), shape);
     if (trace?.headOutputs) trace.headOutputs.push(tf.keep(tf.reshape(merged, [batch * seqLen, heads, hs])));
     return linear(merged, this.param(`${p}dense.weight`) as tf.Tensor2D, this.param(`${p}dense.bias`) as tf.Tensor1D);
   }
 
   private mlp(x: tf.Tensor2D, layer: number, trace?: ForwardTrace): tf.Tensor2D {
     const p = `gpt_neox.layers.${layer}.mlp.`;
-    const hidden = linearGelu(x, this.param(`${p}dense_h_to_4h.weight`) as tf.Tensor2D, this.param(`${p}dense_h_to_4h.bias`) as tf.Tensor1D);
+    const hidden = linear(x, this.param(`${p}dense_h_to_4h.weight`) as tf.Tensor2D, this.param(`${p}dense_h_to_4h.bias`) as tf.Tensor1D, 'gelu');
     if (trace?.mlpActivations) trace.mlpActivations.push(tf.keep(hidden));
     return linear(hidden, this.param(`${p}dense_4h_to_h.weight`) as tf.Tensor2D, this.param(`${p}dense_4h_to_h.bias`) as tf.Tensor1D);
   }
@@ -204,9 +159,7 @@ export class GPTNeoX {
       const p = `gpt_neox.layers.${i}.`;
       const attn = this.attention(this.norm(h, `${p}input_layernorm`), i, batch, seqLen, trace);
       if (this.config.parallelResidual) {
-        const m = this.mlp(this.norm(h, `${p}post_attention_layernorm`), i, trace);
-        // One pass instead of two where each op is a TensorFlow call or a GPU dispatch (same order of additions).
-        h = tensorflowKernelsActive() || fusedKernelsActive() ? tf.addN([h, attn, m]) : tf.add(tf.add(h, attn), m);
+        h = parallelResidual(h, attn, this.mlp(this.norm(h, `${p}post_attention_layernorm`), i, trace));
       } else {
         h = tf.add(h, attn);
         h = tf.add(h, this.mlp(this.norm(h, `${p}post_attention_layernorm`), i, trace));
@@ -226,56 +179,6 @@ export class GPTNeoX {
     const [b, t] = ids.shape;
     return tf.reshape(this.logits2d(ids), [b, t, this.config.vocabSize]);
   }
-}
-
-/** cos/sin tables [T, rotaryDims] and the additive causal mask [T, T] of one length, with what is derived from them. */
-interface RopeEntry {
-  cos: tf.Tensor2D;
-  sin: tf.Tensor2D;
-  mask: tf.Tensor2D;
-  cosHost: Float32Array;
-  sinHost: Float32Array;
-  /** The tensorflow attention's tables, made on first use. */
-  tables?: RotaryTables;
-}
-
-/** Rotary embedding on the first `rd` dims of x [B, H, T, hs], rotate_half style. */
-function applyRotary(x: tf.Tensor4D, cos: tf.Tensor2D, sin: tf.Tensor2D, rd: number): tf.Tensor4D {
-  if (rd === 0) return x;
-  const hs = x.shape[3];
-  // split, not slice: its gradient is one concat, where each slice's would be a pad and an add.
-  const [rot, pass] = rd === hs ? [x, null] : tf.split(x, [rd, hs - rd], 3);
-  const [x1, x2] = tf.split(rot, 2, 3);
-  const rotated = tf.concat([tf.neg(x2), x1], 3);
-  const embedded = tf.add(tf.mul(rot, cos), tf.mul(rotated, sin));
-  return (pass ? tf.concat([embedded, pass], 3) : embedded) as tf.Tensor4D;
-}
-
-/** The shape of one attention call (the reference here, and the webgpu and tensorflow ops). */
-export interface AttentionShape {
-  batch: number;
-  seqLen: number;
-  heads: number;
-  headSize: number;
-  /** Dims rotated (rotate_half) at the start of each q and k head; cos/sin are [T, rotated]. */
-  rotated: number;
-}
-
-/**
- * Causal self-attention of a fused QKV projection [B·T, H·3·hs] (rows interleaved per head: q, k,
- * v), rotary on q and k (cos/sin [T, rd], additive mask [T, T]), heads merged: [B·T, H·hs]. The
- * reference tfjs ops; webgpu/fused.ts's fusedAttention computes the same in kernels.
- */
-export function causalSelfAttention(fused: tf.Tensor2D, cos: tf.Tensor2D, sin: tf.Tensor2D, mask: tf.Tensor2D, s: AttentionShape): tf.Tensor2D {
-  const { batch, seqLen, heads, headSize: hs, rotated } = s;
-  // Rows are interleaved per head: (heads, 3·head_size) with q, k, v in that order.
-  const qkv = tf.transpose(tf.reshape(fused, [batch, seqLen, heads, 3 * hs]), [0, 2, 1, 3]) as tf.Tensor4D;
-  const [qh, kh, v] = tf.split(qkv, 3, 3) as tf.Tensor4D[];
-  const q = applyRotary(qh, cos, sin, rotated);
-  const k = applyRotary(kh, cos, sin, rotated);
-  const scores = tf.add(tf.mul(matMul(q, k, false, true), 1 / Math.sqrt(hs)), mask);
-  const context = tf.transpose(matMul(tf.softmax(scores), v), [0, 2, 1, 3]); // [B, T, H, hs]
-  return tf.reshape(context, [batch * seqLen, heads * hs]) as tf.Tensor2D;
 }
 
 /** Checks token ids against the vocabulary before they reach a gather (which would read garbage). */

@@ -26,6 +26,7 @@ export const MODEL_PRESETS: Record<string, ModelPreset> = {
   '10m': { description: 'about 10M parameters with a 1024 vocabulary: 6 layers, width 384, 6 heads', hiddenSize: 384, numLayers: 6, numHeads: 6, maxPositions: 512 },
   'pythia-70m': { description: "Pythia-70M's shape", hiddenSize: 512, numLayers: 6, numHeads: 8, maxPositions: 2048, vocabSize: 50304 },
   'pythia-160m': { description: "Pythia-160M's shape", hiddenSize: 768, numLayers: 12, numHeads: 12, maxPositions: 2048, vocabSize: 50304 },
+  'pythia-410m': { description: "Pythia-410M's shape", hiddenSize: 1024, numLayers: 24, numHeads: 16, maxPositions: 2048, vocabSize: 50304 },
 };
 
 /** The config of a preset, with the tokenizer's vocabulary unless the preset fixes one. */

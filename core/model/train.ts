@@ -12,13 +12,10 @@ import * as tf from './tfjs.js';
 import { type LoadedCheckpoint, loadCheckpoint, saveCheckpoint, type SaveDtype } from './checkpoint.js';
 import type { NeoXConfig } from './config.js';
 import { GPTNeoX } from './gptneox.js';
-import { type DistillOptions, type TopKTeacher, distillationLoss, topKFromLogits } from './losses.js';
-import { crossEntropy } from './ops.js';
+import { distillationLoss, topKFromLogits } from './losses.js';
+import { type DistillOptions, type StepInput, type TopKTeacher, afterFirstTrainingStep, crossEntropy, endTrainingStep, runTrainingStep } from './ops/index.js';
 import { AdamW, type AdamWOptions, type ScheduleOptions, learningRate } from './optim.js';
 import { readSafetensors } from './safetensors.js';
-import { fusedKernelsActive } from './webgpu/fused.js';
-import { autotuneIfHardware } from './webgpu/matmul.js';
-import { submitRecorded } from './webgpu/runtime.js';
 
 export interface Batch {
   batchSize: number;
@@ -96,7 +93,10 @@ export interface TrainOptions {
   onCheckpoint?: (info: { step: number; dir: string; hash: string }) => void;
   /** Evaluate every `every` steps. */
   evaluate?: { every: number; run: (model: GPTNeoX, step: number) => Promise<void> };
-  /** When aborted, the loop checkpoints at the next step boundary and returns. */
+  /**
+   * When aborted, the loop stops at the next step boundary (checkpointing into `checkpointDir`, when
+   * set) and returns with `stopped`. With a signal the loop lets the event loop run after every step.
+   */
   signal?: AbortSignal;
 }
 
@@ -118,6 +118,17 @@ export interface TrainResult {
 export const TRAINER_STATE_FILE = 'trainer_state.json';
 export const OPTIMIZER_FILE = 'optimizer.safetensors';
 
+/** The training state a checkpoint directory carries, when offshoot trained it (else undefined). */
+export function readTrainerState(dir: string): TrainerState | undefined {
+  const stateFile = path.join(dir, TRAINER_STATE_FILE);
+  if (!fs.existsSync(stateFile)) return undefined;
+  try {
+    return JSON.parse(fs.readFileSync(stateFile, 'utf8')) as TrainerState;
+  } catch (err) {
+    throw new Error(`${stateFile}: not valid JSON (${(err as Error).message})`);
+  }
+}
+
 /** Reads a resumable training checkpoint: weights, optimiser state and trainer state. */
 export function loadTrainingCheckpoint(dir: string): {
   checkpoint: LoadedCheckpoint;
@@ -125,9 +136,8 @@ export function loadTrainingCheckpoint(dir: string): {
   optimizer: ReturnType<typeof readSafetensors>['tensors'];
 } {
   const checkpoint = loadCheckpoint(dir);
-  const stateFile = path.join(dir, TRAINER_STATE_FILE);
-  if (!fs.existsSync(stateFile)) throw new Error(`${dir}: not a resumable training checkpoint (no ${TRAINER_STATE_FILE})`);
-  const state = JSON.parse(fs.readFileSync(stateFile, 'utf8')) as TrainerState;
+  const state = readTrainerState(dir);
+  if (!state) throw new Error(`${dir}: not a resumable training checkpoint (no ${TRAINER_STATE_FILE})`);
   const optimizer = readSafetensors(path.join(dir, OPTIMIZER_FILE)).tensors;
   return { checkpoint, state, optimizer };
 }
@@ -189,21 +199,38 @@ export class Trainer {
     }
     const teacherView = teacher ? await teacher.forBatch(batch, this.step) : undefined;
     const lr = learningRate(this.step, hyper.schedule);
-    const result = tf.tidy(() => {
-      const ids = tf.tensor2d(batch.input, [batch.batchSize, batch.seqLen], 'int32');
-      const targets = tf.tensor1d(batch.target, 'int32');
-      const { value, grads } = tf.variableGrads(() => {
-        const logits = this.model.logits2d(ids);
-        return teacherView
-          ? distillationLoss(logits, targets, teacherView, this.options.distill)
-          : crossEntropy(logits, targets);
-      }, this.model.variables());
-      const byName: Record<string, tf.Tensor> = {};
-      for (const [varName, g] of Object.entries(grads)) byName[this.nameOf.get(varName)!] = g;
-      const norm = this.optimizer.applyClipped(this.model.params, byName, lr, hyper.gradClip);
-      return { loss: value, gradNorm: norm };
+    const inputs: StepInput[] = [
+      { shape: [batch.batchSize, batch.seqLen], dtype: 'int32', data: batch.input },
+      { shape: [batch.input.length], dtype: 'int32', data: batch.target },
+    ];
+    if (teacherView instanceof tf.Tensor) inputs.push({ shape: teacherView.shape, dtype: 'float32', data: teacherView });
+    else if (teacherView) {
+      inputs.push(
+        { shape: teacherView.indices.shape, dtype: 'int32', data: teacherView.indices },
+        { shape: teacherView.logits.shape, dtype: 'float32', data: teacherView.logits },
+        { shape: teacherView.logNormaliser.shape, dtype: 'float32', data: teacherView.logNormaliser },
+      );
+    }
+    const optimizer = this.optimizer.nextStep(lr, hyper.gradClip);
+    const [loss, gradNorm] = runTrainingStep({
+      key: teacherView === undefined ? 'ce' : teacherView instanceof tf.Tensor ? 'kd-full' : 'kd-top-k',
+      inputs,
+      optimizer,
+      state: [...this.model.variables(), ...this.optimizer.stateTensors()],
+      body: ([ids, targets, ...view]) => {
+        const { value, grads } = tf.variableGrads(() => {
+          const logits = this.model.logits2d(ids as tf.Tensor2D);
+          if (view.length === 0) return crossEntropy(logits, targets as tf.Tensor1D);
+          const t = view.length === 1 ? (view[0] as tf.Tensor2D) : { indices: view[0] as tf.Tensor2D, logits: view[1] as tf.Tensor2D, logNormaliser: view[2] as tf.Tensor1D };
+          return distillationLoss(logits, targets as tf.Tensor1D, t, this.options.distill);
+        }, this.model.variables());
+        const byName: Record<string, tf.Tensor> = {};
+        for (const [varName, g] of Object.entries(grads)) byName[this.nameOf.get(varName)!] = g;
+        return [value, this.optimizer.applyStep(this.model.params, byName, optimizer)];
+      },
     });
-    submitRecorded();
+    const result = { loss: loss as tf.Scalar, gradNorm: gradNorm as tf.Scalar };
+    endTrainingStep();
     if (teacherView) {
       tf.dispose(teacherView instanceof tf.Tensor ? teacherView : [teacherView.indices, teacherView.logits, teacherView.logNormaliser]);
     }
@@ -238,10 +265,10 @@ export class Trainer {
       }
       const first = this.step;
       const { loss, gradNorm, lr } = await this.trainStep();
-      // After the first step every matrix-product shape has been seen: pick the fastest kernel plans (webgpu).
-      if (first === startStep && fusedKernelsActive()) {
+      // After the first step every shape has been seen (webgpu picks the fastest matrix-product plans).
+      if (first === startStep) {
         const t = performance.now();
-        await autotuneIfHardware();
+        await afterFirstTrainingStep();
         windowStart += performance.now() - t;
       }
       windowTokens += this.options.hyper.batchSize * this.options.hyper.seqLen;
@@ -270,6 +297,10 @@ export class Trainer {
         hash = await this.saveCheckpoint(checkpointDir);
         onCheckpoint?.({ step: this.step, dir: checkpointDir, hash });
       }
+      // A step may never leave the event loop (the tensorflow and cpu backends compute synchronously):
+      // with a signal to watch, let timers and I/O run so that an abort (a SIGTERM handler, a cancelled
+      // activity) and heartbeats get through.
+      if (signal) await new Promise<void>((resolve) => setImmediate(resolve));
     }
     if (checkpointDir) {
       hash = await this.saveCheckpoint(checkpointDir);

@@ -6,6 +6,7 @@
  */
 export { type Rng, type SearchSpace } from './space.js';
 export { type RngState, SeededRng } from './rng.js';
+export { type MutationOperator, MutationRegistry } from './mutation.js';
 export {
   type Algorithm,
   type SearchOptions,

@@ -1,7 +1,7 @@
 /** Search options: types, documented defaults and validation with errors that name the field. */
 
-export type Algorithm = 'evolution' | 'random' | 'stratified-random';
-export const ALGORITHMS: readonly Algorithm[] = ['evolution', 'random', 'stratified-random'];
+export const ALGORITHMS = ['evolution', 'random', 'stratified-random'] as const;
+export type Algorithm = (typeof ALGORITHMS)[number];
 
 export interface SearchOptions {
   /** 'evolution' (default), 'random' or 'stratified-random'. */

@@ -11,7 +11,8 @@ import type { NeoXConfig } from '../model/index.js';
 import { type SpaceChoices, type SpaceKind, dimsParamRange, resolveDims } from './choices.js';
 import { type ParamTarget, TargetError, findInRange, formatParams, unreachableMessage } from './space.js';
 
-export type BinScale = 'linear' | 'log';
+export const BIN_SCALES = ['linear', 'log'] as const;
+export type BinScale = (typeof BIN_SCALES)[number];
 
 export interface BinOptions {
   /** Default 'uniform'. */

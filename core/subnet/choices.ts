@@ -7,8 +7,8 @@ import { type ModelShape, shapeParameters } from './count.js';
 import { SpecError } from './spec.js';
 
 /** Search spaces, coarse to fine. */
-export type SpaceKind = 'uniform' | 'layer-wise' | 'granular';
-export const SPACE_KINDS: readonly SpaceKind[] = ['uniform', 'layer-wise', 'granular'];
+export const SPACE_KINDS = ['uniform', 'layer-wise', 'granular'] as const;
+export type SpaceKind = (typeof SPACE_KINDS)[number];
 
 /** Allowed values of one dimension: an explicit list, or an arithmetic range (min defaults to step, step to 1). */
 export type Choice = number[] | { min?: number; max?: number; step?: number };

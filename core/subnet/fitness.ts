@@ -37,6 +37,7 @@ import {
   evaluateLoss,
   inProcessTeacher,
   loadCheckpoint,
+  trainingHyperparameters,
 } from '../model/index.js';
 import { resolveOptions } from './checkpoint.js';
 import { countShape } from './count.js';
@@ -54,20 +55,27 @@ export interface FitnessData {
   tokenCache?: string;
 }
 
+/** zero-shot: validation loss of the inherited weights; brief: after a brief training. */
+export const FITNESS_KINDS = ['zero-shot', 'brief'] as const;
+export type FitnessKind = (typeof FITNESS_KINDS)[number];
+/** A brief training's loss: distillation from the teacher, or plain cross-entropy. */
+export const FITNESS_LOSSES = ['distill', 'ce'] as const;
+export type FitnessLoss = (typeof FITNESS_LOSSES)[number];
+
 export interface FitnessBudget {
-  kind: 'zero-shot' | 'brief';
+  kind: FitnessKind;
   /** Training steps (brief). Default 100. */
   steps?: number;
   /** Sequences per step and per evaluation batch. Default 8. */
   batchSize?: number;
   /** Tokens per sequence, for training and evaluation. Default min(teacher context, 64). */
   seqLen?: number;
-  /** Peak learning rate (warmup then cosine to a tenth). Default 3e-3. */
+  /** Peak learning rate of the training recipe (core/model/recipe.ts). Default 3e-3. */
   lr?: number;
   /** Warmup steps. Default min(10, steps). */
   warmup?: number;
   /** 'distill' (default) or 'ce'. */
-  loss?: 'distill' | 'ce';
+  loss?: FitnessLoss;
   distill?: DistillOptions;
   /** Validation tokens. Default 8192. */
   evalTokens?: number;
@@ -96,7 +104,7 @@ export interface FitnessMetrics {
   specHash: string;
   teacherHash: string;
   init: 'inherit' | 'random';
-  kind: 'zero-shot' | 'brief';
+  kind: FitnessKind;
   parameters: number;
   /** The fitness: validation loss after the budget. */
   valLoss: number;
@@ -235,15 +243,7 @@ export async function evaluateFitness(request: FitnessRequest, context?: Fitness
       const batches: BatchSource = (step) => sampleBatch(ctx.train, { batchSize, seqLen, seed: request.seed, step });
       const distillOptions = b.distill ?? DEFAULT_DISTILL;
       const trainer = new Trainer(model, {
-        hyper: {
-          steps,
-          batchSize,
-          seqLen,
-          schedule: { maxLr: lr, minLr: lr / 10, warmupSteps: Math.min(b.warmup ?? 10, steps), totalSteps: steps },
-          adamw: { weightDecay: 0.1 },
-          gradClip: 1,
-          seed: request.seed,
-        },
+        hyper: trainingHyperparameters({ steps, lr, warmup: b.warmup ?? 10 }, { batchSize, seqLen, seed: request.seed }),
         batches,
         teacher: distill ? (ctx.distillTeacher ? ctx.distillTeacher(batches, distillOptions) : inProcessTeacher(teacherModel(ctx))) : undefined,
         distill: distill ? distillOptions : undefined,

@@ -21,6 +21,8 @@ export interface LocalSearchOptions {
   budget: FitnessBudget;
   data?: FitnessData;
   seed: number;
+  /** Chance that a mutation changes a second dimension; default the space's (0.3). */
+  secondMutationProbability?: number;
 }
 
 export interface LocalSearchResult {
@@ -38,7 +40,7 @@ export async function searchSubnetworks(
   try {
     const teacher = ctx.checkpoint.config;
     const target = resolveTarget(teacher, options.target, { space: options.space });
-    const space = createSubnetSpace(teacher, { space: options.space, target });
+    const space = createSubnetSpace(teacher, { space: options.space, target, secondMutationProbability: options.secondMutationProbability });
     const total = options.generations * options.population;
     const search = createSearch({ algorithm: options.algorithm, budget: total, population: options.population, seed: options.seed }, space);
     let done = 0;

@@ -83,8 +83,12 @@ export interface CanonicalSpec {
   perLayer: { heads: number[]; mlp: number[] }[];
 }
 
-export type HeadOrder = 'first-k' | 'importance';
-export type LayerOrder = 'first' | 'even' | 'importance';
+/** How counts of heads, neurons and channels pick them: the first k, or the most important k. */
+export const HEAD_ORDERS = ['first-k', 'importance'] as const;
+export type HeadOrder = (typeof HEAD_ORDERS)[number];
+/** How a layer count picks teacher layers: the first n, evenly spaced, or by block importance. */
+export const LAYER_ORDERS = ['first', 'even', 'importance'] as const;
+export type LayerOrder = (typeof LAYER_ORDERS)[number];
 
 /** Importance scores of the teacher's parts (higher = more important), see importance.ts. */
 export interface ImportanceScores {

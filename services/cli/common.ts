@@ -3,10 +3,10 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 
 import { type Tokenizer, TOKENIZER_FILE, loadTokenizer } from '../../core/data/index.js';
-import { GPTNeoX, TRAINER_STATE_FILE, type TrainerState, loadCheckpoint } from '../../core/model/index.js';
+import { GPTNeoX, type TrainerState, loadCheckpoint, readTrainerState } from '../../core/model/index.js';
 
 // The option parsers live in options.ts (no model code), so light commands need not load tfjs.
-export { nonNegativeInt, positiveInt, positiveNumber } from './options.js';
+export { nonNegativeInt, positiveInt, positiveNumber, probability } from './options.js';
 
 export interface LoadedModel {
   model: GPTNeoX;
@@ -25,7 +25,5 @@ export async function loadModel(dir: string, options: { tokenizer?: string } = {
   if (tokenizer && tokenizer.vocabSize > ckpt.config.vocabSize) {
     throw new Error(`tokenizer ${tokPath}: vocabulary ${tokenizer.vocabSize} is larger than the model's ${ckpt.config.vocabSize}`);
   }
-  const stateFile = path.join(dir, TRAINER_STATE_FILE);
-  const trainerState = fs.existsSync(stateFile) ? (JSON.parse(fs.readFileSync(stateFile, 'utf8')) as TrainerState) : undefined;
-  return { model, tokenizer, hash: ckpt.hash, trainerState };
+  return { model, tokenizer, hash: ckpt.hash, trainerState: readTrainerState(dir) };
 }

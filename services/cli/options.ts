@@ -24,3 +24,11 @@ export function positiveNumber(name: string): (value: string) => number {
     return n;
   };
 }
+
+export function probability(name: string): (value: string) => number {
+  return (value) => {
+    const n = Number(value);
+    if (value.trim() === '' || !(n >= 0 && n <= 1)) throw new InvalidArgumentError(`${name} must be a probability in [0, 1], got ${JSON.stringify(value)}`);
+    return n;
+  };
+}

@@ -13,6 +13,8 @@ import * as path from 'node:path';
 import type { Client, WorkflowHandle } from '@temporalio/client';
 import type { Command } from 'commander';
 
+import { defaultTokenStore } from '../../core/data/index.js';
+import { teacherFinished, trainTeacher } from '../../core/teacher/index.js';
 import { type OffshootConfig, defaultConfig, loadConfigFile, mergeRaw, parseConfig, pipelineInput, runDir, teacherDir } from '../config/index.js';
 import { resultsTable } from '../orchestration/index.js';
 import {
@@ -39,7 +41,6 @@ import {
 } from '../../workflows/index.js';
 import { activeBackend, withBackend } from './backend-option.js';
 import { formatDuration } from './progress.js';
-import { trainTeacher } from './teacher.js';
 
 const log = (line: string): void => {
   process.stderr.write(`${line}\n`);
@@ -274,7 +275,10 @@ function printResult(result: PipelineResult, json: boolean | undefined): void {
   }
   const student = result.rows.find((r) => r.name === 'student');
   console.log('');
-  const teacherPpl = result.teacher.valLoss !== undefined ? `, validation perplexity ${Math.exp(result.teacher.valLoss).toFixed(2)}` : '';
+  const teacherPpl =
+    result.teacher.valLoss !== undefined
+      ? `, validation perplexity ${Math.exp(result.teacher.valLoss).toFixed(2)}${result.teacher.valBpb !== undefined ? ` (${result.teacher.valBpb.toFixed(4)} bits per byte)` : ''}`
+      : '';
   console.log(`offshoot run ${result.runId}: teacher ${result.teacher.parameters.toLocaleString('en-US')} parameters${teacherPpl}`);
   console.log(`search: ${result.search.evaluations} evaluations, best ${result.search.best.description ?? result.search.best.key}`);
   console.log('');
@@ -282,7 +286,12 @@ function printResult(result: PipelineResult, json: boolean | undefined): void {
   console.log('');
   if (student) {
     for (const r of result.rows) {
-      if (r !== student) console.log(`student vs ${r.name}: validation perplexity ${student.valPpl.toFixed(2)} vs ${r.valPpl.toFixed(2)} with the same pretraining budget`);
+      if (r !== student) {
+        console.log(
+          `student vs ${r.name}: validation perplexity ${student.valPpl.toFixed(2)} vs ${r.valPpl.toFixed(2)}, ` +
+            `${student.valBpb.toFixed(4)} vs ${r.valBpb.toFixed(4)} bits per byte, with the same pretraining budget`,
+        );
+      }
     }
   }
   console.log(`report: ${result.report.markdown}`);
@@ -436,39 +445,19 @@ async function runAction(opts: RunCliOptions): Promise<void> {
   }
 }
 
-/** The embedded teacher: trained here (trainTeacher, resumable) unless it exists or --teacher names one. */
+/** The embedded teacher: trained here (core/teacher, resumable) unless it exists or --teacher names one. */
 export async function ensureTeacher(config: OffshootConfig): Promise<void> {
   const dir = teacherDir(config);
-  const state = path.join(dir, 'trainer_state.json');
-  const finished =
-    fs.existsSync(path.join(dir, 'config.json')) &&
-    (!fs.existsSync(state) || ((s) => s.step >= s.hyper.steps)(JSON.parse(fs.readFileSync(state, 'utf8')) as { step: number; hyper: { steps: number } }));
-  if (finished) {
+  if (teacherFinished(dir)) {
     log(`teacher: ${dir}`);
     return;
   }
-  if (!config.teacher.train.enabled) throw new Error(`teacher ${dir}: no finished checkpoint there and teacher.train.enabled is false`);
-  const t = config.teacher.train;
-  log(`teacher: training ${t.preset} on ${config.data.train} into ${dir} (${t.steps} steps)`);
+  const { enabled, ...settings } = config.teacher.train;
+  if (!enabled) throw new Error(`teacher ${dir}: no finished checkpoint there and teacher.train.enabled is false`);
+  log(`teacher: training ${settings.preset} on ${config.data.train} into ${dir} (${settings.steps} steps)`);
   await trainTeacher(
-    {
-      data: config.data.train,
-      val: config.data.val,
-      out: dir,
-      preset: t.preset,
-      tokenizer: config.data.tokenizer ?? undefined,
-      vocab: t.vocab,
-      steps: t.steps,
-      batchSize: t.batchSize,
-      seqLen: t.seqLen,
-      lr: t.lr,
-      warmup: t.warmup,
-      seed: t.seed,
-      evalEvery: t.steps,
-      evalTokens: t.evalTokens,
-      checkpointEvery: Math.max(1, Math.floor(t.steps / 4)),
-    },
-    log,
+    { ...settings, data: config.data.train, val: config.data.val, out: dir, tokenizer: config.data.tokenizer ?? undefined, tokenCache: defaultTokenStore() },
+    { log },
   );
 }
 

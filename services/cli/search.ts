@@ -3,9 +3,9 @@ import { type Command, InvalidArgumentError, Option } from 'commander';
 
 import { DEFAULT_TRAIN_CORPUS, DEFAULT_VALIDATION_CORPUS } from '../../core/data/index.js';
 import { ALGORITHMS, type Algorithm } from '../../core/search/index.js';
-import { SPACE_KINDS, type SpaceKind, type TargetRequest, formatParams, searchSubnetworks } from '../../core/subnet/index.js';
+import { FITNESS_KINDS, type FitnessKind, SPACE_KINDS, SUBNET_SPACE_DEFAULTS, type SpaceKind, type TargetRequest, formatParams, searchSubnetworks } from '../../core/subnet/index.js';
 import { withBackend } from './backend-option.js';
-import { nonNegativeInt, positiveInt } from './common.js';
+import { nonNegativeInt, positiveInt, probability } from './common.js';
 import { ProgressBar } from './progress.js';
 
 interface SearchCliOptions {
@@ -16,13 +16,14 @@ interface SearchCliOptions {
   algorithm: Algorithm;
   generations: number;
   population: number;
-  fitness: 'zero-shot' | 'brief';
+  fitness: FitnessKind;
   steps: number;
   evalTokens: number;
   seqLen?: number;
   train: string;
   val: string;
   seed: number;
+  secondMutationProbability: number;
   json?: boolean;
 }
 
@@ -37,13 +38,19 @@ export function registerSearchCommand(program: Command): void {
     .addOption(new Option('--algorithm <name>', 'search algorithm').choices([...ALGORITHMS]).default('evolution'))
     .option('--generations <n>', 'generations (budget = generations × population)', positiveInt('--generations'), 5)
     .option('--population <n>', 'population size', positiveInt('--population'), 10)
-    .addOption(new Option('--fitness <kind>', 'zero-shot: validation loss of the inherited weights; brief: after brief KD training').choices(['zero-shot', 'brief']).default('zero-shot'))
+    .addOption(new Option('--fitness <kind>', 'zero-shot: validation loss of the inherited weights; brief: after brief KD training').choices(FITNESS_KINDS).default('zero-shot'))
     .option('--steps <n>', 'brief training steps per candidate', positiveInt('--steps'), 50)
     .option('--eval-tokens <n>', 'validation tokens per candidate', positiveInt('--eval-tokens'), 8192)
     .option('--seq-len <n>', 'tokens per sequence (default min(context, 64))', positiveInt('--seq-len'))
     .option('--train <spec>', 'training corpus for brief fitness', DEFAULT_TRAIN_CORPUS)
     .option('--val <spec>', 'validation corpus', DEFAULT_VALIDATION_CORPUS)
     .option('--seed <n>', 'seed of the search and of the data order', nonNegativeInt('--seed'), 0)
+    .option(
+      '--second-mutation-probability <p>',
+      'chance that a mutation changes a second dimension of the sub-network',
+      probability('--second-mutation-probability'),
+      SUBNET_SPACE_DEFAULTS.secondMutationProbability,
+    )
     .option('--json', 'print {"target","best","history"} as JSON')
     .action(
       withBackend(async (opts: SearchCliOptions) => {
@@ -65,6 +72,7 @@ export function registerSearchCommand(program: Command): void {
             budget: { kind: opts.fitness, steps: opts.steps, evalTokens: opts.evalTokens, seqLen: opts.seqLen },
             data: { train: opts.train, val: opts.val },
             seed: opts.seed,
+            secondMutationProbability: opts.secondMutationProbability,
           },
           (p) => bar.update(p.done, `best ${p.best === null ? '-' : p.best.toFixed(4)}`),
         );

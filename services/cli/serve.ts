@@ -1,7 +1,7 @@
 /** `offshoot teacher serve`: the teacher-logit gRPC service (docs/teacher-service.md). */
 import { type Command, InvalidArgumentError } from 'commander';
 
-import { registerTeacherMetrics, startMetricsServer } from '../progress/index.js';
+import type { MetricsServer } from '../progress/index.js';
 import { SERVER_DEFAULTS, type ServerTlsOptions, readPem, serveCheckpoint } from '../teacher/index.js';
 import { activeBackend, withBackend } from './backend-option.js';
 import { positiveInt, positiveNumber } from './common.js';
@@ -74,8 +74,10 @@ export function registerTeacherServeCommand(program: Command): void {
           log,
         });
         const info = server.info();
-        let metrics: Awaited<ReturnType<typeof startMetricsServer>> | undefined;
+        let metrics: MetricsServer | undefined;
         if (opts.metricsPort !== undefined) {
+          // Imported here: the progress module brings NATS, which only this option needs.
+          const { registerTeacherMetrics, startMetricsServer } = await import('../progress/index.js');
           registerTeacherMetrics(() => server.metrics());
           metrics = await startMetricsServer(opts.metricsPort, { host: opts.host }).catch((err: Error) => {
             server.forceShutdown();

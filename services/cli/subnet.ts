@@ -9,6 +9,8 @@ import { type SaveDtype, loadConfig } from '../../core/model/index.js';
 import {
   CALIBRATION_SEED,
   DEFAULT_BIN_COUNT,
+  HEAD_ORDERS,
+  LAYER_ORDERS,
   type HeadOrder,
   type LayerOrder,
   SPACE_KINDS,
@@ -188,8 +190,8 @@ export function registerSubnetCommands(program: Command): void {
     .requiredOption('--teacher <dir>', 'teacher checkpoint directory (Hugging Face layout)')
     .requiredOption('--spec <file>', 'sub-network spec: a JSON file, inline JSON ("{...}"), or a subnet.json')
     .requiredOption('--out <dir>', 'student checkpoint directory')
-    .addOption(new Option('--order <order>', 'how counts of heads, neurons and channels pick them').choices(['first-k', 'importance']).default('first-k'))
-    .addOption(new Option('--layers <how>', 'how a layer count picks layers').choices(['first', 'even', 'importance']).default('first'))
+    .addOption(new Option('--order <order>', 'how counts of heads, neurons and channels pick them').choices(HEAD_ORDERS).default('first-k'))
+    .addOption(new Option('--layers <how>', 'how a layer count picks layers').choices(LAYER_ORDERS).default('first'))
     .option('--calibration <corpus>', 'calibration corpus for importance orderings', DEFAULT_TRAIN_CORPUS)
     .option('--calibration-batch <n>', 'calibration sequences', positiveInt('--calibration-batch'), 8)
     .option('--calibration-seq-len <n>', 'tokens per calibration sequence (default min(context, 64))', positiveInt('--calibration-seq-len'))

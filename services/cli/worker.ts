@@ -27,8 +27,6 @@ async function workerAction(opts: WorkerCliOptions): Promise<void> {
   const address = opts.temporal ?? config?.services.temporal.address ?? process.env.OFFSHOOT_TEMPORAL_ADDRESS ?? process.env.TEMPORAL_ADDRESS;
   if (!address) throw new Error('no Temporal to work for: pass --temporal host:port, set services.temporal.address in --config, or env OFFSHOOT_TEMPORAL_ADDRESS');
   const backend = activeBackend();
-  // Child processes (teacher training) compute on the same backend.
-  if (backend) process.env.OFFSHOOT_BACKEND = backend.name;
   const teacherTargets = opts.teacherService ? opts.teacherService.split(',').map((s) => s.trim()).filter(Boolean) : undefined;
   // Prometheus: activity durations and in-flight attempts, tokens/s, progress publishing (docs/progress.md).
   const metrics = opts.metricsPort !== undefined ? await startMetricsServer(opts.metricsPort, { host: opts.metricsHost }) : undefined;

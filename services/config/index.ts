@@ -9,8 +9,11 @@ import * as path from 'node:path';
 import YAML from 'yaml';
 import { z } from 'zod';
 
-import { SearchError, resolveSearchOptions } from '../../core/search/index.js';
-import { SPACE_KINDS } from '../../core/subnet/pure.js';
+import { BACKEND_CHOICES } from '../../core/model/backend.js';
+import { DEFAULT_DISTILL, KL_DIRECTIONS, MODEL_PRESETS } from '../../core/model/index.js';
+import { ALGORITHMS, SEARCH_DEFAULTS, SearchError, resolveSearchOptions } from '../../core/search/index.js';
+import { BIN_SCALES, DEFAULT_BIN_COUNT, FITNESS_KINDS, FITNESS_LOSSES, HEAD_ORDERS, LAYER_ORDERS, SPACE_KINDS, SUBNET_SPACE_DEFAULTS } from '../../core/subnet/index.js';
+import { TEACHER_TRAIN_DEFAULTS } from '../../core/teacher/index.js';
 import { RUN_ID_PATTERN } from '../progress/index.js';
 import type { PipelineInput, TeacherServiceRef } from '../../workflows/index.js';
 
@@ -35,6 +38,8 @@ const targetSchema = z
     z.strictObject({ minParams: z.number().nonnegative(), maxParams: z.number().positive() }),
   ], { error: 'expected {bin: N}, {params: "70M ± 5%"} or {minParams: N, maxParams: M}' });
 
+const T = TEACHER_TRAIN_DEFAULTS;
+
 const choiceSchema = z.union([z.array(posInt()).min(1), z.strictObject({ min: posInt().optional(), max: posInt().optional(), step: posInt().optional() })]);
 
 export const configSchema = z.strictObject({
@@ -55,15 +60,15 @@ export const configSchema = z.strictObject({
       train: z
         .strictObject({
           enabled: z.boolean().default(true).describe('train the teacher when its directory holds no finished checkpoint'),
-          preset: z.string().default('sotu-teacher').describe('model shape (core/model presets)'),
-          vocab: posInt().default(1024).describe('vocabulary of the BPE trained on data.train'),
-          steps: posInt().default(400),
-          batchSize: posInt().default(8),
-          seqLen: posInt().default(64),
-          lr: posNum().default(3e-3),
-          warmup: int(0).default(20),
-          seed: int(0).default(1),
-          evalTokens: posInt().default(16384),
+          preset: z.enum(Object.keys(MODEL_PRESETS) as [string, ...string[]]).default(T.preset).describe('model shape (core/model presets)'),
+          vocab: posInt().default(T.vocab).describe('vocabulary of the BPE trained on data.train'),
+          steps: posInt().default(T.steps),
+          batchSize: posInt().default(T.batchSize),
+          seqLen: posInt().default(T.seqLen),
+          lr: posNum().default(T.lr),
+          warmup: int(0).default(T.warmup),
+          seed: int(0).default(T.seed),
+          evalTokens: posInt().default(T.evalTokens),
         })
         .prefault({}),
       service: z
@@ -84,15 +89,15 @@ export const configSchema = z.strictObject({
     .prefault({}),
   search: z
     .strictObject({
-      space: z.enum(SPACE_KINDS as [string, ...string[]]).default('uniform').describe('uniform, layer-wise or granular'),
+      space: z.enum(SPACE_KINDS).default('uniform').describe('uniform, layer-wise or granular'),
       target: targetSchema.default({ bin: 5 }).describe('parameter range: a bin, a range as text, or explicit bounds'),
-      bins: posInt().default(20),
-      scale: z.enum(['linear', 'log']).default('linear'),
+      bins: posInt().default(DEFAULT_BIN_COUNT),
+      scale: z.enum(BIN_SCALES).default('linear'),
       choices: z
         .strictObject({ layers: choiceSchema.optional(), embedding: choiceSchema.optional(), heads: choiceSchema.optional(), mlp: choiceSchema.optional(), headSize: choiceSchema.optional() })
         .optional()
         .describe('allowed values per dimension (docs/subnetworks.md)'),
-      algorithm: z.enum(['evolution', 'random', 'stratified-random']).default('evolution'),
+      algorithm: z.enum(ALGORITHMS).default(SEARCH_DEFAULTS.algorithm),
       budget: posInt().default(16).describe('total fitness evaluations'),
       population: int(2).default(8),
       seed: int(0).nullable().default(null).describe('seed of the search; null: run.seed'),
@@ -100,22 +105,25 @@ export const configSchema = z.strictObject({
       elitism: int(0).optional(),
       crossoverProbability: fraction().optional(),
       mutationProbability: fraction().optional(),
+      secondMutationProbability: fraction()
+        .default(SUBNET_SPACE_DEFAULTS.secondMutationProbability)
+        .describe('chance that a mutation changes a second dimension of the sub-network (core/subnet/mutations.ts)'),
       multiObjective: z.boolean().optional(),
       retryFailed: int(0).optional(),
       parallelism: posInt().default(2).describe('evaluations in flight at once'),
       continueAsNewEvery: posInt().default(5).describe('generations per workflow run before continue-as-new'),
       fitness: z
         .strictObject({
-          kind: z.enum(['zero-shot', 'brief']).default('brief'),
+          kind: z.enum(FITNESS_KINDS).default('brief'),
           steps: posInt().default(20).describe('brief: training steps'),
           batchSize: posInt().default(8),
           seqLen: posInt().default(64),
           lr: posNum().default(3e-3),
           warmup: int(0).default(5),
-          loss: z.enum(['distill', 'ce']).default('distill'),
+          loss: z.enum(FITNESS_LOSSES).default('distill'),
           evalTokens: posInt().default(4096).describe('validation tokens per evaluation'),
-          order: z.enum(['first-k', 'importance']).default('first-k').describe('which heads, neurons and channels counts keep'),
-          layers: z.enum(['first', 'even', 'importance']).default('first'),
+          order: z.enum(HEAD_ORDERS).default('first-k').describe('which heads, neurons and channels counts keep'),
+          layers: z.enum(LAYER_ORDERS).default('first'),
         })
         .prefault({}),
       activity: activitySchema(900, 60, 3),
@@ -136,9 +144,9 @@ export const configSchema = z.strictObject({
       distill: z
         .strictObject({
           enabled: z.boolean().default(true).describe('knowledge distillation; false: cross-entropy only'),
-          alpha: fraction().default(0.5).describe('weight of cross-entropy; 1 − alpha weighs the KL term'),
-          temperature: posNum().default(1),
-          direction: z.enum(['forward', 'reverse', 'symmetric']).default('forward'),
+          alpha: fraction().default(DEFAULT_DISTILL.alpha).describe('weight of cross-entropy; 1 − alpha weighs the KL term'),
+          temperature: posNum().default(DEFAULT_DISTILL.temperature),
+          direction: z.enum(KL_DIRECTIONS).default(DEFAULT_DISTILL.direction),
         })
         .prefault({}),
       baselines: z
@@ -175,7 +183,7 @@ export const configSchema = z.strictObject({
     .strictObject({
       evaluators: posInt().default(1).describe('embedded stack: evaluator worker processes'),
       evaluateSlots: posInt().default(1).describe('evaluations one evaluator runs at once (one per device)'),
-      backend: z.enum(['auto', 'tensorflow', 'webgpu', 'wasm', 'cpu']).default('auto').describe('compute backend of embedded workers and the teacher service'),
+      backend: z.enum(BACKEND_CHOICES).default('auto').describe('compute backend of embedded workers and the teacher service'),
       gracePeriodSeconds: posInt().default(30).describe('SIGTERM: how long a worker may finish or checkpoint its activities'),
     })
     .prefault({}),
@@ -349,7 +357,7 @@ export function pipelineInput(config: OffshootConfig, options: { cwd?: string; t
     (config.teacher.service.enabled && config.services.teacher.targets.length ? { targets: config.services.teacher.targets, topK: config.teacher.service.topK } : undefined);
   const s = config.search;
   const p = config.pretrain;
-  const t = config.teacher.train;
+  const { enabled, ...train } = config.teacher.train;
   return {
     run,
     data,
@@ -358,13 +366,18 @@ export function pipelineInput(config: OffshootConfig, options: { cwd?: string; t
       run,
       dir: teacherDir(config, cwd),
       data,
-      ...(t.enabled
-        ? { train: { preset: t.preset, vocab: t.vocab, steps: t.steps, batchSize: t.batchSize, seqLen: t.seqLen, lr: t.lr, warmup: t.warmup, seed: t.seed, evalTokens: t.evalTokens } }
-        : {}),
+      ...(enabled ? { train } : {}),
       ...(teacherService ? { service: teacherService } : {}),
     },
     evolution: {
-      space: { kind: s.space as PipelineInput['evolution']['space']['kind'], target: s.target, bins: s.bins, scale: s.scale, ...(s.choices ? { choices: s.choices } : {}) },
+      space: {
+        kind: s.space,
+        target: s.target,
+        bins: s.bins,
+        scale: s.scale,
+        ...(s.choices ? { choices: s.choices } : {}),
+        secondMutationProbability: s.secondMutationProbability,
+      },
       search: searchOptions(config),
       fitness: {
         budget:

@@ -1,15 +1,16 @@
 /**
  * services/pretrain: the pretraining worker's activities (task queue "pretrain").
  *
- * - prepareTeacher: the teacher checkpoint (trained by `offshoot teacher train` in a child process when
- *   missing), and a check that the teacher service serves the same weights.
+ * - prepareTeacher: the teacher checkpoint (trained here, with core/teacher, when missing), and a check
+ *   that the teacher service serves the same weights.
  * - prepareStudent: a student's step-0 checkpoint — extracted from the teacher, or random.
  * - trainSegment: training from a checkpoint to a step. Checkpoints every `checkpointEvery` steps into
  *   a fresh folder (<run>/<name>/checkpoints/step-N, immutable, content-hashed) and heartbeats
  *   {step, checkpoint}; a retry resumes from the last heartbeat's checkpoint. A SIGTERM'd worker
  *   checkpoints at the next step boundary and returns what it reached. Every step's loss goes to
  *   <run>/<name>/losses.jsonl (with the attempt and worker), so the curve across retries can be read.
- * - evaluateCheckpoint: validation loss and perplexity of a checkpoint.
+ * - evaluateCheckpoint: validation loss, perplexity and bits per byte of a checkpoint.
+ * - evaluateTasks: zero-shot scores of a checkpoint on lm-evaluation-harness task files (core/eval).
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -25,6 +26,7 @@ import {
   studentConfig,
 } from '../../core/subnet/index.js';
 import { TOKENIZER_FILE, defaultTokenStore as tokenCache, evalBatches, loadTokenizer, openData, sampleBatch } from '../../core/data/index.js';
+import { TaskError, evaluateTasks, evaluateText, loadTasks } from '../../core/eval/index.js';
 import {
   CheckpointError,
   GPTNeoX,
@@ -32,17 +34,18 @@ import {
   TRAINER_STATE_FILE,
   type TrainOptions,
   Trainer,
-  type TrainerState,
   computeCheckpointHash,
   evaluateLoss,
   inProcessTeacher,
   loadCheckpoint,
   loadConfig,
   parameterCount,
+  readTrainerState,
   saveCheckpoint,
+  trainingHyperparameters,
   writeFileAtomic,
 } from '../../core/model/index.js';
-import { offshootCommand, spawnManaged } from '../stack/index.js';
+import { type TeacherTrainSettings, teacherFinished, trainTeacher } from '../../core/teacher/index.js';
 import { tokensPerSecond as tokensPerSecondGauge } from '../progress/index.js';
 import { StreamingTeacher } from '../teacher/index.js';
 import { TeacherMismatchError, type WorkerEnv, emit, teacherClient, teacherModel, withActivityEvents } from '../orchestration/index.js';
@@ -51,12 +54,13 @@ import type {
   CheckpointRef,
   EvalPoint,
   EvaluateCheckpointInput,
+  EvaluateTasksInput,
   PrepareStudentInput,
   PrepareTeacherInput,
   PretrainActivities,
-  PretrainHyper,
   SegmentHeartbeat,
   StudentRef,
+  TaskAccuracy,
   TeacherRef,
   TrainSegmentInput,
   TrainSegmentOutput,
@@ -68,18 +72,6 @@ function checkpointHash(dir: string): string {
   const manifest = path.join(dir, MANIFEST_FILE);
   if (fs.existsSync(manifest)) return String((JSON.parse(fs.readFileSync(manifest, 'utf8')) as { hash: string }).hash);
   return computeCheckpointHash(dir);
-}
-
-function trainerState(dir: string): TrainerState | undefined {
-  const f = path.join(dir, TRAINER_STATE_FILE);
-  return fs.existsSync(f) ? (JSON.parse(fs.readFileSync(f, 'utf8')) as TrainerState) : undefined;
-}
-
-/** A finished teacher: a checkpoint with no unfinished training state. */
-function teacherFinished(dir: string): boolean {
-  if (!fs.existsSync(path.join(dir, 'config.json'))) return false;
-  const state = trainerState(dir);
-  return !state || state.step >= state.hyper.steps;
 }
 
 function readLatest(file: string): { from: string; toStep: number; checkpoint: CheckpointRef } | undefined {
@@ -98,30 +90,44 @@ function tokenizerSource(data: { tokenizer?: string }, teacherDir: string): stri
   return data.tokenizer ?? teacherDir;
 }
 
-async function trainTeacherChild(env: WorkerEnv, input: PrepareTeacherInput): Promise<void> {
-  const t = input.train!;
-  const cli = offshootCommand();
-  const args = [
-    ...cli.args, 'teacher', 'train', '--out', input.dir, '--data', input.data.train, '--val', input.data.val, '--preset', t.preset,
-    '--vocab', String(t.vocab), '--steps', String(t.steps), '--batch-size', String(t.batchSize), '--seq-len', String(t.seqLen),
-    '--lr', String(t.lr), '--warmup', String(t.warmup), '--seed', String(t.seed), '--eval-tokens', String(t.evalTokens),
-    '--eval-every', String(Math.max(1, Math.floor(t.steps / 2))), '--checkpoint-every', String(Math.max(1, Math.floor(t.steps / 4))), '--json',
-  ];
-  if (input.data.tokenizer) args.push('--tokenizer', input.data.tokenizer);
+/**
+ * Trains the teacher here, in this worker (core/teacher), heartbeating. Cancellation, or the worker's
+ * SIGTERM, stops it at the next step with a checkpoint in the teacher's directory, where a retry goes on.
+ */
+async function trainTeacherHere(env: WorkerEnv, input: PrepareTeacherInput & { train: TeacherTrainSettings }): Promise<void> {
   const actx = Context.current();
+  const t = input.train;
   env.log(`prepareTeacher: training the teacher into ${input.dir} (${t.preset}, ${t.steps} steps)`);
-  fs.mkdirSync(path.join(input.run.dir, 'logs'), { recursive: true });
-  const child = spawnManaged({ name: 'teacher train', command: cli.command, args, logFile: path.join(input.run.dir, 'logs', 'teacher-train.log'), echo: (l) => env.log(`  teacher: ${l}`) });
+  const logs = path.join(input.run.dir, 'logs');
+  fs.mkdirSync(logs, { recursive: true });
+  const logFile = path.join(logs, 'teacher-train.log');
+  const log = (line: string): void => {
+    fs.appendFileSync(logFile, `${line}\n`);
+    env.log(`  teacher: ${line}`);
+  };
+  let lastLine = 0;
+  // Heartbeats also cover what happens before the first step (the tokenizer, tokenising the corpora).
   const beat = setInterval(() => actx.heartbeat({ phase: 'teacher train' }), 2000);
-  const onCancel = () => void child.stop(10_000);
-  actx.cancellationSignal.addEventListener('abort', onCancel);
   try {
-    const r = await child.exited;
-    if (actx.cancellationSignal.aborted) throw new CancelledFailure('teacher training cancelled');
-    if (r.code !== 0) throw new Error(`offshoot teacher train exited with ${r.code ?? r.signal}:\n${child.output().slice(-2000)}`);
+    const result = await trainTeacher(
+      { ...t, data: input.data.train, val: input.data.val, tokenizer: input.data.tokenizer, out: input.dir, tokenCache: tokenCache() },
+      {
+        log,
+        signal: AbortSignal.any([actx.cancellationSignal, env.draining]),
+        onStep: (r) => {
+          actx.heartbeat({ phase: 'teacher train', step: r.step });
+          if (performance.now() - lastLine >= 5000 || r.step === r.steps) {
+            lastLine = performance.now();
+            log(`train ${r.step}/${r.steps} loss ${r.loss.toFixed(3)} ${Math.round(r.tokensPerSecond)} tok/s`);
+          }
+        },
+      },
+    );
+    if (actx.cancellationSignal.aborted) throw new CancelledFailure(`teacher training cancelled at step ${result.steps} (checkpointed)`);
+    // A draining worker: the attempt fails and is retried elsewhere, resuming from the checkpoint.
+    if (result.stopped) throw new Error(`teacher training stopped at step ${result.steps} by the worker's shutdown (checkpointed; a retry resumes)`);
   } finally {
     clearInterval(beat);
-    actx.cancellationSignal.removeEventListener('abort', onCancel);
   }
 }
 
@@ -129,7 +135,7 @@ async function prepareTeacher(env: WorkerEnv, input: PrepareTeacherInput): Promi
   const dir = path.resolve(input.dir);
   if (!teacherFinished(dir)) {
     if (!input.train) throw ApplicationFailure.nonRetryable(`teacher ${dir}: no finished checkpoint there, and teacher training is off (teacher.train.enabled)`, 'CheckpointError');
-    await trainTeacherChild(env, { ...input, dir });
+    await trainTeacherHere(env, { ...input, dir, train: input.train });
     if (!teacherFinished(dir)) throw new Error(`teacher ${dir}: training ended without a finished checkpoint`);
   }
   let config;
@@ -169,7 +175,7 @@ async function prepareStudent(env: WorkerEnv, input: PrepareStudentInput): Promi
     const config = loadConfig(init.checkpoint.dir);
     const hash = checkpointHash(init.checkpoint.dir);
     if (hash !== init.checkpoint.hash) throw ApplicationFailure.nonRetryable(`${init.checkpoint.dir}: content hash ${hash.slice(0, 12)}… differs from the reference's`, 'CheckpointError');
-    return { checkpoint: { ...init.checkpoint, step: init.checkpoint.step ?? trainerState(init.checkpoint.dir)?.step ?? 0 }, parameters: parameterCount(config), config };
+    return { checkpoint: { ...init.checkpoint, step: init.checkpoint.step ?? readTrainerState(init.checkpoint.dir)?.step ?? 0 }, parameters: parameterCount(config), config };
   }
   const dir = stepDir(input.run.dir, input.name, 0);
   const describe = { format: 1, init, teacher: input.teacher.hash, seed: input.hyper.seed };
@@ -216,18 +222,6 @@ async function prepareStudent(env: WorkerEnv, input: PrepareStudentInput): Promi
 }
 
 // ---- training segments -------------------------------------------------------------------------------
-
-function trainHyper(h: PretrainHyper) {
-  return {
-    steps: h.steps,
-    batchSize: h.batchSize,
-    seqLen: h.seqLen,
-    schedule: { maxLr: h.lr, minLr: h.lr / 10, warmupSteps: Math.min(h.warmup, h.steps), totalSteps: h.steps },
-    adamw: { weightDecay: 0.1 },
-    gradClip: 1,
-    seed: h.seed,
-  };
-}
 
 /** Removes checkpoints of this student older than `latest`, keeping `keep` (the segment's start). */
 function pruneCheckpoints(folder: string, latest: number, keep: string[]): void {
@@ -309,7 +303,7 @@ async function trainSegment(env: WorkerEnv, input: TrainSegmentInput): Promise<T
   const tokSource = tokenizerSource(input.data, input.teacher.dir);
   const tokenizerJson = fs.readFileSync(fs.statSync(tokSource).isDirectory() ? path.join(tokSource, TOKENIZER_FILE) : tokSource);
   const options: TrainOptions = {
-    hyper: trainHyper(h),
+    hyper: trainingHyperparameters({ steps: h.steps, lr: h.lr, warmup: h.warmup }, h),
     batches,
     teacher,
     distill: h.distill ?? undefined,
@@ -334,7 +328,7 @@ async function trainSegment(env: WorkerEnv, input: TrainSegmentInput): Promise<T
     },
   };
   let trainer: Trainer;
-  if (trainerState(start.dir)) {
+  if (readTrainerState(start.dir)) {
     trainer = Trainer.resume(start.dir, options);
   } else {
     if (startStep !== 0) throw ApplicationFailure.nonRetryable(`${start.dir}: step ${startStep} but no ${TRAINER_STATE_FILE}`, 'CheckpointError');
@@ -413,9 +407,32 @@ async function evaluateCheckpoint(input: EvaluateCheckpointInput): Promise<Check
     const tokPath = input.data.tokenizer ?? (fs.existsSync(path.join(input.checkpoint.dir, TOKENIZER_FILE)) ? input.checkpoint.dir : input.tokenizerDir);
     const tokenizer = await loadTokenizer(tokPath);
     const val = await openData(input.data.val, tokenizer, { cacheDir: tokenCache() });
-    const r = await evaluateLoss(model, evalBatches(val, { seqLen: Math.min(input.seqLen, ckpt.config.maxPositions), batchSize: input.batchSize, maxTokens: input.evalTokens }));
+    const r = await evaluateText(model, val, tokenizer, { seqLen: Math.min(input.seqLen, ckpt.config.maxPositions), batchSize: input.batchSize, maxTokens: input.evalTokens });
     val.close();
-    return { valLoss: r.loss, valPpl: r.ppl, tokens: r.tokens };
+    return { valLoss: r.loss, valPpl: r.ppl, valBpb: r.bpb, tokens: r.tokens, bytes: r.bytes };
+  } finally {
+    model.dispose();
+  }
+}
+
+async function evaluateTaskFiles(input: EvaluateTasksInput): Promise<TaskAccuracy[]> {
+  const actx = Context.current();
+  const ckpt = loadCheckpoint(input.checkpoint.dir);
+  if (ckpt.hash !== input.checkpoint.hash) {
+    throw ApplicationFailure.nonRetryable(`${input.checkpoint.dir}: content hash ${ckpt.hash.slice(0, 12)}… differs from the reference's`, 'CheckpointError');
+  }
+  let tasks;
+  try {
+    tasks = loadTasks(input.files, { cwd: input.cwd, limit: input.limit });
+  } catch (err) {
+    if (err instanceof TaskError) throw ApplicationFailure.nonRetryable(err.message, 'TaskError');
+    throw err;
+  }
+  const model = GPTNeoX.fromTensors(ckpt.config, ckpt.tensors, input.checkpoint.dir);
+  try {
+    const tokenizer = await loadTokenizer(fs.existsSync(path.join(input.checkpoint.dir, TOKENIZER_FILE)) ? input.checkpoint.dir : input.tokenizerDir);
+    const { scores } = await evaluateTasks(model, tokenizer, tasks, { batchSize: input.batchSize, onProgress: (done, total) => actx.heartbeat({ done, total }) });
+    return scores.map((s) => ({ task: s.task, docs: s.docs, metrics: s.metrics as TaskAccuracy['metrics'] }));
   } finally {
     model.dispose();
   }
@@ -428,5 +445,6 @@ export function createPretrainActivities(env: WorkerEnv): PretrainActivities {
     prepareStudent: withActivityEvents(env, (i: PrepareStudentInput) => i.run.runId, (i) => `student ${i.name}`, (i) => prepareStudent(env, i)),
     trainSegment: withActivityEvents(env, (i: TrainSegmentInput) => i.run.runId, (i) => `${i.name} steps ${i.from.step ?? 0}-${i.toStep}`, (i) => trainSegment(env, i)),
     evaluateCheckpoint: async (i: EvaluateCheckpointInput) => evaluateCheckpoint(i),
+    evaluateTasks: async (i: EvaluateTasksInput) => evaluateTaskFiles(i),
   };
 }

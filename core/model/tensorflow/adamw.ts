@@ -1,19 +1,21 @@
 /**
  * AdamW with global-norm clipping on the `tensorflow` backend. Each parameter (or a stack of
  * small same-shaped ones) and its two moments live in TensorFlow resource variables, and one
- * ResourceApplyAdam updates all three in a single fused pass, where optim.ts's AdamW.apply runs 15
+ * ResourceApplyAdam updates all three in a single fused pass, where the reference runs 15
  * element-wise ops per parameter. The global norm is one L2Loss per variable and one AddN. Same
- * arithmetic as clipByGlobalNorm + AdamW.apply up to float rounding:
+ * arithmetic as the reference (../ops/adamw.ts) up to float rounding:
  *   - TensorFlow's Adam computes var −= lr·√(1−β₂ᵗ)/(1−β₁ᵗ) · m / (√v + ε̂); with ε̂ = ε·√(1−β₂ᵗ)
- *     that is lr · m̂ / (√v̂ + ε), AdamW.apply's update;
+ *     that is lr · m̂ / (√v̂ + ε), the reference's update;
  *   - decoupled weight decay var −= lr·λ·var is ResourceApplyGradientDescent with the parameter as
- *     its own gradient, before the Adam step (both read the same var, as AdamW.apply's do).
+ *     its own gradient, before the Adam step (both read the same var, as the reference's do).
  * The model's tf.Variables hold what ReadVariableOp returns after each step (unstacked for a
  * group); a parameter assigned from elsewhere (a checkpoint, model.assign) is copied back into its
- * resource before the next step.
+ * resource before the next step. The resources hold the optimiser's moments between steps
+ * (AdamWState.hold); a step on another path, or a checkpoint, reads them back.
  */
 import * as tf from '../tfjs.js';
 
+import type { AdamWEntry, AdamWState, AdamWStep, HeldMoments } from '../ops/index.js';
 import { add, boolAttr, intAttr, mul, op, opN, scalar, shapeAttr, stringAttr, typeAttr, unary } from './native.js';
 
 /** TensorFlow's ResourceHandle::ANONYMOUS_NAME: a variable no one else can look up, freed with its last handle. */
@@ -49,28 +51,26 @@ interface Slot {
   synced: Array<tf.DataId | null>;
 }
 
-export interface ResourceAdamEntry {
-  name: string;
-  param: tf.Variable;
-  grad: tf.Tensor;
-  /** Whether weight decay applies (optim.ts's decays()). */
-  decays: boolean;
+interface ResourceAdamEntry extends AdamWEntry {
   /** Moments to start from when this parameter has no slot yet (loaded optimiser state), zeros if absent; the slot disposes them. */
   initial?: () => { m?: tf.Tensor; v?: tf.Tensor };
 }
 
-export interface ResourceAdamOptions {
-  lr: number;
-  beta1: number;
-  beta2: number;
-  eps: number;
-  weightDecay: number;
-  /** The step being taken, 1-based. */
-  step: number;
-  maxNorm: number;
+/**
+ * The clipped AdamW operation on resource variables. The resources are made for one set of
+ * parameters; a step with another set hands them back and starts new ones.
+ */
+export function resourceClipAdamW(state: AdamWState, entries: AdamWEntry[], s: AdamWStep): tf.Scalar {
+  const names = entries.map((e) => e.name).sort().join('\n');
+  const resources = state.hold(`tensorflow\n${names}`, () => new ResourceAdam());
+  // Loaded (or earlier) moments seed the resources once; from then on the resources hold them.
+  return resources.applyClipped(
+    entries.map((e) => ({ ...e, initial: () => state.take(e.name) })),
+    s,
+  );
 }
 
-export class ResourceAdam {
+class ResourceAdam implements HeldMoments {
   private slots: Slot[] | null = null;
 
   /** Groups the parameters (first step) and makes their variables, seeded from loaded moments or zeros. */
@@ -98,10 +98,9 @@ export class ResourceAdam {
 
   /**
    * Clips the gradients to a global L2 norm of at most maxNorm and applies one AdamW step; returns
-   * the norm before clipping. Every step must bring the parameters of the first (AdamW starts a
-   * new ResourceAdam when they change).
+   * the norm before clipping. Every step must bring the parameters of the first.
    */
-  applyClipped(entries: ResourceAdamEntry[], o: ResourceAdamOptions): tf.Scalar {
+  applyClipped(entries: ResourceAdamEntry[], o: AdamWStep): tf.Scalar {
     const slots = (this.slots ??= this.makeSlots(entries));
     const byName = new Map(entries.map((e) => [e.name, e]));
     return tf.tidy(() => {

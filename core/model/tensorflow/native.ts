@@ -42,9 +42,8 @@ export function setTensorflowKernels(on: boolean | null): void {
   enabledOverride = on;
 }
 
-/** True when the active backend is `tensorflow` and its own ops are on (default on; OFFSHOOT_TF_KERNELS=0 turns them off). */
-export function tensorflowKernelsActive(): boolean {
-  if (tf.getBackend() !== 'tensorflow') return false;
+/** Whether offshoot's TensorFlow ops run when tensorflow is the backend (default on; OFFSHOOT_TF_KERNELS=0 turns them off). */
+export function tensorflowKernelsEnabled(): boolean {
   if (enabledOverride !== null) return enabledOverride;
   return process.env.OFFSHOOT_TF_KERNELS !== '0';
 }

@@ -3,26 +3,15 @@
  * gradients (for a fixed random upstream gradient) of each fused op, computed on the webgpu backend,
  * against the reference ops computed either on the cpu backend (small shapes: what the tests run,
  * on lavapipe in CI) or on the webgpu backend with the fused kernels off (tfjs's stock kernels, at
- * the shapes of a Pythia-70M training step: what bench/gpu-train --check runs on the card).
+ * the shapes of a Pythia-70M training step: what bench/gpu-train --check runs on the card). This is
+ * the harness and the matrix products' case; each operation's case is in its file (linearCase in
+ * linear.ts, attentionCase in attention.ts, ...).
  */
 import * as tf from '../tfjs.js';
 
-import { initBackend } from '../backend.js';
-import { causalSelfAttention } from '../gptneox.js';
-import { distillationLoss, topKFromLogits } from '../losses.js';
-import { crossEntropy, gatherRows, gelu, layerNorm, linear, matMul } from '../ops.js';
-import {
-  type AttentionKernels,
-  fusedAttention,
-  fusedCrossEntropy,
-  fusedGatherRows,
-  fusedLayerNorm,
-  fusedLinear,
-  fusedMatMulNT,
-  fusedTopKDistill,
-  setAttentionKernels,
-  setFusedKernels,
-} from './fused.js';
+import type { NeoXConfig } from '../config.js';
+import { crossEntropy } from '../ops/index.js';
+import { setFusedKernels } from './fused.js';
 import { matmul } from './matmul.js';
 import { toTensor } from './runtime.js';
 
@@ -54,8 +43,14 @@ const toT = (h: Host) => tf.tensor(h.data, h.shape, h.dtype ?? 'float32');
 
 export type Reference = 'cpu' | 'webgpu-unfused';
 
-async function onBackend(where: Reference | 'webgpu'): Promise<void> {
-  await initBackend(where === 'cpu' ? 'cpu' : 'webgpu', () => {});
+/**
+ * Makes `where` the active backend, with the fused kernels on (webgpu) or off (webgpu-unfused).
+ * The caller loads webgpu first (initBackend).
+ */
+export async function onBackend(where: Reference | 'webgpu'): Promise<void> {
+  const name = where === 'cpu' ? 'cpu' : 'webgpu';
+  if (tf.getBackend() !== name && !(await tf.setBackend(name))) throw new Error(`kernel check: the ${name} backend failed to initialise`);
+  await tf.ready();
   setFusedKernels(where === 'webgpu-unfused' ? false : null);
 }
 
@@ -157,147 +152,12 @@ export function matmulCase(name: string, M: number, K: number, N: number, transA
   };
 }
 
-export function linearCase(N: number, inF: number, outF: number, activation: 'none' | 'gelu', tol = 2e-5): KernelCase {
-  return {
-    name: `linear${activation === 'gelu' ? ' + GELU' : ''} (N ${N}, in ${inF}, out ${outF})`,
-    inputs: () => [randHost([N, inF], 3), randHost([outF, inF], 4, activation === 'gelu' ? 0.5 : 0.3), randHost([outF], 5)],
-    diff: [0, 1, 2],
-    reference: ([x, w, b]) => {
-      const y = linear(x as tf.Tensor2D, w as tf.Tensor2D, b as tf.Tensor1D);
-      return activation === 'gelu' ? gelu(y) : y;
-    },
-    fused: ([x, w, b]) => fusedLinear(x as tf.Tensor2D, w as tf.Tensor2D, b as tf.Tensor1D, activation),
-    tol,
-  };
-}
-
-export function logitsCase(N: number, D: number, V: number, tol = 2e-5): KernelCase {
-  return {
-    name: `logits product h · Wᵀ (N ${N}, D ${D}, V ${V})`,
-    inputs: () => [randHost([N, D], 9), randHost([V, D], 10, 0.2)],
-    diff: [0, 1],
-    reference: ([h, w]) => matMul(h, w, false, true),
-    fused: ([h, w]) => fusedMatMulNT(h as tf.Tensor2D, w as tf.Tensor2D),
-    tol,
-  };
-}
-
-export function layerNormCase(N: number, D: number, tol = 2e-5): KernelCase {
-  return {
-    name: `LayerNorm (N ${N}, D ${D})`,
-    inputs: () => [randHost([N, D], 11, 2), randHost([D], 12), randHost([D], 13)],
-    diff: [0, 1, 2],
-    reference: ([x, w, b]) => layerNorm(x, w, b, 1e-5),
-    fused: ([x, w, b]) => fusedLayerNorm(x as tf.Tensor2D, w as tf.Tensor1D, b as tf.Tensor1D, 1e-5),
-    tol,
-  };
-}
-
-export function attentionCase(kernels: AttentionKernels, B: number, T: number, H: number, hs: number, rd: number, tol = 5e-5): KernelCase {
-  const shape = { batch: B, seqLen: T, heads: H, headSize: hs, rotated: rd };
-  return {
-    name: `causal attention with rotary, ${kernels} kernels (B ${B}, T ${T}, H ${H}, hs ${hs}, rotated ${rd})`,
-    inputs: () => {
-      const r = ropeTables(T, rd);
-      return [randHost([B * T, H * 3 * hs], 14, 1.5), r.cos, r.sin, r.mask];
-    },
-    diff: [0],
-    reference: ([x, c, s, m]) => causalSelfAttention(x as tf.Tensor2D, c as tf.Tensor2D, s as tf.Tensor2D, m as tf.Tensor2D, shape),
-    fused: ([x, c, s]) => {
-      // The path is chosen in the forward; its gradient follows it.
-      setAttentionKernels(kernels);
-      try {
-        return fusedAttention(x as tf.Tensor2D, c as tf.Tensor2D, s as tf.Tensor2D, shape);
-      } finally {
-        setAttentionKernels(null);
-      }
-    },
-    tol,
-  };
-}
-
-export function crossEntropyCase(N: number, V: number, tol = 2e-5): KernelCase {
-  return {
-    name: `softmax cross-entropy (N ${N}, V ${V})`,
-    inputs: () => [randHost([N, V], 15, 4), intHost([N], V, 1)],
-    diff: [0],
-    reference: ([x, t]) => crossEntropy(x as tf.Tensor2D, t as tf.Tensor1D),
-    fused: ([x, t]) => fusedCrossEntropy(x as tf.Tensor2D, t as tf.Tensor1D),
-    tol,
-  };
-}
-
-export function topKCase(N: number, V: number, k: number, direction: 'forward' | 'reverse' | 'symmetric', alpha: number, temperature: number, tol = 5e-5): KernelCase {
-  return {
-    name: `top-k distillation (N ${N}, V ${V}, k ${k}, ${direction} KL, alpha ${alpha}, temperature ${temperature})`,
-    inputs: async () => {
-      // The teacher's top-k view, computed once on the cpu backend.
-      await onBackend('cpu');
-      const teacher = randHost([N, V], 17, 3);
-      const tl = tf.tensor2d(teacher.data, [N, V]);
-      const top = topKFromLogits(tl, k, temperature);
-      const hosts: Host[] = [
-        randHost([N, V], 16, 3),
-        intHost([N], V, 2),
-        { shape: [N, k], data: (await top.indices.data()) as Int32Array, dtype: 'int32' },
-        { shape: [N, k], data: (await top.logits.data()) as Float32Array },
-        { shape: [N], data: (await top.logNormaliser.data()) as Float32Array },
-      ];
-      tf.dispose([tl, top.indices, top.logits, top.logNormaliser]);
-      return hosts;
-    },
-    diff: [0],
-    reference: ([x, t, i, l, z]) =>
-      distillationLoss(x as tf.Tensor2D, t as tf.Tensor1D, { indices: i as tf.Tensor2D, logits: l as tf.Tensor2D, logNormaliser: z as tf.Tensor1D }, { alpha, temperature, direction }),
-    fused: ([x, t, i, l, z]) =>
-      fusedTopKDistill(x as tf.Tensor2D, t as tf.Tensor1D, { indices: i as tf.Tensor2D, logits: l as tf.Tensor2D, logNormaliser: z as tf.Tensor1D }, alpha, temperature, direction),
-    tol,
-  };
-}
-
-export function embeddingCase(rows: number, width: number, n: number, tol = 2e-5): KernelCase {
-  return {
-    name: `embedding rows and gradient (table ${rows} × ${width}, ${n} ids)`,
-    inputs: () => [randHost([rows, width], 18), { shape: [n], data: Int32Array.from({ length: n }, (_, i) => (i * i + 3 * i) % rows), dtype: 'int32' }],
-    diff: [0],
-    reference: ([t, i]) => gatherRows(t as tf.Tensor2D, i as tf.Tensor1D),
-    fused: ([t, i]) => fusedGatherRows(t as tf.Tensor2D, i as tf.Tensor1D),
-    tol,
-  };
-}
-
-/**
- * The cases at the shapes of a Pythia-70M training step (batch 8 × 512, width 512, vocabulary
- * 50304, head size 64), checked on the card against tfjs's stock webgpu kernels. `shrink` divides
- * the token, width and vocabulary sizes (head size stays 64), to try the same path on a slow adapter.
- */
-export function pythiaScaleCases(shrink = 1): KernelCase[] {
-  const d = (n: number) => Math.max(4, Math.round(n / shrink / 4) * 4);
-  const [N, D, V, F, QKV] = [d(4096), d(512), d(50304), d(2048), d(1536)];
-  const T = d(512);
-  return [
-    matmulCase('matrix product NT (logits shape)', N, D, V, false, true, 1e-5),
-    matmulCase('matrix product NN, split-K (logits backward)', N, V, D, false, false, 5e-5),
-    matmulCase('matrix product TN (embed_out gradient)', V, N, D, true, false, 1e-5),
-    linearCase(N, D, QKV, 'none', 1e-4),
-    linearCase(N, D, F, 'gelu', 1e-4),
-    linearCase(N, F, D, 'none', 1e-4),
-    logitsCase(d(1024), D, V, 1e-4),
-    layerNormCase(N, D, 1e-4),
-    attentionCase('scores', Math.max(1, Math.round(8 / shrink)), T, 8, 64, 16, 1e-4),
-    attentionCase('flash', Math.max(1, Math.round(8 / shrink)), T, 8, 64, 16, 1e-4),
-    crossEntropyCase(d(1024), V, 1e-4),
-    topKCase(d(1024), V, 64, 'forward', 0.5, 2, 1e-4),
-    embeddingCase(V, D, N, 1e-4),
-  ];
-}
-
 /**
  * A whole model's loss and every parameter's gradient, fused kernels on webgpu against the reference
  * (cpu, or webgpu with the fused kernels off). Returns the loss difference and the worst gradient.
  */
 export async function modelGradientCheck(
-  config: import('../config.js').NeoXConfig,
+  config: NeoXConfig,
   batch: number,
   seqLen: number,
   reference: Reference,

@@ -350,7 +350,7 @@ export async function autotuneMatMuls(opts: { targetMs?: number } = {}): Promise
 
 /**
  * autotuneMatMuls on a hardware adapter (a software one, such as lavapipe, would spend minutes), unless
- * OFFSHOOT_MATMUL_AUTOTUNE=0. The trainer calls this after its first step.
+ * OFFSHOOT_MATMUL_AUTOTUNE=0: webgpu's afterFirstTrainingStep, which the trainer runs after its first step.
  */
 export async function autotuneIfHardware(): Promise<TuneResult[]> {
   if (webgpuBackend() === null || process.env.OFFSHOOT_MATMUL_AUTOTUNE === '0' || capabilities().software) return [];

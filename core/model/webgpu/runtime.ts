@@ -61,9 +61,19 @@ export interface WebGPUBackendInternals {
 /** The active backend's internals when it is webgpu, else null. */
 export function webgpuBackend(): WebGPUBackendInternals | null {
   if (tf.getBackend() !== 'webgpu') return null;
-  const b = tf.backend() as unknown as WebGPUBackendInternals;
-  if (!orderedPools.has(b.bufferManager)) orderPool(b.bufferManager);
-  return b;
+  return withOrderedPool(tf.backend() as unknown as WebGPUBackendInternals);
+}
+
+/** A webgpu backend whose buffer pool hands out its lowest-numbered free buffer (`orderPool`); the loader applies it when it makes the backend. */
+export function withOrderedPool<B extends object>(backend: B): B {
+  const pool = (backend as unknown as WebGPUBackendInternals).bufferManager;
+  if (!orderedPools.has(pool)) orderPool(pool);
+  return backend;
+}
+
+/** Bytes tfjs's WebGPU buffer pool has allocated (it keeps freed buffers, so this is its high-water mark); null off webgpu. */
+export function gpuBytesAllocated(): number | null {
+  return webgpuBackend()?.bufferManager.numBytesAllocated ?? null;
 }
 
 /** A buffer's number, in the order buffers are first bound or freed. */

@@ -1,0 +1,105 @@
+// Causal self-attention's own kernels. The four products around the softmax run in cuBLASLt as
+// batched products over B·H (attention.ts); here: splitting the fused QKV projection into heads with
+// rotary embeddings (rotate_half on the first rd dims of q and k), the causal softmax and its
+// backward over materialised scores, and the head layout changes.
+#include "common.cuh"
+
+// qkv [B·T, H·3·hs] (rows interleaved per head: q, k, v) → q, k, v [B·H, T, hs].
+extern "C" __global__ void rotary_split(void* q, void* k, void* v, int outSt, const void* qkv, int inSt, const float* cosT,
+                                        const float* sinT, int B, int T, int H, int hs, int rd) {
+  const int half = rd / 2;
+  FOR_EACH(i, (i64)B * H * T * hs) {
+    const int d = (int)(i % hs);
+    const i64 r = i / hs;
+    const int t = (int)(r % T);
+    const i64 bh = r / T;
+    const int h = (int)(bh % H);
+    const i64 b = bh / H;
+    const i64 src = ((b * T + t) * H + h) * 3 * hs;
+    float qv = load_any(qkv, inSt, src + d);
+    float kv = load_any(qkv, inSt, src + hs + d);
+    const float vv = load_any(qkv, inSt, src + 2 * hs + d);
+    if (d < rd) {
+      const float c = cosT[t * rd + d], s = sinT[t * rd + d];
+      const int o = d < half ? d + half : d - half;
+      const float sign = d < half ? -1.f : 1.f;
+      qv = qv * c + sign * load_any(qkv, inSt, src + o) * s;
+      kv = kv * c + sign * load_any(qkv, inSt, src + hs + o) * s;
+    }
+    store_any(q, outSt, i, qv);
+    store_any(k, outSt, i, kv);
+    store_any(v, outSt, i, vv);
+  }
+}
+
+// dq, dk, dv [B·H, T, hs] → dqkv [B·T, H·3·hs], undoing the rotation of q and k.
+extern "C" __global__ void rotary_merge_backward(void* dqkv, int outSt, const void* dq, const void* dk, const void* dv, int inSt,
+                                                 const float* cosT, const float* sinT, int B, int T, int H, int hs, int rd) {
+  const int half = rd / 2;
+  FOR_EACH(i, (i64)B * T * H * 3 * hs) {
+    const int e = (int)(i % (3 * hs));
+    const int part = e / hs, d = e % hs;
+    const i64 r = i / (3 * hs);
+    const int h = (int)(r % H);
+    const i64 bt = r / H;
+    const int t = (int)(bt % T);
+    const i64 b = bt / T;
+    const i64 src = ((b * H + h) * T + t) * hs;
+    const void* g = part == 0 ? dq : part == 1 ? dk : dv;
+    float val = load_any(g, inSt, src + d);
+    if (part < 2 && d < rd) {
+      const int o = d < half ? d + half : d - half;
+      const float sign = d < half ? 1.f : -1.f;
+      val = val * cosT[t * rd + d] + sign * load_any(g, inSt, src + o) * sinT[t * rd + o];
+    }
+    store_any(dqkv, outSt, i, val);
+  }
+}
+
+// [B·H, T, hs] ↔ [B·T, H·hs]: toHeads = 0 merges heads, 1 splits them.
+extern "C" __global__ void heads_layout(void* out, int outSt, const void* in, int inSt, int B, int T, int H, int hs, int toHeads) {
+  FOR_EACH(i, (i64)B * T * H * hs) {
+    // i indexes the merged layout [b, t, h, d].
+    const int d = (int)(i % hs);
+    const i64 r = i / hs;
+    const int h = (int)(r % H);
+    const i64 bt = r / H;
+    const int t = (int)(bt % T);
+    const i64 b = bt / T;
+    const i64 j = ((b * H + h) * T + t) * hs + d;
+    if (toHeads) store_any(out, outSt, j, load_any(in, inSt, i));
+    else store_any(out, outSt, i, load_any(in, inSt, j));
+  }
+}
+
+// P = softmax over j ≤ i of scores S [rows = B·H·T, T] (already scaled), zero above the diagonal.
+// One warp per row, 4 rows per block of 128 threads.
+extern "C" __global__ void causal_softmax(void* P, int pSt, const float* S, i64 rows, int T) {
+  const i64 row = ((i64)blockIdx.y * gridDim.x + blockIdx.x) * 4 + (threadIdx.x >> 5);
+  if (row >= rows) return;
+  const int lane = threadIdx.x & 31;
+  const int i = (int)(row % T);
+  const float* s = S + row * T;
+  float m = NEG_INF;
+  for (int j = lane; j <= i; j += 32) m = fmaxf(m, s[j]);
+  m = warp_max(m);
+  float sum = 0.f;
+  for (int j = lane; j <= i; j += 32) sum += expf(s[j] - m);
+  const float inv = 1.f / warp_sum(sum);
+  for (int j = lane; j < T; j += 32) store_any(P, pSt, row * T + j, j <= i ? expf(s[j] - m) * inv : 0.f);
+}
+
+// dS = P ∘ (dP − Σ_j P·dP) per row (the softmax backward), zero above the diagonal.
+extern "C" __global__ void causal_softmax_backward(void* dS, int dsSt, const void* P, int pSt, const float* dP, i64 rows, int T) {
+  const i64 row = ((i64)blockIdx.y * gridDim.x + blockIdx.x) * 4 + (threadIdx.x >> 5);
+  if (row >= rows) return;
+  const int lane = threadIdx.x & 31;
+  const int i = (int)(row % T);
+  const i64 base = row * T;
+  float dot = 0.f;
+  for (int j = lane; j <= i; j += 32) dot += load_any(P, pSt, base + j) * dP[base + j];
+  dot = warp_sum(dot);
+  for (int j = lane; j < T; j += 32) {
+    store_any(dS, dsSt, base + j, j <= i ? load_any(P, pSt, base + j) * (dP[base + j] - dot) : 0.f);
+  }
+}

@@ -1,0 +1,74 @@
+// Shared by every kernel file: element loads and stores for each storage type, and reductions.
+// Storage codes (storage.ts): 0 f32, 1 bf16, 2 i32, 3 u8. Arithmetic is always f32.
+#pragma once
+#include <cuda_bf16.h>
+
+typedef __nv_bfloat16 bf16;
+typedef long long i64;
+
+enum { ST_F32 = 0, ST_BF16 = 1, ST_I32 = 2, ST_U8 = 3 };
+
+#define NEG_INF __int_as_float(0xff800000)
+#define POS_INF __int_as_float(0x7f800000)
+
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(bf16 x) { return __bfloat162float(x); }
+template <typename T> __device__ __forceinline__ T from_f32(float x);
+template <> __device__ __forceinline__ float from_f32<float>(float x) { return x; }
+template <> __device__ __forceinline__ bf16 from_f32<bf16>(float x) { return __float2bfloat16_rn(x); }
+
+// A value of a tensor whose storage is known only at run time (the branch is uniform per launch).
+__device__ __forceinline__ float load_any(const void* p, int st, i64 i) {
+  switch (st) {
+    case ST_BF16: return __bfloat162float(((const bf16*)p)[i]);
+    case ST_I32: return (float)((const int*)p)[i];
+    case ST_U8: return (float)((const unsigned char*)p)[i];
+    default: return ((const float*)p)[i];
+  }
+}
+
+__device__ __forceinline__ void store_any(void* p, int st, i64 i, float v) {
+  switch (st) {
+    case ST_BF16: ((bf16*)p)[i] = __float2bfloat16_rn(v); break;
+    case ST_I32: ((int*)p)[i] = (int)v; break;
+    case ST_U8: ((unsigned char*)p)[i] = v != 0.f ? 1 : 0; break;
+    default: ((float*)p)[i] = v;
+  }
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
+// `scratch` holds 32 floats; the block must not use it again before the next __syncthreads.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < warps ? scratch[lane] : 0.f;
+  return warp_sum(v);
+}
+
+__device__ __forceinline__ float block_max(float v, float* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < warps ? scratch[lane] : NEG_INF;
+  return warp_max(v);
+}
+
+// A grid-stride loop over n elements.
+#define FOR_EACH(i, n) for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)

@@ -1,0 +1,733 @@
+/**
+ * Causal self-attention with rotary embeddings on the fused WebGPU path: the QKV split with rotary
+ * into per-head q, k, v, then one of two paths (attentionKernelsFor): `scores` materialises the
+ * causal scores and runs the products around the softmax as batched matrix products (matmul.ts)
+ * with the tiles above the diagonal skipped; `flash` never writes the scores (K/V tiles in
+ * workgroup memory, online softmax) and recomputes them in the backward. Heads are merged back,
+ * and the backward's rotary merge writes the gradient of the fused projection.
+ */
+import * as tf from '../tfjs.js';
+
+import { type AttentionShape, PositionTables, causalSelfAttention, customOp } from '../ops/index.js';
+import { type KernelCase, randHost, ropeTables } from './check.js';
+import { kernel, rowGrid } from './fused.js';
+import { matmul } from './matmul.js';
+import { type UniformValue, allocate, capabilities, dispatch, grid1d, release, toTensor } from './runtime.js';
+import { FLAT, NEG_BIG, ONLINE_LSE, lseReduce, reduceFns } from './wgsl-common.js';
+
+// --------------------------------------------------------------------------------------------
+// Rotary embedding with the head split / merge of the fused QKV projection
+
+/**
+ * in: fused [B·T, H·3·hs], cos [T, rd], sin [T, rd]; out: q, k, v [B·H, T, hs]; u: {total, T, H}.
+ * Rotary (rotate_half) on the first rd dims of q and k.
+ */
+export function rotarySplitSource(hs: number, rd: number): string {
+  const half = rd / 2;
+  return /* wgsl */ `
+@group(0) @binding(0) var<storage, read> fused: array<f32>;
+@group(0) @binding(1) var<storage, read> cosT: array<f32>;
+@group(0) @binding(2) var<storage, read> sinT: array<f32>;
+@group(0) @binding(3) var<storage, read_write> q: array<f32>;
+@group(0) @binding(4) var<storage, read_write> k: array<f32>;
+@group(0) @binding(5) var<storage, read_write> v: array<f32>;
+struct U { total: u32, T: u32, H: u32, p0: u32 };
+@group(0) @binding(6) var<uniform> u: U;
+${FLAT}
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let idx = flat_index(gid, nwg);
+  if (idx >= u.total) { return; }
+  let d = idx % ${hs}u;
+  let t = (idx / ${hs}u) % u.T;
+  let bh = idx / (${hs}u * u.T);
+  let h = bh % u.H;
+  let b = bh / u.H;
+  let src = (b * u.T + t) * u.H * ${3 * hs}u + h * ${3 * hs}u;
+  var qv = fused[src + d];
+  var kv = fused[src + ${hs}u + d];
+  if (d < ${rd}u) {
+    let c = cosT[t * ${rd}u + d];
+    let s = sinT[t * ${rd}u + d];
+    var partner = d + ${half}u;
+    var sgn = -1.0;
+    if (d >= ${half}u) { partner = d - ${half}u; sgn = 1.0; }
+    qv = qv * c + (sgn * fused[src + partner]) * s;
+    kv = kv * c + (sgn * fused[src + ${hs}u + partner]) * s;
+  }
+  q[idx] = qv;
+  k[idx] = kv;
+  v[idx] = fused[src + ${2 * hs}u + d];
+}
+`;
+}
+
+/** in: dq, dk, dv [B·H, T, hs], cos, sin; out: dfused [B·T, H·3·hs]; u: {total, T, H}. */
+export function rotaryMergeBackwardSource(hs: number, rd: number): string {
+  const half = rd / 2;
+  return /* wgsl */ `
+@group(0) @binding(0) var<storage, read> dq: array<f32>;
+@group(0) @binding(1) var<storage, read> dk: array<f32>;
+@group(0) @binding(2) var<storage, read> dv: array<f32>;
+@group(0) @binding(3) var<storage, read> cosT: array<f32>;
+@group(0) @binding(4) var<storage, read> sinT: array<f32>;
+@group(0) @binding(5) var<storage, read_write> dfused: array<f32>;
+struct U { total: u32, T: u32, H: u32, p0: u32 };
+@group(0) @binding(6) var<uniform> u: U;
+${FLAT}
+fn grad_of(which: u32, i: u32) -> f32 {
+  if (which == 0u) { return dq[i]; }
+  if (which == 1u) { return dk[i]; }
+  return dv[i];
+}
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let idx = flat_index(gid, nwg);
+  if (idx >= u.total) { return; }
+  let width = u.H * ${3 * hs}u;
+  let row = idx / width;
+  let col = idx % width;
+  let h = col / ${3 * hs}u;
+  let j = col % ${3 * hs}u;
+  let which = j / ${hs}u;
+  let d = j % ${hs}u;
+  let b = row / u.T;
+  let t = row % u.T;
+  let src = ((b * u.H + h) * u.T + t) * ${hs}u;
+  var g = grad_of(which, src + d);
+  if (which < 2u && d < ${rd}u) {
+    if (d < ${half}u) {
+      g = g * cosT[t * ${rd}u + d] + grad_of(which, src + d + ${half}u) * sinT[t * ${rd}u + d + ${half}u];
+    } else {
+      g = g * cosT[t * ${rd}u + d] - grad_of(which, src + d - ${half}u) * sinT[t * ${rd}u + d - ${half}u];
+    }
+  }
+  dfused[idx] = g;
+}
+`;
+}
+
+// --------------------------------------------------------------------------------------------
+// Causal attention, flash style: one invocation per query (or key) row, K/V (or Q/dO) tiles
+// staged in workgroup memory, scores never written to global memory.
+
+export const ATTN_ROWS = 64;
+
+export function attnBlock(hs: number): number {
+  return hs <= 64 ? 32 : 16;
+}
+
+/**
+ * Invocations per row: two (each taking half of every key or query tile, merged at the end through
+ * the tiles' workgroup memory) when the head is small enough for the merge to fit, else one.
+ */
+export function attnParts(hs: number): number {
+  return hs <= 64 ? 2 : 1;
+}
+
+function vecDecl(prefix: string, n: number, init = 'vec4<f32>(0.0)'): string {
+  return Array.from({ length: n }, (_, i) => `var ${prefix}${i} = ${init};`).join(' ');
+}
+/**
+ * Σ_i dot(prefix_i, tile[row·stride + i]) as a balanced tree: the dots are independent and the sum
+ * is log-deep, not a chain of n dependent adds (which left the attention kernels latency-bound).
+ */
+function dotWith(prefix: string, n: number, tile: string, rowExpr: string, rowStride: number): string {
+  const terms = Array.from({ length: n }, (_, i) => `dot(${prefix}${i}, ${tile}[${rowExpr} * ${rowStride}u + ${i}u])`);
+  const tree = (xs: string[]): string => (xs.length === 1 ? xs[0] : `(${tree(xs.slice(0, Math.ceil(xs.length / 2)))} + ${tree(xs.slice(Math.ceil(xs.length / 2)))})`);
+  return tree(terms);
+}
+const each = (n: number, f: (i: number) => string, sep = ' ') => Array.from({ length: n }, (_, i) => f(i)).join(sep);
+
+/**
+ * A row's partial vector (V4 vec4s) parked in the two tiles A and B (each of `half` rows × V4) for
+ * the merge: rows below `half` in A, the rest in B.
+ */
+function park(prefix: string, V4: number, half: number, A: string, B: string): string {
+  return `if (row < ${half}u) { ${each(V4, (i) => `${A}[row * ${V4}u + ${i}u] = ${prefix}${i};`)} } else { ${each(V4, (i) => `${B}[(row - ${half}u) * ${V4}u + ${i}u] = ${prefix}${i};`)} }`;
+}
+/** Declares pk0.. with the parked partial of `row` (no out-of-range index is ever formed). */
+function unpark(V4: number, half: number, A: string, B: string): string {
+  return `${vecDecl('pk', V4)} if (row < ${half}u) { ${each(V4, (i) => `pk${i} = ${A}[row * ${V4}u + ${i}u];`)} } else { ${each(V4, (i) => `pk${i} = ${B}[(row - ${half}u) * ${V4}u + ${i}u];`)} }`;
+}
+
+/**
+ * in: q, k, v [BH, T, hs]; out: o [B·T, H·hs] (heads merged), lse [BH·T]; u: {T, H, scale}.
+ * Grid: (ceil(T / 64), BH). Requires hs % 4 == 0. Each of the `parts` invocations of a row takes
+ * its share of every key tile; online softmax per part, merged at the end.
+ */
+export function flashForwardSource(hs: number): string {
+  const V4 = hs / 4;
+  const BK = attnBlock(hs);
+  const R = ATTN_ROWS;
+  const P = attnParts(hs);
+  const KP = BK / P;
+  return /* wgsl */ `
+@group(0) @binding(0) var<storage, read> Q: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> K: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> V: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> O: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> LSE: array<f32>;
+struct U { T: u32, H: u32, scale: f32, p0: u32 };
+@group(0) @binding(5) var<uniform> u: U;
+var<workgroup> Ks: array<vec4<f32>, ${BK * V4}>;
+var<workgroup> Vs: array<vec4<f32>, ${BK * V4}>;
+var<workgroup> Ss: array<f32, ${R * P * (KP + 1)}>;
+@compute @workgroup_size(${R * P})
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+  let bh = wid.y;
+  let q0 = wid.x * ${R}u;
+  let row = lid % ${R}u;
+  let part = lid / ${R}u;
+  let r = q0 + row;
+  let valid = r < u.T;
+  let rowBase = bh * u.T;
+  ${vecDecl('rq_', V4)}
+  if (valid) {
+    ${each(V4, (i) => `rq_${i} = Q[(rowBase + r) * ${V4}u + ${i}u];`)}
+  }
+  ${vecDecl('ro_', V4)}
+  var m = ${NEG_BIG};
+  var l = 0.0;
+  let kvEnd = min(u.T, q0 + ${R}u);
+  let c0 = part * ${KP}u;
+  for (var kb = 0u; kb < kvEnd; kb += ${BK}u) {
+    for (var e = lid; e < ${BK * V4}u; e += ${R * P}u) {
+      let kr = kb + e / ${V4}u;
+      var kv = vec4<f32>(0.0);
+      var vv = vec4<f32>(0.0);
+      if (kr < u.T) { kv = K[(rowBase + kr) * ${V4}u + e % ${V4}u]; vv = V[(rowBase + kr) * ${V4}u + e % ${V4}u]; }
+      Ks[e] = kv;
+      Vs[e] = vv;
+    }
+    workgroupBarrier();
+    var mb = ${NEG_BIG};
+    for (var j = 0u; j < ${KP}u; j++) {
+      let c = c0 + j;
+      var s = ${NEG_BIG};
+      if (kb + c <= r && kb + c < u.T) {
+        s = (${dotWith('rq_', V4, 'Ks', 'c', V4)}) * u.scale;
+        mb = max(mb, s);
+      }
+      Ss[lid * ${KP + 1}u + j] = s;
+    }
+    let mNew = max(m, mb);
+    let alpha = exp(m - mNew);
+    l = l * alpha;
+    ${each(V4, (i) => `ro_${i} = ro_${i} * alpha;`)}
+    for (var j = 0u; j < ${KP}u; j++) {
+      let c = c0 + j;
+      if (kb + c <= r && kb + c < u.T) {
+        let p = exp(Ss[lid * ${KP + 1}u + j] - mNew);
+        l = l + p;
+        ${each(V4, (i) => `ro_${i} = fma(vec4<f32>(p), Vs[c * ${V4}u + ${i}u], ro_${i});`)}
+      }
+    }
+    m = mNew;
+    workgroupBarrier();
+  }
+  ${
+    P === 2
+      ? `// Merge the two parts: part 1 parks (m, l, o) in the free tiles, part 0 combines.
+  if (part == 1u) {
+    ${park('ro_', V4, R / 2, 'Ks', 'Vs')}
+    Ss[row * 2u] = m;
+    Ss[row * 2u + 1u] = l;
+  }
+  workgroupBarrier();
+  if (part == 0u && valid) {
+    let m1 = Ss[row * 2u];
+    let l1 = Ss[row * 2u + 1u];
+    let mm = max(m, m1);
+    let a0 = exp(m - mm);
+    let a1 = exp(m1 - mm);
+    let inv = 1.0 / (l * a0 + l1 * a1);
+    let b = bh / u.H;
+    let h = bh % u.H;
+    let ob = ((b * u.T + r) * u.H + h) * ${V4}u;
+    ${unpark(V4, R / 2, 'Ks', 'Vs')}
+    ${each(V4, (i) => `O[ob + ${i}u] = (ro_${i} * a0 + pk${i} * a1) * inv;`, '\n    ')}
+    LSE[rowBase + r] = mm + log(l * a0 + l1 * a1);
+  }`
+      : `if (valid) {
+    let inv = 1.0 / l;
+    let b = bh / u.H;
+    let h = bh % u.H;
+    let ob = ((b * u.T + r) * u.H + h) * ${V4}u;
+    ${each(V4, (i) => `O[ob + ${i}u] = ro_${i} * inv;`)}
+    LSE[rowBase + r] = m + log(l);
+  }`
+  }
+}
+`;
+}
+
+/** in: dO, O [B·T, H·hs]; out: D [BH·T] = rowsum(dO ∘ O); u: {total, T, H}. */
+export function attnDeltaSource(hs: number): string {
+  const V4 = hs / 4;
+  return /* wgsl */ `
+@group(0) @binding(0) var<storage, read> dO: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> O: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> D: array<f32>;
+struct U { total: u32, T: u32, H: u32, p0: u32 };
+@group(0) @binding(3) var<uniform> u: U;
+${FLAT}
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let idx = flat_index(gid, nwg);
+  if (idx >= u.total) { return; }
+  let bh = idx / u.T;
+  let t = idx % u.T;
+  let b = bh / u.H;
+  let h = bh % u.H;
+  let base = ((b * u.T + t) * u.H + h) * ${V4}u;
+  var acc = 0.0;
+  for (var i = 0u; i < ${V4}u; i++) { acc = acc + dot(dO[base + i], O[base + i]); }
+  D[idx] = acc;
+}
+`;
+}
+
+/**
+ * dQ: in: q, k, v [BH, T, hs], dO [B·T, H·hs], lse [BH·T], D [BH·T]; out: dq [BH, T, hs];
+ * u: {T, H, scale}. Grid (ceil(T / 64), BH).
+ */
+export function flashBackwardQSource(hs: number): string {
+  const V4 = hs / 4;
+  const BK = attnBlock(hs);
+  const R = ATTN_ROWS;
+  const P = attnParts(hs);
+  const KP = BK / P;
+  return /* wgsl */ `
+@group(0) @binding(0) var<storage, read> Q: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> K: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> V: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> dO: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> LSE: array<f32>;
+@group(0) @binding(5) var<storage, read> Dl: array<f32>;
+@group(0) @binding(6) var<storage, read_write> dQ: array<vec4<f32>>;
+struct U { T: u32, H: u32, scale: f32, p0: u32 };
+@group(0) @binding(7) var<uniform> u: U;
+var<workgroup> Ks: array<vec4<f32>, ${BK * V4}>;
+var<workgroup> Vs: array<vec4<f32>, ${BK * V4}>;
+@compute @workgroup_size(${R * P})
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+  let bh = wid.y;
+  let q0 = wid.x * ${R}u;
+  let row = lid % ${R}u;
+  let part = lid / ${R}u;
+  let r = q0 + row;
+  let valid = r < u.T;
+  let rowBase = bh * u.T;
+  let b = bh / u.H;
+  let h = bh % u.H;
+  ${vecDecl('rq_', V4)}
+  ${vecDecl('rg_', V4)}
+  ${vecDecl('ra_', V4)}
+  var lse = 0.0;
+  var dl = 0.0;
+  if (valid) {
+    let ob = ((b * u.T + r) * u.H + h) * ${V4}u;
+    ${each(V4, (i) => `rq_${i} = Q[(rowBase + r) * ${V4}u + ${i}u]; rg_${i} = dO[ob + ${i}u];`)}
+    lse = LSE[rowBase + r];
+    dl = Dl[rowBase + r];
+  }
+  let kvEnd = min(u.T, q0 + ${R}u);
+  let c0 = part * ${KP}u;
+  for (var kb = 0u; kb < kvEnd; kb += ${BK}u) {
+    for (var e = lid; e < ${BK * V4}u; e += ${R * P}u) {
+      let kr = kb + e / ${V4}u;
+      var kv = vec4<f32>(0.0);
+      var vv = vec4<f32>(0.0);
+      if (kr < u.T) { kv = K[(rowBase + kr) * ${V4}u + e % ${V4}u]; vv = V[(rowBase + kr) * ${V4}u + e % ${V4}u]; }
+      Ks[e] = kv;
+      Vs[e] = vv;
+    }
+    workgroupBarrier();
+    for (var j = 0u; j < ${KP}u; j++) {
+      let c = c0 + j;
+      if (kb + c <= r && kb + c < u.T) {
+        let s = (${dotWith('rq_', V4, 'Ks', 'c', V4)}) * u.scale;
+        let p = exp(s - lse);
+        let dp = ${dotWith('rg_', V4, 'Vs', 'c', V4)};
+        let ds = p * (dp - dl);
+        ${each(V4, (i) => `ra_${i} = fma(vec4<f32>(ds), Ks[c * ${V4}u + ${i}u], ra_${i});`)}
+      }
+    }
+    workgroupBarrier();
+  }
+  ${
+    P === 2
+      ? `if (part == 1u) { ${park('ra_', V4, R / 2, 'Ks', 'Vs')} }
+  workgroupBarrier();
+  if (part == 0u && valid) {
+    ${unpark(V4, R / 2, 'Ks', 'Vs')}
+    ${each(V4, (i) => `dQ[(rowBase + r) * ${V4}u + ${i}u] = (ra_${i} + pk${i}) * u.scale;`, '\n    ')}
+  }`
+      : `if (valid) {
+    ${each(V4, (i) => `dQ[(rowBase + r) * ${V4}u + ${i}u] = ra_${i} * u.scale;`)}
+  }`
+  }
+}
+`;
+}
+
+/**
+ * dK (which 'k') or dV (which 'v'): one invocation per key row (and part), looping over the query
+ * rows at or after it. in: q, k, v [BH, T, hs], dO [B·T, H·hs], lse, D; out: dk or dv
+ * [BH, T, hs]; u: {T, H, scale}. Grid (ceil(T / 64), BH).
+ */
+export function flashBackwardKVSource(hs: number, which: 'k' | 'v'): string {
+  const V4 = hs / 4;
+  const BQ = attnBlock(hs);
+  const R = ATTN_ROWS;
+  const P = attnParts(hs);
+  const QP = BQ / P;
+  const isK = which === 'k';
+  return /* wgsl */ `
+@group(0) @binding(0) var<storage, read> Q: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> K: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> V: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> dO: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> LSE: array<f32>;
+@group(0) @binding(5) var<storage, read> Dl: array<f32>;
+@group(0) @binding(6) var<storage, read_write> Out: array<vec4<f32>>;
+struct U { T: u32, H: u32, scale: f32, p0: u32 };
+@group(0) @binding(7) var<uniform> u: U;
+var<workgroup> Qs: array<vec4<f32>, ${BQ * V4}>;
+var<workgroup> Gs: array<vec4<f32>, ${BQ * V4}>;
+var<workgroup> Ls: array<f32, ${BQ}>;
+var<workgroup> Ds: array<f32, ${BQ}>;
+@compute @workgroup_size(${R * P})
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+  let bh = wid.y;
+  let k0 = wid.x * ${R}u;
+  let row = lid % ${R}u;
+  let part = lid / ${R}u;
+  let c = k0 + row;
+  let valid = c < u.T;
+  let rowBase = bh * u.T;
+  let b = bh / u.H;
+  let h = bh % u.H;
+  ${vecDecl('rk_', V4)}
+  ${isK ? vecDecl('rv_', V4) : ''}
+  ${vecDecl('ra_', V4)}
+  if (valid) {
+    ${each(V4, (i) => `rk_${i} = K[(rowBase + c) * ${V4}u + ${i}u];${isK ? ` rv_${i} = V[(rowBase + c) * ${V4}u + ${i}u];` : ''}`)}
+  }
+  let j0 = part * ${QP}u;
+  for (var qb = k0; qb < u.T; qb += ${BQ}u) {
+    for (var e = lid; e < ${BQ * V4}u; e += ${R * P}u) {
+      let qr = qb + e / ${V4}u;
+      var qv = vec4<f32>(0.0);
+      var gv = vec4<f32>(0.0);
+      if (qr < u.T) {
+        qv = Q[(rowBase + qr) * ${V4}u + e % ${V4}u];
+        gv = dO[((b * u.T + qr) * u.H + h) * ${V4}u + e % ${V4}u];
+      }
+      Qs[e] = qv;
+      Gs[e] = gv;
+    }
+    for (var e = lid; e < ${BQ}u; e += ${R * P}u) {
+      let qr = qb + e;
+      var lv = 0.0;
+      var dv = 0.0;
+      if (qr < u.T) { lv = LSE[rowBase + qr]; dv = Dl[rowBase + qr]; }
+      Ls[e] = lv;
+      Ds[e] = dv;
+    }
+    workgroupBarrier();
+    for (var j = 0u; j < ${QP}u; j++) {
+      let rr = j0 + j;
+      let r = qb + rr;
+      if (r >= c && r < u.T) {
+        let s = (${dotWith('rk_', V4, 'Qs', 'rr', V4)}) * u.scale;
+        let p = exp(s - Ls[rr]);
+        ${
+          isK
+            ? `let dp = ${dotWith('rv_', V4, 'Gs', 'rr', V4)};
+        let ds = p * (dp - Ds[rr]);
+        ${each(V4, (i) => `ra_${i} = fma(vec4<f32>(ds), Qs[rr * ${V4}u + ${i}u], ra_${i});`)}`
+            : each(V4, (i) => `ra_${i} = fma(vec4<f32>(p), Gs[rr * ${V4}u + ${i}u], ra_${i});`)
+        }
+      }
+    }
+    workgroupBarrier();
+  }
+  ${
+    P === 2
+      ? `if (part == 1u) { ${park('ra_', V4, R / 2, 'Qs', 'Gs')} }
+  workgroupBarrier();
+  if (part == 0u && valid) {
+    ${unpark(V4, R / 2, 'Qs', 'Gs')}
+    ${each(V4, (i) => `Out[(rowBase + c) * ${V4}u + ${i}u] = (ra_${i} + pk${i})${isK ? ' * u.scale' : ''};`, '\n    ')}
+  }`
+      : `if (valid) {
+    ${each(V4, (i) => `Out[(rowBase + c) * ${V4}u + ${i}u] = ra_${i}${isK ? ' * u.scale' : ''};`)}
+  }`
+  }
+}
+`;
+}
+
+// --------------------------------------------------------------------------------------------
+// Causal attention through materialised scores: S = Q·Kᵀ and the products with P are batched
+// matrix products (matmul.ts); these are the row kernels between them and the head layout moves.
+
+const SCORES_WG = 128;
+
+/**
+ * in: S [BH·T, T] (only n ≤ row position read); out: P = softmax(scale·S) over each row's causal
+ * prefix, zeros above the diagonal; u: {rows, T, scale}. One workgroup per row.
+ */
+export function causalSoftmaxSource(): string {
+  return /* wgsl */ `
+@group(0) @binding(0) var<storage, read> S: array<f32>;
+@group(0) @binding(1) var<storage, read_write> P: array<f32>;
+struct U { rows: u32, T: u32, scale: f32, p0: u32 };
+@group(0) @binding(2) var<uniform> u: U;
+${ONLINE_LSE}
+${lseReduce(SCORES_WG, 's')}
+@compute @workgroup_size(${SCORES_WG})
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let row = wid.x + wid.y * nwg.x;
+  if (row >= u.rows) { return; }
+  let last = row % u.T;
+  let base = row * u.T;
+  var m = ${NEG_BIG};
+  var s = 0.0;
+  for (var c = lid; c <= last; c += ${SCORES_WG}u) {
+    let x = S[base + c] * u.scale;
+    if (x > m) { s = s * exp(m - x) + 1.0; m = x; } else { s = s + exp(x - m); }
+  }
+  let lse = wg_lse_s(m, s, lid);
+  for (var c = lid; c < u.T; c += ${SCORES_WG}u) {
+    var p = 0.0;
+    if (c <= last) { p = exp(S[base + c] * u.scale - lse); }
+    P[base + c] = p;
+  }
+}
+`;
+}
+
+/**
+ * in: P [BH·T, T], dP [BH·T, T] (only n ≤ row position read); out: dS = scale·P∘(dP − Σₙ P∘dP),
+ * zeros above the diagonal (the gradient with respect to the unscaled scores); u: {rows, T, scale}.
+ */
+export function causalSoftmaxBackwardSource(): string {
+  return /* wgsl */ `
+@group(0) @binding(0) var<storage, read> P: array<f32>;
+@group(0) @binding(1) var<storage, read> dP: array<f32>;
+@group(0) @binding(2) var<storage, read_write> dS: array<f32>;
+struct U { rows: u32, T: u32, scale: f32, p0: u32 };
+@group(0) @binding(3) var<uniform> u: U;
+${reduceFns(SCORES_WG, ['sum'])}
+@compute @workgroup_size(${SCORES_WG})
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let row = wid.x + wid.y * nwg.x;
+  if (row >= u.rows) { return; }
+  let last = row % u.T;
+  let base = row * u.T;
+  var acc = 0.0;
+  for (var c = lid; c <= last; c += ${SCORES_WG}u) { acc = acc + P[base + c] * dP[base + c]; }
+  let d = wg_sum(acc, lid);
+  for (var c = lid; c < u.T; c += ${SCORES_WG}u) {
+    var g = 0.0;
+    if (c <= last) { g = u.scale * P[base + c] * (dP[base + c] - d); }
+    dS[base + c] = g;
+  }
+}
+`;
+}
+
+/**
+ * Head layout moves: with \`toHeads\`, in: x [B·T, H·hs] → out: [BH, T, hs]; else the reverse.
+ * u: {total, T, H}. One invocation per four elements (hs % 4 == 0).
+ */
+export function headsLayoutSource(hs: number, toHeads: boolean): string {
+  const V4 = hs / 4;
+  return /* wgsl */ `
+@group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> y: array<vec4<f32>>;
+struct U { total: u32, T: u32, H: u32, p0: u32 };
+@group(0) @binding(2) var<uniform> u: U;
+${FLAT}
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let idx = flat_index(gid, nwg);
+  if (idx >= u.total) { return; }
+  let d = idx % ${V4}u;
+  let t = (idx / ${V4}u) % u.T;
+  let bh = idx / (${V4}u * u.T);
+  let merged = ((bh / u.H * u.T + t) * u.H + bh % u.H) * ${V4}u + d;
+  ${toHeads ? 'y[idx] = x[merged];' : 'y[merged] = x[idx];'}
+}
+`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The operation
+
+/** Whether the fused attention handles this shape (else use the reference ops). */
+export function fusedAttentionSupports(s: AttentionShape): boolean {
+  return s.headSize % 4 === 0 && s.headSize <= 128 && s.rotated <= s.headSize && s.rotated % 2 === 0 && s.batch * s.heads <= 65535;
+}
+
+/**
+ * How attention runs: 'scores' materialises the causal scores [B·H, T, T] and runs the products
+ * around the softmax (two forward, four backward) as batched register-tiled products with the tiles
+ * above the diagonal skipped, keeping P for the backward; 'flash' never writes the scores (one
+ * invocation pair per row, K/V tiles in workgroup memory) and recomputes them in the backward. The
+ * scores pay while they are small: for pythia-70m's batch ([B·H, T, T] is 64 MiB a layer) attention
+ * took 3.5 ms of an H200's time per step this way against 6.4 ms with the flash kernels.
+ */
+export type AttentionKernels = 'scores' | 'flash';
+/** Largest scores tensor (bytes, per layer) that the default materialises; P of every layer stays alive until the backward. */
+const SCORES_MAX_BYTES = 256 * 2 ** 20;
+let attentionOverride: AttentionKernels | null = null;
+
+/** Forces one attention path for this process (null: the default, env OFFSHOOT_ATTENTION=scores|flash, else by size). */
+export function setAttentionKernels(k: AttentionKernels | null): void {
+  attentionOverride = k;
+}
+
+function attentionKernelsFor(BH: number, T: number): AttentionKernels {
+  const forced = attentionOverride ?? process.env.OFFSHOOT_ATTENTION;
+  if (forced === 'scores' || forced === 'flash') return forced;
+  if (forced) throw new Error(`OFFSHOOT_ATTENTION must be 'scores' or 'flash', not '${forced}'`);
+  const bytes = BH * T * T * 4;
+  return bytes <= Math.min(SCORES_MAX_BYTES, capabilities().maxStorageBinding) ? 'scores' : 'flash';
+}
+
+/**
+ * Causal self-attention of the fused QKV projection [B·T, H·3·hs] (rows interleaved per head: q,
+ * k, v), with rotary embeddings on q and k: the per-head context merged back to [B·T, H·hs].
+ * The causal mask is built into the kernels.
+ */
+export function fusedAttention(qkv: tf.Tensor2D, positions: PositionTables, s: AttentionShape): tf.Tensor2D {
+  const { batch: B, seqLen: T, heads: H, headSize: hs, rotated: rd } = s;
+  let { cos, sin } = positions;
+  if (rd === 0) {
+    // Empty [T, 0] tables have no GPU buffer to bind; the kernels do not read them.
+    cos = sin = tf.zeros([1, 1]) as tf.Tensor2D;
+  }
+  const BH = B * H;
+  const total = BH * T * hs;
+  const split = (x: tf.TensorInfo) => {
+    const q = allocate([BH, T, hs]);
+    const k = allocate([BH, T, hs]);
+    const v = allocate([BH, T, hs]);
+    dispatch(kernel('rotary_split', `${hs}_${rd}`, () => rotarySplitSource(hs, rd)), [x, cos, sin], [q, k, v], [['u', total], ['u', T], ['u', H], ['u', 0]], grid1d(total));
+    return { q, k, v };
+  };
+  // The tables are saved with the forward's tensors (tfjs keeps saved tensors for the backward).
+  const tables = [cos, sin];
+  const merge = (dq: tf.TensorInfo, dk: tf.TensorInfo, dv: tf.TensorInfo, [c, sn]: tf.Tensor[]) => {
+    const dx = allocate([B * T, H * 3 * hs]);
+    const n = B * T * H * 3 * hs;
+    dispatch(kernel('rotary_merge_backward', `${hs}_${rd}`, () => rotaryMergeBackwardSource(hs, rd)), [dq, dk, dv, c, sn], [dx], [['u', n], ['u', T], ['u', H], ['u', 0]], grid1d(n));
+    for (const t of [dq, dk, dv]) release(t);
+    return toTensor(dx);
+  };
+  const op = attentionKernelsFor(BH, T) === 'scores' ? scoresAttention(s, split, merge, tables) : flashAttention(s, split, merge, tables);
+  return op(qkv) as tf.Tensor2D;
+}
+
+type SplitHeads = (x: tf.TensorInfo) => { q: tf.TensorInfo; k: tf.TensorInfo; v: tf.TensorInfo };
+type MergeGrads = (dq: tf.TensorInfo, dk: tf.TensorInfo, dv: tf.TensorInfo, tables: tf.Tensor[]) => tf.Tensor;
+
+function flashAttention(s: AttentionShape, split: SplitHeads, merge: MergeGrads, tables: tf.Tensor[]): (...inputs: tf.Tensor[]) => tf.Tensor {
+  const { batch: B, seqLen: T, heads: H, headSize: hs } = s;
+  const BH = B * H;
+  const au: UniformValue[] = [['u', T], ['u', H], ['f', 1 / Math.sqrt(hs)], ['u', 0]];
+  const agrid: [number, number, number] = [Math.ceil(T / ATTN_ROWS), BH, 1];
+  return customOp(([x], save) => {
+    const { q, k, v } = split(x);
+    const o = allocate([B * T, H * hs]);
+    const lse = allocate([BH * T]);
+    dispatch(kernel('flash_forward', String(hs), () => flashForwardSource(hs)), [q, k, v], [o, lse], au, agrid);
+    const oT = toTensor(o);
+    save([toTensor(q), toTensor(k), toTensor(v), oT, toTensor(lse), ...tables]);
+    return {
+      value: oT,
+      gradFunc: (dy, [qs, ks, vs, os, ls, ...tb]) => {
+        const delta = allocate([BH * T]);
+        dispatch(kernel('attn_delta', String(hs), () => attnDeltaSource(hs)), [dy, os], [delta], [['u', BH * T], ['u', T], ['u', H], ['u', 0]], grid1d(BH * T));
+        const dq = allocate([BH, T, hs]);
+        const dk = allocate([BH, T, hs]);
+        const dv = allocate([BH, T, hs]);
+        const ins = [qs, ks, vs, dy, ls, delta];
+        dispatch(kernel('flash_backward_q', String(hs), () => flashBackwardQSource(hs)), ins, [dq], au, agrid);
+        dispatch(kernel('flash_backward_k', String(hs), () => flashBackwardKVSource(hs, 'k')), ins, [dk], au, agrid);
+        dispatch(kernel('flash_backward_v', String(hs), () => flashBackwardKVSource(hs, 'v')), ins, [dv], au, agrid);
+        release(delta);
+        return merge(dq, dk, dv, tb);
+      },
+    };
+  });
+}
+
+function scoresAttention(s: AttentionShape, split: SplitHeads, merge: MergeGrads, tables: tf.Tensor[]): (...inputs: tf.Tensor[]) => tf.Tensor {
+  const { batch: B, seqLen: T, heads: H, headSize: hs } = s;
+  const BH = B * H;
+  const rows = BH * T;
+  const su: UniformValue[] = [['u', rows], ['u', T], ['f', 1 / Math.sqrt(hs)], ['u', 0]];
+  const lu: UniformValue[] = [['u', (BH * T * hs) / 4], ['u', T], ['u', H], ['u', 0]];
+  const lgrid = grid1d((BH * T * hs) / 4);
+  const batched = { batch: BH, M: T } as const;
+  return customOp(([x], save) => {
+    const { q, k, v } = split(x);
+    const scores = matmul({ ...batched, a: q, b: k, N: T, K: hs, transB: true, triangle: 'lowerC' }).c;
+    const p = allocate([BH, T, T]);
+    dispatch(kernel('causal_softmax', '', causalSoftmaxSource), [scores], [p], su, rowGrid(rows));
+    release(scores);
+    const oHeads = matmul({ ...batched, a: p, b: v, N: hs, K: T, triangle: 'lowerA' }).c;
+    const o = allocate([B * T, H * hs]);
+    dispatch(kernel('heads_merge', String(hs), () => headsLayoutSource(hs, false)), [oHeads], [o], lu, lgrid);
+    release(oHeads);
+    save([toTensor(q), toTensor(k), toTensor(v), toTensor(p), ...tables]);
+    return {
+      value: toTensor(o),
+      gradFunc: (dy, [qs, ks, vs, ps, ...tb]) => {
+        const dO = allocate([BH, T, hs]);
+        dispatch(kernel('heads_split', String(hs), () => headsLayoutSource(hs, true)), [dy], [dO], lu, lgrid);
+        const dP = matmul({ ...batched, a: dO, b: vs, N: T, K: hs, transB: true, triangle: 'lowerC' }).c;
+        const dS = allocate([BH, T, T]);
+        dispatch(kernel('causal_softmax_backward', '', causalSoftmaxBackwardSource), [ps, dP], [dS], su, rowGrid(rows));
+        release(dP);
+        const dv = matmul({ ...batched, a: ps, b: dO, N: hs, K: T, transA: true, triangle: 'upperA' }).c;
+        const dq = matmul({ ...batched, a: dS, b: ks, N: hs, K: T, triangle: 'lowerA' }).c;
+        const dk = matmul({ ...batched, a: dS, b: qs, N: hs, K: T, transA: true, triangle: 'upperA' }).c;
+        release(dS);
+        release(dO);
+        return merge(dq, dk, dv, tb);
+      },
+    };
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Check against the reference (check.ts)
+
+export function attentionCase(kernels: AttentionKernels, B: number, T: number, H: number, hs: number, rd: number, tol = 5e-5): KernelCase {
+  const shape = { batch: B, seqLen: T, heads: H, headSize: hs, rotated: rd };
+  return {
+    name: `causal attention with rotary, ${kernels} kernels (B ${B}, T ${T}, H ${H}, hs ${hs}, rotated ${rd})`,
+    inputs: () => {
+      const r = ropeTables(T, rd);
+      return [randHost([B * T, H * 3 * hs], 14, 1.5), r.cos, r.sin, r.mask];
+    },
+    diff: [0],
+    reference: ([x, c, s, m]) => causalSelfAttention.reference(x as tf.Tensor2D, new PositionTables(c as tf.Tensor2D, s as tf.Tensor2D, m as tf.Tensor2D), shape),
+    fused: ([x, c, s, m]) => {
+      // The path is chosen in the forward; its gradient follows it.
+      setAttentionKernels(kernels);
+      try {
+        return fusedAttention(x as tf.Tensor2D, new PositionTables(c as tf.Tensor2D, s as tf.Tensor2D, m as tf.Tensor2D), shape);
+      } finally {
+        setAttentionKernels(null);
+      }
+    },
+    tol,
+  };
+}

@@ -1,0 +1,145 @@
+/**
+ * LayerNorm on the fused WebGPU path: one workgroup per row with the mean and variance in registers
+ * (mean and 1/σ saved for the backward); the backward writes dx and per-block partial sums of the
+ * weight and bias gradients, summed cooperatively.
+ */
+import * as tf from '../tfjs.js';
+
+import { customOp, layerNorm } from '../ops/index.js';
+import { type KernelCase, randHost } from './check.js';
+import { kernel, rowGrid } from './fused.js';
+import { sumSlices } from './matmul.js';
+import { allocate, dispatch, release, toTensor } from './runtime.js';
+import { reduceFns } from './wgsl-common.js';
+
+function pow2AtLeast(n: number, min: number, max: number): number {
+  let p = min;
+  while (p < n && p < max) p *= 2;
+  return p;
+}
+
+export function layerNormWG(D: number): number {
+  return pow2AtLeast(Math.ceil(D / 4), 32, 256);
+}
+
+/**
+ * A row of D elements over one LayerNorm workgroup: element e of invocation `lid` is column
+ * col(e); ok(e) is its bounds check (the constant true where every invocation has one).
+ */
+function rowElements(D: number): { WG: number; el: number[]; col: (e: number) => string; ok: (e: number) => string } {
+  const WG = layerNormWG(D);
+  const el = Array.from({ length: Math.ceil(D / WG) }, (_, e) => e);
+  const col = (e: number) => `(lid + ${e * WG}u)`;
+  const ok = (e: number) => ((e + 1) * WG <= D ? 'true' : `${col(e)} < ${D}u`);
+  return { WG, el, col, ok };
+}
+
+/** in: x [N, D], w [D], b [D]; out: y [N, D], mean [N], rstd [N]; u: {N, eps}. */
+export function layerNormForwardSource(D: number): string {
+  const { WG, el, col, ok } = rowElements(D);
+  return /* wgsl */ `
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> w: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(4) var<storage, read_write> meanOut: array<f32>;
+@group(0) @binding(5) var<storage, read_write> rstdOut: array<f32>;
+struct U { N: u32, eps: f32, p0: u32, p1: u32 };
+@group(0) @binding(6) var<uniform> u: U;
+${reduceFns(WG, ['sum'])}
+@compute @workgroup_size(${WG})
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let row = wid.x + wid.y * nwg.x;
+  if (row >= u.N) { return; }
+  let base = row * ${D}u;
+  ${el.map((e) => `var x${e} = 0.0; if (${ok(e)}) { x${e} = x[base + ${col(e)}]; }`).join('\n  ')}
+  let mean = wg_sum(${el.map((e) => `x${e}`).join(' + ')}, lid) / ${D}.0;
+  ${el.map((e) => `var d${e} = 0.0; if (${ok(e)}) { d${e} = x${e} - mean; }`).join('\n  ')}
+  let variance = wg_sum(${el.map((e) => `d${e} * d${e}`).join(' + ')}, lid) / ${D}.0;
+  let rstd = inverseSqrt(variance + u.eps);
+  ${el.map((e) => `if (${ok(e)}) { let c = ${col(e)}; y[base + c] = d${e} * rstd * w[c] + b[c]; }`).join('\n  ')}
+  if (lid == 0u) { meanOut[row] = mean; rstdOut[row] = rstd; }
+}
+`;
+}
+
+/** in: dy [N, D], x [N, D], mean [N], rstd [N], w [D]; out: dx [N, D], pdw [G, D], pdb [G, D]; u: {N, R}. */
+export function layerNormBackwardSource(D: number): string {
+  const { WG, el, col, ok } = rowElements(D);
+  return /* wgsl */ `
+@group(0) @binding(0) var<storage, read> dy: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> meanIn: array<f32>;
+@group(0) @binding(3) var<storage, read> rstdIn: array<f32>;
+@group(0) @binding(4) var<storage, read> w: array<f32>;
+@group(0) @binding(5) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(6) var<storage, read_write> pdw: array<f32>;
+@group(0) @binding(7) var<storage, read_write> pdb: array<f32>;
+struct U { N: u32, R: u32, p0: u32, p1: u32 };
+@group(0) @binding(8) var<uniform> u: U;
+${reduceFns(WG, ['sum'])}
+@compute @workgroup_size(${WG})
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let g = wid.x + wid.y * nwg.x;
+  let r0 = g * u.R;
+  if (r0 >= u.N) { return; }
+  let rEnd = min(u.N, r0 + u.R);
+  ${el.map((e) => `var aw${e} = 0.0; var ab${e} = 0.0; var w${e} = 0.0; if (${ok(e)}) { w${e} = w[${col(e)}]; }`).join('\n  ')}
+  for (var row = r0; row < rEnd; row++) {
+    let base = row * ${D}u;
+    let mean = meanIn[row];
+    let rstd = rstdIn[row];
+    ${el.map((e) => `var dy${e} = 0.0; var xh${e} = 0.0; if (${ok(e)}) { dy${e} = dy[base + ${col(e)}]; xh${e} = (x[base + ${col(e)}] - mean) * rstd; }
+    let g${e} = dy${e} * w${e};`).join('\n    ')}
+    let s1 = wg_sum(${el.map((e) => `g${e}`).join(' + ')}, lid) / ${D}.0;
+    let s2 = wg_sum(${el.map((e) => `g${e} * xh${e}`).join(' + ')}, lid) / ${D}.0;
+    ${el.map((e) => `if (${ok(e)}) { dx[base + ${col(e)}] = rstd * (g${e} - s1 - xh${e} * s2); }
+    aw${e} = aw${e} + dy${e} * xh${e}; ab${e} = ab${e} + dy${e};`).join('\n    ')}
+  }
+  ${el.map((e) => `if (${ok(e)}) { pdw[g * ${D}u + ${col(e)}] = aw${e}; pdb[g * ${D}u + ${col(e)}] = ab${e}; }`).join('\n  ')}
+}
+`;
+}
+
+/** LayerNorm over the last axis of x [N, D]. */
+export function fusedLayerNorm(x: tf.Tensor2D, weight: tf.Tensor1D, bias: tf.Tensor1D, eps: number): tf.Tensor2D {
+  const [N, D] = x.shape;
+  const op = customOp(([xt, wt, bt], save) => {
+    const y = allocate([N, D]);
+    const mean = allocate([N]);
+    const rstd = allocate([N]);
+    dispatch(kernel('layernorm', String(D), () => layerNormForwardSource(D)), [xt, wt, bt], [y, mean, rstd], [['u', N], ['f', eps], ['u', 0], ['u', 0]], rowGrid(N));
+    save([xt, wt, toTensor(mean), toTensor(rstd)]);
+    return {
+      value: toTensor(y),
+      gradFunc: (dy, [xs, ws, ms, rs]) => {
+        const R = Math.max(1, Math.ceil(N / 512));
+        const G = Math.ceil(N / R);
+        const dx = allocate([N, D]);
+        const pdw = allocate([G, D]);
+        const pdb = allocate([G, D]);
+        dispatch(kernel('layernorm_backward', String(D), () => layerNormBackwardSource(D)), [dy, xs, ms, rs, ws], [dx, pdw, pdb], [['u', N], ['u', R], ['u', 0], ['u', 0]], rowGrid(G));
+        const dw = sumSlices(pdw, G, D);
+        const db = sumSlices(pdb, G, D);
+        release(pdw);
+        release(pdb);
+        return [toTensor(dx), toTensor(dw), toTensor(db)];
+      },
+    };
+  });
+  return op(x, weight, bias) as tf.Tensor2D;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Check against the reference (check.ts)
+
+export function layerNormCase(N: number, D: number, tol = 2e-5): KernelCase {
+  return {
+    name: `LayerNorm (N ${N}, D ${D})`,
+    inputs: () => [randHost([N, D], 11, 2), randHost([D], 12), randHost([D], 13)],
+    diff: [0, 1, 2],
+    reference: ([x, w, b]) => layerNorm.reference(x, w, b, 1e-5),
+    fused: ([x, w, b]) => fusedLayerNorm(x as tf.Tensor2D, w as tf.Tensor1D, b as tf.Tensor1D, 1e-5),
+    tol,
+  };
+}

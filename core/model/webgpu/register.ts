@@ -1,0 +1,63 @@
+/**
+ * The webgpu backend's kernels for the operations (../ops); ../backend.ts imports this module when
+ * it loads webgpu. The fused kernels follow their switch (fused.ts: OFFSHOOT_FUSED_KERNELS=0 or
+ * setFusedKernels(false) leaves tfjs's stock kernels); the row-wise lookup, which works around a
+ * tfjs webgpu bug, and the end-of-step submit apply either way.
+ */
+import {
+  addNResidual,
+  afterFirstTrainingStep,
+  causalSelfAttention,
+  clippedAdamW,
+  crossEntropy,
+  endTrainingStep,
+  gatherRows,
+  layerNorm,
+  linear,
+  matMulNT,
+  parallelResidual,
+  takeAlongLastAxis,
+  topKDistillation,
+} from '../ops/index.js';
+import type * as tf from '../tfjs.js';
+import { fusedClipAdamW } from './adamw.js';
+import { fusedAttention, fusedAttentionSupports } from './attention.js';
+import { fusedCrossEntropy } from './cross-entropy.js';
+import { fusedTopKDistill, fusedTopKSupports } from './distill.js';
+import { fusedGatherRows, rowWiseTakeAlongLastAxis } from './embedding.js';
+import { fusedKernelsEnabled } from './fused.js';
+import { fusedLayerNorm } from './layer-norm.js';
+import { fusedLinear, fusedMatMulNT } from './linear.js';
+import { autotuneIfHardware } from './matmul.js';
+import { submitRecorded } from './runtime.js';
+
+const backend = 'webgpu';
+const fused = { backend, enabled: fusedKernelsEnabled };
+
+linear.register({ ...fused, name: 'register-tiled product, bias (and GELU) in the epilogue', run: fusedLinear });
+matMulNT.register({ ...fused, name: 'register-tiled product', run: fusedMatMulNT });
+layerNorm.register({
+  ...fused,
+  name: 'one workgroup per row',
+  supports: (x) => x.rank === 2,
+  run: (x, weight, bias, eps) => fusedLayerNorm(x as tf.Tensor2D, weight as tf.Tensor1D, bias as tf.Tensor1D, eps),
+});
+causalSelfAttention.register({
+  ...fused,
+  name: 'rotary split, scores or flash kernels, heads merged',
+  supports: (_qkv, _positions, shape) => fusedAttentionSupports(shape),
+  run: fusedAttention,
+});
+gatherRows.register({ ...fused, name: 'gather, scatter-add of rows', run: fusedGatherRows });
+takeAlongLastAxis.register({ backend, name: 'row-wise gather and scatter (tfjs ops)', run: rowWiseTakeAlongLastAxis });
+crossEntropy.register({ ...fused, name: 'one workgroup per row, no one-hot', run: fusedCrossEntropy });
+topKDistillation.register({
+  ...fused,
+  name: 'one workgroup per row, closed-form gradient',
+  supports: (_logits, _targets, teacher) => fusedTopKSupports(teacher),
+  run: fusedTopKDistill,
+});
+clippedAdamW.register({ ...fused, name: 'norm and AdamW on the device, no read-back', run: fusedClipAdamW });
+parallelResidual.register({ ...fused, name: 'tf.addN', run: addNResidual });
+endTrainingStep.register({ backend, name: 'submit the recorded commands', run: submitRecorded });
+afterFirstTrainingStep.register({ ...fused, name: 'autotune the matrix-product plans (hardware adapters)', run: autotuneIfHardware });

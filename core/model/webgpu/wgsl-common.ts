@@ -1,0 +1,60 @@
+/**
+ * WGSL pieces the fused kernels share (pure string generation). Binding order everywhere: inputs,
+ * then outputs, then one uniform block `u` (see runtime.ts).
+ *
+ * Row kernels take one workgroup per row, folded into y past 32768 rows:
+ * `row = wid.x + wid.y * nwg.x`.
+ */
+
+export const FLAT = 'fn flat_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 { return gid.x + gid.y * nwg.x * 256u; }';
+export const NEG_BIG = '-3.0e38';
+
+/** Workgroup-wide sum over `WG` invocations (a power of two) through workgroup memory. */
+export function reduceFns(WG: number, names: string[]): string {
+  return names
+    .map(
+      (n) => `var<workgroup> red_${n}: array<f32, ${WG}>;
+fn wg_${n}(v: f32, lid: u32) -> f32 {
+  red_${n}[lid] = v;
+  workgroupBarrier();
+  for (var s = ${WG / 2}u; s > 0u; s = s >> 1u) {
+    if (lid < s) { red_${n}[lid] = ${n === 'max' ? `max(red_${n}[lid], red_${n}[lid + s])` : `red_${n}[lid] + red_${n}[lid + s]`}; }
+    workgroupBarrier();
+  }
+  let r = red_${n}[0];
+  workgroupBarrier();
+  return r;
+}`,
+    )
+    .join('\n');
+}
+
+/** Merges two online log-sum-exp states (max, sum of exp(x − max)). */
+export const ONLINE_LSE = `
+fn lse_merge(m1: f32, s1: f32, m2: f32, s2: f32) -> vec2<f32> {
+  let m = max(m1, m2);
+  if (m == ${NEG_BIG}) { return vec2<f32>(m, 0.0); }
+  return vec2<f32>(m, s1 * exp(m1 - m) + s2 * exp(m2 - m));
+}`;
+
+/** `wg_lse_NAME(m, s, lid)`: the log-sum-exp of every invocation's online state over a workgroup of `WG`. */
+export function lseReduce(WG: number, name: string): string {
+  return `var<workgroup> rm_${name}: array<f32, ${WG}>;
+var<workgroup> rs_${name}: array<f32, ${WG}>;
+fn wg_lse_${name}(m: f32, s: f32, lid: u32) -> f32 {
+  rm_${name}[lid] = m;
+  rs_${name}[lid] = s;
+  workgroupBarrier();
+  for (var st = ${WG / 2}u; st > 0u; st = st >> 1u) {
+    if (lid < st) {
+      let r = lse_merge(rm_${name}[lid], rs_${name}[lid], rm_${name}[lid + st], rs_${name}[lid + st]);
+      rm_${name}[lid] = r.x;
+      rs_${name}[lid] = r.y;
+    }
+    workgroupBarrier();
+  }
+  let out = rm_${name}[0] + log(rs_${name}[0]);
+  workgroupBarrier();
+  return out;
+}`;
+}

@@ -1,0 +1,202 @@
+/**
+ * The cuda backend: what can be checked without a GPU runs everywhere (every kernel source compiles
+ * with NVRTC, every FFI binding matches the headers in the CUDA wheels and resolves in its library,
+ * the caching allocator's bookkeeping, backend selection without a driver); the kernels themselves
+ * are checked against the cpu backend on a machine with an NVIDIA GPU (skipped elsewhere, naming why).
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+import { describe, expect, it } from 'vitest';
+
+import { initBackend } from '../core/model/backend.js';
+import { CachingAllocator, DeviceOutOfMemory, roundSize } from '../core/model/cuda/allocator.js';
+import { compileKernels, kernelFiles } from '../core/model/cuda/compile.js';
+import { BINDINGS, type LibraryName, loadLibraries, symbolOf } from '../core/model/cuda/driver.js';
+import { findCudaLibraries } from '../core/model/cuda/libraries.js';
+
+let libsReason: string | null = null;
+try {
+  findCudaLibraries();
+} catch (e) {
+  libsReason = (e as Error).message;
+}
+
+let gpuReason: string | null = libsReason;
+if (!gpuReason) {
+  try {
+    const { cudaDevice } = await import('../core/model/cuda/device.js');
+    cudaDevice();
+  } catch (e) {
+    gpuReason = (e as Error).message.replace(/^cuda backend unavailable: /, '');
+  }
+}
+
+describe(`cuda without a GPU${libsReason ? ` (skipped: ${libsReason})` : ''}`, () => {
+  it.skipIf(!!libsReason)('compiles every kernel source with NVRTC for Hopper (sm_90) and Ampere (sm_80)', () => {
+    const cudaLibs = findCudaLibraries();
+    const libs = loadLibraries(cudaLibs, ['nvrtc']);
+    const files = kernelFiles();
+    expect(files).toEqual(expect.arrayContaining(['adamw', 'attention', 'cross-entropy', 'distill', 'elementwise', 'embedding', 'layer-norm', 'layout', 'linear']));
+    for (const arch of ['sm_90', 'sm_80']) {
+      for (const f of files) {
+        const { cubin } = compileKernels(libs, cudaLibs, f, arch);
+        // An ELF image with machine code.
+        expect(cubin.subarray(0, 4).toString('latin1'), `${f} for ${arch}`).toBe('\x7fELF');
+      }
+    }
+  }, 300_000);
+
+  it.skipIf(!!libsReason)('binds every function of NVRTC and cuBLASLt (the libraries load without a GPU)', () => {
+    const libs = loadLibraries(findCudaLibraries(), ['nvrtc', 'cublasLt']);
+    for (const [lib, proto] of BINDINGS) {
+      if (lib !== 'cuda') expect(typeof libs.fn[symbolOf(proto)], proto).toBe('function');
+    }
+    // A real call: NVRTC's version.
+    const major: [number] = [0];
+    const minor: [number] = [0];
+    expect(libs.fn.nvrtcVersion(major, minor)).toBe(0);
+    expect(major[0]).toBe(13);
+  });
+
+  it.skipIf(!!libsReason)("every binding's symbol and argument kinds match the headers shipped in the wheels", () => {
+    const include = findCudaLibraries().include;
+    const headers: Record<LibraryName, string> = {
+      cuda: fs.readFileSync(path.join(include, 'cuda.h'), 'utf8'),
+      nvrtc: fs.readFileSync(path.join(include, 'nvrtc.h'), 'utf8'),
+      cublasLt: fs.readFileSync(path.join(include, 'cublasLt.h'), 'utf8'),
+    };
+    for (const [lib, proto] of BINDINGS) {
+      const symbol = symbolOf(proto);
+      const text = headers[lib];
+      // The documented name: the one the header #defines to this symbol, else the symbol less its _vN.
+      const renamed = new RegExp(`#define\\s+(\\w+)\\s+(?:__CUDA_API_PTS[ZD]\\()?${symbol}\\b`).exec(text);
+      const base = renamed ? renamed[1] : symbol.replace(/_v\d+$/, '');
+      // The header maps the documented name to the versioned symbol the library exports.
+      const define = new RegExp(`#define\\s+${base}\\s+(?:__CUDA_API_PTS[ZD]\\()?(\\w+)`).exec(text);
+      expect(define ? define[1] : base, `${symbol}: the name ${base} resolves to`).toBe(symbol);
+      const declared = prototypeParams(text, base);
+      expect(declared, `${base} is declared in ${lib}'s header`).not.toBeNull();
+      const ours = proto.slice(proto.indexOf('(') + 1, proto.lastIndexOf(')')).split(',').map((p) => p.trim()).filter(Boolean);
+      expect(ours.map(kindOf), `${symbol}: argument kinds`).toEqual(declared!.map(kindOf));
+    }
+  });
+
+  it('backend selection without an NVIDIA driver: auto moves on, an explicit request says why', async () => {
+    if (!gpuReason) return;
+    const info = await initBackend('auto', () => {});
+    expect(info.name).not.toBe('cuda');
+    expect(info.reason).toMatch(/cuda unavailable: /);
+    await expect(initBackend('cuda', () => {})).rejects.toThrow(/cuda backend unavailable: .*scripts\/setup-cuda\.sh/);
+  });
+});
+
+/** The parameter list of `name`'s prototype in a header (comments stripped), or null. */
+function prototypeParams(header: string, name: string): string[] | null {
+  const text = header.replace(/\/\*[\s\S]*?\*\//g, '').replace(/\/\/.*$/gm, '');
+  const m = new RegExp(`\\b(?:CUresult|nvrtcResult|cublasStatus_t|size_t|const char\\s*\\*)\\s*(?:CUDAAPI\\s+|CUBLASWINAPI\\s+)?${name}\\s*\\(([^)]*)\\)\\s*;`).exec(text);
+  if (!m) return null;
+  return m[1].split(',').map((p) => p.trim()).filter((p) => p && p !== 'void');
+}
+
+/**
+ * How the x86-64 ABI passes a parameter: an 8-byte word (pointers, handles, 64-bit integers: the
+ * bindings pass pinned host addresses as uint64_t), a 32-bit integer (enums too), a byte, a float.
+ */
+function kindOf(param: string): string {
+  const p = param.replace(/\b(const|_Out_|_Inout_)\b/g, '').trim();
+  if (p.includes('*') || p.includes('[')) return 'word64';
+  const type = p.split(/\s+/).slice(0, -1).join(' ') || p;
+  if (/^(CUdeviceptr|size_t|uint64_t|int64_t|unsigned long long|void|CUcontext|CUmodule|CUfunction|CUstream|CUevent|CUgraph|CUgraphExec|nvrtcProgram|cudaStream_t|cublasLtHandle_t|cublasLtMatmulDesc_t|cublasLtMatrixLayout_t|cublasLtMatmulPreference_t)$/.test(type)) return 'word64';
+  if (/^(unsigned char|uint8_t)$/.test(type)) return 'int8';
+  if (type === 'float') return 'float';
+  return 'int32';
+}
+
+describe('cuda caching allocator', () => {
+  /** Device memory on the host: addresses handed out in order, a capacity, and what is live. */
+  function fakeDevice(capacity = 64 << 20) {
+    let next = 1 << 20;
+    let used = 0;
+    const live = new Map<number, number>();
+    return {
+      live,
+      alloc(bytes: number) {
+        if (used + bytes > capacity) return null;
+        const p = next;
+        next += bytes;
+        used += bytes;
+        live.set(p, bytes);
+        return p;
+      },
+      free(p: number) {
+        used -= live.get(p)!;
+        live.delete(p);
+      },
+    };
+  }
+
+  it('rounds to 512 bytes below 1 MiB and to 2 MiB above', () => {
+    expect(roundSize(1)).toBe(512);
+    expect(roundSize(513)).toBe(1024);
+    expect(roundSize((1 << 20) - 1)).toBe(1 << 20);
+    expect(roundSize((1 << 20) + 1)).toBe(2 << 20);
+    expect(roundSize(5 << 20)).toBe(6 << 20);
+  });
+
+  it('hands the lowest free address of a size back first, so a repeated sequence gets the same addresses', () => {
+    const a = new CachingAllocator(fakeDevice());
+    const first = [a.alloc(1000), a.alloc(1000), a.alloc(1000)];
+    // Freed in another order than allocated.
+    for (const p of [first[1], first[2], first[0]]) a.release(p);
+    const second = [a.alloc(1000), a.alloc(1000), a.alloc(1000)];
+    expect(second).toEqual(first);
+    expect(a.stats().driverAllocs).toBe(3);
+  });
+
+  it('empties its cache and retries when the device is full, then says what it needed', () => {
+    const dev = fakeDevice(8 << 20);
+    const a = new CachingAllocator(dev);
+    const p = a.alloc(6 << 20);
+    a.release(p);
+    // 6 MiB cached; 4 MiB more does not fit until the cache goes back.
+    const q = a.alloc(4 << 20);
+    expect(a.stats().flushes).toBe(1);
+    expect(dev.live.size).toBe(1);
+    expect(() => a.alloc(6 << 20)).toThrow(DeviceOutOfMemory);
+    expect(() => a.alloc(6 << 20)).toThrow(/out of GPU memory allocating 0\.01 GiB/);
+    a.release(q);
+    expect(a.stats().inUse).toBe(0);
+  });
+
+  it("keeps a graph capture's blocks in a private pool until the graph is dissolved", () => {
+    const a = new CachingAllocator(fakeDevice());
+    const outside = a.alloc(1000);
+    a.release(outside);
+    const pool = a.beginCapture();
+    const scratch = a.alloc(1000);
+    expect(scratch).not.toBe(outside); // a capture never takes the general pool's blocks
+    const out = a.alloc(2000);
+    a.release(scratch);
+    a.endCapture();
+    // The graph's scratch stays reserved for its replays and counts as in use.
+    expect(a.alloc(1000)).toBe(outside);
+    expect(a.stats().inUse).toBe(roundSize(1000) * 2 + roundSize(2000));
+    a.dissolve(pool);
+    a.release(out);
+    // Dissolved: the scratch is the general pool's again.
+    expect(a.alloc(1000)).toBe(scratch);
+  });
+});
+
+describe(`cuda on the GPU${gpuReason ? ` (skipped: ${gpuReason})` : ''}`, () => {
+  it.skipIf(!!gpuReason)('every operation and tfjs kernel matches the cpu backend in f32 and mixed precision', async () => {
+    const { runCudaChecks } = await import('../core/model/cuda/check.js');
+    const failures: unknown[] = [];
+    const failed = await runCudaChecks('small', (line) => {
+      if (!line.ok) failures.push(line);
+    });
+    expect(failures).toEqual([]);
+    expect(failed).toBe(0);
+  }, 600_000);
+});
