@@ -263,7 +263,8 @@ function partsDone(cache: string): { done: number; total: number; keys: string[]
   const keys: string[] = [];
   for (const tokDir of fs.existsSync(cache) ? fs.readdirSync(cache) : []) {
     const dir = path.join(cache, tokDir, 'sources');
-    for (const m of fs.existsSync(dir) ? fs.readdirSync(dir) : []) {
+    // Manifests only, not the temporary files of their atomic writes.
+    for (const m of (fs.existsSync(dir) ? fs.readdirSync(dir) : []).filter((n) => n.endsWith('.json') && !n.startsWith('.'))) {
       try {
         const manifest = JSON.parse(fs.readFileSync(path.join(dir, m), 'utf8')) as { files: { parts: { key: string; tokens?: number }[] }[] };
         for (const f of manifest.files) {

@@ -293,7 +293,8 @@ describe('streaming and resumption', () => {
       const out: string[] = [];
       for (const t of readdirSync(path.join(home, 'tokens'), { withFileTypes: true }).filter((e) => e.isDirectory())) {
         const sdir = path.join(home, 'tokens', t.name, 'sources');
-        for (const m of readdirSync(sdir)) {
+        // Manifests only: not the temporary files their atomic writes leave while (or when killed) writing.
+        for (const m of readdirSync(sdir).filter((n) => n.endsWith('.json') && !n.startsWith('.'))) {
           try {
             const man = JSON.parse(readFileSync(path.join(sdir, m), 'utf8')) as { files: { parts: { key: string; tokens?: number }[] }[] };
             for (const f of man.files) for (const p of f.parts) if (p.tokens !== undefined) out.push(path.join(home, 'tokens', t.name, 'shards', `${p.key}.tok`));
@@ -302,7 +303,7 @@ describe('streaming and resumption', () => {
           }
         }
       }
-      return out;
+      return [...new Set(out)];
     };
     const child = spawn(process.execPath, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
     let finished: string[] = [];
