@@ -12,7 +12,7 @@
  * evaluated, the bytes are the corpus's UTF-8 size after the tokenizer's normalisation, less the
  * first token's.
  */
-import { type EvalBatchOptions, type Tokenizer, evalBatches } from '../data/index.js';
+import { type EvalBatchOptions, type TokenSource, type Tokenizer, evalBatches } from '../data/index.js';
 import { type GPTNeoX, evaluateLoss } from '../model/index.js';
 
 interface TokenizerJson {
@@ -61,7 +61,7 @@ export function tokenByteLengths(tokenizer: Tokenizer): Uint32Array {
 }
 
 /** Bytes of the tokens evalBatches scores (the targets of its windows). */
-export function scoredBytes(tokens: ArrayLike<number>, options: EvalBatchOptions, byteLengths: Uint32Array): number {
+export function scoredBytes(tokens: TokenSource, options: EvalBatchOptions, byteLengths: Uint32Array): number {
   let bytes = 0;
   for (const batch of evalBatches(tokens, options)) {
     for (const id of batch.target) bytes += byteLengths[id] ?? 0;
@@ -86,7 +86,7 @@ export interface TextEvaluation {
 }
 
 /** Loss, perplexity and bits per byte of a model over a token stream's validation windows. */
-export async function evaluateText(model: GPTNeoX, tokens: ArrayLike<number>, tokenizer: Tokenizer | Uint32Array, options: EvalBatchOptions): Promise<TextEvaluation> {
+export async function evaluateText(model: GPTNeoX, tokens: TokenSource, tokenizer: Tokenizer | Uint32Array, options: EvalBatchOptions): Promise<TextEvaluation> {
   const r = await evaluateLoss(model, evalBatches(tokens, options));
   const lengths = tokenizer instanceof Uint32Array ? tokenizer : tokenByteLengths(tokenizer);
   const bytes = scoredBytes(tokens, options, lengths);

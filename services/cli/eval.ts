@@ -6,11 +6,11 @@ import * as fs from 'node:fs';
 
 import type { Command } from 'commander';
 
-import { DEFAULT_VALIDATION_CORPUS, evalBatches, tokenizedCorpus } from '../../core/data/index.js';
+import { DEFAULT_VALIDATION_CORPUS, type TokenSource, defaultTokenStore, evalBatches, openData } from '../../core/data/index.js';
 import { type MetricValue, type TaskScore, evaluateTasks, evaluateText, loadTasks } from '../../core/eval/index.js';
 import { type GPTNeoX, checkTokenIds, evaluateLoss, writeFileAtomic } from '../../core/model/index.js';
 import * as tf from '../../core/model/tfjs.js';
-import { cacheDir, loadModel, positiveInt } from './common.js';
+import { loadModel, positiveInt } from './common.js';
 import { withBackend } from './backend-option.js';
 
 export interface CorpusEvalOptions {
@@ -22,7 +22,7 @@ export interface CorpusEvalOptions {
 /** Validation loss and perplexity of a model over a tokenised corpus. */
 export async function evaluateOnCorpus(
   model: GPTNeoX,
-  tokens: ArrayLike<number>,
+  tokens: TokenSource,
   options: CorpusEvalOptions,
 ): Promise<{ loss: number; ppl: number; tokens: number }> {
   return evaluateLoss(model, evalBatches(tokens, options));
@@ -85,8 +85,9 @@ async function evalAction(opts: EvalCliOptions): Promise<void> {
       return;
     }
     const seqLen = opts.seqLen ?? trainerState?.hyper.seqLen ?? Math.min(model.config.maxPositions, 256);
-    const corpus = await tokenizedCorpus(opts.data, tokenizer, cacheDir('tokens'));
-    const result = await evaluateText(model, corpus.tokens, tokenizer, { seqLen, batchSize: opts.batchSize, maxTokens: opts.maxTokens });
+    const corpus = await openData(opts.data, tokenizer, { cacheDir: defaultTokenStore() });
+    const result = await evaluateText(model, corpus, tokenizer, { seqLen, batchSize: opts.batchSize, maxTokens: opts.maxTokens });
+    corpus.close();
     if (opts.json) console.log(JSON.stringify(result));
     else {
       console.log(
@@ -103,7 +104,7 @@ export function registerEvalCommands(program: Command): void {
     .command('eval')
     .description("a checkpoint's cross-entropy, perplexity and bits per byte on a corpus, or its zero-shot accuracy on tasks (--tasks)")
     .requiredOption('--model <dir>', 'checkpoint directory (Hugging Face layout)')
-    .option('--data <spec>', 'sotu:train, sotu:val, mobydick, or a text file, folder or JSONL path', DEFAULT_VALIDATION_CORPUS)
+    .option('--data <spec>', 'data spec: sotu:train, sotu:val, mobydick, a file, folder or glob, or a spec file (docs/data.md)', DEFAULT_VALIDATION_CORPUS)
     .option('--tokenizer <path>', "tokenizer.json or a folder holding one (default: the checkpoint's)")
     .option('--seq-len <n>', 'tokens per sequence (default: the length it was trained with, else min(context, 256))', positiveInt('--seq-len'))
     .option('--batch-size <n>', 'sequences per batch', positiveInt('--batch-size'), 8)

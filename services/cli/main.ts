@@ -33,6 +33,7 @@ const COMMANDS: CommandModule[] = [
   { names: ['run', 'status', 'cancel'], load: async () => (await import('./run.js')).registerRunCommands },
   { names: ['watch', 'dashboard'], load: async () => (await import('../progress/index.js')).registerProgressCommands },
   { names: ['experiment'], load: async () => (await import('./experiment.js')).registerExperimentCommands },
+  { names: ['data'], load: async () => (await import('./data.js')).registerDataCommands },
 ];
 
 /** The options every command takes (before its name). */

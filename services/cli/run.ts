@@ -13,6 +13,7 @@ import * as path from 'node:path';
 import type { Client, WorkflowHandle } from '@temporalio/client';
 import type { Command } from 'commander';
 
+import { defaultTokenStore } from '../../core/data/index.js';
 import { teacherFinished, trainTeacher } from '../../core/teacher/index.js';
 import { type OffshootConfig, defaultConfig, loadConfigFile, mergeRaw, parseConfig, pipelineInput, runDir, teacherDir } from '../config/index.js';
 import { resultsTable } from '../orchestration/index.js';
@@ -20,7 +21,6 @@ import {
   type ManagedProcess,
   type NatsServer,
   type TemporalServer,
-  offshootCache,
   startNats,
   startTeacherService,
   startTemporal,
@@ -456,7 +456,7 @@ export async function ensureTeacher(config: OffshootConfig): Promise<void> {
   if (!enabled) throw new Error(`teacher ${dir}: no finished checkpoint there and teacher.train.enabled is false`);
   log(`teacher: training ${settings.preset} on ${config.data.train} into ${dir} (${settings.steps} steps)`);
   await trainTeacher(
-    { ...settings, data: config.data.train, val: config.data.val, out: dir, tokenizer: config.data.tokenizer ?? undefined, tokenCache: offshootCache('tokens') },
+    { ...settings, data: config.data.train, val: config.data.val, out: dir, tokenizer: config.data.tokenizer ?? undefined, tokenCache: defaultTokenStore() },
     { log },
   );
 }

@@ -25,7 +25,7 @@ import {
   extractCheckpoint,
   studentConfig,
 } from '../../core/subnet/index.js';
-import { TOKENIZER_FILE, evalBatches, loadTokenizer, sampleBatch, tokenizedCorpus } from '../../core/data/index.js';
+import { TOKENIZER_FILE, defaultTokenStore as tokenCache, evalBatches, loadTokenizer, openData, sampleBatch } from '../../core/data/index.js';
 import { TaskError, evaluateTasks, evaluateText, loadTasks } from '../../core/eval/index.js';
 import {
   CheckpointError,
@@ -46,7 +46,6 @@ import {
   writeFileAtomic,
 } from '../../core/model/index.js';
 import { type TeacherTrainSettings, teacherFinished, trainTeacher } from '../../core/teacher/index.js';
-import { offshootCache } from '../stack/index.js';
 import { tokensPerSecond as tokensPerSecondGauge } from '../progress/index.js';
 import { StreamingTeacher } from '../teacher/index.js';
 import { TeacherMismatchError, type WorkerEnv, emit, teacherClient, teacherModel, withActivityEvents } from '../orchestration/index.js';
@@ -67,7 +66,6 @@ import type {
   TrainSegmentOutput,
 } from '../../workflows/index.js';
 
-const tokenCache = () => offshootCache('tokens');
 
 /** The hash a checkpoint directory declares (its manifest), or the one computed from its weights. */
 function checkpointHash(dir: string): string {
@@ -195,8 +193,9 @@ async function prepareStudent(env: WorkerEnv, input: PrepareStudentInput): Promi
       let calibration;
       if (init.order === 'importance' || init.layers === 'importance') {
         const tokenizer = await loadTokenizer(tokenizerSource(input.data, input.teacher.dir));
-        const corpus = await tokenizedCorpus(input.data.train, tokenizer, tokenCache());
-        calibration = sampleBatch(corpus.tokens, { batchSize: 8, seqLen: Math.min(input.hyper.seqLen, input.teacher.config.maxPositions), seed: CALIBRATION_SEED, step: 0 });
+        const corpus = await openData(input.data.train, tokenizer, { cacheDir: tokenCache() });
+        calibration = sampleBatch(corpus, { batchSize: 8, seqLen: Math.min(input.hyper.seqLen, input.teacher.config.maxPositions), seed: CALIBRATION_SEED, step: 0 });
+        corpus.close();
       }
       const r = await extractCheckpoint({ teacher: input.teacher.dir, spec: init.spec, out: dir, order: init.order, layers: init.layers, calibration });
       hash = r.checkpointHash;
@@ -276,9 +275,10 @@ async function trainSegment(env: WorkerEnv, input: TrainSegmentInput): Promise<T
 
   // Data, tokenizer, teacher.
   const tokenizer = await loadTokenizer(tokenizerSource(input.data, input.teacher.dir));
-  const train = await tokenizedCorpus(input.data.train, tokenizer, tokenCache());
-  const val = await tokenizedCorpus(input.data.val, tokenizer, tokenCache());
-  const batches = (step: number) => sampleBatch(train.tokens, { batchSize: h.batchSize, seqLen: h.seqLen, seed: h.seed, step });
+  // The store's manifests find the prepared shards without reading the corpus again.
+  const train = await openData(input.data.train, tokenizer, { cacheDir: tokenCache(), log: env.log });
+  const val = await openData(input.data.val, tokenizer, { cacheDir: tokenCache(), log: env.log });
+  const batches = (step: number) => sampleBatch(train, { batchSize: h.batchSize, seqLen: h.seqLen, seed: h.seed, step });
   let teacher;
   if (h.distill) {
     if (input.teacherService) {
@@ -319,7 +319,7 @@ async function trainSegment(env: WorkerEnv, input: TrainSegmentInput): Promise<T
     evaluate: {
       every: input.evalEvery,
       run: async (model, step) => {
-        const r = await evaluateLoss(model, evalBatches(val.tokens, { seqLen: h.seqLen, batchSize: h.batchSize, maxTokens: input.evalTokens }));
+        const r = await evaluateLoss(model, evalBatches(val, { seqLen: h.seqLen, batchSize: h.batchSize, maxTokens: input.evalTokens }));
         evals.push({ step, valLoss: r.loss, valPpl: r.ppl });
         fs.appendFileSync(evalLog, `${JSON.stringify({ step, valLoss: r.loss, valPpl: r.ppl, attempt, worker: env.identity })}\n`);
         emit(env, { kind: 'pretrain.eval', run: input.run.runId, series, step, valLoss: r.loss, tokens: r.tokens });
@@ -372,6 +372,8 @@ async function trainSegment(env: WorkerEnv, input: TrainSegmentInput): Promise<T
     if (trainer.step !== (last.step ?? 0)) await save();
   } finally {
     trainer.dispose();
+    train.close();
+    val.close();
   }
   const tconf = input.teacher.config;
   const counts = countShape(trainer.model.config, tconf, { seqLen: h.seqLen });
@@ -404,8 +406,9 @@ async function evaluateCheckpoint(input: EvaluateCheckpointInput): Promise<Check
   try {
     const tokPath = input.data.tokenizer ?? (fs.existsSync(path.join(input.checkpoint.dir, TOKENIZER_FILE)) ? input.checkpoint.dir : input.tokenizerDir);
     const tokenizer = await loadTokenizer(tokPath);
-    const val = await tokenizedCorpus(input.data.val, tokenizer, tokenCache());
-    const r = await evaluateText(model, val.tokens, tokenizer, { seqLen: Math.min(input.seqLen, ckpt.config.maxPositions), batchSize: input.batchSize, maxTokens: input.evalTokens });
+    const val = await openData(input.data.val, tokenizer, { cacheDir: tokenCache() });
+    const r = await evaluateText(model, val, tokenizer, { seqLen: Math.min(input.seqLen, ckpt.config.maxPositions), batchSize: input.batchSize, maxTokens: input.evalTokens });
+    val.close();
     return { valLoss: r.loss, valPpl: r.ppl, valBpb: r.bpb, tokens: r.tokens, bytes: r.bytes };
   } finally {
     model.dispose();
