@@ -6,7 +6,7 @@
  *        [--gzip-shards 3] [--single-mb 600] [--work DIR] [--keep]
  *
  * - tokenize: a Pythia-style 50k tokenizer (NFC, ByteLevel, GPT-NeoX's added space runs) trained by
- *   the Rust `tokenizers` library (test/fixtures/tokenizer/pythia50k.py, in the venv that
+ *   the Rust `tokenizers` library (scripts/pythia-tokenizer.py, in the venv that
  *   scripts/setup-python.sh builds); offshoot's native BPE and the Rust library each encode the same
  *   documents on one thread; the ids must be identical. Figures per core are tokens per CPU second
  *   (so other load on the machine does not count against either), wall figures beside them.
@@ -96,8 +96,8 @@ function venvPython(): string {
 }
 
 function python(args: string[]): Record<string, number | string> {
-  const r = spawnSync(venvPython(), [path.join(ROOT, 'test', 'fixtures', 'tokenizer', 'pythia50k.py'), ...args], { encoding: 'utf8', maxBuffer: 1 << 26 });
-  if (r.status !== 0) throw new Error(`pythia50k.py ${args[0]} failed: ${r.stderr}`);
+  const r = spawnSync(venvPython(), [path.join(ROOT, 'scripts', 'pythia-tokenizer.py'), ...args], { encoding: 'utf8', maxBuffer: 1 << 26 });
+  if (r.status !== 0) throw new Error(`pythia-tokenizer.py ${args[0]} failed: ${r.stderr}`);
   return JSON.parse(r.stdout.trim().split('\n').pop()!) as Record<string, number | string>;
 }
 

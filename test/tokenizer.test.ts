@@ -296,11 +296,11 @@ describe('Hugging Face tokenizer.json loader', () => {
 });
 
 describe('native BPE on a Pythia-style 50k tokenizer', () => {
-  // Built here by the Rust tokenizers library (test/fixtures/tokenizer/pythia50k.py) with GPT-NeoX's
+  // Built here by the Rust tokenizers library (scripts/pythia-tokenizer.py) with GPT-NeoX's
   // structure: NFC, ByteLevel, <|endoftext|> and <|padding|>, runs of 2-24 spaces as added tokens.
   let dir: string;
   let tok: Tokenizer;
-  const script = path.join(FIXTURES, 'pythia50k.py');
+  const script = path.join(here, '..', 'scripts', 'pythia-tokenizer.py');
   beforeAll(async () => {
     const py = requireHfPython();
     dir = path.join(tmp, 'pythia50k');
@@ -308,7 +308,7 @@ describe('native BPE on a Pythia-style 50k tokenizer', () => {
     const sample = path.join(dir, 'sample.txt');
     writeFileSync(sample, [...(await loadCorpus('sotu:train')).documents, ...(await loadCorpus('mobydick')).documents].join('\n\n'));
     const r = spawnSync(py, [script, 'train', sample, path.join(dir, 'tokenizer.json')], { encoding: 'utf8' });
-    if (r.status !== 0) throw new Error(`pythia50k.py train: ${r.stderr}`);
+    if (r.status !== 0) throw new Error(`pythia-tokenizer.py train: ${r.stderr}`);
     tok = await loadTokenizer(dir);
   }, 300_000);
 
