@@ -39,7 +39,7 @@ describe('configuration', () => {
 
   it('a bad file is one error listing every problem with its field and value', () => {
     const file = path.join(tmp, 'bad.yaml');
-    fs.writeFileSync(file, 'search:\n  population: 1\n  target: { bins: 3 }\npretrain:\n  steps: many\n  checkpointEvery: 500\nservices:\n  temporal: { adress: x }\n');
+    fs.writeFileSync(file, 'search:\n  population: 1\n  target: { bins: 3 }\npretrain:\n  steps: many\n  checkpointEvery: 500\nservices:\n  temporal: { adress: x }\nworkers:\n  precision: bf16\n');
     let err: ConfigError | undefined;
     try {
       loadConfigFile(file);
@@ -47,11 +47,12 @@ describe('configuration', () => {
       err = e as ConfigError;
     }
     expect(err).toBeInstanceOf(ConfigError);
-    expect(err!.problems.map((p) => p.field).sort()).toEqual(['pretrain.checkpointEvery', 'pretrain.steps', 'search.population', 'search.target', 'services.temporal.adress']);
-    expect(err!.message).toContain(`${file}: 5 problems:`);
+    expect(err!.problems.map((p) => p.field).sort()).toEqual(['pretrain.checkpointEvery', 'pretrain.steps', 'search.population', 'search.target', 'services.temporal.adress', 'workers.precision']);
+    expect(err!.message).toContain(`${file}: 6 problems:`);
     expect(err!.message).toMatch(/search\.population: .*got 1/);
     expect(err!.message).toMatch(/pretrain\.steps: .*got "many"/);
     expect(err!.message).toMatch(/services\.temporal\.adress: unknown field/);
+    expect(err!.message).toMatch(/workers\.precision: .*"mixed"\|"f32", got "bf16"/);
     expect(err!.message).toMatch(/pretrain\.checkpointEvery: must be at most pretrain\.segmentSteps \(100\), got 500/);
   });
 

@@ -311,7 +311,7 @@ async function startEmbedded(config: OffshootConfig, backend: string, temporalRe
   fs.mkdirSync(logs, { recursive: true });
   const [temporal, nats] = await temporalReady;
   const processes: ManagedProcess[] = [];
-  const env = { ...process.env, OFFSHOOT_NATS_URL: nats.url, OFFSHOOT_BACKEND: backend };
+  const env = { ...process.env, OFFSHOOT_NATS_URL: nats.url, OFFSHOOT_BACKEND: backend, ...(config.workers.precision ? { OFFSHOOT_PRECISION: config.workers.precision } : {}) };
   let teacherService: TeacherServiceRef | undefined;
   const common = { temporal: temporal.address, namespace: config.services.temporal.namespace, env, backend };
   const starts: Promise<unknown>[] = [];

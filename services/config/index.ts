@@ -10,6 +10,7 @@ import YAML from 'yaml';
 import { z } from 'zod';
 
 import { BACKEND_CHOICES } from '../../core/model/backend.js';
+import { PRECISIONS } from '../../core/model/precision.js';
 import { DEFAULT_DISTILL, KL_DIRECTIONS, MODEL_PRESETS } from '../../core/model/index.js';
 import { ALGORITHMS, SEARCH_DEFAULTS, SearchError, resolveSearchOptions } from '../../core/search/index.js';
 import { BIN_SCALES, DEFAULT_BIN_COUNT, FITNESS_KINDS, FITNESS_LOSSES, HEAD_ORDERS, LAYER_ORDERS, SPACE_KINDS, SUBNET_SPACE_DEFAULTS } from '../../core/subnet/index.js';
@@ -184,6 +185,7 @@ export const configSchema = z.strictObject({
       evaluators: posInt().default(1).describe('embedded stack: evaluator worker processes'),
       evaluateSlots: posInt().default(1).describe('evaluations one evaluator runs at once (one per device)'),
       backend: z.enum(BACKEND_CHOICES).default('auto').describe('compute backend of embedded workers and the teacher service'),
+      precision: z.enum(PRECISIONS).nullable().default(null).describe("arithmetic of embedded workers and the teacher service: mixed (bf16 products, f32 master weights; cuda) or f32; null: offshoot run's own (--precision, env OFFSHOOT_PRECISION)"),
       gracePeriodSeconds: posInt().default(30).describe('SIGTERM: how long a worker may finish or checkpoint its activities'),
     })
     .prefault({}),
