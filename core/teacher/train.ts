@@ -95,6 +95,8 @@ export interface TeacherTrainHooks {
   onStep?: (report: TeacherStepReport) => void;
   /** Stops training at the next step boundary, checkpointed; the result says `stopped`. */
   signal?: AbortSignal;
+  /** Stops after this step, checkpointed, as the signal does (the schedule still ends at `steps`). */
+  stopAt?: number;
 }
 
 export interface TeacherTrainResult {
@@ -136,6 +138,7 @@ async function teacherTokenizer(opts: TeacherTrainOptions, log: (line: string) =
 /** Trains (or resumes, or finds finished) the teacher in `opts.out`. */
 export async function trainTeacher(opts: TeacherTrainOptions, hooks: TeacherTrainHooks = {}): Promise<TeacherTrainResult> {
   const log = hooks.log ?? (() => undefined);
+  if (hooks.stopAt !== undefined && hooks.stopAt > opts.steps) throw new Error(`stopAt ${hooks.stopAt} is beyond the ${opts.steps} steps of the schedule`);
   const tokenizer = await teacherTokenizer(opts, log);
   const train = await openData(opts.data, tokenizer, { cacheDir: opts.tokenCache, log });
   const val = await openData(opts.val, tokenizer, { cacheDir: opts.tokenCache, log });
@@ -169,9 +172,10 @@ export async function trainTeacher(opts: TeacherTrainOptions, hooks: TeacherTrai
     if (trainer.step > 0) log(`resuming from step ${trainer.step} in ${opts.out}`);
     const initial = await validate(trainer.model);
     log(`validation loss before: ${initial.loss.toFixed(4)} (perplexity ${initial.ppl.toFixed(1)})`);
-    const result = await trainer.run();
+    const result = await trainer.run(hooks.stopAt);
+    const stopped = result.stopped || result.step < opts.steps;
     let final = { loss: NaN, ppl: NaN };
-    if (result.stopped) {
+    if (stopped) {
       // Stopping is urgent (a cancelled activity, a worker draining): no validation pass now.
       log(`stopped at step ${result.step}; saved ${opts.out} (sha256 ${result.checkpointHash})`);
     } else {
@@ -183,7 +187,7 @@ export async function trainTeacher(opts: TeacherTrainOptions, hooks: TeacherTrai
       out: opts.out,
       hash: result.checkpointHash ?? '',
       steps: result.step,
-      stopped: result.stopped,
+      stopped,
       parameters,
       initialValLoss: initial.loss,
       finalValLoss: final.loss,

@@ -13,22 +13,38 @@ interface TeacherTrainCliOptions extends TeacherTrainSettings {
   val: string;
   out: string;
   tokenizer?: string;
+  stopAt?: number;
   json?: boolean;
 }
 
 async function teacherTrainAction(opts: TeacherTrainCliOptions): Promise<void> {
-  const { json, ...options } = opts;
+  const { json, stopAt, ...options } = opts;
   const bar = new ProgressBar(opts.steps, 'train');
+  // SIGTERM or SIGINT: stop at the next step with a checkpoint; running the command again continues.
+  const stop = new AbortController();
+  const onSignal = (signal: string) => {
+    process.stderr.write(`\nteacher train: ${signal}: stopping at the next step (checkpointed)\n`);
+    stop.abort();
+  };
+  process.once('SIGTERM', () => onSignal('SIGTERM'));
+  process.once('SIGINT', () => onSignal('SIGINT'));
+  const rates: number[] = [];
   const summary = await trainTeacher(
     { ...options, tokenCache: defaultTokenStore() },
     {
+      signal: stop.signal,
+      stopAt,
       log: (line) => process.stderr.write(`${line}\n`),
-      onStep: (r) =>
-        bar.update(r.step, `loss ${r.loss.toFixed(3)} val ${Number.isNaN(r.valLoss) ? '-' : r.valLoss.toFixed(3)} ${Math.round(r.tokensPerSecond)} tok/s`),
+      onStep: (r) => {
+        rates.push(r.tokensPerSecond);
+        bar.update(r.step, `loss ${r.loss.toFixed(3)} val ${Number.isNaN(r.valLoss) ? '-' : r.valLoss.toFixed(3)} ${Math.round(r.tokensPerSecond)} tok/s`);
+      },
     },
   );
   bar.done();
-  if (json) console.log(JSON.stringify(summary));
+  // The median of the step reports': the steady rate, without loading, validation and checkpoints.
+  const sorted = rates.sort((a, b) => a - b);
+  if (json) console.log(JSON.stringify({ ...summary, tokensPerSecond: sorted.length ? sorted[Math.floor(sorted.length / 2)] : null }));
 }
 
 export function registerTeacherCommands(program: Command): void {
@@ -53,6 +69,7 @@ export function registerTeacherCommands(program: Command): void {
     .option('--eval-every <n>', 'steps between validation passes (default: a quarter of --steps)', positiveInt('--eval-every'))
     .option('--eval-tokens <n>', 'validation tokens per pass', positiveInt('--eval-tokens'), d.evalTokens)
     .option('--checkpoint-every <n>', 'steps between checkpoints (default: a quarter of --steps)', positiveInt('--checkpoint-every'))
-    .option('--json', 'print a JSON summary at the end')
+    .option('--stop-at <n>', 'stop after this step, checkpointed (the schedule still ends at --steps); running again continues', positiveInt('--stop-at'))
+    .option('--json', 'print a JSON summary at the end (with the median training tokens/s of this call)')
     .action(withBackend(teacherTrainAction));
 }
