@@ -132,11 +132,13 @@ export function loadCheckpoint(dir: string, options: LoadOptions = {}): LoadedCh
       throw new CheckpointError(`${dir}: missing tensor "${name}" (shape ${JSON.stringify(shape)}) required by config.json`);
     }
   }
+  return { dir, config, rawConfig, tensors, hash: checkpointHash(dir) };
+}
+
+/** A checkpoint's content hash without loading it: its manifest's, else computed from the weight files. */
+export function checkpointHash(dir: string): string {
   const manifestFile = path.join(dir, MANIFEST_FILE);
-  const hash = fs.existsSync(manifestFile)
-    ? String(readJson(manifestFile).hash)
-    : computeCheckpointHash(dir);
-  return { dir, config, rawConfig, tensors, hash };
+  return fs.existsSync(manifestFile) ? String(readJson(manifestFile).hash) : computeCheckpointHash(dir);
 }
 
 export type SaveDtype = 'float32' | 'bfloat16';

@@ -4,7 +4,7 @@
  * workflow with fitness evaluators) runs the same search state machine.
  */
 import { type Algorithm, type EvaluationRecord, createSearch } from '../search/index.js';
-import { type FitnessBudget, type FitnessData, type FitnessMetrics, createFitnessContext, disposeFitnessContext, evaluateFitness } from './fitness.js';
+import { type FitnessBudget, type FitnessContext, type FitnessData, type FitnessMetrics, createFitnessContext, disposeFitnessContext, evaluateFitness } from './fitness.js';
 import { type TargetRequest, resolveTarget } from './bins.js';
 import type { SpaceKind } from './choices.js';
 import { createSubnetSpace } from './space.js';
@@ -23,6 +23,8 @@ export interface LocalSearchOptions {
   seed: number;
   /** Chance that a mutation changes a second dimension; default the space's (0.3). */
   secondMutationProbability?: number;
+  /** Where brief fitness distils from (e.g. the teacher-logit service); default the teacher held here. */
+  distillTeacher?: FitnessContext['distillTeacher'];
 }
 
 export interface LocalSearchResult {
@@ -37,6 +39,7 @@ export async function searchSubnetworks(
   onEvaluated?: (record: { done: number; total: number; fitness: number | null; best: number | null }) => void,
 ): Promise<LocalSearchResult> {
   const ctx = await createFitnessContext(options.teacher, options.data);
+  ctx.distillTeacher = options.distillTeacher;
   try {
     const teacher = ctx.checkpoint.config;
     const target = resolveTarget(teacher, options.target, { space: options.space });

@@ -2,10 +2,12 @@
 import { type Command, InvalidArgumentError, Option } from 'commander';
 
 import { DEFAULT_TRAIN_CORPUS, DEFAULT_VALIDATION_CORPUS } from '../../core/data/index.js';
+import { checkpointHash } from '../../core/model/index.js';
 import { ALGORITHMS, type Algorithm } from '../../core/search/index.js';
 import { FITNESS_KINDS, type FitnessKind, SPACE_KINDS, SUBNET_SPACE_DEFAULTS, type SpaceKind, type TargetRequest, formatParams, searchSubnetworks } from '../../core/subnet/index.js';
+import { StreamingTeacher, TeacherClient } from '../teacher/index.js';
 import { withBackend } from './backend-option.js';
-import { nonNegativeInt, positiveInt, probability } from './common.js';
+import { nonNegativeInt, positiveInt, positiveNumber, probability } from './common.js';
 import { ProgressBar } from './progress.js';
 
 interface SearchCliOptions {
@@ -20,6 +22,11 @@ interface SearchCliOptions {
   steps: number;
   evalTokens: number;
   seqLen?: number;
+  batchSize?: number;
+  lr?: number;
+  warmup?: number;
+  teacherService?: string;
+  topK: number;
   train: string;
   val: string;
   seed: number;
@@ -42,6 +49,11 @@ export function registerSearchCommand(program: Command): void {
     .option('--steps <n>', 'brief training steps per candidate', positiveInt('--steps'), 50)
     .option('--eval-tokens <n>', 'validation tokens per candidate', positiveInt('--eval-tokens'), 8192)
     .option('--seq-len <n>', 'tokens per sequence (default min(context, 64))', positiveInt('--seq-len'))
+    .option('--batch-size <n>', 'sequences per step and per evaluation batch (default 8)', positiveInt('--batch-size'))
+    .option('--lr <x>', 'brief training: peak learning rate (default 3e-3)', positiveNumber('--lr'))
+    .option('--warmup <n>', 'brief training: warmup steps (default min(10, steps))', nonNegativeInt('--warmup'))
+    .option('--teacher-service <targets>', "brief fitness distils from the teacher-logit service's top-k logits (host:port, comma-separated), as the pipeline's evaluators do; default: the teacher in this process")
+    .option('--top-k <n>', 'logits per position asked of the teacher service', positiveInt('--top-k'), 64)
     .option('--train <spec>', 'training corpus for brief fitness', DEFAULT_TRAIN_CORPUS)
     .option('--val <spec>', 'validation corpus', DEFAULT_VALIDATION_CORPUS)
     .option('--seed <n>', 'seed of the search and of the data order', nonNegativeInt('--seed'), 0)
@@ -51,7 +63,7 @@ export function registerSearchCommand(program: Command): void {
       probability('--second-mutation-probability'),
       SUBNET_SPACE_DEFAULTS.secondMutationProbability,
     )
-    .option('--json', 'print {"target","best","history"} as JSON')
+    .option('--json', 'print {"target","best","evaluations","seconds","evaluationsPerHour","history"} as JSON')
     .action(
       withBackend(async (opts: SearchCliOptions) => {
         let target: TargetRequest;
@@ -61,6 +73,9 @@ export function registerSearchCommand(program: Command): void {
           target = { params: /^[\d.]+\s*[kKmMbBgG]?$/.test(opts.targetParams.trim()) ? `${opts.targetParams} ± 5%` : opts.targetParams };
         } else throw new InvalidArgumentError('give a target: --target-params or --bin');
         const bar = new ProgressBar(opts.generations * opts.population, 'search');
+        // The service must serve --teacher's weights: the client refuses a replica with other ones.
+        const client = opts.teacherService ? new TeacherClient({ targets: opts.teacherService, expectedHash: checkpointHash(opts.teacher) }) : undefined;
+        const started = performance.now();
         const result = await searchSubnetworks(
           {
             teacher: opts.teacher,
@@ -69,13 +84,15 @@ export function registerSearchCommand(program: Command): void {
             algorithm: opts.algorithm,
             generations: opts.generations,
             population: opts.population,
-            budget: { kind: opts.fitness, steps: opts.steps, evalTokens: opts.evalTokens, seqLen: opts.seqLen },
+            budget: { kind: opts.fitness, steps: opts.steps, evalTokens: opts.evalTokens, seqLen: opts.seqLen, batchSize: opts.batchSize, lr: opts.lr, warmup: opts.warmup },
             data: { train: opts.train, val: opts.val },
             seed: opts.seed,
             secondMutationProbability: opts.secondMutationProbability,
+            distillTeacher: client && ((batches, distill) => new StreamingTeacher(client, { topK: opts.topK, temperature: distill.temperature, batches, window: 2 })),
           },
           (p) => bar.update(p.done, `best ${p.best === null ? '-' : p.best.toFixed(4)}`),
-        );
+        ).finally(() => client?.close());
+        const seconds = (performance.now() - started) / 1000;
         bar.done();
         const best = result.best;
         const summary = {
@@ -86,6 +103,9 @@ export function registerSearchCommand(program: Command): void {
             parameters: best.cost,
             metrics: best.metrics,
           },
+          evaluations: result.evaluations,
+          seconds,
+          evaluationsPerHour: (result.evaluations * 3600) / seconds,
           history: result.history.map((r) => ({ id: r.id, generation: r.generation, origin: r.origin, status: r.status, fitness: r.fitness, parameters: r.cost, spec: r.genome, error: r.error })),
         };
         if (opts.json) console.log(JSON.stringify(summary));
