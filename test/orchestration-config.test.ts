@@ -11,10 +11,10 @@ import { bundleWorkflowCode } from '@temporalio/worker';
 import { describe, expect, it } from 'vitest';
 
 import { presetConfig } from '../core/model/index.js';
-import { canonicalParameters, canonicalize } from '../core/subnet/pure.js';
+import { canonicalParameters, canonicalize, firstKSpec } from '../core/subnet/pure.js';
 import { ConfigError, configLeaves, defaultConfig, loadConfigFile, parseConfig, pipelineInput } from '../services/config/index.js';
 import { ROOT } from '../services/stack/index.js';
-import { MAX_PAYLOAD_BYTES, PayloadTooLargeError, checkPayloadSize, evaluationSeed, firstKSpec, jsonBytes } from '../workflows/index.js';
+import { MAX_PAYLOAD_BYTES, PayloadTooLargeError, checkPayloadSize, evaluationSeed, jsonBytes } from '../workflows/index.js';
 import { payloadConverter } from '../workflows/payload-converter.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'offshoot-config-'));

@@ -21,9 +21,8 @@
 import { ApplicationFailure, defineQuery, executeChild, proxyActivities, setHandler } from '@temporalio/workflow';
 
 import type { NeoXConfig } from '../core/model/index.js';
-import { type SubnetSpec, countShape } from '../core/subnet/pure.js';
+import { type SubnetSpec, countShape, firstKSpec } from '../core/subnet/pure.js';
 import type { PretrainActivities } from './activities.js';
-import { firstKSpec } from './baselines.js';
 import { evolution } from './evolution.js';
 import { pretrain } from './pretrain.js';
 import {

@@ -5,8 +5,8 @@
  */
 import { ApplicationFailure, CancellationScope, defineQuery, executeChild, isCancellation, log, proxyActivities, setHandler } from '@temporalio/workflow';
 
+import { firstKSpec } from '../core/subnet/pure.js';
 import type { OrchestrateActivities, PretrainActivities } from './activities.js';
-import { firstKSpec } from './baselines.js';
 import { evolution } from './evolution.js';
 import { pretrain } from './pretrain.js';
 import {

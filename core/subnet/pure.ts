@@ -11,3 +11,4 @@ export * from './choices.js';
 export * from './space.js';
 export * from './bins.js';
 export * from './extract.js';
+export * from './first-k.js';

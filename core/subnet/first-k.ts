@@ -1,8 +1,9 @@
 /**
- * Baseline students for the results table, chosen without search (pure; runs in workflows).
+ * The first-k baseline student, chosen without search (pure: workflows and the GPU runbook use it).
  */
-import type { NeoXConfig } from '../core/model/index.js';
-import { type SubnetSpec, canonicalize, canonicalParameters, describeCanonical, teacherShape } from '../core/subnet/pure.js';
+import type { NeoXConfig } from '../model/index.js';
+import { canonicalParameters } from './count.js';
+import { type SubnetSpec, canonicalize, describeCanonical, teacherShape } from './spec.js';
 
 /**
  * The "first-k" baseline: no search — every dimension of the teacher (layers, width, heads, MLP)
