@@ -1,5 +1,5 @@
 /**
- * The compute commands need no orchestration stack: `offshoot teacher train|eval|logits|search|subnet`
+ * The compute commands need no orchestration stack: `offshoot teacher train|eval|logits|search|subnet|pretrain`
  * run from an installation whose node_modules lacks @temporalio/* and @nats-io/* (a copy of the sources
  * with every other package linked in), on a tiny model and the embedded corpus. The commands that do
  * need Temporal say so there, and `--help` still lists them.
@@ -57,7 +57,7 @@ describe('offshoot without Temporal and NATS installed', () => {
   it('--help lists every command, saying which cannot run here', () => {
     const r = offshoot('--help');
     expect(r.status, r.stderr).toBe(0);
-    for (const c of ['teacher', 'eval', 'logits', 'subnet', 'search', 'worker', 'experiment']) expect(r.stdout).toContain(c);
+    for (const c of ['teacher', 'eval', 'logits', 'subnet', 'search', 'pretrain', 'worker', 'experiment']) expect(r.stdout).toContain(c);
     expect(r.stdout).toMatch(/run\s+\(not available here: Cannot find\s+(package|module)\s+'@temporalio\//);
   });
 
@@ -87,6 +87,12 @@ describe('offshoot without Temporal and NATS installed', () => {
     const student = path.join(tmp, 'student');
     json(offshoot('subnet', 'extract', '--teacher', teacher, '--spec', spec, '--out', student, '--json'));
     expect(fs.existsSync(path.join(student, 'config.json'))).toBe(true);
+  });
+
+  it('pretrain', () => {
+    const r = offshoot('pretrain', '--init', path.join(tmp, 'student'), '--out', path.join(tmp, 'pretrain'), '--steps', '4', '--warmup', '1', '--batch-size', '4', '--seq-len', '32', '--report-every', '2');
+    expect(r.status, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout.trim().split('\n').pop()!)).toMatchObject({ event: 'done', step: 4, stopped: null });
   });
 
   it('search', () => {

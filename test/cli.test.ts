@@ -75,6 +75,39 @@ describe('offshoot CLI', () => {
     expect(logits[0]).toHaveLength(300);
   });
 
+  it('pretrain distils a student from a teacher checkpoint, stops at a step and resumes there', () => {
+    const student = path.join(tmp, 'student');
+    expect(offshoot('subnet', 'extract', '--teacher', teacher, '--spec', JSON.stringify({ layers: 1, embedding: 16, heads: 2, mlp: 32 }), '--out', student).status).toBe(0);
+    const out = path.join(tmp, 'pretrain');
+    const common = ['pretrain', '--init', student, '--out', out, '--teacher', teacher, '--steps', '12', '--warmup', '2', '--batch-size', '4', '--seq-len', '32', '--checkpoint-every', '4', '--eval-every', '6', '--eval-tokens', '1024', '--report-every', '2'];
+    const events = (stdout: string) => stdout.trim().split('\n').map((l) => JSON.parse(l) as Record<string, any>);
+    const first = offshoot(...common, '--stop-at', '6');
+    expect(first.status, first.stderr).toBe(0);
+    const a = events(first.stdout);
+    expect(a[0]).toMatchObject({ event: 'start', step: 0, resumed: false, distill: 'in-process', steps: 12 });
+    expect(a.at(-1)).toMatchObject({ event: 'done', step: 6, resumedFrom: 0, stopped: 'stop-at' });
+    expect(a.filter((e) => e.event === 'eval').map((e) => e.step)).toEqual([0, 6]);
+    const second = offshoot(...common);
+    expect(second.status, second.stderr).toBe(0);
+    const b = events(second.stdout);
+    expect(b[0]).toMatchObject({ event: 'start', step: 6, resumed: true });
+    expect(b.at(-1)).toMatchObject({ event: 'done', step: 12, resumedFrom: 6, stopped: null });
+    // The folder keeps both processes' losses, step by step.
+    const losses = fs.readFileSync(path.join(out, 'losses.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    expect(losses.map((l) => l.step)).toEqual([2, 4, 6, 8, 10, 12]);
+    expect(new Set(losses.map((l) => l.pid)).size).toBe(2);
+
+    const both = offshoot(...common, '--teacher-service', '127.0.0.1:1');
+    expect(both.status).not.toBe(0);
+    expect(both.stderr).toMatch(/give --teacher-service or --teacher, not both/);
+    const beyond = offshoot(...common, '--stop-at', '13');
+    expect(beyond.status).not.toBe(0);
+    expect(beyond.stderr).toMatch(/--stop-at 13 is beyond --steps 12/);
+    const changed = offshoot(...common.map((a) => (a === '12' ? '20' : a)));
+    expect(changed.status).not.toBe(0);
+    expect(changed.stderr).toMatch(/cannot resume with different hyperparameters/);
+  });
+
   it('bad input is one clear error and a non-zero exit', () => {
     fs.writeFileSync(path.join(tmp, 'bad-ids.json'), JSON.stringify([1, 300]));
     const ids = offshoot('logits', '--model', teacher, '--ids', path.join(tmp, 'bad-ids.json'));

@@ -29,6 +29,7 @@ const COMMANDS: CommandModule[] = [
   { names: ['export'], load: async () => (await import('./export.js')).registerExportCommand },
   { names: ['subnet'], load: async () => (await import('./subnet.js')).registerSubnetCommands },
   { names: ['search'], load: async () => (await import('./search.js')).registerSearchCommand },
+  { names: ['pretrain'], load: async () => (await import('./pretrain.js')).registerPretrainCommand },
   { names: ['worker'], load: async () => (await import('./worker.js')).registerWorkerCommand },
   { names: ['run', 'status', 'cancel'], load: async () => (await import('./run.js')).registerRunCommands },
   { names: ['watch', 'dashboard'], load: async () => (await import('../progress/index.js')).registerProgressCommands },
