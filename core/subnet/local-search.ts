@@ -3,12 +3,12 @@
  * a teacher, each candidate's fitness evaluated here in turn. The distributed version (the evolution
  * workflow with fitness evaluators) runs the same search state machine.
  */
-import { type Algorithm, type EvaluationRecord, createSearch } from '../search/index.js';
+import { type Algorithm, type EvaluationRecord, type SearchOptions, createSearch } from '../search/index.js';
 import { type FitnessBudget, type FitnessContext, type FitnessData, type FitnessMetrics, createFitnessContext, disposeFitnessContext, evaluateFitness } from './fitness.js';
 import { type TargetRequest, resolveTarget } from './bins.js';
 import type { SpaceKind } from './choices.js';
 import { createSubnetSpace } from './space.js';
-import type { SubnetSpec } from './spec.js';
+import type { HeadOrder, LayerOrder, SubnetSpec } from './spec.js';
 
 export interface LocalSearchOptions {
   teacher: string;
@@ -23,6 +23,11 @@ export interface LocalSearchOptions {
   seed: number;
   /** Chance that a mutation changes a second dimension; default the space's (0.3). */
   secondMutationProbability?: number;
+  /** Evolution's selection and variation; core/search's defaults where unset. */
+  evolution?: Pick<SearchOptions, 'tournamentSize' | 'elitism' | 'crossoverProbability' | 'mutationProbability'>;
+  /** Which heads, neurons and channels, and which layers, a candidate's counts keep; default first-k, first. */
+  order?: HeadOrder;
+  layers?: LayerOrder;
   /** Where brief fitness distils from (e.g. the teacher-logit service); default the teacher held here. */
   distillTeacher?: FitnessContext['distillTeacher'];
 }
@@ -45,7 +50,7 @@ export async function searchSubnetworks(
     const target = resolveTarget(teacher, options.target, { space: options.space });
     const space = createSubnetSpace(teacher, { space: options.space, target, secondMutationProbability: options.secondMutationProbability });
     const total = options.generations * options.population;
-    const search = createSearch({ algorithm: options.algorithm, budget: total, population: options.population, seed: options.seed }, space);
+    const search = createSearch({ ...options.evolution, algorithm: options.algorithm, budget: total, population: options.population, seed: options.seed }, space);
     let done = 0;
     let bestSoFar: number | null = null;
     while (!search.done()) {
@@ -56,7 +61,7 @@ export async function searchSubnetworks(
         let metrics: FitnessMetrics | undefined;
         let error: string | undefined;
         try {
-          metrics = await evaluateFitness({ teacher: options.teacher, spec: c.genome, budget: options.budget, seed: options.seed, data: options.data }, ctx);
+          metrics = await evaluateFitness({ teacher: options.teacher, spec: c.genome, budget: options.budget, seed: options.seed, data: options.data, order: options.order, layers: options.layers }, ctx);
         } catch (err) {
           error = (err as Error).message;
         }

@@ -2,9 +2,9 @@
 import { type Command, InvalidArgumentError, Option } from 'commander';
 
 import { DEFAULT_TRAIN_CORPUS, DEFAULT_VALIDATION_CORPUS } from '../../core/data/index.js';
-import { checkpointHash } from '../../core/model/index.js';
+import { DEFAULT_DISTILL, KL_DIRECTIONS, type KLDirection, checkpointHash } from '../../core/model/index.js';
 import { ALGORITHMS, type Algorithm } from '../../core/search/index.js';
-import { FITNESS_KINDS, type FitnessKind, SPACE_KINDS, SUBNET_SPACE_DEFAULTS, type SpaceKind, type TargetRequest, formatParams, searchSubnetworks } from '../../core/subnet/index.js';
+import { FITNESS_KINDS, FITNESS_LOSSES, type FitnessKind, type FitnessLoss, HEAD_ORDERS, type HeadOrder, LAYER_ORDERS, type LayerOrder, SPACE_KINDS, SUBNET_SPACE_DEFAULTS, type SpaceKind, type TargetRequest, formatParams, searchSubnetworks } from '../../core/subnet/index.js';
 import { StreamingTeacher, TeacherClient } from '../teacher/index.js';
 import { withBackend } from './backend-option.js';
 import { nonNegativeInt, positiveInt, positiveNumber, probability } from './common.js';
@@ -27,6 +27,16 @@ interface SearchCliOptions {
   warmup?: number;
   teacherService?: string;
   topK: number;
+  loss: FitnessLoss;
+  alpha: number;
+  temperature: number;
+  direction: KLDirection;
+  order: HeadOrder;
+  layers: LayerOrder;
+  tournamentSize?: number;
+  elitism?: number;
+  crossoverProbability?: number;
+  mutationProbability?: number;
   train: string;
   val: string;
   seed: number;
@@ -54,6 +64,16 @@ export function registerSearchCommand(program: Command): void {
     .option('--warmup <n>', 'brief training: warmup steps (default min(10, steps))', nonNegativeInt('--warmup'))
     .option('--teacher-service <targets>', "brief fitness distils from the teacher-logit service's top-k logits (host:port, comma-separated), as the pipeline's evaluators do; default: the teacher in this process")
     .option('--top-k <n>', 'logits per position asked of the teacher service', positiveInt('--top-k'), 64)
+    .addOption(new Option('--loss <loss>', 'brief training: distillation or cross-entropy').choices(FITNESS_LOSSES).default('distill'))
+    .option('--alpha <x>', 'brief distillation: weight of cross-entropy (1 − alpha weighs the KL term)', probability('--alpha'), DEFAULT_DISTILL.alpha)
+    .option('--temperature <x>', 'brief distillation: temperature', positiveNumber('--temperature'), DEFAULT_DISTILL.temperature)
+    .addOption(new Option('--direction <d>', 'brief distillation: KL direction').choices(KL_DIRECTIONS).default(DEFAULT_DISTILL.direction))
+    .addOption(new Option('--order <order>', "which heads, neurons and channels a candidate's counts keep").choices(HEAD_ORDERS).default('first-k'))
+    .addOption(new Option('--layers <how>', "which layers a candidate's layer count keeps").choices(LAYER_ORDERS).default('first'))
+    .option('--tournament-size <n>', 'evolution: individuals per tournament (default 3)', positiveInt('--tournament-size'))
+    .option('--elitism <n>', 'evolution: best individuals carried into the next generation (default 2)', nonNegativeInt('--elitism'))
+    .option('--crossover-probability <p>', 'evolution: chance a child is a crossover (default 0.5)', probability('--crossover-probability'))
+    .option('--mutation-probability <p>', 'evolution: chance a crossover child is also mutated (default 0.8)', probability('--mutation-probability'))
     .option('--train <spec>', 'training corpus for brief fitness', DEFAULT_TRAIN_CORPUS)
     .option('--val <spec>', 'validation corpus', DEFAULT_VALIDATION_CORPUS)
     .option('--seed <n>', 'seed of the search and of the data order', nonNegativeInt('--seed'), 0)
@@ -84,10 +104,23 @@ export function registerSearchCommand(program: Command): void {
             algorithm: opts.algorithm,
             generations: opts.generations,
             population: opts.population,
-            budget: { kind: opts.fitness, steps: opts.steps, evalTokens: opts.evalTokens, seqLen: opts.seqLen, batchSize: opts.batchSize, lr: opts.lr, warmup: opts.warmup },
+            budget: {
+              kind: opts.fitness,
+              steps: opts.steps,
+              evalTokens: opts.evalTokens,
+              seqLen: opts.seqLen,
+              batchSize: opts.batchSize,
+              lr: opts.lr,
+              warmup: opts.warmup,
+              loss: opts.loss,
+              distill: { alpha: opts.alpha, temperature: opts.temperature, direction: opts.direction },
+            },
             data: { train: opts.train, val: opts.val },
             seed: opts.seed,
             secondMutationProbability: opts.secondMutationProbability,
+            evolution: { tournamentSize: opts.tournamentSize, elitism: opts.elitism, crossoverProbability: opts.crossoverProbability, mutationProbability: opts.mutationProbability },
+            order: opts.order,
+            layers: opts.layers,
             distillTeacher: client && ((batches, distill) => new StreamingTeacher(client, { topK: opts.topK, temperature: distill.temperature, batches, window: 2 })),
           },
           (p) => bar.update(p.done, `best ${p.best === null ? '-' : p.best.toFixed(4)}`),
