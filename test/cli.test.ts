@@ -34,8 +34,25 @@ describe('offshoot CLI', () => {
 
   it('teacher train lowers the validation loss, and eval reports the same', () => {
     const r = offshoot(
-      'teacher', 'train', '--out', teacher, '--preset', 'tiny', '--vocab', '300', '--steps', '80', '--batch-size', '8',
-      '--seq-len', '32', '--eval-every', '40', '--eval-tokens', '4096', '--json',
+      'teacher',
+      'train',
+      '--out',
+      teacher,
+      '--preset',
+      'tiny',
+      '--vocab',
+      '300',
+      '--steps',
+      '80',
+      '--batch-size',
+      '8',
+      '--seq-len',
+      '32',
+      '--eval-every',
+      '40',
+      '--eval-tokens',
+      '4096',
+      '--json',
     );
     expect(r.status, r.stderr).toBe(0);
     expect(r.stderr).toMatch(/^backend: (tensorflow|webgpu|wasm|cpu) /m);
@@ -51,15 +68,34 @@ describe('offshoot CLI', () => {
     expect(result.tokens).toBe(4096);
     expect(result.loss).toBeCloseTo(summary.finalValLoss, 4);
     expect(result.ppl).toBeCloseTo(Math.exp(result.loss), 6);
-    const moby = JSON.parse(offshoot('eval', '--model', teacher, '--data', 'mobydick', '--max-tokens', '4096', '--json').stdout);
+    const moby = JSON.parse(
+      offshoot('eval', '--model', teacher, '--data', 'mobydick', '--max-tokens', '4096', '--json').stdout,
+    );
     expect(moby.loss).toBeGreaterThan(0);
   });
 
   it('rerunning a finished teacher train continues nothing and keeps the checkpoint', () => {
     const before = fs.readFileSync(path.join(teacher, 'offshoot-checkpoint.json'), 'utf8');
     const r = offshoot(
-      'teacher', 'train', '--out', teacher, '--preset', 'tiny', '--vocab', '300', '--steps', '80', '--batch-size', '8',
-      '--seq-len', '32', '--eval-every', '40', '--eval-tokens', '4096', '--json',
+      'teacher',
+      'train',
+      '--out',
+      teacher,
+      '--preset',
+      'tiny',
+      '--vocab',
+      '300',
+      '--steps',
+      '80',
+      '--batch-size',
+      '8',
+      '--seq-len',
+      '32',
+      '--eval-every',
+      '40',
+      '--eval-tokens',
+      '4096',
+      '--json',
     );
     expect(r.status, r.stderr).toBe(0);
     expect(r.stderr).toMatch(/resuming from step 80/);
@@ -77,10 +113,49 @@ describe('offshoot CLI', () => {
 
   it('pretrain distils a student from a teacher checkpoint, stops at a step and resumes there', () => {
     const student = path.join(tmp, 'student');
-    expect(offshoot('subnet', 'extract', '--teacher', teacher, '--spec', JSON.stringify({ layers: 1, embedding: 16, heads: 2, mlp: 32 }), '--out', student).status).toBe(0);
+    expect(
+      offshoot(
+        'subnet',
+        'extract',
+        '--teacher',
+        teacher,
+        '--spec',
+        JSON.stringify({ layers: 1, embedding: 16, heads: 2, mlp: 32 }),
+        '--out',
+        student,
+      ).status,
+    ).toBe(0);
     const out = path.join(tmp, 'pretrain');
-    const common = ['pretrain', '--init', student, '--out', out, '--teacher', teacher, '--steps', '12', '--warmup', '2', '--batch-size', '4', '--seq-len', '32', '--checkpoint-every', '4', '--eval-every', '6', '--eval-tokens', '1024', '--report-every', '2'];
-    const events = (stdout: string) => stdout.trim().split('\n').map((l) => JSON.parse(l) as Record<string, any>);
+    const common = [
+      'pretrain',
+      '--init',
+      student,
+      '--out',
+      out,
+      '--teacher',
+      teacher,
+      '--steps',
+      '12',
+      '--warmup',
+      '2',
+      '--batch-size',
+      '4',
+      '--seq-len',
+      '32',
+      '--checkpoint-every',
+      '4',
+      '--eval-every',
+      '6',
+      '--eval-tokens',
+      '1024',
+      '--report-every',
+      '2',
+    ];
+    const events = (stdout: string) =>
+      stdout
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l) as Record<string, any>);
     const first = offshoot(...common, '--stop-at', '6');
     expect(first.status, first.stderr).toBe(0);
     const a = events(first.stdout);
@@ -93,7 +168,11 @@ describe('offshoot CLI', () => {
     expect(b[0]).toMatchObject({ event: 'start', step: 6, resumed: true });
     expect(b.at(-1)).toMatchObject({ event: 'done', step: 12, resumedFrom: 6, stopped: null });
     // The folder keeps both processes' losses, step by step.
-    const losses = fs.readFileSync(path.join(out, 'losses.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    const losses = fs
+      .readFileSync(path.join(out, 'losses.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
     expect(losses.map((l) => l.step)).toEqual([2, 4, 6, 8, 10, 12]);
     expect(new Set(losses.map((l) => l.pid)).size).toBe(2);
 

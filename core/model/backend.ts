@@ -91,7 +91,9 @@ async function doInit(choice: BackendChoice, log: (msg: string) => void): Promis
           // on 2 cores, tfjs f32 matmul 512x512 ran at ~2.9 GFLOP/s on lavapipe vs ~26 on wasm SIMD.
           const probe = await probeWebGPU();
           if (probe.software) {
-            skipped.push(`webgpu skipped: software adapter only (${probe.description}), slower than wasm; --backend webgpu forces it`);
+            skipped.push(
+              `webgpu skipped: software adapter only (${probe.description}), slower than wasm; --backend webgpu forces it`,
+            );
             continue;
           }
         }
@@ -186,14 +188,20 @@ async function loadCuda(): Promise<{ detail?: string }> {
     device = cuda.cudaDevice();
   } catch (e) {
     if (e instanceof cuda.CudaUnavailable) {
-      throw new BackendUnavailable('cuda', e.short, 'On a machine with an NVIDIA GPU and driver, run scripts/setup-cuda.sh (docs/cuda-backend.md).');
+      throw new BackendUnavailable(
+        'cuda',
+        e.short,
+        'On a machine with an NVIDIA GPU and driver, run scripts/setup-cuda.sh (docs/cuda-backend.md).',
+      );
     }
     throw e;
   }
   cuda.registerCuda();
   await import('./cuda/register.js');
   const { info } = device;
-  return { detail: `${info.name} (${info.arch}, ${info.multiprocessors} SMs), driver CUDA ${info.driverVersion}, NVRTC ${info.nvrtcVersion}; ${info.libraries}` };
+  return {
+    detail: `${info.name} (${info.arch}, ${info.multiprocessors} SMs), driver CUDA ${info.driverVersion}, NVRTC ${info.nvrtcVersion}; ${info.libraries}`,
+  };
 }
 
 async function loadCpu(): Promise<{ detail?: string }> {
@@ -228,7 +236,9 @@ async function loadTensorflow(): Promise<{ detail?: string }> {
     }
     if (!fs.existsSync(addon)) {
       // Importing it anyway would register its kernels and then fail, leaving noise behind.
-      problems.push(`${pkg} has no native addon (${addon}); run scripts/setup-tensorflow.sh${pkg.endsWith('-gpu') ? ' --gpu' : ''}`);
+      problems.push(
+        `${pkg} has no native addon (${addon}); run scripts/setup-tensorflow.sh${pkg.endsWith('-gpu') ? ' --gpu' : ''}`,
+      );
       continue;
     }
     try {
@@ -373,7 +383,8 @@ async function doProbeWebGPU(): Promise<WebGPUProbe> {
   const gpu = nav.gpu as GpuLike;
   const lowPower = tf.env().getBool('WEBGPU_USE_LOW_POWER_GPU') === true;
   const adapter = await gpu.requestAdapter({ powerPreference: lowPower ? 'low-power' : 'high-performance' });
-  if (adapter == null) throw new BackendUnavailable('webgpu', 'Dawn found no WebGPU adapter (no Vulkan driver)', SETUP_HINT);
+  if (adapter == null)
+    throw new BackendUnavailable('webgpu', 'Dawn found no WebGPU adapter (no Vulkan driver)', SETUP_HINT);
   const info = adapter.info ?? {};
   const software =
     info.isFallbackAdapter === true ||
@@ -430,19 +441,35 @@ function submitBatch(): number {
   const raw = process.env.OFFSHOOT_WEBGPU_SUBMIT_BATCH?.trim();
   if (!raw) return DEFAULT_SUBMIT_BATCH;
   const n = Number(raw);
-  if (!Number.isInteger(n) || n < 1) throw new Error(`OFFSHOOT_WEBGPU_SUBMIT_BATCH: expected a whole number of dispatches ≥ 1, got ${JSON.stringify(raw)}`);
+  if (!Number.isInteger(n) || n < 1)
+    throw new Error(
+      `OFFSHOOT_WEBGPU_SUBMIT_BATCH: expected a whole number of dispatches ≥ 1, got ${JSON.stringify(raw)}`,
+    );
   return n;
 }
 const DEFAULT_SUBMIT_BATCH = 15;
 
 /** What the fused kernels can use on this adapter (docs/gpu-kernels.md). */
 function describeCompute(adapter: AdapterLike): string {
-  const info = (adapter.info ?? {}) as { subgroupMinSize?: number; subgroupMaxSize?: number; subgroupMatrixConfigs?: Iterable<{ componentType: string; resultComponentType: string; M: number; N: number; K: number }> };
+  const info = (adapter.info ?? {}) as {
+    subgroupMinSize?: number;
+    subgroupMaxSize?: number;
+    subgroupMatrixConfigs?: Iterable<{
+      componentType: string;
+      resultComponentType: string;
+      M: number;
+      N: number;
+      K: number;
+    }>;
+  };
   const parts: string[] = [];
-  if (adapter.features.has('subgroups')) parts.push(`subgroups ${info.subgroupMinSize ?? '?'}-${info.subgroupMaxSize ?? '?'}`);
+  if (adapter.features.has('subgroups'))
+    parts.push(`subgroups ${info.subgroupMinSize ?? '?'}-${info.subgroupMaxSize ?? '?'}`);
   parts.push(adapter.features.has('shader-f16') ? 'shader-f16' : 'no shader-f16');
   if (adapter.features.has('chromium-experimental-subgroup-matrix')) {
-    const configs = [...(info.subgroupMatrixConfigs ?? [])].map((c) => `${c.componentType}>${c.resultComponentType} ${c.M}x${c.N}x${c.K}`);
+    const configs = [...(info.subgroupMatrixConfigs ?? [])].map(
+      (c) => `${c.componentType}>${c.resultComponentType} ${c.M}x${c.N}x${c.K}`,
+    );
     parts.push(`subgroup-matrix [${configs.join(', ')}]`);
   }
   const fused = process.env.OFFSHOOT_FUSED_KERNELS === '0' ? 'off' : 'on';
@@ -451,7 +478,9 @@ function describeCompute(adapter: AdapterLike): string {
 }
 
 function describeAdapter(info: NonNullable<AdapterLike['info']>): string {
-  const api = process.env.OFFSHOOT_DAWN_BACKEND?.trim() || (process.platform === 'darwin' ? 'Metal' : process.platform === 'win32' ? 'D3D12' : 'Vulkan');
+  const api =
+    process.env.OFFSHOOT_DAWN_BACKEND?.trim() ||
+    (process.platform === 'darwin' ? 'Metal' : process.platform === 'win32' ? 'D3D12' : 'Vulkan');
   const name = info.description || info.device || 'unknown';
   const tags = new Set([info.vendor, info.architecture, info.isFallbackAdapter ? 'software' : undefined]);
   const extra = [...tags].filter((t): t is string => !!t);

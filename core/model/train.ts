@@ -13,7 +13,15 @@ import { type LoadedCheckpoint, loadCheckpoint, saveCheckpoint, type SaveDtype }
 import type { NeoXConfig } from './config.js';
 import { GPTNeoX } from './gptneox.js';
 import { distillationLoss, topKFromLogits } from './losses.js';
-import { type DistillOptions, type StepInput, type TopKTeacher, afterFirstTrainingStep, crossEntropy, endTrainingStep, runTrainingStep } from './ops/index.js';
+import {
+  type DistillOptions,
+  type StepInput,
+  type TopKTeacher,
+  afterFirstTrainingStep,
+  crossEntropy,
+  endTrainingStep,
+  runTrainingStep,
+} from './ops/index.js';
 import { AdamW, type AdamWOptions, type ScheduleOptions, learningRate } from './optim.js';
 import { readSafetensors } from './safetensors.js';
 
@@ -172,7 +180,8 @@ export class Trainer {
     const dir = options.checkpointDir;
     if (dir && fs.existsSync(path.join(dir, TRAINER_STATE_FILE))) return Trainer.resume(dir, options);
     const model = initial();
-    if (JSON.stringify(model.config) !== JSON.stringify(config)) throw new Error('initial model does not match the config');
+    if (JSON.stringify(model.config) !== JSON.stringify(config))
+      throw new Error('initial model does not match the config');
     return new Trainer(model, options);
   }
 
@@ -180,7 +189,9 @@ export class Trainer {
     const { checkpoint, state, optimizer } = loadTrainingCheckpoint(dir);
     const mismatch = sameHyper(state.hyper, options.hyper);
     if (mismatch) {
-      throw new Error(`${dir}: cannot resume with different hyperparameters (${mismatch}); use a new checkpoint folder`);
+      throw new Error(
+        `${dir}: cannot resume with different hyperparameters (${mismatch}); use a new checkpoint folder`,
+      );
     }
     const model = GPTNeoX.fromTensors(checkpoint.config, checkpoint.tensors, dir);
     const trainer = new Trainer(model, options);
@@ -195,7 +206,9 @@ export class Trainer {
     const { hyper, batches, teacher } = this.options;
     const batch = batches(this.step);
     if (batch.input.length !== hyper.batchSize * hyper.seqLen) {
-      throw new Error(`batch for step ${this.step} has ${batch.input.length} tokens, expected ${hyper.batchSize}×${hyper.seqLen}`);
+      throw new Error(
+        `batch for step ${this.step} has ${batch.input.length} tokens, expected ${hyper.batchSize}×${hyper.seqLen}`,
+      );
     }
     const teacherView = teacher ? await teacher.forBatch(batch, this.step) : undefined;
     const lr = learningRate(this.step, hyper.schedule);
@@ -203,7 +216,8 @@ export class Trainer {
       { shape: [batch.batchSize, batch.seqLen], dtype: 'int32', data: batch.input },
       { shape: [batch.input.length], dtype: 'int32', data: batch.target },
     ];
-    if (teacherView instanceof tf.Tensor) inputs.push({ shape: teacherView.shape, dtype: 'float32', data: teacherView });
+    if (teacherView instanceof tf.Tensor)
+      inputs.push({ shape: teacherView.shape, dtype: 'float32', data: teacherView });
     else if (teacherView) {
       inputs.push(
         { shape: teacherView.indices.shape, dtype: 'int32', data: teacherView.indices },
@@ -221,7 +235,14 @@ export class Trainer {
         const { value, grads } = tf.variableGrads(() => {
           const logits = this.model.logits2d(ids as tf.Tensor2D);
           if (view.length === 0) return crossEntropy(logits, targets as tf.Tensor1D);
-          const t = view.length === 1 ? (view[0] as tf.Tensor2D) : { indices: view[0] as tf.Tensor2D, logits: view[1] as tf.Tensor2D, logNormaliser: view[2] as tf.Tensor1D };
+          const t =
+            view.length === 1
+              ? (view[0] as tf.Tensor2D)
+              : {
+                  indices: view[0] as tf.Tensor2D,
+                  logits: view[1] as tf.Tensor2D,
+                  logNormaliser: view[2] as tf.Tensor1D,
+                };
           return distillationLoss(logits, targets as tf.Tensor1D, t, this.options.distill);
         }, this.model.variables());
         const byName: Record<string, tf.Tensor> = {};
@@ -232,7 +253,11 @@ export class Trainer {
     const result = { loss: loss as tf.Scalar, gradNorm: gradNorm as tf.Scalar };
     endTrainingStep();
     if (teacherView) {
-      tf.dispose(teacherView instanceof tf.Tensor ? teacherView : [teacherView.indices, teacherView.logits, teacherView.logNormaliser]);
+      tf.dispose(
+        teacherView instanceof tf.Tensor
+          ? teacherView
+          : [teacherView.indices, teacherView.logits, teacherView.logNormaliser],
+      );
     }
     this.step += 1;
     this.tokensSeen += batch.input.length;
@@ -251,7 +276,15 @@ export class Trainer {
 
   /** Trains until `hyper.steps` (or `untilStep`) steps are done, or the signal aborts. */
   async run(untilStep = this.options.hyper.steps): Promise<TrainResult> {
-    const { checkpointDir, checkpointEvery = 0, reportEvery = 1, onStep, onCheckpoint, evaluate, signal } = this.options;
+    const {
+      checkpointDir,
+      checkpointEvery = 0,
+      reportEvery = 1,
+      onStep,
+      onCheckpoint,
+      evaluate,
+      signal,
+    } = this.options;
     let lastLoss = NaN;
     let hash: string | undefined;
     let windowStart = performance.now();
@@ -316,7 +349,10 @@ export class Trainer {
 }
 
 /** Mean cross-entropy (per token) of a model over evaluation batches. */
-export async function evaluateLoss(model: GPTNeoX, batches: Iterable<Batch>): Promise<{ loss: number; ppl: number; tokens: number }> {
+export async function evaluateLoss(
+  model: GPTNeoX,
+  batches: Iterable<Batch>,
+): Promise<{ loss: number; ppl: number; tokens: number }> {
   let total = 0;
   let tokens = 0;
   for (const batch of batches) {

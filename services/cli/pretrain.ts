@@ -16,7 +16,17 @@ import * as path from 'node:path';
 
 import { type Command, InvalidArgumentError, Option } from 'commander';
 
-import { DEFAULT_TRAIN_CORPUS, DEFAULT_VALIDATION_CORPUS, TOKENIZER_FILE, defaultTokenStore, describeData, evalBatches, loadTokenizer, openData, sampleBatch } from '../../core/data/index.js';
+import {
+  DEFAULT_TRAIN_CORPUS,
+  DEFAULT_VALIDATION_CORPUS,
+  TOKENIZER_FILE,
+  defaultTokenStore,
+  describeData,
+  evalBatches,
+  loadTokenizer,
+  openData,
+  sampleBatch,
+} from '../../core/data/index.js';
 import {
   DEFAULT_DISTILL,
   type DistillOptions,
@@ -71,7 +81,8 @@ function emit(event: Record<string, unknown>): void {
 
 async function pretrainAction(o: PretrainCliOptions): Promise<void> {
   if (o.teacherService && o.teacher) throw new InvalidArgumentError('give --teacher-service or --teacher, not both');
-  if (o.stopAt !== undefined && o.stopAt > o.steps) throw new InvalidArgumentError(`--stop-at ${o.stopAt} is beyond --steps ${o.steps}`);
+  if (o.stopAt !== undefined && o.stopAt > o.steps)
+    throw new InvalidArgumentError(`--stop-at ${o.stopAt} is beyond --steps ${o.steps}`);
   if (o.warmup > o.steps) throw new InvalidArgumentError(`--warmup ${o.warmup} exceeds --steps ${o.steps}`);
   const log = (line: string) => process.stderr.write(`${line}\n`);
   const out = path.resolve(o.out);
@@ -84,8 +95,10 @@ async function pretrainAction(o: PretrainCliOptions): Promise<void> {
   const train = await openData(o.data, tokenizer, { cacheDir: defaultTokenStore(), log });
   const val = await openData(o.val, tokenizer, { cacheDir: defaultTokenStore(), log });
   log(`data: training ${describeData(train)}; validation ${describeData(val)}`);
-  const batches = (step: number) => sampleBatch(train, { batchSize: o.batchSize, seqLen: o.seqLen, seed: o.seed, step });
-  const distill: DistillOptions | undefined = o.teacherService || o.teacher ? { alpha: o.alpha, temperature: o.temperature, direction: o.direction } : undefined;
+  const batches = (step: number) =>
+    sampleBatch(train, { batchSize: o.batchSize, seqLen: o.seqLen, seed: o.seed, step });
+  const distill: DistillOptions | undefined =
+    o.teacherService || o.teacher ? { alpha: o.alpha, temperature: o.temperature, direction: o.direction } : undefined;
 
   let client: TeacherClient | undefined;
   let teacherModel: GPTNeoX | undefined;
@@ -99,7 +112,9 @@ async function pretrainAction(o: PretrainCliOptions): Promise<void> {
     teacher = inProcessTeacher(teacherModel);
   }
 
-  const tokenizerFile = fs.statSync(tokenizerPath).isDirectory() ? path.join(tokenizerPath, TOKENIZER_FILE) : tokenizerPath;
+  const tokenizerFile = fs.statSync(tokenizerPath).isDirectory()
+    ? path.join(tokenizerPath, TOKENIZER_FILE)
+    : tokenizerPath;
   const stop = new AbortController();
   const onSignal = (signal: string) => {
     log(`pretrain: ${signal}: stopping at the next step (checkpointed)`);
@@ -110,15 +125,22 @@ async function pretrainAction(o: PretrainCliOptions): Promise<void> {
   const lossLog = path.join(out, 'losses.jsonl');
   const evalLog = path.join(out, 'evals.jsonl');
   const validate = async (model: GPTNeoX, step: number) => {
-    const r = await evaluateLoss(model, evalBatches(val, { seqLen: o.seqLen, batchSize: o.batchSize, maxTokens: o.evalTokens }));
+    const r = await evaluateLoss(
+      model,
+      evalBatches(val, { seqLen: o.seqLen, batchSize: o.batchSize, maxTokens: o.evalTokens }),
+    );
     const line = { step, valLoss: r.loss, valPpl: r.ppl, tokens: r.tokens, ...writer };
     fs.appendFileSync(evalLog, `${JSON.stringify(line)}\n`);
     emit({ event: 'eval', ...line });
   };
   const init = loadCheckpoint(o.init);
-  const initial = () => (o.randomInit ? GPTNeoX.random(init.config, o.seed) : GPTNeoX.fromTensors(init.config, init.tensors, o.init));
+  const initial = () =>
+    o.randomInit ? GPTNeoX.random(init.config, o.seed) : GPTNeoX.fromTensors(init.config, init.tensors, o.init);
   const trainer = Trainer.createOrResume(init.config, initial, {
-    hyper: trainingHyperparameters({ steps: o.steps, lr: o.lr, warmup: o.warmup }, { batchSize: o.batchSize, seqLen: o.seqLen, seed: o.seed }),
+    hyper: trainingHyperparameters(
+      { steps: o.steps, lr: o.lr, warmup: o.warmup },
+      { batchSize: o.batchSize, seqLen: o.seqLen, seed: o.seed },
+    ),
     batches,
     teacher,
     distill,
@@ -127,7 +149,16 @@ async function pretrainAction(o: PretrainCliOptions): Promise<void> {
     extraFiles: { [TOKENIZER_FILE]: fs.readFileSync(tokenizerFile) },
     reportEvery: o.reportEvery,
     onStep: (r) => {
-      const line = { step: r.step, loss: r.loss, lr: r.lr, gradNorm: r.gradNorm, tokensPerSecond: r.tokensPerSecond, rss: process.memoryUsage().rss, tensorBytes: tf.memory().numBytes, ...writer };
+      const line = {
+        step: r.step,
+        loss: r.loss,
+        lr: r.lr,
+        gradNorm: r.gradNorm,
+        tokensPerSecond: r.tokensPerSecond,
+        rss: process.memoryUsage().rss,
+        tensorBytes: tf.memory().numBytes,
+        ...writer,
+      };
       fs.appendFileSync(lossLog, `${JSON.stringify(line)}\n`);
       emit({ event: 'step', ...line });
     },
@@ -178,7 +209,9 @@ async function pretrainAction(o: PretrainCliOptions): Promise<void> {
 export function registerPretrainCommand(program: Command): void {
   program
     .command('pretrain')
-    .description("pretrain a student checkpoint (the pretraining actor's loop, no Temporal): distillation from the teacher service or a teacher checkpoint, or cross-entropy; resumes from its folder")
+    .description(
+      "pretrain a student checkpoint (the pretraining actor's loop, no Temporal): distillation from the teacher service or a teacher checkpoint, or cross-entropy; resumes from its folder",
+    )
     .requiredOption('--init <dir>', "the student's starting checkpoint (e.g. from `offshoot subnet extract`)")
     .option('--random-init', "start from random weights of --init's shape instead (seeded by --seed)")
     .requiredOption('--out <dir>', 'folder of the run: checkpoint/, losses.jsonl, evals.jsonl; running again resumes')
@@ -191,16 +224,47 @@ export function registerPretrainCommand(program: Command): void {
     .option('--lr <x>', 'peak learning rate (warmup, cosine to a tenth)', positiveNumber('--lr'), 3e-3)
     .option('--warmup <n>', 'warmup steps', nonNegativeInt('--warmup'), 20)
     .option('--seed <n>', 'seed of the data order', nonNegativeInt('--seed'), 1)
-    .option('--teacher-service <targets>', 'distil from the teacher-logit service (host:port, comma-separated replicas)')
+    .option(
+      '--teacher-service <targets>',
+      'distil from the teacher-logit service (host:port, comma-separated replicas)',
+    )
     .option('--teacher <dir>', 'distil from a teacher checkpoint held in this process (full logits)')
     .option('--top-k <n>', 'logits per position asked of the service', positiveInt('--top-k'), 64)
-    .option('--alpha <x>', 'weight of cross-entropy; 1 − alpha weighs the KL term', probability('--alpha'), DEFAULT_DISTILL.alpha)
-    .option('--temperature <x>', 'distillation temperature', positiveNumber('--temperature'), DEFAULT_DISTILL.temperature)
+    .option(
+      '--alpha <x>',
+      'weight of cross-entropy; 1 − alpha weighs the KL term',
+      probability('--alpha'),
+      DEFAULT_DISTILL.alpha,
+    )
+    .option(
+      '--temperature <x>',
+      'distillation temperature',
+      positiveNumber('--temperature'),
+      DEFAULT_DISTILL.temperature,
+    )
     .addOption(new Option('--direction <d>', 'KL direction').choices(KL_DIRECTIONS).default(DEFAULT_DISTILL.direction))
-    .option('--checkpoint-every <n>', 'steps between checkpoints (what a kill loses at most)', positiveInt('--checkpoint-every'), 100)
-    .option('--eval-every <n>', 'steps between validation passes (and one before the first step)', positiveInt('--eval-every'))
+    .option(
+      '--checkpoint-every <n>',
+      'steps between checkpoints (what a kill loses at most)',
+      positiveInt('--checkpoint-every'),
+      100,
+    )
+    .option(
+      '--eval-every <n>',
+      'steps between validation passes (and one before the first step)',
+      positiveInt('--eval-every'),
+    )
     .option('--eval-tokens <n>', 'validation tokens per pass', positiveInt('--eval-tokens'), 16384)
-    .option('--report-every <n>', 'steps between loss read-backs (each syncs the device)', positiveInt('--report-every'), 10)
-    .option('--stop-at <n>', 'stop after this step, checkpointed (the schedule still ends at --steps)', positiveInt('--stop-at'))
+    .option(
+      '--report-every <n>',
+      'steps between loss read-backs (each syncs the device)',
+      positiveInt('--report-every'),
+      10,
+    )
+    .option(
+      '--stop-at <n>',
+      'stop after this step, checkpointed (the schedule still ends at --steps)',
+      positiveInt('--stop-at'),
+    )
     .action(withBackend(pretrainAction));
 }

@@ -6,8 +6,27 @@
  */
 import * as tf from '../tfjs.js';
 
-import { type Kernel, type UniformValue, allocate, capabilities, dispatch, grid1d, kernelFor, release, webgpuBackend } from './runtime.js';
-import { type MatMulTile, type MatMulVariant, matmulGrid, matmulSource, parseTile, sumSlicesSource, sumSlicesWideSource, variantKey } from './wgsl-matmul.js';
+import {
+  type Kernel,
+  type UniformValue,
+  allocate,
+  capabilities,
+  dispatch,
+  grid1d,
+  kernelFor,
+  release,
+  webgpuBackend,
+} from './runtime.js';
+import {
+  type MatMulTile,
+  type MatMulVariant,
+  matmulGrid,
+  matmulSource,
+  parseTile,
+  sumSlicesSource,
+  sumSlicesWideSource,
+  variantKey,
+} from './wgsl-matmul.js';
 
 /** The tiles the planner and the autotuner choose from (every one is covered by the kernel tests). */
 export const MATMUL_TILES: Record<string, MatMulTile> = {
@@ -132,7 +151,9 @@ function mmKernel(v: MatMulVariant): Kernel {
 }
 
 function sumKernel(epilogue: 'none' | 'bias' | 'bias-gelu'): Kernel {
-  return kernelFor(`sumslices_${epilogue}`, `sum_slices${epilogue === 'none' ? '' : `_${epilogue}`}`, () => sumSlicesSource({ epilogue }));
+  return kernelFor(`sumslices_${epilogue}`, `sum_slices${epilogue === 'none' ? '' : `_${epilogue}`}`, () =>
+    sumSlicesSource({ epilogue }),
+  );
 }
 
 export interface MatMulArgs {
@@ -169,7 +190,12 @@ const preparedByPlan = new WeakMap<MatMulPlan, Map<string, Prepared>>();
 
 function prepare(plan: MatMulPlan, s: Shape, epilogue: MatMulVariant['epilogue']): Prepared {
   const { M, N, K, transA, transB, batch, triangle } = s;
-  const uniforms: UniformValue[] = [['u', M], ['u', N], ['u', K], ['u', plan.kChunk]];
+  const uniforms: UniformValue[] = [
+    ['u', M],
+    ['u', N],
+    ['u', K],
+    ['u', plan.kChunk],
+  ];
   const base = {
     ...plan.tile,
     transA,
@@ -191,7 +217,8 @@ function prepare(plan: MatMulPlan, s: Shape, epilogue: MatMulVariant['epilogue']
   }
   const v: MatMulVariant = {
     ...base,
-    exact: M % plan.tile.BM === 0 && N % plan.tile.BN === 0 && plan.kChunk % plan.tile.BK === 0 && K % plan.kChunk === 0,
+    exact:
+      M % plan.tile.BM === 0 && N % plan.tile.BN === 0 && plan.kChunk % plan.tile.BK === 0 && K % plan.kChunk === 0,
     epilogue: 'none',
     splitK: true,
   };
@@ -199,7 +226,16 @@ function prepare(plan: MatMulPlan, s: Shape, epilogue: MatMulVariant['epilogue']
     kernel: mmKernel(v),
     grid: matmulGrid(v, M, N, plan.S),
     uniforms,
-    sum: { kernel: sumKernel(epilogue), grid: grid1d(M * N), uniforms: [['u', plan.S], ['u', M * N], ['u', N], ['u', 0]] },
+    sum: {
+      kernel: sumKernel(epilogue),
+      grid: grid1d(M * N),
+      uniforms: [
+        ['u', plan.S],
+        ['u', M * N],
+        ['u', N],
+        ['u', 0],
+      ],
+    },
   };
 }
 
@@ -212,7 +248,8 @@ export function matmul(args: MatMulArgs): { c: tf.TensorInfo; z?: tf.TensorInfo 
   const shape: Shape = { M, N, K, transA, transB, batch, triangle };
   const key = shapeKey(shape);
   const plan = args.plan ?? planFor(key, shape);
-  if ((batch > 1 || triangle !== 'none') && (bias || plan.S !== 1)) throw new Error('matmul: batched and triangular products take no bias or split-K');
+  if ((batch > 1 || triangle !== 'none') && (bias || plan.S !== 1))
+    throw new Error('matmul: batched and triangular products take no bias or split-K');
   let byShape = preparedByPlan.get(plan);
   if (!byShape) preparedByPlan.set(plan, (byShape = new Map()));
   const preparedKey = `${key}|${epilogue}`;
@@ -237,8 +274,32 @@ const wideSum: Kernel = { key: 'sumslices_wide', name: 'sum_slices_wide', source
 /** Sums the S slices of x [S, L] into [L] (one thread per column for few slices, cooperative for many). */
 export function sumSlices(x: tf.TensorInfo, S: number, L: number): tf.TensorInfo {
   const y = allocate([L]);
-  if (S <= 16) dispatch(sumKernel('none'), [x], [y], [['u', S], ['u', L], ['u', L], ['u', 0]], grid1d(L));
-  else dispatch(wideSum, [x], [y], [['u', S], ['u', L], ['u', 0], ['u', 0]], grid1d(L, 16));
+  if (S <= 16)
+    dispatch(
+      sumKernel('none'),
+      [x],
+      [y],
+      [
+        ['u', S],
+        ['u', L],
+        ['u', L],
+        ['u', 0],
+      ],
+      grid1d(L),
+    );
+  else
+    dispatch(
+      wideSum,
+      [x],
+      [y],
+      [
+        ['u', S],
+        ['u', L],
+        ['u', 0],
+        ['u', 0],
+      ],
+      grid1d(L, 16),
+    );
   return y;
 }
 
@@ -342,7 +403,13 @@ export async function autotuneMatMuls(opts: { targetMs?: number } = {}): Promise
     for (const p of plans) if (best.get(p)! < best.get(choice)!) choice = p;
     tuned.set(key, choice);
     const ms = best.get(choice)!;
-    results.push({ shape: key, plan: planName(choice), ms: Number(ms.toFixed(3)), defaultMs: Number(best.get(def)!.toFixed(3)), tflops: Number((flops / ms / 1e9).toFixed(2)) });
+    results.push({
+      shape: key,
+      plan: planName(choice),
+      ms: Number(ms.toFixed(3)),
+      defaultMs: Number(best.get(def)!.toFixed(3)),
+      tflops: Number((flops / ms / 1e9).toFixed(2)),
+    });
     tf.dispose([a, b]);
   }
   return results;

@@ -60,4 +60,8 @@ topKDistillation.register({
 clippedAdamW.register({ ...fused, name: 'norm and AdamW on the device, no read-back', run: fusedClipAdamW });
 parallelResidual.register({ ...fused, name: 'tf.addN', run: addNResidual });
 endTrainingStep.register({ backend, name: 'submit the recorded commands', run: submitRecorded });
-afterFirstTrainingStep.register({ ...fused, name: 'autotune the matrix-product plans (hardware adapters)', run: autotuneIfHardware });
+afterFirstTrainingStep.register({
+  ...fused,
+  name: 'autotune the matrix-product plans (hardware adapters)',
+  run: autotuneIfHardware,
+});
