@@ -42,10 +42,10 @@ import {
   saveCheckpoint,
   writeFileAtomic,
 } from '../../core/model/index.js';
-import { offshootCache, offshootCommand, spawnManaged } from '../stack/index.js';
+import { offshootCache, spawnTeacherTraining } from '../stack/index.js';
 import { tokensPerSecond as tokensPerSecondGauge } from '../progress/index.js';
 import { StreamingTeacher } from '../teacher/index.js';
-import { TeacherMismatchError, type WorkerEnv, emit, teacherClient, teacherModel, withActivityEvents } from '../orchestration/index.js';
+import { TeacherMismatchError, type WorkerEnv, emit, requireTeacherTokenizer, teacherClient, teacherModel, withActivityEvents } from '../orchestration/index.js';
 import type {
   CheckpointEval,
   CheckpointRef,
@@ -101,18 +101,13 @@ function tokenizerSource(data: { tokenizer?: string }, teacherDir: string): stri
 
 async function trainTeacherChild(env: WorkerEnv, input: PrepareTeacherInput): Promise<void> {
   const t = input.train!;
-  const cli = offshootCommand();
-  const args = [
-    ...cli.args, 'teacher', 'train', '--out', input.dir, '--data', input.data.train, '--val', input.data.val, '--preset', t.preset,
-    '--vocab', String(t.vocab), '--steps', String(t.steps), '--batch-size', String(t.batchSize), '--seq-len', String(t.seqLen),
-    '--lr', String(t.lr), '--warmup', String(t.warmup), '--seed', String(t.seed), '--eval-tokens', String(t.evalTokens),
-    '--eval-every', String(Math.max(1, Math.floor(t.steps / 2))), '--checkpoint-every', String(Math.max(1, Math.floor(t.steps / 4))), '--json',
-  ];
-  if (input.data.tokenizer) args.push('--tokenizer', input.data.tokenizer);
   const actx = Context.current();
   env.log(`prepareTeacher: training the teacher into ${input.dir} (${t.preset}, ${t.steps} steps)`);
   fs.mkdirSync(path.join(input.run.dir, 'logs'), { recursive: true });
-  const child = spawnManaged({ name: 'teacher train', command: cli.command, args, logFile: path.join(input.run.dir, 'logs', 'teacher-train.log'), echo: (l) => env.log(`  teacher: ${l}`) });
+  const child = spawnTeacherTraining(
+    { ...t, out: input.dir, data: input.data.train, val: input.data.val, tokenizer: input.data.tokenizer },
+    { logFile: path.join(input.run.dir, 'logs', 'teacher-train.log'), echo: (l) => env.log(`  teacher: ${l}`) },
+  );
   const beat = setInterval(() => actx.heartbeat({ phase: 'teacher train' }), 2000);
   const onCancel = () => void child.stop(10_000);
   actx.cancellationSignal.addEventListener('abort', onCancel);
@@ -138,6 +133,16 @@ async function prepareTeacher(env: WorkerEnv, input: PrepareTeacherInput): Promi
     config = loadConfig(dir);
   } catch (err) {
     throw ApplicationFailure.nonRetryable((err as Error).message, 'CheckpointError');
+  }
+  // Before the search starts: every evaluation and training segment tokenises with it.
+  let tokenizerVocab: number;
+  try {
+    tokenizerVocab = (await loadTokenizer(requireTeacherTokenizer(dir, input.data.tokenizer))).vocabSize;
+  } catch (err) {
+    throw ApplicationFailure.nonRetryable((err as Error).message, 'TokenizerMissing');
+  }
+  if (tokenizerVocab > config.vocabSize) {
+    throw ApplicationFailure.nonRetryable(`the run's tokenizer has ${tokenizerVocab} tokens, more than the teacher ${dir}'s vocabulary of ${config.vocabSize}`, 'TokenizerMissing');
   }
   const hash = checkpointHash(dir);
   if (input.service) {

@@ -2,8 +2,10 @@
  * services/stack: the local stack as child processes on free loopback ports — the Temporal dev server
  * (state in a SQLite file), nats-server with JetStream, the teacher-logit service and offshoot workers.
  * Each start waits until the service answers; each handle stops it (SIGTERM, then SIGKILL after a
- * grace period) or kills it (-9). Used by `offshoot run` (the embedded stack), by the integration
- * tests and by the benchmarks. The binaries come from scripts/setup-services.sh.
+ * grace period) or kills it (-9). The supervisor (supervisor.ts) restarts children that die, and
+ * stack.json (record.ts) records them for whoever must find or reap them. Used by `offshoot run` (the
+ * embedded stack), by the integration tests and by the benchmarks. The binaries come from
+ * scripts/setup-services.sh.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -94,7 +96,18 @@ export interface ManagedProcess {
   kill9(): Promise<void>;
 }
 
-export interface SpawnOptions {
+/** How a child process is started, for whoever starts the stack. */
+export interface ChildOptions {
+  /** Called with the pid as soon as the process exists (before it answers). */
+  onSpawn?: (pid: number) => void;
+  /**
+   * Its own process group: a Ctrl-C on the terminal then reaches only the parent, which must stop the
+   * child itself (the embedded stack does: workers drain first). Default false: it dies with the group.
+   */
+  detached?: boolean;
+}
+
+export interface SpawnOptions extends ChildOptions {
   name: string;
   command: string;
   args: string[];
@@ -116,8 +129,10 @@ export function spawnManaged(options: SpawnOptions): ManagedProcess {
     cwd: options.cwd ?? ROOT,
     env: options.env ?? process.env,
     stdio: ['ignore', 'pipe', 'pipe'],
+    detached: options.detached ?? false,
   });
   track(child);
+  if (child.pid !== undefined) options.onSpawn?.(child.pid);
   let out = '';
   const log = options.logFile ? fs.createWriteStream(options.logFile, { flags: 'a' }) : undefined;
   let partial = '';
@@ -209,7 +224,7 @@ export interface TemporalServer extends ManagedProcess {
   namespace: string;
 }
 
-export interface TemporalOptions {
+export interface TemporalOptions extends ChildOptions {
   /** SQLite file holding the server's state (kept across restarts). */
   dbFile: string;
   /** Frontend port (default: a free one). Restart on the same port to keep clients' address valid. */
@@ -258,7 +273,7 @@ async function startTemporalOn(port: number, options: TemporalOptions): Promise<
   const args = ['server', 'start-dev', '--headless', '--ip', '127.0.0.1', '--port', String(port), '--db-filename', path.resolve(options.dbFile), '--log-level', 'error'];
   if (namespace !== 'default') args.push('--namespace', namespace);
   for (const [k, v] of Object.entries(options.dynamicConfig ?? {})) args.push('--dynamic-config-value', `${k}=${JSON.stringify(v)}`);
-  const proc = spawnManaged({ name: 'temporal', command: temporalBinary(), args, logFile: options.logFile });
+  const proc = spawnManaged({ name: 'temporal', command: temporalBinary(), args, logFile: options.logFile, onSpawn: options.onSpawn, detached: options.detached });
   const address = `127.0.0.1:${port}`;
   try {
     await waitFor(`the Temporal dev server on ${address}`, proc, () => temporalAnswers(address, namespace), options.timeoutMs ?? 60_000);
@@ -292,7 +307,7 @@ export function natsAnswers(port: number, host = '127.0.0.1', timeoutMs = 1000):
 }
 
 /** nats-server with JetStream (`-js -sd DIR -a 127.0.0.1 -p PORT`); resolves when it answers. */
-export async function startNats(options: { storeDir: string; port?: number; logFile?: string; timeoutMs?: number }): Promise<NatsServer> {
+export async function startNats(options: { storeDir: string; port?: number; logFile?: string; timeoutMs?: number } & ChildOptions): Promise<NatsServer> {
   const port = options.port ?? (await freePort());
   fs.mkdirSync(options.storeDir, { recursive: true });
   const proc = spawnManaged({
@@ -300,6 +315,8 @@ export async function startNats(options: { storeDir: string; port?: number; logF
     command: natsServerBinary(),
     args: ['-js', '-sd', path.resolve(options.storeDir), '-a', '127.0.0.1', '-p', String(port)],
     logFile: options.logFile,
+    onSpawn: options.onSpawn,
+    detached: options.detached,
   });
   await waitFor(`nats-server on 127.0.0.1:${port}`, proc, () => natsAnswers(port), options.timeoutMs ?? 30_000);
   return { ...proc, url: `nats://127.0.0.1:${port}`, port, storeDir: path.resolve(options.storeDir) };
@@ -329,7 +346,7 @@ export async function startTeacherService(options: {
   logFile?: string;
   env?: NodeJS.ProcessEnv;
   timeoutMs?: number;
-}): Promise<TeacherService> {
+} & ChildOptions): Promise<TeacherService> {
   const cli = offshootCommand();
   let port: number | undefined;
   const args = [...cli.args, ...(options.backend ? ['--backend', options.backend] : []), 'teacher', 'serve', '--model', options.model, '--port', String(options.port ?? 0), ...(options.extra ?? [])];
@@ -339,12 +356,51 @@ export async function startTeacherService(options: {
     args,
     env: options.env,
     logFile: options.logFile,
+    onSpawn: options.onSpawn,
+    detached: options.detached,
     onStdoutLine: (line) => {
       if (line.includes('"listening"')) port = (JSON.parse(line) as { port: number }).port;
     },
   });
   await waitFor('the teacher service', proc, async () => port !== undefined, options.timeoutMs ?? 120_000);
   return { ...proc, port: port!, target: `127.0.0.1:${port}` };
+}
+
+/** The settings `offshoot teacher train` takes (docs/orchestration.md). */
+export interface TeacherTrainSettings {
+  out: string;
+  data: string;
+  val: string;
+  /** tokenizer.json or a folder holding one; default: a BPE trained on `data`. */
+  tokenizer?: string;
+  preset: string;
+  vocab: number;
+  steps: number;
+  batchSize: number;
+  seqLen: number;
+  lr: number;
+  warmup: number;
+  seed: number;
+  evalTokens: number;
+}
+
+/**
+ * `offshoot teacher train` as a child process, so the caller stays responsive (signals, heartbeats)
+ * while it trains; resumable, since a rerun continues from its last checkpoint (four per run).
+ */
+export function spawnTeacherTraining(
+  t: TeacherTrainSettings,
+  options: { backend?: string; env?: NodeJS.ProcessEnv; logFile?: string; echo?: (line: string) => void } & ChildOptions = {},
+): ManagedProcess {
+  const cli = offshootCommand();
+  const args = [
+    ...cli.args, ...(options.backend ? ['--backend', options.backend] : []), 'teacher', 'train', '--out', t.out, '--data', t.data, '--val', t.val,
+    '--preset', t.preset, '--vocab', String(t.vocab), '--steps', String(t.steps), '--batch-size', String(t.batchSize), '--seq-len', String(t.seqLen),
+    '--lr', String(t.lr), '--warmup', String(t.warmup), '--seed', String(t.seed), '--eval-tokens', String(t.evalTokens),
+    '--eval-every', String(Math.max(1, Math.floor(t.steps / 2))), '--checkpoint-every', String(Math.max(1, Math.floor(t.steps / 4))), '--json',
+  ];
+  if (t.tokenizer) args.push('--tokenizer', t.tokenizer);
+  return spawnManaged({ name: 'teacher-train', command: cli.command, args, env: options.env, logFile: options.logFile, echo: options.echo, onSpawn: options.onSpawn, detached: options.detached });
 }
 
 export interface WorkerProcess extends ManagedProcess {
@@ -367,7 +423,7 @@ export async function startWorker(options: {
   logFile?: string;
   echo?: (line: string) => void;
   timeoutMs?: number;
-}): Promise<WorkerProcess> {
+} & ChildOptions): Promise<WorkerProcess> {
   const cli = offshootCommand();
   const args = [...cli.args, ...(options.backend ? ['--backend', options.backend] : []), 'worker', '--queues', options.queues.join(',')];
   if (options.config) args.push('--config', options.config);
@@ -384,6 +440,8 @@ export async function startWorker(options: {
     env: options.env,
     logFile: options.logFile,
     echo: options.echo,
+    onSpawn: options.onSpawn,
+    detached: options.detached,
     onStdoutLine: (line) => {
       if (line.includes('"worker-ready"')) identity = (JSON.parse(line) as { identity: string }).identity;
     },
@@ -426,3 +484,6 @@ export async function startStack(options: { dir: string; nats?: boolean; logs?: 
   };
   return stack;
 }
+
+export { type StackRecord, STACK_FILE, liveStack, ownProcessAlive, pidAlive, readStackRecord, reapOrphans, removeStackRecord, stackFile, writeStackRecord } from './record.js';
+export { type SupervisedChild, type SupervisorEvent, type SupervisorOptions, SUPERVISOR_DEFAULTS, Supervisor, SupervisorError, lastLines } from './supervisor.js';
