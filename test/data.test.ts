@@ -18,6 +18,7 @@ import {
   sotuSplit,
   TOKEN_FILE_HEADER_BYTES,
   tokenizedCorpus,
+  textProblem,
   tokenizeDocuments,
   tokenizerHash,
   trainBpe,
@@ -118,6 +119,39 @@ describe('user corpora', () => {
       writeFileSync(f, content);
       await expect(loadCorpus(f)).rejects.toThrow(re);
     }
+  });
+
+  it('rejects Latin-1, UTF-16 and binary files, naming the file and the byte offset', async () => {
+    const cases: [string, Buffer, RegExp][] = [
+      ['latin1.txt', Buffer.from('Caf\xe9 au lait\n', 'latin1'), /latin1\.txt: not UTF-8 text at byte offset 3: byte 0xE9 followed by 0x20 is not valid UTF-8 \(is the file Latin-1/],
+      ['latin1-end.txt', Buffer.from('na\xefve', 'latin1'), /latin1-end\.txt: not UTF-8 text at byte offset 2: byte 0xEF followed by 0x76/],
+      ['cp1252.md', Buffer.from([0x68, 0x69, 0x93, 0x21]), /cp1252\.md: not UTF-8 text at byte offset 2: byte 0x93 cannot start a UTF-8 character/],
+      ['utf16.txt', Buffer.from('\ufeffhello', 'utf16le'), /utf16\.txt: not UTF-8 text at byte offset 0: starts with a UTF-16 byte order mark/],
+      ['binary.txt', Buffer.from([0x7f, 0x45, 0x4c, 0x46, 0x02, 0x01, 0x01, 0x00, 0x00]), /binary\.txt: not UTF-8 text at byte offset 7: a NUL byte: binary data/],
+      ['controls.txt', Buffer.from('a\x01b\x02c\x03d\x04e\x05'), /controls\.txt: not UTF-8 text at byte offset 0: 5 of its 10 bytes are control characters/],
+      ['cut.txt', Buffer.from([0x61, 0xe2, 0x82]), /cut\.txt: not UTF-8 text at byte offset 1: the file ends inside the UTF-8 character/],
+      ['overlong.txt', Buffer.from([0x61, 0xc0, 0xaf]), /overlong\.txt: not UTF-8 text at byte offset 1: byte 0xC0 cannot start/],
+    ];
+    for (const [name, bytes, re] of cases) {
+      const f = path.join(tmp, name);
+      writeFileSync(f, bytes);
+      await expect(loadCorpus(f), name).rejects.toThrow(re);
+    }
+    // In a folder and in JSONL alike.
+    const d = path.join(tmp, 'mixed');
+    mkdirSync(d, { recursive: true });
+    writeFileSync(path.join(d, 'a.txt'), 'fine');
+    writeFileSync(path.join(d, 'b.txt'), Buffer.from('r\xe9sum\xe9', 'latin1'));
+    await expect(loadCorpus(d)).rejects.toThrow(/mixed\/b\.txt: not UTF-8 text at byte offset 1/);
+    const j = path.join(tmp, 'latin1.jsonl');
+    writeFileSync(j, Buffer.concat([Buffer.from('{"text": "ok"}\n{"text": "'), Buffer.from('\xe9t\xe9', 'latin1'), Buffer.from('"}\n')]));
+    await expect(loadCorpus(j)).rejects.toThrow(/latin1\.jsonl: not UTF-8 text at byte offset 25/);
+    // Valid UTF-8 of every length passes, a byte order mark dropped; a chunk may end mid-character.
+    const ok = path.join(tmp, 'utf8.txt');
+    writeFileSync(ok, '\ufeffcafé 漢字 😀\ttab\r\n');
+    expect((await loadCorpus(ok)).documents).toEqual(['café 漢字 😀\ttab\r\n']);
+    expect(textProblem(Buffer.from('漢字').subarray(0, 4), { final: false })).toBeUndefined();
+    expect(textProblem(Buffer.from('ab\xff', 'latin1'), { offset: 1000 })?.offset).toBe(1002);
   });
 
   it('rejects empty corpora and missing paths, naming the source', async () => {

@@ -8,6 +8,8 @@ import { promises as fsp } from 'node:fs';
 import { createRequire } from 'node:module';
 import * as path from 'node:path';
 
+import { decodeUtf8Text } from './text.js';
+
 const require = createRequire(import.meta.url);
 
 /** First year of the SOTU validation split. */
@@ -142,8 +144,7 @@ async function loadPath(p: string): Promise<string[]> {
 }
 
 async function readText(file: string): Promise<string> {
-  const text = await fsp.readFile(file, 'utf8');
-  return text.charCodeAt(0) === 0xfeff ? text.slice(1) : text;
+  return decodeUtf8Text(await fsp.readFile(file), file);
 }
 
 /** .txt and .md files under dir, recursively, hidden entries skipped, sorted by relative path (code units). */

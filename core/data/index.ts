@@ -78,3 +78,5 @@ export {
 } from './defaults.js';
 
 export { writeFileAtomic, canonicalJson, sha256Hex } from './fsutil.js';
+
+export { type TextProblem, decodeUtf8Text, textProblem } from './text.js';
