@@ -196,7 +196,8 @@ async function prepareStudent(env: WorkerEnv, input: PrepareStudentInput): Promi
         const corpus = await tokenizedCorpus(input.data.train, tokenizer, tokenCache());
         calibration = sampleBatch(corpus.tokens, { batchSize: 8, seqLen: Math.min(input.hyper.seqLen, input.teacher.config.maxPositions), seed: CALIBRATION_SEED, step: 0 });
       }
-      const r = await extractCheckpoint({ teacher: input.teacher.dir, spec: init.spec, out: dir, order: init.order, layers: init.layers, calibration });
+      // force: an earlier attempt may have written this very student before it could record init.json.
+      const r = await extractCheckpoint({ teacher: input.teacher.dir, spec: init.spec, out: dir, order: init.order, layers: init.layers, calibration, force: true });
       hash = r.checkpointHash;
       config = r.config;
       specHash = r.specHash;
