@@ -8,7 +8,7 @@ import { registerSearchCommand } from './search.js';
 import { registerSubnetCommands } from './subnet.js';
 import { registerTeacherCommands } from './teacher.js';
 import { registerWorkerCommand } from './worker.js';
-import { registerRunCommands } from './run.js';
+import { embeddedNats, registerRunCommands } from './run.js';
 import { registerExperimentCommands } from './experiment.js';
 
 export function buildProgram(): Command {
@@ -24,7 +24,7 @@ export function buildProgram(): Command {
   registerSubnetCommands(program);
   registerWorkerCommand(program);
   registerRunCommands(program);
-  registerProgressCommands(program);
+  registerProgressCommands(program, { embeddedNats });
   registerSearchCommand(program);
   registerExperimentCommands(program);
   return program;

@@ -96,6 +96,23 @@ function temporalAddressFor(config: OffshootConfig): string {
   );
 }
 
+/**
+ * The NATS of the embedded stack running `run` (default: the configuration's run), from its
+ * stack.json: how `offshoot watch` finds an embedded run without --nats.
+ */
+export function embeddedNats(run: string | undefined, configFile: string | undefined): { run: string; url: string } | undefined {
+  let config: OffshootConfig;
+  try {
+    config = resolveConfig({ config: configFile, name: run });
+  } catch (err) {
+    // A bad --config is the user's to hear about; a bad run name is watch's to report.
+    if (configFile) throw err;
+    return undefined;
+  }
+  const stack = liveStack(runDir(config));
+  return stack?.nats ? { run: config.run.name, url: stack.nats } : undefined;
+}
+
 function isConnectionError(err: unknown): boolean {
   const e = err as { code?: number; name?: string; message?: string };
   return e?.code === 14 || e?.name === 'ServiceError' || /UNAVAILABLE|ECONNREFUSED|connect|transport/i.test(String(e?.message ?? ''));
