@@ -385,9 +385,8 @@ export function ensureStorageRoot(config: OffshootConfig, cwd = process.cwd()): 
     fs.accessSync(root, fs.constants.W_OK | fs.constants.X_OK);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
-    throw new ConfigError('storage.root', [{ field: 'storage.root', message: `cannot create or write ${root} (${code}); choose a folder this user may write` }]);
+    throw new Error(`storage.root ${root}: cannot create or write it (${code}); choose a folder this user may write`);
   }
-  if (!fs.statSync(root).isDirectory()) throw new ConfigError('storage.root', [{ field: 'storage.root', message: `${root} is not a folder` }]);
   return root;
 }
 
