@@ -3,7 +3,7 @@
  * teacher service, workers) through a function that brings it up on the same port and data every
  * time, watches it, and when it dies restarts it with backoff. Each exit and restart is reported
  * (`onEvent`: the terminal and the progress stream). A child that keeps failing — restarts that do not
- * come up, or die within `stableMs` of coming up, more than `maxRestarts` times in a row — makes the
+ * come up, or die again within `stableMs`, more than `maxRestarts` times in a row — makes the
  * supervisor give up: `failure` rejects with an error naming the child and its last output lines.
  */
 import type { ManagedProcess } from './index.js';
@@ -22,7 +22,7 @@ export type SupervisorEvent =
   | { kind: 'gave-up'; service: string; restarts: number; error: string };
 
 export interface SupervisorOptions {
-  /** Failed restarts in a row (not coming up, or dying within `stableMs` of coming up) before giving up. Default 5. */
+  /** Failed restarts in a row (not coming up, or dying again within `stableMs`) before giving up. Default 5. */
   maxRestarts?: number;
   /** Delay before a restart: initialMs · 2^(failures in a row), at most maxMs. Default 250 ms, 10 s. */
   backoff?: { initialMs: number; maxMs: number };
@@ -181,7 +181,8 @@ export class Supervisor {
   private async restart(entry: Entry, dead: ManagedProcess, r: { code: number | null; signal: NodeJS.Signals | null }): Promise<void> {
     const name = entry.child.name;
     const downSince = Date.now();
-    if (downSince - entry.upSince < this.options.stableMs) entry.failuresInRow++;
+    // A restart that died before it was up for stableMs did not hold: a crash loop counts as failing.
+    if (entry.restarts > 0 && downSince - entry.upSince < this.options.stableMs) entry.failuresInRow++;
     else entry.failuresInRow = 0;
     const { maxRestarts, backoff } = this.options;
     const giveUp = (why: string) => {
@@ -192,7 +193,7 @@ export class Supervisor {
     const exit = `exited (${r.signal ? `signal ${r.signal}` : `code ${r.code}`})`;
     const willRestart = entry.failuresInRow <= maxRestarts;
     this.emit({ kind: 'exited', service: name, pid: dead.pid, code: r.code, signal: r.signal, willRestart, restarts: entry.restarts, output: dead.output() });
-    if (!willRestart) return giveUp(`${exit} within ${Math.round(this.options.stableMs / 1000)} s of starting`);
+    if (!willRestart) return giveUp(`${exit} again within ${Math.round(this.options.stableMs / 1000)} s of being restarted`);
     for (;;) {
       await this.pause(Math.min(backoff.maxMs, backoff.initialMs * 2 ** entry.failuresInRow));
       if (this.stopping) return;
