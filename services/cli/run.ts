@@ -277,6 +277,12 @@ class EmbeddedStack {
     writeStackRecord(this.dir, this.record);
   }
 
+  /** A child that is done (the teacher training) leaves stack.json. */
+  forget(name: string): void {
+    delete this.record.processes[name];
+    writeStackRecord(this.dir, this.record);
+  }
+
   publishTo(natsUrl: string): void {
     // No log of its own: NATS going away is the supervisor's to report.
     this.progress = createProgressPublisher({ url: natsUrl, worker: `offshoot run ${this.config.run.name}` });
@@ -385,6 +391,7 @@ async function startServices(stack: EmbeddedStack, config: OffshootConfig, backe
           detached: true,
         });
         port = t.port;
+        fs.writeFileSync(portFile, `${t.port}\n`);
         stack.note('teacher', t.pid, { teacher: t.target });
         return t;
       },
@@ -399,7 +406,6 @@ async function startServices(stack: EmbeddedStack, config: OffshootConfig, backe
           return stack.supervisor.start(teacher);
         })
         .then((t) => {
-          fs.writeFileSync(portFile, `${t.port}\n`);
           teacherService = { targets: [t.target], topK: config.teacher.service.topK };
         }),
     );
@@ -442,22 +448,23 @@ async function runEmbedded(config: OffshootConfig, opts: RunCliOptions, t0: numb
     void stop().then(() => process.exit(130));
   };
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(sig, onSignal);
+  // Whatever the phase, a child the supervisor could not keep running ends the run (a rerun resumes it).
+  const guarded = <T>(work: Promise<T>): Promise<T> => Promise.race([work, stack.supervisor.failure]);
   try {
     // Temporal and NATS start while the teacher trains.
     const servers = startServers(stack, dir, logs);
     servers.catch(() => undefined);
-    await ensureTeacher(config, { onStart: (p) => (stack.training = p), onSpawn: (pid) => stack.note('teacher-train', pid) });
+    await guarded(ensureTeacher(config, { onStart: (p) => (stack.training = p), onSpawn: (pid) => stack.note('teacher-train', pid), detached: true }));
     stack.training = undefined;
-    delete stack.record.processes['teacher-train'];
-    const [temporal, nats] = await servers;
+    stack.forget('teacher-train');
+    const [temporal, nats] = await guarded(servers);
     stack.publishTo(nats.url);
-    const teacherService = await startServices(stack, config, backend, temporal, nats, logs);
+    const teacherService = await guarded(startServices(stack, config, backend, temporal, nats, logs));
     log(`run ${run}: stack up in ${formatDuration((Date.now() - t0) / 1000)} (Temporal ${temporal.address}, NATS ${nats.url}${teacherService ? `, teacher service ${teacherService.targets[0]}` : ''})`);
     const client = await connectClient({ address: temporal.address, namespace: config.services.temporal.namespace });
     try {
-      const handle = await submit(client, config, teacherService);
-      // A child the supervisor could not keep running ends the run (a rerun resumes it).
-      const result = await Promise.race([follow(client, handle, run, Boolean(opts.quiet)), stack.supervisor.failure]);
+      const handle = await guarded(submit(client, config, teacherService));
+      const result = await guarded(follow(client, handle, run, Boolean(opts.quiet)));
       printResult(result, opts.json);
     } finally {
       await client.connection.close().catch(() => undefined);
@@ -495,7 +502,10 @@ async function runAction(opts: RunCliOptions): Promise<void> {
  * The embedded teacher: trained by `offshoot teacher train` in a child process (resumable, and this
  * process stays responsive to signals meanwhile) unless it exists or --teacher names one.
  */
-export async function ensureTeacher(config: OffshootConfig, hooks: { onStart?: (training: ManagedProcess) => void; onSpawn?: (pid: number) => void } = {}): Promise<void> {
+export async function ensureTeacher(
+  config: OffshootConfig,
+  hooks: { onStart?: (training: ManagedProcess) => void; onSpawn?: (pid: number) => void; detached?: boolean } = {},
+): Promise<void> {
   const dir = teacherDir(config);
   const state = path.join(dir, 'trainer_state.json');
   const finished =
@@ -512,7 +522,7 @@ export async function ensureTeacher(config: OffshootConfig, hooks: { onStart?: (
   fs.mkdirSync(logs, { recursive: true });
   const training = spawnTeacherTraining(
     { ...t, out: dir, data: config.data.train, val: config.data.val, tokenizer: config.data.tokenizer ?? undefined },
-    { backend: activeBackend()?.name, logFile: path.join(logs, 'teacher-train.log'), echo: (line) => log(`  ${line}`), onSpawn: hooks.onSpawn, detached: true },
+    { backend: activeBackend()?.name, logFile: path.join(logs, 'teacher-train.log'), echo: (line) => log(`  ${line}`), onSpawn: hooks.onSpawn, detached: hooks.detached },
   );
   hooks.onStart?.(training);
   const r = await training.exited;
