@@ -20,6 +20,8 @@
  *   UNAVAILABLE (the client re-sends the rest elsewhere or after a restart) and then stops.
  */
 import * as http2 from 'node:http2';
+import * as v8 from 'node:v8';
+import * as vm from 'node:vm';
 
 import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
@@ -139,6 +141,24 @@ export function answerBytes(req: Pick<ValidRequest, 'tokens' | 'k' | 'encoding'>
 const MiB = 2 ** 20;
 const mib = (bytes: number) => `${(bytes / MiB).toFixed(bytes < 10 * MiB ? 1 : 0)} MiB`;
 
+/** Answers of this many bytes freed since the last collection make an idle server collect its garbage. */
+const COLLECT_AFTER_BYTES = 64 * MiB;
+
+let gc: (() => void) | undefined;
+
+/**
+ * A full garbage collection. An idle server allocates nothing, so V8 would not collect the answers it
+ * just dropped (their buffers live outside its heap) and the memory would stay taken until the next
+ * work; after holding many megabytes, the server collects them itself.
+ */
+function collectGarbage(): void {
+  if (!gc) {
+    v8.setFlagsFromString('--expose-gc');
+    gc = vm.runInNewContext('gc') as () => void;
+  }
+  gc();
+}
+
 export class TeacherServer {
   readonly options: Required<Omit<TeacherServerOptions, 'tls' | 'log' | 'backend'>> & Pick<TeacherServerOptions, 'tls' | 'log' | 'backend'>;
   private readonly server: grpc.Server;
@@ -153,6 +173,9 @@ export class TeacherServer {
   private boundPort = 0;
   /** Budget held by all streams. */
   private reserved = 0;
+  /** Bytes released since the last garbage collection. */
+  private releasedSinceCollection = 0;
+  private collectTimer: NodeJS.Timeout | undefined;
   private stallTimer: NodeJS.Timeout | undefined;
   private readonly started = performance.now();
   private readonly recent: { t: number; tokens: number }[] = [];
@@ -430,8 +453,19 @@ export class TeacherServer {
     if (slot.reserved === 0) return;
     s.reserved -= slot.reserved;
     this.reserved -= slot.reserved;
+    this.releasedSinceCollection += slot.reserved;
     slot.reserved = 0;
     this.wake?.();
+    if (this.reserved === 0 && this.releasedSinceCollection >= COLLECT_AFTER_BYTES && !this.collectTimer) {
+      // Once idle for a moment (the transport drops cancelled streams' buffers asynchronously).
+      this.collectTimer = setTimeout(() => {
+        this.collectTimer = undefined;
+        if (this.reserved > 0) return;
+        this.releasedSinceCollection = 0;
+        collectGarbage();
+      }, 1000);
+      this.collectTimer.unref();
+    }
   }
 
   /** Resets streams whose answers the transport has not taken for stallMs: their student stopped reading. */
@@ -686,6 +720,7 @@ export class TeacherServer {
     if (this.stopped) return { drained: true };
     this.draining = true;
     clearInterval(this.stallTimer);
+    clearTimeout(this.collectTimer);
     this.health.setStatus('', 'NOT_SERVING');
     this.health.setStatus(SERVICE_NAME, 'NOT_SERVING');
     for (const s of this.streams.values()) {
@@ -721,6 +756,7 @@ export class TeacherServer {
   /** Stops at once, without draining (tests, errors). */
   forceShutdown(): void {
     clearInterval(this.stallTimer);
+    clearTimeout(this.collectTimer);
     this.stopped = true;
     this.wake?.();
     this.server.forceShutdown();
