@@ -8,11 +8,14 @@
  *
  *   npx tsx bench/chaos.ts [--runs 3] [--kills 10] [--min-seconds 20] [--max-seconds 40] [--seed 1]
  *                          [--targets teacher,pretrain,evaluate-0,temporal,nats] [--dir DIR] [--teacher DIR]
+ *                          [--pretrain-steps 1000 | --config FILE]
  *
- * The first, undisturbed run trains the embedded default teacher (unless --teacher names one) and then
- * runs the pipeline on it again, timed; the chaos runs use that teacher, so all results are comparable.
- * Everything lives under --dir (default a fresh temporary folder); the stacks' logs are in
- * <dir>/runs/<run>/logs.
+ * The configuration is the embedded default with `pretrain.steps` raised to 1000 (default 200): on an
+ * idle machine the default pipeline is over in about two minutes, before ten kills 20–40 s apart could
+ * happen. `--pretrain-steps 200` runs the plain default; `--config FILE` any configuration. The first,
+ * undisturbed run trains the teacher (unless --teacher names one) and then runs the pipeline on it
+ * again, timed; the chaos runs use that teacher, so all results are comparable. Everything lives under
+ * --dir (default a fresh temporary folder); the stacks' logs are in <storage.root>/<run>/logs.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -21,6 +24,7 @@ import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 
 import { SeededRandom } from '../core/model/index.js';
+import { loadConfigFile } from '../services/config/index.js';
 import { type ProgressEvent, connectNats, openRunEvents } from '../services/progress/index.js';
 import { ROOT, freePort, pidAlive, readStackRecord, startNats } from '../services/stack/index.js';
 import type { PipelineResult } from '../workflows/index.js';
@@ -35,6 +39,8 @@ const { values: args } = parseArgs({
     targets: { type: 'string', default: 'teacher,pretrain,evaluate-0,temporal,nats' },
     dir: { type: 'string' },
     teacher: { type: 'string' },
+    'pretrain-steps': { type: 'string', default: '1000' },
+    config: { type: 'string' },
   },
 });
 const RUNS = Number(args.runs);
@@ -46,9 +52,15 @@ for (const [name, v] of Object.entries({ runs: RUNS, kills: KILLS, 'min-seconds'
   if (!Number.isFinite(v) || v < 0) throw new Error(`--${name} must be a non-negative number, got ${v}`);
 }
 if (MAX_MS < MIN_MS) throw new Error(`--max-seconds must be at least --min-seconds`);
+if (!Number.isSafeInteger(Number(args['pretrain-steps'])) || Number(args['pretrain-steps']) < 1) throw new Error(`--pretrain-steps must be a positive integer, got ${args['pretrain-steps']}`);
 const dir = path.resolve(args.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'offshoot-chaos-')));
 fs.mkdirSync(dir, { recursive: true });
 const rng = new SeededRandom(Number(args.seed));
+// Every run of the bench (undisturbed and chaos) uses this configuration.
+const configFile = args.config ? path.resolve(args.config) : path.join(dir, 'chaos.yaml');
+if (!args.config) fs.writeFileSync(configFile, `pretrain: { steps: ${Number(args['pretrain-steps'])} }\n`);
+// Run folders are <storage.root>/<run>, the root relative to the bench folder (where the runs start).
+const storageRoot = path.resolve(dir, loadConfigFile(configFile).storage.root);
 const log = (s: string) => process.stderr.write(`[chaos ${new Date().toISOString().slice(11, 19)}] ${s}\n`);
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
@@ -61,7 +73,10 @@ interface Started {
 function offshootRun(name: string, extra: string[]): Started {
   const stderr = fs.openSync(path.join(dir, `${name}.log`), 'w');
   const started = performance.now();
-  const child = spawn(process.execPath, [path.join(ROOT, 'bin', 'offshoot.js'), 'run', '--name', name, '--json', ...extra], { cwd: dir, stdio: ['ignore', 'pipe', stderr] });
+  const child = spawn(process.execPath, [path.join(ROOT, 'bin', 'offshoot.js'), 'run', '--config', configFile, '--name', name, '--json', ...extra], {
+    cwd: dir,
+    stdio: ['ignore', 'pipe', stderr],
+  });
   let stdout = '';
   child.stdout!.setEncoding('utf8').on('data', (d: string) => (stdout += d));
   const done = new Promise<{ code: number | null; stdout: string; seconds: number }>((resolve) =>
@@ -105,7 +120,7 @@ function processesMentioning(needle: string): number[] {
 
 /** The run's progress events, read from its JetStream folder with a nats-server of our own. */
 async function storedEvents(run: string): Promise<ProgressEvent[]> {
-  const nats = await startNats({ storeDir: path.join(dir, 'runs', run, 'jetstream'), port: await freePort() });
+  const nats = await startNats({ storeDir: path.join(storageRoot, run, 'jetstream'), port: await freePort() });
   const nc = await connectNats(nats.url);
   try {
     const reader = await openRunEvents(nc, run);
@@ -137,7 +152,7 @@ async function chaosRun(index: number, teacher: string, baseline: Record<string,
   const name = `chaos-${index}`;
   log(`${name}: starting`);
   const run = offshootRun(name, ['--teacher', teacher]);
-  const runDir = path.join(dir, 'runs', name);
+  const runDir = path.join(storageRoot, name);
   let finished = false;
   void run.done.then(() => (finished = true));
   const seen = new Set<number>();
@@ -213,12 +228,12 @@ async function chaosRun(index: number, teacher: string, baseline: Record<string,
 }
 
 // The undisturbed run: the embedded default, teacher trained unless given, then timed again on that teacher.
-let teacher = args.teacher ? path.resolve(args.teacher) : path.join(dir, 'runs', 'undisturbed', 'teacher');
+let teacher = args.teacher ? path.resolve(args.teacher) : path.join(storageRoot, 'undisturbed', 'teacher');
 if (!args.teacher) {
   log(`undisturbed: training the teacher and running the pipeline (${dir})`);
   const first = await offshootRun('undisturbed', []).done;
   if (first.code !== 0) throw new Error(`the undisturbed run failed (exit ${first.code}); see ${path.join(dir, 'undisturbed.log')}`);
-  teacher = path.join(dir, 'runs', 'undisturbed', 'teacher');
+  teacher = path.join(storageRoot, 'undisturbed', 'teacher');
 }
 log('undisturbed: the pipeline on that teacher, timed');
 const undisturbed = await offshootRun('undisturbed-timed', ['--teacher', teacher]).done;
@@ -233,6 +248,7 @@ const meanSeconds = runs.reduce((a, r) => a + r.seconds, 0) / Math.max(1, runs.l
 console.log(
   JSON.stringify({
     bench: 'chaos',
+    config: args.config ?? `the embedded default, pretrain.steps ${Number(args['pretrain-steps'])}`,
     runs: RUNS,
     killsPerRun: KILLS,
     intervalSeconds: [MIN_MS / 1000, MAX_MS / 1000],
