@@ -397,7 +397,7 @@ export function spawnTeacherTraining(
     ...cli.args, ...(options.backend ? ['--backend', options.backend] : []), 'teacher', 'train', '--out', t.out, '--data', t.data, '--val', t.val,
     '--preset', t.preset, '--vocab', String(t.vocab), '--steps', String(t.steps), '--batch-size', String(t.batchSize), '--seq-len', String(t.seqLen),
     '--lr', String(t.lr), '--warmup', String(t.warmup), '--seed', String(t.seed), '--eval-tokens', String(t.evalTokens),
-    '--eval-every', String(Math.max(1, Math.floor(t.steps / 2))), '--checkpoint-every', String(Math.max(1, Math.floor(t.steps / 4))), '--json',
+    '--eval-every', String(Math.max(1, Math.floor(t.steps / 2))), '--checkpoint-every', String(Math.max(1, Math.floor(t.steps / 4))),
   ];
   if (t.tokenizer) args.push('--tokenizer', t.tokenizer);
   return spawnManaged({ name: 'teacher-train', command: cli.command, args, env: options.env, logFile: options.logFile, echo: options.echo, onSpawn: options.onSpawn, detached: options.detached });
