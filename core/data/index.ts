@@ -95,3 +95,4 @@ export {
 } from './defaults.js';
 
 export { writeFileAtomic, canonicalJson, sha256Hex } from './fsutil.js';
+

@@ -31,7 +31,13 @@ const COMMANDS: CommandModule[] = [
   { names: ['search'], load: async () => (await import('./search.js')).registerSearchCommand },
   { names: ['worker'], load: async () => (await import('./worker.js')).registerWorkerCommand },
   { names: ['run', 'status', 'cancel'], load: async () => (await import('./run.js')).registerRunCommands },
-  { names: ['watch', 'dashboard'], load: async () => (await import('../progress/index.js')).registerProgressCommands },
+  {
+    names: ['watch', 'dashboard'],
+    load: async () => {
+      const [{ registerProgressCommands }, { embeddedNats }] = await Promise.all([import('../progress/index.js'), import('./run.js')]);
+      return (program) => registerProgressCommands(program, { embeddedNats });
+    },
+  },
   { names: ['experiment'], load: async () => (await import('./experiment.js')).registerExperimentCommands },
   { names: ['data'], load: async () => (await import('./data.js')).registerDataCommands },
 ];

@@ -11,6 +11,7 @@ import * as path from 'node:path';
 
 import { Context } from '@temporalio/activity';
 
+import { TOKENIZER_FILE } from '../../core/data/index.js';
 import { GPTNeoX, loadCheckpoint, writeFileAtomic } from '../../core/model/index.js';
 import { NoopProgressPublisher, type ProgressEventInput, type ProgressPublisher, timeActivity } from '../progress/index.js';
 import { teacherTls } from '../credentials/index.js';
@@ -83,6 +84,13 @@ export function withActivityEvents<A extends unknown[], R>(env: WorkerEnv, runOf
 
 const clients = new Map<string, TeacherClient>();
 
+/**
+ * How long an activity's requests wait for an unreachable teacher service before they fail. Short, so
+ * the activity fails and Temporal retries it (with backoff, on any worker) instead of a long blind wait;
+ * long enough for a supervised service to be restarted in between.
+ */
+export const TEACHER_UNREACHABLE_MS = 30_000;
+
 /** One client per (replicas, weights) in this worker, shared by its activities. */
 export function teacherClient(env: WorkerEnv, service: TeacherServiceRef, expectedHash: string): TeacherClient {
   const targets = env.teacherTargets?.length ? env.teacherTargets : service.targets;
@@ -90,7 +98,7 @@ export function teacherClient(env: WorkerEnv, service: TeacherServiceRef, expect
   let client = clients.get(key);
   if (!client) {
     // TLS from OFFSHOOT_TEACHER_TLS_* (services/credentials; deploy/k8s mounts the Secret).
-    client = new TeacherClient({ targets, expectedHash, log: env.log, tls: teacherTls() });
+    client = new TeacherClient({ targets, expectedHash, log: env.log, tls: teacherTls(), unavailableTimeoutMs: TEACHER_UNREACHABLE_MS });
     clients.set(key, client);
   }
   return client;
@@ -116,6 +124,32 @@ export function teacherModel(dir: string, hash: string): GPTNeoX {
     teacherModels.set(key, model);
   }
   return model;
+}
+
+/**
+ * The tokenizer a run tokenises its corpora with: data.tokenizer when set, else the teacher's
+ * tokenizer.json. Checked before the search starts, so a teacher without one is one error at once
+ * instead of every evaluation failing.
+ */
+export function requireTeacherTokenizer(teacherDir: string, tokenizer?: string): string {
+  if (tokenizer) {
+    if (!fs.existsSync(tokenizer)) throw new TokenizerMissingError(`data.tokenizer ${tokenizer}: no such file or folder`);
+    return tokenizer;
+  }
+  const file = path.join(teacherDir, TOKENIZER_FILE);
+  if (!fs.existsSync(file)) {
+    throw new TokenizerMissingError(
+      `teacher ${teacherDir} has no ${TOKENIZER_FILE} and data.tokenizer is not set: the search and the pretraining tokenise the corpora with the teacher's tokenizer; put one in the teacher's folder or set data.tokenizer`,
+    );
+  }
+  return file;
+}
+
+export class TokenizerMissingError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'TokenizerMissing';
+  }
 }
 
 export class TeacherMismatchError extends Error {

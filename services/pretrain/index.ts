@@ -48,7 +48,7 @@ import {
 import { type TeacherTrainSettings, teacherFinished, trainTeacher } from '../../core/teacher/index.js';
 import { tokensPerSecond as tokensPerSecondGauge } from '../progress/index.js';
 import { StreamingTeacher } from '../teacher/index.js';
-import { TeacherMismatchError, type WorkerEnv, emit, teacherClient, teacherModel, withActivityEvents } from '../orchestration/index.js';
+import { TeacherMismatchError, type WorkerEnv, emit, requireTeacherTokenizer, teacherClient, teacherModel, withActivityEvents } from '../orchestration/index.js';
 import type {
   CheckpointEval,
   CheckpointRef,
@@ -144,6 +144,16 @@ async function prepareTeacher(env: WorkerEnv, input: PrepareTeacherInput): Promi
   } catch (err) {
     throw ApplicationFailure.nonRetryable((err as Error).message, 'CheckpointError');
   }
+  // Before the search starts: every evaluation and training segment tokenises with it.
+  let tokenizerVocab: number;
+  try {
+    tokenizerVocab = (await loadTokenizer(requireTeacherTokenizer(dir, input.data.tokenizer))).vocabSize;
+  } catch (err) {
+    throw ApplicationFailure.nonRetryable((err as Error).message, 'TokenizerMissing');
+  }
+  if (tokenizerVocab > config.vocabSize) {
+    throw ApplicationFailure.nonRetryable(`the run's tokenizer has ${tokenizerVocab} tokens, more than the teacher ${dir}'s vocabulary of ${config.vocabSize}`, 'TokenizerMissing');
+  }
   const hash = checkpointHash(dir);
   if (input.service) {
     // The service must be up and serve these weights before evaluators rely on it.
@@ -197,7 +207,8 @@ async function prepareStudent(env: WorkerEnv, input: PrepareStudentInput): Promi
         calibration = sampleBatch(corpus, { batchSize: 8, seqLen: Math.min(input.hyper.seqLen, input.teacher.config.maxPositions), seed: CALIBRATION_SEED, step: 0 });
         corpus.close();
       }
-      const r = await extractCheckpoint({ teacher: input.teacher.dir, spec: init.spec, out: dir, order: init.order, layers: init.layers, calibration });
+      // force: an earlier attempt may have written this very student before it could record init.json.
+      const r = await extractCheckpoint({ teacher: input.teacher.dir, spec: init.spec, out: dir, order: init.order, layers: init.layers, calibration, force: true });
       hash = r.checkpointHash;
       config = r.config;
       specHash = r.specHash;

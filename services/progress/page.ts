@@ -123,6 +123,12 @@ const SCRIPT = String.raw`
         setWorker(w, 'failed', e);
         S.errors.push({ time: e.time, what: e.activity + ' failed (attempt ' + e.attempt + ')', worker: w ? w.worker : '', error: e.error });
         break;
+      case 'service.exited':
+        S.errors.push({ time: e.time, what: e.service + ' exited (' + (e.signal || 'code ' + e.code) + ')' + (e.willRestart ? ', restarting' : ', not restarted'), worker: '', error: e.error || '' });
+        break;
+      case 'service.restarted':
+        S.errors.push({ time: e.time, what: e.service + ' restarted (pid ' + e.pid + ', down ' + (e.downMs / 1000).toFixed(1) + ' s)', worker: '', error: '' });
+        break;
       case 'run.finished':
         S.state = e.status; S.finishedAt = t; S.error = e.error || null;
         if (e.error) S.errors.push({ time: e.time, what: 'run ' + e.status, worker: '', error: e.error });

@@ -4,7 +4,7 @@
  *   after each stored event; idempotent for an event applied twice in a row (it remembers recent ids).
  * - RunState: the full picture `offshoot watch` draws (candidates, loss series, workers, errors).
  */
-import type { ProgressEvent } from './events.js';
+import type { EventOf, ProgressEvent } from './events.js';
 
 export type RunPhase = 'running' | 'completed' | 'failed' | 'cancelled';
 
@@ -119,6 +119,9 @@ export function applyStatus(prev: RunStatus | undefined, event: ProgressEvent): 
     case 'activity.retried':
       if (event.error) s.lastError = { time: event.time, activity: event.activity, attempt: event.attempt, worker: event.source?.worker, error: event.error };
       break;
+    case 'service.exited':
+      s.lastError = { time: event.time, error: serviceExit(event) };
+      break;
     case 'run.finished':
       s.state = event.status;
       s.finishedAt = event.time;
@@ -127,9 +130,14 @@ export function applyStatus(prev: RunStatus | undefined, event: ProgressEvent): 
       break;
     case 'activity.started':
     case 'activity.completed':
+    case 'service.restarted':
       break;
   }
   return s;
+}
+
+function serviceExit(e: EventOf<'service.exited'>): string {
+  return `${e.service} (pid ${e.pid}) exited (${e.signal ? `signal ${e.signal}` : `code ${e.code}`})${e.willRestart ? '; restarting it' : `; not restarted${e.error ? `: ${e.error}` : ''}`}`;
 }
 
 // ---- the full picture ----------------------------------------------------------------------------
@@ -307,6 +315,12 @@ export function applyEvent(state: RunState, event: ProgressEvent): RunState {
     case 'activity.failed':
       if (w) Object.assign(w, { state: 'failed', activity: event.activity, detail: event.detail, attempt: event.attempt, since: event.time });
       state.errors.push({ time: event.time, activity: event.activity, attempt: event.attempt, worker: event.source?.worker, error: event.error });
+      break;
+    case 'service.exited':
+      state.errors.push({ time: event.time, error: serviceExit(event) });
+      break;
+    case 'service.restarted':
+      state.errors.push({ time: event.time, error: `${event.service} restarted (pid ${event.pid}, down ${(event.downMs / 1000).toFixed(1)} s)` });
       break;
     case 'run.finished':
       if (event.error) state.errors.push({ time: event.time, error: `run ${event.status}: ${event.error}` });

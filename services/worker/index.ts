@@ -109,12 +109,32 @@ export interface RunWorkerOptions {
   teacherTargets?: string[];
   /** SIGTERM: seconds to finish or checkpoint running activities. Default 30. */
   gracePeriodSeconds?: number;
+  /** How long to retry reaching Temporal at start before giving up. Default 120. */
+  connectTimeoutSeconds?: number;
   log?: (line: string) => void;
   /** Called once every queue's worker polls. */
   onReady?: (info: { identity: string; queues: QueueName[] }) => void;
 }
 
 let runtimeInstalled = false;
+
+/**
+ * Connects to Temporal, retrying with backoff while it is unreachable for up to `timeoutSeconds` (a
+ * worker restarted while the server restarts too must wait for it, not fail at once).
+ */
+async function connectTemporal(address: string, timeoutSeconds: number, log: (line: string) => void): Promise<NativeConnection> {
+  const deadline = Date.now() + timeoutSeconds * 1000;
+  for (let delay = 250; ; delay = Math.min(delay * 2, 5000)) {
+    try {
+      // TLS from OFFSHOOT_TEMPORAL_TLS_* (services/credentials; deploy/k8s mounts the Secret).
+      return await NativeConnection.connect({ address, tls: temporalTls() });
+    } catch (err) {
+      if (Date.now() + delay > deadline) throw new Error(`worker: Temporal at ${address} unreachable for ${timeoutSeconds} s: ${(err as Error).message}`);
+      if (delay === 250) log(`worker: Temporal at ${address} unreachable (${(err as Error).message.split('\n')[0]}); retrying for up to ${timeoutSeconds} s`);
+      await new Promise((r) => setTimeout(r, delay));
+    }
+  }
+}
 
 /** Runs the workers until SIGTERM / SIGINT (or `stop()`), then drains and resolves. */
 export async function runWorker(options: RunWorkerOptions): Promise<void> {
@@ -134,8 +154,7 @@ export async function runWorker(options: RunWorkerOptions): Promise<void> {
   const draining = new AbortController();
   const progress = createProgressPublisher({ url: options.natsUrl, worker: identity, log });
   const env: WorkerEnv = { identity, draining: draining.signal, progress, teacherTargets: options.teacherTargets, log };
-  // TLS from OFFSHOOT_TEMPORAL_TLS_* (services/credentials; deploy/k8s mounts the Secret).
-  const connection = await NativeConnection.connect({ address: options.address, tls: temporalTls() });
+  const connection = await connectTemporal(options.address, options.connectTimeoutSeconds ?? 120, log);
   const namespace = options.namespace ?? 'default';
   const dataConverter = { payloadConverterPath: payloadConverterPath() };
   const common = {
