@@ -10,3 +10,4 @@ export * from './recipe.js';
 export { SeededRandom, deriveSeed } from './random.js';
 export { writeFileAtomic, writeDirAtomic } from './atomic.js';
 export * from './presets.js';
+export * from './shape-costs.js';
