@@ -9,6 +9,8 @@
  *   {step, checkpoint}; a retry resumes from the last heartbeat's checkpoint. A SIGTERM'd worker
  *   checkpoints at the next step boundary and returns what it reached. Every step's loss goes to
  *   <run>/<name>/losses.jsonl (with the attempt and worker), so the curve across retries can be read.
+ *   The worker keeps what segments share (teacher, corpora, validation batches on the device, compiled
+ *   kernels, tuned plans) from one to the next, and gives back a finished segment's pooled buffers.
  * - evaluateCheckpoint: validation loss and perplexity of a checkpoint.
  */
 import * as fs from 'node:fs';
@@ -27,6 +29,7 @@ import {
 import { TOKENIZER_FILE, evalBatches, loadTokenizer, sampleBatch, tokenizedCorpus } from '../../core/data/index.js';
 import {
   CheckpointError,
+  type DeviceBatch,
   GPTNeoX,
   MANIFEST_FILE,
   TRAINER_STATE_FILE,
@@ -39,10 +42,13 @@ import {
   loadConfig,
   parameterCount,
   readTrainerState,
+  releaseCachedMemory,
   saveCheckpoint,
   trainingHyperparameters,
+  uploadBatches,
   writeFileAtomic,
 } from '../../core/model/index.js';
+import * as tf from '../../core/model/tfjs.js';
 import { type TeacherTrainSettings, teacherFinished, trainTeacher } from '../../core/teacher/index.js';
 import { offshootCache } from '../stack/index.js';
 import { tokensPerSecond as tokensPerSecondGauge } from '../progress/index.js';
@@ -86,6 +92,36 @@ function stepDir(runDir: string, name: string, step: number): string {
 
 function tokenizerSource(data: { tokenizer?: string }, teacherDir: string): string {
   return data.tokenizer ?? teacherDir;
+}
+
+/**
+ * What the segments of a run share, kept by this worker from one segment to the next (and from one
+ * arm of an experiment to the next): the tokenised corpora and the validation batches on the device.
+ * The teacher model is kept by ../orchestration. One data set at a time; another replaces it.
+ */
+let kept: { key: string; train: ArrayLike<number>; val: ArrayLike<number>; validation: Map<string, DeviceBatch[]> } | undefined;
+
+async function segmentData(input: TrainSegmentInput): Promise<{ train: ArrayLike<number>; validation: (o: { seqLen: number; batchSize: number; maxTokens: number }) => DeviceBatch[] }> {
+  const source = tokenizerSource(input.data, input.teacher.dir);
+  const key = JSON.stringify([path.resolve(source), input.data.train, input.data.val]);
+  if (kept?.key !== key) {
+    if (kept) for (const list of kept.validation.values()) for (const b of list) tf.dispose([b.ids, b.targets]);
+    kept = undefined;
+    const tokenizer = await loadTokenizer(source);
+    const train = await tokenizedCorpus(input.data.train, tokenizer, tokenCache());
+    const val = await tokenizedCorpus(input.data.val, tokenizer, tokenCache());
+    kept = { key, train: train.tokens, val: val.tokens, validation: new Map() };
+  }
+  const data = kept;
+  return {
+    train: data.train,
+    validation: (o) => {
+      const k = `${o.seqLen}x${o.batchSize}/${o.maxTokens}`;
+      let list = data.validation.get(k);
+      if (!list) data.validation.set(k, (list = uploadBatches(evalBatches(data.val, o))));
+      return list;
+    },
+  };
 }
 
 /**
@@ -271,10 +307,8 @@ async function trainSegment(env: WorkerEnv, input: TrainSegmentInput): Promise<T
   env.log(`trainSegment: ${series} steps ${startStep}->${input.toStep}${start !== input.from ? ` (attempt ${attempt}, resuming from the heartbeat's checkpoint at step ${startStep})` : ` (attempt ${attempt})`}`);
 
   // Data, tokenizer, teacher.
-  const tokenizer = await loadTokenizer(tokenizerSource(input.data, input.teacher.dir));
-  const train = await tokenizedCorpus(input.data.train, tokenizer, tokenCache());
-  const val = await tokenizedCorpus(input.data.val, tokenizer, tokenCache());
-  const batches = (step: number) => sampleBatch(train.tokens, { batchSize: h.batchSize, seqLen: h.seqLen, seed: h.seed, step });
+  const { train, validation } = await segmentData(input);
+  const batches = (step: number) => sampleBatch(train, { batchSize: h.batchSize, seqLen: h.seqLen, seed: h.seed, step });
   let teacher;
   if (h.distill) {
     if (input.teacherService) {
@@ -315,7 +349,7 @@ async function trainSegment(env: WorkerEnv, input: TrainSegmentInput): Promise<T
     evaluate: {
       every: input.evalEvery,
       run: async (model, step) => {
-        const r = await evaluateLoss(model, evalBatches(val.tokens, { seqLen: h.seqLen, batchSize: h.batchSize, maxTokens: input.evalTokens }));
+        const r = await evaluateLoss(model, validation({ seqLen: h.seqLen, batchSize: h.batchSize, maxTokens: input.evalTokens }));
         evals.push({ step, valLoss: r.loss, valPpl: r.ppl });
         fs.appendFileSync(evalLog, `${JSON.stringify({ step, valLoss: r.loss, valPpl: r.ppl, attempt, worker: env.identity })}\n`);
         emit(env, { kind: 'pretrain.eval', run: input.run.runId, series, step, valLoss: r.loss, tokens: r.tokens });
@@ -368,6 +402,7 @@ async function trainSegment(env: WorkerEnv, input: TrainSegmentInput): Promise<T
     if (trainer.step !== (last.step ?? 0)) await save();
   } finally {
     trainer.dispose();
+    await releaseCachedMemory();
   }
   const tconf = input.teacher.config;
   const counts = countShape(trainer.model.config, tconf, { seqLen: h.seqLen });
