@@ -36,6 +36,7 @@ import {
   type StepReport,
   type Teacher,
   Trainer,
+  backendCompilesKernels,
   evaluateLoss,
   inProcessTeacher,
   loadCheckpoint,
@@ -389,9 +390,11 @@ export async function evaluateFitness(request: FitnessRequest, context?: Fitness
  * one neuron narrower, so the student's products take the unaligned kernels most sub-networks take —
  * compiles what every candidate runs (the teacher's forward pass, the student's kernels) and puts the
  * validation batches on the device. The first real candidate then pays only for what is new about its
- * own shape. Returns that evaluation's metrics (its seconds are the process's, not a candidate's).
+ * own shape. Returns that evaluation's metrics (its seconds are the process's, not a candidate's), or
+ * undefined on a backend that compiles nothing (cpu, wasm, tensorflow), where it does nothing.
  */
-export async function warmUpFitness(ctx: FitnessContext, budget: FitnessBudget, seed = 0): Promise<FitnessMetrics> {
+export async function warmUpFitness(ctx: FitnessContext, budget: FitnessBudget, seed = 0): Promise<FitnessMetrics | undefined> {
+  if (!backendCompilesKernels()) return undefined;
   const teacher = ctx.checkpoint.config;
   const narrowest = Math.min(...teacher.layers.map((l) => l.intermediateSize));
   const spec: SubnetSpec = { format: 1, teacher: teacherShape(teacher), embedding: Math.max(1, teacher.hiddenSize - 1), mlp: Math.max(1, narrowest - 1) };

@@ -47,7 +47,7 @@ async function warmUp(env: WorkerEnv, shared: FitnessContext, ctx: FitnessContex
   done.add(key);
   try {
     const w = await warmUpFitness(ctx, b, input.seed);
-    env.log(`evaluate: warmed up on ${input.teacher.dir} in ${w.seconds.toFixed(1)} s (${describePhases(w.phases)})`);
+    if (w) env.log(`evaluate: warmed up on ${input.teacher.dir} in ${w.seconds.toFixed(1)} s (${describePhases(w.phases)})`);
   } catch (err) {
     env.log(`evaluate: warm-up failed, going on without it: ${(err as Error).message.split('\n')[0]}`);
   }

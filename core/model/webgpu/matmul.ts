@@ -203,10 +203,12 @@ export function matmulKernelsVersion(): string {
   return (kernelsVersion = hash.update(sumSlicesWideSource()).digest('hex').slice(0, 12));
 }
 
+/** Whether a class (or shape key) is of batched or triangular products: `64@…` or `…/lowerC`. */
+const batchedClass = (cls: string) => cls.includes('@') || cls.includes('/');
+
 /** The tiles a class may use: those the autotuner tries for it. */
 function allowedTiles(cls: string): Map<string, MatMulTile> {
-  const batched = cls.includes('@') || cls.includes('/');
-  return new Map(Object.values(batched ? BATCHED_TILES : MATMUL_TILES).map((t) => [tileName(t), t]));
+  return new Map(Object.values(batchedClass(cls) ? BATCHED_TILES : MATMUL_TILES).map((t) => [tileName(t), t]));
 }
 
 /** Reads this device's plan files into classPlans, once per device; problems are logged and skipped. */
@@ -223,7 +225,8 @@ function readPlanFiles(): void {
     for (const [cls, rec] of plans) {
       if (classPlans.has(cls)) continue;
       const tile = allowedTiles(cls).get(rec.tile);
-      if (!tile || (rec.slices > 1 && (cls.includes('@') || cls.includes('/')))) {
+      // Batched and triangular products take no split-K.
+      if (!tile || (rec.slices > 1 && batchedClass(cls))) {
         planLog(`${file}: plans[${JSON.stringify(cls)}]: tile ${rec.tile} with ${rec.slices} slices is not a plan this class can use; entry ignored`);
         continue;
       }
