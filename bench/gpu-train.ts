@@ -14,8 +14,13 @@
  * operation's case from its file in core/model/webgpu, run by check.ts, at the shapes of a
  * Pythia-70M step (fused kernels against tfjs's stock webgpu kernels, plus a whole Pythia-70M-shaped
  * model's gradients); for cuda, core/model/cuda/check.ts (every operation and tfjs kernel against
- * the cpu backend, in f32 and in mixed precision).
+ * the cpu backend, in f32 and in mixed precision; a Pythia-70M-shaped model's gradients and 300
+ * training steps against webgpu in f32; transformers' logits of the committed fixtures).
  */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
 import { initBackend } from '../core/model/backend.js';
 import { presetConfig } from '../core/model/index.js';
 import { attentionCase } from '../core/model/webgpu/attention.js';
@@ -81,9 +86,16 @@ for (let i = 0; i < argv.length; i++) {
 }
 
 if (check && backends.includes('cuda')) {
-  const { runCudaChecks } = await import('../core/model/cuda/check.js');
+  const cuda = await import('../core/model/cuda/check.js');
   await initBackend('cuda', (m) => console.log(JSON.stringify({ bench: 'gpu-check', backend: m })));
-  const failed = await runCudaChecks(checkScale, (line) => console.log(JSON.stringify({ bench: 'gpu-check', backend: 'cuda', ...line })));
+  const log = (line: Record<string, unknown>) => console.log(JSON.stringify({ bench: 'gpu-check', backend: 'cuda', ...line }));
+  let failed = await cuda.runCudaChecks(checkScale, log);
+  failed += await cuda.modelGradientChecks(2, 128, log);
+  failed += await cuda.curveCheck(300, 8, 128, log);
+  // The fixtures sit in the source tree: test/fixtures/neox beside bench/, two levels up from dist/bench.
+  const here = path.dirname(fileURLToPath(import.meta.url));
+  const fixtures = [path.join(here, '..', 'test', 'fixtures', 'neox'), path.join(here, '..', '..', 'test', 'fixtures', 'neox')].find((d) => fs.existsSync(d));
+  if (fixtures) failed += await cuda.parityChecks(fixtures, log);
   console.log(JSON.stringify({ bench: 'gpu-check', backend: 'cuda', failed }));
 }
 

@@ -222,9 +222,14 @@ async function measure(args: Args, which: BenchBackend): Promise<Measurement> {
   let profile = args.profile && gpuBytes !== null ? await profileStep(() => step(true)) : undefined;
   const cudaDevice = cuda?.openedCudaDevice();
   if (args.profile && cudaDevice) {
+    // A replayed graph is one launch: the profiled step runs eagerly to time each kernel.
+    const graphs = process.env.OFFSHOOT_CUDA_GRAPHS;
+    process.env.OFFSHOOT_CUDA_GRAPHS = '0';
     cudaDevice.beginProfile();
     await step(true);
     const p = await cudaDevice.endProfile();
+    if (graphs === undefined) delete process.env.OFFSHOOT_CUDA_GRAPHS;
+    else process.env.OFFSHOOT_CUDA_GRAPHS = graphs;
     profile = { totalMs: Number(p.totalMs.toFixed(2)), dispatches: p.launches, top: p.byName.slice(0, 30).map((e) => [e.name, Number(e.ms.toFixed(3)), e.count] as [string, number, number]) };
   }
   trainer.dispose();

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Python virtualenv with the Hugging Face oracle for parity tests (torch, transformers, safetensors).
+# Python virtualenv with the Hugging Face oracle for parity tests (torch, transformers, safetensors)
+# and EleutherAI's lm-evaluation-harness (lm-eval), which the task-scoring test runs offline.
 #
 # The venv lives at ${OFFSHOOT_CACHE:-$HOME/.cache/offshoot}/venv and is built once per machine:
 # when its stamp file matches the pinned requirements (scripts/hf-requirements.txt) and the base
 # interpreter, the script only prints the path. Otherwise it deletes the venv and builds it anew.
 # Every package is pinned in hf-requirements.txt and installed with --no-deps from PyPI only
-# (binary wheels only). See that file for which CUDA wheels PyPI's torch needs to import on a
+# (binary wheels only, except the two pure-Python packages PyPI has only as source). See that file for which CUDA wheels PyPI's torch needs to import on a
 # CPU-only Linux machine, and which are left out.
 #
 # Progress goes to stderr; the last (and only) line on stdout is the venv's python path, so
@@ -75,16 +76,18 @@ log "building $VENV with $("$BASE_PY" -V 2>&1) from $INDEX_URL"
 rm -rf "$VENV"
 "$BASE_PY" -m venv "$VENV"
 
-# PyPI only: ignore any find-links / extra index from the environment; wheels only; no pip cache
-# (the CUDA wheels are ~2 GB and would be stored twice).
+# PyPI only: ignore any find-links / extra index from the environment; wheels only (but sqlitedict
+# and word2number, lm-eval dependencies published as source only); no pip cache (the CUDA wheels are
+# ~2 GB and would be stored twice).
 env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL -u PIP_INDEX_URL -u PIP_NO_INDEX \
   PIP_DISABLE_PIP_VERSION_CHECK=1 \
-  "$VPY" -m pip install --quiet --no-deps --no-cache-dir --only-binary=:all: \
+  "$VPY" -m pip install --quiet --no-deps --no-cache-dir --only-binary=:all: --no-binary=sqlitedict,word2number \
   --index-url "$INDEX_URL" -r "$REQUIREMENTS" >&2
 
-log "smoke test: import torch/transformers/safetensors and run a tiny GPTNeoX forward"
+log "smoke test: import torch/transformers/safetensors/lm_eval and run a tiny GPTNeoX forward"
 "$VPY" - >&2 <<'PY'
 import torch, transformers, safetensors
+import lm_eval, lm_eval.models.huggingface
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 torch.manual_seed(0)
 cfg = GPTNeoXConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
@@ -94,7 +97,8 @@ with torch.no_grad():
     logits = model(torch.tensor([[1, 2, 3]])).logits
 assert logits.shape == (1, 3, 32) and torch.isfinite(logits).all(), logits
 print(f"torch {torch.__version__} (cuda available: {torch.cuda.is_available()}), "
-      f"transformers {transformers.__version__}, safetensors {safetensors.__version__}: ok")
+      f"transformers {transformers.__version__}, safetensors {safetensors.__version__}, "
+      f"lm_eval {lm_eval.__version__}: ok")
 PY
 
 echo "$WANT" >"$STAMP"

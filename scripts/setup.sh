@@ -71,5 +71,15 @@ if [[ $with_test -eq 1 ]]; then
   else
     echo "skipped: installing chromium needs root; the dashboard browser test will fail (apt-get install chromium)" >&2
   fi
+
+  step "zstd for the data tests' .zst inputs (Debian zstd)"
+  if command -v zstd >/dev/null; then
+    echo "zstd: $(zstd --version 2>/dev/null)" >&2
+  elif [[ $(id -u) -eq 0 ]] || command -v sudo >/dev/null; then
+    sudo=(); [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+    "${sudo[@]}" apt-get install -y -q zstd >&2 || { "${sudo[@]}" apt-get update -q >&2 && "${sudo[@]}" apt-get install -y -q zstd >&2; }
+  else
+    echo "skipped: installing zstd needs root; the .zst data test will fail (apt-get install zstd)" >&2
+  fi
 fi
 step "ready"

@@ -60,14 +60,14 @@ describe('parseBackendChoice', () => {
   });
 
   it('rejects others, listing the valid ones', () => {
-    expect(() => parseBackendChoice('cuda')).toThrow(/invalid value "cuda".*auto, tensorflow, webgpu, wasm, cpu/);
+    expect(() => parseBackendChoice('gpu')).toThrow(/invalid value "gpu".*auto, cuda, tensorflow, webgpu, wasm, cpu/);
     expect(() => parseBackendChoice('')).toThrow(/expected one of/);
   });
 });
 
 describe('initBackend', () => {
   it('rejects an invalid choice, listing the valid ones', async () => {
-    await expect(initBackend('gpu' as never, log)).rejects.toThrow(/invalid value "gpu".*auto, tensorflow, webgpu, wasm, cpu/);
+    await expect(initBackend('gpu' as never, log)).rejects.toThrow(/invalid value "gpu".*auto, cuda, tensorflow, webgpu, wasm, cpu/);
   });
 
   it('rejects an invalid OFFSHOOT_BACKEND, naming the variable', async () => {

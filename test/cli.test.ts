@@ -100,6 +100,6 @@ describe('offshoot CLI', () => {
 
     const backend = offshoot('--backend', 'gpu', 'eval', '--model', teacher);
     expect(backend.status).toBe(1);
-    expect(backend.stderr).toMatch(/invalid value "gpu"; expected one of auto, tensorflow, webgpu, wasm, cpu/);
+    expect(backend.stderr).toMatch(/invalid value "gpu"; expected one of auto, cuda, tensorflow, webgpu, wasm, cpu/);
   });
 });

@@ -1,26 +1,30 @@
-import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, truncateSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   ByteTokenizer,
+  TokenFileWriter,
+  arrayStream,
+  batchRows,
   corpusHash,
   corpusStats,
   evalBatches,
   evalWindowCount,
+  holdoutRanges,
   loadCorpus,
-  parseCorpusSpec,
+  openData,
+  parseDataSpec,
+  permuteIndex,
   readTokenFile,
   readTokenFileHeader,
   sampleBatch,
-  sampleOffsets,
   SOTU_VALIDATION_FROM,
   sotuSplit,
   TOKEN_FILE_HEADER_BYTES,
-  tokenizedCorpus,
-  tokenizeDocuments,
   tokenizerHash,
   trainBpe,
+  windowCount,
   writeTokenFile,
 } from '../core/data/index.js';
 
@@ -65,13 +69,16 @@ describe('embedded corpora', () => {
   });
 
   it('parses specs', () => {
-    expect(parseCorpusSpec('sotu:train')).toEqual({ kind: 'sotu', split: 'train' });
-    expect(parseCorpusSpec('sotu:val')).toEqual({ kind: 'sotu', split: 'val' });
-    expect(parseCorpusSpec('mobydick')).toEqual({ kind: 'mobydick' });
-    expect(parseCorpusSpec('data/x.jsonl', '/base')).toEqual({ kind: 'path', path: path.resolve('/base', 'data/x.jsonl') });
-    expect(parseCorpusSpec('file:mobydick', '/base')).toEqual({ kind: 'path', path: path.resolve('/base', 'mobydick') });
-    expect(() => parseCorpusSpec('sotu:test')).toThrow(/sotu:train or sotu:val/);
-    expect(() => parseCorpusSpec('  ')).toThrow(/empty/);
+    const one = (spec: string, cwd?: string) => parseDataSpec(spec, cwd).sources[0];
+    expect(one('sotu:train').path).toBe('sotu:train');
+    expect(one('sotu:validation').path).toBe('sotu:val');
+    expect(one('mobydick').path).toBe('mobydick');
+    expect(one('data/x.jsonl', '/base')).toMatchObject({ path: path.resolve('/base', 'data/x.jsonl'), field: 'text', invalid: 'error', weight: 1, holdout: 0 });
+    expect(one('file:mobydick', '/base').path).toBe(path.resolve('/base', 'mobydick'));
+    expect(one('/d/*.jsonl.gz;field=content;invalid=skip;holdout=0.01')).toMatchObject({ path: '/d/*.jsonl.gz', field: 'content', invalid: 'skip', holdout: 0.01 });
+    expect(parseDataSpec('/d/x.jsonl;holdout=0.1;split=val').split).toBe('val');
+    expect(() => parseDataSpec('sotu:test')).toThrow(/sotu:train or sotu:val/);
+    expect(() => parseDataSpec('  ')).toThrow(/empty/);
   });
 });
 
@@ -107,11 +114,11 @@ describe('user corpora', () => {
 
   it('names file and line for bad JSONL', async () => {
     const cases: [string, RegExp][] = [
-      ['{"text": "ok"}\n{"text": oops}\n', /bad\.jsonl:2: invalid JSON/],
-      ['{"text": "ok"}\n\n{"body": "x"}\n', /bad\.jsonl:3: missing "text"/],
-      ['{"text": 5}\n', /bad\.jsonl:1: "text" is number, not a string/],
-      ['{"text": null}\n', /bad\.jsonl:1: "text" is null/],
-      ['["text"]\n', /bad\.jsonl:1: expected a JSON object/],
+      ['{"text": "ok"}\n{"text": oops}\n', /bad\.jsonl:2 \(byte offset 15\): invalid JSON/],
+      ['{"text": "ok"}\n\n{"body": "x"}\n', /bad\.jsonl:3 \(byte offset 16\): missing "text" field/],
+      ['{"text": 5}\n', /bad\.jsonl:1 \(byte offset 0\): "text" is number, not a string/],
+      ['{"text": null}\n', /bad\.jsonl:1 \(byte offset 0\): "text" is null/],
+      ['["text"]\n', /bad\.jsonl:1 \(byte offset 0\): expected a JSON object/],
     ];
     const f = path.join(tmp, 'bad.jsonl');
     for (const [content, re] of cases) {
@@ -129,7 +136,7 @@ describe('user corpora', () => {
     await expect(loadCorpus(emptyJsonl)).rejects.toThrow(`corpus ${emptyJsonl} is empty`);
     const emptyDir = path.join(tmp, 'emptydir');
     mkdirSync(emptyDir);
-    await expect(loadCorpus(emptyDir)).rejects.toThrow(`corpus ${emptyDir} is empty`);
+    await expect(loadCorpus(emptyDir)).rejects.toThrow(`${emptyDir} is empty: the folder has no .txt`);
     await expect(loadCorpus(path.join(tmp, 'missing.txt'))).rejects.toThrow(/missing\.txt: no such file/);
   });
 });
@@ -217,58 +224,102 @@ describe('token files', () => {
   });
 });
 
-describe('tokenised-corpus cache', () => {
-  it('tokenises once, then reuses the file while corpus and tokenizer match', async () => {
+describe('token store', () => {
+  it('tokenises once, then reuses the shards while the files and the tokenizer match', async () => {
     const cache = path.join(tmp, 'cache');
     const f = path.join(tmp, 'cache-corpus.jsonl');
     writeFileSync(f, '{"text": "alpha beta"}\n{"text": "gamma"}\n');
     const bytes = new ByteTokenizer();
+    const ids = (d: { sources: readonly { stream: { length: number; read: (a: number, b: number, c: Int32Array, d: number) => void } }[] }): number[] => {
+      const s = d.sources[0].stream;
+      const out = new Int32Array(s.length);
+      s.read(0, s.length, out, 0);
+      return Array.from(out);
+    };
 
-    const first = await tokenizedCorpus(f, bytes, cache);
-    expect(first.cached).toBe(false);
-    expect(first.documents).toBe(2);
-    expect(Array.from(first.tokens)).toEqual([...bytes.encode('alpha beta'), 256, ...bytes.encode('gamma'), 256]);
-    expect(bytes.decode(Array.from(first.tokens))).toBe('alpha beta<|endoftext|>gamma<|endoftext|>');
+    const first = await openData(f, bytes, { cacheDir: cache });
+    expect(first.prepared[0]).toMatchObject({ documents: 2, reused: 0, tokenized: 1 });
+    expect(ids(first)).toEqual([...bytes.encode('alpha beta'), 256, ...bytes.encode('gamma'), 256]);
+    expect(bytes.decode(ids(first))).toBe('alpha beta<|endoftext|>gamma<|endoftext|>');
+    first.close();
 
-    const second = await tokenizedCorpus(f, bytes, cache);
-    expect(second.cached).toBe(true);
-    expect(second.path).toBe(first.path);
-    expect(Array.from(second.tokens)).toEqual(Array.from(first.tokens));
+    const second = await openData(f, bytes, { cacheDir: cache });
+    expect(second.prepared[0]).toMatchObject({ reused: 1, tokenized: 0 });
+    expect(second.prepared[0].shards[0].file).toBe(first.prepared[0].shards[0].file);
+    expect(ids(second)).toEqual(ids(first));
+    second.close();
 
-    // Changed corpus content: a new file.
+    // Changed content: a new part key, a new shard.
     writeFileSync(f, '{"text": "alpha beta"}\n{"text": "delta"}\n');
-    const third = await tokenizedCorpus(f, bytes, cache);
-    expect(third.cached).toBe(false);
-    expect(third.path).not.toBe(first.path);
+    const third = await openData(f, bytes, { cacheDir: cache });
+    expect(third.prepared[0]).toMatchObject({ reused: 0, tokenized: 1 });
+    expect(third.prepared[0].shards[0].file).not.toBe(first.prepared[0].shards[0].file);
+    third.close();
 
-    // Another tokenizer: another file.
+    // Another tokenizer: another store.
     const bpe = trainBpe(['alpha beta alpha beta delta'], { vocabSize: 270 });
-    const fourth = await tokenizedCorpus(f, bpe, cache);
-    expect(fourth.cached).toBe(false);
-    expect(fourth.tokenizerHash).toBe(tokenizerHash(bpe));
-    expect(bpe.decode(Array.from(fourth.tokens))).toBe('alpha beta<|endoftext|>delta<|endoftext|>');
+    const fourth = await openData(f, bpe, { cacheDir: cache });
+    expect(fourth.prepared[0].tokenized).toBe(1);
+    expect((await readTokenFileHeader(fourth.prepared[0].shards[0].file)).tokenizerHash).toBe(tokenizerHash(bpe));
+    expect(bpe.decode(ids(fourth))).toBe('alpha beta<|endoftext|>delta<|endoftext|>');
+    fourth.close();
 
-    // A damaged cache file is rebuilt.
-    truncateSync(third.path, TOKEN_FILE_HEADER_BYTES + 1);
-    const fifth = await tokenizedCorpus(f, bytes, cache);
-    expect(fifth.cached).toBe(false);
-    expect(Array.from(fifth.tokens)).toEqual(Array.from(third.tokens));
-    expect((await tokenizedCorpus(f, bytes, cache)).cached).toBe(true);
+    // A damaged shard is rebuilt.
+    truncateSync(third.prepared[0].shards[0].file, TOKEN_FILE_HEADER_BYTES + 1);
+    const fifth = await openData(f, bytes, { cacheDir: cache });
+    expect(fifth.prepared[0]).toMatchObject({ reused: 0, tokenized: 1 });
+    expect(ids(fifth)).toEqual(ids(third));
+    fifth.close();
+    expect((await openData(f, bytes, { cacheDir: cache })).prepared[0].reused).toBe(1);
+  });
+
+  it('opens a prepared source from its manifest and shard headers; payloads are checked once, or on --verify', async () => {
+    const cache = path.join(tmp, 'cache-manifest');
+    const f = path.join(tmp, 'manifest-corpus.jsonl');
+    writeFileSync(f, '{"text": "alpha beta"}\n{"text": "gamma"}\n');
+    utimesSync(f, 1_000_000_000, 1_000_000_000);
+    const bytes = new ByteTokenizer();
+    const first = await openData(f, bytes, { cacheDir: cache });
+    const shard = first.prepared[0].shards[0].file;
+    first.close();
+    // Same size and mtime, other bytes: the manifest is trusted, the file is not read again.
+    writeFileSync(f, '{"text": "ALPHA BETA"}\n{"text": "GAMMA"}\n');
+    utimesSync(f, 1_000_000_000, 1_000_000_000);
+    const again = await openData(f, bytes, { cacheDir: cache });
+    expect(again.prepared[0]).toMatchObject({ reused: 1, tokenized: 0 });
+    expect(bytes.decode(Array.from({ length: again.sources[0].stream.length }, (_, i) => {
+      const one = new Int32Array(1);
+      again.sources[0].stream.read(i, 1, one, 0);
+      return one[0];
+    }))).toBe('alpha beta<|endoftext|>gamma<|endoftext|>');
+    again.close();
+    // A flipped payload byte goes unnoticed by a plain open (headers only), and is caught by verify.
+    const buf = readFileSync(shard);
+    buf[TOKEN_FILE_HEADER_BYTES] ^= 1;
+    writeFileSync(shard, buf);
+    expect((await openData(f, bytes, { cacheDir: cache })).prepared[0].reused).toBe(1);
+    const verified = await openData(f, bytes, { cacheDir: cache, verify: true });
+    expect(verified.prepared[0]).toMatchObject({ reused: 0, tokenized: 1 });
+    verified.close();
   });
 
   it('tokenises the embedded validation split', async () => {
     const bpe = trainBpe((await loadCorpus('sotu:train')).documents, { vocabSize: 512, maxBytes: 128 * 1024 });
-    const val = await tokenizedCorpus('sotu:val', bpe, path.join(tmp, 'cache2'));
+    const val = await openData('sotu:val', bpe, { cacheDir: path.join(tmp, 'cache2') });
     expect(val.spec).toBe('sotu:val');
-    expect(val.tokens).toBeInstanceOf(Uint16Array);
-    expect(val.count).toBeGreaterThan(100_000);
-    const eots = Array.from(val.tokens).filter((t) => t === 256).length;
-    expect(eots).toBe(val.documents);
+    const shard = await readTokenFile(val.prepared[0].shards[0].file, { tokenizer: bpe });
+    expect(shard.tokens).toBeInstanceOf(Uint16Array);
+    expect(shard.count).toBeGreaterThan(100_000);
+    expect(Array.from(shard.tokens).filter((t) => t === 256).length).toBe(shard.documents);
+    val.close();
   });
 
-  it('tokenizeDocuments checks ids against the vocabulary', () => {
-    const broken = { ...new ByteTokenizer(), vocabSize: 100, name: 'broken', kind: 'bytes' as const, endOfTextId: null, encode: () => [150], decode: () => '', toJSON: () => ({}) };
-    expect(() => tokenizeDocuments(['x'], broken)).toThrow(/token id 150 .* outside/);
+  it('a streamed token file checks ids against the vocabulary', async () => {
+    const w = await TokenFileWriter.create(path.join(tmp, 'range.tok'), { vocabSize: 100, tokenizerHash: 'ab'.repeat(32) });
+    await w.append([1, 2]);
+    await expect(w.append([150])).rejects.toThrow(/range\.tok: token id 150 at position 2 is outside the vocabulary \(size 100\)/);
+    await w.abort();
+    expect(readdirSync(tmp).filter((n) => n.includes('range.tok'))).toEqual([]);
   });
 });
 
@@ -280,11 +331,12 @@ describe('batches', () => {
     const b = sampleBatch(tokens, { ...opts, step: 0 });
     expect(b.input.length).toBe(8 * 32);
     expect(b.target.length).toBe(8 * 32);
-    const starts = sampleOffsets(tokens.length, { ...opts, step: 0 });
+    const rows = batchRows(tokens, { ...opts, step: 0 });
     for (let r = 0; r < 8; r++) {
+      expect(rows[r].start).toBe(rows[r].window * 32);
       for (let t = 0; t < 32; t++) {
-        expect(b.input[r * 32 + t]).toBe(tokens[starts[r] + t]);
-        expect(b.target[r * 32 + t]).toBe(tokens[starts[r] + t + 1]);
+        expect(b.input[r * 32 + t]).toBe(tokens[rows[r].start + t]);
+        expect(b.target[r * 32 + t]).toBe(tokens[rows[r].start + t + 1]);
       }
     }
   });
@@ -299,39 +351,95 @@ describe('batches', () => {
     expect(Array.from(c.input)).not.toEqual(Array.from(a.input));
     const d = sampleBatch(tokens, { ...opts, seed: 4321, step: 5 });
     expect(Array.from(d.input)).not.toEqual(Array.from(a.input));
-    // Same batch from any array type holding the same ids.
+    // Same batch from any array type or stream holding the same ids.
     const e = sampleBatch(Array.from(tokens), { ...opts, step: 5 });
     expect(Array.from(e.input)).toEqual(Array.from(a.input));
+    expect(Array.from(sampleBatch(arrayStream(tokens), { ...opts, step: 5 }).input)).toEqual(Array.from(a.input));
   });
 
-  it('gives a resumed run exactly the batches of an uninterrupted one', () => {
+  it('gives a resumed run exactly the batches of an uninterrupted one, mid-epoch', () => {
+    // 312 windows of 32: an epoch is 39 steps of 8, so the resumption at step 50 is mid-epoch.
+    expect(windowCount(tokens, 32)).toBe(312);
     const run = (from: number, to: number): number[][] => {
       const out: number[][] = [];
       for (let step = from; step < to; step++) out.push(Array.from(sampleBatch(tokens, { ...opts, step }).input));
       return out;
     };
-    const straight = run(0, 20);
-    const resumed = [...run(0, 7), ...run(7, 20)];
+    const straight = run(0, 100);
+    const resumed = [...run(0, 50), ...run(50, 100)];
     expect(resumed).toEqual(straight);
   });
 
-  it('covers the stream roughly uniformly, large seeds and steps included', () => {
-    const n = 1000;
-    const counts = new Array<number>(10).fill(0);
-    let total = 0;
-    for (let step = 0; step < 500; step++) {
-      for (const s of sampleOffsets(n + 16, { batchSize: 16, seqLen: 16, seed: 7, step })) {
-        expect(s).toBeGreaterThanOrEqual(0);
-        expect(s).toBeLessThan(n);
-        counts[Math.floor(s / 100)]++;
-        total++;
+  it('sees every window exactly once per epoch, in a different order each epoch', () => {
+    for (const [n, seqLen, batchSize] of [
+      [10_000, 32, 8],
+      [4_097, 16, 7],
+      [1_000, 1, 3],
+    ] as const) {
+      const data = Uint16Array.from({ length: n }, (_, i) => i % 65536);
+      const w = windowCount(data, seqLen);
+      expect(w).toBe(Math.floor((n - 1) / seqLen));
+      const seen = [new Map<number, number>(), new Map<number, number>(), new Map<number, number>()];
+      const orders: number[][] = [[], [], []];
+      for (let i = 0; i < 3 * w; i += batchSize) {
+        const rows = batchRows(data, { batchSize, seqLen, seed: 99, step: i / batchSize });
+        rows.forEach((row, r) => {
+          if (i + r >= 3 * w) return;
+          expect(row.epoch).toBe(Math.floor((i + r) / w));
+          seen[row.epoch].set(row.window, (seen[row.epoch].get(row.window) ?? 0) + 1);
+          orders[row.epoch].push(row.window);
+        });
+      }
+      for (const m of seen) {
+        expect(m.size).toBe(w);
+        expect([...m.values()].every((c) => c === 1)).toBe(true);
+      }
+      expect(orders[0]).not.toEqual(orders[1]);
+    }
+    // The permutation is a bijection for sizes that are not powers of two, large ones included.
+    for (const n of [1, 2, 3, 5, 1000, 65_537]) {
+      const hit = new Uint8Array(n);
+      for (let i = 0; i < n; i++) hit[permuteIndex(i, n, 7, 0, 0)]++;
+      expect(hit.every((c) => c === 1)).toBe(true);
+    }
+    const big = 2 ** 40 + 12345;
+    const p = permuteIndex(big - 1, big, -(2 ** 52), 2 ** 40, 3);
+    expect(p >= 0 && p < big && Number.isInteger(p)).toBe(true);
+    expect(() => sampleBatch(tokens, { ...opts, step: -1 })).toThrow(/step/);
+    expect(() => sampleBatch(tokens, { ...opts, batchSize: 0, step: 0 })).toThrow(/batchSize/);
+  });
+
+  it('honours mixture weights and holdouts', () => {
+    const a = { name: 'a', weight: 3, stream: arrayStream(Uint16Array.from({ length: 5000 }, () => 1)), ranges: [[0, 5000]] as [number, number][] };
+    const b = { name: 'b', weight: 1, stream: arrayStream(Uint16Array.from({ length: 800 }, () => 2)), ranges: [[0, 800]] as [number, number][] };
+    const data = { spec: 'mix', sources: [a, b] };
+    let fromA = 0;
+    let fromB = 0;
+    const seenB = new Map<number, number>();
+    const wB = windowCount(data, 8, 1);
+    for (let step = 0; step < 1024; step++) {
+      const batch = sampleBatch(data, { batchSize: 4, seqLen: 8, seed: 5, step });
+      for (let r = 0; r < 4; r++) (batch.input[r * 8] === 1 ? fromA++ : fromB++);
+      for (const row of batchRows(data, { batchSize: 4, seqLen: 8, seed: 5, step })) {
+        if (row.source === 1 && row.epoch === 0) seenB.set(row.window, (seenB.get(row.window) ?? 0) + 1);
       }
     }
-    for (const c of counts) expect(Math.abs(c - total / 10)).toBeLessThan(total / 10 / 5);
-    const big = sampleOffsets(100, { batchSize: 4, seqLen: 8, seed: -(2 ** 52), step: 2 ** 53 - 1 });
-    expect(big.every((s) => s >= 0 && s < 92)).toBe(true);
-    expect(() => sampleOffsets(100, { batchSize: 4, seqLen: 8, seed: 1, step: -1 })).toThrow(/step/);
-    expect(() => sampleOffsets(100, { batchSize: 0, seqLen: 8, seed: 1, step: 0 })).toThrow(/batchSize/);
+    expect(fromA + fromB).toBe(4096);
+    expect(fromA).toBe(3072);
+    // Source b went through whole epochs of its own: every window of its first epoch once.
+    expect(seenB.size).toBe(wB);
+    expect([...seenB.values()].every((c) => c === 1)).toBe(true);
+
+    // A holdout: train and val are disjoint and cover the stream.
+    const n = 123_457;
+    const train = holdoutRanges(n, 0.05, 'train');
+    const val = holdoutRanges(n, 0.05, 'val');
+    const covered = new Uint8Array(n);
+    for (const [x, y] of [...train, ...val]) for (let i = x; i < y; i++) covered[i]++;
+    expect(covered.every((c) => c === 1)).toBe(true);
+    const held = val.reduce((acc, [x, y]) => acc + y - x, 0);
+    expect(Math.abs(held / n - 0.05)).toBeLessThan(0.002);
+    expect(val.length).toBe(50);
   });
 
   it('errors clearly when the corpus is shorter than seqLen + 1', () => {
@@ -343,7 +451,7 @@ describe('batches', () => {
   it('iterates non-overlapping contiguous validation windows deterministically', () => {
     const stream = Array.from({ length: 101 }, (_, i) => i);
     const batches = [...evalBatches(stream, { batchSize: 3, seqLen: 10 })];
-    expect(evalWindowCount(101, { batchSize: 3, seqLen: 10 })).toBe(10);
+    expect(evalWindowCount(stream, { batchSize: 3, seqLen: 10 })).toBe(10);
     expect(batches.map((b) => b.batchSize)).toEqual([3, 3, 3, 1]);
     const inputs = batches.flatMap((b) => Array.from(b.input));
     const targets = batches.flatMap((b) => Array.from(b.target));
@@ -355,6 +463,6 @@ describe('batches', () => {
     expect(capped.map((b) => b.batchSize)).toEqual([3]);
     expect([...evalBatches(stream, { batchSize: 4, seqLen: 10, maxTokens: 1 })].map((b) => b.batchSize)).toEqual([1]);
     // 100 tokens hold only 9 full windows with targets.
-    expect(evalWindowCount(100, { batchSize: 1, seqLen: 10 })).toBe(9);
+    expect(evalWindowCount(stream.slice(0, 100), { batchSize: 1, seqLen: 10 })).toBe(9);
   });
 });

@@ -58,7 +58,7 @@ describe.each(VARIANTS)('Dockerfile.%s', (variant) => {
   it("the build stage runs the project's setup commands, the ones scripts/setup.sh (CI) runs", () => {
     const commands = of(build, 'RUN').flatMap(runCommands);
     const project = commands.filter((c) => /^(npm (ci|run|prune)|scripts\/)/.test(c));
-    const tf = variant === 'cpu' ? ['scripts/setup-tensorflow.sh'] : variant === 'cuda' ? ['scripts/setup-tensorflow.sh --gpu'] : [];
+    const tf = variant === 'cpu' ? ['scripts/setup-tensorflow.sh'] : variant === 'cuda' ? ['scripts/setup-tensorflow.sh --gpu', 'scripts/setup-cuda.sh'] : [];
     expect(project).toEqual(['npm ci --no-audit --no-fund', 'npm run build', 'npm prune --omit=dev --no-audit --no-fund', ...tf]);
     // The same commands in CI's setup: npm ci and the build verbatim, the TensorFlow script (whose --gpu
     // variant shares every step but the wheels).
@@ -66,6 +66,7 @@ describe.each(VARIANTS)('Dockerfile.%s', (variant) => {
     expect(setupSh).toMatch(/npm run (--silent )?build/);
     expect(setupSh).toContain('scripts/setup-tensorflow.sh');
     expect(setupTf).toMatch(/--gpu\) VARIANT=gpu/);
+    expect(setupSh).toContain('scripts/setup-cuda.sh');
     // Sources go in after the dependencies (a layer cache that survives source edits), whole, minus
     // what .dockerignore leaves out.
     expect(of(build, 'COPY')).toEqual(['package.json package-lock.json ./', '. .']);
@@ -93,6 +94,8 @@ describe.each(VARIANTS)('Dockerfile.%s', (variant) => {
 
   it("the TensorFlow libraries are copied to the path the addon's deps/lib link points to", () => {
     const copies = of(runtime, 'COPY').filter((c) => c.includes('/opt/offshoot/cache/tensorflow/'));
+    // The CUDA wheels and setup-cuda.sh's links into them, at the path OFFSHOOT_CUDA_HOME names.
+    expect(of(runtime, 'COPY').filter((c) => c.includes('/opt/offshoot/cache/cuda'))).toEqual(variant === 'cuda' ? ['--from=build /opt/offshoot/cache/cuda /opt/offshoot/cache/cuda'] : []);
     expect(build.instructions.some((i) => i.instruction === 'ENV' && i.args === 'OFFSHOOT_CACHE=/opt/offshoot/cache') || variant === 'vulkan').toBe(true);
     const dir = { cpu: `tensorflow-cpu-${TF_VERSION}`, cuda: `tensorflow-${TF_VERSION}-cuda12`, vulkan: undefined }[variant];
     // scripts/setup-tensorflow.sh: TF_HOME="$TF_CACHE/tensorflow-cpu-$TF_VERSION" or "$TF_CACHE/tensorflow-$TF_VERSION-cuda12".
@@ -107,7 +110,8 @@ describe.each(VARIANTS)('Dockerfile.%s', (variant) => {
         .split(/\s+/)
         .map((kv) => kv.split('=') as [string, string]),
     );
-    expect(env.OFFSHOOT_BACKEND).toBe(variant === 'vulkan' ? 'webgpu' : 'tensorflow');
+    expect(env.OFFSHOOT_BACKEND).toBe({ cpu: 'tensorflow', cuda: 'auto', vulkan: 'webgpu' }[variant]);
+    if (variant === 'cuda') expect(env.OFFSHOOT_CUDA_HOME).toBe('/opt/offshoot/cache/cuda/13');
     expect(env.OFFSHOOT_CACHE).toBe('/var/cache/offshoot');
     expect(of(runtime, 'RUN').join(' ')).toMatch(/mkdir -p \/var\/cache\/offshoot \/data && chown 1000:1000 \/var\/cache\/offshoot \/data/);
     const overlay = render(variant);

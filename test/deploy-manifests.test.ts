@@ -167,6 +167,13 @@ describe.each(OVERLAYS)('overlay %s', (overlay) => {
     // OFFSHOOT_NATS_URL are what `offshoot worker` reads when no flag or config names them).
     expect(env.OFFSHOOT_TEMPORAL_ADDRESS).toMatch(/^[\w.-]+:\d+$/);
     expect(env.OFFSHOOT_NATS_URL).toMatch(/^(nats|tls):\/\/[\w.-]+:\d+$/);
+    // The token store is on the shared volume, writable by the workers that tokenise: a corpus is
+    // tokenised once for every pod and run, not per pod.
+    expect(env.OFFSHOOT_TOKENS).toMatch(/^\/data\//);
+    for (const name of ['offshoot-evaluator', 'offshoot-pretrain']) {
+      const mount = container(find(objs, 'Deployment', name) as Any).volumeMounts.find((m: Any) => m.mountPath === '/data');
+      expect(mount?.readOnly, name).not.toBe(true);
+    }
     const evaluator = find(objs, 'Deployment', 'offshoot-evaluator') as Any;
     const slots = Number(argsOf(evaluator).slots);
     expect(slots).toBe(1);

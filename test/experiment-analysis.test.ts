@@ -27,7 +27,11 @@ function run(arm: PaperArm, seed: number, start: number, factor: number, flopsPe
     tokens,
     flops: tokens * (flopsPerToken.training + flopsPerToken.teacher),
     curve,
-    final: { val: { valLoss: last.valLoss, valPpl: last.valPpl, tokens: 2048 }, ood: { valLoss: last.valLoss + 1, valPpl: last.valPpl * Math.E, tokens: 2048 } },
+    final: {
+      // 2048 tokens of 4 bytes each: bits per byte = loss / (4 ln 2).
+      val: { valLoss: last.valLoss, valPpl: last.valPpl, valBpb: last.valLoss / (4 * Math.LN2), tokens: 2048, bytes: 8192 },
+      ood: { valLoss: last.valLoss + 1, valPpl: last.valPpl * Math.E, valBpb: (last.valLoss + 1) / (4 * Math.LN2), tokens: 2048, bytes: 8192 },
+    },
     checkpoint: { dir: `/x/${arm}-${seed}`, hash: 'h', step: 40 },
     seconds: 1,
   };
@@ -48,7 +52,7 @@ function syntheticResult(): PaperTableResult {
   const runs: PaperRun[] = [];
   for (const seed of [1, 2, 3]) for (const arm of PAPER_ARMS) runs.push(run(arm, seed, shape[arm][0] * (1 + 0.01 * seed), shape[arm][1], shape[arm][2]));
   const config = { vocabSize: 300, hiddenSize: 32, numLayers: 2, headSize: 8, maxPositions: 256, layers: [{ numHeads: 4, intermediateSize: 128 }] };
-  const ev = { valLoss: 3, valPpl: Math.exp(3), tokens: 2048 };
+  const ev = { valLoss: 3, valPpl: Math.exp(3), valBpb: 3 / (4 * Math.LN2), tokens: 2048, bytes: 8192 };
   return {
     runId: 'synthetic',
     teacher: { dir: '/t', hash: 'h', parameters: 5000, config: config as never, val: ev, ood: ev },
@@ -56,7 +60,7 @@ function syntheticResult(): PaperTableResult {
     specs: { search: {}, firstK: {}, random: {}, descriptions: { search: 'evo shape', firstK: 'first-k shape', random: 'evo shape' } },
     settings: {
       batchSize: 8, seqLen: 32, steps: 40, tokensPerStep: 256, evalEvery: 10, evalTokens: 1024, finalEvalTokens: 2048, oodEvalTokens: 2048,
-      valData: 'sotu:val', oodData: 'mobydick', trainData: 'sotu:train', distill: { alpha: 0.5, temperature: 1, direction: 'forward' }, randomShape: 'search', arms: [...PAPER_ARMS], seeds: [1, 2, 3],
+      valData: 'sotu:val', oodData: 'mobydick', trainData: 'sotu:train', taskFiles: [], distill: { alpha: 0.5, temperature: 1, direction: 'forward' }, randomShape: 'search', arms: [...PAPER_ARMS], seeds: [1, 2, 3],
     },
     runs,
     timings: { teacher: 1, search: 2, pretrain: 3, total: 6 },

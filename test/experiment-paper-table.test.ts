@@ -4,7 +4,9 @@
  * processes) runs the paperTable workflow — teacher step, evolution child workflow, six arms × three
  * seeds of pretraining child workflows — and the command writes the table, the plots and the data.
  * The numbers must be consistent: the same budget for every arm, FLOPs from core/subnet's counting,
- * the table's figures equal to the raw results'. The command stops what it started.
+ * the table's figures equal to the raw results', bits per byte next to every perplexity, and a
+ * zero-shot task (made from the corpus) scored on the teacher and every arm. The command stops what
+ * it started.
  */
 import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -18,6 +20,7 @@ import { loadConfig } from '../core/model/index.js';
 import { mean, std } from '../services/experiment/index.js';
 import { PAPER_ARMS, type PaperTableResult } from '../workflows/index.js';
 import { type CliExit, startOffshoot } from './helpers/orchestration.js';
+import { writeNextSentenceTask } from './helpers/tasks.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'offshoot-paper-table-'));
 const children: ChildProcess[] = [];
@@ -69,7 +72,8 @@ function processesMentioning(needle: string): number[] {
 describe('offshoot experiment paper-table (tiny configuration)', () => {
   it('runs six arms × three seeds as one workflow and writes a consistent table, plots and data', async () => {
     const configFile = path.join(tmp, 'paper-table.yaml');
-    fs.writeFileSync(configFile, config);
+    const taskFile = await writeNextSentenceTask(path.join(tmp, 'tasks'), { count: 12 });
+    fs.writeFileSync(configFile, `${config}  tasks: [${JSON.stringify(taskFile)}]\n`);
     const out = path.join(tmp, 'results');
     const r = await runCli(['experiment', 'paper-table', '--config', configFile, '--out', out, '--json']);
     expect(r.code, r.stderr.slice(-4000)).toBe(0);
@@ -134,6 +138,29 @@ describe('offshoot experiment paper-table (tiny configuration)', () => {
       const label = { 'random-ce': 'random init (CE)', 'random-kd': 'random init + KD', 'firstk-ce': 'first-k sub-network (CE)', 'firstk-kd': 'first-k sub-network + KD', 'evo-ce': 'evolutionary-search sub-network (CE)', 'evo-kd': 'evolutionary-search sub-network + KD' }[arm];
       expect(md).toContain(`| ${label} | ${a && result.runs.find((x) => x.arm === arm)!.parameters.toLocaleString('en-US')} | ${mean(ppls).toFixed(2)} ± ${std(ppls).toFixed(2)} |`);
     }
+    // Bits per byte next to every perplexity: the loss per byte of the same evaluation.
+    for (const e of [...result.runs.flatMap((x) => [x.final.val, x.final.ood]), result.teacher.val, result.teacher.ood]) {
+      {
+        expect(e.bytes).toBeGreaterThan(e.tokens);
+        expect(e.valBpb).toBeCloseTo((e.valLoss * e.tokens) / (Math.LN2 * e.bytes), 10);
+      }
+    }
+    expect(md).toMatch(/\| arm \| parameters \| val perplexity \(sotu:val\) \| val bits per byte \| mobydick perplexity \| mobydick bits per byte \|/);
+    // The task, on the teacher and on every run, and its table.
+    expect(result.teacher.tasks?.map((t) => [t.task, t.docs])).toEqual([['sotu_next_sentence', 12]]);
+    for (const x of result.runs) {
+      const acc = x.final.tasks?.[0].metrics.acc_norm.value;
+      expect(acc, x.name).toBeGreaterThanOrEqual(0);
+      expect(acc, x.name).toBeLessThanOrEqual(1);
+    }
+    expect(md).toContain('### Zero-shot tasks');
+    expect(md).toContain('| model | sotu_next_sentence (acc_norm, 12 docs) |');
+    for (const arm of PAPER_ARMS) {
+      const accs = result.runs.filter((x) => x.arm === arm).map((x) => x.final.tasks![0].metrics.acc_norm.value);
+      const label = { 'random-ce': 'random init (CE)', 'random-kd': 'random init + KD', 'firstk-ce': 'first-k sub-network (CE)', 'firstk-kd': 'first-k sub-network + KD', 'evo-ce': 'evolutionary-search sub-network (CE)', 'evo-kd': 'evolutionary-search sub-network + KD' }[arm];
+      expect(md).toContain(`| ${label} | ${mean(accs).toFixed(3)} ± ${std(accs).toFixed(3)} |`);
+    }
+
     // The baseline's ratio is 1 by construction, in every seed.
     expect(data.analysis.arms.find((s) => s.arm === 'random-ce')!.efficiency.map((e) => e.tokenRatio)).toEqual([1, 1, 1]);
     expect(data.analysis.claims.length).toBeGreaterThanOrEqual(10);

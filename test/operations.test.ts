@@ -134,7 +134,7 @@ describe('a new backend plugs in through registrations alone', () => {
 
 describe('docs/operations.md', () => {
   it("lists every operation with the backends that register kernels for it, as the backends' register.ts files do", async () => {
-    await Promise.all([import('../core/model/webgpu/register.js'), import('../core/model/tensorflow/register.js'), import('../core/model/wasm/register.js')]);
+    await Promise.all([import('../core/model/webgpu/register.js'), import('../core/model/tensorflow/register.js'), import('../core/model/wasm/register.js'), import('../core/model/cuda/register.js')]);
     const doc = fs.readFileSync(new URL('../docs/operations.md', import.meta.url), 'utf8');
     // The table's rows: | `name` | module | reference | kernels |
     const documented = new Map<string, string[]>();

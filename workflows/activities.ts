@@ -8,11 +8,13 @@ import type {
   CheckpointEval,
   EvaluateCheckpointInput,
   EvaluateInput,
+  EvaluateTasksInput,
   EvaluateOutput,
   PrepareStudentInput,
   PrepareTeacherInput,
   PipelineResult,
   StudentRef,
+  TaskAccuracy,
   TeacherRef,
   TrainSegmentInput,
   TrainSegmentOutput,
@@ -35,8 +37,10 @@ export interface PretrainActivities {
    * {step, checkpoint}; a retry resumes from the last heartbeat's checkpoint.
    */
   trainSegment(input: TrainSegmentInput): Promise<TrainSegmentOutput>;
-  /** Validation loss and perplexity of a checkpoint. */
+  /** Validation loss, perplexity and bits per byte of a checkpoint. */
   evaluateCheckpoint(input: EvaluateCheckpointInput): Promise<CheckpointEval>;
+  /** Zero-shot scores of a checkpoint on lm-evaluation-harness task files. Heartbeats. */
+  evaluateTasks(input: EvaluateTasksInput): Promise<TaskAccuracy[]>;
 }
 
 /** Task queue "orchestrate": small bookkeeping next to the workflows. */

@@ -13,7 +13,8 @@
  * Reuses the pipeline's pieces: the teacher step (`prepareTeacher`), the evolution actor (child
  * workflow), and the pretraining actor (one child workflow per arm and seed); every student gets a
  * validation point before training (step 0), the pretraining actor's validation points every
- * `evalEvery` steps, and a final evaluation on the validation corpus and on an out-of-domain one.
+ * `evalEvery` steps, and a final evaluation on the validation corpus and on an out-of-domain one
+ * (perplexity and bits per byte), and on zero-shot tasks when the experiment names task files.
  * Deterministic workflow code: it holds references and numbers; the analysis and the files are made
  * by the `writePaperTable` activity (services/experiment).
  */
@@ -37,6 +38,7 @@ import {
   type PretrainInput,
   type RunRef,
   type StudentInit,
+  type TaskAccuracy,
   type TeacherRef,
   type TeacherServiceRef,
   TASK_QUEUES,
@@ -65,6 +67,8 @@ export interface PaperTableInput {
   teacherService?: TeacherServiceRef;
   /** The out-of-domain corpus of the second column (Moby Dick by default). */
   ood: { data: string; evalTokens: number };
+  /** Zero-shot tasks (lm-evaluation-harness task files, absolute paths) scored on the teacher and every final student. */
+  tasks?: { files: string[]; cwd: string; limit?: number };
   evolution: Omit<EvolutionInput, 'run' | 'teacher' | 'data' | 'teacherService' | 'carry'>;
   /** The pretraining of every arm; `hyper.seed` and `hyper.distill` are set per arm and seed. */
   pretrain: Omit<PretrainInput, 'run' | 'name' | 'init' | 'teacher' | 'data' | 'teacherService' | 'carry'>;
@@ -100,14 +104,14 @@ export interface PaperRun {
   flops: number;
   /** Validation curve: step 0 (before training), then every `evalEvery` steps, on `evalTokens` tokens. */
   curve: EvalPoint[];
-  final: { val: CheckpointEval; ood: CheckpointEval };
+  final: { val: CheckpointEval; ood: CheckpointEval; tasks?: TaskAccuracy[] };
   checkpoint: CheckpointRef;
   seconds: number;
 }
 
 export interface PaperTableResult {
   runId: string;
-  teacher: { dir: string; hash: string; parameters: number; config: NeoXConfig; val: CheckpointEval; ood: CheckpointEval };
+  teacher: { dir: string; hash: string; parameters: number; config: NeoXConfig; val: CheckpointEval; ood: CheckpointEval; tasks?: TaskAccuracy[] };
   search: { best: BestCandidate; evaluations: number; seed: number; flops: number; target: { minParams: number; maxParams: number; label: string } };
   specs: { search: SubnetSpec; firstK: SubnetSpec; random: SubnetSpec; descriptions: { search: string; firstK: string; random: string } };
   settings: {
@@ -122,6 +126,8 @@ export interface PaperTableResult {
     valData: string;
     oodData: string;
     trainData: string;
+    /** The task files scored (empty: none). */
+    taskFiles: string[];
     distill: PaperTableInput['distill'];
     randomShape: PaperTableInput['randomShape'];
     arms: PaperArm[];
@@ -182,7 +188,13 @@ export async function paperTable(input: PaperTableInput): Promise<PaperTableResu
     small.evaluateCheckpoint({ checkpoint, data, tokenizerDir: teacher.dir, seqLen: h.seqLen, batchSize: h.batchSize, evalTokens });
   const oodData: DataRef = { ...input.data, val: input.ood.data };
   const teacherRef = { dir: teacher.dir, hash: teacher.hash };
-  const [teacherVal, teacherOod] = await Promise.all([evalOn(teacherRef, input.data, input.finalEvalTokens), evalOn(teacherRef, oodData, input.ood.evalTokens)]);
+  const tasksOf = async (checkpoint: { dir: string; hash: string }): Promise<TaskAccuracy[] | undefined> =>
+    input.tasks?.files.length ? small.evaluateTasks({ checkpoint, tokenizerDir: teacher.dir, ...input.tasks, batchSize: h.batchSize }) : undefined;
+  const [teacherVal, teacherOod, teacherTasks] = await Promise.all([
+    evalOn(teacherRef, input.data, input.finalEvalTokens),
+    evalOn(teacherRef, oodData, input.ood.evalTokens),
+    tasksOf(teacherRef),
+  ]);
 
   // 2. The search (the evolution actor), which also fixes the parameter bin every arm lives in.
   stage = 'search';
@@ -218,7 +230,7 @@ export async function paperTable(input: PaperTableInput): Promise<PaperTableResu
     const zero = await evalOn(student.checkpoint, input.data, input.pretrain.evalTokens);
     const args: PretrainInput = { ...pretrainSettings, run: input.run, name, init, teacher, data: input.data, teacherService: input.teacherService, hyper };
     const r = await executeChild(pretrain, { workflowId: ids.pretrain(name), taskQueue: TASK_QUEUES.orchestrate, args: [args] });
-    const [val, ood] = await Promise.all([evalOn(r.checkpoint, input.data, input.finalEvalTokens), evalOn(r.checkpoint, oodData, input.ood.evalTokens)]);
+    const [val, ood, tasks] = await Promise.all([evalOn(r.checkpoint, input.data, input.finalEvalTokens), evalOn(r.checkpoint, oodData, input.ood.evalTokens), tasksOf(r.checkpoint)]);
     const counts = countShape(student.config, teacher.config, { seqLen: h.seqLen });
     const teacherPerToken = hyper.distill ? counts.flopsPerToken.teacherForward : 0;
     runs[i] = {
@@ -231,7 +243,7 @@ export async function paperTable(input: PaperTableInput): Promise<PaperTableResu
       tokens: r.tokens,
       flops: r.flops.total,
       curve: [{ step: 0, valLoss: zero.valLoss, valPpl: zero.valPpl }, ...r.evals.filter((e) => e.step > 0)],
-      final: { val, ood },
+      final: { val, ood, ...(tasks ? { tasks } : {}) },
       checkpoint: r.checkpoint,
       seconds: r.segments.reduce((s, seg) => s + seg.seconds, 0),
     };
@@ -249,7 +261,7 @@ export async function paperTable(input: PaperTableInput): Promise<PaperTableResu
   const t3 = Date.now();
   const result: PaperTableResult = {
     runId: input.run.runId,
-    teacher: { dir: teacher.dir, hash: teacher.hash, parameters: teacher.parameters, config: teacher.config, val: teacherVal, ood: teacherOod },
+    teacher: { dir: teacher.dir, hash: teacher.hash, parameters: teacher.parameters, config: teacher.config, val: teacherVal, ood: teacherOod, ...(teacherTasks ? { tasks: teacherTasks } : {}) },
     search: { best: evo.best, evaluations: evo.status.asked, seed: evo.seed, flops: evo.searchFlops, target: evo.status.target },
     specs: {
       search: evo.best.spec,
@@ -269,6 +281,7 @@ export async function paperTable(input: PaperTableInput): Promise<PaperTableResu
       valData: input.data.val,
       oodData: input.ood.data,
       trainData: input.data.train,
+      taskFiles: input.tasks?.files ?? [],
       distill: input.distill,
       randomShape: input.randomShape,
       arms: input.arms,

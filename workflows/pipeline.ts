@@ -157,6 +157,7 @@ async function runPipeline(input: PipelineInput): Promise<PipelineResult> {
       parameters: r.parameters,
       valLoss: evals[i].valLoss,
       valPpl: evals[i].valPpl,
+      valBpb: evals[i].valBpb,
       tokens: r.tokens,
       flops: r.flops.total,
       ...(plan.name === 'student' ? { searchFlops: evo.searchFlops } : {}),
@@ -166,7 +167,7 @@ async function runPipeline(input: PipelineInput): Promise<PipelineResult> {
   if (!rows.length) throw ApplicationFailure.nonRetryable('pipeline: nothing was pretrained');
   const result: Omit<PipelineResult, 'report'> = {
     runId: input.run.runId,
-    teacher: { dir: teacher.dir, hash: teacher.hash, parameters: teacher.parameters, valLoss: teacherEval.valLoss },
+    teacher: { dir: teacher.dir, hash: teacher.hash, parameters: teacher.parameters, valLoss: teacherEval.valLoss, valBpb: teacherEval.valBpb },
     search: { best: evo.best, evaluations: evo.status.asked, runs: evo.status.run, seed: evo.seed, flops: evo.searchFlops },
     rows,
   };

@@ -404,7 +404,32 @@ export interface EvaluateCheckpointInput {
 export interface CheckpointEval {
   valLoss: number;
   valPpl: number;
+  /** Bits per UTF-8 byte of the scored text (core/eval: comparable across tokenizers). */
+  valBpb: number;
   tokens: number;
+  /** UTF-8 bytes of the scored text. */
+  bytes: number;
+}
+
+export interface EvaluateTasksInput {
+  checkpoint: CheckpointRef;
+  /** Tokenizer folder (the teacher's) when the checkpoint has none. */
+  tokenizerDir: string;
+  /** lm-evaluation-harness task YAML files (absolute paths, readable by the worker). */
+  files: string[];
+  /** Folder the tasks' relative data_files are resolved against: where the experiment was started. */
+  cwd: string;
+  /** Score only the first N documents of each task. */
+  limit?: number;
+  batchSize: number;
+}
+
+/** One task's zero-shot scores (core/eval's TaskScore, as plain data). */
+export interface TaskAccuracy {
+  task: string;
+  docs: number;
+  /** acc, acc_norm, ... with the standard error of the mean (null for perplexity). */
+  metrics: Record<string, { value: number; stderr: number | null }>;
 }
 
 // ---- pipeline ----------------------------------------------------------------------------------------
@@ -432,6 +457,8 @@ export interface ResultRow {
   parameters: number;
   valLoss: number;
   valPpl: number;
+  /** Bits per UTF-8 byte on the validation corpus. */
+  valBpb: number;
   /** Pretraining tokens. */
   tokens: number;
   /** Pretraining FLOPs (student training + teacher forward passes for distillation). */
@@ -443,7 +470,7 @@ export interface ResultRow {
 
 export interface PipelineResult {
   runId: string;
-  teacher: { dir: string; hash: string; parameters: number; valLoss?: number };
+  teacher: { dir: string; hash: string; parameters: number; valLoss?: number; valBpb?: number };
   search: { best: BestCandidate; evaluations: number; runs: number; seed: number; flops: number };
   rows: ResultRow[];
   report: { json: string; markdown: string };

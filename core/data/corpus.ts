@@ -1,25 +1,18 @@
 /**
- * Corpora: the embedded State of the Union addresses (train: before 2001, validation: 2001 on), Moby
- * Dick (out-of-domain test set), and user corpora (a text file, a folder of .txt/.md files, or JSONL
- * with a "text" field). A corpus is an ordered list of documents; order is deterministic.
+ * The embedded corpora — the State of the Union addresses (train: before 2001, validation: 2001 on)
+ * and Moby Dick (out-of-domain test set) — and corpora held in memory as documents (small ones:
+ * tokenizer training, tests; loadCorpus in sources.ts). Order is deterministic.
  */
 import { createHash } from 'node:crypto';
-import { promises as fsp } from 'node:fs';
 import { createRequire } from 'node:module';
-import * as path from 'node:path';
 
 const require = createRequire(import.meta.url);
 
 /** First year of the SOTU validation split. */
 export const SOTU_VALIDATION_FROM = 2001;
 
-export type CorpusSpec =
-  | { kind: 'sotu'; split: 'train' | 'val' }
-  | { kind: 'mobydick' }
-  | { kind: 'path'; path: string };
-
 export interface Corpus {
-  /** The spec string it came from, normalised (`sotu:train`, `mobydick`, or an absolute path). */
+  /** The data spec it came from. */
   readonly spec: string;
   readonly documents: readonly string[];
 }
@@ -28,39 +21,6 @@ export interface CorpusStats {
   documents: number;
   characters: number;
   bytes: number;
-}
-
-const EMBEDDED = 'sotu:train, sotu:val, mobydick';
-
-/**
- * Parses a corpus spec string: `sotu:train`, `sotu:val`, `mobydick` (also `moby-dick`), or a path to a
- * text file, a folder, or a .jsonl/.ndjson file. A `file:` prefix forces a path. Paths are resolved
- * against `cwd` (default process.cwd()).
- */
-export function parseCorpusSpec(spec: string, cwd: string = process.cwd()): CorpusSpec {
-  const s = spec.trim();
-  if (s.length === 0) throw new Error(`corpus spec is empty; use one of ${EMBEDDED} or a path`);
-  if (s.startsWith('file:')) {
-    const p = s.slice('file:'.length);
-    if (p.length === 0) throw new Error(`corpus spec ${JSON.stringify(spec)} names no path`);
-    return { kind: 'path', path: path.resolve(cwd, p) };
-  }
-  if (s === 'sotu:train') return { kind: 'sotu', split: 'train' };
-  if (s === 'sotu:val' || s === 'sotu:validation') return { kind: 'sotu', split: 'val' };
-  if (s.startsWith('sotu:')) throw new Error(`corpus spec ${JSON.stringify(spec)}: unknown sotu split; use sotu:train or sotu:val`);
-  if (s === 'mobydick' || s === 'moby-dick') return { kind: 'mobydick' };
-  return { kind: 'path', path: path.resolve(cwd, s) };
-}
-
-export function formatCorpusSpec(spec: CorpusSpec): string {
-  switch (spec.kind) {
-    case 'sotu':
-      return `sotu:${spec.split}`;
-    case 'mobydick':
-      return 'mobydick';
-    case 'path':
-      return spec.path;
-  }
 }
 
 interface SotuRecord {
@@ -97,103 +57,6 @@ export function mobyDickChapters(): readonly string[] {
     mobyCache = moby().map((c) => String(c.text));
   }
   return mobyCache;
-}
-
-/** Loads a corpus from a spec (string or parsed). An empty corpus is an error naming the source. */
-export async function loadCorpus(spec: string | CorpusSpec, cwd?: string): Promise<Corpus> {
-  const parsed = typeof spec === 'string' ? parseCorpusSpec(spec, cwd) : spec;
-  const name = formatCorpusSpec(parsed);
-  let documents: string[];
-  switch (parsed.kind) {
-    case 'sotu':
-      documents = sotuSplit(parsed.split).map((r) => r.text);
-      break;
-    case 'mobydick':
-      documents = mobyDickChapters().slice();
-      break;
-    case 'path':
-      documents = await loadPath(parsed.path);
-      break;
-  }
-  documents = documents.filter((d) => d.length > 0);
-  if (documents.length === 0) throw new Error(`corpus ${name} is empty`);
-  return { spec: name, documents };
-}
-
-const TEXT_EXTENSIONS = new Set(['.txt', '.md']);
-const JSONL_EXTENSIONS = new Set(['.jsonl', '.ndjson']);
-
-async function loadPath(p: string): Promise<string[]> {
-  let st;
-  try {
-    st = await fsp.stat(p);
-  } catch {
-    throw new Error(`corpus ${p}: no such file or directory (embedded corpora: ${EMBEDDED})`);
-  }
-  if (st.isDirectory()) {
-    const files = await listTextFiles(p);
-    if (files.length === 0) throw new Error(`corpus ${p} is empty: the folder has no .txt or .md files`);
-    const docs: string[] = [];
-    for (const f of files) docs.push(await readText(f));
-    return docs;
-  }
-  if (JSONL_EXTENSIONS.has(path.extname(p).toLowerCase())) return readJsonl(p);
-  return [await readText(p)];
-}
-
-async function readText(file: string): Promise<string> {
-  const text = await fsp.readFile(file, 'utf8');
-  return text.charCodeAt(0) === 0xfeff ? text.slice(1) : text;
-}
-
-/** .txt and .md files under dir, recursively, hidden entries skipped, sorted by relative path (code units). */
-async function listTextFiles(dir: string): Promise<string[]> {
-  const out: string[] = [];
-  const walk = async (d: string, rel: string): Promise<void> => {
-    const entries = await fsp.readdir(d, { withFileTypes: true });
-    for (const e of entries) {
-      if (e.name.startsWith('.')) continue;
-      const full = path.join(d, e.name);
-      const r = rel ? `${rel}/${e.name}` : e.name;
-      let isDir = e.isDirectory();
-      let isFile = e.isFile();
-      if (e.isSymbolicLink()) {
-        const st = await fsp.stat(full).catch(() => undefined);
-        isDir = st?.isDirectory() ?? false;
-        isFile = st?.isFile() ?? false;
-      }
-      if (isDir) await walk(full, r);
-      else if (isFile && TEXT_EXTENSIONS.has(path.extname(e.name).toLowerCase())) out.push(r);
-    }
-  };
-  await walk(dir, '');
-  out.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
-  return out.map((r) => path.join(dir, ...r.split('/')));
-}
-
-/** One document per non-blank line; each line a JSON object with a string "text" field. */
-async function readJsonl(file: string): Promise<string[]> {
-  const text = await readText(file);
-  const docs: string[] = [];
-  const lines = text.split('\n');
-  for (let i = 0; i < lines.length; i++) {
-    const line = lines[i].replace(/\r$/, '');
-    if (line.trim().length === 0) continue;
-    let obj: unknown;
-    try {
-      obj = JSON.parse(line);
-    } catch (err) {
-      throw new Error(`${file}:${i + 1}: invalid JSON (${(err as Error).message})`);
-    }
-    if (obj === null || typeof obj !== 'object' || Array.isArray(obj)) {
-      throw new Error(`${file}:${i + 1}: expected a JSON object with a "text" field`);
-    }
-    const t = (obj as Record<string, unknown>).text;
-    if (t === undefined) throw new Error(`${file}:${i + 1}: missing "text" field`);
-    if (typeof t !== 'string') throw new Error(`${file}:${i + 1}: "text" is ${t === null ? 'null' : typeof t}, not a string`);
-    docs.push(t);
-  }
-  return docs;
 }
 
 /** sha256 (hex) of the documents (each length-prefixed), so any change to text or boundaries changes it. */

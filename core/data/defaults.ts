@@ -1,7 +1,8 @@
 /**
  * Defaults tying corpora and tokenizers together.
  */
-import { type Corpus, type CorpusSpec, formatCorpusSpec, loadCorpus } from './corpus.js';
+import type { Corpus } from './corpus.js';
+import { loadCorpus } from './sources.js';
 import { type BpeTokenizer, type TrainBpeOptions, trainBpe } from './tokenizer.js';
 
 /** Vocabulary of the BPE trained on the embedded corpus when no tokenizer is given. */
@@ -13,16 +14,16 @@ export const DEFAULT_TRAIN_CORPUS = 'sotu:train';
 export const DEFAULT_VALIDATION_CORPUS = 'sotu:val';
 export const DEFAULT_TEST_CORPUS = 'mobydick';
 
-/** Trains a byte-level BPE on a corpus (default: sotu:train, vocab 1024, 1 MiB of text). Deterministic. */
-export async function trainCorpusTokenizer(
-  corpus: string | CorpusSpec | Corpus = DEFAULT_TRAIN_CORPUS,
-  options: Partial<TrainBpeOptions> = {},
-): Promise<BpeTokenizer> {
-  const c: Corpus =
-    typeof corpus === 'object' && 'documents' in corpus ? corpus : await loadCorpus(typeof corpus === 'string' ? corpus : formatCorpusSpec(corpus));
+/**
+ * Trains a byte-level BPE on a corpus (default: sotu:train, vocab 1024, 1 MiB of text sampled across
+ * the corpus; a large corpus is sampled without being loaded whole). Deterministic.
+ */
+export async function trainCorpusTokenizer(corpus: string | Corpus = DEFAULT_TRAIN_CORPUS, options: Partial<TrainBpeOptions> = {}): Promise<BpeTokenizer> {
+  const maxBytes = options.maxBytes ?? DEFAULT_TOKENIZER_TRAIN_BYTES;
+  const c: Corpus = typeof corpus === 'object' ? corpus : await loadCorpus(corpus, { maxBytes });
   return trainBpe(c.documents, {
     vocabSize: options.vocabSize ?? DEFAULT_VOCAB_SIZE,
-    maxBytes: options.maxBytes ?? DEFAULT_TOKENIZER_TRAIN_BYTES,
+    maxBytes,
     minFrequency: options.minFrequency,
     name: options.name,
   });

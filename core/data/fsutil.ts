@@ -44,7 +44,8 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array | 
   await fsyncDir(dir);
 }
 
-async function fsyncDir(dir: string): Promise<void> {
+/** fsyncs a folder (best effort), so a rename in it is durable. */
+export async function fsyncDir(dir: string): Promise<void> {
   let fh: fsp.FileHandle | undefined;
   try {
     fh = await fsp.open(dir, 'r');

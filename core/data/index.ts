@@ -1,6 +1,7 @@
 /**
- * core/data: corpora, tokenizers, token files and batch sampling. Tensor-free (plain typed arrays), so
- * any layer may use it; only the file functions touch the file system.
+ * core/data: data specs and input formats, tokenizers, the token store (sharded, streaming,
+ * resumable, parallel tokenisation) and batch sampling. Tensor-free (plain typed arrays), so any layer
+ * may use it; only the file functions touch the file system. docs/data.md tells the whole story.
  */
 export {
   type Tokenizer,
@@ -14,6 +15,7 @@ export {
   BpeTokenizer,
   HfTokenizer,
   preTokenize,
+  forEachPreToken,
   trainBpe,
   sampleTrainingText,
   tokenizerFromJSON,
@@ -24,12 +26,8 @@ export {
 
 export {
   type Corpus,
-  type CorpusSpec,
   type CorpusStats,
   SOTU_VALIDATION_FROM,
-  parseCorpusSpec,
-  formatCorpusSpec,
-  loadCorpus,
   corpusHash,
   corpusStats,
   sotuAddresses,
@@ -37,33 +35,52 @@ export {
   mobyDickChapters,
 } from './corpus.js';
 
+export { type DataSpec, type SourceSpec, type InputFormat, DataError, parseDataSpec, loadCorpus } from './sources.js';
+
 export {
   type TokenArray,
   type TokenFile,
   type TokenFileHeader,
-  type TokenizedCorpus,
   type WriteTokenFileOptions,
   type ReadTokenFileOptions,
   TOKEN_FILE_MAGIC,
   TOKEN_FILE_VERSION,
   TOKEN_FILE_HEADER_BYTES,
+  TokenFileWriter,
   tokenDtypeFor,
   writeTokenFile,
   readTokenFile,
   readTokenFileHeader,
   tokenizeDocuments,
-  tokenizedCorpus,
-  tokenCacheFileName,
 } from './tokens.js';
 
 export {
+  type PrepareOptions,
+  type PrepareProgress,
+  type PreparedSource,
+  type ShardInfo,
+  type OpenedData,
+  defaultTokenStore,
+  prepareSource,
+  openData,
+  describeData,
+} from './store.js';
+
+export {
   type Batch,
+  type BatchRow,
+  type TokenStream,
+  type TokenData,
   type TokenSource,
+  type SourceView,
   type SampleBatchOptions,
   type EvalBatchOptions,
+  arrayStream,
+  holdoutRanges,
+  permuteIndex,
+  batchRows,
   sampleBatch,
-  sampleOffsets,
-  counterHash53,
+  windowCount,
   evalBatches,
   evalWindowCount,
 } from './batches.js';

@@ -3,7 +3,7 @@
  * (Pythia's included) through `@huggingface/tokenizers`.
  *
  * File format: every tokenizer saves as a Hugging Face `tokenizer.json` (model BPE, ByteLevel
- * pre-tokenizer, post-processor and decoder, no normaliser), so checkpoints carry it and transformers,
+ * pre-tokenizer, post-processor and decoder), so checkpoints carry it and transformers,
  * the Rust/Python `tokenizers` library and tokenizers.js all read it. The byte tokenizer is the
  * zero-merge case: vocab ids 0..255 are the bytes, 256 is `<|endoftext|>`. A trained BPE keeps that
  * layout and numbers merged tokens from 257 on.
@@ -89,6 +89,97 @@ const PRETOKEN_PATTERN =
 /** Splits text into pre-tokens the way the ByteLevel pre-tokenizer (add_prefix_space false) does. */
 export function preTokenize(text: string): string[] {
   return text.match(PRETOKEN_PATTERN) ?? [];
+}
+
+// Character classes of PRETOKEN_PATTERN, for the scanner below: letter, number, white space, other.
+const C_LETTER = 1;
+const C_NUMBER = 2;
+const C_SPACE = 3;
+const C_OTHER = 4;
+/** Class of every code point, filled in on first sight (0: not yet known). */
+const charClass = new Uint8Array(0x110000);
+const IS_LETTER = /^\p{L}$/u;
+const IS_NUMBER = /^\p{N}$/u;
+const IS_SPACE = /^\p{White_Space}$/u;
+
+function classOf(cp: number): number {
+  let c = charClass[cp];
+  if (c === 0) {
+    const ch = String.fromCodePoint(cp);
+    c = IS_LETTER.test(ch) ? C_LETTER : IS_NUMBER.test(ch) ? C_NUMBER : IS_SPACE.test(ch) ? C_SPACE : C_OTHER;
+    charClass[cp] = c;
+  }
+  return c;
+}
+
+/** Code point at i of s (a lone surrogate stands for itself) and the index after it. */
+function codePointAt(s: string, i: number): number {
+  const c = s.charCodeAt(i);
+  if (c >= 0xd800 && c <= 0xdbff && i + 1 < s.length) {
+    const d = s.charCodeAt(i + 1);
+    if (d >= 0xdc00 && d <= 0xdfff) return ((c - 0xd800) << 10) + (d - 0xdc00) + 0x10000;
+  }
+  return c;
+}
+
+/**
+ * Calls onWord for each pre-token of text, in order: the same pieces as preTokenize, found by a
+ * hand-written scanner of PRETOKEN_PATTERN's alternatives (about twice as fast as the regex, which
+ * dominates encoding once most words hit the cache).
+ */
+export function forEachPreToken(text: string, onWord: (word: string) => void): void {
+  const n = text.length;
+  let i = 0;
+  while (i < n) {
+    const start = i;
+    const c = text.charCodeAt(i);
+    // 's 't 're 've 'm 'll 'd
+    if (c === 0x27 && i + 1 < n) {
+      const d = text.charCodeAt(i + 1);
+      if (d === 0x73 || d === 0x74 || d === 0x6d || d === 0x64) {
+        onWord(text.slice(i, i + 2));
+        i += 2;
+        continue;
+      }
+      if (i + 2 < n) {
+        const e = text.charCodeAt(i + 2);
+        if ((d === 0x72 && e === 0x65) || (d === 0x76 && e === 0x65) || (d === 0x6c && e === 0x6c)) {
+          onWord(text.slice(i, i + 3));
+          i += 3;
+          continue;
+        }
+      }
+    }
+    // An optional space, then a run of letters, of numbers or of other characters.
+    let j = c === 0x20 && i + 1 < n ? i + 1 : i;
+    let cp = codePointAt(text, j);
+    let cls = classOf(cp);
+    if (cls !== C_SPACE) {
+      j += cp > 0xffff ? 2 : 1;
+      while (j < n) {
+        const q = codePointAt(text, j);
+        if (classOf(q) !== cls) break;
+        j += q > 0xffff ? 2 : 1;
+      }
+      onWord(text.slice(start, j));
+      i = j;
+      continue;
+    }
+    // White space: the run, less its last character when something other than white space follows
+    // (that character then leads the next word), unless the run is that one character.
+    j = i;
+    while (j < n) {
+      cp = codePointAt(text, j);
+      if (classOf(cp) !== C_SPACE) break;
+      j += cp > 0xffff ? 2 : 1;
+    }
+    if (j < n && j - i > 1) {
+      // White space is in the BMP: the last character is one code unit.
+      j -= 1;
+    }
+    onWord(text.slice(start, j));
+    i = j;
+  }
 }
 
 const utf8Encoder = new TextEncoder();
@@ -267,16 +358,16 @@ const PAIR_SHIFT = 2 ** 21; // ids below 2^21; pair key = a * 2^21 + b stays an 
 const CACHE_LIMIT = 200_000;
 const CACHE_MAX_WORD = 256;
 
-function pairKey(a: number, b: number): number {
-  return a * PAIR_SHIFT + b;
-}
 
 /** Thrown by BpeTokenizer.fromJSON for a tokenizer.json outside what the native engine handles. */
 class NotNative extends Error {}
 
 /**
- * Byte-level BPE encoded by this module (no normaliser, ByteLevel pre-tokenizer without prefix space).
- * Produces the same ids as the Rust `tokenizers` library on such a tokenizer.json.
+ * Byte-level BPE encoded by this module: no normaliser or NFC (Pythia's), ByteLevel pre-tokenizer
+ * without prefix space. Produces the same ids as the Rust `tokenizers` library on such a
+ * tokenizer.json. As that library does, it splits the text on added tokens in two rounds: those with
+ * `normalized: false` (the special tokens) on the raw text, then, after normalisation, those with
+ * `normalized: true` (GPT-NeoX's runs of spaces).
  */
 export class BpeTokenizer implements Tokenizer {
   readonly kind = 'bpe' as const;
@@ -286,13 +377,17 @@ export class BpeTokenizer implements Tokenizer {
   /** Number of merges. */
   readonly mergeCount: number;
   private readonly byteIds: Int32Array;
-  private readonly ranks: Map<number, number>;
+  private readonly ranks: PairRanks;
   private readonly results: Int32Array;
   private readonly idBytes: (Uint8Array | undefined)[];
   private readonly addedById: Map<number, string>;
-  private readonly splitter: AddedTokenSplitter;
+  /** Added tokens matched on the raw text, and those matched on the normalised text. */
+  private readonly rawSplitter: AddedTokenSplitter;
+  private readonly normalizedSplitter: AddedTokenSplitter | null;
+  private readonly nfc: boolean;
   private readonly json: TokenizerJson;
-  private cache = new Map<string, number[]>();
+  /** Word -> its ids; a word of one token (most of them, with a large vocabulary) maps to the id itself. */
+  private cache = new Map<string, number | number[]>();
 
   private constructor(json: TokenizerJson, name: string | undefined) {
     const model = json.model as BpeModelJson;
@@ -321,7 +416,7 @@ export class BpeTokenizer implements Tokenizer {
       this.byteIds[b] = id;
     }
     const merges = model.merges.map((m) => (Array.isArray(m) ? m : (m.split(' ', 2) as [string, string])));
-    this.ranks = new Map();
+    this.ranks = new PairRanks(merges.length);
     this.results = new Int32Array(merges.length);
     for (let r = 0; r < merges.length; r++) {
       const [a, b] = merges[r];
@@ -329,12 +424,16 @@ export class BpeTokenizer implements Tokenizer {
       const ib = vocab.get(b);
       const ic = vocab.get(a + b);
       if (ia === undefined || ib === undefined || ic === undefined) throw new NotNative(`merge ${r} (${a} ${b}) refers to a token outside the vocab`);
-      const key = pairKey(ia, ib);
-      if (!this.ranks.has(key)) this.ranks.set(key, r);
+      if (this.ranks.get(ia, ib) < 0) this.ranks.set(ia, ib, r);
       this.results[r] = ic;
     }
     this.mergeCount = merges.length;
-    this.splitter = new AddedTokenSplitter(added);
+    // The Rust library's default for an added token without the field: normalized unless special.
+    const normalized = (t: AddedTokenJson): boolean => t.normalized ?? !t.special;
+    this.rawSplitter = new AddedTokenSplitter(added.filter((t) => !normalized(t)));
+    const late = added.filter(normalized);
+    this.normalizedSplitter = late.length > 0 ? new AddedTokenSplitter(late) : null;
+    this.nfc = normalizerOf(json) === 'nfc';
     this.endOfTextId = findEndOfText(added);
     this.name = name ?? `bpe-${this.vocabSize}`;
   }
@@ -364,16 +463,18 @@ export class BpeTokenizer implements Tokenizer {
 
   encode(text: string): number[] {
     const out: number[] = [];
-    this.splitter.split(
-      text,
-      (s) => {
-        for (const word of preTokenize(s)) {
-          const ids = this.encodeWord(word);
-          for (let i = 0; i < ids.length; i++) out.push(ids[i]);
-        }
-      },
-      (id) => out.push(id),
-    );
+    const pushId = (id: number): void => {
+      out.push(id);
+    };
+    const onWord = (word: string): void => {
+      const ids = this.cache.get(word) ?? this.encodeWord(word);
+      if (typeof ids === 'number') out.push(ids);
+      else for (let i = 0; i < ids.length; i++) out.push(ids[i]);
+    };
+    const onPlain = (s: string): void => forEachPreToken(s, onWord);
+    const onNormalized =
+      this.normalizedSplitter === null ? onPlain : (s: string): void => (this.normalizedSplitter as AddedTokenSplitter).split(s, onPlain, pushId);
+    this.rawSplitter.split(text, this.nfc ? (s) => onNormalized(s.normalize('NFC')) : onNormalized, pushId);
     return out;
   }
 
@@ -415,13 +516,13 @@ export class BpeTokenizer implements Tokenizer {
     return this.json;
   }
 
-  private encodeWord(word: string): number[] {
-    const cached = this.cache.get(word);
-    if (cached !== undefined) return cached;
+  /** A word's ids by merging (the caller looked in the cache first); cached for next time. */
+  private encodeWord(word: string): number | number[] {
     const bytes = utf8Encoder.encode(word);
     const syms = new Array<number>(bytes.length);
     for (let i = 0; i < bytes.length; i++) syms[i] = this.byteIds[bytes[i]];
-    const ids = syms.length <= 48 ? this.mergeSmall(syms) : this.mergeLarge(syms);
+    const merged = syms.length <= 48 ? this.mergeSmall(syms) : this.mergeLarge(syms);
+    const ids = merged.length === 1 ? merged[0] : merged;
     if (word.length < CACHE_MAX_WORD) {
       if (this.cache.size >= CACHE_LIMIT) this.cache = new Map();
       this.cache.set(word, ids);
@@ -436,8 +537,8 @@ export class BpeTokenizer implements Tokenizer {
       let best = Infinity;
       let at = -1;
       for (let i = 0; i < syms.length - 1; i++) {
-        const r = ranks.get(syms[i] * PAIR_SHIFT + syms[i + 1]);
-        if (r !== undefined && r < best) {
+        const r = ranks.get(syms[i], syms[i + 1]);
+        if (r >= 0 && r < best) {
           best = r;
           at = i;
         }
@@ -465,8 +566,8 @@ export class BpeTokenizer implements Tokenizer {
     const pushPair = (i: number): void => {
       const j = next[i];
       if (j < 0) return;
-      const r = this.ranks.get(sym[i] * PAIR_SHIFT + sym[j]);
-      if (r !== undefined) heap.push(r * POS + i);
+      const r = this.ranks.get(sym[i], sym[j]);
+      if (r >= 0) heap.push(r * POS + i);
     };
     for (let i = 0; i < n - 1; i++) pushPair(i);
     while (heap.size > 0) {
@@ -474,7 +575,7 @@ export class BpeTokenizer implements Tokenizer {
       const r = Math.floor(e / POS);
       const i = e - r * POS;
       const j = next[i];
-      if (!alive[i] || j < 0 || this.ranks.get(sym[i] * PAIR_SHIFT + sym[j]) !== r) continue;
+      if (!alive[i] || j < 0 || this.ranks.get(sym[i], sym[j]) !== r) continue;
       sym[i] = this.results[r];
       alive[j] = 0;
       next[i] = next[j];
@@ -485,6 +586,44 @@ export class BpeTokenizer implements Tokenizer {
     const out: number[] = [];
     for (let i = 0; i >= 0; i = next[i]) out.push(sym[i]);
     return out;
+  }
+}
+
+/**
+ * Merge ranks by pair of ids: an open-addressing hash table in typed arrays. (A Map keyed by
+ * a·2^21 + b hashes heap-allocated doubles, several times slower on the merge loop.)
+ */
+class PairRanks {
+  private readonly left: Int32Array;
+  private readonly right: Int32Array;
+  private readonly rank: Int32Array;
+  private readonly mask: number;
+
+  constructor(pairs: number) {
+    let size = 16;
+    while (size < pairs * 2) size *= 2;
+    this.mask = size - 1;
+    this.left = new Int32Array(size).fill(-1);
+    this.right = new Int32Array(size);
+    this.rank = new Int32Array(size).fill(-1);
+  }
+
+  private slot(a: number, b: number): number {
+    let i = (Math.imul(a, 0x9e3779b1) ^ Math.imul(b, 0x85ebca6b)) & this.mask;
+    while (this.left[i] !== -1 && (this.left[i] !== a || this.right[i] !== b)) i = (i + 1) & this.mask;
+    return i;
+  }
+
+  /** The rank of merging (a, b), or -1. */
+  get(a: number, b: number): number {
+    return this.rank[this.slot(a, b)];
+  }
+
+  set(a: number, b: number, r: number): void {
+    const i = this.slot(a, b);
+    this.left[i] = a;
+    this.right[i] = b;
+    this.rank[i] = r;
   }
 }
 
@@ -526,6 +665,19 @@ class MinHeap {
   }
 }
 
+/** The normaliser of a tokenizer.json when the native engine has it ('none' or 'nfc'), else null. */
+function normalizerOf(json: TokenizerJson): 'none' | 'nfc' | null {
+  const n = json.normalizer as { type?: string; normalizers?: { type?: string }[] } | null | undefined;
+  if (n == null) return 'none';
+  if (n.type === 'NFC') return 'nfc';
+  if (n.type === 'Sequence' && Array.isArray(n.normalizers)) {
+    const kinds = n.normalizers.map((x) => x?.type);
+    if (kinds.length === 0) return 'none';
+    if (kinds.length === 1 && kinds[0] === 'NFC') return 'nfc';
+  }
+  return null;
+}
+
 /** Why the native engine cannot run this tokenizer.json, or null if it can. */
 function nativeIncompatibility(json: TokenizerJson): string | null {
   const m = json.model;
@@ -536,7 +688,7 @@ function nativeIncompatibility(json: TokenizerJson): string | null {
   if (m.end_of_word_suffix) return 'end_of_word_suffix';
   if (m.byte_fallback) return 'byte_fallback';
   if (m.ignore_merges) return 'ignore_merges';
-  if (json.normalizer != null) return 'normalizer';
+  if (normalizerOf(json) === null) return `normalizer ${JSON.stringify(json.normalizer)}`;
   const pt = json.pre_tokenizer;
   if (!pt || pt.type !== 'ByteLevel' || pt.add_prefix_space || pt.use_regex === false) return 'pre_tokenizer is not ByteLevel without prefix space';
   if (!json.decoder || json.decoder.type !== 'ByteLevel') return 'decoder is not ByteLevel';
@@ -606,9 +758,8 @@ export type TokenizerEngine = 'auto' | 'native' | 'hf';
 export interface LoadTokenizerOptions {
   /**
    * 'auto' (default): the byte tokenizer for a zero-merge 257-entry byte vocab, the native BPE engine for
-   * other plain byte-level BPE files (no normaliser), and @huggingface/tokenizers for everything else
-   * (Pythia's tokenizer.json has an NFC normaliser, so it goes there). 'native' insists on the native
-   * engine; 'hf' always uses @huggingface/tokenizers.
+   * other byte-level BPE files without a normaliser or with NFC (Pythia's), and @huggingface/tokenizers
+   * for everything else. 'native' insists on the native engine; 'hf' always uses @huggingface/tokenizers.
    */
   engine?: TokenizerEngine;
   /** tokenizer_config.json contents, used by the 'hf' engine. */

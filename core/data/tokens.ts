@@ -1,5 +1,5 @@
 /**
- * Binary token files and the tokenised-corpus cache.
+ * Binary token files: the token store's shards (store.ts) and standalone id files.
  *
  * Layout (little-endian), a 128-byte header then the ids:
  *
@@ -11,18 +11,19 @@
  *       24     4  vocab size of the tokenizer
  *       28     4  document count
  *       32    32  tokenizer hash (sha256 of the tokenizer's canonical JSON)
- *       64    32  corpus hash (sha256, see corpusHash; zeros when unknown)
+ *       64    32  content hash of what was tokenised (a shard: its part's key, sources.ts; zeros when unknown)
  *       96    32  payload hash (sha256 of the id bytes)
  *      128     -  ids
  *
  * The token stream of a corpus is each document's ids followed by the tokenizer's end-of-text id (when
- * it has one). Files are written atomically (temp file, fsync, rename) and validated on read.
+ * it has one). Files are written atomically (temp file, fsync, rename): whole (writeTokenFile) or
+ * streamed (TokenFileWriter). readTokenFile validates everything; readTokenFileHeader only the header
+ * and the size, which is what the store checks each time it opens a shard.
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import { type Corpus, type CorpusSpec, corpusHash, formatCorpusSpec, loadCorpus } from './corpus.js';
-import { writeFileAtomic } from './fsutil.js';
+import { fsyncDir, writeFileAtomic } from './fsutil.js';
 import { type Tokenizer, tokenizerHash } from './tokenizer.js';
 
 export const TOKEN_FILE_MAGIC = 'OFSHTOKS';
@@ -233,78 +234,122 @@ export async function readTokenFile(file: string, options: ReadTokenFileOptions 
 
 // ---------------------------------------------------------------------------------------------------
 
-/** Tokenises documents into one stream: each document's ids, then the end-of-text id if there is one. */
-export function tokenizeDocuments(documents: readonly string[], tokenizer: Tokenizer): TokenArray {
-  let buf = new Uint32Array(1 << 16);
-  let n = 0;
-  const push = (id: number): void => {
-    if (n === buf.length) {
-      const next = new Uint32Array(buf.length * 2);
-      next.set(buf);
-      buf = next;
+/**
+ * Writes a token file as its ids arrive: a temporary file beside the target gets the ids (checked
+ * against the vocabulary) and, at finish, the header with the count and payload hash; then fsync and
+ * rename. Until finish nothing exists under the target name; abort removes the temporary file.
+ */
+export class TokenFileWriter {
+  readonly file: string;
+  readonly tmp: string;
+  count = 0;
+  private readonly hash = createHash('sha256');
+  private readonly bytesPerToken: 2 | 4;
+  private buffer: Uint16Array | Uint32Array;
+  private used = 0;
+  private position = TOKEN_FILE_HEADER_BYTES;
+
+  private constructor(
+    private readonly fh: fsp.FileHandle,
+    file: string,
+    tmp: string,
+    private readonly options: WriteTokenFileOptions,
+  ) {
+    this.file = file;
+    this.tmp = tmp;
+    this.bytesPerToken = tokenDtypeFor(options.vocabSize) === 'uint16' ? 2 : 4;
+    this.buffer = this.bytesPerToken === 2 ? new Uint16Array(1 << 20) : new Uint32Array(1 << 20);
+  }
+
+  /** Starts `file`; the temporary file's name begins with `.${basename}.` so a cleaner can find it. */
+  static async create(file: string, options: WriteTokenFileOptions): Promise<TokenFileWriter> {
+    const { vocabSize } = options;
+    if (!Number.isInteger(vocabSize) || vocabSize < 1 || vocabSize >= 2 ** 32) throw new Error(`vocabSize ${vocabSize} is invalid`);
+    if (!littleEndian()) throw new Error('token files need a little-endian host');
+    await fsp.mkdir(path.dirname(file), { recursive: true });
+    const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
+    return new TokenFileWriter(await fsp.open(tmp, 'wx'), file, tmp, options);
+  }
+
+  /** Appends ids; an id outside [0, vocabSize) is an error naming its position in the file. */
+  async append(ids: ArrayLike<number>): Promise<void> {
+    const v = this.options.vocabSize;
+    for (let i = 0; i < ids.length; i++) {
+      const id = ids[i];
+      if (!(id >= 0 && id < v)) throw new Error(`${this.file}: token id ${id} at position ${this.count + i} is outside the vocabulary (size ${v})`);
+      this.buffer[this.used++] = id;
+      if (this.used === this.buffer.length) await this.flush();
     }
-    buf[n++] = id;
-  };
+    this.count += ids.length;
+  }
+
+  private async flush(): Promise<void> {
+    if (this.used === 0) return;
+    const bytes = new Uint8Array(this.buffer.buffer, 0, this.used * this.bytesPerToken);
+    this.hash.update(bytes);
+    let off = 0;
+    while (off < bytes.length) {
+      const { bytesWritten } = await this.fh.write(bytes, off, bytes.length - off, this.position + off);
+      off += bytesWritten;
+    }
+    this.position += bytes.length;
+    this.used = 0;
+  }
+
+  /** Writes the header, fsyncs and renames the file into place. */
+  async finish(documents: number): Promise<TokenFileHeader> {
+    await this.flush();
+    const header: TokenFileHeader = {
+      version: TOKEN_FILE_VERSION,
+      bytesPerToken: this.bytesPerToken,
+      count: this.count,
+      vocabSize: this.options.vocabSize,
+      documents,
+      tokenizerHash: this.options.tokenizerHash,
+      corpusHash: this.options.corpusHash ?? '0'.repeat(64),
+      payloadHash: this.hash.digest('hex'),
+    };
+    await this.fh.write(encodeHeader(header), 0, TOKEN_FILE_HEADER_BYTES, 0);
+    await this.fh.sync();
+    await this.fh.close();
+    await fsp.rename(this.tmp, this.file);
+    await fsyncDir(path.dirname(this.file));
+    return header;
+  }
+
+  async abort(): Promise<void> {
+    await this.fh.close().catch(() => undefined);
+    await fsp.rm(this.tmp, { force: true });
+  }
+}
+
+/** sha256 of a token file's ids, read in chunks (the check of a shard the store adopts). */
+export async function tokenFilePayloadHash(file: string, header: TokenFileHeader): Promise<string> {
+  const fh = await openForRead(file);
+  try {
+    const h = createHash('sha256');
+    const buf = Buffer.allocUnsafe(4 << 20);
+    const end = TOKEN_FILE_HEADER_BYTES + header.count * header.bytesPerToken;
+    for (let pos = TOKEN_FILE_HEADER_BYTES; pos < end; ) {
+      const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, end - pos), pos);
+      if (bytesRead === 0) throw new Error(`${file}: truncated token file`);
+      h.update(buf.subarray(0, bytesRead));
+      pos += bytesRead;
+    }
+    return h.digest('hex');
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Tokenises documents in memory into one stream: each document's ids, then the end-of-text id if any. */
+export function tokenizeDocuments(documents: readonly string[], tokenizer: Tokenizer): TokenArray {
+  const ids: number[] = [];
   const eot = tokenizer.endOfTextId;
   for (const d of documents) {
-    const ids = tokenizer.encode(d);
-    for (let i = 0; i < ids.length; i++) push(ids[i]);
-    if (eot !== null) push(eot);
+    for (const id of tokenizer.encode(d)) ids.push(id);
+    if (eot !== null) ids.push(eot);
   }
-  const out = buf.subarray(0, n);
-  checkIds(out, tokenizer.vocabSize, `tokenizer ${tokenizer.name}`);
-  return tokenDtypeFor(tokenizer.vocabSize) === 'uint16' ? Uint16Array.from(out) : out.slice();
-}
-
-export interface TokenizedCorpus extends TokenFile {
-  /** Normalised corpus spec. */
-  spec: string;
-  /** True when an existing cache file was reused. */
-  cached: boolean;
-  /** Characters (UTF-16 code units) of the corpus text. */
-  characters: number;
-}
-
-/** File name of a corpus's token cache: a readable slug plus both hashes. */
-export function tokenCacheFileName(spec: string, corpusHashHex: string, tokenizerHashHex: string): string {
-  const slug =
-    spec
-      .replace(/^.*[\\/]/, '')
-      .replace(/[^A-Za-z0-9._-]+/g, '_')
-      .slice(0, 40) || 'corpus';
-  return `${slug}-${corpusHashHex.slice(0, 16)}-${tokenizerHashHex.slice(0, 16)}.tokens`;
-}
-
-/**
- * Tokenises a corpus once and caches the token file in cacheDir; later calls reuse the file when the
- * corpus content and the tokenizer are the same (both hashes match). A damaged cache file is rebuilt.
- */
-export async function tokenizedCorpus(
-  spec: string | CorpusSpec | Corpus,
-  tokenizer: Tokenizer,
-  cacheDir: string,
-): Promise<TokenizedCorpus> {
-  const corpus: Corpus =
-    typeof spec === 'object' && 'documents' in spec ? spec : await loadCorpus(typeof spec === 'string' ? spec : formatCorpusSpec(spec));
-  const ch = corpusHash(corpus);
-  const th = tokenizerHash(tokenizer);
-  const file = path.join(cacheDir, tokenCacheFileName(corpus.spec, ch, th));
-  let characters = 0;
-  for (const d of corpus.documents) characters += d.length;
-  try {
-    const existing = await readTokenFile(file, { tokenizer });
-    if (existing.corpusHash === ch && existing.tokenizerHash === th) {
-      return { ...existing, spec: corpus.spec, cached: true, characters };
-    }
-  } catch {
-    // No cache yet, or a damaged file: (re)build it below.
-  }
-  const tokens = tokenizeDocuments(corpus.documents, tokenizer);
-  const header = await writeTokenFile(file, tokens, {
-    vocabSize: tokenizer.vocabSize,
-    tokenizerHash: th,
-    corpusHash: ch,
-    documents: corpus.documents.length,
-  });
-  return { ...header, path: file, tokens, spec: corpus.spec, cached: false, characters };
+  checkIds(ids, tokenizer.vocabSize, `tokenizer ${tokenizer.name}`);
+  return tokenDtypeFor(tokenizer.vocabSize) === 'uint16' ? Uint16Array.from(ids) : Uint32Array.from(ids);
 }

@@ -191,6 +191,7 @@ async function loadCuda(): Promise<{ detail?: string }> {
     throw e;
   }
   cuda.registerCuda();
+  await import('./cuda/register.js');
   const { info } = device;
   return { detail: `${info.name} (${info.arch}, ${info.multiprocessors} SMs), driver CUDA ${info.driverVersion}, NVRTC ${info.nvrtcVersion}; ${info.libraries}` };
 }

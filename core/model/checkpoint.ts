@@ -164,7 +164,7 @@ export async function saveCheckpoint(
   const dtype = options.dtype ?? 'float32';
   if (options.requireTransformersCompatible) {
     const why = transformersIncompatibility(config);
-    if (why) throw new CheckpointError(`cannot export for plain transformers: ${why}`);
+    if (why) throw new CheckpointError(`cannot export for plain transformers: ${why} (\`offshoot export\` writes it zero-padded)`);
   }
   const ordered = new Map<string, TensorToWrite>();
   for (const [name, shape] of expectedShapes(config)) {

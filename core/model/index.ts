@@ -10,4 +10,5 @@ export * from './recipe.js';
 export { SeededRandom, deriveSeed } from './random.js';
 export { writeFileAtomic, writeDirAtomic } from './atomic.js';
 export * from './presets.js';
+export * from './export.js';
 export * from './shape-costs.js';

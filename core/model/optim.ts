@@ -5,7 +5,7 @@
  */
 import * as tf from './tfjs.js';
 
-import { type AdamWEntry, AdamWState, adamwUpdate, clippedAdamW } from './ops/index.js';
+import { type AdamWEntry, type AdamWStep, AdamWState, adamwUpdate, clippedAdamW } from './ops/index.js';
 import type { HostTensor } from './safetensors.js';
 
 export interface AdamWOptions {
@@ -70,8 +70,23 @@ export class AdamW {
    * with no read-back, on tensorflow one ResourceApplyAdam per parameter.
    */
   applyClipped(params: Map<string, tf.Variable>, grads: Record<string, tf.Tensor>, lr: number, maxNorm: number): tf.Scalar {
+    return this.applyStep(params, grads, this.nextStep(lr, maxNorm));
+  }
+
+  /** Counts one more update and returns its numbers (for applyStep; a training step states them up front). */
+  nextStep(lr: number, maxNorm: number): AdamWStep {
     this.step += 1;
-    return clippedAdamW(this.state, this.entries(params, grads), { ...this.options, lr, step: this.step, maxNorm });
+    return { ...this.options, lr, step: this.step, maxNorm };
+  }
+
+  /** Clips and applies the update whose numbers nextStep gave; returns the norm before clipping. */
+  applyStep(params: Map<string, tf.Variable>, grads: Record<string, tf.Tensor>, s: AdamWStep): tf.Scalar {
+    return clippedAdamW(this.state, this.entries(params, grads), s);
+  }
+
+  /** The moments held as variables (a training step's state; empty before the first update). */
+  stateTensors(): tf.Tensor[] {
+    return this.state.variables();
   }
 
   /** State as host tensors (for a checkpoint): `m.NAME`, `v.NAME`, and `step`. */

@@ -13,7 +13,7 @@ import { type LoadedCheckpoint, loadCheckpoint, saveCheckpoint, type SaveDtype }
 import type { NeoXConfig } from './config.js';
 import { GPTNeoX } from './gptneox.js';
 import { distillationLoss, topKFromLogits } from './losses.js';
-import { type DistillOptions, type TopKTeacher, afterFirstTrainingStep, crossEntropy, endTrainingStep } from './ops/index.js';
+import { type DistillOptions, type StepInput, type TopKTeacher, afterFirstTrainingStep, crossEntropy, endTrainingStep, runTrainingStep } from './ops/index.js';
 import { AdamW, type AdamWOptions, type ScheduleOptions, learningRate } from './optim.js';
 import { readSafetensors } from './safetensors.js';
 
@@ -199,20 +199,37 @@ export class Trainer {
     }
     const teacherView = teacher ? await teacher.forBatch(batch, this.step) : undefined;
     const lr = learningRate(this.step, hyper.schedule);
-    const result = tf.tidy(() => {
-      const ids = tf.tensor2d(batch.input, [batch.batchSize, batch.seqLen], 'int32');
-      const targets = tf.tensor1d(batch.target, 'int32');
-      const { value, grads } = tf.variableGrads(() => {
-        const logits = this.model.logits2d(ids);
-        return teacherView
-          ? distillationLoss(logits, targets, teacherView, this.options.distill)
-          : crossEntropy(logits, targets);
-      }, this.model.variables());
-      const byName: Record<string, tf.Tensor> = {};
-      for (const [varName, g] of Object.entries(grads)) byName[this.nameOf.get(varName)!] = g;
-      const norm = this.optimizer.applyClipped(this.model.params, byName, lr, hyper.gradClip);
-      return { loss: value, gradNorm: norm };
+    const inputs: StepInput[] = [
+      { shape: [batch.batchSize, batch.seqLen], dtype: 'int32', data: batch.input },
+      { shape: [batch.input.length], dtype: 'int32', data: batch.target },
+    ];
+    if (teacherView instanceof tf.Tensor) inputs.push({ shape: teacherView.shape, dtype: 'float32', data: teacherView });
+    else if (teacherView) {
+      inputs.push(
+        { shape: teacherView.indices.shape, dtype: 'int32', data: teacherView.indices },
+        { shape: teacherView.logits.shape, dtype: 'float32', data: teacherView.logits },
+        { shape: teacherView.logNormaliser.shape, dtype: 'float32', data: teacherView.logNormaliser },
+      );
+    }
+    const optimizer = this.optimizer.nextStep(lr, hyper.gradClip);
+    const [loss, gradNorm] = runTrainingStep({
+      key: teacherView === undefined ? 'ce' : teacherView instanceof tf.Tensor ? 'kd-full' : 'kd-top-k',
+      inputs,
+      optimizer,
+      state: [...this.model.variables(), ...this.optimizer.stateTensors()],
+      body: ([ids, targets, ...view]) => {
+        const { value, grads } = tf.variableGrads(() => {
+          const logits = this.model.logits2d(ids as tf.Tensor2D);
+          if (view.length === 0) return crossEntropy(logits, targets as tf.Tensor1D);
+          const t = view.length === 1 ? (view[0] as tf.Tensor2D) : { indices: view[0] as tf.Tensor2D, logits: view[1] as tf.Tensor2D, logNormaliser: view[2] as tf.Tensor1D };
+          return distillationLoss(logits, targets as tf.Tensor1D, t, this.options.distill);
+        }, this.model.variables());
+        const byName: Record<string, tf.Tensor> = {};
+        for (const [varName, g] of Object.entries(grads)) byName[this.nameOf.get(varName)!] = g;
+        return [value, this.optimizer.applyStep(this.model.params, byName, optimizer)];
+      },
     });
+    const result = { loss: loss as tf.Scalar, gradNorm: gradNorm as tf.Scalar };
     endTrainingStep();
     if (teacherView) {
       tf.dispose(teacherView instanceof tf.Tensor ? teacherView : [teacherView.indices, teacherView.logits, teacherView.logNormaliser]);

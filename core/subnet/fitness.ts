@@ -14,17 +14,18 @@
  * when none is passed, so results never depend on it. Each evaluation reports where its time went
  * (FitnessPhases): the one-off work of new shapes apart from its steady compute.
  */
-import * as os from 'node:os';
 import * as path from 'node:path';
 
 import {
   DEFAULT_TRAIN_CORPUS,
   DEFAULT_VALIDATION_CORPUS,
+  type TokenSource,
+  defaultTokenStore,
   type Tokenizer,
   evalBatches,
   loadTokenizer,
+  openData,
   sampleBatch,
-  tokenizedCorpus,
 } from '../data/index.js';
 import {
   type BatchSource,
@@ -52,13 +53,13 @@ import { extractTensors } from './extract.js';
 import { type HeadOrder, type LayerOrder, type SubnetSpec, canonicalHash, canonicalize, teacherShape } from './spec.js';
 
 export interface FitnessData {
-  /** Training corpus (sotu:train, sotu:val, mobydick or a path). Default sotu:train. */
+  /** Training data spec (docs/data.md: sotu:train, a path, a glob, a spec file…). Default sotu:train. */
   train?: string;
-  /** Validation corpus. Default sotu:val. */
+  /** Validation data spec. Default sotu:val. */
   val?: string;
   /** Tokenizer file or folder; default the teacher checkpoint's tokenizer.json. */
   tokenizer?: string;
-  /** Token cache folder; default defaultTokenCache(). */
+  /** Token store folder; default defaultTokenStore() (env OFFSHOOT_TOKENS, else <cache>/tokens). */
   tokenCache?: string;
 }
 
@@ -212,8 +213,8 @@ export interface FitnessContext {
   teacherDir: string;
   checkpoint: LoadedCheckpoint;
   tokenizer: Tokenizer;
-  train: ArrayLike<number>;
-  val: ArrayLike<number>;
+  train: TokenSource;
+  val: TokenSource;
   data: Required<Pick<FitnessData, 'train' | 'val'>>;
   /** The teacher as a model (distillation, importance), created on first use. */
   teacherModel?: GPTNeoX;
@@ -236,13 +237,8 @@ export interface FitnessContext {
 /** Seed of the calibration batch for importance orderings. */
 export const CALIBRATION_SEED = 0x1337;
 
-/** The token cache folder: env OFFSHOOT_CACHE (or ~/.cache/offshoot) + /tokens, as the CLI uses. */
-export function defaultTokenCache(): string {
-  return path.join(process.env.OFFSHOOT_CACHE || path.join(os.homedir(), '.cache', 'offshoot'), 'tokens');
-}
-
 export async function createFitnessContext(teacherDir: string, data: FitnessData = {}): Promise<FitnessContext> {
-  const tokenCache = data.tokenCache ?? defaultTokenCache();
+  const tokenCache = data.tokenCache ?? defaultTokenStore();
   const checkpoint = loadCheckpoint(teacherDir);
   const tokenizer = await loadTokenizer(data.tokenizer ?? teacherDir);
   if (tokenizer.vocabSize > checkpoint.config.vocabSize) {
@@ -250,9 +246,9 @@ export async function createFitnessContext(teacherDir: string, data: FitnessData
   }
   const trainSpec = data.train ?? DEFAULT_TRAIN_CORPUS;
   const valSpec = data.val ?? DEFAULT_VALIDATION_CORPUS;
-  const train = await tokenizedCorpus(trainSpec, tokenizer, tokenCache);
-  const val = await tokenizedCorpus(valSpec, tokenizer, tokenCache);
-  return { teacherDir, checkpoint, tokenizer, train: train.tokens, val: val.tokens, data: { train: trainSpec, val: valSpec }, importance: new Map(), validation: new Map() };
+  const train = await openData(trainSpec, tokenizer, { cacheDir: tokenCache });
+  const val = await openData(valSpec, tokenizer, { cacheDir: tokenCache });
+  return { teacherDir, checkpoint, tokenizer, train, val, data: { train: trainSpec, val: valSpec }, importance: new Map(), validation: new Map() };
 }
 
 export function disposeFitnessContext(ctx: FitnessContext): void {
@@ -260,6 +256,8 @@ export function disposeFitnessContext(ctx: FitnessContext): void {
   ctx.teacherModel = undefined;
   for (const batches of ctx.validation.values()) for (const b of batches) tf.dispose([b.ids, b.targets]);
   ctx.validation.clear();
+  // Opened data holds its shards' files open.
+  for (const d of [ctx.train, ctx.val]) (d as { close?: () => void }).close?.();
 }
 
 /** The validation batches of these options, uploaded once per context. */

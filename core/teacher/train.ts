@@ -13,8 +13,9 @@ import {
   type Tokenizer,
   evalBatches,
   loadTokenizer,
+  describeData,
+  openData,
   sampleBatch,
-  tokenizedCorpus,
   trainCorpusTokenizer,
 } from '../data/index.js';
 import {
@@ -136,18 +137,18 @@ async function teacherTokenizer(opts: TeacherTrainOptions, log: (line: string) =
 export async function trainTeacher(opts: TeacherTrainOptions, hooks: TeacherTrainHooks = {}): Promise<TeacherTrainResult> {
   const log = hooks.log ?? (() => undefined);
   const tokenizer = await teacherTokenizer(opts, log);
-  const train = await tokenizedCorpus(opts.data, tokenizer, opts.tokenCache);
-  const val = await tokenizedCorpus(opts.val, tokenizer, opts.tokenCache);
-  log(`data: ${train.spec} ${train.count} tokens for training, ${val.spec} ${val.count} for validation (tokenizer ${tokenizer.name}, vocab ${tokenizer.vocabSize})`);
+  const train = await openData(opts.data, tokenizer, { cacheDir: opts.tokenCache, log });
+  const val = await openData(opts.val, tokenizer, { cacheDir: opts.tokenCache, log });
+  log(`data: training ${describeData(train)}; validation ${describeData(val)} (tokenizer ${tokenizer.name}, vocab ${tokenizer.vocabSize})`);
   const config = presetConfig(opts.preset, tokenizer.vocabSize);
   if (opts.seqLen > config.maxPositions) throw new Error(`seqLen ${opts.seqLen} exceeds the ${opts.preset} context of ${config.maxPositions}`);
   const hyper = trainingHyperparameters({ steps: opts.steps, lr: opts.lr, warmup: opts.warmup }, opts);
   const evalOptions = { seqLen: opts.seqLen, batchSize: opts.batchSize, maxTokens: opts.evalTokens };
-  const validate = (model: GPTNeoX) => evaluateLoss(model, evalBatches(val.tokens, evalOptions));
+  const validate = (model: GPTNeoX) => evaluateLoss(model, evalBatches(val, evalOptions));
   let lastEval: { step: number; loss: number; ppl: number } | undefined;
   const trainer = Trainer.createOrResume(config, () => GPTNeoX.random(config, opts.seed), {
     hyper,
-    batches: (step) => sampleBatch(train.tokens, { batchSize: opts.batchSize, seqLen: opts.seqLen, seed: opts.seed, step }),
+    batches: (step) => sampleBatch(train, { batchSize: opts.batchSize, seqLen: opts.seqLen, seed: opts.seed, step }),
     checkpointDir: opts.out,
     checkpointEvery: opts.checkpointEvery ?? quarter(opts.steps),
     extraFiles: { [TOKENIZER_FILE]: JSON.stringify(tokenizer.toJSON()) },
@@ -192,5 +193,7 @@ export async function trainTeacher(opts: TeacherTrainOptions, hooks: TeacherTrai
     };
   } finally {
     trainer.dispose();
+    train.close();
+    val.close();
   }
 }

@@ -1,7 +1,8 @@
-/** The global `--backend` option: every command that computes initialises the backend first. */
+/** The global `--backend` and `--precision` options: every command that computes initialises the backend first. */
 import type { Command } from 'commander';
 
 import { type BackendInfo, initBackend, parseBackendChoice } from '../../core/model/backend.js';
+import { parsePrecision, setPrecision } from '../../core/model/precision.js';
 
 let active: BackendInfo | undefined;
 
@@ -11,6 +12,12 @@ export function withBackend<A extends unknown[]>(action: (...args: A) => Promise
     const command = args[args.length - 1] as Command;
     const root = rootOf(command);
     const choice = root.opts().backend as string | undefined;
+    const precision = root.opts().precision as string | undefined;
+    if (precision !== undefined) {
+      setPrecision(parsePrecision(precision));
+      // Processes this command starts (workers, the teacher service) compute at the same precision.
+      process.env.OFFSHOOT_PRECISION = precision;
+    }
     active = await initBackend(choice === undefined ? undefined : parseBackendChoice(choice));
     await action(...args);
   };

@@ -1,49 +1,12 @@
-/** Pieces the CLI commands share: where caches live, loading a model with its tokenizer, number parsing. */
+/** Pieces the CLI commands share: loading a model with its tokenizer, number parsing (options.ts). */
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
-
-import { InvalidArgumentError } from 'commander';
 
 import { type Tokenizer, TOKENIZER_FILE, loadTokenizer } from '../../core/data/index.js';
 import { GPTNeoX, type TrainerState, loadCheckpoint, readTrainerState } from '../../core/model/index.js';
 
-/** The per-machine cache (token files, tool builds): env OFFSHOOT_CACHE, else ~/.cache/offshoot. */
-export function cacheDir(...sub: string[]): string {
-  return path.join(process.env.OFFSHOOT_CACHE || path.join(os.homedir(), '.cache', 'offshoot'), ...sub);
-}
-
-export function positiveInt(name: string): (value: string) => number {
-  return (value) => {
-    const n = Number(value);
-    if (!Number.isSafeInteger(n) || n <= 0) throw new InvalidArgumentError(`${name} must be a positive integer, got ${JSON.stringify(value)}`);
-    return n;
-  };
-}
-
-export function nonNegativeInt(name: string): (value: string) => number {
-  return (value) => {
-    const n = Number(value);
-    if (!Number.isSafeInteger(n) || n < 0) throw new InvalidArgumentError(`${name} must be a non-negative integer, got ${JSON.stringify(value)}`);
-    return n;
-  };
-}
-
-export function positiveNumber(name: string): (value: string) => number {
-  return (value) => {
-    const n = Number(value);
-    if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`${name} must be a positive number, got ${JSON.stringify(value)}`);
-    return n;
-  };
-}
-
-export function probability(name: string): (value: string) => number {
-  return (value) => {
-    const n = Number(value);
-    if (value.trim() === '' || !(n >= 0 && n <= 1)) throw new InvalidArgumentError(`${name} must be a probability in [0, 1], got ${JSON.stringify(value)}`);
-    return n;
-  };
-}
+// The option parsers live in options.ts (no model code), so light commands need not load tfjs.
+export { nonNegativeInt, positiveInt, positiveNumber, probability } from './options.js';
 
 export interface LoadedModel {
   model: GPTNeoX;

@@ -14,7 +14,7 @@ import type { Client, WorkflowHandle } from '@temporalio/client';
 import type { Command } from 'commander';
 
 import { runDir, teacherDir } from '../config/index.js';
-import { type ExperimentConfig, loadExperimentConfig, paperTableInput, writePaperTableFiles } from '../experiment/index.js';
+import { type ExperimentConfig, checkExperimentTasks, loadExperimentConfig, paperTableInput, writePaperTableFiles } from '../experiment/index.js';
 import { type ManagedProcess, startTeacherService, startTemporal, startWorker } from '../stack/index.js';
 import { connectClient } from '../worker/index.js';
 import {
@@ -151,6 +151,8 @@ function finish(x: ExperimentConfig, result: PaperTableResult, opts: PaperTableC
 async function paperTableAction(opts: PaperTableCliOptions): Promise<void> {
   const t0 = Date.now();
   const x = resolve(opts);
+  const tasks = checkExperimentTasks(x);
+  if (tasks.length) log(`experiment ${x.config.run.name}: zero-shot tasks ${tasks.join(', ')} on the teacher and every final student`);
   const config = x.config;
   const dir = runDir(config);
   fs.mkdirSync(dir, { recursive: true });
@@ -244,7 +246,7 @@ export function registerExperimentCommands(program: Command): void {
     .command('paper-table')
     .description(
       'six arms (random init, first-k and searched sub-networks, each with CE and with KD) over several seeds with the same data order and budget; ' +
-        'writes the table (final perplexity, Moby Dick perplexity, tokens and FLOPs to reach random init) and curves to docs/results/',
+        'writes the table (final perplexity and bits per byte in and out of domain, tokens and FLOPs to reach random init, zero-shot task accuracy with experiment.tasks) and curves to docs/results/',
     )
     .option('--config <file>', 'configuration (YAML or JSON): the run configuration plus an `experiment:` section (docs/experiments.md)')
     .option('--out <dir>', 'output folder (overrides experiment.out; default docs/results)')

@@ -11,6 +11,9 @@
  */
 import { Command, Option } from 'commander';
 
+import { BACKEND_CHOICES } from '../../core/model/backend.js';
+import { PRECISIONS } from '../../core/model/precision.js';
+
 type Register = (program: Command) => void;
 
 interface CommandModule {
@@ -23,19 +26,21 @@ const COMMANDS: CommandModule[] = [
   { names: ['teacher'], load: async () => (await import('./teacher.js')).registerTeacherCommands },
   { names: ['teacher'], load: async () => (await import('./serve.js')).registerTeacherServeCommand },
   { names: ['eval', 'logits'], load: async () => (await import('./eval.js')).registerEvalCommands },
+  { names: ['export'], load: async () => (await import('./export.js')).registerExportCommand },
   { names: ['subnet'], load: async () => (await import('./subnet.js')).registerSubnetCommands },
   { names: ['search'], load: async () => (await import('./search.js')).registerSearchCommand },
   { names: ['worker'], load: async () => (await import('./worker.js')).registerWorkerCommand },
   { names: ['run', 'status', 'cancel'], load: async () => (await import('./run.js')).registerRunCommands },
   { names: ['watch', 'dashboard'], load: async () => (await import('../progress/index.js')).registerProgressCommands },
   { names: ['experiment'], load: async () => (await import('./experiment.js')).registerExperimentCommands },
+  { names: ['data'], load: async () => (await import('./data.js')).registerDataCommands },
 ];
 
 /** The options every command takes (before its name). */
 function withGlobalOptions(program: Command): Command {
-  return program.addOption(
-    new Option('--backend <name>', 'compute backend: auto, tensorflow, webgpu, wasm or cpu (env OFFSHOOT_BACKEND)').env('OFFSHOOT_BACKEND'),
-  );
+  return program
+    .addOption(new Option('--backend <name>', `compute backend: ${BACKEND_CHOICES.join(', ')}`).env('OFFSHOOT_BACKEND'))
+    .addOption(new Option('--precision <p>', `arithmetic: ${PRECISIONS.join(' (bf16 products, f32 master weights; cuda) or ')}`).env('OFFSHOOT_PRECISION'));
 }
 
 /** The top-level command named on the command line (`help X` names X), if any. */

@@ -13,6 +13,7 @@ import * as path from 'node:path';
 import type { Client, WorkflowHandle } from '@temporalio/client';
 import type { Command } from 'commander';
 
+import { defaultTokenStore } from '../../core/data/index.js';
 import { teacherFinished, trainTeacher } from '../../core/teacher/index.js';
 import { type OffshootConfig, defaultConfig, loadConfigFile, mergeRaw, parseConfig, pipelineInput, runDir, teacherDir } from '../config/index.js';
 import { resultsTable } from '../orchestration/index.js';
@@ -20,7 +21,6 @@ import {
   type ManagedProcess,
   type NatsServer,
   type TemporalServer,
-  offshootCache,
   startNats,
   startTeacherService,
   startTemporal,
@@ -275,7 +275,10 @@ function printResult(result: PipelineResult, json: boolean | undefined): void {
   }
   const student = result.rows.find((r) => r.name === 'student');
   console.log('');
-  const teacherPpl = result.teacher.valLoss !== undefined ? `, validation perplexity ${Math.exp(result.teacher.valLoss).toFixed(2)}` : '';
+  const teacherPpl =
+    result.teacher.valLoss !== undefined
+      ? `, validation perplexity ${Math.exp(result.teacher.valLoss).toFixed(2)}${result.teacher.valBpb !== undefined ? ` (${result.teacher.valBpb.toFixed(4)} bits per byte)` : ''}`
+      : '';
   console.log(`offshoot run ${result.runId}: teacher ${result.teacher.parameters.toLocaleString('en-US')} parameters${teacherPpl}`);
   console.log(`search: ${result.search.evaluations} evaluations, best ${result.search.best.description ?? result.search.best.key}`);
   console.log('');
@@ -283,7 +286,12 @@ function printResult(result: PipelineResult, json: boolean | undefined): void {
   console.log('');
   if (student) {
     for (const r of result.rows) {
-      if (r !== student) console.log(`student vs ${r.name}: validation perplexity ${student.valPpl.toFixed(2)} vs ${r.valPpl.toFixed(2)} with the same pretraining budget`);
+      if (r !== student) {
+        console.log(
+          `student vs ${r.name}: validation perplexity ${student.valPpl.toFixed(2)} vs ${r.valPpl.toFixed(2)}, ` +
+            `${student.valBpb.toFixed(4)} vs ${r.valBpb.toFixed(4)} bits per byte, with the same pretraining budget`,
+        );
+      }
     }
   }
   console.log(`report: ${result.report.markdown}`);
@@ -448,7 +456,7 @@ export async function ensureTeacher(config: OffshootConfig): Promise<void> {
   if (!enabled) throw new Error(`teacher ${dir}: no finished checkpoint there and teacher.train.enabled is false`);
   log(`teacher: training ${settings.preset} on ${config.data.train} into ${dir} (${settings.steps} steps)`);
   await trainTeacher(
-    { ...settings, data: config.data.train, val: config.data.val, out: dir, tokenizer: config.data.tokenizer ?? undefined, tokenCache: offshootCache('tokens') },
+    { ...settings, data: config.data.train, val: config.data.val, out: dir, tokenizer: config.data.tokenizer ?? undefined, tokenCache: defaultTokenStore() },
     { log },
   );
 }

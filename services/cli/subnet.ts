@@ -4,7 +4,7 @@ import * as path from 'node:path';
 
 import { type Command, InvalidArgumentError, Option } from 'commander';
 
-import { DEFAULT_TRAIN_CORPUS, TOKENIZER_FILE, loadTokenizer, sampleBatch, tokenizedCorpus } from '../../core/data/index.js';
+import { DEFAULT_TRAIN_CORPUS, TOKENIZER_FILE, defaultTokenStore, loadTokenizer, openData, sampleBatch } from '../../core/data/index.js';
 import { type SaveDtype, loadConfig } from '../../core/model/index.js';
 import {
   CALIBRATION_SEED,
@@ -28,7 +28,7 @@ import {
   spaceParamRange,
 } from '../../core/subnet/index.js';
 import { withBackend } from './backend-option.js';
-import { cacheDir, positiveInt } from './common.js';
+import { positiveInt } from './common.js';
 
 /**
  * A spec from a file, or inline JSON when the argument starts with "{". A subnet.json written by
@@ -89,8 +89,9 @@ async function extractAction(opts: ExtractCliOptions): Promise<void> {
     const config = loadConfig(opts.teacher);
     const seqLen = opts.calibrationSeqLen ?? Math.min(config.maxPositions, 64);
     if (seqLen > config.maxPositions) throw new Error(`--calibration-seq-len ${seqLen} exceeds the teacher's context of ${config.maxPositions}`);
-    const corpus = await tokenizedCorpus(opts.calibration, tokenizer, cacheDir('tokens'));
-    calibration = sampleBatch(corpus.tokens, { batchSize: opts.calibrationBatch, seqLen, seed: CALIBRATION_SEED, step: 0 });
+    const corpus = await openData(opts.calibration, tokenizer, { cacheDir: defaultTokenStore() });
+    calibration = sampleBatch(corpus, { batchSize: opts.calibrationBatch, seqLen, seed: CALIBRATION_SEED, step: 0 });
+    corpus.close();
     process.stderr.write(`calibration: ${opts.calibrationBatch}×${seqLen} tokens of ${corpus.spec}\n`);
   }
   const result = await extractCheckpoint({

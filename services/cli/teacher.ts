@@ -1,11 +1,11 @@
 /** `offshoot teacher train`: train a GPT-NeoX on a corpus into a checkpoint directory (resumable; core/teacher). */
 import type { Command } from 'commander';
 
-import { DEFAULT_TRAIN_CORPUS, DEFAULT_VALIDATION_CORPUS } from '../../core/data/index.js';
+import { DEFAULT_TRAIN_CORPUS, DEFAULT_VALIDATION_CORPUS, defaultTokenStore } from '../../core/data/index.js';
 import { MODEL_PRESETS } from '../../core/model/index.js';
 import { TEACHER_TRAIN_DEFAULTS, type TeacherTrainSettings, trainTeacher } from '../../core/teacher/index.js';
 import { withBackend } from './backend-option.js';
-import { cacheDir, nonNegativeInt, positiveInt, positiveNumber } from './common.js';
+import { nonNegativeInt, positiveInt, positiveNumber } from './options.js';
 import { ProgressBar } from './progress.js';
 
 interface TeacherTrainCliOptions extends TeacherTrainSettings {
@@ -20,7 +20,7 @@ async function teacherTrainAction(opts: TeacherTrainCliOptions): Promise<void> {
   const { json, ...options } = opts;
   const bar = new ProgressBar(opts.steps, 'train');
   const summary = await trainTeacher(
-    { ...options, tokenCache: cacheDir('tokens') },
+    { ...options, tokenCache: defaultTokenStore() },
     {
       log: (line) => process.stderr.write(`${line}\n`),
       onStep: (r) =>
@@ -38,8 +38,8 @@ export function registerTeacherCommands(program: Command): void {
   teacher
     .command('train')
     .description('train a GPT-NeoX on a corpus into a checkpoint directory; rerunning continues an unfinished run')
-    .option('--data <spec>', 'training corpus: sotu:train, sotu:val, mobydick, or a text file, folder or JSONL path', DEFAULT_TRAIN_CORPUS)
-    .option('--val <spec>', 'validation corpus', DEFAULT_VALIDATION_CORPUS)
+    .option('--data <spec>', 'training data spec: sotu:train, sotu:val, mobydick, a file, folder or glob, or a spec file (docs/data.md)', DEFAULT_TRAIN_CORPUS)
+    .option('--val <spec>', 'validation data spec (e.g. "corpus.yaml;split=val")', DEFAULT_VALIDATION_CORPUS)
     .option('--out <dir>', 'checkpoint directory', 'runs/teacher')
     .option('--preset <name>', `model shape: ${Object.keys(MODEL_PRESETS).join(', ')}`, d.preset)
     .option('--tokenizer <path>', 'tokenizer.json (or a folder holding one); default: train a byte-level BPE on --data')

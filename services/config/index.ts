@@ -82,8 +82,8 @@ export const configSchema = z.strictObject({
     .prefault({}),
   data: z
     .strictObject({
-      train: z.string().min(1).default('sotu:train').describe('training corpus: sotu:train, sotu:val, mobydick, or a path'),
-      val: z.string().min(1).default('sotu:val').describe('validation corpus'),
+      train: z.string().min(1).default('sotu:train').describe('training data spec (docs/data.md): sotu:train, sotu:val, mobydick, a file, folder or glob, a spec file'),
+      val: z.string().min(1).default('sotu:val').describe('validation data spec, e.g. corpus.yaml;split=val'),
       tokenizer: z.string().min(1).nullable().default(null).describe("tokenizer.json or a folder; null: the teacher's"),
     })
     .prefault({}),

@@ -1,8 +1,9 @@
 /**
  * Analysis of a paper-table experiment (pure: no files, no clock).
  *
- * - Final perplexity of each arm: mean ± sample standard deviation over seeds, on the validation corpus
- *   and on the out-of-domain corpus (the final evaluations, `finalEvalTokens` / `oodEvalTokens`).
+ * - Final perplexity and bits per byte of each arm: mean ± sample standard deviation over seeds, on the
+ *   validation corpus and on the out-of-domain corpus (the final evaluations, `finalEvalTokens` /
+ *   `oodEvalTokens`), and each zero-shot task's accuracy (acc_norm where scored) when tasks were run.
  * - Efficiency, per seed, paired with the random-init (CE) run of the same seed (same data order): the
  *   target is that run's perplexity at the end of its budget, read from its validation curve; an arm's
  *   tokens (FLOPs) to reach it are where its curve first gets there, interpolated linearly in log
@@ -12,6 +13,7 @@
  *   initialisations better than random, KD helping, search better than first-k.
  */
 import { ARM_INFO, type PaperArm, type PaperRun, type PaperTableResult } from '../../workflows/paper-table.js';
+import type { TaskAccuracy } from '../../workflows/index.js';
 
 export const BASELINE_ARM: PaperArm = 'random-ce';
 export const METHOD_ARM: PaperArm = 'evo-kd';
@@ -107,7 +109,12 @@ export interface ArmSummary {
   flopsPerToken: PaperRun['flopsPerToken'];
   val: Stats;
   ood: Stats;
+  /** Bits per byte of the final evaluations (comparable across tokenizers). */
+  valBpb: Stats;
+  oodBpb: Stats;
   valLoss: Stats;
+  /** Zero-shot task scores over seeds: each task's headline metric (taskHeadline). */
+  tasks: TaskSummary[];
   /** Validation perplexity before any training (step 0), mean over seeds. */
   initialPpl: Stats;
   /** Per seed, paired with the random-init (CE) run of the same seed. Ratios: Infinity when reached at step 0, null when not reached. */
@@ -118,6 +125,28 @@ export interface ArmSummary {
   tokenRatio: Stats;
   flopRatio: Stats;
   reached: number;
+}
+
+export interface TaskSummary {
+  task: string;
+  metric: string;
+  docs: number;
+  stats: Stats;
+}
+
+/** The metric a task is summarised by: acc_norm (length-normalised, the paper tables' usual choice) when scored, else acc, else the first. */
+export function taskHeadline(metrics: Record<string, unknown>): string {
+  return 'acc_norm' in metrics ? 'acc_norm' : 'acc' in metrics ? 'acc' : Object.keys(metrics)[0];
+}
+
+/** Each task's headline metric over runs (tasks in the order of the first run). */
+export function summariseTasks(runs: readonly { tasks?: TaskAccuracy[] }[]): TaskSummary[] {
+  const first = runs[0]?.tasks ?? [];
+  return first.map((t) => {
+    const metric = taskHeadline(t.metrics);
+    const values = runs.map((r) => r.tasks?.find((x) => x.task === t.task)?.metrics[metric]?.value).filter((v): v is number => v !== undefined);
+    return { task: t.task, metric, docs: t.docs, stats: stats(values) };
+  });
 }
 
 export interface Claim {
@@ -197,6 +226,9 @@ export function analysePaperTable(result: PaperTableResult): PaperTableAnalysis 
       flopsPerToken: runs[0].flopsPerToken,
       val: stats(runs.map((r) => r.final.val.valPpl)),
       ood: stats(runs.map((r) => r.final.ood.valPpl)),
+      valBpb: stats(runs.map((r) => r.final.val.valBpb)),
+      oodBpb: stats(runs.map((r) => r.final.ood.valBpb)),
+      tasks: summariseTasks(runs.map((r) => r.final)),
       valLoss: stats(runs.map((r) => r.final.val.valLoss)),
       initialPpl: stats(runs.map((r) => r.curve[0].valPpl)),
       efficiency,

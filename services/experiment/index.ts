@@ -10,6 +10,7 @@ import * as path from 'node:path';
 import YAML from 'yaml';
 import { z } from 'zod';
 
+import { loadTasks } from '../../core/eval/index.js';
 import { writeFileAtomic } from '../../core/model/index.js';
 import { ConfigError, type ConfigProblem, type OffshootConfig, mergeRaw, parseConfig, pipelineInput } from '../config/index.js';
 import type { WorkerEnv } from '../orchestration/index.js';
@@ -69,6 +70,8 @@ export const experimentSchema = z
     oodEvalTokens: posInt().default(16384),
     out: z.string().min(1).default('docs/results').describe('folder the table, plots and data are written to'),
     prefix: z.string().regex(/^[A-Za-z0-9._-]+$/, 'letters, digits, . _ -').default('paper-table').describe('file name prefix of the outputs'),
+    tasks: z.array(z.string().min(1)).default([]).describe('lm-evaluation-harness task YAML files (or folders of them) scored zero-shot on the teacher and every final student'),
+    taskLimit: posInt().optional().describe('score only the first N documents of each task'),
   })
   .prefault({});
 
@@ -142,6 +145,21 @@ export function resolvedConfig(x: ExperimentConfig): Record<string, unknown> {
   return JSON.parse(JSON.stringify({ experiment: x.experiment, ...x.config })) as Record<string, unknown>;
 }
 
+/** The experiment's task files as the workers read them: absolute, with the folder relative data_files are read from. */
+function taskInput(e: ExperimentSettings, cwd: string): NonNullable<PaperTableInput['tasks']> {
+  return { files: e.tasks.map((f) => path.resolve(cwd, f)), cwd: path.resolve(cwd), ...(e.taskLimit ? { limit: e.taskLimit } : {}) };
+}
+
+/**
+ * Reads the experiment's tasks once, so a bad task file is reported before anything runs; returns
+ * their names (empty when the experiment names none).
+ */
+export function checkExperimentTasks(x: ExperimentConfig, cwd = process.cwd()): string[] {
+  if (!x.experiment.tasks.length) return [];
+  const t = taskInput(x.experiment, cwd);
+  return loadTasks(t.files, { cwd: t.cwd, limit: t.limit }).map((task) => task.name);
+}
+
 /** The paperTable workflow's input for a configuration. */
 export function paperTableInput(x: ExperimentConfig, options: { cwd?: string; command: string; backend?: string; teacherService?: TeacherServiceRef }): PaperTableInput {
   const base = pipelineInput(x.config, { cwd: options.cwd, teacherService: options.teacherService });
@@ -153,6 +171,7 @@ export function paperTableInput(x: ExperimentConfig, options: { cwd?: string; co
     data: base.data,
     ...(base.teacherService ? { teacherService: base.teacherService } : {}),
     ood: { data: x.experiment.ood, evalTokens: x.experiment.oodEvalTokens },
+    ...(x.experiment.tasks.length ? { tasks: taskInput(x.experiment, options.cwd ?? process.cwd()) } : {}),
     evolution: base.evolution,
     pretrain,
     distill: { alpha: d.alpha, temperature: d.temperature, direction: d.direction },

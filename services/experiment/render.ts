@@ -1,12 +1,13 @@
 /**
- * The paper-table report: a Markdown table with the setup, the claims checked, per-seed numbers and the
+ * The paper-table report: a Markdown table (perplexity, bits per byte, efficiency, zero-shot task
+ * accuracy when tasks were run) with the setup, the claims checked, per-seed numbers and the
  * configuration; validation-perplexity curves against tokens and against FLOPs as SVG; the raw result
  * and its analysis as JSON. Pure text generation (writing is in index.ts).
  */
 import YAML from 'yaml';
 
 import { ARM_INFO, type PaperArm, type PaperTableResult } from '../../workflows/paper-table.js';
-import { type ArmSummary, type PaperTableAnalysis, type Stats, BASELINE_ARM, PAPER_GOALS, analysePaperTable } from './analysis.js';
+import { type ArmSummary, type PaperTableAnalysis, type Stats, BASELINE_ARM, PAPER_GOALS, analysePaperTable, stats, summariseTasks } from './analysis.js';
 import { type ChartSeries, lineChart, shortNumber } from './svg.js';
 
 export interface RenderedPaperTable {
@@ -119,7 +120,7 @@ export function renderPaperTable(result: PaperTableResult, options: { prefix?: s
   lines.push('');
   lines.push(
     `- **Teacher**: ${commas(t.parameters)} parameters (${t.config.numLayers} layers, width ${t.config.hiddenSize}, ${t.config.layers[0]?.numHeads} heads, vocabulary ${t.config.vocabSize}), ` +
-      `validation perplexity ${t.val.valPpl.toFixed(2)} on ${s.valData}, ${t.ood.valPpl.toFixed(2)} on ${s.oodData}.`,
+      `validation perplexity ${t.val.valPpl.toFixed(2)} (${t.val.valBpb.toFixed(3)} bits per byte) on ${s.valData}, ${t.ood.valPpl.toFixed(2)} (${t.ood.valBpb.toFixed(3)} bits per byte) on ${s.oodData}.`,
   );
   lines.push(
     `- **Parameter bin**: ${result.search.target.label} (${commas(result.search.target.minParams)}–${commas(result.search.target.maxParams)} parameters); ` +
@@ -137,8 +138,14 @@ export function renderPaperTable(result: PaperTableResult, options: { prefix?: s
   );
   lines.push(
     `- **Evaluation**: curves every ${s.evalEvery} steps (and before training) on the first ${commas(s.evalTokens)} tokens of ${s.valData}; final perplexities on ${commas(s.finalEvalTokens)} tokens of ${s.valData} ` +
-      `and ${commas(s.oodEvalTokens)} tokens of ${s.oodData} (out of domain).`,
+      `and ${commas(s.oodEvalTokens)} tokens of ${s.oodData} (out of domain); bits per byte = the same loss per UTF-8 byte of the scored text (docs/evaluation.md).`,
   );
+  if (s.taskFiles.length) {
+    lines.push(
+      `- **Zero-shot tasks**: ${(t.tasks ?? []).map((x) => `${x.task} (${x.docs} documents)`).join(', ')}, lm-evaluation-harness task files scored by \`offshoot eval --tasks\` ` +
+        '(the same log-likelihoods as `lm_eval --model hf` on the exported checkpoint); accuracy is acc_norm (length-normalised) where the task scores it.',
+    );
+  }
   lines.push(
     '- **FLOPs** (core/subnet counting, as the paper\'s v2): training 6N + 3·attention per token, plus the teacher\'s forward 2N + attention per token for KD arms; ' +
       'N excludes the input embedding; evaluation and the search are not counted.',
@@ -150,12 +157,29 @@ export function renderPaperTable(result: PaperTableResult, options: { prefix?: s
   lines.push('');
   lines.push('## Results');
   lines.push('');
-  lines.push(`| arm | parameters | val perplexity (${s.valData}) | ${s.oodData} perplexity | tokens to reach random-init (CE) perplexity | token ratio | FLOPs to reach | FLOP ratio |`);
-  lines.push('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
+  lines.push(
+    `| arm | parameters | val perplexity (${s.valData}) | val bits per byte | ${s.oodData} perplexity | ${s.oodData} bits per byte | tokens to reach random-init (CE) perplexity | token ratio | FLOPs to reach | FLOP ratio |`,
+  );
+  lines.push('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
   for (const a of analysis.arms) {
-    lines.push(`| ${a.label} | ${commas(a.parameters)} | ${pm(a.val)} | ${pm(a.ood)} | ${reachCell(a, 'tokens')} | ${ratioCell(a, 'tokens')} | ${reachCell(a, 'flops')} | ${ratioCell(a, 'flops')} |`);
+    lines.push(
+      `| ${a.label} | ${commas(a.parameters)} | ${pm(a.val)} | ${pm(a.valBpb, 3)} | ${pm(a.ood)} | ${pm(a.oodBpb, 3)} | ${reachCell(a, 'tokens')} | ${ratioCell(a, 'tokens')} | ${reachCell(a, 'flops')} | ${ratioCell(a, 'flops')} |`,
+    );
   }
   lines.push('');
+  const tasks = analysis.arms[0]?.tasks ?? [];
+  if (tasks.length) {
+    lines.push('### Zero-shot tasks');
+    lines.push('');
+    lines.push('Accuracy, mean ± std over seeds (the teacher: one model).');
+    lines.push('');
+    lines.push(`| model | ${tasks.map((x) => `${x.task} (${x.metric}, ${x.docs} docs)`).join(' | ')} |`);
+    lines.push(`| --- | ${tasks.map(() => '---:').join(' | ')} |`);
+    const teacherTasks = summariseTasks([t]);
+    lines.push(`| teacher | ${tasks.map((x) => teacherTasks.find((y) => y.task === x.task)?.stats.mean.toFixed(3) ?? '-').join(' | ')} |`);
+    for (const a of analysis.arms) lines.push(`| ${a.label} | ${tasks.map((x) => pm(a.tasks.find((y) => y.task === x.task)?.stats ?? stats([]), 3)).join(' | ')} |`);
+    lines.push('');
+  }
   if (base) lines.push(`Budget of every arm: ${shortNumber(budgetTokens)} tokens; random init (CE) spends ${sci(base.budgetFlops)} FLOPs on it.`);
   lines.push('');
   lines.push(`![validation perplexity vs tokens](${prefix}-tokens.svg)`);
@@ -206,8 +230,8 @@ export function renderPaperTable(result: PaperTableResult, options: { prefix?: s
   lines.push('');
   lines.push('## Per seed');
   lines.push('');
-  lines.push(`| seed | arm | val perplexity | ${s.oodData} perplexity | target (random CE) | tokens to reach | token ratio | FLOP ratio |`);
-  lines.push('| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |');
+  lines.push(`| seed | arm | val perplexity | val bits per byte | ${s.oodData} perplexity | target (random CE) | tokens to reach | token ratio | FLOP ratio |`);
+  lines.push('| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
   for (const seed of s.seeds) {
     for (const a of analysis.arms) {
       const r = result.runs.find((x) => x && x.arm === a.arm && x.seed === seed);
@@ -215,7 +239,7 @@ export function renderPaperTable(result: PaperTableResult, options: { prefix?: s
       const e = a.efficiency.find((x) => x.seed === seed);
       const ratio = (v: number | null | undefined) => (v == null ? '-' : Number.isFinite(v) ? `${v.toFixed(2)}x` : '∞');
       lines.push(
-        `| ${seed} | ${a.label} | ${r.final.val.valPpl.toFixed(2)} | ${r.final.ood.valPpl.toFixed(2)} | ${e ? e.target.toFixed(2) : '-'} | ${e?.tokens != null ? shortNumber(e.tokens) : 'not reached'} | ` +
+        `| ${seed} | ${a.label} | ${r.final.val.valPpl.toFixed(2)} | ${r.final.val.valBpb.toFixed(3)} | ${r.final.ood.valPpl.toFixed(2)} | ${e ? e.target.toFixed(2) : '-'} | ${e?.tokens != null ? shortNumber(e.tokens) : 'not reached'} | ` +
           `${ratio(e?.tokenRatio)} | ${ratio(e?.flopRatio)} |`,
       );
     }

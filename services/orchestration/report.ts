@@ -18,11 +18,11 @@ function commas(n: number): string {
 /** The results table: one row per student (the searched one first), as Markdown. */
 export function resultsTable(result: Omit<PipelineResult, 'report'>): string {
   const lines = [
-    '| model | initialisation | parameters | val perplexity | val loss | pretraining tokens | pretraining FLOPs |',
-    '| --- | --- | ---: | ---: | ---: | ---: | ---: |',
+    '| model | initialisation | parameters | val perplexity | val bits per byte | val loss | pretraining tokens | pretraining FLOPs |',
+    '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |',
   ];
   for (const r of result.rows) {
-    lines.push(`| ${r.name} | ${r.init} | ${commas(r.parameters)} | ${r.valPpl.toFixed(2)} | ${r.valLoss.toFixed(4)} | ${commas(r.tokens)} | ${sci(r.flops)} |`);
+    lines.push(`| ${r.name} | ${r.init} | ${commas(r.parameters)} | ${r.valPpl.toFixed(2)} | ${r.valBpb.toFixed(4)} | ${r.valLoss.toFixed(4)} | ${commas(r.tokens)} | ${sci(r.flops)} |`);
   }
   return lines.join('\n');
 }
@@ -32,7 +32,7 @@ export function reportMarkdown(result: Omit<PipelineResult, 'report'>): string {
   const lines = [
     `# offshoot run ${result.runId}`,
     '',
-    `Teacher: ${result.teacher.dir} (${commas(result.teacher.parameters)} parameters, sha256 ${result.teacher.hash.slice(0, 12)}…${result.teacher.valLoss !== undefined ? `, val perplexity ${Math.exp(result.teacher.valLoss).toFixed(2)}` : ''}).`,
+    `Teacher: ${result.teacher.dir} (${commas(result.teacher.parameters)} parameters, sha256 ${result.teacher.hash.slice(0, 12)}…${result.teacher.valLoss !== undefined ? `, val perplexity ${Math.exp(result.teacher.valLoss).toFixed(2)}` : ''}${result.teacher.valBpb !== undefined ? `, ${result.teacher.valBpb.toFixed(4)} bits per byte` : ''}).`,
     '',
     `Search: ${result.search.evaluations} evaluations (seed ${result.search.seed}, ${result.search.runs} workflow run${result.search.runs === 1 ? '' : 's'}, ${sci(result.search.flops)} FLOPs); ` +
       `best: ${result.search.best.description ?? result.search.best.key} (fitness ${result.search.best.fitness?.toFixed(4)}).`,
@@ -43,8 +43,12 @@ export function reportMarkdown(result: Omit<PipelineResult, 'report'>): string {
   if (student) {
     for (const r of result.rows) {
       if (r === student) continue;
-      lines.push(`- student vs ${r.name}: perplexity ${student.valPpl.toFixed(2)} vs ${r.valPpl.toFixed(2)} (${student.valPpl < r.valPpl ? 'better' : 'not better'}) at the same ${commas(r.tokens)} pretraining tokens.`);
+      lines.push(
+        `- student vs ${r.name}: perplexity ${student.valPpl.toFixed(2)} vs ${r.valPpl.toFixed(2)}, ${student.valBpb.toFixed(4)} vs ${r.valBpb.toFixed(4)} bits per byte ` +
+          `(${student.valPpl < r.valPpl ? 'better' : 'not better'}) at the same ${commas(r.tokens)} pretraining tokens.`,
+      );
     }
+    lines.push('- Bits per byte: the validation loss per UTF-8 byte of the scored text (docs/evaluation.md), comparable across tokenizers.');
     lines.push(`- FLOPs count the student's training (6N per token plus attention) and the teacher's forward passes for distillation; the search spent ${sci(student.searchFlops ?? 0)} more.`);
   }
   return lines.join('\n') + '\n';

@@ -9,9 +9,10 @@
  *   {step, checkpoint}; a retry resumes from the last heartbeat's checkpoint. A SIGTERM'd worker
  *   checkpoints at the next step boundary and returns what it reached. Every step's loss goes to
  *   <run>/<name>/losses.jsonl (with the attempt and worker), so the curve across retries can be read.
- *   The worker keeps what segments share (teacher, corpora, validation batches on the device, compiled
- *   kernels, tuned plans) from one to the next, and gives back a finished segment's pooled buffers.
- * - evaluateCheckpoint: validation loss and perplexity of a checkpoint.
+ *   The worker keeps what segments share (teacher, opened data, validation batches on the device,
+ *   compiled kernels, tuned plans) from one to the next, and gives back a finished segment's pooled buffers.
+ * - evaluateCheckpoint: validation loss, perplexity and bits per byte of a checkpoint.
+ * - evaluateTasks: zero-shot scores of a checkpoint on lm-evaluation-harness task files (core/eval).
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -26,7 +27,8 @@ import {
   extractCheckpoint,
   studentConfig,
 } from '../../core/subnet/index.js';
-import { TOKENIZER_FILE, evalBatches, loadTokenizer, sampleBatch, tokenizedCorpus } from '../../core/data/index.js';
+import { type OpenedData, TOKENIZER_FILE, defaultTokenStore as tokenCache, evalBatches, loadTokenizer, openData, sampleBatch } from '../../core/data/index.js';
+import { TaskError, evaluateTasks, evaluateText, loadTasks } from '../../core/eval/index.js';
 import {
   CheckpointError,
   type DeviceBatch,
@@ -50,7 +52,6 @@ import {
 } from '../../core/model/index.js';
 import * as tf from '../../core/model/tfjs.js';
 import { type TeacherTrainSettings, teacherFinished, trainTeacher } from '../../core/teacher/index.js';
-import { offshootCache } from '../stack/index.js';
 import { tokensPerSecond as tokensPerSecondGauge } from '../progress/index.js';
 import { StreamingTeacher } from '../teacher/index.js';
 import { TeacherMismatchError, type WorkerEnv, emit, teacherClient, teacherModel, withActivityEvents } from '../orchestration/index.js';
@@ -59,17 +60,18 @@ import type {
   CheckpointRef,
   EvalPoint,
   EvaluateCheckpointInput,
+  EvaluateTasksInput,
   PrepareStudentInput,
   PrepareTeacherInput,
   PretrainActivities,
   SegmentHeartbeat,
   StudentRef,
+  TaskAccuracy,
   TeacherRef,
   TrainSegmentInput,
   TrainSegmentOutput,
 } from '../../workflows/index.js';
 
-const tokenCache = () => offshootCache('tokens');
 
 /** The hash a checkpoint directory declares (its manifest), or the one computed from its weights. */
 function checkpointHash(dir: string): string {
@@ -96,21 +98,27 @@ function tokenizerSource(data: { tokenizer?: string }, teacherDir: string): stri
 
 /**
  * What the segments of a run share, kept by this worker from one segment to the next (and from one
- * arm of an experiment to the next): the tokenised corpora and the validation batches on the device.
- * The teacher model is kept by ../orchestration. One data set at a time; another replaces it.
+ * arm of an experiment to the next): the opened training and validation data and the validation
+ * batches on the device. The teacher model is kept by ../orchestration. One data set at a time;
+ * another replaces it (and closes it).
  */
-let kept: { key: string; train: ArrayLike<number>; val: ArrayLike<number>; validation: Map<string, DeviceBatch[]> } | undefined;
+let kept: { key: string; train: OpenedData; val: OpenedData; validation: Map<string, DeviceBatch[]> } | undefined;
 
-async function segmentData(input: TrainSegmentInput): Promise<{ train: ArrayLike<number>; validation: (o: { seqLen: number; batchSize: number; maxTokens: number }) => DeviceBatch[] }> {
+async function segmentData(env: WorkerEnv, input: TrainSegmentInput): Promise<{ train: OpenedData; validation: (o: { seqLen: number; batchSize: number; maxTokens: number }) => DeviceBatch[] }> {
   const source = tokenizerSource(input.data, input.teacher.dir);
   const key = JSON.stringify([path.resolve(source), input.data.train, input.data.val]);
   if (kept?.key !== key) {
-    if (kept) for (const list of kept.validation.values()) for (const b of list) tf.dispose([b.ids, b.targets]);
+    if (kept) {
+      for (const list of kept.validation.values()) for (const b of list) tf.dispose([b.ids, b.targets]);
+      kept.train.close();
+      kept.val.close();
+    }
     kept = undefined;
     const tokenizer = await loadTokenizer(source);
-    const train = await tokenizedCorpus(input.data.train, tokenizer, tokenCache());
-    const val = await tokenizedCorpus(input.data.val, tokenizer, tokenCache());
-    kept = { key, train: train.tokens, val: val.tokens, validation: new Map() };
+    // The store's manifests find the prepared shards without reading the corpus again.
+    const train = await openData(input.data.train, tokenizer, { cacheDir: tokenCache(), log: env.log });
+    const val = await openData(input.data.val, tokenizer, { cacheDir: tokenCache(), log: env.log });
+    kept = { key, train, val, validation: new Map() };
   }
   const data = kept;
   return {
@@ -227,8 +235,9 @@ async function prepareStudent(env: WorkerEnv, input: PrepareStudentInput): Promi
       let calibration;
       if (init.order === 'importance' || init.layers === 'importance') {
         const tokenizer = await loadTokenizer(tokenizerSource(input.data, input.teacher.dir));
-        const corpus = await tokenizedCorpus(input.data.train, tokenizer, tokenCache());
-        calibration = sampleBatch(corpus.tokens, { batchSize: 8, seqLen: Math.min(input.hyper.seqLen, input.teacher.config.maxPositions), seed: CALIBRATION_SEED, step: 0 });
+        const corpus = await openData(input.data.train, tokenizer, { cacheDir: tokenCache() });
+        calibration = sampleBatch(corpus, { batchSize: 8, seqLen: Math.min(input.hyper.seqLen, input.teacher.config.maxPositions), seed: CALIBRATION_SEED, step: 0 });
+        corpus.close();
       }
       const r = await extractCheckpoint({ teacher: input.teacher.dir, spec: init.spec, out: dir, order: init.order, layers: init.layers, calibration });
       hash = r.checkpointHash;
@@ -307,7 +316,7 @@ async function trainSegment(env: WorkerEnv, input: TrainSegmentInput): Promise<T
   env.log(`trainSegment: ${series} steps ${startStep}->${input.toStep}${start !== input.from ? ` (attempt ${attempt}, resuming from the heartbeat's checkpoint at step ${startStep})` : ` (attempt ${attempt})`}`);
 
   // Data, tokenizer, teacher.
-  const { train, validation } = await segmentData(input);
+  const { train, validation } = await segmentData(env, input);
   const batches = (step: number) => sampleBatch(train, { batchSize: h.batchSize, seqLen: h.seqLen, seed: h.seed, step });
   let teacher;
   if (h.distill) {
@@ -435,9 +444,33 @@ async function evaluateCheckpoint(input: EvaluateCheckpointInput): Promise<Check
   try {
     const tokPath = input.data.tokenizer ?? (fs.existsSync(path.join(input.checkpoint.dir, TOKENIZER_FILE)) ? input.checkpoint.dir : input.tokenizerDir);
     const tokenizer = await loadTokenizer(tokPath);
-    const val = await tokenizedCorpus(input.data.val, tokenizer, tokenCache());
-    const r = await evaluateLoss(model, evalBatches(val.tokens, { seqLen: Math.min(input.seqLen, ckpt.config.maxPositions), batchSize: input.batchSize, maxTokens: input.evalTokens }));
-    return { valLoss: r.loss, valPpl: r.ppl, tokens: r.tokens };
+    const val = await openData(input.data.val, tokenizer, { cacheDir: tokenCache() });
+    const r = await evaluateText(model, val, tokenizer, { seqLen: Math.min(input.seqLen, ckpt.config.maxPositions), batchSize: input.batchSize, maxTokens: input.evalTokens });
+    val.close();
+    return { valLoss: r.loss, valPpl: r.ppl, valBpb: r.bpb, tokens: r.tokens, bytes: r.bytes };
+  } finally {
+    model.dispose();
+  }
+}
+
+async function evaluateTaskFiles(input: EvaluateTasksInput): Promise<TaskAccuracy[]> {
+  const actx = Context.current();
+  const ckpt = loadCheckpoint(input.checkpoint.dir);
+  if (ckpt.hash !== input.checkpoint.hash) {
+    throw ApplicationFailure.nonRetryable(`${input.checkpoint.dir}: content hash ${ckpt.hash.slice(0, 12)}… differs from the reference's`, 'CheckpointError');
+  }
+  let tasks;
+  try {
+    tasks = loadTasks(input.files, { cwd: input.cwd, limit: input.limit });
+  } catch (err) {
+    if (err instanceof TaskError) throw ApplicationFailure.nonRetryable(err.message, 'TaskError');
+    throw err;
+  }
+  const model = GPTNeoX.fromTensors(ckpt.config, ckpt.tensors, input.checkpoint.dir);
+  try {
+    const tokenizer = await loadTokenizer(fs.existsSync(path.join(input.checkpoint.dir, TOKENIZER_FILE)) ? input.checkpoint.dir : input.tokenizerDir);
+    const { scores } = await evaluateTasks(model, tokenizer, tasks, { batchSize: input.batchSize, onProgress: (done, total) => actx.heartbeat({ done, total }) });
+    return scores.map((s) => ({ task: s.task, docs: s.docs, metrics: s.metrics as TaskAccuracy['metrics'] }));
   } finally {
     model.dispose();
   }
@@ -450,5 +483,6 @@ export function createPretrainActivities(env: WorkerEnv): PretrainActivities {
     prepareStudent: withActivityEvents(env, (i: PrepareStudentInput) => i.run.runId, (i) => `student ${i.name}`, (i) => prepareStudent(env, i)),
     trainSegment: withActivityEvents(env, (i: TrainSegmentInput) => i.run.runId, (i) => `${i.name} steps ${i.from.step ?? 0}-${i.toStep}`, (i) => trainSegment(env, i)),
     evaluateCheckpoint: async (i: EvaluateCheckpointInput) => evaluateCheckpoint(i),
+    evaluateTasks: async (i: EvaluateTasksInput) => evaluateTaskFiles(i),
   };
 }

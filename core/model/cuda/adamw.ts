@@ -6,6 +6,7 @@
  * the step's numbers are read from the device too — from the step's own buffer inside a graph step
  * (graphs.ts), else from one written here — so a captured step replays with the next step's numbers.
  */
+import type { AdamWEntry, AdamWState, AdamWStep } from '../ops/index.js';
 import type * as tf from '../tfjs.js';
 
 import { bf16Shadow, toTensor } from './custom-op.js';
@@ -19,33 +20,11 @@ const CHUNK = 4096;
 /** sizeof(AdamEntry). */
 const ENTRY_BYTES = 64;
 
-export interface CudaAdamWEntry {
-  param: tf.Variable;
-  grad: tf.Tensor;
-  m: tf.Variable;
-  v: tf.Variable;
-  /** Whether weight decay applies (matrices: yes; biases and norms: no). */
-  decays: boolean;
-}
-
-/** The numbers of one step, in the order the kernel reads them (adamw.cu's Hyper). */
-export interface AdamWStep {
-  lr: number;
-  beta1: number;
-  beta2: number;
-  eps: number;
-  bc1: number;
-  bc2: number;
-  /** Clip to this global norm. */
-  maxNorm: number;
-  weightDecay: number;
-}
-export const ADAMW_STEP: readonly (keyof AdamWStep)[] = ['lr', 'beta1', 'beta2', 'eps', 'bc1', 'bc2', 'maxNorm', 'weightDecay'];
-
-/** A step's numbers as the kernel reads them. */
+/** A step's numbers in the order the kernel reads them (adamw.cu's Hyper), bias corrections worked out. */
 export function adamwStepVector(s: AdamWStep): Float32Array {
-  return Float32Array.from(ADAMW_STEP, (k) => s[k]);
+  return Float32Array.of(s.lr, s.beta1, s.beta2, s.eps, 1 - s.beta1 ** s.step, 1 - s.beta2 ** s.step, s.maxNorm, s.weightDecay);
 }
+const STEP_FLOATS = 8;
 
 /** The device copy of the entry table, reused while its bytes are the same. */
 const tables = new WeakMap<CudaBackend, { bytes: Uint8Array; tensor: tf.Tensor }>();
@@ -58,8 +37,8 @@ function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   return true;
 }
 
-/** Applies one clipped AdamW step to every entry; returns the gradient norm before clipping. */
-export function cudaClipAdamW(entries: CudaAdamWEntry[], s: AdamWStep): tf.Scalar {
+/** Applies one clipped AdamW step to every entry (moments from `state`); returns the gradient norm before clipping. */
+export function cudaClipAdamW(state: AdamWState, entries: AdamWEntry[], s: AdamWStep): tf.Scalar {
   const b = cudaBackendOrThrow();
   const d = b.device;
   const bytes = new Uint8Array(entries.length * ENTRY_BYTES);
@@ -74,8 +53,9 @@ export function cudaClipAdamW(entries: CudaAdamWEntry[], s: AdamWStep): tf.Scala
     const g = b.operand(e.grad);
     put64(o, b.operand(e.param).ptr);
     put64(o + 8, g.ptr);
-    put64(o + 16, b.operand(e.m).ptr);
-    put64(o + 24, b.operand(e.v).ptr);
+    const { m, v: vv } = state.moments(e.name, e.param);
+    put64(o + 16, b.operand(m).ptr);
+    put64(o + 24, b.operand(vv).ptr);
     const shadow = bf16Shadow(e.param);
     put64(o + 32, shadow ? b.operand(shadow).ptr : 0);
     put64(o + 40, g.size);
@@ -87,13 +67,16 @@ export function cudaClipAdamW(entries: CudaAdamWEntry[], s: AdamWStep): tf.Scala
   let table = tables.get(b);
   if (!table || !sameBytes(table.bytes, bytes)) {
     table?.tensor.dispose();
-    table = { bytes, tensor: toTensor(b.makeTensorInfo([bytes.length], 'bool', bytes)) };
+    // A constant of the step: inside a graph capture it becomes part of the graph.
+    const t = b.allocate([bytes.length], 'bool');
+    d.writeConstant(b.operand(t).ptr, bytes);
+    table = { bytes, tensor: toTensor(t) };
     tables.set(b, table);
   }
   let hyperPtr = stepScalars()?.ptr;
   if (hyperPtr === undefined) {
     let h = hypers.get(b);
-    if (!h) hypers.set(b, (h = toTensor(b.allocate([ADAMW_STEP.length], 'float32'))));
+    if (!h) hypers.set(b, (h = toTensor(b.allocate([STEP_FLOATS], 'float32'))));
     hyperPtr = b.operand(h).ptr;
     d.write(hyperPtr, adamwStepVector(s));
   }

@@ -4,11 +4,21 @@
  * mixed precision (bf16 tolerances), and tfjs's own kernels (elementwise, layout, reductions,
  * products) against the cpu backend. bench/gpu-train --check runs them.
  */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
 import * as tf from '../tfjs.js';
 
 import { initBackend } from '../backend.js';
+import { loadCheckpoint } from '../checkpoint.js';
+import type { NeoXConfig } from '../config.js';
+import { GPTNeoX } from '../gptneox.js';
+import { presetConfig } from '../presets.js';
+import { trainingHyperparameters } from '../recipe.js';
+import { readSafetensors } from '../safetensors.js';
+import { type Batch, Trainer } from '../train.js';
 import { distillationLoss, topKFromLogits } from '../losses.js';
-import { PositionTables, causalSelfAttention, clipByGlobalNorm, crossEntropy, gatherRows, gelu, layerNorm, linear, matMul } from '../ops/index.js';
+import { type AdamWEntry, AdamWState, type AdamWStep, PositionTables, causalSelfAttention, clippedAdamW, crossEntropy, gatherRows, gelu, layerNorm, linear, matMul } from '../ops/index.js';
 import { type Precision, setPrecision } from '../precision.js';
 import { type Host, intHost, randHost, relErr, ropeTables } from '../webgpu/check.js';
 import { cudaClipAdamW } from './adamw.js';
@@ -193,46 +203,35 @@ export function cudaCases(scale: 'small' | 'pythia' = 'small'): CudaCase[] {
   ];
 }
 
-/** One clipped AdamW step of a few parameters: the new weights and the norm against clipByGlobalNorm + the update. */
+/** One clipped AdamW step of a few parameters: the norm and new weights against the operation's reference. */
 function adamwCase(shapes: number[][]): CudaCase {
-  const lr = 3e-3;
-  const [beta1, beta2, eps, wd, maxNorm] = [0.9, 0.95, 1e-8, 0.1, 0.5];
-  const step = 3;
-  const bc1 = 1 - beta1 ** step;
-  const bc2 = 1 - beta2 ** step;
-  const inputs = () => shapes.flatMap((s, i) => [randHost(s, 40 + i), randHost(s, 50 + i, 0.05), randHost(s, 60 + i, 0.01), { ...randHost(s, 70 + i, 0.001), data: randHost(s, 70 + i, 0.001).data.map(Math.abs) }]);
-  const k = shapes.length;
-  const decay = (s: number[]) => (s.length >= 2 ? 1 - lr * wd : 1);
+  const step: AdamWStep = { lr: 3e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, step: 3, maxNorm: 0.5 };
+  const abs = (h: Host): Host => ({ ...h, data: (h.data as Float32Array).map(Math.abs) });
+  const inputs = () => shapes.flatMap((s, i) => [randHost(s, 40 + i), randHost(s, 50 + i, 0.05), randHost(s, 60 + i, 0.01), abs(randHost(s, 70 + i, 0.001))]);
+  /** Weights, gradients and moments from the inputs, one update by `update`, then the norm and the new weights. */
+  const run = (update: (state: AdamWState, entries: AdamWEntry[], s: AdamWStep) => tf.Scalar) => (ts: tf.Tensor[]) => {
+    const state = new AdamWState();
+    const entries: AdamWEntry[] = shapes.map((shape, i) => {
+      const [p, g, m, v] = ts.slice(4 * i, 4 * i + 4);
+      const name = `p${i}`;
+      const param = tf.variable(p);
+      const moments = state.moments(name, param);
+      moments.m.assign(m);
+      moments.v.assign(v);
+      return { name, param, grad: g, decays: shape.length >= 2 };
+    });
+    const norm = update(state, entries, step);
+    const out = tf.concat([tf.reshape(norm, [1]), ...entries.map((e) => tf.reshape(e.param, [-1]))]);
+    for (const e of entries) e.param.dispose();
+    state.dispose();
+    return out;
+  };
   return {
     name: `AdamW with global-norm clipping (${shapes.map((s) => s.join('×')).join(', ')})`,
     inputs,
     diff: [],
-    reference: (ts) => {
-      const grads: Record<string, tf.Tensor> = {};
-      for (let i = 0; i < k; i++) grads[i] = ts[4 * i + 1];
-      const { grads: clipped, norm } = clipByGlobalNorm(grads, maxNorm);
-      const outs: tf.Tensor[] = [tf.reshape(norm, [1])];
-      for (let i = 0; i < k; i++) {
-        const [p, , m, v] = ts.slice(4 * i, 4 * i + 4);
-        const g = clipped[i];
-        const mNew = tf.add(tf.mul(m, beta1), tf.mul(g, 1 - beta1));
-        const vNew = tf.add(tf.mul(v, beta2), tf.mul(tf.square(g), 1 - beta2));
-        const upd = tf.div(tf.div(mNew, bc1), tf.add(tf.sqrt(tf.div(vNew, bc2)), eps));
-        outs.push(tf.reshape(tf.sub(tf.mul(p, decay(shapes[i])), tf.mul(upd, lr)), [-1]));
-      }
-      return tf.concat(outs);
-    },
-    cuda: (ts) => {
-      const entries = [];
-      for (let i = 0; i < k; i++) {
-        const [p, g, m, v] = ts.slice(4 * i, 4 * i + 4);
-        entries.push({ param: tf.variable(p), grad: g, m: tf.variable(m), v: tf.variable(v), decays: shapes[i].length >= 2 });
-      }
-      const norm = cudaClipAdamW(entries, { lr, beta1, beta2, eps, bc1, bc2, maxNorm, weightDecay: wd });
-      const out = tf.concat([tf.reshape(norm, [1]), ...entries.map((e) => tf.reshape(e.param, [-1]))]);
-      for (const e of entries) tf.dispose([e.param, e.m, e.v]);
-      return out;
-    },
+    reference: run((state, entries, s) => clippedAdamW.reference(state, entries, s)),
+    cuda: run(cudaClipAdamW),
     tol: { f32: 1e-5, mixed: 1e-5 },
   };
 }
@@ -277,6 +276,151 @@ export async function runCudaChecks(scale: 'small' | 'pythia', log: (line: Recor
         failed++;
         log({ name: c.name, precision: p, ok: false, error: (e as Error).stack?.split('\n').slice(0, 6).join(' | ') });
       }
+    }
+  }
+  return failed;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Whole-model checks on the card: against the webgpu backend's f32 kernels and transformers' logits
+
+/** A learnable token stream: each next token a fixed function of the last two, with some noise. */
+function patternBatch(step: number, batchSize: number, seqLen: number, vocab: number): Batch {
+  const n = batchSize * seqLen;
+  const input = new Int32Array(n);
+  const target = new Int32Array(n);
+  let s = (step * 2654435761 + 7) >>> 0;
+  for (let r = 0; r < batchSize; r++) {
+    let a = (r * 131 + step * 17) % 512;
+    let b = (r * 71 + step * 29) % 512;
+    for (let t = 0; t <= seqLen; t++) {
+      s = (Math.imul(s, 1103515245) + 12345) >>> 0;
+      const next = (s >>> 24) < 20 ? (s >>> 8) % 512 : (a * 7 + b * 3 + 11) % 512;
+      if (t < seqLen) input[r * seqLen + t] = b;
+      if (t > 0) target[r * seqLen + t - 1] = b;
+      a = b;
+      b = Math.min(next, vocab - 1);
+    }
+  }
+  return { batchSize, seqLen, input, target };
+}
+
+/** Loss and every parameter's gradient of a freshly initialised model on one batch, on `backend` at `precision`. */
+async function modelGradients(config: NeoXConfig, batch: Batch, backend: 'cuda' | 'webgpu', precision: Precision): Promise<{ loss: number; grads: Map<string, Float32Array> }> {
+  await initBackend(backend, () => {});
+  setPrecision(precision);
+  try {
+    const model = GPTNeoX.random(config, 3);
+    const ids = tf.tensor2d(batch.input, [batch.batchSize, batch.seqLen], 'int32');
+    const targets = tf.tensor1d(batch.target, 'int32');
+    const { value, grads } = tf.variableGrads(() => crossEntropy(model.logits2d(ids), targets), model.variables());
+    const out = new Map<string, Float32Array>();
+    for (const [name, v] of model.params) out.set(name, (await grads[v.name].data()) as Float32Array);
+    const loss = (await value.data())[0];
+    tf.dispose([ids, targets, value, ...Object.values(grads)]);
+    model.dispose();
+    return { loss, grads: out };
+  } finally {
+    setPrecision(null);
+  }
+}
+
+/**
+ * A Pythia-70M-shaped model's loss and every gradient on the cuda backend, in f32 and in mixed
+ * precision, against the webgpu backend's f32 kernels on the same card.
+ */
+export async function modelGradientChecks(batchSize: number, seqLen: number, log: (line: Record<string, unknown>) => void): Promise<number> {
+  const config = presetConfig('pythia-70m', 50304);
+  const batch = patternBatch(0, batchSize, seqLen, config.vocabSize);
+  const ref = await modelGradients(config, batch, 'webgpu', 'f32');
+  let failed = 0;
+  for (const [precision, tol] of [['f32', 1e-3], ['mixed', 5e-2]] as const) {
+    const got = await modelGradients(config, batch, 'cuda', precision);
+    let worst = { name: '', err: -1 };
+    for (const [name, g] of ref.grads) {
+      const err = relErr(got.grads.get(name)!, g);
+      if (err > worst.err) worst = { name, err };
+    }
+    const lossDiff = Math.abs(got.loss - ref.loss);
+    const ok = lossDiff < (precision === 'f32' ? 1e-3 : 2e-2) && worst.err < tol;
+    if (!ok) failed++;
+    log({ name: `pythia-70m model, batch ${batchSize} × ${seqLen}: loss and every gradient vs webgpu f32`, precision, ok, loss: got.loss, referenceLoss: ref.loss, lossDiff, worstGradient: worst, tol });
+  }
+  return failed;
+}
+
+/** Losses of `steps` training steps of a Pythia-70M-shaped model from the same init and data. */
+async function lossCurve(backend: 'cuda' | 'webgpu', precision: Precision, steps: number, batchSize: number, seqLen: number): Promise<number[]> {
+  await initBackend(backend, () => {});
+  setPrecision(precision);
+  try {
+    const config = presetConfig('pythia-70m', 50304);
+    const hyper = trainingHyperparameters({ steps, lr: 1e-3, warmup: 20 }, { batchSize, seqLen, seed: 1 });
+    const losses: number[] = [];
+    const trainer = new Trainer(GPTNeoX.random(config, 5), {
+      hyper,
+      batches: (step) => patternBatch(step, batchSize, seqLen, config.vocabSize),
+      reportEvery: 1,
+      onStep: (r) => losses.push(r.loss),
+    });
+    await trainer.run();
+    trainer.dispose();
+    return losses;
+  } finally {
+    setPrecision(null);
+  }
+}
+
+/**
+ * `steps` steps of cuda in mixed precision (CUDA graphs after the first steps) against webgpu in f32
+ * from the same init and data. Tolerance: the curves' mean absolute difference over the last 50 steps
+ * below 0.05 nats and no step apart by more than 0.25 (bf16 products move single steps; the curves
+ * must not drift apart).
+ */
+export async function curveCheck(steps: number, batchSize: number, seqLen: number, log: (line: Record<string, unknown>) => void): Promise<number> {
+  const ref = await lossCurve('webgpu', 'f32', steps, batchSize, seqLen);
+  const got = await lossCurve('cuda', 'mixed', steps, batchSize, seqLen);
+  const diffs = got.map((l, i) => Math.abs(l - ref[i]));
+  const tail = diffs.slice(-50);
+  const meanTail = tail.reduce((a, b) => a + b, 0) / tail.length;
+  const maxDiff = Math.max(...diffs);
+  const ok = got.length === steps && meanTail < 0.05 && maxDiff < 0.25;
+  const every = Math.max(1, Math.floor(steps / 10));
+  log({
+    name: `${steps} steps, pythia-70m, batch ${batchSize} × ${seqLen}: cuda mixed (CUDA graphs) vs webgpu f32, same init and data`,
+    ok,
+    meanAbsDiffLast50: meanTail,
+    maxAbsDiff: maxDiff,
+    tol: { meanAbsDiffLast50: 0.05, maxAbsDiff: 0.25 },
+    cuda: got.filter((_, i) => i % every === 0 || i === steps - 1),
+    webgpu: ref.filter((_, i) => i % every === 0 || i === steps - 1),
+  });
+  return ok ? 0 : 1;
+}
+
+/** transformers' logits of the committed fixtures (test/fixtures/neox) on cuda in f32 (1e-4) and mixed precision (reported). */
+export async function parityChecks(fixtures: string, log: (line: Record<string, unknown>) => void): Promise<number> {
+  await initBackend('cuda', () => {});
+  let failed = 0;
+  for (const name of fs.readdirSync(fixtures).filter((n) => fs.existsSync(path.join(fixtures, n, 'reference.safetensors')))) {
+    const dir = path.join(fixtures, name);
+    const ckpt = loadCheckpoint(dir);
+    const ref = readSafetensors(path.join(dir, 'reference.safetensors')).tensors;
+    const ids = ref.get('input_ids')!;
+    const expected = ref.get('logits')!.data as Float32Array;
+    for (const precision of ['f32', 'mixed'] as const) {
+      setPrecision(precision);
+      const model = GPTNeoX.fromTensors(ckpt.config, ckpt.tensors, dir);
+      const logits = tf.tidy(() => model.logits(tf.tensor2d(ids.data as Int32Array, ids.shape as [number, number], 'int32')));
+      const got = (await logits.data()) as Float32Array;
+      let maxAbs = 0;
+      for (let i = 0; i < expected.length; i++) maxAbs = Math.max(maxAbs, Math.abs(got[i] - expected[i]));
+      tf.dispose(logits);
+      model.dispose();
+      setPrecision(null);
+      const ok = precision === 'mixed' || maxAbs < 1e-4;
+      if (!ok) failed++;
+      log({ name: `transformers' logits: ${name}`, precision, ok, maxAbsDiff: maxAbs, ...(precision === 'f32' ? { tol: 1e-4 } : {}) });
     }
   }
   return failed;

@@ -54,13 +54,20 @@ export interface DeviceInfo {
 }
 
 /** Pinned host memory that grows on demand; copies go through it so they can be asynchronous. */
-class PinnedBuffer {
+export class PinnedBuffer {
   ptr: unknown = null;
   address = 0;
   bytes = 0;
   view = new Uint8Array(0);
 
   constructor(private readonly libs: Libraries) {}
+
+  free(): void {
+    if (this.ptr) check(this.libs, 'cuMemFreeHost', this.libs.fn.cuMemFreeHost(this.ptr));
+    this.ptr = null;
+    this.bytes = 0;
+    this.view = new Uint8Array(0);
+  }
 
   ensure(bytes: number): void {
     if (bytes <= this.bytes) return;
@@ -341,6 +348,33 @@ export class CudaDevice {
     const ev = this.event();
     this.record(ev);
     this.staged.push({ start: at, end: at + bytes, ev });
+  }
+
+  /**
+   * Copies bytes that are a constant of the work being queued. Outside a graph capture this is
+   * write(); inside one, the bytes go to pinned memory kept with the graph (constantArena), and the
+   * captured copy reads them from there at every replay.
+   */
+  writeConstant(dst: number, data: Uint8Array): void {
+    if (!this.capturing) {
+      this.write(dst, data);
+      return;
+    }
+    const arena = this.constantArena;
+    if (!arena || arena.used + data.byteLength > arena.buffer.bytes) throw new Error(`constants of a captured step exceed the graph's ${arena?.buffer.bytes ?? 0} bytes of pinned memory`);
+    arena.buffer.view.set(data, arena.used);
+    check(this.libs, 'cuMemcpyHtoDAsync_v2', this.libs.fn.cuMemcpyHtoDAsync_v2(dst, arena.buffer.address + arena.used, data.byteLength, this.stream));
+    arena.used += Math.ceil(data.byteLength / 256) * 256;
+  }
+
+  /** Pinned memory for the constants of the graph being captured (graphs.ts makes and keeps it). */
+  constantArena: { buffer: PinnedBuffer; used: number } | null = null;
+
+  /** Pinned host memory of at least `bytes` (for a graph's constants; freeHost releases it). */
+  pinned(bytes: number): PinnedBuffer {
+    const p = new PinnedBuffer(this.libs);
+    p.ensure(bytes);
+    return p;
   }
 
   /** Copies in flight from the upload ring, oldest first. */

@@ -22,6 +22,11 @@ function kdArgs(N: number, V: number, k: number, direction: KLDirection, alpha: 
   return ['b', bytes];
 }
 
+/** The kernels keep 3·k floats per row in shared memory. */
+export function topKSupported(k: number): boolean {
+  return k >= 1 && k <= 16384;
+}
+
 export function cudaTopKDistill(logits: tf.Tensor2D, targets: tf.Tensor1D, teacher: TopKTeacher, alpha: number, temperature: number, direction: KLDirection): tf.Scalar {
   const [N, V] = logits.shape;
   const k = teacher.indices.shape[1];

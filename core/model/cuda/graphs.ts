@@ -18,6 +18,8 @@
 import * as tf from '../tfjs.js';
 
 import type { Pool } from './allocator.js';
+import type { PinnedBuffer } from './device.js';
+import { bytesPer } from './storage.js';
 import { toTensor } from './custom-op.js';
 import { check } from './driver.js';
 import type { CudaBackend } from './tfjs-backend.js';
@@ -43,11 +45,15 @@ export interface GraphStep {
 /** Eager steps of a shape before its graph is captured. */
 const WARMUP_STEPS = 2;
 const CAPTURE_MODE_RELAXED = 2;
+/** Pinned memory for a graph's constants (the optimiser's table: 64 bytes a parameter). */
+const CONSTANT_BYTES = 1 << 20;
 
 interface Graph {
   exec: unknown;
   graph: unknown;
   pool: Pool;
+  /** Pinned memory holding the constants the graph copies in (device.ts writeConstant). */
+  constants: PinnedBuffer;
   outputs: tf.Tensor[];
 }
 
@@ -90,10 +96,11 @@ export class GraphRunner {
       shape = undefined;
     }
     if (!shape) {
+      // Kept: a caller's tf.tidy must not take the graph's buffers.
       shape = {
         calls: 0,
-        inputs: step.inputs.map((i) => toTensor(this.b.allocate(i.shape, i.dtype))),
-        scalars: toTensor(this.b.allocate([step.scalars.length], 'float32')),
+        inputs: step.inputs.map((i) => tf.keep(toTensor(this.b.allocate(i.shape, i.dtype, i.data instanceof tf.Tensor ? this.b.storageOf(i.data) : undefined)))),
+        scalars: tf.keep(toTensor(this.b.allocate([step.scalars.length], 'float32'))),
         stateKey,
       };
       this.shapes.set(key, shape);
@@ -101,7 +108,11 @@ export class GraphRunner {
     step.inputs.forEach((input, i) => {
       const dst = this.b.operand(shape!.inputs[i]);
       if (input.data instanceof Float32Array || input.data instanceof Int32Array) d.write(dst.ptr, input.data);
-      else d.copy(dst.ptr, this.b.operand(input.data).ptr, dst.size * 4);
+      else {
+        const src = this.b.operand(input.data);
+        if (src.storage !== dst.storage) throw new Error(`a training step's input ${i} changed storage (${dst.storage} to ${src.storage})`);
+        d.copy(dst.ptr, src.ptr, dst.size * bytesPer(dst.storage));
+      }
     });
     const scalars = this.b.operand(shape.scalars);
     d.write(scalars.ptr, step.scalars);
@@ -115,7 +126,7 @@ export class GraphRunner {
       return shape.graph.outputs.map((o) => {
         const src = this.b.operand(o);
         const out = this.b.allocate(o.shape, o.dtype, src.storage);
-        d.copy(this.b.operand(out).ptr, src.ptr, src.size * (src.storage === 'bf16' ? 2 : src.storage === 'u8' ? 1 : 4));
+        d.copy(this.b.operand(out).ptr, src.ptr, src.size * bytesPer(src.storage));
         return toTensor(out);
       });
     } finally {
@@ -134,6 +145,8 @@ export class GraphRunner {
     d.synchronize();
     d.allocator.emptyCache();
     const pool = d.allocator.beginCapture();
+    const constants = d.pinned(CONSTANT_BYTES);
+    d.constantArena = { buffer: constants, used: 0 };
     check(d.libs, 'cuStreamBeginCapture_v2', d.libs.fn.cuStreamBeginCapture_v2(d.stream, CAPTURE_MODE_RELAXED));
     d.capturing = true;
     let outputs: tf.Tensor[] | undefined;
@@ -144,6 +157,7 @@ export class GraphRunner {
       failure = e;
     }
     d.capturing = false;
+    d.constantArena = null;
     const graph: [unknown] = [null];
     const ended = d.libs.fn.cuStreamEndCapture(d.stream, graph);
     d.allocator.endCapture();
@@ -151,6 +165,7 @@ export class GraphRunner {
       if (outputs) for (const o of outputs) o.dispose();
       if (graph[0]) d.libs.fn.cuGraphDestroy(graph[0]);
       d.allocator.dissolve(pool);
+      constants.free();
       const why = failure ? (failure as Error).message.split('\n')[0] : `cuStreamEndCapture: ${d.libs.statusName('cuStreamEndCapture', Number(ended))}`;
       shape.eager = why;
       this.log(`cuda: steps of this shape run without a CUDA graph: ${why}`);
@@ -158,7 +173,7 @@ export class GraphRunner {
     }
     const exec: [unknown] = [null];
     check(d.libs, 'cuGraphInstantiateWithFlags', d.libs.fn.cuGraphInstantiateWithFlags(exec, graph[0], 0));
-    shape.graph = { exec: exec[0], graph: graph[0], pool, outputs: outputs! };
+    shape.graph = { exec: exec[0], graph: graph[0], pool, constants, outputs: outputs!.map((o) => tf.keep(o)) };
     this.captures++;
   }
 
@@ -170,6 +185,7 @@ export class GraphRunner {
       check(d.libs, 'cuGraphDestroy', d.libs.fn.cuGraphDestroy(shape.graph.graph));
       for (const o of shape.graph.outputs) o.dispose();
       d.allocator.dissolve(shape.graph.pool);
+      shape.graph.constants.free();
     }
     for (const t of [...shape.inputs, shape.scalars]) t.dispose();
   }

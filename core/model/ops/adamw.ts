@@ -89,6 +89,11 @@ export class AdamWState {
     this.held = null;
   }
 
+  /** The moments held as variables, m then v of each parameter in the order they were made. */
+  variables(): tf.Variable[] {
+    return [...this.m.values(), ...this.v.values()];
+  }
+
   /** Every moment as host tensors: `m.NAME` and `v.NAME`. */
   async toHost(): Promise<Map<string, HostTensor>> {
     const out = new Map<string, HostTensor>();

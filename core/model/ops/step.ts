@@ -1,5 +1,50 @@
-/** Hooks of the training loop that some backends need: after each step, once after the first, and after a model is done with. */
+/**
+ * A training step as one unit of device work, and hooks of the training loop that some backends need:
+ * after each step, once after the first, and after a model is done with.
+ */
+import * as tf from '../tfjs.js';
+
+import type { AdamWStep } from './adamw.js';
 import { defineOperation } from './registry.js';
+
+/** One per-step input of a training step: host values, or a tensor already on the device. */
+export interface StepInput {
+  shape: number[];
+  dtype: 'int32' | 'float32';
+  data: Int32Array | Float32Array | tf.Tensor;
+}
+
+/**
+ * What a training step needs, stated so that a backend may replay it (the cuda backend captures a
+ * step as a CUDA graph and replays it): everything that changes from step to step comes in through
+ * `inputs` (tokens, targets, a teacher's view) and `optimizer` (the update's numbers); `state` lists
+ * the tensors the body reads or updates in place (weights, optimiser moments), and `body` computes the
+ * step's outputs (loss, gradient norm) from the inputs' tensors.
+ */
+export interface TrainingStep {
+  /** Distinguishes steps of different kinds with the same input shapes (e.g. with or without distillation). */
+  key: string;
+  inputs: StepInput[];
+  optimizer: AdamWStep;
+  state: tf.Tensor[];
+  body: (inputs: tf.Tensor[]) => tf.Tensor[];
+}
+
+/** Runs a training step: the inputs as tensors, the body, its outputs (the caller disposes them). */
+export const runTrainingStep = defineOperation('runTrainingStep', (step: TrainingStep): tf.Tensor[] => {
+  const made: tf.Tensor[] = [];
+  const inputs = step.inputs.map((i) => {
+    if (i.data instanceof tf.Tensor) return i.data;
+    const t = tf.tensor(i.data, i.shape, i.dtype);
+    made.push(t);
+    return t;
+  });
+  try {
+    return tf.tidy(() => step.body(inputs));
+  } finally {
+    tf.dispose(made);
+  }
+});
 
 /**
  * The end of a training step, after the optimiser's update. A backend that records commands
