@@ -406,13 +406,13 @@ async function loadWebGPU(): Promise<{ detail?: string }> {
   });
 
   const { WebGPUBackend } = await import('@tensorflow/tfjs-backend-webgpu');
-  const { withOrderedPool } = await import('./webgpu/runtime.js');
+  const { adoptBackend } = await import('./webgpu/runtime.js');
   if (tf.findBackendFactory('webgpu') != null) tf.removeBackend('webgpu');
   const info = adapter.info ?? {};
   tf.registerBackend(
     'webgpu',
     // tfjs types the device and info as the DOM's GPUDevice/GPUAdapterInfo, which this project's lib lacks.
-    () => withOrderedPool(new WebGPUBackend(device as never, info as never)),
+    () => adoptBackend(new WebGPUBackend(device as never, info as never)),
     3,
   );
   tf.env().set('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE', submitBatch());

@@ -11,3 +11,4 @@ export { SeededRandom, deriveSeed } from './random.js';
 export { writeFileAtomic, writeDirAtomic } from './atomic.js';
 export * from './presets.js';
 export * from './export.js';
+export * from './shape-costs.js';

@@ -315,16 +315,29 @@ export class Trainer {
   }
 }
 
-/** Mean cross-entropy (per token) of a model over evaluation batches. */
-export async function evaluateLoss(model: GPTNeoX, batches: Iterable<Batch>): Promise<{ loss: number; ppl: number; tokens: number }> {
+/** A batch already on the device: a validation set kept there across evaluations. The owner disposes it. */
+export interface DeviceBatch {
+  ids: tf.Tensor2D;
+  targets: tf.Tensor1D;
+}
+
+/** Copies batches to the device once (for evaluating many models on the same batches). */
+export function uploadBatches(batches: Iterable<Batch>): DeviceBatch[] {
+  return [...batches].map((b) => ({ ids: tf.tensor2d(b.input, [b.batchSize, b.seqLen], 'int32'), targets: tf.tensor1d(b.target, 'int32') }));
+}
+
+/** Mean cross-entropy (per token) of a model over evaluation batches, from the host or already on the device. */
+export async function evaluateLoss(model: GPTNeoX, batches: Iterable<Batch | DeviceBatch>): Promise<{ loss: number; ppl: number; tokens: number }> {
   let total = 0;
   let tokens = 0;
   for (const batch of batches) {
+    const onDevice = 'ids' in batch;
     const loss = tf.tidy(() => {
-      const ids = tf.tensor2d(batch.input, [batch.batchSize, batch.seqLen], 'int32');
-      return crossEntropy(model.logits2d(ids), tf.tensor1d(batch.target, 'int32'));
+      const ids = onDevice ? batch.ids : tf.tensor2d(batch.input, [batch.batchSize, batch.seqLen], 'int32');
+      const targets = onDevice ? batch.targets : tf.tensor1d(batch.target, 'int32');
+      return crossEntropy(model.logits2d(ids), targets);
     });
-    const n = batch.input.length;
+    const n = onDevice ? batch.targets.size : batch.input.length;
     total += (await loss.data())[0] * n;
     tokens += n;
     loss.dispose();

@@ -9,6 +9,8 @@
  *   {step, checkpoint}; a retry resumes from the last heartbeat's checkpoint. A SIGTERM'd worker
  *   checkpoints at the next step boundary and returns what it reached. Every step's loss goes to
  *   <run>/<name>/losses.jsonl (with the attempt and worker), so the curve across retries can be read.
+ *   The worker keeps what segments share (teacher, opened data, validation batches on the device,
+ *   compiled kernels, tuned plans) from one to the next, and gives back a finished segment's pooled buffers.
  * - evaluateCheckpoint: validation loss, perplexity and bits per byte of a checkpoint.
  * - evaluateTasks: zero-shot scores of a checkpoint on lm-evaluation-harness task files (core/eval).
  */
@@ -25,10 +27,11 @@ import {
   extractCheckpoint,
   studentConfig,
 } from '../../core/subnet/index.js';
-import { TOKENIZER_FILE, defaultTokenStore as tokenCache, evalBatches, loadTokenizer, openData, sampleBatch } from '../../core/data/index.js';
+import { type OpenedData, TOKENIZER_FILE, defaultTokenStore as tokenCache, evalBatches, loadTokenizer, openData, sampleBatch } from '../../core/data/index.js';
 import { TaskError, evaluateTasks, evaluateText, loadTasks } from '../../core/eval/index.js';
 import {
   CheckpointError,
+  type DeviceBatch,
   GPTNeoX,
   MANIFEST_FILE,
   TRAINER_STATE_FILE,
@@ -41,10 +44,13 @@ import {
   loadConfig,
   parameterCount,
   readTrainerState,
+  releaseCachedMemory,
   saveCheckpoint,
   trainingHyperparameters,
+  uploadBatches,
   writeFileAtomic,
 } from '../../core/model/index.js';
+import * as tf from '../../core/model/tfjs.js';
 import { type TeacherTrainSettings, teacherFinished, trainTeacher } from '../../core/teacher/index.js';
 import { tokensPerSecond as tokensPerSecondGauge } from '../progress/index.js';
 import { StreamingTeacher } from '../teacher/index.js';
@@ -88,6 +94,42 @@ function stepDir(runDir: string, name: string, step: number): string {
 
 function tokenizerSource(data: { tokenizer?: string }, teacherDir: string): string {
   return data.tokenizer ?? teacherDir;
+}
+
+/**
+ * What the segments of a run share, kept by this worker from one segment to the next (and from one
+ * arm of an experiment to the next): the opened training and validation data and the validation
+ * batches on the device. The teacher model is kept by ../orchestration. One data set at a time;
+ * another replaces it (and closes it).
+ */
+let kept: { key: string; train: OpenedData; val: OpenedData; validation: Map<string, DeviceBatch[]> } | undefined;
+
+async function segmentData(env: WorkerEnv, input: TrainSegmentInput): Promise<{ train: OpenedData; validation: (o: { seqLen: number; batchSize: number; maxTokens: number }) => DeviceBatch[] }> {
+  const source = tokenizerSource(input.data, input.teacher.dir);
+  const key = JSON.stringify([path.resolve(source), input.data.train, input.data.val]);
+  if (kept?.key !== key) {
+    if (kept) {
+      for (const list of kept.validation.values()) for (const b of list) tf.dispose([b.ids, b.targets]);
+      kept.train.close();
+      kept.val.close();
+    }
+    kept = undefined;
+    const tokenizer = await loadTokenizer(source);
+    // The store's manifests find the prepared shards without reading the corpus again.
+    const train = await openData(input.data.train, tokenizer, { cacheDir: tokenCache(), log: env.log });
+    const val = await openData(input.data.val, tokenizer, { cacheDir: tokenCache(), log: env.log });
+    kept = { key, train, val, validation: new Map() };
+  }
+  const data = kept;
+  return {
+    train: data.train,
+    validation: (o) => {
+      const k = `${o.seqLen}x${o.batchSize}/${o.maxTokens}`;
+      let list = data.validation.get(k);
+      if (!list) data.validation.set(k, (list = uploadBatches(evalBatches(data.val, o))));
+      return list;
+    },
+  };
 }
 
 /**
@@ -285,10 +327,7 @@ async function trainSegment(env: WorkerEnv, input: TrainSegmentInput): Promise<T
   env.log(`trainSegment: ${series} steps ${startStep}->${input.toStep}${start !== input.from ? ` (attempt ${attempt}, resuming from the heartbeat's checkpoint at step ${startStep})` : ` (attempt ${attempt})`}`);
 
   // Data, tokenizer, teacher.
-  const tokenizer = await loadTokenizer(tokenizerSource(input.data, input.teacher.dir));
-  // The store's manifests find the prepared shards without reading the corpus again.
-  const train = await openData(input.data.train, tokenizer, { cacheDir: tokenCache(), log: env.log });
-  const val = await openData(input.data.val, tokenizer, { cacheDir: tokenCache(), log: env.log });
+  const { train, validation } = await segmentData(env, input);
   const batches = (step: number) => sampleBatch(train, { batchSize: h.batchSize, seqLen: h.seqLen, seed: h.seed, step });
   let teacher;
   if (h.distill) {
@@ -330,7 +369,7 @@ async function trainSegment(env: WorkerEnv, input: TrainSegmentInput): Promise<T
     evaluate: {
       every: input.evalEvery,
       run: async (model, step) => {
-        const r = await evaluateLoss(model, evalBatches(val, { seqLen: h.seqLen, batchSize: h.batchSize, maxTokens: input.evalTokens }));
+        const r = await evaluateLoss(model, validation({ seqLen: h.seqLen, batchSize: h.batchSize, maxTokens: input.evalTokens }));
         evals.push({ step, valLoss: r.loss, valPpl: r.ppl });
         fs.appendFileSync(evalLog, `${JSON.stringify({ step, valLoss: r.loss, valPpl: r.ppl, attempt, worker: env.identity })}\n`);
         emit(env, { kind: 'pretrain.eval', run: input.run.runId, series, step, valLoss: r.loss, tokens: r.tokens });
@@ -383,8 +422,7 @@ async function trainSegment(env: WorkerEnv, input: TrainSegmentInput): Promise<T
     if (trainer.step !== (last.step ?? 0)) await save();
   } finally {
     trainer.dispose();
-    train.close();
-    val.close();
+    await releaseCachedMemory();
   }
   const tconf = input.teacher.config;
   const counts = countShape(trainer.model.config, tconf, { seqLen: h.seqLen });
