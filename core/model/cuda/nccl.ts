@@ -49,15 +49,21 @@ export function ncclLibraryPath(): string {
   return path.join(home, 'lib', 'libnccl.so.2');
 }
 
-let bound: Record<string, Fn> | undefined;
+/** The bound functions, by library file. */
+const bound = new Map<string, Record<string, Fn>>();
+let idTypeDeclared = false;
 
-/** Loads libnccl.so.2 and binds every function; throws naming the file and the setup step. */
+/** Loads libnccl.so.2 (ncclLibraryPath) and binds every function; throws naming the file and the setup step. */
 export function loadNccl(): Record<string, Fn> {
-  if (bound) return bound;
   const file = ncclLibraryPath();
+  const known = bound.get(file);
+  if (known) return known;
   if (!fs.existsSync(file)) throw new Error(`NCCL not found: no ${file}; run scripts/setup-cuda.sh --nccl (or set OFFSHOOT_NCCL_HOME to a folder with lib/libnccl.so.2)`);
   const k = koffi();
-  k.struct('ncclUniqueId', { internal: k.array('uint8_t', UNIQUE_ID_BYTES, 'Typed') });
+  if (!idTypeDeclared) {
+    k.struct('ncclUniqueId', { internal: k.array('uint8_t', UNIQUE_ID_BYTES, 'Typed') });
+    idTypeDeclared = true;
+  }
   let lib;
   try {
     lib = k.load(file);
@@ -66,7 +72,7 @@ export function loadNccl(): Record<string, Fn> {
   }
   const fns: Record<string, Fn> = {};
   for (const proto of NCCL_BINDINGS) fns[/(\w+)\(/.exec(proto)![1]] = lib.func(proto) as Fn;
-  bound = fns;
+  bound.set(file, fns);
   return fns;
 }
 
