@@ -66,7 +66,10 @@ export async function startGpuWorkerGroup(options: GpuWorkerGroupOptions): Promi
       name: `${options.worker.name}-gpu${gpu}`,
       env: { ...(options.env ?? process.env), ...deviceEnv(gpu) },
       extra: [...(options.worker.extra ?? []), ...(options.extraFor?.(gpu, position) ?? [])],
-      echo: (line) => log(`[gpu ${gpu}] ${line}`),
+      // The group says when all are ready; each child's own ready line would only repeat it.
+      echo: (line) => {
+        if (!line.startsWith('{"event":"worker-ready"')) log(`[gpu ${gpu}] ${line}`);
+      },
     });
 
   /** Keeps GPU `gpu`'s child running until the group stops. */
