@@ -36,8 +36,8 @@ import { trainTeacher } from '../core/teacher/index.js';
 import { type WorkerEnv, localEnv } from '../services/orchestration/index.js';
 import type { DataParallelSettings } from '../services/pretrain/data-parallel.js';
 import { createPretrainActivities } from '../services/pretrain/index.js';
-import { freePort } from '../services/stack/index.js';
-import type { CheckpointRef, PrepareStudentInput, PretrainHyper, SegmentHeartbeat, StudentRef, TeacherRef, TrainSegmentInput, TrainSegmentOutput } from '../workflows/index.js';
+import { freePort, startTeacherService } from '../services/stack/index.js';
+import type { CheckpointRef, PrepareStudentInput, PretrainHyper, SegmentHeartbeat, StudentRef, TeacherRef, TeacherServiceRef, TrainSegmentInput, TrainSegmentOutput } from '../workflows/index.js';
 import { syntheticBatches, tinyConfig, tinyHyper } from './helpers/tiny.js';
 
 const LOSS_TOLERANCE = 1e-5;
@@ -199,6 +199,7 @@ async function segment(
     attempt?: number;
     heartbeatDetails?: SegmentHeartbeat;
     hyper?: PretrainHyper;
+    teacherService?: TeacherServiceRef;
     draining?: AbortSignal;
     during?: (line: string) => void;
     onHeartbeat?: (h: SegmentHeartbeat) => void;
@@ -219,7 +220,10 @@ async function segment(
     ...(dataParallel ? { dataParallel: { backend: 'cpu', ...dataParallel } } : {}),
     ...(options.draining ? { draining: options.draining } : {}),
   });
-  const input: TrainSegmentInput = { run, name: 'student', from, toStep, teacher, data: DATA, hyper: options.hyper ?? HYPER, checkpointEvery: 4, evalEvery: 6, evalTokens: 256 };
+  const input: TrainSegmentInput = {
+    run, name: 'student', from, toStep, teacher, data: DATA, hyper: options.hyper ?? HYPER, checkpointEvery: 4, evalEvery: 6, evalTokens: 256,
+    ...(options.teacherService ? { teacherService: options.teacherService } : {}),
+  };
   const lossFile = path.join(run.dir, 'student', 'losses.jsonl');
   const before = fs.existsSync(lossFile) ? fs.readFileSync(lossFile, 'utf8').length : 0;
   const result: SegmentRun = { losses: new Map(), heartbeats, logs };
@@ -358,5 +362,21 @@ describe('trainSegment on 2 rank processes (cpu backend)', () => {
     expectSameCurve(ranks.losses, single.losses, [1, 2, 3, 4, 5, 6]);
     // Distillation changed the curve: it is not the cross-entropy run's.
     expect(Math.abs(single.losses.get(6)! - reference.losses.get(6)!)).toBeGreaterThan(1e-2);
+  }, 240_000);
+
+  it('distillation from the teacher service on 2 ranks: the curve of one process', async () => {
+    const service = await startTeacherService({ model: teacherDir, backend: 'cpu', extra: ['--top-k', '16'] });
+    try {
+      const ref: TeacherServiceRef = { targets: [service.target], topK: 16 };
+      const hyper: PretrainHyper = { ...HYPER, steps: 6, distill: { alpha: 0.5, temperature: 1, direction: 'forward' } };
+      const one = await prepare('service-one');
+      const single = await segment(one.run, one.student.checkpoint, 6, undefined, { hyper, teacherService: ref });
+      const two = await prepare('service-two');
+      const ranks = await segment(two.run, two.student.checkpoint, 6, { ranks: 2 }, { hyper, teacherService: ref });
+      expect([single.error, ranks.error]).toEqual([undefined, undefined]);
+      expectSameCurve(ranks.losses, single.losses, [1, 2, 3, 4, 5, 6]);
+    } finally {
+      await service.stop();
+    }
   }, 240_000);
 });

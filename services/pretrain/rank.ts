@@ -22,8 +22,8 @@ import {
   rankBatches,
   readTrainerState,
 } from '../../core/model/index.js';
-import { StreamingTeacher } from '../teacher/index.js';
-import { localEnv, teacherClient, teacherModel } from '../orchestration/index.js';
+import { teacherTls } from '../credentials/index.js';
+import { StreamingTeacher, TeacherClient } from '../teacher/index.js';
 import { RANK_EVENT_PREFIX, type RankEvent, type RankJob, stepDir } from './data-parallel.js';
 
 function report(e: RankEvent): void {
@@ -60,11 +60,18 @@ export async function runRank(job: RankJob, rank: number, backend: string, devic
     const h = job.hyper;
     const batches = (step: number) => sampleBatch(train.tokens, { batchSize: h.batchSize, seqLen: h.seqLen, seed: h.seed, step });
     let teacher: Teacher | undefined;
-    if (job.distill) {
-      const env = localEnv({ teacherTargets: job.teacherTargets, log });
-      teacher = job.teacherService
-        ? new StreamingTeacher(teacherClient(env, job.teacherService, job.teacher.hash), { topK: job.teacherService.topK, temperature: job.distill.temperature, batches: rankBatches(batches, rank, job.worldSize), window: 2 })
-        : inProcessTeacher(teacherModel(job.teacher.dir, job.teacher.hash));
+    let teacherClient: TeacherClient | undefined;
+    let teacherModel: GPTNeoX | undefined;
+    if (job.distill && job.teacherService) {
+      // The teacher service, asked for this rank's rows of each step ahead of time.
+      const targets = job.teacherTargets?.length ? job.teacherTargets : job.teacherService.targets;
+      teacherClient = new TeacherClient({ targets, expectedHash: job.teacher.hash, log, tls: teacherTls() });
+      teacher = new StreamingTeacher(teacherClient, { topK: job.teacherService.topK, temperature: job.distill.temperature, batches: rankBatches(batches, rank, job.worldSize), window: 2 });
+    } else if (job.distill) {
+      const ckpt = loadCheckpoint(job.teacher.dir);
+      if (ckpt.hash !== job.teacher.hash) throw new Error(`teacher ${job.teacher.dir} holds weights ${ckpt.hash.slice(0, 12)}…, the run expects ${job.teacher.hash.slice(0, 12)}…`);
+      teacherModel = GPTNeoX.fromTensors(ckpt.config, ckpt.tensors, job.teacher.dir);
+      teacher = inProcessTeacher(teacherModel);
     }
     const lead = rank === 0;
     const val = lead ? await tokenizedCorpus(job.data.val, tokenizer, job.tokenCache) : undefined;
@@ -136,6 +143,8 @@ export async function runRank(job: RankJob, rank: number, backend: string, devic
       await save();
     } finally {
       trainer.dispose();
+      teacherModel?.dispose();
+      teacherClient?.close();
     }
     report({ event: 'rank-done', rank, step: trainer.step, lastLoss, ...(stopped ? { stopped } : {}) });
   } finally {
