@@ -65,7 +65,7 @@ export interface RankJob {
 
 /** One line rank 0 (or, for `done`, any rank) prints on stdout. */
 export type RankEvent =
-  | { event: 'rank-ready'; rank: number; backend: string; device?: string; allReduce: 'device' | 'host' }
+  | { event: 'rank-ready'; rank: number; backend: string; device?: string; allReduce: 'device' | 'host' | 'none' }
   | { event: 'rank-step'; step: number; loss: number; lr: number; gradNorm: number; tokensPerSecond: number; tokensSeen: number }
   | { event: 'rank-eval'; step: number; valLoss: number; valPpl: number; tokens: number }
   | { event: 'rank-checkpoint'; checkpoint: CheckpointRef }
@@ -154,7 +154,10 @@ export async function runRanks(job: Omit<RankJob, 'format' | 'jobId' | 'worldSiz
     if (e.event === 'rank-done') {
       done.add(rank);
       if (rank === 0) result = { step: e.step, lastLoss: e.lastLoss, ...(e.stopped ? { stopped: e.stopped } : {}) };
-    } else if (e.event === 'rank-ready') hooks.log(`rank ${e.rank}: ${e.backend}${e.device ? ` on ${e.device}` : ''}, ${e.allReduce === 'device' ? 'NCCL' : 'TCP ring'} all-reduce`);
+    } else if (e.event === 'rank-ready') {
+      const reduce = { device: 'NCCL all-reduce', host: 'TCP ring all-reduce', none: 'one rank, nothing to all-reduce' }[e.allReduce];
+      hooks.log(`rank ${e.rank}: ${e.backend}${e.device ? ` on ${e.device}` : ''}, ${reduce}`);
+    }
     else if (rank !== 0) return;
     else if (e.event === 'rank-step') hooks.onStep(e);
     else if (e.event === 'rank-eval') hooks.onEval(e);

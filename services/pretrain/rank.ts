@@ -53,7 +53,9 @@ export async function runRank(job: RankJob, rank: number, backend: string, devic
   process.on('SIGINT', onTerm);
 
   const group = await joinDataParallel({ rank, worldSize: job.worldSize, ports: job.ports, jobId: job.jobId, backend, allReduce: job.allReduce });
-  report({ event: 'rank-ready', rank, backend, device, allReduce: group.allReduce.kind });
+  // One rank trains like one process (its steps stay whole, CUDA graphs included): nothing to average.
+  const parallel = job.worldSize > 1 ? group.allReduce : undefined;
+  report({ event: 'rank-ready', rank, backend, device, allReduce: parallel?.kind ?? 'none' });
   try {
     const tokenizer = await loadTokenizer(job.data.tokenizer);
     const train = await tokenizedCorpus(job.data.train, tokenizer, job.tokenCache);
@@ -84,7 +86,7 @@ export async function runRank(job: RankJob, rank: number, backend: string, devic
       batches,
       teacher,
       distill: job.distill ?? undefined,
-      parallel: group.allReduce,
+      parallel,
       microBatchSize: job.microBatchSize,
       signal: stopping.signal,
       reportEvery: 1,
