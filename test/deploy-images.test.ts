@@ -58,7 +58,7 @@ describe.each(VARIANTS)('Dockerfile.%s', (variant) => {
   it("the build stage runs the project's setup commands, the ones scripts/setup.sh (CI) runs", () => {
     const commands = of(build, 'RUN').flatMap(runCommands);
     const project = commands.filter((c) => /^(npm (ci|run|prune)|scripts\/)/.test(c));
-    const tf = variant === 'cpu' ? ['scripts/setup-tensorflow.sh'] : variant === 'cuda' ? ['scripts/setup-tensorflow.sh --gpu', 'scripts/setup-cuda.sh'] : [];
+    const tf = variant === 'cpu' ? ['scripts/setup-tensorflow.sh'] : variant === 'cuda' ? ['scripts/setup-tensorflow.sh --gpu', 'scripts/setup-cuda.sh --nccl'] : [];
     expect(project).toEqual(['npm ci --no-audit --no-fund', 'npm run build', 'npm prune --omit=dev --no-audit --no-fund', ...tf]);
     // The same commands in CI's setup: npm ci and the build verbatim, the TensorFlow script (whose --gpu
     // variant shares every step but the wheels).

@@ -5,6 +5,7 @@ export * from './gptneox.js';
 export * from './losses.js';
 export * from './optim.js';
 export * from './train.js';
+export * from './parallel/index.js';
 export * from './ops/index.js';
 export * from './recipe.js';
 export { SeededRandom, deriveSeed } from './random.js';

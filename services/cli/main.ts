@@ -30,6 +30,7 @@ const COMMANDS: CommandModule[] = [
   { names: ['subnet'], load: async () => (await import('./subnet.js')).registerSubnetCommands },
   { names: ['search'], load: async () => (await import('./search.js')).registerSearchCommand },
   { names: ['worker'], load: async () => (await import('./worker.js')).registerWorkerCommand },
+  { names: ['pretrain-rank'], load: async () => (await import('./pretrain-rank.js')).registerPretrainRankCommand },
   { names: ['run', 'status', 'cancel'], load: async () => (await import('./run.js')).registerRunCommands },
   {
     names: ['watch', 'dashboard'],

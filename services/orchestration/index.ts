@@ -17,6 +17,7 @@ import { NoopProgressPublisher, type ProgressEventInput, type ProgressPublisher,
 import { teacherTls } from '../credentials/index.js';
 import { TeacherClient } from '../teacher/index.js';
 import type { BlobRef, TeacherServiceRef } from '../../workflows/index.js';
+import type { DataParallelSettings } from '../pretrain/data-parallel.js';
 
 export interface WorkerEnv {
   /** Who runs the activities (hostname:pid plus the worker's name); reported in results and events. */
@@ -27,6 +28,8 @@ export interface WorkerEnv {
   progress: ProgressPublisher;
   /** Teacher-service replicas that override what workflows ask for (a worker's own nearby replica). */
   teacherTargets?: string[];
+  /** Training segments run on several rank processes of this host (`offshoot worker --gpus/--ranks`). */
+  dataParallel?: DataParallelSettings;
   log: (line: string) => void;
 }
 

@@ -8,6 +8,9 @@
  * SIGTERM (or SIGINT) drains: the workers stop polling, a running training segment checkpoints at its
  * next step boundary and returns, evaluations finish; the process exits once they are done or the
  * grace period is over. The workflow code is bundled once per source version and cached.
+ *
+ * Several GPUs of a host: gpus.ts lists them, per-gpu.ts runs one evaluator process per GPU, and the
+ * pretrain queue's segments run data-parallel (services/pretrain/data-parallel.ts); docs/multi-gpu.md.
  */
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
@@ -21,6 +24,7 @@ import { createEvaluateActivities } from '../evaluator/index.js';
 import { createExperimentActivities } from '../experiment/index.js';
 import { type WorkerEnv, closeTeacherClients, defaultIdentity, emit, getBlob, putBlob, writeReportFiles } from '../orchestration/index.js';
 import { createPretrainActivities } from '../pretrain/index.js';
+import type { DataParallelSettings } from '../pretrain/data-parallel.js';
 import { createProgressPublisher, type ProgressEventInput } from '../progress/index.js';
 import { FROM_SOURCES, ROOT, offshootCache } from '../stack/index.js';
 import { type OrchestrateActivities, QUEUE_NAMES, type QueueName, TASK_QUEUES } from '../../workflows/index.js';
@@ -111,6 +115,8 @@ export interface RunWorkerOptions {
   gracePeriodSeconds?: number;
   /** How long to retry reaching Temporal at start before giving up. Default 120. */
   connectTimeoutSeconds?: number;
+  /** Training segments run data-parallel on rank processes of this host (pretrain queue). */
+  dataParallel?: DataParallelSettings;
   log?: (line: string) => void;
   /** Called once every queue's worker polls. */
   onReady?: (info: { identity: string; queues: QueueName[] }) => void;
@@ -153,7 +159,7 @@ export async function runWorker(options: RunWorkerOptions): Promise<void> {
   const identity = defaultIdentity(options.name ?? options.queues.join('+'));
   const draining = new AbortController();
   const progress = createProgressPublisher({ url: options.natsUrl, worker: identity, log });
-  const env: WorkerEnv = { identity, draining: draining.signal, progress, teacherTargets: options.teacherTargets, log };
+  const env: WorkerEnv = { identity, draining: draining.signal, progress, teacherTargets: options.teacherTargets, dataParallel: options.dataParallel, log };
   const connection = await connectTemporal(options.address, options.connectTimeoutSeconds ?? 120, log);
   const namespace = options.namespace ?? 'default';
   const dataConverter = { payloadConverterPath: payloadConverterPath() };

@@ -19,7 +19,7 @@ import { parseAllDocuments } from 'yaml';
 export const ROOT = path.join(import.meta.dirname, '..', '..');
 export const K8S = path.join(ROOT, 'deploy', 'k8s');
 export const IMAGES = path.join(ROOT, 'deploy', 'images');
-export const OVERLAYS = ['cpu', 'cuda', 'vulkan', 'production'] as const;
+export const OVERLAYS = ['cpu', 'cuda', 'vulkan', 'production', 'multi-gpu'] as const;
 export type Overlay = (typeof OVERLAYS)[number];
 
 const CACHE_BIN = path.join(process.env.OFFSHOOT_CACHE || path.join(os.homedir(), '.cache', 'offshoot'), 'bin');
