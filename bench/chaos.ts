@@ -47,12 +47,16 @@ const RUNS = Number(args.runs);
 const KILLS = Number(args.kills);
 const MIN_MS = Number(args['min-seconds']) * 1000;
 const MAX_MS = Number(args['max-seconds']) * 1000;
-const TARGETS = args.targets!.split(',').map((t) => t.trim()).filter(Boolean);
+const TARGETS = args
+  .targets!.split(',')
+  .map((t) => t.trim())
+  .filter(Boolean);
 for (const [name, v] of Object.entries({ runs: RUNS, kills: KILLS, 'min-seconds': MIN_MS, 'max-seconds': MAX_MS })) {
   if (!Number.isFinite(v) || v < 0) throw new Error(`--${name} must be a non-negative number, got ${v}`);
 }
 if (MAX_MS < MIN_MS) throw new Error(`--max-seconds must be at least --min-seconds`);
-if (!Number.isSafeInteger(Number(args['pretrain-steps'])) || Number(args['pretrain-steps']) < 1) throw new Error(`--pretrain-steps must be a positive integer, got ${args['pretrain-steps']}`);
+if (!Number.isSafeInteger(Number(args['pretrain-steps'])) || Number(args['pretrain-steps']) < 1)
+  throw new Error(`--pretrain-steps must be a positive integer, got ${args['pretrain-steps']}`);
 const dir = path.resolve(args.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'offshoot-chaos-')));
 fs.mkdirSync(dir, { recursive: true });
 const rng = new SeededRandom(Number(args.seed));
@@ -73,10 +77,14 @@ interface Started {
 function offshootRun(name: string, extra: string[]): Started {
   const stderr = fs.openSync(path.join(dir, `${name}.log`), 'w');
   const started = performance.now();
-  const child = spawn(process.execPath, [path.join(ROOT, 'bin', 'offshoot.js'), 'run', '--config', configFile, '--name', name, '--json', ...extra], {
-    cwd: dir,
-    stdio: ['ignore', 'pipe', stderr],
-  });
+  const child = spawn(
+    process.execPath,
+    [path.join(ROOT, 'bin', 'offshoot.js'), 'run', '--config', configFile, '--name', name, '--json', ...extra],
+    {
+      cwd: dir,
+      stdio: ['ignore', 'pipe', stderr],
+    },
+  );
   let stdout = '';
   child.stdout!.setEncoding('utf8').on('data', (d: string) => (stdout += d));
   const done = new Promise<{ code: number | null; stdout: string; seconds: number }>((resolve) =>
@@ -89,7 +97,11 @@ function offshootRun(name: string, extra: string[]): Started {
 }
 
 function resultOf(stdout: string): PipelineResult | undefined {
-  const line = stdout.trim().split('\n').filter((l) => l.startsWith('{')).at(-1);
+  const line = stdout
+    .trim()
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .at(-1);
   return line ? (JSON.parse(line) as PipelineResult) : undefined;
 }
 
@@ -110,7 +122,8 @@ function processesMentioning(needle: string): number[] {
   for (const e of fs.readdirSync('/proc')) {
     if (!/^\d+$/.test(e) || Number(e) === process.pid) continue;
     try {
-      if (fs.readFileSync(`/proc/${e}/cmdline`, 'utf8').replace(/\0/g, ' ').includes(needle) && pidAlive(Number(e))) out.push(Number(e));
+      if (fs.readFileSync(`/proc/${e}/cmdline`, 'utf8').replace(/\0/g, ' ').includes(needle) && pidAlive(Number(e)))
+        out.push(Number(e));
     } catch {
       // gone meanwhile
     }
@@ -183,7 +196,13 @@ async function chaosRun(index: number, teacher: string, baseline: Record<string,
     } catch {
       continue;
     }
-    kills.push({ atSeconds: Number(((performance.now() - t0) / 1000).toFixed(1)), target, pid, exitEvent: false, restartEvent: false });
+    kills.push({
+      atSeconds: Number(((performance.now() - t0) / 1000).toFixed(1)),
+      target,
+      pid,
+      exitEvent: false,
+      restartEvent: false,
+    });
     log(`${name}: kill ${kills.length}/${KILLS}: ${target} (pid ${pid})`);
   }
   const r = await run.done;
@@ -202,11 +221,16 @@ async function chaosRun(index: number, teacher: string, baseline: Record<string,
   }
   for (const k of kills) {
     k.exitEvent = events.some((e) => e.kind === 'service.exited' && e.service === k.target && e.pid === k.pid);
-    k.restartEvent = events.some((e) => e.kind === 'service.restarted' && e.service === k.target && e.previousPid === k.pid);
+    k.restartEvent = events.some(
+      (e) => e.kind === 'service.restarted' && e.service === k.target && e.previousPid === k.pid,
+    );
   }
   const completed = r.code === 0 && result !== undefined;
   const samePerplexities = difference === 0;
-  const survived = completed && samePerplexities && leftBehind.length === 0 ? kills.filter((k) => k.exitEvent && k.restartEvent).length : 0;
+  const survived =
+    completed && samePerplexities && leftBehind.length === 0
+      ? kills.filter((k) => k.exitEvent && k.restartEvent).length
+      : 0;
   log(
     `${name}: ${completed ? 'completed' : `FAILED (exit ${r.code})`} in ${r.seconds.toFixed(0)} s after ${kills.length} kills; perplexities ${JSON.stringify(ppl)}` +
       `${samePerplexities ? ' (as undisturbed)' : ` differ by ${difference}`}; left behind: ${leftBehind.length ? leftBehind.join(', ') : 'nothing'}; ${survived} kills survived`,
@@ -222,7 +246,10 @@ async function chaosRun(index: number, teacher: string, baseline: Record<string,
     maxRelativePplDifference: difference,
     perplexities: ppl,
     leftBehind,
-    serviceEvents: { exited: events.filter((e) => e.kind === 'service.exited').length, restarted: events.filter((e) => e.kind === 'service.restarted').length },
+    serviceEvents: {
+      exited: events.filter((e) => e.kind === 'service.exited').length,
+      restarted: events.filter((e) => e.kind === 'service.restarted').length,
+    },
     killed: kills,
   };
 }
@@ -232,13 +259,17 @@ let teacher = args.teacher ? path.resolve(args.teacher) : path.join(storageRoot,
 if (!args.teacher) {
   log(`undisturbed: training the teacher and running the pipeline (${dir})`);
   const first = await offshootRun('undisturbed', []).done;
-  if (first.code !== 0) throw new Error(`the undisturbed run failed (exit ${first.code}); see ${path.join(dir, 'undisturbed.log')}`);
+  if (first.code !== 0)
+    throw new Error(`the undisturbed run failed (exit ${first.code}); see ${path.join(dir, 'undisturbed.log')}`);
   teacher = path.join(storageRoot, 'undisturbed', 'teacher');
 }
 log('undisturbed: the pipeline on that teacher, timed');
 const undisturbed = await offshootRun('undisturbed-timed', ['--teacher', teacher]).done;
 const baselineResult = resultOf(undisturbed.stdout);
-if (undisturbed.code !== 0 || !baselineResult) throw new Error(`the undisturbed run failed (exit ${undisturbed.code}); see ${path.join(dir, 'undisturbed-timed.log')}`);
+if (undisturbed.code !== 0 || !baselineResult)
+  throw new Error(
+    `the undisturbed run failed (exit ${undisturbed.code}); see ${path.join(dir, 'undisturbed-timed.log')}`,
+  );
 const baseline = perplexities(baselineResult);
 log(`undisturbed: ${undisturbed.seconds.toFixed(0)} s, perplexities ${JSON.stringify(baseline)}`);
 

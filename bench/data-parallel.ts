@@ -21,7 +21,15 @@ import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 
 import { defaultTokenStore, loadTokenizer, openData } from '../core/data/index.js';
-import { ALL_REDUCE_CHOICES, type AllReduceChoice, GPTNeoX, parameterCount, presetConfig, saveCheckpoint, trainingHyperparameters } from '../core/model/index.js';
+import {
+  ALL_REDUCE_CHOICES,
+  type AllReduceChoice,
+  GPTNeoX,
+  parameterCount,
+  presetConfig,
+  saveCheckpoint,
+  trainingHyperparameters,
+} from '../core/model/index.js';
 import { runRanks } from '../services/pretrain/data-parallel.js';
 import { listGpus, selectGpus } from '../services/worker/gpus.js';
 import { benchTeacher } from './tiny-teacher.js';
@@ -43,9 +51,13 @@ const { values: args } = parseArgs({
 });
 const log = (s: string) => process.stderr.write(`${s}\n`);
 const num = (k: keyof typeof args) => Number(args[k]);
-const counts = String(args.counts).split(',').map((c) => Number(c.trim()));
-if (counts[0] !== 1 || counts.some((c, i) => !Number.isInteger(c) || (i > 0 && c <= counts[i - 1]))) throw new Error(`--counts: expected increasing rank counts starting at 1 (1,2,4), got ${args.counts}`);
-if (!(ALL_REDUCE_CHOICES as readonly string[]).includes(String(args['all-reduce']))) throw new Error(`--all-reduce: expected ${ALL_REDUCE_CHOICES.join(', ')}`);
+const counts = String(args.counts)
+  .split(',')
+  .map((c) => Number(c.trim()));
+if (counts[0] !== 1 || counts.some((c, i) => !Number.isInteger(c) || (i > 0 && c <= counts[i - 1])))
+  throw new Error(`--counts: expected increasing rank counts starting at 1 (1,2,4), got ${args.counts}`);
+if (!(ALL_REDUCE_CHOICES as readonly string[]).includes(String(args['all-reduce'])))
+  throw new Error(`--all-reduce: expected ${ALL_REDUCE_CHOICES.join(', ')}`);
 const gpus = args.gpus ? selectGpus(String(counts.at(-1)), listGpus()) : undefined;
 
 const tokenizerSource = args.tokenizer ?? (await benchTeacher(undefined, log)).dir;
@@ -62,7 +74,10 @@ const model = GPTNeoX.random(config, 1);
 const hash = await saveCheckpoint(start, config, await model.toHost());
 model.dispose();
 const steps = num('steps');
-const hyper = trainingHyperparameters({ steps, lr: 1e-3, warmup: 2 }, { batchSize: num('batch-size'), seqLen: num('seq-len'), seed: 1 });
+const hyper = trainingHyperparameters(
+  { steps, lr: 1e-3, warmup: 2 },
+  { batchSize: num('batch-size'), seqLen: num('seq-len'), seed: 1 },
+);
 
 interface Run {
   ranks: number;
@@ -111,7 +126,9 @@ async function measure(ranks: number): Promise<Run> {
   rates.sort((a, b) => a - b);
   const tokensPerSecond = rates.length ? rates[Math.floor(rates.length / 2)] : NaN;
   const seconds = (performance.now() - started) / 1000;
-  log(`${ranks} rank(s): ${Math.round(tokensPerSecond)} tokens/s (median of steps ${num('warmup') + 1}-${steps}), ${seconds.toFixed(1)} s in all`);
+  log(
+    `${ranks} rank(s): ${Math.round(tokensPerSecond)} tokens/s (median of steps ${num('warmup') + 1}-${steps}), ${seconds.toFixed(1)} s in all`,
+  );
   return { ranks, tokensPerSecond: Math.round(tokensPerSecond), seconds: Number(seconds.toFixed(2)), losses };
 }
 
@@ -133,9 +150,22 @@ try {
       steps,
       tokensPerSecond: Object.fromEntries(runs.map((r) => [String(r.ranks), r.tokensPerSecond])),
       // Against one rank, measured in the same run.
-      efficiency: Object.fromEntries(runs.map((r) => [String(r.ranks), round(r.tokensPerSecond / (r.ranks * one.tokensPerSecond))])),
-      efficiencyPerAdded: Object.fromEntries(runs.slice(1).map((r, i) => [String(r.ranks), round((r.tokensPerSecond - runs[i].tokensPerSecond) / ((r.ranks - runs[i].ranks) * one.tokensPerSecond))])),
-      maxLossDifference: Object.fromEntries(runs.slice(1).map((r) => [String(r.ranks), round(Math.max(...r.losses.map((l, i) => Math.abs(l - one.losses[i]))))])),
+      efficiency: Object.fromEntries(
+        runs.map((r) => [String(r.ranks), round(r.tokensPerSecond / (r.ranks * one.tokensPerSecond))]),
+      ),
+      efficiencyPerAdded: Object.fromEntries(
+        runs
+          .slice(1)
+          .map((r, i) => [
+            String(r.ranks),
+            round((r.tokensPerSecond - runs[i].tokensPerSecond) / ((r.ranks - runs[i].ranks) * one.tokensPerSecond)),
+          ]),
+      ),
+      maxLossDifference: Object.fromEntries(
+        runs
+          .slice(1)
+          .map((r) => [String(r.ranks), round(Math.max(...r.losses.map((l, i) => Math.abs(l - one.losses[i]))))]),
+      ),
       runs,
     }),
   );

@@ -109,7 +109,8 @@ function parseArgs(argv: string[]): Args {
     if (value === undefined) throw new Error(`${key} needs a value`);
     const int = (min = 1): number => {
       const n = Number(value);
-      if (!Number.isSafeInteger(n) || n < min) throw new Error(`${key} must be an integer ≥ ${min}, got ${JSON.stringify(value)}`);
+      if (!Number.isSafeInteger(n) || n < min)
+        throw new Error(`${key} must be an integer ≥ ${min}, got ${JSON.stringify(value)}`);
       return n;
     };
     switch (key) {
@@ -117,11 +118,15 @@ function parseArgs(argv: string[]): Args {
         args.backends = value.split(',').map((b) => b.trim()) as BackendName[];
         break;
       case '--shape-classes':
-        if (value !== 'on' && value !== 'off') throw new Error(`--shape-classes takes on or off, got ${JSON.stringify(value)}`);
+        if (value !== 'on' && value !== 'off')
+          throw new Error(`--shape-classes takes on or off, got ${JSON.stringify(value)}`);
         args.shapeClasses = value === 'on';
         break;
       case '--preset':
-        if (!(value in MODEL_PRESETS)) throw new Error(`--preset must be one of ${Object.keys(MODEL_PRESETS).join(', ')}, got ${JSON.stringify(value)}`);
+        if (!(value in MODEL_PRESETS))
+          throw new Error(
+            `--preset must be one of ${Object.keys(MODEL_PRESETS).join(', ')}, got ${JSON.stringify(value)}`,
+          );
         args.preset = value;
         break;
       case '--teacher':
@@ -158,7 +163,8 @@ function parseArgs(argv: string[]): Args {
         args.evalTokens = int();
         break;
       case '--fitness':
-        if (value !== 'brief' && value !== 'zero-shot') throw new Error(`--fitness takes brief or zero-shot, got ${JSON.stringify(value)}`);
+        if (value !== 'brief' && value !== 'zero-shot')
+          throw new Error(`--fitness takes brief or zero-shot, got ${JSON.stringify(value)}`);
         args.fitness = value;
         break;
       case '--seed':
@@ -171,32 +177,68 @@ function parseArgs(argv: string[]): Args {
         args.plansOut = value;
         break;
       case '--child':
-        if (value !== 'teacher' && value !== 'search') throw new Error(`--child takes teacher or search, got ${JSON.stringify(value)}`);
+        if (value !== 'teacher' && value !== 'search')
+          throw new Error(`--child takes teacher or search, got ${JSON.stringify(value)}`);
         args.child = value;
         break;
       default:
         throw new Error(`unknown argument ${key}`);
     }
   }
-  for (const [flag, n] of [['--candidates', args.candidates], ['--before-candidates', args.beforeCandidates]] as const) {
-    if (n !== undefined && n % args.population !== 0) throw new Error(`${flag} ${n} must be a multiple of --population ${args.population} (whole generations)`);
+  for (const [flag, n] of [
+    ['--candidates', args.candidates],
+    ['--before-candidates', args.beforeCandidates],
+  ] as const) {
+    if (n !== undefined && n % args.population !== 0)
+      throw new Error(`${flag} ${n} must be a multiple of --population ${args.population} (whole generations)`);
   }
   return args;
 }
 
 function toArgv(a: Args): string[] {
-  const out = ['--backends', a.backends.join(','), '--shape-classes', a.shapeClasses ? 'on' : 'off', '--preset', a.preset, '--teacher-steps', String(a.teacherSteps)];
+  const out = [
+    '--backends',
+    a.backends.join(','),
+    '--shape-classes',
+    a.shapeClasses ? 'on' : 'off',
+    '--preset',
+    a.preset,
+    '--teacher-steps',
+    String(a.teacherSteps),
+  ];
   if (a.teacher) out.push('--teacher', a.teacher);
-  if (a.target) out.push(...('bin' in a.target ? ['--bin', String(a.target.bin)] : ['--target-params', String(a.target.params)]));
-  out.push('--candidates', String(a.candidates), '--population', String(a.population), '--steps', String(a.steps), '--batch-size', String(a.batchSize));
-  out.push('--seq-len', String(a.seqLen), '--eval-tokens', String(a.evalTokens), '--fitness', a.fitness, '--seed', String(a.seed), '--work', a.work);
+  if (a.target)
+    out.push(...('bin' in a.target ? ['--bin', String(a.target.bin)] : ['--target-params', String(a.target.params)]));
+  out.push(
+    '--candidates',
+    String(a.candidates),
+    '--population',
+    String(a.population),
+    '--steps',
+    String(a.steps),
+    '--batch-size',
+    String(a.batchSize),
+  );
+  out.push(
+    '--seq-len',
+    String(a.seqLen),
+    '--eval-tokens',
+    String(a.evalTokens),
+    '--fitness',
+    a.fitness,
+    '--seed',
+    String(a.seed),
+    '--work',
+    a.work,
+  );
   if (a.child) out.push('--child', a.child);
   return out;
 }
 
 const teacherDir = (a: Args) => a.teacher ?? path.join(a.work, `teacher-${a.preset}`);
 /** The target: 20M parameters of a pythia-70m-shaped teacher, else bin 6 of 20. */
-const targetOf = (a: Args): TargetRequest => a.target ?? (a.preset === 'pythia-70m' ? { params: '20M ± 5%' } : { bin: 6 });
+const targetOf = (a: Args): TargetRequest =>
+  a.target ?? (a.preset === 'pythia-70m' ? { params: '20M ± 5%' } : { bin: 6 });
 
 const round = (x: number, digits = 3) => Number(x.toFixed(digits));
 const median = (xs: number[]) => {
@@ -204,7 +246,16 @@ const median = (xs: number[]) => {
   const m = Math.floor(s.length / 2);
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 };
-const sumPhases = (list: FitnessPhases[]) => Object.fromEntries(FITNESS_PHASES.map((p) => [p, round(list.reduce((a, x) => a + x[p], 0), 2)])) as FitnessPhases;
+const sumPhases = (list: FitnessPhases[]) =>
+  Object.fromEntries(
+    FITNESS_PHASES.map((p) => [
+      p,
+      round(
+        list.reduce((a, x) => a + x[p], 0),
+        2,
+      ),
+    ]),
+  ) as FitnessPhases;
 
 /** Child: trains the teacher with the teacher-training code (`offshoot teacher train`), unless it is there. */
 async function prepareTeacher(a: Args): Promise<void> {
@@ -213,7 +264,17 @@ async function prepareTeacher(a: Args): Promise<void> {
   await initBackend(a.backends[0], (m) => process.stderr.write(`${m}\n`));
   const seqLen = Math.min(a.seqLen, MODEL_PRESETS[a.preset].maxPositions);
   await trainTeacher(
-    { ...TEACHER_TRAIN_DEFAULTS, preset: a.preset, steps: a.teacherSteps, seqLen, batchSize: a.batchSize, data: DEFAULT_TRAIN_CORPUS, val: DEFAULT_VALIDATION_CORPUS, out, tokenCache: path.join(a.work, 'cache', 'tokens') },
+    {
+      ...TEACHER_TRAIN_DEFAULTS,
+      preset: a.preset,
+      steps: a.teacherSteps,
+      seqLen,
+      batchSize: a.batchSize,
+      data: DEFAULT_TRAIN_CORPUS,
+      val: DEFAULT_VALIDATION_CORPUS,
+      out,
+      tokenCache: path.join(a.work, 'cache', 'tokens'),
+    },
     { log: (line) => process.stderr.write(`teacher: ${line}\n`) },
   );
 }
@@ -229,7 +290,13 @@ async function runArm(a: Args): Promise<void> {
   const context = await createFitnessContext(teacher, data);
   const plansAtStart = matmulPlanCounts();
   const common = { bench: BENCH, backend, shapeClasses: a.shapeClasses };
-  const budget: FitnessBudget = { kind: a.fitness, steps: a.steps, batchSize: a.batchSize, seqLen: a.seqLen, evalTokens: a.evalTokens };
+  const budget: FitnessBudget = {
+    kind: a.fitness,
+    steps: a.steps,
+    batchSize: a.batchSize,
+    seqLen: a.seqLen,
+    evalTokens: a.evalTokens,
+  };
   // As a fitness evaluator starts (services/evaluator); the behaviour before shape classes had none.
   const warmUp = a.shapeClasses ? await warmUpFitness(context, budget, a.seed) : undefined;
   const setupSeconds = (performance.now() - started) / 1000;
@@ -316,9 +383,16 @@ async function runArm(a: Args): Promise<void> {
 }
 
 /** Runs the bench itself as a child with `args`; its JSON lines go to `onLine` as they come. */
-function child(a: Args, env: NodeJS.ProcessEnv, onLine: (line: Record<string, unknown>) => void): Promise<number | null> {
+function child(
+  a: Args,
+  env: NodeJS.ProcessEnv,
+  onLine: (line: Record<string, unknown>) => void,
+): Promise<number | null> {
   const self = fileURLToPath(import.meta.url);
-  const proc = spawn(process.execPath, [...process.execArgv, self, ...toArgv(a)], { env, stdio: ['ignore', 'pipe', 'inherit'] });
+  const proc = spawn(process.execPath, [...process.execArgv, self, ...toArgv(a)], {
+    env,
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
   readline.createInterface({ input: proc.stdout! }).on('line', (line) => {
     if (!line.startsWith('{')) return;
     try {
@@ -337,7 +411,14 @@ async function main(argv: string[]): Promise<void> {
     try {
       return await runArm(a);
     } catch (err) {
-      console.log(JSON.stringify({ bench: BENCH, backend: a.backends[0], shapeClasses: a.shapeClasses, error: (err as Error).message.split('\n')[0] }));
+      console.log(
+        JSON.stringify({
+          bench: BENCH,
+          backend: a.backends[0],
+          shapeClasses: a.shapeClasses,
+          error: (err as Error).message.split('\n')[0],
+        }),
+      );
       process.exit(1);
     }
   }
@@ -362,11 +443,16 @@ async function main(argv: string[]): Promise<void> {
     const summaries = new Map<boolean, Record<string, unknown>>();
     for (const shapeClasses of arms) {
       const candidates = shapeClasses ? a.candidates : (a.beforeCandidates ?? a.candidates);
-      const exit = await child({ ...base, backends: [backend], shapeClasses, candidates, child: 'search' }, env(`${backend}-${shapeClasses ? 'on' : 'off'}`), (line) => {
-        if (line.summary) summaries.set(shapeClasses, line);
-        print(line);
-      });
-      if (exit !== 0 && !summaries.has(shapeClasses)) print({ bench: BENCH, backend, shapeClasses, failed: `the arm exited with ${exit}` });
+      const exit = await child(
+        { ...base, backends: [backend], shapeClasses, candidates, child: 'search' },
+        env(`${backend}-${shapeClasses ? 'on' : 'off'}`),
+        (line) => {
+          if (line.summary) summaries.set(shapeClasses, line);
+          print(line);
+        },
+      );
+      if (exit !== 0 && !summaries.has(shapeClasses))
+        print({ bench: BENCH, backend, shapeClasses, failed: `the arm exited with ${exit}` });
     }
     const before = summaries.get(false);
     const after = summaries.get(true);
@@ -381,7 +467,14 @@ async function main(argv: string[]): Promise<void> {
         phaseSeconds: s.phaseSeconds,
       });
       const speedup = Number(after.evaluationsPerHourWithSetup) / Number(before.evaluationsPerHourWithSetup);
-      print({ bench: BENCH, backend, closing: true, before: { shapeClasses: false, ...pick(before) }, after: { shapeClasses: true, ...pick(after) }, ratio: round(speedup) });
+      print({
+        bench: BENCH,
+        backend,
+        closing: true,
+        before: { shapeClasses: false, ...pick(before) },
+        after: { shapeClasses: true, ...pick(after) },
+        ratio: round(speedup),
+      });
     }
   }
   if (a.plansOut) {

@@ -61,8 +61,20 @@ interface Measurement {
 async function measure(workers: number): Promise<Measurement> {
   // One worker per GPU from one `--gpus K` process, or K worker processes.
   const evaluators = args.gpus
-    ? [await startWorker({ queues: ['evaluate'], temporal: address, name: 'evaluate', backend: args.backend, extra: ['--gpus', String(workers)] })]
-    : await Promise.all(Array.from({ length: workers }, (_, i) => startWorker({ queues: ['evaluate'], temporal: address, name: `evaluate-${i}`, backend: args.backend })));
+    ? [
+        await startWorker({
+          queues: ['evaluate'],
+          temporal: address,
+          name: 'evaluate',
+          backend: args.backend,
+          extra: ['--gpus', String(workers)],
+        }),
+      ]
+    : await Promise.all(
+        Array.from({ length: workers }, (_, i) =>
+          startWorker({ queues: ['evaluate'], temporal: address, name: `evaluate-${i}`, backend: args.backend }),
+        ),
+      );
   const input: EvolutionInput = {
     run: { runId: `scaling-${workers}`, dir: path.join(tmp, `run-${workers}`) },
     teacher: ref,
@@ -70,7 +82,14 @@ async function measure(workers: number): Promise<Measurement> {
     space: { kind: 'uniform', target: { bin: 8 }, bins: 20, scale: 'linear' },
     search: { budget: num('budget'), population: num('population'), seed: 1 },
     fitness: {
-      budget: { kind: 'brief', steps: num('steps'), batchSize: 8, seqLen: num('seq-len'), evalTokens: num('eval-tokens'), warmup: Math.min(5, num('steps')) },
+      budget: {
+        kind: 'brief',
+        steps: num('steps'),
+        batchSize: 8,
+        seqLen: num('seq-len'),
+        evalTokens: num('eval-tokens'),
+        warmup: Math.min(5, num('steps')),
+      },
       order: 'first-k',
       layers: 'first',
     },
@@ -79,17 +98,38 @@ async function measure(workers: number): Promise<Measurement> {
     activity: { timeoutSeconds: 600, heartbeatSeconds: 60, maxAttempts: 3 },
   };
   const started = performance.now();
-  const result = await client.workflow.execute(evolution, { workflowId: `bench/scaling/${workers}/${Date.now()}`, taskQueue: 'orchestrate', args: [input] });
+  const result = await client.workflow.execute(evolution, {
+    workflowId: `bench/scaling/${workers}/${Date.now()}`,
+    taskQueue: 'orchestrate',
+    args: [input],
+  });
   const seconds = (performance.now() - started) / 1000;
   await Promise.all(evaluators.map((w) => w.stop()));
   const evaluations = result.status.evaluated + result.status.failed;
-  log(`${workers} evaluator(s)${args.gpus ? ' (one per GPU)' : ''}: ${evaluations} evaluations in ${seconds.toFixed(1)} s`);
-  return { workers, evaluations, seconds: Number(seconds.toFixed(2)), evaluationsPerHour: Number(((3600 * evaluations) / seconds).toFixed(1)), best: result.best.fitness ?? NaN };
+  log(
+    `${workers} evaluator(s)${args.gpus ? ' (one per GPU)' : ''}: ${evaluations} evaluations in ${seconds.toFixed(1)} s`,
+  );
+  return {
+    workers,
+    evaluations,
+    seconds: Number(seconds.toFixed(2)),
+    evaluationsPerHour: Number(((3600 * evaluations) / seconds).toFixed(1)),
+    best: result.best.fitness ?? NaN,
+  };
 }
 
-const counts = String(args.counts).split(',').map((c) => Number(c.trim()));
-if (counts.length === 0 || counts.some((c) => !Number.isInteger(c) || c < 1) || counts[0] !== 1 || counts.some((c, i) => i > 0 && c <= counts[i - 1])) {
-  throw new Error(`--counts: expected increasing evaluator counts starting at 1 (1,2,4), got ${JSON.stringify(args.counts)}`);
+const counts = String(args.counts)
+  .split(',')
+  .map((c) => Number(c.trim()));
+if (
+  counts.length === 0 ||
+  counts.some((c) => !Number.isInteger(c) || c < 1) ||
+  counts[0] !== 1 ||
+  counts.some((c, i) => i > 0 && c <= counts[i - 1])
+) {
+  throw new Error(
+    `--counts: expected increasing evaluator counts starting at 1 (1,2,4), got ${JSON.stringify(args.counts)}`,
+  );
 }
 try {
   const runs: Measurement[] = [];
@@ -108,9 +148,16 @@ try {
       runs,
       evaluationsPerHour: Object.fromEntries(runs.map((r) => [String(r.workers), r.evaluationsPerHour])),
       // Against the baseline of one evaluator, measured in the same run.
-      efficiency: Object.fromEntries(runs.map((r) => [String(r.workers), round(r.evaluationsPerHour / (r.workers * one))])),
+      efficiency: Object.fromEntries(
+        runs.map((r) => [String(r.workers), round(r.evaluationsPerHour / (r.workers * one))]),
+      ),
       efficiencyPerAdded: Object.fromEntries(
-        runs.slice(1).map((r, i) => [String(r.workers), round((r.evaluationsPerHour - runs[i].evaluationsPerHour) / ((r.workers - runs[i].workers) * one))]),
+        runs
+          .slice(1)
+          .map((r, i) => [
+            String(r.workers),
+            round((r.evaluationsPerHour - runs[i].evaluationsPerHour) / ((r.workers - runs[i].workers) * one)),
+          ]),
       ),
       speedup: round(runs.at(-1)!.evaluationsPerHour / one),
       sameResult: runs.every((r) => r.best === runs[0].best),

@@ -88,13 +88,17 @@ for (let i = 0; i < argv.length; i++) {
 if (check && backends.includes('cuda')) {
   const cuda = await import('../core/model/cuda/check.js');
   await initBackend('cuda', (m) => console.log(JSON.stringify({ bench: 'gpu-check', backend: m })));
-  const log = (line: Record<string, unknown>) => console.log(JSON.stringify({ bench: 'gpu-check', backend: 'cuda', ...line }));
+  const log = (line: Record<string, unknown>) =>
+    console.log(JSON.stringify({ bench: 'gpu-check', backend: 'cuda', ...line }));
   let failed = await cuda.runCudaChecks(checkScale, log);
   failed += await cuda.modelGradientChecks(2, 128, log);
   failed += await cuda.curveCheck(300, 8, 128, log);
   // The fixtures sit in the source tree: test/fixtures/neox beside bench/, two levels up from dist/bench.
   const here = path.dirname(fileURLToPath(import.meta.url));
-  const fixtures = [path.join(here, '..', 'test', 'fixtures', 'neox'), path.join(here, '..', '..', 'test', 'fixtures', 'neox')].find((d) => fs.existsSync(d));
+  const fixtures = [
+    path.join(here, '..', 'test', 'fixtures', 'neox'),
+    path.join(here, '..', '..', 'test', 'fixtures', 'neox'),
+  ].find((d) => fs.existsSync(d));
   if (fixtures) failed += await cuda.parityChecks(fixtures, log);
   console.log(JSON.stringify({ bench: 'gpu-check', backend: 'cuda', failed }));
 }
@@ -106,19 +110,45 @@ if (check && backends.includes('webgpu')) {
     const t0 = performance.now();
     const r = await runCase(c, 'webgpu-unfused');
     if (!r.ok) failed++;
-    console.log(JSON.stringify({ bench: 'gpu-check', case: r.name, ok: r.ok, valueErr: r.valueErr, gradErrs: r.gradErrs, tol: r.tol, ms: Math.round(performance.now() - t0) }));
+    console.log(
+      JSON.stringify({
+        bench: 'gpu-check',
+        case: r.name,
+        ok: r.ok,
+        valueErr: r.valueErr,
+        gradErrs: r.gradErrs,
+        tol: r.tol,
+        ms: Math.round(performance.now() - t0),
+      }),
+    );
   }
   const seq = Math.max(8, Math.round(512 / shrink));
   const t0 = performance.now();
   const m = await modelGradientCheck(presetConfig('pythia-70m', 50304), 2, seq, 'webgpu-unfused');
   const ok = m.lossDiff < 1e-4 && m.worstGradient.err < 1e-3;
   if (!ok) failed++;
-  console.log(JSON.stringify({ bench: 'gpu-check', case: `pythia-70m model, batch 2 × ${seq}: loss and all gradients vs unfused`, ok, ...m, ms: Math.round(performance.now() - t0) }));
+  console.log(
+    JSON.stringify({
+      bench: 'gpu-check',
+      case: `pythia-70m model, batch 2 × ${seq}: loss and all gradients vs unfused`,
+      ok,
+      ...m,
+      ms: Math.round(performance.now() - t0),
+    }),
+  );
   console.log(JSON.stringify({ bench: 'gpu-check', failed }));
 }
 
 if (checkOnly) process.exit(0);
 const measured = unfused ? backends.flatMap((b) => (b === 'webgpu' ? ['webgpu', 'webgpu-unfused'] : [b])) : backends;
-await throughput(['--config', configs, '--backends', measured.join(','), ...(torch ? ['--torch', torch, '--torch-modes', torchModes] : []), ...pass], (line) =>
-  console.log(JSON.stringify({ ...line, bench: 'gpu-train' })),
+await throughput(
+  [
+    '--config',
+    configs,
+    '--backends',
+    measured.join(','),
+    ...(torch ? ['--torch', torch, '--torch-modes', torchModes] : []),
+    ...pass,
+  ],
+  (line) => console.log(JSON.stringify({ ...line, bench: 'gpu-train' })),
 );

@@ -20,7 +20,23 @@ export async function benchTeacher(dir: string | undefined, log: (line: string) 
       const p = spawnManaged({
         name: 'teacher train',
         command: cli.command,
-        args: [...cli.args, 'teacher', 'train', '--out', dir, '--preset', 'tiny', '--vocab', '300', '--steps', '120', '--seq-len', '64', '--eval-every', '120'],
+        args: [
+          ...cli.args,
+          'teacher',
+          'train',
+          '--out',
+          dir,
+          '--preset',
+          'tiny',
+          '--vocab',
+          '300',
+          '--steps',
+          '120',
+          '--seq-len',
+          '64',
+          '--eval-every',
+          '120',
+        ],
       });
       const r = await p.exited;
       if (r.code !== 0) throw new Error(`teacher train failed:\n${p.output()}`);

@@ -17,7 +17,6 @@ import * as path from 'node:path';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { sampleBatch } from '../core/data/index.js';
 import { initBackend } from '../core/model/backend.js';
 import {
   GPTNeoX,
@@ -30,14 +29,23 @@ import {
   rankBatches,
   rankLayout,
   sliceRows,
-  trainingHyperparameters,
 } from '../core/model/index.js';
 import { trainTeacher } from '../core/teacher/index.js';
 import { type WorkerEnv, localEnv } from '../services/orchestration/index.js';
 import type { DataParallelSettings } from '../services/pretrain/data-parallel.js';
 import { createPretrainActivities } from '../services/pretrain/index.js';
 import { freePort, startTeacherService } from '../services/stack/index.js';
-import type { CheckpointRef, PrepareStudentInput, PretrainHyper, SegmentHeartbeat, StudentRef, TeacherRef, TeacherServiceRef, TrainSegmentInput, TrainSegmentOutput } from '../workflows/index.js';
+import type {
+  CheckpointRef,
+  PrepareStudentInput,
+  PretrainHyper,
+  SegmentHeartbeat,
+  StudentRef,
+  TeacherRef,
+  TeacherServiceRef,
+  TrainSegmentInput,
+  TrainSegmentOutput,
+} from '../workflows/index.js';
 import { syntheticBatches, tinyConfig, tinyHyper } from './helpers/tiny.js';
 
 const LOSS_TOLERANCE = 1e-5;
@@ -51,8 +59,20 @@ beforeAll(async () => {
   await initBackend('cpu', () => {});
   process.env.OFFSHOOT_CACHE = path.join(tmp, 'cache');
   await trainTeacher({
-    preset: 'tiny', vocab: 512, tokenizer, data: 'sotu:train', val: 'sotu:val', out: teacherDir, tokenCache: path.join(tmp, 'cache', 'tokens'),
-    steps: 4, lr: 1e-2, warmup: 1, batchSize: 4, seqLen: 16, seed: 3, evalTokens: 256,
+    preset: 'tiny',
+    vocab: 512,
+    tokenizer,
+    data: 'sotu:train',
+    val: 'sotu:val',
+    out: teacherDir,
+    tokenCache: path.join(tmp, 'cache', 'tokens'),
+    steps: 4,
+    lr: 1e-2,
+    warmup: 1,
+    batchSize: 4,
+    seqLen: 16,
+    seed: 3,
+    evalTokens: 256,
   });
   const ckpt = loadCheckpoint(teacherDir);
   teacher = { dir: teacherDir, hash: ckpt.hash, config: ckpt.config, parameters: 0 };
@@ -65,7 +85,9 @@ afterAll(() => {
 async function ring(n: number): Promise<TcpRing[]> {
   const ports = await Promise.all(Array.from({ length: n }, () => freePort()));
   const jobId = newJobId();
-  return Promise.all(Array.from({ length: n }, (_, rank) => TcpRing.join({ rank, worldSize: n, ports, jobId, timeoutMs: 5000 })));
+  return Promise.all(
+    Array.from({ length: n }, (_, rank) => TcpRing.join({ rank, worldSize: n, ports, jobId, timeoutMs: 5000 })),
+  );
 }
 
 describe('the TCP ring', () => {
@@ -78,14 +100,20 @@ describe('the TCP ring', () => {
     expect(Array.from(values[1])).toEqual(Array.from(values[0]));
     expect(Array.from(values[2])).toEqual(Array.from(values[0]));
     const got = await Promise.all(rings.map((r) => r.broadcast(r.rank === 0 ? Uint8Array.of(7, 8, 9) : undefined)));
-    expect(got.map((b) => Array.from(b))).toEqual([[7, 8, 9], [7, 8, 9], [7, 8, 9]]);
+    expect(got.map((b) => Array.from(b))).toEqual([
+      [7, 8, 9],
+      [7, 8, 9],
+      [7, 8, 9],
+    ]);
     for (const r of rings) r.close();
   });
 
   it('a rank that goes away fails the collective on the others, naming it', async () => {
     const [a, b] = await ring(2);
     b.close();
-    await expect(a.allReduceMean(new Float32Array(8))).rejects.toThrow(/rank 0: the connection (to|from) rank 1 (closed|failed \(.*\) during all-reduce #1): rank 1 died or stopped/);
+    await expect(a.allReduceMean(new Float32Array(8))).rejects.toThrow(
+      /rank 0: the connection (to|from) rank 1 (closed|failed \(.*\) during all-reduce #1): rank 1 died or stopped/,
+    );
     // And every later one.
     await expect(a.barrier()).rejects.toThrow(RingError);
     a.close();
@@ -93,9 +121,16 @@ describe('the TCP ring', () => {
 
   it('ranks with different gradient sizes are stopped with both sizes named', async () => {
     const [a, b] = await ring(2);
-    const results = await Promise.allSettled([a.allReduceMean(new Float32Array(10)), b.allReduceMean(new Float32Array(12))]);
+    const results = await Promise.allSettled([
+      a.allReduceMean(new Float32Array(10)),
+      b.allReduceMean(new Float32Array(12)),
+    ]);
     const messages = results.map((r) => (r.status === 'rejected' ? (r.reason as Error).message : 'fulfilled'));
-    expect(messages.some((m) => /sent \d+ bytes of values, this rank expects \d+: the ranks' models or batches differ/.test(m))).toBe(true);
+    expect(
+      messages.some((m) =>
+        /sent \d+ bytes of values, this rank expects \d+: the ranks' models or batches differ/.test(m),
+      ),
+    ).toBe(true);
     a.close();
     b.close();
   });
@@ -106,8 +141,12 @@ describe('the TCP ring', () => {
       TcpRing.join({ rank: 0, worldSize: 2, ports, jobId: 'job-a', connectTimeoutMs: 1500 }),
       TcpRing.join({ rank: 1, worldSize: 2, ports, jobId: 'job-b', connectTimeoutMs: 1500 }),
     ]);
-    expect(joining.status === 'rejected' && (joining.reason as Error).message).toMatch(/^rank 0: rank 1 did not connect within 1500 ms/);
-    expect(stranger.status === 'rejected' && (stranger.reason as Error).message).toMatch(/^rank 1: rank 0 did not connect within 1500 ms/);
+    expect(joining.status === 'rejected' && (joining.reason as Error).message).toMatch(
+      /^rank 0: rank 1 did not connect within 1500 ms/,
+    );
+    expect(stranger.status === 'rejected' && (stranger.reason as Error).message).toMatch(
+      /^rank 1: rank 0 did not connect within 1500 ms/,
+    );
   });
 });
 
@@ -115,8 +154,12 @@ describe("sharing out a step's global batch", () => {
   it('rank r takes rows [r·B/N, (r+1)·B/N), in micro-batches that divide them', () => {
     expect(rankLayout(8, 1, 2)).toEqual({ first: 4, rows: 4, microBatchSize: 4, microBatches: 1 });
     expect(rankLayout(8, 3, 4, 1)).toEqual({ first: 6, rows: 2, microBatchSize: 1, microBatches: 2 });
-    expect(() => rankLayout(6, 0, 4)).toThrow('data parallel: the batch size 6 does not divide into 4 ranks; use a batch size that is a multiple of 4');
-    expect(() => rankLayout(8, 0, 2, 3)).toThrow('data parallel: each of the 2 ranks takes 4 rows of the batch of 8, which do not divide into micro-batches of 3 rows');
+    expect(() => rankLayout(6, 0, 4)).toThrow(
+      'data parallel: the batch size 6 does not divide into 4 ranks; use a batch size that is a multiple of 4',
+    );
+    expect(() => rankLayout(8, 0, 2, 3)).toThrow(
+      'data parallel: each of the 2 ranks takes 4 rows of the batch of 8, which do not divide into micro-batches of 3 rows',
+    );
     const batches = syntheticBatches(48, 4, 3);
     const global = batches(5);
     const half = rankBatches(batches, 1, 2)(5);
@@ -143,7 +186,9 @@ describe('the trainer', () => {
     const [a, b] = [await losses(whole), await losses(micro)];
     for (let i = 0; i < a.length; i++) expect(Math.abs(a[i] - b[i])).toBeLessThan(LOSS_TOLERANCE);
     const [wa, wb] = [await whole.model.toHost(), await micro.model.toHost()];
-    for (const [name, t] of wa) for (let i = 0; i < t.data.length; i += 7) expect(Math.abs(Number(t.data[i]) - Number(wb.get(name)!.data[i]))).toBeLessThan(1e-4);
+    for (const [name, t] of wa)
+      for (let i = 0; i < t.data.length; i += 7)
+        expect(Math.abs(Number(t.data[i]) - Number(wb.get(name)!.data[i]))).toBeLessThan(1e-4);
     whole.dispose();
     micro.dispose();
   });
@@ -152,7 +197,9 @@ describe('the trainer', () => {
     const single = new Trainer(GPTNeoX.random(config, 5), { hyper, batches });
     const expected = await losses(single);
     const rings = await ring(2);
-    const ranks = rings.map((r) => new Trainer(GPTNeoX.random(config, 5), { hyper, batches, parallel: hostAllReduce(r) }));
+    const ranks = rings.map(
+      (r) => new Trainer(GPTNeoX.random(config, 5), { hyper, batches, parallel: hostAllReduce(r) }),
+    );
     const got = await Promise.all(ranks.map((t) => losses(t)));
     expect(got[0]).toEqual(got[1]);
     for (let i = 0; i < expected.length; i++) expect(Math.abs(got[0][i] - expected[i])).toBeLessThan(LOSS_TOLERANCE);
@@ -183,7 +230,12 @@ async function prepare(runName: string): Promise<{ run: { runId: string; dir: st
   const run = { runId: runName, dir: path.join(tmp, runName) };
   const activities = createPretrainActivities(localEnv({ log: () => undefined }));
   const input: PrepareStudentInput = {
-    run, name: 'student', init: { kind: 'subnet', spec: { layers: 2, embedding: 32, heads: 4, mlp: 128 }, order: 'first-k', layers: 'first' }, teacher, hyper: HYPER, data: DATA,
+    run,
+    name: 'student',
+    init: { kind: 'subnet', spec: { layers: 2, embedding: 32, heads: 4, mlp: 128 }, order: 'first-k', layers: 'first' },
+    teacher,
+    hyper: HYPER,
+    data: DATA,
   };
   const student = (await new MockActivityEnvironment().run(activities.prepareStudent, input)) as StudentRef;
   return { run, student };
@@ -207,7 +259,10 @@ async function segment(
 ): Promise<SegmentRun> {
   const logs: string[] = [];
   const heartbeats: SegmentHeartbeat[] = [];
-  const activityEnv = new MockActivityEnvironment({ attempt: options.attempt ?? 1, heartbeatDetails: options.heartbeatDetails });
+  const activityEnv = new MockActivityEnvironment({
+    attempt: options.attempt ?? 1,
+    heartbeatDetails: options.heartbeatDetails,
+  });
   activityEnv.on('heartbeat', (d: SegmentHeartbeat) => {
     heartbeats.push(d);
     options.onHeartbeat?.(d);
@@ -221,7 +276,16 @@ async function segment(
     ...(options.draining ? { draining: options.draining } : {}),
   });
   const input: TrainSegmentInput = {
-    run, name: 'student', from, toStep, teacher, data: DATA, hyper: options.hyper ?? HYPER, checkpointEvery: 4, evalEvery: 6, evalTokens: 256,
+    run,
+    name: 'student',
+    from,
+    toStep,
+    teacher,
+    data: DATA,
+    hyper: options.hyper ?? HYPER,
+    checkpointEvery: 4,
+    evalEvery: 6,
+    evalTokens: 256,
     ...(options.teacherService ? { teacherService: options.teacherService } : {}),
   };
   const lossFile = path.join(run.dir, 'student', 'losses.jsonl');
@@ -253,7 +317,10 @@ function isAlive(pid: number): boolean {
 function expectSameCurve(actual: Map<number, number>, expected: Map<number, number>, steps: number[]): void {
   for (const s of steps) {
     expect(actual.has(s), `step ${s} trained`).toBe(true);
-    expect(Math.abs(actual.get(s)! - expected.get(s)!), `loss at step ${s}: ${actual.get(s)} vs ${expected.get(s)}`).toBeLessThan(LOSS_TOLERANCE);
+    expect(
+      Math.abs(actual.get(s)! - expected.get(s)!),
+      `loss at step ${s}: ${actual.get(s)} vs ${expected.get(s)}`,
+    ).toBeLessThan(LOSS_TOLERANCE);
   }
 }
 
@@ -273,49 +340,71 @@ describe('trainSegment on 2 rank processes (cpu backend)', () => {
     const two = await segment(run, s.checkpoint, STEPS, { ranks: 2 });
     expect(two.error).toBeUndefined();
     expect(two.out).toMatchObject({ step: STEPS, resumedFrom: 0 });
-    expectSameCurve(two.losses, reference.losses, Array.from({ length: STEPS }, (_, i) => i + 1));
+    expectSameCurve(
+      two.losses,
+      reference.losses,
+      Array.from({ length: STEPS }, (_, i) => i + 1),
+    );
     expect(two.out!.evals.map((e) => e.step)).toEqual([6, 12]);
-    for (const [i, e] of two.out!.evals.entries()) expect(Math.abs(e.valLoss - reference.out!.evals[i].valLoss)).toBeLessThan(LOSS_TOLERANCE);
+    for (const [i, e] of two.out!.evals.entries())
+      expect(Math.abs(e.valLoss - reference.out!.evals[i].valLoss)).toBeLessThan(LOSS_TOLERANCE);
     // Checkpoints every 4 steps, each heartbeat carrying the latest; the last is where the segment ends.
-    expect(two.heartbeats.filter((h) => h.checkpoint.step !== 0).map((h) => h.checkpoint.step)).toEqual(expect.arrayContaining([4, 8, 12]));
+    expect(two.heartbeats.filter((h) => h.checkpoint.step !== 0).map((h) => h.checkpoint.step)).toEqual(
+      expect.arrayContaining([4, 8, 12]),
+    );
     expect(two.out!.checkpoint.step).toBe(STEPS);
     const ours = loadCheckpoint(two.out!.checkpoint.dir).tensors;
     const theirs = loadCheckpoint(reference.out!.checkpoint.dir).tensors;
     for (const [name, t] of theirs) {
       let worst = 0;
-      for (let i = 0; i < t.data.length; i++) worst = Math.max(worst, Math.abs(Number(t.data[i]) - Number(ours.get(name)!.data[i])));
+      for (let i = 0; i < t.data.length; i++)
+        worst = Math.max(worst, Math.abs(Number(t.data[i]) - Number(ours.get(name)!.data[i])));
       expect(worst, name).toBeLessThan(1e-3);
     }
     // Each rank's output is kept.
-    expect(fs.readdirSync(path.join(run.dir, 'student', 'ranks', 'attempt-1')).sort()).toEqual(expect.arrayContaining(['rank-0.log', 'rank-1.log']));
+    expect(fs.readdirSync(path.join(run.dir, 'student', 'ranks', 'attempt-1')).sort()).toEqual(
+      expect.arrayContaining(['rank-0.log', 'rank-1.log']),
+    );
   }, 240_000);
 
   it('kill -9 of a rank fails the segment naming it and the last checkpoint; a resume on 1 or 2 ranks goes on from there with the same data', async () => {
     const { run, student: s } = await prepare('killed');
     let pids: number[] = [];
     let killed = false;
-    const failed = await segment(run, s.checkpoint, STEPS, { ranks: 2 }, {
-      during: (line) => {
-        const m = /\(pids (\d+), (\d+)\)/.exec(line);
-        if (m) pids = [Number(m[1]), Number(m[2])];
+    const failed = await segment(
+      run,
+      s.checkpoint,
+      STEPS,
+      { ranks: 2 },
+      {
+        during: (line) => {
+          const m = /\(pids (\d+), (\d+)\)/.exec(line);
+          if (m) pids = [Number(m[1]), Number(m[2])];
+        },
+        onHeartbeat: (h) => {
+          // Once rank 0 has checkpointed step 4, rank 1 dies.
+          if (!killed && h.checkpoint.step === 4) {
+            killed = true;
+            process.kill(pids[1], 'SIGKILL');
+          }
+        },
       },
-      onHeartbeat: (h) => {
-        // Once rank 0 has checkpointed step 4, rank 1 dies.
-        if (!killed && h.checkpoint.step === 4) {
-          killed = true;
-          process.kill(pids[1], 'SIGKILL');
-        }
-      },
-    });
+    );
     expect(killed).toBe(true);
-    expect(failed.error?.message).toMatch(/^data-parallel segment failed: rank 1 of 2 was killed by SIGKILL; the other ranks were stopped\. The last checkpoint is step \d+ \(.*step-\d+\); a retry resumes there\. Rank 1's last lines/);
+    expect(failed.error?.message).toMatch(
+      /^data-parallel segment failed: rank 1 of 2 was killed by SIGKILL; the other ranks were stopped\. The last checkpoint is step \d+ \(.*step-\d+\); a retry resumes there\. Rank 1's last lines/,
+    );
     const lastStep = Number(/The last checkpoint is step (\d+)/.exec(failed.error!.message)![1]);
     expect(lastStep).toBeGreaterThanOrEqual(4);
     expect(lastStep).toBeLessThan(STEPS);
     for (const pid of pids) expect(isAlive(pid), `rank pid ${pid} is gone`).toBe(false);
     const beat = failed.heartbeats.filter((h) => h.checkpoint.step === lastStep).at(-1)!;
     expect(beat).toBeDefined();
-    expectSameCurve(failed.losses, reference.losses, Array.from({ length: lastStep }, (_, i) => i + 1));
+    expectSameCurve(
+      failed.losses,
+      reference.losses,
+      Array.from({ length: lastStep }, (_, i) => i + 1),
+    );
 
     // Temporal's retry: attempt 2, given the last heartbeat, on a worker with 1 rank and on one with 2
     // (each on its own copy of the run folder, as it was after the failure).
@@ -324,7 +413,13 @@ describe('trainSegment on 2 rank processes (cpu backend)', () => {
       fs.cpSync(run.dir, copy.dir, { recursive: true });
       fs.rmSync(path.join(copy.dir, 'student', 'latest.json'), { force: true });
       const moved = (c: CheckpointRef): CheckpointRef => ({ ...c, dir: c.dir.replace(run.dir, copy.dir) });
-      const resumed = await segment(copy, moved(s.checkpoint), STEPS, { ranks }, { attempt: 2, heartbeatDetails: { ...beat, checkpoint: moved(beat.checkpoint) } });
+      const resumed = await segment(
+        copy,
+        moved(s.checkpoint),
+        STEPS,
+        { ranks },
+        { attempt: 2, heartbeatDetails: { ...beat, checkpoint: moved(beat.checkpoint) } },
+      );
       expect(resumed.error, `resume on ${ranks} rank(s)`).toBeUndefined();
       expect(resumed.out).toMatchObject({ step: STEPS, resumedFrom: lastStep, attempt: 2 });
       expect([...resumed.losses.keys()]).toEqual(Array.from({ length: STEPS - lastStep }, (_, i) => lastStep + 1 + i));
@@ -335,12 +430,18 @@ describe('trainSegment on 2 rank processes (cpu backend)', () => {
   it("the worker's SIGTERM: the ranks stop together after the step under way, rank 0 checkpoints it, the segment returns there", async () => {
     const { run, student: s } = await prepare('drained');
     const draining = new AbortController();
-    const drained = await segment(run, s.checkpoint, STEPS, { ranks: 2 }, {
-      draining: draining.signal,
-      onHeartbeat: (h) => {
-        if (h.checkpoint.step === 4) draining.abort();
+    const drained = await segment(
+      run,
+      s.checkpoint,
+      STEPS,
+      { ranks: 2 },
+      {
+        draining: draining.signal,
+        onHeartbeat: (h) => {
+          if (h.checkpoint.step === 4) draining.abort();
+        },
       },
-    });
+    );
     expect(drained.error).toBeUndefined();
     const step = drained.out!.step;
     expect(drained.out).toMatchObject({ stopped: 'worker-shutdown', checkpoint: { step } });
@@ -348,8 +449,14 @@ describe('trainSegment on 2 rank processes (cpu backend)', () => {
     expect(step).toBeLessThan(STEPS);
     expect(loadCheckpoint(drained.out!.checkpoint.dir).hash).toBe(drained.out!.checkpoint.hash);
     // Rank 1 stopped at the same step as rank 0.
-    expect(fs.readFileSync(path.join(run.dir, 'student', 'ranks', 'attempt-1', 'rank-1.log'), 'utf8')).toContain(`"event":"rank-done","rank":1,"step":${step},`);
-    expectSameCurve(drained.losses, reference.losses, Array.from({ length: step }, (_, i) => i + 1));
+    expect(fs.readFileSync(path.join(run.dir, 'student', 'ranks', 'attempt-1', 'rank-1.log'), 'utf8')).toContain(
+      `"event":"rank-done","rank":1,"step":${step},`,
+    );
+    expectSameCurve(
+      drained.losses,
+      reference.losses,
+      Array.from({ length: step }, (_, i) => i + 1),
+    );
   }, 240_000);
 
   it('with distillation (the teacher in each rank) and micro-batches of one row: the curve of one process', async () => {
@@ -368,7 +475,11 @@ describe('trainSegment on 2 rank processes (cpu backend)', () => {
     const service = await startTeacherService({ model: teacherDir, backend: 'cpu', extra: ['--top-k', '16'] });
     try {
       const ref: TeacherServiceRef = { targets: [service.target], topK: 16 };
-      const hyper: PretrainHyper = { ...HYPER, steps: 6, distill: { alpha: 0.5, temperature: 1, direction: 'forward' } };
+      const hyper: PretrainHyper = {
+        ...HYPER,
+        steps: 6,
+        distill: { alpha: 0.5, temperature: 1, direction: 'forward' },
+      };
       const one = await prepare('service-one');
       const single = await segment(one.run, one.student.checkpoint, 6, undefined, { hyper, teacherService: ref });
       const two = await prepare('service-two');

@@ -1,4 +1,13 @@
-import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, truncateSync, utimesSync, writeFileSync } from 'node:fs';
+import {
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  truncateSync,
+  utimesSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -73,9 +82,20 @@ describe('embedded corpora', () => {
     expect(one('sotu:train').path).toBe('sotu:train');
     expect(one('sotu:validation').path).toBe('sotu:val');
     expect(one('mobydick').path).toBe('mobydick');
-    expect(one('data/x.jsonl', '/base')).toMatchObject({ path: path.resolve('/base', 'data/x.jsonl'), field: 'text', invalid: 'error', weight: 1, holdout: 0 });
+    expect(one('data/x.jsonl', '/base')).toMatchObject({
+      path: path.resolve('/base', 'data/x.jsonl'),
+      field: 'text',
+      invalid: 'error',
+      weight: 1,
+      holdout: 0,
+    });
     expect(one('file:mobydick', '/base').path).toBe(path.resolve('/base', 'mobydick'));
-    expect(one('/d/*.jsonl.gz;field=content;invalid=skip;holdout=0.01')).toMatchObject({ path: '/d/*.jsonl.gz', field: 'content', invalid: 'skip', holdout: 0.01 });
+    expect(one('/d/*.jsonl.gz;field=content;invalid=skip;holdout=0.01')).toMatchObject({
+      path: '/d/*.jsonl.gz',
+      field: 'content',
+      invalid: 'skip',
+      holdout: 0.01,
+    });
     expect(parseDataSpec('/d/x.jsonl;holdout=0.1;split=val').split).toBe('val');
     expect(() => parseDataSpec('sotu:test')).toThrow(/sotu:train or sotu:val/);
     expect(() => parseDataSpec('  ')).toThrow(/empty/);
@@ -129,11 +149,23 @@ describe('user corpora', () => {
 
   it('rejects Latin-1, UTF-16 and binary files, naming the file and the byte offset', async () => {
     const cases: [string, Buffer, RegExp][] = [
-      ['latin1.txt', Buffer.from('Caf\xe9 au lait\n', 'latin1'), /latin1\.txt: invalid UTF-8 at byte offset 3 \(byte 0xe9\); is it Latin-1/],
-      ['latin1-end.txt', Buffer.from('na\xefve', 'latin1'), /latin1-end\.txt: invalid UTF-8 at byte offset 2 \(byte 0xef\)/],
+      [
+        'latin1.txt',
+        Buffer.from('Caf\xe9 au lait\n', 'latin1'),
+        /latin1\.txt: invalid UTF-8 at byte offset 3 \(byte 0xe9\); is it Latin-1/,
+      ],
+      [
+        'latin1-end.txt',
+        Buffer.from('na\xefve', 'latin1'),
+        /latin1-end\.txt: invalid UTF-8 at byte offset 2 \(byte 0xef\)/,
+      ],
       ['cp1252.md', Buffer.from([0x68, 0x69, 0x93, 0x21]), /cp1252\.md: invalid UTF-8 at byte offset 2 \(byte 0x93\)/],
       ['utf16.txt', Buffer.from('\ufeffhello', 'utf16le'), /utf16\.txt: invalid UTF-8 at byte offset 0 \(byte 0xff\)/],
-      ['binary.txt', Buffer.from([0x7f, 0x45, 0x4c, 0x46, 0x02, 0x01, 0x01, 0x00, 0x00]), /binary\.txt: binary content \(a NUL byte\) at byte offset 7/],
+      [
+        'binary.txt',
+        Buffer.from([0x7f, 0x45, 0x4c, 0x46, 0x02, 0x01, 0x01, 0x00, 0x00]),
+        /binary\.txt: binary content \(a NUL byte\) at byte offset 7/,
+      ],
       ['cut.txt', Buffer.from([0x61, 0xe2, 0x82]), /cut\.txt: invalid UTF-8 at byte offset 1/],
       ['overlong.txt', Buffer.from([0x61, 0xc0, 0xaf]), /overlong\.txt: invalid UTF-8 at byte offset 1 \(byte 0xc0\)/],
     ];
@@ -149,7 +181,14 @@ describe('user corpora', () => {
     writeFileSync(path.join(d, 'b.txt'), Buffer.from('r\xe9sum\xe9', 'latin1'));
     await expect(loadCorpus(d)).rejects.toThrow(/mixed\/b\.txt: invalid UTF-8 at byte offset 1/);
     const j = path.join(tmp, 'latin1.jsonl');
-    writeFileSync(j, Buffer.concat([Buffer.from('{"text": "ok"}\n{"text": "'), Buffer.from('\xe9t\xe9', 'latin1'), Buffer.from('"}\n')]));
+    writeFileSync(
+      j,
+      Buffer.concat([
+        Buffer.from('{"text": "ok"}\n{"text": "'),
+        Buffer.from('\xe9t\xe9', 'latin1'),
+        Buffer.from('"}\n'),
+      ]),
+    );
     await expect(loadCorpus(j)).rejects.toThrow(/latin1\.jsonl:2: invalid UTF-8 at byte offset 25/);
     // Valid UTF-8 of every length passes, a byte order mark dropped.
     const ok = path.join(tmp, 'utf8.txt');
@@ -201,7 +240,9 @@ describe('token files', () => {
 
   it('rejects ids outside the vocabulary', async () => {
     const f = path.join(tmp, 'oov.tokens');
-    await expect(writeTokenFile(f, [1, 257], { vocabSize: 257, tokenizerHash: H })).rejects.toThrow(/token id 257 at position 1 is outside/);
+    await expect(writeTokenFile(f, [1, 257], { vocabSize: 257, tokenizerHash: H })).rejects.toThrow(
+      /token id 257 at position 1 is outside/,
+    );
     await expect(writeTokenFile(f, [1, -1], { vocabSize: 257, tokenizerHash: H })).rejects.toThrow(/outside/);
   });
 
@@ -260,7 +301,11 @@ describe('token store', () => {
     const f = path.join(tmp, 'cache-corpus.jsonl');
     writeFileSync(f, '{"text": "alpha beta"}\n{"text": "gamma"}\n');
     const bytes = new ByteTokenizer();
-    const ids = (d: { sources: readonly { stream: { length: number; read: (a: number, b: number, c: Int32Array, d: number) => void } }[] }): number[] => {
+    const ids = (d: {
+      sources: readonly {
+        stream: { length: number; read: (a: number, b: number, c: Int32Array, d: number) => void };
+      }[];
+    }): number[] => {
       const s = d.sources[0].stream;
       const out = new Int32Array(s.length);
       s.read(0, s.length, out, 0);
@@ -317,11 +362,15 @@ describe('token store', () => {
     utimesSync(f, 1_000_000_000, 1_000_000_000);
     const again = await openData(f, bytes, { cacheDir: cache });
     expect(again.prepared[0]).toMatchObject({ reused: 1, tokenized: 0 });
-    expect(bytes.decode(Array.from({ length: again.sources[0].stream.length }, (_, i) => {
-      const one = new Int32Array(1);
-      again.sources[0].stream.read(i, 1, one, 0);
-      return one[0];
-    }))).toBe('alpha beta<|endoftext|>gamma<|endoftext|>');
+    expect(
+      bytes.decode(
+        Array.from({ length: again.sources[0].stream.length }, (_, i) => {
+          const one = new Int32Array(1);
+          again.sources[0].stream.read(i, 1, one, 0);
+          return one[0];
+        }),
+      ),
+    ).toBe('alpha beta<|endoftext|>gamma<|endoftext|>');
     again.close();
     // A flipped payload byte goes unnoticed by a plain open (headers only), and is caught by verify.
     const buf = readFileSync(shard);
@@ -345,9 +394,14 @@ describe('token store', () => {
   });
 
   it('a streamed token file checks ids against the vocabulary', async () => {
-    const w = await TokenFileWriter.create(path.join(tmp, 'range.tok'), { vocabSize: 100, tokenizerHash: 'ab'.repeat(32) });
+    const w = await TokenFileWriter.create(path.join(tmp, 'range.tok'), {
+      vocabSize: 100,
+      tokenizerHash: 'ab'.repeat(32),
+    });
     await w.append([1, 2]);
-    await expect(w.append([150])).rejects.toThrow(/range\.tok: token id 150 at position 2 is outside the vocabulary \(size 100\)/);
+    await expect(w.append([150])).rejects.toThrow(
+      /range\.tok: token id 150 at position 2 is outside the vocabulary \(size 100\)/,
+    );
     await w.abort();
     expect(readdirSync(tmp).filter((n) => n.includes('range.tok'))).toEqual([]);
   });
@@ -440,8 +494,18 @@ describe('batches', () => {
   });
 
   it('honours mixture weights and holdouts', () => {
-    const a = { name: 'a', weight: 3, stream: arrayStream(Uint16Array.from({ length: 5000 }, () => 1)), ranges: [[0, 5000]] as [number, number][] };
-    const b = { name: 'b', weight: 1, stream: arrayStream(Uint16Array.from({ length: 800 }, () => 2)), ranges: [[0, 800]] as [number, number][] };
+    const a = {
+      name: 'a',
+      weight: 3,
+      stream: arrayStream(Uint16Array.from({ length: 5000 }, () => 1)),
+      ranges: [[0, 5000]] as [number, number][],
+    };
+    const b = {
+      name: 'b',
+      weight: 1,
+      stream: arrayStream(Uint16Array.from({ length: 800 }, () => 2)),
+      ranges: [[0, 800]] as [number, number][],
+    };
     const data = { spec: 'mix', sources: [a, b] };
     let fromA = 0;
     let fromB = 0;
@@ -449,7 +513,7 @@ describe('batches', () => {
     const wB = windowCount(data, 8, 1);
     for (let step = 0; step < 1024; step++) {
       const batch = sampleBatch(data, { batchSize: 4, seqLen: 8, seed: 5, step });
-      for (let r = 0; r < 4; r++) (batch.input[r * 8] === 1 ? fromA++ : fromB++);
+      for (let r = 0; r < 4; r++) batch.input[r * 8] === 1 ? fromA++ : fromB++;
       for (const row of batchRows(data, { batchSize: 4, seqLen: 8, seed: 5, step })) {
         if (row.source === 1 && row.epoch === 0) seenB.set(row.window, (seenB.get(row.window) ?? 0) + 1);
       }
@@ -473,7 +537,9 @@ describe('batches', () => {
   });
 
   it('errors clearly when the corpus is shorter than seqLen + 1', () => {
-    expect(() => sampleBatch(new Uint16Array(32), { ...opts, step: 0 })).toThrow(/32 tokens, too short for seqLen 32: need at least seqLen \+ 1 = 33/);
+    expect(() => sampleBatch(new Uint16Array(32), { ...opts, step: 0 })).toThrow(
+      /32 tokens, too short for seqLen 32: need at least seqLen \+ 1 = 33/,
+    );
     expect(() => evalBatches(new Uint16Array(10), { batchSize: 2, seqLen: 10 }).next()).toThrow(/too short/);
     expect(sampleBatch(new Uint16Array(33), { ...opts, step: 0 }).input.length).toBe(8 * 32);
   });
@@ -487,7 +553,9 @@ describe('batches', () => {
     const targets = batches.flatMap((b) => Array.from(b.target));
     expect(inputs).toEqual(stream.slice(0, 100));
     expect(targets).toEqual(stream.slice(1, 101));
-    expect([...evalBatches(stream, { batchSize: 3, seqLen: 10 })].map((b) => Array.from(b.input))).toEqual(batches.map((b) => Array.from(b.input)));
+    expect([...evalBatches(stream, { batchSize: 3, seqLen: 10 })].map((b) => Array.from(b.input))).toEqual(
+      batches.map((b) => Array.from(b.input)),
+    );
 
     const capped = [...evalBatches(stream, { batchSize: 4, seqLen: 10, maxTokens: 35 })];
     expect(capped.map((b) => b.batchSize)).toEqual([3]);

@@ -9,11 +9,19 @@ import * as path from 'node:path';
 
 import { describe, expect, it } from 'vitest';
 
-import { NCCL_BINDINGS, NCCL_ENUMS, NCCL_VERSION, loadNccl, ncclLibraryPath, ncclVersion } from '../core/model/cuda/nccl.js';
+import {
+  NCCL_BINDINGS,
+  NCCL_ENUMS,
+  NCCL_VERSION,
+  loadNccl,
+  ncclLibraryPath,
+  ncclVersion,
+} from '../core/model/cuda/nccl.js';
 
 const lib = ncclLibraryPath();
 const header = path.join(path.dirname(path.dirname(lib)), 'include', 'nccl.h');
-const missing = fs.existsSync(lib) && fs.existsSync(header) ? null : `NCCL is not installed (${lib}): scripts/setup-cuda.sh --nccl`;
+const missing =
+  fs.existsSync(lib) && fs.existsSync(header) ? null : `NCCL is not installed (${lib}): scripts/setup-cuda.sh --nccl`;
 
 /** How the x86-64 ABI passes a parameter: an 8-byte word (pointers, handles, size_t), a 32-bit integer (enums too), or the 128-byte id by value. */
 function kindOf(param: string): string {
@@ -32,8 +40,15 @@ describe.skipIf(!!missing)(`the NCCL binding${missing ? ` (skipped: ${missing})`
       const name = /(\w+)\(/.exec(proto)![1];
       const m = new RegExp(`(?:ncclResult_t|const char\\s*\\*)\\s+${name}\\s*\\(([^)]*)\\)\\s*;`).exec(text);
       expect(m, `${name} is declared in nccl.h`).not.toBeNull();
-      const theirs = m![1].split(',').map((p) => p.trim()).filter((p) => p && p !== 'void');
-      const ours = proto.slice(proto.indexOf('(') + 1, proto.lastIndexOf(')')).split(',').map((p) => p.trim()).filter(Boolean);
+      const theirs = m![1]
+        .split(',')
+        .map((p) => p.trim())
+        .filter((p) => p && p !== 'void');
+      const ours = proto
+        .slice(proto.indexOf('(') + 1, proto.lastIndexOf(')'))
+        .split(',')
+        .map((p) => p.trim())
+        .filter(Boolean);
       expect(ours.map(kindOf), `${name}: argument kinds`).toEqual(theirs.map(kindOf));
       expect(proto.startsWith('const char*'), `${name}: return type`).toBe(m![0].startsWith('const char'));
     }
@@ -56,7 +71,9 @@ it('without NCCL the error names the file and the setup step', () => {
   const saved = process.env.OFFSHOOT_NCCL_HOME;
   process.env.OFFSHOOT_NCCL_HOME = '/nonexistent/nccl';
   try {
-    expect(() => loadNccl()).toThrow('NCCL not found: no /nonexistent/nccl/lib/libnccl.so.2; run scripts/setup-cuda.sh --nccl');
+    expect(() => loadNccl()).toThrow(
+      'NCCL not found: no /nonexistent/nccl/lib/libnccl.so.2; run scripts/setup-cuda.sh --nccl',
+    );
   } finally {
     if (saved === undefined) delete process.env.OFFSHOOT_NCCL_HOME;
     else process.env.OFFSHOOT_NCCL_HOME = saved;

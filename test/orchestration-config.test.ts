@@ -13,10 +13,26 @@ import { describe, expect, it } from 'vitest';
 
 import { presetConfig } from '../core/model/index.js';
 import { canonicalParameters, canonicalize } from '../core/subnet/pure.js';
-import { CONFIG_LIMITS, ConfigError, configLeaves, defaultConfig, ensureStorageRoot, loadConfigFile, parseConfig, pipelineInput } from '../services/config/index.js';
+import {
+  CONFIG_LIMITS,
+  ConfigError,
+  configLeaves,
+  defaultConfig,
+  ensureStorageRoot,
+  loadConfigFile,
+  parseConfig,
+  pipelineInput,
+} from '../services/config/index.js';
 import { ROOT, offshootCommand } from '../services/stack/index.js';
 import { TEMPERATURE_RANGE } from '../services/teacher/index.js';
-import { MAX_PAYLOAD_BYTES, PayloadTooLargeError, checkPayloadSize, evaluationSeed, firstKSpec, jsonBytes } from '../workflows/index.js';
+import {
+  MAX_PAYLOAD_BYTES,
+  PayloadTooLargeError,
+  checkPayloadSize,
+  evaluationSeed,
+  firstKSpec,
+  jsonBytes,
+} from '../workflows/index.js';
 import { payloadConverter } from '../workflows/payload-converter.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'offshoot-config-'));
@@ -35,13 +51,24 @@ describe('configuration', () => {
   it('docs/configuration.md documents every field', () => {
     const doc = fs.readFileSync(path.join(ROOT, 'docs', 'configuration.md'), 'utf8');
     const fields = configLeaves(defaultConfig()).map(([k]) => k.replace(/\.bin$/, ''));
-    const optional = ['search.choices', 'search.tournamentSize', 'search.elitism', 'search.crossoverProbability', 'search.mutationProbability', 'search.multiObjective', 'search.retryFailed'];
+    const optional = [
+      'search.choices',
+      'search.tournamentSize',
+      'search.elitism',
+      'search.crossoverProbability',
+      'search.mutationProbability',
+      'search.multiObjective',
+      'search.retryFailed',
+    ];
     for (const f of [...fields, ...optional]) expect(doc, f).toContain(`\`${f}\``);
   });
 
   it('a bad file is one error listing every problem with its field and value', () => {
     const file = path.join(tmp, 'bad.yaml');
-    fs.writeFileSync(file, 'search:\n  population: 1\n  target: { bins: 3 }\npretrain:\n  steps: many\n  checkpointEvery: 500\nservices:\n  temporal: { adress: x }\n');
+    fs.writeFileSync(
+      file,
+      'search:\n  population: 1\n  target: { bins: 3 }\npretrain:\n  steps: many\n  checkpointEvery: 500\nservices:\n  temporal: { adress: x }\n',
+    );
     let err: ConfigError | undefined;
     try {
       loadConfigFile(file);
@@ -49,7 +76,13 @@ describe('configuration', () => {
       err = e as ConfigError;
     }
     expect(err).toBeInstanceOf(ConfigError);
-    expect(err!.problems.map((p) => p.field).sort()).toEqual(['pretrain.checkpointEvery', 'pretrain.steps', 'search.population', 'search.target', 'services.temporal.adress']);
+    expect(err!.problems.map((p) => p.field).sort()).toEqual([
+      'pretrain.checkpointEvery',
+      'pretrain.steps',
+      'search.population',
+      'search.target',
+      'services.temporal.adress',
+    ]);
     expect(err!.message).toContain(`${file}: 5 problems:`);
     expect(err!.message).toMatch(/search\.population: .*got 1/);
     expect(err!.message).toMatch(/pretrain\.steps: .*got "many"/);
@@ -58,7 +91,9 @@ describe('configuration', () => {
   });
 
   it('search options are checked as core/search checks them, in the same list', () => {
-    expect(() => parseConfig({ search: { tournamentSize: 50 }, pretrain: { warmup: 500, steps: 100 } }, 'x.yaml')).toThrow(
+    expect(() =>
+      parseConfig({ search: { tournamentSize: 50 }, pretrain: { warmup: 500, steps: 100 } }, 'x.yaml'),
+    ).toThrow(
       /x\.yaml: 2 problems:\n {2}search\.tournamentSize: .*population = 8.*got 50\n {2}pretrain\.warmup: must be at most pretrain\.steps \(100\), got 500/,
     );
   });
@@ -67,7 +102,12 @@ describe('configuration', () => {
     let err: ConfigError | undefined;
     try {
       parseConfig(
-        { search: { population: 1e9, budget: 1e12, fitness: { steps: 1e7 } }, pretrain: { steps: 1e15, distill: { temperature: 1e-300 } }, storage: { root: '/' }, workers: { evaluators: 1000 } },
+        {
+          search: { population: 1e9, budget: 1e12, fitness: { steps: 1e7 } },
+          pretrain: { steps: 1e15, distill: { temperature: 1e-300 } },
+          storage: { root: '/' },
+          workers: { evaluators: 1000 },
+        },
         'huge.yaml',
       );
     } catch (e) {
@@ -80,7 +120,9 @@ describe('configuration', () => {
     expect(byField['search.fitness.steps']).toMatch(/<=1000000, got 10000000/);
     expect(byField['pretrain.steps']).toMatch(/<=10000000, got 1000000000000000/);
     expect(byField['pretrain.distill.temperature']).toMatch(/>=0.01, got 1e-300/);
-    expect(byField['storage.root']).toMatch(/must not be the file system root: a run writes <root>\/<run.name>\/ there, got "\/"/);
+    expect(byField['storage.root']).toMatch(
+      /must not be the file system root: a run writes <root>\/<run.name>\/ there, got "\/"/,
+    );
     expect(byField['workers.evaluators']).toMatch(/<=256, got 1000/);
     // The distillation temperatures the config accepts are the ones the teacher service does.
     expect(CONFIG_LIMITS.temperature).toEqual(TEMPERATURE_RANGE);
@@ -93,16 +135,25 @@ describe('configuration', () => {
     const file = path.join(tmp, 'a-file');
     fs.writeFileSync(file, 'x');
     expect(() => ensureStorageRoot(parseConfig({ storage: { root: path.join(file, 'runs') } }))).toThrow(
-      new RegExp(`storage.root ${file}/runs: cannot create or write it \\(ENOTDIR\\); choose a folder this user may write`),
+      new RegExp(
+        `storage.root ${file}/runs: cannot create or write it \\(ENOTDIR\\); choose a folder this user may write`,
+      ),
     );
   });
 
   it('offshoot run refuses an empty --name and a storage.root of / before it starts anything', () => {
     const cli = offshootCommand();
-    const run = (...args: string[]) => spawnSync(cli.command, [...cli.args, '--backend', 'cpu', 'run', ...args], { cwd: tmp, encoding: 'utf8', timeout: 120_000 });
+    const run = (...args: string[]) =>
+      spawnSync(cli.command, [...cli.args, '--backend', 'cpu', 'run', ...args], {
+        cwd: tmp,
+        encoding: 'utf8',
+        timeout: 120_000,
+      });
     const empty = run('--name', '');
     expect(empty.status).toBe(1);
-    expect(empty.stderr).toMatch(/command line: 1 problem:\n {2}run\.name: must be 1-128 of A-Z a-z 0-9 _ - \(starting with a letter or digit\), got ""/);
+    expect(empty.stderr).toMatch(
+      /command line: 1 problem:\n {2}run\.name: must be 1-128 of A-Z a-z 0-9 _ - \(starting with a letter or digit\), got ""/,
+    );
     const slash = path.join(tmp, 'slash.yaml');
     fs.writeFileSync(slash, 'storage: { root: / }\nrun: { name: evil }\n');
     const r = run('--config', slash);
@@ -116,12 +167,21 @@ describe('configuration', () => {
     const file = path.join(tmp, 'broken.yaml');
     fs.writeFileSync(file, 'search: [1, 2\n');
     expect(() => loadConfigFile(file)).toThrow(/broken\.yaml: 1 problem:\n {2}\(file\): not valid YAML/);
-    expect(() => loadConfigFile(path.join(tmp, 'missing.json'))).toThrow(/missing\.json: 1 problem:\n {2}\(file\): cannot read \(ENOENT\)/);
+    expect(() => loadConfigFile(path.join(tmp, 'missing.json'))).toThrow(
+      /missing\.json: 1 problem:\n {2}\(file\): cannot read \(ENOENT\)/,
+    );
   });
 
   it('JSON works as well, and the pipeline input follows the configuration', () => {
     const file = path.join(tmp, 'c.json');
-    fs.writeFileSync(file, JSON.stringify({ run: { name: 'j1', seed: 4 }, storage: { root: tmp }, pretrain: { distill: { enabled: false }, targetPpl: 50 } }));
+    fs.writeFileSync(
+      file,
+      JSON.stringify({
+        run: { name: 'j1', seed: 4 },
+        storage: { root: tmp },
+        pretrain: { distill: { enabled: false }, targetPpl: 50 },
+      }),
+    );
     const c = loadConfigFile(file);
     const input = pipelineInput(c);
     expect(input.run).toEqual({ runId: 'j1', dir: path.join(tmp, 'j1') });
@@ -164,15 +224,31 @@ describe('payloads and pure workflow helpers', () => {
 
 describe('workflow bundle', () => {
   const entries = [
-    ['the TypeScript sources', path.join(ROOT, 'workflows', 'index.ts'), path.join(ROOT, 'workflows', 'payload-converter.ts')],
-    ['dist/ (npm run build)', path.join(ROOT, 'dist', 'workflows', 'index.js'), path.join(ROOT, 'dist', 'workflows', 'payload-converter.js')],
+    [
+      'the TypeScript sources',
+      path.join(ROOT, 'workflows', 'index.ts'),
+      path.join(ROOT, 'workflows', 'payload-converter.ts'),
+    ],
+    [
+      'dist/ (npm run build)',
+      path.join(ROOT, 'dist', 'workflows', 'index.js'),
+      path.join(ROOT, 'dist', 'workflows', 'payload-converter.js'),
+    ],
   ] as const;
   for (const [what, entry, converter] of entries) {
-    it.skipIf(!fs.existsSync(entry))(`builds from ${what} with only deterministic imports`, async () => {
-      // Temporal's bundler fails on any import of a Node module (fs, crypto, ...), tfjs's included.
-      const { code } = await bundleWorkflowCode({ workflowsPath: entry, payloadConverterPath: converter, logger: { log() {}, trace() {}, debug() {}, info() {}, warn() {}, error() {} } });
-      for (const name of ['pipeline', 'evolution', 'pretrain']) expect(code).toContain(`function ${name}(`);
-      expect(code).not.toMatch(/@tensorflow\/tfjs/);
-    }, 120_000);
+    it.skipIf(!fs.existsSync(entry))(
+      `builds from ${what} with only deterministic imports`,
+      async () => {
+        // Temporal's bundler fails on any import of a Node module (fs, crypto, ...), tfjs's included.
+        const { code } = await bundleWorkflowCode({
+          workflowsPath: entry,
+          payloadConverterPath: converter,
+          logger: { log() {}, trace() {}, debug() {}, info() {}, warn() {}, error() {} },
+        });
+        for (const name of ['pipeline', 'evolution', 'pretrain']) expect(code).toContain(`function ${name}(`);
+        expect(code).not.toMatch(/@tensorflow\/tfjs/);
+      },
+      120_000,
+    );
   }
 });

@@ -14,7 +14,17 @@ import { afterAll, describe, expect, it } from 'vitest';
 
 import { offshoot, startOffshoot, waitUntil } from './helpers/orchestration.js';
 import { connectNats, openRunEvents, type ProgressEvent } from '../services/progress/index.js';
-import { type Stack, type WorkerProcess, offshootCommand, pidAlive, readStackRecord, startNats, startStack, startWorker, temporalAnswers } from '../services/stack/index.js';
+import {
+  type Stack,
+  type WorkerProcess,
+  offshootCommand,
+  pidAlive,
+  readStackRecord,
+  startNats,
+  startStack,
+  startWorker,
+  temporalAnswers,
+} from '../services/stack/index.js';
 import type { PipelineResult } from '../workflows/index.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'offshoot-pipeline-'));
@@ -28,7 +38,16 @@ afterAll(async () => {
   await stack?.stop();
 }, 60_000);
 
-const tinyConfig = (name: string, o: { pretrainSteps?: number; teacherService?: boolean; teacherSteps?: number; heartbeatSeconds?: number; extra?: string } = {}) => {
+const tinyConfig = (
+  name: string,
+  o: {
+    pretrainSteps?: number;
+    teacherService?: boolean;
+    teacherSteps?: number;
+    heartbeatSeconds?: number;
+    extra?: string;
+  } = {},
+) => {
   const activity = o.heartbeatSeconds ? `{ heartbeatSeconds: ${o.heartbeatSeconds} }` : '{}';
   return `
 run: { name: ${name}, seed: 1 }
@@ -50,7 +69,6 @@ ${o.extra ?? ''}
 /** stack.json of a run in the test folder, or undefined. */
 const stackOf = (run: string) => readStackRecord(path.join(tmp, 'runs', run));
 
-
 /** Starts `offshoot ...args` in the test folder without waiting (killed after the tests if still running). */
 function start(args: string[]): ReturnType<typeof startOffshoot> {
   const run = startOffshoot(args, tmp);
@@ -59,7 +77,11 @@ function start(args: string[]): ReturnType<typeof startOffshoot> {
 }
 
 function lastJson<T>(stdout: string): T {
-  const line = stdout.trim().split('\n').filter((l) => l.startsWith('{')).at(-1);
+  const line = stdout
+    .trim()
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .at(-1);
   if (!line) throw new Error(`no JSON on stdout:\n${stdout}`);
   return JSON.parse(line) as T;
 }
@@ -125,7 +147,14 @@ describe('offshoot run heals its stack', () => {
     const configFile = path.join(tmp, 'heal.yaml');
     // Short heartbeats: a killed worker's activity is retried after 10 s instead of a minute.
     fs.writeFileSync(configFile, tinyConfig('heal', { heartbeatSeconds: 10 }));
-    const run = start(['run', '--config', configFile, '--teacher', path.join(tmp, 'runs', 'tiny', 'teacher'), '--json']);
+    const run = start([
+      'run',
+      '--config',
+      configFile,
+      '--teacher',
+      path.join(tmp, 'runs', 'tiny', 'teacher'),
+      '--json',
+    ]);
     const seen = new Set<number>();
     const killed: [string, number][] = [];
     const kill = async (name: string) => {
@@ -133,14 +162,26 @@ describe('offshoot run heals its stack', () => {
       process.kill(pid, 'SIGKILL');
       killed.push([name, pid]);
       // Back, with a new pid, before the next one.
-      await waitUntil(`${name} restarted`, () => {
-        const now = stackOf('heal')?.processes[name];
-        if (now) seen.add(now);
-        return now !== undefined && now !== pid;
-      }, 120_000, 100);
+      await waitUntil(
+        `${name} restarted`,
+        () => {
+          const now = stackOf('heal')?.processes[name];
+          if (now) seen.add(now);
+          return now !== undefined && now !== pid;
+        },
+        120_000,
+        100,
+      );
     };
     // Once the whole stack is up: the pipeline is checking the teacher service or searching.
-    await waitUntil('the whole stack', () => ['teacher', 'orchestrate', 'pretrain', 'evaluate-0'].every((n) => stackOf('heal')?.processes[n]) && stackOf('heal')?.teacher, 300_000, 200);
+    await waitUntil(
+      'the whole stack',
+      () =>
+        ['teacher', 'orchestrate', 'pretrain', 'evaluate-0'].every((n) => stackOf('heal')?.processes[n]) &&
+        stackOf('heal')?.teacher,
+      300_000,
+      200,
+    );
     for (const pid of Object.values(stackOf('heal')!.processes)) seen.add(pid);
     await kill('teacher');
     await kill('temporal');
@@ -188,8 +229,14 @@ describe('offshoot run heals its stack', () => {
       await nats.stop();
     }
     for (const [name, pid] of killed) {
-      expect(events.find((e) => e.kind === 'service.exited' && e.pid === pid), name).toMatchObject({ service: name, signal: 'SIGKILL', willRestart: true });
-      expect(events.find((e) => e.kind === 'service.restarted' && e.previousPid === pid), name).toMatchObject({ service: name });
+      expect(
+        events.find((e) => e.kind === 'service.exited' && e.pid === pid),
+        name,
+      ).toMatchObject({ service: name, signal: 'SIGKILL', willRestart: true });
+      expect(
+        events.find((e) => e.kind === 'service.restarted' && e.previousPid === pid),
+        name,
+      ).toMatchObject({ service: name });
     }
     expect(events.at(-1)).toMatchObject({ kind: 'run.finished', status: 'completed' });
   }, 900_000);
@@ -206,7 +253,11 @@ describe('offshoot run killed with kill -9', () => {
       'the whole embedded stack',
       () => {
         if (!fs.existsSync(stackFile)) return undefined;
-        const r = JSON.parse(fs.readFileSync(stackFile, 'utf8')) as { pid: number; teacher?: string; processes?: Record<string, number> };
+        const r = JSON.parse(fs.readFileSync(stackFile, 'utf8')) as {
+          pid: number;
+          teacher?: string;
+          processes?: Record<string, number>;
+        };
         return r.processes?.orchestrate && r.processes['evaluate-0'] && r.teacher ? r : undefined;
       },
       300_000,
@@ -225,16 +276,23 @@ describe('offshoot run killed with kill -9', () => {
     const portFile = path.join(tmp, 'runs', 'orphans', 'teacher-service.port');
     const port = fs.readFileSync(portFile, 'utf8').trim();
     const left = Object.entries(record.processes!);
-    expect(left.map(([name]) => name)).toEqual(expect.arrayContaining(['temporal', 'nats', 'teacher', 'orchestrate', 'pretrain', 'evaluate-0']));
+    expect(left.map(([name]) => name)).toEqual(
+      expect.arrayContaining(['temporal', 'nats', 'teacher', 'orchestrate', 'pretrain', 'evaluate-0']),
+    );
     // The services outlive the killed run (workers may exit on their own once their parent is gone).
-    expect(left.filter(([, pid]) => alive(pid)).map(([name]) => name)).toEqual(expect.arrayContaining(['temporal', 'nats', 'teacher']));
+    expect(left.filter(([, pid]) => alive(pid)).map(([name]) => name)).toEqual(
+      expect.arrayContaining(['temporal', 'nats', 'teacher']),
+    );
 
     // An orphan may also die by itself meanwhile (writing to the pipe of its dead parent); what still
     // runs when the rerun starts, the rerun stops.
     const stillRunning = left.filter(([, pid]) => alive(pid));
     const r = await start(['run', '--config', configFile, '--json']).done;
     expect(r.code, r.stderr.slice(-3000)).toBe(0);
-    if (stillRunning.length) expect(r.stderr).toMatch(new RegExp(`stopping what an \`offshoot run\` that was killed \\(pid ${record.pid}\\) left running: `));
+    if (stillRunning.length)
+      expect(r.stderr).toMatch(
+        new RegExp(`stopping what an \`offshoot run\` that was killed \\(pid ${record.pid}\\) left running: `),
+      );
     expect(left.filter(([, pid]) => alive(pid))).toEqual([]);
     expect(r.stderr).toContain(`teacher service 127.0.0.1:${port}`);
     const result = lastJson<PipelineResult>(r.stdout);
@@ -250,12 +308,18 @@ describe('offshoot run stopped while its teacher trains', () => {
     fs.writeFileSync(configFile, tinyConfig(name, { teacherSteps: 20_000 }));
     const cli = offshootCommand();
     // detached: its own process group, as a command typed on a terminal (whose Ctrl-C signals the group).
-    const child = spawn(cli.command, [...cli.args, 'run', '--config', configFile], { cwd: tmp, stdio: ['ignore', 'pipe', 'pipe'], detached: options.detached ?? false });
+    const child = spawn(cli.command, [...cli.args, 'run', '--config', configFile], {
+      cwd: tmp,
+      stdio: ['ignore', 'pipe', 'pipe'],
+      detached: options.detached ?? false,
+    });
     children.push(child);
     let stderr = '';
     child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
     child.stdout!.resume();
-    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+      child.once('exit', (code, signal) => resolve({ code, signal })),
+    );
     const record = await waitUntil(
       'the teacher training, and stack.json with Temporal and NATS',
       () => {
@@ -280,7 +344,9 @@ describe('offshoot run stopped while its teacher trains', () => {
     // The rerun stops them before it starts anything (here it then fails fast: the teacher it names is missing).
     const r = await start(['run', '--config', configFile, '--teacher', path.join(tmp, 'no-teacher-here')]).done;
     expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(new RegExp(`run early: stopping what an \`offshoot run\` that was killed \\(pid ${record.pid}\\) left running: `));
+    expect(r.stderr).toMatch(
+      new RegExp(`run early: stopping what an \`offshoot run\` that was killed \\(pid ${record.pid}\\) left running: `),
+    );
     expect(r.stderr).toMatch(/no-teacher-here: no finished checkpoint there/);
     expect(left.filter(([, pid]) => pidAlive(pid))).toEqual([]);
     expect(stackOf('early')).toBeUndefined();
@@ -294,7 +360,9 @@ describe('offshoot run stopped while its teacher trains', () => {
     const r = await exited;
     expect(Date.now() - t).toBeLessThan(30_000);
     expect(r.code).toBe(130);
-    expect(stderr()).toContain('run ctrlc: SIGINT: stopping the embedded stack; rerun `offshoot run` to resume this run');
+    expect(stderr()).toContain(
+      'run ctrlc: SIGINT: stopping the embedded stack; rerun `offshoot run` to resume this run',
+    );
     expect(stderr()).not.toMatch(/exited .* before it answered/);
     expect(Object.values(record.processes).filter((pid) => pidAlive(pid))).toEqual([]);
     expect(stackOf('ctrlc')).toBeUndefined();
@@ -344,7 +412,14 @@ describe('offshoot run against an external Temporal', () => {
     );
     const configFile = path.join(tmp, 'external.yaml');
     // No teacher service (distillation in the workers), long pretraining so there is time to cancel.
-    fs.writeFileSync(configFile, tinyConfig('ext', { pretrainSteps: 5000, teacherService: false, extra: `services: { temporal: { address: "${address}" } }` }));
+    fs.writeFileSync(
+      configFile,
+      tinyConfig('ext', {
+        pretrainSteps: 5000,
+        teacherService: false,
+        extra: `services: { temporal: { address: "${address}" } }`,
+      }),
+    );
     const run = start(['run', '--config', configFile, '--json']);
     await waitUntil(
       'pretraining',

@@ -15,10 +15,29 @@ import { setShapeClasses, shapeCostTotals } from '../core/model/index.js';
 import * as tf from '../core/model/tfjs.js';
 import { randHost, relErr, runCase } from '../core/model/webgpu/check.js';
 import { layerNormCase, layerNormShape } from '../core/model/webgpu/layer-norm.js';
-import { type GpuIdentity, type PlanRecord, planFileName, readPlanFile, savePlans } from '../core/model/webgpu/matmul-plans.js';
-import { autotuneMatMuls, clearMatMulTuning, matmul, matmulKernelsVersion, matmulPlanCounts, shapeClass } from '../core/model/webgpu/matmul.js';
+import {
+  type GpuIdentity,
+  type PlanRecord,
+  planFileName,
+  readPlanFile,
+  savePlans,
+} from '../core/model/webgpu/matmul-plans.js';
+import {
+  autotuneMatMuls,
+  clearMatMulTuning,
+  matmul,
+  matmulKernelsVersion,
+  matmulPlanCounts,
+  shapeClass,
+} from '../core/model/webgpu/matmul.js';
 import { toTensor } from '../core/model/webgpu/runtime.js';
-import { type SubnetSpec, createFitnessContext, disposeFitnessContext, searchSubnetworks, warmUpFitness } from '../core/subnet/index.js';
+import {
+  type SubnetSpec,
+  createFitnessContext,
+  disposeFitnessContext,
+  searchSubnetworks,
+  warmUpFitness,
+} from '../core/subnet/index.js';
 import { testBackends, useBackend } from './helpers/backends.js';
 
 const ROOT = path.join(import.meta.dirname, '..');
@@ -26,9 +45,17 @@ const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'offshoot-shape-costs-'));
 const backends = await testBackends();
 const hasWebGPU = backends.includes('webgpu');
 
-const savedEnv = { cache: process.env.OFFSHOOT_CACHE, plans: process.env.OFFSHOOT_MATMUL_PLANS, autotune: process.env.OFFSHOOT_MATMUL_AUTOTUNE };
+const savedEnv = {
+  cache: process.env.OFFSHOOT_CACHE,
+  plans: process.env.OFFSHOOT_MATMUL_PLANS,
+  autotune: process.env.OFFSHOOT_MATMUL_AUTOTUNE,
+};
 afterAll(async () => {
-  for (const [k, v] of [['OFFSHOOT_CACHE', savedEnv.cache], ['OFFSHOOT_MATMUL_PLANS', savedEnv.plans], ['OFFSHOOT_MATMUL_AUTOTUNE', savedEnv.autotune]] as const) {
+  for (const [k, v] of [
+    ['OFFSHOOT_CACHE', savedEnv.cache],
+    ['OFFSHOOT_MATMUL_PLANS', savedEnv.plans],
+    ['OFFSHOOT_MATMUL_AUTOTUNE', savedEnv.autotune],
+  ] as const) {
     if (v === undefined) delete process.env[k];
     else process.env[k] = v;
   }
@@ -57,11 +84,21 @@ describe('matrix-product plan files', () => {
     expect(planFileName(gpu, 'v1')).toBe('acme-rocket-model-9.v1.json');
     expect(readPlanFile(file, gpu, 'v1')).toEqual({ plans: new Map(), warnings: [], replaceable: true });
     savePlans(dir, gpu, 'v1', plans({ '4096x512x512NT': { tile: '128x128x16x8x8', slices: 1 } }));
-    savePlans(dir, gpu, 'v1', plans({ '4096x2048x512NT': { tile: '128x64x16x8x4', slices: 1, shape: '4096x1500x384NT', ms: 1.5 } }));
+    savePlans(
+      dir,
+      gpu,
+      'v1',
+      plans({ '4096x2048x512NT': { tile: '128x64x16x8x4', slices: 1, shape: '4096x1500x384NT', ms: 1.5 } }),
+    );
     const read = readPlanFile(file, gpu, 'v1');
     expect(read.warnings).toEqual([]);
     expect([...read.plans.keys()]).toEqual(['4096x2048x512NT', '4096x512x512NT']);
-    expect(read.plans.get('4096x2048x512NT')).toEqual({ tile: '128x64x16x8x4', slices: 1, shape: '4096x1500x384NT', ms: 1.5 });
+    expect(read.plans.get('4096x2048x512NT')).toEqual({
+      tile: '128x64x16x8x4',
+      slices: 1,
+      shape: '4096x1500x384NT',
+      ms: 1.5,
+    });
     // Written atomically: no temporary file is left behind.
     expect(fs.readdirSync(dir)).toEqual([path.basename(file)]);
   });
@@ -80,13 +117,28 @@ describe('matrix-product plan files', () => {
     const format = read(JSON.stringify({ format: 2, gpu, kernels: 'v1', plans: {} }));
     expect(format.warnings[0]).toMatch(/format 2, expected 1; ignored/);
     expect(format.replaceable).toBe(false);
-    expect(read(JSON.stringify({ format: 1, gpu: { ...gpu, device: 'Model 10' }, kernels: 'v1', plans: {} })).warnings[0]).toMatch(/gpu .* is not this one \(acme, rocket, Model 9\)/);
-    expect(read(JSON.stringify({ format: 1, gpu, kernels: 'v0', plans: {} })).warnings[0]).toMatch(/kernels "v0", expected "v1"/);
-    expect(read(JSON.stringify({ format: 1, gpu, kernels: 'v1', plans: [] })).warnings[0]).toMatch(/"plans" must be an object/);
-    const entries = read(JSON.stringify({ format: 1, gpu, kernels: 'v1', plans: { a: { tile: '64x64x16x4x4', slices: 0 }, b: 'x', c: { tile: '64x64x16x4x4', slices: 2 } } }));
+    expect(
+      read(JSON.stringify({ format: 1, gpu: { ...gpu, device: 'Model 10' }, kernels: 'v1', plans: {} })).warnings[0],
+    ).toMatch(/gpu .* is not this one \(acme, rocket, Model 9\)/);
+    expect(read(JSON.stringify({ format: 1, gpu, kernels: 'v0', plans: {} })).warnings[0]).toMatch(
+      /kernels "v0", expected "v1"/,
+    );
+    expect(read(JSON.stringify({ format: 1, gpu, kernels: 'v1', plans: [] })).warnings[0]).toMatch(
+      /"plans" must be an object/,
+    );
+    const entries = read(
+      JSON.stringify({
+        format: 1,
+        gpu,
+        kernels: 'v1',
+        plans: { a: { tile: '64x64x16x4x4', slices: 0 }, b: 'x', c: { tile: '64x64x16x4x4', slices: 2 } },
+      }),
+    );
     expect([...entries.plans.keys()]).toEqual(['c']);
     expect(entries.warnings).toHaveLength(2);
-    expect(entries.warnings[0]).toMatch(/plans\["a"\] = \{"tile":"64x64x16x4x4","slices":0\}: expected .*; entry ignored/);
+    expect(entries.warnings[0]).toMatch(
+      /plans\["a"\] = \{"tile":"64x64x16x4x4","slices":0\}: expected .*; entry ignored/,
+    );
   });
 
   it('are not written over a file of another format: it is left as it was', () => {
@@ -104,7 +156,9 @@ describe('matrix-product plan files', () => {
   it('shape classes round every dimension up to a power of two', () => {
     expect(shapeClass({ M: 4096, N: 347, K: 1391, transA: false, transB: true })).toBe('4096x512x2048NT');
     expect(shapeClass({ M: 4097, N: 512, K: 513, transA: true, transB: false })).toBe('8192x512x1024TN');
-    expect(shapeClass({ M: 512, N: 64, K: 512, transA: false, transB: true, batch: 40, triangle: 'lowerC' })).toBe('64@512x64x512NT/lowerC');
+    expect(shapeClass({ M: 512, N: 64, K: 512, transA: false, transB: true, batch: 40, triangle: 'lowerC' })).toBe(
+      '64@512x64x512NT/lowerC',
+    );
   });
 });
 
@@ -121,7 +175,10 @@ async function product(M: number, N: number, K: number, seed: number): Promise<F
 /** The same product on the cpu backend. */
 async function reference(M: number, N: number, K: number, seed: number): Promise<Float32Array> {
   await useBackend('cpu');
-  const c = tf.matMul(tf.tensor(randHost([M, K], seed).data, [M, K]), tf.tensor(randHost([K, N], seed + 1).data, [K, N]));
+  const c = tf.matMul(
+    tf.tensor(randHost([M, K], seed).data, [M, K]),
+    tf.tensor(randHost([K, N], seed + 1).data, [K, N]),
+  );
   const out = (await c.data()) as Float32Array;
   c.dispose();
   await useBackend('webgpu');
@@ -148,7 +205,9 @@ describe.skipIf(!hasWebGPU)('matrix products tuned by shape class', () => {
     const files = fs.readdirSync(dir);
     expect(files).toHaveLength(1);
     expect(files[0]).toMatch(new RegExp(`\\.${matmulKernelsVersion()}\\.json$`));
-    const saved = JSON.parse(fs.readFileSync(path.join(dir, files[0]), 'utf8')) as { plans: Record<string, PlanRecord> };
+    const saved = JSON.parse(fs.readFileSync(path.join(dir, files[0]), 'utf8')) as {
+      plans: Record<string, PlanRecord>;
+    };
     expect(Object.keys(saved.plans).sort()).toEqual(['128x32x64NN', '64x32x64NN']);
     // Shapes of tuned classes, seen before or not, wait for no tuning, and compute correctly.
     expect(relErr(await product(...B, 7), await reference(...B, 7))).toBeLessThan(2e-6);
@@ -176,7 +235,9 @@ describe.skipIf(!hasWebGPU)('matrix products tuned by shape class', () => {
       expect(relErr(await product(...A, 2), await reference(...A, 2))).toBeLessThan(2e-6);
       const tuned = await autotuneMatMuls({ targetMs: 1 });
       expect(tuned.map((t) => t.class)).toEqual(['64x32x64NN']);
-      expect(stderr.mock.calls.map((c) => String(c[0])).join('')).toMatch(/matmul plans: .*: not valid JSON .*; ignored/);
+      expect(stderr.mock.calls.map((c) => String(c[0])).join('')).toMatch(
+        /matmul plans: .*: not valid JSON .*; ignored/,
+      );
     } finally {
       stderr.mockRestore();
     }
@@ -187,13 +248,25 @@ describe.skipIf(!hasWebGPU)('matrix products tuned by shape class', () => {
     const dir = freshPlans('cache-empty');
     await useBackend('webgpu');
     await product(...A, 1);
-    const gpu = JSON.parse(JSON.stringify((tf.backend() as unknown as { device: { adapterInfo: GpuIdentity } }).device.adapterInfo, ['vendor', 'architecture', 'device', 'description'])) as GpuIdentity;
+    const gpu = JSON.parse(
+      JSON.stringify((tf.backend() as unknown as { device: { adapterInfo: GpuIdentity } }).device.adapterInfo, [
+        'vendor',
+        'architecture',
+        'device',
+        'description',
+      ]),
+    ) as GpuIdentity;
     const shipped = path.join(tmp, 'shipped');
     const version = matmulKernelsVersion();
-    savePlans(shipped, gpu, version, new Map([
-      ['64x32x64NN', { tile: '64x64x16x4x4', slices: 1 }],
-      ['128x32x64NN', { tile: '1x2x3x4x5', slices: 1 }],
-    ]));
+    savePlans(
+      shipped,
+      gpu,
+      version,
+      new Map([
+        ['64x32x64NN', { tile: '64x64x16x4x4', slices: 1 }],
+        ['128x32x64NN', { tile: '1x2x3x4x5', slices: 1 }],
+      ]),
+    );
     const before = fs.readFileSync(path.join(shipped, planFileName(gpu, version)), 'utf8');
     process.env.OFFSHOOT_MATMUL_PLANS = shipped;
     clearMatMulTuning();
@@ -201,7 +274,9 @@ describe.skipIf(!hasWebGPU)('matrix products tuned by shape class', () => {
     try {
       await product(...B, 3);
       await product(...C, 4);
-      expect(stderr.mock.calls.map((c) => String(c[0])).join('')).toMatch(/plans\["128x32x64NN"\]: tile 1x2x3x4x5 with 1 slices is not a plan this class can use; entry ignored/);
+      expect(stderr.mock.calls.map((c) => String(c[0])).join('')).toMatch(
+        /plans\["128x32x64NN"\]: tile 1x2x3x4x5 with 1 slices is not a plan this class can use; entry ignored/,
+      );
     } finally {
       stderr.mockRestore();
     }
@@ -251,9 +326,27 @@ describe('a sub-network search is unchanged by the shape caches', () => {
     const r = spawnSync(
       process.execPath,
       [
-        '--import', import.meta.resolve('tsx'), path.join(ROOT, 'services', 'cli', 'main.ts'),
-        'teacher', 'train', '--preset', 'tiny', '--out', teacher, '--vocab', '300', '--steps', '30', '--batch-size', '8', '--seq-len', '32',
-        '--eval-every', '1000', '--eval-tokens', '1024',
+        '--import',
+        import.meta.resolve('tsx'),
+        path.join(ROOT, 'services', 'cli', 'main.ts'),
+        'teacher',
+        'train',
+        '--preset',
+        'tiny',
+        '--out',
+        teacher,
+        '--vocab',
+        '300',
+        '--steps',
+        '30',
+        '--batch-size',
+        '8',
+        '--seq-len',
+        '32',
+        '--eval-every',
+        '1000',
+        '--eval-tokens',
+        '1024',
       ],
       { env: { ...process.env, OFFSHOOT_CACHE: tmp, OFFSHOOT_BACKEND: 'cpu' }, encoding: 'utf8', timeout: 600_000 },
     );
@@ -282,15 +375,32 @@ describe('a sub-network search is unchanged by the shape caches', () => {
    * search runs on plans read from disk (the autotuner itself is too slow on lavapipe for a search).
    */
   const seedPlans = (dir: string): number => {
-    const gpu = JSON.parse(JSON.stringify((tf.backend() as unknown as { device: { adapterInfo: GpuIdentity } }).device.adapterInfo, ['vendor', 'architecture', 'device', 'description'])) as GpuIdentity;
+    const gpu = JSON.parse(
+      JSON.stringify((tf.backend() as unknown as { device: { adapterInfo: GpuIdentity } }).device.adapterInfo, [
+        'vendor',
+        'architecture',
+        'device',
+        'description',
+      ]),
+    ) as GpuIdentity;
     const plans = new Map<string, PlanRecord>();
     const pow2 = Array.from({ length: 10 }, (_, i) => 2 ** i);
-    for (const M of pow2) for (const N of pow2) for (const K of pow2) {
-      for (const [transA, transB] of [[false, false], [false, true], [true, false], [true, true]]) {
-        const i = Math.log2(M * N * K);
-        plans.set(shapeClass({ M, N, K, transA, transB }), { tile: i % 2 ? '64x64x16x4x4' : '128x64x16x8x4', slices: K >= 64 && i % 3 === 0 ? 2 : 1 });
-      }
-    }
+    for (const M of pow2)
+      for (const N of pow2)
+        for (const K of pow2) {
+          for (const [transA, transB] of [
+            [false, false],
+            [false, true],
+            [true, false],
+            [true, true],
+          ]) {
+            const i = Math.log2(M * N * K);
+            plans.set(shapeClass({ M, N, K, transA, transB }), {
+              tile: i % 2 ? '64x64x16x4x4' : '128x64x16x8x4',
+              slices: K >= 64 && i % 3 === 0 ? 2 : 1,
+            });
+          }
+        }
     savePlans(dir, gpu, matmulKernelsVersion(), plans);
     return plans.size;
   };
@@ -316,7 +426,11 @@ describe('a sub-network search is unchanged by the shape caches', () => {
         if (backend === 'webgpu') expect(matmulPlanCounts().classes).toBe(seeded);
         for (const after of [first, second]) {
           expect(after.map((h) => h.spec)).toEqual(before.map((h) => h.spec));
-          after.forEach((h, i) => expect(Math.abs(h.fitness - before[i].fitness), `candidate ${i}`).toBeLessThan(1e-4 * Math.abs(before[i].fitness)));
+          after.forEach((h, i) =>
+            expect(Math.abs(h.fitness - before[i].fitness), `candidate ${i}`).toBeLessThan(
+              1e-4 * Math.abs(before[i].fitness),
+            ),
+          );
         }
       } finally {
         disposeFitnessContext(context);

@@ -32,10 +32,18 @@ import { waitUntil } from './helpers/orchestration.js';
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'offshoot-supervisor-'));
 const supervisors: Supervisor[] = [];
 
-function supervisor(options: ConstructorParameters<typeof Supervisor>[0] = {}): { sup: Supervisor; events: SupervisorEvent[]; spawned: [string, number][] } {
+function supervisor(options: ConstructorParameters<typeof Supervisor>[0] = {}): {
+  sup: Supervisor;
+  events: SupervisorEvent[];
+  spawned: [string, number][];
+} {
   const events: SupervisorEvent[] = [];
   const spawned: [string, number][] = [];
-  const sup = new Supervisor({ ...options, onEvent: (e) => events.push(e), onSpawn: (name, pid) => spawned.push([name, pid]) });
+  const sup = new Supervisor({
+    ...options,
+    onEvent: (e) => events.push(e),
+    onSpawn: (name, pid) => spawned.push([name, pid]),
+  });
   supervisors.push(sup);
   return { sup, events, spawned };
 }
@@ -69,11 +77,22 @@ describe('supervisor', () => {
     await first.kill9();
     await waitUntil('the restart', () => events.some((e) => e.kind === 'restarted'), 30_000);
     const exited = events.find((e) => e.kind === 'exited');
-    expect(exited).toMatchObject({ service: 'nats', pid: first.pid, signal: 'SIGKILL', willRestart: true, restarts: 0 });
+    expect(exited).toMatchObject({
+      service: 'nats',
+      pid: first.pid,
+      signal: 'SIGKILL',
+      willRestart: true,
+      restarts: 0,
+    });
     const again = sup.current('nats') as NatsServer;
     expect(again.pid).not.toBe(first.pid);
     expect(again.url).toBe(first.url);
-    expect(events.find((e) => e.kind === 'restarted')).toMatchObject({ service: 'nats', pid: again.pid, previousPid: first.pid, restarts: 1 });
+    expect(events.find((e) => e.kind === 'restarted')).toMatchObject({
+      service: 'nats',
+      pid: again.pid,
+      previousPid: first.pid,
+      restarts: 1,
+    });
     expect(spawned.map(([, pid]) => pid)).toEqual([first.pid, again.pid]);
     expect(sup.pids()).toEqual({ nats: again.pid });
 
@@ -115,7 +134,16 @@ describe('supervisor', () => {
     const again = sup.current('temporal') as TemporalServer;
     expect(again.address).toBe(first.address);
     // The client reconnects on its own, to the same address.
-    const d = await waitUntil('the workflow, after the restart', () => client.workflow.getHandle('survives-a-kill').describe().catch(() => undefined), 30_000, 250);
+    const d = await waitUntil(
+      'the workflow, after the restart',
+      () =>
+        client.workflow
+          .getHandle('survives-a-kill')
+          .describe()
+          .catch(() => undefined),
+      30_000,
+      250,
+    );
     expect(d.runId).toBe(handle.firstExecutionRunId);
     expect(d.status.name).toBe('RUNNING');
     await client.connection.close();
@@ -133,9 +161,13 @@ describe('supervisor', () => {
       const err = await sup.failure.catch((e: unknown) => e);
       expect(err).toBeInstanceOf(SupervisorError);
       expect((err as SupervisorError).service).toBe('nats');
-      expect((err as Error).message).toMatch(/^nats exited \(signal SIGKILL\) and could not be restarted \(3 attempts in a row\): nats-server on 127\.0\.0\.1:\d+ exited/);
+      expect((err as Error).message).toMatch(
+        /^nats exited \(signal SIGKILL\) and could not be restarted \(3 attempts in a row\): nats-server on 127\.0\.0\.1:\d+ exited/,
+      );
       expect((err as Error).message).toMatch(/Its last lines:\n[\s\S]*address already in use/);
-      expect(events.filter((e) => e.kind === 'restart-failed').map((e) => (e as { attempt: number }).attempt)).toEqual([1, 2, 3]);
+      expect(events.filter((e) => e.kind === 'restart-failed').map((e) => (e as { attempt: number }).attempt)).toEqual([
+        1, 2, 3,
+      ]);
       expect(events.at(-1)).toMatchObject({ kind: 'gave-up', service: 'nats' });
     } finally {
       squatter.close();
@@ -144,7 +176,10 @@ describe('supervisor', () => {
 
   it('stopping stops a child that is still coming up, without waiting for it to answer', async () => {
     const { sup, spawned } = supervisor();
-    const starting = sup.start({ name: 'temporal', start: (onSpawn) => startTemporal({ dbFile: path.join(tmp, 'slow.db'), onSpawn, timeoutMs: 60_000 }) });
+    const starting = sup.start({
+      name: 'temporal',
+      start: (onSpawn) => startTemporal({ dbFile: path.join(tmp, 'slow.db'), onSpawn, timeoutMs: 60_000 }),
+    });
     starting.catch(() => undefined);
     await waitUntil('the spawn', () => spawned.length === 1, 10_000, 10);
     const t = Date.now();
@@ -175,7 +210,9 @@ describe('stack.json', () => {
     // A live owner (here a nats-server, a process of ours) still runs the stack: refused, nothing stopped.
     const owner = await startNats({ storeDir: path.join(tmp, 'owner-js') });
     writeStackRecord(runDir, { pid: owner.pid, processes: {} });
-    await expect(reapOrphans(runDir, { run: 'r', graceMs: 1000 })).rejects.toThrow(new RegExp(`run r: another \`offshoot run\` \\(pid ${owner.pid}\\) is running it`));
+    await expect(reapOrphans(runDir, { run: 'r', graceMs: 1000 })).rejects.toThrow(
+      new RegExp(`run r: another \`offshoot run\` \\(pid ${owner.pid}\\) is running it`),
+    );
     expect(owner.alive()).toBe(true);
     await owner.stop();
   }, 60_000);

@@ -95,4 +95,3 @@ export {
 } from './defaults.js';
 
 export { writeFileAtomic, canonicalJson, sha256Hex } from './fsutil.js';
-

@@ -94,7 +94,9 @@ async function doInit(choice: BackendChoice, log: (msg: string) => void): Promis
           // on 2 cores, tfjs f32 matmul 512x512 ran at ~2.9 GFLOP/s on lavapipe vs ~26 on wasm SIMD.
           const probe = await probeWebGPU();
           if (probe.software) {
-            skipped.push(`webgpu skipped: software adapter only (${probe.description}), slower than wasm; --backend webgpu forces it`);
+            skipped.push(
+              `webgpu skipped: software adapter only (${probe.description}), slower than wasm; --backend webgpu forces it`,
+            );
             continue;
           }
         }
@@ -189,14 +191,20 @@ async function loadCuda(): Promise<{ detail?: string }> {
     device = cuda.cudaDevice();
   } catch (e) {
     if (e instanceof cuda.CudaUnavailable) {
-      throw new BackendUnavailable('cuda', e.short, 'On a machine with an NVIDIA GPU and driver, run scripts/setup-cuda.sh (docs/cuda-backend.md).');
+      throw new BackendUnavailable(
+        'cuda',
+        e.short,
+        'On a machine with an NVIDIA GPU and driver, run scripts/setup-cuda.sh (docs/cuda-backend.md).',
+      );
     }
     throw e;
   }
   cuda.registerCuda();
   await import('./cuda/register.js');
   const { info } = device;
-  return { detail: `${info.name} (${info.arch}, ${info.multiprocessors} SMs), driver CUDA ${info.driverVersion}, NVRTC ${info.nvrtcVersion}; ${info.libraries}` };
+  return {
+    detail: `${info.name} (${info.arch}, ${info.multiprocessors} SMs), driver CUDA ${info.driverVersion}, NVRTC ${info.nvrtcVersion}; ${info.libraries}`,
+  };
 }
 
 async function loadCpu(): Promise<{ detail?: string }> {
@@ -231,7 +239,9 @@ async function loadTensorflow(): Promise<{ detail?: string }> {
     }
     if (!fs.existsSync(addon)) {
       // Importing it anyway would register its kernels and then fail, leaving noise behind.
-      problems.push(`${pkg} has no native addon (${addon}); run scripts/setup-tensorflow.sh${pkg.endsWith('-gpu') ? ' --gpu' : ''}`);
+      problems.push(
+        `${pkg} has no native addon (${addon}); run scripts/setup-tensorflow.sh${pkg.endsWith('-gpu') ? ' --gpu' : ''}`,
+      );
       continue;
     }
     try {
@@ -372,7 +382,11 @@ async function doProbeWebGPU(): Promise<WebGPUProbe> {
   }
   if (nav.gpu == null) {
     const adapter = await chosenAdapter(dawn);
-    Object.defineProperty(nav, 'gpu', { value: dawn.create([...dawnFlags(), ...(adapter ? [`adapter=${adapter}`] : [])]), writable: true, configurable: true });
+    Object.defineProperty(nav, 'gpu', {
+      value: dawn.create([...dawnFlags(), ...(adapter ? [`adapter=${adapter}`] : [])]),
+      writable: true,
+      configurable: true,
+    });
   }
   const gpu = nav.gpu as GpuLike;
   const lowPower = tf.env().getBool('WEBGPU_USE_LOW_POWER_GPU') === true;
@@ -383,10 +397,18 @@ async function doProbeWebGPU(): Promise<WebGPUProbe> {
     const wanted = process.env.OFFSHOOT_WEBGPU_ADAPTER?.trim();
     if (!wanted) throw e;
     // Dawn rejects when the adapter named is not there, listing those that are.
-    const available = String(e instanceof Error ? e.message : e).split('Available adapters:')[1]?.trim().replace(/\s*\n\s*/g, ' ');
-    throw new BackendUnavailable('webgpu', `OFFSHOOT_WEBGPU_ADAPTER=${wanted}: no such adapter (${available ? `Dawn finds: ${available}` : firstLine(e)})`, 'Name an adapter Dawn finds, or give its index.');
+    const available = String(e instanceof Error ? e.message : e)
+      .split('Available adapters:')[1]
+      ?.trim()
+      .replace(/\s*\n\s*/g, ' ');
+    throw new BackendUnavailable(
+      'webgpu',
+      `OFFSHOOT_WEBGPU_ADAPTER=${wanted}: no such adapter (${available ? `Dawn finds: ${available}` : firstLine(e)})`,
+      'Name an adapter Dawn finds, or give its index.',
+    );
   }
-  if (adapter == null) throw new BackendUnavailable('webgpu', 'Dawn found no WebGPU adapter (no Vulkan driver)', SETUP_HINT);
+  if (adapter == null)
+    throw new BackendUnavailable('webgpu', 'Dawn found no WebGPU adapter (no Vulkan driver)', SETUP_HINT);
   const info = adapter.info ?? {};
   const software =
     info.isFallbackAdapter === true ||
@@ -396,7 +418,9 @@ async function doProbeWebGPU(): Promise<WebGPUProbe> {
 }
 
 /** The adapters Dawn finds (backend and device name, in its order), from the list it gives when asked for one it lacks. */
-async function dawnAdapters(dawn: { create(flags: string[]): unknown }): Promise<Array<{ backend: string; name: string }>> {
+async function dawnAdapters(dawn: {
+  create(flags: string[]): unknown;
+}): Promise<Array<{ backend: string; name: string }>> {
   const gpu = dawn.create([...dawnFlags(), 'adapter=\u0001no such adapter']) as GpuLike;
   try {
     await gpu.requestAdapter();
@@ -422,7 +446,11 @@ async function chosenAdapter(dawn: { create(flags: string[]): unknown }): Promis
   const adapters = await dawnAdapters(dawn);
   const listed = adapters.map((a, i) => `${i} '${a.name}' (${a.backend})`).join(', ') || 'none';
   if (index >= adapters.length) {
-    throw new BackendUnavailable('webgpu', `OFFSHOOT_WEBGPU_ADAPTER=${wanted}: Dawn finds ${adapters.length} adapter${adapters.length === 1 ? '' : 's'} (${listed})`, 'Choose one of those indices, or a name.');
+    throw new BackendUnavailable(
+      'webgpu',
+      `OFFSHOOT_WEBGPU_ADAPTER=${wanted}: Dawn finds ${adapters.length} adapter${adapters.length === 1 ? '' : 's'} (${listed})`,
+      'Choose one of those indices, or a name.',
+    );
   }
   const name = adapters[index].name;
   const first = adapters.findIndex((a) => a.name.includes(name));
@@ -484,19 +512,35 @@ function submitBatch(): number {
   const raw = process.env.OFFSHOOT_WEBGPU_SUBMIT_BATCH?.trim();
   if (!raw) return DEFAULT_SUBMIT_BATCH;
   const n = Number(raw);
-  if (!Number.isInteger(n) || n < 1) throw new Error(`OFFSHOOT_WEBGPU_SUBMIT_BATCH: expected a whole number of dispatches ≥ 1, got ${JSON.stringify(raw)}`);
+  if (!Number.isInteger(n) || n < 1)
+    throw new Error(
+      `OFFSHOOT_WEBGPU_SUBMIT_BATCH: expected a whole number of dispatches ≥ 1, got ${JSON.stringify(raw)}`,
+    );
   return n;
 }
 const DEFAULT_SUBMIT_BATCH = 15;
 
 /** What the fused kernels can use on this adapter (docs/gpu-kernels.md). */
 function describeCompute(adapter: AdapterLike): string {
-  const info = (adapter.info ?? {}) as { subgroupMinSize?: number; subgroupMaxSize?: number; subgroupMatrixConfigs?: Iterable<{ componentType: string; resultComponentType: string; M: number; N: number; K: number }> };
+  const info = (adapter.info ?? {}) as {
+    subgroupMinSize?: number;
+    subgroupMaxSize?: number;
+    subgroupMatrixConfigs?: Iterable<{
+      componentType: string;
+      resultComponentType: string;
+      M: number;
+      N: number;
+      K: number;
+    }>;
+  };
   const parts: string[] = [];
-  if (adapter.features.has('subgroups')) parts.push(`subgroups ${info.subgroupMinSize ?? '?'}-${info.subgroupMaxSize ?? '?'}`);
+  if (adapter.features.has('subgroups'))
+    parts.push(`subgroups ${info.subgroupMinSize ?? '?'}-${info.subgroupMaxSize ?? '?'}`);
   parts.push(adapter.features.has('shader-f16') ? 'shader-f16' : 'no shader-f16');
   if (adapter.features.has('chromium-experimental-subgroup-matrix')) {
-    const configs = [...(info.subgroupMatrixConfigs ?? [])].map((c) => `${c.componentType}>${c.resultComponentType} ${c.M}x${c.N}x${c.K}`);
+    const configs = [...(info.subgroupMatrixConfigs ?? [])].map(
+      (c) => `${c.componentType}>${c.resultComponentType} ${c.M}x${c.N}x${c.K}`,
+    );
     parts.push(`subgroup-matrix [${configs.join(', ')}]`);
   }
   const fused = process.env.OFFSHOOT_FUSED_KERNELS === '0' ? 'off' : 'on';
@@ -505,7 +549,9 @@ function describeCompute(adapter: AdapterLike): string {
 }
 
 function describeAdapter(info: NonNullable<AdapterLike['info']>): string {
-  const api = process.env.OFFSHOOT_DAWN_BACKEND?.trim() || (process.platform === 'darwin' ? 'Metal' : process.platform === 'win32' ? 'D3D12' : 'Vulkan');
+  const api =
+    process.env.OFFSHOOT_DAWN_BACKEND?.trim() ||
+    (process.platform === 'darwin' ? 'Metal' : process.platform === 'win32' ? 'D3D12' : 'Vulkan');
   const name = info.description || info.device || 'unknown';
   const tags = new Set([info.vendor, info.architecture, info.isFallbackAdapter ? 'software' : undefined]);
   const extra = [...tags].filter((t): t is string => !!t);

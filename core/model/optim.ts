@@ -3,7 +3,7 @@
  * global gradient-norm clipping. Optimiser state is plain tensors so a checkpoint can carry it and a
  * resumed run continues bit for bit.
  */
-import * as tf from './tfjs.js';
+import type * as tf from './tfjs.js';
 
 import { type AdamWEntry, type AdamWStep, AdamWState, adamwUpdate, clippedAdamW } from './ops/index.js';
 import type { HostTensor } from './safetensors.js';
@@ -69,7 +69,12 @@ export class AdamW {
    * before clipping. Backends run this as one operation (ops/adamw.ts): on webgpu a few kernels
    * with no read-back, on tensorflow one ResourceApplyAdam per parameter.
    */
-  applyClipped(params: Map<string, tf.Variable>, grads: Record<string, tf.Tensor>, lr: number, maxNorm: number): tf.Scalar {
+  applyClipped(
+    params: Map<string, tf.Variable>,
+    grads: Record<string, tf.Tensor>,
+    lr: number,
+    maxNorm: number,
+  ): tf.Scalar {
     return this.applyStep(params, grads, this.nextStep(lr, maxNorm));
   }
 

@@ -136,7 +136,7 @@ function f32ToF16(value: number): number {
   const exp = (x >>> 23) & 0xff;
   let mant = x & 0x7fffff;
   if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0);
-  let e = exp - 127 + 15;
+  const e = exp - 127 + 15;
   if (e >= 31) return sign | 0x7c00;
   if (e <= 0) {
     if (e < -10) return sign;
@@ -203,7 +203,9 @@ export function readTensor(header: SafetensorsHeader, name: string): HostTensor 
   try {
     const got = fs.readSync(fd, bytes, 0, bytes.length, header.dataStart + entry.begin);
     if (got !== bytes.length) {
-      throw new SafetensorsError(`${header.file}: tensor "${name}" is truncated (read ${got} of ${bytes.length} bytes)`);
+      throw new SafetensorsError(
+        `${header.file}: tensor "${name}" is truncated (read ${got} of ${bytes.length} bytes)`,
+      );
     }
   } finally {
     fs.closeSync(fd);
@@ -240,8 +242,8 @@ function encode(t: TensorToWrite): Buffer {
       for (let i = 0; i < n; i++) {
         const x = src[i];
         // Round to nearest even, keeping NaN a NaN.
-        const isNaN = (x & 0x7f800000) === 0x7f800000 && (x & 0x7fffff) !== 0;
-        const bf = isNaN ? (x >>> 16) | 0x40 : (x + 0x7fff + ((x >>> 16) & 1)) >>> 16;
+        const nan = (x & 0x7f800000) === 0x7f800000 && (x & 0x7fffff) !== 0;
+        const bf = nan ? (x >>> 16) | 0x40 : (x + 0x7fff + ((x >>> 16) & 1)) >>> 16;
         out.writeUInt16LE(bf & 0xffff, 2 * i);
       }
       return out;
@@ -270,7 +272,9 @@ export function writeSafetensors(
   for (const [name, t] of tensors) {
     const expected = t.shape.reduce((a, b) => a * b, 1);
     if (expected !== t.data.length) {
-      throw new SafetensorsError(`${file}: tensor "${name}" has ${t.data.length} values for shape ${JSON.stringify(t.shape)}`);
+      throw new SafetensorsError(
+        `${file}: tensor "${name}" has ${t.data.length} values for shape ${JSON.stringify(t.shape)}`,
+      );
     }
     const bytes = encode(t);
     header[name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + bytes.length] };

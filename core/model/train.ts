@@ -17,9 +17,24 @@ import { type LoadedCheckpoint, loadCheckpoint, saveCheckpoint, type SaveDtype }
 import type { NeoXConfig } from './config.js';
 import { GPTNeoX } from './gptneox.js';
 import { distillationLoss, topKFromLogits } from './losses.js';
-import { type AdamWStep, type DistillOptions, type StepInput, type TopKTeacher, afterFirstTrainingStep, crossEntropy, endTrainingStep, runTrainingStep } from './ops/index.js';
+import {
+  type AdamWStep,
+  type DistillOptions,
+  type StepInput,
+  type TopKTeacher,
+  afterFirstTrainingStep,
+  crossEntropy,
+  endTrainingStep,
+  runTrainingStep,
+} from './ops/index.js';
 import { AdamW, type AdamWOptions, type ScheduleOptions, learningRate } from './optim.js';
-import { type GradientAllReduce, type HostAllReduce, type RankLayout, rankLayout, sliceRows } from './parallel/index.js';
+import {
+  type GradientAllReduce,
+  type HostAllReduce,
+  type RankLayout,
+  rankLayout,
+  sliceRows,
+} from './parallel/index.js';
 import { readSafetensors } from './safetensors.js';
 
 export interface Batch {
@@ -187,7 +202,8 @@ export class Trainer {
     const dir = options.checkpointDir;
     if (dir && fs.existsSync(path.join(dir, TRAINER_STATE_FILE))) return Trainer.resume(dir, options);
     const model = initial();
-    if (JSON.stringify(model.config) !== JSON.stringify(config)) throw new Error('initial model does not match the config');
+    if (JSON.stringify(model.config) !== JSON.stringify(config))
+      throw new Error('initial model does not match the config');
     return new Trainer(model, options);
   }
 
@@ -195,7 +211,9 @@ export class Trainer {
     const { checkpoint, state, optimizer } = loadTrainingCheckpoint(dir);
     const mismatch = sameHyper(state.hyper, options.hyper);
     if (mismatch) {
-      throw new Error(`${dir}: cannot resume with different hyperparameters (${mismatch}); use a new checkpoint folder`);
+      throw new Error(
+        `${dir}: cannot resume with different hyperparameters (${mismatch}); use a new checkpoint folder`,
+      );
     }
     const model = GPTNeoX.fromTensors(checkpoint.config, checkpoint.tensors, dir);
     const trainer = new Trainer(model, options);
@@ -215,13 +233,22 @@ export class Trainer {
    * them), and whether any data-parallel rank asked to stop after this step (`stopVote` is this
    * rank's say; always false without ranks).
    */
-  async trainStep(stopVote = false): Promise<{ loss: tf.Scalar; gradNorm: tf.Scalar; lr: number; stop: Promise<boolean> }> {
+  async trainStep(
+    stopVote = false,
+  ): Promise<{ loss: tf.Scalar; gradNorm: tf.Scalar; lr: number; stop: Promise<boolean> }> {
     const { hyper, batches, teacher, parallel } = this.options;
     const global = batches(this.step);
     if (global.input.length !== hyper.batchSize * hyper.seqLen) {
-      throw new Error(`batch for step ${this.step} has ${global.input.length} tokens, expected ${hyper.batchSize}×${hyper.seqLen}`);
+      throw new Error(
+        `batch for step ${this.step} has ${global.input.length} tokens, expected ${hyper.batchSize}×${hyper.seqLen}`,
+      );
     }
-    const layout = rankLayout(hyper.batchSize, parallel?.rank ?? 0, parallel?.worldSize ?? 1, this.options.microBatchSize);
+    const layout = rankLayout(
+      hyper.batchSize,
+      parallel?.rank ?? 0,
+      parallel?.worldSize ?? 1,
+      this.options.microBatchSize,
+    );
     const batch = layout.rows === global.batchSize ? global : sliceRows(global, layout.first, layout.rows);
     const teacherView = teacher ? await teacher.forBatch(batch, this.step) : undefined;
     const lr = learningRate(this.step, hyper.schedule);
@@ -229,7 +256,8 @@ export class Trainer {
       { shape: [batch.batchSize, batch.seqLen], dtype: 'int32', data: batch.input },
       { shape: [batch.input.length], dtype: 'int32', data: batch.target },
     ];
-    if (teacherView instanceof tf.Tensor) inputs.push({ shape: teacherView.shape, dtype: 'float32', data: teacherView });
+    if (teacherView instanceof tf.Tensor)
+      inputs.push({ shape: teacherView.shape, dtype: 'float32', data: teacherView });
     else if (teacherView) {
       inputs.push(
         { shape: teacherView.indices.shape, dtype: 'int32', data: teacherView.indices },
@@ -255,18 +283,34 @@ export class Trainer {
             const { value, grads } = this.gradients(ids, targets, view, layout);
             if (!parallel) return [value, this.optimizer.applyStep(this.model.params, grads, optimizer)];
             const names = Object.keys(grads);
-            const reduced = parallel.allReduceMean([...names.map((n) => grads[n]), tf.concat([tf.reshape(value, [1]), vote!])]);
+            const reduced = parallel.allReduceMean([
+              ...names.map((n) => grads[n]),
+              tf.concat([tf.reshape(value, [1]), vote!]),
+            ]);
             const [lossAndVote] = reduced.splice(names.length, 1);
             const mean = Object.fromEntries(names.map((n, i) => [n, reduced[i]]));
-            return [tf.reshape(tf.slice(lossAndVote, [0], [1]), []), this.optimizer.applyStep(this.model.params, mean, optimizer), tf.slice(lossAndVote, [1], [1])];
+            return [
+              tf.reshape(tf.slice(lossAndVote, [0], [1]), []),
+              this.optimizer.applyStep(this.model.params, mean, optimizer),
+              tf.slice(lossAndVote, [1], [1]),
+            ];
           },
         });
-        const stop = votes ? votes.data().then((v) => v[0] > 0).finally(() => votes.dispose()) : Promise.resolve(false);
+        const stop = votes
+          ? votes
+              .data()
+              .then((v) => v[0] > 0)
+              .finally(() => votes.dispose())
+          : Promise.resolve(false);
         result = { loss: loss as tf.Scalar, gradNorm: gradNorm as tf.Scalar, stop };
       }
     } finally {
       if (teacherView) {
-        tf.dispose(teacherView instanceof tf.Tensor ? teacherView : [teacherView.indices, teacherView.logits, teacherView.logNormaliser]);
+        tf.dispose(
+          teacherView instanceof tf.Tensor
+            ? teacherView
+            : [teacherView.indices, teacherView.logits, teacherView.logNormaliser],
+        );
       }
     }
     endTrainingStep();
@@ -279,11 +323,19 @@ export class Trainer {
    * The loss and the parameters' gradients (by parameter name) of this rank's rows: the mean over its
    * micro-batches when there are several.
    */
-  private gradients(ids: tf.Tensor, targets: tf.Tensor, view: tf.Tensor[], layout: RankLayout): { value: tf.Scalar; grads: Record<string, tf.Tensor> } {
+  private gradients(
+    ids: tf.Tensor,
+    targets: tf.Tensor,
+    view: tf.Tensor[],
+    layout: RankLayout,
+  ): { value: tf.Scalar; grads: Record<string, tf.Tensor> } {
     const lossOf = (i: tf.Tensor, t: tf.Tensor, v: tf.Tensor[]) => () => {
       const logits = this.model.logits2d(i as tf.Tensor2D);
       if (v.length === 0) return crossEntropy(logits, t as tf.Tensor1D);
-      const teacher = v.length === 1 ? (v[0] as tf.Tensor2D) : { indices: v[0] as tf.Tensor2D, logits: v[1] as tf.Tensor2D, logNormaliser: v[2] as tf.Tensor1D };
+      const teacher =
+        v.length === 1
+          ? (v[0] as tf.Tensor2D)
+          : { indices: v[0] as tf.Tensor2D, logits: v[1] as tf.Tensor2D, logNormaliser: v[2] as tf.Tensor1D };
       return distillationLoss(logits, t as tf.Tensor1D, teacher, this.options.distill);
     };
     const passOver = (i: tf.Tensor, t: tf.Tensor, v: tf.Tensor[]) => {
@@ -300,7 +352,13 @@ export class Trainer {
     let sum: { value: tf.Scalar; grads: Record<string, tf.Tensor> } | undefined;
     for (let m = 0; m < k; m++) {
       // A micro-batch's rows, and the teacher's view of their positions (rows of [positions, …] tensors).
-      const part = [tf.slice(ids, [m * rows, 0], [rows, seqLen]), tf.slice(targets, [m * positions], [positions]), ...view.map((x) => tf.slice(x, [m * positions, ...x.shape.slice(1).map(() => 0)], [positions, ...x.shape.slice(1)]))];
+      const part = [
+        tf.slice(ids, [m * rows, 0], [rows, seqLen]),
+        tf.slice(targets, [m * positions], [positions]),
+        ...view.map((x) =>
+          tf.slice(x, [m * positions, ...x.shape.slice(1).map(() => 0)], [positions, ...x.shape.slice(1)]),
+        ),
+      ];
       const pass = passOver(part[0], part[1], part.slice(2));
       tf.dispose(part);
       if (!sum) {
@@ -375,13 +433,21 @@ export class Trainer {
     return saveCheckpoint(dir, this.model.config, await this.model.toHost(), {
       dtype: this.options.checkpointDtype ?? 'float32',
       extraTensors: { [OPTIMIZER_FILE]: await this.optimizer.stateToHost() },
-      extraFiles: { ...this.options.extraFiles, [TRAINER_STATE_FILE]: JSON.stringify(state, null, 2) + '\n' },
+      extraFiles: { ...this.options.extraFiles, [TRAINER_STATE_FILE]: `${JSON.stringify(state, null, 2)}\n` },
     });
   }
 
   /** Trains until `hyper.steps` (or `untilStep`) steps are done, or the signal aborts. */
   async run(untilStep = this.options.hyper.steps): Promise<TrainResult> {
-    const { checkpointDir, checkpointEvery = 0, reportEvery = 1, onStep, onCheckpoint, evaluate, signal } = this.options;
+    const {
+      checkpointDir,
+      checkpointEvery = 0,
+      reportEvery = 1,
+      onStep,
+      onCheckpoint,
+      evaluate,
+      signal,
+    } = this.options;
     let lastLoss = NaN;
     let hash: string | undefined;
     let windowStart = performance.now();
@@ -430,7 +496,13 @@ export class Trainer {
         stopped = true;
         break;
       }
-      if (checkpointDir && this.writesCheckpoints && checkpointEvery > 0 && this.step % checkpointEvery === 0 && this.step < untilStep) {
+      if (
+        checkpointDir &&
+        this.writesCheckpoints &&
+        checkpointEvery > 0 &&
+        this.step % checkpointEvery === 0 &&
+        this.step < untilStep
+      ) {
         hash = await this.saveCheckpoint(checkpointDir);
         onCheckpoint?.({ step: this.step, dir: checkpointDir, hash });
       }
@@ -460,11 +532,17 @@ export interface DeviceBatch {
 
 /** Copies batches to the device once (for evaluating many models on the same batches). */
 export function uploadBatches(batches: Iterable<Batch>): DeviceBatch[] {
-  return [...batches].map((b) => ({ ids: tf.tensor2d(b.input, [b.batchSize, b.seqLen], 'int32'), targets: tf.tensor1d(b.target, 'int32') }));
+  return [...batches].map((b) => ({
+    ids: tf.tensor2d(b.input, [b.batchSize, b.seqLen], 'int32'),
+    targets: tf.tensor1d(b.target, 'int32'),
+  }));
 }
 
 /** Mean cross-entropy (per token) of a model over evaluation batches, from the host or already on the device. */
-export async function evaluateLoss(model: GPTNeoX, batches: Iterable<Batch | DeviceBatch>): Promise<{ loss: number; ppl: number; tokens: number }> {
+export async function evaluateLoss(
+  model: GPTNeoX,
+  batches: Iterable<Batch | DeviceBatch>,
+): Promise<{ loss: number; ppl: number; tokens: number }> {
   let total = 0;
   let tokens = 0;
   for (const batch of batches) {

@@ -96,7 +96,11 @@ export interface ExtractCheckpointOptions extends ExtractOptions {
 
 /** A folder offshoot's extraction wrote: a checkpoint with its manifest and subnet.json. */
 export function isExtractedStudent(dir: string): boolean {
-  return fs.existsSync(path.join(dir, MANIFEST_FILE)) && fs.existsSync(path.join(dir, SUBNET_FILE)) && fs.existsSync(path.join(dir, 'config.json'));
+  return (
+    fs.existsSync(path.join(dir, MANIFEST_FILE)) &&
+    fs.existsSync(path.join(dir, SUBNET_FILE)) &&
+    fs.existsSync(path.join(dir, 'config.json'))
+  );
 }
 
 /** The folder and every folder above it. */
@@ -122,16 +126,24 @@ function realOrResolved(p: string): string {
 export function checkStudentOutput(out: string, teacher: string, force = false): void {
   const target = realOrResolved(out);
   if (selfAndAncestors(realOrResolved(teacher)).includes(target)) {
-    throw new CheckpointError(`--out ${out}: that is the teacher ${teacher}${target === realOrResolved(teacher) ? '' : "'s folder or one above it"}; the student must go to a new folder`);
+    throw new CheckpointError(
+      `--out ${out}: that is the teacher ${teacher}${target === realOrResolved(teacher) ? '' : "'s folder or one above it"}; the student must go to a new folder`,
+    );
   }
-  if (selfAndAncestors(process.cwd()).includes(target)) throw new CheckpointError(`--out ${out}: that is the current folder (or one above it); name a new folder for the student`);
+  if (selfAndAncestors(process.cwd()).includes(target))
+    throw new CheckpointError(
+      `--out ${out}: that is the current folder (or one above it); name a new folder for the student`,
+    );
   if (!fs.existsSync(target)) return;
-  if (!fs.statSync(target).isDirectory()) throw new CheckpointError(`--out ${out}: exists and is not a folder; the student must go to a new folder`);
+  if (!fs.statSync(target).isDirectory())
+    throw new CheckpointError(`--out ${out}: exists and is not a folder; the student must go to a new folder`);
   const entries = fs.readdirSync(target);
   if (entries.length === 0) return;
   if (isExtractedStudent(target)) {
     if (force) return;
-    throw new CheckpointError(`--out ${out}: holds a student checkpoint offshoot extracted; pass --force to replace it`);
+    throw new CheckpointError(
+      `--out ${out}: holds a student checkpoint offshoot extracted; pass --force to replace it`,
+    );
   }
   throw new CheckpointError(
     `--out ${out}: exists and is not empty (${entries.length} entr${entries.length === 1 ? 'y' : 'ies'}: ${entries.slice(0, 3).join(', ')}${entries.length > 3 ? ', …' : ''}) and is not a student checkpoint offshoot extracted; offshoot replaces only those (with --force): name a new folder`,
@@ -165,7 +177,9 @@ export interface ExtractCheckpointResult {
 }
 
 function tokenizerFile(fileOrDir: string): string {
-  return fs.existsSync(fileOrDir) && fs.statSync(fileOrDir).isDirectory() ? path.join(fileOrDir, TOKENIZER_FILE) : fileOrDir;
+  return fs.existsSync(fileOrDir) && fs.statSync(fileOrDir).isDirectory()
+    ? path.join(fileOrDir, TOKENIZER_FILE)
+    : fileOrDir;
 }
 
 /** Extracts a student checkpoint directory from a teacher checkpoint directory. */
@@ -184,7 +198,7 @@ export async function extractCheckpoint(options: ExtractCheckpointOptions): Prom
     layers: options.layers ?? 'first',
     parameters,
   };
-  const extraFiles: Record<string, string | Buffer> = { [SUBNET_FILE]: JSON.stringify(record, null, 2) + '\n' };
+  const extraFiles: Record<string, string | Buffer> = { [SUBNET_FILE]: `${JSON.stringify(record, null, 2)}\n` };
   const tokenizer = tokenizerFile(options.tokenizer ?? options.teacher);
   if (fs.existsSync(tokenizer)) extraFiles[TOKENIZER_FILE] = fs.readFileSync(tokenizer);
   else if (options.tokenizer) throw new CheckpointError(`tokenizer ${options.tokenizer}: no ${TOKENIZER_FILE} there`);

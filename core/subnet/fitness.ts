@@ -140,7 +140,14 @@ export interface FitnessMetrics {
 }
 
 /** The phases of an evaluation. */
-export const FITNESS_PHASES = ['extraction', 'teacherForward', 'pipelines', 'autotune', 'training', 'evaluation'] as const;
+export const FITNESS_PHASES = [
+  'extraction',
+  'teacherForward',
+  'pipelines',
+  'autotune',
+  'training',
+  'evaluation',
+] as const;
 export type FitnessPhase = (typeof FITNESS_PHASES)[number];
 
 /**
@@ -176,7 +183,14 @@ type MeasuredPhase = Exclude<FitnessPhase, 'pipelines' | 'autotune'>;
 
 /** Splits an evaluation's wall time into phases; `time` calls may nest (the teacher inside training). */
 class PhaseClock {
-  readonly ms: FitnessPhases = { extraction: 0, teacherForward: 0, pipelines: 0, autotune: 0, training: 0, evaluation: 0 };
+  readonly ms: FitnessPhases = {
+    extraction: 0,
+    teacherForward: 0,
+    pipelines: 0,
+    autotune: 0,
+    training: 0,
+    evaluation: 0,
+  };
   /** Per open `time` call: the wall time and per-shape costs of the calls nested in it. */
   private readonly open: Array<{ wall: number; compile: number; autotune: number }> = [];
 
@@ -205,7 +219,9 @@ class PhaseClock {
   }
 
   seconds(): FitnessPhases {
-    return Object.fromEntries(FITNESS_PHASES.map((p) => [p, Number((Math.max(0, this.ms[p]) / 1000).toFixed(4))])) as FitnessPhases;
+    return Object.fromEntries(
+      FITNESS_PHASES.map((p) => [p, Number((Math.max(0, this.ms[p]) / 1000).toFixed(4))]),
+    ) as FitnessPhases;
   }
 }
 
@@ -242,13 +258,24 @@ export async function createFitnessContext(teacherDir: string, data: FitnessData
   const checkpoint = loadCheckpoint(teacherDir);
   const tokenizer = await loadTokenizer(data.tokenizer ?? teacherDir);
   if (tokenizer.vocabSize > checkpoint.config.vocabSize) {
-    throw new Error(`tokenizer: vocabulary ${tokenizer.vocabSize} is larger than the teacher's ${checkpoint.config.vocabSize}`);
+    throw new Error(
+      `tokenizer: vocabulary ${tokenizer.vocabSize} is larger than the teacher's ${checkpoint.config.vocabSize}`,
+    );
   }
   const trainSpec = data.train ?? DEFAULT_TRAIN_CORPUS;
   const valSpec = data.val ?? DEFAULT_VALIDATION_CORPUS;
   const train = await openData(trainSpec, tokenizer, { cacheDir: tokenCache });
   const val = await openData(valSpec, tokenizer, { cacheDir: tokenCache });
-  return { teacherDir, checkpoint, tokenizer, train, val, data: { train: trainSpec, val: valSpec }, importance: new Map(), validation: new Map() };
+  return {
+    teacherDir,
+    checkpoint,
+    tokenizer,
+    train,
+    val,
+    data: { train: trainSpec, val: valSpec },
+    importance: new Map(),
+    validation: new Map(),
+  };
 }
 
 export function disposeFitnessContext(ctx: FitnessContext): void {
@@ -261,7 +288,10 @@ export function disposeFitnessContext(ctx: FitnessContext): void {
 }
 
 /** The validation batches of these options, uploaded once per context. */
-function validationBatches(ctx: FitnessContext, options: { seqLen: number; batchSize: number; maxTokens: number }): DeviceBatch[] {
+function validationBatches(
+  ctx: FitnessContext,
+  options: { seqLen: number; batchSize: number; maxTokens: number },
+): DeviceBatch[] {
   const key = `${options.seqLen}x${options.batchSize}/${options.maxTokens}`;
   let batches = ctx.validation.get(key);
   if (!batches) ctx.validation.set(key, (batches = uploadBatches(evalBatches(ctx.val, options))));
@@ -274,7 +304,10 @@ function teacherModel(ctx: FitnessContext): GPTNeoX {
 }
 
 /** The student a request describes: the inherited weights or a random model of the same shape. */
-export async function buildStudent(ctx: FitnessContext, request: FitnessRequest): Promise<{ model: GPTNeoX; specHash: string }> {
+export async function buildStudent(
+  ctx: FitnessContext,
+  request: FitnessRequest,
+): Promise<{ model: GPTNeoX; specHash: string }> {
   const teacher = ctx.checkpoint;
   const order = request.order ?? 'first-k';
   const layers = request.layers ?? 'first';
@@ -291,7 +324,10 @@ export async function buildStudent(ctx: FitnessContext, request: FitnessRequest)
   const canonical = canonicalize(request.spec, teacher.config, resolve);
   const specHash = canonicalHash(canonical);
   const { config, tensors } = extractTensors(teacher.config, teacher.tensors, canonical);
-  const model = request.init === 'random' ? GPTNeoX.random(config, request.seed) : GPTNeoX.fromTensors(config, tensors, `${ctx.teacherDir} ${specHash.slice(0, 12)}`);
+  const model =
+    request.init === 'random'
+      ? GPTNeoX.random(config, request.seed)
+      : GPTNeoX.fromTensors(config, tensors, `${ctx.teacherDir} ${specHash.slice(0, 12)}`);
   return { model, specHash };
 }
 
@@ -305,7 +341,8 @@ export async function evaluateFitness(request: FitnessRequest, context?: Fitness
   }
   try {
     const b = request.budget;
-    if (b.kind !== 'zero-shot' && b.kind !== 'brief') throw new Error(`budget.kind must be zero-shot or brief, got ${JSON.stringify(b.kind)}`);
+    if (b.kind !== 'zero-shot' && b.kind !== 'brief')
+      throw new Error(`budget.kind must be zero-shot or brief, got ${JSON.stringify(b.kind)}`);
     const tconf = ctx.checkpoint.config;
     const seqLen = b.seqLen ?? Math.min(tconf.maxPositions, 64);
     const batchSize = b.batchSize ?? 8;
@@ -323,7 +360,9 @@ export async function evaluateFitness(request: FitnessRequest, context?: Fitness
         tokensPerEval = r.tokens;
         return r;
       });
-    const timedTeacher = (t: Teacher): Teacher => ({ forBatch: (batch, step) => clock.time('teacherForward', () => t.forBatch(batch, step)) });
+    const timedTeacher = (t: Teacher): Teacher => ({
+      forBatch: (batch, step) => clock.time('teacherForward', () => t.forBatch(batch, step)),
+    });
     let zeroShot: number | undefined;
     let final: { loss: number; ppl: number };
     let steps = 0;
@@ -341,9 +380,16 @@ export async function evaluateFitness(request: FitnessRequest, context?: Fitness
       const batches: BatchSource = (step) => sampleBatch(ctx.train, { batchSize, seqLen, seed: request.seed, step });
       const distillOptions = b.distill ?? DEFAULT_DISTILL;
       const trainer = new Trainer(model, {
-        hyper: trainingHyperparameters({ steps, lr, warmup: b.warmup ?? 10 }, { batchSize, seqLen, seed: request.seed }),
+        hyper: trainingHyperparameters(
+          { steps, lr, warmup: b.warmup ?? 10 },
+          { batchSize, seqLen, seed: request.seed },
+        ),
         batches,
-        teacher: distill ? timedTeacher(ctx.distillTeacher ? ctx.distillTeacher(batches, distillOptions) : inProcessTeacher(teacherModel(ctx))) : undefined,
+        teacher: distill
+          ? timedTeacher(
+              ctx.distillTeacher ? ctx.distillTeacher(batches, distillOptions) : inProcessTeacher(teacherModel(ctx)),
+            )
+          : undefined,
         distill: distill ? distillOptions : undefined,
         reportEvery: ctx.onStep ? 1 : steps,
         onStep: ctx.onStep,
@@ -391,15 +437,27 @@ export async function evaluateFitness(request: FitnessRequest, context?: Fitness
  * own shape. Returns that evaluation's metrics (its seconds are the process's, not a candidate's), or
  * undefined on a backend that compiles nothing (cpu, wasm, tensorflow), where it does nothing.
  */
-export async function warmUpFitness(ctx: FitnessContext, budget: FitnessBudget, seed = 0): Promise<FitnessMetrics | undefined> {
+export async function warmUpFitness(
+  ctx: FitnessContext,
+  budget: FitnessBudget,
+  seed = 0,
+): Promise<FitnessMetrics | undefined> {
   if (!backendCompilesKernels()) return undefined;
   const teacher = ctx.checkpoint.config;
   const narrowest = Math.min(...teacher.layers.map((l) => l.intermediateSize));
-  const spec: SubnetSpec = { format: 1, teacher: teacherShape(teacher), embedding: Math.max(1, teacher.hiddenSize - 1), mlp: Math.max(1, narrowest - 1) };
+  const spec: SubnetSpec = {
+    format: 1,
+    teacher: teacherShape(teacher),
+    embedding: Math.max(1, teacher.hiddenSize - 1),
+    mlp: Math.max(1, narrowest - 1),
+  };
   const seqLen = budget.seqLen ?? Math.min(teacher.maxPositions, 64);
   const batchSize = budget.batchSize ?? 8;
   const brief = budget.kind === 'brief' ? { steps: Math.min(2, budget.steps ?? 2), warmup: 1 } : {};
   // Validation batches for the real budget too, so the first candidate finds them on the device.
   validationBatches(ctx, { seqLen, batchSize, maxTokens: budget.evalTokens ?? 8192 });
-  return evaluateFitness({ teacher: ctx.teacherDir, spec, budget: { ...budget, ...brief, evalTokens: seqLen * batchSize }, seed }, ctx);
+  return evaluateFitness(
+    { teacher: ctx.teacherDir, spec, budget: { ...budget, ...brief, evalTokens: seqLen * batchSize }, seed },
+    ctx,
+  );
 }

@@ -17,7 +17,8 @@ export function registerPretrainRankCommand(program: Command): void {
     .action(
       withBackend(async (opts: { job: string; rank: number }) => {
         const job = readRankJob(opts.job);
-        if (opts.rank >= job.worldSize) throw new Error(`--rank ${opts.rank}: the job has ${job.worldSize} ranks (0-${job.worldSize - 1})`);
+        if (opts.rank >= job.worldSize)
+          throw new Error(`--rank ${opts.rank}: the job has ${job.worldSize} ranks (0-${job.worldSize - 1})`);
         const backend = activeBackend()!;
         await runRank(job, opts.rank, backend.name, backend.detail);
       }),

@@ -100,7 +100,10 @@ function temporalAddressFor(config: OffshootConfig): string {
  * The NATS of the embedded stack running `run` (default: the configuration's run), from its
  * stack.json: how `offshoot watch` finds an embedded run without --nats.
  */
-export function embeddedNats(run: string | undefined, configFile: string | undefined): { run: string; url: string } | undefined {
+export function embeddedNats(
+  run: string | undefined,
+  configFile: string | undefined,
+): { run: string; url: string } | undefined {
   let config: OffshootConfig;
   try {
     config = resolveConfig({ config: configFile, name: run });
@@ -115,7 +118,11 @@ export function embeddedNats(run: string | undefined, configFile: string | undef
 
 function isConnectionError(err: unknown): boolean {
   const e = err as { code?: number; name?: string; message?: string };
-  return e?.code === 14 || e?.name === 'ServiceError' || /UNAVAILABLE|ECONNREFUSED|connect|transport/i.test(String(e?.message ?? ''));
+  return (
+    e?.code === 14 ||
+    e?.name === 'ServiceError' ||
+    /UNAVAILABLE|ECONNREFUSED|connect|transport/i.test(String(e?.message ?? ''))
+  );
 }
 
 /** "failed: <the causes, outermost first>" or "was cancelled". */
@@ -128,17 +135,25 @@ function describeFailure(err: unknown): string {
     if (e.message && !parts.includes(e.message)) parts.push(e.message);
     e = e.cause as typeof e;
   }
-  return cancelled ? `was cancelled${parts.length ? ` (${parts.join(': ')})` : ''}` : `failed: ${parts.join(': ') || String((err as Error).message)}`;
+  return cancelled
+    ? `was cancelled${parts.length ? ` (${parts.join(': ')})` : ''}`
+    : `failed: ${parts.join(': ') || String((err as Error).message)}`;
 }
 
 /** Starts the pipeline, or finds it: running (follow it), completed (its result), failed (start again). */
-async function submit(client: Client, config: OffshootConfig, teacherService: TeacherServiceRef | undefined): Promise<WorkflowHandle<typeof pipeline>> {
+async function submit(
+  client: Client,
+  config: OffshootConfig,
+  teacherService: TeacherServiceRef | undefined,
+): Promise<WorkflowHandle<typeof pipeline>> {
   const id = workflowIds(config.run.name).pipeline;
   try {
     const existing = client.workflow.getHandle<typeof pipeline>(id);
     const d = await existing.describe();
     if (d.status.name === 'RUNNING' || d.status.name === 'COMPLETED') {
-      log(`run ${config.run.name}: ${d.status.name === 'RUNNING' ? 'following the pipeline already running' : 'already completed; its result:'} (${id})`);
+      log(
+        `run ${config.run.name}: ${d.status.name === 'RUNNING' ? 'following the pipeline already running' : 'already completed; its result:'} (${id})`,
+      );
       return existing;
     }
     log(`run ${config.run.name}: the last pipeline ${d.status.name.toLowerCase()}; starting it again`);
@@ -189,7 +204,12 @@ async function describeProgress(client: Client, runId: string): Promise<string |
 }
 
 /** Waits for the pipeline's result, printing progress; survives the server going away for a while. */
-async function follow(client: Client, handle: WorkflowHandle<typeof pipeline>, runId: string, quiet: boolean): Promise<PipelineResult> {
+async function follow(
+  client: Client,
+  handle: WorkflowHandle<typeof pipeline>,
+  runId: string,
+  quiet: boolean,
+): Promise<PipelineResult> {
   const started = Date.now();
   let last = '';
   let done = false;
@@ -210,7 +230,8 @@ async function follow(client: Client, handle: WorkflowHandle<typeof pipeline>, r
       try {
         return await handle.result();
       } catch (err) {
-        if ((err as Error).name === 'WorkflowFailedError') throw new Error(`run ${runId}: the pipeline ${describeFailure(err)}`);
+        if ((err as Error).name === 'WorkflowFailedError')
+          throw new Error(`run ${runId}: the pipeline ${describeFailure(err)}`);
         if (!isConnectionError(err) || attempt > 120) throw err;
         await sleep(1000);
       }
@@ -232,8 +253,12 @@ function printResult(result: PipelineResult, json: boolean | undefined): void {
     result.teacher.valLoss !== undefined
       ? `, validation perplexity ${Math.exp(result.teacher.valLoss).toFixed(2)}${result.teacher.valBpb !== undefined ? ` (${result.teacher.valBpb.toFixed(4)} bits per byte)` : ''}`
       : '';
-  console.log(`offshoot run ${result.runId}: teacher ${result.teacher.parameters.toLocaleString('en-US')} parameters${teacherPpl}`);
-  console.log(`search: ${result.search.evaluations} evaluations, best ${result.search.best.description ?? result.search.best.key}`);
+  console.log(
+    `offshoot run ${result.runId}: teacher ${result.teacher.parameters.toLocaleString('en-US')} parameters${teacherPpl}`,
+  );
+  console.log(
+    `search: ${result.search.evaluations} evaluations, best ${result.search.best.description ?? result.search.best.key}`,
+  );
   console.log('');
   console.log(resultsTable(result));
   console.log('');
@@ -252,7 +277,11 @@ function printResult(result: PipelineResult, json: boolean | undefined): void {
 
 /** Workers first (they drain: a running segment checkpoints), then the teacher service, then the servers. */
 function stopOrder(config: OffshootConfig): string[][] {
-  return [['orchestrate', 'pretrain', ...Array.from({ length: config.workers.evaluators }, (_, i) => `evaluate-${i}`)], ['teacher'], ['temporal', 'nats']];
+  return [
+    ['orchestrate', 'pretrain', ...Array.from({ length: config.workers.evaluators }, (_, i) => `evaluate-${i}`)],
+    ['teacher'],
+    ['temporal', 'nats'],
+  ];
 }
 
 /**
@@ -292,21 +321,51 @@ class EmbeddedStack {
     const run = this.config.run.name;
     switch (e.kind) {
       case 'exited':
-        log(`run ${run}: ${e.service} (pid ${e.pid}) exited (${e.signal ? `signal ${e.signal}` : `code ${e.code}`})${e.willRestart ? `; restarting it${['temporal', 'nats', 'teacher'].includes(e.service) ? ' on the same port and data' : ''}` : ''}`);
-        this.publish({ kind: 'service.exited', run, service: e.service, pid: e.pid, code: e.code, signal: e.signal, willRestart: e.willRestart, restarts: e.restarts });
+        log(
+          `run ${run}: ${e.service} (pid ${e.pid}) exited (${e.signal ? `signal ${e.signal}` : `code ${e.code}`})${e.willRestart ? `; restarting it${['temporal', 'nats', 'teacher'].includes(e.service) ? ' on the same port and data' : ''}` : ''}`,
+        );
+        this.publish({
+          kind: 'service.exited',
+          run,
+          service: e.service,
+          pid: e.pid,
+          code: e.code,
+          signal: e.signal,
+          willRestart: e.willRestart,
+          restarts: e.restarts,
+        });
         break;
       case 'restart-failed':
         log(`run ${run}: restarting ${e.service} failed (attempt ${e.attempt}): ${e.error}`);
         break;
       case 'restarted':
         log(`run ${run}: ${e.service} restarted (pid ${e.pid}, down ${(e.downMs / 1000).toFixed(1)} s)`);
-        this.publish({ kind: 'service.restarted', run, service: e.service, pid: e.pid, previousPid: e.previousPid, downMs: e.downMs, restarts: e.restarts });
+        this.publish({
+          kind: 'service.restarted',
+          run,
+          service: e.service,
+          pid: e.pid,
+          previousPid: e.previousPid,
+          downMs: e.downMs,
+          restarts: e.restarts,
+        });
         break;
       case 'gave-up': {
         log(`run ${run}: ${e.error}`);
         const pid = this.supervisor.current(e.service)?.pid ?? 0;
         if (pid > 0) {
-          this.publish({ id: `${run}.service.gave-up.${e.service}.${pid}`, kind: 'service.exited', run, service: e.service, pid, code: null, signal: null, willRestart: false, restarts: e.restarts, error: e.error.slice(0, 4000) });
+          this.publish({
+            id: `${run}.service.gave-up.${e.service}.${pid}`,
+            kind: 'service.exited',
+            run,
+            service: e.service,
+            pid,
+            code: null,
+            signal: null,
+            willRestart: false,
+            restarts: e.restarts,
+            error: e.error.slice(0, 4000),
+          });
         }
         break;
       }
@@ -340,7 +399,13 @@ async function startServers(stack: EmbeddedStack, dir: string, logs: string): Pr
     stack.supervisor.start({
       name: 'temporal',
       start: async (onSpawn) => {
-        const t = await startTemporal({ dbFile: path.join(dir, 'temporal.db'), port: temporalPort, logFile: path.join(logs, 'temporal.log'), onSpawn, detached: true });
+        const t = await startTemporal({
+          dbFile: path.join(dir, 'temporal.db'),
+          port: temporalPort,
+          logFile: path.join(logs, 'temporal.log'),
+          onSpawn,
+          detached: true,
+        });
         temporalPort = t.port;
         stack.note('temporal', t.pid, { temporal: t.address });
         return t;
@@ -349,7 +414,13 @@ async function startServers(stack: EmbeddedStack, dir: string, logs: string): Pr
     stack.supervisor.start({
       name: 'nats',
       start: async (onSpawn) => {
-        const n = await startNats({ storeDir: path.join(dir, 'jetstream'), port: natsPort, logFile: path.join(logs, 'nats.log'), onSpawn, detached: true });
+        const n = await startNats({
+          storeDir: path.join(dir, 'jetstream'),
+          port: natsPort,
+          logFile: path.join(logs, 'nats.log'),
+          onSpawn,
+          detached: true,
+        });
         natsPort = n.port;
         stack.note('nats', n.pid, { nats: n.url });
         return n;
@@ -359,10 +430,23 @@ async function startServers(stack: EmbeddedStack, dir: string, logs: string): Pr
 }
 
 /** Starts the teacher service and the workers under the supervisor; the teacher must exist. */
-async function startServices(stack: EmbeddedStack, config: OffshootConfig, backend: string, temporal: TemporalServer, nats: NatsServer, logs: string): Promise<TeacherServiceRef | undefined> {
+async function startServices(
+  stack: EmbeddedStack,
+  config: OffshootConfig,
+  backend: string,
+  temporal: TemporalServer,
+  nats: NatsServer,
+  logs: string,
+): Promise<TeacherServiceRef | undefined> {
   const dir = runDir(config);
   const env = { ...process.env, OFFSHOOT_NATS_URL: nats.url, OFFSHOOT_BACKEND: backend };
-  const common = { temporal: temporal.address, namespace: config.services.temporal.namespace, env, backend, detached: true };
+  const common = {
+    temporal: temporal.address,
+    namespace: config.services.temporal.namespace,
+    env,
+    backend,
+    detached: true,
+  };
   const starts: Promise<unknown>[] = [];
   let teacherService: TeacherServiceRef | undefined;
   if (config.teacher.service.enabled) {
@@ -381,9 +465,12 @@ async function startServices(stack: EmbeddedStack, config: OffshootConfig, backe
           backend,
           env,
           extra: [
-            '--max-batch-tokens', String(config.teacher.service.maxBatchTokens),
-            '--top-k', String(config.teacher.service.topK),
-            '--max-buffered-mib', String(config.teacher.service.maxBufferedMiB),
+            '--max-batch-tokens',
+            String(config.teacher.service.maxBatchTokens),
+            '--top-k',
+            String(config.teacher.service.topK),
+            '--max-buffered-mib',
+            String(config.teacher.service.maxBufferedMiB),
           ],
           logFile: path.join(logs, 'teacher-service.log'),
           onSpawn,
@@ -400,7 +487,9 @@ async function startServices(stack: EmbeddedStack, config: OffshootConfig, backe
         .start(teacher)
         .catch((err: unknown) => {
           if (previous === undefined) throw err;
-          log(`run ${config.run.name}: the teacher service could not listen on its earlier port ${previous} (${(err as Error).message.split('\n')[0]}); a resumed search or pretraining that still uses it will retry until its attempts run out`);
+          log(
+            `run ${config.run.name}: the teacher service could not listen on its earlier port ${previous} (${(err as Error).message.split('\n')[0]}); a resumed search or pretraining that still uses it will retry until its attempts run out`,
+          );
           port = undefined;
           return stack.supervisor.start(teacher);
         })
@@ -410,9 +499,14 @@ async function startServices(stack: EmbeddedStack, config: OffshootConfig, backe
     );
   }
   const worker = (name: string, queues: string[], slots?: number) =>
-    stack.supervisor.start({ name, start: (onSpawn) => startWorker({ ...common, queues, slots, name, logFile: path.join(logs, `worker-${name}.log`), onSpawn }) });
+    stack.supervisor.start({
+      name,
+      start: (onSpawn) =>
+        startWorker({ ...common, queues, slots, name, logFile: path.join(logs, `worker-${name}.log`), onSpawn }),
+    });
   starts.push(worker('orchestrate', ['orchestrate']), worker('pretrain', ['pretrain']));
-  for (let i = 0; i < config.workers.evaluators; i++) starts.push(worker(`evaluate-${i}`, ['evaluate'], config.workers.evaluateSlots));
+  for (let i = 0; i < config.workers.evaluators; i++)
+    starts.push(worker(`evaluate-${i}`, ['evaluate'], config.workers.evaluateSlots));
   const results = await Promise.allSettled(starts);
   const failed = results.find((r) => r.status === 'rejected') as PromiseRejectedResult | undefined;
   if (failed) throw failed.reason;
@@ -422,9 +516,12 @@ async function startServices(stack: EmbeddedStack, config: OffshootConfig, backe
 /** Checks what the run needs before anything starts, so a missing piece is one error now, not failures later. */
 function checkInputs(config: OffshootConfig): void {
   const teacher = teacherDir(config);
-  if (fs.existsSync(path.join(teacher, 'config.json'))) requireTeacherTokenizer(teacher, config.data.tokenizer ?? undefined);
-  else if (!config.teacher.train.enabled) throw new Error(`teacher ${teacher}: no finished checkpoint there and teacher.train.enabled is false`);
-  if (config.data.tokenizer && !fs.existsSync(path.resolve(config.data.tokenizer))) throw new Error(`data.tokenizer ${config.data.tokenizer}: no such file or folder`);
+  if (fs.existsSync(path.join(teacher, 'config.json')))
+    requireTeacherTokenizer(teacher, config.data.tokenizer ?? undefined);
+  else if (!config.teacher.train.enabled)
+    throw new Error(`teacher ${teacher}: no finished checkpoint there and teacher.train.enabled is false`);
+  if (config.data.tokenizer && !fs.existsSync(path.resolve(config.data.tokenizer)))
+    throw new Error(`data.tokenizer ${config.data.tokenizer}: no such file or folder`);
 }
 
 async function runEmbedded(config: OffshootConfig, opts: RunCliOptions, t0: number): Promise<void> {
@@ -433,7 +530,9 @@ async function runEmbedded(config: OffshootConfig, opts: RunCliOptions, t0: numb
   await reapOrphans(dir, { run, graceMs: config.workers.gracePeriodSeconds * 1000, log });
   checkInputs(config);
   const backend = config.workers.backend === 'auto' ? (activeBackend()?.name ?? 'auto') : config.workers.backend;
-  log(`run ${run}: embedded stack (Temporal dev server, nats-server, teacher service, workers) in ${dir}; backend ${backend}`);
+  log(
+    `run ${run}: embedded stack (Temporal dev server, nats-server, teacher service, workers) in ${dir}; backend ${backend}`,
+  );
   const logs = path.join(dir, 'logs');
   fs.mkdirSync(logs, { recursive: true });
   const stack = new EmbeddedStack(config, dir);
@@ -460,7 +559,9 @@ async function runEmbedded(config: OffshootConfig, opts: RunCliOptions, t0: numb
     const [temporal, nats] = await guarded(servers);
     stack.publishTo(nats.url);
     const teacherService = await guarded(startServices(stack, config, backend, temporal, nats, logs));
-    log(`run ${run}: stack up in ${formatDuration((Date.now() - t0) / 1000)} (Temporal ${temporal.address}, NATS ${nats.url}${teacherService ? `, teacher service ${teacherService.targets[0]}` : ''})`);
+    log(
+      `run ${run}: stack up in ${formatDuration((Date.now() - t0) / 1000)} (Temporal ${temporal.address}, NATS ${nats.url}${teacherService ? `, teacher service ${teacherService.targets[0]}` : ''})`,
+    );
     const client = await connectClient({ address: temporal.address, namespace: config.services.temporal.namespace });
     try {
       const handle = await guarded(submit(client, config, teacherService));
@@ -492,7 +593,10 @@ async function runAction(opts: RunCliOptions): Promise<void> {
   fs.mkdirSync(runDir(config), { recursive: true });
   if (!config.services.temporal.address) return runEmbedded(config, opts, t0);
   // Submit and follow only: the workers, the teacher service and NATS run elsewhere.
-  const client = await connectClient({ address: config.services.temporal.address, namespace: config.services.temporal.namespace });
+  const client = await connectClient({
+    address: config.services.temporal.address,
+    namespace: config.services.temporal.namespace,
+  });
   const handle = await submit(client, config, undefined);
   printResult(await follow(client, handle, config.run.name, Boolean(opts.quiet)), opts.json);
   await client.connection.close();
@@ -514,7 +618,14 @@ export async function ensureTeacher(config: OffshootConfig, signal?: AbortSignal
   log(`teacher: training ${settings.preset} on ${config.data.train} into ${dir} (${settings.steps} steps)`);
   let lastLine = -Infinity;
   const result = await trainTeacher(
-    { ...settings, data: config.data.train, val: config.data.val, out: dir, tokenizer: config.data.tokenizer ?? undefined, tokenCache: defaultTokenStore() },
+    {
+      ...settings,
+      data: config.data.train,
+      val: config.data.val,
+      out: dir,
+      tokenizer: config.data.tokenizer ?? undefined,
+      tokenCache: defaultTokenStore(),
+    },
     {
       log,
       signal,
@@ -525,10 +636,14 @@ export async function ensureTeacher(config: OffshootConfig, signal?: AbortSignal
       },
     },
   );
-  if (result.stopped) throw new Error(`teacher ${dir}: training stopped at step ${result.steps} (checkpointed; a rerun resumes it)`);
+  if (result.stopped)
+    throw new Error(`teacher ${dir}: training stopped at step ${result.steps} (checkpointed; a rerun resumes it)`);
 }
 
-async function clientFor(opts: { config?: string; temporal?: string }, run: string): Promise<{ client: Client; config: OffshootConfig }> {
+async function clientFor(
+  opts: { config?: string; temporal?: string },
+  run: string,
+): Promise<{ client: Client; config: OffshootConfig }> {
   const config = resolveConfig({ ...opts, name: run });
   const address = temporalAddressFor(config);
   return { client: await connectClient({ address, namespace: config.services.temporal.namespace }), config };
@@ -542,10 +657,19 @@ async function statusAction(run: string, opts: { config?: string; temporal?: str
   try {
     d = await handle.describe();
   } catch (err) {
-    if ((err as Error).name === 'WorkflowNotFoundError') throw new Error(`run ${config.run.name}: no such run (no workflow ${ids.pipeline})`);
+    if ((err as Error).name === 'WorkflowNotFoundError')
+      throw new Error(`run ${config.run.name}: no such run (no workflow ${ids.pipeline})`);
     throw err;
   }
-  const out: { run: string; workflowId: string; status: string; pipeline?: PipelineStatus; evolution?: EvolutionStatus; pretrain: PretrainStatus[]; result?: PipelineResult } = {
+  const out: {
+    run: string;
+    workflowId: string;
+    status: string;
+    pipeline?: PipelineStatus;
+    evolution?: EvolutionStatus;
+    pretrain: PretrainStatus[];
+    result?: PipelineResult;
+  } = {
     run: config.run.name,
     workflowId: ids.pipeline,
     status: d.status.name,
@@ -563,16 +687,22 @@ async function statusAction(run: string, opts: { config?: string; temporal?: str
     console.log(JSON.stringify(out));
     return;
   }
-  console.log(`run ${out.run}: ${out.status.toLowerCase()}${out.pipeline ? `, stage ${out.pipeline.stage}` : ''} (${out.workflowId})`);
+  console.log(
+    `run ${out.run}: ${out.status.toLowerCase()}${out.pipeline ? `, stage ${out.pipeline.stage}` : ''} (${out.workflowId})`,
+  );
   if (out.evolution) {
     const e = out.evolution;
-    console.log(`  search: ${e.evaluated + e.failed}/${e.budget} evaluations, generation ${e.generation}, workflow run ${e.run}, ${e.inFlight.length} running, best val loss ${e.bestFitness?.toFixed(4) ?? '-'}${e.stopped ? ' (stopped)' : ''}`);
+    console.log(
+      `  search: ${e.evaluated + e.failed}/${e.budget} evaluations, generation ${e.generation}, workflow run ${e.run}, ${e.inFlight.length} running, best val loss ${e.bestFitness?.toFixed(4) ?? '-'}${e.stopped ? ' (stopped)' : ''}`,
+    );
   }
   if (out.pipeline?.best) console.log(`  best: ${out.pipeline.best.description ?? out.pipeline.best.key}`);
   for (const s of out.pretrain) {
     const seg = s.progress?.segments.at(-1);
     const ev = s.progress?.evals.at(-1);
-    console.log(`  pretrain ${s.name}: step ${s.progress?.step ?? 0}/${s.steps}${seg ? `, loss ${seg.lastLoss.toFixed(4)}` : ''}${ev ? `, val perplexity ${ev.valPpl.toFixed(2)} at step ${ev.step}` : ''}`);
+    console.log(
+      `  pretrain ${s.name}: step ${s.progress?.step ?? 0}/${s.steps}${seg ? `, loss ${seg.lastLoss.toFixed(4)}` : ''}${ev ? `, val perplexity ${ev.valPpl.toFixed(2)} at step ${ev.step}` : ''}`,
+    );
   }
   if (out.result) {
     console.log('');
@@ -591,8 +721,13 @@ async function cancelAction(run: string, opts: { config?: string; temporal?: str
 export function registerRunCommands(program: Command): void {
   program
     .command('run')
-    .description('the main job: search a sub-network of the teacher, pretrain it with distillation, compare with baselines (embedded stack unless a Temporal address is configured)')
-    .option('--config <file>', 'configuration file (YAML or JSON; docs/configuration.md); default: the embedded defaults')
+    .description(
+      'the main job: search a sub-network of the teacher, pretrain it with distillation, compare with baselines (embedded stack unless a Temporal address is configured)',
+    )
+    .option(
+      '--config <file>',
+      'configuration file (YAML or JSON; docs/configuration.md); default: the embedded defaults',
+    )
     .option('--name <run>', 'run name (overrides run.name)')
     .option('--teacher <dir>', 'use this teacher checkpoint instead of training the embedded one')
     .option('--temporal <host:port>', 'submit to this Temporal and follow (overrides services.temporal.address)')
@@ -607,7 +742,9 @@ export function registerRunCommands(program: Command): void {
     .option('--config <file>', 'configuration file (for services.temporal and storage.root)')
     .option('--temporal <host:port>', 'Temporal to ask (default: the config, else the running embedded stack)')
     .option('--json', 'print one JSON object')
-    .action(async (run: string, opts: { config?: string; temporal?: string; json?: boolean }) => statusAction(run, opts));
+    .action(async (run: string, opts: { config?: string; temporal?: string; json?: boolean }) =>
+      statusAction(run, opts),
+    );
 
   program
     .command('cancel')
@@ -616,5 +753,4 @@ export function registerRunCommands(program: Command): void {
     .option('--config <file>', 'configuration file (for services.temporal and storage.root)')
     .option('--temporal <host:port>', 'Temporal to ask (default: the config, else the running embedded stack)')
     .action(async (run: string, opts: { config?: string; temporal?: string }) => cancelAction(run, opts));
-
 }

@@ -10,10 +10,24 @@
  */
 import { ApplicationFailure, Context } from '@temporalio/activity';
 
-import { type FitnessContext, createFitnessContext, describePhases, disposeFitnessContext, evaluateFitness, warmUpFitness } from '../../core/subnet/index.js';
+import {
+  type FitnessContext,
+  createFitnessContext,
+  describePhases,
+  disposeFitnessContext,
+  evaluateFitness,
+  warmUpFitness,
+} from '../../core/subnet/index.js';
 import { tokensPerSecond as tokensPerSecondGauge } from '../progress/index.js';
 import { StreamingTeacher } from '../teacher/index.js';
-import { TeacherMismatchError, type WorkerEnv, emit, teacherClient, teacherModel, withActivityEvents } from '../orchestration/index.js';
+import {
+  TeacherMismatchError,
+  type WorkerEnv,
+  emit,
+  teacherClient,
+  teacherModel,
+  withActivityEvents,
+} from '../orchestration/index.js';
 import type { EvaluateActivities, EvaluateInput, EvaluateOutput } from '../../workflows/index.js';
 
 let cached: { key: string; ctx: FitnessContext } | undefined;
@@ -23,9 +37,15 @@ async function fitnessContext(input: EvaluateInput): Promise<FitnessContext> {
   if (cached?.key === key) return cached.ctx;
   if (cached) disposeFitnessContext(cached.ctx);
   cached = undefined;
-  const ctx = await createFitnessContext(input.teacher.dir, { train: input.data.train, val: input.data.val, tokenizer: input.data.tokenizer });
+  const ctx = await createFitnessContext(input.teacher.dir, {
+    train: input.data.train,
+    val: input.data.val,
+    tokenizer: input.data.tokenizer,
+  });
   if (ctx.checkpoint.hash !== input.teacher.hash) {
-    throw new TeacherMismatchError(`teacher ${input.teacher.dir} holds weights ${ctx.checkpoint.hash.slice(0, 12)}…, the search expects ${input.teacher.hash.slice(0, 12)}…`);
+    throw new TeacherMismatchError(
+      `teacher ${input.teacher.dir} holds weights ${ctx.checkpoint.hash.slice(0, 12)}…, the search expects ${input.teacher.hash.slice(0, 12)}…`,
+    );
   }
   cached = { key, ctx };
   return ctx;
@@ -38,7 +58,12 @@ const warmedUp = new WeakMap<FitnessContext, Set<string>>();
  * Before a context's first candidate of a budget: compiles what every candidate runs (warmUpFitness),
  * so that each candidate's time is its own. A failure only costs the first candidate that time.
  */
-async function warmUp(env: WorkerEnv, shared: FitnessContext, ctx: FitnessContext, input: EvaluateInput): Promise<void> {
+async function warmUp(
+  env: WorkerEnv,
+  shared: FitnessContext,
+  ctx: FitnessContext,
+  input: EvaluateInput,
+): Promise<void> {
   const b = input.fitness.budget;
   const key = JSON.stringify([b.kind, b.loss ?? 'distill', b.seqLen, b.batchSize]);
   let done = warmedUp.get(shared);
@@ -47,7 +72,8 @@ async function warmUp(env: WorkerEnv, shared: FitnessContext, ctx: FitnessContex
   done.add(key);
   try {
     const w = await warmUpFitness(ctx, b, input.seed);
-    if (w) env.log(`evaluate: warmed up on ${input.teacher.dir} in ${w.seconds.toFixed(1)} s (${describePhases(w.phases)})`);
+    if (w)
+      env.log(`evaluate: warmed up on ${input.teacher.dir} in ${w.seconds.toFixed(1)} s (${describePhases(w.phases)})`);
   } catch (err) {
     env.log(`evaluate: warm-up failed, going on without it: ${(err as Error).message.split('\n')[0]}`);
   }
@@ -58,7 +84,9 @@ export function createEvaluateActivities(env: WorkerEnv): EvaluateActivities {
   const evaluateCandidate = async (input: EvaluateInput): Promise<EvaluateOutput> => {
     const actx = Context.current();
     const attempt = actx.info.attempt;
-    env.log(`evaluate: candidate ${input.candidateId} (${input.key.slice(0, 12)}) attempt ${attempt} on ${env.identity}`);
+    env.log(
+      `evaluate: candidate ${input.candidateId} (${input.key.slice(0, 12)}) attempt ${attempt} on ${env.identity}`,
+    );
     let shared: FitnessContext;
     try {
       shared = await fitnessContext(input);
@@ -80,7 +108,11 @@ export function createEvaluateActivities(env: WorkerEnv): EvaluateActivities {
             })
         : undefined,
     };
-    if (!input.teacherService && input.fitness.budget.kind === 'brief' && (input.fitness.budget.loss ?? 'distill') === 'distill') {
+    if (
+      !input.teacherService &&
+      input.fitness.budget.kind === 'brief' &&
+      (input.fitness.budget.loss ?? 'distill') === 'distill'
+    ) {
       ctx.teacherModel = teacherModel(input.teacher.dir, input.teacher.hash);
     }
     actx.heartbeat({ step: 0 });
@@ -102,11 +134,15 @@ export function createEvaluateActivities(env: WorkerEnv): EvaluateActivities {
       );
     } catch (err) {
       const name = (err as Error).name;
-      if (name === 'SpecError' || name === 'TargetError') throw ApplicationFailure.nonRetryable((err as Error).message, name);
+      if (name === 'SpecError' || name === 'TargetError')
+        throw ApplicationFailure.nonRetryable((err as Error).message, name);
       throw err;
     }
     if (metrics.specHash !== input.key) {
-      throw ApplicationFailure.nonRetryable(`candidate ${input.candidateId}: spec hash ${metrics.specHash.slice(0, 12)}… differs from the search's key ${input.key.slice(0, 12)}…`, 'SpecError');
+      throw ApplicationFailure.nonRetryable(
+        `candidate ${input.candidateId}: spec hash ${metrics.specHash.slice(0, 12)}… differs from the search's key ${input.key.slice(0, 12)}…`,
+        'SpecError',
+      );
     }
     const output: EvaluateOutput = {
       fitness: metrics.valLoss,
@@ -124,7 +160,9 @@ export function createEvaluateActivities(env: WorkerEnv): EvaluateActivities {
         attempt,
       },
     };
-    env.log(`evaluate: candidate ${input.candidateId} val loss ${metrics.valLoss.toFixed(4)} in ${metrics.seconds.toFixed(1)} s (${describePhases(metrics.phases)})`);
+    env.log(
+      `evaluate: candidate ${input.candidateId} val loss ${metrics.valLoss.toFixed(4)} in ${metrics.seconds.toFixed(1)} s (${describePhases(metrics.phases)})`,
+    );
     if (metrics.seconds > 0) tokensPerSecondGauge.set({ component: 'evaluate' }, metrics.trainTokens / metrics.seconds);
     emit(env, {
       kind: 'candidate.evaluated',
@@ -141,6 +179,11 @@ export function createEvaluateActivities(env: WorkerEnv): EvaluateActivities {
     return output;
   };
   return {
-    evaluateCandidate: withActivityEvents(env, (i: EvaluateInput) => i.run.runId, (i: EvaluateInput) => `candidate ${i.candidateId}`, evaluateCandidate),
+    evaluateCandidate: withActivityEvents(
+      env,
+      (i: EvaluateInput) => i.run.runId,
+      (i: EvaluateInput) => `candidate ${i.candidateId}`,
+      evaluateCandidate,
+    ),
   };
 }

@@ -66,7 +66,15 @@ export interface RankJob {
 /** One line rank 0 (or, for `done`, any rank) prints on stdout. */
 export type RankEvent =
   | { event: 'rank-ready'; rank: number; backend: string; device?: string; allReduce: 'device' | 'host' | 'none' }
-  | { event: 'rank-step'; step: number; loss: number; lr: number; gradNorm: number; tokensPerSecond: number; tokensSeen: number }
+  | {
+      event: 'rank-step';
+      step: number;
+      loss: number;
+      lr: number;
+      gradNorm: number;
+      tokensPerSecond: number;
+      tokensSeen: number;
+    }
   | { event: 'rank-eval'; step: number; valLoss: number; valPpl: number; tokens: number }
   | { event: 'rank-checkpoint'; checkpoint: CheckpointRef }
   | { event: 'rank-done'; rank: number; step: number; stopped?: 'requested' | 'target-reached'; lastLoss: number };
@@ -109,7 +117,11 @@ const STOP_GRACE_MS = 120_000;
 const FAILURE_GRACE_MS = 5_000;
 
 /** The environment of rank `rank`: its device, and NVLink multicast off. */
-export function rankEnv(settings: DataParallelSettings, rank: number, base: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
+export function rankEnv(
+  settings: DataParallelSettings,
+  rank: number,
+  base: NodeJS.ProcessEnv = process.env,
+): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = { ...base, NCCL_NVLS_ENABLE: base.NCCL_NVLS_ENABLE ?? '0' };
   const gpu = settings.gpus?.[rank];
   if (gpu !== undefined) Object.assign(env, deviceEnv(gpu));
@@ -122,14 +134,22 @@ export function rankEnv(settings: DataParallelSettings, rank: number, base: Node
  * numbers devices by PCI bus like nvidia-smi only with CUDA_DEVICE_ORDER=PCI_BUS_ID.
  */
 export function deviceEnv(index: number): Record<string, string> {
-  return { CUDA_DEVICE_ORDER: 'PCI_BUS_ID', CUDA_VISIBLE_DEVICES: String(index), OFFSHOOT_WEBGPU_ADAPTER: String(index) };
+  return {
+    CUDA_DEVICE_ORDER: 'PCI_BUS_ID',
+    CUDA_VISIBLE_DEVICES: String(index),
+    OFFSHOOT_WEBGPU_ADAPTER: String(index),
+  };
 }
 
 /**
  * Runs one segment on `settings.ranks` rank processes and resolves when they are all done; rejects
  * with a RankFailure when one dies or fails.
  */
-export async function runRanks(job: Omit<RankJob, 'format' | 'jobId' | 'worldSize' | 'ports' | 'allReduce' | 'microBatchSize'>, settings: DataParallelSettings, hooks: RankHooks): Promise<RanksResult> {
+export async function runRanks(
+  job: Omit<RankJob, 'format' | 'jobId' | 'worldSize' | 'ports' | 'allReduce' | 'microBatchSize'>,
+  settings: DataParallelSettings,
+  hooks: RankHooks,
+): Promise<RanksResult> {
   const worldSize = settings.ranks;
   fs.mkdirSync(hooks.logDir, { recursive: true });
   const full: RankJob = {
@@ -155,10 +175,13 @@ export async function runRanks(job: Omit<RankJob, 'format' | 'jobId' | 'worldSiz
       done.add(rank);
       if (rank === 0) result = { step: e.step, lastLoss: e.lastLoss, ...(e.stopped ? { stopped: e.stopped } : {}) };
     } else if (e.event === 'rank-ready') {
-      const reduce = { device: 'NCCL all-reduce', host: 'TCP ring all-reduce', none: 'one rank, nothing to all-reduce' }[e.allReduce];
+      const reduce = {
+        device: 'NCCL all-reduce',
+        host: 'TCP ring all-reduce',
+        none: 'one rank, nothing to all-reduce',
+      }[e.allReduce];
       hooks.log(`rank ${e.rank}: ${e.backend}${e.device ? ` on ${e.device}` : ''}, ${reduce}`);
-    }
-    else if (rank !== 0) return;
+    } else if (rank !== 0) return;
     else if (e.event === 'rank-step') hooks.onStep(e);
     else if (e.event === 'rank-eval') hooks.onEval(e);
     else if (e.event === 'rank-checkpoint') {
@@ -171,20 +194,32 @@ export async function runRanks(job: Omit<RankJob, 'format' | 'jobId' | 'worldSiz
       spawnManaged({
         name: `rank ${rank}`,
         command: cli.command,
-        args: [...cli.args, ...(settings.backend ? ['--backend', settings.backend] : []), 'pretrain-rank', '--job', jobFile, '--rank', String(rank)],
+        args: [
+          ...cli.args,
+          ...(settings.backend ? ['--backend', settings.backend] : []),
+          'pretrain-rank',
+          '--job',
+          jobFile,
+          '--rank',
+          String(rank),
+        ],
         env: rankEnv(settings, rank),
         logFile: path.join(hooks.logDir, `rank-${rank}.log`),
         onStdoutLine: (line) => {
           try {
             handle(rank, line);
           } catch (err) {
-            hooks.log(`rank ${rank}: unreadable report ${JSON.stringify(line.slice(0, 200))}: ${(err as Error).message}`);
+            hooks.log(
+              `rank ${rank}: unreadable report ${JSON.stringify(line.slice(0, 200))}: ${(err as Error).message}`,
+            );
           }
         },
       }),
     );
   }
-  hooks.log(`data parallel: ${worldSize} rank${worldSize === 1 ? '' : 's'} (pids ${ranks.map((r) => r.pid).join(', ')})${settings.gpus ? ` on GPUs ${settings.gpus.join(', ')}` : ''}, steps ${job.start.step ?? 0}->${job.toStep}, logs in ${hooks.logDir}`);
+  hooks.log(
+    `data parallel: ${worldSize} rank${worldSize === 1 ? '' : 's'} (pids ${ranks.map((r) => r.pid).join(', ')})${settings.gpus ? ` on GPUs ${settings.gpus.join(', ')}` : ''}, steps ${job.start.step ?? 0}->${job.toStep}, logs in ${hooks.logDir}`,
+  );
 
   // The first rank to exit without finishing is the failure; what the others say afterwards is its echo.
   let failure: { rank: number; how: string; output: string } | undefined;
@@ -200,7 +235,13 @@ export async function runRanks(job: Omit<RankJob, 'format' | 'jobId' | 'worldSiz
         void proc.exited.then(({ code, signal }) => {
           exited += 1;
           if (!(code === 0 && done.has(rank)) && !failure) {
-            failure = { rank, how: signal ? `was killed by ${signal}` : `exited with code ${code}${done.has(rank) ? '' : ' before finishing'}`, output: proc.output() };
+            failure = {
+              rank,
+              how: signal
+                ? `was killed by ${signal}`
+                : `exited with code ${code}${done.has(rank) ? '' : ' before finishing'}`,
+              output: proc.output(),
+            };
             // The others cannot go on without it: they get a moment to notice and report, then are killed.
             setTimeout(() => {
               for (const r of ranks) if (r.alive()) r.child.kill('SIGKILL');
@@ -231,12 +272,19 @@ export async function runRanks(job: Omit<RankJob, 'format' | 'jobId' | 'worldSiz
         `Rank ${f.rank}'s last lines (all in ${path.join(hooks.logDir, `rank-${f.rank}.log`)}):\n${lastLines(f.output)}`,
     );
   }
-  if (!result) throw new RankFailure(`data-parallel segment: rank 0 exited without reporting where it stopped (logs in ${hooks.logDir})`);
+  if (!result)
+    throw new RankFailure(
+      `data-parallel segment: rank 0 exited without reporting where it stopped (logs in ${hooks.logDir})`,
+    );
   return result;
 }
 
 function lastLines(output: string, n = 12): string {
-  const lines = output.trim().split('\n').filter((l) => !l.startsWith(RANK_EVENT_PREFIX)).slice(-n);
+  const lines = output
+    .trim()
+    .split('\n')
+    .filter((l) => !l.startsWith(RANK_EVENT_PREFIX))
+    .slice(-n);
   return lines.length && lines[0] ? lines.map((l) => `    ${l}`).join('\n') : '    (no output)';
 }
 

@@ -29,7 +29,15 @@ import {
   extractCheckpoint,
   studentConfig,
 } from '../../core/subnet/index.js';
-import { type OpenedData, TOKENIZER_FILE, defaultTokenStore as tokenCache, evalBatches, loadTokenizer, openData, sampleBatch } from '../../core/data/index.js';
+import {
+  type OpenedData,
+  TOKENIZER_FILE,
+  defaultTokenStore as tokenCache,
+  evalBatches,
+  loadTokenizer,
+  openData,
+  sampleBatch,
+} from '../../core/data/index.js';
 import { TaskError, evaluateTasks, evaluateText, loadTasks } from '../../core/eval/index.js';
 import {
   CheckpointError,
@@ -60,7 +68,15 @@ import { type TeacherTrainSettings, teacherFinished, trainTeacher } from '../../
 import { tokensPerSecond as tokensPerSecondGauge } from '../progress/index.js';
 import { StreamingTeacher } from '../teacher/index.js';
 import { runRanks, stepDir } from './data-parallel.js';
-import { TeacherMismatchError, type WorkerEnv, emit, requireTeacherTokenizer, teacherClient, teacherModel, withActivityEvents } from '../orchestration/index.js';
+import {
+  TeacherMismatchError,
+  type WorkerEnv,
+  emit,
+  requireTeacherTokenizer,
+  teacherClient,
+  teacherModel,
+  withActivityEvents,
+} from '../orchestration/index.js';
 import type {
   CheckpointEval,
   CheckpointRef,
@@ -78,7 +94,6 @@ import type {
   TrainSegmentOutput,
 } from '../../workflows/index.js';
 
-
 /** The hash a checkpoint directory declares (its manifest), or the one computed from its weights. */
 function checkpointHash(dir: string): string {
   const manifest = path.join(dir, MANIFEST_FILE);
@@ -94,7 +109,6 @@ function readLatest(file: string): { from: string; toStep: number; checkpoint: C
   }
 }
 
-
 function tokenizerSource(data: { tokenizer?: string }, teacherDir: string): string {
   return data.tokenizer ?? teacherDir;
 }
@@ -107,7 +121,13 @@ function tokenizerSource(data: { tokenizer?: string }, teacherDir: string): stri
  */
 let kept: { key: string; train: OpenedData; val: OpenedData; validation: Map<string, DeviceBatch[]> } | undefined;
 
-async function segmentData(env: WorkerEnv, input: TrainSegmentInput): Promise<{ train: OpenedData; validation: (o: { seqLen: number; batchSize: number; maxTokens: number }) => DeviceBatch[] }> {
+async function segmentData(
+  env: WorkerEnv,
+  input: TrainSegmentInput,
+): Promise<{
+  train: OpenedData;
+  validation: (o: { seqLen: number; batchSize: number; maxTokens: number }) => DeviceBatch[];
+}> {
   const source = tokenizerSource(input.data, input.teacher.dir);
   const key = JSON.stringify([path.resolve(source), input.data.train, input.data.val]);
   if (kept?.key !== key) {
@@ -139,7 +159,10 @@ async function segmentData(env: WorkerEnv, input: TrainSegmentInput): Promise<{ 
  * Trains the teacher here, in this worker (core/teacher), heartbeating. Cancellation, or the worker's
  * SIGTERM, stops it at the next step with a checkpoint in the teacher's directory, where a retry goes on.
  */
-async function trainTeacherHere(env: WorkerEnv, input: PrepareTeacherInput & { train: TeacherTrainSettings }): Promise<void> {
+async function trainTeacherHere(
+  env: WorkerEnv,
+  input: PrepareTeacherInput & { train: TeacherTrainSettings },
+): Promise<void> {
   const actx = Context.current();
   const t = input.train;
   env.log(`prepareTeacher: training the teacher into ${input.dir} (${t.preset}, ${t.steps} steps)`);
@@ -155,7 +178,14 @@ async function trainTeacherHere(env: WorkerEnv, input: PrepareTeacherInput & { t
   const beat = setInterval(() => actx.heartbeat({ phase: 'teacher train' }), 2000);
   try {
     const result = await trainTeacher(
-      { ...t, data: input.data.train, val: input.data.val, tokenizer: input.data.tokenizer, out: input.dir, tokenCache: tokenCache() },
+      {
+        ...t,
+        data: input.data.train,
+        val: input.data.val,
+        tokenizer: input.data.tokenizer,
+        out: input.dir,
+        tokenCache: tokenCache(),
+      },
       {
         log,
         signal: AbortSignal.any([actx.cancellationSignal, env.draining]),
@@ -168,9 +198,13 @@ async function trainTeacherHere(env: WorkerEnv, input: PrepareTeacherInput & { t
         },
       },
     );
-    if (actx.cancellationSignal.aborted) throw new CancelledFailure(`teacher training cancelled at step ${result.steps} (checkpointed)`);
+    if (actx.cancellationSignal.aborted)
+      throw new CancelledFailure(`teacher training cancelled at step ${result.steps} (checkpointed)`);
     // A draining worker: the attempt fails and is retried elsewhere, resuming from the checkpoint.
-    if (result.stopped) throw new Error(`teacher training stopped at step ${result.steps} by the worker's shutdown (checkpointed; a retry resumes)`);
+    if (result.stopped)
+      throw new Error(
+        `teacher training stopped at step ${result.steps} by the worker's shutdown (checkpointed; a retry resumes)`,
+      );
   } finally {
     clearInterval(beat);
   }
@@ -179,7 +213,11 @@ async function trainTeacherHere(env: WorkerEnv, input: PrepareTeacherInput & { t
 async function prepareTeacher(env: WorkerEnv, input: PrepareTeacherInput): Promise<TeacherRef> {
   const dir = path.resolve(input.dir);
   if (!teacherFinished(dir)) {
-    if (!input.train) throw ApplicationFailure.nonRetryable(`teacher ${dir}: no finished checkpoint there, and teacher training is off (teacher.train.enabled)`, 'CheckpointError');
+    if (!input.train)
+      throw ApplicationFailure.nonRetryable(
+        `teacher ${dir}: no finished checkpoint there, and teacher training is off (teacher.train.enabled)`,
+        'CheckpointError',
+      );
     await trainTeacherHere(env, { ...input, dir, train: input.train });
     if (!teacherFinished(dir)) throw new Error(`teacher ${dir}: training ended without a finished checkpoint`);
   }
@@ -197,7 +235,10 @@ async function prepareTeacher(env: WorkerEnv, input: PrepareTeacherInput): Promi
     throw ApplicationFailure.nonRetryable((err as Error).message, 'TokenizerMissing');
   }
   if (tokenizerVocab > config.vocabSize) {
-    throw ApplicationFailure.nonRetryable(`the run's tokenizer has ${tokenizerVocab} tokens, more than the teacher ${dir}'s vocabulary of ${config.vocabSize}`, 'TokenizerMissing');
+    throw ApplicationFailure.nonRetryable(
+      `the run's tokenizer has ${tokenizerVocab} tokens, more than the teacher ${dir}'s vocabulary of ${config.vocabSize}`,
+      'TokenizerMissing',
+    );
   }
   const hash = checkpointHash(dir);
   if (input.service) {
@@ -209,12 +250,18 @@ async function prepareTeacher(env: WorkerEnv, input: PrepareTeacherInput): Promi
       try {
         const info = await client.info();
         if (info.contentHash !== hash) {
-          throw ApplicationFailure.nonRetryable(`the teacher service ${input.service.targets.join(',')} serves weights ${info.contentHash.slice(0, 12)}…, the run's teacher ${dir} is ${hash.slice(0, 12)}…`, 'TeacherMismatch');
+          throw ApplicationFailure.nonRetryable(
+            `the teacher service ${input.service.targets.join(',')} serves weights ${info.contentHash.slice(0, 12)}…, the run's teacher ${dir} is ${hash.slice(0, 12)}…`,
+            'TeacherMismatch',
+          );
         }
         break;
       } catch (err) {
         if (err instanceof ApplicationFailure) throw err;
-        if (Date.now() > deadline) throw new Error(`the teacher service ${input.service.targets.join(',')} did not answer: ${(err as Error).message}`);
+        if (Date.now() > deadline)
+          throw new Error(
+            `the teacher service ${input.service.targets.join(',')} did not answer: ${(err as Error).message}`,
+          );
         await new Promise((r) => setTimeout(r, 1000));
       }
     }
@@ -229,14 +276,29 @@ async function prepareStudent(env: WorkerEnv, input: PrepareStudentInput): Promi
   if (init.kind === 'checkpoint') {
     const config = loadConfig(init.checkpoint.dir);
     const hash = checkpointHash(init.checkpoint.dir);
-    if (hash !== init.checkpoint.hash) throw ApplicationFailure.nonRetryable(`${init.checkpoint.dir}: content hash ${hash.slice(0, 12)}… differs from the reference's`, 'CheckpointError');
-    return { checkpoint: { ...init.checkpoint, step: init.checkpoint.step ?? readTrainerState(init.checkpoint.dir)?.step ?? 0 }, parameters: parameterCount(config), config };
+    if (hash !== init.checkpoint.hash)
+      throw ApplicationFailure.nonRetryable(
+        `${init.checkpoint.dir}: content hash ${hash.slice(0, 12)}… differs from the reference's`,
+        'CheckpointError',
+      );
+    return {
+      checkpoint: {
+        ...init.checkpoint,
+        step: init.checkpoint.step ?? readTrainerState(init.checkpoint.dir)?.step ?? 0,
+      },
+      parameters: parameterCount(config),
+      config,
+    };
   }
   const dir = stepDir(path.join(input.run.dir, input.name, 'checkpoints'), 0);
   const describe = { format: 1, init, teacher: input.teacher.hash, seed: input.hyper.seed };
   const initFile = path.join(input.run.dir, input.name, 'init.json');
   // Idempotent: the same request finds the checkpoint it wrote before.
-  if (fs.existsSync(path.join(dir, MANIFEST_FILE)) && fs.existsSync(initFile) && fs.readFileSync(initFile, 'utf8') === JSON.stringify(describe)) {
+  if (
+    fs.existsSync(path.join(dir, MANIFEST_FILE)) &&
+    fs.existsSync(initFile) &&
+    fs.readFileSync(initFile, 'utf8') === JSON.stringify(describe)
+  ) {
     const config = loadConfig(dir);
     return { checkpoint: { dir, hash: checkpointHash(dir), step: 0 }, parameters: parameterCount(config), config };
   }
@@ -249,11 +311,24 @@ async function prepareStudent(env: WorkerEnv, input: PrepareStudentInput): Promi
       if (init.order === 'importance' || init.layers === 'importance') {
         const tokenizer = await loadTokenizer(tokenizerSource(input.data, input.teacher.dir));
         const corpus = await openData(input.data.train, tokenizer, { cacheDir: tokenCache() });
-        calibration = sampleBatch(corpus, { batchSize: 8, seqLen: Math.min(input.hyper.seqLen, input.teacher.config.maxPositions), seed: CALIBRATION_SEED, step: 0 });
+        calibration = sampleBatch(corpus, {
+          batchSize: 8,
+          seqLen: Math.min(input.hyper.seqLen, input.teacher.config.maxPositions),
+          seed: CALIBRATION_SEED,
+          step: 0,
+        });
         corpus.close();
       }
       // force: an earlier attempt may have written this very student before it could record init.json.
-      const r = await extractCheckpoint({ teacher: input.teacher.dir, spec: init.spec, out: dir, order: init.order, layers: init.layers, calibration, force: true });
+      const r = await extractCheckpoint({
+        teacher: input.teacher.dir,
+        spec: init.spec,
+        out: dir,
+        order: init.order,
+        layers: init.layers,
+        calibration,
+        force: true,
+      });
       hash = r.checkpointHash;
       config = r.config;
       specHash = r.specHash;
@@ -269,11 +344,14 @@ async function prepareStudent(env: WorkerEnv, input: PrepareStudentInput): Promi
     }
   } catch (err) {
     const name = (err as Error).name;
-    if (name === 'SpecError' || name === 'TargetError' || err instanceof CheckpointError) throw ApplicationFailure.nonRetryable((err as Error).message, name);
+    if (name === 'SpecError' || name === 'TargetError' || err instanceof CheckpointError)
+      throw ApplicationFailure.nonRetryable((err as Error).message, name);
     throw err;
   }
   writeFileAtomic(initFile, JSON.stringify(describe));
-  env.log(`prepareStudent: ${input.name} (${init.kind}) ${parameterCount(config).toLocaleString('en-US')} parameters -> ${dir}`);
+  env.log(
+    `prepareStudent: ${input.name} (${init.kind}) ${parameterCount(config).toLocaleString('en-US')} parameters -> ${dir}`,
+  );
   return { checkpoint: { dir, hash, step: 0 }, parameters: parameterCount(config), config, specHash };
 }
 
@@ -318,16 +396,31 @@ async function trainSegment(env: WorkerEnv, input: TrainSegmentInput): Promise<T
   if (usable(beat?.checkpoint, beat?.step)) start = beat!.checkpoint;
   const latestFile = path.join(studentDir, 'latest.json');
   const latest = readLatest(latestFile);
-  if (attempt > 1 && latest && latest.from === input.from.hash && usable(latest.checkpoint, latest.checkpoint.step) && latest.checkpoint.step! > (start.step ?? 0)) {
+  if (
+    attempt > 1 &&
+    latest &&
+    latest.from === input.from.hash &&
+    usable(latest.checkpoint, latest.checkpoint.step) &&
+    latest.checkpoint.step! > (start.step ?? 0)
+  ) {
     if (checkpointHash(latest.checkpoint.dir) === latest.checkpoint.hash) start = latest.checkpoint;
   }
   const startStep = start.step ?? 0;
-  if (!fs.existsSync(start.dir)) throw ApplicationFailure.nonRetryable(`checkpoint ${start.dir} (step ${startStep}) is gone from shared storage`, 'CheckpointError');
+  if (!fs.existsSync(start.dir))
+    throw ApplicationFailure.nonRetryable(
+      `checkpoint ${start.dir} (step ${startStep}) is gone from shared storage`,
+      'CheckpointError',
+    );
   const onDisk = checkpointHash(start.dir);
   if (onDisk !== start.hash) {
-    throw ApplicationFailure.nonRetryable(`checkpoint ${start.dir}: content hash ${onDisk.slice(0, 12)}… differs from the reference's ${start.hash.slice(0, 12)}…`, 'CheckpointError');
+    throw ApplicationFailure.nonRetryable(
+      `checkpoint ${start.dir}: content hash ${onDisk.slice(0, 12)}… differs from the reference's ${start.hash.slice(0, 12)}…`,
+      'CheckpointError',
+    );
   }
-  env.log(`trainSegment: ${series} steps ${startStep}->${input.toStep}${start !== input.from ? ` (attempt ${attempt}, resuming from the heartbeat's checkpoint at step ${startStep})` : ` (attempt ${attempt})`}`);
+  env.log(
+    `trainSegment: ${series} steps ${startStep}->${input.toStep}${start !== input.from ? ` (attempt ${attempt}, resuming from the heartbeat's checkpoint at step ${startStep})` : ` (attempt ${attempt})`}`,
+  );
 
   // Data and tokenizer: opened (prepared in the token store) here once, so that rank processes find them there.
   const { train, validation } = await segmentData(env, input);
@@ -347,11 +440,25 @@ async function trainSegment(env: WorkerEnv, input: TrainSegmentInput): Promise<T
     lastLoss = r.loss;
     fs.appendFileSync(lossLog, `${JSON.stringify({ step: r.step, loss: r.loss, attempt, worker: env.identity })}\n`);
     tokensPerSecondGauge.set({ component: 'pretrain' }, r.tokensPerSecond);
-    if (r.step % 10 === 0) emit(env, { kind: 'pretrain.step', run: input.run.runId, series, step: r.step, steps: h.steps, loss: r.loss, tokens: r.tokensSeen, tokensPerSecond: r.tokensPerSecond, lr: r.lr });
+    if (r.step % 10 === 0)
+      emit(env, {
+        kind: 'pretrain.step',
+        run: input.run.runId,
+        series,
+        step: r.step,
+        steps: h.steps,
+        loss: r.loss,
+        tokens: r.tokensSeen,
+        tokensPerSecond: r.tokensPerSecond,
+        lr: r.lr,
+      });
   };
   const onEval = (step: number, r: { loss: number; ppl: number; tokens: number }): void => {
     evals.push({ step, valLoss: r.loss, valPpl: r.ppl });
-    fs.appendFileSync(evalLog, `${JSON.stringify({ step, valLoss: r.loss, valPpl: r.ppl, attempt, worker: env.identity })}\n`);
+    fs.appendFileSync(
+      evalLog,
+      `${JSON.stringify({ step, valLoss: r.loss, valPpl: r.ppl, attempt, worker: env.identity })}\n`,
+    );
     emit(env, { kind: 'pretrain.eval', run: input.run.runId, series, step, valLoss: r.loss, tokens: r.tokens });
     if (input.targetPpl !== undefined && r.ppl <= input.targetPpl) reachedTarget = true;
   };
@@ -360,7 +467,14 @@ async function trainSegment(env: WorkerEnv, input: TrainSegmentInput): Promise<T
     last = ref;
     actx.heartbeat({ step: ref.step!, checkpoint: ref, loss: lastLoss } satisfies SegmentHeartbeat);
     writeFileAtomic(latestFile, JSON.stringify({ from: input.from.hash, toStep: input.toStep, checkpoint: ref }));
-    emit(env, { kind: 'checkpoint.saved', run: input.run.runId, series, step: ref.step!, uri: ref.dir, hash: ref.hash });
+    emit(env, {
+      kind: 'checkpoint.saved',
+      run: input.run.runId,
+      series,
+      step: ref.step!,
+      uri: ref.dir,
+      hash: ref.hash,
+    });
     pruneCheckpoints(checkpoints, ref.step!, [input.from.dir, ref.dir]);
   };
 
@@ -372,7 +486,10 @@ async function trainSegment(env: WorkerEnv, input: TrainSegmentInput): Promise<T
       rankLayout(h.batchSize, 0, env.dataParallel.ranks, env.dataParallel.microBatchSize);
     } catch (err) {
       // The same on every retry, on this worker: the batch does not divide among its ranks.
-      throw ApplicationFailure.nonRetryable(`${(err as Error).message} (this worker trains on ${env.dataParallel.ranks} ranks)`, 'DataParallelConfigError');
+      throw ApplicationFailure.nonRetryable(
+        `${(err as Error).message} (this worker trains on ${env.dataParallel.ranks} ranks)`,
+        'DataParallelConfigError',
+      );
     }
     modelConfig = loadConfig(start.dir);
     const stop = new AbortController();
@@ -380,7 +497,10 @@ async function trainSegment(env: WorkerEnv, input: TrainSegmentInput): Promise<T
     stopOn.addEventListener('abort', () => stop.abort(), { once: true });
     if (stopOn.aborted) stop.abort();
     // Heartbeats between the ranks' reports (tokenising, loading, the first step).
-    const beat = setInterval(() => actx.heartbeat({ step: last.step ?? 0, checkpoint: last, loss: lastLoss } satisfies SegmentHeartbeat), 2000);
+    const beat = setInterval(
+      () => actx.heartbeat({ step: last.step ?? 0, checkpoint: last, loss: lastLoss } satisfies SegmentHeartbeat),
+      2000,
+    );
     let ranks;
     try {
       ranks = await runRanks(
@@ -413,26 +533,39 @@ async function trainSegment(env: WorkerEnv, input: TrainSegmentInput): Promise<T
     } finally {
       clearInterval(beat);
     }
-    if (actx.cancellationSignal.aborted) throw new CancelledFailure(`trainSegment cancelled at step ${ranks.step} (checkpointed)`);
+    if (actx.cancellationSignal.aborted)
+      throw new CancelledFailure(`trainSegment cancelled at step ${ranks.step} (checkpointed)`);
     if (ranks.stopped === 'requested') stopped = 'worker-shutdown';
     else if (ranks.stopped === 'target-reached') stopped = 'target-reached';
-    if (last.step !== ranks.step) throw new Error(`data-parallel segment: the ranks stopped at step ${ranks.step}, but the last checkpoint reported is step ${last.step}`);
+    if (last.step !== ranks.step)
+      throw new Error(
+        `data-parallel segment: the ranks stopped at step ${ranks.step}, but the last checkpoint reported is step ${last.step}`,
+      );
   } else {
     let teacher;
     if (h.distill) {
-      const batches = (step: number) => sampleBatch(train, { batchSize: h.batchSize, seqLen: h.seqLen, seed: h.seed, step });
+      const batches = (step: number) =>
+        sampleBatch(train, { batchSize: h.batchSize, seqLen: h.seqLen, seed: h.seed, step });
       if (input.teacherService) {
-        teacher = new StreamingTeacher(teacherClient(env, input.teacherService, input.teacher.hash), { topK: input.teacherService.topK, temperature: h.distill.temperature, batches, window: 2 });
+        teacher = new StreamingTeacher(teacherClient(env, input.teacherService, input.teacher.hash), {
+          topK: input.teacherService.topK,
+          temperature: h.distill.temperature,
+          batches,
+          window: 2,
+        });
       } else {
         try {
           teacher = inProcessTeacher(teacherModel(input.teacher.dir, input.teacher.hash));
         } catch (err) {
-          if (err instanceof TeacherMismatchError) throw ApplicationFailure.nonRetryable(err.message, 'TeacherMismatch');
+          if (err instanceof TeacherMismatchError)
+            throw ApplicationFailure.nonRetryable(err.message, 'TeacherMismatch');
           throw err;
         }
       }
     }
-    const tokenizerJson = fs.readFileSync(fs.statSync(tokSource).isDirectory() ? path.join(tokSource, TOKENIZER_FILE) : tokSource);
+    const tokenizerJson = fs.readFileSync(
+      fs.statSync(tokSource).isDirectory() ? path.join(tokSource, TOKENIZER_FILE) : tokSource,
+    );
     const options: TrainOptions = {
       hyper,
       batches: (step: number) => sampleBatch(train, { batchSize: h.batchSize, seqLen: h.seqLen, seed: h.seed, step }),
@@ -443,18 +576,33 @@ async function trainSegment(env: WorkerEnv, input: TrainSegmentInput): Promise<T
       onStep,
       evaluate: {
         every: input.evalEvery,
-        run: async (model, step) => onEval(step, await evaluateLoss(model, validation({ seqLen: h.seqLen, batchSize: h.batchSize, maxTokens: input.evalTokens }))),
+        run: async (model, step) =>
+          onEval(
+            step,
+            await evaluateLoss(
+              model,
+              validation({ seqLen: h.seqLen, batchSize: h.batchSize, maxTokens: input.evalTokens }),
+            ),
+          ),
       },
     };
     let trainer: Trainer;
     if (readTrainerState(start.dir)) {
       trainer = Trainer.resume(start.dir, options);
     } else {
-      if (startStep !== 0) throw ApplicationFailure.nonRetryable(`${start.dir}: step ${startStep} but no ${TRAINER_STATE_FILE}`, 'CheckpointError');
+      if (startStep !== 0)
+        throw ApplicationFailure.nonRetryable(
+          `${start.dir}: step ${startStep} but no ${TRAINER_STATE_FILE}`,
+          'CheckpointError',
+        );
       const ckpt = loadCheckpoint(start.dir);
       trainer = new Trainer(GPTNeoX.fromTensors(ckpt.config, ckpt.tensors, start.dir), options);
     }
-    if (trainer.step !== startStep) throw ApplicationFailure.nonRetryable(`${start.dir}: holds step ${trainer.step}, the reference says ${startStep}`, 'CheckpointError');
+    if (trainer.step !== startStep)
+      throw ApplicationFailure.nonRetryable(
+        `${start.dir}: holds step ${trainer.step}, the reference says ${startStep}`,
+        'CheckpointError',
+      );
     modelConfig = trainer.model.config;
 
     const save = async (): Promise<void> => {
@@ -490,7 +638,9 @@ async function trainSegment(env: WorkerEnv, input: TrainSegmentInput): Promise<T
   const tconf = input.teacher.config;
   const counts = countShape(modelConfig, tconf, { seqLen: h.seqLen });
   const tokens = (last.step! - (input.from.step ?? 0)) * h.batchSize * h.seqLen;
-  env.log(`trainSegment: ${series} reached step ${last.step}${stopped ? ` (${stopped})` : ''}, loss ${lastLoss.toFixed(4)}`);
+  env.log(
+    `trainSegment: ${series} reached step ${last.step}${stopped ? ` (${stopped})` : ''}, loss ${lastLoss.toFixed(4)}`,
+  );
   return {
     checkpoint: last,
     step: last.step!,
@@ -498,7 +648,10 @@ async function trainSegment(env: WorkerEnv, input: TrainSegmentInput): Promise<T
     attempt,
     worker: env.identity,
     tokens,
-    flops: { training: tokens * counts.flopsPerToken.training, teacher: h.distill ? tokens * counts.flopsPerToken.teacherForward : 0 },
+    flops: {
+      training: tokens * counts.flopsPerToken.training,
+      teacher: h.distill ? tokens * counts.flopsPerToken.teacherForward : 0,
+    },
     firstLoss,
     lastLoss,
     evals,
@@ -512,14 +665,23 @@ async function trainSegment(env: WorkerEnv, input: TrainSegmentInput): Promise<T
 async function evaluateCheckpoint(input: EvaluateCheckpointInput): Promise<CheckpointEval> {
   const ckpt = loadCheckpoint(input.checkpoint.dir);
   if (ckpt.hash !== input.checkpoint.hash) {
-    throw ApplicationFailure.nonRetryable(`${input.checkpoint.dir}: content hash ${ckpt.hash.slice(0, 12)}… differs from the reference's`, 'CheckpointError');
+    throw ApplicationFailure.nonRetryable(
+      `${input.checkpoint.dir}: content hash ${ckpt.hash.slice(0, 12)}… differs from the reference's`,
+      'CheckpointError',
+    );
   }
   const model = GPTNeoX.fromTensors(ckpt.config, ckpt.tensors, input.checkpoint.dir);
   try {
-    const tokPath = input.data.tokenizer ?? (fs.existsSync(path.join(input.checkpoint.dir, TOKENIZER_FILE)) ? input.checkpoint.dir : input.tokenizerDir);
+    const tokPath =
+      input.data.tokenizer ??
+      (fs.existsSync(path.join(input.checkpoint.dir, TOKENIZER_FILE)) ? input.checkpoint.dir : input.tokenizerDir);
     const tokenizer = await loadTokenizer(tokPath);
     const val = await openData(input.data.val, tokenizer, { cacheDir: tokenCache() });
-    const r = await evaluateText(model, val, tokenizer, { seqLen: Math.min(input.seqLen, ckpt.config.maxPositions), batchSize: input.batchSize, maxTokens: input.evalTokens });
+    const r = await evaluateText(model, val, tokenizer, {
+      seqLen: Math.min(input.seqLen, ckpt.config.maxPositions),
+      batchSize: input.batchSize,
+      maxTokens: input.evalTokens,
+    });
     val.close();
     return { valLoss: r.loss, valPpl: r.ppl, valBpb: r.bpb, tokens: r.tokens, bytes: r.bytes };
   } finally {
@@ -531,7 +693,10 @@ async function evaluateTaskFiles(input: EvaluateTasksInput): Promise<TaskAccurac
   const actx = Context.current();
   const ckpt = loadCheckpoint(input.checkpoint.dir);
   if (ckpt.hash !== input.checkpoint.hash) {
-    throw ApplicationFailure.nonRetryable(`${input.checkpoint.dir}: content hash ${ckpt.hash.slice(0, 12)}… differs from the reference's`, 'CheckpointError');
+    throw ApplicationFailure.nonRetryable(
+      `${input.checkpoint.dir}: content hash ${ckpt.hash.slice(0, 12)}… differs from the reference's`,
+      'CheckpointError',
+    );
   }
   let tasks;
   try {
@@ -542,8 +707,13 @@ async function evaluateTaskFiles(input: EvaluateTasksInput): Promise<TaskAccurac
   }
   const model = GPTNeoX.fromTensors(ckpt.config, ckpt.tensors, input.checkpoint.dir);
   try {
-    const tokenizer = await loadTokenizer(fs.existsSync(path.join(input.checkpoint.dir, TOKENIZER_FILE)) ? input.checkpoint.dir : input.tokenizerDir);
-    const { scores } = await evaluateTasks(model, tokenizer, tasks, { batchSize: input.batchSize, onProgress: (done, total) => actx.heartbeat({ done, total }) });
+    const tokenizer = await loadTokenizer(
+      fs.existsSync(path.join(input.checkpoint.dir, TOKENIZER_FILE)) ? input.checkpoint.dir : input.tokenizerDir,
+    );
+    const { scores } = await evaluateTasks(model, tokenizer, tasks, {
+      batchSize: input.batchSize,
+      onProgress: (done, total) => actx.heartbeat({ done, total }),
+    });
     return scores.map((s) => ({ task: s.task, docs: s.docs, metrics: s.metrics as TaskAccuracy['metrics'] }));
   } finally {
     model.dispose();
@@ -553,9 +723,24 @@ async function evaluateTaskFiles(input: EvaluateTasksInput): Promise<TaskAccurac
 /** The pretrain queue's activities, bound to a worker environment. */
 export function createPretrainActivities(env: WorkerEnv): PretrainActivities {
   return {
-    prepareTeacher: withActivityEvents(env, (i: PrepareTeacherInput) => i.run.runId, (i) => `teacher ${i.dir}`, (i) => prepareTeacher(env, i)),
-    prepareStudent: withActivityEvents(env, (i: PrepareStudentInput) => i.run.runId, (i) => `student ${i.name}`, (i) => prepareStudent(env, i)),
-    trainSegment: withActivityEvents(env, (i: TrainSegmentInput) => i.run.runId, (i) => `${i.name} steps ${i.from.step ?? 0}-${i.toStep}`, (i) => trainSegment(env, i)),
+    prepareTeacher: withActivityEvents(
+      env,
+      (i: PrepareTeacherInput) => i.run.runId,
+      (i) => `teacher ${i.dir}`,
+      (i) => prepareTeacher(env, i),
+    ),
+    prepareStudent: withActivityEvents(
+      env,
+      (i: PrepareStudentInput) => i.run.runId,
+      (i) => `student ${i.name}`,
+      (i) => prepareStudent(env, i),
+    ),
+    trainSegment: withActivityEvents(
+      env,
+      (i: TrainSegmentInput) => i.run.runId,
+      (i) => `${i.name} steps ${i.from.step ?? 0}-${i.toStep}`,
+      (i) => trainSegment(env, i),
+    ),
     evaluateCheckpoint: async (i: EvaluateCheckpointInput) => evaluateCheckpoint(i),
     evaluateTasks: async (i: EvaluateTasksInput) => evaluateTaskFiles(i),
   };

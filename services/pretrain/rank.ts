@@ -52,7 +52,14 @@ export async function runRank(job: RankJob, rank: number, backend: string, devic
   process.on('SIGTERM', onTerm);
   process.on('SIGINT', onTerm);
 
-  const group = await joinDataParallel({ rank, worldSize: job.worldSize, ports: job.ports, jobId: job.jobId, backend, allReduce: job.allReduce });
+  const group = await joinDataParallel({
+    rank,
+    worldSize: job.worldSize,
+    ports: job.ports,
+    jobId: job.jobId,
+    backend,
+    allReduce: job.allReduce,
+  });
   // One rank trains like one process (its steps stay whole, CUDA graphs included): nothing to average.
   const parallel = job.worldSize > 1 ? group.allReduce : undefined;
   report({ event: 'rank-ready', rank, backend, device, allReduce: parallel?.kind ?? 'none' });
@@ -60,7 +67,8 @@ export async function runRank(job: RankJob, rank: number, backend: string, devic
     const tokenizer = await loadTokenizer(job.data.tokenizer);
     const train = await openData(job.data.train, tokenizer, { cacheDir: job.tokenCache });
     const h = job.hyper;
-    const batches = (step: number) => sampleBatch(train, { batchSize: h.batchSize, seqLen: h.seqLen, seed: h.seed, step });
+    const batches = (step: number) =>
+      sampleBatch(train, { batchSize: h.batchSize, seqLen: h.seqLen, seed: h.seed, step });
     let teacher: Teacher | undefined;
     let teacherClient: TeacherClient | undefined;
     let teacherModel: GPTNeoX | undefined;
@@ -68,17 +76,27 @@ export async function runRank(job: RankJob, rank: number, backend: string, devic
       // The teacher service, asked for this rank's rows of each step ahead of time.
       const targets = job.teacherTargets?.length ? job.teacherTargets : job.teacherService.targets;
       teacherClient = new TeacherClient({ targets, expectedHash: job.teacher.hash, log, tls: teacherTls() });
-      teacher = new StreamingTeacher(teacherClient, { topK: job.teacherService.topK, temperature: job.distill.temperature, batches: rankBatches(batches, rank, job.worldSize), window: 2 });
+      teacher = new StreamingTeacher(teacherClient, {
+        topK: job.teacherService.topK,
+        temperature: job.distill.temperature,
+        batches: rankBatches(batches, rank, job.worldSize),
+        window: 2,
+      });
     } else if (job.distill) {
       const ckpt = loadCheckpoint(job.teacher.dir);
-      if (ckpt.hash !== job.teacher.hash) throw new Error(`teacher ${job.teacher.dir} holds weights ${ckpt.hash.slice(0, 12)}…, the run expects ${job.teacher.hash.slice(0, 12)}…`);
+      if (ckpt.hash !== job.teacher.hash)
+        throw new Error(
+          `teacher ${job.teacher.dir} holds weights ${ckpt.hash.slice(0, 12)}…, the run expects ${job.teacher.hash.slice(0, 12)}…`,
+        );
       teacherModel = GPTNeoX.fromTensors(ckpt.config, ckpt.tensors, job.teacher.dir);
       teacher = inProcessTeacher(teacherModel);
     }
     const lead = rank === 0;
     const val = lead ? await openData(job.data.val, tokenizer, { cacheDir: job.tokenCache }) : undefined;
     const tokSource = job.data.tokenizer;
-    const tokenizerJson = fs.readFileSync(fs.statSync(tokSource).isDirectory() ? path.join(tokSource, TOKENIZER_FILE) : tokSource);
+    const tokenizerJson = fs.readFileSync(
+      fs.statSync(tokSource).isDirectory() ? path.join(tokSource, TOKENIZER_FILE) : tokSource,
+    );
     let reachedTarget = false;
     let lastLoss = NaN;
     const options: TrainOptions = {
@@ -93,7 +111,16 @@ export async function runRank(job: RankJob, rank: number, backend: string, devic
       extraFiles: { [TOKENIZER_FILE]: tokenizerJson },
       onStep: (r) => {
         lastLoss = r.loss;
-        if (lead) report({ event: 'rank-step', step: r.step, loss: r.loss, lr: r.lr, gradNorm: r.gradNorm, tokensPerSecond: r.tokensPerSecond, tokensSeen: r.tokensSeen });
+        if (lead)
+          report({
+            event: 'rank-step',
+            step: r.step,
+            loss: r.loss,
+            lr: r.lr,
+            gradNorm: r.gradNorm,
+            tokensPerSecond: r.tokensPerSecond,
+            tokensSeen: r.tokensSeen,
+          });
       },
       // Rank 0 evaluates; the others wait for its verdict on the target, so all stop at the same step.
       evaluate: {
@@ -101,7 +128,10 @@ export async function runRank(job: RankJob, rank: number, backend: string, devic
         run: async (model, step) => {
           let reached = 0;
           if (lead) {
-            const r = await evaluateLoss(model, evalBatches(val!, { seqLen: h.seqLen, batchSize: h.batchSize, maxTokens: job.evalTokens }));
+            const r = await evaluateLoss(
+              model,
+              evalBatches(val!, { seqLen: h.seqLen, batchSize: h.batchSize, maxTokens: job.evalTokens }),
+            );
             report({ event: 'rank-eval', step, valLoss: r.loss, valPpl: r.ppl, tokens: r.tokens });
             reached = job.targetPpl !== undefined && r.ppl <= job.targetPpl ? 1 : 0;
           }
@@ -118,7 +148,8 @@ export async function runRank(job: RankJob, rank: number, backend: string, devic
       const ckpt = loadCheckpoint(job.start.dir);
       trainer = new Trainer(GPTNeoX.fromTensors(ckpt.config, ckpt.tensors, job.start.dir), options);
     }
-    if (trainer.step !== startStep) throw new Error(`${job.start.dir}: holds step ${trainer.step}, the job says ${startStep}`);
+    if (trainer.step !== startStep)
+      throw new Error(`${job.start.dir}: holds step ${trainer.step}, the job says ${startStep}`);
 
     let saved = startStep;
     const save = async () => {

@@ -22,7 +22,7 @@ export const VENDOR_ASSETS: Record<string, { module: string; type: string }> = {
 };
 
 // The script is kept free of backticks and dollar-brace so it can live in this template literal.
-const SCRIPT = String.raw`
+const SCRIPT = `
 (function () {
   'use strict';
   var PALETTE = ['#1f77b4', '#d62728', '#2ca02c', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f', '#bcbd22', '#17becf'];

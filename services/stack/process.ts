@@ -9,7 +9,12 @@ import { fileURLToPath } from 'node:url';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 /** The repository root (or dist/'s parent when running compiled code): where children start by default. */
-export const ROOT = path.resolve(HERE, '..', '..', ...(path.basename(path.resolve(HERE, '..', '..')) === 'dist' ? ['..'] : []));
+export const ROOT = path.resolve(
+  HERE,
+  '..',
+  '..',
+  ...(path.basename(path.resolve(HERE, '..', '..')) === 'dist' ? ['..'] : []),
+);
 
 const running = new Set<ChildProcess>();
 let exitHookInstalled = false;
@@ -133,4 +138,3 @@ export function spawnManaged(options: SpawnOptions): ManagedProcess {
     },
   };
 }
-

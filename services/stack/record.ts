@@ -80,7 +80,10 @@ function commandOf(pid: number): string {
  * offshoot, Temporal or nats-server command line counts.
  */
 export function ownProcessAlive(pid: number): boolean {
-  return pidAlive(pid) && (!fs.existsSync('/proc') || /services\/cli\/main|offshoot|temporal|nats-server/.test(commandOf(pid)));
+  return (
+    pidAlive(pid) &&
+    (!fs.existsSync('/proc') || /services\/cli\/main|offshoot|temporal|nats-server/.test(commandOf(pid)))
+  );
 }
 
 /** The owner of the stack recorded in a run folder when it is alive (then its services may be asked). */
@@ -97,7 +100,10 @@ const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
  * taking tasks. Children get SIGTERM (workers drain: a running segment checkpoints) and SIGKILL after
  * `graceMs`. Resolves to the names and pids it stopped.
  */
-export async function reapOrphans(runDir: string, options: { run: string; graceMs: number; log?: (line: string) => void }): Promise<[string, number][]> {
+export async function reapOrphans(
+  runDir: string,
+  options: { run: string; graceMs: number; log?: (line: string) => void },
+): Promise<[string, number][]> {
   const record = readStackRecord(runDir);
   if (!record) {
     removeStackRecord(runDir);
@@ -110,7 +116,9 @@ export async function reapOrphans(runDir: string, options: { run: string; graceM
   }
   const left = Object.entries(record.processes).filter(([, pid]) => pid !== process.pid && ownProcessAlive(pid));
   if (left.length > 0) {
-    options.log?.(`run ${options.run}: stopping what an \`offshoot run\` that was killed (pid ${record.pid}) left running: ${left.map(([n, pid]) => `${n} (${pid})`).join(', ')}`);
+    options.log?.(
+      `run ${options.run}: stopping what an \`offshoot run\` that was killed (pid ${record.pid}) left running: ${left.map(([n, pid]) => `${n} (${pid})`).join(', ')}`,
+    );
     const signal = (sig: NodeJS.Signals) => {
       for (const [, pid] of left) {
         try {

@@ -16,7 +16,16 @@ export interface SupervisedChild<P extends ManagedProcess = ManagedProcess> {
 }
 
 export type SupervisorEvent =
-  | { kind: 'exited'; service: string; pid: number; code: number | null; signal: NodeJS.Signals | null; willRestart: boolean; restarts: number; output: string }
+  | {
+      kind: 'exited';
+      service: string;
+      pid: number;
+      code: number | null;
+      signal: NodeJS.Signals | null;
+      willRestart: boolean;
+      restarts: number;
+      output: string;
+    }
   | { kind: 'restart-failed'; service: string; attempt: number; error: string }
   | { kind: 'restarted'; service: string; pid: number; previousPid: number; downMs: number; restarts: number }
   | { kind: 'gave-up'; service: string; restarts: number; error: string };
@@ -65,7 +74,8 @@ export function lastLines(output: string, n = 10): string {
 
 export class Supervisor {
   private readonly entries = new Map<string, Entry>();
-  private readonly options: Required<Omit<SupervisorOptions, 'onEvent' | 'onSpawn'>> & Pick<SupervisorOptions, 'onEvent' | 'onSpawn'>;
+  private readonly options: Required<Omit<SupervisorOptions, 'onEvent' | 'onSpawn'>> &
+    Pick<SupervisorOptions, 'onEvent' | 'onSpawn'>;
   private stopping = false;
   /** Children spawned and not yet answering (first starts and restarts), by name: their pid and start. */
   private readonly starting = new Map<string, { pid?: number; done: Promise<unknown> }>();
@@ -92,7 +102,13 @@ export class Supervisor {
       await proc.stop(5000);
       throw new Error(`supervisor: stopped while ${child.name} started`);
     }
-    const entry: Entry = { child: child as SupervisedChild, current: proc, upSince: Date.now(), restarts: 0, failuresInRow: 0 };
+    const entry: Entry = {
+      child: child as SupervisedChild,
+      current: proc,
+      upSince: Date.now(),
+      restarts: 0,
+      failuresInRow: 0,
+    };
     this.entries.set(child.name, entry);
     this.watch(entry, proc);
     return proc;
@@ -178,7 +194,11 @@ export class Supervisor {
     this.wakeSleepers.delete(wake);
   }
 
-  private async restart(entry: Entry, dead: ManagedProcess, r: { code: number | null; signal: NodeJS.Signals | null }): Promise<void> {
+  private async restart(
+    entry: Entry,
+    dead: ManagedProcess,
+    r: { code: number | null; signal: NodeJS.Signals | null },
+  ): Promise<void> {
     const name = entry.child.name;
     const downSince = Date.now();
     // A restart that died before it was up for stableMs did not hold: a crash loop counts as failing.
@@ -192,8 +212,18 @@ export class Supervisor {
     };
     const exit = `exited (${r.signal ? `signal ${r.signal}` : `code ${r.code}`})`;
     const willRestart = entry.failuresInRow <= maxRestarts;
-    this.emit({ kind: 'exited', service: name, pid: dead.pid, code: r.code, signal: r.signal, willRestart, restarts: entry.restarts, output: dead.output() });
-    if (!willRestart) return giveUp(`${exit} again within ${Math.round(this.options.stableMs / 1000)} s of being restarted`);
+    this.emit({
+      kind: 'exited',
+      service: name,
+      pid: dead.pid,
+      code: r.code,
+      signal: r.signal,
+      willRestart,
+      restarts: entry.restarts,
+      output: dead.output(),
+    });
+    if (!willRestart)
+      return giveUp(`${exit} again within ${Math.round(this.options.stableMs / 1000)} s of being restarted`);
     for (;;) {
       await this.pause(Math.min(backoff.maxMs, backoff.initialMs * 2 ** entry.failuresInRow));
       if (this.stopping) return;
@@ -203,7 +233,12 @@ export class Supervisor {
       } catch (err) {
         entry.failuresInRow++;
         const message = (err as Error).message;
-        this.emit({ kind: 'restart-failed', service: name, attempt: entry.failuresInRow, error: message.split('\n')[0] });
+        this.emit({
+          kind: 'restart-failed',
+          service: name,
+          attempt: entry.failuresInRow,
+          error: message.split('\n')[0],
+        });
         if (entry.failuresInRow > maxRestarts) {
           const error = `${name} ${exit} and could not be restarted (${entry.failuresInRow} attempts in a row): ${message.split('\n')[0]}. Its last lines:\n${lastLines(message.split('\n').slice(1).join('\n') || entry.current.output())}`;
           this.emit({ kind: 'gave-up', service: name, restarts: entry.restarts, error });
@@ -219,7 +254,14 @@ export class Supervisor {
       entry.current = proc;
       entry.upSince = Date.now();
       entry.restarts++;
-      this.emit({ kind: 'restarted', service: name, pid: proc.pid, previousPid: dead.pid, downMs: entry.upSince - downSince, restarts: entry.restarts });
+      this.emit({
+        kind: 'restarted',
+        service: name,
+        pid: proc.pid,
+        previousPid: dead.pid,
+        downMs: entry.upSince - downSince,
+        restarts: entry.restarts,
+      });
       this.watch(entry, proc);
       return;
     }

@@ -160,7 +160,8 @@ function collectGarbage(): void {
 }
 
 export class TeacherServer {
-  readonly options: Required<Omit<TeacherServerOptions, 'tls' | 'log' | 'backend'>> & Pick<TeacherServerOptions, 'tls' | 'log' | 'backend'>;
+  readonly options: Required<Omit<TeacherServerOptions, 'tls' | 'log' | 'backend'>> &
+    Pick<TeacherServerOptions, 'tls' | 'log' | 'backend'>;
   private readonly server: grpc.Server;
   private readonly health: HealthImplementation;
   private readonly streams = new Map<number, StreamState>();
@@ -201,13 +202,26 @@ export class TeacherServer {
       maxBufferedBytes: SERVER_DEFAULTS.maxBufferedBytes,
       stallMs: SERVER_DEFAULTS.stallMs,
       ...options,
-      maxStreamBytes: options.maxStreamBytes ?? Math.min(SERVER_DEFAULTS.maxStreamBytes, options.maxBufferedBytes ?? SERVER_DEFAULTS.maxBufferedBytes),
+      maxStreamBytes:
+        options.maxStreamBytes ??
+        Math.min(SERVER_DEFAULTS.maxStreamBytes, options.maxBufferedBytes ?? SERVER_DEFAULTS.maxBufferedBytes),
     };
     const { maxBatchTokens, maxStreamQueue, topK, maxBufferedBytes, maxStreamBytes, stallMs } = this.options;
-    for (const [name, v] of Object.entries({ maxBatchTokens, maxStreamQueue, topK, maxBufferedBytes, maxStreamBytes, stallMs })) {
-      if (!Number.isSafeInteger(v) || v < 1) throw new Error(`teacher server: ${name} must be a positive integer, got ${v}`);
+    for (const [name, v] of Object.entries({
+      maxBatchTokens,
+      maxStreamQueue,
+      topK,
+      maxBufferedBytes,
+      maxStreamBytes,
+      stallMs,
+    })) {
+      if (!Number.isSafeInteger(v) || v < 1)
+        throw new Error(`teacher server: ${name} must be a positive integer, got ${v}`);
     }
-    if (maxStreamBytes > maxBufferedBytes) throw new Error(`teacher server: maxStreamBytes (${maxStreamBytes}) must be at most maxBufferedBytes (${maxBufferedBytes})`);
+    if (maxStreamBytes > maxBufferedBytes)
+      throw new Error(
+        `teacher server: maxStreamBytes (${maxStreamBytes}) must be at most maxBufferedBytes (${maxBufferedBytes})`,
+      );
     this.server = new grpc.Server({
       // Token ids are varints of at most 5 bytes; larger messages fail in grpc-js with RESOURCE_EXHAUSTED.
       'grpc.max_receive_message_length': maxBatchTokens * 5 + 65536,
@@ -217,8 +231,10 @@ export class TeacherServer {
       'grpc.keepalive_timeout_ms': 10_000,
     });
     this.server.addService(TeacherLogitsService, {
-      info: (_call: grpc.ServerUnaryCall<unknown, InfoResponse>, cb: grpc.sendUnaryData<InfoResponse>) => cb(null, this.info()),
-      getMetrics: (_call: grpc.ServerUnaryCall<unknown, Metrics>, cb: grpc.sendUnaryData<Metrics>) => cb(null, this.metrics()),
+      info: (_call: grpc.ServerUnaryCall<unknown, InfoResponse>, cb: grpc.sendUnaryData<InfoResponse>) =>
+        cb(null, this.info()),
+      getMetrics: (_call: grpc.ServerUnaryCall<unknown, Metrics>, cb: grpc.sendUnaryData<Metrics>) =>
+        cb(null, this.metrics()),
       streamTopK: (call: Call) => this.onStream(call),
     });
     this.health = new HealthImplementation({ '': 'NOT_SERVING', [SERVICE_NAME]: 'NOT_SERVING' });
@@ -233,11 +249,17 @@ export class TeacherServer {
   async start(): Promise<number> {
     const { host, port, tls } = this.options;
     const credentials = tls
-      ? grpc.ServerCredentials.createSsl(tls.ca ?? null, [{ cert_chain: tls.cert, private_key: tls.key }], Boolean(tls.ca))
+      ? grpc.ServerCredentials.createSsl(
+          tls.ca ?? null,
+          [{ cert_chain: tls.cert, private_key: tls.key }],
+          Boolean(tls.ca),
+        )
       : grpc.ServerCredentials.createInsecure();
     const address = host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
     this.boundPort = await new Promise<number>((resolve, reject) => {
-      this.server.bindAsync(address, credentials, (err, p) => (err ? reject(new Error(`teacher server: cannot listen on ${address}: ${err.message}`)) : resolve(p)));
+      this.server.bindAsync(address, credentials, (err, p) =>
+        err ? reject(new Error(`teacher server: cannot listen on ${address}: ${err.message}`)) : resolve(p),
+      );
     });
     this.loopDone = this.computeLoop();
     this.stallTimer = setInterval(() => this.resetStalled(), Math.min(1000, this.options.stallMs));
@@ -327,7 +349,10 @@ export class TeacherServer {
 
   private onStream(call: Call): void {
     if (this.draining) {
-      call.emit('error', { code: grpc.status.UNAVAILABLE, details: 'teacher is shutting down; connect to another replica' });
+      call.emit('error', {
+        code: grpc.status.UNAVAILABLE,
+        details: 'teacher is shutting down; connect to another replica',
+      });
       return;
     }
     const s: StreamState = {
@@ -493,7 +518,10 @@ export class TeacherServer {
     if (s.done || s.slots.length > 0) return;
     if (s.halfClosed) this.finish(s, { code: grpc.status.OK, details: 'OK' });
     else if (this.draining) {
-      this.finish(s, { code: grpc.status.UNAVAILABLE, details: 'teacher is shutting down; every request it read was answered, re-send the rest' });
+      this.finish(s, {
+        code: grpc.status.UNAVAILABLE,
+        details: 'teacher is shutting down; every request it read was answered, re-send the rest',
+      });
     }
   }
 
@@ -638,14 +666,26 @@ export class TeacherServer {
     try {
       for (let gi = 0; gi < groups.length; gi++) {
         const g = groups[gi];
-        const [values, indices, lse] = await Promise.all([outs[gi].values.data(), outs[gi].indices.data(), outs[gi].lse.data()]);
+        const [values, indices, lse] = await Promise.all([
+          outs[gi].values.data(),
+          outs[gi].indices.data(),
+          outs[gi].lse.data(),
+        ]);
         let p = 0;
         for (const w of g.items) {
           const n = w.req.tokens.length;
-          const bad = firstNonFinite(lse as Float32Array, p, p + n) ?? firstNonFinite(values as Float32Array, p * g.k, (p + n) * g.k);
+          const bad =
+            firstNonFinite(lse as Float32Array, p, p + n) ??
+            firstNonFinite(values as Float32Array, p * g.k, (p + n) * g.k);
           if (bad !== undefined) {
             // Never an OK status with NaN in it: the teacher's logits themselves are broken.
-            this.fail(w, new RequestError(grpc.status.INTERNAL, `request ${w.req.id}: the teacher's logits at temperature ${w.req.temperature} are not finite (got ${bad}); is the checkpoint broken?`));
+            this.fail(
+              w,
+              new RequestError(
+                grpc.status.INTERNAL,
+                `request ${w.req.id}: the teacher's logits at temperature ${w.req.temperature} are not finite (got ${bad}); is the checkpoint broken?`,
+              ),
+            );
             p += n;
             continue;
           }
@@ -740,10 +780,13 @@ export class TeacherServer {
     this.wake?.();
     await this.loopDone;
     await new Promise<void>((resolve) => {
-      const force = setTimeout(() => {
-        this.server.forceShutdown();
-        resolve();
-      }, drained ? 2000 : 0);
+      const force = setTimeout(
+        () => {
+          this.server.forceShutdown();
+          resolve();
+        },
+        drained ? 2000 : 0,
+      );
       this.server.tryShutdown(() => {
         clearTimeout(force);
         resolve();

@@ -46,7 +46,8 @@ export function defaultTopK(vocabSize: number, requested = 64): number {
 }
 
 export function validateRequest(req: TopKRequest, limits: ServedLimits): ValidRequest {
-  const bad = (message: string): RequestError => new RequestError(status.INVALID_ARGUMENT, `request ${req.id}: ${message}`);
+  const bad = (message: string): RequestError =>
+    new RequestError(status.INVALID_ARGUMENT, `request ${req.id}: ${message}`);
   const { batchSize, seqLen } = req;
   if (batchSize < 1) throw bad('batch_size must be at least 1, got 0');
   if (seqLen < 1) throw bad('seq_len must be at least 1, got 0');
@@ -61,7 +62,9 @@ export function validateRequest(req: TopKRequest, limits: ServedLimits): ValidRe
     );
   }
   if (req.tokens.length !== positions) {
-    throw bad(`tokens holds ${req.tokens.length} ids, expected batch_size × seq_len = ${batchSize} × ${seqLen} = ${positions}`);
+    throw bad(
+      `tokens holds ${req.tokens.length} ids, expected batch_size × seq_len = ${batchSize} × ${seqLen} = ${positions}`,
+    );
   }
   const tokens = new Int32Array(positions);
   const v = limits.vocabSize;

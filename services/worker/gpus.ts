@@ -41,7 +41,10 @@ export function listGpus(nvidiaSmi = 'nvidia-smi'): Gpu[] {
         : `--gpus: ${nvidiaSmi} -L failed: ${r.error.message}`,
     );
   }
-  if (r.status !== 0) throw new GpuSelectionError(`--gpus: ${nvidiaSmi} -L exited with ${r.status}: ${(r.stderr || r.stdout).trim().split('\n')[0] || 'no output'}`);
+  if (r.status !== 0)
+    throw new GpuSelectionError(
+      `--gpus: ${nvidiaSmi} -L exited with ${r.status}: ${(r.stderr || r.stdout).trim().split('\n')[0] || 'no output'}`,
+    );
   return parseNvidiaSmiList(r.stdout);
 }
 
@@ -67,14 +70,21 @@ export function selectGpus(value: string, available: Gpu[]): number[] {
     return available.slice(0, n).map((g) => g.index);
   }
   if (/^\d+(\s*,\s*\d+)*\s*,?$/.test(v)) {
-    const indices = v.split(',').map((s) => s.trim()).filter(Boolean).map(Number);
+    const indices = v
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean)
+      .map(Number);
     const seen = new Set<number>();
     for (const i of indices) {
       if (seen.has(i)) throw new GpuSelectionError(`--gpus ${value}: GPU ${i} is listed twice`);
       seen.add(i);
-      if (!available.some((g) => g.index === i)) throw new GpuSelectionError(`--gpus ${value}: there is no GPU ${i}; ${have}`);
+      if (!available.some((g) => g.index === i))
+        throw new GpuSelectionError(`--gpus ${value}: there is no GPU ${i}; ${have}`);
     }
     return indices;
   }
-  throw new GpuSelectionError(`--gpus: expected a number of GPUs (2), all, or a comma-separated list of GPU indices (0,2; one GPU: 3,), got ${JSON.stringify(value)}`);
+  throw new GpuSelectionError(
+    `--gpus: expected a number of GPUs (2), all, or a comma-separated list of GPU indices (0,2; one GPU: 3,), got ${JSON.stringify(value)}`,
+  );
 }

@@ -22,7 +22,15 @@ import { writeFileAtomic } from '../../core/model/index.js';
 import { temporalTls } from '../credentials/index.js';
 import { createEvaluateActivities } from '../evaluator/index.js';
 import { createExperimentActivities } from '../experiment/index.js';
-import { type WorkerEnv, closeTeacherClients, defaultIdentity, emit, getBlob, putBlob, writeReportFiles } from '../orchestration/index.js';
+import {
+  type WorkerEnv,
+  closeTeacherClients,
+  defaultIdentity,
+  emit,
+  getBlob,
+  putBlob,
+  writeReportFiles,
+} from '../orchestration/index.js';
 import { createPretrainActivities } from '../pretrain/index.js';
 import type { DataParallelSettings } from '../pretrain/data-parallel.js';
 import { createProgressPublisher, type ProgressEventInput } from '../progress/index.js';
@@ -31,13 +39,20 @@ import { type OrchestrateActivities, QUEUE_NAMES, type QueueName, TASK_QUEUES } 
 
 /** The payload converter module (size-checked JSON), for the client, the workers and the bundle. */
 export function payloadConverterPath(): string {
-  return FROM_SOURCES ? path.join(ROOT, 'workflows', 'payload-converter.ts') : path.join(ROOT, 'dist', 'workflows', 'payload-converter.js');
+  return FROM_SOURCES
+    ? path.join(ROOT, 'workflows', 'payload-converter.ts')
+    : path.join(ROOT, 'dist', 'workflows', 'payload-converter.js');
 }
 
 export function parseQueues(value: string): QueueName[] {
-  const names = value.split(',').map((s) => s.trim()).filter(Boolean);
+  const names = value
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
   if (names.length === 0) throw new Error(`--queues: expected a comma-separated list of ${QUEUE_NAMES.join(', ')}`);
-  for (const n of names) if (!(QUEUE_NAMES as string[]).includes(n)) throw new Error(`--queues: unknown queue ${JSON.stringify(n)}; expected ${QUEUE_NAMES.join(', ')}`);
+  for (const n of names)
+    if (!(QUEUE_NAMES as string[]).includes(n))
+      throw new Error(`--queues: unknown queue ${JSON.stringify(n)}; expected ${QUEUE_NAMES.join(', ')}`);
   return [...new Set(names)] as QueueName[];
 }
 
@@ -77,7 +92,9 @@ export async function workflowBundle(log: (line: string) => void = () => undefin
     logger: new DefaultLogger('WARN'),
   });
   writeFileAtomic(file, code);
-  log(`worker: workflow bundle ready in ${((Date.now() - started) / 1000).toFixed(1)} s (${(code.length / 1e6).toFixed(1)} MB, cached)`);
+  log(
+    `worker: workflow bundle ready in ${((Date.now() - started) / 1000).toFixed(1)} s (${(code.length / 1e6).toFixed(1)} MB, cached)`,
+  );
   return { code };
 }
 
@@ -128,15 +145,25 @@ let runtimeInstalled = false;
  * Connects to Temporal, retrying with backoff while it is unreachable for up to `timeoutSeconds` (a
  * worker restarted while the server restarts too must wait for it, not fail at once).
  */
-async function connectTemporal(address: string, timeoutSeconds: number, log: (line: string) => void): Promise<NativeConnection> {
+async function connectTemporal(
+  address: string,
+  timeoutSeconds: number,
+  log: (line: string) => void,
+): Promise<NativeConnection> {
   const deadline = Date.now() + timeoutSeconds * 1000;
   for (let delay = 250; ; delay = Math.min(delay * 2, 5000)) {
     try {
       // TLS from OFFSHOOT_TEMPORAL_TLS_* (services/credentials; deploy/k8s mounts the Secret).
       return await NativeConnection.connect({ address, tls: temporalTls() });
     } catch (err) {
-      if (Date.now() + delay > deadline) throw new Error(`worker: Temporal at ${address} unreachable for ${timeoutSeconds} s: ${(err as Error).message}`);
-      if (delay === 250) log(`worker: Temporal at ${address} unreachable (${(err as Error).message.split('\n')[0]}); retrying for up to ${timeoutSeconds} s`);
+      if (Date.now() + delay > deadline)
+        throw new Error(
+          `worker: Temporal at ${address} unreachable for ${timeoutSeconds} s: ${(err as Error).message}`,
+        );
+      if (delay === 250)
+        log(
+          `worker: Temporal at ${address} unreachable (${(err as Error).message.split('\n')[0]}); retrying for up to ${timeoutSeconds} s`,
+        );
       await new Promise((r) => setTimeout(r, delay));
     }
   }
@@ -151,7 +178,9 @@ export async function runWorker(options: RunWorkerOptions): Promise<void> {
     const quiet = new DefaultLogger('WARN', (entry) => {
       // Activity-only workers poll no workflow tasks by design.
       if (entry.message.startsWith('No workflows registered')) return;
-      log(`temporal: [${entry.level}] ${entry.message}${entry.meta && Object.keys(entry.meta).length ? ` ${JSON.stringify(entry.meta)}` : ''}`);
+      log(
+        `temporal: [${entry.level}] ${entry.message}${entry.meta && Object.keys(entry.meta).length ? ` ${JSON.stringify(entry.meta)}` : ''}`,
+      );
     });
     Runtime.install({ shutdownSignals: [], logger: quiet });
     runtimeInstalled = true;
@@ -159,7 +188,14 @@ export async function runWorker(options: RunWorkerOptions): Promise<void> {
   const identity = defaultIdentity(options.name ?? options.queues.join('+'));
   const draining = new AbortController();
   const progress = createProgressPublisher({ url: options.natsUrl, worker: identity, log });
-  const env: WorkerEnv = { identity, draining: draining.signal, progress, teacherTargets: options.teacherTargets, dataParallel: options.dataParallel, log };
+  const env: WorkerEnv = {
+    identity,
+    draining: draining.signal,
+    progress,
+    teacherTargets: options.teacherTargets,
+    dataParallel: options.dataParallel,
+    log,
+  };
   const connection = await connectTemporal(options.address, options.connectTimeoutSeconds ?? 120, log);
   const namespace = options.namespace ?? 'default';
   const dataConverter = { payloadConverterPath: payloadConverterPath() };
@@ -187,10 +223,22 @@ export async function runWorker(options: RunWorkerOptions): Promise<void> {
       );
     } else if (queue === 'evaluate') {
       workers.push(
-        await Worker.create({ ...common, taskQueue: TASK_QUEUES.evaluate, activities: createEvaluateActivities(env), maxConcurrentActivityTaskExecutions: options.slots ?? 1 }),
+        await Worker.create({
+          ...common,
+          taskQueue: TASK_QUEUES.evaluate,
+          activities: createEvaluateActivities(env),
+          maxConcurrentActivityTaskExecutions: options.slots ?? 1,
+        }),
       );
     } else {
-      workers.push(await Worker.create({ ...common, taskQueue: TASK_QUEUES.pretrain, activities: createPretrainActivities(env), maxConcurrentActivityTaskExecutions: 1 }));
+      workers.push(
+        await Worker.create({
+          ...common,
+          taskQueue: TASK_QUEUES.pretrain,
+          activities: createPretrainActivities(env),
+          maxConcurrentActivityTaskExecutions: 1,
+        }),
+      );
     }
   }
   let stopping = false;
@@ -204,10 +252,13 @@ export async function runWorker(options: RunWorkerOptions): Promise<void> {
     draining.abort();
     for (const w of workers) if (w.getState() === 'RUNNING') w.shutdown();
     // Whatever still runs after the grace period is cut off.
-    setTimeout(() => {
-      log('worker: grace period over; exiting');
-      process.exit(1);
-    }, (grace + 5) * 1000).unref();
+    setTimeout(
+      () => {
+        log('worker: grace period over; exiting');
+        process.exit(1);
+      },
+      (grace + 5) * 1000,
+    ).unref();
   };
   const onTerm = () => stop('SIGTERM');
   const onInt = () => stop('SIGINT');

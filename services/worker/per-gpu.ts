@@ -85,10 +85,16 @@ export async function startGpuWorkerGroup(options: GpuWorkerGroupOptions): Promi
       failuresInRow = Date.now() - upSince < stableMs ? failuresInRow + 1 : 0;
       const how = exit.signal ? `was killed by ${exit.signal}` : `exited with code ${exit.code}`;
       if (failuresInRow > maxRestarts) {
-        giveUp(new Error(`the evaluator on GPU ${gpu} ${how} again; gave up after ${maxRestarts} restarts in a row that did not stay up ${stableMs / 1000} s. Its last lines:\n${lastLines(proc.output())}`));
+        giveUp(
+          new Error(
+            `the evaluator on GPU ${gpu} ${how} again; gave up after ${maxRestarts} restarts in a row that did not stay up ${stableMs / 1000} s. Its last lines:\n${lastLines(proc.output())}`,
+          ),
+        );
         return;
       }
-      log(`worker: the evaluator on GPU ${gpu} (pid ${proc.pid}) ${how}; restarting it in ${(delay() / 1000).toFixed(1)} s`);
+      log(
+        `worker: the evaluator on GPU ${gpu} (pid ${proc.pid}) ${how}; restarting it in ${(delay() / 1000).toFixed(1)} s`,
+      );
       for (;;) {
         await sleep(delay());
         if (stopping) return;
@@ -99,7 +105,11 @@ export async function startGpuWorkerGroup(options: GpuWorkerGroupOptions): Promi
           if (stopping) return;
           failuresInRow += 1;
           if (failuresInRow > maxRestarts) {
-            giveUp(new Error(`the evaluator on GPU ${gpu} could not be restarted (${maxRestarts} attempts in a row): ${(err as Error).message.split('\n')[0]}`));
+            giveUp(
+              new Error(
+                `the evaluator on GPU ${gpu} could not be restarted (${maxRestarts} attempts in a row): ${(err as Error).message.split('\n')[0]}`,
+              ),
+            );
             return;
           }
           log(`worker: restarting the evaluator on GPU ${gpu} failed: ${(err as Error).message.split('\n')[0]}`);
@@ -121,7 +131,9 @@ export async function startGpuWorkerGroup(options: GpuWorkerGroupOptions): Promi
   const failed = started.findIndex((r) => r.status === 'rejected');
   if (failed >= 0) {
     await Promise.all(started.map((r) => (r.status === 'fulfilled' ? r.value.stop(10_000) : undefined)));
-    throw new Error(`the evaluator on GPU ${options.gpus[failed]} did not start: ${((started[failed] as PromiseRejectedResult).reason as Error).message}`);
+    throw new Error(
+      `the evaluator on GPU ${options.gpus[failed]} did not start: ${((started[failed] as PromiseRejectedResult).reason as Error).message}`,
+    );
   }
   started.forEach((r, i) => current.set(options.gpus[i], (r as PromiseFulfilledResult<WorkerProcess>).value));
   const kept = Promise.all(options.gpus.map((gpu, i) => keep(gpu, i, current.get(gpu)!)));

@@ -58,7 +58,10 @@ export function loadNccl(): Record<string, Fn> {
   const file = ncclLibraryPath();
   const known = bound.get(file);
   if (known) return known;
-  if (!fs.existsSync(file)) throw new Error(`NCCL not found: no ${file}; run scripts/setup-cuda.sh --nccl (or set OFFSHOOT_NCCL_HOME to a folder with lib/libnccl.so.2)`);
+  if (!fs.existsSync(file))
+    throw new Error(
+      `NCCL not found: no ${file}; run scripts/setup-cuda.sh --nccl (or set OFFSHOOT_NCCL_HOME to a folder with lib/libnccl.so.2)`,
+    );
   const k = koffi();
   if (!idTypeDeclared) {
     k.struct('ncclUniqueId', { internal: k.array('uint8_t', UNIQUE_ID_BYTES, 'Typed') });
@@ -87,7 +90,9 @@ function check(name: string, status: unknown, comm?: unknown): void {
   if (status === NCCL_ENUMS.ncclSuccess) return;
   const fn = loadNccl();
   const detail = comm ? String(fn.ncclGetLastError(comm) ?? '') : '';
-  throw new Error(`${name} failed: ${String(fn.ncclGetErrorString(status))} (${String(status)})${detail ? `: ${detail}` : ''}`);
+  throw new Error(
+    `${name} failed: ${String(fn.ncclGetErrorString(status))} (${String(status)})${detail ? `: ${detail}` : ''}`,
+  );
 }
 
 /** The cuda backend's gradient all-reduce over NCCL (a DeviceAllReduce, core/model/parallel). */
@@ -114,7 +119,8 @@ export async function ncclAllReduce(ring: TcpRing): Promise<NcclAllReduce> {
     id = Uint8Array.from(out.internal!);
   }
   id = await ring.broadcast(id);
-  if (id.length !== UNIQUE_ID_BYTES) throw new Error(`NCCL: rank ${ring.rank} got an id of ${id.length} bytes, expected ${UNIQUE_ID_BYTES}`);
+  if (id.length !== UNIQUE_ID_BYTES)
+    throw new Error(`NCCL: rank ${ring.rank} got an id of ${id.length} bytes, expected ${UNIQUE_ID_BYTES}`);
   const comm: [unknown] = [null];
   check('ncclCommInitRank', fn.ncclCommInitRank(comm, ring.worldSize, { internal: id }, ring.rank));
   let alive = true;
@@ -127,7 +133,8 @@ export async function ncclAllReduce(ring: TcpRing): Promise<NcclAllReduce> {
       const stream = b.device.stream;
       const outs = tensors.map((t) => {
         const src = b.operand(t);
-        if (src.storage !== 'f32' && src.storage !== 'bf16') throw new Error(`NCCL all-reduce: ${src.storage} tensors are not averaged (f32 or bf16 only)`);
+        if (src.storage !== 'f32' && src.storage !== 'bf16')
+          throw new Error(`NCCL all-reduce: ${src.storage} tensors are not averaged (f32 or bf16 only)`);
         const out = b.allocate(t.shape, t.dtype, src.storage);
         return { src, out };
       });
@@ -135,7 +142,11 @@ export async function ncclAllReduce(ring: TcpRing): Promise<NcclAllReduce> {
       for (const { src, out } of outs) {
         if (src.size === 0) continue;
         const type = src.storage === 'bf16' ? NCCL_ENUMS.ncclBfloat16 : NCCL_ENUMS.ncclFloat32;
-        check('ncclAllReduce', fn.ncclAllReduce(src.ptr, b.operand(out).ptr, src.size, type, NCCL_ENUMS.ncclAvg, comm[0], stream), comm[0]);
+        check(
+          'ncclAllReduce',
+          fn.ncclAllReduce(src.ptr, b.operand(out).ptr, src.size, type, NCCL_ENUMS.ncclAvg, comm[0], stream),
+          comm[0],
+        );
       }
       check('ncclGroupEnd', fn.ncclGroupEnd(), comm[0]);
       return outs.map(({ out }) => toTensor(out));

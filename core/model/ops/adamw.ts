@@ -98,10 +98,20 @@ export class AdamWState {
   async toHost(): Promise<Map<string, HostTensor>> {
     const out = new Map<string, HostTensor>();
     const resident = this.held?.moments.moments() ?? new Map<string, { m: tf.Tensor; v: tf.Tensor }>();
-    for (const [prefix, map] of [['m', this.m], ['v', this.v]] as const) {
-      const all: Array<[string, tf.Tensor]> = [...map, ...[...resident].map(([name, mv]) => [name, mv[prefix]] as [string, tf.Tensor])];
+    for (const [prefix, map] of [
+      ['m', this.m],
+      ['v', this.v],
+    ] as const) {
+      const all: Array<[string, tf.Tensor]> = [
+        ...map,
+        ...[...resident].map(([name, mv]) => [name, mv[prefix]] as [string, tf.Tensor]),
+      ];
       for (const [name, t] of all) {
-        out.set(`${prefix}.${name}`, { dtype: 'float32', shape: t.shape.slice(), data: (await t.data()) as Float32Array });
+        out.set(`${prefix}.${name}`, {
+          dtype: 'float32',
+          shape: t.shape.slice(),
+          data: (await t.data()) as Float32Array,
+        });
       }
     }
     for (const { m, v } of resident.values()) tf.dispose([m, v]);
@@ -112,7 +122,10 @@ export class AdamWState {
   load(which: 'm' | 'v', name: string, t: HostTensor): void {
     const map = which === 'm' ? this.m : this.v;
     map.get(name)?.dispose();
-    map.set(name, tf.tidy(() => tf.variable(tf.tensor(t.data, t.shape, 'float32'), false)));
+    map.set(
+      name,
+      tf.tidy(() => tf.variable(tf.tensor(t.data, t.shape, 'float32'), false)),
+    );
   }
 
   dispose(): void {
@@ -169,14 +182,16 @@ export function adamwUpdate(state: AdamWState, entries: AdamWEntry[], s: Omit<Ad
 }
 
 /** Clips the entries' gradients to a global L2 norm of at most maxNorm and applies one AdamW update; returns the norm before clipping. */
-export const clippedAdamW = defineOperation('clippedAdamW', (state: AdamWState, entries: AdamWEntry[], s: AdamWStep): tf.Scalar =>
-  tf.tidy(() => {
-    const { grads, norm } = clipByGlobalNorm(Object.fromEntries(entries.map((e) => [e.name, e.grad])), s.maxNorm);
-    adamwUpdate(
-      state,
-      entries.map((e) => ({ ...e, grad: grads[e.name] })),
-      s,
-    );
-    return norm;
-  }),
+export const clippedAdamW = defineOperation(
+  'clippedAdamW',
+  (state: AdamWState, entries: AdamWEntry[], s: AdamWStep): tf.Scalar =>
+    tf.tidy(() => {
+      const { grads, norm } = clipByGlobalNorm(Object.fromEntries(entries.map((e) => [e.name, e.grad])), s.maxNorm);
+      adamwUpdate(
+        state,
+        entries.map((e) => ({ ...e, grad: grads[e.name] })),
+        s,
+      );
+      return norm;
+    }),
 );

@@ -58,7 +58,10 @@ export const endTrainingStep = defineOperation('endTrainingStep', (): void => {}
  * times the candidate matrix-product plans and keeps the fastest). Resolves to what it chose, for
  * logs and benchmarks (empty when there was nothing to do).
  */
-export const afterFirstTrainingStep = defineOperation('afterFirstTrainingStep', async (): Promise<readonly object[]> => []);
+export const afterFirstTrainingStep = defineOperation(
+  'afterFirstTrainingStep',
+  async (): Promise<readonly object[]> => [],
+);
 
 /**
  * Gives back the device memory a backend keeps for reuse once the tensors using it are gone, so that a

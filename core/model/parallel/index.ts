@@ -42,7 +42,12 @@ export type GradientAllReduce = DeviceAllReduce | HostAllReduce;
 
 /** The TCP ring's all-reduce as a HostAllReduce. */
 export function hostAllReduce(ring: TcpRing): HostAllReduce {
-  return { kind: 'host', rank: ring.rank, worldSize: ring.worldSize, allReduceMean: (values) => ring.allReduceMean(values) };
+  return {
+    kind: 'host',
+    rank: ring.rank,
+    worldSize: ring.worldSize,
+    allReduceMean: (values) => ring.allReduceMean(values),
+  };
 }
 
 /** Which all-reduce a data-parallel job uses: NCCL on the cuda backend, the TCP ring elsewhere (`auto`). */
@@ -63,14 +68,25 @@ export interface DataParallelGroup extends Ranked {
  * backend, unless `allReduce` says tcp), creates the NCCL communicator from an id rank 0 broadcasts
  * over the ring. `backend` is the active tfjs backend's name.
  */
-export async function joinDataParallel(options: TcpRingOptions & { backend: string; allReduce?: AllReduceChoice }): Promise<DataParallelGroup> {
+export async function joinDataParallel(
+  options: TcpRingOptions & { backend: string; allReduce?: AllReduceChoice },
+): Promise<DataParallelGroup> {
   const choice = options.allReduce ?? 'auto';
-  if (!(ALL_REDUCE_CHOICES as readonly string[]).includes(choice)) throw new Error(`allReduce: expected one of ${ALL_REDUCE_CHOICES.join(', ')}, got ${JSON.stringify(choice)}`);
+  if (!(ALL_REDUCE_CHOICES as readonly string[]).includes(choice))
+    throw new Error(`allReduce: expected one of ${ALL_REDUCE_CHOICES.join(', ')}, got ${JSON.stringify(choice)}`);
   const nccl = choice === 'nccl' || (choice === 'auto' && options.backend === 'cuda' && options.worldSize > 1);
-  if (nccl && options.backend !== 'cuda') throw new Error(`allReduce nccl needs the cuda backend; this rank runs ${options.backend}`);
+  if (nccl && options.backend !== 'cuda')
+    throw new Error(`allReduce nccl needs the cuda backend; this rank runs ${options.backend}`);
   const ring = await TcpRing.join(options);
   try {
-    if (!nccl) return { rank: ring.rank, worldSize: ring.worldSize, allReduce: hostAllReduce(ring), ring, close: () => ring.close() };
+    if (!nccl)
+      return {
+        rank: ring.rank,
+        worldSize: ring.worldSize,
+        allReduce: hostAllReduce(ring),
+        ring,
+        close: () => ring.close(),
+      };
     const { ncclAllReduce } = await import('../cuda/nccl.js');
     const allReduce = await ncclAllReduce(ring);
     return {
@@ -116,30 +132,42 @@ export interface RankLayout {
  * micro-batch as many, for the mean of the ranks' means to be the global batch's mean.
  */
 export function rankLayout(batchSize: number, rank: number, worldSize: number, microBatchSize?: number): RankLayout {
-  if (!Number.isSafeInteger(worldSize) || worldSize < 1) throw new Error(`data parallel: the number of ranks must be a positive integer, got ${worldSize}`);
-  if (!Number.isSafeInteger(rank) || rank < 0 || rank >= worldSize) throw new Error(`data parallel: rank must be in [0, ${worldSize - 1}], got ${rank}`);
+  if (!Number.isSafeInteger(worldSize) || worldSize < 1)
+    throw new Error(`data parallel: the number of ranks must be a positive integer, got ${worldSize}`);
+  if (!Number.isSafeInteger(rank) || rank < 0 || rank >= worldSize)
+    throw new Error(`data parallel: rank must be in [0, ${worldSize - 1}], got ${rank}`);
   if (batchSize % worldSize !== 0) {
-    throw new Error(`data parallel: the batch size ${batchSize} does not divide into ${worldSize} ranks; use a batch size that is a multiple of ${worldSize}`);
+    throw new Error(
+      `data parallel: the batch size ${batchSize} does not divide into ${worldSize} ranks; use a batch size that is a multiple of ${worldSize}`,
+    );
   }
   const rows = batchSize / worldSize;
   const micro = microBatchSize ?? rows;
-  if (!Number.isSafeInteger(micro) || micro < 1) throw new Error(`data parallel: the micro-batch size must be a positive integer, got ${microBatchSize}`);
+  if (!Number.isSafeInteger(micro) || micro < 1)
+    throw new Error(`data parallel: the micro-batch size must be a positive integer, got ${microBatchSize}`);
   if (rows % micro !== 0) {
-    throw new Error(`data parallel: each of the ${worldSize} rank${worldSize === 1 ? '' : 's'} takes ${rows} rows of the batch of ${batchSize}, which do not divide into micro-batches of ${micro} rows`);
+    throw new Error(
+      `data parallel: each of the ${worldSize} rank${worldSize === 1 ? '' : 's'} takes ${rows} rows of the batch of ${batchSize}, which do not divide into micro-batches of ${micro} rows`,
+    );
   }
   return { first: rank * rows, rows, microBatchSize: micro, microBatches: rows / micro };
 }
 
 /** Rows [first, first + rows) of a batch, sharing its memory. */
 export function sliceRows<B extends RowBatch>(batch: B, first: number, rows: number): B {
-  if (first < 0 || rows < 1 || first + rows > batch.batchSize) throw new Error(`rows [${first}, ${first + rows}) outside a batch of ${batch.batchSize}`);
+  if (first < 0 || rows < 1 || first + rows > batch.batchSize)
+    throw new Error(`rows [${first}, ${first + rows}) outside a batch of ${batch.batchSize}`);
   const from = first * batch.seqLen;
   const to = from + rows * batch.seqLen;
   return { ...batch, batchSize: rows, input: batch.input.subarray(from, to), target: batch.target.subarray(from, to) };
 }
 
 /** The batches rank `rank` of `worldSize` trains on: its rows of each step's global batch. */
-export function rankBatches<B extends RowBatch>(batches: (step: number) => B, rank: number, worldSize: number): (step: number) => B {
+export function rankBatches<B extends RowBatch>(
+  batches: (step: number) => B,
+  rank: number,
+  worldSize: number,
+): (step: number) => B {
   return (step) => {
     const global = batches(step);
     const { first, rows } = rankLayout(global.batchSize, rank, worldSize);

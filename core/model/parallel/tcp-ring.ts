@@ -117,7 +117,11 @@ export class TcpRing {
     this.prev = (this.rank - 1 + this.worldSize) % this.worldSize;
     const lost = (who: number, how: string) => (err?: Error) => {
       if (this.closing) return;
-      this.breakRing(new RingError(`rank ${this.rank}: the connection ${how} rank ${who} ${err ? `failed (${err.message})` : 'closed'}: rank ${who} died or stopped`));
+      this.breakRing(
+        new RingError(
+          `rank ${this.rank}: the connection ${how} rank ${who} ${err ? `failed (${err.message})` : 'closed'}: rank ${who} died or stopped`,
+        ),
+      );
     };
     toNext?.on('error', lost(this.next, 'to')).on('close', () => lost(this.next, 'to')());
     fromPrev?.on('error', lost(this.prev, 'from')).on('close', () => lost(this.prev, 'from')());
@@ -129,8 +133,10 @@ export class TcpRing {
    */
   static async join(options: TcpRingOptions): Promise<TcpRing> {
     const { rank, worldSize, ports } = options;
-    if (!Number.isInteger(worldSize) || worldSize < 1) throw new Error(`tcp ring: worldSize must be a positive integer, got ${worldSize}`);
-    if (!Number.isInteger(rank) || rank < 0 || rank >= worldSize) throw new Error(`tcp ring: rank must be in [0, ${worldSize - 1}], got ${rank}`);
+    if (!Number.isInteger(worldSize) || worldSize < 1)
+      throw new Error(`tcp ring: worldSize must be a positive integer, got ${worldSize}`);
+    if (!Number.isInteger(rank) || rank < 0 || rank >= worldSize)
+      throw new Error(`tcp ring: rank must be in [0, ${worldSize - 1}], got ${rank}`);
     if (ports.length !== worldSize) throw new Error(`tcp ring: ${ports.length} ports for ${worldSize} ranks`);
     if (worldSize === 1) return new TcpRing(options, null, null, null, new Inbox());
     const host = options.host ?? '127.0.0.1';
@@ -168,15 +174,27 @@ export class TcpRing {
       });
     });
     await new Promise<void>((resolve, reject) => {
-      server.once('error', (err) => reject(new RingError(`rank ${rank}: cannot listen on ${host}:${ports[rank]}: ${err.message}`)));
+      server.once('error', (err) =>
+        reject(new RingError(`rank ${rank}: cannot listen on ${host}:${ports[rank]}: ${err.message}`)),
+      );
       server.listen(ports[rank], host, () => resolve());
     });
 
     let toNext: net.Socket;
     try {
-      toNext = await connectWithRetry(host, ports[next], deadline, `rank ${rank}: rank ${next} (${host}:${ports[next]})`);
+      toNext = await connectWithRetry(
+        host,
+        ports[next],
+        deadline,
+        `rank ${rank}: rank ${next} (${host}:${ports[next]})`,
+      );
       toNext.write(hello(options));
-      const fromPrev = await withDeadline(accepted, deadline, () => new RingError(`rank ${rank}: rank ${prev} did not connect within ${options.connectTimeoutMs ?? 120_000} ms`));
+      const fromPrev = await withDeadline(
+        accepted,
+        deadline,
+        () =>
+          new RingError(`rank ${rank}: rank ${prev} did not connect within ${options.connectTimeoutMs ?? 120_000} ms`),
+      );
       return new TcpRing(options, server, toNext, fromPrev, inbox);
     } catch (err) {
       server.close();
@@ -199,14 +217,20 @@ export class TcpRing {
     const chunk = (c: number) => values.subarray(bounds[mod(c, n)], bounds[mod(c, n) + 1]);
     // Reduce-scatter: after step s, chunk (rank − s − 1) holds the sum over s + 2 ranks.
     for (let s = 0; s < n - 1; s++) {
-      const [, incoming] = await Promise.all([this.send(op, chunk(this.rank - s)), this.receive(op, chunk(this.rank - s - 1).byteLength)]);
+      const [, incoming] = await Promise.all([
+        this.send(op, chunk(this.rank - s)),
+        this.receive(op, chunk(this.rank - s - 1).byteLength),
+      ]);
       const into = chunk(this.rank - s - 1);
       const add = floats(incoming);
       for (let i = 0; i < into.length; i++) into[i] += add[i];
     }
     // All-gather: the complete chunk (rank + 1) goes round.
     for (let s = 0; s < n - 1; s++) {
-      const [, incoming] = await Promise.all([this.send(op, chunk(this.rank + 1 - s)), this.receive(op, chunk(this.rank - s).byteLength)]);
+      const [, incoming] = await Promise.all([
+        this.send(op, chunk(this.rank + 1 - s)),
+        this.receive(op, chunk(this.rank - s).byteLength),
+      ]);
       const into = chunk(this.rank - s);
       into.set(floats(incoming));
     }
@@ -273,7 +297,11 @@ export class TcpRing {
       socket.write(header);
       socket.write(bytes, (err) => {
         if (!err) return resolve();
-        this.breakRing(new RingError(`rank ${this.rank}: the connection to rank ${this.next} failed (${err.message}) during ${op.what} #${op.seq}: rank ${this.next} died or stopped`));
+        this.breakRing(
+          new RingError(
+            `rank ${this.rank}: the connection to rank ${this.next} failed (${err.message}) during ${op.what} #${op.seq}: rank ${this.next} died or stopped`,
+          ),
+        );
         reject(this.broken);
       });
     });
@@ -289,14 +317,17 @@ export class TcpRing {
       return err;
     };
     // A peer silent past the timeout breaks the ring: what it might still send can no longer be matched.
-    const read = (n: number, silent: string) => withDeadline(this.inbox.read(n), Date.now() + timeoutMs, () => fail(`${silent} for ${timeoutMs / 1000} s`));
+    const read = (n: number, silent: string) =>
+      withDeadline(this.inbox.read(n), Date.now() + timeoutMs, () => fail(`${silent} for ${timeoutMs / 1000} s`));
     const header = await read(HEADER_BYTES, 'nothing came');
     const magic = header.readUInt32LE(0);
     const seq = header.readUInt32LE(4);
     const size = header.readDoubleLE(8);
     if (magic !== MAGIC) throw fail('the stream is corrupt (bad magic)');
-    if (seq !== op.seq) throw fail(`it sent collective #${seq}: the ranks run different collectives (different code or models?)`);
-    if (size !== bytes) throw fail(`it sent ${size} bytes of ${part}, this rank expects ${bytes}: the ranks' models or batches differ`);
+    if (seq !== op.seq)
+      throw fail(`it sent collective #${seq}: the ranks run different collectives (different code or models?)`);
+    if (size !== bytes)
+      throw fail(`it sent ${size} bytes of ${part}, this rank expects ${bytes}: the ranks' models or batches differ`);
     return read(bytes, `its ${part} stopped coming`);
   }
 }
@@ -322,11 +353,17 @@ function hello(o: TcpRingOptions): Buffer {
 
 function checkHello(b: Buffer, o: TcpRingOptions, expectRank: number): { message: string; fatal: boolean } | null {
   if (b.readUInt32LE(0) !== MAGIC) return { message: 'not a rank', fatal: false };
-  if (b.toString('latin1', 12, 28) !== o.jobId.padEnd(16, ' ').slice(0, 16)) return { message: 'another job', fatal: false };
+  if (b.toString('latin1', 12, 28) !== o.jobId.padEnd(16, ' ').slice(0, 16))
+    return { message: 'another job', fatal: false };
   const rank = b.readUInt32LE(4);
   const world = b.readUInt32LE(8);
-  if (world !== o.worldSize) return { message: `rank ${o.rank}: rank ${rank} of the same job has ${world} ranks, this one ${o.worldSize}`, fatal: true };
-  if (rank !== expectRank) return { message: `rank ${o.rank}: rank ${rank} connected where rank ${expectRank} should`, fatal: true };
+  if (world !== o.worldSize)
+    return {
+      message: `rank ${o.rank}: rank ${rank} of the same job has ${world} ranks, this one ${o.worldSize}`,
+      fatal: true,
+    };
+  if (rank !== expectRank)
+    return { message: `rank ${o.rank}: rank ${rank} connected where rank ${expectRank} should`, fatal: true };
   return null;
 }
 

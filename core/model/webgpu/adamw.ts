@@ -9,7 +9,17 @@
 import type * as tf from '../tfjs.js';
 
 import type { AdamWEntry, AdamWState, AdamWStep } from '../ops/index.js';
-import { type Kernel, type UniformValue, allocate, dispatch, grid1d, kernelFor, release, toTensor, webgpuBackend } from './runtime.js';
+import {
+  type Kernel,
+  type UniformValue,
+  allocate,
+  dispatch,
+  grid1d,
+  kernelFor,
+  release,
+  toTensor,
+  webgpuBackend,
+} from './runtime.js';
 import { reduceFns } from './wgsl-common.js';
 
 export const SUMSQ_CHUNK = 256 * 16;
@@ -158,17 +168,37 @@ export function fusedClipAdamW(state: AdamWState, params: AdamWEntry[], s: AdamW
       chunks += chunksOf(e);
     }
     const k = kernel('grad_sum_squares', group.length, sumSquaresSource);
-    dispatch(k, group.map((e) => e.grad), [partials], [...slots, ['u', chunks], ['u', offset], ['u', 0], ['u', 0]], grid1d(chunks * 256));
+    dispatch(
+      k,
+      group.map((e) => e.grad),
+      [partials],
+      [...slots, ['u', chunks], ['u', offset], ['u', 0], ['u', 0]],
+      grid1d(chunks * 256),
+    );
     offset += chunks;
   }
   const norm = allocate([]);
-  dispatch(NORM, [partials], [norm], [['u', P], ['u', 0], ['u', 0], ['u', 0]], [1, 1, 1]);
+  dispatch(
+    NORM,
+    [partials],
+    [norm],
+    [
+      ['u', P],
+      ['u', 0],
+      ['u', 0],
+      ['u', 0],
+    ],
+    [1, 1, 1],
+  );
   // AdamW: each parameter four bindings (gradient, weight, two moments), the norm one. Sizes that
   // are multiples of 4 (nearly all) go four floats per invocation.
   const perDispatch = Math.floor((bindings - 1) / 4);
   const byFours = entries.filter((e) => e.grad.size % 4 === 0);
   const rest = entries.filter((e) => e.grad.size % 4 !== 0);
-  for (const [vec4, group] of [...groups(byFours, perDispatch).map((g) => [true, g] as const), ...groups(rest, perDispatch).map((g) => [false, g] as const)]) {
+  for (const [vec4, group] of [
+    ...groups(byFours, perDispatch).map((g) => [true, g] as const),
+    ...groups(rest, perDispatch).map((g) => [false, g] as const),
+  ]) {
     const slots: UniformValue[] = [];
     let blocks = 0;
     for (const e of group) {
@@ -191,8 +221,17 @@ export function fusedClipAdamW(state: AdamWState, params: AdamWEntry[], s: AdamW
       ['u', 0],
       ...slots,
     ];
-    const k = kernelFor(`adamw:${group.length}:${vec4}`, vec4 ? 'adamw_vec4' : 'adamw', () => adamwSource(group.length, vec4));
-    dispatch(k, [...group.map((e) => e.grad), norm], group.flatMap((e) => [e.param, e.m, e.v]), uniforms, grid1d(blocks * 256), { uniformsVary: true });
+    const k = kernelFor(`adamw:${group.length}:${vec4}`, vec4 ? 'adamw_vec4' : 'adamw', () =>
+      adamwSource(group.length, vec4),
+    );
+    dispatch(
+      k,
+      [...group.map((e) => e.grad), norm],
+      group.flatMap((e) => [e.param, e.m, e.v]),
+      uniforms,
+      grid1d(blocks * 256),
+      { uniformsVary: true },
+    );
   }
   release(partials);
   return toTensor<tf.Scalar>(norm);

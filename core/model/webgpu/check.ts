@@ -49,13 +49,18 @@ export type Reference = 'cpu' | 'webgpu-unfused';
  */
 export async function onBackend(where: Reference | 'webgpu'): Promise<void> {
   const name = where === 'cpu' ? 'cpu' : 'webgpu';
-  if (tf.getBackend() !== name && !(await tf.setBackend(name))) throw new Error(`kernel check: the ${name} backend failed to initialise`);
+  if (tf.getBackend() !== name && !(await tf.setBackend(name)))
+    throw new Error(`kernel check: the ${name} backend failed to initialise`);
   await tf.ready();
   setFusedKernels(where === 'webgpu-unfused' ? false : null);
 }
 
 /** Value and gradients w.r.t. the inputs listed in `diff` of `f`, for a fixed random upstream gradient. */
-async function valueAndGrads(inputs: Host[], diff: number[], f: (ts: tf.Tensor[]) => tf.Tensor): Promise<{ value: Float32Array; grads: Float32Array[] }> {
+async function valueAndGrads(
+  inputs: Host[],
+  diff: number[],
+  f: (ts: tf.Tensor[]) => tf.Tensor,
+): Promise<{ value: Float32Array; grads: Float32Array[] }> {
   const ts = inputs.map(toT);
   const value = tf.tidy(() => f(ts));
   if (diff.length === 0) {
@@ -73,7 +78,10 @@ async function valueAndGrads(inputs: Host[], diff: number[], f: (ts: tf.Tensor[]
     diff.map((d) => ts[d]),
     dy,
   );
-  const out = { value: (await value.data()) as Float32Array, grads: await Promise.all(grads.map(async (x) => (await x.data()) as Float32Array)) };
+  const out = {
+    value: (await value.data()) as Float32Array,
+    grads: await Promise.all(grads.map(async (x) => (await x.data()) as Float32Array)),
+  };
   tf.dispose([...ts, value, dy, ...grads]);
   return out;
 }
@@ -138,10 +146,22 @@ export function ropeTables(T: number, rd: number): { cos: Host; sin: Host; mask:
   }
   const mask = new Float32Array(T * T);
   for (let i = 0; i < T; i++) for (let j = i + 1; j < T; j++) mask[i * T + j] = -1e9;
-  return { cos: { shape: [T, rd], data: cos }, sin: { shape: [T, rd], data: sin }, mask: { shape: [T, T], data: mask } };
+  return {
+    cos: { shape: [T, rd], data: cos },
+    sin: { shape: [T, rd], data: sin },
+    mask: { shape: [T, T], data: mask },
+  };
 }
 
-export function matmulCase(name: string, M: number, K: number, N: number, transA: boolean, transB: boolean, tol = 2e-6): KernelCase {
+export function matmulCase(
+  name: string,
+  M: number,
+  K: number,
+  N: number,
+  transA: boolean,
+  transB: boolean,
+  tol = 2e-6,
+): KernelCase {
   return {
     name,
     inputs: () => [randHost(transA ? [K, M] : [M, K], 1), randHost(transB ? [N, K] : [K, N], 2)],

@@ -4,7 +4,7 @@
  * weight and bias gradients, summed cooperatively. The width is a uniform: one pipeline per class of
  * widths (layerNormShape).
  */
-import * as tf from '../tfjs.js';
+import type * as tf from '../tfjs.js';
 
 import { shapeClassesEnabled } from '../shape-costs.js';
 
@@ -53,7 +53,14 @@ const shapeKey = (s: LayerNormShape) => (s.D === null ? `${s.WG}x${s.E}` : `d${s
  * A row over one LayerNorm workgroup: element e of invocation `lid` is column col(e); ok(e) is its
  * bounds check (the constant true where every width the kernel runs has it); `width` is D in WGSL.
  */
-function rowElements(s: LayerNormShape): { WG: number; el: number[]; col: (e: number) => string; ok: (e: number) => string; width: string; widthF: string } {
+function rowElements(s: LayerNormShape): {
+  WG: number;
+  el: number[];
+  col: (e: number) => string;
+  ok: (e: number) => string;
+  width: string;
+  widthF: string;
+} {
   const { WG } = s;
   const el = Array.from({ length: s.E }, (_, e) => e);
   const col = (e: number) => `(lid + ${e * WG}u)`;
@@ -117,12 +124,22 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let base = row * ${width};
     let mean = meanIn[row];
     let rstd = rstdIn[row];
-    ${el.map((e) => `var dy${e} = 0.0; var xh${e} = 0.0; if (${ok(e)}) { dy${e} = dy[base + ${col(e)}]; xh${e} = (x[base + ${col(e)}] - mean) * rstd; }
-    let g${e} = dy${e} * w${e};`).join('\n    ')}
+    ${el
+      .map(
+        (
+          e,
+        ) => `var dy${e} = 0.0; var xh${e} = 0.0; if (${ok(e)}) { dy${e} = dy[base + ${col(e)}]; xh${e} = (x[base + ${col(e)}] - mean) * rstd; }
+    let g${e} = dy${e} * w${e};`,
+      )
+      .join('\n    ')}
     let s1 = wg_sum(${el.map((e) => `g${e}`).join(' + ')}, lid) / ${widthF};
     let s2 = wg_sum(${el.map((e) => `g${e} * xh${e}`).join(' + ')}, lid) / ${widthF};
-    ${el.map((e) => `if (${ok(e)}) { dx[base + ${col(e)}] = rstd * (g${e} - s1 - xh${e} * s2); }
-    aw${e} = aw${e} + dy${e} * xh${e}; ab${e} = ab${e} + dy${e};`).join('\n    ')}
+    ${el
+      .map(
+        (e) => `if (${ok(e)}) { dx[base + ${col(e)}] = rstd * (g${e} - s1 - xh${e} * s2); }
+    aw${e} = aw${e} + dy${e} * xh${e}; ab${e} = ab${e} + dy${e};`,
+      )
+      .join('\n    ')}
   }
   ${el.map((e) => `if (${ok(e)}) { pdw[g * ${width} + ${col(e)}] = aw${e}; pdb[g * ${width} + ${col(e)}] = ab${e}; }`).join('\n  ')}
 }
@@ -137,7 +154,18 @@ export function fusedLayerNorm(x: tf.Tensor2D, weight: tf.Tensor1D, bias: tf.Ten
     const y = allocate([N, D]);
     const mean = allocate([N]);
     const rstd = allocate([N]);
-    dispatch(kernel('layernorm', shapeKey(shape), () => layerNormForwardSource(shape)), [xt, wt, bt], [y, mean, rstd], [['u', N], ['f', eps], ['u', D], ['u', 0]], rowGrid(N));
+    dispatch(
+      kernel('layernorm', shapeKey(shape), () => layerNormForwardSource(shape)),
+      [xt, wt, bt],
+      [y, mean, rstd],
+      [
+        ['u', N],
+        ['f', eps],
+        ['u', D],
+        ['u', 0],
+      ],
+      rowGrid(N),
+    );
     save([xt, wt, toTensor(mean), toTensor(rstd)]);
     return {
       value: toTensor(y),
@@ -147,7 +175,18 @@ export function fusedLayerNorm(x: tf.Tensor2D, weight: tf.Tensor1D, bias: tf.Ten
         const dx = allocate([N, D]);
         const pdw = allocate([G, D]);
         const pdb = allocate([G, D]);
-        dispatch(kernel('layernorm_backward', shapeKey(shape), () => layerNormBackwardSource(shape)), [dy, xs, ms, rs, ws], [dx, pdw, pdb], [['u', N], ['u', R], ['u', D], ['u', 0]], rowGrid(G));
+        dispatch(
+          kernel('layernorm_backward', shapeKey(shape), () => layerNormBackwardSource(shape)),
+          [dy, xs, ms, rs, ws],
+          [dx, pdw, pdb],
+          [
+            ['u', N],
+            ['u', R],
+            ['u', D],
+            ['u', 0],
+          ],
+          rowGrid(G),
+        );
         const dw = sumSlices(pdw, G, D);
         const db = sumSlices(pdb, G, D);
         release(pdw);

@@ -4,7 +4,7 @@
  * matmul.ts's; this file holds the bias-gradient column sums (through GELU's derivative for the
  * MLP's up projection).
  */
-import * as tf from '../tfjs.js';
+import type * as tf from '../tfjs.js';
 
 import { type Activation, customOp, linear, matMulNT } from '../ops/index.js';
 import { type KernelCase, randHost } from './check.js';
@@ -50,17 +50,39 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
 `;
 }
 
-function columnSums(dy: tf.TensorInfo, N: number, C: number, geluZ?: tf.TensorInfo): { sum: tf.TensorInfo; dz?: tf.TensorInfo } {
+function columnSums(
+  dy: tf.TensorInfo,
+  N: number,
+  C: number,
+  geluZ?: tf.TensorInfo,
+): { sum: tf.TensorInfo; dz?: tf.TensorInfo } {
   const R = Math.max(8, Math.ceil(N / 256));
   const G = Math.ceil(N / R);
   const partial = allocate([G, C]);
-  const u: UniformValue[] = [['u', N], ['u', C], ['u', R], ['u', 0]];
+  const u: UniformValue[] = [
+    ['u', N],
+    ['u', C],
+    ['u', R],
+    ['u', 0],
+  ];
   let dz: tf.TensorInfo | undefined;
   if (geluZ) {
     dz = allocate([N, C]);
-    dispatch(kernel('gelu_backward_colsum', '', () => columnSumSource(true)), [dy, geluZ], [dz, partial], u, [Math.ceil(C / 256), G, 1]);
+    dispatch(
+      kernel('gelu_backward_colsum', '', () => columnSumSource(true)),
+      [dy, geluZ],
+      [dz, partial],
+      u,
+      [Math.ceil(C / 256), G, 1],
+    );
   } else {
-    dispatch(kernel('colsum', '', () => columnSumSource(false)), [dy], [partial], u, [Math.ceil(C / 256), G, 1]);
+    dispatch(
+      kernel('colsum', '', () => columnSumSource(false)),
+      [dy],
+      [partial],
+      u,
+      [Math.ceil(C / 256), G, 1],
+    );
   }
   const sum = sumSlices(partial, G, C);
   release(partial);
@@ -68,11 +90,25 @@ function columnSums(dy: tf.TensorInfo, N: number, C: number, geluZ?: tf.TensorIn
 }
 
 /** x [N, in] · weightᵀ ([out, in], torch layout) + bias, then GELU when asked; gradients for all three. */
-export function fusedLinear(x: tf.Tensor2D, weight: tf.Tensor2D, bias: tf.Tensor1D, activation: Activation = 'none'): tf.Tensor2D {
+export function fusedLinear(
+  x: tf.Tensor2D,
+  weight: tf.Tensor2D,
+  bias: tf.Tensor1D,
+  activation: Activation = 'none',
+): tf.Tensor2D {
   const [N, inF] = x.shape;
   const outF = weight.shape[0];
   const op = customOp(([xt, wt, bt], save) => {
-    const { c, z } = matmul({ a: xt, b: wt, M: N, N: outF, K: inF, transB: true, bias: bt, gelu: activation === 'gelu' });
+    const { c, z } = matmul({
+      a: xt,
+      b: wt,
+      M: N,
+      N: outF,
+      K: inF,
+      transB: true,
+      bias: bt,
+      gelu: activation === 'gelu',
+    });
     const zT = z ? toTensor(z) : undefined;
     save(zT ? [xt, wt, zT] : [xt, wt]);
     return {
@@ -115,7 +151,11 @@ export function fusedMatMulNT(a: tf.Tensor2D, b: tf.Tensor2D): tf.Tensor2D {
 export function linearCase(N: number, inF: number, outF: number, activation: Activation, tol = 2e-5): KernelCase {
   return {
     name: `linear${activation === 'gelu' ? ' + GELU' : ''} (N ${N}, in ${inF}, out ${outF})`,
-    inputs: () => [randHost([N, inF], 3), randHost([outF, inF], 4, activation === 'gelu' ? 0.5 : 0.3), randHost([outF], 5)],
+    inputs: () => [
+      randHost([N, inF], 3),
+      randHost([outF, inF], 4, activation === 'gelu' ? 0.5 : 0.3),
+      randHost([outF], 5),
+    ],
     diff: [0, 1, 2],
     reference: ([x, w, b]) => linear.reference(x as tf.Tensor2D, w as tf.Tensor2D, b as tf.Tensor1D, activation),
     fused: ([x, w, b]) => fusedLinear(x as tf.Tensor2D, w as tf.Tensor2D, b as tf.Tensor1D, activation),

@@ -60,11 +60,18 @@ export function planCacheDir(): string {
 
 /** Where plans are read from, first match wins: the cache, env OFFSHOOT_MATMUL_PLANS, the shipped ones. */
 export function planDirs(): string[] {
-  const extra = (process.env.OFFSHOOT_MATMUL_PLANS ?? '').split(path.delimiter).map((d) => d.trim()).filter(Boolean);
+  const extra = (process.env.OFFSHOOT_MATMUL_PLANS ?? '')
+    .split(path.delimiter)
+    .map((d) => d.trim())
+    .filter(Boolean);
   return [planCacheDir(), ...extra, SHIPPED_PLANS_DIR];
 }
 
-const slug = (s: string) => s.toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-+|-+$/g, '') || 'unknown';
+const slug = (s: string) =>
+  s
+    .toLowerCase()
+    .replace(/[^a-z0-9]+/g, '-')
+    .replace(/^-+|-+$/g, '') || 'unknown';
 
 /** The file name of a GPU's plans for a kernel version: vendor, architecture, device and version, e.g. `nvidia-hopper-nvidia-h200.3f2a9c0e1b7d.json`. */
 export function planFileName(gpu: GpuIdentity, kernels: string): string {
@@ -78,7 +85,11 @@ const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'obj
  * holds nothing and says nothing; every other problem is a warning naming the file and the field.
  * `replaceable`: the file may be written over (missing, or not JSON at all: nothing in it to keep).
  */
-export function readPlanFile(file: string, gpu: GpuIdentity, kernels: string): { plans: Map<string, PlanRecord>; warnings: string[]; replaceable: boolean } {
+export function readPlanFile(
+  file: string,
+  gpu: GpuIdentity,
+  kernels: string,
+): { plans: Map<string, PlanRecord>; warnings: string[]; replaceable: boolean } {
   const plans = new Map<string, PlanRecord>();
   const warnings: string[] = [];
   const ignored = (why: string, replaceable = false) => {
@@ -99,16 +110,25 @@ export function readPlanFile(file: string, gpu: GpuIdentity, kernels: string): {
     return ignored(`not valid JSON (${(err as Error).message})`, true);
   }
   if (!isRecord(data)) return ignored('expected a JSON object', true);
-  if (data.format !== PLAN_FILE_FORMAT) return ignored(`format ${JSON.stringify(data.format)}, expected ${PLAN_FILE_FORMAT}`);
+  if (data.format !== PLAN_FILE_FORMAT)
+    return ignored(`format ${JSON.stringify(data.format)}, expected ${PLAN_FILE_FORMAT}`);
   const g = data.gpu;
   if (!isRecord(g) || g.vendor !== gpu.vendor || g.architecture !== gpu.architecture || g.device !== gpu.device) {
     return ignored(`gpu ${JSON.stringify(g)} is not this one (${gpu.vendor}, ${gpu.architecture}, ${gpu.device})`);
   }
-  if (data.kernels !== kernels) return ignored(`kernels ${JSON.stringify(data.kernels)}, expected ${JSON.stringify(kernels)}`);
+  if (data.kernels !== kernels)
+    return ignored(`kernels ${JSON.stringify(data.kernels)}, expected ${JSON.stringify(kernels)}`);
   if (!isRecord(data.plans)) return ignored('"plans" must be an object of shape class → {"tile", "slices"}');
   for (const [cls, rec] of Object.entries(data.plans)) {
-    if (!isRecord(rec) || typeof rec.tile !== 'string' || !Number.isSafeInteger(rec.slices) || (rec.slices as number) < 1) {
-      warnings.push(`${file}: plans[${JSON.stringify(cls)}] = ${JSON.stringify(rec)}: expected {"tile": "BMxBNxBKxTMxTN", "slices": n ≥ 1}; entry ignored`);
+    if (
+      !isRecord(rec) ||
+      typeof rec.tile !== 'string' ||
+      !Number.isSafeInteger(rec.slices) ||
+      (rec.slices as number) < 1
+    ) {
+      warnings.push(
+        `${file}: plans[${JSON.stringify(cls)}] = ${JSON.stringify(rec)}: expected {"tile": "BMxBNxBKxTMxTN", "slices": n ≥ 1}; entry ignored`,
+      );
       continue;
     }
     plans.set(cls, {
@@ -126,13 +146,22 @@ export function readPlanFile(file: string, gpu: GpuIdentity, kernels: string): {
  * for other classes. Atomic: readers see the old file or the new. Returns the file, with `skipped`
  * saying why nothing was written when a file of another format or GPU stands there (left as it is).
  */
-export function savePlans(dir: string, gpu: GpuIdentity, kernels: string, plans: Map<string, PlanRecord>): { file: string; skipped?: string } {
+export function savePlans(
+  dir: string,
+  gpu: GpuIdentity,
+  kernels: string,
+  plans: Map<string, PlanRecord>,
+): { file: string; skipped?: string } {
   const file = path.join(dir, planFileName(gpu, kernels));
   const existing = readPlanFile(file, gpu, kernels);
   if (!existing.replaceable) return { file, skipped: existing.warnings.join('; ') };
   const merged: Record<string, PlanRecord> = Object.fromEntries(existing.plans);
   for (const [cls, rec] of plans) merged[cls] = rec;
-  const sorted = Object.fromEntries(Object.keys(merged).sort().map((k) => [k, merged[k]]));
+  const sorted = Object.fromEntries(
+    Object.keys(merged)
+      .sort()
+      .map((k) => [k, merged[k]]),
+  );
   const content: PlanFile = { format: PLAN_FILE_FORMAT, gpu, kernels, plans: sorted };
   fs.mkdirSync(dir, { recursive: true });
   const tmp = `${file}.${process.pid}.tmp`;

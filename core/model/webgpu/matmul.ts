@@ -14,9 +14,37 @@ import * as path from 'node:path';
 import { measureShapeCostAsync, shapeClassesEnabled } from '../shape-costs.js';
 import * as tf from '../tfjs.js';
 
-import { type GpuIdentity, type PlanRecord, planCacheDir, planDirs, planFileName, readPlanFile, savePlans } from './matmul-plans.js';
-import { type Kernel, type UniformValue, allocate, capabilities, dispatch, grid1d, kernelFor, release, webgpuBackend } from './runtime.js';
-import { type MatMulTile, type MatMulVariant, matmulGrid, matmulSource, parseTile, sumSlicesSource, sumSlicesWideSource, tileName, variantKey } from './wgsl-matmul.js';
+import {
+  type GpuIdentity,
+  type PlanRecord,
+  planCacheDir,
+  planDirs,
+  planFileName,
+  readPlanFile,
+  savePlans,
+} from './matmul-plans.js';
+import {
+  type Kernel,
+  type UniformValue,
+  allocate,
+  capabilities,
+  dispatch,
+  grid1d,
+  kernelFor,
+  release,
+  webgpuBackend,
+} from './runtime.js';
+import {
+  type MatMulTile,
+  type MatMulVariant,
+  matmulGrid,
+  matmulSource,
+  parseTile,
+  sumSlicesSource,
+  sumSlicesWideSource,
+  tileName,
+  variantKey,
+} from './wgsl-matmul.js';
 
 /** The tiles the planner and the autotuner choose from (every one is covered by the kernel tests). */
 export const MATMUL_TILES: Record<string, MatMulTile> = {
@@ -113,10 +141,19 @@ function pow2AtLeast(n: number): number {
  * class share one tuned plan: the tile that fills the GPU best, and the split-K slices, change little
  * within a factor of two. A class is tuned once, on the first of its shapes seen.
  */
-export function shapeClass(s: Pick<Shape, 'M' | 'N' | 'K' | 'transA' | 'transB'> & Partial<Pick<Shape, 'batch' | 'triangle'>>): string {
+export function shapeClass(
+  s: Pick<Shape, 'M' | 'N' | 'K' | 'transA' | 'transB'> & Partial<Pick<Shape, 'batch' | 'triangle'>>,
+): string {
   const batch = s.batch ?? 1;
   const triangle = s.triangle ?? 'none';
-  return shapeKey({ ...s, M: pow2AtLeast(s.M), N: pow2AtLeast(s.N), K: pow2AtLeast(s.K), batch: batch > 1 ? pow2AtLeast(batch) : 1, triangle });
+  return shapeKey({
+    ...s,
+    M: pow2AtLeast(s.M),
+    N: pow2AtLeast(s.N),
+    K: pow2AtLeast(s.K),
+    batch: batch > 1 ? pow2AtLeast(batch) : 1,
+    triangle,
+  });
 }
 
 /** Shapes seen and not yet tuned, by shape class (by shape with shape classes off). */
@@ -182,7 +219,12 @@ const planLog = (msg: string): void => {
 /** This device's GPU, as plan files name it. */
 function gpuIdentity(device: GPUDevice): GpuIdentity {
   const info = (device as unknown as { adapterInfo?: Partial<GpuIdentity> }).adapterInfo ?? {};
-  return { vendor: info.vendor || 'unknown', architecture: info.architecture || 'unknown', device: info.device || 'unknown', description: info.description || '' };
+  return {
+    vendor: info.vendor || 'unknown',
+    architecture: info.architecture || 'unknown',
+    device: info.device || 'unknown',
+    description: info.description || '',
+  };
 }
 
 let kernelsVersion: string | undefined;
@@ -197,7 +239,9 @@ export function matmulKernelsVersion(): string {
   const hash = createHash('sha256').update(`${TARGET_WORKGROUPS}\0${JSON.stringify(BATCHED_TILES)}\0`);
   for (const tile of Object.values(BATCHED_TILES)) {
     const base = { ...tile, transA: false, transB: true, vecA: true, vecB: true, vecC: true, exact: false } as const;
-    hash.update(matmulSource({ ...base, epilogue: 'bias-gelu', splitK: false })).update(matmulSource({ ...base, transA: true, transB: false, vecA: false, epilogue: 'none', splitK: true }));
+    hash
+      .update(matmulSource({ ...base, epilogue: 'bias-gelu', splitK: false }))
+      .update(matmulSource({ ...base, transA: true, transB: false, vecA: false, epilogue: 'none', splitK: true }));
   }
   for (const epilogue of ['none', 'bias', 'bias-gelu'] as const) hash.update(sumSlicesSource({ epilogue }));
   return (kernelsVersion = hash.update(sumSlicesWideSource()).digest('hex').slice(0, 12));
@@ -227,7 +271,9 @@ function readPlanFiles(): void {
       const tile = allowedTiles(cls).get(rec.tile);
       // Batched and triangular products take no split-K.
       if (!tile || (rec.slices > 1 && batchedClass(cls))) {
-        planLog(`${file}: plans[${JSON.stringify(cls)}]: tile ${rec.tile} with ${rec.slices} slices is not a plan this class can use; entry ignored`);
+        planLog(
+          `${file}: plans[${JSON.stringify(cls)}]: tile ${rec.tile} with ${rec.slices} slices is not a plan this class can use; entry ignored`,
+        );
         continue;
       }
       classPlans.set(cls, { tile, S: rec.slices });
@@ -265,7 +311,9 @@ function mmKernel(v: MatMulVariant): Kernel {
 }
 
 function sumKernel(epilogue: 'none' | 'bias' | 'bias-gelu'): Kernel {
-  return kernelFor(`sumslices_${epilogue}`, `sum_slices${epilogue === 'none' ? '' : `_${epilogue}`}`, () => sumSlicesSource({ epilogue }));
+  return kernelFor(`sumslices_${epilogue}`, `sum_slices${epilogue === 'none' ? '' : `_${epilogue}`}`, () =>
+    sumSlicesSource({ epilogue }),
+  );
 }
 
 export interface MatMulArgs {
@@ -302,7 +350,12 @@ const preparedByPlan = new WeakMap<MatMulPlan, Map<string, Prepared>>();
 
 function prepare(plan: MatMulPlan, s: Shape, epilogue: MatMulVariant['epilogue']): Prepared {
   const { M, N, K, transA, transB, batch, triangle } = s;
-  const uniforms: UniformValue[] = [['u', M], ['u', N], ['u', K], ['u', plan.kChunk]];
+  const uniforms: UniformValue[] = [
+    ['u', M],
+    ['u', N],
+    ['u', K],
+    ['u', plan.kChunk],
+  ];
   const base = {
     ...plan.tile,
     transA,
@@ -324,7 +377,8 @@ function prepare(plan: MatMulPlan, s: Shape, epilogue: MatMulVariant['epilogue']
   }
   const v: MatMulVariant = {
     ...base,
-    exact: M % plan.tile.BM === 0 && N % plan.tile.BN === 0 && plan.kChunk % plan.tile.BK === 0 && K % plan.kChunk === 0,
+    exact:
+      M % plan.tile.BM === 0 && N % plan.tile.BN === 0 && plan.kChunk % plan.tile.BK === 0 && K % plan.kChunk === 0,
     epilogue: 'none',
     splitK: true,
   };
@@ -332,7 +386,16 @@ function prepare(plan: MatMulPlan, s: Shape, epilogue: MatMulVariant['epilogue']
     kernel: mmKernel(v),
     grid: matmulGrid(v, M, N, plan.S),
     uniforms,
-    sum: { kernel: sumKernel(epilogue), grid: grid1d(M * N), uniforms: [['u', plan.S], ['u', M * N], ['u', N], ['u', 0]] },
+    sum: {
+      kernel: sumKernel(epilogue),
+      grid: grid1d(M * N),
+      uniforms: [
+        ['u', plan.S],
+        ['u', M * N],
+        ['u', N],
+        ['u', 0],
+      ],
+    },
   };
 }
 
@@ -345,7 +408,8 @@ export function matmul(args: MatMulArgs): { c: tf.TensorInfo; z?: tf.TensorInfo 
   const shape: Shape = { M, N, K, transA, transB, batch, triangle };
   const key = shapeKey(shape);
   const plan = args.plan ?? planFor(key, shape);
-  if ((batch > 1 || triangle !== 'none') && (bias || plan.S !== 1)) throw new Error('matmul: batched and triangular products take no bias or split-K');
+  if ((batch > 1 || triangle !== 'none') && (bias || plan.S !== 1))
+    throw new Error('matmul: batched and triangular products take no bias or split-K');
   let byShape = preparedByPlan.get(plan);
   if (!byShape) preparedByPlan.set(plan, (byShape = new Map()));
   const preparedKey = `${key}|${epilogue}`;
@@ -370,8 +434,32 @@ const wideSum: Kernel = { key: 'sumslices_wide', name: 'sum_slices_wide', source
 /** Sums the S slices of x [S, L] into [L] (one thread per column for few slices, cooperative for many). */
 export function sumSlices(x: tf.TensorInfo, S: number, L: number): tf.TensorInfo {
   const y = allocate([L]);
-  if (S <= 16) dispatch(sumKernel('none'), [x], [y], [['u', S], ['u', L], ['u', L], ['u', 0]], grid1d(L));
-  else dispatch(wideSum, [x], [y], [['u', S], ['u', L], ['u', 0], ['u', 0]], grid1d(L, 16));
+  if (S <= 16)
+    dispatch(
+      sumKernel('none'),
+      [x],
+      [y],
+      [
+        ['u', S],
+        ['u', L],
+        ['u', L],
+        ['u', 0],
+      ],
+      grid1d(L),
+    );
+  else
+    dispatch(
+      wideSum,
+      [x],
+      [y],
+      [
+        ['u', S],
+        ['u', L],
+        ['u', 0],
+        ['u', 0],
+      ],
+      grid1d(L, 16),
+    );
   return y;
 }
 

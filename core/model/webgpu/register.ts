@@ -61,5 +61,9 @@ topKDistillation.register({
 clippedAdamW.register({ ...fused, name: 'norm and AdamW on the device, no read-back', run: fusedClipAdamW });
 parallelResidual.register({ ...fused, name: 'tf.addN', run: addNResidual });
 endTrainingStep.register({ backend, name: 'submit the recorded commands', run: submitRecorded });
-afterFirstTrainingStep.register({ ...fused, name: 'autotune the matrix-product plans (hardware adapters)', run: autotuneIfHardware });
+afterFirstTrainingStep.register({
+  ...fused,
+  name: 'autotune the matrix-product plans (hardware adapters)',
+  run: autotuneIfHardware,
+});
 releaseCachedMemory.register({ backend, name: "destroy the free buffers of tfjs's pool", run: releaseFreeBuffers });

@@ -204,9 +204,12 @@ function compile(b: WebGPUBackendInternals, kernel: Kernel, nIn: number, nOut: n
   let c = cache.get(key);
   if (!c) {
     const entries: GPUBindGroupLayoutEntry[] = [];
-    for (let i = 0; i < nIn; i++) entries.push({ binding: i, visibility: GPUShaderStage.COMPUTE, buffer: { type: 'read-only-storage' } });
-    for (let i = 0; i < nOut; i++) entries.push({ binding: nIn + i, visibility: GPUShaderStage.COMPUTE, buffer: { type: 'storage' } });
-    if (hasUniforms) entries.push({ binding: nIn + nOut, visibility: GPUShaderStage.COMPUTE, buffer: { type: 'uniform' } });
+    for (let i = 0; i < nIn; i++)
+      entries.push({ binding: i, visibility: GPUShaderStage.COMPUTE, buffer: { type: 'read-only-storage' } });
+    for (let i = 0; i < nOut; i++)
+      entries.push({ binding: nIn + i, visibility: GPUShaderStage.COMPUTE, buffer: { type: 'storage' } });
+    if (hasUniforms)
+      entries.push({ binding: nIn + nOut, visibility: GPUShaderStage.COMPUTE, buffer: { type: 'uniform' } });
     const layout = b.device.createBindGroupLayout({ entries });
     const module = b.device.createShaderModule({ code: kernel.source(), label: kernel.name });
     const pipeline = b.device.createComputePipeline({
@@ -240,7 +243,10 @@ function bindGroupFor(b: WebGPUBackendInternals, c: Compiled, buffers: GPUBuffer
   if (!group) {
     counts.bindGroupsCreated++;
     if (c.bindGroups.size >= MAX_BIND_GROUPS) c.bindGroups.clear();
-    group = b.device.createBindGroup({ layout: c.layout, entries: buffers.map((buffer, binding) => ({ binding, resource: { buffer } })) });
+    group = b.device.createBindGroup({
+      layout: c.layout,
+      entries: buffers.map((buffer, binding) => ({ binding, resource: { buffer } })),
+    });
     c.bindGroups.set(key, group);
   }
   return group;
@@ -374,7 +380,8 @@ export function dispatch(
 
   if (grid[0] === 0 || grid[1] === 0 || grid[2] === 0) return;
   const max = b.device.limits.maxComputeWorkgroupsPerDimension;
-  if (grid.some((g) => g > max)) throw new Error(`webgpu kernel ${kernel.name}: grid ${grid} exceeds ${max} per dimension`);
+  if (grid.some((g) => g > max))
+    throw new Error(`webgpu kernel ${kernel.name}: grid ${grid} exceeds ${max} per dimension`);
 
   if (hook) {
     hook.begin(kernel.name);
@@ -403,7 +410,10 @@ export function dispatch(
   if (timed) {
     b.endComputePassEncoder();
     b.activeTimers!.push({ name: kernel.name, query: b.getQueryTime() });
-  } else if ((tf.env().get('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE') as number) <= b.dispatchCountInPass || releasedBytes(b) >= SUBMIT_RELEASED_BYTES) {
+  } else if (
+    (tf.env().get('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE') as number) <= b.dispatchCountInPass ||
+    releasedBytes(b) >= SUBMIT_RELEASED_BYTES
+  ) {
     b.endComputePassEncoder();
     b.submitQueue();
   }

@@ -36,8 +36,23 @@ export interface SgMatMulVariant {
 export function sgVariantKey(v: SgMatMulVariant): string {
   const c = v.cfg;
   return [
-    'sgmm', c.componentType, c.resultComponentType, c.M, c.N, c.K, v.subgroupSize, v.SGX, v.SGY, v.RM, v.RN, v.BK,
-    +v.transA, +v.transB, v.epilogue, +v.splitK, +v.enableSubgroups,
+    'sgmm',
+    c.componentType,
+    c.resultComponentType,
+    c.M,
+    c.N,
+    c.K,
+    v.subgroupSize,
+    v.SGX,
+    v.SGY,
+    v.RM,
+    v.RN,
+    v.BK,
+    +v.transA,
+    +v.transB,
+    v.epilogue,
+    +v.splitK,
+    +v.enableSubgroups,
   ].join('_');
 }
 
@@ -114,13 +129,20 @@ export function sgMatmulSource(v: SgMatMulVariant, erfWgsl: string): string {
   const accDecl: string[] = [];
   for (let i = 0; i < RM; i++) for (let j = 0; j < RN; j++) accDecl.push(`var acc${i}_${j} = ${Res}();`);
   const inner: string[] = [];
-  for (let i = 0; i < RM; i++) inner.push(`let a${i} = subgroupMatrixLoad<${L}>(&As, (sgRow + ${i * cfg.M}u) * ${BK}u + kk, false, ${BK}u);`);
-  for (let j = 0; j < RN; j++) inner.push(`let b${j} = subgroupMatrixLoad<${Rt}>(&Bs, kk * ${BN}u + sgCol + ${j * cfg.N}u, false, ${BN}u);`);
-  for (let i = 0; i < RM; i++) for (let j = 0; j < RN; j++) inner.push(`acc${i}_${j} = subgroupMatrixMultiplyAccumulate(a${i}, b${j}, acc${i}_${j});`);
+  for (let i = 0; i < RM; i++)
+    inner.push(`let a${i} = subgroupMatrixLoad<${L}>(&As, (sgRow + ${i * cfg.M}u) * ${BK}u + kk, false, ${BK}u);`);
+  for (let j = 0; j < RN; j++)
+    inner.push(`let b${j} = subgroupMatrixLoad<${Rt}>(&Bs, kk * ${BN}u + sgCol + ${j * cfg.N}u, false, ${BN}u);`);
+  for (let i = 0; i < RM; i++)
+    for (let j = 0; j < RN; j++)
+      inner.push(`acc${i}_${j} = subgroupMatrixMultiplyAccumulate(a${i}, b${j}, acc${i}_${j});`);
   const stores: string[] = [];
-  for (let i = 0; i < RM; i++) for (let j = 0; j < RN; j++) {
-    stores.push(`subgroupMatrixStore(&Cs, (sgRow + ${i * cfg.M}u) * ${BN}u + sgCol + ${j * cfg.N}u, acc${i}_${j}, false, ${BN}u);`);
-  }
+  for (let i = 0; i < RM; i++)
+    for (let j = 0; j < RN; j++) {
+      stores.push(
+        `subgroupMatrixStore(&Cs, (sgRow + ${i * cfg.M}u) * ${BN}u + sgCol + ${j * cfg.N}u, acc${i}_${j}, false, ${BN}u);`,
+      );
+    }
   const cBase = v.splitK ? 'wid.z * u.M * u.N + ' : '';
   const enables = [
     T === 'f16' || R === 'f16' ? 'enable f16;' : '',
