@@ -155,6 +155,7 @@ describe('offshoot CLI', () => {
       stdout
         .trim()
         .split('\n')
+        // biome-ignore lint/suspicious/noExplicitAny: the command's JSON lines, whose shape the test asserts.
         .map((l) => JSON.parse(l) as Record<string, any>);
     const first = offshoot(...common, '--stop-at', '6');
     expect(first.status, first.stderr).toBe(0);

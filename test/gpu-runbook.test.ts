@@ -38,7 +38,10 @@ let app: string;
 let config: string;
 let env: NodeJS.ProcessEnv;
 
-function gpuRun(args: string[]): { status: number | null; lines: Record<string, any>[]; stderr: string } {
+// biome-ignore lint/suspicious/noExplicitAny: the runbook's JSON lines, whose shape the tests assert.
+type Line = Record<string, any>;
+
+function gpuRun(args: string[]): { status: number | null; lines: Line[]; stderr: string } {
   const r = spawnSync(
     process.execPath,
     ['--import', import.meta.resolve('tsx'), path.join(app, 'bench', 'gpu-run', 'main.ts'), ...args],
@@ -52,17 +55,17 @@ function gpuRun(args: string[]): { status: number | null; lines: Record<string, 
   const lines = r.stdout
     .split('\n')
     .filter((l) => l.startsWith('{'))
-    .map((l) => JSON.parse(l) as Record<string, any>);
+    .map((l) => JSON.parse(l) as Line);
   return { status: r.status, lines, stderr: r.stderr };
 }
 
-function results(): Record<string, any>[] {
+function results(): Line[] {
   const file = path.join(tmp, 'runs', 'gpu-tiny', 'results.jsonl');
   return fs
     .readFileSync(file, 'utf8')
     .split('\n')
     .filter(Boolean)
-    .map((l) => JSON.parse(l) as Record<string, any>);
+    .map((l) => JSON.parse(l) as Line);
 }
 
 beforeAll(() => {

@@ -123,6 +123,7 @@ export class CorpusError extends Error {
 
 /** Reads and checks a lock file; errors name the field and the value. */
 export function readLock(file: string): CorpusLock {
+  // biome-ignore lint/suspicious/noExplicitAny: the lock as parsed; every field is checked below before use.
   let raw: any;
   try {
     raw = JSON.parse(fs.readFileSync(file, 'utf8'));
@@ -143,6 +144,7 @@ export function readLock(file: string): CorpusLock {
     bad('shardBytes', 'an integer of at least 1024', raw.shardBytes);
   if (!Array.isArray(raw.sources) || raw.sources.length === 0) bad('sources', 'a non-empty list', raw.sources);
   const names = new Set<string>();
+  // biome-ignore lint/suspicious/noExplicitAny: a source as parsed, checked field by field.
   raw.sources.forEach((s: any, i: number) => {
     const at = `sources[${i}]`;
     if (typeof s?.name !== 'string' || !/^[a-z0-9][a-z0-9._-]*$/.test(s.name))
@@ -393,16 +395,11 @@ export async function buildCorpus(lockFile: string, options: BuildOptions): Prom
   const textFiles = shards.map((_, i) => path.join(out, 'text', `train-${String(i).padStart(3, '0')}.jsonl`));
   for (const f of fs.readdirSync(path.join(out, 'text')))
     if (!textFiles.includes(path.join(out, 'text', f)) && f.startsWith('train-')) fs.rmSync(path.join(out, 'text', f));
-  shards.forEach((docs, i) => {
-    const file = textFiles[i];
-    const text = docs.map((d) => JSON.stringify({ text: d.text, source: d.source, path: d.path })).join('\n') + '\n';
-    writeIfChanged(file, text);
-  });
+  const jsonl = (docs: Document[]) =>
+    `${docs.map((d) => JSON.stringify({ text: d.text, source: d.source, path: d.path })).join('\n')}\n`;
+  shards.forEach((docs, i) => writeIfChanged(textFiles[i], jsonl(docs)));
   const valFile = path.join(out, 'text', 'val.jsonl');
-  writeIfChanged(
-    valFile,
-    val.map((d) => JSON.stringify({ text: d.text, source: d.source, path: d.path })).join('\n') + '\n',
-  );
+  writeIfChanged(valFile, jsonl(val));
 
   // 4: the tokenizer, trained on the training documents (once per sample).
   const tokenizerFile = path.join(out, TOKENIZER_FILE);
@@ -467,7 +464,7 @@ export async function buildCorpus(lockFile: string, options: BuildOptions): Prom
     sources,
     tokens: { train: trainShards.reduce((a, s) => a + s.tokens, 0), val: valShard.tokens },
   };
-  writeIfChanged(path.join(out, 'manifest.json'), JSON.stringify(manifest, null, 2) + '\n');
+  writeIfChanged(path.join(out, 'manifest.json'), `${JSON.stringify(manifest, null, 2)}\n`);
 
   // 6: carry parts.
   packCarry(out, manifest, options);

@@ -115,12 +115,16 @@ function readJsonl<T>(file: string): T[] {
 // ---------------------------------------------------------------------------------------------------
 // Child processes
 
+/** A JSON line an `offshoot` command printed (start, step, done, listening, ...). */
+// biome-ignore lint/suspicious/noExplicitAny: the commands' events, each read where its shape is known.
+type Event = Record<string, any>;
+
 interface Child {
   process: ChildProcess;
-  events: Record<string, any>[];
+  events: Event[];
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   /** Resolves with the first event matching `pred`, rejects when the process exits first. */
-  waitFor(pred: (e: Record<string, any>) => boolean): Promise<Record<string, any>>;
+  waitFor(pred: (e: Event) => boolean): Promise<Event>;
 }
 
 /** Starts `offshoot ARGS`; its JSON stdout lines become events, its stderr goes to <work>/logs/NAME.log. */
@@ -132,7 +136,7 @@ function startOffshoot(ctx: Ctx, name: string, args: string[]): Child {
   fs.writeSync(logFd, `\n$ ${shown(args)}\n`);
   const child = spawn(cmd, [...pre, ...args], { cwd: process.cwd(), stdio: ['ignore', 'pipe', logFd] });
   fs.closeSync(logFd);
-  const events: Record<string, any>[] = [];
+  const events: Event[] = [];
   const waiters = new Set<() => void>();
   let partial = '';
   child.stdout!.setEncoding('utf8').on('data', (d: string) => {
@@ -141,7 +145,7 @@ function startOffshoot(ctx: Ctx, name: string, args: string[]): Child {
     for (const l of lines) {
       if (!l.startsWith('{')) continue;
       try {
-        events.push(JSON.parse(l) as Record<string, any>);
+        events.push(JSON.parse(l) as Event);
       } catch {
         // not an event
       }
@@ -156,8 +160,8 @@ function startOffshoot(ctx: Ctx, name: string, args: string[]): Child {
       resolve({ code, signal });
     }),
   );
-  const waitFor = (pred: (e: Record<string, any>) => boolean) =>
-    new Promise<Record<string, any>>((resolve, reject) => {
+  const waitFor = (pred: (e: Event) => boolean) =>
+    new Promise<Event>((resolve, reject) => {
       const check = () => {
         const hit = events.find(pred);
         if (hit) {
@@ -205,7 +209,7 @@ async function runOffshoot(
   ctx: Ctx,
   name: string,
   args: string[],
-): Promise<{ events: Record<string, any>[]; seconds: number; interrupted: boolean }> {
+): Promise<{ events: Event[]; seconds: number; interrupted: boolean }> {
   const started = performance.now();
   const child = startOffshoot(ctx, name, args);
   const { interrupted } = await finish(ctx, child, name, args);
@@ -366,7 +370,7 @@ function pretrainArgs(
 }
 
 /** The median of the step reports' tokens/s after the first fifth of the steps (warm-up: compiles, graph capture). */
-function steadyTokensPerSecond(events: Record<string, any>[], firstStep: number, lastStep: number): number {
+function steadyTokensPerSecond(events: Event[], firstStep: number, lastStep: number): number {
   const from = firstStep + Math.max(1, Math.floor((lastStep - firstStep) / 5));
   const rates = events
     .filter((e) => e.event === 'step' && e.step > from)

@@ -38,6 +38,19 @@ export interface LocalSearchOptions {
   layers?: LayerOrder;
   /** Where brief fitness distils from (e.g. the teacher-logit service); default the teacher held here. */
   distillTeacher?: FitnessContext['distillTeacher'];
+  /** A fitness context of `teacher` to evaluate in (kept, not disposed); default one made for this search. */
+  context?: FitnessContext;
+}
+
+/** What `searchSubnetworks` reports after each evaluation; it waits for the callback's promise, if any. */
+export interface EvaluatedCandidate {
+  done: number;
+  total: number;
+  fitness: number | null;
+  best: number | null;
+  spec: SubnetSpec;
+  /** Undefined when the evaluation failed. */
+  metrics?: FitnessMetrics;
 }
 
 export interface LocalSearchResult {
@@ -49,10 +62,11 @@ export interface LocalSearchResult {
 
 export async function searchSubnetworks(
   options: LocalSearchOptions,
-  onEvaluated?: (record: { done: number; total: number; fitness: number | null; best: number | null }) => void,
+  onEvaluated?: (record: EvaluatedCandidate) => void | Promise<void>,
 ): Promise<LocalSearchResult> {
-  const ctx = await createFitnessContext(options.teacher, options.data);
-  ctx.distillTeacher = options.distillTeacher;
+  const base = options.context ?? (await createFitnessContext(options.teacher, options.data));
+  // This search's own distillation source; a caller's context stays as it is.
+  const ctx: FitnessContext = options.distillTeacher ? { ...base, distillTeacher: options.distillTeacher } : base;
   try {
     const teacher = ctx.checkpoint.config;
     const target = resolveTarget(teacher, options.target, { space: options.space });
@@ -106,12 +120,12 @@ export async function searchSubnetworks(
         done += 1;
         const fitness = metrics?.valLoss ?? null;
         if (fitness !== null && (bestSoFar === null || fitness < bestSoFar)) bestSoFar = fitness;
-        onEvaluated?.({ done, total, fitness, best: bestSoFar });
+        await onEvaluated?.({ done, total, fitness, best: bestSoFar, spec: c.genome, metrics });
       }
       search.tell(results);
     }
     return { target, best: search.best(), history: search.history(), evaluations: done };
   } finally {
-    disposeFitnessContext(ctx);
+    if (!options.context) disposeFitnessContext(ctx);
   }
 }

@@ -7,8 +7,11 @@ import { ALGORITHMS, type Algorithm } from '../../core/search/index.js';
 import {
   FITNESS_KINDS,
   FITNESS_LOSSES,
+  FITNESS_PHASES,
   type FitnessKind,
   type FitnessLoss,
+  type FitnessMetrics,
+  type FitnessPhases,
   HEAD_ORDERS,
   type HeadOrder,
   LAYER_ORDERS,
@@ -17,6 +20,7 @@ import {
   SUBNET_SPACE_DEFAULTS,
   type SpaceKind,
   type TargetRequest,
+  describePhases,
   formatParams,
   searchSubnetworks,
 } from '../../core/subnet/index.js';
@@ -230,19 +234,33 @@ export function registerSearchCommand(program: Command): void {
           evaluations: result.evaluations,
           seconds,
           evaluationsPerHour: (result.evaluations * 3600) / seconds,
-          history: result.history.map((r) => ({
-            id: r.id,
-            generation: r.generation,
-            origin: r.origin,
-            status: r.status,
-            fitness: r.fitness,
-            parameters: r.cost,
-            spec: r.genome,
-            error: r.error,
-          })),
+          history: result.history.map((r) => {
+            const m = r.metrics as Partial<FitnessMetrics> | undefined;
+            return {
+              id: r.id,
+              generation: r.generation,
+              origin: r.origin,
+              status: r.status,
+              fitness: r.fitness,
+              parameters: r.cost,
+              spec: r.genome,
+              error: r.error,
+              seconds: m?.seconds,
+              phases: m?.phases,
+            };
+          }),
         };
         if (opts.json) console.log(JSON.stringify(summary));
         else {
+          const phases = result.history
+            .map((r) => (r.metrics as Partial<FitnessMetrics> | undefined)?.phases)
+            .filter((p): p is FitnessPhases => p !== undefined);
+          if (phases.length > 0) {
+            const total = Object.fromEntries(
+              FITNESS_PHASES.map((p) => [p, phases.reduce((a, t) => a + t[p], 0)]),
+            ) as FitnessPhases;
+            console.log(`time of ${phases.length} evaluations: ${describePhases(total)}`);
+          }
           console.log(`target: ${result.target.label}`);
           console.log(
             best

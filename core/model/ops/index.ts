@@ -30,4 +30,11 @@ export {
   clippedAdamW,
 } from './adamw.js';
 export { addNResidual, parallelResidual } from './residual.js';
-export { type StepInput, type TrainingStep, afterFirstTrainingStep, endTrainingStep, runTrainingStep } from './step.js';
+export {
+  type StepInput,
+  type TrainingStep,
+  afterFirstTrainingStep,
+  endTrainingStep,
+  releaseCachedMemory,
+  runTrainingStep,
+} from './step.js';

@@ -4,7 +4,7 @@
  * matmul.ts's; this file holds the bias-gradient column sums (through GELU's derivative for the
  * MLP's up projection).
  */
-import * as tf from '../tfjs.js';
+import type * as tf from '../tfjs.js';
 
 import { type Activation, customOp, linear, matMulNT } from '../ops/index.js';
 import { type KernelCase, randHost } from './check.js';

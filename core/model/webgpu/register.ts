@@ -16,6 +16,7 @@ import {
   linear,
   matMulNT,
   parallelResidual,
+  releaseCachedMemory,
   takeAlongLastAxis,
   topKDistillation,
 } from '../ops/index.js';
@@ -29,7 +30,7 @@ import { fusedKernelsEnabled } from './fused.js';
 import { fusedLayerNorm } from './layer-norm.js';
 import { fusedLinear, fusedMatMulNT } from './linear.js';
 import { autotuneIfHardware } from './matmul.js';
-import { submitRecorded } from './runtime.js';
+import { releaseFreeBuffers, submitRecorded } from './runtime.js';
 
 const backend = 'webgpu';
 const fused = { backend, enabled: fusedKernelsEnabled };
@@ -65,3 +66,4 @@ afterFirstTrainingStep.register({
   name: 'autotune the matrix-product plans (hardware adapters)',
   run: autotuneIfHardware,
 });
+releaseCachedMemory.register({ backend, name: "destroy the free buffers of tfjs's pool", run: releaseFreeBuffers });
