@@ -231,6 +231,8 @@ async function startService(ctx: Ctx, port = 0): Promise<{ child: Child; port: n
     String(s.topK),
     '--max-batch-tokens',
     String(s.maxBatchTokens),
+    '--max-buffered-mib',
+    String(s.maxBufferedMiB),
   ]);
   const listening = await child.waitFor((e) => e.event === 'listening');
   return { child, port: listening.port as number, target: `127.0.0.1:${listening.port}` };
