@@ -13,7 +13,7 @@ import { type LoadedCheckpoint, loadCheckpoint, saveCheckpoint, type SaveDtype }
 import type { NeoXConfig } from './config.js';
 import { GPTNeoX } from './gptneox.js';
 import { distillationLoss, topKFromLogits } from './losses.js';
-import { type DistillOptions, type StepInput, type TopKTeacher, afterFirstTrainingStep, crossEntropy, endTrainingStep, runTrainingStep } from './ops/index.js';
+import { type DistillOptions, type LossScaleOptions, type StepInput, type TopKTeacher, afterFirstTrainingStep, crossEntropy, endTrainingStep, lossScaling, runTrainingStep } from './ops/index.js';
 import { AdamW, type AdamWOptions, type ScheduleOptions, learningRate } from './optim.js';
 import { readSafetensors } from './safetensors.js';
 
@@ -72,6 +72,9 @@ export interface StepReport {
   gradNorm: number;
   tokensPerSecond: number;
   tokensSeen: number;
+  /** With loss scaling: the scale now, and the steps skipped so far because their gradients overflowed. */
+  lossScale?: number;
+  skippedSteps?: number;
 }
 
 export interface TrainOptions {
@@ -93,6 +96,11 @@ export interface TrainOptions {
   onCheckpoint?: (info: { step: number; dir: string; hash: string }) => void;
   /** Evaluate every `every` steps. */
   evaluate?: { every: number; run: (model: GPTNeoX, step: number) => Promise<void> };
+  /**
+   * Dynamic loss scaling (ops/adamw.ts's LossScale): by default on when the backend's mixed
+   * precision needs it (f16 products on webgpu); true or options turn it on, false off.
+   */
+  lossScale?: boolean | Partial<LossScaleOptions>;
   /**
    * When aborted, the loop stops at the next step boundary (checkpointing into `checkpointDir`, when
    * set) and returns with `stopped`. With a signal the loop lets the event loop run after every step.
@@ -164,6 +172,8 @@ export class Trainer {
     this.model = model;
     this.options = options;
     this.optimizer = new AdamW(options.hyper.adamw);
+    const scaling = options.lossScale ?? lossScaling();
+    if (scaling !== false) this.optimizer.useLossScale(scaling === true ? {} : scaling);
     for (const [name, v] of model.params) this.nameOf.set(v.name, name);
   }
 
@@ -218,15 +228,24 @@ export class Trainer {
       optimizer,
       state: [...this.model.variables(), ...this.optimizer.stateTensors()],
       body: ([ids, targets, ...view]) => {
+        const scale = this.optimizer.lossScale;
+        // With a loss scale the gradients are of the scaled loss; the loss reported is the loss itself.
+        let unscaled: tf.Scalar | undefined;
         const { value, grads } = tf.variableGrads(() => {
           const logits = this.model.logits2d(ids as tf.Tensor2D);
-          if (view.length === 0) return crossEntropy(logits, targets as tf.Tensor1D);
-          const t = view.length === 1 ? (view[0] as tf.Tensor2D) : { indices: view[0] as tf.Tensor2D, logits: view[1] as tf.Tensor2D, logNormaliser: view[2] as tf.Tensor1D };
-          return distillationLoss(logits, targets as tf.Tensor1D, t, this.options.distill);
+          let loss: tf.Scalar;
+          if (view.length === 0) loss = crossEntropy(logits, targets as tf.Tensor1D);
+          else {
+            const t = view.length === 1 ? (view[0] as tf.Tensor2D) : { indices: view[0] as tf.Tensor2D, logits: view[1] as tf.Tensor2D, logNormaliser: view[2] as tf.Tensor1D };
+            loss = distillationLoss(logits, targets as tf.Tensor1D, t, this.options.distill);
+          }
+          if (!scale) return loss;
+          unscaled = tf.keep(loss);
+          return scale.scaleLoss(loss);
         }, this.model.variables());
         const byName: Record<string, tf.Tensor> = {};
         for (const [varName, g] of Object.entries(grads)) byName[this.nameOf.get(varName)!] = g;
-        return [value, this.optimizer.applyStep(this.model.params, byName, optimizer)];
+        return [unscaled ?? value, this.optimizer.applyStep(this.model.params, byName, optimizer)];
       },
     });
     const result = { loss: loss as tf.Scalar, gradNorm: gradNorm as tf.Scalar };
@@ -273,7 +292,7 @@ export class Trainer {
       }
       windowTokens += this.options.hyper.batchSize * this.options.hyper.seqLen;
       if (this.step % reportEvery === 0 || this.step === untilStep) {
-        const [l, g] = await Promise.all([loss.data(), gradNorm.data()]);
+        const [l, g, scaling] = await Promise.all([loss.data(), gradNorm.data(), this.optimizer.lossScale?.read()]);
         lastLoss = l[0];
         if (!Number.isFinite(lastLoss)) {
           tf.dispose([loss, gradNorm]);
@@ -287,6 +306,7 @@ export class Trainer {
           gradNorm: g[0],
           tokensPerSecond: (windowTokens * 1000) / Math.max(1e-3, now - windowStart),
           tokensSeen: this.tokensSeen,
+          ...(scaling ? { lossScale: scaling.scale, skippedSteps: scaling.skippedSteps } : {}),
         });
         windowStart = now;
         windowTokens = 0;

@@ -11,6 +11,19 @@ export { layerNorm } from './layer-norm.js';
 export { gatherRows, takeAlongLastAxis } from './embedding.js';
 export { crossEntropy } from './cross-entropy.js';
 export { type DistillOptions, KL_DIRECTIONS, type KLDirection, type TopKTeacher, directedKL, topKDistillation, topKLogitKL, withCrossEntropy } from './distill.js';
-export { type AdamWEntry, type AdamWStep, AdamWState, type HeldMoments, adamwUpdate, clipByGlobalNorm, clippedAdamW } from './adamw.js';
+export {
+  type AdamWEntry,
+  type AdamWStep,
+  AdamWState,
+  DEFAULT_LOSS_SCALE,
+  type HeldMoments,
+  LossScale,
+  type LossScaleOptions,
+  adamwUpdate,
+  clipByGlobalNorm,
+  clippedAdamW,
+  lossScaleOptions,
+  lossScaledAdamW,
+} from './adamw.js';
 export { addNResidual, parallelResidual } from './residual.js';
-export { type StepInput, type TrainingStep, afterFirstTrainingStep, endTrainingStep, runTrainingStep } from './step.js';
+export { type StepInput, type TrainingStep, afterFirstTrainingStep, endTrainingStep, lossScaling, runTrainingStep } from './step.js';

@@ -59,3 +59,9 @@ export const endTrainingStep = defineOperation('endTrainingStep', (): void => {}
  * logs and benchmarks (empty when there was nothing to do).
  */
 export const afterFirstTrainingStep = defineOperation('afterFirstTrainingStep', async (): Promise<readonly object[]> => []);
+
+/**
+ * Whether the active backend's mixed precision needs a loss scale (f16 gradients do; bf16 and f32
+ * ones do not): the trainer then keeps a LossScale with its optimiser (ops/adamw.ts).
+ */
+export const lossScaling = defineOperation('lossScaling', (): boolean => false);

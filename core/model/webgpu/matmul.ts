@@ -1,13 +1,16 @@
 /**
- * Matrix products on the WebGPU backend with offshoot's register-tiled f32 kernel
- * (wgsl-matmul.ts): a plan per shape (tile, and split-K when the output has too few tiles to fill
- * the GPU and K is long), bias and bias + GELU epilogues, and an autotuner that times the candidate
- * plans of every shape seen so far on the device and keeps the fastest (autotuneMatMuls).
+ * Matrix products on the WebGPU backend: offshoot's register-tiled f32 kernel (wgsl-matmul.ts) and,
+ * for mixed precision's f16 products, its subgroup-matrix kernel (wgsl-sgmatrix.ts). A plan per
+ * shape (tile, and split-K when the output has too few tiles to fill the GPU and K is long), bias
+ * and bias + GELU epilogues, and an autotuner that times the candidate plans of every shape seen so
+ * far on the device and keeps the fastest (autotuneMatMuls).
  */
 import * as tf from '../tfjs.js';
 
-import { type Kernel, type UniformValue, allocate, capabilities, dispatch, grid1d, kernelFor, release, webgpuBackend } from './runtime.js';
-import { type MatMulTile, type MatMulVariant, matmulGrid, matmulSource, parseTile, sumSlicesSource, sumSlicesWideSource, variantKey } from './wgsl-matmul.js';
+import { f16MatrixConfigs, halfProducts, matrixUnavailable, toHalf } from './half.js';
+import { type Capabilities, type Kernel, type UniformValue, allocate, capabilities, dispatch, grid1d, kernelFor, release, webgpuBackend } from './runtime.js';
+import { type MatMulTile, type MatMulVariant, type OperandType, matmulGrid, matmulSource, parseTile, sumSlicesSource, sumSlicesWideSource, variantKey } from './wgsl-matmul.js';
+import { type SgMatMulTile, type SgMatMulVariant, sgMatmulSource, sgThreads, sgTile, sgVariantKey, sgVariantProblem, sgWorkgroupBytes } from './wgsl-sgmatrix.js';
 
 /** The tiles the planner and the autotuner choose from (every one is covered by the kernel tests). */
 export const MATMUL_TILES: Record<string, MatMulTile> = {
@@ -41,18 +44,21 @@ const forcedTile = process.env.OFFSHOOT_MATMUL_TILE ? parseTile(process.env.OFFS
 const splitKEnabled = process.env.OFFSHOOT_MATMUL_SPLITK !== '0';
 
 export interface MatMulPlan {
-  tile: MatMulTile;
+  /** A register tile of the f32 kernel, or a subgroup-matrix tile (f16 products). */
+  tile: MatMulTile | SgMatMulTile;
   /** K slices (1: no split). */
   S: number;
   kChunk: number;
 }
 
-function tilesOf(t: MatMulTile, M: number, N: number): number {
+const isSg = (t: MatMulTile | SgMatMulTile): t is SgMatMulTile => 'kind' in t && t.kind === 'subgroup-matrix';
+
+function tilesOf(t: Pick<MatMulTile, 'BM' | 'BN'>, M: number, N: number): number {
   return Math.ceil(M / t.BM) * Math.ceil(N / t.BN);
 }
 
 /** A plan with `tile` and about S K-slices (chunks a multiple of the tile's BK). */
-export function makePlan(tile: MatMulTile, K: number, S: number): MatMulPlan {
+export function makePlan(tile: MatMulTile | SgMatMulTile, K: number, S: number): MatMulPlan {
   if (S <= 1) return { tile, S: 1, kChunk: K };
   const kChunk = Math.ceil(K / S / tile.BK) * tile.BK;
   const slices = Math.ceil(K / kChunk);
@@ -60,7 +66,7 @@ export function makePlan(tile: MatMulTile, K: number, S: number): MatMulPlan {
 }
 
 /** Split-K slices that bring `tile`'s workgroups to about TARGET_WORKGROUPS (1 when K is short). */
-function autoSlices(tile: MatMulTile, M: number, N: number, K: number): number {
+function autoSlices(tile: Pick<MatMulTile, 'BM' | 'BN'>, M: number, N: number, K: number): number {
   const tiles = tilesOf(tile, M, N);
   if (!splitKEnabled || tiles >= TARGET_WORKGROUPS || K < 1024) return 1;
   return Math.max(1, Math.min(Math.ceil(TARGET_WORKGROUPS / tiles), Math.floor(K / 256), 32));
@@ -87,10 +93,16 @@ interface Shape {
   /** Products in the batch (1: a single product). */
   batch: number;
   triangle: Triangle;
+  /** Storage of the operands. */
+  aType: OperandType;
+  bType: OperandType;
+  /** f16 arithmetic allowed (mixed precision): subgroup-matrix plans are candidates. */
+  half: boolean;
 }
 
 const shapeKey = (s: Shape) =>
-  `${s.batch > 1 ? `${s.batch}@` : ''}${s.M}x${s.N}x${s.K}${s.transA ? 'T' : 'N'}${s.transB ? 'T' : 'N'}${s.triangle === 'none' ? '' : `/${s.triangle}`}`;
+  `${s.batch > 1 ? `${s.batch}@` : ''}${s.M}x${s.N}x${s.K}${s.transA ? 'T' : 'N'}${s.transB ? 'T' : 'N'}${s.triangle === 'none' ? '' : `/${s.triangle}`}` +
+  (s.half ? ` f16${s.aType === 'f32' ? ' A:f32' : ''}${s.bType === 'f32' ? ' B:f32' : ''}` : '');
 /** Shapes seen and not yet tuned. */
 const pending = new Map<string, Shape>();
 /** Tuned plans by shape. */
@@ -112,11 +124,25 @@ function planFor(key: string, s: Shape): MatMulPlan {
   if (t) return t;
   let d = defaults.get(key);
   if (!d) {
-    d = s.batch > 1 || s.triangle !== 'none' ? batchedPlan(s.M, s.N, s.K) : defaultPlan(s.M, s.N, s.K);
+    d = defaultPlanOf(s);
     defaults.set(key, d);
     pending.set(key, s);
   }
   return d;
+}
+
+/** The plan of a shape without tuning: subgroup matrices for an f16 product where they run, else the f32 kernel's plan. */
+function defaultPlanOf(s: Shape): MatMulPlan {
+  const noSplit = s.batch > 1 || s.triangle !== 'none';
+  const sg = s.half && halfProducts() === 'matrix' ? sgTiles() : [];
+  if (sg.length > 0) {
+    const fits = (t: SgMatMulTile) => sgFits(t, s);
+    const large = sg.find((t) => t.BM === 128 && t.BN === 128 && fits(t));
+    const small = sg.find((t) => t.BM <= 64 && t.BN <= 64 && fits(t));
+    const tile = large && (noSplit ? s.M >= 128 && s.N >= 128 : tilesOf(large, s.M, s.N) >= TARGET_WORKGROUPS || s.K >= 1024) ? large : (small ?? large);
+    if (tile) return makePlan(tile, s.K, noSplit ? 1 : autoSlices(tile, s.M, s.N, s.K));
+  }
+  return noSplit ? batchedPlan(s.M, s.N, s.K) : defaultPlan(s.M, s.N, s.K);
 }
 
 /** Batches and triangular products take no split-K; the batch fills the GPU, so the largest tile that fits the product. */
@@ -125,10 +151,89 @@ function batchedPlan(M: number, N: number, K: number): MatMulPlan {
   return makePlan(tile, K, 1);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Subgroup-matrix tiles
+
+/**
+ * Layouts of the subgroup-matrix tiles, per configuration (M × N × K): subgroups along N and M,
+ * result matrices per subgroup along M and N, and the K slab. The workgroup blocks come out at
+ * 128 × 128 (four or eight subgroups; K slab 32 or 64), 128 × 64 and 64 × 64 for 16 × 16 matrices,
+ * the same in elements for 16 × 8 ones (twice the matrices along N).
+ */
+const SG_LAYOUTS: Array<{ SGX: number; SGY: number; RM: number; RN: number; BK: number }> = [
+  { SGX: 2, SGY: 2, RM: 4, RN: 4, BK: 32 },
+  { SGX: 2, SGY: 4, RM: 2, RN: 4, BK: 32 },
+  { SGX: 2, SGY: 2, RM: 4, RN: 4, BK: 64 },
+  { SGX: 2, SGY: 2, RM: 4, RN: 2, BK: 32 },
+  { SGX: 2, SGY: 2, RM: 2, RN: 2, BK: 32 },
+];
+
+/** What sgTilesFor needs to know of a device. */
+export type SgDevice = Pick<Capabilities, 'subgroupMatrixConfigs' | 'subgroupMinSize' | 'maxWorkgroupStorage' | 'maxWorkgroupInvocations'>;
+
+/**
+ * The subgroup-matrix tiles a device can run: each layout per f16 → f32 configuration (of those
+ * with the same result shape, the deepest), with workgroup staging (one and two slabs) and direct
+ * loads, kept when its workgroup memory and invocations fit the device.
+ */
+export function sgTilesFor(caps: SgDevice): SgMatMulTile[] {
+  const SG = caps.subgroupMinSize ?? 0;
+  const configs = f16MatrixConfigs(caps).filter((c, _, all) => !all.some((o) => o.M === c.M && o.N === c.N && o.K > c.K));
+  const out: SgMatMulTile[] = [];
+  for (const cfg of configs) {
+    for (const l of SG_LAYOUTS) {
+      // Smaller matrices: more of them for the same block.
+      const RN = (l.RN * 16) / cfg.N;
+      const RM = (l.RM * 16) / cfg.M;
+      if (!Number.isInteger(RN) || !Number.isInteger(RM) || l.BK % cfg.K !== 0) continue;
+      for (const [staging, double] of [['workgroup', false], ['workgroup', true], ['direct', false]] as const) {
+        const t = sgTile({ M: cfg.M, N: cfg.N, K: cfg.K, SGX: l.SGX, SGY: l.SGY, RM, RN, BK: l.BK, staging, ...(double ? { double } : {}) });
+        // The most workgroup memory any use takes: transposes change slab strides, an epilogue adds patches.
+        const worst = Math.max(...[false, true].flatMap((transA) => [false, true].map((transB) => sgWorkgroupBytes({ ...sgVariantFor(t, SG, transA, transB), exact: false }))));
+        if (worst <= caps.maxWorkgroupStorage && sgThreads({ ...t, subgroupSize: SG }) <= caps.maxWorkgroupInvocations) out.push(t);
+      }
+    }
+  }
+  return out;
+}
+
+/** The subgroup-matrix tiles of the active device (empty unless its products can run on subgroup matrices). */
+export function sgTiles(): SgMatMulTile[] {
+  const caps = capabilities();
+  return matrixUnavailable(caps) === null ? sgTilesFor(caps) : [];
+}
+
+/** A variant of `t` with default operands, for sizing. */
+function sgVariantFor(t: SgMatMulTile, subgroupSize: number, transA: boolean, transB: boolean): SgMatMulVariant {
+  return { ...t, subgroupSize, transA, transB, aType: 'f16', bType: 'f16', widthA: 8, widthB: 8, exact: true, epilogue: 'bias-gelu', splitK: false, batched: false, triangle: 'none' };
+}
+
+/** Whether a subgroup-matrix tile can run this shape (direct loads need f16 operands and a whole number of tiles). */
+function sgFits(t: SgMatMulTile, s: Shape, kChunk = s.K): boolean {
+  if (t.staging === 'workgroup') return s.triangle === 'none' || t.BM % t.BK === 0;
+  return s.aType === 'f16' && s.bType === 'f16' && exactFor(t, s, kChunk);
+}
+
+function exactFor(t: Pick<MatMulTile, 'BM' | 'BN' | 'BK'>, s: Shape, kChunk: number): boolean {
+  return s.M % t.BM === 0 && s.N % t.BN === 0 && kChunk % t.BK === 0 && s.K % kChunk === 0;
+}
+
+/** Elements per global load of an operand whose contiguous axis has `length` elements. */
+function loadWidth(type: OperandType, length: number): 1 | 4 | 8 {
+  if (type === 'f16' && length % 8 === 0) return 8;
+  return length % 4 === 0 ? 4 : 1;
+}
+
 function mmKernel(v: MatMulVariant): Kernel {
   const tri = v.triangle && v.triangle !== 'none' ? `_${v.triangle}` : '';
   const name = `matmul_${v.transA ? 'T' : 'N'}${v.transB ? 'T' : 'N'}_${v.BM}x${v.BN}${v.splitK ? '_splitk' : ''}${v.batched ? '_batched' : ''}${tri}${v.epilogue === 'none' ? '' : `_${v.epilogue}`}`;
   return kernelFor(variantKey(v), name, () => matmulSource(v));
+}
+
+function sgKernel(v: SgMatMulVariant): Kernel {
+  const tri = v.triangle !== 'none' ? `_${v.triangle}` : '';
+  const name = `sgmatmul_${v.transA ? 'T' : 'N'}${v.transB ? 'T' : 'N'}_${v.BM}x${v.BN}_${v.staging}${v.splitK ? '_splitk' : ''}${v.batched ? '_batched' : ''}${tri}${v.epilogue === 'none' ? '' : `_${v.epilogue}`}`;
+  return kernelFor(sgVariantKey(v), name, () => sgMatmulSource(v));
 }
 
 function sumKernel(epilogue: 'none' | 'bias' | 'bias-gelu'): Kernel {
@@ -155,6 +260,14 @@ export interface MatMulArgs {
   triangle?: Triangle;
   /** Use this plan instead of the tuned or default one. */
   plan?: MatMulPlan;
+  /** Storage of A and B: f32 (default), or f16 (half.ts's layout; makes the product an f16 one). */
+  aType?: OperandType;
+  bType?: OperandType;
+  /**
+   * Mixed precision: f32 operands may be rounded to f16 for the product (subgroup-matrix plans are
+   * candidates; attention's products). Implied by an f16 operand.
+   */
+  half?: boolean;
 }
 
 /** A product's dispatches for one plan, worked out once (a training step repeats the same products). */
@@ -170,6 +283,32 @@ const preparedByPlan = new WeakMap<MatMulPlan, Map<string, Prepared>>();
 function prepare(plan: MatMulPlan, s: Shape, epilogue: MatMulVariant['epilogue']): Prepared {
   const { M, N, K, transA, transB, batch, triangle } = s;
   const uniforms: UniformValue[] = [['u', M], ['u', N], ['u', K], ['u', plan.kChunk]];
+  const split = plan.S > 1;
+  const sum = split ? { kernel: sumKernel(epilogue), grid: grid1d(M * N), uniforms: [['u', plan.S], ['u', M * N], ['u', N], ['u', 0]] as UniformValue[] } : undefined;
+  const grid = matmulGrid(plan.tile, M, N, split ? plan.S : batch);
+  const exact = exactFor(plan.tile, s, plan.kChunk);
+  if (isSg(plan.tile)) {
+    const subgroupSize = capabilities().subgroupMinSize;
+    if (subgroupSize === null) throw new Error('matmul: a subgroup-matrix plan on an adapter that does not say its subgroup size');
+    const v: SgMatMulVariant = {
+      ...plan.tile,
+      subgroupSize,
+      transA,
+      transB,
+      aType: s.aType,
+      bType: s.bType,
+      widthA: loadWidth(s.aType, transA ? M : K),
+      widthB: loadWidth(s.bType, transB ? K : N),
+      exact,
+      epilogue: split ? 'none' : epilogue,
+      splitK: split,
+      batched: batch > 1,
+      triangle,
+    };
+    const problem = sgVariantProblem(v);
+    if (problem) throw new Error(`matmul ${shapeKey(s)}: plan ${planName(plan)} does not fit (${problem})`);
+    return { kernel: sgKernel(v), grid, uniforms, sum };
+  }
   const base = {
     ...plan.tile,
     transA,
@@ -177,39 +316,25 @@ function prepare(plan: MatMulPlan, s: Shape, epilogue: MatMulVariant['epilogue']
     vecA: (transA ? M : K) % 4 === 0,
     vecB: (transB ? K : N) % 4 === 0,
     vecC: N % 4 === 0,
+    aType: s.aType,
+    bType: s.bType,
   };
-  if (plan.S === 1) {
-    const v: MatMulVariant = {
-      ...base,
-      exact: M % plan.tile.BM === 0 && N % plan.tile.BN === 0 && K % plan.tile.BK === 0,
-      epilogue,
-      splitK: false,
-      batched: batch > 1,
-      triangle,
-    };
-    return { kernel: mmKernel(v), grid: matmulGrid(v, M, N, batch), uniforms };
+  if (!split) {
+    const v: MatMulVariant = { ...base, exact, epilogue, splitK: false, batched: batch > 1, triangle };
+    return { kernel: mmKernel(v), grid, uniforms };
   }
-  const v: MatMulVariant = {
-    ...base,
-    exact: M % plan.tile.BM === 0 && N % plan.tile.BN === 0 && plan.kChunk % plan.tile.BK === 0 && K % plan.kChunk === 0,
-    epilogue: 'none',
-    splitK: true,
-  };
-  return {
-    kernel: mmKernel(v),
-    grid: matmulGrid(v, M, N, plan.S),
-    uniforms,
-    sum: { kernel: sumKernel(epilogue), grid: grid1d(M * N), uniforms: [['u', plan.S], ['u', M * N], ['u', N], ['u', 0]] },
-  };
+  const v: MatMulVariant = { ...base, exact, epilogue: 'none', splitK: true };
+  return { kernel: mmKernel(v), grid, uniforms, sum };
 }
 
 /** C [M, N] = op(A) · op(B) (+ bias) (→ GELU). Returns tensor data (wrap with toTensor). */
 export function matmul(args: MatMulArgs): { c: tf.TensorInfo; z?: tf.TensorInfo } {
-  const { a, b, M, N, K, transA = false, transB = false, bias, gelu = false, batch = 1, triangle = 'none' } = args;
+  const { a, b, M, N, K, transA = false, transB = false, bias, gelu = false, batch = 1, triangle = 'none', aType = 'f32', bType = 'f32' } = args;
   if (gelu && !bias) throw new Error('matmul: GELU epilogue needs a bias');
   if (K === 0) throw new Error('matmul: K is 0');
   const epilogue = gelu ? 'bias-gelu' : bias ? 'bias' : 'none';
-  const shape: Shape = { M, N, K, transA, transB, batch, triangle };
+  const half = args.half === true || aType === 'f16' || bType === 'f16';
+  const shape: Shape = { M, N, K, transA, transB, batch, triangle, aType, bType, half };
   const key = shapeKey(shape);
   const plan = args.plan ?? planFor(key, shape);
   if ((batch > 1 || triangle !== 'none') && (bias || plan.S !== 1)) throw new Error('matmul: batched and triangular products take no bias or split-K');
@@ -247,25 +372,32 @@ export function sumSlices(x: tf.TensorInfo, S: number, L: number): tf.TensorInfo
 
 /**
  * The plans the autotuner tries for a shape: every tile, each without split-K and (for long K) with
- * about the slices that fill the GPU and twice that; with `noSplit` (batched or triangular
- * products) every batched-product tile no larger than the product, without split-K.
+ * about the slices that fill the GPU and twice that; for batched or triangular products every
+ * batched-product tile no larger than the product, without split-K. An f16 product on subgroup
+ * matrices also tries every subgroup-matrix tile that fits it, the same way.
  */
-export function candidatePlans(M: number, N: number, K: number, noSplit = false): MatMulPlan[] {
+function candidatePlans(s: Shape): MatMulPlan[] {
+  const { M, N, K } = s;
+  const noSplit = s.batch > 1 || s.triangle !== 'none';
   const out: MatMulPlan[] = [];
   const seen = new Set<string>();
-  for (const tile of Object.values(noSplit ? BATCHED_TILES : MATMUL_TILES)) {
+  const add = (p: MatMulPlan) => {
+    const key = planName(p);
+    if (!seen.has(key)) {
+      seen.add(key);
+      out.push(p);
+    }
+  };
+  const sg = s.half && halfProducts() === 'matrix' ? sgTiles() : [];
+  for (const tile of [...sg, ...Object.values(noSplit ? BATCHED_TILES : MATMUL_TILES)]) {
     if (noSplit) {
-      if (tile.BM <= Math.max(64, M) && tile.BN <= Math.max(64, N)) out.push(makePlan(tile, K, 1));
+      if (tile.BM <= Math.max(64, M) && tile.BN <= Math.max(64, N) && (!isSg(tile) || sgFits(tile, s))) add(makePlan(tile, K, 1));
       continue;
     }
     const auto = autoSlices(tile, M, N, K);
     for (const S of new Set([1, auto, auto > 1 ? auto * 2 : 1])) {
       const p = makePlan(tile, K, S);
-      const key = planName(p);
-      if (!seen.has(key)) {
-        seen.add(key);
-        out.push(p);
-      }
+      if (!isSg(tile) || sgFits(tile, s, p.kChunk)) add(p);
     }
   }
   return out;
@@ -280,7 +412,10 @@ export interface TuneResult {
 }
 
 function planName(p: MatMulPlan): string {
-  return `${p.tile.BM}x${p.tile.BN}x${p.tile.BK} t${p.tile.TM}x${p.tile.TN}${p.tile.double ? ' double' : ''}${p.S > 1 ? ` split-K ${p.S}` : ''}`;
+  const t = p.tile;
+  const split = p.S > 1 ? ` split-K ${p.S}` : '';
+  if (isSg(t)) return `subgroup-matrix ${t.M}x${t.N}x${t.K}: ${t.BM}x${t.BN}x${t.BK}, ${t.SGY}x${t.SGX} subgroups of ${t.RM}x${t.RN}, ${t.staging}${t.double ? ' double' : ''}${split}`;
+  return `${t.BM}x${t.BN}x${t.BK} t${t.TM}x${t.TN}${t.double ? ' double' : ''}${split}`;
 }
 
 async function drain(): Promise<void> {
@@ -304,12 +439,18 @@ export async function autotuneMatMuls(opts: { targetMs?: number } = {}): Promise
   const shapes = [...pending.entries()];
   pending.clear();
   for (const [key, s] of shapes) {
-    const a = tf.randomUniform([s.batch, ...(s.transA ? [s.K, s.M] : [s.M, s.K])], -1, 1);
-    const b = tf.randomUniform([s.batch, ...(s.transB ? [s.N, s.K] : [s.K, s.N])], -1, 1);
+    const operand = (type: OperandType, shape: number[]): tf.Tensor => {
+      const x = tf.randomUniform(shape, -1, 1);
+      if (type === 'f32') return x;
+      const h = tf.engine().makeTensorFromTensorInfo(toHalf(x));
+      x.dispose();
+      return h;
+    };
+    const a = operand(s.aType, [s.batch, ...(s.transA ? [s.K, s.M] : [s.M, s.K])]);
+    const b = operand(s.bType, [s.batch, ...(s.transB ? [s.N, s.K] : [s.K, s.N])]);
     const flops = 2 * s.batch * s.M * s.N * s.K * (s.triangle === 'none' ? 1 : 0.5);
-    const noSplit = s.batch > 1 || s.triangle !== 'none';
-    const def = noSplit ? batchedPlan(s.M, s.N, s.K) : defaultPlan(s.M, s.N, s.K);
-    const plans = [def, ...candidatePlans(s.M, s.N, s.K, noSplit)];
+    const def = defaultPlanOf(s);
+    const plans = [def, ...candidatePlans(s)];
     const run = (plan: MatMulPlan, reps: number) => {
       for (let i = 0; i < reps; i++) release(matmul({ a, b, ...s, plan }).c);
     };
