@@ -24,7 +24,8 @@ import { F16_PRODUCT_TOL, halfProductCase, mixedCurveCheck, modelGradientCheck, 
 import { setFusedKernels } from '../core/model/webgpu/fused.js';
 import { chooseHalfProducts, fromHalf, halfProducts, halfShadow, halfWeight, matrixUnavailable, toHalf } from '../core/model/webgpu/half.js';
 import { linearCase, logitsCase } from '../core/model/webgpu/linear.js';
-import { sgTilesFor } from '../core/model/webgpu/matmul.js';
+import { autotuneMatMuls, clearMatMulTuning, matmul, sgTilesFor } from '../core/model/webgpu/matmul.js';
+import { release } from '../core/model/webgpu/runtime.js';
 import { type SgMatMulVariant, sgMatmulSource, sgTile } from '../core/model/webgpu/wgsl-sgmatrix.js';
 import { testBackends, useBackend } from './helpers/backends.js';
 import { syntheticBatches, tinyConfig, tinyHyper } from './helpers/tiny.js';
@@ -262,6 +263,28 @@ describe.skipIf(!hasWebGPU)('f16 on the webgpu backend (lavapipe: shader-f16, no
     expect(r.valueErr).toBeGreaterThan(1e-6);
     r.gradErrs.forEach((e, i) => expect(e, `gradient of input ${c.diff[i]}`).toBeLessThan(c.tol));
   }, 300_000);
+
+  it('the autotuner times f16 products too, checking every candidate against the f32 kernel', async () => {
+    f16Storage();
+    await useBackend('webgpu');
+    clearMatMulTuning();
+    const [M, N, K] = [96, 40, 72];
+    const a = tf.tensor(randHost([M, K], 3).data, [M, K]);
+    const b = tf.tensor(randHost([N, K], 4).data, [N, K]);
+    const [ah, bh] = [toHalf(a), toHalf(b)];
+    const product = () => tf.engine().makeTensorFromTensorInfo(matmul({ a: ah, b: bh, M, N, K, transB: true, aType: 'f16', bType: 'f16' }).c);
+    const first = product();
+    const tuned = await autotuneMatMuls({ targetMs: 1 });
+    const result = tuned.find((t) => t.shape === `${M}x${N}x${K}NT f16`);
+    expect(result, JSON.stringify(tuned)).toBeDefined();
+    expect(result!.rejected).toBeUndefined();
+    const again = product();
+    expect(relErr((await again.data()) as Float32Array, (await first.data()) as Float32Array)).toBeLessThan(1e-6);
+    tf.dispose([a, b, first, again]);
+    release(ah);
+    release(bh);
+    clearMatMulTuning();
+  }, 600_000);
 
   it('a whole model in mixed precision: loss and every gradient near the f32 ones on the cpu backend', async () => {
     f16Storage();

@@ -8,7 +8,7 @@
 import * as tf from '../tfjs.js';
 
 import { f16MatrixConfigs, halfProducts, matrixUnavailable, toHalf } from './half.js';
-import { type Capabilities, type Kernel, type UniformValue, allocate, capabilities, dispatch, grid1d, kernelFor, release, webgpuBackend } from './runtime.js';
+import { type Capabilities, type Kernel, type UniformValue, allocate, capabilities, compileError, dispatch, grid1d, kernelFor, release, webgpuBackend } from './runtime.js';
 import { type MatMulTile, type MatMulVariant, type OperandType, matmulGrid, matmulSource, parseTile, sumSlicesSource, sumSlicesWideSource, variantKey } from './wgsl-matmul.js';
 import { type SgMatMulTile, type SgMatMulVariant, sgMatmulSource, sgThreads, sgTile, sgVariantKey, sgVariantProblem, sgWorkgroupBytes } from './wgsl-sgmatrix.js';
 
@@ -409,7 +409,12 @@ export interface TuneResult {
   ms: number;
   defaultMs: number;
   tflops: number;
+  /** Candidates left out: the device could not compile them, or their product was wrong. */
+  rejected?: string[];
 }
+
+/** How far a candidate's product may be from the f32 kernel's on the same operands (relErr): f16 rounding of f32 operands at most; a broken kernel is off by its whole size. */
+const CANDIDATE_TOL = 2e-2;
 
 function planName(p: MatMulPlan): string {
   const t = p.tile;
@@ -439,18 +444,32 @@ export async function autotuneMatMuls(opts: { targetMs?: number } = {}): Promise
   const shapes = [...pending.entries()];
   pending.clear();
   for (const [key, s] of shapes) {
-    const operand = (type: OperandType, shape: number[]): tf.Tensor => {
-      const x = tf.randomUniform(shape, -1, 1);
+    const operand = (type: OperandType, shape: number[], lowerTriangular = false): tf.Tensor => {
+      let x = tf.randomUniform(shape, -1, 1);
+      // The causal shortcuts assume a triangular A (stored lower-triangular, transposed or not).
+      if (lowerTriangular) x = tf.tidy(() => tf.linalg.bandPart(x, -1, 0));
       if (type === 'f32') return x;
       const h = tf.engine().makeTensorFromTensorInfo(toHalf(x));
       x.dispose();
       return h;
     };
-    const a = operand(s.aType, [s.batch, ...(s.transA ? [s.K, s.M] : [s.M, s.K])]);
+    const a = operand(s.aType, [s.batch, ...(s.transA ? [s.K, s.M] : [s.M, s.K])], s.triangle === 'lowerA' || s.triangle === 'upperA');
     const b = operand(s.bType, [s.batch, ...(s.transB ? [s.N, s.K] : [s.K, s.N])]);
     const flops = 2 * s.batch * s.M * s.N * s.K * (s.triangle === 'none' ? 1 : 0.5);
-    const def = defaultPlanOf(s);
-    const plans = [def, ...candidatePlans(s)];
+    const noSplit = s.batch > 1 || s.triangle !== 'none';
+    // The f32 kernel's product on the same operands: each candidate must agree with it.
+    const reference = noSplit ? batchedPlan(s.M, s.N, s.K) : defaultPlan(s.M, s.N, s.K);
+    const checkProduct = await productChecker(a, b, s, reference);
+    const rejected: string[] = [];
+    const plans: MatMulPlan[] = [];
+    for (const p of [defaultPlanOf(s), ...candidatePlans(s)]) {
+      const problem = await planProblem(p, s, a, b, checkProduct);
+      if (problem) rejected.push(`${planName(p)}: ${problem}`);
+      else plans.push(p);
+    }
+    checkProduct.dispose();
+    const def = plans.includes(defaultPlanOf(s)) ? defaultPlanOf(s) : reference;
+    if (!plans.includes(def)) plans.unshift(def);
     const run = (plan: MatMulPlan, reps: number) => {
       for (let i = 0; i < reps; i++) release(matmul({ a, b, ...s, plan }).c);
     };
@@ -461,12 +480,9 @@ export async function autotuneMatMuls(opts: { targetMs?: number } = {}): Promise
       await drain();
       return (performance.now() - t0) / reps;
     };
-    // Compile and estimate.
+    // Estimate (each candidate has run once already).
     const estimate = new Map<MatMulPlan, number>();
-    for (const p of plans) {
-      run(p, 1);
-      estimate.set(p, await timed(p, 1));
-    }
+    for (const p of plans) estimate.set(p, await timed(p, 1));
     // Clocks up: about 50 ms of the default plan (300 ms before the first shape: an idle GPU's
     // clocks take longer than 50 ms to rise, and the first shape's choice was skewed by it).
     const warmMs = key === shapes[0][0] ? 300 : 50;
@@ -483,10 +499,51 @@ export async function autotuneMatMuls(opts: { targetMs?: number } = {}): Promise
     for (const p of plans) if (best.get(p)! < best.get(choice)!) choice = p;
     tuned.set(key, choice);
     const ms = best.get(choice)!;
-    results.push({ shape: key, plan: planName(choice), ms: Number(ms.toFixed(3)), defaultMs: Number(best.get(def)!.toFixed(3)), tflops: Number((flops / ms / 1e9).toFixed(2)) });
+    results.push({
+      shape: key,
+      plan: planName(choice),
+      ms: Number(ms.toFixed(3)),
+      defaultMs: Number(best.get(def)!.toFixed(3)),
+      tflops: Number((flops / ms / 1e9).toFixed(2)),
+      ...(rejected.length ? { rejected } : {}),
+    });
     tf.dispose([a, b]);
   }
   return results;
+}
+
+interface ProductChecker {
+  /** relErr of a product against the reference one (over C's lower triangle for lowerC). */
+  error(c: tf.TensorInfo): Promise<number>;
+  dispose(): void;
+}
+
+/** Compares products of (a, b) in shape `s` with the one `reference` computes. */
+async function productChecker(a: tf.Tensor, b: tf.Tensor, s: Shape, reference: MatMulPlan): Promise<ProductChecker> {
+  // Only the lower triangle of a lowerC product is defined.
+  const lower = s.triangle === 'lowerC' ? tf.tidy(() => tf.linalg.bandPart(tf.ones([s.M, s.N]), -1, 0).cast('bool')) : null;
+  const ref = tf.engine().makeTensorFromTensorInfo(matmul({ a, b, ...s, plan: reference }).c);
+  const masked = (x: tf.Tensor) => (lower ? tf.where(lower, x, tf.zerosLike(x)) : x);
+  const scale = Math.max(1e-30, (await tf.tidy(() => tf.max(tf.abs(masked(ref)))).data())[0]);
+  return {
+    async error(c) {
+      const t = tf.engine().makeTensorFromTensorInfo(c);
+      const diff = tf.tidy(() => tf.max(tf.abs(masked(tf.sub(t, ref)))));
+      const e = (await diff.data())[0] / scale;
+      tf.dispose([t, diff]);
+      return e;
+    },
+    dispose: () => tf.dispose(lower ? [ref, lower] : [ref]),
+  };
+}
+
+/** Why a candidate plan cannot be used for shape `s` (its pipeline does not compile, or its product is wrong), or null. */
+async function planProblem(plan: MatMulPlan, s: Shape, a: tf.Tensor, b: tf.Tensor, check: ProductChecker): Promise<string | null> {
+  const p = prepare(plan, s, 'none');
+  const compiled = (await compileError(p.kernel, 2, 1, true)) ?? (p.sum ? await compileError(p.sum.kernel, 1, 1, true) : null);
+  if (compiled) return `does not compile (${compiled})`;
+  const err = await check.error(matmul({ a, b, ...s, plan }).c);
+  return err < CANDIDATE_TOL ? null : `its product is ${err.toExponential(2)} (relative) from the f32 kernel's`;
 }
 
 /**

@@ -176,6 +176,21 @@ function compile(b: WebGPUBackendInternals, kernel: Kernel, nIn: number, nOut: n
   return c;
 }
 
+/**
+ * Compiles a kernel's pipeline now (for its bindings: nIn inputs, nOut outputs, uniforms or not) and
+ * returns the device's error, or null. The autotuner leaves out a candidate its device cannot compile
+ * before anything is recorded with it: a dispatch of an invalid pipeline would spoil its whole
+ * command buffer.
+ */
+export async function compileError(kernel: Kernel, nIn: number, nOut: number, hasUniforms: boolean): Promise<string | null> {
+  const b = backendOrThrow();
+  b.device.pushErrorScope('validation');
+  b.device.pushErrorScope('internal');
+  compile(b, kernel, nIn, nOut, hasUniforms);
+  const errors = [await b.device.popErrorScope(), await b.device.popErrorScope()].filter((e) => e !== null);
+  return errors.length ? errors.map((e) => e.message.split('\n')[0]).join('; ') : null;
+}
+
 /** Bind groups kept per pipeline; past this (shapes and buffers that keep changing) it starts again. */
 const MAX_BIND_GROUPS = 4096;
 
