@@ -374,7 +374,8 @@ export function sumSlices(x: tf.TensorInfo, S: number, L: number): tf.TensorInfo
  * The plans the autotuner tries for a shape: every tile, each without split-K and (for long K) with
  * about the slices that fill the GPU and twice that; for batched or triangular products every
  * batched-product tile no larger than the product, without split-K. An f16 product on subgroup
- * matrices also tries every subgroup-matrix tile that fits it, the same way.
+ * matrices tries every subgroup-matrix tile that fits it the same way, and of the f32 kernel's plans
+ * only its default one (all of them for batches).
  */
 function candidatePlans(s: Shape): MatMulPlan[] {
   const { M, N, K } = s;
@@ -389,7 +390,11 @@ function candidatePlans(s: Shape): MatMulPlan[] {
     }
   };
   const sg = s.half && halfProducts() === 'matrix' ? sgTiles() : [];
-  for (const tile of [...sg, ...Object.values(noSplit ? BATCHED_TILES : MATMUL_TILES)]) {
+  // Beside the subgroup-matrix tiles, the f32 kernel's own plan as a fallback (every tile for batches,
+  // which take no split-K and are few): the autotuner's time goes to the tiles that can win.
+  if (sg.length > 0 && !noSplit) add(defaultPlan(M, N, K));
+  const f32Tiles = sg.length > 0 && !noSplit ? [] : Object.values(noSplit ? BATCHED_TILES : MATMUL_TILES);
+  for (const tile of [...sg, ...f32Tiles]) {
     if (noSplit) {
       if (tile.BM <= Math.max(64, M) && tile.BN <= Math.max(64, N) && (!isSg(tile) || sgFits(tile, s))) add(makePlan(tile, K, 1));
       continue;
