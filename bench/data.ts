@@ -50,7 +50,15 @@ interface Args {
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { only: new Set(['tokenize', 'batches', 'corpus', 'single']), corpusGb: 5, shards: 10, gzipShards: 3, singleMb: 600, work: '', keep: false };
+  const a: Args = {
+    only: new Set(['tokenize', 'batches', 'corpus', 'single']),
+    corpusGb: 5,
+    shards: 10,
+    gzipShards: 3,
+    singleMb: 600,
+    work: '',
+    keep: false,
+  };
   for (let i = 0; i < argv.length; i++) {
     const v = argv[i + 1];
     switch (argv[i]) {
@@ -90,19 +98,32 @@ function parseArgs(argv: string[]): Args {
 }
 
 function venvPython(): string {
-  const py = path.join(process.env.OFFSHOOT_CACHE || path.join(os.homedir(), '.cache', 'offshoot'), 'venv', 'bin', 'python');
-  if (!fs.existsSync(py)) throw new Error(`no ${py}: run scripts/setup-python.sh (the Rust tokenizers library is the reference)`);
+  const py = path.join(
+    process.env.OFFSHOOT_CACHE || path.join(os.homedir(), '.cache', 'offshoot'),
+    'venv',
+    'bin',
+    'python',
+  );
+  if (!fs.existsSync(py))
+    throw new Error(`no ${py}: run scripts/setup-python.sh (the Rust tokenizers library is the reference)`);
   return py;
 }
 
 function python(args: string[]): Record<string, number | string> {
-  const r = spawnSync(venvPython(), [path.join(ROOT, 'test', 'fixtures', 'tokenizer', 'pythia50k.py'), ...args], { encoding: 'utf8', maxBuffer: 1 << 26 });
+  const r = spawnSync(venvPython(), [path.join(ROOT, 'test', 'fixtures', 'tokenizer', 'pythia50k.py'), ...args], {
+    encoding: 'utf8',
+    maxBuffer: 1 << 26,
+  });
   if (r.status !== 0) throw new Error(`pythia50k.py ${args[0]} failed: ${r.stderr}`);
   return JSON.parse(r.stdout.trim().split('\n').pop()!) as Record<string, number | string>;
 }
 
 async function documents(): Promise<string[]> {
-  return [...(await loadCorpus('sotu:train')).documents, ...(await loadCorpus('sotu:val')).documents, ...(await loadCorpus('mobydick')).documents];
+  return [
+    ...(await loadCorpus('sotu:train')).documents,
+    ...(await loadCorpus('sotu:val')).documents,
+    ...(await loadCorpus('mobydick')).documents,
+  ];
 }
 
 /** The Pythia-style tokenizer (trained once per work folder). */
@@ -195,7 +216,13 @@ async function benchBatches(a: Args, tokFile: string): Promise<void> {
 // ---------------------------------------------------------------------------------------------------
 
 /** Writes JSONL documents up to `bytes` (uncompressed) into file, gzip-compressed when asked. */
-async function writeJsonl(file: string, bytes: number, docs: readonly string[], seed: number, gzip: boolean): Promise<number> {
+async function writeJsonl(
+  file: string,
+  bytes: number,
+  docs: readonly string[],
+  seed: number,
+  gzip: boolean,
+): Promise<number> {
   const out = fs.createWriteStream(file);
   const gz = gzip ? createGzip({ level: 1 }) : null;
   if (gz) gz.pipe(out);
@@ -218,10 +245,14 @@ async function writeJsonl(file: string, bytes: number, docs: readonly string[], 
 
 /** The offshoot CLI of this tree as a child process (TypeScript through tsx). */
 function offshoot(args: string[], env: NodeJS.ProcessEnv = {}): ChildProcess {
-  return spawn(process.execPath, ['--import', import.meta.resolve('tsx'), path.join(ROOT, 'services', 'cli', 'main.ts'), ...args], {
-    env: { ...process.env, ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+  return spawn(
+    process.execPath,
+    ['--import', import.meta.resolve('tsx'), path.join(ROOT, 'services', 'cli', 'main.ts'), ...args],
+    {
+      env: { ...process.env, ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  );
 }
 
 interface Watched {
@@ -264,9 +295,13 @@ function partsDone(cache: string): { done: number; total: number; keys: string[]
   for (const tokDir of fs.existsSync(cache) ? fs.readdirSync(cache) : []) {
     const dir = path.join(cache, tokDir, 'sources');
     // Manifests only, not the temporary files of their atomic writes.
-    for (const m of (fs.existsSync(dir) ? fs.readdirSync(dir) : []).filter((n) => n.endsWith('.json') && !n.startsWith('.'))) {
+    for (const m of (fs.existsSync(dir) ? fs.readdirSync(dir) : []).filter(
+      (n) => n.endsWith('.json') && !n.startsWith('.'),
+    )) {
       try {
-        const manifest = JSON.parse(fs.readFileSync(path.join(dir, m), 'utf8')) as { files: { parts: { key: string; tokens?: number }[] }[] };
+        const manifest = JSON.parse(fs.readFileSync(path.join(dir, m), 'utf8')) as {
+          files: { parts: { key: string; tokens?: number }[] }[];
+        };
         for (const f of manifest.files) {
           for (const p of f.parts) {
             total++;
@@ -314,7 +349,8 @@ async function benchCorpus(a: Args, docs: readonly string[], tokFile: string): P
     }
     return false;
   });
-  if (first.signal !== 'SIGKILL' || killedAt === undefined) throw new Error(`the first run was not killed midway (exit ${first.code}): ${first.stderr.slice(-2000)}`);
+  if (first.signal !== 'SIGKILL' || killedAt === undefined)
+    throw new Error(`the first run was not killed midway (exit ${first.code}): ${first.stderr.slice(-2000)}`);
   const shardDir = (key: string): string => {
     for (const tokDir of fs.readdirSync(cache)) {
       const f = path.join(cache, tokDir, 'shards', `${key}.tok`);
@@ -327,7 +363,10 @@ async function benchCorpus(a: Args, docs: readonly string[], tokFile: string): P
   // Second run: resumes.
   const second = await watch(offshoot(args));
   if (second.code !== 0) throw new Error(`the resumed run failed: ${second.stderr.slice(-2000)}`);
-  const summary = JSON.parse(second.stdout.trim().split('\n').pop()!) as { tokens: number; sources: { reusedParts: number; tokenizedParts: number; documents: number; shards: number; storeBytes: number }[] };
+  const summary = JSON.parse(second.stdout.trim().split('\n').pop()!) as {
+    tokens: number;
+    sources: { reusedParts: number; tokenizedParts: number; documents: number; shards: number; storeBytes: number }[];
+  };
   const src = summary.sources[0];
   const redone = [...mtimes].filter(([k, m]) => fs.statSync(shardDir(k)).mtimeMs !== m).length;
 
@@ -336,12 +375,40 @@ async function benchCorpus(a: Args, docs: readonly string[], tokFile: string): P
   fs.rmSync(model, { recursive: true, force: true });
   const train = await watch(
     offshoot(
-      ['teacher', 'train', '--data', `${dir};holdout=0.001`, '--val', `${dir};holdout=0.001;split=val`, '--tokenizer', tokFile, '--preset', 'tiny', '--steps', '5', '--batch-size', '4', '--seq-len', '64', '--eval-every', '5', '--eval-tokens', '4096', '--out', model, '--json'],
+      [
+        'teacher',
+        'train',
+        '--data',
+        `${dir};holdout=0.001`,
+        '--val',
+        `${dir};holdout=0.001;split=val`,
+        '--tokenizer',
+        tokFile,
+        '--preset',
+        'tiny',
+        '--steps',
+        '5',
+        '--batch-size',
+        '4',
+        '--seq-len',
+        '64',
+        '--eval-every',
+        '5',
+        '--eval-tokens',
+        '4096',
+        '--out',
+        model,
+        '--json',
+      ],
       { OFFSHOOT_CACHE: home },
     ),
   );
   if (train.code !== 0) throw new Error(`training on the corpus failed: ${train.stderr.slice(-2000)}`);
-  const trained = JSON.parse(train.stdout.trim().split('\n').pop()!) as { steps: number; initialValLoss: number; finalValLoss: number };
+  const trained = JSON.parse(train.stdout.trim().split('\n').pop()!) as {
+    steps: number;
+    initialValLoss: number;
+    finalValLoss: number;
+  };
 
   print({
     bench: 'data.corpus',
@@ -354,23 +421,47 @@ async function benchCorpus(a: Args, docs: readonly string[], tokFile: string): P
     documents: src.documents,
     shards: src.shards,
     storeBytes: src.storeBytes,
-    killed: { afterSeconds: Math.round(first.seconds), partsDone: killedAt.done, partsTotal: killedAt.total, peakRssBytes: first.peakRssBytes },
-    resumed: { seconds: Math.round(second.seconds), reusedParts: src.reusedParts, tokenizedParts: src.tokenizedParts, finishedPartsRedone: redone, peakRssBytes: second.peakRssBytes },
+    killed: {
+      afterSeconds: Math.round(first.seconds),
+      partsDone: killedAt.done,
+      partsTotal: killedAt.total,
+      peakRssBytes: first.peakRssBytes,
+    },
+    resumed: {
+      seconds: Math.round(second.seconds),
+      reusedParts: src.reusedParts,
+      tokenizedParts: src.tokenizedParts,
+      finishedPartsRedone: redone,
+      peakRssBytes: second.peakRssBytes,
+    },
     tokensPerSecond: Math.round(summary.tokens / (first.seconds + second.seconds)),
     peakRssBytes: Math.max(first.peakRssBytes, second.peakRssBytes),
     goalPeakRssBytes: 1.5e9,
-    train: { steps: trained.steps, initialValLoss: Number(trained.initialValLoss.toFixed(4)), finalValLoss: Number(trained.finalValLoss.toFixed(4)), seconds: Math.round(train.seconds), peakRssBytes: train.peakRssBytes },
+    train: {
+      steps: trained.steps,
+      initialValLoss: Number(trained.initialValLoss.toFixed(4)),
+      finalValLoss: Number(trained.finalValLoss.toFixed(4)),
+      seconds: Math.round(train.seconds),
+      peakRssBytes: train.peakRssBytes,
+    },
   });
 }
 
 async function benchSingle(a: Args, docs: readonly string[], tokFile: string): Promise<void> {
   const file = path.join(a.work, 'single.jsonl');
-  const textBytes = fs.existsSync(file) ? fs.statSync(file).size : await writeJsonl(file, a.singleMb * 1e6, docs, 1000, false);
+  const textBytes = fs.existsSync(file)
+    ? fs.statSync(file).size
+    : await writeJsonl(file, a.singleMb * 1e6, docs, 1000, false);
   const cache = path.join(a.work, 'single-cache');
   fs.rmSync(cache, { recursive: true, force: true });
-  const run = await watch(offshoot(['data', 'prepare', '--data', file, '--tokenizer', tokFile, '--cache', cache, '--json']));
+  const run = await watch(
+    offshoot(['data', 'prepare', '--data', file, '--tokenizer', tokFile, '--cache', cache, '--json']),
+  );
   if (run.code !== 0) throw new Error(`preparing ${file} failed: ${run.stderr.slice(-2000)}`);
-  const summary = JSON.parse(run.stdout.trim().split('\n').pop()!) as { tokens: number; sources: { shards: number; documents: number }[] };
+  const summary = JSON.parse(run.stdout.trim().split('\n').pop()!) as {
+    tokens: number;
+    sources: { shards: number; documents: number }[];
+  };
   print({
     bench: 'data.single',
     textBytes,

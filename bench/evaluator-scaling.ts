@@ -47,7 +47,23 @@ async function teacher(): Promise<TeacherRef> {
       const p = spawnManaged({
         name: 'teacher train',
         command: cli.command,
-        args: [...cli.args, 'teacher', 'train', '--out', dir, '--preset', 'tiny', '--vocab', '300', '--steps', '120', '--seq-len', '64', '--eval-every', '120'],
+        args: [
+          ...cli.args,
+          'teacher',
+          'train',
+          '--out',
+          dir,
+          '--preset',
+          'tiny',
+          '--vocab',
+          '300',
+          '--steps',
+          '120',
+          '--seq-len',
+          '64',
+          '--eval-every',
+          '120',
+        ],
       });
       const r = await p.exited;
       if (r.code !== 0) throw new Error(`teacher train failed:\n${p.output()}`);
@@ -64,9 +80,13 @@ const address = stack.temporal.address;
 const client = await connectClient({ address });
 const orchestrator = await startWorker({ queues: ['orchestrate'], temporal: address, name: 'orchestrate' });
 
-async function measure(workers: number): Promise<{ workers: number; evaluations: number; seconds: number; evaluationsPerMinute: number; best: number }> {
+async function measure(
+  workers: number,
+): Promise<{ workers: number; evaluations: number; seconds: number; evaluationsPerMinute: number; best: number }> {
   const evaluators = await Promise.all(
-    Array.from({ length: workers }, (_, i) => startWorker({ queues: ['evaluate'], temporal: address, name: `evaluate-${i}`, backend: args.backend })),
+    Array.from({ length: workers }, (_, i) =>
+      startWorker({ queues: ['evaluate'], temporal: address, name: `evaluate-${i}`, backend: args.backend }),
+    ),
   );
   const input: EvolutionInput = {
     run: { runId: `scaling-${workers}`, dir: path.join(tmp, `run-${workers}`) },
@@ -75,7 +95,14 @@ async function measure(workers: number): Promise<{ workers: number; evaluations:
     space: { kind: 'uniform', target: { bin: 8 }, bins: 20, scale: 'linear' },
     search: { budget: num('budget'), population: num('population'), seed: 1 },
     fitness: {
-      budget: { kind: 'brief', steps: num('steps'), batchSize: 8, seqLen: num('seq-len'), evalTokens: num('eval-tokens'), warmup: Math.min(5, num('steps')) },
+      budget: {
+        kind: 'brief',
+        steps: num('steps'),
+        batchSize: 8,
+        seqLen: num('seq-len'),
+        evalTokens: num('eval-tokens'),
+        warmup: Math.min(5, num('steps')),
+      },
       order: 'first-k',
       layers: 'first',
     },
@@ -84,12 +111,22 @@ async function measure(workers: number): Promise<{ workers: number; evaluations:
     activity: { timeoutSeconds: 600, heartbeatSeconds: 60, maxAttempts: 3 },
   };
   const started = performance.now();
-  const result = await client.workflow.execute(evolution, { workflowId: `bench/scaling/${workers}/${Date.now()}`, taskQueue: 'orchestrate', args: [input] });
+  const result = await client.workflow.execute(evolution, {
+    workflowId: `bench/scaling/${workers}/${Date.now()}`,
+    taskQueue: 'orchestrate',
+    args: [input],
+  });
   const seconds = (performance.now() - started) / 1000;
   await Promise.all(evaluators.map((w) => w.stop()));
   const evaluations = result.status.evaluated + result.status.failed;
   log(`${workers} evaluator(s): ${evaluations} evaluations in ${seconds.toFixed(1)} s`);
-  return { workers, evaluations, seconds: Number(seconds.toFixed(2)), evaluationsPerMinute: Number(((60 * evaluations) / seconds).toFixed(2)), best: result.best.fitness ?? NaN };
+  return {
+    workers,
+    evaluations,
+    seconds: Number(seconds.toFixed(2)),
+    evaluationsPerMinute: Number(((60 * evaluations) / seconds).toFixed(2)),
+    best: result.best.fitness ?? NaN,
+  };
 }
 
 try {
@@ -105,7 +142,10 @@ try {
       population: num('population'),
       workers1: one,
       [`workers${many.workers}`]: many,
-      evaluationsPerMinute: { [String(one.workers)]: one.evaluationsPerMinute, [String(many.workers)]: many.evaluationsPerMinute },
+      evaluationsPerMinute: {
+        [String(one.workers)]: one.evaluationsPerMinute,
+        [String(many.workers)]: many.evaluationsPerMinute,
+      },
       speedup: Number((many.evaluationsPerMinute / one.evaluationsPerMinute).toFixed(3)),
       sameResult: one.best === many.best,
       cpus: os.cpus().length,

@@ -94,7 +94,14 @@ function pythiaScaleHalfCases(shrink = 1): KernelCase[] {
     halfProductCase({ name: 'f16 product NT (logits shape)', M: N, N: V, K: D, transB: true }),
     halfProductCase({ name: 'f16 product NN (logits backward)', M: N, N: D, K: V }),
     halfProductCase({ name: 'f16 product TN (embed_out gradient)', M: V, N: D, K: N, transA: true }),
-    halfProductCase({ name: 'f16 product NT + bias + GELU (MLP up)', M: N, N: F, K: D, transB: true, epilogue: 'bias-gelu' }),
+    halfProductCase({
+      name: 'f16 product NT + bias + GELU (MLP up)',
+      M: N,
+      N: F,
+      K: D,
+      transB: true,
+      epilogue: 'bias-gelu',
+    }),
     linearCase(N, D, d(1536), 'none', grads),
     linearCase(N, D, F, 'gelu', grads),
     linearCase(N, F, D, 'none', grads),
@@ -132,7 +139,10 @@ for (let i = 0; i < argv.length; i++) {
   else if (a === '--checks') {
     sections = argv[++i].split(',');
     const bad = sections.find((x) => !(CHECK_SECTIONS as readonly string[]).includes(x));
-    if (bad) throw new Error(`--checks: unknown section ${JSON.stringify(bad)}; expected some of ${CHECK_SECTIONS.join(', ')}`);
+    if (bad)
+      throw new Error(
+        `--checks: unknown section ${JSON.stringify(bad)}; expected some of ${CHECK_SECTIONS.join(', ')}`,
+      );
   } else if (a === '--precision') process.env.OFFSHOOT_PRECISION = parsePrecision(argv[++i]);
   else pass.push(a);
 }
@@ -140,26 +150,39 @@ for (let i = 0; i < argv.length; i++) {
 if (check && backends.includes('cuda')) {
   const cuda = await import('../core/model/cuda/check.js');
   await initBackend('cuda', (m) => console.log(JSON.stringify({ bench: 'gpu-check', backend: m })));
-  const log = (line: Record<string, unknown>) => console.log(JSON.stringify({ bench: 'gpu-check', backend: 'cuda', ...line }));
+  const log = (line: Record<string, unknown>) =>
+    console.log(JSON.stringify({ bench: 'gpu-check', backend: 'cuda', ...line }));
   let failed = await cuda.runCudaChecks(checkScale, log);
   failed += await cuda.modelGradientChecks(2, 128, log);
   failed += await cuda.curveCheck(300, 8, 128, log);
   // The fixtures sit in the source tree: test/fixtures/neox beside bench/, two levels up from dist/bench.
   const here = path.dirname(fileURLToPath(import.meta.url));
-  const fixtures = [path.join(here, '..', 'test', 'fixtures', 'neox'), path.join(here, '..', '..', 'test', 'fixtures', 'neox')].find((d) => fs.existsSync(d));
+  const fixtures = [
+    path.join(here, '..', 'test', 'fixtures', 'neox'),
+    path.join(here, '..', '..', 'test', 'fixtures', 'neox'),
+  ].find((d) => fs.existsSync(d));
   if (fixtures) failed += await cuda.parityChecks(fixtures, log);
   console.log(JSON.stringify({ bench: 'gpu-check', backend: 'cuda', failed }));
 }
 
 if (check && backends.includes('webgpu')) {
   await initBackend('webgpu', () => {});
-  const log = (line: Record<string, unknown>) => console.log(JSON.stringify({ bench: 'gpu-check', backend: 'webgpu', ...line }));
+  const log = (line: Record<string, unknown>) =>
+    console.log(JSON.stringify({ bench: 'gpu-check', backend: 'webgpu', ...line }));
   let failed = 0;
   const run = async (c: KernelCase, precision: 'f32' | 'mixed') => {
     const t0 = performance.now();
     const r = await runCase(c, 'webgpu-unfused');
     if (!r.ok) failed++;
-    log({ precision, case: r.name, ok: r.ok, valueErr: r.valueErr, gradErrs: r.gradErrs, tol: r.tol, ms: Math.round(performance.now() - t0) });
+    log({
+      precision,
+      case: r.name,
+      ok: r.ok,
+      valueErr: r.valueErr,
+      gradErrs: r.gradErrs,
+      tol: r.tol,
+      ms: Math.round(performance.now() - t0),
+    });
   };
   const seq = Math.max(8, Math.round(512 / shrink));
   const model = async (precision: 'f32' | 'mixed', tol: { loss: number; gradient: number }) => {
@@ -167,7 +190,14 @@ if (check && backends.includes('webgpu')) {
     const m = await modelGradientCheck(presetConfig('pythia-70m', 50304), 2, seq, 'webgpu-unfused');
     const ok = m.lossDiff < tol.loss && m.worstGradient.err < tol.gradient;
     if (!ok) failed++;
-    log({ precision, case: `pythia-70m model, batch 2 × ${seq}: loss and all gradients vs unfused f32`, ok, ...m, tol, ms: Math.round(performance.now() - t0) });
+    log({
+      precision,
+      case: `pythia-70m model, batch 2 × ${seq}: loss and all gradients vs unfused f32`,
+      ok,
+      ...m,
+      tol,
+      ms: Math.round(performance.now() - t0),
+    });
   };
   if (sections.includes('f32')) {
     setPrecision('f32');
@@ -178,24 +208,40 @@ if (check && backends.includes('webgpu')) {
   setPrecision('mixed');
   const products = halfProducts();
   const caps = capabilities();
-  log({ case: 'mixed-precision products', products, why: products === 'matrix' ? null : matrixUnavailable(caps), shaderF16: caps.shaderF16, subgroupSize: caps.subgroupMinSize, subgroupMatrixConfigs: caps.subgroupMatrixConfigs, subgroupMatrixTiles: sgTiles().length });
+  log({
+    case: 'mixed-precision products',
+    products,
+    why: products === 'matrix' ? null : matrixUnavailable(caps),
+    shaderF16: caps.shaderF16,
+    subgroupSize: caps.subgroupMinSize,
+    subgroupMatrixConfigs: caps.subgroupMatrixConfigs,
+    subgroupMatrixTiles: sgTiles().length,
+  });
   if (products !== 'off') {
     if (sections.includes('mixed')) {
       for (const c of pythiaScaleHalfCases(shrink)) await run(c, 'mixed');
       // bf16's tolerances on the cuda backend (core/model/cuda/check.ts); f16 keeps three more bits.
       await model('mixed', { loss: 2e-2, gradient: 5e-2 });
     }
-    if (sections.includes('tiles')) for (const tile of sgTiles()) for (const c of sgTileCases(tile)) await run(c, 'mixed');
+    if (sections.includes('tiles'))
+      for (const tile of sgTiles()) for (const c of sgTileCases(tile)) await run(c, 'mixed');
     if (sections.includes('curve')) {
       const steps = Math.max(20, Math.round(300 / shrink));
       const t0 = performance.now();
-      const r = await mixedCurveCheck(presetConfig('pythia-70m', 50304), steps, 8, Math.max(8, Math.round(128 / shrink)));
+      const r = await mixedCurveCheck(
+        presetConfig('pythia-70m', 50304),
+        steps,
+        8,
+        Math.max(8, Math.round(128 / shrink)),
+      );
       // As cuda's curve check: the curves must not drift apart (mean over the last 50 steps), single steps may move.
       const tol = { meanAbsDiffLast50: 0.05, maxAbsDiff: 0.25 };
-      const ok = r.mixed.length === steps && r.meanAbsDiffLast50 < tol.meanAbsDiffLast50 && r.maxAbsDiff < tol.maxAbsDiff;
+      const ok =
+        r.mixed.length === steps && r.meanAbsDiffLast50 < tol.meanAbsDiffLast50 && r.maxAbsDiff < tol.maxAbsDiff;
       if (!ok) failed++;
       const every = Math.max(1, Math.floor(steps / 10));
-      const sample = (xs: number[]) => xs.filter((_, i) => i % every === 0 || i === xs.length - 1).map((x) => Number(x.toFixed(4)));
+      const sample = (xs: number[]) =>
+        xs.filter((_, i) => i % every === 0 || i === xs.length - 1).map((x) => Number(x.toFixed(4)));
       log({
         precision: 'mixed',
         case: `${steps} steps, pythia-70m, batch 8 × ${Math.max(8, Math.round(128 / shrink))}: mixed vs f32 from the same init and data`,
@@ -218,6 +264,14 @@ if (check && backends.includes('webgpu')) {
 
 if (checkOnly) process.exit(0);
 const measured = unfused ? backends.flatMap((b) => (b === 'webgpu' ? ['webgpu', 'webgpu-unfused'] : [b])) : backends;
-await throughput(['--config', configs, '--backends', measured.join(','), ...(torch ? ['--torch', torch, '--torch-modes', torchModes] : []), ...pass], (line) =>
-  console.log(JSON.stringify({ ...line, bench: 'gpu-train' })),
+await throughput(
+  [
+    '--config',
+    configs,
+    '--backends',
+    measured.join(','),
+    ...(torch ? ['--torch', torch, '--torch-modes', torchModes] : []),
+    ...pass,
+  ],
+  (line) => console.log(JSON.stringify({ ...line, bench: 'gpu-train' })),
 );

@@ -19,7 +19,15 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { type BackendName, initBackend, parseBackendChoice } from '../core/model/backend.js';
-import { type Batch, GPTNeoX, MODEL_PRESETS, inProcessTeacher, parameterCount, presetConfig, saveCheckpoint } from '../core/model/index.js';
+import {
+  type Batch,
+  GPTNeoX,
+  MODEL_PRESETS,
+  inProcessTeacher,
+  parameterCount,
+  presetConfig,
+  saveCheckpoint,
+} from '../core/model/index.js';
 import * as tf from '../core/model/tfjs.js';
 import { StreamingTeacher, TeacherClient } from '../services/teacher/index.js';
 
@@ -38,7 +46,19 @@ interface Args {
 }
 
 function parseArgs(argv: string[]): Args {
-  const args: Args = { config: 'sotu-teacher', vocab: 1024, batchSize: 8, seqLen: 128, topK: 64, encoding: 'f16', window: 4, rounds: 5, requests: 12, warmup: 4, backend: 'wasm' };
+  const args: Args = {
+    config: 'sotu-teacher',
+    vocab: 1024,
+    batchSize: 8,
+    seqLen: 128,
+    topK: 64,
+    encoding: 'f16',
+    window: 4,
+    rounds: 5,
+    requests: 12,
+    warmup: 4,
+    backend: 'wasm',
+  };
   for (let i = 0; i < argv.length; i++) {
     const key = argv[i];
     const value = argv[++i];
@@ -50,7 +70,8 @@ function parseArgs(argv: string[]): Args {
     };
     switch (key) {
       case '--config':
-        if (!(value in MODEL_PRESETS)) throw new Error(`--config must be one of ${Object.keys(MODEL_PRESETS).join(', ')}`);
+        if (!(value in MODEL_PRESETS))
+          throw new Error(`--config must be one of ${Object.keys(MODEL_PRESETS).join(', ')}`);
         args.config = value;
         break;
       case '--vocab':
@@ -120,17 +141,25 @@ function median(xs: number[]): number {
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 }
 
-function startServer(model: string, backend: BackendName, maxBatchTokens: number): Promise<{ child: ChildProcess; port: number }> {
+function startServer(
+  model: string,
+  backend: BackendName,
+  maxBatchTokens: number,
+): Promise<{ child: ChildProcess; port: number }> {
   // The CLI of the same tree as this file: the TypeScript through tsx from the sources, else the build.
   const self = fileURLToPath(import.meta.url);
   const here = path.dirname(self);
   const cli = self.endsWith('.ts')
     ? ['--import', import.meta.resolve('tsx'), path.join(here, '..', 'services', 'cli', 'main.ts')]
     : [path.join(here, '..', 'services', 'cli', 'main.js')];
-  const child = spawn(process.execPath, [...cli, 'teacher', 'serve', '--model', model, '--port', '0', '--max-batch-tokens', String(maxBatchTokens)], {
-    env: { ...process.env, OFFSHOOT_BACKEND: backend },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+  const child = spawn(
+    process.execPath,
+    [...cli, 'teacher', 'serve', '--model', model, '--port', '0', '--max-batch-tokens', String(maxBatchTokens)],
+    {
+      env: { ...process.env, OFFSHOOT_BACKEND: backend },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  );
   let err = '';
   child.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
   return new Promise((resolve, reject) => {
@@ -159,7 +188,10 @@ async function main(): Promise<void> {
     // In process: forward, top-k and log-normaliser on the backend, read back (the sync a consumer pays).
     const local = inProcessTeacher(model, { topK: args.topK });
     const inProcessStep = async (step: number): Promise<void> => {
-      const view = (await local.forBatch(batches(step), step)) as Exclude<Awaited<ReturnType<typeof local.forBatch>>, tf.Tensor>;
+      const view = (await local.forBatch(batches(step), step)) as Exclude<
+        Awaited<ReturnType<typeof local.forBatch>>,
+        tf.Tensor
+      >;
       await Promise.all([view.indices.data(), view.logits.data(), view.logNormaliser.data()]);
       tf.dispose([view.indices, view.logits, view.logNormaliser]);
     };
@@ -172,10 +204,18 @@ async function main(): Promise<void> {
     let bytes = 0;
     let received = 0;
     const streamRound = async (first: number): Promise<number> => {
-      const teacher = new StreamingTeacher(client, { topK: args.topK, encoding: args.encoding, batches, window: args.window });
+      const teacher = new StreamingTeacher(client, {
+        topK: args.topK,
+        encoding: args.encoding,
+        batches,
+        window: args.window,
+      });
       const rate = await time(args, first, async (step) => {
         const view = await teacher.forBatch(batches(step), step);
-        bytes += view.indices.size * (args.vocab <= 65536 ? 2 : 4) + view.logits.size * (args.encoding === 'f16' ? 2 : 4) + view.logNormaliser.size * 4;
+        bytes +=
+          view.indices.size * (args.vocab <= 65536 ? 2 : 4) +
+          view.logits.size * (args.encoding === 'f16' ? 2 : 4) +
+          view.logNormaliser.size * 4;
         received += tokens;
         tf.dispose([view.indices, view.logits, view.logNormaliser]);
       });

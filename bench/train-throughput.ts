@@ -20,7 +20,15 @@ import { fileURLToPath } from 'node:url';
 
 import { type BackendName, initBackend } from '../core/model/backend.js';
 import { precision } from '../core/model/precision.js';
-import { GPTNeoX, MODEL_PRESETS, Trainer, afterFirstTrainingStep, parameterCount, presetConfig, trainingHyperparameters } from '../core/model/index.js';
+import {
+  GPTNeoX,
+  MODEL_PRESETS,
+  Trainer,
+  afterFirstTrainingStep,
+  parameterCount,
+  presetConfig,
+  trainingHyperparameters,
+} from '../core/model/index.js';
 import * as tf from '../core/model/tfjs.js';
 import { setTensorflowKernels } from '../core/model/tensorflow/native.js';
 import { setFusedKernels } from '../core/model/webgpu/fused.js';
@@ -68,7 +76,14 @@ export interface Args {
 }
 
 export function parseArgs(argv: string[]): Args {
-  const args: Args = { config: 'sotu-teacher', backends: ['cpu', 'wasm', 'webgpu', 'tensorflow'], steps: 10, warmup: 2, torchDevice: 'cuda', torchModes: ['f32'] };
+  const args: Args = {
+    config: 'sotu-teacher',
+    backends: ['cpu', 'wasm', 'webgpu', 'tensorflow'],
+    steps: 10,
+    warmup: 2,
+    torchDevice: 'cuda',
+    torchModes: ['f32'],
+  };
   for (let i = 0; i < argv.length; i++) {
     const key = argv[i];
     const value = argv[++i];
@@ -80,7 +95,11 @@ export function parseArgs(argv: string[]): Args {
     };
     switch (key) {
       case '--config':
-        for (const c of value.split(',')) if (!(c in SHAPES)) throw new Error(`--config must be one of ${Object.keys(SHAPES).join(', ')} (or a comma-separated list), got ${c}`);
+        for (const c of value.split(','))
+          if (!(c in SHAPES))
+            throw new Error(
+              `--config must be one of ${Object.keys(SHAPES).join(', ')} (or a comma-separated list), got ${c}`,
+            );
         args.config = value;
         break;
       case '--backends':
@@ -105,7 +124,9 @@ export function parseArgs(argv: string[]): Args {
         args.torchDevice = value;
         break;
       case '--torch-modes':
-        for (const m of value.split(',')) if (!(TORCH_MODES as readonly string[]).includes(m)) throw new Error(`--torch-modes takes ${TORCH_MODES.join(', ')}, got ${m}`);
+        for (const m of value.split(','))
+          if (!(TORCH_MODES as readonly string[]).includes(m))
+            throw new Error(`--torch-modes takes ${TORCH_MODES.join(', ')}, got ${m}`);
         args.torchModes = value.split(',') as TorchMode[];
         break;
       case '--only':
@@ -218,7 +239,12 @@ async function measure(args: Args, which: BenchBackend): Promise<Measurement> {
   const hostMsPerStep = hostMs / args.steps;
   const gpuBytes = gpuBytesAllocated();
   const cudaStats = cuda?.openedCudaDevice()?.allocator.stats();
-  const peakGpuMiB = gpuBytes !== null ? Math.round(gpuBytes / 2 ** 20) : cudaStats ? Math.round(cudaStats.peakInUse / 2 ** 20) : undefined;
+  const peakGpuMiB =
+    gpuBytes !== null
+      ? Math.round(gpuBytes / 2 ** 20)
+      : cudaStats
+        ? Math.round(cudaStats.peakInUse / 2 ** 20)
+        : undefined;
   const viaHost = cuda?.fallbackCounts();
   const launchesPerStep = cuda ? ((cuda.openedCudaDevice()?.launches ?? 0) - launches0) / args.steps : undefined;
   let profile = args.profile && gpuBytes !== null ? await profileStep(() => step(true)) : undefined;
@@ -232,7 +258,11 @@ async function measure(args: Args, which: BenchBackend): Promise<Measurement> {
     const p = await cudaDevice.endProfile();
     if (graphs === undefined) delete process.env.OFFSHOOT_CUDA_GRAPHS;
     else process.env.OFFSHOOT_CUDA_GRAPHS = graphs;
-    profile = { totalMs: Number(p.totalMs.toFixed(2)), dispatches: p.launches, top: p.byName.slice(0, 30).map((e) => [e.name, Number(e.ms.toFixed(3)), e.count] as [string, number, number]) };
+    profile = {
+      totalMs: Number(p.totalMs.toFixed(2)),
+      dispatches: p.launches,
+      top: p.byName.slice(0, 30).map((e) => [e.name, Number(e.ms.toFixed(3)), e.count] as [string, number, number]),
+    };
   }
   const lossScale = await trainer.optimizer.lossScale?.read();
   trainer.dispose();
@@ -254,7 +284,10 @@ async function measure(args: Args, which: BenchBackend): Promise<Measurement> {
 }
 
 function lastJsonLine(text: string): Record<string, unknown> | undefined {
-  const lines = text.trim().split('\n').filter((l) => l.startsWith('{'));
+  const lines = text
+    .trim()
+    .split('\n')
+    .filter((l) => l.startsWith('{'));
   return lines.length ? JSON.parse(lines[lines.length - 1]) : undefined;
 }
 
@@ -268,26 +301,43 @@ function runTorch(args: Args, mode: TorchMode): Measurement {
   const preset = MODEL_PRESETS[args.config];
   // Beside this file in the source tree; two levels up from dist/bench/ in a build.
   const here = path.dirname(fileURLToPath(import.meta.url));
-  const script = [path.join(here, 'torch_reference.py'), path.join(here, '..', '..', 'bench', 'torch_reference.py')].find((f) => fs.existsSync(f))!;
+  const script = [
+    path.join(here, 'torch_reference.py'),
+    path.join(here, '..', '..', 'bench', 'torch_reference.py'),
+  ].find((f) => fs.existsSync(f))!;
   const res = spawnSync(
     args.torch!,
     [
       script,
-      '--vocab', String(shape.vocab),
-      '--hidden', String(preset.hiddenSize),
-      '--layers', String(preset.numLayers),
-      '--heads', String(preset.numHeads),
-      '--batch-size', String(args.batchSize ?? shape.batchSize),
-      '--seq-len', String(args.seqLen ?? shape.seqLen),
-      '--steps', String(args.steps),
-      '--warmup', String(args.warmup),
-      '--device', args.torchDevice,
-      '--mode', mode,
+      '--vocab',
+      String(shape.vocab),
+      '--hidden',
+      String(preset.hiddenSize),
+      '--layers',
+      String(preset.numLayers),
+      '--heads',
+      String(preset.numHeads),
+      '--batch-size',
+      String(args.batchSize ?? shape.batchSize),
+      '--seq-len',
+      String(args.seqLen ?? shape.seqLen),
+      '--steps',
+      String(args.steps),
+      '--warmup',
+      String(args.warmup),
+      '--device',
+      args.torchDevice,
+      '--mode',
+      mode,
     ],
     { encoding: 'utf8', env: { ...process.env, PYTHONUNBUFFERED: '1' } },
   );
   const parsed = lastJsonLine(res.stdout ?? '');
-  if (res.status !== 0 || !parsed) return { backend: `pytorch ${mode}`, error: (res.stderr || res.stdout || 'failed').trim().split('\n').slice(-3).join(' | ') };
+  if (res.status !== 0 || !parsed)
+    return {
+      backend: `pytorch ${mode}`,
+      error: (res.stderr || res.stdout || 'failed').trim().split('\n').slice(-3).join(' | '),
+    };
   return {
     backend: `pytorch ${mode}`,
     tokensPerSecond: parsed.tokensPerSecond as number,
@@ -304,8 +354,16 @@ export async function runConfig(args: Args): Promise<Record<string, unknown>[]> 
   const results: Measurement[] = [];
   for (const backend of args.backends) {
     const childArgs = toArgv({ ...args, only: backend });
-    const res = spawnSync(process.execPath, [...process.execArgv, self, ...childArgs], { encoding: 'utf8', maxBuffer: 64 * 2 ** 20 });
-    results.push((lastJsonLine(res.stdout ?? '') as Measurement | undefined) ?? { backend, error: `exited ${res.status}: ${(res.stderr ?? '').trim().split('\n').pop()}` });
+    const res = spawnSync(process.execPath, [...process.execArgv, self, ...childArgs], {
+      encoding: 'utf8',
+      maxBuffer: 64 * 2 ** 20,
+    });
+    results.push(
+      (lastJsonLine(res.stdout ?? '') as Measurement | undefined) ?? {
+        backend,
+        error: `exited ${res.status}: ${(res.stderr ?? '').trim().split('\n').pop()}`,
+      },
+    );
   }
   const torchRuns = args.torch ? args.torchModes.map((m) => runTorch(args, m)) : [];
   // The ratio's baseline: the last mode measured (the strongest when modes are listed weakest first).
@@ -355,9 +413,19 @@ export async function runConfig(args: Args): Promise<Record<string, unknown>[]> 
       ...(r.viaHost ? { viaHost: r.viaHost } : {}),
       ...(r.launchesPerStep !== undefined ? { launchesPerStep: r.launchesPerStep } : {}),
       ...(torchRuns.length > 1
-        ? { ratios: Object.fromEntries(torchRuns.filter((t) => t.tokensPerSecond).map((t) => [t.backend, Number((r.tokensPerSecond! / t.tokensPerSecond!).toFixed(3))])) }
+        ? {
+            ratios: Object.fromEntries(
+              torchRuns
+                .filter((t) => t.tokensPerSecond)
+                .map((t) => [t.backend, Number((r.tokensPerSecond! / t.tokensPerSecond!).toFixed(3))]),
+            ),
+          }
         : {}),
-      baseline: baseline ? (baseline === torch ? `pytorch ${torch.detail}` : `best other backend: ${baseline.backend}`) : null,
+      baseline: baseline
+        ? baseline === torch
+          ? `pytorch ${torch.detail}`
+          : `best other backend: ${baseline.backend}`
+        : null,
       baselineTokensPerSecond: baseline ? Math.round(baseline.tokensPerSecond!) : null,
       ratio: baseline ? Number((r.tokensPerSecond! / baseline.tokensPerSecond!).toFixed(3)) : null,
     });
@@ -368,7 +436,14 @@ export async function runConfig(args: Args): Promise<Record<string, unknown>[]> 
       backend: torch.backend,
       ...(torch.error
         ? { unavailable: torch.error }
-        : { tokensPerSecond: Math.round(torch.tokensPerSecond!), stepMs: torch.stepMs, tflops: tflops(torch.tokensPerSecond!), peakGpuMiB: torch.peakGpuMiB, finalLoss: torch.finalLoss, detail: torch.detail }),
+        : {
+            tokensPerSecond: Math.round(torch.tokensPerSecond!),
+            stepMs: torch.stepMs,
+            tflops: tflops(torch.tokensPerSecond!),
+            peakGpuMiB: torch.peakGpuMiB,
+            finalLoss: torch.finalLoss,
+            detail: torch.detail,
+          }),
     });
   }
   return lines;
@@ -376,7 +451,20 @@ export async function runConfig(args: Args): Promise<Record<string, unknown>[]> 
 
 /** Args back to a command line (for the child processes). */
 function toArgv(a: Args): string[] {
-  const out = ['--config', a.config, '--backends', a.backends.join(','), '--steps', String(a.steps), '--warmup', String(a.warmup), '--torch-device', a.torchDevice, '--torch-modes', a.torchModes.join(',')];
+  const out = [
+    '--config',
+    a.config,
+    '--backends',
+    a.backends.join(','),
+    '--steps',
+    String(a.steps),
+    '--warmup',
+    String(a.warmup),
+    '--torch-device',
+    a.torchDevice,
+    '--torch-modes',
+    a.torchModes.join(','),
+  ];
   if (a.batchSize) out.push('--batch-size', String(a.batchSize));
   if (a.seqLen) out.push('--seq-len', String(a.seqLen));
   if (a.only) out.push('--only', a.only);
@@ -385,7 +473,10 @@ function toArgv(a: Args): string[] {
 }
 
 /** Every configuration of a comma-separated --config, one JSON line per backend each. */
-export async function main(argv: string[], print: (line: Record<string, unknown>) => void = (l) => console.log(JSON.stringify(l))): Promise<void> {
+export async function main(
+  argv: string[],
+  print: (line: Record<string, unknown>) => void = (l) => console.log(JSON.stringify(l)),
+): Promise<void> {
   const args = parseArgs(argv);
   if (args.only) {
     try {
@@ -400,4 +491,5 @@ export async function main(argv: string[], print: (line: Record<string, unknown>
   }
 }
 
-if (process.argv[1] && fileURLToPath(import.meta.url) === path.resolve(process.argv[1])) await main(process.argv.slice(2));
+if (process.argv[1] && fileURLToPath(import.meta.url) === path.resolve(process.argv[1]))
+  await main(process.argv.slice(2));

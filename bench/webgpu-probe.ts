@@ -9,9 +9,21 @@
  *        [--tiles 128x128x8x8x8,256x128x8x16x8d,...]   (BMxBNxBKxTMxTN, d: two slabs; default: offshoot's tiles)
  */
 /// <reference types="@webgpu/types" />
-import { type MatMulTile, type MatMulVariant, matmulGrid, matmulSource, parseTile } from '../core/model/webgpu/wgsl-matmul.js';
+import {
+  type MatMulTile,
+  type MatMulVariant,
+  matmulGrid,
+  matmulSource,
+  parseTile,
+} from '../core/model/webgpu/wgsl-matmul.js';
 import type { SubgroupMatrixConfig } from '../core/model/webgpu/runtime.js';
-import { type SgMatMulVariant, sgMatmulSource, sgThreads, sgTile, sgWorkgroupBytes } from '../core/model/webgpu/wgsl-sgmatrix.js';
+import {
+  type SgMatMulVariant,
+  sgMatmulSource,
+  sgThreads,
+  sgTile,
+  sgWorkgroupBytes,
+} from '../core/model/webgpu/wgsl-sgmatrix.js';
 
 const args = process.argv.slice(2);
 const quick = args.includes('--quick');
@@ -23,7 +35,12 @@ const scale = scaleArg >= 0 ? Number(args[scaleArg + 1]) : 1;
 const toggleSets =
   togglesArg >= 0
     ? args[togglesArg + 1].split(';')
-    : ['allow_unsafe_apis', 'allow_unsafe_apis,disable_robustness', 'allow_unsafe_apis,disable_robustness,vulkan_enable_f16_on_nvidia,use_vulkan_memory_model', 'allow_unsafe_apis,skip_validation'];
+    : [
+        'allow_unsafe_apis',
+        'allow_unsafe_apis,disable_robustness',
+        'allow_unsafe_apis,disable_robustness,vulkan_enable_f16_on_nvidia,use_vulkan_memory_model',
+        'allow_unsafe_apis,skip_validation',
+      ];
 
 const dawn = (await import('webgpu')) as unknown as { create(flags: string[]): GPU; globals: object };
 Object.assign(globalThis, dawn.globals);
@@ -44,14 +61,33 @@ interface Ctx {
 async function open(toggles: string): Promise<Ctx> {
   const gpu = dawn.create(toggles ? [`enable-dawn-features=${toggles}`] : []);
   const adapter = (await gpu.requestAdapter({ powerPreference: 'high-performance' }))!;
-  const info = adapter.info as GPUAdapterInfo & { subgroupMatrixConfigs?: SubgroupMatrixConfig[]; subgroupMinSize?: number; subgroupMaxSize?: number };
-  const want = ['subgroups', 'shader-f16', 'chromium-experimental-subgroup-matrix', 'timestamp-query'].filter((f) => adapter.features.has(f as GPUFeatureName));
+  const info = adapter.info as GPUAdapterInfo & {
+    subgroupMatrixConfigs?: SubgroupMatrixConfig[];
+    subgroupMinSize?: number;
+    subgroupMaxSize?: number;
+  };
+  const want = ['subgroups', 'shader-f16', 'chromium-experimental-subgroup-matrix', 'timestamp-query'].filter((f) =>
+    adapter.features.has(f as GPUFeatureName),
+  );
   const limits: Record<string, number> = {};
-  for (const k of ['maxComputeWorkgroupStorageSize', 'maxStorageBufferBindingSize', 'maxBufferSize', 'maxComputeInvocationsPerWorkgroup', 'maxStorageBuffersPerShaderStage', 'maxComputeWorkgroupSizeX', 'maxComputeWorkgroupsPerDimension']) {
+  for (const k of [
+    'maxComputeWorkgroupStorageSize',
+    'maxStorageBufferBindingSize',
+    'maxBufferSize',
+    'maxComputeInvocationsPerWorkgroup',
+    'maxStorageBuffersPerShaderStage',
+    'maxComputeWorkgroupSizeX',
+    'maxComputeWorkgroupsPerDimension',
+  ]) {
     limits[k] = (adapter.limits as unknown as Record<string, number>)[k];
   }
   const device = await adapter.requestDevice({ requiredFeatures: want as GPUFeatureName[], requiredLimits: limits });
-  device.onuncapturederror = (ev) => out({ probe: 'uncaptured-error', toggles, message: String((ev as GPUUncapturedErrorEvent).error.message).slice(0, 400) });
+  device.onuncapturederror = (ev) =>
+    out({
+      probe: 'uncaptured-error',
+      toggles,
+      message: String((ev as GPUUncapturedErrorEvent).error.message).slice(0, 400),
+    });
   out({
     probe: 'adapter',
     toggles,
@@ -82,7 +118,11 @@ async function pipeline(ctx: Ctx, key: string, code: string): Promise<GPUCompute
       out({ probe: 'pipeline-error', key, message: String((e as Error).message).slice(0, 600) });
     }
   } else {
-    out({ probe: 'compile-error', key, messages: errors.slice(0, 3).map((m) => `${m.lineNum}:${m.linePos} ${m.message}`.slice(0, 300)) });
+    out({
+      probe: 'compile-error',
+      key,
+      messages: errors.slice(0, 3).map((m) => `${m.lineNum}:${m.linePos} ${m.message}`.slice(0, 300)),
+    });
   }
   const err = await ctx.device.popErrorScope();
   if (err) {
@@ -93,7 +133,11 @@ async function pipeline(ctx: Ctx, key: string, code: string): Promise<GPUCompute
   return p;
 }
 
-function buffer(ctx: Ctx, data: Float32Array | number, usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST): GPUBuffer {
+function buffer(
+  ctx: Ctx,
+  data: Float32Array | number,
+  usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
+): GPUBuffer {
   const size = typeof data === 'number' ? data * 4 : data.byteLength;
   const b = ctx.device.createBuffer({ size: Math.max(16, Math.ceil(size / 16) * 16), usage });
   if (typeof data !== 'number') ctx.device.queue.writeBuffer(b, 0, data);
@@ -212,7 +256,9 @@ async function runShape(ctx: Ctx, k: Kernel, s: Shape, reps: number, check: bool
   ctx.device.queue.writeBuffer(uni, 0, new Uint32Array([s.M, s.N, s.K, kChunk]));
   const bind = ctx.device.createBindGroup({
     layout: p.getBindGroupLayout(0),
-    entries: [A, B, C].map((buf, i) => ({ binding: i, resource: { buffer: buf } })).concat([{ binding: 3, resource: { buffer: uni } }]),
+    entries: [A, B, C]
+      .map((buf, i) => ({ binding: i, resource: { buffer: buf } }))
+      .concat([{ binding: 3, resource: { buffer: uni } }]),
   });
   const encode = (n: number) => {
     const enc = ctx.device.createCommandEncoder();
@@ -261,21 +307,33 @@ async function runShape(ctx: Ctx, k: Kernel, s: Shape, reps: number, check: bool
 
 /** CPU cost of one tfjs-style dispatch: a uniform write, a bind group, a dispatch; submitted every 15. */
 async function dispatchOverhead(ctx: Ctx): Promise<void> {
-  const p = await pipeline(ctx, 'noop', `@group(0) @binding(0) var<storage, read_write> x: array<f32>;
+  const p = await pipeline(
+    ctx,
+    'noop',
+    `@group(0) @binding(0) var<storage, read_write> x: array<f32>;
 struct U { a: u32, b: u32, c: u32, d: u32 };
 @group(0) @binding(1) var<uniform> u: U;
-@compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3<u32>) { if (g.x < u.a) { x[g.x] = x[g.x] + 1.0; } }`);
+@compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3<u32>) { if (g.x < u.a) { x[g.x] = x[g.x] + 1.0; } }`,
+  );
   if (!p) return;
   const x = buffer(ctx, 4096);
   const n = 3000;
-  const unis = Array.from({ length: 64 }, () => ctx.device.createBuffer({ size: 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST }));
+  const unis = Array.from({ length: 64 }, () =>
+    ctx.device.createBuffer({ size: 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST }),
+  );
   const t0 = performance.now();
   let enc = ctx.device.createCommandEncoder();
   let pass = enc.beginComputePass();
   for (let i = 0; i < n; i++) {
     const uni = unis[i % 64];
     ctx.device.queue.writeBuffer(uni, 0, new Uint32Array([4096, 0, 0, 0]));
-    const bind = ctx.device.createBindGroup({ layout: p.getBindGroupLayout(0), entries: [{ binding: 0, resource: { buffer: x } }, { binding: 1, resource: { buffer: uni } }] });
+    const bind = ctx.device.createBindGroup({
+      layout: p.getBindGroupLayout(0),
+      entries: [
+        { binding: 0, resource: { buffer: x } },
+        { binding: 1, resource: { buffer: uni } },
+      ],
+    });
     pass.setPipeline(p);
     pass.setBindGroup(0, bind);
     pass.dispatchWorkgroups(64);
@@ -291,10 +349,19 @@ struct U { a: u32, b: u32, c: u32, d: u32 };
   const cpu = performance.now() - t0;
   await ctx.device.queue.onSubmittedWorkDone();
   const total = performance.now() - t0;
-  out({ probe: 'dispatch-overhead', toggles: ctx.toggles, dispatches: n, cpuUsPerDispatch: Number(((cpu * 1000) / n).toFixed(1)), wallUsPerDispatch: Number(((total * 1000) / n).toFixed(1)) });
+  out({
+    probe: 'dispatch-overhead',
+    toggles: ctx.toggles,
+    dispatches: n,
+    cpuUsPerDispatch: Number(((cpu * 1000) / n).toFixed(1)),
+    wallUsPerDispatch: Number(((total * 1000) / n).toFixed(1)),
+  });
 }
 
-const tiles: MatMulTile[] = tilesArg >= 0 ? args[tilesArg + 1].split(',').map(parseTile) : Object.values((await import('../core/model/webgpu/matmul.js')).MATMUL_TILES);
+const tiles: MatMulTile[] =
+  tilesArg >= 0
+    ? args[tilesArg + 1].split(',').map(parseTile)
+    : Object.values((await import('../core/model/webgpu/matmul.js')).MATMUL_TILES);
 
 const shapes: Shape[] = [
   { name: 'square4096 NN', M: 4096, N: 4096, K: 4096, transA: false, transB: false },
@@ -313,18 +380,56 @@ for (const toggles of toggleSets) {
     ctx.device.destroy();
     continue;
   }
-  const info = ctx.adapter.info as GPUAdapterInfo & { subgroupMatrixConfigs?: SubgroupMatrixConfig[]; subgroupMaxSize?: number; subgroupMinSize?: number };
+  const info = ctx.adapter.info as GPUAdapterInfo & {
+    subgroupMatrixConfigs?: SubgroupMatrixConfig[];
+    subgroupMaxSize?: number;
+    subgroupMinSize?: number;
+  };
   const kernels: Kernel[] = tiles.map((t) => ({ kind: 'simt', v: { ...t } as MatMulVariant }));
   const wgMem = ctx.device.limits.maxComputeWorkgroupStorageSize;
   const sgSize = info.subgroupMaxSize ?? 32;
-  if (ctx.device.features.has('chromium-experimental-subgroup-matrix' as GPUFeatureName) && info.subgroupMinSize === info.subgroupMaxSize) {
+  if (
+    ctx.device.features.has('chromium-experimental-subgroup-matrix' as GPUFeatureName) &&
+    info.subgroupMinSize === info.subgroupMaxSize
+  ) {
     for (const cfg of info.subgroupMatrixConfigs ?? []) {
-      if (cfg.componentType !== 'f16' || cfg.resultComponentType !== 'f32' || !ctx.device.features.has('shader-f16')) continue;
-      for (const [SGY, SGX, RM, RN, BK] of [[2, 2, 2, 2, 32], [2, 2, 4, 4, 32], [4, 2, 2, 4, 32], [2, 2, 4, 4, 64]]) {
+      if (cfg.componentType !== 'f16' || cfg.resultComponentType !== 'f32' || !ctx.device.features.has('shader-f16'))
+        continue;
+      for (const [SGY, SGX, RM, RN, BK] of [
+        [2, 2, 2, 2, 32],
+        [2, 2, 4, 4, 32],
+        [4, 2, 2, 4, 32],
+        [2, 2, 4, 4, 64],
+      ]) {
         for (const double of [false, true]) {
           if (cfg.M * RM * SGY > 128 || BK % cfg.K !== 0) continue;
-          const t = sgTile({ M: cfg.M, N: cfg.N, K: cfg.K, SGX, SGY, RM, RN: (RN * 16) / cfg.N, BK, staging: 'workgroup', double });
-          const v: SgMatMulVariant = { ...t, subgroupSize: sgSize, transA: false, transB: false, aType: 'f32', bType: 'f32', widthA: 4, widthB: 4, exact: false, epilogue: 'none', splitK: false, batched: false, triangle: 'none' };
+          const t = sgTile({
+            M: cfg.M,
+            N: cfg.N,
+            K: cfg.K,
+            SGX,
+            SGY,
+            RM,
+            RN: (RN * 16) / cfg.N,
+            BK,
+            staging: 'workgroup',
+            double,
+          });
+          const v: SgMatMulVariant = {
+            ...t,
+            subgroupSize: sgSize,
+            transA: false,
+            transB: false,
+            aType: 'f32',
+            bType: 'f32',
+            widthA: 4,
+            widthB: 4,
+            exact: false,
+            epilogue: 'none',
+            splitK: false,
+            batched: false,
+            triangle: 'none',
+          };
           if (sgWorkgroupBytes(v) > wgMem || sgThreads(v) > 1024) continue;
           kernels.push({ kind: 'sg', v });
           if (quick) break;
@@ -335,9 +440,14 @@ for (const toggles of toggleSets) {
   for (const k of kernels) {
     // A small odd shape for correctness of the bounds paths (plain kernels only handle any shape).
     if (k.kind === 'simt') {
-      for (const [transA, transB] of [[false, false], [false, true], [true, false]] as const) {
+      for (const [transA, transB] of [
+        [false, false],
+        [false, true],
+        [true, false],
+      ] as const) {
         const r = await runShape(ctx, k, { name: 'odd', M: 200, N: 132, K: 100, transA, transB }, 1, true);
-        if ((r.maxRelErr as number) > 1e-5 || r.error) out({ probe: 'matmul-check-failed', toggles, kernel: kernelKey(k), transA, transB, ...r });
+        if ((r.maxRelErr as number) > 1e-5 || r.error)
+          out({ probe: 'matmul-check-failed', toggles, kernel: kernelKey(k), transA, transB, ...r });
       }
     }
     for (const s0 of quick ? shapes.slice(0, 3) : shapes) {

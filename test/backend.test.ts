@@ -67,7 +67,9 @@ describe('parseBackendChoice', () => {
 
 describe('initBackend', () => {
   it('rejects an invalid choice, listing the valid ones', async () => {
-    await expect(initBackend('gpu' as never, log)).rejects.toThrow(/invalid value "gpu".*auto, cuda, tensorflow, webgpu, wasm, cpu/);
+    await expect(initBackend('gpu' as never, log)).rejects.toThrow(
+      /invalid value "gpu".*auto, cuda, tensorflow, webgpu, wasm, cpu/,
+    );
   });
 
   it('rejects an invalid OFFSHOOT_BACKEND, naming the variable', async () => {

@@ -50,7 +50,9 @@ describe('safetensors', () => {
     const buf = Buffer.alloc(16);
     buf.writeBigUInt64LE(1000n);
     fs.writeFileSync(file, buf);
-    expect(() => readSafetensors(file)).toThrow(new RegExp(`${file.replace(/[.]/g, '\\.')}: header length 1000 runs past the end`));
+    expect(() => readSafetensors(file)).toThrow(
+      new RegExp(`${file.replace(/[.]/g, '\\.')}: header length 1000 runs past the end`),
+    );
   });
 
   it('rejects an unsupported dtype naming the tensor', () => {
@@ -109,7 +111,9 @@ describe('checkpoints', () => {
     const cfg = JSON.parse(fs.readFileSync(cfgFile, 'utf8'));
     cfg.intermediate_size = 100;
     fs.writeFileSync(cfgFile, JSON.stringify(cfg));
-    expect(() => loadCheckpoint(dir)).toThrow(/tensor "gpt_neox\.layers\.0\.mlp\.dense_h_to_4h\.weight" has shape \[128,32\] but .*config\.json implies \[100,32\]/);
+    expect(() => loadCheckpoint(dir)).toThrow(
+      /tensor "gpt_neox\.layers\.0\.mlp\.dense_h_to_4h\.weight" has shape \[128,32\] but .*config\.json implies \[100,32\]/,
+    );
   });
 
   it('rejects other architectures and missing tensors', async () => {
@@ -139,13 +143,21 @@ describe('checkpoints', () => {
     const config = uniformConfig({ vocabSize: 40, hiddenSize: 24, numLayers: 2, numHeads: 3 });
     config.layers[1] = { numHeads: 2, intermediateSize: 50 };
     const hf = configToHF(config);
-    expect(hf.offshoot).toEqual({ head_size: 8, layers: [{ num_heads: 3, intermediate_size: 96 }, { num_heads: 2, intermediate_size: 50 }] });
+    expect(hf.offshoot).toEqual({
+      head_size: 8,
+      layers: [
+        { num_heads: 3, intermediate_size: 96 },
+        { num_heads: 2, intermediate_size: 50 },
+      ],
+    });
     const model = GPTNeoX.random(config, 1);
     const dir = path.join(tmpDir(), 'student');
     await saveCheckpoint(dir, config, await model.toHost());
     expect(loadCheckpoint(dir).config).toEqual(config);
     await expect(
-      saveCheckpoint(path.join(dir, '..', 'plain'), config, await model.toHost(), { requireTransformersCompatible: true }),
+      saveCheckpoint(path.join(dir, '..', 'plain'), config, await model.toHost(), {
+        requireTransformersCompatible: true,
+      }),
     ).rejects.toThrow(/cannot export for plain transformers: layer 1 has 2 heads and MLP 50/);
     model.dispose();
   });

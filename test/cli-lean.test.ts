@@ -21,7 +21,12 @@ const { OFFSHOOT_BACKEND: _, ...inherited } = process.env;
 const env = { ...inherited, OFFSHOOT_CACHE: path.join(tmp, 'cache') };
 
 function offshoot(...args: string[]): { status: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, [path.join(app, 'bin', 'offshoot.js'), ...args], { cwd: tmp, env, encoding: 'utf8', timeout: 300_000 });
+  const r = spawnSync(process.execPath, [path.join(app, 'bin', 'offshoot.js'), ...args], {
+    cwd: tmp,
+    env,
+    encoding: 'utf8',
+    timeout: 300_000,
+  });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
@@ -51,19 +56,40 @@ describe('offshoot without Temporal and NATS installed', () => {
     for (const name of ABSENT) expect(fs.existsSync(path.join(app, 'node_modules', name))).toBe(false);
     const r = offshoot('status', 'some-run');
     expect(r.status).toBe(1);
-    expect(r.stderr).toMatch(/^offshoot: the status command cannot load here: Cannot find (package|module) '@temporalio\//m);
+    expect(r.stderr).toMatch(
+      /^offshoot: the status command cannot load here: Cannot find (package|module) '@temporalio\//m,
+    );
   });
 
   it('--help lists every command, saying which cannot run here', () => {
     const r = offshoot('--help');
     expect(r.status, r.stderr).toBe(0);
-    for (const c of ['teacher', 'eval', 'logits', 'subnet', 'search', 'worker', 'experiment']) expect(r.stdout).toContain(c);
+    for (const c of ['teacher', 'eval', 'logits', 'subnet', 'search', 'worker', 'experiment'])
+      expect(r.stdout).toContain(c);
     expect(r.stdout).toMatch(/run\s+\(not available here: Cannot find\s+(package|module)\s+'@temporalio\//);
   });
 
   it('teacher train', () => {
     const summary = json(
-      offshoot('teacher', 'train', '--out', teacher, '--preset', 'tiny', '--tokenizer', tokenizer, '--steps', '10', '--batch-size', '4', '--seq-len', '32', '--eval-tokens', '1024', '--json'),
+      offshoot(
+        'teacher',
+        'train',
+        '--out',
+        teacher,
+        '--preset',
+        'tiny',
+        '--tokenizer',
+        tokenizer,
+        '--steps',
+        '10',
+        '--batch-size',
+        '4',
+        '--seq-len',
+        '32',
+        '--eval-tokens',
+        '1024',
+        '--json',
+      ),
     );
     expect(summary.steps).toBe(10);
     expect(summary.finalValLoss).toBeLessThan(summary.initialValLoss);
@@ -91,7 +117,24 @@ describe('offshoot without Temporal and NATS installed', () => {
 
   it('search', () => {
     const result = json(
-      offshoot('search', '--teacher', teacher, '--bin', '10', '--generations', '2', '--population', '3', '--fitness', 'zero-shot', '--eval-tokens', '512', '--seq-len', '32', '--json'),
+      offshoot(
+        'search',
+        '--teacher',
+        teacher,
+        '--bin',
+        '10',
+        '--generations',
+        '2',
+        '--population',
+        '3',
+        '--fitness',
+        'zero-shot',
+        '--eval-tokens',
+        '512',
+        '--seq-len',
+        '32',
+        '--json',
+      ),
     );
     expect(result.history).toHaveLength(6);
     expect(result.best.fitness).toBeGreaterThan(0);

@@ -34,8 +34,25 @@ describe('offshoot CLI', () => {
 
   it('teacher train lowers the validation loss, and eval reports the same', () => {
     const r = offshoot(
-      'teacher', 'train', '--out', teacher, '--preset', 'tiny', '--vocab', '300', '--steps', '80', '--batch-size', '8',
-      '--seq-len', '32', '--eval-every', '40', '--eval-tokens', '4096', '--json',
+      'teacher',
+      'train',
+      '--out',
+      teacher,
+      '--preset',
+      'tiny',
+      '--vocab',
+      '300',
+      '--steps',
+      '80',
+      '--batch-size',
+      '8',
+      '--seq-len',
+      '32',
+      '--eval-every',
+      '40',
+      '--eval-tokens',
+      '4096',
+      '--json',
     );
     expect(r.status, r.stderr).toBe(0);
     expect(r.stderr).toMatch(/^backend: (tensorflow|webgpu|wasm|cpu) /m);
@@ -51,15 +68,34 @@ describe('offshoot CLI', () => {
     expect(result.tokens).toBe(4096);
     expect(result.loss).toBeCloseTo(summary.finalValLoss, 4);
     expect(result.ppl).toBeCloseTo(Math.exp(result.loss), 6);
-    const moby = JSON.parse(offshoot('eval', '--model', teacher, '--data', 'mobydick', '--max-tokens', '4096', '--json').stdout);
+    const moby = JSON.parse(
+      offshoot('eval', '--model', teacher, '--data', 'mobydick', '--max-tokens', '4096', '--json').stdout,
+    );
     expect(moby.loss).toBeGreaterThan(0);
   });
 
   it('rerunning a finished teacher train continues nothing and keeps the checkpoint', () => {
     const before = fs.readFileSync(path.join(teacher, 'offshoot-checkpoint.json'), 'utf8');
     const r = offshoot(
-      'teacher', 'train', '--out', teacher, '--preset', 'tiny', '--vocab', '300', '--steps', '80', '--batch-size', '8',
-      '--seq-len', '32', '--eval-every', '40', '--eval-tokens', '4096', '--json',
+      'teacher',
+      'train',
+      '--out',
+      teacher,
+      '--preset',
+      'tiny',
+      '--vocab',
+      '300',
+      '--steps',
+      '80',
+      '--batch-size',
+      '8',
+      '--seq-len',
+      '32',
+      '--eval-every',
+      '40',
+      '--eval-tokens',
+      '4096',
+      '--json',
     );
     expect(r.status, r.stderr).toBe(0);
     expect(r.stderr).toMatch(/resuming from step 80/);

@@ -33,19 +33,35 @@ if (!gpuReason) {
 }
 
 describe(`cuda without a GPU${libsReason ? ` (skipped: ${libsReason})` : ''}`, () => {
-  it.skipIf(!!libsReason)('compiles every kernel source with NVRTC for Hopper (sm_90) and Ampere (sm_80)', () => {
-    const cudaLibs = findCudaLibraries();
-    const libs = loadLibraries(cudaLibs, ['nvrtc']);
-    const files = kernelFiles();
-    expect(files).toEqual(expect.arrayContaining(['adamw', 'attention', 'cross-entropy', 'distill', 'elementwise', 'embedding', 'layer-norm', 'layout', 'linear']));
-    for (const arch of ['sm_90', 'sm_80']) {
-      for (const f of files) {
-        const { cubin } = compileKernels(libs, cudaLibs, f, arch);
-        // An ELF image with machine code.
-        expect(cubin.subarray(0, 4).toString('latin1'), `${f} for ${arch}`).toBe('\x7fELF');
+  it.skipIf(!!libsReason)(
+    'compiles every kernel source with NVRTC for Hopper (sm_90) and Ampere (sm_80)',
+    () => {
+      const cudaLibs = findCudaLibraries();
+      const libs = loadLibraries(cudaLibs, ['nvrtc']);
+      const files = kernelFiles();
+      expect(files).toEqual(
+        expect.arrayContaining([
+          'adamw',
+          'attention',
+          'cross-entropy',
+          'distill',
+          'elementwise',
+          'embedding',
+          'layer-norm',
+          'layout',
+          'linear',
+        ]),
+      );
+      for (const arch of ['sm_90', 'sm_80']) {
+        for (const f of files) {
+          const { cubin } = compileKernels(libs, cudaLibs, f, arch);
+          // An ELF image with machine code.
+          expect(cubin.subarray(0, 4).toString('latin1'), `${f} for ${arch}`).toBe('\x7fELF');
+        }
       }
-    }
-  }, 300_000);
+    },
+    300_000,
+  );
 
   it.skipIf(!!libsReason)('binds every function of NVRTC and cuBLASLt (the libraries load without a GPU)', () => {
     const libs = loadLibraries(findCudaLibraries(), ['nvrtc', 'cublasLt']);
@@ -77,7 +93,11 @@ describe(`cuda without a GPU${libsReason ? ` (skipped: ${libsReason})` : ''}`, (
       expect(define ? define[1] : base, `${symbol}: the name ${base} resolves to`).toBe(symbol);
       const declared = prototypeParams(text, base);
       expect(declared, `${base} is declared in ${lib}'s header`).not.toBeNull();
-      const ours = proto.slice(proto.indexOf('(') + 1, proto.lastIndexOf(')')).split(',').map((p) => p.trim()).filter(Boolean);
+      const ours = proto
+        .slice(proto.indexOf('(') + 1, proto.lastIndexOf(')'))
+        .split(',')
+        .map((p) => p.trim())
+        .filter(Boolean);
       expect(ours.map(kindOf), `${symbol}: argument kinds`).toEqual(declared!.map(kindOf));
     }
   });
@@ -94,9 +114,14 @@ describe(`cuda without a GPU${libsReason ? ` (skipped: ${libsReason})` : ''}`, (
 /** The parameter list of `name`'s prototype in a header (comments stripped), or null. */
 function prototypeParams(header: string, name: string): string[] | null {
   const text = header.replace(/\/\*[\s\S]*?\*\//g, '').replace(/\/\/.*$/gm, '');
-  const m = new RegExp(`\\b(?:CUresult|nvrtcResult|cublasStatus_t|size_t|const char\\s*\\*)\\s*(?:CUDAAPI\\s+|CUBLASWINAPI\\s+)?${name}\\s*\\(([^)]*)\\)\\s*;`).exec(text);
+  const m = new RegExp(
+    `\\b(?:CUresult|nvrtcResult|cublasStatus_t|size_t|const char\\s*\\*)\\s*(?:CUDAAPI\\s+|CUBLASWINAPI\\s+)?${name}\\s*\\(([^)]*)\\)\\s*;`,
+  ).exec(text);
   if (!m) return null;
-  return m[1].split(',').map((p) => p.trim()).filter((p) => p && p !== 'void');
+  return m[1]
+    .split(',')
+    .map((p) => p.trim())
+    .filter((p) => p && p !== 'void');
 }
 
 /**
@@ -107,7 +132,12 @@ function kindOf(param: string): string {
   const p = param.replace(/\b(const|_Out_|_Inout_)\b/g, '').trim();
   if (p.includes('*') || p.includes('[')) return 'word64';
   const type = p.split(/\s+/).slice(0, -1).join(' ') || p;
-  if (/^(CUdeviceptr|size_t|uint64_t|int64_t|unsigned long long|void|CUcontext|CUmodule|CUfunction|CUstream|CUevent|CUgraph|CUgraphExec|nvrtcProgram|cudaStream_t|cublasLtHandle_t|cublasLtMatmulDesc_t|cublasLtMatrixLayout_t|cublasLtMatmulPreference_t)$/.test(type)) return 'word64';
+  if (
+    /^(CUdeviceptr|size_t|uint64_t|int64_t|unsigned long long|void|CUcontext|CUmodule|CUfunction|CUstream|CUevent|CUgraph|CUgraphExec|nvrtcProgram|cudaStream_t|cublasLtHandle_t|cublasLtMatmulDesc_t|cublasLtMatrixLayout_t|cublasLtMatmulPreference_t)$/.test(
+      type,
+    )
+  )
+    return 'word64';
   if (/^(unsigned char|uint8_t)$/.test(type)) return 'int8';
   if (type === 'float') return 'float';
   return 'int32';
@@ -190,13 +220,17 @@ describe('cuda caching allocator', () => {
 });
 
 describe(`cuda on the GPU${gpuReason ? ` (skipped: ${gpuReason})` : ''}`, () => {
-  it.skipIf(!!gpuReason)('every operation and tfjs kernel matches the cpu backend in f32 and mixed precision', async () => {
-    const { runCudaChecks } = await import('../core/model/cuda/check.js');
-    const failures: unknown[] = [];
-    const failed = await runCudaChecks('small', (line) => {
-      if (!line.ok) failures.push(line);
-    });
-    expect(failures).toEqual([]);
-    expect(failed).toBe(0);
-  }, 600_000);
+  it.skipIf(!!gpuReason)(
+    'every operation and tfjs kernel matches the cpu backend in f32 and mixed precision',
+    async () => {
+      const { runCudaChecks } = await import('../core/model/cuda/check.js');
+      const failures: unknown[] = [];
+      const failed = await runCudaChecks('small', (line) => {
+        if (!line.ok) failures.push(line);
+      });
+      expect(failures).toEqual([]);
+      expect(failed).toBe(0);
+    },
+    600_000,
+  );
 });

@@ -79,7 +79,11 @@ describe('inputs', () => {
     rmSync(plain);
     writeFileSync(path.join(dir, 'notes.csv'), 'ignored');
     const logs: string[] = [];
-    const folder = await openData(dir, tok, { cacheDir: path.join(tmp, 'cache'), workers: 0, log: (l) => logs.push(l) });
+    const folder = await openData(dir, tok, {
+      cacheDir: path.join(tmp, 'cache'),
+      workers: 0,
+      log: (l) => logs.push(l),
+    });
     expect(tokensOf(folder)).toEqual(expected(docs.slice(0, 7)));
     expect(folder.prepared[0].documents).toBe(7);
     expect(logs.join('\n')).toContain('ignored 1 file(s) of no known format, e.g. notes.csv');
@@ -136,7 +140,11 @@ pq.write_table(t, sys.argv[3], row_group_size=5, compression="zstd")
     expect(tokensOf(d32)).toEqual(ids);
     d32.close();
     // Parts of a few bytes: the ids come back in order across parts.
-    const parts = await prepareSource(parseDataSpec(bin16).sources[0], tok, { cacheDir: path.join(tmp, 'cache-parts'), workers: 0, partBytes: 1000 });
+    const parts = await prepareSource(parseDataSpec(bin16).sources[0], tok, {
+      cacheDir: path.join(tmp, 'cache-parts'),
+      workers: 0,
+      partBytes: 1000,
+    });
     expect(parts.shards.length).toBe(10);
     const all = new Int32Array(parts.tokens);
     parts.stream.read(0, parts.tokens, all, 0);
@@ -146,7 +154,17 @@ pq.write_table(t, sys.argv[3], row_group_size=5, compression="zstd")
     const py = requireHfPython();
     const npy = path.join(tmp, 'ids.npy');
     const npyBig = path.join(tmp, 'ids-be.npy');
-    const r = spawnSync(py, ['-c', 'import sys, numpy as np; a = np.array([int(x) for x in sys.argv[3].split(",")], dtype=np.int32).reshape(2, -1); np.save(sys.argv[1], a); np.save(sys.argv[2], a.astype(">u2"))', npy, npyBig, ids.slice(0, 100).join(',')], { encoding: 'utf8' });
+    const r = spawnSync(
+      py,
+      [
+        '-c',
+        'import sys, numpy as np; a = np.array([int(x) for x in sys.argv[3].split(",")], dtype=np.int32).reshape(2, -1); np.save(sys.argv[1], a); np.save(sys.argv[2], a.astype(">u2"))',
+        npy,
+        npyBig,
+        ids.slice(0, 100).join(','),
+      ],
+      { encoding: 'utf8' },
+    );
     expect(r.status, r.stderr).toBe(0);
     const dn = await open(npy);
     expect(tokensOf(dn)).toEqual(ids.slice(0, 100));
@@ -155,44 +173,81 @@ pq.write_table(t, sys.argv[3], row_group_size=5, compression="zstd")
 
     const odd = path.join(tmp, 'odd.bin');
     writeFileSync(odd, Buffer.alloc(7));
-    await expect(open(odd)).rejects.toThrow(`${odd}: 7 bytes of ids is not a whole number of 2-byte ids (dtype uint16)`);
+    await expect(open(odd)).rejects.toThrow(
+      `${odd}: 7 bytes of ids is not a whole number of 2-byte ids (dtype uint16)`,
+    );
     const big = path.join(tmp, 'big.bin');
     writeFileSync(big, Buffer.from(Uint16Array.from([1, 2, 3, 60000]).buffer));
-    await expect(open(big)).rejects.toThrow(`${big}: id 60000 at element 3 is outside the vocabulary of tokenizer bpe-512 (size 512)`);
+    await expect(open(big)).rejects.toThrow(
+      `${big}: id 60000 at element 3 is outside the vocabulary of tokenizer bpe-512 (size 512)`,
+    );
   });
 
   it('gives each bad input an error naming the file and where', async () => {
     const latin1 = path.join(tmp, 'latin1.txt');
     writeFileSync(latin1, Buffer.from('caf\xe9 au lait', 'latin1'));
-    await expect(open(latin1)).rejects.toThrow(`${latin1}: invalid UTF-8 at byte offset 3 (byte 0xe9); is it Latin-1 or binary?`);
+    await expect(open(latin1)).rejects.toThrow(
+      `${latin1}: invalid UTF-8 at byte offset 3 (byte 0xe9); is it Latin-1 or binary?`,
+    );
     const binary = path.join(tmp, 'binary.txt');
     writeFileSync(binary, Buffer.from([0x68, 0x69, 0x00, 0x01, 0x02]));
-    await expect(open(binary)).rejects.toThrow(`${binary}: binary content (a NUL byte) at byte offset 2; not a text file`);
+    await expect(open(binary)).rejects.toThrow(
+      `${binary}: binary content (a NUL byte) at byte offset 2; not a text file`,
+    );
     const csv = path.join(tmp, 'table.csv');
     writeFileSync(csv, 'a,b\n');
-    await expect(open(csv)).rejects.toThrow(`${csv}: unknown format (extension ".csv"); known: .txt, .md, .text, .jsonl, .ndjson, .parquet, .bin, .npy, each optionally .gz or .zst, or set format=…`);
+    await expect(open(csv)).rejects.toThrow(
+      `${csv}: unknown format (extension ".csv"); known: .txt, .md, .text, .jsonl, .ndjson, .parquet, .bin, .npy, each optionally .gz or .zst, or set format=…`,
+    );
     const truncated = path.join(tmp, 'truncated.jsonl.gz');
     const gz = gzipSync(jsonl(docs.slice(0, 3)));
     writeFileSync(truncated, gz.subarray(0, gz.length - 100));
     await expect(open(truncated)).rejects.toThrow(`${truncated}: corrupt gzip data (unexpected end of file)`);
     const badLine = path.join(tmp, 'bad-line.jsonl.gz');
-    writeFileSync(badLine, gzipSync('{"text": "ok"}\n{"text": "caf\xe9"}\n'.replace('\xe9', '\u00e9') + '{"text" 1}\n'));
-    await expect(open(badLine)).rejects.toThrow(`${badLine}:3 (byte offset 33 of the decompressed gzip stream): invalid JSON`);
+    writeFileSync(
+      badLine,
+      gzipSync('{"text": "ok"}\n{"text": "caf\xe9"}\n'.replace('\xe9', '\u00e9') + '{"text" 1}\n'),
+    );
+    await expect(open(badLine)).rejects.toThrow(
+      `${badLine}:3 (byte offset 33 of the decompressed gzip stream): invalid JSON`,
+    );
     const latinLine = path.join(tmp, 'latin-line.jsonl');
-    writeFileSync(latinLine, Buffer.concat([Buffer.from('{"text": "ok"}\n{"text": "caf'), Buffer.from([0xe9]), Buffer.from('"}\n')]));
-    await expect(open(latinLine)).rejects.toThrow(`${latinLine}:2: invalid UTF-8 at byte offset 28 (byte 0xe9); is it Latin-1 or binary?`);
-    await expect(open(path.join(tmp, 'nothing-here', '*.jsonl'))).rejects.toThrow(`${path.join(tmp, 'nothing-here', '*.jsonl')}: the folder ${path.join(tmp, 'nothing-here')} does not exist`);
-    await expect(open(`${latin1};colour=red`)).rejects.toThrow(`data spec "${latin1};colour=red": unknown option "colour" (options: field, format, dtype, invalid, holdout, split)`);
+    writeFileSync(
+      latinLine,
+      Buffer.concat([Buffer.from('{"text": "ok"}\n{"text": "caf'), Buffer.from([0xe9]), Buffer.from('"}\n')]),
+    );
+    await expect(open(latinLine)).rejects.toThrow(
+      `${latinLine}:2: invalid UTF-8 at byte offset 28 (byte 0xe9); is it Latin-1 or binary?`,
+    );
+    await expect(open(path.join(tmp, 'nothing-here', '*.jsonl'))).rejects.toThrow(
+      `${path.join(tmp, 'nothing-here', '*.jsonl')}: the folder ${path.join(tmp, 'nothing-here')} does not exist`,
+    );
+    await expect(open(`${latin1};colour=red`)).rejects.toThrow(
+      `data spec "${latin1};colour=red": unknown option "colour" (options: field, format, dtype, invalid, holdout, split)`,
+    );
     await expect(open(`${latin1};split=val`)).rejects.toThrow('split=val needs a holdout fraction');
 
     // With invalid=skip, bad documents are skipped and counted instead.
     const mixed = path.join(tmp, 'mixed.jsonl');
-    writeFileSync(mixed, Buffer.concat([Buffer.from('{"text": "good one"}\n{"text": 5}\nnot json\n{"text": "bad '), Buffer.from([0xff]), Buffer.from('"}\n{"text": "good two"}\n')]));
+    writeFileSync(
+      mixed,
+      Buffer.concat([
+        Buffer.from('{"text": "good one"}\n{"text": 5}\nnot json\n{"text": "bad '),
+        Buffer.from([0xff]),
+        Buffer.from('"}\n{"text": "good two"}\n'),
+      ]),
+    );
     const logs: string[] = [];
-    const d = await openData(`${mixed};invalid=skip`, tok, { cacheDir: path.join(tmp, 'cache'), workers: 0, log: (l) => logs.push(l) });
+    const d = await openData(`${mixed};invalid=skip`, tok, {
+      cacheDir: path.join(tmp, 'cache'),
+      workers: 0,
+      log: (l) => logs.push(l),
+    });
     expect(tokensOf(d)).toEqual(expected(['good one', 'good two']));
     expect(d.prepared[0].skipped).toBe(3);
-    expect(logs.join('\n')).toContain(`${mixed}: skipped 3 invalid document(s), e.g. ${mixed}:2 (byte offset 21): "text" is number, not a string`);
+    expect(logs.join('\n')).toContain(
+      `${mixed}: skipped 3 invalid document(s), e.g. ${mixed}:2 (byte offset 21): "text" is number, not a string`,
+    );
     d.close();
   });
 
@@ -202,9 +257,13 @@ pq.write_table(t, sys.argv[3], row_group_size=5, compression="zstd")
     lines[333] = '{"text": broken}';
     writeFileSync(file, `${lines.join('\n')}\n`);
     const offset = Buffer.byteLength(lines.slice(0, 333).join('\n')) + 1;
-    await expect(prepareSource(parseDataSpec(file).sources[0], tok, { cacheDir: path.join(tmp, 'cache-lines'), workers: 0, partBytes: 4096 })).rejects.toThrow(
-      `${file}:334 (byte offset ${offset}): invalid JSON`,
-    );
+    await expect(
+      prepareSource(parseDataSpec(file).sources[0], tok, {
+        cacheDir: path.join(tmp, 'cache-lines'),
+        workers: 0,
+        partBytes: 4096,
+      }),
+    ).rejects.toThrow(`${file}:334 (byte offset ${offset}): invalid JSON`);
   });
 });
 
@@ -215,14 +274,18 @@ describe('mixtures and holdouts', () => {
     writeFileSync(path.join(dir, 'web.jsonl'), jsonl(docs.slice(0, 10)));
     writeFileSync(path.join(dir, 'books.txt'), docs.slice(10, 14).join('\n\n'));
     writeFileSync(path.join(dir, 'val.jsonl'), jsonl(docs.slice(14, 16)));
-    writeFileSync(path.join(dir, 'mix.yaml'), 'sources:\n  - { path: web.jsonl, weight: 3 }\n  - { path: books.txt, weight: 1 }\nvalidation:\n  sources: [val.jsonl]\n');
+    writeFileSync(
+      path.join(dir, 'mix.yaml'),
+      'sources:\n  - { path: web.jsonl, weight: 3 }\n  - { path: books.txt, weight: 1 }\nvalidation:\n  sources: [val.jsonl]\n',
+    );
     const train = await open(path.join(dir, 'mix.yaml'));
     expect(train.sources.map((s) => [path.basename(s.name), s.weight])).toEqual([
       ['web.jsonl', 3],
       ['books.txt', 1],
     ]);
     const counts = [0, 0];
-    for (let step = 0; step < 256; step++) for (const row of batchRows(train, { batchSize: 16, seqLen: 32, seed: 3, step })) counts[row.source]++;
+    for (let step = 0; step < 256; step++)
+      for (const row of batchRows(train, { batchSize: 16, seqLen: 32, seed: 3, step })) counts[row.source]++;
     expect(counts).toEqual([3072, 1024]);
     const b = sampleBatch(train, { batchSize: 4, seqLen: 32, seed: 3, step: 0 });
     expect(b.input.length).toBe(128);
@@ -245,7 +308,9 @@ describe('mixtures and holdouts', () => {
     hv.close();
 
     writeFileSync(path.join(dir, 'bad.yaml'), 'sources:\n  - { path: web.jsonl, weight: -1 }\n');
-    await expect(open(path.join(dir, 'bad.yaml'))).rejects.toThrow(`data spec ${path.join(dir, 'bad.yaml')}: sources[0]: weight -1 must be a positive number`);
+    await expect(open(path.join(dir, 'bad.yaml'))).rejects.toThrow(
+      `data spec ${path.join(dir, 'bad.yaml')}: sources[0]: weight -1 must be a positive number`,
+    );
   });
 });
 
@@ -274,11 +339,29 @@ describe('streaming and resumption', () => {
     corpus(dir, 4, 8);
     const r = spawnSync(
       process.execPath,
-      ['--max-old-space-size=96', '--import', import.meta.resolve('tsx'), path.join(ROOT, 'services', 'cli', 'main.ts'), 'data', 'prepare', '--data', dir, '--tokenizer', BPE512, '--workers', '0', '--cache', path.join(tmp, 'cache-stream'), '--json'],
+      [
+        '--max-old-space-size=96',
+        '--import',
+        import.meta.resolve('tsx'),
+        path.join(ROOT, 'services', 'cli', 'main.ts'),
+        'data',
+        'prepare',
+        '--data',
+        dir,
+        '--tokenizer',
+        BPE512,
+        '--workers',
+        '0',
+        '--cache',
+        path.join(tmp, 'cache-stream'),
+        '--json',
+      ],
       { encoding: 'utf8', timeout: 300_000 },
     );
     expect(r.status, r.stderr.slice(-2000)).toBe(0);
-    const summary = JSON.parse(r.stdout.trim().split('\n').pop()!) as { sources: { inputBytes: number; tokens: number }[] };
+    const summary = JSON.parse(r.stdout.trim().split('\n').pop()!) as {
+      sources: { inputBytes: number; tokens: number }[];
+    };
     expect(summary.sources[0].inputBytes).toBeGreaterThan(25e6);
     expect(summary.sources[0].tokens).toBeGreaterThan(7e6);
   }, 300_000);
@@ -287,7 +370,20 @@ describe('streaming and resumption', () => {
     const dir = path.join(tmp, 'killed');
     corpus(dir, 8, 3);
     const home = path.join(tmp, 'kill-home');
-    const args = ['--import', import.meta.resolve('tsx'), path.join(ROOT, 'services', 'cli', 'main.ts'), 'data', 'prepare', '--data', dir, '--tokenizer', BPE512, '--workers', '2', '--json'];
+    const args = [
+      '--import',
+      import.meta.resolve('tsx'),
+      path.join(ROOT, 'services', 'cli', 'main.ts'),
+      'data',
+      'prepare',
+      '--data',
+      dir,
+      '--tokenizer',
+      BPE512,
+      '--workers',
+      '2',
+      '--json',
+    ];
     const env = { ...process.env, OFFSHOOT_CACHE: home };
     const manifestDone = (): string[] => {
       const out: string[] = [];
@@ -296,8 +392,12 @@ describe('streaming and resumption', () => {
         // Manifests only: not the temporary files their atomic writes leave while (or when killed) writing.
         for (const m of readdirSync(sdir).filter((n) => n.endsWith('.json') && !n.startsWith('.'))) {
           try {
-            const man = JSON.parse(readFileSync(path.join(sdir, m), 'utf8')) as { files: { parts: { key: string; tokens?: number }[] }[] };
-            for (const f of man.files) for (const p of f.parts) if (p.tokens !== undefined) out.push(path.join(home, 'tokens', t.name, 'shards', `${p.key}.tok`));
+            const man = JSON.parse(readFileSync(path.join(sdir, m), 'utf8')) as {
+              files: { parts: { key: string; tokens?: number }[] }[];
+            };
+            for (const f of man.files)
+              for (const p of f.parts)
+                if (p.tokens !== undefined) out.push(path.join(home, 'tokens', t.name, 'shards', `${p.key}.tok`));
           } catch {
             // being replaced
           }
@@ -324,7 +424,10 @@ describe('streaming and resumption', () => {
 
     const again = spawnSync(process.execPath, args, { env, encoding: 'utf8', timeout: 300_000 });
     expect(again.status, again.stderr).toBe(0);
-    const summary = JSON.parse(again.stdout.trim().split('\n').pop()!) as { tokens: number; sources: { reusedParts: number; tokenizedParts: number; shards: number }[] };
+    const summary = JSON.parse(again.stdout.trim().split('\n').pop()!) as {
+      tokens: number;
+      sources: { reusedParts: number; tokenizedParts: number; shards: number }[];
+    };
     expect(summary.sources[0].shards).toBe(8);
     expect(summary.sources[0].reusedParts).toBeGreaterThanOrEqual(finished.length);
     expect(summary.sources[0].reusedParts + summary.sources[0].tokenizedParts).toBe(8);
@@ -334,7 +437,10 @@ describe('streaming and resumption', () => {
     expect(readdirSync(shardsDir).filter((f) => !f.endsWith('.tok'))).toEqual([]);
     const straight = await openData(dir, tok, { cacheDir: path.join(tmp, 'cache-straight') });
     expect(straight.prepared[0].tokens).toBe(summary.tokens);
-    for (const s of straight.prepared[0].shards) expect((await readTokenFileHeader(s.file)).payloadHash).toBe((await readTokenFileHeader(path.join(shardsDir, path.basename(s.file)))).payloadHash);
+    for (const s of straight.prepared[0].shards)
+      expect((await readTokenFileHeader(s.file)).payloadHash).toBe(
+        (await readTokenFileHeader(path.join(shardsDir, path.basename(s.file)))).payloadHash,
+      );
     straight.close();
   }, 300_000);
 });
@@ -342,11 +448,15 @@ describe('streaming and resumption', () => {
 describe('offshoot data', () => {
   it('encode prints the ids; prepare prints the summary', () => {
     const cli = (args: string[]) =>
-      spawnSync(process.execPath, ['--import', import.meta.resolve('tsx'), path.join(ROOT, 'services', 'cli', 'main.ts'), ...args], {
-        encoding: 'utf8',
-        env: { ...process.env, OFFSHOOT_CACHE: path.join(tmp, 'cli-home') },
-        timeout: 120_000,
-      });
+      spawnSync(
+        process.execPath,
+        ['--import', import.meta.resolve('tsx'), path.join(ROOT, 'services', 'cli', 'main.ts'), ...args],
+        {
+          encoding: 'utf8',
+          env: { ...process.env, OFFSHOOT_CACHE: path.join(tmp, 'cli-home') },
+          timeout: 120_000,
+        },
+      );
     const text = 'The state of the Union is strong.';
     const enc = cli(['data', 'encode', '--tokenizer', BPE512, '--text', text, '--json']);
     expect(enc.status, enc.stderr).toBe(0);
@@ -362,7 +472,10 @@ describe('offshoot data', () => {
     expect(prep.stdout).toContain('3 documents; 1 shard(s), 0 found in the store, 1 tokenised now;');
     const json = cli(['data', 'prepare', '--data', f, '--tokenizer', BPE512, '--json']);
     const summary = JSON.parse(json.stdout);
-    expect(summary).toMatchObject({ tokens: total, sources: [{ tokens: total, documents: 3, reusedParts: 1, tokenizedParts: 0 }] });
+    expect(summary).toMatchObject({
+      tokens: total,
+      sources: [{ tokens: total, documents: 3, reusedParts: 1, tokenizedParts: 0 }],
+    });
     const bad = cli(['data', 'prepare', '--data', path.join(tmp, 'absent.jsonl'), '--tokenizer', BPE512]);
     expect(bad.status).toBe(1);
     expect(bad.stderr).toContain(`offshoot: ${path.join(tmp, 'absent.jsonl')}: no such file or directory`);

@@ -1,4 +1,13 @@
-import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, truncateSync, utimesSync, writeFileSync } from 'node:fs';
+import {
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  truncateSync,
+  utimesSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -73,9 +82,20 @@ describe('embedded corpora', () => {
     expect(one('sotu:train').path).toBe('sotu:train');
     expect(one('sotu:validation').path).toBe('sotu:val');
     expect(one('mobydick').path).toBe('mobydick');
-    expect(one('data/x.jsonl', '/base')).toMatchObject({ path: path.resolve('/base', 'data/x.jsonl'), field: 'text', invalid: 'error', weight: 1, holdout: 0 });
+    expect(one('data/x.jsonl', '/base')).toMatchObject({
+      path: path.resolve('/base', 'data/x.jsonl'),
+      field: 'text',
+      invalid: 'error',
+      weight: 1,
+      holdout: 0,
+    });
     expect(one('file:mobydick', '/base').path).toBe(path.resolve('/base', 'mobydick'));
-    expect(one('/d/*.jsonl.gz;field=content;invalid=skip;holdout=0.01')).toMatchObject({ path: '/d/*.jsonl.gz', field: 'content', invalid: 'skip', holdout: 0.01 });
+    expect(one('/d/*.jsonl.gz;field=content;invalid=skip;holdout=0.01')).toMatchObject({
+      path: '/d/*.jsonl.gz',
+      field: 'content',
+      invalid: 'skip',
+      holdout: 0.01,
+    });
     expect(parseDataSpec('/d/x.jsonl;holdout=0.1;split=val').split).toBe('val');
     expect(() => parseDataSpec('sotu:test')).toThrow(/sotu:train or sotu:val/);
     expect(() => parseDataSpec('  ')).toThrow(/empty/);
@@ -171,7 +191,9 @@ describe('token files', () => {
 
   it('rejects ids outside the vocabulary', async () => {
     const f = path.join(tmp, 'oov.tokens');
-    await expect(writeTokenFile(f, [1, 257], { vocabSize: 257, tokenizerHash: H })).rejects.toThrow(/token id 257 at position 1 is outside/);
+    await expect(writeTokenFile(f, [1, 257], { vocabSize: 257, tokenizerHash: H })).rejects.toThrow(
+      /token id 257 at position 1 is outside/,
+    );
     await expect(writeTokenFile(f, [1, -1], { vocabSize: 257, tokenizerHash: H })).rejects.toThrow(/outside/);
   });
 
@@ -230,7 +252,11 @@ describe('token store', () => {
     const f = path.join(tmp, 'cache-corpus.jsonl');
     writeFileSync(f, '{"text": "alpha beta"}\n{"text": "gamma"}\n');
     const bytes = new ByteTokenizer();
-    const ids = (d: { sources: readonly { stream: { length: number; read: (a: number, b: number, c: Int32Array, d: number) => void } }[] }): number[] => {
+    const ids = (d: {
+      sources: readonly {
+        stream: { length: number; read: (a: number, b: number, c: Int32Array, d: number) => void };
+      }[];
+    }): number[] => {
       const s = d.sources[0].stream;
       const out = new Int32Array(s.length);
       s.read(0, s.length, out, 0);
@@ -287,11 +313,15 @@ describe('token store', () => {
     utimesSync(f, 1_000_000_000, 1_000_000_000);
     const again = await openData(f, bytes, { cacheDir: cache });
     expect(again.prepared[0]).toMatchObject({ reused: 1, tokenized: 0 });
-    expect(bytes.decode(Array.from({ length: again.sources[0].stream.length }, (_, i) => {
-      const one = new Int32Array(1);
-      again.sources[0].stream.read(i, 1, one, 0);
-      return one[0];
-    }))).toBe('alpha beta<|endoftext|>gamma<|endoftext|>');
+    expect(
+      bytes.decode(
+        Array.from({ length: again.sources[0].stream.length }, (_, i) => {
+          const one = new Int32Array(1);
+          again.sources[0].stream.read(i, 1, one, 0);
+          return one[0];
+        }),
+      ),
+    ).toBe('alpha beta<|endoftext|>gamma<|endoftext|>');
     again.close();
     // A flipped payload byte goes unnoticed by a plain open (headers only), and is caught by verify.
     const buf = readFileSync(shard);
@@ -315,9 +345,14 @@ describe('token store', () => {
   });
 
   it('a streamed token file checks ids against the vocabulary', async () => {
-    const w = await TokenFileWriter.create(path.join(tmp, 'range.tok'), { vocabSize: 100, tokenizerHash: 'ab'.repeat(32) });
+    const w = await TokenFileWriter.create(path.join(tmp, 'range.tok'), {
+      vocabSize: 100,
+      tokenizerHash: 'ab'.repeat(32),
+    });
     await w.append([1, 2]);
-    await expect(w.append([150])).rejects.toThrow(/range\.tok: token id 150 at position 2 is outside the vocabulary \(size 100\)/);
+    await expect(w.append([150])).rejects.toThrow(
+      /range\.tok: token id 150 at position 2 is outside the vocabulary \(size 100\)/,
+    );
     await w.abort();
     expect(readdirSync(tmp).filter((n) => n.includes('range.tok'))).toEqual([]);
   });
@@ -410,8 +445,18 @@ describe('batches', () => {
   });
 
   it('honours mixture weights and holdouts', () => {
-    const a = { name: 'a', weight: 3, stream: arrayStream(Uint16Array.from({ length: 5000 }, () => 1)), ranges: [[0, 5000]] as [number, number][] };
-    const b = { name: 'b', weight: 1, stream: arrayStream(Uint16Array.from({ length: 800 }, () => 2)), ranges: [[0, 800]] as [number, number][] };
+    const a = {
+      name: 'a',
+      weight: 3,
+      stream: arrayStream(Uint16Array.from({ length: 5000 }, () => 1)),
+      ranges: [[0, 5000]] as [number, number][],
+    };
+    const b = {
+      name: 'b',
+      weight: 1,
+      stream: arrayStream(Uint16Array.from({ length: 800 }, () => 2)),
+      ranges: [[0, 800]] as [number, number][],
+    };
     const data = { spec: 'mix', sources: [a, b] };
     let fromA = 0;
     let fromB = 0;
@@ -419,7 +464,7 @@ describe('batches', () => {
     const wB = windowCount(data, 8, 1);
     for (let step = 0; step < 1024; step++) {
       const batch = sampleBatch(data, { batchSize: 4, seqLen: 8, seed: 5, step });
-      for (let r = 0; r < 4; r++) (batch.input[r * 8] === 1 ? fromA++ : fromB++);
+      for (let r = 0; r < 4; r++) batch.input[r * 8] === 1 ? fromA++ : fromB++;
       for (const row of batchRows(data, { batchSize: 4, seqLen: 8, seed: 5, step })) {
         if (row.source === 1 && row.epoch === 0) seenB.set(row.window, (seenB.get(row.window) ?? 0) + 1);
       }
@@ -443,7 +488,9 @@ describe('batches', () => {
   });
 
   it('errors clearly when the corpus is shorter than seqLen + 1', () => {
-    expect(() => sampleBatch(new Uint16Array(32), { ...opts, step: 0 })).toThrow(/32 tokens, too short for seqLen 32: need at least seqLen \+ 1 = 33/);
+    expect(() => sampleBatch(new Uint16Array(32), { ...opts, step: 0 })).toThrow(
+      /32 tokens, too short for seqLen 32: need at least seqLen \+ 1 = 33/,
+    );
     expect(() => evalBatches(new Uint16Array(10), { batchSize: 2, seqLen: 10 }).next()).toThrow(/too short/);
     expect(sampleBatch(new Uint16Array(33), { ...opts, step: 0 }).input.length).toBe(8 * 32);
   });
@@ -457,7 +504,9 @@ describe('batches', () => {
     const targets = batches.flatMap((b) => Array.from(b.target));
     expect(inputs).toEqual(stream.slice(0, 100));
     expect(targets).toEqual(stream.slice(1, 101));
-    expect([...evalBatches(stream, { batchSize: 3, seqLen: 10 })].map((b) => Array.from(b.input))).toEqual(batches.map((b) => Array.from(b.input)));
+    expect([...evalBatches(stream, { batchSize: 3, seqLen: 10 })].map((b) => Array.from(b.input))).toEqual(
+      batches.map((b) => Array.from(b.input)),
+    );
 
     const capped = [...evalBatches(stream, { batchSize: 4, seqLen: 10, maxTokens: 35 })];
     expect(capped.map((b) => b.batchSize)).toEqual([3]);

@@ -63,26 +63,42 @@ describe('credentials from the environment', () => {
   });
 
   it('errors name the variable: a certificate without its key, an unreadable file, a bad flag', () => {
-    expect(() => temporalTls({ OFFSHOOT_TEMPORAL_TLS_CERT: pemPath('client.crt') })).toThrow(/OFFSHOOT_TEMPORAL_TLS_CERT and OFFSHOOT_TEMPORAL_TLS_KEY go together/);
-    expect(() => teacherTls({ OFFSHOOT_TEACHER_TLS_CA: path.join(tmp, 'missing.pem') })).toThrow(/OFFSHOOT_TEACHER_TLS_CA=.*missing\.pem: cannot read it: ENOENT/);
-    expect(() => temporalTls({ OFFSHOOT_TEMPORAL_TLS: 'maybe' })).toThrow(/OFFSHOOT_TEMPORAL_TLS: expected true or false, got "maybe"/);
+    expect(() => temporalTls({ OFFSHOOT_TEMPORAL_TLS_CERT: pemPath('client.crt') })).toThrow(
+      /OFFSHOOT_TEMPORAL_TLS_CERT and OFFSHOOT_TEMPORAL_TLS_KEY go together/,
+    );
+    expect(() => teacherTls({ OFFSHOOT_TEACHER_TLS_CA: path.join(tmp, 'missing.pem') })).toThrow(
+      /OFFSHOOT_TEACHER_TLS_CA=.*missing\.pem: cannot read it: ENOENT/,
+    );
+    expect(() => temporalTls({ OFFSHOOT_TEMPORAL_TLS: 'maybe' })).toThrow(
+      /OFFSHOOT_TEMPORAL_TLS: expected true or false, got "maybe"/,
+    );
   });
 
   it('NATS: a credentials file, user and password, or a token; one of them', () => {
     const seen: string[] = [];
     const creds = path.join(tmp, 'nats.creds');
     fs.writeFileSync(creds, '-----BEGIN NATS USER JWT-----\nx\n------END NATS USER JWT------\n');
-    const auth = natsAuth((b) => {
-      seen.push(Buffer.from(b).toString());
-      return 'authenticator';
-    }, { OFFSHOOT_NATS_CREDS: creds, OFFSHOOT_NATS_TLS_CA: pemPath('ca.crt') });
+    const auth = natsAuth(
+      (b) => {
+        seen.push(Buffer.from(b).toString());
+        return 'authenticator';
+      },
+      { OFFSHOOT_NATS_CREDS: creds, OFFSHOOT_NATS_TLS_CA: pemPath('ca.crt') },
+    );
     expect(auth).toEqual({ authenticator: 'authenticator', tls: { caFile: pemPath('ca.crt') } });
     expect(seen).toEqual([fs.readFileSync(creds, 'utf8')]);
     expect(natsAuth(() => undefined, {})).toEqual({});
-    expect(natsAuth(() => undefined, { OFFSHOOT_NATS_USER: 'u', OFFSHOOT_NATS_PASSWORD: 'p' })).toEqual({ user: 'u', pass: 'p' });
+    expect(natsAuth(() => undefined, { OFFSHOOT_NATS_USER: 'u', OFFSHOOT_NATS_PASSWORD: 'p' })).toEqual({
+      user: 'u',
+      pass: 'p',
+    });
     expect(natsAuth(() => undefined, { OFFSHOOT_NATS_TOKEN: 't' })).toEqual({ token: 't' });
-    expect(() => natsAuth(() => undefined, { OFFSHOOT_NATS_USER: 'u', OFFSHOOT_NATS_TOKEN: 't' })).toThrow(/not OFFSHOOT_NATS_USER and OFFSHOOT_NATS_TOKEN/);
-    expect(() => natsAuth(() => undefined, { OFFSHOOT_NATS_PASSWORD: 'p' })).toThrow(/OFFSHOOT_NATS_PASSWORD is set without OFFSHOOT_NATS_USER/);
+    expect(() => natsAuth(() => undefined, { OFFSHOOT_NATS_USER: 'u', OFFSHOOT_NATS_TOKEN: 't' })).toThrow(
+      /not OFFSHOOT_NATS_USER and OFFSHOOT_NATS_TOKEN/,
+    );
+    expect(() => natsAuth(() => undefined, { OFFSHOOT_NATS_PASSWORD: 'p' })).toThrow(
+      /OFFSHOOT_NATS_PASSWORD is set without OFFSHOOT_NATS_USER/,
+    );
   });
 });
 
@@ -95,7 +111,9 @@ describe('the hooks against real servers', () => {
   it("workers' teacher clients use OFFSHOOT_TEACHER_TLS_* against a mutual-TLS teacher service", async () => {
     const model = path.join(tmp, 'teacher');
     const { hash } = await saveTeacher(model, tinyConfig(), 3);
-    const t = await startTeacher(model, { extra: ['--tls-cert', pemPath('server.crt'), '--tls-key', pemPath('server.key'), '--tls-ca', pemPath('ca.crt')] });
+    const t = await startTeacher(model, {
+      extra: ['--tls-cert', pemPath('server.crt'), '--tls-key', pemPath('server.key'), '--tls-ca', pemPath('ca.crt')],
+    });
     expect(t.stderr()).toMatch(/with mutual TLS/);
     setEnv({
       OFFSHOOT_TEACHER_TLS_CA: pemPath('ca.crt'),
@@ -110,11 +128,16 @@ describe('the hooks against real servers', () => {
 
   it('connectNats (progress publishers, watch, dashboard) authenticates with OFFSHOOT_NATS_USER/PASSWORD and OFFSHOOT_NATS_TOKEN', async () => {
     for (const [serverArgs, env] of [
-      [['--user', 'offshoot', '--pass', 's3cret'], { OFFSHOOT_NATS_USER: 'offshoot', OFFSHOOT_NATS_PASSWORD: 's3cret' }],
+      [
+        ['--user', 'offshoot', '--pass', 's3cret'],
+        { OFFSHOOT_NATS_USER: 'offshoot', OFFSHOOT_NATS_PASSWORD: 's3cret' },
+      ],
       [['--auth', 't0ken'], { OFFSHOOT_NATS_TOKEN: 't0ken' }],
     ] as const) {
       const port = await freePort();
-      const server = spawn(natsServerBinary(), ['-a', '127.0.0.1', '-p', String(port), ...serverArgs], { stdio: 'ignore' });
+      const server = spawn(natsServerBinary(), ['-a', '127.0.0.1', '-p', String(port), ...serverArgs], {
+        stdio: 'ignore',
+      });
       try {
         await waitForPort(port, server);
         const url = `nats://127.0.0.1:${port}`;

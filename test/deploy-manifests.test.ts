@@ -14,12 +14,27 @@ import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../services/config/index.js';
 import { SERVICE_NAME } from '../services/teacher/index.js';
 import { QUEUE_NAMES, TASK_QUEUES } from '../workflows/index.js';
-import { type Any, type K8sObject, OVERLAYS, type Overlay, ROOT, find, flags, render, schemaProblems, strictTypeProblems } from './helpers/deploy.js';
+import {
+  type Any,
+  type K8sObject,
+  OVERLAYS,
+  type Overlay,
+  ROOT,
+  find,
+  flags,
+  render,
+  schemaProblems,
+  strictTypeProblems,
+} from './helpers/deploy.js';
 import { parse as parseYaml } from 'yaml';
 
 const GPU_OVERLAYS: Overlay[] = ['cuda', 'vulkan', 'production'];
 const GPU_WORKLOADS = ['offshoot-teacher', 'offshoot-evaluator', 'offshoot-pretrain'];
-const WORKERS = { 'offshoot-evaluator': 'evaluate', 'offshoot-pretrain': 'pretrain', 'offshoot-orchestrator': 'orchestrate' } as const;
+const WORKERS = {
+  'offshoot-evaluator': 'evaluate',
+  'offshoot-pretrain': 'pretrain',
+  'offshoot-orchestrator': 'orchestrate',
+} as const;
 /** Trigger metadata of KEDA's temporal scaler, as documented (keda.sh/docs/2.22/scalers/temporal). */
 const TEMPORAL_SCALER_FIELDS = new Set([
   'endpoint',
@@ -43,11 +58,14 @@ const TEMPORAL_SCALER_FIELDS = new Set([
 const deployments = (objs: K8sObject[]): Any[] => objs.filter((o) => o.kind === 'Deployment');
 const container = (d: Any): Any => d.spec.template.spec.containers[0];
 const argsOf = (d: Any) => flags(container(d).args);
-const envConfig = (objs: K8sObject[]): Record<string, string> => (find(objs, 'ConfigMap', configMapName(objs, 'offshoot-env')) as Any).data;
+const envConfig = (objs: K8sObject[]): Record<string, string> =>
+  (find(objs, 'ConfigMap', configMapName(objs, 'offshoot-env')) as Any).data;
 
 /** A generated ConfigMap's name (kustomize appends a content hash). */
 function configMapName(objs: K8sObject[], base: string): string {
-  const cm = objs.find((o) => o.kind === 'ConfigMap' && (o.metadata.name === base || o.metadata.name.startsWith(`${base}-`)));
+  const cm = objs.find(
+    (o) => o.kind === 'ConfigMap' && (o.metadata.name === base || o.metadata.name.startsWith(`${base}-`)),
+  );
   if (!cm) throw new Error(`no ConfigMap ${base}`);
   return cm.metadata.name;
 }
@@ -57,7 +75,10 @@ const helpCache = new Map<string, Set<string>>();
 function cliOptions(...command: string[]): Set<string> {
   const hit = helpCache.get(command.join(' '));
   if (hit) return hit;
-  const r = spawnSync(process.execPath, [path.join(ROOT, 'bin', 'offshoot.js'), ...command, '--help'], { cwd: ROOT, encoding: 'utf8' });
+  const r = spawnSync(process.execPath, [path.join(ROOT, 'bin', 'offshoot.js'), ...command, '--help'], {
+    cwd: ROOT,
+    encoding: 'utf8',
+  });
   if (r.status !== 0) throw new Error(`offshoot ${command.join(' ')} --help: ${r.stderr}`);
   const options = new Set([...r.stdout.matchAll(/--([a-z][a-z-]*)/g)].map((m) => m[1]));
   helpCache.set(command.join(' '), options);
@@ -70,7 +91,16 @@ describe('every overlay renders and validates', () => {
     expect(objs.length).toBeGreaterThan(10);
     expect(objs.flatMap(schemaProblems)).toEqual([]);
     const kinds = new Set(objs.map((o) => o.kind));
-    for (const k of ['Namespace', 'ServiceAccount', 'ConfigMap', 'PersistentVolumeClaim', 'Deployment', 'Service', 'PodDisruptionBudget']) expect(kinds).toContain(k);
+    for (const k of [
+      'Namespace',
+      'ServiceAccount',
+      'ConfigMap',
+      'PersistentVolumeClaim',
+      'Deployment',
+      'Service',
+      'PodDisruptionBudget',
+    ])
+      expect(kinds).toContain(k);
     if (overlay !== 'base') expect(kinds).toContain('ScaledObject');
   });
 
@@ -96,18 +126,28 @@ describe.each(OVERLAYS)('overlay %s', (overlay) => {
     expect(ns.metadata.labels['pod-security.kubernetes.io/enforce']).toBe('restricted');
     for (const d of deployments(objs)) {
       const pod = d.spec.template.spec;
-      expect(pod.securityContext, d.metadata.name).toMatchObject({ runAsNonRoot: true, runAsUser: 1000, seccompProfile: { type: 'RuntimeDefault' } });
+      expect(pod.securityContext, d.metadata.name).toMatchObject({
+        runAsNonRoot: true,
+        runAsUser: 1000,
+        seccompProfile: { type: 'RuntimeDefault' },
+      });
       expect(pod.automountServiceAccountToken).toBe(false);
       expect(pod.serviceAccountName).toBe('offshoot');
       for (const c of pod.containers) {
-        expect(c.securityContext, `${d.metadata.name}/${c.name}`).toEqual({ allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, runAsNonRoot: true, capabilities: { drop: ['ALL'] } });
+        expect(c.securityContext, `${d.metadata.name}/${c.name}`).toEqual({
+          allowPrivilegeEscalation: false,
+          readOnlyRootFilesystem: true,
+          runAsNonRoot: true,
+          capabilities: { drop: ['ALL'] },
+        });
         // Writable places: /tmp and the cache on emptyDirs, /data on the shared volume.
         const volumes = new Map<string, Any>(pod.volumes.map((v: Any) => [v.name, v]));
         const mount = (p: string) => volumes.get(c.volumeMounts.find((m: Any) => m.mountPath === p)?.name);
         expect(mount('/tmp')?.emptyDir, `${d.metadata.name} /tmp`).toBeDefined();
         expect(mount('/var/cache/offshoot')?.emptyDir, `${d.metadata.name} cache`).toBeDefined();
         expect(mount('/data')?.persistentVolumeClaim?.claimName).toBe('offshoot-data');
-        for (const v of volumes.values()) if (v.emptyDir) expect(v.emptyDir.sizeLimit, `${d.metadata.name} ${v.name}`).toBeDefined();
+        for (const v of volumes.values())
+          if (v.emptyDir) expect(v.emptyDir.sizeLimit, `${d.metadata.name} ${v.name}`).toBeDefined();
       }
     }
   });
@@ -122,26 +162,37 @@ describe.each(OVERLAYS)('overlay %s', (overlay) => {
         expect(c.image, d.metadata.name).toMatch(/^[\w.-]+(:\d+)?\/[\w./-]+:[\w.-]+$/);
       }
     }
-    const tag = (name: string) => container(find(objs, 'Deployment', name)).image.split(':').at(-1);
+    const tag = (name: string) =>
+      container(find(objs, 'Deployment', name))
+        .image.split(':')
+        .at(-1);
     const variant = overlay === 'production' ? 'cuda' : overlay;
     for (const w of GPU_WORKLOADS) expect(tag(w)).toMatch(new RegExp(`-${variant}$`));
     // The orchestrator computes nothing: always the CPU image.
     expect(tag('offshoot-orchestrator')).toMatch(/-cpu$/);
   });
 
-  it(gpu ? 'one nvidia.com/gpu per teacher, evaluator and pretrain pod, tolerating the GPU taint; none for the orchestrator' : 'no GPU requested anywhere', () => {
-    for (const d of deployments(objs)) {
-      const limits = container(d).resources.limits;
-      const tolerations = d.spec.template.spec.tolerations ?? [];
-      if (gpu && GPU_WORKLOADS.includes(d.metadata.name)) {
-        expect(limits['nvidia.com/gpu'], d.metadata.name).toBe(1);
-        expect(tolerations).toContainEqual({ key: 'nvidia.com/gpu', operator: 'Exists', effect: 'NoSchedule' });
-      } else {
-        expect(limits['nvidia.com/gpu'], d.metadata.name).toBeUndefined();
-        expect(tolerations.some((t: Any) => t.key === 'nvidia.com/gpu'), d.metadata.name).toBe(false);
+  it(
+    gpu
+      ? 'one nvidia.com/gpu per teacher, evaluator and pretrain pod, tolerating the GPU taint; none for the orchestrator'
+      : 'no GPU requested anywhere',
+    () => {
+      for (const d of deployments(objs)) {
+        const limits = container(d).resources.limits;
+        const tolerations = d.spec.template.spec.tolerations ?? [];
+        if (gpu && GPU_WORKLOADS.includes(d.metadata.name)) {
+          expect(limits['nvidia.com/gpu'], d.metadata.name).toBe(1);
+          expect(tolerations).toContainEqual({ key: 'nvidia.com/gpu', operator: 'Exists', effect: 'NoSchedule' });
+        } else {
+          expect(limits['nvidia.com/gpu'], d.metadata.name).toBeUndefined();
+          expect(
+            tolerations.some((t: Any) => t.key === 'nvidia.com/gpu'),
+            d.metadata.name,
+          ).toBe(false);
+        }
       }
-    }
-  });
+    },
+  );
 
   it('workers: the right queue each, flags the CLI knows, one evaluation slot per GPU, endpoints from offshoot-env', () => {
     const known = cliOptions('worker');
@@ -155,11 +206,14 @@ describe.each(OVERLAYS)('overlay %s', (overlay) => {
       for (const k of Object.keys(f)) expect(known, `${name}: --${k}`).toContain(k);
       expect(f.config).toBe('/etc/offshoot/offshoot.yaml');
       expect(c.volumeMounts).toContainEqual({ name: 'config', mountPath: '/etc/offshoot', readOnly: true });
-      expect(d.spec.template.spec.volumes.find((v: Any) => v.name === 'config').configMap.name).toBe(configMapName(objs, 'offshoot-config'));
+      expect(d.spec.template.spec.volumes.find((v: Any) => v.name === 'config').configMap.name).toBe(
+        configMapName(objs, 'offshoot-config'),
+      );
       // Every $(VAR) in the args is defined for the container.
       const defined = new Set([...Object.keys(env), ...(c.env ?? []).map((e: Any) => e.name)]);
       expect(c.envFrom).toContainEqual({ configMapRef: { name: configMapName(objs, 'offshoot-env') } });
-      for (const a of c.args) for (const m of a.matchAll(/\$\((\w+)\)/g)) expect(defined, `${name}: $(${m[1]})`).toContain(m[1]);
+      for (const a of c.args)
+        for (const m of a.matchAll(/\$\((\w+)\)/g)) expect(defined, `${name}: $(${m[1]})`).toContain(m[1]);
       expect(f.namespace).toBe('$(OFFSHOOT_TEMPORAL_NAMESPACE)');
       expect(f['metrics-host']).toBe('0.0.0.0');
     }
@@ -171,7 +225,9 @@ describe.each(OVERLAYS)('overlay %s', (overlay) => {
     // tokenised once for every pod and run, not per pod.
     expect(env.OFFSHOOT_TOKENS).toMatch(/^\/data\//);
     for (const name of ['offshoot-evaluator', 'offshoot-pretrain']) {
-      const mount = container(find(objs, 'Deployment', name) as Any).volumeMounts.find((m: Any) => m.mountPath === '/data');
+      const mount = container(find(objs, 'Deployment', name) as Any).volumeMounts.find(
+        (m: Any) => m.mountPath === '/data',
+      );
       expect(mount?.readOnly, name).not.toBe(true);
     }
     const evaluator = find(objs, 'Deployment', 'offshoot-evaluator') as Any;
@@ -179,7 +235,10 @@ describe.each(OVERLAYS)('overlay %s', (overlay) => {
     expect(slots).toBe(1);
     if (gpu) expect(container(evaluator).resources.limits['nvidia.com/gpu']).toBe(slots);
     // The workers' config file parses, and agrees.
-    const config = parseConfig(parseYaml((find(objs, 'ConfigMap', configMapName(objs, 'offshoot-config')) as Any).data['offshoot.yaml']) ?? {}, 'offshoot.yaml');
+    const config = parseConfig(
+      parseYaml((find(objs, 'ConfigMap', configMapName(objs, 'offshoot-config')) as Any).data['offshoot.yaml']) ?? {},
+      'offshoot.yaml',
+    );
     expect(config.workers.evaluateSlots).toBe(slots);
   });
 
@@ -188,7 +247,9 @@ describe.each(OVERLAYS)('overlay %s', (overlay) => {
       const grace = Number(argsOf(d)['grace-period']);
       expect(grace, d.metadata.name).toBeGreaterThan(0);
       // A worker exits at the latest grace + 5 s after SIGTERM; the teacher after its grace period.
-      expect(d.spec.template.spec.terminationGracePeriodSeconds, d.metadata.name).toBeGreaterThanOrEqual(grace + 5 + 10);
+      expect(d.spec.template.spec.terminationGracePeriodSeconds, d.metadata.name).toBeGreaterThanOrEqual(
+        grace + 5 + 10,
+      );
     }
     expect(Number(argsOf(find(objs, 'Deployment', 'offshoot-pretrain'))['grace-period'])).toBeGreaterThanOrEqual(60);
   });
@@ -211,10 +272,17 @@ describe.each(OVERLAYS)('overlay %s', (overlay) => {
     const svc = find(objs, 'Service', 'offshoot-teacher') as Any;
     expect(svc.spec.clusterIP).toBe('None');
     expect(d.spec.template.metadata.labels).toMatchObject(svc.spec.selector);
-    expect(svc.spec.ports).toContainEqual({ name: 'grpc', port, targetPort: 'grpc', protocol: 'TCP', appProtocol: 'grpc' });
+    expect(svc.spec.ports).toContainEqual({
+      name: 'grpc',
+      port,
+      targetPort: 'grpc',
+      protocol: 'TCP',
+      appProtocol: 'grpc',
+    });
     // Clients dial the Service's name.
     expect(env.OFFSHOOT_TEACHER_TARGETS).toBe(`${svc.metadata.name}:${port}`);
-    for (const w of ['offshoot-evaluator', 'offshoot-pretrain']) expect(argsOf(find(objs, 'Deployment', w))['teacher-service']).toBe('$(OFFSHOOT_TEACHER_TARGETS)');
+    for (const w of ['offshoot-evaluator', 'offshoot-pretrain'])
+      expect(argsOf(find(objs, 'Deployment', w))['teacher-service']).toBe('$(OFFSHOOT_TEACHER_TARGETS)');
 
     const tls = overlay === 'production';
     if (!tls) {
@@ -222,8 +290,13 @@ describe.each(OVERLAYS)('overlay %s', (overlay) => {
       expect(c.livenessProbe.grpc).toEqual({ port });
       expect(c.startupProbe.grpc).toEqual({ port });
     } else {
-      for (const p of ['readinessProbe', 'livenessProbe', 'startupProbe']) expect(c[p].tcpSocket, p).toEqual({ port: 'grpc' });
-      expect(f).toMatchObject({ 'tls-cert': expect.stringMatching(/tls\.crt$/), 'tls-key': expect.stringMatching(/tls\.key$/), 'tls-ca': expect.stringMatching(/ca\.crt$/) });
+      for (const p of ['readinessProbe', 'livenessProbe', 'startupProbe'])
+        expect(c[p].tcpSocket, p).toEqual({ port: 'grpc' });
+      expect(f).toMatchObject({
+        'tls-cert': expect.stringMatching(/tls\.crt$/),
+        'tls-key': expect.stringMatching(/tls\.key$/),
+        'tls-ca': expect.stringMatching(/ca\.crt$/),
+      });
     }
     // Loading a large teacher may take minutes: the startup probe allows them before liveness counts.
     expect(c.startupProbe.periodSeconds * c.startupProbe.failureThreshold).toBeGreaterThanOrEqual(300);
@@ -249,7 +322,9 @@ describe.each(OVERLAYS)('overlay %s', (overlay) => {
     expect(t.metadata.endpoint).toBe(env.OFFSHOOT_TEMPORAL_ADDRESS);
     expect(t.metadata.namespace).toBe(env.OFFSHOOT_TEMPORAL_NAMESPACE);
     // Scale-down is slower than an evaluation: running evaluations are not in the backlog.
-    expect(so.spec.advanced.horizontalPodAutoscalerConfig.behavior.scaleDown.stabilizationWindowSeconds).toBeGreaterThanOrEqual(300);
+    expect(
+      so.spec.advanced.horizontalPodAutoscalerConfig.behavior.scaleDown.stabilizationWindowSeconds,
+    ).toBeGreaterThanOrEqual(300);
     expect(so.spec.cooldownPeriod).toBeGreaterThanOrEqual(300);
   });
 
@@ -264,10 +339,18 @@ describe.each(OVERLAYS)('overlay %s', (overlay) => {
     expect(pdb.spec.minAvailable).toBeLessThanOrEqual(d.spec.replicas);
     expect(d.spec.strategy.type).toBe('Recreate');
     for (const key of ['node.kubernetes.io/unreachable', 'node.kubernetes.io/not-ready']) {
-      expect(d.spec.template.spec.tolerations).toContainEqual({ key, operator: 'Exists', effect: 'NoExecute', tolerationSeconds: 30 });
+      expect(d.spec.template.spec.tolerations).toContainEqual({
+        key,
+        operator: 'Exists',
+        effect: 'NoExecute',
+        tolerationSeconds: 30,
+      });
     }
     // Every worker and the teacher see the same volume.
-    for (const w of deployments(objs)) expect(w.spec.template.spec.volumes.find((v: Any) => v.name === 'data').persistentVolumeClaim.claimName).toBe(pvc.metadata.name);
+    for (const w of deployments(objs))
+      expect(w.spec.template.spec.volumes.find((v: Any) => v.name === 'data').persistentVolumeClaim.claimName).toBe(
+        pvc.metadata.name,
+      );
   });
 
   it('secrets: every Secret a pod or KEDA uses is rendered with the keys they read (production), none otherwise', () => {
@@ -280,25 +363,43 @@ describe.each(OVERLAYS)('overlay %s', (overlay) => {
         const dir = mounts.get(v.name);
         expect(dir, `${d.metadata.name} mounts ${v.name}`).toBeDefined();
         // Each OFFSHOOT_*  variable or flag naming a file in that mount names a key of the Secret.
-        const paths = [...(c.env ?? []).map((e: Any) => e.value), ...c.args].filter((x: string) => typeof x === 'string' && x.includes(`${dir}/`));
+        const paths = [...(c.env ?? []).map((e: Any) => e.value), ...c.args].filter(
+          (x: string) => typeof x === 'string' && x.includes(`${dir}/`),
+        );
         expect(paths.length, `${d.metadata.name}: files read from ${v.name}`).toBeGreaterThan(0);
-        for (const p of paths) used.push({ secret: v.secret.secretName, key: p.slice(p.indexOf(`${dir}/`) + dir!.length + 1), by: d.metadata.name });
+        for (const p of paths)
+          used.push({
+            secret: v.secret.secretName,
+            key: p.slice(p.indexOf(`${dir}/`) + dir!.length + 1),
+            by: d.metadata.name,
+          });
       }
     }
     for (const ta of objs.filter((o) => o.kind === 'TriggerAuthentication') as Any[]) {
-      for (const r of ta.spec.secretTargetRef) used.push({ secret: r.name, key: r.key, by: `TriggerAuthentication ${ta.metadata.name}` });
+      for (const r of ta.spec.secretTargetRef)
+        used.push({ secret: r.name, key: r.key, by: `TriggerAuthentication ${ta.metadata.name}` });
     }
-    for (const u of used) expect(Object.keys(secrets.get(u.secret)?.data ?? {}), `${u.by}: Secret ${u.secret} key ${u.key}`).toContain(u.key);
+    for (const u of used)
+      expect(Object.keys(secrets.get(u.secret)?.data ?? {}), `${u.by}: Secret ${u.secret} key ${u.key}`).toContain(
+        u.key,
+      );
     if (overlay === 'production') {
-      expect([...secrets.keys()].sort()).toEqual(['offshoot-nats', 'offshoot-teacher-client-tls', 'offshoot-teacher-tls', 'offshoot-temporal-tls']);
+      expect([...secrets.keys()].sort()).toEqual([
+        'offshoot-nats',
+        'offshoot-teacher-client-tls',
+        'offshoot-teacher-tls',
+        'offshoot-temporal-tls',
+      ]);
       const so = find(objs, 'ScaledObject', 'offshoot-evaluator') as Any;
       expect(find(objs, 'TriggerAuthentication', so.spec.triggers[0].authenticationRef.name)).toBeDefined();
-      const envOf = (name: string) => new Map<string, string>((container(find(objs, 'Deployment', name)).env as Any[]).map((e) => [e.name, e.value]));
+      const envOf = (name: string) =>
+        new Map<string, string>((container(find(objs, 'Deployment', name)).env as Any[]).map((e) => [e.name, e.value]));
       for (const w of Object.keys(WORKERS)) {
         expect(envOf(w).get('OFFSHOOT_TEMPORAL_TLS_CERT'), w).toBeDefined();
         expect(envOf(w).get('OFFSHOOT_NATS_CREDS'), w).toBeDefined();
       }
-      for (const w of ['offshoot-evaluator', 'offshoot-pretrain']) expect(envOf(w).get('OFFSHOOT_TEACHER_TLS_CA'), w).toBeDefined();
+      for (const w of ['offshoot-evaluator', 'offshoot-pretrain'])
+        expect(envOf(w).get('OFFSHOOT_TEACHER_TLS_CA'), w).toBeDefined();
     } else {
       expect(secrets.size).toBe(0);
       expect(used).toEqual([]);
@@ -308,8 +409,12 @@ describe.each(OVERLAYS)('overlay %s', (overlay) => {
   if (overlay === 'vulkan') {
     it('vulkan: the webgpu backend, and the graphics driver capability so the NVIDIA toolkit mounts the Vulkan driver', () => {
       for (const w of GPU_WORKLOADS) {
-        const e = new Map<string, string>((container(find(objs, 'Deployment', w)).env as Any[]).map((x) => [x.name, x.value]));
-        expect(e.get('NVIDIA_DRIVER_CAPABILITIES')?.split(',')).toEqual(expect.arrayContaining(['compute', 'utility', 'graphics']));
+        const e = new Map<string, string>(
+          (container(find(objs, 'Deployment', w)).env as Any[]).map((x) => [x.name, x.value]),
+        );
+        expect(e.get('NVIDIA_DRIVER_CAPABILITIES')?.split(',')).toEqual(
+          expect.arrayContaining(['compute', 'utility', 'graphics']),
+        );
         expect(e.get('OFFSHOOT_BACKEND')).toBe('webgpu');
       }
     });

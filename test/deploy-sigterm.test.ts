@@ -48,7 +48,10 @@ function deployed(name: string) {
     queue: String(f.queues),
     grace: Number(f['grace-period']),
     terminationGrace: Number(d.spec.template.spec.terminationGracePeriodSeconds),
-    env: { ...(envCm.data as Record<string, string>), ...Object.fromEntries((c.env ?? []).map((e: Any) => [e.name, e.value])) },
+    env: {
+      ...(envCm.data as Record<string, string>),
+      ...Object.fromEntries((c.env ?? []).map((e: Any) => [e.name, e.value])),
+    },
     configFile: configCm.data['offshoot.yaml'] as string,
   };
 }
@@ -59,7 +62,11 @@ async function launch(name: string): Promise<WorkerProcess & { spec: ReturnType<
   const configFile = path.join(tmp, 'etc-offshoot', 'offshoot.yaml');
   fs.mkdirSync(path.dirname(configFile), { recursive: true });
   fs.writeFileSync(configFile, spec.configFile);
-  const env: Record<string, string> = { ...spec.env, OFFSHOOT_TEMPORAL_ADDRESS: stack.temporal.address, OFFSHOOT_NATS_URL: stack.nats!.url };
+  const env: Record<string, string> = {
+    ...spec.env,
+    OFFSHOOT_TEMPORAL_ADDRESS: stack.temporal.address,
+    OFFSHOOT_NATS_URL: stack.nats!.url,
+  };
   const args = spec.args.map((a) => {
     if (a.startsWith('--config=')) return `--config=${configFile}`;
     if (a.startsWith('--metrics-port=')) return '--metrics-port=0';
@@ -68,13 +75,20 @@ async function launch(name: string): Promise<WorkerProcess & { spec: ReturnType<
     return a.replace(/\$\((\w+)\)/g, (_, v: string) => env[v] ?? '');
   });
   expect(args.slice(0, 2)).toEqual(['worker', `--queues=${spec.queue}`]);
-  const w = await startWorker({ queues: [spec.queue], extra: args.slice(2), env: { ...process.env, ...env }, logFile: path.join(tmp, `${name}-${started.length}.log`) });
+  const w = await startWorker({
+    queues: [spec.queue],
+    extra: args.slice(2),
+    env: { ...process.env, ...env },
+    logFile: path.join(tmp, `${name}-${started.length}.log`),
+  });
   started.push(w);
   return Object.assign(w, { spec });
 }
 
 /** What the kubelet does: SIGTERM, then SIGKILL after terminationGracePeriodSeconds. Returns the exit and how long it took. */
-async function terminate(w: WorkerProcess & { spec: ReturnType<typeof deployed> }): Promise<{ code: number | null; signal: NodeJS.Signals | null; seconds: number }> {
+async function terminate(
+  w: WorkerProcess & { spec: ReturnType<typeof deployed> },
+): Promise<{ code: number | null; signal: NodeJS.Signals | null; seconds: number }> {
   const t = Date.now();
   const exit = await w.stop(w.spec.terminationGrace * 1000);
   return { ...exit, seconds: (Date.now() - t) / 1000 };
@@ -85,8 +99,14 @@ let ids = 0;
 const wid = (name: string) => `test/deploy/${name}/${Date.now()}-${ids++}`;
 
 beforeAll(async () => {
-  [stack, teacher] = await Promise.all([startStack({ dir: path.join(tmp, 'stack'), logs: true }), Promise.resolve(trainTinyTeacher(path.join(tmp, 'teacher')))]);
-  client = await connectClient({ address: stack.temporal.address, namespace: deployed('offshoot-orchestrator').env.OFFSHOOT_TEMPORAL_NAMESPACE });
+  [stack, teacher] = await Promise.all([
+    startStack({ dir: path.join(tmp, 'stack'), logs: true }),
+    Promise.resolve(trainTinyTeacher(path.join(tmp, 'teacher'))),
+  ]);
+  client = await connectClient({
+    address: stack.temporal.address,
+    namespace: deployed('offshoot-orchestrator').env.OFFSHOOT_TEMPORAL_NAMESPACE,
+  });
   await launch('offshoot-orchestrator');
 }, 300_000);
 
@@ -110,7 +130,14 @@ describe(`the ${OVERLAY} overlay's workers under SIGTERM`, () => {
     const handle = await client.workflow.start(pretrain, {
       workflowId: wid('pretrain'),
       taskQueue: 'orchestrate',
-      args: [pretrainInput(r, teacher, 'student', { hyper: { ...pretrainInput(r, teacher, 'student').hyper, steps: 240 }, segmentSteps: 240, checkpointEvery: 100, evalEvery: 240 })],
+      args: [
+        pretrainInput(r, teacher, 'student', {
+          hyper: { ...pretrainInput(r, teacher, 'student').hyper, steps: 240 },
+          segmentSteps: 240,
+          checkpointEvery: 100,
+          evalEvery: 240,
+        }),
+      ],
     });
     const lossFile = path.join(r.dir, 'student', 'losses.jsonl');
     // Between the checkpoints at 100 and 200.
@@ -137,13 +164,26 @@ describe(`the ${OVERLAY} overlay's workers under SIGTERM`, () => {
     const e1 = await launch('offshoot-evaluator');
     const input = evolutionInput(run('evaluate'), teacher, {
       search: { budget: 4, population: 4, seed: 11 },
-      fitness: { budget: { kind: 'brief', steps: 60, batchSize: 8, seqLen: 32, evalTokens: 2048 }, order: 'first-k', layers: 'first' },
+      fitness: {
+        budget: { kind: 'brief', steps: 60, batchSize: 8, seqLen: 32, evalTokens: 2048 },
+        order: 'first-k',
+        layers: 'first',
+      },
       parallelism: 2,
     });
-    const handle = await client.workflow.start(evolution, { workflowId: wid('evaluate'), taskQueue: 'orchestrate', args: [input] });
+    const handle = await client.workflow.start(evolution, {
+      workflowId: wid('evaluate'),
+      taskQueue: 'orchestrate',
+      args: [input],
+    });
     // (A workflow that fails instead says why at once.)
     const m = await Promise.race([
-      waitUntil('an evaluation on the first evaluator', () => /evaluate: candidate (\d+) \(\w+\) attempt 1/.exec(e1.output()), 120_000, 10),
+      waitUntil(
+        'an evaluation on the first evaluator',
+        () => /evaluate: candidate (\d+) \(\w+\) attempt 1/.exec(e1.output()),
+        120_000,
+        10,
+      ),
       handle.result().then((r) => Promise.reject(new Error(`the search ended first: ${JSON.stringify(r.status)}`))),
     ]);
     const running = Number(m[1]);
@@ -165,8 +205,16 @@ describe(`the ${OVERLAY} overlay's workers under SIGTERM`, () => {
     // The rest ran on the new one.
     expect(result.history.filter((h) => h.metrics?.worker === e2.identity).length).toBeGreaterThan(0);
     const events = (await handle.fetchHistory()).events ?? [];
-    const scheduled = new Map(events.filter((e) => e.eventType === EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED).map((e) => [String(e.eventId), e.activityTaskScheduledEventAttributes?.activityType?.name]));
-    const completed = events.filter((e) => e.eventType === EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED && scheduled.get(String(e.activityTaskCompletedEventAttributes?.scheduledEventId)) === 'evaluateCandidate');
+    const scheduled = new Map(
+      events
+        .filter((e) => e.eventType === EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
+        .map((e) => [String(e.eventId), e.activityTaskScheduledEventAttributes?.activityType?.name]),
+    );
+    const completed = events.filter(
+      (e) =>
+        e.eventType === EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED &&
+        scheduled.get(String(e.activityTaskCompletedEventAttributes?.scheduledEventId)) === 'evaluateCandidate',
+    );
     expect(completed).toHaveLength(4);
   }, 300_000);
 });

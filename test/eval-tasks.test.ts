@@ -54,12 +54,24 @@ function offshoot(...args: string[]): { status: number | null; stdout: string; s
 }
 
 /** Writes a task YAML (and its JSONL documents) and returns the YAML's path. */
-function task(name: string, fields: Record<string, unknown>, docs: Record<string, unknown>[], dir = path.join(tmp, 'tasks')): string {
+function task(
+  name: string,
+  fields: Record<string, unknown>,
+  docs: Record<string, unknown>[],
+  dir = path.join(tmp, 'tasks'),
+): string {
   fs.mkdirSync(dir, { recursive: true });
   const data = path.join(dir, `${name}.jsonl`);
   fs.writeFileSync(data, docs.map((d) => JSON.stringify(d)).join('\n') + '\n');
   const file = path.join(dir, `${name}.yaml`);
-  const cfg = { task: name, dataset_path: 'json', dataset_kwargs: { data_files: { test: data } }, test_split: 'test', output_type: 'multiple_choice', ...fields };
+  const cfg = {
+    task: name,
+    dataset_path: 'json',
+    dataset_kwargs: { data_files: { test: data } },
+    test_split: 'test',
+    output_type: 'multiple_choice',
+    ...fields,
+  };
   fs.writeFileSync(file, JSON.stringify(cfg, null, 2));
   return file;
 }
@@ -73,83 +85,153 @@ describe('lm-evaluation-harness parity on an exported student', () => {
   // CI installs the oracle and lm-eval (scripts/setup-python.sh); elsewhere this needs it set up first
   // (a venv built before lm-eval joined the requirements skips until setup-python.sh rebuilds it).
   const python = process.env.CI ? requireHfPython() : hfPython();
-  const ready = python !== null && (Boolean(process.env.CI) || spawnSync(python, ['-c', 'import lm_eval'], { timeout: 60_000 }).status === 0);
+  const ready =
+    python !== null &&
+    (Boolean(process.env.CI) || spawnSync(python, ['-c', 'import lm_eval'], { timeout: 60_000 }).status === 0);
 
-  it.skipIf(!ready)('offshoot eval --tasks and lm_eval --model hf give identical accuracy on a task made from the corpus', async () => {
-    // A teacher trained on the corpus, a layer-wise student of it, exported for transformers.
-    const teacher = path.join(tmp, 'teacher');
-    let r = offshoot('teacher', 'train', '--out', teacher, '--preset', 'tiny', '--vocab', '300', '--steps', '200', '--batch-size', '8', '--seq-len', '32', '--eval-every', '200', '--json');
-    expect(r.status, r.stderr).toBe(0);
-    const student = path.join(tmp, 'student');
-    const spec = { layers: 2, embedding: 32, perLayer: [{ heads: 4, mlp: 128 }, { heads: 2, mlp: 48 }] };
-    r = offshoot('subnet', 'extract', '--teacher', teacher, '--spec', JSON.stringify(spec), '--out', student);
-    expect(r.status, r.stderr).toBe(0);
-    const exported = path.join(tmp, 'student-hf');
-    r = offshoot('export', '--model', student, '--out', exported, '--json');
-    expect(r.status, r.stderr).toBe(0);
-    expect(JSON.parse(r.stdout).padding.parameters.added).toBeGreaterThan(0);
-    {
-      const yaml = await writeNextSentenceTask(path.join(tmp, 'next-sentence'), { count: 40 });
-
-      // offshoot, on the exported checkpoint and on the student as it was (padding is exact).
-      const ours = path.join(tmp, 'ours.jsonl');
-      r = offshoot('eval', '--model', exported, '--tasks', yaml, '--log-samples', ours, '--json');
-      expect(r.status, r.stderr).toBe(0);
-      const scores = JSON.parse(r.stdout).tasks as { task: string; docs: number; metrics: Record<string, { value: number; stderr: number }> }[];
-      expect(scores.map((s) => [s.task, s.docs])).toEqual([['sotu_next_sentence', 40]]);
-      r = offshoot('eval', '--model', student, '--tasks', yaml, '--json');
-      expect(r.status, r.stderr).toBe(0);
-      expect(JSON.parse(r.stdout).tasks[0].metrics.acc.value).toBe(scores[0].metrics.acc.value);
-
-      // lm-evaluation-harness, offline: the local task file, the local model directory.
-      const out = path.join(tmp, 'lm-eval');
-      const run = spawnSync(
-        python!,
-        ['-m', 'lm_eval', '--model', 'hf', '--model_args', `pretrained=${exported},dtype=float32`, '--tasks', yaml, '--device', 'cpu', '--batch_size', '8', '--output_path', out, '--log_samples'],
-        {
-          cwd: tmp,
-          encoding: 'utf8',
-          timeout: 600_000,
-          env: { ...process.env, HF_HUB_OFFLINE: '1', HF_DATASETS_OFFLINE: '1', TRANSFORMERS_OFFLINE: '1', HF_HOME: path.join(tmp, 'hf-home'), TOKENIZERS_PARALLELISM: 'false' },
-        },
+  it.skipIf(!ready)(
+    'offshoot eval --tasks and lm_eval --model hf give identical accuracy on a task made from the corpus',
+    async () => {
+      // A teacher trained on the corpus, a layer-wise student of it, exported for transformers.
+      const teacher = path.join(tmp, 'teacher');
+      let r = offshoot(
+        'teacher',
+        'train',
+        '--out',
+        teacher,
+        '--preset',
+        'tiny',
+        '--vocab',
+        '300',
+        '--steps',
+        '200',
+        '--batch-size',
+        '8',
+        '--seq-len',
+        '32',
+        '--eval-every',
+        '200',
+        '--json',
       );
-      expect(run.status, run.stderr.slice(-4000)).toBe(0);
-      const files = fs.readdirSync(out, { recursive: true }).map(String);
-      const resultsFile = files.find((f) => /results_.*\.json$/.test(f))!;
-      const samplesFile = files.find((f) => /samples_sotu_next_sentence_.*\.jsonl$/.test(f))!;
-      const theirs = JSON.parse(fs.readFileSync(path.join(out, resultsFile), 'utf8')).results.sotu_next_sentence;
-      // Identical accuracy (the same documents decided the same way), and the same standard error.
-      expect(theirs['acc,none']).toBe(scores[0].metrics.acc.value);
-      expect(theirs['acc_norm,none']).toBe(scores[0].metrics.acc_norm.value);
-      expect(theirs['acc_stderr,none']).toBeCloseTo(scores[0].metrics.acc.stderr, 12);
-      // Per document and choice: the same log-likelihoods (float32 sums) and greedy flags.
-      const ourDocs = new Map(
-        fs.readFileSync(ours, 'utf8').trim().split('\n').map((l) => {
-          const d = JSON.parse(l) as { doc: number; responses: [number, boolean][]; metrics: Record<string, number> };
-          return [d.doc, d];
-        }),
-      );
-      const theirDocs = fs.readFileSync(path.join(out, samplesFile), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
-      expect(theirDocs.length).toBe(40);
-      let maxDiff = 0;
-      for (const d of theirDocs) {
-        const o = ourDocs.get(d.doc_id)!;
-        const resps = (d.resps as [string, string][][]).map((x) => x[0]);
-        expect(resps.length).toBe(4);
-        resps.forEach(([ll, greedy], i) => {
-          maxDiff = Math.max(maxDiff, Math.abs(Number(ll) - o.responses[i][0]));
-          expect(Math.abs(Number(ll) - o.responses[i][0]), `doc ${d.doc_id} choice ${i}`).toBeLessThan(1e-3);
-          expect(greedy === 'True').toBe(o.responses[i][1]);
-        });
-        expect(o.metrics.acc).toBe(d.acc);
-        expect(o.metrics.acc_norm).toBe(d.acc_norm);
+      expect(r.status, r.stderr).toBe(0);
+      const student = path.join(tmp, 'student');
+      const spec = {
+        layers: 2,
+        embedding: 32,
+        perLayer: [
+          { heads: 4, mlp: 128 },
+          { heads: 2, mlp: 48 },
+        ],
+      };
+      r = offshoot('subnet', 'extract', '--teacher', teacher, '--spec', JSON.stringify(spec), '--out', student);
+      expect(r.status, r.stderr).toBe(0);
+      const exported = path.join(tmp, 'student-hf');
+      r = offshoot('export', '--model', student, '--out', exported, '--json');
+      expect(r.status, r.stderr).toBe(0);
+      expect(JSON.parse(r.stdout).padding.parameters.added).toBeGreaterThan(0);
+      {
+        const yaml = await writeNextSentenceTask(path.join(tmp, 'next-sentence'), { count: 40 });
+
+        // offshoot, on the exported checkpoint and on the student as it was (padding is exact).
+        const ours = path.join(tmp, 'ours.jsonl');
+        r = offshoot('eval', '--model', exported, '--tasks', yaml, '--log-samples', ours, '--json');
+        expect(r.status, r.stderr).toBe(0);
+        const scores = JSON.parse(r.stdout).tasks as {
+          task: string;
+          docs: number;
+          metrics: Record<string, { value: number; stderr: number }>;
+        }[];
+        expect(scores.map((s) => [s.task, s.docs])).toEqual([['sotu_next_sentence', 40]]);
+        r = offshoot('eval', '--model', student, '--tasks', yaml, '--json');
+        expect(r.status, r.stderr).toBe(0);
+        expect(JSON.parse(r.stdout).tasks[0].metrics.acc.value).toBe(scores[0].metrics.acc.value);
+
+        // lm-evaluation-harness, offline: the local task file, the local model directory.
+        const out = path.join(tmp, 'lm-eval');
+        const run = spawnSync(
+          python!,
+          [
+            '-m',
+            'lm_eval',
+            '--model',
+            'hf',
+            '--model_args',
+            `pretrained=${exported},dtype=float32`,
+            '--tasks',
+            yaml,
+            '--device',
+            'cpu',
+            '--batch_size',
+            '8',
+            '--output_path',
+            out,
+            '--log_samples',
+          ],
+          {
+            cwd: tmp,
+            encoding: 'utf8',
+            timeout: 600_000,
+            env: {
+              ...process.env,
+              HF_HUB_OFFLINE: '1',
+              HF_DATASETS_OFFLINE: '1',
+              TRANSFORMERS_OFFLINE: '1',
+              HF_HOME: path.join(tmp, 'hf-home'),
+              TOKENIZERS_PARALLELISM: 'false',
+            },
+          },
+        );
+        expect(run.status, run.stderr.slice(-4000)).toBe(0);
+        const files = fs.readdirSync(out, { recursive: true }).map(String);
+        const resultsFile = files.find((f) => /results_.*\.json$/.test(f))!;
+        const samplesFile = files.find((f) => /samples_sotu_next_sentence_.*\.jsonl$/.test(f))!;
+        const theirs = JSON.parse(fs.readFileSync(path.join(out, resultsFile), 'utf8')).results.sotu_next_sentence;
+        // Identical accuracy (the same documents decided the same way), and the same standard error.
+        expect(theirs['acc,none']).toBe(scores[0].metrics.acc.value);
+        expect(theirs['acc_norm,none']).toBe(scores[0].metrics.acc_norm.value);
+        expect(theirs['acc_stderr,none']).toBeCloseTo(scores[0].metrics.acc.stderr, 12);
+        // Per document and choice: the same log-likelihoods (float32 sums) and greedy flags.
+        const ourDocs = new Map(
+          fs
+            .readFileSync(ours, 'utf8')
+            .trim()
+            .split('\n')
+            .map((l) => {
+              const d = JSON.parse(l) as {
+                doc: number;
+                responses: [number, boolean][];
+                metrics: Record<string, number>;
+              };
+              return [d.doc, d];
+            }),
+        );
+        const theirDocs = fs
+          .readFileSync(path.join(out, samplesFile), 'utf8')
+          .trim()
+          .split('\n')
+          .map((l) => JSON.parse(l));
+        expect(theirDocs.length).toBe(40);
+        let maxDiff = 0;
+        for (const d of theirDocs) {
+          const o = ourDocs.get(d.doc_id)!;
+          const resps = (d.resps as [string, string][][]).map((x) => x[0]);
+          expect(resps.length).toBe(4);
+          resps.forEach(([ll, greedy], i) => {
+            maxDiff = Math.max(maxDiff, Math.abs(Number(ll) - o.responses[i][0]));
+            expect(Math.abs(Number(ll) - o.responses[i][0]), `doc ${d.doc_id} choice ${i}`).toBeLessThan(1e-3);
+            expect(greedy === 'True').toBe(o.responses[i][1]);
+          });
+          expect(o.metrics.acc).toBe(d.acc);
+          expect(o.metrics.acc_norm).toBe(d.acc_norm);
+        }
+        console.log(
+          `sotu_next_sentence, 40 documents: acc ${scores[0].metrics.acc.value} (lm-eval ${theirs['acc,none']}), acc_norm ${scores[0].metrics.acc_norm.value} ` +
+            `(lm-eval ${theirs['acc_norm,none']}); largest log-likelihood difference ${maxDiff.toExponential(2)}`,
+        );
       }
-      console.log(
-        `sotu_next_sentence, 40 documents: acc ${scores[0].metrics.acc.value} (lm-eval ${theirs['acc,none']}), acc_norm ${scores[0].metrics.acc_norm.value} ` +
-          `(lm-eval ${theirs['acc_norm,none']}); largest log-likelihood difference ${maxDiff.toExponential(2)}`,
-      );
-    }
-  }, 900_000);
+    },
+    900_000,
+  );
 });
 
 describe('tasks in lm-evaluation-harness shape', () => {
@@ -159,7 +241,18 @@ describe('tasks in lm-evaluation-harness shape', () => {
   ];
 
   it('builds the requests lm-eval builds: context, target delimiter, choice', () => {
-    const t = loadTaskFile(task('basic', { doc_to_text: 'Q: {{q}}\nA:', doc_to_choice: '{{choices}}', doc_to_target: 'label', description: 'Answer.\n\n' }, docs));
+    const t = loadTaskFile(
+      task(
+        'basic',
+        {
+          doc_to_text: 'Q: {{q}}\nA:',
+          doc_to_choice: '{{choices}}',
+          doc_to_target: 'label',
+          description: 'Answer.\n\n',
+        },
+        docs,
+      ),
+    );
     expect(t.metrics).toEqual(['acc', 'acc_norm']);
     expect(t.docs[0].requests).toEqual([
       { context: 'Answer.\n\nQ: The sky is\nA:', continuation: ' blue' },
@@ -171,21 +264,36 @@ describe('tasks in lm-evaluation-harness shape', () => {
   });
 
   it('reads targets as lm-eval does: a template digit is an index, a string names a choice, a list is several', () => {
-    const byTemplate = loadTaskFile(task('tpl', { doc_to_text: 'q', doc_to_choice: ['A', 'B', 'C'], doc_to_target: '{{label}}', target_delimiter: '' }, docs));
+    const byTemplate = loadTaskFile(
+      task(
+        'tpl',
+        { doc_to_text: 'q', doc_to_choice: ['A', 'B', 'C'], doc_to_target: '{{label}}', target_delimiter: '' },
+        docs,
+      ),
+    );
     expect(byTemplate.docs.map((d) => d.gold)).toEqual([0, 2]);
     expect(byTemplate.docs[0].requests[1]).toEqual({ context: 'The sky is', continuation: 'B' });
-    const byString = loadTaskFile(task('str', { doc_to_text: 'q', doc_to_choice: { a: 'A', b: 'B' }, doc_to_target: 'key' }, docs));
+    const byString = loadTaskFile(
+      task('str', { doc_to_text: 'q', doc_to_choice: { a: 'A', b: 'B' }, doc_to_target: 'key' }, docs),
+    );
     expect(byString.docs.map((d) => d.gold)).toEqual([1, 0]);
-    const missing = loadTaskFile(task('miss', { doc_to_text: 'q', doc_to_choice: ['x', 'y'], doc_to_target: 'key' }, docs));
+    const missing = loadTaskFile(
+      task('miss', { doc_to_text: 'q', doc_to_choice: ['x', 'y'], doc_to_target: 'key' }, docs),
+    );
     expect(missing.docs.map((d) => d.gold)).toEqual([-100, -100]);
-    const several = loadTaskFile(task('multi', { doc_to_text: 'q', doc_to_choice: '{{choices}}', doc_to_target: '[0, 1]' }, docs));
+    const several = loadTaskFile(
+      task('multi', { doc_to_text: 'q', doc_to_choice: '{{choices}}', doc_to_target: '[0, 1]' }, docs),
+    );
     expect(several.docs[0].gold).toEqual([0, 1]);
   });
 
   it('merges include files (the including file wins) and reads the multiple-input form', () => {
     const dir = path.join(tmp, 'tasks');
     task('child-data', {}, docs);
-    fs.writeFileSync(path.join(dir, 'base.yaml'), 'output_type: multiple_choice\ntarget_delimiter: " "\ndoc_to_choice: "{{choices}}"\ndoc_to_text: "{{q}}"\ndoc_to_target: label\n');
+    fs.writeFileSync(
+      path.join(dir, 'base.yaml'),
+      'output_type: multiple_choice\ntarget_delimiter: " "\ndoc_to_choice: "{{choices}}"\ndoc_to_text: "{{q}}"\ndoc_to_target: label\n',
+    );
     fs.writeFileSync(
       path.join(dir, 'child.yaml'),
       `include: base.yaml\ntask: child\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    validation: ${path.join(dir, 'child-data.jsonl')}\nvalidation_split: validation\ndoc_to_text: "Q: {{q}}"\n`,
@@ -194,7 +302,9 @@ describe('tasks in lm-evaluation-harness shape', () => {
     expect(child.split).toBe('validation');
     expect(child.docs[0].requests[0]).toEqual({ context: 'Q: The sky is', continuation: ' blue' });
     // Winogrande's form: doc_to_text picks which choice goes into the context; the target continues each.
-    const wino = loadTaskFile(task('wino', { doc_to_text: '{{label}}', doc_to_choice: '{{choices}}', doc_to_target: 'q' }, docs));
+    const wino = loadTaskFile(
+      task('wino', { doc_to_text: '{{label}}', doc_to_choice: '{{choices}}', doc_to_target: 'q' }, docs),
+    );
     expect(wino.docs[0].requests).toEqual([
       { context: 'blue', continuation: ' The sky is' },
       { context: 'a "loud" dog', continuation: ' The sky is' },
@@ -204,7 +314,17 @@ describe('tasks in lm-evaluation-harness shape', () => {
   });
 
   it('reads cloze tasks (loglikelihood): the target as written, scored by perplexity and greedy accuracy', () => {
-    const t = loadTaskFile(task('cloze', { output_type: 'loglikelihood', doc_to_text: "{{text.split(' ')[:-1]|join(' ')}}", doc_to_target: "{{' '+text.split(' ')[-1]}}" }, [{ text: 'the end of the story' }]));
+    const t = loadTaskFile(
+      task(
+        'cloze',
+        {
+          output_type: 'loglikelihood',
+          doc_to_text: "{{text.split(' ')[:-1]|join(' ')}}",
+          doc_to_target: "{{' '+text.split(' ')[-1]}}",
+        },
+        [{ text: 'the end of the story' }],
+      ),
+    );
     expect(t.metrics).toEqual(['perplexity', 'acc']);
     expect(t.docs[0].requests).toEqual([{ context: 'the end of the', continuation: ' story' }]);
   });
@@ -216,12 +336,24 @@ describe('tasks in lm-evaluation-harness shape', () => {
       [{ ...base, num_fewshot: 5 }, /num_fewshot: 5: offshoot scores zero-shot only/],
       [{ ...base, dataset_path: 'hellaswag' }, /dataset_path: "hellaswag": offshoot reads local files only/],
       [{ ...base, doc_to_choice: undefined }, /doc_to_choice: missing/],
-      [{ ...base, metric_list: [{ metric: 'f1' }] }, /metric_list\[0\]\.metric: "f1" is not supported for multiple_choice/],
+      [
+        { ...base, metric_list: [{ metric: 'f1' }] },
+        /metric_list\[0\]\.metric: "f1" is not supported for multiple_choice/,
+      ],
       [{ ...base, metric_list: [{ metric: 'acc', aggregation: 'median' }] }, /metric_list\[0\]\.aggregation: "median"/],
-      [{ ...base, dataset_kwargs: { data_files: { test: 'nowhere.jsonl' } } }, /dataset_kwargs\.data_files\.test: nowhere\.jsonl not found \(relative paths are resolved against/],
-      [{ ...base, dataset_kwargs: { data_files: { train: 'x' } } }, /data_files has no split "test" \(it has "train"\)/],
+      [
+        { ...base, dataset_kwargs: { data_files: { test: 'nowhere.jsonl' } } },
+        /dataset_kwargs\.data_files\.test: nowhere\.jsonl not found \(relative paths are resolved against/,
+      ],
+      [
+        { ...base, dataset_kwargs: { data_files: { train: 'x' } } },
+        /data_files has no split "test" \(it has "train"\)/,
+      ],
       [{ ...base, doc_to_txt: 'q' }, /unknown field "doc_to_txt"/],
-      [{ ...base, doc_to_text: '{{ question }}' }, /document 0: template "\{\{ question \}\}": "question" is undefined/],
+      [
+        { ...base, doc_to_text: '{{ question }}' },
+        /document 0: template "\{\{ question \}\}": "question" is undefined/,
+      ],
       [{ ...base, doc_to_choice: '{{q}}' }, /document 0: cannot read "The sky is" as a Python literal/],
     ];
     for (const [fields, message] of cases) {
@@ -230,21 +362,34 @@ describe('tasks in lm-evaluation-harness shape', () => {
     }
     const python = path.join(tmp, 'tasks', 'python.yaml');
     fs.writeFileSync(python, `task: py\ndataset_path: json\nprocess_docs: !function utils.process_docs\n`);
-    expect(() => loadTaskFile(python)).toThrow(/process_docs: a Python function over the documents \(!function utils\.process_docs\) cannot be run by offshoot/);
+    expect(() => loadTaskFile(python)).toThrow(
+      /process_docs: a Python function over the documents \(!function utils\.process_docs\) cannot be run by offshoot/,
+    );
     const group = path.join(tmp, 'tasks', 'group.yaml');
     fs.writeFileSync(group, 'group: g\ntask: [a, b]\n');
     expect(() => loadTaskFile(group)).toThrow(/group files are not supported/);
     const broken = path.join(tmp, 'tasks', 'broken-data.jsonl');
     fs.writeFileSync(broken, '{"q": "x", "choices": ["a"], "label": 0}\n{"q": oops}\n');
-    expect(() => loadTaskFile(task('broken', { ...base, dataset_kwargs: { data_files: { test: broken } } }, docs))).toThrow(/broken-data\.jsonl:2: invalid JSON/);
-    expect(() => loadTasks([path.join(tmp, 'tasks', 'basic.yaml'), path.join(tmp, 'tasks', 'basic.yaml')])).toThrow(/task "basic" is defined twice/);
+    expect(() =>
+      loadTaskFile(task('broken', { ...base, dataset_kwargs: { data_files: { test: broken } } }, docs)),
+    ).toThrow(/broken-data\.jsonl:2: invalid JSON/);
+    expect(() => loadTasks([path.join(tmp, 'tasks', 'basic.yaml'), path.join(tmp, 'tasks', 'basic.yaml')])).toThrow(
+      /task "basic" is defined twice/,
+    );
     expect(() => loadTasks([path.join(tmp, 'no-such.yaml')])).toThrow(TaskError);
   });
 
   it('renders templates as lm-eval does', () => {
     expect(new Template('{{ q.strip() }}\n').render({ q: ' x ' })).toBe('x\n');
     expect(new Template('{{ choices }}').render({ choices: ['a', "it's"] })).toBe('["a", "it\'s"]');
-    expect(literalEval(`['a', "it's", 'tab\\there', 3, True, None]`)).toEqual(['a', "it's", 'tab\there', 3, true, null]);
+    expect(literalEval(`['a', "it's", 'tab\\there', 3, True, None]`)).toEqual([
+      'a',
+      "it's",
+      'tab\there',
+      3,
+      true,
+      null,
+    ]);
     expect(literalEval('["a", "\\u00e9"]')).toEqual(['a', 'é']);
     expect(pythonLength('naïve 😀')).toBe(7);
   });
@@ -260,8 +405,25 @@ describe('tasks in lm-evaluation-harness shape', () => {
 
   it('scores every choice and aggregates acc, acc_norm and acc_bytes from the log-likelihoods', async () => {
     const tok = await loadTokenizer(BPE512);
-    const model = GPTNeoX.random({ ...uniformConfig({ vocabSize: 512, hiddenSize: 16, numLayers: 1, numHeads: 2, maxPositions: 64 }), initializerRange: 0.5 }, 4);
-    const tasks = loadTasks([task('scored', { doc_to_text: 'q', doc_to_choice: '{{choices}}', doc_to_target: 'label', metric_list: [{ metric: 'acc' }, { metric: 'acc_norm' }, { metric: 'acc_bytes' }, { metric: 'exact_match' }] }, docs)]);
+    const model = GPTNeoX.random(
+      {
+        ...uniformConfig({ vocabSize: 512, hiddenSize: 16, numLayers: 1, numHeads: 2, maxPositions: 64 }),
+        initializerRange: 0.5,
+      },
+      4,
+    );
+    const tasks = loadTasks([
+      task(
+        'scored',
+        {
+          doc_to_text: 'q',
+          doc_to_choice: '{{choices}}',
+          doc_to_target: 'label',
+          metric_list: [{ metric: 'acc' }, { metric: 'acc_norm' }, { metric: 'acc_bytes' }, { metric: 'exact_match' }],
+        },
+        docs,
+      ),
+    ]);
     const { scores, samples } = await evaluateTasks(model, tok, tasks, { batchSize: 2 });
     // Every log-likelihood is the model's: the continuation's log-probabilities summed, one pass per request.
     const e = encodeRequest(tok, tasks[0].docs[0].requests[1]);
@@ -294,8 +456,13 @@ describe('tasks in lm-evaluation-harness shape', () => {
 describe('on every backend', () => {
   it('the same log-likelihoods on each backend', async () => {
     const tok = await loadTokenizer(BPE512);
-    const tasks = loadTasks([task('backends', { doc_to_text: 'Q: {{q}}\nA:', doc_to_choice: '{{choices}}', doc_to_target: 'label' }, docs2)]);
-    const config = { ...uniformConfig({ vocabSize: 512, hiddenSize: 32, numLayers: 2, numHeads: 4, maxPositions: 64 }), initializerRange: 0.3 };
+    const tasks = loadTasks([
+      task('backends', { doc_to_text: 'Q: {{q}}\nA:', doc_to_choice: '{{choices}}', doc_to_target: 'label' }, docs2),
+    ]);
+    const config = {
+      ...uniformConfig({ vocabSize: 512, hiddenSize: 32, numLayers: 2, numHeads: 4, maxPositions: 64 }),
+      initializerRange: 0.3,
+    };
     const weights = GPTNeoX.random(config, 8);
     const tensors = await weights.toHost();
     weights.dispose();
@@ -333,7 +500,10 @@ describe('bits per byte', () => {
 
   it('is the loss per byte in bits, and offshoot eval reports it next to perplexity', async () => {
     const tok = await loadTokenizer(BPE512);
-    const model = GPTNeoX.random(uniformConfig({ vocabSize: 512, hiddenSize: 16, numLayers: 1, numHeads: 2, maxPositions: 64 }), 5);
+    const model = GPTNeoX.random(
+      uniformConfig({ vocabSize: 512, hiddenSize: 16, numLayers: 1, numHeads: 2, maxPositions: 64 }),
+      5,
+    );
     const stream = tokenizeDocuments(['The state of our Union is strong, and the economy grows. '.repeat(20)], tok);
     const options = { seqLen: 16, batchSize: 4 };
     const r = await evaluateText(model, stream, tok, options);
@@ -346,16 +516,54 @@ describe('bits per byte', () => {
 
     // The CLI on a checkpoint with a tokenizer: the same relation between its figures.
     const dir = path.join(tmp, 'bpb-model');
-    const m2 = GPTNeoX.random(uniformConfig({ vocabSize: 512, hiddenSize: 16, numLayers: 1, numHeads: 2, maxPositions: 64 }), 6);
-    await saveCheckpoint(dir, m2.config, await m2.toHost(), { extraFiles: { 'tokenizer.json': fs.readFileSync(path.join(BPE512, 'tokenizer.json')) } });
+    const m2 = GPTNeoX.random(
+      uniformConfig({ vocabSize: 512, hiddenSize: 16, numLayers: 1, numHeads: 2, maxPositions: 64 }),
+      6,
+    );
+    await saveCheckpoint(dir, m2.config, await m2.toHost(), {
+      extraFiles: { 'tokenizer.json': fs.readFileSync(path.join(BPE512, 'tokenizer.json')) },
+    });
     m2.dispose();
-    const out = offshoot('--backend', 'cpu', 'eval', '--model', dir, '--data', 'sotu:val', '--seq-len', '32', '--max-tokens', '2048', '--json');
+    const out = offshoot(
+      '--backend',
+      'cpu',
+      'eval',
+      '--model',
+      dir,
+      '--data',
+      'sotu:val',
+      '--seq-len',
+      '32',
+      '--max-tokens',
+      '2048',
+      '--json',
+    );
     expect(out.status, out.stderr).toBe(0);
-    const j = JSON.parse(out.stdout.trim().split('\n').pop()!) as { loss: number; ppl: number; bpb: number; tokens: number; bytes: number };
+    const j = JSON.parse(out.stdout.trim().split('\n').pop()!) as {
+      loss: number;
+      ppl: number;
+      bpb: number;
+      tokens: number;
+      bytes: number;
+    };
     expect(j.tokens).toBe(2048);
     expect(j.bytes).toBeGreaterThan(j.tokens);
     expect(j.bpb).toBeCloseTo((j.loss * j.tokens) / (Math.LN2 * j.bytes), 10);
-    const text = offshoot('--backend', 'cpu', 'eval', '--model', dir, '--data', 'sotu:val', '--seq-len', '32', '--max-tokens', '2048');
-    expect(text.stdout).toMatch(/sotu:val: loss \d+\.\d{4}, perplexity \d+\.\d{2}, \d+\.\d{4} bits per byte over 2048 tokens \(\d+ bytes\)/);
+    const text = offshoot(
+      '--backend',
+      'cpu',
+      'eval',
+      '--model',
+      dir,
+      '--data',
+      'sotu:val',
+      '--seq-len',
+      '32',
+      '--max-tokens',
+      '2048',
+    );
+    expect(text.stdout).toMatch(
+      /sotu:val: loss \d+\.\d{4}, perplexity \d+\.\d{2}, \d+\.\d{4} bits per byte over 2048 tokens \(\d+ bytes\)/,
+    );
   });
 });

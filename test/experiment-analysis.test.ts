@@ -5,12 +5,25 @@
 import { describe, expect, it } from 'vitest';
 
 import { ConfigError } from '../services/config/index.js';
-import { analysePaperTable, mean, parseExperimentConfig, reachAt, renderPaperTable, std } from '../services/experiment/index.js';
+import {
+  analysePaperTable,
+  mean,
+  parseExperimentConfig,
+  reachAt,
+  renderPaperTable,
+  std,
+} from '../services/experiment/index.js';
 import { shortNumber } from '../services/experiment/svg.js';
 import { PAPER_ARMS, type PaperArm, type PaperRun, type PaperTableResult } from '../workflows/index.js';
 
 /** A run whose validation perplexity falls geometrically from `start` by `factor` per 10 steps. */
-function run(arm: PaperArm, seed: number, start: number, factor: number, flopsPerToken: { training: number; teacher: number }): PaperRun {
+function run(
+  arm: PaperArm,
+  seed: number,
+  start: number,
+  factor: number,
+  flopsPerToken: { training: number; teacher: number },
+): PaperRun {
   const curve = [0, 10, 20, 30, 40].map((step) => {
     const valPpl = start * factor ** (step / 10);
     return { step, valLoss: Math.log(valPpl), valPpl };
@@ -29,8 +42,20 @@ function run(arm: PaperArm, seed: number, start: number, factor: number, flopsPe
     curve,
     final: {
       // 2048 tokens of 4 bytes each: bits per byte = loss / (4 ln 2).
-      val: { valLoss: last.valLoss, valPpl: last.valPpl, valBpb: last.valLoss / (4 * Math.LN2), tokens: 2048, bytes: 8192 },
-      ood: { valLoss: last.valLoss + 1, valPpl: last.valPpl * Math.E, valBpb: (last.valLoss + 1) / (4 * Math.LN2), tokens: 2048, bytes: 8192 },
+      val: {
+        valLoss: last.valLoss,
+        valPpl: last.valPpl,
+        valBpb: last.valLoss / (4 * Math.LN2),
+        tokens: 2048,
+        bytes: 8192,
+      },
+      ood: {
+        valLoss: last.valLoss + 1,
+        valPpl: last.valPpl * Math.E,
+        valBpb: (last.valLoss + 1) / (4 * Math.LN2),
+        tokens: 2048,
+        bytes: 8192,
+      },
     },
     checkpoint: { dir: `/x/${arm}-${seed}`, hash: 'h', step: 40 },
     seconds: 1,
@@ -50,21 +75,59 @@ function syntheticResult(): PaperTableResult {
     'evo-kd': [150, 0.6, kd],
   };
   const runs: PaperRun[] = [];
-  for (const seed of [1, 2, 3]) for (const arm of PAPER_ARMS) runs.push(run(arm, seed, shape[arm][0] * (1 + 0.01 * seed), shape[arm][1], shape[arm][2]));
-  const config = { vocabSize: 300, hiddenSize: 32, numLayers: 2, headSize: 8, maxPositions: 256, layers: [{ numHeads: 4, intermediateSize: 128 }] };
+  for (const seed of [1, 2, 3])
+    for (const arm of PAPER_ARMS)
+      runs.push(run(arm, seed, shape[arm][0] * (1 + 0.01 * seed), shape[arm][1], shape[arm][2]));
+  const config = {
+    vocabSize: 300,
+    hiddenSize: 32,
+    numLayers: 2,
+    headSize: 8,
+    maxPositions: 256,
+    layers: [{ numHeads: 4, intermediateSize: 128 }],
+  };
   const ev = { valLoss: 3, valPpl: Math.exp(3), valBpb: 3 / (4 * Math.LN2), tokens: 2048, bytes: 8192 };
   return {
     runId: 'synthetic',
     teacher: { dir: '/t', hash: 'h', parameters: 5000, config: config as never, val: ev, ood: ev },
-    search: { best: { id: 1, key: 'k', generation: 0, origin: 'sample', status: 'ok', fitness: 3, parameters: 1000, spec: {} }, evaluations: 8, seed: 1, flops: 1e9, target: { minParams: 900, maxParams: 1100, label: 'bin 4' } },
-    specs: { search: {}, firstK: {}, random: {}, descriptions: { search: 'evo shape', firstK: 'first-k shape', random: 'evo shape' } },
+    search: {
+      best: { id: 1, key: 'k', generation: 0, origin: 'sample', status: 'ok', fitness: 3, parameters: 1000, spec: {} },
+      evaluations: 8,
+      seed: 1,
+      flops: 1e9,
+      target: { minParams: 900, maxParams: 1100, label: 'bin 4' },
+    },
+    specs: {
+      search: {},
+      firstK: {},
+      random: {},
+      descriptions: { search: 'evo shape', firstK: 'first-k shape', random: 'evo shape' },
+    },
     settings: {
-      batchSize: 8, seqLen: 32, steps: 40, tokensPerStep: 256, evalEvery: 10, evalTokens: 1024, finalEvalTokens: 2048, oodEvalTokens: 2048,
-      valData: 'sotu:val', oodData: 'mobydick', trainData: 'sotu:train', taskFiles: [], distill: { alpha: 0.5, temperature: 1, direction: 'forward' }, randomShape: 'search', arms: [...PAPER_ARMS], seeds: [1, 2, 3],
+      batchSize: 8,
+      seqLen: 32,
+      steps: 40,
+      tokensPerStep: 256,
+      evalEvery: 10,
+      evalTokens: 1024,
+      finalEvalTokens: 2048,
+      oodEvalTokens: 2048,
+      valData: 'sotu:val',
+      oodData: 'mobydick',
+      trainData: 'sotu:train',
+      taskFiles: [],
+      distill: { alpha: 0.5, temperature: 1, direction: 'forward' },
+      randomShape: 'search',
+      arms: [...PAPER_ARMS],
+      seeds: [1, 2, 3],
     },
     runs,
     timings: { teacher: 1, search: 2, pretrain: 3, total: 6 },
-    meta: { command: 'npx offshoot experiment paper-table --config x.yaml', config: { experiment: { seeds: [1, 2, 3] } }, backend: 'cpu' },
+    meta: {
+      command: 'npx offshoot experiment paper-table --config x.yaml',
+      config: { experiment: { seeds: [1, 2, 3] } },
+      backend: 'cpu',
+    },
   };
 }
 
@@ -84,7 +147,17 @@ describe('reachAt', () => {
     expect(reachAt(curve, 5)).toBeNull();
   });
   it('takes the first crossing of a curve that goes back up', () => {
-    expect(reachAt([{ x: 0, ppl: 50 }, { x: 10, ppl: 20 }, { x: 20, ppl: 40 }, { x: 30, ppl: 10 }], 20)).toBe(10);
+    expect(
+      reachAt(
+        [
+          { x: 0, ppl: 50 },
+          { x: 10, ppl: 20 },
+          { x: 20, ppl: 40 },
+          { x: 30, ppl: 10 },
+        ],
+        20,
+      ),
+    ).toBe(10);
   });
 });
 
@@ -142,8 +215,12 @@ describe('analysePaperTable', () => {
 
   it("states the paper's claims; with these curves the ordering holds", () => {
     const byClaim = Object.fromEntries(a.claims.map((c) => [c.claim, c]));
-    expect(a.claims.find((c) => c.claim.startsWith('evolutionary-search sub-network + KD is the best'))!.holds).toBe(true);
-    expect(a.claims.filter((c) => c.claim.startsWith('sub-network initialisation beats')).every((c) => c.holds)).toBe(true);
+    expect(a.claims.find((c) => c.claim.startsWith('evolutionary-search sub-network + KD is the best'))!.holds).toBe(
+      true,
+    );
+    expect(a.claims.filter((c) => c.claim.startsWith('sub-network initialisation beats')).every((c) => c.holds)).toBe(
+      true,
+    );
     expect(a.claims.filter((c) => c.claim.startsWith('KD helps')).every((c) => c.holds)).toBe(true);
     expect(Object.keys(byClaim).length).toBe(a.claims.length);
   });
@@ -173,7 +250,9 @@ describe('renderPaperTable', () => {
     expect(r.markdown).toContain('npx offshoot experiment paper-table --config x.yaml');
     expect(r.markdown).toContain('![validation perplexity vs tokens](pt-tokens.svg)');
     // Results, shorter budgets, students and per-seed tables.
-    expect(r.markdown.split('\n').filter((l) => l.includes('| evolutionary-search sub-network + KD |')).length).toBe(1 + 1 + 1 + 3);
+    expect(r.markdown.split('\n').filter((l) => l.includes('| evolutionary-search sub-network + KD |')).length).toBe(
+      1 + 1 + 1 + 3,
+    );
     expect(r.markdown.split('\n').filter((l) => /^\| \d+ \| /.test(l)).length).toBe(18);
     for (const svg of [r.files['pt-tokens.svg'], r.files['pt-flops.svg']]) {
       expect(svg.startsWith('<svg xmlns="http://www.w3.org/2000/svg"')).toBe(true);
@@ -198,7 +277,14 @@ describe('experiment configuration', () => {
   it('lists every problem, in the experiment section and the run configuration, in one error', () => {
     let err: unknown;
     try {
-      parseExperimentConfig({ experiment: { arms: ['evo-kd', 'nope'], seeds: [1, 1], colour: 'red' }, pretrain: { steps: 100, evalEvery: 30 }, search: { population: 1 } }, 'bad.yaml');
+      parseExperimentConfig(
+        {
+          experiment: { arms: ['evo-kd', 'nope'], seeds: [1, 1], colour: 'red' },
+          pretrain: { steps: 100, evalEvery: 30 },
+          search: { population: 1 },
+        },
+        'bad.yaml',
+      );
     } catch (e) {
       err = e;
     }

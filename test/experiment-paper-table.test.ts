@@ -77,7 +77,13 @@ describe('offshoot experiment paper-table (tiny configuration)', () => {
     const out = path.join(tmp, 'results');
     const r = await runCli(['experiment', 'paper-table', '--config', configFile, '--out', out, '--json']);
     expect(r.code, r.stderr.slice(-4000)).toBe(0);
-    const printed = JSON.parse(r.stdout.trim().split('\n').filter((l) => l.startsWith('{')).at(-1)!) as { files: string[]; result: PaperTableResult };
+    const printed = JSON.parse(
+      r.stdout
+        .trim()
+        .split('\n')
+        .filter((l) => l.startsWith('{'))
+        .at(-1)!,
+    ) as { files: string[]; result: PaperTableResult };
     const result = printed.result;
 
     // The files, in --out and in the run folder (written by the workflow's report activity).
@@ -128,24 +134,42 @@ describe('offshoot experiment paper-table (tiny configuration)', () => {
 
     // The table says what the raw numbers say.
     const data = JSON.parse(fs.readFileSync(path.join(out, 'paper-table.json'), 'utf8')) as {
-      analysis: { arms: { arm: string; val: { mean: number; std: number }; efficiency: { tokenRatio: number | null }[] }[]; claims: { claim: string; holds: boolean }[] };
+      analysis: {
+        arms: { arm: string; val: { mean: number; std: number }; efficiency: { tokenRatio: number | null }[] }[];
+        claims: { claim: string; holds: boolean }[];
+      };
     };
     for (const arm of PAPER_ARMS) {
       const ppls = result.runs.filter((x) => x.arm === arm).map((x) => x.final.val.valPpl);
       const a = data.analysis.arms.find((s) => s.arm === arm)!;
       expect(a.val.mean).toBeCloseTo(mean(ppls), 9);
       expect(a.val.std).toBeCloseTo(std(ppls), 9);
-      const label = { 'random-ce': 'random init (CE)', 'random-kd': 'random init + KD', 'firstk-ce': 'first-k sub-network (CE)', 'firstk-kd': 'first-k sub-network + KD', 'evo-ce': 'evolutionary-search sub-network (CE)', 'evo-kd': 'evolutionary-search sub-network + KD' }[arm];
-      expect(md).toContain(`| ${label} | ${a && result.runs.find((x) => x.arm === arm)!.parameters.toLocaleString('en-US')} | ${mean(ppls).toFixed(2)} ± ${std(ppls).toFixed(2)} |`);
+      const label = {
+        'random-ce': 'random init (CE)',
+        'random-kd': 'random init + KD',
+        'firstk-ce': 'first-k sub-network (CE)',
+        'firstk-kd': 'first-k sub-network + KD',
+        'evo-ce': 'evolutionary-search sub-network (CE)',
+        'evo-kd': 'evolutionary-search sub-network + KD',
+      }[arm];
+      expect(md).toContain(
+        `| ${label} | ${a && result.runs.find((x) => x.arm === arm)!.parameters.toLocaleString('en-US')} | ${mean(ppls).toFixed(2)} ± ${std(ppls).toFixed(2)} |`,
+      );
     }
     // Bits per byte next to every perplexity: the loss per byte of the same evaluation.
-    for (const e of [...result.runs.flatMap((x) => [x.final.val, x.final.ood]), result.teacher.val, result.teacher.ood]) {
+    for (const e of [
+      ...result.runs.flatMap((x) => [x.final.val, x.final.ood]),
+      result.teacher.val,
+      result.teacher.ood,
+    ]) {
       {
         expect(e.bytes).toBeGreaterThan(e.tokens);
         expect(e.valBpb).toBeCloseTo((e.valLoss * e.tokens) / (Math.LN2 * e.bytes), 10);
       }
     }
-    expect(md).toMatch(/\| arm \| parameters \| val perplexity \(sotu:val\) \| val bits per byte \| mobydick perplexity \| mobydick bits per byte \|/);
+    expect(md).toMatch(
+      /\| arm \| parameters \| val perplexity \(sotu:val\) \| val bits per byte \| mobydick perplexity \| mobydick bits per byte \|/,
+    );
     // The task, on the teacher and on every run, and its table.
     expect(result.teacher.tasks?.map((t) => [t.task, t.docs])).toEqual([['sotu_next_sentence', 12]]);
     for (const x of result.runs) {
@@ -157,12 +181,21 @@ describe('offshoot experiment paper-table (tiny configuration)', () => {
     expect(md).toContain('| model | sotu_next_sentence (acc_norm, 12 docs) |');
     for (const arm of PAPER_ARMS) {
       const accs = result.runs.filter((x) => x.arm === arm).map((x) => x.final.tasks![0].metrics.acc_norm.value);
-      const label = { 'random-ce': 'random init (CE)', 'random-kd': 'random init + KD', 'firstk-ce': 'first-k sub-network (CE)', 'firstk-kd': 'first-k sub-network + KD', 'evo-ce': 'evolutionary-search sub-network (CE)', 'evo-kd': 'evolutionary-search sub-network + KD' }[arm];
+      const label = {
+        'random-ce': 'random init (CE)',
+        'random-kd': 'random init + KD',
+        'firstk-ce': 'first-k sub-network (CE)',
+        'firstk-kd': 'first-k sub-network + KD',
+        'evo-ce': 'evolutionary-search sub-network (CE)',
+        'evo-kd': 'evolutionary-search sub-network + KD',
+      }[arm];
       expect(md).toContain(`| ${label} | ${mean(accs).toFixed(3)} ± ${std(accs).toFixed(3)} |`);
     }
 
     // The baseline's ratio is 1 by construction, in every seed.
-    expect(data.analysis.arms.find((s) => s.arm === 'random-ce')!.efficiency.map((e) => e.tokenRatio)).toEqual([1, 1, 1]);
+    expect(data.analysis.arms.find((s) => s.arm === 'random-ce')!.efficiency.map((e) => e.tokenRatio)).toEqual([
+      1, 1, 1,
+    ]);
     expect(data.analysis.claims.length).toBeGreaterThanOrEqual(10);
 
     // What the command started is stopped: nothing runs on this test's folder any more (the Temporal dev

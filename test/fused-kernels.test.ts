@@ -11,14 +11,28 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { AdamW, GPTNeoX, Trainer, clipByGlobalNorm } from '../core/model/index.js';
 import * as tf from '../core/model/tfjs.js';
 import { attentionCase } from '../core/model/webgpu/attention.js';
-import { type KernelCase, matmulCase, modelGradientCheck, randHost, relErr, runCase } from '../core/model/webgpu/check.js';
+import {
+  type KernelCase,
+  matmulCase,
+  modelGradientCheck,
+  randHost,
+  relErr,
+  runCase,
+} from '../core/model/webgpu/check.js';
 import { crossEntropyCase } from '../core/model/webgpu/cross-entropy.js';
 import { topKCase } from '../core/model/webgpu/distill.js';
 import { embeddingCase } from '../core/model/webgpu/embedding.js';
 import { setFusedKernels } from '../core/model/webgpu/fused.js';
 import { layerNormCase } from '../core/model/webgpu/layer-norm.js';
 import { linearCase, logitsCase } from '../core/model/webgpu/linear.js';
-import { BATCHED_TILES, MATMUL_TILES, autotuneMatMuls, clearMatMulTuning, makePlan, matmul } from '../core/model/webgpu/matmul.js';
+import {
+  BATCHED_TILES,
+  MATMUL_TILES,
+  autotuneMatMuls,
+  clearMatMulTuning,
+  makePlan,
+  matmul,
+} from '../core/model/webgpu/matmul.js';
 import { dispatchCounts, toTensor } from '../core/model/webgpu/runtime.js';
 import { testBackends, useBackend } from './helpers/backends.js';
 import { syntheticBatches, tinyConfig, tinyHyper } from './helpers/tiny.js';
@@ -112,7 +126,8 @@ describe.skipIf(!hasWebGPU)('fused WebGPU kernels match the reference ops', () =
     const [nb, T, d] = [2, 150, 20];
     const lower = (h: ReturnType<typeof randHost>) => {
       const x = h.data.slice();
-      for (let b = 0; b < nb; b++) for (let i = 0; i < T; i++) for (let j = i + 1; j < T; j++) x[(b * T + i) * T + j] = 0;
+      for (let b = 0; b < nb; b++)
+        for (let i = 0; i < T; i++) for (let j = i + 1; j < T; j++) x[(b * T + i) * T + j] = 0;
       return { shape: h.shape, data: x };
     };
     const q = randHost([nb, T, d], 5);
@@ -125,7 +140,12 @@ describe.skipIf(!hasWebGPU)('fused WebGPU kernels match the reference ops', () =
     ] as const;
     await useBackend('cpu');
     const refs = cases.map((c) => {
-      const r = tf.matMul(tf.tensor3d(c.a.data, c.a.shape as [number, number, number]), tf.tensor3d(c.b.data, c.b.shape as [number, number, number]), c.transA, c.transB);
+      const r = tf.matMul(
+        tf.tensor3d(c.a.data, c.a.shape as [number, number, number]),
+        tf.tensor3d(c.b.data, c.b.shape as [number, number, number]),
+        c.transA,
+        c.transB,
+      );
       const out = r.dataSync() as Float32Array;
       r.dispose();
       return out;
@@ -134,12 +154,27 @@ describe.skipIf(!hasWebGPU)('fused WebGPU kernels match the reference ops', () =
     for (const tile of Object.values(BATCHED_TILES)) {
       for (const [i, c] of cases.entries()) {
         const [ta, tb] = [tf.tensor(c.a.data, c.a.shape), tf.tensor(c.b.data, c.b.shape)];
-        const out = toTensor(matmul({ a: ta, b: tb, M: T, N: c.N, K: c.K, transA: c.transA, transB: c.transB, batch: nb, triangle: c.triangle, plan: makePlan(tile, c.K, 1) }).c);
+        const out = toTensor(
+          matmul({
+            a: ta,
+            b: tb,
+            M: T,
+            N: c.N,
+            K: c.K,
+            transA: c.transA,
+            transB: c.transB,
+            batch: nb,
+            triangle: c.triangle,
+            plan: makePlan(tile, c.K, 1),
+          }).c,
+        );
         const got = (await out.data()) as Float32Array;
         const want = refs[i].slice();
         if (c.triangle === 'lowerC') {
           // Only n ≤ m is defined.
-          for (let b = 0; b < nb; b++) for (let m = 0; m < T; m++) for (let n = m + 1; n < T; n++) got[(b * T + m) * T + n] = want[(b * T + m) * T + n] = 0;
+          for (let b = 0; b < nb; b++)
+            for (let m = 0; m < T; m++)
+              for (let n = m + 1; n < T; n++) got[(b * T + m) * T + n] = want[(b * T + m) * T + n] = 0;
         }
         expect(relErr(got, want), `${c.triangle} ${JSON.stringify(tile)}`).toBeLessThan(2e-6);
         tf.dispose([ta, tb, out]);
@@ -165,21 +200,53 @@ describe.skipIf(!hasWebGPU)('fused WebGPU kernels match the reference ops', () =
   it('AdamW with global-norm clipping, fused and on the device, matches clipByGlobalNorm + AdamW.apply', async () => {
     // More tensors than one dispatch binds (sums of squares and AdamW group them), sizes across
     // several chunks and workgroups, decayed and undecayed.
-    const shapes = [[33, 20], [20], [7, 5], [70, 90], [3], [257], [16, 16], [1], [40, 9], [5000], [11, 3], [64], [2, 2], [9], [31, 33], [6], [300], [4, 4, 4], [17], [128, 40]];
+    const shapes = [
+      [33, 20],
+      [20],
+      [7, 5],
+      [70, 90],
+      [3],
+      [257],
+      [16, 16],
+      [1],
+      [40, 9],
+      [5000],
+      [11, 3],
+      [64],
+      [2, 2],
+      [9],
+      [31, 33],
+      [6],
+      [300],
+      [4, 4, 4],
+      [17],
+      [128, 40],
+    ];
     const run = async (backend: 'cpu' | 'webgpu') => {
       await useBackend(backend);
       setFusedKernels(backend === 'webgpu');
-      const params = new Map(shapes.map((s, i) => [i === 1 ? 'layernorm.bias' : `w${i}`, tf.variable(tf.tensor(randHost(s, 20 + i).data, s))]));
+      const params = new Map(
+        shapes.map((s, i) => [
+          i === 1 ? 'layernorm.bias' : `w${i}`,
+          tf.variable(tf.tensor(randHost(s, 20 + i).data, s)),
+        ]),
+      );
       const opt = new AdamW({ weightDecay: 0.1 });
       const norms: number[] = [];
       for (let step = 0; step < 3; step++) {
         const grads: Record<string, tf.Tensor> = {};
-        [...params.keys()].forEach((name, i) => (grads[name] = tf.tensor(randHost(shapes[i], 30 + step * 7 + i, step === 1 ? 5 : 0.01).data, shapes[i])));
-        const norm = backend === 'webgpu' ? opt.applyClipped(params, grads, 1e-2, 1) : (() => {
-          const { grads: c, norm: nn } = clipByGlobalNorm(grads, 1);
-          opt.apply(params, c, 1e-2);
-          return nn;
-        })();
+        [...params.keys()].forEach(
+          (name, i) =>
+            (grads[name] = tf.tensor(randHost(shapes[i], 30 + step * 7 + i, step === 1 ? 5 : 0.01).data, shapes[i])),
+        );
+        const norm =
+          backend === 'webgpu'
+            ? opt.applyClipped(params, grads, 1e-2, 1)
+            : (() => {
+                const { grads: c, norm: nn } = clipByGlobalNorm(grads, 1);
+                opt.apply(params, c, 1e-2);
+                return nn;
+              })();
         norms.push((await norm.data())[0]);
         tf.dispose([norm, ...Object.values(grads)]);
       }
@@ -211,7 +278,10 @@ describe.skipIf(!hasWebGPU)('fused WebGPU kernels match the reference ops', () =
     await useBackend('webgpu');
     setFusedKernels(true);
     const config = tinyConfig({ vocabSize: 48, hiddenSize: 32, numLayers: 2, numHeads: 4 });
-    const trainer = new Trainer(GPTNeoX.random(config, 3), { hyper: tinyHyper(8, { batchSize: 2, seqLen: 16 }), batches: syntheticBatches(48, 2, 16, 5) });
+    const trainer = new Trainer(GPTNeoX.random(config, 3), {
+      hyper: tinyHyper(8, { batchSize: 2, seqLen: 16 }),
+      batches: syntheticBatches(48, 2, 16, 5),
+    });
     const losses: number[] = [];
     // As in training: the loss is read now and then, not every step.
     const step = async (read: boolean) => {
@@ -252,7 +322,8 @@ describe.skipIf(!hasWebGPU)('fused WebGPU kernels match the reference ops', () =
     const unfused = await curve(false);
     const fused = await curve(true);
     expect(fused.length).toBe(20);
-    for (let i = 0; i < fused.length; i++) expect(Math.abs(fused[i] - unfused[i]), `report ${i}`).toBeLessThan(2e-3 * Math.max(1, unfused[i]));
+    for (let i = 0; i < fused.length; i++)
+      expect(Math.abs(fused[i] - unfused[i]), `report ${i}`).toBeLessThan(2e-3 * Math.max(1, unfused[i]));
     // It learned (the synthetic stream is predictable).
     expect(fused[fused.length - 1]).toBeLessThan(unfused[0] / 2);
   }, 600_000);

@@ -20,9 +20,26 @@ import { AdamW, GPTNeoX, Trainer } from '../core/model/index.js';
 import { AdamWState, LossScale, lossScaleOptions, lossScaledAdamW } from '../core/model/ops/index.js';
 import { setPrecision } from '../core/model/precision.js';
 import * as tf from '../core/model/tfjs.js';
-import { F16_PRODUCT_TOL, halfProductCase, mixedCurveCheck, modelGradientCheck, randHost, relErr, runCase, sgTileCases } from '../core/model/webgpu/check.js';
+import {
+  F16_PRODUCT_TOL,
+  halfProductCase,
+  mixedCurveCheck,
+  modelGradientCheck,
+  randHost,
+  relErr,
+  runCase,
+  sgTileCases,
+} from '../core/model/webgpu/check.js';
 import { setFusedKernels } from '../core/model/webgpu/fused.js';
-import { chooseHalfProducts, fromHalf, halfProducts, halfShadow, halfWeight, matrixUnavailable, toHalf } from '../core/model/webgpu/half.js';
+import {
+  chooseHalfProducts,
+  fromHalf,
+  halfProducts,
+  halfShadow,
+  halfWeight,
+  matrixUnavailable,
+  toHalf,
+} from '../core/model/webgpu/half.js';
 import { linearCase, logitsCase } from '../core/model/webgpu/linear.js';
 import { autotuneMatMuls, clearMatMulTuning, matmul, sgTilesFor } from '../core/model/webgpu/matmul.js';
 import { release } from '../core/model/webgpu/runtime.js';
@@ -54,7 +71,14 @@ const H200_CONFIGS = [
   [16, 8, 16],
   [16, 8, 8],
 ].map(([M, N, K]) => ({ componentType: 'f16', resultComponentType: 'f32', M, N, K }));
-const H200 = { shaderF16: true, subgroupMatrixConfigs: H200_CONFIGS, subgroupMinSize: 32, subgroupMaxSize: 32, maxWorkgroupStorage: 49152, maxWorkgroupInvocations: 1024 };
+const H200 = {
+  shaderF16: true,
+  subgroupMatrixConfigs: H200_CONFIGS,
+  subgroupMinSize: 32,
+  subgroupMaxSize: 32,
+  maxWorkgroupStorage: 49152,
+  maxWorkgroupInvocations: 1024,
+};
 
 describe('choosing the precision of the products', () => {
   const lavapipe = { shaderF16: true, subgroupMatrixConfigs: [], subgroupMinSize: 8, subgroupMaxSize: 8 };
@@ -77,16 +101,24 @@ describe('choosing the precision of the products', () => {
     expect(matrixUnavailable(lavapipe)).toMatch(/no f16 → f32 subgroup-matrix configuration/);
     expect(matrixUnavailable(intel)).toMatch(/subgroup size varies \(8–32\)/);
     expect(matrixUnavailable(noF16)).toMatch(/no shader-f16/);
-    expect(() => chooseHalfProducts('mixed', lavapipe, 'matrix')).toThrow(/OFFSHOOT_WEBGPU_F16=matrix: the adapter offers no f16 → f32/);
-    expect(() => chooseHalfProducts('mixed', noF16, 'storage')).toThrow(/OFFSHOOT_WEBGPU_F16=storage: the adapter has no shader-f16/);
-    expect(() => chooseHalfProducts('mixed', H200, 'bf16')).toThrow(/OFFSHOOT_WEBGPU_F16: invalid value "bf16"; expected one of auto, matrix, storage, off/);
+    expect(() => chooseHalfProducts('mixed', lavapipe, 'matrix')).toThrow(
+      /OFFSHOOT_WEBGPU_F16=matrix: the adapter offers no f16 → f32/,
+    );
+    expect(() => chooseHalfProducts('mixed', noF16, 'storage')).toThrow(
+      /OFFSHOOT_WEBGPU_F16=storage: the adapter has no shader-f16/,
+    );
+    expect(() => chooseHalfProducts('mixed', H200, 'bf16')).toThrow(
+      /OFFSHOOT_WEBGPU_F16: invalid value "bf16"; expected one of auto, matrix, storage, off/,
+    );
   });
 
   it("applies Dawn's f16 toggle on NVIDIA only, unless OFFSHOOT_DAWN_TOGGLES says otherwise", () => {
     const saved = process.env.OFFSHOOT_DAWN_TOGGLES;
     delete process.env.OFFSHOOT_DAWN_TOGGLES;
     try {
-      expect(dawnToggles('nvidia')).toBe('allow_unsafe_apis,disable_robustness,vulkan_enable_f16_on_nvidia,use_vulkan_memory_model');
+      expect(dawnToggles('nvidia')).toBe(
+        'allow_unsafe_apis,disable_robustness,vulkan_enable_f16_on_nvidia,use_vulkan_memory_model',
+      );
       expect(dawnToggles('mesa')).toBe('allow_unsafe_apis,disable_robustness');
       expect(dawnToggles(undefined)).toBe('allow_unsafe_apis,disable_robustness');
       process.env.OFFSHOOT_DAWN_TOGGLES = 'allow_unsafe_apis';
@@ -110,11 +142,22 @@ describe('choosing the precision of the products', () => {
 
 describe('loss scaling (reference, cpu backend)', () => {
   it('rejects bad options, naming the field', () => {
-    expect(lossScaleOptions({})).toEqual({ initScale: 65536, growthFactor: 2, backoffFactor: 0.5, growthInterval: 2000 });
+    expect(lossScaleOptions({})).toEqual({
+      initScale: 65536,
+      growthFactor: 2,
+      backoffFactor: 0.5,
+      growthInterval: 2000,
+    });
     expect(() => lossScaleOptions({ initScale: 0 })).toThrow('loss scale: initScale must be a positive number, got 0');
-    expect(() => lossScaleOptions({ growthFactor: 1 })).toThrow('loss scale: growthFactor must be a number above 1, got 1');
-    expect(() => lossScaleOptions({ backoffFactor: 1.5 })).toThrow('loss scale: backoffFactor must be between 0 and 1, got 1.5');
-    expect(() => lossScaleOptions({ growthInterval: 2.5 })).toThrow('loss scale: growthInterval must be a whole number from 1 to 2^24, got 2.5');
+    expect(() => lossScaleOptions({ growthFactor: 1 })).toThrow(
+      'loss scale: growthFactor must be a number above 1, got 1',
+    );
+    expect(() => lossScaleOptions({ backoffFactor: 1.5 })).toThrow(
+      'loss scale: backoffFactor must be between 0 and 1, got 1.5',
+    );
+    expect(() => lossScaleOptions({ growthInterval: 2.5 })).toThrow(
+      'loss scale: growthInterval must be a whole number from 1 to 2^24, got 2.5',
+    );
   });
 
   it('skips a step whose gradients overflowed (weights and moments untouched), backs off, then grows after clean steps', async () => {
@@ -132,13 +175,23 @@ describe('loss scaling (reference, cpu backend)', () => {
     for (let i = 0; i < 12; i++) {
       const { loss, gradNorm } = await trainer.trainStep();
       const s = await trainer.optimizer.lossScale!.read();
-      reports.push({ scale: s.scale, skipped: s.skippedSteps, norm: (await gradNorm.data())[0], loss: (await loss.data())[0] });
+      reports.push({
+        scale: s.scale,
+        skipped: s.skippedSteps,
+        norm: (await gradNorm.data())[0],
+        loss: (await loss.data())[0],
+      });
       if (i === 0) {
         // Skipped: every weight exactly as before, the moments still zero.
         const after = await trainer.model.toHost();
         for (const [name, t] of before) expect(Array.from(after.get(name)!.data), name).toEqual(Array.from(t.data));
         const moments = await trainer.optimizer.stateToHost();
-        for (const [key, t] of moments) if (key.startsWith('m.') || key.startsWith('v.')) expect((t.data as Float32Array).every((x) => x === 0), key).toBe(true);
+        for (const [key, t] of moments)
+          if (key.startsWith('m.') || key.startsWith('v.'))
+            expect(
+              (t.data as Float32Array).every((x) => x === 0),
+              key,
+            ).toBe(true);
         expect(moments0.has('loss_scale')).toBe(true);
       }
       tf.dispose([loss, gradNorm]);
@@ -160,7 +213,11 @@ describe('loss scaling (reference, cpu backend)', () => {
     await useBackend('cpu');
     const config = tinyConfig();
     const run = async (lossScale: boolean) => {
-      const trainer = new Trainer(GPTNeoX.random(config, 3), { hyper: tinyHyper(6), batches: syntheticBatches(48, 2, 8, 1), lossScale });
+      const trainer = new Trainer(GPTNeoX.random(config, 3), {
+        hyper: tinyHyper(6),
+        batches: syntheticBatches(48, 2, 8, 1),
+        lossScale,
+      });
       await trainer.run();
       const w = await trainer.model.toHost();
       trainer.dispose();
@@ -168,7 +225,8 @@ describe('loss scaling (reference, cpu backend)', () => {
     };
     const plain = await run(false);
     const scaled = await run(true);
-    for (const [name, t] of plain) expect(relErr(scaled.get(name)!.data as Float32Array, t.data as Float32Array), name).toBeLessThan(1e-6);
+    for (const [name, t] of plain)
+      expect(relErr(scaled.get(name)!.data as Float32Array, t.data as Float32Array), name).toBeLessThan(1e-6);
   });
 
   it('goes into the checkpoint with the optimiser state: a resumed run continues exactly', async () => {
@@ -185,11 +243,21 @@ describe('loss scaling (reference, cpu backend)', () => {
     straight.dispose();
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'offshoot-loss-scale-'));
     try {
-      const first = Trainer.createOrResume(config, () => GPTNeoX.random(config, 5), { hyper, batches, lossScale, checkpointDir: dir });
+      const first = Trainer.createOrResume(config, () => GPTNeoX.random(config, 5), {
+        hyper,
+        batches,
+        lossScale,
+        checkpointDir: dir,
+      });
       await first.run(4);
       const saved = await first.optimizer.lossScale!.toHost();
       first.dispose();
-      const second = Trainer.createOrResume(config, () => GPTNeoX.random(config, 99), { hyper, batches, lossScale, checkpointDir: dir });
+      const second = Trainer.createOrResume(config, () => GPTNeoX.random(config, 99), {
+        hyper,
+        batches,
+        lossScale,
+        checkpointDir: dir,
+      });
       expect(Array.from((await second.optimizer.lossScale!.toHost()).data)).toEqual(Array.from(saved.data));
       await second.run();
       const resumed = await second.model.toHost();
@@ -197,7 +265,12 @@ describe('loss scaling (reference, cpu backend)', () => {
       second.dispose();
       for (const [name, t] of expected) expect(Array.from(resumed.get(name)!.data), name).toEqual(Array.from(t.data));
       // A run without loss scaling resumes from it too (the saved scale is ignored).
-      const plain = Trainer.createOrResume(config, () => GPTNeoX.random(config, 99), { hyper, batches, lossScale: false, checkpointDir: dir });
+      const plain = Trainer.createOrResume(config, () => GPTNeoX.random(config, 99), {
+        hyper,
+        batches,
+        lossScale: false,
+        checkpointDir: dir,
+      });
       expect(plain.optimizer.lossScale).toBeNull();
       plain.dispose();
     } finally {
@@ -207,7 +280,10 @@ describe('loss scaling (reference, cpu backend)', () => {
 
   it('is off by default where the products are not f16', async () => {
     await useBackend('cpu');
-    const trainer = new Trainer(GPTNeoX.random(tinyConfig(), 3), { hyper: tinyHyper(2), batches: syntheticBatches(48, 2, 8, 1) });
+    const trainer = new Trainer(GPTNeoX.random(tinyConfig(), 3), {
+      hyper: tinyHyper(2),
+      batches: syntheticBatches(48, 2, 8, 1),
+    });
     expect(trainer.optimizer.lossScale).toBeNull();
     trainer.dispose();
   });
@@ -218,7 +294,10 @@ describe.skipIf(!hasWebGPU)('f16 on the webgpu backend (lavapipe: shader-f16, no
     await useBackend('webgpu');
     delete process.env.OFFSHOOT_WEBGPU_F16;
     expect(halfProducts()).toBe('off');
-    const trainer = new Trainer(GPTNeoX.random(tinyConfig(), 3), { hyper: tinyHyper(2), batches: syntheticBatches(48, 2, 8, 1) });
+    const trainer = new Trainer(GPTNeoX.random(tinyConfig(), 3), {
+      hyper: tinyHyper(2),
+      batches: syntheticBatches(48, 2, 8, 1),
+    });
     expect(trainer.optimizer.lossScale).toBeNull();
     trainer.dispose();
     f16Storage();
@@ -229,7 +308,20 @@ describe.skipIf(!hasWebGPU)('f16 on the webgpu backend (lavapipe: shader-f16, no
 
   it('converts f32 to f16 and back: exact where f16 can hold the value, +inf past its range (the overflow check relies on it)', async () => {
     await useBackend('webgpu');
-    const values = Float32Array.of(0, 1, -2.5, 0.333251953125, 65504, -65504, 1e-3, 65536, -1e6, NaN, Infinity, 3.0517578125e-5);
+    const values = Float32Array.of(
+      0,
+      1,
+      -2.5,
+      0.333251953125,
+      65504,
+      -65504,
+      1e-3,
+      65536,
+      -1e6,
+      NaN,
+      Infinity,
+      3.0517578125e-5,
+    );
     for (const n of [values.length, 8]) {
       const x = tf.tensor1d(values.slice(0, n));
       const h = toHalf(x);
@@ -255,14 +347,18 @@ describe.skipIf(!hasWebGPU)('f16 on the webgpu backend (lavapipe: shader-f16, no
     linearCase(21, 16, 9, 'gelu', 2 * tol),
     logitsCase(24, 16, 1100, 2 * tol),
   ];
-  it.each(cases.map((c) => [c.name, c] as const))('f16 operands, f32 results (storage mode) within tolerance of f32: %s', async (_name, c) => {
-    f16Storage();
-    const r = await runCase(c, 'cpu');
-    expect(r.valueErr, 'value').toBeLessThan(c.tol);
-    // f16 rounding did happen: not the f32 result.
-    expect(r.valueErr).toBeGreaterThan(1e-6);
-    r.gradErrs.forEach((e, i) => expect(e, `gradient of input ${c.diff[i]}`).toBeLessThan(c.tol));
-  }, 300_000);
+  it.each(cases.map((c) => [c.name, c] as const))(
+    'f16 operands, f32 results (storage mode) within tolerance of f32: %s',
+    async (_name, c) => {
+      f16Storage();
+      const r = await runCase(c, 'cpu');
+      expect(r.valueErr, 'value').toBeLessThan(c.tol);
+      // f16 rounding did happen: not the f32 result.
+      expect(r.valueErr).toBeGreaterThan(1e-6);
+      r.gradErrs.forEach((e, i) => expect(e, `gradient of input ${c.diff[i]}`).toBeLessThan(c.tol));
+    },
+    300_000,
+  );
 
   it('the autotuner times f16 products too, checking every candidate against the f32 kernel', async () => {
     f16Storage();
@@ -272,7 +368,10 @@ describe.skipIf(!hasWebGPU)('f16 on the webgpu backend (lavapipe: shader-f16, no
     const a = tf.tensor(randHost([M, K], 3).data, [M, K]);
     const b = tf.tensor(randHost([N, K], 4).data, [N, K]);
     const [ah, bh] = [toHalf(a), toHalf(b)];
-    const product = () => tf.engine().makeTensorFromTensorInfo(matmul({ a: ah, b: bh, M, N, K, transB: true, aType: 'f16', bType: 'f16' }).c);
+    const product = () =>
+      tf
+        .engine()
+        .makeTensorFromTensorInfo(matmul({ a: ah, b: bh, M, N, K, transB: true, aType: 'f16', bType: 'f16' }).c);
     const first = product();
     const tuned = await autotuneMatMuls({ targetMs: 1 });
     const result = tuned.find((t) => t.shape === `${M}x${N}x${K}NT f16`);
@@ -303,13 +402,31 @@ describe.skipIf(!hasWebGPU)('f16 on the webgpu backend (lavapipe: shader-f16, no
   const tileCases = [
     ...emulated.flatMap((t) => sgTileCases(t)),
     // Two slabs: a whole and a ragged shape.
-    ...((t) => [sgTileCases(t)[0], sgTileCases(t)[8]])(sgTile({ M: 8, N: 8, K: 8, SGX: 2, SGY: 1, RM: 2, RN: 2, BK: 16, staging: 'workgroup', double: true, emulate: true })),
+    ...((t) => [sgTileCases(t)[0], sgTileCases(t)[8]])(
+      sgTile({
+        M: 8,
+        N: 8,
+        K: 8,
+        SGX: 2,
+        SGY: 1,
+        RM: 2,
+        RN: 2,
+        BK: 16,
+        staging: 'workgroup',
+        double: true,
+        emulate: true,
+      }),
+    ),
   ];
-  it.each(tileCases.map((c) => [c.name, c] as const))('subgroup-matrix tile, builtins emulated: %s', async (_name, c) => {
-    const r = await runCase(c, 'cpu');
-    expect(r.valueErr).toBeLessThan(c.tol);
-    expect(r.valueErr).toBeGreaterThan(1e-6);
-  }, 600_000);
+  it.each(tileCases.map((c) => [c.name, c] as const))(
+    'subgroup-matrix tile, builtins emulated: %s',
+    async (_name, c) => {
+      const r = await runCase(c, 'cpu');
+      expect(r.valueErr).toBeLessThan(c.tol);
+      expect(r.valueErr).toBeGreaterThan(1e-6);
+    },
+    600_000,
+  );
 
   it('the fused loss-scaled AdamW step matches the reference, overflow skip and f16 weight copies included', async () => {
     const shapes = [[33, 20], [20], [7, 5], [70, 90], [3], [257], [16, 16], [40, 9], [5000], [11, 3], [64], [128, 40]];
@@ -331,7 +448,12 @@ describe.skipIf(!hasWebGPU)('f16 on the webgpu backend (lavapipe: shader-f16, no
           return tf.tensor(g.data, shapes[i]);
         });
         const entries = names.map((name, i) => ({ name, param: params.get(name)!, grad: grads[i], decays: i !== 1 }));
-        const norm = lossScaledAdamW(state, entries, { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, step, maxNorm: 1 }, scale);
+        const norm = lossScaledAdamW(
+          state,
+          entries,
+          { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, step, maxNorm: 1 },
+          scale,
+        );
         norms.push((await norm.data())[0]);
         tf.dispose([norm, ...grads]);
       }
@@ -353,7 +475,8 @@ describe.skipIf(!hasWebGPU)('f16 on the webgpu backend (lavapipe: shader-f16, no
     got.weights.forEach((w, i) => expect(relErr(w, ref.weights[i]), names[i]).toBeLessThan(1e-5));
     expect(Number.isFinite(got.norms[2])).toBe(false);
     [0, 1, 3].forEach((i) => expect(Math.abs(got.norms[i] - ref.norms[i]) / ref.norms[i]).toBeLessThan(1e-5));
-    for (const [key, t] of ref.moments) expect(relErr(got.moments.get(key)!.data as Float32Array, t.data as Float32Array), key).toBeLessThan(1e-5);
+    for (const [key, t] of ref.moments)
+      expect(relErr(got.moments.get(key)!.data as Float32Array, t.data as Float32Array), key).toBeLessThan(1e-5);
     // [scale, clean steps, skipped steps]: 1024 → 2048 after two clean steps → 1024 on the overflow.
     expect(Array.from(got.scaleState.data)).toEqual(Array.from(ref.scaleState.data));
     expect(Array.from(ref.scaleState.data)).toEqual([1024, 1, 1]);
@@ -366,7 +489,13 @@ describe.skipIf(!hasWebGPU)('f16 on the webgpu backend (lavapipe: shader-f16, no
 
   it('mixed (f16 storage, loss scaling) and f32 training curves agree over 200 steps from the same init', async () => {
     f16Storage();
-    const r = await mixedCurveCheck(tinyConfig({ vocabSize: 48, hiddenSize: 32, numLayers: 2, numHeads: 4 }), 200, 2, 16, { lr: 3e-3 });
+    const r = await mixedCurveCheck(
+      tinyConfig({ vocabSize: 48, hiddenSize: 32, numLayers: 2, numHeads: 4 }),
+      200,
+      2,
+      16,
+      { lr: 3e-3 },
+    );
     expect(r.halfProducts).toBe('storage');
     expect(r.mixed.length).toBe(200);
     expect(r.skippedSteps).toBe(0);
@@ -410,7 +539,12 @@ describe.skipIf(!hasWebGPU)('f16 on the webgpu backend (lavapipe: shader-f16, no
       expect(scale).toBeLessThan(2 ** 25);
       // Backing off reached a scale that fits, and the model trained from there.
       expect(losses[losses.length - 1]).toBeLessThan(losses[0]);
-      const resumed = Trainer.createOrResume(config, () => GPTNeoX.random(config, 9), { hyper: tinyHyper(30, { batchSize: 2, seqLen: 16 }), batches: syntheticBatches(48, 2, 16, 5), lossScale, checkpointDir: dir });
+      const resumed = Trainer.createOrResume(config, () => GPTNeoX.random(config, 9), {
+        hyper: tinyHyper(30, { batchSize: 2, seqLen: 16 }),
+        batches: syntheticBatches(48, 2, 16, 5),
+        lossScale,
+        checkpointDir: dir,
+      });
       expect(resumed.step).toBe(20);
       expect(Array.from((await resumed.optimizer.lossScale!.toHost()).data)).toEqual(Array.from(saved.data));
       const result = await resumed.run();
@@ -424,7 +558,10 @@ describe.skipIf(!hasWebGPU)('f16 on the webgpu backend (lavapipe: shader-f16, no
   it('AdamW keeps the f16 weight copies of a model in step, and drops those of freed weights', async () => {
     f16Storage();
     await useBackend('webgpu');
-    const trainer = new Trainer(GPTNeoX.random(tinyConfig(), 3), { hyper: tinyHyper(3), batches: syntheticBatches(48, 2, 8, 1) });
+    const trainer = new Trainer(GPTNeoX.random(tinyConfig(), 3), {
+      hyper: tinyHyper(3),
+      batches: syntheticBatches(48, 2, 8, 1),
+    });
     await trainer.run();
     const w = trainer.model.params.get('embed_out.weight')!;
     const copy = halfShadow(w);
@@ -445,7 +582,9 @@ describe("the subgroup-matrix kernels' WGSL compiles for the H200's configuratio
     try {
       const gpu = dawn.create(['enable-dawn-features=allow_unsafe_apis', 'backend=null']);
       const adapter = (await gpu.requestAdapter())!;
-      const device = await adapter.requestDevice({ requiredFeatures: ['shader-f16', 'subgroups', 'chromium-experimental-subgroup-matrix'] as GPUFeatureName[] });
+      const device = await adapter.requestDevice({
+        requiredFeatures: ['shader-f16', 'subgroups', 'chromium-experimental-subgroup-matrix'] as GPUFeatureName[],
+      });
       const failures: string[] = [];
       let compiled = 0;
       for (const tile of sgTilesFor(H200)) {
@@ -456,10 +595,26 @@ describe("the subgroup-matrix kernels' WGSL compiles for the H200's configuratio
           [true, true, 'bias', false, 'f32'],
         ] as const) {
           if (tile.staging === 'direct' && (!exact || aType !== 'f16')) continue;
-          const v: SgMatMulVariant = { ...tile, subgroupSize: 32, transA, transB, aType, bType: 'f16', widthA: aType === 'f16' ? 8 : 4, widthB: 4, exact, epilogue, splitK: false, batched: !exact && epilogue === 'none', triangle: 'none' };
+          const v: SgMatMulVariant = {
+            ...tile,
+            subgroupSize: 32,
+            transA,
+            transB,
+            aType,
+            bType: 'f16',
+            widthA: aType === 'f16' ? 8 : 4,
+            widthB: 4,
+            exact,
+            epilogue,
+            splitK: false,
+            batched: !exact && epilogue === 'none',
+            triangle: 'none',
+          };
           const module = device.createShaderModule({ code: sgMatmulSource(v) });
           const info = await module.getCompilationInfo();
-          const messages = info.messages.filter((m) => m.type !== 'info').map((m) => `${m.type} ${m.lineNum}:${m.linePos} ${m.message}`);
+          const messages = info.messages
+            .filter((m) => m.type !== 'info')
+            .map((m) => `${m.type} ${m.lineNum}:${m.linePos} ${m.message}`);
           if (messages.length) failures.push(`${JSON.stringify(v)}: ${messages.join('; ')}`);
           compiled++;
         }

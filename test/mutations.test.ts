@@ -10,19 +10,32 @@ import { uniformConfig } from '../core/model/index.js';
 import { type MutationOperator, MutationRegistry, SeededRng } from '../core/search/index.js';
 import { Machinery } from '../core/subnet/genome.js';
 import { SUBNET_MUTATIONS } from '../core/subnet/mutations.js';
-import { SUBNET_SPACE_DEFAULTS, type SpaceKind, SpecError, createSubnetSpace, resolveDims, resolveTarget } from '../core/subnet/pure.js';
+import {
+  SUBNET_SPACE_DEFAULTS,
+  type SpaceKind,
+  SpecError,
+  createSubnetSpace,
+  resolveDims,
+  resolveTarget,
+} from '../core/subnet/pure.js';
 import { ConfigError, defaultConfig, parseConfig, pipelineInput } from '../services/config/index.js';
 
 const teacher = uniformConfig({ vocabSize: 1024, hiddenSize: 128, numLayers: 4, numHeads: 8, maxPositions: 256 });
 
 /** A registry over a counter genome: each operator adds its weight to the genome's entry for it. */
 function countingRegistry(): MutationRegistry<Record<string, number>, { odd: boolean }> {
-  const op = (name: string, applies?: (c: { odd: boolean }) => boolean): MutationOperator<Record<string, number>, { odd: boolean }> => ({
+  const op = (
+    name: string,
+    applies?: (c: { odd: boolean }) => boolean,
+  ): MutationOperator<Record<string, number>, { odd: boolean }> => ({
     name,
     applies,
     apply: (g) => void (g[name] = (g[name] ?? 0) + 1),
   });
-  return new MutationRegistry<Record<string, number>, { odd: boolean }>().register(op('a')).register(op('b')).register(op('c', (c) => c.odd));
+  return new MutationRegistry<Record<string, number>, { odd: boolean }>()
+    .register(op('a'))
+    .register(op('b'))
+    .register(op('c', (c) => c.odd));
 }
 
 describe('the mutation registry', () => {
@@ -30,7 +43,10 @@ describe('the mutation registry', () => {
     const registry = countingRegistry();
     const rng = new SeededRng(1);
     const total = (g: Record<string, number>) => Object.values(g).reduce((a, b) => a + b, 0);
-    for (const [p, applied] of [[0, 1], [1, 2]] as const) {
+    for (const [p, applied] of [
+      [0, 1],
+      [1, 2],
+    ] as const) {
       for (let i = 0; i < 200; i++) {
         const g: Record<string, number> = {};
         registry.mutate(g, { odd: true }, rng, p);
@@ -59,7 +75,9 @@ describe('the mutation registry', () => {
   });
 
   it('refuses a second operator of the same name', () => {
-    expect(() => countingRegistry().register({ name: 'b', apply: () => undefined })).toThrow('mutation operator "b" is registered already');
+    expect(() => countingRegistry().register({ name: 'b', apply: () => undefined })).toThrow(
+      'mutation operator "b" is registered already',
+    );
   });
 });
 
@@ -72,7 +90,16 @@ describe("the sub-network space's operators", () => {
   it('are named, and each space draws from those that can change it', () => {
     expect(names('uniform')).toEqual(['embedding', 'heads', 'mlp', 'layers']);
     expect(names('layer-wise')).toEqual(['embedding', 'layer-heads', 'layer-mlp', 'layer-count']);
-    expect(names('granular')).toEqual(['embedding', 'layer-heads', 'layer-mlp', 'layer-count', 'move-layer', 'swap-channels', 'swap-heads', 'swap-neurons']);
+    expect(names('granular')).toEqual([
+      'embedding',
+      'layer-heads',
+      'layer-mlp',
+      'layer-count',
+      'move-layer',
+      'swap-channels',
+      'swap-heads',
+      'swap-neurons',
+    ]);
     expect(names('uniform', { headSize: [8, 16] })).toEqual(['embedding', 'head-size', 'heads', 'mlp', 'layers']);
   });
 
@@ -91,14 +118,21 @@ describe("the sub-network space's operators", () => {
     expect(walk(0)).not.toEqual(walk());
     expect(walk(1)).not.toEqual(walk());
     for (const bad of [-0.1, 1.5, Number.NaN, '0.5' as unknown as number]) {
-      expect(() => createSubnetSpace(teacher, { space: 'uniform', target, secondMutationProbability: bad })).toThrow(SpecError);
+      expect(() => createSubnetSpace(teacher, { space: 'uniform', target, secondMutationProbability: bad })).toThrow(
+        SpecError,
+      );
     }
-    expect(() => createSubnetSpace(teacher, { space: 'uniform', target, secondMutationProbability: 1.5 })).toThrow('secondMutationProbability: must be a probability in [0, 1], got 1.5');
+    expect(() => createSubnetSpace(teacher, { space: 'uniform', target, secondMutationProbability: 1.5 })).toThrow(
+      'secondMutationProbability: must be a probability in [0, 1], got 1.5',
+    );
   });
 
   it('the configuration sets it (search.secondMutationProbability) and the evolution gets it', () => {
     expect(defaultConfig().search.secondMutationProbability).toBe(0.3);
-    expect(pipelineInput(parseConfig({ search: { secondMutationProbability: 0.5 } })).evolution.space.secondMutationProbability).toBe(0.5);
+    expect(
+      pipelineInput(parseConfig({ search: { secondMutationProbability: 0.5 } })).evolution.space
+        .secondMutationProbability,
+    ).toBe(0.5);
     let err: ConfigError | undefined;
     try {
       parseConfig({ search: { secondMutationProbability: 2 } });

@@ -34,7 +34,12 @@ describe('operation registry', () => {
   it('dispatches on the active backend, skipping disabled kernels and shapes a kernel does not support', async () => {
     const double = defineOperation('test.double', (x: number): string => `reference ${2 * x}`);
     let on = true;
-    const offWhenAsked = double.register({ backend: 'toy', name: 'switchable', enabled: () => on, run: (x) => `switchable ${2 * x}` });
+    const offWhenAsked = double.register({
+      backend: 'toy',
+      name: 'switchable',
+      enabled: () => on,
+      run: (x) => `switchable ${2 * x}`,
+    });
     double.register({ backend: 'toy', name: 'small only', supports: (x) => x < 10, run: (x) => `small ${2 * x}` });
     double.register({ backend: 'other', run: (x) => `other ${2 * x}` });
 
@@ -59,8 +64,12 @@ describe('operation registry', () => {
   it('refuses to define an operation twice, and kernels without a backend or a run function', () => {
     const once = defineOperation('test.once', () => 1);
     expect(() => defineOperation('test.once', () => 2)).toThrow(/operation "test.once" is defined twice/);
-    expect(() => once.register({ backend: '', run: () => 3 })).toThrow(/operation "test.once": a kernel needs the name of the tfjs backend it runs on, got ""/);
-    expect(() => once.register({ backend: 'toy', name: 'broken' } as never)).toThrow(/operation "test.once": the toy kernel "broken" has no run function/);
+    expect(() => once.register({ backend: '', run: () => 3 })).toThrow(
+      /operation "test.once": a kernel needs the name of the tfjs backend it runs on, got ""/,
+    );
+    expect(() => once.register({ backend: 'toy', name: 'broken' } as never)).toThrow(
+      /operation "test.once": the toy kernel "broken" has no run function/,
+    );
     expect(once.kernels()).toEqual([]);
   });
 });
@@ -110,7 +119,12 @@ describe('a new backend plugs in through registrations alone', () => {
     };
 
     const calls = { forward: 0, backward: 0 };
-    const unregister = layerNorm.register({ backend: 'toy', name: 'counting LayerNorm', supports: (x) => x.rank === 2, run: countingLayerNorm(calls) });
+    const unregister = layerNorm.register({
+      backend: 'toy',
+      name: 'counting LayerNorm',
+      supports: (x) => x.rank === 2,
+      run: countingLayerNorm(calls),
+    });
     try {
       const ref = await lossAndGrads('cpu');
       expect(calls).toEqual({ forward: 0, backward: 0 });
@@ -134,7 +148,12 @@ describe('a new backend plugs in through registrations alone', () => {
 
 describe('docs/operations.md', () => {
   it("lists every operation with the backends that register kernels for it, as the backends' register.ts files do", async () => {
-    await Promise.all([import('../core/model/webgpu/register.js'), import('../core/model/tensorflow/register.js'), import('../core/model/wasm/register.js'), import('../core/model/cuda/register.js')]);
+    await Promise.all([
+      import('../core/model/webgpu/register.js'),
+      import('../core/model/tensorflow/register.js'),
+      import('../core/model/wasm/register.js'),
+      import('../core/model/cuda/register.js'),
+    ]);
     const doc = fs.readFileSync(new URL('../docs/operations.md', import.meta.url), 'utf8');
     // The table's rows: | `name` | module | reference | kernels |
     const documented = new Map<string, string[]>();

@@ -12,9 +12,23 @@ import { describe, expect, it } from 'vitest';
 
 import { presetConfig } from '../core/model/index.js';
 import { canonicalParameters, canonicalize } from '../core/subnet/pure.js';
-import { ConfigError, configLeaves, defaultConfig, loadConfigFile, parseConfig, pipelineInput } from '../services/config/index.js';
+import {
+  ConfigError,
+  configLeaves,
+  defaultConfig,
+  loadConfigFile,
+  parseConfig,
+  pipelineInput,
+} from '../services/config/index.js';
 import { ROOT } from '../services/stack/index.js';
-import { MAX_PAYLOAD_BYTES, PayloadTooLargeError, checkPayloadSize, evaluationSeed, firstKSpec, jsonBytes } from '../workflows/index.js';
+import {
+  MAX_PAYLOAD_BYTES,
+  PayloadTooLargeError,
+  checkPayloadSize,
+  evaluationSeed,
+  firstKSpec,
+  jsonBytes,
+} from '../workflows/index.js';
 import { payloadConverter } from '../workflows/payload-converter.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'offshoot-config-'));
@@ -33,13 +47,24 @@ describe('configuration', () => {
   it('docs/configuration.md documents every field', () => {
     const doc = fs.readFileSync(path.join(ROOT, 'docs', 'configuration.md'), 'utf8');
     const fields = configLeaves(defaultConfig()).map(([k]) => k.replace(/\.bin$/, ''));
-    const optional = ['search.choices', 'search.tournamentSize', 'search.elitism', 'search.crossoverProbability', 'search.mutationProbability', 'search.multiObjective', 'search.retryFailed'];
+    const optional = [
+      'search.choices',
+      'search.tournamentSize',
+      'search.elitism',
+      'search.crossoverProbability',
+      'search.mutationProbability',
+      'search.multiObjective',
+      'search.retryFailed',
+    ];
     for (const f of [...fields, ...optional]) expect(doc, f).toContain(`\`${f}\``);
   });
 
   it('a bad file is one error listing every problem with its field and value', () => {
     const file = path.join(tmp, 'bad.yaml');
-    fs.writeFileSync(file, 'search:\n  population: 1\n  target: { bins: 3 }\npretrain:\n  steps: many\n  checkpointEvery: 500\nservices:\n  temporal: { adress: x }\n');
+    fs.writeFileSync(
+      file,
+      'search:\n  population: 1\n  target: { bins: 3 }\npretrain:\n  steps: many\n  checkpointEvery: 500\nservices:\n  temporal: { adress: x }\n',
+    );
     let err: ConfigError | undefined;
     try {
       loadConfigFile(file);
@@ -47,7 +72,13 @@ describe('configuration', () => {
       err = e as ConfigError;
     }
     expect(err).toBeInstanceOf(ConfigError);
-    expect(err!.problems.map((p) => p.field).sort()).toEqual(['pretrain.checkpointEvery', 'pretrain.steps', 'search.population', 'search.target', 'services.temporal.adress']);
+    expect(err!.problems.map((p) => p.field).sort()).toEqual([
+      'pretrain.checkpointEvery',
+      'pretrain.steps',
+      'search.population',
+      'search.target',
+      'services.temporal.adress',
+    ]);
     expect(err!.message).toContain(`${file}: 5 problems:`);
     expect(err!.message).toMatch(/search\.population: .*got 1/);
     expect(err!.message).toMatch(/pretrain\.steps: .*got "many"/);
@@ -56,7 +87,9 @@ describe('configuration', () => {
   });
 
   it('search options are checked as core/search checks them, in the same list', () => {
-    expect(() => parseConfig({ search: { tournamentSize: 50 }, pretrain: { warmup: 500, steps: 100 } }, 'x.yaml')).toThrow(
+    expect(() =>
+      parseConfig({ search: { tournamentSize: 50 }, pretrain: { warmup: 500, steps: 100 } }, 'x.yaml'),
+    ).toThrow(
       /x\.yaml: 2 problems:\n {2}search\.tournamentSize: .*population = 8.*got 50\n {2}pretrain\.warmup: must be at most pretrain\.steps \(100\), got 500/,
     );
   });
@@ -65,12 +98,21 @@ describe('configuration', () => {
     const file = path.join(tmp, 'broken.yaml');
     fs.writeFileSync(file, 'search: [1, 2\n');
     expect(() => loadConfigFile(file)).toThrow(/broken\.yaml: 1 problem:\n {2}\(file\): not valid YAML/);
-    expect(() => loadConfigFile(path.join(tmp, 'missing.json'))).toThrow(/missing\.json: 1 problem:\n {2}\(file\): cannot read \(ENOENT\)/);
+    expect(() => loadConfigFile(path.join(tmp, 'missing.json'))).toThrow(
+      /missing\.json: 1 problem:\n {2}\(file\): cannot read \(ENOENT\)/,
+    );
   });
 
   it('JSON works as well, and the pipeline input follows the configuration', () => {
     const file = path.join(tmp, 'c.json');
-    fs.writeFileSync(file, JSON.stringify({ run: { name: 'j1', seed: 4 }, storage: { root: tmp }, pretrain: { distill: { enabled: false }, targetPpl: 50 } }));
+    fs.writeFileSync(
+      file,
+      JSON.stringify({
+        run: { name: 'j1', seed: 4 },
+        storage: { root: tmp },
+        pretrain: { distill: { enabled: false }, targetPpl: 50 },
+      }),
+    );
     const c = loadConfigFile(file);
     const input = pipelineInput(c);
     expect(input.run).toEqual({ runId: 'j1', dir: path.join(tmp, 'j1') });
@@ -113,15 +155,31 @@ describe('payloads and pure workflow helpers', () => {
 
 describe('workflow bundle', () => {
   const entries = [
-    ['the TypeScript sources', path.join(ROOT, 'workflows', 'index.ts'), path.join(ROOT, 'workflows', 'payload-converter.ts')],
-    ['dist/ (npm run build)', path.join(ROOT, 'dist', 'workflows', 'index.js'), path.join(ROOT, 'dist', 'workflows', 'payload-converter.js')],
+    [
+      'the TypeScript sources',
+      path.join(ROOT, 'workflows', 'index.ts'),
+      path.join(ROOT, 'workflows', 'payload-converter.ts'),
+    ],
+    [
+      'dist/ (npm run build)',
+      path.join(ROOT, 'dist', 'workflows', 'index.js'),
+      path.join(ROOT, 'dist', 'workflows', 'payload-converter.js'),
+    ],
   ] as const;
   for (const [what, entry, converter] of entries) {
-    it.skipIf(!fs.existsSync(entry))(`builds from ${what} with only deterministic imports`, async () => {
-      // Temporal's bundler fails on any import of a Node module (fs, crypto, ...), tfjs's included.
-      const { code } = await bundleWorkflowCode({ workflowsPath: entry, payloadConverterPath: converter, logger: { log() {}, trace() {}, debug() {}, info() {}, warn() {}, error() {} } });
-      for (const name of ['pipeline', 'evolution', 'pretrain']) expect(code).toContain(`function ${name}(`);
-      expect(code).not.toMatch(/@tensorflow\/tfjs/);
-    }, 120_000);
+    it.skipIf(!fs.existsSync(entry))(
+      `builds from ${what} with only deterministic imports`,
+      async () => {
+        // Temporal's bundler fails on any import of a Node module (fs, crypto, ...), tfjs's included.
+        const { code } = await bundleWorkflowCode({
+          workflowsPath: entry,
+          payloadConverterPath: converter,
+          logger: { log() {}, trace() {}, debug() {}, info() {}, warn() {}, error() {} },
+        });
+        for (const name of ['pipeline', 'evolution', 'pretrain']) expect(code).toContain(`function ${name}(`);
+        expect(code).not.toMatch(/@tensorflow\/tfjs/);
+      },
+      120_000,
+    );
   }
 });

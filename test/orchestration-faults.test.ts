@@ -17,8 +17,23 @@ import { temporal } from '@temporalio/proto';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 
 import { computeCheckpointHash } from '../core/model/index.js';
-import { type LossLine, evolutionInput, pretrainInput, readLosses, retrying, trainTinyTeacher, waitUntil } from './helpers/orchestration.js';
-import { type Stack, type WorkerProcess, startStack, startTemporal, startWorker, temporalAnswers } from '../services/stack/index.js';
+import {
+  type LossLine,
+  evolutionInput,
+  pretrainInput,
+  readLosses,
+  retrying,
+  trainTinyTeacher,
+  waitUntil,
+} from './helpers/orchestration.js';
+import {
+  type Stack,
+  type WorkerProcess,
+  startStack,
+  startTemporal,
+  startWorker,
+  temporalAnswers,
+} from '../services/stack/index.js';
 import { connectClient } from '../services/worker/index.js';
 import {
   type EvolutionResult,
@@ -57,7 +72,10 @@ let ids = 0;
 const wid = (name: string) => `test/${name}/${Date.now()}-${ids++}`;
 
 beforeAll(async () => {
-  [stack, teacher] = await Promise.all([startStack({ dir: path.join(tmp, 'stack'), logs: true }), Promise.resolve(trainTinyTeacher(path.join(tmp, 'teacher')))]);
+  [stack, teacher] = await Promise.all([
+    startStack({ dir: path.join(tmp, 'stack'), logs: true }),
+    Promise.resolve(trainTinyTeacher(path.join(tmp, 'teacher'))),
+  ]);
   client = await connectClient({ address: stack.temporal.address });
   await worker(['orchestrate'], 'orchestrate');
   testWorkers = [];
@@ -78,7 +96,11 @@ describe('pretraining actor', () => {
   it('survives kill -9 of its worker mid-segment: another worker resumes from the last checkpoint', async () => {
     const r = run('kill9');
     const p1 = await worker(['pretrain'], 'pretrain-1');
-    const handle = await client.workflow.start(pretrain, { workflowId: wid('kill9'), taskQueue: 'orchestrate', args: [pretrainInput(r, teacher, 'student')] });
+    const handle = await client.workflow.start(pretrain, {
+      workflowId: wid('kill9'),
+      taskQueue: 'orchestrate',
+      args: [pretrainInput(r, teacher, 'student')],
+    });
     const lossFile = path.join(r.dir, 'student', 'losses.jsonl');
     // Kill well into the segment, past at least two checkpoints (every 50 steps).
     await waitUntil('step 130', () => readLosses(lossFile).some((l) => l.step >= 130), 120_000, 20);
@@ -102,12 +124,15 @@ describe('pretraining actor', () => {
     const all = readLosses(lossFile);
     const second = all.filter((l) => l.attempt === 2);
     expect(second[0].step).toBe(seg.resumedFrom + 1);
-    expect(second.map((l) => l.step)).toEqual(Array.from({ length: 400 - seg.resumedFrom }, (_, i) => seg.resumedFrom + 1 + i));
+    expect(second.map((l) => l.step)).toEqual(
+      Array.from({ length: 400 - seg.resumedFrom }, (_, i) => seg.resumedFrom + 1 + i),
+    );
     expect(new Set(second.map((l) => l.worker))).toEqual(new Set([p2.identity]));
     // The loss curve continues: the redone steps repeat the first attempt's losses (same data, same
     // weights), far below where training started.
     const a1 = new Map(first.map((l) => [l.step, l.loss]));
-    for (const l of second.filter((x) => x.step <= killStep)) expect(Math.abs(l.loss - a1.get(l.step)!)).toBeLessThan(0.02);
+    for (const l of second.filter((x) => x.step <= killStep))
+      expect(Math.abs(l.loss - a1.get(l.step)!)).toBeLessThan(0.02);
     const mean = (xs: LossLine[]) => xs.reduce((a, l) => a + l.loss, 0) / xs.length;
     expect(mean(second.slice(0, 10))).toBeLessThan(mean(first.slice(0, 10)) - 0.05);
     expect(result.evals.map((e) => e.step)).toEqual([200, 400]);
@@ -116,7 +141,11 @@ describe('pretraining actor', () => {
   it('a SIGTERM checkpoints the running segment and exits; another worker finishes, nothing redone', async () => {
     const r = run('sigterm');
     const p1 = await worker(['pretrain'], 'pretrain-3');
-    const handle = await client.workflow.start(pretrain, { workflowId: wid('sigterm'), taskQueue: 'orchestrate', args: [pretrainInput(r, teacher, 'student', { checkpointEvery: 100 })] });
+    const handle = await client.workflow.start(pretrain, {
+      workflowId: wid('sigterm'),
+      taskQueue: 'orchestrate',
+      args: [pretrainInput(r, teacher, 'student', { checkpointEvery: 100 })],
+    });
     const lossFile = path.join(r.dir, 'student', 'losses.jsonl');
     await waitUntil('step 120', () => readLosses(lossFile).some((l) => l.step >= 120), 120_000, 20);
     const t = Date.now();
@@ -140,7 +169,11 @@ describe('pretraining actor', () => {
     const r = run('target');
     await worker(['pretrain'], 'pretrain-5');
     const input = pretrainInput(r, teacher, 'student', { evalEvery: 20, checkpointEvery: 10, targetPpl: 1000 });
-    const result = await client.workflow.execute(pretrain, { workflowId: wid('target'), taskQueue: 'orchestrate', args: [input] });
+    const result = await client.workflow.execute(pretrain, {
+      workflowId: wid('target'),
+      taskQueue: 'orchestrate',
+      args: [input],
+    });
     expect(result.reachedTarget).toBe(true);
     expect(result.steps).toBe(20);
     expect(result.evals).toHaveLength(1);
@@ -155,10 +188,23 @@ describe('evolution actor', () => {
     const e2 = await worker(['evaluate'], 'evaluate-2');
     const input = evolutionInput(run('evalkill'), teacher, {
       search: { budget: 6, population: 3, seed: 7 },
-      fitness: { budget: { kind: 'brief', steps: 60, batchSize: 8, seqLen: 32, evalTokens: 2048 }, order: 'first-k', layers: 'first' },
+      fitness: {
+        budget: { kind: 'brief', steps: 60, batchSize: 8, seqLen: 32, evalTokens: 2048 },
+        order: 'first-k',
+        layers: 'first',
+      },
     });
-    const handle = await client.workflow.start(evolution, { workflowId: wid('evalkill'), taskQueue: 'orchestrate', args: [input] });
-    const m = await waitUntil('an evaluation on evaluate-1', () => /evaluate: candidate (\d+) \(\w+\) attempt 1/.exec(e1.output()), 120_000, 10);
+    const handle = await client.workflow.start(evolution, {
+      workflowId: wid('evalkill'),
+      taskQueue: 'orchestrate',
+      args: [input],
+    });
+    const m = await waitUntil(
+      'an evaluation on evaluate-1',
+      () => /evaluate: candidate (\d+) \(\w+\) attempt 1/.exec(e1.output()),
+      120_000,
+      10,
+    );
     const killed = Number(m[1]);
     await e1.kill9();
     const result = await handle.result();
@@ -170,22 +216,44 @@ describe('evolution actor', () => {
     // Recorded once: one completed evaluate activity per candidate in the workflow's history.
     const history = await handle.fetchHistory();
     const events = history.events ?? [];
-    const scheduled = new Map(events.filter((e) => e.eventType === EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED).map((e) => [String(e.eventId), e.activityTaskScheduledEventAttributes?.activityType?.name]));
+    const scheduled = new Map(
+      events
+        .filter((e) => e.eventType === EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
+        .map((e) => [String(e.eventId), e.activityTaskScheduledEventAttributes?.activityType?.name]),
+    );
     const completed = events.filter((e) => e.eventType === EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED);
-    const evaluations = completed.filter((e) => scheduled.get(String(e.activityTaskCompletedEventAttributes?.scheduledEventId)) === 'evaluateCandidate');
+    const evaluations = completed.filter(
+      (e) => scheduled.get(String(e.activityTaskCompletedEventAttributes?.scheduledEventId)) === 'evaluateCandidate',
+    );
     expect(evaluations).toHaveLength(6);
   }, 240_000);
 
   it('the Temporal server stopped mid-search and restarted on its database: the search ends as an uninterrupted one', async () => {
     const e = await worker(['evaluate'], 'evaluate-3');
-    const input = evolutionInput(run('restart'), teacher, { search: { budget: 24, population: 4, seed: 11 }, continueAsNewEvery: 4 });
-    const reference = await client.workflow.execute(evolution, { workflowId: wid('restart-ref'), taskQueue: 'orchestrate', args: [input] });
+    const input = evolutionInput(run('restart'), teacher, {
+      search: { budget: 24, population: 4, seed: 11 },
+      continueAsNewEvery: 4,
+    });
+    const reference = await client.workflow.execute(evolution, {
+      workflowId: wid('restart-ref'),
+      taskQueue: 'orchestrate',
+      args: [input],
+    });
 
-    const handle = await client.workflow.start(evolution, { workflowId: wid('restart'), taskQueue: 'orchestrate', args: [input] });
-    const before = await waitUntil('6 evaluations', async () => {
-      const s = await handle.query(evolutionStatusQuery);
-      return s.evaluated >= 6 ? s : undefined;
-    }, 60_000, 20);
+    const handle = await client.workflow.start(evolution, {
+      workflowId: wid('restart'),
+      taskQueue: 'orchestrate',
+      args: [input],
+    });
+    const before = await waitUntil(
+      '6 evaluations',
+      async () => {
+        const s = await handle.query(evolutionStatusQuery);
+        return s.evaluated >= 6 ? s : undefined;
+      },
+      60_000,
+      20,
+    );
     expect(before.evaluated).toBeLessThan(24);
     await stack.restartTemporal({ downMs: 2000 });
     const result: EvolutionResult = await retrying(() => handle.result());
@@ -201,7 +269,12 @@ describe('evolution actor', () => {
     const e = await worker(['evaluate'], 'evaluate-4');
     // Past a few generations the search state (about 1 KB per evaluation here) is over the 8 KB set
     // here, so it goes to shared storage and travels by reference.
-    const input = evolutionInput(run('long'), teacher, { search: { budget: 44, population: 4, seed: 3 }, continueAsNewEvery: 3, parallelism: 2, inlineStateBytes: 8192 });
+    const input = evolutionInput(run('long'), teacher, {
+      search: { budget: 44, population: 4, seed: 3 },
+      continueAsNewEvery: 3,
+      parallelism: 2,
+      inlineStateBytes: 8192,
+    });
     const id = wid('long');
     const handle = await client.workflow.start(evolution, { workflowId: id, taskQueue: 'orchestrate', args: [input] });
     const result = await handle.result();
@@ -227,7 +300,11 @@ describe('evolution actor', () => {
   it('setBudget (update) and stop (signal) end a search early', async () => {
     const e = await worker(['evaluate'], 'evaluate-5');
     const big = { budget: 1000, population: 4, seed: 9 };
-    const h1 = await client.workflow.start(evolution, { workflowId: wid('budget'), taskQueue: 'orchestrate', args: [evolutionInput(run('budget'), teacher, { search: big, continueAsNewEvery: 1000 })] });
+    const h1 = await client.workflow.start(evolution, {
+      workflowId: wid('budget'),
+      taskQueue: 'orchestrate',
+      args: [evolutionInput(run('budget'), teacher, { search: big, continueAsNewEvery: 1000 })],
+    });
     await waitUntil('4 evaluations', async () => (await h1.query(evolutionStatusQuery)).evaluated >= 4, 60_000, 20);
     const best = await h1.query(evolutionBestQuery);
     expect(best?.status).toBe('ok');
@@ -237,12 +314,21 @@ describe('evolution actor', () => {
     expect(front.some((f) => f.id === best!.id)).toBe(true);
     const after = await h1.executeUpdate(setBudgetUpdate, { args: [10] });
     expect(after.budget).toBe(10);
-    const rejected = await h1.executeUpdate(setBudgetUpdate, { args: [-1] }).then(() => undefined, (err: Error) => err);
-    expect(String((rejected?.cause as Error | undefined)?.message)).toMatch(/budget must be a non-negative integer, got -1/);
+    const rejected = await h1.executeUpdate(setBudgetUpdate, { args: [-1] }).then(
+      () => undefined,
+      (err: Error) => err,
+    );
+    expect(String((rejected?.cause as Error | undefined)?.message)).toMatch(
+      /budget must be a non-negative integer, got -1/,
+    );
     const r1 = await h1.result();
     expect(r1.status.asked).toBe(10);
 
-    const h2 = await client.workflow.start(evolution, { workflowId: wid('stop'), taskQueue: 'orchestrate', args: [evolutionInput(run('stop'), teacher, { search: big, continueAsNewEvery: 1000 })] });
+    const h2 = await client.workflow.start(evolution, {
+      workflowId: wid('stop'),
+      taskQueue: 'orchestrate',
+      args: [evolutionInput(run('stop'), teacher, { search: big, continueAsNewEvery: 1000 })],
+    });
     await waitUntil('4 evaluations', async () => (await h2.query(evolutionStatusQuery)).evaluated >= 4, 60_000, 20);
     await h2.signal(stopSignal, 'test');
     const r2 = await h2.result();
@@ -268,7 +354,12 @@ describe('stack helper', () => {
 describe('payloads', () => {
   it('a payload over 2 MB is refused where it is made, naming the limit', async () => {
     const input = evolutionInput(run('big'), teacher);
-    const huge = { ...input, space: { ...input.space, choices: { layers: Array.from({ length: 1_200_000 }, () => 1) } } };
-    await expect(client.workflow.start(evolution, { workflowId: wid('big'), taskQueue: 'orchestrate', args: [huge] })).rejects.toThrow(/exceeds offshoot's 2 MB limit/);
+    const huge = {
+      ...input,
+      space: { ...input.space, choices: { layers: Array.from({ length: 1_200_000 }, () => 1) } },
+    };
+    await expect(
+      client.workflow.start(evolution, { workflowId: wid('big'), taskQueue: 'orchestrate', args: [huge] }),
+    ).rejects.toThrow(/exceeds offshoot's 2 MB limit/);
   });
 });

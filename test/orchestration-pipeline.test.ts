@@ -50,7 +50,11 @@ function start(args: string[]): ReturnType<typeof startOffshoot> {
 }
 
 function lastJson<T>(stdout: string): T {
-  const line = stdout.trim().split('\n').filter((l) => l.startsWith('{')).at(-1);
+  const line = stdout
+    .trim()
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .at(-1);
   if (!line) throw new Error(`no JSON on stdout:\n${stdout}`);
   return JSON.parse(line) as T;
 }
@@ -138,9 +142,13 @@ describe('offshoot run killed with kill -9', () => {
     const portFile = path.join(tmp, 'runs', 'orphans', 'teacher-service.port');
     const port = fs.readFileSync(portFile, 'utf8').trim();
     const left = Object.entries(record.processes!);
-    expect(left.map(([name]) => name)).toEqual(expect.arrayContaining(['temporal', 'nats', 'teacher', 'orchestrate', 'pretrain', 'evaluate-0']));
+    expect(left.map(([name]) => name)).toEqual(
+      expect.arrayContaining(['temporal', 'nats', 'teacher', 'orchestrate', 'pretrain', 'evaluate-0']),
+    );
     // The services outlive the killed run (workers may exit on their own once their parent is gone).
-    expect(left.filter(([, pid]) => alive(pid)).map(([name]) => name)).toEqual(expect.arrayContaining(['temporal', 'nats', 'teacher']));
+    expect(left.filter(([, pid]) => alive(pid)).map(([name]) => name)).toEqual(
+      expect.arrayContaining(['temporal', 'nats', 'teacher']),
+    );
 
     const r = await start(['run', '--config', configFile, '--json']).done;
     expect(r.code, r.stderr.slice(-3000)).toBe(0);
@@ -179,7 +187,14 @@ describe('offshoot run against an external Temporal', () => {
     );
     const configFile = path.join(tmp, 'external.yaml');
     // No teacher service (distillation in the workers), long pretraining so there is time to cancel.
-    fs.writeFileSync(configFile, tinyConfig('ext', { pretrainSteps: 5000, teacherService: false, extra: `services: { temporal: { address: "${address}" } }` }));
+    fs.writeFileSync(
+      configFile,
+      tinyConfig('ext', {
+        pretrainSteps: 5000,
+        teacherService: false,
+        extra: `services: { temporal: { address: "${address}" } }`,
+      }),
+    );
     const run = start(['run', '--config', configFile, '--json']);
     await waitUntil(
       'pretraining',

@@ -16,7 +16,9 @@ import { testBackends, useBackend } from './helpers/backends.js';
 import { hfPython, requireHfPython } from './helpers/python.js';
 
 const FIXTURES = path.join(import.meta.dirname, 'fixtures', 'neox');
-const fixtureNames = fs.readdirSync(FIXTURES).filter((n) => fs.existsSync(path.join(FIXTURES, n, 'reference.safetensors')));
+const fixtureNames = fs
+  .readdirSync(FIXTURES)
+  .filter((n) => fs.existsSync(path.join(FIXTURES, n, 'reference.safetensors')));
 const backends = await testBackends();
 
 afterAll(() => useBackend('cpu'));
@@ -37,7 +39,9 @@ describe.each(backends)('logits match transformers on %s', (backend) => {
     const ids = ref.get('input_ids')!;
     const expected = ref.get('logits')!;
     const model = GPTNeoX.fromTensors(ckpt.config, ckpt.tensors, dir);
-    const logits = tf.tidy(() => model.logits(tf.tensor2d(ids.data as Int32Array, ids.shape as [number, number], 'int32')));
+    const logits = tf.tidy(() =>
+      model.logits(tf.tensor2d(ids.data as Int32Array, ids.shape as [number, number], 'int32')),
+    );
     expect(logits.shape).toEqual(expected.shape);
     expect(await maxAbsDiff(logits, expected.data as Float32Array)).toBeLessThan(1e-4);
     logits.dispose();
@@ -49,27 +53,45 @@ describe('checkpoints offshoot writes load in transformers', () => {
   // CI installs the oracle (scripts/setup-python.sh); elsewhere the round trip needs it set up first.
   const python = process.env.CI ? requireHfPython() : hfPython();
 
-  it.skipIf(python === null).each(['float32', 'bfloat16'] as const)('same logits and parameter count (%s)', async (dtype) => {
-    await useBackend('cpu');
-    const src = path.join(FIXTURES, 'odd-h48-heads3');
-    const ckpt = loadCheckpoint(src);
-    const model = GPTNeoX.fromTensors(ckpt.config, ckpt.tensors, src);
-    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'offshoot-hf-'));
-    const out = path.join(tmp, 'student');
-    await saveCheckpoint(out, model.config, await model.toHost(), { dtype, requireTransformersCompatible: true });
-    const ids = [[3, 14, 15, 92, 65, 35, 89, 79, 32, 38, 46, 26, 43], [0, 96, 1, 2, 50, 50, 50, 7, 8, 9, 10, 11, 12]];
-    fs.writeFileSync(path.join(tmp, 'ids.json'), JSON.stringify(ids));
-    const run = spawnSync(python!, [path.join(import.meta.dirname, 'fixtures', 'hf_logits.py'), '--model', out, '--ids', path.join(tmp, 'ids.json'), '--out', path.join(tmp, 'logits.safetensors')], { encoding: 'utf8' });
-    expect(run.status, run.stderr).toBe(0);
-    expect(JSON.parse(run.stdout.trim().split('\n').pop()!).num_parameters).toBe(parameterCount(model.config));
-    const theirs = readSafetensors(path.join(tmp, 'logits.safetensors')).tensors.get('logits')!;
-    // Ours, from the weights as written (bf16 rounds them).
-    const reloaded = loadCheckpoint(out);
-    const ours = GPTNeoX.fromTensors(reloaded.config, reloaded.tensors, out);
-    const logits = tf.tidy(() => ours.logits(tf.tensor2d(ids, [2, 13], 'int32')));
-    expect(await maxAbsDiff(logits, theirs.data as Float32Array)).toBeLessThan(1e-4);
-    tf.dispose([logits]);
-    ours.dispose();
-    model.dispose();
-  });
+  it.skipIf(python === null).each(['float32', 'bfloat16'] as const)(
+    'same logits and parameter count (%s)',
+    async (dtype) => {
+      await useBackend('cpu');
+      const src = path.join(FIXTURES, 'odd-h48-heads3');
+      const ckpt = loadCheckpoint(src);
+      const model = GPTNeoX.fromTensors(ckpt.config, ckpt.tensors, src);
+      const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'offshoot-hf-'));
+      const out = path.join(tmp, 'student');
+      await saveCheckpoint(out, model.config, await model.toHost(), { dtype, requireTransformersCompatible: true });
+      const ids = [
+        [3, 14, 15, 92, 65, 35, 89, 79, 32, 38, 46, 26, 43],
+        [0, 96, 1, 2, 50, 50, 50, 7, 8, 9, 10, 11, 12],
+      ];
+      fs.writeFileSync(path.join(tmp, 'ids.json'), JSON.stringify(ids));
+      const run = spawnSync(
+        python!,
+        [
+          path.join(import.meta.dirname, 'fixtures', 'hf_logits.py'),
+          '--model',
+          out,
+          '--ids',
+          path.join(tmp, 'ids.json'),
+          '--out',
+          path.join(tmp, 'logits.safetensors'),
+        ],
+        { encoding: 'utf8' },
+      );
+      expect(run.status, run.stderr).toBe(0);
+      expect(JSON.parse(run.stdout.trim().split('\n').pop()!).num_parameters).toBe(parameterCount(model.config));
+      const theirs = readSafetensors(path.join(tmp, 'logits.safetensors')).tensors.get('logits')!;
+      // Ours, from the weights as written (bf16 rounds them).
+      const reloaded = loadCheckpoint(out);
+      const ours = GPTNeoX.fromTensors(reloaded.config, reloaded.tensors, out);
+      const logits = tf.tidy(() => ours.logits(tf.tensor2d(ids, [2, 13], 'int32')));
+      expect(await maxAbsDiff(logits, theirs.data as Float32Array)).toBeLessThan(1e-4);
+      tf.dispose([logits]);
+      ours.dispose();
+      model.dispose();
+    },
+  );
 });

@@ -73,9 +73,16 @@ async function populationPoints(page: Page): Promise<number> {
 }
 
 /** The chart's canvas: its size, the pixels drawn on it (not transparent, not white) and those in the Pareto front's orange. */
-function canvasInk(page: Page, name: 'loss' | 'population'): Promise<{ width: number; height: number; ink: number; orange: number }> {
+function canvasInk(
+  page: Page,
+  name: 'loss' | 'population',
+): Promise<{ width: number; height: number; ink: number; orange: number }> {
   return page.$eval(`#${name} canvas`, (el) => {
-    type Canvas = { width: number; height: number; getContext(kind: '2d'): { getImageData(x: number, y: number, w: number, h: number): { data: Uint8ClampedArray } } };
+    type Canvas = {
+      width: number;
+      height: number;
+      getContext(kind: '2d'): { getImageData(x: number, y: number, w: number, h: number): { data: Uint8ClampedArray } };
+    };
     const c = el as unknown as Canvas;
     const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
     let ink = 0;
@@ -95,7 +102,9 @@ describe('offshoot dashboard', () => {
     const run = 'dash-run';
     const sim = simulatedRun({ run, generations: 5, population: 10, steps: 120, evalEvery: 20 });
     // A run in progress: the whole search and part of the student's pretraining.
-    const studentSteps = sim.events.findIndex((e, i) => i > sim.searchEnd && e.kind === 'pretrain.step' && e.step === 70);
+    const studentSteps = sim.events.findIndex(
+      (e, i) => i > sim.searchEnd && e.kind === 'pretrain.step' && e.step === 70,
+    );
     const published = sim.events.slice(0, studentSteps);
     await Promise.all(published.map((e) => pub.publish(e)));
     const evaluated = count(published, (e) => e.kind === 'candidate.evaluated' && e.fitness !== null);
@@ -109,14 +118,18 @@ describe('offshoot dashboard', () => {
     page.on('console', (m) => m.type() === 'error' && errors.push(m.text()));
     await page.goto(`${url}?run=${run}`);
     await page.waitForSelector('body[data-caughtup="true"]', { timeout: 20_000 });
-    await expect.poll(() => page.getAttribute('body', 'data-events'), { timeout: 10_000 }).toBe(String(published.length));
+    await expect
+      .poll(() => page.getAttribute('body', 'data-events'), { timeout: 10_000 })
+      .toBe(String(published.length));
 
     // The population chart holds one point per evaluated candidate (failed ones are not drawn), the
     // page's data-points hook says the same, and its canvas has something on it.
     expect(await populationPoints(page)).toBe(evaluated);
     expect(await page.getAttribute('#population', 'data-points')).toBe(String(evaluated));
     const population = (await chartSeries(page, 'population'))!;
-    expect(population.filter((s) => s.class === 'generation').map((s) => s.label)).toEqual([0, 1, 2, 3, 4].map((g) => `generation ${g}`));
+    expect(population.filter((s) => s.class === 'generation').map((s) => s.label)).toEqual(
+      [0, 1, 2, 3, 4].map((g) => `generation ${g}`),
+    );
     const frontSeries = population.find((s) => s.class === 'front')!;
     expect(frontSeries.points).toBeGreaterThan(0);
     // The front: parameters ascending, fitness strictly descending.
@@ -145,7 +158,16 @@ describe('offshoot dashboard', () => {
     expect(await page.textContent('#errors')).toContain('teacher service unavailable');
 
     // A new candidate arrives: one more point, live.
-    await pub.publish({ run, kind: 'candidate.evaluated', generation: 5, candidate: 999, params: 61_000_000, fitness: 2.5, durationMs: 9000, source: { worker: 'evaluator-9' } });
+    await pub.publish({
+      run,
+      kind: 'candidate.evaluated',
+      generation: 5,
+      candidate: 999,
+      params: 61_000_000,
+      fitness: 2.5,
+      durationMs: 9000,
+      source: { worker: 'evaluator-9' },
+    });
     await expect.poll(() => populationPoints(page), { timeout: 10_000 }).toBe(evaluated + 1);
     expect(await page.getAttribute('#population', 'data-points')).toBe(String(evaluated + 1));
     // It is the best so far: first row of the table, ringed in the chart.
@@ -157,13 +179,18 @@ describe('offshoot dashboard', () => {
 
     // Hovering the ringed point shows that candidate in the chart's tooltip.
     const at = await page.evaluate(() => {
-      type Plot = { valToPos(v: number, scale: string): number; over: { getBoundingClientRect(): { left: number; top: number } } };
+      type Plot = {
+        valToPos(v: number, scale: string): number;
+        over: { getBoundingClientRect(): { left: number; top: number } };
+      };
       const u = (globalThis as unknown as { offshootCharts: { population: Plot } }).offshootCharts.population;
       const r = u.over.getBoundingClientRect();
       return { x: r.left + u.valToPos(61_000_000, 'x'), y: r.top + u.valToPos(2.5, 'y') };
     });
     await page.mouse.move(at.x + 2, at.y + 1);
-    await expect.poll(() => page.textContent('#population .tip'), { timeout: 5000 }).toContain('#999 · generation 5 · fitness 2.5000');
+    await expect
+      .poll(() => page.textContent('#population .tip'), { timeout: 5000 })
+      .toContain('#999 · generation 5 · fitness 2.5000');
     await page.mouse.move(0, 0);
 
     // More pretraining steps extend the student's curve.

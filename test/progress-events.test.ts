@@ -31,8 +31,21 @@ const SCHEMA_FILE = path.join(import.meta.dirname, '..', 'docs', 'progress-event
 
 describe('progress event schema', () => {
   it('fills in version, time and a natural message id; validates every kind', () => {
-    const e = makeEvent({ run: 'r1', kind: 'candidate.evaluated', generation: 2, candidate: 17, params: 68_000_000, fitness: 3.2 }, new Date('2026-01-02T03:04:05Z'));
-    expect(e).toEqual({ v: 1, id: 'r1.cand.2.17', run: 'r1', kind: 'candidate.evaluated', time: '2026-01-02T03:04:05.000Z', generation: 2, candidate: 17, params: 68_000_000, fitness: 3.2 });
+    const e = makeEvent(
+      { run: 'r1', kind: 'candidate.evaluated', generation: 2, candidate: 17, params: 68_000_000, fitness: 3.2 },
+      new Date('2026-01-02T03:04:05Z'),
+    );
+    expect(e).toEqual({
+      v: 1,
+      id: 'r1.cand.2.17',
+      run: 'r1',
+      kind: 'candidate.evaluated',
+      time: '2026-01-02T03:04:05.000Z',
+      generation: 2,
+      candidate: 17,
+      params: 68_000_000,
+      fitness: 3.2,
+    });
     expect(eventSubject('r1', e.kind)).toBe('offshoot.r1.candidate.evaluated');
 
     const ids = [
@@ -43,7 +56,14 @@ describe('progress event schema', () => {
       makeEvent({ run: 'r', kind: 'checkpoint.saved', step: 10, uri: '/x' }).id,
       makeEvent({ run: 'r', kind: 'run.finished', status: 'completed' }).id,
     ];
-    expect(ids).toEqual(['r.run.started', 'r.gen.3', 'r.step.student.10', 'r.eval.first-k.10', 'r.ckpt.student.10', 'r.run.finished']);
+    expect(ids).toEqual([
+      'r.run.started',
+      'r.gen.3',
+      'r.step.student.10',
+      'r.eval.first-k.10',
+      'r.ckpt.student.10',
+      'r.run.finished',
+    ]);
     // Activity events have no natural key (Temporal's activity ids repeat across workflows): random, unique ids.
     const a = makeEvent({ run: 'r', kind: 'activity.started', activity: 'evaluateCandidate', activityId: '1' });
     const b = makeEvent({ run: 'r', kind: 'activity.started', activity: 'evaluateCandidate', activityId: '1' });
@@ -55,7 +75,15 @@ describe('progress event schema', () => {
   });
 
   it('rejects bad events, naming every field', () => {
-    const bad = () => makeEvent({ run: 'a.b', kind: 'candidate.evaluated', generation: -1, candidate: 1, params: 10, fitness: Number.NaN } as never);
+    const bad = () =>
+      makeEvent({
+        run: 'a.b',
+        kind: 'candidate.evaluated',
+        generation: -1,
+        candidate: 1,
+        params: 10,
+        fitness: Number.NaN,
+      } as never);
     expect(bad).toThrow(ProgressEventError);
     try {
       bad();
@@ -84,7 +112,10 @@ describe('progress event schema', () => {
     const generated = `${JSON.stringify(progressEventJsonSchema(), null, 2)}\n`;
     if (process.env.OFFSHOOT_WRITE_SCHEMA) fs.writeFileSync(SCHEMA_FILE, generated);
     expect(fs.readFileSync(SCHEMA_FILE, 'utf8')).toBe(generated);
-    const schema = JSON.parse(generated) as { oneOf?: { properties: { kind: { const: string } } }[]; anyOf?: { properties: { kind: { const: string } } }[] };
+    const schema = JSON.parse(generated) as {
+      oneOf?: { properties: { kind: { const: string } } }[];
+      anyOf?: { properties: { kind: { const: string } } }[];
+    };
     const kinds = (schema.oneOf ?? schema.anyOf ?? []).map((s) => s.properties.kind.const);
     expect(kinds).toEqual([...EVENT_KINDS]);
     expect(PROGRESS_SCHEMA_VERSION).toBe(1);
@@ -92,7 +123,14 @@ describe('progress event schema', () => {
 });
 
 describe('progress reducers', () => {
-  const sim = simulatedRun({ run: 'sim', generations: 3, population: 6, steps: 40, evalEvery: 10, start: Date.parse('2026-01-01T00:00:00Z') });
+  const sim = simulatedRun({
+    run: 'sim',
+    generations: 3,
+    population: 6,
+    steps: 40,
+    evalEvery: 10,
+    start: Date.parse('2026-01-01T00:00:00Z'),
+  });
   const events: ProgressEvent[] = sim.events.map((e) => makeEvent(e));
 
   it('the KV status follows the run and ignores an event applied twice in a row', () => {
@@ -102,12 +140,23 @@ describe('progress reducers', () => {
       expect(applyStatus(once, e)).toBe(once);
       s = once;
     }
-    expect(s).toMatchObject({ run: 'sim', mode: 'pipeline', state: 'running', generations: 3, generationsDone: 3, budget: 18, evaluated: 18, failed: 1 });
+    expect(s).toMatchObject({
+      run: 'sim',
+      mode: 'pipeline',
+      state: 'running',
+      generations: 3,
+      generationsDone: 3,
+      budget: 18,
+      evaluated: 18,
+      failed: 1,
+    });
     expect(s.pretrain).toMatchObject({ step: 40, steps: 40 });
     expect(s.lastCheckpoint).toEqual({ step: 40, uri: '/runs/sim/student/step-40' });
     expect(s.lastError?.error).toContain('teacher service unavailable');
     expect(s.recent.length).toBeLessThanOrEqual(64);
-    const best = events.filter((e) => e.kind === 'candidate.evaluated' && e.fitness !== null).reduce((a, b) => ((b as { fitness: number }).fitness < (a as { fitness: number }).fitness ? b : a));
+    const best = events
+      .filter((e) => e.kind === 'candidate.evaluated' && e.fitness !== null)
+      .reduce((a, b) => ((b as { fitness: number }).fitness < (a as { fitness: number }).fitness ? b : a));
     expect(s.best?.candidate).toBe((best as { candidate: number }).candidate);
     const done = applyStatus(s, makeEvent({ run: 'sim', kind: 'run.finished', status: 'failed', error: 'boom' }));
     expect(done).toMatchObject({ state: 'failed', error: 'boom' });
@@ -122,7 +171,13 @@ describe('progress reducers', () => {
     expect([...state.series.keys()]).toEqual(['student', 'random-init']);
     expect(state.series.get('student')!.train).toHaveLength(40);
     expect(state.series.get('random-init')!.val.map((p) => p.step)).toEqual([10, 20, 30, 40]);
-    expect([...state.workers.keys()].sort()).toEqual(['evaluator-1', 'evaluator-2', 'evaluator-3', 'pretrain-1', 'pretrain-2']);
+    expect([...state.workers.keys()].sort()).toEqual([
+      'evaluator-1',
+      'evaluator-2',
+      'evaluator-3',
+      'pretrain-1',
+      'pretrain-2',
+    ]);
     expect(state.workers.get('pretrain-1')).toMatchObject({ state: 'idle', activity: 'trainSegment' });
     expect(state.errors.map((e) => e.activity)).toEqual(['evaluateCandidate', 'evaluateCandidate']);
 
@@ -139,12 +194,20 @@ describe('progress reducers', () => {
     expect(view).toMatch(/pretraining +█+ 100% 40\/40/);
     expect(view).toMatch(/best so far +\d\.\d{4} +#\d+ +\d+\.\dM params/);
     expect(view).toMatch(/workers +evaluator-1 +idle after evaluateCandidate/);
-    expect(view).toMatch(/last errors +\d\d:\d\d:\d\d evaluateCandidate attempt 1 on evaluator-3: teacher service unavailable/);
+    expect(view).toMatch(
+      /last errors +\d\d:\d\d:\d\d evaluateCandidate attempt 1 on evaluator-3: teacher service unavailable/,
+    );
   });
 
   it('a run in progress shows ETAs from the event rate', () => {
     const state = initialRunState('half');
-    const half = simulatedRun({ run: 'half', generations: 4, population: 5, steps: 10, start: Date.parse('2026-01-01T00:00:00Z') });
+    const half = simulatedRun({
+      run: 'half',
+      generations: 4,
+      population: 5,
+      steps: 10,
+      start: Date.parse('2026-01-01T00:00:00Z'),
+    });
     // Up to the end of generation 2 of 4.
     const upto = half.events.findIndex((e) => e.kind === 'generation.finished' && e.generation === 1);
     for (const e of half.events.slice(0, upto + 1)) applyEvent(state, makeEvent(e));
@@ -172,9 +235,13 @@ describe('progress reducers', () => {
       '2026-01-01T00:00:00.000Z sim run started: pipeline, 3 generations x 6, budget 18 evaluations, pretrain 40 steps, bin 60.0M-75.0M params, baselines random-init [orchestrator]',
     );
     expect(lines[1]).toMatch(/^\S+ sim activity evaluateCandidate started \(attempt 1\): candidate 0 \[evaluator-1\]$/);
-    expect(lines[2]).toMatch(/^\S+ sim candidate #0 \(gen 0\): fitness \d\.\d{4}, \d+\.\dM params, \d+s \[evaluator-1\]$/);
+    expect(lines[2]).toMatch(
+      /^\S+ sim candidate #0 \(gen 0\): fitness \d\.\d{4}, \d+\.\dM params, \d+s \[evaluator-1\]$/,
+    );
     const fail = events.find((e) => e.kind === 'activity.failed')!;
-    expect(formatEventLine(fail)).toMatch(/activity evaluateCandidate FAILED \(attempt 1, will retry\) candidate 5: teacher service unavailable/);
+    expect(formatEventLine(fail)).toMatch(
+      /activity evaluateCandidate FAILED \(attempt 1, will retry\) candidate 5: teacher service unavailable/,
+    );
   });
 });
 
@@ -191,7 +258,9 @@ describe('publishers without NATS', () => {
     try {
       const p = createProgressPublisher();
       expect(p.constructor.name).toBe('NoopProgressPublisher');
-      await expect(p.publish({ run: 'r', kind: 'run.finished', status: 'completed' })).resolves.toMatchObject({ id: 'r.run.finished' });
+      await expect(p.publish({ run: 'r', kind: 'run.finished', status: 'completed' })).resolves.toMatchObject({
+        id: 'r.run.finished',
+      });
       await p.close();
     } finally {
       if (saved !== undefined) process.env.OFFSHOOT_NATS_URL = saved;

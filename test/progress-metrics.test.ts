@@ -41,7 +41,9 @@ describe('metrics', () => {
     const server = await startMetricsServer(0);
     try {
       await timeActivity('evaluateCandidate', async () => new Promise((r) => setTimeout(r, 20)));
-      await expect(timeActivity('evaluateCandidate', async () => Promise.reject(new Error('boom')))).rejects.toThrow('boom');
+      await expect(timeActivity('evaluateCandidate', async () => Promise.reject(new Error('boom')))).rejects.toThrow(
+        'boom',
+      );
       tokensPerSecond.set({ component: 'pretrain' }, 12345);
       queueDepth.set({ queue: 'evaluate' }, 7);
 
@@ -49,9 +51,15 @@ describe('metrics', () => {
       expect(res.status).toBe(200);
       expect(res.headers.get('content-type')).toContain('text/plain');
       const text = await res.text();
-      expect(sample(text, 'offshoot_activity_duration_seconds_count', 'activity="evaluateCandidate",outcome="completed"')).toBe(1);
-      expect(sample(text, 'offshoot_activity_duration_seconds_count', 'activity="evaluateCandidate",outcome="failed"')).toBe(1);
-      expect(sample(text, 'offshoot_activity_duration_seconds_sum', 'activity="evaluateCandidate",outcome="completed"')).toBeGreaterThan(0.015);
+      expect(
+        sample(text, 'offshoot_activity_duration_seconds_count', 'activity="evaluateCandidate",outcome="completed"'),
+      ).toBe(1);
+      expect(
+        sample(text, 'offshoot_activity_duration_seconds_count', 'activity="evaluateCandidate",outcome="failed"'),
+      ).toBe(1);
+      expect(
+        sample(text, 'offshoot_activity_duration_seconds_sum', 'activity="evaluateCandidate",outcome="completed"'),
+      ).toBeGreaterThan(0.015);
       expect(sample(text, 'offshoot_activities_in_flight', 'activity="evaluateCandidate"')).toBe(0);
       expect(sample(text, 'offshoot_tokens_per_second', 'component="pretrain"')).toBe(12345);
       expect(sample(text, 'offshoot_queue_depth', 'queue="evaluate"')).toBe(7);

@@ -35,7 +35,12 @@ function searchEvent(run: string, i: number): ProgressEventInput {
 }
 
 /** Reads events of `run` until `until` says stop (or the timeout passes). */
-async function collect(url: string, run: string, until: (events: StoredEvent[]) => boolean, timeoutMs = 30_000): Promise<StoredEvent[]> {
+async function collect(
+  url: string,
+  run: string,
+  until: (events: StoredEvent[]) => boolean,
+  timeoutMs = 30_000,
+): Promise<StoredEvent[]> {
   const nc = await connectNats(url);
   const reader = await openRunEvents(nc, run);
   const got: StoredEvent[] = [];
@@ -77,7 +82,14 @@ describe('progress over NATS', () => {
   it('a repeated publish (same message id) is stored once; the KV status counts it once', async () => {
     const run = 'dedupe';
     const pub = new NatsProgressPublisher({ url: nats.url, worker: 'w1' });
-    const e: ProgressEventInput = { run, kind: 'candidate.evaluated', generation: 0, candidate: 7, params: 123, fitness: 2.5 };
+    const e: ProgressEventInput = {
+      run,
+      kind: 'candidate.evaluated',
+      generation: 0,
+      candidate: 7,
+      params: 123,
+      fitness: 2.5,
+    };
     await pub.publish(e);
     await pub.publish(e); // a retried activity reporting the same candidate again
     await pub.publish({ ...e, candidate: 8, fitness: 2.0 });
@@ -139,18 +151,26 @@ describe('progress over NATS', () => {
     const status = await getRunStatus(nc, run);
     await nc.close();
     expect(status).toMatchObject({ state: 'completed', evaluated: 270, generationsDone: 30 });
-    console.log(`restart test: ${total + 1} events in ${elapsed} ms through 2 restarts; publisher stats ${JSON.stringify(pub.stats)}`);
+    console.log(
+      `restart test: ${total + 1} events in ${elapsed} ms through 2 restarts; publisher stats ${JSON.stringify(pub.stats)}`,
+    );
   }, 120_000);
 
   it('a publisher started before NATS stores its events once the server comes up; closing without NATS does not hang', async () => {
     const port = await freePort();
     const pub = new NatsProgressPublisher({ url: `nats://127.0.0.1:${port}`, worker: 'early' });
-    const events = [0, 1, 2].map((i) => pub.publish({ run: 'early', kind: 'pretrain.step', step: i, loss: 3 - i / 10 }));
+    const events = [0, 1, 2].map((i) =>
+      pub.publish({ run: 'early', kind: 'pretrain.step', step: i, loss: 3 - i / 10 }),
+    );
     await new Promise((r) => setTimeout(r, 1000));
     const late = await startNats({ port });
     try {
       expect(await pub.flush(20_000)).toBe(true);
-      expect((await Promise.all(events)).map((e) => e.id)).toEqual(['early.step.student.0', 'early.step.student.1', 'early.step.student.2']);
+      expect((await Promise.all(events)).map((e) => e.id)).toEqual([
+        'early.step.student.0',
+        'early.step.student.1',
+        'early.step.student.2',
+      ]);
       await pub.close();
       const seen = await collect(late.url, 'early', (got) => got.length >= 3);
       expect(seen.map((s) => (s.event as { step?: number }).step)).toEqual([0, 1, 2]);

@@ -32,7 +32,10 @@ describe('offshoot watch', () => {
   it('on a finished run prints its whole history, one line per event in a pipe, and exits 0', async () => {
     const run = 'finished-run';
     const sim = simulatedRun({ run, steps: 60 });
-    const events = await publishAll([...sim.events, { run, kind: 'run.finished', status: 'completed', best: { candidate: 3, params: 7e7, fitness: 3.01 } }]);
+    const events = await publishAll([
+      ...sim.events,
+      { run, kind: 'run.finished', status: 'completed', best: { candidate: 3, params: 7e7, fitness: 3.01 } },
+    ]);
     expect(events.length).toBeGreaterThan(200);
 
     const watch = startOffshoot(['watch', run, '--nats', nats.url]);
@@ -40,7 +43,9 @@ describe('offshoot watch', () => {
     expect(watch.stderr()).toBe('');
     expect(code).toBe(0);
     expect(watch.lines).toEqual(events.map(formatEventLine));
-    expect(watch.lines[watch.lines.length - 1]).toMatch(/finished-run run completed; best 3\.0100 \(#3, 70\.0M params\)$/);
+    expect(watch.lines[watch.lines.length - 1]).toMatch(
+      /finished-run run completed; best 3\.0100 \(#3, 70\.0M params\)$/,
+    );
 
     // --json: the stored events themselves, in order.
     const json = startOffshoot(['watch', run, '--json'], { OFFSHOOT_NATS_URL: nats.url });

@@ -28,11 +28,23 @@ import {
   recipeOptimizer,
   trainingHyperparameters,
 } from '../core/model/index.js';
-import { type FitnessContext, createFitnessContext, disposeFitnessContext, evaluateFitness } from '../core/subnet/index.js';
+import {
+  type FitnessContext,
+  createFitnessContext,
+  disposeFitnessContext,
+  evaluateFitness,
+} from '../core/subnet/index.js';
 import { trainTeacher } from '../core/teacher/index.js';
 import { localEnv } from '../services/orchestration/index.js';
 import { createPretrainActivities } from '../services/pretrain/index.js';
-import type { PrepareStudentInput, PretrainHyper, StudentRef, TeacherRef, TrainSegmentInput, TrainSegmentOutput } from '../workflows/index.js';
+import type {
+  PrepareStudentInput,
+  PretrainHyper,
+  StudentRef,
+  TeacherRef,
+  TrainSegmentInput,
+  TrainSegmentOutput,
+} from '../workflows/index.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'offshoot-recipe-'));
 const tokenCache = path.join(tmp, 'cache', 'tokens');
@@ -49,7 +61,10 @@ let ctx: FitnessContext;
 let teacherWeights: Map<string, HostTensor>;
 
 /** A Trainer built straight from the recipe, from `initial`, on the run's batches: its weights after training. */
-async function trainedByRecipe(initial: GPTNeoX, hyper: TrainHyperparameters = trainingHyperparameters(RECIPE, SHAPE)): Promise<GPTNeoX> {
+async function trainedByRecipe(
+  initial: GPTNeoX,
+  hyper: TrainHyperparameters = trainingHyperparameters(RECIPE, SHAPE),
+): Promise<GPTNeoX> {
   const trainer = new Trainer(initial, { hyper, batches: (step) => sampleBatch(ctx.train, { ...SHAPE, step }) });
   await trainer.run();
   trainer.optimizer.dispose();
@@ -66,8 +81,18 @@ beforeAll(async () => {
   process.env.OFFSHOOT_CACHE = path.join(tmp, 'cache');
   // The teacher: trained by core/teacher with the recipe, from a random model of the tiny preset.
   await trainTeacher({
-    preset: 'tiny', vocab: 512, tokenizer, data: 'sotu:train', val: 'sotu:val', out: teacherDir, tokenCache,
-    steps: RECIPE.steps, lr: RECIPE.lr, warmup: RECIPE.warmup, ...SHAPE, evalTokens: 256,
+    preset: 'tiny',
+    vocab: 512,
+    tokenizer,
+    data: 'sotu:train',
+    val: 'sotu:val',
+    out: teacherDir,
+    tokenCache,
+    steps: RECIPE.steps,
+    lr: RECIPE.lr,
+    warmup: RECIPE.warmup,
+    ...SHAPE,
+    evalTokens: 256,
   });
   ctx = await createFitnessContext(teacherDir, { tokenCache });
   teacherWeights = loadCheckpoint(teacherDir).tensors;
@@ -82,7 +107,11 @@ describe('the training recipe', () => {
   it('has documented defaults: AdamW weight decay 0.1, clipping at 1, cosine to a tenth after warmup', () => {
     expect(RECIPE_DEFAULTS).toEqual({ minLrDivisor: 10, weightDecay: 0.1, gradClip: 1 });
     const o = recipeOptimizer({ steps: 100, lr: 3e-3, warmup: 10 });
-    expect(o).toEqual({ schedule: { maxLr: 3e-3, minLr: 3e-3 / 10, warmupSteps: 10, totalSteps: 100 }, adamw: { weightDecay: 0.1 }, gradClip: 1 });
+    expect(o).toEqual({
+      schedule: { maxLr: 3e-3, minLr: 3e-3 / 10, warmupSteps: 10, totalSteps: 100 },
+      adamw: { weightDecay: 0.1 },
+      gradClip: 1,
+    });
     expect(learningRate(9, o.schedule)).toBeCloseTo(3e-3, 12);
     expect(learningRate(100, o.schedule)).toBeCloseTo(3e-4, 12);
     // Warmup longer than the run is capped at the run.
@@ -90,11 +119,21 @@ describe('the training recipe', () => {
   });
 
   it('names the field and value of a bad recipe', () => {
-    expect(() => recipeOptimizer({ steps: 0, lr: 1, warmup: 0 })).toThrow('training recipe: steps must be a positive integer, got 0');
-    expect(() => recipeOptimizer({ steps: 5, lr: -1, warmup: 0 })).toThrow('training recipe: lr must be a positive number, got -1');
-    expect(() => recipeOptimizer({ steps: 5, lr: 1, warmup: 1.5 })).toThrow('training recipe: warmup must be a non-negative integer, got 1.5');
-    expect(() => recipeOptimizer({ steps: 5, lr: 1, warmup: 0, gradClip: 0 })).toThrow('training recipe: gradClip must be a positive number, got 0');
-    expect(() => trainingHyperparameters({ steps: 5, lr: 1, warmup: 0 }, { ...SHAPE, seqLen: -2 })).toThrow('training recipe: seqLen must be a positive integer, got -2');
+    expect(() => recipeOptimizer({ steps: 0, lr: 1, warmup: 0 })).toThrow(
+      'training recipe: steps must be a positive integer, got 0',
+    );
+    expect(() => recipeOptimizer({ steps: 5, lr: -1, warmup: 0 })).toThrow(
+      'training recipe: lr must be a positive number, got -1',
+    );
+    expect(() => recipeOptimizer({ steps: 5, lr: 1, warmup: 1.5 })).toThrow(
+      'training recipe: warmup must be a non-negative integer, got 1.5',
+    );
+    expect(() => recipeOptimizer({ steps: 5, lr: 1, warmup: 0, gradClip: 0 })).toThrow(
+      'training recipe: gradClip must be a positive number, got 0',
+    );
+    expect(() => trainingHyperparameters({ steps: 5, lr: 1, warmup: 0 }, { ...SHAPE, seqLen: -2 })).toThrow(
+      'training recipe: seqLen must be a positive integer, got -2',
+    );
   });
 
   it('teacher training builds its optimiser and schedule from it', async () => {
@@ -110,7 +149,16 @@ describe('the training recipe', () => {
       {
         teacher: teacherDir,
         spec: FULL_TINY,
-        budget: { kind: 'brief', steps: RECIPE.steps, lr: RECIPE.lr, warmup: RECIPE.warmup, batchSize: SHAPE.batchSize, seqLen: SHAPE.seqLen, loss: 'ce', evalTokens: EVAL.maxTokens },
+        budget: {
+          kind: 'brief',
+          steps: RECIPE.steps,
+          lr: RECIPE.lr,
+          warmup: RECIPE.warmup,
+          batchSize: SHAPE.batchSize,
+          seqLen: SHAPE.seqLen,
+          loss: 'ce',
+          evalTokens: EVAL.maxTokens,
+        },
         seed: SHAPE.seed,
       },
       { ...ctx, onStep: (r) => lrs.push(r.lr) },
@@ -120,7 +168,10 @@ describe('the training recipe', () => {
     const reference = await trainedByRecipe(GPTNeoX.fromTensors(ctx.checkpoint.config, teacherWeights, 'teacher'));
     expect(metrics.valLoss).toBe((await evaluateLoss(reference, evalBatches(ctx.val, EVAL))).loss);
     // The comparison sees a drift: without weight decay the same run ends elsewhere.
-    const drifted = await trainedByRecipe(GPTNeoX.fromTensors(ctx.checkpoint.config, teacherWeights, 'teacher'), trainingHyperparameters({ ...RECIPE, weightDecay: 0 }, SHAPE));
+    const drifted = await trainedByRecipe(
+      GPTNeoX.fromTensors(ctx.checkpoint.config, teacherWeights, 'teacher'),
+      trainingHyperparameters({ ...RECIPE, weightDecay: 0 }, SHAPE),
+    );
     expect((await evaluateLoss(drifted, evalBatches(ctx.val, EVAL))).loss).not.toBe(metrics.valLoss);
     reference.dispose();
     drifted.dispose();
@@ -129,14 +180,35 @@ describe('the training recipe', () => {
   it('a pretraining segment builds the same optimiser and schedule from it', async () => {
     const activities = createPretrainActivities(localEnv({ log: () => undefined }));
     const run = { runId: 'recipe', dir: path.join(tmp, 'run') };
-    const teacher: TeacherRef = { dir: teacherDir, hash: ctx.checkpoint.hash, config: ctx.checkpoint.config, parameters: 0 };
+    const teacher: TeacherRef = {
+      dir: teacherDir,
+      hash: ctx.checkpoint.hash,
+      config: ctx.checkpoint.config,
+      parameters: 0,
+    };
     const data = { train: 'sotu:train', val: 'sotu:val', tokenizer };
     const hyper: PretrainHyper = { steps: RECIPE.steps, lr: RECIPE.lr, warmup: RECIPE.warmup, ...SHAPE, distill: null };
     const env = new MockActivityEnvironment();
-    const prepare: PrepareStudentInput = { run, name: 'student', init: { kind: 'subnet', spec: FULL_TINY, order: 'first-k', layers: 'first' }, teacher, hyper, data };
+    const prepare: PrepareStudentInput = {
+      run,
+      name: 'student',
+      init: { kind: 'subnet', spec: FULL_TINY, order: 'first-k', layers: 'first' },
+      teacher,
+      hyper,
+      data,
+    };
     const student = (await env.run(activities.prepareStudent, prepare)) as StudentRef;
     const segment: TrainSegmentInput = {
-      run, name: 'student', from: student.checkpoint, toStep: RECIPE.steps, teacher, data, hyper, checkpointEvery: RECIPE.steps, evalEvery: RECIPE.steps, evalTokens: EVAL.maxTokens,
+      run,
+      name: 'student',
+      from: student.checkpoint,
+      toStep: RECIPE.steps,
+      teacher,
+      data,
+      hyper,
+      checkpointEvery: RECIPE.steps,
+      evalEvery: RECIPE.steps,
+      evalTokens: EVAL.maxTokens,
     };
     const out = (await env.run(activities.trainSegment, segment)) as TrainSegmentOutput;
     expect(out.step).toBe(RECIPE.steps);

@@ -23,9 +23,25 @@ beforeAll(() => {
   const r = spawnSync(
     process.execPath,
     [
-      '--import', import.meta.resolve('tsx'), path.join(ROOT, 'services', 'cli', 'main.ts'),
-      'teacher', 'train', '--out', teacher, '--vocab', '512', '--steps', '150', '--batch-size', '8', '--seq-len', '64',
-      '--eval-every', '1000', '--eval-tokens', '4096',
+      '--import',
+      import.meta.resolve('tsx'),
+      path.join(ROOT, 'services', 'cli', 'main.ts'),
+      'teacher',
+      'train',
+      '--out',
+      teacher,
+      '--vocab',
+      '512',
+      '--steps',
+      '150',
+      '--batch-size',
+      '8',
+      '--seq-len',
+      '64',
+      '--eval-every',
+      '1000',
+      '--eval-tokens',
+      '4096',
     ],
     { env: { ...process.env, OFFSHOOT_CACHE: cache }, encoding: 'utf8', timeout: 600_000 },
   );
@@ -52,7 +68,9 @@ describe('sub-network search on the embedded corpus', () => {
       expect(rnd.evaluations).toBe(40);
       rows.push({ seed, evolution: evo.best!.fitness!, random: rnd.best!.fitness! });
     }
-    console.log(`zero-shot best validation loss, 40 evaluations, layer-wise space, bin 5:\n${rows.map((r) => `  seed ${r.seed}: evolution ${r.evolution.toFixed(4)}, random ${r.random.toFixed(4)}`).join('\n')}`);
+    console.log(
+      `zero-shot best validation loss, 40 evaluations, layer-wise space, bin 5:\n${rows.map((r) => `  seed ${r.seed}: evolution ${r.evolution.toFixed(4)}, random ${r.random.toFixed(4)}`).join('\n')}`,
+    );
     // Over the seeds: with 40 evaluations in a small space random search can match evolution on one seed
     // by luck (which seed depends on the teacher's weights), not on average.
     const mean = (k: 'evolution' | 'random') => rows.reduce((a, r) => a + r[k], 0) / rows.length;
@@ -64,9 +82,25 @@ describe('sub-network search on the embedded corpus', () => {
     const r = spawnSync(
       process.execPath,
       [
-        '--import', import.meta.resolve('tsx'), path.join(ROOT, 'services', 'cli', 'main.ts'),
-        'search', '--teacher', teacher, '--target-params', '150k-250k', '--generations', '2', '--population', '4',
-        '--fitness', 'brief', '--steps', '5', '--eval-tokens', '2048', '--json',
+        '--import',
+        import.meta.resolve('tsx'),
+        path.join(ROOT, 'services', 'cli', 'main.ts'),
+        'search',
+        '--teacher',
+        teacher,
+        '--target-params',
+        '150k-250k',
+        '--generations',
+        '2',
+        '--population',
+        '4',
+        '--fitness',
+        'brief',
+        '--steps',
+        '5',
+        '--eval-tokens',
+        '2048',
+        '--json',
       ],
       { env: { ...process.env, OFFSHOOT_CACHE: cache }, encoding: 'utf8', timeout: 300_000 },
     );
@@ -76,7 +110,11 @@ describe('sub-network search on the embedded corpus', () => {
     expect(out.history).toHaveLength(8);
     expect(out.best.parameters).toBeGreaterThanOrEqual(150_000);
     expect(out.best.parameters).toBeLessThanOrEqual(250_000);
-    expect(out.best.fitness).toBe(Math.min(...out.history.filter((h: { status: string }) => h.status === 'ok').map((h: { fitness: number }) => h.fitness)));
+    expect(out.best.fitness).toBe(
+      Math.min(
+        ...out.history.filter((h: { status: string }) => h.status === 'ok').map((h: { fitness: number }) => h.fitness),
+      ),
+    );
     expect(out.best.metrics.trainTokens).toBe(5 * 8 * 64);
   }, 300_000);
 });

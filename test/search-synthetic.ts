@@ -96,7 +96,10 @@ export class VecSpace implements SearchSpace<Vec> {
   }
 
   sample(rng: Rng): Vec {
-    return this.repair(Array.from({ length: this.dims }, () => rng.nextInt(this.max + 1)), rng);
+    return this.repair(
+      Array.from({ length: this.dims }, () => rng.nextInt(this.max + 1)),
+      rng,
+    );
   }
 
   mutate(g: Vec, rng: Rng): Vec {
@@ -111,7 +114,10 @@ export class VecSpace implements SearchSpace<Vec> {
   }
 
   crossover(a: Vec, b: Vec, rng: Rng): Vec {
-    return this.repair(a.map((v, i) => (rng.nextFloat() < 0.5 ? v : b[i])), rng);
+    return this.repair(
+      a.map((v, i) => (rng.nextFloat() < 0.5 ? v : b[i])),
+      rng,
+    );
   }
 }
 
@@ -148,8 +154,10 @@ export class FaultySpace implements SearchSpace<Vec> {
     const r = rng.nextFloat();
     if (r >= this.rate) return g;
     const x = g.slice();
-    if (r < this.rate / 3) x[0] += 1; // parity broken
-    else if (r < (2 * this.rate) / 3) x[this.inner.dims - 1] = this.inner.max + 5; // out of range
+    if (r < this.rate / 3)
+      x[0] += 1; // parity broken
+    else if (r < (2 * this.rate) / 3)
+      x[this.inner.dims - 1] = this.inner.max + 5; // out of range
     else return this.inner.top().map((v, i) => Math.min(v, this.inner.lo > 0 ? TARGET[i] : 0)); // a repeat
     return x;
   }
@@ -185,5 +193,10 @@ export const SUBNET_TARGET = { layers: 2, embedding: 24, heads: 3, mlp: 64 };
 export function subnetDistance(spec: SubnetSpec): number {
   const shape = spec as { layers: number; embedding: number; heads: number; mlp: number };
   const t = SUBNET_TARGET;
-  return (shape.layers - t.layers) ** 2 + ((shape.embedding - t.embedding) / 8) ** 2 + (shape.heads - t.heads) ** 2 + ((shape.mlp - t.mlp) / 8) ** 2;
+  return (
+    (shape.layers - t.layers) ** 2 +
+    ((shape.embedding - t.embedding) / 8) ** 2 +
+    (shape.heads - t.heads) ** 2 +
+    ((shape.mlp - t.mlp) / 8) ** 2
+  );
 }

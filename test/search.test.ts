@@ -74,7 +74,9 @@ describe('SeededRng', () => {
     const c = new SeededRng(7);
     for (let i = 0; i < 10; i++) c.nextFloat();
     const resumed = SeededRng.fromState(JSON.parse(JSON.stringify(c.state())));
-    expect(Array.from({ length: 50 }, () => resumed.nextFloat())).toEqual(Array.from({ length: 50 }, () => c.nextFloat()));
+    expect(Array.from({ length: 50 }, () => resumed.nextFloat())).toEqual(
+      Array.from({ length: 50 }, () => c.nextFloat()),
+    );
   });
 
   it('draws floats in [0, 1) and unbiased integers in [0, n)', () => {
@@ -181,7 +183,10 @@ describe('validity and deduplication (property tests)', () => {
     const all: string[] = [];
     for (const x0 of [0, 2]) for (let x1 = 0; x1 <= 3; x1++) if (space.isValid([x0, x1])) all.push(`${x0},${x1}`);
     for (const options of ALL) {
-      const search = createSearch({ ...options, seed: 3, budget: 50, population: 4, tournamentSize: 2, strata: 2 }, space);
+      const search = createSearch(
+        { ...options, seed: 3, budget: 50, population: 4, tournamentSize: 2, strata: 2 },
+        space,
+      );
       const { asked } = drive(search, space);
       expect(asked.map((c) => c.key).sort()).toEqual(all.slice().sort());
       expect(search.status()).toMatchObject({ exhausted: true, done: true, asked: all.length });
@@ -215,7 +220,8 @@ describe('determinism and serialisation', () => {
     const opts = { ...options, seed: 21, budget: 250, population: 16, retryFailed: 1 };
     const space = benchmarkSpace();
     // Fails every 7th genome by key hash, so failures and retries are part of the state too.
-    const fit = (c: Candidate<Vec>): number | null => (c.key.length % 7 === 3 && c.attempt === 1 ? null : distanceToTarget(c.genome));
+    const fit = (c: Candidate<Vec>): number | null =>
+      c.key.length % 7 === 3 && c.attempt === 1 ? null : distanceToTarget(c.genome);
 
     const straight = createSearch(opts, space);
     while (!straight.done()) {
@@ -278,14 +284,18 @@ describe('determinism and serialisation', () => {
     const good = s.toJSON();
     expect(() => restoreSearch('{not json', space)).toThrow(/not valid JSON/);
     expect(() => restoreSearch({ ...good, version: 2 } as never, space)).toThrow(/"version" must be 1/);
-    expect(() => restoreSearch({ ...good, options: { ...good.options, population: 1 } }, space)).toThrow(/"population"/);
+    expect(() => restoreSearch({ ...good, options: { ...good.options, population: 1 } }, space)).toThrow(
+      /"population"/,
+    );
     const records = good.records.map((r) => ({ ...r }));
     records[3].id = 7;
     expect(() => restoreSearch({ ...good, records }, space)).toThrow(/"records\[3\].id" must equal its index 3/);
     const other = new VecSpace({ dims: 10, max: 31, lo: 700, hi: 1000 });
     other.key = (g: Vec) => g.join('|');
     expect(() => restoreSearch(good, other)).toThrow(/records\[0\].key.*another search space/);
-    expect(() => restoreSearch({ ...good, population: [999] }, space)).toThrow(/"population" must be an array of record ids/);
+    expect(() => restoreSearch({ ...good, population: [999] }, space)).toThrow(
+      /"population" must be an array of record ids/,
+    );
     expect(restoreSearch(good, space).status()).toEqual(s.status());
   });
 });
@@ -302,8 +312,18 @@ describe('ask/tell protocol, budget and early stop', () => {
     expect(s.pending().map((c) => c.id)).toEqual(first.map((c) => c.id));
 
     expect(() => s.tell([{ id: 10, fitness: 1 }])).toThrow(/results\[0\].id 10 was never asked/);
-    expect(() => s.tell([{ id: 1, fitness: 1 }, { id: 1, fitness: 2 }])).toThrow(/appears twice/);
-    expect(() => s.tell([{ id: 0, fitness: 1 }, { id: 2, fitness: '3' as never }])).toThrow(/results\[1\].fitness must be a number or null/);
+    expect(() =>
+      s.tell([
+        { id: 1, fitness: 1 },
+        { id: 1, fitness: 2 },
+      ]),
+    ).toThrow(/appears twice/);
+    expect(() =>
+      s.tell([
+        { id: 0, fitness: 1 },
+        { id: 2, fitness: '3' as never },
+      ]),
+    ).toThrow(/results\[1\].fitness must be a number or null/);
     expect(s.pending().length).toBe(10); // failed calls changed nothing
     s.tell([{ id: 0, fitness: 5 }]);
     expect(() => s.tell([{ id: 0, fitness: 5 }])).toThrow(/results\[0\].id 0 is not pending \(already told: ok\)/);
@@ -427,12 +447,21 @@ describe('ask/tell protocol, budget and early stop', () => {
   });
 
   it('runSearchSync tells a throwing evaluation as a failure', () => {
-    const s = runSearchSync(createSearch({ algorithm: 'random', seed: 1, budget: 20, population: 5 }, benchmarkSpace()), (c) => {
-      if (c.id % 4 === 0) throw new Error(`boom ${c.id}`);
-      return { fitness: distanceToTarget(c.genome), metrics: { id: c.id } };
-    });
+    const s = runSearchSync(
+      createSearch({ algorithm: 'random', seed: 1, budget: 20, population: 5 }, benchmarkSpace()),
+      (c) => {
+        if (c.id % 4 === 0) throw new Error(`boom ${c.id}`);
+        return { fitness: distanceToTarget(c.genome), metrics: { id: c.id } };
+      },
+    );
     const h = s.history();
-    expect(h.filter((r) => r.status === 'failed').map((r) => r.error)).toEqual(['boom 0', 'boom 4', 'boom 8', 'boom 12', 'boom 16']);
+    expect(h.filter((r) => r.status === 'failed').map((r) => r.error)).toEqual([
+      'boom 0',
+      'boom 4',
+      'boom 8',
+      'boom 12',
+      'boom 16',
+    ]);
     expect(h[1].metrics).toEqual({ id: 1 });
   });
 });
@@ -443,7 +472,10 @@ describe('baselines', () => {
     const space = new VecSpace({ dims: 3, max: 31, lo: 0, hi: 185 });
     const strataOf = (cost: number) => Math.min(9, Math.floor((cost / 185) * 10));
     const spread = (options: SearchOptions) => {
-      const s = createSearch({ ...options, seed: 2, budget: 200, population: 20, strata: 10, emptyStrataTolerance: 0 }, space);
+      const s = createSearch(
+        { ...options, seed: 2, budget: 200, population: 20, strata: 10, emptyStrataTolerance: 0 },
+        space,
+      );
       const { asked } = drive(s, space);
       const counts = new Array<number>(10).fill(0);
       for (const c of asked) counts[strataOf(c.cost)]++;
@@ -504,7 +536,14 @@ describe('multi-objective mode', () => {
     expect(dominates([1, 1], [1, 2])).toBe(true);
     expect(dominates([1, 2], [1, 2])).toBe(false);
     expect(dominates([0, 3], [1, 2])).toBe(false);
-    const pts = [[1, 5], [2, 2], [5, 1], [3, 3], [4, 4], [6, 6]];
+    const pts = [
+      [1, 5],
+      [2, 2],
+      [5, 1],
+      [3, 3],
+      [4, 4],
+      [6, 6],
+    ];
     expect(nonDominatedSort(pts)).toEqual([[0, 1, 2], [3], [4], [5]]);
     expect(crowdingDistance(pts, [0, 1, 2])).toEqual([Infinity, 2, Infinity]);
   });
@@ -517,10 +556,12 @@ describe('multi-objective mode', () => {
       const front = s.paretoFront();
       const all = s.history();
       // non-dominated among themselves, and every other evaluation is dominated by a member
-      for (const a of front) for (const b of front) expect(dominates([a.fitness!, a.cost], [b.fitness!, b.cost])).toBe(false);
+      for (const a of front)
+        for (const b of front) expect(dominates([a.fitness!, a.cost], [b.fitness!, b.cost])).toBe(false);
       const onFront = new Set(front.map((r) => r.id));
       for (const r of all) {
-        if (!onFront.has(r.id)) expect(front.some((f) => dominates([f.fitness!, f.cost], [r.fitness!, r.cost]))).toBe(true);
+        if (!onFront.has(r.id))
+          expect(front.some((f) => dominates([f.fitness!, f.cost], [r.fitness!, r.cost]))).toBe(true);
       }
       // sorted by cost, and contains both extremes
       for (let i = 1; i < front.length; i++) expect(front[i].cost).toBeGreaterThanOrEqual(front[i - 1].cost);

@@ -47,12 +47,18 @@ const manifest = JSON.parse(fs.readFileSync(path.join(FIXTURES, 'fixtures.json')
   fixtures: { name: string; num_parameters: number }[];
 };
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'offshoot-subnet-'));
-const teachers = new Map<string, LoadedCheckpoint>(manifest.fixtures.map((f) => [f.name, loadCheckpoint(path.join(FIXTURES, f.name))]));
+const teachers = new Map<string, LoadedCheckpoint>(
+  manifest.fixtures.map((f) => [f.name, loadCheckpoint(path.join(FIXTURES, f.name))]),
+);
 
 beforeAll(() => useBackend('cpu'));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
-async function logitsOf(config: GPTNeoX['config'], tensors: Map<string, HostTensor>, ids: number[][]): Promise<Float32Array> {
+async function logitsOf(
+  config: GPTNeoX['config'],
+  tensors: Map<string, HostTensor>,
+  ids: number[][],
+): Promise<Float32Array> {
   const model = GPTNeoX.fromTensors(config, tensors, 'test');
   const t = tf.tidy(() => model.logits(tf.tensor2d(ids, [ids.length, ids[0].length], 'int32')));
   const data = (await t.data()) as Float32Array;
@@ -84,7 +90,12 @@ describe('the whole teacher', () => {
     expect([...student.tensors.keys()].sort()).toEqual([...teacher.tensors.keys()].sort());
     for (const [k, t] of teacher.tensors) {
       expect(student.tensors.get(k)!.shape, k).toEqual(t.shape);
-      expect(Buffer.from((student.tensors.get(k)!.data as Float32Array).buffer).equals(Buffer.from((t.data as Float32Array).buffer)), k).toBe(true);
+      expect(
+        Buffer.from((student.tensors.get(k)!.data as Float32Array).buffer).equals(
+          Buffer.from((t.data as Float32Array).buffer),
+        ),
+        k,
+      ).toBe(true);
     }
     const ids = idsFor(teacher.config.vocabSize);
     const ours = await logitsOf(student.config, student.tensors, ids);
@@ -107,23 +118,26 @@ describe('the whole teacher', () => {
 });
 
 describe('parameter counts equal the extracted tensor sizes', () => {
-  it.each(['pythia-style', 'odd-h48-heads3', 'sharded', 'odd-rotary-hs12'])('%s, random specs of every space', (name) => {
-    const teacher = teachers.get(name)!;
-    const rng = new SeededRng(7);
-    const { min, max } = spaceParamRange(teacher.config, { space: 'uniform' });
-    for (const space of ['uniform', 'layer-wise', 'granular'] as const) {
-      const s = createSubnetSpace(teacher.config, { space, target: { minParams: min, maxParams: max } });
-      for (let i = 0; i < 15; i++) {
-        const spec = s.sample(rng);
-        const c = canonicalize(spec, teacher.config);
-        const student = extractTensors(teacher.config, teacher.tensors, c);
-        const n = tensorElements(student.tensors);
-        expect(countSubnet(teacher.config, spec).parameters).toBe(n);
-        expect(s.cost(spec)).toBe(n);
-        expect(parameterCount(student.config)).toBe(n);
+  it.each(['pythia-style', 'odd-h48-heads3', 'sharded', 'odd-rotary-hs12'])(
+    '%s, random specs of every space',
+    (name) => {
+      const teacher = teachers.get(name)!;
+      const rng = new SeededRng(7);
+      const { min, max } = spaceParamRange(teacher.config, { space: 'uniform' });
+      for (const space of ['uniform', 'layer-wise', 'granular'] as const) {
+        const s = createSubnetSpace(teacher.config, { space, target: { minParams: min, maxParams: max } });
+        for (let i = 0; i < 15; i++) {
+          const spec = s.sample(rng);
+          const c = canonicalize(spec, teacher.config);
+          const student = extractTensors(teacher.config, teacher.tensors, c);
+          const n = tensorElements(student.tensors);
+          expect(countSubnet(teacher.config, spec).parameters).toBe(n);
+          expect(s.cost(spec)).toBe(n);
+          expect(parameterCount(student.config)).toBe(n);
+        }
       }
-    }
-  });
+    },
+  );
 });
 
 interface SliceCase {
@@ -170,12 +184,19 @@ describe('first-k students match the same students sliced in transformers', () =
       };
     });
     fs.writeFileSync(path.join(dir, 'cases.json'), JSON.stringify(cases));
-    const run = spawnSync(python!, [path.join(import.meta.dirname, 'fixtures', 'slice_neox.py'), '--cases', path.join(dir, 'cases.json')], {
-      encoding: 'utf8',
-      timeout: 120_000,
-    });
+    const run = spawnSync(
+      python!,
+      [path.join(import.meta.dirname, 'fixtures', 'slice_neox.py'), '--cases', path.join(dir, 'cases.json')],
+      {
+        encoding: 'utf8',
+        timeout: 120_000,
+      },
+    );
     expect(run.status, run.stderr).toBe(0);
-    const summaries = run.stdout.trim().split('\n').map((l) => JSON.parse(l) as { num_parameters: number });
+    const summaries = run.stdout
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { num_parameters: number });
     expect(summaries).toHaveLength(sliceCases.length);
     for (const [i, c] of sliceCases.entries()) {
       const teacher = teachers.get(c.fixture)!;
@@ -207,7 +228,15 @@ describe('first-k students match the same students sliced in transformers', () =
     fs.writeFileSync(path.join(tmp, 'export-ids.json'), JSON.stringify(ids));
     const run = spawnSync(
       python!,
-      [path.join(import.meta.dirname, 'fixtures', 'hf_logits.py'), '--model', out, '--ids', path.join(tmp, 'export-ids.json'), '--out', path.join(tmp, 'export.safetensors')],
+      [
+        path.join(import.meta.dirname, 'fixtures', 'hf_logits.py'),
+        '--model',
+        out,
+        '--ids',
+        path.join(tmp, 'export-ids.json'),
+        '--out',
+        path.join(tmp, 'export.safetensors'),
+      ],
       { encoding: 'utf8', timeout: 120_000 },
     );
     expect(run.status, run.stderr).toBe(0);
@@ -222,7 +251,15 @@ describe('first-k students match the same students sliced in transformers', () =
 describe('checkpoints', () => {
   it('a layer-wise student gets the offshoot config keys, reloads identically, and is refused for plain transformers', async () => {
     const teacherDir = path.join(FIXTURES, 'pythia-style');
-    const spec = { layers: 2, embedding: 40, headSize: 12, perLayer: [{ heads: 3, mlp: 64 }, { heads: [0, 3], mlp: [5, 6, 200] }] };
+    const spec = {
+      layers: 2,
+      embedding: 40,
+      headSize: 12,
+      perLayer: [
+        { heads: 3, mlp: 64 },
+        { heads: [0, 3], mlp: [5, 6, 200] },
+      ],
+    };
     const out = path.join(tmp, 'layerwise');
     const result = await extractCheckpoint({ teacher: teacherDir, spec, out });
     expect(result.transformersIncompatibility).toMatch(/layer 1 has 2 heads and MLP 3/);
@@ -244,23 +281,34 @@ describe('checkpoints', () => {
     expect(record.parameters).toBe(tensorElements(reloaded.tensors));
     const ids = idsFor(128);
     const inMemory = await extractFromTeacher(teachers.get('pythia-style')!, spec);
-    expect(await logitsOf(reloaded.config, reloaded.tensors, ids)).toEqual(await logitsOf(inMemory.config, inMemory.tensors, ids));
+    expect(await logitsOf(reloaded.config, reloaded.tensors, ids)).toEqual(
+      await logitsOf(inMemory.config, inMemory.tensors, ids),
+    );
 
     const refused = path.join(tmp, 'refused');
-    await expect(extractCheckpoint({ teacher: teacherDir, spec, out: refused, exportTransformers: true })).rejects.toThrow(
-      /cannot export for plain transformers: layer 1 has 2 heads and MLP 3, layer 0 has 3 and 64/,
-    );
+    await expect(
+      extractCheckpoint({ teacher: teacherDir, spec, out: refused, exportTransformers: true }),
+    ).rejects.toThrow(/cannot export for plain transformers: layer 1 has 2 heads and MLP 3, layer 0 has 3 and 64/);
     expect(fs.existsSync(refused)).toBe(false);
     // Uniform, but heads × head size ≠ width.
     await expect(
-      extractCheckpoint({ teacher: teacherDir, spec: { embedding: 40, heads: 2 }, out: refused, exportTransformers: true }),
+      extractCheckpoint({
+        teacher: teacherDir,
+        spec: { embedding: 40, heads: 2 },
+        out: refused,
+        exportTransformers: true,
+      }),
     ).rejects.toThrow(CheckpointError);
   });
 
   it('a spec for another teacher shape is refused before anything is written', async () => {
     const other = teachers.get('sharded')!.config;
     await expect(
-      extractCheckpoint({ teacher: path.join(FIXTURES, 'pythia-style'), spec: { ...fullSpec(other), layers: 1 }, out: path.join(tmp, 'other') }),
+      extractCheckpoint({
+        teacher: path.join(FIXTURES, 'pythia-style'),
+        spec: { ...fullSpec(other), layers: 1 },
+        out: path.join(tmp, 'other'),
+      }),
     ).rejects.toThrow(/^teacher: spec for another teacher shape/);
   });
 });
@@ -277,14 +325,25 @@ describe('importance orderings', () => {
     expect(scores.heads[0]).toHaveLength(4);
     expect(scores.mlp[2]).toHaveLength(128);
     expect(scores.embedding).toHaveLength(32);
-    for (const v of [...scores.heads.flat(), ...scores.mlp.flat(), ...scores.embedding]) expect(v).toBeGreaterThanOrEqual(0);
+    for (const v of [...scores.heads.flat(), ...scores.mlp.flat(), ...scores.embedding])
+      expect(v).toBeGreaterThanOrEqual(0);
     for (const v of scores.layers) {
       expect(v).toBeGreaterThanOrEqual(0);
       expect(v).toBeLessThanOrEqual(2);
     }
     const spec = { layers: 2, embedding: 8, heads: 2, mlp: 10 };
-    const s = await extractFromTeacher(teacher, spec, { order: 'importance', layers: 'importance', importance: scores });
-    const rank = (v: number[], k: number) => v.map((x, i) => [x, i]).sort((a, b) => b[0] - a[0] || a[1] - b[1]).slice(0, k).map((p) => p[1]).sort((a, b) => a - b);
+    const s = await extractFromTeacher(teacher, spec, {
+      order: 'importance',
+      layers: 'importance',
+      importance: scores,
+    });
+    const rank = (v: number[], k: number) =>
+      v
+        .map((x, i) => [x, i])
+        .sort((a, b) => b[0] - a[0] || a[1] - b[1])
+        .slice(0, k)
+        .map((p) => p[1])
+        .sort((a, b) => a - b);
     expect(s.canonical.layers).toEqual(rank(scores.layers, 2));
     expect(s.canonical.embedding).toEqual(rank(scores.embedding, 8));
     s.canonical.layers.forEach((t, i) => {
@@ -293,7 +352,11 @@ describe('importance orderings', () => {
     });
     expect(s.config).toEqual(studentConfig(teacher.config, canonicalize(spec, teacher.config)));
     // The same through a calibration batch.
-    const viaBatch = await extractFromTeacher(teacher, spec, { order: 'importance', layers: 'importance', calibration });
+    const viaBatch = await extractFromTeacher(teacher, spec, {
+      order: 'importance',
+      layers: 'importance',
+      calibration,
+    });
     expect(viaBatch.canonical).toEqual(s.canonical);
     // Evenly spaced layers.
     const even = await extractFromTeacher(teacher, { layers: 2 }, { layers: 'even' });

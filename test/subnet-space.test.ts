@@ -39,10 +39,21 @@ const mixed: NeoXConfig = {
   ],
 };
 /** Pythia-410M's shape. */
-const pythia410m = uniformConfig({ vocabSize: 50304, hiddenSize: 1024, numLayers: 24, numHeads: 16, maxPositions: 2048 });
+const pythia410m = uniformConfig({
+  vocabSize: 50304,
+  hiddenSize: 1024,
+  numLayers: 24,
+  numHeads: 16,
+  maxPositions: 2048,
+});
 
 /** Everything a genome of the space must satisfy, checked independently of the space's own code. */
-function checkGenome(space: ReturnType<typeof createSubnetSpace>, teacher: NeoXConfig, g: SubnetSpec, kind: SpaceKind): void {
+function checkGenome(
+  space: ReturnType<typeof createSubnetSpace>,
+  teacher: NeoXConfig,
+  g: SubnetSpec,
+  kind: SpaceKind,
+): void {
   expect(JSON.parse(JSON.stringify(g))).toEqual(g);
   const c = canonicalize(g, teacher); // throws on an invalid spec
   const params = countSubnet(teacher, g).parameters;
@@ -163,10 +174,19 @@ describe('determinism', () => {
   it('key: equal sub-networks, equal keys; describe names the shape', () => {
     const space = createSubnetSpace(small, { space: 'uniform', target: { minParams: 0, maxParams: 1e9 } });
     const a: SubnetSpec = { layers: 2, embedding: 64, headSize: 16, heads: 4, mlp: 128 };
-    const b: SubnetSpec = { layers: [0, 1], embedding: 64, perLayer: [{ heads: [0, 1, 2, 3], mlp: 128 }, { heads: 4, mlp: 128 }] };
+    const b: SubnetSpec = {
+      layers: [0, 1],
+      embedding: 64,
+      perLayer: [
+        { heads: [0, 1, 2, 3], mlp: 128 },
+        { heads: 4, mlp: 128 },
+      ],
+    };
     expect(space.key(a)).toBe(space.key(b));
     expect(space.key(a)).not.toBe(space.key({ ...a, mlp: 129 }));
-    expect(space.describe!(a)).toMatch(/^2 layers \[0-1\], width 64, head size 16, heads 4, MLP 128: [\d.]+k parameters$/);
+    expect(space.describe!(a)).toMatch(
+      /^2 layers \[0-1\], width 64, head size 16, heads 4, MLP 128: [\d.]+k parameters$/,
+    );
     // A genome of another space is not a valid uniform genome (unless it describes a uniform network).
     expect(space.isValid({ layers: 2, perLayer: [{ heads: 4 }, { heads: 3 }] })).toBe(false);
     expect(space.isValid({ layers: 2, heads: 4 })).toBe(true);
@@ -251,23 +271,45 @@ describe('bad targets and choices: clear errors naming them', () => {
       }
       expect(err).toBeInstanceOf(TargetError);
       expect((err as TargetError).field).toBe('target');
-      expect((err as Error).message).toMatch(new RegExp(`^target: bin 7 of 20 \\(linear\\): .* parameters: no sub-network of the ${kind} space has a parameter count in it`));
-      expect(() => createSubnetSpace(small, { space: kind, choices: coarse, target: bins[7] })).toThrow(/no sub-network of the .* space has a parameter count in it/);
+      expect((err as Error).message).toMatch(
+        new RegExp(
+          `^target: bin 7 of 20 \\(linear\\): .* parameters: no sub-network of the ${kind} space has a parameter count in it`,
+        ),
+      );
+      expect(() => createSubnetSpace(small, { space: kind, choices: coarse, target: bins[7] })).toThrow(
+        /no sub-network of the .* space has a parameter count in it/,
+      );
     }
   });
 
   it('bin index out of range, a range outside the space, an inverted range', () => {
     expect(() => resolveTarget(small, { bin: 20 })).toThrow(/^target: bin 20 out of range \[0, 20\)$/);
-    expect(() => resolveTarget(small, { params: '5B ± 1%' })).toThrow(/^target: 4.95B to 5.05B parameters: no sub-network of the uniform space has a parameter count in it \(the uniform space spans/);
-    expect(() => createSubnetSpace(small, { space: 'uniform', target: { minParams: 10, maxParams: 5 } })).toThrow(/^target: minParams 10 exceeds maxParams 5$/);
-    expect(() => createSubnetSpace(small, { space: 'uniform', target: { minParams: -1, maxParams: 5 } })).toThrow(/^target: minParams must be a non-negative number/);
+    expect(() => resolveTarget(small, { params: '5B ± 1%' })).toThrow(
+      /^target: 4.95B to 5.05B parameters: no sub-network of the uniform space has a parameter count in it \(the uniform space spans/,
+    );
+    expect(() => createSubnetSpace(small, { space: 'uniform', target: { minParams: 10, maxParams: 5 } })).toThrow(
+      /^target: minParams 10 exceeds maxParams 5$/,
+    );
+    expect(() => createSubnetSpace(small, { space: 'uniform', target: { minParams: -1, maxParams: 5 } })).toThrow(
+      /^target: minParams must be a non-negative number/,
+    );
   });
 
   it('bad choices and space names', () => {
-    expect(() => resolveDims(small, 'uniform', { heads: [4, 9] })).toThrow(/^choices\.heads: 9 exceeds the teacher's 8$/);
-    expect(() => resolveDims(small, 'uniform', { mlp: { step: 0 } })).toThrow(/^choices\.mlp\.step: must be a positive integer/);
-    expect(() => resolveDims(small, 'uniform', { embedding: [] })).toThrow(/^choices\.embedding: needs at least one value$/);
-    expect(() => createSubnetSpace(small, { space: 'per-head' as SpaceKind, target: { minParams: 0, maxParams: 1 } })).toThrow(SpecError);
-    expect(() => createSubnetSpace(small, { space: 'per-head' as SpaceKind, target: { minParams: 0, maxParams: 1 } })).toThrow(/^space: must be one of uniform, layer-wise, granular/);
+    expect(() => resolveDims(small, 'uniform', { heads: [4, 9] })).toThrow(
+      /^choices\.heads: 9 exceeds the teacher's 8$/,
+    );
+    expect(() => resolveDims(small, 'uniform', { mlp: { step: 0 } })).toThrow(
+      /^choices\.mlp\.step: must be a positive integer/,
+    );
+    expect(() => resolveDims(small, 'uniform', { embedding: [] })).toThrow(
+      /^choices\.embedding: needs at least one value$/,
+    );
+    expect(() =>
+      createSubnetSpace(small, { space: 'per-head' as SpaceKind, target: { minParams: 0, maxParams: 1 } }),
+    ).toThrow(SpecError);
+    expect(() =>
+      createSubnetSpace(small, { space: 'per-head' as SpaceKind, target: { minParams: 0, maxParams: 1 } }),
+    ).toThrow(/^space: must be one of uniform, layer-wise, granular/);
   });
 });

@@ -22,7 +22,13 @@ import {
 } from '../core/subnet/index.js';
 
 /** 6 layers, width 64, 8 heads of 8, MLP 256, vocab 100. */
-const teacher: NeoXConfig = uniformConfig({ vocabSize: 100, hiddenSize: 64, numLayers: 6, numHeads: 8, maxPositions: 64 });
+const teacher: NeoXConfig = uniformConfig({
+  vocabSize: 100,
+  hiddenSize: 64,
+  numLayers: 6,
+  numHeads: 8,
+  maxPositions: 64,
+});
 
 function specError(spec: unknown, t: NeoXConfig = teacher, options = {}): SpecError {
   try {
@@ -83,7 +89,11 @@ describe('canonical form', () => {
     const specs = [
       {},
       { layers: 2, embedding: 48, heads: 3, mlp: 64, headSize: 6 },
-      { layers: [0, 2, 5], embedding: [1, 5, 9, 11], perLayer: [{ heads: [7] }, { heads: 2, mlp: [3, 4] }, { mlp: 9 }] },
+      {
+        layers: [0, 2, 5],
+        embedding: [1, 5, 9, 11],
+        perLayer: [{ heads: [7] }, { heads: 2, mlp: [3, 4] }, { mlp: 9 }],
+      },
     ];
     for (const spec of specs) {
       const c = canonicalize(spec, teacher);
@@ -91,7 +101,12 @@ describe('canonical form', () => {
       expect(canonicalize(compact, teacher)).toEqual(c);
       expect(JSON.parse(JSON.stringify(compact))).toEqual(compact);
     }
-    expect(compactSpec(canonicalize({ layers: 2, heads: 3 }, teacher))).toEqual({ format: 1, teacher: teacherShape(teacher), layers: 2, heads: 3 });
+    expect(compactSpec(canonicalize({ layers: 2, heads: 3 }, teacher))).toEqual({
+      format: 1,
+      teacher: teacherShape(teacher),
+      layers: 2,
+      heads: 3,
+    });
   });
 
   it('orderings: evenly spaced layers, importance-ranked counts', () => {
@@ -106,7 +121,11 @@ describe('canonical form', () => {
       embedding: Array.from({ length: 64 }, (_, c) => c),
       layers: [0.1, 0.5, 0.2, 0.9, 0.3, 0.4],
     };
-    const c = canonicalize({ layers: 2, heads: 2, mlp: 3, embedding: 4 }, teacher, { order: 'importance', layers: 'importance', importance });
+    const c = canonicalize({ layers: 2, heads: 2, mlp: 3, embedding: 4 }, teacher, {
+      order: 'importance',
+      layers: 'importance',
+      importance,
+    });
     expect(c.layers).toEqual([1, 3]);
     expect(c.perLayer[0].heads).toEqual([1, 7]);
     expect(c.perLayer[1].heads).toEqual([3, 7]);
@@ -133,7 +152,12 @@ describe('bad specs: clear errors naming the field', () => {
     ['empty index list', { mlp: [] }, 'mlp', /must not be empty|count or a non-empty array/],
     ['wrong format', { format: 2 }, 'format', /must be 1/],
     ['bad head size', { headSize: 'auto' }, 'headSize', /width\/heads/],
-    ['head index out of range', { layers: 3, perLayer: [{}, {}, { heads: [0, 9] }] }, 'perLayer[2].heads', /^perLayer\[2\]\.heads: index 9 out of range \[0, 8\)$/],
+    [
+      'head index out of range',
+      { layers: 3, perLayer: [{}, {}, { heads: [0, 9] }] },
+      'perLayer[2].heads',
+      /^perLayer\[2\]\.heads: index 9 out of range \[0, 8\)$/,
+    ],
     ['repeated head', { heads: [1, 2, 1] }, 'heads', /index 1 repeated/],
     ['layer out of range', { layers: [0, 6] }, 'layers', /index 6 out of range \[0, 6\)/],
     ['repeated layer', { layers: [1, 1] }, 'layers', /index 1 repeated/],
@@ -142,13 +166,33 @@ describe('bad specs: clear errors naming the field', () => {
     ['too wide', { embedding: 65 }, 'embedding', /width 65 exceeds the teacher's 64/],
     ['channel out of range', { embedding: [0, 64] }, 'embedding', /index 64 out of range \[0, 64\)/],
     ['too many heads', { heads: 9 }, 'heads', /9 heads exceed the 8 of teacher layer 0/],
-    ['too many neurons', { perLayer: [{}, {}, {}, {}, {}, { mlp: 300 }] }, 'perLayer[5].mlp', /300 MLP neurons exceed the 256 of teacher layer 5/],
+    [
+      'too many neurons',
+      { perLayer: [{}, {}, {}, {}, {}, { mlp: 300 }] },
+      'perLayer[5].mlp',
+      /300 MLP neurons exceed the 256 of teacher layer 5/,
+    ],
     ['perLayer length', { layers: 2, perLayer: [{}] }, 'perLayer', /1 entries for 2 kept layers/],
     ['head size too big', { headSize: 9 }, 'headSize', /9 exceeds the teacher's head size 8/],
     ['head dim repeated', { headSize: [0, 0] }, 'headSize', /index 0 repeated/],
-    ['heads not dividing the width', { embedding: 30, heads: 4, headSize: 'width/heads' }, 'heads', /4 heads do not divide the embedding width 30/],
-    ['derived head size with mixed heads', { layers: 2, headSize: 'width/heads', perLayer: [{ heads: 4 }, { heads: 2 }] }, 'headSize', /same number of heads/],
-    ['derived head size too big', { embedding: 64, heads: 4, headSize: 'width/heads' }, 'headSize', /64 \/ 4 heads = 16 exceeds the teacher's head size 8/],
+    [
+      'heads not dividing the width',
+      { embedding: 30, heads: 4, headSize: 'width/heads' },
+      'heads',
+      /4 heads do not divide the embedding width 30/,
+    ],
+    [
+      'derived head size with mixed heads',
+      { layers: 2, headSize: 'width/heads', perLayer: [{ heads: 4 }, { heads: 2 }] },
+      'headSize',
+      /same number of heads/,
+    ],
+    [
+      'derived head size too big',
+      { embedding: 64, heads: 4, headSize: 'width/heads' },
+      'headSize',
+      /64 \/ 4 heads = 16 exceeds the teacher's head size 8/,
+    ],
   ];
   it.each(cases)('%s', (_name, spec, field, message) => {
     const err = specError(spec);
@@ -162,20 +206,31 @@ describe('bad specs: clear errors naming the field', () => {
     const spec = { ...fullSpec(other), layers: 2 };
     const err = specError(spec);
     expect(err.field).toBe('teacher');
-    expect(err.message).toMatch(/^teacher: spec for another teacher shape: it was made for 4 layers, width 64.*this teacher has 6 layers/);
+    expect(err.message).toMatch(
+      /^teacher: spec for another teacher shape: it was made for 4 layers, width 64.*this teacher has 6 layers/,
+    );
     // Same spec without the recorded shape: still checked by the ranges.
     expect(() => canonicalize({ layers: 2 }, teacher)).not.toThrow();
   });
 
   it('odd head size under full rotary (transformers would rotate past the head)', () => {
-    const rot = uniformConfig({ vocabSize: 50, hiddenSize: 32, numLayers: 1, numHeads: 2, rotaryPct: 1, maxPositions: 16 });
+    const rot = uniformConfig({
+      vocabSize: 50,
+      hiddenSize: 32,
+      numLayers: 1,
+      numHeads: 2,
+      rotaryPct: 1,
+      maxPositions: 16,
+    });
     const err = specError({ headSize: 7 }, rot);
     expect(err.field).toBe('headSize');
     expect(err.message).toMatch(/rotate 8 dims, more than the head size/);
   });
 
   it('parseSpec rejects the structure before any teacher is involved', () => {
-    expect(() => parseSpec({ perLayer: [{ heads: 'x' }] })).toThrow(/^perLayer\[0\]\.heads: must be a positive integer count or a non-empty array of indices, got "x"$/);
+    expect(() => parseSpec({ perLayer: [{ heads: 'x' }] })).toThrow(
+      /^perLayer\[0\]\.heads: must be a positive integer count or a non-empty array of indices, got "x"$/,
+    );
   });
 
   it('indexRuns', () => {

@@ -50,8 +50,25 @@ let ctx: FitnessContext;
 beforeAll(async () => {
   // The teacher: the tiny preset (2 layers, width 32, 4 heads of 8, MLP 128) on a 300-token BPE.
   const r = offshoot(
-    'teacher', 'train', '--out', teacher, '--preset', 'tiny', '--vocab', '300', '--steps', '200', '--batch-size', '8',
-    '--seq-len', '32', '--eval-every', '100', '--eval-tokens', '4096', '--json',
+    'teacher',
+    'train',
+    '--out',
+    teacher,
+    '--preset',
+    'tiny',
+    '--vocab',
+    '300',
+    '--steps',
+    '200',
+    '--batch-size',
+    '8',
+    '--seq-len',
+    '32',
+    '--eval-every',
+    '100',
+    '--eval-tokens',
+    '4096',
+    '--json',
   );
   expect(r.status, r.stderr).toBe(0);
   await initBackend('wasm', () => {});
@@ -68,7 +85,17 @@ describe('offshoot subnet CLI', () => {
   const spec = { layers: 1, embedding: 24, heads: 3, mlp: 64 };
 
   it('count: parameters and FLOPs from the spec alone', () => {
-    const r = offshoot('subnet', 'count', '--teacher', teacher, '--spec', JSON.stringify(spec), '--seq-len', '32', '--json');
+    const r = offshoot(
+      'subnet',
+      'count',
+      '--teacher',
+      teacher,
+      '--spec',
+      JSON.stringify(spec),
+      '--seq-len',
+      '32',
+      '--json',
+    );
     expect(r.status, r.stderr).toBe(0);
     const out = JSON.parse(r.stdout);
     const config = loadCheckpoint(teacher).config;
@@ -87,8 +114,21 @@ describe('offshoot subnet CLI', () => {
     const specFile = path.join(tmp, 'spec.json');
     fs.writeFileSync(specFile, JSON.stringify(spec));
     const r = offshoot(
-      'subnet', 'extract', '--teacher', teacher, '--spec', specFile, '--out', out, '--order', 'importance', '--layers', 'importance',
-      '--calibration', 'sotu:train', '--json',
+      'subnet',
+      'extract',
+      '--teacher',
+      teacher,
+      '--spec',
+      specFile,
+      '--out',
+      out,
+      '--order',
+      'importance',
+      '--layers',
+      'importance',
+      '--calibration',
+      'sotu:train',
+      '--json',
     );
     expect(r.status, r.stderr).toBe(0);
     expect(r.stderr).toMatch(/backend: wasm/);
@@ -96,14 +136,41 @@ describe('offshoot subnet CLI', () => {
     const result = JSON.parse(r.stdout);
     expect(result.transformersCompatible).toBe(true);
     expect(result.parameters).toBe(countSubnet(loadCheckpoint(teacher).config, spec).parameters);
-    for (const f of ['config.json', 'model.safetensors', 'tokenizer.json', SUBNET_FILE]) expect(fs.existsSync(path.join(out, f)), f).toBe(true);
+    for (const f of ['config.json', 'model.safetensors', 'tokenizer.json', SUBNET_FILE])
+      expect(fs.existsSync(path.join(out, f)), f).toBe(true);
     const record = JSON.parse(fs.readFileSync(path.join(out, SUBNET_FILE), 'utf8'));
-    expect(record).toMatchObject({ order: 'importance', layers: 'importance', hash: result.specHash, parameters: result.parameters });
+    expect(record).toMatchObject({
+      order: 'importance',
+      layers: 'importance',
+      hash: result.specHash,
+      parameters: result.parameters,
+    });
     // The recorded spec reproduces the student exactly (first-k extraction of explicit indices).
-    const again = offshoot('subnet', 'extract', '--teacher', teacher, '--spec', path.join(out, SUBNET_FILE), '--out', path.join(tmp, 'again'), '--json');
+    const again = offshoot(
+      'subnet',
+      'extract',
+      '--teacher',
+      teacher,
+      '--spec',
+      path.join(out, SUBNET_FILE),
+      '--out',
+      path.join(tmp, 'again'),
+      '--json',
+    );
     expect(again.status, again.stderr).toBe(0);
     expect(JSON.parse(again.stdout).checkpointHash).toBe(result.checkpointHash);
-    const e = offshoot('eval', '--model', out, '--data', 'sotu:val', '--max-tokens', '2048', '--seq-len', '32', '--json');
+    const e = offshoot(
+      'eval',
+      '--model',
+      out,
+      '--data',
+      'sotu:val',
+      '--max-tokens',
+      '2048',
+      '--seq-len',
+      '32',
+      '--json',
+    );
     expect(e.status, e.stderr).toBe(0);
     expect(JSON.parse(e.stdout).loss).toBeLessThan(5);
   });
@@ -112,8 +179,14 @@ describe('offshoot subnet CLI', () => {
     const cases: [string[], RegExp][] = [
       [['--spec', '{"heads":[0,9]}'], /offshoot: heads: index 9 out of range \[0, 4\)/],
       [['--spec', '{"layers":[1,1]}'], /offshoot: layers: index 1 repeated/],
-      [['--spec', '{"embedding":30,"heads":4,"headSize":"width/heads"}'], /offshoot: heads: 4 heads do not divide the embedding width 30/],
-      [['--spec', '{"heads":3}', '--export-transformers'], /offshoot: cannot export for plain transformers: heads × head size = 3 × 8 = 24 differs from the width 32/],
+      [
+        ['--spec', '{"embedding":30,"heads":4,"headSize":"width/heads"}'],
+        /offshoot: heads: 4 heads do not divide the embedding width 30/,
+      ],
+      [
+        ['--spec', '{"heads":3}', '--export-transformers'],
+        /offshoot: cannot export for plain transformers: heads × head size = 3 × 8 = 24 differs from the width 32/,
+      ],
       [['--spec', path.join(tmp, 'missing.json')], /offshoot: --spec .*missing\.json: cannot read \(ENOENT\)/],
       [['--spec', '{"layers":'], /offshoot: --spec \(inline\): invalid JSON/],
       [['--spec', '{}', '--order', 'random'], /argument 'random' is invalid\. Allowed choices are first-k, importance/],
@@ -124,7 +197,16 @@ describe('offshoot subnet CLI', () => {
       expect(r.stderr).toMatch(message);
     }
     expect(fs.existsSync(path.join(tmp, 'bad'))).toBe(false);
-    const other = offshoot('subnet', 'count', '--teacher', teacher, '--spec', JSON.stringify({ teacher: { vocabSize: 300, hiddenSize: 64, numLayers: 2, headSize: 8, numHeads: 8, intermediateSize: 256 } }));
+    const other = offshoot(
+      'subnet',
+      'count',
+      '--teacher',
+      teacher,
+      '--spec',
+      JSON.stringify({
+        teacher: { vocabSize: 300, hiddenSize: 64, numLayers: 2, headSize: 8, numHeads: 8, intermediateSize: 256 },
+      }),
+    );
     expect(other.status).toBe(1);
     expect(other.stderr).toMatch(/offshoot: teacher: spec for another teacher shape/);
     const bins = offshoot('subnet', 'bins', '--teacher', teacher, '--json');
@@ -158,11 +240,18 @@ describe('fitness: sub-network initialisation vs random initialisation', () => {
   }
 
   it('the teacher itself (zero-shot), and the accounting', async () => {
-    const z = await evaluateFitness({ teacher, spec: {}, budget: { kind: 'zero-shot', seqLen: 32, evalTokens: 4096 }, seed: 3 }, ctx);
-    rows.push(`  ${'teacher (whole)'.padEnd(28)} ${String(z.parameters).padStart(6)} params  zero-shot ${z.valLoss.toFixed(3)}`);
+    const z = await evaluateFitness(
+      { teacher, spec: {}, budget: { kind: 'zero-shot', seqLen: 32, evalTokens: 4096 }, seed: 3 },
+      ctx,
+    );
+    rows.push(
+      `  ${'teacher (whole)'.padEnd(28)} ${String(z.parameters).padStart(6)} params  zero-shot ${z.valLoss.toFixed(3)}`,
+    );
     expect(z.trainTokens).toBe(0);
     expect(z.flops.training).toBe(0);
-    expect(z.flops.evaluation).toBe(z.evalTokens * countSubnet(ctx.checkpoint.config, {}, { seqLen: 32 }).flopsPerToken.forward);
+    expect(z.flops.evaluation).toBe(
+      z.evalTokens * countSubnet(ctx.checkpoint.config, {}, { seqLen: 32 }).flopsPerToken.forward,
+    );
     // Stateless: the same request without a context gives the same loss.
     const fresh = await evaluateFitness({
       teacher,
@@ -184,16 +273,31 @@ describe('fitness: sub-network initialisation vs random initialisation', () => {
   });
 
   it('layer-wise', async () => {
-    await compare('layer-wise {2L, 24}', { layers: 2, embedding: 24, perLayer: [{ heads: 2, mlp: 96 }, { heads: 3, mlp: 32 }] });
+    await compare('layer-wise {2L, 24}', {
+      layers: 2,
+      embedding: 24,
+      perLayer: [
+        { heads: 2, mlp: 96 },
+        { heads: 3, mlp: 32 },
+      ],
+    });
   });
 
   it('granular (explicit index sets)', async () => {
     const even = (n: number) => Array.from({ length: n }, (_, i) => 2 * i);
-    await compare('granular {L1, even channels}', { layers: [1], embedding: even(16), perLayer: [{ heads: [1, 3], mlp: even(64) }] });
+    await compare('granular {L1, even channels}', {
+      layers: [1],
+      embedding: even(16),
+      perLayer: [{ heads: [1, 3], mlp: even(64) }],
+    });
   });
 
   it('importance-ranked heads, neurons, channels and layers', async () => {
-    await compare('importance {1L, 24, 3h, 64}', { layers: 1, embedding: 24, heads: 3, mlp: 64 }, { order: 'importance', layers: 'importance' });
+    await compare(
+      'importance {1L, 24, 3h, 64}',
+      { layers: 1, embedding: 24, heads: 3, mlp: 64 },
+      { order: 'importance', layers: 'importance' },
+    );
   });
 
   it('cross-entropy instead of distillation; FLOPs reported', async () => {

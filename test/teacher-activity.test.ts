@@ -29,14 +29,33 @@ function input(dir: string): PrepareTeacherInput {
     run: { runId: 'teacher', dir: tmp },
     dir,
     data: { train: 'sotu:train', val: 'sotu:val', tokenizer },
-    train: { preset: 'tiny', vocab: 512, steps: STEPS, batchSize: 4, seqLen: 16, lr: 3e-3, warmup: 4, seed: 1, evalTokens: 256, checkpointEvery: 10 },
+    train: {
+      preset: 'tiny',
+      vocab: 512,
+      steps: STEPS,
+      batchSize: 4,
+      seqLen: 16,
+      lr: 3e-3,
+      warmup: 4,
+      seed: 1,
+      evalTokens: 256,
+      checkpointEvery: 10,
+    },
   };
 }
 
 /** Runs prepareTeacher; `onHeartbeat` sees each heartbeat's details with the environment (to cancel). */
-async function prepareTeacher(dir: string, options: { draining?: AbortSignal; onHeartbeat?: (details: { step?: number }, env: MockActivityEnvironment) => void } = {}) {
+async function prepareTeacher(
+  dir: string,
+  options: {
+    draining?: AbortSignal;
+    onHeartbeat?: (details: { step?: number }, env: MockActivityEnvironment) => void;
+  } = {},
+) {
   const lines: string[] = [];
-  const activities = createPretrainActivities(localEnv({ log: (l) => lines.push(l), ...(options.draining ? { draining: options.draining } : {}) }));
+  const activities = createPretrainActivities(
+    localEnv({ log: (l) => lines.push(l), ...(options.draining ? { draining: options.draining } : {}) }),
+  );
   const env = new MockActivityEnvironment(undefined, { logger: new DefaultLogger('ERROR', () => undefined) });
   const beats: { step?: number }[] = [];
   env.on('heartbeat', (d: { step?: number }) => {
@@ -90,8 +109,13 @@ describe('prepareTeacher trains the teacher in the worker', () => {
   it("a worker's shutdown fails the attempt with the teacher checkpointed, for a retry elsewhere", async () => {
     const drained = path.join(tmp, 'drained');
     const draining = new AbortController();
-    const run = await prepareTeacher(drained, { draining: draining.signal, onHeartbeat: (d) => (d.step ?? 0) >= 10 && draining.abort() });
-    await expect(run.result).rejects.toThrow(/teacher training stopped at step \d+ by the worker's shutdown \(checkpointed; a retry resumes\)/);
+    const run = await prepareTeacher(drained, {
+      draining: draining.signal,
+      onHeartbeat: (d) => (d.step ?? 0) >= 10 && draining.abort(),
+    });
+    await expect(run.result).rejects.toThrow(
+      /teacher training stopped at step \d+ by the worker's shutdown \(checkpointed; a retry resumes\)/,
+    );
     expect(readTrainerState(drained)!.step).toBeGreaterThanOrEqual(10);
     expect(teacherFinished(drained)).toBe(false);
   });

@@ -69,8 +69,20 @@ describe('answer encoding', () => {
     [70000, ValueEncoding.VALUE_ENCODING_FLOAT32],
   ] as const) {
     it(`round-trips through protobuf (vocab ${vocab}, ${ValueEncoding[encoding]}), also from unaligned bytes`, () => {
-      const msg = encodeTopK({ id: 9, positions: 2, k: 3, temperature: 2, vocabSize: vocab, encoding, indices, values, logNormaliser });
-      expect(msg.indexEncoding).toBe(vocab <= 65536 ? IndexEncoding.INDEX_ENCODING_UINT16 : IndexEncoding.INDEX_ENCODING_UINT32);
+      const msg = encodeTopK({
+        id: 9,
+        positions: 2,
+        k: 3,
+        temperature: 2,
+        vocabSize: vocab,
+        encoding,
+        indices,
+        values,
+        logNormaliser,
+      });
+      expect(msg.indexEncoding).toBe(
+        vocab <= 65536 ? IndexEncoding.INDEX_ENCODING_UINT16 : IndexEncoding.INDEX_ENCODING_UINT32,
+      );
       expect(msg.indices.byteLength).toBe(6 * (vocab <= 65536 ? 2 : 4));
       expect(msg.logits.byteLength).toBe(6 * (encoding === ValueEncoding.VALUE_ENCODING_FLOAT16 ? 2 : 4));
       const wire = TopKResponse.encode(msg).finish();
@@ -88,30 +100,73 @@ describe('answer encoding', () => {
   }
 
   it('refuses an answer whose byte fields do not match its header', () => {
-    const msg = encodeTopK({ id: 1, positions: 2, k: 3, temperature: 1, vocabSize: 300, encoding: ValueEncoding.VALUE_ENCODING_FLOAT32, indices, values, logNormaliser });
+    const msg = encodeTopK({
+      id: 1,
+      positions: 2,
+      k: 3,
+      temperature: 1,
+      vocabSize: 300,
+      encoding: ValueEncoding.VALUE_ENCODING_FLOAT32,
+      indices,
+      values,
+      logNormaliser,
+    });
     expect(() => decodeTopK({ ...msg, topK: 4 })).toThrow(/do not match 2 positions × top-k 4/);
-    expect(() => decodeTopK({ ...msg, logits: msg.logits.subarray(1) })).toThrow(/logits: 23 bytes is not a whole number of 4-byte values/);
+    expect(() => decodeTopK({ ...msg, logits: msg.logits.subarray(1) })).toThrow(
+      /logits: 23 bytes is not a whole number of 4-byte values/,
+    );
   });
 });
 
 describe('request checks', () => {
   const limits = { vocabSize: 100, contextLength: 16, maxBatchTokens: 64, defaultTopK: 64 };
-  const req = { id: 3, batchSize: 2, seqLen: 2, tokens: [1, 2, 3, 4], valueEncoding: ValueEncoding.VALUE_ENCODING_UNSPECIFIED };
+  const req = {
+    id: 3,
+    batchSize: 2,
+    seqLen: 2,
+    tokens: [1, 2, 3, 4],
+    valueEncoding: ValueEncoding.VALUE_ENCODING_UNSPECIFIED,
+  };
 
   it('fills in the defaults: k 64, temperature 1, float16', () => {
-    expect(validateRequest(req, limits)).toMatchObject({ id: 3, k: 64, temperature: 1, encoding: ValueEncoding.VALUE_ENCODING_FLOAT16 });
+    expect(validateRequest(req, limits)).toMatchObject({
+      id: 3,
+      k: 64,
+      temperature: 1,
+      encoding: ValueEncoding.VALUE_ENCODING_FLOAT16,
+    });
   });
 
   for (const [what, change, code, message] of [
     ['empty batch', { batchSize: 0, tokens: [] }, grpc.status.INVALID_ARGUMENT, /batch_size must be at least 1/],
     ['empty sequence', { seqLen: 0, tokens: [] }, grpc.status.INVALID_ARGUMENT, /seq_len must be at least 1/],
-    ['too long', { batchSize: 1, seqLen: 17, tokens: new Array(17).fill(0) }, grpc.status.INVALID_ARGUMENT, /seq_len 17 exceeds the model's context length of 16/],
-    ['too big', { batchSize: 5, seqLen: 16, tokens: new Array(80).fill(0) }, grpc.status.RESOURCE_EXHAUSTED, /5 × 16 = 80 tokens exceeds the server's limit of 64/],
-    ['id', { tokens: [1, 2, 100, 4] }, grpc.status.INVALID_ARGUMENT, /token id 100 at position 2 \(row 1, column 0\) is outside the vocabulary \[0, 100\)/],
+    [
+      'too long',
+      { batchSize: 1, seqLen: 17, tokens: new Array(17).fill(0) },
+      grpc.status.INVALID_ARGUMENT,
+      /seq_len 17 exceeds the model's context length of 16/,
+    ],
+    [
+      'too big',
+      { batchSize: 5, seqLen: 16, tokens: new Array(80).fill(0) },
+      grpc.status.RESOURCE_EXHAUSTED,
+      /5 × 16 = 80 tokens exceeds the server's limit of 64/,
+    ],
+    [
+      'id',
+      { tokens: [1, 2, 100, 4] },
+      grpc.status.INVALID_ARGUMENT,
+      /token id 100 at position 2 \(row 1, column 0\) is outside the vocabulary \[0, 100\)/,
+    ],
     ['k 0', { topK: 0 }, grpc.status.INVALID_ARGUMENT, /top_k 0 is outside \[1, 100\]/],
     ['k > vocab', { topK: 101 }, grpc.status.INVALID_ARGUMENT, /top_k 101 is outside \[1, 100\]/],
     ['temperature', { temperature: -1 }, grpc.status.INVALID_ARGUMENT, /temperature must be finite and > 0, got -1/],
-    ['NaN temperature', { temperature: NaN }, grpc.status.INVALID_ARGUMENT, /temperature must be finite and > 0, got NaN/],
+    [
+      'NaN temperature',
+      { temperature: NaN },
+      grpc.status.INVALID_ARGUMENT,
+      /temperature must be finite and > 0, got NaN/,
+    ],
     ['encoding', { valueEncoding: 7 }, grpc.status.INVALID_ARGUMENT, /value_encoding 7 is not one of/],
   ] as const) {
     it(`rejects: ${what}`, () => {

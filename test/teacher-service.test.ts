@@ -52,7 +52,10 @@ let hash: string;
 let server: TeacherProcess;
 const clients: TeacherClient[] = [];
 
-function client(targets: string | string[], extra: Partial<ConstructorParameters<typeof TeacherClient>[0]> = {}): TeacherClient {
+function client(
+  targets: string | string[],
+  extra: Partial<ConstructorParameters<typeof TeacherClient>[0]> = {},
+): TeacherClient {
   const c = new TeacherClient({ targets, ...extra });
   clients.push(c);
   return c;
@@ -70,9 +73,17 @@ function randomBatch(batchSize: number, seqLen: number, seed: number): Batch {
 }
 
 /** The in-process teacher's top-k of a batch, on the host. */
-async function expected(batch: Batch, k: number, temperature = 1): Promise<{ indices: Int32Array; logits: Float32Array; lse: Float32Array }> {
+async function expected(
+  batch: Batch,
+  k: number,
+  temperature = 1,
+): Promise<{ indices: Int32Array; logits: Float32Array; lse: Float32Array }> {
   const view = tf.tidy(() => {
-    const t = topKFromLogits(teacher.logits2d(tf.tensor2d(batch.input, [batch.batchSize, batch.seqLen], 'int32')), k, temperature);
+    const t = topKFromLogits(
+      teacher.logits2d(tf.tensor2d(batch.input, [batch.batchSize, batch.seqLen], 'int32')),
+      k,
+      temperature,
+    );
     return [t.indices, t.logits, t.logNormaliser];
   });
   const [indices, logits, lse] = await Promise.all(view.map((t) => t.data()));
@@ -80,7 +91,11 @@ async function expected(batch: Batch, k: number, temperature = 1): Promise<{ ind
   return { indices: indices as Int32Array, logits: logits as Float32Array, lse: lse as Float32Array };
 }
 
-function expectMatches(result: TopKResult, want: { indices: Int32Array; logits: Float32Array; lse: Float32Array }, f16: boolean): void {
+function expectMatches(
+  result: TopKResult,
+  want: { indices: Int32Array; logits: Float32Array; lse: Float32Array },
+  f16: boolean,
+): void {
   expect(Array.from(result.indices)).toEqual(Array.from(want.indices));
   for (let i = 0; i < want.logits.length; i++) {
     const tol = f16 ? float16Tolerance(want.logits[i]) : 1e-6 * Math.max(1, Math.abs(want.logits[i]));
@@ -93,7 +108,9 @@ function expectMatches(result: TopKResult, want: { indices: Int32Array; logits: 
 
 /** A raw stream on the generated client, for what the TeacherClient hides (bad input, not reading). */
 function rawStream(target: string, options: Partial<grpc.CallOptions> = {}) {
-  const c = new TeacherLogitsClient(target, grpc.credentials.createInsecure(), { 'grpc.max_receive_message_length': -1 });
+  const c = new TeacherLogitsClient(target, grpc.credentials.createInsecure(), {
+    'grpc.max_receive_message_length': -1,
+  });
   const call = c.streamTopK(new grpc.Metadata(), options);
   const answers: TopKResponse[] = [];
   const status = new Promise<{ code: grpc.status; details: string }>((resolve) => {
@@ -108,7 +125,13 @@ function rawStream(target: string, options: Partial<grpc.CallOptions> = {}) {
     status,
     read: () => call.on('data', (m: TopKResponse) => answers.push(m)),
     send: (req: Partial<TopKRequest> & { id: number }) =>
-      call.write({ batchSize: 1, seqLen: 4, tokens: [1, 2, 3, 4], valueEncoding: ValueEncoding.VALUE_ENCODING_UNSPECIFIED, ...req }),
+      call.write({
+        batchSize: 1,
+        seqLen: 4,
+        tokens: [1, 2, 3, 4],
+        valueEncoding: ValueEncoding.VALUE_ENCODING_UNSPECIFIED,
+        ...req,
+      }),
     close: () => {
       call.cancel();
       c.close();
@@ -116,7 +139,12 @@ function rawStream(target: string, options: Partial<grpc.CallOptions> = {}) {
   };
 }
 
-async function waitFor<T>(what: string, probe: () => Promise<T>, ok: (v: T) => boolean, timeoutMs = 20_000): Promise<T> {
+async function waitFor<T>(
+  what: string,
+  probe: () => Promise<T>,
+  ok: (v: T) => boolean,
+  timeoutMs = 20_000,
+): Promise<T> {
   const end = Date.now() + timeoutMs;
   for (;;) {
     const v = await probe();
@@ -160,7 +188,9 @@ describe('teacher service: contract', () => {
       check: (req: { service: string }, cb: (err: grpc.ServiceError | null, res: { status: string }) => void) => void;
     };
     for (const name of ['', 'offshoot.teacher.v1.TeacherLogits']) {
-      const res = await new Promise<{ status: string }>((resolve, reject) => health.check({ service: name }, (e, r) => (e ? reject(e) : resolve(r))));
+      const res = await new Promise<{ status: string }>((resolve, reject) =>
+        health.check({ service: name }, (e, r) => (e ? reject(e) : resolve(r))),
+      );
       expect(res.status).toBe('SERVING');
     }
     health.close();
@@ -191,13 +221,22 @@ describe('teacher service: contract', () => {
         const options = { alpha: 0.3, temperature, direction };
         const want = (await distillationLoss(student, targets, full, options).data())[0];
         for (const encoding of ['f32', 'f16'] as const) {
-          const answer = await c.topK({ tokens: batch.input, batchSize: 2, seqLen: 32, topK: VOCAB, temperature, encoding });
+          const answer = await c.topK({
+            tokens: batch.input,
+            batchSize: 2,
+            seqLen: 32,
+            topK: VOCAB,
+            temperature,
+            encoding,
+          });
           const view = topKTensors(answer);
           const got = (await distillationLoss(student, targets, view, options).data())[0];
           tf.dispose([view.indices, view.logits, view.logNormaliser]);
           // f32: equal up to float32 rounding of the sums; f16: within what rounding the logits moves.
           const tolerance = (encoding === 'f32' ? 1e-5 : 2e-3) * Math.max(1, Math.abs(want));
-          expect(Math.abs(got - want), `${direction} T=${temperature} ${encoding}: ${got} vs ${want}`).toBeLessThan(tolerance);
+          expect(Math.abs(got - want), `${direction} T=${temperature} ${encoding}: ${got} vs ${want}`).toBeLessThan(
+            tolerance,
+          );
         }
       }
     }
@@ -211,14 +250,27 @@ describe('teacher service: contract', () => {
     const student = () => GPTNeoX.random(config, 4);
     const run = async (t: ConstructorParameters<typeof Trainer>[1]['teacher']) => {
       const losses: number[] = [];
-      const trainer = new Trainer(student(), { hyper, batches, teacher: t, distill, onStep: (r) => losses.push(r.loss) });
+      const trainer = new Trainer(student(), {
+        hyper,
+        batches,
+        teacher: t,
+        distill,
+        onStep: (r) => losses.push(r.loss),
+      });
       await trainer.run();
       trainer.dispose();
       return losses;
     };
     const c = client(server.target);
     const seen: number[] = [];
-    const streaming = new StreamingTeacher(c, { topK: 32, temperature: 2, encoding: 'f32', batches, window: 2, onAnswer: (s) => seen.push(s) });
+    const streaming = new StreamingTeacher(c, {
+      topK: 32,
+      temperature: 2,
+      encoding: 'f32',
+      batches,
+      window: 2,
+      onAnswer: (s) => seen.push(s),
+    });
     const streamed = await run(streaming);
     const local = await run(inProcessTeacher(teacher, { topK: 32, temperature: 2 }));
     expect(seen).toEqual([0, 1, 2, 3, 4, 5]);
@@ -252,7 +304,12 @@ describe('teacher service: bad input', () => {
       message: /token id 300 at position 5 \(row 1, column 1\) is outside the vocabulary \[0, 300\)/,
     },
     { name: 'k of 0', req: { topK: 0 }, code: grpc.status.INVALID_ARGUMENT, message: /top_k 0 is outside \[1, 300\]/ },
-    { name: 'k above the vocabulary', req: { topK: VOCAB + 1 }, code: grpc.status.INVALID_ARGUMENT, message: /top_k 301 is outside \[1, 300\]/ },
+    {
+      name: 'k above the vocabulary',
+      req: { topK: VOCAB + 1 },
+      code: grpc.status.INVALID_ARGUMENT,
+      message: /top_k 301 is outside \[1, 300\]/,
+    },
     {
       name: 'a sequence longer than the context',
       req: { batchSize: 1, seqLen: CONTEXT + 1, tokens: new Array(CONTEXT + 1).fill(1) },
@@ -265,8 +322,18 @@ describe('teacher service: bad input', () => {
       code: grpc.status.RESOURCE_EXHAUSTED,
       message: /17 × 64 = 1088 tokens exceeds the server's limit of 1024 tokens per request/,
     },
-    { name: 'a temperature of 0', req: { temperature: 0 }, code: grpc.status.INVALID_ARGUMENT, message: /temperature must be finite and > 0, got 0/ },
-    { name: 'tokens that do not fill the batch', req: { batchSize: 2, seqLen: 4, tokens: [1, 2, 3] }, code: grpc.status.INVALID_ARGUMENT, message: /tokens holds 3 ids, expected batch_size × seq_len = 2 × 4 = 8/ },
+    {
+      name: 'a temperature of 0',
+      req: { temperature: 0 },
+      code: grpc.status.INVALID_ARGUMENT,
+      message: /temperature must be finite and > 0, got 0/,
+    },
+    {
+      name: 'tokens that do not fill the batch',
+      req: { batchSize: 2, seqLen: 4, tokens: [1, 2, 3] },
+      code: grpc.status.INVALID_ARGUMENT,
+      message: /tokens holds 3 ids, expected batch_size × seq_len = 2 × 4 = 8/,
+    },
   ];
 
   for (const c of cases) {
@@ -286,7 +353,11 @@ describe('teacher service: bad input', () => {
       expect(s.answers.map((a) => a.id)).toEqual([1]);
       // The bystander's stream is still open and answering.
       bystander.send({ id: 2 });
-      await waitFor('bystander answers', async () => bystander.answers.length, (n) => n === 2);
+      await waitFor(
+        'bystander answers',
+        async () => bystander.answers.length,
+        (n) => n === 2,
+      );
       bystander.call.end();
       expect((await bystander.status).code).toBe(grpc.status.OK);
       s.close();
@@ -308,11 +379,22 @@ describe('teacher service: bad input', () => {
 
   it('serve refuses bad options with one clear error', () => {
     const cli = (...args: string[]) =>
-      spawnSync(process.execPath, ['--import', import.meta.resolve('tsx'), path.join(import.meta.dirname, '..', 'services', 'cli', 'main.ts'), 'teacher', 'serve', ...args], {
-        encoding: 'utf8',
-        env: { ...process.env, OFFSHOOT_BACKEND: 'wasm' },
-        timeout: 60_000,
-      });
+      spawnSync(
+        process.execPath,
+        [
+          '--import',
+          import.meta.resolve('tsx'),
+          path.join(import.meta.dirname, '..', 'services', 'cli', 'main.ts'),
+          'teacher',
+          'serve',
+          ...args,
+        ],
+        {
+          encoding: 'utf8',
+          env: { ...process.env, OFFSHOOT_BACKEND: 'wasm' },
+          timeout: 60_000,
+        },
+      );
     const tls = cli('--model', modelDir, '--tls-cert', path.join(tmp, 'nope.crt'));
     expect(tls.status).toBe(1);
     expect(tls.stderr).toMatch(/TLS needs both --tls-cert and --tls-key/);
@@ -331,7 +413,10 @@ describe('teacher service: bad input', () => {
     const bad = c.topK({ tokens: good.input, batchSize: 1, seqLen: 8, topK: 0 });
     const after = c.topK({ tokens: good.input, batchSize: 1, seqLen: 8 });
     await expect(bad).rejects.toThrow(TeacherError);
-    await expect(bad).rejects.toMatchObject({ code: grpc.status.INVALID_ARGUMENT, details: expect.stringMatching(/top_k 0/) });
+    await expect(bad).rejects.toMatchObject({
+      code: grpc.status.INVALID_ARGUMENT,
+      details: expect.stringMatching(/top_k 0/),
+    });
     expect((await before).positions).toBe(8);
     expect((await after).positions).toBe(8);
     const m = await c.metrics();
@@ -343,7 +428,14 @@ describe('teacher service: flow control, deadlines', () => {
   // 4 × 64 positions × k 300 in float32 with uint16 indices: about 461 kB per answer.
   const heavy = (id: number) => {
     const b = randomBatch(4, 64, id);
-    return { id, batchSize: 4, seqLen: 64, tokens: Array.from(b.input), topK: VOCAB, valueEncoding: ValueEncoding.VALUE_ENCODING_FLOAT32 };
+    return {
+      id,
+      batchSize: 4,
+      seqLen: 64,
+      tokens: Array.from(b.input),
+      topK: VOCAB,
+      valueEncoding: ValueEncoding.VALUE_ENCODING_FLOAT32,
+    };
   };
   const ANSWER_BYTES = 4 * 64 * VOCAB * 6 + 4 * 64 * 4 + 64;
 
@@ -354,7 +446,11 @@ describe('teacher service: flow control, deadlines', () => {
     const warm = rawStream(server.target);
     warm.read();
     for (let i = 1; i <= 8; i++) warm.send(heavy(i));
-    await waitFor('warm-up answers', async () => warm.answers.length, (n) => n === 8);
+    await waitFor(
+      'warm-up answers',
+      async () => warm.answers.length,
+      (n) => n === 8,
+    );
     warm.close();
     const rss0 = (await metrics()).rssBytes;
 
@@ -398,7 +494,11 @@ describe('teacher service: flow control, deadlines', () => {
     expectMatches(await other.topK({ tokens: b.input, batchSize: 2, seqLen: 16, topK: 8 }), await expected(b, 8), true);
 
     stalled.close();
-    const after = await waitFor('the stalled stream to be gone', metrics, (m) => m.streams.every((x) => !x.readingPaused) && m.bytesBuffered === 0);
+    const after = await waitFor(
+      'the stalled stream to be gone',
+      metrics,
+      (m) => m.streams.every((x) => !x.readingPaused) && m.bytesBuffered === 0,
+    );
     expect(after.queueDepth).toBe(0);
   });
 
@@ -413,7 +513,11 @@ describe('teacher service: flow control, deadlines', () => {
     }
     const st = await s.status;
     expect(st.code).toBe(grpc.status.DEADLINE_EXCEEDED);
-    const after = await waitFor('the stream to be dropped', metrics, (m) => m.activeStreams <= before.activeStreams && m.queueDepth === 0);
+    const after = await waitFor(
+      'the stream to be dropped',
+      metrics,
+      (m) => m.activeStreams <= before.activeStreams && m.queueDepth === 0,
+    );
     expect(after.requestsServed - before.requestsServed).toBeLessThan(50);
     // Requests read but unanswered when the cancel arrives are counted as cancelled: none when it lands
     // during a forward pass that answers all of them (reading pauses at 4 unanswered); the rest were
@@ -435,7 +539,12 @@ describe('teacher service: restarts, replicas, shutdown', () => {
     const hyper = tinyHyper(steps, { batchSize: 2, seqLen: 16 });
     const batches = syntheticBatches(VOCAB, 2, 16, 8);
     const received: { step: number; id: number; result: TopKResult }[] = [];
-    const inner = new StreamingTeacher(c, { topK: 16, batches, window: 4, onAnswer: (step, result) => received.push({ step, id: result.id, result }) });
+    const inner = new StreamingTeacher(c, {
+      topK: 16,
+      batches,
+      window: 4,
+      onAnswer: (step, result) => received.push({ step, id: result.id, result }),
+    });
     let restarted: Promise<void> | undefined;
     const teacherWithKill = {
       forBatch: async (batch: Batch, step: number) => {
@@ -449,7 +558,12 @@ describe('teacher service: restarts, replicas, shutdown', () => {
         return answer;
       },
     };
-    const trainer = new Trainer(GPTNeoX.random(config, 4), { hyper, batches, teacher: teacherWithKill, distill: { ...DEFAULT_DISTILL } });
+    const trainer = new Trainer(GPTNeoX.random(config, 4), {
+      hyper,
+      batches,
+      teacher: teacherWithKill,
+      distill: { ...DEFAULT_DISTILL },
+    });
     const result = await trainer.run();
     trainer.dispose();
     await restarted;
@@ -468,7 +582,11 @@ describe('teacher service: restarts, replicas, shutdown', () => {
     await c.ready();
     const ask = async (seed: number) => {
       const batch = randomBatch(2, 16, seed);
-      expectMatches(await c.topK({ tokens: batch.input, batchSize: 2, seqLen: 16, topK: 8 }), await expected(batch, 8), true);
+      expectMatches(
+        await c.topK({ tokens: batch.input, batchSize: 2, seqLen: 16, topK: 8 }),
+        await expected(batch, 8),
+        true,
+      );
     };
     await Promise.all([...Array(10).keys()].map((i) => ask(200 + i)));
     expect(c.stats.perReplica[a.target]).toBeGreaterThanOrEqual(3);
@@ -523,14 +641,22 @@ describe('teacher service: in process', () => {
   it('while draining, health says NOT_SERVING and new streams are refused; what was read is answered', async () => {
     // A wider model and four busy students, so the drain takes a while.
     const wide = tinyConfig({ vocabSize: VOCAB, maxPositions: CONTEXT, hiddenSize: 128, numLayers: 4 });
-    const srv = new TeacherServer({ model: GPTNeoX.random(wide, 11), modelName: 'in-process', contentHash: 'x', maxStreamQueue: 4 });
+    const srv = new TeacherServer({
+      model: GPTNeoX.random(wide, 11),
+      modelName: 'in-process',
+      contentHash: 'x',
+      maxStreamQueue: 4,
+    });
     const port = await srv.start();
     const target = `127.0.0.1:${port}`;
     const Health = grpc.makeClientConstructor(healthService, 'grpc.health.v1.Health');
     const health = new Health(target, grpc.credentials.createInsecure()) as unknown as grpc.Client & {
       check: (req: { service: string }, cb: (err: grpc.ServiceError | null, res: { status: string }) => void) => void;
     };
-    const status = () => new Promise<string>((resolve, reject) => health.check({ service: '' }, (e, r) => (e ? reject(e) : resolve(r.status))));
+    const status = () =>
+      new Promise<string>((resolve, reject) =>
+        health.check({ service: '' }, (e, r) => (e ? reject(e) : resolve(r.status))),
+      );
     expect(await status()).toBe('SERVING');
     const students = [0, 1, 2, 3].map(() => rawStream(target));
     for (const s of students) {
@@ -540,14 +666,21 @@ describe('teacher service: in process', () => {
         s.send({ id: i, batchSize: 16, seqLen: 64, tokens: Array.from(b.input), topK: 8 });
       }
     }
-    await waitFor('the server to read from every student', async () => srv.metrics().streams.filter((x) => x.unanswered > 0).length, (n) => n === 4);
+    await waitFor(
+      'the server to read from every student',
+      async () => srv.metrics().streams.filter((x) => x.unanswered > 0).length,
+      (n) => n === 4,
+    );
     const read = srv.metrics().streams.map((x) => x.unanswered + x.requestsAnswered);
     const done = srv.shutdown(30_000);
     expect(await status()).toBe('NOT_SERVING');
     const late = rawStream(target);
     late.read();
     late.send({ id: 1 });
-    expect(await late.status).toMatchObject({ code: grpc.status.UNAVAILABLE, details: expect.stringMatching(/shutting down/) });
+    expect(await late.status).toMatchObject({
+      code: grpc.status.UNAVAILABLE,
+      details: expect.stringMatching(/shutting down/),
+    });
     expect(await done).toEqual({ drained: true });
     const answered = [];
     for (const s of students) {
@@ -572,19 +705,34 @@ describe('teacher service: mutual TLS', () => {
 
   it('serves students with a certificate from its CA and refuses the rest', async () => {
     const t = await startTeacher(modelDir, {
-      extra: ['--tls-cert', path.join(certs, 'server.crt'), '--tls-key', path.join(certs, 'server.key'), '--tls-ca', path.join(certs, 'ca.crt')],
+      extra: [
+        '--tls-cert',
+        path.join(certs, 'server.crt'),
+        '--tls-key',
+        path.join(certs, 'server.key'),
+        '--tls-ca',
+        path.join(certs, 'ca.crt'),
+      ],
     });
     expect(t.stderr()).toMatch(/with mutual TLS/);
     // The certificate names 127.0.0.1 and localhost; checking against "localhost" keeps Node from warning
     // that an IP address is no TLS server name (RFC 6066).
-    const good = client(t.target, { tls: { ca: pem('ca.crt'), cert: pem('student.crt'), key: pem('student.key'), serverName: 'localhost' } });
+    const good = client(t.target, {
+      tls: { ca: pem('ca.crt'), cert: pem('student.crt'), key: pem('student.key'), serverName: 'localhost' },
+    });
     expect((await good.info()).contentHash).toBe(hash);
     const batch = randomBatch(2, 8, 3);
-    expectMatches(await good.topK({ tokens: batch.input, batchSize: 2, seqLen: 8, topK: 8 }), await expected(batch, 8), true);
+    expectMatches(
+      await good.topK({ tokens: batch.input, batchSize: 2, seqLen: 8, topK: 8 }),
+      await expected(batch, 8),
+      true,
+    );
 
     const refused = [
       client(t.target, { tls: { ca: pem('ca.crt'), serverName: 'localhost' } }), // no client certificate
-      client(t.target, { tls: { ca: pem('ca.crt'), cert: pem('rogue.crt'), key: pem('rogue.key'), serverName: 'localhost' } }), // not signed by the CA
+      client(t.target, {
+        tls: { ca: pem('ca.crt'), cert: pem('rogue.crt'), key: pem('rogue.key'), serverName: 'localhost' },
+      }), // not signed by the CA
       client(t.target), // plaintext
     ];
     for (const c of refused) await expect(c.info()).rejects.toMatchObject({ code: grpc.status.UNAVAILABLE });

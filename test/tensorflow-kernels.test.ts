@@ -55,7 +55,10 @@ interface Case {
 }
 
 /** Value and gradients (under a random upstream gradient) of a case on a backend. */
-async function evaluate(c: Case, backend: 'cpu' | 'tensorflow'): Promise<{ value: Float32Array; grads: Float32Array[]; kernel: string }> {
+async function evaluate(
+  c: Case,
+  backend: 'cpu' | 'tensorflow',
+): Promise<{ value: Float32Array; grads: Float32Array[]; kernel: string }> {
   await useBackend(backend);
   const xs = c.inputs.map((h) => tf.tensor(h.data, h.shape, h.data instanceof Int32Array ? 'int32' : 'float32'));
   const rest = xs.slice(c.diff);
@@ -77,7 +80,14 @@ const [N, IN, OUT] = [37, 24, 52];
 const t2 = (x: tf.Tensor) => x as tf.Tensor2D;
 const t1 = (x: tf.Tensor) => x as tf.Tensor1D;
 const CASES: Case[] = [
-  { name: 'linear', inputs: [randHost([N, IN], 1), randHost([OUT, IN], 2, 0.3), randHost([OUT], 3)], diff: 3, f: (x, w, b) => linear(t2(x), t2(w), t1(b)), kernel: (x, w, b) => linear.kernelFor(t2(x), t2(w), t1(b)), tol: 2e-6 },
+  {
+    name: 'linear',
+    inputs: [randHost([N, IN], 1), randHost([OUT, IN], 2, 0.3), randHost([OUT], 3)],
+    diff: 3,
+    f: (x, w, b) => linear(t2(x), t2(w), t1(b)),
+    kernel: (x, w, b) => linear.kernelFor(t2(x), t2(w), t1(b)),
+    tol: 2e-6,
+  },
   {
     name: 'linear + GELU',
     inputs: [randHost([N, IN], 4, 2), randHost([OUT, IN], 5, 0.5), randHost([OUT], 6)],
@@ -86,16 +96,48 @@ const CASES: Case[] = [
     kernel: (x, w, b) => linear.kernelFor(t2(x), t2(w), t1(b), 'gelu'),
     tol: 2e-6,
   },
-  { name: 'logits product', inputs: [randHost([N, IN], 7), randHost([101, IN], 8)], diff: 2, f: (x, w) => matMulNT(t2(x), t2(w)), kernel: (x, w) => matMulNT.kernelFor(t2(x), t2(w)), tol: 2e-6 },
-  { name: 'LayerNorm', inputs: [randHost([N, 48], 9, 3), randHost([48], 10), randHost([48], 11)], diff: 3, f: (x, w, b) => layerNorm(x, w, b, 1e-5), kernel: (x, w, b) => layerNorm.kernelFor(x, w, b, 1e-5), tol: 1e-5 },
-  { name: 'cross-entropy', inputs: [randHost([N, 101], 12, 4), ints(N, 101, 13)], diff: 1, f: (x, t) => crossEntropy(t2(x), t1(t)), kernel: (x, t) => crossEntropy.kernelFor(t2(x), t1(t)), tol: 2e-6 },
+  {
+    name: 'logits product',
+    inputs: [randHost([N, IN], 7), randHost([101, IN], 8)],
+    diff: 2,
+    f: (x, w) => matMulNT(t2(x), t2(w)),
+    kernel: (x, w) => matMulNT.kernelFor(t2(x), t2(w)),
+    tol: 2e-6,
+  },
+  {
+    name: 'LayerNorm',
+    inputs: [randHost([N, 48], 9, 3), randHost([48], 10), randHost([48], 11)],
+    diff: 3,
+    f: (x, w, b) => layerNorm(x, w, b, 1e-5),
+    kernel: (x, w, b) => layerNorm.kernelFor(x, w, b, 1e-5),
+    tol: 1e-5,
+  },
+  {
+    name: 'cross-entropy',
+    inputs: [randHost([N, 101], 12, 4), ints(N, 101, 13)],
+    diff: 1,
+    f: (x, t) => crossEntropy(t2(x), t1(t)),
+    kernel: (x, t) => crossEntropy.kernelFor(t2(x), t1(t)),
+    tol: 2e-6,
+  },
   // Distillation runs the reference top-k KL with the tensorflow cross-entropy inside.
   {
     name: 'top-k distillation with cross-entropy',
-    inputs: [randHost([N, 97], 15, 3), ints(N, 97, 16), { shape: [N, 5], data: Int32Array.from(ints(N * 5, 97, 17).data) }, randHost([N, 5], 18, 3), randHost([N], 19, 1)],
+    inputs: [
+      randHost([N, 97], 15, 3),
+      ints(N, 97, 16),
+      { shape: [N, 5], data: Int32Array.from(ints(N * 5, 97, 17).data) },
+      randHost([N, 5], 18, 3),
+      randHost([N], 19, 1),
+    ],
     diff: 1,
     f: (x, t, idx, tl, ln) =>
-      distillationLoss(t2(x), t1(t), { indices: t2(idx), logits: t2(tl), logNormaliser: tf.add(ln, 4) as tf.Tensor1D }, { alpha: 0.3, temperature: 2, direction: 'symmetric' }),
+      distillationLoss(
+        t2(x),
+        t1(t),
+        { indices: t2(idx), logits: t2(tl), logNormaliser: tf.add(ln, 4) as tf.Tensor1D },
+        { alpha: 0.3, temperature: 2, direction: 'symmetric' },
+      ),
     kernel: (x, t) => crossEntropy.kernelFor(t2(x), t1(t)),
     tol: 2e-6,
   },
@@ -131,7 +173,12 @@ function attentionCase(B: number, T: number, H: number, hs: number, rd: number):
   };
 }
 
-CASES.push(attentionCase(2, 9, 3, 16, 4), attentionCase(1, 33, 2, 8, 8), attentionCase(2, 12, 2, 12, 0), attentionCase(1, 20, 4, 64, 16));
+CASES.push(
+  attentionCase(2, 9, 3, 16, 4),
+  attentionCase(1, 33, 2, 8, 8),
+  attentionCase(2, 12, 2, 12, 0),
+  attentionCase(1, 20, 4, 64, 16),
+);
 
 describe.skipIf(!hasTensorflow)('tensorflow ops match the reference ops on cpu', () => {
   it.each(CASES.map((c) => [c.name, c] as const))('%s', async (_name, c) => {
@@ -156,7 +203,9 @@ describe.skipIf(!hasTensorflow)('tensorflow training path', () => {
     const gradScale = [0.01, 5, 0.01, 0.02, 0.01, 0.01];
     const run = async (backend: 'cpu' | 'tensorflow') => {
       await useBackend(backend);
-      const params = new Map(shapes.map((s, i) => [names[i], tf.tidy(() => tf.variable(tf.tensor(randHost(s, 20 + i).data, s)))]));
+      const params = new Map(
+        shapes.map((s, i) => [names[i], tf.tidy(() => tf.variable(tf.tensor(randHost(s, 20 + i).data, s)))]),
+      );
       let opt = new AdamW({ weightDecay: 0.1 });
       const norms: number[] = [];
       for (let step = 0; step < gradScale.length; step++) {
@@ -168,7 +217,8 @@ describe.skipIf(!hasTensorflow)('tensorflow training path', () => {
         }
         const grads: Record<string, tf.Tensor> = {};
         names.forEach((name, i) => {
-          if (step !== 4 || name !== 'w3') grads[name] = tf.tensor(randHost(shapes[i], 30 + step * 7 + i, gradScale[step]).data, shapes[i]);
+          if (step !== 4 || name !== 'w3')
+            grads[name] = tf.tensor(randHost(shapes[i], 30 + step * 7 + i, gradScale[step]).data, shapes[i]);
         });
         setTensorflowKernels(step === 2 ? false : null);
         const norm =
@@ -212,7 +262,10 @@ describe.skipIf(!hasTensorflow)('tensorflow training path', () => {
     const run = async (backend: 'cpu' | 'tensorflow') => {
       await useBackend(backend);
       const model = GPTNeoX.random(config, 3);
-      const { value, grads } = tf.variableGrads(() => crossEntropy(model.logits2d(tf.tensor2d(ids, [B, T], 'int32')), tf.tensor1d(targets, 'int32')), model.variables());
+      const { value, grads } = tf.variableGrads(
+        () => crossEntropy(model.logits2d(tf.tensor2d(ids, [B, T], 'int32')), tf.tensor1d(targets, 'int32')),
+        model.variables(),
+      );
       const byName = new Map<string, Float32Array>();
       for (const [name, v] of model.params) byName.set(name, (await grads[v.name].data()) as Float32Array);
       const loss = (await value.data())[0];
@@ -250,7 +303,10 @@ describe.skipIf(!hasTensorflow)('tensorflow training path', () => {
     const stock = await curve(false);
     const ours = await curve(true);
     expect(ours.losses.length).toBe(10);
-    for (let i = 0; i < ours.losses.length; i++) expect(Math.abs(ours.losses[i] - stock.losses[i]), `report ${i}`).toBeLessThan(2e-3 * Math.max(1, stock.losses[i]));
+    for (let i = 0; i < ours.losses.length; i++)
+      expect(Math.abs(ours.losses[i] - stock.losses[i]), `report ${i}`).toBeLessThan(
+        2e-3 * Math.max(1, stock.losses[i]),
+      );
     expect(new Set(ours.counts).size).toBe(1);
     expect(ours.losses[9]).toBeLessThan(ours.losses[0] / 2);
   });
@@ -262,6 +318,7 @@ describe.skipIf(!hasTensorflow)('tensorflow training path', () => {
     const batches = syntheticBatches(config.vocabSize, hyper.batchSize, hyper.seqLen, 3);
     const { expected, resumed, resumedAt } = await straightAndResumed(config, hyper, batches, 5);
     expect(resumedAt).toBe(5);
-    for (const [name, t] of expected) expect(relErr(resumed.get(name)!.data as Float32Array, t.data as Float32Array), name).toBeLessThan(1e-6);
+    for (const [name, t] of expected)
+      expect(relErr(resumed.get(name)!.data as Float32Array, t.data as Float32Array), name).toBeLessThan(1e-6);
   });
 });

@@ -62,31 +62,72 @@ function withoutRegexQuirks(s: string): string {
 // Reference encodings from the Rust `tokenizers` library 0.23.3 (Python binding), printed by
 // test/fixtures/tokenizer/make_fixture.py.
 const PYTHIA_STYLE_REFERENCE: { text: string; ids: number[] }[] = [
-  { text: 'Fellow-Citizens of the Senate and House of Representatives:', ids: [39, 70, 359, 358, 14, 36, 714, 480, 269, 261, 332, 266, 369, 285, 641, 292, 317, 269, 589, 539, 565, 267, 805, 27] },
+  {
+    text: 'Fellow-Citizens of the Senate and House of Representatives:',
+    ids: [
+      39, 70, 359, 358, 14, 36, 714, 480, 269, 261, 332, 266, 369, 285, 641, 292, 317, 269, 589, 539, 565, 267, 805, 27,
+    ],
+  },
   { text: 'The state of the Union is strong.', ids: [53, 259, 363, 369, 269, 261, 426, 79, 279, 330, 882, 390, 15] },
-  { text: '  two  spaces,\ttabs\nand newlines\n\n', ids: [222, 903, 80, 222, 571, 508, 278, 13, 199, 85, 370, 84, 200, 457, 631, 77, 263, 278, 200, 200] },
+  {
+    text: '  two  spaces,\ttabs\nand newlines\n\n',
+    ids: [222, 903, 80, 222, 571, 508, 278, 13, 199, 85, 370, 84, 200, 457, 631, 77, 263, 278, 200, 200],
+  },
   {
     text: 'na\u00efve caf\u00e9 d\u00e9j\u00e0 vu \u2014 \u201cquotes\u201d 1234567 \u00bd',
-    ids: [79, 66, 129, 109, 308, 274, 66, 71, 129, 104, 296, 129, 104, 75, 129, 256, 439, 86, 222, 160, 224, 244, 222, 160, 224, 252, 402, 338, 278, 160, 224, 253, 416, 19, 20, 21, 22, 23, 24, 222, 128, 123],
+    ids: [
+      79, 66, 129, 109, 308, 274, 66, 71, 129, 104, 296, 129, 104, 75, 129, 256, 439, 86, 222, 160, 224, 244, 222, 160,
+      224, 252, 402, 338, 278, 160, 224, 253, 416, 19, 20, 21, 22, 23, 24, 222, 128, 123,
+    ],
   },
   { text: 'e\u0301 (NFD) becomes \u00e9', ids: [129, 104, 222, 9, 47, 39, 37, 10, 800, 310, 278, 222, 129, 104] },
-  { text: 'emoji \ud83d\udc0b and \u4e2d\u6587', ids: [443, 80, 75, 74, 222, 174, 255, 240, 235, 285, 222, 162, 118, 257, 164, 246, 231] },
+  {
+    text: 'emoji \ud83d\udc0b and \u4e2d\u6587',
+    ids: [443, 80, 75, 74, 222, 174, 255, 240, 235, 285, 222, 162, 118, 257, 164, 246, 231],
+  },
   { text: 'end<|endoftext|>next', ids: [373, 0, 79, 572, 85] },
-  { text: 'nel\u0085\u0085 x bom\ufeff\ufeffy', ids: [79, 877, 128, 229, 128, 229, 222, 89, 277, 310, 173, 121, 125, 173, 121, 125, 90] },
+  {
+    text: 'nel\u0085\u0085 x bom\ufeff\ufeffy',
+    ids: [79, 877, 128, 229, 128, 229, 222, 89, 277, 310, 173, 121, 125, 173, 121, 125, 90],
+  },
 ];
 
 const OFFSHOOT_BPE512_REFERENCE: { text: string; ids: number[] }[] = [
-  { text: 'Fellow-Citizens of the Senate and House of Representatives:', ids: [70, 101, 352, 358, 45, 67, 269, 434, 496, 266, 260, 343, 265, 354, 284, 32, 72, 288, 313, 266, 32, 82, 457, 502, 268, 447, 278, 58] },
-  { text: 'The state of the Union is strong.', ids: [84, 258, 384, 354, 266, 260, 474, 110, 277, 315, 384, 114, 407, 46] },
-  { text: '  two  spaces,\ttabs\nand newlines\n\n', ids: [32, 257, 119, 111, 32, 272, 112, 487, 278, 44, 9, 116, 378, 115, 10, 470, 480, 119, 108, 262, 278, 10, 10] },
+  {
+    text: 'Fellow-Citizens of the Senate and House of Representatives:',
+    ids: [
+      70, 101, 352, 358, 45, 67, 269, 434, 496, 266, 260, 343, 265, 354, 284, 32, 72, 288, 313, 266, 32, 82, 457, 502,
+      268, 447, 278, 58,
+    ],
+  },
+  {
+    text: 'The state of the Union is strong.',
+    ids: [84, 258, 384, 354, 266, 260, 474, 110, 277, 315, 384, 114, 407, 46],
+  },
+  {
+    text: '  two  spaces,\ttabs\nand newlines\n\n',
+    ids: [32, 257, 119, 111, 32, 272, 112, 487, 278, 44, 9, 116, 378, 115, 10, 470, 480, 119, 108, 262, 278, 10, 10],
+  },
   {
     text: 'na\u00efve caf\u00e9 d\u00e9j\u00e0 vu \u2014 \u201cquotes\u201d 1234567 \u00bd',
-    ids: [110, 97, 195, 175, 311, 273, 97, 102, 195, 169, 296, 195, 169, 106, 195, 160, 442, 117, 32, 226, 128, 148, 32, 226, 128, 156, 405, 329, 278, 226, 128, 157, 483, 50, 51, 52, 53, 54, 55, 32, 194, 189],
+    ids: [
+      110, 97, 195, 175, 311, 273, 97, 102, 195, 169, 296, 195, 169, 106, 195, 160, 442, 117, 32, 226, 128, 148, 32,
+      226, 128, 156, 405, 329, 278, 226, 128, 157, 483, 50, 51, 52, 53, 54, 55, 32, 194, 189,
+    ],
   },
-  { text: 'e\u0301 (NFD) becomes \u00e9', ids: [101, 204, 129, 32, 40, 78, 70, 68, 41, 292, 99, 309, 278, 32, 195, 169] },
-  { text: 'emoji \ud83d\udc0b and \u4e2d\u6587', ids: [453, 111, 106, 105, 32, 240, 159, 144, 139, 284, 32, 228, 184, 173, 230, 150, 135] },
+  {
+    text: 'e\u0301 (NFD) becomes \u00e9',
+    ids: [101, 204, 129, 32, 40, 78, 70, 68, 41, 292, 99, 309, 278, 32, 195, 169],
+  },
+  {
+    text: 'emoji \ud83d\udc0b and \u4e2d\u6587',
+    ids: [453, 111, 106, 105, 32, 240, 159, 144, 139, 284, 32, 228, 184, 173, 230, 150, 135],
+  },
   { text: 'end<|endoftext|>next', ids: [363, 256, 110, 101, 120, 116] },
-  { text: 'nel\u0085\u0085 x bom\ufeff\ufeffy', ids: [110, 101, 108, 194, 133, 194, 133, 32, 120, 271, 309, 239, 187, 191, 239, 187, 191, 121] },
+  {
+    text: 'nel\u0085\u0085 x bom\ufeff\ufeffy',
+    ids: [110, 101, 108, 194, 133, 194, 133, 32, 120, 271, 309, 239, 187, 191, 239, 187, 191, 121],
+  },
 ];
 
 let tmp: string;
@@ -274,7 +315,10 @@ describe('Hugging Face tokenizer.json loader', () => {
   });
 
   it('refuses the native engine for a normaliser it does not have', async () => {
-    const json = JSON.parse(readFileSync(path.join(FIXTURES, 'pythia-style', 'tokenizer.json'), 'utf8')) as Record<string, unknown>;
+    const json = JSON.parse(readFileSync(path.join(FIXTURES, 'pythia-style', 'tokenizer.json'), 'utf8')) as Record<
+      string,
+      unknown
+    >;
     json.normalizer = { type: 'NFKC' };
     const dir = path.join(tmp, 'nfkc');
     mkdirSync(dir, { recursive: true });
@@ -306,7 +350,10 @@ describe('native BPE on a Pythia-style 50k tokenizer', () => {
     dir = path.join(tmp, 'pythia50k');
     mkdirSync(dir, { recursive: true });
     const sample = path.join(dir, 'sample.txt');
-    writeFileSync(sample, [...(await loadCorpus('sotu:train')).documents, ...(await loadCorpus('mobydick')).documents].join('\n\n'));
+    writeFileSync(
+      sample,
+      [...(await loadCorpus('sotu:train')).documents, ...(await loadCorpus('mobydick')).documents].join('\n\n'),
+    );
     const r = spawnSync(py, [script, 'train', sample, path.join(dir, 'tokenizer.json')], { encoding: 'utf8' });
     if (r.status !== 0) throw new Error(`pythia50k.py train: ${r.stderr}`);
     tok = await loadTokenizer(dir);
@@ -318,13 +365,37 @@ describe('native BPE on a Pythia-style 50k tokenizer', () => {
     expect(tok.endOfTextId).toBe(0);
   });
 
-  it('gives the Rust library\'s ids, id for id, on real and random text', async () => {
+  it("gives the Rust library's ids, id for id, on real and random text", async () => {
     const rand = rng(50);
     const texts = [...(await loadCorpus('sotu:val')).documents];
-    const pieces = ['e\u0301', 'A\u030a', '\u1100\u1161', ' ', '  ', '\t', '\n', '\r\n', '<|endoftext|>', '<|padding|>', "'s", "'ll", '\u00a0', '\u0085', '\ufeff', '1234', '\ud83d\udc0b'];
+    const pieces = [
+      'e\u0301',
+      'A\u030a',
+      '\u1100\u1161',
+      ' ',
+      '  ',
+      '\t',
+      '\n',
+      '\r\n',
+      '<|endoftext|>',
+      '<|padding|>',
+      "'s",
+      "'ll",
+      '\u00a0',
+      '\u0085',
+      '\ufeff',
+      '1234',
+      '\ud83d\udc0b',
+    ];
     for (let i = 0; i < 400; i++) {
       let t = '';
-      while (t.length < 200) t += rand() < 0.5 ? randomUnicode(rand, 1 + Math.floor(rand() * 8)) : rand() < 0.3 ? ' '.repeat(1 + Math.floor(rand() * 30)) : pieces[Math.floor(rand() * pieces.length)];
+      while (t.length < 200)
+        t +=
+          rand() < 0.5
+            ? randomUnicode(rand, 1 + Math.floor(rand() * 8))
+            : rand() < 0.3
+              ? ' '.repeat(1 + Math.floor(rand() * 30))
+              : pieces[Math.floor(rand() * pieces.length)];
       texts.push(t);
     }
     texts.push('def f(x):\n' + '    return x\n'.repeat(10) + ' '.repeat(60) + 'end');
@@ -332,7 +403,15 @@ describe('native BPE on a Pythia-style 50k tokenizer', () => {
     // since (U+07FD, say) are not reordered there. Texts its NFC leaves different are left out here.
     const all = path.join(dir, 'all.json');
     writeFileSync(all, JSON.stringify(texts));
-    const nfc = spawnSync(requireHfPython(), ['-c', 'import json, sys; from tokenizers import normalizers as n; f = n.NFC(); print(json.dumps([f.normalize_str(t) for t in json.load(open(sys.argv[1]))]))', all], { encoding: 'utf8', maxBuffer: 1 << 26 });
+    const nfc = spawnSync(
+      requireHfPython(),
+      [
+        '-c',
+        'import json, sys; from tokenizers import normalizers as n; f = n.NFC(); print(json.dumps([f.normalize_str(t) for t in json.load(open(sys.argv[1]))]))',
+        all,
+      ],
+      { encoding: 'utf8', maxBuffer: 1 << 26 },
+    );
     expect(nfc.status, nfc.stderr).toBe(0);
     const rustNfc = JSON.parse(nfc.stdout) as string[];
     const older = texts.filter((t, i) => rustNfc[i] !== t.normalize('NFC'));
@@ -341,7 +420,9 @@ describe('native BPE on a Pythia-style 50k tokenizer', () => {
     const docs = path.join(dir, 'docs.jsonl');
     writeFileSync(docs, texts.map((text) => JSON.stringify({ text })).join('\n') + '\n');
     const out = path.join(dir, 'ids.u32');
-    const r = spawnSync(requireHfPython(), [script, 'encode', path.join(dir, 'tokenizer.json'), docs, out], { encoding: 'utf8' });
+    const r = spawnSync(requireHfPython(), [script, 'encode', path.join(dir, 'tokenizer.json'), docs, out], {
+      encoding: 'utf8',
+    });
     expect(r.status, r.stderr).toBe(0);
     const ref = new Uint32Array(readFileSync(out).buffer.slice(0));
     let at = 0;

@@ -41,19 +41,42 @@ describe('custom-gradient ops', () => {
     const targets = tf.tensor1d([0, 10, 5, 5, 2, 7], 'int32');
     const refLoss = (x: tf.Tensor) => tf.neg(tf.mean(tf.sum(tf.mul(tf.logSoftmax(x), tf.oneHot(targets, 11)), 1)));
     expect(crossEntropy(logits, targets).dataSync()[0]).toBeCloseTo(refLoss(logits).dataSync()[0], 5);
-    const g1 = tf.grad((x: tf.Tensor) => crossEntropy(x as tf.Tensor2D, targets))(logits).dataSync();
+    const g1 = tf
+      .grad((x: tf.Tensor) => crossEntropy(x as tf.Tensor2D, targets))(logits)
+      .dataSync();
     const g2 = tf.grad(refLoss)(logits).dataSync();
     g1.forEach((v, i) => expect(v).toBeCloseTo(g2[i], 5));
   });
 
   it('takeAlongLastAxis gradient scatters into the picked positions', () => {
     const x = tf.randomNormal([3, 4], 0, 1, 'float32', 4) as tf.Tensor2D;
-    const idx = tf.tensor2d([[1, 2], [0, 0], [3, 1]], [3, 2], 'int32');
-    expect(Array.from(takeAlongLastAxis(x, idx).dataSync())).toEqual(
-      [[0, 1], [0, 2], [1, 0], [1, 0], [2, 3], [2, 1]].map(([r, c]) => x.arraySync()[r][c]),
+    const idx = tf.tensor2d(
+      [
+        [1, 2],
+        [0, 0],
+        [3, 1],
+      ],
+      [3, 2],
+      'int32',
     );
-    const g = tf.grad((t: tf.Tensor) => tf.sum(takeAlongLastAxis(t as tf.Tensor2D, idx)))(x).arraySync() as number[][];
-    expect(g).toEqual([[0, 1, 1, 0], [2, 0, 0, 0], [0, 1, 0, 1]]);
+    expect(Array.from(takeAlongLastAxis(x, idx).dataSync())).toEqual(
+      [
+        [0, 1],
+        [0, 2],
+        [1, 0],
+        [1, 0],
+        [2, 3],
+        [2, 1],
+      ].map(([r, c]) => x.arraySync()[r][c]),
+    );
+    const g = tf
+      .grad((t: tf.Tensor) => tf.sum(takeAlongLastAxis(t as tf.Tensor2D, idx)))(x)
+      .arraySync() as number[][];
+    expect(g).toEqual([
+      [0, 1, 1, 0],
+      [2, 0, 0, 0],
+      [0, 1, 0, 1],
+    ]);
   });
 });
 
@@ -69,9 +92,13 @@ describe('distillation losses', () => {
         const full = distillationLoss(student, targets, teacher, options).dataSync()[0];
         const top = distillationLoss(student, targets, topKFromLogits(teacher, 9, temperature), options).dataSync()[0];
         expect(top).toBeCloseTo(full, 4);
-        const gFull = tf.grad((s: tf.Tensor) => distillationLoss(s as tf.Tensor2D, targets, teacher, options))(student).dataSync();
+        const gFull = tf
+          .grad((s: tf.Tensor) => distillationLoss(s as tf.Tensor2D, targets, teacher, options))(student)
+          .dataSync();
         const gTop = tf
-          .grad((s: tf.Tensor) => distillationLoss(s as tf.Tensor2D, targets, topKFromLogits(teacher, 9, temperature), options))(student)
+          .grad((s: tf.Tensor) =>
+            distillationLoss(s as tf.Tensor2D, targets, topKFromLogits(teacher, 9, temperature), options),
+          )(student)
           .dataSync();
         gFull.forEach((v, i) => expect(gTop[i]).toBeCloseTo(v, 4));
       });
@@ -79,14 +106,26 @@ describe('distillation losses', () => {
   }
 
   it('forward KL of a distribution with itself is zero; alpha 1 is plain cross-entropy', () => {
-    const kl = distillationLoss(teacher, targets, teacher, { alpha: 0, temperature: 2, direction: 'forward' }).dataSync()[0];
+    const kl = distillationLoss(teacher, targets, teacher, {
+      alpha: 0,
+      temperature: 2,
+      direction: 'forward',
+    }).dataSync()[0];
     expect(Math.abs(kl)).toBeLessThan(1e-5);
-    const ce = distillationLoss(student, targets, teacher, { alpha: 1, temperature: 2, direction: 'forward' }).dataSync()[0];
+    const ce = distillationLoss(student, targets, teacher, {
+      alpha: 1,
+      temperature: 2,
+      direction: 'forward',
+    }).dataSync()[0];
     expect(ce).toBeCloseTo(crossEntropy(student, targets).dataSync()[0], 6);
   });
 
   it('top-k with a small k is still a proper, non-negative KL', () => {
-    const v = distillationLoss(student, targets, topKFromLogits(teacher, 3), { alpha: 0, temperature: 1, direction: 'forward' }).dataSync()[0];
+    const v = distillationLoss(student, targets, topKFromLogits(teacher, 3), {
+      alpha: 0,
+      temperature: 1,
+      direction: 'forward',
+    }).dataSync()[0];
     expect(v).toBeGreaterThanOrEqual(0);
   });
 });
@@ -151,7 +190,11 @@ describe('training loop', () => {
     await t.run(1);
     t.dispose();
     expect(() =>
-      Trainer.createOrResume(config, () => GPTNeoX.random(config, 1), { hyper: { ...hyper, seed: 2 }, batches, checkpointDir: dir }),
+      Trainer.createOrResume(config, () => GPTNeoX.random(config, 1), {
+        hyper: { ...hyper, seed: 2 },
+        batches,
+        checkpointDir: dir,
+      }),
     ).toThrow(/different hyperparameters \(seed 1 vs 2\)/);
   });
 

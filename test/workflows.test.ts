@@ -85,12 +85,25 @@ const evaluateActivities: EvaluateActivities = {
   async evaluateCandidate(input: EvaluateInput) {
     const { script: s, attempt } = record('evaluateCandidate', input.run.runId, String(input.candidateId));
     if (s.gate && s.gateFrom !== undefined && input.candidateId >= s.gateFrom) await s.gate;
-    if (s.lostOnce?.includes(input.candidateId) && attempt === 1) throw new Error(`evaluator lost during candidate ${input.candidateId}`);
-    if (s.rejected?.includes(input.candidateId)) throw ApplicationFailure.nonRetryable(`candidate ${input.candidateId} rejected`, 'SpecError');
+    if (s.lostOnce?.includes(input.candidateId) && attempt === 1)
+      throw new Error(`evaluator lost during candidate ${input.candidateId}`);
+    if (s.rejected?.includes(input.candidateId))
+      throw ApplicationFailure.nonRetryable(`candidate ${input.candidateId} rejected`, 'SpecError');
     const fitness = subnetDistance(input.spec);
     return {
       fitness,
-      metrics: { valLoss: fitness, valPpl: Math.exp(fitness), parameters: 0, trainTokens: 100, evalTokens: 10, flops: 1000, seconds: 0, specHash: input.key, worker: 'stub', attempt },
+      metrics: {
+        valLoss: fitness,
+        valPpl: Math.exp(fitness),
+        parameters: 0,
+        trainTokens: 100,
+        evalTokens: 10,
+        flops: 1000,
+        seconds: 0,
+        specHash: input.key,
+        worker: 'stub',
+        attempt,
+      },
     };
   },
 };
@@ -105,7 +118,11 @@ const pretrainActivities: PretrainActivities = {
   },
   async prepareStudent(input) {
     record('prepareStudent', input.run.runId, input.name);
-    return { checkpoint: { dir: path.join(input.run.dir, input.name, 'step-0'), hash: `${input.name}@0`, step: 0 }, parameters: 20_000, config };
+    return {
+      checkpoint: { dir: path.join(input.run.dir, input.name, 'step-0'), hash: `${input.name}@0`, step: 0 },
+      parameters: 20_000,
+      config,
+    };
   },
   async trainSegment(input: TrainSegmentInput) {
     const from = input.from.step ?? 0;
@@ -119,7 +136,8 @@ const pretrainActivities: PretrainActivities = {
       stopsDone.add(key);
       [step, stopped] = [s.shutdownAt, 'worker-shutdown'];
     }
-    if (s.targetAt !== undefined && from < s.targetAt && s.targetAt <= step) [step, stopped] = [s.targetAt, 'target-reached'];
+    if (s.targetAt !== undefined && from < s.targetAt && s.targetAt <= step)
+      [step, stopped] = [s.targetAt, 'target-reached'];
     const tokens = (step - from) * input.hyper.batchSize * input.hyper.seqLen;
     return {
       checkpoint: { dir: path.join(input.run.dir, input.name, `step-${step}`), hash: `${input.name}@${step}`, step },
@@ -139,10 +157,20 @@ const pretrainActivities: PretrainActivities = {
   async evaluateCheckpoint(input) {
     const valLoss = 2 + input.checkpoint.hash.length / 100;
     // Four bytes a token, as a stand-in for the text's bytes.
-    return { valLoss, valPpl: Math.exp(valLoss), valBpb: valLoss / (4 * Math.LN2), tokens: input.evalTokens, bytes: 4 * input.evalTokens };
+    return {
+      valLoss,
+      valPpl: Math.exp(valLoss),
+      valBpb: valLoss / (4 * Math.LN2),
+      tokens: input.evalTokens,
+      bytes: 4 * input.evalTokens,
+    };
   },
   async evaluateTasks(input) {
-    return input.files.map((f) => ({ task: f, docs: input.limit ?? 10, metrics: { acc: { value: 0.5, stderr: 0.1 } } }));
+    return input.files.map((f) => ({
+      task: f,
+      docs: input.limit ?? 10,
+      metrics: { acc: { value: 0.5, stderr: 0.1 } },
+    }));
   },
 };
 
@@ -175,8 +203,16 @@ function deferred(): { promise: Promise<void>; resolve: () => void } {
   return { promise, resolve };
 }
 
-const start = <W extends typeof evolution | typeof pretrain | typeof pipeline>(workflow: W, id: string, input: Parameters<W>[0]) =>
-  env.client.workflow.start(workflow, { workflowId: `${id}/${Date.now()}`, taskQueue: TASK_QUEUES.orchestrate, args: [input] as never });
+const start = <W extends typeof evolution | typeof pretrain | typeof pipeline>(
+  workflow: W,
+  id: string,
+  input: Parameters<W>[0],
+) =>
+  env.client.workflow.start(workflow, {
+    workflowId: `${id}/${Date.now()}`,
+    taskQueue: TASK_QUEUES.orchestrate,
+    args: [input] as never,
+  });
 
 /** A small search: 12 evaluations, 4 at first and 2 per generation after (elitism 2). */
 const search = (r: RunRef, overrides: Partial<EvolutionInput> = {}): EvolutionInput =>
@@ -201,8 +237,18 @@ beforeAll(async () => {
   env = e;
   const connection = env.nativeConnection;
   workers = await Promise.all([
-    Worker.create({ connection, taskQueue: TASK_QUEUES.orchestrate, workflowBundle: bundle, activities: orchestrateActivities }),
-    Worker.create({ connection, taskQueue: TASK_QUEUES.evaluate, activities: evaluateActivities, maxConcurrentActivityTaskExecutions: 8 }),
+    Worker.create({
+      connection,
+      taskQueue: TASK_QUEUES.orchestrate,
+      workflowBundle: bundle,
+      activities: orchestrateActivities,
+    }),
+    Worker.create({
+      connection,
+      taskQueue: TASK_QUEUES.evaluate,
+      activities: evaluateActivities,
+      maxConcurrentActivityTaskExecutions: 8,
+    }),
     Worker.create({ connection, taskQueue: TASK_QUEUES.pretrain, activities: pretrainActivities }),
   ]);
   running = Promise.all(workers.map((w) => w.run()));
@@ -218,7 +264,13 @@ afterAll(async () => {
 describe('evolution workflow', () => {
   it('spends exactly its budget: failures count, retries of failed candidates count, FLOPs add up', async () => {
     scripts.set('budget', { rejected: [2] });
-    const r = await (await start(evolution, 'budget', search(run('budget'), { search: { budget: 12, population: 4, seed: 5, retryFailed: 1 } }))).result();
+    const r = await (
+      await start(
+        evolution,
+        'budget',
+        search(run('budget'), { search: { budget: 12, population: 4, seed: 5, retryFailed: 1 } }),
+      )
+    ).result();
     expect(r.status).toMatchObject({ asked: 12, evaluated: 11, failed: 1, pending: 0, done: true, stopped: false });
     expect(r.history.map((h) => h.id)).toEqual([...Array(12).keys()]);
     const failed = r.history.find((h) => h.status === 'failed')!;
@@ -248,19 +300,32 @@ describe('evolution workflow', () => {
     const r = await handle.result();
     // The history was too large to return inline: it is on shared storage.
     expect(r.history).toEqual([]);
-    expect(summary({ ...r, history: (await getBlob(r.historyRef!)) as EvolutionResult['history'] })).toEqual(summary(straight));
+    expect(summary({ ...r, history: (await getBlob(r.historyRef!)) as EvolutionResult['history'] })).toEqual(
+      summary(straight),
+    );
     expect(r.best.spec).toEqual(straight.best.spec);
     expect(r.status.run).toBe(5);
     expect(r.status.historyLengths).toHaveLength(5);
-    expect((await env.client.workflow.getHandle(handle.workflowId, handle.firstExecutionRunId).describe()).status.name).toBe('CONTINUED_AS_NEW');
+    expect(
+      (await env.client.workflow.getHandle(handle.workflowId, handle.firstExecutionRunId).describe()).status.name,
+    ).toBe('CONTINUED_AS_NEW');
     expect(fs.readdirSync(path.join(run('can').dir, 'blobs')).length).toBeGreaterThanOrEqual(4);
   });
 
   it('stop: no new evaluations start; those running finish and are recorded', async () => {
     const gate = deferred();
     scripts.set('stop', { gateFrom: 6, gate: gate.promise });
-    const handle = await start(evolution, 'stop', search(run('stop'), { search: { budget: 1000, population: 4, seed: 5 } }));
-    await waitUntil('candidates 6 and 7 running', async () => (await handle.query(evolutionStatusQuery)).inFlight.join() === '6,7', 20_000, 20);
+    const handle = await start(
+      evolution,
+      'stop',
+      search(run('stop'), { search: { budget: 1000, population: 4, seed: 5 } }),
+    );
+    await waitUntil(
+      'candidates 6 and 7 running',
+      async () => (await handle.query(evolutionStatusQuery)).inFlight.join() === '6,7',
+      20_000,
+      20,
+    );
     await handle.signal(stopSignal, 'test');
     gate.resolve();
     const r = await handle.result();
@@ -271,12 +336,26 @@ describe('evolution workflow', () => {
   it('setBudget: a smaller budget ends the search there; a bad one is refused, naming the value', async () => {
     const gate = deferred();
     scripts.set('setbudget', { gateFrom: 4, gate: gate.promise });
-    const handle = await start(evolution, 'setbudget', search(run('setbudget'), { search: { budget: 1000, population: 4, seed: 5 } }));
-    await waitUntil('4 evaluations', async () => (await handle.query(evolutionStatusQuery)).evaluated === 4, 20_000, 20);
+    const handle = await start(
+      evolution,
+      'setbudget',
+      search(run('setbudget'), { search: { budget: 1000, population: 4, seed: 5 } }),
+    );
+    await waitUntil(
+      '4 evaluations',
+      async () => (await handle.query(evolutionStatusQuery)).evaluated === 4,
+      20_000,
+      20,
+    );
     const after = await handle.executeUpdate(setBudgetUpdate, { args: [10] });
     expect(after.budget).toBe(10);
-    const refused = await handle.executeUpdate(setBudgetUpdate, { args: [-1] }).then(() => undefined, (err: Error) => err);
-    expect(String((refused?.cause as Error | undefined)?.message)).toMatch(/budget must be a non-negative integer, got -1/);
+    const refused = await handle.executeUpdate(setBudgetUpdate, { args: [-1] }).then(
+      () => undefined,
+      (err: Error) => err,
+    );
+    expect(String((refused?.cause as Error | undefined)?.message)).toMatch(
+      /budget must be a non-negative integer, got -1/,
+    );
     gate.resolve();
     const r = await handle.result();
     expect(r.status).toMatchObject({ budget: 10, asked: 10, evaluated: 10, stopped: false });
@@ -285,19 +364,50 @@ describe('evolution workflow', () => {
 
 describe('pretrain workflow', () => {
   const input = (name: string, overrides: Partial<PretrainInput> = {}): PretrainInput =>
-    pretrainInput(run(name), teacher, 'student', { hyper: { steps: 10, batchSize: 2, seqLen: 8, lr: 1e-3, warmup: 1, seed: 1, distill: { alpha: 0.5, temperature: 1, direction: 'forward' } }, segmentSteps: 4, checkpointEvery: 2, activity: policy(10, 3), ...overrides });
+    pretrainInput(run(name), teacher, 'student', {
+      hyper: {
+        steps: 10,
+        batchSize: 2,
+        seqLen: 8,
+        lr: 1e-3,
+        warmup: 1,
+        seed: 1,
+        distill: { alpha: 0.5, temperature: 1, direction: 'forward' },
+      },
+      segmentSteps: 4,
+      checkpointEvery: 2,
+      activity: policy(10, 3),
+      ...overrides,
+    });
 
   it('trains in segments and adds up their tokens and FLOPs', async () => {
     const r = await (await start(pretrain, 'segments', input('segments'))).result();
-    expect(r.segments.map((s) => [s.fromStep, s.toStep])).toEqual([[0, 4], [4, 8], [8, 10]]);
-    expect(r).toMatchObject({ steps: 10, tokens: 10 * 16, flops: { training: 6 * 160, teacher: 2 * 160, total: 8 * 160 }, reachedTarget: false });
-    expect(r.checkpoint).toEqual({ dir: path.join(run('segments').dir, 'student', 'step-10'), hash: 'student@10', step: 10 });
+    expect(r.segments.map((s) => [s.fromStep, s.toStep])).toEqual([
+      [0, 4],
+      [4, 8],
+      [8, 10],
+    ]);
+    expect(r).toMatchObject({
+      steps: 10,
+      tokens: 10 * 16,
+      flops: { training: 6 * 160, teacher: 2 * 160, total: 8 * 160 },
+      reachedTarget: false,
+    });
+    expect(r.checkpoint).toEqual({
+      dir: path.join(run('segments').dir, 'student', 'step-10'),
+      hash: 'student@10',
+      step: 10,
+    });
   });
 
   it('retries a lost segment; a segment cut short by a shutdown is followed by one from where it stopped', async () => {
     scripts.set('faults', { segmentLostAt: 4, shutdownAt: 6 });
     const r = await (await start(pretrain, 'faults', input('faults'))).result();
-    expect(r.segments.map((s) => [s.fromStep, s.toStep, s.attempt, s.stopped ?? ''])).toEqual([[0, 4, 1, ''], [4, 6, 2, 'worker-shutdown'], [6, 10, 1, '']]);
+    expect(r.segments.map((s) => [s.fromStep, s.toStep, s.attempt, s.stopped ?? ''])).toEqual([
+      [0, 4, 1, ''],
+      [4, 6, 2, 'worker-shutdown'],
+      [6, 10, 1, ''],
+    ]);
     expect(r.steps).toBe(10);
     expect(r.tokens).toBe(10 * 16);
   });
@@ -313,7 +423,12 @@ describe('pretrain workflow', () => {
     const gate = deferred();
     scripts.set('pstop', { gateAtStep: 4, gate: gate.promise });
     const handle = await start(pretrain, 'pstop', input('pstop'));
-    await waitUntil('the second segment running', () => calls.some((c) => c.run === 'pstop' && c.key === 'student@4'), 20_000, 20);
+    await waitUntil(
+      'the second segment running',
+      () => calls.some((c) => c.run === 'pstop' && c.key === 'student@4'),
+      20_000,
+      20,
+    );
     await handle.signal(stopPretrainSignal, 'test');
     expect((await handle.query(pretrainStatusQuery)).stopRequested).toBe(true);
     gate.resolve();
@@ -330,7 +445,9 @@ describe('pretrain workflow', () => {
     expect(r.segments.map((s) => s.toStep)).toEqual([...Array(10).keys()].map((i) => i + 1));
     expect(r.segments[5].attempt).toBe(2);
     expect(r).toMatchObject({ tokens: 10 * 16, flops: { training: 6 * 160, teacher: 2 * 160, total: 8 * 160 } });
-    expect((await env.client.workflow.getHandle(handle.workflowId, handle.firstExecutionRunId).describe()).status.name).toBe('CONTINUED_AS_NEW');
+    expect(
+      (await env.client.workflow.getHandle(handle.workflowId, handle.firstExecutionRunId).describe()).status.name,
+    ).toBe('CONTINUED_AS_NEW');
   });
 });
 
@@ -361,9 +478,17 @@ describe('pipeline workflow', () => {
 
   it('a teacher that cannot be prepared fails the run, and the failure is published', async () => {
     scripts.set('noteacher', { teacherError: 'no finished checkpoint there, and teacher training is off' });
-    const err = await (await start(pipeline, 'noteacher', input('noteacher'))).result().then(() => undefined, (e: Error) => e);
+    const err = await (await start(pipeline, 'noteacher', input('noteacher'))).result().then(
+      () => undefined,
+      (e: Error) => e,
+    );
     expect(err).toBeInstanceOf(WorkflowFailedError);
-    expect(String(((err as WorkflowFailedError).cause?.cause as Error | undefined)?.message)).toMatch(/teacher training is off/);
-    expect(events.filter((e) => e.run === 'noteacher').at(-1)).toMatchObject({ kind: 'run.finished', status: 'failed' });
+    expect(String(((err as WorkflowFailedError).cause?.cause as Error | undefined)?.message)).toMatch(
+      /teacher training is off/,
+    );
+    expect(events.filter((e) => e.run === 'noteacher').at(-1)).toMatchObject({
+      kind: 'run.finished',
+      status: 'failed',
+    });
   });
 });

@@ -49,7 +49,10 @@ export interface OrchestrateActivities {
   putBlob(input: { runDir: string; value: unknown }): Promise<BlobRef>;
   getBlob(ref: BlobRef): Promise<unknown>;
   /** Writes the run's report (JSON and Markdown) and returns their paths. */
-  writeReport(input: { runDir: string; result: Omit<PipelineResult, 'report'> }): Promise<{ json: string; markdown: string }>;
+  writeReport(input: {
+    runDir: string;
+    result: Omit<PipelineResult, 'report'>;
+  }): Promise<{ json: string; markdown: string }>;
   /**
    * Publishes a progress event (services/progress's schema) for the workflow, which may not publish
    * itself; best effort, never fails.

@@ -2,7 +2,13 @@
  * Baseline students for the results table, chosen without search (pure; runs in workflows).
  */
 import type { NeoXConfig } from '../core/model/index.js';
-import { type SubnetSpec, canonicalize, canonicalParameters, describeCanonical, teacherShape } from '../core/subnet/pure.js';
+import {
+  type SubnetSpec,
+  canonicalize,
+  canonicalParameters,
+  describeCanonical,
+  teacherShape,
+} from '../core/subnet/pure.js';
 
 /**
  * The "first-k" baseline: no search — every dimension of the teacher (layers, width, heads, MLP)
@@ -10,7 +16,10 @@ import { type SubnetSpec, canonicalize, canonicalParameters, describeCanonical, 
  * factor whose parameter count lies in [minParams, maxParams] (nearest the middle of the range when
  * several do; nearest the range when none does).
  */
-export function firstKSpec(teacher: NeoXConfig, target: { minParams: number; maxParams: number }): { spec: SubnetSpec; parameters: number; inRange: boolean; description: string } {
+export function firstKSpec(
+  teacher: NeoXConfig,
+  target: { minParams: number; maxParams: number },
+): { spec: SubnetSpec; parameters: number; inRange: boolean; description: string } {
   const heads = Math.min(...teacher.layers.map((l) => l.numHeads));
   const mlp = Math.min(...teacher.layers.map((l) => l.intermediateSize));
   const mid = (target.minParams + target.maxParams) / 2;
@@ -36,9 +45,16 @@ export function firstKSpec(teacher: NeoXConfig, target: { minParams: number; max
       continue;
     }
     const inRange = parameters >= target.minParams && parameters <= target.maxParams;
-    const score = inRange ? Math.abs(parameters - mid) : 1e15 + Math.min(Math.abs(parameters - target.minParams), Math.abs(parameters - target.maxParams));
+    const score = inRange
+      ? Math.abs(parameters - mid)
+      : 1e15 + Math.min(Math.abs(parameters - target.minParams), Math.abs(parameters - target.maxParams));
     if (!best || score < best.score) best = { spec, parameters, inRange, score };
   }
   if (!best) throw new Error('first-k baseline: no valid shrunk teacher shape');
-  return { spec: best.spec, parameters: best.parameters, inRange: best.inRange, description: describeCanonical(canonicalize(best.spec, teacher)) };
+  return {
+    spec: best.spec,
+    parameters: best.parameters,
+    inRange: best.inRange,
+    description: describeCanonical(canonicalize(best.spec, teacher)),
+  };
 }

@@ -22,8 +22,21 @@ import {
   workflowInfo,
 } from '@temporalio/workflow';
 
-import { type Candidate, type EvaluationRecord, type Search, type SearchState, createSearch, restoreSearch } from '../core/search/index.js';
-import { type ResolvedTarget, type SubnetSearchSpace, type SubnetSpec, createSubnetSpace, resolveTarget } from '../core/subnet/pure.js';
+import {
+  type Candidate,
+  type EvaluationRecord,
+  type Search,
+  type SearchState,
+  createSearch,
+  restoreSearch,
+} from '../core/search/index.js';
+import {
+  type ResolvedTarget,
+  type SubnetSearchSpace,
+  type SubnetSpec,
+  createSubnetSpace,
+  resolveTarget,
+} from '../core/subnet/pure.js';
 import type { EvaluateActivities, OrchestrateActivities } from './activities.js';
 import {
   type BestCandidate,
@@ -83,7 +96,9 @@ function withSpec(r: EvaluationRecord<SubnetSpec>, space: SubnetSearchSpace): Be
 
 export async function evolution(input: EvolutionInput): Promise<EvolutionResult> {
   const policy = input.activity;
-  const evaluate = proxyActivities<EvaluateActivities>(activityOptions(TASK_QUEUES.evaluate, policy, ['SpecError', 'TargetError', 'PayloadTooLargeError']));
+  const evaluate = proxyActivities<EvaluateActivities>(
+    activityOptions(TASK_QUEUES.evaluate, policy, ['SpecError', 'TargetError', 'PayloadTooLargeError']),
+  );
   const orchestrate = proxyActivities<OrchestrateActivities>({
     taskQueue: TASK_QUEUES.orchestrate,
     startToCloseTimeout: '2m',
@@ -94,9 +109,19 @@ export async function evolution(input: EvolutionInput): Promise<EvolutionResult>
   let target: ResolvedTarget;
   let space: SubnetSearchSpace;
   try {
-    const binOptions = { space: input.space.kind, count: input.space.bins, scale: input.space.scale, choices: input.space.choices };
+    const binOptions = {
+      space: input.space.kind,
+      count: input.space.bins,
+      scale: input.space.scale,
+      choices: input.space.choices,
+    };
     target = resolveTarget(input.teacher.config, input.space.target, binOptions);
-    space = createSubnetSpace(input.teacher.config, { space: input.space.kind, target, choices: input.space.choices, secondMutationProbability: input.space.secondMutationProbability });
+    space = createSubnetSpace(input.teacher.config, {
+      space: input.space.kind,
+      target,
+      choices: input.space.choices,
+      secondMutationProbability: input.space.secondMutationProbability,
+    });
   } catch (err) {
     throw ApplicationFailure.nonRetryable(`search space: ${errorMessage(err)}`, (err as Error).name ?? 'TargetError');
   }
@@ -106,7 +131,9 @@ export async function evolution(input: EvolutionInput): Promise<EvolutionResult>
   try {
     if (carry) {
       const raw = carry.state as { ref?: BlobRef };
-      const state = (raw && typeof raw === 'object' && raw.ref ? await orchestrate.getBlob(raw.ref) : carry.state) as SearchState<SubnetSpec>;
+      const state = (
+        raw && typeof raw === 'object' && raw.ref ? await orchestrate.getBlob(raw.ref) : carry.state
+      ) as SearchState<SubnetSpec>;
       search = restoreSearch(state, space);
     } else {
       // No seed configured: draw one from the workflow's deterministic randomness (recorded by replay).
@@ -163,8 +190,10 @@ export async function evolution(input: EvolutionInput): Promise<EvolutionResult>
     },
     {
       validator: (budget: number) => {
-        if (!Number.isSafeInteger(budget) || budget < 0) throw new Error(`budget must be a non-negative integer, got ${JSON.stringify(budget)}`);
-        if (budget < search.status().asked) log.info('evolution: budget below evaluations asked; finishing the running ones');
+        if (!Number.isSafeInteger(budget) || budget < 0)
+          throw new Error(`budget must be a non-negative integer, got ${JSON.stringify(budget)}`);
+        if (budget < search.status().asked)
+          log.info('evolution: budget below evaluations asked; finishing the running ones');
       },
     },
   );
@@ -215,7 +244,10 @@ export async function evolution(input: EvolutionInput): Promise<EvolutionResult>
     const o = search.options;
     const budget = search.status().budget;
     const perBatch = Math.max(1, o.batchSize);
-    const generations = o.algorithm === 'evolution' ? 1 + Math.max(0, Math.ceil((budget - o.population) / perBatch)) : Math.max(1, Math.ceil(budget / perBatch));
+    const generations =
+      o.algorithm === 'evolution'
+        ? 1 + Math.max(0, Math.ceil((budget - o.population) / perBatch))
+        : Math.max(1, Math.ceil(budget / perBatch));
     const b = search.best();
     try {
       await orchestrate.publishProgress({
@@ -239,7 +271,10 @@ export async function evolution(input: EvolutionInput): Promise<EvolutionResult>
     let batch = search.pending();
     if (batch.length === 0) {
       if (search.done()) break;
-      if (search.status().generation - generationAtStart >= input.continueAsNewEvery || workflowInfo().continueAsNewSuggested) {
+      if (
+        search.status().generation - generationAtStart >= input.continueAsNewEvery ||
+        workflowInfo().continueAsNewSuggested
+      ) {
         await condition(allHandlersFinished);
         const state = search.toJSON();
         const inline = jsonBytes(state) <= (input.inlineStateBytes ?? INLINE_STATE_BYTES);
@@ -254,7 +289,7 @@ export async function evolution(input: EvolutionInput): Promise<EvolutionResult>
           },
         };
         try {
-          checkPayloadSize('the evolution workflow\'s continue-as-new input', next);
+          checkPayloadSize("the evolution workflow's continue-as-new input", next);
         } catch (err) {
           throw ApplicationFailure.nonRetryable(errorMessage(err), 'PayloadTooLargeError');
         }
@@ -264,7 +299,8 @@ export async function evolution(input: EvolutionInput): Promise<EvolutionResult>
       batch = search.ask();
       if (batch.length === 0) {
         // ask() gives nothing only when the search is done (budget spent, stopped, space exhausted).
-        if (!search.done()) log.warn('evolution: the search asked nothing but is not done; ending it', { status: search.status() });
+        if (!search.done())
+          log.warn('evolution: the search asked nothing but is not done; ending it', { status: search.status() });
         break;
       }
     }
@@ -276,11 +312,21 @@ export async function evolution(input: EvolutionInput): Promise<EvolutionResult>
   await condition(allHandlersFinished);
   const best = search.best();
   if (!best) {
-    const failures = search.history().filter((r) => r.status === 'failed').slice(0, 3).map((r) => `#${r.id}: ${r.error}`);
-    throw ApplicationFailure.nonRetryable(`evolution: no candidate was evaluated successfully${failures.length ? ` (${failures.join('; ')})` : ''}`, 'SearchFailed');
+    const failures = search
+      .history()
+      .filter((r) => r.status === 'failed')
+      .slice(0, 3)
+      .map((r) => `#${r.id}: ${r.error}`);
+    throw ApplicationFailure.nonRetryable(
+      `evolution: no candidate was evaluated successfully${failures.length ? ` (${failures.join('; ')})` : ''}`,
+      'SearchFailed',
+    );
   }
   const history = search.history().map(summary);
-  const searchFlops = history.reduce((sum, h) => sum + (typeof h.metrics?.flops === 'number' ? (h.metrics.flops as number) : 0), 0);
+  const searchFlops = history.reduce(
+    (sum, h) => sum + (typeof h.metrics?.flops === 'number' ? (h.metrics.flops as number) : 0),
+    0,
+  );
   const result: EvolutionResult = {
     best: withSpec(best, space),
     paretoFront: search.paretoFront().map((r) => withSpec(r, space)),

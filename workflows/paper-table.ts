@@ -111,9 +111,28 @@ export interface PaperRun {
 
 export interface PaperTableResult {
   runId: string;
-  teacher: { dir: string; hash: string; parameters: number; config: NeoXConfig; val: CheckpointEval; ood: CheckpointEval; tasks?: TaskAccuracy[] };
-  search: { best: BestCandidate; evaluations: number; seed: number; flops: number; target: { minParams: number; maxParams: number; label: string } };
-  specs: { search: SubnetSpec; firstK: SubnetSpec; random: SubnetSpec; descriptions: { search: string; firstK: string; random: string } };
+  teacher: {
+    dir: string;
+    hash: string;
+    parameters: number;
+    config: NeoXConfig;
+    val: CheckpointEval;
+    ood: CheckpointEval;
+    tasks?: TaskAccuracy[];
+  };
+  search: {
+    best: BestCandidate;
+    evaluations: number;
+    seed: number;
+    flops: number;
+    target: { minParams: number; maxParams: number; label: string };
+  };
+  specs: {
+    search: SubnetSpec;
+    firstK: SubnetSpec;
+    random: SubnetSpec;
+    descriptions: { search: string; firstK: string; random: string };
+  };
   settings: {
     batchSize: number;
     seqLen: number;
@@ -162,34 +181,61 @@ export function paperTableWorkflowId(runId: string): string {
 }
 
 export async function paperTable(input: PaperTableInput): Promise<PaperTableResult> {
-  if (!input.seeds.length || !input.arms.length) throw ApplicationFailure.nonRetryable('paper-table: no arms or no seeds');
+  if (!input.seeds.length || !input.arms.length)
+    throw ApplicationFailure.nonRetryable('paper-table: no arms or no seeds');
   const ids = workflowIds(input.run.runId);
   const p = input.activity;
   const small = proxyActivities<PretrainActivities>({
     taskQueue: TASK_QUEUES.pretrain,
     startToCloseTimeout: `${p.timeoutSeconds}s`,
     heartbeatTimeout: `${p.heartbeatSeconds}s`,
-    retry: { maximumAttempts: p.maxAttempts, initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '30s', nonRetryableErrorTypes: ['SpecError', 'CheckpointError', 'TeacherMismatch'] },
+    retry: {
+      maximumAttempts: p.maxAttempts,
+      initialInterval: '1s',
+      backoffCoefficient: 2,
+      maximumInterval: '30s',
+      nonRetryableErrorTypes: ['SpecError', 'CheckpointError', 'TeacherMismatch'],
+    },
   });
-  const report = proxyActivities<ExperimentActivities>({ taskQueue: TASK_QUEUES.orchestrate, startToCloseTimeout: '5m', retry: { maximumAttempts: 3 } });
+  const report = proxyActivities<ExperimentActivities>({
+    taskQueue: TASK_QUEUES.orchestrate,
+    startToCloseTimeout: '5m',
+    retry: { maximumAttempts: 3 },
+  });
 
   let stage: PaperTableStatus['stage'] = 'teacher';
   const done: string[] = [];
   const running = new Set<string>();
   let best: BestCandidate | undefined;
   const total = input.arms.length * input.seeds.length;
-  setHandler(paperTableStatusQuery, () => ({ runId: input.run.runId, stage, total, done: [...done], running: [...running].sort(), best }));
+  setHandler(paperTableStatusQuery, () => ({
+    runId: input.run.runId,
+    stage,
+    total,
+    done: [...done],
+    running: [...running].sort(),
+    best,
+  }));
 
   // 1. The teacher (trained by the pipeline's teacher step when missing), measured on both corpora.
   const t0 = Date.now();
   const teacher: TeacherRef = await small.prepareTeacher(input.teacher);
   const h = input.pretrain.hyper;
   const evalOn = (checkpoint: CheckpointRef, data: DataRef, evalTokens: number) =>
-    small.evaluateCheckpoint({ checkpoint, data, tokenizerDir: teacher.dir, seqLen: h.seqLen, batchSize: h.batchSize, evalTokens });
+    small.evaluateCheckpoint({
+      checkpoint,
+      data,
+      tokenizerDir: teacher.dir,
+      seqLen: h.seqLen,
+      batchSize: h.batchSize,
+      evalTokens,
+    });
   const oodData: DataRef = { ...input.data, val: input.ood.data };
   const teacherRef = { dir: teacher.dir, hash: teacher.hash };
   const tasksOf = async (checkpoint: { dir: string; hash: string }): Promise<TaskAccuracy[] | undefined> =>
-    input.tasks?.files.length ? small.evaluateTasks({ checkpoint, tokenizerDir: teacher.dir, ...input.tasks, batchSize: h.batchSize }) : undefined;
+    input.tasks?.files.length
+      ? small.evaluateTasks({ checkpoint, tokenizerDir: teacher.dir, ...input.tasks, batchSize: h.batchSize })
+      : undefined;
   const [teacherVal, teacherOod, teacherTasks] = await Promise.all([
     evalOn(teacherRef, input.data, input.finalEvalTokens),
     evalOn(teacherRef, oodData, input.ood.evalTokens),
@@ -210,7 +256,12 @@ export async function paperTable(input: PaperTableInput): Promise<PaperTableResu
   const initOf = (arm: PaperArm, seed: number): StudentInit => {
     const kind = ARM_INFO[arm].init;
     if (kind === 'random') return { kind: 'random', spec: randomSpec };
-    return { kind: 'subnet', spec: kind === 'search' ? evo.best.spec : fk.spec, order: kind === 'search' ? input.order : 'first-k', layers: kind === 'search' ? input.layers : 'first' };
+    return {
+      kind: 'subnet',
+      spec: kind === 'search' ? evo.best.spec : fk.spec,
+      order: kind === 'search' ? input.order : 'first-k',
+      layers: kind === 'search' ? input.layers : 'first',
+    };
   };
 
   // 3. Pretraining: seed-major, so partial results cover whole seeds; `concurrency` runs at once.
@@ -228,9 +279,26 @@ export async function paperTable(input: PaperTableInput): Promise<PaperTableResu
     // validation point, on the same tokens as the actor's validation passes.
     const student = await small.prepareStudent({ run: input.run, name, init, teacher, hyper, data: input.data });
     const zero = await evalOn(student.checkpoint, input.data, input.pretrain.evalTokens);
-    const args: PretrainInput = { ...pretrainSettings, run: input.run, name, init, teacher, data: input.data, teacherService: input.teacherService, hyper };
-    const r = await executeChild(pretrain, { workflowId: ids.pretrain(name), taskQueue: TASK_QUEUES.orchestrate, args: [args] });
-    const [val, ood, tasks] = await Promise.all([evalOn(r.checkpoint, input.data, input.finalEvalTokens), evalOn(r.checkpoint, oodData, input.ood.evalTokens), tasksOf(r.checkpoint)]);
+    const args: PretrainInput = {
+      ...pretrainSettings,
+      run: input.run,
+      name,
+      init,
+      teacher,
+      data: input.data,
+      teacherService: input.teacherService,
+      hyper,
+    };
+    const r = await executeChild(pretrain, {
+      workflowId: ids.pretrain(name),
+      taskQueue: TASK_QUEUES.orchestrate,
+      args: [args],
+    });
+    const [val, ood, tasks] = await Promise.all([
+      evalOn(r.checkpoint, input.data, input.finalEvalTokens),
+      evalOn(r.checkpoint, oodData, input.ood.evalTokens),
+      tasksOf(r.checkpoint),
+    ]);
     const counts = countShape(student.config, teacher.config, { seqLen: h.seqLen });
     const teacherPerToken = hyper.distill ? counts.flopsPerToken.teacherForward : 0;
     runs[i] = {
@@ -238,7 +306,11 @@ export async function paperTable(input: PaperTableInput): Promise<PaperTableResu
       seed,
       name,
       parameters: r.parameters,
-      flopsPerToken: { training: counts.flopsPerToken.training, teacher: teacherPerToken, total: counts.flopsPerToken.training + teacherPerToken },
+      flopsPerToken: {
+        training: counts.flopsPerToken.training,
+        teacher: teacherPerToken,
+        total: counts.flopsPerToken.training + teacherPerToken,
+      },
       steps: r.steps,
       tokens: r.tokens,
       flops: r.flops.total,
@@ -261,13 +333,31 @@ export async function paperTable(input: PaperTableInput): Promise<PaperTableResu
   const t3 = Date.now();
   const result: PaperTableResult = {
     runId: input.run.runId,
-    teacher: { dir: teacher.dir, hash: teacher.hash, parameters: teacher.parameters, config: teacher.config, val: teacherVal, ood: teacherOod, ...(teacherTasks ? { tasks: teacherTasks } : {}) },
-    search: { best: evo.best, evaluations: evo.status.asked, seed: evo.seed, flops: evo.searchFlops, target: evo.status.target },
+    teacher: {
+      dir: teacher.dir,
+      hash: teacher.hash,
+      parameters: teacher.parameters,
+      config: teacher.config,
+      val: teacherVal,
+      ood: teacherOod,
+      ...(teacherTasks ? { tasks: teacherTasks } : {}),
+    },
+    search: {
+      best: evo.best,
+      evaluations: evo.status.asked,
+      seed: evo.seed,
+      flops: evo.searchFlops,
+      target: evo.status.target,
+    },
     specs: {
       search: evo.best.spec,
       firstK: fk.spec,
       random: randomSpec,
-      descriptions: { search: evo.best.description ?? '', firstK: fk.description, random: input.randomShape === 'first-k' ? fk.description : (evo.best.description ?? '') },
+      descriptions: {
+        search: evo.best.description ?? '',
+        firstK: fk.description,
+        random: input.randomShape === 'first-k' ? fk.description : (evo.best.description ?? ''),
+      },
     },
     settings: {
       batchSize: h.batchSize,
@@ -288,7 +378,12 @@ export async function paperTable(input: PaperTableInput): Promise<PaperTableResu
       seeds: input.seeds,
     },
     runs,
-    timings: { teacher: (t1 - t0) / 1000, search: (t2 - t1) / 1000, pretrain: (t3 - t2) / 1000, total: (t3 - t0) / 1000 },
+    timings: {
+      teacher: (t1 - t0) / 1000,
+      search: (t2 - t1) / 1000,
+      pretrain: (t3 - t2) / 1000,
+      total: (t3 - t0) / 1000,
+    },
     meta: input.meta,
   };
   await report.writePaperTable({ outDir: `${input.run.dir}/paper-table`, result });

@@ -3,7 +3,16 @@
  * -> final evaluation and report. The search and each pretraining run are child workflows (their
  * own histories, queries and failure handling); this workflow holds only their results.
  */
-import { ApplicationFailure, CancellationScope, defineQuery, executeChild, isCancellation, log, proxyActivities, setHandler } from '@temporalio/workflow';
+import {
+  ApplicationFailure,
+  CancellationScope,
+  defineQuery,
+  executeChild,
+  isCancellation,
+  log,
+  proxyActivities,
+  setHandler,
+} from '@temporalio/workflow';
 
 import type { OrchestrateActivities, PretrainActivities } from './activities.js';
 import { firstKSpec } from './baselines.js';
@@ -37,7 +46,11 @@ interface StudentPlan {
  * orchestrate activity publishes: workflow code never publishes itself. Progress is best effort.
  */
 export async function pipeline(input: PipelineInput): Promise<PipelineResult> {
-  const orchestrate = proxyActivities<OrchestrateActivities>({ taskQueue: TASK_QUEUES.orchestrate, startToCloseTimeout: '2m', retry: { maximumAttempts: 5 } });
+  const orchestrate = proxyActivities<OrchestrateActivities>({
+    taskQueue: TASK_QUEUES.orchestrate,
+    startToCloseTimeout: '2m',
+    retry: { maximumAttempts: 5 },
+  });
   const run = input.run.runId;
   const publish = async (event: Parameters<OrchestrateActivities['publishProgress']>[0]): Promise<void> => {
     try {
@@ -47,7 +60,10 @@ export async function pipeline(input: PipelineInput): Promise<PipelineResult> {
       log.warn('pipeline: progress event not published', { kind: event.kind, error: errorMessage(err) });
     }
   };
-  const baselines = [...(input.baselines.randomInit ? ['random-init'] : []), ...(input.baselines.firstK ? ['first-k'] : [])];
+  const baselines = [
+    ...(input.baselines.randomInit ? ['random-init'] : []),
+    ...(input.baselines.firstK ? ['first-k'] : []),
+  ];
   await publish({
     kind: 'run.started',
     run,
@@ -65,13 +81,17 @@ export async function pipeline(input: PipelineInput): Promise<PipelineResult> {
       kind: 'run.finished',
       run,
       status: 'completed',
-      ...(best.fitness !== null ? { best: { candidate: best.id, params: best.parameters, fitness: best.fitness } } : {}),
+      ...(best.fitness !== null
+        ? { best: { candidate: best.id, params: best.parameters, fitness: best.fitness } }
+        : {}),
       results: { rows: result.rows.map(({ checkpoint: _c, ...row }) => row), report: result.report.markdown },
     });
     return result;
   } catch (err) {
     const status = isCancellation(err) ? 'cancelled' : 'failed';
-    await CancellationScope.nonCancellable(() => publish({ kind: 'run.finished', run, status, error: errorMessage(err).slice(0, 2000) }));
+    await CancellationScope.nonCancellable(() =>
+      publish({ kind: 'run.finished', run, status, error: errorMessage(err).slice(0, 2000) }),
+    );
     throw err;
   }
 }
@@ -83,9 +103,19 @@ async function runPipeline(input: PipelineInput): Promise<PipelineResult> {
     taskQueue: TASK_QUEUES.pretrain,
     startToCloseTimeout: `${p.timeoutSeconds}s`,
     heartbeatTimeout: `${p.heartbeatSeconds}s`,
-    retry: { maximumAttempts: p.maxAttempts, initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '30s', nonRetryableErrorTypes: ['CheckpointError', 'TeacherMismatch'] },
+    retry: {
+      maximumAttempts: p.maxAttempts,
+      initialInterval: '1s',
+      backoffCoefficient: 2,
+      maximumInterval: '30s',
+      nonRetryableErrorTypes: ['CheckpointError', 'TeacherMismatch'],
+    },
   });
-  const orchestrate = proxyActivities<OrchestrateActivities>({ taskQueue: TASK_QUEUES.orchestrate, startToCloseTimeout: '2m', retry: { maximumAttempts: 5 } });
+  const orchestrate = proxyActivities<OrchestrateActivities>({
+    taskQueue: TASK_QUEUES.orchestrate,
+    startToCloseTimeout: '2m',
+    retry: { maximumAttempts: 5 },
+  });
 
   let stage: PipelineStage = 'teacher';
   let teacher: TeacherRef | undefined;
@@ -117,21 +147,41 @@ async function runPipeline(input: PipelineInput): Promise<PipelineResult> {
   // 3. Pretraining: the winner, and baselines of the same budget.
   stage = 'pretrain';
   const plans: StudentPlan[] = [
-    { name: 'student', init: { kind: 'subnet', spec: evo.best.spec, order: input.pretrain.order, layers: input.pretrain.layers }, description: evo.best.description ?? '' },
+    {
+      name: 'student',
+      init: { kind: 'subnet', spec: evo.best.spec, order: input.pretrain.order, layers: input.pretrain.layers },
+      description: evo.best.description ?? '',
+    },
   ];
   if (input.baselines.randomInit) {
-    plans.push({ name: 'random-init', init: { kind: 'random', spec: evo.best.spec }, description: `${evo.best.description ?? ''} (random weights)` });
+    plans.push({
+      name: 'random-init',
+      init: { kind: 'random', spec: evo.best.spec },
+      description: `${evo.best.description ?? ''} (random weights)`,
+    });
   }
   if (input.baselines.firstK) {
     const fk = firstKSpec(teacher.config, evo.status.target);
-    plans.push({ name: 'first-k', init: { kind: 'subnet', spec: fk.spec, order: 'first-k', layers: 'first' }, description: `${fk.description}${fk.inRange ? '' : ' (nearest to the bin)'}` });
+    plans.push({
+      name: 'first-k',
+      init: { kind: 'subnet', spec: fk.spec, order: 'first-k', layers: 'first' },
+      description: `${fk.description}${fk.inRange ? '' : ' (nearest to the bin)'}`,
+    });
   }
   const { order: _o, layers: _l, ...pretrainSettings } = input.pretrain;
   const results = await Promise.all(
     plans.map((plan) => {
       const id = ids.pretrain(plan.name);
       pretrainIds.push(id);
-      const args: PretrainInput = { ...pretrainSettings, run: input.run, name: plan.name, init: plan.init, teacher: teacher!, data: input.data, teacherService: input.teacherService };
+      const args: PretrainInput = {
+        ...pretrainSettings,
+        run: input.run,
+        name: plan.name,
+        init: plan.init,
+        teacher: teacher!,
+        data: input.data,
+        teacherService: input.teacherService,
+      };
       return executeChild(pretrain, { workflowId: id, taskQueue: TASK_QUEUES.orchestrate, args: [args] });
     }),
   );
@@ -147,12 +197,20 @@ async function runPipeline(input: PipelineInput): Promise<PipelineResult> {
       batchSize: input.pretrain.hyper.batchSize,
       evalTokens: input.finalEvalTokens,
     });
-  const [teacherEval, ...evals] = await Promise.all([finalEval({ dir: teacher.dir, hash: teacher.hash }), ...results.map((r) => finalEval(r.checkpoint))]);
+  const [teacherEval, ...evals] = await Promise.all([
+    finalEval({ dir: teacher.dir, hash: teacher.hash }),
+    ...results.map((r) => finalEval(r.checkpoint)),
+  ]);
   results.forEach((r, i) => {
     const plan = plans[i];
     rows.push({
       name: plan.name,
-      init: plan.init.kind === 'random' ? 'random' : plan.name === 'student' ? 'searched sub-network' : 'first-k sub-network (no search)',
+      init:
+        plan.init.kind === 'random'
+          ? 'random'
+          : plan.name === 'student'
+            ? 'searched sub-network'
+            : 'first-k sub-network (no search)',
       description: plan.description,
       parameters: r.parameters,
       valLoss: evals[i].valLoss,
@@ -167,8 +225,20 @@ async function runPipeline(input: PipelineInput): Promise<PipelineResult> {
   if (!rows.length) throw ApplicationFailure.nonRetryable('pipeline: nothing was pretrained');
   const result: Omit<PipelineResult, 'report'> = {
     runId: input.run.runId,
-    teacher: { dir: teacher.dir, hash: teacher.hash, parameters: teacher.parameters, valLoss: teacherEval.valLoss, valBpb: teacherEval.valBpb },
-    search: { best: evo.best, evaluations: evo.status.asked, runs: evo.status.run, seed: evo.seed, flops: evo.searchFlops },
+    teacher: {
+      dir: teacher.dir,
+      hash: teacher.hash,
+      parameters: teacher.parameters,
+      valLoss: teacherEval.valLoss,
+      valBpb: teacherEval.valBpb,
+    },
+    search: {
+      best: evo.best,
+      evaluations: evo.status.asked,
+      runs: evo.status.run,
+      seed: evo.seed,
+      flops: evo.searchFlops,
+    },
     rows,
   };
   const report = await orchestrate.writeReport({ runDir: input.run.dir, result });

@@ -46,7 +46,9 @@ const SEGMENTS_PER_RUN = 200;
 
 export async function pretrain(input: PretrainInput): Promise<PretrainResult> {
   const p = input.activity;
-  const train = proxyActivities<PretrainActivities>(activityOptions(TASK_QUEUES.pretrain, p, ['SpecError', 'CheckpointError', 'PayloadTooLargeError']));
+  const train = proxyActivities<PretrainActivities>(
+    activityOptions(TASK_QUEUES.pretrain, p, ['SpecError', 'CheckpointError', 'PayloadTooLargeError']),
+  );
   const prepare = proxyActivities<PretrainActivities>({
     taskQueue: TASK_QUEUES.pretrain,
     startToCloseTimeout: '10m',
@@ -63,7 +65,14 @@ export async function pretrain(input: PretrainInput): Promise<PretrainResult> {
   });
 
   if (!progress) {
-    const student = await prepare.prepareStudent({ run: input.run, name: input.name, init: input.init, teacher: input.teacher, hyper: input.hyper, data: input.data });
+    const student = await prepare.prepareStudent({
+      run: input.run,
+      name: input.name,
+      init: input.init,
+      teacher: input.teacher,
+      hyper: input.hyper,
+      data: input.data,
+    });
     progress = {
       checkpoint: student.checkpoint,
       step: student.checkpoint.step ?? 0,
@@ -80,7 +89,10 @@ export async function pretrain(input: PretrainInput): Promise<PretrainResult> {
   const steps = input.hyper.steps;
 
   while (progress.step < steps && !progress.reachedTarget && !stopRequested) {
-    if (progress.segments.length - segmentsAtStart >= (input.continueAsNewEvery ?? SEGMENTS_PER_RUN) || workflowInfo().continueAsNewSuggested) {
+    if (
+      progress.segments.length - segmentsAtStart >= (input.continueAsNewEvery ?? SEGMENTS_PER_RUN) ||
+      workflowInfo().continueAsNewSuggested
+    ) {
       await condition(allHandlersFinished);
       const next: PretrainInput = { ...input, carry: { ...progress, runs: progress.runs + 1 } };
       try {
@@ -107,14 +119,20 @@ export async function pretrain(input: PretrainInput): Promise<PretrainResult> {
       targetPpl: input.targetPpl,
     });
     if (out.step < fromStep || out.step > toStep) {
-      throw ApplicationFailure.nonRetryable(`trainSegment returned step ${out.step} outside [${fromStep}, ${toStep}]`, 'SegmentError');
+      throw ApplicationFailure.nonRetryable(
+        `trainSegment returned step ${out.step} outside [${fromStep}, ${toStep}]`,
+        'SegmentError',
+      );
     }
     progress = {
       ...progress,
       checkpoint: out.checkpoint,
       step: out.step,
       tokens: progress.tokens + out.tokens,
-      flops: { training: progress.flops.training + out.flops.training, teacher: progress.flops.teacher + out.flops.teacher },
+      flops: {
+        training: progress.flops.training + out.flops.training,
+        teacher: progress.flops.teacher + out.flops.teacher,
+      },
       segments: [
         ...progress.segments,
         {

@@ -6,7 +6,16 @@
 import type { DistillOptions, NeoXConfig } from '../core/model/index.js';
 import type { SearchOptions } from '../core/search/index.js';
 import type { TeacherTrainSettings } from '../core/teacher/index.js';
-import type { BinScale, FitnessBudget, HeadOrder, LayerOrder, SpaceChoices, SpaceKind, SubnetSpec, TargetRequest } from '../core/subnet/index.js';
+import type {
+  BinScale,
+  FitnessBudget,
+  HeadOrder,
+  LayerOrder,
+  SpaceChoices,
+  SpaceKind,
+  SubnetSpec,
+  TargetRequest,
+} from '../core/subnet/index.js';
 
 /** The task queues; workers poll the ones they were started for (`offshoot worker --queues`). */
 export const TASK_QUEUES = {
@@ -80,7 +89,13 @@ export function activityOptions(taskQueue: string, policy: ActivityPolicy, nonRe
     taskQueue,
     startToCloseTimeout: `${policy.timeoutSeconds}s`,
     heartbeatTimeout: `${policy.heartbeatSeconds}s`,
-    retry: { maximumAttempts: policy.maxAttempts, initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '30s', nonRetryableErrorTypes },
+    retry: {
+      maximumAttempts: policy.maxAttempts,
+      initialInterval: '1s',
+      backoffCoefficient: 2,
+      maximumInterval: '30s',
+      nonRetryableErrorTypes,
+    },
   };
 }
 
@@ -487,7 +502,11 @@ export interface PipelineStatus {
 }
 
 /** Workflow ids of a run's workflows. */
-export function workflowIds(runId: string): { pipeline: string; evolution: string; pretrain: (name: string) => string } {
+export function workflowIds(runId: string): {
+  pipeline: string;
+  evolution: string;
+  pretrain: (name: string) => string;
+} {
   return {
     pipeline: `offshoot/${runId}`,
     evolution: `offshoot/${runId}/evolution`,

@@ -76,11 +76,13 @@ export const HOLDOUT_BLOCKS = 1000;
 
 /** A stream over ids in memory. */
 export function arrayStream(ids: ArrayLike<number>): TokenStream {
-  const typed = ArrayBuffer.isView(ids) && typeof (ids as Uint32Array).subarray === 'function' ? (ids as Uint32Array) : null;
+  const typed =
+    ArrayBuffer.isView(ids) && typeof (ids as Uint32Array).subarray === 'function' ? (ids as Uint32Array) : null;
   return {
     length: ids.length,
     read(start, count, out, outOffset) {
-      if (start < 0 || start + count > ids.length) throw new RangeError(`tokens [${start}, ${start + count}) are outside the stream of ${ids.length}`);
+      if (start < 0 || start + count > ids.length)
+        throw new RangeError(`tokens [${start}, ${start + count}) are outside the stream of ${ids.length}`);
       if (typed) out.set(typed.subarray(start, start + count), outOffset);
       else for (let i = 0; i < count; i++) out[outOffset + i] = ids[start + i];
     },
@@ -169,7 +171,9 @@ function windowsOf(src: SourceView, seqLen: number): Windows {
     w = new Windows(src.ranges, seqLen);
     if (w.count === 0) {
       const tokens = src.ranges.reduce((a, [x, y]) => a + (y - x), 0);
-      throw new Error(`${src.name}: ${tokens} tokens${src.ranges.length > 1 ? ` in ${src.ranges.length} ranges` : ''}, too short for seqLen ${seqLen}: need at least seqLen + 1 = ${seqLen + 1} in one range`);
+      throw new Error(
+        `${src.name}: ${tokens} tokens${src.ranges.length > 1 ? ` in ${src.ranges.length} ranges` : ''}, too short for seqLen ${seqLen}: need at least seqLen + 1 = ${seqLen + 1} in one range`,
+      );
     }
     bySeq.set(seqLen, w);
   }
@@ -261,13 +265,17 @@ function scheduleOf(sources: readonly SourceView[]): Schedule {
   const hit = scheduleCache.get(sources);
   if (hit) return hit;
   const k = sources.length;
-  for (const s of sources) if (!(s.weight > 0) || !Number.isFinite(s.weight)) throw new Error(`${s.name}: mixture weight ${s.weight} must be a positive number`);
+  for (const s of sources)
+    if (!(s.weight > 0) || !Number.isFinite(s.weight))
+      throw new Error(`${s.name}: mixture weight ${s.weight} must be a positive number`);
   const total = sources.reduce((a, s) => a + s.weight, 0);
   const exact = sources.map((s) => (s.weight / total) * MIX_PERIOD);
   const per = new Int32Array(k);
   for (let i = 0; i < k; i++) per[i] = Math.max(1, Math.floor(exact[i]));
   let left = MIX_PERIOD - per.reduce((a, b) => a + b, 0);
-  const order = [...exact.keys()].sort((a, b) => exact[b] - Math.floor(exact[b]) - (exact[a] - Math.floor(exact[a])) || a - b);
+  const order = [...exact.keys()].sort(
+    (a, b) => exact[b] - Math.floor(exact[b]) - (exact[a] - Math.floor(exact[a])) || a - b,
+  );
   for (let j = 0; left > 0; j = (j + 1) % k, left--) per[order[j]]++;
   for (let j = 0; left < 0; j = (j + 1) % k) {
     const i = order[k - 1 - j];
@@ -374,7 +382,8 @@ export function evalWindowCount(data: TokenSource, options: EvalBatchOptions): n
   const d = asTokenData(data);
   let windows = d.sources.reduce((a, s) => a + windowsOf(s, options.seqLen).count, 0);
   if (options.maxTokens !== undefined) {
-    if (!Number.isFinite(options.maxTokens) || options.maxTokens < 0) throw new Error(`maxTokens must be non-negative, got ${options.maxTokens}`);
+    if (!Number.isFinite(options.maxTokens) || options.maxTokens < 0)
+      throw new Error(`maxTokens must be non-negative, got ${options.maxTokens}`);
     windows = Math.min(windows, Math.max(1, Math.floor(options.maxTokens / options.seqLen)));
   }
   return windows;

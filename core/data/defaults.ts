@@ -18,7 +18,10 @@ export const DEFAULT_TEST_CORPUS = 'mobydick';
  * Trains a byte-level BPE on a corpus (default: sotu:train, vocab 1024, 1 MiB of text sampled across
  * the corpus; a large corpus is sampled without being loaded whole). Deterministic.
  */
-export async function trainCorpusTokenizer(corpus: string | Corpus = DEFAULT_TRAIN_CORPUS, options: Partial<TrainBpeOptions> = {}): Promise<BpeTokenizer> {
+export async function trainCorpusTokenizer(
+  corpus: string | Corpus = DEFAULT_TRAIN_CORPUS,
+  options: Partial<TrainBpeOptions> = {},
+): Promise<BpeTokenizer> {
   const maxBytes = options.maxBytes ?? DEFAULT_TOKENIZER_TRAIN_BYTES;
   const c: Corpus = typeof corpus === 'object' ? corpus : await loadCorpus(corpus, { maxBytes });
   return trainBpe(c.documents, {

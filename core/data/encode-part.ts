@@ -18,12 +18,20 @@ export interface TokenizerRecipe {
 }
 
 export function tokenizerRecipe(tok: Tokenizer, hash: string): TokenizerRecipe {
-  return { json: tok.toJSON(), engine: tok.kind === 'hf' ? 'hf' : 'auto', name: tok.name, vocabSize: tok.vocabSize, hash, endOfTextId: tok.endOfTextId };
+  return {
+    json: tok.toJSON(),
+    engine: tok.kind === 'hf' ? 'hf' : 'auto',
+    name: tok.name,
+    vocabSize: tok.vocabSize,
+    hash,
+    endOfTextId: tok.endOfTextId,
+  };
 }
 
 export function tokenizerFromRecipe(r: TokenizerRecipe): Tokenizer {
   const tok = tokenizerFromJSON(r.json, { engine: r.engine, name: r.name });
-  if (tok.vocabSize !== r.vocabSize) throw new Error(`tokenizer ${r.name}: rebuilt with vocabulary ${tok.vocabSize}, expected ${r.vocabSize}`);
+  if (tok.vocabSize !== r.vocabSize)
+    throw new Error(`tokenizer ${r.name}: rebuilt with vocabulary ${tok.vocabSize}, expected ${r.vocabSize}`);
   return tok;
 }
 
@@ -47,8 +55,17 @@ export interface EncodeResult {
 /** Progress every so many input bytes or documents (the caller sums them). */
 export type EncodeProgress = (delta: { bytes: number; tokens: number }) => void;
 
-export async function encodePart(task: EncodeTask, tok: Tokenizer, recipe: TokenizerRecipe, onProgress: EncodeProgress): Promise<EncodeResult> {
-  const writer = await TokenFileWriter.create(task.shard, { vocabSize: recipe.vocabSize, tokenizerHash: recipe.hash, corpusHash: task.key });
+export async function encodePart(
+  task: EncodeTask,
+  tok: Tokenizer,
+  recipe: TokenizerRecipe,
+  onProgress: EncodeProgress,
+): Promise<EncodeResult> {
+  const writer = await TokenFileWriter.create(task.shard, {
+    vocabSize: recipe.vocabSize,
+    tokenizerHash: recipe.hash,
+    corpusHash: task.key,
+  });
   const counters: PartCounters = { skipped: 0, reasons: [] };
   const eot = recipe.endOfTextId;
   let documents = 0;
@@ -60,7 +77,9 @@ export async function encodePart(task: EncodeTask, tok: Tokenizer, recipe: Token
         const v = recipe.vocabSize;
         const bad = chunk.ids.findIndex((id) => id >= v);
         if (bad >= 0) {
-          throw new DataError(`${task.part.file}: id ${chunk.ids[bad]} at element ${chunk.firstElement + bad} is outside the vocabulary of tokenizer ${recipe.name} (size ${v})`);
+          throw new DataError(
+            `${task.part.file}: id ${chunk.ids[bad]} at element ${chunk.firstElement + bad} is outside the vocabulary of tokenizer ${recipe.name} (size ${v})`,
+          );
         }
         await writer.append(chunk.ids);
       } else {
@@ -75,7 +94,14 @@ export async function encodePart(task: EncodeTask, tok: Tokenizer, recipe: Token
       onProgress({ bytes: Math.max(0, bytes), tokens: writer.count - before });
     }
     const header = await writer.finish(documents);
-    return { key: task.key, tokens: header.count, documents, skipped: counters.skipped, reasons: counters.reasons, payloadHash: header.payloadHash };
+    return {
+      key: task.key,
+      tokens: header.count,
+      documents,
+      skipped: counters.skipped,
+      reasons: counters.reasons,
+      payloadHash: header.payloadHash,
+    };
   } catch (err) {
     await writer.abort();
     throw err;

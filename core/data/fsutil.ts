@@ -16,7 +16,9 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array | 
   const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
   const fh = await fsp.open(tmp, 'wx');
   try {
-    const chunks: readonly (string | Uint8Array)[] = Array.isArray(data) ? (data as readonly Uint8Array[]) : [data as string | Uint8Array];
+    const chunks: readonly (string | Uint8Array)[] = Array.isArray(data)
+      ? (data as readonly Uint8Array[])
+      : [data as string | Uint8Array];
     for (const chunk of chunks) {
       if (typeof chunk === 'string') {
         await fh.writeFile(chunk, 'utf8');

@@ -101,25 +101,30 @@ function applyOption(src: SourceSpec, key: string, value: string, where: string)
       src.field = value;
       return undefined;
     case 'format':
-      if (!FORMATS.includes(value as InputFormat)) throw new DataError(`${where}: format ${JSON.stringify(value)} is not one of ${FORMATS.join(', ')}`);
+      if (!FORMATS.includes(value as InputFormat))
+        throw new DataError(`${where}: format ${JSON.stringify(value)} is not one of ${FORMATS.join(', ')}`);
       src.format = value as InputFormat;
       return undefined;
     case 'dtype':
-      if (value !== 'uint16' && value !== 'uint32') throw new DataError(`${where}: dtype ${JSON.stringify(value)} is not uint16 or uint32`);
+      if (value !== 'uint16' && value !== 'uint32')
+        throw new DataError(`${where}: dtype ${JSON.stringify(value)} is not uint16 or uint32`);
       src.dtype = value;
       return undefined;
     case 'invalid':
-      if (value !== 'error' && value !== 'skip') throw new DataError(`${where}: invalid ${JSON.stringify(value)} is not error or skip`);
+      if (value !== 'error' && value !== 'skip')
+        throw new DataError(`${where}: invalid ${JSON.stringify(value)} is not error or skip`);
       src.invalid = value;
       return undefined;
     case 'holdout': {
       const f = Number(value);
-      if (!(f >= 0 && f <= 0.5)) throw new DataError(`${where}: holdout ${JSON.stringify(value)} is not a fraction in [0, 0.5]`);
+      if (!(f >= 0 && f <= 0.5))
+        throw new DataError(`${where}: holdout ${JSON.stringify(value)} is not a fraction in [0, 0.5]`);
       src.holdout = f;
       return undefined;
     }
     case 'split':
-      if (value !== 'train' && value !== 'val') throw new DataError(`${where}: split ${JSON.stringify(value)} is not train or val`);
+      if (value !== 'train' && value !== 'val')
+        throw new DataError(`${where}: split ${JSON.stringify(value)} is not train or val`);
       return value;
     default:
       throw new DataError(`${where}: unknown option ${JSON.stringify(key)} (options: ${OPTION_KEYS.join(', ')})`);
@@ -132,7 +137,8 @@ function applyOption(src: SourceSpec, key: string, value: string, where: string)
  */
 export function parseDataSpec(spec: string, cwd: string = process.cwd()): DataSpec {
   const text = spec.trim();
-  if (text.length === 0) throw new DataError(`data spec is empty; use one of ${EMBEDDED.join(', ')}, a path or a spec file`);
+  if (text.length === 0)
+    throw new DataError(`data spec is empty; use one of ${EMBEDDED.join(', ')}, a path or a spec file`);
   const [head, ...opts] = text.split(';');
   let target = head.trim();
   let forcedPath = false;
@@ -141,10 +147,21 @@ export function parseDataSpec(spec: string, cwd: string = process.cwd()): DataSp
     forcedPath = true;
     if (target.length === 0) throw new DataError(`data spec ${JSON.stringify(spec)} names no path`);
   }
-  if (!forcedPath && target.startsWith('sotu:') && !EMBEDDED.includes(target as EmbeddedCorpus) && target !== 'sotu:validation') {
+  if (
+    !forcedPath &&
+    target.startsWith('sotu:') &&
+    !EMBEDDED.includes(target as EmbeddedCorpus) &&
+    target !== 'sotu:validation'
+  ) {
     throw new DataError(`data spec ${JSON.stringify(spec)}: unknown sotu split; use sotu:train or sotu:val`);
   }
-  const embedded = forcedPath ? undefined : target === 'sotu:validation' ? 'sotu:val' : target === 'moby-dick' ? 'mobydick' : EMBEDDED.find((e) => e === target);
+  const embedded = forcedPath
+    ? undefined
+    : target === 'sotu:validation'
+      ? 'sotu:val'
+      : target === 'moby-dick'
+        ? 'mobydick'
+        : EMBEDDED.find((e) => e === target);
   const src = defaults(embedded ?? path.resolve(cwd, target));
   let split: 'train' | 'val' = 'train';
   const fileSpec = embedded === undefined && /\.(ya?ml|json)$/i.test(target);
@@ -152,18 +169,23 @@ export function parseDataSpec(spec: string, cwd: string = process.cwd()): DataSp
   for (const o of opts) {
     if (o.trim().length === 0) continue;
     const eq = o.indexOf('=');
-    if (eq < 0) throw new DataError(`data spec ${JSON.stringify(spec)}: option ${JSON.stringify(o.trim())} is not key=value`);
+    if (eq < 0)
+      throw new DataError(`data spec ${JSON.stringify(spec)}: option ${JSON.stringify(o.trim())} is not key=value`);
     options.push([o.slice(0, eq).trim(), o.slice(eq + 1).trim()]);
   }
   if (fileSpec) {
     for (const [k, v] of options) {
-      if (k !== 'split') throw new DataError(`data spec ${JSON.stringify(spec)}: a spec file takes only the split option, not ${JSON.stringify(k)}`);
+      if (k !== 'split')
+        throw new DataError(
+          `data spec ${JSON.stringify(spec)}: a spec file takes only the split option, not ${JSON.stringify(k)}`,
+        );
       split = applyOption(src, k, v, `data spec ${JSON.stringify(spec)}`) ?? split;
     }
     return { text, sources: readSpecFile(src.path, split), split };
   }
   for (const [k, v] of options) split = applyOption(src, k, v, `data spec ${JSON.stringify(spec)}`) ?? split;
-  if (split === 'val' && src.holdout === 0) throw new DataError(`data spec ${JSON.stringify(spec)}: split=val needs a holdout fraction (holdout=…)`);
+  if (split === 'val' && src.holdout === 0)
+    throw new DataError(`data spec ${JSON.stringify(spec)}: split=val needs a holdout fraction (holdout=…)`);
   return { text, sources: [src], split };
 }
 
@@ -181,11 +203,16 @@ function readSpecFile(file: string, split: 'train' | 'val'): SourceSpec[] {
     doc = file.toLowerCase().endsWith('.json') ? JSON.parse(raw) : parseYaml(raw);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    throw new DataError(`data spec ${file}: ${code === 'ENOENT' ? 'no such file' : `cannot read it (${(err as Error).message})`}`);
+    throw new DataError(
+      `data spec ${file}: ${code === 'ENOENT' ? 'no such file' : `cannot read it (${(err as Error).message})`}`,
+    );
   }
-  if (doc === null || typeof doc !== 'object' || Array.isArray(doc)) throw new DataError(`data spec ${file}: expected a mapping with "sources"`);
+  if (doc === null || typeof doc !== 'object' || Array.isArray(doc))
+    throw new DataError(`data spec ${file}: expected a mapping with "sources"`);
   const d = doc as Record<string, unknown>;
-  for (const k of Object.keys(d)) if (k !== 'sources' && k !== 'validation') throw new DataError(`data spec ${file}: unknown key ${JSON.stringify(k)} (keys: sources, validation)`);
+  for (const k of Object.keys(d))
+    if (k !== 'sources' && k !== 'validation')
+      throw new DataError(`data spec ${file}: unknown key ${JSON.stringify(k)} (keys: sources, validation)`);
   const dir = path.dirname(file);
   const sources = parseSources(d.sources, dir, `data spec ${file}: sources`);
   const val = d.validation;
@@ -193,13 +220,18 @@ function readSpecFile(file: string, split: 'train' | 'val'): SourceSpec[] {
     if (split === 'val') throw new DataError(`data spec ${file}: split=val, but the file has no "validation"`);
     return sources;
   }
-  if (val === null || typeof val !== 'object' || Array.isArray(val)) throw new DataError(`data spec ${file}: validation must be a mapping with "holdout" or "sources"`);
+  if (val === null || typeof val !== 'object' || Array.isArray(val))
+    throw new DataError(`data spec ${file}: validation must be a mapping with "holdout" or "sources"`);
   const v = val as Record<string, unknown>;
-  for (const k of Object.keys(v)) if (k !== 'holdout' && k !== 'sources') throw new DataError(`data spec ${file}: validation: unknown key ${JSON.stringify(k)} (keys: holdout, sources)`);
-  if ((v.holdout === undefined) === (v.sources === undefined)) throw new DataError(`data spec ${file}: validation needs exactly one of "holdout" and "sources"`);
+  for (const k of Object.keys(v))
+    if (k !== 'holdout' && k !== 'sources')
+      throw new DataError(`data spec ${file}: validation: unknown key ${JSON.stringify(k)} (keys: holdout, sources)`);
+  if ((v.holdout === undefined) === (v.sources === undefined))
+    throw new DataError(`data spec ${file}: validation needs exactly one of "holdout" and "sources"`);
   if (v.holdout !== undefined) {
     const f = v.holdout;
-    if (typeof f !== 'number' || !(f > 0 && f <= 0.5)) throw new DataError(`data spec ${file}: validation.holdout ${JSON.stringify(f)} is not a fraction in (0, 0.5]`);
+    if (typeof f !== 'number' || !(f > 0 && f <= 0.5))
+      throw new DataError(`data spec ${file}: validation.holdout ${JSON.stringify(f)} is not a fraction in (0, 0.5]`);
     for (const s of sources) s.holdout = f;
     return sources;
   }
@@ -207,24 +239,29 @@ function readSpecFile(file: string, split: 'train' | 'val'): SourceSpec[] {
 }
 
 function parseSources(value: unknown, dir: string, where: string): SourceSpec[] {
-  if (!Array.isArray(value) || value.length === 0) throw new DataError(`${where}: expected a non-empty list of sources`);
+  if (!Array.isArray(value) || value.length === 0)
+    throw new DataError(`${where}: expected a non-empty list of sources`);
   return value.map((entry, i) => {
     const at = `${where}[${i}]`;
     if (typeof entry === 'string') entry = { path: entry };
-    if (entry === null || typeof entry !== 'object' || Array.isArray(entry)) throw new DataError(`${at}: expected a path or a mapping with "path"`);
+    if (entry === null || typeof entry !== 'object' || Array.isArray(entry))
+      throw new DataError(`${at}: expected a path or a mapping with "path"`);
     const e = entry as SpecFileSource;
-    if (typeof e.path !== 'string' || e.path.length === 0) throw new DataError(`${at}: "path" must be a non-empty string`);
+    if (typeof e.path !== 'string' || e.path.length === 0)
+      throw new DataError(`${at}: "path" must be a non-empty string`);
     const embedded = EMBEDDED.find((x) => x === e.path);
     const src = defaults(embedded ?? path.resolve(dir, e.path));
     for (const [k, v] of Object.entries(e)) {
       if (k === 'path') continue;
       if (k === 'weight') {
-        if (typeof v !== 'number' || !(v > 0) || !Number.isFinite(v)) throw new DataError(`${at}: weight ${JSON.stringify(v)} must be a positive number`);
+        if (typeof v !== 'number' || !(v > 0) || !Number.isFinite(v))
+          throw new DataError(`${at}: weight ${JSON.stringify(v)} must be a positive number`);
         src.weight = v;
         continue;
       }
       if (k === 'split') throw new DataError(`${at}: "split" belongs after the spec file's name (FILE;split=val)`);
-      if (typeof v !== 'string' && typeof v !== 'number') throw new DataError(`${at}: ${k} must be a string or a number`);
+      if (typeof v !== 'string' && typeof v !== 'number')
+        throw new DataError(`${at}: ${k} must be a string or a number`);
       applyOption(src, k, String(v), at);
     }
     return src;
@@ -233,7 +270,13 @@ function parseSources(value: unknown, dir: string, where: string): SourceSpec[] 
 
 /** A source's identity in the token store: what decides its tokens (not its weight, holdout or split). */
 export function sourceKey(src: SourceSpec): string {
-  return canonicalJson({ path: src.path, format: src.format ?? null, field: src.field, dtype: src.dtype, invalid: src.invalid });
+  return canonicalJson({
+    path: src.path,
+    format: src.format ?? null,
+    field: src.field,
+    dtype: src.dtype,
+    invalid: src.invalid,
+  });
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -258,7 +301,8 @@ const GLOB_CHARS = /[*?[]/;
 
 /** The files a source names: one file, a folder (recursive, sorted, hidden entries skipped) or a glob. */
 export async function listInputs(src: SourceSpec): Promise<ListedInputs> {
-  if (EMBEDDED.includes(src.path as EmbeddedCorpus)) return { files: [{ path: src.path, format: 'embedded', compression: null, size: 0, mtimeMs: 0 }], ignored: [] };
+  if (EMBEDDED.includes(src.path as EmbeddedCorpus))
+    return { files: [{ path: src.path, format: 'embedded', compression: null, size: 0, mtimeMs: 0 }], ignored: [] };
   const ignored: string[] = [];
   let names: string[];
   let root: string;
@@ -284,7 +328,10 @@ export async function listInputs(src: SourceSpec): Promise<ListedInputs> {
         if (src.format !== undefined || formatOf(f) !== null) names.push(f);
         else ignored.push(path.relative(src.path, f));
       }
-      if (names.length === 0) throw new DataError(`${src.path} is empty: the folder has no ${Object.keys(EXTENSIONS).join(', ')} files (compressed or not)`);
+      if (names.length === 0)
+        throw new DataError(
+          `${src.path} is empty: the folder has no ${Object.keys(EXTENSIONS).join(', ')} files (compressed or not)`,
+        );
     } else {
       names = [src.path];
     }
@@ -295,7 +342,9 @@ export async function listInputs(src: SourceSpec): Promise<ListedInputs> {
     const compression = await sniffCompression(f, st.size);
     const format = src.format ?? formatOf(f);
     if (format === null) {
-      throw new DataError(`${f}: unknown format (extension ${JSON.stringify(path.extname(f.replace(/\.(gz|zst|zstd)$/i, '')))}); known: ${Object.keys(EXTENSIONS).join(', ')}, each optionally .gz or .zst, or set format=…`);
+      throw new DataError(
+        `${f}: unknown format (extension ${JSON.stringify(path.extname(f.replace(/\.(gz|zst|zstd)$/i, '')))}); known: ${Object.keys(EXTENSIONS).join(', ')}, each optionally .gz or .zst, or set format=…`,
+      );
     }
     if (compression !== null && (format === 'parquet' || format === 'npy' || format === 'bin')) {
       throw new DataError(`${f}: a ${format} file must not be ${compression}-compressed; decompress it first`);
@@ -376,7 +425,10 @@ function globRegExp(glob: string): RegExp {
       const end = glob.indexOf(']', i + 1);
       if (end < 0) re += '\\[';
       else {
-        re += `[${glob.slice(i + 1, end).replace(/^!/, '^').replace(/\\/g, '\\\\')}]`;
+        re += `[${glob
+          .slice(i + 1, end)
+          .replace(/^!/, '^')
+          .replace(/\\/g, '\\\\')}]`;
         i = end;
       }
     } else re += c.replace(/[.+^${}()|\\]/g, '\\$&');
@@ -409,37 +461,59 @@ export interface Part {
 
 /** Cuts an input file into parts (reads a little of it: newline positions, parquet metadata, .npy header). */
 export async function planParts(file: InputFile, src: SourceSpec, partBytes: number = PART_BYTES): Promise<Part[]> {
-  const base = { file: file.path, format: file.format, compression: file.compression, field: src.field, dtype: src.dtype, invalid: src.invalid };
+  const base = {
+    file: file.path,
+    format: file.format,
+    compression: file.compression,
+    field: src.field,
+    dtype: src.dtype,
+    invalid: src.invalid,
+  };
   if (file.format === 'embedded') return [{ ...base, start: 0, end: 0 }];
   if (file.format === 'parquet') {
     const meta = await parquetMeta(file.path);
     const column = meta.schema.find((s) => s.name === src.field);
     if (column === undefined) {
       const names = meta.schema.slice(1).map((s) => s.name);
-      throw new DataError(`${file.path}: no column ${JSON.stringify(src.field)} (columns: ${names.join(', ')}); set field=…`);
+      throw new DataError(
+        `${file.path}: no column ${JSON.stringify(src.field)} (columns: ${names.join(', ')}); set field=…`,
+      );
     }
     const parts: Part[] = [];
     let row = 0;
     meta.row_groups.forEach((g, i) => {
       // The part's bytes: the row group's chunk of the text column (what its key hashes).
       const chunk = g.columns.find((c) => c.meta_data?.path_in_schema.join('.') === src.field)?.meta_data;
-      if (chunk === undefined) throw new DataError(`${file.path}: row group ${i} has no column ${JSON.stringify(src.field)}`);
+      if (chunk === undefined)
+        throw new DataError(`${file.path}: row group ${i} has no column ${JSON.stringify(src.field)}`);
       const start = Number(chunk.dictionary_page_offset ?? chunk.data_page_offset);
-      parts.push({ ...base, start, end: start + Number(chunk.total_compressed_size), rowGroups: [i, i + 1], firstRow: row });
+      parts.push({
+        ...base,
+        start,
+        end: start + Number(chunk.total_compressed_size),
+        rowGroups: [i, i + 1],
+        firstRow: row,
+      });
       row += Number(g.num_rows);
     });
     return parts;
   }
   if (file.compression !== null || file.format === 'text') return [{ ...base, start: 0, end: file.size }];
   if (file.format === 'bin' || file.format === 'npy') {
-    const { offset, bytesPerToken } = file.format === 'npy' ? await npyLayout(file.path, file.size) : { offset: 0, bytesPerToken: src.dtype === 'uint16' ? 2 : 4 };
+    const { offset, bytesPerToken } =
+      file.format === 'npy'
+        ? await npyLayout(file.path, file.size)
+        : { offset: 0, bytesPerToken: src.dtype === 'uint16' ? 2 : 4 };
     const payload = file.size - offset;
     if (payload % bytesPerToken !== 0) {
-      throw new DataError(`${file.path}: ${payload} bytes of ids is not a whole number of ${bytesPerToken}-byte ids (dtype ${file.format === 'npy' ? 'from the header' : src.dtype})`);
+      throw new DataError(
+        `${file.path}: ${payload} bytes of ids is not a whole number of ${bytesPerToken}-byte ids (dtype ${file.format === 'npy' ? 'from the header' : src.dtype})`,
+      );
     }
     const step = Math.max(bytesPerToken, partBytes - (partBytes % bytesPerToken));
     const parts: Part[] = [];
-    for (let s = offset; s < file.size; s += step) parts.push({ ...base, start: s, end: Math.min(file.size, s + step) });
+    for (let s = offset; s < file.size; s += step)
+      parts.push({ ...base, start: s, end: Math.min(file.size, s + step) });
     return parts.length > 0 ? parts : [{ ...base, start: offset, end: offset }];
   }
   // Uncompressed JSONL: cut after the first newline at or past every partBytes.
@@ -478,7 +552,9 @@ export async function planParts(file: InputFile, src: SourceSpec, partBytes: num
  */
 export async function partKey(part: Part): Promise<string> {
   const h = createHash('sha256');
-  h.update(`offshoot-part-v1\n${canonicalJson({ format: part.format, compression: part.compression, field: part.format === 'jsonl' || part.format === 'parquet' ? part.field : null, dtype: part.format === 'bin' ? part.dtype : null, invalid: part.invalid })}\n`);
+  h.update(
+    `offshoot-part-v1\n${canonicalJson({ format: part.format, compression: part.compression, field: part.format === 'jsonl' || part.format === 'parquet' ? part.field : null, dtype: part.format === 'bin' ? part.dtype : null, invalid: part.invalid })}\n`,
+  );
   if (part.format === 'embedded') {
     for (const d of embeddedDocuments(part.file)) {
       h.update(`${Buffer.byteLength(d, 'utf8')}\n`);
@@ -498,7 +574,9 @@ export async function partKey(part: Part): Promise<string> {
  * What reading a part yields: documents (text formats) or ids (pre-tokenised formats), with the part's
  * bytes consumed so far (0: no news), for progress.
  */
-export type PartChunk = { documents: string[]; bytesRead: number } | { ids: Uint32Array; bytesRead: number; firstElement: number };
+export type PartChunk =
+  | { documents: string[]; bytesRead: number }
+  | { ids: Uint32Array; bytesRead: number; firstElement: number };
 
 export interface PartCounters {
   /** Documents skipped as invalid (option invalid=skip), and the first reasons. */
@@ -516,7 +594,8 @@ async function* fileBytes(file: string, start: number, end: number): AsyncGenera
     while (pos < end) {
       const buf = Buffer.allocUnsafe(Math.min(READ_CHUNK, end - pos));
       const { bytesRead } = await fh.read(buf, 0, buf.length, pos);
-      if (bytesRead === 0) throw new DataError(`${file}: the file ended at byte ${pos}, before ${end} (was it truncated while reading?)`);
+      if (bytesRead === 0)
+        throw new DataError(`${file}: the file ended at byte ${pos}, before ${end} (was it truncated while reading?)`);
       pos += bytesRead;
       yield bytesRead === buf.length ? buf : buf.subarray(0, bytesRead);
     }
@@ -630,7 +709,8 @@ export function firstInvalidUtf8(b: Uint8Array): number {
   return b.length;
 }
 
-const decompressedNote = (part: Part): string => (part.compression ? ` of the decompressed ${part.compression} stream` : '');
+const decompressedNote = (part: Part): string =>
+  part.compression ? ` of the decompressed ${part.compression} stream` : '';
 
 /**
  * Checks that bytes are text: UTF-8 without NUL bytes. Returns the problem, naming the offset
@@ -640,9 +720,11 @@ function textProblem(part: Part, bytes: Uint8Array, base: number): string | null
   const nul = bytes.indexOf(0);
   if (!isUtf8(bytes)) {
     const at = firstInvalidUtf8(bytes);
-    if (nul < 0 || at < nul) return `${part.file}: invalid UTF-8 at byte offset ${base + at}${decompressedNote(part)} (byte 0x${bytes[at].toString(16).padStart(2, '0')}); is it Latin-1 or binary?`;
+    if (nul < 0 || at < nul)
+      return `${part.file}: invalid UTF-8 at byte offset ${base + at}${decompressedNote(part)} (byte 0x${bytes[at].toString(16).padStart(2, '0')}); is it Latin-1 or binary?`;
   }
-  if (nul >= 0) return `${part.file}: binary content (a NUL byte) at byte offset ${base + nul}${decompressedNote(part)}; not a text file`;
+  if (nul >= 0)
+    return `${part.file}: binary content (a NUL byte) at byte offset ${base + nul}${decompressedNote(part)}; not a text file`;
   return null;
 }
 
@@ -654,7 +736,9 @@ async function* readText(part: Part, counters: PartCounters): AsyncGenerator<Par
     size += data.length;
     consumed = c;
     if (size > MAX_DOCUMENT_BYTES) {
-      throw new DataError(`${part.file}: a text file is one document, and this one is over ${MAX_DOCUMENT_BYTES} bytes; split it into several files or use JSONL`);
+      throw new DataError(
+        `${part.file}: a text file is one document, and this one is over ${MAX_DOCUMENT_BYTES} bytes; split it into several files or use JSONL`,
+      );
     }
     chunks.push(data);
   }
@@ -704,20 +788,36 @@ async function* readJsonl(part: Part, counters: PartCounters): AsyncGenerator<Pa
     try {
       obj = JSON.parse(s);
     } catch (err) {
-      skipOrThrow(part, counters, `${await where(lineNo)} (byte offset ${at}${decompressedNote(part)}): invalid JSON (${(err as Error).message})`);
+      skipOrThrow(
+        part,
+        counters,
+        `${await where(lineNo)} (byte offset ${at}${decompressedNote(part)}): invalid JSON (${(err as Error).message})`,
+      );
       return;
     }
     if (obj === null || typeof obj !== 'object' || Array.isArray(obj)) {
-      skipOrThrow(part, counters, `${await where(lineNo)} (byte offset ${at}${decompressedNote(part)}): expected a JSON object with a ${JSON.stringify(part.field)} field`);
+      skipOrThrow(
+        part,
+        counters,
+        `${await where(lineNo)} (byte offset ${at}${decompressedNote(part)}): expected a JSON object with a ${JSON.stringify(part.field)} field`,
+      );
       return;
     }
     const t = (obj as Record<string, unknown>)[part.field];
     if (t === undefined) {
-      skipOrThrow(part, counters, `${await where(lineNo)} (byte offset ${at}${decompressedNote(part)}): missing ${JSON.stringify(part.field)} field (set field=… for another key)`);
+      skipOrThrow(
+        part,
+        counters,
+        `${await where(lineNo)} (byte offset ${at}${decompressedNote(part)}): missing ${JSON.stringify(part.field)} field (set field=… for another key)`,
+      );
       return;
     }
     if (typeof t !== 'string') {
-      skipOrThrow(part, counters, `${await where(lineNo)} (byte offset ${at}${decompressedNote(part)}): ${JSON.stringify(part.field)} is ${t === null ? 'null' : Array.isArray(t) ? 'an array' : typeof t}, not a string`);
+      skipOrThrow(
+        part,
+        counters,
+        `${await where(lineNo)} (byte offset ${at}${decompressedNote(part)}): ${JSON.stringify(part.field)} is ${t === null ? 'null' : Array.isArray(t) ? 'an array' : typeof t}, not a string`,
+      );
       return;
     }
     if (t.length > 0) docs.push(t);
@@ -734,7 +834,9 @@ async function* readJsonl(part: Part, counters: PartCounters): AsyncGenerator<Pa
     offset += from;
     pending = from < buf.length ? Buffer.from(buf.subarray(from)) : null;
     if (pending !== null && pending.length > MAX_DOCUMENT_BYTES) {
-      throw new DataError(`${await where(lineNo)} (byte offset ${offset}${decompressedNote(part)}): a line longer than ${MAX_DOCUMENT_BYTES} bytes`);
+      throw new DataError(
+        `${await where(lineNo)} (byte offset ${offset}${decompressedNote(part)}): a line longer than ${MAX_DOCUMENT_BYTES} bytes`,
+      );
     }
     yield { documents: docs, bytesRead: consumed };
   }
@@ -747,7 +849,9 @@ async function* readJsonl(part: Part, counters: PartCounters): AsyncGenerator<Pa
 
 const parquetMetaCache = new Map<string, { mtimeMs: number; size: number; meta: FileMetaData }>();
 
-async function parquetFile(file: string): Promise<{ byteLength: number; slice(start: number, end?: number): Promise<ArrayBuffer> }> {
+async function parquetFile(
+  file: string,
+): Promise<{ byteLength: number; slice(start: number, end?: number): Promise<ArrayBuffer> }> {
   const size = (await fsp.stat(file)).size;
   return {
     byteLength: size,
@@ -780,7 +884,8 @@ async function parquetMeta(file: string): Promise<FileMetaData> {
   } finally {
     await fh.close();
   }
-  if (st.size < 12 || head.toString('latin1') !== 'PAR1') throw new DataError(`${file}: not a parquet file (no PAR1 magic at byte offset 0)`);
+  if (st.size < 12 || head.toString('latin1') !== 'PAR1')
+    throw new DataError(`${file}: not a parquet file (no PAR1 magic at byte offset 0)`);
   let meta: FileMetaData;
   try {
     meta = await parquetMetadataAsync(await parquetFile(file));
@@ -818,7 +923,11 @@ async function* readParquet(part: Part, counters: PartCounters): AsyncGenerator<
       if (typeof v === 'string') {
         if (v.length > 0) docs.push(v);
       } else {
-        skipOrThrow(part, counters, `${part.file}: row ${rowStart + i}: column ${JSON.stringify(part.field)} is ${v === null ? 'null' : typeof v}, not a string`);
+        skipOrThrow(
+          part,
+          counters,
+          `${part.file}: row ${rowStart + i}: column ${JSON.stringify(part.field)} is ${v === null ? 'null' : typeof v}, not a string`,
+        );
       }
     });
     rowStart += rows;
@@ -842,26 +951,40 @@ async function npyLayout(file: string, size: number): Promise<NpyLayout> {
   } finally {
     await fh.close();
   }
-  if (head.length < 10 || head[0] !== 0x93 || head.subarray(1, 6).toString('latin1') !== 'NUMPY') throw new DataError(`${file}: not a .npy file (no \\x93NUMPY magic at byte offset 0)`);
+  if (head.length < 10 || head[0] !== 0x93 || head.subarray(1, 6).toString('latin1') !== 'NUMPY')
+    throw new DataError(`${file}: not a .npy file (no \\x93NUMPY magic at byte offset 0)`);
   const major = head[6];
   const headerLen = major === 1 ? head.readUInt16LE(8) : head.readUInt32LE(8);
   const start = major === 1 ? 10 : 12;
-  if (start + headerLen > head.length) throw new DataError(`${file}: .npy header of ${headerLen} bytes is longer than the file or than 4 KiB`);
+  if (start + headerLen > head.length)
+    throw new DataError(`${file}: .npy header of ${headerLen} bytes is longer than the file or than 4 KiB`);
   const header = head.subarray(start, start + headerLen).toString('latin1');
   const descr = /'descr':\s*'([^']*)'/.exec(header)?.[1];
   const fortran = /'fortran_order':\s*(True|False)/.exec(header)?.[1];
-  const types: Record<string, [number, boolean]> = { '<u2': [2, false], '<u4': [4, false], '<i4': [4, true], '<i8': [8, true], '<u8': [8, false], '|u1': [1, false] };
+  const types: Record<string, [number, boolean]> = {
+    '<u2': [2, false],
+    '<u4': [4, false],
+    '<i4': [4, true],
+    '<i8': [8, true],
+    '<u8': [8, false],
+    '|u1': [1, false],
+  };
   if (descr === undefined || types[descr] === undefined) {
-    throw new DataError(`${file}: .npy dtype ${JSON.stringify(descr)} is not a little-endian integer type (expected one of ${Object.keys(types).join(', ')})`);
+    throw new DataError(
+      `${file}: .npy dtype ${JSON.stringify(descr)} is not a little-endian integer type (expected one of ${Object.keys(types).join(', ')})`,
+    );
   }
-  if (fortran === 'True') throw new DataError(`${file}: .npy array is in Fortran order; save it C-contiguous (np.ascontiguousarray)`);
+  if (fortran === 'True')
+    throw new DataError(`${file}: .npy array is in Fortran order; save it C-contiguous (np.ascontiguousarray)`);
   const [bytesPerToken, signed] = types[descr];
   return { offset: start + headerLen, bytesPerToken, descr, signed };
 }
 
 async function* readIds(part: Part): AsyncGenerator<PartChunk> {
   const { bytesPerToken, signed, offset } =
-    part.format === 'npy' ? await npyLayout(part.file, (await fsp.stat(part.file)).size) : { bytesPerToken: part.dtype === 'uint16' ? 2 : 4, signed: false, offset: 0 };
+    part.format === 'npy'
+      ? await npyLayout(part.file, (await fsp.stat(part.file)).size)
+      : { bytesPerToken: part.dtype === 'uint16' ? 2 : 4, signed: false, offset: 0 };
   let pos = part.start;
   let carry: Buffer | null = null;
   let consumed = 0;
@@ -881,7 +1004,10 @@ async function* readIds(part: Part): AsyncGenerator<PartChunk> {
         const big = signed ? buf.readBigInt64LE(o) : buf.readBigUInt64LE(o);
         v = big < 0n || big > 0xffffffffn ? -1 : Number(big);
       }
-      if (v < 0) throw new DataError(`${part.file}: id ${v} at byte offset ${pos + o} (element ${(pos + o - offset) / bytesPerToken}) is negative or too large`);
+      if (v < 0)
+        throw new DataError(
+          `${part.file}: id ${v} at byte offset ${pos + o} (element ${(pos + o - offset) / bytesPerToken}) is negative or too large`,
+        );
       ids[i] = v;
     }
     carry = whole < buf.length ? Buffer.from(buf.subarray(whole)) : null;
@@ -904,7 +1030,8 @@ export async function loadCorpus(spec: string, options: { maxBytes?: number; cwd
   const parts: Part[] = [];
   for (const src of parsed.sources) {
     for (const f of (await listInputs(src)).files) {
-      if (f.format === 'bin' || f.format === 'npy') throw new DataError(`${f.path}: pre-tokenised ids have no text (a tokenizer cannot be trained on them)`);
+      if (f.format === 'bin' || f.format === 'npy')
+        throw new DataError(`${f.path}: pre-tokenised ids have no text (a tokenizer cannot be trained on them)`);
       parts.push(...(await planParts(f, src)));
     }
   }

@@ -26,11 +26,34 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { type SourceView, type TokenData, type TokenStream, holdoutRanges } from './batches.js';
-import { type EncodeResult, type EncodeTask, type TokenizerRecipe, encodePart, tokenizerRecipe } from './encode-part.js';
+import {
+  type EncodeResult,
+  type EncodeTask,
+  type TokenizerRecipe,
+  encodePart,
+  tokenizerRecipe,
+} from './encode-part.js';
 import { sha256Hex, writeFileAtomic } from './fsutil.js';
-import { DataError, type InputFile, type Part, PART_BYTES, type SourceSpec, listInputs, parseDataSpec, partKey, planParts, sourceKey } from './sources.js';
+import {
+  DataError,
+  type InputFile,
+  type Part,
+  PART_BYTES,
+  type SourceSpec,
+  listInputs,
+  parseDataSpec,
+  partKey,
+  planParts,
+  sourceKey,
+} from './sources.js';
 import { type Tokenizer, tokenizerHash } from './tokenizer.js';
-import { TOKEN_FILE_HEADER_BYTES, type TokenFileHeader, readTokenFileHeader, tokenDtypeFor, tokenFilePayloadHash } from './tokens.js';
+import {
+  TOKEN_FILE_HEADER_BYTES,
+  type TokenFileHeader,
+  readTokenFileHeader,
+  tokenDtypeFor,
+  tokenFilePayloadHash,
+} from './tokens.js';
 
 export const MANIFEST_VERSION = 1;
 
@@ -39,7 +62,10 @@ export const MANIFEST_VERSION = 1;
  * Every process that shares it shares the tokenised corpora (on Kubernetes: the shared volume).
  */
 export function defaultTokenStore(): string {
-  return process.env.OFFSHOOT_TOKENS || path.join(process.env.OFFSHOOT_CACHE || path.join(os.homedir(), '.cache', 'offshoot'), 'tokens');
+  return (
+    process.env.OFFSHOOT_TOKENS ||
+    path.join(process.env.OFFSHOOT_CACHE || path.join(os.homedir(), '.cache', 'offshoot'), 'tokens')
+  );
 }
 /** A lock nobody has refreshed for this long belongs to a process that is gone. */
 export const LOCK_STALE_MS = 60_000;
@@ -139,7 +165,8 @@ function shardPath(cacheDir: string, tokHash: string, key: string): string {
 async function readManifest(file: string, source: string, tokHash: string): Promise<Manifest | undefined> {
   try {
     const m = JSON.parse(await fsp.readFile(file, 'utf8')) as Manifest;
-    if (m.version === MANIFEST_VERSION && m.source === source && m.tokenizer === tokHash && Array.isArray(m.files)) return m;
+    if (m.version === MANIFEST_VERSION && m.source === source && m.tokenizer === tokHash && Array.isArray(m.files))
+      return m;
   } catch {
     // Absent or unreadable: plan from scratch (the shards themselves are still found by content).
   }
@@ -147,18 +174,32 @@ async function readManifest(file: string, source: string, tokHash: string): Prom
 }
 
 /** Tokenises a source into the store (what is missing of it) and opens it. */
-export async function prepareSource(src: SourceSpec, tokenizer: Tokenizer, options: PrepareOptions): Promise<PreparedSource> {
+export async function prepareSource(
+  src: SourceSpec,
+  tokenizer: Tokenizer,
+  options: PrepareOptions,
+): Promise<PreparedSource> {
   const tokHash = tokenizerHash(tokenizer);
   const source = sourceKey(src);
   const mfile = manifestPath(options.cacheDir, tokHash, src);
   const log = options.log ?? (() => undefined);
   const old = await readManifest(mfile, source, tokHash);
   const oldFiles = new Map((old?.files ?? []).map((f) => [f.path, f]));
-  const progress: PrepareProgress = { phase: 'scan', partsDone: 0, partsTotal: 0, bytesDone: 0, bytesTotal: 0, tokens: 0 };
+  const progress: PrepareProgress = {
+    phase: 'scan',
+    partsDone: 0,
+    partsTotal: 0,
+    bytesDone: 0,
+    bytesTotal: 0,
+    tokens: 0,
+  };
   options.onProgress?.(progress);
 
   const listed = await listInputs(src);
-  if (listed.ignored.length > 0) log(`${src.path}: ignored ${listed.ignored.length} file(s) of no known format, e.g. ${listed.ignored.slice(0, 3).join(', ')}`);
+  if (listed.ignored.length > 0)
+    log(
+      `${src.path}: ignored ${listed.ignored.length} file(s) of no known format, e.g. ${listed.ignored.slice(0, 3).join(', ')}`,
+    );
   const files: ManifestFile[] = [];
   const partOf = new Map<ManifestPart, Part>();
   for (const f of listed.files) {
@@ -170,20 +211,41 @@ export async function prepareSource(src: SourceSpec, tokenizer: Tokenizer, optio
     const parts = await planParts(f, src, options.partBytes ?? PART_BYTES);
     const entries: ManifestPart[] = [];
     for (const p of parts) {
-      const e: ManifestPart = { start: p.start, end: p.end, key: await partKey(p), ...(p.rowGroups ? { rowGroups: p.rowGroups, firstRow: p.firstRow } : {}) };
+      const e: ManifestPart = {
+        start: p.start,
+        end: p.end,
+        key: await partKey(p),
+        ...(p.rowGroups ? { rowGroups: p.rowGroups, firstRow: p.firstRow } : {}),
+      };
       partOf.set(e, p);
       entries.push(e);
     }
     files.push({ path: f.path, size: f.size, mtimeMs: f.mtimeMs, parts: entries });
   }
-  const manifest: Manifest = { version: MANIFEST_VERSION, source, tokenizer: tokHash, vocabSize: tokenizer.vocabSize, files };
+  const manifest: Manifest = {
+    version: MANIFEST_VERSION,
+    source,
+    tokenizer: tokHash,
+    vocabSize: tokenizer.vocabSize,
+    files,
+  };
   const fileOf = new Map<ManifestPart, InputFile>();
   for (const f of files) for (const p of f.parts) fileOf.set(p, listed.files.find((x) => x.path === f.path)!);
   const partFor = (e: ManifestPart): Part => {
     const p = partOf.get(e);
     if (p) return p;
     const f = fileOf.get(e)!;
-    return { file: f.path, format: f.format, compression: f.compression, start: e.start, end: e.end, field: src.field, dtype: src.dtype, invalid: src.invalid, ...(e.rowGroups ? { rowGroups: e.rowGroups, firstRow: e.firstRow } : {}) };
+    return {
+      file: f.path,
+      format: f.format,
+      compression: f.compression,
+      start: e.start,
+      end: e.end,
+      field: src.field,
+      dtype: src.dtype,
+      invalid: src.invalid,
+      ...(e.rowGroups ? { rowGroups: e.rowGroups, firstRow: e.firstRow } : {}),
+    };
   };
 
   // Which parts have their shard already.
@@ -193,7 +255,13 @@ export async function prepareSource(src: SourceSpec, tokenizer: Tokenizer, optio
   const todo: ManifestPart[] = [];
   let reused = 0;
   for (const p of all) {
-    const header = await checkedShard(shardPath(options.cacheDir, tokHash, p.key), p, tokHash, tokenizer.vocabSize, options.verify === true);
+    const header = await checkedShard(
+      shardPath(options.cacheDir, tokHash, p.key),
+      p,
+      tokHash,
+      tokenizer.vocabSize,
+      options.verify === true,
+    );
     if (header) {
       p.tokens = header.count;
       p.documents = header.documents;
@@ -215,7 +283,10 @@ export async function prepareSource(src: SourceSpec, tokenizer: Tokenizer, optio
     options.onProgress?.(progress);
     const recipe = tokenizerRecipe(tokenizer, tokHash);
     const todoBytes = todo.reduce((a, p) => a + (p.end - p.start), 0);
-    const workers = Math.min(todo.length, options.workers ?? (todoBytes < IN_PROCESS_BYTES ? 0 : os.availableParallelism()));
+    const workers = Math.min(
+      todo.length,
+      options.workers ?? (todoBytes < IN_PROCESS_BYTES ? 0 : os.availableParallelism()),
+    );
     const shardsDir = path.join(storeDir(options.cacheDir, tokHash), 'shards');
     await fsp.mkdir(shardsDir, { recursive: true });
     const locks = new LockSet(shardsDir, log);
@@ -251,9 +322,22 @@ export async function prepareSource(src: SourceSpec, tokenizer: Tokenizer, optio
             return;
           }
           try {
-            const header = await checkedShard(shardPath(options.cacheDir, tokHash, p.key), p, tokHash, tokenizer.vocabSize, false);
+            const header = await checkedShard(
+              shardPath(options.cacheDir, tokHash, p.key),
+              p,
+              tokHash,
+              tokenizer.vocabSize,
+              false,
+            );
             if (header) {
-              onDone(p, { key: p.key, tokens: header.count, documents: header.documents, skipped: 0, reasons: [], payloadHash: header.payloadHash });
+              onDone(p, {
+                key: p.key,
+                tokens: header.count,
+                documents: header.documents,
+                skipped: 0,
+                reasons: [],
+                payloadHash: header.payloadHash,
+              });
             } else {
               await encode(p);
             }
@@ -263,9 +347,22 @@ export async function prepareSource(src: SourceSpec, tokenizer: Tokenizer, optio
         });
         queue = [];
         for (const p of waiting) {
-          const header = await waitForShard(shardPath(options.cacheDir, tokHash, p.key), p, tokHash, tokenizer.vocabSize, locks);
+          const header = await waitForShard(
+            shardPath(options.cacheDir, tokHash, p.key),
+            p,
+            tokHash,
+            tokenizer.vocabSize,
+            locks,
+          );
           if (header) {
-            onDone(p, { key: p.key, tokens: header.count, documents: header.documents, skipped: 0, reasons: [], payloadHash: header.payloadHash });
+            onDone(p, {
+              key: p.key,
+              tokens: header.count,
+              documents: header.documents,
+              skipped: 0,
+              reasons: [],
+              payloadHash: header.payloadHash,
+            });
           } else queue.push(p);
         }
       }
@@ -281,7 +378,15 @@ export async function prepareSource(src: SourceSpec, tokenizer: Tokenizer, optio
   return openPrepared(src, tokenizer, options.cacheDir, manifest, mfile, reused, todo.length);
 }
 
-function openPrepared(src: SourceSpec, tokenizer: Tokenizer, cacheDir: string, manifest: Manifest, mfile: string, reused: number, tokenized: number): PreparedSource {
+function openPrepared(
+  src: SourceSpec,
+  tokenizer: Tokenizer,
+  cacheDir: string,
+  manifest: Manifest,
+  mfile: string,
+  reused: number,
+  tokenized: number,
+): PreparedSource {
   const tokHash = tokenizerHash(tokenizer);
   const shards: ShardInfo[] = [];
   let documents = 0;
@@ -289,7 +394,12 @@ function openPrepared(src: SourceSpec, tokenizer: Tokenizer, cacheDir: string, m
   let inputBytes = 0;
   for (const f of manifest.files) {
     for (const p of f.parts) {
-      shards.push({ file: shardPath(cacheDir, tokHash, p.key), key: p.key, tokens: p.tokens!, documents: p.documents ?? 0 });
+      shards.push({
+        file: shardPath(cacheDir, tokHash, p.key),
+        key: p.key,
+        tokens: p.tokens!,
+        documents: p.documents ?? 0,
+      });
       documents += p.documents ?? 0;
       skipped += p.skipped ?? 0;
       inputBytes += p.end - p.start;
@@ -297,14 +407,32 @@ function openPrepared(src: SourceSpec, tokenizer: Tokenizer, cacheDir: string, m
   }
   const bytesPerToken = tokenDtypeFor(tokenizer.vocabSize) === 'uint16' ? 2 : 4;
   const stream = new ShardStream(shards, bytesPerToken);
-  return { spec: src, manifest: mfile, shards, tokens: stream.length, documents, skipped, reused, tokenized, inputBytes, bytesPerToken, stream };
+  return {
+    spec: src,
+    manifest: mfile,
+    shards,
+    tokens: stream.length,
+    documents,
+    skipped,
+    reused,
+    tokenized,
+    inputBytes,
+    bytesPerToken,
+    stream,
+  };
 }
 
 /**
  * The shard of a part when it is there and sound: header, size, tokenizer and (first time this manifest
  * sees it, or with verify) payload hash. A damaged shard is removed and reported absent.
  */
-async function checkedShard(file: string, p: ManifestPart, tokHash: string, vocabSize: number, verify: boolean): Promise<TokenFileHeader | undefined> {
+async function checkedShard(
+  file: string,
+  p: ManifestPart,
+  tokHash: string,
+  vocabSize: number,
+  verify: boolean,
+): Promise<TokenFileHeader | undefined> {
   let header: TokenFileHeader;
   try {
     header = await readTokenFileHeader(file);
@@ -327,7 +455,13 @@ async function checkedShard(file: string, p: ManifestPart, tokHash: string, voca
   return header;
 }
 
-async function waitForShard(file: string, p: ManifestPart, tokHash: string, vocabSize: number, locks: LockSet): Promise<TokenFileHeader | undefined> {
+async function waitForShard(
+  file: string,
+  p: ManifestPart,
+  tokHash: string,
+  vocabSize: number,
+  locks: LockSet,
+): Promise<TokenFileHeader | undefined> {
   for (;;) {
     const header = await checkedShard(file, p, tokHash, vocabSize, false);
     if (header) return header;
@@ -501,7 +635,11 @@ class WorkerPool {
     await w.ready;
     try {
       return await new Promise<EncodeResult>((resolve, reject) => {
-        const onMessage = (m: { progress?: { bytes: number; tokens: number }; result?: EncodeResult; error?: { message: string; name: string } }): void => {
+        const onMessage = (m: {
+          progress?: { bytes: number; tokens: number };
+          result?: EncodeResult;
+          error?: { message: string; name: string };
+        }): void => {
           if (m.progress) onProgress(m.progress);
           if (m.result || m.error) {
             w.worker.off('message', onMessage);
@@ -581,14 +719,17 @@ export class ShardStream implements TokenStream {
     try {
       fd = fs.openSync(this.shards[i].file, 'r');
     } catch (err) {
-      throw new Error(`${this.shards[i].file}: cannot open shard (${(err as NodeJS.ErrnoException).code}); prepare the data again`);
+      throw new Error(
+        `${this.shards[i].file}: cannot open shard (${(err as NodeJS.ErrnoException).code}); prepare the data again`,
+      );
     }
     this.fds.set(i, fd);
     return fd;
   }
 
   read(start: number, count: number, out: Int32Array, outOffset: number): void {
-    if (start < 0 || count < 0 || start + count > this.length) throw new RangeError(`tokens [${start}, ${start + count}) are outside the stream of ${this.length}`);
+    if (start < 0 || count < 0 || start + count > this.length)
+      throw new RangeError(`tokens [${start}, ${start + count}) are outside the stream of ${this.length}`);
     let pos = start;
     let o = outOffset;
     let left = count;
@@ -598,9 +739,21 @@ export class ShardStream implements TokenStream {
       const n = Math.min(left, this.shards[i].tokens - within);
       const bytes = n * this.bytesPerToken;
       if (this.scratch.length < bytes) this.scratch = Buffer.alloc(bytes);
-      const got = fs.readSync(this.fd(i), this.scratch, 0, bytes, TOKEN_FILE_HEADER_BYTES + within * this.bytesPerToken);
-      if (got !== bytes) throw new Error(`${this.shards[i].file}: short read (${got} of ${bytes} bytes); the shard was truncated, prepare the data again`);
-      const ids = this.bytesPerToken === 2 ? new Uint16Array(this.scratch.buffer, this.scratch.byteOffset, n) : new Uint32Array(this.scratch.buffer, this.scratch.byteOffset, n);
+      const got = fs.readSync(
+        this.fd(i),
+        this.scratch,
+        0,
+        bytes,
+        TOKEN_FILE_HEADER_BYTES + within * this.bytesPerToken,
+      );
+      if (got !== bytes)
+        throw new Error(
+          `${this.shards[i].file}: short read (${got} of ${bytes} bytes); the shard was truncated, prepare the data again`,
+        );
+      const ids =
+        this.bytesPerToken === 2
+          ? new Uint16Array(this.scratch.buffer, this.scratch.byteOffset, n)
+          : new Uint32Array(this.scratch.buffer, this.scratch.byteOffset, n);
       out.set(ids, o);
       pos += n;
       o += n;
@@ -635,7 +788,9 @@ export async function openData(spec: string, tokenizer: Tokenizer, options: Prep
     if (p.tokens === 0) {
       p.stream.close();
       for (const q of prepared) q.stream.close();
-      throw new DataError(`corpus ${src.path} is empty: no documents${p.skipped > 0 ? ` (${p.skipped} skipped as invalid)` : ''}`);
+      throw new DataError(
+        `corpus ${src.path} is empty: no documents${p.skipped > 0 ? ` (${p.skipped} skipped as invalid)` : ''}`,
+      );
     }
     prepared.push(p);
   }
@@ -647,7 +802,10 @@ export async function openData(spec: string, tokenizer: Tokenizer, options: Prep
     ranges: p.spec.holdout > 0 ? holdoutRanges(p.stream.length, p.spec.holdout, parsed.split) : [[0, p.stream.length]],
   }));
   const empty = sources.find((s) => s.ranges.length === 0);
-  if (empty) throw new DataError(`${parsed.text}: ${empty.name} has no ${parsed.split === 'val' ? 'held-out' : 'training'} tokens (${empty.stream.length} tokens in all)`);
+  if (empty)
+    throw new DataError(
+      `${parsed.text}: ${empty.name} has no ${parsed.split === 'val' ? 'held-out' : 'training'} tokens (${empty.stream.length} tokens in all)`,
+    );
   return {
     spec: parsed.text,
     sources,
@@ -665,4 +823,3 @@ export function describeData(data: OpenedData): string {
   const docs = data.prepared.reduce((a, p) => a + p.documents, 0);
   return `${data.spec}: ${tokens} tokens${data.sources.length > 1 ? ` from ${data.sources.length} sources` : ''} (${docs} documents, ${shards} shard${shards === 1 ? '' : 's'})`;
 }
-

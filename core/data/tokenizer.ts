@@ -212,7 +212,9 @@ class AddedTokenSplitter {
     const contents = tokens.map((t) => t.content).filter((c) => c.length > 0);
     contents.sort((a, b) => b.length - a.length || (a < b ? -1 : a > b ? 1 : 0));
     this.pattern =
-      contents.length === 0 ? null : new RegExp(contents.map((c) => c.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')).join('|'), 'gu');
+      contents.length === 0
+        ? null
+        : new RegExp(contents.map((c) => c.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')).join('|'), 'gu');
   }
 
   /** Calls onText for each stretch of plain text and onToken for each added token, in order. */
@@ -271,7 +273,8 @@ function byteLevelBpeJson(
   const vocabObj: Record<string, number> = {};
   for (let id = 0; id < vocab.length; id++) {
     // defineProperty, not assignment: a token spelled "__proto__" must stay an ordinary key.
-    if (vocab[id] !== undefined) Object.defineProperty(vocabObj, vocab[id], { value: id, enumerable: true, writable: true, configurable: true });
+    if (vocab[id] !== undefined)
+      Object.defineProperty(vocabObj, vocab[id], { value: id, enumerable: true, writable: true, configurable: true });
   }
   return {
     version: '1.0',
@@ -358,7 +361,6 @@ const PAIR_SHIFT = 2 ** 21; // ids below 2^21; pair key = a * 2^21 + b stays an 
 const CACHE_LIMIT = 200_000;
 const CACHE_MAX_WORD = 256;
 
-
 /** Thrown by BpeTokenizer.fromJSON for a tokenizer.json outside what the native engine handles. */
 class NotNative extends Error {}
 
@@ -396,7 +398,8 @@ export class BpeTokenizer implements Tokenizer {
     let maxId = -1;
     this.idBytes = [];
     for (const [tok, id] of vocab) {
-      if (!Number.isInteger(id) || id < 0 || id >= PAIR_SHIFT) throw new Error(`vocab id ${id} for ${JSON.stringify(tok)} is invalid`);
+      if (!Number.isInteger(id) || id < 0 || id >= PAIR_SHIFT)
+        throw new Error(`vocab id ${id} for ${JSON.stringify(tok)} is invalid`);
       maxId = Math.max(maxId, id);
       const bytes = tokenStringToBytes(tok);
       if (bytes !== null && this.idBytes[id] === undefined) this.idBytes[id] = bytes;
@@ -404,7 +407,8 @@ export class BpeTokenizer implements Tokenizer {
     const added = json.added_tokens ?? [];
     this.addedById = new Map();
     for (const t of added) {
-      if (!Number.isInteger(t.id) || t.id < 0 || t.id >= PAIR_SHIFT) throw new Error(`added token id ${t.id} is invalid`);
+      if (!Number.isInteger(t.id) || t.id < 0 || t.id >= PAIR_SHIFT)
+        throw new Error(`added token id ${t.id} is invalid`);
       maxId = Math.max(maxId, t.id);
       this.addedById.set(t.id, t.content);
     }
@@ -423,7 +427,8 @@ export class BpeTokenizer implements Tokenizer {
       const ia = vocab.get(a);
       const ib = vocab.get(b);
       const ic = vocab.get(a + b);
-      if (ia === undefined || ib === undefined || ic === undefined) throw new NotNative(`merge ${r} (${a} ${b}) refers to a token outside the vocab`);
+      if (ia === undefined || ib === undefined || ic === undefined)
+        throw new NotNative(`merge ${r} (${a} ${b}) refers to a token outside the vocab`);
       if (this.ranks.get(ia, ib) < 0) this.ranks.set(ia, ib, r);
       this.results[r] = ic;
     }
@@ -441,11 +446,13 @@ export class BpeTokenizer implements Tokenizer {
   /** Builds the native engine from a tokenizer.json object; throws if the file needs features it lacks. */
   static fromJSON(json: object, name?: string): BpeTokenizer {
     const why = nativeIncompatibility(json as TokenizerJson);
-    if (why !== null) throw new Error(`tokenizer.json is not a plain byte-level BPE (${why}); load it with engine 'hf'`);
+    if (why !== null)
+      throw new Error(`tokenizer.json is not a plain byte-level BPE (${why}); load it with engine 'hf'`);
     try {
       return new BpeTokenizer(json as TokenizerJson, name);
     } catch (err) {
-      if (err instanceof NotNative) throw new Error(`tokenizer.json is not a plain byte-level BPE (${err.message}); load it with engine 'hf'`);
+      if (err instanceof NotNative)
+        throw new Error(`tokenizer.json is not a plain byte-level BPE (${err.message}); load it with engine 'hf'`);
       throw err;
     }
   }
@@ -473,7 +480,9 @@ export class BpeTokenizer implements Tokenizer {
     };
     const onPlain = (s: string): void => forEachPreToken(s, onWord);
     const onNormalized =
-      this.normalizedSplitter === null ? onPlain : (s: string): void => (this.normalizedSplitter as AddedTokenSplitter).split(s, onPlain, pushId);
+      this.normalizedSplitter === null
+        ? onPlain
+        : (s: string): void => (this.normalizedSplitter as AddedTokenSplitter).split(s, onPlain, pushId);
     this.rawSplitter.split(text, this.nfc ? (s) => onNormalized(s.normalize('NFC')) : onNormalized, pushId);
     return out;
   }
@@ -690,11 +699,14 @@ function nativeIncompatibility(json: TokenizerJson): string | null {
   if (m.ignore_merges) return 'ignore_merges';
   if (normalizerOf(json) === null) return `normalizer ${JSON.stringify(json.normalizer)}`;
   const pt = json.pre_tokenizer;
-  if (!pt || pt.type !== 'ByteLevel' || pt.add_prefix_space || pt.use_regex === false) return 'pre_tokenizer is not ByteLevel without prefix space';
+  if (!pt || pt.type !== 'ByteLevel' || pt.add_prefix_space || pt.use_regex === false)
+    return 'pre_tokenizer is not ByteLevel without prefix space';
   if (!json.decoder || json.decoder.type !== 'ByteLevel') return 'decoder is not ByteLevel';
-  if (json.post_processor != null && json.post_processor.type !== 'ByteLevel') return `post_processor ${json.post_processor.type}`;
+  if (json.post_processor != null && json.post_processor.type !== 'ByteLevel')
+    return `post_processor ${json.post_processor.type}`;
   for (const t of json.added_tokens ?? []) {
-    if (t.lstrip || t.rstrip || t.single_word) return `added token ${JSON.stringify(t.content)} strips or is single-word`;
+    if (t.lstrip || t.rstrip || t.single_word)
+      return `added token ${JSON.stringify(t.content)} strips or is single-word`;
   }
   return null;
 }
@@ -775,14 +787,20 @@ function isByteTokenizerJson(json: TokenizerJson): boolean {
   if (added.length !== 1 || added[0].id !== 256 || added[0].content !== END_OF_TEXT) return false;
   const entries = [...vocab];
   const extra = entries.filter(([, id]) => id >= 256);
-  if (entries.length - extra.length !== 256 || extra.some(([tok, id]) => id !== 256 || tok !== END_OF_TEXT)) return false;
+  if (entries.length - extra.length !== 256 || extra.some(([tok, id]) => id !== 256 || tok !== END_OF_TEXT))
+    return false;
   for (let b = 0; b < 256; b++) if (vocab.get(BYTE_TO_CHAR[b]) !== b) return false;
   return nativeIncompatibility(json) === null;
 }
 
 /** Builds a tokenizer from a parsed tokenizer.json, choosing the engine by content (see LoadTokenizerOptions). */
 export function tokenizerFromJSON(json: object, options: LoadTokenizerOptions = {}): Tokenizer {
-  if (json === null || typeof json !== 'object' || Array.isArray(json) || typeof (json as TokenizerJson).model !== 'object') {
+  if (
+    json === null ||
+    typeof json !== 'object' ||
+    Array.isArray(json) ||
+    typeof (json as TokenizerJson).model !== 'object'
+  ) {
     throw new Error('tokenizer.json has no "model" object');
   }
   const engine = options.engine ?? 'auto';

@@ -61,7 +61,8 @@ export function tokenDtypeFor(vocabSize: number): 'uint16' | 'uint32' {
 }
 
 function hexToBytes(hex: string, field: string): Uint8Array {
-  if (!/^[0-9a-f]{64}$/.test(hex)) throw new Error(`${field} must be 64 lowercase hex digits, got ${JSON.stringify(hex)}`);
+  if (!/^[0-9a-f]{64}$/.test(hex))
+    throw new Error(`${field} must be 64 lowercase hex digits, got ${JSON.stringify(hex)}`);
   return Uint8Array.from(Buffer.from(hex, 'hex'));
 }
 
@@ -75,9 +76,14 @@ function checkIds(ids: ArrayLike<number>, vocabSize: number, where: string): voi
 }
 
 /** Writes ids to a token file atomically. Ids must lie in [0, vocabSize). */
-export async function writeTokenFile(file: string, ids: ArrayLike<number>, options: WriteTokenFileOptions): Promise<TokenFileHeader> {
+export async function writeTokenFile(
+  file: string,
+  ids: ArrayLike<number>,
+  options: WriteTokenFileOptions,
+): Promise<TokenFileHeader> {
   const { vocabSize } = options;
-  if (!Number.isInteger(vocabSize) || vocabSize < 1 || vocabSize >= 2 ** 32) throw new Error(`vocabSize ${vocabSize} is invalid`);
+  if (!Number.isInteger(vocabSize) || vocabSize < 1 || vocabSize >= 2 ** 32)
+    throw new Error(`vocabSize ${vocabSize} is invalid`);
   checkIds(ids, vocabSize, file);
   const bytesPerToken = tokenDtypeFor(vocabSize) === 'uint16' ? 2 : 4;
   const payload = bytesPerToken === 2 ? Uint16Array.from(ids) : Uint32Array.from(ids);
@@ -122,7 +128,8 @@ function decodeHeader(file: string, buf: Uint8Array): TokenFileHeader {
   if (magic !== TOKEN_FILE_MAGIC) throw new Error(`${file}: not a token file (bad magic ${JSON.stringify(magic)})`);
   const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   const version = dv.getUint32(8, true);
-  if (version !== TOKEN_FILE_VERSION) throw new Error(`${file}: unsupported token file version ${version} (expected ${TOKEN_FILE_VERSION})`);
+  if (version !== TOKEN_FILE_VERSION)
+    throw new Error(`${file}: unsupported token file version ${version} (expected ${TOKEN_FILE_VERSION})`);
   const bpt = dv.getUint32(12, true);
   if (bpt !== 2 && bpt !== 4) throw new Error(`${file}: corrupt header (bytes per token ${bpt})`);
   const count = dv.getBigUint64(16, true);
@@ -159,7 +166,9 @@ async function openForRead(file: string): Promise<fsp.FileHandle> {
   try {
     return await fsp.open(file, 'r');
   } catch (err) {
-    throw new Error(`${file}: cannot open token file (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+    throw new Error(
+      `${file}: cannot open token file (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`,
+    );
   }
 }
 
@@ -179,8 +188,10 @@ async function readHeader(fh: fsp.FileHandle, file: string, size: number): Promi
 
 function checkSize(file: string, h: TokenFileHeader, size: number): void {
   const expected = TOKEN_FILE_HEADER_BYTES + h.count * h.bytesPerToken;
-  if (size < expected) throw new Error(`${file}: truncated token file (${size} bytes, expected ${expected} for ${h.count} tokens)`);
-  if (size > expected) throw new Error(`${file}: corrupt token file (${size} bytes, expected ${expected}: trailing data)`);
+  if (size < expected)
+    throw new Error(`${file}: truncated token file (${size} bytes, expected ${expected} for ${h.count} tokens)`);
+  if (size > expected)
+    throw new Error(`${file}: corrupt token file (${size} bytes, expected ${expected}: trailing data)`);
 }
 
 async function readFully(fh: fsp.FileHandle, buf: Uint8Array, position: number): Promise<void> {
@@ -215,7 +226,9 @@ export async function readTokenFile(file: string, options: ReadTokenFileOptions 
   }
   if (!littleEndian()) throw new Error('token files need a little-endian host');
   if (options.verify !== false) {
-    const h = createHash('sha256').update(new Uint8Array(tokens.buffer, tokens.byteOffset, tokens.byteLength)).digest('hex');
+    const h = createHash('sha256')
+      .update(new Uint8Array(tokens.buffer, tokens.byteOffset, tokens.byteLength))
+      .digest('hex');
     if (h !== header.payloadHash) throw new Error(`${file}: corrupt token file (payload hash mismatch)`);
   }
   checkIds(tokens, header.vocabSize, file);
@@ -223,7 +236,9 @@ export async function readTokenFile(file: string, options: ReadTokenFileOptions 
   if (tok !== undefined) {
     const th = tokenizerHash(tok);
     if (th !== header.tokenizerHash) {
-      throw new Error(`${file}: written with another tokenizer (hash ${header.tokenizerHash.slice(0, 12)}, ${tok.name} is ${th.slice(0, 12)})`);
+      throw new Error(
+        `${file}: written with another tokenizer (hash ${header.tokenizerHash.slice(0, 12)}, ${tok.name} is ${th.slice(0, 12)})`,
+      );
     }
     if (header.vocabSize > tok.vocabSize) {
       throw new Error(`${file}: vocab size ${header.vocabSize} exceeds the tokenizer's ${tok.vocabSize}`);
@@ -264,10 +279,14 @@ export class TokenFileWriter {
   /** Starts `file`; the temporary file's name begins with `.${basename}.` so a cleaner can find it. */
   static async create(file: string, options: WriteTokenFileOptions): Promise<TokenFileWriter> {
     const { vocabSize } = options;
-    if (!Number.isInteger(vocabSize) || vocabSize < 1 || vocabSize >= 2 ** 32) throw new Error(`vocabSize ${vocabSize} is invalid`);
+    if (!Number.isInteger(vocabSize) || vocabSize < 1 || vocabSize >= 2 ** 32)
+      throw new Error(`vocabSize ${vocabSize} is invalid`);
     if (!littleEndian()) throw new Error('token files need a little-endian host');
     await fsp.mkdir(path.dirname(file), { recursive: true });
-    const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
+    const tmp = path.join(
+      path.dirname(file),
+      `.${path.basename(file)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`,
+    );
     return new TokenFileWriter(await fsp.open(tmp, 'wx'), file, tmp, options);
   }
 
@@ -276,7 +295,10 @@ export class TokenFileWriter {
     const v = this.options.vocabSize;
     for (let i = 0; i < ids.length; i++) {
       const id = ids[i];
-      if (!(id >= 0 && id < v)) throw new Error(`${this.file}: token id ${id} at position ${this.count + i} is outside the vocabulary (size ${v})`);
+      if (!(id >= 0 && id < v))
+        throw new Error(
+          `${this.file}: token id ${id} at position ${this.count + i} is outside the vocabulary (size ${v})`,
+        );
       this.buffer[this.used++] = id;
       if (this.used === this.buffer.length) await this.flush();
     }

@@ -86,7 +86,12 @@ export interface TextEvaluation {
 }
 
 /** Loss, perplexity and bits per byte of a model over a token stream's validation windows. */
-export async function evaluateText(model: GPTNeoX, tokens: TokenSource, tokenizer: Tokenizer | Uint32Array, options: EvalBatchOptions): Promise<TextEvaluation> {
+export async function evaluateText(
+  model: GPTNeoX,
+  tokens: TokenSource,
+  tokenizer: Tokenizer | Uint32Array,
+  options: EvalBatchOptions,
+): Promise<TextEvaluation> {
   const r = await evaluateLoss(model, evalBatches(tokens, options));
   const lengths = tokenizer instanceof Uint32Array ? tokenizer : tokenByteLengths(tokenizer);
   const bytes = scoredBytes(tokens, options, lengths);

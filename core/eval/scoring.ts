@@ -38,8 +38,13 @@ export function encodeRequest(tokenizer: Tokenizer, request: TaskRequest): Encod
   if (context === '') {
     const ids = tokenizer.encode(continuation);
     const prefix = tokenizer.endOfTextId;
-    if (prefix === null) throw new TaskError(`an empty context is conditioned on the end-of-text token, and tokenizer ${tokenizer.name} has none`);
-    return prefix !== ids[0] ? { context: [prefix], continuation: ids } : { context: ids.slice(0, 1), continuation: ids.slice(1) };
+    if (prefix === null)
+      throw new TaskError(
+        `an empty context is conditioned on the end-of-text token, and tokenizer ${tokenizer.name} has none`,
+      );
+    return prefix !== ids[0]
+      ? { context: [prefix], continuation: ids }
+      : { context: ids.slice(0, 1), continuation: ids.slice(1) };
   }
   const spaces = trailingSpaces(context);
   if (spaces > 0) {
@@ -62,15 +67,23 @@ export interface ScoreOptions {
 const LOGIT_BUDGET = 64 * 1024 * 1024;
 
 /** Log-likelihood of each encoded request's continuation given its context. */
-export async function scoreEncoded(model: GPTNeoX, requests: EncodedRequest[], options: ScoreOptions = {}): Promise<Loglikelihood[]> {
+export async function scoreEncoded(
+  model: GPTNeoX,
+  requests: EncodedRequest[],
+  options: ScoreOptions = {},
+): Promise<Loglikelihood[]> {
   const maxLength = model.config.maxPositions;
   const vocab = model.config.vocabSize;
   const inputs = requests.map((r, i) => {
     if (r.context.length === 0) throw new TaskError(`request ${i}: the context encodes to no tokens`);
     if (r.continuation.length === 0) throw new TaskError(`request ${i}: the continuation encodes to no tokens`);
-    if (r.continuation.length > maxLength) throw new TaskError(`request ${i}: the continuation has ${r.continuation.length} tokens, more than the model's context of ${maxLength}`);
+    if (r.continuation.length > maxLength)
+      throw new TaskError(
+        `request ${i}: the continuation has ${r.continuation.length} tokens, more than the model's context of ${maxLength}`,
+      );
     for (const id of [...r.context, ...r.continuation]) {
-      if (!Number.isInteger(id) || id < 0 || id >= vocab) throw new TaskError(`request ${i}: token id ${id} is outside the model's vocabulary [0, ${vocab})`);
+      if (!Number.isInteger(id) || id < 0 || id >= vocab)
+        throw new TaskError(`request ${i}: token id ${id} is outside the model's vocabulary [0, ${vocab})`);
     }
     // Left-truncated to the model's context, the last token only predicted.
     return [...r.context, ...r.continuation].slice(-(maxLength + 1)).slice(0, -1);
@@ -173,16 +186,23 @@ function meanStderr(values: number[]): MetricValue {
 const utf8 = new TextEncoder();
 
 /** Per-document metric values of a task from its requests' log-likelihoods (lm-eval's process_results). */
-function docMetrics(task: Task, doc: Task['docs'][number], results: Loglikelihood[]): Partial<Record<TaskMetric, number>> {
-  if (task.outputType === 'loglikelihood') return { perplexity: results[0].logLikelihood, acc: results[0].greedy ? 1 : 0 };
+function docMetrics(
+  task: Task,
+  doc: Task['docs'][number],
+  results: Loglikelihood[],
+): Partial<Record<TaskMetric, number>> {
+  if (task.outputType === 'loglikelihood')
+    return { perplexity: results[0].logLikelihood, acc: results[0].greedy ? 1 : 0 };
   const lls = results.map((r) => r.logLikelihood);
   const pred = argmax(lls);
   const predNorm = argmax(lls.map((ll, i) => ll / pythonLength(doc.choices[i])));
   const predBytes = argmax(lls.map((ll, i) => ll / utf8.encode(doc.choices[i]).length));
   // Python indexing: a negative gold counts from the end.
   const greedyAt = (i: number): boolean => results.at(i)?.greedy ?? false;
-  const hit = (p: number): number => (Array.isArray(doc.gold) ? doc.gold.includes(p) : p === doc.gold) ? 1 : 0;
-  const exact = Array.isArray(doc.gold) ? doc.gold.some((g) => g !== -100 && greedyAt(g)) : doc.gold !== -100 && greedyAt(doc.gold);
+  const hit = (p: number): number => ((Array.isArray(doc.gold) ? doc.gold.includes(p) : p === doc.gold) ? 1 : 0);
+  const exact = Array.isArray(doc.gold)
+    ? doc.gold.some((g) => g !== -100 && greedyAt(g))
+    : doc.gold !== -100 && greedyAt(doc.gold);
   return { acc: hit(pred), acc_norm: hit(predNorm), acc_bytes: hit(predBytes), exact_match: exact ? 1 : 0 };
 }
 
@@ -192,7 +212,12 @@ export interface TaskEvaluation {
 }
 
 /** Scores tasks with a model: every request of every task, then each task's metrics. */
-export async function evaluateTasks(model: GPTNeoX, tokenizer: Tokenizer, tasks: Task[], options: ScoreOptions = {}): Promise<TaskEvaluation> {
+export async function evaluateTasks(
+  model: GPTNeoX,
+  tokenizer: Tokenizer,
+  tasks: Task[],
+  options: ScoreOptions = {},
+): Promise<TaskEvaluation> {
   const flat: { task: number; doc: number }[] = [];
   const encoded: EncodedRequest[] = [];
   tasks.forEach((task, t) =>
@@ -200,8 +225,12 @@ export async function evaluateTasks(model: GPTNeoX, tokenizer: Tokenizer, tasks:
       for (const [r, request] of doc.requests.entries()) {
         const e = encodeRequest(tokenizer, request);
         const where = `${task.file} (task ${task.name}): document ${doc.index}, request ${r}`;
-        if (e.context.length === 0) throw new TaskError(`${where}: the context ${JSON.stringify(request.context)} encodes to no tokens`);
-        if (e.continuation.length === 0) throw new TaskError(`${where}: the continuation ${JSON.stringify(request.continuation)} encodes to no tokens`);
+        if (e.context.length === 0)
+          throw new TaskError(`${where}: the context ${JSON.stringify(request.context)} encodes to no tokens`);
+        if (e.continuation.length === 0)
+          throw new TaskError(
+            `${where}: the continuation ${JSON.stringify(request.continuation)} encodes to no tokens`,
+          );
         flat.push({ task: t, doc: d });
         encoded.push(e);
       }
@@ -215,15 +244,34 @@ export async function evaluateTasks(model: GPTNeoX, tokenizer: Tokenizer, tasks:
   tasks.forEach((task, t) => {
     const perDoc = task.docs.map((doc, d) => docMetrics(task, doc, byDoc[t][d]));
     task.docs.forEach((doc, d) =>
-      samples.push({ task: task.name, doc: doc.index, responses: byDoc[t][d].map((r) => [r.logLikelihood, r.greedy]), gold: doc.gold, metrics: perDoc[d] }),
+      samples.push({
+        task: task.name,
+        doc: doc.index,
+        responses: byDoc[t][d].map((r) => [r.logLikelihood, r.greedy]),
+        gold: doc.gold,
+        metrics: perDoc[d],
+      }),
     );
     const metrics: TaskScore['metrics'] = {};
     for (const m of task.metrics) {
       const values = perDoc.map((v) => v[m]!);
-      metrics[m] = m === 'perplexity' ? { value: Math.exp(-values.reduce((a, b) => a + b, 0) / values.length), stderr: null } : meanStderr(values);
+      metrics[m] =
+        m === 'perplexity'
+          ? { value: Math.exp(-values.reduce((a, b) => a + b, 0) / values.length), stderr: null }
+          : meanStderr(values);
     }
-    const invalidGold = task.docs.filter((d) => (Array.isArray(d.gold) ? d.gold.includes(-100) : d.gold === -100)).length;
-    scores.push({ task: task.name, file: task.file, outputType: task.outputType, split: task.split, docs: task.docs.length, metrics, invalidGold });
+    const invalidGold = task.docs.filter((d) =>
+      Array.isArray(d.gold) ? d.gold.includes(-100) : d.gold === -100,
+    ).length;
+    scores.push({
+      task: task.name,
+      file: task.file,
+      outputType: task.outputType,
+      split: task.split,
+      docs: task.docs.length,
+      metrics,
+      invalidGold,
+    });
   });
   return { scores, samples };
 }

@@ -36,7 +36,10 @@ export const TASK_METRICS = {
 export type TaskMetric = (typeof TASK_METRICS)[OutputType][number];
 
 /** lm-eval's DEFAULT_METRIC_REGISTRY: the metrics of a task without metric_list. */
-const DEFAULT_METRICS: Record<OutputType, TaskMetric[]> = { multiple_choice: ['acc', 'acc_norm'], loglikelihood: ['perplexity', 'acc'] };
+const DEFAULT_METRICS: Record<OutputType, TaskMetric[]> = {
+  multiple_choice: ['acc', 'acc_norm'],
+  loglikelihood: ['perplexity', 'acc'],
+};
 
 /** One log-likelihood query: the text to condition on and the text whose log-probability is summed. */
 export interface TaskRequest {
@@ -87,12 +90,37 @@ const YAML_TAGS = [{ tag: '!function', resolve: (value: string) => new PythonFun
 
 /** TaskConfig fields that change nothing in zero-shot log-likelihood scoring. */
 const IGNORED_FIELDS = new Set([
-  'tag', 'task_alias', 'dataset_name', 'training_split', 'fewshot_split', 'fewshot_delimiter', 'fewshot_config',
-  'filter_list', 'should_decontaminate', 'doc_to_decontamination_query', 'metadata', 'generation_kwargs', 'unsafe_code', 'version',
+  'tag',
+  'task_alias',
+  'dataset_name',
+  'training_split',
+  'fewshot_split',
+  'fewshot_delimiter',
+  'fewshot_config',
+  'filter_list',
+  'should_decontaminate',
+  'doc_to_decontamination_query',
+  'metadata',
+  'generation_kwargs',
+  'unsafe_code',
+  'version',
 ]);
 const USED_FIELDS = new Set([
-  'task', 'dataset_path', 'dataset_kwargs', 'validation_split', 'test_split', 'output_type', 'doc_to_text', 'doc_to_target',
-  'doc_to_choice', 'target_delimiter', 'description', 'gen_prefix', 'num_fewshot', 'metric_list', 'repeats',
+  'task',
+  'dataset_path',
+  'dataset_kwargs',
+  'validation_split',
+  'test_split',
+  'output_type',
+  'doc_to_text',
+  'doc_to_target',
+  'doc_to_choice',
+  'target_delimiter',
+  'description',
+  'gen_prefix',
+  'num_fewshot',
+  'metric_list',
+  'repeats',
 ]);
 const PYTHON_ONLY_FIELDS: Record<string, string> = {
   process_docs: 'a Python function over the documents',
@@ -121,14 +149,16 @@ function readTaskYaml(file: string, seen: Set<string> = new Set()): Record<strin
   } catch (err) {
     throw new TaskError(`${file}: not valid YAML: ${(err as Error).message.split('\n')[0]}`);
   }
-  if (cfg === null || typeof cfg !== 'object' || Array.isArray(cfg)) throw new TaskError(`${file}: expected a mapping of task fields`);
+  if (cfg === null || typeof cfg !== 'object' || Array.isArray(cfg))
+    throw new TaskError(`${file}: expected a mapping of task fields`);
   const own = { ...(cfg as Record<string, unknown>) };
   if (own.include === undefined) return own;
   const includes = Array.isArray(own.include) ? own.include : [own.include];
   delete own.include;
   const merged: Record<string, unknown> = {};
   for (const inc of includes) {
-    if (typeof inc !== 'string') throw new TaskError(`${file}: include: expected a file name, got ${JSON.stringify(inc)}`);
+    if (typeof inc !== 'string')
+      throw new TaskError(`${file}: include: expected a file name, got ${JSON.stringify(inc)}`);
     const base = readTaskYaml(path.isAbsolute(inc) ? inc : path.join(path.dirname(abs), inc), seen);
     delete base.task_list;
     Object.assign(merged, base);
@@ -139,8 +169,10 @@ function readTaskYaml(file: string, seen: Set<string> = new Set()): Record<strin
 function checkFields(cfg: Record<string, unknown>, where: string): void {
   for (const [key, value] of Object.entries(cfg)) {
     if (value === null || value === undefined) continue;
-    if (key in PYTHON_ONLY_FIELDS) throw new TaskError(`${where}: ${key}: ${PYTHON_ONLY_FIELDS[key]} (${String(value)}) cannot be run by offshoot`);
-    if (value instanceof PythonFunction) throw new TaskError(`${where}: ${key}: ${value} is Python code; offshoot reads templates and field names only`);
+    if (key in PYTHON_ONLY_FIELDS)
+      throw new TaskError(`${where}: ${key}: ${PYTHON_ONLY_FIELDS[key]} (${String(value)}) cannot be run by offshoot`);
+    if (value instanceof PythonFunction)
+      throw new TaskError(`${where}: ${key}: ${value} is Python code; offshoot reads templates and field names only`);
     if (!USED_FIELDS.has(key) && !IGNORED_FIELDS.has(key)) throw new TaskError(`${where}: unknown field "${key}"`);
   }
 }
@@ -153,28 +185,49 @@ function splitFiles(cfg: Record<string, unknown>, where: string, cwd: string): {
     );
   }
   const split = (cfg.test_split ?? cfg.validation_split) as string | undefined;
-  if (typeof split !== 'string') throw new TaskError(`${where}: test_split / validation_split: neither is set; name the split to evaluate`);
+  if (typeof split !== 'string')
+    throw new TaskError(`${where}: test_split / validation_split: neither is set; name the split to evaluate`);
   const kwargs = (cfg.dataset_kwargs ?? {}) as Record<string, unknown>;
-  if (typeof kwargs !== 'object' || Array.isArray(kwargs)) throw new TaskError(`${where}: dataset_kwargs: expected a mapping`);
+  if (typeof kwargs !== 'object' || Array.isArray(kwargs))
+    throw new TaskError(`${where}: dataset_kwargs: expected a mapping`);
   for (const key of Object.keys(kwargs)) {
-    if (key !== 'data_files' && key !== 'field') throw new TaskError(`${where}: dataset_kwargs.${key}: not supported (only data_files and field)`);
+    if (key !== 'data_files' && key !== 'field')
+      throw new TaskError(`${where}: dataset_kwargs.${key}: not supported (only data_files and field)`);
   }
   let spec = kwargs.data_files;
   // A bare file or list is the "train" split, as in datasets.load_dataset.
   if (typeof spec === 'string' || Array.isArray(spec)) spec = { train: spec };
-  if (spec === null || typeof spec !== 'object') throw new TaskError(`${where}: dataset_kwargs.data_files: expected a file, a list of files or a mapping of split to files`);
+  if (spec === null || typeof spec !== 'object')
+    throw new TaskError(
+      `${where}: dataset_kwargs.data_files: expected a file, a list of files or a mapping of split to files`,
+    );
   const entry = (spec as Record<string, unknown>)[split];
   if (entry === undefined) {
-    throw new TaskError(`${where}: dataset_kwargs.data_files has no split "${split}" (it has ${Object.keys(spec).map((s) => JSON.stringify(s)).join(', ') || 'none'})`);
+    throw new TaskError(
+      `${where}: dataset_kwargs.data_files has no split "${split}" (it has ${
+        Object.keys(spec)
+          .map((s) => JSON.stringify(s))
+          .join(', ') || 'none'
+      })`,
+    );
   }
   const files = Array.isArray(entry) ? entry : [entry];
   return {
     split,
     files: files.map((f) => {
-      if (typeof f !== 'string') throw new TaskError(`${where}: dataset_kwargs.data_files.${split}: expected file names, got ${JSON.stringify(f)}`);
-      if (/[*?[]/.test(f)) throw new TaskError(`${where}: dataset_kwargs.data_files.${split}: ${f}: glob patterns are not supported; list the files`);
+      if (typeof f !== 'string')
+        throw new TaskError(
+          `${where}: dataset_kwargs.data_files.${split}: expected file names, got ${JSON.stringify(f)}`,
+        );
+      if (/[*?[]/.test(f))
+        throw new TaskError(
+          `${where}: dataset_kwargs.data_files.${split}: ${f}: glob patterns are not supported; list the files`,
+        );
       const abs = path.resolve(cwd, f);
-      if (!fs.existsSync(abs)) throw new TaskError(`${where}: dataset_kwargs.data_files.${split}: ${f} not found (relative paths are resolved against ${cwd}, as datasets.load_dataset does)`);
+      if (!fs.existsSync(abs))
+        throw new TaskError(
+          `${where}: dataset_kwargs.data_files.${split}: ${f} not found (relative paths are resolved against ${cwd}, as datasets.load_dataset does)`,
+        );
       return abs;
     }),
   };
@@ -184,7 +237,8 @@ function splitFiles(cfg: Record<string, unknown>, where: string, cwd: string): {
 function readRows(files: string[], field: string | undefined): Record<string, unknown>[] {
   const rows: Record<string, unknown>[] = [];
   const add = (row: unknown, where: string): void => {
-    if (row === null || typeof row !== 'object' || Array.isArray(row)) throw new TaskError(`${where}: expected a JSON object per document, got ${JSON.stringify(row)?.slice(0, 80)}`);
+    if (row === null || typeof row !== 'object' || Array.isArray(row))
+      throw new TaskError(`${where}: expected a JSON object per document, got ${JSON.stringify(row)?.slice(0, 80)}`);
     rows.push(row as Record<string, unknown>);
   };
   for (const file of files) {
@@ -198,7 +252,10 @@ function readRows(files: string[], field: string | undefined): Record<string, un
         throw new TaskError(`${file}: invalid JSON (${(err as Error).message})`);
       }
       const list = field !== undefined ? (value as Record<string, unknown>)?.[field] : value;
-      if (!Array.isArray(list)) throw new TaskError(`${file}: expected ${field !== undefined ? `field "${field}" to hold` : ''} a JSON array of documents`);
+      if (!Array.isArray(list))
+        throw new TaskError(
+          `${file}: expected ${field !== undefined ? `field "${field}" to hold` : ''} a JSON array of documents`,
+        );
       list.forEach((row, i) => add(row, `${file}: document ${i}`));
       continue;
     }
@@ -226,11 +283,15 @@ function parseMetrics(cfg: Record<string, unknown>, outputType: OutputType, wher
     const entry = m as Record<string, unknown>;
     const name = entry?.metric;
     if (typeof name !== 'string' || !supported.includes(name)) {
-      throw new TaskError(`${where}: metric_list[${i}].metric: ${JSON.stringify(name)} is not supported for ${outputType} (offshoot computes ${supported.join(', ')})`);
+      throw new TaskError(
+        `${where}: metric_list[${i}].metric: ${JSON.stringify(name)} is not supported for ${outputType} (offshoot computes ${supported.join(', ')})`,
+      );
     }
     const aggregation = entry.aggregation ?? (name === 'perplexity' ? 'perplexity' : 'mean');
     if (aggregation !== (name === 'perplexity' ? 'perplexity' : 'mean')) {
-      throw new TaskError(`${where}: metric_list[${i}].aggregation: ${JSON.stringify(aggregation)} is not supported for ${name}`);
+      throw new TaskError(
+        `${where}: metric_list[${i}].aggregation: ${JSON.stringify(aggregation)} is not supported for ${name}`,
+      );
     }
     return name as TaskMetric;
   });
@@ -265,7 +326,8 @@ class DocFields {
   text(doc: Record<string, unknown>): Value {
     const v = this.cfg.doc_to_text;
     if (typeof v === 'number') return v;
-    if (typeof v !== 'string') throw new TaskError(`doc_to_text: expected a template, a field name or an integer, got ${JSON.stringify(v)}`);
+    if (typeof v !== 'string')
+      throw new TaskError(`doc_to_text: expected a template, a field name or an integer, got ${JSON.stringify(v)}`);
     if (this.features.has(v)) return doc[v];
     const s = this.render(v, doc);
     return isDigits(s) && this.hasChoices ? Number(s) : s;
@@ -274,7 +336,10 @@ class DocFields {
   target(doc: Record<string, unknown>): Value {
     const v = this.cfg.doc_to_target;
     if (typeof v === 'number' || Array.isArray(v)) return v;
-    if (typeof v !== 'string') throw new TaskError(`doc_to_target: expected a template, a field name, an integer or a list, got ${JSON.stringify(v)}`);
+    if (typeof v !== 'string')
+      throw new TaskError(
+        `doc_to_target: expected a template, a field name, an integer or a list, got ${JSON.stringify(v)}`,
+      );
     if (this.features.has(v)) return doc[v];
     const s = this.render(v, doc);
     if (isDigits(s) && this.hasChoices) return Number(s);
@@ -294,8 +359,12 @@ class DocFields {
     if (typeof v === 'string') list = this.features.has(v) ? doc[v] : literalEval(this.render(v, doc));
     else if (Array.isArray(v)) list = v;
     else if (v !== null && typeof v === 'object') list = Object.values(v);
-    else throw new TaskError(`doc_to_choice: expected a template, a field name, a list or a mapping, got ${JSON.stringify(v)}`);
-    if (!Array.isArray(list) || list.some((c) => typeof c !== 'string')) throw new TaskError(`doc_to_choice: expected a list of strings, got ${JSON.stringify(list)}`);
+    else
+      throw new TaskError(
+        `doc_to_choice: expected a template, a field name, a list or a mapping, got ${JSON.stringify(v)}`,
+      );
+    if (!Array.isArray(list) || list.some((c) => typeof c !== 'string'))
+      throw new TaskError(`doc_to_choice: expected a list of strings, got ${JSON.stringify(list)}`);
     return list as string[];
   }
 
@@ -330,13 +399,21 @@ function goldIndex(gold: Value, choices: string[]): number {
 }
 
 /** Builds every document's requests (the zero-shot context of lm-eval's fewshot_context with num_fewshot 0). */
-function buildDocs(cfg: Record<string, unknown>, outputType: OutputType, rows: Record<string, unknown>[], where: string): TaskDoc[] {
+function buildDocs(
+  cfg: Record<string, unknown>,
+  outputType: OutputType,
+  rows: Record<string, unknown>[],
+  where: string,
+): TaskDoc[] {
   const fields = new DocFields(cfg, new Set(rows.length ? Object.keys(rows[0]) : []));
   const targetDelimiter = (cfg.target_delimiter ?? ' ') as string;
   if (typeof targetDelimiter !== 'string') throw new TaskError(`${where}: target_delimiter: expected a string`);
   // "Multiple input" tasks (Winogrande's form): doc_to_text gives the index of the choice that goes
   // into the context, and the target is the continuation; decided on the first document, like lm-eval.
-  const multipleInput = outputType === 'multiple_choice' && rows.length > 0 && typeof wrap(where, 0, () => fields.text(rows[0])) === 'number';
+  const multipleInput =
+    outputType === 'multiple_choice' &&
+    rows.length > 0 &&
+    typeof wrap(where, 0, () => fields.text(rows[0])) === 'number';
   return rows.map((doc, index) =>
     wrap(where, index, () => {
       const description = fields.resolve(cfg.description, doc);
@@ -348,24 +425,44 @@ function buildDocs(cfg: Record<string, unknown>, outputType: OutputType, rows: R
         const text = fields.text(doc);
         const target = fields.target(doc);
         if (typeof text !== 'string') throw new TaskError(`doc_to_text: expected text, got ${JSON.stringify(text)}`);
-        if (typeof target !== 'string') throw new TaskError(`doc_to_target: expected the text to score, got ${JSON.stringify(target)}`);
-        return { index, requests: [{ context: context(text, targetDelimiter), continuation: target }], choices: [], gold: 0 };
+        if (typeof target !== 'string')
+          throw new TaskError(`doc_to_target: expected the text to score, got ${JSON.stringify(target)}`);
+        return {
+          index,
+          requests: [{ context: context(text, targetDelimiter), continuation: target }],
+          choices: [],
+          gold: 0,
+        };
       }
       const choices = fields.choices(doc);
       if (multipleInput) {
         const which = fields.text(doc);
         const target = fields.target(doc);
-        if (typeof which !== 'number') throw new TaskError(`doc_to_text: expected a choice index (the first document gave one), got ${JSON.stringify(which)}`);
-        if (typeof target !== 'string' && typeof target !== 'number') throw new TaskError(`doc_to_target: expected the continuation, got ${JSON.stringify(target)}`);
+        if (typeof which !== 'number')
+          throw new TaskError(
+            `doc_to_text: expected a choice index (the first document gave one), got ${JSON.stringify(which)}`,
+          );
+        if (typeof target !== 'string' && typeof target !== 'number')
+          throw new TaskError(`doc_to_target: expected the continuation, got ${JSON.stringify(target)}`);
         const continuation = targetDelimiter + String(target);
-        return { index, requests: choices.map((c) => ({ context: context(c, ''), continuation })), choices, gold: goldIndex(which, choices) };
+        return {
+          index,
+          requests: choices.map((c) => ({ context: context(c, ''), continuation })),
+          choices,
+          gold: goldIndex(which, choices),
+        };
       }
       const text = fields.text(doc);
       if (typeof text !== 'string') throw new TaskError(`doc_to_text: expected text, got ${JSON.stringify(text)}`);
       const ctx = context(text, targetDelimiter);
       const target = fields.target(doc);
       const gold = Array.isArray(target) ? target.map((t) => goldIndex(t, choices)) : goldIndex(target, choices);
-      return { index, requests: choices.map((c) => ({ context: ctx, continuation: targetDelimiter + c })), choices, gold };
+      return {
+        index,
+        requests: choices.map((c) => ({ context: ctx, continuation: targetDelimiter + c })),
+        choices,
+        gold,
+      };
     }),
   );
 }
@@ -374,7 +471,8 @@ function wrap<T>(where: string, index: number, fn: () => T): T {
   try {
     return fn();
   } catch (err) {
-    if (err instanceof TaskError || err instanceof TemplateError) throw new TaskError(`${where}: document ${index}: ${err.message}`);
+    if (err instanceof TaskError || err instanceof TemplateError)
+      throw new TaskError(`${where}: document ${index}: ${err.message}`);
     throw err;
   }
 }
@@ -389,14 +487,18 @@ export function loadTaskFile(file: string, options: LoadTaskOptions = {}): Task 
   checkFields(cfg, where);
   const outputType = cfg.output_type ?? 'generate_until';
   if (outputType !== 'multiple_choice' && outputType !== 'loglikelihood') {
-    throw new TaskError(`${where}: output_type: ${JSON.stringify(outputType)} is not supported (offshoot scores multiple_choice and loglikelihood tasks)`);
+    throw new TaskError(
+      `${where}: output_type: ${JSON.stringify(outputType)} is not supported (offshoot scores multiple_choice and loglikelihood tasks)`,
+    );
   }
   if (cfg.num_fewshot !== undefined && cfg.num_fewshot !== null && cfg.num_fewshot !== 0) {
     throw new TaskError(`${where}: num_fewshot: ${JSON.stringify(cfg.num_fewshot)}: offshoot scores zero-shot only`);
   }
-  if (cfg.repeats !== undefined && cfg.repeats !== 1) throw new TaskError(`${where}: repeats: ${JSON.stringify(cfg.repeats)}: only 1 is supported`);
+  if (cfg.repeats !== undefined && cfg.repeats !== 1)
+    throw new TaskError(`${where}: repeats: ${JSON.stringify(cfg.repeats)}: only 1 is supported`);
   if (cfg.doc_to_text === undefined || cfg.doc_to_text === null) throw new TaskError(`${where}: doc_to_text: missing`);
-  if (cfg.doc_to_target === undefined || cfg.doc_to_target === null) throw new TaskError(`${where}: doc_to_target: missing`);
+  if (cfg.doc_to_target === undefined || cfg.doc_to_target === null)
+    throw new TaskError(`${where}: doc_to_target: missing`);
   if (outputType === 'multiple_choice' && (cfg.doc_to_choice === undefined || cfg.doc_to_choice === null)) {
     throw new TaskError(`${where}: doc_to_choice: missing (a multiple_choice task needs its choices)`);
   }
@@ -423,7 +525,10 @@ export function loadTasks(files: string[], options: LoadTaskOptions = {}): Task[
       throw new TaskError(`${f}: no such task file or folder`);
     }
     if (st.isDirectory()) {
-      const inside = fs.readdirSync(f).filter((n) => /\.ya?ml$/.test(n)).sort();
+      const inside = fs
+        .readdirSync(f)
+        .filter((n) => /\.ya?ml$/.test(n))
+        .sort();
       if (!inside.length) throw new TaskError(`${f}: folder holds no task YAML files`);
       yamls.push(...inside.map((n) => path.join(f, n)));
     } else yamls.push(f);

@@ -18,7 +18,9 @@ interface JinjaEnvironment {
 }
 type JinjaProgram = object;
 const Environment = jinja.Environment as new () => JinjaEnvironment;
-const Interpreter = jinja.Interpreter as new (env: JinjaEnvironment) => { run(program: JinjaProgram): { value: unknown } };
+const Interpreter = jinja.Interpreter as new (
+  env: JinjaEnvironment,
+) => { run(program: JinjaProgram): { value: unknown } };
 const parse = jinja.parse as (tokens: unknown) => JinjaProgram;
 const tokenize = jinja.tokenize as (source: string) => unknown;
 
@@ -142,7 +144,21 @@ export function literalEval(text: string): unknown {
         continue;
       }
       const e = text[i++];
-      const simple: Record<string, string> = { n: '\n', t: '\t', r: '\r', '\\': '\\', "'": "'", '"': '"', '/': '/', b: '\b', f: '\f', v: '\v', a: '\x07', '0': '\0', '\n': '' };
+      const simple: Record<string, string> = {
+        n: '\n',
+        t: '\t',
+        r: '\r',
+        '\\': '\\',
+        "'": "'",
+        '"': '"',
+        '/': '/',
+        b: '\b',
+        f: '\f',
+        v: '\v',
+        a: '\x07',
+        '0': '\0',
+        '\n': '',
+      };
       if (e in simple) out += simple[e];
       else if (e === 'x' || e === 'u' || e === 'U') {
         const n = e === 'x' ? 2 : e === 'u' ? 4 : 8;

@@ -92,7 +92,9 @@ async function doInit(choice: BackendChoice, log: (msg: string) => void): Promis
           // on 2 cores, tfjs f32 matmul 512x512 ran at ~2.9 GFLOP/s on lavapipe vs ~26 on wasm SIMD.
           const probe = await probeWebGPU();
           if (probe.software) {
-            skipped.push(`webgpu skipped: software adapter only (${probe.description}), slower than wasm; --backend webgpu forces it`);
+            skipped.push(
+              `webgpu skipped: software adapter only (${probe.description}), slower than wasm; --backend webgpu forces it`,
+            );
             continue;
           }
         }
@@ -187,14 +189,20 @@ async function loadCuda(): Promise<{ detail?: string }> {
     device = cuda.cudaDevice();
   } catch (e) {
     if (e instanceof cuda.CudaUnavailable) {
-      throw new BackendUnavailable('cuda', e.short, 'On a machine with an NVIDIA GPU and driver, run scripts/setup-cuda.sh (docs/cuda-backend.md).');
+      throw new BackendUnavailable(
+        'cuda',
+        e.short,
+        'On a machine with an NVIDIA GPU and driver, run scripts/setup-cuda.sh (docs/cuda-backend.md).',
+      );
     }
     throw e;
   }
   cuda.registerCuda();
   await import('./cuda/register.js');
   const { info } = device;
-  return { detail: `${info.name} (${info.arch}, ${info.multiprocessors} SMs), driver CUDA ${info.driverVersion}, NVRTC ${info.nvrtcVersion}; ${info.libraries}` };
+  return {
+    detail: `${info.name} (${info.arch}, ${info.multiprocessors} SMs), driver CUDA ${info.driverVersion}, NVRTC ${info.nvrtcVersion}; ${info.libraries}`,
+  };
 }
 
 async function loadCpu(): Promise<{ detail?: string }> {
@@ -229,7 +237,9 @@ async function loadTensorflow(): Promise<{ detail?: string }> {
     }
     if (!fs.existsSync(addon)) {
       // Importing it anyway would register its kernels and then fail, leaving noise behind.
-      problems.push(`${pkg} has no native addon (${addon}); run scripts/setup-tensorflow.sh${pkg.endsWith('-gpu') ? ' --gpu' : ''}`);
+      problems.push(
+        `${pkg} has no native addon (${addon}); run scripts/setup-tensorflow.sh${pkg.endsWith('-gpu') ? ' --gpu' : ''}`,
+      );
       continue;
     }
     try {
@@ -389,7 +399,8 @@ async function doProbeWebGPU(): Promise<WebGPUProbe> {
   }
   const gpu = nav.gpu as GpuLike;
   const adapter = await gpu.requestAdapter(options);
-  if (adapter == null) throw new BackendUnavailable('webgpu', 'Dawn found no WebGPU adapter (no Vulkan driver)', SETUP_HINT);
+  if (adapter == null)
+    throw new BackendUnavailable('webgpu', 'Dawn found no WebGPU adapter (no Vulkan driver)', SETUP_HINT);
   const info = adapter.info ?? {};
   const software =
     info.isFallbackAdapter === true ||
@@ -409,7 +420,13 @@ async function loadWebGPU(): Promise<{ detail?: string }> {
   // passes the latter wrapped in an array by mistake.
   // shader-f16 and subgroup matrices for mixed precision's f16 products (webgpu/half.ts); tfjs's own
   // kernels use none of them.
-  const requiredFeatures = ['timestamp-query', 'bgra8unorm-storage', 'shader-f16', 'subgroups', 'chromium-experimental-subgroup-matrix'].filter((f) => adapter.features.has(f));
+  const requiredFeatures = [
+    'timestamp-query',
+    'bgra8unorm-storage',
+    'shader-f16',
+    'subgroups',
+    'chromium-experimental-subgroup-matrix',
+  ].filter((f) => adapter.features.has(f));
   let device: DeviceLike;
   try {
     device = await adapter.requestDevice({ requiredFeatures, requiredLimits });
@@ -448,19 +465,38 @@ function submitBatch(): number {
   const raw = process.env.OFFSHOOT_WEBGPU_SUBMIT_BATCH?.trim();
   if (!raw) return DEFAULT_SUBMIT_BATCH;
   const n = Number(raw);
-  if (!Number.isInteger(n) || n < 1) throw new Error(`OFFSHOOT_WEBGPU_SUBMIT_BATCH: expected a whole number of dispatches ≥ 1, got ${JSON.stringify(raw)}`);
+  if (!Number.isInteger(n) || n < 1)
+    throw new Error(
+      `OFFSHOOT_WEBGPU_SUBMIT_BATCH: expected a whole number of dispatches ≥ 1, got ${JSON.stringify(raw)}`,
+    );
   return n;
 }
 const DEFAULT_SUBMIT_BATCH = 15;
 
 /** What the fused kernels can use on this adapter, and what the matrix products run on (docs/gpu-kernels.md). */
 async function describeCompute(adapter: AdapterLike): Promise<string> {
-  const info = (adapter.info ?? {}) as { subgroupMinSize?: number; subgroupMaxSize?: number; subgroupMatrixConfigs?: Iterable<{ componentType: string; resultComponentType: string; M: number; N: number; K: number }> };
+  const info = (adapter.info ?? {}) as {
+    subgroupMinSize?: number;
+    subgroupMaxSize?: number;
+    subgroupMatrixConfigs?: Iterable<{
+      componentType: string;
+      resultComponentType: string;
+      M: number;
+      N: number;
+      K: number;
+    }>;
+  };
   const parts: string[] = [];
-  if (adapter.features.has('subgroups')) parts.push(`subgroups ${info.subgroupMinSize ?? '?'}-${info.subgroupMaxSize ?? '?'}`);
+  if (adapter.features.has('subgroups'))
+    parts.push(`subgroups ${info.subgroupMinSize ?? '?'}-${info.subgroupMaxSize ?? '?'}`);
   parts.push(adapter.features.has('shader-f16') ? 'shader-f16' : 'no shader-f16');
-  const configs = adapter.features.has('chromium-experimental-subgroup-matrix') ? [...(info.subgroupMatrixConfigs ?? [])] : [];
-  if (configs.length > 0) parts.push(`subgroup-matrix [${configs.map((c) => `${c.componentType}>${c.resultComponentType} ${c.M}x${c.N}x${c.K}`).join(', ')}]`);
+  const configs = adapter.features.has('chromium-experimental-subgroup-matrix')
+    ? [...(info.subgroupMatrixConfigs ?? [])]
+    : [];
+  if (configs.length > 0)
+    parts.push(
+      `subgroup-matrix [${configs.map((c) => `${c.componentType}>${c.resultComponentType} ${c.M}x${c.N}x${c.K}`).join(', ')}]`,
+    );
   if (process.env.OFFSHOOT_FUSED_KERNELS === '0') {
     parts.push('fused kernels off');
     return parts.join(', ');
@@ -485,7 +521,9 @@ async function describeCompute(adapter: AdapterLike): Promise<string> {
 }
 
 function describeAdapter(info: NonNullable<AdapterLike['info']>): string {
-  const api = process.env.OFFSHOOT_DAWN_BACKEND?.trim() || (process.platform === 'darwin' ? 'Metal' : process.platform === 'win32' ? 'D3D12' : 'Vulkan');
+  const api =
+    process.env.OFFSHOOT_DAWN_BACKEND?.trim() ||
+    (process.platform === 'darwin' ? 'Metal' : process.platform === 'win32' ? 'D3D12' : 'Vulkan');
   const name = info.description || info.device || 'unknown';
   const tags = new Set([info.vendor, info.architecture, info.isFallbackAdapter ? 'software' : undefined]);
   const extra = [...tags].filter((t): t is string => !!t);

@@ -8,7 +8,14 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 
 import { writeDirAtomic, writeFileAtomic } from './atomic.js';
-import { ConfigError, type NeoXConfig, configFromHF, configToHF, expectedShapes, transformersIncompatibility } from './config.js';
+import {
+  ConfigError,
+  type NeoXConfig,
+  configFromHF,
+  configToHF,
+  expectedShapes,
+  transformersIncompatibility,
+} from './config.js';
 import {
   type HostTensor,
   SafetensorsError,
@@ -70,7 +77,9 @@ export function weightFiles(dir: string): string[] {
   }
   if (fs.existsSync(single)) return [single];
   if (!fs.existsSync(dir)) throw new CheckpointError(`${dir}: checkpoint directory does not exist`);
-  throw new CheckpointError(`${dir}: no model.safetensors or model.safetensors.index.json (only safetensors checkpoints are supported)`);
+  throw new CheckpointError(
+    `${dir}: no model.safetensors or model.safetensors.index.json (only safetensors checkpoints are supported)`,
+  );
 }
 
 /** Content hash of a checkpoint's weights: sha256 over each weight file's name and sha256. */
@@ -95,7 +104,9 @@ export interface LoadOptions {
 export function loadCheckpoint(dir: string, options: LoadOptions = {}): LoadedCheckpoint {
   const configFile = path.join(dir, 'config.json');
   if (!fs.existsSync(configFile)) {
-    throw new CheckpointError(fs.existsSync(dir) ? `${dir}: no config.json` : `${dir}: checkpoint directory does not exist`);
+    throw new CheckpointError(
+      fs.existsSync(dir) ? `${dir}: no config.json` : `${dir}: checkpoint directory does not exist`,
+    );
   }
   const rawConfig = readJson(configFile);
   let config: NeoXConfig;
@@ -113,7 +124,9 @@ export function loadCheckpoint(dir: string, options: LoadOptions = {}): LoadedCh
   for (const file of weightFiles(dir)) {
     const header = readHeader(file);
     if (options.verify !== false && !verifyDataHash(header)) {
-      throw new SafetensorsError(`${file}: data does not match the sha256 recorded when it was written; the file is corrupt`);
+      throw new SafetensorsError(
+        `${file}: data does not match the sha256 recorded when it was written; the file is corrupt`,
+      );
     }
     for (const [name, entry] of header.tensors) {
       if (weightMap && weightMap[name] !== path.basename(file)) continue;
@@ -129,13 +142,13 @@ export function loadCheckpoint(dir: string, options: LoadOptions = {}): LoadedCh
   }
   for (const [name, shape] of expected) {
     if (!tensors.has(name)) {
-      throw new CheckpointError(`${dir}: missing tensor "${name}" (shape ${JSON.stringify(shape)}) required by config.json`);
+      throw new CheckpointError(
+        `${dir}: missing tensor "${name}" (shape ${JSON.stringify(shape)}) required by config.json`,
+      );
     }
   }
   const manifestFile = path.join(dir, MANIFEST_FILE);
-  const hash = fs.existsSync(manifestFile)
-    ? String(readJson(manifestFile).hash)
-    : computeCheckpointHash(dir);
+  const hash = fs.existsSync(manifestFile) ? String(readJson(manifestFile).hash) : computeCheckpointHash(dir);
   return { dir, config, rawConfig, tensors, hash };
 }
 
@@ -164,14 +177,19 @@ export async function saveCheckpoint(
   const dtype = options.dtype ?? 'float32';
   if (options.requireTransformersCompatible) {
     const why = transformersIncompatibility(config);
-    if (why) throw new CheckpointError(`cannot export for plain transformers: ${why} (\`offshoot export\` writes it zero-padded)`);
+    if (why)
+      throw new CheckpointError(
+        `cannot export for plain transformers: ${why} (\`offshoot export\` writes it zero-padded)`,
+      );
   }
   const ordered = new Map<string, TensorToWrite>();
   for (const [name, shape] of expectedShapes(config)) {
     const t = tensors.get(name);
     if (!t) throw new CheckpointError(`cannot save ${dir}: missing tensor "${name}"`);
     if (t.shape.some((d, i) => d !== shape[i]) || t.shape.length !== shape.length) {
-      throw new CheckpointError(`cannot save ${dir}: tensor "${name}" has shape ${JSON.stringify(t.shape)}, expected ${JSON.stringify(shape)}`);
+      throw new CheckpointError(
+        `cannot save ${dir}: tensor "${name}" has shape ${JSON.stringify(t.shape)}, expected ${JSON.stringify(shape)}`,
+      );
     }
     ordered.set(name, { shape, data: t.data, dtype: dtype === 'bfloat16' ? 'BF16' : 'F32' });
   }
@@ -181,7 +199,8 @@ export async function saveCheckpoint(
     writeSafetensors(path.join(tmp, 'model.safetensors'), ordered);
     for (const [name, tensorsOfFile] of Object.entries(options.extraTensors ?? {})) {
       const m = new Map<string, TensorToWrite>();
-      for (const [k, t] of tensorsOfFile) m.set(k, { shape: t.shape, data: t.data, dtype: t.dtype === 'int32' ? 'I32' : 'F32' });
+      for (const [k, t] of tensorsOfFile)
+        m.set(k, { shape: t.shape, data: t.data, dtype: t.dtype === 'int32' ? 'I32' : 'F32' });
       writeSafetensors(path.join(tmp, name), m);
     }
     for (const [name, content] of Object.entries(options.extraFiles ?? {})) {

@@ -127,9 +127,7 @@ export function validateConfig(config: NeoXConfig, source: string): void {
   positiveInt(config.headSize, 'head_size', source);
   positiveInt(config.maxPositions, 'max_position_embeddings', source);
   if (config.layers.length !== config.numLayers) {
-    throw new ConfigError(
-      `${source}: ${config.layers.length} layer shapes for num_hidden_layers ${config.numLayers}`,
-    );
+    throw new ConfigError(`${source}: ${config.layers.length} layer shapes for num_hidden_layers ${config.numLayers}`);
   }
   config.layers.forEach((l, i) => {
     positiveInt(l.numHeads, `layers[${i}].num_heads`, source);
@@ -187,9 +185,7 @@ export function configFromHF(raw: Json, source = 'config.json'): NeoXConfig {
     headSize = positiveInt(ext.head_size, 'offshoot.head_size', source);
   } else {
     if (hiddenSize % numHeads !== 0) {
-      throw new ConfigError(
-        `${source}: num_attention_heads ${numHeads} does not divide hidden_size ${hiddenSize}`,
-      );
+      throw new ConfigError(`${source}: num_attention_heads ${numHeads} does not divide hidden_size ${hiddenSize}`);
     }
     headSize = hiddenSize / numHeads;
   }

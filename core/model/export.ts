@@ -104,7 +104,10 @@ function tensorOf(tensors: Map<string, HostTensor>, name: string): Float32Array 
  * The model padded to the uniform shape of exportShape(), with the padding report. A model that
  * transformers can already load is returned as it is (nothing added).
  */
-export function padForTransformers(config: NeoXConfig, tensors: Map<string, HostTensor>): { config: NeoXConfig; tensors: Map<string, HostTensor>; padding: ExportPadding } {
+export function padForTransformers(
+  config: NeoXConfig,
+  tensors: Map<string, HostTensor>,
+): { config: NeoXConfig; tensors: Map<string, HostTensor>; padding: ExportPadding } {
   const shape = exportShape(config);
   const d = config.hiddenSize;
   const hs = config.headSize;
@@ -116,7 +119,14 @@ export function padForTransformers(config: NeoXConfig, tensors: Map<string, Host
   for (const [name, t] of tensors) if (!name.startsWith('gpt_neox.layers.')) out.set(name, t);
   config.layers.forEach((layer, i) => {
     const p = `gpt_neox.layers.${i}.`;
-    for (const name of ['input_layernorm.weight', 'input_layernorm.bias', 'post_attention_layernorm.weight', 'post_attention_layernorm.bias', 'attention.dense.bias', 'mlp.dense_4h_to_h.bias']) {
+    for (const name of [
+      'input_layernorm.weight',
+      'input_layernorm.bias',
+      'post_attention_layernorm.weight',
+      'post_attention_layernorm.bias',
+      'attention.dense.bias',
+      'mlp.dense_4h_to_h.bias',
+    ]) {
       out.set(p + name, tensors.get(p + name)!);
     }
     const h = layer.numHeads;
@@ -182,7 +192,12 @@ export function padForTransformers(config: NeoXConfig, tensors: Map<string, Host
       numHeads: H,
       headSize: HS,
       intermediateSize: M,
-      layers: config.layers.map((l) => ({ numHeads: l.numHeads, intermediateSize: l.intermediateSize, addedHeads: H - l.numHeads, addedNeurons: M - l.intermediateSize })),
+      layers: config.layers.map((l) => ({
+        numHeads: l.numHeads,
+        intermediateSize: l.intermediateSize,
+        addedHeads: H - l.numHeads,
+        addedNeurons: M - l.intermediateSize,
+      })),
       addedHeadDims: HS - hs,
       queryScale,
       exact: HS === hs,
@@ -261,11 +276,17 @@ export async function exportCheckpoint(options: ExportCheckpointOptions): Promis
     const json = fs.readFileSync(tokenizer);
     extraFiles[TOKENIZER_FILE] = json;
     const tokenizerConfig = path.join(options.model, TOKENIZER_CONFIG_FILE);
-    const generated = fs.existsSync(tokenizerConfig) ? fs.readFileSync(tokenizerConfig) : tokenizerConfigFor(json, config.maxPositions);
+    const generated = fs.existsSync(tokenizerConfig)
+      ? fs.readFileSync(tokenizerConfig)
+      : tokenizerConfigFor(json, config.maxPositions);
     if (generated !== null) extraFiles[TOKENIZER_CONFIG_FILE] = generated;
   }
   const sourceRef = { dir: path.resolve(options.model), hash: source.hash };
   extraFiles[EXPORT_RECORD_FILE] = JSON.stringify({ format: 1, source: sourceRef, padding }, null, 2) + '\n';
-  const hash = await saveCheckpoint(options.out, config, tensors, { dtype: options.dtype, extraFiles, requireTransformersCompatible: true });
+  const hash = await saveCheckpoint(options.out, config, tensors, {
+    dtype: options.dtype,
+    extraFiles,
+    requireTransformersCompatible: true,
+  });
   return { out: options.out, hash, source: sourceRef, config, padding, files: Object.keys(extraFiles).sort() };
 }

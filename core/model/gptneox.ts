@@ -6,7 +6,15 @@
 import * as tf from './tfjs.js';
 
 import { type NeoXConfig, expectedShapes, rotaryDims, rotatedDims } from './config.js';
-import { PositionTables, causalSelfAttention, gatherRows, layerNorm, linear, matMulNT, parallelResidual } from './ops/index.js';
+import {
+  PositionTables,
+  causalSelfAttention,
+  gatherRows,
+  layerNorm,
+  linear,
+  matMulNT,
+  parallelResidual,
+} from './ops/index.js';
 import { SeededRandom, deriveSeed } from './random.js';
 import type { HostTensor } from './safetensors.js';
 
@@ -54,7 +62,10 @@ export class GPTNeoX {
       } else {
         data = new SeededRandom(deriveSeed(seed, name)).normal(size, config.initializerRange);
       }
-      params.set(name, tf.tidy(() => tf.variable(tf.tensor(data, shape, 'float32'), true)));
+      params.set(
+        name,
+        tf.tidy(() => tf.variable(tf.tensor(data, shape, 'float32'), true)),
+      );
     }
     return new GPTNeoX(config, params);
   }
@@ -73,11 +84,15 @@ export class GPTNeoX {
           `${source}: tensor "${name}" has shape ${JSON.stringify(t.shape)} but config.json implies ${JSON.stringify(shape)}`,
         );
       }
-      if (t.dtype !== 'float32') throw new ShapeError(`${source}: tensor "${name}" is ${t.dtype}, expected a float type`);
+      if (t.dtype !== 'float32')
+        throw new ShapeError(`${source}: tensor "${name}" is ${t.dtype}, expected a float type`);
     }
     const params = new Map<string, tf.Variable>();
     for (const [name, shape] of expected) {
-      params.set(name, tf.tidy(() => tf.variable(tf.tensor(tensors.get(name)!.data, shape, 'float32'), true)));
+      params.set(
+        name,
+        tf.tidy(() => tf.variable(tf.tensor(tensors.get(name)!.data, shape, 'float32'), true)),
+      );
     }
     return new GPTNeoX(config, params);
   }
@@ -129,7 +144,11 @@ export class GPTNeoX {
     const p = `gpt_neox.layers.${layer}.attention.`;
     const heads = this.config.layers[layer].numHeads;
     const hs = this.config.headSize;
-    const fused = linear(x, this.param(`${p}query_key_value.weight`) as tf.Tensor2D, this.param(`${p}query_key_value.bias`) as tf.Tensor1D);
+    const fused = linear(
+      x,
+      this.param(`${p}query_key_value.weight`) as tf.Tensor2D,
+      this.param(`${p}query_key_value.bias`) as tf.Tensor1D,
+    );
     const shape = { batch, seqLen, heads, headSize: hs, rotated: rotatedDims(this.config) };
     const merged = causalSelfAttention(fused, this.positions(seqLen), shape);
     if (trace?.headOutputs) trace.headOutputs.push(tf.keep(tf.reshape(merged, [batch * seqLen, heads, hs])));
@@ -138,13 +157,27 @@ export class GPTNeoX {
 
   private mlp(x: tf.Tensor2D, layer: number, trace?: ForwardTrace): tf.Tensor2D {
     const p = `gpt_neox.layers.${layer}.mlp.`;
-    const hidden = linear(x, this.param(`${p}dense_h_to_4h.weight`) as tf.Tensor2D, this.param(`${p}dense_h_to_4h.bias`) as tf.Tensor1D, 'gelu');
+    const hidden = linear(
+      x,
+      this.param(`${p}dense_h_to_4h.weight`) as tf.Tensor2D,
+      this.param(`${p}dense_h_to_4h.bias`) as tf.Tensor1D,
+      'gelu',
+    );
     if (trace?.mlpActivations) trace.mlpActivations.push(tf.keep(hidden));
-    return linear(hidden, this.param(`${p}dense_4h_to_h.weight`) as tf.Tensor2D, this.param(`${p}dense_4h_to_h.bias`) as tf.Tensor1D);
+    return linear(
+      hidden,
+      this.param(`${p}dense_4h_to_h.weight`) as tf.Tensor2D,
+      this.param(`${p}dense_4h_to_h.bias`) as tf.Tensor1D,
+    );
   }
 
   private norm(x: tf.Tensor2D, name: string): tf.Tensor2D {
-    return layerNorm(x, this.param(`${name}.weight`), this.param(`${name}.bias`), this.config.layerNormEps) as tf.Tensor2D;
+    return layerNorm(
+      x,
+      this.param(`${name}.weight`),
+      this.param(`${name}.bias`),
+      this.config.layerNormEps,
+    ) as tf.Tensor2D;
   }
 
   /** Final hidden states [B·T, D] for token ids [B, T] (int32). */
@@ -153,7 +186,10 @@ export class GPTNeoX {
     if (seqLen > this.config.maxPositions) {
       throw new ShapeError(`sequence length ${seqLen} exceeds the model's context of ${this.config.maxPositions}`);
     }
-    let h = gatherRows(this.param('gpt_neox.embed_in.weight') as tf.Tensor2D, tf.reshape(ids, [batch * seqLen]) as tf.Tensor1D);
+    let h = gatherRows(
+      this.param('gpt_neox.embed_in.weight') as tf.Tensor2D,
+      tf.reshape(ids, [batch * seqLen]) as tf.Tensor1D,
+    );
     for (let i = 0; i < this.config.numLayers; i++) {
       if (trace?.layerInputs) trace.layerInputs.push(tf.keep(h));
       const p = `gpt_neox.layers.${i}.`;

@@ -8,12 +8,24 @@
  */
 import * as tf from './tfjs.js';
 
-import { type DistillOptions, type KLDirection, type TopKTeacher, directedKL, topKDistillation, withCrossEntropy } from './ops/index.js';
+import {
+  type DistillOptions,
+  type KLDirection,
+  type TopKTeacher,
+  directedKL,
+  topKDistillation,
+  withCrossEntropy,
+} from './ops/index.js';
 
 export const DEFAULT_DISTILL: DistillOptions = { alpha: 0.5, temperature: 1, direction: 'forward' };
 
 /** Mean KL over positions between full-vocabulary distributions at a temperature. */
-export function fullLogitKL(student: tf.Tensor2D, teacher: tf.Tensor2D, temperature: number, direction: KLDirection): tf.Scalar {
+export function fullLogitKL(
+  student: tf.Tensor2D,
+  teacher: tf.Tensor2D,
+  temperature: number,
+  direction: KLDirection,
+): tf.Scalar {
   const ls = tf.logSoftmax(tf.div(student, temperature));
   const lt = tf.logSoftmax(tf.div(teacher, temperature));
   return tf.mean(directedKL(lt, ls, direction));
@@ -27,7 +39,12 @@ export function distillationLoss(
   options: DistillOptions = DEFAULT_DISTILL,
 ): tf.Scalar {
   if (!(teacher instanceof tf.Tensor)) return topKDistillation(student, targets, teacher, options);
-  return withCrossEntropy(fullLogitKL(student, teacher as tf.Tensor2D, options.temperature, options.direction), student, targets, options);
+  return withCrossEntropy(
+    fullLogitKL(student, teacher as tf.Tensor2D, options.temperature, options.direction),
+    student,
+    targets,
+    options,
+  );
 }
 
 /** The top-k view of full teacher logits (what the teacher service computes). */

@@ -5,7 +5,16 @@
  */
 import * as tf from './tfjs.js';
 
-import { type AdamWEntry, type AdamWStep, AdamWState, LossScale, type LossScaleOptions, adamwUpdate, clippedAdamW, lossScaledAdamW } from './ops/index.js';
+import {
+  type AdamWEntry,
+  type AdamWStep,
+  AdamWState,
+  LossScale,
+  type LossScaleOptions,
+  adamwUpdate,
+  clippedAdamW,
+  lossScaledAdamW,
+} from './ops/index.js';
 import type { HostTensor } from './safetensors.js';
 
 export interface AdamWOptions {
@@ -71,7 +80,12 @@ export class AdamW {
    * before clipping. Backends run this as one operation (ops/adamw.ts): on webgpu a few kernels
    * with no read-back, on tensorflow one ResourceApplyAdam per parameter.
    */
-  applyClipped(params: Map<string, tf.Variable>, grads: Record<string, tf.Tensor>, lr: number, maxNorm: number): tf.Scalar {
+  applyClipped(
+    params: Map<string, tf.Variable>,
+    grads: Record<string, tf.Tensor>,
+    lr: number,
+    maxNorm: number,
+  ): tf.Scalar {
     return this.applyStep(params, grads, this.nextStep(lr, maxNorm));
   }
 
@@ -88,7 +102,9 @@ export class AdamW {
    */
   applyStep(params: Map<string, tf.Variable>, grads: Record<string, tf.Tensor>, s: AdamWStep): tf.Scalar {
     const entries = this.entries(params, grads);
-    return this.lossScale ? lossScaledAdamW(this.state, entries, s, this.lossScale) : clippedAdamW(this.state, entries, s);
+    return this.lossScale
+      ? lossScaledAdamW(this.state, entries, s, this.lossScale)
+      : clippedAdamW(this.state, entries, s);
   }
 
   /** Turns on dynamic loss scaling (the gradients applyStep gets are then those of lossScale.scaleLoss's loss). */

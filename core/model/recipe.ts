@@ -41,15 +41,25 @@ export interface TrainingShape {
 }
 
 function check(field: string, value: unknown, ok: (v: number) => boolean, expectation: string): void {
-  if (typeof value !== 'number' || !ok(value)) throw new Error(`training recipe: ${field} must be ${expectation}, got ${JSON.stringify(value)}`);
+  if (typeof value !== 'number' || !ok(value))
+    throw new Error(`training recipe: ${field} must be ${expectation}, got ${JSON.stringify(value)}`);
 }
 
 const positiveInt = (v: number) => Number.isSafeInteger(v) && v > 0;
 
 /** The optimiser settings and learning-rate schedule of a recipe; throws naming a bad field. */
-export function recipeOptimizer(recipe: TrainingRecipe): { schedule: ScheduleOptions; adamw: Partial<AdamWOptions>; gradClip: number } {
+export function recipeOptimizer(recipe: TrainingRecipe): {
+  schedule: ScheduleOptions;
+  adamw: Partial<AdamWOptions>;
+  gradClip: number;
+} {
   const d = RECIPE_DEFAULTS;
-  const r = { ...recipe, minLrDivisor: recipe.minLrDivisor ?? d.minLrDivisor, weightDecay: recipe.weightDecay ?? d.weightDecay, gradClip: recipe.gradClip ?? d.gradClip };
+  const r = {
+    ...recipe,
+    minLrDivisor: recipe.minLrDivisor ?? d.minLrDivisor,
+    weightDecay: recipe.weightDecay ?? d.weightDecay,
+    gradClip: recipe.gradClip ?? d.gradClip,
+  };
   check('steps', r.steps, positiveInt, 'a positive integer');
   check('lr', r.lr, (v) => Number.isFinite(v) && v > 0, 'a positive number');
   check('warmup', r.warmup, (v) => Number.isSafeInteger(v) && v >= 0, 'a non-negative integer');
@@ -57,7 +67,12 @@ export function recipeOptimizer(recipe: TrainingRecipe): { schedule: ScheduleOpt
   check('weightDecay', r.weightDecay, (v) => Number.isFinite(v) && v >= 0, 'a non-negative number');
   check('gradClip', r.gradClip, (v) => Number.isFinite(v) && v > 0, 'a positive number');
   return {
-    schedule: { maxLr: r.lr, minLr: r.lr / r.minLrDivisor, warmupSteps: Math.min(r.warmup, r.steps), totalSteps: r.steps },
+    schedule: {
+      maxLr: r.lr,
+      minLr: r.lr / r.minLrDivisor,
+      warmupSteps: Math.min(r.warmup, r.steps),
+      totalSteps: r.steps,
+    },
     adamw: { weightDecay: r.weightDecay },
     gradClip: r.gradClip,
   };
@@ -68,6 +83,11 @@ export function trainingHyperparameters(recipe: TrainingRecipe, shape: TrainingS
   check('batchSize', shape.batchSize, positiveInt, 'a positive integer');
   check('seqLen', shape.seqLen, positiveInt, 'a positive integer');
   check('seed', shape.seed, (v) => Number.isSafeInteger(v) && v >= 0, 'a non-negative integer');
-  return { steps: recipe.steps, batchSize: shape.batchSize, seqLen: shape.seqLen, ...recipeOptimizer(recipe), seed: shape.seed };
+  return {
+    steps: recipe.steps,
+    batchSize: shape.batchSize,
+    seqLen: shape.seqLen,
+    ...recipeOptimizer(recipe),
+    seed: shape.seed,
+  };
 }
-

@@ -203,7 +203,9 @@ export function readTensor(header: SafetensorsHeader, name: string): HostTensor 
   try {
     const got = fs.readSync(fd, bytes, 0, bytes.length, header.dataStart + entry.begin);
     if (got !== bytes.length) {
-      throw new SafetensorsError(`${header.file}: tensor "${name}" is truncated (read ${got} of ${bytes.length} bytes)`);
+      throw new SafetensorsError(
+        `${header.file}: tensor "${name}" is truncated (read ${got} of ${bytes.length} bytes)`,
+      );
     }
   } finally {
     fs.closeSync(fd);
@@ -270,7 +272,9 @@ export function writeSafetensors(
   for (const [name, t] of tensors) {
     const expected = t.shape.reduce((a, b) => a * b, 1);
     if (expected !== t.data.length) {
-      throw new SafetensorsError(`${file}: tensor "${name}" has ${t.data.length} values for shape ${JSON.stringify(t.shape)}`);
+      throw new SafetensorsError(
+        `${file}: tensor "${name}" has ${t.data.length} values for shape ${JSON.stringify(t.shape)}`,
+      );
     }
     const bytes = encode(t);
     header[name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + bytes.length] };

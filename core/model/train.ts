@@ -13,7 +13,17 @@ import { type LoadedCheckpoint, loadCheckpoint, saveCheckpoint, type SaveDtype }
 import type { NeoXConfig } from './config.js';
 import { GPTNeoX } from './gptneox.js';
 import { distillationLoss, topKFromLogits } from './losses.js';
-import { type DistillOptions, type LossScaleOptions, type StepInput, type TopKTeacher, afterFirstTrainingStep, crossEntropy, endTrainingStep, lossScaling, runTrainingStep } from './ops/index.js';
+import {
+  type DistillOptions,
+  type LossScaleOptions,
+  type StepInput,
+  type TopKTeacher,
+  afterFirstTrainingStep,
+  crossEntropy,
+  endTrainingStep,
+  lossScaling,
+  runTrainingStep,
+} from './ops/index.js';
 import { AdamW, type AdamWOptions, type ScheduleOptions, learningRate } from './optim.js';
 import { readSafetensors } from './safetensors.js';
 
@@ -182,7 +192,8 @@ export class Trainer {
     const dir = options.checkpointDir;
     if (dir && fs.existsSync(path.join(dir, TRAINER_STATE_FILE))) return Trainer.resume(dir, options);
     const model = initial();
-    if (JSON.stringify(model.config) !== JSON.stringify(config)) throw new Error('initial model does not match the config');
+    if (JSON.stringify(model.config) !== JSON.stringify(config))
+      throw new Error('initial model does not match the config');
     return new Trainer(model, options);
   }
 
@@ -190,7 +201,9 @@ export class Trainer {
     const { checkpoint, state, optimizer } = loadTrainingCheckpoint(dir);
     const mismatch = sameHyper(state.hyper, options.hyper);
     if (mismatch) {
-      throw new Error(`${dir}: cannot resume with different hyperparameters (${mismatch}); use a new checkpoint folder`);
+      throw new Error(
+        `${dir}: cannot resume with different hyperparameters (${mismatch}); use a new checkpoint folder`,
+      );
     }
     const model = GPTNeoX.fromTensors(checkpoint.config, checkpoint.tensors, dir);
     const trainer = new Trainer(model, options);
@@ -205,7 +218,9 @@ export class Trainer {
     const { hyper, batches, teacher } = this.options;
     const batch = batches(this.step);
     if (batch.input.length !== hyper.batchSize * hyper.seqLen) {
-      throw new Error(`batch for step ${this.step} has ${batch.input.length} tokens, expected ${hyper.batchSize}×${hyper.seqLen}`);
+      throw new Error(
+        `batch for step ${this.step} has ${batch.input.length} tokens, expected ${hyper.batchSize}×${hyper.seqLen}`,
+      );
     }
     const teacherView = teacher ? await teacher.forBatch(batch, this.step) : undefined;
     const lr = learningRate(this.step, hyper.schedule);
@@ -213,7 +228,8 @@ export class Trainer {
       { shape: [batch.batchSize, batch.seqLen], dtype: 'int32', data: batch.input },
       { shape: [batch.input.length], dtype: 'int32', data: batch.target },
     ];
-    if (teacherView instanceof tf.Tensor) inputs.push({ shape: teacherView.shape, dtype: 'float32', data: teacherView });
+    if (teacherView instanceof tf.Tensor)
+      inputs.push({ shape: teacherView.shape, dtype: 'float32', data: teacherView });
     else if (teacherView) {
       inputs.push(
         { shape: teacherView.indices.shape, dtype: 'int32', data: teacherView.indices },
@@ -236,7 +252,14 @@ export class Trainer {
           let loss: tf.Scalar;
           if (view.length === 0) loss = crossEntropy(logits, targets as tf.Tensor1D);
           else {
-            const t = view.length === 1 ? (view[0] as tf.Tensor2D) : { indices: view[0] as tf.Tensor2D, logits: view[1] as tf.Tensor2D, logNormaliser: view[2] as tf.Tensor1D };
+            const t =
+              view.length === 1
+                ? (view[0] as tf.Tensor2D)
+                : {
+                    indices: view[0] as tf.Tensor2D,
+                    logits: view[1] as tf.Tensor2D,
+                    logNormaliser: view[2] as tf.Tensor1D,
+                  };
             loss = distillationLoss(logits, targets as tf.Tensor1D, t, this.options.distill);
           }
           if (!scale) return loss;
@@ -251,7 +274,11 @@ export class Trainer {
     const result = { loss: loss as tf.Scalar, gradNorm: gradNorm as tf.Scalar };
     endTrainingStep();
     if (teacherView) {
-      tf.dispose(teacherView instanceof tf.Tensor ? teacherView : [teacherView.indices, teacherView.logits, teacherView.logNormaliser]);
+      tf.dispose(
+        teacherView instanceof tf.Tensor
+          ? teacherView
+          : [teacherView.indices, teacherView.logits, teacherView.logNormaliser],
+      );
     }
     this.step += 1;
     this.tokensSeen += batch.input.length;
@@ -270,7 +297,15 @@ export class Trainer {
 
   /** Trains until `hyper.steps` (or `untilStep`) steps are done, or the signal aborts. */
   async run(untilStep = this.options.hyper.steps): Promise<TrainResult> {
-    const { checkpointDir, checkpointEvery = 0, reportEvery = 1, onStep, onCheckpoint, evaluate, signal } = this.options;
+    const {
+      checkpointDir,
+      checkpointEvery = 0,
+      reportEvery = 1,
+      onStep,
+      onCheckpoint,
+      evaluate,
+      signal,
+    } = this.options;
     let lastLoss = NaN;
     let hash: string | undefined;
     let windowStart = performance.now();
@@ -336,7 +371,10 @@ export class Trainer {
 }
 
 /** Mean cross-entropy (per token) of a model over evaluation batches. */
-export async function evaluateLoss(model: GPTNeoX, batches: Iterable<Batch>): Promise<{ loss: number; ppl: number; tokens: number }> {
+export async function evaluateLoss(
+  model: GPTNeoX,
+  batches: Iterable<Batch>,
+): Promise<{ loss: number; ppl: number; tokens: number }> {
   let total = 0;
   let tokens = 0;
   for (const batch of batches) {

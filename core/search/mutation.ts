@@ -21,7 +21,8 @@ export class MutationRegistry<G, C> {
 
   /** Adds an operator (after those already there); its name must be new. */
   register(operator: MutationOperator<G, C>): this {
-    if (this.operators.some((o) => o.name === operator.name)) throw new Error(`mutation operator "${operator.name}" is registered already`);
+    if (this.operators.some((o) => o.name === operator.name))
+      throw new Error(`mutation operator "${operator.name}" is registered already`);
     this.operators.push(operator);
     return this;
   }

@@ -101,7 +101,12 @@ function fail(field: string, value: unknown, expectation: string): never {
 
 function int(field: string, value: unknown, min: number, max = Number.MAX_SAFE_INTEGER, what?: string): number {
   if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min || value > max) {
-    fail(field, value, what ?? (max === Number.MAX_SAFE_INTEGER ? `must be an integer ≥ ${min}` : `must be an integer in [${min}, ${max}]`));
+    fail(
+      field,
+      value,
+      what ??
+        (max === Number.MAX_SAFE_INTEGER ? `must be an integer ≥ ${min}` : `must be an integer in [${min}, ${max}]`),
+    );
   }
   return value;
 }
@@ -119,9 +124,24 @@ function bool(field: string, value: unknown): boolean {
 }
 
 const KNOWN = new Set<string>([
-  'algorithm', 'budget', 'seed', 'population', 'batchSize', 'tournamentSize', 'elitism',
-  'crossoverProbability', 'mutationProbability', 'multiObjective', 'strata', 'logStrata', 'costRange',
-  'strataWarmup', 'emptyStrataTolerance', 'samplePatience', 'maxAttempts', 'retryFailed',
+  'algorithm',
+  'budget',
+  'seed',
+  'population',
+  'batchSize',
+  'tournamentSize',
+  'elitism',
+  'crossoverProbability',
+  'mutationProbability',
+  'multiObjective',
+  'strata',
+  'logStrata',
+  'costRange',
+  'strataWarmup',
+  'emptyStrataTolerance',
+  'samplePatience',
+  'maxAttempts',
+  'retryFailed',
 ]);
 
 /** Fills in defaults and validates; throws `SearchError` naming the first bad field. */
@@ -131,7 +151,11 @@ export function resolveSearchOptions(options: SearchOptions = {}): ResolvedSearc
   }
   for (const k of Object.keys(options)) {
     if (!KNOWN.has(k)) {
-      throw new SearchError(k, (options as Record<string, unknown>)[k], `unknown search option "${k}" (known: ${[...KNOWN].join(', ')})`);
+      throw new SearchError(
+        k,
+        (options as Record<string, unknown>)[k],
+        `unknown search option "${k}" (known: ${[...KNOWN].join(', ')})`,
+      );
     }
   }
   const o = { ...options } as Record<string, unknown>;
@@ -142,19 +166,35 @@ export function resolveSearchOptions(options: SearchOptions = {}): ResolvedSearc
   if (!ALGORITHMS.includes(algorithm)) fail('algorithm', algorithm, `must be one of ${ALGORITHMS.join(', ')}`);
   const seed = int('seed', o.seed ?? d.seed, 0, Number.MAX_SAFE_INTEGER, 'must be a non-negative safe integer');
   const population = int('population', o.population ?? d.population, 2);
-  const tournamentSize = int('tournamentSize', o.tournamentSize ?? d.tournamentSize, 1, population,
-    `must be an integer in [1, population = ${population}]`);
-  const elitism = int('elitism', o.elitism ?? d.elitism, 0, population - 1,
-    `must be an integer in [0, population − 1 = ${population - 1}]`);
+  const tournamentSize = int(
+    'tournamentSize',
+    o.tournamentSize ?? d.tournamentSize,
+    1,
+    population,
+    `must be an integer in [1, population = ${population}]`,
+  );
+  const elitism = int(
+    'elitism',
+    o.elitism ?? d.elitism,
+    0,
+    population - 1,
+    `must be an integer in [0, population − 1 = ${population - 1}]`,
+  );
   const crossoverProbability = probability('crossoverProbability', o.crossoverProbability ?? d.crossoverProbability);
   const mutationProbability = probability('mutationProbability', o.mutationProbability ?? d.mutationProbability);
   const multiObjective = bool('multiObjective', o.multiObjective ?? d.multiObjective);
   const defaultBatch = algorithm === 'evolution' ? population - elitism : population;
   const batchSize = int('batchSize', o.batchSize ?? defaultBatch, 1);
-  const budget = algorithm === 'evolution'
-    ? int('budget', o.budget ?? d.budget, population, Number.MAX_SAFE_INTEGER,
-      `must be an integer ≥ population (${population}) for evolution`)
-    : int('budget', o.budget ?? d.budget, 1);
+  const budget =
+    algorithm === 'evolution'
+      ? int(
+          'budget',
+          o.budget ?? d.budget,
+          population,
+          Number.MAX_SAFE_INTEGER,
+          `must be an integer ≥ population (${population}) for evolution`,
+        )
+      : int('budget', o.budget ?? d.budget, 1);
   const strata = int('strata', o.strata ?? d.strata, 1);
   const logStrata = bool('logStrata', o.logStrata ?? d.logStrata);
   const strataWarmup = int('strataWarmup', o.strataWarmup ?? d.strataWarmup, 1);
@@ -166,7 +206,12 @@ export function resolveSearchOptions(options: SearchOptions = {}): ResolvedSearc
   let costRange: [number, number] | null = null;
   if (o.costRange !== undefined) {
     const r = o.costRange;
-    if (!Array.isArray(r) || r.length !== 2 || !r.every((x) => typeof x === 'number' && Number.isFinite(x)) || r[0] > r[1]) {
+    if (
+      !Array.isArray(r) ||
+      r.length !== 2 ||
+      !r.every((x) => typeof x === 'number' && Number.isFinite(x)) ||
+      r[0] > r[1]
+    ) {
       fail('costRange', r, 'must be [min, max] with finite numbers and min ≤ max');
     }
     costRange = [r[0], r[1]];
@@ -176,8 +221,23 @@ export function resolveSearchOptions(options: SearchOptions = {}): ResolvedSearc
   }
 
   return {
-    algorithm, budget, seed, population, batchSize, tournamentSize, elitism, crossoverProbability,
-    mutationProbability, multiObjective, strata, logStrata, costRange, strataWarmup, emptyStrataTolerance,
-    samplePatience, maxAttempts, retryFailed,
+    algorithm,
+    budget,
+    seed,
+    population,
+    batchSize,
+    tournamentSize,
+    elitism,
+    crossoverProbability,
+    mutationProbability,
+    multiObjective,
+    strata,
+    logStrata,
+    costRange,
+    strataWarmup,
+    emptyStrataTolerance,
+    samplePatience,
+    maxAttempts,
+    retryFailed,
   };
 }

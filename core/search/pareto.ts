@@ -56,7 +56,9 @@ export function crowdingDistance(points: readonly (readonly number[])[], front: 
   if (m === 0) return distance;
   const objectives = points[front[0]].length;
   for (let k = 0; k < objectives; k++) {
-    const order = front.map((_, i) => i).sort((a, b) => points[front[a]][k] - points[front[b]][k] || front[a] - front[b]);
+    const order = front
+      .map((_, i) => i)
+      .sort((a, b) => points[front[a]][k] - points[front[b]][k] || front[a] - front[b]);
     const lo = points[front[order[0]]][k];
     const hi = points[front[order[m - 1]]][k];
     distance[order[0]] = Infinity;

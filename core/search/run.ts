@@ -35,7 +35,10 @@ export function runSearchSync<G>(search: Search<G>, evaluate: (c: Candidate<G>) 
 }
 
 /** As `runSearchSync`, with the candidates of each batch evaluated concurrently. */
-export async function runSearch<G>(search: Search<G>, evaluate: (c: Candidate<G>) => Promise<Evaluated>): Promise<Search<G>> {
+export async function runSearch<G>(
+  search: Search<G>,
+  evaluate: (c: Candidate<G>) => Promise<Evaluated>,
+): Promise<Search<G>> {
   while (!search.done()) {
     const batch = search.ask();
     if (batch.length === 0) break;

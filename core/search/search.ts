@@ -232,7 +232,14 @@ export class Search<G> {
 
     while (out.length < size && s.retryQueue.length > 0) {
       const failed = s.records[s.retryQueue.shift() as number];
-      out.push(this.emit({ genome: clone(failed.genome), key: failed.key, cost: failed.cost }, 'retry', [failed.id], failed.attempt + 1));
+      out.push(
+        this.emit(
+          { genome: clone(failed.genome), key: failed.key, cost: failed.cost },
+          'retry',
+          [failed.id],
+          failed.attempt + 1,
+        ),
+      );
     }
 
     if (o.algorithm === 'evolution') {
@@ -268,7 +275,10 @@ export class Search<G> {
 
   /** Candidates asked and not yet told (e.g. to dispatch again after a restore). */
   pending(): Candidate<G>[] {
-    return this.s.batch.map((id) => this.s.records[id]).filter((r) => r.status === 'pending').map((r) => candidateOf(r));
+    return this.s.batch
+      .map((id) => this.s.records[id])
+      .filter((r) => r.status === 'pending')
+      .map((r) => candidateOf(r));
   }
 
   /**
@@ -277,26 +287,40 @@ export class Search<G> {
    * null) throws SearchError and changes nothing. Non-finite fitness counts as a failure.
    */
   tell(results: readonly EvaluationResult[]): void {
-    if (!Array.isArray(results)) throw new SearchError('results', results, `tell(results): results must be an array, got ${show(results)}`);
+    if (!Array.isArray(results))
+      throw new SearchError('results', results, `tell(results): results must be an array, got ${show(results)}`);
     const s = this.s;
     const ids = new Set<number>();
     results.forEach((res, i) => {
       const where = `results[${i}]`;
-      if (res === null || typeof res !== 'object') throw new SearchError(where, res, `tell: ${where} must be an object, got ${show(res)}`);
+      if (res === null || typeof res !== 'object')
+        throw new SearchError(where, res, `tell: ${where} must be an object, got ${show(res)}`);
       const { id, fitness, metrics, error } = res;
       if (typeof id !== 'number' || !Number.isInteger(id) || id < 0 || id >= s.records.length) {
         throw new SearchError(`${where}.id`, id, `tell: ${where}.id ${show(id)} was never asked`);
       }
       if (s.records[id].status !== 'pending' || !s.batch.includes(id)) {
-        throw new SearchError(`${where}.id`, id, `tell: ${where}.id ${id} is not pending (already told: ${s.records[id].status})`);
+        throw new SearchError(
+          `${where}.id`,
+          id,
+          `tell: ${where}.id ${id} is not pending (already told: ${s.records[id].status})`,
+        );
       }
       if (ids.has(id)) throw new SearchError(`${where}.id`, id, `tell: ${where}.id ${id} appears twice in one call`);
       ids.add(id);
       if (fitness !== null && typeof fitness !== 'number') {
-        throw new SearchError(`${where}.fitness`, fitness, `tell: ${where}.fitness must be a number or null, got ${show(fitness)}`);
+        throw new SearchError(
+          `${where}.fitness`,
+          fitness,
+          `tell: ${where}.fitness must be a number or null, got ${show(fitness)}`,
+        );
       }
       if (metrics !== undefined && (metrics === null || typeof metrics !== 'object' || Array.isArray(metrics))) {
-        throw new SearchError(`${where}.metrics`, metrics, `tell: ${where}.metrics must be an object, got ${show(metrics)}`);
+        throw new SearchError(
+          `${where}.metrics`,
+          metrics,
+          `tell: ${where}.metrics must be an object, got ${show(metrics)}`,
+        );
       }
       if (error !== undefined && typeof error !== 'string') {
         throw new SearchError(`${where}.error`, error, `tell: ${where}.error must be a string, got ${show(error)}`);
@@ -311,7 +335,8 @@ export class Search<G> {
       } else {
         r.status = 'failed';
         r.fitness = null;
-        r.error = res.error ?? (res.fitness === null ? 'evaluation failed' : `non-finite fitness ${String(res.fitness)}`);
+        r.error =
+          res.error ?? (res.fitness === null ? 'evaluation failed' : `non-finite fitness ${String(res.fitness)}`);
       }
     }
     if (s.batch.every((id) => s.records[id].status !== 'pending')) this.finishBatch();
@@ -489,7 +514,9 @@ export class Search<G> {
     return {
       pop,
       better: (i, j) =>
-        rank[i] - rank[j] || (crowding[i] === crowding[j] ? 0 : crowding[i] > crowding[j] ? -1 : 1) || pop[i].id - pop[j].id,
+        rank[i] - rank[j] ||
+        (crowding[i] === crowding[j] ? 0 : crowding[i] > crowding[j] ? -1 : 1) ||
+        pop[i].id - pop[j].id,
     };
   }
 
@@ -590,7 +617,11 @@ export class Search<G> {
     } else if (this.space.costRange) {
       const r = this.space.costRange();
       if (!r || !finite(r.min) || !finite(r.max) || r.min > r.max) {
-        throw new SearchError('space.costRange', r, `search space: costRange() must return finite { min ≤ max }, got ${show(r)}`);
+        throw new SearchError(
+          'space.costRange',
+          r,
+          `search space: costRange() must return finite { min ≤ max }, got ${show(r)}`,
+        );
       }
       ({ min, max } = r);
     } else {
@@ -605,7 +636,11 @@ export class Search<G> {
       if (!finite(min)) return null; // nothing valid to stratify: the space is exhausted
     }
     if (o.logStrata && min <= 0) {
-      throw new SearchError('logStrata', true, `search option "logStrata" needs a positive cost range, got [${min}, ${max}]`);
+      throw new SearchError(
+        'logStrata',
+        true,
+        `search option "logStrata" needs a positive cost range, got [${min}, ${max}]`,
+      );
     }
     const edges: number[] = [];
     for (let i = 0; i <= o.strata; i++) {
@@ -671,7 +706,8 @@ function checkSpace<G>(space: SearchSpace<G>): void {
     throw new SearchError('space', space, `search space must be an object, got ${show(space)}`);
   }
   for (const m of ['sample', 'mutate', 'crossover', 'key', 'cost'] as const) {
-    if (typeof space[m] !== 'function') throw new SearchError(`space.${m}`, space[m], `search space: ${m} must be a function`);
+    if (typeof space[m] !== 'function')
+      throw new SearchError(`space.${m}`, space[m], `search space: ${m} must be a function`);
   }
 }
 
@@ -689,10 +725,12 @@ function validateState<G>(state: SearchState<G>, space: SearchSpace<G>): SearchS
   const { costRange, ...rest } = (state.options ?? {}) as ResolvedSearchOptions;
   const options = resolveSearchOptions(costRange === null ? rest : { ...rest, costRange });
   SeededRng.fromState(state.rng);
-  if (!Number.isSafeInteger(state.budget) || state.budget < 0) bad('budget', state.budget, 'must be a non-negative integer');
+  if (!Number.isSafeInteger(state.budget) || state.budget < 0)
+    bad('budget', state.budget, 'must be a non-negative integer');
   if (typeof state.stopped !== 'boolean') bad('stopped', state.stopped, 'must be a boolean');
   if (typeof state.exhausted !== 'boolean') bad('exhausted', state.exhausted, 'must be a boolean');
-  if (!Number.isSafeInteger(state.generation) || state.generation < 0) bad('generation', state.generation, 'must be a non-negative integer');
+  if (!Number.isSafeInteger(state.generation) || state.generation < 0)
+    bad('generation', state.generation, 'must be a non-negative integer');
   if (!Array.isArray(state.records)) bad('records', state.records, 'must be an array');
   state.records.forEach((r, i) => {
     const f = `records[${i}]`;
@@ -700,10 +738,16 @@ function validateState<G>(state: SearchState<G>, space: SearchSpace<G>): SearchS
     if (r.id !== i) bad(`${f}.id`, r.id, `must equal its index ${i}`);
     if (!STATUSES.includes(r.status)) bad(`${f}.status`, r.status, `must be one of ${STATUSES.join(', ')}`);
     if (!ORIGINS.includes(r.origin)) bad(`${f}.origin`, r.origin, `must be one of ${ORIGINS.join(', ')}`);
-    if (r.status === 'ok' ? !finite(r.fitness) : r.fitness !== null) bad(`${f}.fitness`, r.fitness, `does not match status ${r.status}`);
+    if (r.status === 'ok' ? !finite(r.fitness) : r.fitness !== null)
+      bad(`${f}.fitness`, r.fitness, `does not match status ${r.status}`);
     if (!finite(r.cost)) bad(`${f}.cost`, r.cost, 'must be a finite number');
     const key = space.key(clone(r.genome));
-    if (key !== r.key) bad(`${f}.key`, r.key, `differs from space.key(genome) = ${show(key)}: the state was made with another search space`);
+    if (key !== r.key)
+      bad(
+        `${f}.key`,
+        r.key,
+        `differs from space.key(genome) = ${show(key)}: the state was made with another search space`,
+      );
   });
   const ids = (field: string, v: unknown): number[] => {
     if (!Array.isArray(v) || !v.every((id) => Number.isInteger(id) && id >= 0 && id < state.records.length)) {
@@ -713,7 +757,8 @@ function validateState<G>(state: SearchState<G>, space: SearchSpace<G>): SearchS
   };
   const batch = ids('batch', state.batch);
   const pendingIds = state.records.filter((r) => r.status === 'pending').map((r) => r.id);
-  if (pendingIds.some((id) => !batch.includes(id))) bad('batch', batch, `must contain every pending record (${pendingIds.join(', ')})`);
+  if (pendingIds.some((id) => !batch.includes(id)))
+    bad('batch', batch, `must contain every pending record (${pendingIds.join(', ')})`);
   if (batch.length > 0 && pendingIds.length === 0) bad('batch', batch, 'must be empty when nothing is pending');
   if (ids('population', state.population).some((id) => state.records[id].status !== 'ok')) {
     bad('population', state.population, 'must hold only successful evaluations');
@@ -736,7 +781,11 @@ function validateState<G>(state: SearchState<G>, space: SearchSpace<G>): SearchS
     }
   }
   const c = state.counters;
-  if (c === null || typeof c !== 'object' || ![c.invalid, c.duplicate, c.stratumFull].every((x) => Number.isSafeInteger(x))) {
+  if (
+    c === null ||
+    typeof c !== 'object' ||
+    ![c.invalid, c.duplicate, c.stratumFull].every((x) => Number.isSafeInteger(x))
+  ) {
     bad('counters', c, 'must be { invalid, duplicate, stratumFull } integers');
   }
   return { ...state, options };

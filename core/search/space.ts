@@ -22,11 +22,11 @@ export interface Rng {
 }
 
 export interface SearchSpace<G> {
-  sample(rng: Rng): G;                // a valid genome inside the target range
-  mutate(g: G, rng: Rng): G;          // valid and in range (repair inside)
+  sample(rng: Rng): G; // a valid genome inside the target range
+  mutate(g: G, rng: Rng): G; // valid and in range (repair inside)
   crossover(a: G, b: G, rng: Rng): G; // valid and in range
-  key(g: G): string;                  // canonical hash, for deduplication
-  cost(g: G): number;                 // e.g. parameter count: objective in multi-objective mode, stratum for stratified random search
+  key(g: G): string; // canonical hash, for deduplication
+  cost(g: G): number; // e.g. parameter count: objective in multi-objective mode, stratum for stratified random search
   describe?(g: G): string;
   /**
    * Optional check, run by the search on every genome before it is emitted: a genome for which it

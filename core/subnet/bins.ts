@@ -35,7 +35,10 @@ export interface ParamBin {
 export const DEFAULT_BIN_COUNT = 20;
 
 /** The space's smallest and largest sub-network's parameter counts. */
-export function spaceParamRange(teacher: NeoXConfig, options: Pick<BinOptions, 'space' | 'choices'> = {}): { min: number; max: number } {
+export function spaceParamRange(
+  teacher: NeoXConfig,
+  options: Pick<BinOptions, 'space' | 'choices'> = {},
+): { min: number; max: number } {
   const space = options.space ?? 'uniform';
   return dimsParamRange(teacher, space, resolveDims(teacher, space, options.choices));
 }
@@ -43,14 +46,19 @@ export function spaceParamRange(teacher: NeoXConfig, options: Pick<BinOptions, '
 /** The bins of a space (their union is [min, max]; empty bins, narrower than one parameter, are kept). */
 export function parameterBins(teacher: NeoXConfig, options: BinOptions = {}): ParamBin[] {
   const count = options.count ?? DEFAULT_BIN_COUNT;
-  if (!Number.isSafeInteger(count) || count < 1) throw new TargetError(`bin count must be a positive integer, got ${JSON.stringify(count)}`);
+  if (!Number.isSafeInteger(count) || count < 1)
+    throw new TargetError(`bin count must be a positive integer, got ${JSON.stringify(count)}`);
   const scale = options.scale ?? 'linear';
-  if (scale !== 'linear' && scale !== 'log') throw new TargetError(`bin scale must be linear or log, got ${JSON.stringify(scale)}`);
+  if (scale !== 'linear' && scale !== 'log')
+    throw new TargetError(`bin scale must be linear or log, got ${JSON.stringify(scale)}`);
   const { min, max } = spaceParamRange(teacher, options);
   const edge = (i: number): number => {
     if (i === 0) return min;
     if (i === count) return max + 1;
-    const x = scale === 'linear' ? min + ((max - min) * i) / count : Math.exp(Math.log(min) + ((Math.log(max) - Math.log(min)) * i) / count);
+    const x =
+      scale === 'linear'
+        ? min + ((max - min) * i) / count
+        : Math.exp(Math.log(min) + ((Math.log(max) - Math.log(min)) * i) / count);
     return Math.ceil(x);
   };
   return Array.from({ length: count }, (_, i) => ({ index: i, minParams: edge(i), maxParams: edge(i + 1) - 1 }));
@@ -92,7 +100,9 @@ export function parseParamRange(text: string): ParamTarget {
     const v = Math.round(val(m[1], m[2], m[3]));
     return { minParams: v, maxParams: v };
   }
-  throw new TargetError(`cannot read ${JSON.stringify(text)} as a parameter range; expected e.g. "70.4M ± 5%", "60M-80M" or a count`);
+  throw new TargetError(
+    `cannot read ${JSON.stringify(text)} as a parameter range; expected e.g. "70.4M ± 5%", "60M-80M" or a count`,
+  );
 }
 
 /** A search target: a bin index, a range as text, or explicit bounds. */

@@ -6,7 +6,16 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
-import { type Batch, GPTNeoX, type LoadedCheckpoint, type NeoXConfig, type SaveDtype, loadCheckpoint, saveCheckpoint, transformersIncompatibility } from '../model/index.js';
+import {
+  type Batch,
+  GPTNeoX,
+  type LoadedCheckpoint,
+  type NeoXConfig,
+  type SaveDtype,
+  loadCheckpoint,
+  saveCheckpoint,
+  transformersIncompatibility,
+} from '../model/index.js';
 import { type ExtractedModel, extractTensors } from './extract.js';
 import { importanceScores } from './importance.js';
 import { shapeParameters } from './count.js';

@@ -52,15 +52,22 @@ function expand(field: string, choice: Choice | undefined, cap: number, fallback
     const step = choice.step ?? 1;
     const min = choice.min ?? step;
     const max = Math.min(choice.max ?? cap, cap);
-    for (const [k, v] of [['step', step], ['min', min], ['max', choice.max ?? cap]] as const) {
-      if (!Number.isSafeInteger(v) || v < 1) throw new SpecError(`${field}.${k}`, `must be a positive integer, got ${JSON.stringify(v)}`);
+    for (const [k, v] of [
+      ['step', step],
+      ['min', min],
+      ['max', choice.max ?? cap],
+    ] as const) {
+      if (!Number.isSafeInteger(v) || v < 1)
+        throw new SpecError(`${field}.${k}`, `must be a positive integer, got ${JSON.stringify(v)}`);
     }
     values = [];
     for (let v = min; v <= max; v += step) values.push(v);
-    if (values.length === 0) throw new SpecError(field, `no value in [${min}, ${max}] (the teacher allows at most ${cap})`);
+    if (values.length === 0)
+      throw new SpecError(field, `no value in [${min}, ${max}] (the teacher allows at most ${cap})`);
   }
   for (const v of values) {
-    if (!Number.isSafeInteger(v) || v < 1) throw new SpecError(field, `values must be positive integers, got ${JSON.stringify(v)}`);
+    if (!Number.isSafeInteger(v) || v < 1)
+      throw new SpecError(field, `values must be positive integers, got ${JSON.stringify(v)}`);
     if (v > cap) throw new SpecError(field, `${v} exceeds the teacher's ${cap}`);
   }
   return [...new Set(values)].sort((a, b) => a - b);
@@ -84,7 +91,10 @@ export function resolveDims(teacher: NeoXConfig, kind: SpaceKind, choices: Space
   const hsValues = expand('choices.headSize', choices.headSize, teacher.headSize, [teacher.headSize]);
   const badHs = hsValues.find((hs) => rotatedDims(hs, teacher.rotaryPct) > hs);
   if (badHs !== undefined) {
-    throw new SpecError('choices.headSize', `${badHs} with rotary_pct ${teacher.rotaryPct} would rotate more dims than the head has`);
+    throw new SpecError(
+      'choices.headSize',
+      `${badHs} with rotary_pct ${teacher.rotaryPct} would rotate more dims than the head has`,
+    );
   }
   const dims: Dims = {
     layers: expand('choices.layers', choices.layers, teacher.numLayers, oneTo(teacher.numLayers)),
@@ -98,10 +108,18 @@ export function resolveDims(teacher: NeoXConfig, kind: SpaceKind, choices: Space
   if (granular) {
     // Every teacher layer must allow at least one head and MLP choice.
     heads.forEach((h, t) => {
-      if (dims.heads[0] > h) throw new SpecError('choices.heads', `smallest value ${dims.heads[0]} exceeds the ${h} heads of teacher layer ${t}`);
+      if (dims.heads[0] > h)
+        throw new SpecError(
+          'choices.heads',
+          `smallest value ${dims.heads[0]} exceeds the ${h} heads of teacher layer ${t}`,
+        );
     });
     mlp.forEach((m, t) => {
-      if (dims.mlp[0] > m) throw new SpecError('choices.mlp', `smallest value ${dims.mlp[0]} exceeds the MLP width ${m} of teacher layer ${t}`);
+      if (dims.mlp[0] > m)
+        throw new SpecError(
+          'choices.mlp',
+          `smallest value ${dims.mlp[0]} exceeds the MLP width ${m} of teacher layer ${t}`,
+        );
     });
   }
   return dims;
@@ -120,7 +138,16 @@ function shapeWith(teacher: NeoXConfig, layers: number, e: number, hs: number, h
 export function dimsParamRange(teacher: NeoXConfig, kind: SpaceKind, dims: Dims): { min: number; max: number } {
   const first = (v: number[]) => v[0];
   const last = (v: number[]) => v[v.length - 1];
-  const min = shapeParameters(shapeWith(teacher, first(dims.layers), first(dims.embedding), first(dims.headSize), first(dims.heads), first(dims.mlp)));
+  const min = shapeParameters(
+    shapeWith(
+      teacher,
+      first(dims.layers),
+      first(dims.embedding),
+      first(dims.headSize),
+      first(dims.heads),
+      first(dims.mlp),
+    ),
+  );
   let max: number;
   if (kind === 'granular') {
     // The largest layers first, each with its own cap.
@@ -131,11 +158,26 @@ export function dimsParamRange(teacher: NeoXConfig, kind: SpaceKind, dims: Dims)
     });
     const e = last(dims.embedding);
     const hs = last(dims.headSize);
-    const cost = (l: { numHeads: number; intermediateSize: number }) => shapeParameters({ vocabSize: 0, hiddenSize: e, headSize: hs, layers: [l] });
+    const cost = (l: { numHeads: number; intermediateSize: number }) =>
+      shapeParameters({ vocabSize: 0, hiddenSize: e, headSize: hs, layers: [l] });
     per.sort((a, b) => cost(b) - cost(a));
-    max = shapeParameters({ vocabSize: teacher.vocabSize, hiddenSize: e, headSize: hs, layers: per.slice(0, last(dims.layers)) });
+    max = shapeParameters({
+      vocabSize: teacher.vocabSize,
+      hiddenSize: e,
+      headSize: hs,
+      layers: per.slice(0, last(dims.layers)),
+    });
   } else {
-    max = shapeParameters(shapeWith(teacher, last(dims.layers), last(dims.embedding), last(dims.headSize), last(dims.heads), last(dims.mlp)));
+    max = shapeParameters(
+      shapeWith(
+        teacher,
+        last(dims.layers),
+        last(dims.embedding),
+        last(dims.headSize),
+        last(dims.heads),
+        last(dims.mlp),
+      ),
+    );
   }
   return { min, max };
 }

@@ -71,7 +71,11 @@ export function denseColumns(heads: number[], headDims: number[], teacherHeadSiz
 }
 
 /** The dense student of a canonical spec (validate it with canonicalize first). */
-export function extractTensors(teacher: NeoXConfig, tensors: Map<string, HostTensor>, c: CanonicalSpec): ExtractedModel {
+export function extractTensors(
+  teacher: NeoXConfig,
+  tensors: Map<string, HostTensor>,
+  c: CanonicalSpec,
+): ExtractedModel {
   const out = new Map<string, HostTensor>();
   const ch = c.embedding;
   const hsT = teacher.headSize;
@@ -85,9 +89,15 @@ export function extractTensors(teacher: NeoXConfig, tensors: Map<string, HostTen
       out.set(`${dst}${ln}.bias`, take1d(get(tensors, `${src}${ln}.bias`), ch));
     }
     const rows = qkvRows(heads, c.headSize, hsT);
-    out.set(`${dst}attention.query_key_value.weight`, take2d(get(tensors, `${src}attention.query_key_value.weight`), rows, ch));
+    out.set(
+      `${dst}attention.query_key_value.weight`,
+      take2d(get(tensors, `${src}attention.query_key_value.weight`), rows, ch),
+    );
     out.set(`${dst}attention.query_key_value.bias`, take1d(get(tensors, `${src}attention.query_key_value.bias`), rows));
-    out.set(`${dst}attention.dense.weight`, take2d(get(tensors, `${src}attention.dense.weight`), ch, denseColumns(heads, c.headSize, hsT)));
+    out.set(
+      `${dst}attention.dense.weight`,
+      take2d(get(tensors, `${src}attention.dense.weight`), ch, denseColumns(heads, c.headSize, hsT)),
+    );
     out.set(`${dst}attention.dense.bias`, take1d(get(tensors, `${src}attention.dense.bias`), ch));
     out.set(`${dst}mlp.dense_h_to_4h.weight`, take2d(get(tensors, `${src}mlp.dense_h_to_4h.weight`), mlp, ch));
     out.set(`${dst}mlp.dense_h_to_4h.bias`, take1d(get(tensors, `${src}mlp.dense_h_to_4h.bias`), mlp));

@@ -157,7 +157,9 @@ export async function createFitnessContext(teacherDir: string, data: FitnessData
   const checkpoint = loadCheckpoint(teacherDir);
   const tokenizer = await loadTokenizer(data.tokenizer ?? teacherDir);
   if (tokenizer.vocabSize > checkpoint.config.vocabSize) {
-    throw new Error(`tokenizer: vocabulary ${tokenizer.vocabSize} is larger than the teacher's ${checkpoint.config.vocabSize}`);
+    throw new Error(
+      `tokenizer: vocabulary ${tokenizer.vocabSize} is larger than the teacher's ${checkpoint.config.vocabSize}`,
+    );
   }
   const trainSpec = data.train ?? DEFAULT_TRAIN_CORPUS;
   const valSpec = data.val ?? DEFAULT_VALIDATION_CORPUS;
@@ -179,7 +181,10 @@ function teacherModel(ctx: FitnessContext): GPTNeoX {
 }
 
 /** The student a request describes: the inherited weights or a random model of the same shape. */
-export async function buildStudent(ctx: FitnessContext, request: FitnessRequest): Promise<{ model: GPTNeoX; specHash: string }> {
+export async function buildStudent(
+  ctx: FitnessContext,
+  request: FitnessRequest,
+): Promise<{ model: GPTNeoX; specHash: string }> {
   const teacher = ctx.checkpoint;
   const order = request.order ?? 'first-k';
   const layers = request.layers ?? 'first';
@@ -196,7 +201,10 @@ export async function buildStudent(ctx: FitnessContext, request: FitnessRequest)
   const canonical = canonicalize(request.spec, teacher.config, resolve);
   const specHash = canonicalHash(canonical);
   const { config, tensors } = extractTensors(teacher.config, teacher.tensors, canonical);
-  const model = request.init === 'random' ? GPTNeoX.random(config, request.seed) : GPTNeoX.fromTensors(config, tensors, `${ctx.teacherDir} ${specHash.slice(0, 12)}`);
+  const model =
+    request.init === 'random'
+      ? GPTNeoX.random(config, request.seed)
+      : GPTNeoX.fromTensors(config, tensors, `${ctx.teacherDir} ${specHash.slice(0, 12)}`);
   return { model, specHash };
 }
 
@@ -209,7 +217,8 @@ export async function evaluateFitness(request: FitnessRequest, context?: Fitness
   }
   try {
     const b = request.budget;
-    if (b.kind !== 'zero-shot' && b.kind !== 'brief') throw new Error(`budget.kind must be zero-shot or brief, got ${JSON.stringify(b.kind)}`);
+    if (b.kind !== 'zero-shot' && b.kind !== 'brief')
+      throw new Error(`budget.kind must be zero-shot or brief, got ${JSON.stringify(b.kind)}`);
     const tconf = ctx.checkpoint.config;
     const seqLen = b.seqLen ?? Math.min(tconf.maxPositions, 64);
     const batchSize = b.batchSize ?? 8;
@@ -243,9 +252,16 @@ export async function evaluateFitness(request: FitnessRequest, context?: Fitness
       const batches: BatchSource = (step) => sampleBatch(ctx.train, { batchSize, seqLen, seed: request.seed, step });
       const distillOptions = b.distill ?? DEFAULT_DISTILL;
       const trainer = new Trainer(model, {
-        hyper: trainingHyperparameters({ steps, lr, warmup: b.warmup ?? 10 }, { batchSize, seqLen, seed: request.seed }),
+        hyper: trainingHyperparameters(
+          { steps, lr, warmup: b.warmup ?? 10 },
+          { batchSize, seqLen, seed: request.seed },
+        ),
         batches,
-        teacher: distill ? (ctx.distillTeacher ? ctx.distillTeacher(batches, distillOptions) : inProcessTeacher(teacherModel(ctx))) : undefined,
+        teacher: distill
+          ? ctx.distillTeacher
+            ? ctx.distillTeacher(batches, distillOptions)
+            : inProcessTeacher(teacherModel(ctx))
+          : undefined,
         distill: distill ? distillOptions : undefined,
         reportEvery: ctx.onStep ? 1 : steps,
         onStep: ctx.onStep,

@@ -155,7 +155,8 @@ export class Machinery {
 
   cost(g: Geno): number {
     let n = 2 * this.vocab * g.e + 2 * g.e;
-    for (let i = 0; i < g.heads.length; i++) n += layerParameters(g.e, g.hs, { numHeads: g.heads[i], intermediateSize: g.mlp[i] });
+    for (let i = 0; i < g.heads.length; i++)
+      n += layerParameters(g.e, g.hs, { numHeads: g.heads[i], intermediateSize: g.mlp[i] });
     return n;
   }
 
@@ -197,7 +198,8 @@ export class Machinery {
       }
     }
     let n = 2 * V * e + 2 * e;
-    for (let i = 0; i < heads.length; i++) n += layerParameters(e, hs, { numHeads: heads[i], intermediateSize: mlp[i] });
+    for (let i = 0; i < heads.length; i++)
+      n += layerParameters(e, hs, { numHeads: heads[i], intermediateSize: mlp[i] });
     return n;
   }
 
@@ -296,7 +298,11 @@ export class Machinery {
   }
 
   /** A fresh layer entry (random heads / MLP from the choices) for teacher layer t. */
-  private newLayer(g: Geno, t: number, rng: Rng): { h: number; m: number; hIdx: number[] | null; mIdx: number[] | null } {
+  private newLayer(
+    g: Geno,
+    t: number,
+    rng: Rng,
+  ): { h: number; m: number; hIdx: number[] | null; mIdx: number[] | null } {
     if (this.uniform && g.heads.length > 0) return { h: g.heads[0], m: g.mlp[0], hIdx: null, mIdx: null };
     const h = pick(this.granular ? this.headChoices(t) : this.dims.heads, rng);
     const m = pick(this.granular ? this.mlpChoices(t) : this.dims.mlp, rng);
@@ -434,7 +440,16 @@ export class Machinery {
     if (this.uniform) {
       const h = pick(this.dims.heads, rng);
       const m = pick(this.dims.mlp, rng);
-      return { layers: range(n), e, hs, heads: Array(n).fill(h), mlp: Array(n).fill(m), eIdx: null, headIdx: null, mlpIdx: null };
+      return {
+        layers: range(n),
+        e,
+        hs,
+        heads: Array(n).fill(h),
+        mlp: Array(n).fill(m),
+        eIdx: null,
+        headIdx: null,
+        mlpIdx: null,
+      };
     }
     if (!this.granular) {
       const heads = range(n).map(() => pick(this.dims.heads, rng));
@@ -461,7 +476,15 @@ export class Machinery {
   toSpec(g: Geno): SubnetSpec {
     const teacher = teacherShape(this.teacher);
     if (this.uniform) {
-      return { format: 1, teacher, layers: g.layers.length, embedding: g.e, headSize: g.hs, heads: g.heads[0], mlp: g.mlp[0] };
+      return {
+        format: 1,
+        teacher,
+        layers: g.layers.length,
+        embedding: g.e,
+        headSize: g.hs,
+        heads: g.heads[0],
+        mlp: g.mlp[0],
+      };
     }
     if (!this.granular) {
       return {
@@ -496,7 +519,16 @@ export class Machinery {
     const heads = c.perLayer.map((l) => l.heads.length);
     const mlp = c.perLayer.map((l) => l.mlp.length);
     if (this.uniform) {
-      return { layers: range(n), e, hs, heads: Array(n).fill(heads[0]), mlp: Array(n).fill(mlp[0]), eIdx: null, headIdx: null, mlpIdx: null };
+      return {
+        layers: range(n),
+        e,
+        hs,
+        heads: Array(n).fill(heads[0]),
+        mlp: Array(n).fill(mlp[0]),
+        eIdx: null,
+        headIdx: null,
+        mlpIdx: null,
+      };
     }
     if (!this.granular) return { layers: range(n), e, hs, heads, mlp, eIdx: null, headIdx: null, mlpIdx: null };
     return {
@@ -514,7 +546,8 @@ export class Machinery {
   /** Whether every count is an allowed value (and the uniform space's layers are alike). */
   countsAllowed(g: Geno): boolean {
     const has = (list: number[], v: number) => list[lowerBound(list, v)] === v;
-    if (!has(this.dims.layers, g.layers.length) || !has(this.dims.embedding, g.e) || !has(this.dims.headSize, g.hs)) return false;
+    if (!has(this.dims.layers, g.layers.length) || !has(this.dims.embedding, g.e) || !has(this.dims.headSize, g.hs))
+      return false;
     for (let i = 0; i < g.heads.length; i++) {
       const hc = this.granular ? this.headChoices(g.layers[i]) : this.dims.heads;
       const mc = this.granular ? this.mlpChoices(g.layers[i]) : this.dims.mlp;

@@ -14,7 +14,10 @@ import * as tf from '../model/tfjs.js';
 import type { ImportanceScores } from './spec.js';
 
 /** Scores of every head, neuron, channel and layer of `model` on the calibration batch. */
-export async function importanceScores(model: GPTNeoX, batch: Pick<Batch, 'input' | 'batchSize' | 'seqLen'>): Promise<ImportanceScores> {
+export async function importanceScores(
+  model: GPTNeoX,
+  batch: Pick<Batch, 'input' | 'batchSize' | 'seqLen'>,
+): Promise<ImportanceScores> {
   const trace: ForwardTrace = { layerInputs: [], layerOutputs: [], headOutputs: [], mlpActivations: [] };
   const ids = tf.tensor2d(batch.input, [batch.batchSize, batch.seqLen], 'int32');
   try {

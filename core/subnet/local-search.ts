@@ -4,7 +4,14 @@
  * workflow with fitness evaluators) runs the same search state machine.
  */
 import { type Algorithm, type EvaluationRecord, createSearch } from '../search/index.js';
-import { type FitnessBudget, type FitnessData, type FitnessMetrics, createFitnessContext, disposeFitnessContext, evaluateFitness } from './fitness.js';
+import {
+  type FitnessBudget,
+  type FitnessData,
+  type FitnessMetrics,
+  createFitnessContext,
+  disposeFitnessContext,
+  evaluateFitness,
+} from './fitness.js';
 import { type TargetRequest, resolveTarget } from './bins.js';
 import type { SpaceKind } from './choices.js';
 import { createSubnetSpace } from './space.js';
@@ -40,9 +47,16 @@ export async function searchSubnetworks(
   try {
     const teacher = ctx.checkpoint.config;
     const target = resolveTarget(teacher, options.target, { space: options.space });
-    const space = createSubnetSpace(teacher, { space: options.space, target, secondMutationProbability: options.secondMutationProbability });
+    const space = createSubnetSpace(teacher, {
+      space: options.space,
+      target,
+      secondMutationProbability: options.secondMutationProbability,
+    });
     const total = options.generations * options.population;
-    const search = createSearch({ algorithm: options.algorithm, budget: total, population: options.population, seed: options.seed }, space);
+    const search = createSearch(
+      { algorithm: options.algorithm, budget: total, population: options.population, seed: options.seed },
+      space,
+    );
     let done = 0;
     let bestSoFar: number | null = null;
     while (!search.done()) {
@@ -53,11 +67,25 @@ export async function searchSubnetworks(
         let metrics: FitnessMetrics | undefined;
         let error: string | undefined;
         try {
-          metrics = await evaluateFitness({ teacher: options.teacher, spec: c.genome, budget: options.budget, seed: options.seed, data: options.data }, ctx);
+          metrics = await evaluateFitness(
+            {
+              teacher: options.teacher,
+              spec: c.genome,
+              budget: options.budget,
+              seed: options.seed,
+              data: options.data,
+            },
+            ctx,
+          );
         } catch (err) {
           error = (err as Error).message;
         }
-        results.push({ id: c.id, fitness: metrics?.valLoss ?? null, metrics: metrics as unknown as Record<string, unknown>, error });
+        results.push({
+          id: c.id,
+          fitness: metrics?.valLoss ?? null,
+          metrics: metrics as unknown as Record<string, unknown>,
+          error,
+        });
         done += 1;
         const fitness = metrics?.valLoss ?? null;
         if (fitness !== null && (bestSoFar === null || fitness < bestSoFar)) bestSoFar = fitness;

@@ -16,14 +16,26 @@ const swapCount = (size: number, rng: Rng) => 1 + rng.nextInt(Math.max(1, Math.c
 
 export const SUBNET_MUTATIONS = new MutationRegistry<Geno, Machinery>()
   .register({ name: 'embedding', apply: (g, m, rng) => m.vary(g, { k: 'e' }, rng) })
-  .register({ name: 'head-size', applies: (m) => m.dims.headSize.length > 1, apply: (g, m, rng) => m.vary(g, { k: 'hs' }, rng) })
+  .register({
+    name: 'head-size',
+    applies: (m) => m.dims.headSize.length > 1,
+    apply: (g, m, rng) => m.vary(g, { k: 'hs' }, rng),
+  })
   // The uniform space: one value for every layer.
   .register({ name: 'heads', applies: (m) => m.uniform, apply: (g, m, rng) => m.vary(g, { k: 'heads-all' }, rng) })
   .register({ name: 'mlp', applies: (m) => m.uniform, apply: (g, m, rng) => m.vary(g, { k: 'mlp-all' }, rng) })
   .register({ name: 'layers', applies: (m) => m.uniform, apply: (g, m, rng) => m.vary(g, { k: 'layers-all' }, rng) })
   // The layer-wise and granular spaces: one layer at a time, and the layer count one step.
-  .register({ name: 'layer-heads', applies: (m) => !m.uniform, apply: (g, m, rng) => m.vary(g, { k: 'heads', i: rng.nextInt(g.heads.length) }, rng) })
-  .register({ name: 'layer-mlp', applies: (m) => !m.uniform, apply: (g, m, rng) => m.vary(g, { k: 'mlp', i: rng.nextInt(g.mlp.length) }, rng) })
+  .register({
+    name: 'layer-heads',
+    applies: (m) => !m.uniform,
+    apply: (g, m, rng) => m.vary(g, { k: 'heads', i: rng.nextInt(g.heads.length) }, rng),
+  })
+  .register({
+    name: 'layer-mlp',
+    applies: (m) => !m.uniform,
+    apply: (g, m, rng) => m.vary(g, { k: 'mlp', i: rng.nextInt(g.mlp.length) }, rng),
+  })
   .register({
     name: 'layer-count',
     applies: (m) => !m.uniform,

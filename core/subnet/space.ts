@@ -28,7 +28,14 @@ import { type Dims, type SpaceChoices, type SpaceKind, SPACE_KINDS, dimsParamRan
 import { layerParameters } from './count.js';
 import { type Geno, Machinery, cloneGeno, lowerBound, range } from './genome.js';
 import { SUBNET_MUTATIONS } from './mutations.js';
-import { type CanonicalSpec, type SubnetSpec, SpecError, canonicalHash, canonicalize, describeCanonical } from './spec.js';
+import {
+  type CanonicalSpec,
+  type SubnetSpec,
+  SpecError,
+  canonicalHash,
+  canonicalize,
+  describeCanonical,
+} from './spec.js';
 
 /** A target range that cannot be met, or is malformed; `field` is "target". */
 export class TargetError extends SpecError {
@@ -105,7 +112,8 @@ function spread(n: number, total: number, max: number): number[] {
 function exactSearch(m: Machinery): Geno | null | 'unknown' {
   const d = m.dims;
   const V = m.vocab;
-  const uniformTeacher = d.teacherHeads.every((h) => h === d.teacherHeads[0]) && d.teacherMlp.every((x) => x === d.teacherMlp[0]);
+  const uniformTeacher =
+    d.teacherHeads.every((h) => h === d.teacherHeads[0]) && d.teacherMlp.every((x) => x === d.teacherMlp[0]);
   const make = (n: number, e: number, hs: number, heads: number[], mlp: number[]): Geno => ({
     layers: range(n),
     e,
@@ -146,7 +154,9 @@ function exactSearch(m: Machinery): Geno | null | 'unknown' {
       for (const hs of d.headSize) {
         // cost = base + n·γ + α·ΣH + β·ΣM; the sums of n evenly spaced choices are evenly spaced too.
         const base = 2 * V * e + 2 * e + n * layerParameters(e, hs, { numHeads: 0, intermediateSize: 0 });
-        const alpha = layerParameters(e, hs, { numHeads: 1, intermediateSize: 0 }) - layerParameters(e, hs, { numHeads: 0, intermediateSize: 0 });
+        const alpha =
+          layerParameters(e, hs, { numHeads: 1, intermediateSize: 0 }) -
+          layerParameters(e, hs, { numHeads: 0, intermediateSize: 0 });
         const beta = 2 * e + 1;
         for (let jh = 0; jh <= n * (H.count - 1); jh++) {
           const sumH = n * H.start + jh * H.step;
@@ -179,7 +189,10 @@ function findGeno(m: Machinery, tries: number): { geno: Geno | null; exhaustive:
 
 function checkTarget(target: ParamTarget): void {
   const { minParams, maxParams } = target ?? ({} as ParamTarget);
-  for (const [k, v] of [['minParams', minParams], ['maxParams', maxParams]] as const) {
+  for (const [k, v] of [
+    ['minParams', minParams],
+    ['maxParams', maxParams],
+  ] as const) {
     if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) {
       throw new TargetError(`${k} must be a non-negative number, got ${JSON.stringify(v)}`);
     }
@@ -188,7 +201,8 @@ function checkTarget(target: ParamTarget): void {
 }
 
 function checkKind(kind: SpaceKind): void {
-  if (!SPACE_KINDS.includes(kind)) throw new SpecError('space', `must be one of ${SPACE_KINDS.join(', ')}, got ${JSON.stringify(kind)}`);
+  if (!SPACE_KINDS.includes(kind))
+    throw new SpecError('space', `must be one of ${SPACE_KINDS.join(', ')}, got ${JSON.stringify(kind)}`);
 }
 
 /**
@@ -249,8 +263,14 @@ export function createSubnetSpace(teacher: NeoXConfig, options: SubnetSpaceOptio
   const d = SUBNET_SPACE_DEFAULTS;
   const attempts = options.attempts ?? d.attempts;
   const secondMutationProbability = options.secondMutationProbability ?? d.secondMutationProbability;
-  if (typeof secondMutationProbability !== 'number' || !(secondMutationProbability >= 0 && secondMutationProbability <= 1)) {
-    throw new SpecError('secondMutationProbability', `must be a probability in [0, 1], got ${JSON.stringify(secondMutationProbability)}`);
+  if (
+    typeof secondMutationProbability !== 'number' ||
+    !(secondMutationProbability >= 0 && secondMutationProbability <= 1)
+  ) {
+    throw new SpecError(
+      'secondMutationProbability',
+      `must be a probability in [0, 1], got ${JSON.stringify(secondMutationProbability)}`,
+    );
   }
   const m = new Machinery(teacher, options.space, dims, lo, hi, options.repairRounds ?? d.repairRounds);
   const reach = findInRange(teacher, options);
@@ -263,7 +283,9 @@ export function createSubnetSpace(teacher: NeoXConfig, options: SubnetSpaceOptio
       const g = m.repair(m.random(rng), rng);
       if (g && valid(g)) return m.toSpec(g);
     }
-    throw new TargetError(`${describeRange(options.target)}: no sub-network of the ${options.space} space found in ${attempts} tries`);
+    throw new TargetError(
+      `${describeRange(options.target)}: no sub-network of the ${options.space} space found in ${attempts} tries`,
+    );
   };
 
   /** A parent (as a copy) when it is itself valid, else a fresh sample. */

@@ -129,7 +129,11 @@ const indices = z
     for (let i = 0; i < list.length; i++) {
       const v = list[i];
       if (typeof v !== 'number' || !Number.isInteger(v) || v < 0) {
-        ctx.addIssue({ code: 'custom', path: [i], message: `index must be a non-negative integer, got ${JSON.stringify(v)}` });
+        ctx.addIssue({
+          code: 'custom',
+          path: [i],
+          message: `index must be a non-negative integer, got ${JSON.stringify(v)}`,
+        });
         return;
       }
     }
@@ -157,7 +161,8 @@ export const SubnetSpecSchema = z.strictObject({
   embedding: countOrIndices.optional(),
   headSize: z
     .union([count, indices, z.literal(DERIVED_HEAD_SIZE)], {
-      error: (i) => `must be a positive integer, an array of head-dim indices or "${DERIVED_HEAD_SIZE}", got ${JSON.stringify(i.input)}`,
+      error: (i) =>
+        `must be a positive integer, an array of head-dim indices or "${DERIVED_HEAD_SIZE}", got ${JSON.stringify(i.input)}`,
     })
     .optional(),
   heads: countOrIndices.optional(),
@@ -184,7 +189,10 @@ export function parseSpec(raw: unknown): SubnetSpec {
   if (!r.success) {
     const issue = r.error.issues[0];
     const field = fieldPath(issue.path);
-    const msg = issue.code === 'invalid_type' && issue.path.length === 0 ? 'a sub-network spec must be a JSON object' : issue.message;
+    const msg =
+      issue.code === 'invalid_type' && issue.path.length === 0
+        ? 'a sub-network spec must be a JSON object'
+        : issue.message;
     throw new SpecError(field || 'spec', msg);
   }
   return r.data as SubnetSpec;
@@ -218,7 +226,13 @@ function perLayerValue(v: number | number[], i: number): number {
 }
 
 function sameTeacherShape(a: TeacherShape, b: TeacherShape): boolean {
-  if (a.vocabSize !== b.vocabSize || a.hiddenSize !== b.hiddenSize || a.numLayers !== b.numLayers || a.headSize !== b.headSize) return false;
+  if (
+    a.vocabSize !== b.vocabSize ||
+    a.hiddenSize !== b.hiddenSize ||
+    a.numLayers !== b.numLayers ||
+    a.headSize !== b.headSize
+  )
+    return false;
   for (const key of ['numHeads', 'intermediateSize'] as const) {
     const x = a[key];
     const y = b[key];
@@ -285,7 +299,8 @@ function checkCount(field: string, what: string, n: number, max: number): void {
 }
 
 function requireScores(options: ResolveOptions): ImportanceScores {
-  if (!options.importance) throw new SpecError('', 'importance ordering needs importance scores (a calibration pass over the teacher)');
+  if (!options.importance)
+    throw new SpecError('', 'importance ordering needs importance scores (a calibration pass over the teacher)');
   return options.importance;
 }
 
@@ -369,14 +384,21 @@ export function canonicalize(raw: unknown, teacher: NeoXConfig, options: Resolve
     const e = embedding.length;
     if (e % h0 !== 0) {
       const field = spec.perLayer?.[0]?.heads !== undefined ? 'perLayer[0].heads' : 'heads';
-      throw new SpecError(field, `${h0} heads do not divide the embedding width ${e} (headSize "${DERIVED_HEAD_SIZE}")`);
+      throw new SpecError(
+        field,
+        `${h0} heads do not divide the embedding width ${e} (headSize "${DERIVED_HEAD_SIZE}")`,
+      );
     }
     if (e / h0 > hsTeacher) {
-      throw new SpecError('headSize', `width ${e} / ${h0} heads = ${e / h0} exceeds the teacher's head size ${hsTeacher}`);
+      throw new SpecError(
+        'headSize',
+        `width ${e} / ${h0} heads = ${e / h0} exceeds the teacher's head size ${hsTeacher}`,
+      );
     }
     headSize = range(e / h0);
   } else {
-    if (spec.headSize > hsTeacher) throw new SpecError('headSize', `${spec.headSize} exceeds the teacher's head size ${hsTeacher}`);
+    if (spec.headSize > hsTeacher)
+      throw new SpecError('headSize', `${spec.headSize} exceeds the teacher's head size ${hsTeacher}`);
     headSize = range(spec.headSize);
   }
   const hs = headSize.length;

@@ -134,14 +134,20 @@ async function teacherTokenizer(opts: TeacherTrainOptions, log: (line: string) =
 }
 
 /** Trains (or resumes, or finds finished) the teacher in `opts.out`. */
-export async function trainTeacher(opts: TeacherTrainOptions, hooks: TeacherTrainHooks = {}): Promise<TeacherTrainResult> {
+export async function trainTeacher(
+  opts: TeacherTrainOptions,
+  hooks: TeacherTrainHooks = {},
+): Promise<TeacherTrainResult> {
   const log = hooks.log ?? (() => undefined);
   const tokenizer = await teacherTokenizer(opts, log);
   const train = await openData(opts.data, tokenizer, { cacheDir: opts.tokenCache, log });
   const val = await openData(opts.val, tokenizer, { cacheDir: opts.tokenCache, log });
-  log(`data: training ${describeData(train)}; validation ${describeData(val)} (tokenizer ${tokenizer.name}, vocab ${tokenizer.vocabSize})`);
+  log(
+    `data: training ${describeData(train)}; validation ${describeData(val)} (tokenizer ${tokenizer.name}, vocab ${tokenizer.vocabSize})`,
+  );
   const config = presetConfig(opts.preset, tokenizer.vocabSize);
-  if (opts.seqLen > config.maxPositions) throw new Error(`seqLen ${opts.seqLen} exceeds the ${opts.preset} context of ${config.maxPositions}`);
+  if (opts.seqLen > config.maxPositions)
+    throw new Error(`seqLen ${opts.seqLen} exceeds the ${opts.preset} context of ${config.maxPositions}`);
   const hyper = trainingHyperparameters({ steps: opts.steps, lr: opts.lr, warmup: opts.warmup }, opts);
   const evalOptions = { seqLen: opts.seqLen, batchSize: opts.batchSize, maxTokens: opts.evalTokens };
   const validate = (model: GPTNeoX) => evaluateLoss(model, evalBatches(val, evalOptions));
@@ -165,7 +171,9 @@ export async function trainTeacher(opts: TeacherTrainOptions, hooks: TeacherTrai
   });
   try {
     const parameters = parameterCount(config);
-    log(`model: ${opts.preset}, ${parameters.toLocaleString('en-US')} parameters; ${opts.steps} steps of ${opts.batchSize}×${opts.seqLen} tokens; backend ${tf.getBackend()}`);
+    log(
+      `model: ${opts.preset}, ${parameters.toLocaleString('en-US')} parameters; ${opts.steps} steps of ${opts.batchSize}×${opts.seqLen} tokens; backend ${tf.getBackend()}`,
+    );
     if (trainer.step > 0) log(`resuming from step ${trainer.step} in ${opts.out}`);
     const initial = await validate(trainer.model);
     log(`validation loss before: ${initial.loss.toFixed(4)} (perplexity ${initial.ppl.toFixed(1)})`);

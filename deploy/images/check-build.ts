@@ -70,8 +70,15 @@ function envOf(stage: typeof build): Record<string, string> {
 }
 
 function sh(command: string, options: { cwd: string; env: NodeJS.ProcessEnv; asUser?: boolean }): void {
-  const argv = options.asUser ? ['setpriv', '--reuid=1000', '--regid=1000', '--clear-groups', 'bash', '-o', 'pipefail', '-c', command] : ['bash', '-o', 'pipefail', '-c', command];
-  const r = spawnSync(argv[0], argv.slice(1), { cwd: options.cwd, env: options.env, encoding: 'utf8', maxBuffer: 256 << 20 });
+  const argv = options.asUser
+    ? ['setpriv', '--reuid=1000', '--regid=1000', '--clear-groups', 'bash', '-o', 'pipefail', '-c', command]
+    : ['bash', '-o', 'pipefail', '-c', command];
+  const r = spawnSync(argv[0], argv.slice(1), {
+    cwd: options.cwd,
+    env: options.env,
+    encoding: 'utf8',
+    maxBuffer: 256 << 20,
+  });
   if (r.status !== 0) {
     process.stderr.write(`${r.stdout}\n${r.stderr}`.split('\n').slice(-40).join('\n'));
     fail(`\`${command}\` exited ${r.status ?? r.signal}`);
@@ -115,22 +122,35 @@ if (worktree) {
   }
   fs.rmSync(tree, { recursive: true, force: true });
 }
-step(`context: ${files.length} files of ${worktree ? 'the working tree' : `commit ${execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).trim()}`} (without ${ignore.join(', ')})`);
+step(
+  `context: ${files.length} files of ${worktree ? 'the working tree' : `commit ${execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).trim()}`} (without ${ignore.join(', ')})`,
+);
 
 // ---- 2. the build stage ----------------------------------------------------------------------------
 /** Checks the pinned Debian packages of an `apt-get install` RUN against this machine's apt (bookworm). */
 function checkApt(commands: string[], stage: string): void {
-  for (const pkg of commands.filter((c) => c.startsWith('apt-get install')).flatMap((c) => c.split(/\s+/).slice(2).filter((w) => !w.startsWith('-')))) {
+  for (const pkg of commands
+    .filter((c) => c.startsWith('apt-get install'))
+    .flatMap((c) =>
+      c
+        .split(/\s+/)
+        .slice(2)
+        .filter((w) => !w.startsWith('-')),
+    )) {
     const [name, version] = pkg.split('=');
     const policy = execFileSync('apt-cache', ['policy', name], { encoding: 'utf8' });
     const candidate = /Candidate:\s*(\S+)/.exec(policy)?.[1];
-    if (candidate !== version) fail(`apt package ${name}: pinned ${version}, this machine's apt offers ${candidate ?? 'nothing'} (run apt-get update?)`);
+    if (candidate !== version)
+      fail(
+        `apt package ${name}: pinned ${version}, this machine's apt offers ${candidate ?? 'nothing'} (run apt-get update?)`,
+      );
     step(`apt (${stage} stage): ${name}=${version} is what Debian bookworm offers (a system step, not run here)`);
   }
 }
 const buildEnv: NodeJS.ProcessEnv = { ...process.env, ...envOf(build) };
 const npmVersion = argValue('NPM_VERSION');
-for (const run of runtime.instructions.filter((i) => i.instruction === 'RUN').map((i) => runCommands(i.args))) checkApt(run, 'runtime');
+for (const run of runtime.instructions.filter((i) => i.instruction === 'RUN').map((i) => runCommands(i.args)))
+  checkApt(run, 'runtime');
 for (const run of build.instructions.filter((i) => i.instruction === 'RUN').map((i) => i.args)) {
   const commands = runCommands(run);
   if (commands.some((c) => c.startsWith('apt-get install'))) {
@@ -150,7 +170,9 @@ for (const run of build.instructions.filter((i) => i.instruction === 'RUN').map(
 // ---- 3. the runtime stage --------------------------------------------------------------------------
 const final = path.join(work, 'final', 'app');
 fs.mkdirSync(final, { recursive: true });
-for (const c of runtime.instructions.filter((i) => i.instruction === 'COPY' && i.args.startsWith('--from=build /app/'))) {
+for (const c of runtime.instructions.filter(
+  (i) => i.instruction === 'COPY' && i.args.startsWith('--from=build /app/'),
+)) {
   const parts = c.args.split(/\s+/).slice(1);
   const dest = parts.pop()!;
   for (const src of parts) {
@@ -174,7 +196,10 @@ const checks: [string, string][] = [
   ],
 ];
 if (variant === 'vulkan') {
-  checks.push(['Dawn (the webgpu package) loads', `node --input-type=module -e "const m = await import('webgpu'); if (typeof m.create !== 'function') throw new Error('no create()');"`]);
+  checks.push([
+    'Dawn (the webgpu package) loads',
+    `node --input-type=module -e "const m = await import('webgpu'); if (typeof m.create !== 'function') throw new Error('no create()');"`,
+  ]);
 } else {
   const pkg = variant === 'cuda' ? '@tensorflow/tfjs-node-gpu' : '@tensorflow/tfjs-node';
   checks.push([
@@ -186,5 +211,7 @@ for (const [what, command] of checks) {
   step(`runtime: ${what}`);
   sh(command, { cwd: final, env: runtimeEnv, asUser: true });
 }
-step(`ok: Dockerfile.${variant}'s build stage ran and its runtime layout works (no Docker engine: base images, apt and the image itself not built)`);
+step(
+  `ok: Dockerfile.${variant}'s build stage ran and its runtime layout works (no Docker engine: base images, apt and the image itself not built)`,
+);
 if (!keep) fs.rmSync(work, { recursive: true, force: true });

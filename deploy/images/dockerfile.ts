@@ -52,4 +52,3 @@ export function runCommands(run: string): string[] {
     .map((s) => s.trim())
     .filter(Boolean);
 }
-

@@ -23,7 +23,9 @@ export async function loadModel(dir: string, options: { tokenizer?: string } = {
   const tokPath = options.tokenizer ?? (fs.existsSync(path.join(dir, TOKENIZER_FILE)) ? dir : undefined);
   const tokenizer = tokPath ? await loadTokenizer(tokPath) : undefined;
   if (tokenizer && tokenizer.vocabSize > ckpt.config.vocabSize) {
-    throw new Error(`tokenizer ${tokPath}: vocabulary ${tokenizer.vocabSize} is larger than the model's ${ckpt.config.vocabSize}`);
+    throw new Error(
+      `tokenizer ${tokPath}: vocabulary ${tokenizer.vocabSize} is larger than the model's ${ckpt.config.vocabSize}`,
+    );
   }
   return { model, tokenizer, hash: ckpt.hash, trainerState: readTrainerState(dir) };
 }

@@ -59,11 +59,16 @@ export interface DataSummary {
 
 async function prepareTokenizer(opts: DataPrepareOptions, log: (s: string) => void): Promise<Tokenizer> {
   if (opts.tokenizer) return loadTokenizer(opts.tokenizer);
-  log(`no --tokenizer: training the ${opts.vocab}-token byte-level BPE that \`teacher train\` would train on ${opts.data}`);
+  log(
+    `no --tokenizer: training the ${opts.vocab}-token byte-level BPE that \`teacher train\` would train on ${opts.data}`,
+  );
   return trainCorpusTokenizer(opts.data, { vocabSize: opts.vocab });
 }
 
-export async function prepareData(opts: DataPrepareOptions, log: (s: string) => void = (s) => process.stderr.write(`${s}\n`)): Promise<DataSummary> {
+export async function prepareData(
+  opts: DataPrepareOptions,
+  log: (s: string) => void = (s) => process.stderr.write(`${s}\n`),
+): Promise<DataSummary> {
   const started = performance.now();
   const tokenizer = await prepareTokenizer(opts, log);
   const store = opts.cache ?? defaultTokenStore();
@@ -73,14 +78,23 @@ export async function prepareData(opts: DataPrepareOptions, log: (s: string) => 
     if (p.phase === 'tokenize') {
       bar ??= new ProgressBar(Math.max(1, p.bytesTotal), 'tokenise', process.stderr, 5, p.bytesDone);
       const secs = (performance.now() - started) / 1000;
-      bar.update(p.bytesDone, `bytes, parts ${p.partsDone}/${p.partsTotal}, ${p.tokens} tokens (${Math.round((written + p.tokens) / Math.max(secs, 1e-3))}/s)`);
+      bar.update(
+        p.bytesDone,
+        `bytes, parts ${p.partsDone}/${p.partsTotal}, ${p.tokens} tokens (${Math.round((written + p.tokens) / Math.max(secs, 1e-3))}/s)`,
+      );
     } else if (p.phase === 'done') {
       bar?.done();
       bar = undefined;
       written += p.tokens;
     }
   };
-  const data = await openData(opts.data, tokenizer, { cacheDir: store, workers: opts.workers, verify: opts.verify, log, onProgress }).finally(() => bar?.done());
+  const data = await openData(opts.data, tokenizer, {
+    cacheDir: store,
+    workers: opts.workers,
+    verify: opts.verify,
+    log,
+    onProgress,
+  }).finally(() => bar?.done());
   const seconds = (performance.now() - started) / 1000;
   const summary: DataSummary = {
     spec: data.spec,
@@ -108,7 +122,9 @@ export async function prepareData(opts: DataPrepareOptions, log: (s: string) => 
 }
 
 function printSummary(s: DataSummary): void {
-  const lines = [`${s.spec}: ${s.tokens.toLocaleString('en-US')} tokens (tokenizer ${s.tokenizer.name}, vocab ${s.tokenizer.vocabSize}, ${s.tokenizer.hash.slice(0, 16)})`];
+  const lines = [
+    `${s.spec}: ${s.tokens.toLocaleString('en-US')} tokens (tokenizer ${s.tokenizer.name}, vocab ${s.tokenizer.vocabSize}, ${s.tokenizer.hash.slice(0, 16)})`,
+  ];
   for (const src of s.sources) {
     lines.push(
       `  ${src.path}${s.sources.length > 1 ? ` (weight ${src.weight})` : ''}: ${src.tokens.toLocaleString('en-US')} tokens` +
@@ -118,19 +134,34 @@ function printSummary(s: DataSummary): void {
     );
     lines.push(`  manifest ${src.manifest}`);
   }
-  lines.push(`done in ${formatDuration(s.seconds)}${s.tokensPerSecond > 0 ? `, ${Math.round(s.tokensPerSecond).toLocaleString('en-US')} tokens/s` : ''}`);
+  lines.push(
+    `done in ${formatDuration(s.seconds)}${s.tokensPerSecond > 0 ? `, ${Math.round(s.tokensPerSecond).toLocaleString('en-US')} tokens/s` : ''}`,
+  );
   console.log(lines.join('\n'));
 }
 
 export function registerDataCommands(program: Command): void {
-  const data = program.command('data').description('corpora: tokenise into the token store, inspect a tokenizer (docs/data.md)');
+  const data = program
+    .command('data')
+    .description('corpora: tokenise into the token store, inspect a tokenizer (docs/data.md)');
   data
     .command('prepare')
     .description('tokenise a data spec into the token store (parallel, resumable) and print what the store holds')
-    .option('--data <spec>', 'data spec: sotu:train, a file, folder or glob, a spec file; options after ";" (docs/data.md)', DEFAULT_TRAIN_CORPUS)
-    .option('--tokenizer <path>', 'tokenizer.json or a folder holding one (a checkpoint); default: the BPE `teacher train` trains on --data')
+    .option(
+      '--data <spec>',
+      'data spec: sotu:train, a file, folder or glob, a spec file; options after ";" (docs/data.md)',
+      DEFAULT_TRAIN_CORPUS,
+    )
+    .option(
+      '--tokenizer <path>',
+      'tokenizer.json or a folder holding one (a checkpoint); default: the BPE `teacher train` trains on --data',
+    )
     .option('--vocab <n>', 'vocabulary of that BPE', positiveInt('--vocab'), DEFAULT_VOCAB_SIZE)
-    .option('--workers <n>', `tokenisation threads (default: ${os.availableParallelism()}, one per core; 0: this thread)`, nonNegativeInt('--workers'))
+    .option(
+      '--workers <n>',
+      `tokenisation threads (default: ${os.availableParallelism()}, one per core; 0: this thread)`,
+      nonNegativeInt('--workers'),
+    )
     .option('--cache <dir>', 'the token store (default: env OFFSHOOT_TOKENS, else $OFFSHOOT_CACHE/tokens)')
     .option('--verify', "check every shard's payload hash again")
     .option('--json', 'print the summary as one JSON object')
@@ -148,7 +179,8 @@ export function registerDataCommands(program: Command): void {
     .option('--file <path>', 'read the text from a file (UTF-8)')
     .option('--json', 'print {"ids": [...]}')
     .action(async (opts: { tokenizer: string; text?: string; file?: string; json?: boolean }) => {
-      if ((opts.text === undefined) === (opts.file === undefined)) throw new Error('give exactly one of --text and --file');
+      if ((opts.text === undefined) === (opts.file === undefined))
+        throw new Error('give exactly one of --text and --file');
       const text = opts.text ?? fs.readFileSync(opts.file!, 'utf8');
       const tokenizer = await loadTokenizer(opts.tokenizer);
       const ids = tokenizer.encode(text);

@@ -6,7 +6,13 @@ import * as fs from 'node:fs';
 
 import type { Command } from 'commander';
 
-import { DEFAULT_VALIDATION_CORPUS, type TokenSource, defaultTokenStore, evalBatches, openData } from '../../core/data/index.js';
+import {
+  DEFAULT_VALIDATION_CORPUS,
+  type TokenSource,
+  defaultTokenStore,
+  evalBatches,
+  openData,
+} from '../../core/data/index.js';
 import { type MetricValue, type TaskScore, evaluateTasks, evaluateText, loadTasks } from '../../core/eval/index.js';
 import { type GPTNeoX, checkTokenIds, evaluateLoss, writeFileAtomic } from '../../core/model/index.js';
 import * as tf from '../../core/model/tfjs.js';
@@ -30,7 +36,13 @@ export async function evaluateOnCorpus(
 
 /** Comma-separated and repeated --tasks values, in order. */
 function collectFiles(value: string, previous: string[] = []): string[] {
-  return [...previous, ...value.split(',').map((v) => v.trim()).filter((v) => v !== '')];
+  return [
+    ...previous,
+    ...value
+      .split(',')
+      .map((v) => v.trim())
+      .filter((v) => v !== ''),
+  ];
 }
 
 function formatMetric(name: string, m: MetricValue): string {
@@ -66,7 +78,8 @@ async function evalAction(opts: EvalCliOptions): Promise<void> {
     if (opts.tasks?.length) {
       const tasks = loadTasks(opts.tasks, { limit: opts.limit });
       const requests = tasks.reduce((n, t) => n + t.docs.reduce((m, d) => m + d.requests.length, 0), 0);
-      if (!opts.json) process.stderr.write(`scoring ${tasks.length} task${tasks.length === 1 ? '' : 's'}: ${requests} requests\n`);
+      if (!opts.json)
+        process.stderr.write(`scoring ${tasks.length} task${tasks.length === 1 ? '' : 's'}: ${requests} requests\n`);
       const started = performance.now();
       let lastReport = started;
       const result = await evaluateTasks(model, tokenizer, tasks, {
@@ -79,14 +92,19 @@ async function evalAction(opts: EvalCliOptions): Promise<void> {
           }
         },
       });
-      if (opts.logSamples) writeFileAtomic(opts.logSamples, result.samples.map((s) => JSON.stringify(s)).join('\n') + '\n');
+      if (opts.logSamples)
+        writeFileAtomic(opts.logSamples, result.samples.map((s) => JSON.stringify(s)).join('\n') + '\n');
       if (opts.json) console.log(JSON.stringify({ tasks: result.scores }));
       else console.log(describeTaskScores(result.scores).join('\n'));
       return;
     }
     const seqLen = opts.seqLen ?? trainerState?.hyper.seqLen ?? Math.min(model.config.maxPositions, 256);
     const corpus = await openData(opts.data, tokenizer, { cacheDir: defaultTokenStore() });
-    const result = await evaluateText(model, corpus, tokenizer, { seqLen, batchSize: opts.batchSize, maxTokens: opts.maxTokens });
+    const result = await evaluateText(model, corpus, tokenizer, {
+      seqLen,
+      batchSize: opts.batchSize,
+      maxTokens: opts.maxTokens,
+    });
     corpus.close();
     if (opts.json) console.log(JSON.stringify(result));
     else {
@@ -102,14 +120,28 @@ async function evalAction(opts: EvalCliOptions): Promise<void> {
 export function registerEvalCommands(program: Command): void {
   program
     .command('eval')
-    .description("a checkpoint's cross-entropy, perplexity and bits per byte on a corpus, or its zero-shot accuracy on tasks (--tasks)")
+    .description(
+      "a checkpoint's cross-entropy, perplexity and bits per byte on a corpus, or its zero-shot accuracy on tasks (--tasks)",
+    )
     .requiredOption('--model <dir>', 'checkpoint directory (Hugging Face layout)')
-    .option('--data <spec>', 'data spec: sotu:train, sotu:val, mobydick, a file, folder or glob, or a spec file (docs/data.md)', DEFAULT_VALIDATION_CORPUS)
+    .option(
+      '--data <spec>',
+      'data spec: sotu:train, sotu:val, mobydick, a file, folder or glob, or a spec file (docs/data.md)',
+      DEFAULT_VALIDATION_CORPUS,
+    )
     .option('--tokenizer <path>', "tokenizer.json or a folder holding one (default: the checkpoint's)")
-    .option('--seq-len <n>', 'tokens per sequence (default: the length it was trained with, else min(context, 256))', positiveInt('--seq-len'))
+    .option(
+      '--seq-len <n>',
+      'tokens per sequence (default: the length it was trained with, else min(context, 256))',
+      positiveInt('--seq-len'),
+    )
     .option('--batch-size <n>', 'sequences per batch', positiveInt('--batch-size'), 8)
     .option('--max-tokens <n>', 'evaluate at most this many tokens', positiveInt('--max-tokens'))
-    .option('--tasks <files>', "lm-evaluation-harness task YAML files or folders of them (comma-separated, repeatable): score these instead of a corpus", collectFiles)
+    .option(
+      '--tasks <files>',
+      'lm-evaluation-harness task YAML files or folders of them (comma-separated, repeatable): score these instead of a corpus',
+      collectFiles,
+    )
     .option('--limit <n>', 'with --tasks: score only the first n documents of each task', positiveInt('--limit'))
     .option('--log-samples <file>', "with --tasks: write each document's log-likelihoods and metrics as JSON lines")
     .option('--json', 'print one JSON object: {"loss","ppl","bpb","tokens","bytes"}, or {"tasks": [...]} with --tasks')
@@ -129,11 +161,14 @@ export function registerEvalCommands(program: Command): void {
         } catch (err) {
           throw new Error(`${opts.ids}: cannot read a JSON array of token ids (${(err as Error).message})`);
         }
-        if (!Array.isArray(ids) || ids.length === 0) throw new Error(`${opts.ids}: expected a non-empty JSON array of token ids`);
+        if (!Array.isArray(ids) || ids.length === 0)
+          throw new Error(`${opts.ids}: expected a non-empty JSON array of token ids`);
         const { model } = await loadModel(opts.model);
         checkTokenIds(ids as number[], model.config.vocabSize, opts.ids);
         if (ids.length > model.config.maxPositions) {
-          throw new Error(`${opts.ids}: ${ids.length} tokens exceed the model's context of ${model.config.maxPositions}`);
+          throw new Error(
+            `${opts.ids}: ${ids.length} tokens exceed the model's context of ${model.config.maxPositions}`,
+          );
         }
         const logits = tf.tidy(() => model.logits2d(tf.tensor2d(ids as number[], [1, ids.length], 'int32')));
         const rows = (await logits.array()) as number[][];

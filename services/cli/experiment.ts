@@ -14,7 +14,13 @@ import type { Client, WorkflowHandle } from '@temporalio/client';
 import type { Command } from 'commander';
 
 import { runDir, teacherDir } from '../config/index.js';
-import { type ExperimentConfig, checkExperimentTasks, loadExperimentConfig, paperTableInput, writePaperTableFiles } from '../experiment/index.js';
+import {
+  type ExperimentConfig,
+  checkExperimentTasks,
+  loadExperimentConfig,
+  paperTableInput,
+  writePaperTableFiles,
+} from '../experiment/index.js';
 import { type ManagedProcess, startTeacherService, startTemporal, startWorker } from '../stack/index.js';
 import { connectClient } from '../worker/index.js';
 import {
@@ -74,13 +80,19 @@ async function describeProgress(client: Client, runId: string): Promise<string |
   if (!s) return undefined;
   if (s.stage === 'teacher') return 'teacher: preparing (training it when missing)';
   if (s.stage === 'search') {
-    const e = await safeQuery(() => client.workflow.getHandle(workflowIds(runId).evolution).query(evolutionStatusQuery));
-    return e ? `search: ${e.evaluated + e.failed}/${e.budget} evaluations, best val loss ${e.bestFitness?.toFixed(4) ?? '-'}` : 'search: starting';
+    const e = await safeQuery(() =>
+      client.workflow.getHandle(workflowIds(runId).evolution).query(evolutionStatusQuery),
+    );
+    return e
+      ? `search: ${e.evaluated + e.failed}/${e.budget} evaluations, best val loss ${e.bestFitness?.toFixed(4) ?? '-'}`
+      : 'search: starting';
   }
   if (s.stage === 'pretrain') {
     const parts: string[] = [];
     for (const name of s.running) {
-      const p = await safeQuery(() => client.workflow.getHandle(workflowIds(runId).pretrain(name)).query(pretrainStatusQuery));
+      const p = await safeQuery(() =>
+        client.workflow.getHandle(workflowIds(runId).pretrain(name)).query(pretrainStatusQuery),
+      );
       const ev = p?.progress?.evals.at(-1);
       parts.push(`${name} ${p?.progress?.step ?? 0}/${p?.steps ?? '?'}${ev ? ` ppl ${ev.valPpl.toFixed(1)}` : ''}`);
     }
@@ -89,7 +101,12 @@ async function describeProgress(client: Client, runId: string): Promise<string |
   return s.stage;
 }
 
-async function follow(client: Client, handle: WorkflowHandle<typeof paperTable>, runId: string, quiet: boolean): Promise<PaperTableResult> {
+async function follow(
+  client: Client,
+  handle: WorkflowHandle<typeof paperTable>,
+  runId: string,
+  quiet: boolean,
+): Promise<PaperTableResult> {
   const started = Date.now();
   let done = false;
   let last = '';
@@ -113,13 +130,20 @@ async function follow(client: Client, handle: WorkflowHandle<typeof paperTable>,
   }
 }
 
-async function submit(client: Client, x: ExperimentConfig, teacherService: TeacherServiceRef | undefined, backend: string | undefined): Promise<WorkflowHandle<typeof paperTable>> {
+async function submit(
+  client: Client,
+  x: ExperimentConfig,
+  teacherService: TeacherServiceRef | undefined,
+  backend: string | undefined,
+): Promise<WorkflowHandle<typeof paperTable>> {
   const id = paperTableWorkflowId(x.config.run.name);
   try {
     const existing = client.workflow.getHandle<typeof paperTable>(id);
     const d = await existing.describe();
     if (d.status.name === 'RUNNING' || d.status.name === 'COMPLETED') {
-      log(`experiment ${x.config.run.name}: ${d.status.name === 'RUNNING' ? 'following the experiment already running' : 'already completed; its result:'} (${id})`);
+      log(
+        `experiment ${x.config.run.name}: ${d.status.name === 'RUNNING' ? 'following the experiment already running' : 'already completed; its result:'} (${id})`,
+      );
       return existing;
     }
     log(`experiment ${x.config.run.name}: the last attempt ${d.status.name.toLowerCase()}; starting it again`);
@@ -127,7 +151,9 @@ async function submit(client: Client, x: ExperimentConfig, teacherService: Teach
     if ((err as Error).name !== 'WorkflowNotFoundError') throw err;
   }
   const input = paperTableInput(x, { command: commandLine(), backend, teacherService });
-  log(`experiment ${x.config.run.name}: starting the paper-table workflow (${id}): ${input.arms.length} arms × ${input.seeds.length} seeds; files in ${input.run.dir}`);
+  log(
+    `experiment ${x.config.run.name}: starting the paper-table workflow (${id}): ${input.arms.length} arms × ${input.seeds.length} seeds; files in ${input.run.dir}`,
+  );
   return client.workflow.start(paperTable, {
     workflowId: id,
     taskQueue: 'orchestrate',
@@ -152,13 +178,17 @@ async function paperTableAction(opts: PaperTableCliOptions): Promise<void> {
   const t0 = Date.now();
   const x = resolve(opts);
   const tasks = checkExperimentTasks(x);
-  if (tasks.length) log(`experiment ${x.config.run.name}: zero-shot tasks ${tasks.join(', ')} on the teacher and every final student`);
+  if (tasks.length)
+    log(`experiment ${x.config.run.name}: zero-shot tasks ${tasks.join(', ')} on the teacher and every final student`);
   const config = x.config;
   const dir = runDir(config);
   fs.mkdirSync(dir, { recursive: true });
   const backend = config.workers.backend === 'auto' ? activeBackend()?.name : config.workers.backend;
   if (config.services.temporal.address) {
-    const client = await connectClient({ address: config.services.temporal.address, namespace: config.services.temporal.namespace });
+    const client = await connectClient({
+      address: config.services.temporal.address,
+      namespace: config.services.temporal.namespace,
+    });
     try {
       const handle = await submit(client, x, undefined, backend);
       finish(x, await follow(client, handle, config.run.name, Boolean(opts.quiet)), opts);
@@ -170,13 +200,18 @@ async function paperTableAction(opts: PaperTableCliOptions): Promise<void> {
 
   const logs = path.join(dir, 'logs');
   fs.mkdirSync(logs, { recursive: true });
-  log(`experiment ${config.run.name}: embedded stack (Temporal dev server, ${x.experiment.workers} compute workers) in ${dir}; backend ${backend ?? 'auto'}; ${os.cpus().length} CPUs`);
+  log(
+    `experiment ${config.run.name}: embedded stack (Temporal dev server, ${x.experiment.workers} compute workers) in ${dir}; backend ${backend ?? 'auto'}; ${os.cpus().length} CPUs`,
+  );
   const started: ManagedProcess[] = [];
   let stopping = false;
   const stopAll = async () => {
     // Workers first (a running segment checkpoints), then the teacher service, then Temporal.
     const rank = (p: ManagedProcess) => (p.name === 'temporal' ? 2 : p.name === 'teacher' ? 1 : 0);
-    for (const r of [0, 1, 2]) await Promise.all(started.filter((p) => rank(p) === r).map((p) => p.stop(config.workers.gracePeriodSeconds * 1000)));
+    for (const r of [0, 1, 2])
+      await Promise.all(
+        started.filter((p) => rank(p) === r).map((p) => p.stop(config.workers.gracePeriodSeconds * 1000)),
+      );
   };
   const onSignal = (signal: string) => {
     if (stopping) process.exit(130);
@@ -187,7 +222,10 @@ async function paperTableAction(opts: PaperTableCliOptions): Promise<void> {
   process.once('SIGINT', () => onSignal('SIGINT'));
   process.once('SIGTERM', () => onSignal('SIGTERM'));
   try {
-    const temporalReady = startTemporal({ dbFile: path.join(dir, 'temporal.db'), logFile: path.join(logs, 'temporal.log') }).then((t) => {
+    const temporalReady = startTemporal({
+      dbFile: path.join(dir, 'temporal.db'),
+      logFile: path.join(logs, 'temporal.log'),
+    }).then((t) => {
       started.push(t);
       return t;
     });
@@ -199,24 +237,46 @@ async function paperTableAction(opts: PaperTableCliOptions): Promise<void> {
       const t = await startTeacherService({
         model: teacherDir(config),
         backend,
-        extra: ['--max-batch-tokens', String(config.teacher.service.maxBatchTokens), '--top-k', String(config.teacher.service.topK)],
+        extra: [
+          '--max-batch-tokens',
+          String(config.teacher.service.maxBatchTokens),
+          '--top-k',
+          String(config.teacher.service.topK),
+        ],
         logFile: path.join(logs, 'teacher-service.log'),
       });
       started.push(t);
       teacherService = { targets: [t.target], topK: config.teacher.service.topK };
     }
     const temporal = await temporalReady;
-    const common = { temporal: temporal.address, namespace: config.services.temporal.namespace, backend, env: { ...process.env, ...(backend ? { OFFSHOOT_BACKEND: backend } : {}) } };
+    const common = {
+      temporal: temporal.address,
+      namespace: config.services.temporal.namespace,
+      backend,
+      env: { ...process.env, ...(backend ? { OFFSHOOT_BACKEND: backend } : {}) },
+    };
     const workers = await Promise.allSettled([
-      startWorker({ ...common, queues: ['orchestrate'], name: 'orchestrate', logFile: path.join(logs, 'worker-orchestrate.log') }),
+      startWorker({
+        ...common,
+        queues: ['orchestrate'],
+        name: 'orchestrate',
+        logFile: path.join(logs, 'worker-orchestrate.log'),
+      }),
       ...Array.from({ length: x.experiment.workers }, (_, i) =>
-        startWorker({ ...common, queues: ['evaluate', 'pretrain'], name: `compute-${i}`, logFile: path.join(logs, `worker-compute-${i}.log`) }),
+        startWorker({
+          ...common,
+          queues: ['evaluate', 'pretrain'],
+          name: `compute-${i}`,
+          logFile: path.join(logs, `worker-compute-${i}.log`),
+        }),
       ),
     ]);
     for (const w of workers) if (w.status === 'fulfilled') started.push(w.value);
     const failed = workers.find((w) => w.status === 'rejected') as PromiseRejectedResult | undefined;
     if (failed) throw failed.reason;
-    log(`experiment ${config.run.name}: stack up in ${formatDuration((Date.now() - t0) / 1000)} (Temporal ${temporal.address})`);
+    log(
+      `experiment ${config.run.name}: stack up in ${formatDuration((Date.now() - t0) / 1000)} (Temporal ${temporal.address})`,
+    );
     const client = await connectClient({ address: temporal.address, namespace: config.services.temporal.namespace });
     try {
       const handle = await submit(client, x, teacherService, backend);
@@ -241,14 +301,19 @@ async function paperTableAction(opts: PaperTableCliOptions): Promise<void> {
 }
 
 export function registerExperimentCommands(program: Command): void {
-  const experiment = program.command('experiment').description('experiments that reproduce the paper\'s claims on offshoot\'s own runs (docs/experiments.md)');
+  const experiment = program
+    .command('experiment')
+    .description("experiments that reproduce the paper's claims on offshoot's own runs (docs/experiments.md)");
   experiment
     .command('paper-table')
     .description(
       'six arms (random init, first-k and searched sub-networks, each with CE and with KD) over several seeds with the same data order and budget; ' +
         'writes the table (final perplexity and bits per byte in and out of domain, tokens and FLOPs to reach random init, zero-shot task accuracy with experiment.tasks) and curves to docs/results/',
     )
-    .option('--config <file>', 'configuration (YAML or JSON): the run configuration plus an `experiment:` section (docs/experiments.md)')
+    .option(
+      '--config <file>',
+      'configuration (YAML or JSON): the run configuration plus an `experiment:` section (docs/experiments.md)',
+    )
     .option('--out <dir>', 'output folder (overrides experiment.out; default docs/results)')
     .option('--name <run>', 'run name (overrides run.name; default paper-table)')
     .option('--teacher <dir>', 'a teacher checkpoint (e.g. a Hugging Face Pythia directory) instead of training one')

@@ -16,15 +16,21 @@ export function describeExport(r: ExportCheckpointResult): string[] {
     `  shape: ${c.numLayers} layers, width ${c.hiddenSize}, ${p.numHeads} heads of ${p.headSize}, MLP ${p.intermediateSize}, in every layer`,
   ];
   if (p.parameters.added === 0) {
-    lines.push(`  padding: none (${commas(p.parameters.model)} parameters; transformers could load the model as it was)`);
+    lines.push(
+      `  padding: none (${commas(p.parameters.model)} parameters; transformers could load the model as it was)`,
+    );
     return lines;
   }
   const share = ((100 * p.parameters.added) / p.parameters.model).toFixed(1);
-  lines.push(`  padding: +${commas(p.parameters.added)} parameters (+${share}%): ${commas(p.parameters.model)} -> ${commas(p.parameters.exported)}`);
+  lines.push(
+    `  padding: +${commas(p.parameters.added)} parameters (+${share}%): ${commas(p.parameters.model)} -> ${commas(p.parameters.exported)}`,
+  );
   p.layers.forEach((l, i) => {
     const parts = [];
-    if (l.addedHeads) parts.push(`+${l.addedHeads} zero head${l.addedHeads === 1 ? '' : 's'} (${l.numHeads} -> ${p.numHeads})`);
-    if (l.addedNeurons) parts.push(`+${l.addedNeurons} zero MLP neurons (${l.intermediateSize} -> ${p.intermediateSize})`);
+    if (l.addedHeads)
+      parts.push(`+${l.addedHeads} zero head${l.addedHeads === 1 ? '' : 's'} (${l.numHeads} -> ${p.numHeads})`);
+    if (l.addedNeurons)
+      parts.push(`+${l.addedNeurons} zero MLP neurons (${l.intermediateSize} -> ${p.intermediateSize})`);
     lines.push(`    layer ${i}: ${parts.length ? parts.join(', ') : 'nothing added'}`);
   });
   if (p.exact) lines.push('  exact: only zero rows and columns were added; transformers computes the same logits');
@@ -40,10 +46,16 @@ export function describeExport(r: ExportCheckpointResult): string[] {
 export function registerExportCommand(program: Command): void {
   program
     .command('export')
-    .description('a checkpoint (any student: uniform, layer-wise, granular) as a plain GPT-NeoX checkpoint that transformers loads with no custom code')
+    .description(
+      'a checkpoint (any student: uniform, layer-wise, granular) as a plain GPT-NeoX checkpoint that transformers loads with no custom code',
+    )
     .requiredOption('--model <dir>', 'checkpoint directory to export')
     .requiredOption('--out <dir>', 'directory to write (replaced atomically)')
-    .addOption(new Option('--dtype <dtype>', 'precision of the written weights').choices(['float32', 'bfloat16']).default('float32'))
+    .addOption(
+      new Option('--dtype <dtype>', 'precision of the written weights')
+        .choices(['float32', 'bfloat16'])
+        .default('float32'),
+    )
     .option('--json', 'print the result as one JSON object')
     .action(async (opts: { model: string; out: string; dtype: SaveDtype; json?: boolean }) => {
       const result = await exportCheckpoint({ model: opts.model, out: opts.out, dtype: opts.dtype });

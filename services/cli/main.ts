@@ -40,12 +40,20 @@ const COMMANDS: CommandModule[] = [
 function withGlobalOptions(program: Command): Command {
   return program
     .addOption(new Option('--backend <name>', `compute backend: ${BACKEND_CHOICES.join(', ')}`).env('OFFSHOOT_BACKEND'))
-    .addOption(new Option('--precision <p>', `arithmetic: ${PRECISIONS.join(' (bf16 products, f32 master weights; cuda) or ')}`).env('OFFSHOOT_PRECISION'));
+    .addOption(
+      new Option(
+        '--precision <p>',
+        `arithmetic: ${PRECISIONS.join(' (bf16 products, f32 master weights; cuda) or ')}`,
+      ).env('OFFSHOOT_PRECISION'),
+    );
 }
 
 /** The top-level command named on the command line (`help X` names X), if any. */
 function requestedCommand(argv: string[]): string | undefined {
-  const { operands } = withGlobalOptions(new Command()).allowUnknownOption().helpOption(false).parseOptions(argv.slice(2));
+  const { operands } = withGlobalOptions(new Command())
+    .allowUnknownOption()
+    .helpOption(false)
+    .parseOptions(argv.slice(2));
   return operands[0] === 'help' ? operands[1] : operands[0];
 }
 
@@ -68,7 +76,10 @@ export async function buildProgram(argv: string[] = process.argv): Promise<Comma
   const loaded = await Promise.allSettled(COMMANDS.map((c) => c.load()));
   loaded.forEach((r, i) => {
     if (r.status === 'fulfilled') r.value(program);
-    else for (const name of COMMANDS[i].names) if (!program.commands.some((c) => c.name() === name)) program.command(name).description(`(not available here: ${(r.reason as Error).message.split('\n')[0]})`);
+    else
+      for (const name of COMMANDS[i].names)
+        if (!program.commands.some((c) => c.name() === name))
+          program.command(name).description(`(not available here: ${(r.reason as Error).message.split('\n')[0]})`);
   });
   return program;
 }

@@ -4,7 +4,8 @@ import { InvalidArgumentError } from 'commander';
 export function positiveInt(name: string): (value: string) => number {
   return (value) => {
     const n = Number(value);
-    if (!Number.isSafeInteger(n) || n <= 0) throw new InvalidArgumentError(`${name} must be a positive integer, got ${JSON.stringify(value)}`);
+    if (!Number.isSafeInteger(n) || n <= 0)
+      throw new InvalidArgumentError(`${name} must be a positive integer, got ${JSON.stringify(value)}`);
     return n;
   };
 }
@@ -12,7 +13,8 @@ export function positiveInt(name: string): (value: string) => number {
 export function nonNegativeInt(name: string): (value: string) => number {
   return (value) => {
     const n = Number(value);
-    if (!Number.isSafeInteger(n) || n < 0) throw new InvalidArgumentError(`${name} must be a non-negative integer, got ${JSON.stringify(value)}`);
+    if (!Number.isSafeInteger(n) || n < 0)
+      throw new InvalidArgumentError(`${name} must be a non-negative integer, got ${JSON.stringify(value)}`);
     return n;
   };
 }
@@ -20,7 +22,8 @@ export function nonNegativeInt(name: string): (value: string) => number {
 export function positiveNumber(name: string): (value: string) => number {
   return (value) => {
     const n = Number(value);
-    if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`${name} must be a positive number, got ${JSON.stringify(value)}`);
+    if (!Number.isFinite(n) || n <= 0)
+      throw new InvalidArgumentError(`${name} must be a positive number, got ${JSON.stringify(value)}`);
     return n;
   };
 }
@@ -28,7 +31,8 @@ export function positiveNumber(name: string): (value: string) => number {
 export function probability(name: string): (value: string) => number {
   return (value) => {
     const n = Number(value);
-    if (value.trim() === '' || !(n >= 0 && n <= 1)) throw new InvalidArgumentError(`${name} must be a probability in [0, 1], got ${JSON.stringify(value)}`);
+    if (value.trim() === '' || !(n >= 0 && n <= 1))
+      throw new InvalidArgumentError(`${name} must be a probability in [0, 1], got ${JSON.stringify(value)}`);
     return n;
   };
 }

@@ -32,10 +32,14 @@ export class ProgressBar {
       const width = 24;
       const filled = Math.round((width * pct) / 100);
       const bar = '█'.repeat(filled) + '░'.repeat(width - filled);
-      this.stream.write(`\r\x1b[K${this.label} ${bar} ${pct.toFixed(0).padStart(3)}% ${done}/${this.total} ${info} ETA ${formatDuration(eta)}`);
+      this.stream.write(
+        `\r\x1b[K${this.label} ${bar} ${pct.toFixed(0).padStart(3)}% ${done}/${this.total} ${info} ETA ${formatDuration(eta)}`,
+      );
     } else if (elapsed - this.lastPlain >= this.plainEvery || done >= this.total) {
       this.lastPlain = elapsed;
-      this.stream.write(`${this.label} ${done}/${this.total} (${pct.toFixed(0)}%) ${info} ETA ${formatDuration(eta)}\n`);
+      this.stream.write(
+        `${this.label} ${done}/${this.total} (${pct.toFixed(0)}%) ${info} ETA ${formatDuration(eta)}\n`,
+      );
     }
   }
 

@@ -15,7 +15,16 @@ import type { Command } from 'commander';
 
 import { defaultTokenStore } from '../../core/data/index.js';
 import { teacherFinished, trainTeacher } from '../../core/teacher/index.js';
-import { type OffshootConfig, defaultConfig, loadConfigFile, mergeRaw, parseConfig, pipelineInput, runDir, teacherDir } from '../config/index.js';
+import {
+  type OffshootConfig,
+  defaultConfig,
+  loadConfigFile,
+  mergeRaw,
+  parseConfig,
+  pipelineInput,
+  runDir,
+  teacherDir,
+} from '../config/index.js';
 import { resultsTable } from '../orchestration/index.js';
 import {
   type ManagedProcess,
@@ -118,7 +127,9 @@ async function reapOrphans(config: OffshootConfig): Promise<void> {
     fs.rmSync(file, { force: true });
     return;
   }
-  const ours = (pid: number) => pidAlive(pid) && (!fs.existsSync('/proc') || /services\/cli\/main|offshoot|temporal|nats-server/.test(commandOf(pid)));
+  const ours = (pid: number) =>
+    pidAlive(pid) &&
+    (!fs.existsSync('/proc') || /services\/cli\/main|offshoot|temporal|nats-server/.test(commandOf(pid)));
   if (record.pid !== process.pid && ours(record.pid)) {
     throw new Error(
       `run ${config.run.name}: another \`offshoot run\` (pid ${record.pid}) is running it; follow it with \`offshoot watch ${config.run.name}\` or stop it (Ctrl-C, or kill ${record.pid}) first`,
@@ -126,7 +137,9 @@ async function reapOrphans(config: OffshootConfig): Promise<void> {
   }
   const left = Object.entries(record.processes ?? {}).filter(([, pid]) => ours(pid));
   if (left.length > 0) {
-    log(`run ${config.run.name}: stopping what an \`offshoot run\` that was killed (pid ${record.pid}) left running: ${left.map(([n, pid]) => `${n} (${pid})`).join(', ')}`);
+    log(
+      `run ${config.run.name}: stopping what an \`offshoot run\` that was killed (pid ${record.pid}) left running: ${left.map(([n, pid]) => `${n} (${pid})`).join(', ')}`,
+    );
     const signal = (sig: NodeJS.Signals) => {
       for (const [, pid] of left) {
         try {
@@ -162,7 +175,11 @@ function temporalAddressFor(config: OffshootConfig): string {
 
 function isConnectionError(err: unknown): boolean {
   const e = err as { code?: number; name?: string; message?: string };
-  return e?.code === 14 || e?.name === 'ServiceError' || /UNAVAILABLE|ECONNREFUSED|connect|transport/i.test(String(e?.message ?? ''));
+  return (
+    e?.code === 14 ||
+    e?.name === 'ServiceError' ||
+    /UNAVAILABLE|ECONNREFUSED|connect|transport/i.test(String(e?.message ?? ''))
+  );
 }
 
 /** "failed: <the causes, outermost first>" or "was cancelled". */
@@ -175,17 +192,25 @@ function describeFailure(err: unknown): string {
     if (e.message && !parts.includes(e.message)) parts.push(e.message);
     e = e.cause as typeof e;
   }
-  return cancelled ? `was cancelled${parts.length ? ` (${parts.join(': ')})` : ''}` : `failed: ${parts.join(': ') || String((err as Error).message)}`;
+  return cancelled
+    ? `was cancelled${parts.length ? ` (${parts.join(': ')})` : ''}`
+    : `failed: ${parts.join(': ') || String((err as Error).message)}`;
 }
 
 /** Starts the pipeline, or finds it: running (follow it), completed (its result), failed (start again). */
-async function submit(client: Client, config: OffshootConfig, teacherService: TeacherServiceRef | undefined): Promise<WorkflowHandle<typeof pipeline>> {
+async function submit(
+  client: Client,
+  config: OffshootConfig,
+  teacherService: TeacherServiceRef | undefined,
+): Promise<WorkflowHandle<typeof pipeline>> {
   const id = workflowIds(config.run.name).pipeline;
   try {
     const existing = client.workflow.getHandle<typeof pipeline>(id);
     const d = await existing.describe();
     if (d.status.name === 'RUNNING' || d.status.name === 'COMPLETED') {
-      log(`run ${config.run.name}: ${d.status.name === 'RUNNING' ? 'following the pipeline already running' : 'already completed; its result:'} (${id})`);
+      log(
+        `run ${config.run.name}: ${d.status.name === 'RUNNING' ? 'following the pipeline already running' : 'already completed; its result:'} (${id})`,
+      );
       return existing;
     }
     log(`run ${config.run.name}: the last pipeline ${d.status.name.toLowerCase()}; starting it again`);
@@ -236,7 +261,12 @@ async function describeProgress(client: Client, runId: string): Promise<string |
 }
 
 /** Waits for the pipeline's result, printing progress; survives the server going away for a while. */
-async function follow(client: Client, handle: WorkflowHandle<typeof pipeline>, runId: string, quiet: boolean): Promise<PipelineResult> {
+async function follow(
+  client: Client,
+  handle: WorkflowHandle<typeof pipeline>,
+  runId: string,
+  quiet: boolean,
+): Promise<PipelineResult> {
   const started = Date.now();
   let last = '';
   let done = false;
@@ -257,7 +287,8 @@ async function follow(client: Client, handle: WorkflowHandle<typeof pipeline>, r
       try {
         return await handle.result();
       } catch (err) {
-        if ((err as Error).name === 'WorkflowFailedError') throw new Error(`run ${runId}: the pipeline ${describeFailure(err)}`);
+        if ((err as Error).name === 'WorkflowFailedError')
+          throw new Error(`run ${runId}: the pipeline ${describeFailure(err)}`);
         if (!isConnectionError(err) || attempt > 120) throw err;
         await sleep(1000);
       }
@@ -279,8 +310,12 @@ function printResult(result: PipelineResult, json: boolean | undefined): void {
     result.teacher.valLoss !== undefined
       ? `, validation perplexity ${Math.exp(result.teacher.valLoss).toFixed(2)}${result.teacher.valBpb !== undefined ? ` (${result.teacher.valBpb.toFixed(4)} bits per byte)` : ''}`
       : '';
-  console.log(`offshoot run ${result.runId}: teacher ${result.teacher.parameters.toLocaleString('en-US')} parameters${teacherPpl}`);
-  console.log(`search: ${result.search.evaluations} evaluations, best ${result.search.best.description ?? result.search.best.key}`);
+  console.log(
+    `offshoot run ${result.runId}: teacher ${result.teacher.parameters.toLocaleString('en-US')} parameters${teacherPpl}`,
+  );
+  console.log(
+    `search: ${result.search.evaluations} evaluations, best ${result.search.best.description ?? result.search.best.key}`,
+  );
   console.log('');
   console.log(resultsTable(result));
   console.log('');
@@ -305,7 +340,11 @@ interface Embedded {
 }
 
 /** Starts the embedded stack for a run; the teacher must exist (the teacher service loads it). */
-async function startEmbedded(config: OffshootConfig, backend: string, temporalReady: Promise<[TemporalServer, NatsServer]>): Promise<Embedded> {
+async function startEmbedded(
+  config: OffshootConfig,
+  backend: string,
+  temporalReady: Promise<[TemporalServer, NatsServer]>,
+): Promise<Embedded> {
   const dir = runDir(config);
   const logs = path.join(dir, 'logs');
   fs.mkdirSync(logs, { recursive: true });
@@ -326,14 +365,21 @@ async function startEmbedded(config: OffshootConfig, backend: string, temporalRe
         port,
         backend,
         env,
-        extra: ['--max-batch-tokens', String(config.teacher.service.maxBatchTokens), '--top-k', String(config.teacher.service.topK)],
+        extra: [
+          '--max-batch-tokens',
+          String(config.teacher.service.maxBatchTokens),
+          '--top-k',
+          String(config.teacher.service.topK),
+        ],
         logFile: path.join(logs, 'teacher-service.log'),
       });
     starts.push(
       serve(previous)
         .catch((err: unknown) => {
           if (previous === undefined) throw err;
-          log(`run ${config.run.name}: the teacher service could not listen on its earlier port ${previous} (${(err as Error).message.split('\n')[0]}); a resumed search or pretraining that still uses it will retry until its attempts run out`);
+          log(
+            `run ${config.run.name}: the teacher service could not listen on its earlier port ${previous} (${(err as Error).message.split('\n')[0]}); a resumed search or pretraining that still uses it will retry until its attempts run out`,
+          );
           return serve();
         })
         .then((t) => {
@@ -343,11 +389,31 @@ async function startEmbedded(config: OffshootConfig, backend: string, temporalRe
         }),
     );
   }
-  starts.push(startWorker({ ...common, queues: ['orchestrate'], name: 'orchestrate', logFile: path.join(logs, 'worker-orchestrate.log') }).then((w) => processes.push(w)));
-  starts.push(startWorker({ ...common, queues: ['pretrain'], name: 'pretrain', logFile: path.join(logs, 'worker-pretrain.log') }).then((w) => processes.push(w)));
+  starts.push(
+    startWorker({
+      ...common,
+      queues: ['orchestrate'],
+      name: 'orchestrate',
+      logFile: path.join(logs, 'worker-orchestrate.log'),
+    }).then((w) => processes.push(w)),
+  );
+  starts.push(
+    startWorker({
+      ...common,
+      queues: ['pretrain'],
+      name: 'pretrain',
+      logFile: path.join(logs, 'worker-pretrain.log'),
+    }).then((w) => processes.push(w)),
+  );
   for (let i = 0; i < config.workers.evaluators; i++) {
     starts.push(
-      startWorker({ ...common, queues: ['evaluate'], slots: config.workers.evaluateSlots, name: `evaluate-${i}`, logFile: path.join(logs, `worker-evaluate-${i}.log`) }).then((w) => processes.push(w)),
+      startWorker({
+        ...common,
+        queues: ['evaluate'],
+        slots: config.workers.evaluateSlots,
+        name: `evaluate-${i}`,
+        logFile: path.join(logs, `worker-evaluate-${i}.log`),
+      }).then((w) => processes.push(w)),
     );
   }
   const results = await Promise.allSettled(starts);
@@ -366,7 +432,10 @@ async function runAction(opts: RunCliOptions): Promise<void> {
   fs.mkdirSync(dir, { recursive: true });
   if (config.services.temporal.address) {
     // Submit and follow only: the workers, the teacher service and NATS run elsewhere.
-    const client = await connectClient({ address: config.services.temporal.address, namespace: config.services.temporal.namespace });
+    const client = await connectClient({
+      address: config.services.temporal.address,
+      namespace: config.services.temporal.namespace,
+    });
     const handle = await submit(client, config, undefined);
     printResult(await follow(client, handle, config.run.name, Boolean(opts.quiet)), opts.json);
     await client.connection.close();
@@ -375,7 +444,9 @@ async function runAction(opts: RunCliOptions): Promise<void> {
 
   await reapOrphans(config);
   const backend = config.workers.backend === 'auto' ? (activeBackend()?.name ?? 'auto') : config.workers.backend;
-  log(`run ${config.run.name}: embedded stack (Temporal dev server, nats-server, teacher service, workers) in ${dir}; backend ${backend}`);
+  log(
+    `run ${config.run.name}: embedded stack (Temporal dev server, nats-server, teacher service, workers) in ${dir}; backend ${backend}`,
+  );
   const started: ManagedProcess[] = [];
   const pendingStarts: Promise<unknown>[] = [];
   let stopping = false;
@@ -383,12 +454,21 @@ async function runAction(opts: RunCliOptions): Promise<void> {
     await Promise.allSettled(pendingStarts);
     // Workers first (they drain: a running segment checkpoints), then the services.
     const order = [...started].sort((a, b) => rank(a) - rank(b));
-    for (const group of [order.filter((p) => rank(p) === 0), order.filter((p) => rank(p) === 1), order.filter((p) => rank(p) === 2)]) {
+    for (const group of [
+      order.filter((p) => rank(p) === 0),
+      order.filter((p) => rank(p) === 1),
+      order.filter((p) => rank(p) === 2),
+    ]) {
       await Promise.all(group.map((p) => p.stop(config.workers.gracePeriodSeconds * 1000)));
     }
     fs.rmSync(stackFile(config), { force: true });
   };
-  const rank = (p: ManagedProcess) => (p.name.startsWith('worker') || ['orchestrate', 'pretrain'].includes(p.name) || p.name.startsWith('evaluate') ? 0 : p.name === 'teacher' ? 1 : 2);
+  const rank = (p: ManagedProcess) =>
+    p.name.startsWith('worker') || ['orchestrate', 'pretrain'].includes(p.name) || p.name.startsWith('evaluate')
+      ? 0
+      : p.name === 'teacher'
+        ? 1
+        : 2;
   const onSignal = (signal: string) => {
     if (stopping) process.exit(130);
     stopping = true;
@@ -410,7 +490,12 @@ async function runAction(opts: RunCliOptions): Promise<void> {
     ] as const;
     pendingStarts.push(...starting);
     const services = Promise.all(starting).then((s) => {
-      const record: StackRecord = { temporal: s[0].address, nats: s[1].url, pid: process.pid, processes: { temporal: s[0].pid, nats: s[1].pid } };
+      const record: StackRecord = {
+        temporal: s[0].address,
+        nats: s[1].url,
+        pid: process.pid,
+        processes: { temporal: s[0].pid, nats: s[1].pid },
+      };
       fs.writeFileSync(stackFile(config), JSON.stringify(record) + '\n');
       return s;
     });
@@ -421,10 +506,20 @@ async function runAction(opts: RunCliOptions): Promise<void> {
     // For whoever must clean up after an `offshoot run` that was killed -9: every process it started.
     fs.writeFileSync(
       stackFile(config),
-      JSON.stringify({ temporal: stack.temporal.address, nats: stack.nats.url, pid: process.pid, processes: Object.fromEntries(started.map((p) => [p.name, p.pid])) } satisfies StackRecord) + '\n',
+      JSON.stringify({
+        temporal: stack.temporal.address,
+        nats: stack.nats.url,
+        pid: process.pid,
+        processes: Object.fromEntries(started.map((p) => [p.name, p.pid])),
+      } satisfies StackRecord) + '\n',
     );
-    log(`run ${config.run.name}: stack up in ${formatDuration((Date.now() - t0) / 1000)} (Temporal ${stack.temporal.address}, NATS ${stack.nats.url}${stack.teacherService ? `, teacher service ${stack.teacherService.targets[0]}` : ''})`);
-    const client = await connectClient({ address: stack.temporal.address, namespace: config.services.temporal.namespace });
+    log(
+      `run ${config.run.name}: stack up in ${formatDuration((Date.now() - t0) / 1000)} (Temporal ${stack.temporal.address}, NATS ${stack.nats.url}${stack.teacherService ? `, teacher service ${stack.teacherService.targets[0]}` : ''})`,
+    );
+    const client = await connectClient({
+      address: stack.temporal.address,
+      namespace: config.services.temporal.namespace,
+    });
     const handle = await submit(client, config, stack.teacherService);
     const result = await follow(client, handle, config.run.name, Boolean(opts.quiet));
     await client.connection.close();
@@ -456,12 +551,22 @@ export async function ensureTeacher(config: OffshootConfig): Promise<void> {
   if (!enabled) throw new Error(`teacher ${dir}: no finished checkpoint there and teacher.train.enabled is false`);
   log(`teacher: training ${settings.preset} on ${config.data.train} into ${dir} (${settings.steps} steps)`);
   await trainTeacher(
-    { ...settings, data: config.data.train, val: config.data.val, out: dir, tokenizer: config.data.tokenizer ?? undefined, tokenCache: defaultTokenStore() },
+    {
+      ...settings,
+      data: config.data.train,
+      val: config.data.val,
+      out: dir,
+      tokenizer: config.data.tokenizer ?? undefined,
+      tokenCache: defaultTokenStore(),
+    },
     { log },
   );
 }
 
-async function clientFor(opts: { config?: string; temporal?: string }, run: string): Promise<{ client: Client; config: OffshootConfig }> {
+async function clientFor(
+  opts: { config?: string; temporal?: string },
+  run: string,
+): Promise<{ client: Client; config: OffshootConfig }> {
   const config = resolveConfig({ ...opts, name: run });
   const address = temporalAddressFor(config);
   return { client: await connectClient({ address, namespace: config.services.temporal.namespace }), config };
@@ -475,10 +580,19 @@ async function statusAction(run: string, opts: { config?: string; temporal?: str
   try {
     d = await handle.describe();
   } catch (err) {
-    if ((err as Error).name === 'WorkflowNotFoundError') throw new Error(`run ${config.run.name}: no such run (no workflow ${ids.pipeline})`);
+    if ((err as Error).name === 'WorkflowNotFoundError')
+      throw new Error(`run ${config.run.name}: no such run (no workflow ${ids.pipeline})`);
     throw err;
   }
-  const out: { run: string; workflowId: string; status: string; pipeline?: PipelineStatus; evolution?: EvolutionStatus; pretrain: PretrainStatus[]; result?: PipelineResult } = {
+  const out: {
+    run: string;
+    workflowId: string;
+    status: string;
+    pipeline?: PipelineStatus;
+    evolution?: EvolutionStatus;
+    pretrain: PretrainStatus[];
+    result?: PipelineResult;
+  } = {
     run: config.run.name,
     workflowId: ids.pipeline,
     status: d.status.name,
@@ -496,16 +610,22 @@ async function statusAction(run: string, opts: { config?: string; temporal?: str
     console.log(JSON.stringify(out));
     return;
   }
-  console.log(`run ${out.run}: ${out.status.toLowerCase()}${out.pipeline ? `, stage ${out.pipeline.stage}` : ''} (${out.workflowId})`);
+  console.log(
+    `run ${out.run}: ${out.status.toLowerCase()}${out.pipeline ? `, stage ${out.pipeline.stage}` : ''} (${out.workflowId})`,
+  );
   if (out.evolution) {
     const e = out.evolution;
-    console.log(`  search: ${e.evaluated + e.failed}/${e.budget} evaluations, generation ${e.generation}, workflow run ${e.run}, ${e.inFlight.length} running, best val loss ${e.bestFitness?.toFixed(4) ?? '-'}${e.stopped ? ' (stopped)' : ''}`);
+    console.log(
+      `  search: ${e.evaluated + e.failed}/${e.budget} evaluations, generation ${e.generation}, workflow run ${e.run}, ${e.inFlight.length} running, best val loss ${e.bestFitness?.toFixed(4) ?? '-'}${e.stopped ? ' (stopped)' : ''}`,
+    );
   }
   if (out.pipeline?.best) console.log(`  best: ${out.pipeline.best.description ?? out.pipeline.best.key}`);
   for (const s of out.pretrain) {
     const seg = s.progress?.segments.at(-1);
     const ev = s.progress?.evals.at(-1);
-    console.log(`  pretrain ${s.name}: step ${s.progress?.step ?? 0}/${s.steps}${seg ? `, loss ${seg.lastLoss.toFixed(4)}` : ''}${ev ? `, val perplexity ${ev.valPpl.toFixed(2)} at step ${ev.step}` : ''}`);
+    console.log(
+      `  pretrain ${s.name}: step ${s.progress?.step ?? 0}/${s.steps}${seg ? `, loss ${seg.lastLoss.toFixed(4)}` : ''}${ev ? `, val perplexity ${ev.valPpl.toFixed(2)} at step ${ev.step}` : ''}`,
+    );
   }
   if (out.result) {
     console.log('');
@@ -524,8 +644,13 @@ async function cancelAction(run: string, opts: { config?: string; temporal?: str
 export function registerRunCommands(program: Command): void {
   program
     .command('run')
-    .description('the main job: search a sub-network of the teacher, pretrain it with distillation, compare with baselines (embedded stack unless a Temporal address is configured)')
-    .option('--config <file>', 'configuration file (YAML or JSON; docs/configuration.md); default: the embedded defaults')
+    .description(
+      'the main job: search a sub-network of the teacher, pretrain it with distillation, compare with baselines (embedded stack unless a Temporal address is configured)',
+    )
+    .option(
+      '--config <file>',
+      'configuration file (YAML or JSON; docs/configuration.md); default: the embedded defaults',
+    )
     .option('--name <run>', 'run name (overrides run.name)')
     .option('--teacher <dir>', 'use this teacher checkpoint instead of training the embedded one')
     .option('--temporal <host:port>', 'submit to this Temporal and follow (overrides services.temporal.address)')
@@ -540,7 +665,9 @@ export function registerRunCommands(program: Command): void {
     .option('--config <file>', 'configuration file (for services.temporal and storage.root)')
     .option('--temporal <host:port>', 'Temporal to ask (default: the config, else the running embedded stack)')
     .option('--json', 'print one JSON object')
-    .action(async (run: string, opts: { config?: string; temporal?: string; json?: boolean }) => statusAction(run, opts));
+    .action(async (run: string, opts: { config?: string; temporal?: string; json?: boolean }) =>
+      statusAction(run, opts),
+    );
 
   program
     .command('cancel')
@@ -549,5 +676,4 @@ export function registerRunCommands(program: Command): void {
     .option('--config <file>', 'configuration file (for services.temporal and storage.root)')
     .option('--temporal <host:port>', 'Temporal to ask (default: the config, else the running embedded stack)')
     .action(async (run: string, opts: { config?: string; temporal?: string }) => cancelAction(run, opts));
-
 }

@@ -3,7 +3,16 @@ import { type Command, InvalidArgumentError, Option } from 'commander';
 
 import { DEFAULT_TRAIN_CORPUS, DEFAULT_VALIDATION_CORPUS } from '../../core/data/index.js';
 import { ALGORITHMS, type Algorithm } from '../../core/search/index.js';
-import { FITNESS_KINDS, type FitnessKind, SPACE_KINDS, SUBNET_SPACE_DEFAULTS, type SpaceKind, type TargetRequest, formatParams, searchSubnetworks } from '../../core/subnet/index.js';
+import {
+  FITNESS_KINDS,
+  type FitnessKind,
+  SPACE_KINDS,
+  SUBNET_SPACE_DEFAULTS,
+  type SpaceKind,
+  type TargetRequest,
+  formatParams,
+  searchSubnetworks,
+} from '../../core/subnet/index.js';
 import { withBackend } from './backend-option.js';
 import { nonNegativeInt, positiveInt, probability } from './common.js';
 import { ProgressBar } from './progress.js';
@@ -33,12 +42,23 @@ export function registerSearchCommand(program: Command): void {
     .description('search the sub-networks of a teacher inside a parameter budget, in this process')
     .requiredOption('--teacher <dir>', 'teacher checkpoint directory')
     .option('--target-params <range>', 'parameter range: "70.4M ± 5%", "60M-80M", or a count (taken ± 5%)')
-    .option('--bin <i>', 'a parameter bin (0-based, of 20 linear bins) instead of --target-params', nonNegativeInt('--bin'))
+    .option(
+      '--bin <i>',
+      'a parameter bin (0-based, of 20 linear bins) instead of --target-params',
+      nonNegativeInt('--bin'),
+    )
     .addOption(new Option('--space <kind>', 'search space').choices([...SPACE_KINDS]).default('uniform'))
     .addOption(new Option('--algorithm <name>', 'search algorithm').choices([...ALGORITHMS]).default('evolution'))
     .option('--generations <n>', 'generations (budget = generations × population)', positiveInt('--generations'), 5)
     .option('--population <n>', 'population size', positiveInt('--population'), 10)
-    .addOption(new Option('--fitness <kind>', 'zero-shot: validation loss of the inherited weights; brief: after brief KD training').choices(FITNESS_KINDS).default('zero-shot'))
+    .addOption(
+      new Option(
+        '--fitness <kind>',
+        'zero-shot: validation loss of the inherited weights; brief: after brief KD training',
+      )
+        .choices(FITNESS_KINDS)
+        .default('zero-shot'),
+    )
     .option('--steps <n>', 'brief training steps per candidate', positiveInt('--steps'), 50)
     .option('--eval-tokens <n>', 'validation tokens per candidate', positiveInt('--eval-tokens'), 8192)
     .option('--seq-len <n>', 'tokens per sequence (default min(context, 64))', positiveInt('--seq-len'))
@@ -55,10 +75,15 @@ export function registerSearchCommand(program: Command): void {
     .action(
       withBackend(async (opts: SearchCliOptions) => {
         let target: TargetRequest;
-        if (opts.bin !== undefined && opts.targetParams !== undefined) throw new InvalidArgumentError('give --target-params or --bin, not both');
+        if (opts.bin !== undefined && opts.targetParams !== undefined)
+          throw new InvalidArgumentError('give --target-params or --bin, not both');
         if (opts.bin !== undefined) target = { bin: opts.bin };
         else if (opts.targetParams !== undefined) {
-          target = { params: /^[\d.]+\s*[kKmMbBgG]?$/.test(opts.targetParams.trim()) ? `${opts.targetParams} ± 5%` : opts.targetParams };
+          target = {
+            params: /^[\d.]+\s*[kKmMbBgG]?$/.test(opts.targetParams.trim())
+              ? `${opts.targetParams} ± 5%`
+              : opts.targetParams,
+          };
         } else throw new InvalidArgumentError('give a target: --target-params or --bin');
         const bar = new ProgressBar(opts.generations * opts.population, 'search');
         const result = await searchSubnetworks(
@@ -86,12 +111,25 @@ export function registerSearchCommand(program: Command): void {
             parameters: best.cost,
             metrics: best.metrics,
           },
-          history: result.history.map((r) => ({ id: r.id, generation: r.generation, origin: r.origin, status: r.status, fitness: r.fitness, parameters: r.cost, spec: r.genome, error: r.error })),
+          history: result.history.map((r) => ({
+            id: r.id,
+            generation: r.generation,
+            origin: r.origin,
+            status: r.status,
+            fitness: r.fitness,
+            parameters: r.cost,
+            spec: r.genome,
+            error: r.error,
+          })),
         };
         if (opts.json) console.log(JSON.stringify(summary));
         else {
           console.log(`target: ${result.target.label}`);
-          console.log(best ? `best: validation loss ${best.fitness!.toFixed(4)} with ${formatParams(best.cost)} parameters: ${JSON.stringify(summary.best!.spec)}` : 'no candidate was evaluated successfully');
+          console.log(
+            best
+              ? `best: validation loss ${best.fitness!.toFixed(4)} with ${formatParams(best.cost)} parameters: ${JSON.stringify(summary.best!.spec)}`
+              : 'no candidate was evaluated successfully',
+          );
         }
       }),
     );

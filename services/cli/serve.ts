@@ -23,13 +23,15 @@ interface ServeCliOptions {
 
 function port(value: string): number {
   const n = Number(value);
-  if (!Number.isSafeInteger(n) || n < 0 || n > 65535) throw new InvalidArgumentError(`--port must be an integer in [0, 65535], got ${JSON.stringify(value)}`);
+  if (!Number.isSafeInteger(n) || n < 0 || n > 65535)
+    throw new InvalidArgumentError(`--port must be an integer in [0, 65535], got ${JSON.stringify(value)}`);
   return n;
 }
 
 function tlsOptions(opts: ServeCliOptions): ServerTlsOptions | undefined {
   if (!opts.tlsCert && !opts.tlsKey && !opts.tlsCa) return undefined;
-  if (!opts.tlsCert || !opts.tlsKey) throw new Error('TLS needs both --tls-cert and --tls-key (--tls-ca adds mutual TLS)');
+  if (!opts.tlsCert || !opts.tlsKey)
+    throw new Error('TLS needs both --tls-cert and --tls-key (--tls-ca adds mutual TLS)');
   return {
     cert: readPem(opts.tlsCert, '--tls-cert'),
     key: readPem(opts.tlsKey, '--tls-key'),
@@ -40,7 +42,8 @@ function tlsOptions(opts: ServeCliOptions): ServerTlsOptions | undefined {
 /** Adds `serve` to the `teacher` command group (creating the group if no other command made it). */
 export function registerTeacherServeCommand(program: Command): void {
   const teacher =
-    program.commands.find((c) => c.name() === 'teacher') ?? program.command('teacher').description('the teacher model: train one, or serve its logits');
+    program.commands.find((c) => c.name() === 'teacher') ??
+    program.command('teacher').description('the teacher model: train one, or serve its logits');
   teacher
     .command('serve')
     .description("serve a checkpoint's top-k logits over gRPC to students (until SIGTERM or SIGINT, which drain first)")
@@ -48,14 +51,33 @@ export function registerTeacherServeCommand(program: Command): void {
     .option('--host <addr>', 'address to listen on', SERVER_DEFAULTS.host)
     .option('--port <n>', 'port to listen on (0: any free one)', port, SERVER_DEFAULTS.port)
     .option('--name <name>', 'model name reported by Info (default: the checkpoint folder)')
-    .option('--max-batch-tokens <n>', 'largest request and forward pass, in tokens', positiveInt('--max-batch-tokens'), SERVER_DEFAULTS.maxBatchTokens)
-    .option('--max-stream-queue <n>', 'requests one stream may have unanswered before the server stops reading it', positiveInt('--max-stream-queue'), SERVER_DEFAULTS.maxStreamQueue)
+    .option(
+      '--max-batch-tokens <n>',
+      'largest request and forward pass, in tokens',
+      positiveInt('--max-batch-tokens'),
+      SERVER_DEFAULTS.maxBatchTokens,
+    )
+    .option(
+      '--max-stream-queue <n>',
+      'requests one stream may have unanswered before the server stops reading it',
+      positiveInt('--max-stream-queue'),
+      SERVER_DEFAULTS.maxStreamQueue,
+    )
     .option('--top-k <n>', 'k when a request does not say', positiveInt('--top-k'), SERVER_DEFAULTS.topK)
     .option('--tls-cert <file>', 'PEM server certificate (enables TLS)')
     .option('--tls-key <file>', 'PEM server private key')
     .option('--tls-ca <file>', 'PEM CA bundle; clients must present a certificate it signed (mutual TLS)')
-    .option('--grace-period <s>', 'seconds to drain in-flight batches at shutdown', positiveNumber('--grace-period'), SERVER_DEFAULTS.graceMs / 1000)
-    .option('--metrics-port <n>', 'serve Prometheus metrics at http://HOST:PORT/metrics (0: any free port; default: off)', port)
+    .option(
+      '--grace-period <s>',
+      'seconds to drain in-flight batches at shutdown',
+      positiveNumber('--grace-period'),
+      SERVER_DEFAULTS.graceMs / 1000,
+    )
+    .option(
+      '--metrics-port <n>',
+      'serve Prometheus metrics at http://HOST:PORT/metrics (0: any free port; default: off)',
+      port,
+    )
     .action(
       withBackend(async (opts: ServeCliOptions) => {
         const log = (line: string): void => {
@@ -90,7 +112,9 @@ export function registerTeacherServeCommand(program: Command): void {
             `sha256 ${info.contentHash.slice(0, 12)}…) on ${opts.host}:${server.port}${tls ? (tls.ca ? ' with mutual TLS' : ' with TLS') : ''}`,
         );
         // One machine-readable line on stdout, for whatever started the server.
-        process.stdout.write(`${JSON.stringify({ event: 'listening', host: opts.host, port: server.port, model: info.modelName, hash: info.contentHash, metricsPort: metrics?.port })}\n`);
+        process.stdout.write(
+          `${JSON.stringify({ event: 'listening', host: opts.host, port: server.port, model: info.modelName, hash: info.contentHash, metricsPort: metrics?.port })}\n`,
+        );
         await new Promise<void>((resolve) => {
           let stopping = false;
           const stop = (signal: string): void => {
@@ -104,7 +128,9 @@ export function registerTeacherServeCommand(program: Command): void {
             void server.shutdown(opts.gracePeriod * 1000).then(async ({ drained }) => {
               await metrics?.close();
               const m = server.metrics();
-              log(`teacher: stopped${drained ? '' : ' (grace period over; cut off what was left)'}; served ${m.requestsServed} requests, ${m.tokensServed} tokens`);
+              log(
+                `teacher: stopped${drained ? '' : ' (grace period over; cut off what was left)'}; served ${m.requestsServed} requests, ${m.tokensServed} tokens`,
+              );
               resolve();
             });
           };

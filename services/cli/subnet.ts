@@ -4,7 +4,14 @@ import * as path from 'node:path';
 
 import { type Command, InvalidArgumentError, Option } from 'commander';
 
-import { DEFAULT_TRAIN_CORPUS, TOKENIZER_FILE, defaultTokenStore, loadTokenizer, openData, sampleBatch } from '../../core/data/index.js';
+import {
+  DEFAULT_TRAIN_CORPUS,
+  TOKENIZER_FILE,
+  defaultTokenStore,
+  loadTokenizer,
+  openData,
+  sampleBatch,
+} from '../../core/data/index.js';
 import { type SaveDtype, loadConfig } from '../../core/model/index.js';
 import {
   CALIBRATION_SEED,
@@ -42,7 +49,9 @@ export function readSpecArgument(value: string): unknown {
     try {
       text = fs.readFileSync(value, 'utf8');
     } catch (err) {
-      throw new Error(`--spec ${value}: cannot read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+      throw new Error(
+        `--spec ${value}: cannot read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`,
+      );
     }
   }
   let raw: unknown;
@@ -51,7 +60,8 @@ export function readSpecArgument(value: string): unknown {
   } catch (err) {
     throw new Error(`--spec ${inline ? '(inline)' : value}: invalid JSON (${(err as Error).message})`);
   }
-  if (raw && typeof raw === 'object' && !Array.isArray(raw) && 'spec' in raw && 'hash' in raw) return (raw as { spec: unknown }).spec;
+  if (raw && typeof raw === 'object' && !Array.isArray(raw) && 'spec' in raw && 'hash' in raw)
+    return (raw as { spec: unknown }).spec;
   return raw;
 }
 
@@ -83,12 +93,17 @@ async function extractAction(opts: ExtractCliOptions): Promise<void> {
   const spec = readSpecArgument(opts.spec);
   let calibration: { input: Int32Array; batchSize: number; seqLen: number } | undefined;
   if (needsImportance(opts)) {
-    const tokPath = opts.tokenizer ?? (fs.existsSync(path.join(opts.teacher, TOKENIZER_FILE)) ? opts.teacher : undefined);
-    if (!tokPath) throw new Error(`importance ordering tokenises --calibration ${opts.calibration}, but ${opts.teacher} has no tokenizer.json; pass --tokenizer`);
+    const tokPath =
+      opts.tokenizer ?? (fs.existsSync(path.join(opts.teacher, TOKENIZER_FILE)) ? opts.teacher : undefined);
+    if (!tokPath)
+      throw new Error(
+        `importance ordering tokenises --calibration ${opts.calibration}, but ${opts.teacher} has no tokenizer.json; pass --tokenizer`,
+      );
     const tokenizer = await loadTokenizer(tokPath);
     const config = loadConfig(opts.teacher);
     const seqLen = opts.calibrationSeqLen ?? Math.min(config.maxPositions, 64);
-    if (seqLen > config.maxPositions) throw new Error(`--calibration-seq-len ${seqLen} exceeds the teacher's context of ${config.maxPositions}`);
+    if (seqLen > config.maxPositions)
+      throw new Error(`--calibration-seq-len ${seqLen} exceeds the teacher's context of ${config.maxPositions}`);
     const corpus = await openData(opts.calibration, tokenizer, { cacheDir: defaultTokenStore() });
     calibration = sampleBatch(corpus, { batchSize: opts.calibrationBatch, seqLen, seed: CALIBRATION_SEED, step: 0 });
     corpus.close();
@@ -124,7 +139,8 @@ async function extractAction(opts: ExtractCliOptions): Promise<void> {
         `(${((100 * result.parameters) / teacherParams).toFixed(1)}% of the teacher) -> ${result.out}`,
     );
     console.log(`spec sha256 ${result.specHash}; checkpoint sha256 ${result.checkpointHash}`);
-    if (result.transformersIncompatibility) console.log(`note: offshoot config keys written (${result.transformersIncompatibility})`);
+    if (result.transformersIncompatibility)
+      console.log(`note: offshoot config keys written (${result.transformersIncompatibility})`);
   }
 }
 
@@ -148,9 +164,13 @@ function countAction(opts: CountCliOptions): void {
   const f = count.flopsPerToken;
   const n = (x: number) => x.toLocaleString('en-US', { maximumFractionDigits: 0 });
   console.log(describeCanonical(canonical));
-  console.log(`parameters          ${n(count.parameters)} (${(100 * count.fraction).toFixed(2)}% of the teacher's ${n(count.teacherParameters)})`);
+  console.log(
+    `parameters          ${n(count.parameters)} (${(100 * count.fraction).toFixed(2)}% of the teacher's ${n(count.teacherParameters)})`,
+  );
   console.log(`  embeddings        ${n(count.embeddingParameters)}; non-embedding ${n(count.nonEmbeddingParameters)}`);
-  console.log(`FLOPs per token at sequence length ${count.seqLen}${count.causal ? ' (causal attention averaging)' : ''}:`);
+  console.log(
+    `FLOPs per token at sequence length ${count.seqLen}${count.causal ? ' (causal attention averaging)' : ''}:`,
+  );
   console.log(`  forward           ${n(f.forward)} (2·${n(f.flopParameters)} + attention ${n(f.attentionForward)})`);
   console.log(`  training          ${n(f.training)}`);
   console.log(`  teacher forward   ${n(f.teacherForward)}`);
@@ -168,16 +188,25 @@ interface BinsCliOptions {
 
 function binsAction(opts: BinsCliOptions): void {
   const teacher = loadConfig(opts.teacher);
-  const options = { space: opts.space, count: opts.bins, scale: opts.log ? ('log' as const) : ('linear' as const), choices: opts.choices };
+  const options = {
+    space: opts.space,
+    count: opts.bins,
+    scale: opts.log ? ('log' as const) : ('linear' as const),
+    choices: opts.choices,
+  };
   const range = spaceParamRange(teacher, options);
   const bins = parameterBins(teacher, options);
   if (opts.json) {
     console.log(JSON.stringify({ space: opts.space, scale: options.scale, min: range.min, max: range.max, bins }));
     return;
   }
-  console.log(`${opts.space} space: ${range.min.toLocaleString('en-US')} to ${range.max.toLocaleString('en-US')} parameters, ${bins.length} ${options.scale} bins`);
+  console.log(
+    `${opts.space} space: ${range.min.toLocaleString('en-US')} to ${range.max.toLocaleString('en-US')} parameters, ${bins.length} ${options.scale} bins`,
+  );
   for (const b of bins) {
-    console.log(`  bin ${String(b.index).padStart(2)}  ${formatParams(b.minParams).padStart(9)} .. ${formatParams(b.maxParams).padStart(9)}`);
+    console.log(
+      `  bin ${String(b.index).padStart(2)}  ${formatParams(b.minParams).padStart(9)} .. ${formatParams(b.maxParams).padStart(9)}`,
+    );
   }
 }
 
@@ -190,18 +219,31 @@ export function registerSubnetCommands(program: Command): void {
     .requiredOption('--teacher <dir>', 'teacher checkpoint directory (Hugging Face layout)')
     .requiredOption('--spec <file>', 'sub-network spec: a JSON file, inline JSON ("{...}"), or a subnet.json')
     .requiredOption('--out <dir>', 'student checkpoint directory')
-    .addOption(new Option('--order <order>', 'how counts of heads, neurons and channels pick them').choices(HEAD_ORDERS).default('first-k'))
+    .addOption(
+      new Option('--order <order>', 'how counts of heads, neurons and channels pick them')
+        .choices(HEAD_ORDERS)
+        .default('first-k'),
+    )
     .addOption(new Option('--layers <how>', 'how a layer count picks layers').choices(LAYER_ORDERS).default('first'))
     .option('--calibration <corpus>', 'calibration corpus for importance orderings', DEFAULT_TRAIN_CORPUS)
     .option('--calibration-batch <n>', 'calibration sequences', positiveInt('--calibration-batch'), 8)
-    .option('--calibration-seq-len <n>', 'tokens per calibration sequence (default min(context, 64))', positiveInt('--calibration-seq-len'))
+    .option(
+      '--calibration-seq-len <n>',
+      'tokens per calibration sequence (default min(context, 64))',
+      positiveInt('--calibration-seq-len'),
+    )
     .option('--tokenizer <path>', "tokenizer for the calibration corpus (default: the teacher's tokenizer.json)")
     .option('--export-transformers', 'refuse (saying why) unless plain transformers can load the student')
-    .addOption(new Option('--dtype <dtype>', 'precision of the written weights').choices(['float32', 'bfloat16']).default('float32'))
+    .addOption(
+      new Option('--dtype <dtype>', 'precision of the written weights')
+        .choices(['float32', 'bfloat16'])
+        .default('float32'),
+    )
     .option('--json', 'print one JSON object')
     .action(async (opts: ExtractCliOptions, command: Command) => {
       // Only importance orderings compute with tensors; plain slicing needs no backend.
-      if (needsImportance(opts)) await withBackend(async (o: ExtractCliOptions, _c: Command) => extractAction(o))(opts, command);
+      if (needsImportance(opts))
+        await withBackend(async (o: ExtractCliOptions, _c: Command) => extractAction(o))(opts, command);
       else await extractAction(opts);
     });
 
@@ -210,7 +252,11 @@ export function registerSubnetCommands(program: Command): void {
     .description("a sub-network's parameters and FLOPs per token, from the spec alone")
     .requiredOption('--teacher <dir>', 'teacher checkpoint directory (only config.json is read)')
     .requiredOption('--spec <file>', 'sub-network spec: a JSON file, inline JSON ("{...}"), or a subnet.json')
-    .option('--seq-len <n>', "sequence length for the attention FLOPs (default: the teacher's context)", positiveInt('--seq-len'))
+    .option(
+      '--seq-len <n>',
+      "sequence length for the attention FLOPs (default: the teacher's context)",
+      positiveInt('--seq-len'),
+    )
     .option('--causal', 'average attention over the causal triangle ((T+1)/2 keys) instead of T')
     .option('--json', 'print one JSON object')
     .action((opts: CountCliOptions) => countAction(opts));
@@ -222,8 +268,11 @@ export function registerSubnetCommands(program: Command): void {
     .addOption(new Option('--space <kind>', 'search space').choices([...SPACE_KINDS]).default('uniform'))
     .option('--bins <n>', 'number of bins', positiveInt('--bins'), DEFAULT_BIN_COUNT)
     .option('--log', 'log-spaced bins')
-    .option('--choices <json>', 'allowed values per dimension, JSON or a file (docs/subnetworks.md)', (v) => readJsonArgument('--choices', v) as SpaceChoices)
+    .option(
+      '--choices <json>',
+      'allowed values per dimension, JSON or a file (docs/subnetworks.md)',
+      (v) => readJsonArgument('--choices', v) as SpaceChoices,
+    )
     .option('--json', 'print one JSON object')
     .action((opts: BinsCliOptions) => binsAction(opts));
 }
-

@@ -24,7 +24,10 @@ async function teacherTrainAction(opts: TeacherTrainCliOptions): Promise<void> {
     {
       log: (line) => process.stderr.write(`${line}\n`),
       onStep: (r) =>
-        bar.update(r.step, `loss ${r.loss.toFixed(3)} val ${Number.isNaN(r.valLoss) ? '-' : r.valLoss.toFixed(3)} ${Math.round(r.tokensPerSecond)} tok/s`),
+        bar.update(
+          r.step,
+          `loss ${r.loss.toFixed(3)} val ${Number.isNaN(r.valLoss) ? '-' : r.valLoss.toFixed(3)} ${Math.round(r.tokensPerSecond)} tok/s`,
+        ),
     },
   );
   bar.done();
@@ -33,12 +36,17 @@ async function teacherTrainAction(opts: TeacherTrainCliOptions): Promise<void> {
 
 export function registerTeacherCommands(program: Command): void {
   const teacher =
-    program.commands.find((c) => c.name() === 'teacher') ?? program.command('teacher').description('the teacher model: train one, or serve its logits');
+    program.commands.find((c) => c.name() === 'teacher') ??
+    program.command('teacher').description('the teacher model: train one, or serve its logits');
   const d = TEACHER_TRAIN_DEFAULTS;
   teacher
     .command('train')
     .description('train a GPT-NeoX on a corpus into a checkpoint directory; rerunning continues an unfinished run')
-    .option('--data <spec>', 'training data spec: sotu:train, sotu:val, mobydick, a file, folder or glob, or a spec file (docs/data.md)', DEFAULT_TRAIN_CORPUS)
+    .option(
+      '--data <spec>',
+      'training data spec: sotu:train, sotu:val, mobydick, a file, folder or glob, or a spec file (docs/data.md)',
+      DEFAULT_TRAIN_CORPUS,
+    )
     .option('--val <spec>', 'validation data spec (e.g. "corpus.yaml;split=val")', DEFAULT_VALIDATION_CORPUS)
     .option('--out <dir>', 'checkpoint directory', 'runs/teacher')
     .option('--preset <name>', `model shape: ${Object.keys(MODEL_PRESETS).join(', ')}`, d.preset)
@@ -50,9 +58,17 @@ export function registerTeacherCommands(program: Command): void {
     .option('--lr <x>', 'peak learning rate (cosine decay to a tenth)', positiveNumber('--lr'), d.lr)
     .option('--warmup <n>', 'warmup steps', nonNegativeInt('--warmup'), d.warmup)
     .option('--seed <n>', 'seed of initialisation and data order', nonNegativeInt('--seed'), d.seed)
-    .option('--eval-every <n>', 'steps between validation passes (default: a quarter of --steps)', positiveInt('--eval-every'))
+    .option(
+      '--eval-every <n>',
+      'steps between validation passes (default: a quarter of --steps)',
+      positiveInt('--eval-every'),
+    )
     .option('--eval-tokens <n>', 'validation tokens per pass', positiveInt('--eval-tokens'), d.evalTokens)
-    .option('--checkpoint-every <n>', 'steps between checkpoints (default: a quarter of --steps)', positiveInt('--checkpoint-every'))
+    .option(
+      '--checkpoint-every <n>',
+      'steps between checkpoints (default: a quarter of --steps)',
+      positiveInt('--checkpoint-every'),
+    )
     .option('--json', 'print a JSON summary at the end')
     .action(withBackend(teacherTrainAction));
 }

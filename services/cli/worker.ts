@@ -24,12 +24,25 @@ interface WorkerCliOptions {
 async function workerAction(opts: WorkerCliOptions): Promise<void> {
   const queues = parseQueues(opts.queues);
   const config = opts.config ? loadConfigFile(opts.config) : undefined;
-  const address = opts.temporal ?? config?.services.temporal.address ?? process.env.OFFSHOOT_TEMPORAL_ADDRESS ?? process.env.TEMPORAL_ADDRESS;
-  if (!address) throw new Error('no Temporal to work for: pass --temporal host:port, set services.temporal.address in --config, or env OFFSHOOT_TEMPORAL_ADDRESS');
+  const address =
+    opts.temporal ??
+    config?.services.temporal.address ??
+    process.env.OFFSHOOT_TEMPORAL_ADDRESS ??
+    process.env.TEMPORAL_ADDRESS;
+  if (!address)
+    throw new Error(
+      'no Temporal to work for: pass --temporal host:port, set services.temporal.address in --config, or env OFFSHOOT_TEMPORAL_ADDRESS',
+    );
   const backend = activeBackend();
-  const teacherTargets = opts.teacherService ? opts.teacherService.split(',').map((s) => s.trim()).filter(Boolean) : undefined;
+  const teacherTargets = opts.teacherService
+    ? opts.teacherService
+        .split(',')
+        .map((s) => s.trim())
+        .filter(Boolean)
+    : undefined;
   // Prometheus: activity durations and in-flight attempts, tokens/s, progress publishing (docs/progress.md).
-  const metrics = opts.metricsPort !== undefined ? await startMetricsServer(opts.metricsPort, { host: opts.metricsHost }) : undefined;
+  const metrics =
+    opts.metricsPort !== undefined ? await startMetricsServer(opts.metricsPort, { host: opts.metricsHost }) : undefined;
   if (metrics) process.stderr.write(`worker: metrics on ${metrics.url}\n`);
   try {
     await runWorker({
@@ -42,8 +55,12 @@ async function workerAction(opts: WorkerCliOptions): Promise<void> {
       teacherTargets,
       gracePeriodSeconds: opts.gracePeriod ?? config?.workers.gracePeriodSeconds,
       onReady: ({ identity, queues: q }) => {
-        process.stderr.write(`worker: ${identity} polling ${q.join(', ')} on ${address}${backend ? ` (backend ${backend.name})` : ''}\n`);
-        process.stdout.write(`${JSON.stringify({ event: 'worker-ready', identity, queues: q, address, metricsPort: metrics?.port })}\n`);
+        process.stderr.write(
+          `worker: ${identity} polling ${q.join(', ')} on ${address}${backend ? ` (backend ${backend.name})` : ''}\n`,
+        );
+        process.stdout.write(
+          `${JSON.stringify({ event: 'worker-ready', identity, queues: q, address, metricsPort: metrics?.port })}\n`,
+        );
       },
     });
   } finally {
@@ -54,18 +71,35 @@ async function workerAction(opts: WorkerCliOptions): Promise<void> {
 export function registerWorkerCommand(program: Command): void {
   program
     .command('worker')
-    .description('run Temporal workers for offshoot task queues until SIGTERM (which drains: segments checkpoint, evaluations finish)')
+    .description(
+      'run Temporal workers for offshoot task queues until SIGTERM (which drains: segments checkpoint, evaluations finish)',
+    )
     .requiredOption('--queues <list>', 'comma-separated task queues: evaluate, pretrain, orchestrate')
     .option('--slots <n>', 'evaluations at once on the evaluate queue (one per device)', positiveInt('--slots'))
     .option('--config <file>', 'configuration file (YAML or JSON): services, worker settings')
     .option('--temporal <host:port>', 'Temporal frontend (default: the config, else env OFFSHOOT_TEMPORAL_ADDRESS)')
     .option('--namespace <ns>', 'Temporal namespace (default: the config, else default)')
     .option('--nats <url>', 'NATS for progress events (default: the config, else env OFFSHOOT_NATS_URL, else none)')
-    .option('--teacher-service <targets>', "teacher-logit service replicas (host:port,...) to use instead of the workflow's")
+    .option(
+      '--teacher-service <targets>',
+      "teacher-logit service replicas (host:port,...) to use instead of the workflow's",
+    )
     .option('--name <name>', 'name in the worker identity')
-    .option('--grace-period <s>', 'SIGTERM: seconds to finish or checkpoint running activities (default 30)', positiveNumber('--grace-period'))
-    .option('--metrics-port <n>', 'serve Prometheus metrics at http://HOST:PORT/metrics (0: any free port; default: off)', nonNegativeInt('--metrics-port'))
-    .option('--metrics-host <addr>', 'address of the metrics endpoint (0.0.0.0 where Prometheus scrapes from elsewhere)', '127.0.0.1')
+    .option(
+      '--grace-period <s>',
+      'SIGTERM: seconds to finish or checkpoint running activities (default 30)',
+      positiveNumber('--grace-period'),
+    )
+    .option(
+      '--metrics-port <n>',
+      'serve Prometheus metrics at http://HOST:PORT/metrics (0: any free port; default: off)',
+      nonNegativeInt('--metrics-port'),
+    )
+    .option(
+      '--metrics-host <addr>',
+      'address of the metrics endpoint (0.0.0.0 where Prometheus scrapes from elsewhere)',
+      '127.0.0.1',
+    )
     .action(async (opts: WorkerCliOptions, command: Command) => {
       const computes = parseQueues(opts.queues).some((q) => q !== 'orchestrate');
       // Only the evaluate and pretrain queues compute; an orchestrate-only worker needs no backend.

@@ -12,7 +12,16 @@ import { z } from 'zod';
 import { BACKEND_CHOICES } from '../../core/model/backend.js';
 import { DEFAULT_DISTILL, KL_DIRECTIONS, MODEL_PRESETS } from '../../core/model/index.js';
 import { ALGORITHMS, SEARCH_DEFAULTS, SearchError, resolveSearchOptions } from '../../core/search/index.js';
-import { BIN_SCALES, DEFAULT_BIN_COUNT, FITNESS_KINDS, FITNESS_LOSSES, HEAD_ORDERS, LAYER_ORDERS, SPACE_KINDS, SUBNET_SPACE_DEFAULTS } from '../../core/subnet/index.js';
+import {
+  BIN_SCALES,
+  DEFAULT_BIN_COUNT,
+  FITNESS_KINDS,
+  FITNESS_LOSSES,
+  HEAD_ORDERS,
+  LAYER_ORDERS,
+  SPACE_KINDS,
+  SUBNET_SPACE_DEFAULTS,
+} from '../../core/subnet/index.js';
 import { TEACHER_TRAIN_DEFAULTS } from '../../core/teacher/index.js';
 import { RUN_ID_PATTERN } from '../progress/index.js';
 import type { PipelineInput, TeacherServiceRef } from '../../workflows/index.js';
@@ -26,41 +35,69 @@ const activitySchema = (timeoutSeconds: number, heartbeatSeconds: number, maxAtt
   z
     .strictObject({
       timeoutSeconds: posInt().default(timeoutSeconds).describe('start-to-close timeout of one attempt, seconds'),
-      heartbeatSeconds: posInt().default(heartbeatSeconds).describe('a worker silent this long is presumed dead; the attempt is retried elsewhere'),
+      heartbeatSeconds: posInt()
+        .default(heartbeatSeconds)
+        .describe('a worker silent this long is presumed dead; the attempt is retried elsewhere'),
       maxAttempts: posInt().default(maxAttempts).describe('attempts before the activity fails'),
     })
     .prefault({});
 
-const targetSchema = z
-  .union([
+const targetSchema = z.union(
+  [
     z.strictObject({ bin: int(0) }),
     z.strictObject({ params: z.string().min(1) }),
     z.strictObject({ minParams: z.number().nonnegative(), maxParams: z.number().positive() }),
-  ], { error: 'expected {bin: N}, {params: "70M ± 5%"} or {minParams: N, maxParams: M}' });
+  ],
+  { error: 'expected {bin: N}, {params: "70M ± 5%"} or {minParams: N, maxParams: M}' },
+);
 
 const T = TEACHER_TRAIN_DEFAULTS;
 
-const choiceSchema = z.union([z.array(posInt()).min(1), z.strictObject({ min: posInt().optional(), max: posInt().optional(), step: posInt().optional() })]);
+const choiceSchema = z.union([
+  z.array(posInt()).min(1),
+  z.strictObject({ min: posInt().optional(), max: posInt().optional(), step: posInt().optional() }),
+]);
 
 export const configSchema = z.strictObject({
   run: z
     .strictObject({
-      name: z.string().regex(RUN_ID_PATTERN, 'must be 1-128 of A-Z a-z 0-9 _ - (starting with a letter or digit)').default('default').describe('the run; workflow ids and its folder derive from it'),
-      seed: int(0).default(1).describe('seed of the search (unless search.seed), the pretraining data order and initialisations'),
+      name: z
+        .string()
+        .regex(RUN_ID_PATTERN, 'must be 1-128 of A-Z a-z 0-9 _ - (starting with a letter or digit)')
+        .default('default')
+        .describe('the run; workflow ids and its folder derive from it'),
+      seed: int(0)
+        .default(1)
+        .describe('seed of the search (unless search.seed), the pretraining data order and initialisations'),
     })
     .prefault({}),
   storage: z
     .strictObject({
-      root: z.string().min(1).default('runs').describe('shared folder every worker sees; a run keeps its files in <root>/<run.name>'),
+      root: z
+        .string()
+        .min(1)
+        .default('runs')
+        .describe('shared folder every worker sees; a run keeps its files in <root>/<run.name>'),
     })
     .prefault({}),
   teacher: z
     .strictObject({
-      dir: z.string().min(1).nullable().default(null).describe('teacher checkpoint directory; null: <run folder>/teacher, trained there when missing'),
+      dir: z
+        .string()
+        .min(1)
+        .nullable()
+        .default(null)
+        .describe('teacher checkpoint directory; null: <run folder>/teacher, trained there when missing'),
       train: z
         .strictObject({
-          enabled: z.boolean().default(true).describe('train the teacher when its directory holds no finished checkpoint'),
-          preset: z.enum(Object.keys(MODEL_PRESETS) as [string, ...string[]]).default(T.preset).describe('model shape (core/model presets)'),
+          enabled: z
+            .boolean()
+            .default(true)
+            .describe('train the teacher when its directory holds no finished checkpoint'),
+          preset: z
+            .enum(Object.keys(MODEL_PRESETS) as [string, ...string[]])
+            .default(T.preset)
+            .describe('model shape (core/model presets)'),
           vocab: posInt().default(T.vocab).describe('vocabulary of the BPE trained on data.train'),
           steps: posInt().default(T.steps),
           batchSize: posInt().default(T.batchSize),
@@ -73,7 +110,12 @@ export const configSchema = z.strictObject({
         .prefault({}),
       service: z
         .strictObject({
-          enabled: z.boolean().default(true).describe('distil through the teacher-logit service (embedded: started by offshoot run); false: each worker holds the teacher'),
+          enabled: z
+            .boolean()
+            .default(true)
+            .describe(
+              'distil through the teacher-logit service (embedded: started by offshoot run); false: each worker holds the teacher',
+            ),
           topK: posInt().default(64).describe('top-k logits the service sends per position'),
           maxBatchTokens: posInt().default(8192).describe('largest forward pass of the embedded service'),
         })
@@ -82,7 +124,13 @@ export const configSchema = z.strictObject({
     .prefault({}),
   data: z
     .strictObject({
-      train: z.string().min(1).default('sotu:train').describe('training data spec (docs/data.md): sotu:train, sotu:val, mobydick, a file, folder or glob, a spec file'),
+      train: z
+        .string()
+        .min(1)
+        .default('sotu:train')
+        .describe(
+          'training data spec (docs/data.md): sotu:train, sotu:val, mobydick, a file, folder or glob, a spec file',
+        ),
       val: z.string().min(1).default('sotu:val').describe('validation data spec, e.g. corpus.yaml;split=val'),
       tokenizer: z.string().min(1).nullable().default(null).describe("tokenizer.json or a folder; null: the teacher's"),
     })
@@ -94,7 +142,13 @@ export const configSchema = z.strictObject({
       bins: posInt().default(DEFAULT_BIN_COUNT),
       scale: z.enum(BIN_SCALES).default('linear'),
       choices: z
-        .strictObject({ layers: choiceSchema.optional(), embedding: choiceSchema.optional(), heads: choiceSchema.optional(), mlp: choiceSchema.optional(), headSize: choiceSchema.optional() })
+        .strictObject({
+          layers: choiceSchema.optional(),
+          embedding: choiceSchema.optional(),
+          heads: choiceSchema.optional(),
+          mlp: choiceSchema.optional(),
+          headSize: choiceSchema.optional(),
+        })
         .optional()
         .describe('allowed values per dimension (docs/subnetworks.md)'),
       algorithm: z.enum(ALGORITHMS).default(SEARCH_DEFAULTS.algorithm),
@@ -140,11 +194,16 @@ export const configSchema = z.strictObject({
       checkpointEvery: posInt().default(25).describe('steps between checkpoints (what a retry may redo at most)'),
       evalEvery: posInt().default(100).describe('steps between validation passes'),
       evalTokens: posInt().default(4096),
-      targetPpl: posNum().nullable().default(null).describe('stop once validation perplexity reaches this; null: train all steps'),
+      targetPpl: posNum()
+        .nullable()
+        .default(null)
+        .describe('stop once validation perplexity reaches this; null: train all steps'),
       distill: z
         .strictObject({
           enabled: z.boolean().default(true).describe('knowledge distillation; false: cross-entropy only'),
-          alpha: fraction().default(DEFAULT_DISTILL.alpha).describe('weight of cross-entropy; 1 − alpha weighs the KL term'),
+          alpha: fraction()
+            .default(DEFAULT_DISTILL.alpha)
+            .describe('weight of cross-entropy; 1 − alpha weighs the KL term'),
           temperature: posNum().default(DEFAULT_DISTILL.temperature),
           direction: z.enum(KL_DIRECTIONS).default(DEFAULT_DISTILL.direction),
         })
@@ -152,10 +211,15 @@ export const configSchema = z.strictObject({
       baselines: z
         .strictObject({
           randomInit: z.boolean().default(true).describe("the winner's shape with random weights, same budget"),
-          firstK: z.boolean().default(true).describe('no search: the teacher shrunk uniformly into the bin, first-k weights'),
+          firstK: z
+            .boolean()
+            .default(true)
+            .describe('no search: the teacher shrunk uniformly into the bin, first-k weights'),
         })
         .prefault({}),
-      finalEvalTokens: posInt().default(16384).describe('validation tokens of the final evaluation (the results table)'),
+      finalEvalTokens: posInt()
+        .default(16384)
+        .describe('validation tokens of the final evaluation (the results table)'),
       activity: activitySchema(3600, 60, 5),
     })
     .prefault({}),
@@ -163,18 +227,31 @@ export const configSchema = z.strictObject({
     .strictObject({
       temporal: z
         .strictObject({
-          address: z.string().min(1).nullable().default(null).describe('host:port of Temporal; null: offshoot run starts the embedded dev server'),
+          address: z
+            .string()
+            .min(1)
+            .nullable()
+            .default(null)
+            .describe('host:port of Temporal; null: offshoot run starts the embedded dev server'),
           namespace: z.string().min(1).default('default'),
         })
         .prefault({}),
       nats: z
         .strictObject({
-          url: z.string().min(1).nullable().default(null).describe('NATS for progress events; null: embedded (offshoot run) or none'),
+          url: z
+            .string()
+            .min(1)
+            .nullable()
+            .default(null)
+            .describe('NATS for progress events; null: embedded (offshoot run) or none'),
         })
         .prefault({}),
       teacher: z
         .strictObject({
-          targets: z.array(z.string().regex(/^[^\s:]+:\d+$/, 'expected host:port')).default([]).describe('teacher-logit service replicas; empty: embedded (offshoot run) or in process'),
+          targets: z
+            .array(z.string().regex(/^[^\s:]+:\d+$/, 'expected host:port'))
+            .default([])
+            .describe('teacher-logit service replicas; empty: embedded (offshoot run) or in process'),
         })
         .prefault({}),
     })
@@ -183,8 +260,13 @@ export const configSchema = z.strictObject({
     .strictObject({
       evaluators: posInt().default(1).describe('embedded stack: evaluator worker processes'),
       evaluateSlots: posInt().default(1).describe('evaluations one evaluator runs at once (one per device)'),
-      backend: z.enum(BACKEND_CHOICES).default('auto').describe('compute backend of embedded workers and the teacher service'),
-      gracePeriodSeconds: posInt().default(30).describe('SIGTERM: how long a worker may finish or checkpoint its activities'),
+      backend: z
+        .enum(BACKEND_CHOICES)
+        .default('auto')
+        .describe('compute backend of embedded workers and the teacher service'),
+      gracePeriodSeconds: posInt()
+        .default(30)
+        .describe('SIGTERM: how long a worker may finish or checkpoint its activities'),
     })
     .prefault({}),
 });
@@ -203,7 +285,9 @@ export class ConfigError extends Error {
     readonly source: string,
     readonly problems: ConfigProblem[],
   ) {
-    super(`${source}: ${problems.length} problem${problems.length === 1 ? '' : 's'}:\n${problems.map((p) => `  ${p.field}: ${p.message}`).join('\n')}`);
+    super(
+      `${source}: ${problems.length} problem${problems.length === 1 ? '' : 's'}:\n${problems.map((p) => `  ${p.field}: ${p.message}`).join('\n')}`,
+    );
     this.name = 'ConfigError';
   }
 }
@@ -234,11 +318,15 @@ export function parseConfig(raw: unknown, source = 'config'): OffshootConfig {
   if (!result.success) {
     for (const issue of result.error.issues) {
       if (issue.code === 'unrecognized_keys') {
-        for (const key of issue.keys) problems.push({ field: fieldName([...issue.path, key]), message: 'unknown field' });
+        for (const key of issue.keys)
+          problems.push({ field: fieldName([...issue.path, key]), message: 'unknown field' });
         continue;
       }
       const value = valueAt(input, issue.path);
-      problems.push({ field: fieldName(issue.path), message: `${issue.message}${value === undefined ? '' : `, got ${show(value)}`}` });
+      problems.push({
+        field: fieldName(issue.path),
+        message: `${issue.message}${value === undefined ? '' : `, got ${show(value)}`}`,
+      });
     }
   }
   // Checks across fields, on the file's values over the defaults, reported in the same list (a field
@@ -246,7 +334,9 @@ export function parseConfig(raw: unknown, source = 'config'): OffshootConfig {
   if (input && typeof input === 'object' && !Array.isArray(input)) {
     const merged = mergeRaw(JSON.parse(JSON.stringify(configSchema.parse({}))), input as Record<string, unknown>);
     const bad = new Set(problems.map((p) => p.field));
-    for (const p of crossFieldProblems(merged)) if (![...bad].some((b) => p.field === b || p.field.startsWith(`${b}.`) || b.startsWith(`${p.field}.`))) problems.push(p);
+    for (const p of crossFieldProblems(merged))
+      if (![...bad].some((b) => p.field === b || p.field.startsWith(`${b}.`) || b.startsWith(`${p.field}.`)))
+        problems.push(p);
   }
   if (problems.length || !result.success) throw new ConfigError(source, problems);
   return result.data;
@@ -257,7 +347,17 @@ function crossFieldProblems(c: Record<string, any>): ConfigProblem[] {
   const n = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v);
   const s = c.search ?? {};
   const opts: Record<string, unknown> = {};
-  for (const k of ['algorithm', 'budget', 'population', 'tournamentSize', 'elitism', 'crossoverProbability', 'mutationProbability', 'multiObjective', 'retryFailed']) {
+  for (const k of [
+    'algorithm',
+    'budget',
+    'population',
+    'tournamentSize',
+    'elitism',
+    'crossoverProbability',
+    'mutationProbability',
+    'multiObjective',
+    'retryFailed',
+  ]) {
     if (s[k] !== undefined) opts[k] = s[k];
   }
   try {
@@ -268,15 +368,29 @@ function crossFieldProblems(c: Record<string, any>): ConfigProblem[] {
   }
   const f = s.fitness ?? {};
   if (f.kind === 'brief' && n(f.warmup) && n(f.steps) && f.warmup > f.steps) {
-    problems.push({ field: 'search.fitness.warmup', message: `must be at most search.fitness.steps (${f.steps}), got ${f.warmup}` });
+    problems.push({
+      field: 'search.fitness.warmup',
+      message: `must be at most search.fitness.steps (${f.steps}), got ${f.warmup}`,
+    });
   }
   const p = c.pretrain ?? {};
-  if (n(p.warmup) && n(p.steps) && p.warmup > p.steps) problems.push({ field: 'pretrain.warmup', message: `must be at most pretrain.steps (${p.steps}), got ${p.warmup}` });
+  if (n(p.warmup) && n(p.steps) && p.warmup > p.steps)
+    problems.push({
+      field: 'pretrain.warmup',
+      message: `must be at most pretrain.steps (${p.steps}), got ${p.warmup}`,
+    });
   if (n(p.checkpointEvery) && n(p.segmentSteps) && p.checkpointEvery > p.segmentSteps) {
-    problems.push({ field: 'pretrain.checkpointEvery', message: `must be at most pretrain.segmentSteps (${p.segmentSteps}), got ${p.checkpointEvery}` });
+    problems.push({
+      field: 'pretrain.checkpointEvery',
+      message: `must be at most pretrain.segmentSteps (${p.segmentSteps}), got ${p.checkpointEvery}`,
+    });
   }
   const t = c.teacher?.train ?? {};
-  if (n(t.warmup) && n(t.steps) && t.warmup > t.steps) problems.push({ field: 'teacher.train.warmup', message: `must be at most teacher.train.steps (${t.steps}), got ${t.warmup}` });
+  if (n(t.warmup) && n(t.steps) && t.warmup > t.steps)
+    problems.push({
+      field: 'teacher.train.warmup',
+      message: `must be at most teacher.train.steps (${t.steps}), got ${t.warmup}`,
+    });
   return problems;
 }
 
@@ -286,13 +400,20 @@ export function loadConfigFile(file: string): OffshootConfig {
   try {
     text = fs.readFileSync(file, 'utf8');
   } catch (err) {
-    throw new ConfigError(file, [{ field: '(file)', message: `cannot read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})` }]);
+    throw new ConfigError(file, [
+      { field: '(file)', message: `cannot read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})` },
+    ]);
   }
   let raw: unknown;
   try {
     raw = file.endsWith('.json') ? JSON.parse(text) : YAML.parse(text);
   } catch (err) {
-    throw new ConfigError(file, [{ field: '(file)', message: `not valid ${file.endsWith('.json') ? 'JSON' : 'YAML'}: ${(err as Error).message.split('\n')[0]}` }]);
+    throw new ConfigError(file, [
+      {
+        field: '(file)',
+        message: `not valid ${file.endsWith('.json') ? 'JSON' : 'YAML'}: ${(err as Error).message.split('\n')[0]}`,
+      },
+    ]);
   }
   return parseConfig(raw, file);
 }
@@ -305,16 +426,22 @@ export function defaultConfig(): OffshootConfig {
 /** Every leaf field of a config as [dotted path, value] (the documentation test walks the defaults). */
 export function configLeaves(value: unknown, prefix = ''): [string, unknown][] {
   if (value === null || typeof value !== 'object' || Array.isArray(value)) return [[prefix, value]];
-  return Object.entries(value as Record<string, unknown>).flatMap(([k, v]) => configLeaves(v, prefix ? `${prefix}.${k}` : k));
+  return Object.entries(value as Record<string, unknown>).flatMap(([k, v]) =>
+    configLeaves(v, prefix ? `${prefix}.${k}` : k),
+  );
 }
 
 /** Merges overrides (e.g. from command-line flags) into a raw config object, deeply. */
 export function mergeRaw(base: unknown, override: Record<string, unknown>): Record<string, unknown> {
-  const out: Record<string, unknown> = base && typeof base === 'object' && !Array.isArray(base) ? { ...(base as Record<string, unknown>) } : {};
+  const out: Record<string, unknown> =
+    base && typeof base === 'object' && !Array.isArray(base) ? { ...(base as Record<string, unknown>) } : {};
   for (const [k, v] of Object.entries(override)) {
     if (v === undefined) continue;
     const cur = out[k];
-    out[k] = v && typeof v === 'object' && !Array.isArray(v) && cur && typeof cur === 'object' && !Array.isArray(cur) ? mergeRaw(cur, v as Record<string, unknown>) : v;
+    out[k] =
+      v && typeof v === 'object' && !Array.isArray(v) && cur && typeof cur === 'object' && !Array.isArray(cur)
+        ? mergeRaw(cur, v as Record<string, unknown>)
+        : v;
   }
   return out;
 }
@@ -347,14 +474,23 @@ export function teacherDir(config: OffshootConfig, cwd = process.cwd()): string 
 }
 
 /** The pipeline workflow's input for a config; `teacherService` from the embedded stack or the config. */
-export function pipelineInput(config: OffshootConfig, options: { cwd?: string; teacherService?: TeacherServiceRef } = {}): PipelineInput {
+export function pipelineInput(
+  config: OffshootConfig,
+  options: { cwd?: string; teacherService?: TeacherServiceRef } = {},
+): PipelineInput {
   const cwd = options.cwd ?? process.cwd();
   const dir = runDir(config, cwd);
   const run = { runId: config.run.name, dir };
-  const data = { train: config.data.train, val: config.data.val, ...(config.data.tokenizer ? { tokenizer: path.resolve(cwd, config.data.tokenizer) } : {}) };
+  const data = {
+    train: config.data.train,
+    val: config.data.val,
+    ...(config.data.tokenizer ? { tokenizer: path.resolve(cwd, config.data.tokenizer) } : {}),
+  };
   const teacherService =
     options.teacherService ??
-    (config.teacher.service.enabled && config.services.teacher.targets.length ? { targets: config.services.teacher.targets, topK: config.teacher.service.topK } : undefined);
+    (config.teacher.service.enabled && config.services.teacher.targets.length
+      ? { targets: config.services.teacher.targets, topK: config.teacher.service.topK }
+      : undefined);
   const s = config.search;
   const p = config.pretrain;
   const { enabled, ...train } = config.teacher.train;
@@ -382,7 +518,12 @@ export function pipelineInput(config: OffshootConfig, options: { cwd?: string; t
       fitness: {
         budget:
           s.fitness.kind === 'zero-shot'
-            ? { kind: 'zero-shot', batchSize: s.fitness.batchSize, seqLen: s.fitness.seqLen, evalTokens: s.fitness.evalTokens }
+            ? {
+                kind: 'zero-shot',
+                batchSize: s.fitness.batchSize,
+                seqLen: s.fitness.seqLen,
+                evalTokens: s.fitness.evalTokens,
+              }
             : {
                 kind: 'brief',
                 steps: s.fitness.steps,
@@ -392,7 +533,15 @@ export function pipelineInput(config: OffshootConfig, options: { cwd?: string; t
                 warmup: s.fitness.warmup,
                 loss: s.fitness.loss,
                 evalTokens: s.fitness.evalTokens,
-                ...(s.fitness.loss === 'distill' ? { distill: { alpha: p.distill.alpha, temperature: p.distill.temperature, direction: p.distill.direction } } : {}),
+                ...(s.fitness.loss === 'distill'
+                  ? {
+                      distill: {
+                        alpha: p.distill.alpha,
+                        temperature: p.distill.temperature,
+                        direction: p.distill.direction,
+                      },
+                    }
+                  : {}),
               },
         order: s.fitness.order,
         layers: s.fitness.layers,
@@ -409,7 +558,9 @@ export function pipelineInput(config: OffshootConfig, options: { cwd?: string; t
         lr: p.lr,
         warmup: p.warmup,
         seed: config.run.seed,
-        distill: p.distill.enabled ? { alpha: p.distill.alpha, temperature: p.distill.temperature, direction: p.distill.direction } : null,
+        distill: p.distill.enabled
+          ? { alpha: p.distill.alpha, temperature: p.distill.temperature, direction: p.distill.direction }
+          : null,
       },
       segmentSteps: p.segmentSteps,
       checkpointEvery: p.checkpointEvery,
@@ -422,6 +573,10 @@ export function pipelineInput(config: OffshootConfig, options: { cwd?: string; t
     },
     baselines: { randomInit: p.baselines.randomInit, firstK: p.baselines.firstK },
     finalEvalTokens: p.finalEvalTokens,
-    activity: { timeoutSeconds: Math.max(p.activity.timeoutSeconds, 3600), heartbeatSeconds: p.activity.heartbeatSeconds, maxAttempts: p.activity.maxAttempts },
+    activity: {
+      timeoutSeconds: Math.max(p.activity.timeoutSeconds, 3600),
+      heartbeatSeconds: p.activity.heartbeatSeconds,
+      maxAttempts: p.activity.maxAttempts,
+    },
   };
 }

@@ -51,7 +51,10 @@ function file(env: Env, name: string): Buffer | undefined {
 function pair(env: Env, prefix: string): { cert?: Buffer; key?: Buffer } {
   const cert = file(env, `${prefix}_CERT`);
   const key = file(env, `${prefix}_KEY`);
-  if (Boolean(cert) !== Boolean(key)) throw new Error(`${prefix}_CERT and ${prefix}_KEY go together (a client certificate and its key); only ${cert ? `${prefix}_CERT` : `${prefix}_KEY`} is set`);
+  if (Boolean(cert) !== Boolean(key))
+    throw new Error(
+      `${prefix}_CERT and ${prefix}_KEY go together (a client certificate and its key); only ${cert ? `${prefix}_CERT` : `${prefix}_KEY`} is set`,
+    );
   return { cert, key };
 }
 
@@ -103,8 +106,13 @@ export function natsAuth(credsAuthenticator: (creds: Uint8Array) => unknown, env
   const user = value(env, 'OFFSHOOT_NATS_USER');
   const pass = env.OFFSHOOT_NATS_PASSWORD;
   const token = value(env, 'OFFSHOOT_NATS_TOKEN');
-  const kinds = [creds && 'OFFSHOOT_NATS_CREDS', user && 'OFFSHOOT_NATS_USER', token && 'OFFSHOOT_NATS_TOKEN'].filter(Boolean);
-  if (kinds.length > 1) throw new Error(`NATS credentials: set one of OFFSHOOT_NATS_CREDS, OFFSHOOT_NATS_USER (with OFFSHOOT_NATS_PASSWORD) or OFFSHOOT_NATS_TOKEN, not ${kinds.join(' and ')}`);
+  const kinds = [creds && 'OFFSHOOT_NATS_CREDS', user && 'OFFSHOOT_NATS_USER', token && 'OFFSHOOT_NATS_TOKEN'].filter(
+    Boolean,
+  );
+  if (kinds.length > 1)
+    throw new Error(
+      `NATS credentials: set one of OFFSHOOT_NATS_CREDS, OFFSHOOT_NATS_USER (with OFFSHOOT_NATS_PASSWORD) or OFFSHOOT_NATS_TOKEN, not ${kinds.join(' and ')}`,
+    );
   if (pass !== undefined && !user) throw new Error('OFFSHOOT_NATS_PASSWORD is set without OFFSHOOT_NATS_USER');
   const out: NatsAuth = {};
   if (creds) out.authenticator = credsAuthenticator(new Uint8Array(creds));

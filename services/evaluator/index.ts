@@ -7,10 +7,22 @@
  */
 import { ApplicationFailure, Context } from '@temporalio/activity';
 
-import { type FitnessContext, createFitnessContext, disposeFitnessContext, evaluateFitness } from '../../core/subnet/index.js';
+import {
+  type FitnessContext,
+  createFitnessContext,
+  disposeFitnessContext,
+  evaluateFitness,
+} from '../../core/subnet/index.js';
 import { tokensPerSecond as tokensPerSecondGauge } from '../progress/index.js';
 import { StreamingTeacher } from '../teacher/index.js';
-import { TeacherMismatchError, type WorkerEnv, emit, teacherClient, teacherModel, withActivityEvents } from '../orchestration/index.js';
+import {
+  TeacherMismatchError,
+  type WorkerEnv,
+  emit,
+  teacherClient,
+  teacherModel,
+  withActivityEvents,
+} from '../orchestration/index.js';
 import type { EvaluateActivities, EvaluateInput, EvaluateOutput } from '../../workflows/index.js';
 
 let cached: { key: string; ctx: FitnessContext } | undefined;
@@ -20,9 +32,15 @@ async function fitnessContext(input: EvaluateInput): Promise<FitnessContext> {
   if (cached?.key === key) return cached.ctx;
   if (cached) disposeFitnessContext(cached.ctx);
   cached = undefined;
-  const ctx = await createFitnessContext(input.teacher.dir, { train: input.data.train, val: input.data.val, tokenizer: input.data.tokenizer });
+  const ctx = await createFitnessContext(input.teacher.dir, {
+    train: input.data.train,
+    val: input.data.val,
+    tokenizer: input.data.tokenizer,
+  });
   if (ctx.checkpoint.hash !== input.teacher.hash) {
-    throw new TeacherMismatchError(`teacher ${input.teacher.dir} holds weights ${ctx.checkpoint.hash.slice(0, 12)}…, the search expects ${input.teacher.hash.slice(0, 12)}…`);
+    throw new TeacherMismatchError(
+      `teacher ${input.teacher.dir} holds weights ${ctx.checkpoint.hash.slice(0, 12)}…, the search expects ${input.teacher.hash.slice(0, 12)}…`,
+    );
   }
   cached = { key, ctx };
   return ctx;
@@ -33,7 +51,9 @@ export function createEvaluateActivities(env: WorkerEnv): EvaluateActivities {
   const evaluateCandidate = async (input: EvaluateInput): Promise<EvaluateOutput> => {
     const actx = Context.current();
     const attempt = actx.info.attempt;
-    env.log(`evaluate: candidate ${input.candidateId} (${input.key.slice(0, 12)}) attempt ${attempt} on ${env.identity}`);
+    env.log(
+      `evaluate: candidate ${input.candidateId} (${input.key.slice(0, 12)}) attempt ${attempt} on ${env.identity}`,
+    );
     let shared: FitnessContext;
     try {
       shared = await fitnessContext(input);
@@ -55,7 +75,11 @@ export function createEvaluateActivities(env: WorkerEnv): EvaluateActivities {
             })
         : undefined,
     };
-    if (!input.teacherService && input.fitness.budget.kind === 'brief' && (input.fitness.budget.loss ?? 'distill') === 'distill') {
+    if (
+      !input.teacherService &&
+      input.fitness.budget.kind === 'brief' &&
+      (input.fitness.budget.loss ?? 'distill') === 'distill'
+    ) {
       ctx.teacherModel = teacherModel(input.teacher.dir, input.teacher.hash);
     }
     actx.heartbeat({ step: 0 });
@@ -76,11 +100,15 @@ export function createEvaluateActivities(env: WorkerEnv): EvaluateActivities {
       );
     } catch (err) {
       const name = (err as Error).name;
-      if (name === 'SpecError' || name === 'TargetError') throw ApplicationFailure.nonRetryable((err as Error).message, name);
+      if (name === 'SpecError' || name === 'TargetError')
+        throw ApplicationFailure.nonRetryable((err as Error).message, name);
       throw err;
     }
     if (metrics.specHash !== input.key) {
-      throw ApplicationFailure.nonRetryable(`candidate ${input.candidateId}: spec hash ${metrics.specHash.slice(0, 12)}… differs from the search's key ${input.key.slice(0, 12)}…`, 'SpecError');
+      throw ApplicationFailure.nonRetryable(
+        `candidate ${input.candidateId}: spec hash ${metrics.specHash.slice(0, 12)}… differs from the search's key ${input.key.slice(0, 12)}…`,
+        'SpecError',
+      );
     }
     const output: EvaluateOutput = {
       fitness: metrics.valLoss,
@@ -97,7 +125,9 @@ export function createEvaluateActivities(env: WorkerEnv): EvaluateActivities {
         attempt,
       },
     };
-    env.log(`evaluate: candidate ${input.candidateId} val loss ${metrics.valLoss.toFixed(4)} in ${metrics.seconds.toFixed(1)} s`);
+    env.log(
+      `evaluate: candidate ${input.candidateId} val loss ${metrics.valLoss.toFixed(4)} in ${metrics.seconds.toFixed(1)} s`,
+    );
     if (metrics.seconds > 0) tokensPerSecondGauge.set({ component: 'evaluate' }, metrics.trainTokens / metrics.seconds);
     emit(env, {
       kind: 'candidate.evaluated',
@@ -114,6 +144,11 @@ export function createEvaluateActivities(env: WorkerEnv): EvaluateActivities {
     return output;
   };
   return {
-    evaluateCandidate: withActivityEvents(env, (i: EvaluateInput) => i.run.runId, (i: EvaluateInput) => `candidate ${i.candidateId}`, evaluateCandidate),
+    evaluateCandidate: withActivityEvents(
+      env,
+      (i: EvaluateInput) => i.run.runId,
+      (i: EvaluateInput) => `candidate ${i.candidateId}`,
+      evaluateCandidate,
+    ),
   };
 }

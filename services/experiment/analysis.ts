@@ -43,13 +43,21 @@ export interface Stats {
 /** Summary of values; with an infinite value the mean is Infinity and the std NaN. */
 export function stats(xs: readonly number[]): Stats {
   const finite = xs.every(Number.isFinite);
-  return { mean: mean(xs), std: finite ? std(xs) : NaN, min: xs.length ? Math.min(...xs) : NaN, max: xs.length ? Math.max(...xs) : NaN, n: xs.length, values: [...xs] };
+  return {
+    mean: mean(xs),
+    std: finite ? std(xs) : NaN,
+    min: xs.length ? Math.min(...xs) : NaN,
+    max: xs.length ? Math.max(...xs) : NaN,
+    n: xs.length,
+    values: [...xs],
+  };
 }
 
 /** "4.20x ± 0.30 (min 3.90x, max 4.50x)"; infinite values (reached at initialisation) shown as ∞. */
 export function ratioText(s: Stats): string {
   const x = (v: number) => (Number.isFinite(v) ? `${v.toFixed(2)}x` : '∞');
-  if (!Number.isFinite(s.mean)) return `∞ in ${s.values.filter((v) => !Number.isFinite(v)).length} of ${s.n} seeds (min ${x(s.min)}, max ${x(s.max)})`;
+  if (!Number.isFinite(s.mean))
+    return `∞ in ${s.values.filter((v) => !Number.isFinite(v)).length} of ${s.n} seeds (min ${x(s.min)}, max ${x(s.max)})`;
   return `${s.mean.toFixed(2)}x ± ${s.std.toFixed(2)} (min ${x(s.min)}, max ${x(s.max)})`;
 }
 
@@ -144,7 +152,9 @@ export function summariseTasks(runs: readonly { tasks?: TaskAccuracy[] }[]): Tas
   const first = runs[0]?.tasks ?? [];
   return first.map((t) => {
     const metric = taskHeadline(t.metrics);
-    const values = runs.map((r) => r.tasks?.find((x) => x.task === t.task)?.metrics[metric]?.value).filter((v): v is number => v !== undefined);
+    const values = runs
+      .map((r) => r.tasks?.find((x) => x.task === t.task)?.metrics[metric]?.value)
+      .filter((v): v is number => v !== undefined);
     return { task: t.task, metric, docs: t.docs, stats: stats(values) };
   });
 }
@@ -244,7 +254,14 @@ export function analysePaperTable(result: PaperTableResult): PaperTableAnalysis 
       const losses = runs.map((r) => r.curve.find((e) => e.step === step)!.valLoss);
       const ppls = losses.map(Math.exp);
       const tokens = step * tps;
-      return { step, tokens, flops: tokens * runs[0].flopsPerToken.total, ppl: Math.exp(mean(losses)), min: Math.min(...ppls), max: Math.max(...ppls) };
+      return {
+        step,
+        tokens,
+        flops: tokens * runs[0].flopsPerToken.total,
+        ppl: Math.exp(mean(losses)),
+        min: Math.min(...ppls),
+        max: Math.max(...ppls),
+      };
     });
   }
 
@@ -261,12 +278,19 @@ export function analysePaperTable(result: PaperTableResult): PaperTableAnalysis 
       const ry = result.runs.find((r) => r && r.arm === b && r.seed === s)!;
       return rx.final.val.valPpl < ry.final.val.valPpl;
     }).length;
-    claims.push({ claim, holds: x.val.mean < y.val.mean, detail: `${x.label} ${fmt(x)} vs ${y.label} ${fmt(y)}; lower in ${wins} of ${paired.length} seeds` });
+    claims.push({
+      claim,
+      holds: x.val.mean < y.val.mean,
+      detail: `${x.label} ${fmt(x)} vs ${y.label} ${fmt(y)}; lower in ${wins} of ${paired.length} seeds`,
+    });
   };
   const method = get(METHOD_ARM);
   if (method) {
     const others = arms.filter((s) => s !== method);
-    const bestOther = others.reduce<ArmSummary | undefined>((b, s) => (!b || s.val.mean < b.val.mean ? s : b), undefined);
+    const bestOther = others.reduce<ArmSummary | undefined>(
+      (b, s) => (!b || s.val.mean < b.val.mean ? s : b),
+      undefined,
+    );
     if (bestOther) {
       claims.push({
         claim: 'evolutionary-search sub-network + KD is the best arm (lowest validation perplexity)',
@@ -275,9 +299,17 @@ export function analysePaperTable(result: PaperTableResult): PaperTableAnalysis 
       });
     }
   }
-  better('firstk-ce', 'random-ce', 'sub-network initialisation beats random initialisation: first-k (CE) < random (CE)');
+  better(
+    'firstk-ce',
+    'random-ce',
+    'sub-network initialisation beats random initialisation: first-k (CE) < random (CE)',
+  );
   better('evo-ce', 'random-ce', 'sub-network initialisation beats random initialisation: search (CE) < random (CE)');
-  better('firstk-kd', 'random-kd', 'sub-network initialisation beats random initialisation: first-k + KD < random + KD');
+  better(
+    'firstk-kd',
+    'random-kd',
+    'sub-network initialisation beats random initialisation: first-k + KD < random + KD',
+  );
   better('evo-kd', 'random-kd', 'sub-network initialisation beats random initialisation: search + KD < random + KD');
   better('random-kd', 'random-ce', 'KD helps: random + KD < random (CE)');
   better('firstk-kd', 'firstk-ce', 'KD helps: first-k + KD < first-k (CE)');
@@ -291,7 +323,9 @@ export function analysePaperTable(result: PaperTableResult): PaperTableAnalysis 
     claims.push({
       claim: `token efficiency of search + KD over random init (CE) ≥ ${PAPER_GOALS.tokenRatio}x (paper v1)`,
       holds: method.reached === seeds && t.n > 0 && t.mean >= PAPER_GOALS.tokenRatio,
-      detail: t.n ? `${ratioText(t)}; reached in ${method.reached} of ${seeds} seeds` : `target not reached in any of ${seeds} seeds`,
+      detail: t.n
+        ? `${ratioText(t)}; reached in ${method.reached} of ${seeds} seeds`
+        : `target not reached in any of ${seeds} seeds`,
     });
     claims.push({
       claim: `FLOP efficiency of search + KD over random init (CE), teacher forward passes included, ≥ 5x (paper v2: ${PAPER_GOALS.flopRatio}x at 10B tokens)`,
@@ -314,7 +348,8 @@ export function analysePaperTable(result: PaperTableResult): PaperTableAnalysis 
         const at = base?.curve.find((e) => e.step === step);
         if (!base || !at) continue;
         seeds++;
-        const upTo = (run: PaperRun, axis: 'tokens' | 'flops') => runCurve({ ...run, curve: run.curve.filter((e) => e.step <= step) }, tps, axis);
+        const upTo = (run: PaperRun, axis: 'tokens' | 'flops') =>
+          runCurve({ ...run, curve: run.curve.filter((e) => e.step <= step) }, tps, axis);
         const bt = reachAt(upTo(base, 'tokens'), at.valPpl)!;
         const bf = reachAt(upTo(base, 'flops'), at.valPpl)!;
         const t = reachAt(runCurve(r, tps, 'tokens'), at.valPpl);
@@ -323,7 +358,12 @@ export function analysePaperTable(result: PaperTableResult): PaperTableAnalysis 
         tokenRatios.push(t > 0 ? bt / t : Infinity);
         flopRatios.push(f > 0 ? bf / f : Infinity);
       }
-      point.arms[a.arm] = { tokenRatio: stats(tokenRatios), flopRatio: stats(flopRatios), reached: tokenRatios.length, seeds };
+      point.arms[a.arm] = {
+        tokenRatio: stats(tokenRatios),
+        flopRatio: stats(flopRatios),
+        reached: tokenRatios.length,
+        seeds,
+      };
     }
     budgets.push(point);
   }

@@ -12,13 +12,34 @@ import { z } from 'zod';
 
 import { loadTasks } from '../../core/eval/index.js';
 import { writeFileAtomic } from '../../core/model/index.js';
-import { ConfigError, type ConfigProblem, type OffshootConfig, mergeRaw, parseConfig, pipelineInput } from '../config/index.js';
+import {
+  ConfigError,
+  type ConfigProblem,
+  type OffshootConfig,
+  mergeRaw,
+  parseConfig,
+  pipelineInput,
+} from '../config/index.js';
 import type { WorkerEnv } from '../orchestration/index.js';
-import { type ExperimentActivities, PAPER_ARMS, type PaperTableInput, type PaperTableResult } from '../../workflows/paper-table.js';
+import {
+  type ExperimentActivities,
+  PAPER_ARMS,
+  type PaperTableInput,
+  type PaperTableResult,
+} from '../../workflows/paper-table.js';
 import type { TeacherServiceRef } from '../../workflows/types.js';
 import { renderPaperTable } from './render.js';
 
-export { analysePaperTable, reachAt, mean, std, stats, PAPER_GOALS, type PaperTableAnalysis, type ArmSummary } from './analysis.js';
+export {
+  analysePaperTable,
+  reachAt,
+  mean,
+  std,
+  stats,
+  PAPER_GOALS,
+  type PaperTableAnalysis,
+  type ArmSummary,
+} from './analysis.js';
 export { renderPaperTable, type RenderedPaperTable } from './render.js';
 export { lineChart } from './svg.js';
 
@@ -31,7 +52,16 @@ export { lineChart } from './svg.js';
 export const EXPERIMENT_RUN_DEFAULTS = {
   run: { name: 'paper-table', seed: 1 },
   teacher: {
-    train: { preset: 'sotu-teacher', vocab: 1024, steps: 1600, batchSize: 16, seqLen: 64, lr: 0.003, warmup: 40, evalTokens: 16384 },
+    train: {
+      preset: 'sotu-teacher',
+      vocab: 1024,
+      steps: 1600,
+      batchSize: 16,
+      seqLen: 64,
+      lr: 0.003,
+      warmup: 40,
+      evalTokens: 16384,
+    },
     service: { enabled: false },
   },
   search: {
@@ -61,16 +91,38 @@ const posInt = () => z.number().int().positive();
 
 export const experimentSchema = z
   .strictObject({
-    seeds: z.array(z.number().int().min(0)).min(1).default([1, 2, 3]).describe('pretraining seeds (data order and random initialisation); every arm runs each'),
-    arms: z.array(z.enum(PAPER_ARMS)).min(1).default([...PAPER_ARMS]).describe('which of the six arms to run'),
-    randomShape: z.enum(['search', 'first-k']).default('search').describe("the random-init arms' shape: the searched sub-network's or the first-k one's"),
-    workers: posInt().default(2).describe('embedded stack: compute worker processes, each serving the evaluate and pretrain queues'),
+    seeds: z
+      .array(z.number().int().min(0))
+      .min(1)
+      .default([1, 2, 3])
+      .describe('pretraining seeds (data order and random initialisation); every arm runs each'),
+    arms: z
+      .array(z.enum(PAPER_ARMS))
+      .min(1)
+      .default([...PAPER_ARMS])
+      .describe('which of the six arms to run'),
+    randomShape: z
+      .enum(['search', 'first-k'])
+      .default('search')
+      .describe("the random-init arms' shape: the searched sub-network's or the first-k one's"),
+    workers: posInt()
+      .default(2)
+      .describe('embedded stack: compute worker processes, each serving the evaluate and pretrain queues'),
     concurrency: posInt().default(2).describe('pretraining runs at once'),
     ood: z.string().min(1).default('mobydick').describe('out-of-domain corpus of the second column'),
     oodEvalTokens: posInt().default(16384),
     out: z.string().min(1).default('docs/results').describe('folder the table, plots and data are written to'),
-    prefix: z.string().regex(/^[A-Za-z0-9._-]+$/, 'letters, digits, . _ -').default('paper-table').describe('file name prefix of the outputs'),
-    tasks: z.array(z.string().min(1)).default([]).describe('lm-evaluation-harness task YAML files (or folders of them) scored zero-shot on the teacher and every final student'),
+    prefix: z
+      .string()
+      .regex(/^[A-Za-z0-9._-]+$/, 'letters, digits, . _ -')
+      .default('paper-table')
+      .describe('file name prefix of the outputs'),
+    tasks: z
+      .array(z.string().min(1))
+      .default([])
+      .describe(
+        'lm-evaluation-harness task YAML files (or folders of them) scored zero-shot on the teacher and every final student',
+      ),
     taskLimit: posInt().optional().describe('score only the first N documents of each task'),
   })
   .prefault({});
@@ -85,7 +137,10 @@ export interface ExperimentConfig {
 /** Validates a parsed experiment file (the run configuration plus `experiment:`); one ConfigError lists every problem. */
 export function parseExperimentConfig(raw: unknown, source = 'config'): ExperimentConfig {
   const input = raw === null || raw === undefined ? {} : raw;
-  if (typeof input !== 'object' || Array.isArray(input)) throw new ConfigError(source, [{ field: '(top level)', message: `expected a mapping, got ${JSON.stringify(input)}` }]);
+  if (typeof input !== 'object' || Array.isArray(input))
+    throw new ConfigError(source, [
+      { field: '(top level)', message: `expected a mapping, got ${JSON.stringify(input)}` },
+    ]);
   const { experiment: rawExperiment, ...rest } = input as Record<string, unknown>;
   const problems: ConfigProblem[] = [];
   let config: OffshootConfig | undefined;
@@ -99,7 +154,8 @@ export function parseExperimentConfig(raw: unknown, source = 'config'): Experime
   if (!e.success) {
     for (const issue of e.error.issues) {
       if (issue.code === 'unrecognized_keys') {
-        for (const key of issue.keys) problems.push({ field: ['experiment', ...issue.path, key].map(String).join('.'), message: 'unknown field' });
+        for (const key of issue.keys)
+          problems.push({ field: ['experiment', ...issue.path, key].map(String).join('.'), message: 'unknown field' });
       } else {
         problems.push({ field: ['experiment', ...issue.path].map(String).join('.'), message: issue.message });
       }
@@ -107,15 +163,24 @@ export function parseExperimentConfig(raw: unknown, source = 'config'): Experime
   }
   if (e.success) {
     const x = e.data;
-    if (new Set(x.seeds).size !== x.seeds.length) problems.push({ field: 'experiment.seeds', message: `seeds must differ, got ${JSON.stringify(x.seeds)}` });
-    if (new Set(x.arms).size !== x.arms.length) problems.push({ field: 'experiment.arms', message: `arms must differ, got ${JSON.stringify(x.arms)}` });
+    if (new Set(x.seeds).size !== x.seeds.length)
+      problems.push({ field: 'experiment.seeds', message: `seeds must differ, got ${JSON.stringify(x.seeds)}` });
+    if (new Set(x.arms).size !== x.arms.length)
+      problems.push({ field: 'experiment.arms', message: `arms must differ, got ${JSON.stringify(x.arms)}` });
   }
   if (config) {
     const p = config.pretrain;
     if (p.steps % p.evalEvery !== 0) {
-      problems.push({ field: 'pretrain.evalEvery', message: `must divide pretrain.steps (${p.steps}) so every curve ends at the budget, got ${p.evalEvery}` });
+      problems.push({
+        field: 'pretrain.evalEvery',
+        message: `must divide pretrain.steps (${p.steps}) so every curve ends at the budget, got ${p.evalEvery}`,
+      });
     }
-    if (p.targetPpl !== null) problems.push({ field: 'pretrain.targetPpl', message: 'must be null in an experiment (every arm trains its whole budget)' });
+    if (p.targetPpl !== null)
+      problems.push({
+        field: 'pretrain.targetPpl',
+        message: 'must be null in an experiment (every arm trains its whole budget)',
+      });
   }
   if (problems.length || !config || !e.success) throw new ConfigError(source, problems);
   return { experiment: e.data, config };
@@ -129,12 +194,19 @@ export function loadExperimentConfig(file?: string, overrides: Record<string, un
     try {
       text = fs.readFileSync(file, 'utf8');
     } catch (err) {
-      throw new ConfigError(file, [{ field: '(file)', message: `cannot read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})` }]);
+      throw new ConfigError(file, [
+        { field: '(file)', message: `cannot read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})` },
+      ]);
     }
     try {
       raw = file.endsWith('.json') ? JSON.parse(text) : YAML.parse(text);
     } catch (err) {
-      throw new ConfigError(file, [{ field: '(file)', message: `not valid ${file.endsWith('.json') ? 'JSON' : 'YAML'}: ${(err as Error).message.split('\n')[0]}` }]);
+      throw new ConfigError(file, [
+        {
+          field: '(file)',
+          message: `not valid ${file.endsWith('.json') ? 'JSON' : 'YAML'}: ${(err as Error).message.split('\n')[0]}`,
+        },
+      ]);
     }
   }
   return parseExperimentConfig(mergeRaw(raw ?? {}, overrides), file ?? 'defaults');
@@ -147,7 +219,11 @@ export function resolvedConfig(x: ExperimentConfig): Record<string, unknown> {
 
 /** The experiment's task files as the workers read them: absolute, with the folder relative data_files are read from. */
 function taskInput(e: ExperimentSettings, cwd: string): NonNullable<PaperTableInput['tasks']> {
-  return { files: e.tasks.map((f) => path.resolve(cwd, f)), cwd: path.resolve(cwd), ...(e.taskLimit ? { limit: e.taskLimit } : {}) };
+  return {
+    files: e.tasks.map((f) => path.resolve(cwd, f)),
+    cwd: path.resolve(cwd),
+    ...(e.taskLimit ? { limit: e.taskLimit } : {}),
+  };
 }
 
 /**
@@ -161,7 +237,10 @@ export function checkExperimentTasks(x: ExperimentConfig, cwd = process.cwd()): 
 }
 
 /** The paperTable workflow's input for a configuration. */
-export function paperTableInput(x: ExperimentConfig, options: { cwd?: string; command: string; backend?: string; teacherService?: TeacherServiceRef }): PaperTableInput {
+export function paperTableInput(
+  x: ExperimentConfig,
+  options: { cwd?: string; command: string; backend?: string; teacherService?: TeacherServiceRef },
+): PaperTableInput {
   const base = pipelineInput(x.config, { cwd: options.cwd, teacherService: options.teacherService });
   const { order, layers, targetPpl: _t, ...pretrain } = base.pretrain;
   const d = x.config.pretrain.distill;
@@ -183,12 +262,20 @@ export function paperTableInput(x: ExperimentConfig, options: { cwd?: string; co
     concurrency: x.experiment.concurrency,
     finalEvalTokens: x.config.pretrain.finalEvalTokens,
     activity: base.activity,
-    meta: { command: options.command, config: resolvedConfig(x), ...(options.backend ? { backend: options.backend } : {}) },
+    meta: {
+      command: options.command,
+      config: resolvedConfig(x),
+      ...(options.backend ? { backend: options.backend } : {}),
+    },
   };
 }
 
 /** Renders a finished experiment and writes its files into `outDir`; returns their paths. */
-export function writePaperTableFiles(outDir: string, result: PaperTableResult, prefix = 'paper-table'): { files: string[]; markdown: string } {
+export function writePaperTableFiles(
+  outDir: string,
+  result: PaperTableResult,
+  prefix = 'paper-table',
+): { files: string[]; markdown: string } {
   const rendered = renderPaperTable(result, { prefix });
   fs.mkdirSync(outDir, { recursive: true });
   const files: string[] = [];

@@ -7,7 +7,16 @@
 import YAML from 'yaml';
 
 import { ARM_INFO, type PaperArm, type PaperTableResult } from '../../workflows/paper-table.js';
-import { type ArmSummary, type PaperTableAnalysis, type Stats, BASELINE_ARM, PAPER_GOALS, analysePaperTable, stats, summariseTasks } from './analysis.js';
+import {
+  type ArmSummary,
+  type PaperTableAnalysis,
+  type Stats,
+  BASELINE_ARM,
+  PAPER_GOALS,
+  analysePaperTable,
+  stats,
+  summariseTasks,
+} from './analysis.js';
 import { type ChartSeries, lineChart, shortNumber } from './svg.js';
 
 export interface RenderedPaperTable {
@@ -48,7 +57,8 @@ function ratioCell(a: ArmSummary, which: 'tokens' | 'flops'): string {
   const seeds = a.efficiency.length;
   if (!seeds) return '-';
   const s = which === 'tokens' ? a.tokenRatio : a.flopRatio;
-  if (!s.n) return `< ${((which === 'tokens' ? a.efficiency[0].baselineTokens / a.budgetTokens : a.efficiency[0].baselineFlops / a.budgetFlops)).toFixed(2)}x (not reached)`;
+  if (!s.n)
+    return `< ${(which === 'tokens' ? a.efficiency[0].baselineTokens / a.budgetTokens : a.efficiency[0].baselineFlops / a.budgetFlops).toFixed(2)}x (not reached)`;
   const infinite = s.values.filter((v) => !Number.isFinite(v)).length;
   const finite = s.values.filter(Number.isFinite);
   const part = a.reached < seeds ? `, ${a.reached}/${seeds} seeds` : '';
@@ -72,15 +82,22 @@ function chart(result: PaperTableResult, analysis: PaperTableAnalysis, axis: 'to
     };
   });
   const base = analysis.baseline;
-  const target = base ? Math.exp(base.efficiency.reduce((s, e) => s + Math.log(e.target), 0) / Math.max(1, base.efficiency.length)) : undefined;
+  const target = base
+    ? Math.exp(base.efficiency.reduce((s, e) => s + Math.log(e.target), 0) / Math.max(1, base.efficiency.length))
+    : undefined;
   const s = result.settings;
   return lineChart({
     title: `Validation perplexity (${s.valData}) vs ${axis === 'tokens' ? 'training tokens' : 'training FLOPs (teacher forward included for KD)'}`,
-    xLabel: axis === 'tokens' ? 'training tokens' : 'training FLOPs: 6N + attention per token, + teacher forward 2N + attention for KD',
+    xLabel:
+      axis === 'tokens'
+        ? 'training tokens'
+        : 'training FLOPs: 6N + attention per token, + teacher forward 2N + attention for KD',
     yLabel: 'validation perplexity (log scale; line: mean over seeds, band: min–max)',
     series,
     logY: true,
-    ...(target ? { hline: { y: target, label: `random init (CE) at the end of its budget: ${target.toFixed(1)}` } } : {}),
+    ...(target
+      ? { hline: { y: target, label: `random init (CE) at the end of its budget: ${target.toFixed(1)}` } }
+      : {}),
   });
 }
 
@@ -101,7 +118,7 @@ export function renderPaperTable(result: PaperTableResult, options: { prefix?: s
   lines.push('');
   lines.push(
     'Reproduces the comparison of Krishnakumar et al., *Where to Begin: Efficient Pretraining via Subnetwork Selection and Distillation* ' +
-      '(arXiv 2510.07227) on offshoot\'s own pipeline: six arms with the same data order (per seed), token budget and hyperparameters.',
+      "(arXiv 2510.07227) on offshoot's own pipeline: six arms with the same data order (per seed), token budget and hyperparameters.",
   );
   lines.push('');
   lines.push('Produced by:');
@@ -126,9 +143,15 @@ export function renderPaperTable(result: PaperTableResult, options: { prefix?: s
     `- **Parameter bin**: ${result.search.target.label} (${commas(result.search.target.minParams)}–${commas(result.search.target.maxParams)} parameters); ` +
       `the teacher is ${(t.parameters / (analysis.arms[0]?.parameters ?? t.parameters)).toFixed(1)}x the students' size.`,
   );
-  lines.push(`- **Evolutionary search**: ${result.search.evaluations} fitness evaluations (seed ${result.search.seed}, ${sci(result.search.flops)} FLOPs, not counted in the arms' budgets); best: ${describeSpec(result.specs.descriptions.search)}.`);
-  lines.push(`- **First-k**: the teacher shrunk uniformly into the bin, first-k weights (no search): ${describeSpec(result.specs.descriptions.firstK)}.`);
-  lines.push(`- **Random init**: ${s.randomShape === 'first-k' ? "the first-k sub-network's shape" : "the searched sub-network's shape"} with random weights: ${describeSpec(result.specs.descriptions.random)}.`);
+  lines.push(
+    `- **Evolutionary search**: ${result.search.evaluations} fitness evaluations (seed ${result.search.seed}, ${sci(result.search.flops)} FLOPs, not counted in the arms' budgets); best: ${describeSpec(result.specs.descriptions.search)}.`,
+  );
+  lines.push(
+    `- **First-k**: the teacher shrunk uniformly into the bin, first-k weights (no search): ${describeSpec(result.specs.descriptions.firstK)}.`,
+  );
+  lines.push(
+    `- **Random init**: ${s.randomShape === 'first-k' ? "the first-k sub-network's shape" : "the searched sub-network's shape"} with random weights: ${describeSpec(result.specs.descriptions.random)}.`,
+  );
   lines.push(
     `- **Budget**: ${commas(s.steps)} steps × ${s.batchSize} × ${s.seqLen} tokens = ${commas(budgetTokens)} training tokens of ${s.trainData} per run; seeds ${s.seeds.join(', ')} ` +
       '(a seed fixes the data order, identical for every arm, and the random initialisation).',
@@ -147,12 +170,12 @@ export function renderPaperTable(result: PaperTableResult, options: { prefix?: s
     );
   }
   lines.push(
-    '- **FLOPs** (core/subnet counting, as the paper\'s v2): training 6N + 3·attention per token, plus the teacher\'s forward 2N + attention per token for KD arms; ' +
+    "- **FLOPs** (core/subnet counting, as the paper's v2): training 6N + 3·attention per token, plus the teacher's forward 2N + attention per token for KD arms; " +
       'N excludes the input embedding; evaluation and the search are not counted.',
   );
   lines.push(
     `- **Efficiency**: per seed, the target is the random-init (CE) run's perplexity at the end of its budget (its last curve point); an arm's tokens (FLOPs) to reach it are where its curve first gets there, ` +
-      'interpolated in log perplexity between validation points; the ratio is the baseline\'s tokens (FLOPs) over the arm\'s. Mean ± std (min–max) over seeds.',
+      "interpolated in log perplexity between validation points; the ratio is the baseline's tokens (FLOPs) over the arm's. Mean ± std (min–max) over seeds.",
   );
   lines.push('');
   lines.push('## Results');
@@ -176,19 +199,28 @@ export function renderPaperTable(result: PaperTableResult, options: { prefix?: s
     lines.push(`| model | ${tasks.map((x) => `${x.task} (${x.metric}, ${x.docs} docs)`).join(' | ')} |`);
     lines.push(`| --- | ${tasks.map(() => '---:').join(' | ')} |`);
     const teacherTasks = summariseTasks([t]);
-    lines.push(`| teacher | ${tasks.map((x) => teacherTasks.find((y) => y.task === x.task)?.stats.mean.toFixed(3) ?? '-').join(' | ')} |`);
-    for (const a of analysis.arms) lines.push(`| ${a.label} | ${tasks.map((x) => pm(a.tasks.find((y) => y.task === x.task)?.stats ?? stats([]), 3)).join(' | ')} |`);
+    lines.push(
+      `| teacher | ${tasks.map((x) => teacherTasks.find((y) => y.task === x.task)?.stats.mean.toFixed(3) ?? '-').join(' | ')} |`,
+    );
+    for (const a of analysis.arms)
+      lines.push(
+        `| ${a.label} | ${tasks.map((x) => pm(a.tasks.find((y) => y.task === x.task)?.stats ?? stats([]), 3)).join(' | ')} |`,
+      );
     lines.push('');
   }
-  if (base) lines.push(`Budget of every arm: ${shortNumber(budgetTokens)} tokens; random init (CE) spends ${sci(base.budgetFlops)} FLOPs on it.`);
+  if (base)
+    lines.push(
+      `Budget of every arm: ${shortNumber(budgetTokens)} tokens; random init (CE) spends ${sci(base.budgetFlops)} FLOPs on it.`,
+    );
   lines.push('');
   lines.push(`![validation perplexity vs tokens](${prefix}-tokens.svg)`);
   lines.push('');
   lines.push(`![validation perplexity vs FLOPs](${prefix}-flops.svg)`);
   lines.push('');
-  lines.push('## The paper\'s claims at this scale');
+  lines.push("## The paper's claims at this scale");
   lines.push('');
-  for (const c of analysis.claims) lines.push(`- ${c.holds ? '✅ holds' : '❌ does not hold'}: ${c.claim} — ${c.detail}.`);
+  for (const c of analysis.claims)
+    lines.push(`- ${c.holds ? '✅ holds' : '❌ does not hold'}: ${c.claim} — ${c.detail}.`);
   lines.push('');
   if (method && method.tokenRatio.n && Number.isFinite(method.tokenRatio.mean)) {
     lines.push(
@@ -201,7 +233,7 @@ export function renderPaperTable(result: PaperTableResult, options: { prefix?: s
     lines.push('### Against shorter budgets');
     lines.push('');
     lines.push(
-      'The same ratios had random init (CE) stopped earlier: the target is its perplexity at that point of its curve, and each arm\'s tokens (FLOPs) to reach it are read off the same curves. ' +
+      "The same ratios had random init (CE) stopped earlier: the target is its perplexity at that point of its curve, and each arm's tokens (FLOPs) to reach it are read off the same curves. " +
         'Token ratio, mean ± std over seeds (FLOP ratio in brackets).',
     );
     lines.push('');
@@ -212,7 +244,10 @@ export function renderPaperTable(result: PaperTableResult, options: { prefix?: s
       const cells = analysis.budgets.map((b) => {
         const x = b.arms[a.arm];
         if (!x || !x.tokenRatio.n) return `not reached`;
-        const r = (st: Stats) => (Number.isFinite(st.mean) ? `${st.mean.toFixed(2)}x${x.tokenRatio.n > 1 ? ` ± ${st.std.toFixed(2)}` : ''}` : '∞');
+        const r = (st: Stats) =>
+          Number.isFinite(st.mean)
+            ? `${st.mean.toFixed(2)}x${x.tokenRatio.n > 1 ? ` ± ${st.std.toFixed(2)}` : ''}`
+            : '∞';
         return `${r(x.tokenRatio)} (${r(x.flopRatio)})${x.reached < x.seeds ? `, ${x.reached}/${x.seeds} seeds` : ''}`;
       });
       lines.push(`| ${a.label} | ${cells.join(' | ')} |`);
@@ -224,13 +259,22 @@ export function renderPaperTable(result: PaperTableResult, options: { prefix?: s
   lines.push('| arm | shape | parameters | FLOPs per token (training + teacher) | val perplexity before training |');
   lines.push('| --- | --- | ---: | ---: | ---: |');
   for (const a of analysis.arms) {
-    const shape = a.init === 'random' ? result.specs.descriptions.random : a.init === 'first-k' ? result.specs.descriptions.firstK : result.specs.descriptions.search;
-    lines.push(`| ${a.label} | ${shape} | ${commas(a.parameters)} | ${sci(a.flopsPerToken.training)} + ${sci(a.flopsPerToken.teacher)} | ${pm(a.initialPpl)} |`);
+    const shape =
+      a.init === 'random'
+        ? result.specs.descriptions.random
+        : a.init === 'first-k'
+          ? result.specs.descriptions.firstK
+          : result.specs.descriptions.search;
+    lines.push(
+      `| ${a.label} | ${shape} | ${commas(a.parameters)} | ${sci(a.flopsPerToken.training)} + ${sci(a.flopsPerToken.teacher)} | ${pm(a.initialPpl)} |`,
+    );
   }
   lines.push('');
   lines.push('## Per seed');
   lines.push('');
-  lines.push(`| seed | arm | val perplexity | val bits per byte | ${s.oodData} perplexity | target (random CE) | tokens to reach | token ratio | FLOP ratio |`);
+  lines.push(
+    `| seed | arm | val perplexity | val bits per byte | ${s.oodData} perplexity | target (random CE) | tokens to reach | token ratio | FLOP ratio |`,
+  );
   lines.push('| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
   for (const seed of s.seeds) {
     for (const a of analysis.arms) {
@@ -253,13 +297,23 @@ export function renderPaperTable(result: PaperTableResult, options: { prefix?: s
   lines.push(YAML.stringify(result.meta.config).trimEnd());
   lines.push('```');
   lines.push('');
-  lines.push(`Raw numbers (every curve point, final evaluations, specs, FLOP counts): [${prefix}.json](${prefix}.json).`);
+  lines.push(
+    `Raw numbers (every curve point, final evaluations, specs, FLOP counts): [${prefix}.json](${prefix}.json).`,
+  );
   const markdown = lines.join('\n') + '\n';
   const files: Record<string, string> = {
     [`${prefix}.md`]: markdown,
     [`${prefix}-tokens.svg`]: chart(result, analysis, 'tokens'),
     [`${prefix}-flops.svg`]: chart(result, analysis, 'flops'),
-    [`${prefix}.json`]: JSON.stringify({ result: { ...result, runs: result.runs.map(({ checkpoint: _c, ...r }) => r) }, analysis: { arms: analysis.arms, claims: analysis.claims } }, null, 2) + '\n',
+    [`${prefix}.json`]:
+      JSON.stringify(
+        {
+          result: { ...result, runs: result.runs.map(({ checkpoint: _c, ...r }) => r) },
+          analysis: { arms: analysis.arms, claims: analysis.claims },
+        },
+        null,
+        2,
+      ) + '\n',
   };
   return { files, markdown, analysis };
 }

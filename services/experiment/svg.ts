@@ -52,7 +52,8 @@ export function logTicks(lo: number, hi: number): number[] {
   if (out.length < 3) {
     // A narrow range: add intermediate ticks.
     const more: number[] = [];
-    for (let e = Math.floor(Math.log10(lo)); e <= Math.ceil(Math.log10(hi)); e++) for (const m of [1, 1.5, 2, 3, 4, 5, 6, 7, 8, 9]) more.push(m * 10 ** e);
+    for (let e = Math.floor(Math.log10(lo)); e <= Math.ceil(Math.log10(hi)); e++)
+      for (const m of [1, 1.5, 2, 3, 4, 5, 6, 7, 8, 9]) more.push(m * 10 ** e);
     return more.filter((v) => v >= lo * 0.999 && v <= hi * 1.001);
   }
   return out;
@@ -62,7 +63,13 @@ export function logTicks(lo: number, hi: number): number[] {
 export function shortNumber(x: number): string {
   const a = Math.abs(x);
   // Three significant digits, without trailing zeros after the decimal point (120 stays 120).
-  const trim = (v: number) => (Number.isInteger(v) ? String(v) : v.toPrecision(3).replace(/(\.\d*?)0+$/, '$1').replace(/\.$/, ''));
+  const trim = (v: number) =>
+    Number.isInteger(v)
+      ? String(v)
+      : v
+          .toPrecision(3)
+          .replace(/(\.\d*?)0+$/, '$1')
+          .replace(/\.$/, '');
   if (a === 0) return '0';
   if (a >= 1e9) {
     const e = Math.floor(Math.log10(a));
@@ -80,7 +87,9 @@ export function lineChart(o: ChartOptions): string {
   const pw = W - m.left - m.right;
   const ph = H - m.top - m.bottom;
   const xs = o.series.flatMap((s) => s.points.map((p) => p.x));
-  const ys = o.series.flatMap((s) => [...s.points.map((p) => p.y), ...(s.band ?? []).flatMap((b) => [b.lo, b.hi])]).filter((y) => Number.isFinite(y) && (!o.logY || y > 0));
+  const ys = o.series
+    .flatMap((s) => [...s.points.map((p) => p.y), ...(s.band ?? []).flatMap((b) => [b.lo, b.hi])])
+    .filter((y) => Number.isFinite(y) && (!o.logY || y > 0));
   if (o.hline) ys.push(o.hline.y);
   const xMin = Math.min(0, ...xs);
   const xMax = Math.max(...xs, xMin + 1);
@@ -94,15 +103,20 @@ export function lineChart(o: ChartOptions): string {
     yMin -= pad;
     yMax += pad;
   }
-  const fy = (y: number) => (o.logY ? (Math.log(y) - Math.log(yMin)) / (Math.log(yMax) - Math.log(yMin)) : (y - yMin) / (yMax - yMin));
+  const fy = (y: number) =>
+    o.logY ? (Math.log(y) - Math.log(yMin)) / (Math.log(yMax) - Math.log(yMin)) : (y - yMin) / (yMax - yMin);
   const px = (x: number) => m.left + ((x - xMin) / (xMax - xMin)) * pw;
   const py = (y: number) => m.top + (1 - fy(y)) * ph;
   const f = (v: number) => v.toFixed(1);
   const fmtX = o.formatX ?? shortNumber;
   const parts: string[] = [];
-  parts.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="12">`);
+  parts.push(
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="12">`,
+  );
   parts.push(`<rect x="0" y="0" width="${W}" height="${H}" fill="white"/>`);
-  parts.push(`<text x="${W / 2}" y="22" text-anchor="middle" font-size="15" font-weight="bold">${escapeXml(o.title)}</text>`);
+  parts.push(
+    `<text x="${W / 2}" y="22" text-anchor="middle" font-size="15" font-weight="bold">${escapeXml(o.title)}</text>`,
+  );
   // Grid and ticks.
   for (const t of linearTicks(xMin, xMax)) {
     const x = px(t);
@@ -117,32 +131,46 @@ export function lineChart(o: ChartOptions): string {
   }
   parts.push(`<rect x="${m.left}" y="${m.top}" width="${pw}" height="${ph}" fill="none" stroke="#888"/>`);
   parts.push(`<text x="${m.left + pw / 2}" y="${H - 12}" text-anchor="middle">${escapeXml(o.xLabel)}</text>`);
-  parts.push(`<text transform="translate(16 ${m.top + ph / 2}) rotate(-90)" text-anchor="middle">${escapeXml(o.yLabel)}</text>`);
+  parts.push(
+    `<text transform="translate(16 ${m.top + ph / 2}) rotate(-90)" text-anchor="middle">${escapeXml(o.yLabel)}</text>`,
+  );
   // Bands, then lines.
   for (const s of o.series) {
     if (!s.band?.length) continue;
     const upper = s.band.map((b) => `${f(px(b.x))},${f(py(b.hi))}`);
     const lower = [...s.band].reverse().map((b) => `${f(px(b.x))},${f(py(b.lo))}`);
-    parts.push(`<polygon points="${[...upper, ...lower].join(' ')}" fill="${s.color}" fill-opacity="0.12" stroke="none"/>`);
+    parts.push(
+      `<polygon points="${[...upper, ...lower].join(' ')}" fill="${s.color}" fill-opacity="0.12" stroke="none"/>`,
+    );
   }
   if (o.hline) {
     const y = py(o.hline.y);
-    parts.push(`<line x1="${m.left}" y1="${f(y)}" x2="${m.left + pw}" y2="${f(y)}" stroke="#444" stroke-dasharray="2 3"/>`);
-    parts.push(`<text x="${m.left + pw / 2}" y="${f(y + 15)}" text-anchor="middle" fill="#444">${escapeXml(o.hline.label)}</text>`);
+    parts.push(
+      `<line x1="${m.left}" y1="${f(y)}" x2="${m.left + pw}" y2="${f(y)}" stroke="#444" stroke-dasharray="2 3"/>`,
+    );
+    parts.push(
+      `<text x="${m.left + pw / 2}" y="${f(y + 15)}" text-anchor="middle" fill="#444">${escapeXml(o.hline.label)}</text>`,
+    );
   }
   for (const s of o.series) {
     if (!s.points.length) continue;
     const pts = s.points.map((p) => `${f(px(p.x))},${f(py(p.y))}`).join(' ');
-    parts.push(`<polyline class="series" data-label="${escapeXml(s.label)}" points="${pts}" fill="none" stroke="${s.color}" stroke-width="2"${s.dash ? ` stroke-dasharray="${s.dash}"` : ''}/>`);
+    parts.push(
+      `<polyline class="series" data-label="${escapeXml(s.label)}" points="${pts}" fill="none" stroke="${s.color}" stroke-width="2"${s.dash ? ` stroke-dasharray="${s.dash}"` : ''}/>`,
+    );
   }
   // Legend (top right, inside the plot).
   const lw = 300;
   const lx = m.left + pw - lw - 8;
   const ly = m.top + 8;
-  parts.push(`<rect x="${lx}" y="${ly}" width="${lw}" height="${o.series.length * 18 + 8}" fill="white" fill-opacity="0.85" stroke="#ccc"/>`);
+  parts.push(
+    `<rect x="${lx}" y="${ly}" width="${lw}" height="${o.series.length * 18 + 8}" fill="white" fill-opacity="0.85" stroke="#ccc"/>`,
+  );
   o.series.forEach((s, i) => {
     const y = ly + 16 + i * 18;
-    parts.push(`<line x1="${lx + 8}" y1="${y - 4}" x2="${lx + 38}" y2="${y - 4}" stroke="${s.color}" stroke-width="2"${s.dash ? ` stroke-dasharray="${s.dash}"` : ''}/>`);
+    parts.push(
+      `<line x1="${lx + 8}" y1="${y - 4}" x2="${lx + 38}" y2="${y - 4}" stroke="${s.color}" stroke-width="2"${s.dash ? ` stroke-dasharray="${s.dash}"` : ''}/>`,
+    );
     parts.push(`<text x="${lx + 46}" y="${y}">${escapeXml(s.label)}</text>`);
   });
   parts.push('</svg>');

@@ -12,7 +12,12 @@ import * as path from 'node:path';
 import { Context } from '@temporalio/activity';
 
 import { GPTNeoX, loadCheckpoint, writeFileAtomic } from '../../core/model/index.js';
-import { NoopProgressPublisher, type ProgressEventInput, type ProgressPublisher, timeActivity } from '../progress/index.js';
+import {
+  NoopProgressPublisher,
+  type ProgressEventInput,
+  type ProgressPublisher,
+  timeActivity,
+} from '../progress/index.js';
 import { teacherTls } from '../credentials/index.js';
 import { TeacherClient } from '../teacher/index.js';
 import type { BlobRef, TeacherServiceRef } from '../../workflows/index.js';
@@ -60,12 +65,24 @@ export function activitySource(): { activity: string; activityId: string; attemp
 }
 
 /** Publishes activity.started / .retried / .completed / .failed around an activity, and times it for Prometheus. */
-export function withActivityEvents<A extends unknown[], R>(env: WorkerEnv, runOf: (...args: A) => string, detail: (...args: A) => string, fn: (...args: A) => Promise<R>): (...args: A) => Promise<R> {
+export function withActivityEvents<A extends unknown[], R>(
+  env: WorkerEnv,
+  runOf: (...args: A) => string,
+  detail: (...args: A) => string,
+  fn: (...args: A) => Promise<R>,
+): (...args: A) => Promise<R> {
   return async (...args: A) => {
     const src = activitySource();
     const run = runOf(...args);
     const started = Date.now();
-    const common = { run, activity: src.activity, activityId: src.activityId, attempt: src.attempt, taskQueue: src.taskQueue, detail: detail(...args).slice(0, 500) };
+    const common = {
+      run,
+      activity: src.activity,
+      activityId: src.activityId,
+      attempt: src.attempt,
+      taskQueue: src.taskQueue,
+      detail: detail(...args).slice(0, 500),
+    };
     emit(env, { kind: src.attempt > 1 ? 'activity.retried' : 'activity.started', ...common });
     try {
       // timeActivity: the Prometheus duration histogram and in-flight gauge (services/progress/metrics.ts).
@@ -73,7 +90,12 @@ export function withActivityEvents<A extends unknown[], R>(env: WorkerEnv, runOf
       emit(env, { kind: 'activity.completed', ...common, durationMs: Date.now() - started });
       return result;
     } catch (err) {
-      emit(env, { kind: 'activity.failed', ...common, error: String((err as Error).message ?? err).slice(0, 2000), durationMs: Date.now() - started });
+      emit(env, {
+        kind: 'activity.failed',
+        ...common,
+        error: String((err as Error).message ?? err).slice(0, 2000),
+        durationMs: Date.now() - started,
+      });
       throw err;
     }
   };
@@ -109,7 +131,10 @@ export function teacherModel(dir: string, hash: string): GPTNeoX {
   let model = teacherModels.get(key);
   if (!model) {
     const ckpt = loadCheckpoint(dir);
-    if (ckpt.hash !== hash) throw new TeacherMismatchError(`teacher ${dir} holds weights ${ckpt.hash.slice(0, 12)}…, the run expects ${hash.slice(0, 12)}…`);
+    if (ckpt.hash !== hash)
+      throw new TeacherMismatchError(
+        `teacher ${dir} holds weights ${ckpt.hash.slice(0, 12)}…, the run expects ${hash.slice(0, 12)}…`,
+      );
     for (const m of teacherModels.values()) m.dispose();
     teacherModels.clear();
     model = GPTNeoX.fromTensors(ckpt.config, ckpt.tensors, dir);
@@ -139,7 +164,10 @@ export function putBlob(runDir: string, value: unknown): BlobRef {
 export function getBlob(ref: BlobRef): unknown {
   const text = fs.readFileSync(ref.blob, 'utf8');
   const sha = createHash('sha256').update(text).digest('hex');
-  if (sha !== ref.sha256) throw new Error(`blob ${ref.blob}: content hash ${sha.slice(0, 12)}… differs from the reference's ${ref.sha256.slice(0, 12)}…`);
+  if (sha !== ref.sha256)
+    throw new Error(
+      `blob ${ref.blob}: content hash ${sha.slice(0, 12)}… differs from the reference's ${ref.sha256.slice(0, 12)}…`,
+    );
   return JSON.parse(text);
 }
 

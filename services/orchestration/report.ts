@@ -22,7 +22,9 @@ export function resultsTable(result: Omit<PipelineResult, 'report'>): string {
     '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |',
   ];
   for (const r of result.rows) {
-    lines.push(`| ${r.name} | ${r.init} | ${commas(r.parameters)} | ${r.valPpl.toFixed(2)} | ${r.valBpb.toFixed(4)} | ${r.valLoss.toFixed(4)} | ${commas(r.tokens)} | ${sci(r.flops)} |`);
+    lines.push(
+      `| ${r.name} | ${r.init} | ${commas(r.parameters)} | ${r.valPpl.toFixed(2)} | ${r.valBpb.toFixed(4)} | ${r.valLoss.toFixed(4)} | ${commas(r.tokens)} | ${sci(r.flops)} |`,
+    );
   }
   return lines.join('\n');
 }
@@ -48,14 +50,21 @@ export function reportMarkdown(result: Omit<PipelineResult, 'report'>): string {
           `(${student.valPpl < r.valPpl ? 'better' : 'not better'}) at the same ${commas(r.tokens)} pretraining tokens.`,
       );
     }
-    lines.push('- Bits per byte: the validation loss per UTF-8 byte of the scored text (docs/evaluation.md), comparable across tokenizers.');
-    lines.push(`- FLOPs count the student's training (6N per token plus attention) and the teacher's forward passes for distillation; the search spent ${sci(student.searchFlops ?? 0)} more.`);
+    lines.push(
+      '- Bits per byte: the validation loss per UTF-8 byte of the scored text (docs/evaluation.md), comparable across tokenizers.',
+    );
+    lines.push(
+      `- FLOPs count the student's training (6N per token plus attention) and the teacher's forward passes for distillation; the search spent ${sci(student.searchFlops ?? 0)} more.`,
+    );
   }
   return lines.join('\n') + '\n';
 }
 
 /** Writes <runDir>/report.json and report.md. */
-export function writeReportFiles(runDir: string, result: Omit<PipelineResult, 'report'>): { json: string; markdown: string } {
+export function writeReportFiles(
+  runDir: string,
+  result: Omit<PipelineResult, 'report'>,
+): { json: string; markdown: string } {
   const json = path.join(runDir, 'report.json');
   const markdown = path.join(runDir, 'report.md');
   writeFileAtomic(json, JSON.stringify(result, null, 2) + '\n');

@@ -25,7 +25,14 @@ import {
   extractCheckpoint,
   studentConfig,
 } from '../../core/subnet/index.js';
-import { TOKENIZER_FILE, defaultTokenStore as tokenCache, evalBatches, loadTokenizer, openData, sampleBatch } from '../../core/data/index.js';
+import {
+  TOKENIZER_FILE,
+  defaultTokenStore as tokenCache,
+  evalBatches,
+  loadTokenizer,
+  openData,
+  sampleBatch,
+} from '../../core/data/index.js';
 import { TaskError, evaluateTasks, evaluateText, loadTasks } from '../../core/eval/index.js';
 import {
   CheckpointError,
@@ -48,7 +55,14 @@ import {
 import { type TeacherTrainSettings, teacherFinished, trainTeacher } from '../../core/teacher/index.js';
 import { tokensPerSecond as tokensPerSecondGauge } from '../progress/index.js';
 import { StreamingTeacher } from '../teacher/index.js';
-import { TeacherMismatchError, type WorkerEnv, emit, teacherClient, teacherModel, withActivityEvents } from '../orchestration/index.js';
+import {
+  TeacherMismatchError,
+  type WorkerEnv,
+  emit,
+  teacherClient,
+  teacherModel,
+  withActivityEvents,
+} from '../orchestration/index.js';
 import type {
   CheckpointEval,
   CheckpointRef,
@@ -65,7 +79,6 @@ import type {
   TrainSegmentInput,
   TrainSegmentOutput,
 } from '../../workflows/index.js';
-
 
 /** The hash a checkpoint directory declares (its manifest), or the one computed from its weights. */
 function checkpointHash(dir: string): string {
@@ -94,7 +107,10 @@ function tokenizerSource(data: { tokenizer?: string }, teacherDir: string): stri
  * Trains the teacher here, in this worker (core/teacher), heartbeating. Cancellation, or the worker's
  * SIGTERM, stops it at the next step with a checkpoint in the teacher's directory, where a retry goes on.
  */
-async function trainTeacherHere(env: WorkerEnv, input: PrepareTeacherInput & { train: TeacherTrainSettings }): Promise<void> {
+async function trainTeacherHere(
+  env: WorkerEnv,
+  input: PrepareTeacherInput & { train: TeacherTrainSettings },
+): Promise<void> {
   const actx = Context.current();
   const t = input.train;
   env.log(`prepareTeacher: training the teacher into ${input.dir} (${t.preset}, ${t.steps} steps)`);
@@ -110,7 +126,14 @@ async function trainTeacherHere(env: WorkerEnv, input: PrepareTeacherInput & { t
   const beat = setInterval(() => actx.heartbeat({ phase: 'teacher train' }), 2000);
   try {
     const result = await trainTeacher(
-      { ...t, data: input.data.train, val: input.data.val, tokenizer: input.data.tokenizer, out: input.dir, tokenCache: tokenCache() },
+      {
+        ...t,
+        data: input.data.train,
+        val: input.data.val,
+        tokenizer: input.data.tokenizer,
+        out: input.dir,
+        tokenCache: tokenCache(),
+      },
       {
         log,
         signal: AbortSignal.any([actx.cancellationSignal, env.draining]),
@@ -123,9 +146,13 @@ async function trainTeacherHere(env: WorkerEnv, input: PrepareTeacherInput & { t
         },
       },
     );
-    if (actx.cancellationSignal.aborted) throw new CancelledFailure(`teacher training cancelled at step ${result.steps} (checkpointed)`);
+    if (actx.cancellationSignal.aborted)
+      throw new CancelledFailure(`teacher training cancelled at step ${result.steps} (checkpointed)`);
     // A draining worker: the attempt fails and is retried elsewhere, resuming from the checkpoint.
-    if (result.stopped) throw new Error(`teacher training stopped at step ${result.steps} by the worker's shutdown (checkpointed; a retry resumes)`);
+    if (result.stopped)
+      throw new Error(
+        `teacher training stopped at step ${result.steps} by the worker's shutdown (checkpointed; a retry resumes)`,
+      );
   } finally {
     clearInterval(beat);
   }
@@ -134,7 +161,11 @@ async function trainTeacherHere(env: WorkerEnv, input: PrepareTeacherInput & { t
 async function prepareTeacher(env: WorkerEnv, input: PrepareTeacherInput): Promise<TeacherRef> {
   const dir = path.resolve(input.dir);
   if (!teacherFinished(dir)) {
-    if (!input.train) throw ApplicationFailure.nonRetryable(`teacher ${dir}: no finished checkpoint there, and teacher training is off (teacher.train.enabled)`, 'CheckpointError');
+    if (!input.train)
+      throw ApplicationFailure.nonRetryable(
+        `teacher ${dir}: no finished checkpoint there, and teacher training is off (teacher.train.enabled)`,
+        'CheckpointError',
+      );
     await trainTeacherHere(env, { ...input, dir, train: input.train });
     if (!teacherFinished(dir)) throw new Error(`teacher ${dir}: training ended without a finished checkpoint`);
   }
@@ -154,12 +185,18 @@ async function prepareTeacher(env: WorkerEnv, input: PrepareTeacherInput): Promi
       try {
         const info = await client.info();
         if (info.contentHash !== hash) {
-          throw ApplicationFailure.nonRetryable(`the teacher service ${input.service.targets.join(',')} serves weights ${info.contentHash.slice(0, 12)}…, the run's teacher ${dir} is ${hash.slice(0, 12)}…`, 'TeacherMismatch');
+          throw ApplicationFailure.nonRetryable(
+            `the teacher service ${input.service.targets.join(',')} serves weights ${info.contentHash.slice(0, 12)}…, the run's teacher ${dir} is ${hash.slice(0, 12)}…`,
+            'TeacherMismatch',
+          );
         }
         break;
       } catch (err) {
         if (err instanceof ApplicationFailure) throw err;
-        if (Date.now() > deadline) throw new Error(`the teacher service ${input.service.targets.join(',')} did not answer: ${(err as Error).message}`);
+        if (Date.now() > deadline)
+          throw new Error(
+            `the teacher service ${input.service.targets.join(',')} did not answer: ${(err as Error).message}`,
+          );
         await new Promise((r) => setTimeout(r, 1000));
       }
     }
@@ -174,14 +211,29 @@ async function prepareStudent(env: WorkerEnv, input: PrepareStudentInput): Promi
   if (init.kind === 'checkpoint') {
     const config = loadConfig(init.checkpoint.dir);
     const hash = checkpointHash(init.checkpoint.dir);
-    if (hash !== init.checkpoint.hash) throw ApplicationFailure.nonRetryable(`${init.checkpoint.dir}: content hash ${hash.slice(0, 12)}… differs from the reference's`, 'CheckpointError');
-    return { checkpoint: { ...init.checkpoint, step: init.checkpoint.step ?? readTrainerState(init.checkpoint.dir)?.step ?? 0 }, parameters: parameterCount(config), config };
+    if (hash !== init.checkpoint.hash)
+      throw ApplicationFailure.nonRetryable(
+        `${init.checkpoint.dir}: content hash ${hash.slice(0, 12)}… differs from the reference's`,
+        'CheckpointError',
+      );
+    return {
+      checkpoint: {
+        ...init.checkpoint,
+        step: init.checkpoint.step ?? readTrainerState(init.checkpoint.dir)?.step ?? 0,
+      },
+      parameters: parameterCount(config),
+      config,
+    };
   }
   const dir = stepDir(input.run.dir, input.name, 0);
   const describe = { format: 1, init, teacher: input.teacher.hash, seed: input.hyper.seed };
   const initFile = path.join(input.run.dir, input.name, 'init.json');
   // Idempotent: the same request finds the checkpoint it wrote before.
-  if (fs.existsSync(path.join(dir, MANIFEST_FILE)) && fs.existsSync(initFile) && fs.readFileSync(initFile, 'utf8') === JSON.stringify(describe)) {
+  if (
+    fs.existsSync(path.join(dir, MANIFEST_FILE)) &&
+    fs.existsSync(initFile) &&
+    fs.readFileSync(initFile, 'utf8') === JSON.stringify(describe)
+  ) {
     const config = loadConfig(dir);
     return { checkpoint: { dir, hash: checkpointHash(dir), step: 0 }, parameters: parameterCount(config), config };
   }
@@ -194,10 +246,22 @@ async function prepareStudent(env: WorkerEnv, input: PrepareStudentInput): Promi
       if (init.order === 'importance' || init.layers === 'importance') {
         const tokenizer = await loadTokenizer(tokenizerSource(input.data, input.teacher.dir));
         const corpus = await openData(input.data.train, tokenizer, { cacheDir: tokenCache() });
-        calibration = sampleBatch(corpus, { batchSize: 8, seqLen: Math.min(input.hyper.seqLen, input.teacher.config.maxPositions), seed: CALIBRATION_SEED, step: 0 });
+        calibration = sampleBatch(corpus, {
+          batchSize: 8,
+          seqLen: Math.min(input.hyper.seqLen, input.teacher.config.maxPositions),
+          seed: CALIBRATION_SEED,
+          step: 0,
+        });
         corpus.close();
       }
-      const r = await extractCheckpoint({ teacher: input.teacher.dir, spec: init.spec, out: dir, order: init.order, layers: init.layers, calibration });
+      const r = await extractCheckpoint({
+        teacher: input.teacher.dir,
+        spec: init.spec,
+        out: dir,
+        order: init.order,
+        layers: init.layers,
+        calibration,
+      });
       hash = r.checkpointHash;
       config = r.config;
       specHash = r.specHash;
@@ -213,11 +277,14 @@ async function prepareStudent(env: WorkerEnv, input: PrepareStudentInput): Promi
     }
   } catch (err) {
     const name = (err as Error).name;
-    if (name === 'SpecError' || name === 'TargetError' || err instanceof CheckpointError) throw ApplicationFailure.nonRetryable((err as Error).message, name);
+    if (name === 'SpecError' || name === 'TargetError' || err instanceof CheckpointError)
+      throw ApplicationFailure.nonRetryable((err as Error).message, name);
     throw err;
   }
   writeFileAtomic(initFile, JSON.stringify(describe));
-  env.log(`prepareStudent: ${input.name} (${init.kind}) ${parameterCount(config).toLocaleString('en-US')} parameters -> ${dir}`);
+  env.log(
+    `prepareStudent: ${input.name} (${init.kind}) ${parameterCount(config).toLocaleString('en-US')} parameters -> ${dir}`,
+  );
   return { checkpoint: { dir, hash, step: 0 }, parameters: parameterCount(config), config, specHash };
 }
 
@@ -262,27 +329,48 @@ async function trainSegment(env: WorkerEnv, input: TrainSegmentInput): Promise<T
   if (usable(beat?.checkpoint, beat?.step)) start = beat!.checkpoint;
   const latestFile = path.join(studentDir, 'latest.json');
   const latest = readLatest(latestFile);
-  if (attempt > 1 && latest && latest.from === input.from.hash && usable(latest.checkpoint, latest.checkpoint.step) && latest.checkpoint.step! > (start.step ?? 0)) {
+  if (
+    attempt > 1 &&
+    latest &&
+    latest.from === input.from.hash &&
+    usable(latest.checkpoint, latest.checkpoint.step) &&
+    latest.checkpoint.step! > (start.step ?? 0)
+  ) {
     if (checkpointHash(latest.checkpoint.dir) === latest.checkpoint.hash) start = latest.checkpoint;
   }
   const startStep = start.step ?? 0;
-  if (!fs.existsSync(start.dir)) throw ApplicationFailure.nonRetryable(`checkpoint ${start.dir} (step ${startStep}) is gone from shared storage`, 'CheckpointError');
+  if (!fs.existsSync(start.dir))
+    throw ApplicationFailure.nonRetryable(
+      `checkpoint ${start.dir} (step ${startStep}) is gone from shared storage`,
+      'CheckpointError',
+    );
   const onDisk = checkpointHash(start.dir);
   if (onDisk !== start.hash) {
-    throw ApplicationFailure.nonRetryable(`checkpoint ${start.dir}: content hash ${onDisk.slice(0, 12)}… differs from the reference's ${start.hash.slice(0, 12)}…`, 'CheckpointError');
+    throw ApplicationFailure.nonRetryable(
+      `checkpoint ${start.dir}: content hash ${onDisk.slice(0, 12)}… differs from the reference's ${start.hash.slice(0, 12)}…`,
+      'CheckpointError',
+    );
   }
-  env.log(`trainSegment: ${series} steps ${startStep}->${input.toStep}${start !== input.from ? ` (attempt ${attempt}, resuming from the heartbeat's checkpoint at step ${startStep})` : ` (attempt ${attempt})`}`);
+  env.log(
+    `trainSegment: ${series} steps ${startStep}->${input.toStep}${start !== input.from ? ` (attempt ${attempt}, resuming from the heartbeat's checkpoint at step ${startStep})` : ` (attempt ${attempt})`}`,
+  );
 
   // Data, tokenizer, teacher.
   const tokenizer = await loadTokenizer(tokenizerSource(input.data, input.teacher.dir));
   // The store's manifests find the prepared shards without reading the corpus again.
   const train = await openData(input.data.train, tokenizer, { cacheDir: tokenCache(), log: env.log });
   const val = await openData(input.data.val, tokenizer, { cacheDir: tokenCache(), log: env.log });
-  const batches = (step: number) => sampleBatch(train, { batchSize: h.batchSize, seqLen: h.seqLen, seed: h.seed, step });
+  const batches = (step: number) =>
+    sampleBatch(train, { batchSize: h.batchSize, seqLen: h.seqLen, seed: h.seed, step });
   let teacher;
   if (h.distill) {
     if (input.teacherService) {
-      teacher = new StreamingTeacher(teacherClient(env, input.teacherService, input.teacher.hash), { topK: input.teacherService.topK, temperature: h.distill.temperature, batches, window: 2 });
+      teacher = new StreamingTeacher(teacherClient(env, input.teacherService, input.teacher.hash), {
+        topK: input.teacherService.topK,
+        temperature: h.distill.temperature,
+        batches,
+        window: 2,
+      });
     } else {
       try {
         teacher = inProcessTeacher(teacherModel(input.teacher.dir, input.teacher.hash));
@@ -301,7 +389,9 @@ async function trainSegment(env: WorkerEnv, input: TrainSegmentInput): Promise<T
   let lastLoss = NaN;
   let reachedTarget = false;
   const tokSource = tokenizerSource(input.data, input.teacher.dir);
-  const tokenizerJson = fs.readFileSync(fs.statSync(tokSource).isDirectory() ? path.join(tokSource, TOKENIZER_FILE) : tokSource);
+  const tokenizerJson = fs.readFileSync(
+    fs.statSync(tokSource).isDirectory() ? path.join(tokSource, TOKENIZER_FILE) : tokSource,
+  );
   const options: TrainOptions = {
     hyper: trainingHyperparameters({ steps: h.steps, lr: h.lr, warmup: h.warmup }, h),
     batches,
@@ -314,14 +404,31 @@ async function trainSegment(env: WorkerEnv, input: TrainSegmentInput): Promise<T
       lastLoss = r.loss;
       fs.appendFileSync(lossLog, `${JSON.stringify({ step: r.step, loss: r.loss, attempt, worker: env.identity })}\n`);
       tokensPerSecondGauge.set({ component: 'pretrain' }, r.tokensPerSecond);
-      if (r.step % 10 === 0) emit(env, { kind: 'pretrain.step', run: input.run.runId, series, step: r.step, steps: h.steps, loss: r.loss, tokens: r.tokensSeen, tokensPerSecond: r.tokensPerSecond, lr: r.lr });
+      if (r.step % 10 === 0)
+        emit(env, {
+          kind: 'pretrain.step',
+          run: input.run.runId,
+          series,
+          step: r.step,
+          steps: h.steps,
+          loss: r.loss,
+          tokens: r.tokensSeen,
+          tokensPerSecond: r.tokensPerSecond,
+          lr: r.lr,
+        });
     },
     evaluate: {
       every: input.evalEvery,
       run: async (model, step) => {
-        const r = await evaluateLoss(model, evalBatches(val, { seqLen: h.seqLen, batchSize: h.batchSize, maxTokens: input.evalTokens }));
+        const r = await evaluateLoss(
+          model,
+          evalBatches(val, { seqLen: h.seqLen, batchSize: h.batchSize, maxTokens: input.evalTokens }),
+        );
         evals.push({ step, valLoss: r.loss, valPpl: r.ppl });
-        fs.appendFileSync(evalLog, `${JSON.stringify({ step, valLoss: r.loss, valPpl: r.ppl, attempt, worker: env.identity })}\n`);
+        fs.appendFileSync(
+          evalLog,
+          `${JSON.stringify({ step, valLoss: r.loss, valPpl: r.ppl, attempt, worker: env.identity })}\n`,
+        );
         emit(env, { kind: 'pretrain.eval', run: input.run.runId, series, step, valLoss: r.loss, tokens: r.tokens });
         if (input.targetPpl !== undefined && r.ppl <= input.targetPpl) reachedTarget = true;
       },
@@ -331,11 +438,19 @@ async function trainSegment(env: WorkerEnv, input: TrainSegmentInput): Promise<T
   if (readTrainerState(start.dir)) {
     trainer = Trainer.resume(start.dir, options);
   } else {
-    if (startStep !== 0) throw ApplicationFailure.nonRetryable(`${start.dir}: step ${startStep} but no ${TRAINER_STATE_FILE}`, 'CheckpointError');
+    if (startStep !== 0)
+      throw ApplicationFailure.nonRetryable(
+        `${start.dir}: step ${startStep} but no ${TRAINER_STATE_FILE}`,
+        'CheckpointError',
+      );
     const ckpt = loadCheckpoint(start.dir);
     trainer = new Trainer(GPTNeoX.fromTensors(ckpt.config, ckpt.tensors, start.dir), options);
   }
-  if (trainer.step !== startStep) throw ApplicationFailure.nonRetryable(`${start.dir}: holds step ${trainer.step}, the reference says ${startStep}`, 'CheckpointError');
+  if (trainer.step !== startStep)
+    throw ApplicationFailure.nonRetryable(
+      `${start.dir}: holds step ${trainer.step}, the reference says ${startStep}`,
+      'CheckpointError',
+    );
 
   let last: CheckpointRef = start;
   const save = async (): Promise<void> => {
@@ -378,7 +493,9 @@ async function trainSegment(env: WorkerEnv, input: TrainSegmentInput): Promise<T
   const tconf = input.teacher.config;
   const counts = countShape(trainer.model.config, tconf, { seqLen: h.seqLen });
   const tokens = (last.step! - (input.from.step ?? 0)) * h.batchSize * h.seqLen;
-  env.log(`trainSegment: ${series} reached step ${last.step}${stopped ? ` (${stopped})` : ''}, loss ${lastLoss.toFixed(4)}`);
+  env.log(
+    `trainSegment: ${series} reached step ${last.step}${stopped ? ` (${stopped})` : ''}, loss ${lastLoss.toFixed(4)}`,
+  );
   return {
     checkpoint: last,
     step: last.step!,
@@ -386,7 +503,10 @@ async function trainSegment(env: WorkerEnv, input: TrainSegmentInput): Promise<T
     attempt,
     worker: env.identity,
     tokens,
-    flops: { training: tokens * counts.flopsPerToken.training, teacher: h.distill ? tokens * counts.flopsPerToken.teacherForward : 0 },
+    flops: {
+      training: tokens * counts.flopsPerToken.training,
+      teacher: h.distill ? tokens * counts.flopsPerToken.teacherForward : 0,
+    },
     firstLoss,
     lastLoss,
     evals,
@@ -400,14 +520,23 @@ async function trainSegment(env: WorkerEnv, input: TrainSegmentInput): Promise<T
 async function evaluateCheckpoint(input: EvaluateCheckpointInput): Promise<CheckpointEval> {
   const ckpt = loadCheckpoint(input.checkpoint.dir);
   if (ckpt.hash !== input.checkpoint.hash) {
-    throw ApplicationFailure.nonRetryable(`${input.checkpoint.dir}: content hash ${ckpt.hash.slice(0, 12)}… differs from the reference's`, 'CheckpointError');
+    throw ApplicationFailure.nonRetryable(
+      `${input.checkpoint.dir}: content hash ${ckpt.hash.slice(0, 12)}… differs from the reference's`,
+      'CheckpointError',
+    );
   }
   const model = GPTNeoX.fromTensors(ckpt.config, ckpt.tensors, input.checkpoint.dir);
   try {
-    const tokPath = input.data.tokenizer ?? (fs.existsSync(path.join(input.checkpoint.dir, TOKENIZER_FILE)) ? input.checkpoint.dir : input.tokenizerDir);
+    const tokPath =
+      input.data.tokenizer ??
+      (fs.existsSync(path.join(input.checkpoint.dir, TOKENIZER_FILE)) ? input.checkpoint.dir : input.tokenizerDir);
     const tokenizer = await loadTokenizer(tokPath);
     const val = await openData(input.data.val, tokenizer, { cacheDir: tokenCache() });
-    const r = await evaluateText(model, val, tokenizer, { seqLen: Math.min(input.seqLen, ckpt.config.maxPositions), batchSize: input.batchSize, maxTokens: input.evalTokens });
+    const r = await evaluateText(model, val, tokenizer, {
+      seqLen: Math.min(input.seqLen, ckpt.config.maxPositions),
+      batchSize: input.batchSize,
+      maxTokens: input.evalTokens,
+    });
     val.close();
     return { valLoss: r.loss, valPpl: r.ppl, valBpb: r.bpb, tokens: r.tokens, bytes: r.bytes };
   } finally {
@@ -419,7 +548,10 @@ async function evaluateTaskFiles(input: EvaluateTasksInput): Promise<TaskAccurac
   const actx = Context.current();
   const ckpt = loadCheckpoint(input.checkpoint.dir);
   if (ckpt.hash !== input.checkpoint.hash) {
-    throw ApplicationFailure.nonRetryable(`${input.checkpoint.dir}: content hash ${ckpt.hash.slice(0, 12)}… differs from the reference's`, 'CheckpointError');
+    throw ApplicationFailure.nonRetryable(
+      `${input.checkpoint.dir}: content hash ${ckpt.hash.slice(0, 12)}… differs from the reference's`,
+      'CheckpointError',
+    );
   }
   let tasks;
   try {
@@ -430,8 +562,13 @@ async function evaluateTaskFiles(input: EvaluateTasksInput): Promise<TaskAccurac
   }
   const model = GPTNeoX.fromTensors(ckpt.config, ckpt.tensors, input.checkpoint.dir);
   try {
-    const tokenizer = await loadTokenizer(fs.existsSync(path.join(input.checkpoint.dir, TOKENIZER_FILE)) ? input.checkpoint.dir : input.tokenizerDir);
-    const { scores } = await evaluateTasks(model, tokenizer, tasks, { batchSize: input.batchSize, onProgress: (done, total) => actx.heartbeat({ done, total }) });
+    const tokenizer = await loadTokenizer(
+      fs.existsSync(path.join(input.checkpoint.dir, TOKENIZER_FILE)) ? input.checkpoint.dir : input.tokenizerDir,
+    );
+    const { scores } = await evaluateTasks(model, tokenizer, tasks, {
+      batchSize: input.batchSize,
+      onProgress: (done, total) => actx.heartbeat({ done, total }),
+    });
     return scores.map((s) => ({ task: s.task, docs: s.docs, metrics: s.metrics as TaskAccuracy['metrics'] }));
   } finally {
     model.dispose();
@@ -441,9 +578,24 @@ async function evaluateTaskFiles(input: EvaluateTasksInput): Promise<TaskAccurac
 /** The pretrain queue's activities, bound to a worker environment. */
 export function createPretrainActivities(env: WorkerEnv): PretrainActivities {
   return {
-    prepareTeacher: withActivityEvents(env, (i: PrepareTeacherInput) => i.run.runId, (i) => `teacher ${i.dir}`, (i) => prepareTeacher(env, i)),
-    prepareStudent: withActivityEvents(env, (i: PrepareStudentInput) => i.run.runId, (i) => `student ${i.name}`, (i) => prepareStudent(env, i)),
-    trainSegment: withActivityEvents(env, (i: TrainSegmentInput) => i.run.runId, (i) => `${i.name} steps ${i.from.step ?? 0}-${i.toStep}`, (i) => trainSegment(env, i)),
+    prepareTeacher: withActivityEvents(
+      env,
+      (i: PrepareTeacherInput) => i.run.runId,
+      (i) => `teacher ${i.dir}`,
+      (i) => prepareTeacher(env, i),
+    ),
+    prepareStudent: withActivityEvents(
+      env,
+      (i: PrepareStudentInput) => i.run.runId,
+      (i) => `student ${i.name}`,
+      (i) => prepareStudent(env, i),
+    ),
+    trainSegment: withActivityEvents(
+      env,
+      (i: TrainSegmentInput) => i.run.runId,
+      (i) => `${i.name} steps ${i.from.step ?? 0}-${i.toStep}`,
+      (i) => trainSegment(env, i),
+    ),
     evaluateCheckpoint: async (i: EvaluateCheckpointInput) => evaluateCheckpoint(i),
     evaluateTasks: async (i: EvaluateTasksInput) => evaluateTaskFiles(i),
   };

@@ -23,12 +23,15 @@ interface DashboardCliOptions {
 
 function port(value: string): number {
   const n = Number(value);
-  if (!Number.isSafeInteger(n) || n < 0 || n > 65535) throw new InvalidArgumentError(`--port must be an integer in [0, 65535], got ${JSON.stringify(value)}`);
+  if (!Number.isSafeInteger(n) || n < 0 || n > 65535)
+    throw new InvalidArgumentError(`--port must be an integer in [0, 65535], got ${JSON.stringify(value)}`);
   return n;
 }
 
 function natsOption(): Option {
-  return new Option('--nats <url>', `NATS server(s), comma-separated (default ${DEFAULT_NATS_URL})`).env('OFFSHOOT_NATS_URL');
+  return new Option('--nats <url>', `NATS server(s), comma-separated (default ${DEFAULT_NATS_URL})`).env(
+    'OFFSHOOT_NATS_URL',
+  );
 }
 
 /** Stops on the first SIGINT/SIGTERM (the command finishes cleanly), exits at once on the second. */
@@ -69,7 +72,8 @@ export function registerProgressCommands(program: Command): void {
         return;
       }
       const chosen = [opts.plain && 'plain', opts.json && 'json', opts.tty && 'tty'].filter(Boolean) as WatchMode[];
-      if (chosen.length > 1) throw new Error(`choose one of --plain, --json, --tty (got ${chosen.map((c) => `--${c}`).join(', ')})`);
+      if (chosen.length > 1)
+        throw new Error(`choose one of --plain, --json, --tty (got ${chosen.map((c) => `--${c}`).join(', ')})`);
       const abort = new AbortController();
       let interrupted = false;
       const release = onSignals(() => {
@@ -82,7 +86,14 @@ export function registerProgressCommands(program: Command): void {
         abort.abort();
       });
       try {
-        const result = await watchRun({ url: opts.nats, run, follow: opts.follow, wait: opts.wait, mode: chosen[0] ?? 'auto', signal: abort.signal });
+        const result = await watchRun({
+          url: opts.nats,
+          run,
+          follow: opts.follow,
+          wait: opts.wait,
+          mode: chosen[0] ?? 'auto',
+          signal: abort.signal,
+        });
         if (interrupted) process.exitCode = 130;
         else if (!result.finished && opts.follow && !abort.signal.aborted) process.exitCode = 1;
       } finally {
@@ -92,7 +103,9 @@ export function registerProgressCommands(program: Command): void {
 
   program
     .command('dashboard')
-    .description('serve a live web dashboard of runs (loss curves, population and Pareto front, candidates, workers) until SIGINT or SIGTERM')
+    .description(
+      'serve a live web dashboard of runs (loss curves, population and Pareto front, candidates, workers) until SIGINT or SIGTERM',
+    )
     .addOption(natsOption())
     .option('--host <addr>', 'address to listen on (the dashboard has no authentication)', DASHBOARD_DEFAULTS.host)
     .option('--port <n>', 'port to listen on (0: any free one)', port, DASHBOARD_DEFAULTS.port)
@@ -100,7 +113,9 @@ export function registerProgressCommands(program: Command): void {
       const log = (line: string): void => void process.stderr.write(`${line}\n`);
       const dash = await startDashboard({ url: opts.nats, host: opts.host, port: opts.port, log });
       log(`dashboard: ${dash.url} (NATS ${opts.nats ?? process.env.OFFSHOOT_NATS_URL ?? DEFAULT_NATS_URL})`);
-      process.stdout.write(`${JSON.stringify({ event: 'listening', host: opts.host, port: dash.port, url: dash.url })}\n`);
+      process.stdout.write(
+        `${JSON.stringify({ event: 'listening', host: opts.host, port: dash.port, url: dash.url })}\n`,
+      );
       await new Promise<void>((resolve) => {
         const release = onSignals(() => {
           release();

@@ -46,7 +46,8 @@ export interface Dashboard {
 export const DASHBOARD_DEFAULTS = { host: '127.0.0.1', port: 8080 };
 
 const SECURITY_HEADERS = {
-  'content-security-policy': "default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; connect-src 'self'; img-src 'self' data:",
+  'content-security-policy':
+    "default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; connect-src 'self'; img-src 'self' data:",
   'x-content-type-options': 'nosniff',
   'referrer-policy': 'no-referrer',
 };
@@ -68,7 +69,9 @@ export function loadVendorAssets(): Map<string, { type: string; body: Buffer }> 
     try {
       file = resolveModule(module);
     } catch (err) {
-      throw new Error(`dashboard: cannot find ${module} (is the uplot dependency installed? run npm ci): ${(err as Error).message}`);
+      throw new Error(
+        `dashboard: cannot find ${module} (is the uplot dependency installed? run npm ci): ${(err as Error).message}`,
+      );
     }
     assets.set(`/${urlPath}`, { type, body: fs.readFileSync(file) });
   }
@@ -89,7 +92,14 @@ function write(res: http.ServerResponse, chunk: string): Promise<void> | undefin
   });
 }
 
-async function streamEvents(nc: NatsConnection, req: http.IncomingMessage, res: http.ServerResponse, run: string, afterSeq: number, keepAliveMs: number): Promise<void> {
+async function streamEvents(
+  nc: NatsConnection,
+  req: http.IncomingMessage,
+  res: http.ServerResponse,
+  run: string,
+  afterSeq: number,
+  keepAliveMs: number,
+): Promise<void> {
   const reader = await openRunEvents(nc, run, { afterSeq });
   res.writeHead(200, {
     'content-type': 'text/event-stream; charset=utf-8',
@@ -139,7 +149,8 @@ export async function startDashboard(options: DashboardOptions = {}): Promise<Da
   const server = http.createServer((req, res) => {
     const url = new URL(req.url ?? '/', 'http://dashboard');
     if (req.method !== 'GET' && req.method !== 'HEAD') return send(res, 405, 'text/plain', 'method not allowed\n');
-    if (url.pathname === '/' || url.pathname === '/index.html') return send(res, 200, 'text/html; charset=utf-8', DASHBOARD_HTML);
+    if (url.pathname === '/' || url.pathname === '/index.html')
+      return send(res, 200, 'text/html; charset=utf-8', DASHBOARD_HTML);
     const asset = vendor.get(url.pathname);
     if (asset) return send(res, 200, asset.type, asset.body);
     if (url.pathname === '/healthz') return send(res, 200, 'text/plain', 'ok\n');
@@ -152,7 +163,13 @@ export async function startDashboard(options: DashboardOptions = {}): Promise<Da
     }
     if (url.pathname === '/api/events') {
       const run = url.searchParams.get('run') ?? '';
-      if (!RUN_ID_PATTERN.test(run)) return send(res, 400, 'application/json', JSON.stringify({ error: `run: expected a run id, got ${JSON.stringify(run)}` }));
+      if (!RUN_ID_PATTERN.test(run))
+        return send(
+          res,
+          400,
+          'application/json',
+          JSON.stringify({ error: `run: expected a run id, got ${JSON.stringify(run)}` }),
+        );
       const last = Number(req.headers['last-event-id'] ?? url.searchParams.get('after') ?? 0);
       const afterSeq = Number.isSafeInteger(last) && last > 0 ? last : 0;
       open.add(res);
@@ -169,7 +186,11 @@ export async function startDashboard(options: DashboardOptions = {}): Promise<Da
 
   try {
     await new Promise<void>((resolve, reject) => {
-      server.once('error', (err) => reject(new Error(`dashboard: cannot listen on ${host}:${options.port ?? DASHBOARD_DEFAULTS.port}: ${err.message}`)));
+      server.once('error', (err) =>
+        reject(
+          new Error(`dashboard: cannot listen on ${host}:${options.port ?? DASHBOARD_DEFAULTS.port}: ${err.message}`),
+        ),
+      );
       server.listen(options.port ?? DASHBOARD_DEFAULTS.port, host, () => resolve());
     });
   } catch (err) {

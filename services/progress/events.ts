@@ -37,7 +37,9 @@ const count = z.number().int().nonnegative();
 const positive = z.number().int().positive();
 const text = (max: number) => z.string().max(max);
 
-export const runIdSchema = z.string().regex(RUN_ID_PATTERN, 'run id: 1-128 of A-Z a-z 0-9 _ - (starting with a letter or digit)');
+export const runIdSchema = z
+  .string()
+  .regex(RUN_ID_PATTERN, 'run id: 1-128 of A-Z a-z 0-9 _ - (starting with a letter or digit)');
 
 /** Who published: the worker (default hostname:pid), and the activity attempt it was in, if any. */
 export const sourceSchema = z.object({
@@ -289,7 +291,10 @@ export function makeEvent<I extends ProgressEventInput>(input: I, now: Date = ne
   const parsed = progressEventSchema.safeParse(draft);
   if (!parsed.success) {
     const issues = describeIssues(parsed.error);
-    throw new ProgressEventError(`invalid ${String((input as { kind?: unknown }).kind ?? 'progress')} event: ${issues.join('; ')}`, issues);
+    throw new ProgressEventError(
+      `invalid ${String((input as { kind?: unknown }).kind ?? 'progress')} event: ${issues.join('; ')}`,
+      issues,
+    );
   }
   const event = parsed.data;
   if (input.id === undefined) event.id = defaultEventId(event) ?? `${event.run}.${event.kind}.${randomUUID()}`;
@@ -309,7 +314,9 @@ export function parseEvent(data: unknown): { ok: true; event: ProgressEvent } | 
   const v = (value as { v?: unknown } | null)?.v;
   if (v !== PROGRESS_SCHEMA_VERSION) return { ok: false, error: `unsupported schema version ${JSON.stringify(v)}` };
   const parsed = progressEventSchema.safeParse(value);
-  return parsed.success ? { ok: true, event: parsed.data } : { ok: false, error: describeIssues(parsed.error).join('; ') };
+  return parsed.success
+    ? { ok: true, event: parsed.data }
+    : { ok: false, error: describeIssues(parsed.error).join('; ') };
 }
 
 /** The subject an event goes to: offshoot.<run>.<kind>. */
@@ -326,7 +333,11 @@ export const SUBJECT_PREFIX = 'offshoot';
 
 /** Throws when `run` is not a valid run id. */
 export function checkRunId(run: string): string {
-  if (!RUN_ID_PATTERN.test(run)) throw new ProgressEventError(`run id ${JSON.stringify(run)}: use 1-128 of A-Z a-z 0-9 _ - (starting with a letter or digit)`, ['run']);
+  if (!RUN_ID_PATTERN.test(run))
+    throw new ProgressEventError(
+      `run id ${JSON.stringify(run)}: use 1-128 of A-Z a-z 0-9 _ - (starting with a letter or digit)`,
+      ['run'],
+    );
   return run;
 }
 
@@ -335,7 +346,8 @@ function openObjects(node: unknown): unknown {
   if (Array.isArray(node)) return node.map(openObjects);
   if (!node || typeof node !== 'object') return node;
   const out: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(node)) if (!(k === 'additionalProperties' && v === false)) out[k] = openObjects(v);
+  for (const [k, v] of Object.entries(node))
+    if (!(k === 'additionalProperties' && v === false)) out[k] = openObjects(v);
   return out;
 }
 
@@ -344,7 +356,10 @@ function openObjects(node: unknown): unknown {
  * are required there, since the publisher fills them in.
  */
 export function progressEventJsonSchema(): Record<string, unknown> {
-  const schema = openObjects(z.toJSONSchema(progressEventSchema, { io: 'output', unrepresentable: 'any' })) as Record<string, unknown>;
+  const schema = openObjects(z.toJSONSchema(progressEventSchema, { io: 'output', unrepresentable: 'any' })) as Record<
+    string,
+    unknown
+  >;
   return {
     title: `offshoot progress event, schema version ${PROGRESS_SCHEMA_VERSION}`,
     ...schema,

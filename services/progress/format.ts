@@ -49,12 +49,15 @@ export function describeEvent(e: ProgressEvent): string {
     }
     case 'generation.finished': {
       const of = e.generations ? `/${e.generations}` : '';
-      const best = e.best ? `; best ${fmtLoss(e.best.fitness)} (#${e.best.candidate}, ${humanCount(e.best.params)} params)` : '';
+      const best = e.best
+        ? `; best ${fmtLoss(e.best.fitness)} (#${e.best.candidate}, ${humanCount(e.best.params)} params)`
+        : '';
       return `generation ${e.generation + 1}${of} finished: ${e.evaluated} evaluated, ${e.failed} failed${best}`;
     }
     case 'candidate.evaluated': {
       const took = e.durationMs !== undefined ? `, ${formatDuration(e.durationMs / 1000)}` : '';
-      const result = e.fitness === null ? `FAILED${e.error ? `: ${oneLine(e.error)}` : ''}` : `fitness ${fmtLoss(e.fitness)}`;
+      const result =
+        e.fitness === null ? `FAILED${e.error ? `: ${oneLine(e.error)}` : ''}` : `fitness ${fmtLoss(e.fitness)}`;
       return `candidate #${e.candidate} (gen ${e.generation}): ${result}, ${humanCount(e.params)} params${took}${by(e)}`;
     }
     case 'pretrain.step': {
@@ -76,7 +79,9 @@ export function describeEvent(e: ProgressEvent): string {
     case 'activity.failed':
       return `activity ${e.activity} FAILED (attempt ${e.attempt}${e.willRetry === false ? ', final' : e.willRetry ? ', will retry' : ''})${e.detail ? ` ${e.detail}` : ''}: ${oneLine(e.error)}${by(e)}`;
     case 'run.finished': {
-      const best = e.best ? `; best ${fmtLoss(e.best.fitness)} (#${e.best.candidate}, ${humanCount(e.best.params)} params)` : '';
+      const best = e.best
+        ? `; best ${fmtLoss(e.best.fitness)} (#${e.best.candidate}, ${humanCount(e.best.params)} params)`
+        : '';
       return `run ${e.status}${e.error ? `: ${oneLine(e.error)}` : ''}${best}`;
     }
   }

@@ -83,6 +83,14 @@ export {
   tokensProcessed,
 } from './metrics.js';
 export { describeEvent, formatEventLine, humanCount } from './format.js';
-export { type WatchMode, type WatchOptions, type WatchResult, WatchError, formatRunList, renderView, watchRun } from './watch.js';
+export {
+  type WatchMode,
+  type WatchOptions,
+  type WatchResult,
+  WatchError,
+  formatRunList,
+  renderView,
+  watchRun,
+} from './watch.js';
 export { DASHBOARD_DEFAULTS, type Dashboard, type DashboardOptions, startDashboard } from './dashboard.js';
 export { registerProgressCommands } from './cli.js';

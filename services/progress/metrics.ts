@@ -136,7 +136,10 @@ const TEACHER_COUNTERS: [keyof TeacherMetricsSnapshot, string, string][] = [
  * Exposes a teacher server's metrics (read at scrape time from `source`, e.g. `() => server.metrics()`).
  * Returns a function that removes them again.
  */
-export function registerTeacherMetrics(source: () => TeacherMetricsSnapshot, registry: Registry = metricsRegistry): () => void {
+export function registerTeacherMetrics(
+  source: () => TeacherMetricsSnapshot,
+  registry: Registry = metricsRegistry,
+): () => void {
   const names: string[] = [];
   const add = (name: string): void => {
     registry.removeSingleMetric(name);

@@ -4,7 +4,15 @@
  */
 import * as os from 'node:os';
 
-import { type Consumer, DeliverPolicy, type JetStreamManager, type StreamConfig, StorageType, jetstream, jetstreamManager } from '@nats-io/jetstream';
+import {
+  type Consumer,
+  DeliverPolicy,
+  type JetStreamManager,
+  type StreamConfig,
+  StorageType,
+  jetstream,
+  jetstreamManager,
+} from '@nats-io/jetstream';
 import { type KV, Kvm } from '@nats-io/kv';
 import { type NatsConnection, connect, credsAuthenticator } from '@nats-io/transport-node';
 
@@ -113,7 +121,11 @@ export function isNotFound(err: unknown): boolean {
 /** The status bucket (created when missing). */
 export async function openStatusBucket(nc: NatsConnection, options: { timeoutMs?: number } = {}): Promise<KV> {
   const kvm = new Kvm(nc);
-  return kvm.create(STATUS_BUCKET, { history: 1, storage: StorageType.File, timeout: options.timeoutMs ?? 5000 } as never);
+  return kvm.create(STATUS_BUCKET, {
+    history: 1,
+    storage: StorageType.File,
+    timeout: options.timeoutMs ?? 5000,
+  } as never);
 }
 
 /** Every run's status from the KV bucket, most recently updated first. */
@@ -172,7 +184,11 @@ export interface RunEventReader {
 }
 
 /** Opens a run's events with an ordered (ephemeral, flow-controlled) consumer. */
-export async function openRunEvents(nc: NatsConnection, run: string, options: ReadOptions = {}): Promise<RunEventReader> {
+export async function openRunEvents(
+  nc: NatsConnection,
+  run: string,
+  options: ReadOptions = {},
+): Promise<RunEventReader> {
   checkRunId(run);
   const js = jetstream(nc);
   const jsm = await jetstreamManager(nc);

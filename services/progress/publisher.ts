@@ -100,7 +100,11 @@ export class NatsProgressPublisher implements ProgressPublisher {
     if (this.queue.length >= this.maxQueue) {
       this.stats.dropped += 1;
       progressMetrics.dropped.inc();
-      const p = Promise.reject(new Error(`progress publisher: ${this.queue.length} events waiting for NATS; dropped ${event.kind} ${event.id}`));
+      const p = Promise.reject(
+        new Error(
+          `progress publisher: ${this.queue.length} events waiting for NATS; dropped ${event.kind} ${event.id}`,
+        ),
+      );
       p.catch(() => undefined);
       return p;
     }
@@ -142,7 +146,11 @@ export class NatsProgressPublisher implements ProgressPublisher {
   /** One connection attempt (the run loop retries with backoff, and stops at close(): no attempt outlives the publisher). */
   private async connect(): Promise<void> {
     if (!this.nc) {
-      const nc = await connectNats(this.options.url, { name: `offshoot progress ${this.worker}`, waitForServer: false, timeoutMs: 3000 });
+      const nc = await connectNats(this.options.url, {
+        name: `offshoot progress ${this.worker}`,
+        waitForServer: false,
+        timeoutMs: 3000,
+      });
       try {
         this.jsm = await jetstreamManager(nc, { timeout: this.ackTimeoutMs });
       } catch (err) {
@@ -157,7 +165,8 @@ export class NatsProgressPublisher implements ProgressPublisher {
       this.js = jetstream(nc, { timeout: this.ackTimeoutMs });
       void (async () => {
         for await (const st of nc.status()) {
-          if (st.type === 'disconnect' || st.type === 'reconnect') this.log(`progress: NATS ${st.type} (${'server' in st ? st.server : ''})`);
+          if (st.type === 'disconnect' || st.type === 'reconnect')
+            this.log(`progress: NATS ${st.type} (${'server' in st ? st.server : ''})`);
         }
       })().catch(() => undefined);
     }
@@ -188,7 +197,8 @@ export class NatsProgressPublisher implements ProgressPublisher {
         if (this.closed) break;
         this.stats.retries += 1;
         progressMetrics.retries.inc();
-        if (this.stats.retries <= 3 || this.stats.retries % 50 === 0) this.log(`progress: retrying ${head.event.kind} ${head.event.id}: ${(err as Error).message}`);
+        if (this.stats.retries <= 3 || this.stats.retries % 50 === 0)
+          this.log(`progress: retrying ${head.event.kind} ${head.event.id}: ${(err as Error).message}`);
         // The stream may have been lost with the server's store: make sure it exists before the next try.
         if (/no responders|not found|503/i.test((err as Error).message)) this.ready = false;
         await sleep(backoff);
@@ -201,7 +211,10 @@ export class NatsProgressPublisher implements ProgressPublisher {
   /** Stores one event (idempotent under retries), then folds it into the run's KV status. */
   private async send(event: ProgressEvent): Promise<void> {
     if (!this.stored.has(event)) {
-      const ack = await this.js!.publish(eventSubject(event.run, event.kind), JSON.stringify(event), { msgID: event.id, timeout: this.ackTimeoutMs });
+      const ack = await this.js!.publish(eventSubject(event.run, event.kind), JSON.stringify(event), {
+        msgID: event.id,
+        timeout: this.ackTimeoutMs,
+      });
       if (ack.duplicate) this.stats.duplicates += 1;
       else this.stats.stored += 1;
       progressMetrics.published.inc({ kind: event.kind, result: ack.duplicate ? 'duplicate' : 'stored' });
@@ -216,7 +229,8 @@ export class NatsProgressPublisher implements ProgressPublisher {
 export async function updateRunStatus(kv: KV, event: ProgressEvent): Promise<RunStatus> {
   for (;;) {
     const entry = await kv.get(event.run);
-    const prev = entry && entry.operation === 'PUT' && entry.length > 0 ? (JSON.parse(entry.string()) as RunStatus) : undefined;
+    const prev =
+      entry && entry.operation === 'PUT' && entry.length > 0 ? (JSON.parse(entry.string()) as RunStatus) : undefined;
     const next = applyStatus(prev, event);
     if (next === prev) return next;
     try {

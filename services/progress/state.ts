@@ -39,7 +39,14 @@ export interface RunStatus {
   failed: number;
   best?: CandidateRef;
   /** The student's pretraining. */
-  pretrain?: { step: number; steps?: number; loss?: number; valLoss?: number; tokens?: number; tokensPerSecond?: number };
+  pretrain?: {
+    step: number;
+    steps?: number;
+    loss?: number;
+    valLoss?: number;
+    tokens?: number;
+    tokensPerSecond?: number;
+  };
   lastCheckpoint?: { step: number; uri: string };
   lastError?: ErrorNote;
   error?: string;
@@ -111,13 +118,27 @@ export function applyStatus(prev: RunStatus | undefined, event: ProgressEvent): 
       }
       break;
     case 'checkpoint.saved':
-      if (event.series === 'student' && (!s.lastCheckpoint || event.step >= s.lastCheckpoint.step)) s.lastCheckpoint = { step: event.step, uri: event.uri };
+      if (event.series === 'student' && (!s.lastCheckpoint || event.step >= s.lastCheckpoint.step))
+        s.lastCheckpoint = { step: event.step, uri: event.uri };
       break;
     case 'activity.failed':
-      s.lastError = { time: event.time, activity: event.activity, attempt: event.attempt, worker: event.source?.worker, error: event.error };
+      s.lastError = {
+        time: event.time,
+        activity: event.activity,
+        attempt: event.attempt,
+        worker: event.source?.worker,
+        error: event.error,
+      };
       break;
     case 'activity.retried':
-      if (event.error) s.lastError = { time: event.time, activity: event.activity, attempt: event.attempt, worker: event.source?.worker, error: event.error };
+      if (event.error)
+        s.lastError = {
+          time: event.time,
+          activity: event.activity,
+          attempt: event.attempt,
+          worker: event.source?.worker,
+          error: event.error,
+        };
       break;
     case 'run.finished':
       s.state = event.status;
@@ -291,22 +312,56 @@ export function applyEvent(state: RunState, event: ProgressEvent): RunState {
     }
     case 'checkpoint.saved': {
       const s = seriesOf(state, event.series);
-      if (!s.lastCheckpoint || event.step >= s.lastCheckpoint.step) s.lastCheckpoint = { step: event.step, uri: event.uri };
+      if (!s.lastCheckpoint || event.step >= s.lastCheckpoint.step)
+        s.lastCheckpoint = { step: event.step, uri: event.uri };
       break;
     }
     case 'activity.started':
     case 'activity.retried':
-      if (w) Object.assign(w, { state: 'busy', activity: event.activity, detail: event.detail, attempt: event.attempt, since: event.time });
+      if (w)
+        Object.assign(w, {
+          state: 'busy',
+          activity: event.activity,
+          detail: event.detail,
+          attempt: event.attempt,
+          since: event.time,
+        });
       if (event.kind === 'activity.retried') {
-        state.errors.push({ time: event.time, activity: event.activity, attempt: event.attempt, worker: event.source?.worker, error: `retried${event.error ? ` after: ${event.error}` : ''}` });
+        state.errors.push({
+          time: event.time,
+          activity: event.activity,
+          attempt: event.attempt,
+          worker: event.source?.worker,
+          error: `retried${event.error ? ` after: ${event.error}` : ''}`,
+        });
       }
       break;
     case 'activity.completed':
-      if (w) Object.assign(w, { state: 'idle', activity: event.activity, detail: event.detail, attempt: event.attempt, since: event.time });
+      if (w)
+        Object.assign(w, {
+          state: 'idle',
+          activity: event.activity,
+          detail: event.detail,
+          attempt: event.attempt,
+          since: event.time,
+        });
       break;
     case 'activity.failed':
-      if (w) Object.assign(w, { state: 'failed', activity: event.activity, detail: event.detail, attempt: event.attempt, since: event.time });
-      state.errors.push({ time: event.time, activity: event.activity, attempt: event.attempt, worker: event.source?.worker, error: event.error });
+      if (w)
+        Object.assign(w, {
+          state: 'failed',
+          activity: event.activity,
+          detail: event.detail,
+          attempt: event.attempt,
+          since: event.time,
+        });
+      state.errors.push({
+        time: event.time,
+        activity: event.activity,
+        attempt: event.attempt,
+        worker: event.source?.worker,
+        error: event.error,
+      });
       break;
     case 'run.finished':
       if (event.error) state.errors.push({ time: event.time, error: `run ${event.status}: ${event.error}` });
@@ -317,7 +372,9 @@ export function applyEvent(state: RunState, event: ProgressEvent): RunState {
 }
 
 /** Pareto front of (params, fitness), both minimised, sorted by params. */
-export function paretoFront<T extends { params: number; fitness: number | null }>(rows: Iterable<T>): (T & { fitness: number })[] {
+export function paretoFront<T extends { params: number; fitness: number | null }>(
+  rows: Iterable<T>,
+): (T & { fitness: number })[] {
   const ok = [...rows].filter((r): r is T & { fitness: number } => r.fitness !== null && Number.isFinite(r.fitness));
   ok.sort((a, b) => a.params - b.params || a.fitness - b.fitness);
   const front: (T & { fitness: number })[] = [];

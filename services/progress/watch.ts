@@ -61,7 +61,13 @@ function bar(done: number, total: number | undefined, width = 24): string {
 }
 
 /** ETA from a rate measured between two times (ms) for `done` units out of `total`. */
-function eta(done: number, total: number | undefined, fromMs: number | undefined, toMs: number | undefined, now: number): string {
+function eta(
+  done: number,
+  total: number | undefined,
+  fromMs: number | undefined,
+  toMs: number | undefined,
+  now: number,
+): string {
   if (!total || done >= total || !fromMs || !toMs || done <= 0 || toMs <= fromMs) return '';
   const rate = done / (toMs - fromMs); // units per ms
   // Time since the last unit counts against the rate too (a stalled run's ETA grows).
@@ -102,14 +108,33 @@ export function renderView(state: RunState, now: number = Date.now()): string[] 
   const searching = s.mode !== 'pretrain' && (s.generations || s.budget || s.evaluated > 0);
   if (searching) {
     const gensEnd = state.generationTimes.size ? Math.max(...state.generationTimes.values()) : undefined;
-    lines.push(progressLine('generations', s.generationsDone, s.generations, live ? eta(s.generationsDone, s.generations, state.startedAt, gensEnd, now) : ''));
+    lines.push(
+      progressLine(
+        'generations',
+        s.generationsDone,
+        s.generations,
+        live ? eta(s.generationsDone, s.generations, state.startedAt, gensEnd, now) : '',
+      ),
+    );
     const total = evaluationsTotal(state);
     const times = state.evaluationTimes;
     const failed = s.failed ? `${s.failed} failed ` : '';
-    lines.push(progressLine('evaluations', s.evaluated, total, `${failed}${live ? eta(s.evaluated, total, state.startedAt, times[times.length - 1], now) : ''}`.trim()));
-    if (s.best) lines.push(`${'best so far'.padEnd(12)} ${fmtLoss(s.best.fitness)}  #${s.best.candidate}  ${humanCount(s.best.params)} params`);
+    lines.push(
+      progressLine(
+        'evaluations',
+        s.evaluated,
+        total,
+        `${failed}${live ? eta(s.evaluated, total, state.startedAt, times[times.length - 1], now) : ''}`.trim(),
+      ),
+    );
+    if (s.best)
+      lines.push(
+        `${'best so far'.padEnd(12)} ${fmtLoss(s.best.fitness)}  #${s.best.candidate}  ${humanCount(s.best.params)} params`,
+      );
   }
-  const series = [...state.series.values()].sort((a, b) => (a.name === 'student' ? -1 : b.name === 'student' ? 1 : a.name.localeCompare(b.name)));
+  const series = [...state.series.values()].sort((a, b) =>
+    a.name === 'student' ? -1 : b.name === 'student' ? 1 : a.name.localeCompare(b.name),
+  );
   const studentPlan = s.pretrain?.steps;
   if (s.mode === 'pretrain' || s.mode === 'pipeline' || series.length) {
     if (!series.length) lines.push(progressLine('pretraining', 0, studentPlan, 'not started'));
@@ -119,11 +144,16 @@ export function renderView(state: RunState, now: number = Date.now()): string[] 
       const last = ser.train[ser.train.length - 1];
       const rate = first && last && last.time > first.time ? (last.step - first.step) / (last.time - first.time) : 0;
       const etaText =
-        live && total && rate > 0 && last ? `ETA ${formatDuration(Math.max(0, (total - ser.step) / rate - (now - last.time)) / 1000)}` : '';
+        live && total && rate > 0 && last
+          ? `ETA ${formatDuration(Math.max(0, (total - ser.step) / rate - (now - last.time)) / 1000)}`
+          : '';
       const label = ser.name === 'student' ? 'pretraining' : ser.name.slice(0, 12);
       lines.push(progressLine(label, ser.step, total, etaText));
       const lastVal = ser.val[ser.val.length - 1];
-      const parts = [`loss ${fmtLoss(last?.value)}`, `val ${fmtLoss(lastVal?.value)}${lastVal ? ` (ppl ${Math.exp(lastVal.value).toFixed(2)})` : ''}`];
+      const parts = [
+        `loss ${fmtLoss(last?.value)}`,
+        `val ${fmtLoss(lastVal?.value)}${lastVal ? ` (ppl ${Math.exp(lastVal.value).toFixed(2)})` : ''}`,
+      ];
       if (ser.tokensPerSecond !== undefined) parts.push(`${humanCount(ser.tokensPerSecond)} tokens/s`);
       if (ser.tokens !== undefined) parts.push(`${humanCount(ser.tokens)} tokens`);
       if (ser.lastCheckpoint) parts.push(`checkpoint @${ser.lastCheckpoint.step}`);
@@ -133,13 +163,20 @@ export function renderView(state: RunState, now: number = Date.now()): string[] 
 
   const workers = [...state.workers.values()].sort((a, b) => a.worker.localeCompare(b.worker));
   workers.forEach((w, i) => {
-    const what = w.state === 'busy' ? `${w.activity ?? '?'}${w.detail ? ` ${w.detail}` : ''}${w.attempt && w.attempt > 1 ? ` (attempt ${w.attempt})` : ''} for ${ago(w.since, now)}` : `${w.state}${w.activity ? ` after ${w.activity}` : ''}`;
+    const what =
+      w.state === 'busy'
+        ? `${w.activity ?? '?'}${w.detail ? ` ${w.detail}` : ''}${w.attempt && w.attempt > 1 ? ` (attempt ${w.attempt})` : ''} for ${ago(w.since, now)}`
+        : `${w.state}${w.activity ? ` after ${w.activity}` : ''}`;
     lines.push(`${(i === 0 ? 'workers' : '').padEnd(12)} ${w.worker}  ${what}`);
   });
   const errors = state.errors.slice(-5);
   errors.forEach((e, i) => {
-    const where = [e.activity, e.attempt ? `attempt ${e.attempt}` : '', e.worker ? `on ${e.worker}` : ''].filter(Boolean).join(' ');
-    lines.push(`${(i === 0 ? 'last errors' : '').padEnd(12)} ${clock(e.time)} ${where ? `${where}: ` : ''}${e.error.replace(/\s+/g, ' ')}`);
+    const where = [e.activity, e.attempt ? `attempt ${e.attempt}` : '', e.worker ? `on ${e.worker}` : '']
+      .filter(Boolean)
+      .join(' ');
+    lines.push(
+      `${(i === 0 ? 'last errors' : '').padEnd(12)} ${clock(e.time)} ${where ? `${where}: ` : ''}${e.error.replace(/\s+/g, ' ')}`,
+    );
   });
   if (s.state !== 'running') lines.push(`run ${s.state}${s.error ? `: ${s.error}` : ''}`);
   return lines;
@@ -168,7 +205,9 @@ async function pickRun(nc: NatsConnection, info: (line: string) => void): Promis
   if (!runs.length) throw new WatchError('no runs yet (the status bucket is empty); name one: offshoot watch RUN');
   const active = runs.filter((r) => r.state === 'running');
   const pick = active[0] ?? runs[0];
-  info(`watching run ${pick.run} (${pick.state}; ${runs.length} run${runs.length === 1 ? '' : 's'} known, see offshoot watch --list)`);
+  info(
+    `watching run ${pick.run} (${pick.state}; ${runs.length} run${runs.length === 1 ? '' : 's'} known, see offshoot watch --list)`,
+  );
   return pick.run;
 }
 
@@ -176,7 +215,8 @@ async function pickRun(nc: NatsConnection, info: (line: string) => void): Promis
 export function formatRunList(runs: RunStatus[]): string[] {
   return runs.map((r) => {
     const parts = [r.run.padEnd(24), r.state.padEnd(9), (r.mode ?? '?').padEnd(8), `updated ${r.updatedAt}`];
-    if (r.generations || r.evaluated) parts.push(`gen ${r.generationsDone}${r.generations ? `/${r.generations}` : ''}, ${r.evaluated} evaluated`);
+    if (r.generations || r.evaluated)
+      parts.push(`gen ${r.generationsDone}${r.generations ? `/${r.generations}` : ''}, ${r.evaluated} evaluated`);
     if (r.best) parts.push(`best ${fmtLoss(r.best.fitness)}`);
     if (r.pretrain) parts.push(`step ${r.pretrain.step}${r.pretrain.steps ? `/${r.pretrain.steps}` : ''}`);
     return parts.join('  ');
@@ -195,7 +235,8 @@ export async function listRunsText(url?: string): Promise<string[]> {
 export async function watchRun(options: WatchOptions = {}): Promise<WatchResult> {
   const out = options.out ?? process.stdout;
   const info = options.info ?? ((line: string) => void process.stderr.write(`${line}\n`));
-  const mode: Exclude<WatchMode, 'auto'> = !options.mode || options.mode === 'auto' ? (out.isTTY ? 'tty' : 'plain') : options.mode;
+  const mode: Exclude<WatchMode, 'auto'> =
+    !options.mode || options.mode === 'auto' ? (out.isTTY ? 'tty' : 'plain') : options.mode;
   const follow = options.follow ?? true;
   const nc = await connectNats(options.url);
   const screen = new Screen(out);
@@ -219,7 +260,10 @@ export async function watchRun(options: WatchOptions = {}): Promise<WatchResult>
     let caughtUp = reader.initialPending === 0;
     if (caughtUp) {
       const known = await getRunStatus(nc, run);
-      if (!known && !options.wait) throw new WatchError(`no run ${JSON.stringify(run)}: it has no events (see offshoot watch --list; --wait to wait for it)`);
+      if (!known && !options.wait)
+        throw new WatchError(
+          `no run ${JSON.stringify(run)}: it has no events (see offshoot watch --list; --wait to wait for it)`,
+        );
       if (!follow) return { run, finished: known ? known.state !== 'running' : false, events: 0, state };
       if (!known) info(`waiting for run ${run} to publish events…`);
     }
@@ -250,7 +294,11 @@ export async function watchRun(options: WatchOptions = {}): Promise<WatchResult>
         if (mode === 'plain') out.write(`${formatEventLine(stored.event)}\n`);
         else if (mode === 'json') out.write(`${JSON.stringify(stored.event)}\n`);
       } else if (mode !== 'tty') {
-        out.write(mode === 'json' ? `${JSON.stringify({ seq: stored.seq, subject: stored.subject, skipped: stored.error })}\n` : `(event ${stored.seq} on ${stored.subject} skipped: ${stored.error})\n`);
+        out.write(
+          mode === 'json'
+            ? `${JSON.stringify({ seq: stored.seq, subject: stored.subject, skipped: stored.error })}\n`
+            : `(event ${stored.seq} on ${stored.subject} skipped: ${stored.error})\n`,
+        );
       }
       dirty = true;
       if (stored.pending === 0) {

@@ -14,7 +14,12 @@ import { fileURLToPath } from 'node:url';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 /** The repository root (or dist/'s parent when running compiled code). */
-export const ROOT = path.resolve(HERE, '..', '..', ...(path.basename(path.resolve(HERE, '..', '..')) === 'dist' ? ['..'] : []));
+export const ROOT = path.resolve(
+  HERE,
+  '..',
+  '..',
+  ...(path.basename(path.resolve(HERE, '..', '..')) === 'dist' ? ['..'] : []),
+);
 /** True when this code runs from the TypeScript sources (tsx), false from dist/. */
 export const FROM_SOURCES = import.meta.url.endsWith('.ts');
 
@@ -52,7 +57,9 @@ export function freePort(): Promise<number> {
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 function onPath(name: string): string | undefined {
-  for (const dir of (process.env.PATH ?? '').split(path.delimiter).concat(['/usr/sbin', '/usr/local/sbin', '/usr/local/bin'])) {
+  for (const dir of (process.env.PATH ?? '')
+    .split(path.delimiter)
+    .concat(['/usr/sbin', '/usr/local/sbin', '/usr/local/bin'])) {
     if (!dir) continue;
     const f = path.join(dir, name);
     try {
@@ -175,7 +182,12 @@ export function spawnManaged(options: SpawnOptions): ManagedProcess {
   };
 }
 
-async function waitFor(what: string, proc: ManagedProcess, check: () => Promise<boolean>, timeoutMs: number): Promise<void> {
+async function waitFor(
+  what: string,
+  proc: ManagedProcess,
+  check: () => Promise<boolean>,
+  timeoutMs: number,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let lastError = '';
   // Gives up only after a check that *started* past the deadline failed: a caller whose event loop was
@@ -184,7 +196,9 @@ async function waitFor(what: string, proc: ManagedProcess, check: () => Promise<
   for (;;) {
     if (!proc.alive()) {
       const r = await proc.exited;
-      throw new Error(`${what} exited (code ${r.code}, signal ${r.signal}) before it answered:\n${proc.output().slice(-4000)}`);
+      throw new Error(
+        `${what} exited (code ${r.code}, signal ${r.signal}) before it answered:\n${proc.output().slice(-4000)}`,
+      );
     }
     const started = Date.now();
     try {
@@ -196,7 +210,9 @@ async function waitFor(what: string, proc: ManagedProcess, check: () => Promise<
     await sleep(150);
   }
   await proc.kill9();
-  throw new Error(`${what} did not answer within ${timeoutMs} ms${lastError ? ` (last error: ${lastError})` : ''}:\n${proc.output().slice(-4000)}`);
+  throw new Error(
+    `${what} did not answer within ${timeoutMs} ms${lastError ? ` (last error: ${lastError})` : ''}:\n${proc.output().slice(-4000)}`,
+  );
 }
 
 // ---- Temporal ----------------------------------------------------------------------------------------
@@ -226,7 +242,9 @@ export async function temporalAnswers(address: string, namespace = 'default', ti
   const { Connection } = await import('@temporalio/client');
   const connection = await Connection.connect({ address, connectTimeout: timeoutMs });
   try {
-    await connection.withDeadline(Date.now() + timeoutMs, () => connection.workflowService.describeNamespace({ namespace }));
+    await connection.withDeadline(Date.now() + timeoutMs, () =>
+      connection.workflowService.describeNamespace({ namespace }),
+    );
     return true;
   } finally {
     await connection.close();
@@ -255,15 +273,34 @@ async function startTemporalOn(port: number, options: TemporalOptions): Promise<
   fs.mkdirSync(path.dirname(db), { recursive: true });
   // SQLite side files of a database that was deleted make the new one fail with "disk I/O error".
   if (!fs.existsSync(db)) for (const side of ['-wal', '-shm', '-journal']) fs.rmSync(db + side, { force: true });
-  const args = ['server', 'start-dev', '--headless', '--ip', '127.0.0.1', '--port', String(port), '--db-filename', path.resolve(options.dbFile), '--log-level', 'error'];
+  const args = [
+    'server',
+    'start-dev',
+    '--headless',
+    '--ip',
+    '127.0.0.1',
+    '--port',
+    String(port),
+    '--db-filename',
+    path.resolve(options.dbFile),
+    '--log-level',
+    'error',
+  ];
   if (namespace !== 'default') args.push('--namespace', namespace);
-  for (const [k, v] of Object.entries(options.dynamicConfig ?? {})) args.push('--dynamic-config-value', `${k}=${JSON.stringify(v)}`);
+  for (const [k, v] of Object.entries(options.dynamicConfig ?? {}))
+    args.push('--dynamic-config-value', `${k}=${JSON.stringify(v)}`);
   const proc = spawnManaged({ name: 'temporal', command: temporalBinary(), args, logFile: options.logFile });
   const address = `127.0.0.1:${port}`;
   try {
-    await waitFor(`the Temporal dev server on ${address}`, proc, () => temporalAnswers(address, namespace), options.timeoutMs ?? 60_000);
+    await waitFor(
+      `the Temporal dev server on ${address}`,
+      proc,
+      () => temporalAnswers(address, namespace),
+      options.timeoutMs ?? 60_000,
+    );
   } catch (err) {
-    if (!proc.alive() && proc.output().includes(`listen tcp ${address}: bind: address already in use`)) throw new PortTakenError((err as Error).message);
+    if (!proc.alive() && proc.output().includes(`listen tcp ${address}: bind: address already in use`))
+      throw new PortTakenError((err as Error).message);
     throw err;
   }
   return { ...proc, address, port, dbFile: path.resolve(options.dbFile), namespace };
@@ -292,7 +329,12 @@ export function natsAnswers(port: number, host = '127.0.0.1', timeoutMs = 1000):
 }
 
 /** nats-server with JetStream (`-js -sd DIR -a 127.0.0.1 -p PORT`); resolves when it answers. */
-export async function startNats(options: { storeDir: string; port?: number; logFile?: string; timeoutMs?: number }): Promise<NatsServer> {
+export async function startNats(options: {
+  storeDir: string;
+  port?: number;
+  logFile?: string;
+  timeoutMs?: number;
+}): Promise<NatsServer> {
   const port = options.port ?? (await freePort());
   fs.mkdirSync(options.storeDir, { recursive: true });
   const proc = spawnManaged({
@@ -310,7 +352,10 @@ export async function startNats(options: { storeDir: string; port?: number; logF
 /** How to run the offshoot CLI in a child process: the compiled one, or the sources through tsx. */
 export function offshootCommand(): { command: string; args: string[] } {
   if (FROM_SOURCES) {
-    return { command: process.execPath, args: ['--import', import.meta.resolve('tsx'), path.join(ROOT, 'services', 'cli', 'main.ts')] };
+    return {
+      command: process.execPath,
+      args: ['--import', import.meta.resolve('tsx'), path.join(ROOT, 'services', 'cli', 'main.ts')],
+    };
   }
   return { command: process.execPath, args: [path.join(ROOT, 'dist', 'services', 'cli', 'main.js')] };
 }
@@ -332,7 +377,17 @@ export async function startTeacherService(options: {
 }): Promise<TeacherService> {
   const cli = offshootCommand();
   let port: number | undefined;
-  const args = [...cli.args, ...(options.backend ? ['--backend', options.backend] : []), 'teacher', 'serve', '--model', options.model, '--port', String(options.port ?? 0), ...(options.extra ?? [])];
+  const args = [
+    ...cli.args,
+    ...(options.backend ? ['--backend', options.backend] : []),
+    'teacher',
+    'serve',
+    '--model',
+    options.model,
+    '--port',
+    String(options.port ?? 0),
+    ...(options.extra ?? []),
+  ];
   const proc = spawnManaged({
     name: 'teacher',
     command: cli.command,
@@ -369,7 +424,13 @@ export async function startWorker(options: {
   timeoutMs?: number;
 }): Promise<WorkerProcess> {
   const cli = offshootCommand();
-  const args = [...cli.args, ...(options.backend ? ['--backend', options.backend] : []), 'worker', '--queues', options.queues.join(',')];
+  const args = [
+    ...cli.args,
+    ...(options.backend ? ['--backend', options.backend] : []),
+    'worker',
+    '--queues',
+    options.queues.join(','),
+  ];
   if (options.config) args.push('--config', options.config);
   if (options.temporal) args.push('--temporal', options.temporal);
   if (options.namespace) args.push('--namespace', options.namespace);
@@ -388,7 +449,12 @@ export async function startWorker(options: {
       if (line.includes('"worker-ready"')) identity = (JSON.parse(line) as { identity: string }).identity;
     },
   });
-  await waitFor(`worker ${options.queues.join(',')}`, proc, async () => identity !== undefined, options.timeoutMs ?? 180_000);
+  await waitFor(
+    `worker ${options.queues.join(',')}`,
+    proc,
+    async () => identity !== undefined,
+    options.timeoutMs ?? 180_000,
+  );
   return { ...proc, queues: options.queues, identity: identity! };
 }
 
@@ -403,12 +469,23 @@ export interface Stack {
 }
 
 /** The Temporal dev server (and nats-server) with their state under `dir`. */
-export async function startStack(options: { dir: string; nats?: boolean; logs?: boolean; dynamicConfig?: Record<string, unknown> }): Promise<Stack> {
+export async function startStack(options: {
+  dir: string;
+  nats?: boolean;
+  logs?: boolean;
+  dynamicConfig?: Record<string, unknown>;
+}): Promise<Stack> {
   fs.mkdirSync(options.dir, { recursive: true });
   const logFile = (n: string) => (options.logs ? path.join(options.dir, `${n}.log`) : undefined);
   const [temporal, nats] = await Promise.all([
-    startTemporal({ dbFile: path.join(options.dir, 'temporal.db'), logFile: logFile('temporal'), dynamicConfig: options.dynamicConfig }),
-    options.nats === false ? Promise.resolve(undefined) : startNats({ storeDir: path.join(options.dir, 'jetstream'), logFile: logFile('nats') }),
+    startTemporal({
+      dbFile: path.join(options.dir, 'temporal.db'),
+      logFile: logFile('temporal'),
+      dynamicConfig: options.dynamicConfig,
+    }),
+    options.nats === false
+      ? Promise.resolve(undefined)
+      : startNats({ storeDir: path.join(options.dir, 'jetstream'), logFile: logFile('nats') }),
   ]);
   const stack: Stack = {
     temporal,
@@ -417,7 +494,12 @@ export async function startStack(options: { dir: string; nats?: boolean; logs?: 
       if (o.kill9) await stack.temporal.kill9();
       else await stack.temporal.stop();
       if (o.downMs) await sleep(o.downMs);
-      stack.temporal = await startTemporal({ dbFile: stack.temporal.dbFile, port: stack.temporal.port, logFile: logFile('temporal'), dynamicConfig: options.dynamicConfig });
+      stack.temporal = await startTemporal({
+        dbFile: stack.temporal.dbFile,
+        port: stack.temporal.port,
+        logFile: logFile('temporal'),
+        dynamicConfig: options.dynamicConfig,
+      });
       return stack.temporal;
     },
     async stop() {

@@ -107,7 +107,11 @@ export class TeacherError extends Error {
 }
 
 /** Status codes that mean "this request is bad", as opposed to "this replica is unreachable now". */
-const REQUEST_ERRORS = new Set([grpc.status.INVALID_ARGUMENT, grpc.status.RESOURCE_EXHAUSTED, grpc.status.OUT_OF_RANGE]);
+const REQUEST_ERRORS = new Set([
+  grpc.status.INVALID_ARGUMENT,
+  grpc.status.RESOURCE_EXHAUSTED,
+  grpc.status.OUT_OF_RANGE,
+]);
 
 interface Pending {
   id: number;
@@ -151,7 +155,9 @@ export interface ClientStats {
 
 export class TeacherClient {
   private readonly replicas: Replica[];
-  private readonly opts: Required<Omit<TeacherClientOptions, 'tls' | 'log' | 'expectedHash' | 'backoff' | 'targets'>> & {
+  private readonly opts: Required<
+    Omit<TeacherClientOptions, 'tls' | 'log' | 'expectedHash' | 'backoff' | 'targets'>
+  > & {
     backoff: BackoffOptions;
   };
   private readonly log: (line: string) => void;
@@ -164,10 +170,23 @@ export class TeacherClient {
   private unreachableSince: number | undefined;
   private giveUpTimer: NodeJS.Timeout | undefined;
   private opened = new Set<string>();
-  readonly stats: ClientStats = { requests: 0, answered: 0, resent: 0, reconnects: 0, streamFailures: 0, perReplica: {} };
+  readonly stats: ClientStats = {
+    requests: 0,
+    answered: 0,
+    resent: 0,
+    reconnects: 0,
+    streamFailures: 0,
+    perReplica: {},
+  };
 
   constructor(options: TeacherClientOptions) {
-    const targets = typeof options.targets === 'string' ? options.targets.split(',').map((t) => t.trim()).filter(Boolean) : options.targets;
+    const targets =
+      typeof options.targets === 'string'
+        ? options.targets
+            .split(',')
+            .map((t) => t.trim())
+            .filter(Boolean)
+        : options.targets;
     if (targets.length === 0) throw new Error('teacher client: no targets');
     this.opts = {
       keepaliveMs: options.keepaliveMs ?? CLIENT_DEFAULTS.keepaliveMs,
@@ -227,13 +246,17 @@ export class TeacherClient {
   /** Info of one replica (the first by default). */
   info(target = this.replicas[0].target): Promise<InfoResponse> {
     const r = this.replica(target);
-    return unary<InfoResponse>((cb) => r.client.info({}, new grpc.Metadata(), { deadline: Date.now() + this.opts.connectTimeoutMs }, cb));
+    return unary<InfoResponse>((cb) =>
+      r.client.info({}, new grpc.Metadata(), { deadline: Date.now() + this.opts.connectTimeoutMs }, cb),
+    );
   }
 
   /** Live metrics of one replica (the first by default). */
   metrics(target = this.replicas[0].target): Promise<Metrics> {
     const r = this.replica(target);
-    return unary<Metrics>((cb) => r.client.getMetrics({}, new grpc.Metadata(), { deadline: Date.now() + this.opts.connectTimeoutMs }, cb));
+    return unary<Metrics>((cb) =>
+      r.client.getMetrics({}, new grpc.Metadata(), { deadline: Date.now() + this.opts.connectTimeoutMs }, cb),
+    );
   }
 
   private replica(target: string): Replica {
@@ -339,7 +362,9 @@ export class TeacherClient {
       return;
     }
     if (this.replicas.every((r) => r.state === 'failed')) {
-      this.failAll(new TeacherError(grpc.status.FAILED_PRECONDITION, `no usable teacher replica: ${this.describeReplicas()}`));
+      this.failAll(
+        new TeacherError(grpc.status.FAILED_PRECONDITION, `no usable teacher replica: ${this.describeReplicas()}`),
+      );
       return;
     }
     if (this.unreachableSince === undefined) {
@@ -417,7 +442,9 @@ export class TeacherClient {
     if (r.call !== call) return;
     const head = r.inflight[0];
     if (!head || head.id !== msg.id) {
-      this.log(`teacher client: ${r.target} answered id ${msg.id}, expected ${head?.id ?? 'none'}; reopening the stream`);
+      this.log(
+        `teacher client: ${r.target} answered id ${msg.id}, expected ${head?.id ?? 'none'}; reopening the stream`,
+      );
       call.cancel();
       this.onStreamEnd(r, call, grpc.status.INTERNAL, `answer id ${msg.id} out of order`);
       return;
@@ -438,7 +465,12 @@ export class TeacherClient {
     this.pump();
   }
 
-  private onStreamEnd(r: Replica, call: grpc.ClientDuplexStream<TopKRequest, TopKResponse>, code: grpc.status, details: string): void {
+  private onStreamEnd(
+    r: Replica,
+    call: grpc.ClientDuplexStream<TopKRequest, TopKResponse>,
+    code: grpc.status,
+    details: string,
+  ): void {
     if (r.call !== call) return;
     r.call = undefined;
     r.blocked = false;
@@ -458,14 +490,22 @@ export class TeacherClient {
       requeue = rest;
       r.state = 'idle';
     } else {
-      this.log(`teacher client: ${r.target} stream ended (${grpc.status[code]}: ${details}); ${pending.length} request(s) to re-send`);
+      this.log(
+        `teacher client: ${r.target} stream ended (${grpc.status[code]}: ${details}); ${pending.length} request(s) to re-send`,
+      );
       this.retryLater(r, `${grpc.status[code]}: ${details}`);
     }
     const again: Pending[] = [];
     for (const p of requeue) {
       if (p.settled) continue;
       if (p.attempts >= this.opts.maxAttempts) {
-        this.settle(p, new TeacherError(grpc.status.UNAVAILABLE, `request ${p.id} sent ${p.attempts} times without an answer; last: ${details}`));
+        this.settle(
+          p,
+          new TeacherError(
+            grpc.status.UNAVAILABLE,
+            `request ${p.id} sent ${p.attempts} times without an answer; last: ${details}`,
+          ),
+        );
       } else again.push(p);
     }
     // Back to the front, oldest first, so batches are answered in roughly the order they were asked.
@@ -498,7 +538,8 @@ function unary<T>(start: (cb: (err: grpc.ServiceError | null, value: T) => void)
 
 export function clientCredentials(tls?: ClientTlsOptions): grpc.ChannelCredentials {
   if (!tls) return grpc.credentials.createInsecure();
-  if (Boolean(tls.cert) !== Boolean(tls.key)) throw new Error('teacher client: a client certificate needs both cert and key');
+  if (Boolean(tls.cert) !== Boolean(tls.key))
+    throw new Error('teacher client: a client certificate needs both cert and key');
   return grpc.credentials.createSsl(tls.ca ?? null, tls.key ?? null, tls.cert ?? null);
 }
 
@@ -542,7 +583,8 @@ export class StreamingTeacher implements Teacher {
     private readonly options: StreamingTeacherOptions = {},
   ) {
     this.window = options.window ?? 2;
-    if (!Number.isInteger(this.window) || this.window < 0) throw new Error(`streaming teacher: window must be a non-negative integer, got ${options.window}`);
+    if (!Number.isInteger(this.window) || this.window < 0)
+      throw new Error(`streaming teacher: window must be a non-negative integer, got ${options.window}`);
   }
 
   /** Asks for a step's batch ahead of time (a no-op when it is already asked for). */
@@ -574,7 +616,9 @@ export class StreamingTeacher implements Teacher {
     const result = await mine.answer;
     this.ahead.delete(step);
     if (result.positions !== batch.input.length) {
-      throw new Error(`teacher answered ${result.positions} positions for step ${step}, whose batch has ${batch.input.length}`);
+      throw new Error(
+        `teacher answered ${result.positions} positions for step ${step}, whose batch has ${batch.input.length}`,
+      );
     }
     this.options.onAnswer?.(step, result);
     return topKTensors(result);

@@ -3,15 +3,13 @@
  * uint16 (vocabularies up to 65536) or uint32, logits as float16 or float32, the log-normaliser as
  * float32, all little-endian and row-major. Pure host code: no tensors.
  */
-import {
-  IndexEncoding,
-  type TopKResponse,
-  ValueEncoding,
-} from '../../proto/gen/offshoot/teacher/v1/teacher.js';
+import { IndexEncoding, type TopKResponse, ValueEncoding } from '../../proto/gen/offshoot/teacher/v1/teacher.js';
 
 if (new Uint8Array(new Uint16Array([1]).buffer)[0] !== 1) {
   // Typed arrays use the host's byte order; the wire format is little-endian.
-  throw new Error('offshoot teacher service: big-endian hosts are not supported (the wire format is little-endian typed arrays)');
+  throw new Error(
+    'offshoot teacher service: big-endian hosts are not supported (the wire format is little-endian typed arrays)',
+  );
 }
 
 export type ValueEncodingName = 'f16' | 'f32';
@@ -124,8 +122,14 @@ function bytesOf(a: ArrayBufferView): Uint8Array {
 }
 
 /** A typed array over `bytes`, copying only when the bytes are not aligned for it. */
-function viewAs<T>(bytes: Uint8Array, width: number, make: (buffer: ArrayBufferLike, offset: number, length: number) => T, field: string): T {
-  if (bytes.byteLength % width !== 0) throw new Error(`${field}: ${bytes.byteLength} bytes is not a whole number of ${width}-byte values`);
+function viewAs<T>(
+  bytes: Uint8Array,
+  width: number,
+  make: (buffer: ArrayBufferLike, offset: number, length: number) => T,
+  field: string,
+): T {
+  if (bytes.byteLength % width !== 0)
+    throw new Error(`${field}: ${bytes.byteLength} bytes is not a whole number of ${width}-byte values`);
   if (bytes.byteOffset % width === 0) return make(bytes.buffer, bytes.byteOffset, bytes.byteLength / width);
   // A copy into a fresh buffer (Buffer#slice would be a view at the same offset).
   const copy = new Uint8Array(bytes);
@@ -153,7 +157,10 @@ export interface EncodeInput {
 /** The wire message of one answer. */
 export function encodeTopK(input: EncodeInput): TopKResponse {
   const indexEncoding = indexEncodingFor(input.vocabSize);
-  const indices = indexEncoding === IndexEncoding.INDEX_ENCODING_UINT16 ? Uint16Array.from(input.indices) : new Uint32Array(input.indices);
+  const indices =
+    indexEncoding === IndexEncoding.INDEX_ENCODING_UINT16
+      ? Uint16Array.from(input.indices)
+      : new Uint32Array(input.indices);
   const logits = input.encoding === ValueEncoding.VALUE_ENCODING_FLOAT32 ? input.values : toFloat16(input.values);
   return {
     id: input.id,

@@ -8,7 +8,13 @@ import * as path from 'node:path';
 import { GPTNeoX, loadCheckpoint } from '../../core/model/index.js';
 import { type TeacherServerOptions, TeacherServer } from './server.js';
 
-export { SERVER_DEFAULTS, SERVICE_NAME, type ServerTlsOptions, type TeacherServerOptions, TeacherServer } from './server.js';
+export {
+  SERVER_DEFAULTS,
+  SERVICE_NAME,
+  type ServerTlsOptions,
+  type TeacherServerOptions,
+  TeacherServer,
+} from './server.js';
 export {
   CLIENT_DEFAULTS,
   type BackoffOptions,
@@ -72,6 +78,8 @@ export function readPem(file: string, option: string): Buffer {
   try {
     return fs.readFileSync(file);
   } catch (err) {
-    throw new Error(`${option} ${file}: cannot read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+    throw new Error(
+      `${option} ${file}: cannot read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`,
+    );
   }
 }

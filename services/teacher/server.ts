@@ -105,7 +105,8 @@ interface StreamState {
 const RATE_WINDOW_MS = 10_000;
 
 export class TeacherServer {
-  readonly options: Required<Omit<TeacherServerOptions, 'tls' | 'log' | 'backend'>> & Pick<TeacherServerOptions, 'tls' | 'log' | 'backend'>;
+  readonly options: Required<Omit<TeacherServerOptions, 'tls' | 'log' | 'backend'>> &
+    Pick<TeacherServerOptions, 'tls' | 'log' | 'backend'>;
   private readonly server: grpc.Server;
   private readonly health: HealthImplementation;
   private readonly streams = new Map<number, StreamState>();
@@ -139,7 +140,8 @@ export class TeacherServer {
     };
     const { maxBatchTokens, maxStreamQueue, topK } = this.options;
     for (const [name, v] of Object.entries({ maxBatchTokens, maxStreamQueue, topK })) {
-      if (!Number.isSafeInteger(v) || v < 1) throw new Error(`teacher server: ${name} must be a positive integer, got ${v}`);
+      if (!Number.isSafeInteger(v) || v < 1)
+        throw new Error(`teacher server: ${name} must be a positive integer, got ${v}`);
     }
     this.server = new grpc.Server({
       // Token ids are varints of at most 5 bytes; larger messages fail in grpc-js with RESOURCE_EXHAUSTED.
@@ -150,8 +152,10 @@ export class TeacherServer {
       'grpc.keepalive_timeout_ms': 10_000,
     });
     this.server.addService(TeacherLogitsService, {
-      info: (_call: grpc.ServerUnaryCall<unknown, InfoResponse>, cb: grpc.sendUnaryData<InfoResponse>) => cb(null, this.info()),
-      getMetrics: (_call: grpc.ServerUnaryCall<unknown, Metrics>, cb: grpc.sendUnaryData<Metrics>) => cb(null, this.metrics()),
+      info: (_call: grpc.ServerUnaryCall<unknown, InfoResponse>, cb: grpc.sendUnaryData<InfoResponse>) =>
+        cb(null, this.info()),
+      getMetrics: (_call: grpc.ServerUnaryCall<unknown, Metrics>, cb: grpc.sendUnaryData<Metrics>) =>
+        cb(null, this.metrics()),
       streamTopK: (call: Call) => this.onStream(call),
     });
     this.health = new HealthImplementation({ '': 'NOT_SERVING', [SERVICE_NAME]: 'NOT_SERVING' });
@@ -166,11 +170,17 @@ export class TeacherServer {
   async start(): Promise<number> {
     const { host, port, tls } = this.options;
     const credentials = tls
-      ? grpc.ServerCredentials.createSsl(tls.ca ?? null, [{ cert_chain: tls.cert, private_key: tls.key }], Boolean(tls.ca))
+      ? grpc.ServerCredentials.createSsl(
+          tls.ca ?? null,
+          [{ cert_chain: tls.cert, private_key: tls.key }],
+          Boolean(tls.ca),
+        )
       : grpc.ServerCredentials.createInsecure();
     const address = host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
     this.boundPort = await new Promise<number>((resolve, reject) => {
-      this.server.bindAsync(address, credentials, (err, p) => (err ? reject(new Error(`teacher server: cannot listen on ${address}: ${err.message}`)) : resolve(p)));
+      this.server.bindAsync(address, credentials, (err, p) =>
+        err ? reject(new Error(`teacher server: cannot listen on ${address}: ${err.message}`)) : resolve(p),
+      );
     });
     this.loopDone = this.computeLoop();
     this.health.setStatus('', 'SERVING');
@@ -251,7 +261,10 @@ export class TeacherServer {
 
   private onStream(call: Call): void {
     if (this.draining) {
-      call.emit('error', { code: grpc.status.UNAVAILABLE, details: 'teacher is shutting down; connect to another replica' });
+      call.emit('error', {
+        code: grpc.status.UNAVAILABLE,
+        details: 'teacher is shutting down; connect to another replica',
+      });
       return;
     }
     const s: StreamState = {
@@ -363,7 +376,10 @@ export class TeacherServer {
     if (s.done || s.slots.length > 0) return;
     if (s.halfClosed) this.finish(s, { code: grpc.status.OK, details: 'OK' });
     else if (this.draining) {
-      this.finish(s, { code: grpc.status.UNAVAILABLE, details: 'teacher is shutting down; every request it read was answered, re-send the rest' });
+      this.finish(s, {
+        code: grpc.status.UNAVAILABLE,
+        details: 'teacher is shutting down; every request it read was answered, re-send the rest',
+      });
     }
   }
 
@@ -490,7 +506,11 @@ export class TeacherServer {
     try {
       for (let gi = 0; gi < groups.length; gi++) {
         const g = groups[gi];
-        const [values, indices, lse] = await Promise.all([outs[gi].values.data(), outs[gi].indices.data(), outs[gi].lse.data()]);
+        const [values, indices, lse] = await Promise.all([
+          outs[gi].values.data(),
+          outs[gi].indices.data(),
+          outs[gi].lse.data(),
+        ]);
         let p = 0;
         for (const w of g.items) {
           const n = w.req.tokens.length;
@@ -572,10 +592,13 @@ export class TeacherServer {
     this.wake?.();
     await this.loopDone;
     await new Promise<void>((resolve) => {
-      const force = setTimeout(() => {
-        this.server.forceShutdown();
-        resolve();
-      }, drained ? 2000 : 0);
+      const force = setTimeout(
+        () => {
+          this.server.forceShutdown();
+          resolve();
+        },
+        drained ? 2000 : 0,
+      );
       this.server.tryShutdown(() => {
         clearTimeout(force);
         resolve();

@@ -40,7 +40,8 @@ export function defaultTopK(vocabSize: number, requested = 64): number {
 }
 
 export function validateRequest(req: TopKRequest, limits: ServedLimits): ValidRequest {
-  const bad = (message: string): RequestError => new RequestError(status.INVALID_ARGUMENT, `request ${req.id}: ${message}`);
+  const bad = (message: string): RequestError =>
+    new RequestError(status.INVALID_ARGUMENT, `request ${req.id}: ${message}`);
   const { batchSize, seqLen } = req;
   if (batchSize < 1) throw bad('batch_size must be at least 1, got 0');
   if (seqLen < 1) throw bad('seq_len must be at least 1, got 0');
@@ -55,7 +56,9 @@ export function validateRequest(req: TopKRequest, limits: ServedLimits): ValidRe
     );
   }
   if (req.tokens.length !== positions) {
-    throw bad(`tokens holds ${req.tokens.length} ids, expected batch_size × seq_len = ${batchSize} × ${seqLen} = ${positions}`);
+    throw bad(
+      `tokens holds ${req.tokens.length} ids, expected batch_size × seq_len = ${batchSize} × ${seqLen} = ${positions}`,
+    );
   }
   const tokens = new Int32Array(positions);
   const v = limits.vocabSize;
@@ -71,7 +74,8 @@ export function validateRequest(req: TopKRequest, limits: ServedLimits): ValidRe
   const k = req.topK ?? limits.defaultTopK;
   if (!Number.isInteger(k) || k < 1 || k > v) throw bad(`top_k ${k} is outside [1, ${v}] (1 to the vocabulary size)`);
   const temperature = req.temperature ?? 1;
-  if (!Number.isFinite(temperature) || temperature <= 0) throw bad(`temperature must be finite and > 0, got ${temperature}`);
+  if (!Number.isFinite(temperature) || temperature <= 0)
+    throw bad(`temperature must be finite and > 0, got ${temperature}`);
   let encoding = req.valueEncoding;
   if (encoding === ValueEncoding.VALUE_ENCODING_UNSPECIFIED) encoding = ValueEncoding.VALUE_ENCODING_FLOAT16;
   if (encoding !== ValueEncoding.VALUE_ENCODING_FLOAT16 && encoding !== ValueEncoding.VALUE_ENCODING_FLOAT32) {

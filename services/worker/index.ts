@@ -19,7 +19,15 @@ import { writeFileAtomic } from '../../core/model/index.js';
 import { temporalTls } from '../credentials/index.js';
 import { createEvaluateActivities } from '../evaluator/index.js';
 import { createExperimentActivities } from '../experiment/index.js';
-import { type WorkerEnv, closeTeacherClients, defaultIdentity, emit, getBlob, putBlob, writeReportFiles } from '../orchestration/index.js';
+import {
+  type WorkerEnv,
+  closeTeacherClients,
+  defaultIdentity,
+  emit,
+  getBlob,
+  putBlob,
+  writeReportFiles,
+} from '../orchestration/index.js';
 import { createPretrainActivities } from '../pretrain/index.js';
 import { createProgressPublisher, type ProgressEventInput } from '../progress/index.js';
 import { FROM_SOURCES, ROOT, offshootCache } from '../stack/index.js';
@@ -27,13 +35,20 @@ import { type OrchestrateActivities, QUEUE_NAMES, type QueueName, TASK_QUEUES } 
 
 /** The payload converter module (size-checked JSON), for the client, the workers and the bundle. */
 export function payloadConverterPath(): string {
-  return FROM_SOURCES ? path.join(ROOT, 'workflows', 'payload-converter.ts') : path.join(ROOT, 'dist', 'workflows', 'payload-converter.js');
+  return FROM_SOURCES
+    ? path.join(ROOT, 'workflows', 'payload-converter.ts')
+    : path.join(ROOT, 'dist', 'workflows', 'payload-converter.js');
 }
 
 export function parseQueues(value: string): QueueName[] {
-  const names = value.split(',').map((s) => s.trim()).filter(Boolean);
+  const names = value
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
   if (names.length === 0) throw new Error(`--queues: expected a comma-separated list of ${QUEUE_NAMES.join(', ')}`);
-  for (const n of names) if (!(QUEUE_NAMES as string[]).includes(n)) throw new Error(`--queues: unknown queue ${JSON.stringify(n)}; expected ${QUEUE_NAMES.join(', ')}`);
+  for (const n of names)
+    if (!(QUEUE_NAMES as string[]).includes(n))
+      throw new Error(`--queues: unknown queue ${JSON.stringify(n)}; expected ${QUEUE_NAMES.join(', ')}`);
   return [...new Set(names)] as QueueName[];
 }
 
@@ -73,7 +88,9 @@ export async function workflowBundle(log: (line: string) => void = () => undefin
     logger: new DefaultLogger('WARN'),
   });
   writeFileAtomic(file, code);
-  log(`worker: workflow bundle ready in ${((Date.now() - started) / 1000).toFixed(1)} s (${(code.length / 1e6).toFixed(1)} MB, cached)`);
+  log(
+    `worker: workflow bundle ready in ${((Date.now() - started) / 1000).toFixed(1)} s (${(code.length / 1e6).toFixed(1)} MB, cached)`,
+  );
   return { code };
 }
 
@@ -125,7 +142,9 @@ export async function runWorker(options: RunWorkerOptions): Promise<void> {
     const quiet = new DefaultLogger('WARN', (entry) => {
       // Activity-only workers poll no workflow tasks by design.
       if (entry.message.startsWith('No workflows registered')) return;
-      log(`temporal: [${entry.level}] ${entry.message}${entry.meta && Object.keys(entry.meta).length ? ` ${JSON.stringify(entry.meta)}` : ''}`);
+      log(
+        `temporal: [${entry.level}] ${entry.message}${entry.meta && Object.keys(entry.meta).length ? ` ${JSON.stringify(entry.meta)}` : ''}`,
+      );
     });
     Runtime.install({ shutdownSignals: [], logger: quiet });
     runtimeInstalled = true;
@@ -162,10 +181,22 @@ export async function runWorker(options: RunWorkerOptions): Promise<void> {
       );
     } else if (queue === 'evaluate') {
       workers.push(
-        await Worker.create({ ...common, taskQueue: TASK_QUEUES.evaluate, activities: createEvaluateActivities(env), maxConcurrentActivityTaskExecutions: options.slots ?? 1 }),
+        await Worker.create({
+          ...common,
+          taskQueue: TASK_QUEUES.evaluate,
+          activities: createEvaluateActivities(env),
+          maxConcurrentActivityTaskExecutions: options.slots ?? 1,
+        }),
       );
     } else {
-      workers.push(await Worker.create({ ...common, taskQueue: TASK_QUEUES.pretrain, activities: createPretrainActivities(env), maxConcurrentActivityTaskExecutions: 1 }));
+      workers.push(
+        await Worker.create({
+          ...common,
+          taskQueue: TASK_QUEUES.pretrain,
+          activities: createPretrainActivities(env),
+          maxConcurrentActivityTaskExecutions: 1,
+        }),
+      );
     }
   }
   let stopping = false;
@@ -179,10 +210,13 @@ export async function runWorker(options: RunWorkerOptions): Promise<void> {
     draining.abort();
     for (const w of workers) if (w.getState() === 'RUNNING') w.shutdown();
     // Whatever still runs after the grace period is cut off.
-    setTimeout(() => {
-      log('worker: grace period over; exiting');
-      process.exit(1);
-    }, (grace + 5) * 1000).unref();
+    setTimeout(
+      () => {
+        log('worker: grace period over; exiting');
+        process.exit(1);
+      },
+      (grace + 5) * 1000,
+    ).unref();
   };
   const onTerm = () => stop('SIGTERM');
   const onInt = () => stop('SIGINT');

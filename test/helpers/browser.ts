@@ -27,7 +27,10 @@ export interface Browser {
 }
 
 export async function launchChromium(viewport = { width: 1400, height: 1000 }): Promise<Browser> {
-  if (!fs.existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} not found: run scripts/setup.sh --test (apt-get install chromium) or set OFFSHOOT_CHROMIUM`);
+  if (!fs.existsSync(CHROMIUM))
+    throw new Error(
+      `${CHROMIUM} not found: run scripts/setup.sh --test (apt-get install chromium) or set OFFSHOOT_CHROMIUM`,
+    );
   const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'offshoot-chromium-'));
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: CHROMIUM,

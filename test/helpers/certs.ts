@@ -19,7 +19,23 @@ export function makeTestCerts(dir: string, clients: string[], selfSigned: string
   fs.writeFileSync(path.join(dir, 'server.ext'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\n');
   for (const who of ['server', ...clients]) {
     run('req', ...ec, '-keyout', `${who}.key`, '-out', `${who}.csr`, '-subj', `/CN=${who}`);
-    run('x509', '-req', '-in', `${who}.csr`, '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-out', `${who}.crt`, '-days', '1', ...(who === 'server' ? ['-extfile', 'server.ext'] : []));
+    run(
+      'x509',
+      '-req',
+      '-in',
+      `${who}.csr`,
+      '-CA',
+      'ca.crt',
+      '-CAkey',
+      'ca.key',
+      '-CAcreateserial',
+      '-out',
+      `${who}.crt`,
+      '-days',
+      '1',
+      ...(who === 'server' ? ['-extfile', 'server.ext'] : []),
+    );
   }
-  for (const who of selfSigned) run('req', '-x509', ...ec, '-keyout', `${who}.key`, '-out', `${who}.crt`, '-days', '1', '-subj', `/CN=${who}`);
+  for (const who of selfSigned)
+    run('req', '-x509', ...ec, '-keyout', `${who}.key`, '-out', `${who}.crt`, '-days', '1', '-subj', `/CN=${who}`);
 }

@@ -25,9 +25,15 @@ export type Overlay = (typeof OVERLAYS)[number];
 const CACHE_BIN = path.join(process.env.OFFSHOOT_CACHE || path.join(os.homedir(), '.cache', 'offshoot'), 'bin');
 
 function findTool(name: string, envVar: string): string {
-  const candidates = [process.env[envVar], path.join(CACHE_BIN, name), ...(process.env.PATH ?? '').split(path.delimiter).map((d) => path.join(d, name))];
+  const candidates = [
+    process.env[envVar],
+    path.join(CACHE_BIN, name),
+    ...(process.env.PATH ?? '').split(path.delimiter).map((d) => path.join(d, name)),
+  ];
   for (const c of candidates) if (c && fs.existsSync(c)) return c;
-  throw new Error(`${name} not found: run scripts/setup-deploy-tools.sh (scripts/setup.sh --test does), or set ${envVar}`);
+  throw new Error(
+    `${name} not found: run scripts/setup-deploy-tools.sh (scripts/setup.sh --test does), or set ${envVar}`,
+  );
 }
 
 export const kustomizeBinary = (): string => findTool('kustomize', 'OFFSHOOT_KUSTOMIZE');
@@ -162,7 +168,10 @@ export function strictTypeProblems(sets: Record<string, K8sObject[]>): string[] 
     types: [],
   });
   return ts.getPreEmitDiagnostics(program).map((d) => {
-    const where = d.file && d.start !== undefined ? `${path.relative(ROOT, d.file.fileName)}:${d.file.getLineAndCharacterOfPosition(d.start).line + 1}: ` : '';
+    const where =
+      d.file && d.start !== undefined
+        ? `${path.relative(ROOT, d.file.fileName)}:${d.file.getLineAndCharacterOfPosition(d.start).line + 1}: `
+        : '';
     return where + ts.flattenDiagnosticMessageText(d.messageText, '\n');
   });
 }
@@ -189,7 +198,12 @@ export function flags(args: string[]): Record<string, string | true> {
 
 // ---- Dockerfiles ----------------------------------------------------------------------------------
 
-export { type DockerInstruction, type DockerStage, parseDockerfile, runCommands } from '../../deploy/images/dockerfile.js';
+export {
+  type DockerInstruction,
+  type DockerStage,
+  parseDockerfile,
+  runCommands,
+} from '../../deploy/images/dockerfile.js';
 
 export function hadolint(files: string[]): { status: number | null; output: string } {
   const r = spawnSync(hadolintBinary(), ['--no-color', ...files], { encoding: 'utf8' });

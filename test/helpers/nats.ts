@@ -21,7 +21,9 @@ process.on('exit', () => {
 
 /** The nats-server binary: env OFFSHOOT_NATS_SERVER, else PATH, else /usr/sbin; undefined when missing. */
 export function natsServerBinary(): string | undefined {
-  const candidates = [process.env.OFFSHOOT_NATS_SERVER, 'nats-server', '/usr/sbin/nats-server'].filter(Boolean) as string[];
+  const candidates = [process.env.OFFSHOOT_NATS_SERVER, 'nats-server', '/usr/sbin/nats-server'].filter(
+    Boolean,
+  ) as string[];
   for (const c of candidates) {
     try {
       execFileSync(c, ['--version'], { stdio: 'ignore' });
@@ -55,7 +57,8 @@ function waitForPort(port: number, timeoutMs: number, child: ChildProcess, log: 
       });
       sock.once('error', () => {
         sock.destroy();
-        if (Date.now() > deadline) reject(new Error(`nats-server did not listen on ${port} within ${timeoutMs} ms:\n${log()}`));
+        if (Date.now() > deadline)
+          reject(new Error(`nats-server did not listen on ${port} within ${timeoutMs} ms:\n${log()}`));
         else setTimeout(attempt, 50);
       });
     };
@@ -65,7 +68,10 @@ function waitForPort(port: number, timeoutMs: number, child: ChildProcess, log: 
 
 export async function startNats(options: { port?: number } = {}): Promise<NatsServer> {
   const bin = natsServerBinary();
-  if (!bin) throw new Error('nats-server not found: apt-get install nats-server (scripts/setup-services.sh) or set OFFSHOOT_NATS_SERVER');
+  if (!bin)
+    throw new Error(
+      'nats-server not found: apt-get install nats-server (scripts/setup-services.sh) or set OFFSHOOT_NATS_SERVER',
+    );
   const port = options.port ?? (await freePort());
   const storeDir = fs.mkdtempSync(path.join(os.tmpdir(), 'offshoot-nats-'));
   let output = '';
@@ -73,7 +79,9 @@ export async function startNats(options: { port?: number } = {}): Promise<NatsSe
   let exited: Promise<void>;
 
   const launch = async (): Promise<void> => {
-    child = spawn(bin, ['-js', '-sd', storeDir, '-a', '127.0.0.1', '-p', String(port)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    child = spawn(bin, ['-js', '-sd', storeDir, '-a', '127.0.0.1', '-p', String(port)], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     running.add(child);
     const c = child;
     exited = new Promise((resolve) =>

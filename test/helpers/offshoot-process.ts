@@ -66,12 +66,20 @@ export function startOffshoot(args: string[], env: Record<string, string> = {}):
             resolve();
           } else if (done) {
             cleanup();
-            reject(new Error(`offshoot ${args.join(' ')} exited before the expected output (${lines.length} lines):\n${err}`));
+            reject(
+              new Error(
+                `offshoot ${args.join(' ')} exited before the expected output (${lines.length} lines):\n${err}`,
+              ),
+            );
           }
         };
         const timer = setTimeout(() => {
           cleanup();
-          reject(new Error(`offshoot ${args.join(' ')}: expected output not seen within ${timeoutMs} ms (${lines.length} lines):\n${err}`));
+          reject(
+            new Error(
+              `offshoot ${args.join(' ')}: expected output not seen within ${timeoutMs} ms (${lines.length} lines):\n${err}`,
+            ),
+          );
         }, timeoutMs);
         const cleanup = (): void => {
           clearTimeout(timer);

@@ -63,28 +63,104 @@ export function simulatedRun(o: SimOptions): { events: ProgressEventInput[]; can
     for (let k = 0; k < population; k++, id++) {
       const w = worker(id);
       const activityId = `eval-${id}`;
-      events.push({ run, kind: 'activity.started', time: time(50), activity: 'evaluateCandidate', activityId, detail: `candidate ${id}`, source: { worker: w } });
+      events.push({
+        run,
+        kind: 'activity.started',
+        time: time(50),
+        activity: 'evaluateCandidate',
+        activityId,
+        detail: `candidate ${id}`,
+        source: { worker: w },
+      });
       const params = Math.round(60e6 + rand() * 15e6);
       // Later generations do better; smaller models a little worse.
       const fitness = 3.4 - 0.08 * g - 0.3 * rand() + (75e6 - params) / 75e6;
       if (id === 5) {
-        events.push({ run, kind: 'activity.failed', time: time(3000), activity: 'evaluateCandidate', activityId, detail: `candidate ${id}`, error: 'teacher service unavailable (UNAVAILABLE: connection refused)', willRetry: true, source: { worker: w } });
-        events.push({ run, kind: 'activity.retried', time: time(1000), activity: 'evaluateCandidate', activityId, attempt: 2, detail: `candidate ${id}`, source: { worker: worker(id + 1) } });
+        events.push({
+          run,
+          kind: 'activity.failed',
+          time: time(3000),
+          activity: 'evaluateCandidate',
+          activityId,
+          detail: `candidate ${id}`,
+          error: 'teacher service unavailable (UNAVAILABLE: connection refused)',
+          willRetry: true,
+          source: { worker: w },
+        });
+        events.push({
+          run,
+          kind: 'activity.retried',
+          time: time(1000),
+          activity: 'evaluateCandidate',
+          activityId,
+          attempt: 2,
+          detail: `candidate ${id}`,
+          source: { worker: worker(id + 1) },
+        });
       }
       if (id === 11) {
         failed++;
-        events.push({ run, kind: 'candidate.evaluated', time: time(2000), generation: g, candidate: id, params, fitness: null, error: 'out of memory', source: { worker: w } });
-        events.push({ run, kind: 'activity.completed', time: time(10), activity: 'evaluateCandidate', activityId, detail: `candidate ${id}`, durationMs: 2000, source: { worker: w } });
+        events.push({
+          run,
+          kind: 'candidate.evaluated',
+          time: time(2000),
+          generation: g,
+          candidate: id,
+          params,
+          fitness: null,
+          error: 'out of memory',
+          source: { worker: w },
+        });
+        events.push({
+          run,
+          kind: 'activity.completed',
+          time: time(10),
+          activity: 'evaluateCandidate',
+          activityId,
+          detail: `candidate ${id}`,
+          durationMs: 2000,
+          source: { worker: w },
+        });
         continue;
       }
       const durationMs = 8000 + Math.round(rand() * 4000);
-      events.push({ run, kind: 'candidate.evaluated', time: time(durationMs / nWorkers), generation: g, candidate: id, params, fitness, durationMs, specHash: `sha${id}`, source: { worker: w } });
-      events.push({ run, kind: 'activity.completed', time: time(10), activity: 'evaluateCandidate', activityId, detail: `candidate ${id}`, durationMs, source: { worker: w } });
+      events.push({
+        run,
+        kind: 'candidate.evaluated',
+        time: time(durationMs / nWorkers),
+        generation: g,
+        candidate: id,
+        params,
+        fitness,
+        durationMs,
+        specHash: `sha${id}`,
+        source: { worker: w },
+      });
+      events.push({
+        run,
+        kind: 'activity.completed',
+        time: time(10),
+        activity: 'evaluateCandidate',
+        activityId,
+        detail: `candidate ${id}`,
+        durationMs,
+        source: { worker: w },
+      });
       best = Math.min(best, fitness);
       all.push({ candidate: id, params, fitness });
     }
     const bestRef = all.reduce((a, b) => (b.fitness < a.fitness ? b : a));
-    events.push({ run, kind: 'generation.finished', time: time(100), generation: g, generations, evaluated: population, failed, best: bestRef, source: { worker: 'orchestrator' } });
+    events.push({
+      run,
+      kind: 'generation.finished',
+      time: time(100),
+      generation: g,
+      generations,
+      evaluated: population,
+      failed,
+      best: bestRef,
+      source: { worker: 'orchestrator' },
+    });
   }
   const searchEnd = events.length;
   // The student and a baseline pretrain side by side on two workers.
@@ -93,20 +169,65 @@ export function simulatedRun(o: SimOptions): { events: ProgressEventInput[]; can
     { series: 'random-init', w: 'pretrain-2', offset: 1.2 },
   ];
   for (const { series, w } of trainers) {
-    events.push({ run, kind: 'activity.started', time: time(100), activity: 'trainSegment', activityId: `train-${series}`, detail: `${series} steps 0-${steps}`, source: { worker: w } });
+    events.push({
+      run,
+      kind: 'activity.started',
+      time: time(100),
+      activity: 'trainSegment',
+      activityId: `train-${series}`,
+      detail: `${series} steps 0-${steps}`,
+      source: { worker: w },
+    });
   }
   for (let s = 1; s <= steps; s++) {
     for (const { series, w, offset } of trainers) {
       const base = 2.6 + offset + 4.5 * Math.exp(-s / (steps / 4));
-      events.push({ run, kind: 'pretrain.step', time: time(100), series, step: s, steps, loss: base + 0.15 * (rand() - 0.5), tokens: s * 16384, tokensPerSecond: 81920 + 4000 * rand(), source: { worker: w } });
+      events.push({
+        run,
+        kind: 'pretrain.step',
+        time: time(100),
+        series,
+        step: s,
+        steps,
+        loss: base + 0.15 * (rand() - 0.5),
+        tokens: s * 16384,
+        tokensPerSecond: 81920 + 4000 * rand(),
+        source: { worker: w },
+      });
       if (s % evalEvery === 0) {
-        events.push({ run, kind: 'pretrain.eval', time: time(50), series, step: s, valLoss: base + 0.1, source: { worker: w } });
-        events.push({ run, kind: 'checkpoint.saved', time: time(20), series, step: s, uri: `/runs/${run}/${series}/step-${s}`, hash: `h${s}`, source: { worker: w } });
+        events.push({
+          run,
+          kind: 'pretrain.eval',
+          time: time(50),
+          series,
+          step: s,
+          valLoss: base + 0.1,
+          source: { worker: w },
+        });
+        events.push({
+          run,
+          kind: 'checkpoint.saved',
+          time: time(20),
+          series,
+          step: s,
+          uri: `/runs/${run}/${series}/step-${s}`,
+          hash: `h${s}`,
+          source: { worker: w },
+        });
       }
     }
   }
   for (const { series, w } of trainers) {
-    events.push({ run, kind: 'activity.completed', time: time(100), activity: 'trainSegment', activityId: `train-${series}`, detail: `${series} steps 0-${steps}`, durationMs: steps * 200, source: { worker: w } });
+    events.push({
+      run,
+      kind: 'activity.completed',
+      time: time(100),
+      activity: 'trainSegment',
+      activityId: `train-${series}`,
+      detail: `${series} steps 0-${steps}`,
+      durationMs: steps * 200,
+      source: { worker: w },
+    });
   }
   return { events, candidates: id, searchEnd };
 }

@@ -10,20 +10,20 @@
 //   it.skipIf(py === null)("matches transformers", () => { ... spawnSync(py!, [...]) ... });
 // or, where the oracle is mandatory, `const py = requireHfPython();`.
 
-import { accessSync, constants, statSync } from "node:fs";
-import { homedir } from "node:os";
-import { join } from "node:path";
+import { accessSync, constants, statSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
 
-const STAMP = ".offshoot-hf-stamp";
+const STAMP = '.offshoot-hf-stamp';
 
 /** The venv folder setup-python.sh builds, whether or not it exists yet. */
 export function hfVenvDir(): string {
-  const cache = process.env.OFFSHOOT_CACHE || join(homedir(), ".cache", "offshoot");
-  return join(cache, "venv");
+  const cache = process.env.OFFSHOOT_CACHE || join(homedir(), '.cache', 'offshoot');
+  return join(cache, 'venv');
 }
 
 function venvPythonPath(venv: string): string {
-  return process.platform === "win32" ? join(venv, "Scripts", "python.exe") : join(venv, "bin", "python");
+  return process.platform === 'win32' ? join(venv, 'Scripts', 'python.exe') : join(venv, 'bin', 'python');
 }
 
 function isExecutableFile(path: string): boolean {
@@ -57,8 +57,8 @@ export function requireHfPython(): string {
   if (python === null) {
     throw new Error(
       `The Hugging Face oracle venv is missing or incomplete (${venvPythonPath(hfVenvDir())}). ` +
-        "Build it once per machine with `scripts/setup-python.sh` (about 1.5 minutes and 4.3 GB: " +
-        "pinned torch, transformers and safetensors from PyPI); set OFFSHOOT_CACHE to put it elsewhere.",
+        'Build it once per machine with `scripts/setup-python.sh` (about 1.5 minutes and 4.3 GB: ' +
+        'pinned torch, transformers and safetensors from PyPI); set OFFSHOOT_CACHE to put it elsewhere.',
     );
   }
   return python;

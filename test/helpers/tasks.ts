@@ -34,7 +34,10 @@ function sentences(document: string): string[] {
 }
 
 /** `count` documents of the next-sentence task from a corpus's documents. */
-export function nextSentenceDocs(documents: readonly string[], options: { count: number; seed: number }): NextSentenceDoc[] {
+export function nextSentenceDocs(
+  documents: readonly string[],
+  options: { count: number; seed: number },
+): NextSentenceDoc[] {
   const pairs: [string, string][] = [];
   const pool: string[] = [];
   for (const d of documents) {
@@ -59,7 +62,10 @@ export function nextSentenceDocs(documents: readonly string[], options: { count:
 }
 
 /** Writes the task (YAML + JSONL) into `dir` from a corpus; returns the YAML's path. */
-export async function writeNextSentenceTask(dir: string, options: { corpus?: string; count?: number; seed?: number; name?: string } = {}): Promise<string> {
+export async function writeNextSentenceTask(
+  dir: string,
+  options: { corpus?: string; count?: number; seed?: number; name?: string } = {},
+): Promise<string> {
   const corpus = await loadCorpus(options.corpus ?? 'sotu:val');
   const docs = nextSentenceDocs(corpus.documents, { count: options.count ?? 40, seed: options.seed ?? 7 });
   fs.mkdirSync(dir, { recursive: true });

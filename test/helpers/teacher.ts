@@ -18,9 +18,12 @@ process.on('exit', () => {
   for (const child of running) child.kill('SIGKILL');
 });
 
-
 /** Saves a random tiny teacher; a large init range spreads its logits, so top-k has no near-ties. */
-export async function saveTeacher(dir: string, config: NeoXConfig, seed: number): Promise<{ model: GPTNeoX; hash: string }> {
+export async function saveTeacher(
+  dir: string,
+  config: NeoXConfig,
+  seed: number,
+): Promise<{ model: GPTNeoX; hash: string }> {
   const model = GPTNeoX.random({ ...config, initializerRange: 0.5 }, seed);
   const hash = await saveCheckpoint(dir, { ...config, initializerRange: 0.5 }, await model.toHost());
   return { model, hash };
@@ -41,9 +44,23 @@ export interface TeacherProcess {
 }
 
 /** Starts `offshoot teacher serve --model DIR --port P ...extra` and waits until it listens. */
-export async function startTeacher(model: string, options: { port?: number; extra?: string[]; timeoutMs?: number } = {}): Promise<TeacherProcess> {
+export async function startTeacher(
+  model: string,
+  options: { port?: number; extra?: string[]; timeoutMs?: number } = {},
+): Promise<TeacherProcess> {
   const tsx = import.meta.resolve('tsx');
-  const args = ['--import', tsx, path.join(ROOT, 'services', 'cli', 'main.ts'), 'teacher', 'serve', '--model', model, '--port', String(options.port ?? 0), ...(options.extra ?? [])];
+  const args = [
+    '--import',
+    tsx,
+    path.join(ROOT, 'services', 'cli', 'main.ts'),
+    'teacher',
+    'serve',
+    '--model',
+    model,
+    '--port',
+    String(options.port ?? 0),
+    ...(options.extra ?? []),
+  ];
   const child = spawn(process.execPath, args, {
     cwd: ROOT,
     env: { ...process.env, OFFSHOOT_BACKEND: 'wasm' },

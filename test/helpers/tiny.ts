@@ -3,7 +3,14 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
-import { type Batch, GPTNeoX, type NeoXConfig, type TrainHyperparameters, Trainer, uniformConfig } from '../../core/model/index.js';
+import {
+  type Batch,
+  GPTNeoX,
+  type NeoXConfig,
+  type TrainHyperparameters,
+  Trainer,
+  uniformConfig,
+} from '../../core/model/index.js';
 
 export function tinyConfig(overrides: Partial<Parameters<typeof uniformConfig>[0]> = {}): NeoXConfig {
   return uniformConfig({ vocabSize: 48, hiddenSize: 32, numLayers: 2, numHeads: 4, maxPositions: 64, ...overrides });
@@ -43,17 +50,30 @@ export function tinyHyper(steps: number, overrides: Partial<TrainHyperparameters
  * `stopAt` (checkpointed) and resumed by a fresh Trainer from a differently initialised model, on
  * the active backend; with the steps the stopped and the resumed trainer reported.
  */
-export async function straightAndResumed(config: NeoXConfig, hyper: TrainHyperparameters, batches: (step: number) => Batch, stopAt: number) {
+export async function straightAndResumed(
+  config: NeoXConfig,
+  hyper: TrainHyperparameters,
+  batches: (step: number) => Batch,
+  stopAt: number,
+) {
   const straight = new Trainer(GPTNeoX.random(config, 11), { hyper, batches });
   await straight.run();
   const expected = await straight.model.toHost();
   straight.dispose();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'offshoot-resume-'));
   try {
-    const first = Trainer.createOrResume(config, () => GPTNeoX.random(config, 11), { hyper, batches, checkpointDir: dir });
+    const first = Trainer.createOrResume(config, () => GPTNeoX.random(config, 11), {
+      hyper,
+      batches,
+      checkpointDir: dir,
+    });
     const stoppedAt = (await first.run(stopAt)).step;
     first.dispose();
-    const second = Trainer.createOrResume(config, () => GPTNeoX.random(config, 999), { hyper, batches, checkpointDir: dir });
+    const second = Trainer.createOrResume(config, () => GPTNeoX.random(config, 999), {
+      hyper,
+      batches,
+      checkpointDir: dir,
+    });
     const resumedAt = second.step;
     await second.run();
     const resumed = await second.model.toHost();

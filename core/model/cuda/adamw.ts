@@ -22,7 +22,16 @@ const ENTRY_BYTES = 64;
 
 /** A step's numbers in the order the kernel reads them (adamw.cu's Hyper), bias corrections worked out. */
 export function adamwStepVector(s: AdamWStep): Float32Array {
-  return Float32Array.of(s.lr, s.beta1, s.beta2, s.eps, 1 - s.beta1 ** s.step, 1 - s.beta2 ** s.step, s.maxNorm, s.weightDecay);
+  return Float32Array.of(
+    s.lr,
+    s.beta1,
+    s.beta2,
+    s.eps,
+    1 - s.beta1 ** s.step,
+    1 - s.beta2 ** s.step,
+    s.maxNorm,
+    s.weightDecay,
+  );
 }
 const STEP_FLOATS = 8;
 
@@ -83,9 +92,29 @@ export function cudaClipAdamW(state: AdamWState, entries: AdamWEntry[], s: AdamW
   const partials = b.allocate([blocks], 'float32');
   const norm = b.allocate([], 'float32');
   const tp = b.operand(table.tensor).ptr;
-  d.launch(d.kernel('adamw', 'grad_sum_squares'), rowGrid(blocks), BLOCK256, [['p', b.operand(partials).ptr], ['p', tp], ['i', entries.length], ['l', blocks]]);
-  d.launch(d.kernel('adamw', 'grad_norm'), [1, 1, 1], [1024, 1, 1], [['p', b.operand(norm).ptr], ['p', b.operand(partials).ptr], ['l', blocks]]);
-  d.launch(d.kernel('adamw', 'adamw_update'), rowGrid(blocks), BLOCK256, [['p', tp], ['i', entries.length], ['l', blocks], ['p', b.operand(norm).ptr], ['p', hyperPtr]]);
+  d.launch(d.kernel('adamw', 'grad_sum_squares'), rowGrid(blocks), BLOCK256, [
+    ['p', b.operand(partials).ptr],
+    ['p', tp],
+    ['i', entries.length],
+    ['l', blocks],
+  ]);
+  d.launch(
+    d.kernel('adamw', 'grad_norm'),
+    [1, 1, 1],
+    [1024, 1, 1],
+    [
+      ['p', b.operand(norm).ptr],
+      ['p', b.operand(partials).ptr],
+      ['l', blocks],
+    ],
+  );
+  d.launch(d.kernel('adamw', 'adamw_update'), rowGrid(blocks), BLOCK256, [
+    ['p', tp],
+    ['i', entries.length],
+    ['l', blocks],
+    ['p', b.operand(norm).ptr],
+    ['p', hyperPtr],
+  ]);
   b.release(partials);
   return toTensor<tf.Scalar>(norm);
 }

@@ -32,7 +32,9 @@ export interface AllocatorStats {
 export class DeviceOutOfMemory extends Error {
   constructor(bytes: number, stats: AllocatorStats) {
     const gib = (b: number) => `${(b / 2 ** 30).toFixed(2)} GiB`;
-    super(`out of GPU memory allocating ${gib(bytes)} (in use ${gib(stats.inUse)}, peak ${gib(stats.peakInUse)}); use a smaller batch or model`);
+    super(
+      `out of GPU memory allocating ${gib(bytes)} (in use ${gib(stats.inUse)}, peak ${gib(stats.peakInUse)}); use a smaller batch or model`,
+    );
     this.name = 'DeviceOutOfMemory';
   }
 }
@@ -61,7 +63,14 @@ export class CachingAllocator {
   private capturing: Pool | null = null;
   private readonly sizeOf = new Map<number, number>();
   private readonly poolOf = new Map<number, Pool>();
-  private readonly s: AllocatorStats = { inUse: 0, reserved: 0, peakInUse: 0, peakReserved: 0, driverAllocs: 0, flushes: 0 };
+  private readonly s: AllocatorStats = {
+    inUse: 0,
+    reserved: 0,
+    peakInUse: 0,
+    peakReserved: 0,
+    driverAllocs: 0,
+    flushes: 0,
+  };
 
   constructor(private readonly device: DeviceMemory) {}
 
@@ -99,7 +108,8 @@ export class CachingAllocator {
   release(ptr: number): void {
     const size = this.sizeOf.get(ptr);
     const pool = this.poolOf.get(ptr);
-    if (size === undefined || !pool) throw new Error(`cuda allocator: release of an unknown block 0x${ptr.toString(16)}`);
+    if (size === undefined || !pool)
+      throw new Error(`cuda allocator: release of an unknown block 0x${ptr.toString(16)}`);
     this.sizeOf.delete(ptr);
     this.poolOf.delete(ptr);
     pool.live.delete(ptr);
@@ -136,13 +146,14 @@ export class CachingAllocator {
   dissolve(pool: Pool): void {
     for (const ptr of pool.live) this.poolOf.set(ptr, this.general);
     for (const ptr of pool.live) this.general.live.add(ptr);
-    for (const [size, list] of pool.free) for (const ptr of list) {
-      // Counted as in use while the graph held it; release() takes it off.
-      this.sizeOf.set(ptr, size);
-      this.poolOf.set(ptr, this.general);
-      this.general.live.add(ptr);
-      this.release(ptr);
-    }
+    for (const [size, list] of pool.free)
+      for (const ptr of list) {
+        // Counted as in use while the graph held it; release() takes it off.
+        this.sizeOf.set(ptr, size);
+        this.poolOf.set(ptr, this.general);
+        this.general.live.add(ptr);
+        this.release(ptr);
+      }
     pool.free.clear();
     pool.live.clear();
   }

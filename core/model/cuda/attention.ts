@@ -75,13 +75,58 @@ export function cudaAttention(qkv: tf.Tensor2D, cos: tf.Tensor2D, sin: tf.Tensor
       ['i', rd],
     ]);
     const scores = b.allocate([BH, T, T], 'float32', 'f32');
-    gemm.matmul({ ...batched, M: T, N: T, K: hs, transB: true, strideA: T * hs, strideB: T * hs, strideC: T * T, aType: act, bType: act, cType: 'f32', alpha: scale }, b.operand(q).ptr, b.operand(k).ptr, b.operand(scores).ptr);
+    gemm.matmul(
+      {
+        ...batched,
+        M: T,
+        N: T,
+        K: hs,
+        transB: true,
+        strideA: T * hs,
+        strideB: T * hs,
+        strideC: T * T,
+        aType: act,
+        bType: act,
+        cType: 'f32',
+        alpha: scale,
+      },
+      b.operand(q).ptr,
+      b.operand(k).ptr,
+      b.operand(scores).ptr,
+    );
     const p = b.allocate([BH, T, T], 'float32', act);
     const rows = BH * T;
-    d.launch(d.kernel('attention', 'causal_softmax'), softmaxGrid(rows), [128, 1, 1], [['p', b.operand(p).ptr], ['i', ST[act]], ['p', b.operand(scores).ptr], ['l', rows], ['i', T]]);
+    d.launch(
+      d.kernel('attention', 'causal_softmax'),
+      softmaxGrid(rows),
+      [128, 1, 1],
+      [
+        ['p', b.operand(p).ptr],
+        ['i', ST[act]],
+        ['p', b.operand(scores).ptr],
+        ['l', rows],
+        ['i', T],
+      ],
+    );
     b.release(scores);
     const oHeads = b.allocate([BH, T, hs], 'float32', act);
-    gemm.matmul({ ...batched, M: T, N: hs, K: T, strideA: T * T, strideB: T * hs, strideC: T * hs, aType: act, bType: act, cType: act }, b.operand(p).ptr, b.operand(v).ptr, b.operand(oHeads).ptr);
+    gemm.matmul(
+      {
+        ...batched,
+        M: T,
+        N: hs,
+        K: T,
+        strideA: T * T,
+        strideB: T * hs,
+        strideC: T * hs,
+        aType: act,
+        bType: act,
+        cType: act,
+      },
+      b.operand(p).ptr,
+      b.operand(v).ptr,
+      b.operand(oHeads).ptr,
+    );
     const o = headsLayout(b, oHeads, s, false);
     b.release(oHeads);
     // The tables are saved with the forward's tensors (tfjs keeps saved tensors for the backward).
@@ -91,22 +136,55 @@ export function cudaAttention(qkv: tf.Tensor2D, cos: tf.Tensor2D, sin: tf.Tensor
       gradFunc: (dy, [qs, ks, vs, ps, cs, ss]) => {
         const dO = headsLayout(b, dy, s, true);
         const dP = b.allocate([BH, T, T], 'float32', 'f32');
-        gemm.matmul({ ...batched, M: T, N: T, K: hs, transB: true, strideA: T * hs, strideB: T * hs, strideC: T * T, aType: act, bType: act, cType: 'f32' }, b.operand(dO).ptr, b.operand(vs).ptr, b.operand(dP).ptr);
+        gemm.matmul(
+          {
+            ...batched,
+            M: T,
+            N: T,
+            K: hs,
+            transB: true,
+            strideA: T * hs,
+            strideB: T * hs,
+            strideC: T * T,
+            aType: act,
+            bType: act,
+            cType: 'f32',
+          },
+          b.operand(dO).ptr,
+          b.operand(vs).ptr,
+          b.operand(dP).ptr,
+        );
         const dS = b.allocate([BH, T, T], 'float32', act);
-        d.launch(d.kernel('attention', 'causal_softmax_backward'), softmaxGrid(rows), [128, 1, 1], [
-          ['p', b.operand(dS).ptr],
-          ['i', ST[act]],
-          ['p', b.operand(ps).ptr],
-          ['i', ST[b.storageOf(ps)]],
-          ['p', b.operand(dP).ptr],
-          ['l', rows],
-          ['i', T],
-        ]);
+        d.launch(
+          d.kernel('attention', 'causal_softmax_backward'),
+          softmaxGrid(rows),
+          [128, 1, 1],
+          [
+            ['p', b.operand(dS).ptr],
+            ['i', ST[act]],
+            ['p', b.operand(ps).ptr],
+            ['i', ST[b.storageOf(ps)]],
+            ['p', b.operand(dP).ptr],
+            ['l', rows],
+            ['i', T],
+          ],
+        );
         b.release(dP);
         const dq = b.allocate([BH, T, hs], 'float32', act);
         const dk = b.allocate([BH, T, hs], 'float32', act);
         const dv = b.allocate([BH, T, hs], 'float32', act);
-        const prod = { ...batched, M: T, N: hs, K: T, strideA: T * T, strideB: T * hs, strideC: T * hs, aType: act, bType: act, cType: act } as const;
+        const prod = {
+          ...batched,
+          M: T,
+          N: hs,
+          K: T,
+          strideA: T * T,
+          strideB: T * hs,
+          strideC: T * hs,
+          aType: act,
+          bType: act,
+          cType: act,
+        } as const;
         gemm.matmul({ ...prod, transA: true }, b.operand(ps).ptr, b.operand(dO).ptr, b.operand(dv).ptr);
         gemm.matmul({ ...prod, alpha: scale }, b.operand(dS).ptr, b.operand(ks).ptr, b.operand(dq).ptr);
         gemm.matmul({ ...prod, transA: true, alpha: scale }, b.operand(dS).ptr, b.operand(qs).ptr, b.operand(dk).ptr);

@@ -107,7 +107,11 @@ export class Blas {
     if (g.bias) {
       if (!bias) throw new Error('matmul: bias requested without a bias pointer');
       this.i64.writeBigUInt64LE(BigInt(bias));
-      check(this.device.libs, 'cublasLtMatmulDescSetAttribute', fn.cublasLtMatmulDescSetAttribute(plan.desc, DESC_BIAS_POINTER, this.i64, 8));
+      check(
+        this.device.libs,
+        'cublasLtMatmulDescSetAttribute',
+        fn.cublasLtMatmulDescSetAttribute(plan.desc, DESC_BIAS_POINTER, this.i64, 8),
+      );
     }
     this.scalars.alpha[0] = g.alpha ?? 1;
     this.scalars.beta[0] = g.beta ?? 0;
@@ -139,7 +143,22 @@ export class Blas {
   }
 
   private plan(g: Gemm): Plan {
-    const key = [g.M, g.N, g.K, g.transA ? 1 : 0, g.transB ? 1 : 0, g.batch ?? 1, g.strideA ?? 0, g.strideB ?? 0, g.strideC ?? 0, g.aType, g.bType, g.cType, g.bias ? (g.biasType ?? g.cType) : '-', (g.beta ?? 0) !== 0 ? 1 : 0].join(',');
+    const key = [
+      g.M,
+      g.N,
+      g.K,
+      g.transA ? 1 : 0,
+      g.transB ? 1 : 0,
+      g.batch ?? 1,
+      g.strideA ?? 0,
+      g.strideB ?? 0,
+      g.strideC ?? 0,
+      g.aType,
+      g.bType,
+      g.cType,
+      g.bias ? (g.biasType ?? g.cType) : '-',
+      (g.beta ?? 0) !== 0 ? 1 : 0,
+    ].join(',');
     let plan = this.plans.get(key);
     if (plan) return plan;
     const { libs } = this.device;
@@ -163,9 +182,17 @@ export class Blas {
       check(libs, 'cublasLtMatrixLayoutCreate', fn.cublasLtMatrixLayoutCreate(out, dataType(type), rows, cols, rows));
       if (batch > 1) {
         this.i32.writeInt32LE(batch);
-        check(libs, 'cublasLtMatrixLayoutSetAttribute', fn.cublasLtMatrixLayoutSetAttribute(out[0], LAYOUT_BATCH_COUNT, this.i32, 4));
+        check(
+          libs,
+          'cublasLtMatrixLayoutSetAttribute',
+          fn.cublasLtMatrixLayoutSetAttribute(out[0], LAYOUT_BATCH_COUNT, this.i32, 4),
+        );
         this.i64.writeBigInt64LE(BigInt(stride));
-        check(libs, 'cublasLtMatrixLayoutSetAttribute', fn.cublasLtMatrixLayoutSetAttribute(out[0], LAYOUT_STRIDED_BATCH_OFFSET, this.i64, 8));
+        check(
+          libs,
+          'cublasLtMatrixLayoutSetAttribute',
+          fn.cublasLtMatrixLayoutSetAttribute(out[0], LAYOUT_STRIDED_BATCH_OFFSET, this.i64, 8),
+        );
       }
       return out[0];
     };
@@ -175,7 +202,11 @@ export class Blas {
     const pref: [unknown] = [null];
     check(libs, 'cublasLtMatmulPreferenceCreate', fn.cublasLtMatmulPreferenceCreate(pref));
     this.i64.writeBigUInt64LE(BigInt(WORKSPACE_BYTES));
-    check(libs, 'cublasLtMatmulPreferenceSetAttribute', fn.cublasLtMatmulPreferenceSetAttribute(pref[0], PREF_MAX_WORKSPACE_BYTES, this.i64, 8));
+    check(
+      libs,
+      'cublasLtMatmulPreferenceSetAttribute',
+      fn.cublasLtMatmulPreferenceSetAttribute(pref[0], PREF_MAX_WORKSPACE_BYTES, this.i64, 8),
+    );
     const algo = Buffer.alloc(HEURISTIC_RESULT_BYTES);
     const returned: [number] = [0];
     const status = fn.cublasLtMatmulAlgoGetHeuristic(this.handle, desc[0], a, b, c, c, pref[0], 1, algo, returned);

@@ -18,7 +18,20 @@ import { trainingHyperparameters } from '../recipe.js';
 import { readSafetensors } from '../safetensors.js';
 import { type Batch, Trainer } from '../train.js';
 import { distillationLoss, topKFromLogits } from '../losses.js';
-import { type AdamWEntry, AdamWState, type AdamWStep, PositionTables, causalSelfAttention, clippedAdamW, crossEntropy, gatherRows, gelu, layerNorm, linear, matMul } from '../ops/index.js';
+import {
+  type AdamWEntry,
+  AdamWState,
+  type AdamWStep,
+  PositionTables,
+  causalSelfAttention,
+  clippedAdamW,
+  crossEntropy,
+  gatherRows,
+  gelu,
+  layerNorm,
+  linear,
+  matMul,
+} from '../ops/index.js';
 import { type Precision, setPrecision } from '../precision.js';
 import { type Host, intHost, randHost, relErr, ropeTables } from '../webgpu/check.js';
 import { cudaClipAdamW } from './adamw.js';
@@ -54,7 +67,11 @@ export interface CudaCaseResult {
   viaHost: string[];
 }
 
-async function valueAndGrads(inputs: Host[], diff: number[], f: (ts: tf.Tensor[]) => tf.Tensor): Promise<{ value: Float32Array; grads: Float32Array[] }> {
+async function valueAndGrads(
+  inputs: Host[],
+  diff: number[],
+  f: (ts: tf.Tensor[]) => tf.Tensor,
+): Promise<{ value: Float32Array; grads: Float32Array[] }> {
   const ts = inputs.map(toT);
   const value = tf.tidy(() => f(ts));
   let grads: tf.Tensor[] = [];
@@ -70,7 +87,10 @@ async function valueAndGrads(inputs: Host[], diff: number[], f: (ts: tf.Tensor[]
       dy,
     );
   }
-  const out = { value: (await value.data()) as Float32Array, grads: await Promise.all(grads.map(async (x) => (await x.data()) as Float32Array)) };
+  const out = {
+    value: (await value.data()) as Float32Array,
+    grads: await Promise.all(grads.map(async (x) => (await x.data()) as Float32Array)),
+  };
   tf.dispose([...ts, value, dy, ...grads]);
   return out;
 }
@@ -88,7 +108,15 @@ export async function runCudaCase(c: CudaCase, precision: Precision): Promise<Cu
     const valueErr = relErr(got.value, ref.value);
     const gradErrs = got.grads.map((g, i) => relErr(g, ref.grads[i]));
     const tol = c.tol[precision];
-    return { name: c.name, precision, valueErr, gradErrs, tol, ok: valueErr < tol && gradErrs.every((e) => e < tol), viaHost: Object.keys(fallbackCounts()) };
+    return {
+      name: c.name,
+      precision,
+      valueErr,
+      gradErrs,
+      tol,
+      ok: valueErr < tol && gradErrs.every((e) => e < tol),
+      viaHost: Object.keys(fallbackCounts()),
+    };
   } finally {
     setPrecision(null);
   }
@@ -107,7 +135,13 @@ export function cudaCases(scale: 'small' | 'pythia' = 'small'): CudaCase[] {
   const B = big ? 8 : 2;
   const T = big ? 512 : 64;
   const tol = { f32: F32, mixed: BF16 };
-  const topk = (direction: 'forward' | 'reverse' | 'symmetric', alpha: number, temperature: number, k: number, n: number): CudaCase => ({
+  const topk = (
+    direction: 'forward' | 'reverse' | 'symmetric',
+    alpha: number,
+    temperature: number,
+    k: number,
+    n: number,
+  ): CudaCase => ({
     name: `top-k distillation (N ${n}, V ${V}, k ${k}, ${direction}, alpha ${alpha}, T ${temperature})`,
     inputs: async () => {
       await initBackend('cpu', () => {});
@@ -125,9 +159,21 @@ export function cudaCases(scale: 'small' | 'pythia' = 'small'): CudaCase[] {
     },
     diff: [0],
     reference: ([x, t, i, l, z]) =>
-      distillationLoss(x as tf.Tensor2D, t as tf.Tensor1D, { indices: i as tf.Tensor2D, logits: l as tf.Tensor2D, logNormaliser: z as tf.Tensor1D }, { alpha, temperature, direction }),
+      distillationLoss(
+        x as tf.Tensor2D,
+        t as tf.Tensor1D,
+        { indices: i as tf.Tensor2D, logits: l as tf.Tensor2D, logNormaliser: z as tf.Tensor1D },
+        { alpha, temperature, direction },
+      ),
     cuda: ([x, t, i, l, z]) =>
-      cudaTopKDistill(x as tf.Tensor2D, t as tf.Tensor1D, { indices: i as tf.Tensor2D, logits: l as tf.Tensor2D, logNormaliser: z as tf.Tensor1D }, alpha, temperature, direction),
+      cudaTopKDistill(
+        x as tf.Tensor2D,
+        t as tf.Tensor1D,
+        { indices: i as tf.Tensor2D, logits: l as tf.Tensor2D, logNormaliser: z as tf.Tensor1D },
+        alpha,
+        temperature,
+        direction,
+      ),
     tol: { f32: 5e-4, mixed: BF16 },
   });
   const attention = (b: number, t: number, h: number, hs: number, rd: number): CudaCase => {
@@ -139,7 +185,12 @@ export function cudaCases(scale: 'small' | 'pythia' = 'small'): CudaCase[] {
         return [randHost([b * t, h * 3 * hs], 14, 1.5), r.cos, r.sin, r.mask];
       },
       diff: [0],
-      reference: ([x, c, s, m]) => causalSelfAttention.reference(x as tf.Tensor2D, new PositionTables(c as tf.Tensor2D, s as tf.Tensor2D, m as tf.Tensor2D), shape),
+      reference: ([x, c, s, m]) =>
+        causalSelfAttention.reference(
+          x as tf.Tensor2D,
+          new PositionTables(c as tf.Tensor2D, s as tf.Tensor2D, m as tf.Tensor2D),
+          shape,
+        ),
       cuda: ([x, c, s]) => cudaAttention(x as tf.Tensor2D, c as tf.Tensor2D, s as tf.Tensor2D, shape),
       tol,
     };
@@ -192,7 +243,10 @@ export function cudaCases(scale: 'small' | 'pythia' = 'small'): CudaCase[] {
     topk('symmetric', 0.3, 1.5, 32, N / 8),
     {
       name: `embedding rows and gradient (table ${V} × ${D}, ${N} ids)`,
-      inputs: () => [randHost([V, D], 18), { shape: [N], data: Int32Array.from({ length: N }, (_, i) => (i * i + 3 * i) % V), dtype: 'int32' }],
+      inputs: () => [
+        randHost([V, D], 18),
+        { shape: [N], data: Int32Array.from({ length: N }, (_, i) => (i * i + 3 * i) % V), dtype: 'int32' },
+      ],
       diff: [0],
       reference: ([t, i]) => gatherRows.reference(t as tf.Tensor2D, i as tf.Tensor1D),
       cuda: ([t, i]) => cudaGatherRows(t as tf.Tensor2D, i as tf.Tensor1D),
@@ -207,7 +261,13 @@ export function cudaCases(scale: 'small' | 'pythia' = 'small'): CudaCase[] {
 function adamwCase(shapes: number[][]): CudaCase {
   const step: AdamWStep = { lr: 3e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, step: 3, maxNorm: 0.5 };
   const abs = (h: Host): Host => ({ ...h, data: (h.data as Float32Array).map(Math.abs) });
-  const inputs = () => shapes.flatMap((s, i) => [randHost(s, 40 + i), randHost(s, 50 + i, 0.05), randHost(s, 60 + i, 0.01), abs(randHost(s, 70 + i, 0.001))]);
+  const inputs = () =>
+    shapes.flatMap((s, i) => [
+      randHost(s, 40 + i),
+      randHost(s, 50 + i, 0.05),
+      randHost(s, 60 + i, 0.01),
+      abs(randHost(s, 70 + i, 0.001)),
+    ]);
   /** Weights, gradients and moments from the inputs, one update by `update`, then the norm and the new weights. */
   const run = (update: (state: AdamWState, entries: AdamWEntry[], s: AdamWStep) => tf.Scalar) => (ts: tf.Tensor[]) => {
     const state = new AdamWState();
@@ -239,31 +299,117 @@ function adamwCase(shapes: number[][]): CudaCase {
 /** tfjs programs that touch the kernels the cuda backend runs itself. */
 function tfjsKernelCases(): CudaCase[] {
   const tol = { f32: 1e-5, mixed: 1e-5 };
-  const c = (name: string, inputs: Host[], f: (ts: tf.Tensor[]) => tf.Tensor, diff: number[] = [], t = tol): CudaCase => ({ name: `tfjs: ${name}`, inputs: () => inputs, diff, reference: f, cuda: f, tol: t });
+  const c = (
+    name: string,
+    inputs: Host[],
+    f: (ts: tf.Tensor[]) => tf.Tensor,
+    diff: number[] = [],
+    t = tol,
+  ): CudaCase => ({ name: `tfjs: ${name}`, inputs: () => inputs, diff, reference: f, cuda: f, tol: t });
   const a = randHost([4, 5, 6], 81);
   const bb = randHost([5, 1], 82);
   const pos = { ...randHost([4, 5, 6], 83), data: randHost([4, 5, 6], 83).data.map((x) => Math.abs(x) + 0.1) };
   return [
     // tfjs's Maximum gradient does not reduce over broadcast axes: maximum takes same-shape inputs here.
-    c('broadcast add, sub, mul, div; maximum', [a, bb, pos], ([x, y, p]) => tf.stack([tf.add(x, y), tf.sub(x, y), tf.mul(x, y), tf.div(x, p), tf.maximum(x, p)]), [0, 1, 2]),
-    c('unary exp, log, sqrt, rsqrt, tanh, erf, sigmoid, neg, abs', [a, pos], ([x, p]) => tf.stack([tf.exp(x), tf.log(p), tf.sqrt(p), tf.rsqrt(p), tf.tanh(x), tf.erf(x), tf.sigmoid(x), tf.neg(x), tf.abs(x)]), [0, 1]),
-    c('sum, mean, max, min over axes, keepDims', [a], ([x]) => tf.concat([tf.reshape(tf.sum(x, [0, 2]), [-1]), tf.reshape(tf.mean(x, 1, true), [-1]), tf.reshape(tf.max(x, -1), [-1]), tf.reshape(tf.min(x), [-1]), tf.reshape(tf.sum(x), [-1])]), [0]),
-    c('transpose, slice, concat, reshape', [a], ([x]) => tf.concat([tf.reshape(tf.transpose(x, [2, 0, 1]), [-1]), tf.reshape(tf.slice(x, [1, 2, 3], [2, 3, 2]), [-1]), tf.reshape(tf.concat([x, tf.mul(x, 2)], 1), [-1])]), [0]),
-    c('gather rows, argMax, cast', [a, { shape: [7], data: Int32Array.from([3, 0, 2, 2, 1, 3, 0]), dtype: 'int32' }], ([x, i]) => tf.concat([tf.reshape(tf.gather(x, i), [-1]), tf.cast(tf.argMax(x, 2), 'float32').reshape([-1])])),
-    c('batched matMul with transposes', [randHost([3, 4, 5], 84), randHost([3, 6, 5], 85), randHost([3, 4, 2], 86)], ([x, y, z]) => tf.concat([tf.reshape(tf.matMul(x, y, false, true), [-1]), tf.reshape(tf.matMul(x, z, true), [-1])]), [0, 1, 2]),
+    c(
+      'broadcast add, sub, mul, div; maximum',
+      [a, bb, pos],
+      ([x, y, p]) => tf.stack([tf.add(x, y), tf.sub(x, y), tf.mul(x, y), tf.div(x, p), tf.maximum(x, p)]),
+      [0, 1, 2],
+    ),
+    c(
+      'unary exp, log, sqrt, rsqrt, tanh, erf, sigmoid, neg, abs',
+      [a, pos],
+      ([x, p]) =>
+        tf.stack([
+          tf.exp(x),
+          tf.log(p),
+          tf.sqrt(p),
+          tf.rsqrt(p),
+          tf.tanh(x),
+          tf.erf(x),
+          tf.sigmoid(x),
+          tf.neg(x),
+          tf.abs(x),
+        ]),
+      [0, 1],
+    ),
+    c(
+      'sum, mean, max, min over axes, keepDims',
+      [a],
+      ([x]) =>
+        tf.concat([
+          tf.reshape(tf.sum(x, [0, 2]), [-1]),
+          tf.reshape(tf.mean(x, 1, true), [-1]),
+          tf.reshape(tf.max(x, -1), [-1]),
+          tf.reshape(tf.min(x), [-1]),
+          tf.reshape(tf.sum(x), [-1]),
+        ]),
+      [0],
+    ),
+    c(
+      'transpose, slice, concat, reshape',
+      [a],
+      ([x]) =>
+        tf.concat([
+          tf.reshape(tf.transpose(x, [2, 0, 1]), [-1]),
+          tf.reshape(tf.slice(x, [1, 2, 3], [2, 3, 2]), [-1]),
+          tf.reshape(tf.concat([x, tf.mul(x, 2)], 1), [-1]),
+        ]),
+      [0],
+    ),
+    c(
+      'gather rows, argMax, cast',
+      [a, { shape: [7], data: Int32Array.from([3, 0, 2, 2, 1, 3, 0]), dtype: 'int32' }],
+      ([x, i]) => tf.concat([tf.reshape(tf.gather(x, i), [-1]), tf.cast(tf.argMax(x, 2), 'float32').reshape([-1])]),
+    ),
+    c(
+      'batched matMul with transposes',
+      [randHost([3, 4, 5], 84), randHost([3, 6, 5], 85), randHost([3, 4, 2], 86)],
+      ([x, y, z]) =>
+        tf.concat([tf.reshape(tf.matMul(x, y, false, true), [-1]), tf.reshape(tf.matMul(x, z, true), [-1])]),
+      [0, 1, 2],
+    ),
     // tfjs's BatchMatMul gradient does not reduce over a broadcast batch: the value only.
-    c('batched matMul with a broadcast batch', [randHost([3, 4, 5], 87), randHost([5, 2], 88)], ([x, z]) => tf.matMul(x, z)),
-    c('topk, sorted, with ties, k 1 and 40', [{ shape: [3, 300], data: randHost([3, 300], 89).data.map((x) => Math.round(x * 8) / 8) }], ([x]) => {
-      const a = tf.topk(x, 40);
-      const one = tf.topk(x, 1);
-      return tf.concat([tf.reshape(a.values, [-1]), tf.cast(tf.reshape(a.indices, [-1]), 'float32'), tf.reshape(one.values, [-1]), tf.cast(tf.reshape(one.indices, [-1]), 'float32')]);
-    }),
-    c('addN, fill, ones, zeros, softmax (host), int32 math', [a, a], ([x, y]) => tf.concat([tf.reshape(tf.addN([x, y, x]), [-1]), tf.fill([3], 2.5), tf.ones([2]), tf.zeros([2]), tf.reshape(tf.softmax(x), [-1]), tf.cast(tf.add(tf.mul(tf.range(0, 5, 1, 'int32'), 3), 2), 'float32')]), [0, 1]),
+    c('batched matMul with a broadcast batch', [randHost([3, 4, 5], 87), randHost([5, 2], 88)], ([x, z]) =>
+      tf.matMul(x, z),
+    ),
+    c(
+      'topk, sorted, with ties, k 1 and 40',
+      [{ shape: [3, 300], data: randHost([3, 300], 89).data.map((x) => Math.round(x * 8) / 8) }],
+      ([x]) => {
+        const a = tf.topk(x, 40);
+        const one = tf.topk(x, 1);
+        return tf.concat([
+          tf.reshape(a.values, [-1]),
+          tf.cast(tf.reshape(a.indices, [-1]), 'float32'),
+          tf.reshape(one.values, [-1]),
+          tf.cast(tf.reshape(one.indices, [-1]), 'float32'),
+        ]);
+      },
+    ),
+    c(
+      'addN, fill, ones, zeros, softmax (host), int32 math',
+      [a, a],
+      ([x, y]) =>
+        tf.concat([
+          tf.reshape(tf.addN([x, y, x]), [-1]),
+          tf.fill([3], 2.5),
+          tf.ones([2]),
+          tf.zeros([2]),
+          tf.reshape(tf.softmax(x), [-1]),
+          tf.cast(tf.add(tf.mul(tf.range(0, 5, 1, 'int32'), 3), 2), 'float32'),
+        ]),
+      [0, 1],
+    ),
   ];
 }
 
 /** Runs every case at both precisions; prints one JSON line each through `log`. Returns the failures. */
-export async function runCudaChecks(scale: 'small' | 'pythia', log: (line: Record<string, unknown>) => void): Promise<number> {
+export async function runCudaChecks(
+  scale: 'small' | 'pythia',
+  log: (line: Record<string, unknown>) => void,
+): Promise<number> {
   let failed = 0;
   for (const c of cudaCases(scale)) {
     for (const p of ['f32', 'mixed'] as const) {
@@ -295,7 +441,7 @@ function patternBatch(step: number, batchSize: number, seqLen: number, vocab: nu
     let b = (r * 71 + step * 29) % 512;
     for (let t = 0; t <= seqLen; t++) {
       s = (Math.imul(s, 1103515245) + 12345) >>> 0;
-      const next = (s >>> 24) < 20 ? (s >>> 8) % 512 : (a * 7 + b * 3 + 11) % 512;
+      const next = s >>> 24 < 20 ? (s >>> 8) % 512 : (a * 7 + b * 3 + 11) % 512;
       if (t < seqLen) input[r * seqLen + t] = b;
       if (t > 0) target[r * seqLen + t - 1] = b;
       a = b;
@@ -306,7 +452,12 @@ function patternBatch(step: number, batchSize: number, seqLen: number, vocab: nu
 }
 
 /** Loss and every parameter's gradient of a freshly initialised model on one batch, on `backend` at `precision`. */
-async function modelGradients(config: NeoXConfig, batch: Batch, backend: 'cuda' | 'webgpu', precision: Precision): Promise<{ loss: number; grads: Map<string, Float32Array> }> {
+async function modelGradients(
+  config: NeoXConfig,
+  batch: Batch,
+  backend: 'cuda' | 'webgpu',
+  precision: Precision,
+): Promise<{ loss: number; grads: Map<string, Float32Array> }> {
   await initBackend(backend, () => {});
   setPrecision(precision);
   try {
@@ -329,12 +480,19 @@ async function modelGradients(config: NeoXConfig, batch: Batch, backend: 'cuda' 
  * A Pythia-70M-shaped model's loss and every gradient on the cuda backend, in f32 and in mixed
  * precision, against the webgpu backend's f32 kernels on the same card.
  */
-export async function modelGradientChecks(batchSize: number, seqLen: number, log: (line: Record<string, unknown>) => void): Promise<number> {
+export async function modelGradientChecks(
+  batchSize: number,
+  seqLen: number,
+  log: (line: Record<string, unknown>) => void,
+): Promise<number> {
   const config = presetConfig('pythia-70m', 50304);
   const batch = patternBatch(0, batchSize, seqLen, config.vocabSize);
   const ref = await modelGradients(config, batch, 'webgpu', 'f32');
   let failed = 0;
-  for (const [precision, tol] of [['f32', 1e-3], ['mixed', 5e-2]] as const) {
+  for (const [precision, tol] of [
+    ['f32', 1e-3],
+    ['mixed', 5e-2],
+  ] as const) {
     const got = await modelGradients(config, batch, 'cuda', precision);
     let worst = { name: '', err: -1 };
     for (const [name, g] of ref.grads) {
@@ -344,13 +502,28 @@ export async function modelGradientChecks(batchSize: number, seqLen: number, log
     const lossDiff = Math.abs(got.loss - ref.loss);
     const ok = lossDiff < (precision === 'f32' ? 1e-3 : 2e-2) && worst.err < tol;
     if (!ok) failed++;
-    log({ name: `pythia-70m model, batch ${batchSize} × ${seqLen}: loss and every gradient vs webgpu f32`, precision, ok, loss: got.loss, referenceLoss: ref.loss, lossDiff, worstGradient: worst, tol });
+    log({
+      name: `pythia-70m model, batch ${batchSize} × ${seqLen}: loss and every gradient vs webgpu f32`,
+      precision,
+      ok,
+      loss: got.loss,
+      referenceLoss: ref.loss,
+      lossDiff,
+      worstGradient: worst,
+      tol,
+    });
   }
   return failed;
 }
 
 /** Losses of `steps` training steps of a Pythia-70M-shaped model from the same init and data. */
-async function lossCurve(backend: 'cuda' | 'webgpu', precision: Precision, steps: number, batchSize: number, seqLen: number): Promise<number[]> {
+async function lossCurve(
+  backend: 'cuda' | 'webgpu',
+  precision: Precision,
+  steps: number,
+  batchSize: number,
+  seqLen: number,
+): Promise<number[]> {
   await initBackend(backend, () => {});
   setPrecision(precision);
   try {
@@ -377,7 +550,12 @@ async function lossCurve(backend: 'cuda' | 'webgpu', precision: Precision, steps
  * below 0.05 nats and no step apart by more than 0.25 (bf16 products move single steps; the curves
  * must not drift apart).
  */
-export async function curveCheck(steps: number, batchSize: number, seqLen: number, log: (line: Record<string, unknown>) => void): Promise<number> {
+export async function curveCheck(
+  steps: number,
+  batchSize: number,
+  seqLen: number,
+  log: (line: Record<string, unknown>) => void,
+): Promise<number> {
   const ref = await lossCurve('webgpu', 'f32', steps, batchSize, seqLen);
   const got = await lossCurve('cuda', 'mixed', steps, batchSize, seqLen);
   const diffs = got.map((l, i) => Math.abs(l - ref[i]));
@@ -402,7 +580,9 @@ export async function curveCheck(steps: number, batchSize: number, seqLen: numbe
 export async function parityChecks(fixtures: string, log: (line: Record<string, unknown>) => void): Promise<number> {
   await initBackend('cuda', () => {});
   let failed = 0;
-  for (const name of fs.readdirSync(fixtures).filter((n) => fs.existsSync(path.join(fixtures, n, 'reference.safetensors')))) {
+  for (const name of fs
+    .readdirSync(fixtures)
+    .filter((n) => fs.existsSync(path.join(fixtures, n, 'reference.safetensors')))) {
     const dir = path.join(fixtures, name);
     const ckpt = loadCheckpoint(dir);
     const ref = readSafetensors(path.join(dir, 'reference.safetensors')).tensors;
@@ -411,7 +591,9 @@ export async function parityChecks(fixtures: string, log: (line: Record<string, 
     for (const precision of ['f32', 'mixed'] as const) {
       setPrecision(precision);
       const model = GPTNeoX.fromTensors(ckpt.config, ckpt.tensors, dir);
-      const logits = tf.tidy(() => model.logits(tf.tensor2d(ids.data as Int32Array, ids.shape as [number, number], 'int32')));
+      const logits = tf.tidy(() =>
+        model.logits(tf.tensor2d(ids.data as Int32Array, ids.shape as [number, number], 'int32')),
+      );
       const got = (await logits.data()) as Float32Array;
       let maxAbs = 0;
       for (let i = 0; i < expected.length; i++) maxAbs = Math.max(maxAbs, Math.abs(got[i] - expected[i]));
@@ -420,7 +602,13 @@ export async function parityChecks(fixtures: string, log: (line: Record<string, 
       setPrecision(null);
       const ok = precision === 'mixed' || maxAbs < 1e-4;
       if (!ok) failed++;
-      log({ name: `transformers' logits: ${name}`, precision, ok, maxAbsDiff: maxAbs, ...(precision === 'f32' ? { tol: 1e-4 } : {}) });
+      log({
+        name: `transformers' logits: ${name}`,
+        precision,
+        ok,
+        maxAbsDiff: maxAbs,
+        ...(precision === 'f32' ? { tol: 1e-4 } : {}),
+      });
     }
   }
   return failed;

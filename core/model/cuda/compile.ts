@@ -32,7 +32,11 @@ function cacheDir(): string {
 }
 
 /** What goes into a compile and its cache key: the source, every shared header, the options. */
-function compileInputs(file: string, arch: string, libs: CudaLibraries): { source: string; options: string[]; key: string } {
+function compileInputs(
+  file: string,
+  arch: string,
+  libs: CudaLibraries,
+): { source: string; options: string[]; key: string } {
   const source = fs.readFileSync(path.join(KERNEL_DIR, `${file}.cu`), 'utf8');
   const headers = fs
     .readdirSync(KERNEL_DIR)
@@ -41,7 +45,8 @@ function compileInputs(file: string, arch: string, libs: CudaLibraries): { sourc
     .map((f) => `${f}\n${fs.readFileSync(path.join(KERNEL_DIR, f), 'utf8')}`);
   const options = [`--gpu-architecture=${arch}`, '--std=c++17', '-DNDEBUG', `-I${KERNEL_DIR}`, `-I${libs.include}`];
   const hash = createHash('sha256');
-  for (const part of [source, ...headers, ...options.filter((o) => !o.startsWith('-I')), libs.versions]) hash.update(part).update('\0');
+  for (const part of [source, ...headers, ...options.filter((o) => !o.startsWith('-I')), libs.versions])
+    hash.update(part).update('\0');
   return { source, options, key: `${file}-${arch}-${hash.digest('hex').slice(0, 16)}` };
 }
 
@@ -103,4 +108,3 @@ export function nvrtcVersion(libs: Libraries): string {
   check(libs, 'nvrtcVersion', libs.fn.nvrtcVersion(major, minor));
   return `${major[0]}.${minor[0]}`;
 }
-

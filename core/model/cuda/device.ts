@@ -21,7 +21,13 @@ export class CudaUnavailable extends Error {
  * A kernel argument: a device pointer, a 32-bit int or unsigned, a float, a 64-bit int, or the bytes
  * of a struct passed by value (laid out as the kernel declares it; see `struct32`).
  */
-export type KernelArg = ['p', number] | ['i', number] | ['u', number] | ['f', number] | ['l', number] | ['b', Uint8Array];
+export type KernelArg =
+  | ['p', number]
+  | ['i', number]
+  | ['u', number]
+  | ['f', number]
+  | ['l', number]
+  | ['b', Uint8Array];
 
 /** The bytes of a struct of 32-bit fields (ints, or floats given as such) passed by value. */
 export function struct32(fields: ArrayLike<number>, floats = false): ['b', Uint8Array] {
@@ -179,7 +185,8 @@ export class CudaDevice {
       throw new CudaUnavailable(`could not load the CUDA libraries: ${msg.split('\n')[0]}`);
     }
     const status = libs.fn.cuInit(0);
-    if (status !== 0) throw new CudaUnavailable(`cuInit failed: ${libs.statusName('cuInit', Number(status))} (no usable GPU)`);
+    if (status !== 0)
+      throw new CudaUnavailable(`cuInit failed: ${libs.statusName('cuInit', Number(status))} (no usable GPU)`);
     const count: [number] = [0];
     check(libs, 'cuDeviceGetCount', libs.fn.cuDeviceGetCount(count));
     if (count[0] === 0) throw new CudaUnavailable('the driver sees no GPU');
@@ -251,12 +258,28 @@ export class CudaDevice {
     if (grid[0] < 1 || grid[1] < 1 || grid[2] < 1) return;
     if (sharedBytes > DEFAULT_SHARED && (this.sharedAllowed.get(fn) ?? DEFAULT_SHARED) < sharedBytes) {
       // Past 48 KiB a kernel must opt in to more dynamic shared memory (up to the device's limit).
-      if (sharedBytes > this.maxSharedOptin) throw new Error(`kernel launch needs ${sharedBytes} bytes of shared memory; the device allows ${this.maxSharedOptin}`);
+      if (sharedBytes > this.maxSharedOptin)
+        throw new Error(
+          `kernel launch needs ${sharedBytes} bytes of shared memory; the device allows ${this.maxSharedOptin}`,
+        );
       check(this.libs, 'cuFuncSetAttribute', this.libs.fn.cuFuncSetAttribute(fn, MAX_SHARED_ATTR, sharedBytes));
       this.sharedAllowed.set(fn, sharedBytes);
     }
-    const status = this.libs.fn.cuLaunchKernel(fn, grid[0], grid[1], grid[2], block[0], block[1], block[2], sharedBytes, this.stream, this.argTable, null);
-    if (status !== 0) throw new CudaError('cuLaunchKernel', Number(status), this.libs.statusName('cuLaunchKernel', Number(status)));
+    const status = this.libs.fn.cuLaunchKernel(
+      fn,
+      grid[0],
+      grid[1],
+      grid[2],
+      block[0],
+      block[1],
+      block[2],
+      sharedBytes,
+      this.stream,
+      this.argTable,
+      null,
+    );
+    if (status !== 0)
+      throw new CudaError('cuLaunchKernel', Number(status), this.libs.statusName('cuLaunchKernel', Number(status)));
     this.launches++;
   }
 
@@ -281,7 +304,11 @@ export class CudaDevice {
   }
 
   /** GPU time per name since beginProfile, largest first. */
-  async endProfile(): Promise<{ totalMs: number; launches: number; byName: Array<{ name: string; ms: number; count: number }> }> {
+  async endProfile(): Promise<{
+    totalMs: number;
+    launches: number;
+    byName: Array<{ name: string; ms: number; count: number }>;
+  }> {
     const p = this.profiling ?? [];
     this.profiling = null;
     await this.idle();
@@ -322,7 +349,8 @@ export class CudaDevice {
   }
 
   copy(dst: number, src: number, bytes: number): void {
-    if (bytes > 0) check(this.libs, 'cuMemcpyDtoDAsync_v2', this.libs.fn.cuMemcpyDtoDAsync_v2(dst, src, bytes, this.stream));
+    if (bytes > 0)
+      check(this.libs, 'cuMemcpyDtoDAsync_v2', this.libs.fn.cuMemcpyDtoDAsync_v2(dst, src, bytes, this.stream));
   }
 
   /**
@@ -334,14 +362,21 @@ export class CudaDevice {
     const bytes = data.byteLength;
     if (bytes === 0) return;
     const src = new Uint8Array(data.buffer, data.byteOffset, bytes);
-    if (this.capturing && bytes !== 4) throw new Error(`an upload of ${bytes} bytes during a CUDA graph capture (only single 32-bit constants can be captured)`);
+    if (this.capturing && bytes !== 4)
+      throw new Error(
+        `an upload of ${bytes} bytes during a CUDA graph capture (only single 32-bit constants can be captured)`,
+      );
     if (bytes === 4) {
       this.fill32(dst, new DataView(src.buffer, src.byteOffset, 4).getUint32(0, true), 1);
       return;
     }
     const at = this.stage(bytes);
     this.upload.view.set(src, at);
-    check(this.libs, 'cuMemcpyHtoDAsync_v2', this.libs.fn.cuMemcpyHtoDAsync_v2(dst, this.upload.address + at, bytes, this.stream));
+    check(
+      this.libs,
+      'cuMemcpyHtoDAsync_v2',
+      this.libs.fn.cuMemcpyHtoDAsync_v2(dst, this.upload.address + at, bytes, this.stream),
+    );
     const ev = this.event();
     this.record(ev);
     this.staged.push({ start: at, end: at + bytes, ev });
@@ -358,9 +393,16 @@ export class CudaDevice {
       return;
     }
     const arena = this.constantArena;
-    if (!arena || arena.used + data.byteLength > arena.buffer.bytes) throw new Error(`constants of a captured step exceed the graph's ${arena?.buffer.bytes ?? 0} bytes of pinned memory`);
+    if (!arena || arena.used + data.byteLength > arena.buffer.bytes)
+      throw new Error(
+        `constants of a captured step exceed the graph's ${arena?.buffer.bytes ?? 0} bytes of pinned memory`,
+      );
     arena.buffer.view.set(data, arena.used);
-    check(this.libs, 'cuMemcpyHtoDAsync_v2', this.libs.fn.cuMemcpyHtoDAsync_v2(dst, arena.buffer.address + arena.used, data.byteLength, this.stream));
+    check(
+      this.libs,
+      'cuMemcpyHtoDAsync_v2',
+      this.libs.fn.cuMemcpyHtoDAsync_v2(dst, arena.buffer.address + arena.used, data.byteLength, this.stream),
+    );
     arena.used += Math.ceil(data.byteLength / 256) * 256;
   }
 
@@ -395,7 +437,8 @@ export class CudaDevice {
       this.releaseEvent(s.ev);
     }
     // Completed copies need no tracking.
-    while (this.staged.length > 0 && this.libs.fn.cuEventQuery(this.staged[0].ev) === 0) this.releaseEvent(this.staged.shift()!.ev);
+    while (this.staged.length > 0 && this.libs.fn.cuEventQuery(this.staged[0].ev) === 0)
+      this.releaseEvent(this.staged.shift()!.ev);
     this.stagingHead = at + aligned;
     return at;
   }
@@ -405,7 +448,11 @@ export class CudaDevice {
     const out = new Uint8Array(bytes);
     if (bytes === 0) return out;
     this.download.ensure(bytes);
-    check(this.libs, 'cuMemcpyDtoHAsync_v2', this.libs.fn.cuMemcpyDtoHAsync_v2(this.download.address, src, bytes, this.stream));
+    check(
+      this.libs,
+      'cuMemcpyDtoHAsync_v2',
+      this.libs.fn.cuMemcpyDtoHAsync_v2(this.download.address, src, bytes, this.stream),
+    );
     this.synchronize();
     out.set(this.download.view.subarray(0, bytes));
     return out;

@@ -14,11 +14,20 @@ import { rowGrid } from './layout.js';
 const DIRECTION: Record<KLDirection, number> = { forward: 0, reverse: 1, symmetric: 2 };
 
 /** The KD struct of kernels/distill.cu: four ints, four floats. */
-function kdArgs(N: number, V: number, k: number, direction: KLDirection, alpha: number, temperature: number): KernelArg {
+function kdArgs(
+  N: number,
+  V: number,
+  k: number,
+  direction: KLDirection,
+  alpha: number,
+  temperature: number,
+): KernelArg {
   const bytes = new Uint8Array(32);
   const v = new DataView(bytes.buffer);
   [N, V, k, DIRECTION[direction]].forEach((x, i) => v.setInt32(i * 4, x, true));
-  [alpha, temperature, (1 - alpha) * temperature * temperature, 1 / N].forEach((x, i) => v.setFloat32(16 + i * 4, x, true));
+  [alpha, temperature, (1 - alpha) * temperature * temperature, 1 / N].forEach((x, i) =>
+    v.setFloat32(16 + i * 4, x, true),
+  );
   return ['b', bytes];
 }
 
@@ -27,7 +36,14 @@ export function topKSupported(k: number): boolean {
   return k >= 1 && k <= 16384;
 }
 
-export function cudaTopKDistill(logits: tf.Tensor2D, targets: tf.Tensor1D, teacher: TopKTeacher, alpha: number, temperature: number, direction: KLDirection): tf.Scalar {
+export function cudaTopKDistill(
+  logits: tf.Tensor2D,
+  targets: tf.Tensor1D,
+  teacher: TopKTeacher,
+  alpha: number,
+  temperature: number,
+  direction: KLDirection,
+): tf.Scalar {
   const [N, V] = logits.shape;
   const k = teacher.indices.shape[1];
   const u = kdArgs(N, V, k, direction, alpha, temperature);
@@ -46,11 +62,28 @@ export function cudaTopKDistill(logits: tf.Tensor2D, targets: tf.Tensor1D, teach
       d.kernel('distill', 'topk_distill_forward'),
       rowGrid(N),
       BLOCK256,
-      [['p', ptr(rowLoss)], ['p', ptr(lse1)], ['p', ptr(lseT)], ['p', xo.ptr], ['i', ST[xo.storage]], ['p', ptr(targets)], ['p', ptr(tIdx)], ['p', ptr(tLogits)], ['p', ptr(tLogZ)], u],
+      [
+        ['p', ptr(rowLoss)],
+        ['p', ptr(lse1)],
+        ['p', ptr(lseT)],
+        ['p', xo.ptr],
+        ['i', ST[xo.storage]],
+        ['p', ptr(targets)],
+        ['p', ptr(tIdx)],
+        ['p', ptr(tLogits)],
+        ['p', ptr(tLogZ)],
+        u,
+      ],
       2 * k * 4,
     );
     const value = tf.mean(toTensor(rowLoss));
-    save([x, toTensor(lse1), toTensor(lseT), tLogits === teacher.logits ? teacher.logits : toTensor(tLogits), tLogZ === teacher.logNormaliser ? teacher.logNormaliser : toTensor(tLogZ)]);
+    save([
+      x,
+      toTensor(lse1),
+      toTensor(lseT),
+      tLogits === teacher.logits ? teacher.logits : toTensor(tLogits),
+      tLogZ === teacher.logNormaliser ? teacher.logNormaliser : toTensor(tLogZ),
+    ]);
     return {
       value,
       gradFunc: (dy, [xs, l1, lt, tl, tz]) => {
@@ -82,4 +115,3 @@ export function cudaTopKDistill(logits: tf.Tensor2D, targets: tf.Tensor1D, teach
   });
   return op(logits) as tf.Scalar;
 }
-

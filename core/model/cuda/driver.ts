@@ -73,7 +73,10 @@ export const BINDINGS = [
   ['cuda', 'int cuGraphExecDestroy(void* exec)'],
   ['cuda', 'int cuGraphDestroy(void* graph)'],
   ['nvrtc', 'int nvrtcVersion(_Out_ int* major, _Out_ int* minor)'],
-  ['nvrtc', 'int nvrtcCreateProgram(_Out_ void** prog, const char* src, const char* name, int numHeaders, void* headers, void* includeNames)'],
+  [
+    'nvrtc',
+    'int nvrtcCreateProgram(_Out_ void** prog, const char* src, const char* name, int numHeaders, void* headers, void* includeNames)',
+  ],
   ['nvrtc', 'int nvrtcCompileProgram(void* prog, int numOptions, const char** options)'],
   ['nvrtc', 'int nvrtcGetProgramLogSize(void* prog, _Out_ size_t* size)'],
   ['nvrtc', 'int nvrtcGetProgramLog(void* prog, _Out_ uint8_t* log)'],
@@ -85,7 +88,10 @@ export const BINDINGS = [
   ['cublasLt', 'int cublasLtCreate(_Out_ void** handle)'],
   ['cublasLt', 'int cublasLtMatmulDescCreate(_Out_ void** desc, int computeType, int scaleType)'],
   ['cublasLt', 'int cublasLtMatmulDescSetAttribute(void* desc, int attr, void* value, size_t size)'],
-  ['cublasLt', 'int cublasLtMatrixLayoutCreate(_Out_ void** layout, int type, uint64_t rows, uint64_t cols, int64_t ld)'],
+  [
+    'cublasLt',
+    'int cublasLtMatrixLayoutCreate(_Out_ void** layout, int type, uint64_t rows, uint64_t cols, int64_t ld)',
+  ],
   ['cublasLt', 'int cublasLtMatrixLayoutSetAttribute(void* layout, int attr, void* value, size_t size)'],
   ['cublasLt', 'int cublasLtMatmulPreferenceCreate(_Out_ void** pref)'],
   ['cublasLt', 'int cublasLtMatmulPreferenceSetAttribute(void* pref, int attr, void* value, size_t size)'],
@@ -148,7 +154,10 @@ export function symbolOf(prototype: string): string {
  * Loads the libraries and binds every function. `which` limits it (NVRTC alone compiles kernels on
  * a machine without a GPU). libcuda.so.1 is the driver's; the others come from `libs`.
  */
-export function loadLibraries(libs: CudaLibraries, which: readonly LibraryName[] = ['cuda', 'nvrtc', 'cublasLt']): Libraries {
+export function loadLibraries(
+  libs: CudaLibraries,
+  which: readonly LibraryName[] = ['cuda', 'nvrtc', 'cublasLt'],
+): Libraries {
   const k = koffi();
   const handles = new Map<LibraryName, ReturnType<Koffi['load']>>();
   const open = (file: string) => {

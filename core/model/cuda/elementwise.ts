@@ -70,9 +70,32 @@ const BINARY: Record<string, number> = {
   Atan2: 17,
   DivNoNan: 18,
 };
-const COMPARISONS = new Set(['Equal', 'NotEqual', 'Less', 'LessEqual', 'Greater', 'GreaterEqual', 'LogicalAnd', 'LogicalOr']);
+const COMPARISONS = new Set([
+  'Equal',
+  'NotEqual',
+  'Less',
+  'LessEqual',
+  'Greater',
+  'GreaterEqual',
+  'LogicalAnd',
+  'LogicalOr',
+]);
 /** Binary ops the kernel computes exactly on int32 (the others go through the host for int32). */
-const INT_EXACT = new Set(['Add', 'Sub', 'Multiply', 'Maximum', 'Minimum', 'SquaredDifference', 'Equal', 'NotEqual', 'Less', 'LessEqual', 'Greater', 'GreaterEqual', 'FloorDiv']);
+const INT_EXACT = new Set([
+  'Add',
+  'Sub',
+  'Multiply',
+  'Maximum',
+  'Minimum',
+  'SquaredDifference',
+  'Equal',
+  'NotEqual',
+  'Less',
+  'LessEqual',
+  'Greater',
+  'GreaterEqual',
+  'FloorDiv',
+]);
 
 const isFloat = (s: Storage) => s === 'f32' || s === 'bf16';
 
@@ -85,12 +108,22 @@ export function unary(b: CudaBackend, name: string, x: tf.TensorInfo, out: Stora
   const y = b.allocate(x.shape.slice(), dtype, dtype === 'bool' ? 'u8' : out);
   const yo = b.operand(y);
   const d = b.device;
-  d.launch(d.kernel('elementwise', 'unary'), grid1d(xo.size, d), BLOCK256, [['p', yo.ptr], ['i', ST[yo.storage]], ['p', xo.ptr], ['i', ST[xo.storage]], ['l', xo.size], ['i', code]]);
+  d.launch(d.kernel('elementwise', 'unary'), grid1d(xo.size, d), BLOCK256, [
+    ['p', yo.ptr],
+    ['i', ST[yo.storage]],
+    ['p', xo.ptr],
+    ['i', ST[xo.storage]],
+    ['l', xo.size],
+    ['i', code],
+  ]);
   return y;
 }
 
 /** Output shape and per-input strides (0 where it broadcasts), right-aligned to MAX_RANK or fewer dims. */
-export function broadcastStrides(aShape: number[], bShape: number[]): { shape: number[]; dims: number[]; a: number[]; b: number[] } | null {
+export function broadcastStrides(
+  aShape: number[],
+  bShape: number[],
+): { shape: number[]; dims: number[]; a: number[]; b: number[] } | null {
   const shape = tf.backend_util.assertAndGetBroadcastShape(aShape, bShape);
   const rank = shape.length;
   if (rank > MAX_RANK) return null;
@@ -113,12 +146,18 @@ function stridesArg(dims: number[], a: number[], b: number[]): KernelArg {
 }
 
 /** a ∘ b with broadcasting; null when the kernel does not cover the inputs (the host path runs). */
-export function binary(bk: CudaBackend, name: string, a: tf.TensorInfo, b: tf.TensorInfo, out: Storage = 'f32'): tf.TensorInfo | null {
+export function binary(
+  bk: CudaBackend,
+  name: string,
+  a: tf.TensorInfo,
+  b: tf.TensorInfo,
+  out: Storage = 'f32',
+): tf.TensorInfo | null {
   const ao = bk.operand(a);
   const bo = bk.operand(b);
   const ints = ao.storage === 'i32' && bo.storage === 'i32';
   if (ints && !INT_EXACT.has(name)) return null;
-  if (!ints && !(isFloat(ao.storage) || ao.storage === 'u8') ) return null;
+  if (!ints && !(isFloat(ao.storage) || ao.storage === 'u8')) return null;
   if (!ints && !(isFloat(bo.storage) || bo.storage === 'u8')) return null;
   const bs = broadcastStrides(a.shape, b.shape);
   if (!bs) return null;
@@ -147,7 +186,13 @@ export function cast(b: CudaBackend, x: tf.TensorInfo, dtype: tf.DataType, out?:
   const y = b.allocate(x.shape.slice(), dtype, out ?? storageOf(dtype));
   const yo = b.operand(y);
   const d = b.device;
-  d.launch(d.kernel('elementwise', 'cast'), grid1d(xo.size, d), BLOCK256, [['p', yo.ptr], ['i', ST[yo.storage]], ['p', xo.ptr], ['i', ST[xo.storage]], ['l', xo.size]]);
+  d.launch(d.kernel('elementwise', 'cast'), grid1d(xo.size, d), BLOCK256, [
+    ['p', yo.ptr],
+    ['i', ST[yo.storage]],
+    ['p', xo.ptr],
+    ['i', ST[xo.storage]],
+    ['l', xo.size],
+  ]);
   return y;
 }
 
@@ -168,7 +213,13 @@ export function addN(b: CudaBackend, xs: tf.TensorInfo[], out: Storage = 'f32'):
       view.setUint32(j * 8 + 4, Math.floor(o.ptr / 4294967296), true);
       view.setInt32(64 + j * 4, ST[o.storage], true);
     });
-    d.launch(d.kernel('elementwise', 'add_n'), grid1d(yo.size, d), BLOCK256, [['p', yo.ptr], ['i', ST[yo.storage]], ['b', bytes], ['i', ops.length], ['l', yo.size]]);
+    d.launch(d.kernel('elementwise', 'add_n'), grid1d(yo.size, d), BLOCK256, [
+      ['p', yo.ptr],
+      ['i', ST[yo.storage]],
+      ['b', bytes],
+      ['i', ops.length],
+      ['l', yo.size],
+    ]);
     if (acc) b.release(acc);
     acc = y;
   }

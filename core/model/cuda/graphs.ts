@@ -99,7 +99,13 @@ export class GraphRunner {
       // Kept: a caller's tf.tidy must not take the graph's buffers.
       shape = {
         calls: 0,
-        inputs: step.inputs.map((i) => tf.keep(toTensor(this.b.allocate(i.shape, i.dtype, i.data instanceof tf.Tensor ? this.b.storageOf(i.data) : undefined)))),
+        inputs: step.inputs.map((i) =>
+          tf.keep(
+            toTensor(
+              this.b.allocate(i.shape, i.dtype, i.data instanceof tf.Tensor ? this.b.storageOf(i.data) : undefined),
+            ),
+          ),
+        ),
         scalars: tf.keep(toTensor(this.b.allocate([step.scalars.length], 'float32'))),
         stateKey,
       };
@@ -110,7 +116,8 @@ export class GraphRunner {
       if (input.data instanceof Float32Array || input.data instanceof Int32Array) d.write(dst.ptr, input.data);
       else {
         const src = this.b.operand(input.data);
-        if (src.storage !== dst.storage) throw new Error(`a training step's input ${i} changed storage (${dst.storage} to ${src.storage})`);
+        if (src.storage !== dst.storage)
+          throw new Error(`a training step's input ${i} changed storage (${dst.storage} to ${src.storage})`);
         d.copy(dst.ptr, src.ptr, dst.size * bytesPer(dst.storage));
       }
     });
@@ -166,7 +173,9 @@ export class GraphRunner {
       if (graph[0]) d.libs.fn.cuGraphDestroy(graph[0]);
       d.allocator.dissolve(pool);
       constants.free();
-      const why = failure ? (failure as Error).message.split('\n')[0] : `cuStreamEndCapture: ${d.libs.statusName('cuStreamEndCapture', Number(ended))}`;
+      const why = failure
+        ? (failure as Error).message.split('\n')[0]
+        : `cuStreamEndCapture: ${d.libs.statusName('cuStreamEndCapture', Number(ended))}`;
       shape.eager = why;
       this.log(`cuda: steps of this shape run without a CUDA graph: ${why}`);
       return;

@@ -11,7 +11,11 @@ import * as tf from '../tfjs.js';
 import { CUDA_BACKEND, type CudaBackend } from './tfjs-backend.js';
 
 type Inputs = tf.NamedTensorInfoMap | tf.TensorInfo[];
-export type GpuKernel = (inputs: Inputs, attrs: tf.NamedAttrMap, backend: CudaBackend) => tf.TensorInfo | tf.TensorInfo[] | null;
+export type GpuKernel = (
+  inputs: Inputs,
+  attrs: tf.NamedAttrMap,
+  backend: CudaBackend,
+) => tf.TensorInfo | tf.TensorInfo[] | null;
 
 const gpuKernels = new Map<string, GpuKernel>();
 const fallbacks = new Map<string, number>();
@@ -41,7 +45,12 @@ function cpuBackend(): MathBackendCPU {
 }
 
 /** Runs the cpu backend's kernel on host copies of the inputs; the outputs land on the GPU. */
-function viaHost(cpuKernel: tf.KernelConfig, inputs: Inputs, attrs: tf.NamedAttrMap | undefined, backend: CudaBackend): tf.TensorInfo | tf.TensorInfo[] {
+function viaHost(
+  cpuKernel: tf.KernelConfig,
+  inputs: Inputs,
+  attrs: tf.NamedAttrMap | undefined,
+  backend: CudaBackend,
+): tf.TensorInfo | tf.TensorInfo[] {
   fallbacks.set(cpuKernel.kernelName, (fallbacks.get(cpuKernel.kernelName) ?? 0) + 1);
   const host = cpuBackend();
   const made: tf.TensorInfo[] = [];

@@ -18,19 +18,24 @@ export function cudaLayerNorm(x: tf.Tensor2D, weight: tf.Tensor1D, bias: tf.Tens
     const mean = b.allocate([N], 'float32');
     const rstd = b.allocate([N], 'float32');
     const xo = b.operand(xt);
-    d.launch(d.kernel('layer-norm', 'layer_norm_forward'), rowGrid(N), [128, 1, 1], [
-      ['p', b.operand(y).ptr],
-      ['i', ST[b.storageOf(y)]],
-      ['p', b.operand(mean).ptr],
-      ['p', b.operand(rstd).ptr],
-      ['p', xo.ptr],
-      ['i', ST[xo.storage]],
-      ['p', b.operand(wt).ptr],
-      ['p', b.operand(bt).ptr],
-      ['i', N],
-      ['i', D],
-      ['f', eps],
-    ]);
+    d.launch(
+      d.kernel('layer-norm', 'layer_norm_forward'),
+      rowGrid(N),
+      [128, 1, 1],
+      [
+        ['p', b.operand(y).ptr],
+        ['i', ST[b.storageOf(y)]],
+        ['p', b.operand(mean).ptr],
+        ['p', b.operand(rstd).ptr],
+        ['p', xo.ptr],
+        ['i', ST[xo.storage]],
+        ['p', b.operand(wt).ptr],
+        ['p', b.operand(bt).ptr],
+        ['i', N],
+        ['i', D],
+        ['f', eps],
+      ],
+    );
     save([xt, wt, toTensor(mean), toTensor(rstd)]);
     return {
       value: toTensor(y),

@@ -26,16 +26,35 @@ function contiguous(shape: number[]): number[] {
  * Copies a block of `dim` elements from x (strides inStride, from inOffset) into y (strides
  * outStride, from outOffset). Element size follows x's storage.
  */
-function stridedCopy(b: CudaBackend, y: tf.TensorInfo, x: tf.TensorInfo, dim: number[], inStride: number[], outStride: number[], inOffset = 0, outOffset = 0): void {
+function stridedCopy(
+  b: CudaBackend,
+  y: tf.TensorInfo,
+  x: tf.TensorInfo,
+  dim: number[],
+  inStride: number[],
+  outStride: number[],
+  inOffset = 0,
+  outOffset = 0,
+): void {
   const xo = b.operand(x);
   const yo = b.operand(y);
   const n = dim.reduce((a, c) => a * c, 1);
   if (n === 0) return;
   const rank = Math.max(1, dim.length);
-  const pad = (v: number[], f: number) => [...(v.length ? v : [f]), ...new Array(MAX_RANK - Math.max(1, v.length)).fill(f)];
+  const pad = (v: number[], f: number) => [
+    ...(v.length ? v : [f]),
+    ...new Array(MAX_RANK - Math.max(1, v.length)).fill(f),
+  ];
   const layout = struct32([rank, ...pad(dim, 1), ...pad(inStride, 1), ...pad(outStride, 1)]);
   const d = b.device;
-  d.launch(d.kernel('layout', `copy_strided_${bytesPer(xo.storage)}`), grid1d(n, d), BLOCK256, [['p', yo.ptr], ['p', xo.ptr], ['l', n], layout, ['l', inOffset], ['l', outOffset]]);
+  d.launch(d.kernel('layout', `copy_strided_${bytesPer(xo.storage)}`), grid1d(n, d), BLOCK256, [
+    ['p', yo.ptr],
+    ['p', xo.ptr],
+    ['l', n],
+    layout,
+    ['l', inOffset],
+    ['l', outOffset],
+  ]);
 }
 
 export function transpose(b: CudaBackend, x: tf.TensorInfo, perm: number[]): tf.TensorInfo | null {
@@ -43,7 +62,14 @@ export function transpose(b: CudaBackend, x: tf.TensorInfo, perm: number[]): tf.
   const shape = perm.map((p) => x.shape[p]);
   const y = b.allocate(shape, x.dtype, b.storageOf(x));
   const inStrides = contiguous(x.shape);
-  stridedCopy(b, y, x, shape, perm.map((p) => inStrides[p]), contiguous(shape));
+  stridedCopy(
+    b,
+    y,
+    x,
+    shape,
+    perm.map((p) => inStrides[p]),
+    contiguous(shape),
+  );
   return y;
 }
 
@@ -107,7 +133,14 @@ export function rowGrid(rows: number): Dim3 {
 const REDUCE: Record<string, number> = { Sum: 0, Mean: 1, Max: 2, Min: 3, Prod: 4 };
 
 /** x reduced over `axis` (tfjs's reduction attrs); f32 inputs or bf16, f32 output. */
-function reduce(b: CudaBackend, op: string, x: tf.TensorInfo, axis: number | number[], keepDims: boolean, arg = false): tf.TensorInfo | null {
+function reduce(
+  b: CudaBackend,
+  op: string,
+  x: tf.TensorInfo,
+  axis: number | number[],
+  keepDims: boolean,
+  arg = false,
+): tf.TensorInfo | null {
   const st = b.storageOf(x);
   if (st !== 'f32' && st !== 'bf16') return null;
   const rank = x.shape.length;
@@ -123,13 +156,29 @@ function reduce(b: CudaBackend, op: string, x: tf.TensorInfo, axis: number | num
   const [outShape, reduceShape] = tf.backend_util.computeOutAndReduceShapes(src.shape, axes);
   const rows = tf.util.sizeFromShape(outShape);
   const cols = tf.util.sizeFromShape(reduceShape);
-  const shape = keepDims ? tf.backend_util.expandShapeToKeepDim(outShape, tf.util.parseAxisParam(axis, x.shape)) : outShape;
+  const shape = keepDims
+    ? tf.backend_util.expandShapeToKeepDim(outShape, tf.util.parseAxisParam(axis, x.shape))
+    : outShape;
   const y = b.allocate(shape, arg ? 'int32' : 'float32');
   const d = b.device;
   if (arg) {
-    d.launch(d.kernel('layout', 'arg_reduce_rows'), rowGrid(rows), BLOCK256, [['p', b.operand(y).ptr], ['p', b.operand(src).ptr], ['i', ST[b.storageOf(src)]], ['i', rows], ['i', cols], ['i', op === 'ArgMax' ? 0 : 1]]);
+    d.launch(d.kernel('layout', 'arg_reduce_rows'), rowGrid(rows), BLOCK256, [
+      ['p', b.operand(y).ptr],
+      ['p', b.operand(src).ptr],
+      ['i', ST[b.storageOf(src)]],
+      ['i', rows],
+      ['i', cols],
+      ['i', op === 'ArgMax' ? 0 : 1],
+    ]);
   } else {
-    d.launch(d.kernel('layout', 'reduce_rows'), rowGrid(rows), BLOCK256, [['p', b.operand(y).ptr], ['p', b.operand(src).ptr], ['i', ST[b.storageOf(src)]], ['i', rows], ['i', cols], ['i', REDUCE[op]]]);
+    d.launch(d.kernel('layout', 'reduce_rows'), rowGrid(rows), BLOCK256, [
+      ['p', b.operand(y).ptr],
+      ['p', b.operand(src).ptr],
+      ['i', ST[b.storageOf(src)]],
+      ['i', rows],
+      ['i', cols],
+      ['i', REDUCE[op]],
+    ]);
   }
   if (src !== x) b.release(src);
   return y;
@@ -148,7 +197,9 @@ gpuKernel(tf.Slice, (inputs, attrs, b) => {
 });
 
 gpuKernel(tf.Concat, (inputs, attrs, b) => {
-  const xs = (Array.isArray(inputs) ? inputs : Object.values(inputs as Record<string, tf.TensorInfo>)).filter((t) => tf.util.sizeFromShape(t.shape) > 0);
+  const xs = (Array.isArray(inputs) ? inputs : Object.values(inputs as Record<string, tf.TensorInfo>)).filter(
+    (t) => tf.util.sizeFromShape(t.shape) > 0,
+  );
   if (xs.length === 0) return null;
   const axis = tf.util.parseAxisParam(attrs.axis as number, xs[0].shape)[0];
   return concat(b, xs, axis);
@@ -160,13 +211,28 @@ gpuKernel(tf.GatherV2, (inputs, attrs, b) => {
   const x = input(inputs);
   const idx = input(inputs, 'indices');
   const axis = tf.util.parseAxisParam(attrs.axis as number, x.shape)[0];
-  if (axis !== 0 || (attrs.batchDims as number) !== 0 || idx.dtype !== 'int32' || b.storageOf(x) === 'bf16' || b.storageOf(x) === 'u8') return null;
+  if (
+    axis !== 0 ||
+    (attrs.batchDims as number) !== 0 ||
+    idx.dtype !== 'int32' ||
+    b.storageOf(x) === 'bf16' ||
+    b.storageOf(x) === 'u8'
+  )
+    return null;
   return gatherRows(b, x, idx);
 });
 
 for (const op of Object.keys(REDUCE)) {
   // Max names its axes reductionIndices; the others, axis.
-  gpuKernel(op, (inputs, attrs, b) => reduce(b, op, input(inputs), (attrs.axis ?? attrs.reductionIndices) as number | number[], attrs.keepDims as boolean));
+  gpuKernel(op, (inputs, attrs, b) =>
+    reduce(
+      b,
+      op,
+      input(inputs),
+      (attrs.axis ?? attrs.reductionIndices) as number | number[],
+      attrs.keepDims as boolean,
+    ),
+  );
 }
 for (const op of ['ArgMax', 'ArgMin']) {
   gpuKernel(op, (inputs, attrs, b) => reduce(b, op, input(inputs), attrs.axis as number, false, true));

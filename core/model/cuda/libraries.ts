@@ -36,7 +36,11 @@ export function findCudaLibraries(): CudaLibraries {
   const home = cudaHome();
   const lib = path.join(home, 'lib');
   const include = path.join(home, 'include');
-  const needed = [path.join(lib, 'libnvrtc.so.13'), path.join(lib, 'libnvrtc-builtins.so.13.0'), path.join(include, 'cuda_bf16.h')];
+  const needed = [
+    path.join(lib, 'libnvrtc.so.13'),
+    path.join(lib, 'libnvrtc-builtins.so.13.0'),
+    path.join(include, 'cuda_bf16.h'),
+  ];
   const missing = needed.filter((f) => !fs.existsSync(f));
   if (missing.length > 0) {
     throw new CudaLibrariesMissing(
@@ -45,6 +49,8 @@ export function findCudaLibraries(): CudaLibraries {
     );
   }
   const versionsFile = path.join(home, 'versions');
-  const versions = fs.existsSync(versionsFile) ? fs.readFileSync(versionsFile, 'utf8').trim().split('\n').join(', ') : home;
+  const versions = fs.existsSync(versionsFile)
+    ? fs.readFileSync(versionsFile, 'utf8').trim().split('\n').join(', ')
+    : home;
   return { lib, include, versions };
 }

@@ -15,7 +15,14 @@ import type { Storage } from './storage.js';
 import type { CudaBackend } from './tfjs-backend.js';
 
 /** db[C] = Σ_rows g [N, C]; with `z`, g = da · gelu'(z) is also written to a new dz (returned). */
-export function columnSums(b: CudaBackend, g: tf.TensorInfo, N: number, C: number, z?: tf.TensorInfo, dzStorage: Storage = 'f32'): { sum: tf.TensorInfo; dz?: tf.TensorInfo } {
+export function columnSums(
+  b: CudaBackend,
+  g: tf.TensorInfo,
+  N: number,
+  C: number,
+  z?: tf.TensorInfo,
+  dzStorage: Storage = 'f32',
+): { sum: tf.TensorInfo; dz?: tf.TensorInfo } {
   const d = b.device;
   const rowsPerChunk = Math.max(32, Math.ceil(N / 64));
   const chunks = Math.ceil(N / rowsPerChunk);
@@ -24,26 +31,37 @@ export function columnSums(b: CudaBackend, g: tf.TensorInfo, N: number, C: numbe
   const go = b.operand(g);
   const zo = z ? b.operand(z) : go;
   const dzo = dz ? b.operand(dz) : go;
-  d.launch(d.kernel('linear', 'colsum_partial'), [Math.ceil(C / 32), chunks, 1], [32, 8, 1], [
-    ['p', b.operand(partial).ptr],
-    ['p', dzo.ptr],
-    ['i', ST[dzo.storage]],
-    ['p', go.ptr],
-    ['i', ST[go.storage]],
-    ['p', zo.ptr],
-    ['i', ST[zo.storage]],
-    ['i', N],
-    ['i', C],
-    ['i', rowsPerChunk],
-    ['i', z ? 1 : 0],
-  ]);
+  d.launch(
+    d.kernel('linear', 'colsum_partial'),
+    [Math.ceil(C / 32), chunks, 1],
+    [32, 8, 1],
+    [
+      ['p', b.operand(partial).ptr],
+      ['p', dzo.ptr],
+      ['i', ST[dzo.storage]],
+      ['p', go.ptr],
+      ['i', ST[go.storage]],
+      ['p', zo.ptr],
+      ['i', ST[zo.storage]],
+      ['i', N],
+      ['i', C],
+      ['i', rowsPerChunk],
+      ['i', z ? 1 : 0],
+    ],
+  );
   const [sum] = sumPartials(b, partial, chunks, C);
   b.release(partial);
   return { sum, dz };
 }
 
 /** Σ over the rows of partial [G, C] → [C] (f32), in order; with `partialB`, its sums too, in the same launch. */
-export function sumPartials(b: CudaBackend, partial: tf.TensorInfo, G: number, C: number, partialB?: tf.TensorInfo): tf.TensorInfo[] {
+export function sumPartials(
+  b: CudaBackend,
+  partial: tf.TensorInfo,
+  G: number,
+  C: number,
+  partialB?: tf.TensorInfo,
+): tf.TensorInfo[] {
   const out = b.allocate([C], 'float32');
   const outB = partialB ? b.allocate([C], 'float32') : undefined;
   const d = b.device;
@@ -62,7 +80,14 @@ export function sumPartials(b: CudaBackend, partial: tf.TensorInfo, G: number, C
 let f32BiasWithBf16 = true;
 
 /** c = a · op(b) + bias, with the f32 bias as it is where cuBLASLt takes it, else converted to c's storage. */
-function biasedProduct(b: CudaBackend, g: Gemm, a: tf.TensorInfo, w: tf.TensorInfo, c: tf.TensorInfo, bias: tf.TensorInfo): void {
+function biasedProduct(
+  b: CudaBackend,
+  g: Gemm,
+  a: tf.TensorInfo,
+  w: tf.TensorInfo,
+  c: tf.TensorInfo,
+  bias: tf.TensorInfo,
+): void {
   const gemm = blas(b.device);
   const ptr = (t: tf.TensorInfo) => b.operand(t).ptr;
   if (g.cType === b.storageOf(bias) || (g.cType === 'bf16' && f32BiasWithBf16)) {
@@ -80,7 +105,12 @@ function biasedProduct(b: CudaBackend, g: Gemm, a: tf.TensorInfo, w: tf.TensorIn
 }
 
 /** x [N, in] · weightᵀ ([out, in]) + bias, then GELU when asked; gradients for all three. */
-export function cudaLinear(x: tf.Tensor2D, weight: tf.Tensor2D, bias: tf.Tensor1D, activation: 'none' | 'gelu' = 'none'): tf.Tensor2D {
+export function cudaLinear(
+  x: tf.Tensor2D,
+  weight: tf.Tensor2D,
+  bias: tf.Tensor1D,
+  activation: 'none' | 'gelu' = 'none',
+): tf.Tensor2D {
   const [N, inF] = x.shape;
   const outF = weight.shape[0];
   const op = customOp(([xt, wt, bt], save, b) => {
@@ -89,7 +119,14 @@ export function cudaLinear(x: tf.Tensor2D, weight: tf.Tensor2D, bias: tf.Tensor1
     const xa = asStorage(b, xt, act);
     const wa = act === 'bf16' ? bf16Weight(b, wt) : wt;
     const z = b.allocate([N, outF], 'float32', act);
-    biasedProduct(b, { M: N, N: outF, K: inF, transB: true, aType: act, bType: act, cType: act, bias: true }, xa, wa, z, bt);
+    biasedProduct(
+      b,
+      { M: N, N: outF, K: inF, transB: true, aType: act, bType: act, cType: act, bias: true },
+      xa,
+      wa,
+      z,
+      bt,
+    );
     let value = z;
     if (activation === 'gelu') value = unary(b, 'Gelu', z, act);
     // Saved: the product's inputs as the backward's products read them (their copies become tensors).
@@ -104,9 +141,19 @@ export function cudaLinear(x: tf.Tensor2D, weight: tf.Tensor2D, bias: tf.Tensor1
         const g = dz ?? dy;
         const ga = asStorage(b, g, act);
         const dx = b.allocate([N, inF], 'float32');
-        gemm.matmul({ M: N, N: inF, K: outF, aType: act, bType: act, cType: 'f32' }, b.operand(ga).ptr, b.operand(wsv).ptr, b.operand(dx).ptr);
+        gemm.matmul(
+          { M: N, N: inF, K: outF, aType: act, bType: act, cType: 'f32' },
+          b.operand(ga).ptr,
+          b.operand(wsv).ptr,
+          b.operand(dx).ptr,
+        );
         const dw = b.allocate([outF, inF], 'float32');
-        gemm.matmul({ M: outF, N: inF, K: N, transA: true, aType: act, bType: act, cType: 'f32' }, b.operand(ga).ptr, b.operand(xsv).ptr, b.operand(dw).ptr);
+        gemm.matmul(
+          { M: outF, N: inF, K: N, transA: true, aType: act, bType: act, cType: 'f32' },
+          b.operand(ga).ptr,
+          b.operand(xsv).ptr,
+          b.operand(dw).ptr,
+        );
         releaseCopies(b, [[g, ga]]);
         if (dz) b.release(dz);
         return [toTensor(dx), toTensor(dw), toTensor(db)];
@@ -126,16 +173,31 @@ export function cudaMatMulNT(a: tf.Tensor2D, bMat: tf.Tensor2D): tf.Tensor2D {
     const aa = asStorage(b, at, act);
     const ba = act === 'bf16' ? bf16Weight(b, bt) : bt;
     const c = b.allocate([M, N], 'float32', act);
-    gemm.matmul({ M, N, K, transB: true, aType: act, bType: act, cType: act }, b.operand(aa).ptr, b.operand(ba).ptr, b.operand(c).ptr);
+    gemm.matmul(
+      { M, N, K, transB: true, aType: act, bType: act, cType: act },
+      b.operand(aa).ptr,
+      b.operand(ba).ptr,
+      b.operand(c).ptr,
+    );
     save([aa === at ? at : toTensor(aa), ba]);
     return {
       value: toTensor(c),
       gradFunc: (dy, [as, bs]) => {
         const g = asStorage(b, dy, act);
         const da = b.allocate([M, K], 'float32');
-        gemm.matmul({ M, N: K, K: N, aType: act, bType: act, cType: 'f32' }, b.operand(g).ptr, b.operand(bs).ptr, b.operand(da).ptr);
+        gemm.matmul(
+          { M, N: K, K: N, aType: act, bType: act, cType: 'f32' },
+          b.operand(g).ptr,
+          b.operand(bs).ptr,
+          b.operand(da).ptr,
+        );
         const db = b.allocate([N, K], 'float32');
-        gemm.matmul({ M: N, N: K, K: M, transA: true, aType: act, bType: act, cType: 'f32' }, b.operand(g).ptr, b.operand(as).ptr, b.operand(db).ptr);
+        gemm.matmul(
+          { M: N, N: K, K: M, transA: true, aType: act, bType: act, cType: 'f32' },
+          b.operand(g).ptr,
+          b.operand(as).ptr,
+          b.operand(db).ptr,
+        );
         releaseCopies(b, [[dy, g]]);
         return [toTensor(da), toTensor(db)];
       },

@@ -21,7 +21,13 @@ export function blas(device: CudaDevice): Blas {
 }
 
 /** op(a) · op(b) over broadcast batch dims, [..., M, K] × [..., K, N] → [..., M, N] in f32. */
-export function batchMatMul(b: CudaBackend, a: tf.TensorInfo, bt: tf.TensorInfo, transA: boolean, transB: boolean): tf.TensorInfo | null {
+export function batchMatMul(
+  b: CudaBackend,
+  a: tf.TensorInfo,
+  bt: tf.TensorInfo,
+  transA: boolean,
+  transB: boolean,
+): tf.TensorInfo | null {
   const ra = a.shape.length;
   const rb = bt.shape.length;
   if (ra < 2 || rb < 2) return null;
@@ -40,7 +46,20 @@ export function batchMatMul(b: CudaBackend, a: tf.TensorInfo, bt: tf.TensorInfo,
     if (K === 0) b.device.zero(b.operand(y).ptr, M * N * batch * 4);
     else {
       blas(b.device).matmul(
-        { M, N, K, transA, transB, batch, strideA: batchA === 1 ? 0 : M * K, strideB: batchB === 1 ? 0 : K * N, strideC: M * N, aType: 'f32', bType: 'f32', cType: 'f32' },
+        {
+          M,
+          N,
+          K,
+          transA,
+          transB,
+          batch,
+          strideA: batchA === 1 ? 0 : M * K,
+          strideB: batchB === 1 ? 0 : K * N,
+          strideC: M * N,
+          aType: 'f32',
+          bType: 'f32',
+          cType: 'f32',
+        },
         b.operand(af).ptr,
         b.operand(bf).ptr,
         b.operand(y).ptr,

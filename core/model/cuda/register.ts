@@ -63,6 +63,12 @@ runTrainingStep.register({
     const b = cudaBackendOrThrow();
     let runner = runners.get(b);
     if (!runner) runners.set(b, (runner = new GraphRunner(b)));
-    return runner.run({ key: step.key, inputs: step.inputs, scalars: adamwStepVector(step.optimizer), state: step.state, body: step.body });
+    return runner.run({
+      key: step.key,
+      inputs: step.inputs,
+      scalars: adamwStepVector(step.optimizer),
+      state: step.state,
+      body: step.body,
+    });
   },
 });

@@ -36,7 +36,8 @@ export function f32ToBf16(values: Float32Array): Uint16Array {
   const out = new Uint16Array(values.length);
   for (let i = 0; i < u.length; i++) {
     const x = u[i];
-    if ((x & 0x7f800000) === 0x7f800000 && (x & 0x7fffff) !== 0) out[i] = (x >>> 16) | 0x40; // NaN stays NaN
+    if ((x & 0x7f800000) === 0x7f800000 && (x & 0x7fffff) !== 0)
+      out[i] = (x >>> 16) | 0x40; // NaN stays NaN
     else out[i] = (x + 0x7fff + ((x >>> 16) & 1)) >>> 16;
   }
   return out;

@@ -68,7 +68,13 @@ export class CudaBackend extends tf.KernelBackend {
   override write(values: tf.backend_util.BackendValues, shape: number[], dtype: tf.DataType): object {
     if (dtype === 'string') {
       const dataId = { id: this.nextId++ };
-      this.data.set(dataId, { ptr: 0, storage: 'u8', size: values.length, refCount: 1, strings: values as Uint8Array[] });
+      this.data.set(dataId, {
+        ptr: 0,
+        storage: 'u8',
+        size: values.length,
+        refCount: 1,
+        strings: values as Uint8Array[],
+      });
       this.count++;
       return dataId;
     }
@@ -84,7 +90,13 @@ export class CudaBackend extends tf.KernelBackend {
     return { dataId: this.write(values, shape, dtype), shape, dtype };
   }
 
-  override move(dataId: object, values: tf.backend_util.BackendValues, shape: number[], dtype: tf.DataType, refCount: number): void {
+  override move(
+    dataId: object,
+    values: tf.backend_util.BackendValues,
+    shape: number[],
+    dtype: tf.DataType,
+    refCount: number,
+  ): void {
     const id = this.write(values, shape, dtype);
     const d = this.data.get(id)!;
     this.data.delete(id);
@@ -152,7 +164,12 @@ export class CudaBackend extends tf.KernelBackend {
 
   override memory(): { unreliable: boolean; reasons?: string[] } & Record<string, unknown> {
     const s = this.device.allocator.stats();
-    return { unreliable: false, numBytesInGPU: s.inUse, numBytesInGPUAllocated: s.reserved, peakBytesInGPU: s.peakInUse };
+    return {
+      unreliable: false,
+      numBytesInGPU: s.inUse,
+      numBytesInGPUAllocated: s.reserved,
+      peakBytesInGPU: s.peakInUse,
+    };
   }
 
   override timerAvailable(): boolean {

@@ -28,7 +28,16 @@ export function topK(b: CudaBackend, x: tf.TensorInfo, k: number): tf.TensorInfo
     d.kernel('topk', 'top_k'),
     rowGrid(rows),
     [256, 1, 1],
-    [['p', b.operand(values).ptr], ['p', b.operand(indices).ptr], ['p', b.operand(x).ptr], ['i', ST[st]], ['i', rows], ['i', V], ['i', k], ['i', kPow2]],
+    [
+      ['p', b.operand(values).ptr],
+      ['p', b.operand(indices).ptr],
+      ['p', b.operand(x).ptr],
+      ['i', ST[st]],
+      ['i', rows],
+      ['i', V],
+      ['i', k],
+      ['i', kPow2],
+    ],
     2 * kPow2 * 4,
   );
   return [values, indices];

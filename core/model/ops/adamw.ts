@@ -98,10 +98,20 @@ export class AdamWState {
   async toHost(): Promise<Map<string, HostTensor>> {
     const out = new Map<string, HostTensor>();
     const resident = this.held?.moments.moments() ?? new Map<string, { m: tf.Tensor; v: tf.Tensor }>();
-    for (const [prefix, map] of [['m', this.m], ['v', this.v]] as const) {
-      const all: Array<[string, tf.Tensor]> = [...map, ...[...resident].map(([name, mv]) => [name, mv[prefix]] as [string, tf.Tensor])];
+    for (const [prefix, map] of [
+      ['m', this.m],
+      ['v', this.v],
+    ] as const) {
+      const all: Array<[string, tf.Tensor]> = [
+        ...map,
+        ...[...resident].map(([name, mv]) => [name, mv[prefix]] as [string, tf.Tensor]),
+      ];
       for (const [name, t] of all) {
-        out.set(`${prefix}.${name}`, { dtype: 'float32', shape: t.shape.slice(), data: (await t.data()) as Float32Array });
+        out.set(`${prefix}.${name}`, {
+          dtype: 'float32',
+          shape: t.shape.slice(),
+          data: (await t.data()) as Float32Array,
+        });
       }
     }
     for (const { m, v } of resident.values()) tf.dispose([m, v]);
@@ -112,7 +122,10 @@ export class AdamWState {
   load(which: 'm' | 'v', name: string, t: HostTensor): void {
     const map = which === 'm' ? this.m : this.v;
     map.get(name)?.dispose();
-    map.set(name, tf.tidy(() => tf.variable(tf.tensor(t.data, t.shape, 'float32'), false)));
+    map.set(
+      name,
+      tf.tidy(() => tf.variable(tf.tensor(t.data, t.shape, 'float32'), false)),
+    );
   }
 
   dispose(): void {
@@ -150,7 +163,11 @@ export function clipByGlobalNorm(
 }
 
 /** AdamW's new moments and weight for one entry (the caller assigns them). */
-function adamwValues(state: AdamWState, { name, param: p, grad: g, decays }: AdamWEntry, s: Omit<AdamWStep, 'maxNorm'>): { p: tf.Tensor; m: tf.Tensor; v: tf.Tensor } {
+function adamwValues(
+  state: AdamWState,
+  { name, param: p, grad: g, decays }: AdamWEntry,
+  s: Omit<AdamWStep, 'maxNorm'>,
+): { p: tf.Tensor; m: tf.Tensor; v: tf.Tensor } {
   const { lr, beta1, beta2, eps, weightDecay, step } = s;
   const { m, v } = state.moments(name, p);
   const mNew = tf.add(tf.mul(m, beta1), tf.mul(g, 1 - beta1));
@@ -174,16 +191,18 @@ export function adamwUpdate(state: AdamWState, entries: AdamWEntry[], s: Omit<Ad
 }
 
 /** Clips the entries' gradients to a global L2 norm of at most maxNorm and applies one AdamW update; returns the norm before clipping. */
-export const clippedAdamW = defineOperation('clippedAdamW', (state: AdamWState, entries: AdamWEntry[], s: AdamWStep): tf.Scalar =>
-  tf.tidy(() => {
-    const { grads, norm } = clipByGlobalNorm(Object.fromEntries(entries.map((e) => [e.name, e.grad])), s.maxNorm);
-    adamwUpdate(
-      state,
-      entries.map((e) => ({ ...e, grad: grads[e.name] })),
-      s,
-    );
-    return norm;
-  }),
+export const clippedAdamW = defineOperation(
+  'clippedAdamW',
+  (state: AdamWState, entries: AdamWEntry[], s: AdamWStep): tf.Scalar =>
+    tf.tidy(() => {
+      const { grads, norm } = clipByGlobalNorm(Object.fromEntries(entries.map((e) => [e.name, e.grad])), s.maxNorm);
+      adamwUpdate(
+        state,
+        entries.map((e) => ({ ...e, grad: grads[e.name] })),
+        s,
+      );
+      return norm;
+    }),
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -199,17 +218,24 @@ export interface LossScaleOptions {
   growthInterval: number;
 }
 
-export const DEFAULT_LOSS_SCALE: LossScaleOptions = { initScale: 2 ** 16, growthFactor: 2, backoffFactor: 0.5, growthInterval: 2000 };
+export const DEFAULT_LOSS_SCALE: LossScaleOptions = {
+  initScale: 2 ** 16,
+  growthFactor: 2,
+  backoffFactor: 0.5,
+  growthInterval: 2000,
+};
 
 /** The options with defaults filled in; an error names the field and value that are wrong. */
 export function lossScaleOptions(o: Partial<LossScaleOptions> = {}): LossScaleOptions {
   const r = { ...DEFAULT_LOSS_SCALE, ...o };
-  const bad = (field: keyof LossScaleOptions, want: string) => new Error(`loss scale: ${field} must be ${want}, got ${JSON.stringify(r[field])}`);
+  const bad = (field: keyof LossScaleOptions, want: string) =>
+    new Error(`loss scale: ${field} must be ${want}, got ${JSON.stringify(r[field])}`);
   if (!(Number.isFinite(r.initScale) && r.initScale > 0)) throw bad('initScale', 'a positive number');
   if (!(Number.isFinite(r.growthFactor) && r.growthFactor > 1)) throw bad('growthFactor', 'a number above 1');
   if (!(r.backoffFactor > 0 && r.backoffFactor < 1)) throw bad('backoffFactor', 'between 0 and 1');
   // The device counts clean steps in an f32, exact to 2^24.
-  if (!(Number.isInteger(r.growthInterval) && r.growthInterval >= 1 && r.growthInterval <= 2 ** 24)) throw bad('growthInterval', 'a whole number from 1 to 2^24');
+  if (!(Number.isInteger(r.growthInterval) && r.growthInterval >= 1 && r.growthInterval <= 2 ** 24))
+    throw bad('growthInterval', 'a whole number from 1 to 2^24');
   return r;
 }
 
@@ -250,9 +276,15 @@ export class LossScale {
       const [clean, skipped] = tf.unstack(this.counters) as [tf.Scalar, tf.Scalar];
       const nextClean = tf.where(finite, tf.add(clean, 1), tf.scalar(0));
       const grow = tf.greaterEqual(nextClean, growthInterval);
-      const scale = tf.where(finite, tf.where(grow, tf.mul(this.scale, growthFactor), this.scale), tf.mul(this.scale, backoffFactor));
+      const scale = tf.where(
+        finite,
+        tf.where(grow, tf.mul(this.scale, growthFactor), this.scale),
+        tf.mul(this.scale, backoffFactor),
+      );
       this.scale.assign(scale as tf.Scalar);
-      this.counters.assign(tf.stack([tf.where(grow, tf.scalar(0), nextClean), tf.add(skipped, tf.sub(1, tf.cast(finite, 'float32')))]));
+      this.counters.assign(
+        tf.stack([tf.where(grow, tf.scalar(0), nextClean), tf.add(skipped, tf.sub(1, tf.cast(finite, 'float32')))]),
+      );
     });
   }
 
@@ -264,9 +296,11 @@ export class LossScale {
 
   /** Restores the state toHost saved. */
   load(t: HostTensor): void {
-    if (t.shape.length !== 1 || t.shape[0] !== 3) throw new Error(`loss scale state: expected shape [3], got [${t.shape.join(', ')}]`);
+    if (t.shape.length !== 1 || t.shape[0] !== 3)
+      throw new Error(`loss scale state: expected shape [3], got [${t.shape.join(', ')}]`);
     const [scale, clean, skipped] = t.data;
-    if (!(scale > 0 && Number.isFinite(scale))) throw new Error(`loss scale state: the scale must be a positive number, got ${scale}`);
+    if (!(scale > 0 && Number.isFinite(scale)))
+      throw new Error(`loss scale state: the scale must be a positive number, got ${scale}`);
     this.scale.assign(tf.scalar(scale));
     this.counters.assign(tf.tensor1d([clean, skipped]));
   }
@@ -288,22 +322,27 @@ export class LossScale {
  * taken, and the update applied only when it is finite; then the scale is updated (LossScale).
  * Returns the norm of the unscaled gradients before clipping (not finite on a skipped step).
  */
-export const lossScaledAdamW = defineOperation('lossScaledAdamW', (state: AdamWState, entries: AdamWEntry[], s: AdamWStep, lossScale: LossScale): tf.Scalar =>
-  tf.tidy(() => {
-    const inverse = tf.div(1, lossScale.scale);
-    const { grads, norm } = clipByGlobalNorm(Object.fromEntries(entries.map((e) => [e.name, tf.mul(e.grad, inverse)])), s.maxNorm);
-    const finite = tf.isFinite(norm) as tf.Scalar;
-    for (const e of entries) {
-      tf.tidy(() => {
-        const next = adamwValues(state, { ...e, grad: grads[e.name] }, s);
-        const { m, v } = state.moments(e.name, e.param);
-        // On an overflow the values stay exactly as they were.
-        m.assign(tf.where(finite, next.m, m));
-        v.assign(tf.where(finite, next.v, v));
-        e.param.assign(tf.where(finite, next.p, e.param));
-      });
-    }
-    lossScale.update(finite);
-    return norm;
-  }),
+export const lossScaledAdamW = defineOperation(
+  'lossScaledAdamW',
+  (state: AdamWState, entries: AdamWEntry[], s: AdamWStep, lossScale: LossScale): tf.Scalar =>
+    tf.tidy(() => {
+      const inverse = tf.div(1, lossScale.scale);
+      const { grads, norm } = clipByGlobalNorm(
+        Object.fromEntries(entries.map((e) => [e.name, tf.mul(e.grad, inverse)])),
+        s.maxNorm,
+      );
+      const finite = tf.isFinite(norm) as tf.Scalar;
+      for (const e of entries) {
+        tf.tidy(() => {
+          const next = adamwValues(state, { ...e, grad: grads[e.name] }, s);
+          const { m, v } = state.moments(e.name, e.param);
+          // On an overflow the values stay exactly as they were.
+          m.assign(tf.where(finite, next.m, m));
+          v.assign(tf.where(finite, next.v, v));
+          e.param.assign(tf.where(finite, next.p, e.param));
+        });
+      }
+      lossScale.update(finite);
+      return norm;
+    }),
 );

@@ -90,15 +90,18 @@ function applyRotary(x: tf.Tensor4D, cos: tf.Tensor2D, sin: tf.Tensor2D, rd: num
  * Causal self-attention of a fused QKV projection [B·T, H·3·hs] (rows interleaved per head: q, k,
  * v), rotary on q and k, heads merged: [B·T, H·hs].
  */
-export const causalSelfAttention = defineOperation('causalSelfAttention', (qkv: tf.Tensor2D, positions: PositionTables, s: AttentionShape): tf.Tensor2D => {
-  const { batch, seqLen, heads, headSize: hs, rotated } = s;
-  const { cos, sin, mask } = positions;
-  // Rows are interleaved per head: (heads, 3·head_size) with q, k, v in that order.
-  const split = tf.transpose(tf.reshape(qkv, [batch, seqLen, heads, 3 * hs]), [0, 2, 1, 3]) as tf.Tensor4D;
-  const [qh, kh, v] = tf.split(split, 3, 3) as tf.Tensor4D[];
-  const q = applyRotary(qh, cos, sin, rotated);
-  const k = applyRotary(kh, cos, sin, rotated);
-  const scores = tf.add(tf.mul(matMul(q, k, false, true), 1 / Math.sqrt(hs)), mask);
-  const context = tf.transpose(matMul(tf.softmax(scores), v), [0, 2, 1, 3]); // [B, T, H, hs]
-  return tf.reshape(context, [batch * seqLen, heads * hs]) as tf.Tensor2D;
-});
+export const causalSelfAttention = defineOperation(
+  'causalSelfAttention',
+  (qkv: tf.Tensor2D, positions: PositionTables, s: AttentionShape): tf.Tensor2D => {
+    const { batch, seqLen, heads, headSize: hs, rotated } = s;
+    const { cos, sin, mask } = positions;
+    // Rows are interleaved per head: (heads, 3·head_size) with q, k, v in that order.
+    const split = tf.transpose(tf.reshape(qkv, [batch, seqLen, heads, 3 * hs]), [0, 2, 1, 3]) as tf.Tensor4D;
+    const [qh, kh, v] = tf.split(split, 3, 3) as tf.Tensor4D[];
+    const q = applyRotary(qh, cos, sin, rotated);
+    const k = applyRotary(kh, cos, sin, rotated);
+    const scores = tf.add(tf.mul(matMul(q, k, false, true), 1 / Math.sqrt(hs)), mask);
+    const context = tf.transpose(matMul(tf.softmax(scores), v), [0, 2, 1, 3]); // [B, T, H, hs]
+    return tf.reshape(context, [batch * seqLen, heads * hs]) as tf.Tensor2D;
+  },
+);

@@ -49,7 +49,12 @@ export function directedKL(logTeacher: tf.Tensor, logStudent: tf.Tensor, directi
 }
 
 /** α·CE + (1 − α)·T²·KL from a mean KL. */
-export function withCrossEntropy(kl: tf.Scalar, student: tf.Tensor2D, targets: tf.Tensor1D, options: DistillOptions): tf.Scalar {
+export function withCrossEntropy(
+  kl: tf.Scalar,
+  student: tf.Tensor2D,
+  targets: tf.Tensor1D,
+  options: DistillOptions,
+): tf.Scalar {
   const { alpha, temperature } = options;
   const klWeighted = tf.mul(kl, (1 - alpha) * temperature * temperature);
   if (alpha === 0) return klWeighted as tf.Scalar;
@@ -62,7 +67,12 @@ function logRemainder(logp: tf.Tensor): tf.Tensor {
 }
 
 /** Mean KL over positions between (top-k + remainder bucket) distributions at a temperature. */
-export function topKLogitKL(student: tf.Tensor2D, teacher: TopKTeacher, temperature: number, direction: KLDirection): tf.Scalar {
+export function topKLogitKL(
+  student: tf.Tensor2D,
+  teacher: TopKTeacher,
+  temperature: number,
+  direction: KLDirection,
+): tf.Scalar {
   const ls = tf.logSoftmax(tf.div(student, temperature)) as tf.Tensor2D;
   const lsK = takeAlongLastAxis(ls, teacher.indices);
   const ltK = tf.sub(tf.div(teacher.logits, temperature), tf.reshape(teacher.logNormaliser, [-1, 1]));
@@ -72,6 +82,8 @@ export function topKLogitKL(student: tf.Tensor2D, teacher: TopKTeacher, temperat
 }
 
 /** α·CE + (1 − α)·T²·KL over the teacher's top-k (+ remainder bucket), mean over positions. */
-export const topKDistillation = defineOperation('topKDistillation', (student: tf.Tensor2D, targets: tf.Tensor1D, teacher: TopKTeacher, options: DistillOptions): tf.Scalar =>
-  withCrossEntropy(topKLogitKL(student, teacher, options.temperature, options.direction), student, targets, options),
+export const topKDistillation = defineOperation(
+  'topKDistillation',
+  (student: tf.Tensor2D, targets: tf.Tensor1D, teacher: TopKTeacher, options: DistillOptions): tf.Scalar =>
+    withCrossEntropy(topKLogitKL(student, teacher, options.temperature, options.direction), student, targets, options),
 );

@@ -25,16 +25,19 @@ export const gatherRows = defineOperation('gatherRows', (table: tf.Tensor2D, ids
  * x[n, idx[n, j]] for x [N, V] and idx [N, k] (int32); differentiable in x. Through a flattened
  * [N·V] lookup (wasm's gather with batchDims reads out of bounds); webgpu registers a row-wise one.
  */
-export const takeAlongLastAxis = defineOperation('takeAlongLastAxis', (x: tf.Tensor2D, idx: tf.Tensor2D): tf.Tensor2D => {
-  const [n, v] = x.shape;
-  const k = idx.shape[1];
-  const f = customOp(([t], save) => {
-    const flatIdx = tf.reshape(tf.add(idx, tf.reshape(tf.range(0, n * v, v, 'int32'), [n, 1])), [n * k]);
-    save([tf.reshape(flatIdx, [-1, 1])]);
-    return {
-      value: tf.reshape(tf.gather(tf.reshape(t, [n * v]), flatIdx), [n, k]),
-      gradFunc: (dy, [index]) => tf.reshape(tf.scatterND(index, tf.reshape(dy, [n * k]), [n * v]), [n, v]),
-    };
-  });
-  return f(x) as tf.Tensor2D;
-});
+export const takeAlongLastAxis = defineOperation(
+  'takeAlongLastAxis',
+  (x: tf.Tensor2D, idx: tf.Tensor2D): tf.Tensor2D => {
+    const [n, v] = x.shape;
+    const k = idx.shape[1];
+    const f = customOp(([t], save) => {
+      const flatIdx = tf.reshape(tf.add(idx, tf.reshape(tf.range(0, n * v, v, 'int32'), [n, 1])), [n * k]);
+      save([tf.reshape(flatIdx, [-1, 1])]);
+      return {
+        value: tf.reshape(tf.gather(tf.reshape(t, [n * v]), flatIdx), [n, k]),
+        gradFunc: (dy, [index]) => tf.reshape(tf.scatterND(index, tf.reshape(dy, [n * k]), [n * v]), [n, v]),
+      };
+    });
+    return f(x) as tf.Tensor2D;
+  },
+);

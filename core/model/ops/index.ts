@@ -10,7 +10,16 @@ export { type AttentionShape, PositionTables, causalSelfAttention } from './atte
 export { layerNorm } from './layer-norm.js';
 export { gatherRows, takeAlongLastAxis } from './embedding.js';
 export { crossEntropy } from './cross-entropy.js';
-export { type DistillOptions, KL_DIRECTIONS, type KLDirection, type TopKTeacher, directedKL, topKDistillation, topKLogitKL, withCrossEntropy } from './distill.js';
+export {
+  type DistillOptions,
+  KL_DIRECTIONS,
+  type KLDirection,
+  type TopKTeacher,
+  directedKL,
+  topKDistillation,
+  topKLogitKL,
+  withCrossEntropy,
+} from './distill.js';
 export {
   type AdamWEntry,
   type AdamWStep,
@@ -26,4 +35,11 @@ export {
   lossScaledAdamW,
 } from './adamw.js';
 export { addNResidual, parallelResidual } from './residual.js';
-export { type StepInput, type TrainingStep, afterFirstTrainingStep, endTrainingStep, lossScaling, runTrainingStep } from './step.js';
+export {
+  type StepInput,
+  type TrainingStep,
+  afterFirstTrainingStep,
+  endTrainingStep,
+  lossScaling,
+  runTrainingStep,
+} from './step.js';

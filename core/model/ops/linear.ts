@@ -10,7 +10,11 @@ import { defineOperation } from './registry.js';
  * op(a) @ op(b), batched over leading axes: tf.matMul, whose gradient tfjs writes. The wasm backend
  * registers a variant that transposes explicitly (its transposed kernels are 10-50× slower).
  */
-export const matMul = defineOperation('matMul', (a: tf.Tensor, b: tf.Tensor, transposeA = false, transposeB = false): tf.Tensor => tf.matMul(a, b, transposeA, transposeB));
+export const matMul = defineOperation(
+  'matMul',
+  (a: tf.Tensor, b: tf.Tensor, transposeA = false, transposeB = false): tf.Tensor =>
+    tf.matMul(a, b, transposeA, transposeB),
+);
 
 /** Exact (erf) GELU, as transformers' "gelu". */
 export function gelu(x: tf.Tensor): tf.Tensor {
@@ -20,10 +24,16 @@ export function gelu(x: tf.Tensor): tf.Tensor {
 export type Activation = 'none' | 'gelu';
 
 /** x @ weightᵀ + bias with a torch-layout weight [out, in], then GELU when asked (the MLP's up projection). */
-export const linear = defineOperation('linear', (x: tf.Tensor2D, weight: tf.Tensor2D, bias: tf.Tensor1D, activation: Activation = 'none'): tf.Tensor2D => {
-  const z = tf.add(matMul(x, weight, false, true), bias);
-  return (activation === 'gelu' ? gelu(z) : z) as tf.Tensor2D;
-});
+export const linear = defineOperation(
+  'linear',
+  (x: tf.Tensor2D, weight: tf.Tensor2D, bias: tf.Tensor1D, activation: Activation = 'none'): tf.Tensor2D => {
+    const z = tf.add(matMul(x, weight, false, true), bias);
+    return (activation === 'gelu' ? gelu(z) : z) as tf.Tensor2D;
+  },
+);
 
 /** x [M, K] @ weightᵀ (weight [N, K]) with no bias: the logits product. */
-export const matMulNT = defineOperation('matMulNT', (x: tf.Tensor2D, weight: tf.Tensor2D): tf.Tensor2D => matMul(x, weight, false, true) as tf.Tensor2D);
+export const matMulNT = defineOperation(
+  'matMulNT',
+  (x: tf.Tensor2D, weight: tf.Tensor2D): tf.Tensor2D => matMul(x, weight, false, true) as tf.Tensor2D,
+);

@@ -63,8 +63,14 @@ export function defineOperation<F extends AnyFunction>(opName: string, reference
     kernelFor,
     kernels: () => kernels,
     register(kernel: Kernel<F>): () => void {
-      if (typeof kernel.backend !== 'string' || kernel.backend === '') throw new Error(`operation "${opName}": a kernel needs the name of the tfjs backend it runs on, got ${JSON.stringify(kernel.backend)}`);
-      if (typeof kernel.run !== 'function') throw new Error(`operation "${opName}": the ${kernel.backend} kernel${kernel.name ? ` "${kernel.name}"` : ''} has no run function`);
+      if (typeof kernel.backend !== 'string' || kernel.backend === '')
+        throw new Error(
+          `operation "${opName}": a kernel needs the name of the tfjs backend it runs on, got ${JSON.stringify(kernel.backend)}`,
+        );
+      if (typeof kernel.run !== 'function')
+        throw new Error(
+          `operation "${opName}": the ${kernel.backend} kernel${kernel.name ? ` "${kernel.name}"` : ''} has no run function`,
+        );
       kernels = [...kernels, kernel];
       return () => {
         kernels = kernels.filter((k) => k !== kernel);
@@ -77,5 +83,8 @@ export function defineOperation<F extends AnyFunction>(opName: string, reference
 
 /** Every operation defined so far, in definition order, with the backends that have kernels for it. */
 export function listOperations(): Array<{ opName: string; kernels: Array<{ backend: string; name?: string }> }> {
-  return operations.map((o) => ({ opName: o.opName, kernels: o.kernels().map((k) => ({ backend: k.backend, name: k.name })) }));
+  return operations.map((o) => ({
+    opName: o.opName,
+    kernels: o.kernels().map((k) => ({ backend: k.backend, name: k.name })),
+  }));
 }

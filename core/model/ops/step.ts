@@ -58,7 +58,10 @@ export const endTrainingStep = defineOperation('endTrainingStep', (): void => {}
  * times the candidate matrix-product plans and keeps the fastest). Resolves to what it chose, for
  * logs and benchmarks (empty when there was nothing to do).
  */
-export const afterFirstTrainingStep = defineOperation('afterFirstTrainingStep', async (): Promise<readonly object[]> => []);
+export const afterFirstTrainingStep = defineOperation(
+  'afterFirstTrainingStep',
+  async (): Promise<readonly object[]> => [],
+);
 
 /**
  * Whether the active backend's mixed precision needs a loss scale (f16 gradients do; bf16 and f32

@@ -22,7 +22,13 @@ import { add, boolAttr, intAttr, mul, op, opN, scalar, shapeAttr, stringAttr, ty
 const ANONYMOUS = 'cd2c89b7-88b7-44c8-ad83-06c2a9158347';
 
 function newVariable(shape: number[]): tf.Tensor {
-  return tf.keep(op('VarHandleOp', [stringAttr('container', ''), stringAttr('shared_name', ANONYMOUS), typeAttr('dtype'), shapeAttr('shape', shape)], []));
+  return tf.keep(
+    op(
+      'VarHandleOp',
+      [stringAttr('container', ''), stringAttr('shared_name', ANONYMOUS), typeAttr('dtype'), shapeAttr('shape', shape)],
+      [],
+    ),
+  );
 }
 
 function assign(handle: tf.Tensor, value: tf.Tensor): void {
@@ -61,7 +67,10 @@ interface ResourceAdamEntry extends AdamWEntry {
  * parameters; a step with another set hands them back and starts new ones.
  */
 export function resourceClipAdamW(state: AdamWState, entries: AdamWEntry[], s: AdamWStep): tf.Scalar {
-  const names = entries.map((e) => e.name).sort().join('\n');
+  const names = entries
+    .map((e) => e.name)
+    .sort()
+    .join('\n');
   const resources = state.hold(`tensorflow\n${names}`, () => new ResourceAdam());
   // Loaded (or earlier) moments seed the resources once; from then on the resources hold them.
   return resources.applyClipped(
@@ -83,7 +92,13 @@ class ResourceAdam implements HeldMoments {
     });
     return [...groups.values()].map((members) => {
       const shape = members.length === 1 ? members[0].param.shape : [members.length, ...members[0].param.shape];
-      const slot: Slot = { names: members.map((e) => e.name), param: newVariable(shape), m: newVariable(shape), v: newVariable(shape), synced: members.map(() => null) };
+      const slot: Slot = {
+        names: members.map((e) => e.name),
+        param: newVariable(shape),
+        m: newVariable(shape),
+        v: newVariable(shape),
+        synced: members.map(() => null),
+      };
       const inits = members.map((e) => e.initial?.() ?? {});
       tf.tidy(() => {
         for (const which of ['m', 'v'] as const) {
@@ -108,13 +123,24 @@ class ResourceAdam implements HeldMoments {
       const halfSquares = grads.map((g) => unary('L2Loss', g));
       const sum = op('AddN', [typeAttr('T'), intAttr('N', halfSquares.length)], halfSquares);
       const norm = unary('Sqrt', mul(sum, scalar(2))) as tf.Scalar;
-      const scale = op('Minimum', [typeAttr('T')], [scalar(1), op('RealDiv', [typeAttr('T')], [scalar(o.maxNorm), add(norm, scalar(1e-6))])]);
+      const scale = op(
+        'Minimum',
+        [typeAttr('T')],
+        [scalar(1), op('RealDiv', [typeAttr('T')], [scalar(o.maxNorm), add(norm, scalar(1e-6))])],
+      );
       // Eager TensorFlow has finished by now, so reading one number costs nothing; a scale of
       // exactly 1 leaves the gradients as they are (multiplying by 1 would too).
       const clip = scale.dataSync()[0] !== 1;
       const bc2 = 1 - o.beta2 ** o.step;
       // Values that change every step are fresh tensors (the tidy frees them), not cached constants.
-      const step = [tf.scalar(o.beta1 ** o.step), tf.scalar(o.beta2 ** o.step), tf.scalar(o.lr), scalar(o.beta1), scalar(o.beta2), tf.scalar(o.eps * Math.sqrt(bc2))];
+      const step = [
+        tf.scalar(o.beta1 ** o.step),
+        tf.scalar(o.beta2 ** o.step),
+        tf.scalar(o.lr),
+        scalar(o.beta1),
+        scalar(o.beta2),
+        tf.scalar(o.eps * Math.sqrt(bc2)),
+      ];
       const decayRate = tf.scalar(o.lr * o.weightDecay);
       const adamAttrs = [typeAttr('T'), boolAttr('use_locking', false), boolAttr('use_nesterov', false)];
       const gdAttrs = [typeAttr('T'), boolAttr('use_locking', false)];
@@ -122,7 +148,8 @@ class ResourceAdam implements HeldMoments {
         const members = s.names.map((n) => byName.get(n)!);
         const params = members.map((e) => e.param);
         if (params.some((p, j) => s.synced[j] !== p.dataId)) assign(s.param, stack(params));
-        if (members[0].decays && o.weightDecay > 0) opN('ResourceApplyGradientDescent', gdAttrs, [s.param, decayRate, read(s.param)], 0);
+        if (members[0].decays && o.weightDecay > 0)
+          opN('ResourceApplyGradientDescent', gdAttrs, [s.param, decayRate, read(s.param)], 0);
         opN('ResourceApplyAdam', adamAttrs, [s.param, s.m, s.v, ...step, clip ? mul(grads[i], scale) : grads[i]], 0);
         const values = unstack(read(s.param), params.length);
         params.forEach((p, j) => {

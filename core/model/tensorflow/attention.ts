@@ -5,10 +5,28 @@
 import * as tf from '../tfjs.js';
 
 import { type AttentionShape, type PositionTables, customOp } from '../ops/index.js';
-import { add, batchMatMul, int32Const, intAttr, mul, op, opN, reduce, reshape, sub, transpose, typeAttr } from './native.js';
+import {
+  add,
+  batchMatMul,
+  int32Const,
+  intAttr,
+  mul,
+  op,
+  opN,
+  reduce,
+  reshape,
+  sub,
+  transpose,
+  typeAttr,
+} from './native.js';
 
 function splitV(x: tf.Tensor, sizes: number[], axis: number): tf.Tensor[] {
-  return opN('SplitV', [typeAttr('T'), typeAttr('Tlen', 'int32'), intAttr('num_split', sizes.length)], [x, int32Const(sizes), int32Const(axis)], sizes.length);
+  return opN(
+    'SplitV',
+    [typeAttr('T'), typeAttr('Tlen', 'int32'), intAttr('num_split', sizes.length)],
+    [x, int32Const(sizes), int32Const(axis)],
+    sizes.length,
+  );
 }
 
 function concat(xs: tf.Tensor[], axis: number): tf.Tensor {
@@ -29,7 +47,13 @@ type RotaryTables = {
 };
 
 /** Tables from cos/sin [T, rotated] (host values), as kept tensors. */
-function rotaryTables(cosHost: Float32Array, sinHost: Float32Array, seqLen: number, headSize: number, rotated: number): RotaryTables {
+function rotaryTables(
+  cosHost: Float32Array,
+  sinHost: Float32Array,
+  seqLen: number,
+  headSize: number,
+  rotated: number,
+): RotaryTables {
   const w = 3 * headSize;
   const half = rotated / 2;
   const scale = 1 / Math.sqrt(headSize);
@@ -63,7 +87,8 @@ function rotateHalves(x: tf.Tensor, hs: number, rd: number): tf.Tensor {
  */
 export function tfAttention(qkv: tf.Tensor2D, positions: PositionTables, s: AttentionShape): tf.Tensor2D {
   const { batch: B, seqLen: T, heads: H, headSize: hs, rotated: rd } = s;
-  const rotary = (x: tf.Tensor, c: tf.Tensor, sn: tf.Tensor) => (rd === 0 ? mul(x, c) : add(mul(x, c), mul(rotateHalves(x, hs, rd), sn)));
+  const rotary = (x: tf.Tensor, c: tf.Tensor, sn: tf.Tensor) =>
+    rd === 0 ? mul(x, c) : add(mul(x, c), mul(rotateHalves(x, hs, rd), sn));
   // Made once per length and head size, kept with the positions (as is the mask), so the
   // gradient may close over them.
   const { cos, sin } = positions.derived(`tensorflow:${hs}`, () =>

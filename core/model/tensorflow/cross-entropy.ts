@@ -8,7 +8,12 @@ import { mul, opN, reduce, scalar, typeAttr } from './native.js';
 export function tfCrossEntropy(logits: tf.Tensor2D, targets: tf.Tensor1D): tf.Scalar {
   const n = logits.shape[0];
   const f = customOp(([x], save) => {
-    const [losses, backprop] = opN('SparseSoftmaxCrossEntropyWithLogits', [typeAttr('T'), typeAttr('Tlabels', 'int32')], [x, targets], 2);
+    const [losses, backprop] = opN(
+      'SparseSoftmaxCrossEntropyWithLogits',
+      [typeAttr('T'), typeAttr('Tlabels', 'int32')],
+      [x, targets],
+      2,
+    );
     save([backprop]);
     return {
       value: reduce('Mean', losses, [0], false),

@@ -11,8 +11,17 @@ export function tfGatherRows(table: tf.Tensor2D, ids: tf.Tensor1D): tf.Tensor2D 
     // ids may be made inside the differentiated function, which tfjs disposes before the backward pass: save it.
     save([ids]);
     return {
-      value: op('GatherV2', [typeAttr('Tparams'), typeAttr('Tindices', 'int32'), typeAttr('Taxis', 'int32'), intAttr('batch_dims', 0)], [t, ids, int32Const(0)]),
-      gradFunc: (dy, [is]) => op('UnsortedSegmentSum', [typeAttr('T'), typeAttr('Tindices', 'int32'), typeAttr('Tnumsegments', 'int32')], [dy, is, int32Const(rows)]),
+      value: op(
+        'GatherV2',
+        [typeAttr('Tparams'), typeAttr('Tindices', 'int32'), typeAttr('Taxis', 'int32'), intAttr('batch_dims', 0)],
+        [t, ids, int32Const(0)],
+      ),
+      gradFunc: (dy, [is]) =>
+        op(
+          'UnsortedSegmentSum',
+          [typeAttr('T'), typeAttr('Tindices', 'int32'), typeAttr('Tnumsegments', 'int32')],
+          [dy, is, int32Const(rows)],
+        ),
     };
   });
   return f(table) as tf.Tensor2D;

@@ -15,7 +15,12 @@ const SQRT1_2 = Math.SQRT1_2;
 const INV_SQRT_2PI = 1 / Math.sqrt(2 * Math.PI);
 
 /** x [N, in] · weightᵀ ([out, in], torch layout) + bias, then exact GELU when asked. */
-export function tfLinear(x: tf.Tensor2D, weight: tf.Tensor2D, bias: tf.Tensor1D, activation: Activation = 'none'): tf.Tensor2D {
+export function tfLinear(
+  x: tf.Tensor2D,
+  weight: tf.Tensor2D,
+  bias: tf.Tensor1D,
+  activation: Activation = 'none',
+): tf.Tensor2D {
   const f = customOp(([xt, wt, bt], save) => {
     const z = biasAdd(batchMatMul(xt, wt, false, true), bt);
     if (activation === 'none') {

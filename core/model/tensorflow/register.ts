@@ -3,7 +3,17 @@
  * when it loads tensorflow. All follow one switch (native.ts: OFFSHOOT_TF_KERNELS=0 or
  * setTensorflowKernels(false) leaves tfjs-node's stock kernels).
  */
-import { addNResidual, causalSelfAttention, clippedAdamW, crossEntropy, gatherRows, layerNorm, linear, matMulNT, parallelResidual } from '../ops/index.js';
+import {
+  addNResidual,
+  causalSelfAttention,
+  clippedAdamW,
+  crossEntropy,
+  gatherRows,
+  layerNorm,
+  linear,
+  matMulNT,
+  parallelResidual,
+} from '../ops/index.js';
 import type * as tf from '../tfjs.js';
 import { resourceClipAdamW } from './adamw.js';
 import { tfAttention } from './attention.js';
@@ -23,7 +33,11 @@ layerNorm.register({
   supports: (x) => x.rank === 2,
   run: (x, weight, bias, eps) => tfLayerNorm(x as tf.Tensor2D, weight as tf.Tensor1D, bias as tf.Tensor1D, eps),
 });
-causalSelfAttention.register({ ...tensorflow, name: 'rotary by per-position tables, softmax gradient written out', run: tfAttention });
+causalSelfAttention.register({
+  ...tensorflow,
+  name: 'rotary by per-position tables, softmax gradient written out',
+  run: tfAttention,
+});
 gatherRows.register({ ...tensorflow, name: 'GatherV2, UnsortedSegmentSum', run: tfGatherRows });
 crossEntropy.register({ ...tensorflow, name: 'SparseSoftmaxCrossEntropyWithLogits', run: tfCrossEntropy });
 clippedAdamW.register({ ...tensorflow, name: 'ResourceApplyAdam on resource variables', run: resourceClipAdamW });

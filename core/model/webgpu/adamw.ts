@@ -14,7 +14,17 @@ import type * as tf from '../tfjs.js';
 
 import type { AdamWEntry, AdamWState, AdamWStep, LossScale } from '../ops/index.js';
 import { halfShadow } from './half.js';
-import { type Kernel, type UniformValue, allocate, dispatch, grid1d, kernelFor, release, toTensor, webgpuBackend } from './runtime.js';
+import {
+  type Kernel,
+  type UniformValue,
+  allocate,
+  dispatch,
+  grid1d,
+  kernelFor,
+  release,
+  toTensor,
+  webgpuBackend,
+} from './runtime.js';
 import { TO_F16_WGSL, reduceFns } from './wgsl-common.js';
 
 export const SUMSQ_CHUNK = 256 * 16;
@@ -31,7 +41,9 @@ const INF_FROM = (runtime: string) => `bitcast<f32>(0x7f800000u | (bitcast<u32>(
  * by the loss scale, and a chunk with a non-finite element writes +inf.
  */
 export function sumSquaresSource(S: number, scaled = false): string {
-  const square = scaled ? 'let v = g${i}[i] * inv; if (!finite(g${i}[i])) { bad = bad + 1.0; } acc = acc + v * v;' : 'let v = g${i}[i]; acc = acc + v * v;';
+  const square = scaled
+    ? 'let v = g${i}[i] * inv; if (!finite(g${i}[i])) { bad = bad + 1.0; } acc = acc + v * v;'
+    : 'let v = g${i}[i]; acc = acc + v * v;';
   const branch = (i: number) => `{
     let start = (chunk - u.slots[${i}].y) * ${SUMSQ_CHUNK}u;
     for (var i = start + lid; i < min(u.slots[${i}].x, start + ${SUMSQ_CHUNK}u); i += 256u) { ${square.replaceAll('${i}', String(i))} }
@@ -71,9 +83,13 @@ export function normFinalizeSource(scaled = false): string {
   return /* wgsl */ `
 @group(0) @binding(0) var<storage, read> partials: array<f32>;
 @group(0) @binding(1) var<storage, read_write> norm: array<f32>;
-${scaled ? `@group(0) @binding(2) var<storage, read_write> unscale: array<f32>;
+${
+  scaled
+    ? `@group(0) @binding(2) var<storage, read_write> unscale: array<f32>;
 @group(0) @binding(3) var<storage, read_write> scale: array<f32>;
-@group(0) @binding(4) var<storage, read_write> counters: array<f32>;` : ''}
+@group(0) @binding(4) var<storage, read_write> counters: array<f32>;`
+    : ''
+}
 struct U { P: u32, interval: u32, growth: f32, backoff: f32 };
 @group(0) @binding(${scaled ? 5 : 2}) var<uniform> u: U;
 ${reduceFns(256, scaled ? ['sum', 'bad'] : ['sum'])}
@@ -129,8 +145,12 @@ export function adamwSource(S: number, vec4 = false, opts: { shadows?: boolean; 
     const b = inputs + per * i;
     return `@group(0) @binding(${b}) var<storage, read_write> p${i}: array<${T}>;
 @group(0) @binding(${b + 1}) var<storage, read_write> m${i}: array<${T}>;
-@group(0) @binding(${b + 2}) var<storage, read_write> v${i}: array<${T}>;${opts.shadows ? `
-@group(0) @binding(${b + 3}) var<storage, read_write> h${i}: array<${vec4 ? 'vec4<f16>' : 'f16'}>;` : ''}`;
+@group(0) @binding(${b + 2}) var<storage, read_write> v${i}: array<${T}>;${
+      opts.shadows
+        ? `
+@group(0) @binding(${b + 3}) var<storage, read_write> h${i}: array<${vec4 ? 'vec4<f16>' : 'f16'}>;`
+        : ''
+    }`;
   });
   const branch = (i: number) => `{
     let j = (w - u.slots[${i}].y) * 256u + lid;
@@ -141,8 +161,12 @@ export function adamwSource(S: number, vec4 = false, opts: { shadows?: boolean; 
       m${i}[j] = mNew;
       v${i}[j] = vNew;
       let pNew = p${i}[j] * bitcast<f32>(u.slots[${i}].z) - ((mNew / u.bc1) / (sqrt(vNew / u.bc2) + u.eps)) * u.lr;
-      p${i}[j] = pNew;${opts.shadows ? `
-      h${i}[j] = ${vec4 ? 'to_f16x4' : 'to_f16'}(pNew);` : ''}
+      p${i}[j] = pNew;${
+        opts.shadows
+          ? `
+      h${i}[j] = ${vec4 ? 'to_f16x4' : 'to_f16'}(pNew);`
+          : ''
+      }
     }
   }`;
   return /* wgsl */ `${opts.shadows ? 'enable f16;' : ''}
@@ -176,7 +200,11 @@ function kernel(name: string, slots: number, source: (slots: number) => string):
   return kernelFor(`${name}:${slots}`, name, () => source(slots));
 }
 const NORM: Kernel = { key: 'norm_finalize', name: 'grad_norm', source: () => normFinalizeSource(false) };
-const SCALED_NORM: Kernel = { key: 'norm_finalize_scaled', name: 'grad_norm_loss_scale', source: () => normFinalizeSource(true) };
+const SCALED_NORM: Kernel = {
+  key: 'norm_finalize_scaled',
+  name: 'grad_norm_loss_scale',
+  source: () => normFinalizeSource(true),
+};
 
 interface FusedAdamWEntry {
   param: tf.Variable;
@@ -202,7 +230,12 @@ export function fusedClipAdamW(state: AdamWState, params: AdamWEntry[], s: AdamW
 }
 
 /** fusedClipAdamW for the gradients of a scaled loss (ops/adamw.ts's lossScaledAdamW). */
-export function fusedLossScaledAdamW(state: AdamWState, params: AdamWEntry[], s: AdamWStep, lossScale: LossScale): tf.Scalar {
+export function fusedLossScaledAdamW(
+  state: AdamWState,
+  params: AdamWEntry[],
+  s: AdamWStep,
+  lossScale: LossScale,
+): tf.Scalar {
   return fusedAdamW(state, params, s, lossScale);
 }
 
@@ -230,7 +263,9 @@ function fusedAdamW(state: AdamWState, params: AdamWEntry[], s: AdamWStep, lossS
       slots.push(['u', e.grad.size], ['u', chunks], ['u', 0], ['u', 0]);
       chunks += chunksOf(e);
     }
-    const k = kernel(scaled ? 'grad_sum_squares_unscaled' : 'grad_sum_squares', group.length, (n) => sumSquaresSource(n, scaled));
+    const k = kernel(scaled ? 'grad_sum_squares_unscaled' : 'grad_sum_squares', group.length, (n) =>
+      sumSquaresSource(n, scaled),
+    );
     const inputs = group.map((e) => e.grad as tf.TensorInfo);
     if (lossScale) inputs.push(lossScale.scale);
     dispatch(k, inputs, [partials], [...slots, ['u', chunks], ['u', offset], ['u', 0], ['u', 0]], grid1d(chunks * 256));
@@ -240,9 +275,31 @@ function fusedAdamW(state: AdamWState, params: AdamWEntry[], s: AdamWStep, lossS
   const unscale = lossScale ? allocate([2]) : null;
   if (lossScale && unscale) {
     const { growthInterval, growthFactor, backoffFactor } = lossScale.options;
-    dispatch(SCALED_NORM, [partials], [norm, unscale, lossScale.scale, lossScale.counters], [['u', P], ['u', growthInterval], ['f', growthFactor], ['f', backoffFactor]], [1, 1, 1]);
+    dispatch(
+      SCALED_NORM,
+      [partials],
+      [norm, unscale, lossScale.scale, lossScale.counters],
+      [
+        ['u', P],
+        ['u', growthInterval],
+        ['f', growthFactor],
+        ['f', backoffFactor],
+      ],
+      [1, 1, 1],
+    );
   } else {
-    dispatch(NORM, [partials], [norm], [['u', P], ['u', 0], ['u', 0], ['u', 0]], [1, 1, 1]);
+    dispatch(
+      NORM,
+      [partials],
+      [norm],
+      [
+        ['u', P],
+        ['u', 0],
+        ['u', 0],
+        ['u', 0],
+      ],
+      [1, 1, 1],
+    );
   }
   // AdamW: each parameter four bindings (gradient, weight, two moments) or five (its f16 copy too),
   // the norm one (and the unscale one). Sizes that are multiples of 4 (nearly all) go four floats
@@ -279,7 +336,9 @@ function fusedAdamW(state: AdamWState, params: AdamWEntry[], s: AdamWStep, lossS
       ...slots,
     ];
     const name = `adamw${vec4 ? '_vec4' : ''}${shadows ? '_f16_copy' : ''}${scaled ? '_loss_scale' : ''}`;
-    const k = kernelFor(`adamw:${group.length}:${vec4}:${shadows}:${scaled}`, name, () => adamwSource(group.length, vec4, { shadows, scaled }));
+    const k = kernelFor(`adamw:${group.length}:${vec4}:${shadows}:${scaled}`, name, () =>
+      adamwSource(group.length, vec4, { shadows, scaled }),
+    );
     const inputs: tf.TensorInfo[] = [...group.map((e) => e.grad), norm];
     if (unscale) inputs.push(unscale);
     const outputs = group.flatMap((e) => (e.shadow ? [e.param, e.m, e.v, e.shadow] : [e.param, e.m, e.v]));

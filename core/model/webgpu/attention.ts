@@ -135,7 +135,10 @@ function vecDecl(prefix: string, n: number, init = 'vec4<f32>(0.0)'): string {
  */
 function dotWith(prefix: string, n: number, tile: string, rowExpr: string, rowStride: number): string {
   const terms = Array.from({ length: n }, (_, i) => `dot(${prefix}${i}, ${tile}[${rowExpr} * ${rowStride}u + ${i}u])`);
-  const tree = (xs: string[]): string => (xs.length === 1 ? xs[0] : `(${tree(xs.slice(0, Math.ceil(xs.length / 2)))} + ${tree(xs.slice(Math.ceil(xs.length / 2)))})`);
+  const tree = (xs: string[]): string =>
+    xs.length === 1
+      ? xs[0]
+      : `(${tree(xs.slice(0, Math.ceil(xs.length / 2)))} + ${tree(xs.slice(Math.ceil(xs.length / 2)))})`;
   return tree(terms);
 }
 const each = (n: number, f: (i: number) => string, sep = ' ') => Array.from({ length: n }, (_, i) => f(i)).join(sep);
@@ -571,7 +574,13 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 
 /** Whether the fused attention handles this shape (else use the reference ops). */
 export function fusedAttentionSupports(s: AttentionShape): boolean {
-  return s.headSize % 4 === 0 && s.headSize <= 128 && s.rotated <= s.headSize && s.rotated % 2 === 0 && s.batch * s.heads <= 65535;
+  return (
+    s.headSize % 4 === 0 &&
+    s.headSize <= 128 &&
+    s.rotated <= s.headSize &&
+    s.rotated % 2 === 0 &&
+    s.batch * s.heads <= 65535
+  );
 }
 
 /**
@@ -618,7 +627,18 @@ export function fusedAttention(qkv: tf.Tensor2D, positions: PositionTables, s: A
     const q = allocate([BH, T, hs]);
     const k = allocate([BH, T, hs]);
     const v = allocate([BH, T, hs]);
-    dispatch(kernel('rotary_split', `${hs}_${rd}`, () => rotarySplitSource(hs, rd)), [x, cos, sin], [q, k, v], [['u', total], ['u', T], ['u', H], ['u', 0]], grid1d(total));
+    dispatch(
+      kernel('rotary_split', `${hs}_${rd}`, () => rotarySplitSource(hs, rd)),
+      [x, cos, sin],
+      [q, k, v],
+      [
+        ['u', total],
+        ['u', T],
+        ['u', H],
+        ['u', 0],
+      ],
+      grid1d(total),
+    );
     return { q, k, v };
   };
   // The tables are saved with the forward's tensors (tfjs keeps saved tensors for the backward).
@@ -626,41 +646,100 @@ export function fusedAttention(qkv: tf.Tensor2D, positions: PositionTables, s: A
   const merge = (dq: tf.TensorInfo, dk: tf.TensorInfo, dv: tf.TensorInfo, [c, sn]: tf.Tensor[]) => {
     const dx = allocate([B * T, H * 3 * hs]);
     const n = B * T * H * 3 * hs;
-    dispatch(kernel('rotary_merge_backward', `${hs}_${rd}`, () => rotaryMergeBackwardSource(hs, rd)), [dq, dk, dv, c, sn], [dx], [['u', n], ['u', T], ['u', H], ['u', 0]], grid1d(n));
+    dispatch(
+      kernel('rotary_merge_backward', `${hs}_${rd}`, () => rotaryMergeBackwardSource(hs, rd)),
+      [dq, dk, dv, c, sn],
+      [dx],
+      [
+        ['u', n],
+        ['u', T],
+        ['u', H],
+        ['u', 0],
+      ],
+      grid1d(n),
+    );
     for (const t of [dq, dk, dv]) release(t);
     return toTensor(dx);
   };
-  const op = attentionKernelsFor(BH, T) === 'scores' ? scoresAttention(s, split, merge, tables) : flashAttention(s, split, merge, tables);
+  const op =
+    attentionKernelsFor(BH, T) === 'scores'
+      ? scoresAttention(s, split, merge, tables)
+      : flashAttention(s, split, merge, tables);
   return op(qkv) as tf.Tensor2D;
 }
 
 type SplitHeads = (x: tf.TensorInfo) => { q: tf.TensorInfo; k: tf.TensorInfo; v: tf.TensorInfo };
 type MergeGrads = (dq: tf.TensorInfo, dk: tf.TensorInfo, dv: tf.TensorInfo, tables: tf.Tensor[]) => tf.Tensor;
 
-function flashAttention(s: AttentionShape, split: SplitHeads, merge: MergeGrads, tables: tf.Tensor[]): (...inputs: tf.Tensor[]) => tf.Tensor {
+function flashAttention(
+  s: AttentionShape,
+  split: SplitHeads,
+  merge: MergeGrads,
+  tables: tf.Tensor[],
+): (...inputs: tf.Tensor[]) => tf.Tensor {
   const { batch: B, seqLen: T, heads: H, headSize: hs } = s;
   const BH = B * H;
-  const au: UniformValue[] = [['u', T], ['u', H], ['f', 1 / Math.sqrt(hs)], ['u', 0]];
+  const au: UniformValue[] = [
+    ['u', T],
+    ['u', H],
+    ['f', 1 / Math.sqrt(hs)],
+    ['u', 0],
+  ];
   const agrid: [number, number, number] = [Math.ceil(T / ATTN_ROWS), BH, 1];
   return customOp(([x], save) => {
     const { q, k, v } = split(x);
     const o = allocate([B * T, H * hs]);
     const lse = allocate([BH * T]);
-    dispatch(kernel('flash_forward', String(hs), () => flashForwardSource(hs)), [q, k, v], [o, lse], au, agrid);
+    dispatch(
+      kernel('flash_forward', String(hs), () => flashForwardSource(hs)),
+      [q, k, v],
+      [o, lse],
+      au,
+      agrid,
+    );
     const oT = toTensor(o);
     save([toTensor(q), toTensor(k), toTensor(v), oT, toTensor(lse), ...tables]);
     return {
       value: oT,
       gradFunc: (dy, [qs, ks, vs, os, ls, ...tb]) => {
         const delta = allocate([BH * T]);
-        dispatch(kernel('attn_delta', String(hs), () => attnDeltaSource(hs)), [dy, os], [delta], [['u', BH * T], ['u', T], ['u', H], ['u', 0]], grid1d(BH * T));
+        dispatch(
+          kernel('attn_delta', String(hs), () => attnDeltaSource(hs)),
+          [dy, os],
+          [delta],
+          [
+            ['u', BH * T],
+            ['u', T],
+            ['u', H],
+            ['u', 0],
+          ],
+          grid1d(BH * T),
+        );
         const dq = allocate([BH, T, hs]);
         const dk = allocate([BH, T, hs]);
         const dv = allocate([BH, T, hs]);
         const ins = [qs, ks, vs, dy, ls, delta];
-        dispatch(kernel('flash_backward_q', String(hs), () => flashBackwardQSource(hs)), ins, [dq], au, agrid);
-        dispatch(kernel('flash_backward_k', String(hs), () => flashBackwardKVSource(hs, 'k')), ins, [dk], au, agrid);
-        dispatch(kernel('flash_backward_v', String(hs), () => flashBackwardKVSource(hs, 'v')), ins, [dv], au, agrid);
+        dispatch(
+          kernel('flash_backward_q', String(hs), () => flashBackwardQSource(hs)),
+          ins,
+          [dq],
+          au,
+          agrid,
+        );
+        dispatch(
+          kernel('flash_backward_k', String(hs), () => flashBackwardKVSource(hs, 'k')),
+          ins,
+          [dk],
+          au,
+          agrid,
+        );
+        dispatch(
+          kernel('flash_backward_v', String(hs), () => flashBackwardKVSource(hs, 'v')),
+          ins,
+          [dv],
+          au,
+          agrid,
+        );
         release(delta);
         return merge(dq, dk, dv, tb);
       },
@@ -668,12 +747,27 @@ function flashAttention(s: AttentionShape, split: SplitHeads, merge: MergeGrads,
   });
 }
 
-function scoresAttention(s: AttentionShape, split: SplitHeads, merge: MergeGrads, tables: tf.Tensor[]): (...inputs: tf.Tensor[]) => tf.Tensor {
+function scoresAttention(
+  s: AttentionShape,
+  split: SplitHeads,
+  merge: MergeGrads,
+  tables: tf.Tensor[],
+): (...inputs: tf.Tensor[]) => tf.Tensor {
   const { batch: B, seqLen: T, heads: H, headSize: hs } = s;
   const BH = B * H;
   const rows = BH * T;
-  const su: UniformValue[] = [['u', rows], ['u', T], ['f', 1 / Math.sqrt(hs)], ['u', 0]];
-  const lu: UniformValue[] = [['u', (BH * T * hs) / 4], ['u', T], ['u', H], ['u', 0]];
+  const su: UniformValue[] = [
+    ['u', rows],
+    ['u', T],
+    ['f', 1 / Math.sqrt(hs)],
+    ['u', 0],
+  ];
+  const lu: UniformValue[] = [
+    ['u', (BH * T * hs) / 4],
+    ['u', T],
+    ['u', H],
+    ['u', 0],
+  ];
   const lgrid = grid1d((BH * T * hs) / 4);
   // Mixed precision: the five products may round their operands to f16 (subgroup matrices where they run).
   const batched = { batch: BH, M: T, half: halfProducts() !== 'off' };
@@ -685,14 +779,26 @@ function scoresAttention(s: AttentionShape, split: SplitHeads, merge: MergeGrads
     release(scores);
     const oHeads = matmul({ ...batched, a: p, b: v, N: hs, K: T, triangle: 'lowerA' }).c;
     const o = allocate([B * T, H * hs]);
-    dispatch(kernel('heads_merge', String(hs), () => headsLayoutSource(hs, false)), [oHeads], [o], lu, lgrid);
+    dispatch(
+      kernel('heads_merge', String(hs), () => headsLayoutSource(hs, false)),
+      [oHeads],
+      [o],
+      lu,
+      lgrid,
+    );
     release(oHeads);
     save([toTensor(q), toTensor(k), toTensor(v), toTensor(p), ...tables]);
     return {
       value: toTensor(o),
       gradFunc: (dy, [qs, ks, vs, ps, ...tb]) => {
         const dO = allocate([BH, T, hs]);
-        dispatch(kernel('heads_split', String(hs), () => headsLayoutSource(hs, true)), [dy], [dO], lu, lgrid);
+        dispatch(
+          kernel('heads_split', String(hs), () => headsLayoutSource(hs, true)),
+          [dy],
+          [dO],
+          lu,
+          lgrid,
+        );
         const dP = matmul({ ...batched, a: dO, b: vs, N: T, K: hs, transB: true, triangle: 'lowerC' }).c;
         const dS = allocate([BH, T, T]);
         dispatch(kernel('causal_softmax_backward', '', causalSoftmaxBackwardSource), [ps, dP], [dS], su, rowGrid(rows));
@@ -711,7 +817,15 @@ function scoresAttention(s: AttentionShape, split: SplitHeads, merge: MergeGrads
 // ---------------------------------------------------------------------------------------------
 // Check against the reference (check.ts)
 
-export function attentionCase(kernels: AttentionKernels, B: number, T: number, H: number, hs: number, rd: number, tol = 5e-5): KernelCase {
+export function attentionCase(
+  kernels: AttentionKernels,
+  B: number,
+  T: number,
+  H: number,
+  hs: number,
+  rd: number,
+  tol = 5e-5,
+): KernelCase {
   const shape = { batch: B, seqLen: T, heads: H, headSize: hs, rotated: rd };
   return {
     name: `causal attention with rotary, ${kernels} kernels (B ${B}, T ${T}, H ${H}, hs ${hs}, rotated ${rd})`,
@@ -720,12 +834,21 @@ export function attentionCase(kernels: AttentionKernels, B: number, T: number, H
       return [randHost([B * T, H * 3 * hs], 14, 1.5), r.cos, r.sin, r.mask];
     },
     diff: [0],
-    reference: ([x, c, s, m]) => causalSelfAttention.reference(x as tf.Tensor2D, new PositionTables(c as tf.Tensor2D, s as tf.Tensor2D, m as tf.Tensor2D), shape),
+    reference: ([x, c, s, m]) =>
+      causalSelfAttention.reference(
+        x as tf.Tensor2D,
+        new PositionTables(c as tf.Tensor2D, s as tf.Tensor2D, m as tf.Tensor2D),
+        shape,
+      ),
     fused: ([x, c, s, m]) => {
       // The path is chosen in the forward; its gradient follows it.
       setAttentionKernels(kernels);
       try {
-        return fusedAttention(x as tf.Tensor2D, new PositionTables(c as tf.Tensor2D, s as tf.Tensor2D, m as tf.Tensor2D), shape);
+        return fusedAttention(
+          x as tf.Tensor2D,
+          new PositionTables(c as tf.Tensor2D, s as tf.Tensor2D, m as tf.Tensor2D),
+          shape,
+        );
       } finally {
         setAttentionKernels(null);
       }

@@ -52,13 +52,18 @@ export type Reference = 'cpu' | 'webgpu-unfused';
  */
 export async function onBackend(where: Reference | 'webgpu'): Promise<void> {
   const name = where === 'cpu' ? 'cpu' : 'webgpu';
-  if (tf.getBackend() !== name && !(await tf.setBackend(name))) throw new Error(`kernel check: the ${name} backend failed to initialise`);
+  if (tf.getBackend() !== name && !(await tf.setBackend(name)))
+    throw new Error(`kernel check: the ${name} backend failed to initialise`);
   await tf.ready();
   setFusedKernels(where === 'webgpu-unfused' ? false : null);
 }
 
 /** Value and gradients w.r.t. the inputs listed in `diff` of `f`, for a fixed random upstream gradient. */
-async function valueAndGrads(inputs: Host[], diff: number[], f: (ts: tf.Tensor[]) => tf.Tensor): Promise<{ value: Float32Array; grads: Float32Array[] }> {
+async function valueAndGrads(
+  inputs: Host[],
+  diff: number[],
+  f: (ts: tf.Tensor[]) => tf.Tensor,
+): Promise<{ value: Float32Array; grads: Float32Array[] }> {
   const ts = inputs.map(toT);
   const value = tf.tidy(() => f(ts));
   if (diff.length === 0) {
@@ -76,7 +81,10 @@ async function valueAndGrads(inputs: Host[], diff: number[], f: (ts: tf.Tensor[]
     diff.map((d) => ts[d]),
     dy,
   );
-  const out = { value: (await value.data()) as Float32Array, grads: await Promise.all(grads.map(async (x) => (await x.data()) as Float32Array)) };
+  const out = {
+    value: (await value.data()) as Float32Array,
+    grads: await Promise.all(grads.map(async (x) => (await x.data()) as Float32Array)),
+  };
   tf.dispose([...ts, value, dy, ...grads]);
   return out;
 }
@@ -141,10 +149,22 @@ export function ropeTables(T: number, rd: number): { cos: Host; sin: Host; mask:
   }
   const mask = new Float32Array(T * T);
   for (let i = 0; i < T; i++) for (let j = i + 1; j < T; j++) mask[i * T + j] = -1e9;
-  return { cos: { shape: [T, rd], data: cos }, sin: { shape: [T, rd], data: sin }, mask: { shape: [T, T], data: mask } };
+  return {
+    cos: { shape: [T, rd], data: cos },
+    sin: { shape: [T, rd], data: sin },
+    mask: { shape: [T, T], data: mask },
+  };
 }
 
-export function matmulCase(name: string, M: number, K: number, N: number, transA: boolean, transB: boolean, tol = 2e-6): KernelCase {
+export function matmulCase(
+  name: string,
+  M: number,
+  K: number,
+  N: number,
+  transA: boolean,
+  transB: boolean,
+  tol = 2e-6,
+): KernelCase {
   return {
     name,
     inputs: () => [randHost(transA ? [K, M] : [M, K], 1), randHost(transB ? [N, K] : [K, N], 2)],
@@ -237,8 +257,11 @@ export function halfProductCase(o: HalfProductOptions): KernelCase {
     return { shape: [rows, cols], data };
   };
   // Tiles above the diagonal are left unwritten (any value, NaN too): compared as zeros.
-  const masked = (t: tf.Tensor, mask: tf.Tensor) => (triangle === 'lowerC' ? tf.where(tf.greater(mask, 0), t, tf.zerosLike(t)) : t);
-  const name = o.name ?? `f16 product ${transA ? 'T' : 'N'}${transB ? 'T' : 'N'} ${batch > 1 ? `${batch}×` : ''}${M}×${N}×${K}${triangle === 'none' ? '' : ` ${triangle}`}${epilogue === 'none' ? '' : ` + ${epilogue}`}`;
+  const masked = (t: tf.Tensor, mask: tf.Tensor) =>
+    triangle === 'lowerC' ? tf.where(tf.greater(mask, 0), t, tf.zerosLike(t)) : t;
+  const name =
+    o.name ??
+    `f16 product ${transA ? 'T' : 'N'}${transB ? 'T' : 'N'} ${batch > 1 ? `${batch}×` : ''}${M}×${N}×${K}${triangle === 'none' ? '' : ` ${triangle}`}${epilogue === 'none' ? '' : ` + ${epilogue}`}`;
   return {
     name,
     inputs: () => {
@@ -259,7 +282,18 @@ export function halfProductCase(o: HalfProductOptions): KernelCase {
     fused: ([a, b, bias, mask]) => {
       const [ah, bh] = [toHalf(a), toHalf(b)];
       const { c } = matmul({
-        a: ah, b: bh, M, N, K, transA, transB, batch, triangle, aType: 'f16', bType: 'f16', plan: o.plan,
+        a: ah,
+        b: bh,
+        M,
+        N,
+        K,
+        transA,
+        transB,
+        batch,
+        triangle,
+        aType: 'f16',
+        bType: 'f16',
+        plan: o.plan,
         ...(epilogue === 'none' ? {} : { bias, gelu: epilogue === 'bias-gelu' }),
       });
       release(ah);
@@ -283,7 +317,13 @@ export function sgTileName(t: SgMatMulTile): string {
  */
 export function sgTileCases(tile: SgMatMulTile, tol = F16_PRODUCT_TOL): KernelCase[] {
   const { BM, BN, BK } = tile;
-  const at = (o: HalfProductOptions, S = 1) => halfProductCase({ ...o, plan: makePlan(tile, o.K, S), tol, name: `${sgTileName(tile)}: ${halfProductCase(o).name}${S > 1 ? `, split-K ${S}` : ''}` });
+  const at = (o: HalfProductOptions, S = 1) =>
+    halfProductCase({
+      ...o,
+      plan: makePlan(tile, o.K, S),
+      tol,
+      name: `${sgTileName(tile)}: ${halfProductCase(o).name}${S > 1 ? `, split-K ${S}` : ''}`,
+    });
   const T = 2 * Math.max(BM, BN);
   const cases = [
     at({ M: 2 * BM, N: 2 * BN, K: 3 * BK, transB: true }),
@@ -342,7 +382,13 @@ export interface CurveComparison {
  * `steps` training steps on webgpu in f32 and in mixed precision from the same init and data (a
  * learnable token pattern), the loss of every step.
  */
-export async function mixedCurveCheck(config: NeoXConfig, steps: number, batchSize: number, seqLen: number, opts: { lr?: number; warmup?: number } = {}): Promise<CurveComparison> {
+export async function mixedCurveCheck(
+  config: NeoXConfig,
+  steps: number,
+  batchSize: number,
+  seqLen: number,
+  opts: { lr?: number; warmup?: number } = {},
+): Promise<CurveComparison> {
   const { GPTNeoX } = await import('../gptneox.js');
   const { Trainer } = await import('../train.js');
   await onBackend('webgpu');
@@ -356,7 +402,12 @@ export async function mixedCurveCheck(config: NeoXConfig, steps: number, batchSi
           steps,
           batchSize,
           seqLen,
-          schedule: { maxLr: opts.lr ?? 1e-3, minLr: (opts.lr ?? 1e-3) / 10, warmupSteps: opts.warmup ?? Math.min(20, Math.floor(steps / 10)), totalSteps: steps },
+          schedule: {
+            maxLr: opts.lr ?? 1e-3,
+            minLr: (opts.lr ?? 1e-3) / 10,
+            warmupSteps: opts.warmup ?? Math.min(20, Math.floor(steps / 10)),
+            totalSteps: steps,
+          },
           adamw: {},
           gradClip: 1,
           seed: 1,

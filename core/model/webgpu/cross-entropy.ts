@@ -97,7 +97,18 @@ export function fusedCrossEntropy(logits: tf.Tensor2D, targets: tf.Tensor1D): tf
   const op = customOp(([x], save) => {
     const rowLoss = allocate([N]);
     const lse = allocate([N]);
-    dispatch(kernel('cross_entropy', String(vec4), () => crossEntropyForwardSource(vec4)), [x, targets], [rowLoss, lse], [['u', N], ['u', V], ['u', 0], ['u', 0]], rowGrid(N));
+    dispatch(
+      kernel('cross_entropy', String(vec4), () => crossEntropyForwardSource(vec4)),
+      [x, targets],
+      [rowLoss, lse],
+      [
+        ['u', N],
+        ['u', V],
+        ['u', 0],
+        ['u', 0],
+      ],
+      rowGrid(N),
+    );
     const rl = toTensor(rowLoss);
     const value = tf.mean(rl);
     save([x, toTensor(lse), targets]);
@@ -105,7 +116,18 @@ export function fusedCrossEntropy(logits: tf.Tensor2D, targets: tf.Tensor1D): tf
       value,
       gradFunc: (dy, [xs, ls, ts]) => {
         const dx = allocate([N, V]);
-        dispatch(kernel('cross_entropy_backward', String(vec4), () => crossEntropyBackwardSource(vec4)), [xs, ls, ts, dy], [dx], [['u', N], ['u', V], ['f', 1 / N], ['u', 0]], rowGrid(N));
+        dispatch(
+          kernel('cross_entropy_backward', String(vec4), () => crossEntropyBackwardSource(vec4)),
+          [xs, ls, ts, dy],
+          [dx],
+          [
+            ['u', N],
+            ['u', V],
+            ['f', 1 / N],
+            ['u', 0],
+          ],
+          rowGrid(N),
+        );
         return toTensor(dx);
       },
     };

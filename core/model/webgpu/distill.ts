@@ -183,7 +183,12 @@ export function fusedTopKSupports(teacher: TopKTeacher): boolean {
  * ../ops/distill.ts), mean over positions, in two kernels: no log-softmax of the full logits
  * is kept, and the gradient is written directly.
  */
-export function fusedTopKDistill(logits: tf.Tensor2D, targets: tf.Tensor1D, teacher: TopKTeacher, options: DistillOptions): tf.Scalar {
+export function fusedTopKDistill(
+  logits: tf.Tensor2D,
+  targets: tf.Tensor1D,
+  teacher: TopKTeacher,
+  options: DistillOptions,
+): tf.Scalar {
   const { alpha, temperature, direction } = options;
   const [N, V] = logits.shape;
   const k = teacher.indices.shape[1];
@@ -234,7 +239,15 @@ export function fusedTopKDistill(logits: tf.Tensor2D, targets: tf.Tensor1D, teac
 // ---------------------------------------------------------------------------------------------
 // Check against the reference (check.ts)
 
-export function topKCase(N: number, V: number, k: number, direction: KLDirection, alpha: number, temperature: number, tol = 5e-5): KernelCase {
+export function topKCase(
+  N: number,
+  V: number,
+  k: number,
+  direction: KLDirection,
+  alpha: number,
+  temperature: number,
+  tol = 5e-5,
+): KernelCase {
   const options = { alpha, temperature, direction };
   return {
     name: `top-k distillation (N ${N}, V ${V}, k ${k}, ${direction} KL, alpha ${alpha}, temperature ${temperature})`,
@@ -256,8 +269,19 @@ export function topKCase(N: number, V: number, k: number, direction: KLDirection
     },
     diff: [0],
     reference: ([x, t, i, l, z]) =>
-      topKDistillation.reference(x as tf.Tensor2D, t as tf.Tensor1D, { indices: i as tf.Tensor2D, logits: l as tf.Tensor2D, logNormaliser: z as tf.Tensor1D }, options),
-    fused: ([x, t, i, l, z]) => fusedTopKDistill(x as tf.Tensor2D, t as tf.Tensor1D, { indices: i as tf.Tensor2D, logits: l as tf.Tensor2D, logNormaliser: z as tf.Tensor1D }, options),
+      topKDistillation.reference(
+        x as tf.Tensor2D,
+        t as tf.Tensor1D,
+        { indices: i as tf.Tensor2D, logits: l as tf.Tensor2D, logNormaliser: z as tf.Tensor1D },
+        options,
+      ),
+    fused: ([x, t, i, l, z]) =>
+      fusedTopKDistill(
+        x as tf.Tensor2D,
+        t as tf.Tensor1D,
+        { indices: i as tf.Tensor2D, logits: l as tf.Tensor2D, logNormaliser: z as tf.Tensor1D },
+        options,
+      ),
     tol,
   };
 }

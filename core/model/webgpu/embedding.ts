@@ -49,7 +49,18 @@ export function fusedGatherRows(table: tf.Tensor2D, ids: tf.Tensor1D): tf.Tensor
       gradFunc: (dy, [idx]) => {
         const out = allocate([rows, width]);
         zeroFill(out);
-        dispatch(kernel('scatter_add_rows', '', scatterAddRowsSource), [dy, idx], [out], [['u', n * width], ['u', width], ['u', 0], ['u', 0]], grid1d(n * width));
+        dispatch(
+          kernel('scatter_add_rows', '', scatterAddRowsSource),
+          [dy, idx],
+          [out],
+          [
+            ['u', n * width],
+            ['u', width],
+            ['u', 0],
+            ['u', 0],
+          ],
+          grid1d(n * width),
+        );
         return toTensor(out);
       },
     };
@@ -83,7 +94,10 @@ export function rowWiseTakeAlongLastAxis(x: tf.Tensor2D, idx: tf.Tensor2D): tf.T
 export function embeddingCase(rows: number, width: number, n: number, tol = 2e-5): KernelCase {
   return {
     name: `embedding rows and gradient (table ${rows} × ${width}, ${n} ids)`,
-    inputs: () => [randHost([rows, width], 18), { shape: [n], data: Int32Array.from({ length: n }, (_, i) => (i * i + 3 * i) % rows), dtype: 'int32' }],
+    inputs: () => [
+      randHost([rows, width], 18),
+      { shape: [n], data: Int32Array.from({ length: n }, (_, i) => (i * i + 3 * i) % rows), dtype: 'int32' },
+    ],
     diff: [0],
     reference: ([t, i]) => gatherRows.reference(t as tf.Tensor2D, i as tf.Tensor1D),
     fused: ([t, i]) => fusedGatherRows(t as tf.Tensor2D, i as tf.Tensor1D),

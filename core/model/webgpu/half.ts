@@ -19,7 +19,18 @@ import * as tf from '../tfjs.js';
 
 import { fusedKernelsEnabled } from './fused.js';
 import { TO_F16_WGSL } from './wgsl-common.js';
-import { type Capabilities, type Kernel, type SubgroupMatrixConfig, allocate, capabilities, dispatch, grid1d, kernelFor, toTensor, webgpuBackend } from './runtime.js';
+import {
+  type Capabilities,
+  type Kernel,
+  type SubgroupMatrixConfig,
+  allocate,
+  capabilities,
+  dispatch,
+  grid1d,
+  kernelFor,
+  toTensor,
+  webgpuBackend,
+} from './runtime.js';
 
 /**
  * How the mixed-precision products run: 'matrix', f16 operands on subgroup matrices; 'storage', f16
@@ -31,7 +42,9 @@ export const HALF_PRODUCT_SETTINGS = ['auto', 'matrix', 'storage', 'off'] as con
 
 /** The f16-input, f32-result subgroup-matrix configurations, largest first. */
 export function f16MatrixConfigs(caps: Pick<Capabilities, 'subgroupMatrixConfigs'>): SubgroupMatrixConfig[] {
-  return caps.subgroupMatrixConfigs.filter((c) => c.componentType === 'f16' && c.resultComponentType === 'f32').sort((a, b) => b.M * b.N * b.K - a.M * a.N * a.K);
+  return caps.subgroupMatrixConfigs
+    .filter((c) => c.componentType === 'f16' && c.resultComponentType === 'f32')
+    .sort((a, b) => b.M * b.N * b.K - a.M * a.N * a.K);
 }
 
 /**
@@ -39,10 +52,13 @@ export function f16MatrixConfigs(caps: Pick<Capabilities, 'subgroupMatrixConfigs
  * shader-f16, an f16 → f32 configuration, and one subgroup size (the kernels lay their tiles out per
  * subgroup, so the size must be known when they are written).
  */
-export function matrixUnavailable(caps: Pick<Capabilities, 'shaderF16' | 'subgroupMatrixConfigs' | 'subgroupMinSize' | 'subgroupMaxSize'>): string | null {
+export function matrixUnavailable(
+  caps: Pick<Capabilities, 'shaderF16' | 'subgroupMatrixConfigs' | 'subgroupMinSize' | 'subgroupMaxSize'>,
+): string | null {
   if (!caps.shaderF16) return 'the adapter has no shader-f16';
   if (f16MatrixConfigs(caps).length === 0) return 'the adapter offers no f16 → f32 subgroup-matrix configuration';
-  if (caps.subgroupMinSize === null || caps.subgroupMinSize !== caps.subgroupMaxSize) return `the adapter's subgroup size varies (${caps.subgroupMinSize ?? '?'}–${caps.subgroupMaxSize ?? '?'})`;
+  if (caps.subgroupMinSize === null || caps.subgroupMinSize !== caps.subgroupMaxSize)
+    return `the adapter's subgroup size varies (${caps.subgroupMinSize ?? '?'}–${caps.subgroupMaxSize ?? '?'})`;
   return null;
 }
 
@@ -51,10 +67,16 @@ export function matrixUnavailable(caps: Pick<Capabilities, 'shaderF16' | 'subgro
  * OFFSHOOT_WEBGPU_F16: auto, the default, takes subgroup matrices where they can run and f32
  * otherwise; matrix and storage insist, and fail on an adapter without them; off keeps f32).
  */
-export function chooseHalfProducts(p: Precision, caps: Pick<Capabilities, 'shaderF16' | 'subgroupMatrixConfigs' | 'subgroupMinSize' | 'subgroupMaxSize'>, setting = process.env.OFFSHOOT_WEBGPU_F16): HalfProducts {
+export function chooseHalfProducts(
+  p: Precision,
+  caps: Pick<Capabilities, 'shaderF16' | 'subgroupMatrixConfigs' | 'subgroupMinSize' | 'subgroupMaxSize'>,
+  setting = process.env.OFFSHOOT_WEBGPU_F16,
+): HalfProducts {
   const s = (setting ?? '').trim().toLowerCase() || 'auto';
   if (!(HALF_PRODUCT_SETTINGS as readonly string[]).includes(s)) {
-    throw new Error(`OFFSHOOT_WEBGPU_F16: invalid value ${JSON.stringify(setting)}; expected one of ${HALF_PRODUCT_SETTINGS.join(', ')}`);
+    throw new Error(
+      `OFFSHOOT_WEBGPU_F16: invalid value ${JSON.stringify(setting)}; expected one of ${HALF_PRODUCT_SETTINGS.join(', ')}`,
+    );
   }
   if (p === 'f32' || s === 'off') return 'off';
   const why = matrixUnavailable(caps);
@@ -77,9 +99,7 @@ export function halfStorageShape(n: number): [number] {
 
 /** in: x [n] f32; out: h, n f16 (`halfStorageShape`); u: {n}. Four elements per invocation when n is a multiple of 4. */
 export function toHalfSource(vec4: boolean): string {
-  const body = vec4
-    ? 'if (i < u.n / 4u) { h[i] = to_f16x4(x[i]); }'
-    : 'if (i < u.n) { h[i] = to_f16(x[i]); }';
+  const body = vec4 ? 'if (i < u.n / 4u) { h[i] = to_f16x4(x[i]); }' : 'if (i < u.n) { h[i] = to_f16(x[i]); }';
   return /* wgsl */ `enable f16;
 @group(0) @binding(0) var<storage, read> x: array<${vec4 ? 'vec4<f32>' : 'f32'}>;
 @group(0) @binding(1) var<storage, read_write> h: array<${vec4 ? 'vec4<f16>' : 'f16'}>;
@@ -116,7 +136,18 @@ const fromHalfKernel: Kernel = { key: 'from_f16', name: 'from_f16', source: from
 export function toHalf(x: tf.TensorInfo, n = sizeOf(x)): tf.TensorInfo {
   const h = allocate(halfStorageShape(n));
   const vec4 = n % 4 === 0;
-  dispatch(toHalfKernel(vec4), [x], [h], [['u', n], ['u', 0], ['u', 0], ['u', 0]], grid1d(vec4 ? n / 4 : n));
+  dispatch(
+    toHalfKernel(vec4),
+    [x],
+    [h],
+    [
+      ['u', n],
+      ['u', 0],
+      ['u', 0],
+      ['u', 0],
+    ],
+    grid1d(vec4 ? n / 4 : n),
+  );
   return h;
 }
 
@@ -124,7 +155,18 @@ export function toHalf(x: tf.TensorInfo, n = sizeOf(x)): tf.TensorInfo {
 export function fromHalf(h: tf.TensorInfo, shape: number[]): tf.Tensor {
   const n = shape.reduce((a, b) => a * b, 1);
   const x = allocate(shape);
-  dispatch(fromHalfKernel, [h], [x], [['u', n], ['u', 0], ['u', 0], ['u', 0]], grid1d(n));
+  dispatch(
+    fromHalfKernel,
+    [h],
+    [x],
+    [
+      ['u', n],
+      ['u', 0],
+      ['u', 0],
+      ['u', 0],
+    ],
+    grid1d(n),
+  );
   return toTensor(x);
 }
 

@@ -89,12 +89,22 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let base = row * ${D}u;
     let mean = meanIn[row];
     let rstd = rstdIn[row];
-    ${el.map((e) => `var dy${e} = 0.0; var xh${e} = 0.0; if (${ok(e)}) { dy${e} = dy[base + ${col(e)}]; xh${e} = (x[base + ${col(e)}] - mean) * rstd; }
-    let g${e} = dy${e} * w${e};`).join('\n    ')}
+    ${el
+      .map(
+        (
+          e,
+        ) => `var dy${e} = 0.0; var xh${e} = 0.0; if (${ok(e)}) { dy${e} = dy[base + ${col(e)}]; xh${e} = (x[base + ${col(e)}] - mean) * rstd; }
+    let g${e} = dy${e} * w${e};`,
+      )
+      .join('\n    ')}
     let s1 = wg_sum(${el.map((e) => `g${e}`).join(' + ')}, lid) / ${D}.0;
     let s2 = wg_sum(${el.map((e) => `g${e} * xh${e}`).join(' + ')}, lid) / ${D}.0;
-    ${el.map((e) => `if (${ok(e)}) { dx[base + ${col(e)}] = rstd * (g${e} - s1 - xh${e} * s2); }
-    aw${e} = aw${e} + dy${e} * xh${e}; ab${e} = ab${e} + dy${e};`).join('\n    ')}
+    ${el
+      .map(
+        (e) => `if (${ok(e)}) { dx[base + ${col(e)}] = rstd * (g${e} - s1 - xh${e} * s2); }
+    aw${e} = aw${e} + dy${e} * xh${e}; ab${e} = ab${e} + dy${e};`,
+      )
+      .join('\n    ')}
   }
   ${el.map((e) => `if (${ok(e)}) { pdw[g * ${D}u + ${col(e)}] = aw${e}; pdb[g * ${D}u + ${col(e)}] = ab${e}; }`).join('\n  ')}
 }
@@ -108,7 +118,18 @@ export function fusedLayerNorm(x: tf.Tensor2D, weight: tf.Tensor1D, bias: tf.Ten
     const y = allocate([N, D]);
     const mean = allocate([N]);
     const rstd = allocate([N]);
-    dispatch(kernel('layernorm', String(D), () => layerNormForwardSource(D)), [xt, wt, bt], [y, mean, rstd], [['u', N], ['f', eps], ['u', 0], ['u', 0]], rowGrid(N));
+    dispatch(
+      kernel('layernorm', String(D), () => layerNormForwardSource(D)),
+      [xt, wt, bt],
+      [y, mean, rstd],
+      [
+        ['u', N],
+        ['f', eps],
+        ['u', 0],
+        ['u', 0],
+      ],
+      rowGrid(N),
+    );
     save([xt, wt, toTensor(mean), toTensor(rstd)]);
     return {
       value: toTensor(y),
@@ -118,7 +139,18 @@ export function fusedLayerNorm(x: tf.Tensor2D, weight: tf.Tensor1D, bias: tf.Ten
         const dx = allocate([N, D]);
         const pdw = allocate([G, D]);
         const pdb = allocate([G, D]);
-        dispatch(kernel('layernorm_backward', String(D), () => layerNormBackwardSource(D)), [dy, xs, ms, rs, ws], [dx, pdw, pdb], [['u', N], ['u', R], ['u', 0], ['u', 0]], rowGrid(G));
+        dispatch(
+          kernel('layernorm_backward', String(D), () => layerNormBackwardSource(D)),
+          [dy, xs, ms, rs, ws],
+          [dx, pdw, pdb],
+          [
+            ['u', N],
+            ['u', R],
+            ['u', 0],
+            ['u', 0],
+          ],
+          rowGrid(G),
+        );
         const dw = sumSlices(pdw, G, D);
         const db = sumSlices(pdb, G, D);
         release(pdw);

@@ -58,19 +58,42 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
 }
 
 /** Σ over the rows of dy [N, C]; with `geluZ` through GELU's derivative; `g` the gradient the products take when it is not dy itself (f16 with `half`). */
-function columnSums(dy: tf.TensorInfo, N: number, C: number, geluZ: tf.TensorInfo | undefined, half: boolean): { sum: tf.TensorInfo; g?: tf.TensorInfo } {
+function columnSums(
+  dy: tf.TensorInfo,
+  N: number,
+  C: number,
+  geluZ: tf.TensorInfo | undefined,
+  half: boolean,
+): { sum: tf.TensorInfo; g?: tf.TensorInfo } {
   const R = Math.max(8, Math.ceil(N / 256));
   const G = Math.ceil(N / R);
   const partial = allocate([G, C]);
-  const u: UniformValue[] = [['u', N], ['u', C], ['u', R], ['u', 0]];
+  const u: UniformValue[] = [
+    ['u', N],
+    ['u', C],
+    ['u', R],
+    ['u', 0],
+  ];
   const grid: [number, number, number] = [Math.ceil(C / 256), G, 1];
   let g: tf.TensorInfo | undefined;
   if (geluZ || half) {
     g = allocate(half ? halfStorageShape(N * C) : [N, C]);
     const name = `${geluZ ? 'gelu_backward_colsum' : 'colsum'}${half ? '_f16' : ''}`;
-    dispatch(kernel(name, '', () => columnSumSource(geluZ !== undefined, half)), geluZ ? [dy, geluZ] : [dy], [g, partial], u, grid);
+    dispatch(
+      kernel(name, '', () => columnSumSource(geluZ !== undefined, half)),
+      geluZ ? [dy, geluZ] : [dy],
+      [g, partial],
+      u,
+      grid,
+    );
   } else {
-    dispatch(kernel('colsum', '', () => columnSumSource(false)), [dy], [partial], u, grid);
+    dispatch(
+      kernel('colsum', '', () => columnSumSource(false)),
+      [dy],
+      [partial],
+      u,
+      grid,
+    );
   }
   const sum = sumSlices(partial, G, C);
   release(partial);
@@ -78,7 +101,12 @@ function columnSums(dy: tf.TensorInfo, N: number, C: number, geluZ: tf.TensorInf
 }
 
 /** x [N, in] · weightᵀ ([out, in], torch layout) + bias, then GELU when asked; gradients for all three. */
-export function fusedLinear(x: tf.Tensor2D, weight: tf.Tensor2D, bias: tf.Tensor1D, activation: Activation = 'none'): tf.Tensor2D {
+export function fusedLinear(
+  x: tf.Tensor2D,
+  weight: tf.Tensor2D,
+  bias: tf.Tensor1D,
+  activation: Activation = 'none',
+): tf.Tensor2D {
   const [N, inF] = x.shape;
   const outF = weight.shape[0];
   const gelu = activation === 'gelu';
@@ -158,7 +186,11 @@ export function fusedMatMulNT(a: tf.Tensor2D, b: tf.Tensor2D): tf.Tensor2D {
 export function linearCase(N: number, inF: number, outF: number, activation: Activation, tol = 2e-5): KernelCase {
   return {
     name: `linear${activation === 'gelu' ? ' + GELU' : ''} (N ${N}, in ${inF}, out ${outF})`,
-    inputs: () => [randHost([N, inF], 3), randHost([outF, inF], 4, activation === 'gelu' ? 0.5 : 0.3), randHost([outF], 5)],
+    inputs: () => [
+      randHost([N, inF], 3),
+      randHost([outF, inF], 4, activation === 'gelu' ? 0.5 : 0.3),
+      randHost([outF], 5),
+    ],
     diff: [0, 1, 2],
     reference: ([x, w, b]) => linear.reference(x as tf.Tensor2D, w as tf.Tensor2D, b as tf.Tensor1D, activation),
     fused: ([x, w, b]) => fusedLinear(x as tf.Tensor2D, w as tf.Tensor2D, b as tf.Tensor1D, activation),

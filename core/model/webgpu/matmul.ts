@@ -8,9 +8,40 @@
 import * as tf from '../tfjs.js';
 
 import { f16MatrixConfigs, halfProducts, matrixUnavailable, toHalf } from './half.js';
-import { type Capabilities, type Kernel, type UniformValue, allocate, capabilities, compileError, dispatch, grid1d, kernelFor, release, webgpuBackend } from './runtime.js';
-import { type MatMulTile, type MatMulVariant, type OperandType, matmulGrid, matmulSource, parseTile, sumSlicesSource, sumSlicesWideSource, variantKey } from './wgsl-matmul.js';
-import { type SgMatMulTile, type SgMatMulVariant, sgMatmulSource, sgThreads, sgTile, sgVariantKey, sgVariantProblem, sgWorkgroupBytes } from './wgsl-sgmatrix.js';
+import {
+  type Capabilities,
+  type Kernel,
+  type UniformValue,
+  allocate,
+  capabilities,
+  compileError,
+  dispatch,
+  grid1d,
+  kernelFor,
+  release,
+  webgpuBackend,
+} from './runtime.js';
+import {
+  type MatMulTile,
+  type MatMulVariant,
+  type OperandType,
+  matmulGrid,
+  matmulSource,
+  parseTile,
+  sumSlicesSource,
+  sumSlicesWideSource,
+  variantKey,
+} from './wgsl-matmul.js';
+import {
+  type SgMatMulTile,
+  type SgMatMulVariant,
+  sgMatmulSource,
+  sgThreads,
+  sgTile,
+  sgVariantKey,
+  sgVariantProblem,
+  sgWorkgroupBytes,
+} from './wgsl-sgmatrix.js';
 
 /** The tiles the planner and the autotuner choose from (every one is covered by the kernel tests). */
 export const MATMUL_TILES: Record<string, MatMulTile> = {
@@ -139,7 +170,10 @@ function defaultPlanOf(s: Shape): MatMulPlan {
     const fits = (t: SgMatMulTile) => sgFits(t, s);
     const large = sg.find((t) => t.BM === 128 && t.BN === 128 && fits(t));
     const small = sg.find((t) => t.BM <= 64 && t.BN <= 64 && fits(t));
-    const tile = large && (noSplit ? s.M >= 128 && s.N >= 128 : tilesOf(large, s.M, s.N) >= TARGET_WORKGROUPS || s.K >= 1024) ? large : (small ?? large);
+    const tile =
+      large && (noSplit ? s.M >= 128 && s.N >= 128 : tilesOf(large, s.M, s.N) >= TARGET_WORKGROUPS || s.K >= 1024)
+        ? large
+        : (small ?? large);
     if (tile) return makePlan(tile, s.K, noSplit ? 1 : autoSlices(tile, s.M, s.N, s.K));
   }
   return noSplit ? batchedPlan(s.M, s.N, s.K) : defaultPlan(s.M, s.N, s.K);
@@ -169,7 +203,10 @@ const SG_LAYOUTS: Array<{ SGX: number; SGY: number; RM: number; RN: number; BK: 
 ];
 
 /** What sgTilesFor needs to know of a device. */
-export type SgDevice = Pick<Capabilities, 'subgroupMatrixConfigs' | 'subgroupMinSize' | 'maxWorkgroupStorage' | 'maxWorkgroupInvocations'>;
+export type SgDevice = Pick<
+  Capabilities,
+  'subgroupMatrixConfigs' | 'subgroupMinSize' | 'maxWorkgroupStorage' | 'maxWorkgroupInvocations'
+>;
 
 /**
  * The subgroup-matrix tiles a device can run: each layout per f16 → f32 configuration (of those
@@ -178,7 +215,9 @@ export type SgDevice = Pick<Capabilities, 'subgroupMatrixConfigs' | 'subgroupMin
  */
 export function sgTilesFor(caps: SgDevice): SgMatMulTile[] {
   const SG = caps.subgroupMinSize ?? 0;
-  const configs = f16MatrixConfigs(caps).filter((c, _, all) => !all.some((o) => o.M === c.M && o.N === c.N && o.K > c.K));
+  const configs = f16MatrixConfigs(caps).filter(
+    (c, _, all) => !all.some((o) => o.M === c.M && o.N === c.N && o.K > c.K),
+  );
   const out: SgMatMulTile[] = [];
   for (const cfg of configs) {
     for (const l of SG_LAYOUTS) {
@@ -186,11 +225,31 @@ export function sgTilesFor(caps: SgDevice): SgMatMulTile[] {
       const RN = (l.RN * 16) / cfg.N;
       const RM = (l.RM * 16) / cfg.M;
       if (!Number.isInteger(RN) || !Number.isInteger(RM) || l.BK % cfg.K !== 0) continue;
-      for (const [staging, double] of [['workgroup', false], ['workgroup', true], ['direct', false]] as const) {
-        const t = sgTile({ M: cfg.M, N: cfg.N, K: cfg.K, SGX: l.SGX, SGY: l.SGY, RM, RN, BK: l.BK, staging, ...(double ? { double } : {}) });
+      for (const [staging, double] of [
+        ['workgroup', false],
+        ['workgroup', true],
+        ['direct', false],
+      ] as const) {
+        const t = sgTile({
+          M: cfg.M,
+          N: cfg.N,
+          K: cfg.K,
+          SGX: l.SGX,
+          SGY: l.SGY,
+          RM,
+          RN,
+          BK: l.BK,
+          staging,
+          ...(double ? { double } : {}),
+        });
         // The most workgroup memory any use takes: transposes change slab strides, an epilogue adds patches.
-        const worst = Math.max(...[false, true].flatMap((transA) => [false, true].map((transB) => sgWorkgroupBytes({ ...sgVariantFor(t, SG, transA, transB), exact: false }))));
-        if (worst <= caps.maxWorkgroupStorage && sgThreads({ ...t, subgroupSize: SG }) <= caps.maxWorkgroupInvocations) out.push(t);
+        const worst = Math.max(
+          ...[false, true].flatMap((transA) =>
+            [false, true].map((transB) => sgWorkgroupBytes({ ...sgVariantFor(t, SG, transA, transB), exact: false })),
+          ),
+        );
+        if (worst <= caps.maxWorkgroupStorage && sgThreads({ ...t, subgroupSize: SG }) <= caps.maxWorkgroupInvocations)
+          out.push(t);
       }
     }
   }
@@ -205,7 +264,21 @@ export function sgTiles(): SgMatMulTile[] {
 
 /** A variant of `t` with default operands, for sizing. */
 function sgVariantFor(t: SgMatMulTile, subgroupSize: number, transA: boolean, transB: boolean): SgMatMulVariant {
-  return { ...t, subgroupSize, transA, transB, aType: 'f16', bType: 'f16', widthA: 8, widthB: 8, exact: true, epilogue: 'bias-gelu', splitK: false, batched: false, triangle: 'none' };
+  return {
+    ...t,
+    subgroupSize,
+    transA,
+    transB,
+    aType: 'f16',
+    bType: 'f16',
+    widthA: 8,
+    widthB: 8,
+    exact: true,
+    epilogue: 'bias-gelu',
+    splitK: false,
+    batched: false,
+    triangle: 'none',
+  };
 }
 
 /** Whether a subgroup-matrix tile can run this shape (direct loads need f16 operands and a whole number of tiles). */
@@ -237,7 +310,9 @@ function sgKernel(v: SgMatMulVariant): Kernel {
 }
 
 function sumKernel(epilogue: 'none' | 'bias' | 'bias-gelu'): Kernel {
-  return kernelFor(`sumslices_${epilogue}`, `sum_slices${epilogue === 'none' ? '' : `_${epilogue}`}`, () => sumSlicesSource({ epilogue }));
+  return kernelFor(`sumslices_${epilogue}`, `sum_slices${epilogue === 'none' ? '' : `_${epilogue}`}`, () =>
+    sumSlicesSource({ epilogue }),
+  );
 }
 
 export interface MatMulArgs {
@@ -282,14 +357,31 @@ const preparedByPlan = new WeakMap<MatMulPlan, Map<string, Prepared>>();
 
 function prepare(plan: MatMulPlan, s: Shape, epilogue: MatMulVariant['epilogue']): Prepared {
   const { M, N, K, transA, transB, batch, triangle } = s;
-  const uniforms: UniformValue[] = [['u', M], ['u', N], ['u', K], ['u', plan.kChunk]];
+  const uniforms: UniformValue[] = [
+    ['u', M],
+    ['u', N],
+    ['u', K],
+    ['u', plan.kChunk],
+  ];
   const split = plan.S > 1;
-  const sum = split ? { kernel: sumKernel(epilogue), grid: grid1d(M * N), uniforms: [['u', plan.S], ['u', M * N], ['u', N], ['u', 0]] as UniformValue[] } : undefined;
+  const sum = split
+    ? {
+        kernel: sumKernel(epilogue),
+        grid: grid1d(M * N),
+        uniforms: [
+          ['u', plan.S],
+          ['u', M * N],
+          ['u', N],
+          ['u', 0],
+        ] as UniformValue[],
+      }
+    : undefined;
   const grid = matmulGrid(plan.tile, M, N, split ? plan.S : batch);
   const exact = exactFor(plan.tile, s, plan.kChunk);
   if (isSg(plan.tile)) {
     const subgroupSize = capabilities().subgroupMinSize;
-    if (subgroupSize === null) throw new Error('matmul: a subgroup-matrix plan on an adapter that does not say its subgroup size');
+    if (subgroupSize === null)
+      throw new Error('matmul: a subgroup-matrix plan on an adapter that does not say its subgroup size');
     const v: SgMatMulVariant = {
       ...plan.tile,
       subgroupSize,
@@ -329,7 +421,21 @@ function prepare(plan: MatMulPlan, s: Shape, epilogue: MatMulVariant['epilogue']
 
 /** C [M, N] = op(A) · op(B) (+ bias) (→ GELU). Returns tensor data (wrap with toTensor). */
 export function matmul(args: MatMulArgs): { c: tf.TensorInfo; z?: tf.TensorInfo } {
-  const { a, b, M, N, K, transA = false, transB = false, bias, gelu = false, batch = 1, triangle = 'none', aType = 'f32', bType = 'f32' } = args;
+  const {
+    a,
+    b,
+    M,
+    N,
+    K,
+    transA = false,
+    transB = false,
+    bias,
+    gelu = false,
+    batch = 1,
+    triangle = 'none',
+    aType = 'f32',
+    bType = 'f32',
+  } = args;
   if (gelu && !bias) throw new Error('matmul: GELU epilogue needs a bias');
   if (K === 0) throw new Error('matmul: K is 0');
   const epilogue = gelu ? 'bias-gelu' : bias ? 'bias' : 'none';
@@ -337,7 +443,8 @@ export function matmul(args: MatMulArgs): { c: tf.TensorInfo; z?: tf.TensorInfo 
   const shape: Shape = { M, N, K, transA, transB, batch, triangle, aType, bType, half };
   const key = shapeKey(shape);
   const plan = args.plan ?? planFor(key, shape);
-  if ((batch > 1 || triangle !== 'none') && (bias || plan.S !== 1)) throw new Error('matmul: batched and triangular products take no bias or split-K');
+  if ((batch > 1 || triangle !== 'none') && (bias || plan.S !== 1))
+    throw new Error('matmul: batched and triangular products take no bias or split-K');
   let byShape = preparedByPlan.get(plan);
   if (!byShape) preparedByPlan.set(plan, (byShape = new Map()));
   const preparedKey = `${key}|${epilogue}`;
@@ -362,8 +469,32 @@ const wideSum: Kernel = { key: 'sumslices_wide', name: 'sum_slices_wide', source
 /** Sums the S slices of x [S, L] into [L] (one thread per column for few slices, cooperative for many). */
 export function sumSlices(x: tf.TensorInfo, S: number, L: number): tf.TensorInfo {
   const y = allocate([L]);
-  if (S <= 16) dispatch(sumKernel('none'), [x], [y], [['u', S], ['u', L], ['u', L], ['u', 0]], grid1d(L));
-  else dispatch(wideSum, [x], [y], [['u', S], ['u', L], ['u', 0], ['u', 0]], grid1d(L, 16));
+  if (S <= 16)
+    dispatch(
+      sumKernel('none'),
+      [x],
+      [y],
+      [
+        ['u', S],
+        ['u', L],
+        ['u', L],
+        ['u', 0],
+      ],
+      grid1d(L),
+    );
+  else
+    dispatch(
+      wideSum,
+      [x],
+      [y],
+      [
+        ['u', S],
+        ['u', L],
+        ['u', 0],
+        ['u', 0],
+      ],
+      grid1d(L, 16),
+    );
   return y;
 }
 
@@ -396,7 +527,8 @@ function candidatePlans(s: Shape): MatMulPlan[] {
   const f32Tiles = sg.length > 0 && !noSplit ? [] : Object.values(noSplit ? BATCHED_TILES : MATMUL_TILES);
   for (const tile of [...sg, ...f32Tiles]) {
     if (noSplit) {
-      if (tile.BM <= Math.max(64, M) && tile.BN <= Math.max(64, N) && (!isSg(tile) || sgFits(tile, s))) add(makePlan(tile, K, 1));
+      if (tile.BM <= Math.max(64, M) && tile.BN <= Math.max(64, N) && (!isSg(tile) || sgFits(tile, s)))
+        add(makePlan(tile, K, 1));
       continue;
     }
     const auto = autoSlices(tile, M, N, K);
@@ -424,7 +556,8 @@ const CANDIDATE_TOL = 2e-2;
 function planName(p: MatMulPlan): string {
   const t = p.tile;
   const split = p.S > 1 ? ` split-K ${p.S}` : '';
-  if (isSg(t)) return `subgroup-matrix ${t.M}x${t.N}x${t.K}: ${t.BM}x${t.BN}x${t.BK}, ${t.SGY}x${t.SGX} subgroups of ${t.RM}x${t.RN}, ${t.staging}${t.double ? ' double' : ''}${split}`;
+  if (isSg(t))
+    return `subgroup-matrix ${t.M}x${t.N}x${t.K}: ${t.BM}x${t.BN}x${t.BK}, ${t.SGY}x${t.SGX} subgroups of ${t.RM}x${t.RN}, ${t.staging}${t.double ? ' double' : ''}${split}`;
   return `${t.BM}x${t.BN}x${t.BK} t${t.TM}x${t.TN}${t.double ? ' double' : ''}${split}`;
 }
 
@@ -458,7 +591,11 @@ export async function autotuneMatMuls(opts: { targetMs?: number } = {}): Promise
       x.dispose();
       return h;
     };
-    const a = operand(s.aType, [s.batch, ...(s.transA ? [s.K, s.M] : [s.M, s.K])], s.triangle === 'lowerA' || s.triangle === 'upperA');
+    const a = operand(
+      s.aType,
+      [s.batch, ...(s.transA ? [s.K, s.M] : [s.M, s.K])],
+      s.triangle === 'lowerA' || s.triangle === 'upperA',
+    );
     const b = operand(s.bType, [s.batch, ...(s.transB ? [s.N, s.K] : [s.K, s.N])]);
     const flops = 2 * s.batch * s.M * s.N * s.K * (s.triangle === 'none' ? 1 : 0.5);
     const noSplit = s.batch > 1 || s.triangle !== 'none';
@@ -526,7 +663,8 @@ interface ProductChecker {
 /** Compares products of (a, b) in shape `s` with the one `reference` computes. */
 async function productChecker(a: tf.Tensor, b: tf.Tensor, s: Shape, reference: MatMulPlan): Promise<ProductChecker> {
   // Only the lower triangle of a lowerC product is defined.
-  const lower = s.triangle === 'lowerC' ? tf.tidy(() => tf.linalg.bandPart(tf.ones([s.M, s.N]), -1, 0).cast('bool')) : null;
+  const lower =
+    s.triangle === 'lowerC' ? tf.tidy(() => tf.linalg.bandPart(tf.ones([s.M, s.N]), -1, 0).cast('bool')) : null;
   const ref = tf.engine().makeTensorFromTensorInfo(matmul({ a, b, ...s, plan: reference }).c);
   const masked = (x: tf.Tensor) => (lower ? tf.where(lower, x, tf.zerosLike(x)) : x);
   const scale = Math.max(1e-30, (await tf.tidy(() => tf.max(tf.abs(masked(ref)))).data())[0]);
@@ -543,9 +681,16 @@ async function productChecker(a: tf.Tensor, b: tf.Tensor, s: Shape, reference: M
 }
 
 /** Why a candidate plan cannot be used for shape `s` (its pipeline does not compile, or its product is wrong), or null. */
-async function planProblem(plan: MatMulPlan, s: Shape, a: tf.Tensor, b: tf.Tensor, check: ProductChecker): Promise<string | null> {
+async function planProblem(
+  plan: MatMulPlan,
+  s: Shape,
+  a: tf.Tensor,
+  b: tf.Tensor,
+  check: ProductChecker,
+): Promise<string | null> {
   const p = prepare(plan, s, 'none');
-  const compiled = (await compileError(p.kernel, 2, 1, true)) ?? (p.sum ? await compileError(p.sum.kernel, 1, 1, true) : null);
+  const compiled =
+    (await compileError(p.kernel, 2, 1, true)) ?? (p.sum ? await compileError(p.sum.kernel, 1, 1, true) : null);
   if (compiled) return `does not compile (${compiled})`;
   const err = await check.error(matmul({ a, b, ...s, plan }).c);
   return err < CANDIDATE_TOL ? null : `its product is ${err.toExponential(2)} (relative) from the f32 kernel's`;

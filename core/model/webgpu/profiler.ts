@@ -39,7 +39,9 @@ export async function profileGpu(work: () => Promise<void>): Promise<GpuProfile 
   const end = () => b.endComputePassEncoder();
 
   // tfjs's programs: open a timed pass before each, close it after.
-  const internals = b as unknown as { recordAndSubmit: (program: { constructor: { name: string } }, ...rest: unknown[]) => void };
+  const internals = b as unknown as {
+    recordAndSubmit: (program: { constructor: { name: string } }, ...rest: unknown[]) => void;
+  };
   const original = internals.recordAndSubmit;
   internals.recordAndSubmit = function (this: WebGPUBackendInternals, program, ...rest) {
     begin(program.constructor.name);
@@ -78,6 +80,8 @@ export async function profileGpu(work: () => Promise<void>): Promise<GpuProfile 
     a.count += 1;
     agg.set(name, a);
   });
-  const byName = [...agg.entries()].map(([name, a]) => ({ name, ms: a.ms, count: a.count })).sort((x, y) => y.ms - x.ms);
+  const byName = [...agg.entries()]
+    .map(([name, a]) => ({ name, ms: a.ms, count: a.count }))
+    .sort((x, y) => y.ms - x.ms);
   return { totalMs: total, dispatches: names.length, byName };
 }

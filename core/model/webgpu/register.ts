@@ -37,8 +37,16 @@ import { submitRecorded } from './runtime.js';
 const backend = 'webgpu';
 const fused = { backend, enabled: fusedKernelsEnabled };
 
-linear.register({ ...fused, name: 'register-tiled or subgroup-matrix product (f16 in mixed precision), bias (and GELU) in the epilogue', run: fusedLinear });
-matMulNT.register({ ...fused, name: 'register-tiled or subgroup-matrix product (f16 in mixed precision)', run: fusedMatMulNT });
+linear.register({
+  ...fused,
+  name: 'register-tiled or subgroup-matrix product (f16 in mixed precision), bias (and GELU) in the epilogue',
+  run: fusedLinear,
+});
+matMulNT.register({
+  ...fused,
+  name: 'register-tiled or subgroup-matrix product (f16 in mixed precision)',
+  run: fusedMatMulNT,
+});
 layerNorm.register({
   ...fused,
   name: 'one workgroup per row',
@@ -61,7 +69,11 @@ topKDistillation.register({
   run: fusedTopKDistill,
 });
 clippedAdamW.register({ ...fused, name: 'norm and AdamW on the device, no read-back', run: fusedClipAdamW });
-lossScaledAdamW.register({ ...fused, name: 'unscale, overflow check, norm and AdamW on the device, no read-back', run: fusedLossScaledAdamW });
+lossScaledAdamW.register({
+  ...fused,
+  name: 'unscale, overflow check, norm and AdamW on the device, no read-back',
+  run: fusedLossScaledAdamW,
+});
 lossScaling.register({ ...fused, name: 'on when the products take f16 operands', run: () => halfProducts() !== 'off' });
 parallelResidual.register({ ...fused, name: 'tf.addN', run: addNResidual });
 endTrainingStep.register({
@@ -72,4 +84,8 @@ endTrainingStep.register({
     sweepShadows();
   },
 });
-afterFirstTrainingStep.register({ ...fused, name: 'autotune the matrix-product plans (hardware adapters)', run: autotuneIfHardware });
+afterFirstTrainingStep.register({
+  ...fused,
+  name: 'autotune the matrix-product plans (hardware adapters)',
+  run: autotuneIfHardware,
+});

@@ -159,9 +159,12 @@ function compile(b: WebGPUBackendInternals, kernel: Kernel, nIn: number, nOut: n
   let c = cache.get(key);
   if (!c) {
     const entries: GPUBindGroupLayoutEntry[] = [];
-    for (let i = 0; i < nIn; i++) entries.push({ binding: i, visibility: GPUShaderStage.COMPUTE, buffer: { type: 'read-only-storage' } });
-    for (let i = 0; i < nOut; i++) entries.push({ binding: nIn + i, visibility: GPUShaderStage.COMPUTE, buffer: { type: 'storage' } });
-    if (hasUniforms) entries.push({ binding: nIn + nOut, visibility: GPUShaderStage.COMPUTE, buffer: { type: 'uniform' } });
+    for (let i = 0; i < nIn; i++)
+      entries.push({ binding: i, visibility: GPUShaderStage.COMPUTE, buffer: { type: 'read-only-storage' } });
+    for (let i = 0; i < nOut; i++)
+      entries.push({ binding: nIn + i, visibility: GPUShaderStage.COMPUTE, buffer: { type: 'storage' } });
+    if (hasUniforms)
+      entries.push({ binding: nIn + nOut, visibility: GPUShaderStage.COMPUTE, buffer: { type: 'uniform' } });
     const layout = b.device.createBindGroupLayout({ entries });
     const module = b.device.createShaderModule({ code: kernel.source(), label: kernel.name });
     const pipeline = b.device.createComputePipeline({
@@ -182,7 +185,12 @@ function compile(b: WebGPUBackendInternals, kernel: Kernel, nIn: number, nOut: n
  * before anything is recorded with it: a dispatch of an invalid pipeline would spoil its whole
  * command buffer.
  */
-export async function compileError(kernel: Kernel, nIn: number, nOut: number, hasUniforms: boolean): Promise<string | null> {
+export async function compileError(
+  kernel: Kernel,
+  nIn: number,
+  nOut: number,
+  hasUniforms: boolean,
+): Promise<string | null> {
   const b = backendOrThrow();
   b.device.pushErrorScope('validation');
   b.device.pushErrorScope('internal');
@@ -210,7 +218,10 @@ function bindGroupFor(b: WebGPUBackendInternals, c: Compiled, buffers: GPUBuffer
   if (!group) {
     counts.bindGroupsCreated++;
     if (c.bindGroups.size >= MAX_BIND_GROUPS) c.bindGroups.clear();
-    group = b.device.createBindGroup({ layout: c.layout, entries: buffers.map((buffer, binding) => ({ binding, resource: { buffer } })) });
+    group = b.device.createBindGroup({
+      layout: c.layout,
+      entries: buffers.map((buffer, binding) => ({ binding, resource: { buffer } })),
+    });
     c.bindGroups.set(key, group);
   }
   return group;
@@ -344,7 +355,8 @@ export function dispatch(
 
   if (grid[0] === 0 || grid[1] === 0 || grid[2] === 0) return;
   const max = b.device.limits.maxComputeWorkgroupsPerDimension;
-  if (grid.some((g) => g > max)) throw new Error(`webgpu kernel ${kernel.name}: grid ${grid} exceeds ${max} per dimension`);
+  if (grid.some((g) => g > max))
+    throw new Error(`webgpu kernel ${kernel.name}: grid ${grid} exceeds ${max} per dimension`);
 
   if (hook) {
     hook.begin(kernel.name);
@@ -373,7 +385,10 @@ export function dispatch(
   if (timed) {
     b.endComputePassEncoder();
     b.activeTimers!.push({ name: kernel.name, query: b.getQueryTime() });
-  } else if ((tf.env().get('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE') as number) <= b.dispatchCountInPass || releasedBytes(b) >= SUBMIT_RELEASED_BYTES) {
+  } else if (
+    (tf.env().get('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE') as number) <= b.dispatchCountInPass ||
+    releasedBytes(b) >= SUBMIT_RELEASED_BYTES
+  ) {
     b.endComputePassEncoder();
     b.submitQueue();
   }
@@ -463,7 +478,9 @@ export function capabilities(): Capabilities {
   let c = caps.get(b.device);
   if (!c) {
     const f = b.device.features;
-    const info = (b.device as unknown as { adapterInfo?: DeviceAdapterInfo }).adapterInfo ?? (b as unknown as { adapterInfo?: DeviceAdapterInfo }).adapterInfo;
+    const info =
+      (b.device as unknown as { adapterInfo?: DeviceAdapterInfo }).adapterInfo ??
+      (b as unknown as { adapterInfo?: DeviceAdapterInfo }).adapterInfo;
     const subgroupMatrix = f.has('chromium-experimental-subgroup-matrix' as GPUFeatureName);
     c = {
       subgroups: f.has('subgroups' as GPUFeatureName),
@@ -471,7 +488,15 @@ export function capabilities(): Capabilities {
       subgroupMaxSize: info?.subgroupMaxSize ?? null,
       shaderF16: f.has('shader-f16'),
       subgroupMatrix,
-      subgroupMatrixConfigs: subgroupMatrix ? [...(info?.subgroupMatrixConfigs ?? [])].map(({ componentType, resultComponentType, M, N, K }) => ({ componentType, resultComponentType, M, N, K })) : [],
+      subgroupMatrixConfigs: subgroupMatrix
+        ? [...(info?.subgroupMatrixConfigs ?? [])].map(({ componentType, resultComponentType, M, N, K }) => ({
+            componentType,
+            resultComponentType,
+            M,
+            N,
+            K,
+          }))
+        : [],
       maxWorkgroupStorage: b.device.limits.maxComputeWorkgroupStorageSize,
       maxWorkgroupInvocations: b.device.limits.maxComputeInvocationsPerWorkgroup,
       maxStorageBinding: b.device.limits.maxStorageBufferBindingSize,

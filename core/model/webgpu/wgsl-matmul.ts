@@ -60,16 +60,33 @@ export type OperandType = 'f32' | 'f16';
 /** A tile from `BMxBNxBKxTMxTN`, with a trailing `d` for two slabs (`128x128x8x8x8d`). */
 export function parseTile(s: string): MatMulTile {
   const nums = s.trim().replace(/d$/, '').split('x').map(Number);
-  if (nums.length !== 5 || nums.some((n) => !Number.isInteger(n) || n <= 0)) throw new Error(`matmul tile '${s}': expected BMxBNxBKxTMxTN, optionally ending in d (e.g. 128x128x8x8x8d)`);
+  if (nums.length !== 5 || nums.some((n) => !Number.isInteger(n) || n <= 0))
+    throw new Error(`matmul tile '${s}': expected BMxBNxBKxTMxTN, optionally ending in d (e.g. 128x128x8x8x8d)`);
   const [BM, BN, BK, TM, TN] = nums;
   return { BM, BN, BK, TM, TN, ...(s.trim().endsWith('d') ? { double: true } : {}) };
 }
 
-
 export function variantKey(v: MatMulVariant): string {
   return [
-    'mm', v.BM, v.BN, v.BK, v.TM, v.TN, +(v.double ?? false), +v.transA, +v.transB, +v.vecA, +v.vecB, +v.vecC, +v.exact, v.epilogue, +v.splitK,
-    +(v.batched ?? false), v.triangle ?? 'none', v.aType ?? 'f32', v.bType ?? 'f32',
+    'mm',
+    v.BM,
+    v.BN,
+    v.BK,
+    v.TM,
+    v.TN,
+    +(v.double ?? false),
+    +v.transA,
+    +v.transB,
+    +v.vecA,
+    +v.vecB,
+    +v.vecC,
+    +v.exact,
+    v.epilogue,
+    +v.splitK,
+    +(v.batched ?? false),
+    v.triangle ?? 'none',
+    v.aType ?? 'f32',
+    v.bType ?? 'f32',
   ].join('_');
 }
 
@@ -94,16 +111,23 @@ fn gelu4(x: vec4<f32>) -> vec4<f32> { return vec4<f32>(gelu_f(x.x), gelu_f(x.y),
 function check(v: MatMulVariant): void {
   const threadsX = v.BN / v.TN;
   const threadsY = v.BM / v.TM;
-  if (!Number.isInteger(threadsX) || !Number.isInteger(threadsY)) throw new Error(`matmul tile ${variantKey(v)}: BM/TM, BN/TN must be integers`);
-  if (v.TN % 4 !== 0 || v.TM % 4 !== 0) throw new Error(`matmul tile ${variantKey(v)}: TM and TN must be multiples of 4`);
+  if (!Number.isInteger(threadsX) || !Number.isInteger(threadsY))
+    throw new Error(`matmul tile ${variantKey(v)}: BM/TM, BN/TN must be integers`);
+  if (v.TN % 4 !== 0 || v.TM % 4 !== 0)
+    throw new Error(`matmul tile ${variantKey(v)}: TM and TN must be multiples of 4`);
   const threads = threadsX * threadsY;
-  for (const [what, n, vec] of [['A', v.BM * v.BK, v.vecA], ['B', v.BN * v.BK, v.vecB]] as const) {
-    if ((vec ? n / 4 : n) % threads !== 0) throw new Error(`matmul tile ${variantKey(v)}: ${what} slab does not split over ${threads} threads`);
+  for (const [what, n, vec] of [
+    ['A', v.BM * v.BK, v.vecA],
+    ['B', v.BN * v.BK, v.vecB],
+  ] as const) {
+    if ((vec ? n / 4 : n) % threads !== 0)
+      throw new Error(`matmul tile ${variantKey(v)}: ${what} slab does not split over ${threads} threads`);
   }
   if (v.BK % 4 !== 0) throw new Error(`matmul tile ${variantKey(v)}: BK must be a multiple of 4`);
   if (v.splitK && v.epilogue !== 'none') throw new Error('split-K products take no epilogue');
   if (v.splitK && v.batched) throw new Error('batched products take no split-K');
-  if ((v.triangle ?? 'none') !== 'none' && (v.splitK || v.BM % v.BK !== 0)) throw new Error(`matmul tile ${variantKey(v)}: triangular products need BM a multiple of BK and no split-K`);
+  if ((v.triangle ?? 'none') !== 'none' && (v.splitK || v.BM % v.BK !== 0))
+    throw new Error(`matmul tile ${variantKey(v)}: triangular products need BM a multiple of BK and no split-K`);
 }
 
 /**
@@ -201,10 +225,14 @@ export function matmulSource(v: MatMulVariant): string {
         const coords = alongRows
           ? `let kk = idx / ${rows}u; let r = idx % ${rows}u;`
           : `let r = idx / ${BK}u; let kk = idx % ${BK}u;`;
-        const addr = alongRows ? `${off} + (k0 + kk) * ${extent} + ${base} + r` : `${off} + (${base} + r) * u.K + k0 + kk`;
+        const addr = alongRows
+          ? `${off} + (k0 + kk) * ${extent} + ${base} + r`
+          : `${off} + (${base} + r) * u.K + k0 + kk`;
         loads.push(`{ let idx = lidx + ${i * threads}u; ${coords}
           ${v.exact ? `${reg} = ${read(addr)};` : `if (k0 + kk < kEnd && ${base} + r < ${extent}) { ${reg} = ${read(addr)}; } else { ${reg} = 0.0; }`} }`);
-        stores.push(`{ let idx = lidx + ${i * threads}u; ${coords} ${shared}[${st(which)}kk * ${rowsV}u + r / 4u][r % 4u] = ${reg}; }`);
+        stores.push(
+          `{ let idx = lidx + ${i * threads}u; ${coords} ${shared}[${st(which)}kk * ${rowsV}u + r / 4u][r % 4u] = ${reg}; }`,
+        );
       }
     }
   };
@@ -216,8 +244,10 @@ export function matmulSource(v: MatMulVariant): string {
   for (let i = 0; i < TM; i++) for (let j = 0; j < TN / 4; j++) accDecl.push(`var acc${i}_${j} = vec4<f32>(0.0);`);
   const inner: string[] = [];
   for (let kk = 0; kk < BK; kk++) {
-    for (let i = 0; i < TM / 4; i++) inner.push(`let a${kk}_${i} = As[${rd('A')}${kk * (BM / 4) + i * threadsY}u + ty];`);
-    for (let j = 0; j < TN / 4; j++) inner.push(`let b${kk}_${j} = Bs[${rd('B')}${kk * (BN / 4) + j * threadsX}u + tx];`);
+    for (let i = 0; i < TM / 4; i++)
+      inner.push(`let a${kk}_${i} = As[${rd('A')}${kk * (BM / 4) + i * threadsY}u + ty];`);
+    for (let j = 0; j < TN / 4; j++)
+      inner.push(`let b${kk}_${j} = Bs[${rd('B')}${kk * (BN / 4) + j * threadsX}u + tx];`);
     for (let i = 0; i < TM; i++) {
       const a = `a${kk}_${Math.floor(i / 4)}.${'xyzw'[i % 4]}`;
       for (let j = 0; j < TN / 4; j++) inner.push(`acc${i}_${j} = fma(vec4<f32>(${a}), b${kk}_${j}, acc${i}_${j});`);

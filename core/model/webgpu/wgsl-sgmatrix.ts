@@ -77,8 +77,30 @@ const PAD = 8;
 
 export function sgVariantKey(v: SgMatMulVariant): string {
   return [
-    'sgmm', v.M, v.N, v.K, v.subgroupSize, v.SGX, v.SGY, v.RM, v.RN, v.BK, v.staging, +(v.double ?? false),
-    +v.transA, +v.transB, v.aType, v.bType, v.widthA, v.widthB, +v.exact, v.epilogue, +v.splitK, +v.batched, v.triangle, +(v.emulate ?? false),
+    'sgmm',
+    v.M,
+    v.N,
+    v.K,
+    v.subgroupSize,
+    v.SGX,
+    v.SGY,
+    v.RM,
+    v.RN,
+    v.BK,
+    v.staging,
+    +(v.double ?? false),
+    +v.transA,
+    +v.transB,
+    v.aType,
+    v.bType,
+    v.widthA,
+    v.widthB,
+    +v.exact,
+    v.epilogue,
+    +v.splitK,
+    +v.batched,
+    v.triangle,
+    +(v.emulate ?? false),
   ].join('_');
 }
 
@@ -88,7 +110,8 @@ export function sgThreads(v: Pick<SgMatMulVariant, 'SGX' | 'SGY' | 'subgroupSize
 }
 
 /** Whether operand A (B) is contiguous along K in storage: its slab is then kept rows-first. */
-const kContiguous = (v: Pick<SgMatMulVariant, 'transA' | 'transB'>, which: 'A' | 'B') => (which === 'A' ? !v.transA : v.transB);
+const kContiguous = (v: Pick<SgMatMulVariant, 'transA' | 'transB'>, which: 'A' | 'B') =>
+  which === 'A' ? !v.transA : v.transB;
 
 /** Bytes of workgroup memory the variant uses. */
 export function sgWorkgroupBytes(v: SgMatMulVariant): number {
@@ -105,12 +128,18 @@ export function sgWorkgroupBytes(v: SgMatMulVariant): number {
 export function sgVariantProblem(v: SgMatMulVariant): string | null {
   if (v.BK % v.K !== 0) return `BK ${v.BK} is not a multiple of the configuration's K ${v.K}`;
   if (v.splitK && (v.epilogue !== 'none' || v.batched)) return 'split-K products take no epilogue and no batch';
-  if (v.triangle !== 'none' && (v.splitK || v.BM % v.BK !== 0)) return 'triangular products need BM a multiple of BK and no split-K';
-  if (v.staging === 'direct' && (v.aType !== 'f16' || v.bType !== 'f16' || !v.exact)) return 'direct loads need f16 operands and an exact shape';
-  for (const [which, t, w] of [['A', v.aType, v.widthA], ['B', v.bType, v.widthB]] as const) {
+  if (v.triangle !== 'none' && (v.splitK || v.BM % v.BK !== 0))
+    return 'triangular products need BM a multiple of BK and no split-K';
+  if (v.staging === 'direct' && (v.aType !== 'f16' || v.bType !== 'f16' || !v.exact))
+    return 'direct loads need f16 operands and an exact shape';
+  for (const [which, t, w] of [
+    ['A', v.aType, v.widthA],
+    ['B', v.bType, v.widthB],
+  ] as const) {
     if (w === 8 && t !== 'f16') return `operand ${which}: 8-wide loads are for f16 operands`;
     const along = kContiguous(v, which) ? v.BK : which === 'A' ? v.BM : v.BN;
-    if (along % w !== 0) return `operand ${which}: load width ${w} does not divide the slab's contiguous extent ${along}`;
+    if (along % w !== 0)
+      return `operand ${which}: load width ${w} does not divide the slab's contiguous extent ${along}`;
   }
   return null;
 }
@@ -125,10 +154,14 @@ interface MatrixOps {
 }
 
 function realOps(v: SgMatMulVariant): MatrixOps {
-  const type = { left: `subgroup_matrix_left<f16, ${v.K}, ${v.M}>`, right: `subgroup_matrix_right<f16, ${v.N}, ${v.K}>` };
+  const type = {
+    left: `subgroup_matrix_left<f16, ${v.K}, ${v.M}>`,
+    right: `subgroup_matrix_right<f16, ${v.N}, ${v.K}>`,
+  };
   return {
     accumulator: (name) => `var ${name} = subgroup_matrix_result<f32, ${v.N}, ${v.M}>();`,
-    load: (name, use, src, offset, colMajor, stride) => `let ${name} = subgroupMatrixLoad<${type[use]}, ${colMajor ? 'col_major' : 'row_major'}>(&${src}, ${offset}, ${stride});`,
+    load: (name, use, src, offset, colMajor, stride) =>
+      `let ${name} = subgroupMatrixLoad<${type[use]}, ${colMajor ? 'col_major' : 'row_major'}>(&${src}, ${offset}, ${stride});`,
     mma: (acc, a, b) => `${acc} = subgroupMatrixMultiplyAccumulate(${a}, ${b}, ${acc});`,
     store: (dst, offset, acc, stride) => `subgroupMatrixStore<row_major>(&${dst}, ${offset}, ${acc}, ${stride});`,
   };
@@ -169,11 +202,16 @@ export function sgMatmulSource(v: SgMatMulVariant): string {
   const direct = v.exact && !hasBias;
 
   // --- bindings -----------------------------------------------------------------------------
-  const storageElem = (t: OperandType, w: number) => (t === 'f32' ? (w === 4 ? 'vec4<f32>' : 'f32') : w === 8 ? 'vec4<u32>' : w === 4 ? 'vec2<u32>' : 'f16');
+  const storageElem = (t: OperandType, w: number) =>
+    t === 'f32' ? (w === 4 ? 'vec4<f32>' : 'f32') : w === 8 ? 'vec4<u32>' : w === 4 ? 'vec2<u32>' : 'f16';
   let bi = 0;
   const decl: string[] = [];
-  decl.push(`@group(0) @binding(${bi++}) var<storage, read> A: array<${staged ? storageElem(v.aType, v.widthA) : 'f16'}>;`);
-  decl.push(`@group(0) @binding(${bi++}) var<storage, read> B: array<${staged ? storageElem(v.bType, v.widthB) : 'f16'}>;`);
+  decl.push(
+    `@group(0) @binding(${bi++}) var<storage, read> A: array<${staged ? storageElem(v.aType, v.widthA) : 'f16'}>;`,
+  );
+  decl.push(
+    `@group(0) @binding(${bi++}) var<storage, read> B: array<${staged ? storageElem(v.bType, v.widthB) : 'f16'}>;`,
+  );
   if (hasBias) decl.push(`@group(0) @binding(${bi++}) var<storage, read> bias: array<f32>;`);
   decl.push(`@group(0) @binding(${bi++}) var<storage, read_write> C: array<f32>;`);
   if (gelu) decl.push(`@group(0) @binding(${bi++}) var<storage, read_write> Z: array<f32>;`);
@@ -224,23 +262,42 @@ export function sgMatmulSource(v: SgMatMulVariant): string {
         ? `let r = idx / ${perRow}u; let c = (idx % ${perRow}u) * ${w}u; let gr = ${base} + r; let gk = k0 + c;`
         : `let kk = idx / ${perRow}u; let c = (idx % ${perRow}u) * ${w}u; let gk = k0 + kk; let gr = ${base} + c;`;
       const addr = s.rowsFirst ? `(${off} + gr * ${ld} + gk) / ${w}u` : `(${off} + gk * ${ld} + gr) / ${w}u`;
-      const zero = type === 'f32' ? (w === 4 ? 'vec4<f32>(0.0)' : '0.0') : w === 8 ? 'vec4<u32>(0u)' : w === 4 ? 'vec2<u32>(0u)' : 'f16(0.0)';
-      const read = v.exact ? `${reg} = ${which}[${addr}];` : `if (gr < ${extent} && gk < kEnd) { ${reg} = ${which}[${addr}]; } else { ${reg} = ${zero}; }`;
+      const zero =
+        type === 'f32'
+          ? w === 4
+            ? 'vec4<f32>(0.0)'
+            : '0.0'
+          : w === 8
+            ? 'vec4<u32>(0u)'
+            : w === 4
+              ? 'vec2<u32>(0u)'
+              : 'f16(0.0)';
+      const read = v.exact
+        ? `${reg} = ${which}[${addr}];`
+        : `if (gr < ${extent} && gk < kEnd) { ${reg} = ${which}[${addr}]; } else { ${reg} = ${zero}; }`;
       loads.push(`{ let idx = lidx + ${i * threads}u; ${guard} { ${coords} ${read} } }`);
       const at = s.rowsFirst ? `r * ${s.stride}u + c` : `kk * ${s.stride}u + c`;
       const dst = `${shared}[${v.double ? `st${which} + ` : ''}${at} + `;
       let put: string;
       if (type === 'f32') {
-        put = w === 4 ? [0, 1, 2, 3].map((e) => `${dst}${e}u] = to_f16(${reg}.${'xyzw'[e]});`).join(' ') : `${dst}0u] = to_f16(${reg});`;
+        put =
+          w === 4
+            ? [0, 1, 2, 3].map((e) => `${dst}${e}u] = to_f16(${reg}.${'xyzw'[e]});`).join(' ')
+            : `${dst}0u] = to_f16(${reg});`;
       } else if (w === 1) {
         put = `${dst}0u] = ${reg};`;
       } else {
         const words = w / 2;
         const parts: string[] = [];
-        for (let q = 0; q < words; q++) parts.push(`let h${q} = bitcast<vec2<f16>>(${reg}.${'xyzw'[q]}); ${dst}${2 * q}u] = h${q}.x; ${dst}${2 * q + 1}u] = h${q}.y;`);
+        for (let q = 0; q < words; q++)
+          parts.push(
+            `let h${q} = bitcast<vec2<f16>>(${reg}.${'xyzw'[q]}); ${dst}${2 * q}u] = h${q}.x; ${dst}${2 * q + 1}u] = h${q}.y;`,
+          );
         put = parts.join(' ');
       }
-      const storeCoords = s.rowsFirst ? `let r = idx / ${perRow}u; let c = (idx % ${perRow}u) * ${w}u;` : `let kk = idx / ${perRow}u; let c = (idx % ${perRow}u) * ${w}u;`;
+      const storeCoords = s.rowsFirst
+        ? `let r = idx / ${perRow}u; let c = (idx % ${perRow}u) * ${w}u;`
+        : `let kk = idx / ${perRow}u; let c = (idx % ${perRow}u) * ${w}u;`;
       stores.push(`{ let idx = lidx + ${i * threads}u; ${guard} { ${storeCoords} ${put} } }`);
     }
     return { loads, stores };
@@ -253,26 +310,34 @@ export function sgMatmulSource(v: SgMatMulVariant): string {
       const row = `sgRow + ${i * M}u`;
       if (staged) {
         const rd = v.double ? 'rdA + ' : '';
-        lines.push(sA.rowsFirst
-          ? ops.load(`a${i}`, 'left', 'As', `${rd}(${row}) * ${sA.stride}u + ${kOff}`, false, `${sA.stride}u`)
-          : ops.load(`a${i}`, 'left', 'As', `${rd}${kOff} * ${sA.stride}u + ${row}`, true, `${sA.stride}u`));
+        lines.push(
+          sA.rowsFirst
+            ? ops.load(`a${i}`, 'left', 'As', `${rd}(${row}) * ${sA.stride}u + ${kOff}`, false, `${sA.stride}u`)
+            : ops.load(`a${i}`, 'left', 'As', `${rd}${kOff} * ${sA.stride}u + ${row}`, true, `${sA.stride}u`),
+        );
       } else {
-        lines.push(v.transA
-          ? ops.load(`a${i}`, 'left', 'A', `offA + (${kOff}) * u.M + rowA0 + ${row}`, true, 'u.M')
-          : ops.load(`a${i}`, 'left', 'A', `offA + (rowA0 + ${row}) * u.K + ${kOff}`, false, 'u.K'));
+        lines.push(
+          v.transA
+            ? ops.load(`a${i}`, 'left', 'A', `offA + (${kOff}) * u.M + rowA0 + ${row}`, true, 'u.M')
+            : ops.load(`a${i}`, 'left', 'A', `offA + (rowA0 + ${row}) * u.K + ${kOff}`, false, 'u.K'),
+        );
       }
     }
     for (let j = 0; j < RN; j++) {
       const col = `sgCol + ${j * N}u`;
       if (staged) {
         const rd = v.double ? 'rdB + ' : '';
-        lines.push(sB.rowsFirst
-          ? ops.load(`b${j}`, 'right', 'Bs', `${rd}(${col}) * ${sB.stride}u + ${kOff}`, true, `${sB.stride}u`)
-          : ops.load(`b${j}`, 'right', 'Bs', `${rd}${kOff} * ${sB.stride}u + ${col}`, false, `${sB.stride}u`));
+        lines.push(
+          sB.rowsFirst
+            ? ops.load(`b${j}`, 'right', 'Bs', `${rd}(${col}) * ${sB.stride}u + ${kOff}`, true, `${sB.stride}u`)
+            : ops.load(`b${j}`, 'right', 'Bs', `${rd}${kOff} * ${sB.stride}u + ${col}`, false, `${sB.stride}u`),
+        );
       } else {
-        lines.push(v.transB
-          ? ops.load(`b${j}`, 'right', 'B', `offB + (colB0 + ${col}) * u.K + ${kOff}`, true, 'u.K')
-          : ops.load(`b${j}`, 'right', 'B', `offB + (${kOff}) * u.N + colB0 + ${col}`, false, 'u.N'));
+        lines.push(
+          v.transB
+            ? ops.load(`b${j}`, 'right', 'B', `offB + (colB0 + ${col}) * u.K + ${kOff}`, true, 'u.K')
+            : ops.load(`b${j}`, 'right', 'B', `offB + (${kOff}) * u.N + colB0 + ${col}`, false, 'u.N'),
+        );
       }
     }
     for (let i = 0; i < RM; i++) for (let j = 0; j < RN; j++) lines.push(ops.mma(`acc${i}_${j}`, `a${i}`, `b${j}`));
@@ -311,14 +376,25 @@ export function sgMatmulSource(v: SgMatMulVariant): string {
   const accDecl: string[] = [];
   for (let i = 0; i < RM; i++) for (let j = 0; j < RN; j++) accDecl.push(ops.accumulator(`acc${i}_${j}`));
   const kStart = v.splitK ? 'wid.z * u.kChunk' : v.triangle === 'upperA' ? 'min(rowA0, u.K)' : '0u';
-  const kEnd = v.splitK ? 'max(kStart, min(u.K, kStart + u.kChunk))' : v.triangle === 'lowerA' ? `min(u.K, rowA0 + ${BM}u)` : 'u.K';
-  const enables = ['enable f16;', ...(v.emulate ? [] : ['enable chromium_experimental_subgroup_matrix;', 'diagnostic(off, chromium.subgroup_matrix_uniformity);'])];
+  const kEnd = v.splitK
+    ? 'max(kStart, min(u.K, kStart + u.kChunk))'
+    : v.triangle === 'lowerA'
+      ? `min(u.K, rowA0 + ${BM}u)`
+      : 'u.K';
+  const enables = [
+    'enable f16;',
+    ...(v.emulate
+      ? []
+      : ['enable chromium_experimental_subgroup_matrix;', 'diagnostic(off, chromium.subgroup_matrix_uniformity);']),
+  ];
 
   let body: string;
   if (staged) {
     const a = slabCopy('A');
     const b = slabCopy('B');
-    const sizes = v.double ? `let rdA = (s & 1u) * ${sA.size}u; let rdB = (s & 1u) * ${sB.size}u; stA = ${sA.size}u - rdA; stB = ${sB.size}u - rdB;` : '';
+    const sizes = v.double
+      ? `let rdA = (s & 1u) * ${sA.size}u; let rdB = (s & 1u) * ${sB.size}u; stA = ${sA.size}u - rdA; stB = ${sB.size}u - rdB;`
+      : '';
     body = `${regDecl.join('\n  ')}
   var k0 = kStart;
   ${v.double ? 'var stA = 0u; var stB = 0u;' : ''}
