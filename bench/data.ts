@@ -146,7 +146,7 @@ function print(line: object): void {
 
 async function benchTokenize(a: Args, docs: readonly string[], tokFile: string): Promise<void> {
   const jsonl = path.join(a.work, 'tokenize.jsonl');
-  fs.writeFileSync(jsonl, docs.map((d) => JSON.stringify({ text: d })).join('\n') + '\n');
+  fs.writeFileSync(jsonl, `${docs.map((d) => JSON.stringify({ text: d })).join('\n')}\n`);
   const rust = python(['encode', tokFile, jsonl, path.join(a.work, 'rust.u32')]);
   const ref = new Uint32Array(fs.readFileSync(path.join(a.work, 'rust.u32')).buffer.slice(0));
 

@@ -43,9 +43,12 @@ fi
 
 step "cuda backend: NVIDIA's CUDA 13 libraries from PyPI's wheels"
 # On a GPU machine the backend uses them; the tests compile every kernel with NVRTC and check the
-# bindings against the headers, which needs no GPU.
+# bindings against the headers, which needs no GPU. NCCL too where several GPUs train one model
+# (data parallel, docs/multi-gpu.md), and for the tests (its bindings against nccl.h).
 if [[ $with_test -eq 1 ]] || command -v nvidia-smi >/dev/null 2>&1; then
-  if ! scripts/setup-cuda.sh >&2; then
+  cuda_args=()
+  if [[ $with_test -eq 1 ]] || [[ "$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ')" -ge 2 ]]; then cuda_args+=(--nccl); fi
+  if ! scripts/setup-cuda.sh "${cuda_args[@]}" >&2; then
     echo "warning: the CUDA libraries could not be installed (see above); the cuda backend will be unavailable" >&2
   fi
 else

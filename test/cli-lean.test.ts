@@ -30,6 +30,7 @@ function offshoot(...args: string[]): { status: number | null; stdout: string; s
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
+// biome-ignore lint/suspicious/noExplicitAny: a command's JSON output, whose shape the tests assert.
 function json(r: { status: number | null; stdout: string; stderr: string }): any {
   expect(r.status, r.stderr).toBe(0);
   return JSON.parse(r.stdout.trim().split('\n').pop()!);

@@ -58,7 +58,7 @@ function expected(texts: readonly string[]): number[] {
 }
 
 function jsonl(texts: readonly string[], field = 'text'): string {
-  return texts.map((t, i) => JSON.stringify({ id: i, [field]: t })).join('\n') + '\n';
+  return `${texts.map((t, i) => JSON.stringify({ id: i, [field]: t })).join('\n')}\n`;
 }
 
 async function open(spec: string, cache = path.join(tmp, 'cache')): Promise<OpenedData> {
@@ -206,7 +206,7 @@ pq.write_table(t, sys.argv[3], row_group_size=5, compression="zstd")
     const badLine = path.join(tmp, 'bad-line.jsonl.gz');
     writeFileSync(
       badLine,
-      gzipSync('{"text": "ok"}\n{"text": "caf\xe9"}\n'.replace('\xe9', '\u00e9') + '{"text" 1}\n'),
+      gzipSync(`${'{"text": "ok"}\n{"text": "caf\xe9"}\n'.replace('\xe9', '\u00e9')}{"text" 1}\n`),
     );
     await expect(open(badLine)).rejects.toThrow(
       `${badLine}:3 (byte offset 33 of the decompressed gzip stream): invalid JSON`,

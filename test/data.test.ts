@@ -147,6 +147,55 @@ describe('user corpora', () => {
     }
   });
 
+  it('rejects Latin-1, UTF-16 and binary files, naming the file and the byte offset', async () => {
+    const cases: [string, Buffer, RegExp][] = [
+      [
+        'latin1.txt',
+        Buffer.from('Caf\xe9 au lait\n', 'latin1'),
+        /latin1\.txt: invalid UTF-8 at byte offset 3 \(byte 0xe9\); is it Latin-1/,
+      ],
+      [
+        'latin1-end.txt',
+        Buffer.from('na\xefve', 'latin1'),
+        /latin1-end\.txt: invalid UTF-8 at byte offset 2 \(byte 0xef\)/,
+      ],
+      ['cp1252.md', Buffer.from([0x68, 0x69, 0x93, 0x21]), /cp1252\.md: invalid UTF-8 at byte offset 2 \(byte 0x93\)/],
+      ['utf16.txt', Buffer.from('\ufeffhello', 'utf16le'), /utf16\.txt: invalid UTF-8 at byte offset 0 \(byte 0xff\)/],
+      [
+        'binary.txt',
+        Buffer.from([0x7f, 0x45, 0x4c, 0x46, 0x02, 0x01, 0x01, 0x00, 0x00]),
+        /binary\.txt: binary content \(a NUL byte\) at byte offset 7/,
+      ],
+      ['cut.txt', Buffer.from([0x61, 0xe2, 0x82]), /cut\.txt: invalid UTF-8 at byte offset 1/],
+      ['overlong.txt', Buffer.from([0x61, 0xc0, 0xaf]), /overlong\.txt: invalid UTF-8 at byte offset 1 \(byte 0xc0\)/],
+    ];
+    for (const [name, bytes, re] of cases) {
+      const f = path.join(tmp, name);
+      writeFileSync(f, bytes);
+      await expect(loadCorpus(f), name).rejects.toThrow(re);
+    }
+    // In a folder and in JSONL alike.
+    const d = path.join(tmp, 'mixed');
+    mkdirSync(d, { recursive: true });
+    writeFileSync(path.join(d, 'a.txt'), 'fine');
+    writeFileSync(path.join(d, 'b.txt'), Buffer.from('r\xe9sum\xe9', 'latin1'));
+    await expect(loadCorpus(d)).rejects.toThrow(/mixed\/b\.txt: invalid UTF-8 at byte offset 1/);
+    const j = path.join(tmp, 'latin1.jsonl');
+    writeFileSync(
+      j,
+      Buffer.concat([
+        Buffer.from('{"text": "ok"}\n{"text": "'),
+        Buffer.from('\xe9t\xe9', 'latin1'),
+        Buffer.from('"}\n'),
+      ]),
+    );
+    await expect(loadCorpus(j)).rejects.toThrow(/latin1\.jsonl:2: invalid UTF-8 at byte offset 25/);
+    // Valid UTF-8 of every length passes, a byte order mark dropped.
+    const ok = path.join(tmp, 'utf8.txt');
+    writeFileSync(ok, '\ufeffcafé 漢字 😀\ttab\r\n');
+    expect((await loadCorpus(ok)).documents).toEqual(['café 漢字 😀\ttab\r\n']);
+  });
+
   it('rejects empty corpora and missing paths, naming the source', async () => {
     const emptyFile = path.join(tmp, 'empty.txt');
     writeFileSync(emptyFile, '');

@@ -161,8 +161,14 @@ async function waitForPort(port: number, child: ChildProcess): Promise<void> {
     if (child.exitCode !== null) throw new Error(`nats-server exited with ${child.exitCode}`);
     const ok = await new Promise<boolean>((resolve) => {
       const s = net.connect(port, '127.0.0.1');
-      s.once('connect', () => (s.destroy(), resolve(true)));
-      s.once('error', () => (s.destroy(), resolve(false)));
+      s.once('connect', () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.once('error', () => {
+        s.destroy();
+        resolve(false);
+      });
     });
     if (ok) return;
     if (Date.now() > deadline) throw new Error(`nats-server did not listen on ${port}`);

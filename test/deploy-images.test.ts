@@ -63,12 +63,14 @@ describe.each(VARIANTS)('Dockerfile.%s', (variant) => {
 
   it('multi-stage on the Node and npm CI uses: a build stage, then a slim runtime stage', () => {
     expect(stages).toHaveLength(2);
-    expect(build.from).toBe('node:${NODE_VERSION}-bookworm');
-    expect(runtime.from).toBe('node:${NODE_VERSION}-bookworm-slim');
+    // The Dockerfile's own text, build arguments unexpanded.
+    const nodeImage = 'node:$' + '{NODE_VERSION}-bookworm';
+    expect(build.from).toBe(nodeImage);
+    expect(runtime.from).toBe(`${nodeImage}-slim`);
     // The Node CI runs (this process), and its npm: package.json's allowScripts needs npm 11.
     expect(argDefault(args, 'NODE_VERSION')).toBe(process.versions.node);
     expect(argDefault(args, 'NPM_VERSION')).toBe(execFileSync('npm', ['--version'], { encoding: 'utf8' }).trim());
-    expect(of(build, 'RUN')).toContain('npm install -g "npm@${NPM_VERSION}" --no-audit --no-fund');
+    expect(of(build, 'RUN')).toContain('npm install -g "npm@$' + '{NPM_VERSION}" --no-audit --no-fund');
   });
 
   it("the build stage runs the project's setup commands, the ones scripts/setup.sh (CI) runs", () => {
@@ -78,7 +80,7 @@ describe.each(VARIANTS)('Dockerfile.%s', (variant) => {
       variant === 'cpu'
         ? ['scripts/setup-tensorflow.sh']
         : variant === 'cuda'
-          ? ['scripts/setup-tensorflow.sh --gpu', 'scripts/setup-cuda.sh']
+          ? ['scripts/setup-tensorflow.sh --gpu', 'scripts/setup-cuda.sh --nccl']
           : [];
     expect(project).toEqual([
       'npm ci --no-audit --no-fund',

@@ -28,7 +28,11 @@ import {
 } from './helpers/deploy.js';
 import { parse as parseYaml } from 'yaml';
 
-const GPU_OVERLAYS: Overlay[] = ['cuda', 'vulkan', 'production'];
+const GPU_OVERLAYS: Overlay[] = ['cuda', 'vulkan', 'production', 'multi-gpu'];
+/** GPUs per pod where an overlay gives a workload more than one (components/multi-gpu: nodes of 8). */
+const GPUS_PER_POD: Partial<Record<Overlay, Record<string, number>>> = {
+  'multi-gpu': { 'offshoot-evaluator': 8, 'offshoot-pretrain': 8 },
+};
 const GPU_WORKLOADS = ['offshoot-teacher', 'offshoot-evaluator', 'offshoot-pretrain'];
 const WORKERS = {
   'offshoot-evaluator': 'evaluate',
@@ -166,7 +170,7 @@ describe.each(OVERLAYS)('overlay %s', (overlay) => {
       container(find(objs, 'Deployment', name))
         .image.split(':')
         .at(-1);
-    const variant = overlay === 'production' ? 'cuda' : overlay;
+    const variant = overlay === 'production' || overlay === 'multi-gpu' ? 'cuda' : overlay;
     for (const w of GPU_WORKLOADS) expect(tag(w)).toMatch(new RegExp(`-${variant}$`));
     // The orchestrator computes nothing: always the CPU image.
     expect(tag('offshoot-orchestrator')).toMatch(/-cpu$/);
@@ -174,14 +178,14 @@ describe.each(OVERLAYS)('overlay %s', (overlay) => {
 
   it(
     gpu
-      ? 'one nvidia.com/gpu per teacher, evaluator and pretrain pod, tolerating the GPU taint; none for the orchestrator'
+      ? 'nvidia.com/gpu for the teacher, evaluator and pretrain pods (one each, or a node of 8), tolerating the GPU taint; none for the orchestrator'
       : 'no GPU requested anywhere',
     () => {
       for (const d of deployments(objs)) {
         const limits = container(d).resources.limits;
         const tolerations = d.spec.template.spec.tolerations ?? [];
         if (gpu && GPU_WORKLOADS.includes(d.metadata.name)) {
-          expect(limits['nvidia.com/gpu'], d.metadata.name).toBe(1);
+          expect(limits['nvidia.com/gpu'], d.metadata.name).toBe(GPUS_PER_POD[overlay]?.[d.metadata.name] ?? 1);
           expect(tolerations).toContainEqual({ key: 'nvidia.com/gpu', operator: 'Exists', effect: 'NoSchedule' });
         } else {
           expect(limits['nvidia.com/gpu'], d.metadata.name).toBeUndefined();
@@ -194,7 +198,7 @@ describe.each(OVERLAYS)('overlay %s', (overlay) => {
     },
   );
 
-  it('workers: the right queue each, flags the CLI knows, one evaluation slot per GPU, endpoints from offshoot-env', () => {
+  it('workers: the right queue each, flags the CLI knows, one evaluation slot per GPU (one evaluator per GPU with --gpus), endpoints from offshoot-env', () => {
     const known = cliOptions('worker');
     for (const [name, queue] of Object.entries(WORKERS)) {
       const d = find(objs, 'Deployment', name) as Any;
@@ -233,7 +237,9 @@ describe.each(OVERLAYS)('overlay %s', (overlay) => {
     const evaluator = find(objs, 'Deployment', 'offshoot-evaluator') as Any;
     const slots = Number(argsOf(evaluator).slots);
     expect(slots).toBe(1);
-    if (gpu) expect(container(evaluator).resources.limits['nvidia.com/gpu']).toBe(slots);
+    // One evaluator process per pod, or one per GPU of the pod (--gpus=all): one slot per GPU either way.
+    const evaluatorGpus = gpu ? container(evaluator).resources.limits['nvidia.com/gpu'] : 1;
+    expect(argsOf(evaluator).gpus).toBe(evaluatorGpus > 1 ? 'all' : undefined);
     // The workers' config file parses, and agrees.
     const config = parseConfig(
       parseYaml((find(objs, 'ConfigMap', configMapName(objs, 'offshoot-config')) as Any).data['offshoot.yaml']) ?? {},
@@ -302,21 +308,23 @@ describe.each(OVERLAYS)('overlay %s', (overlay) => {
     expect(c.startupProbe.periodSeconds * c.startupProbe.failureThreshold).toBeGreaterThanOrEqual(300);
   });
 
-  it('evaluators: KEDA temporal scaler on the evaluate queue (activity tasks), one waiting evaluation per replica, scale to zero, bounded', () => {
+  it('evaluators: KEDA temporal scaler on the evaluate queue (activity tasks), one waiting evaluation per evaluator of a replica, scale to zero, bounded', () => {
     const so = find(objs, 'ScaledObject', 'offshoot-evaluator') as Any;
     const d = find(objs, 'Deployment', 'offshoot-evaluator') as Any;
     expect(so.spec.scaleTargetRef).toEqual({ apiVersion: 'apps/v1', kind: 'Deployment', name: d.metadata.name });
     // The HPA owns the replica count: re-applying the manifests must not reset it.
     expect(d.spec.replicas).toBeUndefined();
     expect(so.spec.minReplicaCount).toBe(0);
-    expect(so.spec.maxReplicaCount).toBeGreaterThanOrEqual(4);
+    // At least 4 evaluators' worth of GPUs.
+    const perPod = GPUS_PER_POD[overlay]?.['offshoot-evaluator'] ?? 1;
+    expect(so.spec.maxReplicaCount * perPod).toBeGreaterThanOrEqual(4);
     expect(so.spec.triggers).toHaveLength(1);
     const t = so.spec.triggers[0];
     expect(t.type).toBe('temporal');
     for (const k of Object.keys(t.metadata)) expect(TEMPORAL_SCALER_FIELDS, `trigger metadata ${k}`).toContain(k);
     expect(t.metadata.taskQueue).toBe(TASK_QUEUES.evaluate);
     expect(t.metadata.queueTypes).toBe('activity');
-    expect(t.metadata.targetQueueSize).toBe(String(argsOf(d).slots));
+    expect(t.metadata.targetQueueSize).toBe(String(Number(argsOf(d).slots) * perPod));
     expect(t.metadata.activationTargetQueueSize).toBe('0');
     // The same Temporal as the workers.
     expect(t.metadata.endpoint).toBe(env.OFFSHOOT_TEMPORAL_ADDRESS);
@@ -405,6 +413,27 @@ describe.each(OVERLAYS)('overlay %s', (overlay) => {
       expect(used).toEqual([]);
     }
   });
+
+  if (overlay === 'multi-gpu') {
+    it('nodes of 8 GPUs: one evaluator per GPU, each with its metrics port; data-parallel pretraining over 8 GPUs with shared memory for NCCL', () => {
+      const evaluator = find(objs, 'Deployment', 'offshoot-evaluator') as Any;
+      const base = Number(argsOf(evaluator)['metrics-port']);
+      // `worker --gpus` serves GPU i's metrics on --metrics-port + i.
+      expect(
+        container(evaluator)
+          .ports.map((p: Any) => p.containerPort)
+          .sort(),
+      ).toEqual(Array.from({ length: 8 }, (_, i) => base + i));
+      const pretrain = find(objs, 'Deployment', 'offshoot-pretrain') as Any;
+      expect(argsOf(pretrain).gpus).toBe('all');
+      const shm = pretrain.spec.template.spec.volumes.find((v: Any) => v.name === 'shm');
+      expect(shm.emptyDir).toMatchObject({ medium: 'Memory' });
+      expect(container(pretrain).volumeMounts).toContainEqual({ name: 'shm', mountPath: '/dev/shm' });
+      // Eight evaluators need eight times one's memory; the pretrain pod holds eight ranks.
+      for (const d of [evaluator, pretrain])
+        expect(Number.parseInt(container(d).resources.requests.memory, 10)).toBeGreaterThanOrEqual(64);
+    });
+  }
 
   if (overlay === 'vulkan') {
     it('vulkan: the webgpu backend, and the graphics driver capability so the NVIDIA toolkit mounts the Vulkan driver', () => {

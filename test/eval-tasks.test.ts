@@ -62,7 +62,7 @@ function task(
 ): string {
   fs.mkdirSync(dir, { recursive: true });
   const data = path.join(dir, `${name}.jsonl`);
-  fs.writeFileSync(data, docs.map((d) => JSON.stringify(d)).join('\n') + '\n');
+  fs.writeFileSync(data, `${docs.map((d) => JSON.stringify(d)).join('\n')}\n`);
   const file = path.join(dir, `${name}.yaml`);
   const cfg = {
     task: name,

@@ -162,10 +162,8 @@ describe('offshoot experiment paper-table (tiny configuration)', () => {
       result.teacher.val,
       result.teacher.ood,
     ]) {
-      {
-        expect(e.bytes).toBeGreaterThan(e.tokens);
-        expect(e.valBpb).toBeCloseTo((e.valLoss * e.tokens) / (Math.LN2 * e.bytes), 10);
-      }
+      expect(e.bytes).toBeGreaterThan(e.tokens);
+      expect(e.valBpb).toBeCloseTo((e.valLoss * e.tokens) / (Math.LN2 * e.bytes), 10);
     }
     expect(md).toMatch(
       /\| arm \| parameters \| val perplexity \(sotu:val\) \| val bits per byte \| mobydick perplexity \| mobydick bits per byte \|/,

@@ -6,6 +6,10 @@
  * on the card); then a whole model's loss and gradients, the fused AdamW step, and 200 training
  * steps of the fused and unfused paths on the same data and seed.
  */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+
 import { afterAll, describe, expect, it } from 'vitest';
 
 import { AdamW, GPTNeoX, Trainer, clipByGlobalNorm } from '../core/model/index.js';
@@ -39,6 +43,8 @@ import { syntheticBatches, tinyConfig, tinyHyper } from './helpers/tiny.js';
 
 const backends = await testBackends();
 const hasWebGPU = backends.includes('webgpu');
+// The autotuner's plan file goes to a cache of this run's own, so no earlier run's plans are found.
+process.env.OFFSHOOT_CACHE = fs.mkdtempSync(path.join(os.tmpdir(), 'offshoot-fused-'));
 
 afterAll(async () => {
   setFusedKernels(null);

@@ -16,7 +16,7 @@ import * as path from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 
 import { dawnToggles } from '../core/model/backend.js';
-import { AdamW, GPTNeoX, Trainer } from '../core/model/index.js';
+import { GPTNeoX, Trainer } from '../core/model/index.js';
 import { AdamWState, LossScale, lossScaleOptions, lossScaledAdamW } from '../core/model/ops/index.js';
 import { setPrecision } from '../core/model/precision.js';
 import * as tf from '../core/model/tfjs.js';

@@ -1,8 +1,9 @@
 /**
  * Orchestration pieces that need no server: the configuration schema (defaults, one error listing
- * every problem, documentation of every field), the 2 MB payload limit, pure workflow helpers, and the
+ * every problem, documentation of every field, bounds, the storage root), the 2 MB payload limit, pure workflow helpers, and the
  * workflow bundle (the deterministic sandbox's import rules) built from the sources and from dist/.
  */
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -13,14 +14,17 @@ import { describe, expect, it } from 'vitest';
 import { presetConfig } from '../core/model/index.js';
 import { canonicalParameters, canonicalize } from '../core/subnet/pure.js';
 import {
+  CONFIG_LIMITS,
   ConfigError,
   configLeaves,
   defaultConfig,
+  ensureStorageRoot,
   loadConfigFile,
   parseConfig,
   pipelineInput,
 } from '../services/config/index.js';
-import { ROOT } from '../services/stack/index.js';
+import { ROOT, offshootCommand } from '../services/stack/index.js';
+import { TEMPERATURE_RANGE } from '../services/teacher/index.js';
 import {
   MAX_PAYLOAD_BYTES,
   PayloadTooLargeError,
@@ -93,6 +97,71 @@ describe('configuration', () => {
       /x\.yaml: 2 problems:\n {2}search\.tournamentSize: .*population = 8.*got 50\n {2}pretrain\.warmup: must be at most pretrain\.steps \(100\), got 500/,
     );
   });
+
+  it('numbers have upper bounds, and storage.root is not the file system root: each a problem naming the field', () => {
+    let err: ConfigError | undefined;
+    try {
+      parseConfig(
+        {
+          search: { population: 1e9, budget: 1e12, fitness: { steps: 1e7 } },
+          pretrain: { steps: 1e15, distill: { temperature: 1e-300 } },
+          storage: { root: '/' },
+          workers: { evaluators: 1000 },
+        },
+        'huge.yaml',
+      );
+    } catch (e) {
+      err = e as ConfigError;
+    }
+    expect(err).toBeInstanceOf(ConfigError);
+    const byField = Object.fromEntries(err!.problems.map((p) => [p.field, p.message]));
+    expect(byField['search.population']).toMatch(/expected number to be <=10000, got 1000000000/);
+    expect(byField['search.budget']).toMatch(/<=1000000, got 1000000000000/);
+    expect(byField['search.fitness.steps']).toMatch(/<=1000000, got 10000000/);
+    expect(byField['pretrain.steps']).toMatch(/<=10000000, got 1000000000000000/);
+    expect(byField['pretrain.distill.temperature']).toMatch(/>=0.01, got 1e-300/);
+    expect(byField['storage.root']).toMatch(
+      /must not be the file system root: a run writes <root>\/<run.name>\/ there, got "\/"/,
+    );
+    expect(byField['workers.evaluators']).toMatch(/<=256, got 1000/);
+    // The distillation temperatures the config accepts are the ones the teacher service does.
+    expect(CONFIG_LIMITS.temperature).toEqual(TEMPERATURE_RANGE);
+  });
+
+  it('storage.root is created before anything starts, or is one error naming it', () => {
+    const root = path.join(tmp, 'made', 'here');
+    expect(ensureStorageRoot(parseConfig({ storage: { root } }))).toBe(root);
+    expect(fs.statSync(root).isDirectory()).toBe(true);
+    const file = path.join(tmp, 'a-file');
+    fs.writeFileSync(file, 'x');
+    expect(() => ensureStorageRoot(parseConfig({ storage: { root: path.join(file, 'runs') } }))).toThrow(
+      new RegExp(
+        `storage.root ${file}/runs: cannot create or write it \\(ENOTDIR\\); choose a folder this user may write`,
+      ),
+    );
+  });
+
+  it('offshoot run refuses an empty --name and a storage.root of / before it starts anything', () => {
+    const cli = offshootCommand();
+    const run = (...args: string[]) =>
+      spawnSync(cli.command, [...cli.args, '--backend', 'cpu', 'run', ...args], {
+        cwd: tmp,
+        encoding: 'utf8',
+        timeout: 120_000,
+      });
+    const empty = run('--name', '');
+    expect(empty.status).toBe(1);
+    expect(empty.stderr).toMatch(
+      /command line: 1 problem:\n {2}run\.name: must be 1-128 of A-Z a-z 0-9 _ - \(starting with a letter or digit\), got ""/,
+    );
+    const slash = path.join(tmp, 'slash.yaml');
+    fs.writeFileSync(slash, 'storage: { root: / }\nrun: { name: evil }\n');
+    const r = run('--config', slash);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/storage\.root: must not be the file system root/);
+    expect(fs.existsSync('/evil')).toBe(false);
+    expect(fs.readdirSync(tmp).filter((f) => f === 'runs')).toEqual([]);
+  }, 120_000);
 
   it('bad YAML and unreadable files are one clear error', () => {
     const file = path.join(tmp, 'broken.yaml');

@@ -229,7 +229,7 @@ describe('evolution actor', () => {
   }, 240_000);
 
   it('the Temporal server stopped mid-search and restarted on its database: the search ends as an uninterrupted one', async () => {
-    const e = await worker(['evaluate'], 'evaluate-3');
+    const _e = await worker(['evaluate'], 'evaluate-3');
     const input = evolutionInput(run('restart'), teacher, {
       search: { budget: 24, population: 4, seed: 11 },
       continueAsNewEvery: 4,
@@ -266,7 +266,7 @@ describe('evolution actor', () => {
   }, 240_000);
 
   it('a long search continues-as-new and its history stays bounded', async () => {
-    const e = await worker(['evaluate'], 'evaluate-4');
+    const _e = await worker(['evaluate'], 'evaluate-4');
     // Past a few generations the search state (about 1 KB per evaluation here) is over the 8 KB set
     // here, so it goes to shared storage and travels by reference.
     const input = evolutionInput(run('long'), teacher, {
@@ -298,7 +298,7 @@ describe('evolution actor', () => {
   }, 240_000);
 
   it('setBudget (update) and stop (signal) end a search early', async () => {
-    const e = await worker(['evaluate'], 'evaluate-5');
+    const _e = await worker(['evaluate'], 'evaluate-5');
     const big = { budget: 1000, population: 4, seed: 9 };
     const h1 = await client.workflow.start(evolution, {
       workflowId: wid('budget'),

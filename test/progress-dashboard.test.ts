@@ -6,10 +6,12 @@
  * The charts are uPlot canvases, so the checks read what each chart holds from its uPlot instance
  * (`window.offshootCharts`: the instance's series and data) and look at the canvas's pixels.
  */
+import * as http from 'node:http';
+
 import type { Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { NatsProgressPublisher, type ProgressEventInput } from '../services/progress/index.js';
+import { NatsProgressPublisher, type ProgressEventInput, startDashboard } from '../services/progress/index.js';
 import { type Browser, artifactPath, launchChromium } from './helpers/browser.js';
 import { type NatsServer, startNats } from './helpers/nats.js';
 import { type OffshootProcess, startOffshoot } from './helpers/offshoot-process.js';
@@ -212,5 +214,38 @@ describe('offshoot dashboard', () => {
     expect(runs.find((r) => r.run === 'dash-run')).toMatchObject({ state: 'running' });
     const bad = await fetch(new URL('api/events?run=..%2Fx', url));
     expect(bad.status).toBe(400);
+  });
+
+  it('answers only requests whose Host names a loopback host (DNS rebinding); others get 403 naming it; --allow-host adds names', async () => {
+    const get = (base: string, host: string) =>
+      new Promise<{ status: number; body: string }>((resolve, reject) => {
+        const u = new URL(base);
+        const req = http.request({ host: u.hostname, port: u.port, path: '/api/runs', headers: { host } }, (res) => {
+          let body = '';
+          res.setEncoding('utf8').on('data', (d: string) => (body += d));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+        });
+        req.on('error', reject);
+        req.end();
+      });
+    const port = new URL(url).port;
+    for (const host of [`127.0.0.1:${port}`, `localhost:${port}`, `[::1]:${port}`, 'localhost'])
+      expect((await get(url, host)).status, host).toBe(200);
+    const evil = await get(url, `evil.example:${port}`);
+    expect(evil.status).toBe(403);
+    expect(evil.body).toMatch(
+      new RegExp(
+        `Host "evil.example:${port}" is not served \\(only localhost, 127.0.0.1, ::1\\); start it with --allow-host NAME`,
+      ),
+    );
+    expect((await get(url, '127.0.0.1.evil.example')).status).toBe(403);
+
+    const named = await startDashboard({ url: nats.url, port: 0, allowedHosts: ['dash.example'] });
+    try {
+      expect((await get(named.url, 'dash.example:8080')).status).toBe(200);
+      expect((await get(named.url, 'other.example')).status).toBe(403);
+    } finally {
+      await named.close();
+    }
   });
 });

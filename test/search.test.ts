@@ -7,7 +7,7 @@ import {
   resolveSearchOptions,
   restoreSearch,
   runSearchSync,
-  Search,
+  type Search,
   SEARCH_DEFAULTS,
   SearchError,
   SeededRng,
@@ -220,13 +220,13 @@ describe('determinism and serialisation', () => {
     const opts = { ...options, seed: 21, budget: 250, population: 16, retryFailed: 1 };
     const space = benchmarkSpace();
     // Fails every 7th genome by key hash, so failures and retries are part of the state too.
-    const fit = (c: Candidate<Vec>): number | null =>
+    const fitnessOf = (c: Candidate<Vec>): number | null =>
       c.key.length % 7 === 3 && c.attempt === 1 ? null : distanceToTarget(c.genome);
 
     const straight = createSearch(opts, space);
     while (!straight.done()) {
       const batch = straight.ask();
-      straight.tell(batch.map((c) => ({ id: c.id, fitness: fit(c), metrics: { tokens: c.id * 10 } })));
+      straight.tell(batch.map((c) => ({ id: c.id, fitness: fitnessOf(c), metrics: { tokens: c.id * 10 } })));
     }
 
     // Interrupted: restore from JSON text at three kinds of points — between batches, right after an
@@ -240,7 +240,7 @@ describe('determinism and serialisation', () => {
         expect(s.ask()).toEqual([]); // still pending: nothing new
         batch = s.pending();
       }
-      const results = batch.map((c) => ({ id: c.id, fitness: fit(c), metrics: { tokens: c.id * 10 } }));
+      const results = batch.map((c) => ({ id: c.id, fitness: fitnessOf(c), metrics: { tokens: c.id * 10 } }));
       const half = Math.floor(results.length / 2);
       s.tell(results.slice(0, half));
       if (step % 3 === 2) s = restoreSearch(JSON.parse(JSON.stringify(s.toJSON())), space);

@@ -313,6 +313,100 @@ describe('checkpoints', () => {
   });
 });
 
+describe('writing the student never destroys data', () => {
+  const teacherSrc = path.join(FIXTURES, 'pythia-style');
+  const spec = { layers: 1, embedding: 40, heads: 2, mlp: 64 };
+  /** A copy of a fixture teacher, so a test that fails cannot damage the fixtures. */
+  const copyTeacher = (name: string): string => {
+    const dir = path.join(tmp, 'guard', name);
+    fs.cpSync(teacherSrc, dir, { recursive: true });
+    return dir;
+  };
+  const snapshot = (dir: string) =>
+    Object.fromEntries(fs.readdirSync(dir).map((f) => [f, fs.readFileSync(path.join(dir, f)).toString('base64')]));
+  const leftovers = (dir: string) => fs.readdirSync(dir).filter((f) => f.includes('.tmp-'));
+
+  it('refuses the teacher itself and any folder holding it; the teacher is untouched', async () => {
+    const teacher = copyTeacher('teacher');
+    const before = snapshot(teacher);
+    await expect(extractCheckpoint({ teacher, spec, out: teacher, force: true })).rejects.toThrow(
+      /--out .*: that is the teacher .*; the student must go to a new folder/,
+    );
+    await expect(extractCheckpoint({ teacher, spec, out: path.dirname(teacher), force: true })).rejects.toThrow(
+      /that is the teacher .*'s folder or one above it/,
+    );
+    expect(snapshot(teacher)).toEqual(before);
+    expect(leftovers(path.dirname(teacher))).toEqual([]);
+  });
+
+  it('refuses a folder that holds anything but a student it extracted; that one only with force', async () => {
+    const teacher = copyTeacher('teacher2');
+    const foreign = path.join(tmp, 'guard', 'foreign');
+    fs.mkdirSync(foreign, { recursive: true });
+    fs.writeFileSync(path.join(foreign, 'notes.txt'), 'mine');
+    await expect(extractCheckpoint({ teacher, spec, out: foreign, force: true })).rejects.toThrow(
+      /--out .*foreign: exists and is not empty \(1 entry: notes.txt\) and is not a student checkpoint offshoot extracted/,
+    );
+    expect(fs.readdirSync(foreign)).toEqual(['notes.txt']);
+    const file = path.join(tmp, 'guard', 'a-file');
+    fs.writeFileSync(file, 'x');
+    await expect(extractCheckpoint({ teacher, spec, out: file })).rejects.toThrow(/exists and is not a folder/);
+
+    const empty = path.join(tmp, 'guard', 'empty');
+    fs.mkdirSync(empty);
+    const first = await extractCheckpoint({ teacher, spec, out: empty });
+    expect(first.tokenizer).toBe(false);
+    await expect(extractCheckpoint({ teacher, spec: { ...spec, mlp: 32 }, out: empty })).rejects.toThrow(
+      /holds a student checkpoint offshoot extracted; pass --force to replace it/,
+    );
+    expect(loadCheckpoint(empty).hash).toBe(first.checkpointHash);
+    const second = await extractCheckpoint({ teacher, spec: { ...spec, mlp: 32 }, out: empty, force: true });
+    expect(loadCheckpoint(empty).hash).toBe(second.checkpointHash);
+    expect(second.checkpointHash).not.toBe(first.checkpointHash);
+    expect(leftovers(path.dirname(empty))).toEqual([]);
+  });
+
+  it('offshoot subnet extract: --out . is refused with nothing left behind; a student without a tokenizer is said so', () => {
+    const teacher = copyTeacher('teacher3');
+    const here = path.join(tmp, 'guard', 'here');
+    fs.mkdirSync(here);
+    const cli = (cwd: string, ...args: string[]) =>
+      spawnSync(
+        process.execPath,
+        [
+          '--import',
+          import.meta.resolve('tsx'),
+          path.join(import.meta.dirname, '..', 'services', 'cli', 'main.ts'),
+          'subnet',
+          'extract',
+          '--teacher',
+          teacher,
+          '--spec',
+          JSON.stringify(spec),
+          ...args,
+        ],
+        {
+          cwd,
+          encoding: 'utf8',
+          timeout: 120_000,
+        },
+      );
+    const dot = cli(here, '--out', '.');
+    expect(dot.status).toBe(1);
+    expect(dot.stderr).toMatch(
+      /--out \.: that is the current folder \(or one above it\); name a new folder for the student/,
+    );
+    expect(fs.readdirSync(here)).toEqual([]);
+    const ok = cli(here, '--out', 'student', '--json');
+    expect(ok.status, ok.stderr).toBe(0);
+    expect(JSON.parse(ok.stdout.trim().split('\n').pop()!).tokenizer).toBe(false);
+    expect(ok.stderr).toMatch(/has no tokenizer.json, so the student has none either; .*pass --tokenizer FILE/);
+    const again = cli(here, '--out', 'student');
+    expect(again.status).toBe(1);
+    expect(again.stderr).toMatch(/holds a student checkpoint offshoot extracted; pass --force to replace it/);
+  });
+});
+
 describe('importance orderings', () => {
   it('keep the top-scored heads, neurons, channels and layers', async () => {
     const teacher = teachers.get('sharded')!;

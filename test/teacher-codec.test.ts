@@ -160,12 +160,24 @@ describe('request checks', () => {
     ],
     ['k 0', { topK: 0 }, grpc.status.INVALID_ARGUMENT, /top_k 0 is outside \[1, 100\]/],
     ['k > vocab', { topK: 101 }, grpc.status.INVALID_ARGUMENT, /top_k 101 is outside \[1, 100\]/],
-    ['temperature', { temperature: -1 }, grpc.status.INVALID_ARGUMENT, /temperature must be finite and > 0, got -1/],
+    ['temperature', { temperature: -1 }, grpc.status.INVALID_ARGUMENT, /temperature must be from 0.01 to 100, got -1/],
     [
       'NaN temperature',
       { temperature: NaN },
       grpc.status.INVALID_ARGUMENT,
-      /temperature must be finite and > 0, got NaN/,
+      /temperature must be from 0.01 to 100, got NaN/,
+    ],
+    [
+      'tiny temperature',
+      { temperature: 1e-300 },
+      grpc.status.INVALID_ARGUMENT,
+      /temperature must be from 0.01 to 100, got 1e-300/,
+    ],
+    [
+      'huge temperature',
+      { temperature: 1e6 },
+      grpc.status.INVALID_ARGUMENT,
+      /temperature must be from 0.01 to 100, got 1000000/,
     ],
     ['encoding', { valueEncoding: 7 }, grpc.status.INVALID_ARGUMENT, /value_encoding 7 is not one of/],
   ] as const) {

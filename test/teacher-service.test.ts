@@ -7,6 +7,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
+import * as http2 from 'node:http2';
+
 import * as grpc from '@grpc/grpc-js';
 import { service as healthService } from 'grpc-health-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -30,7 +32,7 @@ import {
   TeacherError,
   TeacherLogitsClient,
   TeacherServer,
-  type TopKRequest,
+  TopKRequest,
   type TopKResponse,
   type TopKResult,
   ValueEncoding,
@@ -135,6 +137,49 @@ function rawStream(target: string, options: Partial<grpc.CallOptions> = {}) {
     close: () => {
       call.cancel();
       c.close();
+    },
+  };
+}
+
+/**
+ * A student that sends requests on a StreamTopK stream and never reads an answer: a bare HTTP/2 stream
+ * that is never consumed, so its flow-control window closes after the first 64 KiB and whatever the
+ * server computes for it waits in the server (a grpc-js client would take up to 16 answers into its own
+ * memory first).
+ */
+function stalledStudent(target: string) {
+  const session = http2.connect(`http://${target}`);
+  session.on('error', () => undefined);
+  const stream = session.request({
+    ':method': 'POST',
+    ':path': '/offshoot.teacher.v1.TeacherLogits/StreamTopK',
+    'content-type': 'application/grpc',
+    te: 'trailers',
+  });
+  stream.on('error', () => undefined);
+  let status: { code: number; details: string } | undefined;
+  stream.on('close', () => {
+    // A reset stream (no trailers) carries its code as the RST_STREAM code.
+    status ??= { code: -1, details: `RST_STREAM ${stream.rstCode}` };
+  });
+  stream.on('trailers', (t) => {
+    status = { code: Number(t['grpc-status']), details: decodeURIComponent(String(t['grpc-message'] ?? '')) };
+  });
+  stream.pause();
+  return {
+    send: (req: TopKRequest) => {
+      const body = TopKRequest.encode(req).finish();
+      const frame = Buffer.alloc(5 + body.length);
+      frame.writeUInt32BE(body.length, 1);
+      frame.set(body, 5);
+      stream.write(frame);
+    },
+    rstCode: () => stream.rstCode,
+    closed: () => stream.closed,
+    status: () => status,
+    close: () => {
+      stream.close(http2.constants.NGHTTP2_CANCEL);
+      session.destroy();
     },
   };
 }
@@ -326,7 +371,14 @@ describe('teacher service: bad input', () => {
       name: 'a temperature of 0',
       req: { temperature: 0 },
       code: grpc.status.INVALID_ARGUMENT,
-      message: /temperature must be finite and > 0, got 0/,
+      message: /temperature must be from 0.01 to 100, got 0/,
+    },
+    // Once answered OK with NaN log-normalisers (logits / 1e-300 overflow).
+    {
+      name: 'a temperature of 1e-300',
+      req: { temperature: 1e-300 },
+      code: grpc.status.INVALID_ARGUMENT,
+      message: /temperature must be from 0.01 to 100, got 1e-300/,
     },
     {
       name: 'tokens that do not fill the batch',
@@ -528,6 +580,180 @@ describe('teacher service: flow control, deadlines', () => {
     expect((await metrics()).forwardPasses).toBe(after.forwardPasses);
     s.close();
   });
+});
+
+describe('teacher service: memory under abuse', () => {
+  // The budget this server is started with (the defaults, 256 and 64 MiB, are documented in
+  // docs/teacher-service.md); here small enough that the abuse below would exceed it many times over.
+  const BUDGET_MIB = 32;
+  const STREAM_MIB = 16;
+  const MiB = 2 ** 20;
+  // The largest request there is: 8 192 tokens, the whole vocabulary in float32 (≈ 14 MiB an answer).
+  const huge = (id: number) => {
+    const b = randomBatch(128, CONTEXT, id);
+    return {
+      id,
+      batchSize: 128,
+      seqLen: CONTEXT,
+      tokens: Array.from(b.input),
+      topK: VOCAB,
+      valueEncoding: ValueEncoding.VALUE_ENCODING_FLOAT32,
+    };
+  };
+  let abused: TeacherProcess;
+  // A forward pass of 8 192 tokens on wasm keeps the server busy for a while: a patient deadline.
+  const metricsOf = (t: TeacherProcess): Promise<Metrics> => client(t.target, { connectTimeoutMs: 60_000 }).metrics();
+
+  beforeAll(async () => {
+    abused = await startTeacher(modelDir, {
+      extra: [
+        '--max-batch-tokens',
+        '8192',
+        '--max-buffered-mib',
+        String(BUDGET_MIB),
+        '--max-stream-mib',
+        String(STREAM_MIB),
+      ],
+    });
+  });
+
+  it('20 streams that stop reading stay within the byte budget; a reading student is still served; cancelling them gives the memory back', async () => {
+    const info = await client(abused.target).info();
+    expect(info.maxBufferedBytes).toBe(BUDGET_MIB * MiB);
+    expect(info.maxStreamBytes).toBe(STREAM_MIB * MiB);
+    // Warm up: the same shapes once, read, so the allocator and the kernels have what these need.
+    const warm = rawStream(abused.target);
+    warm.read();
+    for (let i = 1; i <= 4; i++) warm.send(huge(i));
+    await waitFor(
+      'warm-up answers',
+      async () => warm.answers.length,
+      (n) => n === 4,
+      120_000,
+    );
+    warm.close();
+    const baseline = await waitFor(
+      'the warm-up to be freed',
+      () => metricsOf(abused),
+      (m) => m.bytesReserved === 0 && m.activeStreams <= 1,
+    );
+    const rss0 = baseline.rssBytes;
+
+    // 20 students ask for 8 such answers each and never take one.
+    const abusers = Array.from({ length: 20 }, () => {
+      const st = stalledStudent(abused.target);
+      for (let i = 1; i <= 8; i++) st.send(huge(i));
+      return st;
+    });
+    let lastServed = -1;
+    const held = await waitFor(
+      'the abuse to settle',
+      async () => {
+        const m = await metricsOf(abused);
+        await new Promise((r) => setTimeout(r, 1000));
+        return m;
+      },
+      (m) => {
+        const settled = m.requestsServed === lastServed && m.activeStreams >= 20 && m.bytesReserved > 0;
+        lastServed = m.requestsServed;
+        return settled;
+      },
+      120_000,
+    );
+    // Without a byte budget this is 20 × 8 answers ≈ 2.2 GiB; the server holds what its budget allows.
+    expect(held.peakBytesReserved).toBeLessThanOrEqual(BUDGET_MIB * MiB);
+    expect(held.peakBytesBuffered).toBeLessThanOrEqual(BUDGET_MIB * MiB);
+    expect(held.bytesReserved).toBeGreaterThan(STREAM_MIB * MiB);
+    expect(held.streams.every((x) => x.bytesReserved <= STREAM_MIB * MiB)).toBe(true);
+    expect(held.queueDepth).toBeGreaterThan(0);
+    // Resident memory: the budget, plus the requests read (20 streams × 8 × 8 192 ids) and a forward pass.
+    expect(held.rssBytes - rss0).toBeLessThan((BUDGET_MIB + 96) * MiB);
+
+    // A student that reads is served meanwhile: its small answers fit what the budget has left.
+    const other = client(abused.target);
+    const b = randomBatch(2, 16, 5);
+    expectMatches(await other.topK({ tokens: b.input, batchSize: 2, seqLen: 16, topK: 8 }), await expected(b, 8), true);
+
+    for (const s of abusers) s.close();
+    const after = await waitFor(
+      'the abusers to be gone',
+      () => metricsOf(abused),
+      (m) => m.bytesReserved === 0 && m.bytesBuffered === 0 && m.queueDepth === 0,
+      60_000,
+    );
+    expect(after.streams.every((x) => x.bytesReserved === 0)).toBe(true);
+    // Back to where it was before the abuse (the answers it held are freed and collected).
+    await waitFor(
+      'the memory to come back',
+      () => metricsOf(abused),
+      (m) => m.rssBytes - rss0 < 24 * MiB,
+      30_000,
+    );
+  }, 300_000);
+
+  it('a request whose answer alone exceeds the per-stream budget is refused, naming the budget', async () => {
+    const t = await startTeacher(modelDir, {
+      extra: ['--max-batch-tokens', '8192', '--max-buffered-mib', '8', '--max-stream-mib', '4'],
+    });
+    const s = rawStream(t.target);
+    s.read();
+    s.send({ id: 1 });
+    s.send(huge(2));
+    const st = await s.status;
+    expect(st.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
+    expect(st.details).toMatch(
+      /^request 2: its answer would take 14 MiB \(8192 positions × top_k 300\), above the server's budget of 4.0 MiB per stream \(--max-stream-mib\)/,
+    );
+    expect(s.answers.map((a) => a.id)).toEqual([1]);
+    s.close();
+    await t.stop();
+  });
+
+  it('a stream whose student stopped reading is reset after --stall-seconds, freeing its share for the others', async () => {
+    const t = await startTeacher(modelDir, {
+      extra: [
+        '--max-batch-tokens',
+        '8192',
+        '--max-buffered-mib',
+        '16',
+        '--max-stream-mib',
+        '16',
+        '--stall-seconds',
+        '2',
+      ],
+    });
+    const stalled = stalledStudent(t.target);
+    for (let i = 1; i <= 4; i++) stalled.send(huge(i));
+    await waitFor(
+      'the stalled stream to hold the budget',
+      () => metricsOf(t),
+      (m) => m.bytesReserved > 8 * MiB,
+      60_000,
+    );
+    // Another student asking for as much must wait for the budget — until the stalled stream is reset.
+    const patient = rawStream(t.target);
+    patient.read();
+    patient.send(huge(9));
+    await waitFor(
+      'the patient student to be answered',
+      async () => patient.answers.length,
+      (n) => n === 1,
+      60_000,
+    );
+    await waitFor(
+      'the stalled stream to be closed',
+      async () => stalled.closed(),
+      (c) => c,
+      10_000,
+    );
+    // RST_STREAM ENHANCE_YOUR_CALM, which grpc-js clients report as RESOURCE_EXHAUSTED.
+    expect(stalled.rstCode()).toBe(http2.constants.NGHTTP2_ENHANCE_YOUR_CALM);
+    expect((await metricsOf(t)).streamsReset).toBe(1);
+    expect(t.stderr()).toMatch(/took none of its answers for 2 s while holding 14 MiB of the server's memory; reset/);
+    stalled.close();
+    patient.close();
+    await t.stop();
+  }, 120_000);
 });
 
 describe('teacher service: restarts, replicas, shutdown', () => {

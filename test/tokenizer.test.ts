@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
-  BpeTokenizer,
+  type BpeTokenizer,
   ByteTokenizer,
   END_OF_TEXT,
   HfTokenizer,
@@ -176,7 +176,7 @@ describe('byte-level tokenizer', () => {
     expect(hf.vocabSize).toBe(257);
     const rand = rng(2);
     for (let i = 0; i < 50; i++) {
-      const text = withoutRegexQuirks(randomUnicode(rand, 100)) + END_OF_TEXT + 'tail';
+      const text = `${withoutRegexQuirks(randomUnicode(rand, 100)) + END_OF_TEXT}tail`;
       expect(hf.encode(text)).toEqual(tok.encode(text));
       expect(hf.decode(tok.encode(text))).toBe(text);
     }
@@ -219,7 +219,7 @@ describe('byte-level BPE trained in TypeScript', () => {
       expect(bpe.decode(bpe.encode(text))).toBe(text);
     }
     // Long pre-tokens take the heap path.
-    const long = 'the'.repeat(2000) + ' ' + '='.repeat(5000) + ' '.repeat(3000) + 'x';
+    const long = `${'the'.repeat(2000)} ${'='.repeat(5000)}${' '.repeat(3000)}x`;
     expect(bpe.decode(bpe.encode(long))).toBe(long);
   });
 
@@ -398,7 +398,7 @@ describe('native BPE on a Pythia-style 50k tokenizer', () => {
               : pieces[Math.floor(rand() * pieces.length)];
       texts.push(t);
     }
-    texts.push('def f(x):\n' + '    return x\n'.repeat(10) + ' '.repeat(60) + 'end');
+    texts.push(`def f(x):\n${'    return x\n'.repeat(10)}${' '.repeat(60)}end`);
     // The Rust library normalises with older Unicode tables than JavaScript's ICU: combining marks added
     // since (U+07FD, say) are not reordered there. Texts its NFC leaves different are left out here.
     const all = path.join(dir, 'all.json');
@@ -418,7 +418,7 @@ describe('native BPE on a Pythia-style 50k tokenizer', () => {
     expect(older.length).toBeLessThan(5);
     for (const t of older) texts.splice(texts.indexOf(t), 1);
     const docs = path.join(dir, 'docs.jsonl');
-    writeFileSync(docs, texts.map((text) => JSON.stringify({ text })).join('\n') + '\n');
+    writeFileSync(docs, `${texts.map((text) => JSON.stringify({ text })).join('\n')}\n`);
     const out = path.join(dir, 'ids.u32');
     const r = spawnSync(requireHfPython(), [script, 'encode', path.join(dir, 'tokenizer.json'), docs, out], {
       encoding: 'utf8',
@@ -435,7 +435,7 @@ describe('native BPE on a Pythia-style 50k tokenizer', () => {
   }, 120_000);
 
   it('decodes to the NFC-normalised text', () => {
-    const text = 'cafe\u0301 a' + ' '.repeat(30) + 'b\t\tc<|endoftext|>';
+    const text = `cafe\u0301 a${' '.repeat(30)}b\t\tc<|endoftext|>`;
     expect(tok.decode(tok.encode(text))).toBe(text.normalize('NFC'));
   });
 });

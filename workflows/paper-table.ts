@@ -253,7 +253,7 @@ export async function paperTable(input: PaperTableInput): Promise<PaperTableResu
   best = evo.best;
   const fk = firstKSpec(teacher.config, evo.status.target);
   const randomSpec = input.randomShape === 'first-k' ? fk.spec : evo.best.spec;
-  const initOf = (arm: PaperArm, seed: number): StudentInit => {
+  const initOf = (arm: PaperArm): StudentInit => {
     const kind = ARM_INFO[arm].init;
     if (kind === 'random') return { kind: 'random', spec: randomSpec };
     return {
@@ -274,7 +274,7 @@ export async function paperTable(input: PaperTableInput): Promise<PaperTableResu
     const { arm, seed, name } = plans[i];
     running.add(name);
     const hyper = { ...h, seed, distill: ARM_INFO[arm].distill ? input.distill : null };
-    const init = initOf(arm, seed);
+    const init = initOf(arm);
     // The step-0 checkpoint (the pretraining actor finds it again: preparation is idempotent) and its
     // validation point, on the same tokens as the actor's validation passes.
     const student = await small.prepareStudent({ run: input.run, name, init, teacher, hyper, data: input.data });

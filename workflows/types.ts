@@ -168,6 +168,8 @@ export interface EvaluateOutput {
     evalTokens: number;
     flops: number;
     seconds: number;
+    /** Where those seconds went: per-shape costs (pipelines, autotune) and steady compute (core/subnet FitnessPhases). */
+    phases?: Record<string, number>;
     specHash: string;
     /** Which worker and attempt produced it. */
     worker: string;

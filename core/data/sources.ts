@@ -79,7 +79,7 @@ const EXTENSIONS: Record<string, InputFormat> = {
   '.bin': 'bin',
   '.npy': 'npy',
 };
-const COMPRESSED: Record<string, Compression> = { '.gz': 'gzip', '.zst': 'zstd', '.zstd': 'zstd' };
+const _COMPRESSED: Record<string, Compression> = { '.gz': 'gzip', '.zst': 'zstd', '.zstd': 'zstd' };
 const OPTION_KEYS = ['field', 'format', 'dtype', 'invalid', 'holdout', 'split'] as const;
 
 /** An error in the data: the message names the file and where in it. */

@@ -153,7 +153,7 @@ export function forEachPreToken(text: string, onWord: (word: string) => void): v
     // An optional space, then a run of letters, of numbers or of other characters.
     let j = c === 0x20 && i + 1 < n ? i + 1 : i;
     let cp = codePointAt(text, j);
-    let cls = classOf(cp);
+    const cls = classOf(cp);
     if (cls !== C_SPACE) {
       j += cp > 0xffff ? 2 : 1;
       while (j < n) {
@@ -690,7 +690,7 @@ function normalizerOf(json: TokenizerJson): 'none' | 'nfc' | null {
 /** Why the native engine cannot run this tokenizer.json, or null if it can. */
 function nativeIncompatibility(json: TokenizerJson): string | null {
   const m = json.model;
-  if (!m || m.type !== 'BPE') return `model type ${m?.type ?? 'missing'}`;
+  if (m?.type !== 'BPE') return `model type ${m?.type ?? 'missing'}`;
   if (!m.vocab || typeof m.vocab !== 'object' || !Array.isArray(m.merges)) return 'model lacks vocab or merges';
   if (m.dropout != null) return 'dropout';
   if (m.continuing_subword_prefix) return 'continuing_subword_prefix';
@@ -699,9 +699,9 @@ function nativeIncompatibility(json: TokenizerJson): string | null {
   if (m.ignore_merges) return 'ignore_merges';
   if (normalizerOf(json) === null) return `normalizer ${JSON.stringify(json.normalizer)}`;
   const pt = json.pre_tokenizer;
-  if (!pt || pt.type !== 'ByteLevel' || pt.add_prefix_space || pt.use_regex === false)
+  if (pt?.type !== 'ByteLevel' || pt.add_prefix_space || pt.use_regex === false)
     return 'pre_tokenizer is not ByteLevel without prefix space';
-  if (!json.decoder || json.decoder.type !== 'ByteLevel') return 'decoder is not ByteLevel';
+  if (json.decoder?.type !== 'ByteLevel') return 'decoder is not ByteLevel';
   if (json.post_processor != null && json.post_processor.type !== 'ByteLevel')
     return `post_processor ${json.post_processor.type}`;
   for (const t of json.added_tokens ?? []) {
@@ -781,7 +781,7 @@ export interface LoadTokenizerOptions {
 
 function isByteTokenizerJson(json: TokenizerJson): boolean {
   const m = json.model;
-  if (!m || m.type !== 'BPE' || !m.vocab || !Array.isArray(m.merges) || m.merges.length !== 0) return false;
+  if (m?.type !== 'BPE' || !m.vocab || !Array.isArray(m.merges) || m.merges.length !== 0) return false;
   const vocab = new Map<string, number>(Object.entries(m.vocab));
   const added = json.added_tokens ?? [];
   if (added.length !== 1 || added[0].id !== 256 || added[0].content !== END_OF_TEXT) return false;

@@ -49,7 +49,7 @@ export class Template {
     try {
       // The tokenizer drops one trailing newline (Jinja's default); lm-eval keeps it
       // (keep_trailing_newline), so give it one to drop.
-      this.program = parse(tokenize(source + '\n'));
+      this.program = parse(tokenize(`${source}\n`));
     } catch (err) {
       throw new TemplateError(`template ${JSON.stringify(source)}: ${(err as Error).message}`);
     }
@@ -67,6 +67,7 @@ export class Template {
   }
 }
 
+// biome-ignore lint/suspicious/noControlCharactersInRegex: Python's str.isspace() counts the separators U+001C-U+001F.
 const PYTHON_SPACE = /[\t\n\v\f\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]/;
 
 /** Python's str.isspace() for one character. */
@@ -166,7 +167,7 @@ export function literalEval(text: string): unknown {
         if (!/^[0-9a-fA-F]+$/.test(hex) || hex.length !== n) fail(`bad \\${e} escape`);
         out += String.fromCodePoint(parseInt(hex, 16));
         i += n;
-      } else out += '\\' + e;
+      } else out += `\\${e}`;
     }
     if (text[i] !== quote) fail('unterminated string');
     i++;

@@ -62,13 +62,24 @@ export async function writeDirAtomic(target: string, fill: (dir: string) => void
     fs.rmSync(tmp, { recursive: true, force: true });
     throw err;
   }
-  if (fs.existsSync(target)) {
-    const old = tempName(path.resolve(target));
-    fs.renameSync(target, old);
-    fs.renameSync(tmp, target);
-    fs.rmSync(old, { recursive: true, force: true });
-  } else {
-    fs.renameSync(tmp, target);
+  try {
+    if (fs.existsSync(target)) {
+      const old = tempName(path.resolve(target));
+      fs.renameSync(target, old);
+      try {
+        fs.renameSync(tmp, target);
+      } catch (err) {
+        fs.renameSync(old, target);
+        throw err;
+      }
+      fs.rmSync(old, { recursive: true, force: true });
+    } else {
+      fs.renameSync(tmp, target);
+    }
+  } catch (err) {
+    // A target that cannot be replaced (a mount point, the working folder: EBUSY) leaves nothing behind.
+    fs.rmSync(tmp, { recursive: true, force: true });
+    throw err;
   }
   fsyncDir(parent);
 }

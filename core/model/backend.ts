@@ -7,6 +7,9 @@
  * The choice is one setting (`--backend`, env `OFFSHOOT_BACKEND`, default `auto`). `auto` passes over a
  * WebGPU adapter that is a software rasteriser (Mesa lavapipe): it is slower than wasm; asking for
  * `webgpu` explicitly still uses it (that is how CI exercises the WebGPU path on CPU machines).
+ * Which device: the cuda backend opens the first GPU CUDA shows the process (CUDA_VISIBLE_DEVICES), the
+ * webgpu backend the adapter env OFFSHOOT_WEBGPU_ADAPTER names (an index or a name; default Dawn's
+ * first, high-performance preferred).
  */
 import { createRequire } from 'node:module';
 import * as fs from 'node:fs';
@@ -391,14 +394,33 @@ async function doProbeWebGPU(): Promise<WebGPUProbe> {
   const lowPower = tf.env().getBool('WEBGPU_USE_LOW_POWER_GPU') === true;
   const options = { powerPreference: lowPower ? 'low-power' : 'high-performance' } as const;
   if (nav.gpu == null) {
-    // The vendor's toggles are adapter toggles: a first instance finds the vendor, a second one has them.
-    let gpu = dawn.create(dawnFlags()) as GpuLike;
-    const vendor = (await gpu.requestAdapter(options))?.info?.vendor;
-    if (dawnToggles(vendor) !== dawnToggles()) gpu = dawn.create(dawnFlags(vendor)) as GpuLike;
+    const chosen = await chosenAdapter(dawn);
+    const flags = (vendor?: string) => [...dawnFlags(vendor), ...(chosen ? [`adapter=${chosen}`] : [])];
+    // The vendor's toggles are adapter toggles: a first instance finds the adapter's vendor, a second
+    // one has them (a missing adapter is reported below).
+    let gpu = dawn.create(flags()) as GpuLike;
+    const vendor = (await gpu.requestAdapter(options).catch(() => null))?.info?.vendor;
+    if (dawnToggles(vendor) !== dawnToggles()) gpu = dawn.create(flags(vendor)) as GpuLike;
     Object.defineProperty(nav, 'gpu', { value: gpu, writable: true, configurable: true });
   }
   const gpu = nav.gpu as GpuLike;
-  const adapter = await gpu.requestAdapter(options);
+  let adapter: AdapterLike | null;
+  try {
+    adapter = await gpu.requestAdapter(options);
+  } catch (e) {
+    const wanted = process.env.OFFSHOOT_WEBGPU_ADAPTER?.trim();
+    if (!wanted) throw e;
+    // Dawn rejects when the adapter named is not there, listing those that are.
+    const available = String(e instanceof Error ? e.message : e)
+      .split('Available adapters:')[1]
+      ?.trim()
+      .replace(/\s*\n\s*/g, ' ');
+    throw new BackendUnavailable(
+      'webgpu',
+      `OFFSHOOT_WEBGPU_ADAPTER=${wanted}: no such adapter (${available ? `Dawn finds: ${available}` : firstLine(e)})`,
+      'Name an adapter Dawn finds, or give its index.',
+    );
+  }
   if (adapter == null)
     throw new BackendUnavailable('webgpu', 'Dawn found no WebGPU adapter (no Vulkan driver)', SETUP_HINT);
   const info = adapter.info ?? {};
@@ -407,6 +429,53 @@ async function doProbeWebGPU(): Promise<WebGPUProbe> {
     info.architecture === 'software' ||
     /llvmpipe|lavapipe|swiftshader/i.test(`${info.description} ${info.device}`);
   return { adapter, software, description: describeAdapter(info) };
+}
+
+/** The adapters Dawn finds (backend and device name, in its order), from the list it gives when asked for one it lacks. */
+async function dawnAdapters(dawn: {
+  create(flags: string[]): unknown;
+}): Promise<Array<{ backend: string; name: string }>> {
+  const gpu = dawn.create([...dawnFlags(), 'adapter=\u0001no such adapter']) as GpuLike;
+  try {
+    await gpu.requestAdapter();
+    return []; // resolved without one: no adapter at all
+  } catch (e) {
+    const text = e instanceof Error ? e.message : String(e);
+    return [...text.matchAll(/^ \* backend: '([^']*)', name: '(.*)'$/gm)].map((m) => ({ backend: m[1], name: m[2] }));
+  }
+}
+
+/**
+ * The adapter env OFFSHOOT_WEBGPU_ADAPTER asks for, as Dawn's `adapter=` flag takes it (a name it
+ * matches by substring, first match wins): an index into Dawn's list of adapters (how
+ * `offshoot worker --gpus` pins a process to a GPU), or a name. Undefined when it is not set.
+ * Dawn's Node binding selects adapters by name only, so of several adapters with the same name (a host
+ * of identical GPUs) only the first can be chosen: asking for another by index is an error saying so.
+ */
+async function chosenAdapter(dawn: { create(flags: string[]): unknown }): Promise<string | undefined> {
+  const wanted = process.env.OFFSHOOT_WEBGPU_ADAPTER?.trim();
+  if (!wanted) return undefined;
+  if (!/^\d+$/.test(wanted)) return wanted;
+  const index = Number(wanted);
+  const adapters = await dawnAdapters(dawn);
+  const listed = adapters.map((a, i) => `${i} '${a.name}' (${a.backend})`).join(', ') || 'none';
+  if (index >= adapters.length) {
+    throw new BackendUnavailable(
+      'webgpu',
+      `OFFSHOOT_WEBGPU_ADAPTER=${wanted}: Dawn finds ${adapters.length} adapter${adapters.length === 1 ? '' : 's'} (${listed})`,
+      'Choose one of those indices, or a name.',
+    );
+  }
+  const name = adapters[index].name;
+  const first = adapters.findIndex((a) => a.name.includes(name));
+  if (first !== index) {
+    throw new BackendUnavailable(
+      'webgpu',
+      `OFFSHOOT_WEBGPU_ADAPTER=${wanted}: adapter ${index} '${name}' cannot be told apart from adapter ${first} (Dawn's Node binding picks adapters by name; ${listed})`,
+      'On a host of identical GPUs run one webgpu process per container with one GPU each, or use the cuda backend (docs/multi-gpu.md).',
+    );
+  }
+  return name;
 }
 
 async function loadWebGPU(): Promise<{ detail?: string }> {
@@ -441,13 +510,13 @@ async function loadWebGPU(): Promise<{ detail?: string }> {
   });
 
   const { WebGPUBackend } = await import('@tensorflow/tfjs-backend-webgpu');
-  const { withOrderedPool } = await import('./webgpu/runtime.js');
+  const { adoptBackend } = await import('./webgpu/runtime.js');
   if (tf.findBackendFactory('webgpu') != null) tf.removeBackend('webgpu');
   const info = adapter.info ?? {};
   tf.registerBackend(
     'webgpu',
     // tfjs types the device and info as the DOM's GPUDevice/GPUAdapterInfo, which this project's lib lacks.
-    () => withOrderedPool(new WebGPUBackend(device as never, info as never)),
+    () => adoptBackend(new WebGPUBackend(device as never, info as never)),
     3,
   );
   tf.env().set('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE', submitBatch());

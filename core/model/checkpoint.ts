@@ -195,7 +195,7 @@ export async function saveCheckpoint(
   }
   let hash = '';
   await writeDirAtomic(dir, (tmp) => {
-    writeFileAtomic(path.join(tmp, 'config.json'), JSON.stringify(configToHF(config, dtype), null, 2) + '\n');
+    writeFileAtomic(path.join(tmp, 'config.json'), `${JSON.stringify(configToHF(config, dtype), null, 2)}\n`);
     writeSafetensors(path.join(tmp, 'model.safetensors'), ordered);
     for (const [name, tensorsOfFile] of Object.entries(options.extraTensors ?? {})) {
       const m = new Map<string, TensorToWrite>();
@@ -207,7 +207,7 @@ export async function saveCheckpoint(
       writeFileAtomic(path.join(tmp, name), content);
     }
     hash = computeCheckpointHash(tmp);
-    writeFileAtomic(path.join(tmp, MANIFEST_FILE), JSON.stringify({ format: 1, hash, dtype }, null, 2) + '\n');
+    writeFileAtomic(path.join(tmp, MANIFEST_FILE), `${JSON.stringify({ format: 1, hash, dtype }, null, 2)}\n`);
   });
   return hash;
 }

@@ -256,7 +256,7 @@ function tokenizerConfigFor(tokenizerJson: Buffer, maxPositions: number): string
     clean_up_tokenization_spaces: false,
     model_max_length: maxPositions,
   };
-  return JSON.stringify(config, null, 2) + '\n';
+  return `${JSON.stringify(config, null, 2)}\n`;
 }
 
 /**
@@ -282,7 +282,7 @@ export async function exportCheckpoint(options: ExportCheckpointOptions): Promis
     if (generated !== null) extraFiles[TOKENIZER_CONFIG_FILE] = generated;
   }
   const sourceRef = { dir: path.resolve(options.model), hash: source.hash };
-  extraFiles[EXPORT_RECORD_FILE] = JSON.stringify({ format: 1, source: sourceRef, padding }, null, 2) + '\n';
+  extraFiles[EXPORT_RECORD_FILE] = `${JSON.stringify({ format: 1, source: sourceRef, padding }, null, 2)}\n`;
   const hash = await saveCheckpoint(options.out, config, tensors, {
     dtype: options.dtype,
     extraFiles,

@@ -3,7 +3,7 @@
  * global gradient-norm clipping. Optimiser state is plain tensors so a checkpoint can carry it and a
  * resumed run continues bit for bit.
  */
-import * as tf from './tfjs.js';
+import type * as tf from './tfjs.js';
 
 import {
   type AdamWEntry,

@@ -136,7 +136,7 @@ function f32ToF16(value: number): number {
   const exp = (x >>> 23) & 0xff;
   let mant = x & 0x7fffff;
   if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0);
-  let e = exp - 127 + 15;
+  const e = exp - 127 + 15;
   if (e >= 31) return sign | 0x7c00;
   if (e <= 0) {
     if (e < -10) return sign;
@@ -242,8 +242,8 @@ function encode(t: TensorToWrite): Buffer {
       for (let i = 0; i < n; i++) {
         const x = src[i];
         // Round to nearest even, keeping NaN a NaN.
-        const isNaN = (x & 0x7f800000) === 0x7f800000 && (x & 0x7fffff) !== 0;
-        const bf = isNaN ? (x >>> 16) | 0x40 : (x + 0x7fff + ((x >>> 16) & 1)) >>> 16;
+        const nan = (x & 0x7f800000) === 0x7f800000 && (x & 0x7fffff) !== 0;
+        const bf = nan ? (x >>> 16) | 0x40 : (x + 0x7fff + ((x >>> 16) & 1)) >>> 16;
         out.writeUInt16LE(bf & 0xffff, 2 * i);
       }
       return out;

@@ -3,6 +3,10 @@
  * cross-entropy or distillation, AdamW, warmup + cosine, gradient clipping, periodic checkpoints with
  * optimiser state. Batches come from a function of the step alone, so a run resumed from a checkpoint
  * sees exactly the data, and (on the cpu backend) computes exactly the weights, of an uninterrupted run.
+ *
+ * Gradient accumulation (`microBatchSize`) and data parallelism (`parallel`, core/model/parallel): a
+ * step's gradients are the mean over its micro-batches and, with several ranks, over the ranks' rows
+ * of the global batch, so the update is the one a single pass over the whole batch would make.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -14,6 +18,7 @@ import type { NeoXConfig } from './config.js';
 import { GPTNeoX } from './gptneox.js';
 import { distillationLoss, topKFromLogits } from './losses.js';
 import {
+  type AdamWStep,
   type DistillOptions,
   type LossScaleOptions,
   type StepInput,
@@ -25,6 +30,13 @@ import {
   runTrainingStep,
 } from './ops/index.js';
 import { AdamW, type AdamWOptions, type ScheduleOptions, learningRate } from './optim.js';
+import {
+  type GradientAllReduce,
+  type HostAllReduce,
+  type RankLayout,
+  rankLayout,
+  sliceRows,
+} from './parallel/index.js';
 import { readSafetensors } from './safetensors.js';
 
 export interface Batch {
@@ -114,8 +126,18 @@ export interface TrainOptions {
   /**
    * When aborted, the loop stops at the next step boundary (checkpointing into `checkpointDir`, when
    * set) and returns with `stopped`. With a signal the loop lets the event loop run after every step.
+   * Data-parallel ranks stop together: a rank whose signal is aborted says so in the next step's
+   * all-reduce, and every rank stops after that step.
    */
   signal?: AbortSignal;
+  /**
+   * Data-parallel training: this rank's all-reduce. `batches` still gives each step's global batch;
+   * this rank trains on its rows of it (parallel/index.ts rankLayout), and only rank 0 writes
+   * checkpoints. Every rank must be given the same options.
+   */
+  parallel?: GradientAllReduce;
+  /** Rows per forward/backward pass (gradient accumulation); default: all of this rank's rows in one pass. */
+  microBatchSize?: number;
 }
 
 export interface TrainerState {
@@ -213,15 +235,33 @@ export class Trainer {
     return trainer;
   }
 
-  /** One optimisation step; returns the loss and gradient norm tensors (the caller reads or disposes them). */
-  async trainStep(): Promise<{ loss: tf.Scalar; gradNorm: tf.Scalar; lr: number }> {
-    const { hyper, batches, teacher } = this.options;
-    const batch = batches(this.step);
-    if (batch.input.length !== hyper.batchSize * hyper.seqLen) {
+  /** Whether this trainer writes checkpoints: always, except on data-parallel ranks other than 0. */
+  get writesCheckpoints(): boolean {
+    return (this.options.parallel?.rank ?? 0) === 0;
+  }
+
+  /**
+   * One optimisation step; returns the loss and gradient norm tensors (the caller reads or disposes
+   * them), and whether any data-parallel rank asked to stop after this step (`stopVote` is this
+   * rank's say; always false without ranks).
+   */
+  async trainStep(
+    stopVote = false,
+  ): Promise<{ loss: tf.Scalar; gradNorm: tf.Scalar; lr: number; stop: Promise<boolean> }> {
+    const { hyper, batches, teacher, parallel } = this.options;
+    const global = batches(this.step);
+    if (global.input.length !== hyper.batchSize * hyper.seqLen) {
       throw new Error(
-        `batch for step ${this.step} has ${batch.input.length} tokens, expected ${hyper.batchSize}×${hyper.seqLen}`,
+        `batch for step ${this.step} has ${global.input.length} tokens, expected ${hyper.batchSize}×${hyper.seqLen}`,
       );
     }
+    const layout = rankLayout(
+      hyper.batchSize,
+      parallel?.rank ?? 0,
+      parallel?.worldSize ?? 1,
+      this.options.microBatchSize,
+    );
+    const batch = layout.rows === global.batchSize ? global : sliceRows(global, layout.first, layout.rows);
     const teacherView = teacher ? await teacher.forBatch(batch, this.step) : undefined;
     const lr = learningRate(this.step, hyper.schedule);
     const inputs: StepInput[] = [
@@ -238,51 +278,177 @@ export class Trainer {
       );
     }
     const optimizer = this.optimizer.nextStep(lr, hyper.gradClip);
-    const [loss, gradNorm] = runTrainingStep({
-      key: teacherView === undefined ? 'ce' : teacherView instanceof tf.Tensor ? 'kd-full' : 'kd-top-k',
-      inputs,
-      optimizer,
-      state: [...this.model.variables(), ...this.optimizer.stateTensors()],
-      body: ([ids, targets, ...view]) => {
-        const scale = this.optimizer.lossScale;
-        // With a loss scale the gradients are of the scaled loss; the loss reported is the loss itself.
-        let unscaled: tf.Scalar | undefined;
-        const { value, grads } = tf.variableGrads(() => {
-          const logits = this.model.logits2d(ids as tf.Tensor2D);
-          let loss: tf.Scalar;
-          if (view.length === 0) loss = crossEntropy(logits, targets as tf.Tensor1D);
-          else {
-            const t =
-              view.length === 1
-                ? (view[0] as tf.Tensor2D)
-                : {
-                    indices: view[0] as tf.Tensor2D,
-                    logits: view[1] as tf.Tensor2D,
-                    logNormaliser: view[2] as tf.Tensor1D,
-                  };
-            loss = distillationLoss(logits, targets as tf.Tensor1D, t, this.options.distill);
-          }
-          if (!scale) return loss;
-          unscaled = tf.keep(loss);
-          return scale.scaleLoss(loss);
-        }, this.model.variables());
-        const byName: Record<string, tf.Tensor> = {};
-        for (const [varName, g] of Object.entries(grads)) byName[this.nameOf.get(varName)!] = g;
-        return [unscaled ?? value, this.optimizer.applyStep(this.model.params, byName, optimizer)];
-      },
-    });
-    const result = { loss: loss as tf.Scalar, gradNorm: gradNorm as tf.Scalar };
-    endTrainingStep();
-    if (teacherView) {
-      tf.dispose(
-        teacherView instanceof tf.Tensor
-          ? teacherView
-          : [teacherView.indices, teacherView.logits, teacherView.logNormaliser],
-      );
+    let result: { loss: tf.Scalar; gradNorm: tf.Scalar; stop: Promise<boolean> };
+    try {
+      if (parallel?.kind === 'host') result = await this.hostReducedStep(parallel, inputs, optimizer, layout, stopVote);
+      else {
+        // The stop vote travels with the gradients through a device all-reduce.
+        if (parallel) inputs.push({ shape: [1], dtype: 'float32', data: Float32Array.of(stopVote ? 1 : 0) });
+        const [loss, gradNorm, votes] = runTrainingStep({
+          key: teacherView === undefined ? 'ce' : teacherView instanceof tf.Tensor ? 'kd-full' : 'kd-top-k',
+          inputs,
+          optimizer,
+          state: [...this.model.variables(), ...this.optimizer.stateTensors()],
+          body: (tensors) => {
+            const [ids, targets, ...view] = tensors;
+            const vote = parallel ? view.pop()! : undefined;
+            const { value, grads } = this.gradients(ids, targets, view, layout);
+            if (!parallel) return [value, this.optimizer.applyStep(this.model.params, grads, optimizer)];
+            const names = Object.keys(grads);
+            const reduced = parallel.allReduceMean([
+              ...names.map((n) => grads[n]),
+              tf.concat([tf.reshape(value, [1]), vote!]),
+            ]);
+            const [lossAndVote] = reduced.splice(names.length, 1);
+            const mean = Object.fromEntries(names.map((n, i) => [n, reduced[i]]));
+            return [
+              tf.reshape(tf.slice(lossAndVote, [0], [1]), []),
+              this.optimizer.applyStep(this.model.params, mean, optimizer),
+              tf.slice(lossAndVote, [1], [1]),
+            ];
+          },
+        });
+        const stop = votes
+          ? votes
+              .data()
+              .then((v) => v[0] > 0)
+              .finally(() => votes.dispose())
+          : Promise.resolve(false);
+        result = { loss: loss as tf.Scalar, gradNorm: gradNorm as tf.Scalar, stop };
+      }
+    } finally {
+      if (teacherView) {
+        tf.dispose(
+          teacherView instanceof tf.Tensor
+            ? teacherView
+            : [teacherView.indices, teacherView.logits, teacherView.logNormaliser],
+        );
+      }
     }
+    endTrainingStep();
     this.step += 1;
-    this.tokensSeen += batch.input.length;
+    this.tokensSeen += global.input.length;
     return { ...result, lr };
+  }
+
+  /**
+   * The loss and the parameters' gradients (by parameter name) of this rank's rows: the mean over its
+   * micro-batches when there are several.
+   */
+  private gradients(
+    ids: tf.Tensor,
+    targets: tf.Tensor,
+    view: tf.Tensor[],
+    layout: RankLayout,
+  ): { value: tf.Scalar; grads: Record<string, tf.Tensor> } {
+    const lossOf = (i: tf.Tensor, t: tf.Tensor, v: tf.Tensor[]) => () => {
+      const logits = this.model.logits2d(i as tf.Tensor2D);
+      if (v.length === 0) return crossEntropy(logits, t as tf.Tensor1D);
+      const teacher =
+        v.length === 1
+          ? (v[0] as tf.Tensor2D)
+          : { indices: v[0] as tf.Tensor2D, logits: v[1] as tf.Tensor2D, logNormaliser: v[2] as tf.Tensor1D };
+      return distillationLoss(logits, t as tf.Tensor1D, teacher, this.options.distill);
+    };
+    const passOver = (i: tf.Tensor, t: tf.Tensor, v: tf.Tensor[]) => {
+      // With a loss scale the gradients are those of the scaled loss; the value is the loss itself.
+      const scale = this.optimizer.lossScale;
+      let kept: tf.Scalar | undefined;
+      const { value, grads } = tf.variableGrads(() => {
+        const loss = lossOf(i, t, v)();
+        if (!scale) return loss;
+        kept = tf.keep(loss);
+        return scale.scaleLoss(loss);
+      }, this.model.variables());
+      const byName: Record<string, tf.Tensor> = {};
+      for (const [varName, g] of Object.entries(grads)) byName[this.nameOf.get(varName)!] = g;
+      if (!kept) return { value, grads: byName };
+      // A tensor of the caller's scope, as `value` is.
+      const loss = kept.clone();
+      tf.dispose([kept, value]);
+      return { value: loss, grads: byName };
+    };
+    const k = layout.microBatches;
+    if (k === 1) return passOver(ids, targets, view);
+    const rows = layout.microBatchSize;
+    const seqLen = ids.shape[1]!;
+    const positions = rows * seqLen;
+    let sum: { value: tf.Scalar; grads: Record<string, tf.Tensor> } | undefined;
+    for (let m = 0; m < k; m++) {
+      // A micro-batch's rows, and the teacher's view of their positions (rows of [positions, …] tensors).
+      const part = [
+        tf.slice(ids, [m * rows, 0], [rows, seqLen]),
+        tf.slice(targets, [m * positions], [positions]),
+        ...view.map((x) =>
+          tf.slice(x, [m * positions, ...x.shape.slice(1).map(() => 0)], [positions, ...x.shape.slice(1)]),
+        ),
+      ];
+      const pass = passOver(part[0], part[1], part.slice(2));
+      tf.dispose(part);
+      if (!sum) {
+        sum = pass;
+        continue;
+      }
+      const added: Record<string, tf.Tensor> = {};
+      for (const [name, g] of Object.entries(pass.grads)) added[name] = tf.add(sum.grads[name], g);
+      const value = tf.add(sum.value, pass.value) as tf.Scalar;
+      tf.dispose([sum.value, pass.value, ...Object.values(sum.grads), ...Object.values(pass.grads)]);
+      sum = { value, grads: added };
+    }
+    const mean: Record<string, tf.Tensor> = {};
+    for (const [name, g] of Object.entries(sum!.grads)) mean[name] = tf.div(g, k);
+    const value = tf.div(sum!.value, k) as tf.Scalar;
+    tf.dispose([sum!.value, ...Object.values(sum!.grads)]);
+    return { value, grads: mean };
+  }
+
+  /**
+   * A step whose all-reduce goes through host memory: the gradients (and the loss and this rank's
+   * stop vote) are read back as one array, averaged over the ranks, and the update applied from the
+   * means. It runs outside `runTrainingStep`, since a captured step cannot wait for the host.
+   */
+  private async hostReducedStep(
+    reduce: HostAllReduce,
+    inputs: StepInput[],
+    optimizer: AdamWStep,
+    layout: RankLayout,
+    stopVote: boolean,
+  ): Promise<{ loss: tf.Scalar; gradNorm: tf.Scalar; stop: Promise<boolean> }> {
+    const made: tf.Tensor[] = [];
+    const tensors = inputs.map((i) => {
+      if (i.data instanceof tf.Tensor) return i.data;
+      const t = tf.tensor(i.data, i.shape, i.dtype);
+      made.push(t);
+      return t;
+    });
+    const params = [...this.model.params];
+    let flat: tf.Tensor;
+    try {
+      flat = tf.tidy(() => {
+        const [ids, targets, ...view] = tensors;
+        const { value, grads } = this.gradients(ids, targets, view, layout);
+        return tf.concat([...params.map(([name]) => tf.reshape(grads[name], [-1])), tf.reshape(value, [1])]);
+      });
+    } finally {
+      tf.dispose(made);
+    }
+    // [gradients…, loss, stop vote], averaged in place.
+    const values = new Float32Array(flat.size + 1);
+    values.set((await flat.data()) as Float32Array);
+    flat.dispose();
+    values[flat.size] = stopVote ? 1 : 0;
+    await reduce.allReduceMean(values);
+    const loss = tf.scalar(values[flat.size - 1]);
+    const gradNorm = tf.tidy(() => {
+      const grads: Record<string, tf.Tensor> = {};
+      let offset = 0;
+      for (const [name, v] of params) {
+        grads[name] = tf.tensor(values.slice(offset, offset + v.size), v.shape, 'float32');
+        offset += v.size;
+      }
+      return this.optimizer.applyStep(this.model.params, grads, optimizer);
+    });
+    return { loss, gradNorm, stop: Promise.resolve(values[flat.size] > 0) };
   }
 
   /** Saves a resumable checkpoint of the current state into `dir`; returns its content hash. */
@@ -291,7 +457,7 @@ export class Trainer {
     return saveCheckpoint(dir, this.model.config, await this.model.toHost(), {
       dtype: this.options.checkpointDtype ?? 'float32',
       extraTensors: { [OPTIMIZER_FILE]: await this.optimizer.stateToHost() },
-      extraFiles: { ...this.options.extraFiles, [TRAINER_STATE_FILE]: JSON.stringify(state, null, 2) + '\n' },
+      extraFiles: { ...this.options.extraFiles, [TRAINER_STATE_FILE]: `${JSON.stringify(state, null, 2)}\n` },
     });
   }
 
@@ -312,13 +478,14 @@ export class Trainer {
     let windowTokens = 0;
     let stopped = false;
     const startStep = this.step;
+    const parallel = this.options.parallel !== undefined;
     while (this.step < untilStep) {
-      if (signal?.aborted) {
+      if (signal?.aborted && !parallel) {
         stopped = true;
         break;
       }
       const first = this.step;
-      const { loss, gradNorm, lr } = await this.trainStep();
+      const { loss, gradNorm, lr, stop } = await this.trainStep(signal?.aborted ?? false);
       // After the first step every shape has been seen (webgpu picks the fastest matrix-product plans).
       if (first === startStep) {
         const t = performance.now();
@@ -347,8 +514,20 @@ export class Trainer {
         windowTokens = 0;
       }
       tf.dispose([loss, gradNorm]);
+      // Every rank reads the same votes, so every rank stops after the same step.
+      const stopNow = await stop;
       if (evaluate && this.step % evaluate.every === 0) await evaluate.run(this.model, this.step);
-      if (checkpointDir && checkpointEvery > 0 && this.step % checkpointEvery === 0 && this.step < untilStep) {
+      if (stopNow) {
+        stopped = true;
+        break;
+      }
+      if (
+        checkpointDir &&
+        this.writesCheckpoints &&
+        checkpointEvery > 0 &&
+        this.step % checkpointEvery === 0 &&
+        this.step < untilStep
+      ) {
         hash = await this.saveCheckpoint(checkpointDir);
         onCheckpoint?.({ step: this.step, dir: checkpointDir, hash });
       }
@@ -357,7 +536,7 @@ export class Trainer {
       // activity) and heartbeats get through.
       if (signal) await new Promise<void>((resolve) => setImmediate(resolve));
     }
-    if (checkpointDir) {
+    if (checkpointDir && this.writesCheckpoints) {
       hash = await this.saveCheckpoint(checkpointDir);
       onCheckpoint?.({ step: this.step, dir: checkpointDir, hash });
     }
@@ -370,19 +549,35 @@ export class Trainer {
   }
 }
 
-/** Mean cross-entropy (per token) of a model over evaluation batches. */
+/** A batch already on the device: a validation set kept there across evaluations. The owner disposes it. */
+export interface DeviceBatch {
+  ids: tf.Tensor2D;
+  targets: tf.Tensor1D;
+}
+
+/** Copies batches to the device once (for evaluating many models on the same batches). */
+export function uploadBatches(batches: Iterable<Batch>): DeviceBatch[] {
+  return [...batches].map((b) => ({
+    ids: tf.tensor2d(b.input, [b.batchSize, b.seqLen], 'int32'),
+    targets: tf.tensor1d(b.target, 'int32'),
+  }));
+}
+
+/** Mean cross-entropy (per token) of a model over evaluation batches, from the host or already on the device. */
 export async function evaluateLoss(
   model: GPTNeoX,
-  batches: Iterable<Batch>,
+  batches: Iterable<Batch | DeviceBatch>,
 ): Promise<{ loss: number; ppl: number; tokens: number }> {
   let total = 0;
   let tokens = 0;
   for (const batch of batches) {
+    const onDevice = 'ids' in batch;
     const loss = tf.tidy(() => {
-      const ids = tf.tensor2d(batch.input, [batch.batchSize, batch.seqLen], 'int32');
-      return crossEntropy(model.logits2d(ids), tf.tensor1d(batch.target, 'int32'));
+      const ids = onDevice ? batch.ids : tf.tensor2d(batch.input, [batch.batchSize, batch.seqLen], 'int32');
+      const targets = onDevice ? batch.targets : tf.tensor1d(batch.target, 'int32');
+      return crossEntropy(model.logits2d(ids), targets);
     });
-    const n = batch.input.length;
+    const n = onDevice ? batch.targets.size : batch.input.length;
     total += (await loss.data())[0] * n;
     tokens += n;
     loss.dispose();

@@ -4,7 +4,7 @@
  * Math.random), state serialisable to JSON, so it runs inside a Temporal workflow and resumes after
  * continue-as-new. See docs/search.md.
  */
-export { type Rng, type SearchSpace } from './space.js';
+export type { Rng, SearchSpace } from './space.js';
 export { type RngState, SeededRng } from './rng.js';
 export { type MutationOperator, MutationRegistry } from './mutation.js';
 export {

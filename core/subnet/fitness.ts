@@ -9,8 +9,10 @@
  * must beat.
  *
  * A FitnessContext caches what several evaluations of one teacher share (its tensors, the teacher
- * model for distillation, the tokenised data, importance scores); evaluateFitness creates one per call
- * when none is passed, so results never depend on it.
+ * model for distillation, the tokenised data, the validation batches on the device, importance
+ * scores), so that a long-lived evaluator pays for them once; evaluateFitness creates one per call
+ * when none is passed, so results never depend on it. Each evaluation reports where its time went
+ * (FitnessPhases): the one-off work of new shapes apart from its steady compute.
  */
 import * as path from 'node:path';
 
@@ -28,21 +30,27 @@ import {
 import {
   type BatchSource,
   DEFAULT_DISTILL,
+  type DeviceBatch,
   type DistillOptions,
   GPTNeoX,
   type LoadedCheckpoint,
   type StepReport,
   type Teacher,
   Trainer,
+  backendCompilesKernels,
   evaluateLoss,
   inProcessTeacher,
   loadCheckpoint,
+  releaseCachedMemory,
+  shapeCostTotals,
   trainingHyperparameters,
+  uploadBatches,
 } from '../model/index.js';
+import * as tf from '../model/tfjs.js';
 import { resolveOptions } from './checkpoint.js';
 import { countShape } from './count.js';
 import { extractTensors } from './extract.js';
-import { type HeadOrder, type LayerOrder, type SubnetSpec, canonicalHash, canonicalize } from './spec.js';
+import { type HeadOrder, type LayerOrder, type SubnetSpec, canonicalHash, canonicalize, teacherShape } from './spec.js';
 
 export interface FitnessData {
   /** Training data spec (docs/data.md: sotu:train, a path, a glob, a spec file…). Default sotu:train. */
@@ -127,6 +135,94 @@ export interface FitnessMetrics {
   seqLen: number;
   /** Wall time of the evaluation (informational; not part of the fitness). */
   seconds: number;
+  /** Where that time went. */
+  phases: FitnessPhases;
+}
+
+/** The phases of an evaluation. */
+export const FITNESS_PHASES = [
+  'extraction',
+  'teacherForward',
+  'pipelines',
+  'autotune',
+  'training',
+  'evaluation',
+] as const;
+export type FitnessPhase = (typeof FITNESS_PHASES)[number];
+
+/**
+ * Seconds of an evaluation's wall time per phase, as the host sees them:
+ *   extraction:     slicing the candidate out of the teacher and onto the device;
+ *   teacherForward: the teacher's view of each training batch (in process, or from the teacher service);
+ *   pipelines:      compiling GPU programs for shapes new to this process, wherever it happened;
+ *   autotune:       timing matrix-product plans for shape classes new to this GPU;
+ *   training:       the brief training's steps, less the above;
+ *   evaluation:     validation passes, less compiling.
+ * The first two and the last two are steady compute, pipelines and autotune the per-shape costs. On a
+ * GPU the host records work ahead of the device, so GPU time recorded in one phase can be waited for in
+ * a later one (the teacher's forward pass mostly lands in training); compiling and autotuning happen on
+ * the host and are counted exactly.
+ */
+export type FitnessPhases = Record<FitnessPhase, number>;
+
+const PHASE_LABELS: Record<FitnessPhase, string> = {
+  extraction: 'extraction',
+  teacherForward: 'teacher forward',
+  pipelines: 'pipelines',
+  autotune: 'autotune',
+  training: 'training',
+  evaluation: 'evaluation',
+};
+
+/** "extraction 0.12 s, teacher forward 0.40 s, ...": where an evaluation's time went, for logs. */
+export function describePhases(phases: FitnessPhases): string {
+  return FITNESS_PHASES.map((p) => `${PHASE_LABELS[p]} ${phases[p].toFixed(2)} s`).join(', ');
+}
+
+type MeasuredPhase = Exclude<FitnessPhase, 'pipelines' | 'autotune'>;
+
+/** Splits an evaluation's wall time into phases; `time` calls may nest (the teacher inside training). */
+class PhaseClock {
+  readonly ms: FitnessPhases = {
+    extraction: 0,
+    teacherForward: 0,
+    pipelines: 0,
+    autotune: 0,
+    training: 0,
+    evaluation: 0,
+  };
+  /** Per open `time` call: the wall time and per-shape costs of the calls nested in it. */
+  private readonly open: Array<{ wall: number; compile: number; autotune: number }> = [];
+
+  async time<T>(phase: MeasuredPhase, f: () => Promise<T> | T): Promise<T> {
+    const c0 = shapeCostTotals();
+    const t0 = performance.now();
+    this.open.push({ wall: 0, compile: 0, autotune: 0 });
+    try {
+      return await f();
+    } finally {
+      const nested = this.open.pop()!;
+      const c1 = shapeCostTotals();
+      const wall = performance.now() - t0;
+      const compile = c1.compile.ms - c0.compile.ms;
+      const autotune = c1.autotune.ms - c0.autotune.ms;
+      this.ms[phase] += wall - nested.wall - (compile - nested.compile) - (autotune - nested.autotune);
+      this.ms.pipelines += compile - nested.compile;
+      this.ms.autotune += autotune - nested.autotune;
+      const outer = this.open.at(-1);
+      if (outer) {
+        outer.wall += wall;
+        outer.compile += compile;
+        outer.autotune += autotune;
+      }
+    }
+  }
+
+  seconds(): FitnessPhases {
+    return Object.fromEntries(
+      FITNESS_PHASES.map((p) => [p, Number((Math.max(0, this.ms[p]) / 1000).toFixed(4))]),
+    ) as FitnessPhases;
+  }
 }
 
 export interface FitnessContext {
@@ -138,7 +234,12 @@ export interface FitnessContext {
   data: Required<Pick<FitnessData, 'train' | 'val'>>;
   /** The teacher as a model (distillation, importance), created on first use. */
   teacherModel?: GPTNeoX;
-  importance?: Map<string, Awaited<ReturnType<typeof resolveOptions>>>;
+  /**
+   * Importance orderings and validation batches on the device, made on first use. Maps, so that copies
+   * of the context (an evaluator's per-call context) share them.
+   */
+  importance: Map<string, Awaited<ReturnType<typeof resolveOptions>>>;
+  validation: Map<string, DeviceBatch[]>;
   /**
    * Where distillation targets come from, e.g. the teacher-logit service (a top-k `StreamingTeacher`);
    * default the teacher model held in this process (full logits). Top-k targets give slightly
@@ -165,14 +266,36 @@ export async function createFitnessContext(teacherDir: string, data: FitnessData
   const valSpec = data.val ?? DEFAULT_VALIDATION_CORPUS;
   const train = await openData(trainSpec, tokenizer, { cacheDir: tokenCache });
   const val = await openData(valSpec, tokenizer, { cacheDir: tokenCache });
-  return { teacherDir, checkpoint, tokenizer, train, val, data: { train: trainSpec, val: valSpec } };
+  return {
+    teacherDir,
+    checkpoint,
+    tokenizer,
+    train,
+    val,
+    data: { train: trainSpec, val: valSpec },
+    importance: new Map(),
+    validation: new Map(),
+  };
 }
 
 export function disposeFitnessContext(ctx: FitnessContext): void {
   ctx.teacherModel?.dispose();
   ctx.teacherModel = undefined;
+  for (const batches of ctx.validation.values()) for (const b of batches) tf.dispose([b.ids, b.targets]);
+  ctx.validation.clear();
   // Opened data holds its shards' files open.
   for (const d of [ctx.train, ctx.val]) (d as { close?: () => void }).close?.();
+}
+
+/** The validation batches of these options, uploaded once per context. */
+function validationBatches(
+  ctx: FitnessContext,
+  options: { seqLen: number; batchSize: number; maxTokens: number },
+): DeviceBatch[] {
+  const key = `${options.seqLen}x${options.batchSize}/${options.maxTokens}`;
+  let batches = ctx.validation.get(key);
+  if (!batches) ctx.validation.set(key, (batches = uploadBatches(evalBatches(ctx.val, options))));
+  return batches;
 }
 
 function teacherModel(ctx: FitnessContext): GPTNeoX {
@@ -191,12 +314,12 @@ export async function buildStudent(
   const seqLen = request.budget.seqLen ?? Math.min(teacher.config.maxPositions, 64);
   const calibrationRows = request.calibrationBatchSize ?? 8;
   const cacheKey = `${order}/${layers}/${calibrationRows}x${seqLen}`;
-  let resolve = ctx.importance?.get(cacheKey);
+  let resolve = ctx.importance.get(cacheKey);
   if (!resolve) {
     // Calibration: a fixed batch of the training corpus (the same for every candidate and seed).
     const calibration = sampleBatch(ctx.train, { batchSize: calibrationRows, seqLen, seed: CALIBRATION_SEED, step: 0 });
     resolve = await resolveOptions(teacher, { order, layers, calibration }, ctx.teacherDir);
-    (ctx.importance ??= new Map()).set(cacheKey, resolve);
+    ctx.importance.set(cacheKey, resolve);
   }
   const canonical = canonicalize(request.spec, teacher.config, resolve);
   const specHash = canonicalHash(canonical);
@@ -211,6 +334,7 @@ export async function buildStudent(
 /** Evaluates one candidate. Pass a context to reuse a loaded teacher and data across calls. */
 export async function evaluateFitness(request: FitnessRequest, context?: FitnessContext): Promise<FitnessMetrics> {
   const started = performance.now();
+  const clock = new PhaseClock();
   const ctx = context ?? (await createFitnessContext(request.teacher, request.data));
   if (context && path.resolve(context.teacherDir) !== path.resolve(request.teacher)) {
     throw new Error(`fitness context holds teacher ${context.teacherDir}, the request names ${request.teacher}`);
@@ -224,17 +348,21 @@ export async function evaluateFitness(request: FitnessRequest, context?: Fitness
     const batchSize = b.batchSize ?? 8;
     const evalTokens = b.evalTokens ?? 8192;
     const evalOptions = { seqLen, batchSize, maxTokens: evalTokens };
-    const { model, specHash } = await buildStudent(ctx, request);
+    const { model, specHash } = await clock.time('extraction', () => buildStudent(ctx, request));
     const counts = countShape(model.config, tconf, { seqLen });
     const fpt = counts.flopsPerToken;
     let evalPasses = 0;
     let tokensPerEval = 0;
-    const evaluate = async (m: GPTNeoX) => {
-      const r = await evaluateLoss(m, evalBatches(ctx.val, evalOptions));
-      evalPasses += 1;
-      tokensPerEval = r.tokens;
-      return r;
-    };
+    const evaluate = (m: GPTNeoX) =>
+      clock.time('evaluation', async () => {
+        const r = await evaluateLoss(m, validationBatches(ctx, evalOptions));
+        evalPasses += 1;
+        tokensPerEval = r.tokens;
+        return r;
+      });
+    const timedTeacher = (t: Teacher): Teacher => ({
+      forBatch: (batch, step) => clock.time('teacherForward', () => t.forBatch(batch, step)),
+    });
     let zeroShot: number | undefined;
     let final: { loss: number; ppl: number };
     let steps = 0;
@@ -258,15 +386,15 @@ export async function evaluateFitness(request: FitnessRequest, context?: Fitness
         ),
         batches,
         teacher: distill
-          ? ctx.distillTeacher
-            ? ctx.distillTeacher(batches, distillOptions)
-            : inProcessTeacher(teacherModel(ctx))
+          ? timedTeacher(
+              ctx.distillTeacher ? ctx.distillTeacher(batches, distillOptions) : inProcessTeacher(teacherModel(ctx)),
+            )
           : undefined,
         distill: distill ? distillOptions : undefined,
         reportEvery: ctx.onStep ? 1 : steps,
         onStep: ctx.onStep,
       });
-      const result = await trainer.run();
+      const result = await clock.time('training', () => trainer.run());
       lastTrainLoss = result.lastLoss;
       trainTokens = trainer.tokensSeen;
       final = await evaluate(trainer.model);
@@ -291,8 +419,45 @@ export async function evaluateFitness(request: FitnessRequest, context?: Fitness
       flops: { training, teacher: teacherFlops, evaluation, total: training + teacherFlops + evaluation },
       seqLen,
       seconds: (performance.now() - started) / 1000,
+      phases: clock.seconds(),
     };
   } finally {
     if (!context) disposeFitnessContext(ctx);
+    // The candidate's buffers would otherwise stay pooled for a shape no later candidate has.
+    await releaseCachedMemory();
   }
+}
+
+/**
+ * Readies a long-lived evaluator's context for candidates of this budget: one short evaluation (two
+ * training steps, one validation batch) of a typical candidate — the teacher's shape, one channel and
+ * one neuron narrower, so the student's products take the unaligned kernels most sub-networks take —
+ * compiles what every candidate runs (the teacher's forward pass, the student's kernels) and puts the
+ * validation batches on the device. The first real candidate then pays only for what is new about its
+ * own shape. Returns that evaluation's metrics (its seconds are the process's, not a candidate's), or
+ * undefined on a backend that compiles nothing (cpu, wasm, tensorflow), where it does nothing.
+ */
+export async function warmUpFitness(
+  ctx: FitnessContext,
+  budget: FitnessBudget,
+  seed = 0,
+): Promise<FitnessMetrics | undefined> {
+  if (!backendCompilesKernels()) return undefined;
+  const teacher = ctx.checkpoint.config;
+  const narrowest = Math.min(...teacher.layers.map((l) => l.intermediateSize));
+  const spec: SubnetSpec = {
+    format: 1,
+    teacher: teacherShape(teacher),
+    embedding: Math.max(1, teacher.hiddenSize - 1),
+    mlp: Math.max(1, narrowest - 1),
+  };
+  const seqLen = budget.seqLen ?? Math.min(teacher.maxPositions, 64);
+  const batchSize = budget.batchSize ?? 8;
+  const brief = budget.kind === 'brief' ? { steps: Math.min(2, budget.steps ?? 2), warmup: 1 } : {};
+  // Validation batches for the real budget too, so the first candidate finds them on the device.
+  validationBatches(ctx, { seqLen, batchSize, maxTokens: budget.evalTokens ?? 8192 });
+  return evaluateFitness(
+    { teacher: ctx.teacherDir, spec, budget: { ...budget, ...brief, evalTokens: seqLen * batchSize }, seed },
+    ctx,
+  );
 }

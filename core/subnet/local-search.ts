@@ -6,6 +6,7 @@
 import { type Algorithm, type EvaluationRecord, createSearch } from '../search/index.js';
 import {
   type FitnessBudget,
+  type FitnessContext,
   type FitnessData,
   type FitnessMetrics,
   createFitnessContext,
@@ -30,6 +31,19 @@ export interface LocalSearchOptions {
   seed: number;
   /** Chance that a mutation changes a second dimension; default the space's (0.3). */
   secondMutationProbability?: number;
+  /** A fitness context of `teacher` to evaluate in (kept, not disposed); default one made for this search. */
+  context?: FitnessContext;
+}
+
+/** What `searchSubnetworks` reports after each evaluation; it waits for the callback's promise, if any. */
+export interface EvaluatedCandidate {
+  done: number;
+  total: number;
+  fitness: number | null;
+  best: number | null;
+  spec: SubnetSpec;
+  /** Undefined when the evaluation failed. */
+  metrics?: FitnessMetrics;
 }
 
 export interface LocalSearchResult {
@@ -41,9 +55,9 @@ export interface LocalSearchResult {
 
 export async function searchSubnetworks(
   options: LocalSearchOptions,
-  onEvaluated?: (record: { done: number; total: number; fitness: number | null; best: number | null }) => void,
+  onEvaluated?: (record: EvaluatedCandidate) => void | Promise<void>,
 ): Promise<LocalSearchResult> {
-  const ctx = await createFitnessContext(options.teacher, options.data);
+  const ctx = options.context ?? (await createFitnessContext(options.teacher, options.data));
   try {
     const teacher = ctx.checkpoint.config;
     const target = resolveTarget(teacher, options.target, { space: options.space });
@@ -89,12 +103,12 @@ export async function searchSubnetworks(
         done += 1;
         const fitness = metrics?.valLoss ?? null;
         if (fitness !== null && (bestSoFar === null || fitness < bestSoFar)) bestSoFar = fitness;
-        onEvaluated?.({ done, total, fitness, best: bestSoFar });
+        await onEvaluated?.({ done, total, fitness, best: bestSoFar, spec: c.genome, metrics });
       }
       search.tell(results);
     }
     return { target, best: search.best(), history: search.history(), evaluations: done };
   } finally {
-    disposeFitnessContext(ctx);
+    if (!options.context) disposeFitnessContext(ctx);
   }
 }

@@ -93,7 +93,7 @@ async function evalAction(opts: EvalCliOptions): Promise<void> {
         },
       });
       if (opts.logSamples)
-        writeFileAtomic(opts.logSamples, result.samples.map((s) => JSON.stringify(s)).join('\n') + '\n');
+        writeFileAtomic(opts.logSamples, `${result.samples.map((s) => JSON.stringify(s)).join('\n')}\n`);
       if (opts.json) console.log(JSON.stringify({ tasks: result.scores }));
       else console.log(describeTaskScores(result.scores).join('\n'));
       return;

@@ -30,8 +30,18 @@ const COMMANDS: CommandModule[] = [
   { names: ['subnet'], load: async () => (await import('./subnet.js')).registerSubnetCommands },
   { names: ['search'], load: async () => (await import('./search.js')).registerSearchCommand },
   { names: ['worker'], load: async () => (await import('./worker.js')).registerWorkerCommand },
+  { names: ['pretrain-rank'], load: async () => (await import('./pretrain-rank.js')).registerPretrainRankCommand },
   { names: ['run', 'status', 'cancel'], load: async () => (await import('./run.js')).registerRunCommands },
-  { names: ['watch', 'dashboard'], load: async () => (await import('../progress/index.js')).registerProgressCommands },
+  {
+    names: ['watch', 'dashboard'],
+    load: async () => {
+      const [{ registerProgressCommands }, { embeddedNats }] = await Promise.all([
+        import('../progress/index.js'),
+        import('./run.js'),
+      ]);
+      return (program) => registerProgressCommands(program, { embeddedNats });
+    },
+  },
   { names: ['experiment'], load: async () => (await import('./experiment.js')).registerExperimentCommands },
   { names: ['data'], load: async () => (await import('./data.js')).registerDataCommands },
 ];

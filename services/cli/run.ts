@@ -1,11 +1,12 @@
 /**
  * `offshoot run` (the main job), `offshoot status RUN`, `offshoot cancel RUN`.
  *
- * With no Temporal address configured, `run` starts the embedded stack as child processes — the
- * Temporal dev server (state in <run>/temporal.db, so a rerun resumes), nats-server, the teacher-logit
- * service and the workers — after training the embedded default teacher (unless --teacher DIR), runs
- * the pipeline, prints the results table and stops what it started. With an address configured it only
- * submits the pipeline (or finds it running) and follows it.
+ * With no Temporal address configured, `run` starts the embedded stack as supervised child processes —
+ * the Temporal dev server (state in <run>/temporal.db, so a rerun resumes), nats-server, the
+ * teacher-logit service and the workers — after training the embedded default teacher (unless --teacher
+ * DIR), runs the pipeline, prints the results table and stops what it started. A child that dies is
+ * restarted on the same port and data, and the terminal and the progress stream say so. With an
+ * address configured it only submits the pipeline (or finds it running) and follows it.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -18,6 +19,7 @@ import { teacherFinished, trainTeacher } from '../../core/teacher/index.js';
 import {
   type OffshootConfig,
   defaultConfig,
+  ensureStorageRoot,
   loadConfigFile,
   mergeRaw,
   parseConfig,
@@ -25,15 +27,23 @@ import {
   runDir,
   teacherDir,
 } from '../config/index.js';
-import { resultsTable } from '../orchestration/index.js';
+import { requireTeacherTokenizer, resultsTable } from '../orchestration/index.js';
+import { type ProgressPublisher, createProgressPublisher } from '../progress/index.js';
 import {
-  type ManagedProcess,
   type NatsServer,
+  type StackRecord,
+  type SupervisorEvent,
+  type TeacherService,
   type TemporalServer,
+  Supervisor,
+  liveStack,
+  reapOrphans,
+  removeStackRecord,
   startNats,
   startTeacherService,
   startTemporal,
   startWorker,
+  writeStackRecord,
 } from '../stack/index.js';
 import { connectClient } from '../worker/index.js';
 import {
@@ -69,108 +79,41 @@ interface RunCliOptions {
 function resolveConfig(opts: { config?: string; name?: string; teacher?: string; temporal?: string }): OffshootConfig {
   const base = opts.config ? loadConfigFile(opts.config) : defaultConfig();
   const overrides: Record<string, unknown> = {};
-  if (opts.name) overrides.run = { name: opts.name };
+  // An empty --name is an error (the schema says what a name may be), not the default run.
+  if (opts.name !== undefined) overrides.run = { name: opts.name };
   if (opts.teacher) overrides.teacher = { dir: opts.teacher, train: { enabled: false } };
   if (opts.temporal) overrides.services = { temporal: { address: opts.temporal } };
   return Object.keys(overrides).length ? parseConfig(mergeRaw(base, overrides), opts.config ?? 'command line') : base;
 }
 
-/** Where the embedded stack of a run records its endpoints while it runs. */
-function stackFile(config: OffshootConfig): string {
-  return path.join(runDir(config), 'stack.json');
-}
-
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch {
-    return false;
-  }
-  // A killed orphan nobody reaps stays a zombie: it is gone for our purposes.
-  try {
-    return !/^\d+ \(.*\) Z/.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'));
-  } catch {
-    return true;
-  }
-}
-
-/** What stack.json records: endpoints, the `offshoot run` process and every process it started. */
-interface StackRecord {
-  temporal: string;
-  nats?: string;
-  pid: number;
-  processes?: Record<string, number>;
-}
-
-/** The command line of a live process where /proc shows it, else '' (other systems, or it is gone). */
-function commandOf(pid: number): string {
-  try {
-    return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').replace(/\0/g, ' ');
-  } catch {
-    return '';
-  }
-}
-
-/**
- * Before an embedded stack starts: refuses when another `offshoot run` of this run is alive, and stops
- * what an `offshoot run` that was killed (kill -9, a lost node) left running — a second Temporal on
- * the same database, workers still taking tasks. A pid is only signalled while its command line (where
- * /proc shows it) is one of ours, since pids are reused.
- */
-async function reapOrphans(config: OffshootConfig): Promise<void> {
-  const file = stackFile(config);
-  if (!fs.existsSync(file)) return;
-  let record: StackRecord;
-  try {
-    record = JSON.parse(fs.readFileSync(file, 'utf8')) as StackRecord;
-  } catch {
-    fs.rmSync(file, { force: true });
-    return;
-  }
-  const ours = (pid: number) =>
-    pidAlive(pid) &&
-    (!fs.existsSync('/proc') || /services\/cli\/main|offshoot|temporal|nats-server/.test(commandOf(pid)));
-  if (record.pid !== process.pid && ours(record.pid)) {
-    throw new Error(
-      `run ${config.run.name}: another \`offshoot run\` (pid ${record.pid}) is running it; follow it with \`offshoot watch ${config.run.name}\` or stop it (Ctrl-C, or kill ${record.pid}) first`,
-    );
-  }
-  const left = Object.entries(record.processes ?? {}).filter(([, pid]) => ours(pid));
-  if (left.length > 0) {
-    log(
-      `run ${config.run.name}: stopping what an \`offshoot run\` that was killed (pid ${record.pid}) left running: ${left.map(([n, pid]) => `${n} (${pid})`).join(', ')}`,
-    );
-    const signal = (sig: NodeJS.Signals) => {
-      for (const [, pid] of left) {
-        try {
-          process.kill(pid, sig);
-        } catch {
-          // already gone
-        }
-      }
-    };
-    // As stopAll does: workers drain (a running segment checkpoints) within the grace period.
-    signal('SIGTERM');
-    const deadline = Date.now() + config.workers.gracePeriodSeconds * 1000;
-    while (Date.now() < deadline && left.some(([, pid]) => pidAlive(pid))) await sleep(200);
-    signal('SIGKILL');
-    const killDeadline = Date.now() + 10_000;
-    while (Date.now() < killDeadline && left.some(([, pid]) => pidAlive(pid))) await sleep(100);
-  }
-  fs.rmSync(file, { force: true });
-}
-
 /** The Temporal address for status/cancel: the flag, the config, or a running embedded stack. */
 function temporalAddressFor(config: OffshootConfig): string {
   if (config.services.temporal.address) return config.services.temporal.address;
-  const file = stackFile(config);
-  if (fs.existsSync(file)) {
-    const s = JSON.parse(fs.readFileSync(file, 'utf8')) as StackRecord;
-    if (pidAlive(s.pid)) return s.temporal;
-  }
+  const stack = liveStack(runDir(config));
+  if (stack?.temporal) return stack.temporal;
   throw new Error(
     `run ${config.run.name}: no Temporal to ask — the embedded stack of \`offshoot run\` is not running (rerun \`offshoot run\` to resume the run), and no address is configured (--temporal or services.temporal.address)`,
   );
+}
+
+/**
+ * The NATS of the embedded stack running `run` (default: the configuration's run), from its
+ * stack.json: how `offshoot watch` finds an embedded run without --nats.
+ */
+export function embeddedNats(
+  run: string | undefined,
+  configFile: string | undefined,
+): { run: string; url: string } | undefined {
+  let config: OffshootConfig;
+  try {
+    config = resolveConfig({ config: configFile, name: run });
+  } catch (err) {
+    // A bad --config is the user's to hear about; a bad run name is watch's to report.
+    if (configFile) throw err;
+    return undefined;
+  }
+  const stack = liveStack(runDir(config));
+  return stack?.nats ? { run: config.run.name, url: stack.nats } : undefined;
 }
 
 function isConnectionError(err: unknown): boolean {
@@ -332,216 +275,339 @@ function printResult(result: PipelineResult, json: boolean | undefined): void {
   console.log(`report: ${result.report.markdown}`);
 }
 
-interface Embedded {
-  temporal: TemporalServer;
-  nats: NatsServer;
-  processes: ManagedProcess[];
-  teacherService?: TeacherServiceRef;
+/** Workers first (they drain: a running segment checkpoints), then the teacher service, then the servers. */
+function stopOrder(config: OffshootConfig): string[][] {
+  return [
+    ['orchestrate', 'pretrain', ...Array.from({ length: config.workers.evaluators }, (_, i) => `evaluate-${i}`)],
+    ['teacher'],
+    ['temporal', 'nats'],
+  ];
 }
 
-/** Starts the embedded stack for a run; the teacher must exist (the teacher service loads it). */
-async function startEmbedded(
+/**
+ * The embedded stack of one run: its supervisor, stack.json (written before the first child starts and
+ * at every spawn), and the progress publisher that reports the supervisor's events once NATS is up.
+ */
+class EmbeddedStack {
+  readonly supervisor: Supervisor;
+  readonly record: StackRecord = { pid: process.pid, processes: {} };
+  private progress: ProgressPublisher | undefined;
+
+  constructor(
+    private readonly config: OffshootConfig,
+    private readonly dir: string,
+  ) {
+    writeStackRecord(dir, this.record);
+    this.supervisor = new Supervisor({
+      maxRestarts: config.workers.maxRestarts,
+      onSpawn: (name, pid) => this.note(name, pid),
+      onEvent: (e) => this.report(e),
+    });
+  }
+
+  /** Records a child's pid (and addresses) in stack.json. */
+  note(name: string, pid: number, addresses: Partial<Pick<StackRecord, 'temporal' | 'nats' | 'teacher'>> = {}): void {
+    this.record.processes[name] = pid;
+    Object.assign(this.record, addresses);
+    writeStackRecord(this.dir, this.record);
+  }
+
+  publishTo(natsUrl: string): void {
+    // No log of its own: NATS going away is the supervisor's to report.
+    this.progress = createProgressPublisher({ url: natsUrl, worker: `offshoot run ${this.config.run.name}` });
+  }
+
+  private report(e: SupervisorEvent): void {
+    const run = this.config.run.name;
+    switch (e.kind) {
+      case 'exited':
+        log(
+          `run ${run}: ${e.service} (pid ${e.pid}) exited (${e.signal ? `signal ${e.signal}` : `code ${e.code}`})${e.willRestart ? `; restarting it${['temporal', 'nats', 'teacher'].includes(e.service) ? ' on the same port and data' : ''}` : ''}`,
+        );
+        this.publish({
+          kind: 'service.exited',
+          run,
+          service: e.service,
+          pid: e.pid,
+          code: e.code,
+          signal: e.signal,
+          willRestart: e.willRestart,
+          restarts: e.restarts,
+        });
+        break;
+      case 'restart-failed':
+        log(`run ${run}: restarting ${e.service} failed (attempt ${e.attempt}): ${e.error}`);
+        break;
+      case 'restarted':
+        log(`run ${run}: ${e.service} restarted (pid ${e.pid}, down ${(e.downMs / 1000).toFixed(1)} s)`);
+        this.publish({
+          kind: 'service.restarted',
+          run,
+          service: e.service,
+          pid: e.pid,
+          previousPid: e.previousPid,
+          downMs: e.downMs,
+          restarts: e.restarts,
+        });
+        break;
+      case 'gave-up': {
+        log(`run ${run}: ${e.error}`);
+        const pid = this.supervisor.current(e.service)?.pid ?? 0;
+        if (pid > 0) {
+          this.publish({
+            id: `${run}.service.gave-up.${e.service}.${pid}`,
+            kind: 'service.exited',
+            run,
+            service: e.service,
+            pid,
+            code: null,
+            signal: null,
+            willRestart: false,
+            restarts: e.restarts,
+            error: e.error.slice(0, 4000),
+          });
+        }
+        break;
+      }
+    }
+  }
+
+  private publish(event: Parameters<ProgressPublisher['publish']>[0]): void {
+    try {
+      this.progress?.publish(event).catch(() => undefined);
+    } catch (err) {
+      log(`progress: event not published: ${(err as Error).message}`);
+    }
+  }
+
+  /** Stops what it started (workers first), flushes the progress events, and removes stack.json. */
+  async stop(): Promise<void> {
+    const [workers, teacher, servers] = stopOrder(this.config);
+    const grace = this.config.workers.gracePeriodSeconds * 1000;
+    await this.supervisor.stop([workers, teacher], grace);
+    await this.progress?.close(5000).catch(() => undefined);
+    await this.supervisor.stop([servers], grace);
+    removeStackRecord(this.dir);
+  }
+}
+
+/** Starts Temporal and NATS under the supervisor, each restarted on its first port and data. */
+async function startServers(stack: EmbeddedStack, dir: string, logs: string): Promise<[TemporalServer, NatsServer]> {
+  let temporalPort: number | undefined;
+  let natsPort: number | undefined;
+  return Promise.all([
+    stack.supervisor.start({
+      name: 'temporal',
+      start: async (onSpawn) => {
+        const t = await startTemporal({
+          dbFile: path.join(dir, 'temporal.db'),
+          port: temporalPort,
+          logFile: path.join(logs, 'temporal.log'),
+          onSpawn,
+          detached: true,
+        });
+        temporalPort = t.port;
+        stack.note('temporal', t.pid, { temporal: t.address });
+        return t;
+      },
+    }),
+    stack.supervisor.start({
+      name: 'nats',
+      start: async (onSpawn) => {
+        const n = await startNats({
+          storeDir: path.join(dir, 'jetstream'),
+          port: natsPort,
+          logFile: path.join(logs, 'nats.log'),
+          onSpawn,
+          detached: true,
+        });
+        natsPort = n.port;
+        stack.note('nats', n.pid, { nats: n.url });
+        return n;
+      },
+    }),
+  ]);
+}
+
+/** Starts the teacher service and the workers under the supervisor; the teacher must exist. */
+async function startServices(
+  stack: EmbeddedStack,
   config: OffshootConfig,
   backend: string,
-  temporalReady: Promise<[TemporalServer, NatsServer]>,
-): Promise<Embedded> {
+  temporal: TemporalServer,
+  nats: NatsServer,
+  logs: string,
+): Promise<TeacherServiceRef | undefined> {
   const dir = runDir(config);
-  const logs = path.join(dir, 'logs');
-  fs.mkdirSync(logs, { recursive: true });
-  const [temporal, nats] = await temporalReady;
-  const processes: ManagedProcess[] = [];
   const env = { ...process.env, OFFSHOOT_NATS_URL: nats.url, OFFSHOOT_BACKEND: backend };
-  let teacherService: TeacherServiceRef | undefined;
-  const common = { temporal: temporal.address, namespace: config.services.temporal.namespace, env, backend };
+  const common = {
+    temporal: temporal.address,
+    namespace: config.services.temporal.namespace,
+    env,
+    backend,
+    detached: true,
+  };
   const starts: Promise<unknown>[] = [];
+  let teacherService: TeacherServiceRef | undefined;
   if (config.teacher.service.enabled) {
-    // A run's workflows carry the teacher service's address, so a rerun that resumes them serves
-    // the teacher on the port the run used before (a new one, with a warning, if that is taken).
+    // A run's workflows carry the teacher service's address, so a rerun that resumes them serves the
+    // teacher on the port the run used before (a new one, with a warning, if that is taken); a restart
+    // after a crash uses the same port.
     const portFile = path.join(dir, 'teacher-service.port');
     const previous = fs.existsSync(portFile) ? Number(fs.readFileSync(portFile, 'utf8')) : undefined;
-    const serve = (port?: number) =>
-      startTeacherService({
-        model: teacherDir(config),
-        port,
-        backend,
-        env,
-        extra: [
-          '--max-batch-tokens',
-          String(config.teacher.service.maxBatchTokens),
-          '--top-k',
-          String(config.teacher.service.topK),
-        ],
-        logFile: path.join(logs, 'teacher-service.log'),
-      });
+    let port = previous;
+    const teacher = {
+      name: 'teacher',
+      start: async (onSpawn: (pid: number) => void): Promise<TeacherService> => {
+        const t = await startTeacherService({
+          model: teacherDir(config),
+          port,
+          backend,
+          env,
+          extra: [
+            '--max-batch-tokens',
+            String(config.teacher.service.maxBatchTokens),
+            '--top-k',
+            String(config.teacher.service.topK),
+            '--max-buffered-mib',
+            String(config.teacher.service.maxBufferedMiB),
+          ],
+          logFile: path.join(logs, 'teacher-service.log'),
+          onSpawn,
+          detached: true,
+        });
+        port = t.port;
+        fs.writeFileSync(portFile, `${t.port}\n`);
+        stack.note('teacher', t.pid, { teacher: t.target });
+        return t;
+      },
+    };
     starts.push(
-      serve(previous)
+      stack.supervisor
+        .start(teacher)
         .catch((err: unknown) => {
           if (previous === undefined) throw err;
           log(
             `run ${config.run.name}: the teacher service could not listen on its earlier port ${previous} (${(err as Error).message.split('\n')[0]}); a resumed search or pretraining that still uses it will retry until its attempts run out`,
           );
-          return serve();
+          port = undefined;
+          return stack.supervisor.start(teacher);
         })
         .then((t) => {
-          processes.push(t);
-          fs.writeFileSync(portFile, `${t.port}\n`);
           teacherService = { targets: [t.target], topK: config.teacher.service.topK };
         }),
     );
   }
-  starts.push(
-    startWorker({
-      ...common,
-      queues: ['orchestrate'],
-      name: 'orchestrate',
-      logFile: path.join(logs, 'worker-orchestrate.log'),
-    }).then((w) => processes.push(w)),
-  );
-  starts.push(
-    startWorker({
-      ...common,
-      queues: ['pretrain'],
-      name: 'pretrain',
-      logFile: path.join(logs, 'worker-pretrain.log'),
-    }).then((w) => processes.push(w)),
-  );
-  for (let i = 0; i < config.workers.evaluators; i++) {
-    starts.push(
-      startWorker({
-        ...common,
-        queues: ['evaluate'],
-        slots: config.workers.evaluateSlots,
-        name: `evaluate-${i}`,
-        logFile: path.join(logs, `worker-evaluate-${i}.log`),
-      }).then((w) => processes.push(w)),
-    );
-  }
+  const worker = (name: string, queues: string[], slots?: number) =>
+    stack.supervisor.start({
+      name,
+      start: (onSpawn) =>
+        startWorker({ ...common, queues, slots, name, logFile: path.join(logs, `worker-${name}.log`), onSpawn }),
+    });
+  starts.push(worker('orchestrate', ['orchestrate']), worker('pretrain', ['pretrain']));
+  for (let i = 0; i < config.workers.evaluators; i++)
+    starts.push(worker(`evaluate-${i}`, ['evaluate'], config.workers.evaluateSlots));
   const results = await Promise.allSettled(starts);
   const failed = results.find((r) => r.status === 'rejected') as PromiseRejectedResult | undefined;
-  if (failed) {
-    await Promise.all(processes.map((p) => p.stop(5000)));
-    throw failed.reason;
+  if (failed) throw failed.reason;
+  return teacherService;
+}
+
+/** Checks what the run needs before anything starts, so a missing piece is one error now, not failures later. */
+function checkInputs(config: OffshootConfig): void {
+  const teacher = teacherDir(config);
+  if (fs.existsSync(path.join(teacher, 'config.json')))
+    requireTeacherTokenizer(teacher, config.data.tokenizer ?? undefined);
+  else if (!config.teacher.train.enabled)
+    throw new Error(`teacher ${teacher}: no finished checkpoint there and teacher.train.enabled is false`);
+  if (config.data.tokenizer && !fs.existsSync(path.resolve(config.data.tokenizer)))
+    throw new Error(`data.tokenizer ${config.data.tokenizer}: no such file or folder`);
+}
+
+async function runEmbedded(config: OffshootConfig, opts: RunCliOptions, t0: number): Promise<void> {
+  const dir = runDir(config);
+  const run = config.run.name;
+  await reapOrphans(dir, { run, graceMs: config.workers.gracePeriodSeconds * 1000, log });
+  checkInputs(config);
+  const backend = config.workers.backend === 'auto' ? (activeBackend()?.name ?? 'auto') : config.workers.backend;
+  log(
+    `run ${run}: embedded stack (Temporal dev server, nats-server, teacher service, workers) in ${dir}; backend ${backend}`,
+  );
+  const logs = path.join(dir, 'logs');
+  fs.mkdirSync(logs, { recursive: true });
+  const stack = new EmbeddedStack(config, dir);
+  let stopping: Promise<void> | undefined;
+  const stop = () => (stopping ??= stack.stop());
+  // Teacher training runs in this process and yields to signals after every step.
+  const training = new AbortController();
+  // Handled in every phase: stop the teacher's training (checkpointed) and the stack in order, and
+  // exit; a second signal exits at once.
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (stopping) process.exit(130);
+    log(`run ${run}: ${signal}: stopping the embedded stack; rerun \`offshoot run\` to resume this run`);
+    training.abort();
+    void stop().then(() => process.exit(130));
+  };
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(sig, onSignal);
+  // Whatever the phase, a child the supervisor could not keep running ends the run (a rerun resumes it).
+  const guarded = <T>(work: Promise<T>): Promise<T> => Promise.race([work, stack.supervisor.failure]);
+  try {
+    // Temporal and NATS start while the teacher trains.
+    const servers = startServers(stack, dir, logs);
+    servers.catch(() => undefined);
+    await guarded(ensureTeacher(config, training.signal));
+    const [temporal, nats] = await guarded(servers);
+    stack.publishTo(nats.url);
+    const teacherService = await guarded(startServices(stack, config, backend, temporal, nats, logs));
+    log(
+      `run ${run}: stack up in ${formatDuration((Date.now() - t0) / 1000)} (Temporal ${temporal.address}, NATS ${nats.url}${teacherService ? `, teacher service ${teacherService.targets[0]}` : ''})`,
+    );
+    const client = await connectClient({ address: temporal.address, namespace: config.services.temporal.namespace });
+    try {
+      const handle = await guarded(submit(client, config, teacherService));
+      const result = await guarded(follow(client, handle, run, Boolean(opts.quiet)));
+      printResult(result, opts.json);
+    } finally {
+      await client.connection.close().catch(() => undefined);
+    }
+    log(`run ${run}: done in ${formatDuration((Date.now() - t0) / 1000)}`);
+  } catch (err) {
+    if (stopping) await new Promise<never>(() => undefined); // the signal handler exits
+    for (const [name, pid] of Object.entries(stack.supervisor.pids())) {
+      const p = stack.supervisor.current(name);
+      if (!p?.alive()) continue;
+      const tail = p.output().trim().split('\n').slice(-5).join('\n    ');
+      if (tail) log(`  ${name} (pid ${pid}, last lines):\n    ${tail}`);
+    }
+    throw err;
+  } finally {
+    if (!stopping) await stop();
+    for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.off(sig, onSignal);
   }
-  return { temporal, nats, processes, teacherService };
 }
 
 async function runAction(opts: RunCliOptions): Promise<void> {
   const t0 = Date.now();
   const config = resolveConfig(opts);
-  const dir = runDir(config);
-  fs.mkdirSync(dir, { recursive: true });
-  if (config.services.temporal.address) {
-    // Submit and follow only: the workers, the teacher service and NATS run elsewhere.
-    const client = await connectClient({
-      address: config.services.temporal.address,
-      namespace: config.services.temporal.namespace,
-    });
-    const handle = await submit(client, config, undefined);
-    printResult(await follow(client, handle, config.run.name, Boolean(opts.quiet)), opts.json);
-    await client.connection.close();
-    return;
-  }
-
-  await reapOrphans(config);
-  const backend = config.workers.backend === 'auto' ? (activeBackend()?.name ?? 'auto') : config.workers.backend;
-  log(
-    `run ${config.run.name}: embedded stack (Temporal dev server, nats-server, teacher service, workers) in ${dir}; backend ${backend}`,
-  );
-  const started: ManagedProcess[] = [];
-  const pendingStarts: Promise<unknown>[] = [];
-  let stopping = false;
-  const stopAll = async () => {
-    await Promise.allSettled(pendingStarts);
-    // Workers first (they drain: a running segment checkpoints), then the services.
-    const order = [...started].sort((a, b) => rank(a) - rank(b));
-    for (const group of [
-      order.filter((p) => rank(p) === 0),
-      order.filter((p) => rank(p) === 1),
-      order.filter((p) => rank(p) === 2),
-    ]) {
-      await Promise.all(group.map((p) => p.stop(config.workers.gracePeriodSeconds * 1000)));
-    }
-    fs.rmSync(stackFile(config), { force: true });
-  };
-  const rank = (p: ManagedProcess) =>
-    p.name.startsWith('worker') || ['orchestrate', 'pretrain'].includes(p.name) || p.name.startsWith('evaluate')
-      ? 0
-      : p.name === 'teacher'
-        ? 1
-        : 2;
-  const onSignal = (signal: string) => {
-    if (stopping) process.exit(130);
-    stopping = true;
-    log(`run ${config.run.name}: ${signal}: stopping the embedded stack; rerun \`offshoot run\` to resume this run`);
-    void stopAll().then(() => process.exit(130));
-  };
-  process.once('SIGINT', () => onSignal('SIGINT'));
-  process.once('SIGTERM', () => onSignal('SIGTERM'));
-
-  try {
-    // Temporal and NATS start while the teacher trains.
-    const logs = path.join(dir, 'logs');
-    fs.mkdirSync(logs, { recursive: true });
-    // Each process is tracked as soon as it is up, so whatever fails, what did start is stopped.
-    const track = <P extends ManagedProcess>(p: Promise<P>): Promise<P> => p.then((x) => (started.push(x), x));
-    const starting = [
-      track(startTemporal({ dbFile: path.join(dir, 'temporal.db'), logFile: path.join(logs, 'temporal.log') })),
-      track(startNats({ storeDir: path.join(dir, 'jetstream'), logFile: path.join(logs, 'nats.log') })),
-    ] as const;
-    pendingStarts.push(...starting);
-    const services = Promise.all(starting).then((s) => {
-      const record: StackRecord = {
-        temporal: s[0].address,
-        nats: s[1].url,
-        pid: process.pid,
-        processes: { temporal: s[0].pid, nats: s[1].pid },
-      };
-      fs.writeFileSync(stackFile(config), JSON.stringify(record) + '\n');
-      return s;
-    });
-    services.catch(() => undefined);
-    await ensureTeacher(config);
-    const stack = await startEmbedded(config, backend, services);
-    started.push(...stack.processes);
-    // For whoever must clean up after an `offshoot run` that was killed -9: every process it started.
-    fs.writeFileSync(
-      stackFile(config),
-      JSON.stringify({
-        temporal: stack.temporal.address,
-        nats: stack.nats.url,
-        pid: process.pid,
-        processes: Object.fromEntries(started.map((p) => [p.name, p.pid])),
-      } satisfies StackRecord) + '\n',
-    );
-    log(
-      `run ${config.run.name}: stack up in ${formatDuration((Date.now() - t0) / 1000)} (Temporal ${stack.temporal.address}, NATS ${stack.nats.url}${stack.teacherService ? `, teacher service ${stack.teacherService.targets[0]}` : ''})`,
-    );
-    const client = await connectClient({
-      address: stack.temporal.address,
-      namespace: config.services.temporal.namespace,
-    });
-    const handle = await submit(client, config, stack.teacherService);
-    const result = await follow(client, handle, config.run.name, Boolean(opts.quiet));
-    await client.connection.close();
-    printResult(result, opts.json);
-    log(`run ${config.run.name}: done in ${formatDuration((Date.now() - t0) / 1000)}`);
-  } catch (err) {
-    for (const p of started) {
-      if (!p.alive()) continue;
-      const tail = p.output().trim().split('\n').slice(-5).join('\n    ');
-      if (tail) log(`  ${p.name} (last lines):\n    ${tail}`);
-    }
-    throw err;
-  } finally {
-    if (!stopping) {
-      stopping = true;
-      await stopAll();
-    }
-  }
+  ensureStorageRoot(config);
+  fs.mkdirSync(runDir(config), { recursive: true });
+  if (!config.services.temporal.address) return runEmbedded(config, opts, t0);
+  // Submit and follow only: the workers, the teacher service and NATS run elsewhere.
+  const client = await connectClient({
+    address: config.services.temporal.address,
+    namespace: config.services.temporal.namespace,
+  });
+  const handle = await submit(client, config, undefined);
+  printResult(await follow(client, handle, config.run.name, Boolean(opts.quiet)), opts.json);
+  await client.connection.close();
 }
 
-/** The embedded teacher: trained here (core/teacher, resumable) unless it exists or --teacher names one. */
-export async function ensureTeacher(config: OffshootConfig): Promise<void> {
+/**
+ * The embedded teacher: trained here (core/teacher, resumable) unless it exists or --teacher names one.
+ * An abort of `signal` (a stop of the run) ends the training at the next step, checkpointed, so a
+ * rerun goes on from there.
+ */
+export async function ensureTeacher(config: OffshootConfig, signal?: AbortSignal): Promise<void> {
   const dir = teacherDir(config);
   if (teacherFinished(dir)) {
     log(`teacher: ${dir}`);
@@ -550,7 +616,8 @@ export async function ensureTeacher(config: OffshootConfig): Promise<void> {
   const { enabled, ...settings } = config.teacher.train;
   if (!enabled) throw new Error(`teacher ${dir}: no finished checkpoint there and teacher.train.enabled is false`);
   log(`teacher: training ${settings.preset} on ${config.data.train} into ${dir} (${settings.steps} steps)`);
-  await trainTeacher(
+  let lastLine = -Infinity;
+  const result = await trainTeacher(
     {
       ...settings,
       data: config.data.train,
@@ -559,8 +626,18 @@ export async function ensureTeacher(config: OffshootConfig): Promise<void> {
       tokenizer: config.data.tokenizer ?? undefined,
       tokenCache: defaultTokenStore(),
     },
-    { log },
+    {
+      log,
+      signal,
+      onStep: (r) => {
+        if (performance.now() - lastLine < 5000 && r.step < r.steps) return;
+        lastLine = performance.now();
+        log(`teacher: step ${r.step}/${r.steps}, loss ${r.loss.toFixed(3)}, ${Math.round(r.tokensPerSecond)} tok/s`);
+      },
+    },
   );
+  if (result.stopped)
+    throw new Error(`teacher ${dir}: training stopped at step ${result.steps} (checkpointed; a rerun resumes it)`);
 }
 
 async function clientFor(

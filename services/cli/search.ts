@@ -5,11 +5,15 @@ import { DEFAULT_TRAIN_CORPUS, DEFAULT_VALIDATION_CORPUS } from '../../core/data
 import { ALGORITHMS, type Algorithm } from '../../core/search/index.js';
 import {
   FITNESS_KINDS,
+  FITNESS_PHASES,
   type FitnessKind,
+  type FitnessMetrics,
+  type FitnessPhases,
   SPACE_KINDS,
   SUBNET_SPACE_DEFAULTS,
   type SpaceKind,
   type TargetRequest,
+  describePhases,
   formatParams,
   searchSubnetworks,
 } from '../../core/subnet/index.js';
@@ -111,19 +115,33 @@ export function registerSearchCommand(program: Command): void {
             parameters: best.cost,
             metrics: best.metrics,
           },
-          history: result.history.map((r) => ({
-            id: r.id,
-            generation: r.generation,
-            origin: r.origin,
-            status: r.status,
-            fitness: r.fitness,
-            parameters: r.cost,
-            spec: r.genome,
-            error: r.error,
-          })),
+          history: result.history.map((r) => {
+            const m = r.metrics as Partial<FitnessMetrics> | undefined;
+            return {
+              id: r.id,
+              generation: r.generation,
+              origin: r.origin,
+              status: r.status,
+              fitness: r.fitness,
+              parameters: r.cost,
+              spec: r.genome,
+              error: r.error,
+              seconds: m?.seconds,
+              phases: m?.phases,
+            };
+          }),
         };
         if (opts.json) console.log(JSON.stringify(summary));
         else {
+          const phases = result.history
+            .map((r) => (r.metrics as Partial<FitnessMetrics> | undefined)?.phases)
+            .filter((p): p is FitnessPhases => p !== undefined);
+          if (phases.length > 0) {
+            const total = Object.fromEntries(
+              FITNESS_PHASES.map((p) => [p, phases.reduce((a, t) => a + t[p], 0)]),
+            ) as FitnessPhases;
+            console.log(`time of ${phases.length} evaluations: ${describePhases(total)}`);
+          }
           console.log(`target: ${result.target.label}`);
           console.log(
             best

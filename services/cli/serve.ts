@@ -14,12 +14,17 @@ interface ServeCliOptions {
   maxBatchTokens: number;
   maxStreamQueue: number;
   topK: number;
+  maxBufferedMib: number;
+  maxStreamMib?: number;
+  stallSeconds: number;
   tlsCert?: string;
   tlsKey?: string;
   tlsCa?: string;
   gracePeriod: number;
   metricsPort?: number;
 }
+
+const MiB = 2 ** 20;
 
 function port(value: string): number {
   const n = Number(value);
@@ -64,6 +69,23 @@ export function registerTeacherServeCommand(program: Command): void {
       SERVER_DEFAULTS.maxStreamQueue,
     )
     .option('--top-k <n>', 'k when a request does not say', positiveInt('--top-k'), SERVER_DEFAULTS.topK)
+    .option(
+      '--max-buffered-mib <n>',
+      'memory for answers computed and not yet taken by their students, all streams together (MiB)',
+      positiveInt('--max-buffered-mib'),
+      SERVER_DEFAULTS.maxBufferedBytes / MiB,
+    )
+    .option(
+      '--max-stream-mib <n>',
+      `the same for one stream; a request whose answer alone is larger is refused (MiB; default ${SERVER_DEFAULTS.maxStreamBytes / MiB}, at most --max-buffered-mib)`,
+      positiveInt('--max-stream-mib'),
+    )
+    .option(
+      '--stall-seconds <s>',
+      'reset a stream whose answers its student has not taken for this long',
+      positiveNumber('--stall-seconds'),
+      SERVER_DEFAULTS.stallMs / 1000,
+    )
     .option('--tls-cert <file>', 'PEM server certificate (enables TLS)')
     .option('--tls-key <file>', 'PEM server private key')
     .option('--tls-ca <file>', 'PEM CA bundle; clients must present a certificate it signed (mutual TLS)')
@@ -84,6 +106,11 @@ export function registerTeacherServeCommand(program: Command): void {
           process.stderr.write(`${line}\n`);
         };
         const tls = tlsOptions(opts);
+        if (opts.maxStreamMib !== undefined && opts.maxStreamMib > opts.maxBufferedMib) {
+          throw new Error(
+            `--max-stream-mib ${opts.maxStreamMib} must be at most --max-buffered-mib ${opts.maxBufferedMib}`,
+          );
+        }
         const server = await serveCheckpoint(opts.model, {
           host: opts.host,
           port: opts.port,
@@ -91,6 +118,10 @@ export function registerTeacherServeCommand(program: Command): void {
           maxBatchTokens: opts.maxBatchTokens,
           maxStreamQueue: opts.maxStreamQueue,
           topK: opts.topK,
+          maxBufferedBytes: opts.maxBufferedMib * MiB,
+          maxStreamBytes:
+            Math.min(opts.maxStreamMib ?? SERVER_DEFAULTS.maxStreamBytes / MiB, opts.maxBufferedMib) * MiB,
+          stallMs: Math.round(opts.stallSeconds * 1000),
           tls,
           backend: activeBackend()?.name,
           log,

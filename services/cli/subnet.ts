@@ -25,6 +25,7 @@ import {
   type SpaceKind,
   canonicalHash,
   canonicalize,
+  checkStudentOutput,
   compactSpec,
   countSubnet,
   describeCanonical,
@@ -86,10 +87,13 @@ interface ExtractCliOptions {
   tokenizer?: string;
   exportTransformers?: boolean;
   dtype: SaveDtype;
+  force?: boolean;
   json?: boolean;
 }
 
 async function extractAction(opts: ExtractCliOptions): Promise<void> {
+  // Before any work: where the student goes must not hold anything offshoot would destroy.
+  checkStudentOutput(opts.out, opts.teacher, opts.force);
   const spec = readSpecArgument(opts.spec);
   let calibration: { input: Int32Array; batchSize: number; seqLen: number } | undefined;
   if (needsImportance(opts)) {
@@ -118,7 +122,14 @@ async function extractAction(opts: ExtractCliOptions): Promise<void> {
     calibration,
     exportTransformers: opts.exportTransformers,
     dtype: opts.dtype,
+    force: opts.force,
+    tokenizer: opts.tokenizer,
   });
+  if (!result.tokenizer) {
+    process.stderr.write(
+      `note: ${opts.teacher} has no ${TOKENIZER_FILE}, so the student has none either; training or evaluating it needs one (pass --tokenizer FILE to put one in it)\n`,
+    );
+  }
   const teacherParams = countSubnet(loadConfig(opts.teacher), {}).parameters;
   if (opts.json) {
     console.log(
@@ -129,6 +140,7 @@ async function extractAction(opts: ExtractCliOptions): Promise<void> {
         parameters: result.parameters,
         teacherParameters: teacherParams,
         spec: result.spec,
+        tokenizer: result.tokenizer,
         transformersCompatible: result.transformersIncompatibility === null,
         transformersIncompatibility: result.transformersIncompatibility,
       }),
@@ -218,7 +230,14 @@ export function registerSubnetCommands(program: Command): void {
     .description('cut a sub-network out of a teacher checkpoint into a dense student checkpoint')
     .requiredOption('--teacher <dir>', 'teacher checkpoint directory (Hugging Face layout)')
     .requiredOption('--spec <file>', 'sub-network spec: a JSON file, inline JSON ("{...}"), or a subnet.json')
-    .requiredOption('--out <dir>', 'student checkpoint directory')
+    .requiredOption(
+      '--out <dir>',
+      'student checkpoint directory: a new or empty folder (or, with --force, a student checkpoint extracted before)',
+    )
+    .option(
+      '--force',
+      'replace --out when it holds a student checkpoint offshoot extracted (never anything else, never the teacher)',
+    )
     .addOption(
       new Option('--order <order>', 'how counts of heads, neurons and channels pick them')
         .choices(HEAD_ORDERS)
@@ -232,7 +251,10 @@ export function registerSubnetCommands(program: Command): void {
       'tokens per calibration sequence (default min(context, 64))',
       positiveInt('--calibration-seq-len'),
     )
-    .option('--tokenizer <path>', "tokenizer for the calibration corpus (default: the teacher's tokenizer.json)")
+    .option(
+      '--tokenizer <path>',
+      "tokenizer.json (or a folder holding one) for the calibration corpus and the student (default: the teacher's)",
+    )
     .option('--export-transformers', 'refuse (saying why) unless plain transformers can load the student')
     .addOption(
       new Option('--dtype <dtype>', 'precision of the written weights')

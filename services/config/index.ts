@@ -31,14 +31,45 @@ const posInt = () => z.number().int().positive();
 const posNum = () => z.number().positive().refine(Number.isFinite, 'must be finite');
 const fraction = () => z.number().min(0).max(1);
 
+/**
+ * Upper bounds: far above any run this tool is for, low enough that a typo (1e9 for 1e3) is an error
+ * naming the field instead of a run that allocates, loops or waits for ever.
+ */
+export const CONFIG_LIMITS = {
+  steps: 10_000_000,
+  fitnessSteps: 1_000_000,
+  budget: 1_000_000,
+  population: 10_000,
+  batchSize: 65_536,
+  seqLen: 1_048_576,
+  tokens: 1_000_000_000,
+  vocab: 1_048_576,
+  parallelism: 1024,
+  processes: 256,
+  seconds: 7 * 24 * 3600,
+  attempts: 1000,
+  /** Distillation temperatures the teacher service accepts (docs/teacher-service.md). */
+  temperature: { min: 0.01, max: 100 },
+} as const;
+
+const upTo = (max: number) => posInt().max(max);
+
+/** A folder that is not the file system's root (a run writes <root>/<run.name>/ and its stack's files). */
+function notFileSystemRoot(value: string): boolean {
+  const abs = path.resolve(value);
+  return path.parse(abs).root !== abs;
+}
+
 const activitySchema = (timeoutSeconds: number, heartbeatSeconds: number, maxAttempts: number) =>
   z
     .strictObject({
-      timeoutSeconds: posInt().default(timeoutSeconds).describe('start-to-close timeout of one attempt, seconds'),
-      heartbeatSeconds: posInt()
+      timeoutSeconds: upTo(CONFIG_LIMITS.seconds)
+        .default(timeoutSeconds)
+        .describe('start-to-close timeout of one attempt, seconds'),
+      heartbeatSeconds: upTo(CONFIG_LIMITS.seconds)
         .default(heartbeatSeconds)
         .describe('a worker silent this long is presumed dead; the attempt is retried elsewhere'),
-      maxAttempts: posInt().default(maxAttempts).describe('attempts before the activity fails'),
+      maxAttempts: upTo(CONFIG_LIMITS.attempts).default(maxAttempts).describe('attempts before the activity fails'),
     })
     .prefault({});
 
@@ -76,6 +107,7 @@ export const configSchema = z.strictObject({
       root: z
         .string()
         .min(1)
+        .refine(notFileSystemRoot, 'must not be the file system root: a run writes <root>/<run.name>/ there')
         .default('runs')
         .describe('shared folder every worker sees; a run keeps its files in <root>/<run.name>'),
     })
@@ -98,14 +130,14 @@ export const configSchema = z.strictObject({
             .enum(Object.keys(MODEL_PRESETS) as [string, ...string[]])
             .default(T.preset)
             .describe('model shape (core/model presets)'),
-          vocab: posInt().default(T.vocab).describe('vocabulary of the BPE trained on data.train'),
-          steps: posInt().default(T.steps),
-          batchSize: posInt().default(T.batchSize),
-          seqLen: posInt().default(T.seqLen),
+          vocab: upTo(CONFIG_LIMITS.vocab).default(T.vocab).describe('vocabulary of the BPE trained on data.train'),
+          steps: upTo(CONFIG_LIMITS.steps).default(T.steps),
+          batchSize: upTo(CONFIG_LIMITS.batchSize).default(T.batchSize),
+          seqLen: upTo(CONFIG_LIMITS.seqLen).default(T.seqLen),
           lr: posNum().default(T.lr),
           warmup: int(0).default(T.warmup),
           seed: int(0).default(T.seed),
-          evalTokens: posInt().default(T.evalTokens),
+          evalTokens: upTo(CONFIG_LIMITS.tokens).default(T.evalTokens),
         })
         .prefault({}),
       service: z
@@ -116,8 +148,13 @@ export const configSchema = z.strictObject({
             .describe(
               'distil through the teacher-logit service (embedded: started by offshoot run); false: each worker holds the teacher',
             ),
-          topK: posInt().default(64).describe('top-k logits the service sends per position'),
-          maxBatchTokens: posInt().default(8192).describe('largest forward pass of the embedded service'),
+          topK: upTo(CONFIG_LIMITS.vocab).default(64).describe('top-k logits the service sends per position'),
+          maxBatchTokens: upTo(CONFIG_LIMITS.tokens)
+            .default(8192)
+            .describe('largest forward pass of the embedded service'),
+          maxBufferedMiB: upTo(1024 * 1024)
+            .default(256)
+            .describe("the embedded service's budget for answers computed and not yet taken by their students, MiB"),
         })
         .prefault({}),
     })
@@ -139,7 +176,7 @@ export const configSchema = z.strictObject({
     .strictObject({
       space: z.enum(SPACE_KINDS).default('uniform').describe('uniform, layer-wise or granular'),
       target: targetSchema.default({ bin: 5 }).describe('parameter range: a bin, a range as text, or explicit bounds'),
-      bins: posInt().default(DEFAULT_BIN_COUNT),
+      bins: upTo(10_000).default(DEFAULT_BIN_COUNT),
       scale: z.enum(BIN_SCALES).default('linear'),
       choices: z
         .strictObject({
@@ -152,10 +189,10 @@ export const configSchema = z.strictObject({
         .optional()
         .describe('allowed values per dimension (docs/subnetworks.md)'),
       algorithm: z.enum(ALGORITHMS).default(SEARCH_DEFAULTS.algorithm),
-      budget: posInt().default(16).describe('total fitness evaluations'),
-      population: int(2).default(8),
+      budget: upTo(CONFIG_LIMITS.budget).default(16).describe('total fitness evaluations'),
+      population: int(2).max(CONFIG_LIMITS.population).default(8),
       seed: int(0).nullable().default(null).describe('seed of the search; null: run.seed'),
-      tournamentSize: posInt().optional(),
+      tournamentSize: upTo(CONFIG_LIMITS.population).optional(),
       elitism: int(0).optional(),
       crossoverProbability: fraction().optional(),
       mutationProbability: fraction().optional(),
@@ -164,18 +201,20 @@ export const configSchema = z.strictObject({
         .describe('chance that a mutation changes a second dimension of the sub-network (core/subnet/mutations.ts)'),
       multiObjective: z.boolean().optional(),
       retryFailed: int(0).optional(),
-      parallelism: posInt().default(2).describe('evaluations in flight at once'),
-      continueAsNewEvery: posInt().default(5).describe('generations per workflow run before continue-as-new'),
+      parallelism: upTo(CONFIG_LIMITS.parallelism).default(2).describe('evaluations in flight at once'),
+      continueAsNewEvery: upTo(CONFIG_LIMITS.steps)
+        .default(5)
+        .describe('generations per workflow run before continue-as-new'),
       fitness: z
         .strictObject({
           kind: z.enum(FITNESS_KINDS).default('brief'),
-          steps: posInt().default(20).describe('brief: training steps'),
-          batchSize: posInt().default(8),
-          seqLen: posInt().default(64),
+          steps: upTo(CONFIG_LIMITS.fitnessSteps).default(20).describe('brief: training steps'),
+          batchSize: upTo(CONFIG_LIMITS.batchSize).default(8),
+          seqLen: upTo(CONFIG_LIMITS.seqLen).default(64),
           lr: posNum().default(3e-3),
           warmup: int(0).default(5),
           loss: z.enum(FITNESS_LOSSES).default('distill'),
-          evalTokens: posInt().default(4096).describe('validation tokens per evaluation'),
+          evalTokens: upTo(CONFIG_LIMITS.tokens).default(4096).describe('validation tokens per evaluation'),
           order: z.enum(HEAD_ORDERS).default('first-k').describe('which heads, neurons and channels counts keep'),
           layers: z.enum(LAYER_ORDERS).default('first'),
         })
@@ -185,15 +224,17 @@ export const configSchema = z.strictObject({
     .prefault({}),
   pretrain: z
     .strictObject({
-      steps: posInt().default(200),
-      batchSize: posInt().default(8),
-      seqLen: posInt().default(64),
+      steps: upTo(CONFIG_LIMITS.steps).default(200),
+      batchSize: upTo(CONFIG_LIMITS.batchSize).default(8),
+      seqLen: upTo(CONFIG_LIMITS.seqLen).default(64),
       lr: posNum().default(3e-3),
       warmup: int(0).default(20),
-      segmentSteps: posInt().default(100).describe('steps per trainSegment activity'),
-      checkpointEvery: posInt().default(25).describe('steps between checkpoints (what a retry may redo at most)'),
-      evalEvery: posInt().default(100).describe('steps between validation passes'),
-      evalTokens: posInt().default(4096),
+      segmentSteps: upTo(CONFIG_LIMITS.steps).default(100).describe('steps per trainSegment activity'),
+      checkpointEvery: upTo(CONFIG_LIMITS.steps)
+        .default(25)
+        .describe('steps between checkpoints (what a retry may redo at most)'),
+      evalEvery: upTo(CONFIG_LIMITS.steps).default(100).describe('steps between validation passes'),
+      evalTokens: upTo(CONFIG_LIMITS.tokens).default(4096),
       targetPpl: posNum()
         .nullable()
         .default(null)
@@ -204,7 +245,12 @@ export const configSchema = z.strictObject({
           alpha: fraction()
             .default(DEFAULT_DISTILL.alpha)
             .describe('weight of cross-entropy; 1 − alpha weighs the KL term'),
-          temperature: posNum().default(DEFAULT_DISTILL.temperature),
+          temperature: z
+            .number()
+            .min(CONFIG_LIMITS.temperature.min)
+            .max(CONFIG_LIMITS.temperature.max)
+            .default(DEFAULT_DISTILL.temperature)
+            .describe(`distillation temperature, ${CONFIG_LIMITS.temperature.min} to ${CONFIG_LIMITS.temperature.max}`),
           direction: z.enum(KL_DIRECTIONS).default(DEFAULT_DISTILL.direction),
         })
         .prefault({}),
@@ -217,7 +263,7 @@ export const configSchema = z.strictObject({
             .describe('no search: the teacher shrunk uniformly into the bin, first-k weights'),
         })
         .prefault({}),
-      finalEvalTokens: posInt()
+      finalEvalTokens: upTo(CONFIG_LIMITS.tokens)
         .default(16384)
         .describe('validation tokens of the final evaluation (the results table)'),
       activity: activitySchema(3600, 60, 5),
@@ -258,15 +304,23 @@ export const configSchema = z.strictObject({
     .prefault({}),
   workers: z
     .strictObject({
-      evaluators: posInt().default(1).describe('embedded stack: evaluator worker processes'),
-      evaluateSlots: posInt().default(1).describe('evaluations one evaluator runs at once (one per device)'),
+      evaluators: upTo(CONFIG_LIMITS.processes).default(1).describe('embedded stack: evaluator worker processes'),
+      evaluateSlots: upTo(CONFIG_LIMITS.processes)
+        .default(1)
+        .describe('evaluations one evaluator runs at once (one per device)'),
       backend: z
         .enum(BACKEND_CHOICES)
         .default('auto')
         .describe('compute backend of embedded workers and the teacher service'),
-      gracePeriodSeconds: posInt()
+      gracePeriodSeconds: upTo(CONFIG_LIMITS.seconds)
         .default(30)
         .describe('SIGTERM: how long a worker may finish or checkpoint its activities'),
+      maxRestarts: int(0)
+        .max(1000)
+        .default(5)
+        .describe(
+          'embedded stack: failed restarts in a row of a child (Temporal, NATS, the teacher service, a worker) before the run stops',
+        ),
     })
     .prefault({}),
 });
@@ -342,6 +396,7 @@ export function parseConfig(raw: unknown, source = 'config'): OffshootConfig {
   return result.data;
 }
 
+// biome-ignore lint/suspicious/noExplicitAny: the merged file before its schema has checked it; every read is checked here.
 function crossFieldProblems(c: Record<string, any>): ConfigProblem[] {
   const problems: ConfigProblem[] = [];
   const n = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v);
@@ -466,6 +521,22 @@ export function searchOptions(config: OffshootConfig) {
 /** The run's folder on shared storage (absolute). */
 export function runDir(config: OffshootConfig, cwd = process.cwd()): string {
   return path.resolve(cwd, config.storage.root, config.run.name);
+}
+
+/**
+ * Creates the storage root when missing and checks this user may write there; throws naming the
+ * folder and why not (before anything starts, so nothing is left half made).
+ */
+export function ensureStorageRoot(config: OffshootConfig, cwd = process.cwd()): string {
+  const root = path.resolve(cwd, config.storage.root);
+  try {
+    fs.mkdirSync(root, { recursive: true });
+    fs.accessSync(root, fs.constants.W_OK | fs.constants.X_OK);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+    throw new Error(`storage.root ${root}: cannot create or write it (${code}); choose a folder this user may write`);
+  }
+  return root;
 }
 
 /** The teacher's checkpoint directory (absolute). */

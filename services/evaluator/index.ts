@@ -3,15 +3,20 @@
  * candidate spec, data ref, budget, seed) -> metrics. It extracts the candidate from the teacher on
  * shared storage, trains it briefly with distillation (teacher through the gRPC service when the run
  * has one, else held in this process) and measures validation loss. Any evaluator can take any
- * candidate; what it caches (the loaded teacher, tokenised data) only saves time.
+ * candidate; what it caches only saves time: the loaded teacher (weights on the device, tokenizer,
+ * tokenised data, validation batches on the device) across candidates, and the compiled kernels and
+ * tuned matrix-product plans of the shapes it has met (core/model/shape-costs.ts). Each candidate's log
+ * line says where its time went (extraction, teacher forward, pipelines, autotune, training, evaluation).
  */
 import { ApplicationFailure, Context } from '@temporalio/activity';
 
 import {
   type FitnessContext,
   createFitnessContext,
+  describePhases,
   disposeFitnessContext,
   evaluateFitness,
+  warmUpFitness,
 } from '../../core/subnet/index.js';
 import { tokensPerSecond as tokensPerSecondGauge } from '../progress/index.js';
 import { StreamingTeacher } from '../teacher/index.js';
@@ -44,6 +49,34 @@ async function fitnessContext(input: EvaluateInput): Promise<FitnessContext> {
   }
   cached = { key, ctx };
   return ctx;
+}
+
+/** The budgets (kind, loss, sequence length, batch) each shared context has been warmed up for. */
+const warmedUp = new WeakMap<FitnessContext, Set<string>>();
+
+/**
+ * Before a context's first candidate of a budget: compiles what every candidate runs (warmUpFitness),
+ * so that each candidate's time is its own. A failure only costs the first candidate that time.
+ */
+async function warmUp(
+  env: WorkerEnv,
+  shared: FitnessContext,
+  ctx: FitnessContext,
+  input: EvaluateInput,
+): Promise<void> {
+  const b = input.fitness.budget;
+  const key = JSON.stringify([b.kind, b.loss ?? 'distill', b.seqLen, b.batchSize]);
+  let done = warmedUp.get(shared);
+  if (!done) warmedUp.set(shared, (done = new Set()));
+  if (done.has(key)) return;
+  done.add(key);
+  try {
+    const w = await warmUpFitness(ctx, b, input.seed);
+    if (w)
+      env.log(`evaluate: warmed up on ${input.teacher.dir} in ${w.seconds.toFixed(1)} s (${describePhases(w.phases)})`);
+  } catch (err) {
+    env.log(`evaluate: warm-up failed, going on without it: ${(err as Error).message.split('\n')[0]}`);
+  }
 }
 
 /** The evaluate activity, bound to a worker environment. */
@@ -83,6 +116,7 @@ export function createEvaluateActivities(env: WorkerEnv): EvaluateActivities {
       ctx.teacherModel = teacherModel(input.teacher.dir, input.teacher.hash);
     }
     actx.heartbeat({ step: 0 });
+    await warmUp(env, shared, ctx, input);
     let metrics;
     try {
       metrics = await evaluateFitness(
@@ -120,13 +154,14 @@ export function createEvaluateActivities(env: WorkerEnv): EvaluateActivities {
         evalTokens: metrics.evalTokens,
         flops: metrics.flops.total,
         seconds: metrics.seconds,
+        phases: metrics.phases,
         specHash: metrics.specHash,
         worker: env.identity,
         attempt,
       },
     };
     env.log(
-      `evaluate: candidate ${input.candidateId} val loss ${metrics.valLoss.toFixed(4)} in ${metrics.seconds.toFixed(1)} s`,
+      `evaluate: candidate ${input.candidateId} val loss ${metrics.valLoss.toFixed(4)} in ${metrics.seconds.toFixed(1)} s (${describePhases(metrics.phases)})`,
     );
     if (metrics.seconds > 0) tokensPerSecondGauge.set({ component: 'evaluate' }, metrics.trainTokens / metrics.seconds);
     emit(env, {

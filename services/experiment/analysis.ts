@@ -204,7 +204,7 @@ export function analysePaperTable(result: PaperTableResult): PaperTableAnalysis 
     const efficiency: SeedEfficiency[] = [];
     for (const r of runs) {
       const base = baselineRuns.get(r.seed);
-      if (!base || !base.curve.length) continue;
+      if (!base?.curve.length) continue;
       const target = base.curve[base.curve.length - 1].valPpl;
       const baselineTokens = reachAt(runCurve(base, tps, 'tokens'), target)!;
       const baselineFlops = reachAt(runCurve(base, tps, 'flops'), target)!;

@@ -222,7 +222,7 @@ export function renderPaperTable(result: PaperTableResult, options: { prefix?: s
   for (const c of analysis.claims)
     lines.push(`- ${c.holds ? '✅ holds' : '❌ does not hold'}: ${c.claim} — ${c.detail}.`);
   lines.push('');
-  if (method && method.tokenRatio.n && Number.isFinite(method.tokenRatio.mean)) {
+  if (method?.tokenRatio.n && Number.isFinite(method.tokenRatio.mean)) {
     lines.push(
       `Headline: the evolutionary-search sub-network trained with KD reaches random initialisation's final perplexity with ${method.tokenRatio.mean.toFixed(2)}x ± ${method.tokenRatio.std.toFixed(2)} fewer tokens ` +
         `(paper: ${PAPER_GOALS.tokenRatio}x) and ${method.flopRatio.mean.toFixed(2)}x ± ${method.flopRatio.std.toFixed(2)} fewer FLOPs, teacher included (paper: ${PAPER_GOALS.flopRatio}x at 10B tokens).`,
@@ -243,7 +243,7 @@ export function renderPaperTable(result: PaperTableResult, options: { prefix?: s
       if (a.arm === BASELINE_ARM) continue;
       const cells = analysis.budgets.map((b) => {
         const x = b.arms[a.arm];
-        if (!x || !x.tokenRatio.n) return `not reached`;
+        if (!x?.tokenRatio.n) return `not reached`;
         const r = (st: Stats) =>
           Number.isFinite(st.mean)
             ? `${st.mean.toFixed(2)}x${x.tokenRatio.n > 1 ? ` ± ${st.std.toFixed(2)}` : ''}`
@@ -300,20 +300,19 @@ export function renderPaperTable(result: PaperTableResult, options: { prefix?: s
   lines.push(
     `Raw numbers (every curve point, final evaluations, specs, FLOP counts): [${prefix}.json](${prefix}.json).`,
   );
-  const markdown = lines.join('\n') + '\n';
+  const markdown = `${lines.join('\n')}\n`;
   const files: Record<string, string> = {
     [`${prefix}.md`]: markdown,
     [`${prefix}-tokens.svg`]: chart(result, analysis, 'tokens'),
     [`${prefix}-flops.svg`]: chart(result, analysis, 'flops'),
-    [`${prefix}.json`]:
-      JSON.stringify(
-        {
-          result: { ...result, runs: result.runs.map(({ checkpoint: _c, ...r }) => r) },
-          analysis: { arms: analysis.arms, claims: analysis.claims },
-        },
-        null,
-        2,
-      ) + '\n',
+    [`${prefix}.json`]: `${JSON.stringify(
+      {
+        result: { ...result, runs: result.runs.map(({ checkpoint: _c, ...r }) => r) },
+        analysis: { arms: analysis.arms, claims: analysis.claims },
+      },
+      null,
+      2,
+    )}\n`,
   };
   return { files, markdown, analysis };
 }

@@ -174,5 +174,5 @@ export function lineChart(o: ChartOptions): string {
     parts.push(`<text x="${lx + 46}" y="${y}">${escapeXml(s.label)}</text>`);
   });
   parts.push('</svg>');
-  return parts.join('\n') + '\n';
+  return `${parts.join('\n')}\n`;
 }

@@ -11,6 +11,7 @@ import * as path from 'node:path';
 
 import { Context } from '@temporalio/activity';
 
+import { TOKENIZER_FILE } from '../../core/data/index.js';
 import { GPTNeoX, loadCheckpoint, writeFileAtomic } from '../../core/model/index.js';
 import {
   NoopProgressPublisher,
@@ -21,6 +22,7 @@ import {
 import { teacherTls } from '../credentials/index.js';
 import { TeacherClient } from '../teacher/index.js';
 import type { BlobRef, TeacherServiceRef } from '../../workflows/index.js';
+import type { DataParallelSettings } from '../pretrain/data-parallel.js';
 
 export interface WorkerEnv {
   /** Who runs the activities (hostname:pid plus the worker's name); reported in results and events. */
@@ -31,6 +33,8 @@ export interface WorkerEnv {
   progress: ProgressPublisher;
   /** Teacher-service replicas that override what workflows ask for (a worker's own nearby replica). */
   teacherTargets?: string[];
+  /** Training segments run on several rank processes of this host (`offshoot worker --gpus/--ranks`). */
+  dataParallel?: DataParallelSettings;
   log: (line: string) => void;
 }
 
@@ -105,6 +109,13 @@ export function withActivityEvents<A extends unknown[], R>(
 
 const clients = new Map<string, TeacherClient>();
 
+/**
+ * How long an activity's requests wait for an unreachable teacher service before they fail. Short, so
+ * the activity fails and Temporal retries it (with backoff, on any worker) instead of a long blind wait;
+ * long enough for a supervised service to be restarted in between.
+ */
+export const TEACHER_UNREACHABLE_MS = 30_000;
+
 /** One client per (replicas, weights) in this worker, shared by its activities. */
 export function teacherClient(env: WorkerEnv, service: TeacherServiceRef, expectedHash: string): TeacherClient {
   const targets = env.teacherTargets?.length ? env.teacherTargets : service.targets;
@@ -112,7 +123,13 @@ export function teacherClient(env: WorkerEnv, service: TeacherServiceRef, expect
   let client = clients.get(key);
   if (!client) {
     // TLS from OFFSHOOT_TEACHER_TLS_* (services/credentials; deploy/k8s mounts the Secret).
-    client = new TeacherClient({ targets, expectedHash, log: env.log, tls: teacherTls() });
+    client = new TeacherClient({
+      targets,
+      expectedHash,
+      log: env.log,
+      tls: teacherTls(),
+      unavailableTimeoutMs: TEACHER_UNREACHABLE_MS,
+    });
     clients.set(key, client);
   }
   return client;
@@ -141,6 +158,33 @@ export function teacherModel(dir: string, hash: string): GPTNeoX {
     teacherModels.set(key, model);
   }
   return model;
+}
+
+/**
+ * The tokenizer a run tokenises its corpora with: data.tokenizer when set, else the teacher's
+ * tokenizer.json. Checked before the search starts, so a teacher without one is one error at once
+ * instead of every evaluation failing.
+ */
+export function requireTeacherTokenizer(teacherDir: string, tokenizer?: string): string {
+  if (tokenizer) {
+    if (!fs.existsSync(tokenizer))
+      throw new TokenizerMissingError(`data.tokenizer ${tokenizer}: no such file or folder`);
+    return tokenizer;
+  }
+  const file = path.join(teacherDir, TOKENIZER_FILE);
+  if (!fs.existsSync(file)) {
+    throw new TokenizerMissingError(
+      `teacher ${teacherDir} has no ${TOKENIZER_FILE} and data.tokenizer is not set: the search and the pretraining tokenise the corpora with the teacher's tokenizer; put one in the teacher's folder or set data.tokenizer`,
+    );
+  }
+  return file;
+}
+
+export class TokenizerMissingError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'TokenizerMissing';
+  }
 }
 
 export class TeacherMismatchError extends Error {

@@ -57,7 +57,7 @@ export function reportMarkdown(result: Omit<PipelineResult, 'report'>): string {
       `- FLOPs count the student's training (6N per token plus attention) and the teacher's forward passes for distillation; the search spent ${sci(student.searchFlops ?? 0)} more.`,
     );
   }
-  return lines.join('\n') + '\n';
+  return `${lines.join('\n')}\n`;
 }
 
 /** Writes <runDir>/report.json and report.md. */
@@ -67,7 +67,7 @@ export function writeReportFiles(
 ): { json: string; markdown: string } {
   const json = path.join(runDir, 'report.json');
   const markdown = path.join(runDir, 'report.md');
-  writeFileAtomic(json, JSON.stringify(result, null, 2) + '\n');
+  writeFileAtomic(json, `${JSON.stringify(result, null, 2)}\n`);
   writeFileAtomic(markdown, reportMarkdown(result));
   return { json, markdown };
 }

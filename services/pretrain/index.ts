@@ -9,6 +9,10 @@
  *   {step, checkpoint}; a retry resumes from the last heartbeat's checkpoint. A SIGTERM'd worker
  *   checkpoints at the next step boundary and returns what it reached. Every step's loss goes to
  *   <run>/<name>/losses.jsonl (with the attempt and worker), so the curve across retries can be read.
+ *   The worker keeps what segments share (teacher, opened data, validation batches on the device,
+ *   compiled kernels, tuned plans) from one to the next, and gives back a finished segment's pooled buffers.
+ *   On a worker started with --gpus or --ranks the steps run data-parallel on rank processes
+ *   (data-parallel.ts; their logs in <run>/<name>/ranks/attempt-N/), recorded here the same way.
  * - evaluateCheckpoint: validation loss, perplexity and bits per byte of a checkpoint.
  * - evaluateTasks: zero-shot scores of a checkpoint on lm-evaluation-harness task files (core/eval).
  */
@@ -26,6 +30,7 @@ import {
   studentConfig,
 } from '../../core/subnet/index.js';
 import {
+  type OpenedData,
   TOKENIZER_FILE,
   defaultTokenStore as tokenCache,
   evalBatches,
@@ -36,9 +41,12 @@ import {
 import { TaskError, evaluateTasks, evaluateText, loadTasks } from '../../core/eval/index.js';
 import {
   CheckpointError,
+  type DeviceBatch,
   GPTNeoX,
   MANIFEST_FILE,
   TRAINER_STATE_FILE,
+  type NeoXConfig,
+  type StepReport,
   type TrainOptions,
   Trainer,
   computeCheckpointHash,
@@ -47,18 +55,24 @@ import {
   loadCheckpoint,
   loadConfig,
   parameterCount,
+  rankLayout,
   readTrainerState,
+  releaseCachedMemory,
   saveCheckpoint,
   trainingHyperparameters,
+  uploadBatches,
   writeFileAtomic,
 } from '../../core/model/index.js';
+import * as tf from '../../core/model/tfjs.js';
 import { type TeacherTrainSettings, teacherFinished, trainTeacher } from '../../core/teacher/index.js';
 import { tokensPerSecond as tokensPerSecondGauge } from '../progress/index.js';
 import { StreamingTeacher } from '../teacher/index.js';
+import { runRanks, stepDir } from './data-parallel.js';
 import {
   TeacherMismatchError,
   type WorkerEnv,
   emit,
+  requireTeacherTokenizer,
   teacherClient,
   teacherModel,
   withActivityEvents,
@@ -95,12 +109,50 @@ function readLatest(file: string): { from: string; toStep: number; checkpoint: C
   }
 }
 
-function stepDir(runDir: string, name: string, step: number): string {
-  return path.join(runDir, name, 'checkpoints', `step-${String(step).padStart(7, '0')}`);
-}
-
 function tokenizerSource(data: { tokenizer?: string }, teacherDir: string): string {
   return data.tokenizer ?? teacherDir;
+}
+
+/**
+ * What the segments of a run share, kept by this worker from one segment to the next (and from one
+ * arm of an experiment to the next): the opened training and validation data and the validation
+ * batches on the device. The teacher model is kept by ../orchestration. One data set at a time;
+ * another replaces it (and closes it).
+ */
+let kept: { key: string; train: OpenedData; val: OpenedData; validation: Map<string, DeviceBatch[]> } | undefined;
+
+async function segmentData(
+  env: WorkerEnv,
+  input: TrainSegmentInput,
+): Promise<{
+  train: OpenedData;
+  validation: (o: { seqLen: number; batchSize: number; maxTokens: number }) => DeviceBatch[];
+}> {
+  const source = tokenizerSource(input.data, input.teacher.dir);
+  const key = JSON.stringify([path.resolve(source), input.data.train, input.data.val]);
+  if (kept?.key !== key) {
+    if (kept) {
+      for (const list of kept.validation.values()) for (const b of list) tf.dispose([b.ids, b.targets]);
+      kept.train.close();
+      kept.val.close();
+    }
+    kept = undefined;
+    const tokenizer = await loadTokenizer(source);
+    // The store's manifests find the prepared shards without reading the corpus again.
+    const train = await openData(input.data.train, tokenizer, { cacheDir: tokenCache(), log: env.log });
+    const val = await openData(input.data.val, tokenizer, { cacheDir: tokenCache(), log: env.log });
+    kept = { key, train, val, validation: new Map() };
+  }
+  const data = kept;
+  return {
+    train: data.train,
+    validation: (o) => {
+      const k = `${o.seqLen}x${o.batchSize}/${o.maxTokens}`;
+      let list = data.validation.get(k);
+      if (!list) data.validation.set(k, (list = uploadBatches(evalBatches(data.val, o))));
+      return list;
+    },
+  };
 }
 
 /**
@@ -175,6 +227,19 @@ async function prepareTeacher(env: WorkerEnv, input: PrepareTeacherInput): Promi
   } catch (err) {
     throw ApplicationFailure.nonRetryable((err as Error).message, 'CheckpointError');
   }
+  // Before the search starts: every evaluation and training segment tokenises with it.
+  let tokenizerVocab: number;
+  try {
+    tokenizerVocab = (await loadTokenizer(requireTeacherTokenizer(dir, input.data.tokenizer))).vocabSize;
+  } catch (err) {
+    throw ApplicationFailure.nonRetryable((err as Error).message, 'TokenizerMissing');
+  }
+  if (tokenizerVocab > config.vocabSize) {
+    throw ApplicationFailure.nonRetryable(
+      `the run's tokenizer has ${tokenizerVocab} tokens, more than the teacher ${dir}'s vocabulary of ${config.vocabSize}`,
+      'TokenizerMissing',
+    );
+  }
   const hash = checkpointHash(dir);
   if (input.service) {
     // The service must be up and serve these weights before evaluators rely on it.
@@ -225,7 +290,7 @@ async function prepareStudent(env: WorkerEnv, input: PrepareStudentInput): Promi
       config,
     };
   }
-  const dir = stepDir(input.run.dir, input.name, 0);
+  const dir = stepDir(path.join(input.run.dir, input.name, 'checkpoints'), 0);
   const describe = { format: 1, init, teacher: input.teacher.hash, seed: input.hyper.seed };
   const initFile = path.join(input.run.dir, input.name, 'init.json');
   // Idempotent: the same request finds the checkpoint it wrote before.
@@ -254,6 +319,7 @@ async function prepareStudent(env: WorkerEnv, input: PrepareStudentInput): Promi
         });
         corpus.close();
       }
+      // force: an earlier attempt may have written this very student before it could record init.json.
       const r = await extractCheckpoint({
         teacher: input.teacher.dir,
         spec: init.spec,
@@ -261,6 +327,7 @@ async function prepareStudent(env: WorkerEnv, input: PrepareStudentInput): Promi
         order: init.order,
         layers: init.layers,
         calibration,
+        force: true,
       });
       hash = r.checkpointHash;
       config = r.config;
@@ -355,32 +422,12 @@ async function trainSegment(env: WorkerEnv, input: TrainSegmentInput): Promise<T
     `trainSegment: ${series} steps ${startStep}->${input.toStep}${start !== input.from ? ` (attempt ${attempt}, resuming from the heartbeat's checkpoint at step ${startStep})` : ` (attempt ${attempt})`}`,
   );
 
-  // Data, tokenizer, teacher.
-  const tokenizer = await loadTokenizer(tokenizerSource(input.data, input.teacher.dir));
-  // The store's manifests find the prepared shards without reading the corpus again.
-  const train = await openData(input.data.train, tokenizer, { cacheDir: tokenCache(), log: env.log });
-  const val = await openData(input.data.val, tokenizer, { cacheDir: tokenCache(), log: env.log });
-  const batches = (step: number) =>
-    sampleBatch(train, { batchSize: h.batchSize, seqLen: h.seqLen, seed: h.seed, step });
-  let teacher;
-  if (h.distill) {
-    if (input.teacherService) {
-      teacher = new StreamingTeacher(teacherClient(env, input.teacherService, input.teacher.hash), {
-        topK: input.teacherService.topK,
-        temperature: h.distill.temperature,
-        batches,
-        window: 2,
-      });
-    } else {
-      try {
-        teacher = inProcessTeacher(teacherModel(input.teacher.dir, input.teacher.hash));
-      } catch (err) {
-        if (err instanceof TeacherMismatchError) throw ApplicationFailure.nonRetryable(err.message, 'TeacherMismatch');
-        throw err;
-      }
-    }
-  }
+  // Data and tokenizer: opened (prepared in the token store) here once, so that rank processes find them there.
+  const { train, validation } = await segmentData(env, input);
+  const tokSource = tokenizerSource(input.data, input.teacher.dir);
+  const hyper = trainingHyperparameters({ steps: h.steps, lr: h.lr, warmup: h.warmup }, h);
 
+  // What the segment records, wherever its steps run: every step's loss, validation passes, checkpoints.
   const evals: EvalPoint[] = [];
   const lossLog = path.join(studentDir, 'losses.jsonl');
   const evalLog = path.join(studentDir, 'evals.jsonl');
@@ -388,110 +435,208 @@ async function trainSegment(env: WorkerEnv, input: TrainSegmentInput): Promise<T
   let firstLoss = NaN;
   let lastLoss = NaN;
   let reachedTarget = false;
-  const tokSource = tokenizerSource(input.data, input.teacher.dir);
-  const tokenizerJson = fs.readFileSync(
-    fs.statSync(tokSource).isDirectory() ? path.join(tokSource, TOKENIZER_FILE) : tokSource,
-  );
-  const options: TrainOptions = {
-    hyper: trainingHyperparameters({ steps: h.steps, lr: h.lr, warmup: h.warmup }, h),
-    batches,
-    teacher,
-    distill: h.distill ?? undefined,
-    reportEvery: 1,
-    extraFiles: { [TOKENIZER_FILE]: tokenizerJson },
-    onStep: (r) => {
-      if (Number.isNaN(firstLoss)) firstLoss = r.loss;
-      lastLoss = r.loss;
-      fs.appendFileSync(lossLog, `${JSON.stringify({ step: r.step, loss: r.loss, attempt, worker: env.identity })}\n`);
-      tokensPerSecondGauge.set({ component: 'pretrain' }, r.tokensPerSecond);
-      if (r.step % 10 === 0)
-        emit(env, {
-          kind: 'pretrain.step',
-          run: input.run.runId,
-          series,
-          step: r.step,
-          steps: h.steps,
-          loss: r.loss,
-          tokens: r.tokensSeen,
-          tokensPerSecond: r.tokensPerSecond,
-          lr: r.lr,
-        });
-    },
-    evaluate: {
-      every: input.evalEvery,
-      run: async (model, step) => {
-        const r = await evaluateLoss(
-          model,
-          evalBatches(val, { seqLen: h.seqLen, batchSize: h.batchSize, maxTokens: input.evalTokens }),
-        );
-        evals.push({ step, valLoss: r.loss, valPpl: r.ppl });
-        fs.appendFileSync(
-          evalLog,
-          `${JSON.stringify({ step, valLoss: r.loss, valPpl: r.ppl, attempt, worker: env.identity })}\n`,
-        );
-        emit(env, { kind: 'pretrain.eval', run: input.run.runId, series, step, valLoss: r.loss, tokens: r.tokens });
-        if (input.targetPpl !== undefined && r.ppl <= input.targetPpl) reachedTarget = true;
-      },
-    },
+  const onStep = (r: StepReport): void => {
+    if (Number.isNaN(firstLoss)) firstLoss = r.loss;
+    lastLoss = r.loss;
+    fs.appendFileSync(lossLog, `${JSON.stringify({ step: r.step, loss: r.loss, attempt, worker: env.identity })}\n`);
+    tokensPerSecondGauge.set({ component: 'pretrain' }, r.tokensPerSecond);
+    if (r.step % 10 === 0)
+      emit(env, {
+        kind: 'pretrain.step',
+        run: input.run.runId,
+        series,
+        step: r.step,
+        steps: h.steps,
+        loss: r.loss,
+        tokens: r.tokensSeen,
+        tokensPerSecond: r.tokensPerSecond,
+        lr: r.lr,
+      });
   };
-  let trainer: Trainer;
-  if (readTrainerState(start.dir)) {
-    trainer = Trainer.resume(start.dir, options);
-  } else {
-    if (startStep !== 0)
-      throw ApplicationFailure.nonRetryable(
-        `${start.dir}: step ${startStep} but no ${TRAINER_STATE_FILE}`,
-        'CheckpointError',
-      );
-    const ckpt = loadCheckpoint(start.dir);
-    trainer = new Trainer(GPTNeoX.fromTensors(ckpt.config, ckpt.tensors, start.dir), options);
-  }
-  if (trainer.step !== startStep)
-    throw ApplicationFailure.nonRetryable(
-      `${start.dir}: holds step ${trainer.step}, the reference says ${startStep}`,
-      'CheckpointError',
+  const onEval = (step: number, r: { loss: number; ppl: number; tokens: number }): void => {
+    evals.push({ step, valLoss: r.loss, valPpl: r.ppl });
+    fs.appendFileSync(
+      evalLog,
+      `${JSON.stringify({ step, valLoss: r.loss, valPpl: r.ppl, attempt, worker: env.identity })}\n`,
     );
-
+    emit(env, { kind: 'pretrain.eval', run: input.run.runId, series, step, valLoss: r.loss, tokens: r.tokens });
+    if (input.targetPpl !== undefined && r.ppl <= input.targetPpl) reachedTarget = true;
+  };
   let last: CheckpointRef = start;
-  const save = async (): Promise<void> => {
-    const dir = stepDir(input.run.dir, input.name, trainer.step);
-    const hash = await trainer.saveCheckpoint(dir);
-    last = { dir, hash, step: trainer.step };
-    actx.heartbeat({ step: trainer.step, checkpoint: last, loss: lastLoss } satisfies SegmentHeartbeat);
-    writeFileAtomic(latestFile, JSON.stringify({ from: input.from.hash, toStep: input.toStep, checkpoint: last }));
-    emit(env, { kind: 'checkpoint.saved', run: input.run.runId, series, step: trainer.step, uri: dir, hash });
-    pruneCheckpoints(checkpoints, trainer.step, [input.from.dir, dir]);
+  const recordCheckpoint = (ref: CheckpointRef): void => {
+    last = ref;
+    actx.heartbeat({ step: ref.step!, checkpoint: ref, loss: lastLoss } satisfies SegmentHeartbeat);
+    writeFileAtomic(latestFile, JSON.stringify({ from: input.from.hash, toStep: input.toStep, checkpoint: ref }));
+    emit(env, {
+      kind: 'checkpoint.saved',
+      run: input.run.runId,
+      series,
+      step: ref.step!,
+      uri: ref.dir,
+      hash: ref.hash,
+    });
+    pruneCheckpoints(checkpoints, ref.step!, [input.from.dir, ref.dir]);
   };
 
   let stopped: TrainSegmentOutput['stopped'];
-  try {
-    while (trainer.step < input.toStep) {
-      if (actx.cancellationSignal.aborted) {
-        if (trainer.step > (last.step ?? 0)) await save();
-        throw new CancelledFailure(`trainSegment cancelled at step ${trainer.step} (checkpointed)`);
-      }
-      if (env.draining.aborted) {
-        stopped = 'worker-shutdown';
-        break;
-      }
-      await trainer.run(trainer.step + 1);
-      if (trainer.step % input.checkpointEvery === 0) await save();
-      else actx.heartbeat({ step: last.step ?? 0, checkpoint: last, loss: lastLoss } satisfies SegmentHeartbeat);
-      if (reachedTarget) {
-        stopped = 'target-reached';
-        break;
-      }
-      // Let heartbeats, cancellation and the worker's polls through between steps.
-      await yieldToLoop();
+  let modelConfig: NeoXConfig;
+  if (env.dataParallel) {
+    // One rank process per GPU; rank 0 writes the checkpoints, this activity records them.
+    try {
+      rankLayout(h.batchSize, 0, env.dataParallel.ranks, env.dataParallel.microBatchSize);
+    } catch (err) {
+      // The same on every retry, on this worker: the batch does not divide among its ranks.
+      throw ApplicationFailure.nonRetryable(
+        `${(err as Error).message} (this worker trains on ${env.dataParallel.ranks} ranks)`,
+        'DataParallelConfigError',
+      );
     }
-    if (trainer.step !== (last.step ?? 0)) await save();
-  } finally {
-    trainer.dispose();
-    train.close();
-    val.close();
+    modelConfig = loadConfig(start.dir);
+    const stop = new AbortController();
+    const stopOn = AbortSignal.any([actx.cancellationSignal, env.draining]);
+    stopOn.addEventListener('abort', () => stop.abort(), { once: true });
+    if (stopOn.aborted) stop.abort();
+    // Heartbeats between the ranks' reports (tokenising, loading, the first step).
+    const beat = setInterval(
+      () => actx.heartbeat({ step: last.step ?? 0, checkpoint: last, loss: lastLoss } satisfies SegmentHeartbeat),
+      2000,
+    );
+    let ranks;
+    try {
+      ranks = await runRanks(
+        {
+          start,
+          toStep: input.toStep,
+          hyper,
+          distill: h.distill,
+          data: { train: input.data.train, val: input.data.val, tokenizer: tokSource },
+          tokenCache: tokenCache(),
+          teacher: { dir: input.teacher.dir, hash: input.teacher.hash },
+          ...(input.teacherService ? { teacherService: input.teacherService } : {}),
+          ...(env.teacherTargets?.length ? { teacherTargets: env.teacherTargets } : {}),
+          checkpointEvery: input.checkpointEvery,
+          checkpoints,
+          evalEvery: input.evalEvery,
+          evalTokens: input.evalTokens,
+          ...(input.targetPpl !== undefined ? { targetPpl: input.targetPpl } : {}),
+        },
+        env.dataParallel,
+        {
+          onStep,
+          onEval: (e) => onEval(e.step, { loss: e.valLoss, ppl: e.valPpl, tokens: e.tokens }),
+          onCheckpoint: recordCheckpoint,
+          log: (line) => env.log(`trainSegment: ${series}: ${line}`),
+          signal: stop.signal,
+          logDir: path.join(studentDir, 'ranks', `attempt-${attempt}`),
+        },
+      );
+    } finally {
+      clearInterval(beat);
+    }
+    if (actx.cancellationSignal.aborted)
+      throw new CancelledFailure(`trainSegment cancelled at step ${ranks.step} (checkpointed)`);
+    if (ranks.stopped === 'requested') stopped = 'worker-shutdown';
+    else if (ranks.stopped === 'target-reached') stopped = 'target-reached';
+    if (last.step !== ranks.step)
+      throw new Error(
+        `data-parallel segment: the ranks stopped at step ${ranks.step}, but the last checkpoint reported is step ${last.step}`,
+      );
+  } else {
+    let teacher;
+    if (h.distill) {
+      const batches = (step: number) =>
+        sampleBatch(train, { batchSize: h.batchSize, seqLen: h.seqLen, seed: h.seed, step });
+      if (input.teacherService) {
+        teacher = new StreamingTeacher(teacherClient(env, input.teacherService, input.teacher.hash), {
+          topK: input.teacherService.topK,
+          temperature: h.distill.temperature,
+          batches,
+          window: 2,
+        });
+      } else {
+        try {
+          teacher = inProcessTeacher(teacherModel(input.teacher.dir, input.teacher.hash));
+        } catch (err) {
+          if (err instanceof TeacherMismatchError)
+            throw ApplicationFailure.nonRetryable(err.message, 'TeacherMismatch');
+          throw err;
+        }
+      }
+    }
+    const tokenizerJson = fs.readFileSync(
+      fs.statSync(tokSource).isDirectory() ? path.join(tokSource, TOKENIZER_FILE) : tokSource,
+    );
+    const options: TrainOptions = {
+      hyper,
+      batches: (step: number) => sampleBatch(train, { batchSize: h.batchSize, seqLen: h.seqLen, seed: h.seed, step }),
+      teacher,
+      distill: h.distill ?? undefined,
+      reportEvery: 1,
+      extraFiles: { [TOKENIZER_FILE]: tokenizerJson },
+      onStep,
+      evaluate: {
+        every: input.evalEvery,
+        run: async (model, step) =>
+          onEval(
+            step,
+            await evaluateLoss(
+              model,
+              validation({ seqLen: h.seqLen, batchSize: h.batchSize, maxTokens: input.evalTokens }),
+            ),
+          ),
+      },
+    };
+    let trainer: Trainer;
+    if (readTrainerState(start.dir)) {
+      trainer = Trainer.resume(start.dir, options);
+    } else {
+      if (startStep !== 0)
+        throw ApplicationFailure.nonRetryable(
+          `${start.dir}: step ${startStep} but no ${TRAINER_STATE_FILE}`,
+          'CheckpointError',
+        );
+      const ckpt = loadCheckpoint(start.dir);
+      trainer = new Trainer(GPTNeoX.fromTensors(ckpt.config, ckpt.tensors, start.dir), options);
+    }
+    if (trainer.step !== startStep)
+      throw ApplicationFailure.nonRetryable(
+        `${start.dir}: holds step ${trainer.step}, the reference says ${startStep}`,
+        'CheckpointError',
+      );
+    modelConfig = trainer.model.config;
+
+    const save = async (): Promise<void> => {
+      const dir = stepDir(checkpoints, trainer.step);
+      recordCheckpoint({ dir, hash: await trainer.saveCheckpoint(dir), step: trainer.step });
+    };
+    try {
+      while (trainer.step < input.toStep) {
+        if (actx.cancellationSignal.aborted) {
+          if (trainer.step > (last.step ?? 0)) await save();
+          throw new CancelledFailure(`trainSegment cancelled at step ${trainer.step} (checkpointed)`);
+        }
+        if (env.draining.aborted) {
+          stopped = 'worker-shutdown';
+          break;
+        }
+        await trainer.run(trainer.step + 1);
+        if (trainer.step % input.checkpointEvery === 0) await save();
+        else actx.heartbeat({ step: last.step ?? 0, checkpoint: last, loss: lastLoss } satisfies SegmentHeartbeat);
+        if (reachedTarget) {
+          stopped = 'target-reached';
+          break;
+        }
+        // Let heartbeats, cancellation and the worker's polls through between steps.
+        await yieldToLoop();
+      }
+      if (trainer.step !== (last.step ?? 0)) await save();
+    } finally {
+      trainer.dispose();
+      await releaseCachedMemory();
+    }
   }
   const tconf = input.teacher.config;
-  const counts = countShape(trainer.model.config, tconf, { seqLen: h.seqLen });
+  const counts = countShape(modelConfig, tconf, { seqLen: h.seqLen });
   const tokens = (last.step! - (input.from.step ?? 0)) * h.batchSize * h.seqLen;
   env.log(
     `trainSegment: ${series} reached step ${last.step}${stopped ? ` (${stopped})` : ''}, loss ${lastLoss.toFixed(4)}`,

@@ -11,7 +11,9 @@
  *                               (the `uplot` dependency) at start, so the page needs no network
  *   GET /healthz
  *
- * Binds 127.0.0.1 unless told otherwise: it has no authentication.
+ * Binds 127.0.0.1 unless told otherwise: it has no authentication. It answers only requests whose Host
+ * header names a loopback address (or the address it listens on, or a name given in `allowedHosts`),
+ * so a web page elsewhere cannot read it through DNS rebinding.
  */
 import * as fs from 'node:fs';
 import * as http from 'node:http';
@@ -33,6 +35,8 @@ export interface DashboardOptions {
   log?: (line: string) => void;
   /** Seconds between keep-alive comments on idle event streams. */
   keepAliveSeconds?: number;
+  /** Host names (Host header, without the port) served besides the loopback ones; '*' serves any. */
+  allowedHosts?: string[];
 }
 
 export interface Dashboard {
@@ -57,6 +61,24 @@ function send(res: http.ServerResponse, status: number, type: string, body: stri
 }
 
 const resolveModule = createRequire(import.meta.url).resolve;
+
+export const LOOPBACK_HOSTS = ['localhost', '127.0.0.1', '::1'];
+
+/** The host name of a Host header, without the port and brackets, lower case. */
+export function hostName(header: string): string {
+  const h = header.trim().toLowerCase();
+  if (h.startsWith('[')) return h.slice(1, h.indexOf(']') > 0 ? h.indexOf(']') : undefined);
+  const colon = h.lastIndexOf(':');
+  return colon >= 0 && h.indexOf(':') === colon ? h.slice(0, colon) : h;
+}
+
+/** Whether a request's Host header names a host the dashboard serves. */
+export function hostAllowed(header: string | undefined, allowed: ReadonlySet<string>): boolean {
+  if (allowed.has('*')) return true;
+  if (!header) return false;
+  const name = hostName(header);
+  return allowed.has(name) || name.endsWith('.localhost');
+}
 
 /**
  * The vendored files the page loads, by URL path, read from node_modules. createRequire resolves them
@@ -146,7 +168,21 @@ export async function startDashboard(options: DashboardOptions = {}): Promise<Da
   const nc = await connectNats(options.url, { name: 'offshoot dashboard' });
   const open = new Set<http.ServerResponse>();
 
+  const wildcard = host === '0.0.0.0' || host === '::';
+  const allowed = new Set([
+    ...LOOPBACK_HOSTS,
+    ...(wildcard ? [] : [hostName(host.includes(':') ? `[${host}]` : host)]),
+    ...(options.allowedHosts ?? []).map((h) => h.toLowerCase()),
+  ]);
   const server = http.createServer((req, res) => {
+    if (!hostAllowed(req.headers.host, allowed)) {
+      return send(
+        res,
+        403,
+        'text/plain; charset=utf-8',
+        `dashboard: Host ${JSON.stringify(req.headers.host ?? '')} is not served (only ${[...allowed].join(', ')}); start it with --allow-host NAME to serve it under another name\n`,
+      );
+    }
     const url = new URL(req.url ?? '/', 'http://dashboard');
     if (req.method !== 'GET' && req.method !== 'HEAD') return send(res, 405, 'text/plain', 'method not allowed\n');
     if (url.pathname === '/' || url.pathname === '/index.html')

@@ -28,6 +28,8 @@ export const EVENT_KINDS = [
   'activity.completed',
   'activity.retried',
   'activity.failed',
+  'service.exited',
+  'service.restarted',
   'run.finished',
 ] as const;
 export type EventKind = (typeof EVENT_KINDS)[number];
@@ -198,6 +200,41 @@ export const activityFailedSchema = z.object({
   willRetry: z.boolean().optional(),
 });
 
+const serviceFields = {
+  /** The embedded stack's component: temporal, nats, teacher, orchestrate, pretrain, evaluate-N. */
+  service: text(100),
+  /** Its process id (the one that exited, or the new one). */
+  pid: positive,
+};
+
+/** A child of the embedded stack exited without being asked to (it was killed, or crashed). */
+export const serviceExitedSchema = z.object({
+  ...envelope,
+  kind: z.literal('service.exited'),
+  ...serviceFields,
+  /** Exit code, or null when a signal ended it. */
+  code: z.number().int().nullable(),
+  signal: text(20).nullable(),
+  /** False when the supervisor gives up on it: the run stops (and may be resumed by running it again). */
+  willRestart: z.boolean(),
+  /** Restarts of this component before this exit. */
+  restarts: count,
+  /** Why the supervisor gave up, with the component's last output lines. */
+  error: text(4000).optional(),
+});
+
+/** The supervisor restarted a child of the embedded stack on the same port and data. */
+export const serviceRestartedSchema = z.object({
+  ...envelope,
+  kind: z.literal('service.restarted'),
+  ...serviceFields,
+  previousPid: positive.optional(),
+  /** From the exit to the new process answering. */
+  downMs: z.number().nonnegative(),
+  /** Restarts of this component so far, this one included. */
+  restarts: positive,
+});
+
 export const runFinishedSchema = z.object({
   ...envelope,
   kind: z.literal('run.finished'),
@@ -219,6 +256,8 @@ export const progressEventSchema = z.discriminatedUnion('kind', [
   activityCompletedSchema,
   activityRetriedSchema,
   activityFailedSchema,
+  serviceExitedSchema,
+  serviceRestartedSchema,
   runFinishedSchema,
 ]);
 
@@ -275,6 +314,10 @@ export function defaultEventId(e: DistributiveOmit<ProgressEvent, 'id'>): string
       return `${r}.eval.${e.series}.${e.step}`;
     case 'checkpoint.saved':
       return `${r}.ckpt.${e.series}.${e.step}`;
+    case 'service.exited':
+      return `${r}.service.exited.${e.service}.${e.pid}`;
+    case 'service.restarted':
+      return `${r}.service.restarted.${e.service}.${e.pid}`;
     case 'activity.started':
     case 'activity.completed':
     case 'activity.retried':

@@ -78,6 +78,10 @@ export function describeEvent(e: ProgressEvent): string {
       return `activity ${e.activity} retried (attempt ${e.attempt})${e.detail ? `: ${e.detail}` : ''}${e.error ? `; previous attempt: ${oneLine(e.error)}` : ''}${by(e)}`;
     case 'activity.failed':
       return `activity ${e.activity} FAILED (attempt ${e.attempt}${e.willRetry === false ? ', final' : e.willRetry ? ', will retry' : ''})${e.detail ? ` ${e.detail}` : ''}: ${oneLine(e.error)}${by(e)}`;
+    case 'service.exited':
+      return `${e.service} (pid ${e.pid}) exited (${e.signal ? `signal ${e.signal}` : `code ${e.code}`})${e.willRestart ? '; restarting it' : `; not restarted${e.error ? `: ${oneLine(e.error)}` : ''}`}`;
+    case 'service.restarted':
+      return `${e.service} restarted (pid ${e.pid}, down ${formatDuration(e.downMs / 1000)}, restart ${e.restarts})`;
     case 'run.finished': {
       const best = e.best
         ? `; best ${fmtLoss(e.best.fitness)} (#${e.best.candidate}, ${humanCount(e.best.params)} params)`

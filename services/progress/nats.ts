@@ -151,7 +151,7 @@ export async function listRuns(nc: NatsConnection): Promise<RunStatus[]> {
 export async function getRunStatus(nc: NatsConnection, run: string): Promise<RunStatus | undefined> {
   const kv = await openStatusBucket(nc);
   const e = await kv.get(checkRunId(run));
-  if (!e || e.operation !== 'PUT' || e.length === 0) return undefined;
+  if (e?.operation !== 'PUT' || e.length === 0) return undefined;
   return JSON.parse(e.string()) as RunStatus;
 }
 

@@ -22,7 +22,7 @@ export const VENDOR_ASSETS: Record<string, { module: string; type: string }> = {
 };
 
 // The script is kept free of backticks and dollar-brace so it can live in this template literal.
-const SCRIPT = String.raw`
+const SCRIPT = `
 (function () {
   'use strict';
   var PALETTE = ['#1f77b4', '#d62728', '#2ca02c', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f', '#bcbd22', '#17becf'];
@@ -122,6 +122,12 @@ const SCRIPT = String.raw`
       case 'activity.failed':
         setWorker(w, 'failed', e);
         S.errors.push({ time: e.time, what: e.activity + ' failed (attempt ' + e.attempt + ')', worker: w ? w.worker : '', error: e.error });
+        break;
+      case 'service.exited':
+        S.errors.push({ time: e.time, what: e.service + ' exited (' + (e.signal || 'code ' + e.code) + ')' + (e.willRestart ? ', restarting' : ', not restarted'), worker: '', error: e.error || '' });
+        break;
+      case 'service.restarted':
+        S.errors.push({ time: e.time, what: e.service + ' restarted (pid ' + e.pid + ', down ' + (e.downMs / 1000).toFixed(1) + ' s)', worker: '', error: '' });
         break;
       case 'run.finished':
         S.state = e.status; S.finishedAt = t; S.error = e.error || null;

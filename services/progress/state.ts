@@ -4,7 +4,7 @@
  *   after each stored event; idempotent for an event applied twice in a row (it remembers recent ids).
  * - RunState: the full picture `offshoot watch` draws (candidates, loss series, workers, errors).
  */
-import type { ProgressEvent } from './events.js';
+import type { EventOf, ProgressEvent } from './events.js';
 
 export type RunPhase = 'running' | 'completed' | 'failed' | 'cancelled';
 
@@ -140,6 +140,9 @@ export function applyStatus(prev: RunStatus | undefined, event: ProgressEvent): 
           error: event.error,
         };
       break;
+    case 'service.exited':
+      s.lastError = { time: event.time, error: serviceExit(event) };
+      break;
     case 'run.finished':
       s.state = event.status;
       s.finishedAt = event.time;
@@ -148,9 +151,14 @@ export function applyStatus(prev: RunStatus | undefined, event: ProgressEvent): 
       break;
     case 'activity.started':
     case 'activity.completed':
+    case 'service.restarted':
       break;
   }
   return s;
+}
+
+function serviceExit(e: EventOf<'service.exited'>): string {
+  return `${e.service} (pid ${e.pid}) exited (${e.signal ? `signal ${e.signal}` : `code ${e.code}`})${e.willRestart ? '; restarting it' : `; not restarted${e.error ? `: ${e.error}` : ''}`}`;
 }
 
 // ---- the full picture ----------------------------------------------------------------------------
@@ -361,6 +369,15 @@ export function applyEvent(state: RunState, event: ProgressEvent): RunState {
         attempt: event.attempt,
         worker: event.source?.worker,
         error: event.error,
+      });
+      break;
+    case 'service.exited':
+      state.errors.push({ time: event.time, error: serviceExit(event) });
+      break;
+    case 'service.restarted':
+      state.errors.push({
+        time: event.time,
+        error: `${event.service} restarted (pid ${event.pid}, down ${(event.downMs / 1000).toFixed(1)} s)`,
       });
       break;
     case 'run.finished':

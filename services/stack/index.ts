@@ -2,40 +2,20 @@
  * services/stack: the local stack as child processes on free loopback ports — the Temporal dev server
  * (state in a SQLite file), nats-server with JetStream, the teacher-logit service and offshoot workers.
  * Each start waits until the service answers; each handle stops it (SIGTERM, then SIGKILL after a
- * grace period) or kills it (-9). Used by `offshoot run` (the embedded stack), by the integration
- * tests and by the benchmarks. The binaries come from scripts/setup-services.sh.
+ * grace period) or kills it (-9). The supervisor (supervisor.ts) restarts children that die, and
+ * stack.json (record.ts) records them for whoever must find or reap them. Used by `offshoot run` (the
+ * embedded stack), by the integration tests and by the benchmarks. The binaries come from
+ * scripts/setup-services.sh.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-/** The repository root (or dist/'s parent when running compiled code). */
-export const ROOT = path.resolve(
-  HERE,
-  '..',
-  '..',
-  ...(path.basename(path.resolve(HERE, '..', '..')) === 'dist' ? ['..'] : []),
-);
+import { type ChildOptions, type ManagedProcess, ROOT, spawnManaged } from './process.js';
+
 /** True when this code runs from the TypeScript sources (tsx), false from dist/. */
 export const FROM_SOURCES = import.meta.url.endsWith('.ts');
-
-const running = new Set<ChildProcess>();
-let exitHookInstalled = false;
-function track(child: ChildProcess): void {
-  running.add(child);
-  child.once('exit', () => running.delete(child));
-  if (!exitHookInstalled) {
-    exitHookInstalled = true;
-    // Whatever this process started dies with it, even when it exits without stopping them.
-    process.on('exit', () => {
-      for (const c of running) c.kill('SIGKILL');
-    });
-  }
-}
 
 /** The per-machine cache: env OFFSHOOT_CACHE, else ~/.cache/offshoot. */
 export function offshootCache(...sub: string[]): string {
@@ -86,102 +66,6 @@ export function natsServerBinary(): string {
   throw new Error('nats-server is not installed: run scripts/setup-services.sh (or set OFFSHOOT_NATS_SERVER)');
 }
 
-export interface ManagedProcess {
-  name: string;
-  child: ChildProcess;
-  pid: number;
-  /** The last 64 KiB the process wrote to stderr and stdout. */
-  output(): string;
-  /** Resolves once the process is gone. */
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  alive(): boolean;
-  /** SIGTERM, then SIGKILL after `graceMs` (default 15 s); resolves when it is gone. */
-  stop(graceMs?: number): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  /** kill -9, and wait for it to be gone. */
-  kill9(): Promise<void>;
-}
-
-export interface SpawnOptions {
-  name: string;
-  command: string;
-  args: string[];
-  env?: NodeJS.ProcessEnv;
-  cwd?: string;
-  /** Append the process's output here as well (it is always kept in memory, last 64 KiB). */
-  logFile?: string;
-  /** Called with each line of stdout (e.g. to wait for a "listening" line). */
-  onStdoutLine?: (line: string) => void;
-  /** Mirror output lines to this function (e.g. the terminal, prefixed). */
-  echo?: (line: string) => void;
-}
-
-const KEEP_OUTPUT = 64 * 1024;
-
-/** Starts a child process that dies with this one and keeps its output. */
-export function spawnManaged(options: SpawnOptions): ManagedProcess {
-  const child = spawn(options.command, options.args, {
-    cwd: options.cwd ?? ROOT,
-    env: options.env ?? process.env,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  track(child);
-  let out = '';
-  const log = options.logFile ? fs.createWriteStream(options.logFile, { flags: 'a' }) : undefined;
-  let partial = '';
-  const keep = (d: string) => {
-    out += d;
-    if (out.length > KEEP_OUTPUT) out = out.slice(out.length - KEEP_OUTPUT);
-    log?.write(d);
-  };
-  child.stdout!.setEncoding('utf8').on('data', (d: string) => {
-    keep(d);
-    partial += d;
-    const lines = partial.split('\n');
-    partial = lines.pop() ?? '';
-    for (const line of lines) {
-      options.onStdoutLine?.(line);
-      options.echo?.(line);
-    }
-  });
-  let errPartial = '';
-  child.stderr!.setEncoding('utf8').on('data', (d: string) => {
-    keep(d);
-    if (!options.echo) return;
-    errPartial += d;
-    const lines = errPartial.split('\n');
-    errPartial = lines.pop() ?? '';
-    for (const line of lines) options.echo(line);
-  });
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
-    child.once('exit', (code, signal) => {
-      log?.end();
-      resolve({ code, signal });
-    });
-  });
-  const alive = () => child.exitCode === null && child.signalCode === null;
-  return {
-    name: options.name,
-    child,
-    pid: child.pid ?? -1,
-    output: () => out,
-    exited,
-    alive,
-    async stop(graceMs = 15_000) {
-      if (alive()) child.kill('SIGTERM');
-      const timer = setTimeout(() => {
-        if (alive()) child.kill('SIGKILL');
-      }, graceMs);
-      const r = await exited;
-      clearTimeout(timer);
-      return r;
-    },
-    async kill9() {
-      if (alive()) child.kill('SIGKILL');
-      await exited;
-    },
-  };
-}
-
 async function waitFor(
   what: string,
   proc: ManagedProcess,
@@ -225,7 +109,7 @@ export interface TemporalServer extends ManagedProcess {
   namespace: string;
 }
 
-export interface TemporalOptions {
+export interface TemporalOptions extends ChildOptions {
   /** SQLite file holding the server's state (kept across restarts). */
   dbFile: string;
   /** Frontend port (default: a free one). Restart on the same port to keep clients' address valid. */
@@ -289,7 +173,14 @@ async function startTemporalOn(port: number, options: TemporalOptions): Promise<
   if (namespace !== 'default') args.push('--namespace', namespace);
   for (const [k, v] of Object.entries(options.dynamicConfig ?? {}))
     args.push('--dynamic-config-value', `${k}=${JSON.stringify(v)}`);
-  const proc = spawnManaged({ name: 'temporal', command: temporalBinary(), args, logFile: options.logFile });
+  const proc = spawnManaged({
+    name: 'temporal',
+    command: temporalBinary(),
+    args,
+    logFile: options.logFile,
+    onSpawn: options.onSpawn,
+    detached: options.detached,
+  });
   const address = `127.0.0.1:${port}`;
   try {
     await waitFor(
@@ -329,12 +220,9 @@ export function natsAnswers(port: number, host = '127.0.0.1', timeoutMs = 1000):
 }
 
 /** nats-server with JetStream (`-js -sd DIR -a 127.0.0.1 -p PORT`); resolves when it answers. */
-export async function startNats(options: {
-  storeDir: string;
-  port?: number;
-  logFile?: string;
-  timeoutMs?: number;
-}): Promise<NatsServer> {
+export async function startNats(
+  options: { storeDir: string; port?: number; logFile?: string; timeoutMs?: number } & ChildOptions,
+): Promise<NatsServer> {
   const port = options.port ?? (await freePort());
   fs.mkdirSync(options.storeDir, { recursive: true });
   const proc = spawnManaged({
@@ -342,6 +230,8 @@ export async function startNats(options: {
     command: natsServerBinary(),
     args: ['-js', '-sd', path.resolve(options.storeDir), '-a', '127.0.0.1', '-p', String(port)],
     logFile: options.logFile,
+    onSpawn: options.onSpawn,
+    detached: options.detached,
   });
   await waitFor(`nats-server on 127.0.0.1:${port}`, proc, () => natsAnswers(port), options.timeoutMs ?? 30_000);
   return { ...proc, url: `nats://127.0.0.1:${port}`, port, storeDir: path.resolve(options.storeDir) };
@@ -366,15 +256,17 @@ export interface TeacherService extends ManagedProcess {
 }
 
 /** `offshoot teacher serve --model DIR`; resolves when it listens. */
-export async function startTeacherService(options: {
-  model: string;
-  port?: number;
-  backend?: string;
-  extra?: string[];
-  logFile?: string;
-  env?: NodeJS.ProcessEnv;
-  timeoutMs?: number;
-}): Promise<TeacherService> {
+export async function startTeacherService(
+  options: {
+    model: string;
+    port?: number;
+    backend?: string;
+    extra?: string[];
+    logFile?: string;
+    env?: NodeJS.ProcessEnv;
+    timeoutMs?: number;
+  } & ChildOptions,
+): Promise<TeacherService> {
   const cli = offshootCommand();
   let port: number | undefined;
   const args = [
@@ -394,6 +286,8 @@ export async function startTeacherService(options: {
     args,
     env: options.env,
     logFile: options.logFile,
+    onSpawn: options.onSpawn,
+    detached: options.detached,
     onStdoutLine: (line) => {
       if (line.includes('"listening"')) port = (JSON.parse(line) as { port: number }).port;
     },
@@ -409,20 +303,22 @@ export interface WorkerProcess extends ManagedProcess {
 }
 
 /** `offshoot worker --queues ...`; resolves when it polls. */
-export async function startWorker(options: {
-  queues: string[];
-  config?: string;
-  temporal?: string;
-  namespace?: string;
-  slots?: number;
-  backend?: string;
-  name?: string;
-  extra?: string[];
-  env?: NodeJS.ProcessEnv;
-  logFile?: string;
-  echo?: (line: string) => void;
-  timeoutMs?: number;
-}): Promise<WorkerProcess> {
+export async function startWorker(
+  options: {
+    queues: string[];
+    config?: string;
+    temporal?: string;
+    namespace?: string;
+    slots?: number;
+    backend?: string;
+    name?: string;
+    extra?: string[];
+    env?: NodeJS.ProcessEnv;
+    logFile?: string;
+    echo?: (line: string) => void;
+    timeoutMs?: number;
+  } & ChildOptions,
+): Promise<WorkerProcess> {
   const cli = offshootCommand();
   const args = [
     ...cli.args,
@@ -445,6 +341,8 @@ export async function startWorker(options: {
     env: options.env,
     logFile: options.logFile,
     echo: options.echo,
+    onSpawn: options.onSpawn,
+    detached: options.detached,
     onStdoutLine: (line) => {
       if (line.includes('"worker-ready"')) identity = (JSON.parse(line) as { identity: string }).identity;
     },
@@ -508,3 +406,26 @@ export async function startStack(options: {
   };
   return stack;
 }
+
+export { type ChildOptions, type ManagedProcess, type SpawnOptions, ROOT, spawnManaged } from './process.js';
+export {
+  type StackRecord,
+  STACK_FILE,
+  liveStack,
+  ownProcessAlive,
+  pidAlive,
+  readStackRecord,
+  reapOrphans,
+  removeStackRecord,
+  stackFile,
+  writeStackRecord,
+} from './record.js';
+export {
+  type SupervisedChild,
+  type SupervisorEvent,
+  type SupervisorOptions,
+  SUPERVISOR_DEFAULTS,
+  Supervisor,
+  SupervisorError,
+  lastLines,
+} from './supervisor.js';

@@ -38,7 +38,7 @@ export {
   fromFloat16,
   toFloat16,
 } from './codec.js';
-export { RequestError, type ValidRequest, validateRequest } from './validate.js';
+export { RequestError, TEMPERATURE_RANGE, type ValidRequest, validateRequest } from './validate.js';
 export {
   IndexEncoding,
   InfoResponse,

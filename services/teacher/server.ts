@@ -7,25 +7,36 @@
  *   and the log-normaliser on the backend, and hands each stream its answers, which it writes in order.
  * - Flow control: each stream may have at most `maxStreamQueue` requests read and not yet flushed to
  *   the transport; at that bound the server stops reading it (the student's sends block in HTTP/2 flow
- *   control), so a student that stops reading holds at most that many answers in the server's memory.
- *   `write()` returning false stops writes to that stream until 'drain'.
+ *   control). `write()` returning false stops writes to that stream until 'drain'.
+ * - Memory: a request's answer size is known when it is read (positions × k × bytes per entry), and
+ *   it is computed only once the byte budget has room for it — `maxBufferedBytes` for all streams,
+ *   `maxStreamBytes` for one — which it holds until the transport has taken the answer. A request whose
+ *   answer alone exceeds the per-stream budget is refused (RESOURCE_EXHAUSTED). A stream whose answers
+ *   the transport has not taken for `stallMs` (the student stopped reading) is reset and its memory
+ *   freed, so stalled students cannot hold the budget from the others.
  * - A cancelled stream (the student went away, or its deadline passed) has its queued work dropped.
  * - Bad input ends only the offending stream, after answering the requests before it.
  * - shutdown() drains: it stops reading, answers every request already read, ends each stream with
  *   UNAVAILABLE (the client re-sends the rest elsewhere or after a restart) and then stops.
  */
+import * as http2 from 'node:http2';
+import * as v8 from 'node:v8';
+import * as vm from 'node:vm';
+
 import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
 
 import { type GPTNeoX, parameterCount } from '../../core/model/index.js';
 import * as tf from '../../core/model/tfjs.js';
 import {
+  IndexEncoding,
   type InfoResponse,
   type Metrics,
   type StreamMetrics,
   TeacherLogitsService,
   type TopKRequest,
   type TopKResponse,
+  ValueEncoding,
 } from '../../proto/gen/offshoot/teacher/v1/teacher.js';
 import { encodeTopK, encodedBytes, indexEncodingFor } from './codec.js';
 import { RequestError, type ValidRequest, defaultTopK, validateRequest } from './validate.js';
@@ -39,6 +50,9 @@ export const SERVER_DEFAULTS = {
   maxStreamQueue: 8,
   topK: 64,
   graceMs: 30_000,
+  maxBufferedBytes: 256 * 2 ** 20,
+  maxStreamBytes: 64 * 2 ** 20,
+  stallMs: 60_000,
 };
 
 export interface ServerTlsOptions {
@@ -66,6 +80,12 @@ export interface TeacherServerOptions {
   maxStreamQueue?: number;
   /** k when a request does not say (capped at the vocabulary). */
   topK?: number;
+  /** Bytes of answers computed and not yet taken by the transport, all streams together. */
+  maxBufferedBytes?: number;
+  /** The same for one stream (at most maxBufferedBytes); a larger single answer is refused. */
+  maxStreamBytes?: number;
+  /** A stream whose answers the transport has not taken for this long is reset. */
+  stallMs?: number;
   tls?: ServerTlsOptions;
   /** Where to log events (stream errors, shutdown). Default: nowhere. */
   log?: (line: string) => void;
@@ -76,7 +96,10 @@ type Call = grpc.ServerDuplexStream<TopKRequest, TopKResponse>;
 interface Slot {
   id: number;
   response?: TopKResponse;
+  /** Encoded bytes of the answer, once computed. */
   bytes: number;
+  /** Budget this request holds: its answer's size from when it is taken for a forward pass until the transport took it. */
+  reserved: number;
   error?: RequestError;
   written: boolean;
 }
@@ -99,10 +122,42 @@ interface StreamState {
   halfClosed: boolean;
   done: boolean;
   bytesBuffered: number;
+  /** Sum of its slots' reservations. */
+  reserved: number;
   answered: number;
+  /** When the transport last took one of its answers (or it started waiting for it to). */
+  lastProgress: number;
 }
 
 const RATE_WINDOW_MS = 10_000;
+
+/** The encoded size of a request's answer, known before it is computed. */
+export function answerBytes(req: Pick<ValidRequest, 'tokens' | 'k' | 'encoding'>, vocabSize: number): number {
+  const index = indexEncodingFor(vocabSize) === IndexEncoding.INDEX_ENCODING_UINT16 ? 2 : 4;
+  const value = req.encoding === ValueEncoding.VALUE_ENCODING_FLOAT32 ? 4 : 2;
+  return req.tokens.length * (req.k * (index + value) + 4) + 64;
+}
+
+const MiB = 2 ** 20;
+const mib = (bytes: number) => `${(bytes / MiB).toFixed(bytes < 10 * MiB ? 1 : 0)} MiB`;
+
+/** Answers of this many bytes freed since the last collection make an idle server collect its garbage. */
+const COLLECT_AFTER_BYTES = 64 * MiB;
+
+let gc: (() => void) | undefined;
+
+/**
+ * A full garbage collection. An idle server allocates nothing, so V8 would not collect the answers it
+ * just dropped (their buffers live outside its heap) and the memory would stay taken until the next
+ * work; after holding many megabytes, the server collects them itself.
+ */
+function collectGarbage(): void {
+  if (!gc) {
+    v8.setFlagsFromString('--expose-gc');
+    gc = vm.runInNewContext('gc') as () => void;
+  }
+  gc();
+}
 
 export class TeacherServer {
   readonly options: Required<Omit<TeacherServerOptions, 'tls' | 'log' | 'backend'>> &
@@ -117,6 +172,12 @@ export class TeacherServer {
   private draining = false;
   private stopped = false;
   private boundPort = 0;
+  /** Budget held by all streams. */
+  private reserved = 0;
+  /** Bytes released since the last garbage collection. */
+  private releasedSinceCollection = 0;
+  private collectTimer: NodeJS.Timeout | undefined;
+  private stallTimer: NodeJS.Timeout | undefined;
   private readonly started = performance.now();
   private readonly recent: { t: number; tokens: number }[] = [];
   private readonly counters = {
@@ -126,6 +187,8 @@ export class TeacherServer {
     requestsRejected: 0,
     requestsCancelled: 0,
     peakBytesBuffered: 0,
+    peakBytesReserved: 0,
+    streamsReset: 0,
     busyMs: 0,
   };
 
@@ -136,13 +199,29 @@ export class TeacherServer {
       maxBatchTokens: SERVER_DEFAULTS.maxBatchTokens,
       maxStreamQueue: SERVER_DEFAULTS.maxStreamQueue,
       topK: SERVER_DEFAULTS.topK,
+      maxBufferedBytes: SERVER_DEFAULTS.maxBufferedBytes,
+      stallMs: SERVER_DEFAULTS.stallMs,
       ...options,
+      maxStreamBytes:
+        options.maxStreamBytes ??
+        Math.min(SERVER_DEFAULTS.maxStreamBytes, options.maxBufferedBytes ?? SERVER_DEFAULTS.maxBufferedBytes),
     };
-    const { maxBatchTokens, maxStreamQueue, topK } = this.options;
-    for (const [name, v] of Object.entries({ maxBatchTokens, maxStreamQueue, topK })) {
+    const { maxBatchTokens, maxStreamQueue, topK, maxBufferedBytes, maxStreamBytes, stallMs } = this.options;
+    for (const [name, v] of Object.entries({
+      maxBatchTokens,
+      maxStreamQueue,
+      topK,
+      maxBufferedBytes,
+      maxStreamBytes,
+      stallMs,
+    })) {
       if (!Number.isSafeInteger(v) || v < 1)
         throw new Error(`teacher server: ${name} must be a positive integer, got ${v}`);
     }
+    if (maxStreamBytes > maxBufferedBytes)
+      throw new Error(
+        `teacher server: maxStreamBytes (${maxStreamBytes}) must be at most maxBufferedBytes (${maxBufferedBytes})`,
+      );
     this.server = new grpc.Server({
       // Token ids are varints of at most 5 bytes; larger messages fail in grpc-js with RESOURCE_EXHAUSTED.
       'grpc.max_receive_message_length': maxBatchTokens * 5 + 65536,
@@ -183,6 +262,8 @@ export class TeacherServer {
       );
     });
     this.loopDone = this.computeLoop();
+    this.stallTimer = setInterval(() => this.resetStalled(), Math.min(1000, this.options.stallMs));
+    this.stallTimer.unref();
     this.health.setStatus('', 'SERVING');
     this.health.setStatus(SERVICE_NAME, 'SERVING');
     return this.boundPort;
@@ -206,6 +287,9 @@ export class TeacherServer {
       indexEncoding: indexEncodingFor(c.vocabSize),
       backend: this.options.backend ?? tf.getBackend(),
       metrics: this.metrics(),
+      maxBufferedBytes: this.options.maxBufferedBytes,
+      maxStreamBytes: this.options.maxStreamBytes,
+      stallSeconds: this.options.stallMs / 1000,
     };
   }
 
@@ -222,6 +306,7 @@ export class TeacherServer {
       readingPaused: s.paused,
       awaitingDrain: s.awaitingDrain,
       requestsAnswered: s.answered,
+      bytesReserved: s.reserved,
     }));
     return {
       uptimeSeconds: (now - this.started) / 1000,
@@ -239,6 +324,9 @@ export class TeacherServer {
       busySeconds: this.counters.busyMs / 1000,
       rssBytes: process.memoryUsage.rss(),
       streams,
+      bytesReserved: this.reserved,
+      peakBytesReserved: this.counters.peakBytesReserved,
+      streamsReset: this.counters.streamsReset,
     };
   }
 
@@ -278,7 +366,9 @@ export class TeacherServer {
       halfClosed: false,
       done: false,
       bytesBuffered: 0,
+      reserved: 0,
       answered: 0,
+      lastProgress: performance.now(),
     };
     this.streams.set(s.n, s);
     call.on('data', (req: TopKRequest) => this.onRequest(s, req));
@@ -297,7 +387,7 @@ export class TeacherServer {
 
   private onRequest(s: StreamState, raw: TopKRequest): void {
     if (!s.accepting || s.done) return;
-    const slot: Slot = { id: raw.id, bytes: 0, written: false };
+    const slot: Slot = { id: raw.id, bytes: 0, reserved: 0, written: false };
     let req: ValidRequest;
     try {
       req = validateRequest(raw, {
@@ -306,6 +396,13 @@ export class TeacherServer {
         maxBatchTokens: this.options.maxBatchTokens,
         defaultTopK: defaultTopK(this.config.vocabSize, this.options.topK),
       });
+      const bytes = answerBytes(req, this.config.vocabSize);
+      if (bytes > this.options.maxStreamBytes) {
+        throw new RequestError(
+          grpc.status.RESOURCE_EXHAUSTED,
+          `request ${raw.id}: its answer would take ${mib(bytes)} (${req.tokens.length} positions × top_k ${req.k}), above the server's budget of ${mib(this.options.maxStreamBytes)} per stream (--max-stream-mib); ask for fewer positions, a smaller top_k or float16 values`,
+        );
+      }
     } catch (err) {
       if (!(err instanceof RequestError)) throw err;
       this.counters.requestsRejected++;
@@ -346,6 +443,8 @@ export class TeacherServer {
         return;
       }
       if (!slot.response) break;
+      // The stall clock runs from when the transport was first given something it has not taken.
+      if (!s.slots.some((x) => x.written)) s.lastProgress = performance.now();
       slot.written = true;
       const response = slot.response;
       slot.response = undefined;
@@ -361,15 +460,58 @@ export class TeacherServer {
     this.maybeEnd(s);
   }
 
-  /** The transport took an answer: it no longer counts against the stream's bound. */
+  /** The transport took an answer: it no longer counts against the stream's bounds. */
   private onFlushed(s: StreamState, slot: Slot): void {
     const i = s.slots.indexOf(slot);
     if (i >= 0) s.slots.splice(i, 1);
     s.bytesBuffered -= slot.bytes;
     slot.bytes = 0;
+    this.release(s, slot);
     s.answered++;
+    s.lastProgress = performance.now();
     this.maybeResume(s);
     this.maybeEnd(s);
+  }
+
+  /** Gives a slot's share of the byte budget back, and lets the compute loop look at the queue again. */
+  private release(s: StreamState, slot: Slot): void {
+    if (slot.reserved === 0) return;
+    s.reserved -= slot.reserved;
+    this.reserved -= slot.reserved;
+    this.releasedSinceCollection += slot.reserved;
+    slot.reserved = 0;
+    this.wake?.();
+    if (this.reserved === 0 && this.releasedSinceCollection >= COLLECT_AFTER_BYTES && !this.collectTimer) {
+      // Once idle for a moment (the transport drops cancelled streams' buffers asynchronously).
+      this.collectTimer = setTimeout(() => {
+        this.collectTimer = undefined;
+        if (this.reserved > 0) return;
+        this.releasedSinceCollection = 0;
+        collectGarbage();
+      }, 1000);
+      this.collectTimer.unref();
+    }
+  }
+
+  /** Resets streams whose answers the transport has not taken for stallMs: their student stopped reading. */
+  private resetStalled(): void {
+    const now = performance.now();
+    for (const s of this.streams.values()) {
+      if (s.done || !s.slots.some((x) => x.written) || now - s.lastProgress < this.options.stallMs) continue;
+      const details = `stream ${s.n} (${s.peer}) took none of its answers for ${Math.round(this.options.stallMs / 1000)} s while holding ${mib(s.reserved)} of the server's memory; reset`;
+      this.log(`teacher: ${details}`);
+      this.counters.streamsReset++;
+      this.counters.requestsCancelled += s.slots.filter((x) => !x.written && !x.error).length;
+      // RST_STREAM frees what the transport still buffers for it (a status would wait behind that
+      // data); grpc-js reports ENHANCE_YOUR_CALM to the student as RESOURCE_EXHAUSTED.
+      const h2 = (s.call as unknown as { call?: { stream?: http2.ServerHttp2Stream } }).call?.stream;
+      s.done = true;
+      s.accepting = false;
+      this.dropQueued(s);
+      if (h2 && !h2.destroyed) h2.close(http2.constants.NGHTTP2_ENHANCE_YOUR_CALM);
+      else s.call.emit('error', { code: grpc.status.RESOURCE_EXHAUSTED, details });
+      this.forget(s);
+    }
   }
 
   private maybeEnd(s: StreamState): void {
@@ -406,7 +548,7 @@ export class TeacherServer {
     this.forget(s);
   }
 
-  /** Drops the stream's work that has not reached the transport (what has keeps its accounting until flushed). */
+  /** Drops the stream's work that has not reached the transport (what has keeps its accounting until flushed or forgotten). */
   private dropQueued(s: StreamState): void {
     this.queue = this.queue.filter((w) => w.stream !== s);
     for (const slot of s.slots) {
@@ -414,36 +556,54 @@ export class TeacherServer {
       s.bytesBuffered -= slot.bytes;
       slot.bytes = 0;
       slot.response = undefined;
+      this.release(s, slot);
     }
     s.slots = s.slots.filter((x) => x.written);
   }
 
+  /** A finished stream leaves the books: what the transport still holds for it is freed with it. */
   private forget(s: StreamState): void {
     if (!s.done) return;
-    this.streams.delete(s.n);
-    this.checkDrained();
+    for (const slot of s.slots) this.release(s, slot);
+    if (this.streams.delete(s.n)) this.checkDrained();
   }
 
   // -------------------------------------------------------------------------------------------------
   // Compute.
 
-  /** The oldest queued request and every later one of the same sequence length that fits the budget. */
+  /**
+   * The oldest queued request the byte budget has room for, and every later one of the same sequence
+   * length that fits the token budget and the byte budget; each reserves its answer's bytes.
+   */
   private takeBatch(): WorkItem[] | undefined {
-    if (this.queue.length === 0) return undefined;
-    const head = this.queue[0];
-    const seqLen = head.req.seqLen;
     const batch: WorkItem[] = [];
     const rest: WorkItem[] = [];
+    let seqLen = -1;
     let tokens = 0;
+    const vocab = this.config.vocabSize;
     for (const w of this.queue) {
       const n = w.req.tokens.length;
-      if (w.req.seqLen === seqLen && tokens + n <= this.options.maxBatchTokens) {
-        batch.push(w);
-        tokens += n;
-      } else rest.push(w);
+      const bytes = answerBytes(w.req, vocab);
+      const s = w.stream;
+      const fits =
+        (seqLen === -1 || w.req.seqLen === seqLen) &&
+        tokens + n <= this.options.maxBatchTokens &&
+        (s.reserved === 0 || s.reserved + bytes <= this.options.maxStreamBytes) &&
+        this.reserved + bytes <= this.options.maxBufferedBytes;
+      if (!fits) {
+        rest.push(w);
+        continue;
+      }
+      seqLen = w.req.seqLen;
+      batch.push(w);
+      tokens += n;
+      w.slot.reserved = bytes;
+      s.reserved += bytes;
+      this.reserved += bytes;
     }
+    if (this.reserved > this.counters.peakBytesReserved) this.counters.peakBytesReserved = this.reserved;
     this.queue = rest;
-    return batch;
+    return batch.length ? batch : undefined;
   }
 
   private async computeLoop(): Promise<void> {
@@ -514,6 +674,21 @@ export class TeacherServer {
         let p = 0;
         for (const w of g.items) {
           const n = w.req.tokens.length;
+          const bad =
+            firstNonFinite(lse as Float32Array, p, p + n) ??
+            firstNonFinite(values as Float32Array, p * g.k, (p + n) * g.k);
+          if (bad !== undefined) {
+            // Never an OK status with NaN in it: the teacher's logits themselves are broken.
+            this.fail(
+              w,
+              new RequestError(
+                grpc.status.INTERNAL,
+                `request ${w.req.id}: the teacher's logits at temperature ${w.req.temperature} are not finite (got ${bad}); is the checkpoint broken?`,
+              ),
+            );
+            p += n;
+            continue;
+          }
           this.deliver(w, {
             values: (values as Float32Array).subarray(p * g.k, (p + n) * g.k),
             indices: (indices as Int32Array).subarray(p * g.k, (p + n) * g.k),
@@ -525,6 +700,17 @@ export class TeacherServer {
     } finally {
       tf.dispose(outs.flatMap((o) => [o.values, o.indices, o.lse]));
     }
+  }
+
+  private fail(w: WorkItem, err: RequestError): void {
+    const s = w.stream;
+    if (s.done) return;
+    this.counters.requestsRejected++;
+    this.log(`teacher: stream ${s.n} (${s.peer}): ${grpc.status[err.code]}: ${err.message}`);
+    w.slot.error = err;
+    this.release(s, w.slot);
+    s.accepting = false;
+    this.flush(s);
   }
 
   private deliver(w: WorkItem, out: { values: Float32Array; indices: Int32Array; lse: Float32Array }): void {
@@ -573,6 +759,8 @@ export class TeacherServer {
   async shutdown(graceMs = SERVER_DEFAULTS.graceMs): Promise<{ drained: boolean }> {
     if (this.stopped) return { drained: true };
     this.draining = true;
+    clearInterval(this.stallTimer);
+    clearTimeout(this.collectTimer);
     this.health.setStatus('', 'NOT_SERVING');
     this.health.setStatus(SERVICE_NAME, 'NOT_SERVING');
     for (const s of this.streams.values()) {
@@ -610,8 +798,15 @@ export class TeacherServer {
 
   /** Stops at once, without draining (tests, errors). */
   forceShutdown(): void {
+    clearInterval(this.stallTimer);
+    clearTimeout(this.collectTimer);
     this.stopped = true;
     this.wake?.();
     this.server.forceShutdown();
   }
+}
+
+function firstNonFinite(a: Float32Array, from: number, to: number): number | undefined {
+  for (let i = from; i < to; i++) if (!Number.isFinite(a[i])) return a[i];
+  return undefined;
 }

@@ -34,6 +34,12 @@ export interface ValidRequest {
   encoding: ValueEncoding;
 }
 
+/**
+ * Temperatures the service accepts: far beyond any distillation setting, while logits / T and its
+ * logsumexp stay finite in float32 for any teacher whose logits do.
+ */
+export const TEMPERATURE_RANGE = { min: 0.01, max: 100 } as const;
+
 /** The server's default k: 64, or the whole vocabulary when it is smaller. */
 export function defaultTopK(vocabSize: number, requested = 64): number {
   return Math.min(requested, vocabSize);
@@ -74,8 +80,9 @@ export function validateRequest(req: TopKRequest, limits: ServedLimits): ValidRe
   const k = req.topK ?? limits.defaultTopK;
   if (!Number.isInteger(k) || k < 1 || k > v) throw bad(`top_k ${k} is outside [1, ${v}] (1 to the vocabulary size)`);
   const temperature = req.temperature ?? 1;
-  if (!Number.isFinite(temperature) || temperature <= 0)
-    throw bad(`temperature must be finite and > 0, got ${temperature}`);
+  if (!(temperature >= TEMPERATURE_RANGE.min && temperature <= TEMPERATURE_RANGE.max)) {
+    throw bad(`temperature must be from ${TEMPERATURE_RANGE.min} to ${TEMPERATURE_RANGE.max}, got ${temperature}`);
+  }
   let encoding = req.valueEncoding;
   if (encoding === ValueEncoding.VALUE_ENCODING_UNSPECIFIED) encoding = ValueEncoding.VALUE_ENCODING_FLOAT16;
   if (encoding !== ValueEncoding.VALUE_ENCODING_FLOAT16 && encoding !== ValueEncoding.VALUE_ENCODING_FLOAT32) {

@@ -8,6 +8,9 @@
  * SIGTERM (or SIGINT) drains: the workers stop polling, a running training segment checkpoints at its
  * next step boundary and returns, evaluations finish; the process exits once they are done or the
  * grace period is over. The workflow code is bundled once per source version and cached.
+ *
+ * Several GPUs of a host: gpus.ts lists them, per-gpu.ts runs one evaluator process per GPU, and the
+ * pretrain queue's segments run data-parallel (services/pretrain/data-parallel.ts); docs/multi-gpu.md.
  */
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
@@ -29,6 +32,7 @@ import {
   writeReportFiles,
 } from '../orchestration/index.js';
 import { createPretrainActivities } from '../pretrain/index.js';
+import type { DataParallelSettings } from '../pretrain/data-parallel.js';
 import { createProgressPublisher, type ProgressEventInput } from '../progress/index.js';
 import { FROM_SOURCES, ROOT, offshootCache } from '../stack/index.js';
 import { type OrchestrateActivities, QUEUE_NAMES, type QueueName, TASK_QUEUES } from '../../workflows/index.js';
@@ -126,12 +130,44 @@ export interface RunWorkerOptions {
   teacherTargets?: string[];
   /** SIGTERM: seconds to finish or checkpoint running activities. Default 30. */
   gracePeriodSeconds?: number;
+  /** How long to retry reaching Temporal at start before giving up. Default 120. */
+  connectTimeoutSeconds?: number;
+  /** Training segments run data-parallel on rank processes of this host (pretrain queue). */
+  dataParallel?: DataParallelSettings;
   log?: (line: string) => void;
   /** Called once every queue's worker polls. */
   onReady?: (info: { identity: string; queues: QueueName[] }) => void;
 }
 
 let runtimeInstalled = false;
+
+/**
+ * Connects to Temporal, retrying with backoff while it is unreachable for up to `timeoutSeconds` (a
+ * worker restarted while the server restarts too must wait for it, not fail at once).
+ */
+async function connectTemporal(
+  address: string,
+  timeoutSeconds: number,
+  log: (line: string) => void,
+): Promise<NativeConnection> {
+  const deadline = Date.now() + timeoutSeconds * 1000;
+  for (let delay = 250; ; delay = Math.min(delay * 2, 5000)) {
+    try {
+      // TLS from OFFSHOOT_TEMPORAL_TLS_* (services/credentials; deploy/k8s mounts the Secret).
+      return await NativeConnection.connect({ address, tls: temporalTls() });
+    } catch (err) {
+      if (Date.now() + delay > deadline)
+        throw new Error(
+          `worker: Temporal at ${address} unreachable for ${timeoutSeconds} s: ${(err as Error).message}`,
+        );
+      if (delay === 250)
+        log(
+          `worker: Temporal at ${address} unreachable (${(err as Error).message.split('\n')[0]}); retrying for up to ${timeoutSeconds} s`,
+        );
+      await new Promise((r) => setTimeout(r, delay));
+    }
+  }
+}
 
 /** Runs the workers until SIGTERM / SIGINT (or `stop()`), then drains and resolves. */
 export async function runWorker(options: RunWorkerOptions): Promise<void> {
@@ -152,9 +188,15 @@ export async function runWorker(options: RunWorkerOptions): Promise<void> {
   const identity = defaultIdentity(options.name ?? options.queues.join('+'));
   const draining = new AbortController();
   const progress = createProgressPublisher({ url: options.natsUrl, worker: identity, log });
-  const env: WorkerEnv = { identity, draining: draining.signal, progress, teacherTargets: options.teacherTargets, log };
-  // TLS from OFFSHOOT_TEMPORAL_TLS_* (services/credentials; deploy/k8s mounts the Secret).
-  const connection = await NativeConnection.connect({ address: options.address, tls: temporalTls() });
+  const env: WorkerEnv = {
+    identity,
+    draining: draining.signal,
+    progress,
+    teacherTargets: options.teacherTargets,
+    dataParallel: options.dataParallel,
+    log,
+  };
+  const connection = await connectTemporal(options.address, options.connectTimeoutSeconds ?? 120, log);
   const namespace = options.namespace ?? 'default';
   const dataConverter = { payloadConverterPath: payloadConverterPath() };
   const common = {

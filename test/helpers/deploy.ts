@@ -19,7 +19,7 @@ import { parseAllDocuments } from 'yaml';
 export const ROOT = path.join(import.meta.dirname, '..', '..');
 export const K8S = path.join(ROOT, 'deploy', 'k8s');
 export const IMAGES = path.join(ROOT, 'deploy', 'images');
-export const OVERLAYS = ['cpu', 'cuda', 'vulkan', 'production'] as const;
+export const OVERLAYS = ['cpu', 'cuda', 'vulkan', 'production', 'multi-gpu'] as const;
 export type Overlay = (typeof OVERLAYS)[number];
 
 const CACHE_BIN = path.join(process.env.OFFSHOOT_CACHE || path.join(os.homedir(), '.cache', 'offshoot'), 'bin');
@@ -183,7 +183,7 @@ export function find(objects: K8sObject[], kind: string, name: string): K8sObjec
 }
 
 /** Loosely typed access to a rendered object's fields (the tests assert their shape). */
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
+// biome-ignore lint/suspicious/noExplicitAny: the tests assert the shape of what they read.
 export type Any = any;
 
 /** A container's args as a map of --flag=value (bare flags: true). */

@@ -49,7 +49,10 @@ function waitForPort(port: number, timeoutMs: number, child: ChildProcess, log: 
   const deadline = Date.now() + timeoutMs;
   return new Promise((resolve, reject) => {
     const attempt = (): void => {
-      if (child.exitCode !== null) return reject(new Error(`nats-server exited with ${child.exitCode}:\n${log()}`));
+      if (child.exitCode !== null) {
+        reject(new Error(`nats-server exited with ${child.exitCode}:\n${log()}`));
+        return;
+      }
       const sock = net.connect(port, '127.0.0.1');
       sock.once('connect', () => {
         sock.destroy();

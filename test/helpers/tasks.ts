@@ -71,7 +71,7 @@ export async function writeNextSentenceTask(
   fs.mkdirSync(dir, { recursive: true });
   const name = options.name ?? 'sotu_next_sentence';
   const data = path.join(dir, `${name}.jsonl`);
-  fs.writeFileSync(data, docs.map((d) => JSON.stringify(d)).join('\n') + '\n');
+  fs.writeFileSync(data, `${docs.map((d) => JSON.stringify(d)).join('\n')}\n`);
   const yaml = path.join(dir, `${name}.yaml`);
   fs.writeFileSync(
     yaml,

@@ -9,7 +9,7 @@ import type * as tf from '../tfjs.js';
 
 import type { AttentionShape } from '../ops/index.js';
 import { activationStorage, customOp, toTensor } from './custom-op.js';
-import { type Dim3 } from './device.js';
+import type { Dim3 } from './device.js';
 import { BLOCK256, ST, grid1d } from './elementwise.js';
 import { blas } from './matmul.js';
 import type { CudaBackend } from './tfjs-backend.js';

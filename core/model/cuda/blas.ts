@@ -7,6 +7,7 @@
  * arithmetic for f32 inputs, no TF32), the output f32 or bf16. Descriptors and the heuristic's
  * algorithm are made once per distinct shape and cached; the bias pointer is set per call.
  */
+import { measureShapeCost } from '../shape-costs.js';
 import type { CudaDevice } from './device.js';
 import { check } from './driver.js';
 import type { Storage } from './storage.js';
@@ -159,8 +160,13 @@ export class Blas {
       g.bias ? (g.biasType ?? g.cType) : '-',
       (g.beta ?? 0) !== 0 ? 1 : 0,
     ].join(',');
-    let plan = this.plans.get(key);
+    const plan = this.plans.get(key);
     if (plan) return plan;
+    // A new shape's descriptors and the heuristic's choice: per-shape work, like a pipeline's compile.
+    return measureShapeCost('compile', () => this.newPlan(g, key));
+  }
+
+  private newPlan(g: Gemm, key: string): Plan {
     const { libs } = this.device;
     const { fn } = libs;
     const { M, N, K } = g;
@@ -213,7 +219,7 @@ export class Blas {
     if (status === CUBLAS_STATUS_NOT_SUPPORTED || (status === 0 && returned[0] < 1)) throw new UnsupportedProduct(g);
     check(libs, 'cublasLtMatmulAlgoGetHeuristic', status);
     const name = `matmul ${batch > 1 ? `${batch}@` : ''}${M}x${N}x${K}${g.transA ? 'T' : 'N'}${g.transB ? 'T' : 'N'} ${g.aType}>${g.cType}`;
-    plan = { name, desc: desc[0], a, b, c, algo, workspace: this.workspace };
+    const plan: Plan = { name, desc: desc[0], a, b, c, algo, workspace: this.workspace };
     this.plans.set(key, plan);
     return plan;
   }

@@ -4,6 +4,7 @@
  * allocator, pinned staging memory for copies, the compiled kernel modules, and kernel launches.
  * The device is the first one the process sees (CUDA_VISIBLE_DEVICES chooses it).
  */
+import { measureShapeCost } from '../shape-costs.js';
 import { CachingAllocator } from './allocator.js';
 import { compileKernels, nvrtcVersion } from './compile.js';
 import { type Libraries, CudaError, check, koffi, loadLibraries } from './driver.js';
@@ -200,10 +201,12 @@ export class CudaDevice {
     if (f !== undefined) return f;
     let mod = this.modules.get(file);
     if (mod === undefined) {
-      const { cubin } = compileKernels(this.libs, this.cudaLibs, file, this.info.arch);
-      const out: [unknown] = [null];
-      check(this.libs, 'cuModuleLoadData', this.libs.fn.cuModuleLoadData(out, cubin));
-      mod = out[0];
+      mod = measureShapeCost('compile', () => {
+        const { cubin } = compileKernels(this.libs, this.cudaLibs, file, this.info.arch);
+        const out: [unknown] = [null];
+        check(this.libs, 'cuModuleLoadData', this.libs.fn.cuModuleLoadData(out, cubin));
+        return out[0];
+      });
       this.modules.set(file, mod);
     }
     const out: [unknown] = [null];

@@ -41,5 +41,6 @@ export {
   afterFirstTrainingStep,
   endTrainingStep,
   lossScaling,
+  releaseCachedMemory,
   runTrainingStep,
 } from './step.js';

@@ -1,6 +1,6 @@
 /**
  * A training step as one unit of device work, and hooks of the training loop that some backends need:
- * after each step, and once after the first.
+ * after each step, once after the first, and after a model is done with.
  */
 import * as tf from '../tfjs.js';
 
@@ -68,3 +68,11 @@ export const afterFirstTrainingStep = defineOperation(
  * ones do not): the trainer then keeps a LossScale with its optimiser (ops/adamw.ts).
  */
 export const lossScaling = defineOperation('lossScaling', (): boolean => false);
+
+/**
+ * Gives back the device memory a backend keeps for reuse once the tensors using it are gone, so that a
+ * process training one shape after another (a fitness evaluator, a pretraining worker) does not keep
+ * every earlier shape's buffers (webgpu's pool keeps freed buffers by exact size, for good). Costs the
+ * next shape fresh allocations. Resolves to the bytes released.
+ */
+export const releaseCachedMemory = defineOperation('releaseCachedMemory', async (): Promise<number> => 0);

@@ -1,5 +1,5 @@
 /** Softmax cross-entropy on the tensorflow backend: TensorFlow's fused SparseSoftmaxCrossEntropyWithLogits. */
-import * as tf from '../tfjs.js';
+import type * as tf from '../tfjs.js';
 
 import { customOp } from '../ops/index.js';
 import { mul, opN, reduce, scalar, typeAttr } from './native.js';

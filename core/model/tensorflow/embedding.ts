@@ -1,5 +1,5 @@
 /** The embedding lookup on the tensorflow backend: GatherV2, its gradient one UnsortedSegmentSum. */
-import * as tf from '../tfjs.js';
+import type * as tf from '../tfjs.js';
 
 import { customOp } from '../ops/index.js';
 import { int32Const, intAttr, op, typeAttr } from './native.js';

@@ -1,5 +1,5 @@
 /** LayerNorm on the tensorflow backend, with the gradient written out. */
-import * as tf from '../tfjs.js';
+import type * as tf from '../tfjs.js';
 
 import { customOp } from '../ops/index.js';
 import { add, mul, reduce, scalar, sub, unary } from './native.js';

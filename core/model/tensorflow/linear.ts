@@ -2,7 +2,7 @@
  * Linear layers and the logits product on the tensorflow backend: BatchMatMulV2 and BiasAdd, with
  * the gradients written out (BiasAddGrad for the bias, GELU's derivative in three ops).
  */
-import * as tf from '../tfjs.js';
+import type * as tf from '../tfjs.js';
 
 import { type Activation, customOp } from '../ops/index.js';
 import { add, batchMatMul, mul, op, scalar, typeAttr, unary } from './native.js';

@@ -41,12 +41,13 @@ const INF_FROM = (runtime: string) => `bitcast<f32>(0x7f800000u | (bitcast<u32>(
  * by the loss scale, and a chunk with a non-finite element writes +inf.
  */
 export function sumSquaresSource(S: number, scaled = false): string {
-  const square = scaled
-    ? 'let v = g${i}[i] * inv; if (!finite(g${i}[i])) { bad = bad + 1.0; } acc = acc + v * v;'
-    : 'let v = g${i}[i]; acc = acc + v * v;';
+  const square = (g: string) =>
+    scaled
+      ? `let v = ${g}[i] * inv; if (!finite(${g}[i])) { bad = bad + 1.0; } acc = acc + v * v;`
+      : `let v = ${g}[i]; acc = acc + v * v;`;
   const branch = (i: number) => `{
     let start = (chunk - u.slots[${i}].y) * ${SUMSQ_CHUNK}u;
-    for (var i = start + lid; i < min(u.slots[${i}].x, start + ${SUMSQ_CHUNK}u); i += 256u) { ${square.replaceAll('${i}', String(i))} }
+    for (var i = start + lid; i < min(u.slots[${i}].x, start + ${SUMSQ_CHUNK}u); i += 256u) { ${square(`g${i}`)} }
   }`;
   return /* wgsl */ `
 ${Array.from({ length: S }, (_, i) => `@group(0) @binding(${i}) var<storage, read> g${i}: array<f32>;`).join('\n')}

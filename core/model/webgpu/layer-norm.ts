@@ -1,9 +1,12 @@
 /**
  * LayerNorm on the fused WebGPU path: one workgroup per row with the mean and variance in registers
  * (mean and 1/σ saved for the backward); the backward writes dx and per-block partial sums of the
- * weight and bias gradients, summed cooperatively.
+ * weight and bias gradients, summed cooperatively. The width is a uniform: one pipeline per class of
+ * widths (layerNormShape).
  */
-import * as tf from '../tfjs.js';
+import type * as tf from '../tfjs.js';
+
+import { shapeClassesEnabled } from '../shape-costs.js';
 
 import { customOp, layerNorm } from '../ops/index.js';
 import { type KernelCase, randHost } from './check.js';
@@ -23,20 +26,52 @@ export function layerNormWG(D: number): number {
 }
 
 /**
- * A row of D elements over one LayerNorm workgroup: element e of invocation `lid` is column
- * col(e); ok(e) is its bounds check (the constant true where every invocation has one).
+ * What the LayerNorm kernels compile in for width D: a workgroup of WG invocations per row (a power of
+ * two, 32..256, about D/4), each holding E elements of the row in registers; `D` itself when compiled
+ * in, else null (a uniform). By shape class (the default) one pipeline serves every width of a class:
+ * E is 4 up to D 1024 (classes D ≤ 128, ≤ 256, ≤ 512, ≤ 1024), then one class per 256 columns.
  */
-function rowElements(D: number): { WG: number; el: number[]; col: (e: number) => string; ok: (e: number) => string } {
-  const WG = layerNormWG(D);
-  const el = Array.from({ length: Math.ceil(D / WG) }, (_, e) => e);
-  const col = (e: number) => `(lid + ${e * WG}u)`;
-  const ok = (e: number) => ((e + 1) * WG <= D ? 'true' : `${col(e)} < ${D}u`);
-  return { WG, el, col, ok };
+export interface LayerNormShape {
+  WG: number;
+  E: number;
+  D: number | null;
+  /** The smallest width the kernel runs: element e of every invocation lies inside it when (e + 1)·WG ≤ minD. */
+  minD: number;
 }
 
-/** in: x [N, D], w [D], b [D]; out: y [N, D], mean [N], rstd [N]; u: {N, eps}. */
-export function layerNormForwardSource(D: number): string {
-  const { WG, el, col, ok } = rowElements(D);
+export function layerNormShape(D: number, byClass = shapeClassesEnabled()): LayerNormShape {
+  const WG = layerNormWG(D);
+  if (!byClass) return { WG, E: Math.ceil(D / WG), D, minD: D };
+  const E = Math.max(4, Math.ceil(D / WG));
+  const minD = E > 4 ? WG * (E - 1) + 1 : WG === 32 ? 1 : 2 * WG + 1;
+  return { WG, E, D: null, minD };
+}
+
+const shapeKey = (s: LayerNormShape) => (s.D === null ? `${s.WG}x${s.E}` : `d${s.D}`);
+
+/**
+ * A row over one LayerNorm workgroup: element e of invocation `lid` is column col(e); ok(e) is its
+ * bounds check (the constant true where every width the kernel runs has it); `width` is D in WGSL.
+ */
+function rowElements(s: LayerNormShape): {
+  WG: number;
+  el: number[];
+  col: (e: number) => string;
+  ok: (e: number) => string;
+  width: string;
+  widthF: string;
+} {
+  const { WG } = s;
+  const el = Array.from({ length: s.E }, (_, e) => e);
+  const col = (e: number) => `(lid + ${e * WG}u)`;
+  const width = s.D === null ? 'u.D' : `${s.D}u`;
+  const ok = (e: number) => ((e + 1) * WG <= s.minD ? 'true' : `${col(e)} < ${width}`);
+  return { WG, el, col, ok, width, widthF: s.D === null ? 'f32(u.D)' : `${s.D}.0` };
+}
+
+/** in: x [N, D], w [D], b [D]; out: y [N, D], mean [N], rstd [N]; u: {N, eps, D}. */
+export function layerNormForwardSource(shape: LayerNormShape): string {
+  const { WG, el, col, ok, width, widthF } = rowElements(shape);
   return /* wgsl */ `
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read> w: array<f32>;
@@ -44,18 +79,18 @@ export function layerNormForwardSource(D: number): string {
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<storage, read_write> meanOut: array<f32>;
 @group(0) @binding(5) var<storage, read_write> rstdOut: array<f32>;
-struct U { N: u32, eps: f32, p0: u32, p1: u32 };
+struct U { N: u32, eps: f32, D: u32, p1: u32 };
 @group(0) @binding(6) var<uniform> u: U;
 ${reduceFns(WG, ['sum'])}
 @compute @workgroup_size(${WG})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
   let row = wid.x + wid.y * nwg.x;
   if (row >= u.N) { return; }
-  let base = row * ${D}u;
+  let base = row * ${width};
   ${el.map((e) => `var x${e} = 0.0; if (${ok(e)}) { x${e} = x[base + ${col(e)}]; }`).join('\n  ')}
-  let mean = wg_sum(${el.map((e) => `x${e}`).join(' + ')}, lid) / ${D}.0;
+  let mean = wg_sum(${el.map((e) => `x${e}`).join(' + ')}, lid) / ${widthF};
   ${el.map((e) => `var d${e} = 0.0; if (${ok(e)}) { d${e} = x${e} - mean; }`).join('\n  ')}
-  let variance = wg_sum(${el.map((e) => `d${e} * d${e}`).join(' + ')}, lid) / ${D}.0;
+  let variance = wg_sum(${el.map((e) => `d${e} * d${e}`).join(' + ')}, lid) / ${widthF};
   let rstd = inverseSqrt(variance + u.eps);
   ${el.map((e) => `if (${ok(e)}) { let c = ${col(e)}; y[base + c] = d${e} * rstd * w[c] + b[c]; }`).join('\n  ')}
   if (lid == 0u) { meanOut[row] = mean; rstdOut[row] = rstd; }
@@ -63,9 +98,9 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 `;
 }
 
-/** in: dy [N, D], x [N, D], mean [N], rstd [N], w [D]; out: dx [N, D], pdw [G, D], pdb [G, D]; u: {N, R}. */
-export function layerNormBackwardSource(D: number): string {
-  const { WG, el, col, ok } = rowElements(D);
+/** in: dy [N, D], x [N, D], mean [N], rstd [N], w [D]; out: dx [N, D], pdw [G, D], pdb [G, D]; u: {N, R, D}. */
+export function layerNormBackwardSource(shape: LayerNormShape): string {
+  const { WG, el, col, ok, width, widthF } = rowElements(shape);
   return /* wgsl */ `
 @group(0) @binding(0) var<storage, read> dy: array<f32>;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -75,7 +110,7 @@ export function layerNormBackwardSource(D: number): string {
 @group(0) @binding(5) var<storage, read_write> dx: array<f32>;
 @group(0) @binding(6) var<storage, read_write> pdw: array<f32>;
 @group(0) @binding(7) var<storage, read_write> pdb: array<f32>;
-struct U { N: u32, R: u32, p0: u32, p1: u32 };
+struct U { N: u32, R: u32, D: u32, p1: u32 };
 @group(0) @binding(8) var<uniform> u: U;
 ${reduceFns(WG, ['sum'])}
 @compute @workgroup_size(${WG})
@@ -86,7 +121,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   let rEnd = min(u.N, r0 + u.R);
   ${el.map((e) => `var aw${e} = 0.0; var ab${e} = 0.0; var w${e} = 0.0; if (${ok(e)}) { w${e} = w[${col(e)}]; }`).join('\n  ')}
   for (var row = r0; row < rEnd; row++) {
-    let base = row * ${D}u;
+    let base = row * ${width};
     let mean = meanIn[row];
     let rstd = rstdIn[row];
     ${el
@@ -97,8 +132,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let g${e} = dy${e} * w${e};`,
       )
       .join('\n    ')}
-    let s1 = wg_sum(${el.map((e) => `g${e}`).join(' + ')}, lid) / ${D}.0;
-    let s2 = wg_sum(${el.map((e) => `g${e} * xh${e}`).join(' + ')}, lid) / ${D}.0;
+    let s1 = wg_sum(${el.map((e) => `g${e}`).join(' + ')}, lid) / ${widthF};
+    let s2 = wg_sum(${el.map((e) => `g${e} * xh${e}`).join(' + ')}, lid) / ${widthF};
     ${el
       .map(
         (e) => `if (${ok(e)}) { dx[base + ${col(e)}] = rstd * (g${e} - s1 - xh${e} * s2); }
@@ -106,7 +141,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
       )
       .join('\n    ')}
   }
-  ${el.map((e) => `if (${ok(e)}) { pdw[g * ${D}u + ${col(e)}] = aw${e}; pdb[g * ${D}u + ${col(e)}] = ab${e}; }`).join('\n  ')}
+  ${el.map((e) => `if (${ok(e)}) { pdw[g * ${width} + ${col(e)}] = aw${e}; pdb[g * ${width} + ${col(e)}] = ab${e}; }`).join('\n  ')}
 }
 `;
 }
@@ -114,18 +149,19 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 /** LayerNorm over the last axis of x [N, D]. */
 export function fusedLayerNorm(x: tf.Tensor2D, weight: tf.Tensor1D, bias: tf.Tensor1D, eps: number): tf.Tensor2D {
   const [N, D] = x.shape;
+  const shape = layerNormShape(D);
   const op = customOp(([xt, wt, bt], save) => {
     const y = allocate([N, D]);
     const mean = allocate([N]);
     const rstd = allocate([N]);
     dispatch(
-      kernel('layernorm', String(D), () => layerNormForwardSource(D)),
+      kernel('layernorm', shapeKey(shape), () => layerNormForwardSource(shape)),
       [xt, wt, bt],
       [y, mean, rstd],
       [
         ['u', N],
         ['f', eps],
-        ['u', 0],
+        ['u', D],
         ['u', 0],
       ],
       rowGrid(N),
@@ -140,13 +176,13 @@ export function fusedLayerNorm(x: tf.Tensor2D, weight: tf.Tensor1D, bias: tf.Ten
         const pdw = allocate([G, D]);
         const pdb = allocate([G, D]);
         dispatch(
-          kernel('layernorm_backward', String(D), () => layerNormBackwardSource(D)),
+          kernel('layernorm_backward', shapeKey(shape), () => layerNormBackwardSource(shape)),
           [dy, xs, ms, rs, ws],
           [dx, pdw, pdb],
           [
             ['u', N],
             ['u', R],
-            ['u', 0],
+            ['u', D],
             ['u', 0],
           ],
           rowGrid(G),

@@ -6,7 +6,7 @@
  * the input converted once (and saved for the weight gradient in f16), and the output gradient
  * converted by the column-sum kernel as it reads it.
  */
-import * as tf from '../tfjs.js';
+import type * as tf from '../tfjs.js';
 
 import { type Activation, customOp, linear, matMulNT } from '../ops/index.js';
 import { type KernelCase, randHost } from './check.js';

@@ -1,13 +1,30 @@
 /**
  * Matrix products on the WebGPU backend: offshoot's register-tiled f32 kernel (wgsl-matmul.ts) and,
- * for mixed precision's f16 products, its subgroup-matrix kernel (wgsl-sgmatrix.ts). A plan per
- * shape (tile, and split-K when the output has too few tiles to fill the GPU and K is long), bias
- * and bias + GELU epilogues, and an autotuner that times the candidate plans of every shape seen so
- * far on the device and keeps the fastest (autotuneMatMuls).
+ * for mixed precision's f16 products, its subgroup-matrix kernel (wgsl-sgmatrix.ts). A plan per shape
+ * (tile, and split-K when the output has too few tiles to fill the GPU and K is long), bias and
+ * bias + GELU epilogues, and an autotuner that times the candidate
+ * plans of each shape class seen so far on the device and keeps the fastest (autotuneMatMuls), in
+ * this process and in a plan file per GPU (matmul-plans.ts), so that no class is tuned twice.
+ * Shapes are uniforms of the kernels: a pipeline serves every shape of its variant (tile, transposes,
+ * epilogue, and what stays compiled in for speed: four-wide loads and the absence of bounds checks).
  */
+/// <reference types="@webgpu/types" />
+import { createHash } from 'node:crypto';
+import * as path from 'node:path';
+
+import { measureShapeCostAsync, shapeClassesEnabled } from '../shape-costs.js';
 import * as tf from '../tfjs.js';
 
 import { f16MatrixConfigs, halfProducts, matrixUnavailable, toHalf } from './half.js';
+import {
+  type GpuIdentity,
+  type PlanRecord,
+  planCacheDir,
+  planDirs,
+  planFileName,
+  readPlanFile,
+  savePlans,
+} from './matmul-plans.js';
 import {
   type Capabilities,
   type Kernel,
@@ -30,6 +47,7 @@ import {
   parseTile,
   sumSlicesSource,
   sumSlicesWideSource,
+  tileName,
   variantKey,
 } from './wgsl-matmul.js';
 import {
@@ -38,6 +56,7 @@ import {
   sgMatmulSource,
   sgThreads,
   sgTile,
+  sgTileKey,
   sgVariantKey,
   sgVariantProblem,
   sgWorkgroupBytes,
@@ -83,6 +102,11 @@ export interface MatMulPlan {
 }
 
 const isSg = (t: MatMulTile | SgMatMulTile): t is SgMatMulTile => 'kind' in t && t.kind === 'subgroup-matrix';
+
+/** A tile's name in plan files and logs: parseTile's form, or the subgroup-matrix tile's key. */
+function planTileName(t: MatMulTile | SgMatMulTile): string {
+  return isSg(t) ? sgTileKey(t) : tileName(t);
+}
 
 function tilesOf(t: Pick<MatMulTile, 'BM' | 'BN'>, M: number, N: number): number {
   return Math.ceil(M / t.BM) * Math.ceil(N / t.BN);
@@ -134,32 +158,200 @@ interface Shape {
 const shapeKey = (s: Shape) =>
   `${s.batch > 1 ? `${s.batch}@` : ''}${s.M}x${s.N}x${s.K}${s.transA ? 'T' : 'N'}${s.transB ? 'T' : 'N'}${s.triangle === 'none' ? '' : `/${s.triangle}`}` +
   (s.half ? ` f16${s.aType === 'f32' ? ' A:f32' : ''}${s.bType === 'f32' ? ' B:f32' : ''}` : '');
-/** Shapes seen and not yet tuned. */
+
+function pow2AtLeast(n: number): number {
+  let p = 1;
+  while (p < n) p *= 2;
+  return p;
+}
+
+/**
+ * A shape's class: M, N, K and the batch each rounded up to a power of two, with the transposes and
+ * the causal shortcut (`4096x512x512NT` holds every M in 2049..4096, N and K in 257..512). Shapes of a
+ * class share one tuned plan: the tile that fills the GPU best, and the split-K slices, change little
+ * within a factor of two. A class is tuned once, on the first of its shapes seen.
+ */
+export function shapeClass(
+  s: Pick<Shape, 'M' | 'N' | 'K' | 'transA' | 'transB'> &
+    Partial<Pick<Shape, 'batch' | 'triangle' | 'aType' | 'bType' | 'half'>>,
+): string {
+  const batch = s.batch ?? 1;
+  const triangle = s.triangle ?? 'none';
+  return shapeKey({
+    aType: 'f32',
+    bType: 'f32',
+    half: false,
+    ...s,
+    M: pow2AtLeast(s.M),
+    N: pow2AtLeast(s.N),
+    K: pow2AtLeast(s.K),
+    batch: batch > 1 ? pow2AtLeast(batch) : 1,
+    triangle,
+  });
+}
+
+/** Shapes seen and not yet tuned, by shape class (by shape with shape classes off). */
 const pending = new Map<string, Shape>();
-/** Tuned plans by shape. */
+/** Plans of shapes seen since their class was tuned, by shape. */
 const tuned = new Map<string, MatMulPlan>();
+/** Tuned plans by shape class: the autotuner's, and the plan files' (matmul-plans.ts). */
+const classPlans = new Map<string, { tile: MatMulTile | SgMatMulTile; S: number }>();
+/** The device whose plan files were read into classPlans. */
+let plansReadFor: GPUDevice | null = null;
+/** Shape classes (shapes, with shape classes off) tuned by this process. */
+let tunedHere = 0;
 
-/** Untuned shapes' plans, made once (the same object each time, so its prepared dispatches are reused). */
-const defaults = new Map<string, MatMulPlan>();
+/** Tuned shape classes known now (the plan files' included, read on the active webgpu device), and how many of them this process tuned. */
+export function matmulPlanCounts(): { classes: number; tuned: number } {
+  if (shapeClassesEnabled()) readPlanFiles();
+  return { classes: shapeClassesEnabled() ? classPlans.size : tuned.size, tuned: tunedHere };
+}
 
-/** Forgets tuned plans and shapes waiting to be tuned. */
+/** Untuned shapes' plans, made once (the same object each time, so its prepared dispatches are reused), with their class. */
+const defaults = new Map<string, { plan: MatMulPlan; cls: string }>();
+
+/** Forgets tuned plans and shapes waiting to be tuned (plan files are read again on next use). */
 export function clearMatMulTuning(): void {
   pending.clear();
   tuned.clear();
+  classPlans.clear();
   defaults.clear();
+  plansReadFor = null;
 }
 
-/** The tuned plan of a shape (`key` is its shapeKey), else the default one, noting the shape for the autotuner. */
+/**
+ * The tuned plan of a shape (`key` is its shapeKey), from its class's when that is tuned, else the
+ * default one, noting the shape's class for the autotuner.
+ */
 function planFor(key: string, s: Shape): MatMulPlan {
-  const t = tuned.get(key);
+  const t = tuned.get(key) ?? defaults.get(key)?.plan;
   if (t) return t;
-  let d = defaults.get(key);
-  if (!d) {
-    d = defaultPlanOf(s);
-    defaults.set(key, d);
-    pending.set(key, s);
+  const byClass = shapeClassesEnabled();
+  const cls = byClass ? shapeClass(s) : key;
+  if (byClass) {
+    readPlanFiles();
+    const c = classPlans.get(cls);
+    if (c) {
+      // A subgroup-matrix tile with direct loads serves only the class's shapes that are whole tiles.
+      let plan = makePlan(c.tile, s.K, c.S);
+      if (isSg(c.tile) && !sgFits(c.tile, s, plan.kChunk)) plan = defaultPlanOf(s);
+      tuned.set(key, plan);
+      return plan;
+    }
   }
-  return d;
+  const plan = defaultPlanOf(s);
+  defaults.set(key, { plan, cls });
+  if (!pending.has(cls)) pending.set(cls, s);
+  return plan;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plan files (matmul-plans.ts)
+
+const planLog = (msg: string): void => {
+  process.stderr.write(`matmul plans: ${msg}\n`);
+};
+
+/** This device's GPU, as plan files name it. */
+function gpuIdentity(device: GPUDevice): GpuIdentity {
+  const info = (device as unknown as { adapterInfo?: Partial<GpuIdentity> }).adapterInfo ?? {};
+  return {
+    vendor: info.vendor || 'unknown',
+    architecture: info.architecture || 'unknown',
+    device: info.device || 'unknown',
+    description: info.description || '',
+  };
+}
+
+let kernelsVersion: string | undefined;
+
+/**
+ * The version of the product kernels that tuned plans depend on: a hash of the generated sources of
+ * every tile (a plain and a split-K variant each), the slices' reductions and the planner's target.
+ * Any change to the kernels gives new plan files.
+ */
+export function matmulKernelsVersion(): string {
+  if (kernelsVersion) return kernelsVersion;
+  const hash = createHash('sha256').update(`${TARGET_WORKGROUPS}\0${JSON.stringify(BATCHED_TILES)}\0`);
+  for (const tile of Object.values(BATCHED_TILES)) {
+    const base = { ...tile, transA: false, transB: true, vecA: true, vecB: true, vecC: true, exact: false } as const;
+    hash
+      .update(matmulSource({ ...base, epilogue: 'bias-gelu', splitK: false }))
+      .update(matmulSource({ ...base, transA: true, transB: false, vecA: false, epilogue: 'none', splitK: true }));
+  }
+  for (const staging of ['workgroup', 'direct'] as const) {
+    const t = sgTile({
+      M: 16,
+      N: 16,
+      K: 16,
+      SGX: 2,
+      SGY: 2,
+      RM: 4,
+      RN: 4,
+      BK: 32,
+      staging,
+      double: staging === 'workgroup',
+    });
+    hash.update(sgMatmulSource({ ...sgVariantFor(t, 32, false, true), exact: staging === 'direct' }));
+  }
+  for (const epilogue of ['none', 'bias', 'bias-gelu'] as const) hash.update(sumSlicesSource({ epilogue }));
+  return (kernelsVersion = hash.update(sumSlicesWideSource()).digest('hex').slice(0, 12));
+}
+
+/** Whether a class (or shape key) is of batched or triangular products: `64@…` or `…/lowerC`. */
+const batchedClass = (cls: string) => cls.includes('@') || cls.includes('/');
+
+/** Whether a class (or shape key) is of f16 products: `… f16`. */
+const halfClass = (cls: string) => cls.includes(' f16');
+
+/** The tiles a class may use: those the autotuner tries for it (the subgroup-matrix ones for f16 classes, where they run). */
+function allowedTiles(cls: string): Map<string, MatMulTile | SgMatMulTile> {
+  const tiles: Array<MatMulTile | SgMatMulTile> = Object.values(batchedClass(cls) ? BATCHED_TILES : MATMUL_TILES);
+  if (halfClass(cls) && halfProducts() === 'matrix') tiles.push(...sgTiles());
+  return new Map(tiles.map((t) => [planTileName(t), t]));
+}
+
+/** Reads this device's plan files into classPlans, once per device; problems are logged and skipped. */
+function readPlanFiles(): void {
+  const b = webgpuBackend();
+  if (!b || plansReadFor === b.device) return;
+  plansReadFor = b.device;
+  const gpu = gpuIdentity(b.device);
+  const version = matmulKernelsVersion();
+  for (const dir of planDirs()) {
+    const file = path.join(dir, planFileName(gpu, version));
+    const { plans, warnings } = readPlanFile(file, gpu, version);
+    for (const w of warnings) planLog(w);
+    for (const [cls, rec] of plans) {
+      if (classPlans.has(cls)) continue;
+      const tile = allowedTiles(cls).get(rec.tile);
+      // Batched and triangular products take no split-K.
+      if (!tile || (rec.slices > 1 && batchedClass(cls))) {
+        planLog(
+          `${file}: plans[${JSON.stringify(cls)}]: tile ${rec.tile} with ${rec.slices} slices is not a plan this class can use; entry ignored`,
+        );
+        continue;
+      }
+      classPlans.set(cls, { tile, S: rec.slices });
+    }
+  }
+}
+
+/** Adds newly tuned classes to the plan cache file (a failure to write is logged: the plans still hold in this process). */
+function savePlanFile(results: TuneResult[]): void {
+  const b = webgpuBackend();
+  if (!b || results.length === 0) return;
+  const records = new Map<string, PlanRecord>();
+  for (const r of results) {
+    const c = classPlans.get(r.class);
+    if (c) records.set(r.class, { tile: planTileName(c.tile), slices: c.S, shape: r.shape, ms: r.ms });
+  }
+  try {
+    const { skipped } = savePlans(planCacheDir(), gpuIdentity(b.device), matmulKernelsVersion(), records);
+    if (skipped) planLog(`not saved: ${skipped}`);
+  } catch (err) {
+    planLog(`could not save to ${planCacheDir()}: ${(err as Error).message}`);
+  }
 }
 
 /** The plan of a shape without tuning: subgroup matrices for an f16 product where they run, else the f32 kernel's plan. */
@@ -541,7 +733,10 @@ function candidatePlans(s: Shape): MatMulPlan[] {
 }
 
 export interface TuneResult {
+  /** The shape timed. */
   shape: string;
+  /** Its shape class, which the plan now serves. */
+  class: string;
   plan: string;
   ms: number;
   defaultMs: number;
@@ -569,19 +764,26 @@ async function drain(): Promise<void> {
 }
 
 /**
- * Times every candidate plan of each matrix-product shape used since the last call, on the device,
- * and keeps the fastest for that shape. First every candidate runs once (compiling its pipeline),
- * then the GPU is kept busy for a while (clocks up), then the candidates are timed in turn, three
- * rounds of enough repetitions for about `targetMs` each, keeping each one's best round. Call it
- * between training steps (it waits for the device). Returns what it chose.
+ * Times every candidate plan of one shape of each shape class used since the last call and not tuned
+ * yet, on the device, and keeps the fastest for the class (by shape, with shape classes off). First
+ * every candidate runs once (compiling its pipeline), then the GPU is kept busy for a while (clocks
+ * up), then the candidates are timed in turn, three rounds of enough repetitions for about `targetMs`
+ * each, keeping each one's best round. The choices go to the plan cache file. Call it between
+ * training steps (it waits for the device). Returns what it chose; its time counts as autotuning.
  */
 export async function autotuneMatMuls(opts: { targetMs?: number } = {}): Promise<TuneResult[]> {
   if (webgpuBackend() === null || pending.size === 0) return [];
-  const targetMs = opts.targetMs ?? 12;
+  const results = await measureShapeCostAsync('autotune', () => tunePending(opts.targetMs ?? 12));
+  if (shapeClassesEnabled()) savePlanFile(results);
+  return results;
+}
+
+async function tunePending(targetMs: number): Promise<TuneResult[]> {
   const results: TuneResult[] = [];
   const shapes = [...pending.entries()];
   pending.clear();
-  for (const [key, s] of shapes) {
+  for (const [cls, s] of shapes) {
+    const key = shapeKey(s);
     const operand = (type: OperandType, shape: number[], lowerTriangular = false): tf.Tensor => {
       let x = tf.randomUniform(shape, -1, 1);
       // The causal shortcuts assume a triangular A (stored lower-triangular, transposed or not).
@@ -627,7 +829,7 @@ export async function autotuneMatMuls(opts: { targetMs?: number } = {}): Promise
     for (const p of plans) estimate.set(p, await timed(p, 1));
     // Clocks up: about 50 ms of the default plan (300 ms before the first shape: an idle GPU's
     // clocks take longer than 50 ms to rise, and the first shape's choice was skewed by it).
-    const warmMs = key === shapes[0][0] ? 300 : 50;
+    const warmMs = cls === shapes[0][0] ? 300 : 50;
     await timed(def, Math.max(2, Math.min(2000, Math.ceil(warmMs / Math.max(estimate.get(def)!, 0.01)))));
     const best = new Map<MatMulPlan, number>();
     for (let round = 0; round < 3; round++) {
@@ -640,9 +842,14 @@ export async function autotuneMatMuls(opts: { targetMs?: number } = {}): Promise
     let choice = def;
     for (const p of plans) if (best.get(p)! < best.get(choice)!) choice = p;
     tuned.set(key, choice);
+    tunedHere++;
+    if (shapeClassesEnabled()) classPlans.set(cls, { tile: choice.tile, S: choice.S });
+    // The class's other shapes seen so far take its plan from their next product on.
+    for (const [k, d] of defaults) if (d.cls === cls) defaults.delete(k);
     const ms = best.get(choice)!;
     results.push({
       shape: key,
+      class: cls,
       plan: planName(choice),
       ms: Number(ms.toFixed(3)),
       defaultMs: Number(best.get(def)!.toFixed(3)),
@@ -697,10 +904,12 @@ async function planProblem(
 }
 
 /**
- * autotuneMatMuls on a hardware adapter (a software one, such as lavapipe, would spend minutes), unless
- * OFFSHOOT_MATMUL_AUTOTUNE=0: webgpu's afterFirstTrainingStep, which the trainer runs after its first step.
+ * autotuneMatMuls on a hardware adapter (a software one, such as lavapipe, would spend minutes) unless
+ * OFFSHOOT_MATMUL_AUTOTUNE=0, or on any adapter with OFFSHOOT_MATMUL_AUTOTUNE=1: webgpu's
+ * afterFirstTrainingStep, which the trainer runs after its first step.
  */
 export async function autotuneIfHardware(): Promise<TuneResult[]> {
-  if (webgpuBackend() === null || process.env.OFFSHOOT_MATMUL_AUTOTUNE === '0' || capabilities().software) return [];
+  const setting = process.env.OFFSHOOT_MATMUL_AUTOTUNE;
+  if (webgpuBackend() === null || setting === '0' || (capabilities().software && setting !== '1')) return [];
   return autotuneMatMuls();
 }

@@ -20,7 +20,7 @@ export interface GpuProfile {
 
 export async function profileGpu(work: () => Promise<void>): Promise<GpuProfile | null> {
   const b = webgpuBackend();
-  if (!b || !b.device.features.has('timestamp-query')) return null;
+  if (!b?.device.features.has('timestamp-query')) return null;
   const sets: GPUQuerySet[] = [];
   const names: string[] = [];
   const next = (name: string): GPUComputePassTimestampWrites => {

@@ -18,6 +18,7 @@ import {
   lossScaling,
   matMulNT,
   parallelResidual,
+  releaseCachedMemory,
   takeAlongLastAxis,
   topKDistillation,
 } from '../ops/index.js';
@@ -32,7 +33,7 @@ import { halfProducts, sweepShadows } from './half.js';
 import { fusedLayerNorm } from './layer-norm.js';
 import { fusedLinear, fusedMatMulNT } from './linear.js';
 import { autotuneIfHardware } from './matmul.js';
-import { submitRecorded } from './runtime.js';
+import { releaseFreeBuffers, submitRecorded } from './runtime.js';
 
 const backend = 'webgpu';
 const fused = { backend, enabled: fusedKernelsEnabled };
@@ -89,3 +90,4 @@ afterFirstTrainingStep.register({
   name: 'autotune the matrix-product plans (hardware adapters)',
   run: autotuneIfHardware,
 });
+releaseCachedMemory.register({ backend, name: "destroy the free buffers of tfjs's pool", run: releaseFreeBuffers });

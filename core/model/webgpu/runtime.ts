@@ -20,6 +20,8 @@
 /// <reference types="@webgpu/types" />
 import * as tf from '../tfjs.js';
 
+import { measureShapeCost, measureShapeCostAsync } from '../shape-costs.js';
+
 interface TensorData {
   values: unknown;
   resource?: GPUBuffer | unknown;
@@ -61,19 +63,62 @@ export interface WebGPUBackendInternals {
 /** The active backend's internals when it is webgpu, else null. */
 export function webgpuBackend(): WebGPUBackendInternals | null {
   if (tf.getBackend() !== 'webgpu') return null;
-  return withOrderedPool(tf.backend() as unknown as WebGPUBackendInternals);
+  return adoptBackend(tf.backend() as unknown as WebGPUBackendInternals);
 }
 
-/** A webgpu backend whose buffer pool hands out its lowest-numbered free buffer (`orderPool`); the loader applies it when it makes the backend. */
-export function withOrderedPool<B extends object>(backend: B): B {
-  const pool = (backend as unknown as WebGPUBackendInternals).bufferManager;
-  if (!orderedPools.has(pool)) orderPool(pool);
+/**
+ * A webgpu backend as this runtime wants it (the loader applies it when it makes the backend): its
+ * buffer pool hands out its lowest-numbered free buffer (`orderPool`), and its device's shader and
+ * pipeline creation, tfjs's programs' as well as these kernels', counts as per-shape compile time
+ * (../shape-costs.ts).
+ */
+export function adoptBackend<B extends object>(backend: B): B {
+  const b = backend as unknown as WebGPUBackendInternals;
+  if (!orderedPools.has(b.bufferManager)) orderPool(b.bufferManager);
+  if (!timedDevices.has(b.device)) timeCompiles(b.device);
   return backend;
+}
+
+const timedDevices = new WeakSet<GPUDevice>();
+
+/** Counts the device's shader-module and pipeline creation (Dawn compiles the pipeline there, synchronously) as compile time. */
+function timeCompiles(device: GPUDevice): void {
+  const createShaderModule = device.createShaderModule.bind(device);
+  const createComputePipeline = device.createComputePipeline.bind(device);
+  const createComputePipelineAsync = device.createComputePipelineAsync.bind(device);
+  device.createShaderModule = (d) => measureShapeCost('compile', () => createShaderModule(d));
+  device.createComputePipeline = (d) => measureShapeCost('compile', () => createComputePipeline(d));
+  device.createComputePipelineAsync = (d) => measureShapeCostAsync('compile', () => createComputePipelineAsync(d));
+  timedDevices.add(device);
 }
 
 /** Bytes tfjs's WebGPU buffer pool has allocated (it keeps freed buffers, so this is its high-water mark); null off webgpu. */
 export function gpuBytesAllocated(): number | null {
   return webgpuBackend()?.bufferManager.numBytesAllocated ?? null;
+}
+
+/**
+ * Destroys the free buffers tfjs's pool keeps (it never returns them otherwise), after the work
+ * recorded so far has run. tfjs pools buffers by exact size, so a process that trains one shape after
+ * another (a fitness evaluator) would keep every earlier shape's buffers; the buffers in use stay.
+ * Returns the bytes released (0 off webgpu).
+ */
+export async function releaseFreeBuffers(): Promise<number> {
+  const b = webgpuBackend();
+  if (!b) return 0;
+  submitRecorded();
+  await b.device.queue.onSubmittedWorkDone();
+  let bytes = 0;
+  for (const free of b.bufferManager.freeBuffers.values()) {
+    for (const buffer of free) {
+      bytes += buffer.size;
+      buffer.destroy();
+    }
+    free.length = 0;
+  }
+  b.bufferManager.numBytesAllocated -= bytes;
+  (b.bufferManager as unknown as { numFreeBuffers: number }).numFreeBuffers = 0;
+  return bytes;
 }
 
 /** A buffer's number, in the order buffers are first bound or freed. */

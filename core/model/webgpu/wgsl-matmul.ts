@@ -66,6 +66,11 @@ export function parseTile(s: string): MatMulTile {
   return { BM, BN, BK, TM, TN, ...(s.trim().endsWith('d') ? { double: true } : {}) };
 }
 
+/** A tile as `parseTile` reads it. */
+export function tileName(t: MatMulTile): string {
+  return `${t.BM}x${t.BN}x${t.BK}x${t.TM}x${t.TN}${t.double ? 'd' : ''}`;
+}
+
 export function variantKey(v: MatMulVariant): string {
   return [
     'mm',

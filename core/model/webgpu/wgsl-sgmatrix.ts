@@ -55,6 +55,11 @@ export function sgTile(t: Omit<SgMatMulTile, 'kind' | 'BM' | 'BN'>): SgMatMulTil
   return { kind: 'subgroup-matrix', ...t, BM: t.SGY * t.RM * t.M, BN: t.SGX * t.RN * t.N };
 }
 
+/** A tile's name in plan files: `sg16x16x16:128x128x32:2x2x4x4:workgroup[d]` (configuration, block, subgroups × matrices, staging). */
+export function sgTileKey(t: SgMatMulTile): string {
+  return `sg${t.M}x${t.N}x${t.K}:${t.BM}x${t.BN}x${t.BK}:${t.SGY}x${t.SGX}x${t.RM}x${t.RN}:${t.staging}${t.double ? 'd' : ''}${t.emulate ? ':emulated' : ''}`;
+}
+
 export interface SgMatMulVariant extends SgMatMulTile {
   subgroupSize: number;
   transA: boolean;
