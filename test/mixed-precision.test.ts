@@ -47,6 +47,8 @@ import { type SgMatMulVariant, sgMatmulSource, sgTile } from '../core/model/webg
 import { testBackends, useBackend } from './helpers/backends.js';
 import { syntheticBatches, tinyConfig, tinyHyper } from './helpers/tiny.js';
 
+// The autotuner's plan file goes to a cache of this run's own, so no earlier run's plans are found.
+process.env.OFFSHOOT_CACHE = fs.mkdtempSync(path.join(os.tmpdir(), 'offshoot-mixed-'));
 const backends = await testBackends();
 const hasWebGPU = backends.includes('webgpu');
 

@@ -806,13 +806,18 @@ async function tunePending(targetMs: number): Promise<TuneResult[]> {
     const checkProduct = await productChecker(a, b, s, reference);
     const rejected: string[] = [];
     const plans: MatMulPlan[] = [];
-    for (const p of [defaultPlanOf(s), ...candidatePlans(s)]) {
+    const initial = defaultPlanOf(s);
+    const names = new Set<string>();
+    for (const p of [initial, ...candidatePlans(s)]) {
+      if (names.has(planName(p))) continue;
+      names.add(planName(p));
       const problem = await planProblem(p, s, a, b, checkProduct);
       if (problem) rejected.push(`${planName(p)}: ${problem}`);
       else plans.push(p);
     }
     checkProduct.dispose();
-    const def = plans.includes(defaultPlanOf(s)) ? defaultPlanOf(s) : reference;
+    // The untuned plan, unless it was left out: then the f32 kernel's.
+    const def = plans.includes(initial) ? initial : reference;
     if (!plans.includes(def)) plans.unshift(def);
     const run = (plan: MatMulPlan, reps: number) => {
       for (let i = 0; i < reps; i++) release(matmul({ a, b, ...s, plan }).c);
