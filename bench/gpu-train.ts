@@ -2,20 +2,30 @@
  * GPU training speed of the cuda and webgpu backends against PyTorch on the same card, the GPU
  * machine's entry to bench/train-throughput (the same code and JSON lines, `bench: "gpu-train"`):
  * per configuration and backend, offshoot's training step (webgpu also with tfjs's stock kernels
- * only, with --unfused), tokens/s, achieved TFLOP/s, peak GPU memory, and PyTorch
- * (bench/torch_reference.py: f32 eager, bf16 autocast, bf16 + torch.compile, fused AdamW) measured
- * in the same call, with the ratios.
+ * only, with --unfused), tokens/s, achieved TFLOP/s, peak GPU memory, the matrix-product plans the
+ * autotuner chose with their TFLOP/s per shape, and PyTorch (bench/torch_reference.py: f32 eager,
+ * bf16 autocast, bf16 + torch.compile, fused AdamW) measured in the same call, with the ratios.
  *
  *   node dist/bench/gpu-train.js --config tiny|pythia-70m|pythia-160m|pythia-410m[,...] [--backends cuda,webgpu]
- *        [--steps N] [--warmup N] [--torch python3 | --no-torch] [--torch-modes f32,bf16,bf16-compile]
- *        [--unfused] [--check | --check-only] [--check-scale small|pythia] [--profile 1]
+ *        [--precision mixed|f32] [--steps N] [--warmup N] [--torch python3 | --no-torch] [--torch-modes f32,bf16,bf16-compile]
+ *        [--unfused] [--check | --check-only] [--check-scale small|pythia] [--checks f32,mixed,tiles,curve] [--profile 1]
+ *
+ * --precision sets OFFSHOOT_PRECISION for every measured process (default: the environment's, else
+ * mixed): on webgpu, mixed runs the linear and logits products on f16 subgroup matrices where the
+ * adapter offers them (core/model/webgpu/half.ts).
  *
  * --check first runs the kernel correctness checks on the card, one JSON line each: for webgpu, each
  * operation's case from its file in core/model/webgpu, run by check.ts, at the shapes of a
  * Pythia-70M step (fused kernels against tfjs's stock webgpu kernels, plus a whole Pythia-70M-shaped
- * model's gradients); for cuda, core/model/cuda/check.ts (every operation and tfjs kernel against
- * the cpu backend, in f32 and in mixed precision; a Pythia-70M-shaped model's gradients and 300
- * training steps against webgpu in f32; transformers' logits of the committed fixtures).
+ * model's gradients), in f32 (`f32`); then mixed precision's f16 products against f32 at those
+ * shapes, the linear and logits operations and the model's gradients in mixed precision (`mixed`);
+ * every subgroup-matrix tile the autotuner may pick on every product layout, ragged and whole shapes,
+ * epilogues, split-K and the causal batched products (`tiles`); and 300 training steps of
+ * Pythia-70M in mixed precision against f32 from the same init (`curve`). --checks picks sections
+ * (default all), so a long check can be split over several calls. For cuda, core/model/cuda/check.ts
+ * (every operation and tfjs kernel against the cpu backend, in f32 and in mixed precision; a
+ * Pythia-70M-shaped model's gradients and 300 training steps against webgpu in f32; transformers'
+ * logits of the committed fixtures).
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -23,13 +33,26 @@ import { fileURLToPath } from 'node:url';
 
 import { initBackend } from '../core/model/backend.js';
 import { presetConfig } from '../core/model/index.js';
+import { parsePrecision, setPrecision } from '../core/model/precision.js';
 import { attentionCase } from '../core/model/webgpu/attention.js';
-import { type KernelCase, matmulCase, modelGradientCheck, runCase } from '../core/model/webgpu/check.js';
+import {
+  F16_PRODUCT_TOL,
+  type KernelCase,
+  halfProductCase,
+  matmulCase,
+  mixedCurveCheck,
+  modelGradientCheck,
+  runCase,
+  sgTileCases,
+} from '../core/model/webgpu/check.js';
 import { crossEntropyCase } from '../core/model/webgpu/cross-entropy.js';
 import { topKCase } from '../core/model/webgpu/distill.js';
 import { embeddingCase } from '../core/model/webgpu/embedding.js';
 import { layerNormCase } from '../core/model/webgpu/layer-norm.js';
+import { halfProducts, matrixUnavailable } from '../core/model/webgpu/half.js';
 import { linearCase, logitsCase } from '../core/model/webgpu/linear.js';
+import { sgTiles } from '../core/model/webgpu/matmul.js';
+import { capabilities } from '../core/model/webgpu/runtime.js';
 import { main as throughput } from './train-throughput.js';
 
 /**
@@ -58,6 +81,35 @@ function pythiaScaleCases(shrink = 1): KernelCase[] {
   ];
 }
 
+/**
+ * Mixed precision's checks at the same shapes: the three products of a linear layer with f16 operands
+ * (the planner's plans), and the linear, MLP-up, logits and attention (scores path) operations with
+ * their gradients.
+ */
+function pythiaScaleHalfCases(shrink = 1): KernelCase[] {
+  const d = (n: number) => Math.max(4, Math.round(n / shrink / 4) * 4);
+  const [N, D, V, F] = [d(4096), d(512), d(50304), d(2048)];
+  const grads = 2 * F16_PRODUCT_TOL;
+  return [
+    halfProductCase({ name: 'f16 product NT (logits shape)', M: N, N: V, K: D, transB: true }),
+    halfProductCase({ name: 'f16 product NN (logits backward)', M: N, N: D, K: V }),
+    halfProductCase({ name: 'f16 product TN (embed_out gradient)', M: V, N: D, K: N, transA: true }),
+    halfProductCase({
+      name: 'f16 product NT + bias + GELU (MLP up)',
+      M: N,
+      N: F,
+      K: D,
+      transB: true,
+      epilogue: 'bias-gelu',
+    }),
+    linearCase(N, D, d(1536), 'none', grads),
+    linearCase(N, D, F, 'gelu', grads),
+    linearCase(N, F, D, 'none', grads),
+    logitsCase(d(1024), D, V, grads),
+    attentionCase('scores', Math.max(1, Math.round(8 / shrink)), d(512), 8, 64, 16, grads),
+  ];
+}
+
 const argv = process.argv.slice(2);
 const pass: string[] = [];
 let torch: string | null = 'python3';
@@ -70,6 +122,8 @@ let checkScale: 'small' | 'pythia' = 'pythia';
 let torchModes = 'f32,bf16,bf16-compile';
 /** Divides the check shapes (to try --check on a slow adapter). */
 let shrink = 1;
+const CHECK_SECTIONS = ['f32', 'mixed', 'tiles', 'curve'] as const;
+let sections: string[] = [...CHECK_SECTIONS];
 for (let i = 0; i < argv.length; i++) {
   const a = argv[i];
   if (a === '--no-torch') torch = null;
@@ -82,6 +136,14 @@ for (let i = 0; i < argv.length; i++) {
   else if (a === '--check-scale') checkScale = argv[++i] === 'small' ? 'small' : 'pythia';
   else if (a === '--torch-modes') torchModes = argv[++i];
   else if (a === '--check-shrink') shrink = Number(argv[++i]);
+  else if (a === '--checks') {
+    sections = argv[++i].split(',');
+    const bad = sections.find((x) => !(CHECK_SECTIONS as readonly string[]).includes(x));
+    if (bad)
+      throw new Error(
+        `--checks: unknown section ${JSON.stringify(bad)}; expected some of ${CHECK_SECTIONS.join(', ')}`,
+      );
+  } else if (a === '--precision') process.env.OFFSHOOT_PRECISION = parsePrecision(argv[++i]);
   else pass.push(a);
 }
 
@@ -105,38 +167,99 @@ if (check && backends.includes('cuda')) {
 
 if (check && backends.includes('webgpu')) {
   await initBackend('webgpu', () => {});
+  const log = (line: Record<string, unknown>) =>
+    console.log(JSON.stringify({ bench: 'gpu-check', backend: 'webgpu', ...line }));
   let failed = 0;
-  for (const c of pythiaScaleCases(shrink)) {
+  const run = async (c: KernelCase, precision: 'f32' | 'mixed') => {
     const t0 = performance.now();
     const r = await runCase(c, 'webgpu-unfused');
     if (!r.ok) failed++;
-    console.log(
-      JSON.stringify({
-        bench: 'gpu-check',
-        case: r.name,
-        ok: r.ok,
-        valueErr: r.valueErr,
-        gradErrs: r.gradErrs,
-        tol: r.tol,
-        ms: Math.round(performance.now() - t0),
-      }),
-    );
-  }
+    log({
+      precision,
+      case: r.name,
+      ok: r.ok,
+      valueErr: r.valueErr,
+      gradErrs: r.gradErrs,
+      tol: r.tol,
+      ms: Math.round(performance.now() - t0),
+    });
+  };
   const seq = Math.max(8, Math.round(512 / shrink));
-  const t0 = performance.now();
-  const m = await modelGradientCheck(presetConfig('pythia-70m', 50304), 2, seq, 'webgpu-unfused');
-  const ok = m.lossDiff < 1e-4 && m.worstGradient.err < 1e-3;
-  if (!ok) failed++;
-  console.log(
-    JSON.stringify({
-      bench: 'gpu-check',
-      case: `pythia-70m model, batch 2 × ${seq}: loss and all gradients vs unfused`,
+  const model = async (precision: 'f32' | 'mixed', tol: { loss: number; gradient: number }) => {
+    const t0 = performance.now();
+    const m = await modelGradientCheck(presetConfig('pythia-70m', 50304), 2, seq, 'webgpu-unfused');
+    const ok = m.lossDiff < tol.loss && m.worstGradient.err < tol.gradient;
+    if (!ok) failed++;
+    log({
+      precision,
+      case: `pythia-70m model, batch 2 × ${seq}: loss and all gradients vs unfused f32`,
       ok,
       ...m,
+      tol,
       ms: Math.round(performance.now() - t0),
-    }),
-  );
-  console.log(JSON.stringify({ bench: 'gpu-check', failed }));
+    });
+  };
+  if (sections.includes('f32')) {
+    setPrecision('f32');
+    for (const c of pythiaScaleCases(shrink)) await run(c, 'f32');
+    await model('f32', { loss: 1e-4, gradient: 1e-3 });
+    setPrecision(null);
+  }
+  setPrecision('mixed');
+  const products = halfProducts();
+  const caps = capabilities();
+  log({
+    case: 'mixed-precision products',
+    products,
+    why: products === 'matrix' ? null : matrixUnavailable(caps),
+    shaderF16: caps.shaderF16,
+    subgroupSize: caps.subgroupMinSize,
+    subgroupMatrixConfigs: caps.subgroupMatrixConfigs,
+    subgroupMatrixTiles: sgTiles().length,
+  });
+  if (products !== 'off') {
+    if (sections.includes('mixed')) {
+      for (const c of pythiaScaleHalfCases(shrink)) await run(c, 'mixed');
+      // bf16's tolerances on the cuda backend (core/model/cuda/check.ts); f16 keeps three more bits.
+      await model('mixed', { loss: 2e-2, gradient: 5e-2 });
+    }
+    if (sections.includes('tiles'))
+      for (const tile of sgTiles()) for (const c of sgTileCases(tile)) await run(c, 'mixed');
+    if (sections.includes('curve')) {
+      const steps = Math.max(20, Math.round(300 / shrink));
+      const t0 = performance.now();
+      const r = await mixedCurveCheck(
+        presetConfig('pythia-70m', 50304),
+        steps,
+        8,
+        Math.max(8, Math.round(128 / shrink)),
+      );
+      // As cuda's curve check: the curves must not drift apart (mean over the last 50 steps), single steps may move.
+      const tol = { meanAbsDiffLast50: 0.05, maxAbsDiff: 0.25 };
+      const ok =
+        r.mixed.length === steps && r.meanAbsDiffLast50 < tol.meanAbsDiffLast50 && r.maxAbsDiff < tol.maxAbsDiff;
+      if (!ok) failed++;
+      const every = Math.max(1, Math.floor(steps / 10));
+      const sample = (xs: number[]) =>
+        xs.filter((_, i) => i % every === 0 || i === xs.length - 1).map((x) => Number(x.toFixed(4)));
+      log({
+        precision: 'mixed',
+        case: `${steps} steps, pythia-70m, batch 8 × ${Math.max(8, Math.round(128 / shrink))}: mixed vs f32 from the same init and data`,
+        ok,
+        products: r.halfProducts,
+        meanAbsDiffLast50: r.meanAbsDiffLast50,
+        maxAbsDiff: r.maxAbsDiff,
+        tol,
+        lossScale: r.lossScale,
+        skippedSteps: r.skippedSteps,
+        mixed: sample(r.mixed),
+        f32: sample(r.f32),
+        ms: Math.round(performance.now() - t0),
+      });
+    }
+  }
+  setPrecision(null);
+  log({ failed });
 }
 
 if (checkOnly) process.exit(0);

@@ -156,6 +156,8 @@ export interface Measurement {
   finalLoss?: number;
   /** Matrix-product plans the autotuner chose (webgpu with fused kernels). */
   autotune?: TuneResult[];
+  /** Mixed precision's loss scale at the end and the steps it skipped (webgpu's f16 products). */
+  lossScale?: { scale: number; skippedSteps: number };
   /** Kernel launches and library calls per training step (cuda). */
   launchesPerStep?: number;
   /** tfjs kernels that ran through the host during the timed steps, with counts (cuda). */
@@ -180,7 +182,7 @@ async function measure(args: Args, which: BenchBackend): Promise<Measurement> {
   const info = await initBackend(baseBackend(which), () => {});
   if (which === 'webgpu-unfused') {
     setFusedKernels(false);
-    info.detail = info.detail?.replace('fused kernels on', 'fused kernels off');
+    info.detail = info.detail?.replace(/fused kernels on.*$/, 'fused kernels off (tfjs stock kernels, f32)');
   }
   if (which === 'cuda') info.detail = `${info.detail}, precision ${precision()}`;
   if (which === 'tensorflow-stock') {
@@ -262,9 +264,11 @@ async function measure(args: Args, which: BenchBackend): Promise<Measurement> {
       top: p.byName.slice(0, 30).map((e) => [e.name, Number(e.ms.toFixed(3)), e.count] as [string, number, number]),
     };
   }
+  const lossScale = await trainer.optimizer.lossScale?.read();
   trainer.dispose();
   return {
     backend: which,
+    lossScale,
     tokensPerSecond: (n * 1000) / ms,
     stepMs: ms,
     hostMs: hostMsPerStep,
@@ -403,6 +407,7 @@ export async function runConfig(args: Args): Promise<Record<string, unknown>[]> 
       peakGpuMiB: r.peakGpuMiB,
       peakRssMiB: r.peakRssMiB,
       finalLoss: r.finalLoss,
+      ...(r.lossScale ? { lossScale: r.lossScale } : {}),
       ...(r.autotune ? { autotune: r.autotune } : {}),
       ...(r.profile ? { profile: r.profile } : {}),
       ...(r.viaHost ? { viaHost: r.viaHost } : {}),

@@ -5,23 +5,24 @@
  * and, where offered, cooperative-matrix) over the shapes of a Pythia-70M training step, each
  * checked against a float64 product first. One JSON line per finding.
  *
- *   node dist/bench/webgpu-probe.js [--quick] [--toggles allow_unsafe_apis,disable_robustness]
+ *   node dist/bench/webgpu-probe.js [--quick] [--toggles allow_unsafe_apis,disable_robustness[;...]]
  *        [--tiles 128x128x8x8x8,256x128x8x16x8d,...]   (BMxBNxBKxTMxTN, d: two slabs; default: offshoot's tiles)
  */
 /// <reference types="@webgpu/types" />
 import {
   type MatMulTile,
   type MatMulVariant,
-  ERF_WGSL,
   matmulGrid,
   matmulSource,
   parseTile,
 } from '../core/model/webgpu/wgsl-matmul.js';
+import type { SubgroupMatrixConfig } from '../core/model/webgpu/runtime.js';
 import {
   type SgMatMulVariant,
-  type SubgroupMatrixConfig,
   sgMatmulSource,
+  sgThreads,
   sgTile,
+  sgWorkgroupBytes,
 } from '../core/model/webgpu/wgsl-sgmatrix.js';
 
 const args = process.argv.slice(2);
@@ -34,7 +35,12 @@ const scale = scaleArg >= 0 ? Number(args[scaleArg + 1]) : 1;
 const toggleSets =
   togglesArg >= 0
     ? args[togglesArg + 1].split(';')
-    : ['allow_unsafe_apis', 'allow_unsafe_apis,disable_robustness', 'allow_unsafe_apis,skip_validation'];
+    : [
+        'allow_unsafe_apis',
+        'allow_unsafe_apis,disable_robustness',
+        'allow_unsafe_apis,disable_robustness,vulkan_enable_f16_on_nvidia,use_vulkan_memory_model',
+        'allow_unsafe_apis,skip_validation',
+      ];
 
 const dawn = (await import('webgpu')) as unknown as { create(flags: string[]): GPU; globals: object };
 Object.assign(globalThis, dawn.globals);
@@ -177,7 +183,7 @@ type Kernel = { kind: 'simt'; v: MatMulVariant } | { kind: 'sg'; v: SgMatMulVari
 function kernelKey(k: Kernel): string {
   return k.kind === 'simt'
     ? `simt ${k.v.BM}x${k.v.BN}x${k.v.BK} t${k.v.TM}x${k.v.TN}${k.v.double ? ' double' : ''}`
-    : `sg ${k.v.cfg.componentType}->${k.v.cfg.resultComponentType} ${k.v.cfg.M}x${k.v.cfg.N}x${k.v.cfg.K} sg${k.v.SGY}x${k.v.SGX} r${k.v.RM}x${k.v.RN} bk${k.v.BK}${k.v.enableSubgroups ? ' +enable' : ''}`;
+    : `sg f16->f32 ${k.v.M}x${k.v.N}x${k.v.K} sg${k.v.SGY}x${k.v.SGX} r${k.v.RM}x${k.v.RN} bk${k.v.BK}${k.v.double ? ' double' : ''}`;
 }
 
 function build(k: Kernel, s: Shape): { code: string; grid: [number, number, number]; key: string } | null {
@@ -200,14 +206,20 @@ function build(k: Kernel, s: Shape): { code: string; grid: [number, number, numb
       return null;
     }
   }
-  const v: SgMatMulVariant = { ...k.v, transA: s.transA, transB: s.transB, epilogue: 'none', splitK: S > 1 };
-  if (s.K % (v.BK * S) !== 0) return null;
-  const t = sgTile(v);
-  return {
-    code: sgMatmulSource(v, ERF_WGSL),
-    grid: [Math.ceil(s.N / t.BN), Math.ceil(s.M / t.BM), S],
-    key: JSON.stringify(v),
+  // The probe's buffers are f32: the kernel converts them to f16 as it stages them.
+  const w = (n: number) => (n % 4 === 0 ? 4 : 1);
+  const v: SgMatMulVariant = {
+    ...k.v,
+    transA: s.transA,
+    transB: s.transB,
+    widthA: w(s.transA ? s.M : s.K),
+    widthB: w(s.transB ? s.K : s.N),
+    exact: s.M % k.v.BM === 0 && s.N % k.v.BN === 0 && s.K % (k.v.BK * S) === 0,
+    epilogue: 'none',
+    splitK: S > 1,
   };
+  if (s.K % (v.BK * S) !== 0) return null;
+  return { code: sgMatmulSource(v), grid: [Math.ceil(s.N / v.BN), Math.ceil(s.M / v.BM), S], key: JSON.stringify(v) };
 }
 
 const hostData = new Map<string, { a: Float32Array; b: Float32Array }>();
@@ -381,37 +393,44 @@ for (const toggles of toggleSets) {
     info.subgroupMinSize === info.subgroupMaxSize
   ) {
     for (const cfg of info.subgroupMatrixConfigs ?? []) {
-      if (!['f32', 'f16'].includes(cfg.componentType) || !['f32', 'f16'].includes(cfg.resultComponentType)) continue;
-      if ((cfg.componentType === 'f16' || cfg.resultComponentType === 'f16') && !ctx.device.features.has('shader-f16'))
+      if (cfg.componentType !== 'f16' || cfg.resultComponentType !== 'f32' || !ctx.device.features.has('shader-f16'))
         continue;
       for (const [SGY, SGX, RM, RN, BK] of [
         [2, 2, 2, 2, 32],
-        [2, 2, 4, 2, 32],
-        [2, 2, 2, 4, 32],
-        [4, 2, 2, 2, 32],
-        [2, 2, 2, 2, 64],
+        [2, 2, 4, 4, 32],
+        [4, 2, 2, 4, 32],
+        [2, 2, 4, 4, 64],
       ]) {
-        for (const enableSubgroups of [false, true]) {
-          const v: SgMatMulVariant = {
-            cfg,
-            subgroupSize: sgSize,
+        for (const double of [false, true]) {
+          if (cfg.M * RM * SGY > 128 || BK % cfg.K !== 0) continue;
+          const t = sgTile({
+            M: cfg.M,
+            N: cfg.N,
+            K: cfg.K,
             SGX,
             SGY,
             RM,
-            RN,
+            RN: (RN * 16) / cfg.N,
             BK,
+            staging: 'workgroup',
+            double,
+          });
+          const v: SgMatMulVariant = {
+            ...t,
+            subgroupSize: sgSize,
             transA: false,
             transB: false,
+            aType: 'f32',
+            bType: 'f32',
+            widthA: 4,
+            widthB: 4,
+            exact: false,
             epilogue: 'none',
             splitK: false,
-            enableSubgroups,
+            batched: false,
+            triangle: 'none',
           };
-          const t = sgTile(v);
-          const bytes =
-            (cfg.componentType === 'f16' ? 2 : 4) * (t.BM * BK + BK * t.BN) +
-            (cfg.resultComponentType === 'f16' ? 2 : 4) * t.BM * t.BN;
-          if (bytes > wgMem || t.threads > 1024) continue;
-          if (BK % cfg.K !== 0) continue;
+          if (sgWorkgroupBytes(v) > wgMem || sgThreads(v) > 1024) continue;
           kernels.push({ kind: 'sg', v });
           if (quick) break;
         }

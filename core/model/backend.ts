@@ -14,6 +14,7 @@
 import { createRequire } from 'node:module';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { precision } from './precision.js';
 import * as tf from './tfjs.js';
 
 /** The backends, in the order `auto` tries them. */
@@ -343,15 +344,25 @@ function probeWebGPU(): Promise<WebGPUProbe> {
 }
 
 /**
- * Dawn toggles, from env OFFSHOOT_DAWN_TOGGLES (comma-separated; default
- * allow_unsafe_apis,disable_robustness). allow_unsafe_apis exposes experimental adapter features
- * such as chromium-experimental-subgroup-matrix so they can be detected; disable_robustness drops
- * the clamp Dawn adds to every storage and workgroup access, which guards browsers against untrusted
- * shaders: the kernels run here check their own bounds, and the clamp cost 5% of a training step on
- * an H200 (docs/gpu-kernels.md).
+ * Dawn toggles, from env OFFSHOOT_DAWN_TOGGLES (comma-separated; it replaces all of the defaults
+ * below). allow_unsafe_apis exposes experimental adapter features such as
+ * chromium-experimental-subgroup-matrix; disable_robustness drops the clamp Dawn adds to every
+ * storage and workgroup access, which guards browsers against untrusted shaders: the kernels run
+ * here check their own bounds, and the clamp cost 5% of a training step on an H200
+ * (docs/gpu-kernels.md). On NVIDIA (`vendor`), Dawn withholds shader-f16, and with it the f16
+ * subgroup-matrix configurations (the tensor cores), unless vulkan_enable_f16_on_nvidia is on;
+ * use_vulkan_memory_model is how they were measured.
  */
-function dawnFlags(): string[] {
-  const toggles = (process.env.OFFSHOOT_DAWN_TOGGLES ?? 'allow_unsafe_apis,disable_robustness').trim();
+export function dawnToggles(vendor?: string): string {
+  const override = process.env.OFFSHOOT_DAWN_TOGGLES;
+  if (override !== undefined) return override.trim();
+  const base = 'allow_unsafe_apis,disable_robustness';
+  return /nvidia/i.test(vendor ?? '') ? `${base},${NVIDIA_TOGGLES}` : base;
+}
+const NVIDIA_TOGGLES = 'vulkan_enable_f16_on_nvidia,use_vulkan_memory_model';
+
+function dawnFlags(vendor?: string): string[] {
+  const toggles = dawnToggles(vendor);
   // Dawn's `null` backend records and validates commands but runs nothing: it measures the host's
   // cost of a step on any machine (bench/train-throughput's hostMs).
   const dawnBackend = process.env.OFFSHOOT_DAWN_BACKEND?.trim();
@@ -380,19 +391,22 @@ async function doProbeWebGPU(): Promise<WebGPUProbe> {
     nav = {};
     Object.defineProperty(globalThis, 'navigator', { value: nav, writable: true, configurable: true });
   }
+  const lowPower = tf.env().getBool('WEBGPU_USE_LOW_POWER_GPU') === true;
+  const options = { powerPreference: lowPower ? 'low-power' : 'high-performance' } as const;
   if (nav.gpu == null) {
-    const adapter = await chosenAdapter(dawn);
-    Object.defineProperty(nav, 'gpu', {
-      value: dawn.create([...dawnFlags(), ...(adapter ? [`adapter=${adapter}`] : [])]),
-      writable: true,
-      configurable: true,
-    });
+    const chosen = await chosenAdapter(dawn);
+    const flags = (vendor?: string) => [...dawnFlags(vendor), ...(chosen ? [`adapter=${chosen}`] : [])];
+    // The vendor's toggles are adapter toggles: a first instance finds the adapter's vendor, a second
+    // one has them (a missing adapter is reported below).
+    let gpu = dawn.create(flags()) as GpuLike;
+    const vendor = (await gpu.requestAdapter(options).catch(() => null))?.info?.vendor;
+    if (dawnToggles(vendor) !== dawnToggles()) gpu = dawn.create(flags(vendor)) as GpuLike;
+    Object.defineProperty(nav, 'gpu', { value: gpu, writable: true, configurable: true });
   }
   const gpu = nav.gpu as GpuLike;
-  const lowPower = tf.env().getBool('WEBGPU_USE_LOW_POWER_GPU') === true;
   let adapter: AdapterLike | null;
   try {
-    adapter = await gpu.requestAdapter({ powerPreference: lowPower ? 'low-power' : 'high-performance' });
+    adapter = await gpu.requestAdapter(options);
   } catch (e) {
     const wanted = process.env.OFFSHOOT_WEBGPU_ADAPTER?.trim();
     if (!wanted) throw e;
@@ -473,7 +487,15 @@ async function loadWebGPU(): Promise<{ detail?: string }> {
   }
   // tfjs uses timestamp-query for profiling and bgra8unorm-storage for canvas output; its own factory
   // passes the latter wrapped in an array by mistake.
-  const requiredFeatures = ['timestamp-query', 'bgra8unorm-storage'].filter((f) => adapter.features.has(f));
+  // shader-f16 and subgroup matrices for mixed precision's f16 products (webgpu/half.ts); tfjs's own
+  // kernels use none of them.
+  const requiredFeatures = [
+    'timestamp-query',
+    'bgra8unorm-storage',
+    'shader-f16',
+    'subgroups',
+    'chromium-experimental-subgroup-matrix',
+  ].filter((f) => adapter.features.has(f));
   let device: DeviceLike;
   try {
     device = await adapter.requestDevice({ requiredFeatures, requiredLimits });
@@ -499,7 +521,7 @@ async function loadWebGPU(): Promise<{ detail?: string }> {
   );
   tf.env().set('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE', submitBatch());
   await import('./webgpu/register.js');
-  return { detail: `adapter: ${description}; ${describeCompute(adapter)}` };
+  return { detail: `adapter: ${description}; ${await describeCompute(adapter)}` };
 }
 
 /**
@@ -520,8 +542,8 @@ function submitBatch(): number {
 }
 const DEFAULT_SUBMIT_BATCH = 15;
 
-/** What the fused kernels can use on this adapter (docs/gpu-kernels.md). */
-function describeCompute(adapter: AdapterLike): string {
+/** What the fused kernels can use on this adapter, and what the matrix products run on (docs/gpu-kernels.md). */
+async function describeCompute(adapter: AdapterLike): Promise<string> {
   const info = (adapter.info ?? {}) as {
     subgroupMinSize?: number;
     subgroupMaxSize?: number;
@@ -537,14 +559,33 @@ function describeCompute(adapter: AdapterLike): string {
   if (adapter.features.has('subgroups'))
     parts.push(`subgroups ${info.subgroupMinSize ?? '?'}-${info.subgroupMaxSize ?? '?'}`);
   parts.push(adapter.features.has('shader-f16') ? 'shader-f16' : 'no shader-f16');
-  if (adapter.features.has('chromium-experimental-subgroup-matrix')) {
-    const configs = [...(info.subgroupMatrixConfigs ?? [])].map(
-      (c) => `${c.componentType}>${c.resultComponentType} ${c.M}x${c.N}x${c.K}`,
+  const configs = adapter.features.has('chromium-experimental-subgroup-matrix')
+    ? [...(info.subgroupMatrixConfigs ?? [])]
+    : [];
+  if (configs.length > 0)
+    parts.push(
+      `subgroup-matrix [${configs.map((c) => `${c.componentType}>${c.resultComponentType} ${c.M}x${c.N}x${c.K}`).join(', ')}]`,
     );
-    parts.push(`subgroup-matrix [${configs.join(', ')}]`);
+  if (process.env.OFFSHOOT_FUSED_KERNELS === '0') {
+    parts.push('fused kernels off');
+    return parts.join(', ');
   }
-  const fused = process.env.OFFSHOOT_FUSED_KERNELS === '0' ? 'off' : 'on';
-  parts.push(`fused kernels ${fused} (f32 register-tiled matmul)`);
+  const { chooseHalfProducts, matrixUnavailable } = await import('./webgpu/half.js');
+  const caps = {
+    shaderF16: adapter.features.has('shader-f16'),
+    subgroupMatrixConfigs: configs,
+    subgroupMinSize: info.subgroupMinSize ?? null,
+    subgroupMaxSize: info.subgroupMaxSize ?? null,
+  };
+  const p = precision();
+  const products = chooseHalfProducts(p, caps);
+  const why = products === 'off' && p === 'mixed' ? matrixUnavailable(caps) : null;
+  const what = {
+    matrix: 'f16 subgroup-matrix products, f32 accumulation, loss scaling',
+    storage: 'f16 operands on the f32 register-tiled products, loss scaling',
+    off: 'f32 register-tiled products',
+  }[products];
+  parts.push(`fused kernels on, precision ${p}: ${what}${why ? ` (${why})` : ''}`);
   return parts.join(', ');
 }
 

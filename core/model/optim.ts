@@ -5,7 +5,16 @@
  */
 import type * as tf from './tfjs.js';
 
-import { type AdamWEntry, type AdamWStep, AdamWState, adamwUpdate, clippedAdamW } from './ops/index.js';
+import {
+  type AdamWEntry,
+  type AdamWStep,
+  AdamWState,
+  LossScale,
+  type LossScaleOptions,
+  adamwUpdate,
+  clippedAdamW,
+  lossScaledAdamW,
+} from './ops/index.js';
 import type { HostTensor } from './safetensors.js';
 
 export interface AdamWOptions {
@@ -43,6 +52,8 @@ export class AdamW {
   step = 0;
   /** The moments (ops/adamw.ts: a kernel may keep them in storage of its own between steps). */
   private readonly state = new AdamWState();
+  /** Dynamic loss scaling of the gradients it is given (useLossScale), or null. */
+  lossScale: LossScale | null = null;
 
   constructor(options: Partial<AdamWOptions> = {}) {
     this.options = { ...DEFAULT_ADAMW, ...options };
@@ -84,28 +95,48 @@ export class AdamW {
     return { ...this.options, lr, step: this.step, maxNorm };
   }
 
-  /** Clips and applies the update whose numbers nextStep gave; returns the norm before clipping. */
+  /**
+   * Clips and applies the update whose numbers nextStep gave; returns the norm before clipping. With
+   * a loss scale the gradients are those of the scaled loss: they are unscaled first, and a step
+   * that overflowed is skipped (ops/adamw.ts's lossScaledAdamW).
+   */
   applyStep(params: Map<string, tf.Variable>, grads: Record<string, tf.Tensor>, s: AdamWStep): tf.Scalar {
-    return clippedAdamW(this.state, this.entries(params, grads), s);
+    const entries = this.entries(params, grads);
+    return this.lossScale
+      ? lossScaledAdamW(this.state, entries, s, this.lossScale)
+      : clippedAdamW(this.state, entries, s);
   }
 
-  /** The moments held as variables (a training step's state; empty before the first update). */
+  /** Turns on dynamic loss scaling (the gradients applyStep gets are then those of lossScale.scaleLoss's loss). */
+  useLossScale(options: Partial<LossScaleOptions> = {}): LossScale {
+    this.lossScale?.dispose();
+    this.lossScale = new LossScale(options);
+    return this.lossScale;
+  }
+
+  /** The moments held as variables, and the loss scale's (a training step's state; moments appear with the first update). */
   stateTensors(): tf.Tensor[] {
-    return this.state.variables();
+    return [...this.state.variables(), ...(this.lossScale ? [this.lossScale.scale, this.lossScale.counters] : [])];
   }
 
-  /** State as host tensors (for a checkpoint): `m.NAME`, `v.NAME`, and `step`. */
+  /** State as host tensors (for a checkpoint): `m.NAME`, `v.NAME`, `step`, and `loss_scale` with loss scaling. */
   async stateToHost(): Promise<Map<string, HostTensor>> {
     const out = await this.state.toHost();
     out.set('step', { dtype: 'int32', shape: [1], data: Int32Array.of(this.step) });
+    if (this.lossScale) out.set(LOSS_SCALE_KEY, await this.lossScale.toHost());
     return out;
   }
 
+  /** Restores stateToHost's state. A saved loss scale is taken when loss scaling is on, else ignored (it only matters to f16 gradients). */
   loadState(state: Map<string, HostTensor>): void {
     this.state.dispose();
     for (const [key, t] of state) {
       if (key === 'step') {
         this.step = t.data[0];
+        continue;
+      }
+      if (key === LOSS_SCALE_KEY) {
+        this.lossScale?.load(t);
         continue;
       }
       const dot = key.indexOf('.');
@@ -117,5 +148,10 @@ export class AdamW {
 
   dispose(): void {
     this.state.dispose();
+    this.lossScale?.dispose();
+    this.lossScale = null;
   }
 }
+
+/** The loss scale's entry in the optimiser state. */
+const LOSS_SCALE_KEY = 'loss_scale';

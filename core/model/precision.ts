@@ -1,9 +1,11 @@
 /**
  * Arithmetic precision of training and inference: one setting (`--precision`, env OFFSHOOT_PRECISION).
  *
- * - `mixed` (the default): like PyTorch's bf16 autocast — matrix products take bf16 inputs and
- *   accumulate in f32, activations between them are bf16; master weights, optimiser state, layer
- *   norms, softmax and losses stay f32. Backends without bf16 (webgpu, tensorflow, wasm, cpu) run f32.
+ * - `mixed` (the default): like PyTorch's autocast — matrix products take low-precision inputs and
+ *   accumulate in f32; master weights, optimiser state, layer norms, softmax and losses stay f32.
+ *   cuda: bf16 inputs, activations between products in bf16. webgpu: f16 inputs on the adapter's
+ *   subgroup matrices where it offers them, with dynamic loss scaling (webgpu/half.ts), else f32.
+ *   tensorflow, wasm and cpu run f32.
  * - `f32`: everything in f32 (parity checks against transformers, and bit-for-bit comparisons).
  */
 export type Precision = 'f32' | 'mixed';

@@ -20,11 +20,13 @@ import { distillationLoss, topKFromLogits } from './losses.js';
 import {
   type AdamWStep,
   type DistillOptions,
+  type LossScaleOptions,
   type StepInput,
   type TopKTeacher,
   afterFirstTrainingStep,
   crossEntropy,
   endTrainingStep,
+  lossScaling,
   runTrainingStep,
 } from './ops/index.js';
 import { AdamW, type AdamWOptions, type ScheduleOptions, learningRate } from './optim.js';
@@ -92,6 +94,9 @@ export interface StepReport {
   gradNorm: number;
   tokensPerSecond: number;
   tokensSeen: number;
+  /** With loss scaling: the scale now, and the steps skipped so far because their gradients overflowed. */
+  lossScale?: number;
+  skippedSteps?: number;
 }
 
 export interface TrainOptions {
@@ -113,6 +118,11 @@ export interface TrainOptions {
   onCheckpoint?: (info: { step: number; dir: string; hash: string }) => void;
   /** Evaluate every `every` steps. */
   evaluate?: { every: number; run: (model: GPTNeoX, step: number) => Promise<void> };
+  /**
+   * Dynamic loss scaling (ops/adamw.ts's LossScale): by default on when the backend's mixed
+   * precision needs it (f16 products on webgpu); true or options turn it on, false off.
+   */
+  lossScale?: boolean | Partial<LossScaleOptions>;
   /**
    * When aborted, the loop stops at the next step boundary (checkpointing into `checkpointDir`, when
    * set) and returns with `stopped`. With a signal the loop lets the event loop run after every step.
@@ -194,6 +204,8 @@ export class Trainer {
     this.model = model;
     this.options = options;
     this.optimizer = new AdamW(options.hyper.adamw);
+    const scaling = options.lossScale ?? lossScaling();
+    if (scaling !== false) this.optimizer.useLossScale(scaling === true ? {} : scaling);
     for (const [name, v] of model.params) this.nameOf.set(v.name, name);
   }
 
@@ -339,10 +351,22 @@ export class Trainer {
       return distillationLoss(logits, t as tf.Tensor1D, teacher, this.options.distill);
     };
     const passOver = (i: tf.Tensor, t: tf.Tensor, v: tf.Tensor[]) => {
-      const { value, grads } = tf.variableGrads(lossOf(i, t, v), this.model.variables());
+      // With a loss scale the gradients are those of the scaled loss; the value is the loss itself.
+      const scale = this.optimizer.lossScale;
+      let kept: tf.Scalar | undefined;
+      const { value, grads } = tf.variableGrads(() => {
+        const loss = lossOf(i, t, v)();
+        if (!scale) return loss;
+        kept = tf.keep(loss);
+        return scale.scaleLoss(loss);
+      }, this.model.variables());
       const byName: Record<string, tf.Tensor> = {};
       for (const [varName, g] of Object.entries(grads)) byName[this.nameOf.get(varName)!] = g;
-      return { value, grads: byName };
+      if (!kept) return { value, grads: byName };
+      // A tensor of the caller's scope, as `value` is.
+      const loss = kept.clone();
+      tf.dispose([kept, value]);
+      return { value: loss, grads: byName };
     };
     const k = layout.microBatches;
     if (k === 1) return passOver(ids, targets, view);
@@ -470,7 +494,7 @@ export class Trainer {
       }
       windowTokens += this.options.hyper.batchSize * this.options.hyper.seqLen;
       if (this.step % reportEvery === 0 || this.step === untilStep) {
-        const [l, g] = await Promise.all([loss.data(), gradNorm.data()]);
+        const [l, g, scaling] = await Promise.all([loss.data(), gradNorm.data(), this.optimizer.lossScale?.read()]);
         lastLoss = l[0];
         if (!Number.isFinite(lastLoss)) {
           tf.dispose([loss, gradNorm]);
@@ -484,6 +508,7 @@ export class Trainer {
           gradNorm: g[0],
           tokensPerSecond: (windowTokens * 1000) / Math.max(1e-3, now - windowStart),
           tokensSeen: this.tokensSeen,
+          ...(scaling ? { lossScale: scaling.scale, skippedSteps: scaling.skippedSteps } : {}),
         });
         windowStart = now;
         windowTokens = 0;

@@ -162,21 +162,30 @@ export function clipByGlobalNorm(
   });
 }
 
+/** AdamW's new moments and weight for one entry (the caller assigns them). */
+function adamwValues(
+  state: AdamWState,
+  { name, param: p, grad: g, decays }: AdamWEntry,
+  s: Omit<AdamWStep, 'maxNorm'>,
+): { p: tf.Tensor; m: tf.Tensor; v: tf.Tensor } {
+  const { lr, beta1, beta2, eps, weightDecay, step } = s;
+  const { m, v } = state.moments(name, p);
+  const mNew = tf.add(tf.mul(m, beta1), tf.mul(g, 1 - beta1));
+  const vNew = tf.add(tf.mul(v, beta2), tf.mul(tf.square(g), 1 - beta2));
+  const update = tf.div(tf.div(mNew, 1 - beta1 ** step), tf.add(tf.sqrt(tf.div(vNew, 1 - beta2 ** step)), eps));
+  const decayed = decays && weightDecay > 0 ? tf.mul(p, 1 - lr * weightDecay) : p;
+  return { p: tf.sub(decayed, tf.mul(update, lr)), m: mNew, v: vNew };
+}
+
 /** One AdamW update of each entry with its gradient as given (no clipping). */
 export function adamwUpdate(state: AdamWState, entries: AdamWEntry[], s: Omit<AdamWStep, 'maxNorm'>): void {
-  const { lr, beta1, beta2, eps, weightDecay, step } = s;
-  const bc1 = 1 - beta1 ** step;
-  const bc2 = 1 - beta2 ** step;
-  for (const { name, param: p, grad: g, decays } of entries) {
-    const { m, v } = state.moments(name, p);
+  for (const e of entries) {
     tf.tidy(() => {
-      const mNew = tf.add(tf.mul(m, beta1), tf.mul(g, 1 - beta1));
-      const vNew = tf.add(tf.mul(v, beta2), tf.mul(tf.square(g), 1 - beta2));
-      m.assign(mNew);
-      v.assign(vNew);
-      const update = tf.div(tf.div(mNew, bc1), tf.add(tf.sqrt(tf.div(vNew, bc2)), eps));
-      const decayed = decays && weightDecay > 0 ? tf.mul(p, 1 - lr * weightDecay) : p;
-      p.assign(tf.sub(decayed, tf.mul(update, lr)));
+      const next = adamwValues(state, e, s);
+      const { m, v } = state.moments(e.name, e.param);
+      m.assign(next.m);
+      v.assign(next.v);
+      e.param.assign(next.p);
     });
   }
 }
@@ -192,6 +201,148 @@ export const clippedAdamW = defineOperation(
         entries.map((e) => ({ ...e, grad: grads[e.name] })),
         s,
       );
+      return norm;
+    }),
+);
+
+// ---------------------------------------------------------------------------------------------
+// Dynamic loss scaling
+
+export interface LossScaleOptions {
+  /** The first scale (2^16, as PyTorch's GradScaler). */
+  initScale: number;
+  /** The scale is multiplied by this after `growthInterval` steps in a row without an overflow. */
+  growthFactor: number;
+  /** ... and by this on an overflow, whose step is skipped. */
+  backoffFactor: number;
+  growthInterval: number;
+}
+
+export const DEFAULT_LOSS_SCALE: LossScaleOptions = {
+  initScale: 2 ** 16,
+  growthFactor: 2,
+  backoffFactor: 0.5,
+  growthInterval: 2000,
+};
+
+/** The options with defaults filled in; an error names the field and value that are wrong. */
+export function lossScaleOptions(o: Partial<LossScaleOptions> = {}): LossScaleOptions {
+  const r = { ...DEFAULT_LOSS_SCALE, ...o };
+  const bad = (field: keyof LossScaleOptions, want: string) =>
+    new Error(`loss scale: ${field} must be ${want}, got ${JSON.stringify(r[field])}`);
+  if (!(Number.isFinite(r.initScale) && r.initScale > 0)) throw bad('initScale', 'a positive number');
+  if (!(Number.isFinite(r.growthFactor) && r.growthFactor > 1)) throw bad('growthFactor', 'a number above 1');
+  if (!(r.backoffFactor > 0 && r.backoffFactor < 1)) throw bad('backoffFactor', 'between 0 and 1');
+  // The device counts clean steps in an f32, exact to 2^24.
+  if (!(Number.isInteger(r.growthInterval) && r.growthInterval >= 1 && r.growthInterval <= 2 ** 24))
+    throw bad('growthInterval', 'a whole number from 1 to 2^24');
+  return r;
+}
+
+/**
+ * Dynamic loss scaling, as in mixed-precision training with f16 gradients (and PyTorch's
+ * GradScaler): the loss is multiplied by the scale before the backward pass, so small gradients
+ * survive f16; the optimiser divides the gradients by it again. A step whose gradients overflowed
+ * (an inf or NaN anywhere, which makes their norm non-finite) is skipped — weights and moments stay
+ * as they were — and the scale is multiplied by backoffFactor; after growthInterval clean steps in a
+ * row it grows by growthFactor. Everything stays on the device (no read-back per step); the state
+ * goes into checkpoints with the optimiser's, so a resumed run continues exactly.
+ *
+ * A skipped step still counts for the learning-rate schedule and AdamW's bias correction (the step
+ * numbers are stated before the step runs).
+ */
+export class LossScale {
+  readonly options: LossScaleOptions;
+  /** The scale, a scalar. */
+  readonly scale: tf.Variable;
+  /** [clean steps since the scale last changed, steps skipped so far]. */
+  readonly counters: tf.Variable;
+
+  constructor(options: Partial<LossScaleOptions> = {}) {
+    this.options = lossScaleOptions(options);
+    this.scale = tf.variable(tf.scalar(this.options.initScale), false);
+    this.counters = tf.variable(tf.tensor1d([0, 0]), false);
+  }
+
+  /** The loss to differentiate: loss × scale. */
+  scaleLoss(loss: tf.Scalar): tf.Scalar {
+    return tf.mul(loss, this.scale);
+  }
+
+  /** The scale and counters after a step whose gradients were finite (`finite`, a bool scalar) or not, in tfjs ops. */
+  update(finite: tf.Scalar): void {
+    tf.tidy(() => {
+      const { growthFactor, backoffFactor, growthInterval } = this.options;
+      const [clean, skipped] = tf.unstack(this.counters) as [tf.Scalar, tf.Scalar];
+      const nextClean = tf.where(finite, tf.add(clean, 1), tf.scalar(0));
+      const grow = tf.greaterEqual(nextClean, growthInterval);
+      const scale = tf.where(
+        finite,
+        tf.where(grow, tf.mul(this.scale, growthFactor), this.scale),
+        tf.mul(this.scale, backoffFactor),
+      );
+      this.scale.assign(scale as tf.Scalar);
+      this.counters.assign(
+        tf.stack([tf.where(grow, tf.scalar(0), nextClean), tf.add(skipped, tf.sub(1, tf.cast(finite, 'float32')))]),
+      );
+    });
+  }
+
+  /** The state for a checkpoint: [scale, clean steps, skipped steps]. */
+  async toHost(): Promise<HostTensor> {
+    const [scale, counters] = await Promise.all([this.scale.data(), this.counters.data()]);
+    return { dtype: 'float32', shape: [3], data: Float32Array.of(scale[0], counters[0], counters[1]) };
+  }
+
+  /** Restores the state toHost saved. */
+  load(t: HostTensor): void {
+    if (t.shape.length !== 1 || t.shape[0] !== 3)
+      throw new Error(`loss scale state: expected shape [3], got [${t.shape.join(', ')}]`);
+    const [scale, clean, skipped] = t.data;
+    if (!(scale > 0 && Number.isFinite(scale)))
+      throw new Error(`loss scale state: the scale must be a positive number, got ${scale}`);
+    this.scale.assign(tf.scalar(scale));
+    this.counters.assign(tf.tensor1d([clean, skipped]));
+  }
+
+  /** The scale and the skipped-step count, read back (reports). */
+  async read(): Promise<{ scale: number; skippedSteps: number }> {
+    const [scale, counters] = await Promise.all([this.scale.data(), this.counters.data()]);
+    return { scale: scale[0], skippedSteps: counters[1] };
+  }
+
+  dispose(): void {
+    this.scale.dispose();
+    this.counters.dispose();
+  }
+}
+
+/**
+ * clippedAdamW for gradients of a scaled loss: the gradients are divided by the scale, their norm
+ * taken, and the update applied only when it is finite; then the scale is updated (LossScale).
+ * Returns the norm of the unscaled gradients before clipping (not finite on a skipped step).
+ */
+export const lossScaledAdamW = defineOperation(
+  'lossScaledAdamW',
+  (state: AdamWState, entries: AdamWEntry[], s: AdamWStep, lossScale: LossScale): tf.Scalar =>
+    tf.tidy(() => {
+      const inverse = tf.div(1, lossScale.scale);
+      const { grads, norm } = clipByGlobalNorm(
+        Object.fromEntries(entries.map((e) => [e.name, tf.mul(e.grad, inverse)])),
+        s.maxNorm,
+      );
+      const finite = tf.isFinite(norm) as tf.Scalar;
+      for (const e of entries) {
+        tf.tidy(() => {
+          const next = adamwValues(state, { ...e, grad: grads[e.name] }, s);
+          const { m, v } = state.moments(e.name, e.param);
+          // On an overflow the values stay exactly as they were.
+          m.assign(tf.where(finite, next.m, m));
+          v.assign(tf.where(finite, next.v, v));
+          e.param.assign(tf.where(finite, next.p, e.param));
+        });
+      }
+      lossScale.update(finite);
       return norm;
     }),
 );

@@ -24,10 +24,15 @@ export {
   type AdamWEntry,
   type AdamWStep,
   AdamWState,
+  DEFAULT_LOSS_SCALE,
   type HeldMoments,
+  LossScale,
+  type LossScaleOptions,
   adamwUpdate,
   clipByGlobalNorm,
   clippedAdamW,
+  lossScaleOptions,
+  lossScaledAdamW,
 } from './adamw.js';
 export { addNResidual, parallelResidual } from './residual.js';
 export {
@@ -35,6 +40,7 @@ export {
   type TrainingStep,
   afterFirstTrainingStep,
   endTrainingStep,
+  lossScaling,
   releaseCachedMemory,
   runTrainingStep,
 } from './step.js';

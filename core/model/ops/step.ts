@@ -64,6 +64,12 @@ export const afterFirstTrainingStep = defineOperation(
 );
 
 /**
+ * Whether the active backend's mixed precision needs a loss scale (f16 gradients do; bf16 and f32
+ * ones do not): the trainer then keeps a LossScale with its optimiser (ops/adamw.ts).
+ */
+export const lossScaling = defineOperation('lossScaling', (): boolean => false);
+
+/**
  * Gives back the device memory a backend keeps for reuse once the tensors using it are gone, so that a
  * process training one shape after another (a fitness evaluator, a pretraining worker) does not keep
  * every earlier shape's buffers (webgpu's pool keeps freed buffers by exact size, for good). Costs the

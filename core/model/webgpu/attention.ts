@@ -11,6 +11,7 @@ import * as tf from '../tfjs.js';
 import { type AttentionShape, PositionTables, causalSelfAttention, customOp } from '../ops/index.js';
 import { type KernelCase, randHost, ropeTables } from './check.js';
 import { kernel, rowGrid } from './fused.js';
+import { halfProducts } from './half.js';
 import { matmul } from './matmul.js';
 import { type UniformValue, allocate, capabilities, dispatch, grid1d, release, toTensor } from './runtime.js';
 import { FLAT, NEG_BIG, ONLINE_LSE, lseReduce, reduceFns } from './wgsl-common.js';
@@ -768,7 +769,8 @@ function scoresAttention(
     ['u', 0],
   ];
   const lgrid = grid1d((BH * T * hs) / 4);
-  const batched = { batch: BH, M: T } as const;
+  // Mixed precision: the five products may round their operands to f16 (subgroup matrices where they run).
+  const batched = { batch: BH, M: T, half: halfProducts() !== 'off' };
   return customOp(([x], save) => {
     const { q, k, v } = split(x);
     const scores = matmul({ ...batched, a: q, b: k, N: T, K: hs, transB: true, triangle: 'lowerC' }).c;

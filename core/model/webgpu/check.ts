@@ -10,10 +10,13 @@
 import * as tf from '../tfjs.js';
 
 import type { NeoXConfig } from '../config.js';
-import { crossEntropy } from '../ops/index.js';
+import { crossEntropy, gelu } from '../ops/index.js';
+import { type Precision, setPrecision } from '../precision.js';
 import { setFusedKernels } from './fused.js';
-import { matmul } from './matmul.js';
-import { toTensor } from './runtime.js';
+import { halfProducts, toHalf } from './half.js';
+import { type MatMulPlan, makePlan, matmul } from './matmul.js';
+import { release, toTensor } from './runtime.js';
+import type { SgMatMulTile } from './wgsl-sgmatrix.js';
 
 export interface Host {
   shape: number[];
@@ -209,4 +212,232 @@ export async function modelGradientCheck(
     if (err > worst.err) worst = { name, err };
   }
   return { lossDiff: Math.abs(got.loss - ref.loss), worstGradient: worst };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mixed precision (half.ts): f16 products against f32
+
+/**
+ * Tolerance of an f16 product against the f32 one, as relErr (max |Δ| / max |reference|): each
+ * input rounded to f16 is off by up to 2^-11 ≈ 4.9·10⁻⁴ of itself, and over sums of tens to tens of
+ * thousands of terms of either sign the largest error stays within a few times that of the largest
+ * output. Gradients of layers (an f16 output gradient as well) get twice this.
+ */
+export const F16_PRODUCT_TOL = 5e-3;
+
+export interface HalfProductOptions {
+  name?: string;
+  M: number;
+  N: number;
+  K: number;
+  transA?: boolean;
+  transB?: boolean;
+  /** Products in the batch; with a triangle, M = K (lowerA, upperA) or M = N (lowerC). */
+  batch?: number;
+  triangle?: 'none' | 'lowerC' | 'lowerA' | 'upperA';
+  epilogue?: 'none' | 'bias' | 'bias-gelu';
+  /** A fixed plan (a subgroup-matrix tile's); else the planner's. */
+  plan?: MatMulPlan;
+  tol?: number;
+}
+
+/**
+ * A matrix product with f16 operands (the f32 inputs converted) against tf.matMul in f32, value
+ * only. Triangular products get a lower-triangular A (lowerA, and upperA through its transpose) and
+ * compare C's lower triangle only (lowerC), as attention uses them.
+ */
+export function halfProductCase(o: HalfProductOptions): KernelCase {
+  const { M, N, K, transA = false, transB = false, batch = 1, triangle = 'none', epilogue = 'none' } = o;
+  const lead = batch > 1 ? [batch] : [];
+  const aShape = [...lead, ...(transA ? [K, M] : [M, K])];
+  const bShape = [...lead, ...(transB ? [N, K] : [K, N])];
+  const lowerMask = (rows: number, cols: number): Host => {
+    const data = new Float32Array(rows * cols);
+    for (let i = 0; i < rows; i++) for (let j = 0; j <= Math.min(i, cols - 1); j++) data[i * cols + j] = 1;
+    return { shape: [rows, cols], data };
+  };
+  // Tiles above the diagonal are left unwritten (any value, NaN too): compared as zeros.
+  const masked = (t: tf.Tensor, mask: tf.Tensor) =>
+    triangle === 'lowerC' ? tf.where(tf.greater(mask, 0), t, tf.zerosLike(t)) : t;
+  const name =
+    o.name ??
+    `f16 product ${transA ? 'T' : 'N'}${transB ? 'T' : 'N'} ${batch > 1 ? `${batch}×` : ''}${M}×${N}×${K}${triangle === 'none' ? '' : ` ${triangle}`}${epilogue === 'none' ? '' : ` + ${epilogue}`}`;
+  return {
+    name,
+    inputs: () => {
+      const a = randHost(aShape, 1);
+      if (triangle === 'lowerA' || triangle === 'upperA') {
+        const mask = lowerMask(M, K).data;
+        for (let i = 0; i < a.data.length; i++) a.data[i] *= mask[i % (M * K)];
+      }
+      return [a, randHost(bShape, 2), randHost([N], 3), lowerMask(M, N)];
+    },
+    diff: [],
+    reference: ([a, b, bias, mask]) => {
+      let c = tf.matMul(a, b, transA, transB);
+      if (epilogue !== 'none') c = tf.add(c, bias);
+      if (epilogue === 'bias-gelu') c = gelu(c);
+      return masked(c, mask);
+    },
+    fused: ([a, b, bias, mask]) => {
+      const [ah, bh] = [toHalf(a), toHalf(b)];
+      const { c } = matmul({
+        a: ah,
+        b: bh,
+        M,
+        N,
+        K,
+        transA,
+        transB,
+        batch,
+        triangle,
+        aType: 'f16',
+        bType: 'f16',
+        plan: o.plan,
+        ...(epilogue === 'none' ? {} : { bias, gelu: epilogue === 'bias-gelu' }),
+      });
+      release(ah);
+      release(bh);
+      return masked(toTensor(c), mask);
+    },
+    tol: o.tol ?? F16_PRODUCT_TOL,
+  };
+}
+
+/** A subgroup-matrix tile's name in checks. */
+export function sgTileName(t: SgMatMulTile): string {
+  return `${t.M}×${t.N}×${t.K} matrices, ${t.BM}×${t.BN}×${t.BK}, ${t.SGY}×${t.SGX} subgroups of ${t.RM}×${t.RN}, ${t.staging}${t.double ? ' double' : ''}${t.emulate ? ' (emulated)' : ''}`;
+}
+
+/**
+ * The checks of one subgroup-matrix tile (any plan the autotuner may pick): every transpose, ragged
+ * and whole shapes (scalar, 4- and 8-wide loads; results through workgroup memory and stored
+ * straight), the bias and GELU epilogues, split-K, and the batched causal products. A tile with
+ * direct loads runs only whole shapes.
+ */
+export function sgTileCases(tile: SgMatMulTile, tol = F16_PRODUCT_TOL): KernelCase[] {
+  const { BM, BN, BK } = tile;
+  const at = (o: HalfProductOptions, S = 1) =>
+    halfProductCase({
+      ...o,
+      plan: makePlan(tile, o.K, S),
+      tol,
+      name: `${sgTileName(tile)}: ${halfProductCase(o).name}${S > 1 ? `, split-K ${S}` : ''}`,
+    });
+  const T = 2 * Math.max(BM, BN);
+  const cases = [
+    at({ M: 2 * BM, N: 2 * BN, K: 3 * BK, transB: true }),
+    at({ M: 2 * BM, N: 2 * BN, K: 3 * BK, epilogue: 'bias' }),
+    at({ M: 2 * BM, N: BN, K: 3 * BK, transA: true }),
+    at({ M: BM, N: 2 * BN, K: 8 * BK }, 2),
+    at({ M: T, N: T, K: 32, batch: 2, triangle: 'lowerC', transB: true }),
+    at({ M: T, N: 32, K: T, batch: 2, triangle: 'lowerA' }),
+    at({ M: T, N: 32, K: T, batch: 2, triangle: 'upperA', transA: true }),
+  ];
+  if (tile.staging === 'direct') return cases;
+  const rT = BM + 9;
+  return [
+    ...cases,
+    at({ M: BM + 8, N: BN + 16, K: 2 * BK + 8, transB: true, epilogue: 'bias-gelu' }),
+    at({ M: BM + 5, N: BN + 3, K: BK + 7 }),
+    at({ M: BM + 4, N: BN + 8, K: 2 * BK + 3, transA: true }),
+    at({ M: BM + 3, N: BN + 5, K: BK + 1, transA: true, transB: true }),
+    at({ M: BM + 1, N: BN + 4, K: 8 * BK + 16 }, 3),
+    at({ M: rT, N: rT, K: 20, batch: 2, triangle: 'lowerC', transB: true }),
+    at({ M: rT, N: 20, K: rT, batch: 2, triangle: 'lowerA' }),
+    at({ M: rT, N: 20, K: rT, batch: 2, triangle: 'upperA', transA: true }),
+  ];
+}
+
+/** A learnable token stream for the curve check: each token is followed by (token + 1) mod vocab. */
+function patternBatches(vocab: number, batchSize: number, seqLen: number) {
+  return (step: number) => {
+    const input = new Int32Array(batchSize * seqLen);
+    const target = new Int32Array(batchSize * seqLen);
+    for (let b = 0; b < batchSize; b++) {
+      const start = (step * 17 + b * 7) % vocab;
+      for (let t = 0; t < seqLen; t++) {
+        input[b * seqLen + t] = (start + t * 3) % vocab;
+        target[b * seqLen + t] = (start + t * 3 + 3) % vocab;
+      }
+    }
+    return { batchSize, seqLen, input, target };
+  };
+}
+
+export interface CurveComparison {
+  /** The products mixed precision ran (half.ts). */
+  halfProducts: string;
+  f32: number[];
+  mixed: number[];
+  /** Mean |Δloss| over the last 50 steps (all, when fewer), and the largest |Δloss| of any step. */
+  meanAbsDiffLast50: number;
+  maxAbsDiff: number;
+  /** Mixed precision's loss scale at the end, and its steps skipped for overflowed gradients. */
+  lossScale: number;
+  skippedSteps: number;
+}
+
+/**
+ * `steps` training steps on webgpu in f32 and in mixed precision from the same init and data (a
+ * learnable token pattern), the loss of every step.
+ */
+export async function mixedCurveCheck(
+  config: NeoXConfig,
+  steps: number,
+  batchSize: number,
+  seqLen: number,
+  opts: { lr?: number; warmup?: number } = {},
+): Promise<CurveComparison> {
+  const { GPTNeoX } = await import('../gptneox.js');
+  const { Trainer } = await import('../train.js');
+  await onBackend('webgpu');
+  const curve = async (p: Precision) => {
+    setPrecision(p);
+    try {
+      const losses: number[] = [];
+      let scaling = { scale: NaN, skippedSteps: 0 };
+      const trainer = new Trainer(GPTNeoX.random(config, 5), {
+        hyper: {
+          steps,
+          batchSize,
+          seqLen,
+          schedule: {
+            maxLr: opts.lr ?? 1e-3,
+            minLr: (opts.lr ?? 1e-3) / 10,
+            warmupSteps: opts.warmup ?? Math.min(20, Math.floor(steps / 10)),
+            totalSteps: steps,
+          },
+          adamw: {},
+          gradClip: 1,
+          seed: 1,
+        },
+        batches: patternBatches(config.vocabSize, batchSize, seqLen),
+        reportEvery: 1,
+        onStep: (r) => {
+          losses.push(r.loss);
+          if (r.lossScale !== undefined) scaling = { scale: r.lossScale, skippedSteps: r.skippedSteps ?? 0 };
+        },
+      });
+      const mode = halfProducts();
+      await trainer.run();
+      trainer.dispose();
+      return { losses, scaling, mode };
+    } finally {
+      setPrecision(null);
+    }
+  };
+  const f32 = await curve('f32');
+  const mixed = await curve('mixed');
+  const diffs = mixed.losses.map((l, i) => Math.abs(l - f32.losses[i]));
+  const tail = diffs.slice(-50);
+  return {
+    halfProducts: mixed.mode,
+    f32: f32.losses,
+    mixed: mixed.losses,
+    meanAbsDiffLast50: tail.reduce((a, b) => a + b, 0) / Math.max(1, tail.length),
+    maxAbsDiff: Math.max(...diffs),
+    lossScale: mixed.scaling.scale,
+    skippedSteps: mixed.scaling.skippedSteps,
+  };
 }

@@ -2,30 +2,37 @@
  * Linear layers on the fused WebGPU path: x·Wᵀ + b with the bias (and GELU) in the product's
  * epilogue, the logits product h·W_outᵀ, and their gradients. The products themselves are
  * matmul.ts's; this file holds the bias-gradient column sums (through GELU's derivative for the
- * MLP's up projection).
+ * MLP's up projection). In mixed precision (half.ts) the products read f16: the weight's f16 copy,
+ * the input converted once (and saved for the weight gradient in f16), and the output gradient
+ * converted by the column-sum kernel as it reads it.
  */
 import type * as tf from '../tfjs.js';
 
 import { type Activation, customOp, linear, matMulNT } from '../ops/index.js';
 import { type KernelCase, randHost } from './check.js';
 import { kernel } from './fused.js';
+import { halfProducts, halfStorageShape, halfWeight, toHalf } from './half.js';
 import { matmul, sumSlices } from './matmul.js';
 import { type UniformValue, allocate, dispatch, release, toTensor } from './runtime.js';
+import { TO_F16_WGSL } from './wgsl-common.js';
 import { ERF_WGSL } from './wgsl-matmul.js';
 
 /**
- * in: dy [N, C] (+ z [N, C] when gelu); out: (dz [N, C] when gelu), partial [G, C]; u: {N, C, R}.
- * Grid: (ceil(C / 256), G). With gelu, dz = dy · GELU'(z).
+ * in: dy [N, C] (+ z [N, C] when gelu); out: (g [N, C] when gelu or half), partial [G, C];
+ * u: {N, C, R}. Grid: (ceil(C / 256), G). g is the gradient the products take: with gelu
+ * dy · GELU'(z), else dy itself, in f16 when `half` (f32 only with gelu).
  */
-export function columnSumSource(gelu: boolean): string {
-  return /* wgsl */ `
+export function columnSumSource(gelu: boolean, half = false): string {
+  const writesG = gelu || half;
+  return /* wgsl */ `${half ? 'enable f16;' : ''}
 @group(0) @binding(0) var<storage, read> dy: array<f32>;
 ${gelu ? '@group(0) @binding(1) var<storage, read> z: array<f32>;' : ''}
-${gelu ? '@group(0) @binding(2) var<storage, read_write> dz: array<f32>;' : ''}
-@group(0) @binding(${gelu ? 3 : 1}) var<storage, read_write> partial: array<f32>;
+${writesG ? `@group(0) @binding(${gelu ? 2 : 1}) var<storage, read_write> g: array<${half ? 'f16' : 'f32'}>;` : ''}
+@group(0) @binding(${(gelu ? 2 : 1) + +writesG}) var<storage, read_write> partial: array<f32>;
 struct U { N: u32, C: u32, R: u32, p0: u32 };
-@group(0) @binding(${gelu ? 4 : 2}) var<uniform> u: U;
+@group(0) @binding(${(gelu ? 3 : 2) + +writesG}) var<uniform> u: U;
 ${gelu ? ERF_WGSL : ''}
+${half ? TO_F16_WGSL : ''}
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
   let c = gid.x;
@@ -39,23 +46,25 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
       gelu
         ? `let zv = z[i];
     let d = 0.5 * (1.0 + erf_as(zv * 0.7071067811865476)) + zv * exp(-0.5 * zv * zv) * 0.3989422804014327;
-    let g = dy[i] * d;
-    dz[i] = g;
-    acc = acc + g;`
-        : 'acc = acc + dy[i];'
+    let gv = dy[i] * d;`
+        : 'let gv = dy[i];'
     }
+    ${writesG ? `g[i] = ${half ? 'to_f16(gv)' : 'gv'};` : ''}
+    acc = acc + gv;
   }
   partial[wid.y * u.C + c] = acc;
 }
 `;
 }
 
+/** Σ over the rows of dy [N, C]; with `geluZ` through GELU's derivative; `g` the gradient the products take when it is not dy itself (f16 with `half`). */
 function columnSums(
   dy: tf.TensorInfo,
   N: number,
   C: number,
-  geluZ?: tf.TensorInfo,
-): { sum: tf.TensorInfo; dz?: tf.TensorInfo } {
+  geluZ: tf.TensorInfo | undefined,
+  half: boolean,
+): { sum: tf.TensorInfo; g?: tf.TensorInfo } {
   const R = Math.max(8, Math.ceil(N / 256));
   const G = Math.ceil(N / R);
   const partial = allocate([G, C]);
@@ -65,15 +74,17 @@ function columnSums(
     ['u', R],
     ['u', 0],
   ];
-  let dz: tf.TensorInfo | undefined;
-  if (geluZ) {
-    dz = allocate([N, C]);
+  const grid: [number, number, number] = [Math.ceil(C / 256), G, 1];
+  let g: tf.TensorInfo | undefined;
+  if (geluZ || half) {
+    g = allocate(half ? halfStorageShape(N * C) : [N, C]);
+    const name = `${geluZ ? 'gelu_backward_colsum' : 'colsum'}${half ? '_f16' : ''}`;
     dispatch(
-      kernel('gelu_backward_colsum', '', () => columnSumSource(true)),
-      [dy, geluZ],
-      [dz, partial],
+      kernel(name, '', () => columnSumSource(geluZ !== undefined, half)),
+      geluZ ? [dy, geluZ] : [dy],
+      [g, partial],
       u,
-      [Math.ceil(C / 256), G, 1],
+      grid,
     );
   } else {
     dispatch(
@@ -81,12 +92,12 @@ function columnSums(
       [dy],
       [partial],
       u,
-      [Math.ceil(C / 256), G, 1],
+      grid,
     );
   }
   const sum = sumSlices(partial, G, C);
   release(partial);
-  return { sum, dz };
+  return { sum, g };
 }
 
 /** x [N, in] · weightᵀ ([out, in], torch layout) + bias, then GELU when asked; gradients for all three. */
@@ -98,24 +109,17 @@ export function fusedLinear(
 ): tf.Tensor2D {
   const [N, inF] = x.shape;
   const outF = weight.shape[0];
+  const gelu = activation === 'gelu';
+  if (halfProducts() !== 'off') return halfLinear(x, weight, bias, gelu);
   const op = customOp(([xt, wt, bt], save) => {
-    const { c, z } = matmul({
-      a: xt,
-      b: wt,
-      M: N,
-      N: outF,
-      K: inF,
-      transB: true,
-      bias: bt,
-      gelu: activation === 'gelu',
-    });
+    const { c, z } = matmul({ a: xt, b: wt, M: N, N: outF, K: inF, transB: true, bias: bt, gelu });
     const zT = z ? toTensor(z) : undefined;
     save(zT ? [xt, wt, zT] : [xt, wt]);
     return {
       value: toTensor(c),
       gradFunc: (dy, saved) => {
         const [xs, ws, zs] = saved;
-        const { sum: db, dz } = columnSums(dy, N, outF, zs);
+        const { sum: db, g: dz } = columnSums(dy, N, outF, zs, false);
         const g = dz ?? dy;
         const dx = matmul({ a: g, b: ws, M: N, N: inF, K: outF }).c;
         const dw = matmul({ a: g, b: xs, M: outF, N: inF, K: N, transA: true }).c;
@@ -127,17 +131,48 @@ export function fusedLinear(
   return op(x, weight, bias) as tf.Tensor2D;
 }
 
-/** a [M, K] · bᵀ (b [N, K]), gradients for both (the logits product h · embed_outᵀ). */
+/** fusedLinear in mixed precision: f16 operands (the weight's f16 copy, x and the output gradient converted once), f32 results. */
+function halfLinear(x: tf.Tensor2D, weight: tf.Tensor2D, bias: tf.Tensor1D, gelu: boolean): tf.Tensor2D {
+  const [N, inF] = x.shape;
+  const outF = weight.shape[0];
+  const f16 = { aType: 'f16', bType: 'f16' } as const;
+  const op = customOp(([xt, wt, bt], save) => {
+    const xh = toTensor(toHalf(xt));
+    const wh = halfWeight(wt);
+    const { c, z } = matmul({ a: xh, b: wh, M: N, N: outF, K: inF, transB: true, bias: bt, gelu, ...f16 });
+    save(z ? [xh, wh, toTensor(z)] : [xh, wh]);
+    return {
+      value: toTensor(c),
+      gradFunc: (dy, saved) => {
+        const [xs, ws, zs] = saved;
+        const { sum: db, g } = columnSums(dy, N, outF, zs, true);
+        const dx = matmul({ a: g!, b: ws, M: N, N: inF, K: outF, ...f16 }).c;
+        const dw = matmul({ a: g!, b: xs, M: outF, N: inF, K: N, transA: true, ...f16 }).c;
+        release(g!);
+        return [toTensor(dx), toTensor(dw), toTensor(db)];
+      },
+    };
+  });
+  return op(x, weight, bias) as tf.Tensor2D;
+}
+
+/** a [M, K] · bᵀ (b [N, K]), gradients for both (the logits product h · embed_outᵀ); f16 operands in mixed precision. */
 export function fusedMatMulNT(a: tf.Tensor2D, b: tf.Tensor2D): tf.Tensor2D {
   const [M, K] = a.shape;
   const N = b.shape[0];
+  const half = halfProducts() !== 'off';
+  const types = half ? ({ aType: 'f16', bType: 'f16' } as const) : {};
   const op = customOp(([at, bt], save) => {
-    save([at, bt]);
+    const as = half ? toTensor(toHalf(at)) : at;
+    const bs = half ? halfWeight(bt) : bt;
+    save([as, bs]);
     return {
-      value: toTensor(matmul({ a: at, b: bt, M, N, K, transB: true }).c),
+      value: toTensor(matmul({ a: as, b: bs, M, N, K, transB: true, ...types }).c),
       gradFunc: (dy, [as, bs]) => {
-        const da = matmul({ a: dy, b: bs, M, N: K, K: N }).c;
-        const dbm = matmul({ a: dy, b: as, M: N, N: K, K: M, transA: true }).c;
+        const g = half ? toHalf(dy) : dy;
+        const da = matmul({ a: g, b: bs, M, N: K, K: N, ...types }).c;
+        const dbm = matmul({ a: g, b: as, M: N, N: K, K: M, transA: true, ...types }).c;
+        if (half) release(g);
         return [toTensor(da), toTensor(dbm)];
       },
     };

@@ -1,7 +1,8 @@
 /**
- * Matrix products on the WebGPU backend with offshoot's register-tiled f32 kernel
- * (wgsl-matmul.ts): a plan per shape (tile, and split-K when the output has too few tiles to fill
- * the GPU and K is long), bias and bias + GELU epilogues, and an autotuner that times the candidate
+ * Matrix products on the WebGPU backend: offshoot's register-tiled f32 kernel (wgsl-matmul.ts) and,
+ * for mixed precision's f16 products, its subgroup-matrix kernel (wgsl-sgmatrix.ts). A plan per shape
+ * (tile, and split-K when the output has too few tiles to fill the GPU and K is long), bias and
+ * bias + GELU epilogues, and an autotuner that times the candidate
  * plans of each shape class seen so far on the device and keeps the fastest (autotuneMatMuls), in
  * this process and in a plan file per GPU (matmul-plans.ts), so that no class is tuned twice.
  * Shapes are uniforms of the kernels: a pipeline serves every shape of its variant (tile, transposes,
@@ -14,6 +15,7 @@ import * as path from 'node:path';
 import { measureShapeCostAsync, shapeClassesEnabled } from '../shape-costs.js';
 import * as tf from '../tfjs.js';
 
+import { f16MatrixConfigs, halfProducts, matrixUnavailable, toHalf } from './half.js';
 import {
   type GpuIdentity,
   type PlanRecord,
@@ -24,10 +26,12 @@ import {
   savePlans,
 } from './matmul-plans.js';
 import {
+  type Capabilities,
   type Kernel,
   type UniformValue,
   allocate,
   capabilities,
+  compileError,
   dispatch,
   grid1d,
   kernelFor,
@@ -37,6 +41,7 @@ import {
 import {
   type MatMulTile,
   type MatMulVariant,
+  type OperandType,
   matmulGrid,
   matmulSource,
   parseTile,
@@ -45,6 +50,17 @@ import {
   tileName,
   variantKey,
 } from './wgsl-matmul.js';
+import {
+  type SgMatMulTile,
+  type SgMatMulVariant,
+  sgMatmulSource,
+  sgThreads,
+  sgTile,
+  sgTileKey,
+  sgVariantKey,
+  sgVariantProblem,
+  sgWorkgroupBytes,
+} from './wgsl-sgmatrix.js';
 
 /** The tiles the planner and the autotuner choose from (every one is covered by the kernel tests). */
 export const MATMUL_TILES: Record<string, MatMulTile> = {
@@ -78,18 +94,26 @@ const forcedTile = process.env.OFFSHOOT_MATMUL_TILE ? parseTile(process.env.OFFS
 const splitKEnabled = process.env.OFFSHOOT_MATMUL_SPLITK !== '0';
 
 export interface MatMulPlan {
-  tile: MatMulTile;
+  /** A register tile of the f32 kernel, or a subgroup-matrix tile (f16 products). */
+  tile: MatMulTile | SgMatMulTile;
   /** K slices (1: no split). */
   S: number;
   kChunk: number;
 }
 
-function tilesOf(t: MatMulTile, M: number, N: number): number {
+const isSg = (t: MatMulTile | SgMatMulTile): t is SgMatMulTile => 'kind' in t && t.kind === 'subgroup-matrix';
+
+/** A tile's name in plan files and logs: parseTile's form, or the subgroup-matrix tile's key. */
+function planTileName(t: MatMulTile | SgMatMulTile): string {
+  return isSg(t) ? sgTileKey(t) : tileName(t);
+}
+
+function tilesOf(t: Pick<MatMulTile, 'BM' | 'BN'>, M: number, N: number): number {
   return Math.ceil(M / t.BM) * Math.ceil(N / t.BN);
 }
 
 /** A plan with `tile` and about S K-slices (chunks a multiple of the tile's BK). */
-export function makePlan(tile: MatMulTile, K: number, S: number): MatMulPlan {
+export function makePlan(tile: MatMulTile | SgMatMulTile, K: number, S: number): MatMulPlan {
   if (S <= 1) return { tile, S: 1, kChunk: K };
   const kChunk = Math.ceil(K / S / tile.BK) * tile.BK;
   const slices = Math.ceil(K / kChunk);
@@ -97,7 +121,7 @@ export function makePlan(tile: MatMulTile, K: number, S: number): MatMulPlan {
 }
 
 /** Split-K slices that bring `tile`'s workgroups to about TARGET_WORKGROUPS (1 when K is short). */
-function autoSlices(tile: MatMulTile, M: number, N: number, K: number): number {
+function autoSlices(tile: Pick<MatMulTile, 'BM' | 'BN'>, M: number, N: number, K: number): number {
   const tiles = tilesOf(tile, M, N);
   if (!splitKEnabled || tiles >= TARGET_WORKGROUPS || K < 1024) return 1;
   return Math.max(1, Math.min(Math.ceil(TARGET_WORKGROUPS / tiles), Math.floor(K / 256), 32));
@@ -124,10 +148,16 @@ interface Shape {
   /** Products in the batch (1: a single product). */
   batch: number;
   triangle: Triangle;
+  /** Storage of the operands. */
+  aType: OperandType;
+  bType: OperandType;
+  /** f16 arithmetic allowed (mixed precision): subgroup-matrix plans are candidates. */
+  half: boolean;
 }
 
 const shapeKey = (s: Shape) =>
-  `${s.batch > 1 ? `${s.batch}@` : ''}${s.M}x${s.N}x${s.K}${s.transA ? 'T' : 'N'}${s.transB ? 'T' : 'N'}${s.triangle === 'none' ? '' : `/${s.triangle}`}`;
+  `${s.batch > 1 ? `${s.batch}@` : ''}${s.M}x${s.N}x${s.K}${s.transA ? 'T' : 'N'}${s.transB ? 'T' : 'N'}${s.triangle === 'none' ? '' : `/${s.triangle}`}` +
+  (s.half ? ` f16${s.aType === 'f32' ? ' A:f32' : ''}${s.bType === 'f32' ? ' B:f32' : ''}` : '');
 
 function pow2AtLeast(n: number): number {
   let p = 1;
@@ -142,11 +172,15 @@ function pow2AtLeast(n: number): number {
  * within a factor of two. A class is tuned once, on the first of its shapes seen.
  */
 export function shapeClass(
-  s: Pick<Shape, 'M' | 'N' | 'K' | 'transA' | 'transB'> & Partial<Pick<Shape, 'batch' | 'triangle'>>,
+  s: Pick<Shape, 'M' | 'N' | 'K' | 'transA' | 'transB'> &
+    Partial<Pick<Shape, 'batch' | 'triangle' | 'aType' | 'bType' | 'half'>>,
 ): string {
   const batch = s.batch ?? 1;
   const triangle = s.triangle ?? 'none';
   return shapeKey({
+    aType: 'f32',
+    bType: 'f32',
+    half: false,
     ...s,
     M: pow2AtLeast(s.M),
     N: pow2AtLeast(s.N),
@@ -161,7 +195,7 @@ const pending = new Map<string, Shape>();
 /** Plans of shapes seen since their class was tuned, by shape. */
 const tuned = new Map<string, MatMulPlan>();
 /** Tuned plans by shape class: the autotuner's, and the plan files' (matmul-plans.ts). */
-const classPlans = new Map<string, { tile: MatMulTile; S: number }>();
+const classPlans = new Map<string, { tile: MatMulTile | SgMatMulTile; S: number }>();
 /** The device whose plan files were read into classPlans. */
 let plansReadFor: GPUDevice | null = null;
 /** Shape classes (shapes, with shape classes off) tuned by this process. */
@@ -198,12 +232,14 @@ function planFor(key: string, s: Shape): MatMulPlan {
     readPlanFiles();
     const c = classPlans.get(cls);
     if (c) {
-      const plan = makePlan(c.tile, s.K, c.S);
+      // A subgroup-matrix tile with direct loads serves only the class's shapes that are whole tiles.
+      let plan = makePlan(c.tile, s.K, c.S);
+      if (isSg(c.tile) && !sgFits(c.tile, s, plan.kChunk)) plan = defaultPlanOf(s);
       tuned.set(key, plan);
       return plan;
     }
   }
-  const plan = s.batch > 1 || s.triangle !== 'none' ? batchedPlan(s.M, s.N, s.K) : defaultPlan(s.M, s.N, s.K);
+  const plan = defaultPlanOf(s);
   defaults.set(key, { plan, cls });
   if (!pending.has(cls)) pending.set(cls, s);
   return plan;
@@ -243,6 +279,21 @@ export function matmulKernelsVersion(): string {
       .update(matmulSource({ ...base, epilogue: 'bias-gelu', splitK: false }))
       .update(matmulSource({ ...base, transA: true, transB: false, vecA: false, epilogue: 'none', splitK: true }));
   }
+  for (const staging of ['workgroup', 'direct'] as const) {
+    const t = sgTile({
+      M: 16,
+      N: 16,
+      K: 16,
+      SGX: 2,
+      SGY: 2,
+      RM: 4,
+      RN: 4,
+      BK: 32,
+      staging,
+      double: staging === 'workgroup',
+    });
+    hash.update(sgMatmulSource({ ...sgVariantFor(t, 32, false, true), exact: staging === 'direct' }));
+  }
   for (const epilogue of ['none', 'bias', 'bias-gelu'] as const) hash.update(sumSlicesSource({ epilogue }));
   return (kernelsVersion = hash.update(sumSlicesWideSource()).digest('hex').slice(0, 12));
 }
@@ -250,9 +301,14 @@ export function matmulKernelsVersion(): string {
 /** Whether a class (or shape key) is of batched or triangular products: `64@…` or `…/lowerC`. */
 const batchedClass = (cls: string) => cls.includes('@') || cls.includes('/');
 
-/** The tiles a class may use: those the autotuner tries for it. */
-function allowedTiles(cls: string): Map<string, MatMulTile> {
-  return new Map(Object.values(batchedClass(cls) ? BATCHED_TILES : MATMUL_TILES).map((t) => [tileName(t), t]));
+/** Whether a class (or shape key) is of f16 products: `… f16`. */
+const halfClass = (cls: string) => cls.includes(' f16');
+
+/** The tiles a class may use: those the autotuner tries for it (the subgroup-matrix ones for f16 classes, where they run). */
+function allowedTiles(cls: string): Map<string, MatMulTile | SgMatMulTile> {
+  const tiles: Array<MatMulTile | SgMatMulTile> = Object.values(batchedClass(cls) ? BATCHED_TILES : MATMUL_TILES);
+  if (halfClass(cls) && halfProducts() === 'matrix') tiles.push(...sgTiles());
+  return new Map(tiles.map((t) => [planTileName(t), t]));
 }
 
 /** Reads this device's plan files into classPlans, once per device; problems are logged and skipped. */
@@ -288,7 +344,7 @@ function savePlanFile(results: TuneResult[]): void {
   const records = new Map<string, PlanRecord>();
   for (const r of results) {
     const c = classPlans.get(r.class);
-    if (c) records.set(r.class, { tile: tileName(c.tile), slices: c.S, shape: r.shape, ms: r.ms });
+    if (c) records.set(r.class, { tile: planTileName(c.tile), slices: c.S, shape: r.shape, ms: r.ms });
   }
   try {
     const { skipped } = savePlans(planCacheDir(), gpuIdentity(b.device), matmulKernelsVersion(), records);
@@ -298,16 +354,151 @@ function savePlanFile(results: TuneResult[]): void {
   }
 }
 
+/** The plan of a shape without tuning: subgroup matrices for an f16 product where they run, else the f32 kernel's plan. */
+function defaultPlanOf(s: Shape): MatMulPlan {
+  const noSplit = s.batch > 1 || s.triangle !== 'none';
+  const sg = s.half && halfProducts() === 'matrix' ? sgTiles() : [];
+  if (sg.length > 0) {
+    const fits = (t: SgMatMulTile) => sgFits(t, s);
+    const large = sg.find((t) => t.BM === 128 && t.BN === 128 && fits(t));
+    const small = sg.find((t) => t.BM <= 64 && t.BN <= 64 && fits(t));
+    const tile =
+      large && (noSplit ? s.M >= 128 && s.N >= 128 : tilesOf(large, s.M, s.N) >= TARGET_WORKGROUPS || s.K >= 1024)
+        ? large
+        : (small ?? large);
+    if (tile) return makePlan(tile, s.K, noSplit ? 1 : autoSlices(tile, s.M, s.N, s.K));
+  }
+  return noSplit ? batchedPlan(s.M, s.N, s.K) : defaultPlan(s.M, s.N, s.K);
+}
+
 /** Batches and triangular products take no split-K; the batch fills the GPU, so the largest tile that fits the product. */
 function batchedPlan(M: number, N: number, K: number): MatMulPlan {
   const tile = forcedTile ?? (M >= 128 && N >= 128 ? LARGE : N >= 64 && M >= 128 ? MEDIUM : SMALL);
   return makePlan(tile, K, 1);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Subgroup-matrix tiles
+
+/**
+ * Layouts of the subgroup-matrix tiles, per configuration (M × N × K): subgroups along N and M,
+ * result matrices per subgroup along M and N, and the K slab. The workgroup blocks come out at
+ * 128 × 128 (four or eight subgroups; K slab 32 or 64), 128 × 64 and 64 × 64 for 16 × 16 matrices,
+ * the same in elements for 16 × 8 ones (twice the matrices along N).
+ */
+const SG_LAYOUTS: Array<{ SGX: number; SGY: number; RM: number; RN: number; BK: number }> = [
+  { SGX: 2, SGY: 2, RM: 4, RN: 4, BK: 32 },
+  { SGX: 2, SGY: 4, RM: 2, RN: 4, BK: 32 },
+  { SGX: 2, SGY: 2, RM: 4, RN: 4, BK: 64 },
+  { SGX: 2, SGY: 2, RM: 4, RN: 2, BK: 32 },
+  { SGX: 2, SGY: 2, RM: 2, RN: 2, BK: 32 },
+];
+
+/** What sgTilesFor needs to know of a device. */
+export type SgDevice = Pick<
+  Capabilities,
+  'subgroupMatrixConfigs' | 'subgroupMinSize' | 'maxWorkgroupStorage' | 'maxWorkgroupInvocations'
+>;
+
+/**
+ * The subgroup-matrix tiles a device can run: each layout per f16 → f32 configuration (of those
+ * with the same result shape, the deepest), with workgroup staging (one and two slabs) and direct
+ * loads, kept when its workgroup memory and invocations fit the device.
+ */
+export function sgTilesFor(caps: SgDevice): SgMatMulTile[] {
+  const SG = caps.subgroupMinSize ?? 0;
+  const configs = f16MatrixConfigs(caps).filter(
+    (c, _, all) => !all.some((o) => o.M === c.M && o.N === c.N && o.K > c.K),
+  );
+  const out: SgMatMulTile[] = [];
+  for (const cfg of configs) {
+    for (const l of SG_LAYOUTS) {
+      // Smaller matrices: more of them for the same block.
+      const RN = (l.RN * 16) / cfg.N;
+      const RM = (l.RM * 16) / cfg.M;
+      if (!Number.isInteger(RN) || !Number.isInteger(RM) || l.BK % cfg.K !== 0) continue;
+      for (const [staging, double] of [
+        ['workgroup', false],
+        ['workgroup', true],
+        ['direct', false],
+      ] as const) {
+        const t = sgTile({
+          M: cfg.M,
+          N: cfg.N,
+          K: cfg.K,
+          SGX: l.SGX,
+          SGY: l.SGY,
+          RM,
+          RN,
+          BK: l.BK,
+          staging,
+          ...(double ? { double } : {}),
+        });
+        // The most workgroup memory any use takes: transposes change slab strides, an epilogue adds patches.
+        const worst = Math.max(
+          ...[false, true].flatMap((transA) =>
+            [false, true].map((transB) => sgWorkgroupBytes({ ...sgVariantFor(t, SG, transA, transB), exact: false })),
+          ),
+        );
+        if (worst <= caps.maxWorkgroupStorage && sgThreads({ ...t, subgroupSize: SG }) <= caps.maxWorkgroupInvocations)
+          out.push(t);
+      }
+    }
+  }
+  return out;
+}
+
+/** The subgroup-matrix tiles of the active device (empty unless its products can run on subgroup matrices). */
+export function sgTiles(): SgMatMulTile[] {
+  const caps = capabilities();
+  return matrixUnavailable(caps) === null ? sgTilesFor(caps) : [];
+}
+
+/** A variant of `t` with default operands, for sizing. */
+function sgVariantFor(t: SgMatMulTile, subgroupSize: number, transA: boolean, transB: boolean): SgMatMulVariant {
+  return {
+    ...t,
+    subgroupSize,
+    transA,
+    transB,
+    aType: 'f16',
+    bType: 'f16',
+    widthA: 8,
+    widthB: 8,
+    exact: true,
+    epilogue: 'bias-gelu',
+    splitK: false,
+    batched: false,
+    triangle: 'none',
+  };
+}
+
+/** Whether a subgroup-matrix tile can run this shape (direct loads need f16 operands and a whole number of tiles). */
+function sgFits(t: SgMatMulTile, s: Shape, kChunk = s.K): boolean {
+  if (t.staging === 'workgroup') return s.triangle === 'none' || t.BM % t.BK === 0;
+  return s.aType === 'f16' && s.bType === 'f16' && exactFor(t, s, kChunk);
+}
+
+function exactFor(t: Pick<MatMulTile, 'BM' | 'BN' | 'BK'>, s: Shape, kChunk: number): boolean {
+  return s.M % t.BM === 0 && s.N % t.BN === 0 && kChunk % t.BK === 0 && s.K % kChunk === 0;
+}
+
+/** Elements per global load of an operand whose contiguous axis has `length` elements. */
+function loadWidth(type: OperandType, length: number): 1 | 4 | 8 {
+  if (type === 'f16' && length % 8 === 0) return 8;
+  return length % 4 === 0 ? 4 : 1;
+}
+
 function mmKernel(v: MatMulVariant): Kernel {
   const tri = v.triangle && v.triangle !== 'none' ? `_${v.triangle}` : '';
   const name = `matmul_${v.transA ? 'T' : 'N'}${v.transB ? 'T' : 'N'}_${v.BM}x${v.BN}${v.splitK ? '_splitk' : ''}${v.batched ? '_batched' : ''}${tri}${v.epilogue === 'none' ? '' : `_${v.epilogue}`}`;
   return kernelFor(variantKey(v), name, () => matmulSource(v));
+}
+
+function sgKernel(v: SgMatMulVariant): Kernel {
+  const tri = v.triangle !== 'none' ? `_${v.triangle}` : '';
+  const name = `sgmatmul_${v.transA ? 'T' : 'N'}${v.transB ? 'T' : 'N'}_${v.BM}x${v.BN}_${v.staging}${v.splitK ? '_splitk' : ''}${v.batched ? '_batched' : ''}${tri}${v.epilogue === 'none' ? '' : `_${v.epilogue}`}`;
+  return kernelFor(sgVariantKey(v), name, () => sgMatmulSource(v));
 }
 
 function sumKernel(epilogue: 'none' | 'bias' | 'bias-gelu'): Kernel {
@@ -336,6 +527,14 @@ export interface MatMulArgs {
   triangle?: Triangle;
   /** Use this plan instead of the tuned or default one. */
   plan?: MatMulPlan;
+  /** Storage of A and B: f32 (default), or f16 (half.ts's layout; makes the product an f16 one). */
+  aType?: OperandType;
+  bType?: OperandType;
+  /**
+   * Mixed precision: f32 operands may be rounded to f16 for the product (subgroup-matrix plans are
+   * candidates; attention's products). Implied by an f16 operand.
+   */
+  half?: boolean;
 }
 
 /** A product's dispatches for one plan, worked out once (a training step repeats the same products). */
@@ -356,6 +555,44 @@ function prepare(plan: MatMulPlan, s: Shape, epilogue: MatMulVariant['epilogue']
     ['u', K],
     ['u', plan.kChunk],
   ];
+  const split = plan.S > 1;
+  const sum = split
+    ? {
+        kernel: sumKernel(epilogue),
+        grid: grid1d(M * N),
+        uniforms: [
+          ['u', plan.S],
+          ['u', M * N],
+          ['u', N],
+          ['u', 0],
+        ] as UniformValue[],
+      }
+    : undefined;
+  const grid = matmulGrid(plan.tile, M, N, split ? plan.S : batch);
+  const exact = exactFor(plan.tile, s, plan.kChunk);
+  if (isSg(plan.tile)) {
+    const subgroupSize = capabilities().subgroupMinSize;
+    if (subgroupSize === null)
+      throw new Error('matmul: a subgroup-matrix plan on an adapter that does not say its subgroup size');
+    const v: SgMatMulVariant = {
+      ...plan.tile,
+      subgroupSize,
+      transA,
+      transB,
+      aType: s.aType,
+      bType: s.bType,
+      widthA: loadWidth(s.aType, transA ? M : K),
+      widthB: loadWidth(s.bType, transB ? K : N),
+      exact,
+      epilogue: split ? 'none' : epilogue,
+      splitK: split,
+      batched: batch > 1,
+      triangle,
+    };
+    const problem = sgVariantProblem(v);
+    if (problem) throw new Error(`matmul ${shapeKey(s)}: plan ${planName(plan)} does not fit (${problem})`);
+    return { kernel: sgKernel(v), grid, uniforms, sum };
+  }
   const base = {
     ...plan.tile,
     transA,
@@ -363,49 +600,39 @@ function prepare(plan: MatMulPlan, s: Shape, epilogue: MatMulVariant['epilogue']
     vecA: (transA ? M : K) % 4 === 0,
     vecB: (transB ? K : N) % 4 === 0,
     vecC: N % 4 === 0,
+    aType: s.aType,
+    bType: s.bType,
   };
-  if (plan.S === 1) {
-    const v: MatMulVariant = {
-      ...base,
-      exact: M % plan.tile.BM === 0 && N % plan.tile.BN === 0 && K % plan.tile.BK === 0,
-      epilogue,
-      splitK: false,
-      batched: batch > 1,
-      triangle,
-    };
-    return { kernel: mmKernel(v), grid: matmulGrid(v, M, N, batch), uniforms };
+  if (!split) {
+    const v: MatMulVariant = { ...base, exact, epilogue, splitK: false, batched: batch > 1, triangle };
+    return { kernel: mmKernel(v), grid, uniforms };
   }
-  const v: MatMulVariant = {
-    ...base,
-    exact:
-      M % plan.tile.BM === 0 && N % plan.tile.BN === 0 && plan.kChunk % plan.tile.BK === 0 && K % plan.kChunk === 0,
-    epilogue: 'none',
-    splitK: true,
-  };
-  return {
-    kernel: mmKernel(v),
-    grid: matmulGrid(v, M, N, plan.S),
-    uniforms,
-    sum: {
-      kernel: sumKernel(epilogue),
-      grid: grid1d(M * N),
-      uniforms: [
-        ['u', plan.S],
-        ['u', M * N],
-        ['u', N],
-        ['u', 0],
-      ],
-    },
-  };
+  const v: MatMulVariant = { ...base, exact, epilogue: 'none', splitK: true };
+  return { kernel: mmKernel(v), grid, uniforms, sum };
 }
 
 /** C [M, N] = op(A) · op(B) (+ bias) (→ GELU). Returns tensor data (wrap with toTensor). */
 export function matmul(args: MatMulArgs): { c: tf.TensorInfo; z?: tf.TensorInfo } {
-  const { a, b, M, N, K, transA = false, transB = false, bias, gelu = false, batch = 1, triangle = 'none' } = args;
+  const {
+    a,
+    b,
+    M,
+    N,
+    K,
+    transA = false,
+    transB = false,
+    bias,
+    gelu = false,
+    batch = 1,
+    triangle = 'none',
+    aType = 'f32',
+    bType = 'f32',
+  } = args;
   if (gelu && !bias) throw new Error('matmul: GELU epilogue needs a bias');
   if (K === 0) throw new Error('matmul: K is 0');
   const epilogue = gelu ? 'bias-gelu' : bias ? 'bias' : 'none';
-  const shape: Shape = { M, N, K, transA, transB, batch, triangle };
+  const half = args.half === true || aType === 'f16' || bType === 'f16';
+  const shape: Shape = { M, N, K, transA, transB, batch, triangle, aType, bType, half };
   const key = shapeKey(shape);
   const plan = args.plan ?? planFor(key, shape);
   if ((batch > 1 || triangle !== 'none') && (bias || plan.S !== 1))
@@ -468,25 +695,38 @@ export function sumSlices(x: tf.TensorInfo, S: number, L: number): tf.TensorInfo
 
 /**
  * The plans the autotuner tries for a shape: every tile, each without split-K and (for long K) with
- * about the slices that fill the GPU and twice that; with `noSplit` (batched or triangular
- * products) every batched-product tile no larger than the product, without split-K.
+ * about the slices that fill the GPU and twice that; for batched or triangular products every
+ * batched-product tile no larger than the product, without split-K. An f16 product on subgroup
+ * matrices tries every subgroup-matrix tile that fits it the same way, and of the f32 kernel's plans
+ * only its default one (all of them for batches).
  */
-export function candidatePlans(M: number, N: number, K: number, noSplit = false): MatMulPlan[] {
+function candidatePlans(s: Shape): MatMulPlan[] {
+  const { M, N, K } = s;
+  const noSplit = s.batch > 1 || s.triangle !== 'none';
   const out: MatMulPlan[] = [];
   const seen = new Set<string>();
-  for (const tile of Object.values(noSplit ? BATCHED_TILES : MATMUL_TILES)) {
+  const add = (p: MatMulPlan) => {
+    const key = planName(p);
+    if (!seen.has(key)) {
+      seen.add(key);
+      out.push(p);
+    }
+  };
+  const sg = s.half && halfProducts() === 'matrix' ? sgTiles() : [];
+  // Beside the subgroup-matrix tiles, the f32 kernel's own plan as a fallback (every tile for batches,
+  // which take no split-K and are few): the autotuner's time goes to the tiles that can win.
+  if (sg.length > 0 && !noSplit) add(defaultPlan(M, N, K));
+  const f32Tiles = sg.length > 0 && !noSplit ? [] : Object.values(noSplit ? BATCHED_TILES : MATMUL_TILES);
+  for (const tile of [...sg, ...f32Tiles]) {
     if (noSplit) {
-      if (tile.BM <= Math.max(64, M) && tile.BN <= Math.max(64, N)) out.push(makePlan(tile, K, 1));
+      if (tile.BM <= Math.max(64, M) && tile.BN <= Math.max(64, N) && (!isSg(tile) || sgFits(tile, s)))
+        add(makePlan(tile, K, 1));
       continue;
     }
     const auto = autoSlices(tile, M, N, K);
     for (const S of new Set([1, auto, auto > 1 ? auto * 2 : 1])) {
       const p = makePlan(tile, K, S);
-      const key = planName(p);
-      if (!seen.has(key)) {
-        seen.add(key);
-        out.push(p);
-      }
+      if (!isSg(tile) || sgFits(tile, s, p.kChunk)) add(p);
     }
   }
   return out;
@@ -501,10 +741,19 @@ export interface TuneResult {
   ms: number;
   defaultMs: number;
   tflops: number;
+  /** Candidates left out: the device could not compile them, or their product was wrong. */
+  rejected?: string[];
 }
 
+/** How far a candidate's product may be from the f32 kernel's on the same operands (relErr): f16 rounding of f32 operands at most; a broken kernel is off by its whole size. */
+const CANDIDATE_TOL = 2e-2;
+
 function planName(p: MatMulPlan): string {
-  return `${p.tile.BM}x${p.tile.BN}x${p.tile.BK} t${p.tile.TM}x${p.tile.TN}${p.tile.double ? ' double' : ''}${p.S > 1 ? ` split-K ${p.S}` : ''}`;
+  const t = p.tile;
+  const split = p.S > 1 ? ` split-K ${p.S}` : '';
+  if (isSg(t))
+    return `subgroup-matrix ${t.M}x${t.N}x${t.K}: ${t.BM}x${t.BN}x${t.BK}, ${t.SGY}x${t.SGX} subgroups of ${t.RM}x${t.RN}, ${t.staging}${t.double ? ' double' : ''}${split}`;
+  return `${t.BM}x${t.BN}x${t.BK} t${t.TM}x${t.TN}${t.double ? ' double' : ''}${split}`;
 }
 
 async function drain(): Promise<void> {
@@ -535,12 +784,41 @@ async function tunePending(targetMs: number): Promise<TuneResult[]> {
   pending.clear();
   for (const [cls, s] of shapes) {
     const key = shapeKey(s);
-    const a = tf.randomUniform([s.batch, ...(s.transA ? [s.K, s.M] : [s.M, s.K])], -1, 1);
-    const b = tf.randomUniform([s.batch, ...(s.transB ? [s.N, s.K] : [s.K, s.N])], -1, 1);
+    const operand = (type: OperandType, shape: number[], lowerTriangular = false): tf.Tensor => {
+      let x = tf.randomUniform(shape, -1, 1);
+      // The causal shortcuts assume a triangular A (stored lower-triangular, transposed or not).
+      if (lowerTriangular) x = tf.tidy(() => tf.linalg.bandPart(x, -1, 0));
+      if (type === 'f32') return x;
+      const h = tf.engine().makeTensorFromTensorInfo(toHalf(x));
+      x.dispose();
+      return h;
+    };
+    const a = operand(
+      s.aType,
+      [s.batch, ...(s.transA ? [s.K, s.M] : [s.M, s.K])],
+      s.triangle === 'lowerA' || s.triangle === 'upperA',
+    );
+    const b = operand(s.bType, [s.batch, ...(s.transB ? [s.N, s.K] : [s.K, s.N])]);
     const flops = 2 * s.batch * s.M * s.N * s.K * (s.triangle === 'none' ? 1 : 0.5);
     const noSplit = s.batch > 1 || s.triangle !== 'none';
-    const def = noSplit ? batchedPlan(s.M, s.N, s.K) : defaultPlan(s.M, s.N, s.K);
-    const plans = [def, ...candidatePlans(s.M, s.N, s.K, noSplit)];
+    // The f32 kernel's product on the same operands: each candidate must agree with it.
+    const reference = noSplit ? batchedPlan(s.M, s.N, s.K) : defaultPlan(s.M, s.N, s.K);
+    const checkProduct = await productChecker(a, b, s, reference);
+    const rejected: string[] = [];
+    const plans: MatMulPlan[] = [];
+    const initial = defaultPlanOf(s);
+    const names = new Set<string>();
+    for (const p of [initial, ...candidatePlans(s)]) {
+      if (names.has(planName(p))) continue;
+      names.add(planName(p));
+      const problem = await planProblem(p, s, a, b, checkProduct);
+      if (problem) rejected.push(`${planName(p)}: ${problem}`);
+      else plans.push(p);
+    }
+    checkProduct.dispose();
+    // The untuned plan, unless it was left out: then the f32 kernel's.
+    const def = plans.includes(initial) ? initial : reference;
+    if (!plans.includes(def)) plans.unshift(def);
     const run = (plan: MatMulPlan, reps: number) => {
       for (let i = 0; i < reps; i++) release(matmul({ a, b, ...s, plan }).c);
     };
@@ -551,12 +829,9 @@ async function tunePending(targetMs: number): Promise<TuneResult[]> {
       await drain();
       return (performance.now() - t0) / reps;
     };
-    // Compile and estimate.
+    // Estimate (each candidate has run once already).
     const estimate = new Map<MatMulPlan, number>();
-    for (const p of plans) {
-      run(p, 1);
-      estimate.set(p, await timed(p, 1));
-    }
+    for (const p of plans) estimate.set(p, await timed(p, 1));
     // Clocks up: about 50 ms of the default plan (300 ms before the first shape: an idle GPU's
     // clocks take longer than 50 ms to rise, and the first shape's choice was skewed by it).
     const warmMs = cls === shapes[0][0] ? 300 : 50;
@@ -584,10 +859,53 @@ async function tunePending(targetMs: number): Promise<TuneResult[]> {
       ms: Number(ms.toFixed(3)),
       defaultMs: Number(best.get(def)!.toFixed(3)),
       tflops: Number((flops / ms / 1e9).toFixed(2)),
+      ...(rejected.length ? { rejected } : {}),
     });
     tf.dispose([a, b]);
   }
   return results;
+}
+
+interface ProductChecker {
+  /** relErr of a product against the reference one (over C's lower triangle for lowerC). */
+  error(c: tf.TensorInfo): Promise<number>;
+  dispose(): void;
+}
+
+/** Compares products of (a, b) in shape `s` with the one `reference` computes. */
+async function productChecker(a: tf.Tensor, b: tf.Tensor, s: Shape, reference: MatMulPlan): Promise<ProductChecker> {
+  // Only the lower triangle of a lowerC product is defined.
+  const lower =
+    s.triangle === 'lowerC' ? tf.tidy(() => tf.linalg.bandPart(tf.ones([s.M, s.N]), -1, 0).cast('bool')) : null;
+  const ref = tf.engine().makeTensorFromTensorInfo(matmul({ a, b, ...s, plan: reference }).c);
+  const masked = (x: tf.Tensor) => (lower ? tf.where(lower, x, tf.zerosLike(x)) : x);
+  const scale = Math.max(1e-30, (await tf.tidy(() => tf.max(tf.abs(masked(ref)))).data())[0]);
+  return {
+    async error(c) {
+      const t = tf.engine().makeTensorFromTensorInfo(c);
+      const diff = tf.tidy(() => tf.max(tf.abs(masked(tf.sub(t, ref)))));
+      const e = (await diff.data())[0] / scale;
+      tf.dispose([t, diff]);
+      return e;
+    },
+    dispose: () => tf.dispose(lower ? [ref, lower] : [ref]),
+  };
+}
+
+/** Why a candidate plan cannot be used for shape `s` (its pipeline does not compile, or its product is wrong), or null. */
+async function planProblem(
+  plan: MatMulPlan,
+  s: Shape,
+  a: tf.Tensor,
+  b: tf.Tensor,
+  check: ProductChecker,
+): Promise<string | null> {
+  const p = prepare(plan, s, 'none');
+  const compiled =
+    (await compileError(p.kernel, 2, 1, true)) ?? (p.sum ? await compileError(p.sum.kernel, 1, 1, true) : null);
+  if (compiled) return `does not compile (${compiled})`;
+  const err = await check.error(matmul({ a, b, ...s, plan }).c);
+  return err < CANDIDATE_TOL ? null : `its product is ${err.toExponential(2)} (relative) from the f32 kernel's`;
 }
 
 /**

@@ -14,6 +14,8 @@ import {
   gatherRows,
   layerNorm,
   linear,
+  lossScaledAdamW,
+  lossScaling,
   matMulNT,
   parallelResidual,
   releaseCachedMemory,
@@ -21,12 +23,13 @@ import {
   topKDistillation,
 } from '../ops/index.js';
 import type * as tf from '../tfjs.js';
-import { fusedClipAdamW } from './adamw.js';
+import { fusedClipAdamW, fusedLossScaledAdamW } from './adamw.js';
 import { fusedAttention, fusedAttentionSupports } from './attention.js';
 import { fusedCrossEntropy } from './cross-entropy.js';
 import { fusedTopKDistill, fusedTopKSupports } from './distill.js';
 import { fusedGatherRows, rowWiseTakeAlongLastAxis } from './embedding.js';
 import { fusedKernelsEnabled } from './fused.js';
+import { halfProducts, sweepShadows } from './half.js';
 import { fusedLayerNorm } from './layer-norm.js';
 import { fusedLinear, fusedMatMulNT } from './linear.js';
 import { autotuneIfHardware } from './matmul.js';
@@ -35,8 +38,16 @@ import { releaseFreeBuffers, submitRecorded } from './runtime.js';
 const backend = 'webgpu';
 const fused = { backend, enabled: fusedKernelsEnabled };
 
-linear.register({ ...fused, name: 'register-tiled product, bias (and GELU) in the epilogue', run: fusedLinear });
-matMulNT.register({ ...fused, name: 'register-tiled product', run: fusedMatMulNT });
+linear.register({
+  ...fused,
+  name: 'register-tiled or subgroup-matrix product (f16 in mixed precision), bias (and GELU) in the epilogue',
+  run: fusedLinear,
+});
+matMulNT.register({
+  ...fused,
+  name: 'register-tiled or subgroup-matrix product (f16 in mixed precision)',
+  run: fusedMatMulNT,
+});
 layerNorm.register({
   ...fused,
   name: 'one workgroup per row',
@@ -59,8 +70,21 @@ topKDistillation.register({
   run: fusedTopKDistill,
 });
 clippedAdamW.register({ ...fused, name: 'norm and AdamW on the device, no read-back', run: fusedClipAdamW });
+lossScaledAdamW.register({
+  ...fused,
+  name: 'unscale, overflow check, norm and AdamW on the device, no read-back',
+  run: fusedLossScaledAdamW,
+});
+lossScaling.register({ ...fused, name: 'on when the products take f16 operands', run: () => halfProducts() !== 'off' });
 parallelResidual.register({ ...fused, name: 'tf.addN', run: addNResidual });
-endTrainingStep.register({ backend, name: 'submit the recorded commands', run: submitRecorded });
+endTrainingStep.register({
+  backend,
+  name: 'submit the recorded commands, drop f16 weight copies of freed weights',
+  run: () => {
+    submitRecorded();
+    sweepShadows();
+  },
+});
 afterFirstTrainingStep.register({
   ...fused,
   name: 'autotune the matrix-product plans (hardware adapters)',

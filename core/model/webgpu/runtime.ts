@@ -224,6 +224,26 @@ function compile(b: WebGPUBackendInternals, kernel: Kernel, nIn: number, nOut: n
   return c;
 }
 
+/**
+ * Compiles a kernel's pipeline now (for its bindings: nIn inputs, nOut outputs, uniforms or not) and
+ * returns the device's error, or null. The autotuner leaves out a candidate its device cannot compile
+ * before anything is recorded with it: a dispatch of an invalid pipeline would spoil its whole
+ * command buffer.
+ */
+export async function compileError(
+  kernel: Kernel,
+  nIn: number,
+  nOut: number,
+  hasUniforms: boolean,
+): Promise<string | null> {
+  const b = backendOrThrow();
+  b.device.pushErrorScope('validation');
+  b.device.pushErrorScope('internal');
+  compile(b, kernel, nIn, nOut, hasUniforms);
+  const errors = [await b.device.popErrorScope(), await b.device.popErrorScope()].filter((e) => e !== null);
+  return errors.length ? errors.map((e) => e.message.split('\n')[0]).join('; ') : null;
+}
+
 /** Bind groups kept per pipeline; past this (shapes and buffers that keep changing) it starts again. */
 const MAX_BIND_GROUPS = 4096;
 
@@ -462,31 +482,68 @@ export function flatIndexWgsl(size = 256): string {
   return `fn flat_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 { return gid.x + gid.y * nwg.x * ${size}u; }`;
 }
 
+/** A cooperative-matrix shape the adapter offers (Dawn's GPUSubgroupMatrixConfig): result M × N, depth K. */
+export interface SubgroupMatrixConfig {
+  componentType: string;
+  resultComponentType: string;
+  M: number;
+  N: number;
+  K: number;
+}
+
 /** What the device offers, read once per device. */
 export interface Capabilities {
   subgroups: boolean;
-  subgroupSize: number | null;
+  /** Subgroup sizes the adapter may use (Dawn's adapter info), or null when it does not say. */
+  subgroupMinSize: number | null;
+  subgroupMaxSize: number | null;
   shaderF16: boolean;
   subgroupMatrix: boolean;
+  /** The adapter's subgroup-matrix configurations (empty without the feature). */
+  subgroupMatrixConfigs: SubgroupMatrixConfig[];
   maxWorkgroupStorage: number;
+  maxWorkgroupInvocations: number;
   maxStorageBinding: number;
   software: boolean;
 }
 
 const caps = new WeakMap<GPUDevice, Capabilities>();
 
+/** The adapter facts Dawn hands the device (`GPUDevice.adapterInfo`; tfjs keeps only the vendor and architecture). */
+interface DeviceAdapterInfo {
+  vendor?: string;
+  architecture?: string;
+  subgroupMinSize?: number;
+  subgroupMaxSize?: number;
+  subgroupMatrixConfigs?: Iterable<SubgroupMatrixConfig>;
+}
+
 export function capabilities(): Capabilities {
   const b = backendOrThrow();
   let c = caps.get(b.device);
   if (!c) {
     const f = b.device.features;
-    const info = (b as unknown as { adapterInfo?: { vendor?: string; architecture?: string } }).adapterInfo;
+    const info =
+      (b.device as unknown as { adapterInfo?: DeviceAdapterInfo }).adapterInfo ??
+      (b as unknown as { adapterInfo?: DeviceAdapterInfo }).adapterInfo;
+    const subgroupMatrix = f.has('chromium-experimental-subgroup-matrix' as GPUFeatureName);
     c = {
       subgroups: f.has('subgroups' as GPUFeatureName),
-      subgroupSize: null,
+      subgroupMinSize: info?.subgroupMinSize ?? null,
+      subgroupMaxSize: info?.subgroupMaxSize ?? null,
       shaderF16: f.has('shader-f16'),
-      subgroupMatrix: f.has('chromium-experimental-subgroup-matrix' as GPUFeatureName),
+      subgroupMatrix,
+      subgroupMatrixConfigs: subgroupMatrix
+        ? [...(info?.subgroupMatrixConfigs ?? [])].map(({ componentType, resultComponentType, M, N, K }) => ({
+            componentType,
+            resultComponentType,
+            M,
+            N,
+            K,
+          }))
+        : [],
       maxWorkgroupStorage: b.device.limits.maxComputeWorkgroupStorageSize,
+      maxWorkgroupInvocations: b.device.limits.maxComputeInvocationsPerWorkgroup,
       maxStorageBinding: b.device.limits.maxStorageBufferBindingSize,
       software: /mesa|swiftshader/i.test(info?.vendor ?? '') || info?.architecture === 'software',
     };

@@ -58,3 +58,18 @@ fn wg_lse_${name}(m: f32, s: f32, lid: u32) -> f32 {
   return out;
 }`;
 }
+
+/**
+ * WGSL: `to_f16(x)`, f32 → f16 with every value beyond f16's range (and NaN) made +inf. WGSL leaves
+ * an out-of-range conversion undefined, and the loss scale's overflow check must see it; the test is
+ * on the bits, which no fast-math assumption removes.
+ */
+export const TO_F16_WGSL = /* wgsl */ `
+fn to_f16(x: f32) -> f16 {
+  let bits = bitcast<u32>(x);
+  // +inf's bits, built from a runtime value (a constant infinity does not compile).
+  if ((bits & 0x7f800000u) == 0x7f800000u || abs(x) > 65504.0) { return bitcast<vec2<f16>>(0x7c007c00u | (bits & 0u)).x; }
+  return f16(x);
+}
+fn to_f16x4(x: vec4<f32>) -> vec4<f16> { return vec4<f16>(to_f16(x.x), to_f16(x.y), to_f16(x.z), to_f16(x.w)); }
+`;

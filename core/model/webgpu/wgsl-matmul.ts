@@ -9,6 +9,9 @@
  *
  * Epilogues: + bias[n]; GELU (exact, erf) writing the pre-activation too; split-K (z picks a K
  * range, partial products go to [S, M, N] and a reduction sums them).
+ *
+ * A and B may be f16 in storage (mixed precision's operands, ./half.ts): converted to f32 as they are
+ * loaded, so the arithmetic is f32 and only the memory traffic halves.
  */
 
 export interface MatMulTile {
@@ -46,7 +49,13 @@ export interface MatMulVariant extends MatMulTile {
    * tile's last row; 'upperA': A is zero below it (A[m, k] = 0 for k < m), K starts at the tile's first row.
    */
   triangle?: 'none' | 'lowerC' | 'lowerA' | 'upperA';
+  /** Element type of A and B in storage (default f32). */
+  aType?: OperandType;
+  bType?: OperandType;
 }
+
+/** How a product's operand is stored: f32, or f16 (half.ts's layout). */
+export type OperandType = 'f32' | 'f16';
 
 /** A tile from `BMxBNxBKxTMxTN`, with a trailing `d` for two slabs (`128x128x8x8x8d`). */
 export function parseTile(s: string): MatMulTile {
@@ -81,6 +90,8 @@ export function variantKey(v: MatMulVariant): string {
     +v.splitK,
     +(v.batched ?? false),
     v.triangle ?? 'none',
+    v.aType ?? 'f32',
+    v.bType ?? 'f32',
   ].join('_');
 }
 
@@ -139,11 +150,10 @@ export function matmulSource(v: MatMulVariant): string {
   const triangle = v.triangle ?? 'none';
   let b = 0;
   const decl: string[] = [];
-  const aType = v.vecA ? 'vec4<f32>' : 'f32';
-  const bType = v.vecB ? 'vec4<f32>' : 'f32';
+  const elem = (t: OperandType | undefined, vec: boolean) => (vec ? `vec4<${t ?? 'f32'}>` : (t ?? 'f32'));
   const cType = v.vecC ? 'vec4<f32>' : 'f32';
-  decl.push(`@group(0) @binding(${b++}) var<storage, read> A: array<${aType}>;`);
-  decl.push(`@group(0) @binding(${b++}) var<storage, read> B: array<${bType}>;`);
+  decl.push(`@group(0) @binding(${b++}) var<storage, read> A: array<${elem(v.aType, v.vecA)}>;`);
+  decl.push(`@group(0) @binding(${b++}) var<storage, read> B: array<${elem(v.bType, v.vecB)}>;`);
   if (hasBias) decl.push(`@group(0) @binding(${b++}) var<storage, read> bias: array<${cType}>;`);
   decl.push(`@group(0) @binding(${b++}) var<storage, read_write> C: array<${cType}>;`);
   if (gelu) decl.push(`@group(0) @binding(${b++}) var<storage, read_write> Z: array<${cType}>;`);
@@ -182,6 +192,9 @@ export function matmulSource(v: MatMulVariant): string {
     const base = which === 'A' ? 'rowA0' : 'colB0';
     const off = which === 'A' ? 'offA' : 'offB';
     const shared = which === 'A' ? 'As' : 'Bs';
+    // An f16 operand is converted as it is read.
+    const half = (which === 'A' ? v.aType : v.bType) === 'f16';
+    const read = (addr: string) => (half ? `${vec ? 'vec4<f32>' : 'f32'}(${which}[${addr}])` : `${which}[${addr}]`);
     const rowsV = rows / 4;
     const total = rows * BK;
     if (vec) {
@@ -193,13 +206,13 @@ export function matmulSource(v: MatMulVariant): string {
           // slab element (k, r..r+3): k = idx / rowsV, rq = idx % rowsV
           loads.push(`{ let idx = lidx + ${i * threads}u; let kk = idx / ${rowsV}u; let rq = idx % ${rowsV}u;
             let gk = k0 + kk; let gr = ${base} + rq * 4u;
-            ${v.exact ? `${reg} = ${which}[(${off} + gk * ${extent} + gr) / 4u];` : `if (gk < kEnd && gr < ${extent}) { ${reg} = ${which}[(${off} + gk * ${extent} + gr) / 4u]; } else { ${reg} = vec4<f32>(0.0); }`} }`);
+            ${v.exact ? `${reg} = ${read(`(${off} + gk * ${extent} + gr) / 4u`)};` : `if (gk < kEnd && gr < ${extent}) { ${reg} = ${read(`(${off} + gk * ${extent} + gr) / 4u`)}; } else { ${reg} = vec4<f32>(0.0); }`} }`);
           stores.push(`{ let idx = lidx + ${i * threads}u; ${shared}[${st(which)}idx] = ${reg}; }`);
         } else {
           // slab element (r, k..k+3): r = idx / (BK/4), kq = idx % (BK/4)
           loads.push(`{ let idx = lidx + ${i * threads}u; let r = idx / ${BK / 4}u; let kq = idx % ${BK / 4}u;
             let gk = k0 + kq * 4u; let gr = ${base} + r;
-            ${v.exact ? `${reg} = ${which}[(${off} + gr * u.K + gk) / 4u];` : `if (gk < kEnd && gr < ${extent}) { ${reg} = ${which}[(${off} + gr * u.K + gk) / 4u]; } else { ${reg} = vec4<f32>(0.0); }`} }`);
+            ${v.exact ? `${reg} = ${read(`(${off} + gr * u.K + gk) / 4u`)};` : `if (gk < kEnd && gr < ${extent}) { ${reg} = ${read(`(${off} + gr * u.K + gk) / 4u`)}; } else { ${reg} = vec4<f32>(0.0); }`} }`);
           stores.push(`{ let idx = lidx + ${i * threads}u; let r = idx / ${BK / 4}u; let kq = idx % ${BK / 4}u;
             let rv = r / 4u; let rc = r % 4u;
             ${shared}[${st(which)}(kq * 4u + 0u) * ${rowsV}u + rv][rc] = ${reg}.x;
@@ -221,7 +234,7 @@ export function matmulSource(v: MatMulVariant): string {
           ? `${off} + (k0 + kk) * ${extent} + ${base} + r`
           : `${off} + (${base} + r) * u.K + k0 + kk`;
         loads.push(`{ let idx = lidx + ${i * threads}u; ${coords}
-          ${v.exact ? `${reg} = ${which}[${addr}];` : `if (k0 + kk < kEnd && ${base} + r < ${extent}) { ${reg} = ${which}[${addr}]; } else { ${reg} = 0.0; }`} }`);
+          ${v.exact ? `${reg} = ${read(addr)};` : `if (k0 + kk < kEnd && ${base} + r < ${extent}) { ${reg} = ${read(addr)}; } else { ${reg} = 0.0; }`} }`);
         stores.push(
           `{ let idx = lidx + ${i * threads}u; ${coords} ${shared}[${st(which)}kk * ${rowsV}u + r / 4u][r % 4u] = ${reg}; }`,
         );
@@ -275,7 +288,7 @@ export function matmulSource(v: MatMulVariant): string {
     }
   }
 
-  return /* wgsl */ `
+  return /* wgsl */ `${v.aType === 'f16' || v.bType === 'f16' ? 'enable f16;' : ''}
 ${decl.join('\n')}
 ${gelu ? ERF_WGSL : ''}
 @compute @workgroup_size(${threadsX}, ${threadsY}, 1)
@@ -324,7 +337,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_
 }
 
 /** Workgroup grid for a product of M × N (× S split-K slices or batch entries). */
-export function matmulGrid(v: MatMulTile, M: number, N: number, S = 1): [number, number, number] {
+export function matmulGrid(v: Pick<MatMulTile, 'BM' | 'BN'>, M: number, N: number, S = 1): [number, number, number] {
   return [Math.ceil(N / v.BN), Math.ceil(M / v.BM), S];
 }
 

@@ -1,191 +1,457 @@
 /**
- * WGSL source for matrix products on cooperative matrices (Dawn's chromium-experimental-subgroup-
- * matrix, VK_KHR_cooperative_matrix underneath: the tensor cores on NVIDIA). Pure string generation.
+ * WGSL source for matrix products on subgroup matrices (Dawn's chromium-experimental-subgroup-matrix,
+ * VK_KHR_cooperative_matrix underneath: the tensor cores on NVIDIA): f16 inputs, f32 accumulation
+ * and results. Pure string generation; the same bindings, uniforms and epilogues as the f32 kernels
+ * of wgsl-matmul.ts, so the planner (matmul.ts) swaps one for the other.
  *
- * Each workgroup holds SGY × SGX subgroups; each subgroup a RM × RN block of result matrices of the
- * adapter's configuration (cfg.M × cfg.N). A and B slabs (BK deep) are staged in workgroup memory in
- * the configuration's component type (f32, or f16 converted on the way in), row-major; transposes
- * are taken at the global load. Results go through workgroup memory to global memory, so tails of
- * M and N are handled there; K must be a multiple of BK (checked by the caller).
+ * A workgroup holds SGY × SGX subgroups; each subgroup an RM × RN block of result matrices of the
+ * adapter's configuration (M × N, K deep). Operands reach the matrices one of two ways:
+ *
+ * - `workgroup` staging: A and B slabs, BK deep, are copied into workgroup memory in their storage
+ *   layout (a transposed operand is read column-major by the matrix loads, so nothing is transposed
+ *   on the way), rows padded by 16 bytes against bank conflicts; 16-byte global loads (eight f16,
+ *   or four f32 converted on the way in), the next slab's loads in flight while the current one is
+ *   multiplied, optionally two slabs (`double`: one barrier per slab);
+ * - `direct`: each subgroup loads its matrices straight from storage (f16 operands whose shape is a
+ *   multiple of the tile), relying on the caches.
+ *
+ * Results go to global memory directly when the tile is whole and there is no epilogue; otherwise
+ * one matrix at a time through a per-subgroup patch of workgroup memory, where the bias, GELU and
+ * bounds are applied. Split-K, batches and the causal shortcuts of the attention products work as
+ * in the f32 kernels.
+ *
+ * `emulate` replaces the subgroup-matrix builtins with plain arithmetic (every invocation computes
+ * its subgroup's whole matrix): the tiling, staging and epilogues can then be checked on an adapter
+ * without subgroup matrices (lavapipe in CI); the on-card checks test the real builtins.
  */
+import { ERF_WGSL, type OperandType } from './wgsl-matmul.js';
+import { TO_F16_WGSL } from './wgsl-common.js';
 
-export interface SubgroupMatrixConfig {
-  componentType: string;
-  resultComponentType: string;
+export interface SgMatMulTile {
+  kind: 'subgroup-matrix';
+  /** The configuration: each multiply-accumulate adds an M × K by K × N product into an M × N result. */
   M: number;
   N: number;
   K: number;
-}
-
-export interface SgMatMulVariant {
-  cfg: SubgroupMatrixConfig;
-  subgroupSize: number;
+  /** Subgroups per workgroup along N (SGX) and M (SGY); result matrices per subgroup along M and N. */
   SGX: number;
   SGY: number;
   RM: number;
   RN: number;
+  /** Depth of a K slab (a multiple of K). */
   BK: number;
-  transA: boolean;
-  transB: boolean;
-  epilogue: 'none' | 'bias' | 'bias-gelu';
-  splitK: boolean;
-  /** Also write `enable subgroups;` (some Dawn versions want it). */
-  enableSubgroups: boolean;
+  /** The workgroup's block of C (SGY·RM·M × SGX·RN·N; sgTile fills them in). */
+  BM: number;
+  BN: number;
+  staging: 'workgroup' | 'direct';
+  /** Two slabs in workgroup memory (workgroup staging). */
+  double?: boolean;
+  /** Plain arithmetic instead of the subgroup-matrix builtins (checks on adapters without them; see above). */
+  emulate?: boolean;
 }
 
+/** A tile from its configuration and layout, with BM and BN worked out. */
+export function sgTile(t: Omit<SgMatMulTile, 'kind' | 'BM' | 'BN'>): SgMatMulTile {
+  return { kind: 'subgroup-matrix', ...t, BM: t.SGY * t.RM * t.M, BN: t.SGX * t.RN * t.N };
+}
+
+/** A tile's name in plan files: `sg16x16x16:128x128x32:2x2x4x4:workgroup[d]` (configuration, block, subgroups × matrices, staging). */
+export function sgTileKey(t: SgMatMulTile): string {
+  return `sg${t.M}x${t.N}x${t.K}:${t.BM}x${t.BN}x${t.BK}:${t.SGY}x${t.SGX}x${t.RM}x${t.RN}:${t.staging}${t.double ? 'd' : ''}${t.emulate ? ':emulated' : ''}`;
+}
+
+export interface SgMatMulVariant extends SgMatMulTile {
+  subgroupSize: number;
+  transA: boolean;
+  transB: boolean;
+  aType: OperandType;
+  bType: OperandType;
+  /** Elements per global load along each operand's contiguous axis: 8 (f16 only), 4 or 1 (workgroup staging). */
+  widthA: 1 | 4 | 8;
+  widthB: 1 | 4 | 8;
+  /** M, N, K (and each K range) are multiples of BM, BN, BK: no bounds checks, results stored straight from the matrices. */
+  exact: boolean;
+  epilogue: 'none' | 'bias' | 'bias-gelu';
+  splitK: boolean;
+  batched: boolean;
+  triangle: 'none' | 'lowerC' | 'lowerA' | 'upperA';
+}
+
+/** Padding of a workgroup slab's rows, in f16 elements (16 bytes: keeps rows 16-byte aligned, as matrix loads want). */
+const PAD = 8;
+
 export function sgVariantKey(v: SgMatMulVariant): string {
-  const c = v.cfg;
   return [
     'sgmm',
-    c.componentType,
-    c.resultComponentType,
-    c.M,
-    c.N,
-    c.K,
+    v.M,
+    v.N,
+    v.K,
     v.subgroupSize,
     v.SGX,
     v.SGY,
     v.RM,
     v.RN,
     v.BK,
+    v.staging,
+    +(v.double ?? false),
     +v.transA,
     +v.transB,
+    v.aType,
+    v.bType,
+    v.widthA,
+    v.widthB,
+    +v.exact,
     v.epilogue,
     +v.splitK,
-    +v.enableSubgroups,
+    +v.batched,
+    v.triangle,
+    +(v.emulate ?? false),
   ].join('_');
 }
 
-export function sgTile(v: SgMatMulVariant): { BM: number; BN: number; threads: number } {
-  return { BM: v.SGY * v.RM * v.cfg.M, BN: v.SGX * v.RN * v.cfg.N, threads: v.SGX * v.SGY * v.subgroupSize };
+/** Invocations per workgroup. */
+export function sgThreads(v: Pick<SgMatMulVariant, 'SGX' | 'SGY' | 'subgroupSize'>): number {
+  return v.SGX * v.SGY * v.subgroupSize;
 }
 
-/** Same bindings and uniforms as matmulSource (A, B, [bias], C, [Z], {M, N, K, kChunk}); needs K % BK == 0 and M, N, K % 4 == 0. */
-export function sgMatmulSource(v: SgMatMulVariant, erfWgsl: string): string {
-  const { cfg, BK, RM, RN } = v;
-  const T = cfg.componentType;
-  const R = cfg.resultComponentType;
-  const { BM, BN, threads } = sgTile(v);
-  if (BK % cfg.K !== 0 || BK % 4 !== 0) throw new Error(`sg matmul: BK ${BK} must be a multiple of ${cfg.K} and 4`);
+/** Whether operand A (B) is contiguous along K in storage: its slab is then kept rows-first. */
+const kContiguous = (v: Pick<SgMatMulVariant, 'transA' | 'transB'>, which: 'A' | 'B') =>
+  which === 'A' ? !v.transA : v.transB;
+
+/** Bytes of workgroup memory the variant uses. */
+export function sgWorkgroupBytes(v: SgMatMulVariant): number {
+  const slab = (which: 'A' | 'B') => {
+    const rows = which === 'A' ? v.BM : v.BN;
+    return kContiguous(v, which) ? rows * (v.BK + PAD) : v.BK * (rows + PAD);
+  };
+  const staged = v.staging === 'workgroup' ? 2 * (slab('A') + slab('B')) * (v.double ? 2 : 1) : 0;
+  const patches = v.exact && v.epilogue === 'none' ? 0 : 4 * v.SGX * v.SGY * v.M * v.N;
+  return staged + patches;
+}
+
+/** Why the variant cannot be generated, or null. */
+export function sgVariantProblem(v: SgMatMulVariant): string | null {
+  if (v.BK % v.K !== 0) return `BK ${v.BK} is not a multiple of the configuration's K ${v.K}`;
+  if (v.splitK && (v.epilogue !== 'none' || v.batched)) return 'split-K products take no epilogue and no batch';
+  if (v.triangle !== 'none' && (v.splitK || v.BM % v.BK !== 0))
+    return 'triangular products need BM a multiple of BK and no split-K';
+  if (v.staging === 'direct' && (v.aType !== 'f16' || v.bType !== 'f16' || !v.exact))
+    return 'direct loads need f16 operands and an exact shape';
+  for (const [which, t, w] of [
+    ['A', v.aType, v.widthA],
+    ['B', v.bType, v.widthB],
+  ] as const) {
+    if (w === 8 && t !== 'f16') return `operand ${which}: 8-wide loads are for f16 operands`;
+    const along = kContiguous(v, which) ? v.BK : which === 'A' ? v.BM : v.BN;
+    if (along % w !== 0)
+      return `operand ${which}: load width ${w} does not divide the slab's contiguous extent ${along}`;
+  }
+  return null;
+}
+
+/** The WGSL of the subgroup-matrix operations, real or emulated. */
+interface MatrixOps {
+  accumulator(name: string): string;
+  load(name: string, use: 'left' | 'right', src: string, offset: string, colMajor: boolean, stride: string): string;
+  mma(acc: string, a: string, b: string): string;
+  /** Row-major store of an accumulator. */
+  store(dst: string, offset: string, acc: string, stride: string): string;
+}
+
+function realOps(v: SgMatMulVariant): MatrixOps {
+  const type = {
+    left: `subgroup_matrix_left<f16, ${v.K}, ${v.M}>`,
+    right: `subgroup_matrix_right<f16, ${v.N}, ${v.K}>`,
+  };
+  return {
+    accumulator: (name) => `var ${name} = subgroup_matrix_result<f32, ${v.N}, ${v.M}>();`,
+    load: (name, use, src, offset, colMajor, stride) =>
+      `let ${name} = subgroupMatrixLoad<${type[use]}, ${colMajor ? 'col_major' : 'row_major'}>(&${src}, ${offset}, ${stride});`,
+    mma: (acc, a, b) => `${acc} = subgroupMatrixMultiplyAccumulate(${a}, ${b}, ${acc});`,
+    store: (dst, offset, acc, stride) => `subgroupMatrixStore<row_major>(&${dst}, ${offset}, ${acc}, ${stride});`,
+  };
+}
+
+/** Every invocation holds its subgroup's whole matrices in private memory; the first of the subgroup stores them. */
+function emulatedOps(v: SgMatMulVariant): MatrixOps {
+  const dims = { left: [v.M, v.K], right: [v.K, v.N] } as const;
+  return {
+    accumulator: (name) => `var ${name}: array<f32, ${v.M * v.N}>;`,
+    load: (name, use, src, offset, colMajor, stride) => {
+      const [R, C] = dims[use];
+      const at = colMajor ? `(e % ${C}u) * (${stride}) + e / ${C}u` : `(e / ${C}u) * (${stride}) + e % ${C}u`;
+      return `var ${name}: array<f16, ${R * C}>; for (var e = 0u; e < ${R * C}u; e++) { ${name}[e] = ${src}[${offset} + ${at}]; }`;
+    },
+    mma: (acc, a, b) =>
+      `for (var e = 0u; e < ${v.M * v.N}u; e++) { let r = e / ${v.N}u; let c = e % ${v.N}u; var s = ${acc}[e]; ` +
+      `for (var k = 0u; k < ${v.K}u; k++) { s = s + f32(${a}[r * ${v.K}u + k]) * f32(${b}[k * ${v.N}u + c]); } ${acc}[e] = s; }`,
+    store: (dst, offset, acc, stride) =>
+      `if (lane == 0u) { for (var e = 0u; e < ${v.M * v.N}u; e++) { ${dst}[${offset} + (e / ${v.N}u) * (${stride}) + e % ${v.N}u] = ${acc}[e]; } }`,
+  };
+}
+
+/**
+ * Bindings: 0 A, 1 B, [2 bias], then C [and, for bias-gelu, the pre-activation Z], then the
+ * uniforms {M, N, K, kChunk}; matmulGrid's workgroup grid.
+ */
+export function sgMatmulSource(v: SgMatMulVariant): string {
+  const problem = sgVariantProblem(v);
+  if (problem) throw new Error(`subgroup-matrix product ${sgVariantKey(v)}: ${problem}`);
+  const { M, N, K, RM, RN, BK, BM, BN } = v;
+  const SG = v.subgroupSize;
+  const threads = sgThreads(v);
+  const ops = v.emulate ? emulatedOps(v) : realOps(v);
+  const staged = v.staging === 'workgroup';
   const hasBias = v.epilogue !== 'none';
   const gelu = v.epilogue === 'bias-gelu';
-  let b = 0;
-  const decl: string[] = [];
-  decl.push(`@group(0) @binding(${b++}) var<storage, read> A: array<vec4<f32>>;`);
-  decl.push(`@group(0) @binding(${b++}) var<storage, read> B: array<vec4<f32>>;`);
-  if (hasBias) decl.push(`@group(0) @binding(${b++}) var<storage, read> bias: array<f32>;`);
-  decl.push(`@group(0) @binding(${b++}) var<storage, read_write> C: array<f32>;`);
-  if (gelu) decl.push(`@group(0) @binding(${b++}) var<storage, read_write> Z: array<f32>;`);
-  decl.push(`struct U { M: u32, N: u32, K: u32, kChunk: u32 };`);
-  decl.push(`@group(0) @binding(${b++}) var<uniform> u: U;`);
-  // Row-major slabs: As[m][k] (stride BK), Bs[k][n] (stride BN); the result staging Cs[m][n] (stride BN).
-  decl.push(`var<workgroup> As: array<${T}, ${BM * BK}>;`);
-  decl.push(`var<workgroup> Bs: array<${T}, ${BK * BN}>;`);
-  decl.push(`var<workgroup> Cs: array<${R}, ${BM * BN}>;`);
-  const cv = (x: string) => (T === 'f32' ? x : `${T}(${x})`);
+  const direct = v.exact && !hasBias;
 
-  // Global loads, four floats along the contiguous axis.
-  const slabLoads = (which: 'A' | 'B'): string[] => {
-    const lines: string[] = [];
-    const rows = which === 'A' ? BM : BN; // non-K extent
-    const trans = which === 'A' ? v.transA : v.transB;
-    const alongRows = which === 'A' ? trans : !trans; // contiguous along the non-K axis
+  // --- bindings -----------------------------------------------------------------------------
+  const storageElem = (t: OperandType, w: number) =>
+    t === 'f32' ? (w === 4 ? 'vec4<f32>' : 'f32') : w === 8 ? 'vec4<u32>' : w === 4 ? 'vec2<u32>' : 'f16';
+  let bi = 0;
+  const decl: string[] = [];
+  decl.push(
+    `@group(0) @binding(${bi++}) var<storage, read> A: array<${staged ? storageElem(v.aType, v.widthA) : 'f16'}>;`,
+  );
+  decl.push(
+    `@group(0) @binding(${bi++}) var<storage, read> B: array<${staged ? storageElem(v.bType, v.widthB) : 'f16'}>;`,
+  );
+  if (hasBias) decl.push(`@group(0) @binding(${bi++}) var<storage, read> bias: array<f32>;`);
+  decl.push(`@group(0) @binding(${bi++}) var<storage, read_write> C: array<f32>;`);
+  if (gelu) decl.push(`@group(0) @binding(${bi++}) var<storage, read_write> Z: array<f32>;`);
+  decl.push('struct U { M: u32, N: u32, K: u32, kChunk: u32 };');
+  decl.push(`@group(0) @binding(${bi++}) var<uniform> u: U;`);
+
+  // --- slabs in workgroup memory ------------------------------------------------------------
+  // Rows-first [rows][BK + PAD] when the operand is contiguous along K, else [BK][rows + PAD].
+  const slab = (which: 'A' | 'B') => {
+    const rows = which === 'A' ? BM : BN;
+    const rowsFirst = kContiguous(v, which);
+    const stride = rowsFirst ? BK + PAD : rows + PAD;
+    return { rows, rowsFirst, stride, size: rowsFirst ? rows * stride : BK * stride };
+  };
+  const sA = slab('A');
+  const sB = slab('B');
+  const stages = v.double ? 2 : 1;
+  if (staged) {
+    decl.push(`var<workgroup> As: array<f16, ${stages * sA.size}>;`);
+    decl.push(`var<workgroup> Bs: array<f16, ${stages * sB.size}>;`);
+  }
+  if (!direct) decl.push(`var<workgroup> Cs: array<f32, ${v.SGX * v.SGY * M * N}>;`);
+
+  // Global → register loads of one slab (`loads`), registers → workgroup stores (`stores`).
+  const regDecl: string[] = [];
+  const slabCopy = (which: 'A' | 'B'): { loads: string[]; stores: string[] } => {
+    const s = which === 'A' ? sA : sB;
+    const type = which === 'A' ? v.aType : v.bType;
+    const w = which === 'A' ? v.widthA : v.widthB;
     const extent = which === 'A' ? 'u.M' : 'u.N';
     const base = which === 'A' ? 'rowA0' : 'colB0';
-    const total = (rows * BK) / 4;
+    const off = which === 'A' ? 'offA' : 'offB';
+    // Leading dimension in storage: the length of the contiguous axis.
+    const ld = s.rowsFirst ? 'u.K' : extent;
+    const shared = which === 'A' ? 'As' : 'Bs';
+    const total = (s.rows * BK) / w;
     const per = Math.ceil(total / threads);
+    const perRow = (s.rowsFirst ? BK : s.rows) / w;
+    const loads: string[] = [];
+    const stores: string[] = [];
     for (let i = 0; i < per; i++) {
+      const reg = `${which.toLowerCase()}r${i}`;
+      const regType = storageElem(type, w);
+      regDecl.push(`var ${reg}: ${regType};`);
       const guard = total % threads === 0 || i < per - 1 ? '' : `if (idx < ${total}u)`;
-      if (alongRows) {
-        // element (k, r..r+3)
-        const addr = `(gk * ${extent} + gr) / 4u`;
-        const put =
-          which === 'A'
-            ? [0, 1, 2, 3].map((c) => `As[(r + ${c}u) * ${BK}u + kk] = ${cv(`x.${'xyzw'[c]}`)};`).join(' ')
-            : `Bs[kk * ${BN}u + r] = ${cv('x.x')}; Bs[kk * ${BN}u + r + 1u] = ${cv('x.y')}; Bs[kk * ${BN}u + r + 2u] = ${cv('x.z')}; Bs[kk * ${BN}u + r + 3u] = ${cv('x.w')};`;
-        lines.push(`{ let idx = lidx + ${i * threads}u; ${guard} { let kk = idx / ${rows / 4}u; let r = (idx % ${rows / 4}u) * 4u;
-          let gk = k0 + kk; let gr = ${base} + r; var x = vec4<f32>(0.0);
-          if (gr < ${extent}) { x = ${which}[${addr}]; }
-          ${put} } }`);
+      // (r, kc): the chunk's row and its first K index (rows-first), or (kk, rc) (K-first).
+      const coords = s.rowsFirst
+        ? `let r = idx / ${perRow}u; let c = (idx % ${perRow}u) * ${w}u; let gr = ${base} + r; let gk = k0 + c;`
+        : `let kk = idx / ${perRow}u; let c = (idx % ${perRow}u) * ${w}u; let gk = k0 + kk; let gr = ${base} + c;`;
+      const addr = s.rowsFirst ? `(${off} + gr * ${ld} + gk) / ${w}u` : `(${off} + gk * ${ld} + gr) / ${w}u`;
+      const zero =
+        type === 'f32'
+          ? w === 4
+            ? 'vec4<f32>(0.0)'
+            : '0.0'
+          : w === 8
+            ? 'vec4<u32>(0u)'
+            : w === 4
+              ? 'vec2<u32>(0u)'
+              : 'f16(0.0)';
+      const read = v.exact
+        ? `${reg} = ${which}[${addr}];`
+        : `if (gr < ${extent} && gk < kEnd) { ${reg} = ${which}[${addr}]; } else { ${reg} = ${zero}; }`;
+      loads.push(`{ let idx = lidx + ${i * threads}u; ${guard} { ${coords} ${read} } }`);
+      const at = s.rowsFirst ? `r * ${s.stride}u + c` : `kk * ${s.stride}u + c`;
+      const dst = `${shared}[${v.double ? `st${which} + ` : ''}${at} + `;
+      let put: string;
+      if (type === 'f32') {
+        put =
+          w === 4
+            ? [0, 1, 2, 3].map((e) => `${dst}${e}u] = to_f16(${reg}.${'xyzw'[e]});`).join(' ')
+            : `${dst}0u] = to_f16(${reg});`;
+      } else if (w === 1) {
+        put = `${dst}0u] = ${reg};`;
       } else {
-        // element (r, k..k+3)
-        const addr = `(gr * u.K + gk) / 4u`;
-        const put =
-          which === 'A'
-            ? `As[r * ${BK}u + kq] = ${cv('x.x')}; As[r * ${BK}u + kq + 1u] = ${cv('x.y')}; As[r * ${BK}u + kq + 2u] = ${cv('x.z')}; As[r * ${BK}u + kq + 3u] = ${cv('x.w')};`
-            : [0, 1, 2, 3].map((c) => `Bs[(kq + ${c}u) * ${BN}u + r] = ${cv(`x.${'xyzw'[c]}`)};`).join(' ');
-        lines.push(`{ let idx = lidx + ${i * threads}u; ${guard} { let r = idx / ${BK / 4}u; let kq = (idx % ${BK / 4}u) * 4u;
-          let gk = k0 + kq; let gr = ${base} + r; var x = vec4<f32>(0.0);
-          if (gr < ${extent}) { x = ${which}[${addr}]; }
-          ${put} } }`);
+        const words = w / 2;
+        const parts: string[] = [];
+        for (let q = 0; q < words; q++)
+          parts.push(
+            `let h${q} = bitcast<vec2<f16>>(${reg}.${'xyzw'[q]}); ${dst}${2 * q}u] = h${q}.x; ${dst}${2 * q + 1}u] = h${q}.y;`,
+          );
+        put = parts.join(' ');
       }
+      const storeCoords = s.rowsFirst
+        ? `let r = idx / ${perRow}u; let c = (idx % ${perRow}u) * ${w}u;`
+        : `let kk = idx / ${perRow}u; let c = (idx % ${perRow}u) * ${w}u;`;
+      stores.push(`{ let idx = lidx + ${i * threads}u; ${guard} { ${storeCoords} ${put} } }`);
     }
-    return lines;
+    return { loads, stores };
   };
 
-  const L = `subgroup_matrix_left<${T}, ${cfg.K}, ${cfg.M}>`;
-  const Rt = `subgroup_matrix_right<${T}, ${cfg.N}, ${cfg.K}>`;
-  const Res = `subgroup_matrix_result<${R}, ${cfg.N}, ${cfg.M}>`;
-  const accDecl: string[] = [];
-  for (let i = 0; i < RM; i++) for (let j = 0; j < RN; j++) accDecl.push(`var acc${i}_${j} = ${Res}();`);
-  const inner: string[] = [];
-  for (let i = 0; i < RM; i++)
-    inner.push(`let a${i} = subgroupMatrixLoad<${L}>(&As, (sgRow + ${i * cfg.M}u) * ${BK}u + kk, false, ${BK}u);`);
-  for (let j = 0; j < RN; j++)
-    inner.push(`let b${j} = subgroupMatrixLoad<${Rt}>(&Bs, kk * ${BN}u + sgCol + ${j * cfg.N}u, false, ${BN}u);`);
-  for (let i = 0; i < RM; i++)
-    for (let j = 0; j < RN; j++)
-      inner.push(`acc${i}_${j} = subgroupMatrixMultiplyAccumulate(a${i}, b${j}, acc${i}_${j});`);
-  const stores: string[] = [];
-  for (let i = 0; i < RM; i++)
+  // --- one K step (K deep) of the subgroup's matrices -----------------------------------------
+  const step = (kOff: string): string[] => {
+    const lines: string[] = [];
+    for (let i = 0; i < RM; i++) {
+      const row = `sgRow + ${i * M}u`;
+      if (staged) {
+        const rd = v.double ? 'rdA + ' : '';
+        lines.push(
+          sA.rowsFirst
+            ? ops.load(`a${i}`, 'left', 'As', `${rd}(${row}) * ${sA.stride}u + ${kOff}`, false, `${sA.stride}u`)
+            : ops.load(`a${i}`, 'left', 'As', `${rd}${kOff} * ${sA.stride}u + ${row}`, true, `${sA.stride}u`),
+        );
+      } else {
+        lines.push(
+          v.transA
+            ? ops.load(`a${i}`, 'left', 'A', `offA + (${kOff}) * u.M + rowA0 + ${row}`, true, 'u.M')
+            : ops.load(`a${i}`, 'left', 'A', `offA + (rowA0 + ${row}) * u.K + ${kOff}`, false, 'u.K'),
+        );
+      }
+    }
     for (let j = 0; j < RN; j++) {
-      stores.push(
-        `subgroupMatrixStore(&Cs, (sgRow + ${i * cfg.M}u) * ${BN}u + sgCol + ${j * cfg.N}u, acc${i}_${j}, false, ${BN}u);`,
-      );
+      const col = `sgCol + ${j * N}u`;
+      if (staged) {
+        const rd = v.double ? 'rdB + ' : '';
+        lines.push(
+          sB.rowsFirst
+            ? ops.load(`b${j}`, 'right', 'Bs', `${rd}(${col}) * ${sB.stride}u + ${kOff}`, true, `${sB.stride}u`)
+            : ops.load(`b${j}`, 'right', 'Bs', `${rd}${kOff} * ${sB.stride}u + ${col}`, false, `${sB.stride}u`),
+        );
+      } else {
+        lines.push(
+          v.transB
+            ? ops.load(`b${j}`, 'right', 'B', `offB + (colB0 + ${col}) * u.K + ${kOff}`, true, 'u.K')
+            : ops.load(`b${j}`, 'right', 'B', `offB + (${kOff}) * u.N + colB0 + ${col}`, false, 'u.N'),
+        );
+      }
     }
-  const cBase = v.splitK ? 'wid.z * u.M * u.N + ' : '';
-  const enables = [
-    T === 'f16' || R === 'f16' ? 'enable f16;' : '',
-    v.enableSubgroups ? 'enable subgroups;' : '',
-    'enable chromium_experimental_subgroup_matrix;',
-    'diagnostic(off, chromium.subgroup_matrix_uniformity);',
-  ].filter(Boolean);
-  return /* wgsl */ `${enables.join('\n')}
-${decl.join('\n')}
-${gelu ? erfWgsl : ''}
-@compute @workgroup_size(${threads}, 1, 1)
-fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-  let rowA0 = wid.y * ${BM}u;
-  let colB0 = wid.x * ${BN}u;
-  let sg = lidx / ${v.subgroupSize}u;
-  let sgRow = (sg / ${v.SGX}u) * ${RM * cfg.M}u;
-  let sgCol = (sg % ${v.SGX}u) * ${RN * cfg.N}u;
-  let kStart = ${v.splitK ? 'wid.z * u.kChunk' : '0u'};
-  let kEnd = ${v.splitK ? 'max(kStart, min(u.K, kStart + u.kChunk))' : 'u.K'};
-  let nSlabs = (kEnd - kStart) / ${BK}u;
-  ${accDecl.join('\n  ')}
-  for (var s = 0u; s < nSlabs; s++) {
-    let k0 = kStart + s * ${BK}u;
-    ${slabLoads('A').join('\n    ')}
-    ${slabLoads('B').join('\n    ')}
-    workgroupBarrier();
-    for (var kk = 0u; kk < ${BK}u; kk += ${cfg.K}u) {
-      ${inner.join('\n      ')}
-    }
-    workgroupBarrier();
-  }
-  ${stores.join('\n  ')}
+    for (let i = 0; i < RM; i++) for (let j = 0; j < RN; j++) lines.push(ops.mma(`acc${i}_${j}`, `a${i}`, `b${j}`));
+    return lines;
+  };
+  const slabSteps = (kBase: (kk: number) => string): string =>
+    Array.from({ length: BK / K }, (_, q) => `{\n      ${step(kBase(q * K)).join('\n      ')}\n    }`).join('\n    ');
+
+  // --- results --------------------------------------------------------------------------------
+  const cBase = v.splitK || v.batched ? 'wid.z * u.M * u.N + ' : '';
+  const results: string[] = [];
+  for (let i = 0; i < RM; i++) {
+    for (let j = 0; j < RN; j++) {
+      const row = `rowA0 + sgRow + ${i * M}u`;
+      const col = `colB0 + sgCol + ${j * N}u`;
+      if (direct) {
+        results.push(ops.store('C', `${cBase}(${row}) * u.N + ${col}`, `acc${i}_${j}`, 'u.N'));
+        continue;
+      }
+      results.push(`${ops.store('Cs', `sg * ${M * N}u`, `acc${i}_${j}`, `${N}u`)}
   workgroupBarrier();
-  for (var e = lidx; e < ${BM * BN}u; e += ${threads}u) {
-    let m = rowA0 + e / ${BN}u;
-    let n = colB0 + e % ${BN}u;
+  for (var e = lane; e < ${M * N}u; e += ${SG}u) {
+    let m = ${row} + e / ${N}u;
+    let n = ${col} + e % ${N}u;
     if (m < u.M && n < u.N) {
-      var c = f32(Cs[e]);
+      var c = Cs[sg * ${M * N}u + e];
       ${hasBias ? 'c = c + bias[n];' : ''}
       ${gelu ? 'Z[m * u.N + n] = c; c = gelu_f(c);' : ''}
       C[${cBase}m * u.N + n] = c;
     }
   }
+  workgroupBarrier();`);
+    }
+  }
+
+  const accDecl: string[] = [];
+  for (let i = 0; i < RM; i++) for (let j = 0; j < RN; j++) accDecl.push(ops.accumulator(`acc${i}_${j}`));
+  const kStart = v.splitK ? 'wid.z * u.kChunk' : v.triangle === 'upperA' ? 'min(rowA0, u.K)' : '0u';
+  const kEnd = v.splitK
+    ? 'max(kStart, min(u.K, kStart + u.kChunk))'
+    : v.triangle === 'lowerA'
+      ? `min(u.K, rowA0 + ${BM}u)`
+      : 'u.K';
+  const enables = [
+    'enable f16;',
+    ...(v.emulate
+      ? []
+      : ['enable chromium_experimental_subgroup_matrix;', 'diagnostic(off, chromium.subgroup_matrix_uniformity);']),
+  ];
+
+  let body: string;
+  if (staged) {
+    const a = slabCopy('A');
+    const b = slabCopy('B');
+    const sizes = v.double
+      ? `let rdA = (s & 1u) * ${sA.size}u; let rdB = (s & 1u) * ${sB.size}u; stA = ${sA.size}u - rdA; stB = ${sB.size}u - rdB;`
+      : '';
+    body = `${regDecl.join('\n  ')}
+  var k0 = kStart;
+  ${v.double ? 'var stA = 0u; var stB = 0u;' : ''}
+  ${a.loads.join('\n  ')}
+  ${b.loads.join('\n  ')}
+  ${a.stores.join('\n  ')}
+  ${b.stores.join('\n  ')}
+  workgroupBarrier();
+  for (var s = 0u; s < nSlabs; s++) {
+    k0 = kStart + (s + 1u) * ${BK}u;
+    let more = s + 1u < nSlabs;
+    if (more) {
+      ${a.loads.join('\n      ')}
+      ${b.loads.join('\n      ')}
+    }
+    ${sizes}
+    ${slabSteps((kk) => `${kk}u`)}
+    ${v.double ? '' : 'workgroupBarrier();'}
+    if (more) {
+      ${a.stores.join('\n      ')}
+      ${b.stores.join('\n      ')}
+    }
+    workgroupBarrier();
+  }`;
+  } else {
+    body = `for (var s = 0u; s < nSlabs; s++) {
+    let k0 = kStart + s * ${BK}u;
+    ${slabSteps((kk) => `k0 + ${kk}u`)}
+  }`;
+  }
+
+  return /* wgsl */ `${enables.join('\n')}
+${decl.join('\n')}
+${gelu ? ERF_WGSL : ''}
+${staged && (v.aType === 'f32' || v.bType === 'f32') ? TO_F16_WGSL : ''}
+@compute @workgroup_size(${threads}, 1, 1)
+fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+  let rowA0 = wid.y * ${BM}u;
+  let colB0 = wid.x * ${BN}u;
+  ${v.triangle === 'lowerC' ? `if (colB0 > rowA0 + ${BM - 1}u) { return; }` : ''}
+  let sg = lidx / ${SG}u;
+  let lane = lidx % ${SG}u;
+  let sgRow = (sg / ${v.SGX}u) * ${RM * M}u;
+  let sgCol = (sg % ${v.SGX}u) * ${RN * N}u;
+  let offA = ${v.batched ? 'wid.z * u.M * u.K' : '0u'};
+  let offB = ${v.batched ? 'wid.z * u.K * u.N' : '0u'};
+  let kStart = ${kStart};
+  let kEnd = ${kEnd};
+  let nSlabs = (kEnd - kStart + ${BK - 1}u) / ${BK}u;
+  ${accDecl.join('\n  ')}
+  ${body}
+  ${results.join('\n  ')}
 }
 `;
 }
