@@ -199,6 +199,9 @@ describe('memory summary', () => {
     ]);
     expect(s).toMatchObject({ pid: 2, fromStep: 100, toStep: 500 });
     expect(s!.series['rss.pretrain']).toEqual({ afterWarmup: 600, peak: 600, last: 600, growthPct: 0 });
+    // A process with one sample after its warm-up (a short tiny run): all its samples are summarised.
+    const short = memorySummary([sample(3, 0, 100), sample(3, 0, 120), sample(3, 80, 130)]);
+    expect(short!.series['rss.pretrain']).toEqual({ afterWarmup: 100, peak: 130, last: 130, growthPct: 30 });
   });
 });
 

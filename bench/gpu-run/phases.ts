@@ -466,7 +466,9 @@ export function memorySummary(samples: (MemorySample & { pid?: number })[]): Mem
   const [pid, own] = longest;
   const fromStep = own[0].step;
   const toStep = own[own.length - 1].step;
-  const warm = own.filter((s) => s.step >= fromStep + (toStep - fromStep) / 5);
+  // A short process (a tiny run) may have fewer than two samples after its warm-up: then all of them.
+  const afterWarmup = own.filter((s) => s.step >= fromStep + (toStep - fromStep) / 5);
+  const warm = afterWarmup.length >= 2 ? afterWarmup : own;
   const series: MemorySummary['series'] = {};
   for (const kind of ['rss', 'gpu'] as const) {
     const names = new Set(warm.flatMap((s) => Object.keys(s[kind] ?? {})));
