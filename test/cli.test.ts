@@ -25,6 +25,10 @@ function offshoot(...args: string[]): { status: number | null; stdout: string; s
 
 describe('offshoot CLI', () => {
   const teacher = path.join(tmp, 'teacher');
+  // The same command twice: the first trains, the rerun finds the finished teacher.
+  const settings =
+    '--preset tiny --vocab 300 --steps 80 --batch-size 8 --seq-len 32 --eval-every 40 --eval-tokens 4096';
+  const trainTeacher = ['teacher', 'train', '--out', teacher, ...settings.split(' '), '--json'];
 
   it('--help lists the commands', () => {
     const r = offshoot('--help');
@@ -33,27 +37,7 @@ describe('offshoot CLI', () => {
   });
 
   it('teacher train lowers the validation loss, and eval reports the same', () => {
-    const r = offshoot(
-      'teacher',
-      'train',
-      '--out',
-      teacher,
-      '--preset',
-      'tiny',
-      '--vocab',
-      '300',
-      '--steps',
-      '80',
-      '--batch-size',
-      '8',
-      '--seq-len',
-      '32',
-      '--eval-every',
-      '40',
-      '--eval-tokens',
-      '4096',
-      '--json',
-    );
+    const r = offshoot(...trainTeacher);
     expect(r.status, r.stderr).toBe(0);
     expect(r.stderr).toMatch(/^backend: (tensorflow|webgpu|wasm|cpu) /m);
     const summary = JSON.parse(r.stdout.trim());
@@ -76,27 +60,7 @@ describe('offshoot CLI', () => {
 
   it('rerunning a finished teacher train continues nothing and keeps the checkpoint', () => {
     const before = fs.readFileSync(path.join(teacher, 'offshoot-checkpoint.json'), 'utf8');
-    const r = offshoot(
-      'teacher',
-      'train',
-      '--out',
-      teacher,
-      '--preset',
-      'tiny',
-      '--vocab',
-      '300',
-      '--steps',
-      '80',
-      '--batch-size',
-      '8',
-      '--seq-len',
-      '32',
-      '--eval-every',
-      '40',
-      '--eval-tokens',
-      '4096',
-      '--json',
-    );
+    const r = offshoot(...trainTeacher);
     expect(r.status, r.stderr).toBe(0);
     expect(r.stderr).toMatch(/resuming from step 80/);
     expect(fs.readFileSync(path.join(teacher, 'offshoot-checkpoint.json'), 'utf8')).toBe(before);
