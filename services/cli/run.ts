@@ -59,7 +59,7 @@ import {
   workflowIds,
 } from '../../workflows/index.js';
 import { activeBackend, withBackend } from './backend-option.js';
-import { formatDuration } from './progress.js';
+import { ProgressBar, formatDuration } from './progress.js';
 
 const log = (line: string): void => {
   process.stderr.write(`${line}\n`);
@@ -621,7 +621,7 @@ export async function ensureTeacher(config: OffshootConfig, signal?: AbortSignal
   const { enabled, ...settings } = config.teacher.train;
   if (!enabled) throw new Error(`teacher ${dir}: no finished checkpoint there and teacher.train.enabled is false`);
   log(`teacher: training ${settings.preset} on ${config.data.train} into ${dir} (${settings.steps} steps)`);
-  let lastLine = -Infinity;
+  const bar = new ProgressBar(settings.steps, 'teacher: step');
   const result = await trainTeacher(
     {
       ...settings,
@@ -634,13 +634,10 @@ export async function ensureTeacher(config: OffshootConfig, signal?: AbortSignal
     {
       log,
       signal,
-      onStep: (r) => {
-        if (performance.now() - lastLine < 5000 && r.step < r.steps) return;
-        lastLine = performance.now();
-        log(`teacher: step ${r.step}/${r.steps}, loss ${r.loss.toFixed(3)}, ${Math.round(r.tokensPerSecond)} tok/s`);
-      },
+      onStep: (r) => bar.update(r.step, `loss ${r.loss.toFixed(3)} ${Math.round(r.tokensPerSecond)} tok/s`),
     },
   );
+  bar.done();
   if (result.stopped)
     throw new Error(`teacher ${dir}: training stopped at step ${result.steps} (checkpointed; a rerun resumes it)`);
 }
