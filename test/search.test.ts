@@ -106,6 +106,11 @@ describe('search options', () => {
     expect(resolveSearchOptions({ algorithm: 'random' }).batchSize).toBe(SEARCH_DEFAULTS.population);
   });
 
+  it('shrinks the default tournament and elite to a population smaller than them', () => {
+    expect(resolveSearchOptions({ population: 2 })).toMatchObject({ tournamentSize: 2, elitism: 1 });
+    expect(resolveSearchOptions({ population: 3 })).toMatchObject({ tournamentSize: 3, elitism: 2 });
+  });
+
   it.each([
     [{ population: 1 }, 'population', /"population" must be an integer ≥ 2, got 1/],
     [{ population: 2.5 }, 'population', /got 2.5/],

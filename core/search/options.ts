@@ -17,9 +17,9 @@ export interface SearchOptions {
    * first generation is always `population` random samples). Random baselines: default `population`.
    */
   batchSize?: number;
-  /** Evolution: individuals drawn (without replacement) per tournament, 1..population. Default 3. */
+  /** Evolution: individuals drawn (without replacement) per tournament, 1..population. Default 3 (the population, if smaller). */
   tournamentSize?: number;
-  /** Evolution, single-objective: best individuals carried unchanged into the next population, 0..population−1. Default 2. */
+  /** Evolution, single-objective: best individuals carried unchanged into the next population, 0..population−1. Default 2 (population − 1, if smaller). */
   elitism?: number;
   /** Evolution: probability that a child is made by crossover of two tournament winners. Default 0.5. */
   crossoverProbability?: number;
@@ -168,14 +168,15 @@ export function resolveSearchOptions(options: SearchOptions = {}): ResolvedSearc
   const population = int('population', o.population ?? d.population, 2);
   const tournamentSize = int(
     'tournamentSize',
-    o.tournamentSize ?? d.tournamentSize,
+    // Defaults shrink to a small population; a value the caller asked for is checked as given.
+    o.tournamentSize ?? Math.min(d.tournamentSize, population),
     1,
     population,
     `must be an integer in [1, population = ${population}]`,
   );
   const elitism = int(
     'elitism',
-    o.elitism ?? d.elitism,
+    o.elitism ?? Math.min(d.elitism, population - 1),
     0,
     population - 1,
     `must be an integer in [0, population − 1 = ${population - 1}]`,
