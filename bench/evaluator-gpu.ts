@@ -405,7 +405,14 @@ function child(
 }
 
 async function main(argv: string[]): Promise<void> {
-  const a = parseArgs(argv);
+  let a: Args;
+  try {
+    a = parseArgs(argv);
+  } catch (err) {
+    // A wrong flag is the user's to fix: say what, without a stack trace.
+    console.error(`evaluator-gpu: ${(err as Error).message}`);
+    process.exit(2);
+  }
   if (a.child === 'teacher') return prepareTeacher(a);
   if (a.child === 'search') {
     try {
