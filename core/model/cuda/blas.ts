@@ -46,10 +46,8 @@ export interface Gemm {
   aType: Storage;
   bType: Storage;
   cType: Storage;
-  /** bias[N] added to every row. */
+  /** bias[N] added to every row, in C's storage (cublasLt.h: the bias has the output's type). */
   bias?: boolean;
-  /** The bias's storage (default C's; f32 with a bf16 C where cuBLASLt offers it). */
-  biasType?: Storage;
   alpha?: number;
   /** 0 overwrites C; 1 accumulates into it. */
   beta?: number;
@@ -157,7 +155,7 @@ export class Blas {
       g.aType,
       g.bType,
       g.cType,
-      g.bias ? (g.biasType ?? g.cType) : '-',
+      g.bias ? 1 : 0,
       (g.beta ?? 0) !== 0 ? 1 : 0,
     ].join(',');
     const plan = this.plans.get(key);
@@ -182,7 +180,7 @@ export class Blas {
     setDesc(DESC_TRANSA, g.transB ? OP_T : OP_N);
     setDesc(DESC_TRANSB, g.transA ? OP_T : OP_N);
     setDesc(DESC_EPILOGUE, g.bias ? EPILOGUE_BIAS : EPILOGUE_DEFAULT);
-    if (g.bias) setDesc(DESC_BIAS_DATA_TYPE, dataType(g.biasType ?? g.cType));
+    if (g.bias) setDesc(DESC_BIAS_DATA_TYPE, dataType(g.cType));
     const layout = (type: Storage, rows: number, cols: number, stride: number) => {
       const out: [unknown] = [null];
       check(libs, 'cublasLtMatrixLayoutCreate', fn.cublasLtMatrixLayoutCreate(out, dataType(type), rows, cols, rows));

@@ -9,7 +9,7 @@ import type * as tf from '../tfjs.js';
 
 import { activationStorage, asStorage, bf16Weight, customOp, releaseCopies, toTensor } from './custom-op.js';
 import { BLOCK256, ST, grid1d, unary } from './elementwise.js';
-import { type Gemm, UnsupportedProduct } from './blas.js';
+import type { Gemm } from './blas.js';
 import { blas } from './matmul.js';
 import type { Storage } from './storage.js';
 import type { CudaBackend } from './tfjs-backend.js';
@@ -76,10 +76,11 @@ export function sumPartials(
   return outB ? [out, outB] : [out];
 }
 
-/** Whether cuBLASLt took an f32 bias with a bf16 output (else the bias is converted each call). */
-let f32BiasWithBf16 = true;
-
-/** c = a · op(b) + bias, with the f32 bias as it is where cuBLASLt takes it, else converted to c's storage. */
+/**
+ * c = a · op(b) + bias. cuBLASLt's epilogue takes the bias only in the output's type (a bf16 output
+ * with an f32 bias is CUBLAS_STATUS_INVALID_VALUE, as cublasLt.h says), so mixed precision converts
+ * the f32 bias to bf16 first, as PyTorch's autocast does; a bias of one row costs one small launch.
+ */
 function biasedProduct(
   b: CudaBackend,
   g: Gemm,
@@ -88,19 +89,9 @@ function biasedProduct(
   c: tf.TensorInfo,
   bias: tf.TensorInfo,
 ): void {
-  const gemm = blas(b.device);
   const ptr = (t: tf.TensorInfo) => b.operand(t).ptr;
-  if (g.cType === b.storageOf(bias) || (g.cType === 'bf16' && f32BiasWithBf16)) {
-    try {
-      gemm.matmul({ ...g, biasType: b.storageOf(bias) }, ptr(a), ptr(w), ptr(c), ptr(bias));
-      return;
-    } catch (e) {
-      if (!(e instanceof UnsupportedProduct)) throw e;
-      f32BiasWithBf16 = false;
-    }
-  }
   const converted = asStorage(b, bias, g.cType);
-  gemm.matmul(g, ptr(a), ptr(w), ptr(c), ptr(converted));
+  blas(b.device).matmul(g, ptr(a), ptr(w), ptr(c), ptr(converted));
   releaseCopies(b, [[bias, converted]]);
 }
 
