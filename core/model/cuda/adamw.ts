@@ -7,7 +7,7 @@
  * (graphs.ts), else from one written here — so a captured step replays with the next step's numbers.
  */
 import type { AdamWEntry, AdamWState, AdamWStep } from '../ops/index.js';
-import type * as tf from '../tfjs.js';
+import * as tf from '../tfjs.js';
 
 import { bf16Shadow, toTensor } from './custom-op.js';
 import { BLOCK256, ST } from './elementwise.js';
@@ -35,7 +35,7 @@ export function adamwStepVector(s: AdamWStep): Float32Array {
 }
 const STEP_FLOATS = 8;
 
-/** The device copy of the entry table, reused while its bytes are the same. */
+/** The device copy of the entry table outside graph captures, reused while its bytes are the same. */
 const tables = new WeakMap<CudaBackend, { bytes: Uint8Array; tensor: tf.Tensor }>();
 /** Where the step's numbers live when no graph step provides them. */
 const hypers = new WeakMap<CudaBackend, tf.Tensor>();
@@ -73,25 +73,35 @@ export function cudaClipAdamW(state: AdamWState, entries: AdamWEntry[], s: AdamW
     v.setInt32(o + 60, e.decays ? 1 : 0, true);
     blocks += Math.max(1, Math.ceil(g.size / CHUNK));
   });
-  let table = tables.get(b);
-  if (!table || !sameBytes(table.bytes, bytes)) {
-    table?.tensor.dispose();
-    // A constant of the step: inside a graph capture it becomes part of the graph.
+  let tablePtr: number;
+  if (d.capturing) {
+    // A constant of the graph: the replay copies it in, into memory of the graph's private pool.
     const t = b.allocate([bytes.length], 'bool');
-    d.writeConstant(b.operand(t).ptr, bytes);
-    table = { bytes, tensor: toTensor(t) };
-    tables.set(b, table);
+    tablePtr = b.operand(t).ptr;
+    d.writeConstant(tablePtr, bytes);
+    toTensor(t);
+  } else {
+    let table = tables.get(b);
+    if (!table || !sameBytes(table.bytes, bytes)) {
+      table?.tensor.dispose();
+      // Kept from step to step: the caller's tf.tidy must not free it while it is reused.
+      const t = b.allocate([bytes.length], 'bool');
+      d.write(b.operand(t).ptr, bytes);
+      table = { bytes, tensor: tf.keep(toTensor(t)) };
+      tables.set(b, table);
+    }
+    tablePtr = b.operand(table.tensor).ptr;
   }
   let hyperPtr = stepScalars()?.ptr;
   if (hyperPtr === undefined) {
     let h = hypers.get(b);
-    if (!h) hypers.set(b, (h = toTensor(b.allocate([STEP_FLOATS], 'float32'))));
+    if (!h) hypers.set(b, (h = tf.keep(toTensor(b.allocate([STEP_FLOATS], 'float32')))));
     hyperPtr = b.operand(h).ptr;
     d.write(hyperPtr, adamwStepVector(s));
   }
   const partials = b.allocate([blocks], 'float32');
   const norm = b.allocate([], 'float32');
-  const tp = b.operand(table.tensor).ptr;
+  const tp = tablePtr;
   d.launch(d.kernel('adamw', 'grad_sum_squares'), rowGrid(blocks), BLOCK256, [
     ['p', b.operand(partials).ptr],
     ['p', tp],
