@@ -516,7 +516,7 @@ async function loadWebGPU(): Promise<{ detail?: string }> {
   tf.registerBackend(
     'webgpu',
     // tfjs types the device and info as the DOM's GPUDevice/GPUAdapterInfo, which this project's lib lacks.
-    () => adoptBackend(new WebGPUBackend(device as never, info as never)),
+    () => adoptBackend(new WebGPUBackend(device as never, info as never), info),
     3,
   );
   tf.env().set('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE', submitBatch());

@@ -70,10 +70,11 @@ export function webgpuBackend(): WebGPUBackendInternals | null {
  * A webgpu backend as this runtime wants it (the loader applies it when it makes the backend): its
  * buffer pool hands out its lowest-numbered free buffer (`orderPool`), and its device's shader and
  * pipeline creation, tfjs's programs' as well as these kernels', counts as per-shape compile time
- * (../shape-costs.ts).
+ * (../shape-costs.ts). `adapterInfo` is the adapter's GPUAdapter.info, which `capabilities` reads.
  */
-export function adoptBackend<B extends object>(backend: B): B {
+export function adoptBackend<B extends object>(backend: B, adapterInfo?: DeviceAdapterInfo): B {
   const b = backend as unknown as WebGPUBackendInternals;
+  if (adapterInfo && !adapterInfos.has(b.device)) adapterInfos.set(b.device, adapterInfo);
   if (!orderedPools.has(b.bufferManager)) orderPool(b.bufferManager);
   if (!timedDevices.has(b.device)) timeCompiles(b.device);
   return backend;
@@ -508,9 +509,15 @@ export interface Capabilities {
 }
 
 const caps = new WeakMap<GPUDevice, Capabilities>();
+/**
+ * Each device's adapter info as its adapter reported it. Dawn's GPUDevice.adapterInfo is not that:
+ * it is queried without the subgroup-matrix chain, so its configurations are always empty (which
+ * turned mixed precision's f16 products off on an H200 that offers them).
+ */
+const adapterInfos = new WeakMap<GPUDevice, DeviceAdapterInfo>();
 
 /** The adapter facts Dawn hands the device (`GPUDevice.adapterInfo`; tfjs keeps only the vendor and architecture). */
-interface DeviceAdapterInfo {
+export interface DeviceAdapterInfo {
   vendor?: string;
   architecture?: string;
   subgroupMinSize?: number;
@@ -524,6 +531,7 @@ export function capabilities(): Capabilities {
   if (!c) {
     const f = b.device.features;
     const info =
+      adapterInfos.get(b.device) ??
       (b.device as unknown as { adapterInfo?: DeviceAdapterInfo }).adapterInfo ??
       (b as unknown as { adapterInfo?: DeviceAdapterInfo }).adapterInfo;
     const subgroupMatrix = f.has('chromium-experimental-subgroup-matrix' as GPUFeatureName);
