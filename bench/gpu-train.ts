@@ -24,8 +24,8 @@
  * Pythia-70M in mixed precision against f32 from the same init (`curve`). --checks picks sections
  * (default all), so a long check can be split over several calls. For cuda, core/model/cuda/check.ts
  * (every operation and tfjs kernel against the cpu backend, in f32 and in mixed precision; a
- * Pythia-70M-shaped model's gradients and 300 training steps against webgpu in f32; transformers'
- * logits of the committed fixtures).
+ * Pythia-70M-shaped model's gradients; 300 training steps in f32 and in mixed precision against
+ * webgpu in f32; transformers' logits of the committed fixtures).
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
