@@ -9,7 +9,7 @@
  * whose node_modules lacks what the GPU machine's pack leaves out (Temporal, the embedded corpora), so
  * nothing it runs there may load them. The shipped GPU configuration is checked for coherence.
  */
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -57,6 +57,43 @@ function gpuRun(args: string[]): { status: number | null; lines: Line[]; stderr:
     .filter((l) => l.startsWith('{'))
     .map((l) => JSON.parse(l) as Line);
   return { status: r.status, lines, stderr: r.stderr };
+}
+
+/** Runs the runbook like gpuRun and sends it SIGTERM once `when` holds (polled every 20 ms). */
+function gpuRunSignalled(
+  args: string[],
+  when: () => boolean,
+): Promise<{ status: number | null; lines: Line[]; stderr: string; signalled: boolean }> {
+  const child = spawn(
+    process.execPath,
+    ['--import', import.meta.resolve('tsx'), path.join(app, 'bench', 'gpu-run', 'main.ts'), ...args],
+    { cwd: app, env },
+  );
+  let stdout = '';
+  let stderr = '';
+  child.stdout.setEncoding('utf8').on('data', (d: string) => {
+    stdout += d;
+  });
+  child.stderr.setEncoding('utf8').on('data', (d: string) => {
+    stderr += d;
+  });
+  let signalled = false;
+  const poll = setInterval(() => {
+    if (!signalled && when()) {
+      signalled = true;
+      child.kill('SIGTERM');
+    }
+  }, 20);
+  return new Promise((resolve) =>
+    child.once('close', (status) => {
+      clearInterval(poll);
+      const lines = stdout
+        .split('\n')
+        .filter((l) => l.startsWith('{'))
+        .map((l) => JSON.parse(l) as Line);
+      resolve({ status, lines, stderr, signalled });
+    }),
+  );
 }
 
 function results(): Line[] {
@@ -314,16 +351,25 @@ describe('the GPU runbook on the CPU (configs/gpu-tiny.yaml)', () => {
     );
   }, 300_000);
 
-  it('pretrains the three arms with validation curves and memory samples', () => {
-    // A deadline stops the first arm (checkpointed, or before it trained if it was still loading) and exits 0.
-    const cut = gpuRun(['runs', '--config', config, '--max-seconds', '4']);
+  it('pretrains the three arms with validation curves and memory samples', async () => {
+    // SIGTERM to the runbook (a call's time limit) once the first arm has validated at step 20 acts as
+    // the deadline: that arm stops at its next step, checkpointed, is recorded unfinished, and it exits 0.
+    const firstArmEvals = path.join(tmp, 'runs', 'gpu-tiny', 'runs', 'searched-kd', 'evals.jsonl');
+    const cut = await gpuRunSignalled(
+      ['runs', '--config', config],
+      () => fs.existsSync(firstArmEvals) && fs.readFileSync(firstArmEvals, 'utf8').includes('"step":20'),
+    );
+    expect(cut.signalled).toBe(true);
     expect(cut.status, cut.stderr).toBe(0);
-    for (const arm of cut.lines.filter((l) => l.phase === 'runs')) expect(arm.finished).toBe(false);
+    const cutArms = cut.lines.filter((l) => l.phase === 'runs');
+    expect(cutArms.map((a) => [a.arm, a.finished])).toEqual([['searched-kd', false]]);
+    expect(cutArms[0].stepsAfter).toBeGreaterThanOrEqual(20);
+    expect(cutArms[0].stepsAfter).toBeLessThan(80);
     const r = gpuRun(['runs', '--config', config]);
     expect(r.status, r.stderr).toBe(0);
     const arms = r.lines.filter((l) => l.phase === 'runs');
     expect(arms.map((a) => a.arm)).toEqual(['searched-kd', 'random-init', 'first-k']);
-    expect(arms[0].stepsBefore).toBe(cut.lines.find((l) => l.phase === 'runs')?.stepsAfter ?? 0);
+    expect(arms[0].stepsBefore).toBe(cutArms[0].stepsAfter);
     for (const a of arms) {
       expect(a.finished).toBe(true);
       expect(a.curve.map((c: { step: number }) => c.step)).toEqual([0, 20, 40, 60, 80]);

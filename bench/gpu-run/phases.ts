@@ -6,8 +6,9 @@
  * <work>/results.jsonl, with the command that made each figure; `render` fills docs/gpu-run.md from it.
  *
  * Phases that train resume from their checkpoints when run again; `--max-seconds` stops them in time
- * (SIGTERM: they checkpoint at the next step) so each fits one 10-minute command. `runNext` runs the
- * phases not yet done, in order, until that deadline: every command of a GPU session can be the same.
+ * (SIGTERM: they checkpoint at the next step) so each fits one 10-minute command; SIGTERM or SIGINT to
+ * the runbook itself is the deadline arriving at once. `runNext` runs the phases not yet done, in
+ * order, until that deadline: every command of a GPU session can be the same.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -55,9 +56,14 @@ interface Ctx {
   work: string;
   results: string;
   deadline: number;
+  /** Aborted by SIGTERM or SIGINT, which make the deadline now; absent where a deadline does not cut. */
+  stop?: AbortSignal;
   opts: PhaseOptions;
   log: (line: string) => void;
 }
+
+/** The context of a command that runs whole or not at all: neither the deadline nor a signal cuts it. */
+const uncut = (ctx: Ctx): Ctx => ({ ...ctx, deadline: Infinity, stop: undefined });
 
 const REPO = (() => {
   const up = path.resolve(import.meta.dirname, '..', '..');
@@ -178,9 +184,15 @@ function startOffshoot(ctx: Ctx, name: string, args: string[]): Child {
   return { process: child, events, exited, waitFor };
 }
 
-/** Calls `fn` at the phase's deadline (none without --max-seconds). */
-function atDeadline(ctx: Ctx, fn: () => void): NodeJS.Timeout | undefined {
-  return Number.isFinite(ctx.deadline) ? setTimeout(fn, Math.max(0, ctx.deadline - Date.now())) : undefined;
+/** Calls `fn` at the phase's deadline (--max-seconds) or on a stop signal; returns what cancels that. */
+function atDeadline(ctx: Ctx, fn: () => void): () => void {
+  const timer = Number.isFinite(ctx.deadline) ? setTimeout(fn, Math.max(0, ctx.deadline - Date.now())) : undefined;
+  const stop = ctx.stop;
+  stop?.addEventListener('abort', fn);
+  return () => {
+    clearTimeout(timer);
+    stop?.removeEventListener('abort', fn);
+  };
 }
 
 /**
@@ -191,12 +203,12 @@ function atDeadline(ctx: Ctx, fn: () => void): NodeJS.Timeout | undefined {
  */
 async function finish(ctx: Ctx, child: Child, name: string, args: string[]): Promise<{ interrupted: boolean }> {
   let interrupted = false;
-  const timer = atDeadline(ctx, () => {
+  const cancel = atDeadline(ctx, () => {
     interrupted = true;
     child.process.kill('SIGTERM');
   });
   const { code, signal } = await child.exited;
-  clearTimeout(timer);
+  cancel();
   if (code !== 0 && !(interrupted && signal === 'SIGTERM'))
     throw new Error(
       `${shown(args)} failed (${signal ?? `exit ${code}`}); see ${path.join(ctx.work, 'logs', `${name}.log`)}`,
@@ -308,7 +320,7 @@ async function extractStudent(ctx: Ctx, name: string, spec: unknown, orderings: 
     ...orderings,
     '--json',
   ];
-  await runOffshoot({ ...ctx, deadline: Infinity }, `extract-${name}`, args);
+  await runOffshoot(uncut(ctx), `extract-${name}`, args);
   return out;
 }
 
@@ -639,7 +651,7 @@ async function throughput(ctx: Ctx): Promise<void> {
 
     // The student without KD, then with KD through the service (the same steps, the same batches).
     // Whole runs or none: a deadline does not cut these short.
-    const whole = { ...ctx, deadline: Infinity };
+    const whole = uncut(ctx);
     const ce = await runOffshoot(
       whole,
       'throughput-ce',
@@ -796,7 +808,7 @@ async function search(ctx: Ctx): Promise<void> {
       String(ctx.config.teacher.service.topK),
       '--json',
     ];
-    const run = await runOffshoot({ ...ctx, deadline: Infinity }, 'search', args);
+    const run = await runOffshoot(uncut(ctx), 'search', args);
     const summary = run.events.find((e) => 'history' in e);
     if (!summary?.best) throw new Error('search: no candidate was evaluated successfully; see the search log');
     fs.writeFileSync(out, JSON.stringify(summary, null, 2));
@@ -934,7 +946,7 @@ async function runs(ctx: Ctx): Promise<void> {
         String(p.finalEvalTokens),
         '--json',
       ];
-      const r = await runOffshoot({ ...ctx, deadline: Infinity }, `eval-${arm}`, args);
+      const r = await runOffshoot(uncut(ctx), `eval-${arm}`, args);
       const e = r.events.find((x) => 'loss' in x);
       if (!e)
         throw new Error(`${shown(args)} printed no result; see ${path.join(ctx.work, 'logs', `eval-${arm}.log`)}`);
@@ -1126,17 +1138,32 @@ const PHASE_RUNNERS: Record<PhaseName, (c: Ctx) => Promise<void>> = {
   },
 };
 
+/**
+ * The run's context. SIGTERM or SIGINT (a call's time limit, Ctrl-C) make the deadline now: training
+ * checkpoints at its next step, what is done is recorded, and the command exits as at --max-seconds;
+ * a second signal ends it at once.
+ */
 function context(opts: PhaseOptions): Ctx {
   const config = loadConfigFile(opts.config);
   const work = path.resolve(opts.work ?? runDir(config));
   fs.mkdirSync(work, { recursive: true });
-  return {
+  const stop = new AbortController();
+  const ctx: Ctx = {
     config,
     configFile: opts.config,
     work,
     results: path.join(work, 'results.jsonl'),
     deadline: opts.maxSeconds ? Date.now() + opts.maxSeconds * 1000 : Infinity,
+    stop: stop.signal,
     opts,
     log: (line) => process.stderr.write(`${line}\n`),
   };
+  const onSignal = (signal: NodeJS.Signals) => {
+    ctx.log(`${signal}: stopping as at the deadline (training checkpoints at its next step)`);
+    ctx.deadline = Math.min(ctx.deadline, Date.now());
+    stop.abort();
+  };
+  process.once('SIGTERM', onSignal);
+  process.once('SIGINT', onSignal);
+  return ctx;
 }
