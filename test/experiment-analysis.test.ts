@@ -2,6 +2,8 @@
  * The paper-table experiment's pure parts: reaching a target on a curve, the per-seed efficiency
  * ratios and their spread, the claims, the rendered table and plots, and the configuration's checks.
  */
+import * as path from 'node:path';
+
 import { describe, expect, it } from 'vitest';
 
 import { ConfigError } from '../services/config/index.js';
@@ -263,6 +265,22 @@ describe('renderPaperTable', () => {
     const data = JSON.parse(r.files['pt.json']) as { result: PaperTableResult; analysis: { claims: unknown[] } };
     expect(data.result.runs.length).toBe(18);
     expect(data.analysis.claims.length).toBeGreaterThan(5);
+  });
+  it('records the teacher and task files inside the working folder relative to it, others as they are', () => {
+    const base = syntheticResult();
+    const inside = path.join(process.cwd(), 'runs', 'paper-table', 'teacher');
+    const task = path.join(process.cwd(), 'docs', 'results', 'tasks', 'next.yaml');
+    const elsewhere = path.join(path.parse(process.cwd()).root, 'elsewhere', 'task.yaml');
+    const withPaths: PaperTableResult = {
+      ...base,
+      teacher: { ...base.teacher, dir: inside },
+      settings: { ...base.settings, taskFiles: [task, elsewhere] },
+    };
+    const data = JSON.parse(renderPaperTable(withPaths, { prefix: 'pt' }).files['pt.json']) as {
+      result: PaperTableResult;
+    };
+    expect(data.result.teacher.dir).toBe(path.join('runs', 'paper-table', 'teacher'));
+    expect(data.result.settings.taskFiles).toEqual([path.join('docs', 'results', 'tasks', 'next.yaml'), elsewhere]);
   });
 });
 

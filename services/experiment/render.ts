@@ -4,6 +4,8 @@
  * configuration; validation-perplexity curves against tokens and against FLOPs as SVG; the raw result
  * and its analysis as JSON. Pure text generation (writing is in index.ts).
  */
+import * as path from 'node:path';
+
 import YAML from 'yaml';
 
 import { ARM_INFO, type PaperArm, type PaperTableResult } from '../../workflows/paper-table.js';
@@ -99,6 +101,12 @@ function chart(result: PaperTableResult, analysis: PaperTableAnalysis, axis: 'to
       ? { hline: { y: target, label: `random init (CE) at the end of its budget: ${target.toFixed(1)}` } }
       : {}),
   });
+}
+
+/** A path as the JSON records it: relative to the working folder when it lies inside it, so a committed result names no machine's folders. */
+function recordedPath(p: string): string {
+  const rel = path.relative(process.cwd(), p);
+  return path.isAbsolute(p) && rel !== '' && !rel.startsWith('..') && !path.isAbsolute(rel) ? rel : p;
 }
 
 function describeSpec(d: string): string {
@@ -307,7 +315,12 @@ export function renderPaperTable(result: PaperTableResult, options: { prefix?: s
     [`${prefix}-flops.svg`]: chart(result, analysis, 'flops'),
     [`${prefix}.json`]: `${JSON.stringify(
       {
-        result: { ...result, runs: result.runs.map(({ checkpoint: _c, ...r }) => r) },
+        result: {
+          ...result,
+          teacher: { ...result.teacher, dir: recordedPath(result.teacher.dir) },
+          settings: { ...result.settings, taskFiles: result.settings.taskFiles.map(recordedPath) },
+          runs: result.runs.map(({ checkpoint: _c, ...r }) => r),
+        },
         analysis: { arms: analysis.arms, claims: analysis.claims },
       },
       null,
