@@ -73,12 +73,13 @@ export function cudaClipAdamW(state: AdamWState, entries: AdamWEntry[], s: AdamW
     v.setInt32(o + 60, e.decays ? 1 : 0, true);
     blocks += Math.max(1, Math.ceil(g.size / CHUNK));
   });
-  let tablePtr: number;
+  let tp: number;
   if (d.capturing) {
     // A constant of the graph: the replay copies it in, into memory of the graph's private pool.
     const t = b.allocate([bytes.length], 'bool');
-    tablePtr = b.operand(t).ptr;
-    d.writeConstant(tablePtr, bytes);
+    tp = b.operand(t).ptr;
+    d.writeConstant(tp, bytes);
+    // Tracked by the capture's tf.tidy, which frees it into that pool (only the graph uses it).
     toTensor(t);
   } else {
     let table = tables.get(b);
@@ -90,7 +91,7 @@ export function cudaClipAdamW(state: AdamWState, entries: AdamWEntry[], s: AdamW
       table = { bytes, tensor: tf.keep(toTensor(t)) };
       tables.set(b, table);
     }
-    tablePtr = b.operand(table.tensor).ptr;
+    tp = b.operand(table.tensor).ptr;
   }
   let hyperPtr = stepScalars()?.ptr;
   if (hyperPtr === undefined) {
@@ -101,7 +102,6 @@ export function cudaClipAdamW(state: AdamWState, entries: AdamWEntry[], s: AdamW
   }
   const partials = b.allocate([blocks], 'float32');
   const norm = b.allocate([], 'float32');
-  const tp = tablePtr;
   d.launch(d.kernel('adamw', 'grad_sum_squares'), rowGrid(blocks), BLOCK256, [
     ['p', b.operand(partials).ptr],
     ['p', tp],
