@@ -147,11 +147,22 @@ for (let i = 0; i < argv.length; i++) {
   else pass.push(a);
 }
 
+/**
+ * The names of the checks that failed, repeated in each backend's last line: a long check's output
+ * may come back only as its tail.
+ */
+const failures: string[] = [];
+const noteFailure = (line: Record<string, unknown>) => {
+  if (line.ok === false) failures.push(String(line.name ?? line.case));
+};
+
 if (check && backends.includes('cuda')) {
   const cuda = await import('../core/model/cuda/check.js');
   await initBackend('cuda', (m) => console.log(JSON.stringify({ bench: 'gpu-check', backend: m })));
-  const log = (line: Record<string, unknown>) =>
+  const log = (line: Record<string, unknown>) => {
+    noteFailure(line);
     console.log(JSON.stringify({ bench: 'gpu-check', backend: 'cuda', ...line }));
+  };
   let failed = await cuda.runCudaChecks(checkScale, log);
   failed += await cuda.modelGradientChecks(2, 128, log);
   failed += await cuda.curveCheck(300, 8, 128, log);
@@ -162,13 +173,15 @@ if (check && backends.includes('cuda')) {
     path.join(here, '..', '..', 'test', 'fixtures', 'neox'),
   ].find((d) => fs.existsSync(d));
   if (fixtures) failed += await cuda.parityChecks(fixtures, log);
-  console.log(JSON.stringify({ bench: 'gpu-check', backend: 'cuda', failed }));
+  console.log(JSON.stringify({ bench: 'gpu-check', backend: 'cuda', failed, failures: failures.splice(0) }));
 }
 
 if (check && backends.includes('webgpu')) {
   await initBackend('webgpu', () => {});
-  const log = (line: Record<string, unknown>) =>
+  const log = (line: Record<string, unknown>) => {
+    noteFailure(line);
     console.log(JSON.stringify({ bench: 'gpu-check', backend: 'webgpu', ...line }));
+  };
   let failed = 0;
   const run = async (c: KernelCase, precision: 'f32' | 'mixed') => {
     const t0 = performance.now();
@@ -259,7 +272,7 @@ if (check && backends.includes('webgpu')) {
     }
   }
   setPrecision(null);
-  log({ failed });
+  log({ failed, failures: failures.splice(0) });
 }
 
 if (checkOnly) process.exit(0);
