@@ -162,14 +162,13 @@ export function clipByGlobalNorm(
   });
 }
 
-/** AdamW's new moments and weight for one entry (the caller assigns them). */
+/** AdamW's new moments and weight for one entry with its moments `m`, `v` (the caller assigns them). */
 function adamwValues(
-  state: AdamWState,
-  { name, param: p, grad: g, decays }: AdamWEntry,
+  { m, v }: { m: tf.Tensor; v: tf.Tensor },
+  { param: p, grad: g, decays }: AdamWEntry,
   s: Omit<AdamWStep, 'maxNorm'>,
 ): { p: tf.Tensor; m: tf.Tensor; v: tf.Tensor } {
   const { lr, beta1, beta2, eps, weightDecay, step } = s;
-  const { m, v } = state.moments(name, p);
   const mNew = tf.add(tf.mul(m, beta1), tf.mul(g, 1 - beta1));
   const vNew = tf.add(tf.mul(v, beta2), tf.mul(tf.square(g), 1 - beta2));
   const update = tf.div(tf.div(mNew, 1 - beta1 ** step), tf.add(tf.sqrt(tf.div(vNew, 1 - beta2 ** step)), eps));
@@ -181,8 +180,8 @@ function adamwValues(
 export function adamwUpdate(state: AdamWState, entries: AdamWEntry[], s: Omit<AdamWStep, 'maxNorm'>): void {
   for (const e of entries) {
     tf.tidy(() => {
-      const next = adamwValues(state, e, s);
       const { m, v } = state.moments(e.name, e.param);
+      const next = adamwValues({ m, v }, e, s);
       m.assign(next.m);
       v.assign(next.v);
       e.param.assign(next.p);
@@ -334,8 +333,8 @@ export const lossScaledAdamW = defineOperation(
       const finite = tf.isFinite(norm) as tf.Scalar;
       for (const e of entries) {
         tf.tidy(() => {
-          const next = adamwValues(state, { ...e, grad: grads[e.name] }, s);
           const { m, v } = state.moments(e.name, e.param);
+          const next = adamwValues({ m, v }, { ...e, grad: grads[e.name] }, s);
           // On an overflow the values stay exactly as they were.
           m.assign(tf.where(finite, next.m, m));
           v.assign(tf.where(finite, next.v, v));
