@@ -100,7 +100,11 @@ function columnSums(
   return { sum, g };
 }
 
-/** x [N, in] · weightᵀ ([out, in], torch layout) + bias, then GELU when asked; gradients for all three. */
+/**
+ * x [N, in] · weightᵀ ([out, in], torch layout) + bias, then GELU when asked; gradients for all
+ * three. In mixed precision the products take f16 operands: the weight's f16 copy, x and the output
+ * gradient converted once; results are f32.
+ */
 export function fusedLinear(
   x: tf.Tensor2D,
   weight: tf.Tensor2D,
@@ -110,45 +114,23 @@ export function fusedLinear(
   const [N, inF] = x.shape;
   const outF = weight.shape[0];
   const gelu = activation === 'gelu';
-  if (halfProducts() !== 'off') return halfLinear(x, weight, bias, gelu);
+  const half = halfProducts() !== 'off';
+  const types = half ? ({ aType: 'f16', bType: 'f16' } as const) : {};
   const op = customOp(([xt, wt, bt], save) => {
-    const { c, z } = matmul({ a: xt, b: wt, M: N, N: outF, K: inF, transB: true, bias: bt, gelu });
-    const zT = z ? toTensor(z) : undefined;
-    save(zT ? [xt, wt, zT] : [xt, wt]);
+    const xa = half ? toTensor(toHalf(xt)) : xt;
+    const wa = half ? halfWeight(wt) : wt;
+    const { c, z } = matmul({ a: xa, b: wa, M: N, N: outF, K: inF, transB: true, bias: bt, gelu, ...types });
+    save(z ? [xa, wa, toTensor(z)] : [xa, wa]);
     return {
       value: toTensor(c),
       gradFunc: (dy, saved) => {
         const [xs, ws, zs] = saved;
-        const { sum: db, g: dz } = columnSums(dy, N, outF, zs, false);
-        const g = dz ?? dy;
-        const dx = matmul({ a: g, b: ws, M: N, N: inF, K: outF }).c;
-        const dw = matmul({ a: g, b: xs, M: outF, N: inF, K: N, transA: true }).c;
-        if (dz) release(dz);
-        return [toTensor(dx), toTensor(dw), toTensor(db)];
-      },
-    };
-  });
-  return op(x, weight, bias) as tf.Tensor2D;
-}
-
-/** fusedLinear in mixed precision: f16 operands (the weight's f16 copy, x and the output gradient converted once), f32 results. */
-function halfLinear(x: tf.Tensor2D, weight: tf.Tensor2D, bias: tf.Tensor1D, gelu: boolean): tf.Tensor2D {
-  const [N, inF] = x.shape;
-  const outF = weight.shape[0];
-  const f16 = { aType: 'f16', bType: 'f16' } as const;
-  const op = customOp(([xt, wt, bt], save) => {
-    const xh = toTensor(toHalf(xt));
-    const wh = halfWeight(wt);
-    const { c, z } = matmul({ a: xh, b: wh, M: N, N: outF, K: inF, transB: true, bias: bt, gelu, ...f16 });
-    save(z ? [xh, wh, toTensor(z)] : [xh, wh]);
-    return {
-      value: toTensor(c),
-      gradFunc: (dy, saved) => {
-        const [xs, ws, zs] = saved;
-        const { sum: db, g } = columnSums(dy, N, outF, zs, true);
-        const dx = matmul({ a: g!, b: ws, M: N, N: inF, K: outF, ...f16 }).c;
-        const dw = matmul({ a: g!, b: xs, M: outF, N: inF, K: N, transA: true, ...f16 }).c;
-        release(g!);
+        // g: the gradient through GELU, or dy in f16; absent when the products take dy as it is.
+        const { sum: db, g } = columnSums(dy, N, outF, zs, half);
+        const gp = g ?? dy;
+        const dx = matmul({ a: gp, b: ws, M: N, N: inF, K: outF, ...types }).c;
+        const dw = matmul({ a: gp, b: xs, M: outF, N: inF, K: N, transA: true, ...types }).c;
+        if (g) release(g);
         return [toTensor(dx), toTensor(dw), toTensor(db)];
       },
     };
