@@ -1,9 +1,10 @@
 /**
  * Causal self-attention with rotary embeddings on the cuda backend. The fused QKV projection is split
  * into heads with q and k rotated (kernels/attention.cu); the causal scores S = q·kᵀ/√hs [B·H, T, T]
- * (f32), the softmax P (activation precision, kept for the backward) and the products around it run
- * as cuBLASLt products batched over B·H. The upper triangle is computed and discarded by the softmax:
- * at Pythia's sizes and T = 512 the scores cost less than a millisecond of a training step.
+ * (f32), the softmax P (activation precision) and the products around it run as cuBLASLt products
+ * batched over B·H. The upper triangle is computed and discarded by the softmax:
+ * at Pythia's sizes and T = 512 the scores cost less than a millisecond of a training step. P is not
+ * kept for the backward, which computes it again (see `probabilities`).
  */
 import type * as tf from '../tfjs.js';
 
@@ -42,6 +43,55 @@ function headsLayout(b: CudaBackend, x: tf.TensorInfo, s: AttentionShape, toHead
 }
 
 /**
+ * The causal softmax P = softmax(q·kᵀ/√hs) [B·H, T, T] in activation precision, from scores in f32.
+ * The backward computes P again from the saved q and k with the same products and kernel (so the
+ * same values) rather than keeping every layer's P from the forward: one more small product per layer
+ * instead of B·H·T² values held per layer through the whole step (as PyTorch's fused attention does).
+ */
+function probabilities(b: CudaBackend, q: tf.TensorInfo, k: tf.TensorInfo, s: AttentionShape): tf.TensorInfo {
+  const { batch: B, seqLen: T, heads: H, headSize: hs } = s;
+  const BH = B * H;
+  const d = b.device;
+  const act = activationStorage();
+  const scores = b.allocate([BH, T, T], 'float32', 'f32');
+  blas(d).matmul(
+    {
+      batch: BH,
+      M: T,
+      N: T,
+      K: hs,
+      transB: true,
+      strideA: T * hs,
+      strideB: T * hs,
+      strideC: T * T,
+      aType: act,
+      bType: act,
+      cType: 'f32',
+      alpha: 1 / Math.sqrt(hs),
+    },
+    b.operand(q).ptr,
+    b.operand(k).ptr,
+    b.operand(scores).ptr,
+  );
+  const p = b.allocate([BH, T, T], 'float32', act);
+  const rows = BH * T;
+  d.launch(
+    d.kernel('attention', 'causal_softmax'),
+    softmaxGrid(rows),
+    [128, 1, 1],
+    [
+      ['p', b.operand(p).ptr],
+      ['i', ST[act]],
+      ['p', b.operand(scores).ptr],
+      ['l', rows],
+      ['i', T],
+    ],
+  );
+  b.release(scores);
+  return p;
+}
+
+/**
  * Causal self-attention of the fused QKV projection [B·T, H·3·hs] with rotary tables cos/sin [T, rd]:
  * the per-head context merged back to [B·T, H·hs].
  */
@@ -50,6 +100,7 @@ export function cudaAttention(qkv: tf.Tensor2D, cos: tf.Tensor2D, sin: tf.Tensor
   const BH = B * H;
   const scale = 1 / Math.sqrt(hs);
   const batched = { batch: BH } as const;
+  const rows = BH * T;
   const op = customOp(([x], save, b) => {
     const d = b.device;
     const act = activationStorage();
@@ -74,41 +125,7 @@ export function cudaAttention(qkv: tf.Tensor2D, cos: tf.Tensor2D, sin: tf.Tensor
       ['i', hs],
       ['i', rd],
     ]);
-    const scores = b.allocate([BH, T, T], 'float32', 'f32');
-    gemm.matmul(
-      {
-        ...batched,
-        M: T,
-        N: T,
-        K: hs,
-        transB: true,
-        strideA: T * hs,
-        strideB: T * hs,
-        strideC: T * T,
-        aType: act,
-        bType: act,
-        cType: 'f32',
-        alpha: scale,
-      },
-      b.operand(q).ptr,
-      b.operand(k).ptr,
-      b.operand(scores).ptr,
-    );
-    const p = b.allocate([BH, T, T], 'float32', act);
-    const rows = BH * T;
-    d.launch(
-      d.kernel('attention', 'causal_softmax'),
-      softmaxGrid(rows),
-      [128, 1, 1],
-      [
-        ['p', b.operand(p).ptr],
-        ['i', ST[act]],
-        ['p', b.operand(scores).ptr],
-        ['l', rows],
-        ['i', T],
-      ],
-    );
-    b.release(scores);
+    const p = probabilities(b, q, k, s);
     const oHeads = b.allocate([BH, T, hs], 'float32', act);
     gemm.matmul(
       {
@@ -127,13 +144,15 @@ export function cudaAttention(qkv: tf.Tensor2D, cos: tf.Tensor2D, sin: tf.Tensor
       b.operand(v).ptr,
       b.operand(oHeads).ptr,
     );
+    b.release(p);
     const o = headsLayout(b, oHeads, s, false);
     b.release(oHeads);
     // The tables are saved with the forward's tensors (tfjs keeps saved tensors for the backward).
-    save([toTensor(q), toTensor(k), toTensor(v), toTensor(p), cos, sin]);
+    save([toTensor(q), toTensor(k), toTensor(v), cos, sin]);
     return {
       value: toTensor(o),
-      gradFunc: (dy, [qs, ks, vs, ps, cs, ss]) => {
+      gradFunc: (dy, [qs, ks, vs, cs, ss]) => {
+        const ps = probabilities(b, qs, ks, s);
         const dO = headsLayout(b, dy, s, true);
         const dP = b.allocate([BH, T, T], 'float32', 'f32');
         gemm.matmul(
@@ -188,8 +207,7 @@ export function cudaAttention(qkv: tf.Tensor2D, cos: tf.Tensor2D, sin: tf.Tensor
         gemm.matmul({ ...prod, transA: true }, b.operand(ps).ptr, b.operand(dO).ptr, b.operand(dv).ptr);
         gemm.matmul({ ...prod, alpha: scale }, b.operand(dS).ptr, b.operand(ks).ptr, b.operand(dq).ptr);
         gemm.matmul({ ...prod, transA: true, alpha: scale }, b.operand(dS).ptr, b.operand(qs).ptr, b.operand(dk).ptr);
-        b.release(dS);
-        b.release(dO);
+        for (const t of [dS, dO, ps]) b.release(t);
         const dx = b.allocate([B * T, H * 3 * hs], 'float32', act);
         d.launch(d.kernel('attention', 'rotary_merge_backward'), grid1d(B * T * H * 3 * hs, d), BLOCK256, [
           ['p', b.operand(dx).ptr],
