@@ -16,6 +16,7 @@ import * as tf from './tfjs.js';
 import { type LoadedCheckpoint, loadCheckpoint, saveCheckpoint, type SaveDtype } from './checkpoint.js';
 import type { NeoXConfig } from './config.js';
 import { GPTNeoX } from './gptneox.js';
+import { variableGradients } from './gradients.js';
 import { distillationLoss, topKFromLogits } from './losses.js';
 import {
   type AdamWStep,
@@ -354,7 +355,7 @@ export class Trainer {
       // With a loss scale the gradients are those of the scaled loss; the value is the loss itself.
       const scale = this.optimizer.lossScale;
       let kept: tf.Scalar | undefined;
-      const { value, grads } = tf.variableGrads(() => {
+      const { value, grads } = variableGradients(() => {
         const loss = lossOf(i, t, v)();
         if (!scale) return loss;
         kept = tf.keep(loss);
