@@ -42,6 +42,38 @@ function headsLayout(b: CudaBackend, x: tf.TensorInfo, s: AttentionShape, toHead
   return y;
 }
 
+/** x·yᵀ·alpha for each of the B·H heads: [B·H, T, hs] operands, an f32 [B·H, T, T] result. */
+function scoresProduct(
+  b: CudaBackend,
+  x: tf.TensorInfo,
+  y: tf.TensorInfo,
+  s: AttentionShape,
+  alpha: number,
+): tf.TensorInfo {
+  const { batch: B, seqLen: T, heads: H, headSize: hs } = s;
+  const out = b.allocate([B * H, T, T], 'float32', 'f32');
+  blas(b.device).matmul(
+    {
+      batch: B * H,
+      M: T,
+      N: T,
+      K: hs,
+      transB: true,
+      strideA: T * hs,
+      strideB: T * hs,
+      strideC: T * T,
+      aType: b.storageOf(x),
+      bType: b.storageOf(y),
+      cType: 'f32',
+      alpha,
+    },
+    b.operand(x).ptr,
+    b.operand(y).ptr,
+    b.operand(out).ptr,
+  );
+  return out;
+}
+
 /**
  * The causal softmax P = softmax(q·kᵀ/√hs) [B·H, T, T] in activation precision, from scores in f32.
  * The backward computes P again from the saved q and k with the same products and kernel (so the
@@ -53,26 +85,7 @@ function probabilities(b: CudaBackend, q: tf.TensorInfo, k: tf.TensorInfo, s: At
   const BH = B * H;
   const d = b.device;
   const act = activationStorage();
-  const scores = b.allocate([BH, T, T], 'float32', 'f32');
-  blas(d).matmul(
-    {
-      batch: BH,
-      M: T,
-      N: T,
-      K: hs,
-      transB: true,
-      strideA: T * hs,
-      strideB: T * hs,
-      strideC: T * T,
-      aType: act,
-      bType: act,
-      cType: 'f32',
-      alpha: 1 / Math.sqrt(hs),
-    },
-    b.operand(q).ptr,
-    b.operand(k).ptr,
-    b.operand(scores).ptr,
-  );
+  const scores = scoresProduct(b, q, k, s, 1 / Math.sqrt(hs));
   const p = b.allocate([BH, T, T], 'float32', act);
   const rows = BH * T;
   d.launch(
@@ -154,25 +167,7 @@ export function cudaAttention(qkv: tf.Tensor2D, cos: tf.Tensor2D, sin: tf.Tensor
       gradFunc: (dy, [qs, ks, vs, cs, ss]) => {
         const ps = probabilities(b, qs, ks, s);
         const dO = headsLayout(b, dy, s, true);
-        const dP = b.allocate([BH, T, T], 'float32', 'f32');
-        gemm.matmul(
-          {
-            ...batched,
-            M: T,
-            N: T,
-            K: hs,
-            transB: true,
-            strideA: T * hs,
-            strideB: T * hs,
-            strideC: T * T,
-            aType: act,
-            bType: act,
-            cType: 'f32',
-          },
-          b.operand(dO).ptr,
-          b.operand(vs).ptr,
-          b.operand(dP).ptr,
-        );
+        const dP = scoresProduct(b, dO, vs, s, 1);
         const dS = b.allocate([BH, T, T], 'float32', act);
         d.launch(
           d.kernel('attention', 'causal_softmax_backward'),
