@@ -1,7 +1,8 @@
 /**
  * Parity with Hugging Face transformers, the oracle no one here wrote: logits of the committed
  * fixtures (random GPTNeoXForCausalLM models saved by transformers, test/fixtures/neox) on every
- * backend, and a checkpoint written by offshoot loaded back in transformers.
+ * backend, a checkpoint written by offshoot loaded back in transformers, and training: the Trainer's
+ * losses against PyTorch's (transformers' model, torch's AdamW) from the same checkpoint, data and recipe.
  */
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -10,7 +11,17 @@ import * as path from 'node:path';
 
 import { afterAll, describe, expect, it } from 'vitest';
 
-import { GPTNeoX, loadCheckpoint, parameterCount, readSafetensors, saveCheckpoint } from '../core/model/index.js';
+import {
+  type Batch,
+  GPTNeoX,
+  Trainer,
+  loadCheckpoint,
+  parameterCount,
+  readSafetensors,
+  saveCheckpoint,
+  trainingHyperparameters,
+} from '../core/model/index.js';
+import { torchTrainingCurve } from '../core/model/torch-curve.js';
 import * as tf from '../core/model/tfjs.js';
 import { testBackends, useBackend } from './helpers/backends.js';
 import { hfPython, requireHfPython } from './helpers/python.js';
@@ -92,6 +103,56 @@ describe('checkpoints offshoot writes load in transformers', () => {
       tf.dispose([logits]);
       ours.dispose();
       model.dispose();
+    },
+  );
+});
+
+describe('training matches PyTorch', () => {
+  // CI installs the oracle (scripts/setup-python.sh); elsewhere this needs it set up first.
+  const python = process.env.CI ? requireHfPython() : hfPython();
+  const dir = path.join(FIXTURES, 'pythia-style');
+  const [steps, B, T, lr, warmup] = [30, 2, 16, 3e-3, 5];
+  /** Pseudo-random tokens of the fixture's 128-id vocabulary, a different batch each step. */
+  const batch = (step: number): Batch => {
+    let s = (step * 2654435761 + 1) >>> 0;
+    const next = () => {
+      s = (Math.imul(s, 1103515245) + 12345) >>> 0;
+      return (s >>> 9) % 128;
+    };
+    const input = Int32Array.from({ length: B * T }, next);
+    const target = Int32Array.from({ length: B * T }, (_, i) => ((i + 1) % T === 0 ? next() : input[i + 1]));
+    return { batchSize: B, seqLen: T, input, target };
+  };
+  let torchLosses: number[] | undefined;
+
+  it.skipIf(python === null).each(backends)(
+    `%s: ${steps} steps of the Trainer and of PyTorch (AdamW, clipping, warmup and cosine) from the same checkpoint and data: the same losses (f32)`,
+    async (backend) => {
+      torchLosses ??= torchTrainingCurve({
+        python: python!,
+        modelDir: dir,
+        batches: Array.from({ length: steps }, (_, i) => batch(i)),
+        lr,
+        warmup,
+        mode: 'f32',
+        device: 'cpu',
+      });
+      await useBackend(backend);
+      const ckpt = loadCheckpoint(dir);
+      const losses: number[] = [];
+      const trainer = new Trainer(GPTNeoX.fromTensors(ckpt.config, ckpt.tensors, dir), {
+        hyper: trainingHyperparameters({ steps, lr, warmup }, { batchSize: B, seqLen: T, seed: 1 }),
+        batches: batch,
+        reportEvery: 1,
+        onStep: (r) => losses.push(r.loss),
+      });
+      await trainer.run();
+      trainer.dispose();
+      expect(losses).toHaveLength(steps);
+      // The loss must really move for the comparison to mean anything.
+      expect(torchLosses[0] - torchLosses[steps - 1]).toBeGreaterThan(0.3);
+      const worst = Math.max(...losses.map((l, i) => Math.abs(l - torchLosses![i])));
+      expect(worst, `offshoot ${losses.join(', ')}\ntorch ${torchLosses.join(', ')}`).toBeLessThan(1e-4);
     },
   );
 });
