@@ -165,7 +165,7 @@ if (check && backends.includes('cuda')) {
   };
   let failed = await cuda.runCudaChecks(checkScale, log);
   failed += await cuda.modelGradientChecks(2, 128, log);
-  failed += await cuda.curveCheck(300, 8, 128, log);
+  failed += await cuda.curveCheck(300, 8, 128, log, torch ?? undefined);
   // The fixtures sit in the source tree: test/fixtures/neox beside bench/, two levels up from dist/bench.
   const here = path.dirname(fileURLToPath(import.meta.url));
   const fixtures = [

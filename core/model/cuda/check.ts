@@ -5,17 +5,19 @@
  * products) against the cpu backend. bench/gpu-train --check runs them.
  */
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 
 import * as tf from '../tfjs.js';
 
 import { initBackend } from '../backend.js';
-import { loadCheckpoint } from '../checkpoint.js';
+import { loadCheckpoint, saveCheckpoint } from '../checkpoint.js';
 import type { NeoXConfig } from '../config.js';
 import { GPTNeoX } from '../gptneox.js';
 import { presetConfig } from '../presets.js';
 import { trainingHyperparameters } from '../recipe.js';
 import { readSafetensors } from '../safetensors.js';
+import { torchTrainingCurve } from '../torch-curve.js';
 import { type Batch, Trainer } from '../train.js';
 import { distillationLoss, topKFromLogits } from '../losses.js';
 import {
@@ -516,6 +518,9 @@ export async function modelGradientChecks(
   return failed;
 }
 
+const CURVE_RECIPE = { lr: 1e-3, warmup: 20 };
+const CURVE_INIT_SEED = 5;
+
 /** Losses of `steps` training steps of a Pythia-70M-shaped model from the same init and data. */
 async function lossCurve(
   backend: 'cuda' | 'webgpu',
@@ -528,9 +533,9 @@ async function lossCurve(
   setPrecision(precision);
   try {
     const config = presetConfig('pythia-70m', 50304);
-    const hyper = trainingHyperparameters({ steps, lr: 1e-3, warmup: 20 }, { batchSize, seqLen, seed: 1 });
+    const hyper = trainingHyperparameters({ steps, ...CURVE_RECIPE }, { batchSize, seqLen, seed: 1 });
     const losses: number[] = [];
-    const trainer = new Trainer(GPTNeoX.random(config, 5), {
+    const trainer = new Trainer(GPTNeoX.random(config, CURVE_INIT_SEED), {
       hyper,
       batches: (step) => patternBatch(step, batchSize, seqLen, config.vocabSize),
       reportEvery: 1,
@@ -551,28 +556,55 @@ function curveDistance(got: number[], ref: number[]): { meanAbsDiffLast50: numbe
   return { meanAbsDiffLast50: tail.reduce((a, b) => a + b, 0) / tail.length, maxAbsDiff: Math.max(...diffs) };
 }
 
+/** The same init and data as `lossCurve`, trained by PyTorch (core/model/torch-curve.ts) on the card. */
+async function torchCurves(
+  python: string,
+  steps: number,
+  batchSize: number,
+  seqLen: number,
+): Promise<Record<'f32' | 'bf16', number[]>> {
+  await initBackend('cpu', () => {});
+  const config = presetConfig('pythia-70m', 50304);
+  const model = GPTNeoX.random(config, CURVE_INIT_SEED);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'offshoot-curve-init-'));
+  try {
+    await saveCheckpoint(dir, config, await model.toHost(), { dtype: 'float32', requireTransformersCompatible: true });
+    const batches = Array.from({ length: steps }, (_, i) => patternBatch(i, batchSize, seqLen, config.vocabSize));
+    const curve = (mode: 'f32' | 'bf16') =>
+      torchTrainingCurve({ python, modelDir: dir, batches, ...CURVE_RECIPE, mode, device: 'cuda' });
+    return { f32: curve('f32'), bf16: curve('bf16') };
+  } finally {
+    model.dispose();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 /**
  * `steps` steps of cuda in mixed precision (CUDA graphs after the first steps) against webgpu in f32
  * from the same init and data. Tolerance: the curves' mean absolute difference over the last 50 steps
  * below 0.05 nats and no step apart by more than 0.25 (bf16 products move single steps; the curves
  * must not drift apart). cuda in f32 runs too, against the same reference and tolerance, so a miss
- * says whether the implementation (f32 apart) or bf16 (only mixed apart) moved the curve.
+ * says whether the implementation (f32 apart) or bf16 (only mixed apart) moved the curve. With a
+ * `python` that has torch and transformers, PyTorch trains the same init on the same data in f32 and
+ * in bf16 autocast, and a last line reports how far each curve is from PyTorch's, and how far
+ * PyTorch's own bf16 curve is from its f32 one: what mixed precision alone moves.
  */
 export async function curveCheck(
   steps: number,
   batchSize: number,
   seqLen: number,
   log: (line: Record<string, unknown>) => void,
+  python?: string,
 ): Promise<number> {
   const tol = { meanAbsDiffLast50: 0.05, maxAbsDiff: 0.25 };
   const ref = await lossCurve('webgpu', 'f32', steps, batchSize, seqLen);
   const every = Math.max(1, Math.floor(steps / 10));
   const sample = (curve: number[]) => curve.filter((_, i) => i % every === 0 || i === steps - 1);
   let failed = 0;
-  let cudaF32: number[] = [];
+  const cuda: Partial<Record<Precision, number[]>> = {};
   for (const p of ['f32', 'mixed'] as const) {
     const got = await lossCurve('cuda', p, steps, batchSize, seqLen);
-    if (p === 'f32') cudaF32 = got;
+    cuda[p] = got;
     const distance = curveDistance(got, ref);
     const ok =
       got.length === steps &&
@@ -584,9 +616,23 @@ export async function curveCheck(
       ok,
       ...distance,
       tol,
-      ...(p === 'mixed' && cudaF32.length === steps ? { fromCudaF32: curveDistance(got, cudaF32) } : {}),
+      ...(p === 'mixed' && cuda.f32?.length === steps ? { fromCudaF32: curveDistance(got, cuda.f32) } : {}),
       cuda: sample(got),
       webgpu: sample(ref),
+    });
+  }
+  if (python) {
+    const torch = await torchCurves(python, steps, batchSize, seqLen);
+    const complete = (c: number[] | undefined) => (c?.length === steps ? c : undefined);
+    const from = (c: number[] | undefined, r: number[]) => (complete(c) ? curveDistance(c!, r) : 'incomplete');
+    log({
+      name: `${steps} steps, pythia-70m, batch ${batchSize} × ${seqLen}: PyTorch (transformers, torch AdamW) from the same init and data`,
+      torchBf16FromTorchF32: curveDistance(torch.bf16, torch.f32),
+      webgpuF32FromTorchF32: curveDistance(ref, torch.f32),
+      cudaF32FromTorchF32: from(cuda.f32, torch.f32),
+      cudaMixedFromTorchBf16: from(cuda.mixed, torch.bf16),
+      torchF32: sample(torch.f32),
+      torchBf16: sample(torch.bf16),
     });
   }
   return failed;
