@@ -2,9 +2,9 @@
  * Causal self-attention with rotary embeddings on the cuda backend. The fused QKV projection is split
  * into heads with q and k rotated (kernels/attention.cu); the causal scores S = q·kᵀ/√hs [B·H, T, T]
  * (f32), the softmax P (activation precision) and the products around it run as cuBLASLt products
- * batched over B·H. The upper triangle is computed and discarded by the softmax:
- * at Pythia's sizes and T = 512 the scores cost less than a millisecond of a training step. P is not
- * kept for the backward, which computes it again (see `probabilities`).
+ * batched over B·H. The upper triangle is computed and discarded by the softmax: at Pythia's sizes and
+ * T = 512 the scores cost less than a millisecond of a training step. P is not kept for the backward,
+ * which computes it again (see `probabilities`).
  */
 import type * as tf from '../tfjs.js';
 
@@ -78,7 +78,8 @@ function scoresProduct(
  * The causal softmax P = softmax(q·kᵀ/√hs) [B·H, T, T] in activation precision, from scores in f32.
  * The backward computes P again from the saved q and k with the same products and kernel (so the
  * same values) rather than keeping every layer's P from the forward: one more small product per layer
- * instead of B·H·T² values held per layer through the whole step (as PyTorch's fused attention does).
+ * instead of B·H·T² values per layer held through the whole step (PyTorch's fused attention keeps no
+ * P either).
  */
 function probabilities(b: CudaBackend, q: tf.TensorInfo, k: tf.TensorInfo, s: AttentionShape): tf.TensorInfo {
   const { batch: B, seqLen: T, heads: H, headSize: hs } = s;
