@@ -597,9 +597,9 @@ async function torchCurves(python: string, batches: Batch[]): Promise<Record<'f3
 
 /**
  * `steps` steps of cuda in mixed precision (CUDA graphs after the first steps) against webgpu in f32
- * from the same init and data (`textBatches`). Tolerance: the curves' mean absolute difference over the last 50 steps
- * below 0.05 nats and no step apart by more than 0.25 (bf16 products move single steps; the curves
- * must not drift apart). cuda in f32 runs too, against the same reference and tolerance, so a miss
+ * from the same init and data (`textBatches`). Tolerance: the curves' mean absolute difference over
+ * the last 50 steps below 0.05 nats and no step apart by more than 0.25 (bf16 products move single
+ * steps; the curves must not drift apart). cuda in f32 runs too, against the same reference and tolerance, so a miss
  * says whether the implementation (f32 apart) or bf16 (only mixed apart) moved the curve. With a
  * `python` that has torch and transformers, PyTorch trains the same init on the same data in f32 and
  * in bf16 autocast, and a last line reports how far each curve is from PyTorch's, and how far
