@@ -519,18 +519,19 @@ export async function modelGradientChecks(
 }
 
 const CURVE_RECIPE = { lr: 1e-3, warmup: 20 };
-const CURVE_INIT_SEED = 5;
+
+/** The curve check's model as it starts, the same on every backend and for PyTorch: a seeded Pythia-70M. */
+const curveInit = (): GPTNeoX => GPTNeoX.random(presetConfig('pythia-70m', 50304), 5);
 
 /** Losses of training steps (one a batch) of a Pythia-70M-shaped model from the same init. */
 async function lossCurve(backend: 'cuda' | 'webgpu', precision: Precision, batches: Batch[]): Promise<number[]> {
   await initBackend(backend, () => {});
   setPrecision(precision);
   try {
-    const config = presetConfig('pythia-70m', 50304);
     const { batchSize, seqLen } = batches[0];
     const hyper = trainingHyperparameters({ steps: batches.length, ...CURVE_RECIPE }, { batchSize, seqLen, seed: 1 });
     const losses: number[] = [];
-    const trainer = new Trainer(GPTNeoX.random(config, CURVE_INIT_SEED), {
+    const trainer = new Trainer(curveInit(), {
       hyper,
       batches: (step) => batches[step],
       reportEvery: 1,
@@ -581,11 +582,13 @@ function curveDistance(got: number[], ref: number[]): { meanAbsDiffLast50: numbe
 /** The same init and data as `lossCurve`, trained by PyTorch (core/model/torch-curve.ts) on the card. */
 async function torchCurves(python: string, batches: Batch[]): Promise<Record<'f32' | 'bf16', number[]>> {
   await initBackend('cpu', () => {});
-  const config = presetConfig('pythia-70m', 50304);
-  const model = GPTNeoX.random(config, CURVE_INIT_SEED);
+  const model = curveInit();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'offshoot-curve-init-'));
   try {
-    await saveCheckpoint(dir, config, await model.toHost(), { dtype: 'float32', requireTransformersCompatible: true });
+    await saveCheckpoint(dir, model.config, await model.toHost(), {
+      dtype: 'float32',
+      requireTransformersCompatible: true,
+    });
     const curve = (mode: 'f32' | 'bf16') =>
       torchTrainingCurve({ python, modelDir: dir, batches, ...CURVE_RECIPE, mode, device: 'cuda' });
     return { f32: curve('f32'), bf16: curve('bf16') };
