@@ -32,6 +32,14 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { initBackend } from '../core/model/backend.js';
+import {
+  CURVE_RECIPE,
+  CURVE_TOLERANCE,
+  curveInit,
+  sampleCurve,
+  textBatches,
+  withinCurveTolerance,
+} from '../core/model/curve.js';
 import { presetConfig } from '../core/model/index.js';
 import { parsePrecision, setPrecision } from '../core/model/precision.js';
 import { attentionCase } from '../core/model/webgpu/attention.js';
@@ -240,33 +248,24 @@ if (check && backends.includes('webgpu')) {
       for (const tile of sgTiles()) for (const c of sgTileCases(tile)) await run(c, 'mixed');
     if (sections.includes('curve')) {
       const steps = Math.max(20, Math.round(300 / shrink));
+      const seqLen = Math.max(8, Math.round(128 / shrink));
       const t0 = performance.now();
-      const r = await mixedCurveCheck(
-        presetConfig('pythia-70m', 50304),
-        steps,
-        8,
-        Math.max(8, Math.round(128 / shrink)),
-      );
-      // As cuda's curve check: the curves must not drift apart (mean over the last 50 steps), single steps may move.
-      const tol = { meanAbsDiffLast50: 0.05, maxAbsDiff: 0.25 };
-      const ok =
-        r.mixed.length === steps && r.meanAbsDiffLast50 < tol.meanAbsDiffLast50 && r.maxAbsDiff < tol.maxAbsDiff;
+      // The cuda backend's curve check's init, data and tolerance (core/model/curve.ts).
+      const r = await mixedCurveCheck(curveInit, await textBatches(steps, 8, seqLen), CURVE_RECIPE);
+      const ok = withinCurveTolerance(r.mixed, r.f32, steps);
       if (!ok) failed++;
-      const every = Math.max(1, Math.floor(steps / 10));
-      const sample = (xs: number[]) =>
-        xs.filter((_, i) => i % every === 0 || i === xs.length - 1).map((x) => Number(x.toFixed(4)));
       log({
         precision: 'mixed',
-        case: `${steps} steps, pythia-70m, batch 8 × ${Math.max(8, Math.round(128 / shrink))}: mixed vs f32 from the same init and data`,
+        case: `${steps} steps, pythia-70m, batch 8 × ${seqLen}, text: mixed vs f32 from the same init and data`,
         ok,
         products: r.halfProducts,
         meanAbsDiffLast50: r.meanAbsDiffLast50,
         maxAbsDiff: r.maxAbsDiff,
-        tol,
+        tol: CURVE_TOLERANCE,
         lossScale: r.lossScale,
         skippedSteps: r.skippedSteps,
-        mixed: sample(r.mixed),
-        f32: sample(r.f32),
+        mixed: sampleCurve(r.mixed),
+        f32: sampleCurve(r.f32),
         ms: Math.round(performance.now() - t0),
       });
     }

@@ -14,14 +14,12 @@ import { afterAll, describe, expect, it } from 'vitest';
 import {
   type Batch,
   GPTNeoX,
-  Trainer,
   loadCheckpoint,
   parameterCount,
   readSafetensors,
   saveCheckpoint,
-  trainingHyperparameters,
 } from '../core/model/index.js';
-import { torchTrainingCurve } from '../core/model/torch-curve.js';
+import { torchTrainingCurve, trainCurve } from '../core/model/curve.js';
 import * as tf from '../core/model/tfjs.js';
 import { testBackends, useBackend } from './helpers/backends.js';
 import { hfPython, requireHfPython } from './helpers/python.js';
@@ -113,7 +111,7 @@ describe('training matches PyTorch', () => {
   const dir = path.join(FIXTURES, 'pythia-style');
   const [steps, B, T, lr, warmup] = [30, 2, 16, 3e-3, 5];
   /** Pseudo-random tokens of the fixture's 128-id vocabulary, a different batch each step. */
-  const batch = (step: number): Batch => {
+  const batches = Array.from({ length: steps }, (_, step): Batch => {
     let s = (step * 2654435761 + 1) >>> 0;
     const next = () => {
       s = (Math.imul(s, 1103515245) + 12345) >>> 0;
@@ -122,7 +120,7 @@ describe('training matches PyTorch', () => {
     const input = Int32Array.from({ length: B * T }, next);
     const target = Int32Array.from({ length: B * T }, (_, i) => ((i + 1) % T === 0 ? next() : input[i + 1]));
     return { batchSize: B, seqLen: T, input, target };
-  };
+  });
   let torchLosses: number[] | undefined;
 
   it.skipIf(python === null).each(backends)(
@@ -131,7 +129,7 @@ describe('training matches PyTorch', () => {
       torchLosses ??= torchTrainingCurve({
         python: python!,
         modelDir: dir,
-        batches: Array.from({ length: steps }, (_, i) => batch(i)),
+        batches,
         lr,
         warmup,
         mode: 'f32',
@@ -139,15 +137,7 @@ describe('training matches PyTorch', () => {
       });
       await useBackend(backend);
       const ckpt = loadCheckpoint(dir);
-      const losses: number[] = [];
-      const trainer = new Trainer(GPTNeoX.fromTensors(ckpt.config, ckpt.tensors, dir), {
-        hyper: trainingHyperparameters({ steps, lr, warmup }, { batchSize: B, seqLen: T, seed: 1 }),
-        batches: batch,
-        reportEvery: 1,
-        onStep: (r) => losses.push(r.loss),
-      });
-      await trainer.run();
-      trainer.dispose();
+      const { losses } = await trainCurve(GPTNeoX.fromTensors(ckpt.config, ckpt.tensors, dir), batches, { lr, warmup });
       expect(losses).toHaveLength(steps);
       // The loss must really move for the comparison to mean anything.
       expect(torchLosses[0] - torchLosses[steps - 1]).toBeGreaterThan(0.3);

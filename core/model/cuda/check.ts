@@ -15,10 +15,19 @@ import { loadCheckpoint, saveCheckpoint } from '../checkpoint.js';
 import type { NeoXConfig } from '../config.js';
 import { GPTNeoX } from '../gptneox.js';
 import { presetConfig } from '../presets.js';
-import { trainingHyperparameters } from '../recipe.js';
 import { readSafetensors } from '../safetensors.js';
-import { torchTrainingCurve } from '../torch-curve.js';
-import { type Batch, Trainer } from '../train.js';
+import {
+  CURVE_RECIPE,
+  CURVE_TOLERANCE,
+  curveDistance,
+  curveInit,
+  sampleCurve,
+  textBatches,
+  torchTrainingCurve,
+  trainCurve,
+  withinCurveTolerance,
+} from '../curve.js';
+import type { Batch } from '../train.js';
 import { distillationLoss, topKFromLogits } from '../losses.js';
 import {
   type AdamWEntry,
@@ -518,68 +527,18 @@ export async function modelGradientChecks(
   return failed;
 }
 
-const CURVE_RECIPE = { lr: 1e-3, warmup: 20 };
-
-/** The curve check's model as it starts, the same on every backend and for PyTorch: a seeded Pythia-70M. */
-const curveInit = (): GPTNeoX => GPTNeoX.random(presetConfig('pythia-70m', 50304), 5);
-
-/** Losses of training steps (one a batch) of a Pythia-70M-shaped model from the same init. */
+/** A curve of training steps from `curveInit` on `backend` at `precision`. */
 async function lossCurve(backend: 'cuda' | 'webgpu', precision: Precision, batches: Batch[]): Promise<number[]> {
   await initBackend(backend, () => {});
   setPrecision(precision);
   try {
-    const { batchSize, seqLen } = batches[0];
-    const hyper = trainingHyperparameters({ steps: batches.length, ...CURVE_RECIPE }, { batchSize, seqLen, seed: 1 });
-    const losses: number[] = [];
-    const trainer = new Trainer(curveInit(), {
-      hyper,
-      batches: (step) => batches[step],
-      reportEvery: 1,
-      onStep: (r) => losses.push(r.loss),
-    });
-    await trainer.run();
-    trainer.dispose();
-    return losses;
+    return (await trainCurve(curveInit(), batches, CURVE_RECIPE)).losses;
   } finally {
     setPrecision(null);
   }
 }
 
-/**
- * Natural text for the curve check: windows of the embedded State of the Union corpus's UTF-8 bytes
- * (a byte a token id) at fixed pseudo-random offsets. A loss curve on it falls smoothly, so correct
- * implementations stay close: on the CPU over 300 steps of this check, offshoot f32 and PyTorch f32
- * ended 0.008 nats apart (mean of the last 50 steps), PyTorch bf16 0.011 from PyTorch f32. On the
- * token pattern used before, learnt in a sudden drop whose timing rounding moves, the two f32 curves
- * ended 0.19 apart: a curve there could not tell a bug from rounding.
- */
-async function textBatches(steps: number, batchSize: number, seqLen: number): Promise<Batch[]> {
-  const { loadCorpus } = await import('../../data/index.js');
-  const text = Buffer.from((await loadCorpus('sotu:train')).documents.join('\n\n'), 'utf8');
-  let s = 12345;
-  return Array.from({ length: steps }, () => {
-    const input = new Int32Array(batchSize * seqLen);
-    const target = new Int32Array(batchSize * seqLen);
-    for (let r = 0; r < batchSize; r++) {
-      s = (Math.imul(s, 1103515245) + 12345) >>> 0;
-      const offset = Math.floor((s / 2 ** 32) * (text.length - seqLen - 1));
-      for (let t = 0; t < seqLen; t++) {
-        input[r * seqLen + t] = text[offset + t];
-        target[r * seqLen + t] = text[offset + t + 1];
-      }
-    }
-    return { batchSize, seqLen, input, target };
-  });
-}
-
-/** How far curve `got` is from `ref`: the mean absolute difference over the last 50 steps, and the largest. */
-function curveDistance(got: number[], ref: number[]): { meanAbsDiffLast50: number; maxAbsDiff: number } {
-  const diffs = got.map((l, i) => Math.abs(l - ref[i]));
-  const tail = diffs.slice(-50);
-  return { meanAbsDiffLast50: tail.reduce((a, b) => a + b, 0) / tail.length, maxAbsDiff: Math.max(...diffs) };
-}
-
-/** The same init and data as `lossCurve`, trained by PyTorch (core/model/torch-curve.ts) on the card. */
+/** The same init and data as `lossCurve`, trained by PyTorch (`torchTrainingCurve`) on the card. */
 async function torchCurves(python: string, batches: Batch[]): Promise<Record<'f32' | 'bf16', number[]>> {
   await initBackend('cpu', () => {});
   const model = curveInit();
@@ -600,10 +559,8 @@ async function torchCurves(python: string, batches: Batch[]): Promise<Record<'f3
 
 /**
  * `steps` steps of cuda in mixed precision (CUDA graphs after the first steps) against webgpu in f32
- * from the same init and data (`textBatches`). Tolerance: the curves' mean absolute difference over
- * the last 50 steps below 0.05 nats and no step apart by more than 0.25 (bf16 products move single
- * steps; the curves must not drift apart). cuda in f32 runs too, against the same reference and tolerance, so a miss
- * says whether the implementation (f32 apart) or bf16 (only mixed apart) moved the curve. With a
+ * from the same init and data (`textBatches`), within `CURVE_TOLERANCE` (core/model/curve.ts). cuda in
+ * f32 runs too, against the same reference and tolerance, so a miss says whether the implementation (f32 apart) or bf16 (only mixed apart) moved the curve. With a
  * `python` that has torch and transformers, PyTorch trains the same init on the same data in f32 and
  * in bf16 autocast, and a last line reports how far each curve is from PyTorch's, and how far
  * PyTorch's own bf16 curve is from its f32 one: what mixed precision alone moves.
@@ -615,30 +572,23 @@ export async function curveCheck(
   log: (line: Record<string, unknown>) => void,
   python?: string,
 ): Promise<number> {
-  const tol = { meanAbsDiffLast50: 0.05, maxAbsDiff: 0.25 };
   const batches = await textBatches(steps, batchSize, seqLen);
   const ref = await lossCurve('webgpu', 'f32', batches);
-  const every = Math.max(1, Math.floor(steps / 10));
-  const sample = (curve: number[]) => curve.filter((_, i) => i % every === 0 || i === steps - 1);
   let failed = 0;
   const cuda: Partial<Record<Precision, number[]>> = {};
   for (const p of ['f32', 'mixed'] as const) {
     const got = await lossCurve('cuda', p, batches);
     cuda[p] = got;
-    const distance = curveDistance(got, ref);
-    const ok =
-      got.length === steps &&
-      distance.meanAbsDiffLast50 < tol.meanAbsDiffLast50 &&
-      distance.maxAbsDiff < tol.maxAbsDiff;
+    const ok = withinCurveTolerance(got, ref, steps);
     if (!ok) failed++;
     log({
       name: `${steps} steps, pythia-70m, batch ${batchSize} × ${seqLen}: cuda ${p} (CUDA graphs) vs webgpu f32, same init and data`,
       ok,
-      ...distance,
-      tol,
+      ...curveDistance(got, ref),
+      tol: CURVE_TOLERANCE,
       ...(p === 'mixed' && cuda.f32?.length === steps ? { fromCudaF32: curveDistance(got, cuda.f32) } : {}),
-      cuda: sample(got),
-      webgpu: sample(ref),
+      cuda: sampleCurve(got),
+      webgpu: sampleCurve(ref),
     });
   }
   if (python) {
@@ -651,8 +601,8 @@ export async function curveCheck(
       webgpuF32FromTorchF32: curveDistance(ref, torch.f32),
       cudaF32FromTorchF32: from(cuda.f32, torch.f32),
       cudaMixedFromTorchBf16: from(cuda.mixed, torch.bf16),
-      torchF32: sample(torch.f32),
-      torchBf16: sample(torch.bf16),
+      torchF32: sampleCurve(torch.f32),
+      torchBf16: sampleCurve(torch.bf16),
     });
   }
   return failed;

@@ -9,7 +9,10 @@
  */
 import * as tf from '../tfjs.js';
 
+import { type CurveDistance, curveDistance, trainCurve } from '../curve.js';
 import type { NeoXConfig } from '../config.js';
+import type { GPTNeoX } from '../gptneox.js';
+import type { Batch } from '../train.js';
 import { crossEntropy, gelu } from '../ops/index.js';
 import { type Precision, setPrecision } from '../precision.js';
 import { setFusedKernels } from './fused.js';
@@ -349,95 +352,42 @@ export function sgTileCases(tile: SgMatMulTile, tol = F16_PRODUCT_TOL): KernelCa
   ];
 }
 
-/** A learnable token stream for the curve check: each token is followed by (token + 1) mod vocab. */
-function patternBatches(vocab: number, batchSize: number, seqLen: number) {
-  return (step: number) => {
-    const input = new Int32Array(batchSize * seqLen);
-    const target = new Int32Array(batchSize * seqLen);
-    for (let b = 0; b < batchSize; b++) {
-      const start = (step * 17 + b * 7) % vocab;
-      for (let t = 0; t < seqLen; t++) {
-        input[b * seqLen + t] = (start + t * 3) % vocab;
-        target[b * seqLen + t] = (start + t * 3 + 3) % vocab;
-      }
-    }
-    return { batchSize, seqLen, input, target };
-  };
-}
-
-export interface CurveComparison {
+export interface CurveComparison extends CurveDistance {
   /** The products mixed precision ran (half.ts). */
   halfProducts: string;
   f32: number[];
   mixed: number[];
-  /** Mean |Δloss| over the last 50 steps (all, when fewer), and the largest |Δloss| of any step. */
-  meanAbsDiffLast50: number;
-  maxAbsDiff: number;
   /** Mixed precision's loss scale at the end, and its steps skipped for overflowed gradients. */
   lossScale: number;
   skippedSteps: number;
 }
 
 /**
- * `steps` training steps on webgpu in f32 and in mixed precision from the same init and data (a
- * learnable token pattern), the loss of every step.
+ * Training on webgpu in f32 and in mixed precision from the same init (`init()` makes it, once a
+ * curve) and batches, the loss of every step, and how far mixed is from f32.
  */
 export async function mixedCurveCheck(
-  config: NeoXConfig,
-  steps: number,
-  batchSize: number,
-  seqLen: number,
-  opts: { lr?: number; warmup?: number } = {},
+  init: () => GPTNeoX,
+  batches: Batch[],
+  schedule: { lr: number; warmup: number },
 ): Promise<CurveComparison> {
-  const { GPTNeoX } = await import('../gptneox.js');
-  const { Trainer } = await import('../train.js');
   await onBackend('webgpu');
   const curve = async (p: Precision) => {
     setPrecision(p);
     try {
-      const losses: number[] = [];
-      let scaling = { scale: NaN, skippedSteps: 0 };
-      const trainer = new Trainer(GPTNeoX.random(config, 5), {
-        hyper: {
-          steps,
-          batchSize,
-          seqLen,
-          schedule: {
-            maxLr: opts.lr ?? 1e-3,
-            minLr: (opts.lr ?? 1e-3) / 10,
-            warmupSteps: opts.warmup ?? Math.min(20, Math.floor(steps / 10)),
-            totalSteps: steps,
-          },
-          adamw: {},
-          gradClip: 1,
-          seed: 1,
-        },
-        batches: patternBatches(config.vocabSize, batchSize, seqLen),
-        reportEvery: 1,
-        onStep: (r) => {
-          losses.push(r.loss);
-          if (r.lossScale !== undefined) scaling = { scale: r.lossScale, skippedSteps: r.skippedSteps ?? 0 };
-        },
-      });
-      const mode = halfProducts();
-      await trainer.run();
-      trainer.dispose();
-      return { losses, scaling, mode };
+      return { ...(await trainCurve(init(), batches, schedule)), mode: halfProducts() };
     } finally {
       setPrecision(null);
     }
   };
   const f32 = await curve('f32');
   const mixed = await curve('mixed');
-  const diffs = mixed.losses.map((l, i) => Math.abs(l - f32.losses[i]));
-  const tail = diffs.slice(-50);
   return {
     halfProducts: mixed.mode,
     f32: f32.losses,
     mixed: mixed.losses,
-    meanAbsDiffLast50: tail.reduce((a, b) => a + b, 0) / Math.max(1, tail.length),
-    maxAbsDiff: Math.max(...diffs),
-    lossScale: mixed.scaling.scale,
-    skippedSteps: mixed.scaling.skippedSteps,
+    ...curveDistance(mixed.losses, f32.losses),
+    lossScale: mixed.lossScale ?? Number.NaN,
+    skippedSteps: mixed.skippedSteps,
   };
 }
