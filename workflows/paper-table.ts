@@ -41,6 +41,7 @@ import {
   type TeacherRef,
   type TeacherServiceRef,
   TASK_QUEUES,
+  activityOptions,
   workflowIds,
 } from './types.js';
 
@@ -184,18 +185,9 @@ export async function paperTable(input: PaperTableInput): Promise<PaperTableResu
     throw ApplicationFailure.nonRetryable('paper-table: no arms or no seeds');
   const ids = workflowIds(input.run.runId);
   const p = input.activity;
-  const small = proxyActivities<PretrainActivities>({
-    taskQueue: TASK_QUEUES.pretrain,
-    startToCloseTimeout: `${p.timeoutSeconds}s`,
-    heartbeatTimeout: `${p.heartbeatSeconds}s`,
-    retry: {
-      maximumAttempts: p.maxAttempts,
-      initialInterval: '1s',
-      backoffCoefficient: 2,
-      maximumInterval: '30s',
-      nonRetryableErrorTypes: ['SpecError', 'CheckpointError', 'TeacherMismatch'],
-    },
-  });
+  const small = proxyActivities<PretrainActivities>(
+    activityOptions(TASK_QUEUES.pretrain, p, ['SpecError', 'CheckpointError', 'TeacherMismatch']),
+  );
   const report = proxyActivities<ExperimentActivities>({
     taskQueue: TASK_QUEUES.orchestrate,
     startToCloseTimeout: '5m',

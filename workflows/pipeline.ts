@@ -29,6 +29,7 @@ import {
   type StudentInit,
   type TeacherRef,
   TASK_QUEUES,
+  activityOptions,
   errorMessage,
   workflowIds,
 } from './types.js';
@@ -99,18 +100,9 @@ export async function pipeline(input: PipelineInput): Promise<PipelineResult> {
 async function runPipeline(input: PipelineInput): Promise<PipelineResult> {
   const ids = workflowIds(input.run.runId);
   const p = input.activity;
-  const pretrainQueue = proxyActivities<PretrainActivities>({
-    taskQueue: TASK_QUEUES.pretrain,
-    startToCloseTimeout: `${p.timeoutSeconds}s`,
-    heartbeatTimeout: `${p.heartbeatSeconds}s`,
-    retry: {
-      maximumAttempts: p.maxAttempts,
-      initialInterval: '1s',
-      backoffCoefficient: 2,
-      maximumInterval: '30s',
-      nonRetryableErrorTypes: ['CheckpointError', 'TeacherMismatch'],
-    },
-  });
+  const pretrainQueue = proxyActivities<PretrainActivities>(
+    activityOptions(TASK_QUEUES.pretrain, p, ['CheckpointError', 'TeacherMismatch']),
+  );
   const orchestrate = proxyActivities<OrchestrateActivities>({
     taskQueue: TASK_QUEUES.orchestrate,
     startToCloseTimeout: '2m',
