@@ -15,14 +15,8 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { AdamW, GPTNeoX, Trainer, clipByGlobalNorm } from '../core/model/index.js';
 import * as tf from '../core/model/tfjs.js';
 import { attentionCase } from '../core/model/webgpu/attention.js';
-import {
-  type KernelCase,
-  matmulCase,
-  modelGradientCheck,
-  randHost,
-  relErr,
-  runCase,
-} from '../core/model/webgpu/check.js';
+import { randHost, relErr } from '../core/model/kernel-check.js';
+import { type KernelCase, matmulCase, modelGradientCheck, runCase } from '../core/model/webgpu/check.js';
 import { crossEntropyCase } from '../core/model/webgpu/cross-entropy.js';
 import { topKCase } from '../core/model/webgpu/distill.js';
 import { embeddingCase } from '../core/model/webgpu/embedding.js';

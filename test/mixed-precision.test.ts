@@ -20,13 +20,12 @@ import { GPTNeoX, Trainer } from '../core/model/index.js';
 import { AdamWState, LossScale, lossScaleOptions, lossScaledAdamW } from '../core/model/ops/index.js';
 import { setPrecision } from '../core/model/precision.js';
 import * as tf from '../core/model/tfjs.js';
+import { randHost, relErr } from '../core/model/kernel-check.js';
 import {
   F16_PRODUCT_TOL,
   halfProductCase,
   mixedCurveCheck,
   modelGradientCheck,
-  randHost,
-  relErr,
   runCase,
   sgTileCases,
 } from '../core/model/webgpu/check.js';

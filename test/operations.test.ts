@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { GPTNeoX, crossEntropy, customOp, defineOperation, layerNorm, listOperations } from '../core/model/index.js';
 import * as tf from '../core/model/tfjs.js';
-import { relErr } from '../core/model/webgpu/check.js';
+import { relErr } from '../core/model/kernel-check.js';
 import { tinyConfig } from './helpers/tiny.js';
 
 /** A tfjs backend named `name` that runs the cpu backend's kernels. */

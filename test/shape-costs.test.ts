@@ -13,7 +13,8 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 
 import { setShapeClasses, shapeCostTotals } from '../core/model/index.js';
 import * as tf from '../core/model/tfjs.js';
-import { randHost, relErr, runCase } from '../core/model/webgpu/check.js';
+import { randHost, relErr } from '../core/model/kernel-check.js';
+import { runCase } from '../core/model/webgpu/check.js';
 import { layerNormCase, layerNormShape } from '../core/model/webgpu/layer-norm.js';
 import {
   type GpuIdentity,

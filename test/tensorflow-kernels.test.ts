@@ -24,7 +24,7 @@ import {
 } from '../core/model/index.js';
 import { setTensorflowKernels } from '../core/model/tensorflow/native.js';
 import * as tf from '../core/model/tfjs.js';
-import { type Host, randHost, relErr, ropeTables } from '../core/model/webgpu/check.js';
+import { type Host, randHost, relErr, ropeTables } from '../core/model/kernel-check.js';
 import { testBackends, useBackend } from './helpers/backends.js';
 import { straightAndResumed, syntheticBatches, tinyConfig, tinyHyper } from './helpers/tiny.js';
 

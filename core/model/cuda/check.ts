@@ -11,6 +11,7 @@ import * as path from 'node:path';
 import * as tf from '../tfjs.js';
 
 import { initBackend } from '../backend.js';
+import { type Host, intHost, randHost, relErr, ropeTables, valueAndGrads } from '../kernel-check.js';
 import { loadCheckpoint, saveCheckpoint } from '../checkpoint.js';
 import type { NeoXConfig } from '../config.js';
 import { GPTNeoX } from '../gptneox.js';
@@ -44,7 +45,6 @@ import {
   matMul,
 } from '../ops/index.js';
 import { type Precision, setPrecision } from '../precision.js';
-import { type Host, intHost, randHost, relErr, ropeTables } from '../webgpu/check.js';
 import { cudaClipAdamW } from './adamw.js';
 import { cudaAttention } from './attention.js';
 import { cudaCrossEntropy } from './cross-entropy.js';
@@ -53,8 +53,6 @@ import { cudaGatherRows } from './embedding.js';
 import { fallbackCounts, resetFallbackCounts } from './kernels.js';
 import { cudaLayerNorm } from './layer-norm.js';
 import { cudaLinear, cudaMatMulNT } from './linear.js';
-
-const toT = (h: Host) => tf.tensor(h.data, h.shape, h.dtype ?? 'float32');
 
 export interface CudaCase {
   name: string;
@@ -76,34 +74,6 @@ export interface CudaCaseResult {
   ok: boolean;
   /** tfjs kernels that ran through the host during the case. */
   viaHost: string[];
-}
-
-async function valueAndGrads(
-  inputs: Host[],
-  diff: number[],
-  f: (ts: tf.Tensor[]) => tf.Tensor,
-): Promise<{ value: Float32Array; grads: Float32Array[] }> {
-  const ts = inputs.map(toT);
-  const value = tf.tidy(() => f(ts));
-  let grads: tf.Tensor[] = [];
-  const dy = tf.tensor(randHost(value.shape, 99).data, value.shape);
-  if (diff.length > 0) {
-    const g = tf.grads((...xs: tf.Tensor[]) => {
-      const all = ts.slice();
-      diff.forEach((d, i) => (all[d] = xs[i]));
-      return f(all);
-    });
-    grads = g(
-      diff.map((d) => ts[d]),
-      dy,
-    );
-  }
-  const out = {
-    value: (await value.data()) as Float32Array,
-    grads: await Promise.all(grads.map(async (x) => (await x.data()) as Float32Array)),
-  };
-  tf.dispose([...ts, value, dy, ...grads]);
-  return out;
 }
 
 /** Runs one case on the cpu backend (reference, f32) and on cuda at `precision`, and compares. */

@@ -9,7 +9,8 @@
 import * as tf from '../tfjs.js';
 
 import { type AttentionShape, PositionTables, causalSelfAttention, customOp } from '../ops/index.js';
-import { type KernelCase, randHost, ropeTables } from './check.js';
+import { randHost, ropeTables } from '../kernel-check.js';
+import type { KernelCase } from './check.js';
 import { kernel, rowGrid } from './fused.js';
 import { halfProducts } from './half.js';
 import { matmul } from './matmul.js';

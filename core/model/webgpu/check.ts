@@ -4,12 +4,13 @@
  * against the reference ops computed either on the cpu backend (small shapes: what the tests run,
  * on lavapipe in CI) or on the webgpu backend with the fused kernels off (tfjs's stock kernels, at
  * the shapes of a Pythia-70M training step: what bench/gpu-train --check runs on the card). This is
- * the harness and the matrix products' case; each operation's case is in its file (linearCase in
- * linear.ts, attentionCase in attention.ts, ...).
+ * the runner and the matrix products' case, on the backend-neutral harness of core/model/kernel-check.ts;
+ * each operation's case is in its file (linearCase in linear.ts, attentionCase in attention.ts, ...).
  */
 import * as tf from '../tfjs.js';
 
 import { type CurveDistance, curveDistance, trainCurve } from '../curve.js';
+import { type Host, randHost, relErr, valueAndGrads } from '../kernel-check.js';
 import type { NeoXConfig } from '../config.js';
 import type { GPTNeoX } from '../gptneox.js';
 import type { Batch } from '../train.js';
@@ -20,32 +21,6 @@ import { halfProducts, toHalf } from './half.js';
 import { type MatMulPlan, makePlan, matmul } from './matmul.js';
 import { release, toTensor } from './runtime.js';
 import type { SgMatMulTile } from './wgsl-sgmatrix.js';
-
-export interface Host {
-  shape: number[];
-  data: Float32Array | Int32Array;
-  dtype?: 'float32' | 'int32';
-}
-
-export function randHost(shape: number[], seed: number, scale = 1): Host {
-  const n = shape.reduce((a, b) => a * b, 1);
-  const data = new Float32Array(n);
-  let s = (seed * 2654435761 + 1) >>> 0;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1103515245) + 12345) >>> 0;
-    data[i] = ((s / 4294967296) * 2 - 1) * scale;
-  }
-  return { shape, data };
-}
-
-export function intHost(shape: number[], max: number, seed: number): Host {
-  const n = shape.reduce((a, b) => a * b, 1);
-  const data = new Int32Array(n);
-  for (let i = 0; i < n; i++) data[i] = (i * 7919 + seed * 104729 + ((i * i) % 13)) % max;
-  return { shape, data, dtype: 'int32' };
-}
-
-const toT = (h: Host) => tf.tensor(h.data, h.shape, h.dtype ?? 'float32');
 
 export type Reference = 'cpu' | 'webgpu-unfused';
 
@@ -59,52 +34,6 @@ export async function onBackend(where: Reference | 'webgpu'): Promise<void> {
     throw new Error(`kernel check: the ${name} backend failed to initialise`);
   await tf.ready();
   setFusedKernels(where === 'webgpu-unfused' ? false : null);
-}
-
-/** Value and gradients w.r.t. the inputs listed in `diff` of `f`, for a fixed random upstream gradient. */
-async function valueAndGrads(
-  inputs: Host[],
-  diff: number[],
-  f: (ts: tf.Tensor[]) => tf.Tensor,
-): Promise<{ value: Float32Array; grads: Float32Array[] }> {
-  const ts = inputs.map(toT);
-  const value = tf.tidy(() => f(ts));
-  if (diff.length === 0) {
-    const out = { value: (await value.data()) as Float32Array, grads: [] };
-    tf.dispose([...ts, value]);
-    return out;
-  }
-  const dy = tf.tensor(randHost(value.shape, 99).data, value.shape);
-  const g = tf.grads((...xs: tf.Tensor[]) => {
-    const all = ts.slice();
-    diff.forEach((d, i) => (all[d] = xs[i]));
-    return f(all);
-  });
-  const grads = g(
-    diff.map((d) => ts[d]),
-    dy,
-  );
-  const out = {
-    value: (await value.data()) as Float32Array,
-    grads: await Promise.all(grads.map(async (x) => (await x.data()) as Float32Array)),
-  };
-  tf.dispose([...ts, value, dy, ...grads]);
-  return out;
-}
-
-/** max |a − b| / max |b| (Infinity for a length mismatch or a non-finite value). */
-export function relErr(a: Float32Array, b: Float32Array, floor = 1e-6): number {
-  if (a.length !== b.length) return Infinity;
-  let e = 0;
-  let m = floor;
-  for (let i = 0; i < b.length; i++) {
-    if (!Number.isFinite(a[i])) return Infinity;
-    const d = Math.abs(a[i] - b[i]);
-    if (d > e) e = d;
-    const v = Math.abs(b[i]);
-    if (v > m) m = v;
-  }
-  return e / m;
 }
 
 export interface KernelCase {
@@ -136,27 +65,6 @@ export async function runCase(c: KernelCase, reference: Reference): Promise<Case
   const valueErr = relErr(got.value, ref.value);
   const gradErrs = got.grads.map((g, i) => relErr(g, ref.grads[i]));
   return { name: c.name, valueErr, gradErrs, tol: c.tol, ok: valueErr < c.tol && gradErrs.every((e) => e < c.tol) };
-}
-
-/** cos/sin [T, rd] with equal halves (as the model's are) and the additive causal mask [T, T]. */
-export function ropeTables(T: number, rd: number): { cos: Host; sin: Host; mask: Host } {
-  const half = rd / 2;
-  const cos = new Float32Array(T * rd);
-  const sin = new Float32Array(T * rd);
-  for (let t = 0; t < T; t++) {
-    for (let i = 0; i < half; i++) {
-      const a = t / 10000 ** ((2 * i) / rd);
-      cos[t * rd + i] = cos[t * rd + i + half] = Math.cos(a);
-      sin[t * rd + i] = sin[t * rd + i + half] = Math.sin(a);
-    }
-  }
-  const mask = new Float32Array(T * T);
-  for (let i = 0; i < T; i++) for (let j = i + 1; j < T; j++) mask[i * T + j] = -1e9;
-  return {
-    cos: { shape: [T, rd], data: cos },
-    sin: { shape: [T, rd], data: sin },
-    mask: { shape: [T, T], data: mask },
-  };
 }
 
 export function matmulCase(

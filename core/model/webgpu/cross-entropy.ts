@@ -6,7 +6,8 @@
 import * as tf from '../tfjs.js';
 
 import { crossEntropy, customOp } from '../ops/index.js';
-import { type KernelCase, intHost, randHost } from './check.js';
+import { intHost, randHost } from '../kernel-check.js';
+import type { KernelCase } from './check.js';
 import { kernel, rowGrid } from './fused.js';
 import { allocate, dispatch, toTensor } from './runtime.js';
 import { NEG_BIG, ONLINE_LSE, lseReduce } from './wgsl-common.js';

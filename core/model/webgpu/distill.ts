@@ -8,7 +8,8 @@ import * as tf from '../tfjs.js';
 
 import { topKFromLogits } from '../losses.js';
 import { type DistillOptions, type KLDirection, type TopKTeacher, customOp, topKDistillation } from '../ops/index.js';
-import { type Host, type KernelCase, intHost, onBackend, randHost } from './check.js';
+import { type Host, intHost, randHost } from '../kernel-check.js';
+import { type KernelCase, onBackend } from './check.js';
 import { kernel, rowGrid } from './fused.js';
 import { type UniformValue, allocate, dispatch, toTensor } from './runtime.js';
 import { NEG_BIG, ONLINE_LSE, lseReduce, reduceFns } from './wgsl-common.js';

@@ -5,7 +5,8 @@
 import * as tf from '../tfjs.js';
 
 import { customOp, gatherRows } from '../ops/index.js';
-import { type KernelCase, randHost } from './check.js';
+import { randHost } from '../kernel-check.js';
+import type { KernelCase } from './check.js';
 import { kernel } from './fused.js';
 import { allocate, dispatch, grid1d, toTensor, zeroFill } from './runtime.js';
 import { FLAT } from './wgsl-common.js';

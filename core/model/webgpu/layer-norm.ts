@@ -9,7 +9,8 @@ import type * as tf from '../tfjs.js';
 import { shapeClassesEnabled } from '../shape-costs.js';
 
 import { customOp, layerNorm } from '../ops/index.js';
-import { type KernelCase, randHost } from './check.js';
+import { randHost } from '../kernel-check.js';
+import type { KernelCase } from './check.js';
 import { kernel, rowGrid } from './fused.js';
 import { sumSlices } from './matmul.js';
 import { allocate, dispatch, release, toTensor } from './runtime.js';

@@ -9,7 +9,8 @@
 import type * as tf from '../tfjs.js';
 
 import { type Activation, customOp, linear, matMulNT } from '../ops/index.js';
-import { type KernelCase, randHost } from './check.js';
+import { randHost } from '../kernel-check.js';
+import type { KernelCase } from './check.js';
 import { kernel } from './fused.js';
 import { halfProducts, halfStorageShape, halfWeight, toHalf } from './half.js';
 import { matmul, sumSlices } from './matmul.js';
