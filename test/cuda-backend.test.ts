@@ -2,7 +2,8 @@
  * The cuda backend: what can be checked without a GPU runs everywhere (every kernel source compiles
  * with NVRTC, every FFI binding matches the headers in the CUDA wheels and resolves in its library,
  * the caching allocator's bookkeeping, backend selection without a driver); the kernels themselves
- * are checked against the cpu backend on a machine with an NVIDIA GPU (skipped elsewhere, naming why).
+ * are checked against the cpu backend on a machine with an NVIDIA GPU (skipped elsewhere, naming why)
+ * and, everywhere, on the CPU's CUDA emulator (cuda-emulator.test.ts).
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';

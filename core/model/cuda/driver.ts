@@ -150,6 +150,11 @@ export function symbolOf(prototype: string): string {
   return m[1];
 }
 
+/** The driver library: the NVIDIA driver's libcuda.so.1 through the dynamic loader, or the file env OFFSHOOT_CUDA_DRIVER names. */
+export function driverLibrary(): string {
+  return process.env.OFFSHOOT_CUDA_DRIVER?.trim() || 'libcuda.so.1';
+}
+
 /**
  * Loads the libraries and binds every function. `which` limits it (NVRTC alone compiles kernels on
  * a machine without a GPU). libcuda.so.1 is the driver's; the others come from `libs`.
@@ -168,7 +173,7 @@ export function loadLibraries(
     }
   };
   for (const lib of which) {
-    if (lib === 'cuda') handles.set(lib, open('libcuda.so.1'));
+    if (lib === 'cuda') handles.set(lib, open(driverLibrary()));
     else if (lib === 'nvrtc') {
       // libnvrtc dlopens its builtins by soname: loaded first, the loader finds them already mapped.
       open(path.join(libs.lib, 'libnvrtc-builtins.so.13.0'));

@@ -54,6 +54,12 @@ clippedAdamW.register({ backend, name: 'norm and AdamW on the device, no read-ba
 parallelResidual.register({ backend, name: 'tf.addN (one kernel)', run: addNResidual });
 
 const runners = new WeakMap<CudaBackend, GraphRunner>();
+
+/** Training steps replayed from CUDA graphs, and graphs captured, on the cuda backend so far. */
+export function graphStats(): { captures: number; replays: number } {
+  const runner = runners.get(cudaBackendOrThrow());
+  return { captures: runner?.captures ?? 0, replays: runner?.replays ?? 0 };
+}
 runTrainingStep.register({
   backend,
   name: 'CUDA graph per shape after two eager steps',
