@@ -7,15 +7,21 @@
  * against the cpu backend. What only a GPU shows (speed, memory, the hardware's own rounding order in
  * products) is checked on one: test/cuda-backend.test.ts and bench/gpu-train --check.
  */
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { initBackend } from '../core/model/backend.js';
 import { textBatches, trainCurve } from '../core/model/curve.js';
-import { GPTNeoX } from '../core/model/index.js';
+import { GPTNeoX, loadCheckpoint, topKFromLogits } from '../core/model/index.js';
 import { setPrecision } from '../core/model/precision.js';
+import * as tf from '../core/model/tfjs.js';
+import { TeacherClient } from '../services/teacher/index.js';
 import { useCudaEmulator } from './helpers/cuda-emulator.js';
+import { startTeacher, stopAllTeachers } from './helpers/teacher.js';
 import { tinyConfig } from './helpers/tiny.js';
 
 let compilerReason: string | null = null;
@@ -100,3 +106,93 @@ async function cudaStats(stats: () => { captures: number; replays: number }) {
   await initBackend('cuda', () => {});
   return stats();
 }
+
+/** `offshoot ARGS` as a child process on the emulator (auto picks the backend unless ARGS say). */
+function offshoot(cwd: string, ...args: string[]): { status: number | null; stdout: string; stderr: string } {
+  const { OFFSHOOT_BACKEND: _, ...env } = process.env;
+  const cli = path.join(import.meta.dirname, '..', 'services', 'cli', 'main.ts');
+  const r = spawnSync(process.execPath, ['--import', import.meta.resolve('tsx'), cli, ...args], {
+    cwd,
+    env,
+    encoding: 'utf8',
+    timeout: 300_000,
+  });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+describe.skipIf(!!compilerReason)('the commands on an (emulated) GPU machine', () => {
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'offshoot-cuda-emulator-'));
+  const teacher = path.join(tmp, 'teacher');
+  let restore = () => {};
+  beforeAll(() => {
+    restore = useCudaEmulator();
+  });
+  afterAll(async () => {
+    await stopAllTeachers();
+    restore();
+    fs.rmSync(tmp, { recursive: true, force: true });
+  });
+
+  it('teacher train picks cuda under auto and trains; its checkpoint evaluates the same on the cpu backend', () => {
+    const train = offshoot(
+      tmp,
+      'teacher',
+      'train',
+      '--out',
+      teacher,
+      ...'--preset tiny --vocab 300 --steps 30 --batch-size 4 --seq-len 32 --eval-every 30 --eval-tokens 2048 --json'.split(
+        ' ',
+      ),
+    );
+    expect(train.status, train.stderr).toBe(0);
+    expect(train.stderr).toMatch(/^backend: cuda \(offshoot CUDA emulator/m);
+    const summary = JSON.parse(train.stdout.trim());
+    expect(summary.finalValLoss).toBeLessThan(summary.initialValLoss - 0.3);
+    const evaluate = (...backend: string[]) => {
+      const r = offshoot(
+        tmp,
+        ...backend,
+        'eval',
+        '--model',
+        teacher,
+        '--data',
+        'sotu:val',
+        '--max-tokens',
+        '2048',
+        '--json',
+      );
+      expect(r.status, r.stderr).toBe(0);
+      return JSON.parse(r.stdout.trim()) as { loss: number; tokens: number };
+    };
+    const onCuda = evaluate('--precision', 'f32');
+    const onCpu = evaluate('--backend', 'cpu');
+    expect(onCuda.tokens).toBe(2048);
+    expect(Math.abs(onCuda.loss - onCpu.loss)).toBeLessThan(1e-4);
+  }, 600_000);
+
+  it("the teacher service serves top-k from cuda: the cpu backend's indices and values", async () => {
+    const server = await startTeacher(teacher, { env: { OFFSHOOT_BACKEND: 'cuda', OFFSHOOT_PRECISION: 'f32' } });
+    expect(server.stderr()).toMatch(/backend: cuda \(offshoot CUDA emulator/);
+    const client = new TeacherClient({ targets: server.target });
+    try {
+      const [batchSize, seqLen, k] = [2, 16, 12];
+      const tokens = Int32Array.from({ length: batchSize * seqLen }, (_, i) => (i * 37 + 5) % 300);
+      const got = await client.topK({ tokens, batchSize, seqLen, topK: k, temperature: 1, encoding: 'f32' });
+      await initBackend('cpu', () => {});
+      const ckpt = loadCheckpoint(teacher);
+      const model = GPTNeoX.fromTensors(ckpt.config, ckpt.tensors, teacher);
+      const want = tf.tidy(() => {
+        const t = topKFromLogits(model.logits2d(tf.tensor2d(tokens, [batchSize, seqLen], 'int32')), k, 1);
+        return [t.indices, t.logits];
+      });
+      const [indices, logits] = await Promise.all(want.map((t) => t.data()));
+      tf.dispose(want);
+      model.dispose();
+      expect(Array.from(got.indices)).toEqual(Array.from(indices));
+      for (let i = 0; i < logits.length; i++) expect(Math.abs(got.logits[i] - logits[i])).toBeLessThan(1e-4);
+    } finally {
+      client.close();
+      await server.stop();
+    }
+  }, 300_000);
+});

@@ -1,5 +1,5 @@
 /**
- * Teacher-service servers as child processes (`offshoot teacher serve` on the wasm backend) on loopback,
+ * Teacher-service servers as child processes (`offshoot teacher serve`, on the wasm backend unless told) on loopback,
  * and tiny teacher checkpoints for them. Every process started here is killed by stopAllTeachers() and,
  * failing that, when the test process exits.
  */
@@ -46,7 +46,7 @@ export interface TeacherProcess {
 /** Starts `offshoot teacher serve --model DIR --port P ...extra` and waits until it listens. */
 export async function startTeacher(
   model: string,
-  options: { port?: number; extra?: string[]; timeoutMs?: number } = {},
+  options: { port?: number; extra?: string[]; timeoutMs?: number; env?: Record<string, string> } = {},
 ): Promise<TeacherProcess> {
   const tsx = import.meta.resolve('tsx');
   const args = [
@@ -63,7 +63,7 @@ export async function startTeacher(
   ];
   const child = spawn(process.execPath, args, {
     cwd: ROOT,
-    env: { ...process.env, OFFSHOOT_BACKEND: 'wasm' },
+    env: { ...process.env, OFFSHOOT_BACKEND: 'wasm', ...options.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   running.add(child);
