@@ -1,9 +1,9 @@
 /**
  * Training throughput: tokens/s of offshoot's training step (forward, backward, clipping, AdamW)
  * per backend, one JSON line each, with achieved TFLOP/s (training FLOPs per token as core/subnet
- * counts them: 6·N + 3·attention, full T) and peak memory, and the ratio to a baseline measured in
- * the same run: PyTorch on the same shape when `--torch PYTHON` is given (the GPU machine), else
- * the best of the other backends.
+ * counts them: 6·N + 3·attention, full T), MFU (that against the GPU's bf16 peak, gpu-peak.ts) and
+ * peak memory, and the ratio to a baseline measured in the same run: PyTorch on the same shape when
+ * `--torch PYTHON` is given (the GPU machine), else the best of the other backends.
  *
  *   node dist/bench/train-throughput.js --config sotu-teacher[,tiny,...] [--backends cpu,wasm,webgpu,webgpu-unfused,tensorflow,tensorflow-stock]
  *        [--steps 10] [--warmup 2] [--batch-size B] [--seq-len T] [--torch python3] [--torch-device cuda]
@@ -36,6 +36,7 @@ import type { TuneResult } from '../core/model/webgpu/matmul.js';
 import { profileGpu } from '../core/model/webgpu/profiler.js';
 import { gpuBytesAllocated } from '../core/model/webgpu/runtime.js';
 import { forwardFlops } from '../core/subnet/count.js';
+import { mfu } from './gpu-peak.js';
 
 /** A backend to measure: a tfjs backend, webgpu with the fused kernels off, or tensorflow with its own ops off. */
 export type BenchBackend = BackendName | 'webgpu-unfused' | 'tensorflow-stock';
@@ -404,6 +405,7 @@ export async function runConfig(args: Args): Promise<Record<string, unknown>[]> 
       stepMs: Number(r.stepMs!.toFixed(1)),
       ...(r.hostMs !== undefined ? { hostMs: Number(r.hostMs.toFixed(1)) } : {}),
       tflops: tflops(r.tokensPerSecond!),
+      mfu: mfu(tflops(r.tokensPerSecond!), r.detail),
       peakGpuMiB: r.peakGpuMiB,
       peakRssMiB: r.peakRssMiB,
       finalLoss: r.finalLoss,
@@ -440,6 +442,7 @@ export async function runConfig(args: Args): Promise<Record<string, unknown>[]> 
             tokensPerSecond: Math.round(torch.tokensPerSecond!),
             stepMs: torch.stepMs,
             tflops: tflops(torch.tokensPerSecond!),
+            mfu: mfu(tflops(torch.tokensPerSecond!), torch.detail),
             peakGpuMiB: torch.peakGpuMiB,
             finalLoss: torch.finalLoss,
             detail: torch.detail,

@@ -170,6 +170,38 @@ describe.skipIf(!!compilerReason)('the commands on an (emulated) GPU machine', (
     expect(Math.abs(onCuda.loss - onCpu.loss)).toBeLessThan(1e-4);
   }, 600_000);
 
+  it('bench/gpu-train measures the cuda backend: tokens/s, TFLOP/s, host time, launches, peak memory', () => {
+    const bench = path.join(import.meta.dirname, '..', 'bench', 'gpu-train.ts');
+    const { OFFSHOOT_BACKEND: _, ...env } = process.env;
+    const r = spawnSync(
+      process.execPath,
+      [
+        '--import',
+        import.meta.resolve('tsx'),
+        bench,
+        ...'--config tiny --backends cuda --no-torch --steps 4 --warmup 3'.split(' '),
+      ],
+      { cwd: tmp, env, encoding: 'utf8', timeout: 300_000 },
+    );
+    expect(r.status, r.stderr).toBe(0);
+    const line = JSON.parse(
+      r.stdout
+        .trim()
+        .split('\n')
+        .filter((l) => l.startsWith('{'))
+        .pop()!,
+    );
+    expect(line).toMatchObject({ bench: 'gpu-train', config: 'tiny', backend: 'cuda', mfu: null });
+    expect(line.detail).toMatch(/offshoot CUDA emulator/);
+    expect(line.tokensPerSecond).toBeGreaterThan(0);
+    expect(line.tflops).toBeGreaterThanOrEqual(0);
+    expect(line.hostMs).toBeGreaterThan(0);
+    expect(line.peakGpuMiB).toBeGreaterThan(0);
+    expect(Number.isFinite(line.finalLoss)).toBe(true);
+    // Steps replayed from a graph: the graph launch and the copies of the inputs, numbers and outputs.
+    expect(line.launchesPerStep).toBeLessThan(30);
+  }, 300_000);
+
   it("the teacher service serves top-k from cuda: the cpu backend's indices and values", async () => {
     const server = await startTeacher(teacher, { env: { OFFSHOOT_BACKEND: 'cuda', OFFSHOOT_PRECISION: 'f32' } });
     expect(server.stderr()).toMatch(/backend: cuda \(offshoot CUDA emulator/);

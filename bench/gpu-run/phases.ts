@@ -23,6 +23,7 @@ import * as tf from '../../core/model/tfjs.js';
 import { countShape, firstKSpec, resolveTarget } from '../../core/subnet/index.js';
 import { type OffshootConfig, loadConfigFile, runDir } from '../../services/config/index.js';
 import { TeacherClient } from '../../services/teacher/index.js';
+import { mfu as gpuMfu } from '../gpu-peak.js';
 import { type CorpusManifest, unpackCarry } from './corpus.js';
 import { type Result, renderDoc } from './render.js';
 
@@ -32,9 +33,6 @@ export type PhaseName = (typeof PHASES)[number];
 /** The pretraining arms of the paper's comparison, in the order they run. */
 export const ARMS = ['searched-kd', 'random-init', 'first-k'] as const;
 export type Arm = (typeof ARMS)[number];
-
-/** Dense bf16 peak of an H200 (NVIDIA's datasheet), the MFU denominator on the cuda backend. */
-export const H200_BF16_PEAK_FLOPS = 989e12;
 
 export interface PhaseOptions {
   config: string;
@@ -401,9 +399,9 @@ function flopsPerToken(ctx: Ctx, student: string): { training: number; teacherFo
   return { training: f.training, teacherForward: f.teacherForward };
 }
 
-/** Model FLOP utilisation against the H200's bf16 peak; null off the cuda backend (no meaningful peak). */
+/** Model FLOP utilisation against the GPU's bf16 peak (gpu-peak.ts); null off the cuda backend. */
 function mfu(backend: string | undefined, flopsPerSecond: number): number | null {
-  return backend === 'cuda' ? flopsPerSecond / H200_BF16_PEAK_FLOPS : null;
+  return backend === 'cuda' ? gpuMfu(flopsPerSecond / 1e12, machine().gpu as string | null) : null;
 }
 
 // ---------------------------------------------------------------------------------------------------
