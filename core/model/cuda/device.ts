@@ -38,6 +38,18 @@ export function struct32(fields: ArrayLike<number>, floats = false): ['b', Uint8
 
 export type Dim3 = [number, number, number];
 
+/** The 32-bit value the bytes repeat, or null (a length not a multiple of 4, or two values). */
+function repeatedWord(bytes: Uint8Array): number | null {
+  if (bytes.byteLength % 4 !== 0) return null;
+  const words =
+    bytes.byteOffset % 4 === 0
+      ? new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4)
+      : new Uint32Array(bytes.slice().buffer);
+  const first = words[0];
+  for (let i = 1; i < words.length; i++) if (words[i] !== first) return null;
+  return first;
+}
+
 const CU_STREAM_NON_BLOCKING = 1;
 const CU_EVENT_DEFAULT = 0;
 const CUDA_ERROR_OUT_OF_MEMORY = 2;
@@ -359,20 +371,23 @@ export class CudaDevice {
   /**
    * Copies host bytes to the device without waiting for the GPU: they are staged in a ring of pinned
    * memory and the copy is queued on the stream. A region of the ring is written again only after
-   * the copies that used it have completed (each records an event). One 32-bit value is a memset.
+   * the copies that used it have completed (each records an event). Bytes that are one 32-bit value
+   * repeated (a scalar, or tfjs's ones and zeros, which its gradients make) are a memset instead:
+   * nothing to stage, and a graph capture can hold them.
    */
   write(dst: number, data: ArrayBufferView): void {
     const bytes = data.byteLength;
     if (bytes === 0) return;
     const src = new Uint8Array(data.buffer, data.byteOffset, bytes);
-    if (this.capturing && bytes !== 4)
-      throw new Error(
-        `an upload of ${bytes} bytes during a CUDA graph capture (only single 32-bit constants can be captured)`,
-      );
-    if (bytes === 4) {
-      this.fill32(dst, new DataView(src.buffer, src.byteOffset, 4).getUint32(0, true), 1);
+    const word = repeatedWord(src);
+    if (word !== null) {
+      this.fill32(dst, word, bytes / 4);
       return;
     }
+    if (this.capturing)
+      throw new Error(
+        `an upload of ${bytes} bytes during a CUDA graph capture (only one 32-bit value, or one repeated, can be captured)`,
+      );
     const at = this.stage(bytes);
     this.upload.view.set(src, at);
     check(
