@@ -76,6 +76,26 @@ describe.skipIf(!!compilerReason)(
       expect(names.filter((n) => n.startsWith('tfjs: topk')).length).toBe(2);
     }, 600_000);
 
+    it("a model's loss and every parameter's gradient match the cpu backend's (f32) and stay close in mixed precision", async () => {
+      const { modelGradientChecks } = await import('../core/model/cuda/check.js');
+      const lines: Array<Record<string, unknown>> = [];
+      const failed = await modelGradientChecks(2, 32, (l) => lines.push(l), { name: 'tiny', config, reference: 'cpu' });
+      expect(lines.map((l) => [l.precision, l.ok])).toEqual([
+        ['f32', true],
+        ['mixed', true],
+      ]);
+      expect(failed).toBe(0);
+    }, 300_000);
+
+    it("transformers' logits of the committed fixtures, in f32 within 1e-4", async () => {
+      const { parityChecks } = await import('../core/model/cuda/check.js');
+      const lines: Array<Record<string, unknown>> = [];
+      const failed = await parityChecks(path.join(import.meta.dirname, 'fixtures', 'neox'), (l) => lines.push(l));
+      expect(lines.filter((l) => l.precision === 'f32').length).toBeGreaterThan(0);
+      expect(lines.filter((l) => !l.ok)).toEqual([]);
+      expect(failed).toBe(0);
+    }, 300_000);
+
     it("training steps, eager and then replayed from a captured CUDA graph, give the cpu backend's losses (f32)", async () => {
       const { graphStats } = await import('../core/model/cuda/register.js');
       const cpu = await curve('cpu');

@@ -436,7 +436,7 @@ function patternBatch(step: number, batchSize: number, seqLen: number, vocab: nu
 async function modelGradients(
   config: NeoXConfig,
   batch: Batch,
-  backend: 'cuda' | 'webgpu',
+  backend: 'cuda' | 'webgpu' | 'cpu',
   precision: Precision,
 ): Promise<{ loss: number; grads: Map<string, Float32Array> }> {
   await initBackend(backend, () => {});
@@ -458,17 +458,23 @@ async function modelGradients(
 }
 
 /**
- * A Pythia-70M-shaped model's loss and every gradient on the cuda backend, in f32 and in mixed
- * precision, against the webgpu backend's f32 kernels on the same card.
+ * A model's loss and every gradient on the cuda backend, in f32 and in mixed precision, against a
+ * reference in f32: by default a Pythia-70M-shaped model against the webgpu backend's kernels on the
+ * same card (the CUDA emulator's test checks a tiny one against the cpu backend).
  */
 export async function modelGradientChecks(
   batchSize: number,
   seqLen: number,
   log: (line: Record<string, unknown>) => void,
+  model: { name: string; config: NeoXConfig; reference: 'webgpu' | 'cpu' } = {
+    name: 'pythia-70m',
+    config: presetConfig('pythia-70m', 50304),
+    reference: 'webgpu',
+  },
 ): Promise<number> {
-  const config = presetConfig('pythia-70m', 50304);
+  const { config, reference } = model;
   const batch = patternBatch(0, batchSize, seqLen, config.vocabSize);
-  const ref = await modelGradients(config, batch, 'webgpu', 'f32');
+  const ref = await modelGradients(config, batch, reference, 'f32');
   let failed = 0;
   for (const [precision, tol] of [
     ['f32', 1e-3],
@@ -484,7 +490,7 @@ export async function modelGradientChecks(
     const ok = lossDiff < (precision === 'f32' ? 1e-3 : 2e-2) && worst.err < tol;
     if (!ok) failed++;
     log({
-      name: `pythia-70m model, batch ${batchSize} × ${seqLen}: loss and every gradient vs webgpu f32`,
+      name: `${model.name} model, batch ${batchSize} × ${seqLen}: loss and every gradient vs ${reference} f32`,
       precision,
       ok,
       loss: got.loss,
