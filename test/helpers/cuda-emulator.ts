@@ -2,7 +2,8 @@
  * The CUDA emulator (cuda-emulator/emulator.cpp) for tests of the cuda backend on machines without a
  * GPU: built with g++ once per version of its sources into the cache, as a folder laid out like the
  * CUDA libraries' (lib/ and include/), with one library standing in for the driver, NVRTC and
- * cuBLASLt. `useCudaEmulator` points the backend at it (OFFSHOOT_CUDA_HOME, OFFSHOOT_CUDA_DRIVER).
+ * cuBLASLt. `useCudaEmulator` points the backend at it (OFFSHOOT_CUDA_HOME, OFFSHOOT_CUDA_DRIVER); run as a
+ * script, it prints those variables for a shell.
  */
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -71,4 +72,10 @@ export function useCudaEmulator(): () => void {
       else process.env[key] = value;
     }
   };
+}
+
+// `eval "$(npx tsx test/helpers/cuda-emulator.ts)"` points a shell's commands at the emulator.
+if (process.argv[1] && path.resolve(process.argv[1]) === path.resolve(import.meta.filename)) {
+  const { home, driver } = buildCudaEmulator();
+  console.log(`export OFFSHOOT_CUDA_HOME='${home}' OFFSHOOT_CUDA_DRIVER='${driver}'`);
 }
