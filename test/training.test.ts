@@ -198,6 +198,29 @@ describe('training loop', () => {
     ).toThrow(/different hyperparameters \(seed 1 vs 2\)/);
   });
 
+  it('refuses a batch with a token id outside the vocabulary, naming the step and position', async () => {
+    const config = tinyConfig();
+    const hyper = tinyHyper(2);
+    const good = syntheticBatches(config.vocabSize, hyper.batchSize, hyper.seqLen);
+    const withId = (field: 'input' | 'target', id: number) => (step: number) => {
+      const b = good(step);
+      const bad = { ...b, [field]: b[field].slice() };
+      if (step === 1) bad[field][5] = id;
+      return bad;
+    };
+    for (const [field, id] of [
+      ['input', config.vocabSize],
+      ['target', -1],
+    ] as const) {
+      const t = new Trainer(GPTNeoX.random(config, 1), { hyper, batches: withId(field, id) });
+      await t.trainStep();
+      await expect(t.trainStep()).rejects.toThrow(
+        `batch for step 1, ${field}: token id ${id} at position 5 is outside the vocabulary [0, ${config.vocabSize})`,
+      );
+      t.dispose();
+    }
+  });
+
   it('stops at a step boundary when aborted and checkpoints there', async () => {
     const config = tinyConfig();
     const dir = tmpDir();

@@ -15,7 +15,7 @@ import * as tf from './tfjs.js';
 
 import { type LoadedCheckpoint, loadCheckpoint, saveCheckpoint, type SaveDtype } from './checkpoint.js';
 import type { NeoXConfig } from './config.js';
-import { GPTNeoX } from './gptneox.js';
+import { GPTNeoX, checkTokenIds } from './gptneox.js';
 import { variableGradients } from './gradients.js';
 import { distillationLoss, topKFromLogits } from './losses.js';
 import {
@@ -256,6 +256,11 @@ export class Trainer {
         `batch for step ${this.step} has ${global.input.length} tokens, expected ${hyper.batchSize}×${hyper.seqLen}`,
       );
     }
+    // An id past the vocabulary would make the embedding's gather and gradient read and write outside
+    // their tables on a GPU (silently), and the loss pick a logit that is not there.
+    const vocab = this.model.config.vocabSize;
+    checkTokenIds(global.input, vocab, `batch for step ${this.step}, input`);
+    checkTokenIds(global.target, vocab, `batch for step ${this.step}, target`);
     const layout = rankLayout(
       hyper.batchSize,
       parallel?.rank ?? 0,

@@ -6,7 +6,9 @@
 // __syncthreads and warp shuffles keep their meaning), products run as plain loops, and a captured
 // CUDA graph is a recorded list of the stream's work, replayed in order. Device memory is host
 // memory. It checks the logic of kernels and of the backend around them, not speed, and not what
-// only the hardware decides (the products' accumulation order, the speed of anything).
+// only the hardware decides (the products' accumulation order, the speed of anything). Each block of
+// device memory ends at an inaccessible page, so an access past its end faults where it happens;
+// OFFSHOOT_CUDA_EMULATOR_TRACE=1 prints every launch (to find the kernel that faulted).
 #include <dlfcn.h>
 #include <setjmp.h>
 #include <stdint.h>
@@ -50,6 +52,14 @@ enum : int {
 struct Graph {
   std::vector<std::function<void()>> work;
 };
+
+// OFFSHOOT_CUDA_EMULATOR_NO_COMPUTE=1: kernels and products do nothing (memory starts zeroed), while
+// allocations, copies and graphs are as always: the backend's memory use at shapes too large to
+// compute on a CPU (its allocator's figures are the same as on a GPU).
+static const bool noCompute = [] {
+  const char* v = getenv("OFFSHOOT_CUDA_EMULATOR_NO_COMPUTE");
+  return v && *v && strcmp(v, "0") != 0;
+}();
 
 static Graph* capture = nullptr;
 static bool captureInvalidated = false;
@@ -211,7 +221,11 @@ static int runGrid(const Function* fn, EmuDim3 grid, EmuDim3 block, unsigned sha
 // Driver API.
 
 static size_t allocated = 0;
-static std::map<uint64_t, size_t> allocations;
+struct Mapping {
+  void* base;
+  size_t mapped, bytes;
+};
+static std::map<uint64_t, Mapping> allocations;
 static const size_t TOTAL_BYTES = 16ull << 30;
 
 EXPORT int cuInit(unsigned) {
@@ -241,24 +255,35 @@ EXPORT int cuDevicePrimaryCtxRetain(void** ctx, int) { *ctx = (void*)&runtime; r
 EXPORT int cuCtxSetCurrent(void*) { return CUDA_SUCCESS; }
 EXPORT int cuCtxSynchronize() { return waits() ? CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED : lastLaunchStatus; }
 
+// Each block ends where an inaccessible page begins (and one precedes it), so a kernel, product or
+// copy that writes or reads past a block's end faults there instead of corrupting other memory.
 EXPORT int cuMemAlloc_v2(uint64_t* dptr, size_t bytes) {
   if (allocated + bytes > TOTAL_BYTES) return CUDA_ERROR_OUT_OF_MEMORY;
-  void* p = aligned_alloc(256, (bytes + 255) & ~(size_t)255);
-  if (!p) return CUDA_ERROR_OUT_OF_MEMORY;
+  const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+  const size_t rounded = (bytes + 255) & ~(size_t)255;
+  const size_t body = (rounded + page - 1) / page * page;
+  const size_t mapped = body + 2 * page;
+  char* base = (char*)mmap(nullptr, mapped, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (base == MAP_FAILED) return CUDA_ERROR_OUT_OF_MEMORY;
+  if (mprotect(base + page, body, PROT_READ | PROT_WRITE) != 0) {
+    munmap(base, mapped);
+    return CUDA_ERROR_OUT_OF_MEMORY;
+  }
+  char* p = base + page + (body - rounded);
   // Fresh device memory is not zeroed on a GPU either: fill it with a NaN pattern so reads of
   // unwritten memory show.
-  memset(p, 0xff, bytes);
+  memset(p, noCompute ? 0 : 0xff, rounded);
   *dptr = (uint64_t)p;
-  allocations[*dptr] = bytes;
-  allocated += bytes;
+  allocations[*dptr] = {base, mapped, rounded};
+  allocated += rounded;
   return CUDA_SUCCESS;
 }
 EXPORT int cuMemFree_v2(uint64_t dptr) {
   auto it = allocations.find(dptr);
   if (it == allocations.end()) return CUDA_ERROR_INVALID_VALUE;
-  allocated -= it->second;
+  allocated -= it->second.bytes;
+  munmap(it->second.base, it->second.mapped);
   allocations.erase(it);
-  free((void*)dptr);
   return CUDA_SUCCESS;
 }
 EXPORT int cuMemGetInfo_v2(size_t* freeBytes, size_t* total) {
@@ -347,7 +372,9 @@ EXPORT int cuLaunchKernel(void* f, uint32_t gx, uint32_t gy, uint32_t gz, uint32
     args->emplace_back(p, p + fn->sizes[i]);
   }
   const EmuDim3 grid{gx, gy, gz}, block{bx, by, bz};
+  if (noCompute) return lastLaunchStatus;
   enqueue([=] {
+    if (getenv("OFFSHOOT_CUDA_EMULATOR_TRACE")) fprintf(stderr, "cuda emulator: %s grid (%u, %u, %u) block (%u, %u, %u)\n", fn->name.c_str(), grid.x, grid.y, grid.z, block.x, block.y, block.z);
     std::vector<void*> ptrs;
     for (auto& a : *args) ptrs.push_back(a.data());
     const int status = runGrid(fn, grid, block, sharedBytes, ptrs.data());
@@ -596,6 +623,7 @@ EXPORT int cublasLtMatmul(void*, void* desc, void* alpha, uint64_t A, void* aDes
   const Layout a = *(Layout*)aDesc, b = *(Layout*)bDesc, c = *(Layout*)cDesc, d = *(Layout*)dDesc;
   const float al = *(const float*)alpha, be = *(const float*)beta;
   if (!conforms(&m, &a, &b, &d)) return CUBLAS_STATUS_INVALID_VALUE;
+  if (noCompute) return 0;
   enqueue([=] {
     const int64_t M = d.rows, N = d.cols, K = m.transa ? a.rows : a.cols;
     for (int32_t batch = 0; batch < d.batch; batch++) {
