@@ -8,8 +8,9 @@
  * outputs out. The host's cost of a step drops from recording hundreds of launches to a few calls.
  *
  * What makes a replay exact: every buffer the body reads or writes is at the same address each step
- * (the weights and optimiser state are updated in place; the body's intermediates come from a pool
- * private to the graph), and nothing the body depends on is baked into the graph except constants.
+ * (the weights and optimiser state are updated in place; the body's intermediates come from memory
+ * private to the graph, laid out from a trace of the eager step before the capture: allocator.ts),
+ * and nothing the body depends on is baked into the graph except constants.
  * The body must not read tensors back or upload anything but constants that are one 32-bit value,
  * or one repeated (a scalar, a gradient's ones: captured as memsets), while it is captured; if it does, the capture is abandoned for that shape (logged once) and its steps run
  * eagerly. A step whose weights or optimiser state moved (another model, a reassigned variable)
@@ -17,7 +18,7 @@
  */
 import * as tf from '../tfjs.js';
 
-import type { Pool } from './allocator.js';
+import type { AllocationPlan, Pool } from './allocator.js';
 import type { PinnedBuffer } from './device.js';
 import { bytesPer } from './storage.js';
 import { toTensor } from './custom-op.js';
@@ -63,6 +64,8 @@ interface Shape {
   scalars: tf.Tensor;
   stateKey: string;
   graph?: Graph;
+  /** The traced step's memory layout, for the capture (allocator.ts). */
+  plan?: AllocationPlan;
   /** Why this shape runs eagerly for good. */
   eager?: string;
 }
@@ -127,6 +130,15 @@ export class GraphRunner {
     try {
       if (!shape.graph && !shape.eager && shape.calls >= WARMUP_STEPS) this.capture(shape, step);
       shape.calls++;
+      if (!shape.graph && !shape.eager && shape.calls === WARMUP_STEPS) {
+        // The step before the capture: its blocks' sizes and lifetimes lay out the graph's memory.
+        d.allocator.beginTrace();
+        try {
+          return this.eager(step, shape.inputs);
+        } finally {
+          shape.plan = d.allocator.endTrace();
+        }
+      }
       if (!shape.graph) return this.eager(step, shape.inputs);
       check(d.libs, 'cuGraphLaunch', d.libs.fn.cuGraphLaunch(shape.graph.exec, d.stream));
       this.replays++;
@@ -151,7 +163,8 @@ export class GraphRunner {
     // The graph's scratch comes from a pool of its own: start from what the driver has free.
     d.synchronize();
     d.allocator.emptyCache();
-    const pool = d.allocator.beginCapture();
+    const pool = d.allocator.beginCapture(shape.plan);
+    shape.plan = undefined;
     const constants = d.pinned(CONSTANT_BYTES);
     d.constantArena = { buffer: constants, used: 0 };
     check(d.libs, 'cuStreamBeginCapture_v2', d.libs.fn.cuStreamBeginCapture_v2(d.stream, CAPTURE_MODE_RELAXED));
