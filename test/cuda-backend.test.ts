@@ -276,6 +276,30 @@ describe('cuda caching allocator', () => {
     expect(a.stats().inUse).toBe(before.inUse);
   });
 
+  it('keeps to its plan past a request the traced step did not make, and past one it made that the capture does not', () => {
+    const a = new CachingAllocator(fakeDevice());
+    const sizes = [4096, 8192, 16384, 32768];
+    a.beginTrace();
+    const traced = sizes.map((n) => a.alloc(n));
+    for (const p of traced) a.release(p);
+    const plan = a.endTrace();
+    const pool = a.beginCapture(plan);
+    const base = a.alloc(4096);
+    const extra = a.alloc(100_000); // not in the plan
+    const third = a.alloc(16384); // the plan's 8192 block is never asked for
+    const fourth = a.alloc(32768);
+    a.endCapture();
+    const start = base - plan.offsets[0];
+    const inArena = (p: number) => p >= start && p < start + plan.bytes;
+    expect(inArena(extra)).toBe(false);
+    expect([third, fourth].every(inArena)).toBe(true);
+    expect(third - base).toBe(plan.offsets[2] - plan.offsets[0]);
+    expect(fourth - base).toBe(plan.offsets[3] - plan.offsets[0]);
+    for (const p of [base, extra, third, fourth]) a.release(p);
+    a.dissolve(pool);
+    expect(a.stats().inUse).toBe(0);
+  });
+
   it('serves a request the plan did not foresee, or one whose bytes are still in use, from a private pool', () => {
     const a = new CachingAllocator(fakeDevice());
     a.beginTrace();

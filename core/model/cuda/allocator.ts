@@ -67,6 +67,9 @@ export interface Pool {
 
 const newPool = (): Pool => ({ free: new Map(), live: new Set() });
 
+/** How far ahead in its plan a capture looks for a request's size. */
+const PLAN_LOOKAHEAD = 8;
+
 /** A traced step's blocks laid out in one arena: each block's size and offset, in the order requested. */
 export interface AllocationPlan {
   sizes: number[];
@@ -178,9 +181,14 @@ export class CachingAllocator {
 
   /** The next planned block, or null when the request is not the plan's or its bytes are still in use. */
   private fromArena(pool: Pool, arena: Arena, size: number): number | null {
-    const i = arena.next++;
-    if (arena.plan.sizes[i] !== size) return null;
-    const ptr = arena.base + arena.plan.offsets[i];
+    const { sizes, offsets } = arena.plan;
+    // A request the traced step did not make leaves the plan where it is; one it made and the capture
+    // does not is skipped (looking a few ahead), so one difference does not push every later block off.
+    let i = arena.next;
+    while (i < sizes.length && i < arena.next + PLAN_LOOKAHEAD && sizes[i] !== size) i++;
+    if (sizes[i] !== size) return null;
+    arena.next = i + 1;
+    const ptr = arena.base + offsets[i];
     for (const [at, bytes] of arena.live) if (at < ptr + size && ptr < at + bytes) return null;
     arena.live.set(ptr, size);
     this.sizeOf.set(ptr, size);
