@@ -10,11 +10,11 @@
  * What makes a replay exact: every buffer the body reads or writes is at the same address each step
  * (the weights and optimiser state are updated in place; the body's intermediates come from memory
  * private to the graph, laid out from a trace of the eager step before the capture: allocator.ts),
- * and nothing the body depends on is baked into the graph except constants.
- * The body must not read tensors back or upload anything but constants that are one 32-bit value,
- * or one repeated (a scalar, a gradient's ones: captured as memsets), while it is captured; if it does, the capture is abandoned for that shape (logged once) and its steps run
- * eagerly. A step whose weights or optimiser state moved (another model, a reassigned variable)
- * gets a graph of its own.
+ * and nothing the body depends on is baked into the graph except constants. The body must not read
+ * tensors back or upload anything but constants that are one 32-bit value, or one repeated (a scalar,
+ * a gradient's ones: captured as memsets), while it is captured; if it does, the capture is abandoned
+ * for that shape (logged once) and its steps run eagerly. A step whose weights or optimiser state
+ * moved (another model, a reassigned variable) gets a graph of its own.
  */
 import * as tf from '../tfjs.js';
 
