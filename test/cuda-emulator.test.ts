@@ -4,8 +4,9 @@
  * running a block's threads as fibers. So what the backend does around the kernels (launch arguments,
  * storage types, the allocator, bf16 weight copies, AdamW's tables, the recomputed attention, graph
  * capture and replay) and the kernels' logic (barriers, shuffles, the radix top-k) are checked in CI
- * against the cpu backend. What only a GPU shows (speed, memory, the hardware's own rounding order in
- * products) is checked on one: test/cuda-backend.test.ts and bench/gpu-train --check.
+ * against the cpu backend, and the allocator's memory at Pythia's shapes (the emulator without its
+ * arithmetic). What only a GPU shows (speed, the hardware's own rounding order in products, races
+ * between blocks) is checked on one: test/cuda-backend.test.ts and bench/gpu-train --check.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
