@@ -168,17 +168,39 @@ async function cudaStats(stats: () => { captures: number; replays: number }) {
   return stats();
 }
 
-/** `offshoot ARGS` as a child process on the emulator (auto picks the backend unless ARGS say). */
-function offshoot(cwd: string, ...args: string[]): { status: number | null; stdout: string; stderr: string } {
+const ROOT = path.join(import.meta.dirname, '..');
+
+/** A TypeScript entry point of the project (through tsx) as a child process; auto picks the backend unless told. */
+function runTs(
+  script: string,
+  args: string[],
+  cwd: string,
+  extraEnv: Record<string, string> = {},
+): { status: number | null; stdout: string; stderr: string } {
   const { OFFSHOOT_BACKEND: _, ...env } = process.env;
-  const cli = path.join(import.meta.dirname, '..', 'services', 'cli', 'main.ts');
-  const r = spawnSync(process.execPath, ['--import', import.meta.resolve('tsx'), cli, ...args], {
+  const r = spawnSync(process.execPath, ['--import', import.meta.resolve('tsx'), path.join(ROOT, script), ...args], {
     cwd,
-    env,
+    env: { ...env, ...extraEnv },
     encoding: 'utf8',
     timeout: 300_000,
   });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** `offshoot ARGS` on the emulator. */
+const offshoot = (cwd: string, ...args: string[]) => runTs('services/cli/main.ts', args, cwd);
+
+/** `bench/gpu-train ARGS` on the emulator: its last JSON line (the cuda backend's). */
+function gpuTrain(cwd: string, args: string, env: Record<string, string> = {}): Record<string, unknown> {
+  const r = runTs('bench/gpu-train.ts', args.split(' '), cwd, env);
+  expect(r.status, r.stderr).toBe(0);
+  return JSON.parse(
+    r.stdout
+      .trim()
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .pop()!,
+  );
 }
 
 describe.skipIf(!!compilerReason)('the commands on an (emulated) GPU machine', () => {
@@ -232,26 +254,7 @@ describe.skipIf(!!compilerReason)('the commands on an (emulated) GPU machine', (
   }, 600_000);
 
   it('bench/gpu-train measures the cuda backend: tokens/s, TFLOP/s, host time, launches, peak memory', () => {
-    const bench = path.join(import.meta.dirname, '..', 'bench', 'gpu-train.ts');
-    const { OFFSHOOT_BACKEND: _, ...env } = process.env;
-    const r = spawnSync(
-      process.execPath,
-      [
-        '--import',
-        import.meta.resolve('tsx'),
-        bench,
-        ...'--config tiny --backends cuda --no-torch --steps 4 --warmup 3'.split(' '),
-      ],
-      { cwd: tmp, env, encoding: 'utf8', timeout: 300_000 },
-    );
-    expect(r.status, r.stderr).toBe(0);
-    const line = JSON.parse(
-      r.stdout
-        .trim()
-        .split('\n')
-        .filter((l) => l.startsWith('{'))
-        .pop()!,
-    );
+    const line = gpuTrain(tmp, '--config tiny --backends cuda --no-torch --steps 4 --warmup 3');
     expect(line).toMatchObject({ bench: 'gpu-train', config: 'tiny', backend: 'cuda', mfu: null });
     expect(line.detail).toMatch(/offshoot CUDA emulator/);
     expect(line.tokensPerSecond).toBeGreaterThan(0);
@@ -267,31 +270,10 @@ describe.skipIf(!!compilerReason)('the commands on an (emulated) GPU machine', (
   it("Pythia-160M's replayed step holds no more memory than the same step run eagerly (the graph's memory is planned)", () => {
     // The emulator without its arithmetic: allocations, copies and graphs as always, at Pythia's shapes.
     const peak = (graphs: '0' | '1') => {
-      const bench = path.join(import.meta.dirname, '..', 'bench', 'gpu-train.ts');
-      const { OFFSHOOT_BACKEND: _, ...env } = process.env;
-      const r = spawnSync(
-        process.execPath,
-        [
-          '--import',
-          import.meta.resolve('tsx'),
-          bench,
-          ...'--config pythia-160m --backends cuda --no-torch --steps 2'.split(' '),
-        ],
-        {
-          cwd: tmp,
-          env: { ...env, OFFSHOOT_CUDA_EMULATOR_NO_COMPUTE: '1', OFFSHOOT_CUDA_GRAPHS: graphs },
-          encoding: 'utf8',
-          timeout: 300_000,
-        },
-      );
-      expect(r.status, r.stderr).toBe(0);
-      const line = JSON.parse(
-        r.stdout
-          .trim()
-          .split('\n')
-          .filter((l) => l.startsWith('{'))
-          .pop()!,
-      );
+      const line = gpuTrain(tmp, '--config pythia-160m --backends cuda --no-torch --steps 2', {
+        OFFSHOOT_CUDA_EMULATOR_NO_COMPUTE: '1',
+        OFFSHOOT_CUDA_GRAPHS: graphs,
+      });
       expect(line.replayedSteps).toBe(graphs === '1' ? 2 : 0);
       return line.peakGpuMiB as number;
     };
