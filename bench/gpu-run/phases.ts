@@ -84,7 +84,11 @@ function shown(args: string[]): string {
   return ['offshoot', ...args].map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, `'\\''`)}'`)).join(' ');
 }
 
-function machine(): Record<string, unknown> {
+let machineInfo: { gpu: string | null; cpus: number; node: string } | undefined;
+
+/** The GPU (nvidia-smi's name and driver), cores and Node.js of this machine, asked once a process. */
+function machine(): { gpu: string | null; cpus: number; node: string } {
+  if (machineInfo) return machineInfo;
   let gpu: string | null = null;
   try {
     gpu = execFileSync('nvidia-smi', ['--query-gpu=name,driver_version', '--format=csv,noheader'], { encoding: 'utf8' })
@@ -93,7 +97,8 @@ function machine(): Record<string, unknown> {
   } catch {
     gpu = null;
   }
-  return { gpu, cpus: os.availableParallelism(), node: process.version };
+  machineInfo = { gpu, cpus: os.availableParallelism(), node: process.version };
+  return machineInfo;
 }
 
 function record(ctx: Ctx, result: Result): void {
@@ -401,7 +406,7 @@ function flopsPerToken(ctx: Ctx, student: string): { training: number; teacherFo
 
 /** Model FLOP utilisation against the GPU's bf16 peak (gpu-peak.ts); null off the cuda backend. */
 function mfu(backend: string | undefined, flopsPerSecond: number): number | null {
-  return backend === 'cuda' ? gpuMfu(flopsPerSecond / 1e12, machine().gpu as string | null) : null;
+  return backend === 'cuda' ? gpuMfu(flopsPerSecond / 1e12, machine().gpu) : null;
 }
 
 // ---------------------------------------------------------------------------------------------------
