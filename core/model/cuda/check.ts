@@ -536,10 +536,11 @@ async function torchCurves(python: string, batches: Batch[]): Promise<Record<'f3
 /**
  * `steps` steps of cuda in mixed precision (CUDA graphs after the first steps) against webgpu in f32
  * from the same init and data (`textBatches`), within `CURVE_TOLERANCE` (core/model/curve.ts). cuda in
- * f32 runs too, against the same reference and tolerance, so a miss says whether the implementation (f32 apart) or bf16 (only mixed apart) moved the curve. With a
- * `python` that has torch and transformers, PyTorch trains the same init on the same data in f32 and
- * in bf16 autocast, and a last line reports how far each curve is from PyTorch's, and how far
- * PyTorch's own bf16 curve is from its f32 one: what mixed precision alone moves.
+ * f32 runs too, against the same reference and tolerance, so a miss says whether the implementation
+ * (f32 apart) or bf16 (only mixed apart) moved the curve. With a `python` that has torch and
+ * transformers, PyTorch trains the same init on the same data in f32 and in bf16 autocast, and a last
+ * line reports how far each curve is from PyTorch's, and how far PyTorch's own bf16 curve is from its
+ * f32 one: what mixed precision alone moves.
  */
 export async function curveCheck(
   steps: number,

@@ -150,7 +150,7 @@ export function symbolOf(prototype: string): string {
   return m[1];
 }
 
-/** The driver library: the NVIDIA driver's libcuda.so.1 through the dynamic loader, or the file env OFFSHOOT_CUDA_DRIVER names. */
+/** The driver library: the NVIDIA driver's libcuda.so.1 through the loader, or the file OFFSHOOT_CUDA_DRIVER names. */
 export function driverLibrary(): string {
   return process.env.OFFSHOOT_CUDA_DRIVER?.trim() || 'libcuda.so.1';
 }
