@@ -394,6 +394,17 @@ describe.skipIf(!hasWebGPU)('f16 on the webgpu backend (lavapipe: shader-f16, no
     expect(r.worstGradient.err, r.worstGradient.name).toBeLessThan(1e-2);
   }, 300_000);
 
+  it('a large vocabulary: the logits gradient stays in f16 range because the check scales the loss as training does', async () => {
+    // softmax / tokens ≈ 1 / (16384 · 1024) ≈ 6·10⁻⁸, f16's smallest subnormal: unscaled, the backward
+    // loses the softmax part of the logits gradient (the final LayerNorm's gradient came out 32% off
+    // here, 26% at Pythia-70M's shapes on an H100). Training multiplies the loss by its scale first.
+    f16Storage();
+    const config = tinyConfig({ vocabSize: 16384, hiddenSize: 64, numLayers: 1, numHeads: 4, maxPositions: 512 });
+    const r = await modelGradientCheck(config, 2, 512, 'cpu');
+    expect(r.lossDiff).toBeLessThan(2e-3);
+    expect(r.worstGradient.err, r.worstGradient.name).toBeLessThan(1e-2);
+  }, 300_000);
+
   // The tiling, staging and epilogues of the subgroup-matrix kernels with the builtins emulated
   // (core/model/webgpu/wgsl-sgmatrix.ts): one tile of each staging; the card checks every real one.
   const emulated = [
