@@ -24,6 +24,7 @@ import {
   savePlans,
 } from '../core/model/webgpu/matmul-plans.js';
 import {
+  autotuneBudgetSeconds,
   autotuneMatMuls,
   clearMatMulTuning,
   matmul,
@@ -221,6 +222,37 @@ describe.skipIf(!hasWebGPU)('matrix products tuned by shape class', () => {
     expect(relErr(await product(...D, 9), await reference(...D, 9))).toBeLessThan(2e-6);
     expect(await autotuneMatMuls({ targetMs: 1 })).toEqual([]);
     expect(shapeCostTotals().autotune.count).toBe(autotunes);
+  }, 900_000);
+
+  it('past its time budget the autotuner stops compiling: nothing partial is saved, and a later process tunes it', async () => {
+    const dir = freshPlans('budget');
+    await useBackend('webgpu');
+    for (const [i, [M, N, K]] of [A, C].entries()) await product(M, N, K, i);
+    const stderr = vi.spyOn(process.stderr, 'write').mockImplementation(() => true);
+    let tuned: Awaited<ReturnType<typeof autotuneMatMuls>>;
+    try {
+      tuned = await autotuneMatMuls({ targetMs: 1, budgetSeconds: 1e-9 });
+      expect(stderr.mock.calls.map((c) => String(c[0])).join('')).toMatch(
+        /matmul plans: autotuning stopped at its budget of 1e-9 s .*: 0 of 2 shape classes tuned fully, 1 among the candidates compiled by then, 1 keep their untuned plans/,
+      );
+    } finally {
+      stderr.mockRestore();
+    }
+    // The first class had only its untuned plan compiled; the second was not reached.
+    expect(tuned).toHaveLength(1);
+    expect(tuned[0].untried).toBeGreaterThan(0);
+    expect(fs.existsSync(dir) ? fs.readdirSync(dir) : []).toEqual([]);
+    expect(relErr(await product(...B, 3), await reference(...B, 3))).toBeLessThan(2e-6);
+    expect(relErr(await product(...C, 4), await reference(...C, 4))).toBeLessThan(2e-6);
+    expect(() => autotuneBudgetSeconds('0')).toThrow(
+      /OFFSHOOT_MATMUL_AUTOTUNE_SECONDS must be a positive number of seconds, got "0"/,
+    );
+    expect(autotuneBudgetSeconds(undefined)).toBe(120);
+    // A new process with time to spare tunes both classes and saves them.
+    clearMatMulTuning();
+    for (const [i, [M, N, K]] of [A, C].entries()) await product(M, N, K, i);
+    expect((await autotuneMatMuls({ targetMs: 1 })).filter((t) => !t.untried)).toHaveLength(2);
+    expect(fs.readdirSync(dir)).toHaveLength(1);
   }, 900_000);
 
   it('a plan file that does not parse is reported and replaced; classes it lacks are tuned', async () => {

@@ -743,6 +743,8 @@ export interface TuneResult {
   tflops: number;
   /** Candidates left out: the device could not compile them, or their product was wrong. */
   rejected?: string[];
+  /** Candidates never tried because the time budget ran out: the choice is the best of the rest, kept out of the plan file. */
+  untried?: number;
 }
 
 /** How far a candidate's product may be from the f32 kernel's on the same operands (relErr): f16 rounding of f32 operands at most; a broken kernel is off by its whole size. */
@@ -771,18 +773,44 @@ async function drain(): Promise<void> {
  * each, keeping each one's best round. The choices go to the plan cache file. Call it between
  * training steps (it waits for the device). Returns what it chose; its time counts as autotuning.
  */
-export async function autotuneMatMuls(opts: { targetMs?: number } = {}): Promise<TuneResult[]> {
+export async function autotuneMatMuls(opts: { targetMs?: number; budgetSeconds?: number } = {}): Promise<TuneResult[]> {
   if (webgpuBackend() === null || pending.size === 0) return [];
-  const results = await measureShapeCostAsync('autotune', () => tunePending(opts.targetMs ?? 12));
-  if (shapeClassesEnabled()) savePlanFile(results);
+  const budget = opts.budgetSeconds ?? autotuneBudgetSeconds();
+  const results = await measureShapeCostAsync('autotune', () => tunePending(opts.targetMs ?? 12, budget));
+  if (shapeClassesEnabled()) savePlanFile(results.filter((r) => !r.untried));
   return results;
 }
 
-async function tunePending(targetMs: number): Promise<TuneResult[]> {
+/** Seconds one autotuneMatMuls may spend compiling candidates: OFFSHOOT_MATMUL_AUTOTUNE_SECONDS, default 120. */
+export function autotuneBudgetSeconds(setting = process.env.OFFSHOOT_MATMUL_AUTOTUNE_SECONDS): number {
+  if (setting === undefined || setting.trim() === '') return 120;
+  const n = Number(setting);
+  if (!(n > 0))
+    throw new Error(
+      `OFFSHOOT_MATMUL_AUTOTUNE_SECONDS must be a positive number of seconds, got ${JSON.stringify(setting)}`,
+    );
+  return n;
+}
+
+/**
+ * Tunes the pending shape classes within `budgetSeconds` of compiling: on a driver that compiles
+ * subgroup-matrix pipelines slowly, every tile of every class would take many minutes. Past the
+ * budget a class chooses among the candidates compiled so far (its untuned plan always among them),
+ * and the classes after it keep their untuned plans; neither goes to the plan file, so a later
+ * process tunes them.
+ */
+async function tunePending(targetMs: number, budgetSeconds: number): Promise<TuneResult[]> {
   const results: TuneResult[] = [];
   const shapes = [...pending.entries()];
   pending.clear();
+  const started = performance.now();
+  const overBudget = () => performance.now() - started > budgetSeconds * 1000;
+  let notReached = 0;
   for (const [cls, s] of shapes) {
+    if (results.length > 0 && overBudget()) {
+      notReached++;
+      continue;
+    }
     const key = shapeKey(s);
     const operand = (type: OperandType, shape: number[], lowerTriangular = false): tf.Tensor => {
       let x = tf.randomUniform(shape, -1, 1);
@@ -808,9 +836,14 @@ async function tunePending(targetMs: number): Promise<TuneResult[]> {
     const plans: MatMulPlan[] = [];
     const initial = defaultPlanOf(s);
     const names = new Set<string>();
+    let untried = 0;
     for (const p of [initial, ...candidatePlans(s)]) {
       if (names.has(planName(p))) continue;
       names.add(planName(p));
+      if (p !== initial && overBudget()) {
+        untried++;
+        continue;
+      }
       const problem = await planProblem(p, s, a, b, checkProduct);
       if (problem) rejected.push(`${planName(p)}: ${problem}`);
       else plans.push(p);
@@ -860,8 +893,17 @@ async function tunePending(targetMs: number): Promise<TuneResult[]> {
       defaultMs: Number(best.get(def)!.toFixed(3)),
       tflops: Number((flops / ms / 1e9).toFixed(2)),
       ...(rejected.length ? { rejected } : {}),
+      ...(untried ? { untried } : {}),
     });
     tf.dispose([a, b]);
+  }
+  const cut = results.filter((r) => r.untried).length;
+  if (cut || notReached) {
+    planLog(
+      `autotuning stopped at its budget of ${budgetSeconds} s (OFFSHOOT_MATMUL_AUTOTUNE_SECONDS): ` +
+        `${results.length - cut} of ${shapes.length} shape classes tuned fully, ${cut} among the candidates compiled by then, ` +
+        `${notReached} keep their untuned plans; the plan file keeps only the full ones`,
+    );
   }
   return results;
 }
