@@ -13,6 +13,7 @@ import { describe, expect, it } from 'vitest';
 import { initBackend } from '../core/model/backend.js';
 import { CachingAllocator, DeviceOutOfMemory, planArena, roundSize } from '../core/model/cuda/allocator.js';
 import { compileKernels, kernelFiles } from '../core/model/cuda/compile.js';
+import { broadcastStrides } from '../core/model/cuda/elementwise.js';
 import { BINDINGS, type LibraryName, loadLibraries, symbolOf } from '../core/model/cuda/driver.js';
 import { findCudaLibraries } from '../core/model/cuda/libraries.js';
 
@@ -143,6 +144,33 @@ function kindOf(param: string): string {
   if (type === 'float') return 'float';
   return 'int32';
 }
+
+describe('cuda elementwise broadcasting', () => {
+  it('merges the dims both inputs walk as one, so same-shape operands cost the kernel no division', () => {
+    expect(broadcastStrides([8, 512, 64], [8, 512, 64])).toEqual({
+      shape: [8, 512, 64],
+      dims: [262144],
+      a: [1],
+      b: [1],
+    });
+    // A row's statistic against its row: nothing merges.
+    expect(broadcastStrides([4096, 50304], [4096, 1])).toEqual({
+      shape: [4096, 50304],
+      dims: [4096, 50304],
+      a: [50304, 1],
+      b: [1, 0],
+    });
+    // A bias over [B, T, D]: B and T merge, the broadcast dim stays.
+    expect(broadcastStrides([8, 512, 768], [768])).toEqual({
+      shape: [8, 512, 768],
+      dims: [4096, 768],
+      a: [768, 1],
+      b: [0, 1],
+    });
+    // A scalar against anything: one dim.
+    expect(broadcastStrides([], [3, 5])).toEqual({ shape: [3, 5], dims: [15], a: [0], b: [1] });
+  });
+});
 
 describe('cuda caching allocator', () => {
   /** Device memory on the host: addresses handed out in order, a capacity, and what is live. */

@@ -119,7 +119,7 @@ export function unary(b: CudaBackend, name: string, x: tf.TensorInfo, out: Stora
   return y;
 }
 
-/** Output shape and per-input strides (0 where it broadcasts), right-aligned to MAX_RANK or fewer dims. */
+/** Output shape, and the dims the kernel walks with per-input strides (0 where it broadcasts), MAX_RANK or fewer. */
 export function broadcastStrides(
   aShape: number[],
   bShape: number[],
@@ -137,7 +137,19 @@ export function broadcastStrides(
     }
     return out;
   };
-  return { shape, dims: shape.slice(), a: strides(aShape), b: strides(bShape) };
+  const dims = shape.slice();
+  const a = strides(aShape);
+  const b = strides(bShape);
+  // Adjacent dims that both inputs walk as one (contiguous, or broadcast across both) merge: each dim
+  // costs the kernel a division per element, and same-shape inputs come down to one dim, none.
+  for (let d = dims.length - 2; d >= 0; d--) {
+    if (a[d] === a[d + 1] * dims[d + 1] && b[d] === b[d + 1] * dims[d + 1]) {
+      dims.splice(d, 2, dims[d] * dims[d + 1]);
+      a.splice(d, 1);
+      b.splice(d, 1);
+    }
+  }
+  return { shape, dims, a, b };
 }
 
 function stridesArg(dims: number[], a: number[], b: number[]): KernelArg {
