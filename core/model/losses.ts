@@ -3,33 +3,14 @@
  *   loss = α·CE + (1 − α)·T²·KL,
  * with the KL forward (teacher ‖ student, the default), reverse, or symmetric; over full teacher
  * logits (teacher in process) or over the teacher's top-k logits plus its log-normaliser (teacher
- * service; the operation in ops/distill.ts). With top-k, the distributions compared are the k kept
+ * service; both operations in ops/distill.ts). With top-k, the distributions compared are the k kept
  * tokens plus one bucket for the remaining mass, so k = vocabulary gives exactly the full-logit loss.
  */
 import * as tf from './tfjs.js';
 
-import {
-  type DistillOptions,
-  type KLDirection,
-  type TopKTeacher,
-  directedKL,
-  topKDistillation,
-  withCrossEntropy,
-} from './ops/index.js';
+import { type DistillOptions, type TopKTeacher, fullDistillation, topKDistillation } from './ops/index.js';
 
 export const DEFAULT_DISTILL: DistillOptions = { alpha: 0.5, temperature: 1, direction: 'forward' };
-
-/** Mean KL over positions between full-vocabulary distributions at a temperature. */
-export function fullLogitKL(
-  student: tf.Tensor2D,
-  teacher: tf.Tensor2D,
-  temperature: number,
-  direction: KLDirection,
-): tf.Scalar {
-  const ls = tf.logSoftmax(tf.div(student, temperature));
-  const lt = tf.logSoftmax(tf.div(teacher, temperature));
-  return tf.mean(directedKL(lt, ls, direction));
-}
 
 /** α·CE + (1 − α)·T²·KL. `teacher` is full logits [N, V] or a top-k view. */
 export function distillationLoss(
@@ -39,12 +20,7 @@ export function distillationLoss(
   options: DistillOptions = DEFAULT_DISTILL,
 ): tf.Scalar {
   if (!(teacher instanceof tf.Tensor)) return topKDistillation(student, targets, teacher, options);
-  return withCrossEntropy(
-    fullLogitKL(student, teacher as tf.Tensor2D, options.temperature, options.direction),
-    student,
-    targets,
-    options,
-  );
+  return fullDistillation(student, targets, teacher as tf.Tensor2D, options);
 }
 
 /** The top-k view of full teacher logits (what the teacher service computes). */

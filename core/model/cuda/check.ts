@@ -48,7 +48,7 @@ import { type Precision, setPrecision } from '../precision.js';
 import { cudaClipAdamW } from './adamw.js';
 import { cudaAttention } from './attention.js';
 import { cudaCrossEntropy } from './cross-entropy.js';
-import { cudaTopKDistill } from './distill.js';
+import { cudaFullDistill, cudaTopKDistill } from './distill.js';
 import { cudaGatherRows } from './embedding.js';
 import { fallbackCounts, resetFallbackCounts } from './kernels.js';
 import { cudaLayerNorm } from './layer-norm.js';
@@ -157,6 +157,21 @@ export function cudaCases(scale: 'small' | 'pythia' = 'small'): CudaCase[] {
       ),
     tol: { f32: 5e-4, mixed: BF16 },
   });
+  const full = (
+    direction: 'forward' | 'reverse' | 'symmetric',
+    alpha: number,
+    temperature: number,
+    n: number,
+  ): CudaCase => ({
+    name: `full-logit distillation (N ${n}, V ${V}, ${direction}, alpha ${alpha}, T ${temperature})`,
+    inputs: () => [randHost([n, V], 18, 3), intHost([n], V, 4), randHost([n, V], 19, 3)],
+    diff: [0],
+    reference: ([x, t, l]) =>
+      distillationLoss(x as tf.Tensor2D, t as tf.Tensor1D, l as tf.Tensor2D, { alpha, temperature, direction }),
+    cuda: ([x, t, l]) =>
+      cudaFullDistill(x as tf.Tensor2D, t as tf.Tensor1D, l as tf.Tensor2D, alpha, temperature, direction),
+    tol: { f32: 5e-4, mixed: BF16 },
+  });
   const attention = (b: number, t: number, h: number, hs: number, rd: number): CudaCase => {
     const shape = { batch: b, seqLen: t, heads: h, headSize: hs, rotated: rd };
     return {
@@ -222,6 +237,9 @@ export function cudaCases(scale: 'small' | 'pythia' = 'small'): CudaCase[] {
     topk('forward', 0.5, 2, 64, N / 4),
     topk('reverse', 0, 1, 16, N / 8),
     topk('symmetric', 0.3, 1.5, 32, N / 8),
+    full('forward', 0.5, 1, N / 4),
+    full('reverse', 0, 2, N / 8),
+    full('symmetric', 0.3, 1.5, N / 8),
     {
       name: `embedding rows and gradient (table ${V} × ${D}, ${N} ids)`,
       inputs: () => [

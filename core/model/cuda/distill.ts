@@ -1,7 +1,8 @@
 /**
- * Top-k distillation, α·CE + (1 − α)·T²·KL over the teacher's top-k plus a remainder bucket (the
- * losses' topKLogitKL and distillationLoss), on the cuda backend (kernels/distill.cu): two kernels,
- * no log-softmax of the full logits kept, the gradient written directly in the logits' storage.
+ * Distillation, α·CE + (1 − α)·T²·KL, on the cuda backend (kernels/distill.cu), over the teacher's
+ * top-k plus a remainder bucket (ops/distill.ts's topKDistillation) or over its full logits
+ * (fullDistillation): two kernels each, one block per row, no log-softmax of the full logits kept,
+ * the gradient written directly in the logits' storage.
  */
 import * as tf from '../tfjs.js';
 
@@ -109,6 +110,71 @@ export function cudaTopKDistill(
           ],
           3 * k * 4,
         );
+        return toTensor(dx);
+      },
+    };
+  });
+  return op(logits) as tf.Scalar;
+}
+
+/**
+ * Full-logit distillation against the teacher's logits [N, V] (read in their storage, f32 or bf16):
+ * about four passes over a row of each, where tfjs's operations made some thirty over [N, V] tensors.
+ */
+export function cudaFullDistill(
+  logits: tf.Tensor2D,
+  targets: tf.Tensor1D,
+  teacher: tf.Tensor2D,
+  alpha: number,
+  temperature: number,
+  direction: KLDirection,
+): tf.Scalar {
+  const [N, V] = logits.shape;
+  // k is the kernels' shared-memory size for top-k; the full-logit kernels keep no row in it.
+  const u = kdArgs(N, V, 0, direction, alpha, temperature);
+  const op = customOp(([x], save, b) => {
+    const d = b.device;
+    const ptr = (t: tf.TensorInfo) => b.operand(t).ptr;
+    const rowLoss = b.allocate([N], 'float32');
+    const lse1 = b.allocate([N], 'float32');
+    const lseT = b.allocate([N], 'float32');
+    const lseTeacher = b.allocate([N], 'float32');
+    const xo = b.operand(x);
+    const to = b.operand(teacher);
+    d.launch(d.kernel('distill', 'full_distill_forward'), rowGrid(N), BLOCK256, [
+      ['p', ptr(rowLoss)],
+      ['p', ptr(lse1)],
+      ['p', ptr(lseT)],
+      ['p', ptr(lseTeacher)],
+      ['p', xo.ptr],
+      ['i', ST[xo.storage]],
+      ['p', ptr(targets)],
+      ['p', to.ptr],
+      ['i', ST[to.storage]],
+      u,
+    ]);
+    const value = tf.mean(toTensor(rowLoss));
+    save([x, teacher, toTensor(lse1), toTensor(lseT), toTensor(lseTeacher)]);
+    return {
+      value,
+      gradFunc: (dy, [xs, ts, l1, lt, lz]) => {
+        const xso = b.operand(xs);
+        const tso = b.operand(ts);
+        const dx = b.allocate([N, V], 'float32', xso.storage);
+        d.launch(d.kernel('distill', 'full_distill_backward'), rowGrid(N), BLOCK256, [
+          ['p', ptr(dx)],
+          ['i', ST[xso.storage]],
+          ['p', xso.ptr],
+          ['i', ST[xso.storage]],
+          ['p', ptr(targets)],
+          ['p', tso.ptr],
+          ['i', ST[tso.storage]],
+          ['p', ptr(l1)],
+          ['p', ptr(lt)],
+          ['p', ptr(lz)],
+          ['p', ptr(dy)],
+          u,
+        ]);
         return toTensor(dx);
       },
     };

@@ -8,6 +8,7 @@ import {
   causalSelfAttention,
   clippedAdamW,
   crossEntropy,
+  fullDistillation,
   gatherRows,
   layerNorm,
   linear,
@@ -20,7 +21,7 @@ import type * as tf from '../tfjs.js';
 import { adamwStepVector, cudaClipAdamW } from './adamw.js';
 import { cudaAttention } from './attention.js';
 import { cudaCrossEntropy } from './cross-entropy.js';
-import { cudaTopKDistill, topKSupported } from './distill.js';
+import { cudaFullDistill, cudaTopKDistill, topKSupported } from './distill.js';
 import { cudaGatherRows } from './embedding.js';
 import { GraphRunner } from './graphs.js';
 import { cudaLayerNorm } from './layer-norm.js';
@@ -49,6 +50,11 @@ topKDistillation.register({
   name: 'one block per row, closed-form gradient',
   supports: (_logits, _targets, teacher) => topKSupported(teacher.indices.shape[1]),
   run: (logits, targets, teacher, o) => cudaTopKDistill(logits, targets, teacher, o.alpha, o.temperature, o.direction),
+});
+fullDistillation.register({
+  backend,
+  name: 'one block per row, closed-form gradient',
+  run: (logits, targets, teacher, o) => cudaFullDistill(logits, targets, teacher, o.alpha, o.temperature, o.direction),
 });
 clippedAdamW.register({ backend, name: 'norm and AdamW on the device, no read-back', run: cudaClipAdamW });
 parallelResidual.register({ backend, name: 'tf.addN (one kernel)', run: addNResidual });

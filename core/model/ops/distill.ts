@@ -1,8 +1,8 @@
 /**
- * Knowledge distillation against the teacher's top-k logits (what the teacher service sends):
- *   loss = α·CE + (1 − α)·T²·KL,
- * with the distributions compared being the k kept tokens plus one bucket for the remaining mass,
- * so k = vocabulary gives exactly the full-logit loss (losses.ts).
+ * Knowledge distillation, loss = α·CE + (1 − α)·T²·KL, two operations: against the teacher's full
+ * logits (a teacher in the same process), and against its top-k logits (what the teacher service
+ * sends), where the distributions compared are the k kept tokens plus one bucket for the remaining
+ * mass, so k = vocabulary gives exactly the full-logit loss.
  */
 import * as tf from '../tfjs.js';
 
@@ -86,4 +86,23 @@ export const topKDistillation = defineOperation(
   'topKDistillation',
   (student: tf.Tensor2D, targets: tf.Tensor1D, teacher: TopKTeacher, options: DistillOptions): tf.Scalar =>
     withCrossEntropy(topKLogitKL(student, teacher, options.temperature, options.direction), student, targets, options),
+);
+
+/** Mean KL over positions between full-vocabulary distributions at a temperature. */
+export function fullLogitKL(
+  student: tf.Tensor2D,
+  teacher: tf.Tensor2D,
+  temperature: number,
+  direction: KLDirection,
+): tf.Scalar {
+  const ls = tf.logSoftmax(tf.div(student, temperature));
+  const lt = tf.logSoftmax(tf.div(teacher, temperature));
+  return tf.mean(directedKL(lt, ls, direction));
+}
+
+/** α·CE + (1 − α)·T²·KL over the teacher's full logits [N, V], mean over positions. */
+export const fullDistillation = defineOperation(
+  'fullDistillation',
+  (student: tf.Tensor2D, targets: tf.Tensor1D, teacher: tf.Tensor2D, options: DistillOptions): tf.Scalar =>
+    withCrossEntropy(fullLogitKL(student, teacher, options.temperature, options.direction), student, targets, options),
 );

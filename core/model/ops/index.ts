@@ -16,6 +16,8 @@ export {
   type KLDirection,
   type TopKTeacher,
   directedKL,
+  fullDistillation,
+  fullLogitKL,
   topKDistillation,
   topKLogitKL,
   withCrossEntropy,

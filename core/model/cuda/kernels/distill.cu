@@ -1,8 +1,8 @@
-// Top-k knowledge distillation, α·CE + (1 − α)·T²·KL, over the teacher's top-k logits plus one
-// bucket for the remaining mass (losses.ts's topKLogitKL), in two kernels that never materialise a
-// log-softmax of the student's logits: the forward writes each row's loss and the two log-sum-exps
-// (at temperature 1 and T), the backward writes the gradient directly. One block per row; dynamic
-// shared memory holds 3·k floats. direction: 0 forward KL, 1 reverse, 2 symmetric.
+// Knowledge distillation, α·CE + (1 − α)·T²·KL, over the teacher's top-k logits plus one bucket for
+// the remaining mass (ops/distill.ts's topKLogitKL) and, at the end, over its full logits, each in two
+// kernels that never materialise a log-softmax of the student's logits: the forward writes each row's
+// loss and the log-sum-exps, the backward writes the gradient directly. One block per row; for top-k,
+// dynamic shared memory holds 3·k floats. direction: 0 forward KL, 1 reverse, 2 symmetric.
 #include "common.cuh"
 
 #define TINY 1e-30f
@@ -131,5 +131,73 @@ extern "C" __global__ void topk_distill_backward(void* dx, int dxSt, const void*
     const float sT = expf(xv / u.T - lseT);
     const float s1 = expf(xv - lse1);
     store_any(dx, dxSt, base + i, scale * (u.wKL * (GJ[j] - sT * cIn) / u.T + u.alpha * (s1 - (i == target ? 1.f : 0.f))));
+  }
+}
+
+// Full-logit distillation (ops/distill.ts's fullDistillation): the teacher's whole row of logits t
+// instead of its top-k, so no bucket: with ls = log softmax(x / T) and lt = log softmax(t / T),
+// KL's gradient in ls is g = g_of(ls, lt), and in x it is (g − softmax(x / T) · Σ g) / T. The forward
+// writes each row's loss and the three log-sum-exps the backward needs (student at 1 and T, teacher at T).
+extern "C" __global__ void full_distill_forward(float* loss, float* lse1Out, float* lseTOut, float* lseTeacherOut, const void* x,
+                                                int xSt, const int* targets, const void* t, int tSt, KD u) {
+  __shared__ float sm[32], ss[32];
+  const i64 row = (i64)blockIdx.y * gridDim.x + blockIdx.x;
+  if (row >= u.N) return;
+  const i64 base = row * u.V;
+  float m1 = NEG_INF, s1 = 0.f, mT = NEG_INF, sT = 0.f, mt = NEG_INF, st = 0.f;
+  for (int v = threadIdx.x; v < u.V; v += blockDim.x) {
+    const float xv = load_any(x, xSt, base + v);
+    online_lse2(xv, m1, s1);
+    online_lse2(xv / u.T, mT, sT);
+    online_lse2(load_any(t, tSt, base + v) / u.T, mt, st);
+  }
+  const float lse1 = merge_lse(m1, s1, sm, ss);
+  const float lseT = merge_lse(mT, sT, sm, ss);
+  const float lseTeacher = merge_lse(mt, st, sm, ss);
+  float fw = 0.f, rv = 0.f;
+  for (int v = threadIdx.x; v < u.V; v += blockDim.x) {
+    const float ls = load_any(x, xSt, base + v) / u.T - lseT;
+    const float lt = load_any(t, tSt, base + v) / u.T - lseTeacher;
+    // A probability of exactly 0 contributes 0 (not 0 · ∞), as the reference's KL terms.
+    const float pt = expf(lt), ps = expf(ls);
+    if (pt > 0.f) fw += pt * (lt - ls);
+    if (ps > 0.f) rv += ps * (ls - lt);
+  }
+  const float fwSum = block_sum(fw, sm);
+  const float rvSum = block_sum(rv, ss);
+  if (threadIdx.x == 0) {
+    const float kl = u.direction == 1 ? rvSum : u.direction == 2 ? 0.5f * (fwSum + rvSum) : fwSum;
+    const float ce = u.alpha != 0.f ? lse1 - load_any(x, xSt, base + targets[row]) : 0.f;
+    loss[row] = u.alpha * ce + u.wKL * kl;
+    lse1Out[row] = lse1;
+    lseTOut[row] = lseT;
+    lseTeacherOut[row] = lseTeacher;
+  }
+}
+
+extern "C" __global__ void full_distill_backward(void* dx, int dxSt, const void* x, int xSt, const int* targets, const void* t,
+                                                 int tSt, const float* lse1In, const float* lseTIn, const float* lseTeacherIn,
+                                                 const float* dy, KD u) {
+  __shared__ float sm[32];
+  const i64 row = (i64)blockIdx.y * gridDim.x + blockIdx.x;
+  if (row >= u.N) return;
+  const i64 base = row * u.V;
+  const float lse1 = lse1In[row], lseT = lseTIn[row], lseTeacher = lseTeacherIn[row];
+  float gsum = 0.f;
+  for (int v = threadIdx.x; v < u.V; v += blockDim.x) {
+    const float ls = load_any(x, xSt, base + v) / u.T - lseT;
+    const float lt = load_any(t, tSt, base + v) / u.T - lseTeacher;
+    gsum += g_of(u.direction, ls, lt);
+  }
+  const float G = block_sum(gsum, sm);
+  const float scale = dy[0] * u.invN;
+  const int target = targets[row];
+  for (int v = threadIdx.x; v < u.V; v += blockDim.x) {
+    const float xv = load_any(x, xSt, base + v);
+    const float ls = xv / u.T - lseT;
+    const float lt = load_any(t, tSt, base + v) / u.T - lseTeacher;
+    const float g = g_of(u.direction, ls, lt);
+    const float s1 = expf(xv - lse1);
+    store_any(dx, dxSt, base + v, scale * (u.wKL * (g - expf(ls) * G) / u.T + u.alpha * (s1 - (v == target ? 1.f : 0.f))));
   }
 }
