@@ -35,6 +35,7 @@ import { fileURLToPath } from 'node:url';
 
 import { type BackendName, initBackend } from '../core/model/backend.js';
 import { DEFAULT_TRAIN_CORPUS, DEFAULT_VALIDATION_CORPUS } from '../core/data/index.js';
+import { cudaHome } from '../core/model/cuda/libraries.js';
 import { MODEL_PRESETS, setShapeClasses, shapeCostTotals } from '../core/model/index.js';
 import { matmulPlanCounts } from '../core/model/webgpu/matmul.js';
 import { planCacheDir } from '../core/model/webgpu/matmul-plans.js';
@@ -433,10 +434,12 @@ async function main(argv: string[]): Promise<void> {
   const work = path.resolve(a.work);
   const cache = path.join(work, 'cache');
   const base = { ...a, work };
+  // The CUDA libraries stay where scripts/setup-cuda.sh put them, under the cache the bench moves.
+  const cudaLibraries = cudaHome();
   const env = (arm: string): NodeJS.ProcessEnv => {
     // A fresh driver shader cache per arm, so that no arm reuses another's (or an earlier call's) compiles.
     const xdg = fs.mkdtempSync(path.join(work, `xdg-${arm}-`));
-    return { ...process.env, OFFSHOOT_CACHE: cache, XDG_CACHE_HOME: xdg };
+    return { ...process.env, OFFSHOOT_CACHE: cache, OFFSHOOT_CUDA_HOME: cudaLibraries, XDG_CACHE_HOME: xdg };
   };
   fs.mkdirSync(work, { recursive: true });
   const print = (line: Record<string, unknown>) => console.log(JSON.stringify(line));

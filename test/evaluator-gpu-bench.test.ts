@@ -1,0 +1,61 @@
+/**
+ * bench/evaluator-gpu at tiny shapes on the cpu backend: the command a GPU machine runs, here end to
+ * end: a teacher trained by the teacher-training code, then the same search twice (shape classes off,
+ * then on), each candidate evaluated twice, one JSON line per candidate, a summary per arm and the
+ * closing comparison.
+ */
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+
+import { describe, expect, it } from 'vitest';
+
+const ROOT = path.join(import.meta.dirname, '..');
+
+describe('bench/evaluator-gpu', () => {
+  it('measures each candidate against its steady time in both arms and compares them', () => {
+    const work = fs.mkdtempSync(path.join(os.tmpdir(), 'offshoot-evaluator-bench-'));
+    try {
+      const args = ['--backends', 'cpu', '--preset', 'tiny', '--seq-len', '16', '--batch-size', '4'];
+      args.push('--candidates', '2', '--population', '2', '--steps', '2', '--eval-tokens', '128');
+      args.push('--teacher-steps', '2', '--compare', '--work', work);
+      const r = spawnSync(
+        process.execPath,
+        ['--import', import.meta.resolve('tsx'), path.join(ROOT, 'bench', 'evaluator-gpu.ts'), ...args],
+        { cwd: ROOT, encoding: 'utf8', env: { ...process.env, OFFSHOOT_BACKEND: 'cpu' }, timeout: 600_000 },
+      );
+      expect(r.status, r.stderr).toBe(0);
+      const lines = r.stdout
+        .split('\n')
+        .filter((l) => l.startsWith('{'))
+        .map((l) => JSON.parse(l) as Record<string, unknown>);
+      for (const arm of [false, true]) {
+        const candidates = lines.filter((l) => l.shapeClasses === arm && typeof l.candidate === 'number');
+        expect(candidates).toHaveLength(2);
+        for (const c of candidates) {
+          expect(c.wallSeconds as number).toBeGreaterThan(0);
+          expect(c.steadySeconds as number).toBeGreaterThan(0);
+          expect(c.ratio).toBeCloseTo((c.wallSeconds as number) / (c.steadySeconds as number), 2);
+          // Nothing about a candidate changes between its two evaluations but the caches.
+          expect(Math.abs(c.steadyFitnessDelta as number)).toBeLessThan(1e-4);
+        }
+        const summary = lines.find((l) => l.shapeClasses === arm && l.summary)!;
+        expect(summary).toMatchObject({ backend: 'cpu', candidates: 2, failed: 0, steps: 2 });
+        expect(summary.evaluationsPerHour as number).toBeGreaterThan(0);
+        expect(typeof summary.meets).toBe('boolean');
+      }
+      // Same seed, same search: the arms evaluate the same candidates.
+      const specs = (arm: boolean) =>
+        lines
+          .filter((l) => l.shapeClasses === arm && typeof l.candidate === 'number')
+          .map((l) => JSON.stringify(l.spec));
+      expect(specs(true)).toEqual(specs(false));
+      const closing = lines.find((l) => l.closing)!;
+      expect(closing.ratio as number).toBeGreaterThan(0);
+      expect(closing).toMatchObject({ before: { shapeClasses: false }, after: { shapeClasses: true } });
+    } finally {
+      fs.rmSync(work, { recursive: true, force: true });
+    }
+  }, 600_000);
+});
