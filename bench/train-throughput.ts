@@ -363,20 +363,34 @@ function runTorch(args: Args, mode: TorchMode): Measurement {
 export async function runConfig(args: Args): Promise<Record<string, unknown>[]> {
   const self = fileURLToPath(import.meta.url);
   const results: Measurement[] = [];
+  // The JSON lines come once a configuration's measurements are all in (they carry ratios between
+  // them); each measurement says so on stderr as it ends, so a run cut short still shows its figures.
+  const timed = (run: () => Measurement): Measurement => {
+    const t0 = performance.now();
+    const m = run();
+    const took = `${((performance.now() - t0) / 1000).toFixed(0)} s`;
+    const what = m.error ? `failed: ${m.error}` : `${Math.round(m.tokensPerSecond!)} tokens/s`;
+    process.stderr.write(`train-throughput: ${args.config} ${m.backend}: ${what} (${took})\n`);
+    return m;
+  };
   for (const backend of args.backends) {
     const childArgs = toArgv({ ...args, only: backend });
-    const res = spawnSync(process.execPath, [...process.execArgv, self, ...childArgs], {
-      encoding: 'utf8',
-      maxBuffer: 64 * 2 ** 20,
-    });
     results.push(
-      (lastJsonLine(res.stdout ?? '') as Measurement | undefined) ?? {
-        backend,
-        error: `exited ${res.status}: ${(res.stderr ?? '').trim().split('\n').pop()}`,
-      },
+      timed(() => {
+        const res = spawnSync(process.execPath, [...process.execArgv, self, ...childArgs], {
+          encoding: 'utf8',
+          maxBuffer: 64 * 2 ** 20,
+        });
+        return (
+          (lastJsonLine(res.stdout ?? '') as Measurement | undefined) ?? {
+            backend,
+            error: `exited ${res.status}: ${(res.stderr ?? '').trim().split('\n').pop()}`,
+          }
+        );
+      }),
     );
   }
-  const torchRuns = args.torch ? args.torchModes.map((m) => runTorch(args, m)) : [];
+  const torchRuns = args.torch ? args.torchModes.map((m) => timed(() => runTorch(args, m))) : [];
   // The ratio's baseline: the last mode measured (the strongest when modes are listed weakest first).
   const torch = torchRuns.length ? torchRuns[torchRuns.length - 1] : undefined;
   const shape = SHAPES[args.config];
