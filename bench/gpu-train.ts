@@ -9,6 +9,9 @@
  *   node dist/bench/gpu-train.js --config tiny|pythia-70m|pythia-160m|pythia-410m[,...] [--backends cuda,webgpu]
  *        [--precision mixed|f32] [--steps N] [--warmup N] [--torch python3 | --no-torch] [--torch-modes f32,bf16,bf16-compile]
  *        [--unfused] [--check | --check-only] [--check-scale small|pythia] [--checks f32,mixed,tiles,curve] [--profile 1]
+ *        [--teacher PRESET [--teacher-top-k K] --no-torch]
+ *
+ * --teacher times distillation steps from an in-process teacher (train-throughput.ts says how).
  *
  * --precision sets OFFSHOOT_PRECISION for every measured process (default: the environment's, else
  * mixed): on webgpu, mixed runs the linear and logits products on f16 subgroup matrices where the

@@ -7,6 +7,12 @@
  *
  *   node dist/bench/train-throughput.js --config sotu-teacher[,tiny,...] [--backends cpu,wasm,webgpu,webgpu-unfused,tensorflow,tensorflow-stock]
  *        [--steps 10] [--warmup 2] [--batch-size B] [--seq-len T] [--torch python3] [--torch-device cuda]
+ *        [--teacher PRESET [--teacher-top-k K]]
+ *
+ * --teacher measures distillation steps instead: a teacher of that preset (random weights, the
+ * student's vocabulary) in the same process runs its forward pass every step, and the student
+ * distills from its full logits, or from their top K as the teacher service sends them. The FLOPs
+ * then count the teacher's forward too; PyTorch has no counterpart, so --torch is refused.
  *
  * `webgpu-unfused` is the webgpu backend with offshoot's fused kernels turned off (tfjs's stock
  * kernels only); `tensorflow-stock` the tensorflow backend without offshoot's TensorFlow ops
@@ -21,10 +27,12 @@ import { fileURLToPath } from 'node:url';
 import { type BackendName, initBackend } from '../core/model/backend.js';
 import { precision } from '../core/model/precision.js';
 import {
+  DEFAULT_DISTILL,
   GPTNeoX,
   MODEL_PRESETS,
   Trainer,
   afterFirstTrainingStep,
+  inProcessTeacher,
   parameterCount,
   presetConfig,
   trainingHyperparameters,
@@ -74,6 +82,10 @@ export interface Args {
   only?: BenchBackend;
   /** Profile one step after timing (per-kernel GPU time, webgpu) and print it. */
   profile?: boolean;
+  /** Distillation steps from an in-process teacher of this preset. */
+  teacher?: string;
+  /** Distill from the teacher's top k logits instead of all of them. */
+  teacherTopK?: number;
 }
 
 export function parseArgs(argv: string[]): Args {
@@ -136,10 +148,21 @@ export function parseArgs(argv: string[]): Args {
       case '--profile':
         args.profile = value === '1' || value === 'true';
         break;
+      case '--teacher':
+        if (!(value in SHAPES))
+          throw new Error(`--teacher must be one of ${Object.keys(SHAPES).join(', ')}, got ${value}`);
+        args.teacher = value;
+        break;
+      case '--teacher-top-k':
+        args.teacherTopK = int();
+        break;
       default:
         throw new Error(`unknown argument ${key}`);
     }
   }
+  if (args.teacherTopK && !args.teacher) throw new Error('--teacher-top-k needs --teacher');
+  if (args.teacher && args.torch)
+    throw new Error('--teacher measures distillation, which bench/torch_reference.py does not: leave out --torch');
   return args;
 }
 
@@ -207,9 +230,11 @@ async function measure(args: Args, which: BenchBackend): Promise<Measurement> {
     return { batchSize, seqLen, input, target };
   };
   const total = args.warmup + args.steps;
+  const teacher = args.teacher ? GPTNeoX.random(presetConfig(args.teacher, shape.vocab), 2) : undefined;
   const trainer = new Trainer(GPTNeoX.random(config, 1), {
     hyper: trainingHyperparameters({ steps: total, lr: 1e-4, warmup: 1 }, { batchSize, seqLen, seed: 1 }),
     batches,
+    ...(teacher ? { teacher: inProcessTeacher(teacher, { topK: args.teacherTopK }), distill: DEFAULT_DISTILL } : {}),
   });
   let finalLoss = NaN;
   let hostMs = 0;
@@ -276,6 +301,7 @@ async function measure(args: Args, which: BenchBackend): Promise<Measurement> {
   }
   const lossScale = await trainer.optimizer.lossScale?.read();
   trainer.dispose();
+  teacher?.dispose();
   return {
     backend: which,
     lossScale,
@@ -396,7 +422,12 @@ export async function runConfig(args: Args): Promise<Record<string, unknown>[]> 
   const shape = SHAPES[args.config];
   const config = presetConfig(args.config, shape.vocab);
   const seqLen = args.seqLen ?? shape.seqLen;
-  const flopsPerToken = trainingFlopsPerToken(config, seqLen);
+  // A distillation step also runs the teacher's forward pass on every token.
+  const teacherFlopsPerToken = args.teacher
+    ? forwardFlops(presetConfig(args.teacher, shape.vocab), { seqLen }).forward
+    : 0;
+  const studentFlopsPerToken = trainingFlopsPerToken(config, seqLen);
+  const flopsPerToken = studentFlopsPerToken + teacherFlopsPerToken;
   const tflops = (tps: number) => Number(((tps * flopsPerToken) / 1e12).toFixed(2));
   const common = {
     bench: 'train-throughput',
@@ -405,7 +436,14 @@ export async function runConfig(args: Args): Promise<Record<string, unknown>[]> 
     batchSize: args.batchSize ?? shape.batchSize,
     seqLen,
     steps: args.steps,
-    trainingFlopsPerToken: flopsPerToken,
+    trainingFlopsPerToken: studentFlopsPerToken,
+    ...(args.teacher
+      ? {
+          teacher: args.teacher,
+          distill: args.teacherTopK ? `top-${args.teacherTopK}` : 'full logits',
+          teacherFlopsPerToken,
+        }
+      : {}),
   };
   const lines: Record<string, unknown>[] = [];
   for (const r of results) {
@@ -497,6 +535,8 @@ function toArgv(a: Args): string[] {
   if (a.seqLen) out.push('--seq-len', String(a.seqLen));
   if (a.only) out.push('--only', a.only);
   if (a.profile) out.push('--profile', '1');
+  if (a.teacher) out.push('--teacher', a.teacher);
+  if (a.teacherTopK) out.push('--teacher-top-k', String(a.teacherTopK));
   return out;
 }
 

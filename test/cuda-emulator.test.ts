@@ -267,6 +267,22 @@ describe.skipIf(!!compilerReason)('the commands on an (emulated) GPU machine', (
     expect(line.launchesPerStep).toBeLessThan(10);
   }, 300_000);
 
+  it('bench/gpu-train measures distillation steps: the teacher forward eager, the student step replayed, nothing through the host', () => {
+    for (const topK of [undefined, 8]) {
+      const kd = `--teacher tiny${topK ? ` --teacher-top-k ${topK}` : ''}`;
+      const line = gpuTrain(
+        tmp,
+        `--config tiny --batch-size 2 --seq-len 32 --backends cuda --no-torch --steps 2 --warmup 3 ${kd}`,
+      );
+      expect(line).toMatchObject({ backend: 'cuda', teacher: 'tiny', distill: topK ? 'top-8' : 'full logits' });
+      // The teacher's forward pass: a third of the same model's training step.
+      expect((line.teacherFlopsPerToken as number) * 3).toBe(line.trainingFlopsPerToken);
+      expect(line.replayedSteps).toBe(2);
+      expect(line.viaHost ?? {}).toEqual({});
+      expect(Number.isFinite(line.finalLoss)).toBe(true);
+    }
+  }, 300_000);
+
   it("Pythia-160M's replayed step holds no more memory than the same step run eagerly (the graph's memory is planned)", () => {
     // The emulator without its arithmetic: allocations, copies and graphs as always, at Pythia's shapes.
     const peak = (graphs: '0' | '1') => {
