@@ -794,20 +794,22 @@ export function autotuneBudgetSeconds(setting = process.env.OFFSHOOT_MATMUL_AUTO
 
 /**
  * Tunes the pending shape classes within `budgetSeconds` of compiling: on a driver that compiles
- * subgroup-matrix pipelines slowly, every tile of every class would take many minutes. Past the
- * budget a class chooses among the candidates compiled so far (its untuned plan always among them),
- * and the classes after it keep their untuned plans; neither goes to the plan file, so a later
- * process tunes them.
+ * subgroup-matrix pipelines slowly, every tile of every class would take many minutes. The budget is
+ * shared out: class i of n stops compiling candidates once (i + 1) / n of it has gone (time an earlier
+ * class left passes on), then chooses among those compiled (its untuned plan always among them); a
+ * class reached after the whole budget keeps its untuned plan. Neither goes to the plan file, so a
+ * later process tunes them.
  */
 async function tunePending(targetMs: number, budgetSeconds: number): Promise<TuneResult[]> {
   const results: TuneResult[] = [];
   const shapes = [...pending.entries()];
   pending.clear();
   const started = performance.now();
-  const overBudget = () => performance.now() - started > budgetSeconds * 1000;
+  const past = (share: number) => performance.now() - started > budgetSeconds * 1000 * share;
   let notReached = 0;
-  for (const [cls, s] of shapes) {
-    if (results.length > 0 && overBudget()) {
+  for (const [index, [cls, s]] of shapes.entries()) {
+    const overBudget = () => past((index + 1) / shapes.length);
+    if (results.length > 0 && past(1)) {
       notReached++;
       continue;
     }
