@@ -12,7 +12,10 @@
  *        [--preset pythia-70m] [--teacher DIR | --teacher-steps 200] [--target-params 20M | --bin N]
  *        [--candidates 24] [--before-candidates N] [--population 8] [--steps 40] [--batch-size 8] [--seq-len 512]
  *        [--eval-tokens 8192] [--fitness brief|zero-shot] [--seed 0] [--shape-classes on|off]
- *        [--work runs/evaluator-gpu] [--fresh-plans] [--plans-out DIR]
+ *        [--work runs/evaluator-gpu] [--fresh-plans] [--plans-out DIR] [--profile]
+ *
+ * --profile (cuda) evaluates the first candidate once more, eagerly, timing every kernel and product
+ * on the GPU, and prints the 30 that took longest in total: where a candidate's time goes.
  *
  * --compare runs each backend twice, first with shape classes off (every shape compiled and tuned on
  * its own, in memory, no warm-up: the behaviour before shape classes, core/model/shape-costs.ts) on
@@ -76,6 +79,8 @@ interface Args {
   work: string;
   freshPlans: boolean;
   plansOut?: string;
+  /** cuda: after the first candidate, one more evaluation of it timed launch by launch. */
+  profile: boolean;
   /** Child modes: train the teacher, or run one arm. */
   child?: 'teacher' | 'search';
 }
@@ -99,11 +104,12 @@ function parseArgs(argv: string[]): Args {
     seed: 0,
     work: path.join('runs', BENCH),
     freshPlans: false,
+    profile: false,
   };
   for (let i = 0; i < argv.length; i++) {
     const key = argv[i];
-    if (key === '--compare' || key === '--fresh-plans') {
-      args[key === '--compare' ? 'compare' : 'freshPlans'] = true;
+    if (key === '--compare' || key === '--fresh-plans' || key === '--profile') {
+      args[key === '--compare' ? 'compare' : key === '--fresh-plans' ? 'freshPlans' : 'profile'] = true;
       continue;
     }
     const value = argv[++i];
@@ -232,6 +238,7 @@ function toArgv(a: Args): string[] {
     '--work',
     a.work,
   );
+  if (a.profile) out.push('--profile');
   if (a.child) out.push('--child', a.child);
   return out;
 }
@@ -343,6 +350,12 @@ async function runArm(a: Args): Promise<void> {
             ...(gpuBytes !== null ? { gpuMiBAfter: Math.round(gpuBytes / 2 ** 20) } : {}),
           }),
         );
+        if (a.profile && backend === 'cuda' && r.done === 1) {
+          const profile = await profileEvaluation(() =>
+            evaluateFitness({ teacher, spec: r.spec, budget, seed: a.seed, data }, context),
+          );
+          console.log(JSON.stringify({ ...common, candidate: r.done, profile }));
+        }
       },
     );
   } finally {
@@ -381,6 +394,34 @@ async function runArm(a: Args): Promise<void> {
       meets: rows.length ? median(ratios) <= 1.5 && Math.max(...ratios) <= 3 : false,
     }),
   );
+}
+
+/**
+ * GPU time per kernel and product over one whole evaluation on cuda, run eagerly (a replayed graph
+ * would be one launch): each launch between two events, which adds its own gaps, so the total is
+ * the GPU's busy time, not the evaluation's wall time.
+ */
+async function profileEvaluation(evaluate: () => Promise<unknown>): Promise<Record<string, unknown>> {
+  const { openedCudaDevice } = await import('../core/model/cuda/index.js');
+  const device = openedCudaDevice()!;
+  const graphs = process.env.OFFSHOOT_CUDA_GRAPHS;
+  process.env.OFFSHOOT_CUDA_GRAPHS = '0';
+  device.beginProfile();
+  const t0 = performance.now();
+  try {
+    await evaluate();
+  } finally {
+    if (graphs === undefined) delete process.env.OFFSHOOT_CUDA_GRAPHS;
+    else process.env.OFFSHOOT_CUDA_GRAPHS = graphs;
+  }
+  const wallSeconds = (performance.now() - t0) / 1000;
+  const p = await device.endProfile();
+  return {
+    wallSeconds: round(wallSeconds),
+    gpuSeconds: round(p.totalMs / 1000),
+    launches: p.launches,
+    top: p.byName.slice(0, 30).map((e) => [e.name, round(e.ms, 2), e.count]),
+  };
 }
 
 /** Runs the bench itself as a child with `args`; its JSON lines go to `onLine` as they come. */

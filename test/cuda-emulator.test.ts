@@ -283,6 +283,25 @@ describe.skipIf(!!compilerReason)('the commands on an (emulated) GPU machine', (
     }
   }, 300_000);
 
+  it("bench/evaluator-gpu --profile: the first candidate's GPU time per kernel and product", () => {
+    const args = ['--backends', 'cuda', '--preset', 'tiny', '--teacher', teacher, '--candidates', '2'];
+    args.push('--population', '2', '--steps', '2', '--batch-size', '2', '--seq-len', '16', '--eval-tokens', '64');
+    const r = runTs('bench/evaluator-gpu.ts', [...args, '--work', path.join(tmp, 'evaluator'), '--profile'], tmp);
+    expect(r.status, r.stderr).toBe(0);
+    const lines = r.stdout
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l));
+    const { profile } = lines.find((l) => l.profile);
+    expect(profile.launches).toBeGreaterThan(10);
+    expect(profile.gpuSeconds).toBeGreaterThan(0);
+    const names = profile.top.map((e: [string, number, number]) => e[0]);
+    // The in-process teacher's full logits: the fused distillation kernels, and the products.
+    expect(names).toContain('full_distill_forward');
+    expect(names.some((n: string) => n.startsWith('matmul '))).toBe(true);
+    expect(lines.find((l) => l.summary)).toMatchObject({ backend: 'cuda', candidates: 2, failed: 0 });
+  }, 300_000);
+
   it("Pythia-160M's replayed step holds no more memory than the same step run eagerly (the graph's memory is planned)", () => {
     // The emulator without its arithmetic: allocations, copies and graphs as always, at Pythia's shapes.
     const peak = (graphs: '0' | '1') => {
