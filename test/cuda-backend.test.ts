@@ -167,6 +167,8 @@ describe('cuda elementwise broadcasting', () => {
       a: [768, 1],
       b: [0, 1],
     });
+    // Logits of 64 × 2048 tokens: 6.6·10⁹ elements, past the kernel's 32-bit dims, stay two dims.
+    expect(broadcastStrides([131072, 50304], [131072, 50304])?.dims).toEqual([131072, 50304]);
     // A scalar against anything: one dim.
     expect(broadcastStrides([], [3, 5])).toEqual({ shape: [3, 5], dims: [15], a: [0], b: [1] });
   });

@@ -141,10 +141,12 @@ export function broadcastStrides(
   const a = strides(aShape);
   const b = strides(bShape);
   // Adjacent dims that both inputs walk as one (contiguous, or broadcast across both) merge: each dim
-  // costs the kernel a division per element, and same-shape inputs come down to one dim, none.
+  // costs the kernel a division per element, and same-shape inputs come down to one dim, none. The
+  // kernel's dims are 32-bit, so a merge stops short of 2^31.
   for (let d = dims.length - 2; d >= 0; d--) {
-    if (a[d] === a[d + 1] * dims[d + 1] && b[d] === b[d + 1] * dims[d + 1]) {
-      dims.splice(d, 2, dims[d] * dims[d + 1]);
+    const merged = dims[d] * dims[d + 1];
+    if (merged < 2 ** 31 && a[d] === a[d + 1] * dims[d + 1] && b[d] === b[d + 1] * dims[d + 1]) {
+      dims.splice(d, 2, merged);
       a.splice(d, 1);
       b.splice(d, 1);
     }
