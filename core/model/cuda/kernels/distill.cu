@@ -26,6 +26,13 @@ __device__ __forceinline__ float merge_lse(float m, float s, float* sm, float* s
   return M + logf(block_sum(m == NEG_INF ? 0.f : s * expf(m - M), ss));
 }
 
+// A row's loss from its two KL sums (forward, reverse) and, for cross-entropy, the log-sum-exp of the
+// logits and the target's logit.
+__device__ __forceinline__ float row_loss(const KD& u, float fwSum, float rvSum, float lse1, float xTarget) {
+  const float kl = u.direction == 1 ? rvSum : u.direction == 2 ? 0.5f * (fwSum + rvSum) : fwSum;
+  return u.alpha * (u.alpha != 0.f ? lse1 - xTarget : 0.f) + u.wKL * kl;
+}
+
 // LS, LT: the student's and teacher's log-probabilities (at T) of the kept tokens; returns S = Σ exp(LS)
 // and P = Σ exp(LT) through the references.
 __device__ __forceinline__ void kept(const KD& u, i64 row, const void* x, int xSt, const int* tIdx, const float* tLogits,
@@ -75,9 +82,7 @@ extern "C" __global__ void topk_distill_forward(float* loss, float* lse1Out, flo
   const float fwSum = block_sum(fw, sm) + expf(ltRem) * (ltRem - lsRem);
   const float rvSum = block_sum(rv, ss) + expf(lsRem) * (lsRem - ltRem);
   if (threadIdx.x == 0) {
-    const float kl = u.direction == 1 ? rvSum : u.direction == 2 ? 0.5f * (fwSum + rvSum) : fwSum;
-    const float ce = u.alpha != 0.f ? lse1 - load_any(x, xSt, base + targets[row]) : 0.f;
-    loss[row] = u.alpha * ce + u.wKL * kl;
+    loss[row] = row_loss(u, fwSum, rvSum, lse1, load_any(x, xSt, base + targets[row]));
     lse1Out[row] = lse1;
     lseTOut[row] = lseT;
   }
@@ -166,9 +171,7 @@ extern "C" __global__ void full_distill_forward(float* loss, float* lse1Out, flo
   const float fwSum = block_sum(fw, sm);
   const float rvSum = block_sum(rv, ss);
   if (threadIdx.x == 0) {
-    const float kl = u.direction == 1 ? rvSum : u.direction == 2 ? 0.5f * (fwSum + rvSum) : fwSum;
-    const float ce = u.alpha != 0.f ? lse1 - load_any(x, xSt, base + targets[row]) : 0.f;
-    loss[row] = u.alpha * ce + u.wKL * kl;
+    loss[row] = row_loss(u, fwSum, rvSum, lse1, load_any(x, xSt, base + targets[row]));
     lse1Out[row] = lse1;
     lseTOut[row] = lseT;
     lseTeacherOut[row] = lseTeacher;
