@@ -397,27 +397,15 @@ async function runArm(a: Args): Promise<void> {
 }
 
 /**
- * GPU time per kernel and product over one whole evaluation on cuda, run eagerly (a replayed graph
- * would be one launch): each launch between two events, which adds its own gaps, so the total is
- * the GPU's busy time, not the evaluation's wall time.
+ * GPU time per kernel and product over one whole evaluation on cuda, its steps run eagerly: the
+ * GPU's busy time, not the evaluation's wall time.
  */
 async function profileEvaluation(evaluate: () => Promise<unknown>): Promise<Record<string, unknown>> {
-  const { openedCudaDevice } = await import('../core/model/cuda/index.js');
-  const device = openedCudaDevice()!;
-  const graphs = process.env.OFFSHOOT_CUDA_GRAPHS;
-  process.env.OFFSHOOT_CUDA_GRAPHS = '0';
-  device.beginProfile();
+  const { profileEagerly } = await import('../core/model/cuda/register.js');
   const t0 = performance.now();
-  try {
-    await evaluate();
-  } finally {
-    if (graphs === undefined) delete process.env.OFFSHOOT_CUDA_GRAPHS;
-    else process.env.OFFSHOOT_CUDA_GRAPHS = graphs;
-  }
-  const wallSeconds = (performance.now() - t0) / 1000;
-  const p = await device.endProfile();
+  const p = await profileEagerly(evaluate);
   return {
-    wallSeconds: round(wallSeconds),
+    wallSeconds: round((performance.now() - t0) / 1000),
     gpuSeconds: round(p.totalMs / 1000),
     launches: p.launches,
     top: p.byName.slice(0, 30).map((e) => [e.name, round(e.ms, 2), e.count]),

@@ -283,16 +283,9 @@ async function measure(args: Args, which: BenchBackend): Promise<Measurement> {
   const launchesPerStep = cuda ? ((cuda.openedCudaDevice()?.launches ?? 0) - launches0) / args.steps : undefined;
   const replayedSteps = graphStats ? graphStats().replays - replays0 : undefined;
   let profile = args.profile && gpuBytes !== null ? await profileStep(() => step(true)) : undefined;
-  const cudaDevice = cuda?.openedCudaDevice();
-  if (args.profile && cudaDevice) {
-    // A replayed graph is one launch: the profiled step runs eagerly to time each kernel.
-    const graphs = process.env.OFFSHOOT_CUDA_GRAPHS;
-    process.env.OFFSHOOT_CUDA_GRAPHS = '0';
-    cudaDevice.beginProfile();
-    await step(true);
-    const p = await cudaDevice.endProfile();
-    if (graphs === undefined) delete process.env.OFFSHOOT_CUDA_GRAPHS;
-    else process.env.OFFSHOOT_CUDA_GRAPHS = graphs;
+  if (args.profile && cuda) {
+    const { profileEagerly } = await import('../core/model/cuda/register.js');
+    const p = await profileEagerly(() => step(true));
     profile = {
       totalMs: Number(p.totalMs.toFixed(2)),
       dispatches: p.launches,

@@ -21,6 +21,7 @@ import type * as tf from '../tfjs.js';
 import { adamwStepVector, cudaClipAdamW } from './adamw.js';
 import { cudaAttention } from './attention.js';
 import { cudaCrossEntropy } from './cross-entropy.js';
+import type { CudaDevice } from './device.js';
 import { cudaFullDistill, cudaTopKDistill, topKSupported } from './distill.js';
 import { cudaGatherRows } from './embedding.js';
 import { GraphRunner } from './graphs.js';
@@ -66,11 +67,30 @@ export function graphStats(): { captures: number; replays: number } {
   const runner = runners.get(cudaBackendOrThrow());
   return { captures: runner?.captures ?? 0, replays: runner?.replays ?? 0 };
 }
+/** Set while profileEagerly runs: its steps go launch by launch. */
+let profiling = false;
+
+/**
+ * GPU time per kernel and product of the work `run` queues, with training steps run eagerly (a
+ * replayed graph would be one launch); each launch between two events, which add their own gaps.
+ */
+export async function profileEagerly(run: () => Promise<unknown>): ReturnType<CudaDevice['endProfile']> {
+  const device = cudaBackendOrThrow().device;
+  profiling = true;
+  device.beginProfile();
+  try {
+    await run();
+  } finally {
+    profiling = false;
+  }
+  return device.endProfile();
+}
+
 runTrainingStep.register({
   backend,
   name: 'CUDA graph per shape after two eager steps',
   // OFFSHOOT_CUDA_GRAPHS=0 runs every step eagerly (to compare, or to rule graphs out).
-  enabled: () => process.env.OFFSHOOT_CUDA_GRAPHS !== '0',
+  enabled: () => !profiling && process.env.OFFSHOOT_CUDA_GRAPHS !== '0',
   run: (step) => {
     const b = cudaBackendOrThrow();
     let runner = runners.get(b);
