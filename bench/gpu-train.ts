@@ -57,7 +57,7 @@ import {
   sgTileCases,
 } from '../core/model/webgpu/check.js';
 import { crossEntropyCase } from '../core/model/webgpu/cross-entropy.js';
-import { topKCase } from '../core/model/webgpu/distill.js';
+import { fullCase, topKCase } from '../core/model/webgpu/distill.js';
 import { embeddingCase } from '../core/model/webgpu/embedding.js';
 import { layerNormCase } from '../core/model/webgpu/layer-norm.js';
 import { halfProducts, matrixUnavailable } from '../core/model/webgpu/half.js';
@@ -88,6 +88,7 @@ function pythiaScaleCases(shrink = 1): KernelCase[] {
     attentionCase('flash', Math.max(1, Math.round(8 / shrink)), T, 8, 64, 16, 1e-4),
     crossEntropyCase(d(1024), V, 1e-4),
     topKCase(d(1024), V, 64, 'forward', 0.5, 2, 1e-4),
+    fullCase(d(1024), V, 'forward', 0.5, 2, 1e-4),
     embeddingCase(V, D, N, 1e-4),
   ];
 }

@@ -18,7 +18,7 @@ import { attentionCase } from '../core/model/webgpu/attention.js';
 import { randHost, relErr } from '../core/model/kernel-check.js';
 import { type KernelCase, matmulCase, modelGradientCheck, runCase } from '../core/model/webgpu/check.js';
 import { crossEntropyCase } from '../core/model/webgpu/cross-entropy.js';
-import { topKCase } from '../core/model/webgpu/distill.js';
+import { fullCase, topKCase } from '../core/model/webgpu/distill.js';
 import { embeddingCase } from '../core/model/webgpu/embedding.js';
 import { setFusedKernels } from '../core/model/webgpu/fused.js';
 import { layerNormCase } from '../core/model/webgpu/layer-norm.js';
@@ -83,6 +83,10 @@ const CASES: KernelCase[] = [
   topKCase(7, 97, 7, 'symmetric', 0.3, 1.5),
   topKCase(7, 97, 3, 'forward', 0, 1),
   topKCase(7, 97, 97, 'forward', 0.5, 1),
+  fullCase(7, 97, 'forward', 0.5, 2),
+  fullCase(7, 97, 'reverse', 0.5, 1),
+  fullCase(7, 97, 'symmetric', 0.3, 1.5),
+  fullCase(5, 300, 'forward', 0, 1),
   embeddingCase(13, 24, 40),
 ];
 

@@ -11,6 +11,7 @@ import {
   clippedAdamW,
   crossEntropy,
   endTrainingStep,
+  fullDistillation,
   gatherRows,
   layerNorm,
   linear,
@@ -26,7 +27,7 @@ import type * as tf from '../tfjs.js';
 import { fusedClipAdamW, fusedLossScaledAdamW } from './adamw.js';
 import { fusedAttention, fusedAttentionSupports } from './attention.js';
 import { fusedCrossEntropy } from './cross-entropy.js';
-import { fusedTopKDistill, fusedTopKSupports } from './distill.js';
+import { fusedFullDistill, fusedTopKDistill, fusedTopKSupports } from './distill.js';
 import { fusedGatherRows, rowWiseTakeAlongLastAxis } from './embedding.js';
 import { fusedKernelsEnabled } from './fused.js';
 import { halfProducts, sweepShadows } from './half.js';
@@ -68,6 +69,11 @@ topKDistillation.register({
   name: 'one workgroup per row, closed-form gradient',
   supports: (_logits, _targets, teacher) => fusedTopKSupports(teacher),
   run: fusedTopKDistill,
+});
+fullDistillation.register({
+  ...fused,
+  name: 'one workgroup per row, gradient written directly',
+  run: fusedFullDistill,
 });
 clippedAdamW.register({ ...fused, name: 'norm and AdamW on the device, no read-back', run: fusedClipAdamW });
 lossScaledAdamW.register({
