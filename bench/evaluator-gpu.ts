@@ -14,8 +14,9 @@
  *        [--eval-tokens 8192] [--fitness brief|zero-shot] [--seed 0] [--shape-classes on|off]
  *        [--work runs/evaluator-gpu] [--fresh-plans] [--plans-out DIR] [--profile]
  *
- * --profile (cuda) evaluates the first candidate once more, eagerly, timing every kernel and product
- * on the GPU, and prints the 30 that took longest in total: where a candidate's time goes.
+ * --profile (cuda, webgpu) evaluates the first candidate once more timing every kernel and product on
+ * the GPU (cuda eagerly, launch by launch; webgpu one timed pass per dispatch), and prints the 30 that
+ * took longest in total: where a candidate's time goes.
  *
  * --compare runs each backend twice, first with shape classes off (every shape compiled and tuned on
  * its own, in memory, no warm-up: the behaviour before shape classes, core/model/shape-costs.ts) on
@@ -42,6 +43,7 @@ import { cudaHome } from '../core/model/cuda/libraries.js';
 import { MODEL_PRESETS, setShapeClasses, shapeCostTotals } from '../core/model/index.js';
 import { matmulPlanCounts } from '../core/model/webgpu/matmul.js';
 import { planCacheDir } from '../core/model/webgpu/matmul-plans.js';
+import { profileGpu } from '../core/model/webgpu/profiler.js';
 import { gpuBytesAllocated } from '../core/model/webgpu/runtime.js';
 import {
   FITNESS_PHASES,
@@ -350,8 +352,8 @@ async function runArm(a: Args): Promise<void> {
             ...(gpuBytes !== null ? { gpuMiBAfter: Math.round(gpuBytes / 2 ** 20) } : {}),
           }),
         );
-        if (a.profile && backend === 'cuda' && r.done === 1) {
-          const profile = await profileEvaluation(() =>
+        if (a.profile && (backend === 'cuda' || backend === 'webgpu') && r.done === 1) {
+          const profile = await profileEvaluation(backend, () =>
             evaluateFitness({ teacher, spec: r.spec, budget, seed: a.seed, data }, context),
           );
           console.log(JSON.stringify({ ...common, candidate: r.done, profile }));
@@ -400,15 +402,23 @@ async function runArm(a: Args): Promise<void> {
  * GPU time per kernel and product over one whole evaluation on cuda, its steps run eagerly: the
  * GPU's busy time, not the evaluation's wall time.
  */
-async function profileEvaluation(evaluate: () => Promise<unknown>): Promise<Record<string, unknown>> {
-  const { profileEagerly } = await import('../core/model/cuda/register.js');
+async function profileEvaluation(
+  backend: 'cuda' | 'webgpu',
+  evaluate: () => Promise<unknown>,
+): Promise<Record<string, unknown>> {
   const t0 = performance.now();
-  const p = await profileEagerly(evaluate);
+  const profile =
+    backend === 'cuda'
+      ? await (await import('../core/model/cuda/register.js')).profileEagerly(evaluate)
+      : await profileGpu(async () => {
+          await evaluate();
+        });
+  if (!profile) return { unavailable: "the WebGPU adapter lacks the 'timestamp-query' feature" };
   return {
     wallSeconds: round((performance.now() - t0) / 1000),
-    gpuSeconds: round(p.totalMs / 1000),
-    launches: p.launches,
-    top: p.byName.slice(0, 30).map((e) => [e.name, round(e.ms, 2), e.count]),
+    gpuSeconds: round(profile.totalMs / 1000),
+    launches: 'launches' in profile ? profile.launches : profile.dispatches,
+    top: profile.byName.slice(0, 30).map((e) => [e.name, round(e.ms, 2), e.count]),
   };
 }
 

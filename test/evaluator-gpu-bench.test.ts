@@ -11,7 +11,26 @@ import * as path from 'node:path';
 
 import { describe, expect, it } from 'vitest';
 
+import { testBackends } from './helpers/backends.js';
+
 const ROOT = path.join(import.meta.dirname, '..');
+const hasWebGPU = (await testBackends()).includes('webgpu');
+
+function runBench(
+  args: string[],
+  backend: string,
+): { status: number | null; stderr: string; lines: Record<string, unknown>[] } {
+  const r = spawnSync(
+    process.execPath,
+    ['--import', import.meta.resolve('tsx'), path.join(ROOT, 'bench', 'evaluator-gpu.ts'), ...args],
+    { cwd: ROOT, encoding: 'utf8', env: { ...process.env, OFFSHOOT_BACKEND: backend }, timeout: 600_000 },
+  );
+  const lines = r.stdout
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+  return { status: r.status, stderr: r.stderr, lines };
+}
 
 describe('bench/evaluator-gpu', () => {
   it('measures each candidate against its steady time in both arms and compares them', () => {
@@ -20,16 +39,8 @@ describe('bench/evaluator-gpu', () => {
       const args = ['--backends', 'cpu', '--preset', 'tiny', '--seq-len', '16', '--batch-size', '4'];
       args.push('--candidates', '2', '--population', '2', '--steps', '2', '--eval-tokens', '128');
       args.push('--teacher-steps', '2', '--compare', '--work', work);
-      const r = spawnSync(
-        process.execPath,
-        ['--import', import.meta.resolve('tsx'), path.join(ROOT, 'bench', 'evaluator-gpu.ts'), ...args],
-        { cwd: ROOT, encoding: 'utf8', env: { ...process.env, OFFSHOOT_BACKEND: 'cpu' }, timeout: 600_000 },
-      );
-      expect(r.status, r.stderr).toBe(0);
-      const lines = r.stdout
-        .split('\n')
-        .filter((l) => l.startsWith('{'))
-        .map((l) => JSON.parse(l) as Record<string, unknown>);
+      const { status, stderr, lines } = runBench(args, 'cpu');
+      expect(status, stderr).toBe(0);
       for (const arm of [false, true]) {
         const candidates = lines.filter((l) => l.shapeClasses === arm && typeof l.candidate === 'number');
         expect(candidates).toHaveLength(2);
@@ -58,4 +69,29 @@ describe('bench/evaluator-gpu', () => {
       fs.rmSync(work, { recursive: true, force: true });
     }
   }, 600_000);
+
+  it.skipIf(!hasWebGPU)(
+    "--profile on webgpu: the first candidate's GPU time per dispatch",
+    () => {
+      const work = fs.mkdtempSync(path.join(os.tmpdir(), 'offshoot-evaluator-profile-'));
+      try {
+        const args = ['--backends', 'webgpu', '--preset', 'tiny', '--seq-len', '16', '--batch-size', '2'];
+        args.push('--candidates', '2', '--population', '2', '--steps', '2', '--eval-tokens', '64');
+        args.push('--teacher-steps', '2', '--profile', '--work', work);
+        const { status, stderr, lines } = runBench(args, 'webgpu');
+        expect(status, stderr).toBe(0);
+        const { profile } = lines.find((l) => l.profile) as { profile: Record<string, unknown> };
+        expect(profile.launches as number).toBeGreaterThan(10);
+        expect(profile.gpuSeconds as number).toBeGreaterThan(0);
+        const names = (profile.top as Array<[string, number, number]>).map((e) => e[0]);
+        // The in-process teacher's full logits: the fused distillation kernels, and the products.
+        expect(names).toContain('full_distill_forward');
+        expect(names.some((n) => n.startsWith('matmul_') || n.startsWith('sgmatmul_'))).toBe(true);
+        expect(lines.find((l) => l.summary)).toMatchObject({ backend: 'webgpu', candidates: 2, failed: 0 });
+      } finally {
+        fs.rmSync(work, { recursive: true, force: true });
+      }
+    },
+    600_000,
+  );
 });
