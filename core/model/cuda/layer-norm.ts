@@ -40,7 +40,8 @@ export function cudaLayerNorm(x: tf.Tensor2D, weight: tf.Tensor1D, bias: tf.Tens
     return {
       value: toTensor(y),
       gradFunc: (dy, [xs, ws, ms, rs]) => {
-        const G = Math.max(1, Math.min(N, 2 * d.info.multiprocessors));
+        // A warp per row, 8 to a block; up to four blocks a multiprocessor, whose partials sumPartials adds.
+        const G = Math.max(1, Math.min(Math.ceil(N / 8), 4 * d.info.multiprocessors));
         const dx = b.allocate([N, D], 'float32');
         const pdw = b.allocate([G, D], 'float32');
         const pdb = b.allocate([G, D], 'float32');

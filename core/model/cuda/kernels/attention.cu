@@ -2,6 +2,8 @@
 // batched products over B·H (attention.ts); here: splitting the fused QKV projection into heads with
 // rotary embeddings (rotate_half on the first rd dims of q and k), the causal softmax and its
 // backward over materialised scores, and the head layout changes.
+// The layout kernels' index arithmetic is 32-bit (a 64-bit division is a long software routine on
+// the GPU, paid per element): attention.ts keeps their tensors below 2^32 elements.
 #include "common.cuh"
 
 // qkv [B·T, H·3·hs] (rows interleaved per head: q, k, v) → q, k, v [B·H, T, hs].
@@ -9,13 +11,9 @@ extern "C" __global__ void rotary_split(void* q, void* k, void* v, int outSt, co
                                         const float* sinT, int B, int T, int H, int hs, int rd) {
   const int half = rd / 2;
   FOR_EACH(i, (i64)B * H * T * hs) {
-    const int d = (int)(i % hs);
-    const i64 r = i / hs;
-    const int t = (int)(r % T);
-    const i64 bh = r / T;
-    const int h = (int)(bh % H);
-    const i64 b = bh / H;
-    const i64 src = ((b * T + t) * H + h) * 3 * hs;
+    const unsigned int j = (unsigned int)i, r = j / hs, bh = r / T;
+    const int d = (int)(j - r * hs), t = (int)(r - bh * T), h = (int)(bh % H), b = (int)(bh / H);
+    const i64 src = (((i64)b * T + t) * H + h) * 3 * hs;
     float qv = load_any(qkv, inSt, src + d);
     float kv = load_any(qkv, inSt, src + hs + d);
     const float vv = load_any(qkv, inSt, src + 2 * hs + d);
@@ -37,14 +35,10 @@ extern "C" __global__ void rotary_merge_backward(void* dqkv, int outSt, const vo
                                                  const float* cosT, const float* sinT, int B, int T, int H, int hs, int rd) {
   const int half = rd / 2;
   FOR_EACH(i, (i64)B * T * H * 3 * hs) {
-    const int e = (int)(i % (3 * hs));
-    const int part = e / hs, d = e % hs;
-    const i64 r = i / (3 * hs);
-    const int h = (int)(r % H);
-    const i64 bt = r / H;
-    const int t = (int)(bt % T);
-    const i64 b = bt / T;
-    const i64 src = ((b * H + h) * T + t) * hs;
+    const unsigned int j = (unsigned int)i, r = j / (3 * hs), bt = r / H;
+    const int e = (int)(j - r * (3 * hs)), part = e / hs, d = e - part * hs;
+    const int h = (int)(r - bt * H), t = (int)(bt % T), b = (int)(bt / T);
+    const i64 src = (((i64)b * H + h) * T + t) * hs;
     const void* g = part == 0 ? dq : part == 1 ? dk : dv;
     float val = load_any(g, inSt, src + d);
     if (part < 2 && d < rd) {
@@ -60,13 +54,9 @@ extern "C" __global__ void rotary_merge_backward(void* dqkv, int outSt, const vo
 extern "C" __global__ void heads_layout(void* out, int outSt, const void* in, int inSt, int B, int T, int H, int hs, int toHeads) {
   FOR_EACH(i, (i64)B * T * H * hs) {
     // i indexes the merged layout [b, t, h, d].
-    const int d = (int)(i % hs);
-    const i64 r = i / hs;
-    const int h = (int)(r % H);
-    const i64 bt = r / H;
-    const int t = (int)(bt % T);
-    const i64 b = bt / T;
-    const i64 j = ((b * H + h) * T + t) * hs + d;
+    const unsigned int m = (unsigned int)i, r = m / hs, bt = r / H;
+    const int d = (int)(m - r * hs), h = (int)(r - bt * H), t = (int)(bt % T), b = (int)(bt / T);
+    const i64 j = (((i64)b * H + h) * T + t) * hs + d;
     if (toHeads) store_any(out, outSt, j, load_any(in, inSt, i));
     else store_any(out, outSt, i, load_any(in, inSt, j));
   }

@@ -27,35 +27,37 @@ extern "C" __global__ void layer_norm_forward(void* y, int ySt, float* mean, flo
   }
 }
 
-// dx [N, D] (f32) and per-block partial sums of dw, db ([gridDim.x, D] each). Each block takes rows
-// blockIdx.x, blockIdx.x + gridDim.x, ...; dynamic shared memory holds its 2·D accumulators.
+// dx [N, D] (f32) and per-block partial sums of dw, db ([gridDim.x, D] each). A warp per row (the
+// block's warps take rows blockIdx.x · warps + warp, then every gridDim.x · warps further): a row's two
+// sums are warp shuffles, with no block-wide barrier per row (a block per row waited on two of them,
+// which left the kernel bound by latency, not memory). The warps add their dw, db terms into the
+// block's accumulators in dynamic shared memory (2·D floats).
 extern "C" __global__ void layer_norm_backward(float* dx, float* dwPartial, float* dbPartial, const void* dy, int dySt, const void* x,
                                                int xSt, const float* mean, const float* rstd, const float* w, int N, int D) {
   extern __shared__ float shared[];
-  __shared__ float scratch[32];
   float* sdw = shared;
   float* sdb = shared + D;
   for (int i = threadIdx.x; i < D; i += blockDim.x) sdw[i] = sdb[i] = 0.f;
   __syncthreads();
-  for (i64 r = blockIdx.x; r < N; r += gridDim.x) {
+  const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+  for (i64 r = (i64)blockIdx.x * warps + (threadIdx.x >> 5); r < N; r += (i64)gridDim.x * warps) {
     const i64 base = r * D;
     const float mu = mean[r], rs = rstd[r];
     float a = 0.f, c = 0.f;
-    for (int i = threadIdx.x; i < D; i += blockDim.x) {
+    for (int i = lane; i < D; i += 32) {
       const float g = load_any(dy, dySt, base + i) * w[i];
       const float xh = (load_any(x, xSt, base + i) - mu) * rs;
       a += g;
       c += g * xh;
     }
-    const float ma = block_sum(a, scratch) / D;
-    const float mc = block_sum(c, scratch) / D;
-    for (int i = threadIdx.x; i < D; i += blockDim.x) {
+    const float ma = warp_sum(a) / D;
+    const float mc = warp_sum(c) / D;
+    for (int i = lane; i < D; i += 32) {
       const float d = load_any(dy, dySt, base + i);
       const float xh = (load_any(x, xSt, base + i) - mu) * rs;
       dx[base + i] = rs * (d * w[i] - ma - xh * mc);
-      // Column i belongs to this thread in every row: no race.
-      sdw[i] += d * xh;
-      sdb[i] += d;
+      atomicAdd(sdw + i, d * xh);
+      atomicAdd(sdb + i, d);
     }
   }
   __syncthreads();
