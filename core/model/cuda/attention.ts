@@ -111,10 +111,6 @@ function probabilities(b: CudaBackend, q: tf.TensorInfo, k: tf.TensorInfo, s: At
  */
 export function cudaAttention(qkv: tf.Tensor2D, cos: tf.Tensor2D, sin: tf.Tensor2D, s: AttentionShape): tf.Tensor2D {
   const { batch: B, seqLen: T, heads: H, headSize: hs, rotated: rd } = s;
-  if (B * T * H * 3 * hs >= 2 ** 32)
-    throw new Error(
-      `cuda attention: the QKV projection [${B}·${T}, ${H}·3·${hs}] has 2^32 elements or more, past the layout kernels' 32-bit indices; use a smaller batch`,
-    );
   const BH = B * H;
   const scale = 1 / Math.sqrt(hs);
   const batched = { batch: BH } as const;

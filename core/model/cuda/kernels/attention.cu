@@ -2,8 +2,6 @@
 // batched products over B·H (attention.ts); here: splitting the fused QKV projection into heads with
 // rotary embeddings (rotate_half on the first rd dims of q and k), the causal softmax and its
 // backward over materialised scores, and the head layout changes.
-// The layout kernels' index arithmetic is 32-bit (a 64-bit division is a long software routine on
-// the GPU, paid per element): attention.ts keeps their tensors below 2^32 elements.
 #include "common.cuh"
 
 // qkv [B·T, H·3·hs] (rows interleaved per head: q, k, v) → q, k, v [B·H, T, hs].
@@ -11,8 +9,8 @@ extern "C" __global__ void rotary_split(void* q, void* k, void* v, int outSt, co
                                         const float* sinT, int B, int T, int H, int hs, int rd) {
   const int half = rd / 2;
   FOR_EACH(i, (i64)B * H * T * hs) {
-    const unsigned int j = (unsigned int)i, r = j / hs, bh = r / T;
-    const int d = (int)(j - r * hs), t = (int)(r - bh * T), h = (int)(bh % H), b = (int)(bh / H);
+    int d, t, h;
+    const int b = (int)div_rem(div_rem(div_rem(i, hs, d), T, t), H, h);
     const i64 src = (((i64)b * T + t) * H + h) * 3 * hs;
     float qv = load_any(qkv, inSt, src + d);
     float kv = load_any(qkv, inSt, src + hs + d);
@@ -35,9 +33,9 @@ extern "C" __global__ void rotary_merge_backward(void* dqkv, int outSt, const vo
                                                  const float* cosT, const float* sinT, int B, int T, int H, int hs, int rd) {
   const int half = rd / 2;
   FOR_EACH(i, (i64)B * T * H * 3 * hs) {
-    const unsigned int j = (unsigned int)i, r = j / (3 * hs), bt = r / H;
-    const int e = (int)(j - r * (3 * hs)), part = e / hs, d = e - part * hs;
-    const int h = (int)(r - bt * H), t = (int)(bt % T), b = (int)(bt / T);
+    int e, h, t;
+    const int b = (int)div_rem(div_rem(div_rem(i, 3 * hs, e), H, h), T, t);
+    const int part = e / hs, d = e - part * hs;
     const i64 src = (((i64)b * H + h) * T + t) * hs;
     const void* g = part == 0 ? dq : part == 1 ? dk : dv;
     float val = load_any(g, inSt, src + d);
@@ -54,8 +52,8 @@ extern "C" __global__ void rotary_merge_backward(void* dqkv, int outSt, const vo
 extern "C" __global__ void heads_layout(void* out, int outSt, const void* in, int inSt, int B, int T, int H, int hs, int toHeads) {
   FOR_EACH(i, (i64)B * T * H * hs) {
     // i indexes the merged layout [b, t, h, d].
-    const unsigned int m = (unsigned int)i, r = m / hs, bt = r / H;
-    const int d = (int)(m - r * hs), h = (int)(r - bt * H), t = (int)(bt % T), b = (int)(bt / T);
+    int d, h, t;
+    const int b = (int)div_rem(div_rem(div_rem(i, hs, d), H, h), T, t);
     const i64 j = (((i64)b * H + h) * T + t) * hs + d;
     if (toHeads) store_any(out, outSt, j, load_any(in, inSt, i));
     else store_any(out, outSt, i, load_any(in, inSt, j));

@@ -70,5 +70,19 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
   return warp_max(v);
 }
 
+// i / d for a non-negative i and a positive d, with i − q·d in rem. Below 2^32 the division is 32-bit:
+// a 64-bit one is a long software routine on the GPU, paid per element (the branch is uniform in
+// practice: a launch's indices are all below 2^32 or nearly all above).
+__device__ __forceinline__ i64 div_rem(i64 i, int d, int& rem) {
+  if (i <= 0xFFFFFFFFll) {
+    const unsigned int q = (unsigned int)i / (unsigned int)d;
+    rem = (int)((unsigned int)i - q * (unsigned int)d);
+    return q;
+  }
+  const i64 q = i / d;
+  rem = (int)(i - q * d);
+  return q;
+}
+
 // A grid-stride loop over n elements.
 #define FOR_EACH(i, n) for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)

@@ -85,8 +85,7 @@ __device__ __forceinline__ int binary_op_int(int op, int a, int b) {
 struct Strides { int dim[MAX_RANK]; int a[MAX_RANK]; int b[MAX_RANK]; };
 
 // Offsets of output element i in a and b (row-major dims, stride 0 where an input broadcasts). One dim
-// needs no division; below 2^32 elements the divisions are 32-bit (a 64-bit one is a long software
-// routine on the GPU, paid per element and dim).
+// needs no division; more take one per dim (div_rem: 32-bit below 2^32).
 __device__ __forceinline__ void offsets(i64 i, int rank, const Strides& s, i64& oa, i64& ob) {
   if (rank == 1) {
     oa = i * s.a[0];
@@ -94,23 +93,11 @@ __device__ __forceinline__ void offsets(i64 i, int rank, const Strides& s, i64& 
     return;
   }
   oa = 0; ob = 0;
-  if (i <= 0xFFFFFFFFll) {
-    unsigned int j = (unsigned int)i;
-    for (int d = rank - 1; d >= 0; d--) {
-      const unsigned int q = j / (unsigned int)s.dim[d];
-      const int r = (int)(j - q * (unsigned int)s.dim[d]);
-      oa += (i64)r * s.a[d];
-      ob += (i64)r * s.b[d];
-      j = q;
-    }
-    return;
-  }
   for (int d = rank - 1; d >= 0; d--) {
-    const i64 q = i / s.dim[d];
-    const int r = (int)(i - q * s.dim[d]);
+    int r;
+    i = div_rem(i, s.dim[d], r);
     oa += (i64)r * s.a[d];
     ob += (i64)r * s.b[d];
-    i = q;
   }
 }
 

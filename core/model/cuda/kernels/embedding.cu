@@ -4,7 +4,8 @@
 
 extern "C" __global__ void scatter_add_rows(float* table, const void* dy, int dySt, const int* ids, int n, int D) {
   FOR_EACH(i, (i64)n * D) {
-    const int r = (int)(i / D), c = (int)(i - (i64)r * D);
+    int c;
+    const int r = (int)div_rem(i, D, c);
     atomicAdd(table + (i64)ids[r] * D + c, load_any(dy, dySt, i));
   }
 }

@@ -13,11 +13,10 @@ __device__ __forceinline__ void strided_copy(T* out, const T* in, i64 n, const L
   FOR_EACH(i, n) {
     i64 rest = i, src = inOffset, dst = outOffset;
     for (int d = L.rank - 1; d >= 0; d--) {
-      const i64 q = rest / L.dim[d];
-      const int r = (int)(rest - q * L.dim[d]);
+      int r;
+      rest = div_rem(rest, L.dim[d], r);
       src += (i64)r * L.inStride[d];
       dst += (i64)r * L.outStride[d];
-      rest = q;
     }
     out[dst] = in[src];
   }
@@ -37,7 +36,8 @@ extern "C" __global__ void copy_strided_1(unsigned char* out, const unsigned cha
 // an index outside the table gives zeros, as tfjs's gather on GPUs.
 extern "C" __global__ void gather_rows_4(unsigned int* out, const unsigned int* table, const int* idx, int rows, int width, int tableRows) {
   FOR_EACH(i, (i64)rows * width) {
-    const int r = (int)(i / width), c = (int)(i - (i64)r * width);
+    int c;
+    const int r = (int)div_rem(i, width, c);
     const int t = idx[r];
     out[i] = (t >= 0 && t < tableRows) ? table[(i64)t * width + c] : 0u;
   }
