@@ -107,6 +107,17 @@ const F32 = 2e-4;
 /** bf16 operands carry 8 significant bits: products of a few hundred terms land near 1e-2 of the largest value. */
 const BF16 = 3e-2;
 
+function layerNormCase(N: number, D: number): CudaCase {
+  return {
+    name: `LayerNorm (N ${N}, D ${D})`,
+    inputs: () => [randHost([N, D], 11, 2), randHost([D], 12), randHost([D], 13)],
+    diff: [0, 1, 2],
+    reference: ([x, w, b]) => layerNorm.reference(x, w, b, 1e-5),
+    cuda: ([x, w, b]) => cudaLayerNorm(x as tf.Tensor2D, w as tf.Tensor1D, b as tf.Tensor1D, 1e-5),
+    tol: { f32: F32, mixed: 1e-2 },
+  };
+}
+
 export function cudaCases(scale: 'small' | 'pythia' = 'small'): CudaCase[] {
   const big = scale === 'pythia';
   const N = big ? 4096 : 256;
@@ -216,14 +227,9 @@ export function cudaCases(scale: 'small' | 'pythia' = 'small'): CudaCase[] {
       cuda: ([h, w]) => cudaMatMulNT(h as tf.Tensor2D, w as tf.Tensor2D),
       tol,
     },
-    {
-      name: `LayerNorm (N ${N}, D ${D})`,
-      inputs: () => [randHost([N, D], 11, 2), randHost([D], 12), randHost([D], 13)],
-      diff: [0, 1, 2],
-      reference: ([x, w, b]) => layerNorm.reference(x, w, b, 1e-5),
-      cuda: ([x, w, b]) => cudaLayerNorm(x as tf.Tensor2D, w as tf.Tensor1D, b as tf.Tensor1D, 1e-5),
-      tol: { f32: F32, mixed: 1e-2 },
-    },
+    layerNormCase(N, D),
+    // Rows that fill no block of eight, columns no warp or chunk of 32.
+    layerNormCase(N / 4 + 3, D / 2 + 7),
     attention(B, T, 8, 64, 16),
     attention(1, 33, 2, 16, 0),
     {

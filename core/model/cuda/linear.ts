@@ -14,6 +14,12 @@ import { blas } from './matmul.js';
 import type { Storage } from './storage.js';
 import type { CudaBackend } from './tfjs-backend.js';
 
+/** Column sums over N rows go by chunks of rows (a partial row each, then sumPartials): at most 64. */
+export function rowChunks(N: number): { rowsPerChunk: number; chunks: number } {
+  const rowsPerChunk = Math.max(32, Math.ceil(N / 64));
+  return { rowsPerChunk, chunks: Math.ceil(N / rowsPerChunk) };
+}
+
 /** db[C] = Σ_rows g [N, C]; with `z`, g = da · gelu'(z) is also written to a new dz (returned). */
 export function columnSums(
   b: CudaBackend,
@@ -24,8 +30,7 @@ export function columnSums(
   dzStorage: Storage = 'f32',
 ): { sum: tf.TensorInfo; dz?: tf.TensorInfo } {
   const d = b.device;
-  const rowsPerChunk = Math.max(32, Math.ceil(N / 64));
-  const chunks = Math.ceil(N / rowsPerChunk);
+  const { rowsPerChunk, chunks } = rowChunks(N);
   const partial = b.allocate([chunks, C], 'float32');
   const dz = z ? b.allocate([N, C], 'float32', dzStorage) : undefined;
   const go = b.operand(g);
