@@ -16,81 +16,75 @@ import { testBackends } from './helpers/backends.js';
 const ROOT = path.join(import.meta.dirname, '..');
 const hasWebGPU = (await testBackends()).includes('webgpu');
 
+/** Runs the bench with `args` in a work folder of its own (removed afterwards); its JSON lines parsed. */
 function runBench(
   args: string[],
   backend: string,
 ): { status: number | null; stderr: string; lines: Record<string, unknown>[] } {
-  const r = spawnSync(
-    process.execPath,
-    ['--import', import.meta.resolve('tsx'), path.join(ROOT, 'bench', 'evaluator-gpu.ts'), ...args],
-    { cwd: ROOT, encoding: 'utf8', env: { ...process.env, OFFSHOOT_BACKEND: backend }, timeout: 600_000 },
-  );
-  const lines = r.stdout
-    .split('\n')
-    .filter((l) => l.startsWith('{'))
-    .map((l) => JSON.parse(l) as Record<string, unknown>);
-  return { status: r.status, stderr: r.stderr, lines };
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'offshoot-evaluator-bench-'));
+  try {
+    const r = spawnSync(
+      process.execPath,
+      ['--import', import.meta.resolve('tsx'), path.join(ROOT, 'bench', 'evaluator-gpu.ts'), ...args, '--work', work],
+      { cwd: ROOT, encoding: 'utf8', env: { ...process.env, OFFSHOOT_BACKEND: backend }, timeout: 600_000 },
+    );
+    const lines = r.stdout
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+    return { status: r.status, stderr: r.stderr, lines };
+  } finally {
+    fs.rmSync(work, { recursive: true, force: true });
+  }
 }
 
 describe('bench/evaluator-gpu', () => {
   it('measures each candidate against its steady time in both arms and compares them', () => {
-    const work = fs.mkdtempSync(path.join(os.tmpdir(), 'offshoot-evaluator-bench-'));
-    try {
-      const args = ['--backends', 'cpu', '--preset', 'tiny', '--seq-len', '16', '--batch-size', '4'];
-      args.push('--candidates', '2', '--population', '2', '--steps', '2', '--eval-tokens', '128');
-      args.push('--teacher-steps', '2', '--compare', '--work', work);
-      const { status, stderr, lines } = runBench(args, 'cpu');
-      expect(status, stderr).toBe(0);
-      for (const arm of [false, true]) {
-        const candidates = lines.filter((l) => l.shapeClasses === arm && typeof l.candidate === 'number');
-        expect(candidates).toHaveLength(2);
-        for (const c of candidates) {
-          expect(c.wallSeconds as number).toBeGreaterThan(0);
-          expect(c.steadySeconds as number).toBeGreaterThan(0);
-          expect(c.ratio).toBeCloseTo((c.wallSeconds as number) / (c.steadySeconds as number), 2);
-          // Nothing about a candidate changes between its two evaluations but the caches.
-          expect(Math.abs(c.steadyFitnessDelta as number)).toBeLessThan(1e-4);
-        }
-        const summary = lines.find((l) => l.shapeClasses === arm && l.summary)!;
-        expect(summary).toMatchObject({ backend: 'cpu', candidates: 2, failed: 0, steps: 2 });
-        expect(summary.evaluationsPerHour as number).toBeGreaterThan(0);
-        expect(typeof summary.meets).toBe('boolean');
+    const args = ['--backends', 'cpu', '--preset', 'tiny', '--seq-len', '16', '--batch-size', '4'];
+    args.push('--candidates', '2', '--population', '2', '--steps', '2', '--eval-tokens', '128');
+    args.push('--teacher-steps', '2', '--compare');
+    const { status, stderr, lines } = runBench(args, 'cpu');
+    expect(status, stderr).toBe(0);
+    for (const arm of [false, true]) {
+      const candidates = lines.filter((l) => l.shapeClasses === arm && typeof l.candidate === 'number');
+      expect(candidates).toHaveLength(2);
+      for (const c of candidates) {
+        expect(c.wallSeconds as number).toBeGreaterThan(0);
+        expect(c.steadySeconds as number).toBeGreaterThan(0);
+        expect(c.ratio).toBeCloseTo((c.wallSeconds as number) / (c.steadySeconds as number), 2);
+        // Nothing about a candidate changes between its two evaluations but the caches.
+        expect(Math.abs(c.steadyFitnessDelta as number)).toBeLessThan(1e-4);
       }
-      // Same seed, same search: the arms evaluate the same candidates.
-      const specs = (arm: boolean) =>
-        lines
-          .filter((l) => l.shapeClasses === arm && typeof l.candidate === 'number')
-          .map((l) => JSON.stringify(l.spec));
-      expect(specs(true)).toEqual(specs(false));
-      const closing = lines.find((l) => l.closing)!;
-      expect(closing.ratio as number).toBeGreaterThan(0);
-      expect(closing).toMatchObject({ before: { shapeClasses: false }, after: { shapeClasses: true } });
-    } finally {
-      fs.rmSync(work, { recursive: true, force: true });
+      const summary = lines.find((l) => l.shapeClasses === arm && l.summary)!;
+      expect(summary).toMatchObject({ backend: 'cpu', candidates: 2, failed: 0, steps: 2 });
+      expect(summary.evaluationsPerHour as number).toBeGreaterThan(0);
+      expect(typeof summary.meets).toBe('boolean');
     }
+    // Same seed, same search: the arms evaluate the same candidates.
+    const specs = (arm: boolean) =>
+      lines.filter((l) => l.shapeClasses === arm && typeof l.candidate === 'number').map((l) => JSON.stringify(l.spec));
+    expect(specs(true)).toEqual(specs(false));
+    const closing = lines.find((l) => l.closing)!;
+    expect(closing.ratio as number).toBeGreaterThan(0);
+    expect(closing).toMatchObject({ before: { shapeClasses: false }, after: { shapeClasses: true } });
   }, 600_000);
 
   it.skipIf(!hasWebGPU)(
     "--profile on webgpu: the first candidate's GPU time per dispatch",
     () => {
-      const work = fs.mkdtempSync(path.join(os.tmpdir(), 'offshoot-evaluator-profile-'));
-      try {
-        const args = ['--backends', 'webgpu', '--preset', 'tiny', '--seq-len', '16', '--batch-size', '2'];
-        args.push('--candidates', '2', '--population', '2', '--steps', '2', '--eval-tokens', '64');
-        args.push('--teacher-steps', '2', '--profile', '--work', work);
-        const { status, stderr, lines } = runBench(args, 'webgpu');
-        expect(status, stderr).toBe(0);
-        const { profile } = lines.find((l) => l.profile) as { profile: Record<string, unknown> };
-        expect(profile.launches as number).toBeGreaterThan(10);
-        expect(profile.gpuSeconds as number).toBeGreaterThan(0);
-        const names = (profile.top as Array<[string, number, number]>).map((e) => e[0]);
-        // The in-process teacher's full logits: the fused distillation kernels, and the products.
-        expect(names).toContain('full_distill_forward');
-        expect(names.some((n) => n.startsWith('matmul_') || n.startsWith('sgmatmul_'))).toBe(true);
-        expect(lines.find((l) => l.summary)).toMatchObject({ backend: 'webgpu', candidates: 2, failed: 0 });
-      } finally {
-        fs.rmSync(work, { recursive: true, force: true });
-      }
+      const args = ['--backends', 'webgpu', '--preset', 'tiny', '--seq-len', '16', '--batch-size', '2'];
+      args.push('--candidates', '2', '--population', '2', '--steps', '2', '--eval-tokens', '64');
+      args.push('--teacher-steps', '2', '--profile');
+      const { status, stderr, lines } = runBench(args, 'webgpu');
+      expect(status, stderr).toBe(0);
+      const { profile } = lines.find((l) => l.profile) as { profile: Record<string, unknown> };
+      expect(profile.launches as number).toBeGreaterThan(10);
+      expect(profile.gpuSeconds as number).toBeGreaterThan(0);
+      const names = (profile.top as Array<[string, number, number]>).map((e) => e[0]);
+      // The in-process teacher's full logits: the fused distillation kernels, and the products.
+      expect(names).toContain('full_distill_forward');
+      expect(names.some((n) => n.startsWith('matmul_') || n.startsWith('sgmatmul_'))).toBe(true);
+      expect(lines.find((l) => l.summary)).toMatchObject({ backend: 'webgpu', candidates: 2, failed: 0 });
     },
     600_000,
   );

@@ -27,9 +27,26 @@ import { NEG_BIG, ONLINE_LSE, lseReduce, reduceFns } from './wgsl-common.js';
 export const TOPK_MAX = 1024;
 const KD_WG = 256;
 
+/** The kernels' uniforms (distillUniforms fills them). */
+const KD_UNIFORMS = `struct U { N: u32, V: u32, k: u32, direction: u32, alpha: f32, T: f32, wKL: f32, invN: f32 };`;
+
+/**
+ * A row's loss, α·CE + wKL·KL, from its two KL sums (KL by direction), the log-sum-exp of its logits and
+ * the target's logit (cuda/kernels/distill.cu's row_loss).
+ */
+const ROW_LOSS = `
+fn row_loss(fwSum: f32, rvSum: f32, lse1: f32, xTarget: f32) -> f32 {
+  var kl = fwSum;
+  if (u.direction == 1u) { kl = rvSum; }
+  if (u.direction == 2u) { kl = 0.5 * (fwSum + rvSum); }
+  var ce = 0.0;
+  if (u.alpha != 0.0) { ce = lse1 - xTarget; }
+  return u.alpha * ce + u.wKL * kl;
+}`;
+
 function kdCommon(kMax: number): string {
   return `
-struct U { N: u32, V: u32, k: u32, direction: u32, alpha: f32, T: f32, wKL: f32, invN: f32 };
+${KD_UNIFORMS}
 ${ONLINE_LSE}
 ${lseReduce(KD_WG, 'a')}
 ${lseReduce(KD_WG, 'b')}
@@ -92,6 +109,7 @@ export function topKDistillForwardSource(kMax: number): string {
 @group(0) @binding(7) var<storage, read_write> lseTOut: array<f32>;
 ${kdCommon(kMax)}
 @group(0) @binding(8) var<uniform> u: U;
+${ROW_LOSS}
 @compute @workgroup_size(${KD_WG})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
   let row = wid.x + wid.y * nwg.x;
@@ -107,12 +125,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   let fwSum = wg_s1(fw, lid) + exp(ltRem) * (ltRem - lsRem);
   let rvSum = wg_s2(rv, lid) + exp(lsRem) * (lsRem - ltRem);
   if (lid == 0u) {
-    var kl = fwSum;
-    if (u.direction == 1u) { kl = rvSum; }
-    if (u.direction == 2u) { kl = 0.5 * (fwSum + rvSum); }
-    var ce = 0.0;
-    if (u.alpha != 0.0) { ce = lse1 - x[base + u32(targets[row])]; }
-    loss[row] = u.alpha * ce + u.wKL * kl;
+    loss[row] = row_loss(fwSum, rvSum, lse1, x[base + u32(targets[row])]);
     lse1Out[row] = lse1;
     lseTOut[row] = lseT;
   }
@@ -188,7 +201,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 }
 
 const FULL_COMMON = `
-struct U { N: u32, V: u32, k: u32, direction: u32, alpha: f32, T: f32, wKL: f32, invN: f32 };
+${KD_UNIFORMS}
 ${ONLINE_LSE}
 ${lseReduce(KD_WG, 'a')}
 ${lseReduce(KD_WG, 'b')}
@@ -211,6 +224,7 @@ export function fullDistillForwardSource(): string {
 @group(0) @binding(6) var<storage, read_write> lseTeacherOut: array<f32>;
 ${FULL_COMMON}
 @group(0) @binding(7) var<uniform> u: U;
+${ROW_LOSS}
 @compute @workgroup_size(${KD_WG})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
   let row = wid.x + wid.y * nwg.x;
@@ -236,12 +250,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   let fwSum = wg_s1(fw, lid);
   let rvSum = wg_s2(rv, lid);
   if (lid == 0u) {
-    var kl = fwSum;
-    if (u.direction == 1u) { kl = rvSum; }
-    if (u.direction == 2u) { kl = 0.5 * (fwSum + rvSum); }
-    var ce = 0.0;
-    if (u.alpha != 0.0) { ce = lse1 - x[base + u32(targets[row])]; }
-    loss[row] = u.alpha * ce + u.wKL * kl;
+    loss[row] = row_loss(fwSum, rvSum, lse1, x[base + u32(targets[row])]);
     lse1Out[row] = lse1;
     lseTOut[row] = lseT;
     lseTeacherOut[row] = lseTeacher;
@@ -264,7 +273,7 @@ export function fullDistillBackwardSource(): string {
 @group(0) @binding(5) var<storage, read> lseTeacherIn: array<f32>;
 @group(0) @binding(6) var<storage, read> dy: array<f32>;
 @group(0) @binding(7) var<storage, read_write> dx: array<f32>;
-struct U { N: u32, V: u32, k: u32, direction: u32, alpha: f32, T: f32, wKL: f32, invN: f32 };
+${KD_UNIFORMS}
 ${reduceFns(KD_WG, ['s1'])}
 @group(0) @binding(8) var<uniform> u: U;
 ${G_OF}
