@@ -73,7 +73,7 @@ describe.skipIf(!!compilerReason)(
       expect(failed).toBe(0);
       // Both precisions of every case ran, the attention with its recomputed softmax and the GPU top-k among them.
       const names = lines.map((l) => String(l.name));
-      expect(names.filter((n) => n.startsWith('causal attention')).length).toBe(4);
+      expect(names.filter((n) => n.startsWith('causal attention')).length).toBe(6);
       expect(names.filter((n) => n.startsWith('tfjs: topk')).length).toBe(2);
     }, 600_000);
 

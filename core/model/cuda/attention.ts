@@ -28,7 +28,8 @@ function headsLayout(b: CudaBackend, x: tf.TensorInfo, s: AttentionShape, toHead
   const y = b.allocate(toHeads ? [B * H, T, hs] : [B * T, H * hs], 'float32', st);
   const xo = b.operand(x);
   const d = b.device;
-  d.launch(d.kernel('attention', 'heads_layout'), grid1d(B * T * H * hs, d), BLOCK256, [
+  // Threads for a quarter of the elements: the layout kernels take four dims a thread where shapes allow.
+  d.launch(d.kernel('attention', 'heads_layout'), grid1d(Math.ceil((B * T * H * hs) / 4), d), BLOCK256, [
     ['p', b.operand(y).ptr],
     ['i', ST[st]],
     ['p', xo.ptr],
@@ -124,7 +125,7 @@ export function cudaAttention(qkv: tf.Tensor2D, cos: tf.Tensor2D, sin: tf.Tensor
     const v = b.allocate([BH, T, hs], 'float32', act);
     const xo = b.operand(x);
     const tables = (t: tf.TensorInfo) => (rd > 0 ? b.operand(t).ptr : 0);
-    d.launch(d.kernel('attention', 'rotary_split'), grid1d(BH * T * hs, d), BLOCK256, [
+    d.launch(d.kernel('attention', 'rotary_split'), grid1d(Math.ceil((BH * T * hs) / 4), d), BLOCK256, [
       ['p', b.operand(q).ptr],
       ['p', b.operand(k).ptr],
       ['p', b.operand(v).ptr],
@@ -205,7 +206,7 @@ export function cudaAttention(qkv: tf.Tensor2D, cos: tf.Tensor2D, sin: tf.Tensor
         gemm.matmul({ ...prod, transA: true, alpha: scale }, b.operand(dS).ptr, b.operand(qs).ptr, b.operand(dk).ptr);
         for (const t of [dS, dO, ps]) b.release(t);
         const dx = b.allocate([B * T, H * 3 * hs], 'float32', act);
-        d.launch(d.kernel('attention', 'rotary_merge_backward'), grid1d(B * T * H * 3 * hs, d), BLOCK256, [
+        d.launch(d.kernel('attention', 'rotary_merge_backward'), grid1d(Math.ceil((B * T * H * 3 * hs) / 4), d), BLOCK256, [
           ['p', b.operand(dx).ptr],
           ['i', ST[act]],
           ['p', b.operand(dq).ptr],

@@ -219,6 +219,15 @@ export function cudaCases(scale: 'small' | 'pythia' = 'small'): CudaCase[] {
       cuda: ([x, w, b]) => cudaLinear(x as tf.Tensor2D, w as tf.Tensor2D, b as tf.Tensor1D, 'gelu'),
       tol,
     },
+    // Output columns that fill no group of four (the bias gradient's vector loads fall back to single ones).
+    {
+      name: `linear + GELU (N ${N / 4 + 3}, in ${D}, out ${F / 4 + 5})`,
+      inputs: () => [randHost([N / 4 + 3, D], 6), randHost([F / 4 + 5, D], 7, 0.5), randHost([F / 4 + 5], 8)],
+      diff: [0, 1, 2],
+      reference: ([x, w, b]) => gelu(linear.reference(x as tf.Tensor2D, w as tf.Tensor2D, b as tf.Tensor1D)),
+      cuda: ([x, w, b]) => cudaLinear(x as tf.Tensor2D, w as tf.Tensor2D, b as tf.Tensor1D, 'gelu'),
+      tol,
+    },
     {
       name: `logits product (N ${N / 4}, D ${D}, V ${V})`,
       inputs: () => [randHost([N / 4, D], 9), randHost([V, D], 10, 0.2)],
@@ -232,6 +241,8 @@ export function cudaCases(scale: 'small' | 'pythia' = 'small'): CudaCase[] {
     layerNormCase(N / 4 + 3, D / 2 + 7),
     attention(B, T, 8, 64, 16),
     attention(1, 33, 2, 16, 0),
+    // Rotated halves of 3 dims: the layout kernels' one-dim-a-thread path.
+    attention(1, 17, 2, 12, 6),
     {
       name: `softmax cross-entropy (N ${N / 4}, V ${V})`,
       inputs: () => [randHost([N / 4, V], 15, 4), intHost([N / 4], V, 1)],

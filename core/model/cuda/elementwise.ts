@@ -108,7 +108,7 @@ export function unary(b: CudaBackend, name: string, x: tf.TensorInfo, out: Stora
   const y = b.allocate(x.shape.slice(), dtype, dtype === 'bool' ? 'u8' : out);
   const yo = b.operand(y);
   const d = b.device;
-  d.launch(d.kernel('elementwise', 'unary'), grid1d(xo.size, d), BLOCK256, [
+  d.launch(d.kernel('elementwise', 'unary'), grid1d(Math.ceil(xo.size / 4), d), BLOCK256, [
     ['p', yo.ptr],
     ['i', ST[yo.storage]],
     ['p', xo.ptr],
@@ -200,7 +200,7 @@ export function cast(b: CudaBackend, x: tf.TensorInfo, dtype: tf.DataType, out?:
   const y = b.allocate(x.shape.slice(), dtype, out ?? storageOf(dtype));
   const yo = b.operand(y);
   const d = b.device;
-  d.launch(d.kernel('elementwise', 'cast'), grid1d(xo.size, d), BLOCK256, [
+  d.launch(d.kernel('elementwise', 'cast'), grid1d(Math.ceil(xo.size / 4), d), BLOCK256, [
     ['p', yo.ptr],
     ['i', ST[yo.storage]],
     ['p', xo.ptr],
@@ -227,7 +227,7 @@ export function addN(b: CudaBackend, xs: tf.TensorInfo[], out: Storage = 'f32'):
       view.setUint32(j * 8 + 4, Math.floor(o.ptr / 4294967296), true);
       view.setInt32(64 + j * 4, ST[o.storage], true);
     });
-    d.launch(d.kernel('elementwise', 'add_n'), grid1d(yo.size, d), BLOCK256, [
+    d.launch(d.kernel('elementwise', 'add_n'), grid1d(Math.ceil(yo.size / 4), d), BLOCK256, [
       ['p', yo.ptr],
       ['i', ST[yo.storage]],
       ['b', bytes],

@@ -58,7 +58,7 @@ export function cudaLayerNorm(x: tf.Tensor2D, weight: tf.Tensor1D, bias: tf.Tens
         const pdb = b.allocate([chunks, D], 'float32');
         d.launch(
           d.kernel('layer-norm', 'layer_norm_param_partials'),
-          [Math.ceil(D / 32), chunks, 1],
+          [Math.ceil(D / 128), chunks, 1],
           [32, 8, 1],
           [
             ['p', b.operand(pdw).ptr],

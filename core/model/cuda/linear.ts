@@ -38,7 +38,7 @@ export function columnSums(
   const dzo = dz ? b.operand(dz) : go;
   d.launch(
     d.kernel('linear', 'colsum_partial'),
-    [Math.ceil(C / 32), chunks, 1],
+    [Math.ceil(C / 128), chunks, 1],
     [32, 8, 1],
     [
       ['p', b.operand(partial).ptr],

@@ -4,27 +4,42 @@
 // backward over materialised scores, and the head layout changes.
 #include "common.cuh"
 
+// The layout kernels below take four adjacent dims a thread (vector loads, one index computation)
+// where no group of four straddles a head (hs), the rotated dims (rd) or their halves; else one.
+__device__ __forceinline__ bool groups_of_4(int hs, int rd) { return (hs & 3) == 0 && ((rd / 2) & 3) == 0; }
+
 // qkv [B·T, H·3·hs] (rows interleaved per head: q, k, v) → q, k, v [B·H, T, hs].
 extern "C" __global__ void rotary_split(void* q, void* k, void* v, int outSt, const void* qkv, int inSt, const float* cosT,
                                         const float* sinT, int B, int T, int H, int hs, int rd) {
   const int half = rd / 2;
-  FOR_EACH(i, (i64)B * H * T * hs) {
+  const bool vec = groups_of_4(hs, rd);
+  const int W = vec ? 4 : 1;
+  FOR_EACH(g, (i64)B * H * T * hs / W) {
+    const i64 i = g * W;
     int d, t, h;
     const int b = (int)div_rem(div_rem(div_rem(i, hs, d), T, t), H, h);
     const i64 src = (((i64)b * T + t) * H + h) * 3 * hs;
-    float qv = load_any(qkv, inSt, src + d);
-    float kv = load_any(qkv, inSt, src + hs + d);
-    const float vv = load_any(qkv, inSt, src + 2 * hs + d);
+    float qv[4], kv[4], vv[4];
+    load4_any(qkv, inSt, src + d, W, vec, qv);
+    load4_any(qkv, inSt, src + hs + d, W, vec, kv);
+    load4_any(qkv, inSt, src + 2 * hs + d, W, vec, vv);
     if (d < rd) {
-      const float c = cosT[t * rd + d], s = sinT[t * rd + d];
       const int o = d < half ? d + half : d - half;
       const float sign = d < half ? -1.f : 1.f;
-      qv = qv * c + sign * load_any(qkv, inSt, src + o) * s;
-      kv = kv * c + sign * load_any(qkv, inSt, src + hs + o) * s;
+      float c[4], sn[4], qo[4], ko[4];
+      load4_any(cosT, ST_F32, (i64)t * rd + d, W, vec, c);
+      load4_any(sinT, ST_F32, (i64)t * rd + d, W, vec, sn);
+      load4_any(qkv, inSt, src + o, W, vec, qo);
+      load4_any(qkv, inSt, src + hs + o, W, vec, ko);
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        qv[e] = qv[e] * c[e] + sign * qo[e] * sn[e];
+        kv[e] = kv[e] * c[e] + sign * ko[e] * sn[e];
+      }
     }
-    store_any(q, outSt, i, qv);
-    store_any(k, outSt, i, kv);
-    store_any(v, outSt, i, vv);
+    store4_any(q, outSt, i, W, vec, qv);
+    store4_any(k, outSt, i, W, vec, kv);
+    store4_any(v, outSt, i, W, vec, vv);
   }
 }
 
@@ -32,31 +47,44 @@ extern "C" __global__ void rotary_split(void* q, void* k, void* v, int outSt, co
 extern "C" __global__ void rotary_merge_backward(void* dqkv, int outSt, const void* dq, const void* dk, const void* dv, int inSt,
                                                  const float* cosT, const float* sinT, int B, int T, int H, int hs, int rd) {
   const int half = rd / 2;
-  FOR_EACH(i, (i64)B * T * H * 3 * hs) {
+  const bool vec = groups_of_4(hs, rd);
+  const int W = vec ? 4 : 1;
+  FOR_EACH(g, (i64)B * T * H * 3 * hs / W) {
+    const i64 i = g * W;
     int e, h, t;
     const int b = (int)div_rem(div_rem(div_rem(i, 3 * hs, e), H, h), T, t);
     const int part = e / hs, d = e - part * hs;
     const i64 src = (((i64)b * H + h) * T + t) * hs;
-    const void* g = part == 0 ? dq : part == 1 ? dk : dv;
-    float val = load_any(g, inSt, src + d);
+    const void* grad = part == 0 ? dq : part == 1 ? dk : dv;
+    float val[4];
+    load4_any(grad, inSt, src + d, W, vec, val);
     if (part < 2 && d < rd) {
       const int o = d < half ? d + half : d - half;
       const float sign = d < half ? 1.f : -1.f;
-      val = val * cosT[t * rd + d] + sign * load_any(g, inSt, src + o) * sinT[t * rd + o];
+      float c[4], sn[4], go[4];
+      load4_any(cosT, ST_F32, (i64)t * rd + d, W, vec, c);
+      load4_any(sinT, ST_F32, (i64)t * rd + o, W, vec, sn);
+      load4_any(grad, inSt, src + o, W, vec, go);
+#pragma unroll
+      for (int k = 0; k < 4; k++) val[k] = val[k] * c[k] + sign * go[k] * sn[k];
     }
-    store_any(dqkv, outSt, i, val);
+    store4_any(dqkv, outSt, i, W, vec, val);
   }
 }
 
 // [B·H, T, hs] ↔ [B·T, H·hs]: toHeads = 0 merges heads, 1 splits them.
 extern "C" __global__ void heads_layout(void* out, int outSt, const void* in, int inSt, int B, int T, int H, int hs, int toHeads) {
-  FOR_EACH(i, (i64)B * T * H * hs) {
+  const bool vec = (hs & 3) == 0;
+  const int W = vec ? 4 : 1;
+  FOR_EACH(g, (i64)B * T * H * hs / W) {
     // i indexes the merged layout [b, t, h, d].
+    const i64 i = g * W;
     int d, h, t;
     const int b = (int)div_rem(div_rem(div_rem(i, hs, d), H, h), T, t);
     const i64 j = (((i64)b * H + h) * T + t) * hs + d;
-    if (toHeads) store_any(out, outSt, j, load_any(in, inSt, i));
-    else store_any(out, outSt, i, load_any(in, inSt, j));
+    float v[4];
+    load4_any(in, inSt, toHeads ? i : j, W, vec, v);
+    store4_any(out, outSt, toHeads ? j : i, W, vec, v);
   }
 }
 

@@ -36,6 +36,44 @@ __device__ __forceinline__ void store_any(void* p, int st, i64 i, float v) {
   }
 }
 
+// Four consecutive elements from index i, the first `count` of them (the rest read as zero): with
+// `vec` (count 4, i a multiple of 4 and the tensor's base aligned, as the allocator's 512-byte blocks
+// are), f32 and bf16 go as one 16- or 8-byte load, as memory-bound kernels need; else one by one.
+struct alignas(16) f32x4 { float v[4]; };
+struct alignas(8) bf16x4 { bf16 v[4]; };
+__device__ __forceinline__ void load4_any(const void* p, int st, i64 i, int count, bool vec, float out[4]) {
+  if (vec && st == ST_F32) {
+    const f32x4 q = *(const f32x4*)((const float*)p + i);
+#pragma unroll
+    for (int k = 0; k < 4; k++) out[k] = q.v[k];
+  } else if (vec && st == ST_BF16) {
+    const bf16x4 q = *(const bf16x4*)((const bf16*)p + i);
+#pragma unroll
+    for (int k = 0; k < 4; k++) out[k] = __bfloat162float(q.v[k]);
+  } else {
+#pragma unroll
+    for (int k = 0; k < 4; k++) out[k] = k < count ? load_any(p, st, i + k) : 0.f;
+  }
+}
+
+__device__ __forceinline__ void store4_any(void* p, int st, i64 i, int count, bool vec, const float v[4]) {
+  if (vec && st == ST_F32) {
+    f32x4 q;
+#pragma unroll
+    for (int k = 0; k < 4; k++) q.v[k] = v[k];
+    *(f32x4*)((float*)p + i) = q;
+  } else if (vec && st == ST_BF16) {
+    bf16x4 q;
+#pragma unroll
+    for (int k = 0; k < 4; k++) q.v[k] = __float2bfloat16_rn(v[k]);
+    *(bf16x4*)((bf16*)p + i) = q;
+  } else {
+#pragma unroll
+    for (int k = 0; k < 4; k++)
+      if (k < count) store_any(p, st, i + k, v[k]);
+  }
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -101,16 +101,42 @@ __device__ __forceinline__ void offsets(i64 i, int rank, const Strides& s, i64& 
   }
 }
 
+// Flat kernels (unary, add_n, cast, same-shape binary) take four elements a thread, one vector load
+// and store each for f32 and bf16, as these kernels are all memory traffic: a grid-stride loop over
+// groups of four of n elements, i the first of each (a quarter of n threads suffice).
+#define FOR_EACH_4(i, n) \
+  for (i64 q_ = (i64)blockIdx.x * blockDim.x + threadIdx.x, i = q_ * 4; i < (n); q_ += (i64)gridDim.x * blockDim.x, i = q_ * 4)
+
 extern "C" __global__ void unary(void* out, int outSt, const void* x, int xSt, i64 n, int op) {
-  FOR_EACH(i, n) store_any(out, outSt, i, unary_op(op, load_any(x, xSt, i)));
+  FOR_EACH_4(i, n) {
+    const int count = (int)min((i64)4, n - i);
+    float v[4];
+    load4_any(x, xSt, i, count, count == 4, v);
+#pragma unroll
+    for (int k = 0; k < 4; k++) v[k] = unary_op(op, v[k]);
+    store4_any(out, outSt, i, count, count == 4, v);
+  }
 }
 
 extern "C" __global__ void binary(void* out, int outSt, const void* a, int aSt, const void* b, int bSt, i64 n, int op, int rank,
                                   Strides s) {
+  const bool ints = outSt == ST_I32 && aSt == ST_I32 && bSt == ST_I32;
+  if (!ints && rank == 1 && s.a[0] == 1 && s.b[0] == 1) {
+    FOR_EACH_4(i, n) {
+      const int count = (int)min((i64)4, n - i);
+      float va[4], vb[4];
+      load4_any(a, aSt, i, count, count == 4, va);
+      load4_any(b, bSt, i, count, count == 4, vb);
+#pragma unroll
+      for (int k = 0; k < 4; k++) va[k] = binary_op(op, va[k], vb[k]);
+      store4_any(out, outSt, i, count, count == 4, va);
+    }
+    return;
+  }
   FOR_EACH(i, n) {
     i64 oa, ob;
     offsets(i, rank, s, oa, ob);
-    if (outSt == ST_I32 && aSt == ST_I32 && bSt == ST_I32) {
+    if (ints) {
       ((int*)out)[i] = binary_op_int(op, ((const int*)a)[oa], ((const int*)b)[ob]);
     } else {
       store_any(out, outSt, i, binary_op(op, load_any(a, aSt, oa), load_any(b, bSt, ob)));
@@ -120,19 +146,31 @@ extern "C" __global__ void binary(void* out, int outSt, const void* a, int aSt, 
 
 // Converts storage: any to any (float → int truncates, as tfjs's cast).
 extern "C" __global__ void cast(void* out, int outSt, const void* x, int xSt, i64 n) {
-  FOR_EACH(i, n) {
-    if (outSt == ST_I32 && xSt == ST_I32) ((int*)out)[i] = ((const int*)x)[i];
-    else store_any(out, outSt, i, load_any(x, xSt, i));
+  FOR_EACH_4(i, n) {
+    const int count = (int)min((i64)4, n - i);
+    if (outSt == ST_I32 && xSt == ST_I32) {
+      for (int k = 0; k < count; k++) ((int*)out)[i + k] = ((const int*)x)[i + k];
+    } else {
+      float v[4];
+      load4_any(x, xSt, i, count, count == 4, v);
+      store4_any(out, outSt, i, count, count == 4, v);
+    }
   }
 }
 
 // Up to 8 same-shape inputs summed in order (tfjs's AddN).
 struct Inputs8 { const void* p[8]; int st[8]; };
-extern "C" __global__ void add_n(void* out, int outSt, Inputs8 in, int count, i64 n) {
-  FOR_EACH(i, n) {
-    float acc = load_any(in.p[0], in.st[0], i);
-    for (int j = 1; j < count; j++) acc += load_any(in.p[j], in.st[j], i);
-    store_any(out, outSt, i, acc);
+extern "C" __global__ void add_n(void* out, int outSt, Inputs8 in, int inputs, i64 n) {
+  FOR_EACH_4(i, n) {
+    const int count = (int)min((i64)4, n - i);
+    float acc[4], v[4];
+    load4_any(in.p[0], in.st[0], i, count, count == 4, acc);
+    for (int j = 1; j < inputs; j++) {
+      load4_any(in.p[j], in.st[j], i, count, count == 4, v);
+#pragma unroll
+      for (int k = 0; k < 4; k++) acc[k] += v[k];
+    }
+    store4_any(out, outSt, i, count, count == 4, acc);
   }
 }
 
