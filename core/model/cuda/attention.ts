@@ -206,21 +206,26 @@ export function cudaAttention(qkv: tf.Tensor2D, cos: tf.Tensor2D, sin: tf.Tensor
         gemm.matmul({ ...prod, transA: true, alpha: scale }, b.operand(dS).ptr, b.operand(qs).ptr, b.operand(dk).ptr);
         for (const t of [dS, dO, ps]) b.release(t);
         const dx = b.allocate([B * T, H * 3 * hs], 'float32', act);
-        d.launch(d.kernel('attention', 'rotary_merge_backward'), grid1d(Math.ceil((B * T * H * 3 * hs) / 4), d), BLOCK256, [
-          ['p', b.operand(dx).ptr],
-          ['i', ST[act]],
-          ['p', b.operand(dq).ptr],
-          ['p', b.operand(dk).ptr],
-          ['p', b.operand(dv).ptr],
-          ['i', ST[act]],
-          ['p', tables(cs)],
-          ['p', tables(ss)],
-          ['i', B],
-          ['i', T],
-          ['i', H],
-          ['i', hs],
-          ['i', rd],
-        ]);
+        d.launch(
+          d.kernel('attention', 'rotary_merge_backward'),
+          grid1d(Math.ceil((B * T * H * 3 * hs) / 4), d),
+          BLOCK256,
+          [
+            ['p', b.operand(dx).ptr],
+            ['i', ST[act]],
+            ['p', b.operand(dq).ptr],
+            ['p', b.operand(dk).ptr],
+            ['p', b.operand(dv).ptr],
+            ['i', ST[act]],
+            ['p', tables(cs)],
+            ['p', tables(ss)],
+            ['i', B],
+            ['i', T],
+            ['i', H],
+            ['i', hs],
+            ['i', rd],
+          ],
+        );
         for (const t of [dq, dk, dv]) b.release(t);
         return toTensor(dx);
       },
