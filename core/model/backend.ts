@@ -24,6 +24,14 @@ export type BackendName = (typeof BACKEND_NAMES)[number];
 export const BACKEND_CHOICES = ['auto', ...BACKEND_NAMES] as const;
 export type BackendChoice = (typeof BACKEND_CHOICES)[number];
 
+/** The backends that compile GPU programs for the shapes they meet: where warming up a long-lived process pays. */
+const COMPILING_BACKENDS: readonly BackendName[] = ['webgpu', 'cuda'];
+
+/** Whether the active backend compiles programs per shape (webgpu, cuda), rather than running precompiled kernels. */
+export function backendCompilesKernels(): boolean {
+  return (COMPILING_BACKENDS as readonly string[]).includes(tf.getBackend());
+}
+
 export interface BackendInfo {
   /** The tfjs backend now active. */
   name: BackendName;

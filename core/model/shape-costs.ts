@@ -11,16 +11,6 @@
  * what a benchmark measures the classes against.
  */
 
-import * as tf from './tfjs.js';
-
-/** The backends that compile GPU programs for the shapes they meet: where warming up a long-lived process pays. */
-const COMPILING_BACKENDS: readonly string[] = ['webgpu', 'cuda'];
-
-/** Whether the active backend compiles programs per shape (webgpu, cuda), rather than running precompiled kernels. */
-export function backendCompilesKernels(): boolean {
-  return COMPILING_BACKENDS.includes(tf.getBackend());
-}
-
 /** The kinds of per-shape work. */
 export const SHAPE_COSTS = ['compile', 'autotune'] as const;
 export type ShapeCost = (typeof SHAPE_COSTS)[number];

@@ -37,7 +37,6 @@ import {
   type StepReport,
   type Teacher,
   Trainer,
-  backendCompilesKernels,
   evaluateLoss,
   inProcessTeacher,
   loadCheckpoint,
@@ -46,6 +45,7 @@ import {
   trainingHyperparameters,
   uploadBatches,
 } from '../model/index.js';
+import { backendCompilesKernels } from '../model/backend.js';
 import * as tf from '../model/tfjs.js';
 import { resolveOptions } from './checkpoint.js';
 import { countShape } from './count.js';
