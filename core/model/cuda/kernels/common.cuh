@@ -74,6 +74,25 @@ __device__ __forceinline__ void store4_any(void* p, int st, i64 i, int count, bo
   }
 }
 
+// Column sums by chunks of rows (linear.cu, layer-norm.cu): in blocks of 32 × 8 threads, each thread
+// holding sums `s` of 4 adjacent columns, writes the block's 128 columns of partial[blockIdx.y, ·] of
+// [chunks, C], adding the 8 rows of threads in a fixed order (deterministic). `acc` is the block's
+// __shared__ float[8][129]; every thread of the block must call this.
+__device__ __forceinline__ void column_partials(float (*acc)[129], const float s[4], float* partial, int C) {
+#pragma unroll
+  for (int k = 0; k < 4; k++) acc[threadIdx.y][threadIdx.x * 4 + k] = s[k];
+  __syncthreads();
+  // One column per thread of the first four rows of threads.
+  const int t = threadIdx.y * 32 + threadIdx.x;
+  const int c = blockIdx.x * 128 + t;
+  if (t < 128 && c < C) {
+    float total = 0.f;
+#pragma unroll
+    for (int k = 0; k < 8; k++) total += acc[k][t];
+    partial[(i64)blockIdx.y * C + c] = total;
+  }
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -111,23 +111,6 @@ extern "C" __global__ void layer_norm_param_partials(float* dwPartial, float* db
       }
     }
   }
-#pragma unroll
-  for (int k = 0; k < 4; k++) {
-    accW[threadIdx.y][threadIdx.x * 4 + k] = sw[k];
-    accB[threadIdx.y][threadIdx.x * 4 + k] = sb[k];
-  }
-  __syncthreads();
-  // The block's 128 columns, one per thread of the first four rows of threads, in a fixed order.
-  const int t = threadIdx.y * 32 + threadIdx.x;
-  const int c = blockIdx.x * 128 + t;
-  if (t < 128 && c < D) {
-    float tw = 0.f, tb = 0.f;
-#pragma unroll
-    for (int k = 0; k < 8; k++) {
-      tw += accW[k][t];
-      tb += accB[k][t];
-    }
-    dwPartial[(i64)blockIdx.y * D + c] = tw;
-    dbPartial[(i64)blockIdx.y * D + c] = tb;
-  }
+  column_partials(accW, sw, dwPartial, D);
+  column_partials(accB, sb, dbPartial, D);
 }

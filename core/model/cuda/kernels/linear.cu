@@ -38,18 +38,7 @@ extern "C" __global__ void colsum_partial(float* partial, void* dz, int dzSt, co
       for (int k = 0; k < 4; k++) s[k] += g[k];
     }
   }
-#pragma unroll
-  for (int k = 0; k < 4; k++) acc[threadIdx.y][threadIdx.x * 4 + k] = s[k];
-  __syncthreads();
-  // The block's 128 columns, one per thread of the first four rows of threads, in a fixed order.
-  const int t = threadIdx.y * 32 + threadIdx.x;
-  const int c = blockIdx.x * 128 + t;
-  if (t < 128 && c < C) {
-    float total = 0.f;
-#pragma unroll
-    for (int k = 0; k < 8; k++) total += acc[k][t];
-    partial[(i64)blockIdx.y * C + c] = total;
-  }
+  column_partials(acc, s, partial, C);
 }
 
 // out[c] = Σ_g partial[g, c], in order (deterministic); with outB, the same for partialB in the same launch.
