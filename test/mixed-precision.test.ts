@@ -28,6 +28,7 @@ import {
   modelGradientCheck,
   runCase,
   sgTileCases,
+  sgTileShapes,
 } from '../core/model/webgpu/check.js';
 import { setFusedKernels } from '../core/model/webgpu/fused.js';
 import {
@@ -40,7 +41,7 @@ import {
   toHalf,
 } from '../core/model/webgpu/half.js';
 import { linearCase, logitsCase } from '../core/model/webgpu/linear.js';
-import { autotuneMatMuls, clearMatMulTuning, matmul, sgTilesFor } from '../core/model/webgpu/matmul.js';
+import { autotuneMatMuls, clearMatMulTuning, makePlan, matmul, sgTilesFor } from '../core/model/webgpu/matmul.js';
 import { release } from '../core/model/webgpu/runtime.js';
 import { type SgMatMulVariant, sgMatmulSource, sgTile } from '../core/model/webgpu/wgsl-sgmatrix.js';
 import { testBackends, useBackend } from './helpers/backends.js';
@@ -138,6 +139,16 @@ describe('choosing the precision of the products', () => {
     expect(tiles.every((t) => t.BM <= 128 && t.BN <= 128)).toBe(true);
     // Less workgroup memory: the two-slab 128 × 128 × 64 tiles do not fit in 32 KiB.
     expect(sgTilesFor({ ...H200, maxWorkgroupStorage: 32768 }).length).toBeLessThan(tiles.length);
+  });
+
+  it("the card's tile checks give each direct-load tile only whole tiles (a ragged shape is refused at dispatch)", () => {
+    for (const tile of sgTilesFor(H200).filter((t) => t.staging === 'direct')) {
+      for (const { o, S } of sgTileShapes(tile)) {
+        const { kChunk } = makePlan(tile, o.K, S);
+        const where = `${tile.BM}x${tile.BN}x${tile.BK} on ${o.M}x${o.N}x${o.K}/${S}`;
+        expect([o.M % tile.BM, o.N % tile.BN, kChunk % tile.BK, o.K % kChunk], where).toEqual([0, 0, 0, 0]);
+      }
+    }
   });
 });
 

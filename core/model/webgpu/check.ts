@@ -235,38 +235,47 @@ export function sgTileName(t: SgMatMulTile): string {
  * straight), the bias and GELU epilogues, split-K, and the batched causal products. A tile with
  * direct loads runs only whole shapes.
  */
-export function sgTileCases(tile: SgMatMulTile, tol = F16_PRODUCT_TOL): KernelCase[] {
+/**
+ * The shapes the tile checks run a subgroup-matrix tile on (with their split-K slices): whole tiles
+ * of every layout, epilogue, split-K and triangle, and for workgroup staging ragged ones too (direct
+ * loads serve only whole tiles, so each of their shapes is a multiple of BM, BN and BK).
+ */
+export function sgTileShapes(tile: SgMatMulTile): Array<{ o: HalfProductOptions; S: number }> {
   const { BM, BN, BK } = tile;
-  const at = (o: HalfProductOptions, S = 1) =>
+  const T = 2 * Math.max(BM, BN);
+  const whole: HalfProductOptions[] = [
+    { M: 2 * BM, N: 2 * BN, K: 3 * BK, transB: true },
+    { M: 2 * BM, N: 2 * BN, K: 3 * BK, epilogue: 'bias' },
+    { M: 2 * BM, N: BN, K: 3 * BK, transA: true },
+    { M: T, N: T, K: BK, batch: 2, triangle: 'lowerC', transB: true },
+    { M: T, N: BN, K: T, batch: 2, triangle: 'lowerA' },
+    { M: T, N: BN, K: T, batch: 2, triangle: 'upperA', transA: true },
+  ];
+  const shapes = [...whole.map((o) => ({ o, S: 1 })), { o: { M: BM, N: 2 * BN, K: 8 * BK }, S: 2 }];
+  if (tile.staging === 'direct') return shapes;
+  const rT = BM + 9;
+  const ragged: HalfProductOptions[] = [
+    { M: BM + 8, N: BN + 16, K: 2 * BK + 8, transB: true, epilogue: 'bias-gelu' },
+    { M: BM + 5, N: BN + 3, K: BK + 7 },
+    { M: BM + 4, N: BN + 8, K: 2 * BK + 3, transA: true },
+    { M: BM + 3, N: BN + 5, K: BK + 1, transA: true, transB: true },
+    { M: rT, N: rT, K: 20, batch: 2, triangle: 'lowerC', transB: true },
+    { M: rT, N: 20, K: rT, batch: 2, triangle: 'lowerA' },
+    { M: rT, N: 20, K: rT, batch: 2, triangle: 'upperA', transA: true },
+  ];
+  return [...shapes, ...ragged.map((o) => ({ o, S: 1 })), { o: { M: BM + 1, N: BN + 4, K: 8 * BK + 16 }, S: 3 }];
+}
+
+/** The tile checks of a subgroup-matrix tile: its products on sgTileShapes against f32. */
+export function sgTileCases(tile: SgMatMulTile, tol = F16_PRODUCT_TOL): KernelCase[] {
+  return sgTileShapes(tile).map(({ o, S }) =>
     halfProductCase({
       ...o,
       plan: makePlan(tile, o.K, S),
       tol,
       name: `${sgTileName(tile)}: ${halfProductCase(o).name}${S > 1 ? `, split-K ${S}` : ''}`,
-    });
-  const T = 2 * Math.max(BM, BN);
-  const cases = [
-    at({ M: 2 * BM, N: 2 * BN, K: 3 * BK, transB: true }),
-    at({ M: 2 * BM, N: 2 * BN, K: 3 * BK, epilogue: 'bias' }),
-    at({ M: 2 * BM, N: BN, K: 3 * BK, transA: true }),
-    at({ M: BM, N: 2 * BN, K: 8 * BK }, 2),
-    at({ M: T, N: T, K: 32, batch: 2, triangle: 'lowerC', transB: true }),
-    at({ M: T, N: 32, K: T, batch: 2, triangle: 'lowerA' }),
-    at({ M: T, N: 32, K: T, batch: 2, triangle: 'upperA', transA: true }),
-  ];
-  if (tile.staging === 'direct') return cases;
-  const rT = BM + 9;
-  return [
-    ...cases,
-    at({ M: BM + 8, N: BN + 16, K: 2 * BK + 8, transB: true, epilogue: 'bias-gelu' }),
-    at({ M: BM + 5, N: BN + 3, K: BK + 7 }),
-    at({ M: BM + 4, N: BN + 8, K: 2 * BK + 3, transA: true }),
-    at({ M: BM + 3, N: BN + 5, K: BK + 1, transA: true, transB: true }),
-    at({ M: BM + 1, N: BN + 4, K: 8 * BK + 16 }, 3),
-    at({ M: rT, N: rT, K: 20, batch: 2, triangle: 'lowerC', transB: true }),
-    at({ M: rT, N: 20, K: rT, batch: 2, triangle: 'lowerA' }),
-    at({ M: rT, N: 20, K: rT, batch: 2, triangle: 'upperA', transA: true }),
-  ];
+    }),
+  );
 }
 
 export interface CurveComparison extends CurveDistance {
