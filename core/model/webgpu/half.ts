@@ -87,9 +87,9 @@ export function chooseHalfProducts(
 }
 
 /** The mixed-precision products in force now (off when webgpu is not active or its fused kernels are off). */
-export function halfProducts(): HalfProducts {
+export function halfProducts(precisionNow = precision()): HalfProducts {
   if (webgpuBackend() === null || !fusedKernelsEnabled()) return 'off';
-  return chooseHalfProducts(precision(), capabilities());
+  return chooseHalfProducts(precisionNow, capabilities());
 }
 
 /** The tfjs shape of an f16 tensor of n elements: its bits as float32 elements, rounded up to 16 bytes. */

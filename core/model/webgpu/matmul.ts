@@ -304,10 +304,13 @@ const batchedClass = (cls: string) => cls.includes('@') || cls.includes('/');
 /** Whether a class (or shape key) is of f16 products: `… f16`. */
 const halfClass = (cls: string) => cls.includes(' f16');
 
-/** The tiles a class may use: those the autotuner tries for it (the subgroup-matrix ones for f16 classes, where they run). */
+/**
+ * The tiles a class may use: those the autotuner tries for it (the subgroup-matrix ones for f16
+ * classes, where mixed precision runs them: the plan files are read once, maybe while f32 is in force).
+ */
 function allowedTiles(cls: string): Map<string, MatMulTile | SgMatMulTile> {
   const tiles: Array<MatMulTile | SgMatMulTile> = Object.values(batchedClass(cls) ? BATCHED_TILES : MATMUL_TILES);
-  if (halfClass(cls) && halfProducts() === 'matrix') tiles.push(...sgTiles());
+  if (halfClass(cls) && halfProducts('mixed') === 'matrix') tiles.push(...sgTiles());
   return new Map(tiles.map((t) => [planTileName(t), t]));
 }
 
