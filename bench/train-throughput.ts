@@ -252,10 +252,10 @@ async function measure(args: Args, which: BenchBackend): Promise<Measurement> {
   const warmup = graphs ? Math.max(args.warmup, 4) : args.warmup;
   for (let i = 0; i < warmup; i++) {
     await step(true);
-    // After the first step every shape has been seen: what the trainer does then (webgpu times the
-    // candidate matrix-product plans).
+    // After the first step every shape has been seen: what the trainer does then in a long run (webgpu
+    // times the candidate matrix-product plans), as the timed steps stand for one.
     if (i === 0) {
-      const tuned = await afterFirstTrainingStep();
+      const tuned = await afterFirstTrainingStep(Number.POSITIVE_INFINITY);
       if (tuned.length > 0) autotune = tuned as TuneResult[];
     }
   }

@@ -25,7 +25,9 @@ import {
 } from '../core/model/webgpu/matmul-plans.js';
 import {
   autotuneBudgetSeconds,
+  AUTOTUNE_MIN_STEPS,
   autotuneMatMuls,
+  autotuneWanted,
   clearMatMulTuning,
   matmul,
   matmulKernelsVersion,
@@ -254,6 +256,15 @@ describe.skipIf(!hasWebGPU)('matrix products tuned by shape class', () => {
     expect((await autotuneMatMuls({ targetMs: 1 })).filter((t) => !t.untried)).toHaveLength(2);
     expect(fs.readdirSync(dir)).toHaveLength(1);
   }, 900_000);
+
+  it('a run autotunes only on a hardware adapter with enough steps ahead to pay it back (a brief-fitness candidate has not)', () => {
+    expect(autotuneWanted(false, AUTOTUNE_MIN_STEPS)).toBe(true);
+    expect(autotuneWanted(false, 40)).toBe(false);
+    expect(autotuneWanted(true, 1e9)).toBe(false);
+    // OFFSHOOT_MATMUL_AUTOTUNE: 1 tunes any run on any adapter, 0 none.
+    expect(autotuneWanted(true, 1, '1')).toBe(true);
+    expect(autotuneWanted(false, 1e9, '0')).toBe(false);
+  });
 
   it('a plan file that does not parse is reported and replaced; classes it lacks are tuned', async () => {
     const dir = freshPlans('bad-file');

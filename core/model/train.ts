@@ -495,7 +495,7 @@ export class Trainer {
       // After the first step every shape has been seen (webgpu picks the fastest matrix-product plans).
       if (first === startStep) {
         const t = performance.now();
-        await afterFirstTrainingStep();
+        await afterFirstTrainingStep(untilStep - this.step);
         windowStart += performance.now() - t;
       }
       windowTokens += this.options.hyper.batchSize * this.options.hyper.seqLen;

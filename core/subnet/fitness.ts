@@ -429,13 +429,15 @@ export async function evaluateFitness(request: FitnessRequest, context?: Fitness
 }
 
 /**
- * Readies a long-lived evaluator's context for candidates of this budget: one short evaluation (two
- * training steps, one validation batch) of a typical candidate — the teacher's shape, one channel and
- * one neuron narrower, so the student's products take the unaligned kernels most sub-networks take —
- * compiles what every candidate runs (the teacher's forward pass, the student's kernels) and puts the
- * validation batches on the device. The first real candidate then pays only for what is new about its
- * own shape. Returns that evaluation's metrics (its seconds are the process's, not a candidate's), or
- * undefined on a backend that compiles nothing (cpu, wasm, tensorflow), where it does nothing.
+ * Readies a long-lived evaluator's context for candidates of this budget: short evaluations (two
+ * training steps, one validation batch) of typical candidates compile what every candidate runs (the
+ * teacher's forward pass, the student's kernels) and put the validation batches on the device. A
+ * kernel is compiled per load width (one, four or eight elements) and per whole or ragged tiling, so
+ * the warm-up shapes take each: widths one, four and eight short of the teacher's (the residues 7, 4
+ * and 0 mod 8) and one head fewer in one of them. The first real candidate then pays only for what is
+ * new about its own shape. Returns those evaluations' metrics with their seconds and phases summed
+ * (the process's, not a candidate's), or undefined on a backend that compiles nothing (cpu, wasm,
+ * tensorflow), where it does nothing.
  */
 export async function warmUpFitness(
   ctx: FitnessContext,
@@ -445,19 +447,37 @@ export async function warmUpFitness(
   if (!backendCompilesKernels()) return undefined;
   const teacher = ctx.checkpoint.config;
   const narrowest = Math.min(...teacher.layers.map((l) => l.intermediateSize));
-  const spec: SubnetSpec = {
-    format: 1,
-    teacher: teacherShape(teacher),
-    embedding: Math.max(1, teacher.hiddenSize - 1),
-    mlp: Math.max(1, narrowest - 1),
-  };
+  const fewestHeads = Math.min(...teacher.layers.map((l) => l.numHeads));
+  const specs = new Map<string, SubnetSpec>();
+  for (const short of [1, 4, 8]) {
+    const spec: SubnetSpec = {
+      format: 1,
+      teacher: teacherShape(teacher),
+      embedding: Math.max(1, teacher.hiddenSize - short),
+      mlp: Math.max(1, narrowest - short),
+      ...(short === 4 && fewestHeads > 1 ? { heads: fewestHeads - 1 } : {}),
+    };
+    specs.set(JSON.stringify(spec), spec);
+  }
   const seqLen = budget.seqLen ?? Math.min(teacher.maxPositions, 64);
   const batchSize = budget.batchSize ?? 8;
   const brief = budget.kind === 'brief' ? { steps: Math.min(2, budget.steps ?? 2), warmup: 1 } : {};
   // Validation batches for the real budget too, so the first candidate finds them on the device.
   validationBatches(ctx, { seqLen, batchSize, maxTokens: budget.evalTokens ?? 8192 });
-  return evaluateFitness(
-    { teacher: ctx.teacherDir, spec, budget: { ...budget, ...brief, evalTokens: seqLen * batchSize }, seed },
-    ctx,
-  );
+  let total: FitnessMetrics | undefined;
+  for (const spec of specs.values()) {
+    const m = await evaluateFitness(
+      { teacher: ctx.teacherDir, spec, budget: { ...budget, ...brief, evalTokens: seqLen * batchSize }, seed },
+      ctx,
+    );
+    const before = total;
+    total = before
+      ? {
+          ...m,
+          seconds: before.seconds + m.seconds,
+          phases: Object.fromEntries(FITNESS_PHASES.map((p) => [p, before.phases[p] + m.phases[p]])) as FitnessPhases,
+        }
+      : m;
+  }
+  return total;
 }

@@ -55,12 +55,13 @@ export const endTrainingStep = defineOperation('endTrainingStep', (): void => {}
 
 /**
  * Runs once after the first training step, when every shape of the step has been seen (webgpu:
- * times the candidate matrix-product plans and keeps the fastest). Resolves to what it chose, for
- * logs and benchmarks (empty when there was nothing to do).
+ * times the candidate matrix-product plans and keeps the fastest, in a run long enough to pay that
+ * back). `stepsAhead`: the steps the run has left. Resolves to what it chose, for logs and benchmarks
+ * (empty when there was nothing to do).
  */
 export const afterFirstTrainingStep = defineOperation(
   'afterFirstTrainingStep',
-  async (): Promise<readonly object[]> => [],
+  async (_stepsAhead: number): Promise<readonly object[]> => [],
 );
 
 /**

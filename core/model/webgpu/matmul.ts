@@ -956,12 +956,25 @@ async function planProblem(
 }
 
 /**
- * autotuneMatMuls on a hardware adapter (a software one, such as lavapipe, would spend minutes) unless
- * OFFSHOOT_MATMUL_AUTOTUNE=0, or on any adapter with OFFSHOOT_MATMUL_AUTOTUNE=1: webgpu's
- * afterFirstTrainingStep, which the trainer runs after its first step.
+ * The fewest steps a run must have left for autotuning to run after its first step: tuning takes up
+ * to its budget (OFFSHOOT_MATMUL_AUTOTUNE_SECONDS) for a few percent a step, which a brief-fitness
+ * candidate's 40 steps (about a second) never pay back. Classes tuned earlier (plan files) still serve.
  */
-export async function autotuneIfHardware(): Promise<TuneResult[]> {
-  const setting = process.env.OFFSHOOT_MATMUL_AUTOTUNE;
-  if (webgpuBackend() === null || setting === '0' || (capabilities().software && setting !== '1')) return [];
+export const AUTOTUNE_MIN_STEPS = 500;
+
+/**
+ * Whether a run autotunes after its first step: on a hardware adapter (a software one, such as
+ * lavapipe, would spend minutes) with at least AUTOTUNE_MIN_STEPS steps ahead, unless `setting`
+ * (OFFSHOOT_MATMUL_AUTOTUNE) is 0; with 1 on any adapter and run.
+ */
+export function autotuneWanted(software: boolean, stepsAhead: number, setting?: string): boolean {
+  if (setting === '0') return false;
+  return setting === '1' || (!software && stepsAhead >= AUTOTUNE_MIN_STEPS);
+}
+
+/** autotuneMatMuls where autotuneWanted: webgpu's afterFirstTrainingStep. */
+export async function autotuneIfHardware(stepsAhead: number): Promise<TuneResult[]> {
+  if (webgpuBackend() === null) return [];
+  if (!autotuneWanted(capabilities().software, stepsAhead, process.env.OFFSHOOT_MATMUL_AUTOTUNE)) return [];
   return autotuneMatMuls();
 }
