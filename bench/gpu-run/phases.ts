@@ -198,21 +198,34 @@ function atDeadline(ctx: Ctx, fn: () => void): () => void {
   };
 }
 
+/** How long a command has after the deadline's SIGTERM to checkpoint and exit before SIGKILL. */
+const DEADLINE_GRACE_MS = 60_000;
+
 /**
  * Waits for a started `offshoot` command, sending it SIGTERM at the phase's deadline (the resumable
- * commands then checkpoint and exit 0). Fails on any other end but success — except our own SIGTERM
- * arriving while the command still loads, before it listens for it: it dies of it, and its last
- * checkpoint is where it goes on next time.
+ * commands then checkpoint and exit 0), and SIGKILL if it has not exited DEADLINE_GRACE_MS later (a
+ * GPU process has been seen to outlive SIGTERM). Fails on any other end but success — except our own
+ * signals, as when SIGTERM arrives while the command still loads, before it listens for it: it dies
+ * of it, and its last checkpoint is where it goes on next time.
  */
 async function finish(ctx: Ctx, child: Child, name: string, args: string[]): Promise<{ interrupted: boolean }> {
   let interrupted = false;
+  let kill: NodeJS.Timeout | undefined;
   const cancel = atDeadline(ctx, () => {
+    if (interrupted) return;
     interrupted = true;
     child.process.kill('SIGTERM');
+    kill = setTimeout(() => {
+      ctx.log(
+        `${name}: still running ${DEADLINE_GRACE_MS / 1000} s after SIGTERM; SIGKILL (its last checkpoint stands)`,
+      );
+      child.process.kill('SIGKILL');
+    }, DEADLINE_GRACE_MS);
   });
   const { code, signal } = await child.exited;
   cancel();
-  if (code !== 0 && !(interrupted && signal === 'SIGTERM'))
+  clearTimeout(kill);
+  if (code !== 0 && !(interrupted && (signal === 'SIGTERM' || signal === 'SIGKILL')))
     throw new Error(
       `${shown(args)} failed (${signal ?? `exit ${code}`}); see ${path.join(ctx.work, 'logs', `${name}.log`)}`,
     );
