@@ -26,8 +26,8 @@
  * setupSeconds, not in a candidate's). Every arm runs in a fresh child process with a fresh driver
  * shader cache (XDG_CACHE_HOME). The teacher (trained with `offshoot teacher train`'s
  * code when --teacher is not given) and the matrix-product plan cache live under --work and are kept
- * between calls; --fresh-plans empties the plan cache first (the first search on a GPU model then
- * tunes its shape classes), --plans-out copies the plan files afterwards (to ship them:
+ * between calls; --fresh-plans empties the plan cache first (candidates then take the untuned plans:
+ * a brief-fitness run is too short to tune, AUTOTUNE_MIN_STEPS), --plans-out copies the plan files afterwards (to ship them:
  * core/model/webgpu/plans/). On a CPU machine the same runs with tiny shapes, e.g.
  * `--backends webgpu,cpu --preset tiny --seq-len 32 --candidates 4 --population 4 --steps 4`.
  */
@@ -40,7 +40,7 @@ import { fileURLToPath } from 'node:url';
 import { type BackendName, initBackend } from '../core/model/backend.js';
 import { DEFAULT_TRAIN_CORPUS, DEFAULT_VALIDATION_CORPUS } from '../core/data/index.js';
 import { cudaHome } from '../core/model/cuda/libraries.js';
-import { MODEL_PRESETS, setShapeClasses, shapeCostTotals } from '../core/model/index.js';
+import { MODEL_PRESETS, setShapeClasses, shapeCostTotals, takeCompiledPipelines } from '../core/model/index.js';
 import { matmulPlanCounts } from '../core/model/webgpu/matmul.js';
 import { planCacheDir } from '../core/model/webgpu/matmul-plans.js';
 import { profileGpu } from '../core/model/webgpu/profiler.js';
@@ -310,6 +310,7 @@ async function runArm(a: Args): Promise<void> {
   // As a fitness evaluator starts (services/evaluator); the behaviour before shape classes had none.
   const warmUp = a.shapeClasses ? await warmUpFitness(context, budget, a.seed) : undefined;
   const setupSeconds = (performance.now() - started) / 1000;
+  takeCompiledPipelines();
   const rows: Array<{ wall: number; steady: number; phases: FitnessPhases }> = [];
   let failed = 0;
   try {
@@ -332,6 +333,8 @@ async function runArm(a: Args): Promise<void> {
           console.log(JSON.stringify({ ...common, candidate: r.done, spec: r.spec, error: 'evaluation failed' }));
           return;
         }
+        // What its first evaluation compiled, by kernel: which kernels a new shape still costs.
+        const compiled = takeCompiledPipelines();
         const steady = await evaluateFitness({ teacher, spec: r.spec, budget, seed: a.seed, data }, context);
         const m = r.metrics;
         rows.push({ wall: m.seconds, steady: steady.seconds, phases: m.phases });
@@ -349,6 +352,7 @@ async function runArm(a: Args): Promise<void> {
             ratio: round(m.seconds / steady.seconds),
             phases: m.phases,
             steadyPhases: steady.phases,
+            compiled,
             ...(gpuBytes !== null ? { gpuMiBAfter: Math.round(gpuBytes / 2 ** 20) } : {}),
           }),
         );
@@ -358,6 +362,7 @@ async function runArm(a: Args): Promise<void> {
           );
           console.log(JSON.stringify({ ...common, candidate: r.done, profile }));
         }
+        takeCompiledPipelines();
       },
     );
   } finally {

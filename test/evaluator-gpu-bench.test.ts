@@ -54,6 +54,8 @@ describe('bench/evaluator-gpu', () => {
         expect(c.ratio).toBeCloseTo((c.wallSeconds as number) / (c.steadySeconds as number), 2);
         // Nothing about a candidate changes between its two evaluations but the caches.
         expect(Math.abs(c.steadyFitnessDelta as number)).toBeLessThan(1e-4);
+        // The cpu backend compiles nothing per shape.
+        expect(c.compiled).toEqual({});
       }
       const summary = lines.find((l) => l.shapeClasses === arm && l.summary)!;
       expect(summary).toMatchObject({ backend: 'cpu', candidates: 2, failed: 0, steps: 2 });
@@ -85,6 +87,12 @@ describe('bench/evaluator-gpu', () => {
       expect(names).toContain('full_distill_forward');
       expect(names.some((n) => n.startsWith('matmul_') || n.startsWith('sgmatmul_'))).toBe(true);
       expect(lines.find((l) => l.summary)).toMatchObject({ backend: 'webgpu', candidates: 2, failed: 0 });
+      // Each candidate's new pipelines by kernel (what its shape still compiles after the warm-up).
+      for (const c of lines.filter((l) => typeof l.candidate === 'number' && !l.profile)) {
+        const compiled = c.compiled as Record<string, number>;
+        for (const [name, n] of Object.entries(compiled))
+          expect([name, Number.isInteger(n) && n > 0]).toEqual([name, true]);
+      }
     },
     600_000,
   );

@@ -264,6 +264,8 @@ describe.skipIf(!hasWebGPU)('matrix products tuned by shape class', () => {
     // OFFSHOOT_MATMUL_AUTOTUNE: 1 tunes any run on any adapter, 0 none.
     expect(autotuneWanted(true, 1, '1')).toBe(true);
     expect(autotuneWanted(false, 1e9, '0')).toBe(false);
+    // Shape classes off (the behaviour before them): every run on a hardware adapter tunes.
+    expect(autotuneWanted(false, 40, undefined, false)).toBe(true);
   });
 
   it('a plan file that does not parse is reported and replaced; classes it lacks are tuned', async () => {

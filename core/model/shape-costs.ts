@@ -21,6 +21,22 @@ const totals: ShapeCostTotals = { compile: { ms: 0, count: 0 }, autotune: { ms: 
 /** The work being measured now: nested work (an autotuner's compiles) counts as the outer kind. */
 let open: ShapeCost | null = null;
 
+/** Pipelines compiled since the last takeCompiledPipelines, by label (the kernel's name). */
+let compiledPipelines = new Map<string, number>();
+
+/** Notes a compiled pipeline's label, for takeCompiledPipelines. */
+export function notePipeline(label: string | undefined): void {
+  const name = label || '(unlabelled)';
+  compiledPipelines.set(name, (compiledPipelines.get(name) ?? 0) + 1);
+}
+
+/** The pipelines compiled since the last call, by kernel name: which kernels a new shape compiled. */
+export function takeCompiledPipelines(): Record<string, number> {
+  const taken = Object.fromEntries(compiledPipelines);
+  compiledPipelines = new Map();
+  return taken;
+}
+
 /** Runs `f`, counting its time as per-shape work of this kind. */
 export function measureShapeCost<T>(kind: ShapeCost, f: () => T): T {
   if (open !== null) return f();

@@ -7,7 +7,7 @@
  * arithmetic for f32 inputs, no TF32), the output f32 or bf16. Descriptors and the heuristic's
  * algorithm are made once per distinct shape and cached; the bias pointer is set per call.
  */
-import { measureShapeCost } from '../shape-costs.js';
+import { measureShapeCost, notePipeline } from '../shape-costs.js';
 import type { CudaDevice } from './device.js';
 import { check } from './driver.js';
 import type { Storage } from './storage.js';
@@ -161,6 +161,7 @@ export class Blas {
     const plan = this.plans.get(key);
     if (plan) return plan;
     // A new shape's descriptors and the heuristic's choice: per-shape work, like a pipeline's compile.
+    notePipeline('cuBLASLt plan');
     return measureShapeCost('compile', () => this.newPlan(g, key));
   }
 

@@ -4,7 +4,7 @@
  * allocator, pinned staging memory for copies, the compiled kernel modules, and kernel launches.
  * The device is the first one the process sees (CUDA_VISIBLE_DEVICES chooses it).
  */
-import { measureShapeCost } from '../shape-costs.js';
+import { measureShapeCost, notePipeline } from '../shape-costs.js';
 import { CachingAllocator } from './allocator.js';
 import { compileKernels, nvrtcVersion } from './compile.js';
 import { type Libraries, CudaError, check, koffi, loadLibraries } from './driver.js';
@@ -213,6 +213,7 @@ export class CudaDevice {
     if (f !== undefined) return f;
     let mod = this.modules.get(file);
     if (mod === undefined) {
+      notePipeline(`${file}.cu`);
       mod = measureShapeCost('compile', () => {
         const { cubin } = compileKernels(this.libs, this.cudaLibs, file, this.info.arch);
         const out: [unknown] = [null];

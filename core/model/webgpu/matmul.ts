@@ -964,17 +964,19 @@ export const AUTOTUNE_MIN_STEPS = 500;
 
 /**
  * Whether a run autotunes after its first step: on a hardware adapter (a software one, such as
- * lavapipe, would spend minutes) with at least AUTOTUNE_MIN_STEPS steps ahead, unless `setting`
+ * lavapipe, would spend minutes) with at least AUTOTUNE_MIN_STEPS steps ahead — any run with shape
+ * classes off (`byClass` false: the behaviour before them) — unless `setting`
  * (OFFSHOOT_MATMUL_AUTOTUNE) is 0; with 1 on any adapter and run.
  */
-export function autotuneWanted(software: boolean, stepsAhead: number, setting?: string): boolean {
+export function autotuneWanted(software: boolean, stepsAhead: number, setting?: string, byClass = true): boolean {
   if (setting === '0') return false;
-  return setting === '1' || (!software && stepsAhead >= AUTOTUNE_MIN_STEPS);
+  return setting === '1' || (!software && (stepsAhead >= AUTOTUNE_MIN_STEPS || !byClass));
 }
 
 /** autotuneMatMuls where autotuneWanted: webgpu's afterFirstTrainingStep. */
 export async function autotuneIfHardware(stepsAhead: number): Promise<TuneResult[]> {
   if (webgpuBackend() === null) return [];
-  if (!autotuneWanted(capabilities().software, stepsAhead, process.env.OFFSHOOT_MATMUL_AUTOTUNE)) return [];
+  const setting = process.env.OFFSHOOT_MATMUL_AUTOTUNE;
+  if (!autotuneWanted(capabilities().software, stepsAhead, setting, shapeClassesEnabled())) return [];
   return autotuneMatMuls();
 }

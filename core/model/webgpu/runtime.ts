@@ -20,7 +20,7 @@
 /// <reference types="@webgpu/types" />
 import * as tf from '../tfjs.js';
 
-import { measureShapeCost, measureShapeCostAsync } from '../shape-costs.js';
+import { measureShapeCost, measureShapeCostAsync, notePipeline } from '../shape-costs.js';
 
 interface TensorData {
   values: unknown;
@@ -88,8 +88,14 @@ function timeCompiles(device: GPUDevice): void {
   const createComputePipeline = device.createComputePipeline.bind(device);
   const createComputePipelineAsync = device.createComputePipelineAsync.bind(device);
   device.createShaderModule = (d) => measureShapeCost('compile', () => createShaderModule(d));
-  device.createComputePipeline = (d) => measureShapeCost('compile', () => createComputePipeline(d));
-  device.createComputePipelineAsync = (d) => measureShapeCostAsync('compile', () => createComputePipelineAsync(d));
+  device.createComputePipeline = (d) => {
+    notePipeline(d.label);
+    return measureShapeCost('compile', () => createComputePipeline(d));
+  };
+  device.createComputePipelineAsync = (d) => {
+    notePipeline(d.label);
+    return measureShapeCostAsync('compile', () => createComputePipelineAsync(d));
+  };
   timedDevices.add(device);
 }
 
