@@ -543,7 +543,11 @@ export async function main(
     try {
       console.log(JSON.stringify(await measure(args, args.only)));
     } catch (err) {
-      console.log(JSON.stringify({ backend: args.only, error: (err as Error).message.split('\n')[0] }));
+      // Never an empty message: the parent tells a failure by it.
+      const e = err as Error;
+      console.log(
+        JSON.stringify({ backend: args.only, error: e.message?.split('\n')[0] || e.name || String(err) || 'failed' }),
+      );
     }
     return;
   }
