@@ -432,10 +432,12 @@ export async function evaluateFitness(request: FitnessRequest, context?: Fitness
  * Readies a long-lived evaluator's context for candidates of this budget: short evaluations (two
  * training steps, one validation batch) of typical candidates compile what every candidate runs (the
  * teacher's forward pass, the student's kernels) and put the validation batches on the device. A
- * kernel is compiled per load width (one, four or eight elements) and per whole or ragged tiling, so
- * the warm-up shapes take each: widths one, four and eight short of the teacher's (the residues 7, 4
- * and 0 mod 8) and one head fewer in one of them. The first real candidate then pays only for what is
- * new about its own shape. Returns those evaluations' metrics with their seconds and phases summed
+ * product's kernel is compiled per load width of its inputs (one, four or eight elements: its K's
+ * residue mod 8) and of its output, and its tile and split-K depend on its size, so the warm-up shapes
+ * take each: every pairing of embedding and MLP widths one, four and eight short of the teacher's (the
+ * MLP's two products read one and write the other), one head fewer in one of them, and a third of the
+ * teacher's widths and heads (a smaller student's smaller products). The first real candidate then
+ * pays only for what is new about its own shape. Returns those evaluations' metrics with their seconds and phases summed
  * (the process's, not a candidate's), or undefined on a backend that compiles nothing (cpu, wasm,
  * tensorflow), where it does nothing.
  */
@@ -449,16 +451,20 @@ export async function warmUpFitness(
   const narrowest = Math.min(...teacher.layers.map((l) => l.intermediateSize));
   const fewestHeads = Math.min(...teacher.layers.map((l) => l.numHeads));
   const specs = new Map<string, SubnetSpec>();
-  for (const short of [1, 4, 8]) {
+  const add = (embedding: number, mlp: number, heads?: number) => {
     const spec: SubnetSpec = {
       format: 1,
       teacher: teacherShape(teacher),
-      embedding: Math.max(1, teacher.hiddenSize - short),
-      mlp: Math.max(1, narrowest - short),
-      ...(short === 4 && fewestHeads > 1 ? { heads: fewestHeads - 1 } : {}),
+      embedding: Math.max(1, embedding),
+      mlp: Math.max(1, mlp),
+      ...(heads !== undefined && heads < fewestHeads ? { heads: Math.max(1, heads) } : {}),
     };
     specs.set(JSON.stringify(spec), spec);
-  }
+  };
+  for (const d of [1, 4, 8])
+    for (const f of [1, 4, 8])
+      add(teacher.hiddenSize - d, narrowest - f, d === 4 && f === 4 ? fewestHeads - 1 : undefined);
+  add(Math.floor(teacher.hiddenSize / 3) - 1, Math.floor(narrowest / 3) - 1, Math.floor(fewestHeads / 3));
   const seqLen = budget.seqLen ?? Math.min(teacher.maxPositions, 64);
   const batchSize = budget.batchSize ?? 8;
   const brief = budget.kind === 'brief' ? { steps: Math.min(2, budget.steps ?? 2), warmup: 1 } : {};
