@@ -255,19 +255,28 @@ function fusedAdamW(state: AdamWState, params: AdamWEntry[], s: AdamWStep, lossS
   const chunksOf = (e: FusedAdamWEntry) => Math.max(1, Math.ceil(e.grad.size / SUMSQ_CHUNK));
   const P = entries.reduce((a, e) => a + chunksOf(e), 0);
   const partials = allocate([P]);
-  // Sums of squares: each gradient one binding, the partials one (and the loss scale one).
+  // Sums of squares: each gradient one binding, the partials one (and the loss scale one). Every
+  // dispatch binds a full group, the last padded with an empty slot on a placeholder buffer, so one
+  // pipeline serves every model (a search's candidates differ in their number of tensors).
+  const perGroup = bindings - 1 - +scaled;
+  const placeholder = allocate([1]);
   let offset = 0;
-  for (const group of groups(entries, bindings - 1 - +scaled)) {
+  for (const group of groups(entries, perGroup)) {
     const slots: UniformValue[] = [];
     let chunks = 0;
     for (const e of group) {
       slots.push(['u', e.grad.size], ['u', chunks], ['u', 0], ['u', 0]);
       chunks += chunksOf(e);
     }
-    const k = kernel(scaled ? 'grad_sum_squares_unscaled' : 'grad_sum_squares', group.length, (n) =>
+    const inputs = group.map((e) => e.grad as tf.TensorInfo);
+    // An empty slot starts past the last chunk: no workgroup reads it.
+    for (let i = group.length; i < perGroup; i++) {
+      slots.push(['u', 0], ['u', chunks], ['u', 0], ['u', 0]);
+      inputs.push(placeholder);
+    }
+    const k = kernel(scaled ? 'grad_sum_squares_unscaled' : 'grad_sum_squares', perGroup, (n) =>
       sumSquaresSource(n, scaled),
     );
-    const inputs = group.map((e) => e.grad as tf.TensorInfo);
     if (lossScale) inputs.push(lossScale.scale);
     dispatch(k, inputs, [partials], [...slots, ['u', chunks], ['u', offset], ['u', 0], ['u', 0]], grid1d(chunks * 256));
     offset += chunks;
@@ -346,6 +355,7 @@ function fusedAdamW(state: AdamWState, params: AdamWEntry[], s: AdamWStep, lossS
     dispatch(k, inputs, outputs, uniforms, grid1d(blocks * 256), { uniformsVary: true });
   }
   release(partials);
+  release(placeholder);
   if (unscale) release(unscale);
   return toTensor<tf.Scalar>(norm);
 }
