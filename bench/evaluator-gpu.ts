@@ -27,8 +27,9 @@
  * shader cache (XDG_CACHE_HOME). The teacher (trained with `offshoot teacher train`'s
  * code when --teacher is not given) and the matrix-product plan cache live under --work and are kept
  * between calls; --fresh-plans empties the plan cache first (candidates then take the untuned plans:
- * a brief-fitness run is too short to tune, AUTOTUNE_MIN_STEPS), --plans-out copies the plan files afterwards (to ship them:
- * core/model/webgpu/plans/). On a CPU machine the same runs with tiny shapes, e.g.
+ * a brief-fitness run is too short to tune, AUTOTUNE_MIN_STEPS; OFFSHOOT_MATMUL_AUTOTUNE=1 tunes
+ * them), --plans-out copies the plan files afterwards (to ship them: core/model/webgpu/plans/). On a
+ * CPU machine the same runs with tiny shapes, e.g.
  * `--backends webgpu,cpu --preset tiny --seq-len 32 --candidates 4 --population 4 --steps 4`.
  */
 import { spawn } from 'node:child_process';
