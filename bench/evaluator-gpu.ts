@@ -47,7 +47,6 @@ import { planCacheDir } from '../core/model/webgpu/matmul-plans.js';
 import { profileGpu } from '../core/model/webgpu/profiler.js';
 import { gpuBytesAllocated } from '../core/model/webgpu/runtime.js';
 import {
-  FITNESS_PHASES,
   type FitnessBudget,
   type FitnessKind,
   type FitnessPhases,
@@ -56,6 +55,7 @@ import {
   disposeFitnessContext,
   evaluateFitness,
   searchSubnetworks,
+  sumPhases,
   warmUpFitness,
 } from '../core/subnet/index.js';
 import { TEACHER_TRAIN_DEFAULTS, teacherFinished, trainTeacher } from '../core/teacher/index.js';
@@ -257,16 +257,9 @@ const median = (xs: number[]) => {
   const m = Math.floor(s.length / 2);
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 };
-const sumPhases = (list: FitnessPhases[]) =>
-  Object.fromEntries(
-    FITNESS_PHASES.map((p) => [
-      p,
-      round(
-        list.reduce((a, x) => a + x[p], 0),
-        2,
-      ),
-    ]),
-  ) as FitnessPhases;
+/** Phases added up, to the hundredth of a second. */
+const totalPhases = (list: FitnessPhases[]) =>
+  Object.fromEntries(Object.entries(sumPhases(list)).map(([p, s]) => [p, round(s, 2)])) as FitnessPhases;
 
 /** Child: trains the teacher with the teacher-training code (`offshoot teacher train`), unless it is there. */
 async function prepareTeacher(a: Args): Promise<void> {
@@ -395,7 +388,7 @@ async function runArm(a: Args): Promise<void> {
       meanSteadySeconds: rows.length ? round(steady / rows.length) : null,
       setupSeconds: round(setupSeconds, 2),
       ...(warmUp ? { warmUpSeconds: round(warmUp.seconds, 2), warmUpPhases: warmUp.phases } : {}),
-      phaseSeconds: sumPhases(rows.map((r) => r.phases)),
+      phaseSeconds: totalPhases(rows.map((r) => r.phases)),
       compiles: costs.compile.count,
       planClassesAtStart: plansAtStart.classes,
       planClassesTuned: plansAtEnd.tuned,

@@ -174,6 +174,11 @@ const PHASE_LABELS: Record<FitnessPhase, string> = {
   evaluation: 'evaluation',
 };
 
+/** The phases of several evaluations added up. */
+export function sumPhases(list: FitnessPhases[]): FitnessPhases {
+  return Object.fromEntries(FITNESS_PHASES.map((p) => [p, list.reduce((a, x) => a + x[p], 0)])) as FitnessPhases;
+}
+
 /** "extraction 0.12 s, teacher forward 0.40 s, ...": where an evaluation's time went, for logs. */
 export function describePhases(phases: FitnessPhases): string {
   return FITNESS_PHASES.map((p) => `${PHASE_LABELS[p]} ${phases[p].toFixed(2)} s`).join(', ');
@@ -470,20 +475,18 @@ export async function warmUpFitness(
   const brief = budget.kind === 'brief' ? { steps: Math.min(2, budget.steps ?? 2), warmup: 1 } : {};
   // Validation batches for the real budget too, so the first candidate finds them on the device.
   validationBatches(ctx, { seqLen, batchSize, maxTokens: budget.evalTokens ?? 8192 });
-  let total: FitnessMetrics | undefined;
+  const runs: FitnessMetrics[] = [];
   for (const spec of specs.values()) {
-    const m = await evaluateFitness(
-      { teacher: ctx.teacherDir, spec, budget: { ...budget, ...brief, evalTokens: seqLen * batchSize }, seed },
-      ctx,
+    runs.push(
+      await evaluateFitness(
+        { teacher: ctx.teacherDir, spec, budget: { ...budget, ...brief, evalTokens: seqLen * batchSize }, seed },
+        ctx,
+      ),
     );
-    const before = total;
-    total = before
-      ? {
-          ...m,
-          seconds: before.seconds + m.seconds,
-          phases: Object.fromEntries(FITNESS_PHASES.map((p) => [p, before.phases[p] + m.phases[p]])) as FitnessPhases,
-        }
-      : m;
   }
-  return total;
+  return {
+    ...runs[runs.length - 1],
+    seconds: runs.reduce((a, m) => a + m.seconds, 0),
+    phases: sumPhases(runs.map((m) => m.phases)),
+  };
 }

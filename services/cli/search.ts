@@ -7,7 +7,6 @@ import { ALGORITHMS, type Algorithm } from '../../core/search/index.js';
 import {
   FITNESS_KINDS,
   FITNESS_LOSSES,
-  FITNESS_PHASES,
   type FitnessKind,
   type FitnessLoss,
   type FitnessMetrics,
@@ -23,6 +22,7 @@ import {
   describePhases,
   formatParams,
   searchSubnetworks,
+  sumPhases,
 } from '../../core/subnet/index.js';
 import { StreamingTeacher, TeacherClient } from '../teacher/index.js';
 import { withBackend } from './backend-option.js';
@@ -256,10 +256,7 @@ export function registerSearchCommand(program: Command): void {
             .map((r) => (r.metrics as Partial<FitnessMetrics> | undefined)?.phases)
             .filter((p): p is FitnessPhases => p !== undefined);
           if (phases.length > 0) {
-            const total = Object.fromEntries(
-              FITNESS_PHASES.map((p) => [p, phases.reduce((a, t) => a + t[p], 0)]),
-            ) as FitnessPhases;
-            console.log(`time of ${phases.length} evaluations: ${describePhases(total)}`);
+            console.log(`time of ${phases.length} evaluations: ${describePhases(sumPhases(phases))}`);
           }
           console.log(`target: ${result.target.label}`);
           console.log(
