@@ -57,12 +57,16 @@ extern "C" __global__ void layer_norm_backward(float* dx, const void* dy, int dy
   const i64 base = row * D;
   const float mu = mean[row], rs = rstd[row];
   float g[4], xv[4], wv[4];
-  float a = 0.f, c = 0.f;
-  ROW_LOOP(i, D) {
-    const int count = min(4, D - i);
+  // Both passes read the same four columns of dy, x and w.
+  auto load = [&](int i, int count) {
     load4_any(dy, dySt, base + i, count, aligned, g);
     load4_any(x, xSt, base + i, count, aligned, xv);
     load4_any(w, ST_F32, i, count, aligned, wv);
+  };
+  float a = 0.f, c = 0.f;
+  ROW_LOOP(i, D) {
+    const int count = min(4, D - i);
+    load(i, count);
 #pragma unroll
     for (int k = 0; k < 4; k++) {
       const float gw = g[k] * wv[k];  // zero past the row's end, as g is
@@ -74,9 +78,7 @@ extern "C" __global__ void layer_norm_backward(float* dx, const void* dy, int dy
   const float mc = warp_sum(c) / D;
   ROW_LOOP(i, D) {
     const int count = min(4, D - i);
-    load4_any(dy, dySt, base + i, count, aligned, g);
-    load4_any(x, xSt, base + i, count, aligned, xv);
-    load4_any(w, ST_F32, i, count, aligned, wv);
+    load(i, count);
 #pragma unroll
     for (int k = 0; k < 4; k++) g[k] = rs * (g[k] * wv[k] - ma - (xv[k] - mu) * rs * mc);
     store4_any(dx, ST_F32, base + i, count, aligned, g);
