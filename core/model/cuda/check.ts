@@ -323,6 +323,7 @@ function tfjsKernelCases(): CudaCase[] {
     t = tol,
   ): CudaCase => ({ name: `tfjs: ${name}`, inputs: () => inputs, diff, reference: f, cuda: f, tol: t });
   const a = randHost([4, 5, 6], 81);
+  const long = randHost([3, 40_000], 84);
   const bb = randHost([5, 1], 82);
   const pos = { ...randHost([4, 5, 6], 83), data: randHost([4, 5, 6], 83).data.map((x) => Math.abs(x) + 0.1) };
   return [
@@ -362,6 +363,16 @@ function tfjsKernelCases(): CudaCase[] {
           tf.reshape(tf.sum(x), [-1]),
         ]),
       [0],
+    ),
+    c('sum, mean, max, min of a few long rows (cut into chunks) and of everything', [long], ([x]) =>
+      tf.concat([
+        tf.sum(x, 1),
+        tf.mean(x, 1),
+        tf.max(x, 1),
+        tf.min(x, 1),
+        tf.reshape(tf.sum(x), [1]),
+        tf.reshape(tf.max(x), [1]),
+      ]),
     ),
     c(
       'transpose, slice, concat, reshape',

@@ -131,6 +131,33 @@ export function rowGrid(rows: number): Dim3 {
 }
 
 const REDUCE: Record<string, number> = { Sum: 0, Mean: 1, Max: 2, Min: 3, Prod: 4 };
+/** Columns a block reduces at least when a row is cut into chunks. */
+const MIN_SPAN = 8192;
+
+/** Launches reduce_rows over [rows, cols] of `src` into [rows, chunks] of `out` (see layout.cu). */
+function reduceRows(
+  b: CudaBackend,
+  out: tf.TensorInfo,
+  src: tf.TensorInfo,
+  rows: number,
+  cols: number,
+  op: number,
+  chunks: number,
+  divisor: number,
+): void {
+  const d = b.device;
+  d.launch(d.kernel('layout', 'reduce_rows'), rowGrid(rows * chunks), BLOCK256, [
+    ['p', b.operand(out).ptr],
+    ['p', b.operand(src).ptr],
+    ['i', ST[b.storageOf(src)]],
+    ['i', rows],
+    ['l', cols],
+    ['i', op],
+    ['i', chunks],
+    ['l', Math.ceil(cols / chunks)],
+    ['f', divisor],
+  ]);
+}
 
 /** x reduced over `axis` (tfjs's reduction attrs); f32 inputs or bf16, f32 output. */
 function reduce(
@@ -171,14 +198,17 @@ function reduce(
       ['i', op === 'ArgMax' ? 0 : 1],
     ]);
   } else {
-    d.launch(d.kernel('layout', 'reduce_rows'), rowGrid(rows), BLOCK256, [
-      ['p', b.operand(y).ptr],
-      ['p', b.operand(src).ptr],
-      ['i', ST[b.storageOf(src)]],
-      ['i', rows],
-      ['i', cols],
-      ['i', REDUCE[op]],
-    ]);
+    // Too few rows to give every multiprocessor blocks (a whole tensor's sum is one row): each row is
+    // cut into chunks reduced side by side, then their partials reduced.
+    const blocks = 4 * d.info.multiprocessors;
+    const chunks = rows >= blocks ? 1 : Math.max(1, Math.min(Math.ceil(cols / MIN_SPAN), Math.ceil(blocks / rows)));
+    if (chunks === 1) reduceRows(b, y, src, rows, cols, REDUCE[op], 1, cols);
+    else {
+      const partials = b.allocate([rows, chunks], 'float32');
+      reduceRows(b, partials, src, rows, cols, op === 'Mean' ? REDUCE.Sum : REDUCE[op], chunks, 1);
+      reduceRows(b, y, partials, rows, chunks, REDUCE[op], 1, cols);
+      b.release(partials);
+    }
   }
   if (src !== x) b.release(src);
   return y;

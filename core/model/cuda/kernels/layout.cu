@@ -43,15 +43,20 @@ extern "C" __global__ void gather_rows_4(unsigned int* out, const unsigned int* 
   }
 }
 
-// Reductions of [rows, cols] over cols into [rows] (f32 out): op 0 sum, 1 mean, 2 max, 3 min, 4 prod.
-// One block of 256 threads per row (rows fold into grid.y past 65535).
-extern "C" __global__ void reduce_rows(float* out, const void* x, int xSt, int rows, int cols, int op) {
+// Reductions of [rows, cols] over cols (f32 out): op 0 sum, 1 mean, 2 max, 3 min, 4 prod. Each row is
+// cut into `chunks` spans of `span` columns, one block of 256 threads a span (blocks fold into grid.y
+// past 65535), so that a few long rows (a whole tensor's sum) spread over the GPU; out is [rows, chunks]
+// and a second launch reduces the chunks' partials. A mean divides by `divisor` (the row's length) at
+// the last launch and is a sum before it.
+extern "C" __global__ void reduce_rows(float* out, const void* x, int xSt, int rows, i64 cols, int op, int chunks, i64 span, float divisor) {
   __shared__ float scratch[32];
-  const i64 row = (i64)blockIdx.y * gridDim.x + blockIdx.x;
-  if (row >= rows) return;
+  const i64 b = (i64)blockIdx.y * gridDim.x + blockIdx.x;
+  if (b >= (i64)rows * chunks) return;
+  const i64 row = b / chunks, chunk = b - row * chunks;
   const i64 base = row * cols;
+  const i64 end = min(cols, (chunk + 1) * span);
   float acc = op == 2 ? NEG_INF : op == 3 ? POS_INF : op == 4 ? 1.f : 0.f;
-  for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+  for (i64 c = chunk * span + threadIdx.x; c < end; c += blockDim.x) {
     const float v = load_any(x, xSt, base + c);
     acc = op == 2 ? fmaxf(acc, v) : op == 3 ? fminf(acc, v) : op == 4 ? acc * v : acc + v;
   }
@@ -69,7 +74,7 @@ extern "C" __global__ void reduce_rows(float* out, const void* x, int xSt, int r
     }
     acc = prod[0];
   } else acc = block_sum(acc, scratch);
-  if (threadIdx.x == 0) out[row] = op == 1 ? acc / (float)cols : acc;
+  if (threadIdx.x == 0) out[b] = op == 1 ? acc / divisor : acc;
 }
 
 // Index of the max (op 0) or min (op 1) over cols per row, first on ties (tfjs's ArgMax/ArgMin).
