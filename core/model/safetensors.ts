@@ -234,8 +234,9 @@ function encode(t: TensorToWrite): Buffer {
   switch (t.dtype) {
     case 'F32':
     case 'I32':
-      // Node runs little-endian on every supported platform, as does the format.
-      return Buffer.from(t.data.buffer.slice(t.data.byteOffset, t.data.byteOffset + t.data.byteLength));
+      // Node runs little-endian on every supported platform, as does the format. A view, not a copy:
+      // a checkpoint's tensors are written before the caller gets them back.
+      return Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength);
     case 'BF16': {
       const src = new Uint32Array(Float32Array.from(t.data).buffer);
       const out = Buffer.alloc(2 * n);
