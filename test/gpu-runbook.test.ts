@@ -235,10 +235,25 @@ describe('memory summary', () => {
       ...[150, 200, 300, 400, 500].map((st) => sample(2, st, 600)),
     ]);
     expect(s).toMatchObject({ pid: 2, fromStep: 100, toStep: 500 });
-    expect(s!.series['rss.pretrain']).toEqual({ afterWarmup: 600, peak: 600, last: 600, growthPct: 0 });
+    expect(s!.series['rss.pretrain']).toEqual({ floorAfterWarmup: 600, floorAtEnd: 600, growthPct: 0, peak: 600 });
     // A process with one sample after its warm-up (a short tiny run): all its samples are summarised.
     const short = memorySummary([sample(3, 0, 100), sample(3, 0, 120), sample(3, 80, 130)]);
-    expect(short!.series['rss.pretrain']).toEqual({ afterWarmup: 100, peak: 130, last: 130, growthPct: 30 });
+    expect(short!.series['rss.pretrain']).toEqual({ floorAfterWarmup: 100, floorAtEnd: 130, growthPct: 30, peak: 130 });
+  });
+
+  it("tells a checkpoint's passing peak from a leak: floors compare the level between them", () => {
+    const sample = (step: number, rss: number) => ({ t: step, step, pid: 1, rss: { pretrain: rss }, gpu: null });
+    const steady = [0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000].map((st) =>
+      sample(st, st % 250 === 0 ? 2300 : 1100),
+    );
+    expect(memorySummary(steady)!.series['rss.pretrain']).toEqual({
+      floorAfterWarmup: 1100,
+      floorAtEnd: 1100,
+      growthPct: 0,
+      peak: 2300,
+    });
+    const leaking = [0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000].map((st) => sample(st, 1000 + st));
+    expect(memorySummary(leaking)!.series['rss.pretrain'].growthPct).toBeCloseTo((100 * (1800 - 1200)) / 1200);
   });
 });
 

@@ -476,14 +476,19 @@ export interface MemorySummary {
   pid: number;
   fromStep: number;
   toStep: number;
-  /** Per series (rss.pretrain, gpu.teacher-service, ...): the value after warm-up, the peak and last after it, and the growth. */
-  series: Record<string, { afterWarmup: number; peak: number; last: number; growthPct: number }>;
+  /**
+   * Per series (rss.pretrain, gpu.teacher-service, ...) after warm-up: the floor (lowest sample) of the
+   * first third and of the last third of the samples, the growth from one to the other, and the peak.
+   */
+  series: Record<string, { floorAfterWarmup: number; floorAtEnd: number; growthPct: number; peak: number }>;
 }
 
 /**
  * Memory of an arm's longest-running pretraining process after its warm-up (the first fifth of its
  * steps: compiles, graph capture, the allocator's pools filling). A resumed arm has several
- * processes, each warming up again, so they are not mixed.
+ * processes, each warming up again, so they are not mixed. Checkpoints and evaluations hold host
+ * copies of the weights for a moment: the peak shows them, and floors compare the steady level in
+ * between, which a leak lifts and a checkpoint does not.
  */
 export function memorySummary(samples: (MemorySample & { pid?: number })[]): MemorySummary | null {
   const byPid = new Map<number, MemorySample[]>();
@@ -503,13 +508,14 @@ export function memorySummary(samples: (MemorySample & { pid?: number })[]): Mem
     for (const name of names) {
       const values = warm.map((s) => s[kind]?.[name]).filter((v): v is number => v !== undefined);
       if (values.length < 2) continue;
-      const first = values[0];
-      const last = values[values.length - 1];
+      const third = Math.max(1, Math.floor(values.length / 3));
+      const floorAfterWarmup = Math.min(...values.slice(0, third));
+      const floorAtEnd = Math.min(...values.slice(-third));
       series[`${kind}.${name}`] = {
-        afterWarmup: first,
+        floorAfterWarmup,
+        floorAtEnd,
+        growthPct: (100 * (floorAtEnd - floorAfterWarmup)) / floorAfterWarmup,
         peak: Math.max(...values),
-        last,
-        growthPct: (100 * (last - first)) / first,
       };
     }
   }
@@ -729,10 +735,11 @@ async function teacherForward(ctx: Ctx, steps: number): Promise<number> {
     [batchSize, seqLen],
     'int32',
   );
+  // Synced by reading one logit back: the read waits for the whole forward, and moves 4 bytes.
   const pass = async () => {
-    const s = tf.tidy(() => model.logits2d(ids).max());
-    await s.data();
-    s.dispose();
+    const one = tf.tidy(() => tf.slice(model.logits2d(ids), [0, 0], [1, 1]));
+    await one.data();
+    one.dispose();
   };
   try {
     for (let i = 0; i < 3; i++) await pass();

@@ -173,7 +173,16 @@ export function renderSections(results: Result[]): Record<string, string | undef
       [],
     );
     out.memory = table(
-      ['arm', 'process (steps)', 'series', 'after warm-up (MiB)', 'peak (MiB)', 'last (MiB)', 'growth', 'samples'],
+      [
+        'arm',
+        'process (steps)',
+        'series',
+        'floor after warm-up (MiB)',
+        'floor at the end (MiB)',
+        'growth',
+        'peak (MiB)',
+        'samples',
+      ],
       runs.flatMap((r) => {
         const m = r.memory as { fromStep: number; toStep: number; series: Record<string, Row> } | null;
         if (!m) return [];
@@ -181,10 +190,10 @@ export function renderSections(results: Result[]): Record<string, string | undef
           String(r.arm),
           `${m.fromStep} → ${m.toStep}`,
           series,
-          mib(v.afterWarmup),
-          mib(v.peak),
-          mib(v.last),
+          mib(v.floorAfterWarmup),
+          mib(v.floorAtEnd),
           `${num(v.growthPct, 1)}%`,
+          mib(v.peak),
           num(r.memorySamples),
         ]);
       }),
