@@ -81,7 +81,12 @@ function globalFlags(c: OffshootConfig): string[] {
 
 /** The command line as a person types it (for the results and the document). */
 function shown(args: string[]): string {
-  return ['offshoot', ...args].map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, `'\\''`)}'`)).join(' ');
+  // Paths inside the checkout as the README's commands give them: relative to its root.
+  const inside = `${process.cwd()}${path.sep}`;
+  return ['offshoot', ...args]
+    .map((a) => (a.startsWith(inside) ? a.slice(inside.length) : a))
+    .map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, `'\\''`)}'`))
+    .join(' ');
 }
 
 let machineInfo: { gpu: string | null; cpus: number; node: string } | undefined;
