@@ -10,6 +10,8 @@ import * as tf from './tfjs.js';
 
 import { type DistillOptions, type TopKTeacher, fullDistillation, topKDistillation } from './ops/index.js';
 
+export { topKFromLogits } from './ops/index.js';
+
 export const DEFAULT_DISTILL: DistillOptions = { alpha: 0.5, temperature: 1, direction: 'forward' };
 
 /** α·CE + (1 − α)·T²·KL. `teacher` is full logits [N, V] or a top-k view. */
@@ -21,14 +23,4 @@ export function distillationLoss(
 ): tf.Scalar {
   if (!(teacher instanceof tf.Tensor)) return topKDistillation(student, targets, teacher, options);
   return fullDistillation(student, targets, teacher as tf.Tensor2D, options);
-}
-
-/** The top-k view of full teacher logits (what the teacher service computes). */
-export function topKFromLogits(teacher: tf.Tensor2D, k: number, temperature = 1): TopKTeacher {
-  const { values, indices } = tf.topk(teacher, k, true);
-  return {
-    indices: indices as tf.Tensor2D,
-    logits: values as tf.Tensor2D,
-    logNormaliser: tf.logSumExp(tf.div(teacher, temperature), 1) as tf.Tensor1D,
-  };
 }

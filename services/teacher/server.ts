@@ -26,7 +26,7 @@ import * as vm from 'node:vm';
 import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
 
-import { type GPTNeoX, parameterCount } from '../../core/model/index.js';
+import { type GPTNeoX, parameterCount, topKFromLogits } from '../../core/model/index.js';
 import * as tf from '../../core/model/tfjs.js';
 import {
   IndexEncoding,
@@ -657,9 +657,8 @@ export class TeacherServer {
       const logits = this.options.model.logits2d(tf.tensor2d(ids, [rows, seqLen], 'int32'));
       return groups.map((g) => {
         const sub = groups.length === 1 ? logits : tf.slice(logits, [g.start, 0], [g.positions, vocab]);
-        const { values, indices } = tf.topk(sub, g.k, true);
-        const lse = tf.logSumExp(g.temperature === 1 ? sub : tf.div(sub, g.temperature), 1);
-        return { values, indices, lse };
+        const top = topKFromLogits(sub, g.k, g.temperature);
+        return { values: top.logits, indices: top.indices, lse: top.logNormaliser };
       });
     });
     this.counters.forwardPasses++;

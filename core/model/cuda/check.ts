@@ -29,7 +29,7 @@ import {
   withinCurveTolerance,
 } from '../curve.js';
 import type { Batch } from '../train.js';
-import { distillationLoss, topKFromLogits } from '../losses.js';
+import { distillationLoss } from '../losses.js';
 import {
   type AdamWEntry,
   AdamWState,
@@ -43,6 +43,8 @@ import {
   layerNorm,
   linear,
   matMul,
+  type TopKTeacher,
+  topKFromLogits,
 } from '../ops/index.js';
 import { type Precision, setPrecision } from '../precision.js';
 import { cudaClipAdamW } from './adamw.js';
@@ -53,6 +55,7 @@ import { cudaGatherRows } from './embedding.js';
 import { fallbackCounts, resetFallbackCounts } from './kernels.js';
 import { cudaLayerNorm } from './layer-norm.js';
 import { cudaLinear, cudaMatMulNT } from './linear.js';
+import { cudaTopKFromLogits } from './topk.js';
 
 export interface CudaCase {
   name: string;
@@ -254,6 +257,8 @@ export function cudaCases(scale: 'small' | 'pythia' = 'small'): CudaCase[] {
     topk('forward', 0.5, 2, 64, N / 4),
     topk('reverse', 0, 1, 16, N / 8),
     topk('symmetric', 0.3, 1.5, 32, N / 8),
+    teacherTopK(N / 4, V, 64, 2, tol),
+    teacherTopK(5, 300, 1, 1, tol),
     full('forward', 0.5, 1, N / 4),
     full('reverse', 0, 2, N / 8),
     full('symmetric', 0.3, 1.5, N / 8),
@@ -309,6 +314,20 @@ function adamwCase(shapes: number[][]): CudaCase {
     reference: run((state, entries, s) => clippedAdamW.reference(state, entries, s)),
     cuda: run(cudaClipAdamW),
     tol: { f32: 1e-5, mixed: 1e-5 },
+  };
+}
+
+/** A teacher's top-k view of its logits with the log-normaliser, one kernel against tfjs's topk and logSumExp. */
+function teacherTopK(n: number, V: number, k: number, temperature: number, tol: CudaCase['tol']): CudaCase {
+  const flat = (t: TopKTeacher) =>
+    tf.concat([tf.reshape(t.logits, [-1]), tf.cast(tf.reshape(t.indices, [-1]), 'float32'), t.logNormaliser]);
+  return {
+    name: `teacher top-k with its log-normaliser (N ${n}, V ${V}, k ${k}, T ${temperature})`,
+    inputs: () => [randHost([n, V], 18, 3)],
+    diff: [],
+    reference: ([x]) => flat(topKFromLogits.reference(x as tf.Tensor2D, k, temperature)),
+    cuda: ([x]) => flat(cudaTopKFromLogits(x as tf.Tensor2D, k, temperature)),
+    tol,
   };
 }
 

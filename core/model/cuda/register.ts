@@ -16,6 +16,7 @@ import {
   parallelResidual,
   runTrainingStep,
   topKDistillation,
+  topKFromLogits,
 } from '../ops/index.js';
 import type * as tf from '../tfjs.js';
 import { adamwStepVector, cudaClipAdamW } from './adamw.js';
@@ -28,6 +29,7 @@ import { GraphRunner } from './graphs.js';
 import { cudaLayerNorm } from './layer-norm.js';
 import { cudaLinear, cudaMatMulNT } from './linear.js';
 import { type CudaBackend, cudaBackendOrThrow } from './tfjs-backend.js';
+import { cudaTopKFromLogits, topKSupportedFor } from './topk.js';
 
 const backend = 'cuda';
 
@@ -51,6 +53,13 @@ topKDistillation.register({
   name: 'one block per row, closed-form gradient',
   supports: (_logits, _targets, teacher) => topKSupported(teacher.indices.shape[1]),
   run: (logits, targets, teacher, o) => cudaTopKDistill(logits, targets, teacher, o.alpha, o.temperature, o.direction),
+});
+topKFromLogits.register({
+  backend,
+  name: 'radix top-k with the log-normaliser from its first pass, one block per row',
+  supports: (teacher, k) =>
+    topKSupportedFor(cudaBackendOrThrow().storageOf(teacher), k, teacher.shape[1]) && teacher.shape[0] > 0,
+  run: cudaTopKFromLogits,
 });
 fullDistillation.register({
   backend,

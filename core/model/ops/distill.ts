@@ -29,6 +29,24 @@ export interface TopKTeacher {
   logNormaliser: tf.Tensor1D;
 }
 
+/**
+ * The top-k view of full teacher logits [N, V] (what the teacher service sends, and an in-process
+ * teacher's top-k): the k largest logits of each row with their token ids, by value descending, and
+ * the log-normaliser of the logits / temperature over the whole vocabulary.
+ */
+export const topKFromLogits = defineOperation(
+  'topKFromLogits',
+  (teacher: tf.Tensor2D, k: number, temperature = 1): TopKTeacher =>
+    tf.tidy(() => {
+      const { values, indices } = tf.topk(teacher, k, true);
+      return {
+        indices: indices as tf.Tensor2D,
+        logits: values as tf.Tensor2D,
+        logNormaliser: tf.logSumExp(temperature === 1 ? teacher : tf.div(teacher, temperature), 1) as tf.Tensor1D,
+      };
+    }),
+);
+
 const TINY = 1e-30;
 
 function klTerms(logP: tf.Tensor, logQ: tf.Tensor): tf.Tensor {

@@ -19,6 +19,7 @@ export {
   fullDistillation,
   fullLogitKL,
   topKDistillation,
+  topKFromLogits,
   topKLogitKL,
   withCrossEntropy,
 } from './distill.js';

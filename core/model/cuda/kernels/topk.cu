@@ -4,6 +4,8 @@
 // (four passes of 8-bit histograms; a row of Pythia's vocabulary stays in L2 between passes), the
 // values above it and the first ones equal to it are gathered, and the k winners are sorted in shared
 // memory. Dynamic shared memory: 2 · kPow2 words (kPow2: k rounded up to a power of two).
+// With `lse` set, the first pass also gives each row's logsumexp of x · invTemperature (a teacher's
+// log-normaliser: topKFromLogits), so the row is not read again for it.
 #include "common.cuh"
 
 #define THREADS 256
@@ -35,8 +37,8 @@ __device__ __forceinline__ int block_exclusive_scan(int v, int* scratch, int& to
   return warpBase + incl - v;
 }
 
-extern "C" __global__ void __launch_bounds__(THREADS) top_k(float* values, int* indices, const void* x, int xSt, int rows, int V, int k,
-                                                           int kPow2) {
+extern "C" __global__ void __launch_bounds__(THREADS) top_k(float* values, int* indices, float* lse, const void* x, int xSt, int rows,
+                                                           int V, int k, int kPow2, float invTemperature) {
   extern __shared__ unsigned shared[];
   float* candV = (float*)shared;
   int* candI = (int*)(shared + kPow2);
@@ -44,6 +46,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) top_k(float* values, int* 
   __shared__ int scratch[32];
   __shared__ unsigned prefixS;
   __shared__ int needS;
+  __shared__ float lseScratch[32];
   const i64 row = (i64)blockIdx.y * gridDim.x + blockIdx.x;
   if (row >= rows) return;
   const i64 base = row * V;
@@ -54,9 +57,24 @@ extern "C" __global__ void __launch_bounds__(THREADS) top_k(float* values, int* 
   for (int shift = 24; shift >= 0; shift -= 8) {
     for (int i = threadIdx.x; i < 256; i += THREADS) hist[i] = 0;
     __syncthreads();
+    // This thread's running max of x · invTemperature and its sum of exp(· − max), on the first pass.
+    float m = NEG_INF, sum = 0.f;
     for (int v = threadIdx.x; v < V; v += THREADS) {
-      const unsigned kk = key_of(load_any(x, xSt, base + v));
+      const float xv = load_any(x, xSt, base + v);
+      const unsigned kk = key_of(xv);
       if ((kk & mask) == prefix) atomicAdd(&hist[(kk >> shift) & 255], 1);
+      if (lse && shift == 24) {
+        const float y = xv * invTemperature;
+        if (y > m) {
+          sum = sum * expf(m - y) + 1.f;
+          m = y;
+        } else if (y != NEG_INF) sum += expf(y - m);
+      }
+    }
+    if (lse && shift == 24) {
+      const float rowMax = block_max(m, lseScratch);
+      const float rowSum = block_sum(m == NEG_INF ? 0.f : sum * expf(m - rowMax), lseScratch);
+      if (threadIdx.x == 0) lse[row] = rowMax + logf(rowSum);
     }
     __syncthreads();
     if (threadIdx.x == 0) {
