@@ -22,9 +22,9 @@ PACKED=.gpu-run
 OUT_DIR="${OUT:-runs/gpu-run-out}"
 # Carry budget of one command (64 MiB) less a margin for the working tree's growth.
 CARRY_MIB=62
-# Seconds each phase that cannot stop midway needs before `all` starts it (generous guesses for the
-# 160M configuration on one H200: the measured figures replace them once known).
-NEED="unpack=60,throughput=150,search=240,faults=150"
+# Seconds each phase that cannot stop midway needs before `all` starts it: about twice what each took
+# on an H100 (docs/gpu-run.md#running-it).
+NEED="unpack=30,throughput=90,search=120,faults=150"
 
 log() { printf 'gpu-machine: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
