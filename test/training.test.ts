@@ -12,6 +12,7 @@ import {
   distillationLoss,
   gatherRows,
   learningRate,
+  loadCheckpoint,
   takeAlongLastAxis,
   topKFromLogits,
 } from '../core/model/index.js';
@@ -239,5 +240,56 @@ describe('training loop', () => {
     t.dispose();
     expect(result).toMatchObject({ step: 4, stopped: true });
     expect(JSON.parse(fs.readFileSync(path.join(dir, 'trainer_state.json'), 'utf8')).step).toBe(4);
+  });
+
+  it('writes periodic checkpoints on the writer thread while training goes on: in order, each whole and resumable', async () => {
+    const config = tinyConfig();
+    const dir = tmpDir();
+    const hyper = tinyHyper(6);
+    const batches = syntheticBatches(config.vocabSize, hyper.batchSize, hyper.seqLen);
+    const saved: { step: number; hash: string; onDisk: number }[] = [];
+    const t = new Trainer(GPTNeoX.random(config, 1), {
+      hyper,
+      batches,
+      checkpointDir: dir,
+      checkpointEvery: 2,
+      onCheckpoint: (c) =>
+        saved.push({
+          step: c.step,
+          hash: c.hash,
+          onDisk: JSON.parse(fs.readFileSync(path.join(dir, 'trainer_state.json'), 'utf8')).step,
+        }),
+    });
+    const result = await t.run();
+    // Reported once in place, each before the next starts; the last is the run's own final save.
+    expect(saved.map((c) => [c.step, c.onDisk])).toEqual([
+      [2, 2],
+      [4, 4],
+      [6, 6],
+    ]);
+    expect(result.checkpointHash).toBe(saved[2].hash);
+    expect(loadCheckpoint(dir).hash).toBe(saved[2].hash);
+    // The thread's checkpoint is the one saveCheckpoint writes for the same state.
+    const again = path.join(tmpDir(), 'again');
+    expect(await t.saveCheckpoint(again)).toBe(saved[2].hash);
+    t.dispose();
+  });
+
+  it("a periodic checkpoint that cannot be written stops the run with the writer's error", async () => {
+    const config = tinyConfig();
+    const file = path.join(tmpDir(), 'a-file');
+    fs.writeFileSync(file, 'not a folder');
+    const hyper = tinyHyper(6);
+    const t = new Trainer(GPTNeoX.random(config, 1), {
+      hyper,
+      batches: syntheticBatches(config.vocabSize, hyper.batchSize, hyper.seqLen),
+      checkpointDir: path.join(file, 'checkpoint'),
+      checkpointEvery: 2,
+    });
+    await expect(t.run()).rejects.toThrow(
+      /the checkpoint of step 2 could not be written to .*a-file.checkpoint: (EEXIST|ENOTDIR)/,
+    );
+    expect(t.step).toBeLessThan(6);
+    t.dispose();
   });
 });

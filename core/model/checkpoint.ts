@@ -6,6 +6,7 @@
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { Worker } from 'node:worker_threads';
 
 import { writeDirAtomic, writeFileAtomic } from './atomic.js';
 import {
@@ -214,4 +215,71 @@ export async function saveCheckpoint(
     writeFileAtomic(path.join(tmp, MANIFEST_FILE), `${JSON.stringify({ format: 1, hash, dtype }, null, 2)}\n`);
   });
   return hash;
+}
+
+/** How to start checkpoint-worker: from the TypeScript sources (through tsx) or from the build. */
+function startCheckpointWorker(): Worker {
+  const here = import.meta.url;
+  if (here.endsWith('.ts')) {
+    const entry = new URL('./checkpoint-worker.ts', here).href;
+    const tsx = import.meta.resolve('tsx/esm/api');
+    const code = `import(${JSON.stringify(tsx)}).then((t) => { t.register(); return import(${JSON.stringify(entry)}); });`;
+    return new Worker(code, { eval: true });
+  }
+  return new Worker(new URL('./checkpoint-worker.js', here));
+}
+
+/**
+ * Writes checkpoints (saveCheckpoint) on a thread of its own, one at a time in the order given, so
+ * that training goes on while a checkpoint's files are encoded, hashed, written and synced. The
+ * tensors are copied to that thread when `save` is called. The thread starts with the first save and
+ * does not keep the process alive while idle.
+ */
+export class CheckpointWriter {
+  private worker?: Worker;
+  private nextId = 0;
+  private readonly waiting = new Map<number, { resolve: (hash: string) => void; reject: (err: Error) => void }>();
+
+  /** Resolves to the checkpoint's content hash once its directory is in place. */
+  save(dir: string, config: NeoXConfig, tensors: Map<string, HostTensor>, options: SaveOptions = {}): Promise<string> {
+    const worker = this.start();
+    const id = this.nextId++;
+    return new Promise<string>((resolve, reject) => {
+      this.waiting.set(id, { resolve, reject });
+      worker.ref();
+      worker.postMessage({ id, dir, config, tensors, options });
+    });
+  }
+
+  /** Stops the thread; a checkpoint still being written is abandoned (its target stays as it was). */
+  async close(): Promise<void> {
+    const worker = this.worker;
+    this.worker = undefined;
+    await worker?.terminate();
+  }
+
+  private start(): Worker {
+    if (this.worker) return this.worker;
+    const worker = startCheckpointWorker();
+    const failAll = (err: Error) => {
+      if (this.worker === worker) this.worker = undefined;
+      for (const w of this.waiting.values()) w.reject(err);
+      this.waiting.clear();
+    };
+    worker.on('message', (m: { id: number; hash?: string; error?: { message: string; name: string } }) => {
+      const w = this.waiting.get(m.id);
+      if (!w) return;
+      this.waiting.delete(m.id);
+      if (m.error)
+        w.reject(
+          m.error.name === 'CheckpointError' ? new CheckpointError(m.error.message) : new Error(m.error.message),
+        );
+      else w.resolve(m.hash!);
+      if (this.waiting.size === 0) worker.unref();
+    });
+    worker.on('error', (err) => failAll(new Error(`checkpoint writer: ${err.message}`)));
+    worker.on('exit', (code) => failAll(new Error(`checkpoint writer: its thread exited (code ${code})`)));
+    this.worker = worker;
+    return worker;
+  }
 }

@@ -13,7 +13,14 @@ import * as path from 'node:path';
 
 import * as tf from './tfjs.js';
 
-import { type LoadedCheckpoint, loadCheckpoint, saveCheckpoint, type SaveDtype } from './checkpoint.js';
+import {
+  CheckpointWriter,
+  type LoadedCheckpoint,
+  type SaveDtype,
+  type SaveOptions,
+  loadCheckpoint,
+  saveCheckpoint,
+} from './checkpoint.js';
 import type { NeoXConfig } from './config.js';
 import { GPTNeoX, checkTokenIds } from './gptneox.js';
 import { variableGradients } from './gradients.js';
@@ -31,6 +38,7 @@ import {
   runTrainingStep,
 } from './ops/index.js';
 import { AdamW, type AdamWOptions, type ScheduleOptions, learningRate } from './optim.js';
+import type { HostTensor } from './safetensors.js';
 import {
   type GradientAllReduce,
   type HostAllReduce,
@@ -200,6 +208,8 @@ export class Trainer {
   step = 0;
   tokensSeen = 0;
   private readonly nameOf = new Map<string, string>();
+  /** The thread that writes run()'s periodic checkpoints, started with the first. */
+  private writer?: CheckpointWriter;
 
   constructor(model: GPTNeoX, options: TrainOptions) {
     this.model = model;
@@ -459,12 +469,31 @@ export class Trainer {
 
   /** Saves a resumable checkpoint of the current state into `dir`; returns its content hash. */
   async saveCheckpoint(dir: string): Promise<string> {
+    const { tensors, options } = await this.snapshot();
+    return saveCheckpoint(dir, this.model.config, tensors, options);
+  }
+
+  /**
+   * Takes the current state to the host and has the checkpoint writer's thread save it into `dir`
+   * while training goes on; resolves to its content hash once the directory is in place.
+   */
+  private async saveCheckpointInBackground(dir: string): Promise<string> {
+    const { tensors, options } = await this.snapshot();
+    this.writer ??= new CheckpointWriter();
+    return this.writer.save(dir, this.model.config, tensors, options);
+  }
+
+  /** The weights, optimiser state and trainer state of this step, on the host. */
+  private async snapshot(): Promise<{ tensors: Map<string, HostTensor>; options: SaveOptions }> {
     const state: TrainerState = { format: 1, step: this.step, hyper: this.options.hyper, tokensSeen: this.tokensSeen };
-    return saveCheckpoint(dir, this.model.config, await this.model.toHost(), {
-      dtype: this.options.checkpointDtype ?? 'float32',
-      extraTensors: { [OPTIMIZER_FILE]: await this.optimizer.stateToHost() },
-      extraFiles: { ...this.options.extraFiles, [TRAINER_STATE_FILE]: `${JSON.stringify(state, null, 2)}\n` },
-    });
+    return {
+      tensors: await this.model.toHost(),
+      options: {
+        dtype: this.options.checkpointDtype ?? 'float32',
+        extraTensors: { [OPTIMIZER_FILE]: await this.optimizer.stateToHost() },
+        extraFiles: { ...this.options.extraFiles, [TRAINER_STATE_FILE]: `${JSON.stringify(state, null, 2)}\n` },
+      },
+    };
   }
 
   /** Trains until `hyper.steps` (or `untilStep`) steps are done, or the signal aborts. */
@@ -485,63 +514,85 @@ export class Trainer {
     let stopped = false;
     const startStep = this.step;
     const parallel = this.options.parallel !== undefined;
-    while (this.step < untilStep) {
-      if (signal?.aborted && !parallel) {
-        stopped = true;
-        break;
-      }
-      const first = this.step;
-      const { loss, gradNorm, lr, stop } = await this.trainStep(signal?.aborted ?? false);
-      // After the first step every shape has been seen (webgpu picks the fastest matrix-product plans).
-      if (first === startStep) {
-        const t = performance.now();
-        await afterFirstTrainingStep(untilStep - this.step);
-        windowStart += performance.now() - t;
-      }
-      windowTokens += this.options.hyper.batchSize * this.options.hyper.seqLen;
-      if (this.step % reportEvery === 0 || this.step === untilStep) {
-        const [l, g, scaling] = await Promise.all([loss.data(), gradNorm.data(), this.optimizer.lossScale?.read()]);
-        lastLoss = l[0];
-        if (!Number.isFinite(lastLoss)) {
-          tf.dispose([loss, gradNorm]);
-          throw new Error(`training diverged at step ${this.step}: loss ${lastLoss}`);
+    // The periodic checkpoint being written (one at a time); it reports itself once in place.
+    let writing: Promise<void> | undefined;
+    try {
+      while (this.step < untilStep) {
+        if (signal?.aborted && !parallel) {
+          stopped = true;
+          break;
         }
-        const now = performance.now();
-        onStep?.({
-          step: this.step,
-          loss: lastLoss,
-          lr,
-          gradNorm: g[0],
-          tokensPerSecond: (windowTokens * 1000) / Math.max(1e-3, now - windowStart),
-          tokensSeen: this.tokensSeen,
-          ...(scaling ? { lossScale: scaling.scale, skippedSteps: scaling.skippedSteps } : {}),
-        });
-        windowStart = now;
-        windowTokens = 0;
+        const first = this.step;
+        const { loss, gradNorm, lr, stop } = await this.trainStep(signal?.aborted ?? false);
+        // After the first step every shape has been seen (webgpu picks the fastest matrix-product plans).
+        if (first === startStep) {
+          const t = performance.now();
+          await afterFirstTrainingStep(untilStep - this.step);
+          windowStart += performance.now() - t;
+        }
+        windowTokens += this.options.hyper.batchSize * this.options.hyper.seqLen;
+        if (this.step % reportEvery === 0 || this.step === untilStep) {
+          const [l, g, scaling] = await Promise.all([loss.data(), gradNorm.data(), this.optimizer.lossScale?.read()]);
+          lastLoss = l[0];
+          if (!Number.isFinite(lastLoss)) {
+            tf.dispose([loss, gradNorm]);
+            throw new Error(`training diverged at step ${this.step}: loss ${lastLoss}`);
+          }
+          const now = performance.now();
+          onStep?.({
+            step: this.step,
+            loss: lastLoss,
+            lr,
+            gradNorm: g[0],
+            tokensPerSecond: (windowTokens * 1000) / Math.max(1e-3, now - windowStart),
+            tokensSeen: this.tokensSeen,
+            ...(scaling ? { lossScale: scaling.scale, skippedSteps: scaling.skippedSteps } : {}),
+          });
+          windowStart = now;
+          windowTokens = 0;
+        }
+        tf.dispose([loss, gradNorm]);
+        // Every rank reads the same votes, so every rank stops after the same step.
+        const stopNow = await stop;
+        if (evaluate && this.step % evaluate.every === 0) await evaluate.run(this.model, this.step);
+        if (stopNow) {
+          stopped = true;
+          break;
+        }
+        if (
+          checkpointDir &&
+          this.writesCheckpoints &&
+          checkpointEvery > 0 &&
+          this.step % checkpointEvery === 0 &&
+          this.step < untilStep
+        ) {
+          await writing;
+          const step = this.step;
+          writing = this.saveCheckpointInBackground(checkpointDir).then(
+            (h) => {
+              hash = h;
+              onCheckpoint?.({ step, dir: checkpointDir, hash: h });
+            },
+            (err: Error) => {
+              throw new Error(
+                `the checkpoint of step ${step} could not be written to ${checkpointDir}: ${err.message}`,
+              );
+            },
+          );
+          // Its failure surfaces where it is awaited (the next checkpoint, or the end of the run).
+          writing.catch(() => {});
+        }
+        // A step may never leave the event loop (the tensorflow and cpu backends compute synchronously):
+        // with a signal to watch, let timers and I/O run so that an abort (a SIGTERM handler, a cancelled
+        // activity) and heartbeats get through.
+        if (signal) await new Promise<void>((resolve) => setImmediate(resolve));
       }
-      tf.dispose([loss, gradNorm]);
-      // Every rank reads the same votes, so every rank stops after the same step.
-      const stopNow = await stop;
-      if (evaluate && this.step % evaluate.every === 0) await evaluate.run(this.model, this.step);
-      if (stopNow) {
-        stopped = true;
-        break;
-      }
-      if (
-        checkpointDir &&
-        this.writesCheckpoints &&
-        checkpointEvery > 0 &&
-        this.step % checkpointEvery === 0 &&
-        this.step < untilStep
-      ) {
-        hash = await this.saveCheckpoint(checkpointDir);
-        onCheckpoint?.({ step: this.step, dir: checkpointDir, hash });
-      }
-      // A step may never leave the event loop (the tensorflow and cpu backends compute synchronously):
-      // with a signal to watch, let timers and I/O run so that an abort (a SIGTERM handler, a cancelled
-      // activity) and heartbeats get through.
-      if (signal) await new Promise<void>((resolve) => setImmediate(resolve));
+    } catch (err) {
+      // A checkpoint on its way lands (or fails) before the error goes up.
+      await writing?.catch(() => {});
+      throw err;
     }
+    await writing;
     if (checkpointDir && this.writesCheckpoints) {
       hash = await this.saveCheckpoint(checkpointDir);
       onCheckpoint?.({ step: this.step, dir: checkpointDir, hash });
@@ -550,6 +601,7 @@ export class Trainer {
   }
 
   dispose(): void {
+    void this.writer?.close();
     this.optimizer.dispose();
     this.model.dispose();
   }
