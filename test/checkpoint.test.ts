@@ -5,6 +5,7 @@ import * as path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 
 import {
+  CheckpointWriter,
   GPTNeoX,
   configToHF,
   loadCheckpoint,
@@ -137,6 +138,31 @@ describe('checkpoints', () => {
     expect(loadCheckpoint(dir).hash).toBe(hash);
     expect(fs.readdirSync(path.dirname(dir))).toEqual(['ckpt']);
     model.dispose();
+  });
+
+  it("the writer's thread writes saveCheckpoint's checkpoint, from copies or handed-over arrays, and names a failure", async () => {
+    const root = tmpDir();
+    const { model, hash } = await savedTiny(path.join(root, 'direct'));
+    const writer = new CheckpointWriter();
+    try {
+      const copied = await model.toHost();
+      expect(await writer.save(path.join(root, 'copied'), model.config, copied)).toBe(hash);
+      expect([...copied.values()].every((t) => t.data.length > 0)).toBe(true);
+      const own = new Map([...copied].map(([name, t]) => [name, { ...t, data: Float32Array.from(t.data) }]));
+      const pending = writer.save(path.join(root, 'handed'), model.config, own, {}, true);
+      // Handed over: the caller's arrays are empty at once.
+      expect([...own.values()].every((t) => t.data.length === 0)).toBe(true);
+      expect(await pending).toBe(hash);
+      expect(loadCheckpoint(path.join(root, 'handed')).hash).toBe(hash);
+      copied.delete('embed_out.weight');
+      await expect(writer.save(path.join(root, 'direct'), model.config, copied)).rejects.toThrow(
+        /missing tensor "embed_out.weight"/,
+      );
+      expect(loadCheckpoint(path.join(root, 'direct')).hash).toBe(hash);
+    } finally {
+      await writer.close();
+      model.dispose();
+    }
   });
 
   it('records non-uniform students under the offshoot key and refuses a plain-transformers export', async () => {

@@ -232,22 +232,36 @@ function startCheckpointWorker(): Worker {
 /**
  * Writes checkpoints (saveCheckpoint) on a thread of its own, one at a time in the order given, so
  * that training goes on while a checkpoint's files are encoded, hashed, written and synced. The
- * tensors are copied to that thread when `save` is called. The thread starts with the first save and
- * does not keep the process alive while idle.
+ * tensors go to that thread when `save` is called (copied, or handed over). The thread starts with the
+ * first save and does not keep the process alive while idle.
  */
 export class CheckpointWriter {
   private worker?: Worker;
   private nextId = 0;
   private readonly waiting = new Map<number, { resolve: (hash: string) => void; reject: (err: Error) => void }>();
 
-  /** Resolves to the checkpoint's content hash once its directory is in place. */
-  save(dir: string, config: NeoXConfig, tensors: Map<string, HostTensor>, options: SaveOptions = {}): Promise<string> {
+  /**
+   * Resolves to the checkpoint's content hash once its directory is in place. `handOver`: the tensors'
+   * memory moves to the thread instead of being copied, and the caller's arrays are left empty (for
+   * arrays nothing else holds, such as a GPU backend's read-backs).
+   */
+  save(
+    dir: string,
+    config: NeoXConfig,
+    tensors: Map<string, HostTensor>,
+    options: SaveOptions = {},
+    handOver = false,
+  ): Promise<string> {
     const worker = this.start();
     const id = this.nextId++;
+    const buffers = new Set<ArrayBuffer>();
+    if (handOver)
+      for (const m of [tensors, ...Object.values(options.extraTensors ?? {})])
+        for (const t of m.values()) buffers.add(t.data.buffer as ArrayBuffer);
     return new Promise<string>((resolve, reject) => {
       this.waiting.set(id, { resolve, reject });
       worker.ref();
-      worker.postMessage({ id, dir, config, tensors, options });
+      worker.postMessage({ id, dir, config, tensors, options }, [...buffers]);
     });
   }
 

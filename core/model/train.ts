@@ -200,6 +200,12 @@ function sameHyper(a: TrainHyperparameters, b: TrainHyperparameters): string | n
   return null;
 }
 
+/**
+ * Backends whose read-backs are fresh arrays, which may move to the checkpoint writer's thread instead
+ * of being copied; the cpu backend returns its tensors' own arrays, and webgpu its cached copies.
+ */
+const READ_BACKS_ARE_COPIES = new Set(['cuda', 'tensorflow', 'wasm']);
+
 export class Trainer {
   readonly model: GPTNeoX;
   readonly optimizer: AdamW;
@@ -480,7 +486,7 @@ export class Trainer {
   private async saveCheckpointInBackground(dir: string): Promise<string> {
     const { tensors, options } = await this.snapshot();
     this.writer ??= new CheckpointWriter();
-    return this.writer.save(dir, this.model.config, tensors, options);
+    return this.writer.save(dir, this.model.config, tensors, options, READ_BACKS_ARE_COPIES.has(tf.getBackend()));
   }
 
   /** The weights, optimiser state and trainer state of this step, on the host. */
