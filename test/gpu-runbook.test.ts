@@ -350,6 +350,9 @@ describe('the GPU runbook on the CPU (configs/gpu-tiny.yaml)', () => {
       6,
     );
     expect(t.serviceMetrics.tokensServed).toBeGreaterThan(0);
+    // The forward passes and their top-k are part of the service's busy time.
+    expect(t.serviceMetrics.computeSeconds).toBeGreaterThan(0);
+    expect(t.serviceMetrics.computeSeconds).toBeLessThanOrEqual(t.serviceMetrics.busySeconds);
   }, 300_000);
 
   it('searches with brief fitness through the service and reports evaluations per hour', () => {

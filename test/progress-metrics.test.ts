@@ -88,12 +88,14 @@ describe('metrics', () => {
       queuedTokens: 600,
       bytesBuffered: 1000,
       busySeconds: 1.5,
+      computeSeconds: 1.2,
     });
     const remove = registerTeacherMetrics(snap, registry);
     let text = await registry.metrics();
     expect(sample(text, 'offshoot_teacher_tokens_served_total')).toBe(100);
     expect(sample(text, 'offshoot_teacher_queue_depth')).toBe(6);
     expect(sample(text, 'offshoot_teacher_tokens_per_second')).toBe(2048);
+    expect(sample(text, 'offshoot_teacher_compute_seconds_total')).toBe(1.2);
     served = 250;
     await new Promise((r) => setTimeout(r, 150));
     text = await registry.metrics();

@@ -716,6 +716,7 @@ async function throughput(ctx: Ctx): Promise<void> {
         tokensServed: serviceMetrics.tokensServed,
         forwardPasses: serviceMetrics.forwardPasses,
         busySeconds: serviceMetrics.busySeconds,
+        computeSeconds: serviceMetrics.computeSeconds,
       },
       flopsPerToken: f,
       kdMfu: mfu(backend, kdRate * (f.training + f.teacherForward)),

@@ -85,6 +85,7 @@ export function renderSections(results: Result[]): Record<string, string | undef
         'KD through the service (tok/s)',
         'ratio (goal ≥ 0.85)',
         'service top-k alone (tok/s)',
+        'service: forward and top-k / all its busy time (s)',
         'KD MFU',
       ],
       tp.map((r) => [
@@ -95,6 +96,7 @@ export function renderSections(results: Result[]): Record<string, string | undef
         num(r.kdTokensPerSecond),
         `${num(r.ratio, 3)} (${r.goalMet ? 'met' : 'not met'})`,
         num(r.serviceTopKTokensPerSecond),
+        `${num((r.serviceMetrics as Row | undefined)?.computeSeconds, 2)} / ${num((r.serviceMetrics as Row | undefined)?.busySeconds, 2)}`,
         pct(r.kdMfu),
       ]),
       tp.map((r) => String(r.command)),

@@ -112,6 +112,7 @@ export interface TeacherMetricsSnapshot {
   queuedTokens: number;
   bytesBuffered: number;
   busySeconds: number;
+  computeSeconds: number;
 }
 
 const TEACHER_GAUGES: [keyof TeacherMetricsSnapshot, string, string][] = [
@@ -129,7 +130,8 @@ const TEACHER_COUNTERS: [keyof TeacherMetricsSnapshot, string, string][] = [
   ['forwardPasses', 'offshoot_teacher_forward_passes_total', 'Batched forward passes'],
   ['requestsRejected', 'offshoot_teacher_requests_rejected_total', 'Requests rejected as bad input'],
   ['requestsCancelled', 'offshoot_teacher_requests_cancelled_total', 'Requests dropped because their stream went away'],
-  ['busySeconds', 'offshoot_teacher_busy_seconds_total', 'Seconds spent computing'],
+  ['busySeconds', 'offshoot_teacher_busy_seconds_total', 'Seconds spent serving forward passes'],
+  ['computeSeconds', 'offshoot_teacher_compute_seconds_total', 'Seconds of forward passes and top-k, until read back'],
 ];
 
 /**

@@ -190,6 +190,7 @@ export class TeacherServer {
     peakBytesReserved: 0,
     streamsReset: 0,
     busyMs: 0,
+    computeMs: 0,
   };
 
   constructor(options: TeacherServerOptions) {
@@ -322,6 +323,7 @@ export class TeacherServer {
       bytesBuffered: this.bytesBuffered(),
       peakBytesBuffered: this.counters.peakBytesBuffered,
       busySeconds: this.counters.busyMs / 1000,
+      computeSeconds: this.counters.computeMs / 1000,
       rssBytes: process.memoryUsage.rss(),
       streams,
       bytesReserved: this.reserved,
@@ -631,6 +633,7 @@ export class TeacherServer {
   }
 
   private async compute(batch: WorkItem[]): Promise<void> {
+    const started = performance.now();
     // Requests of one (k, temperature) lie next to each other, so each group needs one top-k.
     batch.sort((a, b) => a.req.k - b.req.k || a.req.temperature - b.req.temperature);
     const seqLen = batch[0].req.seqLen;
@@ -663,13 +666,11 @@ export class TeacherServer {
     });
     this.counters.forwardPasses++;
     try {
+      const host = await Promise.all(outs.map((o) => Promise.all([o.values.data(), o.indices.data(), o.lse.data()])));
+      this.counters.computeMs += performance.now() - started;
       for (let gi = 0; gi < groups.length; gi++) {
         const g = groups[gi];
-        const [values, indices, lse] = await Promise.all([
-          outs[gi].values.data(),
-          outs[gi].indices.data(),
-          outs[gi].lse.data(),
-        ]);
+        const [values, indices, lse] = host[gi];
         let p = 0;
         for (const w of g.items) {
           const n = w.req.tokens.length;
