@@ -690,6 +690,14 @@ async function throughput(ctx: Ctx): Promise<void> {
       service: service.target,
     });
     const kd = await runOffshoot(whole, 'throughput-kd', kdArgs);
+    // The same with the student asking further ahead (--teacher-window), so that the service has more
+    // to work on while the student trains: whether the default window leaves throughput behind.
+    const deeper = 4;
+    const kdDeeper = await runOffshoot(whole, 'throughput-kd-window', [
+      ...pretrainArgs(ctx, student, path.join(dir, 'kd-window'), { steps, evalEvery: false, service: service.target }),
+      '--teacher-window',
+      String(deeper),
+    ]);
     const ceRate = steadyTokensPerSecond(ce.events, 0, steps);
     const kdRate = steadyTokensPerSecond(kd.events, 0, steps);
     const baseline = 1 / (1 / ceRate + 1 / forwardTokensPerSecond);
@@ -708,6 +716,7 @@ async function throughput(ctx: Ctx): Promise<void> {
       teacherForwardTokensPerSecond: forwardTokensPerSecond,
       baselineTokensPerSecond: baseline,
       kdTokensPerSecond: kdRate,
+      kdDeeperWindow: { window: deeper, tokensPerSecond: steadyTokensPerSecond(kdDeeper.events, 0, steps) },
       ratio: kdRate / baseline,
       goal: 0.85,
       goalMet: kdRate / baseline >= 0.85,

@@ -35,6 +35,10 @@ const latest = (results: Result[], phase: string, key?: (r: Result) => string): 
   return [...by.values()];
 };
 
+/** KD throughput with the student asking further ahead: "tokens/s (window N)". */
+const deeperWindow = (w: Row | undefined): string =>
+  w ? `${num(w.tokensPerSecond)} (window ${String(w.window)})` : '—';
+
 /** Each section's markdown from the results, or undefined when it has none. */
 export function renderSections(results: Result[]): Record<string, string | undefined> {
   const out: Record<string, string | undefined> = {};
@@ -84,6 +88,7 @@ export function renderSections(results: Result[]): Record<string, string | undef
         'baseline 1/(1/CE + 1/forward)',
         'KD through the service (tok/s)',
         'ratio (goal ≥ 0.85)',
+        'KD, more steps asked ahead (tok/s)',
         'service top-k alone (tok/s)',
         'service: forward and top-k / all its busy time (s)',
         'KD MFU',
@@ -95,6 +100,7 @@ export function renderSections(results: Result[]): Record<string, string | undef
         num(r.baselineTokensPerSecond),
         num(r.kdTokensPerSecond),
         `${num(r.ratio, 3)} (${r.goalMet ? 'met' : 'not met'})`,
+        deeperWindow(r.kdDeeperWindow as Row | undefined),
         num(r.serviceTopKTokensPerSecond),
         `${num((r.serviceMetrics as Row | undefined)?.computeSeconds, 2)} / ${num((r.serviceMetrics as Row | undefined)?.busySeconds, 2)}`,
         pct(r.kdMfu),

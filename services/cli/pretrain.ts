@@ -42,7 +42,7 @@ import {
   trainingHyperparameters,
 } from '../../core/model/index.js';
 import * as tf from '../../core/model/tfjs.js';
-import { StreamingTeacher, TeacherClient } from '../teacher/index.js';
+import { DEFAULT_TEACHER_WINDOW, StreamingTeacher, TeacherClient } from '../teacher/index.js';
 import { activeBackend, withBackend } from './backend-option.js';
 import { nonNegativeInt, positiveInt, positiveNumber, probability } from './options.js';
 
@@ -61,6 +61,7 @@ interface PretrainCliOptions {
   teacherService?: string;
   teacher?: string;
   topK: number;
+  teacherWindow: number;
   alpha: number;
   temperature: number;
   direction: KLDirection;
@@ -105,7 +106,12 @@ async function pretrainAction(o: PretrainCliOptions): Promise<void> {
   let teacher: Teacher | undefined;
   if (o.teacherService) {
     client = new TeacherClient({ targets: o.teacherService, log });
-    teacher = new StreamingTeacher(client, { topK: o.topK, temperature: o.temperature, batches, window: 2 });
+    teacher = new StreamingTeacher(client, {
+      topK: o.topK,
+      temperature: o.temperature,
+      batches,
+      window: o.teacherWindow,
+    });
   } else if (o.teacher) {
     const t = loadCheckpoint(o.teacher);
     teacherModel = GPTNeoX.fromTensors(t.config, t.tensors, o.teacher);
@@ -230,6 +236,12 @@ export function registerPretrainCommand(program: Command): void {
     )
     .option('--teacher <dir>', 'distil from a teacher checkpoint held in this process (full logits)')
     .option('--top-k <n>', 'logits per position asked of the service', positiveInt('--top-k'), 64)
+    .option(
+      '--teacher-window <n>',
+      'batches asked of the service ahead of the step being trained',
+      nonNegativeInt('--teacher-window'),
+      DEFAULT_TEACHER_WINDOW,
+    )
     .option(
       '--alpha <x>',
       'weight of cross-entropy; 1 − alpha weighs the KL term',

@@ -215,7 +215,6 @@ export function registerSearchCommand(program: Command): void {
                   topK: opts.topK,
                   temperature: distill.temperature,
                   batches,
-                  window: 2,
                 })),
           },
           (p) => bar.update(p.done, `best ${p.best === null ? '-' : p.best.toFixed(4)}`),

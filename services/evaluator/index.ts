@@ -104,7 +104,6 @@ export function createEvaluateActivities(env: WorkerEnv): EvaluateActivities {
               topK: input.teacherService!.topK,
               temperature: distill.temperature,
               batches,
-              window: 2,
             })
         : undefined,
     };

@@ -544,7 +544,6 @@ async function trainSegment(env: WorkerEnv, input: TrainSegmentInput): Promise<T
           topK: input.teacherService.topK,
           temperature: h.distill.temperature,
           batches,
-          window: 2,
         });
       } else {
         try {

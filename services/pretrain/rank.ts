@@ -80,7 +80,6 @@ export async function runRank(job: RankJob, rank: number, backend: string, devic
         topK: job.teacherService.topK,
         temperature: job.distill.temperature,
         batches: rankBatches(batches, rank, job.worldSize),
-        window: 2,
       });
     } else if (job.distill) {
       const ckpt = loadCheckpoint(job.teacher.dir);

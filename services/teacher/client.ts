@@ -558,11 +558,14 @@ export interface StreamingTeacherOptions {
    * teacher asks for steps step+1 … step+window itself. Without it, call prefetch(step, batch).
    */
   batches?: BatchSource;
-  /** Batches asked for ahead of the one being trained on. Default 2. */
+  /** Batches asked for ahead of the one being trained on. Default DEFAULT_TEACHER_WINDOW. */
   window?: number;
   /** Called with each answer handed to the training loop. */
   onAnswer?: (step: number, result: TopKResult) => void;
 }
+
+/** Batches a student asks the teacher service for ahead of the one it trains on. */
+export const DEFAULT_TEACHER_WINDOW = 2;
 
 interface Ahead {
   batch: Batch;
@@ -582,7 +585,7 @@ export class StreamingTeacher implements Teacher {
     readonly client: TeacherClient,
     private readonly options: StreamingTeacherOptions = {},
   ) {
-    this.window = options.window ?? 2;
+    this.window = options.window ?? DEFAULT_TEACHER_WINDOW;
     if (!Number.isInteger(this.window) || this.window < 0)
       throw new Error(`streaming teacher: window must be a non-negative integer, got ${options.window}`);
   }

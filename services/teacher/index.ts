@@ -17,6 +17,7 @@ export {
 } from './server.js';
 export {
   CLIENT_DEFAULTS,
+  DEFAULT_TEACHER_WINDOW,
   type BackoffOptions,
   type ClientStats,
   type ClientTlsOptions,
