@@ -24,7 +24,9 @@ import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
+
+import { startModuleWorker } from '../worker-thread.js';
 import { type SourceView, type TokenData, type TokenStream, holdoutRanges } from './batches.js';
 import {
   type EncodeResult,
@@ -581,18 +583,6 @@ interface PoolWorker {
   busy: boolean;
 }
 
-/** How to start tokenize-worker: from the TypeScript sources (through tsx) or from the build. */
-function startWorker(recipe: TokenizerRecipe): Worker {
-  const here = import.meta.url;
-  if (here.endsWith('.ts')) {
-    const entry = new URL('./tokenize-worker.ts', here).href;
-    const tsx = import.meta.resolve('tsx/esm/api');
-    const code = `import(${JSON.stringify(tsx)}).then((t) => { t.register(); return import(${JSON.stringify(entry)}); });`;
-    return new Worker(code, { eval: true, workerData: { recipe } });
-  }
-  return new Worker(new URL('./tokenize-worker.js', here), { workerData: { recipe } });
-}
-
 class WorkerPool {
   private readonly workers: PoolWorker[] = [];
   private readonly idle: PoolWorker[] = [];
@@ -600,7 +590,7 @@ class WorkerPool {
 
   constructor(n: number, recipe: TokenizerRecipe) {
     for (let i = 0; i < n; i++) {
-      const worker = startWorker(recipe);
+      const worker = startModuleWorker(import.meta.url, 'tokenize-worker', { workerData: { recipe } });
       const ready = new Promise<void>((resolve, reject) => {
         const onMessage = (m: { ready?: boolean }): void => {
           if (m.ready) {

@@ -6,8 +6,9 @@
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
 
+import { startModuleWorker } from '../worker-thread.js';
 import { writeDirAtomic, writeFileAtomic } from './atomic.js';
 import {
   ConfigError,
@@ -217,18 +218,6 @@ export async function saveCheckpoint(
   return hash;
 }
 
-/** How to start checkpoint-worker: from the TypeScript sources (through tsx) or from the build. */
-function startCheckpointWorker(): Worker {
-  const here = import.meta.url;
-  if (here.endsWith('.ts')) {
-    const entry = new URL('./checkpoint-worker.ts', here).href;
-    const tsx = import.meta.resolve('tsx/esm/api');
-    const code = `import(${JSON.stringify(tsx)}).then((t) => { t.register(); return import(${JSON.stringify(entry)}); });`;
-    return new Worker(code, { eval: true });
-  }
-  return new Worker(new URL('./checkpoint-worker.js', here));
-}
-
 /**
  * Writes checkpoints (saveCheckpoint) on a thread of its own, one at a time in the order given, so
  * that training goes on while a checkpoint's files are encoded, hashed, written and synced. The
@@ -274,7 +263,7 @@ export class CheckpointWriter {
 
   private start(): Worker {
     if (this.worker) return this.worker;
-    const worker = startCheckpointWorker();
+    const worker = startModuleWorker(import.meta.url, 'checkpoint-worker');
     const failAll = (err: Error) => {
       if (this.worker === worker) this.worker = undefined;
       for (const w of this.waiting.values()) w.reject(err);
