@@ -230,12 +230,6 @@ export function sgTileName(t: SgMatMulTile): string {
 }
 
 /**
- * The checks of one subgroup-matrix tile (any plan the autotuner may pick): every transpose, ragged
- * and whole shapes (scalar, 4- and 8-wide loads; results through workgroup memory and stored
- * straight), the bias and GELU epilogues, split-K, and the batched causal products. A tile with
- * direct loads runs only whole shapes.
- */
-/**
  * The shapes the tile checks run a subgroup-matrix tile on (with their split-K slices): whole tiles
  * of every layout, epilogue, split-K and triangle, and for workgroup staging ragged ones too (direct
  * loads serve only whole tiles, so each of their shapes is a multiple of BM, BN and BK).
@@ -266,7 +260,12 @@ export function sgTileShapes(tile: SgMatMulTile): Array<{ o: HalfProductOptions;
   return [...shapes, ...ragged.map((o) => ({ o, S: 1 })), { o: { M: BM + 1, N: BN + 4, K: 8 * BK + 16 }, S: 3 }];
 }
 
-/** The tile checks of a subgroup-matrix tile: its products on sgTileShapes against f32. */
+/**
+ * The checks of one subgroup-matrix tile (any plan the autotuner may pick), on sgTileShapes against
+ * f32: every transpose, ragged and whole shapes (scalar, 4- and 8-wide loads; results through
+ * workgroup memory and stored straight), the bias and GELU epilogues, split-K, and the batched causal
+ * products. A tile with direct loads runs only whole shapes.
+ */
 export function sgTileCases(tile: SgMatMulTile, tol = F16_PRODUCT_TOL): KernelCase[] {
   return sgTileShapes(tile).map(({ o, S }) =>
     halfProductCase({
