@@ -22,6 +22,7 @@ import {
   Trainer,
   inProcessTeacher,
   loadCheckpoint,
+  runRepeatedPass,
   topKFromLogits,
   trainingHyperparameters,
 } from '../core/model/index.js';
@@ -140,6 +141,41 @@ describe.skipIf(!!compilerReason)(
         // 1e-4 apart at the first step and no more later.
         for (let i = 0; i < steps; i++)
           expect(Math.abs(cuda[i] - cpu[i]), `top-k ${topK}, step ${i}`).toBeLessThan(5e-4);
+      }
+    }, 300_000);
+
+    it("a teacher's repeated forward pass and top-k are replayed from a CUDA graph, each with its own tokens' answer", async () => {
+      const { graphStats } = await import('../core/model/cuda/register.js');
+      await initBackend('cuda', () => {});
+      const model = GPTNeoX.random(config, 11);
+      const [rows, seqLen, k] = [2, 16, 8];
+      const tokens = [3, 5].map((m) => Int32Array.from({ length: rows * seqLen }, (_, i) => (i * m + 1) % 256));
+      const pass = async (ids: Int32Array) => {
+        const outs = runRepeatedPass({
+          key: 'teacher top-k',
+          inputs: [{ shape: [rows, seqLen], dtype: 'int32', data: ids }],
+          state: model.variables(),
+          body: ([t]) => {
+            const top = topKFromLogits(model.logits2d(t as tf.Tensor2D), k, 1);
+            return [top.logits, top.indices, top.logNormaliser];
+          },
+        });
+        const data = await Promise.all(outs.map((o) => o.data()));
+        tf.dispose(outs);
+        return data.map((d) => Array.from(d));
+      };
+      try {
+        const before = graphStats();
+        // Two eager passes, then the third captured and launched, and replays; the two token sets alternate.
+        const answers = [];
+        for (let i = 0; i < 6; i++) answers.push(await pass(tokens[i % 2]));
+        const after = graphStats();
+        expect(after.captures - before.captures).toBe(1);
+        expect(after.replays - before.replays).toBe(4);
+        expect(answers[0]).not.toEqual(answers[1]);
+        for (let i = 2; i < 6; i++) expect(answers[i], `pass ${i}`).toEqual(answers[i % 2]);
+      } finally {
+        model.dispose();
       }
     }, 300_000);
 
@@ -325,20 +361,30 @@ describe.skipIf(!!compilerReason)('the commands on an (emulated) GPU machine', (
     const client = new TeacherClient({ targets: server.target });
     try {
       const [batchSize, seqLen, k] = [2, 16, 12];
-      const tokens = Int32Array.from({ length: batchSize * seqLen }, (_, i) => (i * 37 + 5) % 300);
-      const got = await client.topK({ tokens, batchSize, seqLen, topK: k, temperature: 1, encoding: 'f32' });
+      // One after the other: the service's passes run eagerly twice, then replay a CUDA graph.
+      const sent = [37, 41, 43, 47].map((m) =>
+        Int32Array.from({ length: batchSize * seqLen }, (_, i) => (i * m + 5) % 300),
+      );
+      const answers = [];
+      for (const tokens of sent)
+        answers.push(await client.topK({ tokens, batchSize, seqLen, topK: k, temperature: 1, encoding: 'f32' }));
       await initBackend('cpu', () => {});
       const ckpt = loadCheckpoint(teacher);
       const model = GPTNeoX.fromTensors(ckpt.config, ckpt.tensors, teacher);
-      const want = tf.tidy(() => {
-        const t = topKFromLogits(model.logits2d(tf.tensor2d(tokens, [batchSize, seqLen], 'int32')), k, 1);
-        return [t.indices, t.logits];
-      });
-      const [indices, logits] = await Promise.all(want.map((t) => t.data()));
-      tf.dispose(want);
+      for (const [n, tokens] of sent.entries()) {
+        const want = tf.tidy(() => {
+          const t = topKFromLogits(model.logits2d(tf.tensor2d(tokens, [batchSize, seqLen], 'int32')), k, 1);
+          return [t.indices, t.logits];
+        });
+        const [indices, logits] = await Promise.all(want.map((t) => t.data()));
+        tf.dispose(want);
+        expect(Array.from(answers[n].indices), `request ${n}`).toEqual(Array.from(indices));
+        for (let i = 0; i < logits.length; i++)
+          expect(Math.abs(answers[n].logits[i] - logits[i]), `request ${n}`).toBeLessThan(1e-4);
+      }
       model.dispose();
-      expect(Array.from(got.indices)).toEqual(Array.from(indices));
-      for (let i = 0; i < logits.length; i++) expect(Math.abs(got.logits[i] - logits[i])).toBeLessThan(1e-4);
+      // The passes after the second were captured and replayed, not left eager.
+      expect(server.stderr()).not.toMatch(/without a CUDA graph/);
     } finally {
       client.close();
       await server.stop();

@@ -17,7 +17,7 @@ import * as path from 'node:path';
 
 import { defaultTokenStore, loadTokenizer, openData, sampleBatch } from '../../core/data/index.js';
 import { initBackend, parseBackendChoice } from '../../core/model/backend.js';
-import { GPTNeoX, loadCheckpoint, loadConfig, readTrainerState } from '../../core/model/index.js';
+import { GPTNeoX, loadCheckpoint, loadConfig, readTrainerState, runRepeatedPass } from '../../core/model/index.js';
 import { setPrecision, parsePrecision } from '../../core/model/precision.js';
 import * as tf from '../../core/model/tfjs.js';
 import { countShape, firstKSpec, resolveTarget } from '../../core/subnet/index.js';
@@ -745,14 +745,16 @@ async function teacherForward(ctx: Ctx, steps: number): Promise<number> {
   const ckpt = loadCheckpoint(teacherDir(ctx));
   const model = GPTNeoX.fromTensors(ckpt.config, ckpt.tensors, teacherDir(ctx));
   const { batchSize, seqLen } = c.pretrain;
-  const ids = tf.tensor2d(
-    Int32Array.from({ length: batchSize * seqLen }, (_, i) => (i * 7919) % ckpt.config.vocabSize),
-    [batchSize, seqLen],
-    'int32',
-  );
-  // Synced by reading one logit back: the read waits for the whole forward, and moves 4 bytes.
+  const ids = Int32Array.from({ length: batchSize * seqLen }, (_, i) => (i * 7919) % ckpt.config.vocabSize);
+  // As the teacher service runs it (a repeated pass: replayed from a CUDA graph on cuda), synced by
+  // reading one logit back: the read waits for the whole forward, and moves 4 bytes.
   const pass = async () => {
-    const one = tf.tidy(() => tf.slice(model.logits2d(ids), [0, 0], [1, 1]));
+    const [one] = runRepeatedPass({
+      key: 'teacher forward',
+      inputs: [{ shape: [batchSize, seqLen], dtype: 'int32', data: ids }],
+      state: model.variables(),
+      body: ([tokens]) => [tf.slice(model.logits2d(tokens as tf.Tensor2D), [0, 0], [1, 1])],
+    });
     await one.data();
     one.dispose();
   };
@@ -762,7 +764,6 @@ async function teacherForward(ctx: Ctx, steps: number): Promise<number> {
     for (let i = 0; i < steps; i++) await pass();
     return (steps * batchSize * seqLen * 1000) / (performance.now() - t0);
   } finally {
-    ids.dispose();
     model.dispose();
   }
 }

@@ -26,7 +26,7 @@ import * as vm from 'node:vm';
 import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
 
-import { type GPTNeoX, parameterCount, topKFromLogits } from '../../core/model/index.js';
+import { type GPTNeoX, parameterCount, runRepeatedPass, topKFromLogits } from '../../core/model/index.js';
 import * as tf from '../../core/model/tfjs.js';
 import {
   IndexEncoding,
@@ -108,6 +108,22 @@ interface WorkItem {
   stream: StreamState;
   slot: Slot;
   req: ValidRequest;
+}
+
+/** Requests of one forward pass with the same k and temperature: one top-k over their rows. */
+interface PassGroup {
+  k: number;
+  temperature: number;
+  /** First position (row × sequence length) of the group in the pass. */
+  start: number;
+  positions: number;
+  items: WorkItem[];
+}
+
+/** A forward pass queued on the device: per group its top-k logits, indices and log-normalisers. */
+interface Pass {
+  groups: PassGroup[];
+  outputs: tf.Tensor[];
 }
 
 interface StreamState {
@@ -608,31 +624,57 @@ export class TeacherServer {
     return batch.length ? batch : undefined;
   }
 
+  /**
+   * Forward passes one after the other, each queued on the device before the previous one's answers
+   * are encoded and handed to the transport, so that the device computes while the host encodes.
+   */
   private async computeLoop(): Promise<void> {
+    let queued: Pass | undefined;
     while (!this.stopped) {
-      const batch = this.takeBatch();
-      if (!batch) {
+      const t0 = performance.now();
+      queued ??= this.queueNext();
+      if (!queued) {
         await new Promise<void>((resolve) => {
           this.wake = resolve;
         });
         this.wake = undefined;
         continue;
       }
-      const t0 = performance.now();
-      try {
-        await this.compute(batch);
-      } catch (err) {
-        const message = `teacher: forward pass failed: ${(err as Error).message}`;
-        this.log(message);
-        for (const w of batch) this.finish(w.stream, { code: grpc.status.INTERNAL, details: message });
-      }
+      const pass = queued;
+      const host = await this.readBack(pass);
+      queued = this.queueNext();
+      if (host) this.answer(pass, host);
       this.counters.busyMs += performance.now() - t0;
       // Let the transport run (reads, writes, drains) between forward passes.
       await new Promise((resolve) => setImmediate(resolve));
     }
+    // Stopped with a pass on the device: its streams are being cut off.
+    if (queued) tf.dispose(queued.outputs);
   }
 
-  private async compute(batch: WorkItem[]): Promise<void> {
+  /** The next batch's pass, queued on the device; a batch whose pass cannot be queued is answered with the error. */
+  private queueNext(): Pass | undefined {
+    for (let batch = this.takeBatch(); batch; batch = this.takeBatch()) {
+      try {
+        return this.queuePass(batch);
+      } catch (err) {
+        this.failBatch(batch, err);
+      }
+    }
+    return undefined;
+  }
+
+  private failBatch(batch: WorkItem[], err: unknown): void {
+    const message = `teacher: forward pass failed: ${(err as Error).message}`;
+    this.log(message);
+    for (const w of batch) this.finish(w.stream, { code: grpc.status.INTERNAL, details: message });
+  }
+
+  /**
+   * Queues the teacher's forward pass over a batch and the top-k of each (k, temperature) group of its
+   * requests. A repeated pass: the cuda backend replays a shape it has seen twice from a CUDA graph.
+   */
+  private queuePass(batch: WorkItem[]): Pass {
     const started = performance.now();
     // Requests of one (k, temperature) lie next to each other, so each group needs one top-k.
     batch.sort((a, b) => a.req.k - b.req.k || a.req.temperature - b.req.temperature);
@@ -644,7 +686,7 @@ export class TeacherServer {
       ids.set(w.req.tokens, offset);
       offset += w.req.tokens.length;
     }
-    const groups: { k: number; temperature: number; start: number; positions: number; items: WorkItem[] }[] = [];
+    const groups: PassGroup[] = [];
     let pos = 0;
     for (const w of batch) {
       const last = groups[groups.length - 1];
@@ -656,49 +698,71 @@ export class TeacherServer {
       pos += n;
     }
     const vocab = this.config.vocabSize;
-    const outs = tf.tidy(() => {
-      const logits = this.options.model.logits2d(tf.tensor2d(ids, [rows, seqLen], 'int32'));
-      return groups.map((g) => {
-        const sub = groups.length === 1 ? logits : tf.slice(logits, [g.start, 0], [g.positions, vocab]);
-        const top = topKFromLogits(sub, g.k, g.temperature);
-        return { values: top.logits, indices: top.indices, lse: top.logNormaliser };
-      });
+    const model = this.options.model;
+    const outputs = runRepeatedPass({
+      // The groups' layout is part of the pass (a replay repeats its slices, k and temperature).
+      key: `teacher top-k ${groups.map((g) => `${g.positions}:${g.k}:${g.temperature}`).join(',')}`,
+      inputs: [{ shape: [rows, seqLen], dtype: 'int32', data: ids }],
+      state: model.variables(),
+      body: ([tokens]) => {
+        const logits = model.logits2d(tokens as tf.Tensor2D);
+        return groups.flatMap((g) => {
+          const sub = groups.length === 1 ? logits : tf.slice(logits, [g.start, 0], [g.positions, vocab]);
+          const top = topKFromLogits(sub, g.k, g.temperature);
+          return [top.logits, top.indices, top.logNormaliser];
+        });
+      },
     });
     this.counters.forwardPasses++;
+    this.counters.computeMs += performance.now() - started;
+    return { groups, outputs };
+  }
+
+  /** A queued pass's answers on the host (its tensors freed); on failure its requests are answered with the error. */
+  private async readBack(pass: Pass): Promise<Array<Float32Array | Int32Array>[] | undefined> {
+    const started = performance.now();
     try {
-      const host = await Promise.all(outs.map((o) => Promise.all([o.values.data(), o.indices.data(), o.lse.data()])));
+      const data = await Promise.all(pass.outputs.map((t) => t.data() as Promise<Float32Array | Int32Array>));
       this.counters.computeMs += performance.now() - started;
-      for (let gi = 0; gi < groups.length; gi++) {
-        const g = groups[gi];
-        const [values, indices, lse] = host[gi];
-        let p = 0;
-        for (const w of g.items) {
-          const n = w.req.tokens.length;
-          const bad =
-            firstNonFinite(lse as Float32Array, p, p + n) ??
-            firstNonFinite(values as Float32Array, p * g.k, (p + n) * g.k);
-          if (bad !== undefined) {
-            // Never an OK status with NaN in it: the teacher's logits themselves are broken.
-            this.fail(
-              w,
-              new RequestError(
-                grpc.status.INTERNAL,
-                `request ${w.req.id}: the teacher's logits at temperature ${w.req.temperature} are not finite (got ${bad}); is the checkpoint broken?`,
-              ),
-            );
-            p += n;
-            continue;
-          }
-          this.deliver(w, {
-            values: (values as Float32Array).subarray(p * g.k, (p + n) * g.k),
-            indices: (indices as Int32Array).subarray(p * g.k, (p + n) * g.k),
-            lse: (lse as Float32Array).subarray(p, p + n),
-          });
-          p += n;
-        }
-      }
+      return pass.groups.map((_, gi) => data.slice(3 * gi, 3 * gi + 3));
+    } catch (err) {
+      this.failBatch(
+        pass.groups.flatMap((g) => g.items),
+        err,
+      );
+      return undefined;
     } finally {
-      tf.dispose(outs.flatMap((o) => [o.values, o.indices, o.lse]));
+      tf.dispose(pass.outputs);
+    }
+  }
+
+  /** Hands each request of a pass its share of the answers (or an error, for logits that are not finite). */
+  private answer(pass: Pass, host: Array<Float32Array | Int32Array>[]): void {
+    for (let gi = 0; gi < pass.groups.length; gi++) {
+      const g = pass.groups[gi];
+      const [values, indices, lse] = host[gi] as [Float32Array, Int32Array, Float32Array];
+      let p = 0;
+      for (const w of g.items) {
+        const n = w.req.tokens.length;
+        const bad = firstNonFinite(lse, p, p + n) ?? firstNonFinite(values, p * g.k, (p + n) * g.k);
+        if (bad !== undefined) {
+          // Never an OK status with NaN in it: the teacher's logits themselves are broken.
+          this.fail(
+            w,
+            new RequestError(
+              grpc.status.INTERNAL,
+              `request ${w.req.id}: the teacher's logits at temperature ${w.req.temperature} are not finite (got ${bad}); is the checkpoint broken?`,
+            ),
+          );
+        } else {
+          this.deliver(w, {
+            values: values.subarray(p * g.k, (p + n) * g.k),
+            indices: indices.subarray(p * g.k, (p + n) * g.k),
+            lse: lse.subarray(p, p + n),
+          });
+        }
+        p += n;
+      }
     }
   }
 

@@ -1,7 +1,9 @@
 /**
- * Whole training steps as CUDA graphs. A step is a body (the forward, backward and optimiser update,
- * written in tfjs as on every backend) with its per-step inputs (tokens, targets, a teacher's view)
- * and per-step numbers (the optimiser's learning rate and bias corrections) passed in explicitly.
+ * Whole training steps as CUDA graphs, and the teacher service's forward passes (ops/step.ts
+ * RepeatedPass: a step without numbers or updates). A step is a body (the forward, backward and
+ * optimiser update, written in tfjs as on every backend) with its per-step inputs (tokens, targets, a
+ * teacher's view) and per-step numbers (the optimiser's learning rate and bias corrections) passed in
+ * explicitly.
  * For each distinct shape the first steps run eagerly (every kernel loaded, every product planned,
  * the allocator settled); then one step is captured from the stream into a graph, and from there on
  * a step is: copy the inputs and numbers into the graph's fixed buffers, launch the graph, copy its
@@ -36,8 +38,8 @@ export interface GraphStep {
   /** What a replay must share besides the inputs' shapes (e.g. the step kind). */
   key: string;
   inputs: StepInput[];
-  /** Per-step numbers the body's kernels read from the device (see `stepScalars`). */
-  scalars: Float32Array;
+  /** Per-step numbers the body's kernels read from the device (see `stepScalars`), if any. */
+  scalars?: Float32Array;
   /** Tensors the body reads or updates in place (weights, optimiser state): their addresses are part of the key. */
   state: tf.Tensor[];
   body: (inputs: tf.Tensor[]) => tf.Tensor[];
@@ -45,6 +47,11 @@ export interface GraphStep {
 
 /** Eager steps of a shape before its graph is captured. */
 const WARMUP_STEPS = 2;
+/**
+ * Shapes kept at once (each graph holds its scratch memory); the least recently run goes first. A
+ * trainer runs one shape, the teacher service one per batch size it is sent.
+ */
+const MAX_SHAPES = 8;
 const CAPTURE_MODE_RELAXED = 2;
 /** Pinned memory for a graph's constants (the optimiser's table: 64 bytes a parameter). */
 const CONSTANT_BYTES = 1 << 20;
@@ -61,7 +68,7 @@ interface Graph {
 interface Shape {
   calls: number;
   inputs: tf.Tensor[];
-  scalars: tf.Tensor;
+  scalars?: tf.Tensor;
   stateKey: string;
   graph?: Graph;
   /** The traced step's memory layout, for the capture (allocator.ts). */
@@ -91,14 +98,25 @@ export class GraphRunner {
 
   run(step: GraphStep): tf.Tensor[] {
     const d = this.b.device;
-    const key = `${step.key}|${step.inputs.map((i) => `${i.dtype}${i.shape.join('x')}`).join(',')}|${step.scalars.length}`;
+    const scalarCount = step.scalars?.length ?? 0;
+    const key = `${step.key}|${step.inputs.map((i) => `${i.dtype}${i.shape.join('x')}`).join(',')}|${scalarCount}`;
     const stateKey = step.state.map((t) => this.b.operand(t).ptr).join(',');
     let shape = this.shapes.get(key);
     if (shape && shape.stateKey !== stateKey) {
       this.drop(shape);
+      this.shapes.delete(key);
       shape = undefined;
     }
-    if (!shape) {
+    if (shape) {
+      // Most recently run last, for the bound on shapes.
+      this.shapes.delete(key);
+      this.shapes.set(key, shape);
+    } else {
+      if (this.shapes.size >= MAX_SHAPES) {
+        const [oldest] = this.shapes.keys();
+        this.drop(this.shapes.get(oldest)!);
+        this.shapes.delete(oldest);
+      }
       // Kept: a caller's tf.tidy must not take the graph's buffers.
       shape = {
         calls: 0,
@@ -109,7 +127,7 @@ export class GraphRunner {
             ),
           ),
         ),
-        scalars: tf.keep(toTensor(this.b.allocate([step.scalars.length], 'float32'))),
+        scalars: step.scalars ? tf.keep(toTensor(this.b.allocate([scalarCount], 'float32'))) : undefined,
         stateKey,
       };
       this.shapes.set(key, shape);
@@ -124,9 +142,11 @@ export class GraphRunner {
         d.copy(dst.ptr, src.ptr, dst.size * bytesPer(dst.storage));
       }
     });
-    const scalars = this.b.operand(shape.scalars);
-    d.write(scalars.ptr, step.scalars);
-    current = { ptr: scalars.ptr, values: step.scalars };
+    if (shape.scalars && step.scalars) {
+      const scalars = this.b.operand(shape.scalars);
+      d.write(scalars.ptr, step.scalars);
+      current = { ptr: scalars.ptr, values: step.scalars };
+    }
     try {
       if (!shape.graph && !shape.eager && shape.calls >= WARMUP_STEPS) this.capture(shape, step);
       shape.calls++;
@@ -209,7 +229,8 @@ export class GraphRunner {
       d.allocator.dissolve(shape.graph.pool);
       shape.graph.constants.free();
     }
-    for (const t of [...shape.inputs, shape.scalars]) t.dispose();
+    for (const t of shape.inputs) t.dispose();
+    shape.scalars?.dispose();
   }
 
   /** Destroys every graph and its buffers. */

@@ -14,6 +14,7 @@ import {
   linear,
   matMulNT,
   parallelResidual,
+  runRepeatedPass,
   runTrainingStep,
   topKDistillation,
   topKFromLogits,
@@ -71,7 +72,7 @@ parallelResidual.register({ backend, name: 'tf.addN (one kernel)', run: addNResi
 
 const runners = new WeakMap<CudaBackend, GraphRunner>();
 
-/** Training steps replayed from CUDA graphs, and graphs captured, on the cuda backend so far. */
+/** Steps and passes replayed from CUDA graphs, and graphs captured, on the cuda backend so far. */
 export function graphStats(): { captures: number; replays: number } {
   const runner = runners.get(cudaBackendOrThrow());
   return { captures: runner?.captures ?? 0, replays: runner?.replays ?? 0 };
@@ -95,21 +96,31 @@ export async function profileEagerly(run: () => Promise<unknown>): ReturnType<Cu
   return device.endProfile();
 }
 
+function graphRunner(): GraphRunner {
+  const b = cudaBackendOrThrow();
+  let runner = runners.get(b);
+  if (!runner) runners.set(b, (runner = new GraphRunner(b)));
+  return runner;
+}
+// OFFSHOOT_CUDA_GRAPHS=0 runs every step and pass eagerly (to compare, or to rule graphs out).
+const graphsEnabled = () => !profiling && process.env.OFFSHOOT_CUDA_GRAPHS !== '0';
+
 runTrainingStep.register({
   backend,
   name: 'CUDA graph per shape after two eager steps',
-  // OFFSHOOT_CUDA_GRAPHS=0 runs every step eagerly (to compare, or to rule graphs out).
-  enabled: () => !profiling && process.env.OFFSHOOT_CUDA_GRAPHS !== '0',
-  run: (step) => {
-    const b = cudaBackendOrThrow();
-    let runner = runners.get(b);
-    if (!runner) runners.set(b, (runner = new GraphRunner(b)));
-    return runner.run({
+  enabled: graphsEnabled,
+  run: (step) =>
+    graphRunner().run({
       key: step.key,
       inputs: step.inputs,
       scalars: adamwStepVector(step.optimizer),
       state: step.state,
       body: step.body,
-    });
-  },
+    }),
+});
+runRepeatedPass.register({
+  backend,
+  name: 'CUDA graph per shape after two eager passes',
+  enabled: graphsEnabled,
+  run: (pass) => graphRunner().run(pass),
 });

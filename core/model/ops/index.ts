@@ -39,11 +39,13 @@ export {
 } from './adamw.js';
 export { addNResidual, parallelResidual } from './residual.js';
 export {
+  type RepeatedPass,
   type StepInput,
   type TrainingStep,
   afterFirstTrainingStep,
   endTrainingStep,
   lossScaling,
   releaseCachedMemory,
+  runRepeatedPass,
   runTrainingStep,
 } from './step.js';

@@ -30,21 +30,45 @@ export interface TrainingStep {
   body: (inputs: tf.Tensor[]) => tf.Tensor[];
 }
 
-/** Runs a training step: the inputs as tensors, the body, its outputs (the caller disposes them). */
-export const runTrainingStep = defineOperation('runTrainingStep', (step: TrainingStep): tf.Tensor[] => {
+/**
+ * A pass that repeats with the same shapes over weights it only reads: a teacher's forward pass and
+ * top-k in the teacher service, stated like a TrainingStep (without an optimiser) so that a backend
+ * may replay it (the cuda backend: a CUDA graph per shape, as for training steps).
+ */
+export interface RepeatedPass {
+  /** Distinguishes passes of different kinds with the same input shapes. */
+  key: string;
+  inputs: StepInput[];
+  /** The tensors the body reads besides its inputs (the weights). */
+  state: tf.Tensor[];
+  body: (inputs: tf.Tensor[]) => tf.Tensor[];
+}
+
+/** The inputs as tensors, then the body; what every backend does that does not replay. */
+function runEagerly(given: StepInput[], body: (inputs: tf.Tensor[]) => tf.Tensor[]): tf.Tensor[] {
   const made: tf.Tensor[] = [];
-  const inputs = step.inputs.map((i) => {
+  const inputs = given.map((i) => {
     if (i.data instanceof tf.Tensor) return i.data;
     const t = tf.tensor(i.data, i.shape, i.dtype);
     made.push(t);
     return t;
   });
   try {
-    return tf.tidy(() => step.body(inputs));
+    return tf.tidy(() => body(inputs));
   } finally {
     tf.dispose(made);
   }
-});
+}
+
+/** Runs a training step: the inputs as tensors, the body, its outputs (the caller disposes them). */
+export const runTrainingStep = defineOperation('runTrainingStep', (step: TrainingStep): tf.Tensor[] =>
+  runEagerly(step.inputs, step.body),
+);
+
+/** Runs a repeated pass: the inputs as tensors, the body, its outputs (the caller disposes them). */
+export const runRepeatedPass = defineOperation('runRepeatedPass', (pass: RepeatedPass): tf.Tensor[] =>
+  runEagerly(pass.inputs, pass.body),
+);
 
 /**
  * The end of a training step, after the optimiser's update. A backend that records commands
