@@ -324,7 +324,7 @@ describe('writing the student never destroys data', () => {
   };
   const snapshot = (dir: string) =>
     Object.fromEntries(fs.readdirSync(dir).map((f) => [f, fs.readFileSync(path.join(dir, f)).toString('base64')]));
-  const leftovers = (dir: string) => fs.readdirSync(dir).filter((f) => f.includes('.tmp-'));
+  const leftovers = (dir: string) => fs.readdirSync(dir).filter((f) => f.endsWith('.tmp'));
 
   it('refuses the teacher itself and any folder holding it; the teacher is untouched', async () => {
     const teacher = copyTeacher('teacher');

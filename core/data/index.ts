@@ -94,4 +94,5 @@ export {
   trainCorpusTokenizer,
 } from './defaults.js';
 
-export { writeFileAtomic, canonicalJson, sha256Hex } from './fsutil.js';
+export { writeFileAtomic } from '../atomic.js';
+export { canonicalJson, sha256Hex } from './fsutil.js';

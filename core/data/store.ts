@@ -35,7 +35,8 @@ import {
   encodePart,
   tokenizerRecipe,
 } from './encode-part.js';
-import { sha256Hex, writeFileAtomic } from './fsutil.js';
+import { writeFileAtomic } from '../atomic.js';
+import { sha256Hex } from './fsutil.js';
 import {
   DataError,
   type InputFile,

@@ -16,7 +16,8 @@
 import { Tokenizer as HfTokenizerImpl } from '@huggingface/tokenizers';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import { canonicalJson, sha256Hex, writeFileAtomic } from './fsutil.js';
+import { writeFileAtomic } from '../atomic.js';
+import { canonicalJson, sha256Hex } from './fsutil.js';
 
 export const END_OF_TEXT = '<|endoftext|>';
 export const TOKENIZER_FILE = 'tokenizer.json';

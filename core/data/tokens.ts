@@ -23,7 +23,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import { fsyncDir, writeFileAtomic } from './fsutil.js';
+import { fsyncDir, writeFileAtomic } from '../atomic.js';
 import { type Tokenizer, tokenizerHash } from './tokenizer.js';
 
 export const TOKEN_FILE_MAGIC = 'OFSHTOKS';

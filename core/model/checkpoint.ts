@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import type { Worker } from 'node:worker_threads';
 
 import { startModuleWorker } from '../worker-thread.js';
-import { writeDirAtomic, writeFileAtomic } from './atomic.js';
+import { writeDirAtomic, writeFileAtomicSync } from '../atomic.js';
 import {
   ConfigError,
   type NeoXConfig,
@@ -201,7 +201,7 @@ export async function saveCheckpoint(
   }
   let hash = '';
   await writeDirAtomic(dir, (tmp) => {
-    writeFileAtomic(path.join(tmp, 'config.json'), `${JSON.stringify(configToHF(config, dtype), null, 2)}\n`);
+    writeFileAtomicSync(path.join(tmp, 'config.json'), `${JSON.stringify(configToHF(config, dtype), null, 2)}\n`);
     writeSafetensors(path.join(tmp, 'model.safetensors'), ordered);
     for (const [name, tensorsOfFile] of Object.entries(options.extraTensors ?? {})) {
       const m = new Map<string, TensorToWrite>();
@@ -210,10 +210,10 @@ export async function saveCheckpoint(
       writeSafetensors(path.join(tmp, name), m);
     }
     for (const [name, content] of Object.entries(options.extraFiles ?? {})) {
-      writeFileAtomic(path.join(tmp, name), content);
+      writeFileAtomicSync(path.join(tmp, name), content);
     }
     hash = computeCheckpointHash(tmp);
-    writeFileAtomic(path.join(tmp, MANIFEST_FILE), `${JSON.stringify({ format: 1, hash, dtype }, null, 2)}\n`);
+    writeFileAtomicSync(path.join(tmp, MANIFEST_FILE), `${JSON.stringify({ format: 1, hash, dtype }, null, 2)}\n`);
   });
   return hash;
 }

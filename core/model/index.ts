@@ -9,7 +9,7 @@ export * from './parallel/index.js';
 export * from './ops/index.js';
 export * from './recipe.js';
 export { SeededRandom, deriveSeed } from './random.js';
-export { writeFileAtomic, writeDirAtomic } from './atomic.js';
+export { writeFileAtomicSync, writeDirAtomic } from '../atomic.js';
 export * from './presets.js';
 export * from './export.js';
 export * from './shape-costs.js';

@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 
-import { writeFileAtomic } from './atomic.js';
+import { writeFileAtomicSync } from '../atomic.js';
 
 export type SafeDtype = 'F32' | 'F16' | 'BF16' | 'I32' | 'I64';
 
@@ -291,7 +291,7 @@ export function writeSafetensors(
   headerJson = Buffer.concat([headerJson, Buffer.alloc(pad, 0x20)]);
   const len = Buffer.alloc(8);
   len.writeBigUInt64LE(BigInt(headerJson.length));
-  writeFileAtomic(file, [len, headerJson, ...chunks]);
+  writeFileAtomicSync(file, [len, headerJson, ...chunks]);
   return digest;
 }
 

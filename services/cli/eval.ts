@@ -14,7 +14,7 @@ import {
   openData,
 } from '../../core/data/index.js';
 import { type MetricValue, type TaskScore, evaluateTasks, evaluateText, loadTasks } from '../../core/eval/index.js';
-import { type GPTNeoX, checkTokenIds, evaluateLoss, writeFileAtomic } from '../../core/model/index.js';
+import { type GPTNeoX, checkTokenIds, evaluateLoss, writeFileAtomicSync } from '../../core/model/index.js';
 import * as tf from '../../core/model/tfjs.js';
 import { loadModel, positiveInt } from './common.js';
 import { withBackend } from './backend-option.js';
@@ -93,7 +93,7 @@ async function evalAction(opts: EvalCliOptions): Promise<void> {
         },
       });
       if (opts.logSamples)
-        writeFileAtomic(opts.logSamples, `${result.samples.map((s) => JSON.stringify(s)).join('\n')}\n`);
+        writeFileAtomicSync(opts.logSamples, `${result.samples.map((s) => JSON.stringify(s)).join('\n')}\n`);
       if (opts.json) console.log(JSON.stringify({ tasks: result.scores }));
       else console.log(describeTaskScores(result.scores).join('\n'));
       return;

@@ -11,7 +11,7 @@ import YAML from 'yaml';
 import { z } from 'zod';
 
 import { loadTasks } from '../../core/eval/index.js';
-import { writeFileAtomic } from '../../core/model/index.js';
+import { writeFileAtomicSync } from '../../core/model/index.js';
 import {
   ConfigError,
   type ConfigProblem,
@@ -281,7 +281,7 @@ export function writePaperTableFiles(
   const files: string[] = [];
   for (const [name, content] of Object.entries(rendered.files)) {
     const file = path.join(outDir, name);
-    writeFileAtomic(file, content);
+    writeFileAtomicSync(file, content);
     files.push(file);
   }
   return { files, markdown: rendered.markdown };

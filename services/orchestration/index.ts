@@ -12,7 +12,7 @@ import * as path from 'node:path';
 import { Context } from '@temporalio/activity';
 
 import { TOKENIZER_FILE } from '../../core/data/index.js';
-import { GPTNeoX, loadCheckpoint, writeFileAtomic } from '../../core/model/index.js';
+import { GPTNeoX, loadCheckpoint, writeFileAtomicSync } from '../../core/model/index.js';
 import {
   NoopProgressPublisher,
   type ProgressEventInput,
@@ -201,7 +201,7 @@ export function putBlob(runDir: string, value: unknown): BlobRef {
   const text = JSON.stringify(value);
   const sha256 = createHash('sha256').update(text).digest('hex');
   const file = path.join(runDir, 'blobs', `${sha256}.json`);
-  if (!fs.existsSync(file)) writeFileAtomic(file, text);
+  if (!fs.existsSync(file)) writeFileAtomicSync(file, text);
   return { blob: file, sha256, bytes: Buffer.byteLength(text) };
 }
 

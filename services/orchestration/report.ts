@@ -1,7 +1,7 @@
 /** The results table of a pipeline run: JSON and Markdown files, and the text the CLI prints. */
 import * as path from 'node:path';
 
-import { writeFileAtomic } from '../../core/model/index.js';
+import { writeFileAtomicSync } from '../../core/model/index.js';
 import type { PipelineResult } from '../../workflows/index.js';
 
 function sci(x: number): string {
@@ -67,7 +67,7 @@ export function writeReportFiles(
 ): { json: string; markdown: string } {
   const json = path.join(runDir, 'report.json');
   const markdown = path.join(runDir, 'report.md');
-  writeFileAtomic(json, `${JSON.stringify(result, null, 2)}\n`);
-  writeFileAtomic(markdown, reportMarkdown(result));
+  writeFileAtomicSync(json, `${JSON.stringify(result, null, 2)}\n`);
+  writeFileAtomicSync(markdown, reportMarkdown(result));
   return { json, markdown };
 }

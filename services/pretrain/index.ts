@@ -61,7 +61,7 @@ import {
   saveCheckpoint,
   trainingHyperparameters,
   uploadBatches,
-  writeFileAtomic,
+  writeFileAtomicSync,
 } from '../../core/model/index.js';
 import * as tf from '../../core/model/tfjs.js';
 import { type TeacherTrainSettings, teacherFinished, trainTeacher } from '../../core/teacher/index.js';
@@ -341,7 +341,7 @@ async function prepareStudent(env: WorkerEnv, input: PrepareStudentInput): Promi
       throw ApplicationFailure.nonRetryable((err as Error).message, name);
     throw err;
   }
-  writeFileAtomic(initFile, JSON.stringify(describe));
+  writeFileAtomicSync(initFile, JSON.stringify(describe));
   env.log(
     `prepareStudent: ${input.name} (${init.kind}) ${parameterCount(config).toLocaleString('en-US')} parameters -> ${dir}`,
   );
@@ -459,7 +459,7 @@ async function trainSegment(env: WorkerEnv, input: TrainSegmentInput): Promise<T
   const recordCheckpoint = (ref: CheckpointRef): void => {
     last = ref;
     actx.heartbeat({ step: ref.step!, checkpoint: ref, loss: lastLoss } satisfies SegmentHeartbeat);
-    writeFileAtomic(latestFile, JSON.stringify({ from: input.from.hash, toStep: input.toStep, checkpoint: ref }));
+    writeFileAtomicSync(latestFile, JSON.stringify({ from: input.from.hash, toStep: input.toStep, checkpoint: ref }));
     emit(env, {
       kind: 'checkpoint.saved',
       run: input.run.runId,

@@ -18,7 +18,7 @@ import * as path from 'node:path';
 
 import { DefaultLogger, NativeConnection, Runtime, Worker, bundleWorkflowCode } from '@temporalio/worker';
 
-import { writeFileAtomic } from '../../core/model/index.js';
+import { writeFileAtomicSync } from '../../core/model/index.js';
 import { temporalTls } from '../credentials/index.js';
 import { createEvaluateActivities } from '../evaluator/index.js';
 import { createExperimentActivities } from '../experiment/index.js';
@@ -91,7 +91,7 @@ export async function workflowBundle(log: (line: string) => void = () => undefin
     payloadConverterPath: payloadConverterPath(),
     logger: new DefaultLogger('WARN'),
   });
-  writeFileAtomic(file, code);
+  writeFileAtomicSync(file, code);
   log(
     `worker: workflow bundle ready in ${((Date.now() - started) / 1000).toFixed(1)} s (${(code.length / 1e6).toFixed(1)} MB, cached)`,
   );
