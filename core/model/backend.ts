@@ -24,12 +24,23 @@ export type BackendName = (typeof BACKEND_NAMES)[number];
 export const BACKEND_CHOICES = ['auto', ...BACKEND_NAMES] as const;
 export type BackendChoice = (typeof BACKEND_CHOICES)[number];
 
-/** The backends that compile GPU programs for the shapes they meet: where warming up a long-lived process pays. */
-const COMPILING_BACKENDS: readonly BackendName[] = ['webgpu', 'cuda'];
+/**
+ * The GPU backends: they compile programs for the shapes they meet (where warming up a long-lived
+ * process pays), and queue work on the device while the host goes on until something is read back.
+ */
+const GPU_BACKENDS: readonly BackendName[] = ['webgpu', 'cuda'];
 
 /** Whether the active backend compiles programs per shape (webgpu, cuda), rather than running precompiled kernels. */
 export function backendCompilesKernels(): boolean {
-  return (COMPILING_BACKENDS as readonly string[]).includes(tf.getBackend());
+  return (GPU_BACKENDS as readonly string[]).includes(tf.getBackend());
+}
+
+/**
+ * Whether the active backend queues work on a device (webgpu, cuda): then work queued before the host
+ * handles earlier results runs meanwhile; on the others, ops compute when called.
+ */
+export function backendQueuesWork(): boolean {
+  return (GPU_BACKENDS as readonly string[]).includes(tf.getBackend());
 }
 
 export interface BackendInfo {

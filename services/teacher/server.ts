@@ -26,6 +26,7 @@ import * as vm from 'node:vm';
 import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
 
+import { backendQueuesWork } from '../../core/model/backend.js';
 import { type GPTNeoX, parameterCount, runRepeatedPass, topKFromLogits } from '../../core/model/index.js';
 import * as tf from '../../core/model/tfjs.js';
 import {
@@ -625,10 +626,12 @@ export class TeacherServer {
   }
 
   /**
-   * Forward passes one after the other, each queued on the device before the previous one's answers
-   * are encoded and handed to the transport, so that the device computes while the host encodes.
+   * Forward passes one after the other. On a GPU backend each is queued on the device before the
+   * previous one's answers are encoded and handed to the transport, so that the device computes while
+   * the host encodes; elsewhere queuing a pass computes it, which would only hold those answers back.
    */
   private async computeLoop(): Promise<void> {
+    const overlap = backendQueuesWork();
     let queued: Pass | undefined;
     while (!this.stopped) {
       const t0 = performance.now();
@@ -642,7 +645,7 @@ export class TeacherServer {
       }
       const pass = queued;
       const host = await this.readBack(pass);
-      queued = this.queueNext();
+      queued = overlap ? this.queueNext() : undefined;
       if (host) this.answer(pass, host);
       this.counters.busyMs += performance.now() - t0;
       // Let the transport run (reads, writes, drains) between forward passes.
