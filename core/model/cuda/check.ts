@@ -55,6 +55,10 @@ import { cudaGatherRows } from './embedding.js';
 import { fallbackCounts, resetFallbackCounts } from './kernels.js';
 import { cudaLayerNorm } from './layer-norm.js';
 import { cudaLinear, cudaMatMulNT } from './linear.js';
+import { toTensor } from './custom-op.js';
+import { cast } from './elementwise.js';
+import { bf16ToF32, f32ToBf16 } from './storage.js';
+import { cudaBackendOrThrow } from './tfjs-backend.js';
 import { cudaTopKFromLogits } from './topk.js';
 
 export interface CudaCase {
@@ -259,6 +263,8 @@ export function cudaCases(scale: 'small' | 'pythia' = 'small'): CudaCase[] {
     topk('symmetric', 0.3, 1.5, 32, N / 8),
     teacherTopK(N / 4, V, 64, 2, tol),
     teacherTopK(5, 300, 1, 1, tol),
+    teacherTopK(N / 4, V, 64, 1, tol, { offset: 0 }),
+    teacherTopK(6, 300, 40, 1, tol, { offset: -5 }),
     full('forward', 0.5, 1, N / 4),
     full('reverse', 0, 2, N / 8),
     full('symmetric', 0.3, 1.5, N / 8),
@@ -317,16 +323,40 @@ function adamwCase(shapes: number[][]): CudaCase {
   };
 }
 
-/** A teacher's top-k view of its logits with the log-normaliser, one kernel against tfjs's topk and logSumExp. */
-function teacherTopK(n: number, V: number, k: number, temperature: number, tol: CudaCase['tol']): CudaCase {
+/**
+ * A teacher's top-k view of its logits with the log-normaliser, one kernel against tfjs's topk and
+ * logSumExp. `bf16`: the logits held as bf16 (as mixed precision's logits products write them; the
+ * kernel selects on their 16 bits), their values shifted by `offset` (negative: the k-th largest
+ * negative, whose key differs from a positive's below the selected bits) and rounded to bf16 (ties).
+ */
+function teacherTopK(
+  n: number,
+  V: number,
+  k: number,
+  temperature: number,
+  tol: CudaCase['tol'],
+  bf16?: { offset: number },
+): CudaCase {
   const flat = (t: TopKTeacher) =>
     tf.concat([tf.reshape(t.logits, [-1]), tf.cast(tf.reshape(t.indices, [-1]), 'float32'), t.logNormaliser]);
+  const logits = (): Host => {
+    const x = randHost([n, V], 18, 3);
+    if (!bf16) return x;
+    return { shape: x.shape, data: bf16ToF32(f32ToBf16(Float32Array.from(x.data, (v) => v + bf16.offset))) };
+  };
   return {
-    name: `teacher top-k with its log-normaliser (N ${n}, V ${V}, k ${k}, T ${temperature})`,
-    inputs: () => [randHost([n, V], 18, 3)],
+    name: `teacher top-k with its log-normaliser (N ${n}, V ${V}, k ${k}, T ${temperature}${bf16 ? `, bf16 logits + ${bf16.offset}` : ''})`,
+    inputs: () => [logits()],
     diff: [],
     reference: ([x]) => flat(topKFromLogits.reference(x as tf.Tensor2D, k, temperature)),
-    cuda: ([x]) => flat(cudaTopKFromLogits(x as tf.Tensor2D, k, temperature)),
+    cuda: ([x]) => {
+      const held = bf16 ? toTensor<tf.Tensor2D>(cast(cudaBackendOrThrow(), x, 'float32', 'bf16')) : (x as tf.Tensor2D);
+      try {
+        return flat(cudaTopKFromLogits(held, k, temperature));
+      } finally {
+        if (held !== x) held.dispose();
+      }
+    },
     tol,
   };
 }

@@ -1,40 +1,24 @@
 // tfjs's TopK on the cuda backend: the k largest values of each row with their indices, sorted by
 // value (descending), ties by index (ascending), as tfjs's cpu kernel orders them. One block of 256
 // threads per row: the k-th largest value is found by radix selection on the bits of the values
-// (four passes of 8-bit histograms; a row of Pythia's vocabulary stays in L2 between passes), the
-// values above it and the first ones equal to it are gathered, and the k winners are sorted in shared
-// memory. Dynamic shared memory: 2 · kPow2 words (kPow2: k rounded up to a power of two).
+// (8-bit histograms, highest digit first: four passes for f32, two for bf16, whose low 16 bits are
+// zero; a row of Pythia's vocabulary stays in L2 between passes), the values above it and the first
+// ones equal to it are gathered in one pass, and the k winners are sorted in shared memory. Every pass
+// reads the row in tiles of 256 consecutive elements (coalesced); a warp's lanes that fall in the same
+// histogram bin add to it once (logits share their exponent, so most of a tile does). Dynamic shared
+// memory: 2 · kPow2 words (kPow2: k rounded up to a power of two).
 // With `lse` set, the first pass also gives each row's logsumexp of x · invTemperature (a teacher's
 // log-normaliser: topKFromLogits), so the row is not read again for it.
 #include "common.cuh"
 
 #define THREADS 256
+#define WARPS (THREADS / 32)
+#define FULL_MASK 0xffffffffu
 
 // Order-preserving map of a float's bits to an unsigned key (larger float, larger key).
 __device__ __forceinline__ unsigned key_of(float x) {
   const unsigned u = __float_as_uint(x);
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
-
-// Exclusive prefix sum over the block of one int per thread; returns the total through `total`.
-__device__ __forceinline__ int block_exclusive_scan(int v, int* scratch, int& total) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  int incl = v;
-#pragma unroll
-  for (int o = 1; o < 32; o <<= 1) {
-    const int n = __shfl_up_sync(0xffffffffu, incl, o);
-    if (lane >= o) incl += n;
-  }
-  __syncthreads();
-  if (lane == 31) scratch[warp] = incl;
-  __syncthreads();
-  int warpBase = 0;
-  total = 0;
-  for (int w = 0; w < THREADS / 32; w++) {
-    if (w < warp) warpBase += scratch[w];
-    total += scratch[w];
-  }
-  return warpBase + incl - v;
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS) top_k(float* values, int* indices, float* lse, const void* x, int xSt, int rows,
@@ -43,27 +27,36 @@ extern "C" __global__ void __launch_bounds__(THREADS) top_k(float* values, int* 
   float* candV = (float*)shared;
   int* candI = (int*)(shared + kPow2);
   __shared__ int hist[256];
-  __shared__ int scratch[32];
+  __shared__ int tileCounts[WARPS][2];
   __shared__ unsigned prefixS;
   __shared__ int needS;
   __shared__ float lseScratch[32];
   const i64 row = (i64)blockIdx.y * gridDim.x + blockIdx.x;
   if (row >= rows) return;
   const i64 base = row * V;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 
   // Radix selection of the k-th largest key: `prefix` fixes the high digits found so far.
   unsigned prefix = 0, mask = 0;
   int need = k;  // how many of the elements matching the prefix are still to be taken from the top
-  for (int shift = 24; shift >= 0; shift -= 8) {
+  const int lastShift = xSt == ST_BF16 ? 16 : 0;
+  for (int shift = 24; shift >= lastShift; shift -= 8) {
     for (int i = threadIdx.x; i < 256; i += THREADS) hist[i] = 0;
     __syncthreads();
     // This thread's running max of x · invTemperature and its sum of exp(· − max), on the first pass.
     float m = NEG_INF, sum = 0.f;
-    for (int v = threadIdx.x; v < V; v += THREADS) {
-      const float xv = load_any(x, xSt, base + v);
+    // Whole tiles, so that every lane of a warp takes part in its vote.
+    for (int t = 0; t < V; t += THREADS) {
+      const int v = t + threadIdx.x;
+      const bool valid = v < V;
+      const float xv = valid ? load_any(x, xSt, base + v) : 0.f;
       const unsigned kk = key_of(xv);
-      if ((kk & mask) == prefix) atomicAdd(&hist[(kk >> shift) & 255], 1);
-      if (lse && shift == 24) {
+      const bool counted = valid && (kk & mask) == prefix;
+      const unsigned digit = (kk >> shift) & 255u;
+      // Lanes of one bin: the lowest adds them all. Uncounted lanes vote 256, no bin.
+      const unsigned peers = __match_any_sync(FULL_MASK, counted ? digit : 256u);
+      if (counted && lane == __ffs(peers) - 1) atomicAdd(&hist[digit], __popc(peers));
+      if (lse && shift == 24 && valid) {
         const float y = xv * invTemperature;
         if (y > m) {
           sum = sum * expf(m - y) + 1.f;
@@ -91,34 +84,47 @@ extern "C" __global__ void __launch_bounds__(THREADS) top_k(float* values, int* 
     need = needS;
     mask |= 255u << shift;
   }
-  // prefix is now the k-th largest key; `need` elements equal to it are taken (the lowest indices).
-  const unsigned kth = prefix;
-  // Gather in index order: each thread scans a contiguous chunk, and a block scan gives each its slots.
-  const int chunk = (V + THREADS - 1) / THREADS;
-  const int v0 = threadIdx.x * chunk, v1 = min(V, v0 + chunk);
-  int above = 0, equal = 0;
-  for (int v = v0; v < v1; v++) {
-    const unsigned kk = key_of(load_any(x, xSt, base + v));
-    above += kk > kth;
-    equal += kk == kth;
-  }
-  int aboveTotal, equalTotal;
-  int aboveAt = block_exclusive_scan(above, scratch, aboveTotal);
-  int equalAt = block_exclusive_scan(equal, scratch, equalTotal);
-  for (int v = v0; v < v1; v++) {
-    const float xv = load_any(x, xSt, base + v);
-    const unsigned kk = key_of(xv);
-    if (kk > kth) {
-      candV[aboveAt] = xv;
-      candI[aboveAt] = v;
-      aboveAt++;
-    } else if (kk == kth) {
-      if (equalAt < need) {
-        candV[aboveTotal + equalAt] = xv;
-        candI[aboveTotal + equalAt] = v;
-      }
-      equalAt++;
+  // prefix is now the k-th largest key; k − need elements lie above it, and of those equal to it the
+  // `need` with the lowest indices are taken. One pass in index order: per tile, each warp's votes
+  // give its lanes their places, and the warps before it in the tile and the tiles before, its offset.
+  const int aboveTotal = k - need;
+  int aboveSeen = 0, equalSeen = 0;
+  for (int t = 0; t < V && (aboveSeen < aboveTotal || equalSeen < need); t += THREADS) {
+    const int v = t + threadIdx.x;
+    const bool valid = v < V;
+    const float xv = valid ? load_any(x, xSt, base + v) : 0.f;
+    // The digits selected (all of them, or a bf16's 16: the rest of its key is its sign's filler).
+    const unsigned kk = key_of(xv) & mask;
+    const bool above = valid && kk > prefix, equal = valid && kk == prefix;
+    const unsigned aboveVotes = __ballot_sync(FULL_MASK, above), equalVotes = __ballot_sync(FULL_MASK, equal);
+    if (lane == 0) {
+      tileCounts[warp][0] = __popc(aboveVotes);
+      tileCounts[warp][1] = __popc(equalVotes);
     }
+    __syncthreads();
+    int aboveAt = aboveSeen, equalAt = equalSeen;
+    for (int w = 0; w < WARPS; w++) {
+      if (w < warp) {
+        aboveAt += tileCounts[w][0];
+        equalAt += tileCounts[w][1];
+      }
+      aboveSeen += tileCounts[w][0];
+      equalSeen += tileCounts[w][1];
+    }
+    const unsigned before = (1u << lane) - 1u;
+    if (above) {
+      const int at = aboveAt + __popc(aboveVotes & before);
+      candV[at] = xv;
+      candI[at] = v;
+    } else if (equal) {
+      const int at = equalAt + __popc(equalVotes & before);
+      if (at < need) {
+        candV[aboveTotal + at] = xv;
+        candI[aboveTotal + at] = v;
+      }
+    }
+    // tileCounts is written again by the next tile.
+    __syncthreads();
   }
   for (int i = k + threadIdx.x; i < kPow2; i += THREADS) {
     candV[i] = NEG_INF;
