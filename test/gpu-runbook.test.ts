@@ -341,6 +341,7 @@ describe('the GPU runbook on the CPU (configs/gpu-tiny.yaml)', () => {
       'studentCeTokensPerSecond',
       'teacherForwardTokensPerSecond',
       'kdTokensPerSecond',
+      'kdInProcessTokensPerSecond',
       'serviceTopKTokensPerSecond',
     ])
       expect(t[k], k).toBeGreaterThan(0);

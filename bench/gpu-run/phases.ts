@@ -354,7 +354,15 @@ function pretrainArgs(
   ctx: Ctx,
   init: string,
   out: string,
-  options: { random?: boolean; service?: string; steps?: number; stopAt?: number; evalEvery?: boolean } = {},
+  options: {
+    random?: boolean;
+    /** Distil from the teacher service at this target, or (`teacher`) from the teacher checkpoint in-process. */
+    service?: string;
+    teacher?: string;
+    steps?: number;
+    stopAt?: number;
+    evalEvery?: boolean;
+  } = {},
 ): string[] {
   const p = ctx.config.pretrain;
   const d = p.distill;
@@ -386,10 +394,9 @@ function pretrainArgs(
     String(Math.max(1, Math.min(10, Math.floor(p.checkpointEvery / 2)))),
     ...(options.evalEvery === false ? [] : ['--eval-every', String(p.evalEvery)]),
     ...(options.random ? ['--random-init'] : []),
-    ...(options.service
+    ...(options.service || options.teacher
       ? [
-          '--teacher-service',
-          options.service,
+          ...(options.service ? ['--teacher-service', options.service] : ['--teacher', options.teacher as string]),
           '--top-k',
           String(ctx.config.teacher.service.topK),
           '--alpha',
@@ -698,6 +705,17 @@ async function throughput(ctx: Ctx): Promise<void> {
       '--teacher-window',
       String(deeper),
     ]);
+    // The same with the teacher in the student's own process (its forward inside the student's step):
+    // what is left once the service's transport and its separate process are taken away.
+    const kdInProcess = await runOffshoot(
+      whole,
+      'throughput-kd-in-process',
+      pretrainArgs(ctx, student, path.join(dir, 'kd-in-process'), {
+        steps,
+        evalEvery: false,
+        teacher: teacherDir(ctx),
+      }),
+    );
     const ceRate = steadyTokensPerSecond(ce.events, 0, steps);
     const kdRate = steadyTokensPerSecond(kd.events, 0, steps);
     const baseline = 1 / (1 / ceRate + 1 / forwardTokensPerSecond);
@@ -717,6 +735,7 @@ async function throughput(ctx: Ctx): Promise<void> {
       baselineTokensPerSecond: baseline,
       kdTokensPerSecond: kdRate,
       kdDeeperWindow: { window: deeper, tokensPerSecond: steadyTokensPerSecond(kdDeeper.events, 0, steps) },
+      kdInProcessTokensPerSecond: steadyTokensPerSecond(kdInProcess.events, 0, steps),
       ratio: kdRate / baseline,
       goal: 0.85,
       goalMet: kdRate / baseline >= 0.85,
