@@ -179,6 +179,34 @@ describe.skipIf(!!compilerReason)(
       }
     }, 300_000);
 
+    it('keeps the CUDA graphs of the eight shapes run last; one dropped is captured again', async () => {
+      const { graphStats } = await import('../core/model/cuda/register.js');
+      await initBackend('cuda', () => {});
+      const ids = Int32Array.from({ length: 8 }, (_, i) => i);
+      // Passes of different kinds are different shapes to the runner.
+      const pass = async (kind: number) => {
+        const [out] = runRepeatedPass({
+          key: `kind ${kind}`,
+          inputs: [{ shape: [8], dtype: 'int32', data: ids }],
+          state: [],
+          body: ([t]) => [tf.add(tf.cast(t, 'float32'), kind)],
+        });
+        const first = (await out.data())[0];
+        out.dispose();
+        return first;
+      };
+      const before = graphStats();
+      for (let kind = 0; kind < 9; kind++) for (let i = 0; i < 3; i++) expect(await pass(kind)).toBe(kind);
+      const nine = graphStats();
+      expect(nine.captures - before.captures).toBe(9);
+      // Kind 8 is kept and replays; kind 0 made way for it, so it starts over: two eager passes, a capture.
+      for (let i = 0; i < 3; i++) await pass(8);
+      const kept = graphStats();
+      expect([kept.captures - nine.captures, kept.replays - nine.replays]).toEqual([0, 3]);
+      for (let i = 0; i < 3; i++) expect(await pass(0)).toBe(0);
+      expect(graphStats().captures - kept.captures).toBe(1);
+    }, 300_000);
+
     it('the same steps run eagerly (OFFSHOOT_CUDA_GRAPHS=0) give the replayed losses bit for bit', async () => {
       const replayed = await curve('cuda');
       process.env.OFFSHOOT_CUDA_GRAPHS = '0';
