@@ -26,6 +26,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Worker } from 'node:worker_threads';
 
+import { writeFileAtomic } from '../atomic.js';
 import { startModuleWorker } from '../worker-thread.js';
 import { type SourceView, type TokenData, type TokenStream, holdoutRanges } from './batches.js';
 import {
@@ -35,7 +36,6 @@ import {
   encodePart,
   tokenizerRecipe,
 } from './encode-part.js';
-import { writeFileAtomic } from '../atomic.js';
 import { sha256Hex } from './fsutil.js';
 import {
   DataError,

@@ -24,22 +24,15 @@ export type BackendName = (typeof BACKEND_NAMES)[number];
 export const BACKEND_CHOICES = ['auto', ...BACKEND_NAMES] as const;
 export type BackendChoice = (typeof BACKEND_CHOICES)[number];
 
-/**
- * The GPU backends: they compile programs for the shapes they meet (where warming up a long-lived
- * process pays), and queue work on the device while the host goes on until something is read back.
- */
 const GPU_BACKENDS: readonly BackendName[] = ['webgpu', 'cuda'];
 
-/** Whether the active backend compiles programs per shape (webgpu, cuda), rather than running precompiled kernels. */
-export function backendCompilesKernels(): boolean {
-  return (GPU_BACKENDS as readonly string[]).includes(tf.getBackend());
-}
-
 /**
- * Whether the active backend queues work on a device (webgpu, cuda): then work queued before the host
- * handles earlier results runs meanwhile; on the others, ops compute when called.
+ * Whether the active backend is a GPU one (webgpu, cuda). Those compile programs for the shapes they
+ * meet (where warming up a long-lived process pays), rather than running precompiled kernels; and they
+ * queue work on the device while the host goes on until something is read back (so work queued before
+ * the host handles earlier results runs meanwhile), where the others compute each op when called.
  */
-export function backendQueuesWork(): boolean {
+export function gpuBackendActive(): boolean {
   return (GPU_BACKENDS as readonly string[]).includes(tf.getBackend());
 }
 

@@ -45,7 +45,7 @@ import {
   trainingHyperparameters,
   uploadBatches,
 } from '../model/index.js';
-import { backendCompilesKernels } from '../model/backend.js';
+import { gpuBackendActive } from '../model/backend.js';
 import * as tf from '../model/tfjs.js';
 import { resolveOptions } from './checkpoint.js';
 import { countShape } from './count.js';
@@ -451,7 +451,7 @@ export async function warmUpFitness(
   budget: FitnessBudget,
   seed = 0,
 ): Promise<FitnessMetrics | undefined> {
-  if (!backendCompilesKernels()) return undefined;
+  if (!gpuBackendActive()) return undefined;
   const teacher = ctx.checkpoint.config;
   const narrowest = Math.min(...teacher.layers.map((l) => l.intermediateSize));
   const fewestHeads = Math.min(...teacher.layers.map((l) => l.numHeads));

@@ -26,7 +26,7 @@ import * as vm from 'node:vm';
 import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
 
-import { backendQueuesWork } from '../../core/model/backend.js';
+import { gpuBackendActive } from '../../core/model/backend.js';
 import { type GPTNeoX, parameterCount, runRepeatedPass, topKFromLogits } from '../../core/model/index.js';
 import * as tf from '../../core/model/tfjs.js';
 import {
@@ -631,7 +631,7 @@ export class TeacherServer {
    * the host encodes; elsewhere queuing a pass computes it, which would only hold those answers back.
    */
   private async computeLoop(): Promise<void> {
-    const overlap = backendQueuesWork();
+    const overlap = gpuBackendActive();
     let queued: Pass | undefined;
     while (!this.stopped) {
       const t0 = performance.now();

@@ -20,6 +20,7 @@
  */
 import * as tf from '../tfjs.js';
 
+import type { RepeatedPass } from '../ops/step.js';
 import type { AllocationPlan, Pool } from './allocator.js';
 import type { PinnedBuffer } from './device.js';
 import { bytesPer } from './storage.js';
@@ -27,22 +28,13 @@ import { toTensor } from './custom-op.js';
 import { check } from './driver.js';
 import type { CudaBackend } from './tfjs-backend.js';
 
-export interface StepInput {
-  shape: number[];
-  dtype: 'int32' | 'float32';
-  /** Host values, or a tensor (f32 or i32 storage) copied on the device. */
-  data: Int32Array | Float32Array | tf.Tensor;
-}
-
-export interface GraphStep {
-  /** What a replay must share besides the inputs' shapes (e.g. the step kind). */
-  key: string;
-  inputs: StepInput[];
+/**
+ * A step or pass to run from a graph: a replay shares its key and its inputs' shapes (a tensor input,
+ * f32 or i32 storage, is copied on the device), and the state's addresses are part of the key.
+ */
+export interface GraphStep extends RepeatedPass {
   /** Per-step numbers the body's kernels read from the device (see `stepScalars`), if any. */
   scalars?: Float32Array;
-  /** Tensors the body reads or updates in place (weights, optimiser state): their addresses are part of the key. */
-  state: tf.Tensor[];
-  body: (inputs: tf.Tensor[]) => tf.Tensor[];
 }
 
 /** Eager steps of a shape before its graph is captured. */

@@ -15,33 +15,27 @@ export interface StepInput {
 }
 
 /**
- * What a training step needs, stated so that a backend may replay it (the cuda backend captures a
- * step as a CUDA graph and replays it): everything that changes from step to step comes in through
- * `inputs` (tokens, targets, a teacher's view) and `optimizer` (the update's numbers); `state` lists
- * the tensors the body reads or updates in place (weights, optimiser moments), and `body` computes the
- * step's outputs (loss, gradient norm) from the inputs' tensors.
+ * Device work that repeats with the same shapes, stated so that a backend may replay it (the cuda
+ * backend captures it as a CUDA graph per shape and replays it): everything that changes from one run
+ * to the next comes in through `inputs`; `state` lists the tensors the body reads besides them (or
+ * updates in place), and `body` computes the outputs from the inputs' tensors. As such: a teacher's
+ * forward pass and top-k in the teacher service, over weights it only reads.
  */
-export interface TrainingStep {
-  /** Distinguishes steps of different kinds with the same input shapes (e.g. with or without distillation). */
+export interface RepeatedPass {
+  /** Distinguishes work of different kinds with the same input shapes (e.g. with or without distillation). */
   key: string;
   inputs: StepInput[];
-  optimizer: AdamWStep;
   state: tf.Tensor[];
   body: (inputs: tf.Tensor[]) => tf.Tensor[];
 }
 
 /**
- * A pass that repeats with the same shapes over weights it only reads: a teacher's forward pass and
- * top-k in the teacher service, stated like a TrainingStep (without an optimiser) so that a backend
- * may replay it (the cuda backend: a CUDA graph per shape, as for training steps).
+ * A training step as a repeated pass: its inputs are the tokens, targets and a teacher's view, its
+ * state the weights and optimiser moments it updates in place, its outputs the loss and gradient norm;
+ * `optimizer` brings the update's numbers, which change every step.
  */
-export interface RepeatedPass {
-  /** Distinguishes passes of different kinds with the same input shapes. */
-  key: string;
-  inputs: StepInput[];
-  /** The tensors the body reads besides its inputs (the weights). */
-  state: tf.Tensor[];
-  body: (inputs: tf.Tensor[]) => tf.Tensor[];
+export interface TrainingStep extends RepeatedPass {
+  optimizer: AdamWStep;
 }
 
 /** The inputs as tensors, then the body; what every backend does that does not replay. */
