@@ -31,7 +31,7 @@ import * as tf from '../core/model/tfjs.js';
 import { TeacherClient } from '../services/teacher/index.js';
 import { useCudaEmulator } from './helpers/cuda-emulator.js';
 import { startTeacher, stopAllTeachers } from './helpers/teacher.js';
-import { tinyConfig } from './helpers/tiny.js';
+import { straightAndResumed, syntheticBatches, tinyConfig, tinyHyper } from './helpers/tiny.js';
 
 let compilerReason: string | null = null;
 try {
@@ -205,6 +205,16 @@ describe.skipIf(!!compilerReason)(
       expect([kept.captures - nine.captures, kept.replays - nine.replays]).toEqual([0, 3]);
       for (let i = 0; i < 3; i++) expect(await pass(0)).toBe(0);
       expect(graphStats().captures - kept.captures).toBe(1);
+    }, 300_000);
+
+    it('resuming from a periodic checkpoint, read back while the next steps were queued, gives the uninterrupted weights bit for bit', async () => {
+      await initBackend('cuda', () => {});
+      const hyper = tinyHyper(6, { batchSize: 2, seqLen: 16 });
+      const synthetic = syntheticBatches(config.vocabSize, hyper.batchSize, hyper.seqLen, 3);
+      const { expected, resumed, stoppedAt, resumedAt } = await straightAndResumed(config, hyper, synthetic, 3);
+      expect([stoppedAt, resumedAt]).toEqual([3, 3]);
+      for (const [name, t] of expected)
+        expect(Buffer.from(resumed.get(name)!.data.buffer).equals(Buffer.from(t.data.buffer)), name).toBe(true);
     }, 300_000);
 
     it('the same steps run eagerly (OFFSHOOT_CUDA_GRAPHS=0) give the replayed losses bit for bit', async () => {

@@ -311,7 +311,7 @@ describe.skipIf(!hasTensorflow)('tensorflow training path', () => {
     expect(ours.losses[9]).toBeLessThan(ours.losses[0] / 2);
   });
 
-  it('resumes from a checkpoint to the weights of an uninterrupted run', async () => {
+  it('resumes from a periodic checkpoint to the weights of an uninterrupted run', async () => {
     await useBackend('tensorflow');
     const config = tinyConfig();
     const hyper = tinyHyper(12);

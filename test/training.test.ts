@@ -170,7 +170,7 @@ describe('training loop', () => {
     trainer.dispose();
   });
 
-  it('resuming from a checkpoint gives bit-identical weights to an uninterrupted run', async () => {
+  it('resuming from a periodic checkpoint, written while training went on, gives bit-identical weights to an uninterrupted run', async () => {
     const config = tinyConfig({ parallelResidual: false });
     const hyper = tinyHyper(12);
     const batches = syntheticBatches(config.vocabSize, hyper.batchSize, hyper.seqLen, 3);

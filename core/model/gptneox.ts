@@ -16,6 +16,7 @@ import {
   parallelResidual,
 } from './ops/index.js';
 import { SeededRandom, deriveSeed } from './random.js';
+import { readAllToHost } from './host.js';
 import type { HostTensor } from './safetensors.js';
 
 export class ShapeError extends Error {
@@ -109,11 +110,7 @@ export class GPTNeoX {
 
   /** Reads every weight back to the host. */
   async toHost(): Promise<Map<string, HostTensor>> {
-    const out = new Map<string, HostTensor>();
-    for (const [name, v] of this.params) {
-      out.set(name, { dtype: 'float32', shape: v.shape.slice(), data: (await v.data()) as Float32Array });
-    }
-    return out;
+    return readAllToHost([...this.params]);
   }
 
   /** Replaces every weight's value (shapes must match). */

@@ -121,9 +121,11 @@ export class AdamW {
 
   /** State as host tensors (for a checkpoint): `m.NAME`, `v.NAME`, `step`, and `loss_scale` with loss scaling. */
   async stateToHost(): Promise<Map<string, HostTensor>> {
-    const out = await this.state.toHost();
-    out.set('step', { dtype: 'int32', shape: [1], data: Int32Array.of(this.step) });
-    if (this.lossScale) out.set(LOSS_SCALE_KEY, await this.lossScale.toHost());
+    // Everything as of this call (host.ts): the step now, and every read-back started before the first await.
+    const step = this.step;
+    const [out, scale] = await Promise.all([this.state.toHost(), this.lossScale?.toHost()]);
+    out.set('step', { dtype: 'int32', shape: [1], data: Int32Array.of(step) });
+    if (scale) out.set(LOSS_SCALE_KEY, scale);
     return out;
   }
 

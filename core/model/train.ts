@@ -492,11 +492,13 @@ export class Trainer {
   /** The weights, optimiser state and trainer state of this step, on the host. */
   private async snapshot(): Promise<{ tensors: Map<string, HostTensor>; options: SaveOptions }> {
     const state: TrainerState = { format: 1, step: this.step, hyper: this.options.hyper, tokensSeen: this.tokensSeen };
+    // Both read-backs start now, before training goes on (host.ts).
+    const [tensors, optimizerState] = await Promise.all([this.model.toHost(), this.optimizer.stateToHost()]);
     return {
-      tensors: await this.model.toHost(),
+      tensors,
       options: {
         dtype: this.options.checkpointDtype ?? 'float32',
-        extraTensors: { [OPTIMIZER_FILE]: await this.optimizer.stateToHost() },
+        extraTensors: { [OPTIMIZER_FILE]: optimizerState },
         extraFiles: { ...this.options.extraFiles, [TRAINER_STATE_FILE]: `${JSON.stringify(state, null, 2)}\n` },
       },
     };

@@ -46,9 +46,11 @@ export function tinyHyper(steps: number, overrides: Partial<TrainHyperparameters
 }
 
 /**
- * The weights after `hyper.steps` steps trained straight through, and after a run stopped at step
- * `stopAt` (checkpointed) and resumed by a fresh Trainer from a differently initialised model, on
- * the active backend; with the steps the stopped and the resumed trainer reported.
+ * The weights after `hyper.steps` steps trained straight through, and after resuming by a fresh
+ * Trainer (from a differently initialised model) from the periodic checkpoint of step `stopAt`
+ * that the straight run wrote in the background while it trained on, as a kill -9 after that
+ * checkpoint leaves it; on the active backend, with the steps the checkpoint held and the resumed
+ * trainer started from.
  */
 export async function straightAndResumed(
   config: NeoXConfig,
@@ -56,23 +58,28 @@ export async function straightAndResumed(
   batches: (step: number) => Batch,
   stopAt: number,
 ) {
-  const straight = new Trainer(GPTNeoX.random(config, 11), { hyper, batches });
-  await straight.run();
-  const expected = await straight.model.toHost();
-  straight.dispose();
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'offshoot-resume-'));
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'offshoot-resume-'));
+  const dir = path.join(root, 'checkpoint');
+  const kept = path.join(root, `checkpoint-${stopAt}`);
   try {
-    const first = Trainer.createOrResume(config, () => GPTNeoX.random(config, 11), {
+    const straight = new Trainer(GPTNeoX.random(config, 11), {
       hyper,
       batches,
       checkpointDir: dir,
+      checkpointEvery: stopAt,
+      // The next periodic checkpoint starts only after this one is reported: the folder holds it now.
+      onCheckpoint: (c) => {
+        if (c.step === stopAt) fs.cpSync(dir, kept, { recursive: true });
+      },
     });
-    const stoppedAt = (await first.run(stopAt)).step;
-    first.dispose();
+    await straight.run();
+    const expected = await straight.model.toHost();
+    straight.dispose();
+    const stoppedAt = JSON.parse(fs.readFileSync(path.join(kept, 'trainer_state.json'), 'utf8')).step as number;
     const second = Trainer.createOrResume(config, () => GPTNeoX.random(config, 999), {
       hyper,
       batches,
-      checkpointDir: dir,
+      checkpointDir: kept,
     });
     const resumedAt = second.step;
     await second.run();
@@ -80,6 +87,6 @@ export async function straightAndResumed(
     second.dispose();
     return { expected, resumed, stoppedAt, resumedAt };
   } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
+    fs.rmSync(root, { recursive: true, force: true });
   }
 }

@@ -5,6 +5,7 @@
  */
 import * as tf from '../tfjs.js';
 
+import { readAllToHost } from '../host.js';
 import type { HostTensor } from '../safetensors.js';
 import { defineOperation } from './registry.js';
 
@@ -96,26 +97,20 @@ export class AdamWState {
 
   /** Every moment as host tensors: `m.NAME` and `v.NAME`. */
   async toHost(): Promise<Map<string, HostTensor>> {
-    const out = new Map<string, HostTensor>();
     const resident = this.held?.moments.moments() ?? new Map<string, { m: tf.Tensor; v: tf.Tensor }>();
+    const all: Array<[string, tf.Tensor]> = [];
     for (const [prefix, map] of [
       ['m', this.m],
       ['v', this.v],
     ] as const) {
-      const all: Array<[string, tf.Tensor]> = [
-        ...map,
-        ...[...resident].map(([name, mv]) => [name, mv[prefix]] as [string, tf.Tensor]),
-      ];
-      for (const [name, t] of all) {
-        out.set(`${prefix}.${name}`, {
-          dtype: 'float32',
-          shape: t.shape.slice(),
-          data: (await t.data()) as Float32Array,
-        });
-      }
+      for (const [name, t] of map) all.push([`${prefix}.${name}`, t]);
+      for (const [name, mv] of resident) all.push([`${prefix}.${name}`, mv[prefix]]);
     }
-    for (const { m, v } of resident.values()) tf.dispose([m, v]);
-    return out;
+    try {
+      return await readAllToHost(all);
+    } finally {
+      for (const { m, v } of resident.values()) tf.dispose([m, v]);
+    }
   }
 
   /** Sets one moment (`which` m or v) of parameter `name` from a checkpoint. */
