@@ -220,8 +220,9 @@ export function renderSections(results: Result[]): Record<string, string | undef
         'last checkpoint',
         'resumed from step',
         'steps compared',
-        'max |Δ loss| before the faults',
-        'max |Δ loss| after the resume',
+        'largest loss difference from the uninterrupted run: before the faults',
+        'after the resume',
+        'resumed against killed process, same steps',
         'tolerance',
         'curve joins',
       ],
@@ -234,6 +235,9 @@ export function renderSections(results: Result[]): Record<string, string | undef
         num(r.stepsCompared),
         num(r.maxAbsLossDiffBeforeFaults, 5),
         num(r.maxAbsLossDiffAfterResume, 5),
+        r.rerunSteps === undefined
+          ? '—'
+          : `${num(r.maxAbsLossDiffRerun, 5)} (steps ${(r.rerunSteps as number[]).join(', ')})`,
         num(r.tolerance, 4),
         yes(r.curveJoins),
       ]),
