@@ -6,7 +6,7 @@
  *   here:   npx tsx bench/gpu-run/main.ts corpus [--lock configs/gpu-160m.corpus.json] [--out runs/gpu-corpus]
  *   there:  node dist/bench/gpu-run/main.js PHASE --config configs/gpu-160m.yaml [--max-seconds S]
  *           PHASE: unpack | teacher | throughput | search | runs | faults | render
- *           all: the phases not yet done, in order, until --max-seconds (what bench/gpu-run/device.sh runs)
+ *           all: the phases not yet done, in order, until --max-seconds (what bench/gpu-run/gpu-machine.sh runs)
  *
  * test/gpu-runbook.test.ts runs every phase on a tiny configuration (configs/gpu-tiny.yaml).
  */
