@@ -4,7 +4,8 @@
 // (8-bit histograms, highest digit first: four passes for f32, two for bf16, whose low 16 bits are
 // zero; a row of Pythia's vocabulary stays in L2 between passes), the values above it and the first
 // ones equal to it are gathered in one pass, and the k winners are sorted in shared memory. Every pass
-// reads the row in tiles of 256 consecutive elements (coalesced); a warp's lanes that fall in the same
+// reads the row in tiles of 1024 elements, four consecutive ones a thread (one 16- or 8-byte load
+// where the row's length is a multiple of 4); a warp's lanes whose elements fall in the same
 // histogram bin add to it once (logits share their exponent, so most of a tile does). Dynamic shared
 // memory: 2 · kPow2 words (kPow2: k rounded up to a power of two).
 // With `lse` set, the first pass also gives each row's logsumexp of x · invTemperature (a teacher's
@@ -13,6 +14,8 @@
 
 #define THREADS 256
 #define WARPS (THREADS / 32)
+#define PER 4
+#define TILE (THREADS * PER)
 #define FULL_MASK 0xffffffffu
 
 // Order-preserving map of a float's bits to an unsigned key (larger float, larger key).
@@ -40,28 +43,42 @@ extern "C" __global__ void __launch_bounds__(THREADS) top_k(float* values, int* 
   unsigned prefix = 0, mask = 0;
   int need = k;  // how many of the elements matching the prefix are still to be taken from the top
   const int lastShift = xSt == ST_BF16 ? 16 : 0;
+  // Rows start at multiples of 4 elements too, so whole groups of 4 load as one.
+  const bool vec = V % PER == 0;
   for (int shift = 24; shift >= lastShift; shift -= 8) {
     for (int i = threadIdx.x; i < 256; i += THREADS) hist[i] = 0;
     __syncthreads();
     // This thread's running max of x · invTemperature and its sum of exp(· − max), on the first pass.
     float m = NEG_INF, sum = 0.f;
-    // Whole tiles, so that every lane of a warp takes part in its vote.
-    for (int t = 0; t < V; t += THREADS) {
-      const int v = t + threadIdx.x;
-      const bool valid = v < V;
-      const float xv = valid ? load_any(x, xSt, base + v) : 0.f;
-      const unsigned kk = key_of(xv);
-      const bool counted = valid && (kk & mask) == prefix;
-      const unsigned digit = (kk >> shift) & 255u;
-      // Lanes of one bin: the lowest adds them all. Uncounted lanes vote 256, no bin.
-      const unsigned peers = __match_any_sync(FULL_MASK, counted ? digit : 256u);
-      if (counted && lane == __ffs(peers) - 1) atomicAdd(&hist[digit], __popc(peers));
-      if (lse && shift == 24 && valid) {
-        const float y = xv * invTemperature;
-        if (y > m) {
-          sum = sum * expf(m - y) + 1.f;
-          m = y;
-        } else if (y != NEG_INF) sum += expf(y - m);
+    // Whole tiles, so that every lane of a warp takes part in its votes.
+    for (int t = 0; t < V; t += TILE) {
+      const int v0 = t + threadIdx.x * PER;
+      const int count = min(PER, V - v0);
+      float xv[PER];
+      load4_any(x, xSt, base + v0, max(count, 0), vec && count == PER, xv);
+#pragma unroll
+      for (int e = 0; e < PER; e++) {
+        const unsigned kk = key_of(xv[e]);
+        const bool counted = e < count && (kk & mask) == prefix;
+        const unsigned digit = (kk >> shift) & 255u;
+        // Lanes of one bin: the lowest adds them all. Uncounted lanes vote 256, no bin.
+        const unsigned peers = __match_any_sync(FULL_MASK, counted ? digit : 256u);
+        if (counted && lane == __ffs(peers) - 1) atomicAdd(&hist[digit], __popc(peers));
+      }
+      if (lse && shift == 24) {
+        float top = NEG_INF;
+#pragma unroll
+        for (int e = 0; e < PER; e++)
+          if (e < count) top = fmaxf(top, xv[e] * invTemperature);
+        if (top > m) {
+          sum *= expf(m - top);
+          m = top;
+        }
+#pragma unroll
+        for (int e = 0; e < PER; e++) {
+          const float y = xv[e] * invTemperature;
+          if (e < count && y != NEG_INF) sum += expf(y - m);
+        }
       }
     }
     if (lse && shift == 24) {
@@ -85,24 +102,38 @@ extern "C" __global__ void __launch_bounds__(THREADS) top_k(float* values, int* 
     mask |= 255u << shift;
   }
   // prefix is now the k-th largest key; k − need elements lie above it, and of those equal to it the
-  // `need` with the lowest indices are taken. One pass in index order: per tile, each warp's votes
-  // give its lanes their places, and the warps before it in the tile and the tiles before, its offset.
+  // `need` with the lowest indices are taken. One pass in index order: per tile, a scan of the warp's
+  // counts gives each lane its places, and the warps before it in the tile and the tiles before, its offset.
   const int aboveTotal = k - need;
   int aboveSeen = 0, equalSeen = 0;
-  for (int t = 0; t < V && (aboveSeen < aboveTotal || equalSeen < need); t += THREADS) {
-    const int v = t + threadIdx.x;
-    const bool valid = v < V;
-    const float xv = valid ? load_any(x, xSt, base + v) : 0.f;
-    // The digits selected (all of them, or a bf16's 16: the rest of its key is its sign's filler).
-    const unsigned kk = key_of(xv) & mask;
-    const bool above = valid && kk > prefix, equal = valid && kk == prefix;
-    const unsigned aboveVotes = __ballot_sync(FULL_MASK, above), equalVotes = __ballot_sync(FULL_MASK, equal);
-    if (lane == 0) {
-      tileCounts[warp][0] = __popc(aboveVotes);
-      tileCounts[warp][1] = __popc(equalVotes);
+  for (int t = 0; t < V && (aboveSeen < aboveTotal || equalSeen < need); t += TILE) {
+    const int v0 = t + threadIdx.x * PER;
+    const int count = min(PER, V - v0);
+    float xv[PER];
+    load4_any(x, xSt, base + v0, max(count, 0), vec && count == PER, xv);
+    bool above[PER], equal[PER];
+    int counts = 0;  // this lane's above | equal << 16
+#pragma unroll
+    for (int e = 0; e < PER; e++) {
+      // The digits selected (all of them, or a bf16's 16: the rest of its key is its sign's filler).
+      const unsigned kk = key_of(xv[e]) & mask;
+      above[e] = e < count && kk > prefix;
+      equal[e] = e < count && kk == prefix;
+      counts += above[e] ? 1 : equal[e] ? 1 << 16 : 0;
+    }
+    int inclusive = counts;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int n = __shfl_up_sync(FULL_MASK, inclusive, o);
+      if (lane >= o) inclusive += n;
+    }
+    if (lane == 31) {
+      tileCounts[warp][0] = inclusive & 0xffff;
+      tileCounts[warp][1] = inclusive >> 16;
     }
     __syncthreads();
-    int aboveAt = aboveSeen, equalAt = equalSeen;
+    const int before = inclusive - counts;
+    int aboveAt = aboveSeen + (before & 0xffff), equalAt = equalSeen + (before >> 16);
     for (int w = 0; w < WARPS; w++) {
       if (w < warp) {
         aboveAt += tileCounts[w][0];
@@ -111,16 +142,18 @@ extern "C" __global__ void __launch_bounds__(THREADS) top_k(float* values, int* 
       aboveSeen += tileCounts[w][0];
       equalSeen += tileCounts[w][1];
     }
-    const unsigned before = (1u << lane) - 1u;
-    if (above) {
-      const int at = aboveAt + __popc(aboveVotes & before);
-      candV[at] = xv;
-      candI[at] = v;
-    } else if (equal) {
-      const int at = equalAt + __popc(equalVotes & before);
-      if (at < need) {
-        candV[aboveTotal + at] = xv;
-        candI[aboveTotal + at] = v;
+#pragma unroll
+    for (int e = 0; e < PER; e++) {
+      if (above[e]) {
+        candV[aboveAt] = xv[e];
+        candI[aboveAt] = v0 + e;
+        aboveAt++;
+      } else if (equal[e]) {
+        if (equalAt < need) {
+          candV[aboveTotal + equalAt] = xv[e];
+          candI[aboveTotal + equalAt] = v0 + e;
+        }
+        equalAt++;
       }
     }
     // tileCounts is written again by the next tile.
