@@ -57,7 +57,7 @@ pack() {
   tree=$(git ls-files -z --cached --others --exclude-standard | xargs -0 stat -c %s 2>/dev/null | awk '{ s += $1 } END { print int((s + 1048575) / 1048576) }')
   packed=$(mib "$PACKED")
   part=$(mib runs/gpu-corpus/carry/part-1)
-  log "working tree ${tree} MiB; .gpu-run ${packed} MiB (Node.js $(mib "$PACKED/node.xz"), packages and dist/ $(mib "$PACKED/tree.tar.xz")); corpus part-1 ${part} MiB"
+  log "working tree ${tree} MiB; .gpu-run ${packed} MiB (Node.js $(mib "$PACKED/node.xz") MiB, packages and dist/ $(mib "$PACKED/tree.tar.xz") MiB); corpus part-1 ${part} MiB"
   (( tree + packed <= CARRY_MIB )) || die "setup would bring $((tree + packed)) MiB, over ${CARRY_MIB}"
   (( tree + part <= CARRY_MIB )) || die "the first run would bring $((tree + part)) MiB, over ${CARRY_MIB}"
   [[ ! -d runs/gpu-corpus/carry/part-2 ]] || die "the corpus needs more than one carry part; the runbook's first run brings only part-1"
