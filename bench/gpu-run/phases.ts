@@ -1025,16 +1025,16 @@ async function runs(ctx: Ctx): Promise<void> {
   }
 }
 
-/**
- * kill -9 of the teacher service and of the pretraining process in one run of the searched student's
- * KD arm, stopped early: the service is restarted on its port (the client reconnects and re-sends),
- * the pretraining process is started again and resumes from its last checkpoint; its losses must join
- * the uninterrupted arm's (runs/searched-kd), and its first reports the killed process's at the same
- * steps.
- */
 /** Reports of the resumed process compared with the killed one's at the same steps (`faults`). */
 const RERUN_REPORTS = 5;
 
+/**
+ * kill -9 of the teacher service and of the pretraining process in one run of the searched student's
+ * KD arm, stopped early: the service is restarted on its port (the client reconnects and re-sends),
+ * the pretraining process is started again and resumes from its last checkpoint. Its first reports
+ * must give the killed process's losses at the same steps; every loss is also set against the
+ * uninterrupted arm's (runs/searched-kd).
+ */
 async function faults(ctx: Ctx): Promise<void> {
   requireTeacher(ctx);
   const p = ctx.config.pretrain;
