@@ -351,7 +351,7 @@ describe('the GPU runbook on the CPU (configs/gpu-tiny.yaml)', () => {
       6,
     );
     expect(t.serviceMetrics.tokensServed).toBeGreaterThan(0);
-    expect(t.kdDeeperWindow).toMatchObject({ window: 4 });
+    expect(t.kdDeeperWindow).toMatchObject({ window: 8 });
     expect(t.kdDeeperWindow.tokensPerSecond).toBeGreaterThan(0);
     // The forward passes and their top-k are part of the service's busy time.
     expect(t.serviceMetrics.computeSeconds).toBeGreaterThan(0);

@@ -697,9 +697,9 @@ async function throughput(ctx: Ctx): Promise<void> {
       service: service.target,
     });
     const kd = await runOffshoot(whole, 'throughput-kd', kdArgs);
-    // The same with the student asking further ahead (--teacher-window), so that the service has more
-    // to work on while the student trains: whether the default window leaves throughput behind.
-    const deeper = 4;
+    // The same with the student asking further ahead (--teacher-window; the default is 4), so that the
+    // service has more to work on while the student trains: whether the default leaves throughput behind.
+    const deeper = 8;
     const kdDeeper = await runOffshoot(whole, 'throughput-kd-window', [
       ...pretrainArgs(ctx, student, path.join(dir, 'kd-window'), { steps, evalEvery: false, service: service.target }),
       '--teacher-window',

@@ -62,8 +62,11 @@ export type BatchSource = (step: number) => Batch;
 
 /** Where distillation targets come from: a teacher in this process, or the teacher service. */
 export interface Teacher {
-  /** The teacher's view of a batch: full logits [N, V] or top-k. The caller disposes the tensors. */
-  forBatch(batch: Batch, step: number): Promise<tf.Tensor2D | TopKTeacher>;
+  /**
+   * The teacher's view of a batch: full logits [N, V] or top-k. The caller disposes the tensors.
+   * `steps`: how many steps the run trains in all (a teacher that asks ahead asks for none past them).
+   */
+  forBatch(batch: Batch, step: number, steps?: number): Promise<tf.Tensor2D | TopKTeacher>;
 }
 
 /** A teacher model held in this process; with topK set, it hands out only its top-k logits. */
@@ -284,7 +287,7 @@ export class Trainer {
       this.options.microBatchSize,
     );
     const batch = layout.rows === global.batchSize ? global : sliceRows(global, layout.first, layout.rows);
-    const teacherView = teacher ? await teacher.forBatch(batch, this.step) : undefined;
+    const teacherView = teacher ? await teacher.forBatch(batch, this.step, hyper.steps) : undefined;
     const lr = learningRate(this.step, hyper.schedule);
     const inputs: StepInput[] = [
       { shape: [batch.batchSize, batch.seqLen], dtype: 'int32', data: batch.input },

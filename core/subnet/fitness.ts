@@ -366,7 +366,7 @@ export async function evaluateFitness(request: FitnessRequest, context?: Fitness
         return r;
       });
     const timedTeacher = (t: Teacher): Teacher => ({
-      forBatch: (batch, step) => clock.time('teacherForward', () => t.forBatch(batch, step)),
+      forBatch: (batch, step, steps) => clock.time('teacherForward', () => t.forBatch(batch, step, steps)),
     });
     let zeroShot: number | undefined;
     let final: { loss: number; ppl: number };
