@@ -9,8 +9,9 @@ import type * as tf from './tfjs.js';
 
 /** The f32 tensors of `entries` on the host, read as of this call. */
 export async function readAllToHost(entries: Iterable<[string, tf.Tensor]>): Promise<Map<string, HostTensor>> {
-  const reads = [...entries].map(([name, t]) => ({ name, shape: t.shape.slice(), data: t.data() }));
-  const out = new Map<string, HostTensor>();
-  for (const r of reads) out.set(r.name, { dtype: 'float32', shape: r.shape, data: (await r.data) as Float32Array });
-  return out;
+  const all = [...entries];
+  const data = await Promise.all(all.map(([, t]) => t.data()));
+  return new Map(
+    all.map(([name, t], i) => [name, { dtype: 'float32', shape: t.shape.slice(), data: data[i] as Float32Array }]),
+  );
 }
