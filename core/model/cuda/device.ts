@@ -477,20 +477,33 @@ export class CudaDevice {
     return out;
   }
 
-  /** Like read, but yields to the event loop while the GPU works instead of blocking the thread. */
+  /**
+   * Like read, but yields to the event loop while the GPU works instead of blocking the thread; the
+   * bytes as of this call, though the copy to the host waits for the stream: work queued meanwhile (the
+   * next training steps, which update weights in place) must not show, so they are first copied on
+   * the device, in stream order.
+   */
   async readAsync(src: number, bytes: number): Promise<Uint8Array> {
-    await this.idle();
-    return this.read(src, bytes);
+    if (bytes === 0) return new Uint8Array(0);
+    this.notCapturing();
+    const copy = this.alloc(bytes);
+    try {
+      this.copy(copy, src, bytes);
+      await this.idle();
+      return this.read(copy, bytes);
+    } finally {
+      this.free(copy);
+    }
   }
 
   synchronize(): void {
-    if (this.capturing) throw new Error('waiting for the GPU (a read-back) during a CUDA graph capture');
+    this.notCapturing();
     check(this.libs, 'cuStreamSynchronize', this.libs.fn.cuStreamSynchronize(this.stream));
   }
 
   /** Resolves once the stream has finished the work queued so far (polling an event). */
   async idle(): Promise<void> {
-    if (this.capturing) throw new Error('waiting for the GPU (a read-back) during a CUDA graph capture');
+    this.notCapturing();
     const ev = this.event();
     this.record(ev);
     for (;;) {
@@ -503,6 +516,10 @@ export class CudaDevice {
   }
 
   private readonly eventPool: unknown[] = [];
+
+  private notCapturing(): void {
+    if (this.capturing) throw new Error('waiting for the GPU (a read-back) during a CUDA graph capture');
+  }
 
   /** A timing-capable event (from a pool). */
   event(): unknown {

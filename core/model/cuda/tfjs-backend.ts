@@ -155,25 +155,12 @@ export class CudaBackend extends tf.KernelBackend {
     return decode(d, this.device.read(d.ptr, d.size * bytesPer(d.storage)));
   }
 
-  /**
-   * The value as of this call, though the copy to the host waits for the stream: work queued meanwhile
-   * (the next training steps, which update weights in place) must not show, so the bytes are first
-   * copied on the device, in stream order.
-   */
+  /** The value as of this call (device.readAsync), without blocking the thread. */
   override async read(dataId: object): Promise<tf.backend_util.BackendValues> {
     const d = this.data.get(dataId);
     if (!d) throw new Error('cuda backend: reading tensor data that is not on this backend');
     if (d.strings) return d.strings;
-    const bytes = d.size * bytesPer(d.storage);
-    if (bytes === 0) return decode(d, new Uint8Array(0));
-    if (this.device.capturing) throw new Error('waiting for the GPU (a read-back) during a CUDA graph capture');
-    const copy = this.device.alloc(bytes);
-    try {
-      this.device.copy(copy, d.ptr, bytes);
-      return decode(d, await this.device.readAsync(copy, bytes));
-    } finally {
-      this.device.free(copy);
-    }
+    return decode(d, await this.device.readAsync(d.ptr, d.size * bytesPer(d.storage)));
   }
 
   override memory(): { unreliable: boolean; reasons?: string[] } & Record<string, unknown> {

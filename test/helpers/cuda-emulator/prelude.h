@@ -63,24 +63,17 @@ static inline T __shfl_sync(unsigned, T v, int src) {
   return emu_shuffle(v, src, false);
 }
 
-// A vote: every lane publishes its value, then reads all 32; the lanes whose value passes `pick`.
-template <typename Pick>
-static inline unsigned emu_vote(unsigned long long v, Pick pick) {
+// Every lane publishes its value, then reads all 32: the lanes holding the same value as this one.
+static inline unsigned __match_any_sync(unsigned, unsigned v) {
   const unsigned lane = emu_lane();
   unsigned long long* slots = emu_rt->current.warpSlots;
   slots[lane] = v;
   emu_rt->syncWarp();
   unsigned r = 0;
   for (unsigned i = 0; i < 32; i++)
-    if (pick(slots[i])) r |= 1u << i;
+    if (slots[i] == v) r |= 1u << i;
   emu_rt->syncWarp();
   return r;
-}
-static inline unsigned __ballot_sync(unsigned, int pred) {
-  return emu_vote(pred != 0, [](unsigned long long s) { return s != 0; });
-}
-static inline unsigned __match_any_sync(unsigned, unsigned v) {
-  return emu_vote(v, [v](unsigned long long s) { return s == v; });
 }
 static inline int __popc(unsigned x) { return __builtin_popcount(x); }
 static inline int __ffs(int x) { return __builtin_ffs(x); }
