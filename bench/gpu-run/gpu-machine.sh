@@ -33,8 +33,11 @@ mib() { du -cm "$@" | tail -1 | cut -f1; }
 pack() {
   command -v xz >/dev/null || die "xz is needed to pack"
   npm run --silent build
-  npx tsx bench/gpu-run/main.ts corpus --lock configs/gpu-160m.corpus.json --out runs/gpu-corpus >/dev/null
-  npx tsx bench/gpu-run/main.ts corpus --lock configs/gpu-tiny.corpus.json --out runs/gpu-tiny-corpus >/dev/null
+  # The corpus's tokenizer is trained by Hugging Face's tokenizers, in the project's Python venv.
+  local python
+  python=$(scripts/setup-python.sh)
+  npx tsx bench/gpu-run/main.ts corpus --lock configs/gpu-160m.corpus.json --out runs/gpu-corpus --python "$python" >/dev/null
+  npx tsx bench/gpu-run/main.ts corpus --lock configs/gpu-tiny.corpus.json --out runs/gpu-tiny-corpus --python "$python" >/dev/null
   rm -rf "$PACKED" && mkdir -p "$PACKED/tiny-corpus"
   cp runs/gpu-tiny-corpus/carry/part-*/* "$PACKED/tiny-corpus/"
   xz -T0 -6 -c "$(readlink -f "$(command -v node)")" >"$PACKED/node.xz"
