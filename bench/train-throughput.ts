@@ -184,7 +184,7 @@ export interface Measurement {
   lossScale?: { scale: number; skippedSteps: number };
   /** Kernel launches and library calls per training step (cuda). */
   launchesPerStep?: number;
-  /** Timed steps replayed from a CUDA graph (cuda). */
+  /** Timed steps replayed from a CUDA graph (cuda) or a recording (webgpu). */
   replayedSteps?: number;
   /** tfjs kernels that ran through the host during the timed steps, with counts (cuda). */
   viaHost?: Record<string, number>;
@@ -246,9 +246,12 @@ async function measure(args: Args, which: BenchBackend): Promise<Measurement> {
     tf.dispose([loss, gradNorm]);
   };
   let autotune: TuneResult[] | undefined;
-  // cuda: the optimiser's state appears in the first step, which moves the step's state, so its CUDA
-  // graph is captured in the fourth step (core/model/cuda/graphs.ts); only replayed steps are timed.
-  const graphs = which === 'cuda' && process.env.OFFSHOOT_CUDA_GRAPHS !== '0';
+  // The optimiser's state appears in the first step, which moves the step's state, so the step is
+  // captured as a CUDA graph (core/model/cuda/graphs.ts) or recorded (core/model/webgpu/replay.ts) in
+  // the fourth step; only replayed steps are timed.
+  const graphs =
+    (which === 'cuda' && process.env.OFFSHOOT_CUDA_GRAPHS !== '0') ||
+    (which === 'webgpu' && process.env.OFFSHOOT_WEBGPU_REPLAY !== '0');
   const warmup = graphs ? Math.max(args.warmup, 4) : args.warmup;
   for (let i = 0; i < warmup; i++) {
     await step(true);
@@ -263,7 +266,11 @@ async function measure(args: Args, which: BenchBackend): Promise<Measurement> {
   cuda?.resetFallbackCounts();
   cuda?.openedCudaDevice()?.allocator.resetPeaks();
   const launches0 = cuda?.openedCudaDevice()?.launches ?? 0;
-  const graphStats = cuda ? (await import('../core/model/cuda/register.js')).graphStats : undefined;
+  const graphStats = cuda
+    ? (await import('../core/model/cuda/register.js')).graphStats
+    : which === 'webgpu'
+      ? (await import('../core/model/webgpu/replay.js')).replayStats
+      : undefined;
   const replays0 = graphStats?.().replays ?? 0;
   const t0 = performance.now();
   hostMs = 0;

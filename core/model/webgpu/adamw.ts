@@ -25,9 +25,28 @@ import {
   toTensor,
   webgpuBackend,
 } from './runtime.js';
+import { stepNumbers } from './replay.js';
 import { TO_F16_WGSL, reduceFns } from './wgsl-common.js';
 
 export const SUMSQ_CHUNK = 256 * 16;
+
+/** The step's numbers the AdamW kernel reads, in its order (`adamwSource`). */
+export function adamwStepNumbers(s: AdamWStep): Float32Array {
+  return Float32Array.of(
+    s.lr,
+    s.beta1,
+    s.beta2,
+    1 - s.beta1,
+    1 - s.beta2,
+    1 - s.beta1 ** s.step,
+    1 - s.beta2 ** s.step,
+    s.eps,
+    s.maxNorm,
+    // The multiplier of a decayed weight.
+    1 - s.lr * s.weightDecay,
+  );
+}
+const STEP_NUMBERS = 10;
 
 /** WGSL: whether a float is finite, by its bits (no fast-math assumption can remove the test). */
 const FINITE_WGSL = 'fn finite(x: f32) -> bool { return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u; }';
@@ -130,17 +149,19 @@ fn main(@builtin(local_invocation_index) lid: u32) {
 
 /**
  * AdamW in place for S parameters in one dispatch, with the gradient scaled for global-norm
- * clipping on the device. in: g0..g(S−1), norm [1] [, unscale [2]]; out (in place): p, m, v [, h,
- * the weight's f16 copy] of each parameter; u: {lr, beta1, beta2, oneMinusBeta1, oneMinusBeta2,
- * bc1, bc2, eps, maxNorm, clip, slots: (n, first workgroup, decay bits) per parameter}. One
- * invocation per element, or with `vec4` (every size a multiple of 4; n counts vec4s) per four
- * elements. With `scaled` the gradients are divided by the loss scale and nothing is written when
- * the step overflowed.
+ * clipping on the device. in: g0..g(S−1), norm [1] [, unscale [2]], numbers [STEP_NUMBERS] (the
+ * step's, `adamwStepNumbers`); out (in place): p, m, v [, h, the weight's f16 copy] of each
+ * parameter; u: {clip, slots: (n, first workgroup, decays) per parameter}. One invocation per
+ * element, or with `vec4` (every size a multiple of 4; n counts vec4s) per four elements. With
+ * `scaled` the gradients are divided by the loss scale and nothing is written when the step
+ * overflowed. The step's numbers come in a tensor, not the uniform block, so that the block is the
+ * same every step and a replayed step (replay.ts) need only write the numbers anew.
  */
 export function adamwSource(S: number, vec4 = false, opts: { shadows?: boolean; scaled?: boolean } = {}): string {
   const T = vec4 ? 'vec4<f32>' : 'f32';
   const per = opts.shadows ? 4 : 3;
-  const inputs = S + 1 + (opts.scaled ? 1 : 0);
+  const numbers = S + 1 + (opts.scaled ? 1 : 0);
+  const inputs = numbers + 1;
   const ins = Array.from({ length: S }, (_, i) => `@group(0) @binding(${i}) var<storage, read> g${i}: array<${T}>;`);
   const outs = Array.from({ length: S }, (_, i) => {
     const b = inputs + per * i;
@@ -157,11 +178,11 @@ export function adamwSource(S: number, vec4 = false, opts: { shadows?: boolean; 
     let j = (w - u.slots[${i}].y) * 256u + lid;
     if (j < u.slots[${i}].x) {
       let gg = g${i}[j] * scale;
-      let mNew = m${i}[j] * u.beta1 + gg * u.omb1;
-      let vNew = v${i}[j] * u.beta2 + (gg * gg) * u.omb2;
+      let mNew = m${i}[j] * beta1 + gg * omb1;
+      let vNew = v${i}[j] * beta2 + (gg * gg) * omb2;
       m${i}[j] = mNew;
       v${i}[j] = vNew;
-      let pNew = p${i}[j] * bitcast<f32>(u.slots[${i}].z) - ((mNew / u.bc1) / (sqrt(vNew / u.bc2) + u.eps)) * u.lr;
+      let pNew = p${i}[j] * select(1.0, decay, u.slots[${i}].z != 0u) - ((mNew / bc1) / (sqrt(vNew / bc2) + eps)) * lr;
       p${i}[j] = pNew;${
         opts.shadows
           ? `
@@ -174,16 +195,19 @@ export function adamwSource(S: number, vec4 = false, opts: { shadows?: boolean; 
 ${ins.join('\n')}
 @group(0) @binding(${S}) var<storage, read> norm: array<f32>;
 ${opts.scaled ? `@group(0) @binding(${S + 1}) var<storage, read> unscale: array<f32>;` : ''}
+@group(0) @binding(${numbers}) var<storage, read> numbers: array<f32, ${STEP_NUMBERS}>;
 ${outs.join('\n')}
-struct U { lr: f32, beta1: f32, beta2: f32, omb1: f32, omb2: f32, bc1: f32, bc2: f32, eps: f32, maxNorm: f32, clip: u32, p0: u32, p1: u32, slots: array<vec4<u32>, ${S}> };
+struct U { clip: u32, p0: u32, p1: u32, p2: u32, slots: array<vec4<u32>, ${S}> };
 @group(0) @binding(${inputs + per * S}) var<uniform> u: U;
 ${opts.shadows ? TO_F16_WGSL : ''}
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
   ${opts.scaled ? 'if (unscale[1] != 0.0) { return; }' : ''}
   let w = wid.x + wid.y * nwg.x;
+  let lr = numbers[0]; let beta1 = numbers[1]; let beta2 = numbers[2]; let omb1 = numbers[3]; let omb2 = numbers[4];
+  let bc1 = numbers[5]; let bc2 = numbers[6]; let eps = numbers[7]; let maxNorm = numbers[8]; let decay = numbers[9];
   var scale = 1.0;
-  if (u.clip != 0u) { scale = min(1.0, u.maxNorm / (norm[0] + 1e-6)); }
+  if (u.clip != 0u) { scale = min(1.0, maxNorm / (norm[0] + 1e-6)); }
   ${opts.scaled ? 'scale = scale * unscale[0];' : ''}
   ${Array.from({ length: S }, (_, i) => i)
     .reverse()
@@ -214,8 +238,8 @@ interface FusedAdamWEntry {
   v: tf.Variable;
   /** The weight's f16 copy, refreshed with it. */
   shadow?: tf.Tensor;
-  /** 1 − lr·weightDecay for decayed parameters, else 1. */
-  decay: number;
+  /** Whether weight decay applies to it. */
+  decays: boolean;
 }
 
 /** Consecutive runs of at most `size` items. */
@@ -246,11 +270,9 @@ function fusedAdamW(state: AdamWState, params: AdamWEntry[], s: AdamWStep, lossS
     grad,
     ...state.moments(name, param),
     shadow: halfShadow(param),
-    decay: decays && s.weightDecay > 0 ? 1 - s.lr * s.weightDecay : 1,
+    decays: decays && s.weightDecay > 0,
   }));
   const scaled = lossScale !== null;
-  const bc1 = 1 - s.beta1 ** s.step;
-  const bc2 = 1 - s.beta2 ** s.step;
   const bindings = webgpuBackend()!.device.limits.maxStorageBuffersPerShaderStage;
   const chunksOf = (e: FusedAdamWEntry) => Math.max(1, Math.ceil(e.grad.size / SUMSQ_CHUNK));
   const P = entries.reduce((a, e) => a + chunksOf(e), 0);
@@ -312,13 +334,14 @@ function fusedAdamW(state: AdamWState, params: AdamWEntry[], s: AdamWStep, lossS
     );
   }
   // AdamW: each parameter four bindings (gradient, weight, two moments) or five (its f16 copy too),
-  // the norm one (and the unscale one). Sizes that are multiples of 4 (nearly all) go four floats
-  // per invocation.
+  // the norm one (and the unscale one), the step's numbers one. Sizes that are multiples of 4 (nearly
+  // all) go four floats per invocation.
+  const numbers = stepNumbers(s, adamwStepNumbers);
   const kinds: Array<{ vec4: boolean; shadows: boolean; group: FusedAdamWEntry[] }> = [];
   for (const vec4 of [true, false]) {
     for (const shadows of [false, true]) {
       const of = entries.filter((e) => (e.grad.size % 4 === 0) === vec4 && (e.shadow !== undefined) === shadows);
-      const perDispatch = Math.floor((bindings - 1 - +scaled) / (shadows ? 5 : 4));
+      const perDispatch = Math.floor((bindings - 2 - +scaled) / (shadows ? 5 : 4));
       for (const group of groups(of, perDispatch)) kinds.push({ vec4, shadows, group });
     }
   }
@@ -327,33 +350,21 @@ function fusedAdamW(state: AdamWState, params: AdamWEntry[], s: AdamWStep, lossS
     let blocks = 0;
     for (const e of group) {
       const n = vec4 ? e.grad.size / 4 : e.grad.size;
-      slots.push(['u', n], ['u', blocks], ['f', e.decay], ['u', 0]);
+      slots.push(['u', n], ['u', blocks], ['u', e.decays ? 1 : 0], ['u', 0]);
       blocks += Math.ceil(n / 256);
     }
-    const uniforms: UniformValue[] = [
-      ['f', s.lr],
-      ['f', s.beta1],
-      ['f', s.beta2],
-      ['f', 1 - s.beta1],
-      ['f', 1 - s.beta2],
-      ['f', bc1],
-      ['f', bc2],
-      ['f', s.eps],
-      ['f', s.maxNorm],
-      ['u', 1],
-      ['u', 0],
-      ['u', 0],
-      ...slots,
-    ];
+    const uniforms: UniformValue[] = [['u', 1], ['u', 0], ['u', 0], ['u', 0], ...slots];
     const name = `adamw${vec4 ? '_vec4' : ''}${shadows ? '_f16_copy' : ''}${scaled ? '_loss_scale' : ''}`;
     const k = kernelFor(`adamw:${group.length}:${vec4}:${shadows}:${scaled}`, name, () =>
       adamwSource(group.length, vec4, { shadows, scaled }),
     );
     const inputs: tf.TensorInfo[] = [...group.map((e) => e.grad), norm];
     if (unscale) inputs.push(unscale);
+    inputs.push(numbers);
     const outputs = group.flatMap((e) => (e.shadow ? [e.param, e.m, e.v, e.shadow] : [e.param, e.m, e.v]));
-    dispatch(k, inputs, outputs, uniforms, grid1d(blocks * 256), { uniformsVary: true });
+    dispatch(k, inputs, outputs, uniforms, grid1d(blocks * 256));
   }
+  release(numbers);
   release(partials);
   release(placeholder);
   if (unscale) release(unscale);

@@ -20,6 +20,8 @@ import {
   matMulNT,
   parallelResidual,
   releaseCachedMemory,
+  runRepeatedPass,
+  runTrainingStep,
   takeAlongLastAxis,
   topKDistillation,
 } from '../ops/index.js';
@@ -34,7 +36,8 @@ import { halfProducts, sweepShadows } from './half.js';
 import { fusedLayerNorm } from './layer-norm.js';
 import { fusedLinear, fusedMatMulNT } from './linear.js';
 import { autotuneIfHardware } from './matmul.js';
-import { releaseFreeBuffers, submitRecorded } from './runtime.js';
+import { dropRecordings, stepReplayer } from './replay.js';
+import { releaseFreeBuffers, submitRecorded, timingDispatches } from './runtime.js';
 
 const backend = 'webgpu';
 const fused = { backend, enabled: fusedKernelsEnabled };
@@ -96,4 +99,22 @@ afterFirstTrainingStep.register({
   name: 'autotune the matrix-product plans (hardware adapters)',
   run: autotuneIfHardware,
 });
-releaseCachedMemory.register({ backend, name: "destroy the free buffers of tfjs's pool", run: releaseFreeBuffers });
+// OFFSHOOT_WEBGPU_REPLAY=0 runs every step and pass eagerly (to compare, or to rule replays out).
+const replayEnabled = () => process.env.OFFSHOOT_WEBGPU_REPLAY !== '0' && !timingDispatches();
+runTrainingStep.register({
+  backend,
+  name: 'recorded per shape after two eager steps, then replayed',
+  enabled: replayEnabled,
+  run: (step) => stepReplayer().run(step, step.optimizer),
+});
+runRepeatedPass.register({
+  backend,
+  name: 'recorded per shape after two eager passes, then replayed',
+  enabled: replayEnabled,
+  run: (pass) => stepReplayer().run(pass),
+});
+releaseCachedMemory.register({
+  backend,
+  name: "drop the recorded steps, destroy the free buffers of tfjs's pool",
+  run: async () => dropRecordings() + (await releaseFreeBuffers()),
+});

@@ -45,7 +45,6 @@ export interface WebGPUBackendInternals {
   commandEncoder: GPUCommandEncoder | null;
   computePassEncoder: GPUComputePassEncoder | null;
   commandQueueOwnedIds: WeakSet<object>;
-  uniformPendingDisposal: GPUBuffer[];
   tensorDataPendingDisposal: object[];
   dispatchCountInPass: number;
   activeTimers: Array<{ name: string; query: Promise<number> }> | null;
@@ -294,7 +293,8 @@ function packUniforms(values: UniformValue[]): ArrayBuffer {
   return buf;
 }
 
-function gpuBuffer(b: WebGPUBackendInternals, t: tf.TensorInfo): GPUBuffer {
+/** The GPU buffer of a tensor's data, uploaded first if it is still on the host. */
+export function gpuBuffer(b: WebGPUBackendInternals, t: tf.TensorInfo): GPUBuffer {
   b.uploadToGPU(t.dataId);
   const res = b.tensorMap.get(t.dataId)?.resource;
   if (!(res instanceof GPUBuffer)) throw new Error('webgpu kernels: tensor data is not in a GPU buffer');
@@ -342,9 +342,9 @@ export function setDispatchHook(h: DispatchHook | null): void {
   hook = h;
 }
 
-export interface DispatchOptions {
-  /** The uniform values change from call to call (an optimiser's step size): not worth keeping. */
-  uniformsVary?: boolean;
+/** Whether dispatches are being timed one by one (the profiler's hook, tf.profile or tf.time). */
+export function timingDispatches(): boolean {
+  return hook !== null || webgpuBackend()?.activeTimers != null;
 }
 
 /** Uniform blocks by content, written once: a training step repeats the same blocks every step. */
@@ -352,15 +352,8 @@ const uniformBlocks = new WeakMap<GPUDevice, Map<string, GPUBuffer>>();
 /** Past this many distinct blocks (shapes that keep changing) the cache starts again. */
 const MAX_UNIFORM_BLOCKS = 16384;
 
-function uniformBuffer(b: WebGPUBackendInternals, values: UniformValue[], varies: boolean): GPUBuffer {
+function uniformBuffer(b: WebGPUBackendInternals, values: UniformValue[]): GPUBuffer {
   const usage = GPUBufferUsage.COPY_DST | GPUBufferUsage.UNIFORM;
-  if (varies) {
-    const data = packUniforms(values);
-    const ub = b.bufferManager.acquireBuffer(data.byteLength, usage);
-    b.queue.writeBuffer(ub, 0, data);
-    b.uniformPendingDisposal.push(ub);
-    return ub;
-  }
   let blocks = uniformBlocks.get(b.device);
   if (!blocks) uniformBlocks.set(b.device, (blocks = new Map()));
   let key = '';
@@ -388,7 +381,6 @@ export function dispatch(
   outputs: tf.TensorInfo[],
   uniforms: UniformValue[] | null,
   grid: [number, number, number],
-  options: DispatchOptions = {},
 ): void {
   const b = backendOrThrow();
   const compiled = compile(b, kernel, inputs.length, outputs.length, uniforms !== null);
@@ -398,7 +390,7 @@ export function dispatch(
     buffers.push(gpuBuffer(b, t));
     b.tensorMap.get(t.dataId)!.values = null;
   }
-  if (uniforms) buffers.push(uniformBuffer(b, uniforms, options.uniformsVary === true));
+  if (uniforms) buffers.push(uniformBuffer(b, uniforms));
   for (const t of inputs) b.commandQueueOwnedIds.add(t.dataId);
   for (const t of outputs) b.commandQueueOwnedIds.add(t.dataId);
   const bindGroup = bindGroupFor(b, compiled, buffers);
