@@ -31,7 +31,7 @@ import * as tf from '../core/model/tfjs.js';
 import { TeacherClient } from '../services/teacher/index.js';
 import { useCudaEmulator } from './helpers/cuda-emulator.js';
 import { startTeacher, stopAllTeachers } from './helpers/teacher.js';
-import { straightAndResumed, syntheticBatches, tinyConfig, tinyHyper } from './helpers/tiny.js';
+import { straightAndResumed, syntheticBatches, teacherTopKPass, tinyConfig, tinyHyper } from './helpers/tiny.js';
 
 let compilerReason: string | null = null;
 try {
@@ -150,20 +150,7 @@ describe.skipIf(!!compilerReason)(
       const model = GPTNeoX.random(config, 11);
       const [rows, seqLen, k] = [2, 16, 8];
       const tokens = [3, 5].map((m) => Int32Array.from({ length: rows * seqLen }, (_, i) => (i * m + 1) % 256));
-      const pass = async (ids: Int32Array) => {
-        const outs = runRepeatedPass({
-          key: 'teacher top-k',
-          inputs: [{ shape: [rows, seqLen], dtype: 'int32', data: ids }],
-          state: model.variables(),
-          body: ([t]) => {
-            const top = topKFromLogits(model.logits2d(t as tf.Tensor2D), k, 1);
-            return [top.logits, top.indices, top.logNormaliser];
-          },
-        });
-        const data = await Promise.all(outs.map((o) => o.data()));
-        tf.dispose(outs);
-        return data.map((d) => Array.from(d));
-      };
+      const pass = (ids: Int32Array) => teacherTopKPass(model, ids, rows, k);
       try {
         const before = graphStats();
         // Two eager passes, then the third captured and launched, and replays; the two token sets alternate.

@@ -7,19 +7,12 @@
  */
 import { afterAll, describe, expect, it } from 'vitest';
 
-import {
-  GPTNeoX,
-  Trainer,
-  inProcessTeacher,
-  runRepeatedPass,
-  topKFromLogits,
-  trainingHyperparameters,
-} from '../core/model/index.js';
+import { GPTNeoX, Trainer, inProcessTeacher, runRepeatedPass, trainingHyperparameters } from '../core/model/index.js';
 import * as tf from '../core/model/tfjs.js';
 import { replayStats } from '../core/model/webgpu/replay.js';
 import { gpuBytesAllocated } from '../core/model/webgpu/runtime.js';
 import { testBackends, useBackend } from './helpers/backends.js';
-import { syntheticBatches, tinyConfig } from './helpers/tiny.js';
+import { syntheticBatches, teacherTopKPass, tinyConfig } from './helpers/tiny.js';
 
 const hasWebGPU = (await testBackends()).includes('webgpu');
 
@@ -119,20 +112,7 @@ describe.skipIf(!hasWebGPU)('webgpu: steps recorded once per shape and replayed'
     const model = GPTNeoX.random(config, 11);
     const [rows, k] = [2, 8];
     const tokens = [3, 5].map((m) => Int32Array.from({ length: rows * seqLen }, (_, i) => (i * m + 1) % 256));
-    const pass = async (ids: Int32Array) => {
-      const outs = runRepeatedPass({
-        key: 'teacher top-k',
-        inputs: [{ shape: [rows, seqLen], dtype: 'int32', data: ids }],
-        state: model.variables(),
-        body: ([t]) => {
-          const top = topKFromLogits(model.logits2d(t as tf.Tensor2D), k, 1);
-          return [top.logits, top.indices, top.logNormaliser];
-        },
-      });
-      const data = await Promise.all(outs.map((o) => o.data()));
-      tf.dispose(outs);
-      return data.map((d) => Array.from(d));
-    };
+    const pass = (ids: Int32Array) => teacherTopKPass(model, ids, rows, k);
     try {
       const before = replayStats();
       // Two eager passes, the third recorded, then replays; the two token sets alternate.
@@ -144,6 +124,32 @@ describe.skipIf(!hasWebGPU)('webgpu: steps recorded once per shape and replayed'
       for (let i = 2; i < 6; i++) expect(answers[i], `pass ${i}`).toEqual(answers[i % 2]);
     } finally {
       model.dispose();
+    }
+  }, 600_000);
+
+  it('a variable assigned between passes (the same variable, new data) is recorded again, not replayed stale', async () => {
+    await useBackend('webgpu');
+    const v = tf.tidy(() => tf.variable(tf.fill([1024], 1)));
+    const ids = Int32Array.from({ length: 1024 }, (_, i) => i);
+    const pass = async () => {
+      const [out] = runRepeatedPass({
+        key: 'assigned',
+        inputs: [{ shape: [1024], dtype: 'int32', data: ids }],
+        state: [v],
+        body: ([t]) => [tf.add(tf.cast(t, 'float32'), v)],
+      });
+      const values = await out.data();
+      out.dispose();
+      return values[5];
+    };
+    try {
+      for (let i = 0; i < 4; i++) expect(await pass()).toBe(6);
+      const before = replayStats();
+      tf.tidy(() => v.assign(tf.fill([1024], 3)));
+      for (let i = 0; i < 4; i++) expect(await pass(), `pass ${i} after the assign`).toBe(8);
+      expect(replayStats().recordings - before.recordings).toBe(1);
+    } finally {
+      v.dispose();
     }
   }, 600_000);
 
@@ -163,7 +169,8 @@ describe.skipIf(!hasWebGPU)('webgpu: steps recorded once per shape and replayed'
       return [values[0], values[1023]];
     };
     const before = replayStats();
-    for (let kind = 0; kind < 9; kind++) for (let i = 0; i < 4; i++) expect(await pass(kind)).toEqual([kind, 2046 + kind]);
+    for (let kind = 0; kind < 9; kind++)
+      for (let i = 0; i < 4; i++) expect(await pass(kind)).toEqual([kind, 2046 + kind]);
     const nine = replayStats();
     expect(nine.recordings - before.recordings).toBe(9);
     const allocated = gpuBytesAllocated()!;

@@ -9,8 +9,11 @@ import {
   type NeoXConfig,
   type TrainHyperparameters,
   Trainer,
+  runRepeatedPass,
+  topKFromLogits,
   uniformConfig,
 } from '../../core/model/index.js';
+import * as tf from '../../core/model/tfjs.js';
 
 export function tinyConfig(overrides: Partial<Parameters<typeof uniformConfig>[0]> = {}): NeoXConfig {
   return uniformConfig({ vocabSize: 48, hiddenSize: 32, numLayers: 2, numHeads: 4, maxPositions: 64, ...overrides });
@@ -89,4 +92,28 @@ export async function straightAndResumed(
   } finally {
     fs.rmSync(root, { recursive: true, force: true });
   }
+}
+
+/**
+ * Runs a teacher's forward pass and top-k over `tokens` (`rows` rows) as the teacher service does, a
+ * pass a backend may replay (ops/step.ts runRepeatedPass); its logits, indices and log-normalisers.
+ */
+export async function teacherTopKPass(
+  model: GPTNeoX,
+  tokens: Int32Array,
+  rows: number,
+  k: number,
+): Promise<number[][]> {
+  const outs = runRepeatedPass({
+    key: 'teacher top-k',
+    inputs: [{ shape: [rows, tokens.length / rows], dtype: 'int32', data: tokens }],
+    state: model.variables(),
+    body: ([t]) => {
+      const top = topKFromLogits(model.logits2d(t as tf.Tensor2D), k, 1);
+      return [top.logits, top.indices, top.logNormaliser];
+    },
+  });
+  const data = await Promise.all(outs.map((o) => o.data()));
+  tf.dispose(outs);
+  return data.map((d) => Array.from(d));
 }

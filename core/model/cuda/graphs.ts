@@ -20,7 +20,7 @@
  */
 import * as tf from '../tfjs.js';
 
-import type { RepeatedPass } from '../ops/step.js';
+import { type RepeatedPass, ReplayShapes } from '../ops/step.js';
 import type { AllocationPlan, Pool } from './allocator.js';
 import type { PinnedBuffer } from './device.js';
 import { bytesPer } from './storage.js';
@@ -78,7 +78,7 @@ export function stepScalars(): { ptr: number; values: Float32Array } | null {
 }
 
 export class GraphRunner {
-  private readonly shapes = new Map<string, Shape>();
+  private readonly shapes = new ReplayShapes<Shape>(MAX_SHAPES, (shape) => this.drop(shape));
   /** Steps replayed from a graph, and graphs captured, since the runner was made. */
   replays = 0;
   captures = 0;
@@ -93,37 +93,19 @@ export class GraphRunner {
     const scalarCount = step.scalars?.length ?? 0;
     const key = `${step.key}|${step.inputs.map((i) => `${i.dtype}${i.shape.join('x')}`).join(',')}|${scalarCount}`;
     const stateKey = step.state.map((t) => this.b.operand(t).ptr).join(',');
-    let shape = this.shapes.get(key);
-    if (shape && shape.stateKey !== stateKey) {
-      this.drop(shape);
-      this.shapes.delete(key);
-      shape = undefined;
-    }
-    if (shape) {
-      // Most recently run last, for the bound on shapes.
-      this.shapes.delete(key);
-      this.shapes.set(key, shape);
-    } else {
-      if (this.shapes.size >= MAX_SHAPES) {
-        const [oldest] = this.shapes.keys();
-        this.drop(this.shapes.get(oldest)!);
-        this.shapes.delete(oldest);
-      }
-      // Kept: a caller's tf.tidy must not take the graph's buffers.
-      shape = {
-        calls: 0,
-        inputs: step.inputs.map((i) =>
-          tf.keep(
-            toTensor(
-              this.b.allocate(i.shape, i.dtype, i.data instanceof tf.Tensor ? this.b.storageOf(i.data) : undefined),
-            ),
+    // Kept: a caller's tf.tidy must not take the graph's buffers.
+    const shape = this.shapes.get(key, stateKey, () => ({
+      calls: 0,
+      inputs: step.inputs.map((i) =>
+        tf.keep(
+          toTensor(
+            this.b.allocate(i.shape, i.dtype, i.data instanceof tf.Tensor ? this.b.storageOf(i.data) : undefined),
           ),
         ),
-        scalars: step.scalars ? tf.keep(toTensor(this.b.allocate([scalarCount], 'float32'))) : undefined,
-        stateKey,
-      };
-      this.shapes.set(key, shape);
-    }
+      ),
+      scalars: step.scalars ? tf.keep(toTensor(this.b.allocate([scalarCount], 'float32'))) : undefined,
+      stateKey,
+    }));
     step.inputs.forEach((input, i) => {
       const dst = this.b.operand(shape!.inputs[i]);
       if (input.data instanceof Float32Array || input.data instanceof Int32Array) d.write(dst.ptr, input.data);
@@ -227,7 +209,6 @@ export class GraphRunner {
 
   /** Destroys every graph and its buffers. */
   dispose(): void {
-    for (const s of this.shapes.values()) this.drop(s);
     this.shapes.clear();
   }
 }

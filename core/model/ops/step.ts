@@ -95,3 +95,45 @@ export const lossScaling = defineOperation('lossScaling', (): boolean => false);
  * next shape fresh allocations. Resolves to the bytes released.
  */
 export const releaseCachedMemory = defineOperation('releaseCachedMemory', async (): Promise<number> => 0);
+
+/**
+ * What a backend keeps per shape of repeated work in order to replay it (cuda/graphs.ts,
+ * webgpu/replay.ts): at most `max` shapes, the least recently run dropped first, and a shape whose
+ * state moved (another model, a reassigned variable) dropped and made anew.
+ */
+export class ReplayShapes<S extends { stateKey: string }> {
+  private readonly shapes = new Map<string, S>();
+
+  constructor(
+    private readonly max: number,
+    private readonly drop: (shape: S) => void,
+  ) {}
+
+  /** The shape of `key` with this state, made by `make` when there is none. */
+  get(key: string, stateKey: string, make: () => S): S {
+    const kept = this.shapes.get(key);
+    if (kept) {
+      // Most recently run last, for the bound on shapes.
+      this.shapes.delete(key);
+      if (kept.stateKey === stateKey) {
+        this.shapes.set(key, kept);
+        return kept;
+      }
+      this.drop(kept);
+    }
+    if (this.shapes.size >= this.max) {
+      const [oldest, shape] = this.shapes.entries().next().value!;
+      this.drop(shape);
+      this.shapes.delete(oldest);
+    }
+    const shape = make();
+    this.shapes.set(key, shape);
+    return shape;
+  }
+
+  /** Drops every shape. */
+  clear(): void {
+    for (const shape of this.shapes.values()) this.drop(shape);
+    this.shapes.clear();
+  }
+}

@@ -25,10 +25,11 @@
 import * as tf from '../tfjs.js';
 
 import type { AdamWStep } from '../ops/adamw.js';
-import type { RepeatedPass } from '../ops/step.js';
+import { type RepeatedPass, ReplayShapes } from '../ops/step.js';
 import {
   type WebGPUBackendInternals,
   allocate,
+  bufferId,
   gpuBuffer,
   submitRecorded,
   toTensor,
@@ -233,7 +234,9 @@ function recordWhile<T>(b: WebGPUBackendInternals, body: () => T): { result: T; 
 
 /** Replays recorded steps per shape; one per backend. */
 export class StepReplayer {
-  private readonly shapes = new Map<string, Shape>();
+  private readonly shapes = new ReplayShapes<Shape>(MAX_SHAPES, (shape) => this.drop(shape));
+  /** Bytes of the pool's buffers the dropped recordings had taken, destroyed since `dispose` last said. */
+  private droppedBytes = 0;
   /** Steps recorded and replayed since the replayer was made. */
   recordings = 0;
   replays = 0;
@@ -245,28 +248,15 @@ export class StepReplayer {
 
   run(pass: RepeatedPass, optimizer?: AdamWStep): tf.Tensor[] {
     const key = `${pass.key}|${pass.inputs.map((i) => `${i.dtype}${i.shape.join('x')}`).join(',')}`;
-    // Tensor ids, not buffers: a new model may get an old one's buffers from the pool.
-    const stateKey = pass.state.map((t) => t.id).join(',');
-    let shape = this.shapes.get(key);
-    if (shape && shape.stateKey !== stateKey) {
-      this.drop(shape);
-      this.shapes.delete(key);
-      shape = undefined;
-    }
-    if (shape) {
-      // Most recently run last, for the bound on shapes.
-      this.shapes.delete(key);
-      this.shapes.set(key, shape);
-    } else {
-      if (this.shapes.size >= MAX_SHAPES) {
-        const [oldest] = this.shapes.keys();
-        this.drop(this.shapes.get(oldest)!);
-        this.shapes.delete(oldest);
-      }
-      // Kept: a caller's tf.tidy must not take them.
-      shape = { calls: 0, inputs: pass.inputs.map((i) => tf.keep(toTensor(allocate(i.shape, i.dtype)))), stateKey };
-      this.shapes.set(key, shape);
-    }
+    // Tensors and their buffers: a new model may get an old one's buffers from the pool, and an
+    // assigned variable keeps its id but gets a new buffer.
+    const stateKey = pass.state.map((t) => `${t.id}.${bufferId(gpuBuffer(this.b, t))}`).join(',');
+    // Kept: a caller's tf.tidy must not take them.
+    const shape = this.shapes.get(key, stateKey, () => ({
+      calls: 0,
+      inputs: pass.inputs.map((i) => tf.keep(toTensor(allocate(i.shape, i.dtype)))),
+      stateKey,
+    }));
     this.writeInputs(shape, pass);
     shape.calls++;
     if (shape.tape) return this.replay(shape.tape, pass, optimizer);
@@ -387,27 +377,25 @@ export class StepReplayer {
     return copies;
   }
 
-  /** Drops a shape and its recording; returns the bytes of the buffers it had taken from the pool. */
-  private drop(shape: Shape): number {
-    let bytes = 0;
+  /** Drops a shape and its recording, destroying the buffers it had taken from the pool. */
+  private drop(shape: Shape): void {
     if (shape.tape) {
       for (const o of shape.tape.outputs) o.dispose();
       // Destroyed once the work submitted so far is done with them.
       for (const buffer of shape.tape.owned) {
-        bytes += buffer.size;
+        this.droppedBytes += buffer.size;
+        this.b.bufferManager.numBytesAllocated -= buffer.size;
         buffer.destroy();
       }
-      this.b.bufferManager.numBytesAllocated -= bytes;
     }
     for (const t of shape.inputs) t.dispose();
-    return bytes;
   }
 
-  /** Drops every recording; returns the bytes of the buffers destroyed. */
+  /** Drops every recording; returns the bytes destroyed, the bound's drops since the last call included. */
   dispose(): number {
-    let bytes = 0;
-    for (const s of this.shapes.values()) bytes += this.drop(s);
     this.shapes.clear();
+    const bytes = this.droppedBytes;
+    this.droppedBytes = 0;
     return bytes;
   }
 }

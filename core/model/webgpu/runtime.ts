@@ -130,7 +130,7 @@ export async function releaseFreeBuffers(): Promise<number> {
 /** A buffer's number, in the order buffers are first bound or freed. */
 const bufferIds = new WeakMap<GPUBuffer, number>();
 let nextBufferId = 1;
-function bufferId(buf: GPUBuffer): number {
+export function bufferId(buf: GPUBuffer): number {
   let id = bufferIds.get(buf);
   if (id === undefined) bufferIds.set(buf, (id = nextBufferId++));
   return id;
