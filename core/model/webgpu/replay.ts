@@ -62,6 +62,8 @@ interface Tape {
   outputs: tf.Tensor[];
   /** The intermediates and uniform blocks taken out of tfjs's pool. */
   owned: GPUBuffer[];
+  /** Whether it writes an optimiser step's numbers (`stepNumbers`). */
+  takesNumbers: boolean;
 }
 
 interface Shape {
@@ -310,13 +312,21 @@ export class StepReplayer {
     }
     const pool = b.bufferManager as unknown as { numFreeBuffers: number };
     pool.numFreeBuffers -= owned.length;
-    shape.tape = { commands: rec.commands, outputs: outputs.map((o) => tf.keep(o)), owned };
+    shape.tape = {
+      commands: rec.commands,
+      outputs: outputs.map((o) => tf.keep(o)),
+      owned,
+      takesNumbers: rec.commands.some((c) => c.op === 'numbers'),
+    };
     this.recordings++;
     return this.copyOut(shape.tape);
   }
 
   private replay(tape: Tape, pass: RepeatedPass, optimizer: AdamWStep | undefined): tf.Tensor[] {
     const { device, queue } = this.b;
+    // Checked before anything is encoded: a step cut short would leave its state half updated.
+    if (!optimizer && tape.takesNumbers)
+      throw new Error("webgpu replay: this recording writes an optimiser step's numbers, and none was given");
     let encoder = device.createCommandEncoder();
     let computePass: GPUComputePassEncoder | null = null;
     for (const c of tape.commands) {
@@ -347,8 +357,7 @@ export class StepReplayer {
           queue.writeBuffer(c.buffer, c.offset, c.bytes);
           break;
         case 'numbers':
-          if (!optimizer) throw new Error('webgpu replay: a recorded step needs an optimiser step for its numbers');
-          queue.writeBuffer(c.buffer, 0, c.of(optimizer));
+          queue.writeBuffer(c.buffer, 0, c.of(optimizer!));
           break;
         case 'submit':
           queue.submit([encoder.finish()]);
