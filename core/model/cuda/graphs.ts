@@ -107,7 +107,7 @@ export class GraphRunner {
       stateKey,
     }));
     step.inputs.forEach((input, i) => {
-      const dst = this.b.operand(shape!.inputs[i]);
+      const dst = this.b.operand(shape.inputs[i]);
       if (input.data instanceof Float32Array || input.data instanceof Int32Array) d.write(dst.ptr, input.data);
       else {
         const src = this.b.operand(input.data);

@@ -30,6 +30,7 @@ import {
   type WebGPUBackendInternals,
   allocate,
   bufferId,
+  freeList,
   gpuBuffer,
   submitRecorded,
   toTensor,
@@ -283,6 +284,7 @@ export class StepReplayer {
       b.commandQueueOwnedIds.add(input.data.dataId);
       b.commandQueueOwnedIds.add(shape.inputs[i].dataId);
     });
+    // The copies go first: a replay encodes on encoders of its own.
     submitRecorded();
   }
 
@@ -291,14 +293,14 @@ export class StepReplayer {
     const b = this.b;
     const { result: outputs, rec } = recordWhile(b, () => tf.tidy(() => pass.body(shape.inputs)));
     const outputBuffers = new Set(outputs.map((o) => gpuBuffer(b, o)));
-    const owned: GPUBuffer[] = [];
+    // Each intermediate with the free list it went back to, taken out once the recording is sure.
+    const taken: Array<[GPUBuffer, GPUBuffer[]]> = [];
     let failure = rec.failure;
     for (const buffer of failure ? [] : rec.acquired) {
       // Staging buffers of uploads: destroyed after the submit, and not in the recording.
       if (buffer.usage & GPUBufferUsage.MAP_WRITE) continue;
-      const free = b.bufferManager.freeBuffers.get(`${buffer.size}_${buffer.usage}`);
-      const at = free ? free.indexOf(buffer) : -1;
-      if (at >= 0) owned.push(buffer);
+      const free = freeList(b.bufferManager, buffer);
+      if (free?.includes(buffer)) taken.push([buffer, free]);
       else if (!outputBuffers.has(buffer)) failure = 'a tensor made during the step outlives it besides its outputs';
     }
     if (failure) {
@@ -306,16 +308,13 @@ export class StepReplayer {
       this.log(`webgpu: steps of this shape run without replay: ${failure}`);
       return outputs;
     }
-    for (const buffer of owned) {
-      const free = b.bufferManager.freeBuffers.get(`${buffer.size}_${buffer.usage}`)!;
-      free.splice(free.indexOf(buffer), 1);
-    }
+    for (const [buffer, free] of taken) free.splice(free.indexOf(buffer), 1);
     const pool = b.bufferManager as unknown as { numFreeBuffers: number };
-    pool.numFreeBuffers -= owned.length;
+    pool.numFreeBuffers -= taken.length;
     shape.tape = {
       commands: rec.commands,
       outputs: outputs.map((o) => tf.keep(o)),
-      owned,
+      owned: taken.map(([buffer]) => buffer),
       takesNumbers: rec.commands.some((c) => c.op === 'numbers'),
     };
     this.recordings++;

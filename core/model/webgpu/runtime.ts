@@ -136,6 +136,11 @@ export function bufferId(buf: GPUBuffer): number {
   return id;
 }
 
+/** The pool's stack of free buffers of this buffer's size and usage (tfjs keys them so), if it has one. */
+export function freeList(pool: BufferManagerInternals, buffer: GPUBuffer): GPUBuffer[] | undefined {
+  return pool.freeBuffers.get(`${buffer.size}_${buffer.usage}`);
+}
+
 const orderedPools = new WeakSet<BufferManagerInternals>();
 
 /**
@@ -148,7 +153,7 @@ function orderPool(pool: BufferManagerInternals): void {
   const release = pool.releaseBuffer.bind(pool);
   pool.releaseBuffer = (buffer: GPUBuffer, reuse = true) => {
     release(buffer, reuse);
-    const free = reuse ? pool.freeBuffers.get(`${buffer.size}_${buffer.usage}`) : undefined;
+    const free = reuse ? freeList(pool, buffer) : undefined;
     if (!free || free[free.length - 1] !== buffer) return;
     // Kept in descending order, so the stack's pop gives the lowest number.
     const id = bufferId(buffer);
