@@ -378,7 +378,12 @@ function dawnFlags(vendor?: string): string[] {
   // Dawn's `null` backend records and validates commands but runs nothing: it measures the host's
   // cost of a step on any machine (bench/train-throughput's hostMs).
   const dawnBackend = process.env.OFFSHOOT_DAWN_BACKEND?.trim();
-  return [...(toggles ? [`enable-dawn-features=${toggles}`] : []), ...(dawnBackend ? [`backend=${dawnBackend}`] : [])];
+  return [
+    ...(toggles ? [`enable-dawn-features=${toggles}`] : []),
+    // Browsers round timestamps to about 0.1 ms against timing attacks; profiles want them exact.
+    'disable-dawn-features=timestamp_quantization',
+    ...(dawnBackend ? [`backend=${dawnBackend}`] : []),
+  ];
 }
 
 async function doProbeWebGPU(): Promise<WebGPUProbe> {

@@ -14,7 +14,7 @@ export interface GpuProfile {
   /** Sum of the dispatches' GPU times. */
   totalMs: number;
   dispatches: number;
-  /** Per kernel name: total ms and count, largest first. */
+  /** Per kernel name and grid (offshoot's kernels; tfjs's programs by name): total ms and count, largest first. */
   byName: Array<{ name: string; ms: number; count: number }>;
 }
 
@@ -31,10 +31,11 @@ export async function profileGpu(work: () => Promise<void>): Promise<GpuProfile 
     const j = (2 * i) % SET_SIZE;
     return { querySet: sets[s], beginningOfPassWriteIndex: j, endOfPassWriteIndex: j + 1 };
   };
-  const begin = (name: string) => {
+  const begin = (name: string, grid?: [number, number, number]) => {
     b.ensureCommandEncoderReady();
     b.endComputePassEncoder();
-    b.computePassEncoder = b.commandEncoder!.beginComputePass({ timestampWrites: next(name) });
+    const label = grid ? `${name} ${grid.join('x')}` : name;
+    b.computePassEncoder = b.commandEncoder!.beginComputePass({ timestampWrites: next(label) });
   };
   const end = () => b.endComputePassEncoder();
 
