@@ -12,30 +12,41 @@ import { type AttentionShape, PositionTables, causalSelfAttention, customOp } fr
 import { randHost, ropeTables } from '../kernel-check.js';
 import type { KernelCase } from './check.js';
 import { kernel, rowGrid } from './fused.js';
-import { halfProducts } from './half.js';
+import { halfProducts, halfStorageShape } from './half.js';
 import { matmul } from './matmul.js';
+import type { OperandType } from './wgsl-matmul.js';
 import { type UniformValue, allocate, capabilities, dispatch, grid1d, release, toTensor } from './runtime.js';
-import { FLAT, NEG_BIG, ONLINE_LSE, lseReduce, reduceFns } from './wgsl-common.js';
+import { FLAT, NEG_BIG, ONLINE_LSE, TO_F16_WGSL, lseReduce, reduceFns } from './wgsl-common.js';
 
 // --------------------------------------------------------------------------------------------
 // Rotary embedding with the head split / merge of the fused QKV projection
 
+/** WGSL header and store of a kernel that writes some outputs in f32 or (mixed precision's products) f16. */
+function outputs(f16: boolean): { enable: string; type: string; put: (x: string) => string; helpers: string } {
+  return f16
+    ? { enable: 'enable f16;', type: 'f16', put: (x) => `to_f16(${x})`, helpers: TO_F16_WGSL }
+    : { enable: '', type: 'f32', put: (x) => x, helpers: '' };
+}
+
 /**
- * in: fused [B·T, H·3·hs], cos [T, rd], sin [T, rd]; out: q, k, v [B·H, T, hs]; u: {total, T, H}.
+ * in: fused [B·T, H·3·hs], cos [T, rd], sin [T, rd]; out: q, k, v [B·H, T, hs] (f16 with `f16`,
+ * for the products of the scores path under mixed precision); u: {total, T, H}.
  * Rotary (rotate_half) on the first rd dims of q and k.
  */
-export function rotarySplitSource(hs: number, rd: number): string {
+export function rotarySplitSource(hs: number, rd: number, f16 = false): string {
   const half = rd / 2;
-  return /* wgsl */ `
+  const o = outputs(f16);
+  return /* wgsl */ `${o.enable}
 @group(0) @binding(0) var<storage, read> fused: array<f32>;
 @group(0) @binding(1) var<storage, read> cosT: array<f32>;
 @group(0) @binding(2) var<storage, read> sinT: array<f32>;
-@group(0) @binding(3) var<storage, read_write> q: array<f32>;
-@group(0) @binding(4) var<storage, read_write> k: array<f32>;
-@group(0) @binding(5) var<storage, read_write> v: array<f32>;
+@group(0) @binding(3) var<storage, read_write> q: array<${o.type}>;
+@group(0) @binding(4) var<storage, read_write> k: array<${o.type}>;
+@group(0) @binding(5) var<storage, read_write> v: array<${o.type}>;
 struct U { total: u32, T: u32, H: u32, p0: u32 };
 @group(0) @binding(6) var<uniform> u: U;
 ${FLAT}
+${o.helpers}
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
   let idx = flat_index(gid, nwg);
@@ -57,9 +68,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     qv = qv * c + (sgn * fused[src + partner]) * s;
     kv = kv * c + (sgn * fused[src + ${hs}u + partner]) * s;
   }
-  q[idx] = qv;
-  k[idx] = kv;
-  v[idx] = fused[src + ${2 * hs}u + d];
+  q[idx] = ${o.put('qv')};
+  k[idx] = ${o.put('kv')};
+  v[idx] = ${o.put(`fused[src + ${2 * hs}u + d]`)};
 }
 `;
 }
@@ -483,12 +494,13 @@ const SCORES_WG = 128;
 
 /**
  * in: S [BH·T, T] (only n ≤ row position read); out: P = softmax(scale·S) over each row's causal
- * prefix, zeros above the diagonal; u: {rows, T, scale}. One workgroup per row.
+ * prefix, zeros above the diagonal (f16 with `f16`); u: {rows, T, scale}. One workgroup per row.
  */
-export function causalSoftmaxSource(): string {
-  return /* wgsl */ `
+export function causalSoftmaxSource(f16 = false): string {
+  const o = outputs(f16);
+  return /* wgsl */ `${o.enable}
 @group(0) @binding(0) var<storage, read> S: array<f32>;
-@group(0) @binding(1) var<storage, read_write> P: array<f32>;
+@group(0) @binding(1) var<storage, read_write> P: array<${o.type}>;
 struct U { rows: u32, T: u32, scale: f32, p0: u32 };
 @group(0) @binding(2) var<uniform> u: U;
 ${ONLINE_LSE}
@@ -509,7 +521,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   for (var c = lid; c < u.T; c += ${SCORES_WG}u) {
     var p = 0.0;
     if (c <= last) { p = exp(S[base + c] * u.scale - lse); }
-    P[base + c] = p;
+    P[base + c] = ${f16 ? 'f16(p)' : 'p'};
   }
 }
 `;
@@ -518,15 +530,18 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 /**
  * in: P [BH·T, T], dP [BH·T, T] (only n ≤ row position read); out: dS = scale·P∘(dP − Σₙ P∘dP),
  * zeros above the diagonal (the gradient with respect to the unscaled scores); u: {rows, T, scale}.
+ * With `f16`, P and dS are f16.
  */
-export function causalSoftmaxBackwardSource(): string {
-  return /* wgsl */ `
-@group(0) @binding(0) var<storage, read> P: array<f32>;
+export function causalSoftmaxBackwardSource(f16 = false): string {
+  const o = outputs(f16);
+  return /* wgsl */ `${o.enable}
+@group(0) @binding(0) var<storage, read> P: array<${o.type}>;
 @group(0) @binding(1) var<storage, read> dP: array<f32>;
-@group(0) @binding(2) var<storage, read_write> dS: array<f32>;
+@group(0) @binding(2) var<storage, read_write> dS: array<${o.type}>;
 struct U { rows: u32, T: u32, scale: f32, p0: u32 };
 @group(0) @binding(3) var<uniform> u: U;
 ${reduceFns(SCORES_WG, ['sum'])}
+${o.helpers}
 @compute @workgroup_size(${SCORES_WG})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
   let row = wid.x + wid.y * nwg.x;
@@ -534,29 +549,32 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   let last = row % u.T;
   let base = row * u.T;
   var acc = 0.0;
-  for (var c = lid; c <= last; c += ${SCORES_WG}u) { acc = acc + P[base + c] * dP[base + c]; }
+  for (var c = lid; c <= last; c += ${SCORES_WG}u) { acc = acc + f32(P[base + c]) * dP[base + c]; }
   let d = wg_sum(acc, lid);
   for (var c = lid; c < u.T; c += ${SCORES_WG}u) {
     var g = 0.0;
-    if (c <= last) { g = u.scale * P[base + c] * (dP[base + c] - d); }
-    dS[base + c] = g;
+    if (c <= last) { g = u.scale * f32(P[base + c]) * (dP[base + c] - d); }
+    dS[base + c] = ${o.put('g')};
   }
 }
 `;
 }
 
 /**
- * Head layout moves: with \`toHeads\`, in: x [B·T, H·hs] → out: [BH, T, hs]; else the reverse.
- * u: {total, T, H}. One invocation per four elements (hs % 4 == 0).
+ * Head layout moves: with \`toHeads\`, in: x [B·T, H·hs] → out: [BH, T, hs] (f16 with `f16`); else
+ * the reverse. u: {total, T, H}. One invocation per four elements (hs % 4 == 0).
  */
-export function headsLayoutSource(hs: number, toHeads: boolean): string {
+export function headsLayoutSource(hs: number, toHeads: boolean, f16 = false): string {
+  if (f16 && !toHeads) throw new Error('headsLayoutSource: f16 outputs are for the split to heads');
   const V4 = hs / 4;
-  return /* wgsl */ `
+  const o = outputs(f16);
+  return /* wgsl */ `${o.enable}
 @group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(1) var<storage, read_write> y: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> y: array<vec4<${o.type}>>;
 struct U { total: u32, T: u32, H: u32, p0: u32 };
 @group(0) @binding(2) var<uniform> u: U;
 ${FLAT}
+${f16 ? `${TO_F16_WGSL}` : ''}
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
   let idx = flat_index(gid, nwg);
@@ -565,7 +583,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   let t = (idx / ${V4}u) % u.T;
   let bh = idx / (${V4}u * u.T);
   let merged = ((bh / u.H * u.T + t) * u.H + bh % u.H) * ${V4}u + d;
-  ${toHeads ? 'y[idx] = x[merged];' : 'y[merged] = x[idx];'}
+  ${toHeads ? `y[idx] = ${f16 ? 'to_f16x4(x[merged])' : 'x[merged]'};` : 'y[merged] = x[idx];'}
 }
 `;
 }
@@ -624,12 +642,13 @@ export function fusedAttention(qkv: tf.Tensor2D, positions: PositionTables, s: A
   }
   const BH = B * H;
   const total = BH * T * hs;
-  const split = (x: tf.TensorInfo) => {
-    const q = allocate([BH, T, hs]);
-    const k = allocate([BH, T, hs]);
-    const v = allocate([BH, T, hs]);
+  const split = (x: tf.TensorInfo, f16: boolean) => {
+    const shape = f16 ? halfStorageShape(total) : [BH, T, hs];
+    const q = allocate(shape);
+    const k = allocate(shape);
+    const v = allocate(shape);
     dispatch(
-      kernel('rotary_split', `${hs}_${rd}`, () => rotarySplitSource(hs, rd)),
+      kernel('rotary_split', `${hs}_${rd}_${f16}`, () => rotarySplitSource(hs, rd, f16)),
       [x, cos, sin],
       [q, k, v],
       [
@@ -669,7 +688,8 @@ export function fusedAttention(qkv: tf.Tensor2D, positions: PositionTables, s: A
   return op(qkv) as tf.Tensor2D;
 }
 
-type SplitHeads = (x: tf.TensorInfo) => { q: tf.TensorInfo; k: tf.TensorInfo; v: tf.TensorInfo };
+/** q, k and v per head, in f16 (half.ts's layout) when `f16`. */
+type SplitHeads = (x: tf.TensorInfo, f16: boolean) => { q: tf.TensorInfo; k: tf.TensorInfo; v: tf.TensorInfo };
 type MergeGrads = (dq: tf.TensorInfo, dk: tf.TensorInfo, dv: tf.TensorInfo, tables: tf.Tensor[]) => tf.Tensor;
 
 function flashAttention(
@@ -688,7 +708,7 @@ function flashAttention(
   ];
   const agrid: [number, number, number] = [Math.ceil(T / ATTN_ROWS), BH, 1];
   return customOp(([x], save) => {
-    const { q, k, v } = split(x);
+    const { q, k, v } = split(x, false);
     const o = allocate([B * T, H * hs]);
     const lse = allocate([BH * T]);
     dispatch(
@@ -770,13 +790,23 @@ function scoresAttention(
     ['u', 0],
   ];
   const lgrid = grid1d((BH * T * hs) / 4);
-  // Mixed precision: the five products may round their operands to f16 (subgroup matrices where they run).
-  const batched = { batch: BH, M: T, half: halfProducts() !== 'off' };
+  // Mixed precision: the five products take f16 operands (subgroup matrices where they run), which
+  // the kernels before them write: q, k, v, P, dO and dS are f16, the scores and dP f32.
+  const f16 = halfProducts() !== 'off';
+  const operand: OperandType = f16 ? 'f16' : 'f32';
+  const batched = { batch: BH, M: T, half: f16, aType: operand, bType: operand };
+  const square = (): tf.TensorInfo => allocate(f16 ? halfStorageShape(BH * T * T) : [BH, T, T]);
   return customOp(([x], save) => {
-    const { q, k, v } = split(x);
+    const { q, k, v } = split(x, f16);
     const scores = matmul({ ...batched, a: q, b: k, N: T, K: hs, transB: true, triangle: 'lowerC' }).c;
-    const p = allocate([BH, T, T]);
-    dispatch(kernel('causal_softmax', '', causalSoftmaxSource), [scores], [p], su, rowGrid(rows));
+    const p = square();
+    dispatch(
+      kernel('causal_softmax', String(f16), () => causalSoftmaxSource(f16)),
+      [scores],
+      [p],
+      su,
+      rowGrid(rows),
+    );
     release(scores);
     const oHeads = matmul({ ...batched, a: p, b: v, N: hs, K: T, triangle: 'lowerA' }).c;
     const o = allocate([B * T, H * hs]);
@@ -792,17 +822,23 @@ function scoresAttention(
     return {
       value: toTensor(o),
       gradFunc: (dy, [qs, ks, vs, ps, ...tb]) => {
-        const dO = allocate([BH, T, hs]);
+        const dO = allocate(f16 ? halfStorageShape(BH * T * hs) : [BH, T, hs]);
         dispatch(
-          kernel('heads_split', String(hs), () => headsLayoutSource(hs, true)),
+          kernel('heads_split', `${hs}_${f16}`, () => headsLayoutSource(hs, true, f16)),
           [dy],
           [dO],
           lu,
           lgrid,
         );
         const dP = matmul({ ...batched, a: dO, b: vs, N: T, K: hs, transB: true, triangle: 'lowerC' }).c;
-        const dS = allocate([BH, T, T]);
-        dispatch(kernel('causal_softmax_backward', '', causalSoftmaxBackwardSource), [ps, dP], [dS], su, rowGrid(rows));
+        const dS = square();
+        dispatch(
+          kernel('causal_softmax_backward', String(f16), () => causalSoftmaxBackwardSource(f16)),
+          [ps, dP],
+          [dS],
+          su,
+          rowGrid(rows),
+        );
         release(dP);
         const dv = matmul({ ...batched, a: ps, b: dO, N: hs, K: T, transA: true, triangle: 'upperA' }).c;
         const dq = matmul({ ...batched, a: dS, b: ks, N: hs, K: T, triangle: 'lowerA' }).c;
