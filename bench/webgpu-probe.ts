@@ -19,6 +19,7 @@ import {
 import type { SubgroupMatrixConfig } from '../core/model/webgpu/runtime.js';
 import {
   type SgMatMulVariant,
+  sgMatmulGrid,
   sgMatmulSource,
   sgThreads,
   sgTile,
@@ -219,7 +220,7 @@ function build(k: Kernel, s: Shape): { code: string; grid: [number, number, numb
     splitK: S > 1,
   };
   if (s.K % (v.BK * S) !== 0) return null;
-  return { code: sgMatmulSource(v), grid: [Math.ceil(s.N / v.BN), Math.ceil(s.M / v.BM), S], key: JSON.stringify(v) };
+  return { code: sgMatmulSource(v), grid: sgMatmulGrid(v, s.M, s.N, S), key: JSON.stringify(v) };
 }
 
 const hostData = new Map<string, { a: Float32Array; b: Float32Array }>();
@@ -429,6 +430,7 @@ for (const toggles of toggleSets) {
             splitK: false,
             batched: false,
             triangle: 'none',
+            walkM: false,
           };
           if (sgWorkgroupBytes(v) > wgMem || sgThreads(v) > 1024) continue;
           kernels.push({ kind: 'sg', v });

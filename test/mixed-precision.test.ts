@@ -40,6 +40,7 @@ import {
   matrixUnavailable,
   toHalf,
 } from '../core/model/webgpu/half.js';
+import { attentionCase } from '../core/model/webgpu/attention.js';
 import { linearCase, logitsCase } from '../core/model/webgpu/linear.js';
 import { autotuneMatMuls, clearMatMulTuning, makePlan, matmul, sgTilesFor } from '../core/model/webgpu/matmul.js';
 import { release } from '../core/model/webgpu/runtime.js';
@@ -358,6 +359,8 @@ describe.skipIf(!hasWebGPU)('f16 on the webgpu backend (lavapipe: shader-f16, no
     linearCase(64, 128, 256, 'gelu', 2 * tol),
     linearCase(21, 16, 9, 'gelu', 2 * tol),
     logitsCase(24, 16, 1100, 2 * tol),
+    // The scores path's q, k, v, P, dO and dS are f16 (ragged T: no whole tiles).
+    attentionCase('scores', 2, 70, 3, 16, 8, 2 * tol),
   ];
   it.each(cases.map((c) => [c.name, c] as const))(
     'f16 operands, f32 results (storage mode) within tolerance of f32: %s',
@@ -628,6 +631,7 @@ describe("the subgroup-matrix kernels' WGSL compiles for the H200's configuratio
             splitK: false,
             batched: !exact && epilogue === 'none',
             triangle: 'none',
+            walkM: exact,
           };
           const module = device.createShaderModule({ code: sgMatmulSource(v) });
           const info = await module.getCompilationInfo();

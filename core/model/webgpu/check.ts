@@ -158,6 +158,8 @@ export interface HalfProductOptions {
   epilogue?: 'none' | 'bias' | 'bias-gelu';
   /** A fixed plan (a subgroup-matrix tile's); else the planner's. */
   plan?: MatMulPlan;
+  /** Subgroup-matrix plans: walk M blocks first (else as the planner decides). */
+  walkM?: boolean;
   tol?: number;
 }
 
@@ -181,7 +183,7 @@ export function halfProductCase(o: HalfProductOptions): KernelCase {
     triangle === 'lowerC' ? tf.where(tf.greater(mask, 0), t, tf.zerosLike(t)) : t;
   const name =
     o.name ??
-    `f16 product ${transA ? 'T' : 'N'}${transB ? 'T' : 'N'} ${batch > 1 ? `${batch}×` : ''}${M}×${N}×${K}${triangle === 'none' ? '' : ` ${triangle}`}${epilogue === 'none' ? '' : ` + ${epilogue}`}`;
+    `f16 product ${transA ? 'T' : 'N'}${transB ? 'T' : 'N'} ${batch > 1 ? `${batch}×` : ''}${M}×${N}×${K}${triangle === 'none' ? '' : ` ${triangle}`}${epilogue === 'none' ? '' : ` + ${epilogue}`}${o.walkM ? ', walking M' : ''}`;
   return {
     name,
     inputs: () => {
@@ -214,6 +216,7 @@ export function halfProductCase(o: HalfProductOptions): KernelCase {
         aType: 'f16',
         bType: 'f16',
         plan: o.plan,
+        walkM: o.walkM,
         ...(epilogue === 'none' ? {} : { bias, gelu: epilogue === 'bias-gelu' }),
       });
       release(ah);
@@ -241,6 +244,7 @@ export function sgTileShapes(tile: SgMatMulTile): Array<{ o: HalfProductOptions;
     { M: 2 * BM, N: 2 * BN, K: 3 * BK, transB: true },
     { M: 2 * BM, N: 2 * BN, K: 3 * BK, epilogue: 'bias' },
     { M: 2 * BM, N: BN, K: 3 * BK, transA: true },
+    { M: 3 * BM, N: 2 * BN, K: 2 * BK, transB: true, walkM: true },
     { M: T, N: T, K: BK, batch: 2, triangle: 'lowerC', transB: true },
     { M: T, N: BN, K: T, batch: 2, triangle: 'lowerA' },
     { M: T, N: BN, K: T, batch: 2, triangle: 'upperA', transA: true },
@@ -253,6 +257,7 @@ export function sgTileShapes(tile: SgMatMulTile): Array<{ o: HalfProductOptions;
     { M: BM + 5, N: BN + 3, K: BK + 7 },
     { M: BM + 4, N: BN + 8, K: 2 * BK + 3, transA: true },
     { M: BM + 3, N: BN + 5, K: BK + 1, transA: true, transB: true },
+    { M: 2 * BM + 3, N: BN + 8, K: BK + 5, epilogue: 'bias', walkM: true },
     { M: rT, N: rT, K: 20, batch: 2, triangle: 'lowerC', transB: true },
     { M: rT, N: 20, K: rT, batch: 2, triangle: 'lowerA' },
     { M: rT, N: 20, K: rT, batch: 2, triangle: 'upperA', transA: true },

@@ -35,6 +35,7 @@ import {
   dispatch,
   grid1d,
   kernelFor,
+  precompile,
   release,
   webgpuBackend,
 } from './runtime.js';
@@ -58,6 +59,7 @@ import {
   sgTile,
   sgTileKey,
   sgVariantKey,
+  sgMatmulGrid,
   sgVariantProblem,
   sgWorkgroupBytes,
 } from './wgsl-sgmatrix.js';
@@ -153,6 +155,8 @@ interface Shape {
   bType: OperandType;
   /** f16 arithmetic allowed (mixed precision): subgroup-matrix plans are candidates. */
   half: boolean;
+  /** Set by a caller that wants one order of the workgroups (the tile checks); else walksM decides. */
+  walkM?: boolean;
 }
 
 const shapeKey = (s: Shape) =>
@@ -207,6 +211,9 @@ export function matmulPlanCounts(): { classes: number; tuned: number } {
   return { classes: shapeClassesEnabled() ? classPlans.size : tuned.size, tuned: tunedHere };
 }
 
+/** Every product shape used since the last clearMatMulTuning, by shapeKey (productTimes times them). */
+const seen = new Map<string, Shape>();
+
 /** Untuned shapes' plans, made once (the same object each time, so its prepared dispatches are reused), with their class. */
 const defaults = new Map<string, { plan: MatMulPlan; cls: string }>();
 
@@ -216,6 +223,7 @@ export function clearMatMulTuning(): void {
   tuned.clear();
   classPlans.clear();
   defaults.clear();
+  seen.clear();
   plansReadFor = null;
 }
 
@@ -226,6 +234,7 @@ export function clearMatMulTuning(): void {
 function planFor(key: string, s: Shape): MatMulPlan {
   const t = tuned.get(key) ?? defaults.get(key)?.plan;
   if (t) return t;
+  seen.set(key, s);
   const byClass = shapeClassesEnabled();
   const cls = byClass ? shapeClass(s) : key;
   if (byClass) {
@@ -473,7 +482,30 @@ function sgVariantFor(t: SgMatMulTile, subgroupSize: number, transA: boolean, tr
     splitK: false,
     batched: false,
     triangle: 'none',
+    walkM: false,
   };
+}
+
+/**
+ * Bytes past which an operand is taken not to stay in the GPU's L2 cache while a product streams
+ * it (an H100's L2 is 50 MB, shared with everything else in flight).
+ */
+const L2_RESIDENT_BYTES = 32 * 2 ** 20;
+
+/**
+ * Whether a product's workgroups should walk M blocks first: when B does not stay in L2 and A does
+ * (the logits: the vocabulary's weights against a batch of rows), walking N would stream all of B
+ * again for every block row of A; walking M streams it once.
+ */
+function walksM(s: Shape, split: boolean): boolean {
+  if (s.walkM !== undefined) return s.walkM && !split;
+  const bytes = (type: OperandType, n: number) => n * (type === 'f16' ? 2 : 4);
+  return (
+    !split &&
+    s.batch === 1 &&
+    bytes(s.bType, s.K * s.N) > L2_RESIDENT_BYTES &&
+    bytes(s.aType, s.M * s.K) <= L2_RESIDENT_BYTES
+  );
 }
 
 /** Whether a subgroup-matrix tile can run this shape (direct loads need f16 operands and a whole number of tiles). */
@@ -537,7 +569,8 @@ export interface MatMulArgs {
    * Mixed precision: f32 operands may be rounded to f16 for the product (subgroup-matrix plans are
    * candidates; attention's products). Implied by an f16 operand.
    */
-  half?: boolean;
+  half?: boolean /** Subgroup-matrix plans: walk M blocks first (walksM); default as walksM decides. */;
+  walkM?: boolean;
 }
 
 /** A product's dispatches for one plan, worked out once (a training step repeats the same products). */
@@ -571,7 +604,6 @@ function prepare(plan: MatMulPlan, s: Shape, epilogue: MatMulVariant['epilogue']
         ] as UniformValue[],
       }
     : undefined;
-  const grid = matmulGrid(plan.tile, M, N, split ? plan.S : batch);
   const exact = exactFor(plan.tile, s, plan.kChunk);
   if (isSg(plan.tile)) {
     const subgroupSize = capabilities().subgroupMinSize;
@@ -591,11 +623,13 @@ function prepare(plan: MatMulPlan, s: Shape, epilogue: MatMulVariant['epilogue']
       splitK: split,
       batched: batch > 1,
       triangle,
+      walkM: walksM(s, split),
     };
     const problem = sgVariantProblem(v);
     if (problem) throw new Error(`matmul ${shapeKey(s)}: plan ${planName(plan)} does not fit (${problem})`);
-    return { kernel: sgKernel(v), grid, uniforms, sum };
+    return { kernel: sgKernel(v), grid: sgMatmulGrid(v, M, N, split ? plan.S : batch), uniforms, sum };
   }
+  const grid = matmulGrid(plan.tile, M, N, split ? plan.S : batch);
   const base = {
     ...plan.tile,
     transA,
@@ -635,14 +669,14 @@ export function matmul(args: MatMulArgs): { c: tf.TensorInfo; z?: tf.TensorInfo 
   if (K === 0) throw new Error('matmul: K is 0');
   const epilogue = gelu ? 'bias-gelu' : bias ? 'bias' : 'none';
   const half = args.half === true || aType === 'f16' || bType === 'f16';
-  const shape: Shape = { M, N, K, transA, transB, batch, triangle, aType, bType, half };
+  const shape: Shape = { M, N, K, transA, transB, batch, triangle, aType, bType, half, walkM: args.walkM };
   const key = shapeKey(shape);
   const plan = args.plan ?? planFor(key, shape);
   if ((batch > 1 || triangle !== 'none') && (bias || plan.S !== 1))
     throw new Error('matmul: batched and triangular products take no bias or split-K');
   let byShape = preparedByPlan.get(plan);
   if (!byShape) preparedByPlan.set(plan, (byShape = new Map()));
-  const preparedKey = `${key}|${epilogue}`;
+  const preparedKey = `${key}|${epilogue}|${args.walkM ?? ''}`;
   let p = byShape.get(preparedKey);
   if (!p) byShape.set(preparedKey, (p = prepare(plan, shape, epilogue)));
   const c = allocate(batch > 1 ? [batch, M, N] : [M, N]);
@@ -750,6 +784,9 @@ export interface TuneResult {
   untried?: number;
 }
 
+/** Candidates compiled at once (the driver compiles them on its own threads; see precompile). */
+const PARALLEL_COMPILES = 16;
+
 /** How far a candidate's product may be from the f32 kernel's on the same operands (relErr): f16 rounding of f32 operands at most; a broken kernel is off by its whole size. */
 const CANDIDATE_TOL = 2e-2;
 
@@ -766,6 +803,71 @@ async function drain(): Promise<void> {
   b.endComputePassEncoder();
   if (b.commandEncoder) b.submitQueue();
   await b.device.queue.onSubmittedWorkDone();
+}
+
+/** Random operands of a product's shape, in its storage types (A lower-triangular for the causal shortcuts that assume it). */
+function randomOperands(s: Shape): [tf.Tensor, tf.Tensor] {
+  const operand = (type: OperandType, shape: number[], lowerTriangular = false): tf.Tensor => {
+    let x = tf.randomUniform(shape, -1, 1);
+    if (lowerTriangular) x = tf.tidy(() => tf.linalg.bandPart(x, -1, 0));
+    if (type === 'f32') return x;
+    const h = tf.engine().makeTensorFromTensorInfo(toHalf(x));
+    x.dispose();
+    return h;
+  };
+  return [
+    operand(
+      s.aType,
+      [s.batch, ...(s.transA ? [s.K, s.M] : [s.M, s.K])],
+      s.triangle === 'lowerA' || s.triangle === 'upperA',
+    ),
+    operand(s.bType, [s.batch, ...(s.transB ? [s.N, s.K] : [s.K, s.N])]),
+  ];
+}
+
+/** Multiply-adds of a product, times two (half of them for the causal shortcuts). */
+const productFlops = (s: Shape) => 2 * s.batch * s.M * s.N * s.K * (s.triangle === 'none' ? 1 : 0.5);
+
+/** Milliseconds per product of `reps` products of `plan` on the device, back to back. */
+async function timeProduct(s: Shape, a: tf.Tensor, b: tf.Tensor, plan: MatMulPlan, reps: number): Promise<number> {
+  await drain();
+  const t0 = performance.now();
+  for (let i = 0; i < reps; i++) release(matmul({ a, b, ...s, plan }).c);
+  await drain();
+  return (performance.now() - t0) / reps;
+}
+
+export interface ProductTime {
+  shape: string;
+  plan: string;
+  ms: number;
+  tflops: number;
+}
+
+/**
+ * Every product shape used since the last clearMatMulTuning timed with the plan it runs now (tuned
+ * here, read from a plan file or the default), on random operands: the best of three rounds of
+ * about `targetMs` each. What a benchmark reports per shape whether or not this process tuned.
+ */
+export async function productTimes(targetMs = 12): Promise<ProductTime[]> {
+  if (webgpuBackend() === null) return [];
+  const out: ProductTime[] = [];
+  for (const [key, s] of seen) {
+    const plan = planFor(key, s);
+    const [a, b] = randomOperands(s);
+    const once = await timeProduct(s, a, b, plan, 1);
+    const reps = Math.max(2, Math.min(200, Math.ceil(targetMs / Math.max(once, 0.01))));
+    let ms = Number.POSITIVE_INFINITY;
+    for (let round = 0; round < 3; round++) ms = Math.min(ms, await timeProduct(s, a, b, plan, reps));
+    tf.dispose([a, b]);
+    out.push({
+      shape: key,
+      plan: planName(plan),
+      ms: Number(ms.toFixed(3)),
+      tflops: Number((productFlops(s) / ms / 1e9).toFixed(2)),
+    });
+  }
+  return out;
 }
 
 /**
@@ -817,22 +919,8 @@ async function tunePending(targetMs: number, budgetSeconds: number): Promise<Tun
       continue;
     }
     const key = shapeKey(s);
-    const operand = (type: OperandType, shape: number[], lowerTriangular = false): tf.Tensor => {
-      let x = tf.randomUniform(shape, -1, 1);
-      // The causal shortcuts assume a triangular A (stored lower-triangular, transposed or not).
-      if (lowerTriangular) x = tf.tidy(() => tf.linalg.bandPart(x, -1, 0));
-      if (type === 'f32') return x;
-      const h = tf.engine().makeTensorFromTensorInfo(toHalf(x));
-      x.dispose();
-      return h;
-    };
-    const a = operand(
-      s.aType,
-      [s.batch, ...(s.transA ? [s.K, s.M] : [s.M, s.K])],
-      s.triangle === 'lowerA' || s.triangle === 'upperA',
-    );
-    const b = operand(s.bType, [s.batch, ...(s.transB ? [s.N, s.K] : [s.K, s.N])]);
-    const flops = 2 * s.batch * s.M * s.N * s.K * (s.triangle === 'none' ? 1 : 0.5);
+    const [a, b] = randomOperands(s);
+    const flops = productFlops(s);
     const noSplit = s.batch > 1 || s.triangle !== 'none';
     // The f32 kernel's product on the same operands: each candidate must agree with it.
     const reference = noSplit ? batchedPlan(s.M, s.N, s.K) : defaultPlan(s.M, s.N, s.K);
@@ -841,14 +929,31 @@ async function tunePending(targetMs: number, budgetSeconds: number): Promise<Tun
     const plans: MatMulPlan[] = [];
     const initial = defaultPlanOf(s);
     const names = new Set<string>();
-    let untried = 0;
+    const candidates: MatMulPlan[] = [];
     for (const p of [initial, ...candidatePlans(s)]) {
       if (names.has(planName(p))) continue;
       names.add(planName(p));
-      if (p !== initial && overBudget()) {
-        untried++;
-        continue;
-      }
+      candidates.push(p);
+    }
+    // Compiled side by side, a group at a time while the budget lasts (the untuned plan always).
+    let compiled = 0;
+    while (compiled < candidates.length && (compiled === 0 || !overBudget())) {
+      const group = candidates.slice(compiled, compiled + (overBudget() ? 1 : PARALLEL_COMPILES));
+      await precompile(
+        group.flatMap((p) => {
+          const { kernel, sum } = prepare(p, s, 'none');
+          return [kernel, ...(sum ? [sum.kernel] : [])].map((k) => ({
+            kernel: k,
+            nIn: k === kernel ? 2 : 1,
+            nOut: 1,
+            hasUniforms: true,
+          }));
+        }),
+      );
+      compiled += group.length;
+    }
+    const untried = candidates.length - compiled;
+    for (const p of candidates.slice(0, compiled)) {
       const problem = await planProblem(p, s, a, b, checkProduct);
       if (problem) rejected.push(`${planName(p)}: ${problem}`);
       else plans.push(p);
@@ -857,16 +962,7 @@ async function tunePending(targetMs: number, budgetSeconds: number): Promise<Tun
     // The untuned plan, unless it was left out: then the f32 kernel's.
     const def = plans.includes(initial) ? initial : reference;
     if (!plans.includes(def)) plans.unshift(def);
-    const run = (plan: MatMulPlan, reps: number) => {
-      for (let i = 0; i < reps; i++) release(matmul({ a, b, ...s, plan }).c);
-    };
-    const timed = async (plan: MatMulPlan, reps: number): Promise<number> => {
-      await drain();
-      const t0 = performance.now();
-      run(plan, reps);
-      await drain();
-      return (performance.now() - t0) / reps;
-    };
+    const timed = (plan: MatMulPlan, reps: number) => timeProduct(s, a, b, plan, reps);
     // Estimate (each candidate has run once already).
     const estimate = new Map<MatMulPlan, number>();
     for (const p of plans) estimate.set(p, await timed(p, 1));

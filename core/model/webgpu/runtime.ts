@@ -202,37 +202,92 @@ const pipelineCache = new WeakMap<GPUDevice, Map<string, Compiled>>();
 /** The last pipeline each kernel got, so a dispatch builds no cache key in the usual case. */
 const lastCompiled = new WeakMap<Kernel, { device: GPUDevice; signature: number; compiled: Compiled }>();
 
+/** The cache of a device's pipelines, by kernel and bindings. */
+function deviceCache(device: GPUDevice): Map<string, Compiled> {
+  let cache = pipelineCache.get(device);
+  if (!cache) {
+    cache = new Map();
+    pipelineCache.set(device, cache);
+  }
+  return cache;
+}
+
+const compiledKey = (kernel: Kernel, nIn: number, nOut: number, hasUniforms: boolean) =>
+  `${kernel.key}|${nIn}|${nOut}|${+hasUniforms}`;
+
+/** A kernel's bind group layout (inputs read-only storage, outputs storage, uniforms last) and its pipeline's descriptor. */
+function pipelineDescriptor(
+  device: GPUDevice,
+  kernel: Kernel,
+  nIn: number,
+  nOut: number,
+  hasUniforms: boolean,
+): { layout: GPUBindGroupLayout; descriptor: GPUComputePipelineDescriptor } {
+  const entries: GPUBindGroupLayoutEntry[] = [];
+  for (let i = 0; i < nIn; i++)
+    entries.push({ binding: i, visibility: GPUShaderStage.COMPUTE, buffer: { type: 'read-only-storage' } });
+  for (let i = 0; i < nOut; i++)
+    entries.push({ binding: nIn + i, visibility: GPUShaderStage.COMPUTE, buffer: { type: 'storage' } });
+  if (hasUniforms)
+    entries.push({ binding: nIn + nOut, visibility: GPUShaderStage.COMPUTE, buffer: { type: 'uniform' } });
+  const layout = device.createBindGroupLayout({ entries });
+  const module = device.createShaderModule({ code: kernel.source(), label: kernel.name });
+  return {
+    layout,
+    descriptor: {
+      layout: device.createPipelineLayout({ bindGroupLayouts: [layout] }),
+      compute: { module, entryPoint: 'main' },
+      label: kernel.name,
+    },
+  };
+}
+
 function compile(b: WebGPUBackendInternals, kernel: Kernel, nIn: number, nOut: number, hasUniforms: boolean): Compiled {
   const signature = (nIn * 256 + nOut) * 2 + +hasUniforms;
   const last = lastCompiled.get(kernel);
   if (last && last.device === b.device && last.signature === signature) return last.compiled;
-  let cache = pipelineCache.get(b.device);
-  if (!cache) {
-    cache = new Map();
-    pipelineCache.set(b.device, cache);
-  }
-  const key = `${kernel.key}|${nIn}|${nOut}|${+hasUniforms}`;
+  const cache = deviceCache(b.device);
+  const key = compiledKey(kernel, nIn, nOut, hasUniforms);
   let c = cache.get(key);
   if (!c) {
-    const entries: GPUBindGroupLayoutEntry[] = [];
-    for (let i = 0; i < nIn; i++)
-      entries.push({ binding: i, visibility: GPUShaderStage.COMPUTE, buffer: { type: 'read-only-storage' } });
-    for (let i = 0; i < nOut; i++)
-      entries.push({ binding: nIn + i, visibility: GPUShaderStage.COMPUTE, buffer: { type: 'storage' } });
-    if (hasUniforms)
-      entries.push({ binding: nIn + nOut, visibility: GPUShaderStage.COMPUTE, buffer: { type: 'uniform' } });
-    const layout = b.device.createBindGroupLayout({ entries });
-    const module = b.device.createShaderModule({ code: kernel.source(), label: kernel.name });
-    const pipeline = b.device.createComputePipeline({
-      layout: b.device.createPipelineLayout({ bindGroupLayouts: [layout] }),
-      compute: { module, entryPoint: 'main' },
-      label: kernel.name,
-    });
-    c = { pipeline, layout, bindGroups: new Map() };
+    const { layout, descriptor } = pipelineDescriptor(b.device, kernel, nIn, nOut, hasUniforms);
+    c = { pipeline: b.device.createComputePipeline(descriptor), layout, bindGroups: new Map() };
     cache.set(key, c);
   }
   lastCompiled.set(kernel, { device: b.device, signature, compiled: c });
   return c;
+}
+
+/**
+ * Compiles these kernels' pipelines at once, on the device's own threads (asynchronous pipeline
+ * creation: the driver's compiler is what takes the time, seconds a subgroup-matrix product on
+ * NVIDIA, and it runs them side by side), and caches those that compile for their first dispatch.
+ * Returns each kernel's error message, or null.
+ */
+export async function precompile(
+  wanted: Array<{ kernel: Kernel; nIn: number; nOut: number; hasUniforms: boolean }>,
+): Promise<Array<string | null>> {
+  const b = backendOrThrow();
+  const cache = deviceCache(b.device);
+  return Promise.all(
+    wanted.map(async ({ kernel, nIn, nOut, hasUniforms }) => {
+      const key = compiledKey(kernel, nIn, nOut, hasUniforms);
+      if (cache.has(key)) return null;
+      b.device.pushErrorScope('validation');
+      const { layout, descriptor } = pipelineDescriptor(b.device, kernel, nIn, nOut, hasUniforms);
+      const scope = b.device.popErrorScope();
+      try {
+        const pipeline = await b.device.createComputePipelineAsync(descriptor);
+        const invalid = await scope;
+        if (invalid) return invalid.message.split('\n')[0];
+        cache.set(key, { pipeline, layout, bindGroups: new Map() });
+        return null;
+      } catch (e) {
+        await scope;
+        return String(e instanceof Error ? e.message : e).split('\n')[0];
+      }
+    }),
+  );
 }
 
 /**
@@ -338,7 +393,8 @@ export function zeroFill(...ts: tf.TensorInfo[]): void {
 
 /** A profiler's hook (profiler.ts): opens a timed pass before each dispatch and closes it after. */
 interface DispatchHook {
-  begin(name: string): void;
+  /** `grid` tells the shapes of one kernel apart (a product's tile count, a row kernel's rows). */
+  begin(name: string, grid?: [number, number, number]): void;
   end(): void;
 }
 let hook: DispatchHook | null = null;
@@ -408,7 +464,7 @@ export function dispatch(
     throw new Error(`webgpu kernel ${kernel.name}: grid ${grid} exceeds ${max} per dimension`);
 
   if (hook) {
-    hook.begin(kernel.name);
+    hook.begin(kernel.name, grid);
     b.computePassEncoder!.setPipeline(pipeline);
     b.computePassEncoder!.setBindGroup(0, bindGroup);
     b.computePassEncoder!.dispatchWorkgroups(grid[0], grid[1], grid[2]);

@@ -75,6 +75,22 @@ export interface SgMatMulVariant extends SgMatMulTile {
   splitK: boolean;
   batched: boolean;
   triangle: 'none' | 'lowerC' | 'lowerA' | 'upperA';
+  /**
+   * The grid's x walks M blocks instead of N blocks (sgMatmulGrid): consecutive workgroups then share
+   * B's block and walk A, which pays when B is too large to stay in L2 and A is not (the logits).
+   */
+  walkM: boolean;
+}
+
+/** The workgroup grid of a variant: blocks of N along x and of M along y, swapped when it walks M; z the split-K slices or the batch. */
+export function sgMatmulGrid(
+  v: Pick<SgMatMulVariant, 'BM' | 'BN' | 'walkM'>,
+  M: number,
+  N: number,
+  S = 1,
+): [number, number, number] {
+  const [m, n] = [Math.ceil(M / v.BM), Math.ceil(N / v.BN)];
+  return v.walkM ? [m, n, S] : [n, m, S];
 }
 
 /** Padding of a workgroup slab's rows, in f16 elements (16 bytes: keeps rows 16-byte aligned, as matrix loads want). */
@@ -106,6 +122,7 @@ export function sgVariantKey(v: SgMatMulVariant): string {
     +v.batched,
     v.triangle,
     +(v.emulate ?? false),
+    +v.walkM,
   ].join('_');
 }
 
@@ -192,7 +209,7 @@ function emulatedOps(v: SgMatMulVariant): MatrixOps {
 
 /**
  * Bindings: 0 A, 1 B, [2 bias], then C [and, for bias-gelu, the pre-activation Z], then the
- * uniforms {M, N, K, kChunk}; matmulGrid's workgroup grid.
+ * uniforms {M, N, K, kChunk}; sgMatmulGrid's workgroup grid.
  */
 export function sgMatmulSource(v: SgMatMulVariant): string {
   const problem = sgVariantProblem(v);
@@ -437,8 +454,8 @@ ${gelu ? ERF_WGSL : ''}
 ${staged && (v.aType === 'f32' || v.bType === 'f32') ? TO_F16_WGSL : ''}
 @compute @workgroup_size(${threads}, 1, 1)
 fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-  let rowA0 = wid.y * ${BM}u;
-  let colB0 = wid.x * ${BN}u;
+  let rowA0 = wid.${v.walkM ? 'x' : 'y'} * ${BM}u;
+  let colB0 = wid.${v.walkM ? 'y' : 'x'} * ${BN}u;
   ${v.triangle === 'lowerC' ? `if (colB0 > rowA0 + ${BM - 1}u) { return; }` : ''}
   let sg = lidx / ${SG}u;
   let lane = lidx % ${SG}u;
