@@ -40,7 +40,7 @@ import {
 import * as tf from '../core/model/tfjs.js';
 import { setTensorflowKernels } from '../core/model/tensorflow/native.js';
 import { setFusedKernels } from '../core/model/webgpu/fused.js';
-import { type ProductTime, type TuneResult, productTimes } from '../core/model/webgpu/matmul.js';
+import type { TuneResult } from '../core/model/webgpu/matmul.js';
 import { profileGpu } from '../core/model/webgpu/profiler.js';
 import { gpuBytesAllocated } from '../core/model/webgpu/runtime.js';
 import { forwardFlops } from '../core/subnet/count.js';
@@ -180,8 +180,6 @@ export interface Measurement {
   finalLoss?: number;
   /** Matrix-product plans the autotuner chose (webgpu with fused kernels). */
   autotune?: TuneResult[];
-  /** Every matrix-product shape of the step timed with the plan it ran (tuned, from a plan file or default), after the timed steps. */
-  products?: ProductTime[];
   /** Mixed precision's loss scale at the end and the steps it skipped (webgpu's f16 products). */
   lossScale?: { scale: number; skippedSteps: number };
   /** Kernel launches and library calls per training step (cuda). */
@@ -291,7 +289,6 @@ async function measure(args: Args, which: BenchBackend): Promise<Measurement> {
   const viaHost = cuda?.fallbackCounts();
   const launchesPerStep = cuda ? ((cuda.openedCudaDevice()?.launches ?? 0) - launches0) / args.steps : undefined;
   const replayedSteps = graphStats ? graphStats().replays - replays0 : undefined;
-  const products = which === 'webgpu' ? await productTimes() : undefined;
   let profile = args.profile && gpuBytes !== null ? await profileStep(() => step(true)) : undefined;
   if (args.profile && cuda) {
     const { profileEagerly } = await import('../core/model/cuda/register.js');
@@ -316,7 +313,6 @@ async function measure(args: Args, which: BenchBackend): Promise<Measurement> {
     peakGpuMiB,
     finalLoss,
     autotune,
-    ...(products?.length ? { products } : {}),
     profile,
     ...(viaHost && Object.keys(viaHost).length ? { viaHost } : {}),
     launchesPerStep,
@@ -477,7 +473,6 @@ export async function runConfig(args: Args): Promise<Record<string, unknown>[]> 
       finalLoss: r.finalLoss,
       ...(r.lossScale ? { lossScale: r.lossScale } : {}),
       ...(r.autotune ? { autotune: r.autotune } : {}),
-      ...(r.products ? { products: r.products } : {}),
       ...(r.profile ? { profile: r.profile } : {}),
       ...(r.viaHost ? { viaHost: r.viaHost } : {}),
       ...(r.launchesPerStep !== undefined ? { launchesPerStep: r.launchesPerStep } : {}),

@@ -211,9 +211,6 @@ export function matmulPlanCounts(): { classes: number; tuned: number } {
   return { classes: shapeClassesEnabled() ? classPlans.size : tuned.size, tuned: tunedHere };
 }
 
-/** Every product shape used since the last clearMatMulTuning, by shapeKey (productTimes times them). */
-const seen = new Map<string, Shape>();
-
 /** Untuned shapes' plans, made once (the same object each time, so its prepared dispatches are reused), with their class. */
 const defaults = new Map<string, { plan: MatMulPlan; cls: string }>();
 
@@ -223,7 +220,6 @@ export function clearMatMulTuning(): void {
   tuned.clear();
   classPlans.clear();
   defaults.clear();
-  seen.clear();
   plansReadFor = null;
 }
 
@@ -234,7 +230,6 @@ export function clearMatMulTuning(): void {
 function planFor(key: string, s: Shape): MatMulPlan {
   const t = tuned.get(key) ?? defaults.get(key)?.plan;
   if (t) return t;
-  seen.set(key, s);
   const byClass = shapeClassesEnabled();
   const cls = byClass ? shapeClass(s) : key;
   if (byClass) {
@@ -835,39 +830,6 @@ async function timeProduct(s: Shape, a: tf.Tensor, b: tf.Tensor, plan: MatMulPla
   for (let i = 0; i < reps; i++) release(matmul({ a, b, ...s, plan }).c);
   await drain();
   return (performance.now() - t0) / reps;
-}
-
-export interface ProductTime {
-  shape: string;
-  plan: string;
-  ms: number;
-  tflops: number;
-}
-
-/**
- * Every product shape used since the last clearMatMulTuning timed with the plan it runs now (tuned
- * here, read from a plan file or the default), on random operands: the best of three rounds of
- * about `targetMs` each. What a benchmark reports per shape whether or not this process tuned.
- */
-export async function productTimes(targetMs = 12): Promise<ProductTime[]> {
-  if (webgpuBackend() === null) return [];
-  const out: ProductTime[] = [];
-  for (const [key, s] of seen) {
-    const plan = planFor(key, s);
-    const [a, b] = randomOperands(s);
-    const once = await timeProduct(s, a, b, plan, 1);
-    const reps = Math.max(2, Math.min(200, Math.ceil(targetMs / Math.max(once, 0.01))));
-    let ms = Number.POSITIVE_INFINITY;
-    for (let round = 0; round < 3; round++) ms = Math.min(ms, await timeProduct(s, a, b, plan, reps));
-    tf.dispose([a, b]);
-    out.push({
-      shape: key,
-      plan: planName(plan),
-      ms: Number(ms.toFixed(3)),
-      tflops: Number((productFlops(s) / ms / 1e9).toFixed(2)),
-    });
-  }
-  return out;
 }
 
 /**
