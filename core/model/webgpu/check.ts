@@ -243,6 +243,7 @@ export function sgTileShapes(tile: SgMatMulTile): Array<{ o: HalfProductOptions;
   const whole: HalfProductOptions[] = [
     { M: 2 * BM, N: 2 * BN, K: 3 * BK, transB: true },
     { M: 2 * BM, N: 2 * BN, K: 3 * BK, epilogue: 'bias' },
+    { M: 2 * BM, N: BN, K: 2 * BK, transB: true, epilogue: 'bias-gelu' },
     { M: 2 * BM, N: BN, K: 3 * BK, transA: true },
     { M: 3 * BM, N: 2 * BN, K: 2 * BK, transB: true, walkM: true },
     { M: T, N: T, K: BK, batch: 2, triangle: 'lowerC', transB: true },
