@@ -564,7 +564,8 @@ export interface MatMulArgs {
    * Mixed precision: f32 operands may be rounded to f16 for the product (subgroup-matrix plans are
    * candidates; attention's products). Implied by an f16 operand.
    */
-  half?: boolean /** Subgroup-matrix plans: walk M blocks first (walksM); default as walksM decides. */;
+  half?: boolean;
+  /** Subgroup-matrix plans: walk M blocks first, or not (the tile checks); by default walksM decides. */
   walkM?: boolean;
 }
 
