@@ -14,7 +14,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 
 import { AdamW, GPTNeoX, Trainer, clipByGlobalNorm } from '../core/model/index.js';
 import * as tf from '../core/model/tfjs.js';
-import { attentionCase } from '../core/model/webgpu/attention.js';
+import { attentionCase, setSubgroupSoftmax } from '../core/model/webgpu/attention.js';
 import { randHost, relErr } from '../core/model/kernel-check.js';
 import { type KernelCase, matmulCase, modelGradientCheck, runCase } from '../core/model/webgpu/check.js';
 import { crossEntropyCase } from '../core/model/webgpu/cross-entropy.js';
@@ -98,6 +98,27 @@ describe.skipIf(!hasWebGPU)('fused WebGPU kernels match the reference ops', () =
       const r = await runCase(c, 'cpu');
       expect(r.valueErr, 'value').toBeLessThan(c.tol);
       r.gradErrs.forEach((e, i) => expect(e, `gradient of input ${c.diff[i]}`).toBeLessThan(c.tol));
+    },
+    600_000,
+  );
+
+  // Where subgroups run (lavapipe's size is 8) the scores path's softmax takes a subgroup per row;
+  // adapters whose subgroup size varies keep the workgroup-per-row kernels.
+  it.each(
+    [attentionCase('scores', 2, 70, 3, 16, 4), attentionCase('scores', 1, 130, 2, 32, 8)].map(
+      (c) => [c.name, c] as const,
+    ),
+  )(
+    'workgroup-per-row softmax: %s',
+    async (_name, c) => {
+      setSubgroupSoftmax(false);
+      try {
+        const r = await runCase(c, 'cpu');
+        expect(r.valueErr, 'value').toBeLessThan(c.tol);
+        r.gradErrs.forEach((e, i) => expect(e, `gradient of input ${c.diff[i]}`).toBeLessThan(c.tol));
+      } finally {
+        setSubgroupSoftmax(true);
+      }
     },
     600_000,
   );

@@ -560,6 +560,91 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 `;
 }
 
+/** Invocations of a subgroup-per-row softmax workgroup (rows per workgroup: this over the subgroup size). */
+const SUBGROUP_ROWS_WG = 128;
+
+/**
+ * The softmax kernels with one subgroup per row instead of a workgroup: each invocation keeps E of
+ * the row's elements (every SG-th) in registers, and the max and sums are subgroup operations, so
+ * the scores are read once and nothing waits at a workgroup barrier. For adapters with one subgroup
+ * size SG (the subgroups are numbered local_invocation_index / SG, as the matrix kernels do) and rows
+ * of at most SG·E elements. `backward` computes dS from P and dP as causalSoftmaxBackwardSource does;
+ * else P from S as causalSoftmaxSource does. f16 makes P (and dS) f16.
+ */
+export function causalSoftmaxSubgroupSource(o: { SG: number; E: number; f16: boolean; backward: boolean }): string {
+  const { SG, E, f16, backward } = o;
+  const out = outputs(f16);
+  const bindings = backward
+    ? [
+        `@group(0) @binding(0) var<storage, read> P: array<${out.type}>;`,
+        '@group(0) @binding(1) var<storage, read> dP: array<f32>;',
+        `@group(0) @binding(2) var<storage, read_write> dS: array<${out.type}>;`,
+        '@group(0) @binding(3) var<uniform> u: U;',
+      ]
+    : [
+        '@group(0) @binding(0) var<storage, read> S: array<f32>;',
+        `@group(0) @binding(1) var<storage, read_write> P: array<${out.type}>;`,
+        '@group(0) @binding(2) var<uniform> u: U;',
+      ];
+  const each = (body: string) => `for (var i = 0u; i < ${E}u; i++) { let c = lane + i * ${SG}u; ${body} }`;
+  const body = backward
+    ? `var p: array<f32, ${E}>;
+  var g: array<f32, ${E}>;
+  var acc = 0.0;
+  ${each('p[i] = 0.0; g[i] = 0.0; if (c <= last) { p[i] = f32(P[base + c]); g[i] = dP[base + c]; acc = acc + p[i] * g[i]; }')}
+  let d = subgroupAdd(acc);
+  ${each(`if (c < u.T) { dS[base + c] = ${out.put('u.scale * p[i] * (g[i] - d)')}; }`)}`
+    : `var x: array<f32, ${E}>;
+  var m = ${NEG_BIG};
+  ${each(`x[i] = ${NEG_BIG}; if (c <= last) { x[i] = S[base + c] * u.scale; m = max(m, x[i]); }`)}
+  m = subgroupMax(m);
+  var sum = 0.0;
+  ${each('var e = 0.0; if (c <= last) { e = exp(x[i] - m); } x[i] = e; sum = sum + e;')}
+  let inv = 1.0 / subgroupAdd(sum);
+  ${each(`if (c < u.T) { P[base + c] = ${f16 ? 'f16(x[i] * inv)' : 'x[i] * inv'}; }`)}`;
+  return /* wgsl */ `enable subgroups;
+${out.enable}
+diagnostic(off, subgroup_uniformity);
+struct U { rows: u32, T: u32, scale: f32, p0: u32 };
+${bindings.join('\n')}
+${out.helpers}
+@compute @workgroup_size(${SUBGROUP_ROWS_WG})
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  // A whole subgroup takes one row (and leaves together past the last).
+  let row = (wid.x + wid.y * nwg.x) * ${SUBGROUP_ROWS_WG / SG}u + lid / ${SG}u;
+  let lane = lid % ${SG}u;
+  if (row >= u.rows) { return; }
+  let last = row % u.T;
+  let base = row * u.T;
+  ${body}
+}
+`;
+}
+
+/** Most elements a subgroup-per-row invocation keeps in registers (rows longer than SG times this take the workgroup kernels). */
+const SUBGROUP_ROW_MAX_E = 64;
+
+let subgroupSoftmaxOn = true;
+/** Turns the subgroup-per-row softmax kernels off (true: on where they apply), so tests reach the workgroup ones. */
+export function setSubgroupSoftmax(on: boolean): void {
+  subgroupSoftmaxOn = on;
+}
+
+/**
+ * The subgroup size and elements per invocation of the subgroup-per-row softmax kernels for rows of
+ * T, or null where they do not apply (no subgroups, a subgroup size that varies, rows too long, or
+ * turned off by setSubgroupSoftmax).
+ */
+function subgroupSoftmaxShape(T: number): { SG: number; E: number } | null {
+  const c = capabilities();
+  const SG = c.subgroupMinSize;
+  if (!subgroupSoftmaxOn || !c.subgroups || SG === null || SG !== c.subgroupMaxSize || SUBGROUP_ROWS_WG % SG !== 0)
+    return null;
+  let E = 1;
+  while (E * SG < T) E *= 2;
+  return E <= SUBGROUP_ROW_MAX_E ? { SG, E } : null;
+}
+
 /**
  * Head layout moves: with \`toHeads\`, in: x [B·T, H·hs] → out: [BH, T, hs] (f16 with `f16`); else
  * the reverse. u: {total, T, H}. One invocation per four elements (hs % 4 == 0).
@@ -796,17 +881,20 @@ function scoresAttention(
   const operand: OperandType = f16 ? 'f16' : 'f32';
   const batched = { batch: BH, M: T, half: f16, aType: operand, bType: operand };
   const square = (): tf.TensorInfo => allocate(f16 ? halfStorageShape(BH * T * T) : [BH, T, T]);
+  const bySubgroup = subgroupSoftmaxShape(T);
+  const softmax = (backward: boolean) => {
+    const name = backward ? 'causal_softmax_backward' : 'causal_softmax';
+    if (!bySubgroup)
+      return kernel(name, String(f16), () => (backward ? causalSoftmaxBackwardSource : causalSoftmaxSource)(f16));
+    const { SG, E } = bySubgroup;
+    return kernel(`${name}_subgroup`, `${SG}_${E}_${f16}`, () => causalSoftmaxSubgroupSource({ SG, E, f16, backward }));
+  };
+  const softmaxGrid = bySubgroup ? rowGrid(Math.ceil(rows / (SUBGROUP_ROWS_WG / bySubgroup.SG))) : rowGrid(rows);
   return customOp(([x], save) => {
     const { q, k, v } = split(x, f16);
     const scores = matmul({ ...batched, a: q, b: k, N: T, K: hs, transB: true, triangle: 'lowerC' }).c;
     const p = square();
-    dispatch(
-      kernel('causal_softmax', String(f16), () => causalSoftmaxSource(f16)),
-      [scores],
-      [p],
-      su,
-      rowGrid(rows),
-    );
+    dispatch(softmax(false), [scores], [p], su, softmaxGrid);
     release(scores);
     const oHeads = matmul({ ...batched, a: p, b: v, N: hs, K: T, triangle: 'lowerA' }).c;
     const o = allocate([B * T, H * hs]);
@@ -832,13 +920,7 @@ function scoresAttention(
         );
         const dP = matmul({ ...batched, a: dO, b: vs, N: T, K: hs, transB: true, triangle: 'lowerC' }).c;
         const dS = square();
-        dispatch(
-          kernel('causal_softmax_backward', String(f16), () => causalSoftmaxBackwardSource(f16)),
-          [ps, dP],
-          [dS],
-          su,
-          rowGrid(rows),
-        );
+        dispatch(softmax(true), [ps, dP], [dS], su, softmaxGrid);
         release(dP);
         const dv = matmul({ ...batched, a: ps, b: dO, N: hs, K: T, transA: true, triangle: 'upperA' }).c;
         const dq = matmul({ ...batched, a: dS, b: ks, N: hs, K: T, triangle: 'lowerA' }).c;
