@@ -262,30 +262,25 @@ function compile(b: WebGPUBackendInternals, kernel: Kernel, nIn: number, nOut: n
  * Compiles these kernels' pipelines at once, on the device's own threads (asynchronous pipeline
  * creation: the driver's compiler is what takes the time, seconds a subgroup-matrix product on
  * NVIDIA, and it runs them side by side), and caches those that compile for their first dispatch.
- * Returns each kernel's error message, or null.
+ * One that does not compile is left out of the cache: compileError or its first dispatch says why.
  */
 export async function precompile(
   wanted: Array<{ kernel: Kernel; nIn: number; nOut: number; hasUniforms: boolean }>,
-): Promise<Array<string | null>> {
+): Promise<void> {
   const b = backendOrThrow();
   const cache = deviceCache(b.device);
-  return Promise.all(
+  await Promise.all(
     wanted.map(async ({ kernel, nIn, nOut, hasUniforms }) => {
       const key = compiledKey(kernel, nIn, nOut, hasUniforms);
-      if (cache.has(key)) return null;
+      if (cache.has(key)) return;
       b.device.pushErrorScope('validation');
       const { layout, descriptor } = pipelineDescriptor(b.device, kernel, nIn, nOut, hasUniforms);
-      const scope = b.device.popErrorScope();
-      try {
-        const pipeline = await b.device.createComputePipelineAsync(descriptor);
-        const invalid = await scope;
-        if (invalid) return invalid.message.split('\n')[0];
-        cache.set(key, { pipeline, layout, bindGroups: new Map() });
-        return null;
-      } catch (e) {
-        await scope;
-        return String(e instanceof Error ? e.message : e).split('\n')[0];
-      }
+      const invalid = b.device.popErrorScope();
+      const [pipeline, error] = await Promise.all([
+        b.device.createComputePipelineAsync(descriptor).catch(() => null),
+        invalid,
+      ]);
+      if (pipeline && error === null) cache.set(key, { pipeline, layout, bindGroups: new Map() });
     }),
   );
 }
