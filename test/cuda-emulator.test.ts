@@ -31,7 +31,13 @@ import * as tf from '../core/model/tfjs.js';
 import { TeacherClient } from '../services/teacher/index.js';
 import { useCudaEmulator } from './helpers/cuda-emulator.js';
 import { startTeacher, stopAllTeachers } from './helpers/teacher.js';
-import { straightAndResumed, syntheticBatches, teacherTopKPass, tinyConfig, tinyHyper } from './helpers/tiny.js';
+import {
+  straightAndResumed,
+  syntheticBatches,
+  alternatingTeacherPasses,
+  tinyConfig,
+  tinyHyper,
+} from './helpers/tiny.js';
 
 let compilerReason: string | null = null;
 try {
@@ -148,14 +154,10 @@ describe.skipIf(!!compilerReason)(
       const { graphStats } = await import('../core/model/cuda/register.js');
       await initBackend('cuda', () => {});
       const model = GPTNeoX.random(config, 11);
-      const [rows, seqLen, k] = [2, 16, 8];
-      const tokens = [3, 5].map((m) => Int32Array.from({ length: rows * seqLen }, (_, i) => (i * m + 1) % 256));
-      const pass = (ids: Int32Array) => teacherTopKPass(model, ids, rows, k);
       try {
         const before = graphStats();
         // Two eager passes, then the third captured and launched, and replays; the two token sets alternate.
-        const answers = [];
-        for (let i = 0; i < 6; i++) answers.push(await pass(tokens[i % 2]));
+        const answers = await alternatingTeacherPasses(model, 2, 16, 8);
         const after = graphStats();
         expect(after.captures - before.captures).toBe(1);
         expect(after.replays - before.replays).toBe(4);

@@ -12,7 +12,7 @@ import * as tf from '../core/model/tfjs.js';
 import { replayStats } from '../core/model/webgpu/replay.js';
 import { gpuBytesAllocated } from '../core/model/webgpu/runtime.js';
 import { testBackends, useBackend } from './helpers/backends.js';
-import { syntheticBatches, teacherTopKPass, tinyConfig } from './helpers/tiny.js';
+import { syntheticBatches, alternatingTeacherPasses, tinyConfig } from './helpers/tiny.js';
 
 const hasWebGPU = (await testBackends()).includes('webgpu');
 
@@ -110,14 +110,10 @@ describe.skipIf(!hasWebGPU)('webgpu: steps recorded once per shape and replayed'
   it("a teacher's repeated forward pass and top-k replays with each pass's own tokens", async () => {
     await useBackend('webgpu');
     const model = GPTNeoX.random(config, 11);
-    const [rows, k] = [2, 8];
-    const tokens = [3, 5].map((m) => Int32Array.from({ length: rows * seqLen }, (_, i) => (i * m + 1) % 256));
-    const pass = (ids: Int32Array) => teacherTopKPass(model, ids, rows, k);
     try {
       const before = replayStats();
       // Two eager passes, the third recorded, then replays; the two token sets alternate.
-      const answers = [];
-      for (let i = 0; i < 6; i++) answers.push(await pass(tokens[i % 2]));
+      const answers = await alternatingTeacherPasses(model, 2, seqLen, 8);
       const after = replayStats();
       expect([after.recordings - before.recordings, after.replays - before.replays]).toEqual([1, 3]);
       expect(answers[0]).not.toEqual(answers[1]);

@@ -98,7 +98,7 @@ export async function straightAndResumed(
  * Runs a teacher's forward pass and top-k over `tokens` (`rows` rows) as the teacher service does, a
  * pass a backend may replay (ops/step.ts runRepeatedPass); its logits, indices and log-normalisers.
  */
-export async function teacherTopKPass(
+async function teacherTopKPass(
   model: GPTNeoX,
   tokens: Int32Array,
   rows: number,
@@ -116,4 +116,21 @@ export async function teacherTopKPass(
   const data = await Promise.all(outs.map((o) => o.data()));
   tf.dispose(outs);
   return data.map((d) => Array.from(d));
+}
+
+/**
+ * Six teacher passes (teacherTopKPass) alternating two token sets, their answers in order: the
+ * first two run eagerly, the third is recorded (or captured) and the rest replayed, so each later
+ * answer must equal the first of its token set.
+ */
+export async function alternatingTeacherPasses(
+  model: GPTNeoX,
+  rows: number,
+  seqLen: number,
+  k: number,
+): Promise<number[][][]> {
+  const tokens = [3, 5].map((m) => Int32Array.from({ length: rows * seqLen }, (_, i) => (i * m + 1) % 256));
+  const answers: number[][][] = [];
+  for (let i = 0; i < 6; i++) answers.push(await teacherTopKPass(model, tokens[i % 2], rows, k));
+  return answers;
 }
