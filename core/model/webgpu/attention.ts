@@ -659,7 +659,7 @@ export function headsLayoutSource(hs: number, toHeads: boolean, f16 = false): st
 struct U { total: u32, T: u32, H: u32, p0: u32 };
 @group(0) @binding(2) var<uniform> u: U;
 ${FLAT}
-${f16 ? `${TO_F16_WGSL}` : ''}
+${o.helpers}
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
   let idx = flat_index(gid, nwg);
