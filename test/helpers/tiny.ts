@@ -98,12 +98,7 @@ export async function straightAndResumed(
  * Runs a teacher's forward pass and top-k over `tokens` (`rows` rows) as the teacher service does, a
  * pass a backend may replay (ops/step.ts runRepeatedPass); its logits, indices and log-normalisers.
  */
-async function teacherTopKPass(
-  model: GPTNeoX,
-  tokens: Int32Array,
-  rows: number,
-  k: number,
-): Promise<number[][]> {
+async function teacherTopKPass(model: GPTNeoX, tokens: Int32Array, rows: number, k: number): Promise<number[][]> {
   const outs = runRepeatedPass({
     key: 'teacher top-k',
     inputs: [{ shape: [rows, tokens.length / rows], dtype: 'int32', data: tokens }],
