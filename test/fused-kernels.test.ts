@@ -59,10 +59,13 @@ const CASES: KernelCase[] = [
   linearCase(64, 128, 256, 'none'),
   linearCase(37, 20, 52, 'gelu'),
   linearCase(21, 16, 9, 'gelu'),
+  // Enough rows that the bias gradient's partial sums take the many-slice sum, eight loads at a time.
+  linearCase(2100, 12, 20, 'gelu'),
   logitsCase(24, 16, 1100),
   layerNormCase(29, 48),
   layerNormCase(70, 200),
   layerNormCase(5, 32),
+  layerNormCase(1100, 24),
   attentionCase('flash', 2, 9, 3, 16, 4),
   attentionCase('flash', 2, 70, 3, 16, 4),
   attentionCase('flash', 1, 67, 2, 12, 12),

@@ -386,11 +386,19 @@ var<workgroup> part: array<f32, 256>;
 @compute @workgroup_size(16, 16, 1)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
   let col = (wid.x + wid.y * nwg.x) * 16u + lid.x;
-  var acc = 0.0;
+  // Eight loads in flight per lane: the sum is short and bound by their latency, not by bandwidth.
+  var lo = vec4<f32>(0.0);
+  var hi = vec4<f32>(0.0);
   if (col < u.L) {
-    for (var s = lid.y; s < u.S; s += 16u) { acc = acc + X[s * u.L + col]; }
+    var s = lid.y;
+    for (; s + 112u < u.S; s += 128u) {
+      lo = lo + vec4<f32>(X[s * u.L + col], X[(s + 16u) * u.L + col], X[(s + 32u) * u.L + col], X[(s + 48u) * u.L + col]);
+      hi = hi + vec4<f32>(X[(s + 64u) * u.L + col], X[(s + 80u) * u.L + col], X[(s + 96u) * u.L + col], X[(s + 112u) * u.L + col]);
+    }
+    for (; s < u.S; s += 16u) { lo.x = lo.x + X[s * u.L + col]; }
   }
-  part[lid.y * 16u + lid.x] = acc;
+  let acc = lo + hi;
+  part[lid.y * 16u + lid.x] = acc.x + acc.y + acc.z + acc.w;
   workgroupBarrier();
   for (var st = 8u; st > 0u; st = st >> 1u) {
     if (lid.y < st) { part[lid.y * 16u + lid.x] = part[lid.y * 16u + lid.x] + part[(lid.y + st) * 16u + lid.x]; }
