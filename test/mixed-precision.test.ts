@@ -44,7 +44,7 @@ import { attentionCase } from '../core/model/webgpu/attention.js';
 import { linearCase, logitsCase } from '../core/model/webgpu/linear.js';
 import { autotuneMatMuls, clearMatMulTuning, makePlan, matmul, sgTilesFor } from '../core/model/webgpu/matmul.js';
 import { release } from '../core/model/webgpu/runtime.js';
-import { type SgMatMulVariant, sgMatmulSource, sgTile } from '../core/model/webgpu/wgsl-sgmatrix.js';
+import { type SgMatMulVariant, sgMatmulSource, sgTile, sgTileKey } from '../core/model/webgpu/wgsl-sgmatrix.js';
 import { testBackends, useBackend } from './helpers/backends.js';
 import { syntheticBatches, tinyConfig, tinyHyper } from './helpers/tiny.js';
 
@@ -137,7 +137,13 @@ describe('choosing the precision of the products', () => {
     expect(new Set(tiles.map((t) => `${t.M}x${t.N}x${t.K}`))).toEqual(new Set(['16x16x16', '16x8x16']));
     expect(tiles.some((t) => t.staging === 'direct')).toBe(true);
     expect(tiles.some((t) => t.double)).toBe(true);
-    expect(tiles.every((t) => t.BM <= 128 && t.BN <= 128)).toBe(true);
+    expect(tiles.every((t) => t.BM * t.BN <= 256 * 128)).toBe(true);
+    // The epilogue's patch takes what workgroup memory is left: all of a 128 × 128 tile's row of
+    // matrices with one slab, one matrix at a time with two.
+    const keys = tiles.map(sgTileKey);
+    expect(keys).toContain('sg16x16x16:128x128x32:2x2x4x4:workgroup:p4');
+    expect(keys).toContain('sg16x16x16:128x128x32:2x2x4x4:workgroupd');
+    expect(tiles.every((t) => t.RN % (t.patch ?? 1) === 0)).toBe(true);
     // Less workgroup memory: the two-slab 128 × 128 × 64 tiles do not fit in 32 KiB.
     expect(sgTilesFor({ ...H200, maxWorkgroupStorage: 32768 }).length).toBeLessThan(tiles.length);
   });
@@ -427,7 +433,7 @@ describe.skipIf(!hasWebGPU)('f16 on the webgpu backend (lavapipe: shader-f16, no
   ];
   const tileCases = [
     ...emulated.flatMap((t) => sgTileCases(t)),
-    // Two slabs: a whole and a ragged shape.
+    // Two slabs and both matrices of a row through the epilogue at once: a whole and a ragged shape.
     ...((t) => [sgTileCases(t)[0], sgTileCases(t)[9]])(
       sgTile({
         M: 8,
@@ -440,6 +446,7 @@ describe.skipIf(!hasWebGPU)('f16 on the webgpu backend (lavapipe: shader-f16, no
         BK: 16,
         staging: 'workgroup',
         double: true,
+        patch: 2,
         emulate: true,
       }),
     ),
@@ -615,6 +622,7 @@ describe("the subgroup-matrix kernels' WGSL compiles for the H200's configuratio
           [false, false, 'none', true, 'f16'],
           [true, false, 'none', false, 'f16'],
           [true, true, 'bias', false, 'f32'],
+          [false, true, 'bias', true, 'f16'],
         ] as const) {
           if (tile.staging === 'direct' && (!exact || aType !== 'f16')) continue;
           const v: SgMatMulVariant = {

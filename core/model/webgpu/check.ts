@@ -229,7 +229,7 @@ export function halfProductCase(o: HalfProductOptions): KernelCase {
 
 /** A subgroup-matrix tile's name in checks. */
 export function sgTileName(t: SgMatMulTile): string {
-  return `${t.M}×${t.N}×${t.K} matrices, ${t.BM}×${t.BN}×${t.BK}, ${t.SGY}×${t.SGX} subgroups of ${t.RM}×${t.RN}, ${t.staging}${t.double ? ' double' : ''}${t.emulate ? ' (emulated)' : ''}`;
+  return `${t.M}×${t.N}×${t.K} matrices, ${t.BM}×${t.BN}×${t.BK}, ${t.SGY}×${t.SGX} subgroups of ${t.RM}×${t.RN}, ${t.staging}${t.double ? ' double' : ''}${(t.patch ?? 1) > 1 ? `, epilogue ${t.patch} at a time` : ''}${t.emulate ? ' (emulated)' : ''}`;
 }
 
 /**

@@ -390,10 +390,13 @@ function batchedPlan(M: number, N: number, K: number): MatMulPlan {
 /**
  * Layouts of the subgroup-matrix tiles, per configuration (M × N × K): subgroups along N and M,
  * result matrices per subgroup along M and N, and the K slab. The workgroup blocks come out at
- * 128 × 128 (four or eight subgroups; K slab 32 or 64), 128 × 64 and 64 × 64 for 16 × 16 matrices,
- * the same in elements for 16 × 8 ones (twice the matrices along N).
+ * 256 × 128 and 128 × 256 (eight subgroups of 64 × 64: less staging per product), 128 × 128 (four
+ * or eight subgroups; K slab 32 or 64), 128 × 64 and 64 × 64 for 16 × 16 matrices, the same in
+ * elements for 16 × 8 ones (twice the matrices along N).
  */
 const SG_LAYOUTS: Array<{ SGX: number; SGY: number; RM: number; RN: number; BK: number }> = [
+  { SGX: 2, SGY: 4, RM: 4, RN: 4, BK: 32 },
+  { SGX: 4, SGY: 2, RM: 4, RN: 4, BK: 32 },
   { SGX: 2, SGY: 2, RM: 4, RN: 4, BK: 32 },
   { SGX: 2, SGY: 4, RM: 2, RN: 4, BK: 32 },
   { SGX: 2, SGY: 2, RM: 4, RN: 4, BK: 64 },
@@ -410,13 +413,29 @@ export type SgDevice = Pick<
 /**
  * The subgroup-matrix tiles a device can run: each layout per f16 → f32 configuration (of those
  * with the same result shape, the deepest), with workgroup staging (one and two slabs) and direct
- * loads, kept when its workgroup memory and invocations fit the device.
+ * loads, kept when its workgroup memory and invocations fit the device; the epilogue's patch takes
+ * as many result matrices side by side as the memory left holds.
  */
 export function sgTilesFor(caps: SgDevice): SgMatMulTile[] {
   const SG = caps.subgroupMinSize ?? 0;
   const configs = f16MatrixConfigs(caps).filter(
     (c, _, all) => !all.some((o) => o.M === c.M && o.N === c.N && o.K > c.K),
   );
+  // The most workgroup memory any use takes: transposes change slab strides, an epilogue adds patches
+  // (or, on whole tiles, the bias rows the accumulators start from).
+  const worst = (t: SgMatMulTile) =>
+    Math.max(
+      ...[false, true].flatMap((transA) =>
+        [false, true].flatMap((transB) =>
+          (
+            [
+              { exact: false, epilogue: 'bias-gelu' },
+              { exact: true, epilogue: 'bias' },
+            ] as const
+          ).map((use) => sgWorkgroupBytes({ ...sgVariantFor(t, SG, transA, transB), ...use })),
+        ),
+      ),
+    );
   const out: SgMatMulTile[] = [];
   for (const cfg of configs) {
     for (const l of SG_LAYOUTS) {
@@ -429,7 +448,7 @@ export function sgTilesFor(caps: SgDevice): SgMatMulTile[] {
         ['workgroup', true],
         ['direct', false],
       ] as const) {
-        const t = sgTile({
+        const tile = sgTile({
           M: cfg.M,
           N: cfg.N,
           K: cfg.K,
@@ -441,14 +460,15 @@ export function sgTilesFor(caps: SgDevice): SgMatMulTile[] {
           staging,
           ...(double ? { double } : {}),
         });
-        // The most workgroup memory any use takes: transposes change slab strides, an epilogue adds patches.
-        const worst = Math.max(
-          ...[false, true].flatMap((transA) =>
-            [false, true].map((transB) => sgWorkgroupBytes({ ...sgVariantFor(t, SG, transA, transB), exact: false })),
-          ),
-        );
-        if (worst <= caps.maxWorkgroupStorage && sgThreads({ ...t, subgroupSize: SG }) <= caps.maxWorkgroupInvocations)
-          out.push(t);
+        if (
+          worst(tile) > caps.maxWorkgroupStorage ||
+          sgThreads({ ...tile, subgroupSize: SG }) > caps.maxWorkgroupInvocations
+        )
+          continue;
+        // As many result matrices per epilogue round as the workgroup memory left holds.
+        let patch = RN;
+        while (patch > 1 && worst({ ...tile, patch }) > caps.maxWorkgroupStorage) patch /= 2;
+        out.push(patch > 1 ? { ...tile, patch } : tile);
       }
     }
   }
@@ -790,7 +810,7 @@ function planName(p: MatMulPlan): string {
   const t = p.tile;
   const split = p.S > 1 ? ` split-K ${p.S}` : '';
   if (isSg(t))
-    return `subgroup-matrix ${t.M}x${t.N}x${t.K}: ${t.BM}x${t.BN}x${t.BK}, ${t.SGY}x${t.SGX} subgroups of ${t.RM}x${t.RN}, ${t.staging}${t.double ? ' double' : ''}${split}`;
+    return `subgroup-matrix ${t.M}x${t.N}x${t.K}: ${t.BM}x${t.BN}x${t.BK}, ${t.SGY}x${t.SGX} subgroups of ${t.RM}x${t.RN}, ${t.staging}${t.double ? ' double' : ''}${(t.patch ?? 1) > 1 ? `, epilogue ${t.patch} at a time` : ''}${split}`;
   return `${t.BM}x${t.BN}x${t.BK} t${t.TM}x${t.TN}${t.double ? ' double' : ''}${split}`;
 }
 

@@ -15,9 +15,12 @@
  * - `direct`: each subgroup loads its matrices straight from storage (f16 operands whose shape is a
  *   multiple of the tile), relying on the caches.
  *
- * Results go to global memory directly when the tile is whole and there is no epilogue; otherwise
- * one matrix at a time through a per-subgroup patch of workgroup memory, where the bias, GELU and
- * bounds are applied. Split-K, batches and the causal shortcuts of the attention products work as
+ * Results go to global memory straight from the matrices when the tile is whole and the epilogue
+ * is at most a bias: the accumulators then start from the bias (its block's columns copied into M
+ * rows of workgroup memory and loaded as result matrices). Otherwise they go through a per-subgroup
+ * patch of workgroup memory, `patch` matrices side by side at a time (an M × patch·N strip, rows
+ * padded against bank conflicts: fewer barrier rounds, longer rows to write), where the bias, GELU
+ * and bounds are applied. Split-K, batches and the causal shortcuts of the attention products work as
  * in the f32 kernels.
  *
  * `emulate` replaces the subgroup-matrix builtins with plain arithmetic (every invocation computes
@@ -46,6 +49,8 @@ export interface SgMatMulTile {
   staging: 'workgroup' | 'direct';
   /** Two slabs in workgroup memory (workgroup staging). */
   double?: boolean;
+  /** Result matrices that go through the epilogue's patch side by side (a divisor of RN; 1 when absent). */
+  patch?: number;
   /** Plain arithmetic instead of the subgroup-matrix builtins (checks on adapters without them; see above). */
   emulate?: boolean;
 }
@@ -55,9 +60,13 @@ export function sgTile(t: Omit<SgMatMulTile, 'kind' | 'BM' | 'BN'>): SgMatMulTil
   return { kind: 'subgroup-matrix', ...t, BM: t.SGY * t.RM * t.M, BN: t.SGX * t.RN * t.N };
 }
 
-/** A tile's name in plan files: `sg16x16x16:128x128x32:2x2x4x4:workgroup[d]` (configuration, block, subgroups × matrices, staging). */
+/**
+ * A tile's name in plan files: `sg16x16x16:128x128x32:2x2x4x4:workgroup[d][:p4]` (configuration, block,
+ * subgroups × matrices, staging, matrices per epilogue round).
+ */
 export function sgTileKey(t: SgMatMulTile): string {
-  return `sg${t.M}x${t.N}x${t.K}:${t.BM}x${t.BN}x${t.BK}:${t.SGY}x${t.SGX}x${t.RM}x${t.RN}:${t.staging}${t.double ? 'd' : ''}${t.emulate ? ':emulated' : ''}`;
+  const patch = (t.patch ?? 1) > 1 ? `:p${t.patch}` : '';
+  return `sg${t.M}x${t.N}x${t.K}:${t.BM}x${t.BN}x${t.BK}:${t.SGY}x${t.SGX}x${t.RM}x${t.RN}:${t.staging}${t.double ? 'd' : ''}${patch}${t.emulate ? ':emulated' : ''}`;
 }
 
 export interface SgMatMulVariant extends SgMatMulTile {
@@ -95,6 +104,16 @@ export function sgMatmulGrid(
 
 /** Padding of a workgroup slab's rows, in f16 elements (16 bytes: keeps rows 16-byte aligned, as matrix loads want). */
 const PAD = 8;
+/**
+ * The length of the epilogue patch's rows, in f32: P matrices side by side, padded by 32 bytes once
+ * they span 128 (else a result matrix's rows would all start on the same banks).
+ */
+const patchRow = (P: number, N: number) => P * N + (P * N >= 32 ? 8 : 0);
+
+/** Results are stored straight from the matrices: a whole tile whose epilogue, if any, is the bias the accumulators start from. */
+export function sgStoresDirect(v: Pick<SgMatMulVariant, 'exact' | 'epilogue'>): boolean {
+  return v.exact && v.epilogue !== 'bias-gelu';
+}
 
 export function sgVariantKey(v: SgMatMulVariant): string {
   return [
@@ -123,6 +142,7 @@ export function sgVariantKey(v: SgMatMulVariant): string {
     v.triangle,
     +(v.emulate ?? false),
     +v.walkM,
+    v.patch ?? 1,
   ].join('_');
 }
 
@@ -142,13 +162,16 @@ export function sgWorkgroupBytes(v: SgMatMulVariant): number {
     return kContiguous(v, which) ? rows * (v.BK + PAD) : v.BK * (rows + PAD);
   };
   const staged = v.staging === 'workgroup' ? 2 * (slab('A') + slab('B')) * (v.double ? 2 : 1) : 0;
-  const patches = v.exact && v.epilogue === 'none' ? 0 : 4 * v.SGX * v.SGY * v.M * v.N;
-  return staged + patches;
+  const direct = sgStoresDirect(v);
+  const patches = direct ? 0 : 4 * v.SGX * v.SGY * v.M * patchRow(v.patch ?? 1, v.N);
+  const biasRows = direct && v.epilogue === 'bias' ? 4 * v.M * v.BN : 0;
+  return staged + patches + biasRows;
 }
 
 /** Why the variant cannot be generated, or null. */
 export function sgVariantProblem(v: SgMatMulVariant): string | null {
   if (v.BK % v.K !== 0) return `BK ${v.BK} is not a multiple of the configuration's K ${v.K}`;
+  if (v.RN % (v.patch ?? 1) !== 0) return `patch ${v.patch} does not divide RN ${v.RN}`;
   if (v.splitK && (v.epilogue !== 'none' || v.batched)) return 'split-K products take no epilogue and no batch';
   if (v.triangle !== 'none' && (v.splitK || v.BM % v.BK !== 0))
     return 'triangular products need BM a multiple of BK and no split-K';
@@ -170,6 +193,8 @@ export function sgVariantProblem(v: SgMatMulVariant): string | null {
 interface MatrixOps {
   accumulator(name: string): string;
   load(name: string, use: 'left' | 'right', src: string, offset: string, colMajor: boolean, stride: string): string;
+  /** Row-major load of a result (f32) matrix. */
+  loadResult(name: string, src: string, offset: string, stride: string): string;
   mma(acc: string, a: string, b: string): string;
   /** Row-major store of an accumulator. */
   store(dst: string, offset: string, acc: string, stride: string): string;
@@ -184,6 +209,8 @@ function realOps(v: SgMatMulVariant): MatrixOps {
     accumulator: (name) => `var ${name} = subgroup_matrix_result<f32, ${v.N}, ${v.M}>();`,
     load: (name, use, src, offset, colMajor, stride) =>
       `let ${name} = subgroupMatrixLoad<${type[use]}, ${colMajor ? 'col_major' : 'row_major'}>(&${src}, ${offset}, ${stride});`,
+    loadResult: (name, src, offset, stride) =>
+      `let ${name} = subgroupMatrixLoad<subgroup_matrix_result<f32, ${v.N}, ${v.M}>, row_major>(&${src}, ${offset}, ${stride});`,
     mma: (acc, a, b) => `${acc} = subgroupMatrixMultiplyAccumulate(${a}, ${b}, ${acc});`,
     store: (dst, offset, acc, stride) => `subgroupMatrixStore<row_major>(&${dst}, ${offset}, ${acc}, ${stride});`,
   };
@@ -199,6 +226,8 @@ function emulatedOps(v: SgMatMulVariant): MatrixOps {
       const at = colMajor ? `(e % ${C}u) * (${stride}) + e / ${C}u` : `(e / ${C}u) * (${stride}) + e % ${C}u`;
       return `var ${name}: array<f16, ${R * C}>; for (var e = 0u; e < ${R * C}u; e++) { ${name}[e] = ${src}[${offset} + ${at}]; }`;
     },
+    loadResult: (name, src, offset, stride) =>
+      `var ${name}: array<f32, ${v.M * v.N}>; for (var e = 0u; e < ${v.M * v.N}u; e++) { ${name}[e] = ${src}[${offset} + (e / ${v.N}u) * (${stride}) + e % ${v.N}u]; }`,
     mma: (acc, a, b) =>
       `for (var e = 0u; e < ${v.M * v.N}u; e++) { let r = e / ${v.N}u; let c = e % ${v.N}u; var s = ${acc}[e]; ` +
       `for (var k = 0u; k < ${v.K}u; k++) { s = s + f32(${a}[r * ${v.K}u + k]) * f32(${b}[k * ${v.N}u + c]); } ${acc}[e] = s; }`,
@@ -215,13 +244,15 @@ export function sgMatmulSource(v: SgMatMulVariant): string {
   const problem = sgVariantProblem(v);
   if (problem) throw new Error(`subgroup-matrix product ${sgVariantKey(v)}: ${problem}`);
   const { M, N, K, RM, RN, BK, BM, BN } = v;
+  const P = v.patch ?? 1;
   const SG = v.subgroupSize;
   const threads = sgThreads(v);
   const ops = v.emulate ? emulatedOps(v) : realOps(v);
   const staged = v.staging === 'workgroup';
   const hasBias = v.epilogue !== 'none';
   const gelu = v.epilogue === 'bias-gelu';
-  const direct = v.exact && !hasBias;
+  const direct = sgStoresDirect(v);
+  const biasInit = direct && hasBias;
 
   // --- bindings -----------------------------------------------------------------------------
   const storageElem = (t: OperandType, w: number) =>
@@ -255,7 +286,10 @@ export function sgMatmulSource(v: SgMatMulVariant): string {
     decl.push(`var<workgroup> As: array<f16, ${stages * sA.size}>;`);
     decl.push(`var<workgroup> Bs: array<f16, ${stages * sB.size}>;`);
   }
-  if (!direct) decl.push(`var<workgroup> Cs: array<f32, ${v.SGX * v.SGY * M * N}>;`);
+  // The patch's rows: P matrices side by side, padded.
+  const W = patchRow(P, N);
+  if (!direct) decl.push(`var<workgroup> Cs: array<f32, ${v.SGX * v.SGY * M * W}>;`);
+  if (biasInit) decl.push(`var<workgroup> biasRows: array<f32, ${M * BN}>;`);
 
   // Global → register loads of one slab (`loads`), registers → workgroup stores (`stores`).
   const regDecl: string[] = [];
@@ -372,20 +406,26 @@ export function sgMatmulSource(v: SgMatMulVariant): string {
   const cBase = v.splitK || v.batched ? 'wid.z * u.M * u.N + ' : '';
   const results: string[] = [];
   for (let i = 0; i < RM; i++) {
-    for (let j = 0; j < RN; j++) {
-      const row = `rowA0 + sgRow + ${i * M}u`;
-      const col = `colB0 + sgCol + ${j * N}u`;
-      if (direct) {
-        results.push(ops.store('C', `${cBase}(${row}) * u.N + ${col}`, `acc${i}_${j}`, 'u.N'));
-        continue;
-      }
-      results.push(`${ops.store('Cs', `sg * ${M * N}u`, `acc${i}_${j}`, `${N}u`)}
+    const row = `rowA0 + sgRow + ${i * M}u`;
+    if (direct) {
+      for (let j = 0; j < RN; j++)
+        results.push(ops.store('C', `${cBase}(${row}) * u.N + colB0 + sgCol + ${j * N}u`, `acc${i}_${j}`, 'u.N'));
+      continue;
+    }
+    // P matrices side by side in the subgroup's patch, an M × P·N strip (rows W apart), then its rows to C.
+    const cols = P * N;
+    for (let j0 = 0; j0 < RN; j0 += P) {
+      const stores = Array.from({ length: P }, (_, p) =>
+        ops.store('Cs', `sg * ${M * W}u + ${p * N}u`, `acc${i}_${j0 + p}`, `${W}u`),
+      );
+      results.push(`${stores.join('\n  ')}
   workgroupBarrier();
-  for (var e = lane; e < ${M * N}u; e += ${SG}u) {
-    let m = ${row} + e / ${N}u;
-    let n = ${col} + e % ${N}u;
+  for (var e = lane; e < ${M * cols}u; e += ${SG}u) {
+    let r = e / ${cols}u;
+    let m = ${row} + r;
+    let n = colB0 + sgCol + ${j0 * N}u + e % ${cols}u;
     if (m < u.M && n < u.N) {
-      var c = Cs[sg * ${M * N}u + e];
+      var c = Cs[sg * ${M * W}u + r * ${W}u + e % ${cols}u];
       ${hasBias ? 'c = c + bias[n];' : ''}
       ${gelu ? 'Z[m * u.N + n] = c; c = gelu_f(c);' : ''}
       C[${cBase}m * u.N + n] = c;
@@ -396,7 +436,17 @@ export function sgMatmulSource(v: SgMatMulVariant): string {
   }
 
   const accDecl: string[] = [];
-  for (let i = 0; i < RM; i++) for (let j = 0; j < RN; j++) accDecl.push(ops.accumulator(`acc${i}_${j}`));
+  if (biasInit) {
+    // The block's bias columns in each of M rows: the accumulators start from them.
+    accDecl.push(
+      `for (var e = lidx; e < ${M * BN}u; e += ${threads}u) { biasRows[e] = bias[colB0 + e % ${BN}u]; }`,
+      'workgroupBarrier();',
+    );
+    for (let j = 0; j < RN; j++) accDecl.push(ops.loadResult(`bias${j}`, 'biasRows', `sgCol + ${j * N}u`, `${BN}u`));
+  }
+  for (let i = 0; i < RM; i++)
+    for (let j = 0; j < RN; j++)
+      accDecl.push(biasInit ? `var acc${i}_${j} = bias${j};` : ops.accumulator(`acc${i}_${j}`));
   const kStart = v.splitK ? 'wid.z * u.kChunk' : v.triangle === 'upperA' ? 'min(rowA0, u.K)' : '0u';
   const kEnd = v.splitK
     ? 'max(kStart, min(u.K, kStart + u.kChunk))'
