@@ -56,7 +56,7 @@ import {
   runCase,
   sgTileCases,
 } from '../core/model/webgpu/check.js';
-import { crossEntropyCase } from '../core/model/webgpu/cross-entropy.js';
+import { crossEntropyCase, logitsCrossEntropyCase } from '../core/model/webgpu/cross-entropy.js';
 import { fullCase, topKCase } from '../core/model/webgpu/distill.js';
 import { embeddingCase } from '../core/model/webgpu/embedding.js';
 import { layerNormCase } from '../core/model/webgpu/layer-norm.js';
@@ -95,8 +95,8 @@ function pythiaScaleCases(shrink = 1): KernelCase[] {
 
 /**
  * Mixed precision's checks at the same shapes: the three products of a linear layer with f16 operands
- * (the planner's plans), and the linear, MLP-up, logits and attention (scores path) operations with
- * their gradients.
+ * (the planner's plans), and the linear, MLP-up, logits, logits-with-loss and attention (scores path)
+ * operations with their gradients.
  */
 function pythiaScaleHalfCases(shrink = 1): KernelCase[] {
   const d = (n: number) => Math.max(4, Math.round(n / shrink / 4) * 4);
@@ -118,6 +118,7 @@ function pythiaScaleHalfCases(shrink = 1): KernelCase[] {
     linearCase(N, D, F, 'gelu', grads),
     linearCase(N, F, D, 'none', grads),
     logitsCase(d(1024), D, V, grads),
+    logitsCrossEntropyCase(d(1024), D, V, grads),
     attentionCase('scores', Math.max(1, Math.round(8 / shrink)), d(512), 8, 64, 16, grads),
   ];
 }

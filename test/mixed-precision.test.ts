@@ -42,6 +42,7 @@ import {
 } from '../core/model/webgpu/half.js';
 import { attentionCase } from '../core/model/webgpu/attention.js';
 import { linearCase, logitsCase } from '../core/model/webgpu/linear.js';
+import { logitsCrossEntropyCase } from '../core/model/webgpu/cross-entropy.js';
 import { autotuneMatMuls, clearMatMulTuning, makePlan, matmul, sgTilesFor } from '../core/model/webgpu/matmul.js';
 import { release } from '../core/model/webgpu/runtime.js';
 import { type SgMatMulVariant, sgMatmulSource, sgTile, sgTileKey } from '../core/model/webgpu/wgsl-sgmatrix.js';
@@ -365,6 +366,7 @@ describe.skipIf(!hasWebGPU)('f16 on the webgpu backend (lavapipe: shader-f16, no
     linearCase(64, 128, 256, 'gelu', 2 * tol),
     linearCase(21, 16, 9, 'gelu', 2 * tol),
     logitsCase(24, 16, 1100, 2 * tol),
+    logitsCrossEntropyCase(24, 16, 1100, 2 * tol),
     // The scores path's q, k, v, P, dO and dS are f16 (ragged T: no whole tiles).
     attentionCase('scores', 2, 70, 3, 16, 8, 2 * tol),
   ];

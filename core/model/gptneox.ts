@@ -12,6 +12,7 @@ import {
   gatherRows,
   layerNorm,
   linear,
+  logitsCrossEntropy,
   matMulNT,
   parallelResidual,
 } from './ops/index.js';
@@ -205,6 +206,11 @@ export class GPTNeoX {
   /** Logits [B·T, V] for token ids [B, T]. Call inside tf.tidy. */
   logits2d(ids: tf.Tensor2D, trace?: ForwardTrace): tf.Tensor2D {
     return matMulNT(this.hidden(ids, trace), this.param('embed_out.weight') as tf.Tensor2D);
+  }
+
+  /** Mean cross-entropy of the next-token logits for ids [B, T] against targets [B·T] (the training loss). Call inside tf.tidy. */
+  crossEntropy(ids: tf.Tensor2D, targets: tf.Tensor1D): tf.Scalar {
+    return logitsCrossEntropy(this.hidden(ids), this.param('embed_out.weight') as tf.Tensor2D, targets);
   }
 
   /** Logits [B, T, V] for token ids [B, T]. Call inside tf.tidy. */

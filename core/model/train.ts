@@ -367,8 +367,8 @@ export class Trainer {
     layout: RankLayout,
   ): { value: tf.Scalar; grads: Record<string, tf.Tensor> } {
     const lossOf = (i: tf.Tensor, t: tf.Tensor, v: tf.Tensor[]) => () => {
+      if (v.length === 0) return this.model.crossEntropy(i as tf.Tensor2D, t as tf.Tensor1D);
       const logits = this.model.logits2d(i as tf.Tensor2D);
-      if (v.length === 0) return crossEntropy(logits, t as tf.Tensor1D);
       const teacher =
         v.length === 1
           ? (v[0] as tf.Tensor2D)

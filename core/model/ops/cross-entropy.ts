@@ -3,6 +3,7 @@ import * as tf from '../tfjs.js';
 
 import { customOp } from './custom-grad.js';
 import { takeAlongLastAxis } from './embedding.js';
+import { matMulNT } from './linear.js';
 import { defineOperation } from './registry.js';
 
 /**
@@ -30,3 +31,13 @@ export const crossEntropy = defineOperation('crossEntropy', (logits: tf.Tensor2D
   });
   return f(logits) as tf.Scalar;
 });
+
+/**
+ * Mean cross-entropy of the logits h [N, D] · wᵀ (w [V, D], the output embedding) against targets:
+ * the logits product and the loss as one operation, so a backend can hand the logits' gradient to
+ * the products' gradients in the form they take (webgpu in mixed precision: f16, written once).
+ */
+export const logitsCrossEntropy = defineOperation(
+  'logitsCrossEntropy',
+  (h: tf.Tensor2D, w: tf.Tensor2D, targets: tf.Tensor1D): tf.Scalar => crossEntropy(matMulNT(h, w), targets),
+);

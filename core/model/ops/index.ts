@@ -9,7 +9,7 @@ export { type Activation, gelu, linear, matMul, matMulNT } from './linear.js';
 export { type AttentionShape, PositionTables, causalSelfAttention } from './attention.js';
 export { layerNorm } from './layer-norm.js';
 export { gatherRows, takeAlongLastAxis } from './embedding.js';
-export { crossEntropy } from './cross-entropy.js';
+export { crossEntropy, logitsCrossEntropy } from './cross-entropy.js';
 export {
   type DistillOptions,
   KL_DIRECTIONS,

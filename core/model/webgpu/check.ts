@@ -14,7 +14,7 @@ import { type Host, randHost, relErr, valueAndGrads } from '../kernel-check.js';
 import type { NeoXConfig } from '../config.js';
 import type { GPTNeoX } from '../gptneox.js';
 import type { Batch } from '../train.js';
-import { DEFAULT_LOSS_SCALE, crossEntropy, gelu, lossScaling } from '../ops/index.js';
+import { DEFAULT_LOSS_SCALE, gelu, lossScaling } from '../ops/index.js';
 import { type Precision, setPrecision } from '../precision.js';
 import { setFusedKernels } from './fused.js';
 import { halfProducts, toHalf } from './half.js';
@@ -108,7 +108,7 @@ export async function modelGradientCheck(
     // the softmax part of the logits gradient (about 1 / (vocabulary · tokens)) falls below f16's range.
     const scale = lossScaling() ? DEFAULT_LOSS_SCALE.initScale : 1;
     const { value, grads } = tf.variableGrads(
-      () => tf.mul(crossEntropy(model.logits2d(t), y), scale) as tf.Scalar,
+      () => tf.mul(model.crossEntropy(t, y), scale) as tf.Scalar,
       model.variables(),
     );
     const g = new Map<string, Float32Array>();

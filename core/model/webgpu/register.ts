@@ -10,6 +10,7 @@ import {
   causalSelfAttention,
   clippedAdamW,
   crossEntropy,
+  logitsCrossEntropy,
   endTrainingStep,
   fullDistillation,
   gatherRows,
@@ -28,7 +29,7 @@ import {
 import type * as tf from '../tfjs.js';
 import { fusedClipAdamW, fusedLossScaledAdamW } from './adamw.js';
 import { fusedAttention, fusedAttentionSupports } from './attention.js';
-import { fusedCrossEntropy } from './cross-entropy.js';
+import { fusedCrossEntropy, fusedLogitsCrossEntropy } from './cross-entropy.js';
 import { fusedFullDistill, fusedTopKDistill, fusedTopKSupports } from './distill.js';
 import { fusedGatherRows, rowWiseTakeAlongLastAxis } from './embedding.js';
 import { fusedKernelsEnabled } from './fused.js';
@@ -67,6 +68,13 @@ causalSelfAttention.register({
 gatherRows.register({ ...fused, name: 'gather, scatter-add of rows', run: fusedGatherRows });
 takeAlongLastAxis.register({ backend, name: 'row-wise gather and scatter (tfjs ops)', run: rowWiseTakeAlongLastAxis });
 crossEntropy.register({ ...fused, name: 'one workgroup per row, no one-hot', run: fusedCrossEntropy });
+logitsCrossEntropy.register({
+  backend,
+  // In f32 the reference's two operations are these kernels already.
+  enabled: () => halfProducts() !== 'off',
+  name: 'f16 products, the logits gradient written in f16 by the loss backward',
+  run: fusedLogitsCrossEntropy,
+});
 topKDistillation.register({
   ...fused,
   name: 'one workgroup per row, closed-form gradient',
