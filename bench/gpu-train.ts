@@ -8,7 +8,8 @@
  *
  *   node dist/bench/gpu-train.js --config tiny|pythia-70m|pythia-160m|pythia-410m[,...] [--backends cuda,webgpu]
  *        [--precision mixed|f32] [--steps N] [--warmup N] [--torch python3 | --no-torch] [--torch-modes f32,bf16,bf16-compile]
- *        [--unfused] [--check | --check-only] [--check-scale small|pythia] [--checks f32,mixed,tiles,curve] [--profile 1]
+ *        [--unfused] [--check | --check-only] [--check-scale small|pythia] [--checks f32,mixed,tiles,curve]
+ *        [--tiles-matching TEXT] [--profile 1]
  *        [--teacher PRESET [--teacher-top-k K] --no-torch]
  *
  * --teacher times distillation steps from an in-process teacher (train-throughput.ts says how).
@@ -25,7 +26,8 @@
  * every subgroup-matrix tile the autotuner may pick on every product layout, ragged and whole shapes,
  * epilogues, split-K and the causal batched products (`tiles`); and 300 training steps of
  * Pythia-70M in mixed precision against f32 from the same init (`curve`). --checks picks sections
- * (default all), so a long check can be split over several calls. For cuda, core/model/cuda/check.ts
+ * (default all), so a long check can be split over several calls; --tiles-matching keeps the tiles
+ * whose plan-file name (e.g. `sg16x16x16:256x128x32:4x2x4x4:workgroup`) contains TEXT. For cuda, core/model/cuda/check.ts
  * (every operation and tfjs kernel against the cpu backend, in f32 and in mixed precision; a
  * Pythia-70M-shaped model's gradients; 300 training steps in f32 and in mixed precision against
  * webgpu in f32; transformers' logits of the committed fixtures).
@@ -63,6 +65,7 @@ import { layerNormCase } from '../core/model/webgpu/layer-norm.js';
 import { halfProducts, matrixUnavailable } from '../core/model/webgpu/half.js';
 import { linearCase, logitsCase } from '../core/model/webgpu/linear.js';
 import { sgTiles } from '../core/model/webgpu/matmul.js';
+import { sgTileKey } from '../core/model/webgpu/wgsl-sgmatrix.js';
 import { capabilities } from '../core/model/webgpu/runtime.js';
 import { main as throughput } from './train-throughput.js';
 
@@ -135,6 +138,7 @@ let checkScale: 'small' | 'pythia' = 'pythia';
 let torchModes = 'f32,bf16,bf16-compile';
 /** Divides the check shapes (to try --check on a slow adapter). */
 let shrink = 1;
+let tilesMatching = '';
 const CHECK_SECTIONS = ['f32', 'mixed', 'tiles', 'curve'] as const;
 let sections: string[] = [...CHECK_SECTIONS];
 for (let i = 0; i < argv.length; i++) {
@@ -149,6 +153,7 @@ for (let i = 0; i < argv.length; i++) {
   else if (a === '--check-scale') checkScale = argv[++i] === 'small' ? 'small' : 'pythia';
   else if (a === '--torch-modes') torchModes = argv[++i];
   else if (a === '--check-shrink') shrink = Number(argv[++i]);
+  else if (a === '--tiles-matching') tilesMatching = argv[++i];
   else if (a === '--checks') {
     sections = argv[++i].split(',');
     const bad = sections.find((x) => !(CHECK_SECTIONS as readonly string[]).includes(x));
@@ -249,8 +254,12 @@ if (check && backends.includes('webgpu')) {
       // bf16's tolerances on the cuda backend (core/model/cuda/check.ts); f16 keeps three more bits.
       await model('mixed', { loss: 2e-2, gradient: 5e-2 });
     }
-    if (sections.includes('tiles'))
-      for (const tile of sgTiles()) for (const c of sgTileCases(tile)) await run(c, 'mixed');
+    if (sections.includes('tiles')) {
+      const tiles = sgTiles().filter((t) => sgTileKey(t).includes(tilesMatching));
+      if (tiles.length === 0)
+        throw new Error(`--tiles-matching ${JSON.stringify(tilesMatching)}: no tile's name has it`);
+      for (const tile of tiles) for (const c of sgTileCases(tile)) await run(c, 'mixed');
+    }
     if (sections.includes('curve')) {
       const steps = Math.max(20, Math.round(300 / shrink));
       const seqLen = Math.max(8, Math.round(128 / shrink));
