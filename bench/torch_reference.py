@@ -24,6 +24,8 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, required=True)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
+    # Warm-up steps go on until this much time has passed too, as offshoot's side does (bench/train-throughput.ts).
+    p.add_argument("--warmup-seconds", type=float, default=2.0)
     p.add_argument("--device", default="cuda")
     p.add_argument("--mode", default="f32", choices=["f32", "bf16", "bf16-compile"])
     a = p.parse_args()
@@ -57,8 +59,11 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    for _ in range(a.warmup):
+    warm_start = time.perf_counter()
+    done = 0
+    while done < a.warmup or time.perf_counter() - warm_start < a.warmup_seconds:
         step().item()
+        done += 1
     sync()
     t0 = time.perf_counter()
     for _ in range(a.steps):

@@ -6,7 +6,7 @@
  * `--torch PYTHON` is given (the GPU machine), else the best of the other backends.
  *
  *   node dist/bench/train-throughput.js --config sotu-teacher[,tiny,...] [--backends cpu,wasm,webgpu,webgpu-unfused,tensorflow,tensorflow-stock]
- *        [--steps 10] [--warmup 2] [--batch-size B] [--seq-len T] [--torch python3] [--torch-device cuda]
+ *        [--steps 10] [--warmup 2] [--warmup-seconds 2] [--batch-size B] [--seq-len T] [--torch python3] [--torch-device cuda]
  *        [--teacher PRESET [--teacher-top-k K]]
  *
  * --teacher measures distillation steps instead: a teacher of that preset (random weights, the
@@ -73,6 +73,11 @@ export interface Args {
   backends: BenchBackend[];
   steps: number;
   warmup: number;
+  /**
+   * Warm-up steps go on until this much time has passed too (both sides, PyTorch's as well): a GPU's
+   * clocks and a JIT need more than a few steps of a small model, which then read slow.
+   */
+  warmupSeconds: number;
   batchSize?: number;
   seqLen?: number;
   torch?: string;
@@ -94,6 +99,7 @@ export function parseArgs(argv: string[]): Args {
     backends: ['cpu', 'wasm', 'webgpu', 'tensorflow'],
     steps: 10,
     warmup: 2,
+    warmupSeconds: 2,
     torchDevice: 'cuda',
     torchModes: ['f32'],
   };
@@ -124,6 +130,13 @@ export function parseArgs(argv: string[]): Args {
       case '--warmup':
         args.warmup = int();
         break;
+      case '--warmup-seconds': {
+        const t = Number(value);
+        if (!Number.isFinite(t) || t < 0)
+          throw new Error(`${key} must be a number of seconds, 0 or more, got ${value}`);
+        args.warmupSeconds = t;
+        break;
+      }
       case '--batch-size':
         args.batchSize = int();
         break;
@@ -229,6 +242,7 @@ async function measure(args: Args, which: BenchBackend): Promise<Measurement> {
     }
     return { batchSize, seqLen, input, target };
   };
+  // The learning-rate schedule's length only: a time-based warm-up may take more steps (the schedule then stays at its end).
   const total = args.warmup + args.steps;
   const teacher = args.teacher ? GPTNeoX.random(presetConfig(args.teacher, shape.vocab), 2) : undefined;
   const trainer = new Trainer(GPTNeoX.random(config, 1), {
@@ -253,13 +267,15 @@ async function measure(args: Args, which: BenchBackend): Promise<Measurement> {
     (which === 'cuda' && process.env.OFFSHOOT_CUDA_GRAPHS !== '0') ||
     (which === 'webgpu' && process.env.OFFSHOOT_WEBGPU_REPLAY !== '0');
   const warmup = graphs ? Math.max(args.warmup, 4) : args.warmup;
-  for (let i = 0; i < warmup; i++) {
+  let warmStart = performance.now();
+  for (let i = 0; i < warmup || performance.now() - warmStart < args.warmupSeconds * 1000; i++) {
     await step(true);
     // After the first step every shape has been seen: what the trainer does then in a long run (webgpu
     // times the candidate matrix-product plans), as the timed steps stand for one.
     if (i === 0) {
       const tuned = await afterFirstTrainingStep(Number.POSITIVE_INFINITY);
       if (tuned.length > 0) autotune = tuned as TuneResult[];
+      warmStart = performance.now();
     }
   }
   const cuda = which === 'cuda' ? await import('../core/model/cuda/index.js') : undefined;
@@ -362,6 +378,8 @@ function runTorch(args: Args, mode: TorchMode): Measurement {
       String(args.steps),
       '--warmup',
       String(args.warmup),
+      '--warmup-seconds',
+      String(args.warmupSeconds),
       '--device',
       args.torchDevice,
       '--mode',
@@ -526,6 +544,8 @@ function toArgv(a: Args): string[] {
     String(a.steps),
     '--warmup',
     String(a.warmup),
+    '--warmup-seconds',
+    String(a.warmupSeconds),
     '--torch-device',
     a.torchDevice,
     '--torch-modes',
