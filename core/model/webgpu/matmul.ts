@@ -883,15 +883,16 @@ export function autotuneBudgetSeconds(setting = process.env.OFFSHOOT_MATMUL_AUTO
 
 /**
  * Tunes the pending shape classes within `budgetSeconds` of compiling: on a driver that compiles
- * subgroup-matrix pipelines slowly, every tile of every class would take many minutes. The budget is
- * shared out: class i of n stops compiling candidates once (i + 1) / n of it has gone (time an earlier
- * class left passes on), then chooses among those compiled (its untuned plan always among them); a
- * class reached after the whole budget keeps its untuned plan. Neither goes to the plan file, so a
+ * subgroup-matrix pipelines slowly, every tile of every class would take many minutes. The classes
+ * go largest first (by FLOPs), so a budget that runs out leaves the products where a poor plan costs
+ * least. The budget is shared out: class i of n stops compiling candidates once (i + 1) / n of it has
+ * gone (time an earlier class left passes on), then chooses among those compiled (its untuned plan
+ * always among them); a class reached after the whole budget keeps its untuned plan. Neither goes to the plan file, so a
  * later process tunes them.
  */
 async function tunePending(targetMs: number, budgetSeconds: number): Promise<TuneResult[]> {
   const results: TuneResult[] = [];
-  const shapes = [...pending.entries()];
+  const shapes = [...pending.entries()].sort(([, x], [, y]) => productFlops(y) - productFlops(x));
   pending.clear();
   const started = performance.now();
   const past = (share: number) => performance.now() - started > budgetSeconds * 1000 * share;
