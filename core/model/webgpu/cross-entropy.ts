@@ -11,8 +11,8 @@ import { DEFAULT_LOSS_SCALE, crossEntropy, customOp, logitsCrossEntropy } from '
 import { intHost, randHost } from '../kernel-check.js';
 import type { KernelCase } from './check.js';
 import { kernel, rowGrid } from './fused.js';
-import { halfStorageShape, halfWeight, toHalf } from './half.js';
-import { matmul } from './matmul.js';
+import { halfStorageShape } from './half.js';
+import { productNT, productNTGradients } from './linear.js';
 import { allocate, dispatch, release, toTensor } from './runtime.js';
 import { NEG_BIG, ONLINE_LSE, TO_F16_WGSL, lseReduce } from './wgsl-common.js';
 
@@ -168,21 +168,17 @@ export function fusedCrossEntropy(logits: tf.Tensor2D, targets: tf.Tensor1D): tf
 export function fusedLogitsCrossEntropy(h: tf.Tensor2D, w: tf.Tensor2D, targets: tf.Tensor1D): tf.Scalar {
   const [N, D] = h.shape;
   const V = w.shape[0];
-  const types = { aType: 'f16', bType: 'f16' } as const;
   const op = customOp(([ht, wt], save) => {
-    const hs = toTensor(toHalf(ht));
-    const ws = halfWeight(wt);
-    const logits = toTensor(matmul({ a: hs, b: ws, M: N, N: V, K: D, transB: true, ...types }).c);
+    const { as: hs, bs: ws, c: logits } = productNT(ht, wt, N, V, D, true);
     const { rowLoss, lse } = crossEntropyForward(logits, targets, N, V);
     save([hs, ws, logits, lse, targets]);
     return {
       value: tf.mean(rowLoss),
       gradFunc: (dy, [hs, ws, xs, ls, ts]) => {
         const g = crossEntropyBackward(xs, ls, ts, dy, N, V, true);
-        const dh = matmul({ a: g, b: ws, M: N, N: D, K: V, ...types }).c;
-        const dw = matmul({ a: g, b: hs, M: V, N: D, K: N, transA: true, ...types }).c;
+        const grads = productNTGradients(g, hs, ws, N, V, D, true);
         release(g);
-        return [toTensor(dh), toTensor(dw)];
+        return grads;
       },
     };
   });

@@ -139,24 +139,57 @@ export function fusedLinear(
   return op(x, weight, bias) as tf.Tensor2D;
 }
 
+/** The operand types of the products: f16 in mixed precision (`half`), else the f32 defaults. */
+const productTypes = (half: boolean) => (half ? ({ aType: 'f16', bType: 'f16' } as const) : {});
+
+/**
+ * The forward of a [M, K] · bᵀ (b [N, K]): the operands the products take (with `half`, a converted
+ * once and b's f16 copy; the backward keeps them) and the f32 product.
+ */
+export function productNT(
+  a: tf.Tensor,
+  b: tf.Tensor,
+  M: number,
+  N: number,
+  K: number,
+  half: boolean,
+): { as: tf.Tensor; bs: tf.Tensor; c: tf.Tensor } {
+  const as = half ? toTensor(toHalf(a)) : a;
+  const bs = half ? halfWeight(b) : b;
+  return { as, bs, c: toTensor(matmul({ a: as, b: bs, M, N, K, transB: true, ...productTypes(half) }).c) };
+}
+
+/** Both gradients of productNT from g, the gradient of the product (f16 with `half`): [da, db]. */
+export function productNTGradients(
+  g: tf.TensorInfo,
+  as: tf.TensorInfo,
+  bs: tf.TensorInfo,
+  M: number,
+  N: number,
+  K: number,
+  half: boolean,
+): [tf.Tensor, tf.Tensor] {
+  const types = productTypes(half);
+  const da = matmul({ a: g, b: bs, M, N: K, K: N, ...types }).c;
+  const db = matmul({ a: g, b: as, M: N, N: K, K: M, transA: true, ...types }).c;
+  return [toTensor(da), toTensor(db)];
+}
+
 /** a [M, K] · bᵀ (b [N, K]), gradients for both (the logits product h · embed_outᵀ); f16 operands in mixed precision. */
 export function fusedMatMulNT(a: tf.Tensor2D, b: tf.Tensor2D): tf.Tensor2D {
   const [M, K] = a.shape;
   const N = b.shape[0];
   const half = halfProducts() !== 'off';
-  const types = half ? ({ aType: 'f16', bType: 'f16' } as const) : {};
   const op = customOp(([at, bt], save) => {
-    const as = half ? toTensor(toHalf(at)) : at;
-    const bs = half ? halfWeight(bt) : bt;
+    const { as, bs, c } = productNT(at, bt, M, N, K, half);
     save([as, bs]);
     return {
-      value: toTensor(matmul({ a: as, b: bs, M, N, K, transB: true, ...types }).c),
+      value: c,
       gradFunc: (dy, [as, bs]) => {
         const g = half ? toHalf(dy) : dy;
-        const da = matmul({ a: g, b: bs, M, N: K, K: N, ...types }).c;
-        const dbm = matmul({ a: g, b: as, M: N, N: K, K: M, transA: true, ...types }).c;
+        const grads = productNTGradients(g, as, bs, M, N, K, half);
         if (half) release(g);
-        return [toTensor(da), toTensor(dbm)];
+        return grads;
       },
     };
   });
