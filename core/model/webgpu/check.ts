@@ -20,7 +20,7 @@ import { setFusedKernels } from './fused.js';
 import { halfProducts, toHalf } from './half.js';
 import { type MatMulPlan, makePlan, matmul } from './matmul.js';
 import { release, toTensor } from './runtime.js';
-import type { SgMatMulTile } from './wgsl-sgmatrix.js';
+import { type SgMatMulTile, sgTileDescription } from './wgsl-sgmatrix.js';
 
 export type Reference = 'cpu' | 'webgpu-unfused';
 
@@ -227,11 +227,6 @@ export function halfProductCase(o: HalfProductOptions): KernelCase {
   };
 }
 
-/** A subgroup-matrix tile's name in checks. */
-export function sgTileName(t: SgMatMulTile): string {
-  return `${t.M}×${t.N}×${t.K} matrices, ${t.BM}×${t.BN}×${t.BK}, ${t.SGY}×${t.SGX} subgroups of ${t.RM}×${t.RN}, ${t.staging}${t.double ? ' double' : ''}${(t.patch ?? 1) > 1 ? `, epilogue ${t.patch} at a time` : ''}${t.emulate ? ' (emulated)' : ''}`;
-}
-
 /**
  * The shapes the tile checks run a subgroup-matrix tile on (with their split-K slices): whole tiles
  * of every layout, epilogue, split-K and triangle, and for workgroup staging ragged ones too (direct
@@ -278,7 +273,7 @@ export function sgTileCases(tile: SgMatMulTile, tol = F16_PRODUCT_TOL): KernelCa
       ...o,
       plan: makePlan(tile, o.K, S),
       tol,
-      name: `${sgTileName(tile)}: ${halfProductCase(o).name}${S > 1 ? `, split-K ${S}` : ''}`,
+      name: `${sgTileDescription(tile)}: ${halfProductCase(o).name}${S > 1 ? `, split-K ${S}` : ''}`,
     }),
   );
 }

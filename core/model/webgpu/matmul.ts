@@ -57,6 +57,7 @@ import {
   sgMatmulSource,
   sgThreads,
   sgTile,
+  sgTileDescription,
   sgTileKey,
   sgVariantKey,
   sgMatmulGrid,
@@ -810,8 +811,7 @@ const CANDIDATE_TOL = 2e-2;
 function planName(p: MatMulPlan): string {
   const t = p.tile;
   const split = p.S > 1 ? ` split-K ${p.S}` : '';
-  if (isSg(t))
-    return `subgroup-matrix ${t.M}x${t.N}x${t.K}: ${t.BM}x${t.BN}x${t.BK}, ${t.SGY}x${t.SGX} subgroups of ${t.RM}x${t.RN}, ${t.staging}${t.double ? ' double' : ''}${(t.patch ?? 1) > 1 ? `, epilogue ${t.patch} at a time` : ''}${split}`;
+  if (isSg(t)) return `subgroup-matrix ${sgTileDescription(t)}${split}`;
   return `${t.BM}x${t.BN}x${t.BK} t${t.TM}x${t.TN}${t.double ? ' double' : ''}${split}`;
 }
 

@@ -69,6 +69,12 @@ export function sgTileKey(t: SgMatMulTile): string {
   return `sg${t.M}x${t.N}x${t.K}:${t.BM}x${t.BN}x${t.BK}:${t.SGY}x${t.SGX}x${t.RM}x${t.RN}:${t.staging}${t.double ? 'd' : ''}${patch}${t.emulate ? ':emulated' : ''}`;
 }
 
+/** A tile described for people: the tile checks' names and the autotuner's list. */
+export function sgTileDescription(t: SgMatMulTile): string {
+  const patch = (t.patch ?? 1) > 1 ? `, epilogue ${t.patch} at a time` : '';
+  return `${t.M}×${t.N}×${t.K} matrices, ${t.BM}×${t.BN}×${t.BK}, ${t.SGY}×${t.SGX} subgroups of ${t.RM}×${t.RN}, ${t.staging}${t.double ? ' double' : ''}${patch}${t.emulate ? ' (emulated)' : ''}`;
+}
+
 export interface SgMatMulVariant extends SgMatMulTile {
   subgroupSize: number;
   transA: boolean;
