@@ -101,6 +101,9 @@ function columnSums(
   return { sum, g };
 }
 
+/** The operand types of the products: f16 in mixed precision (`half`), else the f32 defaults. */
+const productTypes = (half: boolean) => (half ? ({ aType: 'f16', bType: 'f16' } as const) : {});
+
 /**
  * x [N, in] · weightᵀ ([out, in], torch layout) + bias, then GELU when asked; gradients for all
  * three. In mixed precision the products take f16 operands: the weight's f16 copy, x and the output
@@ -116,7 +119,7 @@ export function fusedLinear(
   const outF = weight.shape[0];
   const gelu = activation === 'gelu';
   const half = halfProducts() !== 'off';
-  const types = half ? ({ aType: 'f16', bType: 'f16' } as const) : {};
+  const types = productTypes(half);
   const op = customOp(([xt, wt, bt], save) => {
     const xa = half ? toTensor(toHalf(xt)) : xt;
     const wa = half ? halfWeight(wt) : wt;
@@ -138,9 +141,6 @@ export function fusedLinear(
   });
   return op(x, weight, bias) as tf.Tensor2D;
 }
-
-/** The operand types of the products: f16 in mixed precision (`half`), else the f32 defaults. */
-const productTypes = (half: boolean) => (half ? ({ aType: 'f16', bType: 'f16' } as const) : {});
 
 /**
  * The forward of a [M, K] · bᵀ (b [N, K]): the operands the products take (with `half`, a converted
