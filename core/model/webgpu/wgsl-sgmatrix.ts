@@ -195,8 +195,8 @@ export function sgVariantProblem(v: SgMatMulVariant): string | null {
   return null;
 }
 
-/** The WGSL of the subgroup-matrix operations, real or emulated. */
-interface MatrixOps {
+/** The WGSL of the subgroup-matrix operations, real or emulated (the attention kernels use them too). */
+export interface MatrixOps {
   accumulator(name: string): string;
   load(name: string, use: 'left' | 'right', src: string, offset: string, colMajor: boolean, stride: string): string;
   /** Row-major load of a result (f32) matrix. */
@@ -206,7 +206,22 @@ interface MatrixOps {
   store(dst: string, offset: string, acc: string, stride: string): string;
 }
 
-function realOps(v: SgMatMulVariant): MatrixOps {
+/** A configuration's shape, and whether its builtins are emulated. */
+export type MatrixShape = Pick<SgMatMulTile, 'M' | 'N' | 'K' | 'emulate'>;
+
+/** The subgroup-matrix operations of configuration `v`, emulated where `v.emulate` says. */
+export function matrixOps(v: MatrixShape): MatrixOps {
+  return v.emulate ? emulatedOps(v) : realOps(v);
+}
+
+/** The directives a kernel using the builtins needs (none when they are emulated). */
+export function matrixEnables(v: MatrixShape): string[] {
+  return v.emulate
+    ? []
+    : ['enable chromium_experimental_subgroup_matrix;', 'diagnostic(off, chromium.subgroup_matrix_uniformity);'];
+}
+
+function realOps(v: MatrixShape): MatrixOps {
   const type = {
     left: `subgroup_matrix_left<f16, ${v.K}, ${v.M}>`,
     right: `subgroup_matrix_right<f16, ${v.N}, ${v.K}>`,
@@ -222,11 +237,14 @@ function realOps(v: SgMatMulVariant): MatrixOps {
   };
 }
 
-/** Every invocation holds its subgroup's whole matrices in private memory; the first of the subgroup stores them. */
-function emulatedOps(v: SgMatMulVariant): MatrixOps {
+/**
+ * Every invocation holds its subgroup's whole matrices in private memory; the first of the subgroup
+ * (the kernel's `lane` 0) stores them.
+ */
+function emulatedOps(v: MatrixShape): MatrixOps {
   const dims = { left: [v.M, v.K], right: [v.K, v.N] } as const;
   return {
-    accumulator: (name) => `var ${name}: array<f32, ${v.M * v.N}>;`,
+    accumulator: (name) => `var ${name} = array<f32, ${v.M * v.N}>();`,
     load: (name, use, src, offset, colMajor, stride) => {
       const [R, C] = dims[use];
       const at = colMajor ? `(e % ${C}u) * (${stride}) + e / ${C}u` : `(e / ${C}u) * (${stride}) + e % ${C}u`;
@@ -253,7 +271,7 @@ export function sgMatmulSource(v: SgMatMulVariant): string {
   const P = v.patch ?? 1;
   const SG = v.subgroupSize;
   const threads = sgThreads(v);
-  const ops = v.emulate ? emulatedOps(v) : realOps(v);
+  const ops = matrixOps(v);
   const staged = v.staging === 'workgroup';
   const hasBias = v.epilogue !== 'none';
   const gelu = v.epilogue === 'bias-gelu';
@@ -459,12 +477,7 @@ export function sgMatmulSource(v: SgMatMulVariant): string {
     : v.triangle === 'lowerA'
       ? `min(u.K, rowA0 + ${BM}u)`
       : 'u.K';
-  const enables = [
-    'enable f16;',
-    ...(v.emulate
-      ? []
-      : ['enable chromium_experimental_subgroup_matrix;', 'diagnostic(off, chromium.subgroup_matrix_uniformity);']),
-  ];
+  const enables = ['enable f16;', ...matrixEnables(v)];
 
   let body: string;
   if (staged) {
