@@ -47,7 +47,7 @@ import {
 } from '../core/model/curve.js';
 import { presetConfig } from '../core/model/index.js';
 import { parsePrecision, setPrecision } from '../core/model/precision.js';
-import { attentionCase } from '../core/model/webgpu/attention.js';
+import { attentionCase, flashMatrixKernels } from '../core/model/webgpu/attention.js';
 import {
   F16_PRODUCT_TOL,
   type KernelCase,
@@ -98,8 +98,8 @@ function pythiaScaleCases(shrink = 1): KernelCase[] {
 
 /**
  * Mixed precision's checks at the same shapes: the three products of a linear layer with f16 operands
- * (the planner's plans), and the linear, MLP-up, logits, logits-with-loss and attention (scores path)
- * operations with their gradients.
+ * (the planner's plans), and the linear, MLP-up, logits, logits-with-loss and attention (scores path,
+ * and flash on subgroup matrices where the adapter has them) operations with their gradients.
  */
 function pythiaScaleHalfCases(shrink = 1): KernelCase[] {
   const d = (n: number) => Math.max(4, Math.round(n / shrink / 4) * 4);
@@ -123,6 +123,10 @@ function pythiaScaleHalfCases(shrink = 1): KernelCase[] {
     logitsCase(d(1024), D, V, grads),
     logitsCrossEntropyCase(d(1024), D, V, grads),
     attentionCase('scores', Math.max(1, Math.round(8 / shrink)), d(512), 8, 64, 16, grads),
+    // Flash attention on subgroup matrices, where the adapter has them.
+    ...(typeof flashMatrixKernels(64, d(512)) === 'string'
+      ? []
+      : [attentionCase('flash-matrix', Math.max(1, Math.round(8 / shrink)), d(512), 8, 64, 16, grads)]),
   ];
 }
 

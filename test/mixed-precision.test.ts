@@ -40,7 +40,7 @@ import {
   matrixUnavailable,
   toHalf,
 } from '../core/model/webgpu/half.js';
-import { attentionCase } from '../core/model/webgpu/attention.js';
+import { attentionCase, setFlashMatrixEmulation } from '../core/model/webgpu/attention.js';
 import { linearCase, logitsCase } from '../core/model/webgpu/linear.js';
 import { logitsCrossEntropyCase } from '../core/model/webgpu/cross-entropy.js';
 import { autotuneMatMuls, clearMatMulTuning, makePlan, matmul, sgTilesFor } from '../core/model/webgpu/matmul.js';
@@ -381,6 +381,30 @@ describe.skipIf(!hasWebGPU)('f16 on the webgpu backend (lavapipe: shader-f16, no
       r.gradErrs.forEach((e, i) => expect(e, `gradient of input ${c.diff[i]}`).toBeLessThan(c.tol));
     },
     300_000,
+  );
+
+  // Flash attention on subgroup matrices with the builtins emulated (8 × 8 × 8 matrices, lavapipe's
+  // subgroups of 8): streamed blocks, the diagonal's mask, both gradients' kernels; the larger inputs
+  // make later blocks' scores outgrow the first's, so the forward rescales its partial output.
+  const flashMatrixCases = [
+    attentionCase('flash-matrix', 1, 64, 2, 16, 8, 2 * tol),
+    attentionCase('flash-matrix', 1, 96, 1, 32, 32, 2 * tol, 6),
+  ];
+  it.each(flashMatrixCases.map((c) => [c.name, c] as const))(
+    'flash attention on subgroup matrices, builtins emulated, within tolerance of f32: %s',
+    async (_name, c) => {
+      f16Storage();
+      setFlashMatrixEmulation(8);
+      try {
+        const r = await runCase(c, 'cpu');
+        expect(r.valueErr, 'value').toBeLessThan(c.tol);
+        expect(r.valueErr).toBeGreaterThan(1e-6);
+        r.gradErrs.forEach((e, i) => expect(e, `gradient of input ${c.diff[i]}`).toBeLessThan(c.tol));
+      } finally {
+        setFlashMatrixEmulation(null);
+      }
+    },
+    600_000,
   );
 
   it('the autotuner times f16 products too, checking every candidate against the f32 kernel', async () => {

@@ -1,10 +1,11 @@
 /**
  * Causal self-attention with rotary embeddings on the fused WebGPU path: the QKV split with rotary
- * into per-head q, k, v, then one of two paths (attentionKernelsFor): `scores` materialises the
+ * into per-head q, k, v, then one of three paths (attentionKernelsFor): `scores` materialises the
  * causal scores and runs the products around the softmax as batched matrix products (matmul.ts)
  * with the tiles above the diagonal skipped; `flash` never writes the scores (K/V tiles in
- * workgroup memory, online softmax) and recomputes them in the backward. Heads are merged back,
- * and the backward's rotary merge writes the gradient of the fused projection.
+ * workgroup memory, online softmax) and recomputes them in the backward; `flash-matrix` does the
+ * same with f16 operands on subgroup matrices (mixed precision). Heads are merged back, and the
+ * backward's rotary merge writes the gradient of the fused projection.
  */
 import * as tf from '../tfjs.js';
 
@@ -12,9 +13,10 @@ import { type AttentionShape, PositionTables, causalSelfAttention, customOp } fr
 import { randHost, ropeTables } from '../kernel-check.js';
 import type { KernelCase } from './check.js';
 import { kernel, rowGrid } from './fused.js';
-import { halfProducts, halfStorageShape } from './half.js';
+import { f16MatrixConfigs, halfProducts, halfStorageShape, matrixUnavailable } from './half.js';
 import { matmul } from './matmul.js';
 import type { OperandType } from './wgsl-matmul.js';
+import { matrixEnables, matrixOps } from './wgsl-sgmatrix.js';
 import { type UniformValue, allocate, capabilities, dispatch, grid1d, release, toTensor } from './runtime.js';
 import { FLAT, NEG_BIG, ONLINE_LSE, TO_F16_WGSL, lseReduce, reduceFns } from './wgsl-common.js';
 
@@ -487,6 +489,368 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 }
 
 // --------------------------------------------------------------------------------------------
+// Causal attention, flash style on subgroup matrices (mixed precision): f16 q, k, v and dO, the
+// products on the adapter's f16 → f32 matrices, the scores and their softmax in f32 in workgroup
+// memory and never in global memory. Each subgroup owns E rows (queries; keys in dK and dV) and
+// streams the other side in blocks of W through its matrices.
+
+/** Subgroups of a flash-matrix workgroup: a workgroup owns 4E rows. */
+const FM_SUBGROUPS = 4;
+/** How far a row's running maximum may fall behind before the forward rescales its partial output (e⁸: P stays well inside f16). */
+const FM_RESCALE_MARGIN = 8;
+
+/** One flash-matrix kernel's layout. */
+export interface FlashMatrixKernel {
+  /** The edge of the adapter's square f16 → f32 configuration (E × E × E). */
+  E: number;
+  /** The adapter's subgroup size. */
+  SG: number;
+  hs: number;
+  /** Width of the streamed blocks (keys; queries for dK and dV): a multiple of E and SG that divides 4E. */
+  W: number;
+  /** The builtins emulated (wgsl-sgmatrix.ts's matrixOps): checks on adapters without subgroup matrices. */
+  emulate: boolean;
+}
+
+const range = (n: number) => Array.from({ length: n }, (_, i) => i);
+
+/** The sizes a flash-matrix kernel's code is written from (f32 rows padded by 16 bytes, f16 rows by 16 bytes). */
+function fmLayout(k: FlashMatrixKernel) {
+  const { E, SG, hs, W } = k;
+  return {
+    ops: matrixOps({ M: E, N: E, K: E, emulate: k.emulate }),
+    own: FM_SUBGROUPS * E,
+    /** Matrices across the head (D) and across a streamed block (NB); each lane's elements of a row (IPR). */
+    D: hs / E,
+    NB: W / E,
+    IPR: W / SG,
+    SW: W + 4,
+    PW: W + 8,
+    threads: FM_SUBGROUPS * SG,
+    header: ['enable f16;', 'enable subgroups;', ...matrixEnables({ M: E, N: E, K: E, emulate: k.emulate })].join('\n'),
+  };
+}
+
+/** Why the flash-matrix kernels cannot take this shape with this layout, or null. */
+export function flashMatrixProblem(k: FlashMatrixKernel, T: number): string | null {
+  const own = FM_SUBGROUPS * k.E;
+  if (k.hs % k.E !== 0) return `head size ${k.hs} is not a multiple of the matrices' ${k.E}`;
+  if (T % own !== 0) return `sequence length ${T} is not a multiple of ${own}`;
+  if (k.W % k.E !== 0 || k.W % k.SG !== 0 || own % k.W !== 0)
+    return `block width ${k.W} must be a multiple of ${k.E} and of the subgroup size ${k.SG}, and divide ${own}`;
+  return null;
+}
+
+/** Bytes of workgroup memory a flash-matrix kernel takes. */
+export function flashMatrixBytes(k: FlashMatrixKernel, which: 'forward' | 'dq' | 'dkv'): number {
+  const rows = FM_SUBGROUPS * k.E;
+  const f32Rows = (w: number) => 4 * rows * (w + 4);
+  const f16Rows = 2 * rows * (k.W + 8);
+  if (which === 'forward') return f32Rows(Math.max(k.W, k.hs)) + f16Rows + 4;
+  return 2 * f32Rows(k.W) + (which === 'dq' ? 1 : 2) * f16Rows;
+}
+
+/**
+ * Σ_d L_d · srcᵀ over the streamed block's NB matrices into accumulators `acc`c (src rows from
+ * `row0`, hs wide, read as the right operand column-major), each stored to `dst` at `base` + c·E.
+ */
+function productsWithRows(
+  l: ReturnType<typeof fmLayout>,
+  hs: number,
+  E: number,
+  o: { acc: string; left: string; src: string; row0: string; dst: string; base: string; stride: number },
+): string {
+  const { ops } = l;
+  return range(l.NB)
+    .map((c) =>
+      [
+        ops.accumulator(`${o.acc}${c}`),
+        ...range(l.D).flatMap((d) => [
+          ops.load(
+            `${o.acc}r${c}_${d}`,
+            'right',
+            o.src,
+            `(${o.row0} + ${c * E}u) * ${hs}u + ${d * E}u`,
+            true,
+            `${hs}u`,
+          ),
+          ops.mma(`${o.acc}${c}`, `${o.left}${d}`, `${o.acc}r${c}_${d}`),
+        ]),
+        ops.store(o.dst, `${o.base} + ${c * E}u`, `${o.acc}${c}`, `${o.stride}u`),
+      ].join('\n    '),
+    )
+    .join('\n    ');
+}
+
+/** acc_j += Σ_c L_c · src[row0 + c·E.., j·E..] for the D accumulators, L_c read from workgroup `tile` (rows `stride` apart). */
+function accumulateRows(
+  l: ReturnType<typeof fmLayout>,
+  hs: number,
+  E: number,
+  o: { acc: string; left: string; tile: string; base: string; stride: number; src: string; row0: string },
+): string {
+  const { ops } = l;
+  const lefts = range(l.NB).map((c) =>
+    ops.load(`${o.left}${c}`, 'left', o.tile, `${o.base} + ${c * E}u`, false, `${o.stride}u`),
+  );
+  const products = range(l.D).flatMap((j) =>
+    range(l.NB).flatMap((c) => [
+      ops.load(`${o.left}${c}r${j}`, 'right', o.src, `(${o.row0} + ${c * E}u) * ${hs}u + ${j * E}u`, false, `${hs}u`),
+      ops.mma(`${o.acc}${j}`, `${o.left}${c}`, `${o.left}${c}r${j}`),
+    ]),
+  );
+  return [...lefts, ...products].join('\n    ');
+}
+
+/** The lane's elements of the subgroup's E × W block: `f(r, t, col)` for row r and its t-th column `col` (a WGSL expression). */
+function laneElements(
+  l: ReturnType<typeof fmLayout>,
+  E: number,
+  SG: number,
+  f: (r: number, t: number, col: string) => string,
+) {
+  return range(E)
+    .map((r) =>
+      range(l.IPR)
+        .map((t) => f(r, t, `(lane + ${t * SG}u)`))
+        .join(' '),
+    )
+    .join('\n    ');
+}
+
+/**
+ * in: q, k, v [BH, T, hs] f16; out: o [B·T, H·hs] f32 (heads merged), lse [BH·T] (of the scaled
+ * scores); u: {T, H, scale}. Grid (T / 4E, BH), the longest rows first. The online softmax keeps a
+ * running maximum per row, and rescales the partial output (through workgroup memory: a matrix's
+ * rows cannot be scaled in place) only in blocks where some row's maximum grew by more than e⁸.
+ */
+export function flashMatrixForwardSource(k: FlashMatrixKernel): string {
+  const { E, SG, hs, W } = k;
+  const l = fmLayout(k);
+  const { ops, own, D } = l;
+  const OW = Math.max(W, hs) + 4;
+  const rows = range(E);
+  const perRow = (f: (r: number) => string) => rows.map(f).join('\n    ');
+  const perLane = `for (var e = lane; e < ${hs}u; e += ${SG}u)`;
+  const storeO = range(D)
+    .map((j) => ops.store('Ss', `sBase + ${j * E}u`, `o${j}`, `${OW}u`))
+    .join('\n    ');
+  return /* wgsl */ `${l.header}
+diagnostic(off, subgroup_uniformity);
+@group(0) @binding(0) var<storage, read> Q: array<f16>;
+@group(0) @binding(1) var<storage, read> K: array<f16>;
+@group(0) @binding(2) var<storage, read> V: array<f16>;
+@group(0) @binding(3) var<storage, read_write> O: array<f32>;
+@group(0) @binding(4) var<storage, read_write> LSE: array<f32>;
+struct U { T: u32, H: u32, scale: f32, p0: u32 };
+@group(0) @binding(5) var<uniform> u: U;
+var<workgroup> Ss: array<f32, ${FM_SUBGROUPS * E * OW}>;
+var<workgroup> Ps: array<f16, ${FM_SUBGROUPS * E * l.PW}>;
+var<workgroup> rescaleAt: u32;
+@compute @workgroup_size(${l.threads})
+fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let sg = lidx / ${SG}u;
+  let lane = lidx % ${SG}u;
+  let own0 = (nwg.x - 1u - wid.x) * ${own}u;
+  let q0 = own0 + sg * ${E}u;
+  let bh = wid.y;
+  let rows = bh * u.T;
+  let sBase = sg * ${E * OW}u;
+  let pBase = sg * ${E * l.PW}u;
+  if (lidx == 0u) { rescaleAt = 0u; }
+  ${range(D)
+    .map((d) => ops.load(`qm${d}`, 'left', 'Q', `(rows + q0) * ${hs}u + ${d * E}u`, false, `${hs}u`))
+    .join('\n  ')}
+  ${range(D)
+    .map((j) => ops.accumulator(`o${j}`))
+    .join('\n  ')}
+  ${perRow((r) => `var m${r} = ${NEG_BIG}; var l${r} = 0.0;`)}
+  let nBlocks = (own0 + ${own}u) / ${W}u;
+  for (var kb = 0u; kb < nBlocks; kb++) {
+    let k0 = kb * ${W}u;
+    ${productsWithRows(l, hs, E, { acc: 's', left: 'qm', src: 'K', row0: 'rows + k0', dst: 'Ss', base: 'sBase', stride: OW })}
+    workgroupBarrier();
+    var grow = false;
+    ${perRow(
+      (r) => `var a${r} = 1.0;
+    {
+      ${range(l.IPR)
+        .map(
+          (t) =>
+            `let x${t} = select(${NEG_BIG}, Ss[sBase + ${r * OW}u + lane + ${t * SG}u] * u.scale, k0 + lane + ${t * SG}u <= q0 + ${r}u);`,
+        )
+        .join(' ')}
+      let bm = subgroupMax(${range(l.IPR)
+        .slice(1)
+        .reduce((acc, t) => `max(${acc}, x${t})`, 'x0')});
+      if (bm > m${r} + ${FM_RESCALE_MARGIN}.0) { a${r} = exp(m${r} - bm); m${r} = bm; l${r} = l${r} * a${r}; grow = true; }
+      ${range(l.IPR)
+        .map(
+          (t) =>
+            `let p${t} = exp(x${t} - m${r}); l${r} = l${r} + p${t}; Ps[pBase + ${r * l.PW}u + lane + ${t * SG}u] = f16(p${t});`,
+        )
+        .join(' ')}
+    }`,
+    )}
+    // The partial output is zero in the first block; later, a grown maximum rescales it.
+    if (grow && kb > 0u && lane == 0u) { rescaleAt = kb + 1u; }
+    if (workgroupUniformLoad(&rescaleAt) == kb + 1u) {
+      ${storeO}
+      workgroupBarrier();
+      ${perRow((r) => `${perLane} { Ss[sBase + ${r * OW}u + e] = Ss[sBase + ${r * OW}u + e] * a${r}; }`)}
+      workgroupBarrier();
+      ${range(D)
+        .map((j) => `${ops.loadResult(`rs${j}`, 'Ss', `sBase + ${j * E}u`, `${OW}u`)} o${j} = rs${j};`)
+        .join('\n      ')}
+      workgroupBarrier();
+    }
+    ${accumulateRows(l, hs, E, { acc: 'o', left: 'pm', tile: 'Ps', base: 'pBase', stride: l.PW, src: 'V', row0: 'rows + k0' })}
+  }
+  ${storeO}
+  workgroupBarrier();
+  let b = bh / u.H;
+  let h = bh % u.H;
+  ${perRow(
+    (r) => `{
+    let total = subgroupAdd(l${r});
+    let inv = 1.0 / total;
+    let dst = ((b * u.T + q0 + ${r}u) * u.H + h) * ${hs}u;
+    ${perLane} { O[dst + e] = Ss[sBase + ${r * OW}u + e] * inv; }
+    if (lane == 0u) { LSE[rows + q0 + ${r}u] = m${r} + log(total); }
+  }`,
+  )}
+}
+`;
+}
+
+/**
+ * dQ = scale · Σ_keys P∘(dP − D) · K: in: q, k, v, dO [BH, T, hs] f16, lse [BH·T], D [BH·T]
+ * (rowsum(dO∘O)); out: dq [BH, T, hs] f32; u: {T, H, scale}. Grid (T / 4E, BH).
+ */
+export function flashMatrixBackwardQSource(k: FlashMatrixKernel): string {
+  const { E, SG, hs, W } = k;
+  const l = fmLayout(k);
+  const { ops, own, D } = l;
+  return /* wgsl */ `${l.header}
+diagnostic(off, subgroup_uniformity);
+@group(0) @binding(0) var<storage, read> Q: array<f16>;
+@group(0) @binding(1) var<storage, read> K: array<f16>;
+@group(0) @binding(2) var<storage, read> V: array<f16>;
+@group(0) @binding(3) var<storage, read> dO: array<f16>;
+@group(0) @binding(4) var<storage, read> LSE: array<f32>;
+@group(0) @binding(5) var<storage, read> Dl: array<f32>;
+@group(0) @binding(6) var<storage, read_write> dQ: array<f32>;
+struct U { T: u32, H: u32, scale: f32, p0: u32 };
+@group(0) @binding(7) var<uniform> u: U;
+var<workgroup> Ss: array<f32, ${FM_SUBGROUPS * E * l.SW}>;
+var<workgroup> Gs: array<f32, ${FM_SUBGROUPS * E * l.SW}>;
+var<workgroup> Ps: array<f16, ${FM_SUBGROUPS * E * l.PW}>;
+@compute @workgroup_size(${l.threads})
+fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let sg = lidx / ${SG}u;
+  let lane = lidx % ${SG}u;
+  let own0 = (nwg.x - 1u - wid.x) * ${own}u;
+  let q0 = own0 + sg * ${E}u;
+  let rows = wid.y * u.T;
+  let sBase = sg * ${E * l.SW}u;
+  let pBase = sg * ${E * l.PW}u;
+  ${range(D)
+    .map(
+      (d) =>
+        `${ops.load(`qm${d}`, 'left', 'Q', `(rows + q0) * ${hs}u + ${d * E}u`, false, `${hs}u`)} ${ops.load(`gm${d}`, 'left', 'dO', `(rows + q0) * ${hs}u + ${d * E}u`, false, `${hs}u`)} ${ops.accumulator(`dq${d}`)}`,
+    )
+    .join('\n  ')}
+  ${range(E)
+    .map((r) => `let lse${r} = LSE[rows + q0 + ${r}u]; let dl${r} = Dl[rows + q0 + ${r}u];`)
+    .join('\n  ')}
+  let nBlocks = (own0 + ${own}u) / ${W}u;
+  for (var kb = 0u; kb < nBlocks; kb++) {
+    let k0 = kb * ${W}u;
+    ${productsWithRows(l, hs, E, { acc: 's', left: 'qm', src: 'K', row0: 'rows + k0', dst: 'Ss', base: 'sBase', stride: l.SW })}
+    ${productsWithRows(l, hs, E, { acc: 'dp', left: 'gm', src: 'V', row0: 'rows + k0', dst: 'Gs', base: 'sBase', stride: l.SW })}
+    workgroupBarrier();
+    ${laneElements(l, E, SG, (r, _t, col) => {
+      const at = `sBase + ${r * l.SW}u + ${col}`;
+      return `{ let p = select(0.0, exp(Ss[${at}] * u.scale - lse${r}), k0 + ${col} <= q0 + ${r}u); Ps[pBase + ${r * l.PW}u + ${col}] = f16(u.scale * p * (Gs[${at}] - dl${r})); }`;
+    })}
+    workgroupBarrier();
+    ${accumulateRows(l, hs, E, { acc: 'dq', left: 'ds', tile: 'Ps', base: 'pBase', stride: l.PW, src: 'K', row0: 'rows + k0' })}
+  }
+  ${range(D)
+    .map((j) => ops.store('dQ', `(rows + q0) * ${hs}u + ${j * E}u`, `dq${j}`, `${hs}u`))
+    .join('\n  ')}
+}
+`;
+}
+
+/**
+ * dK = scale · Σ_queries (P∘(dP − D))ᵀ · Q and dV = Σ_queries Pᵀ · dO, a subgroup per E keys: in: q,
+ * k, v, dO [BH, T, hs] f16, lse, D [BH·T]; out: dk, dv [BH, T, hs] f32; u: {T, H, scale}. Grid
+ * (T / 4E, BH), the longest columns first.
+ */
+export function flashMatrixBackwardKVSource(k: FlashMatrixKernel): string {
+  const { E, SG, hs, W } = k;
+  const l = fmLayout(k);
+  const { ops, own, D } = l;
+  return /* wgsl */ `${l.header}
+diagnostic(off, subgroup_uniformity);
+@group(0) @binding(0) var<storage, read> Q: array<f16>;
+@group(0) @binding(1) var<storage, read> K: array<f16>;
+@group(0) @binding(2) var<storage, read> V: array<f16>;
+@group(0) @binding(3) var<storage, read> dO: array<f16>;
+@group(0) @binding(4) var<storage, read> LSE: array<f32>;
+@group(0) @binding(5) var<storage, read> Dl: array<f32>;
+@group(0) @binding(6) var<storage, read_write> dK: array<f32>;
+@group(0) @binding(7) var<storage, read_write> dV: array<f32>;
+struct U { T: u32, H: u32, scale: f32, p0: u32 };
+@group(0) @binding(8) var<uniform> u: U;
+var<workgroup> Ss: array<f32, ${FM_SUBGROUPS * E * l.SW}>;
+var<workgroup> Gs: array<f32, ${FM_SUBGROUPS * E * l.SW}>;
+var<workgroup> Ps: array<f16, ${FM_SUBGROUPS * E * l.PW}>;
+var<workgroup> Ds: array<f16, ${FM_SUBGROUPS * E * l.PW}>;
+@compute @workgroup_size(${l.threads})
+fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+  let sg = lidx / ${SG}u;
+  let lane = lidx % ${SG}u;
+  let own0 = wid.x * ${own}u;
+  let kr0 = own0 + sg * ${E}u;
+  let rows = wid.y * u.T;
+  let sBase = sg * ${E * l.SW}u;
+  let pBase = sg * ${E * l.PW}u;
+  ${range(D)
+    .map(
+      (d) =>
+        `${ops.load(`kk${d}`, 'left', 'K', `(rows + kr0) * ${hs}u + ${d * E}u`, false, `${hs}u`)} ${ops.load(`vv${d}`, 'left', 'V', `(rows + kr0) * ${hs}u + ${d * E}u`, false, `${hs}u`)} ${ops.accumulator(`dk${d}`)} ${ops.accumulator(`dv${d}`)}`,
+    )
+    .join('\n  ')}
+  for (var qb = own0 / ${W}u; qb < u.T / ${W}u; qb++) {
+    let c0 = qb * ${W}u;
+    ${productsWithRows(l, hs, E, { acc: 's', left: 'kk', src: 'Q', row0: 'rows + c0', dst: 'Ss', base: 'sBase', stride: l.SW })}
+    ${productsWithRows(l, hs, E, { acc: 'dp', left: 'vv', src: 'dO', row0: 'rows + c0', dst: 'Gs', base: 'sBase', stride: l.SW })}
+    workgroupBarrier();
+    ${range(l.IPR)
+      .map((t) => `let lse${t} = LSE[rows + c0 + lane + ${t * SG}u]; let dl${t} = Dl[rows + c0 + lane + ${t * SG}u];`)
+      .join('\n    ')}
+    ${laneElements(l, E, SG, (r, t, col) => {
+      const at = `sBase + ${r * l.SW}u + ${col}`;
+      const to = `pBase + ${r * l.PW}u + ${col}`;
+      return `{ let p = select(0.0, exp(Ss[${at}] * u.scale - lse${t}), kr0 + ${r}u <= c0 + ${col}); Ps[${to}] = f16(p); Ds[${to}] = f16(u.scale * p * (Gs[${at}] - dl${t})); }`;
+    })}
+    workgroupBarrier();
+    ${accumulateRows(l, hs, E, { acc: 'dv', left: 'pt', tile: 'Ps', base: 'pBase', stride: l.PW, src: 'dO', row0: 'rows + c0' })}
+    ${accumulateRows(l, hs, E, { acc: 'dk', left: 'dst', tile: 'Ds', base: 'pBase', stride: l.PW, src: 'Q', row0: 'rows + c0' })}
+  }
+  ${range(D)
+    .map(
+      (j) =>
+        `${ops.store('dK', `(rows + kr0) * ${hs}u + ${j * E}u`, `dk${j}`, `${hs}u`)}\n  ${ops.store('dV', `(rows + kr0) * ${hs}u + ${j * E}u`, `dv${j}`, `${hs}u`)}`,
+    )
+    .join('\n  ')}
+}
+`;
+}
+
+// --------------------------------------------------------------------------------------------
 // Causal attention through materialised scores: S = Q·Kᵀ and the products with P are batched
 // matrix products (matmul.ts); these are the row kernels between them and the head layout moves.
 
@@ -694,21 +1058,77 @@ export function fusedAttentionSupports(s: AttentionShape): boolean {
  * invocation pair per row, K/V tiles in workgroup memory) and recomputes them in the backward. The
  * scores pay while they are small: for pythia-70m's batch ([B·H, T, T] is 64 MiB a layer) attention
  * took 3.5 ms of an H200's time per step this way against 6.4 ms with the flash kernels.
+ * 'flash-matrix' is flash attention with f16 operands on subgroup matrices, the default under mixed
+ * precision where the adapter has them (f16MatrixConfigs) and the shape fits (flashMatrixKernels).
  */
-export type AttentionKernels = 'scores' | 'flash';
+export type AttentionKernels = 'scores' | 'flash' | 'flash-matrix';
+const ATTENTION_KERNELS: readonly string[] = ['scores', 'flash', 'flash-matrix'];
 /** Largest scores tensor (bytes, per layer) that the default materialises; P of every layer stays alive until the backward. */
 const SCORES_MAX_BYTES = 256 * 2 ** 20;
 let attentionOverride: AttentionKernels | null = null;
 
-/** Forces one attention path for this process (null: the default, env OFFSHOOT_ATTENTION=scores|flash, else by size). */
+/** Forces one attention path for this process (null: the default, env OFFSHOOT_ATTENTION=scores|flash|flash-matrix, else by precision and size). */
 export function setAttentionKernels(k: AttentionKernels | null): void {
   attentionOverride = k;
 }
 
-function attentionKernelsFor(BH: number, T: number): AttentionKernels {
+let flashMatrixEmulation: number | null = null;
+/**
+ * Emulates the flash-matrix kernels' builtins with E × E × E matrices (null: the adapter's own), so
+ * their tiling and softmax are checked on adapters without subgroup matrices.
+ */
+export function setFlashMatrixEmulation(E: number | null): void {
+  flashMatrixEmulation = E;
+}
+
+interface FlashMatrixKernels {
+  forward: FlashMatrixKernel;
+  dq: FlashMatrixKernel;
+  dkv: FlashMatrixKernel;
+}
+
+/**
+ * The flash-matrix kernels' layouts for head size hs and sequence length T (each the widest streamed
+ * block whose workgroup memory fits the adapter), or why they cannot run here.
+ */
+export function flashMatrixKernels(hs: number, T: number): FlashMatrixKernels | string {
+  const c = capabilities();
+  if (!c.subgroups) return 'the adapter has no subgroups';
+  if (!c.shaderF16) return 'the adapter has no shader-f16';
+  const SG = c.subgroupMinSize;
+  if (SG === null || SG !== c.subgroupMaxSize) return "the adapter's subgroup size varies";
+  let E: number;
+  if (flashMatrixEmulation !== null) E = flashMatrixEmulation;
+  else {
+    const why = matrixUnavailable(c);
+    if (why) return why;
+    const square = f16MatrixConfigs(c).find((m) => m.M === m.N && m.N === m.K);
+    if (!square) return 'the adapter offers no square f16 → f32 subgroup-matrix configuration';
+    E = square.M;
+  }
+  const emulate = flashMatrixEmulation !== null;
+  const layout = (which: 'forward' | 'dq' | 'dkv'): FlashMatrixKernel | string => {
+    let why = '';
+    for (const W of [64, 32, 16, 8]) {
+      const k = { E, SG, hs, W, emulate };
+      why = flashMatrixProblem(k, T) ?? '';
+      if (!why && flashMatrixBytes(k, which) <= c.maxWorkgroupStorage) return k;
+    }
+    return why || `no block width fits ${c.maxWorkgroupStorage} bytes of workgroup memory`;
+  };
+  const [forward, dq, dkv] = [layout('forward'), layout('dq'), layout('dkv')];
+  for (const k of [forward, dq, dkv]) if (typeof k === 'string') return k;
+  return { forward, dq, dkv } as FlashMatrixKernels;
+}
+
+function attentionKernelsFor(s: AttentionShape): AttentionKernels {
+  const BH = s.batch * s.heads;
+  const T = s.seqLen;
   const forced = attentionOverride ?? process.env.OFFSHOOT_ATTENTION;
-  if (forced === 'scores' || forced === 'flash') return forced;
-  if (forced) throw new Error(`OFFSHOOT_ATTENTION must be 'scores' or 'flash', not '${forced}'`);
+  if (forced && !ATTENTION_KERNELS.includes(forced))
+    throw new Error(`OFFSHOOT_ATTENTION must be one of ${ATTENTION_KERNELS.join(', ')}, not '${forced}'`);
+  if (forced) return forced as AttentionKernels;
+  if (halfProducts() === 'matrix' && typeof flashMatrixKernels(s.headSize, T) !== 'string') return 'flash-matrix';
   const bytes = BH * T * T * 4;
   return bytes <= Math.min(SCORES_MAX_BYTES, capabilities().maxStorageBinding) ? 'scores' : 'flash';
 }
@@ -766,10 +1186,13 @@ export function fusedAttention(qkv: tf.Tensor2D, positions: PositionTables, s: A
     for (const t of [dq, dk, dv]) release(t);
     return toTensor(dx);
   };
+  const path = attentionKernelsFor(s);
   const op =
-    attentionKernelsFor(BH, T) === 'scores'
+    path === 'scores'
       ? scoresAttention(s, split, merge, tables)
-      : flashAttention(s, split, merge, tables);
+      : path === 'flash'
+        ? flashAttention(s, split, merge, tables)
+        : flashMatrixAttention(s, split, merge, tables);
   return op(qkv) as tf.Tensor2D;
 }
 
@@ -847,6 +1270,90 @@ function flashAttention(
           agrid,
         );
         release(delta);
+        return merge(dq, dk, dv, tb);
+      },
+    };
+  });
+}
+
+function flashMatrixAttention(
+  s: AttentionShape,
+  split: SplitHeads,
+  merge: MergeGrads,
+  tables: tf.Tensor[],
+): (...inputs: tf.Tensor[]) => tf.Tensor {
+  const { batch: B, seqLen: T, heads: H, headSize: hs } = s;
+  const BH = B * H;
+  const kernels = flashMatrixKernels(hs, T);
+  if (typeof kernels === 'string') throw new Error(`flash-matrix attention (T ${T}, head size ${hs}): ${kernels}`);
+  const key = (k: FlashMatrixKernel) => `${k.E}_${k.SG}_${hs}_${k.W}_${k.emulate}`;
+  const au: UniformValue[] = [
+    ['u', T],
+    ['u', H],
+    ['f', 1 / Math.sqrt(hs)],
+    ['u', 0],
+  ];
+  const grid: [number, number, number] = [T / (FM_SUBGROUPS * kernels.forward.E), BH, 1];
+  return customOp(([x], save) => {
+    const { q, k, v } = split(x, true);
+    const o = allocate([B * T, H * hs]);
+    const lse = allocate([BH * T]);
+    dispatch(
+      kernel('flash_matrix_forward', key(kernels.forward), () => flashMatrixForwardSource(kernels.forward)),
+      [q, k, v],
+      [o, lse],
+      au,
+      grid,
+    );
+    const oT = toTensor(o);
+    save([toTensor(q), toTensor(k), toTensor(v), oT, toTensor(lse), ...tables]);
+    return {
+      value: oT,
+      gradFunc: (dy, [qs, ks, vs, os, ls, ...tb]) => {
+        const delta = allocate([BH * T]);
+        dispatch(
+          kernel('attn_delta', String(hs), () => attnDeltaSource(hs)),
+          [dy, os],
+          [delta],
+          [
+            ['u', BH * T],
+            ['u', T],
+            ['u', H],
+            ['u', 0],
+          ],
+          grid1d(BH * T),
+        );
+        const dO = allocate(halfStorageShape(BH * T * hs));
+        dispatch(
+          kernel('heads_split', `${hs}_true`, () => headsLayoutSource(hs, true, true)),
+          [dy],
+          [dO],
+          [
+            ['u', (BH * T * hs) / 4],
+            ['u', T],
+            ['u', H],
+            ['u', 0],
+          ],
+          grid1d((BH * T * hs) / 4),
+        );
+        const [dq, dk, dv] = [0, 1, 2].map(() => allocate([BH, T, hs]));
+        const ins = [qs, ks, vs, dO, ls, delta];
+        dispatch(
+          kernel('flash_matrix_backward_q', key(kernels.dq), () => flashMatrixBackwardQSource(kernels.dq)),
+          ins,
+          [dq],
+          au,
+          grid,
+        );
+        dispatch(
+          kernel('flash_matrix_backward_kv', key(kernels.dkv), () => flashMatrixBackwardKVSource(kernels.dkv)),
+          ins,
+          [dk, dv],
+          au,
+          grid,
+        );
+        release(delta);
+        release(dO);
         return merge(dq, dk, dv, tb);
       },
     };
@@ -944,13 +1451,15 @@ export function attentionCase(
   hs: number,
   rd: number,
   tol = 5e-5,
+  amplitude = 1.5,
 ): KernelCase {
   const shape = { batch: B, seqLen: T, heads: H, headSize: hs, rotated: rd };
+  const inputs = amplitude === 1.5 ? '' : `, inputs ±${amplitude}`;
   return {
-    name: `causal attention with rotary, ${kernels} kernels (B ${B}, T ${T}, H ${H}, hs ${hs}, rotated ${rd})`,
+    name: `causal attention with rotary, ${kernels} kernels (B ${B}, T ${T}, H ${H}, hs ${hs}, rotated ${rd}${inputs})`,
     inputs: () => {
       const r = ropeTables(T, rd);
-      return [randHost([B * T, H * 3 * hs], 14, 1.5), r.cos, r.sin, r.mask];
+      return [randHost([B * T, H * 3 * hs], 14, amplitude), r.cos, r.sin, r.mask];
     },
     diff: [0],
     reference: ([x, c, s, m]) =>
