@@ -40,7 +40,13 @@ import {
   matrixUnavailable,
   toHalf,
 } from '../core/model/webgpu/half.js';
-import { attentionCase, setFlashMatrixEmulation } from '../core/model/webgpu/attention.js';
+import {
+  attentionCase,
+  flashMatrixBackwardKVSource,
+  flashMatrixBackwardQSource,
+  flashMatrixForwardSource,
+  setFlashMatrixEmulation,
+} from '../core/model/webgpu/attention.js';
 import { linearCase, logitsCase } from '../core/model/webgpu/linear.js';
 import { logitsCrossEntropyCase } from '../core/model/webgpu/cross-entropy.js';
 import { autotuneMatMuls, clearMatMulTuning, makePlan, matmul, sgTilesFor } from '../core/model/webgpu/matmul.js';
@@ -678,6 +684,41 @@ describe("the subgroup-matrix kernels' WGSL compiles for the H200's configuratio
       }
       expect(failures).toEqual([]);
       expect(compiled).toBeGreaterThan(60);
+      device.destroy();
+    } finally {
+      clearInterval(keepAlive);
+    }
+  }, 300_000);
+
+  it("the flash-matrix attention kernels' real WGSL compiles, at the layouts an H200 takes and with head size 128", async () => {
+    const dawn = (await import('webgpu')) as unknown as { create(flags: string[]): GPU; globals: object };
+    const keepAlive = setInterval(() => {}, 1000);
+    try {
+      const gpu = dawn.create(['enable-dawn-features=allow_unsafe_apis', 'backend=null']);
+      const adapter = (await gpu.requestAdapter())!;
+      const device = await adapter.requestDevice({
+        requiredFeatures: ['shader-f16', 'subgroups', 'chromium-experimental-subgroup-matrix'] as GPUFeatureName[],
+      });
+      const failures: string[] = [];
+      for (const [hs, W] of [
+        [64, 64],
+        [64, 32],
+        [128, 32],
+      ]) {
+        const k = { E: 16, SG: 32, hs, W, emulate: false };
+        for (const [name, source] of [
+          ['forward', flashMatrixForwardSource(k)],
+          ['dQ', flashMatrixBackwardQSource(k)],
+          ['dK dV', flashMatrixBackwardKVSource(k)],
+        ]) {
+          const info = await device.createShaderModule({ code: source }).getCompilationInfo();
+          const messages = info.messages
+            .filter((m) => m.type !== 'info')
+            .map((m) => `${m.type} ${m.lineNum}:${m.linePos} ${m.message}`);
+          if (messages.length) failures.push(`${name} (hs ${hs}, W ${W}): ${messages.join('; ')}`);
+        }
+      }
+      expect(failures).toEqual([]);
       device.destroy();
     } finally {
       clearInterval(keepAlive);
