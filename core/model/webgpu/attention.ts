@@ -1061,10 +1061,9 @@ export function fusedAttentionSupports(s: AttentionShape): boolean {
  * invocation pair per row, K/V tiles in workgroup memory) and recomputes them in the backward. The
  * scores pay while they are small: for pythia-70m's batch ([B·H, T, T] is 64 MiB a layer) attention
  * took 3.5 ms of an H200's time per step this way against 6.4 ms with the flash kernels.
- * 'flash-matrix' is flash attention with f16 operands on subgroup matrices: where the scores are too
- * large, it replaces 'flash' under mixed precision when the adapter has them (f16MatrixConfigs) and
- * the shape fits (flashMatrixKernels). Where the scores fit, their path is the faster one (pythia-160m
- * on an H100: 32.8 ms a step against 39.2 with flash-matrix).
+ * 'flash-matrix' is flash attention with f16 operands on subgroup matrices (f16MatrixConfigs; the
+ * shape must fit flashMatrixKernels), only when forced: its first version was slower than the scores
+ * path at pythia-160m on an H100 (39.2 against 32.8 ms a step) and failed its on-card check.
  */
 export type AttentionKernels = 'scores' | 'flash' | 'flash-matrix';
 const ATTENTION_KERNELS: readonly string[] = ['scores', 'flash', 'flash-matrix'];
@@ -1134,10 +1133,7 @@ function attentionKernelsFor(s: AttentionShape): AttentionKernels {
     throw new Error(`OFFSHOOT_ATTENTION must be one of ${ATTENTION_KERNELS.join(', ')}, not '${forced}'`);
   if (forced) return forced as AttentionKernels;
   const bytes = BH * T * T * 4;
-  if (bytes <= Math.min(SCORES_MAX_BYTES, capabilities().maxStorageBinding)) return 'scores';
-  return halfProducts() === 'matrix' && typeof flashMatrixKernels(s.headSize, T) !== 'string'
-    ? 'flash-matrix'
-    : 'flash';
+  return bytes <= Math.min(SCORES_MAX_BYTES, capabilities().maxStorageBinding) ? 'scores' : 'flash';
 }
 
 /**
