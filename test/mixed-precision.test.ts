@@ -637,7 +637,8 @@ describe.skipIf(!hasWebGPU)('f16 on the webgpu backend (lavapipe: shader-f16, no
 });
 
 describe("the subgroup-matrix kernels' WGSL compiles for the H200's configurations (Dawn's null backend)", () => {
-  it('every tile the H200 would try, every transpose, epilogue and staging', async () => {
+  /** Runs `f` with a device of Dawn's null backend that has the features the kernels enable. */
+  async function onNullDevice(f: (device: GPUDevice) => Promise<void>): Promise<void> {
     const dawn = (await import('webgpu')) as unknown as { create(flags: string[]): GPU; globals: object };
     const keepAlive = setInterval(() => {}, 1000);
     try {
@@ -646,6 +647,22 @@ describe("the subgroup-matrix kernels' WGSL compiles for the H200's configuratio
       const device = await adapter.requestDevice({
         requiredFeatures: ['shader-f16', 'subgroups', 'chromium-experimental-subgroup-matrix'] as GPUFeatureName[],
       });
+      await f(device);
+      device.destroy();
+    } finally {
+      clearInterval(keepAlive);
+    }
+  }
+  /** The compiler's warnings and errors for `code`. */
+  async function compileMessages(device: GPUDevice, code: string): Promise<string[]> {
+    const info = await device.createShaderModule({ code }).getCompilationInfo();
+    return info.messages
+      .filter((m) => m.type !== 'info')
+      .map((m) => `${m.type} ${m.lineNum}:${m.linePos} ${m.message}`);
+  }
+
+  it('every tile the H200 would try, every transpose, epilogue and staging', async () => {
+    await onNullDevice(async (device) => {
       const failures: string[] = [];
       let compiled = 0;
       for (const tile of sgTilesFor(H200)) {
@@ -673,32 +690,18 @@ describe("the subgroup-matrix kernels' WGSL compiles for the H200's configuratio
             triangle: 'none',
             walkM: exact,
           };
-          const module = device.createShaderModule({ code: sgMatmulSource(v) });
-          const info = await module.getCompilationInfo();
-          const messages = info.messages
-            .filter((m) => m.type !== 'info')
-            .map((m) => `${m.type} ${m.lineNum}:${m.linePos} ${m.message}`);
+          const messages = await compileMessages(device, sgMatmulSource(v));
           if (messages.length) failures.push(`${JSON.stringify(v)}: ${messages.join('; ')}`);
           compiled++;
         }
       }
       expect(failures).toEqual([]);
       expect(compiled).toBeGreaterThan(60);
-      device.destroy();
-    } finally {
-      clearInterval(keepAlive);
-    }
+    });
   }, 300_000);
 
   it("the flash-matrix attention kernels' real WGSL compiles, at the layouts an H200 takes and with head size 128", async () => {
-    const dawn = (await import('webgpu')) as unknown as { create(flags: string[]): GPU; globals: object };
-    const keepAlive = setInterval(() => {}, 1000);
-    try {
-      const gpu = dawn.create(['enable-dawn-features=allow_unsafe_apis', 'backend=null']);
-      const adapter = (await gpu.requestAdapter())!;
-      const device = await adapter.requestDevice({
-        requiredFeatures: ['shader-f16', 'subgroups', 'chromium-experimental-subgroup-matrix'] as GPUFeatureName[],
-      });
+    await onNullDevice(async (device) => {
       const failures: string[] = [];
       for (const [hs, W] of [
         [64, 64],
@@ -711,17 +714,11 @@ describe("the subgroup-matrix kernels' WGSL compiles for the H200's configuratio
           ['dQ', flashMatrixBackwardQSource(k)],
           ['dK dV', flashMatrixBackwardKVSource(k)],
         ]) {
-          const info = await device.createShaderModule({ code: source }).getCompilationInfo();
-          const messages = info.messages
-            .filter((m) => m.type !== 'info')
-            .map((m) => `${m.type} ${m.lineNum}:${m.linePos} ${m.message}`);
+          const messages = await compileMessages(device, source);
           if (messages.length) failures.push(`${name} (hs ${hs}, W ${W}): ${messages.join('; ')}`);
         }
       }
       expect(failures).toEqual([]);
-      device.destroy();
-    } finally {
-      clearInterval(keepAlive);
-    }
+    });
   }, 300_000);
 });
