@@ -551,8 +551,20 @@ export function flashMatrixBytes(k: FlashMatrixKernel, which: 'forward' | 'dq' |
 }
 
 /**
- * Σ_d L_d · srcᵀ over the streamed block's NB matrices into accumulators `acc`c (src rows from
- * `row0`, hs wide, read as the right operand column-major), each stored to `dst` at `base` + c·E.
+ * Declarations of the NB accumulators `acc`c that productsWithRows fills, made before the loop over
+ * blocks and zeroed in it: a loop body's own declarations were not always fresh each iteration (a
+ * declared-only array in lavapipe's emulated kernels kept the last iteration's values).
+ */
+function blockAccumulators(l: ReturnType<typeof fmLayout>, acc: string): string {
+  return range(l.NB)
+    .map((c) => l.ops.accumulator(`${acc}${c}`))
+    .join(' ');
+}
+
+/**
+ * Σ_d L_d · srcᵀ over the streamed block's NB matrices into accumulators `acc`c (declared by
+ * blockAccumulators; src rows from `row0`, hs wide, read as the right operand column-major), each
+ * stored to `dst` at `base` + c·E.
  */
 function productsWithRows(
   l: ReturnType<typeof fmLayout>,
@@ -564,7 +576,7 @@ function productsWithRows(
   return range(l.NB)
     .map((c) =>
       [
-        ops.accumulator(`${o.acc}${c}`),
+        ops.zero(`${o.acc}${c}`),
         ...range(l.D).flatMap((d) => [
           ops.load(
             `${o.acc}r${c}_${d}`,
@@ -666,6 +678,7 @@ fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: 
     .map((j) => ops.accumulator(`o${j}`))
     .join('\n  ')}
   ${perRow((r) => `var m${r} = ${NEG_BIG}; var l${r} = 0.0;`)}
+  ${blockAccumulators(l, 's')}
   let nBlocks = (own0 + ${own}u) / ${W}u;
   for (var kb = 0u; kb < nBlocks; kb++) {
     let k0 = kb * ${W}u;
@@ -766,6 +779,7 @@ fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: 
   ${range(E)
     .map((r) => `let lse${r} = LSE[rows + q0 + ${r}u]; let dl${r} = Dl[rows + q0 + ${r}u];`)
     .join('\n  ')}
+  ${blockAccumulators(l, 's')} ${blockAccumulators(l, 'dp')}
   let nBlocks = (own0 + ${own}u) / ${W}u;
   for (var kb = 0u; kb < nBlocks; kb++) {
     let k0 = kb * ${W}u;
@@ -826,6 +840,7 @@ fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: 
         `${ops.load(`kk${d}`, 'left', 'K', `(rows + kr0) * ${hs}u + ${d * E}u`, false, `${hs}u`)} ${ops.load(`vv${d}`, 'left', 'V', `(rows + kr0) * ${hs}u + ${d * E}u`, false, `${hs}u`)} ${ops.accumulator(`dk${d}`)} ${ops.accumulator(`dv${d}`)}`,
     )
     .join('\n  ')}
+  ${blockAccumulators(l, 's')} ${blockAccumulators(l, 'dp')}
   for (var qb = own0 / ${W}u; qb < u.T / ${W}u; qb++) {
     let c0 = qb * ${W}u;
     ${productsWithRows(l, hs, E, { acc: 's', left: 'kk', src: 'Q', row0: 'rows + c0', dst: 'Ss', base: 'sBase', stride: l.SW })}

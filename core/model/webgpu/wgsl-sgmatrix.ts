@@ -198,6 +198,8 @@ export function sgVariantProblem(v: SgMatMulVariant): string | null {
 /** The WGSL of the subgroup-matrix operations, real or emulated (the attention kernels use them too). */
 export interface MatrixOps {
   accumulator(name: string): string;
+  /** Sets a declared accumulator back to zero (an assignment: a loop's accumulators are declared outside it). */
+  zero(name: string): string;
   load(name: string, use: 'left' | 'right', src: string, offset: string, colMajor: boolean, stride: string): string;
   /** Row-major load of a result (f32) matrix. */
   loadResult(name: string, src: string, offset: string, stride: string): string;
@@ -228,6 +230,7 @@ function realOps(v: MatrixShape): MatrixOps {
   };
   return {
     accumulator: (name) => `var ${name} = subgroup_matrix_result<f32, ${v.N}, ${v.M}>();`,
+    zero: (name) => `${name} = subgroup_matrix_result<f32, ${v.N}, ${v.M}>();`,
     load: (name, use, src, offset, colMajor, stride) =>
       `let ${name} = subgroupMatrixLoad<${type[use]}, ${colMajor ? 'col_major' : 'row_major'}>(&${src}, ${offset}, ${stride});`,
     loadResult: (name, src, offset, stride) =>
@@ -245,6 +248,7 @@ function emulatedOps(v: MatrixShape): MatrixOps {
   const dims = { left: [v.M, v.K], right: [v.K, v.N] } as const;
   return {
     accumulator: (name) => `var ${name} = array<f32, ${v.M * v.N}>();`,
+    zero: (name) => `${name} = array<f32, ${v.M * v.N}>();`,
     load: (name, use, src, offset, colMajor, stride) => {
       const [R, C] = dims[use];
       const at = colMajor ? `(e % ${C}u) * (${stride}) + e / ${C}u` : `(e / ${C}u) * (${stride}) + e % ${C}u`;
