@@ -1215,6 +1215,61 @@ export function fusedAttention(qkv: tf.Tensor2D, positions: PositionTables, s: A
 }
 
 /** q, k and v per head, in f16 (half.ts's layout) when `f16`. */
+/** The flash kernels' uniforms: {T, H, scale}. */
+function flashUniforms(s: AttentionShape): UniformValue[] {
+  return [
+    ['u', s.seqLen],
+    ['u', s.heads],
+    ['f', 1 / Math.sqrt(s.headSize)],
+    ['u', 0],
+  ];
+}
+
+/** D = rowsum(dO∘O) per head and position [B·H·T], for the flash backwards (dy and o heads merged, f32). */
+function rowDeltas(dy: tf.TensorInfo, o: tf.TensorInfo, s: AttentionShape): tf.TensorInfo {
+  const { seqLen: T, heads: H, headSize: hs } = s;
+  const n = s.batch * H * T;
+  const delta = allocate([n]);
+  dispatch(
+    kernel('attn_delta', String(hs), () => attnDeltaSource(hs)),
+    [dy, o],
+    [delta],
+    [
+      ['u', n],
+      ['u', T],
+      ['u', H],
+      ['u', 0],
+    ],
+    grid1d(n),
+  );
+  return delta;
+}
+
+/**
+ * x moved between the heads-merged [B·T, H·hs] and per-head [B·H, T, hs] layouts (to heads with
+ * `toHeads`, then in f16 with `f16`).
+ */
+function headsLayout(x: tf.TensorInfo, s: AttentionShape, toHeads: boolean, f16 = false): tf.TensorInfo {
+  const { seqLen: T, heads: H, headSize: hs } = s;
+  const n = s.batch * H * T * hs;
+  const y = allocate(f16 ? halfStorageShape(n) : toHeads ? [s.batch * H, T, hs] : [s.batch * T, H * hs]);
+  dispatch(
+    toHeads
+      ? kernel('heads_split', `${hs}_${f16}`, () => headsLayoutSource(hs, true, f16))
+      : kernel('heads_merge', String(hs), () => headsLayoutSource(hs, false)),
+    [x],
+    [y],
+    [
+      ['u', n / 4],
+      ['u', T],
+      ['u', H],
+      ['u', 0],
+    ],
+    grid1d(n / 4),
+  );
+  return y;
+}
+
 type SplitHeads = (x: tf.TensorInfo, f16: boolean) => { q: tf.TensorInfo; k: tf.TensorInfo; v: tf.TensorInfo };
 type MergeGrads = (dq: tf.TensorInfo, dk: tf.TensorInfo, dv: tf.TensorInfo, tables: tf.Tensor[]) => tf.Tensor;
 
@@ -1226,12 +1281,7 @@ function flashAttention(
 ): (...inputs: tf.Tensor[]) => tf.Tensor {
   const { batch: B, seqLen: T, heads: H, headSize: hs } = s;
   const BH = B * H;
-  const au: UniformValue[] = [
-    ['u', T],
-    ['u', H],
-    ['f', 1 / Math.sqrt(hs)],
-    ['u', 0],
-  ];
+  const au = flashUniforms(s);
   const agrid: [number, number, number] = [Math.ceil(T / ATTN_ROWS), BH, 1];
   return customOp(([x], save) => {
     const { q, k, v } = split(x, false);
@@ -1249,19 +1299,7 @@ function flashAttention(
     return {
       value: oT,
       gradFunc: (dy, [qs, ks, vs, os, ls, ...tb]) => {
-        const delta = allocate([BH * T]);
-        dispatch(
-          kernel('attn_delta', String(hs), () => attnDeltaSource(hs)),
-          [dy, os],
-          [delta],
-          [
-            ['u', BH * T],
-            ['u', T],
-            ['u', H],
-            ['u', 0],
-          ],
-          grid1d(BH * T),
-        );
+        const delta = rowDeltas(dy, os, s);
         const dq = allocate([BH, T, hs]);
         const dk = allocate([BH, T, hs]);
         const dv = allocate([BH, T, hs]);
@@ -1305,12 +1343,7 @@ function flashMatrixAttention(
   const kernels = flashMatrixKernels(hs, T);
   if (typeof kernels === 'string') throw new Error(`flash-matrix attention (T ${T}, head size ${hs}): ${kernels}`);
   const key = (k: FlashMatrixKernel) => `${k.E}_${k.SG}_${hs}_${k.W}_${k.emulate}`;
-  const au: UniformValue[] = [
-    ['u', T],
-    ['u', H],
-    ['f', 1 / Math.sqrt(hs)],
-    ['u', 0],
-  ];
+  const au = flashUniforms(s);
   const grid: [number, number, number] = [T / (FM_SUBGROUPS * kernels.forward.E), BH, 1];
   return customOp(([x], save) => {
     const { q, k, v } = split(x, true);
@@ -1328,32 +1361,8 @@ function flashMatrixAttention(
     return {
       value: oT,
       gradFunc: (dy, [qs, ks, vs, os, ls, ...tb]) => {
-        const delta = allocate([BH * T]);
-        dispatch(
-          kernel('attn_delta', String(hs), () => attnDeltaSource(hs)),
-          [dy, os],
-          [delta],
-          [
-            ['u', BH * T],
-            ['u', T],
-            ['u', H],
-            ['u', 0],
-          ],
-          grid1d(BH * T),
-        );
-        const dO = allocate(halfStorageShape(BH * T * hs));
-        dispatch(
-          kernel('heads_split', `${hs}_true`, () => headsLayoutSource(hs, true, true)),
-          [dy],
-          [dO],
-          [
-            ['u', (BH * T * hs) / 4],
-            ['u', T],
-            ['u', H],
-            ['u', 0],
-          ],
-          grid1d((BH * T * hs) / 4),
-        );
+        const delta = rowDeltas(dy, os, s);
+        const dO = headsLayout(dy, s, true, true);
         const [dq, dk, dv] = [0, 1, 2].map(() => allocate([BH, T, hs]));
         const ins = [qs, ks, vs, dO, ls, delta];
         dispatch(
@@ -1393,13 +1402,6 @@ function scoresAttention(
     ['f', 1 / Math.sqrt(hs)],
     ['u', 0],
   ];
-  const lu: UniformValue[] = [
-    ['u', (BH * T * hs) / 4],
-    ['u', T],
-    ['u', H],
-    ['u', 0],
-  ];
-  const lgrid = grid1d((BH * T * hs) / 4);
   // Mixed precision: the five products take f16 operands (subgroup matrices where they run), which
   // the kernels before them write: q, k, v, P, dO and dS are f16, the scores and dP f32.
   const f16 = halfProducts() !== 'off';
@@ -1422,27 +1424,13 @@ function scoresAttention(
     dispatch(softmax(false), [scores], [p], su, softmaxGrid);
     release(scores);
     const oHeads = matmul({ ...batched, a: p, b: v, N: hs, K: T, triangle: 'lowerA' }).c;
-    const o = allocate([B * T, H * hs]);
-    dispatch(
-      kernel('heads_merge', String(hs), () => headsLayoutSource(hs, false)),
-      [oHeads],
-      [o],
-      lu,
-      lgrid,
-    );
+    const o = headsLayout(oHeads, s, false);
     release(oHeads);
     save([toTensor(q), toTensor(k), toTensor(v), toTensor(p), ...tables]);
     return {
       value: toTensor(o),
       gradFunc: (dy, [qs, ks, vs, ps, ...tb]) => {
-        const dO = allocate(f16 ? halfStorageShape(BH * T * hs) : [BH, T, hs]);
-        dispatch(
-          kernel('heads_split', `${hs}_${f16}`, () => headsLayoutSource(hs, true, f16)),
-          [dy],
-          [dO],
-          lu,
-          lgrid,
-        );
+        const dO = headsLayout(dy, s, true, f16);
         const dP = matmul({ ...batched, a: dO, b: vs, N: T, K: hs, transB: true, triangle: 'lowerC' }).c;
         const dS = square();
         dispatch(softmax(true), [ps, dP], [dS], su, softmaxGrid);
