@@ -23,6 +23,7 @@ import * as tf from '../core/model/tfjs.js';
 import { randHost, relErr } from '../core/model/kernel-check.js';
 import {
   F16_PRODUCT_TOL,
+  type KernelCase,
   halfProductCase,
   mixedCurveCheck,
   modelGradientCheck,
@@ -389,18 +390,20 @@ describe.skipIf(!hasWebGPU)('f16 on the webgpu backend (lavapipe: shader-f16, no
     300_000,
   );
 
-  // Flash attention on subgroup matrices with the builtins emulated (8 × 8 × 8 matrices, lavapipe's
-  // subgroups of 8): streamed blocks, the diagonal's mask, both gradients' kernels; the larger inputs
+  // Flash attention on subgroup matrices with the builtins emulated (E × E × E matrices; lavapipe's
+  // subgroups are 8 lanes, so E = 8 gives a lane per row and E = 4 two, whose row maxima and sums
+  // take shuffles): streamed blocks, the diagonal's mask, both gradients' kernels; the larger inputs
   // make later blocks' scores outgrow the first's, so the forward rescales its partial output.
-  const flashMatrixCases = [
-    attentionCase('flash-matrix', 1, 64, 2, 16, 8, 2 * tol),
-    attentionCase('flash-matrix', 1, 96, 1, 32, 32, 2 * tol, 6),
+  const flashMatrixCases: Array<[number, KernelCase]> = [
+    [8, attentionCase('flash-matrix', 1, 64, 2, 16, 8, 2 * tol)],
+    [8, attentionCase('flash-matrix', 1, 96, 1, 32, 32, 2 * tol, 6)],
+    [4, attentionCase('flash-matrix', 1, 64, 1, 8, 8, 2 * tol, 6)],
   ];
-  it.each(flashMatrixCases.map((c) => [c.name, c] as const))(
-    'flash attention on subgroup matrices, builtins emulated, within tolerance of f32: %s',
-    async (_name, c) => {
+  it.each(flashMatrixCases.map(([E, c]) => [E, E, E, c.name, c] as const))(
+    'flash attention on subgroup matrices, builtins emulated on %i × %i × %i matrices, within tolerance of f32: %s',
+    async (E, _n, _k, _name, c) => {
       f16Storage();
-      setFlashMatrixEmulation(8);
+      setFlashMatrixEmulation(E);
       try {
         const r = await runCase(c, 'cpu');
         expect(r.valueErr, 'value').toBeLessThan(c.tol);

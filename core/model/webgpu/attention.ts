@@ -536,6 +536,8 @@ export function flashMatrixProblem(k: FlashMatrixKernel, T: number): string | nu
   const own = FM_SUBGROUPS * k.E;
   if (k.hs % k.E !== 0) return `head size ${k.hs} is not a multiple of the matrices' ${k.E}`;
   if (T % own !== 0) return `sequence length ${T} is not a multiple of ${own}`;
+  if (k.SG % k.E !== 0 || k.hs % (k.SG / k.E) !== 0)
+    return `the subgroup size ${k.SG} must be a multiple of the matrices' ${k.E}, with head size ${k.hs} a multiple of their ratio`;
   if (k.W % k.E !== 0 || k.W % k.SG !== 0 || own % k.W !== 0)
     return `block width ${k.W} must be a multiple of ${k.E} and of the subgroup size ${k.SG}, and divide ${own}`;
   return null;
@@ -631,22 +633,46 @@ function laneElements(
 }
 
 /**
+ * The lane's share of its row in a subgroup's E × W block: SG / E lanes per row (`lanes`), lane h
+ * of them taking the row's columns h, h + lanes, ... (`cols` of them), so a row's maximum or sum
+ * takes log₂(lanes) shuffles and each lane keeps one row's softmax state.
+ */
+function rowShare(k: FlashMatrixKernel) {
+  const lanes = k.SG / k.E;
+  return {
+    lanes,
+    cols: k.W / lanes,
+    /** The lane's row r and its first column h. */
+    decl: `let r = lane / ${lanes}u; let h = lane % ${lanes}u;`,
+    /** `v` (a var) combined over its row's lanes: max or sum. */
+    reduce: (v: string, op: 'max' | 'sum') =>
+      range(Math.log2(lanes))
+        .map((i) => {
+          const other = `subgroupShuffleXor(${v}, ${1 << i}u)`;
+          return op === 'max' ? `${v} = max(${v}, ${other});` : `${v} = ${v} + ${other};`;
+        })
+        .join(' '),
+  };
+}
+
+/**
  * in: q, k, v [BH, T, hs] f16; out: o [B·T, H·hs] f32 (heads merged), lse [BH·T] (of the scaled
  * scores); u: {T, H, scale}. Grid (T / 4E, BH), the longest rows first. The online softmax keeps a
- * running maximum per row, and rescales the partial output (through workgroup memory: a matrix's
- * rows cannot be scaled in place) only in blocks where some row's maximum grew by more than e⁸.
+ * running maximum per row (rowShare: a few lanes per row), and rescales the partial output (through
+ * workgroup memory: a matrix's rows cannot be scaled in place) only in blocks where some row's
+ * maximum grew by more than e⁸.
  */
 export function flashMatrixForwardSource(k: FlashMatrixKernel): string {
   const { E, SG, hs, W } = k;
   const l = fmLayout(k);
   const { ops, own, D } = l;
+  const share = rowShare(k);
   const OW = Math.max(W, hs) + 4;
-  const rows = range(E);
-  const perRow = (f: (r: number) => string) => rows.map(f).join('\n    ');
   const perLane = `for (var e = lane; e < ${hs}u; e += ${SG}u)`;
   const storeO = range(D)
     .map((j) => ops.store('Ss', `sBase + ${j * E}u`, `o${j}`, `${OW}u`))
     .join('\n    ');
+  const cols = range(share.cols);
   return /* wgsl */ `${l.header}
 diagnostic(off, subgroup_uniformity);
 @group(0) @binding(0) var<storage, read> Q: array<f16>;
@@ -663,12 +689,15 @@ var<workgroup> rescaleAt: u32;
 fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
   let sg = lidx / ${SG}u;
   let lane = lidx % ${SG}u;
+  ${share.decl}
   let own0 = (nwg.x - 1u - wid.x) * ${own}u;
   let q0 = own0 + sg * ${E}u;
   let bh = wid.y;
   let rows = bh * u.T;
   let sBase = sg * ${E * OW}u;
   let pBase = sg * ${E * l.PW}u;
+  let sRow = sBase + r * ${OW}u + h;
+  let pRow = pBase + r * ${l.PW}u + h;
   // Every invocation writes (the same value): a branch on one lane would leave its subgroup diverged at the matrix loads below.
   rescaleAt = 0u;
   ${range(D)
@@ -677,42 +706,36 @@ fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: 
   ${range(D)
     .map((j) => ops.accumulator(`o${j}`))
     .join('\n  ')}
-  ${perRow((r) => `var m${r} = ${NEG_BIG}; var l${r} = 0.0;`)}
+  var m = ${NEG_BIG};
+  var partSum = 0.0;
   ${blockAccumulators(l, 's')}
   let nBlocks = (own0 + ${own}u) / ${W}u;
   for (var kb = 0u; kb < nBlocks; kb++) {
     let k0 = kb * ${W}u;
     ${productsWithRows(l, hs, E, { acc: 's', left: 'qm', src: 'K', row0: 'rows + k0', dst: 'Ss', base: 'sBase', stride: OW })}
     workgroupBarrier();
-    var grow = false;
-    ${perRow(
-      (r) => `var a${r} = 1.0;
-    {
-      ${range(l.IPR)
-        .map(
-          (t) =>
-            `let x${t} = select(${NEG_BIG}, Ss[sBase + ${r * OW}u + lane + ${t * SG}u] * u.scale, k0 + lane + ${t * SG}u <= q0 + ${r}u);`,
-        )
-        .join(' ')}
-      let bm = subgroupMax(${range(l.IPR)
-        .slice(1)
-        .reduce((acc, t) => `max(${acc}, x${t})`, 'x0')});
-      if (bm > m${r} + ${FM_RESCALE_MARGIN}.0) { a${r} = exp(m${r} - bm); m${r} = bm; l${r} = l${r} * a${r}; grow = true; }
-      ${range(l.IPR)
-        .map(
-          (t) =>
-            `let p${t} = exp(x${t} - m${r}); l${r} = l${r} + p${t}; Ps[pBase + ${r * l.PW}u + lane + ${t * SG}u] = f16(p${t});`,
-        )
-        .join(' ')}
-    }`,
-    )}
-    // The partial output is zero in the first block; later, a grown maximum rescales it. The flag is the
-    // same across a subgroup (its maxima are subgroup-wide), so no subgroup diverges here.
-    if (grow && kb > 0u) { rescaleAt = kb + 1u; }
+    ${cols
+      .map(
+        (t) =>
+          `let x${t} = select(${NEG_BIG}, Ss[sRow + ${t * share.lanes}u] * u.scale, k0 + h + ${t * share.lanes}u <= q0 + r);`,
+      )
+      .join('\n    ')}
+    var bm = ${cols.slice(1).reduce((acc, t) => `max(${acc}, x${t})`, 'x0')};
+    ${share.reduce('bm', 'max')}
+    // Selects, not a branch per row: the subgroup stays converged for the matrix operations.
+    let grown = bm > m + ${FM_RESCALE_MARGIN}.0;
+    let a = select(1.0, exp(m - bm), grown);
+    m = select(m, bm, grown);
+    partSum = partSum * a;
+    // The partial output is zero in the first block; later, a grown maximum rescales it.
+    if (subgroupAny(grown && kb > 0u)) { rescaleAt = kb + 1u; }
+    ${cols
+      .map((t) => `{ let p = exp(x${t} - m); partSum = partSum + p; Ps[pRow + ${t * share.lanes}u] = f16(p); }`)
+      .join('\n    ')}
     if (workgroupUniformLoad(&rescaleAt) == kb + 1u) {
       ${storeO}
       workgroupBarrier();
-      ${perRow((r) => `${perLane} { Ss[sBase + ${r * OW}u + e] = Ss[sBase + ${r * OW}u + e] * a${r}; }`)}
+      for (var e = 0u; e < ${hs / share.lanes}u; e++) { Ss[sRow + e * ${share.lanes}u] = Ss[sRow + e * ${share.lanes}u] * a; }
       workgroupBarrier();
       ${range(D)
         .map((j) => `${ops.loadResult(`rs${j}`, 'Ss', `sBase + ${j * E}u`, `${OW}u`)} o${j} = rs${j};`)
@@ -723,18 +746,22 @@ fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: 
   }
   ${storeO}
   workgroupBarrier();
+  var total = partSum;
+  ${share.reduce('total', 'sum')}
+  LSE[rows + q0 + r] = m + log(total);
+  let inv = 1.0 / total;
   let b = bh / u.H;
-  let h = bh % u.H;
-  // The row sums first, with the subgroup converged; then every lane writes (LSE: the same value).
-  ${perRow((r) => `let total${r} = subgroupAdd(l${r});`)}
-  ${perRow(
-    (r) => `{
-    let inv = 1.0 / total${r};
-    let dst = ((b * u.T + q0 + ${r}u) * u.H + h) * ${hs}u;
-    ${perLane} { O[dst + e] = Ss[sBase + ${r * OW}u + e] * inv; }
-    LSE[rows + q0 + ${r}u] = m${r} + log(total${r});
+  let head = bh % u.H;
+  // A row at a time, its inverse sum from its first lane: each row's elements written by consecutive lanes.
+  ${range(E)
+    .map(
+      (row) => `{
+    let invRow = subgroupBroadcast(inv, ${row * share.lanes}u);
+    let dst = ((b * u.T + q0 + ${row}u) * u.H + head) * ${hs}u;
+    ${perLane} { O[dst + e] = Ss[sBase + ${row * OW}u + e] * invRow; }
   }`,
-  )}
+    )
+    .join('\n  ')}
 }
 `;
 }
@@ -747,6 +774,7 @@ export function flashMatrixBackwardQSource(k: FlashMatrixKernel): string {
   const { E, SG, hs, W } = k;
   const l = fmLayout(k);
   const { ops, own, D } = l;
+  const share = rowShare(k);
   return /* wgsl */ `${l.header}
 diagnostic(off, subgroup_uniformity);
 @group(0) @binding(0) var<storage, read> Q: array<f16>;
@@ -776,9 +804,11 @@ fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: 
         `${ops.load(`qm${d}`, 'left', 'Q', `(rows + q0) * ${hs}u + ${d * E}u`, false, `${hs}u`)} ${ops.load(`gm${d}`, 'left', 'dO', `(rows + q0) * ${hs}u + ${d * E}u`, false, `${hs}u`)} ${ops.accumulator(`dq${d}`)}`,
     )
     .join('\n  ')}
-  ${range(E)
-    .map((r) => `let lse${r} = LSE[rows + q0 + ${r}u]; let dl${r} = Dl[rows + q0 + ${r}u];`)
-    .join('\n  ')}
+  ${share.decl}
+  let lse = LSE[rows + q0 + r];
+  let dl = Dl[rows + q0 + r];
+  let sRow = sBase + r * ${l.SW}u + h;
+  let pRow = pBase + r * ${l.PW}u + h;
   ${blockAccumulators(l, 's')} ${blockAccumulators(l, 'dp')}
   let nBlocks = (own0 + ${own}u) / ${W}u;
   for (var kb = 0u; kb < nBlocks; kb++) {
@@ -786,10 +816,12 @@ fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: 
     ${productsWithRows(l, hs, E, { acc: 's', left: 'qm', src: 'K', row0: 'rows + k0', dst: 'Ss', base: 'sBase', stride: l.SW })}
     ${productsWithRows(l, hs, E, { acc: 'dp', left: 'gm', src: 'V', row0: 'rows + k0', dst: 'Gs', base: 'sBase', stride: l.SW })}
     workgroupBarrier();
-    ${laneElements(l, E, SG, (r, _t, col) => {
-      const at = `sBase + ${r * l.SW}u + ${col}`;
-      return `{ let p = select(0.0, exp(Ss[${at}] * u.scale - lse${r}), k0 + ${col} <= q0 + ${r}u); Ps[pBase + ${r * l.PW}u + ${col}] = f16(u.scale * p * (Gs[${at}] - dl${r})); }`;
-    })}
+    ${range(share.cols)
+      .map((t) => {
+        const c = t * share.lanes;
+        return `{ let p = select(0.0, exp(Ss[sRow + ${c}u] * u.scale - lse), k0 + h + ${c}u <= q0 + r); Ps[pRow + ${c}u] = f16(u.scale * p * (Gs[sRow + ${c}u] - dl)); }`;
+      })
+      .join('\n    ')}
     workgroupBarrier();
     ${accumulateRows(l, hs, E, { acc: 'dq', left: 'ds', tile: 'Ps', base: 'pBase', stride: l.PW, src: 'K', row0: 'rows + k0' })}
   }
