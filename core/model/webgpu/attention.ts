@@ -517,6 +517,8 @@ const range = (n: number) => Array.from({ length: n }, (_, i) => i);
 /** The sizes a flash-matrix kernel's code is written from (f32 rows padded by 16 bytes, f16 rows by 16 bytes). */
 function fmLayout(k: FlashMatrixKernel) {
   const { E, SG, hs, W } = k;
+  const threads = FM_SUBGROUPS * SG;
+  const KS = hs + 8;
   return {
     ops: matrixOps({ M: E, N: E, K: E, emulate: k.emulate }),
     own: FM_SUBGROUPS * E,
@@ -526,7 +528,27 @@ function fmLayout(k: FlashMatrixKernel) {
     IPR: W / SG,
     SW: W + 4,
     PW: W + 8,
-    threads: FM_SUBGROUPS * SG,
+    /** Row stride of a staged block (hs f16 wide). */
+    KS,
+    threads,
+    /**
+     * Copies rows row0.. of the block (W rows, hs f16 each) from storage `src` (read as vec4<u32>: 8
+     * f16 at a time) into workgroup `dst`, KS apart: once for the workgroup's four subgroups, which
+     * then load their matrices from it.
+     */
+    stage: (dst: string, src: string, row0: string) =>
+      `for (var i = lidx; i < ${(W * hs) / 8}u; i += ${threads}u) {
+      let r = i / ${hs / 8}u;
+      let c = (i % ${hs / 8}u) * 8u;
+      let w = ${src}[(${row0} + r) * ${hs / 8}u + c / 8u];
+      let at = r * ${KS}u + c;
+      ${range(4)
+        .map(
+          (q) =>
+            `let h${q} = bitcast<vec2<f16>>(w.${'xyzw'[q]}); ${dst}[at + ${2 * q}u] = h${q}.x; ${dst}[at + ${2 * q + 1}u] = h${q}.y;`,
+        )
+        .join('\n      ')}
+    }`,
     header: ['enable f16;', 'enable subgroups;', ...matrixEnables({ M: E, N: E, K: E, emulate: k.emulate })].join('\n'),
   };
 }
@@ -534,7 +556,7 @@ function fmLayout(k: FlashMatrixKernel) {
 /** Why the flash-matrix kernels cannot take this shape with this layout, or null. */
 export function flashMatrixProblem(k: FlashMatrixKernel, T: number): string | null {
   const own = FM_SUBGROUPS * k.E;
-  if (k.hs % k.E !== 0) return `head size ${k.hs} is not a multiple of the matrices' ${k.E}`;
+  if (k.hs % k.E !== 0 || k.hs % 8 !== 0) return `head size ${k.hs} is not a multiple of the matrices' ${k.E} and of 8`;
   if (T % own !== 0) return `sequence length ${T} is not a multiple of ${own}`;
   if (k.SG % k.E !== 0 || k.hs % (k.SG / k.E) !== 0)
     return `the subgroup size ${k.SG} must be a multiple of the matrices' ${k.E}, with head size ${k.hs} a multiple of their ratio`;
@@ -543,13 +565,14 @@ export function flashMatrixProblem(k: FlashMatrixKernel, T: number): string | nu
   return null;
 }
 
-/** Bytes of workgroup memory a flash-matrix kernel takes. */
+/** Bytes of workgroup memory a flash-matrix kernel takes (each stages two blocks). */
 export function flashMatrixBytes(k: FlashMatrixKernel, which: 'forward' | 'dq' | 'dkv'): number {
   const rows = FM_SUBGROUPS * k.E;
   const f32Rows = (w: number) => 4 * rows * (w + 4);
   const f16Rows = 2 * rows * (k.W + 8);
-  if (which === 'forward') return f32Rows(Math.max(k.W, k.hs)) + f16Rows + 4;
-  return 2 * f32Rows(k.W) + (which === 'dq' ? 1 : 2) * f16Rows;
+  const staged = 2 * 2 * k.W * (k.hs + 8);
+  if (which === 'forward') return f32Rows(Math.max(k.W, k.hs)) + f16Rows + staged + 4;
+  return 2 * f32Rows(k.W) + (which === 'dq' ? 1 : 2) * f16Rows + staged;
 }
 
 /**
@@ -565,14 +588,13 @@ function blockAccumulators(l: ReturnType<typeof fmLayout>, acc: string): string 
 
 /**
  * Σ_d L_d · srcᵀ over the streamed block's NB matrices into accumulators `acc`c (declared by
- * blockAccumulators; src rows from `row0`, hs wide, read as the right operand column-major), each
- * stored to `dst` at `base` + c·E.
+ * blockAccumulators; src the staged block, read as the right operand column-major), each stored to
+ * `dst` at `base` + c·E.
  */
 function productsWithRows(
   l: ReturnType<typeof fmLayout>,
-  hs: number,
   E: number,
-  o: { acc: string; left: string; src: string; row0: string; dst: string; base: string; stride: number },
+  o: { acc: string; left: string; src: string; dst: string; base: string; stride: number },
 ): string {
   const { ops } = l;
   return range(l.NB)
@@ -580,14 +602,7 @@ function productsWithRows(
       [
         ops.zero(`${o.acc}${c}`),
         ...range(l.D).flatMap((d) => [
-          ops.load(
-            `${o.acc}r${c}_${d}`,
-            'right',
-            o.src,
-            `(${o.row0} + ${c * E}u) * ${hs}u + ${d * E}u`,
-            true,
-            `${hs}u`,
-          ),
+          ops.load(`${o.acc}r${c}_${d}`, 'right', o.src, `${c * E * l.KS + d * E}u`, true, `${l.KS}u`),
           ops.mma(`${o.acc}${c}`, `${o.left}${d}`, `${o.acc}r${c}_${d}`),
         ]),
         ops.store(o.dst, `${o.base} + ${c * E}u`, `${o.acc}${c}`, `${o.stride}u`),
@@ -596,12 +611,11 @@ function productsWithRows(
     .join('\n    ');
 }
 
-/** acc_j += Σ_c L_c · src[row0 + c·E.., j·E..] for the D accumulators, L_c read from workgroup `tile` (rows `stride` apart). */
+/** acc_j += Σ_c L_c · src[c·E.., j·E..] for the D accumulators: L_c from workgroup `tile` (rows `stride` apart), src the staged block. */
 function accumulateRows(
   l: ReturnType<typeof fmLayout>,
-  hs: number,
   E: number,
-  o: { acc: string; left: string; tile: string; base: string; stride: number; src: string; row0: string },
+  o: { acc: string; left: string; tile: string; base: string; stride: number; src: string },
 ): string {
   const { ops } = l;
   const lefts = range(l.NB).map((c) =>
@@ -609,7 +623,7 @@ function accumulateRows(
   );
   const products = range(l.D).flatMap((j) =>
     range(l.NB).flatMap((c) => [
-      ops.load(`${o.left}${c}r${j}`, 'right', o.src, `(${o.row0} + ${c * E}u) * ${hs}u + ${j * E}u`, false, `${hs}u`),
+      ops.load(`${o.left}${c}r${j}`, 'right', o.src, `${c * E * l.KS + j * E}u`, false, `${l.KS}u`),
       ops.mma(`${o.acc}${j}`, `${o.left}${c}`, `${o.left}${c}r${j}`),
     ]),
   );
@@ -676,14 +690,16 @@ export function flashMatrixForwardSource(k: FlashMatrixKernel): string {
   return /* wgsl */ `${l.header}
 diagnostic(off, subgroup_uniformity);
 @group(0) @binding(0) var<storage, read> Q: array<f16>;
-@group(0) @binding(1) var<storage, read> K: array<f16>;
-@group(0) @binding(2) var<storage, read> V: array<f16>;
+@group(0) @binding(1) var<storage, read> K: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read> V: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read_write> O: array<f32>;
 @group(0) @binding(4) var<storage, read_write> LSE: array<f32>;
 struct U { T: u32, H: u32, scale: f32, p0: u32 };
 @group(0) @binding(5) var<uniform> u: U;
 var<workgroup> Ss: array<f32, ${FM_SUBGROUPS * E * OW}>;
 var<workgroup> Ps: array<f16, ${FM_SUBGROUPS * E * l.PW}>;
+var<workgroup> Ks: array<f16, ${W * l.KS}>;
+var<workgroup> Vs: array<f16, ${W * l.KS}>;
 var<workgroup> rescaleAt: u32;
 @compute @workgroup_size(${l.threads})
 fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -712,7 +728,12 @@ fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: 
   let nBlocks = (own0 + ${own}u) / ${W}u;
   for (var kb = 0u; kb < nBlocks; kb++) {
     let k0 = kb * ${W}u;
-    ${productsWithRows(l, hs, E, { acc: 's', left: 'qm', src: 'K', row0: 'rows + k0', dst: 'Ss', base: 'sBase', stride: OW })}
+    // The last block's matrix loads are done before its staged K and V are overwritten.
+    workgroupBarrier();
+    ${l.stage('Ks', 'K', 'rows + k0')}
+    ${l.stage('Vs', 'V', 'rows + k0')}
+    workgroupBarrier();
+    ${productsWithRows(l, E, { acc: 's', left: 'qm', src: 'Ks', dst: 'Ss', base: 'sBase', stride: OW })}
     workgroupBarrier();
     ${cols
       .map(
@@ -742,7 +763,7 @@ fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: 
         .join('\n      ')}
       workgroupBarrier();
     }
-    ${accumulateRows(l, hs, E, { acc: 'o', left: 'pm', tile: 'Ps', base: 'pBase', stride: l.PW, src: 'V', row0: 'rows + k0' })}
+    ${accumulateRows(l, E, { acc: 'o', left: 'pm', tile: 'Ps', base: 'pBase', stride: l.PW, src: 'Vs' })}
   }
   ${storeO}
   workgroupBarrier();
@@ -778,8 +799,8 @@ export function flashMatrixBackwardQSource(k: FlashMatrixKernel): string {
   return /* wgsl */ `${l.header}
 diagnostic(off, subgroup_uniformity);
 @group(0) @binding(0) var<storage, read> Q: array<f16>;
-@group(0) @binding(1) var<storage, read> K: array<f16>;
-@group(0) @binding(2) var<storage, read> V: array<f16>;
+@group(0) @binding(1) var<storage, read> K: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read> V: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read> dO: array<f16>;
 @group(0) @binding(4) var<storage, read> LSE: array<f32>;
 @group(0) @binding(5) var<storage, read> Dl: array<f32>;
@@ -789,6 +810,8 @@ struct U { T: u32, H: u32, scale: f32, p0: u32 };
 var<workgroup> Ss: array<f32, ${FM_SUBGROUPS * E * l.SW}>;
 var<workgroup> Gs: array<f32, ${FM_SUBGROUPS * E * l.SW}>;
 var<workgroup> Ps: array<f16, ${FM_SUBGROUPS * E * l.PW}>;
+var<workgroup> Ks: array<f16, ${W * l.KS}>;
+var<workgroup> Vs: array<f16, ${W * l.KS}>;
 @compute @workgroup_size(${l.threads})
 fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
   let sg = lidx / ${SG}u;
@@ -813,8 +836,12 @@ fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: 
   let nBlocks = (own0 + ${own}u) / ${W}u;
   for (var kb = 0u; kb < nBlocks; kb++) {
     let k0 = kb * ${W}u;
-    ${productsWithRows(l, hs, E, { acc: 's', left: 'qm', src: 'K', row0: 'rows + k0', dst: 'Ss', base: 'sBase', stride: l.SW })}
-    ${productsWithRows(l, hs, E, { acc: 'dp', left: 'gm', src: 'V', row0: 'rows + k0', dst: 'Gs', base: 'sBase', stride: l.SW })}
+    workgroupBarrier();
+    ${l.stage('Ks', 'K', 'rows + k0')}
+    ${l.stage('Vs', 'V', 'rows + k0')}
+    workgroupBarrier();
+    ${productsWithRows(l, E, { acc: 's', left: 'qm', src: 'Ks', dst: 'Ss', base: 'sBase', stride: l.SW })}
+    ${productsWithRows(l, E, { acc: 'dp', left: 'gm', src: 'Vs', dst: 'Gs', base: 'sBase', stride: l.SW })}
     workgroupBarrier();
     ${range(share.cols)
       .map((t) => {
@@ -823,7 +850,7 @@ fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: 
       })
       .join('\n    ')}
     workgroupBarrier();
-    ${accumulateRows(l, hs, E, { acc: 'dq', left: 'ds', tile: 'Ps', base: 'pBase', stride: l.PW, src: 'K', row0: 'rows + k0' })}
+    ${accumulateRows(l, E, { acc: 'dq', left: 'ds', tile: 'Ps', base: 'pBase', stride: l.PW, src: 'Ks' })}
   }
   ${range(D)
     .map((j) => ops.store('dQ', `(rows + q0) * ${hs}u + ${j * E}u`, `dq${j}`, `${hs}u`))
@@ -843,10 +870,10 @@ export function flashMatrixBackwardKVSource(k: FlashMatrixKernel): string {
   const { ops, own, D } = l;
   return /* wgsl */ `${l.header}
 diagnostic(off, subgroup_uniformity);
-@group(0) @binding(0) var<storage, read> Q: array<f16>;
+@group(0) @binding(0) var<storage, read> Q: array<vec4<u32>>;
 @group(0) @binding(1) var<storage, read> K: array<f16>;
 @group(0) @binding(2) var<storage, read> V: array<f16>;
-@group(0) @binding(3) var<storage, read> dO: array<f16>;
+@group(0) @binding(3) var<storage, read> dO: array<vec4<u32>>;
 @group(0) @binding(4) var<storage, read> LSE: array<f32>;
 @group(0) @binding(5) var<storage, read> Dl: array<f32>;
 @group(0) @binding(6) var<storage, read_write> dK: array<f32>;
@@ -857,6 +884,8 @@ var<workgroup> Ss: array<f32, ${FM_SUBGROUPS * E * l.SW}>;
 var<workgroup> Gs: array<f32, ${FM_SUBGROUPS * E * l.SW}>;
 var<workgroup> Ps: array<f16, ${FM_SUBGROUPS * E * l.PW}>;
 var<workgroup> Ds: array<f16, ${FM_SUBGROUPS * E * l.PW}>;
+var<workgroup> Qs: array<f16, ${W * l.KS}>;
+var<workgroup> dOs: array<f16, ${W * l.KS}>;
 @compute @workgroup_size(${l.threads})
 fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: vec3<u32>) {
   let sg = lidx / ${SG}u;
@@ -875,8 +904,12 @@ fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: 
   ${blockAccumulators(l, 's')} ${blockAccumulators(l, 'dp')}
   for (var qb = own0 / ${W}u; qb < u.T / ${W}u; qb++) {
     let c0 = qb * ${W}u;
-    ${productsWithRows(l, hs, E, { acc: 's', left: 'kk', src: 'Q', row0: 'rows + c0', dst: 'Ss', base: 'sBase', stride: l.SW })}
-    ${productsWithRows(l, hs, E, { acc: 'dp', left: 'vv', src: 'dO', row0: 'rows + c0', dst: 'Gs', base: 'sBase', stride: l.SW })}
+    workgroupBarrier();
+    ${l.stage('Qs', 'Q', 'rows + c0')}
+    ${l.stage('dOs', 'dO', 'rows + c0')}
+    workgroupBarrier();
+    ${productsWithRows(l, E, { acc: 's', left: 'kk', src: 'Qs', dst: 'Ss', base: 'sBase', stride: l.SW })}
+    ${productsWithRows(l, E, { acc: 'dp', left: 'vv', src: 'dOs', dst: 'Gs', base: 'sBase', stride: l.SW })}
     workgroupBarrier();
     ${range(l.IPR)
       .map((t) => `let lse${t} = LSE[rows + c0 + lane + ${t * SG}u]; let dl${t} = Dl[rows + c0 + lane + ${t * SG}u];`)
@@ -887,8 +920,8 @@ fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: 
       return `{ let p = select(0.0, exp(Ss[${at}] * u.scale - lse${t}), kr0 + ${r}u <= c0 + ${col}); Ps[${to}] = f16(p); Ds[${to}] = f16(u.scale * p * (Gs[${at}] - dl${t})); }`;
     })}
     workgroupBarrier();
-    ${accumulateRows(l, hs, E, { acc: 'dv', left: 'pt', tile: 'Ps', base: 'pBase', stride: l.PW, src: 'dO', row0: 'rows + c0' })}
-    ${accumulateRows(l, hs, E, { acc: 'dk', left: 'dst', tile: 'Ds', base: 'pBase', stride: l.PW, src: 'Q', row0: 'rows + c0' })}
+    ${accumulateRows(l, E, { acc: 'dv', left: 'pt', tile: 'Ps', base: 'pBase', stride: l.PW, src: 'dOs' })}
+    ${accumulateRows(l, E, { acc: 'dk', left: 'dst', tile: 'Ds', base: 'pBase', stride: l.PW, src: 'Qs' })}
   }
   ${range(D)
     .map(
