@@ -216,6 +216,7 @@ if (check && backends.includes('webgpu')) {
       valueErr: r.valueErr,
       gradErrs: r.gradErrs,
       tol: r.tol,
+      ...(r.deviceErrors.length ? { deviceErrors: r.deviceErrors } : {}),
       ms: Math.round(performance.now() - t0),
     });
   };

@@ -20,7 +20,7 @@ import { type KernelCase, matmulCase, modelGradientCheck, runCase } from '../cor
 import { crossEntropyCase } from '../core/model/webgpu/cross-entropy.js';
 import { fullCase, topKCase } from '../core/model/webgpu/distill.js';
 import { embeddingCase } from '../core/model/webgpu/embedding.js';
-import { setFusedKernels } from '../core/model/webgpu/fused.js';
+import { kernel, setFusedKernels } from '../core/model/webgpu/fused.js';
 import { layerNormCase } from '../core/model/webgpu/layer-norm.js';
 import { linearCase, logitsCase } from '../core/model/webgpu/linear.js';
 import {
@@ -31,7 +31,7 @@ import {
   makePlan,
   matmul,
 } from '../core/model/webgpu/matmul.js';
-import { dispatchCounts, toTensor } from '../core/model/webgpu/runtime.js';
+import { allocate, dispatch, dispatchCounts, grid1d, toTensor } from '../core/model/webgpu/runtime.js';
 import { testBackends, useBackend } from './helpers/backends.js';
 import { straightAndResumed, syntheticBatches, tinyConfig, tinyHyper } from './helpers/tiny.js';
 
@@ -99,11 +99,37 @@ describe.skipIf(!hasWebGPU)('fused WebGPU kernels match the reference ops', () =
     '%s',
     async (_name, c) => {
       const r = await runCase(c, 'cpu');
+      expect(r.deviceErrors, 'device errors').toEqual([]);
       expect(r.valueErr, 'value').toBeLessThan(c.tol);
       r.gradErrs.forEach((e, i) => expect(e, `gradient of input ${c.diff[i]}`).toBeLessThan(c.tol));
     },
     600_000,
   );
+
+  it("a case whose kernel the device refuses fails with the device's message, not a stale buffer's values", async () => {
+    const broken: KernelCase = {
+      name: 'a kernel that does not compile',
+      inputs: () => [randHost([64], 1)],
+      diff: [],
+      reference: ([x]) => tf.neg(x),
+      fused: ([x]) => {
+        const out = allocate([64]);
+        const k = kernel('refused_by_the_device', 'test', () => 'fn main() { let x: u32 = 1.5; }');
+        dispatch(k, [x], [out], null, grid1d(64));
+        return toTensor(out);
+      },
+      tol: 1e-6,
+    };
+    const r = await runCase(broken, 'cpu');
+    expect(r.ok).toBe(false);
+    // The message names the kernel (its label) and what is wrong with it.
+    const message = r.deviceErrors.join('\n');
+    expect(message).toContain('refused_by_the_device');
+    expect(message).toContain('u32');
+    // The device is still good for the next case.
+    const after = await runCase(matmulCase('after a refused kernel', 8, 8, 8, false, false), 'cpu');
+    expect(after.ok).toBe(true);
+  }, 120_000);
 
   // Where subgroups run (lavapipe's size is 8) the scores path's softmax takes a subgroup per row;
   // adapters whose subgroup size varies keep the workgroup-per-row kernels.

@@ -19,7 +19,7 @@ import { type Precision, setPrecision } from '../precision.js';
 import { setFusedKernels } from './fused.js';
 import { halfProducts, toHalf } from './half.js';
 import { type MatMulPlan, makePlan, matmul } from './matmul.js';
-import { release, toTensor } from './runtime.js';
+import { release, toTensor, withDeviceErrors } from './runtime.js';
 import { type SgMatMulTile, sgTileDescription } from './wgsl-sgmatrix.js';
 
 export type Reference = 'cpu' | 'webgpu-unfused';
@@ -51,6 +51,8 @@ export interface CaseResult {
   valueErr: number;
   gradErrs: number[];
   tol: number;
+  /** The device's validation and internal errors while the fused op ran (a refused pipeline, an invalid dispatch). */
+  deviceErrors: string[];
   ok: boolean;
 }
 
@@ -60,11 +62,12 @@ export async function runCase(c: KernelCase, reference: Reference): Promise<Case
   await onBackend(reference);
   const ref = await valueAndGrads(inputs, c.diff, c.reference);
   await onBackend('webgpu');
-  const got = await valueAndGrads(inputs, c.diff, c.fused);
+  const { result: got, errors: deviceErrors } = await withDeviceErrors(() => valueAndGrads(inputs, c.diff, c.fused));
   setFusedKernels(null);
   const valueErr = relErr(got.value, ref.value);
   const gradErrs = got.grads.map((g, i) => relErr(g, ref.grads[i]));
-  return { name: c.name, valueErr, gradErrs, tol: c.tol, ok: valueErr < c.tol && gradErrs.every((e) => e < c.tol) };
+  const ok = deviceErrors.length === 0 && valueErr < c.tol && gradErrs.every((e) => e < c.tol);
+  return { name: c.name, valueErr, gradErrs, tol: c.tol, deviceErrors, ok };
 }
 
 export function matmulCase(

@@ -305,6 +305,28 @@ export async function compileError(
   return errors.length ? errors.map((e) => e.message.split('\n')[0]).join('; ') : null;
 }
 
+/**
+ * Runs `f` with the device's validation and internal errors captured (error scopes) rather than
+ * reported as uncaptured, and returns their messages with f's result: a kernel check then says that
+ * the driver refused a pipeline, or that a dispatch was invalid, instead of comparing whatever the
+ * output buffer held before.
+ */
+export async function withDeviceErrors<T>(f: () => Promise<T>): Promise<{ result: T; errors: string[] }> {
+  const { device } = backendOrThrow();
+  device.pushErrorScope('validation');
+  device.pushErrorScope('internal');
+  const pop = async () =>
+    [await device.popErrorScope(), await device.popErrorScope()].filter((e) => e !== null).map((e) => e.message);
+  let result: T;
+  try {
+    result = await f();
+  } catch (e) {
+    await pop();
+    throw e;
+  }
+  return { result, errors: await pop() };
+}
+
 /** Bind groups kept per pipeline; past this (shapes and buffers that keep changing) it starts again. */
 const MAX_BIND_GROUPS = 4096;
 
