@@ -788,6 +788,26 @@ fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: 
 }
 
 /**
+ * A backward kernel's block start: once the last block's matrix loads are done, the block's two
+ * streamed inputs staged (`a` and `b`: [workgroup copy, storage] from rows row0..), then the scores
+ * S = L_a · aᵀ into Ss and dP = L_b · bᵀ into Gs, for the subgroup's rows, and a barrier before
+ * its lanes read them.
+ */
+function backwardScores(
+  l: ReturnType<typeof fmLayout>,
+  E: number,
+  o: { leftS: string; leftDp: string; a: [string, string]; b: [string, string]; row0: string },
+): string {
+  return `workgroupBarrier();
+    ${l.stage(o.a[0], o.a[1], o.row0)}
+    ${l.stage(o.b[0], o.b[1], o.row0)}
+    workgroupBarrier();
+    ${productsWithRows(l, E, { acc: 's', left: o.leftS, src: o.a[0], dst: 'Ss', base: 'sBase', stride: l.SW })}
+    ${productsWithRows(l, E, { acc: 'dp', left: o.leftDp, src: o.b[0], dst: 'Gs', base: 'sBase', stride: l.SW })}
+    workgroupBarrier();`;
+}
+
+/**
  * dQ = scale · Σ_keys P∘(dP − D) · K: in: q, k, v, dO [BH, T, hs] f16, lse [BH·T], D [BH·T]
  * (rowsum(dO∘O)); out: dq [BH, T, hs] f32; u: {T, H, scale}. Grid (T / 4E, BH).
  */
@@ -836,13 +856,7 @@ fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: 
   let nBlocks = (own0 + ${own}u) / ${W}u;
   for (var kb = 0u; kb < nBlocks; kb++) {
     let k0 = kb * ${W}u;
-    workgroupBarrier();
-    ${l.stage('Ks', 'K', 'rows + k0')}
-    ${l.stage('Vs', 'V', 'rows + k0')}
-    workgroupBarrier();
-    ${productsWithRows(l, E, { acc: 's', left: 'qm', src: 'Ks', dst: 'Ss', base: 'sBase', stride: l.SW })}
-    ${productsWithRows(l, E, { acc: 'dp', left: 'gm', src: 'Vs', dst: 'Gs', base: 'sBase', stride: l.SW })}
-    workgroupBarrier();
+    ${backwardScores(l, E, { leftS: 'qm', leftDp: 'gm', a: ['Ks', 'K'], b: ['Vs', 'V'], row0: 'rows + k0' })}
     ${range(share.cols)
       .map((t) => {
         const c = t * share.lanes;
@@ -904,13 +918,7 @@ fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: 
   ${blockAccumulators(l, 's')} ${blockAccumulators(l, 'dp')}
   for (var qb = own0 / ${W}u; qb < u.T / ${W}u; qb++) {
     let c0 = qb * ${W}u;
-    workgroupBarrier();
-    ${l.stage('Qs', 'Q', 'rows + c0')}
-    ${l.stage('dOs', 'dO', 'rows + c0')}
-    workgroupBarrier();
-    ${productsWithRows(l, E, { acc: 's', left: 'kk', src: 'Qs', dst: 'Ss', base: 'sBase', stride: l.SW })}
-    ${productsWithRows(l, E, { acc: 'dp', left: 'vv', src: 'dOs', dst: 'Gs', base: 'sBase', stride: l.SW })}
-    workgroupBarrier();
+    ${backwardScores(l, E, { leftS: 'kk', leftDp: 'vv', a: ['Qs', 'Q'], b: ['dOs', 'dO'], row0: 'rows + c0' })}
     ${range(l.IPR)
       .map((t) => `let lse${t} = LSE[rows + c0 + lane + ${t * SG}u]; let dl${t} = Dl[rows + c0 + lane + ${t * SG}u];`)
       .join('\n    ')}
