@@ -42,7 +42,7 @@ import { setTensorflowKernels } from '../core/model/tensorflow/native.js';
 import { setFusedKernels } from '../core/model/webgpu/fused.js';
 import type { TuneResult } from '../core/model/webgpu/matmul.js';
 import { profileGpu } from '../core/model/webgpu/profiler.js';
-import { gpuBytesAllocated } from '../core/model/webgpu/runtime.js';
+import { gpuBytesAllocated, withDeviceErrors } from '../core/model/webgpu/runtime.js';
 import { forwardFlops } from '../core/subnet/count.js';
 import { mfu } from './gpu-peak.js';
 
@@ -290,8 +290,16 @@ async function measure(args: Args, which: BenchBackend): Promise<Measurement> {
   const replays0 = graphStats?.().replays ?? 0;
   const t0 = performance.now();
   hostMs = 0;
-  for (let i = 0; i < args.steps; i++) await step(i === args.steps - 1);
+  const timedSteps = async () => {
+    for (let i = 0; i < args.steps; i++) await step(i === args.steps - 1);
+  };
+  // A kernel the device refused (its command buffer dropped) would leave a time that is not the model's.
+  let deviceErrors: string[] = [];
+  if (which === 'webgpu') deviceErrors = (await withDeviceErrors(timedSteps)).errors;
+  else await timedSteps();
   const ms = (performance.now() - t0) / args.steps;
+  if (deviceErrors.length > 0)
+    throw new Error(`webgpu: the device reported errors during the timed steps: ${deviceErrors.join('; ')}`);
   // Read before the profiled step, which records with timestamp queries and adds to hostMs.
   const hostMsPerStep = hostMs / args.steps;
   const gpuBytes = gpuBytesAllocated();
