@@ -286,26 +286,6 @@ export async function precompile(
 }
 
 /**
- * Compiles a kernel's pipeline now (for its bindings: nIn inputs, nOut outputs, uniforms or not) and
- * returns the device's error, or null. The autotuner leaves out a candidate its device cannot compile
- * before anything is recorded with it: a dispatch of an invalid pipeline would spoil its whole
- * command buffer.
- */
-export async function compileError(
-  kernel: Kernel,
-  nIn: number,
-  nOut: number,
-  hasUniforms: boolean,
-): Promise<string | null> {
-  const b = backendOrThrow();
-  b.device.pushErrorScope('validation');
-  b.device.pushErrorScope('internal');
-  compile(b, kernel, nIn, nOut, hasUniforms);
-  const errors = [await b.device.popErrorScope(), await b.device.popErrorScope()].filter((e) => e !== null);
-  return errors.length ? errors.map((e) => e.message.split('\n')[0]).join('; ') : null;
-}
-
-/**
  * Runs `f` with the device's validation and internal errors captured (error scopes) rather than
  * reported as uncaptured, and returns their messages with f's result: a kernel check then says that
  * the driver refused a pipeline, or that a dispatch was invalid, instead of comparing whatever the
@@ -325,6 +305,23 @@ export async function withDeviceErrors<T>(f: () => Promise<T>): Promise<{ result
     throw e;
   }
   return { result, errors: await pop() };
+}
+
+/**
+ * Compiles a kernel's pipeline now (for its bindings: nIn inputs, nOut outputs, uniforms or not) and
+ * returns the device's error, or null. The autotuner leaves out a candidate its device cannot compile
+ * before anything is recorded with it: a dispatch of an invalid pipeline would spoil its whole
+ * command buffer.
+ */
+export async function compileError(
+  kernel: Kernel,
+  nIn: number,
+  nOut: number,
+  hasUniforms: boolean,
+): Promise<string | null> {
+  const b = backendOrThrow();
+  const { errors } = await withDeviceErrors(async () => compile(b, kernel, nIn, nOut, hasUniforms));
+  return errors.length ? errors.map((e) => e.split('\n')[0]).join('; ') : null;
 }
 
 /** Bind groups kept per pipeline; past this (shapes and buffers that keep changing) it starts again. */
