@@ -700,7 +700,9 @@ var<workgroup> Ss: array<f32, ${FM_SUBGROUPS * E * OW}>;
 var<workgroup> Ps: array<f16, ${FM_SUBGROUPS * E * l.PW}>;
 var<workgroup> Ks: array<f16, ${W * l.KS}>;
 var<workgroup> Vs: array<f16, ${W * l.KS}>;
-var<workgroup> rescaleAt: u32;
+// A vector, not a scalar: NVIDIA's driver placed a lone u32 ahead of the arrays, and the matrix loads
+// from them then read 4 bytes early (they want 16-byte-aligned arrays; plain loads did not mind).
+var<workgroup> rescaleAt: vec4<u32>;
 @compute @workgroup_size(${l.threads})
 fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
   let sg = lidx / ${SG}u;
@@ -715,7 +717,7 @@ fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: 
   let sRow = sBase + r * ${OW}u + h;
   let pRow = pBase + r * ${l.PW}u + h;
   // Every invocation writes (the same value): a branch on one lane would leave its subgroup diverged at the matrix loads below.
-  rescaleAt = 0u;
+  rescaleAt.x = 0u;
   ${range(D)
     .map((d) => ops.load(`qm${d}`, 'left', 'Q', `(rows + q0) * ${hs}u + ${d * E}u`, false, `${hs}u`))
     .join('\n  ')}
@@ -749,11 +751,11 @@ fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: 
     m = select(m, bm, grown);
     partSum = partSum * a;
     // The partial output is zero in the first block; later, a grown maximum rescales it.
-    if (subgroupAny(grown && kb > 0u)) { rescaleAt = kb + 1u; }
+    if (subgroupAny(grown && kb > 0u)) { rescaleAt.x = kb + 1u; }
     ${cols
       .map((t) => `{ let p = exp(x${t} - m); partSum = partSum + p; Ps[pRow + ${t * share.lanes}u] = f16(p); }`)
       .join('\n    ')}
-    if (workgroupUniformLoad(&rescaleAt) == kb + 1u) {
+    if (workgroupUniformLoad(&rescaleAt).x == kb + 1u) {
       ${storeO}
       workgroupBarrier();
       for (var e = 0u; e < ${hs / share.lanes}u; e++) { Ss[sRow + e * ${share.lanes}u] = Ss[sRow + e * ${share.lanes}u] * a; }
