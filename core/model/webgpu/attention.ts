@@ -1153,7 +1153,8 @@ export function fusedAttentionSupports(s: AttentionShape): boolean {
  * took 3.5 ms of an H200's time per step this way against 6.4 ms with the flash kernels.
  * 'flash-matrix' is flash attention with f16 operands on subgroup matrices (f16MatrixConfigs; the
  * shape must fit flashMatrixKernels), only when forced: its first version was slower than the scores
- * path at pythia-160m on an H100 (39.2 against 32.8 ms a step) and failed its on-card check.
+ * path at pythia-160m on an H100 (39.2 against 32.8 ms a step), and its output was wrong on the card
+ * until its forward's workgroup layout was fixed (docs/gpu-kernels.md), a fix not yet run on one.
  */
 export type AttentionKernels = 'scores' | 'flash' | 'flash-matrix';
 const ATTENTION_KERNELS: readonly string[] = ['scores', 'flash', 'flash-matrix'];
