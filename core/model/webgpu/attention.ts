@@ -1152,9 +1152,9 @@ export function fusedAttentionSupports(s: AttentionShape): boolean {
  * scores pay while they are small: for pythia-70m's batch ([B·H, T, T] is 64 MiB a layer) attention
  * took 3.5 ms of an H200's time per step this way against 6.4 ms with the flash kernels.
  * 'flash-matrix' is flash attention with f16 operands on subgroup matrices (f16MatrixConfigs; the
- * shape must fit flashMatrixKernels), only when forced: its first version was slower than the scores
- * path at pythia-160m on an H100 (39.2 against 32.8 ms a step), and its output was wrong on the card
- * until its forward's workgroup layout was fixed (docs/gpu-kernels.md), a fix not yet run on one.
+ * shape must fit flashMatrixKernels), which takes flash's place under mixed precision: on an H100 it
+ * was slower than the scores path at pythia-160m (34.9 against 33.0 ms a step) and faster than
+ * flash (44.8 ms; docs/gpu-kernels.md).
  */
 export type AttentionKernels = 'scores' | 'flash' | 'flash-matrix';
 const ATTENTION_KERNELS: readonly string[] = ['scores', 'flash', 'flash-matrix'];
@@ -1224,7 +1224,11 @@ function attentionKernelsFor(s: AttentionShape): AttentionKernels {
     throw new Error(`OFFSHOOT_ATTENTION must be one of ${ATTENTION_KERNELS.join(', ')}, not '${forced}'`);
   if (forced) return forced as AttentionKernels;
   const bytes = BH * T * T * 4;
-  return bytes <= Math.min(SCORES_MAX_BYTES, capabilities().maxStorageBinding) ? 'scores' : 'flash';
+  if (bytes <= Math.min(SCORES_MAX_BYTES, capabilities().maxStorageBinding)) return 'scores';
+  // Too long to keep the scores: flash attention, on subgroup matrices under mixed precision where they take the shape.
+  return halfProducts() === 'matrix' && typeof flashMatrixKernels(s.headSize, T) !== 'string'
+    ? 'flash-matrix'
+    : 'flash';
 }
 
 /**
@@ -1290,7 +1294,6 @@ export function fusedAttention(qkv: tf.Tensor2D, positions: PositionTables, s: A
   return op(qkv) as tf.Tensor2D;
 }
 
-/** q, k and v per head, in f16 (half.ts's layout) when `f16`. */
 /** The flash kernels' uniforms: {T, H, scale}. */
 function flashUniforms(s: AttentionShape): UniformValue[] {
   return [
@@ -1346,6 +1349,7 @@ function headsLayout(x: tf.TensorInfo, s: AttentionShape, toHeads: boolean, f16 
   return y;
 }
 
+/** q, k and v per head, in f16 (half.ts's layout) when `f16`. */
 type SplitHeads = (x: tf.TensorInfo, f16: boolean) => { q: tf.TensorInfo; k: tf.TensorInfo; v: tf.TensorInfo };
 type MergeGrads = (dq: tf.TensorInfo, dk: tf.TensorInfo, dv: tf.TensorInfo, tables: tf.Tensor[]) => tf.Tensor;
 
