@@ -870,9 +870,15 @@ export async function autotuneMatMuls(opts: { targetMs?: number; budgetSeconds?:
   return results;
 }
 
-/** Seconds one autotuneMatMuls may spend compiling candidates: OFFSHOOT_MATMUL_AUTOTUNE_SECONDS, default 120. */
+/**
+ * Seconds one autotuneMatMuls may spend compiling candidates: OFFSHOOT_MATMUL_AUTOTUNE_SECONDS, default
+ * 300 (an H100 compiles every subgroup-matrix candidate of pythia-160m's classes in about 240 s; 100 s
+ * once left pythia-70m's logits gradients at several times their tuned time). It bounds compiling only,
+ * so a tune whose candidates all compile sooner ends sooner; the plans it chooses are saved, so a GPU
+ * model is tuned once.
+ */
 export function autotuneBudgetSeconds(setting = process.env.OFFSHOOT_MATMUL_AUTOTUNE_SECONDS): number {
-  if (setting === undefined || setting.trim() === '') return 120;
+  if (setting === undefined || setting.trim() === '') return 300;
   const n = Number(setting);
   if (!(n > 0))
     throw new Error(
