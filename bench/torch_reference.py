@@ -3,15 +3,37 @@
 Trains Hugging Face transformers' GPTNeoXForCausalLM of the given shape (transformers' default
 attention implementation) with fused AdamW and gradient clipping on synthetic tokens, in one of three
 modes: f32 eager, bf16 autocast (eager), or bf16 autocast under torch.compile; prints one JSON line:
-tokens/s over the timed steps. Same shape, batch and optimiser as bench/train-throughput, so the
-figures compare.
+tokens/s over the timed steps, and the GPU's busy time per step (its kernels' summed time in two
+profiled steps after them). Eager PyTorch launches every kernel from the host, so on a slow host its
+step outlasts that busy time by a wide margin; the pair tells a host-bound figure from a GPU-bound
+one. Same shape, batch and optimiser as bench/train-throughput, so the figures compare.
 """
 import argparse
 import json
+import sys
 import time
 
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+
+def gpu_busy_ms(step, sync, steps: int = 2) -> float | None:
+    """The GPU's busy time per step: its kernels' and copies' summed durations over `steps` profiled steps."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(steps):
+                step()
+            sync()
+        # record_function ranges (the optimiser's step) show on the device timeline too: spans, not work.
+        kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA and not e.is_user_annotation]
+        us = sum(e.device_time_total for e in kernels)
+    except Exception as e:  # the profiler is optional here: the throughput figure stands without it
+        print(f"torch_reference: no GPU busy time ({e})", file=sys.stderr)
+        return None
+    return us / 1000 / steps if us > 0 else None
 
 
 def main() -> None:
@@ -71,12 +93,14 @@ def main() -> None:
     final = loss.item()
     sync()
     ms = (time.perf_counter() - t0) * 1000 / a.steps
+    gpu_ms = gpu_busy_ms(step, sync) if device.type == "cuda" else None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     attn = getattr(model.config, "_attn_implementation", "default")
     print(json.dumps({
         "tokensPerSecond": n * 1000 / ms,
         "stepMs": ms,
         "detail": f"torch {torch.__version__} {a.mode}{' fused AdamW' if fused else ''} on {name}, attention {attn}",
+        "gpuMs": gpu_ms,
         "peakGpuMiB": (torch.cuda.max_memory_allocated(device) // 2**20) if device.type == "cuda" else None,
         "loss": final,
     }))

@@ -185,6 +185,8 @@ export interface Measurement {
   stepMs?: number;
   /** Host time per step to record it (trainStep returning, before the GPU finishes): near stepMs means host-bound. */
   hostMs?: number;
+  /** PyTorch's GPU busy time per step (its kernels' summed time, profiled): well below stepMs means its host held it back. */
+  gpuMs?: number;
   error?: string;
   detail?: string;
   peakRssMiB?: number;
@@ -406,6 +408,7 @@ function runTorch(args: Args, mode: TorchMode): Measurement {
     tokensPerSecond: parsed.tokensPerSecond as number,
     stepMs: parsed.stepMs as number,
     detail: parsed.detail as string,
+    gpuMs: (parsed.gpuMs as number | null) ?? undefined,
     peakGpuMiB: (parsed.peakGpuMiB as number | null) ?? undefined,
     finalLoss: parsed.loss as number | undefined,
   };
@@ -529,7 +532,8 @@ export async function runConfig(args: Args): Promise<Record<string, unknown>[]> 
         ? { unavailable: torch.error }
         : {
             tokensPerSecond: Math.round(torch.tokensPerSecond!),
-            stepMs: torch.stepMs,
+            stepMs: Number(torch.stepMs!.toFixed(1)),
+            ...(torch.gpuMs !== undefined ? { gpuMs: Number(torch.gpuMs.toFixed(1)) } : {}),
             tflops: tflops(torch.tokensPerSecond!),
             mfu: mfu(tflops(torch.tokensPerSecond!), torch.detail),
             peakGpuMiB: torch.peakGpuMiB,
