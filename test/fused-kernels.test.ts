@@ -245,6 +245,9 @@ describe.skipIf(!hasWebGPU)('fused WebGPU kernels match the reference ops', () =
     const before = (await first.data()) as Float32Array;
     const tuned = await autotuneMatMuls({ targetMs: 1 });
     expect(tuned.map((t) => t.shape)).toContain(`${tM}x${tN}x${tK}NN`);
+    // The candidates' operands and results are destroyed, not kept in tfjs's pool for the process.
+    const pool = (tf.backend() as unknown as { bufferManager: { getNumFreeBuffers(): number } }).bufferManager;
+    expect(pool.getNumFreeBuffers()).toBe(0);
     const again = toTensor(matmul({ a: ta, b: tb, M: tM, N: tN, K: tK }).c);
     expect(relErr((await again.data()) as Float32Array, before)).toBeLessThan(2e-6);
     tf.dispose([ta, tb, first, again]);

@@ -37,6 +37,7 @@ import {
   kernelFor,
   precompile,
   release,
+  releaseFreeBuffers,
   webgpuBackend,
 } from './runtime.js';
 import {
@@ -867,6 +868,8 @@ export async function autotuneMatMuls(opts: { targetMs?: number; budgetSeconds?:
   const budget = opts.budgetSeconds ?? autotuneBudgetSeconds();
   const results = await measureShapeCostAsync('autotune', () => tunePending(opts.targetMs ?? 12, budget));
   if (shapeClassesEnabled()) savePlanFile(results.filter((r) => !r.untried));
+  // The candidates' operands and results would stay in tfjs's pool for the rest of the process.
+  await releaseFreeBuffers();
   return results;
 }
 
