@@ -860,7 +860,8 @@ async function timeProduct(s: Shape, a: tf.Tensor, b: tf.Tensor, plan: MatMulPla
  * yet, on the device, and keeps the fastest for the class (by shape, with shape classes off). First
  * every candidate runs once (compiling its pipeline), then the GPU is kept busy for a while (clocks
  * up), then the candidates are timed in turn, three rounds of enough repetitions for about `targetMs`
- * each, keeping each one's best round. The choices go to the plan cache file. Call it between
+ * each, keeping each one's best round. The choices go to the plan cache file, and the free buffers
+ * of tfjs's pool (the candidates' operands and results among them) are destroyed. Call it between
  * training steps (it waits for the device). Returns what it chose; its time counts as autotuning.
  */
 export async function autotuneMatMuls(opts: { targetMs?: number; budgetSeconds?: number } = {}): Promise<TuneResult[]> {
@@ -868,7 +869,7 @@ export async function autotuneMatMuls(opts: { targetMs?: number; budgetSeconds?:
   const budget = opts.budgetSeconds ?? autotuneBudgetSeconds();
   const results = await measureShapeCostAsync('autotune', () => tunePending(opts.targetMs ?? 12, budget));
   if (shapeClassesEnabled()) savePlanFile(results.filter((r) => !r.untried));
-  // The candidates' operands and results would stay in tfjs's pool for the rest of the process.
+  // Else the candidates' operands and results stay in tfjs's pool for the rest of the process.
   await releaseFreeBuffers();
   return results;
 }
