@@ -664,10 +664,15 @@ describe("the subgroup-matrix kernels' WGSL compiles for the H200's configuratio
   async function compileMessages(device: GPUDevice, code: string): Promise<string[]> {
     const info = await device.createShaderModule({ code }).getCompilationInfo();
     const bytes: Record<string, number> = { f16: 2, f32: 4, u32: 4, i32: 4 };
+    // Scalars and vectors, and arrays of them (the staged slabs hold f16 pairs as vec2<u32> or vec4<u32>).
+    const sizeOf = (type: string): number => {
+      const v = /^vec([234])<(\w+)>$/.exec(type);
+      return v ? Number(v[1]) * bytes[v[2]] : bytes[type];
+    };
     const unaligned = [...code.matchAll(/var<workgroup> (\w+): ([^;]+);/g)]
       .filter(([, , type]) => {
-        const m = /^(?:array<(\w+), (\d+)>|vec4<(\w+)>)$/.exec(type);
-        const size = m ? (m[1] ? bytes[m[1]] * Number(m[2]) : 4 * bytes[m[3]]) : Number.NaN;
+        const m = /^array<(\w+|vec[234]<\w+>), (\d+)>$/.exec(type);
+        const size = m ? sizeOf(m[1]) * Number(m[2]) : sizeOf(type);
         return !(size % 16 === 0);
       })
       .map(([, name, type]) => `workgroup variable ${name}: ${type} is not a multiple of 16 bytes`);

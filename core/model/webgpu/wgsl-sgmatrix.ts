@@ -10,8 +10,10 @@
  * - `workgroup` staging: A and B slabs, BK deep, are copied into workgroup memory in their storage
  *   layout (a transposed operand is read column-major by the matrix loads, so nothing is transposed
  *   on the way), rows padded by 16 bytes against bank conflicts; 16-byte global loads (eight f16,
- *   or four f32 converted on the way in), the next slab's loads in flight while the current one is
- *   multiplied, optionally two slabs (`double`: one barrier per slab);
+ *   or four f32 converted on the way in), each stored whole: the slabs are arrays of f16 pairs
+ *   (`vec4<u32>`, or `vec2<u32>` for four), which the matrix loads read as f16 (unitArray); the next
+ *   slab's loads in flight while the current one is multiplied, optionally two slabs (`double`: one
+ *   barrier per slab);
  * - `direct`: each subgroup loads its matrices straight from storage (f16 operands whose shape is a
  *   multiple of the tile), relying on the caches.
  *
@@ -116,6 +118,14 @@ const PAD = 8;
  */
 const patchRow = (P: number, N: number) => P * N + (P * N >= 32 ? 8 : 0);
 
+/**
+ * The WGSL type of a workgroup array of `length` f16 held `unit` to an element: `vec4<u32>` (8) or
+ * `vec2<u32>` (4) pairs, so a global load of that many f16 (or of four f32, converted) is one store,
+ * not one per f16; the matrix loads then count offsets and strides in those elements.
+ */
+export const unitArray = (unit: 1 | 4 | 8, length: number): string =>
+  `array<${unit === 8 ? 'vec4<u32>' : unit === 4 ? 'vec2<u32>' : 'f16'}, ${length / unit}>`;
+
 /** Results are stored straight from the matrices: a whole tile whose epilogue, if any, is the bias the accumulators start from. */
 export function sgStoresDirect(v: Pick<SgMatMulVariant, 'exact' | 'epilogue'>): boolean {
   return v.exact && v.epilogue !== 'bias-gelu';
@@ -200,7 +210,19 @@ export interface MatrixOps {
   accumulator(name: string): string;
   /** Sets a declared accumulator back to zero (an assignment: a loop's accumulators are declared outside it). */
   zero(name: string): string;
-  load(name: string, use: 'left' | 'right', src: string, offset: string, colMajor: boolean, stride: string): string;
+  /**
+   * A left or right matrix from `src`; `unit` f16 to an element of src (unitArray: offset and stride
+   * count those elements).
+   */
+  load(
+    name: string,
+    use: 'left' | 'right',
+    src: string,
+    offset: string,
+    colMajor: boolean,
+    stride: string,
+    unit?: 1 | 4 | 8,
+  ): string;
   /** Row-major load of a result (f32) matrix. */
   loadResult(name: string, src: string, offset: string, stride: string): string;
   mma(acc: string, a: string, b: string): string;
@@ -249,10 +271,13 @@ function emulatedOps(v: MatrixShape): MatrixOps {
   return {
     accumulator: (name) => `var ${name} = array<f32, ${v.M * v.N}>();`,
     zero: (name) => `${name} = array<f32, ${v.M * v.N}>();`,
-    load: (name, use, src, offset, colMajor, stride) => {
+    load: (name, use, src, offset, colMajor, stride, unit = 1) => {
       const [R, C] = dims[use];
-      const at = colMajor ? `(e % ${C}u) * (${stride}) + e / ${C}u` : `(e / ${C}u) * (${stride}) + e % ${C}u`;
-      return `var ${name}: array<f16, ${R * C}>; for (var e = 0u; e < ${R * C}u; e++) { ${name}[e] = ${src}[${offset} + ${at}]; }`;
+      // The element's f16 index i; where src holds f16 pairs, its pair's word and half.
+      const [base, step] = unit === 1 ? [offset, `(${stride})`] : [`(${offset}) * ${unit}u`, `(${stride}) * ${unit}u`];
+      const at = colMajor ? `(e % ${C}u) * ${step} + e / ${C}u` : `(e / ${C}u) * ${step} + e % ${C}u`;
+      const read = unit === 1 ? `${src}[i]` : `bitcast<vec2<f16>>(${src}[i / ${unit}u][(i % ${unit}u) / 2u])[i % 2u]`;
+      return `var ${name}: array<f16, ${R * C}>; for (var e = 0u; e < ${R * C}u; e++) { let i = ${base} + ${at}; ${name}[e] = ${read}; }`;
     },
     loadResult: (name, src, offset, stride) =>
       `var ${name}: array<f32, ${v.M * v.N}>; for (var e = 0u; e < ${v.M * v.N}u; e++) { ${name}[e] = ${src}[${offset} + (e / ${v.N}u) * (${stride}) + e % ${v.N}u]; }`,
@@ -301,18 +326,21 @@ export function sgMatmulSource(v: SgMatMulVariant): string {
 
   // --- slabs in workgroup memory ------------------------------------------------------------
   // Rows-first [rows][BK + PAD] when the operand is contiguous along K, else [BK][rows + PAD].
+  // Sizes and strides in f16; a global load of w f16 (or f32) is stored as one element of the
+  // array, which holds w f16 to an element (unitArray).
   const slab = (which: 'A' | 'B') => {
     const rows = which === 'A' ? BM : BN;
     const rowsFirst = kContiguous(v, which);
     const stride = rowsFirst ? BK + PAD : rows + PAD;
-    return { rows, rowsFirst, stride, size: rowsFirst ? rows * stride : BK * stride };
+    const unit = which === 'A' ? v.widthA : v.widthB;
+    return { rows, rowsFirst, stride, unit, size: rowsFirst ? rows * stride : BK * stride };
   };
   const sA = slab('A');
   const sB = slab('B');
   const stages = v.double ? 2 : 1;
   if (staged) {
-    decl.push(`var<workgroup> As: array<f16, ${stages * sA.size}>;`);
-    decl.push(`var<workgroup> Bs: array<f16, ${stages * sB.size}>;`);
+    decl.push(`var<workgroup> As: ${unitArray(sA.unit, stages * sA.size)};`);
+    decl.push(`var<workgroup> Bs: ${unitArray(sB.unit, stages * sB.size)};`);
   }
   // The patch's rows: P matrices side by side, padded.
   const W = patchRow(P, N);
@@ -360,45 +388,48 @@ export function sgMatmulSource(v: SgMatMulVariant): string {
         ? `${reg} = ${which}[${addr}];`
         : `if (gr < ${extent} && gk < kEnd) { ${reg} = ${which}[${addr}]; } else { ${reg} = ${zero}; }`;
       loads.push(`{ let idx = lidx + ${i * threads}u; ${guard} { ${coords} ${read} } }`);
-      const at = s.rowsFirst ? `r * ${s.stride}u + c` : `kk * ${s.stride}u + c`;
-      const dst = `${shared}[${v.double ? `st${which} + ` : ''}${at} + `;
-      let put: string;
-      if (type === 'f32') {
-        put =
-          w === 4
-            ? [0, 1, 2, 3].map((e) => `${dst}${e}u] = to_f16(${reg}.${'xyzw'[e]});`).join(' ')
-            : `${dst}0u] = to_f16(${reg});`;
-      } else if (w === 1) {
-        put = `${dst}0u] = ${reg};`;
-      } else {
-        const words = w / 2;
-        const parts: string[] = [];
-        for (let q = 0; q < words; q++)
-          parts.push(
-            `let h${q} = bitcast<vec2<f16>>(${reg}.${'xyzw'[q]}); ${dst}${2 * q}u] = h${q}.x; ${dst}${2 * q + 1}u] = h${q}.y;`,
-          );
-        put = parts.join(' ');
-      }
-      const storeCoords = s.rowsFirst
-        ? `let r = idx / ${perRow}u; let c = (idx % ${perRow}u) * ${w}u;`
-        : `let kk = idx / ${perRow}u; let c = (idx % ${perRow}u) * ${w}u;`;
+      // The load's slot in the slab, in its elements (w f16 each where w > 1: c counts loads, not f16).
+      const at = `${s.rowsFirst ? 'r' : 'kk'} * ${s.stride / s.unit}u + c`;
+      const dst = `${shared}[${v.double ? `st${which} + ` : ''}${at}]`;
+      const halves = (x: string, y: string) => `bitcast<u32>(vec2<f16>(to_f16(${reg}.${x}), to_f16(${reg}.${y})))`;
+      const put =
+        type === 'f32'
+          ? w === 4
+            ? `${dst} = vec2<u32>(${halves('x', 'y')}, ${halves('z', 'w')});`
+            : `${dst} = to_f16(${reg});`
+          : `${dst} = ${reg};`;
+      const storeCoords = `let ${s.rowsFirst ? 'r' : 'kk'} = idx / ${perRow}u; let c = idx % ${perRow}u;`;
       stores.push(`{ let idx = lidx + ${i * threads}u; ${guard} { ${storeCoords} ${put} } }`);
     }
     return { loads, stores };
   };
 
   // --- one K step (K deep) of the subgroup's matrices -----------------------------------------
-  const step = (kOff: string): string[] => {
+  // A matrix of slab s at (row, k) of its rows-first or K-first layout, offsets in the slab's elements
+  // (every row, column and K offset here is a multiple of its unit).
+  const slabLoad = (
+    name: string,
+    use: 'left' | 'right',
+    s: typeof sA,
+    rd: string,
+    row: [string, number],
+    kk: number,
+  ): string => {
+    const { unit, stride } = s;
+    const rowAt = `${row[0]} / ${unit}u + ${row[1] / unit}u`;
+    const offset = s.rowsFirst
+      ? `${rd}(${row[0]} + ${row[1]}u) * ${stride / unit}u + ${kk / unit}u`
+      : `${rd}${(kk * stride) / unit}u + ${unit === 1 ? `${row[0]} + ${row[1]}u` : rowAt}`;
+    // A's rows-first slab is read row-major; B's, and A's K-first one, column-major (B's K-first row-major).
+    const colMajor = use === 'left' ? !s.rowsFirst : s.rowsFirst;
+    return ops.load(name, use, use === 'left' ? 'As' : 'Bs', offset, colMajor, `${stride / unit}u`, unit);
+  };
+  const step = (kk: number, kOff: string): string[] => {
     const lines: string[] = [];
     for (let i = 0; i < RM; i++) {
       const row = `sgRow + ${i * M}u`;
       if (staged) {
-        const rd = v.double ? 'rdA + ' : '';
-        lines.push(
-          sA.rowsFirst
-            ? ops.load(`a${i}`, 'left', 'As', `${rd}(${row}) * ${sA.stride}u + ${kOff}`, false, `${sA.stride}u`)
-            : ops.load(`a${i}`, 'left', 'As', `${rd}${kOff} * ${sA.stride}u + ${row}`, true, `${sA.stride}u`),
-        );
+        lines.push(slabLoad(`a${i}`, 'left', sA, v.double ? 'rdA + ' : '', ['sgRow', i * M], kk));
       } else {
         lines.push(
           v.transA
@@ -410,12 +441,7 @@ export function sgMatmulSource(v: SgMatMulVariant): string {
     for (let j = 0; j < RN; j++) {
       const col = `sgCol + ${j * N}u`;
       if (staged) {
-        const rd = v.double ? 'rdB + ' : '';
-        lines.push(
-          sB.rowsFirst
-            ? ops.load(`b${j}`, 'right', 'Bs', `${rd}(${col}) * ${sB.stride}u + ${kOff}`, true, `${sB.stride}u`)
-            : ops.load(`b${j}`, 'right', 'Bs', `${rd}${kOff} * ${sB.stride}u + ${col}`, false, `${sB.stride}u`),
-        );
+        lines.push(slabLoad(`b${j}`, 'right', sB, v.double ? 'rdB + ' : '', ['sgCol', j * N], kk));
       } else {
         lines.push(
           v.transB
@@ -428,7 +454,9 @@ export function sgMatmulSource(v: SgMatMulVariant): string {
     return lines;
   };
   const slabSteps = (kBase: (kk: number) => string): string =>
-    Array.from({ length: BK / K }, (_, q) => `{\n      ${step(kBase(q * K)).join('\n      ')}\n    }`).join('\n    ');
+    Array.from({ length: BK / K }, (_, q) => `{\n      ${step(q * K, kBase(q * K)).join('\n      ')}\n    }`).join(
+      '\n    ',
+    );
 
   // --- results --------------------------------------------------------------------------------
   const cBase = v.splitK || v.batched ? 'wid.z * u.M * u.N + ' : '';
@@ -488,7 +516,7 @@ export function sgMatmulSource(v: SgMatMulVariant): string {
     const a = slabCopy('A');
     const b = slabCopy('B');
     const sizes = v.double
-      ? `let rdA = (s & 1u) * ${sA.size}u; let rdB = (s & 1u) * ${sB.size}u; stA = ${sA.size}u - rdA; stB = ${sB.size}u - rdB;`
+      ? `let rdA = (s & 1u) * ${sA.size / sA.unit}u; let rdB = (s & 1u) * ${sB.size / sB.unit}u; stA = ${sA.size / sA.unit}u - rdA; stB = ${sB.size / sB.unit}u - rdB;`
       : '';
     body = `${regDecl.join('\n  ')}
   var k0 = kStart;
