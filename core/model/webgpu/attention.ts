@@ -16,7 +16,7 @@ import { kernel, rowGrid } from './fused.js';
 import { f16MatrixConfigs, halfProducts, halfStorageShape, matrixUnavailable } from './half.js';
 import { matmul } from './matmul.js';
 import type { OperandType } from './wgsl-matmul.js';
-import { matrixEnables, matrixOps } from './wgsl-sgmatrix.js';
+import { matrixEnables, matrixOps, unitArray } from './wgsl-sgmatrix.js';
 import { type UniformValue, allocate, capabilities, dispatch, grid1d, release, toTensor } from './runtime.js';
 import { FLAT, NEG_BIG, ONLINE_LSE, TO_F16_WGSL, lseReduce, reduceFns } from './wgsl-common.js';
 
@@ -519,8 +519,11 @@ function fmLayout(k: FlashMatrixKernel) {
   const { E, SG, hs, W } = k;
   const threads = FM_SUBGROUPS * SG;
   const KS = hs + 8;
+  // The matrices' offsets in a staged block are multiples of E (4 with the emulated E of 4).
+  const unit = E % 8 === 0 ? 8 : 4;
+  const ops = matrixOps({ M: E, N: E, K: E, emulate: k.emulate });
   return {
-    ops: matrixOps({ M: E, N: E, K: E, emulate: k.emulate }),
+    ops,
     own: FM_SUBGROUPS * E,
     /** Matrices across the head (D) and across a streamed block (NB); each lane's elements of a row (IPR). */
     D: hs / E,
@@ -530,25 +533,42 @@ function fmLayout(k: FlashMatrixKernel) {
     PW: W + 8,
     /** Row stride of a staged block (hs f16 wide). */
     KS,
+    /** A staged block's workgroup array: f16 pairs, `unit` f16 to an element, so a 16-byte load is stored in one or two. */
+    staged: unitArray(unit, W * KS),
     threads,
     /**
-     * Copies rows row0.. of the block (W rows, hs f16 each) from storage `src` (read as vec4<u32>: 8
-     * f16 at a time) into workgroup `dst`, KS apart: once for the workgroup's four subgroups, which
-     * then load their matrices from it.
+     * A kernel loop's streamed blocks, [workgroup copy, storage] each (W rows of hs f16, storage read
+     * as vec4<u32>): a block's 16-byte loads go to registers (`fetch`, rows row0..) while the block
+     * before is multiplied, and are stored into its workgroup copy, rows KS apart (`store`), once
+     * that block's matrix loads are done; the workgroup's four subgroups load their matrices from it.
      */
-    stage: (dst: string, src: string, row0: string) =>
-      `for (var i = lidx; i < ${(W * hs) / 8}u; i += ${threads}u) {
-      let r = i / ${hs / 8}u;
-      let c = (i % ${hs / 8}u) * 8u;
-      let w = ${src}[(${row0} + r) * ${hs / 8}u + c / 8u];
-      let at = r * ${KS}u + c;
-      ${range(4)
-        .map(
-          (q) =>
-            `let h${q} = bitcast<vec2<f16>>(w.${'xyzw'[q]}); ${dst}[at + ${2 * q}u] = h${q}.x; ${dst}[at + ${2 * q + 1}u] = h${q}.y;`,
-        )
-        .join('\n      ')}
-    }`,
+    streams: (pairs: Array<[string, string]>) => {
+      const loads = (W * hs) / 8;
+      const each = (f: (reg: number) => string) =>
+        range(Math.ceil(loads / threads))
+          .map((i) => `{ let j = lidx + ${i * threads}u; ${loads % threads ? `if (j < ${loads}u) ` : ''}{ ${f(i)} } }`)
+          .join(' ');
+      const slot = `(j / ${hs / 8}u) * ${KS / unit}u + (j % ${hs / 8}u) * ${8 / unit}u`;
+      return {
+        decl: pairs
+          .flatMap(([dst]) => range(Math.ceil(loads / threads)).map((i) => `var ${dst}r${i}: vec4<u32>;`))
+          .join(' '),
+        fetch: (row0: string) =>
+          pairs.map(([dst, src]) => each((i) => `${dst}r${i} = ${src}[(${row0}) * ${hs / 8}u + j];`)).join('\n    '),
+        store: pairs
+          .map(([dst]) =>
+            each((i) =>
+              unit === 8
+                ? `${dst}[${slot}] = ${dst}r${i};`
+                : `let at = ${slot}; ${dst}[at] = ${dst}r${i}.xy; ${dst}[at + 1u] = ${dst}r${i}.zw;`,
+            ),
+          )
+          .join('\n    '),
+      };
+    },
+    /** A matrix load from a staged block at f16 offset `at` (a multiple of the unit). */
+    loadStaged: (name: string, use: 'left' | 'right', src: string, at: number, colMajor: boolean) =>
+      ops.load(name, use, src, `${at / unit}u`, colMajor, `${KS / unit}u`, unit),
     header: ['enable f16;', 'enable subgroups;', ...matrixEnables({ M: E, N: E, K: E, emulate: k.emulate })].join('\n'),
   };
 }
@@ -602,7 +622,7 @@ function productsWithRows(
       [
         ops.zero(`${o.acc}${c}`),
         ...range(l.D).flatMap((d) => [
-          ops.load(`${o.acc}r${c}_${d}`, 'right', o.src, `${c * E * l.KS + d * E}u`, true, `${l.KS}u`),
+          l.loadStaged(`${o.acc}r${c}_${d}`, 'right', o.src, c * E * l.KS + d * E, true),
           ops.mma(`${o.acc}${c}`, `${o.left}${d}`, `${o.acc}r${c}_${d}`),
         ]),
         ops.store(o.dst, `${o.base} + ${c * E}u`, `${o.acc}${c}`, `${o.stride}u`),
@@ -623,7 +643,7 @@ function accumulateRows(
   );
   const products = range(l.D).flatMap((j) =>
     range(l.NB).flatMap((c) => [
-      ops.load(`${o.left}${c}r${j}`, 'right', o.src, `${c * E * l.KS + j * E}u`, false, `${l.KS}u`),
+      l.loadStaged(`${o.left}${c}r${j}`, 'right', o.src, c * E * l.KS + j * E, false),
       ops.mma(`${o.acc}${j}`, `${o.left}${c}`, `${o.left}${c}r${j}`),
     ]),
   );
@@ -681,6 +701,10 @@ export function flashMatrixForwardSource(k: FlashMatrixKernel): string {
   const l = fmLayout(k);
   const { ops, own, D } = l;
   const share = rowShare(k);
+  const blocks = l.streams([
+    ['Ks', 'K'],
+    ['Vs', 'V'],
+  ]);
   const OW = Math.max(W, hs) + 4;
   const perLane = `for (var e = lane; e < ${hs}u; e += ${SG}u)`;
   const storeO = range(D)
@@ -698,8 +722,8 @@ struct U { T: u32, H: u32, scale: f32, p0: u32 };
 @group(0) @binding(5) var<uniform> u: U;
 var<workgroup> Ss: array<f32, ${FM_SUBGROUPS * E * OW}>;
 var<workgroup> Ps: array<f16, ${FM_SUBGROUPS * E * l.PW}>;
-var<workgroup> Ks: array<f16, ${W * l.KS}>;
-var<workgroup> Vs: array<f16, ${W * l.KS}>;
+var<workgroup> Ks: ${l.staged};
+var<workgroup> Vs: ${l.staged};
 // A vector, not a scalar: NVIDIA's driver placed a lone u32 ahead of the arrays, and the matrix loads
 // from them then read 4 bytes early (they want 16-byte-aligned arrays; plain loads did not mind).
 var<workgroup> rescaleAt: vec4<u32>;
@@ -727,14 +751,18 @@ fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: 
   var m = ${NEG_BIG};
   var partSum = 0.0;
   ${blockAccumulators(l, 's')}
+  ${blocks.decl}
+  ${blocks.fetch('rows')}
   let nBlocks = (own0 + ${own}u) / ${W}u;
   for (var kb = 0u; kb < nBlocks; kb++) {
     let k0 = kb * ${W}u;
     // The last block's matrix loads are done before its staged K and V are overwritten.
     workgroupBarrier();
-    ${l.stage('Ks', 'K', 'rows + k0')}
-    ${l.stage('Vs', 'V', 'rows + k0')}
+    ${blocks.store}
     workgroupBarrier();
+    if (kb + 1u < nBlocks) {
+      ${blocks.fetch(`rows + k0 + ${W}u`)}
+    }
     ${productsWithRows(l, E, { acc: 's', left: 'qm', src: 'Ks', dst: 'Ss', base: 'sBase', stride: OW })}
     workgroupBarrier();
     ${cols
@@ -791,21 +819,31 @@ fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: 
 
 /**
  * A backward kernel's block start: once the last block's matrix loads are done, the block's two
- * streamed inputs staged (`a` and `b`: [workgroup copy, storage] from rows row0..), then the scores
- * S = L_a · aᵀ into Ss and dP = L_b · bᵀ into Gs, for the subgroup's rows, and a barrier before
- * its lanes read them.
+ * streamed inputs (`blocks`, copies `a` and `b`) stored, the next block's loads issued where there is
+ * one (`more`, from rows `next`), then the scores S = L_a · aᵀ into Ss and dP = L_b · bᵀ into Gs,
+ * for the subgroup's rows, and a barrier before its lanes read them.
  */
 function backwardScores(
   l: ReturnType<typeof fmLayout>,
   E: number,
-  o: { leftS: string; leftDp: string; a: [string, string]; b: [string, string]; row0: string },
+  o: {
+    leftS: string;
+    leftDp: string;
+    blocks: ReturnType<ReturnType<typeof fmLayout>['streams']>;
+    a: string;
+    b: string;
+    more: string;
+    next: string;
+  },
 ): string {
   return `workgroupBarrier();
-    ${l.stage(o.a[0], o.a[1], o.row0)}
-    ${l.stage(o.b[0], o.b[1], o.row0)}
+    ${o.blocks.store}
     workgroupBarrier();
-    ${productsWithRows(l, E, { acc: 's', left: o.leftS, src: o.a[0], dst: 'Ss', base: 'sBase', stride: l.SW })}
-    ${productsWithRows(l, E, { acc: 'dp', left: o.leftDp, src: o.b[0], dst: 'Gs', base: 'sBase', stride: l.SW })}
+    if (${o.more}) {
+      ${o.blocks.fetch(o.next)}
+    }
+    ${productsWithRows(l, E, { acc: 's', left: o.leftS, src: o.a, dst: 'Ss', base: 'sBase', stride: l.SW })}
+    ${productsWithRows(l, E, { acc: 'dp', left: o.leftDp, src: o.b, dst: 'Gs', base: 'sBase', stride: l.SW })}
     workgroupBarrier();`;
 }
 
@@ -818,6 +856,10 @@ export function flashMatrixBackwardQSource(k: FlashMatrixKernel): string {
   const l = fmLayout(k);
   const { ops, own, D } = l;
   const share = rowShare(k);
+  const blocks = l.streams([
+    ['Ks', 'K'],
+    ['Vs', 'V'],
+  ]);
   return /* wgsl */ `${l.header}
 diagnostic(off, subgroup_uniformity);
 @group(0) @binding(0) var<storage, read> Q: array<f16>;
@@ -832,8 +874,8 @@ struct U { T: u32, H: u32, scale: f32, p0: u32 };
 var<workgroup> Ss: array<f32, ${FM_SUBGROUPS * E * l.SW}>;
 var<workgroup> Gs: array<f32, ${FM_SUBGROUPS * E * l.SW}>;
 var<workgroup> Ps: array<f16, ${FM_SUBGROUPS * E * l.PW}>;
-var<workgroup> Ks: array<f16, ${W * l.KS}>;
-var<workgroup> Vs: array<f16, ${W * l.KS}>;
+var<workgroup> Ks: ${l.staged};
+var<workgroup> Vs: ${l.staged};
 @compute @workgroup_size(${l.threads})
 fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
   let sg = lidx / ${SG}u;
@@ -855,10 +897,12 @@ fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: 
   let sRow = sBase + r * ${l.SW}u + h;
   let pRow = pBase + r * ${l.PW}u + h;
   ${blockAccumulators(l, 's')} ${blockAccumulators(l, 'dp')}
+  ${blocks.decl}
+  ${blocks.fetch('rows')}
   let nBlocks = (own0 + ${own}u) / ${W}u;
   for (var kb = 0u; kb < nBlocks; kb++) {
     let k0 = kb * ${W}u;
-    ${backwardScores(l, E, { leftS: 'qm', leftDp: 'gm', a: ['Ks', 'K'], b: ['Vs', 'V'], row0: 'rows + k0' })}
+    ${backwardScores(l, E, { leftS: 'qm', leftDp: 'gm', blocks, a: 'Ks', b: 'Vs', more: 'kb + 1u < nBlocks', next: `rows + k0 + ${W}u` })}
     ${range(share.cols)
       .map((t) => {
         const c = t * share.lanes;
@@ -884,6 +928,10 @@ export function flashMatrixBackwardKVSource(k: FlashMatrixKernel): string {
   const { E, SG, hs, W } = k;
   const l = fmLayout(k);
   const { ops, own, D } = l;
+  const blocks = l.streams([
+    ['Qs', 'Q'],
+    ['dOs', 'dO'],
+  ]);
   return /* wgsl */ `${l.header}
 diagnostic(off, subgroup_uniformity);
 @group(0) @binding(0) var<storage, read> Q: array<vec4<u32>>;
@@ -900,8 +948,8 @@ var<workgroup> Ss: array<f32, ${FM_SUBGROUPS * E * l.SW}>;
 var<workgroup> Gs: array<f32, ${FM_SUBGROUPS * E * l.SW}>;
 var<workgroup> Ps: array<f16, ${FM_SUBGROUPS * E * l.PW}>;
 var<workgroup> Ds: array<f16, ${FM_SUBGROUPS * E * l.PW}>;
-var<workgroup> Qs: array<f16, ${W * l.KS}>;
-var<workgroup> dOs: array<f16, ${W * l.KS}>;
+var<workgroup> Qs: ${l.staged};
+var<workgroup> dOs: ${l.staged};
 @compute @workgroup_size(${l.threads})
 fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: vec3<u32>) {
   let sg = lidx / ${SG}u;
@@ -918,9 +966,11 @@ fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: 
     )
     .join('\n  ')}
   ${blockAccumulators(l, 's')} ${blockAccumulators(l, 'dp')}
+  ${blocks.decl}
+  ${blocks.fetch('rows + own0')}
   for (var qb = own0 / ${W}u; qb < u.T / ${W}u; qb++) {
     let c0 = qb * ${W}u;
-    ${backwardScores(l, E, { leftS: 'kk', leftDp: 'vv', a: ['Qs', 'Q'], b: ['dOs', 'dO'], row0: 'rows + c0' })}
+    ${backwardScores(l, E, { leftS: 'kk', leftDp: 'vv', blocks, a: 'Qs', b: 'dOs', more: `qb + 1u < u.T / ${W}u`, next: `rows + c0 + ${W}u` })}
     ${range(l.IPR)
       .map((t) => `let lse${t} = LSE[rows + c0 + lane + ${t * SG}u]; let dl${t} = Dl[rows + c0 + lane + ${t * SG}u];`)
       .join('\n    ')}
@@ -1153,7 +1203,7 @@ export function fusedAttentionSupports(s: AttentionShape): boolean {
  * took 3.5 ms of an H200's time per step this way against 6.4 ms with the flash kernels.
  * 'flash-matrix' is flash attention with f16 operands on subgroup matrices (f16MatrixConfigs; the
  * shape must fit flashMatrixKernels), which takes flash's place under mixed precision: on an H100 it
- * was slower than the scores path at pythia-160m (34.9 against 33.0 ms a step) and faster than
+ * was slower than the scores path at pythia-160m (33.5 against 33.2 ms a step) and faster than
  * flash (44.8 ms; docs/gpu-kernels.md).
  */
 export type AttentionKernels = 'scores' | 'flash' | 'flash-matrix';
