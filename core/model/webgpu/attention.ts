@@ -550,6 +550,8 @@ function fmLayout(k: FlashMatrixKernel) {
           .join(' ');
       const slot = `(j / ${hs / 8}u) * ${KS / unit}u + (j % ${hs / 8}u) * ${8 / unit}u`;
       return {
+        /** The workgroup copies, in the order given. */
+        copies: pairs.map(([dst]) => dst),
         decl: pairs
           .flatMap(([dst]) => range(Math.ceil(loads / threads)).map((i) => `var ${dst}r${i}: vec4<u32>;`))
           .join(' '),
@@ -819,9 +821,9 @@ fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: 
 
 /**
  * A backward kernel's block start: once the last block's matrix loads are done, the block's two
- * streamed inputs (`blocks`, copies `a` and `b`) stored, the next block's loads issued where there is
- * one (`more`, from rows `next`), then the scores S = L_a · aᵀ into Ss and dP = L_b · bᵀ into Gs,
- * for the subgroup's rows, and a barrier before its lanes read them.
+ * streamed inputs (`blocks`, workgroup copies a and b) stored, the next block's loads issued where
+ * there is one (`more`, from rows `next`), then the scores S = L_a · aᵀ into Ss and dP = L_b · bᵀ
+ * into Gs, for the subgroup's rows, and a barrier before its lanes read them.
  */
 function backwardScores(
   l: ReturnType<typeof fmLayout>,
@@ -830,20 +832,19 @@ function backwardScores(
     leftS: string;
     leftDp: string;
     blocks: ReturnType<ReturnType<typeof fmLayout>['streams']>;
-    a: string;
-    b: string;
     more: string;
     next: string;
   },
 ): string {
+  const [a, b] = o.blocks.copies;
   return `workgroupBarrier();
     ${o.blocks.store}
     workgroupBarrier();
     if (${o.more}) {
       ${o.blocks.fetch(o.next)}
     }
-    ${productsWithRows(l, E, { acc: 's', left: o.leftS, src: o.a, dst: 'Ss', base: 'sBase', stride: l.SW })}
-    ${productsWithRows(l, E, { acc: 'dp', left: o.leftDp, src: o.b, dst: 'Gs', base: 'sBase', stride: l.SW })}
+    ${productsWithRows(l, E, { acc: 's', left: o.leftS, src: a, dst: 'Ss', base: 'sBase', stride: l.SW })}
+    ${productsWithRows(l, E, { acc: 'dp', left: o.leftDp, src: b, dst: 'Gs', base: 'sBase', stride: l.SW })}
     workgroupBarrier();`;
 }
 
@@ -902,7 +903,7 @@ fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: 
   let nBlocks = (own0 + ${own}u) / ${W}u;
   for (var kb = 0u; kb < nBlocks; kb++) {
     let k0 = kb * ${W}u;
-    ${backwardScores(l, E, { leftS: 'qm', leftDp: 'gm', blocks, a: 'Ks', b: 'Vs', more: 'kb + 1u < nBlocks', next: `rows + k0 + ${W}u` })}
+    ${backwardScores(l, E, { leftS: 'qm', leftDp: 'gm', blocks, more: 'kb + 1u < nBlocks', next: `rows + k0 + ${W}u` })}
     ${range(share.cols)
       .map((t) => {
         const c = t * share.lanes;
@@ -970,7 +971,7 @@ fn main(@builtin(local_invocation_index) lidx: u32, @builtin(workgroup_id) wid: 
   ${blocks.fetch('rows + own0')}
   for (var qb = own0 / ${W}u; qb < u.T / ${W}u; qb++) {
     let c0 = qb * ${W}u;
-    ${backwardScores(l, E, { leftS: 'kk', leftDp: 'vv', blocks, a: 'Qs', b: 'dOs', more: `qb + 1u < u.T / ${W}u`, next: `rows + c0 + ${W}u` })}
+    ${backwardScores(l, E, { leftS: 'kk', leftDp: 'vv', blocks, more: `qb + 1u < u.T / ${W}u`, next: `rows + c0 + ${W}u` })}
     ${range(l.IPR)
       .map((t) => `let lse${t} = LSE[rows + c0 + lane + ${t * SG}u]; let dl${t} = Dl[rows + c0 + lane + ${t * SG}u];`)
       .join('\n    ')}
