@@ -405,7 +405,8 @@ export function sgMatmulSource(v: SgMatMulVariant): string {
   };
 
   // --- one K step (K deep) of the subgroup's matrices -----------------------------------------
-  // A matrix of slab s at (row, k) of its rows-first or K-first layout, offsets in the slab's elements
+  // A matrix of slab s at row (its subgroup's first row or column, and the matrix's offset from it)
+  // and K offset kk, in the slab's rows-first or K-first layout; offsets count the slab's elements
   // (every row, column and K offset here is a multiple of its unit).
   const slabLoad = (
     name: string,
