@@ -204,7 +204,15 @@ export interface Measurement {
   /** tfjs kernels that ran through the host during the timed steps, with counts (cuda). */
   viaHost?: Record<string, number>;
   /** GPU time per kernel (webgpu: per kernel and grid) over one profiled step (--profile 1). */
-  profile?: { totalMs: number; dispatches: number; top: Array<[string, number, number]> };
+  profile?: {
+    totalMs: number;
+    dispatches: number;
+    /** webgpu: first dispatch's start to the last one's end, and the GPU's idle time in it (waiting on the host). */
+    spanMs?: number;
+    idleMs?: number;
+    longestIdle?: Array<[number, string, string]>;
+    top: Array<[string, number, number]>;
+  };
 }
 
 /** GPU time per kernel over one step (webgpu): every dispatch timed (core/model/webgpu/profiler.ts). */
@@ -214,6 +222,9 @@ async function profileStep(step: () => Promise<void>): Promise<Measurement['prof
   return {
     totalMs: Number(p.totalMs.toFixed(2)),
     dispatches: p.dispatches,
+    spanMs: Number(p.spanMs.toFixed(2)),
+    idleMs: Number(p.idleMs.toFixed(2)),
+    longestIdle: p.longestIdle.map((g) => [Number(g.ms.toFixed(3)), g.after, g.before] as [number, string, string]),
     top: p.byName.slice(0, 40).map((e) => [e.name, Number(e.ms.toFixed(3)), e.count] as [string, number, number]),
   };
 }

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { passDurations } from '../core/model/webgpu/profiler.js';
+import { passDurations, passGaps } from '../core/model/webgpu/profiler.js';
 
 /** Timestamps in ns from (begin, end) pairs in µs. */
 const stamps = (pairs: Array<[number, number]>) => new BigUint64Array(pairs.flat().map((us) => BigInt(us * 1000)));
@@ -31,5 +31,15 @@ describe("the webgpu profiler's pass durations", () => {
         2,
       ),
     ).toEqual([0, 0]);
+  });
+
+  it("counts the GPU's waits for work: a pass that started after the one before had ended", () => {
+    const ts = stamps([
+      [0, 100],
+      [10, 150],
+      [400, 460],
+      [470, 500],
+    ]);
+    expect(passGaps(ts, 4).map((ms) => Number(ms.toFixed(6)))).toEqual([0, 0, 0.25, 0.01]);
   });
 });

@@ -3,12 +3,14 @@
  * recorded once per shape and replayed must give what the same steps run eagerly
  * (OFFSHOOT_WEBGPU_REPLAY=0) give, bit for bit: losses, gradient norms and the weights after, with
  * plain and loss-scaled AdamW, with distillation from a teacher's top-k or full logits, and a
- * teacher's repeated forward pass with different tokens each time.
+ * teacher's repeated forward pass with different tokens each time; and a replayed step timed by the
+ * profiler.
  */
 import { afterAll, describe, expect, it } from 'vitest';
 
 import { GPTNeoX, Trainer, inProcessTeacher, runRepeatedPass, trainingHyperparameters } from '../core/model/index.js';
 import * as tf from '../core/model/tfjs.js';
+import { type GpuProfile, profileGpu } from '../core/model/webgpu/profiler.js';
 import { replayStats } from '../core/model/webgpu/replay.js';
 import { gpuBytesAllocated } from '../core/model/webgpu/runtime.js';
 import { testBackends, useBackend } from './helpers/backends.js';
@@ -147,6 +149,56 @@ describe.skipIf(!hasWebGPU)('webgpu: steps recorded once per shape and replayed'
     } finally {
       v.dispose();
     }
+  }, 600_000);
+
+  it("the profiler times a replayed step's dispatches one by one, and the step stays bit for bit", async () => {
+    /** Seven steps, the one at `profiled` under the profiler: the losses, the weights after, the profile. */
+    const run = async (profiled: number) => {
+      await useBackend('webgpu');
+      const model = GPTNeoX.random(config, 7);
+      const trainer = new Trainer(model, {
+        hyper: trainingHyperparameters({ steps: 7, lr: 3e-3, warmup: 2 }, { batchSize, seqLen, seed: 1 }),
+        batches,
+        lossScale: false,
+      });
+      const losses: number[] = [];
+      let profile: GpuProfile | null = null;
+      try {
+        for (let i = 0; i < 7; i++) {
+          const step = async () => {
+            const { loss, gradNorm } = await trainer.trainStep();
+            losses.push((await loss.data())[0]);
+            tf.dispose([loss, gradNorm]);
+          };
+          if (i === profiled) profile = await profileGpu(step);
+          else await step();
+        }
+        const weights = new Map<string, Float32Array>();
+        for (const [name, v] of model.params) weights.set(name, (await v.data()) as Float32Array);
+        return { reports: losses.map((l) => [l, 0] as [number, number]), weights, profile: profile! };
+      } finally {
+        trainer.dispose();
+      }
+    };
+    const before = replayStats();
+    // The sixth step is replayed (the first makes the moments, two eager steps, one recorded).
+    const replayed = await run(5);
+    const afterReplayed = replayStats();
+    expect([afterReplayed.recordings - before.recordings, afterReplayed.replays - before.replays]).toEqual([1, 3]);
+    // The fourth would be recorded: timed, it runs eagerly, and the fifth is recorded instead.
+    const delayed = await run(3);
+    const afterDelayed = replayStats();
+    expect([afterDelayed.recordings - afterReplayed.recordings, afterDelayed.replays - afterReplayed.replays]).toEqual([
+      1, 2,
+    ]);
+    const eager = await eagerly(() => run(5));
+    expectSame(replayed, eager, 'profiled replay');
+    expectSame(delayed, eager, 'profiled step before the recording');
+    expect(replayed.profile.dispatches).toBeGreaterThan(20);
+    expect(replayed.profile.dispatches).toBe(eager.profile.dispatches);
+    expect(replayed.profile.totalMs).toBeGreaterThan(0);
+    // The replay's dispatches are named by their pipelines: offshoot's kernels and tfjs's programs.
+    expect(replayed.profile.byName.some((e) => e.name.startsWith('layernorm '))).toBe(true);
   }, 600_000);
 
   it('keeps the recordings of the eight shapes run last; one dropped is recorded again, and memory stays bounded', async () => {

@@ -1,8 +1,9 @@
 /**
  * GPU time per dispatch on the WebGPU backend, for every compute dispatch in a stretch of work: the
  * fused kernels (runtime.ts) and tfjs's own programs alike, forward, backward and optimiser (tfjs's
- * tf.profile only times kernels run as ops, so it misses what gradient functions dispatch). Each
- * dispatch gets its own compute pass with timestamp writes; the durations are read back at the end.
+ * tf.profile only times kernels run as ops, so it misses what gradient functions dispatch), in eager
+ * and replayed steps (replay.ts) alike. Each dispatch gets its own compute pass with timestamp
+ * writes; the durations are read back at the end.
  * Needs the 'timestamp-query' feature. Slows the work it measures (one pass per dispatch).
  *
  * A pass's first timestamp is not where its dispatch starts (passDurations says why and what is
@@ -19,6 +20,23 @@ export interface GpuProfile {
   dispatches: number;
   /** Per kernel name and grid (offshoot's kernels; tfjs's programs by name): total ms and count, largest first. */
   byName: Array<{ name: string; ms: number; count: number }>;
+  /** GPU time from the first dispatch's start to the last one's end. */
+  spanMs: number;
+  /** Time in the span the GPU had no dispatch to run (waiting on the host), and the longest such waits. */
+  idleMs: number;
+  longestIdle: Array<{ ms: number; after: string; before: string }>;
+}
+
+/**
+ * The GPU's waits between passes: pass i's first timestamp later than pass i-1's last means the GPU
+ * had finished the work before it and nothing was queued yet (the host was still recording).
+ */
+export function passGaps(ts: BigUint64Array, n: number): number[] {
+  return Array.from({ length: n }, (_, i) => {
+    if (i === 0) return 0;
+    const d = Number(ts[2 * i] - ts[2 * i - 1]) / 1e6;
+    return Number.isFinite(d) && d > 0 && d < 1e4 ? d : 0;
+  });
 }
 
 /**
@@ -70,7 +88,12 @@ export async function profileGpu(work: () => Promise<void>): Promise<GpuProfile 
     end();
     return r;
   };
-  setDispatchHook({ begin, end });
+  setDispatchHook({
+    begin,
+    end,
+    replayPass: (encoder, name, grid) =>
+      encoder.beginComputePass({ timestampWrites: next(`${name} ${grid.join('x')}`) }),
+  });
   try {
     await work();
   } finally {
@@ -104,5 +127,13 @@ export async function profileGpu(work: () => Promise<void>): Promise<GpuProfile 
   const byName = [...agg.entries()]
     .map(([name, a]) => ({ name, ms: a.ms, count: a.count }))
     .sort((x, y) => y.ms - x.ms);
-  return { totalMs: total, dispatches: names.length, byName };
+  const gaps = passGaps(ts, names.length);
+  const longestIdle = gaps
+    .map((ms, i) => ({ ms, after: names[i - 1], before: names[i] }))
+    .filter((g) => g.ms > 0)
+    .sort((x, y) => y.ms - x.ms)
+    .slice(0, 10);
+  const n = names.length;
+  const spanMs = n > 0 ? Math.max(0, Number(ts[2 * n - 1] - ts[0]) / 1e6) : 0;
+  return { totalMs: total, dispatches: n, byName, spanMs, idleMs: gaps.reduce((a, b) => a + b, 0), longestIdle };
 }

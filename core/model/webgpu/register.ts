@@ -38,7 +38,7 @@ import { fusedLayerNorm } from './layer-norm.js';
 import { fusedLinear, fusedMatMulNT } from './linear.js';
 import { autotuneIfHardware } from './matmul.js';
 import { dropRecordings, stepReplayer } from './replay.js';
-import { releaseFreeBuffers, submitRecorded, timingDispatches } from './runtime.js';
+import { releaseFreeBuffers, submitRecorded, webgpuBackend } from './runtime.js';
 
 const backend = 'webgpu';
 const fused = { backend, enabled: fusedKernelsEnabled };
@@ -108,7 +108,9 @@ afterFirstTrainingStep.register({
   run: autotuneIfHardware,
 });
 // OFFSHOOT_WEBGPU_REPLAY=0 runs every step and pass eagerly (to compare, or to rule replays out).
-const replayEnabled = () => process.env.OFFSHOOT_WEBGPU_REPLAY !== '0' && !timingDispatches();
+// tf.profile and tf.time time kernels as they run, so they see eager steps only; the profiler
+// (profiler.ts) times replayed steps too.
+const replayEnabled = () => process.env.OFFSHOOT_WEBGPU_REPLAY !== '0' && webgpuBackend()?.activeTimers == null;
 runTrainingStep.register({
   backend,
   name: 'recorded per shape after two eager steps, then replayed',

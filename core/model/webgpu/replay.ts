@@ -30,9 +30,11 @@ import {
   type WebGPUBackendInternals,
   allocate,
   bufferId,
+  dispatchHook,
   freeList,
   gpuBuffer,
   submitRecorded,
+  timingDispatches,
   toTensor,
   webgpuBackend,
 } from './runtime.js';
@@ -263,7 +265,8 @@ export class StepReplayer {
     this.writeInputs(shape, pass);
     shape.calls++;
     if (shape.tape) return this.replay(shape.tape, pass, optimizer);
-    if (shape.eager || shape.calls <= WARMUP_STEPS) return tf.tidy(() => pass.body(shape.inputs));
+    // A step whose dispatches are timed cannot be recorded: it runs eagerly and the next one records.
+    if (shape.eager || shape.calls <= WARMUP_STEPS || timingDispatches()) return tf.tidy(() => pass.body(shape.inputs));
     return this.record(shape, pass);
   }
 
@@ -328,22 +331,37 @@ export class StepReplayer {
       throw new Error("webgpu replay: this recording writes an optimiser step's numbers, and none was given");
     let encoder = device.createCommandEncoder();
     let computePass: GPUComputePassEncoder | null = null;
+    // The profiler's hook: each dispatch in a timed pass of its own, with the pass's pipeline and bind groups.
+    const timer = dispatchHook();
+    let pipeline: GPUComputePipeline | null = null;
+    const groups: Array<GPUBindGroup | null> = [];
     for (const c of tape.commands) {
       switch (c.op) {
         case 'pass':
-          computePass = encoder.beginComputePass();
+          if (timer) {
+            pipeline = null;
+            groups.length = 0;
+          } else computePass = encoder.beginComputePass();
           break;
         case 'pipeline':
-          computePass!.setPipeline(c.pipeline);
+          if (timer) pipeline = c.pipeline;
+          else computePass!.setPipeline(c.pipeline);
           break;
         case 'bind':
-          computePass!.setBindGroup(c.index, c.group);
+          if (timer) groups[c.index] = c.group;
+          else computePass!.setBindGroup(c.index, c.group);
           break;
         case 'dispatch':
-          computePass!.dispatchWorkgroups(c.x, c.y, c.z);
+          if (timer) {
+            const timed = timer.replayPass(encoder, pipeline!.label || 'unlabelled', [c.x, c.y, c.z]);
+            timed.setPipeline(pipeline!);
+            groups.forEach((g, i) => timed.setBindGroup(i, g));
+            timed.dispatchWorkgroups(c.x, c.y, c.z);
+            timed.end();
+          } else computePass!.dispatchWorkgroups(c.x, c.y, c.z);
           break;
         case 'end':
-          computePass!.end();
+          computePass?.end();
           computePass = null;
           break;
         case 'clear':

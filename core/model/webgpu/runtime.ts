@@ -410,11 +410,17 @@ interface DispatchHook {
   /** `grid` tells the shapes of one kernel apart (a product's tile count, a row kernel's rows). */
   begin(name: string, grid?: [number, number, number]): void;
   end(): void;
+  /** A timed pass for one dispatch of a replayed step, on the replay's own encoder (replay.ts). */
+  replayPass(encoder: GPUCommandEncoder, name: string, grid: [number, number, number]): GPUComputePassEncoder;
 }
 let hook: DispatchHook | null = null;
 
 export function setDispatchHook(h: DispatchHook | null): void {
   hook = h;
+}
+
+export function dispatchHook(): DispatchHook | null {
+  return hook;
 }
 
 /** Whether dispatches are being timed one by one (the profiler's hook, tf.profile or tf.time). */
