@@ -31,73 +31,99 @@ function outputs(f16: boolean): { enable: string; type: string; put: (x: string)
 }
 
 /**
+ * Whether the rotary split and merge take four elements an invocation: every four consecutive
+ * head dims then sit on one side of the rotation (the rotated half a multiple of four). Their index
+ * arithmetic (divisions by the sequence length and head count) is most of their work, so four
+ * elements an invocation run them up to several times faster.
+ */
+export const rotaryVec4 = (hs: number, rd: number): boolean => hs % 4 === 0 && rd % 8 === 0;
+
+/** The rotation's tables at head dims d..d+w-1 of position t (w 1 or 4). */
+const tableAt = (table: string, w: number, at: string) =>
+  w === 1 ? `${table}[${at}]` : `vec4<f32>(${[0, 1, 2, 3].map((i) => `${table}[${at} + ${i}u]`).join(', ')})`;
+
+/**
  * in: fused [B·T, H·3·hs], cos [T, rd], sin [T, rd]; out: q, k, v [B·H, T, hs] (f16 with `f16`,
- * for the products of the scores path under mixed precision); u: {total, T, H}.
+ * for the products of the scores path under mixed precision); u: {total, T, H}; one invocation per
+ * element, or per four (rotaryVec4; grid over total / 4).
  * Rotary (rotate_half) on the first rd dims of q and k.
  */
 export function rotarySplitSource(hs: number, rd: number, f16 = false): string {
   const half = rd / 2;
   const o = outputs(f16);
+  const w = rotaryVec4(hs, rd) ? 4 : 1;
+  const f = w === 4 ? 'vec4<f32>' : 'f32';
+  const put = (x: string) => (f16 ? (w === 4 ? `to_f16x4(${x})` : `to_f16(${x})`) : x);
   return /* wgsl */ `${o.enable}
-@group(0) @binding(0) var<storage, read> fused: array<f32>;
+@group(0) @binding(0) var<storage, read> fused: array<${f}>;
 @group(0) @binding(1) var<storage, read> cosT: array<f32>;
 @group(0) @binding(2) var<storage, read> sinT: array<f32>;
-@group(0) @binding(3) var<storage, read_write> q: array<${o.type}>;
-@group(0) @binding(4) var<storage, read_write> k: array<${o.type}>;
-@group(0) @binding(5) var<storage, read_write> v: array<${o.type}>;
+@group(0) @binding(3) var<storage, read_write> q: array<${w === 4 ? `vec4<${o.type}>` : o.type}>;
+@group(0) @binding(4) var<storage, read_write> k: array<${w === 4 ? `vec4<${o.type}>` : o.type}>;
+@group(0) @binding(5) var<storage, read_write> v: array<${w === 4 ? `vec4<${o.type}>` : o.type}>;
 struct U { total: u32, T: u32, H: u32, p0: u32 };
 @group(0) @binding(6) var<uniform> u: U;
 ${FLAT}
 ${o.helpers}
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let idx = flat_index(gid, nwg);
+  let at = flat_index(gid, nwg);
+  let idx = at * ${w}u;
   if (idx >= u.total) { return; }
   let d = idx % ${hs}u;
   let t = (idx / ${hs}u) % u.T;
   let bh = idx / (${hs}u * u.T);
   let h = bh % u.H;
   let b = bh / u.H;
-  let src = (b * u.T + t) * u.H * ${3 * hs}u + h * ${3 * hs}u;
-  var qv = fused[src + d];
-  var kv = fused[src + ${hs}u + d];
+  // In the arrays' elements (${w} values each).
+  let src = ((b * u.T + t) * u.H * ${3 * hs}u + h * ${3 * hs}u + d) / ${w}u;
+  var qv = fused[src];
+  var kv = fused[src + ${hs / w}u];
   if (d < ${rd}u) {
-    let c = cosT[t * ${rd}u + d];
-    let s = sinT[t * ${rd}u + d];
-    var partner = d + ${half}u;
-    var sgn = -1.0;
-    if (d >= ${half}u) { partner = d - ${half}u; sgn = 1.0; }
-    qv = qv * c + (sgn * fused[src + partner]) * s;
-    kv = kv * c + (sgn * fused[src + ${hs}u + partner]) * s;
+    let c = ${tableAt('cosT', w, `t * ${rd}u + d`)};
+    let s = ${tableAt('sinT', w, `t * ${rd}u + d`)};
+    if (d < ${half}u) {
+      qv = qv * c - fused[src + ${half / w}u] * s;
+      kv = kv * c - fused[src + ${(hs + half) / w}u] * s;
+    } else {
+      qv = qv * c + fused[src - ${half / w}u] * s;
+      kv = kv * c + fused[src + ${(hs - half) / w}u] * s;
+    }
   }
-  q[idx] = ${o.put('qv')};
-  k[idx] = ${o.put('kv')};
-  v[idx] = ${o.put(`fused[src + ${2 * hs}u + d]`)};
+  q[at] = ${put('qv')};
+  k[at] = ${put('kv')};
+  v[at] = ${put(`fused[src + ${(2 * hs) / w}u]`)};
 }
 `;
 }
 
-/** in: dq, dk, dv [B·H, T, hs], cos, sin; out: dfused [B·T, H·3·hs]; u: {total, T, H}. */
+/**
+ * in: dq, dk, dv [B·H, T, hs], cos, sin; out: dfused [B·T, H·3·hs]; u: {total, T, H}; one
+ * invocation per element, or per four (rotaryVec4; grid over total / 4).
+ */
 export function rotaryMergeBackwardSource(hs: number, rd: number): string {
   const half = rd / 2;
+  const w = rotaryVec4(hs, rd) ? 4 : 1;
+  const f = w === 4 ? 'vec4<f32>' : 'f32';
   return /* wgsl */ `
-@group(0) @binding(0) var<storage, read> dq: array<f32>;
-@group(0) @binding(1) var<storage, read> dk: array<f32>;
-@group(0) @binding(2) var<storage, read> dv: array<f32>;
+@group(0) @binding(0) var<storage, read> dq: array<${f}>;
+@group(0) @binding(1) var<storage, read> dk: array<${f}>;
+@group(0) @binding(2) var<storage, read> dv: array<${f}>;
 @group(0) @binding(3) var<storage, read> cosT: array<f32>;
 @group(0) @binding(4) var<storage, read> sinT: array<f32>;
-@group(0) @binding(5) var<storage, read_write> dfused: array<f32>;
+@group(0) @binding(5) var<storage, read_write> dfused: array<${f}>;
 struct U { total: u32, T: u32, H: u32, p0: u32 };
 @group(0) @binding(6) var<uniform> u: U;
 ${FLAT}
-fn grad_of(which: u32, i: u32) -> f32 {
+fn grad_of(which: u32, i: u32) -> ${f} {
   if (which == 0u) { return dq[i]; }
   if (which == 1u) { return dk[i]; }
   return dv[i];
 }
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let idx = flat_index(gid, nwg);
+  let at = flat_index(gid, nwg);
+  let idx = at * ${w}u;
   if (idx >= u.total) { return; }
   let width = u.H * ${3 * hs}u;
   let row = idx / width;
@@ -108,16 +134,17 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   let d = j % ${hs}u;
   let b = row / u.T;
   let t = row % u.T;
-  let src = ((b * u.H + h) * u.T + t) * ${hs}u;
-  var g = grad_of(which, src + d);
+  // In the arrays' elements (${w} values each).
+  let src = (((b * u.H + h) * u.T + t) * ${hs}u + d) / ${w}u;
+  var g = grad_of(which, src);
   if (which < 2u && d < ${rd}u) {
     if (d < ${half}u) {
-      g = g * cosT[t * ${rd}u + d] + grad_of(which, src + d + ${half}u) * sinT[t * ${rd}u + d + ${half}u];
+      g = g * ${tableAt('cosT', w, `t * ${rd}u + d`)} + grad_of(which, src + ${half / w}u) * ${tableAt('sinT', w, `t * ${rd}u + d + ${half}u`)};
     } else {
-      g = g * cosT[t * ${rd}u + d] - grad_of(which, src + d - ${half}u) * sinT[t * ${rd}u + d - ${half}u];
+      g = g * ${tableAt('cosT', w, `t * ${rd}u + d`)} - grad_of(which, src - ${half / w}u) * ${tableAt('sinT', w, `t * ${rd}u + d - ${half}u`)};
     }
   }
-  dfused[idx] = g;
+  dfused[at] = g;
 }
 `;
 }
@@ -1311,7 +1338,7 @@ export function fusedAttention(qkv: tf.Tensor2D, positions: PositionTables, s: A
         ['u', H],
         ['u', 0],
       ],
-      grid1d(total),
+      grid1d(rotaryVec4(hs, rd) ? total / 4 : total),
     );
     return { q, k, v };
   };
@@ -1330,7 +1357,7 @@ export function fusedAttention(qkv: tf.Tensor2D, positions: PositionTables, s: A
         ['u', H],
         ['u', 0],
       ],
-      grid1d(n),
+      grid1d(rotaryVec4(hs, rd) ? n / 4 : n),
     );
     for (const t of [dq, dk, dv]) release(t);
     return toTensor(dx);
