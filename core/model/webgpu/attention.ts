@@ -17,7 +17,16 @@ import { f16MatrixConfigs, halfProducts, halfStorageShape, matrixUnavailable } f
 import { matmul } from './matmul.js';
 import type { OperandType } from './wgsl-matmul.js';
 import { matrixEnables, matrixOps, unitArray } from './wgsl-sgmatrix.js';
-import { type UniformValue, allocate, capabilities, dispatch, grid1d, release, toTensor } from './runtime.js';
+import {
+  type UniformValue,
+  allocate,
+  capabilities,
+  dispatch,
+  fixedSubgroupSize,
+  grid1d,
+  release,
+  toTensor,
+} from './runtime.js';
 import { FLAT, NEG_BIG, ONLINE_LSE, TO_F16_WGSL, lseReduce, reduceFns } from './wgsl-common.js';
 
 // --------------------------------------------------------------------------------------------
@@ -1171,10 +1180,8 @@ export function setSubgroupSoftmax(on: boolean): void {
  * turned off by setSubgroupSoftmax).
  */
 function subgroupSoftmaxShape(T: number): { SG: number; E: number } | null {
-  const c = capabilities();
-  const SG = c.subgroupMinSize;
-  if (!subgroupSoftmaxOn || !c.subgroups || SG === null || SG !== c.subgroupMaxSize || SUBGROUP_ROWS_WG % SG !== 0)
-    return null;
+  const SG = fixedSubgroupSize();
+  if (!subgroupSoftmaxOn || SG === null || SUBGROUP_ROWS_WG % SG !== 0) return null;
   let E = 1;
   while (E * SG < T) E *= 2;
   return E <= SUBGROUP_ROW_MAX_E ? { SG, E } : null;

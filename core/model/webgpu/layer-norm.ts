@@ -2,7 +2,8 @@
  * LayerNorm on the fused WebGPU path: one workgroup per row with the mean and variance in registers
  * (mean and 1/σ saved for the backward); the backward writes dx and per-block partial sums of the
  * weight and bias gradients, summed cooperatively. The width is a uniform: one pipeline per class of
- * widths (layerNormShape).
+ * widths (layerNormShape). The row sums are subgroup operations where the adapter's subgroups have
+ * one size (a tree through workgroup memory elsewhere): the barriers were most of their time.
  */
 import type * as tf from '../tfjs.js';
 
@@ -13,8 +14,8 @@ import { randHost } from '../kernel-check.js';
 import type { KernelCase } from './check.js';
 import { kernel, rowGrid } from './fused.js';
 import { sumSlices } from './matmul.js';
-import { allocate, dispatch, release, toTensor } from './runtime.js';
-import { reduceFns } from './wgsl-common.js';
+import { allocate, dispatch, fixedSubgroupSize, release, toTensor } from './runtime.js';
+import { reduceEnables, reduceFns } from './wgsl-common.js';
 
 function pow2AtLeast(n: number, min: number, max: number): number {
   let p = min;
@@ -70,10 +71,13 @@ function rowElements(s: LayerNormShape): {
   return { WG, el, col, ok, width, widthF: s.D === null ? 'f32(u.D)' : `${s.D}.0` };
 }
 
-/** in: x [N, D], w [D], b [D]; out: y [N, D], mean [N], rstd [N]; u: {N, eps, D}. */
-export function layerNormForwardSource(shape: LayerNormShape): string {
+/**
+ * in: x [N, D], w [D], b [D]; out: y [N, D], mean [N], rstd [N]; u: {N, eps, D}. SG: the adapter's
+ * fixed subgroup size for the row sums (reduceFns), or null.
+ */
+export function layerNormForwardSource(shape: LayerNormShape, SG: number | null = null): string {
   const { WG, el, col, ok, width, widthF } = rowElements(shape);
-  return /* wgsl */ `
+  return /* wgsl */ `${reduceEnables(SG)}
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read> w: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
@@ -82,7 +86,7 @@ export function layerNormForwardSource(shape: LayerNormShape): string {
 @group(0) @binding(5) var<storage, read_write> rstdOut: array<f32>;
 struct U { N: u32, eps: f32, D: u32, p1: u32 };
 @group(0) @binding(6) var<uniform> u: U;
-${reduceFns(WG, ['sum'])}
+${reduceFns(WG, ['sum'], SG)}
 @compute @workgroup_size(${WG})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
   let row = wid.x + wid.y * nwg.x;
@@ -99,10 +103,10 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 `;
 }
 
-/** in: dy [N, D], x [N, D], mean [N], rstd [N], w [D]; out: dx [N, D], pdw [G, D], pdb [G, D]; u: {N, R, D}. */
-export function layerNormBackwardSource(shape: LayerNormShape): string {
+/** in: dy [N, D], x [N, D], mean [N], rstd [N], w [D]; out: dx [N, D], pdw [G, D], pdb [G, D]; u: {N, R, D}; SG as above. */
+export function layerNormBackwardSource(shape: LayerNormShape, SG: number | null = null): string {
   const { WG, el, col, ok, width, widthF } = rowElements(shape);
-  return /* wgsl */ `
+  return /* wgsl */ `${reduceEnables(SG)}
 @group(0) @binding(0) var<storage, read> dy: array<f32>;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> meanIn: array<f32>;
@@ -113,7 +117,7 @@ export function layerNormBackwardSource(shape: LayerNormShape): string {
 @group(0) @binding(7) var<storage, read_write> pdb: array<f32>;
 struct U { N: u32, R: u32, D: u32, p1: u32 };
 @group(0) @binding(8) var<uniform> u: U;
-${reduceFns(WG, ['sum'])}
+${reduceFns(WG, ['sum'], SG)}
 @compute @workgroup_size(${WG})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
   let g = wid.x + wid.y * nwg.x;
@@ -151,12 +155,14 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 export function fusedLayerNorm(x: tf.Tensor2D, weight: tf.Tensor1D, bias: tf.Tensor1D, eps: number): tf.Tensor2D {
   const [N, D] = x.shape;
   const shape = layerNormShape(D);
+  const SG = fixedSubgroupSize();
+  const key = `${shapeKey(shape)}_${SG ?? 'tree'}`;
   const op = customOp(([xt, wt, bt], save) => {
     const y = allocate([N, D]);
     const mean = allocate([N]);
     const rstd = allocate([N]);
     dispatch(
-      kernel('layernorm', shapeKey(shape), () => layerNormForwardSource(shape)),
+      kernel('layernorm', key, () => layerNormForwardSource(shape, SG)),
       [xt, wt, bt],
       [y, mean, rstd],
       [
@@ -177,7 +183,7 @@ export function fusedLayerNorm(x: tf.Tensor2D, weight: tf.Tensor1D, bias: tf.Ten
         const pdw = allocate([G, D]);
         const pdb = allocate([G, D]);
         dispatch(
-          kernel('layernorm_backward', shapeKey(shape), () => layerNormBackwardSource(shape)),
+          kernel('layernorm_backward', key, () => layerNormBackwardSource(shape, SG)),
           [dy, xs, ms, rs, ws],
           [dx, pdw, pdb],
           [

@@ -604,6 +604,17 @@ export interface DeviceAdapterInfo {
   subgroupMatrixConfigs?: Iterable<SubgroupMatrixConfig>;
 }
 
+/**
+ * The adapter's subgroup size where its subgroups have one size, else null (no subgroups, or a size
+ * that varies). Kernels built on it number subgroups \`local_invocation_index / size\`.
+ */
+export function fixedSubgroupSize(): number | null {
+  const c = capabilities();
+  return c.subgroups && c.subgroupMinSize !== null && c.subgroupMinSize === c.subgroupMaxSize
+    ? c.subgroupMinSize
+    : null;
+}
+
 export function capabilities(): Capabilities {
   const b = backendOrThrow();
   let c = caps.get(b.device);

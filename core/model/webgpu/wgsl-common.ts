@@ -9,16 +9,34 @@
 export const FLAT = 'fn flat_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 { return gid.x + gid.y * nwg.x * 256u; }';
 export const NEG_BIG = '-3.0e38';
 
-/** Workgroup-wide sum over `WG` invocations (a power of two) through workgroup memory. */
-export function reduceFns(WG: number, names: string[]): string {
+/**
+ * `wg_NAME(v, lid)`: the workgroup-wide sum (max for `max`) over `WG` invocations (a power of two).
+ * With the adapter's fixed subgroup size `SG` (the shader then needs reduceEnables(SG)): a subgroup
+ * operation, then the subgroups' results through workgroup memory, two barriers in all; else a tree
+ * through workgroup memory, a barrier a level (nine for 256 invocations).
+ */
+export function reduceFns(WG: number, names: string[], SG: number | null = null): string {
+  const bySubgroup = SG !== null && WG % SG === 0;
+  const combine = (n: string, a: string, b: string) => (n === 'max' ? `max(${a}, ${b})` : `${a} + ${b}`);
   return names
-    .map(
-      (n) => `var<workgroup> red_${n}: array<f32, ${WG}>;
+    .map((n) =>
+      bySubgroup
+        ? `var<workgroup> red_${n}: array<f32, ${WG / SG}>;
+fn wg_${n}(v: f32, lid: u32) -> f32 {
+  let s = ${n === 'max' ? 'subgroupMax' : 'subgroupAdd'}(v);
+  if (lid % ${SG}u == 0u) { red_${n}[lid / ${SG}u] = s; }
+  workgroupBarrier();
+  var r = red_${n}[0];
+  for (var i = 1u; i < ${WG / SG}u; i++) { r = ${combine(n, 'r', `red_${n}[i]`)}; }
+  workgroupBarrier();
+  return r;
+}`
+        : `var<workgroup> red_${n}: array<f32, ${WG}>;
 fn wg_${n}(v: f32, lid: u32) -> f32 {
   red_${n}[lid] = v;
   workgroupBarrier();
   for (var s = ${WG / 2}u; s > 0u; s = s >> 1u) {
-    if (lid < s) { red_${n}[lid] = ${n === 'max' ? `max(red_${n}[lid], red_${n}[lid + s])` : `red_${n}[lid] + red_${n}[lid + s]`}; }
+    if (lid < s) { red_${n}[lid] = ${combine(n, `red_${n}[lid]`, `red_${n}[lid + s]`)}; }
     workgroupBarrier();
   }
   let r = red_${n}[0];
@@ -27,6 +45,11 @@ fn wg_${n}(v: f32, lid: u32) -> f32 {
 }`,
     )
     .join('\n');
+}
+
+/** The directives reduceFns(…, SG) needs at the top of a shader (none without a subgroup size). */
+export function reduceEnables(SG: number | null): string {
+  return SG === null ? '' : 'enable subgroups;\ndiagnostic(off, subgroup_uniformity);';
 }
 
 /** Merges two online log-sum-exp states (max, sum of exp(x − max)). */
