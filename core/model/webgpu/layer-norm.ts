@@ -1,7 +1,7 @@
 /**
  * LayerNorm on the fused WebGPU path: one workgroup per row with the mean and variance in registers
  * (mean and 1/σ saved for the backward); the backward writes dx and per-block partial sums of the
- * weight and bias gradients, summed cooperatively. The width is a uniform: one pipeline per class of
+ * weight and bias gradients side by side, summed cooperatively in one dispatch. The width is a uniform: one pipeline per class of
  * widths (layerNormShape). The row sums are subgroup operations where the adapter's subgroups have
  * one size (a tree through workgroup memory elsewhere): the barriers were most of their time.
  */
@@ -13,7 +13,7 @@ import { customOp, layerNorm } from '../ops/index.js';
 import { randHost } from '../kernel-check.js';
 import type { KernelCase } from './check.js';
 import { kernel, rowGrid } from './fused.js';
-import { sumSlices } from './matmul.js';
+import { sumSlicePair } from './matmul.js';
 import { allocate, dispatch, fixedSubgroupSize, release, toTensor } from './runtime.js';
 import { reduceEnables, reduceFns } from './wgsl-common.js';
 
@@ -103,7 +103,10 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 `;
 }
 
-/** in: dy [N, D], x [N, D], mean [N], rstd [N], w [D]; out: dx [N, D], pdw [G, D], pdb [G, D]; u: {N, R, D}; SG as above. */
+/**
+ * in: dy [N, D], x [N, D], mean [N], rstd [N], w [D]; out: dx [N, D], partial sums pd [G, 2D] (each
+ * block's weight gradient, then its bias gradient); u: {N, R, D}; SG as above.
+ */
 export function layerNormBackwardSource(shape: LayerNormShape, SG: number | null = null): string {
   const { WG, el, col, ok, width, widthF } = rowElements(shape);
   return /* wgsl */ `${reduceEnables(SG)}
@@ -113,10 +116,9 @@ export function layerNormBackwardSource(shape: LayerNormShape, SG: number | null
 @group(0) @binding(3) var<storage, read> rstdIn: array<f32>;
 @group(0) @binding(4) var<storage, read> w: array<f32>;
 @group(0) @binding(5) var<storage, read_write> dx: array<f32>;
-@group(0) @binding(6) var<storage, read_write> pdw: array<f32>;
-@group(0) @binding(7) var<storage, read_write> pdb: array<f32>;
+@group(0) @binding(6) var<storage, read_write> pd: array<f32>;
 struct U { N: u32, R: u32, D: u32, p1: u32 };
-@group(0) @binding(8) var<uniform> u: U;
+@group(0) @binding(7) var<uniform> u: U;
 ${reduceFns(WG, ['sum'], SG)}
 @compute @workgroup_size(${WG})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -146,7 +148,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
       )
       .join('\n    ')}
   }
-  ${el.map((e) => `if (${ok(e)}) { pdw[g * ${width} + ${col(e)}] = aw${e}; pdb[g * ${width} + ${col(e)}] = ab${e}; }`).join('\n  ')}
+  ${el.map((e) => `if (${ok(e)}) { pd[2u * g * ${width} + ${col(e)}] = aw${e}; pd[(2u * g + 1u) * ${width} + ${col(e)}] = ab${e}; }`).join('\n  ')}
 }
 `;
 }
@@ -180,12 +182,11 @@ export function fusedLayerNorm(x: tf.Tensor2D, weight: tf.Tensor1D, bias: tf.Ten
         const R = Math.max(1, Math.ceil(N / 512));
         const G = Math.ceil(N / R);
         const dx = allocate([N, D]);
-        const pdw = allocate([G, D]);
-        const pdb = allocate([G, D]);
+        const pd = allocate([G, 2 * D]);
         dispatch(
           kernel('layernorm_backward', key, () => layerNormBackwardSource(shape, SG)),
           [dy, xs, ms, rs, ws],
-          [dx, pdw, pdb],
+          [dx, pd],
           [
             ['u', N],
             ['u', R],
@@ -194,10 +195,8 @@ export function fusedLayerNorm(x: tf.Tensor2D, weight: tf.Tensor1D, bias: tf.Ten
           ],
           rowGrid(G),
         );
-        const dw = sumSlices(pdw, G, D);
-        const db = sumSlices(pdb, G, D);
-        release(pdw);
-        release(pdb);
+        const [dw, db] = sumSlicePair(pd, G, D);
+        release(pd);
         return [toTensor(dx), toTensor(dw), toTensor(db)];
       },
     };

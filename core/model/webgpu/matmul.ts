@@ -712,7 +712,31 @@ export function matmul(args: MatMulArgs): { c: tf.TensorInfo; z?: tf.TensorInfo 
   return { c, z };
 }
 
-const wideSum: Kernel = { key: 'sumslices_wide', name: 'sum_slices_wide', source: sumSlicesWideSource };
+const wideSum: Kernel = { key: 'sumslices_wide', name: 'sum_slices_wide', source: () => sumSlicesWideSource() };
+const wideSumPair: Kernel = {
+  key: 'sumslices_wide_pair',
+  name: 'sum_slices_wide_pair',
+  source: () => sumSlicesWideSource(true),
+};
+
+/** Sums the S slices of x [S, 2L] into two [L]: its first L columns' sums and its last L columns' (one dispatch). */
+export function sumSlicePair(x: tf.TensorInfo, S: number, L: number): [tf.TensorInfo, tf.TensorInfo] {
+  const y = allocate([L]);
+  const z = allocate([L]);
+  dispatch(
+    wideSumPair,
+    [x],
+    [y, z],
+    [
+      ['u', S],
+      ['u', 2 * L],
+      ['u', L],
+      ['u', 0],
+    ],
+    grid1d(2 * L, 16),
+  );
+  return [y, z];
+}
 
 /** Sums the S slices of x [S, L] into [L] (one thread per column for few slices, cooperative for many). */
 export function sumSlices(x: tf.TensorInfo, S: number, L: number): tf.TensorInfo {

@@ -374,14 +374,19 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 /**
  * Sums many slices cooperatively: X [S, L] → Y [L], 16 columns × 16 lanes per workgroup, each lane
  * striding over S, then a tree over the lanes (for S in the hundreds: LayerNorm and bias gradients).
- * Bindings: 0 X, 1 Y, uniforms {S, L}. Grid: ceil(L / 16) workgroups (folded into y).
+ * Bindings: 0 X, 1 Y, uniforms {S, L}. Grid: ceil(L / 16) workgroups (folded into y). With `pair`,
+ * the columns from `p0` on go to a second output Z (binding 2, uniforms binding 3): two sums over
+ * the same slices in one dispatch (LayerNorm's weight and bias gradients).
  */
-export function sumSlicesWideSource(): string {
+export function sumSlicesWideSource(pair = false): string {
+  const store = pair
+    ? 'if (col < u.p0) { Y[col] = part[lid.x]; } else { Z[col - u.p0] = part[lid.x]; }'
+    : 'Y[col] = part[lid.x];';
   return /* wgsl */ `
 @group(0) @binding(0) var<storage, read> X: array<f32>;
-@group(0) @binding(1) var<storage, read_write> Y: array<f32>;
+@group(0) @binding(1) var<storage, read_write> Y: array<f32>;${pair ? '\n@group(0) @binding(2) var<storage, read_write> Z: array<f32>;' : ''}
 struct U { S: u32, L: u32, p0: u32, p1: u32 };
-@group(0) @binding(2) var<uniform> u: U;
+@group(0) @binding(${pair ? 3 : 2}) var<uniform> u: U;
 var<workgroup> part: array<f32, 256>;
 @compute @workgroup_size(16, 16, 1)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -404,7 +409,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     if (lid.y < st) { part[lid.y * 16u + lid.x] = part[lid.y * 16u + lid.x] + part[(lid.y + st) * 16u + lid.x]; }
     workgroupBarrier();
   }
-  if (lid.y == 0u && col < u.L) { Y[col] = part[lid.x]; }
+  if (lid.y == 0u && col < u.L) { ${store} }
 }
 `;
 }
