@@ -1,9 +1,10 @@
 /**
  * LayerNorm on the fused WebGPU path: one workgroup per row with the mean and variance in registers
  * (mean and 1/σ saved for the backward); the backward writes dx and per-block partial sums of the
- * weight and bias gradients side by side, summed cooperatively in one dispatch. The width is a uniform: one pipeline per class of
- * widths (layerNormShape). The row sums are subgroup operations where the adapter's subgroups have
- * one size (a tree through workgroup memory elsewhere): the barriers were most of their time.
+ * weight and bias gradients side by side, summed cooperatively in one dispatch. The width is a
+ * uniform: one pipeline per class of widths (layerNormShape). The row sums are subgroup operations
+ * where the adapter's subgroups have one size (a tree through workgroup memory elsewhere): the
+ * barriers were most of their time.
  */
 import type * as tf from '../tfjs.js';
 

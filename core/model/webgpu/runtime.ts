@@ -606,7 +606,7 @@ export interface DeviceAdapterInfo {
 
 /**
  * The adapter's subgroup size where its subgroups have one size, else null (no subgroups, or a size
- * that varies). Kernels built on it number subgroups \`local_invocation_index / size\`.
+ * that varies). Kernels built on it number subgroups `local_invocation_index / size`.
  */
 export function fixedSubgroupSize(): number | null {
   const c = capabilities();
