@@ -1275,8 +1275,8 @@ export function flashMatrixKernels(hs: number, T: number): FlashMatrixKernels | 
   const c = capabilities();
   if (!c.subgroups) return 'the adapter has no subgroups';
   if (!c.shaderF16) return 'the adapter has no shader-f16';
-  const SG = c.subgroupMinSize;
-  if (SG === null || SG !== c.subgroupMaxSize) return "the adapter's subgroup size varies";
+  const SG = fixedSubgroupSize();
+  if (SG === null) return "the adapter's subgroup size varies";
   let E: number;
   if (flashMatrixEmulation !== null) E = flashMatrixEmulation;
   else {
