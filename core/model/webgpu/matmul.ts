@@ -61,7 +61,9 @@ import {
   sgTileDescription,
   sgTileKey,
   sgVariantKey,
+  sgBiasRowsSource,
   sgMatmulGrid,
+  sgStoresDirect,
   sgVariantProblem,
   sgWorkgroupBytes,
 } from './wgsl-sgmatrix.js';
@@ -424,18 +426,13 @@ export function sgTilesFor(caps: SgDevice): SgMatMulTile[] {
   const configs = f16MatrixConfigs(caps).filter(
     (c, _, all) => !all.some((o) => o.M === c.M && o.N === c.N && o.K > c.K),
   );
-  // The most workgroup memory any use takes: transposes change slab strides, an epilogue adds patches
-  // (or, on whole tiles, the bias rows the accumulators start from).
+  // The most workgroup memory any use takes: transposes change slab strides, an epilogue through
+  // workgroup memory adds patches.
   const worst = (t: SgMatMulTile) =>
     Math.max(
       ...[false, true].flatMap((transA) =>
-        [false, true].flatMap((transB) =>
-          (
-            [
-              { exact: false, epilogue: 'bias-gelu' },
-              { exact: true, epilogue: 'bias' },
-            ] as const
-          ).map((use) => sgWorkgroupBytes({ ...sgVariantFor(t, SG, transA, transB), ...use })),
+        [false, true].map((transB) =>
+          sgWorkgroupBytes({ ...sgVariantFor(t, SG, transA, transB), exact: false, epilogue: 'bias-gelu' }),
         ),
       ),
     );
@@ -599,7 +596,11 @@ interface Prepared {
   uniforms: UniformValue[];
   /** Split-K: the slices' reduction (with the epilogue). */
   sum?: { kernel: Kernel; grid: [number, number, number]; uniforms: UniformValue[] };
+  /** Subgroup-matrix results stored straight with a bias: the bias is first repeated in this many rows (sgBiasRowsSource). */
+  biasRows?: number;
 }
+
+const biasRowsKernel: Kernel = { key: 'sg_bias_rows', name: 'sg_bias_rows', source: sgBiasRowsSource };
 const preparedByPlan = new WeakMap<MatMulPlan, Map<string, Prepared>>();
 
 function prepare(plan: MatMulPlan, s: Shape, epilogue: MatMulVariant['epilogue']): Prepared {
@@ -646,7 +647,8 @@ function prepare(plan: MatMulPlan, s: Shape, epilogue: MatMulVariant['epilogue']
     };
     const problem = sgVariantProblem(v);
     if (problem) throw new Error(`matmul ${shapeKey(s)}: plan ${planName(plan)} does not fit (${problem})`);
-    return { kernel: sgKernel(v), grid: sgMatmulGrid(v, M, N, split ? plan.S : batch), uniforms, sum };
+    const biasRows = sgStoresDirect(v) && v.epilogue === 'bias' ? v.M : undefined;
+    return { kernel: sgKernel(v), grid: sgMatmulGrid(v, M, N, split ? plan.S : batch), uniforms, sum, biasRows };
   }
   const grid = matmulGrid(plan.tile, M, N, split ? plan.S : batch);
   const base = {
@@ -665,6 +667,24 @@ function prepare(plan: MatMulPlan, s: Shape, epilogue: MatMulVariant['epilogue']
   }
   const v: MatMulVariant = { ...base, exact, epilogue: 'none', splitK: true };
   return { kernel: mmKernel(v), grid, uniforms, sum };
+}
+
+/** bias [N] repeated in R rows: [R, N]. */
+function biasRows(bias: tf.TensorInfo, R: number, N: number): tf.TensorInfo {
+  const rows = allocate([R, N]);
+  dispatch(
+    biasRowsKernel,
+    [bias],
+    [rows],
+    [
+      ['u', R * N],
+      ['u', N],
+      ['u', 0],
+      ['u', 0],
+    ],
+    grid1d(R * N),
+  );
+  return rows;
 }
 
 /** C [M, N] = op(A) · op(B) (+ bias) (→ GELU). Returns tensor data (wrap with toTensor). */
@@ -702,7 +722,9 @@ export function matmul(args: MatMulArgs): { c: tf.TensorInfo; z?: tf.TensorInfo 
   const z = gelu ? allocate([M, N]) : undefined;
   const outs = z ? [c, z] : [c];
   if (!p.sum) {
-    dispatch(p.kernel, bias ? [a, b, bias] : [a, b], outs, p.uniforms, p.grid);
+    const rows = bias && p.biasRows ? biasRows(bias, p.biasRows, N) : undefined;
+    dispatch(p.kernel, bias ? [a, b, rows ?? bias] : [a, b], outs, p.uniforms, p.grid);
+    if (rows) release(rows);
     return { c, z };
   }
   const partial = allocate([plan.S, M, N]);

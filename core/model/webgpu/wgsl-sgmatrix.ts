@@ -18,8 +18,9 @@
  *   multiple of the tile), relying on the caches.
  *
  * Results go to global memory straight from the matrices when the tile is whole and the epilogue
- * is at most a bias: the accumulators then start from the bias (its block's columns copied into M
- * rows of workgroup memory and loaded as result matrices). Otherwise they go through a per-subgroup
+ * is at most a bias: the accumulators then start from the bias, loaded as result matrices from a
+ * copy of it repeated in M rows (sgBiasRowsSource; a copy in workgroup memory, with its barrier, left
+ * such products up to half again as slow). Otherwise they go through a per-subgroup
  * patch of workgroup memory, `patch` matrices side by side at a time (an M × patch·N strip, rows
  * padded against bank conflicts: fewer barrier rounds, longer rows to write), where the bias, GELU
  * and bounds are applied. Split-K, batches and the causal shortcuts of the attention products work as
@@ -30,7 +31,7 @@
  * without subgroup matrices (lavapipe in CI); the on-card checks test the real builtins.
  */
 import { ERF_WGSL, type OperandType } from './wgsl-matmul.js';
-import { TO_F16_WGSL } from './wgsl-common.js';
+import { FLAT, TO_F16_WGSL } from './wgsl-common.js';
 
 export interface SgMatMulTile {
   kind: 'subgroup-matrix';
@@ -126,7 +127,7 @@ const patchRow = (P: number, N: number) => P * N + (P * N >= 32 ? 8 : 0);
 export const unitArray = (unit: 1 | 4 | 8, length: number): string =>
   `array<${unit === 8 ? 'vec4<u32>' : unit === 4 ? 'vec2<u32>' : 'f16'}, ${length / unit}>`;
 
-/** Results are stored straight from the matrices: a whole tile whose epilogue, if any, is the bias the accumulators start from. */
+/** Results are stored straight from the matrices: a whole tile whose epilogue, if any, is the bias the accumulators start from (the bias binding then holds sgBiasRowsSource's rows). */
 export function sgStoresDirect(v: Pick<SgMatMulVariant, 'exact' | 'epilogue'>): boolean {
   return v.exact && v.epilogue !== 'bias-gelu';
 }
@@ -180,8 +181,7 @@ export function sgWorkgroupBytes(v: SgMatMulVariant): number {
   const staged = v.staging === 'workgroup' ? 2 * (slab('A') + slab('B')) * (v.double ? 2 : 1) : 0;
   const direct = sgStoresDirect(v);
   const patches = direct ? 0 : 4 * v.SGX * v.SGY * v.M * patchRow(v.patch ?? 1, v.N);
-  const biasRows = direct && v.epilogue === 'bias' ? 4 * v.M * v.BN : 0;
-  return staged + patches + biasRows;
+  return staged + patches;
 }
 
 /** Why the variant cannot be generated, or null. */
@@ -290,7 +290,27 @@ function emulatedOps(v: MatrixShape): MatrixOps {
 }
 
 /**
- * Bindings: 0 A, 1 B, [2 bias], then C [and, for bias-gelu, the pre-activation Z], then the
+ * in: bias [N]; out: rows [R, N], the bias in each row; u: {R·N, N}; one invocation per element
+ * (grid1d).
+ * The bias of a product whose results are stored straight from the matrices (sgStoresDirect), R
+ * the configuration's M: every result matrix of a block column loads its start from it.
+ */
+export function sgBiasRowsSource(): string {
+  return /* wgsl */ `@group(0) @binding(0) var<storage, read> bias: array<f32>;
+@group(0) @binding(1) var<storage, read_write> rows: array<f32>;
+struct U { total: u32, N: u32, p0: u32, p1: u32 };
+@group(0) @binding(2) var<uniform> u: U;
+${FLAT}
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let i = flat_index(gid, nwg);
+  if (i < u.total) { rows[i] = bias[i % u.N]; }
+}
+`;
+}
+
+/**
+ * Bindings: 0 A, 1 B, [2 bias: [N], or sgBiasRowsSource's rows when stored straight], then C [and, for bias-gelu, the pre-activation Z], then the
  * uniforms {M, N, K, kChunk}; sgMatmulGrid's workgroup grid.
  */
 export function sgMatmulSource(v: SgMatMulVariant): string {
@@ -345,7 +365,6 @@ export function sgMatmulSource(v: SgMatMulVariant): string {
   // The patch's rows: P matrices side by side, padded.
   const W = patchRow(P, N);
   if (!direct) decl.push(`var<workgroup> Cs: array<f32, ${v.SGX * v.SGY * M * W}>;`);
-  if (biasInit) decl.push(`var<workgroup> biasRows: array<f32, ${M * BN}>;`);
 
   // Global → register loads of one slab (`loads`), registers → workgroup stores (`stores`).
   const regDecl: string[] = [];
@@ -494,12 +513,8 @@ export function sgMatmulSource(v: SgMatMulVariant): string {
 
   const accDecl: string[] = [];
   if (biasInit) {
-    // The block's bias columns in each of M rows: the accumulators start from them.
-    accDecl.push(
-      `for (var e = lidx; e < ${M * BN}u; e += ${threads}u) { biasRows[e] = bias[colB0 + e % ${BN}u]; }`,
-      'workgroupBarrier();',
-    );
-    for (let j = 0; j < RN; j++) accDecl.push(ops.loadResult(`bias${j}`, 'biasRows', `sgCol + ${j * N}u`, `${BN}u`));
+    // The bias repeated in M rows (sgBiasRowsSource): the accumulators start from them.
+    for (let j = 0; j < RN; j++) accDecl.push(ops.loadResult(`bias${j}`, 'bias', `colB0 + sgCol + ${j * N}u`, 'u.N'));
   }
   for (let i = 0; i < RM; i++)
     for (let j = 0; j < RN; j++)
