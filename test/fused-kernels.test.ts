@@ -23,6 +23,7 @@ import { embeddingCase } from '../core/model/webgpu/embedding.js';
 import { kernel, setFusedKernels } from '../core/model/webgpu/fused.js';
 import { layerNormCase } from '../core/model/webgpu/layer-norm.js';
 import { linearCase, logitsCase } from '../core/model/webgpu/linear.js';
+import { residualCase } from '../core/model/webgpu/residual.js';
 import {
   BATCHED_TILES,
   MATMUL_TILES,
@@ -91,6 +92,7 @@ const CASES: KernelCase[] = [
   fullCase(7, 97, 'symmetric', 0.3, 1.5),
   fullCase(5, 300, 'forward', 0, 1),
   embeddingCase(13, 24, 40),
+  residualCase(37, 20),
 ];
 
 describe.skipIf(!hasWebGPU)('fused WebGPU kernels match the reference ops', () => {

@@ -5,7 +5,6 @@
  * tfjs webgpu bug, and the end-of-step submit apply either way.
  */
 import {
-  addNResidual,
   afterFirstTrainingStep,
   causalSelfAttention,
   clippedAdamW,
@@ -38,6 +37,7 @@ import { fusedLayerNorm } from './layer-norm.js';
 import { fusedLinear, fusedMatMulNT } from './linear.js';
 import { autotuneIfHardware } from './matmul.js';
 import { dropRecordings, stepReplayer } from './replay.js';
+import { fusedParallelResidual, fusedResidualSupports } from './residual.js';
 import { releaseFreeBuffers, submitRecorded, webgpuBackend } from './runtime.js';
 
 const backend = 'webgpu';
@@ -93,7 +93,12 @@ lossScaledAdamW.register({
   run: fusedLossScaledAdamW,
 });
 lossScaling.register({ ...fused, name: 'on when the products take f16 operands', run: () => halfProducts() !== 'off' });
-parallelResidual.register({ ...fused, name: 'tf.addN', run: addNResidual });
+parallelResidual.register({
+  ...fused,
+  name: 'one pass over the three',
+  supports: (h) => fusedResidualSupports(h),
+  run: fusedParallelResidual,
+});
 endTrainingStep.register({
   backend,
   name: 'submit the recorded commands, drop f16 weight copies of freed weights',
