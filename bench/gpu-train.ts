@@ -63,7 +63,7 @@ import { fullCase, topKCase } from '../core/model/webgpu/distill.js';
 import { embeddingCase } from '../core/model/webgpu/embedding.js';
 import { layerNormCase } from '../core/model/webgpu/layer-norm.js';
 import { halfProducts, matrixUnavailable } from '../core/model/webgpu/half.js';
-import { linearCase, logitsCase } from '../core/model/webgpu/linear.js';
+import { linearCase, logitsCase, mlpCase } from '../core/model/webgpu/linear.js';
 import { sgTiles } from '../core/model/webgpu/matmul.js';
 import { sgTileKey } from '../core/model/webgpu/wgsl-sgmatrix.js';
 import { capabilities } from '../core/model/webgpu/runtime.js';
@@ -98,7 +98,7 @@ function pythiaScaleCases(shrink = 1): KernelCase[] {
 
 /**
  * Mixed precision's checks at the same shapes: the three products of a linear layer with f16 operands
- * (the planner's plans), and the linear, MLP-up, logits, logits-with-loss and attention (scores path,
+ * (the planner's plans), and the linear, MLP-up, MLP block, logits, logits-with-loss and attention (scores path,
  * and flash on subgroup matrices where the adapter has them) operations with their gradients.
  */
 function pythiaScaleHalfCases(shrink = 1): KernelCase[] {
@@ -120,6 +120,7 @@ function pythiaScaleHalfCases(shrink = 1): KernelCase[] {
     linearCase(N, D, d(1536), 'none', grads),
     linearCase(N, D, F, 'gelu', grads),
     linearCase(N, F, D, 'none', grads),
+    mlpCase(N, D, F, grads),
     logitsCase(d(1024), D, V, grads),
     logitsCrossEntropyCase(d(1024), D, V, grads),
     attentionCase('scores', Math.max(1, Math.round(8 / shrink)), d(512), 8, 64, 16, grads),

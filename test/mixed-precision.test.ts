@@ -48,7 +48,7 @@ import {
   flashMatrixForwardSource,
   setFlashMatrixEmulation,
 } from '../core/model/webgpu/attention.js';
-import { linearCase, logitsCase } from '../core/model/webgpu/linear.js';
+import { linearCase, logitsCase, mlpCase } from '../core/model/webgpu/linear.js';
 import { logitsCrossEntropyCase } from '../core/model/webgpu/cross-entropy.js';
 import { autotuneMatMuls, clearMatMulTuning, makePlan, matmul, sgTilesFor } from '../core/model/webgpu/matmul.js';
 import { release } from '../core/model/webgpu/runtime.js';
@@ -372,6 +372,8 @@ describe.skipIf(!hasWebGPU)('f16 on the webgpu backend (lavapipe: shader-f16, no
     linearCase(37, 20, 52, 'none', 2 * tol),
     linearCase(64, 128, 256, 'gelu', 2 * tol),
     linearCase(21, 16, 9, 'gelu', 2 * tol),
+    mlpCase(64, 32, 128, 2 * tol),
+    mlpCase(21, 16, 36, 2 * tol),
     logitsCase(24, 16, 1100, 2 * tol),
     logitsCrossEntropyCase(24, 16, 1100, 2 * tol),
     // The scores path's q, k, v, P, dO and dS are f16 (ragged T: no whole tiles).

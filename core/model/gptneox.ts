@@ -12,6 +12,7 @@ import {
   gatherRows,
   layerNorm,
   linear,
+  mlp,
   logitsCrossEntropy,
   matMulNT,
   parallelResidual,
@@ -155,18 +156,15 @@ export class GPTNeoX {
 
   private mlp(x: tf.Tensor2D, layer: number, trace?: ForwardTrace): tf.Tensor2D {
     const p = `gpt_neox.layers.${layer}.mlp.`;
-    const hidden = linear(
-      x,
-      this.param(`${p}dense_h_to_4h.weight`) as tf.Tensor2D,
-      this.param(`${p}dense_h_to_4h.bias`) as tf.Tensor1D,
-      'gelu',
-    );
-    if (trace?.mlpActivations) trace.mlpActivations.push(tf.keep(hidden));
-    return linear(
-      hidden,
-      this.param(`${p}dense_4h_to_h.weight`) as tf.Tensor2D,
-      this.param(`${p}dense_4h_to_h.bias`) as tf.Tensor1D,
-    );
+    const upWeight = this.param(`${p}dense_h_to_4h.weight`) as tf.Tensor2D;
+    const upBias = this.param(`${p}dense_h_to_4h.bias`) as tf.Tensor1D;
+    const downWeight = this.param(`${p}dense_4h_to_h.weight`) as tf.Tensor2D;
+    const downBias = this.param(`${p}dense_4h_to_h.bias`) as tf.Tensor1D;
+    if (!trace?.mlpActivations) return mlp(x, upWeight, upBias, downWeight, downBias);
+    // The trace keeps the hidden activation, so the block runs as its two linear layers.
+    const hidden = linear(x, upWeight, upBias, 'gelu');
+    trace.mlpActivations.push(tf.keep(hidden));
+    return linear(hidden, downWeight, downBias);
   }
 
   private norm(x: tf.Tensor2D, name: string): tf.Tensor2D {

@@ -5,7 +5,7 @@
  */
 export { type Kernel, type Operation, defineOperation, listOperations } from './registry.js';
 export { customOp } from './custom-grad.js';
-export { type Activation, gelu, linear, matMul, matMulNT } from './linear.js';
+export { type Activation, gelu, linear, matMul, matMulNT, mlp } from './linear.js';
 export { type AttentionShape, PositionTables, causalSelfAttention } from './attention.js';
 export { layerNorm } from './layer-norm.js';
 export { gatherRows, takeAlongLastAxis } from './embedding.js';

@@ -32,6 +32,22 @@ export const linear = defineOperation(
   },
 );
 
+/**
+ * The MLP block, GELU(x·W_upᵀ + b_up)·W_downᵀ + b_down (torch-layout weights): one operation so a
+ * backend can hold the hidden activation in its own form (webgpu's mixed precision writes it once,
+ * in f16, for the down product).
+ */
+export const mlp = defineOperation(
+  'mlp',
+  (
+    x: tf.Tensor2D,
+    upWeight: tf.Tensor2D,
+    upBias: tf.Tensor1D,
+    downWeight: tf.Tensor2D,
+    downBias: tf.Tensor1D,
+  ): tf.Tensor2D => linear(linear(x, upWeight, upBias, 'gelu'), downWeight, downBias),
+);
+
 /** x [M, K] @ weightᵀ (weight [N, K]) with no bias: the logits product. */
 export const matMulNT = defineOperation(
   'matMulNT',

@@ -1,21 +1,22 @@
 /**
  * Linear layers on the fused WebGPU path: x·Wᵀ + b with the bias (and GELU) in the product's
- * epilogue, the logits product h·W_outᵀ, and their gradients. The products themselves are
- * matmul.ts's; this file holds the bias-gradient column sums (through GELU's derivative for the
- * MLP's up projection). In mixed precision (half.ts) the products read f16: the weight's f16 copy,
+ * epilogue, the MLP block in mixed precision (its hidden activation written once, in f16), the
+ * logits product h·W_outᵀ, and their gradients. The products themselves are matmul.ts's; this file
+ * holds the bias-gradient column sums (through GELU's derivative for the MLP's up projection) and
+ * the MLP's GELU kernel. In mixed precision (half.ts) the products read f16: the weight's f16 copy,
  * the input converted once (and saved for the weight gradient in f16), and the output gradient
  * converted by the column-sum kernel as it reads it.
  */
 import type * as tf from '../tfjs.js';
 
-import { type Activation, customOp, linear, matMulNT } from '../ops/index.js';
+import { type Activation, customOp, linear, matMulNT, mlp } from '../ops/index.js';
 import { randHost } from '../kernel-check.js';
 import type { KernelCase } from './check.js';
 import { kernel } from './fused.js';
 import { halfProducts, halfStorageShape, halfWeight, toHalf } from './half.js';
 import { matmul, sumSlices } from './matmul.js';
-import { type UniformValue, allocate, dispatch, release, toTensor } from './runtime.js';
-import { TO_F16_WGSL } from './wgsl-common.js';
+import { type UniformValue, allocate, dispatch, grid1d, release, toTensor } from './runtime.js';
+import { FLAT, TO_F16_WGSL } from './wgsl-common.js';
 import { ERF_WGSL } from './wgsl-matmul.js';
 
 /**
@@ -56,6 +57,46 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
   partial[wid.y * u.C + c] = acc;
 }
 `;
+}
+
+/**
+ * in: z [n] f32; out: h, GELU(z) in n f16 (halfStorageShape); u: {n}; four elements per invocation
+ * (n a multiple of 4; grid1d over n / 4). The MLP's hidden activation in mixed precision: the
+ * down product's operand, written once.
+ */
+export function geluHalfSource(): string {
+  return /* wgsl */ `enable f16;
+@group(0) @binding(0) var<storage, read> z: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> h: array<vec4<f16>>;
+struct U { n: u32, p0: u32, p1: u32, p2: u32 };
+@group(0) @binding(2) var<uniform> u: U;
+${ERF_WGSL}
+${TO_F16_WGSL}
+${FLAT}
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let i = flat_index(gid, nwg);
+  if (i < u.n / 4u) { h[i] = to_f16x4(gelu4(z[i])); }
+}
+`;
+}
+
+/** GELU of the n floats of z [N, C], in f16 (tensor data). */
+function geluHalf(z: tf.TensorInfo, n: number): tf.TensorInfo {
+  const h = allocate(halfStorageShape(n));
+  dispatch(
+    kernel('gelu_f16', '', geluHalfSource),
+    [z],
+    [h],
+    [
+      ['u', n],
+      ['u', 0],
+      ['u', 0],
+      ['u', 0],
+    ],
+    grid1d(n / 4),
+  );
+  return h;
 }
 
 /** Σ over the rows of dy [N, C]; with `geluZ` through GELU's derivative; `g` the gradient the products take when it is not dy itself (f16 with `half`). */
@@ -142,6 +183,54 @@ export function fusedLinear(
   return op(x, weight, bias) as tf.Tensor2D;
 }
 
+/** Whether fusedMLP takes these shapes: its GELU kernel takes four elements an invocation. */
+export const fusedMLPSupports = (x: tf.Tensor2D, upWeight: tf.Tensor2D): boolean =>
+  (x.shape[0] * upWeight.shape[0]) % 4 === 0;
+
+/**
+ * The MLP block in mixed precision: GELU(x·W_upᵀ + b_up)·W_downᵀ + b_down with f16 products. The up
+ * product writes the pre-activation z (its bias stored with the results, no GELU epilogue), one
+ * kernel writes GELU(z) in f16 for the down product and its weight gradient, and no f32 hidden
+ * activation is written at all; the backward is the two linear layers' (fusedLinear).
+ */
+export function fusedMLP(
+  x: tf.Tensor2D,
+  upWeight: tf.Tensor2D,
+  upBias: tf.Tensor1D,
+  downWeight: tf.Tensor2D,
+  downBias: tf.Tensor1D,
+): tf.Tensor2D {
+  const [N, D] = x.shape;
+  const F = upWeight.shape[0];
+  const types = productTypes(true);
+  const op = customOp(([xt, w1, b1, w2, b2], save) => {
+    const xa = toTensor(toHalf(xt));
+    const [w1a, w2a] = [halfWeight(w1), halfWeight(w2)];
+    const z = matmul({ a: xa, b: w1a, M: N, N: F, K: D, transB: true, bias: b1, ...types }).c;
+    const h = geluHalf(z, N * F);
+    const y = matmul({ a: h, b: w2a, M: N, N: D, K: F, transB: true, bias: b2, ...types }).c;
+    save([xa, w1a, toTensor(z), toTensor(h), w2a]);
+    return {
+      value: toTensor(y),
+      gradFunc: (dy, [xs, w1s, zs, hs, w2s]) => {
+        const { sum: db2, g: g2 } = columnSums(dy, N, D, undefined, true);
+        const g = g2 as tf.TensorInfo;
+        const dh = matmul({ a: g, b: w2s, M: N, N: F, K: D, ...types }).c;
+        const dw2 = matmul({ a: g, b: hs, M: D, N: F, K: N, transA: true, ...types }).c;
+        release(g);
+        const { sum: db1, g: g1 } = columnSums(dh, N, F, zs, true);
+        release(dh);
+        const gz = g1 as tf.TensorInfo;
+        const dx = matmul({ a: gz, b: w1s, M: N, N: D, K: F, ...types }).c;
+        const dw1 = matmul({ a: gz, b: xs, M: F, N: D, K: N, transA: true, ...types }).c;
+        release(gz);
+        return [dx, dw1, db1, dw2, db2].map((t) => toTensor(t));
+      },
+    };
+  });
+  return op(x, upWeight, upBias, downWeight, downBias) as tf.Tensor2D;
+}
+
 /**
  * The forward of a [M, K] · bᵀ (b [N, K]): the operands the products take (with `half`, a converted
  * once and b's f16 copy; the backward keeps them) and the f32 product.
@@ -221,6 +310,25 @@ export function logitsCase(N: number, D: number, V: number, tol = 2e-5): KernelC
     diff: [0, 1],
     reference: ([h, w]) => matMulNT.reference(h as tf.Tensor2D, w as tf.Tensor2D),
     fused: ([h, w]) => fusedMatMulNT(h as tf.Tensor2D, w as tf.Tensor2D),
+    tol,
+  };
+}
+
+export function mlpCase(N: number, D: number, F: number, tol = 2e-5): KernelCase {
+  return {
+    name: `MLP block (N ${N}, D ${D}, hidden ${F})`,
+    inputs: () => [
+      randHost([N, D], 11),
+      randHost([F, D], 12, 0.5),
+      randHost([F], 13),
+      randHost([D, F], 14, 0.3),
+      randHost([D], 15),
+    ],
+    diff: [0, 1, 2, 3, 4],
+    reference: ([x, w1, b1, w2, b2]) =>
+      mlp.reference(x as tf.Tensor2D, w1 as tf.Tensor2D, b1 as tf.Tensor1D, w2 as tf.Tensor2D, b2 as tf.Tensor1D),
+    fused: ([x, w1, b1, w2, b2]) =>
+      fusedMLP(x as tf.Tensor2D, w1 as tf.Tensor2D, b1 as tf.Tensor1D, w2 as tf.Tensor2D, b2 as tf.Tensor1D),
     tol,
   };
 }

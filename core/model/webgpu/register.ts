@@ -18,6 +18,7 @@ import {
   lossScaledAdamW,
   lossScaling,
   matMulNT,
+  mlp,
   parallelResidual,
   releaseCachedMemory,
   runRepeatedPass,
@@ -34,7 +35,7 @@ import { fusedGatherRows, rowWiseTakeAlongLastAxis } from './embedding.js';
 import { fusedKernelsEnabled } from './fused.js';
 import { halfProducts, sweepShadows } from './half.js';
 import { fusedLayerNorm } from './layer-norm.js';
-import { fusedLinear, fusedMatMulNT } from './linear.js';
+import { fusedLinear, fusedMLP, fusedMLPSupports, fusedMatMulNT } from './linear.js';
 import { autotuneIfHardware } from './matmul.js';
 import { dropRecordings, stepReplayer } from './replay.js';
 import { fusedParallelResidual, fusedResidualSupports } from './residual.js';
@@ -47,6 +48,14 @@ linear.register({
   ...fused,
   name: 'register-tiled or subgroup-matrix product (f16 in mixed precision), bias (and GELU) in the epilogue',
   run: fusedLinear,
+});
+mlp.register({
+  ...fused,
+  // In f32 the reference's two linear operations are these kernels already.
+  enabled: () => halfProducts() !== 'off',
+  name: 'f16 products, the hidden activation written once in f16 by the GELU kernel',
+  supports: (x, upWeight) => fusedMLPSupports(x, upWeight),
+  run: fusedMLP,
 });
 matMulNT.register({
   ...fused,
