@@ -146,6 +146,30 @@ function columnSums(
 const productTypes = (half: boolean) => (half ? ({ aType: 'f16', bType: 'f16' } as const) : {});
 
 /**
+ * A linear layer's gradients [dx, dW, db] from dy [N, out]: xs and ws are the operands its forward
+ * product took (f16 with `half`), zs its pre-activation when GELU followed it.
+ */
+function linearGradients(
+  dy: tf.TensorInfo,
+  xs: tf.TensorInfo,
+  ws: tf.TensorInfo,
+  zs: tf.TensorInfo | undefined,
+  N: number,
+  inF: number,
+  outF: number,
+  half: boolean,
+): [tf.TensorInfo, tf.TensorInfo, tf.TensorInfo] {
+  const types = productTypes(half);
+  // g: the gradient through GELU, or dy in f16; absent when the products take dy as it is.
+  const { sum: db, g } = columnSums(dy, N, outF, zs, half);
+  const gp = g ?? dy;
+  const dx = matmul({ a: gp, b: ws, M: N, N: inF, K: outF, ...types }).c;
+  const dw = matmul({ a: gp, b: xs, M: outF, N: inF, K: N, transA: true, ...types }).c;
+  if (g) release(g);
+  return [dx, dw, db];
+}
+
+/**
  * x [N, in] · weightᵀ ([out, in], torch layout) + bias, then GELU when asked; gradients for all
  * three. In mixed precision the products take f16 operands: the weight's f16 copy, x and the output
  * gradient converted once; results are f32.
@@ -168,16 +192,7 @@ export function fusedLinear(
     save(z ? [xa, wa, toTensor(z)] : [xa, wa]);
     return {
       value: toTensor(c),
-      gradFunc: (dy, saved) => {
-        const [xs, ws, zs] = saved;
-        // g: the gradient through GELU, or dy in f16; absent when the products take dy as it is.
-        const { sum: db, g } = columnSums(dy, N, outF, zs, half);
-        const gp = g ?? dy;
-        const dx = matmul({ a: gp, b: ws, M: N, N: inF, K: outF, ...types }).c;
-        const dw = matmul({ a: gp, b: xs, M: outF, N: inF, K: N, transA: true, ...types }).c;
-        if (g) release(g);
-        return [toTensor(dx), toTensor(dw), toTensor(db)];
-      },
+      gradFunc: (dy, [xs, ws, zs]) => linearGradients(dy, xs, ws, zs, N, inF, outF, half).map((t) => toTensor(t)),
     };
   });
   return op(x, weight, bias) as tf.Tensor2D;
@@ -191,7 +206,7 @@ export const fusedMLPSupports = (x: tf.Tensor2D, upWeight: tf.Tensor2D): boolean
  * The MLP block in mixed precision: GELU(x·W_upᵀ + b_up)·W_downᵀ + b_down with f16 products. The up
  * product writes the pre-activation z (its bias stored with the results, no GELU epilogue), one
  * kernel writes GELU(z) in f16 for the down product and its weight gradient, and no f32 hidden
- * activation is written at all; the backward is the two linear layers' (fusedLinear).
+ * activation is written at all; the backward is the two linear layers' (linearGradients).
  */
 export function fusedMLP(
   x: tf.Tensor2D,
@@ -213,17 +228,9 @@ export function fusedMLP(
     return {
       value: toTensor(y),
       gradFunc: (dy, [xs, w1s, zs, hs, w2s]) => {
-        const { sum: db2, g: g2 } = columnSums(dy, N, D, undefined, true);
-        const g = g2 as tf.TensorInfo;
-        const dh = matmul({ a: g, b: w2s, M: N, N: F, K: D, ...types }).c;
-        const dw2 = matmul({ a: g, b: hs, M: D, N: F, K: N, transA: true, ...types }).c;
-        release(g);
-        const { sum: db1, g: g1 } = columnSums(dh, N, F, zs, true);
+        const [dh, dw2, db2] = linearGradients(dy, hs, w2s, undefined, N, F, D, true);
+        const [dx, dw1, db1] = linearGradients(dh, xs, w1s, zs, N, D, F, true);
         release(dh);
-        const gz = g1 as tf.TensorInfo;
-        const dx = matmul({ a: gz, b: w1s, M: N, N: D, K: F, ...types }).c;
-        const dw1 = matmul({ a: gz, b: xs, M: F, N: D, K: N, transA: true, ...types }).c;
-        release(gz);
         return [dx, dw1, db1, dw2, db2].map((t) => toTensor(t));
       },
     };
