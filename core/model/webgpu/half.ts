@@ -19,6 +19,7 @@ import * as tf from '../tfjs.js';
 
 import { fusedKernelsEnabled } from './fused.js';
 import { TO_F16_WGSL } from './wgsl-common.js';
+import { ERF_WGSL } from './wgsl-matmul.js';
 import {
   type Capabilities,
   type Kernel,
@@ -97,15 +98,23 @@ export function halfStorageShape(n: number): [number] {
   return [Math.max(4, Math.ceil(n / 8) * 4)];
 }
 
-/** in: x [n] f32; out: h, n f16 (`halfStorageShape`); u: {n}. Four elements per invocation when n is a multiple of 4. */
-export function toHalfSource(vec4: boolean): string {
-  const body = vec4 ? 'if (i < u.n / 4u) { h[i] = to_f16x4(x[i]); }' : 'if (i < u.n) { h[i] = to_f16(x[i]); }';
+/**
+ * in: x [n] f32; out: h, n f16 (`halfStorageShape`), of GELU(x) with `gelu` (the MLP's hidden
+ * activation, written once for the down product); u: {n}. Four elements per invocation when n is a
+ * multiple of 4.
+ */
+export function toHalfSource(vec4: boolean, gelu = false): string {
+  const value = (x: string) => (gelu ? `${vec4 ? 'gelu4' : 'gelu_f'}(${x})` : x);
+  const body = vec4
+    ? `if (i < u.n / 4u) { h[i] = to_f16x4(${value('x[i]')}); }`
+    : `if (i < u.n) { h[i] = to_f16(${value('x[i]')}); }`;
   return /* wgsl */ `enable f16;
 @group(0) @binding(0) var<storage, read> x: array<${vec4 ? 'vec4<f32>' : 'f32'}>;
 @group(0) @binding(1) var<storage, read_write> h: array<${vec4 ? 'vec4<f16>' : 'f16'}>;
 struct U { n: u32, p0: u32, p1: u32, p2: u32 };
 @group(0) @binding(2) var<uniform> u: U;
 ${TO_F16_WGSL}
+${gelu ? ERF_WGSL : ''}
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
   let i = gid.x + gid.y * nwg.x * 256u;
@@ -129,15 +138,16 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 `;
 }
 
-const toHalfKernel = (vec4: boolean): Kernel => kernelFor(`to_f16:${vec4}`, 'to_f16', () => toHalfSource(vec4));
+const toHalfKernel = (vec4: boolean, gelu: boolean): Kernel =>
+  kernelFor(`to_f16:${vec4}:${gelu}`, gelu ? 'gelu_f16' : 'to_f16', () => toHalfSource(vec4, gelu));
 const fromHalfKernel: Kernel = { key: 'from_f16', name: 'from_f16', source: fromHalfSource };
 
-/** An f16 copy of the n floats of x (tensor data; the caller releases it or makes it a tensor). */
-export function toHalf(x: tf.TensorInfo, n = sizeOf(x)): tf.TensorInfo {
+/** An f16 copy of the n floats of x, or of their GELU with `gelu` (tensor data; the caller releases it or makes it a tensor). */
+export function toHalf(x: tf.TensorInfo, n = sizeOf(x), gelu = false): tf.TensorInfo {
   const h = allocate(halfStorageShape(n));
   const vec4 = n % 4 === 0;
   dispatch(
-    toHalfKernel(vec4),
+    toHalfKernel(vec4, gelu),
     [x],
     [h],
     [

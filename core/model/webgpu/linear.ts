@@ -2,10 +2,10 @@
  * Linear layers on the fused WebGPU path: x·Wᵀ + b with the bias (and GELU) in the product's
  * epilogue, the MLP block in mixed precision (its hidden activation written once, in f16), the
  * logits product h·W_outᵀ, and their gradients. The products themselves are matmul.ts's; this file
- * holds the bias-gradient column sums (through GELU's derivative for the MLP's up projection) and
- * the MLP's GELU kernel. In mixed precision (half.ts) the products read f16: the weight's f16 copy,
- * the input converted once (and saved for the weight gradient in f16), and the output gradient
- * converted by the column-sum kernel as it reads it.
+ * holds the bias-gradient column sums (through GELU's derivative for the MLP's up projection). In
+ * mixed precision (half.ts) the products read f16: the weight's f16 copy, the input converted once
+ * (and saved for the weight gradient in f16), and the output gradient converted by the column-sum
+ * kernel as it reads it.
  */
 import type * as tf from '../tfjs.js';
 
@@ -15,8 +15,8 @@ import type { KernelCase } from './check.js';
 import { kernel } from './fused.js';
 import { halfProducts, halfStorageShape, halfWeight, toHalf } from './half.js';
 import { matmul, sumSlices } from './matmul.js';
-import { type UniformValue, allocate, dispatch, grid1d, release, toTensor } from './runtime.js';
-import { FLAT, TO_F16_WGSL } from './wgsl-common.js';
+import { type UniformValue, allocate, dispatch, release, toTensor } from './runtime.js';
+import { TO_F16_WGSL } from './wgsl-common.js';
 import { ERF_WGSL } from './wgsl-matmul.js';
 
 /**
@@ -57,46 +57,6 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
   partial[wid.y * u.C + c] = acc;
 }
 `;
-}
-
-/**
- * in: z [n] f32; out: h, GELU(z) in n f16 (halfStorageShape); u: {n}; four elements per invocation
- * (n a multiple of 4; grid1d over n / 4). The MLP's hidden activation in mixed precision: the
- * down product's operand, written once.
- */
-export function geluHalfSource(): string {
-  return /* wgsl */ `enable f16;
-@group(0) @binding(0) var<storage, read> z: array<vec4<f32>>;
-@group(0) @binding(1) var<storage, read_write> h: array<vec4<f16>>;
-struct U { n: u32, p0: u32, p1: u32, p2: u32 };
-@group(0) @binding(2) var<uniform> u: U;
-${ERF_WGSL}
-${TO_F16_WGSL}
-${FLAT}
-@compute @workgroup_size(256)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let i = flat_index(gid, nwg);
-  if (i < u.n / 4u) { h[i] = to_f16x4(gelu4(z[i])); }
-}
-`;
-}
-
-/** GELU of the n floats of z [N, C], in f16 (tensor data). */
-function geluHalf(z: tf.TensorInfo, n: number): tf.TensorInfo {
-  const h = allocate(halfStorageShape(n));
-  dispatch(
-    kernel('gelu_f16', '', geluHalfSource),
-    [z],
-    [h],
-    [
-      ['u', n],
-      ['u', 0],
-      ['u', 0],
-      ['u', 0],
-    ],
-    grid1d(n / 4),
-  );
-  return h;
 }
 
 /** Σ over the rows of dy [N, C]; with `geluZ` through GELU's derivative; `g` the gradient the products take when it is not dy itself (f16 with `half`). */
@@ -198,15 +158,11 @@ export function fusedLinear(
   return op(x, weight, bias) as tf.Tensor2D;
 }
 
-/** Whether fusedMLP takes these shapes: its GELU kernel takes four elements an invocation. */
-export const fusedMLPSupports = (x: tf.Tensor2D, upWeight: tf.Tensor2D): boolean =>
-  (x.shape[0] * upWeight.shape[0]) % 4 === 0;
-
 /**
  * The MLP block in mixed precision: GELU(x·W_upᵀ + b_up)·W_downᵀ + b_down with f16 products. The up
- * product writes the pre-activation z (its bias stored with the results, no GELU epilogue), one
- * kernel writes GELU(z) in f16 for the down product and its weight gradient, and no f32 hidden
- * activation is written at all; the backward is the two linear layers' (linearGradients).
+ * product writes the pre-activation z (its bias stored with the results, no GELU epilogue), the f16
+ * conversion (toHalf) writes GELU(z) in f16 for the down product and its weight gradient, and no
+ * f32 hidden activation is written at all; the backward is the two linear layers' (linearGradients).
  */
 export function fusedMLP(
   x: tf.Tensor2D,
@@ -222,7 +178,7 @@ export function fusedMLP(
     const xa = toTensor(toHalf(xt));
     const [w1a, w2a] = [halfWeight(w1), halfWeight(w2)];
     const z = matmul({ a: xa, b: w1a, M: N, N: F, K: D, transB: true, bias: b1, ...types }).c;
-    const h = geluHalf(z, N * F);
+    const h = toHalf(z, N * F, true);
     const y = matmul({ a: h, b: w2a, M: N, N: D, K: F, transB: true, bias: b2, ...types }).c;
     save([xa, w1a, toTensor(z), toTensor(h), w2a]);
     return {

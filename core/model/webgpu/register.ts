@@ -35,7 +35,7 @@ import { fusedGatherRows, rowWiseTakeAlongLastAxis } from './embedding.js';
 import { fusedKernelsEnabled } from './fused.js';
 import { halfProducts, sweepShadows } from './half.js';
 import { fusedLayerNorm } from './layer-norm.js';
-import { fusedLinear, fusedMLP, fusedMLPSupports, fusedMatMulNT } from './linear.js';
+import { fusedLinear, fusedMLP, fusedMatMulNT } from './linear.js';
 import { autotuneIfHardware } from './matmul.js';
 import { dropRecordings, stepReplayer } from './replay.js';
 import { fusedParallelResidual, fusedResidualSupports } from './residual.js';
@@ -53,8 +53,7 @@ mlp.register({
   ...fused,
   // In f32 the reference's two linear operations are these kernels already.
   enabled: () => halfProducts() !== 'off',
-  name: 'f16 products, the hidden activation written once in f16 by the GELU kernel',
-  supports: (x, upWeight) => fusedMLPSupports(x, upWeight),
+  name: 'f16 products, the hidden activation written once in f16 by the conversion through GELU',
   run: fusedMLP,
 });
 matMulNT.register({
